@@ -1,0 +1,194 @@
+//! `cargo rmlx generate <MODEL> --prompt <TEXT> [--chat] …`: run a model on a prompt.
+
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+use clap::Args;
+use serde_json::json;
+
+use super::{exit, GlobalArgs, MessageFormat};
+use crate::diagnostic::{Diagnostic, Result};
+use crate::engine::{generate, DtypePolicy, GenerateOptions, SamplerConfig, StopReason};
+use crate::session::Session;
+
+/// Arguments of `generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Model: a model directory (or, with rmlx.toml, a declared model name).
+    pub model: String,
+    /// The prompt text.
+    #[arg(long, short)]
+    pub prompt: String,
+    /// Render the prompt as one user turn through the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// Most tokens to generate.
+    #[arg(long, short = 'n', default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Nucleus sampling mass (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Keep only the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Drop tokens below this fraction of the top probability (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    /// Random seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Keep generating past end-of-sequence tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Top logits recorded per step in JSON output.
+    #[arg(long, default_value_t = 5)]
+    pub top_logits: usize,
+    /// Compute dtype (auto: float32 on CPU, the model's dtype on a GPU).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub dtype: DtypeArg,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "human")]
+    pub message_format: MessageFormat,
+}
+
+/// `--dtype`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DtypeArg {
+    /// float32 on CPU, the model's dtype on a GPU.
+    Auto,
+    /// float32.
+    F32,
+    /// bfloat16.
+    Bf16,
+    /// float16.
+    F16,
+}
+
+impl From<DtypeArg> for DtypePolicy {
+    fn from(d: DtypeArg) -> Self {
+        match d {
+            DtypeArg::Auto => DtypePolicy::Auto,
+            DtypeArg::F32 => DtypePolicy::Float32,
+            DtypeArg::Bf16 => DtypePolicy::Bfloat16,
+            DtypeArg::F16 => DtypePolicy::Float16,
+        }
+    }
+}
+
+/// Runs `generate`.
+pub fn run(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {
+    let dir = resolve_model(&a.model)?;
+    let session = Session::load(&dir, a.dtype.into())?;
+    let prompt = if a.chat {
+        session.user_prompt(&a.prompt)?
+    } else {
+        session.raw_prompt(&a.prompt)?
+    };
+    let opts = GenerateOptions {
+        max_tokens: a.max_tokens,
+        sampler: SamplerConfig {
+            temperature: a.temperature,
+            top_p: a.top_p,
+            top_k: a.top_k,
+            min_p: a.min_p,
+            seed: a.seed,
+        },
+        ignore_eos: a.ignore_eos,
+        eos_ids: session.eos_ids(),
+        top: a.top_logits.max(1),
+    };
+    let human = a.message_format == MessageFormat::Human;
+    let mut decoder = session.tokenizer.stream_decoder(true);
+    let mut stdout = std::io::stdout().lock();
+    let mut write_err = None;
+    let out = generate(&session.model, &prompt.ids, &opts, |step| {
+        if human {
+            match decoder.push(&session.tokenizer, step.id) {
+                Ok(Some(text)) => {
+                    if let Err(e) = stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()) {
+                        write_err = Some(e);
+                        return ControlFlow::Break(());
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!("detokenizing failed: {e}"),
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    if let Some(e) = write_err {
+        // stdout closed (e.g. piped into `head`): nothing more to say.
+        tracing::debug!("stdout closed: {e}");
+        return Ok(exit::OK);
+    }
+    let ids = out.ids();
+    let text = session.tokenizer.decode(&ids, true)?;
+    if human {
+        if let Ok(Some(rest)) = decoder.flush(&session.tokenizer) {
+            let _ = stdout.write_all(rest.as_bytes());
+        }
+        let _ = writeln!(stdout);
+        if !g.quiet {
+            let n_prompt = out.prompt_ids.len();
+            let n_gen = ids.len();
+            let secs = |d: std::time::Duration| d.as_secs_f64().max(1e-9);
+            eprintln!(
+                "Prompt: {n_prompt} tokens, {:.1} tokens-per-sec\nGeneration: {n_gen} tokens, {:.1} tokens-per-sec",
+                n_prompt as f64 / secs(out.prefill),
+                n_gen.saturating_sub(1) as f64 / secs(out.decode),
+            );
+        }
+    } else {
+        let steps: Vec<_> = out
+            .steps
+            .iter()
+            .map(|s| {
+                json!({
+                    "id": s.id,
+                    "piece": session.tokenizer.id_to_piece(s.id),
+                    "logprob": s.logprob,
+                    "top": s.top.iter().map(|(id, l)| json!([id, l])).collect::<Vec<_>>(),
+                    "max_abs_logit": s.max_abs_logit,
+                    "non_finite": s.non_finite,
+                })
+            })
+            .collect();
+        let obj = json!({
+            "model": dir,
+            "prompt": prompt.text,
+            "prompt_ids": out.prompt_ids,
+            "generated_ids": ids,
+            "text": text,
+            "finish_reason": match out.stop {
+                StopReason::Eos => "stop",
+                StopReason::Length => "length",
+                StopReason::Stopped => "stop",
+            },
+            "steps": steps,
+            "timing": {
+                "prefill_s": out.prefill.as_secs_f64(),
+                "decode_s": out.decode.as_secs_f64(),
+            },
+        });
+        let _ = writeln!(stdout, "{obj}");
+    }
+    Ok(exit::OK)
+}
+
+/// A MODEL argument: a model directory. Names declared in rmlx.toml are resolved by the
+/// manifest once `cargo rmlx build` lands.
+pub fn resolve_model(arg: &str) -> Result<PathBuf> {
+    let p = PathBuf::from(arg);
+    if p.is_dir() {
+        return Ok(p);
+    }
+    Err(Diagnostic::error(
+        "rmlx::cli::unknown-model",
+        format!("no model directory `{arg}`"),
+    )
+    .with_help("pass the path of an MLX-format model directory (config.json, *.safetensors, tokenizer.json)"))
+}

@@ -1,0 +1,133 @@
+//! The command line: clap definitions wired the cargo way (`cargo rmlx …` and
+//! `cargo-rmlx rmlx …` both parse), global flags (`--manifest-path`, `--color`, `-v/-q`),
+//! logging setup, miette reporting and the documented exit codes. Each subcommand lives in its
+//! own file and only translates arguments into library calls.
+
+mod convert;
+mod generate;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::diagnostic::Diagnostic;
+
+/// Exit codes (documented in the README; stable).
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// The probe found a broken model.
+    pub const BROKEN: u8 = 1;
+    /// Usage, manifest, template or prompt error.
+    pub const USAGE: u8 = 2;
+    /// A model failed to load (missing/truncated weights, shape mismatch, unsupported
+    /// architecture, corrupt GGUF).
+    pub const LOAD: u8 = 3;
+    /// The probe was inconclusive.
+    pub const INCONCLUSIVE: u8 = 4;
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo", bin_name = "cargo", styles = clap::builder::styling::Styles::styled())]
+enum CargoCli {
+    /// Declare, build, probe, serve and lint local MLX-format LLMs.
+    Rmlx(Cli),
+}
+
+/// Declare, build, probe, serve and lint local MLX-format LLMs.
+#[derive(Debug, Args)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags every subcommand accepts.
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// Path to Cargo.toml (locates the workspace and its rmlx.toml).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub manifest_path: Option<PathBuf>,
+    /// Coloring of output.
+    #[arg(long, global = true, value_enum, env = "CARGO_TERM_COLOR", default_value = "auto")]
+    pub color: ColorChoice,
+    /// More output (repeat for more; RUST_LOG overrides).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Less output.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+/// `--color`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    /// Color when stderr is a terminal.
+    Auto,
+    /// Always color.
+    Always,
+    /// Never color.
+    Never,
+}
+
+/// `--message-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum MessageFormat {
+    /// Text for people.
+    #[default]
+    Human,
+    /// One JSON object per result, one per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a model on a prompt.
+    Generate(generate::GenerateArgs),
+    /// Import a GGUF file into an MLX-format model directory.
+    Convert(convert::ConvertArgs),
+}
+
+/// Entry point of the `cargo-rmlx` binary.
+pub fn main() -> ExitCode {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Invoked directly as `cargo-rmlx …` (not through cargo): accept it without the
+    // `rmlx` word as well.
+    if args.get(1).is_none_or(|a| a != "rmlx") {
+        args.insert(1, "rmlx".into());
+    }
+    let CargoCli::Rmlx(cli) = match CargoCli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    output::init(&cli.global);
+    let result = match cli.command {
+        Command::Generate(a) => generate::run(&cli.global, a),
+        Command::Convert(a) => convert::run(&cli.global, a),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(diag) => {
+            let code = exit_code(&diag);
+            output::report(&diag);
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// The exit code for a failed command, from its diagnostic's code.
+pub fn exit_code(d: &Diagnostic) -> u8 {
+    let area = d.code.split("::").nth(1).unwrap_or("");
+    match area {
+        "snapshot" | "gguf" | "engine" | "tokenize" => exit::LOAD,
+        _ => exit::USAGE,
+    }
+}

@@ -1,0 +1,229 @@
+//! The one type for every user-facing problem: [`Diagnostic`].
+//!
+//! A bad rmlx.toml key, a template syntax error, a truncated weights file, a probe verdict:
+//! each is a `Diagnostic` with a severity, a stable code (`rmlx::<area>::<what>`), a message,
+//! optionally the file and byte span it is about, extra labels and help. The CLI renders it
+//! with miette (it implements [`miette::Diagnostic`]); the language server converts the same
+//! value into an LSP diagnostic. Library functions return [`Result<T>`] with this error type.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use miette::{LabeledSpan, NamedSource, SourceCode};
+
+/// How serious a [`Diagnostic`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// A hint the user may act on.
+    Advice,
+    /// Suspicious but not fatal.
+    Warning,
+    /// The operation cannot go on.
+    Error,
+}
+
+/// A secondary location with its own message.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Label {
+    /// Byte range in the diagnostic's source text.
+    pub span: Range<usize>,
+    /// What this location shows.
+    pub message: String,
+}
+
+/// One user-facing problem. See the module documentation.
+#[derive(Clone, serde::Serialize)]
+pub struct Diagnostic {
+    /// Error, warning or advice.
+    pub severity: Severity,
+    /// Stable code, e.g. `rmlx::snapshot::missing-tensor`. Documented; never reused.
+    pub code: &'static str,
+    /// One-line description, lowercase, no trailing period.
+    pub message: String,
+    /// The file the diagnostic is about, when there is one.
+    pub file: Option<PathBuf>,
+    /// The primary byte span in `source` (needs `source`).
+    pub span: Option<Range<usize>>,
+    /// Message of the primary span.
+    pub span_label: Option<String>,
+    /// Further labelled spans in the same source.
+    pub labels: Vec<Label>,
+    /// What to do about it.
+    pub help: Option<String>,
+    /// The text the spans point into (e.g. the template or rmlx.toml), shared cheaply.
+    #[serde(skip)]
+    pub source: Option<Arc<str>>,
+    /// `source` named after `file`, built on first render.
+    #[serde(skip)]
+    named: OnceLock<Option<NamedSource<Arc<str>>>>,
+}
+
+/// Result with [`Diagnostic`] as the error.
+pub type Result<T, E = Diagnostic> = std::result::Result<T, E>;
+
+impl Diagnostic {
+    /// A new error diagnostic.
+    pub fn error(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Severity::Error, code, message)
+    }
+
+    /// A new warning diagnostic.
+    pub fn warning(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Severity::Warning, code, message)
+    }
+
+    /// A new advice diagnostic.
+    pub fn advice(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Severity::Advice, code, message)
+    }
+
+    fn new(severity: Severity, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            severity,
+            code,
+            message: message.into(),
+            file: None,
+            span: None,
+            span_label: None,
+            labels: Vec::new(),
+            help: None,
+            source: None,
+            named: OnceLock::new(),
+        }
+    }
+
+    /// Names the file this is about.
+    pub fn with_file(mut self, file: impl AsRef<Path>) -> Self {
+        self.file = Some(file.as_ref().to_path_buf());
+        self
+    }
+
+    /// Attaches the source text that spans point into.
+    pub fn with_source(mut self, source: impl Into<Arc<str>>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// Sets the primary span (byte range into the source) and its label.
+    pub fn with_span(mut self, span: Range<usize>, label: impl Into<String>) -> Self {
+        self.span = Some(span);
+        self.span_label = Some(label.into());
+        self
+    }
+
+    /// Adds a secondary labelled span.
+    pub fn with_label(mut self, span: Range<usize>, message: impl Into<String>) -> Self {
+        self.labels.push(Label {
+            span,
+            message: message.into(),
+        });
+        self
+    }
+
+    /// Sets the help text.
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+
+    /// Is this an error (as opposed to a warning or advice)?
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+
+    /// An I/O failure on `path`, with the operation that failed.
+    pub fn io(code: &'static str, what: &str, path: &Path, err: &std::io::Error) -> Self {
+        Self::error(code, format!("{what} {}: {err}", path.display())).with_file(path)
+    }
+
+    /// 1-based (line, column in chars) of a byte offset in the source, for plain-text output.
+    pub fn line_col(&self, offset: usize) -> Option<(usize, usize)> {
+        let src = self.source.as_deref()?;
+        let offset = offset.min(src.len());
+        let before = src.get(..offset)?;
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        Some((line, col))
+    }
+}
+
+impl fmt::Debug for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Diagnostic")
+            .field("severity", &self.severity)
+            .field("code", &self.code)
+            .field("message", &self.message)
+            .field("file", &self.file)
+            .field("span", &self.span)
+            .field("help", &self.help)
+            .finish()
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Diagnostic {}
+
+impl miette::Diagnostic for Diagnostic {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new(self.code))
+    }
+
+    fn severity(&self) -> Option<miette::Severity> {
+        Some(match self.severity {
+            Severity::Error => miette::Severity::Error,
+            Severity::Warning => miette::Severity::Warning,
+            Severity::Advice => miette::Severity::Advice,
+        })
+    }
+
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display + 'a>)
+    }
+
+    fn source_code(&self) -> Option<&dyn SourceCode> {
+        let named = self.named.get_or_init(|| {
+            let src = self.source.clone()?;
+            let name = self
+                .file
+                .as_ref()
+                .map_or_else(String::new, |f| f.display().to_string());
+            Some(NamedSource::new(name, src))
+        });
+        named.as_ref().map(|s| s as &dyn SourceCode)
+    }
+
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        self.source.as_ref()?;
+        let len = self.source.as_deref().map_or(0, str::len);
+        let clamp = move |r: &Range<usize>| {
+            let start = r.start.min(len);
+            let end = r.end.clamp(start, len);
+            (start, end - start)
+        };
+        let primary = self.span.iter().map(move |r| {
+            LabeledSpan::new_primary_with_span(self.span_label.clone(), clamp(r))
+        });
+        let rest = self
+            .labels
+            .iter()
+            .map(move |l| LabeledSpan::new_with_span(Some(l.message.clone()), clamp(&l.span)));
+        Some(Box::new(primary.chain(rest)))
+    }
+
+}
+
+impl From<mlx_rs::error::Exception> for Diagnostic {
+    fn from(e: mlx_rs::error::Exception) -> Self {
+        Diagnostic::error("rmlx::engine::mlx", format!("MLX error: {e}"))
+    }
+}

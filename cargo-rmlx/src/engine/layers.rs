@@ -1,0 +1,391 @@
+//! The building blocks every architecture is assembled from: a [`Linear`] that is dense or
+//! MLX-quantized (any mode/bits/group size), an [`Embedding`] that can double as the LM head,
+//! [`RmsNorm`] (plain or gemma's `1 + w`), and rotary embeddings ([`Rope`], incl. linear and
+//! llama3 frequency scaling). Loading checks every tensor's shape against config.json.
+
+use mlx_rs::ops::{dequantize, quantized_matmul};
+use mlx_rs::{Array, Dtype};
+
+use crate::diagnostic::{Diagnostic, Result};
+use crate::snapshot::{ModelConfig, QuantMode, QuantParams, RopeScaling, Weights};
+
+/// How weights are loaded: compute dtype for dense weights, norms and quantization scales.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadCtx<'a> {
+    /// The tensors.
+    pub weights: &'a Weights,
+    /// The parsed config.
+    pub config: &'a ModelConfig,
+    /// Dtype that activations and float parameters are computed in.
+    pub dtype: Dtype,
+}
+
+impl LoadCtx<'_> {
+    /// Quantization settings for module `path`, if it is stored quantized.
+    fn quant(&self, path: &str) -> Result<Option<QuantParams>> {
+        let has_scales = self.weights.contains(&format!("{path}.scales"));
+        let from_config = self
+            .config
+            .quantization
+            .as_ref()
+            .and_then(|q| q.for_module(path));
+        match (has_scales, from_config) {
+            (false, _) => Ok(None),
+            (true, Some(q)) => Ok(Some(q)),
+            (true, None) => Err(Diagnostic::error(
+                "rmlx::snapshot::quantization",
+                format!(
+                    "`{path}` is stored quantized (has `{path}.scales`) but config.json has no \
+                     quantization settings for it"
+                ),
+            )
+            .with_file(&self.config.path)
+            .with_help("add a `quantization` block with group_size and bits to config.json")),
+        }
+    }
+
+    /// A float parameter (norm weight, bias) in the compute dtype.
+    pub fn param(&self, name: &str, shape: &[usize]) -> Result<Array> {
+        let shape: Vec<Option<usize>> = shape.iter().copied().map(Some).collect();
+        self.weights.array(name, &shape, Some(self.dtype))
+    }
+
+    /// Loads the linear layer at `path` mapping `input` to `output` features.
+    pub fn linear(&self, path: &str, input: usize, output: usize, bias: bool) -> Result<Linear> {
+        let bias = if bias {
+            Some(self.param(&format!("{path}.bias"), &[output])?)
+        } else {
+            None
+        };
+        let kind = match self.quant(path)? {
+            None => LinearKind::Dense {
+                weight: self.param(&format!("{path}.weight"), &[output, input])?,
+            },
+            Some(q) => {
+                let (weight, scales, biases) = self.quantized(path, output, input, q)?;
+                LinearKind::Quantized {
+                    weight,
+                    scales,
+                    biases,
+                    params: q,
+                }
+            }
+        };
+        Ok(Linear { kind, bias })
+    }
+
+    /// The packed weight, scales and (affine) biases of a quantized `[rows, cols]` matrix.
+    fn quantized(
+        &self,
+        path: &str,
+        rows: usize,
+        cols: usize,
+        q: QuantParams,
+    ) -> Result<(Array, Array, Option<Array>)> {
+        let bits = q.bits as usize;
+        let group = q.group_size as usize;
+        if (cols * bits) % 32 != 0 || cols % group != 0 {
+            return Err(Diagnostic::error(
+                "rmlx::snapshot::quantization",
+                format!(
+                    "`{path}`: {cols} input features cannot be quantized with {bits} bits in \
+                     groups of {group}"
+                ),
+            )
+            .with_file(&self.config.path));
+        }
+        let weight = self.weights.array(
+            &format!("{path}.weight"),
+            &[Some(rows), Some(cols * bits / 32)],
+            None,
+        )?;
+        let scales_dtype = match q.mode {
+            QuantMode::Affine => Some(self.dtype),
+            // Microscaling formats store their scales as 8-bit exponents.
+            _ => None,
+        };
+        let scales = self.weights.array(
+            &format!("{path}.scales"),
+            &[Some(rows), Some(cols / group)],
+            scales_dtype,
+        )?;
+        let biases = if q.mode.has_biases() {
+            Some(self.weights.array(
+                &format!("{path}.biases"),
+                &[Some(rows), Some(cols / group)],
+                Some(self.dtype),
+            )?)
+        } else {
+            None
+        };
+        Ok((weight, scales, biases))
+    }
+
+    /// Loads the embedding table at `path` (`[vocab, hidden]`).
+    pub fn embedding(&self, path: &str, vocab: usize, hidden: usize) -> Result<Embedding> {
+        let inner = match self.quant(path)? {
+            None => LinearKind::Dense {
+                weight: self.param(&format!("{path}.weight"), &[vocab, hidden])?,
+            },
+            Some(q) => {
+                let (weight, scales, biases) = self.quantized(path, vocab, hidden, q)?;
+                LinearKind::Quantized {
+                    weight,
+                    scales,
+                    biases,
+                    params: q,
+                }
+            }
+        };
+        Ok(Embedding {
+            table: Linear {
+                kind: inner,
+                bias: None,
+            },
+        })
+    }
+
+    /// Loads an RMSNorm weight of width `dim`.
+    pub fn rms_norm(&self, path: &str, dim: usize, eps: f32, one_plus: bool) -> Result<RmsNorm> {
+        let mut weight = self.param(&format!("{path}.weight"), &[dim])?;
+        if one_plus {
+            weight = weight.add(Array::from_f32(1.0).as_dtype(self.dtype)?)?;
+        }
+        Ok(RmsNorm { weight, eps })
+    }
+}
+
+#[derive(Debug)]
+enum LinearKind {
+    Dense {
+        weight: Array,
+    },
+    Quantized {
+        weight: Array,
+        scales: Array,
+        biases: Option<Array>,
+        params: QuantParams,
+    },
+}
+
+/// `y = x W^T (+ b)`, dense or quantized.
+#[derive(Debug)]
+pub struct Linear {
+    kind: LinearKind,
+    bias: Option<Array>,
+}
+
+impl Linear {
+    /// Applies the layer to `x` (`[..., input]`).
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        let y = match &self.kind {
+            LinearKind::Dense { weight } => x.matmul(weight.t())?,
+            LinearKind::Quantized {
+                weight,
+                scales,
+                biases,
+                params,
+            } => quantized_matmul_mode(x, weight, scales, biases.as_ref(), *params)?,
+        };
+        Ok(match &self.bias {
+            Some(b) => y.add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// `quantized_matmul` with `transpose = true` in any MLX mode.
+fn quantized_matmul_mode(
+    x: &Array,
+    w: &Array,
+    scales: &Array,
+    biases: Option<&Array>,
+    q: QuantParams,
+) -> Result<Array> {
+    if q.mode == QuantMode::Affine {
+        return Ok(quantized_matmul(
+            x,
+            w,
+            scales,
+            biases,
+            true,
+            q.group_size,
+            q.bits,
+        )?);
+    }
+    let mode = std::ffi::CString::new(q.mode.as_str()).expect("mode names have no NUL");
+    let stream = mlx_rs::Stream::thread_local_or_default();
+    let mut res = unsafe { mlx_sys::mlx_array_new() };
+    // SAFETY: all handles are valid MLX arrays owned by the caller; `res` receives a new
+    // array that `Array::from_ptr` takes ownership of.
+    let status = unsafe {
+        mlx_sys::mlx_quantized_matmul(
+            &mut res,
+            x.as_ptr(),
+            w.as_ptr(),
+            scales.as_ptr(),
+            mlx_sys::mlx_array_new(),
+            true,
+            mlx_sys::mlx_optional_int {
+                value: q.group_size,
+                has_value: true,
+            },
+            mlx_sys::mlx_optional_int {
+                value: q.bits,
+                has_value: true,
+            },
+            mode.as_ptr(),
+            stream.as_ptr(),
+        )
+    };
+    if status != 0 {
+        return Err(Diagnostic::error(
+            "rmlx::engine::mlx",
+            format!("quantized matmul in mode {} failed", q.mode.as_str()),
+        ));
+    }
+    Ok(unsafe { Array::from_ptr(res) })
+}
+
+/// Token embeddings; a quantized table is dequantized row-wise on lookup.
+#[derive(Debug)]
+pub struct Embedding {
+    table: Linear,
+}
+
+impl Embedding {
+    /// Looks up `ids` (`[B, L]` int32) → `[B, L, hidden]`.
+    pub fn forward(&self, ids: &Array) -> Result<Array> {
+        match &self.table.kind {
+            LinearKind::Dense { weight } => Ok(weight.take_axis(ids, 0)?),
+            LinearKind::Quantized {
+                weight,
+                scales,
+                biases,
+                params,
+            } => {
+                let w = weight.take_axis(ids, 0)?;
+                let s = scales.take_axis(ids, 0)?;
+                let b = match biases {
+                    Some(b) => Some(b.take_axis(ids, 0)?),
+                    None => None,
+                };
+                if params.mode != QuantMode::Affine {
+                    return Err(Diagnostic::error(
+                        "rmlx::engine::unsupported",
+                        format!(
+                            "embeddings quantized in mode {} are not supported yet",
+                            params.mode.as_str()
+                        ),
+                    ));
+                }
+                Ok(dequantize(&w, &s, b.as_ref(), params.group_size, params.bits)?)
+            }
+        }
+    }
+
+    /// Uses the table as the output projection (tied embeddings): `x E^T`.
+    pub fn as_linear(&self, x: &Array) -> Result<Array> {
+        self.table.forward(x)
+    }
+}
+
+/// Root-mean-square normalisation over the last axis.
+#[derive(Debug)]
+pub struct RmsNorm {
+    weight: Array,
+    eps: f32,
+}
+
+impl RmsNorm {
+    /// Normalises `x`.
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        Ok(mlx_rs::fast::rms_norm(x, Some(&self.weight), self.eps)?)
+    }
+}
+
+/// Rotary position embedding over the first `dims` features of each head.
+#[derive(Debug)]
+pub struct Rope {
+    dims: i32,
+    base: f32,
+    scale: f32,
+    /// Custom inverse-frequency periods (llama3 scaling), replacing `base`.
+    freqs: Option<Array>,
+    traditional: bool,
+}
+
+impl Rope {
+    /// Rope for the given config (base, scaling).
+    pub fn new(dims: usize, base: f32, scaling: Option<&RopeScaling>) -> Result<Self> {
+        let dims_i = dims as i32;
+        Ok(match scaling {
+            None => Self {
+                dims: dims_i,
+                base,
+                scale: 1.0,
+                freqs: None,
+                traditional: false,
+            },
+            Some(RopeScaling::Linear { factor }) => Self {
+                dims: dims_i,
+                base,
+                scale: 1.0 / factor,
+                freqs: None,
+                traditional: false,
+            },
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
+                let old = *original_max_position_embeddings;
+                let low_wavelen = old / low_freq_factor;
+                let high_wavelen = old / high_freq_factor;
+                let freqs: Vec<f32> = (0..dims / 2)
+                    .map(|i| {
+                        // Period (1 / inverse frequency) of feature pair i.
+                        let freq = base.powf(2.0 * i as f32 / dims as f32);
+                        let wavelen = 2.0 * std::f32::consts::PI * freq;
+                        if wavelen > low_wavelen {
+                            freq * factor
+                        } else if wavelen <= high_wavelen || wavelen >= low_wavelen {
+                            freq
+                        } else {
+                            let smooth = (old / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
+                            freq / ((1.0 - smooth) / factor + smooth)
+                        }
+                    })
+                    .collect();
+                Self {
+                    dims: dims_i,
+                    base,
+                    scale: 1.0,
+                    freqs: Some(Array::from_slice(&freqs, &[freqs.len() as i32])),
+                    traditional: false,
+                }
+            }
+        })
+    }
+
+    /// Applies the rotation to `x` (`[B, heads, L, head_dim]`) for positions starting at
+    /// `offset`.
+    pub fn forward(&self, x: &Array, offset: usize) -> Result<Array> {
+        let base = if self.freqs.is_some() {
+            None
+        } else {
+            Some(self.base)
+        };
+        Ok(mlx_rs::fast::rope(
+            x,
+            self.dims,
+            self.traditional,
+            base,
+            self.scale,
+            offset as i32,
+            self.freqs.as_ref(),
+        )?)
+    }
+}

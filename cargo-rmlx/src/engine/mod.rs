@@ -1,0 +1,95 @@
+//! The model runtime on MLX: architecture specs ([`arch`]), shared layers ([`layers`]), the
+//! transformer ([`transformer`]), the KV cache ([`cache`]), sampling ([`sample`]) and the
+//! generate loop ([`generate`]). The compute dtype is a per-device policy ([`DtypePolicy`]).
+
+pub mod arch;
+pub mod cache;
+pub mod generate;
+pub mod layers;
+pub mod sample;
+pub mod transformer;
+
+use mlx_rs::Dtype;
+
+use crate::diagnostic::Result;
+use crate::snapshot::Snapshot;
+
+pub use generate::{generate, GenerateOptions, GenerateOutput, Step, StopReason};
+pub use sample::{Sampler, SamplerConfig};
+pub use transformer::Transformer;
+
+/// Which dtype activations and float parameters are computed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DtypePolicy {
+    /// float32 on CPU (MLX's CPU bf16 kernels are slow and its bf16 quantized matmul
+    /// inaccurate); the model's own dtype on GPUs.
+    #[default]
+    Auto,
+    /// Always float32.
+    Float32,
+    /// Always bfloat16.
+    Bfloat16,
+    /// Always float16.
+    Float16,
+}
+
+impl DtypePolicy {
+    /// Resolves the policy for the current default device and the model's `torch_dtype`.
+    pub fn resolve(self, torch_dtype: Option<&str>) -> Dtype {
+        match self {
+            DtypePolicy::Float32 => Dtype::Float32,
+            DtypePolicy::Bfloat16 => Dtype::Bfloat16,
+            DtypePolicy::Float16 => Dtype::Float16,
+            DtypePolicy::Auto => {
+                if gpu_available() {
+                    match torch_dtype {
+                        Some("float16") => Dtype::Float16,
+                        Some("float32") => Dtype::Float32,
+                        _ => Dtype::Bfloat16,
+                    }
+                } else {
+                    Dtype::Float32
+                }
+            }
+        }
+    }
+}
+
+/// Whether MLX's default device is a GPU (Metal or CUDA).
+pub fn gpu_available() -> bool {
+    mlx_rs::Device::try_default()
+        .and_then(|d| d.get_type())
+        .is_ok_and(|t| matches!(t, mlx_rs::DeviceType::Gpu))
+}
+
+/// A model loaded into MLX, with what is needed to run it.
+#[derive(Debug)]
+pub struct Model {
+    /// The network.
+    pub net: Transformer,
+    /// Context length from config.json.
+    pub max_context: usize,
+    /// EOS ids declared by config.json / generation_config.json.
+    pub eos_ids: Vec<u32>,
+}
+
+impl Model {
+    /// Builds the network for an opened snapshot.
+    pub fn load(snapshot: &Snapshot, policy: DtypePolicy) -> Result<Self> {
+        let config = &snapshot.config;
+        let dtype = policy.resolve(config.torch_dtype.as_deref());
+        tracing::debug!(?dtype, model_type = %config.model_type, "loading model");
+        let spec = arch::spec(config)?;
+        let ctx = layers::LoadCtx {
+            weights: &snapshot.weights,
+            config,
+            dtype,
+        };
+        let net = Transformer::load(&ctx, &spec)?;
+        Ok(Self {
+            net,
+            max_context: config.max_position_embeddings,
+            eos_ids: snapshot.eos_ids(),
+        })
+    }
+}

@@ -1,0 +1,226 @@
+//! The decoder-only transformer every supported architecture is an instance of: embeddings,
+//! N blocks of (RMSNorm → GQA attention with RoPE → residual, RMSNorm → gated MLP →
+//! residual), final norm, LM head (tied or separate). Architectures differ by an
+//! [`ArchSpec`] built from config.json (see `arch.rs`), not by code.
+
+use mlx_rs::fast::{scaled_dot_product_attention, ScaledDotProductAttentionMask};
+use mlx_rs::{Array, Dtype};
+
+use super::cache::{KvCache, LayerCache};
+use super::layers::{Embedding, Linear, LoadCtx, RmsNorm, Rope};
+use crate::diagnostic::Result;
+
+/// Activation of the gated MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `silu(gate) * up` (llama, qwen).
+    Silu,
+    /// `gelu_tanh(gate) * up` (gemma).
+    GeluTanh,
+}
+
+/// What distinguishes one architecture from another, as flags.
+#[derive(Debug, Clone)]
+pub struct ArchSpec {
+    /// Biases on q/k/v projections.
+    pub qkv_bias: bool,
+    /// Bias on the output projection.
+    pub o_bias: bool,
+    /// Biases on the MLP projections.
+    pub mlp_bias: bool,
+    /// MLP activation.
+    pub activation: Activation,
+    /// Softmax scale of attention (usually `head_dim^-0.5`).
+    pub attn_scale: f32,
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    n_heads: i32,
+    n_kv_heads: i32,
+    head_dim: i32,
+    scale: f32,
+}
+
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+    activation: Activation,
+}
+
+struct Block {
+    input_norm: RmsNorm,
+    attn: Attention,
+    post_attn_norm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// A loaded model, ready to run.
+pub struct Transformer {
+    embed: Embedding,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Option<Linear>,
+    rope: Rope,
+    /// Compute dtype of activations.
+    pub dtype: Dtype,
+    /// Vocabulary size (logit count).
+    pub vocab_size: usize,
+}
+
+impl std::fmt::Debug for Transformer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transformer")
+            .field("layers", &self.blocks.len())
+            .field("dtype", &self.dtype)
+            .finish()
+    }
+}
+
+impl Transformer {
+    /// Loads all weights following HF llama-style names (`model.layers.N.self_attn.q_proj`…).
+    pub fn load(ctx: &LoadCtx<'_>, spec: &ArchSpec) -> Result<Self> {
+        let c = ctx.config;
+        let (h, hd) = (c.hidden_size, c.head_dim);
+        let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads);
+        let eps = c.rms_norm_eps;
+        let embed = ctx.embedding("model.embed_tokens", c.vocab_size, h)?;
+        let mut blocks = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let a = format!("{p}.self_attn");
+            let m = format!("{p}.mlp");
+            blocks.push(Block {
+                input_norm: ctx.rms_norm(&format!("{p}.input_layernorm"), h, eps, false)?,
+                attn: Attention {
+                    q_proj: ctx.linear(&format!("{a}.q_proj"), h, nh * hd, spec.qkv_bias)?,
+                    k_proj: ctx.linear(&format!("{a}.k_proj"), h, nkv * hd, spec.qkv_bias)?,
+                    v_proj: ctx.linear(&format!("{a}.v_proj"), h, nkv * hd, spec.qkv_bias)?,
+                    o_proj: ctx.linear(&format!("{a}.o_proj"), nh * hd, h, spec.o_bias)?,
+                    n_heads: nh as i32,
+                    n_kv_heads: nkv as i32,
+                    head_dim: hd as i32,
+                    scale: spec.attn_scale,
+                },
+                post_attn_norm: ctx.rms_norm(
+                    &format!("{p}.post_attention_layernorm"),
+                    h,
+                    eps,
+                    false,
+                )?,
+                mlp: Mlp {
+                    gate_proj: ctx.linear(
+                        &format!("{m}.gate_proj"),
+                        h,
+                        c.intermediate_size,
+                        spec.mlp_bias,
+                    )?,
+                    up_proj: ctx.linear(
+                        &format!("{m}.up_proj"),
+                        h,
+                        c.intermediate_size,
+                        spec.mlp_bias,
+                    )?,
+                    down_proj: ctx.linear(
+                        &format!("{m}.down_proj"),
+                        c.intermediate_size,
+                        h,
+                        spec.mlp_bias,
+                    )?,
+                    activation: spec.activation,
+                },
+            });
+        }
+        let norm = ctx.rms_norm("model.norm", h, eps, false)?;
+        let lm_head = if c.tie_word_embeddings {
+            if ctx.weights.contains("lm_head.weight") {
+                tracing::info!(
+                    "config.json says tie_word_embeddings but lm_head.weight exists; using the \
+                     tied embedding as mlx-lm does"
+                );
+            }
+            None
+        } else {
+            Some(ctx.linear("lm_head", h, c.vocab_size, false)?)
+        };
+        let rope = Rope::new(hd, c.rope_theta, c.rope_scaling.as_ref())?;
+        Ok(Self {
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            rope,
+            dtype: ctx.dtype,
+            vocab_size: c.vocab_size,
+        })
+    }
+
+    /// Runs `ids` (`[1, L]` int32) through the model, appending to `cache`; returns the
+    /// logits of the last position as float32 `[vocab]` (lazy; evaluate to compute).
+    pub fn forward_last(&self, ids: &Array, cache: &mut KvCache) -> Result<Array> {
+        let len = ids.shape()[1];
+        let mut x = self.embed.forward(ids)?;
+        for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            let r = block.attn.forward(
+                &block.input_norm.forward(&x)?,
+                layer_cache,
+                cache.offset,
+                &self.rope,
+            )?;
+            x = x.add(&r)?;
+            let r = block.mlp.forward(&block.post_attn_norm.forward(&x)?)?;
+            x = x.add(&r)?;
+        }
+        cache.offset += len as usize;
+        // Only the last position's logits are needed.
+        let last = x.take_axis(Array::from_int(len - 1), 1)?;
+        let last = self.norm.forward(&last)?;
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(&last)?,
+            None => self.embed.as_linear(&last)?,
+        };
+        Ok(logits.reshape(&[-1])?.as_dtype(Dtype::Float32)?)
+    }
+
+    /// A fresh cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.blocks.len())
+    }
+}
+
+impl Attention {
+    fn forward(&self, x: &Array, cache: &mut LayerCache, offset: usize, rope: &Rope) -> Result<Array> {
+        let (b, l) = (x.shape()[0], x.shape()[1]);
+        let heads = |a: Array, n: i32| -> Result<Array> {
+            Ok(a.reshape(&[b, l, n, self.head_dim])?.transpose_axes(&[0, 2, 1, 3])?)
+        };
+        let q = heads(self.q_proj.forward(x)?, self.n_heads)?;
+        let k = heads(self.k_proj.forward(x)?, self.n_kv_heads)?;
+        let v = heads(self.v_proj.forward(x)?, self.n_kv_heads)?;
+        let q = rope.forward(&q, offset)?;
+        let k = rope.forward(&k, offset)?;
+        let (k, v) = cache.update(k, v)?;
+        let mask = (l > 1).then_some(ScaledDotProductAttentionMask::Causal);
+        let o = scaled_dot_product_attention(&q, &k, &v, self.scale, mask, None)?;
+        let o = o
+            .transpose_axes(&[0, 2, 1, 3])?
+            .reshape(&[b, l, self.n_heads * self.head_dim])?;
+        self.o_proj.forward(&o)
+    }
+}
+
+impl Mlp {
+    fn forward(&self, x: &Array) -> Result<Array> {
+        let gate = self.gate_proj.forward(x)?;
+        let act = match self.activation {
+            Activation::Silu => mlx_rs::nn::silu(&gate)?,
+            Activation::GeluTanh => mlx_rs::nn::gelu_approximate(&gate)?,
+        };
+        let up = self.up_proj.forward(x)?;
+        self.down_proj.forward(&act.multiply(&up)?)
+    }
+}

@@ -1,0 +1,622 @@
+//! Architecture mapping from llama.cpp's GGUF conventions to Hugging Face / mlx-lm ones:
+//! which architectures are supported ([`Architecture`]), GGUF tensor names → Hugging Face
+//! names ([`map_tensor`], including undoing llama.cpp's Q/K row permutation for llama and the
+//! `+1` gemma norm shift), hyper-parameters from metadata ([`ModelParams`]) and `config.json`.
+
+use serde_json::{json, Map, Value};
+use tracing::warn;
+
+use super::reader::GgufFile;
+use crate::diagnostic::{Diagnostic, Result};
+
+/// A GGUF architecture this importer can map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Architecture {
+    /// `llama` (Llama 1/2/3, SmolLM, Mistral-style llama GGUFs). Q/K rows are permuted.
+    Llama,
+    /// `qwen2` (Qwen2 / Qwen2.5): q/k/v biases, no permutation.
+    Qwen2,
+    /// `qwen3`: q/k norms, no biases, no permutation.
+    Qwen3,
+    /// `gemma3` (text): four norms per layer, q/k norms, norm weights stored `+1`.
+    Gemma3,
+}
+
+impl Architecture {
+    /// Every supported architecture.
+    pub const ALL: [Architecture; 4] = [Self::Llama, Self::Qwen2, Self::Qwen3, Self::Gemma3];
+
+    /// From `general.architecture`.
+    pub fn from_gguf(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.gguf_name() == name)
+    }
+
+    /// The `general.architecture` value (also the metadata key prefix).
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
+            Self::Gemma3 => "gemma3",
+        }
+    }
+
+    /// Hugging Face `model_type`.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
+            Self::Gemma3 => "gemma3_text",
+        }
+    }
+
+    /// Hugging Face model class (`architectures[0]`).
+    pub fn hf_class(self) -> &'static str {
+        match self {
+            Self::Llama => "LlamaForCausalLM",
+            Self::Qwen2 => "Qwen2ForCausalLM",
+            Self::Qwen3 => "Qwen3ForCausalLM",
+            Self::Gemma3 => "Gemma3ForCausalLM",
+        }
+    }
+
+    /// Does llama.cpp's converter permute Q/K rows for this architecture?
+    pub fn permutes_qk(self) -> bool {
+        matches!(self, Self::Llama)
+    }
+
+    /// Value llama.cpp's converter added to every norm weight (gemma's `1 + w` RMSNorm).
+    pub fn norm_shift(self) -> f32 {
+        match self {
+            Self::Gemma3 => 1.0,
+            _ => 0.0,
+        }
+    }
+}
+
+impl std::fmt::Display for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.gguf_name())
+    }
+}
+
+/// The architecture of a GGUF file, or an `unsupported-architecture` error.
+pub fn detect(gguf: &GgufFile) -> Result<Architecture> {
+    let name = gguf.architecture().ok_or_else(|| {
+        Diagnostic::error(
+            "rmlx::gguf::missing-metadata",
+            "GGUF file has no `general.architecture`",
+        )
+        .with_file(gguf.path())
+    })?;
+    Architecture::from_gguf(name).ok_or_else(|| {
+        Diagnostic::error(
+            "rmlx::gguf::unsupported-architecture",
+            format!("GGUF architecture `{name}` is not supported"),
+        )
+        .with_file(gguf.path())
+        .with_help(format!(
+            "supported architectures: {}",
+            Architecture::ALL.map(Architecture::gguf_name).join(", ")
+        ))
+    })
+}
+
+/// What to do with one GGUF tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TensorMapping {
+    /// Write it under this Hugging Face name.
+    Keep {
+        /// Hugging Face tensor name, e.g. `model.layers.0.self_attn.q_proj.weight`.
+        hf_name: String,
+        /// Undo llama.cpp's rope permutation of the rows with this many heads.
+        unpermute_heads: Option<usize>,
+        /// Subtract this from every value (gemma norms); 0 for none.
+        subtract: f32,
+    },
+    /// Not a Hugging Face weight (e.g. `rope_freqs.weight`); skip it, with this reason.
+    Skip(&'static str),
+}
+
+/// Maps a GGUF tensor name; `None` for names this architecture does not know.
+pub fn map_tensor(arch: Architecture, params: &ModelParams, name: &str) -> Option<TensorMapping> {
+    let keep = |hf: String| TensorMapping::Keep {
+        hf_name: hf,
+        unpermute_heads: None,
+        subtract: 0.0,
+    };
+    let mut mapping = match name {
+        "token_embd.weight" => keep("model.embed_tokens.weight".into()),
+        "output_norm.weight" => keep("model.norm.weight".into()),
+        "output.weight" => keep("lm_head.weight".into()),
+        "rope_freqs.weight" => {
+            return Some(TensorMapping::Skip(
+                "llama.cpp's precomputed rope frequencies are not a Hugging Face weight",
+            ))
+        }
+        _ => {
+            let rest = name.strip_prefix("blk.")?;
+            let (layer, rest) = rest.split_once('.')?;
+            let layer: usize = layer.parse().ok()?;
+            if layer >= params.num_layers {
+                return None;
+            }
+            let (module, suffix) = rest.rsplit_once('.')?;
+            if suffix != "weight" && suffix != "bias" {
+                return None;
+            }
+            let hf_module = match (arch, module) {
+                (_, "attn_norm") => "input_layernorm",
+                (_, "attn_q") => "self_attn.q_proj",
+                (_, "attn_k") => "self_attn.k_proj",
+                (_, "attn_v") => "self_attn.v_proj",
+                (_, "attn_output") => "self_attn.o_proj",
+                (_, "ffn_gate") => "mlp.gate_proj",
+                (_, "ffn_up") => "mlp.up_proj",
+                (_, "ffn_down") => "mlp.down_proj",
+                (Architecture::Gemma3 | Architecture::Qwen3, "attn_q_norm") => "self_attn.q_norm",
+                (Architecture::Gemma3 | Architecture::Qwen3, "attn_k_norm") => "self_attn.k_norm",
+                (Architecture::Gemma3, "post_attention_norm") => "post_attention_layernorm",
+                (Architecture::Gemma3, "ffn_norm") => "pre_feedforward_layernorm",
+                (Architecture::Gemma3, "post_ffw_norm") => "post_feedforward_layernorm",
+                (_, "ffn_norm") => "post_attention_layernorm",
+                _ => return None,
+            };
+            let mut m = keep(format!("model.layers.{layer}.{hf_module}.{suffix}"));
+            if arch.permutes_qk() {
+                if let TensorMapping::Keep {
+                    unpermute_heads, ..
+                } = &mut m
+                {
+                    *unpermute_heads = match module {
+                        "attn_q" => Some(params.num_heads),
+                        "attn_k" => Some(params.num_kv_heads),
+                        _ => None,
+                    };
+                }
+            }
+            m
+        }
+    };
+    if arch.norm_shift() != 0.0 && name.ends_with("norm.weight") {
+        if let TensorMapping::Keep { subtract, .. } = &mut mapping {
+            *subtract = arch.norm_shift();
+        }
+    }
+    Some(mapping)
+}
+
+/// For each destination row, the source row that undoes llama.cpp's rope permutation:
+/// the converter did `w.reshape(n_head, 2, hd/2, cols).swapaxes(1, 2).reshape(rows, cols)`,
+/// so HF row `h*hd + t*hd/2 + i` is GGUF row `h*hd + 2*i + t`. `None` when `rows` is not a
+/// multiple of `2 * n_head`.
+pub fn unpermute_rows(rows: usize, n_head: usize) -> Option<Vec<usize>> {
+    if n_head == 0 || rows % (2 * n_head) != 0 {
+        return None;
+    }
+    let hd = rows / n_head;
+    let half = hd / 2;
+    let mut src = Vec::with_capacity(rows);
+    for h in 0..n_head {
+        for t in 0..2 {
+            for i in 0..half {
+                src.push(h * hd + 2 * i + t);
+            }
+        }
+    }
+    Some(src)
+}
+
+/// Reorders whole rows of `row_bytes` bytes: row `r` of the result is row `src[r]` of `data`.
+pub fn permute_rows(data: &[u8], row_bytes: usize, src: &[usize]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len());
+    for &s in src {
+        out.extend_from_slice(&data[s * row_bytes..(s + 1) * row_bytes]);
+    }
+    out
+}
+
+/// Hyper-parameters read from GGUF metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelParams {
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub intermediate_size: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub max_position_embeddings: usize,
+    pub vocab_size: usize,
+    /// Hugging Face `rope_scaling`, when the GGUF declares one.
+    pub rope_scaling: Option<Value>,
+    /// `<arch>.attention.sliding_window`, when present.
+    pub sliding_window: Option<usize>,
+}
+
+fn missing(gguf: &GgufFile, key: &str) -> Diagnostic {
+    Diagnostic::error(
+        "rmlx::gguf::missing-metadata",
+        format!("GGUF metadata `{key}` is missing or not a number"),
+    )
+    .with_file(gguf.path())
+    .with_help("the file was not written by a llama.cpp converter this importer knows")
+}
+
+fn req_usize(gguf: &GgufFile, key: &str) -> Result<usize> {
+    match gguf.get_u64(key) {
+        Some(v) if v > 0 && v < (1 << 32) => Ok(v as usize),
+        _ => Err(missing(gguf, key)),
+    }
+}
+
+fn head_count(gguf: &GgufFile, key: &str) -> Result<Option<usize>> {
+    // Some converters store per-layer head counts as arrays; accept them when uniform.
+    if let Some(arr) = gguf.get_i64_array(key) {
+        let first = arr.first().copied();
+        if let Some(f) = first.filter(|&f| f > 0 && arr.iter().all(|&x| x == f)) {
+            return Ok(Some(f as usize));
+        }
+        return Err(Diagnostic::error(
+            "rmlx::gguf::unsupported-architecture",
+            format!("GGUF `{key}` varies per layer, which is not supported"),
+        )
+        .with_file(gguf.path()));
+    }
+    Ok(gguf.get_u64(key).filter(|&v| v > 0).map(|v| v as usize))
+}
+
+impl ModelParams {
+    /// Reads the hyper-parameters of `arch` from the file's metadata.
+    pub fn read(gguf: &GgufFile, arch: Architecture) -> Result<Self> {
+        let p = arch.gguf_name();
+        let k = |s: &str| format!("{p}.{s}");
+        let hidden_size = req_usize(gguf, &k("embedding_length"))?;
+        let num_layers = req_usize(gguf, &k("block_count"))?;
+        let intermediate_size = req_usize(gguf, &k("feed_forward_length"))?;
+        let num_heads = head_count(gguf, &k("attention.head_count"))?
+            .ok_or_else(|| missing(gguf, &k("attention.head_count")))?;
+        let num_kv_heads = match head_count(gguf, &k("attention.head_count_kv"))? {
+            Some(n) => n,
+            None => {
+                warn!("GGUF has no `{p}.attention.head_count_kv`; using the head count {num_heads} (no GQA)");
+                num_heads
+            }
+        };
+        let head_dim = match gguf.get_u64(&k("attention.key_length")) {
+            Some(v) if v > 0 => v as usize,
+            _ => {
+                if hidden_size % num_heads != 0 {
+                    return Err(missing(gguf, &k("attention.key_length")));
+                }
+                hidden_size / num_heads
+            }
+        };
+        let rms_norm_eps = gguf
+            .get_f64(&k("attention.layer_norm_rms_epsilon"))
+            .map(short_f64)
+            .ok_or_else(|| missing(gguf, &k("attention.layer_norm_rms_epsilon")))?;
+        let default_theta = match arch {
+            Architecture::Llama => 10_000.0,
+            Architecture::Qwen2 | Architecture::Qwen3 | Architecture::Gemma3 => 1_000_000.0,
+        };
+        let rope_theta = match gguf.get_f64(&k("rope.freq_base")) {
+            Some(v) => short_f64(v),
+            None => {
+                warn!("GGUF has no `{p}.rope.freq_base`; using the {p} default {default_theta}");
+                default_theta
+            }
+        };
+        let max_position_embeddings = match gguf.get_u64(&k("context_length")) {
+            Some(v) if v > 0 => v as usize,
+            _ => {
+                warn!("GGUF has no `{p}.context_length`; using 2048");
+                2048
+            }
+        };
+        let vocab_size = match gguf.get_u64(&k("vocab_size")) {
+            Some(v) if v > 0 => v as usize,
+            _ => match gguf.get_array("tokenizer.ggml.tokens") {
+                Some(t) if !t.is_empty() => t.len(),
+                _ => match gguf.tensor_info("token_embd.weight") {
+                    Some(t) if t.dims.len() == 2 => t.dims[1] as usize,
+                    _ => return Err(missing(gguf, &k("vocab_size"))),
+                },
+            },
+        };
+        let rope_scaling = rope_scaling(gguf, p);
+        let sliding_window = gguf
+            .get_u64(&k("attention.sliding_window"))
+            .filter(|&v| v > 0)
+            .map(|v| v as usize);
+        if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+            return Err(Diagnostic::error(
+                "rmlx::gguf::bad-metadata",
+                format!(
+                    "{num_heads} attention heads are not a multiple of {num_kv_heads} KV heads"
+                ),
+            )
+            .with_file(gguf.path()));
+        }
+        Ok(Self {
+            hidden_size,
+            num_layers,
+            intermediate_size,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rms_norm_eps,
+            rope_theta,
+            max_position_embeddings,
+            vocab_size,
+            rope_scaling,
+            sliding_window,
+        })
+    }
+}
+
+/// A value stored as f32 in the GGUF, as the shortest decimal that round-trips through f32
+/// (so `1e-5` stays `1e-5` in config.json instead of `9.999999747378752e-6`).
+pub fn short_f64(v: f64) -> f64 {
+    let f = v as f32;
+    if f as f64 != v {
+        return v; // really an f64
+    }
+    format!("{f}").parse().unwrap_or(v)
+}
+
+fn rope_scaling(gguf: &GgufFile, p: &str) -> Option<Value> {
+    let ty = gguf.get_str(&format!("{p}.rope.scaling.type"));
+    let factor = gguf
+        .get_f64(&format!("{p}.rope.scaling.factor"))
+        .map(short_f64);
+    let orig = gguf.get_u64(&format!("{p}.rope.scaling.original_context_length"));
+    match (ty, factor) {
+        (None | Some("none"), _) => None,
+        (Some(_), None) | (Some(_), Some(0.0)) => {
+            warn!("GGUF `{p}.rope.scaling.type` is set without a usable factor; ignoring rope scaling");
+            None
+        }
+        (Some(t @ ("linear" | "yarn")), Some(f)) => {
+            let mut m = Map::new();
+            m.insert("type".into(), json!(t));
+            m.insert("rope_type".into(), json!(t));
+            m.insert("factor".into(), json!(f));
+            if let Some(o) = orig {
+                m.insert("original_max_position_embeddings".into(), json!(o));
+            }
+            Some(Value::Object(m))
+        }
+        (Some(t), Some(_)) => {
+            warn!("GGUF rope scaling type `{t}` is not supported; ignoring rope scaling");
+            None
+        }
+    }
+}
+
+/// Token ids used in config files.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SpecialIds {
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    /// `tokenizer.ggml.eot_token_id` (end of turn), when different from `eos`.
+    pub eot: Option<u32>,
+    pub unk: Option<u32>,
+    pub pad: Option<u32>,
+}
+
+impl SpecialIds {
+    /// Reads `tokenizer.ggml.*_token_id`.
+    pub fn read(gguf: &GgufFile) -> Self {
+        let id = |k: &str| gguf.get_u32(&format!("tokenizer.ggml.{k}_token_id"));
+        let eos = id("eos");
+        Self {
+            bos: id("bos"),
+            eos,
+            eot: id("eot").filter(|&e| Some(e) != eos),
+            unk: id("unknown"),
+            pad: id("padding"),
+        }
+    }
+
+    /// `eos_token_id` value: a number, or a list when there is an end-of-turn id too.
+    pub fn eos_json(&self) -> Value {
+        match (self.eos, self.eot) {
+            (Some(e), Some(t)) => json!([e, t]),
+            (Some(e), None) => json!(e),
+            (None, Some(t)) => json!(t),
+            (None, None) => Value::Null,
+        }
+    }
+}
+
+/// Builds `config.json`. `quantization` is the mlx-lm quantization block (also written as
+/// `quantization_config`) when any tensor is kept quantized.
+pub fn config_json(
+    arch: Architecture,
+    p: &ModelParams,
+    ids: &SpecialIds,
+    tie_word_embeddings: bool,
+    torch_dtype: &str,
+    quantization: Option<Value>,
+) -> Value {
+    let mut c = Map::new();
+    let mut put = |k: &str, v: Value| {
+        c.insert(k.to_owned(), v);
+    };
+    put("architectures", json!([arch.hf_class()]));
+    put("model_type", json!(arch.model_type()));
+    put("hidden_size", json!(p.hidden_size));
+    put("intermediate_size", json!(p.intermediate_size));
+    put("num_hidden_layers", json!(p.num_layers));
+    put("num_attention_heads", json!(p.num_heads));
+    put("num_key_value_heads", json!(p.num_kv_heads));
+    put("head_dim", json!(p.head_dim));
+    put("rms_norm_eps", json!(p.rms_norm_eps));
+    put("rope_theta", json!(p.rope_theta));
+    put("max_position_embeddings", json!(p.max_position_embeddings));
+    put("vocab_size", json!(p.vocab_size));
+    put("tie_word_embeddings", json!(tie_word_embeddings));
+    put("bos_token_id", json!(ids.bos));
+    put("eos_token_id", ids.eos_json());
+    if let Some(pad) = ids.pad {
+        put("pad_token_id", json!(pad));
+    }
+    put(
+        "rope_scaling",
+        p.rope_scaling.clone().unwrap_or(Value::Null),
+    );
+    match arch {
+        Architecture::Llama => {
+            put("hidden_act", json!("silu"));
+            put("attention_bias", json!(false));
+            put("mlp_bias", json!(false));
+        }
+        Architecture::Qwen2 => {
+            put("hidden_act", json!("silu"));
+            put("use_sliding_window", json!(false));
+            put(
+                "sliding_window",
+                json!(p.sliding_window.unwrap_or(p.max_position_embeddings)),
+            );
+            put("max_window_layers", json!(p.num_layers));
+        }
+        Architecture::Qwen3 => {
+            put("hidden_act", json!("silu"));
+            put("attention_bias", json!(false));
+            put("use_sliding_window", json!(false));
+        }
+        Architecture::Gemma3 => {
+            // llama.cpp hard-codes these for gemma3 (they are not stored in the GGUF).
+            let pattern = 6;
+            put("hidden_activation", json!("gelu_pytorch_tanh"));
+            put("rope_local_base_freq", json!(10_000.0));
+            put("sliding_window", json!(p.sliding_window.unwrap_or(512)));
+            put("sliding_window_pattern", json!(pattern));
+            let layer_types: Vec<&str> = (0..p.num_layers)
+                .map(|i| {
+                    if (i + 1) % pattern == 0 {
+                        "full_attention"
+                    } else {
+                        "sliding_attention"
+                    }
+                })
+                .collect();
+            put("layer_types", json!(layer_types));
+            // llama.cpp: 1/sqrt(hidden/heads) for the 27B model (62 layers), else 1/sqrt(head_dim).
+            let scalar = if p.num_layers == 62 {
+                p.hidden_size / p.num_heads
+            } else {
+                p.head_dim
+            };
+            put("query_pre_attn_scalar", json!(scalar));
+            put("final_logit_softcapping", Value::Null);
+            put("attn_logit_softcapping", Value::Null);
+        }
+    }
+    put("torch_dtype", json!(torch_dtype));
+    if let Some(q) = quantization {
+        put("quantization", q.clone());
+        put("quantization_config", q);
+    }
+    Value::Object(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> ModelParams {
+        ModelParams {
+            hidden_size: 8,
+            num_layers: 2,
+            intermediate_size: 16,
+            num_heads: 2,
+            num_kv_heads: 1,
+            head_dim: 4,
+            rms_norm_eps: 1e-5,
+            rope_theta: 1e4,
+            max_position_embeddings: 64,
+            vocab_size: 10,
+            rope_scaling: None,
+            sliding_window: None,
+        }
+    }
+
+    /// The llama.cpp converter's permutation, written the way numpy does it.
+    fn permute(rows: usize, n_head: usize) -> Vec<usize> {
+        // gguf[h, i, t] = hf[h, t, i]  →  gguf row index h*hd + i*2 + t holds hf row
+        // h*hd + t*hd/2 + i.
+        let hd = rows / n_head;
+        let mut gguf_from_hf = vec![0; rows];
+        for h in 0..n_head {
+            for i in 0..hd / 2 {
+                for t in 0..2 {
+                    gguf_from_hf[h * hd + i * 2 + t] = h * hd + t * (hd / 2) + i;
+                }
+            }
+        }
+        gguf_from_hf
+    }
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permutation() {
+        for (rows, heads) in [(8, 2), (576, 9), (192, 3), (64, 1)] {
+            let gguf_from_hf = permute(rows, heads);
+            let src = unpermute_rows(rows, heads).unwrap();
+            for (hf_row, &g) in src.iter().enumerate() {
+                assert_eq!(gguf_from_hf[g], hf_row);
+            }
+        }
+        assert!(unpermute_rows(10, 3).is_none());
+        let data: Vec<u8> = (0..8u8).flat_map(|r| [r, r]).collect();
+        let out = permute_rows(&data, 2, &unpermute_rows(8, 2).unwrap());
+        assert_eq!(out, vec![0, 0, 2, 2, 1, 1, 3, 3, 4, 4, 6, 6, 5, 5, 7, 7]);
+    }
+
+    #[test]
+    fn tensor_names_map_to_hugging_face() {
+        let p = params();
+        let hf = |arch, n: &str| match map_tensor(arch, &p, n) {
+            Some(TensorMapping::Keep { hf_name, .. }) => hf_name,
+            other => panic!("{n}: {other:?}"),
+        };
+        assert_eq!(
+            hf(Architecture::Llama, "token_embd.weight"),
+            "model.embed_tokens.weight"
+        );
+        assert_eq!(hf(Architecture::Llama, "output.weight"), "lm_head.weight");
+        assert_eq!(
+            hf(Architecture::Llama, "blk.1.ffn_norm.weight"),
+            "model.layers.1.post_attention_layernorm.weight"
+        );
+        assert_eq!(
+            hf(Architecture::Qwen2, "blk.0.attn_q.bias"),
+            "model.layers.0.self_attn.q_proj.bias"
+        );
+        assert_eq!(
+            hf(Architecture::Gemma3, "blk.0.ffn_norm.weight"),
+            "model.layers.0.pre_feedforward_layernorm.weight"
+        );
+        assert!(map_tensor(Architecture::Llama, &p, "blk.2.attn_q.weight").is_none());
+        assert!(map_tensor(Architecture::Llama, &p, "blk.0.attn_q_norm.weight").is_none());
+        match map_tensor(Architecture::Llama, &p, "blk.0.attn_k.weight") {
+            Some(TensorMapping::Keep {
+                unpermute_heads, ..
+            }) => assert_eq!(unpermute_heads, Some(1)),
+            other => panic!("{other:?}"),
+        }
+        match map_tensor(Architecture::Qwen2, &p, "blk.0.attn_q.weight") {
+            Some(TensorMapping::Keep {
+                unpermute_heads, ..
+            }) => assert_eq!(unpermute_heads, None),
+            other => panic!("{other:?}"),
+        }
+        match map_tensor(Architecture::Gemma3, &p, "blk.0.attn_q_norm.weight") {
+            Some(TensorMapping::Keep { subtract, .. }) => assert_eq!(subtract, 1.0),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,622 @@
+//! The GGUF → MLX model-directory import ([`import`]): plans every tensor (name mapping, Q/K
+//! un-permutation, kept-quantized vs dense), writes `model.safetensors` tensor by tensor (each
+//! tensor is converted only when the writer asks for its bytes, so peak memory is about one
+//! tensor), the config and tokenizer files, into a temporary sibling directory that is renamed
+//! into place at the end.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use half::{bf16, f16};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Map, Value};
+use tracing::{info, warn};
+
+use super::arch::{self, Architecture, ModelParams, SpecialIds, TensorMapping};
+use super::quants::{self, GgmlType, MLX_GROUP_SIZE};
+use super::reader::{GgufFile, TensorView};
+use super::tokenizer::TokenizerFiles;
+use crate::diagnostic::{Diagnostic, Result};
+
+/// Alias of [`Dtype`] (the name the CLI uses).
+pub type OutDtype = Dtype;
+
+/// Element type of dense output tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Dtype {
+    /// 32-bit float.
+    F32,
+    /// IEEE half.
+    F16,
+    /// bfloat16 (the default).
+    #[default]
+    Bf16,
+}
+
+impl Dtype {
+    /// The `torch_dtype` name written to config.json.
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "float32",
+            Dtype::F16 => "float16",
+            Dtype::Bf16 => "bfloat16",
+        }
+    }
+
+    fn safetensors(self) -> safetensors::Dtype {
+        match self {
+            Dtype::F32 => safetensors::Dtype::F32,
+            Dtype::F16 => safetensors::Dtype::F16,
+            Dtype::Bf16 => safetensors::Dtype::BF16,
+        }
+    }
+
+    fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::Bf16 => 2,
+        }
+    }
+}
+
+/// How to import.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportOptions {
+    /// Keep Q4_0 / Q4_1 / Q8_0 matrices quantized, as the exactly equivalent MLX affine
+    /// quantization with group size 32 (4 or 8 bits). Other quantized types are always
+    /// dequantized. Default: true.
+    pub keep_quantized: bool,
+    /// Element type of dense tensors (norms, dequantized matrices). Default: bf16.
+    pub dtype: Dtype,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        Self {
+            keep_quantized: true,
+            dtype: Dtype::Bf16,
+        }
+    }
+}
+
+/// What happened to one tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorAction {
+    /// Written as MLX affine quantization (`.weight` U32, `.scales`, `.biases` F16).
+    KeptQuantized {
+        /// 4 or 8.
+        bits: u32,
+    },
+    /// A block-quantized GGUF tensor written dense (in the import dtype).
+    Dequantized,
+    /// A plain float/int GGUF tensor written dense (in the import dtype).
+    Converted,
+}
+
+/// One imported tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorReport {
+    /// Name in the GGUF file.
+    pub gguf_name: String,
+    /// Hugging Face name in model.safetensors.
+    pub hf_name: String,
+    /// GGUF storage type.
+    pub ggml_type: GgmlType,
+    /// Row-major shape (of the dense tensor).
+    pub shape: Vec<usize>,
+    /// What was done with it.
+    pub action: TensorAction,
+    /// Q/K rows were un-permuted with this many heads.
+    pub unpermuted_heads: Option<usize>,
+}
+
+/// The result of [`import`].
+#[derive(Debug, Clone)]
+pub struct ImportReport {
+    /// The GGUF architecture.
+    pub architecture: Architecture,
+    /// The model directory that was written.
+    pub out_dir: PathBuf,
+    /// Every written tensor, in GGUF order.
+    pub tensors: Vec<TensorReport>,
+    /// Hugging Face names of the tensors kept quantized (MLX affine, group 32).
+    pub quantized: Vec<String>,
+    /// Hugging Face names of the tensors written dense (converted floats and dequantized).
+    pub dense: Vec<String>,
+    /// Hugging Face names of the block-quantized tensors that were dequantized (a subset of
+    /// `dense`).
+    pub dequantized: Vec<String>,
+    /// GGUF tensors not written, with the reason.
+    pub skipped: Vec<(String, String)>,
+    /// File names written into `out_dir`.
+    pub files: Vec<String>,
+    /// The config.json that was written.
+    pub config: Value,
+}
+
+/// Which part of a source tensor an output tensor holds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Part {
+    Dense { dtype: Dtype, subtract: f32 },
+    Words,
+    Scales,
+    Biases,
+}
+
+/// One tensor of model.safetensors, converted lazily when the writer asks for its bytes.
+struct OutTensor<'a> {
+    src: TensorView<'a>,
+    part: Part,
+    shape: Vec<usize>,
+    dtype: safetensors::Dtype,
+    n_bytes: usize,
+    /// Source row of each destination row (Q/K un-permutation).
+    rows: Option<Arc<Vec<usize>>>,
+    progress: ProgressBar,
+    failure: Arc<Mutex<Option<Diagnostic>>>,
+}
+
+impl OutTensor<'_> {
+    fn convert(&self) -> Result<Vec<u8>> {
+        let ty = self.src.ggml_type();
+        let data = self.src.data;
+        let bytes = match self.part {
+            Part::Dense { dtype, subtract } => {
+                let mut v = quants::dequantize(ty, data)?;
+                if subtract != 0.0 {
+                    v.iter_mut().for_each(|x| *x -= subtract);
+                }
+                let mut out = Vec::with_capacity(v.len() * dtype.size());
+                match dtype {
+                    Dtype::F32 => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+                    Dtype::F16 => v
+                        .iter()
+                        .for_each(|x| out.extend(f16::from_f32(*x).to_le_bytes())),
+                    Dtype::Bf16 => v
+                        .iter()
+                        .for_each(|x| out.extend(bf16::from_f32(*x).to_le_bytes())),
+                }
+                out
+            }
+            Part::Words => quants::affine_words(ty, data)?
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .collect(),
+            Part::Scales => quants::affine_scales(ty, data)?
+                .iter()
+                .flat_map(|s| s.to_le_bytes())
+                .collect(),
+            Part::Biases => quants::affine_biases(ty, data)?
+                .iter()
+                .flat_map(|s| s.to_le_bytes())
+                .collect(),
+        };
+        let bytes = match &self.rows {
+            Some(src) => {
+                let row_bytes = bytes.len() / src.len().max(1);
+                arch::permute_rows(&bytes, row_bytes, src)
+            }
+            None => bytes,
+        };
+        if bytes.len() != self.n_bytes {
+            return Err(Diagnostic::error(
+                "rmlx::gguf::internal",
+                format!(
+                    "converting `{}` produced {} bytes, expected {}",
+                    self.src.info.name,
+                    bytes.len(),
+                    self.n_bytes
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+}
+
+impl safetensors::View for OutTensor<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        if !matches!(self.part, Part::Scales | Part::Biases) {
+            self.progress.inc(1);
+        }
+        match self.convert() {
+            Ok(b) => Cow::Owned(b),
+            Err(d) => {
+                // The writer cannot fail from here: remember the error, write zeros of the
+                // right length, and fail the import after the file is written (it lives in
+                // the temporary directory, which is then removed).
+                if let Ok(mut f) = self.failure.lock() {
+                    f.get_or_insert(d);
+                }
+                Cow::Owned(vec![0; self.n_bytes])
+            }
+        }
+    }
+
+    fn data_len(&self) -> usize {
+        self.n_bytes
+    }
+}
+
+/// Removes the temporary directory unless the import completed.
+struct TempDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            if let Err(e) = std::fs::remove_dir_all(&self.path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    warn!(
+                        "could not remove temporary directory {}: {e}",
+                        self.path.display()
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn io_err(what: &str, path: &Path, e: &std::io::Error) -> Diagnostic {
+    Diagnostic::io("rmlx::gguf::io", what, path, e)
+}
+
+/// Imports a GGUF file into an MLX-format model directory `out_dir` (replaced atomically if
+/// it exists): `config.json`, `model.safetensors`, `tokenizer.json`, `tokenizer_config.json`,
+/// `generation_config.json` and, when the GGUF has a chat template, `chat_template.jinja`.
+pub fn import(gguf_path: &Path, out_dir: &Path, opts: &ImportOptions) -> Result<ImportReport> {
+    let gguf = GgufFile::open(gguf_path)?;
+    let arch = arch::detect(&gguf)?;
+    let params = ModelParams::read(&gguf, arch)?;
+    let ids = SpecialIds::read(&gguf);
+    info!(
+        file = %gguf_path.display(),
+        "importing GGUF v{} ({}, {} tensors)",
+        gguf.version(),
+        arch.gguf_name(),
+        gguf.tensors().len()
+    );
+
+    // ---- plan ----
+    let progress = if std::io::stderr().is_terminal() {
+        let pb = ProgressBar::new(0);
+        if let Ok(style) =
+            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} tensors ({elapsed})")
+        {
+            pb.set_style(style.progress_chars("=> "));
+        }
+        pb.set_message(format!("importing {}", gguf_path.display()));
+        pb
+    } else {
+        ProgressBar::hidden()
+    };
+    let failure = Arc::new(Mutex::new(None));
+    let mut outs: Vec<(String, OutTensor<'_>)> = Vec::new();
+    let mut reports = Vec::new();
+    let mut skipped = Vec::new();
+    let mut quantized_bits: BTreeMap<String, u32> = BTreeMap::new();
+
+    for info in gguf.tensors() {
+        let view = gguf.view(info);
+        let name = &info.name;
+        let (hf_name, heads, subtract) = match arch::map_tensor(arch, &params, name) {
+            Some(TensorMapping::Keep {
+                hf_name,
+                unpermute_heads,
+                subtract,
+            }) => (hf_name, unpermute_heads, subtract),
+            Some(TensorMapping::Skip(why)) => {
+                warn!("skipping GGUF tensor `{name}`: {why}");
+                skipped.push((name.clone(), why.to_owned()));
+                continue;
+            }
+            None => {
+                return Err(Diagnostic::error(
+                    "rmlx::gguf::unknown-tensor",
+                    format!(
+                        "GGUF tensor `{name}` has no Hugging Face equivalent for architecture `{}`",
+                        arch.gguf_name()
+                    ),
+                )
+                .with_file(gguf_path)
+                .with_help("this GGUF variant is not supported by the importer"));
+            }
+        };
+        let ty = info.ggml_type;
+        if !ty.can_dequantize() {
+            return Err(Diagnostic::error(
+                "rmlx::gguf::unsupported-type",
+                format!("GGUF tensor `{name}` has type {ty}, which cannot be decoded"),
+            )
+            .with_file(gguf_path)
+            .with_help(
+                "use a GGUF quantized with Q4_0, Q4_1, Q8_0, Q2_K..Q6_K, IQ4_NL/IQ4_XS or a \
+                 float type",
+            ));
+        }
+        let shape = info.shape();
+        let rows = match heads {
+            None => None,
+            Some(n_head) => {
+                // A matrix permutes its rows; a bias permutes its elements.
+                let n_rows = if info.dims.len() == 1 {
+                    info.row_len()
+                } else {
+                    info.n_rows()
+                };
+                let src = arch::unpermute_rows(n_rows, n_head).ok_or_else(|| {
+                    Diagnostic::error(
+                        "rmlx::gguf::bad-tensor",
+                        format!(
+                            "tensor `{name}` has {n_rows} rows, not a multiple of 2 x {n_head} \
+                             heads, so its rope permutation cannot be undone"
+                        ),
+                    )
+                    .with_file(gguf_path)
+                })?;
+                Some(Arc::new(src))
+            }
+        };
+        let bits = ty.mlx_affine_bits().filter(|_| {
+            opts.keep_quantized
+                && info.dims.len() == 2
+                && subtract == 0.0
+                && hf_name.ends_with(".weight")
+        });
+        let bits = match bits {
+            Some(_) if !quants::affine_fits_f16(ty, view.data) => {
+                warn!(
+                    "GGUF tensor `{name}` ({ty}) has a scale whose MLX bias overflows float16; \
+                     dequantizing it to {} instead of keeping it quantized",
+                    opts.dtype.torch_name()
+                );
+                None
+            }
+            other => other,
+        };
+        let mk = |part, shape: Vec<usize>, dtype: safetensors::Dtype, elem: usize| {
+            let n_bytes = shape.iter().product::<usize>() * elem;
+            OutTensor {
+                src: view,
+                part,
+                shape,
+                dtype,
+                n_bytes,
+                rows: rows.clone(),
+                progress: progress.clone(),
+                failure: failure.clone(),
+            }
+        };
+        let action = if let Some(bits) = bits {
+            let (r, c) = (shape[0], shape[1]);
+            let module = hf_name.trim_end_matches(".weight").to_owned();
+            let qshape = vec![r, c * bits as usize / 32];
+            let sshape = vec![r, c / MLX_GROUP_SIZE];
+            outs.push((
+                format!("{module}.weight"),
+                mk(Part::Words, qshape, safetensors::Dtype::U32, 4),
+            ));
+            outs.push((
+                format!("{module}.scales"),
+                mk(Part::Scales, sshape.clone(), safetensors::Dtype::F16, 2),
+            ));
+            outs.push((
+                format!("{module}.biases"),
+                mk(Part::Biases, sshape, safetensors::Dtype::F16, 2),
+            ));
+            quantized_bits.insert(module, bits);
+            TensorAction::KeptQuantized { bits }
+        } else {
+            let part = Part::Dense {
+                dtype: opts.dtype,
+                subtract,
+            };
+            outs.push((
+                hf_name.clone(),
+                mk(
+                    part,
+                    shape.clone(),
+                    opts.dtype.safetensors(),
+                    opts.dtype.size(),
+                ),
+            ));
+            if ty.is_quantized() {
+                TensorAction::Dequantized
+            } else {
+                TensorAction::Converted
+            }
+        };
+        reports.push(TensorReport {
+            gguf_name: name.clone(),
+            hf_name,
+            ggml_type: ty,
+            shape,
+            action,
+            unpermuted_heads: heads,
+        });
+    }
+    if !reports
+        .iter()
+        .any(|r| r.hf_name == "model.embed_tokens.weight")
+    {
+        return Err(Diagnostic::error(
+            "rmlx::gguf::missing-tensor",
+            "GGUF file has no `token_embd.weight` (the token embedding)",
+        )
+        .with_file(gguf_path));
+    }
+    let tie = !reports.iter().any(|r| r.hf_name == "lm_head.weight");
+    let quantization = quantization_block(&quantized_bits);
+    let config = arch::config_json(
+        arch,
+        &params,
+        &ids,
+        tie,
+        opts.dtype.torch_name(),
+        quantization,
+    );
+    let tok = TokenizerFiles::from_gguf(&gguf, params.max_position_embeddings)?;
+
+    // ---- write ----
+    let out_dir = absolute(out_dir)?;
+    let parent = out_dir.parent().ok_or_else(|| {
+        Diagnostic::error(
+            "rmlx::gguf::io",
+            format!("output directory {} has no parent", out_dir.display()),
+        )
+    })?;
+    let dir_name = out_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    std::fs::create_dir_all(parent).map_err(|e| io_err("cannot create", parent, &e))?;
+    let tmp_path = parent.join(format!(".{dir_name}.rmlx-import-{}", std::process::id()));
+    if tmp_path.exists() {
+        std::fs::remove_dir_all(&tmp_path).map_err(|e| io_err("cannot remove", &tmp_path, &e))?;
+    }
+    std::fs::create_dir(&tmp_path).map_err(|e| io_err("cannot create", &tmp_path, &e))?;
+    let mut tmp = TempDir {
+        path: tmp_path.clone(),
+        keep: false,
+    };
+
+    let mut files = Vec::new();
+    let write_json = |files: &mut Vec<String>, name: &str, v: &Value| -> Result<()> {
+        let p = tmp_path.join(name);
+        let mut s = serde_json::to_string_pretty(v).map_err(|e| {
+            Diagnostic::error("rmlx::gguf::io", format!("cannot serialize {name}: {e}"))
+        })?;
+        s.push('\n');
+        std::fs::write(&p, s).map_err(|e| io_err("cannot write", &p, &e))?;
+        files.push(name.to_owned());
+        Ok(())
+    };
+    write_json(&mut files, "config.json", &config)?;
+    write_json(&mut files, "tokenizer.json", &tok.tokenizer_json)?;
+    write_json(&mut files, "tokenizer_config.json", &tok.tokenizer_config)?;
+    write_json(&mut files, "generation_config.json", &tok.generation_config)?;
+    if let Some(t) = &tok.chat_template {
+        let p = tmp_path.join("chat_template.jinja");
+        std::fs::write(&p, t).map_err(|e| io_err("cannot write", &p, &e))?;
+        files.push("chat_template.jinja".into());
+    }
+
+    progress.set_length(reports.len() as u64);
+    let st_path = tmp_path.join("model.safetensors");
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("format".to_owned(), "mlx".to_owned());
+    safetensors::serialize_to_file(outs, Some(meta), &st_path).map_err(|e| {
+        Diagnostic::error(
+            "rmlx::gguf::io",
+            format!("cannot write {}: {e}", st_path.display()),
+        )
+        .with_file(&st_path)
+    })?;
+    progress.finish_and_clear();
+    if let Some(d) = failure.lock().ok().and_then(|mut f| f.take()) {
+        return Err(d.with_file(gguf_path));
+    }
+    files.push("model.safetensors".into());
+
+    // ---- commit ----
+    if out_dir.exists() {
+        let old = parent.join(format!(".{dir_name}.rmlx-old-{}", std::process::id()));
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| io_err("cannot remove", &old, &e))?;
+        }
+        std::fs::rename(&out_dir, &old).map_err(|e| io_err("cannot move aside", &out_dir, &e))?;
+        if let Err(e) = std::fs::rename(&tmp_path, &out_dir) {
+            let _ = std::fs::rename(&old, &out_dir);
+            return Err(io_err("cannot move the import into", &out_dir, &e));
+        }
+        tmp.keep = true;
+        if let Err(e) = std::fs::remove_dir_all(&old) {
+            warn!(
+                "could not remove the previous model directory {}: {e}",
+                old.display()
+            );
+        }
+    } else {
+        std::fs::rename(&tmp_path, &out_dir)
+            .map_err(|e| io_err("cannot move the import into", &out_dir, &e))?;
+        tmp.keep = true;
+    }
+
+    let names = |f: &dyn Fn(&TensorAction) -> bool| -> Vec<String> {
+        reports
+            .iter()
+            .filter(|r| f(&r.action))
+            .map(|r| r.hf_name.clone())
+            .collect()
+    };
+    let quantized = names(&|a| matches!(a, TensorAction::KeptQuantized { .. }));
+    let dense = names(&|a| !matches!(a, TensorAction::KeptQuantized { .. }));
+    let dequantized = names(&|a| *a == TensorAction::Dequantized);
+    info!(
+        out = %out_dir.display(),
+        "imported {} tensors ({} kept quantized, {} dequantized)",
+        reports.len(),
+        quantized.len(),
+        dequantized.len()
+    );
+    Ok(ImportReport {
+        architecture: arch,
+        out_dir,
+        tensors: reports,
+        quantized,
+        dense,
+        dequantized,
+        skipped,
+        files,
+        config,
+    })
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    let cwd = std::env::current_dir()
+        .map_err(|e| io_err("cannot read the current directory for", p, &e))?;
+    Ok(cwd.join(p))
+}
+
+/// The mlx-lm quantization block for the kept-quantized modules (module path → bits), or
+/// `None` when nothing is quantized. The most common bit width is the default; modules with
+/// another width get an override entry. Dense modules get no entry (they have no `.scales`).
+fn quantization_block(modules: &BTreeMap<String, u32>) -> Option<Value> {
+    if modules.is_empty() {
+        return None;
+    }
+    let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+    for &b in modules.values() {
+        *counts.entry(b).or_default() += 1;
+    }
+    let top = counts
+        .iter()
+        .max_by_key(|(b, n)| (**n, std::cmp::Reverse(**b)))
+        .map(|(b, _)| *b)
+        .unwrap_or(4);
+    let mut q = Map::new();
+    q.insert("group_size".into(), json!(MLX_GROUP_SIZE));
+    q.insert("bits".into(), json!(top));
+    q.insert("mode".into(), json!("affine"));
+    for (m, &b) in modules {
+        if b != top {
+            q.insert(m.clone(), json!({"group_size": MLX_GROUP_SIZE, "bits": b}));
+        }
+    }
+    Some(Value::Object(q))
+}

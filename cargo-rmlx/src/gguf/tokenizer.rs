@@ -1,0 +1,604 @@
+//! Tokenizer files from GGUF metadata: a Hugging Face `tokenizer.json` (byte-level BPE from
+//! `tokenizer.ggml.model == "gpt2"`, loadable by the `tokenizers` crate and by Python
+//! `transformers`), `tokenizer_config.json`, `chat_template.jinja` and
+//! `generation_config.json` ([`TokenizerFiles::from_gguf`]).
+//!
+//! The pre-tokenizer follows `tokenizer.ggml.pre` (llama.cpp's name for the pre-tokenizer
+//! regex set); an unknown name falls back to the plain GPT-2 byte-level split, with a warning.
+//! SentencePiece (`tokenizer.ggml.model == "llama"`) vocabularies are not supported yet.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::{json, Map, Value};
+use tracing::{info, warn};
+
+use super::arch::SpecialIds;
+use super::reader::GgufFile;
+use crate::diagnostic::{Diagnostic, Result};
+
+/// GGUF token types (`llama_token_type`).
+pub mod token_type {
+    pub const NORMAL: i64 = 1;
+    pub const UNKNOWN: i64 = 2;
+    pub const CONTROL: i64 = 3;
+    pub const USER_DEFINED: i64 = 4;
+    pub const UNUSED: i64 = 5;
+    pub const BYTE: i64 = 6;
+}
+
+/// Qwen2's pre-tokenizer regex (from its tokenizer.json).
+pub const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Llama 3's pre-tokenizer regex (from its tokenizer.json).
+pub const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The pre-tokenizer family chosen from `tokenizer.ggml.pre`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreTokenizer {
+    /// Digits split individually, then GPT-2 byte-level (smollm, starcoder, refact, …).
+    DigitsByteLevel,
+    /// Qwen2 regex split, then byte-level without regex; NFC normalizer.
+    Qwen2,
+    /// Llama 3 regex split, then byte-level without regex; merges ignored for whole words.
+    Llama3,
+    /// Plain GPT-2 byte-level (gpt-2, default, and the fallback).
+    ByteLevel,
+}
+
+impl PreTokenizer {
+    /// Picks the pre-tokenizer for `tokenizer.ggml.pre` (and the vocabulary, when absent).
+    pub fn from_gguf(pre: Option<&str>, tokens: &[&str]) -> Self {
+        match pre {
+            Some("smollm" | "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b") => {
+                Self::DigitsByteLevel
+            }
+            Some("qwen2" | "deepseek-r1-qwen" | "megrez" | "hunyuan") => Self::Qwen2,
+            Some("llama-bpe" | "llama3" | "llama-v3" | "smaug-bpe" | "dbrx") => Self::Llama3,
+            Some("gpt-2" | "gpt2" | "default" | "olmo" | "phi-2" | "jina-es" | "jina-de") => {
+                Self::ByteLevel
+            }
+            other => {
+                if looks_like_smollm(tokens) {
+                    info!(
+                        "GGUF tokenizer.ggml.pre is {other:?}; the vocabulary is SmolLM's, so \
+                         using the SmolLM pre-tokenizer (individual digits + byte-level)"
+                    );
+                    Self::DigitsByteLevel
+                } else {
+                    warn!(
+                        "GGUF tokenizer.ggml.pre {other:?} is not known; falling back to the \
+                         plain GPT-2 byte-level pre-tokenizer (tokenization may differ from the \
+                         original)"
+                    );
+                    Self::ByteLevel
+                }
+            }
+        }
+    }
+
+    fn normalizer(self) -> Value {
+        match self {
+            Self::Qwen2 => json!({"type": "NFC"}),
+            _ => Value::Null,
+        }
+    }
+
+    fn json(self) -> Value {
+        let split = |re: &str| {
+            json!({
+                "type": "Split",
+                "pattern": {"Regex": re},
+                "behavior": "Isolated",
+                "invert": false
+            })
+        };
+        let byte_level_no_regex = json!({
+            "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false
+        });
+        match self {
+            Self::DigitsByteLevel => json!({
+                "type": "Sequence",
+                "pretokenizers": [
+                    {"type": "Digits", "individual_digits": true},
+                    {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}
+                ]
+            }),
+            Self::Qwen2 => json!({
+                "type": "Sequence",
+                "pretokenizers": [split(QWEN2_REGEX), byte_level_no_regex]
+            }),
+            Self::Llama3 => json!({
+                "type": "Sequence",
+                "pretokenizers": [split(LLAMA3_REGEX), byte_level_no_regex]
+            }),
+            Self::ByteLevel => json!({
+                "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true
+            }),
+        }
+    }
+}
+
+fn looks_like_smollm(tokens: &[&str]) -> bool {
+    tokens.len() == 49152
+        && tokens.first() == Some(&"<|endoftext|>")
+        && tokens.get(1) == Some(&"<|im_start|>")
+}
+
+/// Does a token look like a special marker (`<|…|>`)?
+fn looks_special(s: &str) -> bool {
+    s.len() > 4 && s.starts_with("<|") && s.ends_with("|>")
+}
+
+/// The four tokenizer-related files of an imported model.
+#[derive(Debug, Clone)]
+pub struct TokenizerFiles {
+    /// `tokenizer.json`.
+    pub tokenizer_json: Value,
+    /// `tokenizer_config.json`.
+    pub tokenizer_config: Value,
+    /// `chat_template.jinja`, when the GGUF has `tokenizer.chat_template`.
+    pub chat_template: Option<String>,
+    /// `generation_config.json`.
+    pub generation_config: Value,
+    /// The pre-tokenizer that was chosen.
+    pub pre_tokenizer: PreTokenizer,
+}
+
+fn meta_err(gguf: &GgufFile, code: &'static str, msg: String) -> Diagnostic {
+    Diagnostic::error(code, msg).with_file(gguf.path())
+}
+
+impl TokenizerFiles {
+    /// Builds the files from the GGUF's `tokenizer.*` metadata. `model_max_length` is the
+    /// context length.
+    pub fn from_gguf(gguf: &GgufFile, model_max_length: usize) -> Result<Self> {
+        let model = gguf.get_str("tokenizer.ggml.model").ok_or_else(|| {
+            meta_err(
+                gguf,
+                "rmlx::gguf::missing-metadata",
+                "GGUF has no `tokenizer.ggml.model`, so no tokenizer can be built".into(),
+            )
+        })?;
+        if model != "gpt2" {
+            return Err(meta_err(
+                gguf,
+                "rmlx::gguf::unsupported-tokenizer",
+                format!(
+                    "GGUF tokenizer model `{model}` is not supported (only byte-level BPE, \
+                     `gpt2`)"
+                ),
+            )
+            .with_help(
+                "SentencePiece (`llama`) vocabularies, used by gemma and Llama 1/2, cannot be \
+                 imported yet; supply tokenizer.json from the original model instead",
+            ));
+        }
+        let tokens = gguf.get_str_array("tokenizer.ggml.tokens").ok_or_else(|| {
+            meta_err(
+                gguf,
+                "rmlx::gguf::missing-metadata",
+                "GGUF has no string array `tokenizer.ggml.tokens`".into(),
+            )
+        })?;
+        if tokens.is_empty() {
+            return Err(meta_err(
+                gguf,
+                "rmlx::gguf::bad-metadata",
+                "GGUF `tokenizer.ggml.tokens` is empty".into(),
+            ));
+        }
+        let types = match gguf.get_i64_array("tokenizer.ggml.token_type") {
+            Some(t) if t.len() == tokens.len() => t,
+            Some(t) => {
+                warn!(
+                    "GGUF tokenizer.ggml.token_type has {} entries for {} tokens; treating \
+                     every token as normal except <|…|> markers",
+                    t.len(),
+                    tokens.len()
+                );
+                vec![token_type::NORMAL; tokens.len()]
+            }
+            None => {
+                warn!("GGUF has no tokenizer.ggml.token_type; treating every token as normal except <|…|> markers");
+                vec![token_type::NORMAL; tokens.len()]
+            }
+        };
+        let merges_raw = gguf.get_str_array("tokenizer.ggml.merges").ok_or_else(|| {
+            meta_err(
+                gguf,
+                "rmlx::gguf::missing-metadata",
+                "GGUF byte-level BPE tokenizer has no `tokenizer.ggml.merges`".into(),
+            )
+        })?;
+        let ids = SpecialIds::read(gguf);
+        let add_bos = gguf
+            .get_bool("tokenizer.ggml.add_bos_token")
+            .unwrap_or(false);
+        let add_eos = gguf
+            .get_bool("tokenizer.ggml.add_eos_token")
+            .unwrap_or(false);
+        let pre = PreTokenizer::from_gguf(gguf.get_str("tokenizer.ggml.pre"), &tokens);
+        let chat_template = gguf.get_str("tokenizer.chat_template").map(str::to_owned);
+        let spec = BpeSpec {
+            tokens: &tokens,
+            types: &types,
+            merges: &merges_raw,
+            ids: &ids,
+            add_bos,
+            add_eos,
+            pre,
+        };
+        let tokenizer_json = spec.tokenizer_json()?;
+        let tokenizer_config = spec.tokenizer_config(chat_template.as_deref(), model_max_length);
+        let mut gen = Map::new();
+        if let Some(b) = ids.bos {
+            gen.insert("bos_token_id".into(), json!(b));
+        }
+        if !ids.eos_json().is_null() {
+            gen.insert("eos_token_id".into(), ids.eos_json());
+        }
+        if let Some(p) = ids.pad {
+            gen.insert("pad_token_id".into(), json!(p));
+        }
+        Ok(Self {
+            tokenizer_json,
+            tokenizer_config,
+            chat_template,
+            generation_config: Value::Object(gen),
+            pre_tokenizer: pre,
+        })
+    }
+}
+
+/// Everything needed to write a byte-level BPE tokenizer.
+pub(crate) struct BpeSpec<'a> {
+    pub tokens: &'a [&'a str],
+    pub types: &'a [i64],
+    pub merges: &'a [&'a str],
+    pub ids: &'a SpecialIds,
+    pub add_bos: bool,
+    pub add_eos: bool,
+    pub pre: PreTokenizer,
+}
+
+impl BpeSpec<'_> {
+    fn is_added(&self, id: usize) -> bool {
+        matches!(
+            self.types.get(id).copied(),
+            Some(token_type::CONTROL | token_type::USER_DEFINED)
+        )
+    }
+
+    fn is_special(&self, id: usize) -> bool {
+        self.types.get(id).copied() == Some(token_type::CONTROL) || looks_special(self.tokens[id])
+    }
+
+    fn token(&self, id: Option<u32>) -> Option<&str> {
+        id.and_then(|i| self.tokens.get(i as usize).copied())
+    }
+
+    fn tokenizer_json(&self) -> Result<Value> {
+        let mut vocab = Map::new();
+        let mut dup = 0usize;
+        for (id, t) in self.tokens.iter().enumerate() {
+            if vocab.insert((*t).to_owned(), json!(id)).is_some() {
+                dup += 1;
+            }
+        }
+        if dup > 0 {
+            warn!("GGUF vocabulary has {dup} duplicate token strings; tokenizer.json keeps the last id of each");
+        }
+        let known: HashSet<&str> = self.tokens.iter().copied().collect();
+        // llama.cpp splits a merge at the first space after position 0.
+        let mut pairs = Vec::with_capacity(self.merges.len());
+        let mut dropped = 0usize;
+        let mut multi_space = false;
+        for m in self.merges {
+            let split = m
+                .char_indices()
+                .skip(1)
+                .find(|&(_, c)| c == ' ')
+                .map(|(i, _)| i);
+            let Some(i) = split else {
+                dropped += 1;
+                continue;
+            };
+            let (a, b) = (&m[..i], &m[i + 1..]);
+            let merged = format!("{a}{b}");
+            if !known.contains(a) || !known.contains(b) || !known.contains(merged.as_str()) {
+                dropped += 1;
+                continue;
+            }
+            multi_space |= a.contains(' ') || b.contains(' ');
+            pairs.push((a, b));
+        }
+        if dropped > 0 {
+            warn!(
+                "dropped {dropped} of {} GGUF merges that are malformed or refer to tokens \
+                 outside the vocabulary",
+                self.merges.len()
+            );
+        }
+        // The "a b" string form is the most widely readable; tokens containing a space need
+        // the [a, b] pair form (tokenizers >= 0.20).
+        let merges: Vec<Value> = if multi_space {
+            pairs.iter().map(|(a, b)| json!([a, b])).collect()
+        } else {
+            pairs
+                .iter()
+                .map(|(a, b)| json!(format!("{a} {b}")))
+                .collect()
+        };
+
+        let added: Vec<Value> = (0..self.tokens.len())
+            .filter(|&id| self.is_added(id))
+            .map(|id| {
+                json!({
+                    "id": id,
+                    "content": self.tokens[id],
+                    "single_word": false,
+                    "lstrip": false,
+                    "rstrip": false,
+                    "normalized": false,
+                    "special": self.is_special(id),
+                })
+            })
+            .collect();
+
+        let byte_level_post = json!({
+            "type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true
+        });
+        let bos = self.token(self.ids.bos);
+        let eos = self.token(self.ids.eos);
+        let want_bos = self.add_bos && bos.is_some();
+        let want_eos = self.add_eos && eos.is_some();
+        if self.add_bos && bos.is_none() {
+            warn!("GGUF asks to add a BOS token but has no valid tokenizer.ggml.bos_token_id; not adding one");
+        }
+        if self.add_eos && eos.is_none() {
+            warn!("GGUF asks to add an EOS token but has no valid tokenizer.ggml.eos_token_id; not adding one");
+        }
+        let post_processor = if want_bos || want_eos {
+            let seq =
+                |name: &str, type_id: u32| json!({"Sequence": {"id": name, "type_id": type_id}});
+            let special =
+                |t: &str, type_id: u32| json!({"SpecialToken": {"id": t, "type_id": type_id}});
+            let part = |name: &str, type_id: u32| {
+                let mut v = Vec::new();
+                if let (true, Some(b)) = (want_bos, bos) {
+                    v.push(special(b, type_id));
+                }
+                v.push(seq(name, type_id));
+                if let (true, Some(e)) = (want_eos, eos) {
+                    v.push(special(e, type_id));
+                }
+                v
+            };
+            let single = part("A", 0);
+            let mut pair = part("A", 0);
+            pair.extend(part("B", 1));
+            let mut special_tokens = Map::new();
+            for (want, tok, id) in [(want_bos, bos, self.ids.bos), (want_eos, eos, self.ids.eos)] {
+                if let (true, Some(t), Some(id)) = (want, tok, id) {
+                    special_tokens
+                        .insert(t.to_owned(), json!({"id": t, "ids": [id], "tokens": [t]}));
+                }
+            }
+            json!({
+                "type": "Sequence",
+                "processors": [
+                    byte_level_post,
+                    {"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": special_tokens}
+                ]
+            })
+        } else {
+            byte_level_post
+        };
+
+        Ok(json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": self.pre.normalizer(),
+            "pre_tokenizer": self.pre.json(),
+            "post_processor": post_processor,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {
+                "type": "BPE",
+                "dropout": null,
+                "unk_token": null,
+                "continuing_subword_prefix": null,
+                "end_of_word_suffix": null,
+                "fuse_unk": false,
+                "byte_fallback": false,
+                "ignore_merges": self.pre == PreTokenizer::Llama3,
+                "vocab": vocab,
+                "merges": merges,
+            }
+        }))
+    }
+
+    fn tokenizer_config(&self, chat_template: Option<&str>, model_max_length: usize) -> Value {
+        let mut decoder = Map::new();
+        for id in (0..self.tokens.len()).filter(|&id| self.is_added(id)) {
+            decoder.insert(
+                id.to_string(),
+                json!({
+                    "content": self.tokens[id],
+                    "lstrip": false,
+                    "normalized": false,
+                    "rstrip": false,
+                    "single_word": false,
+                    "special": self.is_special(id),
+                }),
+            );
+        }
+        let mut c = Map::new();
+        c.insert("add_bos_token".into(), json!(self.add_bos));
+        c.insert("add_eos_token".into(), json!(self.add_eos));
+        c.insert("added_tokens_decoder".into(), Value::Object(decoder));
+        c.insert("bos_token".into(), json!(self.token(self.ids.bos)));
+        c.insert("eos_token".into(), json!(self.token(self.ids.eos)));
+        c.insert("unk_token".into(), json!(self.token(self.ids.unk)));
+        c.insert("pad_token".into(), json!(self.token(self.ids.pad)));
+        if let Some(t) = chat_template {
+            c.insert("chat_template".into(), json!(t));
+        }
+        c.insert("clean_up_tokenization_spaces".into(), json!(false));
+        c.insert("model_max_length".into(), json!(model_max_length));
+        c.insert("tokenizer_class".into(), json!("PreTrainedTokenizerFast"));
+        Value::Object(c)
+    }
+}
+
+/// Map from token string to id (the last id wins on duplicates), for checks.
+pub fn vocab_map<'a>(tokens: &[&'a str]) -> HashMap<&'a str, u32> {
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (*t, i as u32))
+        .collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The GPT-2 byte→unicode table, to build a small byte-level vocabulary.
+    pub(crate) fn byte_to_unicode() -> Vec<char> {
+        let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
+            .chain(0xA1..=0xAC)
+            .chain(0xAE..=0xFF)
+            .collect();
+        let mut cs = bs.clone();
+        let mut n = 0;
+        for b in 0..256u32 {
+            if !bs.contains(&b) {
+                bs.push(b);
+                cs.push(256 + n);
+                n += 1;
+            }
+        }
+        let mut table = vec![' '; 256];
+        for (b, c) in bs.iter().zip(cs) {
+            table[*b as usize] = char::from_u32(c).unwrap();
+        }
+        table
+    }
+
+    /// A small SmolLM-like vocabulary: 3 control tokens, the 256 byte tokens, a few merges.
+    pub(crate) fn tiny_vocab() -> (Vec<String>, Vec<i64>, Vec<String>) {
+        let mut tokens = vec![
+            "<|endoftext|>".to_owned(),
+            "<|im_start|>".to_owned(),
+            "<|im_end|>".to_owned(),
+        ];
+        let mut types = vec![token_type::CONTROL; 3];
+        for c in byte_to_unicode() {
+            tokens.push(c.to_string());
+            types.push(token_type::NORMAL);
+        }
+        let merges = [
+            "H e", "l l", "He ll", "Hell o", "Ġ w", "o r", "Ġw or", "l d", "Ġwor ld", "1 2",
+        ];
+        for m in merges {
+            tokens.push(m.replace(' ', ""));
+            types.push(token_type::NORMAL);
+        }
+        (
+            tokens,
+            types,
+            merges.iter().map(|s| s.to_string()).collect(),
+        )
+    }
+
+    fn spec_json(pre: PreTokenizer, add_bos: bool) -> (Value, Value) {
+        let (tokens, types, merges) = tiny_vocab();
+        let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        let merges: Vec<&str> = merges.iter().map(String::as_str).collect();
+        let ids = SpecialIds {
+            bos: Some(1),
+            eos: Some(2),
+            eot: None,
+            unk: Some(0),
+            pad: Some(2),
+        };
+        let spec = BpeSpec {
+            tokens: &tokens,
+            types: &types,
+            merges: &merges,
+            ids: &ids,
+            add_bos,
+            add_eos: false,
+            pre,
+        };
+        (
+            spec.tokenizer_json().unwrap(),
+            spec.tokenizer_config(Some("{{ x }}"), 2048),
+        )
+    }
+
+    fn load(v: &Value) -> tokenizers::Tokenizer {
+        use std::str::FromStr;
+        tokenizers::Tokenizer::from_str(&v.to_string()).expect("tokenizers loads the json")
+    }
+
+    #[test]
+    fn smollm_tokenizer_splits_digits_and_round_trips() {
+        let (json, config) = spec_json(PreTokenizer::DigitsByteLevel, false);
+        let tok = load(&json);
+        let text = "Hello world 12345";
+        let enc = tok.encode(text, true).unwrap();
+        let pieces: Vec<&str> = enc.get_tokens().iter().map(String::as_str).collect();
+        assert_eq!(pieces, ["Hello", "Ġworld", "Ġ", "1", "2", "3", "4", "5"]);
+        let decoded = tok.decode(enc.get_ids(), false).unwrap();
+        assert_eq!(decoded, text);
+        // Special tokens are matched as a whole and skipped on request.
+        let enc = tok.encode("<|im_start|>Hello<|im_end|>", false).unwrap();
+        assert_eq!(enc.get_ids()[0], 1);
+        assert_eq!(*enc.get_ids().last().unwrap(), 2);
+        assert_eq!(tok.decode(enc.get_ids(), true).unwrap(), "Hello");
+        assert_eq!(config["bos_token"], "<|im_start|>");
+        assert_eq!(config["unk_token"], "<|endoftext|>");
+        assert_eq!(config["added_tokens_decoder"]["2"]["special"], true);
+        assert_eq!(config["chat_template"], "{{ x }}");
+    }
+
+    #[test]
+    fn bos_template_and_regex_pretokenizers_load() {
+        let (json, _) = spec_json(PreTokenizer::Llama3, true);
+        let tok = load(&json);
+        let enc = tok.encode("Hello world", true).unwrap();
+        assert_eq!(enc.get_ids()[0], 1, "BOS added");
+        assert_eq!(tok.decode(enc.get_ids(), true).unwrap(), "Hello world");
+        let enc = tok.encode("12345", false).unwrap();
+        assert_eq!(enc.get_tokens(), ["12", "3", "4", "5"]); // \p{N}{1,3} then merges
+        let (json, _) = spec_json(PreTokenizer::Qwen2, false);
+        let tok = load(&json);
+        let enc = tok.encode("Hello 12", true).unwrap();
+        assert_eq!(enc.get_tokens(), ["Hello", "Ġ", "1", "2"]);
+        let (json, _) = spec_json(PreTokenizer::ByteLevel, false);
+        let enc = load(&json).encode("Hello 12", true).unwrap();
+        assert_eq!(enc.get_tokens(), ["Hello", "Ġ", "12"]);
+    }
+
+    #[test]
+    fn pre_tokenizer_choice() {
+        assert_eq!(
+            PreTokenizer::from_gguf(Some("smollm"), &[]),
+            PreTokenizer::DigitsByteLevel
+        );
+        assert_eq!(
+            PreTokenizer::from_gguf(Some("qwen2"), &[]),
+            PreTokenizer::Qwen2
+        );
+        assert_eq!(
+            PreTokenizer::from_gguf(Some("llama-bpe"), &[]),
+            PreTokenizer::Llama3
+        );
+        assert_eq!(
+            PreTokenizer::from_gguf(Some("???"), &["a"]),
+            PreTokenizer::ByteLevel
+        );
+    }
+}

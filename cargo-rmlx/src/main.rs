@@ -1,0 +1,4 @@
+//! `cargo-rmlx`: the command-line front-end. All logic lives in the `rmlx` library.
+fn main() -> std::process::ExitCode {
+    rmlx::cli::main()
+}

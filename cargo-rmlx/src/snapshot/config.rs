@@ -1,0 +1,559 @@
+//! `config.json` of a model directory: the architecture hyper-parameters, the MLX
+//! quantization block (with per-module overrides) and the EOS/BOS ids, parsed with errors that
+//! point into the file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::diagnostic::{Diagnostic, Result};
+
+/// Architectures this build can run (`model_type` values).
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral"];
+
+/// The quantization settings of one module (or the default for all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuantParams {
+    /// Elements sharing one scale (and bias).
+    pub group_size: i32,
+    /// Bits per element.
+    pub bits: i32,
+    /// MLX quantization mode.
+    pub mode: QuantMode,
+}
+
+/// MLX quantization modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuantMode {
+    /// `scale * q + bias` per group.
+    Affine,
+    /// Microscaling FP4 (e2m1 with e8m0 scales, groups of 32).
+    Mxfp4,
+    /// Microscaling FP8 (e4m3, groups of 32).
+    Mxfp8,
+    /// NVIDIA FP4 (groups of 16, e4m3 scales).
+    Nvfp4,
+}
+
+impl QuantMode {
+    /// The name MLX and mlx-lm use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuantMode::Affine => "affine",
+            QuantMode::Mxfp4 => "mxfp4",
+            QuantMode::Mxfp8 => "mxfp8",
+            QuantMode::Nvfp4 => "nvfp4",
+        }
+    }
+
+    /// Parses an MLX mode name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "affine" => QuantMode::Affine,
+            "mxfp4" => QuantMode::Mxfp4,
+            "mxfp8" => QuantMode::Mxfp8,
+            "nvfp4" => QuantMode::Nvfp4,
+            _ => return None,
+        })
+    }
+
+    /// Whether the mode stores a per-group bias next to the scales.
+    pub fn has_biases(self) -> bool {
+        self == QuantMode::Affine
+    }
+}
+
+/// The `quantization` block: defaults plus per-module overrides keyed by module path
+/// (`model.embed_tokens`, `model.layers.3.mlp.down_proj`); `None` means "kept dense".
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quantization {
+    /// Settings for modules without an override.
+    pub default: QuantParams,
+    /// Per-module settings.
+    pub overrides: BTreeMap<String, Option<QuantParams>>,
+}
+
+impl Quantization {
+    /// Settings for the module at `path` (an override, else the default).
+    pub fn for_module(&self, path: &str) -> Option<QuantParams> {
+        match self.overrides.get(path) {
+            Some(o) => *o,
+            None => Some(self.default),
+        }
+    }
+}
+
+/// RoPE frequency scaling (`rope_scaling`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    /// Positions divided by `factor`.
+    Linear {
+        /// Scale factor.
+        factor: f32,
+    },
+    /// Llama 3's wavelength-dependent scaling.
+    Llama3 {
+        /// Scale factor.
+        factor: f32,
+        /// Low-frequency factor.
+        low_freq_factor: f32,
+        /// High-frequency factor.
+        high_freq_factor: f32,
+        /// Context length the model was trained with.
+        original_max_position_embeddings: f32,
+    },
+}
+
+/// A parsed `config.json`.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// `model_type`.
+    pub model_type: String,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the MLP.
+    pub intermediate_size: usize,
+    /// Number of transformer blocks.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (GQA).
+    pub num_key_value_heads: usize,
+    /// Per-head width.
+    pub head_dim: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f32,
+    /// RoPE base.
+    pub rope_theta: f32,
+    /// RoPE scaling, if any.
+    pub rope_scaling: Option<RopeScaling>,
+    /// Maximum context length.
+    pub max_position_embeddings: usize,
+    /// Vocabulary size (rows of the embedding).
+    pub vocab_size: usize,
+    /// Whether the LM head reuses the embedding.
+    pub tie_word_embeddings: bool,
+    /// Biases on q/k/v/o projections.
+    pub attention_bias: bool,
+    /// Biases on MLP projections.
+    pub mlp_bias: bool,
+    /// `bos_token_id`, if given.
+    pub bos_token_id: Option<u32>,
+    /// `eos_token_id` (int or list).
+    pub eos_token_ids: Vec<u32>,
+    /// `torch_dtype` / `dtype`, if given.
+    pub torch_dtype: Option<String>,
+    /// The MLX quantization block, if the weights are quantized.
+    pub quantization: Option<Quantization>,
+    /// The whole file, for architecture-specific keys.
+    pub raw: Map<String, Value>,
+}
+
+/// Reads a JSON file, turning syntax errors into a located diagnostic.
+pub fn read_json(path: &Path, code_prefix: &'static str) -> Result<(Arc<str>, Value)> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Diagnostic::io(code_prefix, "cannot read", path, &e))?;
+    let text: Arc<str> = text.into();
+    let value = serde_json::from_str::<Value>(&text).map_err(|e| {
+        let offset = byte_offset(&text, e.line(), e.column());
+        Diagnostic::error(code_prefix, format!("{} is not valid JSON", path.display()))
+            .with_file(path)
+            .with_source(text.clone())
+            .with_span(offset..offset + 1, e.to_string())
+    })?;
+    Ok((text, value))
+}
+
+/// Byte offset of a 1-based line and column (serde_json's convention).
+fn byte_offset(text: &str, line: usize, column: usize) -> usize {
+    let mut offset = 0;
+    for (i, l) in text.split_inclusive('\n').enumerate() {
+        if i + 1 == line {
+            return (offset + column.saturating_sub(1)).min(text.len());
+        }
+        offset += l.len();
+    }
+    text.len().saturating_sub(1)
+}
+
+impl ModelConfig {
+    /// Reads `<dir>/config.json`.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.json");
+        if !path.is_file() {
+            return Err(Diagnostic::error(
+                "rmlx::snapshot::missing-config",
+                format!("{} has no config.json", dir.display()),
+            )
+            .with_file(&path)
+            .with_help("a model directory holds config.json, *.safetensors and tokenizer.json"));
+        }
+        let (text, value) = read_json(&path, "rmlx::snapshot::config")?;
+        Self::from_value(&path, text, value)
+    }
+
+    fn from_value(path: &Path, text: Arc<str>, value: Value) -> Result<Self> {
+        let Value::Object(raw) = value else {
+            return Err(Diagnostic::error(
+                "rmlx::snapshot::config",
+                "config.json must hold a JSON object",
+            )
+            .with_file(path));
+        };
+        let fields = Fields {
+            path,
+            text: &text,
+            raw: &raw,
+        };
+        let model_type = fields.string("model_type")?;
+        if !SUPPORTED_MODEL_TYPES.contains(&model_type.as_str()) {
+            return Err(fields
+                .located(
+                    "rmlx::snapshot::unsupported-architecture",
+                    format!("unsupported model_type `{model_type}`"),
+                    "model_type",
+                )
+                .with_help(format!(
+                    "supported architectures: {}",
+                    SUPPORTED_MODEL_TYPES.join(", ")
+                )));
+        }
+        let hidden_size = fields.usize("hidden_size")?;
+        let num_attention_heads = fields.usize("num_attention_heads")?;
+        if num_attention_heads == 0 {
+            return Err(fields.located(
+                "rmlx::snapshot::config",
+                "num_attention_heads must be positive",
+                "num_attention_heads",
+            ));
+        }
+        let num_key_value_heads = fields
+            .opt_usize("num_key_value_heads")?
+            .unwrap_or(num_attention_heads);
+        if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
+            return Err(fields.located(
+                "rmlx::snapshot::config",
+                format!(
+                    "num_key_value_heads ({num_key_value_heads}) must divide \
+                     num_attention_heads ({num_attention_heads})"
+                ),
+                "num_key_value_heads",
+            ));
+        }
+        let head_dim = fields
+            .opt_usize("head_dim")?
+            .unwrap_or(hidden_size / num_attention_heads);
+        let max_position_embeddings = match fields.opt_usize("max_position_embeddings")? {
+            Some(n) => n,
+            None => {
+                tracing::warn!(
+                    "{}: no max_position_embeddings; assuming a context of 4096 tokens",
+                    path.display()
+                );
+                4096
+            }
+        };
+        let eos_token_ids = match raw.get("eos_token_id") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(v) => token_ids(v).ok_or_else(|| {
+                fields.located(
+                    "rmlx::snapshot::config",
+                    "eos_token_id must be an integer or a list of integers",
+                    "eos_token_id",
+                )
+            })?,
+        };
+        let bos_token_id = raw
+            .get("bos_token_id")
+            .and_then(Value::as_u64)
+            .map(|v| v as u32);
+        let quantization = match raw.get("quantization") {
+            None | Some(Value::Null) => None,
+            Some(q) => Some(fields.quantization(q)?),
+        };
+        let rope_scaling = match raw.get("rope_scaling") {
+            None | Some(Value::Null) => None,
+            Some(v) => fields.rope_scaling(v)?,
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            model_type,
+            hidden_size,
+            intermediate_size: fields.usize("intermediate_size")?,
+            num_hidden_layers: fields.usize("num_hidden_layers")?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            rms_norm_eps: fields.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
+            rope_theta: fields.opt_f32("rope_theta")?.unwrap_or(10_000.0),
+            rope_scaling,
+            max_position_embeddings,
+            vocab_size: fields.usize("vocab_size")?,
+            tie_word_embeddings: fields.opt_bool("tie_word_embeddings")?.unwrap_or(true),
+            attention_bias: fields.opt_bool("attention_bias")?.unwrap_or(false),
+            mlp_bias: fields.opt_bool("mlp_bias")?.unwrap_or(false),
+            bos_token_id,
+            eos_token_ids,
+            torch_dtype: raw
+                .get("torch_dtype")
+                .or_else(|| raw.get("dtype"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            quantization,
+            raw: raw.clone(),
+        })
+    }
+}
+
+/// An integer or list of integers as token ids.
+pub fn token_ids(v: &Value) -> Option<Vec<u32>> {
+    match v {
+        Value::Number(n) => n.as_u64().map(|n| vec![n as u32]),
+        Value::Array(a) => a.iter().map(|x| x.as_u64().map(|n| n as u32)).collect(),
+        _ => None,
+    }
+}
+
+/// Typed access to config keys with errors that point at the key in the file.
+struct Fields<'a> {
+    path: &'a Path,
+    text: &'a Arc<str>,
+    raw: &'a Map<String, Value>,
+}
+
+impl Fields<'_> {
+    fn located(&self, code: &'static str, msg: impl Into<String>, key: &str) -> Diagnostic {
+        let d = Diagnostic::error(code, msg).with_file(self.path);
+        let needle = format!("\"{key}\"");
+        match self.text.find(&needle) {
+            Some(start) => d
+                .with_source(self.text.clone())
+                .with_span(start..start + needle.len(), "here"),
+            None => d,
+        }
+    }
+
+    fn missing(&self, key: &str) -> Diagnostic {
+        Diagnostic::error(
+            "rmlx::snapshot::config",
+            format!("config.json has no `{key}`"),
+        )
+        .with_file(self.path)
+    }
+
+    fn string(&self, key: &str) -> Result<String> {
+        match self.raw.get(key) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(self.located(
+                "rmlx::snapshot::config",
+                format!("`{key}` must be a string"),
+                key,
+            )),
+            None => Err(self.missing(key)),
+        }
+    }
+
+    fn usize(&self, key: &str) -> Result<usize> {
+        self.opt_usize(key)?.ok_or_else(|| self.missing(key))
+    }
+
+    fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        match self.raw.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
+                self.located(
+                    "rmlx::snapshot::config",
+                    format!("`{key}` must be a non-negative integer"),
+                    key,
+                )
+            }),
+        }
+    }
+
+    fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
+        match self.raw.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_f64().map(|n| Some(n as f32)).ok_or_else(|| {
+                self.located(
+                    "rmlx::snapshot::config",
+                    format!("`{key}` must be a number"),
+                    key,
+                )
+            }),
+        }
+    }
+
+    fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
+        match self.raw.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(self.located(
+                "rmlx::snapshot::config",
+                format!("`{key}` must be true or false"),
+                key,
+            )),
+        }
+    }
+
+    fn quant_params(&self, v: &Map<String, Value>, base: Option<QuantParams>) -> Result<QuantParams> {
+        let bad = |what: &str| {
+            self.located(
+                "rmlx::snapshot::quantization",
+                format!("invalid quantization block: {what}"),
+                "quantization",
+            )
+        };
+        let mode = match v.get("mode") {
+            None => base.map_or(QuantMode::Affine, |b| b.mode),
+            Some(Value::String(s)) => {
+                QuantMode::parse(s).ok_or_else(|| bad(&format!("unknown mode `{s}`")))?
+            }
+            Some(_) => return Err(bad("`mode` must be a string")),
+        };
+        let int = |key: &str, default: Option<i32>| -> Result<i32> {
+            match v.get(key) {
+                Some(x) => x
+                    .as_u64()
+                    .map(|n| n as i32)
+                    .ok_or_else(|| bad(&format!("`{key}` must be an integer"))),
+                None => default.ok_or_else(|| bad(&format!("`{key}` is missing"))),
+            }
+        };
+        let bits = int("bits", base.map(|b| b.bits))?;
+        let group_size = int("group_size", base.map(|b| b.group_size))?;
+        if !(1..=8).contains(&bits) {
+            return Err(bad(&format!("bits must be 1..=8, found {bits}")));
+        }
+        if group_size <= 0 {
+            return Err(bad(&format!("group_size must be positive, found {group_size}")));
+        }
+        Ok(QuantParams {
+            group_size,
+            bits,
+            mode,
+        })
+    }
+
+    fn quantization(&self, q: &Value) -> Result<Quantization> {
+        let Value::Object(map) = q else {
+            return Err(self.located(
+                "rmlx::snapshot::quantization",
+                "`quantization` must be an object",
+                "quantization",
+            ));
+        };
+        let default = self.quant_params(map, None)?;
+        let mut overrides = BTreeMap::new();
+        for (k, v) in map {
+            match v {
+                Value::Object(o) => {
+                    overrides.insert(k.clone(), Some(self.quant_params(o, Some(default))?));
+                }
+                Value::Bool(false) => {
+                    overrides.insert(k.clone(), None);
+                }
+                _ => {}
+            }
+        }
+        Ok(Quantization { default, overrides })
+    }
+
+    fn rope_scaling(&self, v: &Value) -> Result<Option<RopeScaling>> {
+        let bad = |what: String| {
+            self.located("rmlx::snapshot::rope-scaling", what, "rope_scaling")
+        };
+        let Value::Object(m) = v else {
+            return Err(bad("`rope_scaling` must be an object".into()));
+        };
+        let kind = m
+            .get("rope_type")
+            .or_else(|| m.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let num = |key: &str, default: Option<f32>| -> Result<f32> {
+            match m.get(key).and_then(Value::as_f64) {
+                Some(x) => Ok(x as f32),
+                None => default.ok_or_else(|| bad(format!("rope_scaling needs `{key}`"))),
+            }
+        };
+        Ok(match kind {
+            "default" => None,
+            "linear" => Some(RopeScaling::Linear {
+                factor: num("factor", None)?,
+            }),
+            "llama3" => Some(RopeScaling::Llama3 {
+                factor: num("factor", None)?,
+                low_freq_factor: num("low_freq_factor", Some(1.0))?,
+                high_freq_factor: num("high_freq_factor", Some(4.0))?,
+                original_max_position_embeddings: num(
+                    "original_max_position_embeddings",
+                    Some(8192.0),
+                )?,
+            }),
+            other => {
+                return Err(bad(format!("unsupported rope_scaling type `{other}`"))
+                    .with_help("supported: linear, llama3"))
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<ModelConfig> {
+        let v: Value = serde_json::from_str(json).unwrap();
+        ModelConfig::from_value(Path::new("config.json"), json.into(), v)
+    }
+
+    const BASE: &str = r#"{"model_type":"llama","hidden_size":64,"intermediate_size":128,
+        "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,
+        "vocab_size":100,"max_position_embeddings":256"#;
+
+    #[test]
+    fn parses_defaults_and_quantization_overrides() {
+        let c = parse(&format!(
+            "{BASE},\"eos_token_id\":[2,3],\"quantization\":{{\"group_size\":32,\"bits\":4,\
+             \"model.embed_tokens\":{{\"group_size\":32,\"bits\":8}},\"lm_head\":false}}}}"
+        ))
+        .unwrap();
+        assert_eq!(c.head_dim, 16);
+        assert_eq!(c.eos_token_ids, vec![2, 3]);
+        let q = c.quantization.unwrap();
+        assert_eq!(q.default.bits, 4);
+        assert_eq!(q.for_module("model.embed_tokens").unwrap().bits, 8);
+        assert_eq!(q.for_module("lm_head"), None);
+        assert_eq!(q.for_module("model.layers.0.mlp.up_proj").unwrap().mode, QuantMode::Affine);
+    }
+
+    #[test]
+    fn unknown_model_type_points_at_the_key() {
+        let err = parse(r#"{"model_type":"bogus"}"#).unwrap_err();
+        assert_eq!(err.code, "rmlx::snapshot::unsupported-architecture");
+        assert!(err.message.contains("bogus"));
+        assert_eq!(err.span, Some(1..13));
+    }
+
+    #[test]
+    fn llama3_rope_scaling() {
+        let c = parse(&format!(
+            "{BASE},\"rope_scaling\":{{\"rope_type\":\"llama3\",\"factor\":8.0}}}}"
+        ))
+        .unwrap();
+        assert!(matches!(c.rope_scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0));
+    }
+
+    #[test]
+    fn json_syntax_error_is_located() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), "{\n  \"a\": ,\n}").unwrap();
+        let err = ModelConfig::from_dir(dir.path()).unwrap_err();
+        assert_eq!(err.code, "rmlx::snapshot::config");
+        assert_eq!(err.line_col(err.span.clone().unwrap().start), Some((2, 8)));
+    }
+}

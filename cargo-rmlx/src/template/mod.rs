@@ -1,0 +1,722 @@
+//! Chat templates: the ONLY chat-template render path of the project (generate, probe,
+//! server, lint and LSP all go through [`ChatTemplate`]).
+//!
+//! This module owns: compiling a template in a minijinja environment configured like
+//! Hugging Face transformers' `apply_chat_template` ([`env`]), the render context
+//! ([`RenderContext`]: `messages`, `tools`, `documents`, `add_generation_prompt`, the
+//! tokenizer's special tokens, caller kwargs), mapping parse and render errors to located
+//! [`Diagnostic`]s in the original template text, and template discovery in a model
+//! directory ([`discover`]: `chat_template.jinja`, else `tokenizer_config.json`'s
+//! `chat_template`, never a silent ChatML fallback). The project's own ChatML template
+//! (`templates/chatml.jinja`) is available as [`ChatTemplate::chatml`].
+
+mod env;
+mod preprocess;
+pub mod pyfmt;
+mod strftime;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use minijinja::{Environment, ErrorKind, Value};
+use tracing::{debug, info, warn};
+
+use crate::diagnostic::{Diagnostic, Result};
+
+pub use env::RaisedByTemplate;
+
+/// Template does not parse.
+pub const CODE_SYNTAX: &str = "rmlx::template::syntax";
+/// Template failed while rendering.
+pub const CODE_RENDER: &str = "rmlx::template::render";
+/// Template called `raise_exception(msg)`: it rejects this input on purpose.
+pub const CODE_RAISED: &str = "rmlx::template::raised";
+/// Template uses a filter the engine does not provide.
+pub const CODE_UNKNOWN_FILTER: &str = "rmlx::template::unknown-filter";
+/// Template uses a test (`is …`) the engine does not provide.
+pub const CODE_UNKNOWN_TEST: &str = "rmlx::template::unknown-test";
+/// Template calls a global function the engine does not provide.
+pub const CODE_UNKNOWN_FUNCTION: &str = "rmlx::template::unknown-function";
+/// Template calls a method (`x.foo()`) the engine does not provide.
+pub const CODE_UNKNOWN_METHOD: &str = "rmlx::template::unknown-method";
+/// Template exceeded its instruction budget (endless loop or runaway recursion).
+pub const CODE_FUEL: &str = "rmlx::template::fuel-exhausted";
+/// No chat template where one was required.
+pub const CODE_MISSING: &str = "rmlx::template::missing";
+/// A template file or its config could not be read.
+pub const CODE_READ: &str = "rmlx::template::read";
+/// The `chat_template` entry of a config file has an unexpected shape.
+pub const CODE_CONFIG: &str = "rmlx::template::config";
+/// The render context (variables) is not usable, e.g. not a JSON object.
+pub const CODE_CONTEXT: &str = "rmlx::template::context";
+
+/// Default instruction budget per render: far above any real template on a long
+/// conversation (a few thousand to a few hundred thousand), small enough that an endless
+/// template fails within about a second.
+pub const DEFAULT_FUEL: u64 = 50_000_000;
+
+/// The ChatML template written by this project (`templates/chatml.jinja`).
+pub const CHATML_SOURCE: &str = include_str!("../../../templates/chatml.jinja");
+
+/// Knobs of the template environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateOptions {
+    /// Instruction budget per render (`None`: unlimited). Default [`DEFAULT_FUEL`].
+    pub fuel: Option<u64>,
+    /// Fixed clock for `strftime_now`, as Unix seconds (UTC); `None` uses the current time.
+    pub now: Option<i64>,
+}
+
+impl Default for TemplateOptions {
+    fn default() -> Self {
+        Self {
+            fuel: Some(DEFAULT_FUEL),
+            now: None,
+        }
+    }
+}
+
+/// Where a template's text came from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum TemplateOrigin {
+    /// A template file (`chat_template.jinja`, an rmlx.toml override, `--template F`).
+    File {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The `chat_template` key of a JSON config (`tokenizer_config.json`,
+    /// `chat_template.json`); `name` is set for the list form `[{name, template}]`.
+    ConfigKey {
+        /// The config file.
+        path: PathBuf,
+        /// The key, `chat_template`.
+        key: String,
+        /// The entry's name in the list form (`default`, `tool_use`, …).
+        name: Option<String>,
+    },
+    /// Shipped with rmlx (`templates/chatml.jinja`).
+    Builtin {
+        /// Path of the template in this repository.
+        name: String,
+    },
+    /// Text given directly (tests, editors with unsaved buffers).
+    Inline {
+        /// A name to show.
+        name: String,
+    },
+}
+
+impl TemplateOrigin {
+    /// The file the template text lives in (decoded from JSON for [`TemplateOrigin::ConfigKey`]).
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            TemplateOrigin::File { path } | TemplateOrigin::ConfigKey { path, .. } => Some(path),
+            TemplateOrigin::Builtin { .. } | TemplateOrigin::Inline { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for TemplateOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TemplateOrigin::File { path } => write!(f, "{}", path.display()),
+            TemplateOrigin::ConfigKey { path, key, name } => {
+                write!(f, "{} `{key}`", path.display())?;
+                if let Some(n) = name {
+                    write!(f, " [{n}]")?;
+                }
+                Ok(())
+            }
+            TemplateOrigin::Builtin { name } => write!(f, "built-in {name}"),
+            TemplateOrigin::Inline { name } => f.write_str(name),
+        }
+    }
+}
+
+/// The variables of one render, transformers-style. See [`RenderContext::to_variables`].
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RenderContext {
+    /// The conversation: objects with `role`, `content` (a string or a list of parts), and
+    /// optionally `tool_calls`, `reasoning_content`, …
+    pub messages: Vec<serde_json::Value>,
+    /// Tool schemas; `None` renders as Python `None` (not undefined), like transformers.
+    pub tools: Option<Vec<serde_json::Value>>,
+    /// RAG documents; `None` renders as `None`.
+    pub documents: Option<Vec<serde_json::Value>>,
+    /// Append the assistant header so the model starts answering.
+    pub add_generation_prompt: bool,
+    /// The tokenizer's special tokens (`bos_token`, `eos_token`, …).
+    pub special_tokens: BTreeMap<String, String>,
+    /// Caller kwargs (`enable_thinking`, `date_string`, …); they override everything above.
+    pub kwargs: serde_json::Map<String, serde_json::Value>,
+}
+
+impl RenderContext {
+    /// A context with `messages` and nothing else.
+    pub fn new(messages: Vec<serde_json::Value>) -> Self {
+        Self {
+            messages,
+            ..Self::default()
+        }
+    }
+
+    /// The full variable set handed to the template, in transformers' order:
+    /// `messages`, `tools`, `documents`, `add_generation_prompt`, special tokens, kwargs
+    /// (kwargs override earlier keys). This is the object `render --context` takes.
+    pub fn to_variables(&self) -> serde_json::Map<String, serde_json::Value> {
+        use serde_json::Value as J;
+        let mut vars = serde_json::Map::new();
+        vars.insert("messages".into(), J::Array(self.messages.clone()));
+        vars.insert("tools".into(), self.tools.clone().map_or(J::Null, J::Array));
+        vars.insert("documents".into(), self.documents.clone().map_or(J::Null, J::Array));
+        vars.insert("add_generation_prompt".into(), J::Bool(self.add_generation_prompt));
+        for (k, v) in &self.special_tokens {
+            vars.insert(k.clone(), J::String(v.clone()));
+        }
+        for (k, v) in &self.kwargs {
+            if matches!(
+                k.as_str(),
+                "messages" | "tools" | "documents" | "add_generation_prompt"
+            ) {
+                warn!(key = %k, "template kwarg overrides a core render variable");
+            } else if self.special_tokens.contains_key(k) {
+                debug!(key = %k, "template kwarg overrides a special token");
+            }
+            vars.insert(k.clone(), v.clone());
+        }
+        vars
+    }
+}
+
+/// A compiled chat template: its original text, where it came from, and the
+/// transformers-compatible environment holding it. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct ChatTemplate {
+    source: Arc<str>,
+    origin: TemplateOrigin,
+    env: Arc<Environment<'static>>,
+    generation_tags: usize,
+}
+
+impl fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChatTemplate")
+            .field("origin", &self.origin)
+            .field("len", &self.source.len())
+            .finish()
+    }
+}
+
+const TEMPLATE_NAME: &str = "chat_template";
+
+impl ChatTemplate {
+    /// Compiles `source` with the default [`TemplateOptions`]. A syntax error is a located
+    /// `rmlx::template::syntax` diagnostic.
+    pub fn new(source: impl Into<String>, origin: TemplateOrigin) -> Result<ChatTemplate> {
+        Self::with_options(source, origin, &TemplateOptions::default())
+    }
+
+    /// Compiles `source` with explicit options.
+    pub fn with_options(
+        source: impl Into<String>,
+        origin: TemplateOrigin,
+        opts: &TemplateOptions,
+    ) -> Result<ChatTemplate> {
+        let source: Arc<str> = Arc::from(source.into());
+        let rewritten = preprocess::rewrite(&source);
+        if rewritten.generation_tags > 0 {
+            debug!(
+                origin = %origin,
+                tags = rewritten.generation_tags,
+                "{{% generation %}} tags passed through (rendered as their body)"
+            );
+        }
+        let mut env = env::build(opts);
+        let mut tmpl = ChatTemplate {
+            source,
+            origin,
+            env: Arc::new(Environment::new()),
+            generation_tags: rewritten.generation_tags,
+        };
+        env.add_template_owned(TEMPLATE_NAME, rewritten.text)
+            .map_err(|e| tmpl.diagnostic(&e, true))?;
+        tmpl.env = Arc::new(env);
+        Ok(tmpl)
+    }
+
+    /// Reads and compiles a template file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<ChatTemplate> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Diagnostic::io(CODE_READ, "cannot read chat template", path, &e))?;
+        Self::new(
+            text,
+            TemplateOrigin::File {
+                path: path.to_path_buf(),
+            },
+        )
+    }
+
+    /// The project's own ChatML template (`templates/chatml.jinja`). Callers that use it
+    /// as a fallback must log why (DESIGN.md: no silent fallback).
+    pub fn chatml() -> Result<ChatTemplate> {
+        Self::new(
+            CHATML_SOURCE,
+            TemplateOrigin::Builtin {
+                name: "templates/chatml.jinja".into(),
+            },
+        )
+    }
+
+    /// The original template text (before any internal rewriting); spans index into it.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Where the text came from.
+    pub fn origin(&self) -> &TemplateOrigin {
+        &self.origin
+    }
+
+    /// Does the template use `{% generation %}` tags (assistant masks)?
+    pub fn uses_generation_tags(&self) -> bool {
+        self.generation_tags > 0
+    }
+
+    /// Top-level variables the template reads without defining them (`messages`, `tools`,
+    /// `bos_token`, `enable_thinking`, …): what inputs it depends on.
+    pub fn undeclared_variables(&self) -> BTreeSet<String> {
+        match self.env.get_template(TEMPLATE_NAME) {
+            Ok(t) => t.undeclared_variables(false).into_iter().collect(),
+            Err(_) => BTreeSet::new(),
+        }
+    }
+
+    /// Renders with a [`RenderContext`].
+    pub fn render(&self, ctx: &RenderContext) -> Result<String> {
+        self.render_value(Value::from_serialize(ctx.to_variables()))
+    }
+
+    /// Renders with the whole variable set given as one JSON object (its keys are the
+    /// template variables), as `cargo rmlx render --context FILE` does.
+    pub fn render_json(&self, vars: &serde_json::Value) -> Result<String> {
+        if !vars.is_object() {
+            return Err(Diagnostic::error(
+                CODE_CONTEXT,
+                format!("render context must be a JSON object, not {}", json_kind(vars)),
+            )
+            .with_help(
+                "give an object whose keys are the template variables, e.g. \
+                 {\"messages\": [...], \"add_generation_prompt\": true, \"bos_token\": \"<s>\"}",
+            ));
+        }
+        self.render_value(Value::from_serialize(vars))
+    }
+
+    fn render_value(&self, vars: Value) -> Result<String> {
+        let tmpl = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| self.diagnostic(&e, false))?;
+        tmpl.render(vars).map_err(|e| self.diagnostic(&e, false))
+    }
+
+    /// Maps a minijinja error to a located diagnostic in the original source.
+    fn diagnostic(&self, err: &minijinja::Error, parsing: bool) -> Diagnostic {
+        let detail = err
+            .detail()
+            .map(str::to_string)
+            .unwrap_or_else(|| err.kind().to_string());
+        let raised = raised_message(err);
+        let (code, message, label, help): (&'static str, String, &str, String) = if let Some(msg) = raised {
+            (
+                CODE_RAISED,
+                format!("chat template raised an exception: {msg}"),
+                "raise_exception called here",
+                "the template rejects this input on purpose (e.g. a role it does not support, \
+                 or turns that do not alternate); change the conversation or the template"
+                    .into(),
+            )
+        } else {
+            match err.kind() {
+                ErrorKind::SyntaxError => (
+                    CODE_SYNTAX,
+                    format!("syntax error in chat template: {detail}"),
+                    "here",
+                    "chat templates are Jinja as rendered by transformers (jinja2 with loop \
+                     controls and {% generation %})"
+                        .into(),
+                ),
+                ErrorKind::UnknownFilter => (
+                    CODE_UNKNOWN_FILTER,
+                    format!("chat template uses an unknown filter: {detail}"),
+                    "unknown filter",
+                    unsupported_help("filter"),
+                ),
+                ErrorKind::UnknownTest => (
+                    CODE_UNKNOWN_TEST,
+                    format!("chat template uses an unknown test: {detail}"),
+                    "unknown test",
+                    unsupported_help("test"),
+                ),
+                ErrorKind::UnknownFunction => (
+                    CODE_UNKNOWN_FUNCTION,
+                    format!("chat template calls an unknown function: {detail}"),
+                    "unknown function",
+                    unsupported_help("function"),
+                ),
+                ErrorKind::UnknownMethod => (
+                    CODE_UNKNOWN_METHOD,
+                    format!("chat template calls an unknown method: {detail}"),
+                    "unknown method",
+                    unsupported_help("method"),
+                ),
+                ErrorKind::OutOfFuel => (
+                    CODE_FUEL,
+                    "chat template ran out of fuel: it looped or recursed without end".to_string(),
+                    "still running here",
+                    "a chat template should finish in far fewer instructions; look for a loop \
+                     or recursive macro that never ends (TemplateOptions::fuel sets the limit)"
+                        .into(),
+                ),
+                kind if parsing => (
+                    CODE_SYNTAX,
+                    format!("chat template does not compile: {kind}: {detail}"),
+                    "here",
+                    String::new(),
+                ),
+                kind => (
+                    CODE_RENDER,
+                    format!("cannot render chat template: {kind}: {detail}"),
+                    "while rendering this",
+                    String::new(),
+                ),
+            }
+        };
+        let mut d = Diagnostic::error(code, message).with_source(self.source.clone());
+        if let Some(file) = self.origin.file() {
+            d = d.with_file(file);
+        }
+        if let Some(span) = self.span_of(err) {
+            d = d.with_span(span, label);
+        }
+        let help = match &self.origin {
+            TemplateOrigin::ConfigKey { key, .. } => {
+                let note = format!("positions are in the template text decoded from `{key}`");
+                if help.is_empty() {
+                    note
+                } else {
+                    format!("{help}; {note}")
+                }
+            }
+            _ => help,
+        };
+        if !help.is_empty() {
+            d = d.with_help(help);
+        }
+        d
+    }
+
+    /// Byte span of an error in the original source: minijinja's range (offsets are
+    /// preserved by [`preprocess`]), else the whole reported line.
+    fn span_of(&self, err: &minijinja::Error) -> Option<Range<usize>> {
+        let len = self.source.len();
+        if let Some(r) = err.range() {
+            let start = r.start.min(len);
+            return Some(start..r.end.clamp(start, len));
+        }
+        let line = err.line()?;
+        let mut offset = 0;
+        for (i, l) in self.source.split_inclusive('\n').enumerate() {
+            if i + 1 == line {
+                return Some(offset..offset + l.trim_end_matches('\n').len());
+            }
+            offset += l.len();
+        }
+        None
+    }
+}
+
+fn unsupported_help(what: &str) -> String {
+    format!(
+        "rmlx renders templates with minijinja plus Python compatibility; this {what} is not \
+         provided (transformers' jinja2 may have it): rewrite that part of the template"
+    )
+}
+
+fn raised_message(err: &minijinja::Error) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(r) = e.downcast_ref::<RaisedByTemplate>() {
+            return Some(r.0.clone());
+        }
+        cur = e.source();
+    }
+    None
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Renders a conversation the way `generate --chat`, the probe and the server do:
+/// `messages` + the tokenizer's special tokens + `kwargs`, `tools`/`documents` = None.
+pub fn render_chat(
+    template: &ChatTemplate,
+    special_tokens: &BTreeMap<String, String>,
+    messages: &[serde_json::Value],
+    add_generation_prompt: bool,
+    kwargs: &serde_json::Map<String, serde_json::Value>,
+) -> Result<String> {
+    template.render(&RenderContext {
+        messages: messages.to_vec(),
+        tools: None,
+        documents: None,
+        add_generation_prompt,
+        special_tokens: special_tokens.clone(),
+        kwargs: kwargs.clone(),
+    })
+}
+
+/// One template text found in a model directory, not yet compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateSource {
+    /// The template text.
+    pub text: String,
+    /// Where it came from.
+    pub origin: TemplateOrigin,
+}
+
+impl TemplateSource {
+    /// Compiles it with the default options.
+    pub fn compile(&self) -> Result<ChatTemplate> {
+        ChatTemplate::new(self.text.clone(), self.origin.clone())
+    }
+
+    /// Compiles it with explicit options.
+    pub fn compile_with(&self, opts: &TemplateOptions) -> Result<ChatTemplate> {
+        ChatTemplate::with_options(self.text.clone(), self.origin.clone(), opts)
+    }
+}
+
+/// Every template text of a model directory: the default one and named alternatives
+/// (`tool_use`, `rag`, files under `additional_chat_templates/`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiscoveredTemplates {
+    /// The template transformers would use by default.
+    pub default: Option<TemplateSource>,
+    /// Named alternatives, in file order.
+    pub named: Vec<(String, TemplateSource)>,
+}
+
+impl DiscoveredTemplates {
+    /// A named template (`"default"` gives the default one).
+    pub fn get(&self, name: &str) -> Option<&TemplateSource> {
+        if name == "default" {
+            if let Some(d) = &self.default {
+                return Some(d);
+            }
+        }
+        self.named.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+
+    /// Names of the alternatives.
+    pub fn names(&self) -> Vec<&str> {
+        self.named.iter().map(|(n, _)| n.as_str()).collect()
+    }
+}
+
+/// The default chat template of a model directory, compiled: `chat_template.jinja`, else
+/// `chat_template.json`'s, else `tokenizer_config.json`'s `chat_template` (a string, or
+/// the `default` entry of a `[{name, template}]` list). `Ok(None)` when there is none: the
+/// caller decides what to do (and logs it); there is no silent ChatML fallback here.
+pub fn discover(model_dir: impl AsRef<Path>) -> Result<Option<ChatTemplate>> {
+    let found = discover_sources(model_dir.as_ref())?;
+    match found.default {
+        Some(src) => {
+            info!(origin = %src.origin, "chat template");
+            src.compile().map(Some)
+        }
+        None => Ok(None),
+    }
+}
+
+/// Like [`discover`] but an error (`rmlx::template::missing`) when there is no template.
+pub fn discover_required(model_dir: impl AsRef<Path>) -> Result<ChatTemplate> {
+    let dir = model_dir.as_ref();
+    discover(dir)?.ok_or_else(|| {
+        Diagnostic::error(
+            CODE_MISSING,
+            format!("no chat template in {}", dir.display()),
+        )
+        .with_file(dir)
+        .with_help(
+            "add chat_template.jinja to the model directory, set a template in rmlx.toml, or \
+             use the model without --chat (base models have no template)",
+        )
+    })
+}
+
+/// All template texts of a model directory without compiling them. See [`discover`].
+pub fn discover_sources(model_dir: &Path) -> Result<DiscoveredTemplates> {
+    let mut out = DiscoveredTemplates::default();
+
+    let jinja = model_dir.join("chat_template.jinja");
+    if let Some(text) = read_opt(&jinja)? {
+        out.default = Some(TemplateSource {
+            text,
+            origin: TemplateOrigin::File { path: jinja.clone() },
+        });
+    }
+
+    for file in ["chat_template.json", "tokenizer_config.json"] {
+        let path = model_dir.join(file);
+        let Some(text) = read_opt(&path)? else {
+            continue;
+        };
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            Diagnostic::error(CODE_CONFIG, format!("cannot parse {}: {e}", path.display()))
+                .with_file(&path)
+        })?;
+        let Some(entry) = json.get("chat_template") else {
+            continue;
+        };
+        let (default, named) = config_templates(&path, entry)?;
+        if out.default.is_some() {
+            if default.is_some() {
+                info!(
+                    shadowed = %path.display(),
+                    used = %jinja.display(),
+                    "chat template: a template file takes precedence over the config's chat_template"
+                );
+            }
+        } else {
+            out.default = default;
+        }
+        for (n, t) in named {
+            if out.get(&n).is_none() {
+                out.named.push((n, t));
+            }
+        }
+    }
+
+    let extra = model_dir.join("additional_chat_templates");
+    if let Ok(entries) = std::fs::read_dir(&extra) {
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "jinja"))
+            .collect();
+        files.sort();
+        for path in files {
+            let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(str::to_string) else {
+                continue;
+            };
+            if let Some(text) = read_opt(&path)? {
+                if out.get(&name).is_none() {
+                    out.named.push((name, TemplateSource {
+                        text,
+                        origin: TemplateOrigin::File { path },
+                    }));
+                }
+            }
+        }
+    }
+
+    if out.default.is_none() {
+        if out.named.is_empty() {
+            info!(dir = %model_dir.display(), "no chat template in the model directory");
+        } else {
+            warn!(
+                dir = %model_dir.display(),
+                names = ?out.names(),
+                "named chat templates but none called `default`: no default template"
+            );
+        }
+    }
+    Ok(out)
+}
+
+type ConfigTemplates = (Option<TemplateSource>, Vec<(String, TemplateSource)>);
+
+fn config_templates(path: &Path, entry: &serde_json::Value) -> Result<ConfigTemplates> {
+    let origin = |name: Option<&str>| TemplateOrigin::ConfigKey {
+        path: path.to_path_buf(),
+        key: "chat_template".into(),
+        name: name.map(str::to_string),
+    };
+    let bad = |what: &str| {
+        Diagnostic::error(
+            CODE_CONFIG,
+            format!("`chat_template` in {} {what}", path.display()),
+        )
+        .with_file(path)
+        .with_help("expected a string, or a list of {\"name\": …, \"template\": …} objects")
+    };
+    let mut default = None;
+    let mut named = Vec::new();
+    let mut add = |name: &str, text: &str| {
+        let src = TemplateSource {
+            text: text.to_string(),
+            origin: origin(Some(name)),
+        };
+        if name == "default" {
+            default = Some(src);
+        } else {
+            named.push((name.to_string(), src));
+        }
+    };
+    match entry {
+        serde_json::Value::Null => return Ok((None, Vec::new())),
+        serde_json::Value::String(s) => {
+            return Ok((
+                Some(TemplateSource {
+                    text: s.clone(),
+                    origin: origin(None),
+                }),
+                Vec::new(),
+            ))
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                let name = item.get("name").and_then(|v| v.as_str());
+                let text = item.get("template").and_then(|v| v.as_str());
+                match (name, text) {
+                    (Some(n), Some(t)) => add(n, t),
+                    _ => return Err(bad("has a list entry without a string `name` and `template`")),
+                }
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (n, t) in map {
+                match t.as_str() {
+                    Some(t) => add(n, t),
+                    None => return Err(bad(&format!("has a non-string template `{n}`"))),
+                }
+            }
+        }
+        _ => return Err(bad("is neither a string nor a list")),
+    }
+    Ok((default, named))
+}
+
+fn read_opt(path: &Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Diagnostic::io(CODE_READ, "cannot read", path, &e)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

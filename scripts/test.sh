@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The second command of the README, and what CI runs (.ci/run): set the machine up, check
+# formatting and lints, run every test (unit, integration and the end-to-end tests on real
+# models against the mlx-lm reference). Exits non-zero on any failure.
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$RMLX_REPO"
+
+bash scripts/setup.sh
+# The reference implementation the end-to-end tests compare against (cached).
+bash scripts/oracle-venv.sh >/dev/null
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+# cargo test rather than nextest: the end-to-end tests share converted models and
+# reference runs within one test process.
+cargo test --workspace --quiet

@@ -1,0 +1,9 @@
+//! End-to-end tests: they drive the built `cargo-rmlx` binary on a real model
+//! (SmolLM2-135M-Instruct from its GGUF, fetched by `scripts/fetch-models.sh`) and compare
+//! it with the reference implementation (mlx-lm, see `scripts/oracle_mlx_lm.py`).
+//! Converted models and reference runs are cached under `target/test-models`.
+
+mod bad_inputs;
+mod generate;
+mod oracle;
+mod support;
