@@ -5,7 +5,7 @@ Loads MODEL_DIR with mlx-lm, builds the prompt ids exactly like `mlx_lm generate
 runs a greedy loop with mlx-lm's KV cache for --max-tokens steps (EOS is ignored) and
 prints one JSON object:
 
-    {"prompt_ids": [...], "generated_ids": [...], "text": "...",
+    {"prompt_ids": [...], "generated_ids": [...], "text": "...",  (special tokens skipped)
      "steps": [{"id": i, "top": [[id, logit], ...]}, ...], "dtype": "...", ...}
 
 Logits are the raw float32 values of the top-k entries at each step.
@@ -116,7 +116,9 @@ def main():
         "prompt_ids": [int(i) for i in ids],
         "generated_ids": generated,
         "steps": steps,
-        "text": tokenizer.decode(generated),
+        # Like an answer shown to a user: special tokens (EOS, turn markers) left out.
+        "text": tokenizer.decode(generated, skip_special_tokens=True),
+        "text_with_special_tokens": tokenizer.decode(generated),
         "rendered_prompt": rendered,
         "dtype": args.dtype,
         "stored_float_dtypes": stored_dtypes,

@@ -97,9 +97,12 @@ impl Tokenizer {
         let bytes = std::fs::read(&tok_path)
             .map_err(|e| Diagnostic::io(CODE_LOAD, "cannot read", &tok_path, &e))?;
         let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| {
-            Diagnostic::error(CODE_LOAD, format!("cannot parse {}: {e}", tok_path.display()))
-                .with_file(&tok_path)
-                .with_help("tokenizer.json must be a Hugging Face `tokenizers` file")
+            Diagnostic::error(
+                CODE_LOAD,
+                format!("cannot parse {}: {e}", tok_path.display()),
+            )
+            .with_file(&tok_path)
+            .with_help("tokenizer.json must be a Hugging Face `tokenizers` file")
         })?;
         let config = read_json_opt(&dir.join("tokenizer_config.json"))?;
         let map = read_json_opt(&dir.join("special_tokens_map.json"))?;
@@ -199,10 +202,16 @@ impl Tokenizer {
     /// warning) when no rule matches.
     pub fn resolve_bos(&self) -> Option<BosToken> {
         let candidates: [(BosRule, Option<&str>); 5] = [
-            (BosRule::ConfigBosToken, self.special.get("bos_token").map(String::as_str)),
+            (
+                BosRule::ConfigBosToken,
+                self.special.get("bos_token").map(String::as_str),
+            ),
             (BosRule::LiteralBos, Some("<bos>")),
             (BosRule::ImStart, Some("<|im_start|>")),
-            (BosRule::ConfigEosToken, self.special.get("eos_token").map(String::as_str)),
+            (
+                BosRule::ConfigEosToken,
+                self.special.get("eos_token").map(String::as_str),
+            ),
             (BosRule::EndOfText, Some("<|endoftext|>")),
         ];
         for (rule, token) in candidates {
@@ -310,7 +319,7 @@ impl Tokenizer {
         match self.inner.id_to_token(id) {
             Some(piece) => {
                 self.special.values().any(|s| *s == piece)
-                    || self.additional_special.iter().any(|s| *s == piece)
+                    || self.additional_special.contains(&piece)
             }
             None => false,
         }
@@ -544,9 +553,15 @@ mod tests {
     #[test]
     fn bos_chain_rules() {
         // 1. config bos_token present in the vocabulary
-        let t = tok(&[("<s>", true), ("<bos>", true)], Some(json!({"bos_token": "<s>"})));
+        let t = tok(
+            &[("<s>", true), ("<bos>", true)],
+            Some(json!({"bos_token": "<s>"})),
+        );
         let b = t.resolve_bos().unwrap();
-        assert_eq!((b.token.as_str(), b.id, b.rule), ("<s>", 4, BosRule::ConfigBosToken));
+        assert_eq!(
+            (b.token.as_str(), b.id, b.rule),
+            ("<s>", 4, BosRule::ConfigBosToken)
+        );
 
         // 2. config bos_token missing from the vocabulary → <bos>
         let t = tok(&[("<bos>", true)], Some(json!({"bos_token": "<nope>"})));
@@ -555,21 +570,37 @@ mod tests {
 
         // 3. <|im_start|> (Qwen: bos_token null)
         let t = tok(
-            &[("<|im_start|>", true), ("<|im_end|>", true), ("<|endoftext|>", true)],
+            &[
+                ("<|im_start|>", true),
+                ("<|im_end|>", true),
+                ("<|endoftext|>", true),
+            ],
             Some(json!({"bos_token": null, "eos_token": "<|im_end|>"})),
         );
         let b = t.resolve_bos().unwrap();
-        assert_eq!((b.token.as_str(), b.id, b.rule), ("<|im_start|>", 4, BosRule::ImStart));
+        assert_eq!(
+            (b.token.as_str(), b.id, b.rule),
+            ("<|im_start|>", 4, BosRule::ImStart)
+        );
 
         // 4. eos_token
-        let t = tok(&[("</s>", true), ("<|endoftext|>", true)], Some(json!({"eos_token": "</s>"})));
+        let t = tok(
+            &[("</s>", true), ("<|endoftext|>", true)],
+            Some(json!({"eos_token": "</s>"})),
+        );
         let b = t.resolve_bos().unwrap();
-        assert_eq!((b.token.as_str(), b.rule), ("</s>", BosRule::ConfigEosToken));
+        assert_eq!(
+            (b.token.as_str(), b.rule),
+            ("</s>", BosRule::ConfigEosToken)
+        );
 
         // 5. <|endoftext|>, no config at all
         let t = tok(&[("<|endoftext|>", true)], None);
         let b = t.resolve_bos().unwrap();
-        assert_eq!((b.token.as_str(), b.id, b.rule), ("<|endoftext|>", 4, BosRule::EndOfText));
+        assert_eq!(
+            (b.token.as_str(), b.id, b.rule),
+            ("<|endoftext|>", 4, BosRule::EndOfText)
+        );
 
         // nothing
         assert!(tok(&[], None).resolve_bos().is_none());
@@ -577,7 +608,10 @@ mod tests {
 
     #[test]
     fn eos_ids_and_parse() {
-        let t = tok(&[("</s>", true), ("<eot>", true)], Some(json!({"eos_token": "</s>"})));
+        let t = tok(
+            &[("</s>", true), ("<eot>", true)],
+            Some(json!({"eos_token": "</s>"})),
+        );
         let extra = parse_token_ids(&json!([5, 4, 5]));
         assert_eq!(t.eos_ids(&extra), vec![4, 5]);
         assert_eq!(parse_token_ids(&json!(7)), vec![7]);
@@ -588,7 +622,10 @@ mod tests {
 
     #[test]
     fn encode_decode_pieces_special() {
-        let t = tok(&[("<s>", true), ("<x>", false)], Some(json!({"bos_token": "<s>"})));
+        let t = tok(
+            &[("<s>", true), ("<x>", false)],
+            Some(json!({"bos_token": "<s>"})),
+        );
         let ids = t.encode("<s>hello world .", false).unwrap();
         assert_eq!(ids, vec![4, 1, 2, 3]);
         assert_eq!(t.decode(&ids, true).unwrap(), "hello world .");
@@ -608,10 +645,18 @@ mod tests {
         assert_eq!(err.code, CODE_LOAD);
         assert!(err.message.contains("tokenizer.json"), "{}", err.message);
 
-        std::fs::write(dir.path().join("tokenizer.json"), tokenizer_json(&["a"], &[])).unwrap();
+        std::fs::write(
+            dir.path().join("tokenizer.json"),
+            tokenizer_json(&["a"], &[]),
+        )
+        .unwrap();
         std::fs::write(dir.path().join("tokenizer_config.json"), "{ bad").unwrap();
         let err = Tokenizer::from_dir(dir.path()).unwrap_err();
-        assert!(err.message.contains("tokenizer_config.json"), "{}", err.message);
+        assert!(
+            err.message.contains("tokenizer_config.json"),
+            "{}",
+            err.message
+        );
 
         std::fs::write(
             dir.path().join("tokenizer_config.json"),
@@ -654,7 +699,12 @@ mod tests {
         }
         assert_eq!(
             out,
-            vec![Some("a".to_string()), None, Some("é".to_string()), Some(" b".to_string())]
+            vec![
+                Some("a".to_string()),
+                None,
+                Some("é".to_string()),
+                Some(" b".to_string())
+            ]
         );
         assert_eq!(d.flush(&t).unwrap(), None);
 

@@ -3,6 +3,7 @@
 //! logging setup, miette reporting and the documented exit codes. Each subcommand lives in its
 //! own file and only translates arguments into library calls.
 
+mod bench;
 mod convert;
 mod generate;
 mod output;
@@ -90,6 +91,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Import a GGUF file into an MLX-format model directory.
     Convert(convert::ConvertArgs),
+    /// Measure prefill/decode throughput and memory (optionally next to mlx-lm).
+    Bench(bench::BenchArgs),
 }
 
 /// Entry point of the `cargo-rmlx` binary.
@@ -112,6 +115,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(a) => generate::run(&cli.global, a),
         Command::Convert(a) => convert::run(&cli.global, a),
+        Command::Bench(a) => bench::run(&cli.global, a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -73,7 +73,9 @@ pub fn build(opts: &TemplateOptions) -> Environment<'static> {
         let s = py_str(v);
         let mut chars = s.chars();
         Value::from(match chars.next() {
-            Some(first) => first.to_uppercase().collect::<String>() + &chars.as_str().to_lowercase(),
+            Some(first) => {
+                first.to_uppercase().collect::<String>() + &chars.as_str().to_lowercase()
+            }
             None => String::new(),
         })
     });
@@ -116,16 +118,25 @@ fn is_iterable(v: &Value) -> bool {
 /// jinja2 `sequence` (has `len` and `__getitem__`): strings, lists and dicts are sequences,
 /// and so is undefined.
 fn is_sequence(v: &Value) -> bool {
-    match v.kind() {
-        ValueKind::Undefined | ValueKind::String | ValueKind::Seq | ValueKind::Map => true,
-        ValueKind::Bytes => true,
-        _ => false,
-    }
+    matches!(
+        v.kind(),
+        ValueKind::Undefined
+            | ValueKind::String
+            | ValueKind::Seq
+            | ValueKind::Map
+            | ValueKind::Bytes
+    )
 }
 
 /// jinja2 `indent(width=4, first=False, blank=False)`, including its handling of a
 /// trailing newline (`s + "\n"` then `splitlines`).
-fn indent(v: &Value, width: Option<Value>, first: Option<bool>, blank: Option<bool>, kwargs: Kwargs) -> Result<Value, Error> {
+fn indent(
+    v: &Value,
+    width: Option<Value>,
+    first: Option<bool>,
+    blank: Option<bool>,
+    kwargs: Kwargs,
+) -> Result<Value, Error> {
     let width = match kwargs.get::<Option<Value>>("width")?.or(width) {
         None => "    ".to_string(),
         Some(w) => match w.as_str() {
@@ -133,8 +144,14 @@ fn indent(v: &Value, width: Option<Value>, first: Option<bool>, blank: Option<bo
             None => " ".repeat(w.as_i64().unwrap_or(4).max(0) as usize),
         },
     };
-    let first = kwargs.get::<Option<bool>>("first")?.or(first).unwrap_or(false);
-    let blank = kwargs.get::<Option<bool>>("blank")?.or(blank).unwrap_or(false);
+    let first = kwargs
+        .get::<Option<bool>>("first")?
+        .or(first)
+        .unwrap_or(false);
+    let blank = kwargs
+        .get::<Option<bool>>("blank")?
+        .or(blank)
+        .unwrap_or(false);
     kwargs.assert_all_used()?;
     let s = format!("{}\n", py_str(v));
     let lines = py_splitlines(&s);
@@ -144,7 +161,13 @@ fn indent(v: &Value, width: Option<Value>, first: Option<bool>, blank: Option<bo
         let mut it = lines.into_iter();
         let mut rv = it.next().unwrap_or_default().to_string();
         let rest: Vec<String> = it
-            .map(|l| if l.is_empty() { String::new() } else { format!("{width}{l}") })
+            .map(|l| {
+                if l.is_empty() {
+                    String::new()
+                } else {
+                    format!("{width}{l}")
+                }
+            })
             .collect();
         if !rest.is_empty() {
             rv.push('\n');
@@ -168,7 +191,15 @@ fn py_splitlines(s: &str) -> Vec<&str> {
         let (pos, c) = bytes[i];
         let is_break = matches!(
             c,
-            '\n' | '\r' | '\u{b}' | '\u{c}' | '\u{1c}' | '\u{1d}' | '\u{1e}' | '\u{85}' | '\u{2028}' | '\u{2029}'
+            '\n' | '\r'
+                | '\u{b}'
+                | '\u{c}'
+                | '\u{1c}'
+                | '\u{1d}'
+                | '\u{1e}'
+                | '\u{85}'
+                | '\u{2028}'
+                | '\u{2029}'
         );
         if is_break {
             out.push(&s[start..pos]);
@@ -240,7 +271,10 @@ impl Object for PyDict {
             let pairs: Vec<(Value, Value)> = keys.try_iter()?.map(|k| (k, value.clone())).collect();
             return Ok(Value::from_iter(pairs));
         }
-        debug!(method, "dict.{method}(...) behaves as dict(...), like jinja2's generic alias");
+        debug!(
+            method,
+            "dict.{method}(...) behaves as dict(...), like jinja2's generic alias"
+        );
         self.call(state, args)
     }
 }
@@ -252,7 +286,9 @@ fn python_formatter(
 ) -> Result<(), Error> {
     match value.kind() {
         ValueKind::Undefined => Ok(()),
-        ValueKind::String => out.write_str(value.as_str().unwrap_or_default()).map_err(Error::from),
+        ValueKind::String => out
+            .write_str(value.as_str().unwrap_or_default())
+            .map_err(Error::from),
         ValueKind::None | ValueKind::Bool | ValueKind::Number | ValueKind::Seq | ValueKind::Map => {
             out.write_str(&py_str(value)).map_err(Error::from)
         }
@@ -376,7 +412,12 @@ fn tojson(v: &Value, args: Rest<Value>, kwargs: Kwargs) -> Result<Value, Error> 
 }
 
 /// pycompat first; then the Python methods it lacks.
-fn unknown_method(state: &State, value: &Value, method: &str, args: &[Value]) -> Result<Value, Error> {
+fn unknown_method(
+    state: &State,
+    value: &Value,
+    method: &str,
+    args: &[Value],
+) -> Result<Value, Error> {
     match minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args) {
         Err(e) if e.kind() == ErrorKind::UnknownMethod => {}
         other => return other,
@@ -421,20 +462,34 @@ fn arg_str<'a>(args: &'a [Value], i: usize, what: &str) -> Result<&'a str, Error
 }
 
 fn opt_i64(args: &[Value], i: usize) -> Option<i64> {
-    args.get(i).filter(|v| !v.is_none()).and_then(|v| v.as_i64())
+    args.get(i)
+        .filter(|v| !v.is_none())
+        .and_then(|v| v.as_i64())
 }
 
 fn string_methods(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> {
     match method {
         "rsplit" => {
-            let sep = args.first().filter(|v| !v.is_none()).and_then(|v| v.as_str());
+            let sep = args
+                .first()
+                .filter(|v| !v.is_none())
+                .and_then(|v| v.as_str());
             let max = opt_i64(args, 1).unwrap_or(-1);
             let parts: Vec<String> = match sep {
                 Some("") => {
-                    return Err(Error::new(ErrorKind::InvalidOperation, "rsplit: empty separator"))
+                    return Err(Error::new(
+                        ErrorKind::InvalidOperation,
+                        "rsplit: empty separator",
+                    ))
                 }
                 Some(sep) if max < 0 => s.split(sep).map(str::to_string).collect(),
-                Some(sep) => s.rsplitn(max as usize + 1, sep).map(str::to_string).collect::<Vec<_>>().into_iter().rev().collect(),
+                Some(sep) => s
+                    .rsplitn(max as usize + 1, sep)
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect(),
                 None => {
                     let words: Vec<&str> = s.split_whitespace().collect();
                     if max < 0 || words.len() <= max as usize + 1 {
@@ -459,21 +514,34 @@ fn string_methods(s: &str, method: &str, args: &[Value]) -> Result<Value, Error>
         }
         "index" | "rindex" => {
             let sub = arg_str(args, 0, method)?;
-            let found = if method == "index" { s.find(sub) } else { s.rfind(sub) };
+            let found = if method == "index" {
+                s.find(sub)
+            } else {
+                s.rfind(sub)
+            };
             match found {
                 Some(b) => Ok(Value::from(s[..b].chars().count())),
-                None => Err(Error::new(ErrorKind::InvalidOperation, "substring not found")),
+                None => Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    "substring not found",
+                )),
             }
         }
         "partition" | "rpartition" => {
             let sep = arg_str(args, 0, method)?;
-            let found = if method == "partition" { s.find(sep) } else { s.rfind(sep) };
+            let found = if method == "partition" {
+                s.find(sep)
+            } else {
+                s.rfind(sep)
+            };
             let parts = match found {
                 Some(b) => vec![&s[..b], sep, &s[b + sep.len()..]],
                 None if method == "partition" => vec![s, "", ""],
                 None => vec!["", "", s],
             };
-            Ok(Value::from(parts.into_iter().map(str::to_string).collect::<Vec<_>>()))
+            Ok(Value::from(
+                parts.into_iter().map(str::to_string).collect::<Vec<_>>(),
+            ))
         }
         "removeprefix" => {
             let p = arg_str(args, 0, method)?;
@@ -505,11 +573,18 @@ fn string_methods(s: &str, method: &str, args: &[Value]) -> Result<Value, Error>
                 Some(c @ ('+' | '-')) => (c.to_string(), &s[1..]),
                 _ => (String::new(), s),
             };
-            Ok(Value::from(format!("{sign}{}{digits}", "0".repeat(width - len))))
+            Ok(Value::from(format!(
+                "{sign}{}{digits}",
+                "0".repeat(width - len)
+            )))
         }
         "ljust" | "rjust" | "center" => {
             let width = opt_i64(args, 0).unwrap_or(0).max(0) as usize;
-            let fill = args.get(1).and_then(|v| v.as_str()).and_then(|f| f.chars().next()).unwrap_or(' ');
+            let fill = args
+                .get(1)
+                .and_then(|v| v.as_str())
+                .and_then(|f| f.chars().next())
+                .unwrap_or(' ');
             let len = s.chars().count();
             if len >= width {
                 return Ok(Value::from(s));
@@ -525,10 +600,16 @@ fn string_methods(s: &str, method: &str, args: &[Value]) -> Result<Value, Error>
                 }
             };
             let f = fill.to_string();
-            Ok(Value::from(format!("{}{s}{}", f.repeat(left), f.repeat(right))))
+            Ok(Value::from(format!(
+                "{}{s}{}",
+                f.repeat(left),
+                f.repeat(right)
+            )))
         }
         "isidentifier" => Ok(Value::from(
-            s.chars().next().is_some_and(|c| c == '_' || c.is_alphabetic())
+            s.chars()
+                .next()
+                .is_some_and(|c| c == '_' || c.is_alphabetic())
                 && s.chars().all(|c| c == '_' || c.is_alphanumeric()),
         )),
         "istitle" => {
@@ -587,14 +668,20 @@ fn seq_methods(v: &Value, method: &str, args: &[Value]) -> Result<Value, Error> 
     match method {
         "index" => {
             let what = args.first().ok_or_else(|| {
-                Error::new(ErrorKind::MissingArgument, "index: missing the value to look for")
+                Error::new(
+                    ErrorKind::MissingArgument,
+                    "index: missing the value to look for",
+                )
             })?;
             for (i, item) in v.try_iter()?.enumerate() {
                 if &item == what {
                     return Ok(Value::from(i));
                 }
             }
-            Err(Error::new(ErrorKind::InvalidOperation, format!("{what} is not in list")))
+            Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("{what} is not in list"),
+            ))
         }
         "copy" => Ok(Value::from(v.try_iter()?.collect::<Vec<_>>())),
         "append" | "extend" | "pop" | "insert" | "remove" | "clear" | "sort" | "reverse" => {

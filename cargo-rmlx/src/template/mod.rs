@@ -56,7 +56,7 @@ pub const CODE_CONTEXT: &str = "rmlx::template::context";
 /// Default instruction budget per render: far above any real template on a long
 /// conversation (a few thousand to a few hundred thousand), small enough that an endless
 /// template fails within about a second.
-pub const DEFAULT_FUEL: u64 = 50_000_000;
+pub const DEFAULT_FUEL: u64 = 20_000_000;
 
 /// The ChatML template written by this project (`templates/chatml.jinja`).
 pub const CHATML_SOURCE: &str = include_str!("../../../templates/chatml.jinja");
@@ -172,8 +172,14 @@ impl RenderContext {
         let mut vars = serde_json::Map::new();
         vars.insert("messages".into(), J::Array(self.messages.clone()));
         vars.insert("tools".into(), self.tools.clone().map_or(J::Null, J::Array));
-        vars.insert("documents".into(), self.documents.clone().map_or(J::Null, J::Array));
-        vars.insert("add_generation_prompt".into(), J::Bool(self.add_generation_prompt));
+        vars.insert(
+            "documents".into(),
+            self.documents.clone().map_or(J::Null, J::Array),
+        );
+        vars.insert(
+            "add_generation_prompt".into(),
+            J::Bool(self.add_generation_prompt),
+        );
         for (k, v) in &self.special_tokens {
             vars.insert(k.clone(), J::String(v.clone()));
         }
@@ -307,7 +313,10 @@ impl ChatTemplate {
         if !vars.is_object() {
             return Err(Diagnostic::error(
                 CODE_CONTEXT,
-                format!("render context must be a JSON object, not {}", json_kind(vars)),
+                format!(
+                    "render context must be a JSON object, not {}",
+                    json_kind(vars)
+                ),
             )
             .with_help(
                 "give an object whose keys are the template variables, e.g. \
@@ -332,7 +341,9 @@ impl ChatTemplate {
             .map(str::to_string)
             .unwrap_or_else(|| err.kind().to_string());
         let raised = raised_message(err);
-        let (code, message, label, help): (&'static str, String, &str, String) = if let Some(msg) = raised {
+        let (code, message, label, help): (&'static str, String, &str, String) = if let Some(msg) =
+            raised
+        {
             (
                 CODE_RAISED,
                 format!("chat template raised an exception: {msg}"),
@@ -576,7 +587,9 @@ pub fn discover_sources(model_dir: &Path) -> Result<DiscoveredTemplates> {
     if let Some(text) = read_opt(&jinja)? {
         out.default = Some(TemplateSource {
             text,
-            origin: TemplateOrigin::File { path: jinja.clone() },
+            origin: TemplateOrigin::File {
+                path: jinja.clone(),
+            },
         });
     }
 
@@ -619,15 +632,22 @@ pub fn discover_sources(model_dir: &Path) -> Result<DiscoveredTemplates> {
             .collect();
         files.sort();
         for path in files {
-            let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(str::to_string) else {
+            let Some(name) = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .map(str::to_string)
+            else {
                 continue;
             };
             if let Some(text) = read_opt(&path)? {
                 if out.get(&name).is_none() {
-                    out.named.push((name, TemplateSource {
-                        text,
-                        origin: TemplateOrigin::File { path },
-                    }));
+                    out.named.push((
+                        name,
+                        TemplateSource {
+                            text,
+                            origin: TemplateOrigin::File { path },
+                        },
+                    ));
                 }
             }
         }
@@ -693,7 +713,11 @@ fn config_templates(path: &Path, entry: &serde_json::Value) -> Result<ConfigTemp
                 let text = item.get("template").and_then(|v| v.as_str());
                 match (name, text) {
                     (Some(n), Some(t)) => add(n, t),
-                    _ => return Err(bad("has a list entry without a string `name` and `template`")),
+                    _ => {
+                        return Err(bad(
+                            "has a list entry without a string `name` and `template`",
+                        ))
+                    }
                 }
             }
         }

@@ -78,7 +78,11 @@ pub fn rewrite(src: &str) -> Rewritten {
                 raw_tags += 1;
             }
         } else if word == b"generation" || word == b"endgeneration" {
-            let replacement: &[u8] = if word == b"generation" { b"if true" } else { b"endif" };
+            let replacement: &[u8] = if word == b"generation" {
+                b"if true"
+            } else {
+                b"endif"
+            };
             let slot = &mut text[s..e];
             slot.fill(b' ');
             slot[..replacement.len()].copy_from_slice(replacement);
@@ -123,7 +127,8 @@ mod tests {
 
     #[test]
     fn raw_and_comments_untouched() {
-        let src = "{# {% generation %} #}{% raw %}{% generation %}{% endraw %}{% if x %}{% endif %}";
+        let src =
+            "{# {% generation %} #}{% raw %}{% generation %}{% endraw %}{% if x %}{% endif %}";
         let r = rewrite(src);
         assert_eq!(r.text, src.replace("{% raw %}", "{% raw+%}"));
         assert_eq!(r.generation_tags, 0);

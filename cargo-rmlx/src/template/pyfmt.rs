@@ -19,7 +19,11 @@ pub fn float_repr(f: f64) -> String {
         return if f > 0.0 { "inf".into() } else { "-inf".into() };
     }
     if f == 0.0 {
-        return if f.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+        return if f.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
     }
     // Rust's `{:e}` gives the shortest round-trip digits, like Python's repr.
     let sci = format!("{:e}", f);
@@ -92,7 +96,11 @@ pub fn py_str(v: &Value) -> String {
 
 /// Python `repr(s)` of a string.
 pub fn str_repr(s: &str, out: &mut String) {
-    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     out.push(quote);
     for c in s.chars() {
         match c {
@@ -154,7 +162,7 @@ pub fn py_repr_into(v: &Value, out: &mut String) {
 }
 
 /// Options of Python's `json.dumps` as transformers' `tojson` passes them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct JsonOptions {
     /// `ensure_ascii` (transformers: false).
     pub ensure_ascii: bool,
@@ -164,17 +172,6 @@ pub struct JsonOptions {
     pub separators: Option<(String, String)>,
     /// `sort_keys`.
     pub sort_keys: bool,
-}
-
-impl Default for JsonOptions {
-    fn default() -> Self {
-        Self {
-            ensure_ascii: false,
-            indent: None,
-            separators: None,
-            sort_keys: false,
-        }
-    }
 }
 
 /// Python `json.dumps(v, **opts)`.
@@ -241,7 +238,10 @@ impl JsonWriter<'_> {
         match k.kind() {
             ValueKind::String => self.string(k.as_str().unwrap_or_default()),
             ValueKind::None => self.out.push_str("\"null\""),
-            ValueKind::Bool => self.out.push_str(if k.is_true() { "\"true\"" } else { "\"false\"" }),
+            ValueKind::Bool => {
+                self.out
+                    .push_str(if k.is_true() { "\"true\"" } else { "\"false\"" })
+            }
             ValueKind::Number => {
                 let s = self.number(k);
                 self.string(&s);
@@ -263,7 +263,11 @@ impl JsonWriter<'_> {
         match f64::try_from(v.clone()) {
             Ok(f) if f.is_nan() => "NaN".into(),
             Ok(f) if f.is_infinite() => {
-                if f > 0.0 { "Infinity".into() } else { "-Infinity".into() }
+                if f > 0.0 {
+                    "Infinity".into()
+                } else {
+                    "-Infinity".into()
+                }
             }
             Ok(f) => float_repr(f),
             Err(_) => v.to_string(),
@@ -272,11 +276,16 @@ impl JsonWriter<'_> {
 
     fn value(&mut self, v: &Value, depth: usize) -> Result<(), Error> {
         if depth > 500 {
-            return Err(Error::new(ErrorKind::InvalidOperation, "tojson: value nested too deeply"));
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                "tojson: value nested too deeply",
+            ));
         }
         match v.kind() {
             ValueKind::None => self.out.push_str("null"),
-            ValueKind::Bool => self.out.push_str(if v.is_true() { "true" } else { "false" }),
+            ValueKind::Bool => self
+                .out
+                .push_str(if v.is_true() { "true" } else { "false" }),
             ValueKind::Number => {
                 let s = self.number(v);
                 self.out.push_str(&s);
@@ -302,10 +311,11 @@ impl JsonWriter<'_> {
                 self.out.push(']');
             }
             ValueKind::Map => {
-                let mut pairs: Vec<(Value, Value)> = match v.as_object().and_then(|o| o.try_iter_pairs()) {
-                    Some(it) => it.collect(),
-                    None => Vec::new(),
-                };
+                let mut pairs: Vec<(Value, Value)> =
+                    match v.as_object().and_then(|o| o.try_iter_pairs()) {
+                        Some(it) => it.collect(),
+                        None => Vec::new(),
+                    };
                 if self.opts.sort_keys {
                     pairs.sort_by(|a, b| a.0.cmp(&b.0));
                 }

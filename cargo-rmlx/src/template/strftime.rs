@@ -8,11 +8,27 @@ use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const MONTHS: [&str; 12] = [
-    "January", "February", "March", "April", "May", "June", "July", "August", "September",
-    "October", "November", "December",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
 ];
 const DAYS: [&str; 7] = [
-    "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
 ];
 
 /// Broken-down UTC time.
@@ -126,7 +142,13 @@ pub fn strftime(fmt: &str, tm: &Tm) -> String {
                 let _ = write!(out, "{}-{:02}-{:02}", tm.year, tm.month, tm.day);
             }
             'D' => {
-                let _ = write!(out, "{:02}/{:02}/{:02}", tm.month, tm.day, tm.year.rem_euclid(100));
+                let _ = write!(
+                    out,
+                    "{:02}/{:02}/{:02}",
+                    tm.month,
+                    tm.day,
+                    tm.year.rem_euclid(100)
+                );
             }
             'T' => {
                 let _ = write!(out, "{:02}:{:02}:{:02}", tm.hour, tm.minute, tm.second);
@@ -164,7 +186,10 @@ mod tests {
             "2024-02-29 13:05:09 Thursday Thu February Feb 060 29 29 01PM %"
         );
         assert_eq!(strftime("%d %b %Y", &utc(0)), "01 Jan 1970");
-        assert_eq!(strftime("%-d %B %Y %A", &utc(1_735_689_600)), "1 January 2025 Wednesday");
+        assert_eq!(
+            strftime("%-d %B %Y %A", &utc(1_735_689_600)),
+            "1 January 2025 Wednesday"
+        );
         assert_eq!(strftime("%Q", &utc(0)), "%Q");
     }
 }

@@ -4,7 +4,12 @@ use super::*;
 use serde_json::json;
 
 fn inline(src: &str) -> ChatTemplate {
-    match ChatTemplate::new(src, TemplateOrigin::Inline { name: "test".into() }) {
+    match ChatTemplate::new(
+        src,
+        TemplateOrigin::Inline {
+            name: "test".into(),
+        },
+    ) {
         Ok(t) => t,
         Err(e) => panic!("compile failed: {e:?}"),
     }
@@ -51,7 +56,8 @@ fn chatml_default_system_and_parts() {
         "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nab<|im_end|>\n"
     );
     let mut ctx = RenderContext::new(vec![user("x")]);
-    ctx.kwargs.insert("default_system_prompt".into(), json!(false));
+    ctx.kwargs
+        .insert("default_system_prompt".into(), json!(false));
     assert_eq!(t.render(&ctx).unwrap(), "<|im_start|>user\nx<|im_end|>\n");
 }
 
@@ -93,15 +99,23 @@ fn tojson_python_compatible() {
 
 #[test]
 fn generation_tag_passes_body_through() {
-    let src = "{% for m in messages %}{% generation %}[{{ m.content }}]{% endgeneration %}{% endfor %}";
+    let src =
+        "{% for m in messages %}{% generation %}[{{ m.content }}]{% endgeneration %}{% endfor %}";
     let t = inline(src);
     assert!(t.uses_generation_tags());
-    assert_eq!(t.render_json(&json!({"messages": [user("a"), user("b")]})).unwrap(), "[a][b]");
+    assert_eq!(
+        t.render_json(&json!({"messages": [user("a"), user("b")]}))
+            .unwrap(),
+        "[a][b]"
+    );
 }
 
 #[test]
 fn slicing_and_loop_controls() {
-    assert_eq!(render("{{ 'abc'[::-1] }}{{ [1,2,3][::-1] }}", json!({})), "cba[3, 2, 1]");
+    assert_eq!(
+        render("{{ 'abc'[::-1] }}{{ [1,2,3][::-1] }}", json!({})),
+        "cba[3, 2, 1]"
+    );
     assert_eq!(
         render("{% for i in range(10) %}{% if i == 3 %}{% break %}{% endif %}{% if i == 1 %}{% continue %}{% endif %}{{ i }}{% endfor %}", json!({})),
         "02"
@@ -145,8 +159,12 @@ fn special_tokens_and_kwargs_override() {
 
 #[test]
 fn raise_exception_is_located() {
-    let src = "{% if messages[0].role == 'system' %}{{ raise_exception('no system role') }}{% endif %}";
-    let d = render_err(src, json!({"messages": [{"role": "system", "content": "x"}]}));
+    let src =
+        "{% if messages[0].role == 'system' %}{{ raise_exception('no system role') }}{% endif %}";
+    let d = render_err(
+        src,
+        json!({"messages": [{"role": "system", "content": "x"}]}),
+    );
     assert_eq!(d.code, CODE_RAISED);
     assert!(d.message.contains("no system role"), "{}", d.message);
     let span = d.span.clone().expect("span");
@@ -184,7 +202,8 @@ fn fuel_stops_runaway_templates() {
         fuel: Some(100_000),
         now: None,
     };
-    let t = ChatTemplate::with_options(src, TemplateOrigin::Inline { name: "t".into() }, &opts).unwrap();
+    let t = ChatTemplate::with_options(src, TemplateOrigin::Inline { name: "t".into() }, &opts)
+        .unwrap();
     let d = t.render_json(&json!({})).unwrap_err();
     assert_eq!(d.code, CODE_FUEL);
     assert!(d.span.is_some());
@@ -229,10 +248,20 @@ fn discovery_order_and_named_templates() {
     .unwrap();
     let t = discover(p).unwrap().unwrap();
     assert_eq!(t.render_json(&json!({"messages": [1, 2]})).unwrap(), "D2");
-    assert!(matches!(t.origin(), TemplateOrigin::ConfigKey { name: Some(n), .. } if n == "default"));
+    assert!(
+        matches!(t.origin(), TemplateOrigin::ConfigKey { name: Some(n), .. } if n == "default")
+    );
     let all = discover_sources(p).unwrap();
     assert_eq!(all.names(), ["tool_use"]);
-    assert_eq!(all.get("tool_use").unwrap().compile().unwrap().render_json(&json!({})).unwrap(), "T");
+    assert_eq!(
+        all.get("tool_use")
+            .unwrap()
+            .compile()
+            .unwrap()
+            .render_json(&json!({}))
+            .unwrap(),
+        "T"
+    );
 
     std::fs::write(p.join("chat_template.jinja"), "J").unwrap();
     let t = discover(p).unwrap().unwrap();
@@ -243,20 +272,34 @@ fn discovery_order_and_named_templates() {
     std::fs::write(p.join("chat_template.jinja"), "{% if %}").unwrap();
     let d = discover(p).unwrap_err();
     assert_eq!(d.code, CODE_SYNTAX);
-    assert!(d.file.as_deref().is_some_and(|f| f.ends_with("chat_template.jinja")));
+    assert!(d
+        .file
+        .as_deref()
+        .is_some_and(|f| f.ends_with("chat_template.jinja")));
 
     std::fs::remove_file(p.join("chat_template.jinja")).unwrap();
     std::fs::write(p.join("tokenizer_config.json"), r#"{"chat_template": "S"}"#).unwrap();
-    assert_eq!(discover(p).unwrap().unwrap().render_json(&json!({})).unwrap(), "S");
+    assert_eq!(
+        discover(p)
+            .unwrap()
+            .unwrap()
+            .render_json(&json!({}))
+            .unwrap(),
+        "S"
+    );
     std::fs::write(p.join("tokenizer_config.json"), r#"{"chat_template": 3}"#).unwrap();
     assert_eq!(discover(p).unwrap_err().code, CODE_CONFIG);
 }
 
 #[test]
 fn undeclared_variables_lists_inputs() {
-    let t = inline("{% set x = 1 %}{{ bos_token }}{% for m in messages %}{{ m }}{% endfor %}{{ x }}");
+    let t =
+        inline("{% set x = 1 %}{{ bos_token }}{% for m in messages %}{{ m }}{% endfor %}{{ x }}");
     let vars = t.undeclared_variables();
-    assert!(vars.contains("bos_token") && vars.contains("messages"), "{vars:?}");
+    assert!(
+        vars.contains("bos_token") && vars.contains("messages"),
+        "{vars:?}"
+    );
     assert!(!vars.contains("x"));
 }
 
@@ -265,8 +308,14 @@ fn jinja2_quirks() {
     // raw keeps the newline after `{% raw %}` (jinja2 applies no trim_blocks there).
     assert_eq!(render("a{% raw %}\nb{% endraw %}\nc", json!({})), "a\nbc");
     // indent keeps a trailing newline and indents following lines like jinja2.
-    assert_eq!(render("[{{ '{\\n'|indent(4, first=true) }}]", json!({})), "[    {\n]");
-    assert_eq!(render("[{{ 'a\\n\\nb'|indent(2) }}]", json!({})), "[a\n\n  b]");
+    assert_eq!(
+        render("[{{ '{\\n'|indent(4, first=true) }}]", json!({})),
+        "[    {\n]"
+    );
+    assert_eq!(
+        render("[{{ 'a\\n\\nb'|indent(2) }}]", json!({})),
+        "[a\n\n  b]"
+    );
     // tests and length on none / undefined / strings
     assert_eq!(
         render(
