@@ -168,6 +168,10 @@ enum LinearKind {
     },
 }
 
+/// From this many input rows on, a quantized layer dequantizes its weight and runs a dense
+/// matmul instead of MLX's quantized kernel (see [`Linear::forward`]).
+pub const DEQUANTIZED_MATMUL_ROWS: i32 = 16;
+
 /// `y = x W^T (+ b)`, dense or quantized.
 #[derive(Debug)]
 pub struct Linear {
@@ -185,7 +189,23 @@ impl Linear {
                 scales,
                 biases,
                 params,
-            } => quantized_matmul_mode(x, weight, scales, biases.as_ref(), *params)?,
+            } => {
+                let rows: i32 = x.shape()[..x.ndim().saturating_sub(1)].iter().product();
+                if rows >= DEQUANTIZED_MATMUL_ROWS && params.mode == QuantMode::Affine {
+                    // Many rows (prefill): MLX's CPU quantized matmul is a slow scalar loop,
+                    // while dequantizing once and running a BLAS sgemm is memory-bound and fast.
+                    let w = dequantize(
+                        weight,
+                        scales,
+                        biases.as_ref(),
+                        params.group_size,
+                        params.bits,
+                    )?;
+                    x.matmul(w.t())?
+                } else {
+                    quantized_matmul_mode(x, weight, scales, biases.as_ref(), *params)?
+                }
+            }
         };
         Ok(match &self.bias {
             Some(b) => y.add(b)?,
