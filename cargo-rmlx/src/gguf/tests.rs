@@ -675,22 +675,47 @@ fn import_errors_leave_nothing_behind() {
 // SCRATCH (removed after the one-off check)
 #[test]
 fn scratch_real_smollm2() {
-    let Ok(p) = std::env::var("RMLX_SCRATCH_GGUF") else { return };
+    let Ok(p) = std::env::var("RMLX_SCRATCH_GGUF") else {
+        return;
+    };
     let p = std::path::PathBuf::from(p);
     let g = GgufFile::open(&p).unwrap();
     for (k, v) in g.metadata() {
-        println!("META {k} = {}", match v { MetaValue::String(s) if s.len() > 80 => format!("<string {} chars>", s.len()), other => other.to_string() });
+        println!(
+            "META {k} = {}",
+            match v {
+                MetaValue::String(s) if s.len() > 80 => format!("<string {} chars>", s.len()),
+                other => other.to_string(),
+            }
+        );
     }
     let mut counts = std::collections::BTreeMap::new();
-    for t in g.tensors() { *counts.entry(t.ggml_type.name()).or_insert(0) += 1; }
+    for t in g.tensors() {
+        *counts.entry(t.ggml_type.name()).or_insert(0) += 1;
+    }
     println!("TYPES {counts:?}");
     let out = std::path::PathBuf::from(std::env::var("RMLX_SCRATCH_OUT").unwrap());
     let t0 = std::time::Instant::now();
     let r = import(&p, &out, &ImportOptions::default()).unwrap();
-    println!("IMPORT {:?} quantized={} dense={} dequantized={} skipped={:?} files={:?}", t0.elapsed(), r.quantized.len(), r.dense.len(), r.dequantized.len(), r.skipped, r.files);
-    println!("CONFIG {}", std::fs::read_to_string(out.join("config.json")).unwrap());
+    println!(
+        "IMPORT {:?} quantized={} dense={} dequantized={} skipped={:?} files={:?}",
+        t0.elapsed(),
+        r.quantized.len(),
+        r.dense.len(),
+        r.dequantized.len(),
+        r.skipped,
+        r.files
+    );
+    println!(
+        "CONFIG {}",
+        std::fs::read_to_string(out.join("config.json")).unwrap()
+    );
     let tok = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
-    for text in ["What is the capital of France?", "Hello world 12345", "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"] {
+    for text in [
+        "What is the capital of France?",
+        "Hello world 12345",
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n",
+    ] {
         let enc = tok.encode(text, false).unwrap();
         println!("ENC {text:?} -> {:?} {:?}", enc.get_ids(), enc.get_tokens());
         println!("DEC {:?}", tok.decode(enc.get_ids(), false).unwrap());

@@ -42,6 +42,9 @@ pub enum PreTokenizer {
     Llama3,
     /// Plain GPT-2 byte-level (gpt-2, default, and the fallback).
     ByteLevel,
+    /// A SentencePiece vocabulary (`tokenizer.ggml.model == "llama"`): spaces become `▁`
+    /// in the normalizer; no byte-level step.
+    SentencePiece,
 }
 
 impl PreTokenizer {
@@ -113,6 +116,7 @@ impl PreTokenizer {
             Self::ByteLevel => json!({
                 "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true
             }),
+            Self::SentencePiece => Value::Null,
         }
     }
 }
@@ -158,19 +162,16 @@ impl TokenizerFiles {
                 "GGUF has no `tokenizer.ggml.model`, so no tokenizer can be built".into(),
             )
         })?;
-        if model != "gpt2" {
+        if model != "gpt2" && model != "llama" {
             return Err(meta_err(
                 gguf,
                 "rmlx::gguf::unsupported-tokenizer",
                 format!(
-                    "GGUF tokenizer model `{model}` is not supported (only byte-level BPE, \
-                     `gpt2`)"
+                    "GGUF tokenizer model `{model}` is not supported (supported: byte-level BPE \
+                     `gpt2` and SentencePiece BPE `llama`)"
                 ),
             )
-            .with_help(
-                "SentencePiece (`llama`) vocabularies, used by gemma and Llama 1/2, cannot be \
-                 imported yet; supply tokenizer.json from the original model instead",
-            ));
+            .with_help("supply tokenizer.json from the original model instead"));
         }
         let tokens = gguf.get_str_array("tokenizer.ggml.tokens").ok_or_else(|| {
             meta_err(
@@ -202,13 +203,6 @@ impl TokenizerFiles {
                 vec![token_type::NORMAL; tokens.len()]
             }
         };
-        let merges_raw = gguf.get_str_array("tokenizer.ggml.merges").ok_or_else(|| {
-            meta_err(
-                gguf,
-                "rmlx::gguf::missing-metadata",
-                "GGUF byte-level BPE tokenizer has no `tokenizer.ggml.merges`".into(),
-            )
-        })?;
         let ids = SpecialIds::read(gguf);
         let add_bos = gguf
             .get_bool("tokenizer.ggml.add_bos_token")
@@ -216,16 +210,74 @@ impl TokenizerFiles {
         let add_eos = gguf
             .get_bool("tokenizer.ggml.add_eos_token")
             .unwrap_or(false);
-        let pre = PreTokenizer::from_gguf(gguf.get_str("tokenizer.ggml.pre"), &tokens);
         let chat_template = gguf.get_str("tokenizer.chat_template").map(str::to_owned);
-        let spec = BpeSpec {
-            tokens: &tokens,
+        let merges_raw;
+        let scores;
+        let spm_tokens: Vec<String>;
+        let spm_refs: Vec<&str>;
+        let (tokens, kind, pre) = if model == "gpt2" {
+            merges_raw = gguf.get_str_array("tokenizer.ggml.merges").ok_or_else(|| {
+                meta_err(
+                    gguf,
+                    "rmlx::gguf::missing-metadata",
+                    "GGUF byte-level BPE tokenizer has no `tokenizer.ggml.merges`".into(),
+                )
+            })?;
+            let pre = PreTokenizer::from_gguf(gguf.get_str("tokenizer.ggml.pre"), &tokens);
+            (
+                &tokens[..],
+                Kind::Bpe {
+                    merges: &merges_raw,
+                    pre,
+                },
+                pre,
+            )
+        } else {
+            scores = match gguf.get_f32_array("tokenizer.ggml.scores") {
+                Some(s) if s.len() == tokens.len() => s,
+                _ => {
+                    return Err(meta_err(
+                        gguf,
+                        "rmlx::gguf::missing-metadata",
+                        "GGUF SentencePiece tokenizer has no `tokenizer.ggml.scores` with one \
+                         score per token"
+                            .into(),
+                    ))
+                }
+            };
+            // llama.cpp's converter wrote user-defined tokens with `▁` replaced by spaces;
+            // Hugging Face keeps the SentencePiece form.
+            spm_tokens = tokens
+                .iter()
+                .zip(&types)
+                .map(|(t, &ty)| {
+                    if ty == token_type::USER_DEFINED {
+                        t.replace(' ', "\u{2581}")
+                    } else {
+                        (*t).to_owned()
+                    }
+                })
+                .collect();
+            spm_refs = spm_tokens.iter().map(String::as_str).collect();
+            let add_space_prefix = gguf
+                .get_bool("tokenizer.ggml.add_space_prefix")
+                .unwrap_or(true);
+            (
+                &spm_refs[..],
+                Kind::Spm {
+                    scores: &scores,
+                    add_space_prefix,
+                },
+                PreTokenizer::SentencePiece,
+            )
+        };
+        let spec = Spec {
+            tokens,
             types: &types,
-            merges: &merges_raw,
+            kind,
             ids: &ids,
             add_bos,
             add_eos,
-            pre,
         };
         let tokenizer_json = spec.tokenizer_json()?;
         let tokenizer_config = spec.tokenizer_config(chat_template.as_deref(), model_max_length);
@@ -249,18 +301,31 @@ impl TokenizerFiles {
     }
 }
 
-/// Everything needed to write a byte-level BPE tokenizer.
-pub(crate) struct BpeSpec<'a> {
+/// Model-specific inputs of a tokenizer.
+pub(crate) enum Kind<'a> {
+    /// Byte-level BPE with explicit merges.
+    Bpe {
+        merges: &'a [&'a str],
+        pre: PreTokenizer,
+    },
+    /// SentencePiece BPE: merges are derived from the piece scores.
+    Spm {
+        scores: &'a [f32],
+        add_space_prefix: bool,
+    },
+}
+
+/// Everything needed to write a tokenizer.
+pub(crate) struct Spec<'a> {
     pub tokens: &'a [&'a str],
     pub types: &'a [i64],
-    pub merges: &'a [&'a str],
+    pub kind: Kind<'a>,
     pub ids: &'a SpecialIds,
     pub add_bos: bool,
     pub add_eos: bool,
-    pub pre: PreTokenizer,
 }
 
-impl BpeSpec<'_> {
+impl Spec<'_> {
     fn is_added(&self, id: usize) -> bool {
         matches!(
             self.types.get(id).copied(),
@@ -287,40 +352,16 @@ impl BpeSpec<'_> {
         if dup > 0 {
             warn!("GGUF vocabulary has {dup} duplicate token strings; tokenizer.json keeps the last id of each");
         }
-        let known: HashSet<&str> = self.tokens.iter().copied().collect();
-        // llama.cpp splits a merge at the first space after position 0.
-        let mut pairs = Vec::with_capacity(self.merges.len());
-        let mut dropped = 0usize;
-        let mut multi_space = false;
-        for m in self.merges {
-            let split = m
-                .char_indices()
-                .skip(1)
-                .find(|&(_, c)| c == ' ')
-                .map(|(i, _)| i);
-            let Some(i) = split else {
-                dropped += 1;
-                continue;
-            };
-            let (a, b) = (&m[..i], &m[i + 1..]);
-            let merged = format!("{a}{b}");
-            if !known.contains(a) || !known.contains(b) || !known.contains(merged.as_str()) {
-                dropped += 1;
-                continue;
-            }
-            multi_space |= a.contains(' ') || b.contains(' ');
-            pairs.push((a, b));
-        }
-        if dropped > 0 {
-            warn!(
-                "dropped {dropped} of {} GGUF merges that are malformed or refer to tokens \
-                 outside the vocabulary",
-                self.merges.len()
-            );
-        }
+        let pairs = match &self.kind {
+            Kind::Bpe { merges, .. } => self.bpe_merges(merges),
+            Kind::Spm { scores, .. } => self.spm_merges(scores),
+        };
         // The "a b" string form is the most widely readable; tokens containing a space need
         // the [a, b] pair form (tokenizers >= 0.20).
-        let merges: Vec<Value> = if multi_space {
+        let any_space = pairs
+            .iter()
+            .any(|(a, b)| a.contains(' ') || b.contains(' '));
+        let merges: Vec<Value> = if any_space {
             pairs.iter().map(|(a, b)| json!([a, b])).collect()
         } else {
             pairs
@@ -344,6 +385,177 @@ impl BpeSpec<'_> {
             })
             .collect();
 
+        let byte_level = matches!(self.kind, Kind::Bpe { .. });
+        let post_processor = self.post_processor(byte_level);
+        let unk = self.token(self.ids.unk);
+        let (normalizer, pre_tokenizer, decoder, unk_token, byte_fallback, ignore_merges) =
+            match &self.kind {
+                Kind::Bpe { pre, .. } => (
+                    pre.normalizer(),
+                    pre.json(),
+                    json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}),
+                    Value::Null,
+                    false,
+                    *pre == PreTokenizer::Llama3,
+                ),
+                Kind::Spm {
+                    add_space_prefix, ..
+                } => {
+                    let replace = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
+                    let mut decoders = vec![
+                        json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+                        json!({"type": "ByteFallback"}),
+                        json!({"type": "Fuse"}),
+                    ];
+                    let (normalizer, pre_tokenizer) = if *add_space_prefix {
+                        // Llama 2 style: prepend "▁", no pre-tokenizer, strip it on decode.
+                        decoders
+                            .push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+                        (
+                            json!({"type": "Sequence", "normalizers": [
+                                {"type": "Prepend", "prepend": "\u{2581}"}, replace
+                            ]}),
+                            Value::Null,
+                        )
+                    } else {
+                        // Gemma style.
+                        (
+                            replace,
+                            json!({"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": false}),
+                        )
+                    };
+                    (
+                        normalizer,
+                        pre_tokenizer,
+                        json!({"type": "Sequence", "decoders": decoders}),
+                        json!(unk),
+                        true,
+                        false,
+                    )
+                }
+            };
+
+        Ok(json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": normalizer,
+            "pre_tokenizer": pre_tokenizer,
+            "post_processor": post_processor,
+            "decoder": decoder,
+            "model": {
+                "type": "BPE",
+                "dropout": null,
+                "unk_token": unk_token,
+                "continuing_subword_prefix": null,
+                "end_of_word_suffix": null,
+                "fuse_unk": !byte_level,
+                "byte_fallback": byte_fallback,
+                "ignore_merges": ignore_merges,
+                "vocab": vocab,
+                "merges": merges,
+            }
+        }))
+    }
+
+    /// GGUF merges ("a b" strings) as pairs, dropping malformed ones and ones that refer to
+    /// tokens outside the vocabulary (the `tokenizers` crate would refuse the whole file).
+    fn bpe_merges<'m>(&self, merges: &[&'m str]) -> Vec<(&'m str, &'m str)> {
+        let known: HashSet<&str> = self.tokens.iter().copied().collect();
+        let mut pairs = Vec::with_capacity(merges.len());
+        let mut dropped = 0usize;
+        for m in merges {
+            // llama.cpp splits a merge at the first space after the first character.
+            let split = m
+                .char_indices()
+                .skip(1)
+                .find(|&(_, c)| c == ' ')
+                .map(|(i, _)| i);
+            let Some(i) = split else {
+                dropped += 1;
+                continue;
+            };
+            let (a, b) = (&m[..i], &m[i + 1..]);
+            let merged = format!("{a}{b}");
+            if !known.contains(a) || !known.contains(b) || !known.contains(merged.as_str()) {
+                dropped += 1;
+                continue;
+            }
+            pairs.push((a, b));
+        }
+        if dropped > 0 {
+            warn!(
+                "dropped {dropped} of {} GGUF merges that are malformed or refer to tokens \
+                 outside the vocabulary",
+                merges.len()
+            );
+        }
+        pairs
+    }
+
+    /// Merges of a SentencePiece BPE vocabulary, derived from the piece scores the way
+    /// Hugging Face's converter does (`generate_merges`): every split of every piece into two
+    /// vocabulary pieces is a merge ranked by the piece's score (higher first), ties broken by
+    /// longer left part, then longer right part, then piece order and the parts' ids. Pieces
+    /// that are not normal (control, user-defined, byte) score 0, as in the SentencePiece model
+    /// (llama.cpp stored -1000 for them).
+    fn spm_merges(&self, scores: &[f32]) -> Vec<(&str, &str)> {
+        let ids: HashMap<&str, usize> = self
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (*t, i))
+            .collect();
+        struct M<'s> {
+            l: &'s str,
+            r: &'s str,
+            score: f32,
+            len_l: usize,
+            len_r: usize,
+        }
+        let mut merges: Vec<M<'_>> = Vec::new();
+        let mut seen: HashSet<&str> = HashSet::with_capacity(self.tokens.len());
+        for (id, piece) in self.tokens.iter().enumerate() {
+            // Like Python's dicts: a duplicated piece keeps its first position and the values
+            // (id, score) of its last occurrence.
+            if !seen.insert(piece) {
+                continue;
+            }
+            let last = *ids.get(piece).unwrap_or(&id);
+            let score = if self.types.get(last).copied() == Some(token_type::NORMAL) {
+                scores.get(last).copied().unwrap_or(0.0)
+            } else {
+                0.0
+            };
+            let mut local: Vec<(usize, usize, &str, &str)> = Vec::new();
+            for (i, _) in piece.char_indices().skip(1) {
+                let (l, r) = (&piece[..i], &piece[i..]);
+                if let (Some(&il), Some(&ir)) = (ids.get(l), ids.get(r)) {
+                    local.push((il, ir, l, r));
+                }
+            }
+            local.sort_by_key(|&(il, ir, _, _)| (il, ir));
+            merges.extend(local.into_iter().map(|(_, _, l, r)| M {
+                l,
+                r,
+                score,
+                len_l: l.chars().count(),
+                len_r: r.chars().count(),
+            }));
+        }
+        // Stable sort, descending (Python's `sorted(..., reverse=True)` keeps ties in order).
+        merges.sort_by(|a, b| {
+            b.score
+                .partial_cmp(&a.score)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(b.len_l.cmp(&a.len_l))
+                .then(b.len_r.cmp(&a.len_r))
+        });
+        merges.into_iter().map(|m| (m.l, m.r)).collect()
+    }
+
+    fn post_processor(&self, byte_level: bool) -> Value {
         let byte_level_post = json!({
             "type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true
         });
@@ -357,65 +569,44 @@ impl BpeSpec<'_> {
         if self.add_eos && eos.is_none() {
             warn!("GGUF asks to add an EOS token but has no valid tokenizer.ggml.eos_token_id; not adding one");
         }
-        let post_processor = if want_bos || want_eos {
-            let seq =
-                |name: &str, type_id: u32| json!({"Sequence": {"id": name, "type_id": type_id}});
-            let special =
-                |t: &str, type_id: u32| json!({"SpecialToken": {"id": t, "type_id": type_id}});
-            let part = |name: &str, type_id: u32| {
-                let mut v = Vec::new();
-                if let (true, Some(b)) = (want_bos, bos) {
-                    v.push(special(b, type_id));
-                }
-                v.push(seq(name, type_id));
-                if let (true, Some(e)) = (want_eos, eos) {
-                    v.push(special(e, type_id));
-                }
-                v
+        if !want_bos && !want_eos {
+            return if byte_level {
+                byte_level_post
+            } else {
+                Value::Null
             };
-            let single = part("A", 0);
-            let mut pair = part("A", 0);
-            pair.extend(part("B", 1));
-            let mut special_tokens = Map::new();
-            for (want, tok, id) in [(want_bos, bos, self.ids.bos), (want_eos, eos, self.ids.eos)] {
-                if let (true, Some(t), Some(id)) = (want, tok, id) {
-                    special_tokens
-                        .insert(t.to_owned(), json!({"id": t, "ids": [id], "tokens": [t]}));
-                }
+        }
+        let seq = |name: &str, type_id: u32| json!({"Sequence": {"id": name, "type_id": type_id}});
+        let special =
+            |t: &str, type_id: u32| json!({"SpecialToken": {"id": t, "type_id": type_id}});
+        let part = |name: &str, type_id: u32| {
+            let mut v = Vec::new();
+            if let (true, Some(b)) = (want_bos, bos) {
+                v.push(special(b, type_id));
             }
-            json!({
-                "type": "Sequence",
-                "processors": [
-                    byte_level_post,
-                    {"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": special_tokens}
-                ]
-            })
-        } else {
-            byte_level_post
+            v.push(seq(name, type_id));
+            if let (true, Some(e)) = (want_eos, eos) {
+                v.push(special(e, type_id));
+            }
+            v
         };
-
-        Ok(json!({
-            "version": "1.0",
-            "truncation": null,
-            "padding": null,
-            "added_tokens": added,
-            "normalizer": self.pre.normalizer(),
-            "pre_tokenizer": self.pre.json(),
-            "post_processor": post_processor,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-            "model": {
-                "type": "BPE",
-                "dropout": null,
-                "unk_token": null,
-                "continuing_subword_prefix": null,
-                "end_of_word_suffix": null,
-                "fuse_unk": false,
-                "byte_fallback": false,
-                "ignore_merges": self.pre == PreTokenizer::Llama3,
-                "vocab": vocab,
-                "merges": merges,
+        let single = part("A", 0);
+        let mut pair = part("A", 0);
+        pair.extend(part("B", 1));
+        let mut special_tokens = Map::new();
+        for (want, tok, id) in [(want_bos, bos, self.ids.bos), (want_eos, eos, self.ids.eos)] {
+            if let (true, Some(t), Some(id)) = (want, tok, id) {
+                special_tokens.insert(t.to_owned(), json!({"id": t, "ids": [id], "tokens": [t]}));
             }
-        }))
+        }
+        let template = json!({
+            "type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": special_tokens
+        });
+        if byte_level {
+            json!({"type": "Sequence", "processors": [byte_level_post, template]})
+        } else {
+            template
+        }
     }
 
     fn tokenizer_config(&self, chat_template: Option<&str>, model_max_length: usize) -> Value {
@@ -523,14 +714,16 @@ pub(crate) mod tests {
             unk: Some(0),
             pad: Some(2),
         };
-        let spec = BpeSpec {
+        let spec = Spec {
             tokens: &tokens,
             types: &types,
-            merges: &merges,
+            kind: Kind::Bpe {
+                merges: &merges,
+                pre,
+            },
             ids: &ids,
             add_bos,
             add_eos: false,
-            pre,
         };
         (
             spec.tokenizer_json().unwrap(),
@@ -580,6 +773,79 @@ pub(crate) mod tests {
         let (json, _) = spec_json(PreTokenizer::ByteLevel, false);
         let enc = load(&json).encode("Hello 12", true).unwrap();
         assert_eq!(enc.get_tokens(), ["Hello", "Ġ", "12"]);
+    }
+
+    #[test]
+    fn sentencepiece_merges_follow_scores_and_bytes_fall_back() {
+        // <unk> <bos> <eos>, 256 byte tokens, then pieces with descending scores.
+        let mut tokens: Vec<String> = vec!["<unk>".into(), "<bos>".into(), "<eos>".into()];
+        let mut types = vec![token_type::CONTROL; 3];
+        let mut scores = vec![-1000.0f32; 3];
+        for b in 0..256 {
+            tokens.push(format!("<0x{b:02X}>"));
+            types.push(token_type::BYTE);
+            scores.push(0.0);
+        }
+        for (i, p) in ["▁", "a", "b", "c", "ab", "▁ab", "abc", "▁abc", "bc"]
+            .iter()
+            .enumerate()
+        {
+            tokens.push((*p).into());
+            types.push(token_type::NORMAL);
+            scores.push(-(i as f32));
+        }
+        // A user-defined run of spaces, written by llama.cpp with real spaces.
+        tokens.push("▁▁".into());
+        types.push(token_type::USER_DEFINED);
+        scores.push(-1000.0);
+        let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        let ids = SpecialIds {
+            bos: Some(1),
+            eos: Some(2),
+            eot: None,
+            unk: Some(0),
+            pad: None,
+        };
+        for add_space_prefix in [false, true] {
+            let spec = Spec {
+                tokens: &refs,
+                types: &types,
+                kind: Kind::Spm {
+                    scores: &scores,
+                    add_space_prefix,
+                },
+                ids: &ids,
+                add_bos: true,
+                add_eos: false,
+            };
+            let json = spec.tokenizer_json().unwrap();
+            let merges: Vec<&str> = json["model"]["merges"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m.as_str().unwrap())
+                .collect();
+            // Score 0 first (▁▁ is user-defined → 0), then by score: ab, ▁ab (▁ + ab),
+            // abc (ab + c, then a + bc by ids), ▁abc, bc.
+            assert_eq!(
+                merges,
+                ["▁ ▁", "a b", "▁ ab", "ab c", "a bc", "▁ abc", "▁a bc", "b c"]
+                    .iter()
+                    .filter(|m| **m != "▁a bc")
+                    .copied()
+                    .collect::<Vec<_>>()
+            );
+            let tok = load(&json);
+            let enc = tok.encode("abc ab é", true).unwrap();
+            let pieces: Vec<&str> = enc.get_tokens().iter().map(String::as_str).collect();
+            let expected: Vec<&str> = if add_space_prefix {
+                vec!["<bos>", "▁abc", "▁ab", "▁", "<0xC3>", "<0xA9>"]
+            } else {
+                vec!["<bos>", "abc", "▁ab", "▁", "<0xC3>", "<0xA9>"]
+            };
+            assert_eq!(pieces, expected);
+            assert_eq!(tok.decode(enc.get_ids(), true).unwrap(), "abc ab é");
+        }
     }
 
     #[test]

@@ -1,0 +1,1 @@
+//! End-to-end tests of template rendering and lint (conformance against Python jinja2).
