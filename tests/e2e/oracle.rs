@@ -3,9 +3,10 @@
 //! same greedy tokens (allowing for near-ties, see below).
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use crate::support::{
-    converted, generate, oracle, Generation, OracleDtype, Variant, CHAT_PROMPT, ORACLE_STEPS,
+    converted, generate, oracle, Generation, OracleDtype, Step, Variant, CHAT_PROMPT, ORACLE_STEPS,
     RAW_PROMPT,
 };
 
@@ -89,47 +90,77 @@ fn check(variant: Variant, prompt: &str, chat: bool) {
     // 4. Greedy tokens: identical to mlx-lm float32, or to mlx-lm at the model's dtype, or
     //    diverging from float32 only at a near-tie.
     let ours_ids = &ours.generated_ids[..ORACLE_STEPS];
-    if ours_ids == &reference.generated_ids[..ORACLE_STEPS] {
-        assert_eq!(
+    let verdict = compare_tokens(ours_ids, &reference, || {
+        oracle(&dir, prompt, chat, OracleDtype::Model)
+    });
+    match verdict {
+        Ok(TokenMatch::Float32) => assert_eq!(
             ours.text, reference.text,
             "{case}: same ids, but the decoded text differs from mlx-lm's"
-        );
-        return;
-    }
-    let model_dtype = oracle(&dir, prompt, chat, OracleDtype::Model);
-    if ours_ids == &model_dtype.generated_ids[..ORACLE_STEPS] {
-        eprintln!(
+        ),
+        Ok(TokenMatch::ModelDtype) => eprintln!(
             "note: {case}: greedy tokens match mlx-lm at the model's dtype, not its float32 run"
-        );
-        return;
+        ),
+        Ok(TokenMatch::NearTie { step, margin }) => eprintln!(
+            "note: {case}: accepted a divergence from mlx-lm float32 at step {step}, a near-tie \
+             (margin {margin:.3} < {NEAR_TIE_MARGIN}): ours {} vs {}",
+            ours_ids[step], reference.generated_ids[step]
+        ),
+        Err(why) => panic!("{case}: {why}\n{}", table(&ours, &reference)),
     }
-    let k = ours_ids
+}
+
+/// How our greedy tokens agree with the reference.
+#[derive(Debug, PartialEq)]
+enum TokenMatch {
+    /// Identical to mlx-lm's float32 run.
+    Float32,
+    /// Identical to mlx-lm's run at the model's own dtype.
+    ModelDtype,
+    /// Identical to the float32 run up to `step`, where its top-1/top-2 margin is below
+    /// [`NEAR_TIE_MARGIN`] and we picked its runner-up.
+    NearTie { step: usize, margin: f64 },
+}
+
+/// Judges `ours` against mlx-lm's float32 run; `model_dtype` (the reference at the model's
+/// dtype, slow on CPU) is only run when needed.
+fn compare_tokens(
+    ours: &[u32],
+    float32: &Generation,
+    model_dtype: impl FnOnce() -> Arc<Generation>,
+) -> Result<TokenMatch, String> {
+    let n = ours.len();
+    if float32.generated_ids.get(..n) == Some(ours) {
+        return Ok(TokenMatch::Float32);
+    }
+    let model_dtype = model_dtype();
+    if model_dtype.generated_ids.get(..n) == Some(ours) {
+        return Ok(TokenMatch::ModelDtype);
+    }
+    let k = ours
         .iter()
-        .zip(&reference.generated_ids)
+        .zip(&float32.generated_ids)
         .position(|(a, b)| a != b)
-        .expect("the sequences differ");
-    let step = &reference.steps[k];
+        .unwrap_or(n.min(float32.generated_ids.len()));
+    let Some(step) = float32.steps.get(k) else {
+        return Err(format!(
+            "mlx-lm's float32 run has only {} steps, ours {n}",
+            float32.steps.len()
+        ));
+    };
     let margin = step.margin();
     let runner_up = step.rank(1).0;
-    assert!(
-        margin < NEAR_TIE_MARGIN && ours_ids[k] == runner_up,
-        "{case}: greedy tokens diverge from mlx-lm's float32 run at step {k} (ours {}, \
-         mlx-lm {}) and from its model-dtype run. A divergence is accepted only at a near-tie: \
-         mlx-lm float32's top-1/top-2 margin there must be < {NEAR_TIE_MARGIN} and we must \
-         pick its runner-up; the margin is {margin:.3} and its runner-up is {runner_up}.\n\
-         ours:               {:?}\nmlx-lm float32:     {:?}\nmlx-lm model dtype: {:?}\n{}",
-        ours_ids[k],
-        reference.generated_ids[k],
-        ours_ids,
-        reference.generated_ids,
-        model_dtype.generated_ids,
-        table(&ours, &reference)
-    );
-    eprintln!(
-        "note: {case}: accepted a divergence from mlx-lm float32 at step {k}, a near-tie \
-         (margin {margin:.3} < {NEAR_TIE_MARGIN}): ours {} vs {}",
-        ours_ids[k], reference.generated_ids[k]
-    );
+    if margin < NEAR_TIE_MARGIN && ours[k] == runner_up {
+        return Ok(TokenMatch::NearTie { step: k, margin });
+    }
+    Err(format!(
+        "greedy tokens diverge from mlx-lm's float32 run at step {k} (ours {}, mlx-lm {}) \
+         and from its model-dtype run. A divergence is accepted only at a near-tie: mlx-lm \
+         float32's top-1/top-2 margin there must be < {NEAR_TIE_MARGIN} and we must pick its \
+         runner-up; the margin is {margin:.3} and its runner-up is {runner_up}.\n\
+         ours:               {ours:?}\nmlx-lm float32:     {:?}\nmlx-lm model dtype: {:?}",
+        ours[k], float32.generated_ids[k], float32.generated_ids, model_dtype.generated_ids,
+    ))
 }
 
 /// Step-by-step comparison for failure messages.
@@ -169,4 +200,85 @@ fn q4_chat_prompt_matches_mlx_lm() {
 #[test]
 fn q4_raw_prompt_matches_mlx_lm() {
     check(Variant::Q4, RAW_PROMPT, false);
+}
+
+/// The near-tie rule itself, on made-up runs.
+mod rule {
+    use super::*;
+
+    fn run(ids: &[u32], tops: &[[(u32, f64); 2]]) -> Generation {
+        Generation {
+            prompt_ids: vec![],
+            generated_ids: ids.to_vec(),
+            text: String::new(),
+            steps: tops
+                .iter()
+                .zip(ids)
+                .map(|(top, &id)| Step {
+                    id,
+                    piece: None,
+                    top: top.iter().map(|&(i, l)| (i, Some(l))).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn float32() -> Generation {
+        // Step 1 is a near-tie (margin 0.1), step 2 is not (margin 2).
+        run(
+            &[1, 2, 3],
+            &[
+                [(1, 10.0), (9, 8.0)],
+                [(2, 10.0), (7, 9.9)],
+                [(3, 10.0), (8, 8.0)],
+            ],
+        )
+    }
+
+    fn no_model_run() -> Arc<Generation> {
+        Arc::new(run(&[], &[]))
+    }
+
+    #[test]
+    fn identical_tokens_match() {
+        assert_eq!(
+            compare_tokens(&[1, 2, 3], &float32(), || unreachable!()),
+            Ok(TokenMatch::Float32)
+        );
+    }
+
+    #[test]
+    fn model_dtype_run_is_the_second_reference() {
+        let model = || Arc::new(run(&[1, 5, 6], &[[(1, 1.0), (2, 0.0)]; 3]));
+        assert_eq!(
+            compare_tokens(&[1, 5, 6], &float32(), model),
+            Ok(TokenMatch::ModelDtype)
+        );
+    }
+
+    #[test]
+    fn divergence_to_the_runner_up_at_a_near_tie_is_accepted() {
+        let verdict = compare_tokens(&[1, 7, 4], &float32(), no_model_run);
+        assert!(
+            matches!(verdict, Ok(TokenMatch::NearTie { step: 1, .. })),
+            "{verdict:?}"
+        );
+    }
+
+    #[test]
+    fn divergence_at_a_clear_margin_is_rejected() {
+        let verdict = compare_tokens(&[1, 2, 8], &float32(), no_model_run);
+        assert!(
+            verdict.as_ref().is_err_and(|e| e.contains("near-tie")),
+            "{verdict:?}"
+        );
+        let verdict = compare_tokens(&[9, 2, 3], &float32(), no_model_run);
+        assert!(verdict.is_err(), "{verdict:?}");
+    }
+
+    #[test]
+    fn divergence_to_another_token_at_a_near_tie_is_rejected() {
+        let verdict = compare_tokens(&[1, 4, 3], &float32(), no_model_run);
+        assert!(verdict.is_err(), "{verdict:?}");
+    }
 }

@@ -13,8 +13,16 @@ pub struct LayerCache {
 }
 
 impl LayerCache {
-    /// Appends new keys/values and returns the full history.
-    pub fn update(&mut self, keys: Array, values: Array) -> Result<(Array, Array)> {
+    /// Appends new keys/values and returns what the new queries attend over: the full history,
+    /// or for a sliding-window layer the last `window - 1` cached positions plus the new ones.
+    /// A sliding-window layer keeps only the last `window - 1` positions afterwards (the next
+    /// query sees those plus itself).
+    pub fn update(
+        &mut self,
+        keys: Array,
+        values: Array,
+        window: Option<usize>,
+    ) -> Result<(Array, Array)> {
         let (k, v) = match (self.keys.take(), self.values.take()) {
             (Some(pk), Some(pv)) => (
                 concatenate(&[pk, keys], 2)?,
@@ -22,8 +30,17 @@ impl LayerCache {
             ),
             _ => (keys, values),
         };
-        self.keys = Some(k.clone());
-        self.values = Some(v.clone());
+        let (keep_k, keep_v) = match window {
+            Some(w) if k.shape()[2] as usize >= w => {
+                let len = k.shape()[2];
+                let start = len - (w as i32 - 1);
+                let idx = Array::from_iter(start..len, &[len - start]);
+                (k.take_axis(&idx, 2)?, v.take_axis(&idx, 2)?)
+            }
+            _ => (k.clone(), v.clone()),
+        };
+        self.keys = Some(keep_k);
+        self.values = Some(keep_v);
         Ok((k, v))
     }
 }

@@ -32,6 +32,20 @@ pub struct ArchSpec {
     pub activation: Activation,
     /// Softmax scale of attention (usually `head_dim^-0.5`).
     pub attn_scale: f32,
+    /// RMSNorm over each query/key head before RoPE (qwen3, gemma3).
+    pub qk_norm: bool,
+    /// RMSNorm weights are stored as `w` and applied as `1 + w` (gemma).
+    pub norm_one_plus: bool,
+    /// Embeddings multiplied by this (gemma: sqrt(hidden), rounded to bf16).
+    pub embed_scale: Option<f32>,
+    /// Gemma's four norms per block: the attention and MLP outputs are normalised before
+    /// their residual adds (`post_attention_layernorm`, `post_feedforward_layernorm`) and the
+    /// MLP input by `pre_feedforward_layernorm`.
+    pub sandwich_norms: bool,
+    /// Per layer: `Some(window)` for sliding-window (local) attention, `None` for global.
+    pub sliding_window: Vec<Option<usize>>,
+    /// RoPE base of local layers, when it differs from `rope_theta` (gemma3).
+    pub local_rope_theta: Option<f32>,
 }
 
 struct Attention {
@@ -39,6 +53,12 @@ struct Attention {
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    /// Sliding window of this layer (local attention).
+    window: Option<usize>,
+    /// Index into `Transformer::ropes`.
+    rope: usize,
     n_heads: i32,
     n_kv_heads: i32,
     head_dim: i32,
@@ -55,7 +75,10 @@ struct Mlp {
 struct Block {
     input_norm: RmsNorm,
     attn: Attention,
+    /// Llama: the pre-MLP norm. Gemma (sandwich): the norm of the attention output.
     post_attn_norm: RmsNorm,
+    /// Gemma only: pre-MLP norm and MLP-output norm.
+    sandwich: Option<(RmsNorm, RmsNorm)>,
     mlp: Mlp,
 }
 
@@ -65,7 +88,9 @@ pub struct Transformer {
     blocks: Vec<Block>,
     norm: RmsNorm,
     lm_head: Option<Linear>,
-    rope: Rope,
+    /// Global rope, then (gemma3) the local-layer rope.
+    ropes: Vec<Rope>,
+    embed_scale: Option<f32>,
     /// Compute dtype of activations.
     pub dtype: Dtype,
     /// Vocabulary size (logit count).
@@ -89,18 +114,43 @@ impl Transformer {
         let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads);
         let eps = c.rms_norm_eps;
         let embed = ctx.embedding("model.embed_tokens", c.vocab_size, h)?;
+        let one_plus = spec.norm_one_plus;
+        let mut ropes = vec![Rope::new(hd, c.rope_theta, c.rope_scaling.as_ref())?];
+        if let Some(theta) = spec.local_rope_theta {
+            ropes.push(Rope::new(hd, theta, None)?);
+        }
         let mut blocks = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let a = format!("{p}.self_attn");
             let m = format!("{p}.mlp");
+            let window = spec.sliding_window.get(i).copied().flatten();
+            let qk_norm = |name: &str| -> Result<Option<RmsNorm>> {
+                if spec.qk_norm {
+                    Ok(Some(ctx.rms_norm(&format!("{a}.{name}"), hd, eps, one_plus)?))
+                } else {
+                    Ok(None)
+                }
+            };
+            let sandwich = if spec.sandwich_norms {
+                Some((
+                    ctx.rms_norm(&format!("{p}.pre_feedforward_layernorm"), h, eps, one_plus)?,
+                    ctx.rms_norm(&format!("{p}.post_feedforward_layernorm"), h, eps, one_plus)?,
+                ))
+            } else {
+                None
+            };
             blocks.push(Block {
-                input_norm: ctx.rms_norm(&format!("{p}.input_layernorm"), h, eps, false)?,
+                input_norm: ctx.rms_norm(&format!("{p}.input_layernorm"), h, eps, one_plus)?,
                 attn: Attention {
                     q_proj: ctx.linear(&format!("{a}.q_proj"), h, nh * hd, spec.qkv_bias)?,
                     k_proj: ctx.linear(&format!("{a}.k_proj"), h, nkv * hd, spec.qkv_bias)?,
                     v_proj: ctx.linear(&format!("{a}.v_proj"), h, nkv * hd, spec.qkv_bias)?,
                     o_proj: ctx.linear(&format!("{a}.o_proj"), nh * hd, h, spec.o_bias)?,
+                    q_norm: qk_norm("q_norm")?,
+                    k_norm: qk_norm("k_norm")?,
+                    window,
+                    rope: if window.is_some() { ropes.len() - 1 } else { 0 },
                     n_heads: nh as i32,
                     n_kv_heads: nkv as i32,
                     head_dim: hd as i32,
@@ -110,8 +160,9 @@ impl Transformer {
                     &format!("{p}.post_attention_layernorm"),
                     h,
                     eps,
-                    false,
+                    one_plus,
                 )?,
+                sandwich,
                 mlp: Mlp {
                     gate_proj: ctx.linear(
                         &format!("{m}.gate_proj"),
@@ -135,7 +186,7 @@ impl Transformer {
                 },
             });
         }
-        let norm = ctx.rms_norm("model.norm", h, eps, false)?;
+        let norm = ctx.rms_norm("model.norm", h, eps, one_plus)?;
         let lm_head = if c.tie_word_embeddings {
             if ctx.weights.contains("lm_head.weight") {
                 tracing::info!(
@@ -147,13 +198,13 @@ impl Transformer {
         } else {
             Some(ctx.linear("lm_head", h, c.vocab_size, false)?)
         };
-        let rope = Rope::new(hd, c.rope_theta, c.rope_scaling.as_ref())?;
         Ok(Self {
             embed,
             blocks,
             norm,
             lm_head,
-            rope,
+            ropes,
+            embed_scale: spec.embed_scale,
             dtype: ctx.dtype,
             vocab_size: c.vocab_size,
         })
@@ -164,16 +215,29 @@ impl Transformer {
     pub fn forward_last(&self, ids: &Array, cache: &mut KvCache) -> Result<Array> {
         let len = ids.shape()[1];
         let mut x = self.embed.forward(ids)?;
+        if let Some(scale) = self.embed_scale {
+            x = x.multiply(Array::from_f32(scale).as_dtype(x.dtype())?)?;
+        }
         for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            let rope = &self.ropes[block.attn.rope];
             let r = block.attn.forward(
                 &block.input_norm.forward(&x)?,
                 layer_cache,
                 cache.offset,
-                &self.rope,
+                rope,
             )?;
-            x = x.add(&r)?;
-            let r = block.mlp.forward(&block.post_attn_norm.forward(&x)?)?;
-            x = x.add(&r)?;
+            match &block.sandwich {
+                None => {
+                    x = x.add(&r)?;
+                    let r = block.mlp.forward(&block.post_attn_norm.forward(&x)?)?;
+                    x = x.add(&r)?;
+                }
+                Some((pre_ff, post_ff)) => {
+                    x = x.add(&block.post_attn_norm.forward(&r)?)?;
+                    let r = block.mlp.forward(&pre_ff.forward(&x)?)?;
+                    x = x.add(&post_ff.forward(&r)?)?;
+                }
+            }
         }
         cache.offset += len as usize;
         // Only the last position's logits are needed.
@@ -198,14 +262,30 @@ impl Attention {
         let heads = |a: Array, n: i32| -> Result<Array> {
             Ok(a.reshape(&[b, l, n, self.head_dim])?.transpose_axes(&[0, 2, 1, 3])?)
         };
-        let q = heads(self.q_proj.forward(x)?, self.n_heads)?;
-        let k = heads(self.k_proj.forward(x)?, self.n_kv_heads)?;
+        let mut q = heads(self.q_proj.forward(x)?, self.n_heads)?;
+        let mut k = heads(self.k_proj.forward(x)?, self.n_kv_heads)?;
         let v = heads(self.v_proj.forward(x)?, self.n_kv_heads)?;
+        if let Some(n) = &self.q_norm {
+            q = n.forward(&q)?;
+        }
+        if let Some(n) = &self.k_norm {
+            k = n.forward(&k)?;
+        }
         let q = rope.forward(&q, offset)?;
         let k = rope.forward(&k, offset)?;
-        let (k, v) = cache.update(k, v)?;
-        let mask = (l > 1).then_some(ScaledDotProductAttentionMask::Causal);
-        let o = scaled_dot_product_attention(&q, &k, &v, self.scale, mask, None)?;
+        let (k, v) = cache.update(k, v, self.window)?;
+        let total = k.shape()[2] as usize;
+        let o = match self.window {
+            // Some keys fall outside the window of some queries: explicit mask.
+            Some(w) if l > 1 && offset + l as usize > w => {
+                let mask = sliding_mask(l as usize, total, w)?;
+                scaled_dot_product_attention(&q, &k, &v, self.scale, &mask, None)?
+            }
+            _ => {
+                let mask = (l > 1).then_some(ScaledDotProductAttentionMask::Causal);
+                scaled_dot_product_attention(&q, &k, &v, self.scale, mask, None)?
+            }
+        };
         let o = o
             .transpose_axes(&[0, 2, 1, 3])?
             .reshape(&[b, l, self.n_heads * self.head_dim])?;
@@ -223,4 +303,19 @@ impl Mlp {
         let up = self.up_proj.forward(x)?;
         self.down_proj.forward(&act.multiply(&up)?)
     }
+}
+
+/// Boolean mask `[q_len, k_len]` for sliding-window causal attention, where the queries are
+/// the last `q_len` positions of `k_len`: query i (absolute k_len - q_len + i) sees key j iff
+/// j <= i_abs and i_abs - j < window.
+fn sliding_mask(q_len: usize, k_len: usize, window: usize) -> Result<Array> {
+    let first = k_len - q_len;
+    let mut m = Vec::with_capacity(q_len * k_len);
+    for i in 0..q_len {
+        let qi = first + i;
+        for j in 0..k_len {
+            m.push(j <= qi && qi - j < window);
+        }
+    }
+    Ok(Array::from_slice(&m, &[q_len as i32, k_len as i32]))
 }

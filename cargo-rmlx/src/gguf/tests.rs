@@ -660,7 +660,7 @@ fn import_errors_leave_nothing_behind() {
 
     let mut w = tiny_llama(GgmlType::Q8_0);
     w.kvs.retain(|(k, _)| k != "tokenizer.ggml.model");
-    w.kv("tokenizer.ggml.model", s("llama"));
+    w.kv("tokenizer.ggml.model", s("bert"));
     w.write(&src);
     let e = import(&src, &out, &ImportOptions::default()).unwrap_err();
     assert_eq!(e.code, "rmlx::gguf::unsupported-tokenizer");

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use crate::diagnostic::{Diagnostic, Result};
 
 /// Architectures this build can run (`model_type` values).
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "gemma3_text"];
 
 /// The quantization settings of one module (or the default for all).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
