@@ -98,7 +98,9 @@ fn main() {
         .blocklist_function("malloc")
         .blocklist_function("realloc");
     if !apple {
-        builder = builder.clang_arg("-include").clang_arg(shim.to_string_lossy());
+        builder = builder
+            .clang_arg("-include")
+            .clang_arg(shim.to_string_lossy());
     }
     for h in &headers {
         builder = builder.header(h.to_string_lossy());
@@ -208,7 +210,10 @@ fn locate_mlx(target_os: &str) -> PathBuf {
         return root;
     }
     fs::create_dir_all(&cache).expect("create MLX cache dir");
-    let tmp = cache.join(format!(".{wheel}-{MLX_VERSION}.partial-{}", std::process::id()));
+    let tmp = cache.join(format!(
+        ".{wheel}-{MLX_VERSION}.partial-{}",
+        std::process::id()
+    ));
     let _ = fs::remove_dir_all(&tmp);
     let python = env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let status = Command::new(&python)

@@ -67,7 +67,9 @@ pub fn measure_rmlx(session: &Session, prompt: &[u32], decode: usize) -> Result<
         top: 1,
         ..GenerateOptions::default()
     };
-    let out = generate(&session.model, prompt, &opts, |_| std::ops::ControlFlow::Continue(()))?;
+    let out = generate(&session.model, prompt, &opts, |_| {
+        std::ops::ControlFlow::Continue(())
+    })?;
     let ttft = out.prefill.as_secs_f64();
     let n = out.steps.len();
     Ok(Measurement {

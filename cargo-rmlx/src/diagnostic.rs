@@ -34,9 +34,15 @@ pub struct Label {
     pub message: String,
 }
 
-/// One user-facing problem. See the module documentation.
+/// One user-facing problem. See the module documentation. Boxed so `Result<T, Diagnostic>`
+/// stays one pointer wide on the success path; fields are reached through `Deref`.
 #[derive(Clone, serde::Serialize)]
-pub struct Diagnostic {
+#[serde(transparent)]
+pub struct Diagnostic(Box<DiagnosticData>);
+
+/// The fields of a [`Diagnostic`].
+#[derive(Clone, serde::Serialize)]
+pub struct DiagnosticData {
     /// Error, warning or advice.
     pub severity: Severity,
     /// Stable code, e.g. `rmlx::snapshot::missing-tensor`. Documented; never reused.
@@ -81,7 +87,7 @@ impl Diagnostic {
     }
 
     fn new(severity: Severity, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(DiagnosticData {
             severity,
             code,
             message: message.into(),
@@ -92,7 +98,7 @@ impl Diagnostic {
             help: None,
             source: None,
             named: OnceLock::new(),
-        }
+        }))
     }
 
     /// Names the file this is about.
@@ -147,6 +153,20 @@ impl Diagnostic {
         let line = before.matches('\n').count() + 1;
         let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
         Some((line, col))
+    }
+}
+
+impl std::ops::Deref for Diagnostic {
+    type Target = DiagnosticData;
+
+    fn deref(&self) -> &DiagnosticData {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Diagnostic {
+    fn deref_mut(&mut self) -> &mut DiagnosticData {
+        &mut self.0
     }
 }
 
@@ -210,16 +230,16 @@ impl miette::Diagnostic for Diagnostic {
             let end = r.end.clamp(start, len);
             (start, end - start)
         };
-        let primary = self.span.iter().map(move |r| {
-            LabeledSpan::new_primary_with_span(self.span_label.clone(), clamp(r))
-        });
+        let primary = self
+            .span
+            .iter()
+            .map(move |r| LabeledSpan::new_primary_with_span(self.span_label.clone(), clamp(r)));
         let rest = self
             .labels
             .iter()
             .map(move |l| LabeledSpan::new_with_span(Some(l.message.clone()), clamp(&l.span)));
         Some(Box::new(primary.chain(rest)))
     }
-
 }
 
 impl From<mlx_rs::error::Exception> for Diagnostic {

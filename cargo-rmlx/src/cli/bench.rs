@@ -8,7 +8,9 @@ use clap::Args;
 
 use super::generate::{resolve_model, DtypeArg};
 use super::{exit, GlobalArgs, MessageFormat};
-use crate::bench::{measure_mlx_lm, measure_rmlx, median, synthetic_prompt, Measurement, Reference};
+use crate::bench::{
+    measure_mlx_lm, measure_rmlx, median, synthetic_prompt, Measurement, Reference,
+};
 use crate::diagnostic::{Diagnostic, Result};
 use crate::session::Session;
 
@@ -53,7 +55,8 @@ pub fn run(_g: &GlobalArgs, a: BenchArgs) -> Result<u8> {
     for &n in &a.prompt_tokens {
         let prompt = synthetic_prompt(&session, n)?;
         let mut ours = Vec::new();
-        let mut theirs: Vec<(&str, Vec<Measurement>)> = vec![("model", vec![]), ("float32", vec![])];
+        let mut theirs: Vec<(&str, Vec<Measurement>)> =
+            vec![("model", vec![]), ("float32", vec![])];
         // Warm-up (first MLX run pays for kernel setup).
         measure_rmlx(&session, &prompt[..prompt.len().min(8)], 2)?;
         for _ in 0..a.repeat.max(1) {
@@ -79,7 +82,14 @@ pub fn run(_g: &GlobalArgs, a: BenchArgs) -> Result<u8> {
     let _ = writeln!(
         out,
         "{:<20} {:>7} {:>12} {:>9} {:>11} {:>10} {:>10} {:>10}",
-        "runner", "prompt", "prefill t/s", "ttft s", "decode t/s", "peak MiB", "prefill ×", "decode ×"
+        "runner",
+        "prompt",
+        "prefill t/s",
+        "ttft s",
+        "decode t/s",
+        "peak MiB",
+        "prefill ×",
+        "decode ×"
     );
     for r in &rows {
         let ours = rows
@@ -96,12 +106,23 @@ pub fn run(_g: &GlobalArgs, a: BenchArgs) -> Result<u8> {
             r.ttft_s,
             r.decode_tps,
             r.peak_rss_mib,
-            if r.runner == "rmlx" { "-".to_string() } else { format!("{:.2}", ratio(ours.prefill_tps, r.prefill_tps)) },
-            if r.runner == "rmlx" { "-".to_string() } else { format!("{:.2}", ratio(ours.decode_tps, r.decode_tps)) },
+            if r.runner == "rmlx" {
+                "-".to_string()
+            } else {
+                format!("{:.2}", ratio(ours.prefill_tps, r.prefill_tps))
+            },
+            if r.runner == "rmlx" {
+                "-".to_string()
+            } else {
+                format!("{:.2}", ratio(ours.decode_tps, r.decode_tps))
+            },
         );
     }
     if reference.is_some() {
-        let _ = writeln!(out, "(× = rmlx throughput / that runner's throughput; >1 means rmlx is faster)");
+        let _ = writeln!(
+            out,
+            "(× = rmlx throughput / that runner's throughput; >1 means rmlx is faster)"
+        );
     }
     Ok(exit::OK)
 }

@@ -109,7 +109,10 @@ pub fn run(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {
         if human {
             match decoder.push(&session.tokenizer, step.id) {
                 Ok(Some(text)) => {
-                    if let Err(e) = stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()) {
+                    if let Err(e) = stdout
+                        .write_all(text.as_bytes())
+                        .and_then(|_| stdout.flush())
+                    {
                         write_err = Some(e);
                         return ControlFlow::Break(());
                     }

@@ -54,7 +54,13 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "PATH")]
     pub manifest_path: Option<PathBuf>,
     /// Coloring of output.
-    #[arg(long, global = true, value_enum, env = "CARGO_TERM_COLOR", default_value = "auto")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "CARGO_TERM_COLOR",
+        default_value = "auto"
+    )]
     pub color: ColorChoice,
     /// More output (repeat for more; RUST_LOG overrides).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -106,7 +112,11 @@ pub fn main() -> ExitCode {
     let CargoCli::Rmlx(cli) = match CargoCli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
             let _ = e.print();
             return ExitCode::from(code);
         }

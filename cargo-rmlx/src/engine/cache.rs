@@ -24,10 +24,7 @@ impl LayerCache {
         window: Option<usize>,
     ) -> Result<(Array, Array)> {
         let (k, v) = match (self.keys.take(), self.values.take()) {
-            (Some(pk), Some(pv)) => (
-                concatenate(&[pk, keys], 2)?,
-                concatenate(&[pv, values], 2)?,
-            ),
+            (Some(pk), Some(pv)) => (concatenate(&[pk, keys], 2)?, concatenate(&[pv, values], 2)?),
             _ => (keys, values),
         };
         let (keep_k, keep_v) = match window {

@@ -299,7 +299,13 @@ impl Embedding {
                         ),
                     ));
                 }
-                Ok(dequantize(&w, &s, b.as_ref(), params.group_size, params.bits)?)
+                Ok(dequantize(
+                    &w,
+                    &s,
+                    b.as_ref(),
+                    params.group_size,
+                    params.bits,
+                )?)
             }
         }
     }

@@ -172,7 +172,10 @@ mod tests {
         };
         assert_eq!(a, b);
         assert!(a.iter().all(|t| allowed.contains(t)));
-        assert!(allowed.iter().all(|t| a.contains(t)), "all of top-3 get sampled");
+        assert!(
+            allowed.iter().all(|t| a.contains(t)),
+            "all of top-3 get sampled"
+        );
     }
 
     #[test]

@@ -127,7 +127,12 @@ impl Transformer {
             let window = spec.sliding_window.get(i).copied().flatten();
             let qk_norm = |name: &str| -> Result<Option<RmsNorm>> {
                 if spec.qk_norm {
-                    Ok(Some(ctx.rms_norm(&format!("{a}.{name}"), hd, eps, one_plus)?))
+                    Ok(Some(ctx.rms_norm(
+                        &format!("{a}.{name}"),
+                        hd,
+                        eps,
+                        one_plus,
+                    )?))
                 } else {
                     Ok(None)
                 }
@@ -257,10 +262,17 @@ impl Transformer {
 }
 
 impl Attention {
-    fn forward(&self, x: &Array, cache: &mut LayerCache, offset: usize, rope: &Rope) -> Result<Array> {
+    fn forward(
+        &self,
+        x: &Array,
+        cache: &mut LayerCache,
+        offset: usize,
+        rope: &Rope,
+    ) -> Result<Array> {
         let (b, l) = (x.shape()[0], x.shape()[1]);
         let heads = |a: Array, n: i32| -> Result<Array> {
-            Ok(a.reshape(&[b, l, n, self.head_dim])?.transpose_axes(&[0, 2, 1, 3])?)
+            Ok(a.reshape(&[b, l, n, self.head_dim])?
+                .transpose_axes(&[0, 2, 1, 3])?)
         };
         let mut q = heads(self.q_proj.forward(x)?, self.n_heads)?;
         let mut k = heads(self.k_proj.forward(x)?, self.n_kv_heads)?;

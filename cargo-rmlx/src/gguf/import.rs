@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 
 use half::{bf16, f16};
@@ -482,7 +483,13 @@ pub fn import(gguf_path: &Path, out_dir: &Path, opts: &ImportOptions) -> Result<
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
     std::fs::create_dir_all(parent).map_err(|e| io_err("cannot create", parent, &e))?;
-    let tmp_path = parent.join(format!(".{dir_name}.rmlx-import-{}", std::process::id()));
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let unique = format!(
+        "{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, AtomicOrdering::Relaxed)
+    );
+    let tmp_path = parent.join(format!(".{dir_name}.rmlx-import-{unique}"));
     if tmp_path.exists() {
         std::fs::remove_dir_all(&tmp_path).map_err(|e| io_err("cannot remove", &tmp_path, &e))?;
     }
@@ -532,7 +539,7 @@ pub fn import(gguf_path: &Path, out_dir: &Path, opts: &ImportOptions) -> Result<
 
     // ---- commit ----
     if out_dir.exists() {
-        let old = parent.join(format!(".{dir_name}.rmlx-old-{}", std::process::id()));
+        let old = parent.join(format!(".{dir_name}.rmlx-old-{unique}"));
         if old.exists() {
             std::fs::remove_dir_all(&old).map_err(|e| io_err("cannot remove", &old, &e))?;
         }

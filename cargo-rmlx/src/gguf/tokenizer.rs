@@ -78,6 +78,30 @@ impl PreTokenizer {
         }
     }
 
+    /// The ByteLevel post-processor (offsets only), as the original tokenizer.json has it.
+    fn byte_level_post(self) -> Value {
+        match self {
+            Self::Qwen2 => json!({
+                "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false
+            }),
+            _ => json!({
+                "type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true
+            }),
+        }
+    }
+
+    /// The ByteLevel decoder, as the original tokenizer.json has it.
+    fn byte_level_decoder(self) -> Value {
+        match self {
+            Self::Qwen2 => json!({
+                "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false
+            }),
+            _ => json!({
+                "type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true
+            }),
+        }
+    }
+
     fn normalizer(self) -> Value {
         match self {
             Self::Qwen2 => json!({"type": "NFC"}),
@@ -393,7 +417,7 @@ impl Spec<'_> {
                 Kind::Bpe { pre, .. } => (
                     pre.normalizer(),
                     pre.json(),
-                    json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}),
+                    pre.byte_level_decoder(),
                     Value::Null,
                     false,
                     *pre == PreTokenizer::Llama3,
@@ -556,9 +580,10 @@ impl Spec<'_> {
     }
 
     fn post_processor(&self, byte_level: bool) -> Value {
-        let byte_level_post = json!({
-            "type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true
-        });
+        let byte_level_post = match &self.kind {
+            Kind::Bpe { pre, .. } => pre.byte_level_post(),
+            Kind::Spm { .. } => Value::Null,
+        };
         let bos = self.token(self.ids.bos);
         let eos = self.token(self.ids.eos);
         let want_bos = self.add_bos && bos.is_some();
@@ -640,15 +665,6 @@ impl Spec<'_> {
         c.insert("tokenizer_class".into(), json!("PreTrainedTokenizerFast"));
         Value::Object(c)
     }
-}
-
-/// Map from token string to id (the last id wins on duplicates), for checks.
-pub fn vocab_map<'a>(tokens: &[&'a str]) -> HashMap<&'a str, u32> {
-    tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (*t, i as u32))
-        .collect()
 }
 
 #[cfg(test)]

@@ -399,7 +399,11 @@ impl Fields<'_> {
         }
     }
 
-    fn quant_params(&self, v: &Map<String, Value>, base: Option<QuantParams>) -> Result<QuantParams> {
+    fn quant_params(
+        &self,
+        v: &Map<String, Value>,
+        base: Option<QuantParams>,
+    ) -> Result<QuantParams> {
         let bad = |what: &str| {
             self.located(
                 "rmlx::snapshot::quantization",
@@ -429,7 +433,9 @@ impl Fields<'_> {
             return Err(bad(&format!("bits must be 1..=8, found {bits}")));
         }
         if group_size <= 0 {
-            return Err(bad(&format!("group_size must be positive, found {group_size}")));
+            return Err(bad(&format!(
+                "group_size must be positive, found {group_size}"
+            )));
         }
         Ok(QuantParams {
             group_size,
@@ -463,9 +469,7 @@ impl Fields<'_> {
     }
 
     fn rope_scaling(&self, v: &Value) -> Result<Option<RopeScaling>> {
-        let bad = |what: String| {
-            self.located("rmlx::snapshot::rope-scaling", what, "rope_scaling")
-        };
+        let bad = |what: String| self.located("rmlx::snapshot::rope-scaling", what, "rope_scaling");
         let Value::Object(m) = v else {
             return Err(bad("`rope_scaling` must be an object".into()));
         };
@@ -528,7 +532,10 @@ mod tests {
         assert_eq!(q.default.bits, 4);
         assert_eq!(q.for_module("model.embed_tokens").unwrap().bits, 8);
         assert_eq!(q.for_module("lm_head"), None);
-        assert_eq!(q.for_module("model.layers.0.mlp.up_proj").unwrap().mode, QuantMode::Affine);
+        assert_eq!(
+            q.for_module("model.layers.0.mlp.up_proj").unwrap().mode,
+            QuantMode::Affine
+        );
     }
 
     #[test]
@@ -545,7 +552,9 @@ mod tests {
             "{BASE},\"rope_scaling\":{{\"rope_type\":\"llama3\",\"factor\":8.0}}}}"
         ))
         .unwrap();
-        assert!(matches!(c.rope_scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0));
+        assert!(
+            matches!(c.rope_scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0)
+        );
     }
 
     #[test]

@@ -34,7 +34,10 @@ pub struct Weights {
 impl std::fmt::Debug for Weights {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Weights")
-            .field("files", &self.files.iter().map(|f| &f.0).collect::<Vec<_>>())
+            .field(
+                "files",
+                &self.files.iter().map(|f| &f.0).collect::<Vec<_>>(),
+            )
             .field("tensors", &self.tensors.len())
             .finish()
     }
@@ -170,7 +173,10 @@ pub fn mlx_error(name: &str, path: &Path, e: mlx_rs::error::Exception) -> Diagno
 }
 
 fn is_float(d: Dtype) -> bool {
-    matches!(d, Dtype::Float16 | Dtype::Bfloat16 | Dtype::Float32 | Dtype::Float64)
+    matches!(
+        d,
+        Dtype::Float16 | Dtype::Bfloat16 | Dtype::Float32 | Dtype::Float64
+    )
 }
 
 fn mlx_dtype(d: StDtype) -> Option<Dtype> {
@@ -258,9 +264,14 @@ fn map_file(path: &Path) -> Result<(Mmap, HashMap<String, TensorInfo>)> {
     let mmap = unsafe { Mmap::map(&file) }
         .map_err(|e| Diagnostic::io(CODE_IO, "cannot memory-map", path, &e))?;
     let truncated = |what: String| {
-        Diagnostic::error(CODE_TRUNCATED, format!("{} is truncated: {what}", path.display()))
-            .with_file(path)
-            .with_help("the file was cut short (interrupted download or copy?); fetch or convert it again")
+        Diagnostic::error(
+            CODE_TRUNCATED,
+            format!("{} is truncated: {what}", path.display()),
+        )
+        .with_file(path)
+        .with_help(
+            "the file was cut short (interrupted download or copy?); fetch or convert it again",
+        )
     };
     if mmap.len() < 8 {
         return Err(truncated(format!("{} bytes, no header", mmap.len())));
@@ -272,16 +283,17 @@ fn map_file(path: &Path) -> Result<(Mmap, HashMap<String, TensorInfo>)> {
             mmap.len() - 8
         )));
     }
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&mmap[..]).map_err(|e| {
-        Diagnostic::error(
-            "rmlx::snapshot::bad-safetensors",
-            format!("{} is not a valid safetensors file: {e}", path.display()),
-        )
-        .with_file(path)
-    })
-    // read_metadata also rejects a buffer shorter than the data it describes; report that
-    // case as truncation, naming the tensor that runs past the end.
-    .map_err(|d| describe_truncation(path, &mmap, header_len).unwrap_or(d))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&mmap[..])
+        .map_err(|e| {
+            Diagnostic::error(
+                "rmlx::snapshot::bad-safetensors",
+                format!("{} is not a valid safetensors file: {e}", path.display()),
+            )
+            .with_file(path)
+        })
+        // read_metadata also rejects a buffer shorter than the data it describes; report that
+        // case as truncation, naming the tensor that runs past the end.
+        .map_err(|d| describe_truncation(path, &mmap, header_len).unwrap_or(d))?;
     let data_start = 8 + header_len;
     let mut out = HashMap::new();
     for (name, t) in meta.tensors() {
@@ -344,6 +356,8 @@ fn describe_truncation(path: &Path, mmap: &[u8], header_len: usize) -> Option<Di
             ),
         )
         .with_file(path)
-        .with_help("the file was cut short (interrupted download or copy?); fetch or convert it again"),
+        .with_help(
+            "the file was cut short (interrupted download or copy?); fetch or convert it again",
+        ),
     )
 }
