@@ -2,10 +2,13 @@
 //! front-ends over this library. See ARCHITECTURE.md for the module map and data flow.
 
 pub mod bench;
+pub mod build;
 pub mod cli;
 pub mod diagnostic;
 pub mod engine;
 pub mod gguf;
+pub mod manifest;
+pub mod lint;
 pub mod session;
 pub mod snapshot;
 pub mod template;

@@ -6,12 +6,13 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::generate::{resolve_model, DtypeArg};
+use super::generate::DtypeArg;
 use super::{exit, GlobalArgs, MessageFormat};
 use crate::bench::{
     measure_mlx_lm, measure_rmlx, median, synthetic_prompt, Measurement, Reference,
 };
 use crate::diagnostic::{Diagnostic, Result};
+use crate::manifest::resolve_model;
 use crate::session::Session;
 
 /// Arguments of `bench`.
@@ -43,8 +44,8 @@ pub struct BenchArgs {
 }
 
 /// Runs `bench`.
-pub fn run(_g: &GlobalArgs, a: BenchArgs) -> Result<u8> {
-    let dir = resolve_model(&a.model)?;
+pub fn run(g: &GlobalArgs, a: BenchArgs) -> Result<u8> {
+    let dir = resolve_model(&a.model, g.manifest_path.as_deref())?;
     let session = Session::load(&dir, a.dtype.into())?;
     let reference = if a.compare_mlx_lm {
         Some(reference(a.python.clone())?)

@@ -2,13 +2,13 @@
 
 use std::io::Write;
 use std::ops::ControlFlow;
-use std::path::PathBuf;
 
 use clap::Args;
 use serde_json::json;
 
 use super::{exit, GlobalArgs, MessageFormat};
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::Result;
+use crate::manifest::resolve_model;
 use crate::engine::{generate, DtypePolicy, GenerateOptions, SamplerConfig, StopReason};
 use crate::session::Session;
 
@@ -81,7 +81,7 @@ impl From<DtypeArg> for DtypePolicy {
 
 /// Runs `generate`.
 pub fn run(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {
-    let dir = resolve_model(&a.model)?;
+    let dir = resolve_model(&a.model, g.manifest_path.as_deref())?;
     let session = Session::load(&dir, a.dtype.into())?;
     let prompt = if a.chat {
         session.user_prompt(&a.prompt)?
@@ -180,18 +180,4 @@ pub fn run(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {
         let _ = writeln!(stdout, "{obj}");
     }
     Ok(exit::OK)
-}
-
-/// A MODEL argument: a model directory. Names declared in rmlx.toml are resolved by the
-/// manifest once `cargo rmlx build` lands.
-pub fn resolve_model(arg: &str) -> Result<PathBuf> {
-    let p = PathBuf::from(arg);
-    if p.is_dir() {
-        return Ok(p);
-    }
-    Err(Diagnostic::error(
-        "rmlx::cli::unknown-model",
-        format!("no model directory `{arg}`"),
-    )
-    .with_help("pass the path of an MLX-format model directory (config.json, *.safetensors, tokenizer.json)"))
 }

@@ -4,9 +4,13 @@
 //! own file and only translates arguments into library calls.
 
 mod bench;
+mod build;
 mod convert;
 mod generate;
+mod init;
+mod lint;
 mod output;
+mod render;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -99,6 +103,14 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Measure prefill/decode throughput and memory (optionally next to mlx-lm).
     Bench(bench::BenchArgs),
+    /// Build the models declared in rmlx.toml into target/rmlx/<name>/.
+    Build(build::BuildArgs),
+    /// Write an rmlx.toml scaffold at the workspace root.
+    Init(init::InitArgs),
+    /// Render a chat template with a JSON context (prints the prompt byte-exact).
+    Render(render::RenderArgs),
+    /// Lint chat templates (syntax, engine gaps, sample renders, tokenizer checks).
+    Lint(lint::LintArgs),
 }
 
 /// Entry point of the `cargo-rmlx` binary.
@@ -126,6 +138,10 @@ pub fn main() -> ExitCode {
         Command::Generate(a) => generate::run(&cli.global, a),
         Command::Convert(a) => convert::run(&cli.global, a),
         Command::Bench(a) => bench::run(&cli.global, a),
+        Command::Build(a) => build::run(&cli.global, a),
+        Command::Init(a) => init::run(&cli.global, a),
+        Command::Render(a) => render::run(&cli.global, a),
+        Command::Lint(a) => lint::run(&cli.global, a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -561,8 +561,11 @@ pub fn affine_fits_f16(ty: GgmlType, data: &[u8]) -> bool {
     data.chunks_exact(ty.type_size()).all(|b| {
         let (s, bias) = affine_scale_bias(ty, b);
         let back = f16::from_f32(bias).to_f32();
-        // NaN scales stay NaN either way; only finite values that overflow are a problem.
-        !(s.is_finite() && !back.is_finite()) && (back == bias || bias.is_nan())
+        if s.is_finite() && !back.is_finite() {
+            return false; // a finite scale whose bias overflows f16
+        }
+        // NaN scales stay NaN either way.
+        bias.is_nan() || back == bias
     })
 }
 
@@ -650,6 +653,7 @@ pub fn mlx_affine_dequantize(
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_range_loop)]
 mod tests {
     use super::*;
 

@@ -11,9 +11,11 @@
 //!   `json.dumps(x, ensure_ascii=False, …)` with its keyword arguments;
 //! - a fuel limit so runaway templates fail fast.
 
-use std::sync::Arc;
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
-use minijinja::value::{from_args, Kwargs, Object, ObjectRepr, Rest, ValueKind};
+use minijinja::value::{from_args, Enumerator, Kwargs, Object, ObjectRepr, Rest, ValueKind};
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, State, UndefinedBehavior, Value};
 use tracing::debug;
 
@@ -55,6 +57,7 @@ pub fn build(opts: &TemplateOptions) -> Environment<'static> {
         let secs = now.unwrap_or_else(|| strftime::unix_seconds(std::time::SystemTime::now()));
         Ok(strftime::strftime(fmt, &strftime::utc(secs)))
     });
+    env.add_filter(super::preprocess::ITERABLE_FILTER, iterable_guard);
     env.add_filter("tojson", tojson);
     env.add_filter("string", |v: &Value| Value::from(py_str(v)));
     env.add_filter("join", join);
@@ -89,12 +92,128 @@ pub fn build(opts: &TemplateOptions) -> Environment<'static> {
             })
         },
     );
+    // jinja2's map/select/reject/selectattr/rejectattr/unique return one-shot generators.
+    env.add_filter("map", |st: &State, v: Value, args: Rest<Value>| {
+        minijinja::filters::map(st, v, args).map(generator)
+    });
+    env.add_filter(
+        "select",
+        |st: &State, v: Value, t: Option<Cow<'_, str>>, args: Rest<Value>| {
+            minijinja::filters::select(st, v, t, args).map(generator)
+        },
+    );
+    env.add_filter(
+        "reject",
+        |st: &State, v: Value, t: Option<Cow<'_, str>>, args: Rest<Value>| {
+            minijinja::filters::reject(st, v, t, args).map(generator)
+        },
+    );
+    env.add_filter(
+        "selectattr",
+        |st: &State, v: Value, a: Cow<'_, str>, t: Option<Cow<'_, str>>, args: Rest<Value>| {
+            minijinja::filters::selectattr(st, v, a, t, args).map(generator)
+        },
+    );
+    env.add_filter(
+        "rejectattr",
+        |st: &State, v: Value, a: Cow<'_, str>, t: Option<Cow<'_, str>>, args: Rest<Value>| {
+            minijinja::filters::rejectattr(st, v, a, t, args).map(generator)
+        },
+    );
+    env.add_filter("unique", |st: &State, v: Value, kwargs: Kwargs| {
+        let items: Vec<Value> = minijinja::filters::unique(st, v, kwargs)?
+            .try_iter()?
+            .collect();
+        Ok::<_, Error>(generator(items))
+    });
+    env.add_filter("escape", |v: &Value| escape(v, false));
+    env.add_filter("e", |v: &Value| escape(v, false));
+    env.add_filter("forceescape", |v: &Value| escape(v, true));
     env.add_filter("length", length);
     env.add_filter("count", length);
     env.add_filter("indent", indent);
     env.add_test("iterable", is_iterable);
     env.add_test("sequence", is_sequence);
     env
+}
+
+/// Inserted around every for-loop iterable (see `preprocess::guard_for_iterables`): jinja2
+/// cannot iterate `None`, numbers or booleans (Python raises), while minijinja iterates `none`
+/// as empty. Undefined iterates as empty in both.
+fn iterable_guard(v: Value) -> Result<Value, Error> {
+    let ty = match v.kind() {
+        ValueKind::None => "NoneType",
+        ValueKind::Bool => "bool",
+        ValueKind::Number if v.as_i64().is_some() && !v.to_string().contains('.') => "int",
+        ValueKind::Number => "float",
+        _ => return Ok(v),
+    };
+    Err(Error::new(
+        ErrorKind::InvalidOperation,
+        format!("'{ty}' object is not iterable"),
+    ))
+}
+
+/// A Python generator (what jinja2's `map`, `select`, … return): iterable once — items are
+/// consumed as they are iterated, as in Python — always true, without a length, not
+/// indexable, not JSON-serializable, printed as `<generator object>`.
+#[derive(Debug)]
+pub struct PyGenerator {
+    items: Mutex<VecDeque<Value>>,
+}
+
+fn generator(items: Vec<Value>) -> Value {
+    Value::from_object(PyGenerator {
+        items: Mutex::new(items.into()),
+    })
+}
+
+struct Drain(Arc<PyGenerator>);
+
+impl Iterator for Drain {
+    type Item = Value;
+    fn next(&mut self) -> Option<Value> {
+        self.0.items.lock().ok()?.pop_front()
+    }
+}
+
+impl Object for PyGenerator {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Iterable
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Iter(Box::new(Drain(self.clone())))
+    }
+
+    fn is_true(self: &Arc<Self>) -> bool {
+        true
+    }
+
+    fn render(self: &Arc<Self>, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<generator object>")
+    }
+}
+
+/// jinja2 `escape` (markupsafe): `&`, `<`, `>`, `'`, `"` become `&amp;`, `&lt;`, `&gt;`,
+/// `&#39;`, `&#34;`; an already safe string is returned unchanged unless `force`.
+fn escape(v: &Value, force: bool) -> Value {
+    if v.is_safe() && !force {
+        return v.clone();
+    }
+    let s = py_str(v);
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\'' => out.push_str("&#39;"),
+            '"' => out.push_str("&#34;"),
+            c => out.push(c),
+        }
+    }
+    Value::from_safe_string(out)
 }
 
 /// jinja2 `length`: `len(Undefined)` is 0.
@@ -309,8 +428,15 @@ fn join(v: &Value, sep: Option<&str>, kwargs: Kwargs) -> Result<Value, Error> {
         None => kwargs.get::<Option<String>>("d")?.unwrap_or_default(),
     };
     kwargs.assert_all_used()?;
-    if v.is_undefined() || v.is_none() {
+    if v.is_undefined() {
         return Ok(Value::from(""));
+    }
+    if v.is_none() {
+        // Python: str.join(map(str, None))
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            "'NoneType' object is not iterable",
+        ));
     }
     if let Some(s) = v.as_str() {
         // join over a string's characters

@@ -14,6 +14,7 @@ mod env;
 mod preprocess;
 pub mod pyfmt;
 mod strftime;
+pub mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -52,6 +53,8 @@ pub const CODE_READ: &str = "rmlx::template::read";
 pub const CODE_CONFIG: &str = "rmlx::template::config";
 /// The render context (variables) is not usable, e.g. not a JSON object.
 pub const CODE_CONTEXT: &str = "rmlx::template::context";
+/// A template file is not valid UTF-8.
+pub const CODE_ENCODING: &str = "rmlx::template::encoding";
 
 /// Default instruction budget per render: far above any real template on a long
 /// conversation (a few thousand to a few hundred thousand), small enough that an endless
@@ -206,6 +209,8 @@ pub struct ChatTemplate {
     origin: TemplateOrigin,
     env: Arc<Environment<'static>>,
     generation_tags: usize,
+    /// Maps positions in the compiled (rewritten) text back to `source`.
+    offsets: Arc<preprocess::OffsetMap>,
 }
 
 impl fmt::Debug for ChatTemplate {
@@ -241,24 +246,25 @@ impl ChatTemplate {
                 "{{% generation %}} tags passed through (rendered as their body)"
             );
         }
+        let (text, offsets) = preprocess::guard_for_iterables(&rewritten.text);
         let mut env = env::build(opts);
         let mut tmpl = ChatTemplate {
             source,
             origin,
             env: Arc::new(Environment::new()),
             generation_tags: rewritten.generation_tags,
+            offsets: Arc::new(offsets),
         };
-        env.add_template_owned(TEMPLATE_NAME, rewritten.text)
+        env.add_template_owned(TEMPLATE_NAME, text)
             .map_err(|e| tmpl.diagnostic(&e, true))?;
         tmpl.env = Arc::new(env);
         Ok(tmpl)
     }
 
-    /// Reads and compiles a template file.
+    /// Reads and compiles a template file (see [`read_template_file`]).
     pub fn from_file(path: impl AsRef<Path>) -> Result<ChatTemplate> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Diagnostic::io(CODE_READ, "cannot read chat template", path, &e))?;
+        let text = read_template_file(path)?;
         Self::new(
             text,
             TemplateOrigin::File {
@@ -281,6 +287,11 @@ impl ChatTemplate {
     /// The original template text (before any internal rewriting); spans index into it.
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// The original template text, shared (for diagnostics that point into it).
+    pub fn shared_source(&self) -> Arc<str> {
+        self.source.clone()
     }
 
     /// Where the text came from.
@@ -432,13 +443,14 @@ impl ChatTemplate {
         d
     }
 
-    /// Byte span of an error in the original source: minijinja's range (offsets are
-    /// preserved by [`preprocess`]), else the whole reported line.
+    /// Byte span of an error in the original source: minijinja's range mapped back through
+    /// [`preprocess`]'s rewrites, else the whole reported line.
     fn span_of(&self, err: &minijinja::Error) -> Option<Range<usize>> {
         let len = self.source.len();
         if let Some(r) = err.range() {
-            let start = r.start.min(len);
-            return Some(start..r.end.clamp(start, len));
+            let start = self.offsets.to_original(r.start).min(len);
+            let end = self.offsets.to_original(r.end);
+            return Some(start..end.clamp(start, len));
         }
         let line = err.line()?;
         let mut offset = 0;
@@ -734,9 +746,44 @@ fn config_templates(path: &Path, entry: &serde_json::Value) -> Result<ConfigTemp
     Ok((default, named))
 }
 
+/// Reads a template file as UTF-8 text. A file that is not UTF-8 is an
+/// `rmlx::template::encoding` error naming the line, column and byte offset of the first
+/// invalid byte.
+pub fn read_template_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Diagnostic::io(CODE_READ, "cannot read chat template", path, &e))?;
+    decode_template(bytes, path)
+}
+
+/// Decodes template bytes read from `path` (named in the error) as UTF-8. See
+/// [`read_template_file`].
+pub fn decode_template(bytes: Vec<u8>, path: &Path) -> Result<String> {
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let valid = String::from_utf8_lossy(&bytes[..at]);
+        let line = valid.matches('\n').count() + 1;
+        let col = valid.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        let bad = bytes.get(at).copied().unwrap_or_default();
+        Diagnostic::error(
+            CODE_ENCODING,
+            format!(
+                "chat template {} is not UTF-8: invalid byte 0x{bad:02x} at line {line}, \
+                 column {col} (byte offset {at})",
+                path.display()
+            ),
+        )
+        .with_file(path)
+        .with_help(
+            "chat templates are UTF-8 text (transformers reads them as UTF-8); re-save the file \
+             as UTF-8",
+        )
+    })
+}
+
 fn read_opt(path: &Path) -> Result<Option<String>> {
-    match std::fs::read_to_string(path) {
-        Ok(t) => Ok(Some(t)),
+    match std::fs::read(path) {
+        Ok(bytes) => decode_template(bytes, path).map(Some),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Diagnostic::io(CODE_READ, "cannot read", path, &e)),
     }

@@ -9,6 +9,124 @@
 //!
 //! jinja2 also keeps the newline after `{% raw %}` even with trim_blocks; minijinja
 //! removes it unless the tag ends in `+%}`, so a space before that `%}` becomes `+`.
+//!
+//! One rewrite changes lengths: [`guard_for_iterables`] wraps the iterable of every
+//! `{% for … in EXPR %}` as `(EXPR)|__rmlx_iterable`, a filter that fails like Python on
+//! values jinja2 cannot iterate (`None`, numbers, booleans; minijinja iterates `none` as
+//! empty). Its insertions are recorded in an [`OffsetMap`] that maps positions in the
+//! compiled text back to the original template.
+
+use minijinja::machinery::{tokenize, Token, WhitespaceConfig};
+use minijinja::syntax::SyntaxConfig;
+
+/// Name of the filter [`guard_for_iterables`] inserts (registered by the environment).
+pub const ITERABLE_FILTER: &str = "__rmlx_iterable";
+
+/// Insertions made into a template text, to map positions back to the original.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OffsetMap {
+    /// (position in the original text, inserted length), in order.
+    inserts: Vec<(usize, usize)>,
+}
+
+impl OffsetMap {
+    /// The original position of `pos` in the rewritten text (a position inside inserted
+    /// text maps to the insertion point).
+    pub fn to_original(&self, pos: usize) -> usize {
+        let mut shift = 0;
+        for &(at, len) in &self.inserts {
+            let start = at + shift;
+            if pos < start {
+                break;
+            }
+            if pos < start + len {
+                return at;
+            }
+            shift += len;
+        }
+        pos - shift
+    }
+}
+
+/// Wraps each for-loop iterable in `(…)|__rmlx_iterable` (see the module documentation).
+/// Stops at the first lexer error (the compile step reports it at a mapped position).
+pub fn guard_for_iterables(src: &str) -> (String, OffsetMap) {
+    let mut toks: Vec<(Token<'_>, usize, usize)> = Vec::new();
+    for item in tokenize(
+        src,
+        false,
+        SyntaxConfig::default(),
+        WhitespaceConfig::default(),
+    ) {
+        match item {
+            Ok((t, span)) => {
+                if !matches!(t, Token::TemplateData(_)) {
+                    toks.push((t, span.start_offset as usize, span.end_offset as usize));
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    // (start, end) byte ranges of iterable expressions.
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    let mut i = 0;
+    while i + 1 < toks.len() {
+        if !(matches!(toks[i].0, Token::BlockStart) && matches!(toks[i + 1].0, Token::Ident("for")))
+        {
+            i += 1;
+            continue;
+        }
+        // Find `in` at depth 0.
+        let mut j = i + 2;
+        let mut depth = 0i32;
+        while j < toks.len() {
+            match toks[j].0 {
+                Token::ParenOpen | Token::BracketOpen | Token::BraceOpen => depth += 1,
+                Token::ParenClose | Token::BracketClose | Token::BraceClose => depth -= 1,
+                Token::Ident("in") if depth == 0 => break,
+                Token::BlockEnd => break,
+                _ => {}
+            }
+            j += 1;
+        }
+        if j >= toks.len() || !matches!(toks[j].0, Token::Ident("in")) {
+            i = j;
+            continue;
+        }
+        let first = j + 1;
+        let mut k = first;
+        depth = 0;
+        while k < toks.len() {
+            match toks[k].0 {
+                Token::ParenOpen | Token::BracketOpen | Token::BraceOpen => depth += 1,
+                Token::ParenClose | Token::BracketClose | Token::BraceClose => depth -= 1,
+                Token::Ident("if" | "recursive") if depth == 0 => break,
+                Token::BlockEnd | Token::VariableStart | Token::BlockStart => break,
+                _ => {}
+            }
+            k += 1;
+        }
+        if k > first && k < toks.len() && matches!(toks[k].0, Token::BlockEnd | Token::Ident(_)) {
+            ranges.push((toks[first].1, toks[k - 1].2));
+        }
+        i = k;
+    }
+    let mut out = String::with_capacity(src.len() + ranges.len() * 24);
+    let mut map = OffsetMap::default();
+    let suffix = format!(")|{ITERABLE_FILTER}");
+    let mut last = 0;
+    for (start, end) in ranges {
+        out.push_str(&src[last..start]);
+        out.push('(');
+        map.inserts.push((start, 1));
+        out.push_str(&src[start..end]);
+        out.push_str(&suffix);
+        map.inserts.push((end, suffix.len()));
+        last = end;
+    }
+    out.push_str(&src[last..]);
+    (out, map)
+}
 
 /// Result of [`rewrite`]: the text to compile (same length as the input) and how many
 /// `generation` tag pairs were rewritten.
@@ -112,6 +230,23 @@ fn find(hay: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn for_iterables_guarded_and_mapped_back() {
+        let src = "{% for m in messages %}{{ m }}{% endfor %}\n{%- for a, b in x.items() if a recursive -%}{% endfor %}{{ y }}";
+        let (text, map) = guard_for_iterables(src);
+        assert_eq!(
+            text,
+            "{% for m in (messages)|__rmlx_iterable %}{{ m }}{% endfor %}\n{%- for a, b in (x.items())|__rmlx_iterable if a recursive -%}{% endfor %}{{ y }}"
+        );
+        let y = text.find("y }}").unwrap();
+        assert_eq!(map.to_original(y), src.find("y }}").unwrap());
+        let m = text.find("messages").unwrap();
+        assert_eq!(map.to_original(m), src.find("messages").unwrap());
+        // Inside inserted text: the insertion point.
+        let f = text.find("__rmlx").unwrap();
+        assert_eq!(map.to_original(f), src.find(" %}{{ m").unwrap());
+    }
 
     #[test]
     fn generation_tags_same_length() {

@@ -10,6 +10,8 @@ use std::fmt::Write;
 use minijinja::value::ValueKind;
 use minijinja::{Error, ErrorKind, Value};
 
+use super::env::PyGenerator;
+
 /// Python `repr(float)`: shortest round-trip digits; scientific below 1e-4 and from 1e16.
 pub fn float_repr(f: f64) -> String {
     if f.is_nan() {
@@ -291,6 +293,12 @@ impl JsonWriter<'_> {
                 self.out.push_str(&s);
             }
             ValueKind::String => self.string(v.as_str().unwrap_or_default()),
+            ValueKind::Iterable if v.downcast_object_ref::<PyGenerator>().is_some() => {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    "Object of type generator is not JSON serializable",
+                ));
+            }
             ValueKind::Seq | ValueKind::Iterable => {
                 let items: Vec<Value> = v.try_iter()?.collect();
                 if items.is_empty() {

@@ -1,0 +1,753 @@
+//! What happens to every tensor of a source model directory: which modules are quantized
+//! (mlx-lm's rule), which are kept, re-quantized or dequantized, the dtype of every output
+//! tensor, the checks of the weights against config.json, and the output `config.json`.
+//!
+//! mlx-lm's choices, reproduced here without instantiating a model:
+//! - a module is quantizable when it is a `Linear` or `Embedding`; in the architectures
+//!   cargo-rmlx runs (llama, mistral, qwen2, qwen3, gemma3_text) those are exactly the 2-D
+//!   `<module>.weight` tensors. It is quantized when its last dimension (input features) is
+//!   divisible by its group size; otherwise it stays dense (mlx-lm's `class_predicate`).
+//! - before quantizing, every floating tensor is cast to the conversion dtype: `--dtype`, else
+//!   config.json's `torch_dtype` (else `text_config.dtype`) when it is float16, bfloat16 or
+//!   float32; with none of these the stored dtype is kept. Affine scales and biases come out
+//!   in that dtype; the microscaling modes store 8-bit scales.
+//! - `model.sanitize` drops `*.rotary_emb.inv_freq` and, for llama/mistral/qwen2/qwen3 with
+//!   tied embeddings, `lm_head.weight`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mlx_rs::Dtype as MlxDtype;
+use serde_json::{json, Map, Value};
+
+use super::pyjson;
+use super::quant::{is_float, mlx_dtype};
+use super::writer::TensorSpec;
+use crate::diagnostic::{Diagnostic, Result};
+use crate::manifest::{describe_params, Dtype, ModuleOverride, Quantize};
+use crate::snapshot::config::read_json;
+use crate::snapshot::{ModelConfig, QuantMode, QuantParams, Weights};
+
+const CODE_MISMATCH: &str = "rmlx::build::source-mismatch";
+
+/// A source model directory, opened and validated.
+pub struct SourceModel {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Parsed config.json.
+    pub config: ModelConfig,
+    /// config.json as written (key order kept).
+    pub raw: Map<String, Value>,
+    /// config.json's text (diagnostics point into it).
+    pub text: Arc<str>,
+    /// The weights.
+    pub weights: Weights,
+}
+
+impl SourceModel {
+    /// Opens `dir`: config.json (supported architecture, located JSON errors) and the
+    /// weights (headers validated; nothing is read yet).
+    pub fn open(dir: &Path) -> Result<Self> {
+        let config = ModelConfig::from_dir(dir)?;
+        let (text, value) = read_json(&dir.join("config.json"), "rmlx::snapshot::config")?;
+        let raw = match value {
+            Value::Object(m) => m,
+            _ => unreachable!("ModelConfig::from_dir accepted a non-object"),
+        };
+        let weights = Weights::open(dir)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+            raw,
+            text,
+            weights,
+        })
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+
+    /// An error about the source pointing at `key` in config.json.
+    fn at_key(&self, msg: String, key: &str, label: String) -> Diagnostic {
+        let d = Diagnostic::error(CODE_MISMATCH, msg).with_file(self.config_path());
+        let needle = format!("\"{key}\"");
+        match self.text.find(&needle) {
+            Some(start) => d
+                .with_source(self.text.clone())
+                .with_span(start..start + needle.len(), label),
+            None => d,
+        }
+    }
+}
+
+/// What happens to one tensor or module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// A dense tensor, copied (cast to the output dtype when floating).
+    Dense,
+    /// A quantized module copied as stored.
+    Keep(QuantParams),
+    /// A dense module quantized, or a quantized one dequantized and quantized again.
+    Quantize {
+        /// The source's quantization, if any.
+        from: Option<QuantParams>,
+        /// The output's.
+        to: QuantParams,
+    },
+    /// A quantized module written dense.
+    Dequantize(QuantParams),
+}
+
+/// One unit of work: a plain tensor, or a module (`<path>.weight` + scales/biases).
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// Tensor name (plain tensors) or module path (modules).
+    pub name: String,
+    /// Whether `name` is a module path.
+    pub module: bool,
+    /// What to do.
+    pub action: Action,
+    /// Floating dtype the work is done in (cast target; dequantize output).
+    pub float_dtype: Option<MlxDtype>,
+    /// Tensors written, in order.
+    pub outputs: Vec<TensorSpec>,
+}
+
+/// The whole conversion of one model.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Work items in output order.
+    pub items: Vec<Item>,
+    /// Source tensors not written, with the reason.
+    pub dropped: Vec<(String, &'static str)>,
+    /// The conversion dtype (see the module docs), if any.
+    pub dtype: Option<MlxDtype>,
+    /// The `quantization` block of the output config, if anything is quantized.
+    pub quantization: Option<Value>,
+    /// Overrides that matched no module.
+    pub unmatched_overrides: Vec<ModuleOverride>,
+    /// Modules left dense because their input features are not a multiple of the group.
+    pub not_divisible: Vec<String>,
+}
+
+impl Plan {
+    /// All output tensors, in write order.
+    pub fn specs(&self) -> Vec<TensorSpec> {
+        self.items
+            .iter()
+            .flat_map(|i| i.outputs.iter().cloned())
+            .collect()
+    }
+
+    /// Items with a given kind of action.
+    pub fn count(&self, f: impl Fn(&Action) -> bool) -> usize {
+        self.items.iter().filter(|i| f(&i.action)).count()
+    }
+
+    /// (from, to, modules) of every module whose quantization changes from one quantized
+    /// form to another or to dense, grouped.
+    pub fn requantized(&self) -> Vec<(QuantParams, Option<QuantParams>, Vec<String>)> {
+        let mut groups: Vec<(QuantParams, Option<QuantParams>, Vec<String>)> = Vec::new();
+        for i in &self.items {
+            let (from, to) = match i.action {
+                Action::Quantize { from: Some(f), to } => (f, Some(to)),
+                Action::Dequantize(f) => (f, None),
+                _ => continue,
+            };
+            match groups.iter_mut().find(|g| g.0 == from && g.1 == to) {
+                Some(g) => g.2.push(i.name.clone()),
+                None => groups.push((from, to, vec![i.name.clone()])),
+            }
+        }
+        groups
+    }
+}
+
+/// Python-style truthiness of a JSON value.
+fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}
+
+/// Orders `model.layers.10` after `model.layers.9`.
+pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let mut x = a.split('.');
+    let mut y = b.split('.');
+    loop {
+        match (x.next(), y.next()) {
+            (None, None) => return std::cmp::Ordering::Equal,
+            (None, Some(_)) => return std::cmp::Ordering::Less,
+            (Some(_), None) => return std::cmp::Ordering::Greater,
+            (Some(p), Some(q)) => {
+                let o = match (p.parse::<u64>(), q.parse::<u64>()) {
+                    (Ok(m), Ok(n)) => m.cmp(&n),
+                    _ => p.cmp(q),
+                };
+                if o != std::cmp::Ordering::Equal {
+                    return o;
+                }
+            }
+        }
+    }
+}
+
+/// The conversion dtype: declared, else config.json's `torch_dtype` / `text_config.dtype`
+/// when it names a float type (mlx-lm's rule).
+pub fn conversion_dtype(raw: &Map<String, Value>, declared: Option<Dtype>) -> Option<MlxDtype> {
+    if let Some(d) = declared {
+        return Some(d.mlx());
+    }
+    let name = match raw.get("torch_dtype") {
+        Some(Value::String(s)) => Some(s.as_str()),
+        _ => raw
+            .get("text_config")
+            .and_then(|t| t.get("dtype"))
+            .and_then(Value::as_str),
+    };
+    match name {
+        Some("float16") => Some(MlxDtype::Float16),
+        Some("bfloat16") => Some(MlxDtype::Bfloat16),
+        Some("float32") => Some(MlxDtype::Float32),
+        _ => None,
+    }
+}
+
+fn params_json(q: &QuantParams) -> Value {
+    json!({"group_size": q.group_size, "bits": q.bits, "mode": q.mode.as_str()})
+}
+
+struct Module {
+    path: String,
+    rows: usize,
+    cols: usize,
+    source: Option<QuantParams>,
+    weight_dtype: MlxDtype,
+    scales_dtype: Option<MlxDtype>,
+}
+
+/// Plans the conversion of `src` to `quantize` / `dtype` (`dtype_explicit`: declared in
+/// rmlx.toml, which also re-casts the scales of modules kept quantized).
+pub fn plan(
+    src: &SourceModel,
+    quantize: &Quantize,
+    declared_dtype: Option<Dtype>,
+) -> Result<Plan> {
+    let dtype = conversion_dtype(&src.raw, declared_dtype);
+    let model_type = src.config.model_type.as_str();
+    let tie = src
+        .raw
+        .get("tie_word_embeddings")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    let drops_lm_head = tie && matches!(model_type, "llama" | "mistral" | "qwen2" | "qwen3");
+
+    let names: Vec<String> = src.weights.names().map(str::to_string).collect();
+    let mut dropped = Vec::new();
+    let mut modules: Vec<Module> = Vec::new();
+    let mut plain: Vec<String> = Vec::new();
+    let mut consumed: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for name in &names {
+        if name.contains("rotary_emb.inv_freq") {
+            dropped.push((name.clone(), "precomputed rotary frequencies (unused)"));
+            continue;
+        }
+        if drops_lm_head && (name == "lm_head" || name.starts_with("lm_head.")) {
+            dropped.push((name.clone(), "tied to the embeddings"));
+            continue;
+        }
+        let Some(path) = name.strip_suffix(".weight") else {
+            continue;
+        };
+        let info = src.weights.info(name).expect("listed tensor");
+        let wdt = mlx_dtype(info.dtype).ok_or_else(|| {
+            Diagnostic::error(
+                "rmlx::build::unsupported-dtype",
+                format!("tensor `{name}` has unsupported dtype {:?}", info.dtype),
+            )
+            .with_file(src.weights.file_of(name).unwrap_or(&src.dir))
+        })?;
+        let scales = format!("{path}.scales");
+        if let Some(sinfo) = src.weights.info(&scales) {
+            let q = src
+                .config
+                .quantization
+                .as_ref()
+                .and_then(|q| q.for_module(path))
+                .ok_or_else(|| {
+                    src.at_key(
+                        format!(
+                            "`{path}` is stored quantized (it has `{scales}`) but config.json \
+                             has no quantization settings for it"
+                        ),
+                        "model_type",
+                        "no `quantization` block for this model".into(),
+                    )
+                })?;
+            let (rows, packed) = match info.shape.as_slice() {
+                [r, p] => (*r, *p),
+                other => {
+                    return Err(src.at_key(
+                        format!("quantized `{name}` has shape {other:?}, expected 2 dimensions"),
+                        "quantization",
+                        "quantization settings".into(),
+                    ))
+                }
+            };
+            let cols = packed * 32 / q.bits as usize;
+            let groups = sinfo.shape.last().copied().unwrap_or(0);
+            if (packed * 32) % q.bits as usize != 0
+                || groups * q.group_size as usize != cols
+                || sinfo.shape.first() != Some(&rows)
+            {
+                return Err(src
+                    .at_key(
+                        format!(
+                            "`{name}` {:?} with `{scales}` {:?} is not {} quantization",
+                            info.shape,
+                            sinfo.shape,
+                            describe_params(&q)
+                        ),
+                        "quantization",
+                        format!("config.json says {}", describe_params(&q)),
+                    )
+                    .with_help("the weights do not match config.json's quantization block"));
+            }
+            let sdt = mlx_dtype(sinfo.dtype);
+            if q.mode == QuantMode::Affine && !sdt.is_some_and(is_float) {
+                return Err(src.at_key(
+                    format!("`{scales}` is {:?}, affine scales must be floats", sinfo.dtype),
+                    "quantization",
+                    format!("config.json says {}", describe_params(&q)),
+                ));
+            }
+            consumed.insert(name.clone());
+            consumed.insert(scales);
+            consumed.insert(format!("{path}.biases"));
+            modules.push(Module {
+                path: path.to_string(),
+                rows,
+                cols,
+                source: Some(q),
+                weight_dtype: wdt,
+                scales_dtype: sdt,
+            });
+        } else if info.shape.len() == 2 && is_float(wdt) {
+            consumed.insert(name.clone());
+            modules.push(Module {
+                path: path.to_string(),
+                rows: info.shape[0],
+                cols: info.shape[1],
+                source: None,
+                weight_dtype: wdt,
+                scales_dtype: None,
+            });
+        }
+    }
+    for name in &names {
+        if consumed.contains(name) || dropped.iter().any(|(d, _)| d == name) {
+            continue;
+        }
+        if name.ends_with(".scales") || name.ends_with(".biases") {
+            return Err(Diagnostic::error(
+                CODE_MISMATCH,
+                format!("`{name}` has no matching quantized `.weight`"),
+            )
+            .with_file(src.weights.file_of(name).unwrap_or(&src.dir)));
+        }
+        plain.push(name.clone());
+    }
+    check_shapes(src, &modules, &plain)?;
+
+    // ---- decide ----
+    let mut matched = vec![false; quant_overrides(quantize).len()];
+    let mut not_divisible = Vec::new();
+    let mut items: Vec<Item> = Vec::new();
+    let explicit = declared_dtype.is_some();
+    for m in &modules {
+        let target = match quantize {
+            Quantize::AsSource => m.source,
+            Quantize::Dense => None,
+            Quantize::Quantize(spec) => {
+                if let Some(i) = spec.overrides.iter().position(|o| o.matches(&m.path)) {
+                    matched[i] = true;
+                }
+                match spec.for_module(&m.path) {
+                    Some(p) if m.cols % p.group_size as usize != 0 => {
+                        not_divisible.push(m.path.clone());
+                        None
+                    }
+                    other => other,
+                }
+            }
+        };
+        let action = match (m.source, target) {
+            (None, None) => Action::Dense,
+            (Some(s), Some(t)) if s == t => Action::Keep(s),
+            (from, Some(to)) => Action::Quantize { from, to },
+            (Some(s), None) => Action::Dequantize(s),
+        };
+        // Dtype of floats produced for this module.
+        let float_dtype = match m.source {
+            None => Some(dtype.unwrap_or(m.weight_dtype)),
+            Some(s) => Some(dtype.unwrap_or(match (s.mode, m.scales_dtype) {
+                (QuantMode::Affine, Some(d)) => d,
+                _ => MlxDtype::Bfloat16,
+            })),
+        };
+        let w = format!("{}.weight", m.path);
+        let mut outputs = Vec::new();
+        let logical = (m.rows * m.cols) as u64;
+        match action {
+            Action::Dense | Action::Dequantize(_) => outputs.push(TensorSpec {
+                name: w,
+                dtype: float_dtype.expect("set"),
+                shape: vec![m.rows, m.cols],
+                parameters: logical,
+            }),
+            Action::Keep(q) => {
+                let scales_dtype = if explicit && m.scales_dtype.is_some_and(is_float) {
+                    dtype.expect("explicit dtype")
+                } else {
+                    m.scales_dtype.expect("quantized source has scales")
+                };
+                outputs.extend(quantized_specs(&m.path, m.rows, m.cols, q, scales_dtype, m.weight_dtype));
+            }
+            Action::Quantize { to, .. } => {
+                let sd = if to.mode == QuantMode::Affine {
+                    float_dtype.expect("set")
+                } else {
+                    MlxDtype::Uint8
+                };
+                outputs.extend(quantized_specs(&m.path, m.rows, m.cols, to, sd, MlxDtype::Uint32));
+            }
+        }
+        items.push(Item {
+            name: m.path.clone(),
+            module: true,
+            action,
+            float_dtype,
+            outputs,
+        });
+    }
+    for name in &plain {
+        let info = src.weights.info(name).expect("listed tensor");
+        let sdt = mlx_dtype(info.dtype).ok_or_else(|| {
+            Diagnostic::error(
+                "rmlx::build::unsupported-dtype",
+                format!("tensor `{name}` has unsupported dtype {:?}", info.dtype),
+            )
+            .with_file(src.weights.file_of(name).unwrap_or(&src.dir))
+        })?;
+        let out = if is_float(sdt) { dtype.unwrap_or(sdt) } else { sdt };
+        items.push(Item {
+            name: name.clone(),
+            module: false,
+            action: Action::Dense,
+            float_dtype: Some(out),
+            outputs: vec![TensorSpec {
+                name: name.clone(),
+                dtype: out,
+                shape: info.shape.clone(),
+                parameters: info.shape.iter().product::<usize>() as u64,
+            }],
+        });
+    }
+    items.sort_by(|a, b| natural_cmp(&a.outputs[0].name, &b.outputs[0].name));
+
+    // ---- quantization block ----
+    let final_params: Vec<(&str, QuantParams)> = items
+        .iter()
+        .filter_map(|i| match i.action {
+            Action::Keep(q) | Action::Quantize { to: q, .. } => Some((i.name.as_str(), q)),
+            _ => None,
+        })
+        .collect();
+    let quantization = if final_params.is_empty() {
+        None
+    } else {
+        let default = match quantize {
+            Quantize::Quantize(spec) => spec.default,
+            _ => src
+                .config
+                .quantization
+                .as_ref()
+                .map(|q| q.default)
+                .unwrap_or_else(|| most_common(&final_params)),
+        };
+        let mut block = Map::new();
+        block.insert("group_size".into(), json!(default.group_size));
+        block.insert("bits".into(), json!(default.bits));
+        block.insert("mode".into(), json!(default.mode.as_str()));
+        let mut specific: Vec<(&str, QuantParams)> = final_params
+            .iter()
+            .filter(|(_, q)| *q != default)
+            .copied()
+            .collect();
+        specific.sort_by(|a, b| natural_cmp(a.0, b.0));
+        for (path, q) in specific {
+            block.insert(path.to_string(), params_json(&q));
+        }
+        Some(Value::Object(block))
+    };
+    let unmatched_overrides = quant_overrides(quantize)
+        .iter()
+        .zip(&matched)
+        .filter(|(_, m)| !**m)
+        .map(|(o, _)| o.clone())
+        .collect();
+    Ok(Plan {
+        items,
+        dropped,
+        dtype,
+        quantization,
+        unmatched_overrides,
+        not_divisible,
+    })
+}
+
+fn quant_overrides(q: &Quantize) -> &[ModuleOverride] {
+    match q {
+        Quantize::Quantize(spec) => &spec.overrides,
+        _ => &[],
+    }
+}
+
+fn most_common(params: &[(&str, QuantParams)]) -> QuantParams {
+    let mut counts: Vec<(QuantParams, usize)> = Vec::new();
+    for (_, q) in params {
+        match counts.iter_mut().find(|c| c.0 == *q) {
+            Some(c) => c.1 += 1,
+            None => counts.push((*q, 1)),
+        }
+    }
+    counts
+        .into_iter()
+        .max_by_key(|c| c.1)
+        .map(|c| c.0)
+        .expect("non-empty")
+}
+
+fn quantized_specs(
+    path: &str,
+    rows: usize,
+    cols: usize,
+    q: QuantParams,
+    scales_dtype: MlxDtype,
+    weight_dtype: MlxDtype,
+) -> Vec<TensorSpec> {
+    let groups = cols / q.group_size as usize;
+    let mut v = vec![
+        TensorSpec {
+            name: format!("{path}.weight"),
+            dtype: weight_dtype,
+            shape: vec![rows, cols * q.bits as usize / 32],
+            parameters: (rows * cols) as u64,
+        },
+        TensorSpec {
+            name: format!("{path}.scales"),
+            dtype: scales_dtype,
+            shape: vec![rows, groups],
+            parameters: 0,
+        },
+    ];
+    if q.mode == QuantMode::Affine {
+        v.push(TensorSpec {
+            name: format!("{path}.biases"),
+            dtype: scales_dtype,
+            shape: vec![rows, groups],
+            parameters: 0,
+        });
+    }
+    v
+}
+
+/// Checks the (logical) shapes of the standard tensors against config.json.
+fn check_shapes(src: &SourceModel, modules: &[Module], plain: &[String]) -> Result<()> {
+    let c = &src.config;
+    let file_of = |name: &str| {
+        src.weights
+            .file_of(name)
+            .and_then(Path::file_name)
+            .map_or_else(|| "the weights".to_string(), |f| f.to_string_lossy().into_owned())
+    };
+    let mismatch = |name: &str, have: &[usize], want: &[(usize, &'static str)]| -> Result<()> {
+        if have.len() != want.len() {
+            let key = want.first().map_or("hidden_size", |w| w.1);
+            return Err(src.at_key(
+                format!(
+                    "`{name}` in {} has shape {have:?}, config.json implies {:?}",
+                    file_of(name),
+                    want.iter().map(|w| w.0).collect::<Vec<_>>()
+                ),
+                key,
+                "disagrees with the weights".into(),
+            ));
+        }
+        for (h, (w, key)) in have.iter().zip(want) {
+            if h != w {
+                return Err(src
+                    .at_key(
+                        format!(
+                            "`{name}` in {} has shape {have:?}, but config.json implies {:?}",
+                            file_of(name),
+                            want.iter().map(|w| w.0).collect::<Vec<_>>()
+                        ),
+                        key,
+                        format!("implies {w}, the weights have {h}"),
+                    )
+                    .with_help(
+                        "config.json and the weights come from different models (or a broken \
+                         conversion)",
+                    ));
+            }
+        }
+        Ok(())
+    };
+    let hidden = (c.hidden_size, "hidden_size");
+    let vocab = (c.vocab_size, "vocab_size");
+    let inter = (c.intermediate_size, "intermediate_size");
+    let q_out = (c.num_attention_heads * c.head_dim, "num_attention_heads");
+    let kv_out = (c.num_key_value_heads * c.head_dim, "num_key_value_heads");
+    let mut layers_seen = std::collections::BTreeSet::new();
+    let mut embed = false;
+    let shape_of = |m: &Module| [m.rows, m.cols];
+    for m in modules {
+        let p = m.path.as_str();
+        let have = shape_of(m);
+        let name = format!("{p}.weight");
+        if p == "model.embed_tokens" {
+            embed = true;
+            mismatch(&name, &have, &[vocab, hidden])?;
+        } else if p == "lm_head" {
+            mismatch(&name, &have, &[vocab, hidden])?;
+        } else if let Some(rest) = p.strip_prefix("model.layers.") {
+            let (idx, sub) = rest.split_once('.').unwrap_or((rest, ""));
+            if let Ok(i) = idx.parse::<usize>() {
+                layers_seen.insert(i);
+            }
+            let want: Option<[(usize, &'static str); 2]> = match sub {
+                "self_attn.q_proj" => Some([q_out, hidden]),
+                "self_attn.k_proj" | "self_attn.v_proj" => Some([kv_out, hidden]),
+                "self_attn.o_proj" => Some([hidden, q_out]),
+                "mlp.gate_proj" | "mlp.up_proj" => Some([inter, hidden]),
+                "mlp.down_proj" => Some([hidden, inter]),
+                _ => None,
+            };
+            if let Some(w) = want {
+                mismatch(&name, &have, &w)?;
+            }
+        }
+    }
+    for name in plain {
+        if let Some(rest) = name.strip_prefix("model.layers.") {
+            if let Some(i) = rest.split('.').next().and_then(|i| i.parse::<usize>().ok()) {
+                layers_seen.insert(i);
+            }
+            if name.ends_with("layernorm.weight") {
+                let have = &src.weights.info(name).expect("listed").shape;
+                mismatch(name, have, &[hidden])?;
+            }
+        } else if name == "model.norm.weight" {
+            let have = &src.weights.info(name).expect("listed").shape;
+            mismatch(name, have, &[hidden])?;
+        }
+    }
+    if !embed {
+        return Err(Diagnostic::error(
+            CODE_MISMATCH,
+            "the weights have no `model.embed_tokens.weight`",
+        )
+        .with_file(src.dir.join("model.safetensors"))
+        .with_help("is this a supported architecture in Hugging Face layout?"));
+    }
+    let n = c.num_hidden_layers;
+    let expected: std::collections::BTreeSet<usize> = (0..n).collect();
+    if layers_seen != expected {
+        let have = layers_seen.len();
+        let beyond = layers_seen.iter().find(|&&i| i >= n);
+        let msg = match beyond {
+            Some(i) => format!(
+                "the weights have layer {i}, but config.json declares {n} layers"
+            ),
+            None => format!("the weights have {have} layers, config.json declares {n}"),
+        };
+        return Err(src.at_key(
+            msg,
+            "num_hidden_layers",
+            format!("{n} layers declared, the weights have {have}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The output config.json: the source's, with `eos_token_id` from generation_config.json
+/// (as mlx-lm's `load_config` does), without `_name_or_path`/`vision_config`, with the
+/// `quantization` block and its `quantization_config` copy when anything is quantized,
+/// `torch_dtype` set to a declared dtype, keys sorted, written like Python's
+/// `json.dump(config, indent=4)`.
+pub fn config_json(src: &SourceModel, plan: &Plan, declared_dtype: Option<Dtype>) -> String {
+    let mut raw = src.raw.clone();
+    let gen = src.dir.join("generation_config.json");
+    if let Ok(text) = std::fs::read_to_string(&gen) {
+        if let Ok(v) = serde_json::from_str::<Value>(&text) {
+            if let Some(eos) = v.get("eos_token_id").filter(|e| truthy(e)) {
+                raw.insert("eos_token_id".into(), eos.clone());
+            }
+        }
+    }
+    for k in [
+        "_name_or_path",
+        "vision_config",
+        "quantization",
+        "quantization_config",
+    ] {
+        raw.remove(k);
+    }
+    if let Some(d) = declared_dtype {
+        raw.insert("torch_dtype".into(), json!(d.as_str()));
+    }
+    if let Some(q) = &plan.quantization {
+        raw.insert("quantization".into(), q.clone());
+        raw.insert("quantization_config".into(), q.clone());
+    }
+    let sorted: BTreeMap<String, Value> = raw.into_iter().collect();
+    let obj: Map<String, Value> = sorted.into_iter().collect();
+    pyjson::dumps(&Value::Object(obj), 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn natural_order() {
+        let mut v = vec!["model.layers.10.a", "model.layers.9.a", "lm_head", "model.embed"];
+        v.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(v, ["lm_head", "model.embed", "model.layers.9.a", "model.layers.10.a"]);
+    }
+
+    #[test]
+    fn conversion_dtype_follows_mlx_lm() {
+        let m = |s: &str| serde_json::from_str::<Map<String, Value>>(s).unwrap();
+        assert_eq!(conversion_dtype(&m(r#"{"torch_dtype":"bfloat16"}"#), None), Some(MlxDtype::Bfloat16));
+        assert_eq!(
+            conversion_dtype(&m(r#"{"torch_dtype":"bfloat16"}"#), Some(Dtype::Float32)),
+            Some(MlxDtype::Float32)
+        );
+        // mlx-lm reads `torch_dtype`, not the newer top-level `dtype`.
+        assert_eq!(conversion_dtype(&m(r#"{"dtype":"float16"}"#), None), None);
+        assert_eq!(
+            conversion_dtype(&m(r#"{"text_config":{"dtype":"float16"}}"#), None),
+            Some(MlxDtype::Float16)
+        );
+        assert_eq!(conversion_dtype(&m(r#"{"torch_dtype":"int8"}"#), None), None);
+    }
+}

@@ -1,0 +1,234 @@
+//! MLX's own quantizer and dequantizer in every mode (affine, mxfp4, mxfp8, nvfp4), called
+//! through mlx-c (`mlx_rs::ops::quantize` only knows affine), and raw tensor bytes out of an
+//! MLX array. This is the same code path `mx.quantize` takes in Python, so packed weights,
+//! scales and biases are identical to mlx-lm's for the same input.
+
+use std::ffi::{CStr, CString};
+
+use half::{bf16, f16};
+use mlx_rs::{Array, Dtype};
+
+use crate::diagnostic::{Diagnostic, Result};
+use crate::snapshot::QuantParams;
+
+fn mlx_failed(what: &str) -> Diagnostic {
+    Diagnostic::error("rmlx::build::mlx", format!("MLX {what} failed"))
+}
+
+fn opt_int(v: i32) -> mlx_sys::mlx_optional_int {
+    mlx_sys::mlx_optional_int {
+        value: v,
+        has_value: true,
+    }
+}
+
+/// `mx.quantize(w, group_size, bits, mode)`: (packed weight, scales, biases for affine).
+pub fn quantize(w: &Array, q: QuantParams) -> Result<(Array, Array, Option<Array>)> {
+    let mode = CString::new(q.mode.as_str()).expect("mode names have no NUL");
+    let stream = mlx_rs::Stream::thread_local_or_default();
+    // SAFETY: `w` is a valid array; `out` is a fresh vector that receives new arrays, which
+    // are taken out with `mlx_vector_array_get` (each a new reference owned by `Array`) and
+    // the vector is freed afterwards. An empty `mlx_array` means "no global scale".
+    unsafe {
+        let mut out = mlx_sys::mlx_vector_array_new();
+        let none = mlx_sys::mlx_array_new();
+        let status = mlx_sys::mlx_quantize(
+            &mut out,
+            w.as_ptr(),
+            opt_int(q.group_size),
+            opt_int(q.bits),
+            mode.as_ptr(),
+            none,
+            stream.as_ptr(),
+        );
+        mlx_sys::mlx_array_free(none);
+        if status != 0 {
+            mlx_sys::mlx_vector_array_free(out);
+            return Err(mlx_failed(&format!(
+                "quantize ({} {}-bit, group size {})",
+                q.mode.as_str(),
+                q.bits,
+                q.group_size
+            )));
+        }
+        let n = mlx_sys::mlx_vector_array_size(out);
+        let mut parts = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut a = mlx_sys::mlx_array_new();
+            if mlx_sys::mlx_vector_array_get(&mut a, out, i) != 0 {
+                mlx_sys::mlx_vector_array_free(out);
+                return Err(mlx_failed("quantize (reading results)"));
+            }
+            parts.push(Array::from_ptr(a));
+        }
+        mlx_sys::mlx_vector_array_free(out);
+        let mut it = parts.into_iter();
+        match (it.next(), it.next(), it.next()) {
+            (Some(w), Some(s), b) => Ok((w, s, b)),
+            _ => Err(mlx_failed("quantize (too few results)")),
+        }
+    }
+}
+
+/// `mx.dequantize(w, scales, biases, group_size, bits, mode, dtype=dtype)`.
+pub fn dequantize(
+    w: &Array,
+    scales: &Array,
+    biases: Option<&Array>,
+    q: QuantParams,
+    dtype: Dtype,
+) -> Result<Array> {
+    let mode = CString::new(q.mode.as_str()).expect("mode names have no NUL");
+    let stream = mlx_rs::Stream::thread_local_or_default();
+    // SAFETY: all handles are valid; `res` receives a new array owned by `Array`.
+    unsafe {
+        let none = mlx_sys::mlx_array_new();
+        let mut res = mlx_sys::mlx_array_new();
+        let status = mlx_sys::mlx_dequantize(
+            &mut res,
+            w.as_ptr(),
+            scales.as_ptr(),
+            biases.map_or(none, Array::as_ptr),
+            opt_int(q.group_size),
+            opt_int(q.bits),
+            mode.as_ptr(),
+            none,
+            mlx_sys::mlx_optional_dtype {
+                value: dtype as mlx_sys::mlx_dtype,
+                has_value: true,
+            },
+            stream.as_ptr(),
+        );
+        mlx_sys::mlx_array_free(none);
+        if status != 0 {
+            mlx_sys::mlx_array_free(res);
+            return Err(mlx_failed(&format!("dequantize ({})", q.mode.as_str())));
+        }
+        Ok(Array::from_ptr(res))
+    }
+}
+
+/// Whether a dtype is a floating-point type.
+pub fn is_float(d: Dtype) -> bool {
+    matches!(
+        d,
+        Dtype::Float16 | Dtype::Bfloat16 | Dtype::Float32 | Dtype::Float64
+    )
+}
+
+fn as_bytes<T>(s: &[T]) -> &[u8] {
+    // SAFETY: plain-old-data element types; the byte view covers exactly the slice.
+    unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), std::mem::size_of_val(s)) }
+}
+
+/// Evaluates `a` and hands its row-major little-endian bytes to `f`.
+pub fn with_bytes<R>(a: &Array, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+    a.eval()?;
+    let contiguous;
+    let a = match a.try_as_slice::<u8>() {
+        Err(mlx_rs::error::AsSliceError::NotContiguous) => {
+            contiguous = a.contiguous()?;
+            &contiguous
+        }
+        _ => a,
+    };
+    let err = |e: mlx_rs::error::AsSliceError| {
+        Diagnostic::error(
+            "rmlx::build::mlx",
+            format!("cannot read an MLX array of {:?}: {e}", a.dtype()),
+        )
+    };
+    Ok(match a.dtype() {
+        Dtype::Uint8 | Dtype::Bool => f(a.try_as_slice::<u8>().map_err(err)?),
+        Dtype::Int8 => f(as_bytes(a.try_as_slice::<i8>().map_err(err)?)),
+        Dtype::Uint16 => f(as_bytes(a.try_as_slice::<u16>().map_err(err)?)),
+        Dtype::Int16 => f(as_bytes(a.try_as_slice::<i16>().map_err(err)?)),
+        Dtype::Uint32 => f(as_bytes(a.try_as_slice::<u32>().map_err(err)?)),
+        Dtype::Int32 => f(as_bytes(a.try_as_slice::<i32>().map_err(err)?)),
+        Dtype::Uint64 => f(as_bytes(a.try_as_slice::<u64>().map_err(err)?)),
+        Dtype::Int64 => f(as_bytes(a.try_as_slice::<i64>().map_err(err)?)),
+        Dtype::Float16 => f(as_bytes(a.try_as_slice::<f16>().map_err(err)?)),
+        Dtype::Bfloat16 => f(as_bytes(a.try_as_slice::<bf16>().map_err(err)?)),
+        Dtype::Float32 => f(as_bytes(a.try_as_slice::<f32>().map_err(err)?)),
+        Dtype::Float64 => f(as_bytes(a.try_as_slice::<f64>().map_err(err)?)),
+        other => {
+            return Err(Diagnostic::error(
+                "rmlx::build::mlx",
+                format!("cannot write an MLX array of {other:?}"),
+            ))
+        }
+    })
+}
+
+/// The safetensors dtype of an MLX dtype.
+pub fn safetensors_dtype(d: Dtype) -> Option<safetensors::Dtype> {
+    use safetensors::Dtype as S;
+    Some(match d {
+        Dtype::Bool => S::BOOL,
+        Dtype::Uint8 => S::U8,
+        Dtype::Int8 => S::I8,
+        Dtype::Uint16 => S::U16,
+        Dtype::Int16 => S::I16,
+        Dtype::Uint32 => S::U32,
+        Dtype::Int32 => S::I32,
+        Dtype::Uint64 => S::U64,
+        Dtype::Int64 => S::I64,
+        Dtype::Float16 => S::F16,
+        Dtype::Bfloat16 => S::BF16,
+        Dtype::Float32 => S::F32,
+        Dtype::Float64 => S::F64,
+        _ => return None,
+    })
+}
+
+/// The MLX dtype of a safetensors dtype.
+pub fn mlx_dtype(d: safetensors::Dtype) -> Option<Dtype> {
+    use safetensors::Dtype as S;
+    Some(match d {
+        S::BOOL => Dtype::Bool,
+        S::U8 => Dtype::Uint8,
+        S::I8 => Dtype::Int8,
+        S::U16 => Dtype::Uint16,
+        S::I16 => Dtype::Int16,
+        S::U32 => Dtype::Uint32,
+        S::I32 => Dtype::Int32,
+        S::U64 => Dtype::Uint64,
+        S::I64 => Dtype::Int64,
+        S::F16 => Dtype::Float16,
+        S::BF16 => Dtype::Bfloat16,
+        S::F32 => Dtype::Float32,
+        S::F64 => Dtype::Float64,
+        _ => return None,
+    })
+}
+
+/// Bytes per element.
+pub fn dtype_size(d: Dtype) -> usize {
+    match d {
+        Dtype::Bool | Dtype::Uint8 | Dtype::Int8 => 1,
+        Dtype::Uint16 | Dtype::Int16 | Dtype::Float16 | Dtype::Bfloat16 => 2,
+        Dtype::Uint32 | Dtype::Int32 | Dtype::Float32 => 4,
+        _ => 8,
+    }
+}
+
+/// The version of the MLX library in use (e.g. `0.32.2`).
+pub fn mlx_version() -> String {
+    // SAFETY: `s` is a fresh string handle filled by mlx-c and freed here; its data is a
+    // NUL-terminated C string valid until the free.
+    unsafe {
+        let mut s = mlx_sys::mlx_string_new();
+        let out = if mlx_sys::mlx_version(&mut s) == 0 {
+            let p = mlx_sys::mlx_string_data(s);
+            if p.is_null() {
+                "unknown".to_string()
+            } else {
+                CStr::from_ptr(p).to_string_lossy().into_owned()
+            }
+        } else {
+            "unknown".to_string()
+        };
+        mlx_sys::mlx_string_free(s);
+        out
+    }
+}

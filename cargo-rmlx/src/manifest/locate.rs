@@ -1,0 +1,187 @@
+//! Finding rmlx.toml and the target directory, and resolving MODEL arguments.
+
+use std::path::{Path, PathBuf};
+
+use super::{Manifest, FILE_NAME};
+use crate::diagnostic::{Diagnostic, Result};
+
+/// Where the manifest is and where its build products go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The rmlx.toml file.
+    pub manifest: PathBuf,
+    /// The target directory: cargo's (`cargo metadata`'s `target_directory`, so
+    /// `CARGO_TARGET_DIR` and `build.target-dir` apply) when rmlx.toml sits at the workspace
+    /// root, else `target/` next to rmlx.toml.
+    pub target_dir: PathBuf,
+}
+
+/// Finds rmlx.toml.
+///
+/// - `--manifest-path <…/rmlx.toml>`: that file.
+/// - `--manifest-path <…/Cargo.toml>`, or a `Cargo.toml` in the current directory or above:
+///   the workspace root is asked of `cargo metadata` (run through `$CARGO` when set); its
+///   `rmlx.toml` wins.
+/// - Otherwise the nearest `rmlx.toml` in the start directory (the current directory, or the
+///   directory of `--manifest-path`) or above it.
+///
+/// `Ok(None)` when there is none.
+pub fn locate(manifest_path: Option<&Path>) -> Result<Option<Location>> {
+    let cwd = std::env::current_dir().map_err(|e| {
+        Diagnostic::error(
+            "rmlx::manifest::io",
+            format!("cannot read the current directory: {e}"),
+        )
+    })?;
+    let manifest_path = manifest_path.map(|p| cwd.join(p));
+    if let Some(p) = &manifest_path {
+        if !p.is_file() {
+            return Err(Diagnostic::error(
+                "rmlx::manifest::not-found",
+                format!("--manifest-path {} does not exist", p.display()),
+            )
+            .with_file(p));
+        }
+        if p.file_name().is_some_and(|n| n == FILE_NAME) {
+            let dir = p.parent().unwrap_or(&cwd).to_path_buf();
+            return Ok(Some(Location {
+                manifest: p.clone(),
+                target_dir: dir.join("target"),
+            }));
+        }
+    }
+    let start = match &manifest_path {
+        Some(p) => p.parent().unwrap_or(&cwd).to_path_buf(),
+        None => cwd.clone(),
+    };
+    let has_cargo = manifest_path.is_some() || find_upwards(&start, "Cargo.toml").is_some();
+    if has_cargo {
+        let (root, target) = workspace(manifest_path.as_deref(), &start)?;
+        let at_root = root.join(FILE_NAME);
+        if at_root.is_file() {
+            return Ok(Some(Location {
+                manifest: at_root,
+                target_dir: target,
+            }));
+        }
+    }
+    Ok(find_upwards(&start, FILE_NAME).map(|manifest| {
+        let dir = manifest.parent().unwrap_or(&start).to_path_buf();
+        Location {
+            manifest,
+            target_dir: dir.join("target"),
+        }
+    }))
+}
+
+/// The directory `cargo rmlx init` writes rmlx.toml into: the cargo workspace root when
+/// there is one, else the current directory (or `--manifest-path`'s directory).
+pub fn init_dir(manifest_path: Option<&Path>) -> Result<PathBuf> {
+    let cwd = std::env::current_dir().map_err(|e| {
+        Diagnostic::error(
+            "rmlx::manifest::io",
+            format!("cannot read the current directory: {e}"),
+        )
+    })?;
+    let manifest_path = manifest_path.map(|p| cwd.join(p));
+    if let Some(p) = &manifest_path {
+        if p.file_name().is_some_and(|n| n == FILE_NAME) {
+            return Ok(p.parent().unwrap_or(&cwd).to_path_buf());
+        }
+        if !p.is_file() {
+            return Err(Diagnostic::error(
+                "rmlx::manifest::not-found",
+                format!("--manifest-path {} does not exist", p.display()),
+            )
+            .with_file(p));
+        }
+    }
+    let start = match &manifest_path {
+        Some(p) => p.parent().unwrap_or(&cwd).to_path_buf(),
+        None => cwd.clone(),
+    };
+    if manifest_path.is_some() || find_upwards(&start, "Cargo.toml").is_some() {
+        let (root, _) = workspace(manifest_path.as_deref(), &start)?;
+        return Ok(root);
+    }
+    Ok(start)
+}
+
+fn find_upwards(start: &Path, name: &str) -> Option<PathBuf> {
+    start
+        .ancestors()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// (workspace root, target directory) from `cargo metadata --no-deps`.
+fn workspace(manifest_path: Option<&Path>, start: &Path) -> Result<(PathBuf, PathBuf)> {
+    let mut cmd = cargo_metadata::MetadataCommand::new();
+    cmd.no_deps().current_dir(start);
+    if let Some(p) = manifest_path {
+        cmd.manifest_path(p);
+    }
+    let meta = cmd.exec().map_err(|e| {
+        let detail = match &e {
+            cargo_metadata::Error::CargoMetadata { stderr } => stderr.trim().to_string(),
+            other => other.to_string(),
+        };
+        let mut d = Diagnostic::error(
+            "rmlx::manifest::cargo-metadata",
+            format!("`cargo metadata` failed: {detail}"),
+        )
+        .with_help("rmlx.toml is looked up at the cargo workspace root; fix Cargo.toml or pass --manifest-path path/to/rmlx.toml");
+        if let Some(p) = manifest_path {
+            d = d.with_file(p);
+        }
+        d
+    })?;
+    Ok((
+        meta.workspace_root.into_std_path_buf(),
+        meta.target_directory.into_std_path_buf(),
+    ))
+}
+
+/// A MODEL argument: a model declared in rmlx.toml (its build output,
+/// `target/rmlx/<name>/`), else a model directory.
+pub fn resolve_model(arg: &str, manifest_path: Option<&Path>) -> Result<PathBuf> {
+    let as_dir = PathBuf::from(arg);
+    match Manifest::find(manifest_path) {
+        Ok(Some(m)) => {
+            if let Some(decl) = m.model(arg) {
+                let out = m.output_dir(&decl.name);
+                if !out.join("config.json").is_file() {
+                    return Err(m
+                        .located(
+                            true,
+                            "rmlx::manifest::not-built",
+                            format!("model `{arg}` is declared but not built"),
+                            decl.name_span.clone(),
+                            "declared here",
+                        )
+                        .with_help(format!("run `cargo rmlx build {arg}`")));
+                }
+                return Ok(out);
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            if as_dir.is_dir() {
+                tracing::warn!("ignoring rmlx.toml ({}): {}", e.code, e.message);
+            } else {
+                return Err(e);
+            }
+        }
+    }
+    if as_dir.is_dir() {
+        return Ok(as_dir);
+    }
+    Err(Diagnostic::error(
+        "rmlx::cli::unknown-model",
+        format!("no model directory `{arg}` and no model of that name in rmlx.toml"),
+    )
+    .with_help(
+        "pass the name of a model declared in rmlx.toml, or the path of an MLX-format model \
+         directory (config.json, *.safetensors, tokenizer.json)",
+    ))
+}

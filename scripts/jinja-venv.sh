@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Creates (once) the Python venv that renders chat templates with jinja2 exactly as Hugging
+# Face transformers does (scripts/render_jinja2.py, the reference of the template
+# conformance test), at ${RMLX_JINJA_VENV:-<repo>/target/jinja-venv}. Prints the venv's
+# python path on the last line.
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+# transformers requires jinja2>=3.1.0; this is the current release.
+REQUIREMENTS=("jinja2==3.1.6" "MarkupSafe==3.0.3")
+
+venv="${RMLX_JINJA_VENV:-$RMLX_REPO/target/jinja-venv}"
+stamp="$venv/.rmlx-jinja-stamp"
+want="${REQUIREMENTS[*]}"
+
+ready() {
+    [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$venv/bin/python" ]]
+}
+
+if ! ready; then
+    mkdir -p "$(dirname "$venv")"
+    # Serialize concurrent callers (parallel tests); re-check once we hold the lock.
+    exec 9>"$venv.lock"
+    flock 9
+    if ! ready; then
+        rm -rf "$venv"
+        rmlx_quiet "$RMLX_PYTHON" -m venv "$venv"
+        rmlx_quiet "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+            --no-input "${REQUIREMENTS[@]}"
+        rmlx_quiet "$venv/bin/python" -c 'import jinja2, jinja2.sandbox'
+        printf '%s\n' "$want" >"$stamp"
+    fi
+    exec 9>&-
+fi
+
+printf '%s\n' "$venv/bin/python"
