@@ -13,6 +13,8 @@ use crate::support::{
 
 const EXIT_USAGE: i32 = 2;
 const EXIT_LOAD: i32 = 3;
+/// Exit code of an unsupported architecture (README: exit codes).
+const EXIT_UNSUPPORTED: i32 = 5;
 const WEIGHTS: &str = "model.safetensors";
 
 /// Asserts a clean failure: exit code `code`, no panic, and each of `needles` (compared
@@ -122,7 +124,7 @@ fn tensor_with_wrong_shape_is_a_load_error() {
 }
 
 #[test]
-fn unknown_model_type_is_a_load_error() {
+fn unknown_model_type_is_an_unsupported_architecture_error() {
     let src = converted(Variant::Q4);
     let scratch = scratch_dir();
     let dir = scratch.path().join("model");
@@ -133,8 +135,8 @@ fn unknown_model_type_is_a_load_error() {
     let run = generate_in(&dir, "Hello");
     assert_clean_failure(
         &run,
-        EXIT_LOAD,
-        &["bogus"],
+        EXIT_UNSUPPORTED,
+        &["bogus", "supported architectures"],
         "config.json with model_type \"bogus\"",
     );
 }

@@ -159,7 +159,10 @@ impl Fingerprint {
         outputs.sort_by(|a, b| a.file.cmp(&b.file));
         self.outputs = outputs;
         let text = serde_json::to_string_pretty(&self).map_err(|e| {
-            Diagnostic::error("rmlx::build::io", format!("cannot encode the fingerprint: {e}"))
+            Diagnostic::error(
+                "rmlx::build::io",
+                format!("cannot encode the fingerprint: {e}"),
+            )
         })?;
         let path = dir.join(FILE);
         std::fs::write(&path, text + "\n")

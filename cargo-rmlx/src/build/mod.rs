@@ -219,7 +219,11 @@ pub fn resolve_source(manifest: &Manifest, decl: &ModelDecl) -> Result<SourceKin
             .located(
                 true,
                 "rmlx::manifest::missing-source",
-                format!("source of `{}` does not exist: {}", decl.name, src.display()),
+                format!(
+                    "source of `{}` does not exist: {}",
+                    decl.name,
+                    src.display()
+                ),
                 decl.source_span.clone(),
                 "no such file or directory",
             )
@@ -230,7 +234,11 @@ pub fn resolve_source(manifest: &Manifest, decl: &ModelDecl) -> Result<SourceKin
             return Err(manifest.located(
                 true,
                 "rmlx::manifest::missing-chat-template",
-                format!("chat template of `{}` does not exist: {}", decl.name, t.display()),
+                format!(
+                    "chat template of `{}` does not exist: {}",
+                    decl.name,
+                    t.display()
+                ),
                 span.clone(),
                 "no such file",
             ));
@@ -274,9 +282,7 @@ pub fn source_stamps(decl: &ModelDecl, kind: &SourceKind) -> Result<Vec<FileStam
 }
 
 fn quantize_json(q: &Quantize) -> Value {
-    let p = |q: &crate::snapshot::QuantParams| {
-        json!({"mode": q.mode.as_str(), "bits": q.bits, "group_size": q.group_size})
-    };
+    let p = |q: &crate::snapshot::QuantParams| json!({"mode": q.mode.as_str(), "bits": q.bits, "group_size": q.group_size});
     match q {
         Quantize::AsSource => json!("as-source"),
         Quantize::Dense => json!(false),
@@ -525,7 +531,10 @@ fn remove_leftovers(root: &Path, name: &str) {
     for e in entries.flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
         if prefixes.iter().any(|p| n.starts_with(p.as_str())) {
-            tracing::info!("removing {} (left by an interrupted build)", e.path().display());
+            tracing::info!(
+                "removing {} (left by an interrupted build)",
+                e.path().display()
+            );
             if let Err(err) = std::fs::remove_dir_all(e.path()) {
                 tracing::warn!("could not remove {}: {err}", e.path().display());
             }
@@ -649,7 +658,10 @@ fn report_plan(manifest: &Manifest, decl: &ModelDecl, plan: &Plan, on: &mut dyn 
                 .located(
                     false,
                     "rmlx::build::unused-override",
-                    format!("override `{}` matches no module of `{}`", o.pattern, decl.name),
+                    format!(
+                        "override `{}` matches no module of `{}`",
+                        o.pattern, decl.name
+                    ),
                     o.span.clone(),
                     "matches nothing",
                 )
@@ -662,7 +674,11 @@ fn report_plan(manifest: &Manifest, decl: &ModelDecl, plan: &Plan, on: &mut dyn 
     for (from, to, modules) in plan.requantized() {
         let example = modules.first().cloned().unwrap_or_default();
         let n = modules.len();
-        let (is, are) = if n == 1 { ("is", "it is") } else { ("are", "they are") };
+        let (is, are) = if n == 1 {
+            ("is", "it is")
+        } else {
+            ("are", "they are")
+        };
         let (code, msg, help) = match to {
             Some(to) => (
                 "rmlx::build::requantize",
@@ -691,7 +707,13 @@ fn report_plan(manifest: &Manifest, decl: &ModelDecl, plan: &Plan, on: &mut dyn 
         };
         on(Event::Diagnostic(
             manifest
-                .located(false, code, msg, decl.quantize_span.clone(), "declared here")
+                .located(
+                    false,
+                    code,
+                    msg,
+                    decl.quantize_span.clone(),
+                    "declared here",
+                )
                 .with_help(help),
         ));
     }
@@ -784,7 +806,10 @@ fn produce(src: &SourceModel, item: &Item) -> Result<Vec<Array>> {
     let path = item.name.as_str();
     Ok(match item.action {
         Action::Dense if !item.module => vec![cast(load(src, path)?, item.float_dtype)?],
-        Action::Dense => vec![cast(load(src, &format!("{path}.weight"))?, item.float_dtype)?],
+        Action::Dense => vec![cast(
+            load(src, &format!("{path}.weight"))?,
+            item.float_dtype,
+        )?],
         Action::Keep(q) => {
             let mut v = vec![load(src, &format!("{path}.weight"))?];
             let want = item.outputs[1].dtype;
@@ -824,7 +849,10 @@ fn commit(tmp: &Path, out: &Path) -> Result<()> {
             if exchange(tmp, out).is_ok() {
                 // `tmp` now holds the previous output.
                 if let Err(e) = std::fs::remove_dir_all(tmp) {
-                    tracing::warn!("could not remove the previous output {}: {e}", tmp.display());
+                    tracing::warn!(
+                        "could not remove the previous output {}: {e}",
+                        tmp.display()
+                    );
                 }
                 return Ok(());
             }
@@ -840,7 +868,10 @@ fn commit(tmp: &Path, out: &Path) -> Result<()> {
             return Err(io("cannot move the build into", out, &e));
         }
         if let Err(e) = std::fs::remove_dir_all(&old) {
-            tracing::warn!("could not remove the previous output {}: {e}", old.display());
+            tracing::warn!(
+                "could not remove the previous output {}: {e}",
+                old.display()
+            );
         }
         Ok(())
     } else {

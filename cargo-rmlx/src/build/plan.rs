@@ -235,11 +235,7 @@ struct Module {
 
 /// Plans the conversion of `src` to `quantize` / `dtype` (`dtype_explicit`: declared in
 /// rmlx.toml, which also re-casts the scales of modules kept quantized).
-pub fn plan(
-    src: &SourceModel,
-    quantize: &Quantize,
-    declared_dtype: Option<Dtype>,
-) -> Result<Plan> {
+pub fn plan(src: &SourceModel, quantize: &Quantize, declared_dtype: Option<Dtype>) -> Result<Plan> {
     let dtype = conversion_dtype(&src.raw, declared_dtype);
     let model_type = src.config.model_type.as_str();
     let tie = src
@@ -323,7 +319,10 @@ pub fn plan(
             let sdt = mlx_dtype(sinfo.dtype);
             if q.mode == QuantMode::Affine && !sdt.is_some_and(is_float) {
                 return Err(src.at_key(
-                    format!("`{scales}` is {:?}, affine scales must be floats", sinfo.dtype),
+                    format!(
+                        "`{scales}` is {:?}, affine scales must be floats",
+                        sinfo.dtype
+                    ),
                     "quantization",
                     format!("config.json says {}", describe_params(&q)),
                 ));
@@ -418,7 +417,14 @@ pub fn plan(
                 } else {
                     m.scales_dtype.expect("quantized source has scales")
                 };
-                outputs.extend(quantized_specs(&m.path, m.rows, m.cols, q, scales_dtype, m.weight_dtype));
+                outputs.extend(quantized_specs(
+                    &m.path,
+                    m.rows,
+                    m.cols,
+                    q,
+                    scales_dtype,
+                    m.weight_dtype,
+                ));
             }
             Action::Quantize { to, .. } => {
                 let sd = if to.mode == QuantMode::Affine {
@@ -426,7 +432,14 @@ pub fn plan(
                 } else {
                     MlxDtype::Uint8
                 };
-                outputs.extend(quantized_specs(&m.path, m.rows, m.cols, to, sd, MlxDtype::Uint32));
+                outputs.extend(quantized_specs(
+                    &m.path,
+                    m.rows,
+                    m.cols,
+                    to,
+                    sd,
+                    MlxDtype::Uint32,
+                ));
             }
         }
         items.push(Item {
@@ -446,7 +459,11 @@ pub fn plan(
             )
             .with_file(src.weights.file_of(name).unwrap_or(&src.dir))
         })?;
-        let out = if is_float(sdt) { dtype.unwrap_or(sdt) } else { sdt };
+        let out = if is_float(sdt) {
+            dtype.unwrap_or(sdt)
+        } else {
+            sdt
+        };
         items.push(Item {
             name: name.clone(),
             module: false,
@@ -576,7 +593,10 @@ fn check_shapes(src: &SourceModel, modules: &[Module], plain: &[String]) -> Resu
         src.weights
             .file_of(name)
             .and_then(Path::file_name)
-            .map_or_else(|| "the weights".to_string(), |f| f.to_string_lossy().into_owned())
+            .map_or_else(
+                || "the weights".to_string(),
+                |f| f.to_string_lossy().into_owned(),
+            )
     };
     let mismatch = |name: &str, have: &[usize], want: &[(usize, &'static str)]| -> Result<()> {
         if have.len() != want.len() {
@@ -672,12 +692,12 @@ fn check_shapes(src: &SourceModel, modules: &[Module], plain: &[String]) -> Resu
     let expected: std::collections::BTreeSet<usize> = (0..n).collect();
     if layers_seen != expected {
         let have = layers_seen.len();
-        let beyond = layers_seen.iter().find(|&&i| i >= n);
-        let msg = match beyond {
-            Some(i) => format!(
-                "the weights have layer {i}, but config.json declares {n} layers"
+        let msg = match layers_seen.iter().next_back() {
+            Some(max) if *max >= n => format!(
+                "the weights have layers up to {max} ({have} layers), but config.json declares \
+                 {n}"
             ),
-            None => format!("the weights have {have} layers, config.json declares {n}"),
+            _ => format!("the weights have {have} layers, but config.json declares {n}"),
         };
         return Err(src.at_key(
             msg,
@@ -729,15 +749,31 @@ mod tests {
 
     #[test]
     fn natural_order() {
-        let mut v = vec!["model.layers.10.a", "model.layers.9.a", "lm_head", "model.embed"];
+        let mut v = vec![
+            "model.layers.10.a",
+            "model.layers.9.a",
+            "lm_head",
+            "model.embed",
+        ];
         v.sort_by(|a, b| natural_cmp(a, b));
-        assert_eq!(v, ["lm_head", "model.embed", "model.layers.9.a", "model.layers.10.a"]);
+        assert_eq!(
+            v,
+            [
+                "lm_head",
+                "model.embed",
+                "model.layers.9.a",
+                "model.layers.10.a"
+            ]
+        );
     }
 
     #[test]
     fn conversion_dtype_follows_mlx_lm() {
         let m = |s: &str| serde_json::from_str::<Map<String, Value>>(s).unwrap();
-        assert_eq!(conversion_dtype(&m(r#"{"torch_dtype":"bfloat16"}"#), None), Some(MlxDtype::Bfloat16));
+        assert_eq!(
+            conversion_dtype(&m(r#"{"torch_dtype":"bfloat16"}"#), None),
+            Some(MlxDtype::Bfloat16)
+        );
         assert_eq!(
             conversion_dtype(&m(r#"{"torch_dtype":"bfloat16"}"#), Some(Dtype::Float32)),
             Some(MlxDtype::Float32)
@@ -748,6 +784,9 @@ mod tests {
             conversion_dtype(&m(r#"{"text_config":{"dtype":"float16"}}"#), None),
             Some(MlxDtype::Float16)
         );
-        assert_eq!(conversion_dtype(&m(r#"{"torch_dtype":"int8"}"#), None), None);
+        assert_eq!(
+            conversion_dtype(&m(r#"{"torch_dtype":"int8"}"#), None),
+            None
+        );
     }
 }

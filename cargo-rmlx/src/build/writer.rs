@@ -172,7 +172,9 @@ impl Writer {
 
     fn close_shard(&mut self) -> Result<()> {
         if let Some(mut o) = self.open.take() {
-            o.file.flush().map_err(|e| io("cannot write", &o.path, &e))?;
+            o.file
+                .flush()
+                .map_err(|e| io("cannot write", &o.path, &e))?;
             let f = o
                 .file
                 .into_inner()
@@ -226,11 +228,7 @@ impl Writer {
         if self.next != self.specs.len() {
             return Err(Diagnostic::error(
                 "rmlx::build::internal",
-                format!(
-                    "{} of {} tensors written",
-                    self.next,
-                    self.specs.len()
-                ),
+                format!("{} of {} tensors written", self.next, self.specs.len()),
             ));
         }
         self.close_shard()?;
@@ -276,7 +274,13 @@ mod tests {
 
     #[test]
     fn shards_like_mlx_lm() {
-        let t = vec![spec("a", 6), spec("b", 4), spec("c", 1), spec("d", 20), spec("e", 1)];
+        let t = vec![
+            spec("a", 6),
+            spec("b", 4),
+            spec("c", 1),
+            spec("d", 20),
+            spec("e", 1),
+        ];
         assert_eq!(plan_shards(&t, 10), vec![0..2, 2..3, 3..4, 4..5]);
         assert_eq!(plan_shards(&t, 100), vec![0..5]);
         assert_eq!(shard_name(0, 1), "model.safetensors");
@@ -303,10 +307,9 @@ mod tests {
         let bytes = std::fs::read(dir.path().join(&files[1])).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         assert_eq!(st.tensor("y").unwrap().data(), &[4, 5, 6, 7, 8]);
-        let index: Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.path().join(&files[2])).unwrap(),
-        )
-        .unwrap();
+        let index: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(&files[2])).unwrap())
+                .unwrap();
         assert_eq!(index["metadata"]["total_size"], 8);
         assert_eq!(index["weight_map"]["y"], files[1].as_str());
     }

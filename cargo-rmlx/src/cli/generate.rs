@@ -8,7 +8,6 @@ use serde_json::json;
 
 use super::{exit, GlobalArgs, MessageFormat};
 use crate::diagnostic::Result;
-use crate::manifest::resolve_model;
 use crate::engine::{generate, DtypePolicy, GenerateOptions, SamplerConfig, StopReason};
 use crate::session::Session;
 
@@ -81,7 +80,7 @@ impl From<DtypeArg> for DtypePolicy {
 
 /// Runs `generate`.
 pub fn run(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {
-    let dir = resolve_model(&a.model, g.manifest_path.as_deref())?;
+    let dir = crate::manifest::resolve_model(&a.model, g.manifest_path.as_deref())?;
     let session = Session::load(&dir, a.dtype.into())?;
     let prompt = if a.chat {
         session.user_prompt(&a.prompt)?
@@ -180,4 +179,10 @@ pub fn run(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {
         let _ = writeln!(stdout, "{obj}");
     }
     Ok(exit::OK)
+}
+
+/// A MODEL argument without `--manifest-path` (kept for callers not yet passing the global
+/// flags); prefer [`crate::manifest::resolve_model`] with `g.manifest_path`.
+pub fn resolve_model(arg: &str) -> Result<std::path::PathBuf> {
+    crate::manifest::resolve_model(arg, None)
 }

@@ -10,7 +10,9 @@ mod generate;
 mod init;
 mod lint;
 mod output;
+mod probe;
 mod render;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +34,8 @@ pub mod exit {
     pub const LOAD: u8 = 3;
     /// The probe was inconclusive.
     pub const INCONCLUSIVE: u8 = 4;
+    /// The model's architecture is not supported.
+    pub const UNSUPPORTED: u8 = 5;
 }
 
 #[derive(Debug, Parser)]
@@ -103,6 +107,8 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Measure prefill/decode throughput and memory (optionally next to mlx-lm).
     Bench(bench::BenchArgs),
+    /// Smoke-probe models: a templated seed question, a short greedy run, a verdict.
+    Probe(probe::ProbeArgs),
     /// Build the models declared in rmlx.toml into target/rmlx/<name>/.
     Build(build::BuildArgs),
     /// Write an rmlx.toml scaffold at the workspace root.
@@ -111,6 +117,8 @@ enum Command {
     Render(render::RenderArgs),
     /// Lint chat templates (syntax, engine gaps, sample renders, tokenizer checks).
     Lint(lint::LintArgs),
+    /// Serve models over an OpenAI-compatible HTTP API (probe-gated, hot reload with --watch).
+    Serve(serve::ServeArgs),
 }
 
 /// Entry point of the `cargo-rmlx` binary.
@@ -138,10 +146,12 @@ pub fn main() -> ExitCode {
         Command::Generate(a) => generate::run(&cli.global, a),
         Command::Convert(a) => convert::run(&cli.global, a),
         Command::Bench(a) => bench::run(&cli.global, a),
+        Command::Probe(a) => probe::run(&cli.global, a),
         Command::Build(a) => build::run(&cli.global, a),
         Command::Init(a) => init::run(&cli.global, a),
         Command::Render(a) => render::run(&cli.global, a),
         Command::Lint(a) => lint::run(&cli.global, a),
+        Command::Serve(a) => serve::run(&cli.global, a),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -155,6 +165,9 @@ pub fn main() -> ExitCode {
 
 /// The exit code for a failed command, from its diagnostic's code.
 pub fn exit_code(d: &Diagnostic) -> u8 {
+    if d.code.ends_with("::unsupported-architecture") {
+        return exit::UNSUPPORTED;
+    }
     let area = d.code.split("::").nth(1).unwrap_or("");
     match area {
         "snapshot" | "gguf" | "engine" | "tokenize" => exit::LOAD,

@@ -60,7 +60,10 @@ pub fn run(_g: &GlobalArgs, a: RenderArgs) -> Result<u8> {
     let template = compile(template_path, &opts)?;
     let out = template.render_json(&vars)?;
     let mut stdout = std::io::stdout().lock();
-    if let Err(e) = stdout.write_all(out.as_bytes()).and_then(|_| stdout.flush()) {
+    if let Err(e) = stdout
+        .write_all(out.as_bytes())
+        .and_then(|_| stdout.flush())
+    {
         tracing::debug!("stdout closed: {e}");
     }
     Ok(exit::OK)
@@ -92,9 +95,8 @@ fn read_context(path: &Path) -> Result<serde_json::Value> {
         })?;
         s
     } else {
-        let bytes = std::fs::read(path).map_err(|e| {
-            Diagnostic::io(template::CODE_CONTEXT, "cannot read context", path, &e)
-        })?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| Diagnostic::io(template::CODE_CONTEXT, "cannot read context", path, &e))?;
         String::from_utf8(bytes).map_err(|e| {
             Diagnostic::error(
                 template::CODE_CONTEXT,

@@ -219,6 +219,33 @@ impl Transformer {
     /// logits of the last position as float32 `[vocab]` (lazy; evaluate to compute).
     pub fn forward_last(&self, ids: &Array, cache: &mut KvCache) -> Result<Array> {
         let len = ids.shape()[1];
+        let x = self.hidden(ids, cache)?;
+        // Only the last position's logits are needed.
+        let last = x.take_axis(Array::from_int(len - 1), 1)?;
+        Ok(self.head(&last)?.reshape(&[-1])?)
+    }
+
+    /// Like [`Self::forward_last`] but returns the logits of every position, `[L, vocab]`
+    /// float32 (teacher forcing).
+    pub fn forward_all(&self, ids: &Array, cache: &mut KvCache) -> Result<Array> {
+        let len = ids.shape()[1];
+        let x = self.hidden(ids, cache)?;
+        Ok(self.head(&x)?.reshape(&[len, -1])?)
+    }
+
+    /// Final norm and LM head → float32 logits.
+    fn head(&self, x: &Array) -> Result<Array> {
+        let x = self.norm.forward(x)?;
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(&x)?,
+            None => self.embed.as_linear(&x)?,
+        };
+        Ok(logits.as_dtype(Dtype::Float32)?)
+    }
+
+    /// Embeddings and all blocks: the residual stream `[1, L, hidden]` after the last block.
+    fn hidden(&self, ids: &Array, cache: &mut KvCache) -> Result<Array> {
+        let len = ids.shape()[1];
         let mut x = self.embed.forward(ids)?;
         if let Some(scale) = self.embed_scale {
             x = x.multiply(Array::from_f32(scale).as_dtype(x.dtype())?)?;
@@ -245,14 +272,7 @@ impl Transformer {
             }
         }
         cache.offset += len as usize;
-        // Only the last position's logits are needed.
-        let last = x.take_axis(Array::from_int(len - 1), 1)?;
-        let last = self.norm.forward(&last)?;
-        let logits = match &self.lm_head {
-            Some(head) => head.forward(&last)?,
-            None => self.embed.as_linear(&last)?,
-        };
-        Ok(logits.reshape(&[-1])?.as_dtype(Dtype::Float32)?)
+        Ok(x)
     }
 
     /// A fresh cache for this model.

@@ -238,9 +238,13 @@ pub fn lint_template(
     let render_diags = render_failures(&outputs);
     // A static finding that a render actually hit is reported once, as the render error.
     static_diags.retain(|s| {
-        !render_diags
-            .iter()
-            .any(|r| r.code == s.code && r.span == s.span)
+        !render_diags.iter().any(|r| {
+            r.code == s.code
+                && match (&r.span, &s.span) {
+                    (Some(r), Some(s)) => r.start <= s.start && s.end <= r.end,
+                    (r, s) => r == s,
+                }
+        })
     });
     cx.diags.extend(static_diags);
     cx.diags.extend(render_diags);
@@ -261,10 +265,10 @@ pub fn lint_template(
     }
 
     let summary = capability_summary(&caps);
-    cx.diags.push(
-        Diagnostic::advice(CODE_CAPABILITIES, summary)
-            .with_help("what the template does with each standard input; see `--message-format json` for the data"),
-    );
+    cx.diags
+        .push(Diagnostic::advice(CODE_CAPABILITIES, summary).with_help(
+        "what the template does with each standard input; see `--message-format json` for the data",
+    ));
 
     let mut diagnostics: Vec<Diagnostic> = cx
         .diags
@@ -382,62 +386,79 @@ fn engine_checks(scan: &scan::Scan<'_>) -> Vec<Diagnostic> {
         }
         match u.kind {
             UseKind::Filter if !support::has_filter(u.name) => {
-                let jinja2 = support::JINJA2_FILTERS.contains(&u.name);
-                out.push(
+                out.push(if support::JINJA2_FILTERS.contains(&u.name) {
                     Diagnostic::error(
+                        template::CODE_UNKNOWN_FILTER,
+                        format!("filter `{}` is missing from rmlx's engine", u.name),
+                    )
+                    .with_span(u.span.clone(), "not provided by rmlx")
+                    .with_help(format!(
+                        "an engine gap: jinja2 (transformers) has `{}` but rmlx does not, so a \
+                         render that reaches it fails here only; rewrite that expression",
+                        u.name
+                    ))
+                } else {
+                    Diagnostic::warning(
                         template::CODE_UNKNOWN_FILTER,
                         format!("unknown filter `{}`", u.name),
                     )
                     .with_span(u.span.clone(), "no such filter")
-                    .with_help(if jinja2 {
-                        format!(
-                            "jinja2 has `{}` but rmlx's engine does not: this template cannot be \
-                             rendered here; rewrite that expression",
-                            u.name
-                        )
-                    } else {
-                        format!(
-                            "neither rmlx nor jinja2 (transformers) has a filter `{}`: \
-                             transformers refuses to compile this template",
-                            u.name
-                        )
-                    }),
-                );
+                    .with_help(format!(
+                        "neither rmlx nor jinja2 (transformers) has a filter `{}`: a render that \
+                         reaches it fails in both (jinja2: \"No filter named '{}'\")",
+                        u.name, u.name
+                    ))
+                });
             }
             UseKind::Test if !support::has_test(u.name) => {
-                let jinja2 = support::JINJA2_TESTS.contains(&u.name);
-                out.push(
+                out.push(if support::JINJA2_TESTS.contains(&u.name) {
                     Diagnostic::error(
+                        template::CODE_UNKNOWN_TEST,
+                        format!("test `{}` is missing from rmlx's engine", u.name),
+                    )
+                    .with_span(u.span.clone(), "not provided by rmlx")
+                    .with_help(format!(
+                        "an engine gap: jinja2 (transformers) has the test `{}` but rmlx does \
+                         not; rewrite that expression",
+                        u.name
+                    ))
+                } else {
+                    Diagnostic::warning(
                         template::CODE_UNKNOWN_TEST,
                         format!("unknown test `{}`", u.name),
                     )
                     .with_span(u.span.clone(), "no such test")
-                    .with_help(if jinja2 {
-                        format!(
-                            "jinja2 has the test `{}` but rmlx's engine does not; rewrite that \
-                             expression",
-                            u.name
-                        )
-                    } else {
-                        format!(
-                            "neither rmlx nor jinja2 (transformers) has a test `{}`",
-                            u.name
-                        )
-                    }),
-                );
+                    .with_help(format!(
+                        "neither rmlx nor jinja2 (transformers) has a test `{}`: a render that \
+                         reaches it fails in both",
+                        u.name
+                    ))
+                });
             }
             UseKind::Method if !support::has_method(u.name) => {
-                out.push(
-                    Diagnostic::warning(
-                        template::CODE_UNKNOWN_METHOD,
-                        format!("method `{}()` is not provided on strings, lists or dicts", u.name),
-                    )
-                    .with_span(u.span.clone(), "unknown method")
-                    .with_help(
-                        "a render that reaches this call fails; rmlx provides the Python str, \
-                         list and dict methods chat templates use (strip, split, startswith, \
-                         items, get, …) but not this one",
+                let python = python_method_owner(u.name);
+                let (message, help) = match python {
+                    Some(ty) => (
+                        format!("method `{}()` is missing from rmlx's engine", u.name),
+                        format!(
+                            "an engine gap: Python's {ty} has `{}()` (transformers can call it) \
+                             but rmlx does not; a render that reaches this call fails",
+                            u.name
+                        ),
                     ),
+                    None => (
+                        format!("unknown method `{}()`", u.name),
+                        format!(
+                            "Python's str, list and dict have no method `{}()` and neither does \
+                             rmlx: a render that reaches this call fails in both",
+                            u.name
+                        ),
+                    ),
+                };
+                out.push(
+                    Diagnostic::warning(template::CODE_UNKNOWN_METHOD, message)
+                        .with_span(u.span.clone(), "unknown method")
+                        .with_help(help),
                 );
             }
             UseKind::Call
@@ -475,7 +496,10 @@ fn engine_checks(scan: &scan::Scan<'_>) -> Vec<Diagnostic> {
 fn input_checks(cx: &mut Cx<'_>, scan: &scan::Scan<'_>, inputs: &BTreeSet<String>) {
     for var in inputs {
         let v = var.as_str();
-        if matches!(v, "messages" | "tools" | "documents" | "add_generation_prompt")
+        if matches!(
+            v,
+            "messages" | "tools" | "documents" | "add_generation_prompt"
+        ) || scan.defined.contains(v)
             || cx.special.contains_key(v)
             || cx.opts.kwargs.contains_key(v)
             || support::globals().contains(v)
@@ -535,9 +559,7 @@ fn input_checks(cx: &mut Cx<'_>, scan: &scan::Scan<'_>, inputs: &BTreeSet<String
 }
 
 /// Diagnostics for sample renders that failed, grouped by (code, span).
-fn render_failures(
-    outputs: &BTreeMap<SampleKind, Result<String, Diagnostic>>,
-) -> Vec<Diagnostic> {
+fn render_failures(outputs: &BTreeMap<SampleKind, Result<String, Diagnostic>>) -> Vec<Diagnostic> {
     let mut groups: Vec<(Diagnostic, Vec<SampleKind>)> = Vec::new();
     for (kind, r) in outputs {
         let Err(d) = r else { continue };
@@ -581,6 +603,13 @@ fn render_failures(
                     c if c == template::CODE_RENDER || c == template::CODE_SYNTAX => {
                         CODE_RENDER_FAILED
                     }
+                    // `list.strip()`: Python has no such method either; the template does not
+                    // handle this input (not an engine gap).
+                    c if c == template::CODE_UNKNOWN_METHOD
+                        && !is_python_method_gap(&d.message) =>
+                    {
+                        CODE_RENDER_FAILED
+                    }
                     c => c,
                 };
                 let mut out =
@@ -590,14 +619,127 @@ fn render_failures(
                         .with_source(src)
                         .with_span(span, d.span_label.clone().unwrap_or_default());
                 }
-                out.with_help(d.help.clone().unwrap_or_else(|| {
-                    "the template crashes on an ordinary conversation; guard the expression \
-                     (e.g. `is defined`, `is string`) or fix the template"
-                        .into()
-                }))
+                let help = match (code == CODE_RENDER_FAILED, kinds.as_slice()) {
+                    (true, [SampleKind::ContentParts]) => {
+                        "OpenAI-style clients send content as a list of parts \
+                         ([{\"type\": \"text\", \"text\": …}]); this template only handles \
+                         strings: check `message.content is string` and join the text parts"
+                            .to_string()
+                    }
+                    (true, [SampleKind::ToolCall]) => {
+                        "the template crashes on a tool-call exchange (tools, an assistant \
+                         message with tool_calls, a tool message); if the model has no tool \
+                         support, reject it with raise_exception instead"
+                            .to_string()
+                    }
+                    (true, _) => "the template crashes on an ordinary conversation; guard the \
+                                  expression (e.g. `is defined`, `is string`) or fix the template"
+                        .to_string(),
+                    (false, _) => d.help.clone().unwrap_or_default(),
+                };
+                out.with_help(help)
             }
         })
         .collect()
+}
+
+const PY_STR_METHODS: &[&str] = &[
+    "capitalize",
+    "casefold",
+    "center",
+    "count",
+    "encode",
+    "endswith",
+    "expandtabs",
+    "find",
+    "format",
+    "format_map",
+    "index",
+    "isalnum",
+    "isalpha",
+    "isascii",
+    "isdecimal",
+    "isdigit",
+    "isidentifier",
+    "islower",
+    "isnumeric",
+    "isprintable",
+    "isspace",
+    "istitle",
+    "isupper",
+    "join",
+    "ljust",
+    "lower",
+    "lstrip",
+    "maketrans",
+    "partition",
+    "removeprefix",
+    "removesuffix",
+    "replace",
+    "rfind",
+    "rindex",
+    "rjust",
+    "rpartition",
+    "rsplit",
+    "rstrip",
+    "split",
+    "splitlines",
+    "startswith",
+    "strip",
+    "swapcase",
+    "title",
+    "translate",
+    "upper",
+    "zfill",
+];
+const PY_LIST_METHODS: &[&str] = &[
+    "append", "clear", "copy", "count", "extend", "index", "insert", "pop", "remove", "reverse",
+    "sort",
+];
+const PY_DICT_METHODS: &[&str] = &[
+    "clear",
+    "copy",
+    "fromkeys",
+    "get",
+    "items",
+    "keys",
+    "pop",
+    "popitem",
+    "setdefault",
+    "update",
+    "values",
+];
+
+/// Which Python type (str, list, dict) has a method of this name.
+fn python_method_owner(name: &str) -> Option<&'static str> {
+    if PY_STR_METHODS.contains(&name) {
+        Some("str")
+    } else if PY_LIST_METHODS.contains(&name) {
+        Some("list")
+    } else if PY_DICT_METHODS.contains(&name) {
+        Some("dict")
+    } else {
+        None
+    }
+}
+
+/// Does a render error "… <kind> has no method named <m>" name a method Python has on that
+/// type (an engine gap), as opposed to one Python lacks too?
+fn is_python_method_gap(message: &str) -> bool {
+    let Some((before, name)) = message.rsplit_once(" has no method named ") else {
+        return true;
+    };
+    let name = name.trim();
+    let table = if before.ends_with("string") {
+        PY_STR_METHODS
+    } else if before.ends_with("sequence") {
+        PY_LIST_METHODS
+    } else if before.ends_with("map") {
+        PY_DICT_METHODS
+    } else {
+        return true;
+    };
+    table.contains(&name)
 }
 
 /// `add_generation_prompt=true` must extend the `false` render and add something.

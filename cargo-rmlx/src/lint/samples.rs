@@ -102,14 +102,14 @@ impl SampleKind {
                     "role": "assistant",
                     "content": "",
                     "tool_calls": [{
-                        "id": "call_0",
+                        "id": "call00001",
                         "type": "function",
                         "function": {"name": "get_weather", "arguments": {"city": TOOL_ARGUMENT}},
                     }],
                 }),
                 json!({
                     "role": "tool",
-                    "tool_call_id": "call_0",
+                    "tool_call_id": "call00001",
                     "name": "get_weather",
                     "content": format!("{{\"{TOOL_RESULT_KEY}\": 21}}"),
                 }),

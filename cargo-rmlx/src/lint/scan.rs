@@ -188,8 +188,7 @@ pub fn scan(source: &str) -> Scan<'_> {
                             }
                         }
                         "selectattr" | "rejectattr" => {
-                            if str_arg(i + 2).is_some()
-                                && is(i + 3, &|t| matches!(t, Token::Comma))
+                            if str_arg(i + 2).is_some() && is(i + 3, &|t| matches!(t, Token::Comma))
                             {
                                 if let Some((t, r)) = str_arg(i + 4) {
                                     out.uses.push(Use {
@@ -224,7 +223,9 @@ pub fn scan(source: &str) -> Scan<'_> {
                     continue;
                 }
             } else if matches!(prev, Some(Token::Dot)) {
-                if next_is_paren {
+                // `dict.anything(x)` is `dict(x)` in jinja2 (a generic alias); not a method.
+                let on_dict = i >= 2 && matches!(toks[i - 2].0, Token::Ident("dict"));
+                if next_is_paren && !on_dict {
                     out.uses.push(Use {
                         kind: UseKind::Method,
                         name,
@@ -307,20 +308,21 @@ fn definitions<'a>(
     let Some((Token::Ident(word), _)) = toks.get(i) else {
         return i + 1;
     };
-    let targets_until = |mut j: usize, stop: &dyn Fn(&Token<'_>) -> bool, defined: &mut HashSet<&'a str>| {
-        // Names separated by commas (optionally parenthesised) until `stop`.
-        while let Some((t, _)) = toks.get(j) {
-            match t {
-                Token::Ident(n) if !stop(t) => {
-                    defined.insert(*n);
+    let targets_until =
+        |mut j: usize, stop: &dyn Fn(&Token<'_>) -> bool, defined: &mut HashSet<&'a str>| {
+            // Names separated by commas (optionally parenthesised) until `stop`.
+            while let Some((t, _)) = toks.get(j) {
+                match t {
+                    Token::Ident(n) if !stop(t) => {
+                        defined.insert(*n);
+                    }
+                    Token::Comma | Token::ParenOpen | Token::ParenClose => {}
+                    _ => break,
                 }
-                Token::Comma | Token::ParenOpen | Token::ParenClose => {}
-                _ => break,
+                j += 1;
             }
-            j += 1;
-        }
-        j
-    };
+            j
+        };
     match *word {
         "for" => targets_until(i + 1, &|t| matches!(t, Token::Ident("in")), defined),
         "set" => {

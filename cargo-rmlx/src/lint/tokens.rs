@@ -9,9 +9,7 @@
 use std::collections::BTreeSet;
 
 use super::scan::Scan;
-use super::{
-    Cx, CODE_DOUBLE_BOS, CODE_MISSING_BOS, CODE_SEED_TOKENS, CODE_SPLIT_SPECIAL,
-};
+use super::{Cx, CODE_DOUBLE_BOS, CODE_MISSING_BOS, CODE_SEED_TOKENS, CODE_SPLIT_SPECIAL};
 use crate::diagnostic::Diagnostic;
 use crate::tokenize::Tokenizer;
 
@@ -77,14 +75,13 @@ fn bos_checks(
         None
     };
     let Some(bos_id) = added else { return };
-    let bos_text = tok.id_to_piece(bos_id).unwrap_or_else(|| format!("#{bos_id}"));
+    let bos_text = tok
+        .id_to_piece(bos_id)
+        .unwrap_or_else(|| format!("#{bos_id}"));
     if plain.first() == Some(&bos_id) {
-        let span = scan.first_ref("bos_token").or_else(|| {
-            cx.t
-                .source()
-                .find(&bos_text)
-                .map(|s| s..s + bos_text.len())
-        });
+        let span = scan
+            .first_ref("bos_token")
+            .or_else(|| cx.t.source().find(&bos_text).map(|s| s..s + bos_text.len()));
         let d = Diagnostic::warning(
             CODE_DOUBLE_BOS,
             format!(
@@ -129,9 +126,7 @@ fn special_token_checks(cx: &mut Cx<'_>, tok: &Tokenizer, rendered: &[&str]) {
     let angle_style = added
         .iter()
         .any(|t| t.starts_with('<') && t.ends_with('>') && !t.starts_with("<|"));
-    let bracket_style = added
-        .iter()
-        .any(|t| t.starts_with('[') && t.ends_with(']'));
+    let bracket_style = added.iter().any(|t| t.starts_with('[') && t.ends_with(']'));
     let mut candidates = BTreeSet::new();
     for text in rendered {
         collect_candidates(text, angle_style, bracket_style, &mut candidates);
@@ -153,8 +148,9 @@ fn special_token_checks(cx: &mut Cx<'_>, tok: &Tokenizer, rendered: &[&str]) {
         let d = Diagnostic::warning(
             CODE_SPLIT_SPECIAL,
             format!(
-                "`{c}` looks like a special token but is not one token of the vocabulary: it \
-                 encodes as {pieces} ordinary tokens{from}"
+                "`{c}` looks like a special token but is not a token of the vocabulary (it \
+                 encodes as {pieces} ordinary token{}){from}",
+                if pieces == 1 { "" } else { "s" }
             ),
         )
         .with_help(
@@ -186,11 +182,19 @@ fn collect_candidates(text: &str, angle: bool, bracket: bool, out: &mut BTreeSet
                 .map(|e| e + "\u{ff5c}>".len())
                 .filter(|&n| n <= 96 && !rest[..n].contains(char::is_whitespace))
         } else if angle && rest.starts_with('<') {
-            name_run(&rest[1..], |c| c.is_ascii_alphanumeric() || "_-.:".contains(c), '>')
-                .map(|n| n + 2)
+            name_run(
+                &rest[1..],
+                |c| c.is_ascii_alphanumeric() || "_-.:".contains(c),
+                '>',
+            )
+            .map(|n| n + 2)
         } else if bracket && rest.starts_with('[') {
-            name_run(&rest[1..], |c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_', ']')
-                .map(|n| n + 2)
+            name_run(
+                &rest[1..],
+                |c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_',
+                ']',
+            )
+            .map(|n| n + 2)
         } else {
             None
         };
@@ -238,11 +242,18 @@ mod tests {
         let got: Vec<&str> = out.iter().map(String::as_str).collect();
         assert_eq!(
             got,
-            vec!["<think>", "</think>", "<|im_end|>", "<|im_start|>", "<｜User｜>", "[INST]"]
-                .into_iter()
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect::<Vec<_>>()
+            vec![
+                "<think>",
+                "</think>",
+                "<|im_end|>",
+                "<|im_start|>",
+                "<｜User｜>",
+                "[INST]"
+            ]
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
         );
     }
 }

@@ -3,7 +3,11 @@ use std::path::{Path, PathBuf};
 use super::*;
 
 fn parse(text: &str) -> Result<Manifest> {
-    Manifest::parse(Path::new("/ws/rmlx.toml"), text, PathBuf::from("/ws/target"))
+    Manifest::parse(
+        Path::new("/ws/rmlx.toml"),
+        text,
+        PathBuf::from("/ws/target"),
+    )
 }
 
 fn err(text: &str) -> Diagnostic {
@@ -52,7 +56,10 @@ port = 9000
     assert_eq!(s.name, "smollm2");
     assert_eq!(s.source, Path::new("/ws/models/smol.gguf"));
     assert_eq!(&text[s.source_span.clone()], "\"models/smol.gguf\"");
-    assert_eq!(s.chat_template.as_ref().unwrap().0, Path::new("/ws/t.jinja"));
+    assert_eq!(
+        s.chat_template.as_ref().unwrap().0,
+        Path::new("/ws/t.jinja")
+    );
     assert_eq!(s.dtype.as_ref().unwrap().0, Dtype::Bfloat16);
     let Quantize::Quantize(spec) = &s.quantize else {
         panic!("quantized")
@@ -63,7 +70,10 @@ port = 9000
         mode,
     };
     assert_eq!(spec.default, q(32, 4, QuantMode::Affine));
-    assert_eq!(spec.for_module("lm_head"), Some(q(32, 8, QuantMode::Affine)));
+    assert_eq!(
+        spec.for_module("lm_head"),
+        Some(q(32, 8, QuantMode::Affine))
+    );
     assert_eq!(spec.for_module("model.layers.3.mlp.down_proj"), None);
     assert_eq!(
         spec.for_module("model.layers.3.mlp.up_proj"),
@@ -87,8 +97,8 @@ port = 9000
 
 #[test]
 fn defaults() {
-    let m = parse("[models.a]\nsource = \"a\"\n[models.b]\nsource = \"b\"\nquantize = true\n")
-        .unwrap();
+    let m =
+        parse("[models.a]\nsource = \"a\"\n[models.b]\nsource = \"b\"\nquantize = true\n").unwrap();
     assert_eq!(m.models[0].quantize, Quantize::AsSource);
     let Quantize::Quantize(spec) = &m.models[1].quantize else {
         panic!()
@@ -192,8 +202,14 @@ fn select_reports_unknown_names() {
 
 #[test]
 fn globs() {
-    assert!(glob_match("model.layers.*.mlp.down_proj", "model.layers.12.mlp.down_proj"));
-    assert!(!glob_match("model.layers.*.mlp.down_proj", "model.layers.1.mlp.up_proj"));
+    assert!(glob_match(
+        "model.layers.*.mlp.down_proj",
+        "model.layers.12.mlp.down_proj"
+    ));
+    assert!(!glob_match(
+        "model.layers.*.mlp.down_proj",
+        "model.layers.1.mlp.up_proj"
+    ));
     assert!(glob_match("*", "anything"));
     assert!(glob_match("lm_head", "lm_head"));
     assert!(!glob_match("lm_head", "lm_head2"));

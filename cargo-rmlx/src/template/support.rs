@@ -167,8 +167,16 @@ fn probe(kind: Kind, name: &str) -> bool {
         }
     };
     let known = match kind {
-        Kind::Filter => !missing(format!("v|{name}"), Value::from(()), ErrorKind::UnknownFilter),
-        Kind::Test => !missing(format!("v is {name}"), Value::from(()), ErrorKind::UnknownTest),
+        Kind::Filter => !missing(
+            format!("v|{name}"),
+            Value::from(()),
+            ErrorKind::UnknownFilter,
+        ),
+        Kind::Test => !missing(
+            format!("v is {name}"),
+            Value::from(()),
+            ErrorKind::UnknownTest,
+        ),
         Kind::Method => {
             OBJECT_METHODS.contains(&name)
                 || [

@@ -1,0 +1,230 @@
+//! `cargo rmlx serve [MODEL…] [--watch] [--host H] [--port P] …`: the OpenAI-compatible
+//! server. Translates arguments and rmlx.toml's `[serve]` into [`ServeOptions`] and prints
+//! the server's events.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::generate::DtypeArg;
+use super::output::{report, status};
+use super::{exit, GlobalArgs};
+use crate::diagnostic::{Diagnostic, Result};
+use crate::manifest::Manifest;
+use crate::serve::{serve, HttpConfig, LoadSettings, ModelSource, ServeEvent, ServeOptions};
+
+/// Arguments of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Models to serve: names declared in rmlx.toml (built before loading) or model
+    /// directories. Default: every model declared in rmlx.toml. The first one answers
+    /// requests that name no model.
+    pub models: Vec<String>,
+    /// Address to bind (default: [serve] host in rmlx.toml, else 127.0.0.1).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port to bind, 0 for any free port (default: [serve] port in rmlx.toml, else 8080).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Rebuild, reload, re-probe and hot-swap a model when its files, its source or
+    /// rmlx.toml change.
+    #[arg(long)]
+    pub watch: bool,
+    /// Serve models without probing them first.
+    #[arg(long)]
+    pub no_probe: bool,
+    /// Require `Authorization: Bearer <KEY>` on /v1/* endpoints.
+    #[arg(long, env = "RMLX_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Requests that may wait per model while one runs; more get 429.
+    #[arg(long, default_value_t = 8)]
+    pub queue_depth: usize,
+    /// Per-request time limit in seconds (queue wait included).
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// Largest request body in bytes; larger ones get 413.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+    /// `max_tokens` of requests that set none.
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: usize,
+    /// Quiet time in milliseconds that ends a burst of file events (--watch).
+    #[arg(long, default_value_t = 500)]
+    pub debounce_ms: u64,
+    /// Seconds in-flight requests may take after SIGINT/SIGTERM.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_timeout: u64,
+    /// Compute dtype (auto: float32 on CPU, the model's dtype on a GPU).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub dtype: DtypeArg,
+}
+
+fn dir_name(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| dir.display().to_string())
+}
+
+/// The models to serve.
+fn sources(args: &[String], manifest: Option<&Manifest>) -> Result<Vec<ModelSource>> {
+    let declared = |name: &str| {
+        manifest.and_then(|m| {
+            m.model(name).map(|d| ModelSource {
+                name: d.name.clone(),
+                dir: m.output_dir(&d.name),
+                decl: Some(d.clone()),
+            })
+        })
+    };
+    let mut out = Vec::new();
+    if args.is_empty() {
+        let Some(m) = manifest.filter(|m| !m.models.is_empty()) else {
+            return Err(Diagnostic::error(
+                "rmlx::serve::no-models",
+                "no models to serve",
+            )
+            .with_help(
+                "pass model directories (`cargo rmlx serve path/to/model`) or declare models in \
+                 rmlx.toml",
+            ));
+        };
+        for d in &m.models {
+            out.extend(declared(&d.name));
+        }
+    }
+    for arg in args {
+        if let Some(s) = declared(arg) {
+            out.push(s);
+            continue;
+        }
+        let dir = PathBuf::from(arg);
+        if !dir.is_dir() {
+            return Err(Diagnostic::error(
+                "rmlx::cli::unknown-model",
+                format!("no model directory `{arg}` and no model of that name in rmlx.toml"),
+            )
+            .with_help(
+                "pass the name of a model declared in rmlx.toml, or the path of an MLX-format \
+                 model directory (config.json, *.safetensors, tokenizer.json)",
+            ));
+        }
+        let dir = std::fs::canonicalize(&dir)
+            .map_err(|e| Diagnostic::io("rmlx::serve::io", "cannot resolve", &dir, &e))?;
+        out.push(ModelSource {
+            name: dir_name(&dir),
+            dir,
+            decl: None,
+        });
+    }
+    let mut seen = BTreeSet::new();
+    for s in &out {
+        if !seen.insert(s.name.clone()) {
+            return Err(Diagnostic::error(
+                "rmlx::serve::duplicate-model",
+                format!("two models are named `{}`", s.name),
+            )
+            .with_help("requests select a model by name; serve directories with distinct names"));
+        }
+    }
+    Ok(out)
+}
+
+/// Runs `serve`.
+pub fn run(g: &GlobalArgs, a: ServeArgs) -> Result<u8> {
+    let all_dirs = !a.models.is_empty() && a.models.iter().all(|m| Path::new(m).is_dir());
+    let manifest = match Manifest::find(g.manifest_path.as_deref()) {
+        Ok(m) => m,
+        Err(e) if all_dirs && g.manifest_path.is_none() => {
+            tracing::warn!("ignoring rmlx.toml ({}): {}", e.code, e.message);
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let models = sources(&a.models, manifest.as_ref())?;
+    let serve_decl = manifest
+        .as_ref()
+        .map(|m| m.serve.clone())
+        .unwrap_or_default();
+    let opts = ServeOptions {
+        host: a.host.unwrap_or(serve_decl.host),
+        port: a.port.unwrap_or(serve_decl.port),
+        manifest: manifest.filter(|_| models.iter().any(|m| m.decl.is_some())),
+        models,
+        load: LoadSettings {
+            policy: a.dtype.into(),
+            probe: !a.no_probe,
+            queue_depth: a.queue_depth,
+        },
+        http: HttpConfig {
+            api_key: a.api_key.filter(|k| !k.is_empty()),
+            timeout: Duration::from_secs(a.timeout.max(1)),
+            default_max_tokens: a.max_tokens.max(1),
+            max_body_bytes: a.max_body_bytes,
+        },
+        watch: a.watch,
+        debounce: Duration::from_millis(a.debounce_ms),
+        shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
+    };
+    let quiet = g.quiet;
+    let say = move |verb: &str, msg: &str| {
+        if !quiet {
+            status(verb, msg);
+        }
+    };
+    let sink = Arc::new(move |e: ServeEvent<'_>| match e {
+        ServeEvent::Listening(addr) => say("Listening", &format!("on http://{addr}")),
+        ServeEvent::Building {
+            model,
+            what,
+            reason,
+        } => {
+            tracing::info!("building {model}: {reason}");
+            say("Building", &format!("{model} ({what})"));
+        }
+        ServeEvent::Note { diagnostic, .. } => {
+            if !quiet || diagnostic.is_error() {
+                report(diagnostic)
+            }
+        }
+        ServeEvent::Loading {
+            model,
+            version,
+            trigger,
+        } => say("Loading", &format!("{model} v{version} ({trigger})")),
+        ServeEvent::Ready {
+            model,
+            version,
+            verdict,
+        } => say(
+            "Ready",
+            &format!(
+                "{model} v{version} (probe: {})",
+                verdict.unwrap_or("skipped")
+            ),
+        ),
+        ServeEvent::Failed {
+            model,
+            diagnostic,
+            kept,
+        } => {
+            report(diagnostic);
+            let what = match kept {
+                Some(v) => format!("{model}: v{v} keeps serving"),
+                None => format!("{model}: not serving"),
+            };
+            status("Failed", &what);
+        }
+        ServeEvent::Watching { paths } => {
+            for p in paths {
+                say("Watching", &p.display().to_string());
+            }
+        }
+        ServeEvent::WatchError { diagnostic } => report(diagnostic),
+        ServeEvent::ShuttingDown => say("Stopping", "finishing in-flight requests"),
+    });
+    serve(opts, sink)?;
+    Ok(exit::OK)
+}

@@ -1,0 +1,621 @@
+//! The OpenAI-compatible request bodies, their validation into a [`GenRequest`], and
+//! OpenAI-style errors.
+//!
+//! Unknown fields are ignored (clients send many); fields we cannot honour with a non-neutral
+//! value (penalties, `logit_bias`, `n > 1`, `echo`, JSON response formats) are refused with
+//! a 400 naming the parameter rather than silently ignored.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::tools;
+use super::worker::{GenRequest, PromptInput};
+use crate::engine::SamplerConfig;
+
+/// Most stop strings per request.
+pub const MAX_STOP: usize = 16;
+/// Most `top_logprobs` (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// An OpenAI-style error response: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// `error.type`.
+    pub kind: &'static str,
+    /// `error.message`.
+    pub message: String,
+    /// `error.param`.
+    pub param: Option<String>,
+    /// `error.code`.
+    pub code: Option<String>,
+    /// `Retry-After` seconds.
+    pub retry_after: Option<u64>,
+    /// Extra top-level fields.
+    pub extra: Option<Value>,
+}
+
+impl ApiError {
+    /// A new error.
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            message: message.into(),
+            param: None,
+            code: None,
+            retry_after: None,
+            extra: None,
+        }
+    }
+
+    /// 400 `invalid_request_error`.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    }
+
+    /// 400 for one parameter.
+    pub fn param(param: &str, message: impl Into<String>) -> Self {
+        let mut e = Self::invalid(message);
+        e.param = Some(param.to_string());
+        e
+    }
+
+    /// Sets `error.code`.
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+
+    /// Sets `Retry-After`.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Value {
+        let mut v = json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": self.param,
+                "code": self.code,
+            }
+        });
+        if let Some(Value::Object(extra)) = &self.extra {
+            for (k, x) in extra {
+                v[k] = x.clone();
+            }
+        }
+        v
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, axum::Json(self.body())).into_response();
+        if let Some(s) = self.retry_after {
+            r.headers_mut().insert("retry-after", HeaderValue::from(s));
+        }
+        r
+    }
+}
+
+/// `stream_options`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamOptions {
+    /// Send a last chunk with `usage`.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// The sampling and limit fields both endpoints share.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Common {
+    /// The model name.
+    pub model: Option<String>,
+    /// Stream server-sent events.
+    #[serde(default)]
+    pub stream: Option<bool>,
+    /// Streaming options.
+    pub stream_options: Option<StreamOptions>,
+    /// Token budget.
+    pub max_tokens: Option<i64>,
+    /// Token budget (newer name, chat).
+    pub max_completion_tokens: Option<i64>,
+    /// Temperature (0 = greedy, the default).
+    pub temperature: Option<f64>,
+    /// Nucleus mass.
+    pub top_p: Option<f64>,
+    /// Top-k (0 or -1 = off).
+    pub top_k: Option<i64>,
+    /// Min-p.
+    pub min_p: Option<f64>,
+    /// Seed.
+    pub seed: Option<i64>,
+    /// Stop strings.
+    pub stop: Option<Value>,
+    /// Refused unless 0.
+    pub presence_penalty: Option<f64>,
+    /// Refused unless 0.
+    pub frequency_penalty: Option<f64>,
+    /// Refused unless 1 (or 0).
+    pub repetition_penalty: Option<f64>,
+    /// Refused unless empty.
+    pub logit_bias: Option<Map<String, Value>>,
+    /// Only 1.
+    pub n: Option<i64>,
+    /// Extension: keep generating past EOS.
+    pub ignore_eos: Option<bool>,
+    /// Extension: return the prompt text and token ids as the model saw them.
+    pub return_prompt: Option<bool>,
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatRequest {
+    /// Shared fields.
+    #[serde(flatten)]
+    pub common: Common,
+    /// The conversation.
+    pub messages: Option<Value>,
+    /// Return logprobs.
+    pub logprobs: Option<bool>,
+    /// Alternatives per token.
+    pub top_logprobs: Option<i64>,
+    /// Tool definitions (passed to the template).
+    pub tools: Option<Value>,
+    /// `none` turns tool-call parsing off.
+    pub tool_choice: Option<Value>,
+    /// Extra template variables.
+    pub chat_template_kwargs: Option<Map<String, Value>>,
+    /// Only `text`.
+    pub response_format: Option<Value>,
+}
+
+/// `POST /v1/completions`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompletionRequest {
+    /// Shared fields.
+    #[serde(flatten)]
+    pub common: Common,
+    /// A string, a one-string list, or a list of token ids.
+    pub prompt: Option<Value>,
+    /// Alternatives per token (legacy integer form).
+    pub logprobs: Option<i64>,
+    /// Refused when true.
+    pub echo: Option<bool>,
+    /// Refused when set.
+    pub suffix: Option<Value>,
+}
+
+/// A validated request.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The model named.
+    pub model: Option<String>,
+    /// The generation.
+    pub req: GenRequest,
+    /// SSE.
+    pub stream: bool,
+    /// Last chunk with usage.
+    pub include_usage: bool,
+    /// Include the prompt in the response.
+    pub return_prompt: bool,
+}
+
+fn seed_now() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos
+        ^ COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+fn finite(name: &str, v: f64) -> Result<f64, ApiError> {
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(ApiError::param(
+            name,
+            format!("`{name}` must be a finite number"),
+        ))
+    }
+}
+
+impl Common {
+    /// Validates the shared fields; `default_max_tokens` when the request sets none.
+    fn validate(
+        &self,
+        default_max_tokens: usize,
+        max_tokens_field: Option<i64>,
+        prompt: PromptInput,
+    ) -> Result<Prepared, ApiError> {
+        let max_tokens = match max_tokens_field {
+            None => default_max_tokens,
+            Some(n) if n >= 1 => n as usize,
+            Some(_) => {
+                return Err(ApiError::param(
+                    "max_tokens",
+                    "`max_tokens` must be at least 1",
+                ))
+            }
+        };
+        let temperature = finite("temperature", self.temperature.unwrap_or(0.0))?;
+        if temperature < 0.0 {
+            return Err(ApiError::param(
+                "temperature",
+                "`temperature` must be 0 or more",
+            ));
+        }
+        let top_p = finite("top_p", self.top_p.unwrap_or(1.0))?;
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(ApiError::param("top_p", "`top_p` must be in (0, 1]"));
+        }
+        let top_k = match self.top_k.unwrap_or(0) {
+            -1 | 0 => 0,
+            k if k > 0 => k as usize,
+            _ => {
+                return Err(ApiError::param(
+                    "top_k",
+                    "`top_k` must be 0 (off), -1 (off) or more",
+                ))
+            }
+        };
+        let min_p = finite("min_p", self.min_p.unwrap_or(0.0))?;
+        if !(0.0..=1.0).contains(&min_p) {
+            return Err(ApiError::param("min_p", "`min_p` must be in [0, 1]"));
+        }
+        for (name, v, neutral) in [
+            ("presence_penalty", self.presence_penalty, &[0.0][..]),
+            ("frequency_penalty", self.frequency_penalty, &[0.0][..]),
+            (
+                "repetition_penalty",
+                self.repetition_penalty,
+                &[0.0, 1.0][..],
+            ),
+        ] {
+            if let Some(v) = v {
+                if !neutral.contains(&v) {
+                    return Err(ApiError::param(
+                        name,
+                        format!(
+                            "`{name}` is not supported by this server (only its neutral value)"
+                        ),
+                    )
+                    .with_code("unsupported_parameter"));
+                }
+            }
+        }
+        if self.logit_bias.as_ref().is_some_and(|m| !m.is_empty()) {
+            return Err(ApiError::param(
+                "logit_bias",
+                "`logit_bias` is not supported by this server",
+            )
+            .with_code("unsupported_parameter"));
+        }
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(
+                ApiError::param("n", "only `n: 1` is supported").with_code("unsupported_parameter")
+            );
+        }
+        let stop = match &self.stop {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(items)) => {
+                let mut out = Vec::new();
+                for s in items {
+                    match s {
+                        Value::String(s) => out.push(s.clone()),
+                        _ => {
+                            return Err(ApiError::param(
+                                "stop",
+                                "`stop` must be a string or a list of strings",
+                            ))
+                        }
+                    }
+                }
+                out
+            }
+            Some(_) => {
+                return Err(ApiError::param(
+                    "stop",
+                    "`stop` must be a string or a list of strings",
+                ))
+            }
+        };
+        if stop.len() > MAX_STOP {
+            return Err(ApiError::param(
+                "stop",
+                format!("at most {MAX_STOP} stop strings"),
+            ));
+        }
+        if stop.iter().any(String::is_empty) {
+            return Err(ApiError::param("stop", "stop strings must not be empty"));
+        }
+        let seed = match self.seed {
+            Some(s) => s as u64,
+            None if temperature > 0.0 => seed_now(),
+            None => 0,
+        };
+        let stream = self.stream.unwrap_or(false);
+        Ok(Prepared {
+            model: self.model.clone(),
+            req: GenRequest {
+                prompt,
+                max_tokens,
+                sampler: SamplerConfig {
+                    temperature: temperature as f32,
+                    top_p: top_p as f32,
+                    top_k,
+                    min_p: min_p as f32,
+                    seed,
+                },
+                ignore_eos: self.ignore_eos.unwrap_or(false),
+                stop,
+                logprobs: None,
+                parse_tools: false,
+            },
+            stream,
+            include_usage: stream
+                && self
+                    .stream_options
+                    .as_ref()
+                    .is_some_and(|o| o.include_usage),
+            return_prompt: self.return_prompt.unwrap_or(false),
+        })
+    }
+}
+
+impl ChatRequest {
+    /// Validates a chat request.
+    pub fn prepare(self, default_max_tokens: usize) -> Result<Prepared, ApiError> {
+        let messages = match &self.messages {
+            Some(Value::Array(m)) if !m.is_empty() => m,
+            Some(Value::Array(_)) => {
+                return Err(ApiError::param("messages", "`messages` must not be empty"))
+            }
+            Some(_) => {
+                return Err(ApiError::param(
+                    "messages",
+                    "`messages` must be a list of messages",
+                ))
+            }
+            None => {
+                return Err(ApiError::param(
+                    "messages",
+                    "missing required parameter `messages`",
+                ))
+            }
+        };
+        let messages =
+            tools::normalize_messages(messages).map_err(|m| ApiError::param("messages", m))?;
+        let tool_defs = match &self.tools {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(t)) if t.is_empty() => None,
+            Some(Value::Array(t)) => {
+                for (i, def) in t.iter().enumerate() {
+                    let named = def
+                        .get("function")
+                        .and_then(|f| f.get("name"))
+                        .is_some_and(Value::is_string);
+                    if !named {
+                        return Err(ApiError::param(
+                            "tools",
+                            format!("tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": …}}}}"),
+                        ));
+                    }
+                }
+                Some(Value::Array(t.clone()))
+            }
+            Some(_) => return Err(ApiError::param("tools", "`tools` must be a list")),
+        };
+        let tool_choice_none = matches!(&self.tool_choice, Some(Value::String(s)) if s == "none");
+        if let Some(rf) = &self.response_format {
+            let kind = rf.get("type").and_then(Value::as_str);
+            if kind != Some("text") {
+                return Err(ApiError::param(
+                    "response_format",
+                    "only `response_format: {\"type\": \"text\"}` is supported",
+                )
+                .with_code("unsupported_parameter"));
+            }
+        }
+        let logprobs = match (self.logprobs.unwrap_or(false), self.top_logprobs) {
+            (false, Some(n)) if n > 0 => {
+                return Err(ApiError::param(
+                    "top_logprobs",
+                    "`top_logprobs` needs `logprobs: true`",
+                ))
+            }
+            (false, _) => None,
+            (true, n) => {
+                let n = n.unwrap_or(0);
+                if !(0..=MAX_TOP_LOGPROBS as i64).contains(&n) {
+                    return Err(ApiError::param(
+                        "top_logprobs",
+                        format!("`top_logprobs` must be between 0 and {MAX_TOP_LOGPROBS}"),
+                    ));
+                }
+                Some(n as usize)
+            }
+        };
+        let max_tokens = self.common.max_completion_tokens.or(self.common.max_tokens);
+        let parse_tools = tool_defs.is_some() && !tool_choice_none;
+        let prompt = PromptInput::Chat {
+            messages,
+            tools: tool_defs,
+            kwargs: self.chat_template_kwargs.clone().unwrap_or_default(),
+        };
+        let mut p = self
+            .common
+            .validate(default_max_tokens, max_tokens, prompt)?;
+        p.req.logprobs = logprobs;
+        p.req.parse_tools = parse_tools;
+        Ok(p)
+    }
+}
+
+impl CompletionRequest {
+    /// Validates a completion request.
+    pub fn prepare(self, default_max_tokens: usize) -> Result<Prepared, ApiError> {
+        let bad = || {
+            ApiError::param(
+                "prompt",
+                "`prompt` must be a string, a list of one string, or a list of token ids",
+            )
+        };
+        let prompt = match &self.prompt {
+            Some(Value::String(s)) => PromptInput::Text(s.clone()),
+            Some(Value::Array(items)) => match items.as_slice() {
+                [Value::String(s)] => PromptInput::Text(s.clone()),
+                [] => return Err(bad()),
+                ids if ids
+                    .iter()
+                    .all(|v| v.as_u64().is_some_and(|n| n <= u32::MAX as u64)) =>
+                {
+                    PromptInput::Ids(
+                        ids.iter()
+                            .filter_map(Value::as_u64)
+                            .map(|n| n as u32)
+                            .collect(),
+                    )
+                }
+                _ => {
+                    return Err(ApiError::param(
+                        "prompt",
+                        "only one prompt per request is supported",
+                    )
+                    .with_code("unsupported_parameter"))
+                }
+            },
+            None => {
+                return Err(ApiError::param(
+                    "prompt",
+                    "missing required parameter `prompt`",
+                ))
+            }
+            Some(_) => return Err(bad()),
+        };
+        if self.echo.unwrap_or(false) {
+            return Err(ApiError::param("echo", "`echo` is not supported")
+                .with_code("unsupported_parameter"));
+        }
+        if self.suffix.as_ref().is_some_and(|s| !s.is_null()) {
+            return Err(ApiError::param("suffix", "`suffix` is not supported")
+                .with_code("unsupported_parameter"));
+        }
+        let logprobs = match self.logprobs {
+            None => None,
+            Some(n) if (0..=MAX_TOP_LOGPROBS as i64).contains(&n) => Some(n as usize),
+            Some(_) => {
+                return Err(ApiError::param(
+                    "logprobs",
+                    format!("`logprobs` must be between 0 and {MAX_TOP_LOGPROBS}"),
+                ))
+            }
+        };
+        let max_tokens = self.common.max_tokens;
+        let mut p = self
+            .common
+            .validate(default_max_tokens, max_tokens, prompt)?;
+        p.req.logprobs = logprobs;
+        Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(v: Value) -> Result<Prepared, ApiError> {
+        serde_json::from_value::<ChatRequest>(v)
+            .unwrap()
+            .prepare(512)
+    }
+
+    #[test]
+    fn chat_defaults_are_greedy_with_the_server_budget() {
+        let p =
+            chat(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]})).unwrap();
+        assert_eq!(p.req.max_tokens, 512);
+        assert_eq!(p.req.sampler.temperature, 0.0);
+        assert!(!p.stream && !p.include_usage);
+        let p = chat(json!({"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 7, "max_tokens": 9, "stop": "x", "stream": true, "stream_options": {"include_usage": true}, "logprobs": true, "top_logprobs": 3})).unwrap();
+        assert_eq!(p.req.max_tokens, 7);
+        assert_eq!(p.req.stop, vec!["x"]);
+        assert!(p.include_usage);
+        assert_eq!(p.req.logprobs, Some(3));
+    }
+
+    #[test]
+    fn chat_validation_errors_name_the_parameter() {
+        let msg = json!([{"role": "user", "content": "hi"}]);
+        let cases = [
+            (json!({"messages": []}), "messages"),
+            (json!({}), "messages"),
+            (json!({"messages": msg, "temperature": -1}), "temperature"),
+            (json!({"messages": msg, "top_p": 0}), "top_p"),
+            (json!({"messages": msg, "max_tokens": 0}), "max_tokens"),
+            (json!({"messages": msg, "n": 2}), "n"),
+            (
+                json!({"messages": msg, "presence_penalty": 0.5}),
+                "presence_penalty",
+            ),
+            (json!({"messages": msg, "stop": [1]}), "stop"),
+            (json!({"messages": msg, "top_logprobs": 2}), "top_logprobs"),
+            (
+                json!({"messages": msg, "tools": [{"type": "function"}]}),
+                "tools",
+            ),
+            (
+                json!({"messages": msg, "response_format": {"type": "json_object"}}),
+                "response_format",
+            ),
+        ];
+        for (body, param) in cases {
+            let e = chat(body.clone()).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn completion_prompt_forms() {
+        let c = |v: Value| {
+            serde_json::from_value::<CompletionRequest>(v)
+                .unwrap()
+                .prepare(16)
+        };
+        assert!(matches!(
+            c(json!({"prompt": "a"})).unwrap().req.prompt,
+            PromptInput::Text(_)
+        ));
+        assert!(matches!(
+            c(json!({"prompt": ["a"]})).unwrap().req.prompt,
+            PromptInput::Text(_)
+        ));
+        assert!(
+            matches!(c(json!({"prompt": [1, 2]})).unwrap().req.prompt, PromptInput::Ids(ref v) if v == &[1, 2])
+        );
+        assert!(c(json!({"prompt": ["a", "b"]})).is_err());
+        assert!(c(json!({"prompt": "a", "echo": true})).is_err());
+        assert_eq!(
+            c(json!({"prompt": "a", "logprobs": 2}))
+                .unwrap()
+                .req
+                .logprobs,
+            Some(2)
+        );
+    }
+}

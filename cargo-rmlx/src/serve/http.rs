@@ -1,0 +1,829 @@
+//! The axum application: routes, bearer authentication, body limit, the chat and completion
+//! handlers (JSON and server-sent events), models, health, metrics and reload.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use super::api::{ApiError, ChatRequest, CompletionRequest, Prepared};
+use super::metrics::Metrics;
+use super::registry::{Outcome, Registry, State as ModelState, Trigger};
+use super::worker::{Event, Finish, Job, JobError, SubmitError, TokenLogprob, Worker};
+use crate::session::Prompt;
+
+/// HTTP-level settings.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Bearer token required on `/v1/*`.
+    pub api_key: Option<String>,
+    /// Per-request time limit (queue wait included).
+    pub timeout: Duration,
+    /// `max_tokens` when a request sets none.
+    pub default_max_tokens: usize,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+}
+
+/// Shared state of the handlers.
+pub struct AppState {
+    /// The models.
+    pub registry: Arc<Registry>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Settings.
+    pub cfg: HttpConfig,
+    next_id: AtomicU64,
+}
+
+impl AppState {
+    /// New state.
+    pub fn new(registry: Arc<Registry>, metrics: Arc<Metrics>, cfg: HttpConfig) -> Self {
+        Self {
+            registry,
+            metrics,
+            cfg,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    fn new_id(&self, prefix: &str) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        format!("{prefix}-{t:x}{n:06x}")
+    }
+}
+
+/// The application.
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/v1/models/{name}", get(model))
+        .route("/v1/models/{name}/reload", post(reload))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .merge(api)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
+        .with_state(state)
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(key) = &s.cfg.api_key {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        if !given.is_some_and(|g| ct_eq(g.as_bytes(), key.as_bytes())) {
+            let mut e = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "missing or wrong API key: send `Authorization: Bearer <key>`",
+            )
+            .with_code("invalid_api_key")
+            .into_response();
+            e.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return e;
+        }
+    }
+    next.run(req).await
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found_error",
+        format!("no route for {} {}", req.method(), req.uri().path()),
+    )
+}
+
+async fn health(State(s): State<Arc<AppState>>) -> Response {
+    let models: Vec<Value> = s
+        .registry
+        .entries
+        .iter()
+        .map(|e| {
+            let (state, failure) = e.state();
+            json!({
+                "id": e.name,
+                "state": match state {
+                    ModelState::Loading => "loading",
+                    ModelState::Ready => "ready",
+                    ModelState::Failed => "failed",
+                },
+                "version": e.current().map(|w| w.version),
+                "error": failure.map(|f| f.diagnostic.message.clone()),
+            })
+        })
+        .collect();
+    if s.registry.any_ready() {
+        (
+            StatusCode::OK,
+            Json(json!({"status": "ok", "models": models})),
+        )
+            .into_response()
+    } else {
+        let loading = s
+            .registry
+            .entries
+            .iter()
+            .any(|e| e.state().0 == ModelState::Loading);
+        let status = if loading { "loading" } else { "unavailable" };
+        let mut r = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": status, "models": models})),
+        )
+            .into_response();
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        r
+    }
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn models(State(s): State<Arc<AppState>>) -> Json<Value> {
+    let data: Vec<Value> = s
+        .registry
+        .entries
+        .iter()
+        .map(|e| s.registry.describe(e))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+fn unknown_model(s: &AppState, name: &str) -> ApiError {
+    let names: Vec<&str> = s.registry.entries.iter().map(|e| e.name.as_str()).collect();
+    let mut e = ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        format!(
+            "the model `{name}` does not exist (served: {})",
+            names.join(", ")
+        ),
+    )
+    .with_code("model_not_found");
+    e.param = Some("model".into());
+    e
+}
+
+async fn model(State(s): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
+    match s.registry.get(&name) {
+        Some(e) => Json(s.registry.describe(e)).into_response(),
+        None => unknown_model(&s, &name).into_response(),
+    }
+}
+
+async fn reload(State(s): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
+    let Some(entry) = s.registry.get(&name).cloned() else {
+        return unknown_model(&s, &name).into_response();
+    };
+    let registry = s.registry.clone();
+    let outcome =
+        tokio::task::spawn_blocking(move || registry.reload(&entry, Trigger::Request)).await;
+    match outcome {
+        Ok(Outcome::Swapped { version, verdict }) => Json(json!({
+            "model": name, "status": "reloaded", "version": version, "verdict": verdict,
+        }))
+        .into_response(),
+        Ok(Outcome::Unchanged) => {
+            Json(json!({"model": name, "status": "unchanged"})).into_response()
+        }
+        Ok(Outcome::Failed { failure, kept }) => {
+            let mut e = ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "reload_error",
+                failure.diagnostic.message.clone(),
+            )
+            .with_code(failure.diagnostic.code);
+            e.extra = Some(json!({
+                "model": name,
+                "status": "failed",
+                "kept_version": kept,
+                "verdict": failure.verdict,
+                "help": failure.diagnostic.help,
+            }));
+            e.into_response()
+        }
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            format!("the reload task failed: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// Generation endpoints
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Chat,
+    Completion,
+}
+
+impl Kind {
+    fn endpoint(self) -> &'static str {
+        match self {
+            Kind::Chat => "chat.completions",
+            Kind::Completion => "completions",
+        }
+    }
+}
+
+/// Records a request in the metrics when dropped (at the end of a stream, too).
+struct Record {
+    metrics: Arc<Metrics>,
+    model: String,
+    endpoint: &'static str,
+    status: u16,
+    started: Instant,
+    armed: bool,
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.metrics.request(
+            &self.model,
+            self.endpoint,
+            self.status,
+            self.started.elapsed().as_secs_f64(),
+        );
+    }
+}
+
+/// Sets a request's cancel flag when dropped: the handler future or the response stream is
+/// gone (finished, or the client disconnected).
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+async fn chat(State(s): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+    generation(s, Kind::Chat, body).await
+}
+
+async fn completions(
+    State(s): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    generation(s, Kind::Completion, body).await
+}
+
+fn body_error(r: BytesRejection) -> ApiError {
+    let status = r.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            status,
+            "invalid_request_error",
+            "the request body is larger than the server's limit (--max-body-bytes)",
+        )
+        .with_code("request_too_large")
+    } else {
+        ApiError::new(status, "invalid_request_error", r.body_text())
+    }
+}
+
+fn parse(kind: Kind, body: &[u8], default_max_tokens: usize) -> Result<Prepared, ApiError> {
+    let bad = |e: serde_json::Error| ApiError::invalid(format!("invalid JSON body: {e}"));
+    match kind {
+        Kind::Chat => serde_json::from_slice::<ChatRequest>(body)
+            .map_err(bad)?
+            .prepare(default_max_tokens),
+        Kind::Completion => serde_json::from_slice::<CompletionRequest>(body)
+            .map_err(bad)?
+            .prepare(default_max_tokens),
+    }
+}
+
+fn job_error(e: JobError, timeout: Duration) -> ApiError {
+    match e {
+        JobError::Invalid(d) => ApiError::invalid(d.message.clone()).with_code(d.code),
+        JobError::Timeout => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout_error",
+            format!(
+                "the request did not finish within {} s (--timeout)",
+                timeout.as_secs()
+            ),
+        ),
+        JobError::Internal(d) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            d.message.clone(),
+        )
+        .with_code(d.code),
+    }
+}
+
+async fn generation(s: Arc<AppState>, kind: Kind, body: Result<Bytes, BytesRejection>) -> Response {
+    let mut rec = Record {
+        metrics: s.metrics.clone(),
+        model: String::new(),
+        endpoint: kind.endpoint(),
+        status: 200,
+        started: Instant::now(),
+        armed: true,
+    };
+    match start(&s, kind, body, &mut rec).await {
+        Ok(r) => r,
+        Err(e) => {
+            rec.status = e.status.as_u16();
+            e.into_response()
+        }
+    }
+}
+
+async fn start(
+    s: &Arc<AppState>,
+    kind: Kind,
+    body: Result<Bytes, BytesRejection>,
+    rec: &mut Record,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(body_error)?;
+    let prepared = parse(kind, &body, s.cfg.default_max_tokens)?;
+    let entry = match s.registry.find(prepared.model.as_deref()) {
+        Some(e) => e.clone(),
+        None => {
+            let name = prepared.model.clone().unwrap_or_default();
+            return Err(unknown_model(s, &name));
+        }
+    };
+    rec.model = entry.name.clone();
+    let Some(worker) = entry.current() else {
+        s.metrics.rejected(&entry.name, "not-ready");
+        let (state, failure) = entry.state();
+        let msg = match (state, failure) {
+            (_, Some(f)) => format!(
+                "the model `{}` is not serving: {} ({})",
+                entry.name, f.diagnostic.message, f.diagnostic.code
+            ),
+            _ => format!("the model `{}` is still loading", entry.name),
+        };
+        return Err(
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_not_ready", msg).retry_after(5),
+        );
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    let guard = CancelOnDrop(cancel.clone());
+    let (tx, mut rx) = unbounded_channel();
+    let now = Instant::now();
+    let deadline = now + s.cfg.timeout;
+    let job = Job {
+        req: prepared.req.clone(),
+        cancel,
+        deadline,
+        arrived: rec.started,
+        events: tx,
+    };
+    match worker.submit(job) {
+        Ok(()) => {}
+        Err(SubmitError::Full) => {
+            s.metrics.rejected(&entry.name, "queue-full");
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                format!(
+                    "the queue of `{}` is full; retry later (--queue-depth)",
+                    entry.name
+                ),
+            )
+            .with_code("queue_full")
+            .retry_after(1));
+        }
+        Err(SubmitError::Gone) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "model_not_ready",
+                format!("the model `{}` stopped; retry", entry.name),
+            )
+            .retry_after(1));
+        }
+    }
+    let deadline = tokio::time::Instant::from_std(deadline);
+    // The first event: the rendered prompt, or why it could not be rendered.
+    let prompt = match tokio::time::timeout_at(deadline, rx.recv()).await {
+        Ok(Some(Event::Prompt(p))) => p,
+        Ok(Some(Event::Error(e))) => return Err(job_error(e, s.cfg.timeout)),
+        Ok(Some(_)) | Ok(None) => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "the model thread ended the request without an answer",
+            ))
+        }
+        Err(_) => return Err(job_error(JobError::Timeout, s.cfg.timeout)),
+    };
+    let ctx = Ctx {
+        id: s.new_id(match kind {
+            Kind::Chat => "chatcmpl",
+            Kind::Completion => "cmpl",
+        }),
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        model: entry.name.clone(),
+        kind,
+        logprobs: prepared.req.logprobs.is_some(),
+        include_usage: prepared.include_usage,
+        prompt: prepared.return_prompt.then_some(prompt),
+        timeout: s.cfg.timeout,
+    };
+    let version = worker.version;
+    let mut response = if prepared.stream {
+        let stream_rec = Record {
+            metrics: rec.metrics.clone(),
+            model: rec.model.clone(),
+            endpoint: rec.endpoint,
+            status: 200,
+            started: rec.started,
+            armed: true,
+        };
+        // The stream records the request when it ends.
+        rec.armed = false;
+        stream_response(ctx, rx, guard, stream_rec, deadline, worker)
+    } else {
+        let r = collect(ctx, &mut rx, deadline).await;
+        drop(guard);
+        r?
+    };
+    response
+        .headers_mut()
+        .insert("x-rmlx-model-version", HeaderValue::from(version));
+    Ok(response)
+}
+
+/// What every response of one request shares.
+struct Ctx {
+    id: String,
+    created: u64,
+    model: String,
+    kind: Kind,
+    logprobs: bool,
+    include_usage: bool,
+    prompt: Option<Prompt>,
+    timeout: Duration,
+}
+
+fn prompt_json(p: &Prompt) -> Value {
+    json!({"text": p.text, "ids": p.ids})
+}
+
+fn usage(prompt: usize, completion: usize) -> Value {
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    })
+}
+
+fn chat_logprob(lp: &TokenLogprob) -> Value {
+    let entry = |t: &str, l: f32| json!({"token": t, "logprob": l, "bytes": t.as_bytes()});
+    let mut v = entry(&lp.token, lp.logprob);
+    v["top_logprobs"] = Value::Array(lp.top.iter().map(|(t, l)| entry(t, *l)).collect());
+    v
+}
+
+/// Legacy completions logprobs for a run of tokens starting at text offset `offset`.
+fn completion_logprobs(lps: &[TokenLogprob], mut offset: usize) -> Value {
+    let mut tokens = Vec::new();
+    let mut token_logprobs = Vec::new();
+    let mut top = Vec::new();
+    let mut offsets = Vec::new();
+    for lp in lps {
+        tokens.push(json!(lp.token));
+        token_logprobs.push(json!(lp.logprob));
+        let mut m = serde_json::Map::new();
+        for (t, l) in &lp.top {
+            m.entry(t.clone()).or_insert(json!(l));
+        }
+        top.push(Value::Object(m));
+        offsets.push(json!(offset));
+        offset += lp.token.len();
+    }
+    json!({
+        "tokens": tokens,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": top,
+        "text_offset": offsets,
+    })
+}
+
+async fn collect(
+    ctx: Ctx,
+    rx: &mut UnboundedReceiver<Event>,
+    deadline: tokio::time::Instant,
+) -> Result<Response, ApiError> {
+    let mut text = String::new();
+    let mut logprobs: Vec<TokenLogprob> = Vec::new();
+    loop {
+        let ev = match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(ev)) => ev,
+            Ok(None) => {
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "the model thread ended the request without an answer",
+                ))
+            }
+            Err(_) => return Err(job_error(JobError::Timeout, ctx.timeout)),
+        };
+        match ev {
+            Event::Prompt(_) => {}
+            Event::Delta {
+                text: t,
+                logprobs: l,
+            } => {
+                text.push_str(&t);
+                logprobs.extend(l);
+            }
+            Event::Error(e) => return Err(job_error(e, ctx.timeout)),
+            Event::Done {
+                finish,
+                tool_calls,
+                prompt_tokens,
+                completion_tokens,
+            } => {
+                let choice = match ctx.kind {
+                    Kind::Chat => {
+                        let mut message = json!({"role": "assistant", "content": text});
+                        if !tool_calls.is_empty() {
+                            if text.is_empty() {
+                                message["content"] = Value::Null;
+                            }
+                            message["tool_calls"] = tool_calls
+                                .iter()
+                                .enumerate()
+                                .map(|(i, c)| c.to_json(&format!("call_{}_{i}", ctx.id), None))
+                                .collect();
+                        }
+                        json!({
+                            "index": 0,
+                            "message": message,
+                            "logprobs": ctx.logprobs.then(|| json!({
+                                "content": logprobs.iter().map(chat_logprob).collect::<Vec<_>>()
+                            })),
+                            "finish_reason": finish.as_str(),
+                        })
+                    }
+                    Kind::Completion => json!({
+                        "index": 0,
+                        "text": text,
+                        "logprobs": ctx.logprobs.then(|| completion_logprobs(&logprobs, 0)),
+                        "finish_reason": finish.as_str(),
+                    }),
+                };
+                let mut body = json!({
+                    "id": ctx.id,
+                    "object": match ctx.kind {
+                        Kind::Chat => "chat.completion",
+                        Kind::Completion => "text_completion",
+                    },
+                    "created": ctx.created,
+                    "model": ctx.model,
+                    "choices": [choice],
+                    "usage": usage(prompt_tokens, completion_tokens),
+                });
+                if let Some(p) = &ctx.prompt {
+                    body["prompt"] = prompt_json(p);
+                }
+                return Ok(Json(body).into_response());
+            }
+        }
+    }
+}
+
+struct StreamState {
+    ctx: Ctx,
+    rx: UnboundedReceiver<Event>,
+    _guard: CancelOnDrop,
+    rec: Record,
+    deadline: tokio::time::Instant,
+    pending: VecDeque<SseEvent>,
+    done: bool,
+    offset: usize,
+    // The version the request runs on stays alive until the stream ends.
+    _worker: Arc<Worker>,
+}
+
+impl StreamState {
+    fn chunk(&self, choices: Value) -> SseEvent {
+        let mut v = json!({
+            "id": self.ctx.id,
+            "object": match self.ctx.kind {
+                Kind::Chat => "chat.completion.chunk",
+                Kind::Completion => "text_completion",
+            },
+            "created": self.ctx.created,
+            "model": self.ctx.model,
+            "choices": choices,
+        });
+        if self.ctx.include_usage {
+            v["usage"] = Value::Null;
+        }
+        SseEvent::default().data(v.to_string())
+    }
+
+    fn choice(&self, delta: Value, logprobs: Option<Value>, finish: Option<Finish>) -> Value {
+        match self.ctx.kind {
+            Kind::Chat => json!([{
+                "index": 0,
+                "delta": delta,
+                "logprobs": logprobs,
+                "finish_reason": finish.map(Finish::as_str),
+            }]),
+            Kind::Completion => json!([{
+                "index": 0,
+                "text": delta,
+                "logprobs": logprobs,
+                "finish_reason": finish.map(Finish::as_str),
+            }]),
+        }
+    }
+
+    fn error(&mut self, e: ApiError) {
+        self.rec.status = e.status.as_u16();
+        self.pending
+            .push_back(SseEvent::default().data(e.body().to_string()));
+        self.done = true;
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Prompt(_) => {}
+            Event::Delta { text, logprobs } => {
+                let lp = self.ctx.logprobs.then(|| match self.ctx.kind {
+                    Kind::Chat => {
+                        json!({"content": logprobs.iter().map(chat_logprob).collect::<Vec<_>>()})
+                    }
+                    Kind::Completion => completion_logprobs(&logprobs, self.offset),
+                });
+                self.offset += text.len();
+                let delta = match self.ctx.kind {
+                    Kind::Chat => json!({"content": text}),
+                    Kind::Completion => json!(text),
+                };
+                let c = self.choice(delta, lp, None);
+                let chunk = self.chunk(c);
+                self.pending.push_back(chunk);
+            }
+            Event::Error(e) => self.error(job_error(e, self.ctx.timeout)),
+            Event::Done {
+                finish,
+                tool_calls,
+                prompt_tokens,
+                completion_tokens,
+            } => {
+                if !tool_calls.is_empty() && self.ctx.kind == Kind::Chat {
+                    let calls: Vec<Value> = tool_calls
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| c.to_json(&format!("call_{}_{i}", self.ctx.id), Some(i)))
+                        .collect();
+                    let c = self.choice(json!({"tool_calls": calls}), None, None);
+                    let chunk = self.chunk(c);
+                    self.pending.push_back(chunk);
+                }
+                let empty = match self.ctx.kind {
+                    Kind::Chat => json!({}),
+                    Kind::Completion => json!(""),
+                };
+                let c = self.choice(empty, None, Some(finish));
+                let chunk = self.chunk(c);
+                self.pending.push_back(chunk);
+                if self.ctx.include_usage {
+                    let mut v = json!({
+                        "id": self.ctx.id,
+                        "object": match self.ctx.kind {
+                            Kind::Chat => "chat.completion.chunk",
+                            Kind::Completion => "text_completion",
+                        },
+                        "created": self.ctx.created,
+                        "model": self.ctx.model,
+                        "choices": [],
+                    });
+                    v["usage"] = usage(prompt_tokens, completion_tokens);
+                    self.pending
+                        .push_back(SseEvent::default().data(v.to_string()));
+                }
+                self.pending.push_back(SseEvent::default().data("[DONE]"));
+                self.done = true;
+            }
+        }
+    }
+}
+
+fn stream_response(
+    ctx: Ctx,
+    rx: UnboundedReceiver<Event>,
+    guard: CancelOnDrop,
+    rec: Record,
+    deadline: tokio::time::Instant,
+    worker: Arc<Worker>,
+) -> Response {
+    let mut st = StreamState {
+        ctx,
+        rx,
+        _guard: guard,
+        rec,
+        deadline,
+        pending: VecDeque::new(),
+        done: false,
+        offset: 0,
+        _worker: worker,
+    };
+    if st.ctx.kind == Kind::Chat {
+        let c = st.choice(json!({"role": "assistant", "content": ""}), None, None);
+        let mut first = json!({
+            "id": st.ctx.id,
+            "object": "chat.completion.chunk",
+            "created": st.ctx.created,
+            "model": st.ctx.model,
+            "choices": c,
+        });
+        if st.ctx.include_usage {
+            first["usage"] = Value::Null;
+        }
+        if let Some(p) = &st.ctx.prompt {
+            first["prompt"] = prompt_json(p);
+        }
+        st.pending
+            .push_back(SseEvent::default().data(first.to_string()));
+    } else if let Some(p) = &st.ctx.prompt {
+        let c = st.choice(json!(""), None, None);
+        let mut first: Value = json!({
+            "id": st.ctx.id, "object": "text_completion", "created": st.ctx.created,
+            "model": st.ctx.model, "choices": c,
+        });
+        first["prompt"] = prompt_json(p);
+        st.pending
+            .push_back(SseEvent::default().data(first.to_string()));
+    }
+    let stream = futures_util::stream::unfold(st, |mut st| async move {
+        loop {
+            if let Some(ev) = st.pending.pop_front() {
+                return Some((Ok::<_, Infallible>(ev), st));
+            }
+            if st.done {
+                return None;
+            }
+            match tokio::time::timeout_at(st.deadline, st.rx.recv()).await {
+                Ok(Some(ev)) => st.on_event(ev),
+                Ok(None) => st.error(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "the model thread ended the request without an answer",
+                )),
+                Err(_) => {
+                    let e = job_error(JobError::Timeout, st.ctx.timeout);
+                    st.error(e)
+                }
+            }
+        }
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}

@@ -1,0 +1,227 @@
+//! `cargo rmlx serve`: an OpenAI-compatible HTTP server with probe-gated hot reload.
+//!
+//! - [`http`]: the axum application (`/v1/chat/completions`, `/v1/completions`, `/v1/models`,
+//!   `/v1/models/{name}/reload`, `/health`, `/metrics`), body limit, bearer key, SSE.
+//! - [`api`]: request bodies, validation into a generation request, OpenAI-style errors.
+//! - [`worker`]: one thread per loaded model version (MLX state is thread-bound): load, probe,
+//!   then generations from a bounded queue, streamed back as events; cancellation between
+//!   tokens.
+//! - [`registry`]: the served models, build → load → probe → atomic swap.
+//! - [`watch`]: `--watch` (notify, debounced) triggering reloads.
+//! - [`text`], [`tools`]: stop strings, tool-call parsing; [`metrics`]: Prometheus.
+//!
+//! Every chat prompt is rendered by [`crate::session::Session::chat_prompt`], the path the
+//! probe uses, so a request and the probe with the same messages see byte-identical ids.
+
+pub mod api;
+pub mod http;
+pub mod metrics;
+pub mod registry;
+pub mod text;
+pub mod tools;
+pub mod watch;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use http::HttpConfig;
+pub use registry::{EventSink, LoadSettings, ModelSource};
+
+use crate::diagnostic::{Diagnostic, Result};
+use crate::manifest::Manifest;
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Address to bind.
+    pub host: String,
+    /// Port to bind (0: any free port; the `Listening` event says which).
+    pub port: u16,
+    /// The models, in order (the first one answers requests that name no model).
+    pub models: Vec<ModelSource>,
+    /// rmlx.toml, when models are declared there.
+    pub manifest: Option<Manifest>,
+    /// How models are loaded.
+    pub load: LoadSettings,
+    /// HTTP settings.
+    pub http: HttpConfig,
+    /// Reload models when their files change.
+    pub watch: bool,
+    /// Quiet time that ends a burst of file events.
+    pub debounce: Duration,
+    /// How long in-flight requests may take after SIGINT/SIGTERM.
+    pub shutdown_timeout: Duration,
+}
+
+/// What the server reports as it runs (the CLI prints these).
+#[derive(Debug)]
+pub enum ServeEvent<'a> {
+    /// The socket is bound.
+    Listening(SocketAddr),
+    /// A declared model is being built.
+    Building {
+        /// Model.
+        model: &'a str,
+        /// Settings in words.
+        what: &'a str,
+        /// Why.
+        reason: &'a str,
+    },
+    /// A warning from a build.
+    Note {
+        /// Model.
+        model: &'a str,
+        /// The diagnostic.
+        diagnostic: &'a Diagnostic,
+    },
+    /// A version is being loaded and probed.
+    Loading {
+        /// Model.
+        model: &'a str,
+        /// Its version number.
+        version: u64,
+        /// Why (`startup`, `request`, `file change`).
+        trigger: &'a str,
+    },
+    /// A version entered service.
+    Ready {
+        /// Model.
+        model: &'a str,
+        /// Its version.
+        version: u64,
+        /// Probe verdict (`None` with `--no-probe`).
+        verdict: Option<&'a str>,
+    },
+    /// A build, load or probe failed.
+    Failed {
+        /// Model.
+        model: &'a str,
+        /// Why.
+        diagnostic: &'a Diagnostic,
+        /// The version that keeps serving, if any.
+        kept: Option<u64>,
+    },
+    /// Directories now watched.
+    Watching {
+        /// The directories.
+        paths: &'a [PathBuf],
+    },
+    /// rmlx.toml could not be re-read; the previous declarations stay.
+    WatchError {
+        /// Why.
+        diagnostic: &'a Diagnostic,
+    },
+    /// A signal arrived: finishing in-flight requests.
+    ShuttingDown,
+}
+
+/// Runs the server until SIGINT/SIGTERM.
+pub fn serve(opts: ServeOptions, events: EventSink) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("rmlx-http")
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            Diagnostic::error(
+                "rmlx::serve::runtime",
+                format!("cannot start the runtime: {e}"),
+            )
+        })?;
+    rt.block_on(run(opts, events))
+}
+
+async fn run(opts: ServeOptions, events: EventSink) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind((opts.host.as_str(), opts.port))
+        .await
+        .map_err(|e| {
+            Diagnostic::error(
+                "rmlx::serve::bind",
+                format!("cannot listen on {}:{}: {e}", opts.host, opts.port),
+            )
+            .with_help(
+                "pick another --port (or [serve] port in rmlx.toml), or stop the process using it",
+            )
+        })?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Diagnostic::error("rmlx::serve::bind", format!("no local address: {e}")))?;
+    let metrics = Arc::new(metrics::Metrics::default());
+    let registry = Arc::new(registry::Registry::new(
+        opts.models.clone(),
+        opts.manifest.clone(),
+        opts.load.clone(),
+        metrics.clone(),
+        events.clone(),
+    ));
+    events(ServeEvent::Listening(local));
+    for entry in &registry.entries {
+        let r = registry.clone();
+        let e = entry.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("rmlx-load-{}", entry.name))
+            .spawn(move || {
+                r.reload(&e, registry::Trigger::Startup);
+            });
+        if let Err(e) = spawned {
+            return Err(Diagnostic::error(
+                "rmlx::serve::thread",
+                format!("cannot start a loader thread: {e}"),
+            ));
+        }
+    }
+    if opts.watch {
+        watch::spawn(registry.clone(), events.clone(), opts.debounce)?;
+    }
+    let state = Arc::new(http::AppState::new(registry, metrics, opts.http.clone()));
+    let app = http::router(state);
+    let (sig_tx, sig_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = sig_tx.send(true);
+    });
+    let mut graceful = sig_rx.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = graceful.wait_for(|v| *v).await;
+    });
+    let mut deadline = sig_rx;
+    let sink = events.clone();
+    let grace = opts.shutdown_timeout;
+    tokio::select! {
+        r = server => r.map_err(|e| Diagnostic::error("rmlx::serve::io", format!("server error: {e}"))),
+        _ = async move {
+            let _ = deadline.wait_for(|v| *v).await;
+            sink(ServeEvent::ShuttingDown);
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!("requests still running after {} s; exiting", grace.as_secs());
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("cannot listen for SIGTERM: {e}");
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

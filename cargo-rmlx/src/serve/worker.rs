@@ -1,0 +1,609 @@
+//! One loaded version of a model, on its own thread.
+//!
+//! MLX arrays and streams are bound to the thread that made them, so a [`Worker`] thread
+//! loads the [`Session`], probes it, and then runs every generation for it, one at a time,
+//! from a bounded queue ([`Worker::submit`] refuses work beyond the bound). Results stream
+//! back to the HTTP side as [`Event`]s over a tokio channel. A request's cancel flag
+//! (client gone) and deadline are checked between tokens.
+//!
+//! When the last handle to a worker is dropped (the model was hot-swapped), its queue
+//! closes: the thread finishes the requests already queued, then exits and frees the model.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Map, Value};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::metrics::Metrics;
+use super::text::{Flow, TextFilter};
+use super::tools::{self, ToolCall};
+use crate::diagnostic::{Diagnostic, Result};
+use crate::engine::{generate, DtypePolicy, GenerateOptions, SamplerConfig, StopReason};
+use crate::probe::{self, ProbeOptions};
+use crate::session::{Prompt, Session};
+
+/// What a request asks the model to continue.
+#[derive(Debug, Clone)]
+pub enum PromptInput {
+    /// Messages rendered through the chat template (the one prompt path, as the probe).
+    Chat {
+        /// OpenAI messages, normalised for templates.
+        messages: Vec<Value>,
+        /// Tool definitions passed to the template.
+        tools: Option<Value>,
+        /// Extra template variables (`chat_template_kwargs`).
+        kwargs: Map<String, Value>,
+    },
+    /// Plain text, encoded with the tokenizer's default special tokens.
+    Text(String),
+    /// Token ids, used as they are.
+    Ids(Vec<u32>),
+}
+
+/// A generation request, validated.
+#[derive(Debug, Clone)]
+pub struct GenRequest {
+    /// The prompt.
+    pub prompt: PromptInput,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Sampling.
+    pub sampler: SamplerConfig,
+    /// Keep going past EOS.
+    pub ignore_eos: bool,
+    /// Stop strings (not included in the output).
+    pub stop: Vec<String>,
+    /// Per-token logprobs: `Some(n)` with the `n` most likely alternatives.
+    pub logprobs: Option<usize>,
+    /// Parse `<tool_call>` blocks out of the output.
+    pub parse_tools: bool,
+}
+
+/// The log-probability of one generated token.
+#[derive(Debug, Clone)]
+pub struct TokenLogprob {
+    /// The token's text.
+    pub token: String,
+    /// log-softmax of the token.
+    pub logprob: f32,
+    /// The most likely tokens at this step: (text, logprob).
+    pub top: Vec<(String, f32)>,
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// EOS or a stop string.
+    Stop,
+    /// The token budget.
+    Length,
+    /// The output was tool calls.
+    ToolCalls,
+}
+
+impl Finish {
+    /// OpenAI's `finish_reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+            Finish::ToolCalls => "tool_calls",
+        }
+    }
+}
+
+/// A failed request, as the worker sees it.
+#[derive(Debug, Clone)]
+pub enum JobError {
+    /// The request cannot be served as asked (template render error, prompt too long…).
+    Invalid(Diagnostic),
+    /// The deadline passed.
+    Timeout,
+    /// Anything else.
+    Internal(Diagnostic),
+}
+
+/// What a running request streams back.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The prompt as the model sees it (always first).
+    Prompt(Prompt),
+    /// New text (possibly empty) and the logprobs of the tokens behind it.
+    Delta {
+        /// Final text.
+        text: String,
+        /// One entry per generated token, when logprobs were asked for.
+        logprobs: Vec<TokenLogprob>,
+    },
+    /// The end.
+    Done {
+        /// Why.
+        finish: Finish,
+        /// Tool calls parsed from the output.
+        tool_calls: Vec<ToolCall>,
+        /// Prompt tokens.
+        prompt_tokens: usize,
+        /// Generated tokens (EOS not counted).
+        completion_tokens: usize,
+    },
+    /// The request failed.
+    Error(JobError),
+}
+
+/// A request on its way to a worker.
+#[derive(Debug)]
+pub struct Job {
+    /// What to generate.
+    pub req: GenRequest,
+    /// Set when the client is gone.
+    pub cancel: Arc<AtomicBool>,
+    /// When the request must be done.
+    pub deadline: Instant,
+    /// When the request arrived (time to first token counts from here).
+    pub arrived: Instant,
+    /// Where results go.
+    pub events: UnboundedSender<Event>,
+}
+
+/// Why [`Worker::submit`] refused a job.
+#[derive(Debug)]
+pub enum SubmitError {
+    /// The queue is full.
+    Full,
+    /// The worker thread is gone.
+    Gone,
+}
+
+/// A model load that did not end in service.
+#[derive(Debug, Clone)]
+pub struct LoadFailure {
+    /// What went wrong.
+    pub diagnostic: Diagnostic,
+    /// The probe verdict, when the probe ran.
+    pub verdict: Option<&'static str>,
+    /// The probe report, when the probe ran.
+    pub probe: Option<Value>,
+}
+
+/// What the probe gate asks of a model (`[models.<name>.probe]` in rmlx.toml, else the
+/// probe's defaults).
+#[derive(Debug, Clone, Default)]
+pub struct ProbeSettings {
+    /// The seed question.
+    pub seed: Option<String>,
+    /// A substring the answer must contain.
+    pub expect: Option<String>,
+    /// Greedy steps.
+    pub steps: Option<usize>,
+}
+
+impl ProbeSettings {
+    fn options(&self, name: &str) -> ProbeOptions<'static> {
+        let mut o = ProbeOptions {
+            name: Some(name.to_string()),
+            expect: self.expect.clone(),
+            ..ProbeOptions::default()
+        };
+        if let Some(s) = &self.seed {
+            o.seed = s.clone();
+        }
+        if let Some(n) = self.steps {
+            o.steps = n;
+        }
+        o
+    }
+}
+
+/// Settings of a worker.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Model name (for logs and metrics).
+    pub name: String,
+    /// The model directory.
+    pub dir: PathBuf,
+    /// Version number of this load.
+    pub version: u64,
+    /// Compute dtype.
+    pub policy: DtypePolicy,
+    /// Probe before serving (`None`: `--no-probe`).
+    pub probe: Option<ProbeSettings>,
+    /// Requests that may wait while one runs.
+    pub queue_depth: usize,
+}
+
+/// A handle on a loaded, probed model version.
+#[derive(Debug)]
+pub struct Worker {
+    /// Model name.
+    pub name: String,
+    /// Version number (increases with every load attempt of the model).
+    pub version: u64,
+    /// The directory it was loaded from.
+    pub dir: PathBuf,
+    /// When it entered service.
+    pub loaded_at: SystemTime,
+    /// The probe verdict (`None` with `--no-probe`).
+    pub verdict: Option<&'static str>,
+    /// The probe report.
+    pub probe: Option<Value>,
+    /// The model's context length.
+    pub max_context: usize,
+    tx: SyncSender<Job>,
+    metrics: Arc<Metrics>,
+}
+
+impl Worker {
+    /// Starts a worker thread that loads and probes the model; returns once it serves, or
+    /// why it does not.
+    pub fn start(
+        cfg: WorkerConfig,
+        metrics: Arc<Metrics>,
+    ) -> std::result::Result<Arc<Worker>, LoadFailure> {
+        let (tx, rx) = sync_channel::<Job>(cfg.queue_depth);
+        let (ready_tx, ready_rx) = sync_channel(1);
+        let thread_cfg = cfg.clone();
+        let thread_metrics = metrics.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("rmlx-{}-v{}", cfg.name, cfg.version))
+            .spawn(move || worker_main(thread_cfg, rx, ready_tx, thread_metrics));
+        if let Err(e) = spawned {
+            return Err(LoadFailure {
+                diagnostic: Diagnostic::error(
+                    "rmlx::serve::thread",
+                    format!("cannot start a model thread: {e}"),
+                ),
+                verdict: None,
+                probe: None,
+            });
+        }
+        let loaded: std::result::Result<Loaded, LoadFailure> =
+            ready_rx.recv().unwrap_or_else(|_| {
+                Err(LoadFailure {
+                    diagnostic: Diagnostic::error(
+                        "rmlx::serve::thread",
+                        format!("the thread loading {} died", cfg.dir.display()),
+                    ),
+                    verdict: None,
+                    probe: None,
+                })
+            });
+        let loaded = loaded?;
+        Ok(Arc::new(Worker {
+            name: cfg.name,
+            version: cfg.version,
+            dir: cfg.dir,
+            loaded_at: SystemTime::now(),
+            verdict: loaded.verdict,
+            probe: loaded.probe,
+            max_context: loaded.max_context,
+            tx,
+            metrics,
+        }))
+    }
+
+    /// Queues a job; refuses it when the queue is full.
+    pub fn submit(&self, job: Job) -> std::result::Result<(), SubmitError> {
+        self.metrics.queue_delta(&self.name, 1);
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.metrics.queue_delta(&self.name, -1);
+                Err(match e {
+                    TrySendError::Full(_) => SubmitError::Full,
+                    TrySendError::Disconnected(_) => SubmitError::Gone,
+                })
+            }
+        }
+    }
+}
+
+struct Loaded {
+    verdict: Option<&'static str>,
+    probe: Option<Value>,
+    max_context: usize,
+}
+
+fn worker_main(
+    cfg: WorkerConfig,
+    rx: Receiver<Job>,
+    ready: SyncSender<std::result::Result<Loaded, LoadFailure>>,
+    metrics: Arc<Metrics>,
+) {
+    let fail = |diagnostic: Diagnostic| LoadFailure {
+        diagnostic,
+        verdict: None,
+        probe: None,
+    };
+    let started = Instant::now();
+    let session = match Session::load(&cfg.dir, cfg.policy) {
+        Ok(s) => s,
+        Err(d) => {
+            let _ = ready.send(Err(fail(d)));
+            return;
+        }
+    };
+    tracing::debug!(
+        "{} v{}: loaded {} in {:.1}s",
+        cfg.name,
+        cfg.version,
+        cfg.dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    let mut loaded = Loaded {
+        verdict: None,
+        probe: None,
+        max_context: session.model.max_context,
+    };
+    if let Some(settings) = &cfg.probe {
+        match probe::probe(&session, &settings.options(&cfg.name)) {
+            Ok(report) => {
+                let verdict = report.verdict;
+                let reason = report.evidence.reason.clone();
+                metrics.probe(&cfg.name, verdict.name());
+                let json = serde_json::to_value(&report).unwrap_or(Value::Null);
+                if !verdict.is_healthy() {
+                    let d = Diagnostic::error(
+                        "rmlx::serve::probe-failed",
+                        format!(
+                            "{} failed its probe: verdict `{}` ({reason})",
+                            cfg.dir.display(),
+                            verdict.name()
+                        ),
+                    )
+                    .with_file(&cfg.dir)
+                    .with_help(
+                        "run `cargo rmlx probe` on it for the evidence, or serve it anyway with \
+                         --no-probe",
+                    );
+                    let _ = ready.send(Err(LoadFailure {
+                        diagnostic: d,
+                        verdict: Some(verdict.name()),
+                        probe: Some(json),
+                    }));
+                    return;
+                }
+                loaded.verdict = Some(verdict.name());
+                loaded.probe = Some(json);
+            }
+            Err(d) => {
+                metrics.probe(&cfg.name, "error");
+                let _ = ready.send(Err(fail(d)));
+                return;
+            }
+        }
+    }
+    if ready.send(Ok(loaded)).is_err() {
+        return;
+    }
+    drop(ready);
+    while let Ok(job) = rx.recv() {
+        metrics.queue_delta(&cfg.name, -1);
+        metrics.running_delta(&cfg.name, 1);
+        run_job(&cfg.name, &session, job, &metrics);
+        metrics.running_delta(&cfg.name, -1);
+    }
+    tracing::debug!("{} v{}: retired", cfg.name, cfg.version);
+}
+
+/// Renders or encodes a request's prompt.
+pub fn build_prompt(session: &Session, input: &PromptInput) -> Result<Prompt> {
+    match input {
+        PromptInput::Chat {
+            messages,
+            tools,
+            kwargs,
+        } => session.chat_prompt(messages, tools.as_ref(), kwargs),
+        PromptInput::Text(t) => session.raw_prompt(t),
+        PromptInput::Ids(ids) => Ok(Prompt {
+            text: session.tokenizer.decode(ids, false)?,
+            ids: ids.clone(),
+        }),
+    }
+}
+
+fn classify(d: Diagnostic) -> JobError {
+    let area = d.code.split("::").nth(1).unwrap_or("");
+    match area {
+        "template" | "generate" | "tokenize" => JobError::Invalid(d),
+        _ => JobError::Internal(d),
+    }
+}
+
+/// Why the on-step callback stopped the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Halt {
+    StopString,
+    ClientGone,
+    Timeout,
+}
+
+fn run_job(name: &str, session: &Session, job: Job, metrics: &Metrics) {
+    let Job {
+        req,
+        cancel,
+        deadline,
+        arrived,
+        events,
+    } = job;
+    if cancel.load(Ordering::Relaxed) {
+        metrics.cancelled(name, "client-gone");
+        return;
+    }
+    if Instant::now() >= deadline {
+        metrics.cancelled(name, "timeout");
+        let _ = events.send(Event::Error(JobError::Timeout));
+        return;
+    }
+    let prompt = match build_prompt(session, &req.prompt) {
+        Ok(p) => p,
+        Err(d) => {
+            let _ = events.send(Event::Error(classify(d)));
+            return;
+        }
+    };
+    let prompt_tokens = prompt.ids.len();
+    let ids = prompt.ids.clone();
+    if events.send(Event::Prompt(prompt)).is_err() {
+        metrics.cancelled(name, "client-gone");
+        return;
+    }
+    let eos_ids = session.eos_ids();
+    let opts = GenerateOptions {
+        max_tokens: req.max_tokens,
+        sampler: req.sampler,
+        ignore_eos: req.ignore_eos,
+        eos_ids: eos_ids.clone(),
+        top: req.logprobs.unwrap_or(0).max(1),
+    };
+    let tok = &session.tokenizer;
+    let mut decoder = tok.stream_decoder(true);
+    let marker = req.parse_tools.then_some(tools::TOOL_CALL_START);
+    let mut filter = TextFilter::new(req.stop.clone(), marker);
+    let mut halt = None;
+    let mut first_token = None;
+    let mut generated = 0usize;
+    let piece = |id: u32| tok.decode(&[id], false).unwrap_or_default();
+    let result = generate(&session.model, &ids, &opts, |step| {
+        if first_token.is_none() {
+            first_token = Some(arrived.elapsed());
+        }
+        if cancel.load(Ordering::Relaxed) {
+            halt = Some(Halt::ClientGone);
+            return ControlFlow::Break(());
+        }
+        if Instant::now() >= deadline {
+            halt = Some(Halt::Timeout);
+            return ControlFlow::Break(());
+        }
+        if !req.ignore_eos && eos_ids.contains(&step.id) {
+            return ControlFlow::Continue(());
+        }
+        generated += 1;
+        let text = match decoder.push(tok, step.id) {
+            Ok(t) => t.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!("detokenizing failed: {e}");
+                String::new()
+            }
+        };
+        let (text, flow) = filter.push(&text);
+        let logprobs = match req.logprobs {
+            Some(n) => vec![TokenLogprob {
+                token: piece(step.id),
+                logprob: step.logprob,
+                top: step
+                    .top
+                    .iter()
+                    .zip(&step.top_logprobs)
+                    .take(n)
+                    .map(|((id, _), lp)| (piece(*id), *lp))
+                    .collect(),
+            }],
+            None => Vec::new(),
+        };
+        if (!text.is_empty() || !logprobs.is_empty())
+            && events.send(Event::Delta { text, logprobs }).is_err()
+        {
+            halt = Some(Halt::ClientGone);
+            return ControlFlow::Break(());
+        }
+        if flow == Flow::Stop {
+            halt = Some(Halt::StopString);
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    let out = match result {
+        Ok(out) => out,
+        Err(d) => {
+            let _ = events.send(Event::Error(classify(d)));
+            return;
+        }
+    };
+    let ttft = first_token.map(|d| d.as_secs_f64());
+    let decode_tps = (out.steps.len() > 1)
+        .then(|| (out.steps.len() - 1) as f64 / out.decode.as_secs_f64().max(1e-9));
+    metrics.generation(name, prompt_tokens, out.steps.len(), ttft, decode_tps);
+    match halt {
+        Some(Halt::ClientGone) => {
+            metrics.cancelled(name, "client-gone");
+            return;
+        }
+        Some(Halt::Timeout) => {
+            metrics.cancelled(name, "timeout");
+            let _ = events.send(Event::Error(JobError::Timeout));
+            return;
+        }
+        _ => {}
+    }
+    // The text still held back: the decoder's tail, then whatever waited for a marker.
+    let mut tail = String::new();
+    if halt != Some(Halt::StopString) {
+        if let Ok(Some(rest)) = decoder.flush(tok) {
+            tail = filter.push(&rest).0;
+        }
+    }
+    let (held, captured) = filter.finish();
+    if !filter.stopped() {
+        tail.push_str(&held);
+    }
+    let mut finish = match (halt, out.stop) {
+        (Some(Halt::StopString), _) | (_, StopReason::Eos) => Finish::Stop,
+        _ => Finish::Length,
+    };
+    let mut tool_calls = Vec::new();
+    if let Some(captured) = captured {
+        match tools::parse(&captured) {
+            Some((calls, rest)) => {
+                tool_calls = calls;
+                tail.push_str(&rest);
+                finish = Finish::ToolCalls;
+            }
+            None => tail.push_str(&captured),
+        }
+    }
+    if !tail.is_empty() {
+        let _ = events.send(Event::Delta {
+            text: tail,
+            logprobs: Vec::new(),
+        });
+    }
+    let _ = events.send(Event::Done {
+        finish,
+        tool_calls,
+        prompt_tokens,
+        completion_tokens: generated,
+    });
+}
+
+/// A cheap fingerprint of a model directory (names, sizes, modification times of its
+/// visible files), to tell whether a file event changed anything.
+pub fn dir_stamp(dir: &Path) -> Vec<(String, u64, Option<Duration>)> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || name.ends_with('~') {
+                continue;
+            }
+            let Ok(meta) = std::fs::metadata(e.path()) else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok());
+            out.push((name, meta.len(), mtime));
+        }
+    }
+    out.sort();
+    out
+}

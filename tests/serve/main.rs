@@ -1,0 +1,8 @@
+//! End-to-end tests of `cargo rmlx serve`: the real server process on a loopback port, a real
+//! HTTP client (ureq), the real SmolLM2-135M-Instruct model (see `support`).
+
+mod api;
+mod gate;
+mod limits;
+mod reload;
+mod support;
