@@ -144,7 +144,8 @@ pub fn python() -> PathBuf {
 /// reference's pinned requirements. Returns the output directory.
 pub fn mlx_lm_convert(src: &Path, args: &[&str]) -> PathBuf {
     type Cell = std::sync::Arc<OnceLock<Result<PathBuf, String>>>;
-    static RUNS: OnceLock<Mutex<BTreeMap<(PathBuf, Vec<String>), Cell>>> = OnceLock::new();
+    type Runs = Mutex<BTreeMap<(PathBuf, Vec<String>), Cell>>;
+    static RUNS: OnceLock<Runs> = OnceLock::new();
     let key = (
         src.to_path_buf(),
         args.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
@@ -326,4 +327,26 @@ pub fn leftovers(ws: &Ws) -> Vec<String> {
         .unwrap_or_default();
     v.sort();
     v
+}
+
+/// stderr with miette's line wrapping undone (the `|` gutters removed, wrapped lines joined,
+/// a line broken after a hyphen joined without a space), for substring assertions.
+pub fn flat(stderr: &str) -> String {
+    let mut out = String::new();
+    for line in stderr.lines() {
+        let t = line.trim();
+        let t = ["| ", "! ", "x ", "|"]
+            .iter()
+            .find_map(|p| t.strip_prefix(p))
+            .unwrap_or(t)
+            .trim();
+        if t.is_empty() {
+            continue;
+        }
+        if !out.is_empty() && !out.ends_with('-') {
+            out.push(' ');
+        }
+        out.push_str(t);
+    }
+    out
 }

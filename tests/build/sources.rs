@@ -6,7 +6,7 @@
 use std::fs;
 
 use crate::common::{
-    assert_same_tensors, bf16_source, json, mlx_lm_convert, read, tensors, with_status, Ws,
+    assert_same_tensors, bf16_source, flat, json, mlx_lm_convert, read, tensors, with_status, Ws,
 };
 use crate::support::{
     converted, generate, oracle, smollm2_gguf, OracleDtype, Variant, CHAT_PROMPT,
@@ -25,10 +25,13 @@ fn gguf_source() {
     ));
     let run = ws.build_ok(&[]);
     assert_eq!(with_status(&run, "Building"), ["smol"], "{}", run.stderr);
+    let text = flat(&run.stderr);
     assert!(
-        run.stderr.contains("rmlx::build::requantize")
-            && run.stderr.contains("`model.embed_tokens`")
-            && run.stderr.contains("affine 8-bit g32 in the source"),
+        text.contains("rmlx::build::requantize")
+            && text.contains(
+                "1 module of `smol` (e.g. `model.embed_tokens`) is stored as affine \
+                              8-bit g32 in the source"
+            ),
         "expected a re-quantization warning for the Q8_0 embedding\n{}",
         run.stderr
     );
@@ -108,9 +111,10 @@ fn mlx_quantized_source() {
         run.stderr
     );
     assert!(
-        run.stderr.contains(
-            "are stored as affine 4-bit g64 in the source; they are dequantized and \
-                       re-quantized to affine 4-bit g32, which loses quality"
+        flat(&run.stderr).contains(
+            "211 modules of `g32` (e.g. `model.embed_tokens`) are stored as affine 4-bit g64 \
+             in the source; they are dequantized and re-quantized to affine 4-bit g32, which \
+             loses quality"
         ),
         "{}",
         run.stderr

@@ -6,4 +6,5 @@
 mod bad_inputs;
 mod generate;
 mod oracle;
+mod probe;
 mod support;

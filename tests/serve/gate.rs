@@ -55,7 +55,9 @@ fn a_model_failing_its_probe_is_not_served() {
             .contains("broken on purpose"),
         "{m}"
     );
-    let r = alone.post("/v1/chat/completions", &chat_body("hi", 2));
+    let mut body = chat_body("hi", 2);
+    body["model"] = json!("broken-template");
+    let r = alone.post("/v1/chat/completions", &body);
     assert_eq!(r.status, 503, "{}", r.text);
     assert_eq!(r.json["error"]["type"], "model_not_ready");
     assert!(
@@ -76,7 +78,7 @@ fn a_model_failing_its_probe_is_not_served() {
         scratch.path(),
     );
     unprobed.wait_ready();
-    let r = unprobed.post("/v1/chat/completions", &chat_body("hi", 2));
+    let r = unprobed.post("/v1/chat/completions", &body);
     assert_eq!(r.status, 400, "{}", r.text);
     assert!(
         r.json["error"]["message"]

@@ -15,10 +15,11 @@ use crate::support::*;
 
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(240);
 
-/// SmolLM2's template with `marker` as the default system prompt.
+/// SmolLM2's template with `marker` appended to its default system prompt (the probe still
+/// gets "Paris" from every marker used here).
 fn template(marker: &str) -> String {
     format!(
-        "{{% for message in messages %}}{{% if loop.first and messages[0]['role'] != 'system' %}}{{{{ '<|im_start|>system\nYou are {marker}, a helpful assistant.<|im_end|>\n' }}}}{{% endif %}}{{{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}}}{{% endfor %}}{{% if add_generation_prompt %}}{{{{ '<|im_start|>assistant\n' }}}}{{% endif %}}"
+        "{{% for message in messages %}}{{% if loop.first and messages[0]['role'] != 'system' %}}{{{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face. {marker}.<|im_end|>\n' }}}}{{% endif %}}{{{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}}}{{% endfor %}}{{% if add_generation_prompt %}}{{{{ '<|im_start|>assistant\n' }}}}{{% endif %}}"
     )
 }
 
@@ -178,7 +179,7 @@ fn hot_reload_of_a_model_directory_under_load() {
     let scratch = scratch_dir();
     let dir = copy_model(scratch.path());
     let tpl = dir.join("chat_template.jinja");
-    fs::write(&tpl, template("MARKER-ZERO")).unwrap();
+    fs::write(&tpl, template("Version ZERO")).unwrap();
     let args = vec![
         dir.display().to_string(),
         "--watch".into(),
@@ -188,15 +189,15 @@ fn hot_reload_of_a_model_directory_under_load() {
     let s = Server::start(&args, scratch.path());
     s.wait_ready();
     assert!(s.log().contains("Watching"), "{}", s.log());
-    const MARKERS: &[&str] = &["MARKER-ZERO", "MARKER-ONE", "MARKER-TWO"];
+    const MARKERS: &[&str] = &["Version ZERO", "Version ONE", "Version TWO"];
     let load = Load::start(s.base.clone(), MODEL_NAME, MARKERS);
     wait_until("the first responses", Duration::from_secs(120), || {
         load.count() >= 2
     });
 
     // 1: a valid edit, saved the editor way (several file events): one reload.
-    editor_save(&tpl, &template("MARKER-ONE"));
-    wait_for_marker(&s, &load, "MARKER-ONE");
+    editor_save(&tpl, &template("Version ONE"));
+    wait_for_marker(&s, &load, "Version ONE");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         s.metric("rmlx_reloads_total", &["result=\"ok\""]),
@@ -216,7 +217,7 @@ fn hot_reload_of_a_model_directory_under_load() {
         Duration::from_secs(120),
         || load.count() >= served_after_failure + 3,
     );
-    assert_eq!(load.last_marker().as_deref(), Some("MARKER-ONE"));
+    assert_eq!(load.last_marker().as_deref(), Some("Version ONE"));
     let m = s.get("/v1/models").json["data"][0].clone();
     assert_eq!(m["state"], "ready", "{m}");
     assert!(
@@ -229,8 +230,8 @@ fn hot_reload_of_a_model_directory_under_load() {
     assert!(s.log().contains("keeps serving"), "{}", s.log());
 
     // 3: fixed again: the new version serves.
-    editor_save(&tpl, &template("MARKER-TWO"));
-    wait_for_marker(&s, &load, "MARKER-TWO");
+    editor_save(&tpl, &template("Version TWO"));
+    wait_for_marker(&s, &load, "Version TWO");
     let samples = load.finish();
     check_no_failures(&samples, MARKERS);
     assert_eq!(
@@ -249,7 +250,7 @@ fn declared_model_is_rebuilt_and_reloaded_under_watch() {
     let scratch = scratch_dir();
     let src = copy_model(scratch.path());
     let tpl = scratch.path().join("chat.jinja");
-    fs::write(&tpl, template("DECLARED-ONE")).unwrap();
+    fs::write(&tpl, template("Version THREE")).unwrap();
     let manifest = scratch.path().join("rmlx.toml");
     let toml = format!(
         "[models.smol]\nsource = \"{}\"\nchat-template = \"chat.jinja\"\n",
@@ -265,12 +266,12 @@ fn declared_model_is_rebuilt_and_reloaded_under_watch() {
     ];
     let s = Server::start(&args, scratch.path());
     s.wait_ready();
-    const MARKERS: &[&str] = &["DECLARED-ONE", "DECLARED-TWO"];
+    const MARKERS: &[&str] = &["Version THREE", "Version FOUR"];
     let load = Load::start(s.base.clone(), "smol", MARKERS);
     wait_until("the first responses", Duration::from_secs(120), || {
         load.count() >= 2
     });
-    assert_eq!(load.last_marker().as_deref(), Some("DECLARED-ONE"));
+    assert_eq!(load.last_marker().as_deref(), Some("Version THREE"));
 
     // A broken rmlx.toml is reported; the model keeps serving.
     editor_save(&manifest, "[models.smol\n");
@@ -280,12 +281,12 @@ fn declared_model_is_rebuilt_and_reloaded_under_watch() {
     editor_save(&manifest, &toml);
 
     // The template override changes: rebuild, reload.
-    editor_save(&tpl, &template("DECLARED-TWO"));
-    wait_for_marker(&s, &load, "DECLARED-TWO");
+    editor_save(&tpl, &template("Version FOUR"));
+    wait_for_marker(&s, &load, "Version FOUR");
     let samples = load.finish();
     check_no_failures(&samples, MARKERS);
     assert!(s.log().contains("Building"), "{}", s.log());
     let built =
         fs::read_to_string(scratch.path().join("target/rmlx/smol/chat_template.jinja")).unwrap();
-    assert!(built.contains("DECLARED-TWO"));
+    assert!(built.contains("Version FOUR"));
 }

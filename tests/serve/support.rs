@@ -238,11 +238,16 @@ impl Server {
     pub fn wait_ready(&self) {
         let start = Instant::now();
         loop {
-            if let Ok(r) = agent().get(&self.url("/health")).call() {
-                if r.status() == 200 {
-                    return;
-                }
+            let h = self.get("/health");
+            if h.status == 200 {
+                return;
             }
+            assert!(
+                h.json["status"] != "unavailable",
+                "no model became ready: {}\n{}",
+                h.text,
+                self.log()
+            );
             if let Some(status) = self.exited() {
                 panic!("the server exited ({status})\n{}", self.log());
             }

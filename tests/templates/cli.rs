@@ -227,7 +227,8 @@ fn lint_json_lines() {
 
 #[test]
 fn lint_default_finds_chat_templates_under_the_current_directory() {
-    let dir = scratch_dir();
+    // Outside the repository, so that no rmlx.toml or cargo workspace above it applies.
+    let dir = tempfile::tempdir().expect("temp dir");
     write(dir.path(), "a/chat_template.jinja", GOOD);
     write(dir.path(), "b/c/chat_template.jinja", "{% if %}");
     write(dir.path(), "b/other.jinja", "{% if %}");
@@ -315,4 +316,60 @@ fn lint_model_directory_runs_tokenizer_checks() {
         "{}",
         run.describe()
     );
+}
+
+#[test]
+fn lint_default_is_the_models_of_rmlx_toml() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    // `tiny`: a source directory with a tokenizer and a chat-template override.
+    std::fs::create_dir_all(root.join("tiny")).expect("mkdir");
+    write_test_model(&root.join("tiny"));
+    write(
+        root,
+        "templates/tiny.jinja",
+        "{{ bos_token }}{% for m in messages %}<|user|> {{ m.content }} {% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}",
+    );
+    // `other`: its own chat_template.jinja, broken.
+    std::fs::create_dir_all(root.join("other")).expect("mkdir");
+    write_test_model(&root.join("other"));
+    write(root, "other/chat_template.jinja", "{% for m in messages %}");
+    // A stray template that the manifest does not name: not linted.
+    write(root, "stray/chat_template.jinja", "{% if %}");
+    write(
+        root,
+        "rmlx.toml",
+        "[models.tiny]\nsource = \"tiny\"\nchat-template = \"templates/tiny.jinja\"\n\n[models.other]\nsource = \"other\"\n",
+    );
+    let run = rmlx_in(Some(root), ["lint", "--message-format", "json"]);
+    run.assert_sane("lint rmlx.toml models");
+    let lines = json_lines(&run.stdout_text());
+    let templates: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["reason"] == "lint-template")
+        .filter_map(|l| l["template"].as_str())
+        .collect();
+    assert_eq!(templates.len(), 2, "{templates:?}\n{}", run.describe());
+    assert!(
+        templates[0].ends_with("templates/tiny.jinja"),
+        "{templates:?}"
+    );
+    assert!(
+        templates[1].ends_with("other/chat_template.jinja"),
+        "{templates:?}"
+    );
+    let tiny_codes: Vec<&str> = lines
+        .iter()
+        .filter(|l| {
+            l["template"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("tiny.jinja"))
+        })
+        .filter_map(|l| l["code"].as_str())
+        .collect();
+    assert!(
+        tiny_codes.contains(&"rmlx::lint::double-bos"),
+        "{tiny_codes:?}"
+    );
+    assert_eq!(run.code, Some(EXIT_LINT_ERRORS), "{}", run.describe());
 }

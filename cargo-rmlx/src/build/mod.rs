@@ -506,13 +506,25 @@ fn lock(root: &Path, name: &str, on: &mut dyn FnMut(Event<'_>)) -> Result<File> 
         .write(true)
         .open(&path)
         .map_err(|e| io("cannot open", &path, &e))?;
-    match f.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
+    #[cfg(unix)]
+    {
+        use std::os::unix::io::AsRawFd;
+        let flock = |op| {
+            // SAFETY: a valid open descriptor; flock has no memory effects. The lock is
+            // released when the file is closed (or the process dies).
+            if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        };
+        if let Err(e) = flock(libc::LOCK_EX | libc::LOCK_NB) {
+            if e.kind() != std::io::ErrorKind::WouldBlock {
+                return Err(io("cannot lock", &path, &e));
+            }
             on(Event::Blocking { name });
-            f.lock().map_err(|e| io("cannot lock", &path, &e))?;
+            flock(libc::LOCK_EX).map_err(|e| io("cannot lock", &path, &e))?;
         }
-        Err(std::fs::TryLockError::Error(e)) => return Err(io("cannot lock", &path, &e)),
     }
     Ok(f)
 }

@@ -13,6 +13,7 @@ use serde_json::json;
 use super::{exit, output, GlobalArgs, MessageFormat};
 use crate::diagnostic::{Diagnostic, Result, Severity};
 use crate::lint::{self, LintOptions, LintReport, LintTarget};
+use crate::manifest::Manifest;
 
 /// Exit code when a template has an error.
 const EXIT_LINT_ERRORS: u8 = 1;
@@ -21,7 +22,8 @@ const EXIT_LINT_ERRORS: u8 = 1;
 #[derive(Debug, Args)]
 pub struct LintArgs {
     /// Template files, model directories, or directories of `*.jinja` templates. Default:
-    /// every `chat_template.jinja` under the current directory.
+    /// the templates of the models in rmlx.toml, else every `chat_template.jinja` under the
+    /// current directory.
     #[arg(value_name = "FILE")]
     pub paths: Vec<PathBuf>,
     /// Model directory whose tokenizer the token-level checks use (default: the template's
@@ -47,7 +49,7 @@ pub fn run(g: &GlobalArgs, a: LintArgs) -> Result<u8> {
             .with_help("give a model directory (with tokenizer.json)"));
         }
     }
-    let targets = targets(&a)?;
+    let targets = targets(g, &a)?;
     let opts = LintOptions::default();
     if let Some(n) = a.bench {
         return bench(&targets, &opts, n.max(1));
@@ -126,12 +128,22 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
-/// The targets: the given paths, else every `chat_template.jinja` under the current
-/// directory. (Models declared in rmlx.toml are added here once the manifest lands: each
-/// becomes a [`LintTarget`] with its model directory.)
-fn targets(a: &LintArgs) -> Result<Vec<LintTarget>> {
+/// The targets: the given paths; else the templates of the models declared in rmlx.toml;
+/// else every `chat_template.jinja` under the current directory.
+fn targets(g: &GlobalArgs, a: &LintArgs) -> Result<Vec<LintTarget>> {
     if !a.paths.is_empty() {
         return lint::targets_from_paths(&a.paths, a.model.as_deref());
+    }
+    if let Some(m) = Manifest::find(g.manifest_path.as_deref())? {
+        if !m.models.is_empty() {
+            let mut targets = lint::manifest_targets(&m);
+            if let Some(model) = &a.model {
+                for t in &mut targets {
+                    t.model = Some(model.clone());
+                }
+            }
+            return Ok(targets);
+        }
     }
     let cwd = std::env::current_dir().map_err(|e| {
         Diagnostic::error(

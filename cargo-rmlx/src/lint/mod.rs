@@ -23,8 +23,8 @@
 //!    parts, thinking flag) as advice (`rmlx::lint::capabilities`), also returned as data
 //!    in [`LintReport::capabilities`].
 //!
-//! Which files get linted is decided by [`targets`] (files, model directories, the
-//! default search, and later the models declared in rmlx.toml).
+//! Which files get linted is decided by [`targets`] (files, model directories, the models
+//! declared in rmlx.toml, the default search).
 
 pub mod samples;
 mod scan;
@@ -45,7 +45,9 @@ use crate::tokenize::Tokenizer;
 use samples::SampleKind;
 use scan::UseKind;
 
-pub use targets::{find_templates, lint_targets, targets_from_paths, LintTarget, TemplateRef};
+pub use targets::{
+    find_templates, lint_targets, manifest_targets, targets_from_paths, LintTarget, TemplateRef,
+};
 
 /// A sample conversation fails to render (the template crashes on ordinary input).
 pub const CODE_RENDER_FAILED: &str = "rmlx::lint::render-failed";

@@ -6,9 +6,9 @@
 //!   (one with `tokenizer.json`, `tokenizer_config.json` or `chat_template.json`) gives its
 //!   default and named templates; any other directory gives every `*.jinja` under it;
 //! - the default search ([`find_templates`]): every `chat_template.jinja` under a directory;
-//! - rmlx.toml (when the manifest lands): each declared model's template override or built
-//!   model directory, as `LintTarget { template, model: Some(dir) }` — the manifest module
-//!   only has to produce these values; [`lint_targets`] does the rest.
+//! - rmlx.toml ([`manifest_targets`]): each declared model's `chat-template` override, else
+//!   the templates of its built model directory (`target/rmlx/<name>/`), else of its source
+//!   directory; the tokenizer comes from the built directory, else the source directory.
 //!
 //! A template file next to a `tokenizer.json` belongs to that model directory.
 
@@ -16,10 +16,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{lint_source, LintOptions, LintReport, CODE_TOKENIZER};
 use crate::diagnostic::{Diagnostic, Result};
+use crate::manifest::Manifest;
 use crate::template::{self, TemplateOrigin};
 use crate::tokenize::Tokenizer;
 
@@ -103,6 +104,42 @@ pub fn targets_from_paths(paths: &[PathBuf], model: Option<&Path>) -> Result<Vec
         }
     }
     Ok(out)
+}
+
+/// The templates of the models declared in rmlx.toml (see the module documentation). A
+/// model that is neither built nor a directory source (a `.gguf` file not yet built) has no
+/// template to read yet; it is skipped with a warning in the log.
+pub fn manifest_targets(m: &Manifest) -> Vec<LintTarget> {
+    let mut out = Vec::new();
+    for decl in &m.models {
+        let built = m.output_dir(&decl.name);
+        let model_dir = [&built, &decl.source]
+            .into_iter()
+            .find(|d| d.join("tokenizer.json").is_file())
+            .cloned();
+        if let Some((template, _)) = &decl.chat_template {
+            out.push(LintTarget {
+                template: TemplateRef::File(template.clone()),
+                model: model_dir,
+            });
+        } else if let Some(dir) = [&built, &decl.source]
+            .into_iter()
+            .find(|d| d.is_dir() && is_model_dir(d))
+        {
+            out.push(LintTarget {
+                template: TemplateRef::ModelDir(dir.clone()),
+                model: model_dir,
+            });
+        } else {
+            warn!(
+                model = %decl.name,
+                source = %decl.source.display(),
+                "model not built yet and its source is not a directory: its chat template cannot \
+                 be linted until `cargo rmlx build` has run"
+            );
+        }
+    }
+    out
 }
 
 /// Every `chat_template.jinja` under `root`, sorted; hidden directories, `target/` and

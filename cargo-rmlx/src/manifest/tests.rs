@@ -215,3 +215,21 @@ fn globs() {
     assert!(!glob_match("lm_head", "lm_head2"));
     assert!(glob_match("*embed*", "model.embed_tokens"));
 }
+
+#[test]
+fn the_readme_example_parses() {
+    let readme = include_str!("../../../README.md");
+    let section = &readme[readme
+        .find("## rmlx.toml")
+        .expect("README has an rmlx.toml section")..];
+    let start = section.find("```toml\n").expect("a toml example") + "```toml\n".len();
+    let text = &section[start..start + section[start..].find("```").unwrap()];
+    let m = parse(text).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(m.models.len(), 2);
+    let Quantize::Quantize(spec) = &m.models[0].quantize else {
+        panic!()
+    };
+    assert_eq!(spec.overrides.len(), 3);
+    assert_eq!(spec.for_module("lm_head").unwrap().bits, 8);
+    assert_eq!(m.models[0].probe.expect.as_deref(), Some("Paris"));
+}

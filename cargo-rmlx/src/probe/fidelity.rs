@@ -15,7 +15,7 @@ use crate::engine::Model;
 
 /// Default: mean KL (nats) above which the verdict is `diverged`. See BENCHMARKS.md
 /// ("Probe fidelity thresholds") for the measurements behind it.
-pub const DEFAULT_MAX_MEAN_KL: f64 = 0.5;
+pub const DEFAULT_MAX_MEAN_KL: f64 = 0.05;
 /// Default: top-1 agreement below which the verdict is `diverged`.
 pub const DEFAULT_MIN_AGREEMENT: f64 = 0.75;
 /// Top-k log-probabilities stored per step in a golden file.

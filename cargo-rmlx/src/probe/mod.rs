@@ -18,6 +18,9 @@ pub use fidelity::{Fidelity, Golden};
 
 /// The default seed question.
 pub const DEFAULT_SEED: &str = "What is the capital of France?";
+/// The answer expected for [`DEFAULT_SEED`] from an instruct model (a chat template is used),
+/// unless the caller declares another expectation.
+pub const DEFAULT_EXPECT: &str = "Paris";
 /// Default number of greedy steps.
 pub const DEFAULT_STEPS: usize = 8;
 
@@ -134,6 +137,42 @@ pub struct ProbeReport {
     pub fidelity: Option<Fidelity>,
     /// Hints for the reader.
     pub hints: Vec<String>,
+    /// The substring the answer was held to (declared, or the default seed's).
+    pub expect: Option<String>,
+}
+
+/// Problems visible in the prompt itself, reported next to the verdict.
+fn prompt_hints(session: &Session, prompt: &Prompt, source: &SeedSource) -> Vec<String> {
+    let mut hints = Vec::new();
+    if let Some(bos) = session.tokenizer.resolve_bos() {
+        if prompt.ids.len() >= 2 && prompt.ids[0] == bos.id && prompt.ids[1] == bos.id {
+            hints.push(format!(
+                "the prompt starts with two BOS tokens `{}` (double BOS); run `cargo rmlx lint` \
+                 on the template",
+                bos.token
+            ));
+        }
+    }
+    if matches!(source, SeedSource::ChatTemplate) {
+        if let Some(t) = &session.template {
+            let ctx = |add| crate::template::RenderContext {
+                messages: vec![serde_json::json!({"role": "user", "content": "x"})],
+                add_generation_prompt: add,
+                special_tokens: session.tokenizer.special_tokens().clone(),
+                ..Default::default()
+            };
+            if let (Ok(with), Ok(without)) = (t.render(&ctx(true)), t.render(&ctx(false))) {
+                if with == without {
+                    hints.push(
+                        "the chat template ignores add_generation_prompt: the model is not \
+                         prompted to answer as the assistant"
+                            .to_string(),
+                    );
+                }
+            }
+        }
+    }
+    hints
 }
 
 /// Builds the seed prompt: through the chat template (the serving path), or the bare seed.
@@ -222,8 +261,14 @@ pub fn probe(session: &Session, opts: &ProbeOptions<'_>) -> Result<ProbeReport> 
             is_special: tok.is_special(s.id),
         })
         .collect();
-    let mut evidence = classify::classify(&views, &answer, opts.expect.as_deref());
-    let mut hints = Vec::new();
+    // The default seed has a known answer; hold instruct models to it. Base models continue
+    // a bare seed in any direction, so they get no implicit expectation.
+    let expect = opts.expect.clone().or_else(|| {
+        (opts.seed == DEFAULT_SEED && matches!(seed_source, SeedSource::ChatTemplate))
+            .then(|| DEFAULT_EXPECT.to_string())
+    });
+    let mut evidence = classify::classify(&views, &answer, expect.as_deref());
+    let mut hints = prompt_hints(session, &prompt, &seed_source);
     if let SeedSource::BareSeed { reason, .. } = &seed_source {
         hints.push(format!("the chat template was not used because {reason}"));
     }
@@ -281,6 +326,7 @@ pub fn probe(session: &Session, opts: &ProbeOptions<'_>) -> Result<ProbeReport> 
         }
     }
     Ok(ProbeReport {
+        expect,
         model: name,
         verdict: evidence.verdict,
         evidence,

@@ -430,13 +430,13 @@ fn run_job(name: &str, session: &Session, job: Job, metrics: &Metrics) {
         arrived,
         events,
     } = job;
-    if cancel.load(Ordering::Relaxed) {
-        metrics.cancelled(name, "client-gone");
-        return;
-    }
     if Instant::now() >= deadline {
         metrics.cancelled(name, "timeout");
         let _ = events.send(Event::Error(JobError::Timeout));
+        return;
+    }
+    if cancel.load(Ordering::Relaxed) {
+        metrics.cancelled(name, "client-gone");
         return;
     }
     let prompt = match build_prompt(session, &req.prompt) {
@@ -472,12 +472,13 @@ fn run_job(name: &str, session: &Session, job: Job, metrics: &Metrics) {
         if first_token.is_none() {
             first_token = Some(arrived.elapsed());
         }
-        if cancel.load(Ordering::Relaxed) {
-            halt = Some(Halt::ClientGone);
-            return ControlFlow::Break(());
-        }
+        // The deadline first: a handler that timed out also drops (cancels) its request.
         if Instant::now() >= deadline {
             halt = Some(Halt::Timeout);
+            return ControlFlow::Break(());
+        }
+        if cancel.load(Ordering::Relaxed) {
+            halt = Some(Halt::ClientGone);
             return ControlFlow::Break(());
         }
         if !req.ignore_eos && eos_ids.contains(&step.id) {
