@@ -4,5 +4,6 @@
 mod api;
 mod gate;
 mod limits;
+mod openai;
 mod reload;
 mod support;

@@ -13,6 +13,9 @@
 //! plain `render --template F --context C` command, one process per case, on a sample of
 //! templates and requires its stdout to be the reference output byte for byte.
 //!
+//! The case file stays at `target/template-tests/conformance-cases.jsonl` (the input of the
+//! render benchmark in BENCHMARKS.md).
+//!
 //! Both sides use the same fixed clock for `strftime_now` (`--now`), so templates that
 //! print today's date are compared too.
 
@@ -220,7 +223,7 @@ fn write_cases(
             n += 1;
         }
     }
-    (write(dir, "cases.jsonl", text), n)
+    (write(dir, "conformance-cases.jsonl", text), n)
 }
 
 fn reference(cases: &Path) -> Vec<Value> {
@@ -253,8 +256,10 @@ fn corpus_renders_like_transformers() {
         "only {} distinct templates in the corpus (need {MIN_TEMPLATES})",
         templates.len()
     );
-    let dir = scratch_dir();
-    let (cases, n) = write_cases(dir.path(), &templates);
+    // Kept after the test: BENCHMARKS.md times both renderers on this file.
+    let keep = repo_root().join("target").join("template-tests");
+    std::fs::create_dir_all(&keep).expect("create target/template-tests");
+    let (cases, n) = write_cases(&keep, &templates);
 
     let py = outcomes(&reference(&cases), "error");
     let run = rmlx([

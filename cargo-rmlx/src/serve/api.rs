@@ -35,9 +35,9 @@ pub struct ApiError {
     /// `error.code`.
     pub code: Option<String>,
     /// `Retry-After` seconds.
-    pub retry_after: Option<u64>,
+    pub retry_after: Option<u32>,
     /// Extra top-level fields.
-    pub extra: Option<Value>,
+    pub extra: Option<Box<Value>>,
 }
 
 impl ApiError {
@@ -73,7 +73,7 @@ impl ApiError {
     }
 
     /// Sets `Retry-After`.
-    pub fn retry_after(mut self, secs: u64) -> Self {
+    pub fn retry_after(mut self, secs: u32) -> Self {
         self.retry_after = Some(secs);
         self
     }
@@ -88,7 +88,7 @@ impl ApiError {
                 "code": self.code,
             }
         });
-        if let Some(Value::Object(extra)) = &self.extra {
+        if let Some(Value::Object(extra)) = self.extra.as_deref() {
             for (k, x) in extra {
                 v[k] = x.clone();
             }

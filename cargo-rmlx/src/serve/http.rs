@@ -231,13 +231,13 @@ async fn reload(State(s): State<Arc<AppState>>, Path(name): Path<String>) -> Res
                 failure.diagnostic.message.clone(),
             )
             .with_code(failure.diagnostic.code);
-            e.extra = Some(json!({
+            e.extra = Some(Box::new(json!({
                 "model": name,
                 "status": "failed",
                 "kept_version": kept,
                 "verdict": failure.verdict,
                 "help": failure.diagnostic.help,
-            }));
+            })));
             e.into_response()
         }
         Err(e) => ApiError::new(

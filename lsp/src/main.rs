@@ -1,0 +1,2 @@
+//! `rmlx-lsp`: the language server (work in progress).
+fn main() {}
