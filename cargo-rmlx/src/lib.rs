@@ -5,6 +5,7 @@ pub mod bench;
 pub mod build;
 pub mod cli;
 pub mod diagnostic;
+pub mod editor;
 pub mod engine;
 pub mod gguf;
 pub mod lint;

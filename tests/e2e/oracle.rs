@@ -20,9 +20,14 @@ const STEP0_LOGIT_TOLERANCE: f64 = 0.5;
 const NEAR_TIE_MARGIN: f64 = 0.15;
 
 fn check(variant: Variant, prompt: &str, chat: bool) {
-    let dir = converted(variant);
+    check_dir(&converted(variant), &variant.to_string(), prompt, chat);
+}
+
+/// Compares `generate` on `dir` with mlx-lm on the same directory (see the module docs).
+pub fn check_dir(dir: &std::path::Path, name: &str, prompt: &str, chat: bool) {
+    let dir = dir.to_path_buf();
     let case = format!(
-        "{variant}, {} prompt {prompt:?}",
+        "{name}, {} prompt {prompt:?}",
         if chat { "chat" } else { "raw" }
     );
     let ours = generate(&dir, prompt, chat, ORACLE_STEPS, &["--ignore-eos"]);

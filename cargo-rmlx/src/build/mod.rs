@@ -783,6 +783,13 @@ fn write_weights(
             }
             quant::with_bytes(a, |b| w.write(&spec.name, b))??;
         }
+        drop(arrays);
+        // MLX keeps freed buffers for reuse; one module's worth is all a build needs, so
+        // hand them back (otherwise the cache grows to several times the model's size).
+        // SAFETY: no arguments; frees only buffers no array refers to.
+        unsafe {
+            mlx_sys::mlx_clear_cache();
+        }
         pb.inc(1);
     }
     w.finish()?;

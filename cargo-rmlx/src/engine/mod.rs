@@ -93,3 +93,6 @@ impl Model {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -15,7 +15,8 @@
 //!    (`rmlx::lint::render-failed`, or the engine-gap/fuel code), a deliberate
 //!    `raise_exception` is advice (`rmlx::lint::rejects-input`);
 //! 5. **generation prompt** — the render with `add_generation_prompt=true` must extend the
-//!    render without it and add something (`rmlx::lint::generation-prompt`);
+//!    render without it and add something (`rmlx::lint::generation-prompt`); the seed render
+//!    must not start with BOS twice (`rmlx::lint::duplicate-bos`);
 //! 6. **tokenizer** (when a model's tokenizer is known) — double BOS, a BOS the tokenizer
 //!    expects but the template never emits, special-token-like strings that are not one token
 //!    of the vocabulary, the seed prompt's token count ([`tokens`]);
@@ -26,6 +27,7 @@
 //! Which files get linted is decided by [`targets`] (files, model directories, the models
 //! declared in rmlx.toml, the default search).
 
+mod bos;
 pub mod samples;
 mod scan;
 pub mod targets;
@@ -63,6 +65,8 @@ pub const CODE_DOUBLE_BOS: &str = "rmlx::lint::double-bos";
 pub const CODE_MISSING_BOS: &str = "rmlx::lint::missing-bos";
 /// A special-token-like string in the output is not a single token of the vocabulary.
 pub const CODE_SPLIT_SPECIAL: &str = "rmlx::lint::split-special-token";
+/// The template emits BOS twice at the start of the prompt (`{{ bos_token }}` twice).
+pub const CODE_DUPLICATE_BOS: &str = "rmlx::lint::duplicate-bos";
 /// The seed prompt's token count (advice).
 pub const CODE_SEED_TOKENS: &str = "rmlx::lint::seed-tokens";
 /// The capability summary (advice).
@@ -253,6 +257,9 @@ pub fn lint_template(
 
     let ok = |k: SampleKind| outputs.get(&k).and_then(|r| r.as_ref().ok());
     let generation_prompt = generation_prompt_check(&mut cx, &scan, &inputs, ok);
+    if let Some(seed) = ok(SampleKind::SingleTurn) {
+        bos::duplicate_check(&mut cx, &scan, seed);
+    }
     let caps = capabilities(&mut cx, &inputs, &outputs, generation_prompt);
 
     let mut seed_tokens = None;

@@ -114,12 +114,10 @@ const KEYWORDS: &[&str] = &[
 pub fn scan(source: &str) -> Scan<'_> {
     let mut toks: Vec<(Token<'_>, Range<usize>)> = Vec::new();
     let mut out = Scan::default();
-    for item in tokenize(
-        source,
-        false,
-        SyntaxConfig::default(),
-        WhitespaceConfig::default(),
-    ) {
+    // `SyntaxConfig` is a unit struct unless minijinja's `custom_syntax` feature is on.
+    #[allow(clippy::default_constructed_unit_structs)]
+    let syntax = SyntaxConfig::default();
+    for item in tokenize(source, false, syntax, WhitespaceConfig::default()) {
         match item {
             Ok((tok, span)) => {
                 if matches!(tok, Token::TemplateData(_)) {
@@ -187,16 +185,16 @@ pub fn scan(source: &str) -> Scan<'_> {
                                 });
                             }
                         }
-                        "selectattr" | "rejectattr" => {
-                            if str_arg(i + 2).is_some() && is(i + 3, &|t| matches!(t, Token::Comma))
-                            {
-                                if let Some((t, r)) = str_arg(i + 4) {
-                                    out.uses.push(Use {
-                                        kind: UseKind::Test,
-                                        name: t,
-                                        span: r,
-                                    });
-                                }
+                        "selectattr" | "rejectattr"
+                            if str_arg(i + 2).is_some()
+                                && is(i + 3, &|t| matches!(t, Token::Comma)) =>
+                        {
+                            if let Some((t, r)) = str_arg(i + 4) {
+                                out.uses.push(Use {
+                                    kind: UseKind::Test,
+                                    name: t,
+                                    span: r,
+                                });
                             }
                         }
                         _ => {}

@@ -171,8 +171,8 @@ fn collect_candidates(text: &str, angle: bool, bracket: bool, out: &mut BTreeSet
     let mut i = 0;
     while i < bytes.len() && out.len() < MAX_CANDIDATES {
         let rest = &text[i..];
-        let found = if rest.starts_with("<|") {
-            rest[2..]
+        let found = if let Some(inner) = rest.strip_prefix("<|") {
+            inner
                 .find("|>")
                 .map(|e| e + 4)
                 .filter(|&n| n <= 64 && !rest[..n].contains(char::is_whitespace))

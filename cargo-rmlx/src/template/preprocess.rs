@@ -52,12 +52,10 @@ impl OffsetMap {
 /// Stops at the first lexer error (the compile step reports it at a mapped position).
 pub fn guard_for_iterables(src: &str) -> (String, OffsetMap) {
     let mut toks: Vec<(Token<'_>, usize, usize)> = Vec::new();
-    for item in tokenize(
-        src,
-        false,
-        SyntaxConfig::default(),
-        WhitespaceConfig::default(),
-    ) {
+    // `SyntaxConfig` is a unit struct unless minijinja's `custom_syntax` feature is on.
+    #[allow(clippy::default_constructed_unit_structs)]
+    let syntax = SyntaxConfig::default();
+    for item in tokenize(src, false, syntax, WhitespaceConfig::default()) {
         match item {
             Ok((t, span)) => {
                 if !matches!(t, Token::TemplateData(_)) {

@@ -1,0 +1,230 @@
+#!/usr/bin/env python3
+"""Load generator for OpenAI-compatible servers: `cargo rmlx serve` next to `mlx_lm.server`.
+
+Starts each server on a free loopback port with the same model directory, waits until it
+answers, then for each concurrency level runs that many clients, each sending streaming
+chat requests one after another (`stream_options.include_usage`, greedy, `max_tokens`), and
+prints one markdown table row per server and level:
+
+- TTFT: time from sending the request to the first content chunk (queue wait included);
+- decode tok/s: per request, (completion tokens - 1) / (last chunk - first content chunk);
+- request latency p50 / p99;
+- throughput: completion tokens of all requests / wall time of the level.
+
+Every request has its own prompt (a number in front of the question), so a server's prompt
+cache only ever helps with the shared template prefix. Only loopback addresses are used;
+every loop is bounded.
+
+usage:
+  python3 scripts/bench_serve.py --model target/test-models/smollm2-q4 \
+      --rmlx-bin target/release/cargo-rmlx --mlx-lm-python target/oracle-venv/bin/python \
+      [--clients 1,4,16] [--requests 16] [--max-tokens 32] [--json out.json]
+
+Only the standard library is needed for the client side.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+QUESTION = "Write a long story about a dragon who learns to fly."
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(port, proc, timeout=600):
+    start = time.time()
+    while time.time() - start < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            c.request("GET", "/v1/models")
+            r = c.getresponse()
+            body = r.read()
+            if r.status == 200:
+                models = json.loads(body).get("data", [])
+                if all(m.get("state", "ready") == "ready" for m in models):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("server not ready in time")
+
+
+def one_request(port, model, i, max_tokens):
+    body = json.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": f"{i}. {QUESTION}"}],
+            "max_tokens": max_tokens,
+            "temperature": 0.0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    )
+    t0 = time.perf_counter()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=900)
+    c.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    r = c.getresponse()
+    if r.status != 200:
+        raise RuntimeError(f"HTTP {r.status}: {r.read()[:300]!r}")
+    first = None
+    last = None
+    chunks = 0
+    usage = None
+    for raw in r:
+        line = raw.decode("utf-8", "replace").strip()
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            break
+        obj = json.loads(data)
+        if obj.get("usage"):
+            usage = obj["usage"]
+        for ch in obj.get("choices") or []:
+            if (ch.get("delta") or {}).get("content"):
+                now = time.perf_counter()
+                if first is None:
+                    first = now
+                last = now
+                chunks += 1
+    end = time.perf_counter()
+    c.close()
+    tokens = usage["completion_tokens"] if usage else chunks
+    decode = (tokens - 1) / (last - first) if first is not None and last > first else None
+    return {
+        "ttft": (first - t0) if first is not None else None,
+        "latency": end - t0,
+        "tokens": tokens,
+        "decode_tps": decode,
+    }
+
+
+def percentile(xs, p):
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    k = (len(xs) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def run_level(port, model, clients, total, max_tokens, offset):
+    per_client = max(1, total // clients)
+    results = []
+    errors = []
+    lock = threading.Lock()
+
+    def client(ci):
+        for j in range(per_client):
+            try:
+                res = one_request(port, model, offset + ci * per_client + j, max_tokens)
+                with lock:
+                    results.append(res)
+            except Exception as e:  # noqa: BLE001 - reported below
+                with lock:
+                    errors.append(str(e))
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(ci,)) for ci in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=3600)
+    wall = time.perf_counter() - t0
+    ttfts = [r["ttft"] for r in results if r["ttft"] is not None]
+    decs = [r["decode_tps"] for r in results if r["decode_tps"] is not None]
+    lats = [r["latency"] for r in results]
+    toks = sum(r["tokens"] for r in results)
+    return {
+        "clients": clients,
+        "requests": len(results),
+        "errors": len(errors),
+        "error_samples": errors[:3],
+        "ttft_p50": percentile(ttfts, 50),
+        "ttft_p99": percentile(ttfts, 99),
+        "decode_tps_mean": statistics.mean(decs) if decs else float("nan"),
+        "latency_p50": percentile(lats, 50),
+        "latency_p99": percentile(lats, 99),
+        "throughput_tps": toks / wall if wall > 0 else float("nan"),
+        "wall_s": wall,
+    }
+
+
+def start_rmlx(args, port, log):
+    cmd = [args.rmlx_bin, "rmlx", "serve", args.model, "--host", "127.0.0.1",
+           "--port", str(port), "--queue-depth", "64"]
+    return subprocess.Popen(cmd, stdout=log, stderr=log), os.path.basename(os.path.normpath(args.model))
+
+
+def start_mlx_lm(args, port, log):
+    cmd = [args.mlx_lm_python, "-m", "mlx_lm", "server", "--model", args.model,
+           "--host", "127.0.0.1", "--port", str(port)]
+    return subprocess.Popen(cmd, stdout=log, stderr=log), args.model
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--rmlx-bin", default="target/release/cargo-rmlx")
+    ap.add_argument("--mlx-lm-python", default="target/oracle-venv/bin/python")
+    ap.add_argument("--clients", default="1,4,16")
+    ap.add_argument("--requests", type=int, default=16, help="requests per level (≥ clients)")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--servers", default="rmlx,mlx-lm")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    levels = [int(x) for x in args.clients.split(",")]
+    rows = []
+    for name in args.servers.split(","):
+        port = free_port()
+        log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)
+        start = start_rmlx if name == "rmlx" else start_mlx_lm
+        proc, model = start(args, port, log)
+        try:
+            wait_ready(port, proc)
+            one_request(port, model, 0, 4)  # warm-up
+            for li, c in enumerate(levels):
+                total = max(args.requests, c)
+                r = run_level(port, model, c, total, args.max_tokens, 1000 * (li + 1))
+                r["server"] = name
+                rows.append(r)
+                print(json.dumps(r), file=sys.stderr, flush=True)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            print(f"{name} log: {log.name}", file=sys.stderr)
+    print("| server | clients | requests | errors | TTFT p50 s | TTFT p99 s | decode tok/s (mean per request) | latency p50 s | latency p99 s | throughput tok/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['server']} | {r['clients']} | {r['requests']} | {r['errors']} | "
+            f"{r['ttft_p50']:.2f} | {r['ttft_p99']:.2f} | {r['decode_tps_mean']:.1f} | "
+            f"{r['latency_p50']:.2f} | {r['latency_p99']:.2f} | {r['throughput_tps']:.1f} |"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
