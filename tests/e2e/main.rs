@@ -3,6 +3,7 @@
 //! it with the reference implementation (mlx-lm, see `scripts/oracle_mlx_lm.py`).
 //! Converted models and reference runs are cached under `target/test-models`.
 
+mod arch_oracle;
 mod bad_inputs;
 mod generate;
 mod oracle;
