@@ -52,13 +52,11 @@ def wait_ready(port, proc, timeout=600):
             raise RuntimeError(f"server exited with {proc.returncode}")
         try:
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            c.request("GET", "/v1/models")
+            c.request("GET", "/health")
             r = c.getresponse()
-            body = r.read()
+            r.read()
             if r.status == 200:
-                models = json.loads(body).get("data", [])
-                if all(m.get("state", "ready") == "ready" for m in models):
-                    return
+                return
         except OSError:
             pass
         time.sleep(0.5)

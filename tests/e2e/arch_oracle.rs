@@ -24,12 +24,17 @@ fn built() -> &'static PathBuf {
         let fetch = run_command(
             {
                 let mut c = Command::new("bash");
-                c.arg(repo_root().join("scripts/fetch-models.sh")).arg("--all");
+                c.arg(repo_root().join("scripts/fetch-models.sh"))
+                    .arg("--all");
                 c
             },
             Duration::from_secs(1800),
         );
-        assert!(fetch.success(), "fetching Qwen and gemma failed\n{}", fetch.describe());
+        assert!(
+            fetch.success(),
+            "fetching Qwen and gemma failed\n{}",
+            fetch.describe()
+        );
         let ws = models.join("arch-oracle");
         fs::create_dir_all(&ws).expect("create workspace");
         let manifest = format!(

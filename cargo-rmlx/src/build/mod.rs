@@ -809,7 +809,13 @@ fn cast(a: Array, to: Option<mlx_rs::Dtype>) -> Result<Array> {
     }
 }
 
-fn dequantized(src: &SourceModel, path: &str, q: crate::snapshot::QuantParams) -> Result<Array> {
+/// A quantized source module, dequantized (in float32, block by block) to `dtype`.
+fn dequantized(
+    src: &SourceModel,
+    path: &str,
+    q: crate::snapshot::QuantParams,
+    dtype: Option<mlx_rs::Dtype>,
+) -> Result<Array> {
     let w = load(src, &format!("{path}.weight"))?;
     let s = load(src, &format!("{path}.scales"))?;
     let b = if q.mode.has_biases() {
@@ -817,7 +823,8 @@ fn dequantized(src: &SourceModel, path: &str, q: crate::snapshot::QuantParams) -
     } else {
         None
     };
-    quant::dequantize(&w, &s, b.as_ref(), q, mlx_rs::Dtype::Float32)
+    let dtype = dtype.unwrap_or(mlx_rs::Dtype::Float32);
+    quant::dequantize_rows(&w, &s, b.as_ref(), q, dtype)
 }
 
 /// The output arrays of one item, in `item.outputs` order.
@@ -841,15 +848,15 @@ fn produce(src: &SourceModel, item: &Item) -> Result<Vec<Array>> {
         Action::Quantize { from, to } => {
             let w = match from {
                 None => load(src, &format!("{path}.weight"))?,
-                Some(f) => dequantized(src, path, f)?,
+                Some(f) => dequantized(src, path, f, item.float_dtype)?,
             };
             let w = cast(w, item.float_dtype)?;
-            let (wq, s, b) = quant::quantize(&w, to)?;
+            let (wq, s, b) = quant::quantize_rows(&w, to)?;
             let mut v = vec![wq, s];
             v.extend(b);
             v
         }
-        Action::Dequantize(f) => vec![cast(dequantized(src, path, f)?, item.float_dtype)?],
+        Action::Dequantize(f) => vec![dequantized(src, path, f, item.float_dtype)?],
     })
 }
 

@@ -70,6 +70,94 @@ pub fn quantize(w: &Array, q: QuantParams) -> Result<(Array, Array, Option<Array
     }
 }
 
+/// Elements quantized at once by [`quantize_rows`].
+pub const CHUNK_ELEMENTS: usize = 1 << 22;
+
+/// [`quantize`] in blocks of rows, evaluating each block before the next, so MLX's
+/// temporaries (several float32 copies of the input in the microscaling modes) stay small.
+/// Groups never span rows, so the result is identical to quantizing the whole matrix.
+pub fn quantize_rows(w: &Array, q: QuantParams) -> Result<(Array, Array, Option<Array>)> {
+    let shape = w.shape();
+    let (rows, cols) = match shape {
+        [r, c] => (*r as usize, *c as usize),
+        _ => return quantize(w, q),
+    };
+    let step = (CHUNK_ELEMENTS / cols.max(1)).max(1);
+    if rows <= step {
+        let out = quantize(w, q)?;
+        eval_all(&out)?;
+        return Ok(out);
+    }
+    let cuts: Vec<i32> = (step..rows).step_by(step).map(|r| r as i32).collect();
+    let blocks = mlx_rs::ops::split_at_indices(w, &cuts, 0)?;
+    let (mut ws, mut ss, mut bs) = (Vec::new(), Vec::new(), Vec::new());
+    for block in &blocks {
+        let out = quantize(block, q)?;
+        eval_all(&out)?;
+        ws.push(out.0);
+        ss.push(out.1);
+        bs.extend(out.2);
+    }
+    drop(blocks);
+    let cat = |parts: &[Array]| -> Result<Array> {
+        let a = mlx_rs::ops::concatenate(parts, 0)?;
+        a.eval()?;
+        Ok(a)
+    };
+    let biases = if bs.is_empty() { None } else { Some(cat(&bs)?) };
+    Ok((cat(&ws)?, cat(&ss)?, biases))
+}
+
+/// [`dequantize`] (computed in float32) and a cast to `dtype`, in blocks of rows like
+/// [`quantize_rows`], so only one block exists in float32 at a time.
+pub fn dequantize_rows(
+    w: &Array,
+    scales: &Array,
+    biases: Option<&Array>,
+    q: QuantParams,
+    dtype: Dtype,
+) -> Result<Array> {
+    let rows = w.shape().first().copied().unwrap_or(0) as usize;
+    let cols = w.shape().get(1).copied().unwrap_or(0) as usize * 32 / q.bits.max(1) as usize;
+    let step = (CHUNK_ELEMENTS / cols.max(1)).max(1);
+    let block = |w: &Array, s: &Array, b: Option<&Array>| -> Result<Array> {
+        let d = dequantize(w, s, b, q, Dtype::Float32)?;
+        let d = if dtype == Dtype::Float32 {
+            d
+        } else {
+            d.as_dtype(dtype)?
+        };
+        d.eval()?;
+        Ok(d)
+    };
+    if w.ndim() != 2 || rows <= step {
+        return block(w, scales, biases);
+    }
+    let cuts: Vec<i32> = (step..rows).step_by(step).map(|r| r as i32).collect();
+    let ws = mlx_rs::ops::split_at_indices(w, &cuts, 0)?;
+    let ss = mlx_rs::ops::split_at_indices(scales, &cuts, 0)?;
+    let bs = match biases {
+        Some(b) => Some(mlx_rs::ops::split_at_indices(b, &cuts, 0)?),
+        None => None,
+    };
+    let mut parts = Vec::with_capacity(ws.len());
+    for (i, (w, s)) in ws.iter().zip(&ss).enumerate() {
+        parts.push(block(w, s, bs.as_ref().map(|b| &b[i]))?);
+    }
+    let out = mlx_rs::ops::concatenate(&parts, 0)?;
+    out.eval()?;
+    Ok(out)
+}
+
+fn eval_all(out: &(Array, Array, Option<Array>)) -> Result<()> {
+    out.0.eval()?;
+    out.1.eval()?;
+    if let Some(b) = &out.2 {
+        b.eval()?;
+    }
+    Ok(())
+}
+
 /// `mx.dequantize(w, scales, biases, group_size, bits, mode, dtype=dtype)`.
 pub fn dequantize(
     w: &Array,

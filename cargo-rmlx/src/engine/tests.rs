@@ -3,6 +3,8 @@
 //! and sliding-window masks, gated MLP, q/k norms, gemma's sandwich norms). Covers every
 //! `ArchSpec` flag; the real-model checks against mlx-lm live in the end-to-end tests.
 
+#![allow(clippy::needless_range_loop)] // the naive reference indexes heads and features explicitly
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
