@@ -281,3 +281,64 @@ fn golden_file_catches_a_drifted_model() {
     assert_eq!(report["evidence"]["rule"], "fidelity", "{report:#}");
     assert_eq!(code, 1);
 }
+
+#[test]
+fn declared_models_are_built_then_probed_8bit_ok_and_g64_requantization_flagged() {
+    let scratch = scratch_dir();
+    let ws = scratch.path();
+    let gguf = crate::support::smollm2_gguf();
+    fs::write(
+        ws.join("rmlx.toml"),
+        format!(
+            r#"[models.smollm2-8bit]
+source = "{g}"
+quantize = {{ mode = "affine", bits = 8, group-size = 32 }}
+
+[models.smollm2-g64]
+source = "{g}"
+quantize = {{ mode = "affine", bits = 4, group-size = 64 }}
+"#,
+            g = gguf.display()
+        ),
+    )
+    .expect("write rmlx.toml");
+    let mut cmd = std::process::Command::new(crate::support::bin());
+    cmd.current_dir(ws)
+        .args(["rmlx", "probe", "--message-format", "json"])
+        .env("CARGO_TERM_COLOR", "never");
+    let run = crate::support::run_command(cmd, std::time::Duration::from_secs(900));
+    assert!(!run.stderr.contains("panicked"), "{}", run.describe());
+    let reports: Vec<Value> = run
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(
+        reports.len(),
+        2,
+        "one report per declared model\n{}",
+        run.describe()
+    );
+    assert!(
+        ws.join("target/rmlx/smollm2-8bit/config.json").is_file(),
+        "probe built the stale models first"
+    );
+    let by = |name: &str| {
+        reports
+            .iter()
+            .find(|r| r["model"] == name)
+            .unwrap_or_else(|| panic!("no report for {name}\n{}", run.describe()))
+    };
+    let q8 = by("smollm2-8bit");
+    assert_eq!(verdict(q8), "ok", "{q8:#}");
+    assert!(
+        q8["answer"].as_str().unwrap_or_default().contains("Paris"),
+        "{q8:#}"
+    );
+    let g64 = by("smollm2-g64");
+    assert!(
+        ["unexpected-answer", "diverged"].contains(&verdict(g64)),
+        "re-quantizing the 4-bit source to 4-bit g64 must be flagged: {g64:#}"
+    );
+    assert_eq!(run.code, Some(1), "a flagged model makes probe exit 1");
+}

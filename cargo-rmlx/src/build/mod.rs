@@ -23,6 +23,7 @@ pub mod fingerprint;
 pub mod plan;
 pub mod pyjson;
 pub mod quant;
+pub mod reader;
 pub mod writer;
 
 use std::fs::File;
@@ -798,8 +799,7 @@ fn write_weights(
 }
 
 fn load(src: &SourceModel, name: &str) -> Result<Array> {
-    let ndim = src.weights.info(name).map_or(0, |i| i.shape.len());
-    src.weights.array(name, &vec![None; ndim], None)
+    src.reader.array(name)
 }
 
 fn cast(a: Array, to: Option<mlx_rs::Dtype>) -> Result<Array> {

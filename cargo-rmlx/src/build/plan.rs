@@ -41,8 +41,10 @@ pub struct SourceModel {
     pub raw: Map<String, Value>,
     /// config.json's text (diagnostics point into it).
     pub text: Arc<str>,
-    /// The weights.
+    /// The weights (headers, names, shapes).
     pub weights: Weights,
+    /// Reads tensor data (without keeping it mapped).
+    pub reader: super::reader::TensorReader,
 }
 
 impl SourceModel {
@@ -56,12 +58,14 @@ impl SourceModel {
             _ => unreachable!("ModelConfig::from_dir accepted a non-object"),
         };
         let weights = Weights::open(dir)?;
+        let reader = super::reader::TensorReader::new(&weights)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             config,
             raw,
             text,
             weights,
+            reader,
         })
     }
 

@@ -40,7 +40,21 @@ pub fn run(g: &GlobalArgs, a: BuildArgs) -> Result<u8> {
         ..BuildOptions::default()
     };
     let quiet = g.quiet;
-    let mut on = |e: Event<'_>| match e {
+    let mut on = |e: Event<'_>| print_event(quiet, e);
+    build(&manifest, &a.models, &opts, &mut on)?;
+    if !g.quiet {
+        status(
+            "Finished",
+            &format!("in {:.1}s", started.elapsed().as_secs_f64()),
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// Prints one build event the cargo way (shared by `build` and the commands that build stale
+/// models first, like `probe`).
+pub fn print_event(quiet: bool, e: Event<'_>) {
+    match e {
         Event::Fresh { name, .. } if !quiet => status("Fresh", name),
         Event::Blocking { name } if !quiet => status(
             "Blocking",
@@ -64,13 +78,5 @@ pub fn run(g: &GlobalArgs, a: BuildArgs) -> Result<u8> {
             r.elapsed.as_secs_f64()
         ),
         _ => {}
-    };
-    build(&manifest, &a.models, &opts, &mut on)?;
-    if !g.quiet {
-        status(
-            "Finished",
-            &format!("in {:.1}s", started.elapsed().as_secs_f64()),
-        );
     }
-    Ok(exit::OK)
 }

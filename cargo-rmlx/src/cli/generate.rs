@@ -180,9 +180,3 @@ pub fn run(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {
     }
     Ok(exit::OK)
 }
-
-/// A MODEL argument without `--manifest-path` (kept for callers not yet passing the global
-/// flags); prefer [`crate::manifest::resolve_model`] with `g.manifest_path`.
-pub fn resolve_model(arg: &str) -> Result<std::path::PathBuf> {
-    crate::manifest::resolve_model(arg, None)
-}

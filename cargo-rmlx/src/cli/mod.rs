@@ -9,6 +9,7 @@ mod convert;
 mod generate;
 mod init;
 mod lint;
+mod lsp;
 mod output;
 mod probe;
 mod render;
@@ -119,6 +120,8 @@ enum Command {
     Lint(lint::LintArgs),
     /// Serve models over an OpenAI-compatible HTTP API (probe-gated, hot reload with --watch).
     Serve(serve::ServeArgs),
+    /// Start the language server (rmlx-lsp) on stdio.
+    Lsp(lsp::LspArgs),
 }
 
 /// Entry point of the `cargo-rmlx` binary.
@@ -152,6 +155,7 @@ pub fn main() -> ExitCode {
         Command::Render(a) => render::run(&cli.global, a),
         Command::Lint(a) => lint::run(&cli.global, a),
         Command::Serve(a) => serve::run(&cli.global, a),
+        Command::Lsp(a) => lsp::run(&cli.global, a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use owo_colors::OwoColorize;
 
-use super::generate::{resolve_model, DtypeArg};
+use super::generate::DtypeArg;
 use super::output::color;
 use super::{exit, GlobalArgs, MessageFormat};
+use crate::build::{self, BuildOptions};
 use crate::diagnostic::{Diagnostic, Result};
+use crate::manifest::{Manifest, ModelDecl, Quantize};
 use crate::probe::{
     fidelity, probe, ProbeOptions, ProbeReport, ReferenceSide, SeedSource, Verdict, DEFAULT_SEED,
     DEFAULT_STEPS,
@@ -19,15 +21,16 @@ use crate::session::Session;
 /// Arguments of `probe`.
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
-    /// Models: model directories.
-    #[arg(required = true)]
+    /// Models: names declared in rmlx.toml (built first when stale) or model directories.
+    /// Default: every declared model.
     pub models: Vec<String>,
-    /// The seed question.
-    #[arg(long, default_value = DEFAULT_SEED)]
-    pub seed: String,
-    /// Greedy steps.
-    #[arg(long, default_value_t = DEFAULT_STEPS)]
-    pub steps: usize,
+    /// The seed question (default: the model's `[probe] prompt`, else "What is the capital
+    /// of France?").
+    #[arg(long)]
+    pub seed: Option<String>,
+    /// Greedy steps (default: the model's `[probe] max-tokens`, else 8).
+    #[arg(long)]
+    pub steps: Option<usize>,
     /// Substring the answer must contain (case-insensitive).
     #[arg(long)]
     pub expect: Option<String>,
@@ -40,7 +43,8 @@ pub struct ProbeArgs {
     /// Record the model's own run as its golden file (compared with by `--reference golden`).
     #[arg(long)]
     pub bless: bool,
-    /// Golden file location (default: `<model dir>.golden.json` beside the model).
+    /// Golden file location (default: `rmlx-golden/<name>.json` beside rmlx.toml for a
+    /// declared model, `<model dir>.golden.json` beside a model directory).
     #[arg(long)]
     pub golden: Option<PathBuf>,
     /// `diverged` when the mean KL divergence (nats) exceeds this.
@@ -65,36 +69,181 @@ pub fn default_golden_path(dir: &Path) -> PathBuf {
     dir.with_file_name(format!("{name}.golden.json"))
 }
 
+/// One model to probe.
+struct Target<'m> {
+    /// Name shown in the report (declared name or the argument).
+    label: String,
+    /// Model directory.
+    dir: PathBuf,
+    /// The declaration, for declared models.
+    decl: Option<&'m ModelDecl>,
+}
+
+/// Resolves the MODEL arguments against rmlx.toml (building declared models that are stale,
+/// like `cargo test` builds) and the file system.
+fn targets<'m>(
+    g: &GlobalArgs,
+    a: &ProbeArgs,
+    manifest: Option<&'m Manifest>,
+) -> Result<Vec<Target<'m>>> {
+    let declared: Vec<&ModelDecl> = match manifest {
+        Some(m) if a.models.is_empty() => m.models.iter().collect(),
+        Some(m) => a.models.iter().filter_map(|n| m.model(n)).collect(),
+        None => Vec::new(),
+    };
+    if a.models.is_empty() && declared.is_empty() {
+        return Err(Diagnostic::error(
+            "rmlx::cli::no-models",
+            "no models to probe: pass model directories, or declare models in rmlx.toml",
+        ));
+    }
+    if let (Some(m), false) = (manifest, declared.is_empty()) {
+        let names: Vec<String> = declared.iter().map(|d| d.name.clone()).collect();
+        let quiet = g.quiet || a.message_format == MessageFormat::Json;
+        build::build(m, &names, &BuildOptions::default(), &mut |e| {
+            super::build::print_event(quiet, e)
+        })?;
+    }
+    let mut out = Vec::new();
+    if a.models.is_empty() {
+        for d in declared {
+            let m = manifest.expect("declared models come from a manifest");
+            out.push(Target {
+                label: d.name.clone(),
+                dir: m.output_dir(&d.name),
+                decl: Some(d),
+            });
+        }
+        return Ok(out);
+    }
+    for arg in &a.models {
+        match manifest.and_then(|m| m.model(arg).map(|d| (m, d))) {
+            Some((m, d)) => out.push(Target {
+                label: d.name.clone(),
+                dir: m.output_dir(&d.name),
+                decl: Some(d),
+            }),
+            None => out.push(Target {
+                label: arg.clone(),
+                dir: crate::manifest::resolve_model(arg, g.manifest_path.as_deref())?,
+                decl: None,
+            }),
+        }
+    }
+    Ok(out)
+}
+
+/// The reference a built model is compared with by default: its source directory when that
+/// is dense (unquantized), the model was quantized from it, and it is small enough to load
+/// next to the model. Why no reference is used is logged.
+fn automatic_reference(decl: &ModelDecl) -> Option<PathBuf> {
+    const MAX_REFERENCE_BYTES: u64 = 4 << 30;
+    if !matches!(decl.quantize, Quantize::Quantize(_)) {
+        tracing::debug!(
+            "{}: not quantized by the build; no automatic reference",
+            decl.name
+        );
+        return None;
+    }
+    if !decl.source.is_dir() {
+        tracing::info!(
+            "{}: source {} is not a model directory (a GGUF is quantized itself); no automatic \
+             reference — use --reference or --bless a golden file",
+            decl.name,
+            decl.source.display()
+        );
+        return None;
+    }
+    let quantized_source = crate::snapshot::ModelConfig::from_dir(&decl.source)
+        .map(|c| c.quantization.is_some())
+        .unwrap_or(true);
+    if quantized_source {
+        tracing::info!(
+            "{}: the source is quantized; no automatic reference",
+            decl.name
+        );
+        return None;
+    }
+    let size: u64 = std::fs::read_dir(&decl.source)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    if size > MAX_REFERENCE_BYTES {
+        tracing::info!(
+            "{}: source weights are {} MiB, above the {} MiB limit for an automatic reference",
+            decl.name,
+            size >> 20,
+            MAX_REFERENCE_BYTES >> 20
+        );
+        return None;
+    }
+    Some(decl.source.clone())
+}
+
 /// Runs `probe`; the exit code is the worst verdict's.
-pub fn run(_g: &GlobalArgs, a: ProbeArgs) -> Result<u8> {
-    let reference_session = match a.reference.as_deref() {
+pub fn run(g: &GlobalArgs, a: ProbeArgs) -> Result<u8> {
+    let manifest = Manifest::find(g.manifest_path.as_deref())?;
+    let targets = targets(g, &a, manifest.as_ref())?;
+    let explicit_reference = match a.reference.as_deref() {
         Some("golden") | None => None,
-        Some(dir) => Some(Session::load(&resolve_model(dir)?, a.dtype.into())?),
+        Some(dir) => Some(Session::load(
+            &crate::manifest::resolve_model(dir, g.manifest_path.as_deref())?,
+            a.dtype.into(),
+        )?),
     };
     let mut worst = exit::OK;
     let mut stdout = std::io::stdout().lock();
-    for model in &a.models {
-        let dir = resolve_model(model)?;
-        let session = Session::load(&dir, a.dtype.into())?;
+    for t in &targets {
+        let session = Session::load(&t.dir, a.dtype.into())?;
         let golden_path = a
             .golden
             .clone()
-            .unwrap_or_else(|| default_golden_path(&dir));
-        let reference = match (&reference_session, a.reference.as_deref()) {
-            (Some(s), _) => Some(ReferenceSide::Model {
+            .unwrap_or_else(|| match (t.decl, &manifest) {
+                (Some(d), Some(m)) => m.dir.join("rmlx-golden").join(format!("{}.json", d.name)),
+                _ => default_golden_path(&t.dir),
+            });
+        let auto = match (&explicit_reference, a.reference.as_deref(), t.decl) {
+            (None, None, Some(d)) => automatic_reference(d),
+            _ => None,
+        };
+        let auto_session = match &auto {
+            Some(dir) => Some(Session::load(dir, a.dtype.into())?),
+            None => None,
+        };
+        let reference = match (&explicit_reference, &auto_session, a.reference.as_deref()) {
+            (Some(s), _, _) => Some(ReferenceSide::Model {
                 session: s,
                 name: a.reference.clone().unwrap_or_default(),
             }),
-            (None, Some("golden")) => {
+            (None, Some(s), _) => Some(ReferenceSide::Model {
+                session: s,
+                name: format!("{} (source)", auto.as_deref().unwrap_or(&t.dir).display()),
+            }),
+            (None, None, Some("golden")) => {
                 Some(ReferenceSide::Golden(fidelity::read_golden(&golden_path)?))
             }
             _ => None,
         };
+        let declared = t.decl.map(|d| &d.probe);
         let opts = ProbeOptions {
-            name: Some(model.clone()),
-            seed: a.seed.clone(),
-            steps: a.steps,
-            expect: a.expect.clone(),
+            name: Some(t.label.clone()),
+            seed: a
+                .seed
+                .clone()
+                .or_else(|| declared.and_then(|p| p.prompt.clone()))
+                .unwrap_or_else(|| DEFAULT_SEED.to_string()),
+            steps: a
+                .steps
+                .or_else(|| declared.and_then(|p| p.max_tokens))
+                .unwrap_or(DEFAULT_STEPS),
+            expect: a
+                .expect
+                .clone()
+                .or_else(|| declared.and_then(|p| p.expect.clone())),
             no_template: a.no_template,
             reference,
             max_mean_kl: a.max_mean_kl,
@@ -107,21 +256,20 @@ pub fn run(_g: &GlobalArgs, a: ProbeArgs) -> Result<u8> {
                 return Err(Diagnostic::error(
                     "rmlx::probe::bless-unhealthy",
                     format!(
-                        "refusing to bless {model}: its verdict is {}",
-                        report.verdict
+                        "refusing to bless {}: its verdict is {}",
+                        t.label, report.verdict
                     ),
                 )
                 .with_help("a golden file records a healthy run; fix the model first"));
             }
             let (golden, _) = fidelity::record(
                 &session.model,
-                model,
+                &t.label,
                 &report.prompt_ids,
                 opts.fidelity_steps,
             )?;
             fidelity::write_golden(&golden_path, &golden)?;
-            tracing::info!("blessed {}", golden_path.display());
-            if a.message_format == MessageFormat::Human {
+            if a.message_format == MessageFormat::Human && !g.quiet {
                 super::output::status("Blessed", &golden_path.display().to_string());
             }
         }

@@ -76,19 +76,24 @@ fn read_message(r: &mut impl BufRead) -> Option<Value> {
 impl LspClient {
     /// Starts the server (extra environment variables in `env`).
     pub fn start(env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir for stderr");
-        let stderr_path = dir.path().join("stderr.log");
-        let stderr = std::fs::File::create(&stderr_path).expect("stderr log");
         let mut cmd = Command::new(lsp_bin());
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr));
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Self::start_command(cmd)
+    }
+
+    /// Starts the server with `cmd` (e.g. `cargo-rmlx rmlx lsp`).
+    pub fn start_command(mut cmd: Command) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for stderr");
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr log");
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr));
         let mut child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", lsp_bin().display()));
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         let stdin = Arc::new(Mutex::new(child.stdin.take().unwrap()));
         let stdout = child.stdout.take().unwrap();
         let log: Arc<(Mutex<Log>, Condvar)> = Arc::default();
