@@ -1,6 +1,8 @@
 //! A template that emits BOS twice at the start of the prompt: `{{ bos_token }}` twice, or
 //! `{{ bos_token }}` in front of a literal BOS. Chat prompts are encoded without adding
 //! special tokens, so both reach the model (whatever the tokenizer's post-processor does).
+//! Without the model's tokenizer only `bos_token` read twice counts (the placeholder BOS may
+//! clash with the template's own text).
 
 use std::ops::Range;
 
@@ -28,6 +30,12 @@ pub(super) fn duplicate_check(cx: &mut Cx<'_>, scan: &Scan<'_>, seed: &str) {
         .into_iter()
         .map(|r| r.span)
         .collect();
+    // Without the model's tokenizer BOS is a placeholder (`<s>`) that a template may use
+    // literally for something else: only a template that emits `bos_token` itself twice is
+    // certain to duplicate it.
+    if !cx.has_tokenizer && refs.len() < 2 {
+        return;
+    }
     let literals: Vec<Range<usize>> = src
         .match_indices(bos.as_str())
         .map(|(i, s)| i..i + s.len())
