@@ -57,6 +57,8 @@ struct State {
     progress: bool,
     /// The client accepts versioned `documentChanges` in workspace edits.
     document_changes: bool,
+    /// A settings problem found before the client could be told.
+    warning: Option<String>,
 }
 
 struct Doc {
@@ -190,14 +192,10 @@ fn resolve(
     uri: &Url,
     path: Option<&Path>,
     all_jinja: bool,
-) -> (DocumentKind, Option<ModelLink>, Option<Arc<Manifest>>) {
+) -> (DocumentKind, Option<ModelLink>) {
     let Some(path) = path else {
         let name = uri.path().rsplit('/').next().unwrap_or("");
-        return (
-            project::classify(Path::new(name), None, all_jinja),
-            None,
-            None,
-        );
+        return (project::classify(Path::new(name), None, all_jinja), None);
     };
     let manifest = caches.lock().unwrap().manifest_for(path);
     let kind = project::classify(path, manifest.as_deref(), all_jinja);
@@ -205,7 +203,7 @@ fn resolve(
         DocumentKind::Template => project::model_for(path, manifest.as_deref()),
         _ => None,
     };
-    (kind, link, manifest)
+    (kind, link)
 }
 
 struct LintOutput {
@@ -222,7 +220,7 @@ fn lint_document(
     text: &str,
     cfg: &Config,
 ) -> LintOutput {
-    let (kind, link, _) = resolve(caches, uri, path, cfg.all_jinja);
+    let (kind, link) = resolve(caches, uri, path, cfg.all_jinja);
     let mut diags: Vec<Diagnostic> = Vec::new();
     match kind {
         DocumentKind::Other => {}
@@ -472,7 +470,7 @@ impl Shared {
         let me = self.clone();
         let u = uri.clone();
         let p = path.clone();
-        let (kind, link, _) =
+        let (kind, link) =
             tokio::task::spawn_blocking(move || resolve(&me.caches, &u, Some(&p), cfg.all_jinja))
                 .await
                 .ok()?;
@@ -660,13 +658,19 @@ fn uri_argument(args: &[Value]) -> Result<Url> {
 #[tower_lsp::async_trait]
 impl LanguageServer for Backend {
     async fn initialize(&self, params: InitializeParams) -> Result<InitializeResult> {
-        let config = match params.initialization_options.as_ref() {
-            Some(v) => Config::from_value(v).map_err(Error::invalid_params)?,
-            None => Config::default(),
+        // Bad settings must not keep the server from starting: defaults, and a warning once
+        // the client is ready for messages.
+        let (config, warning) = match params.initialization_options.as_ref() {
+            Some(v) => match Config::from_value(v) {
+                Ok(c) => (c, None),
+                Err(e) => (Config::default(), Some(format!("{e}; using the defaults"))),
+            },
+            None => (Config::default(), None),
         };
         {
             let mut st = self.shared.state.lock().unwrap();
             st.config = config;
+            st.warning = warning;
             st.progress = params
                 .capabilities
                 .window
@@ -720,6 +724,13 @@ impl LanguageServer for Backend {
     }
 
     async fn initialized(&self, _: InitializedParams) {
+        let warning = self.shared.state.lock().unwrap().warning.take();
+        if let Some(w) = warning {
+            self.shared
+                .client
+                .show_message(MessageType::WARNING, w)
+                .await;
+        }
         self.shared
             .client
             .log_message(
@@ -863,7 +874,7 @@ impl LanguageServer for Backend {
         };
         let shared = self.shared.clone();
         let markdown = tokio::task::spawn_blocking(move || {
-            let (kind, link, _) = resolve(&shared.caches, &uri, path.as_deref(), cfg.all_jinja);
+            let (kind, link) = resolve(&shared.caches, &uri, path.as_deref(), cfg.all_jinja);
             if kind != DocumentKind::Template {
                 return None;
             }
@@ -971,7 +982,7 @@ impl LanguageServer for Backend {
                 let shared = self.shared.clone();
                 let u = uri.clone();
                 let value = tokio::task::spawn_blocking(move || {
-                    let (_, link, _) = resolve(&shared.caches, &u, path.as_deref(), cfg.all_jinja);
+                    let (_, link) = resolve(&shared.caches, &u, path.as_deref(), cfg.all_jinja);
                     let tok = link
                         .as_ref()
                         .and_then(|l| shared.caches.lock().unwrap().tokenizer(&l.dir).ok());
