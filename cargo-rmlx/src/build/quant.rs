@@ -320,3 +320,52 @@ pub fn mlx_version() -> String {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::QuantMode;
+
+    fn bytes(a: &Array) -> Vec<u8> {
+        with_bytes(a, |b| b.to_vec()).unwrap()
+    }
+
+    /// Quantizing in blocks of rows gives the bytes of quantizing the whole matrix, in
+    /// every mode (groups never span rows).
+    #[test]
+    fn blocks_of_rows_are_exact() {
+        let rows = 2 * CHUNK_ELEMENTS / 256 + 3;
+        let shape = [rows as i32, 256];
+        let w = mlx_rs::random::normal::<f32>(&shape[..], None, None, None)
+            .unwrap()
+            .as_dtype(Dtype::Bfloat16)
+            .unwrap();
+        for (mode, g, b) in [
+            (QuantMode::Affine, 64, 4),
+            (QuantMode::Affine, 32, 3),
+            (QuantMode::Mxfp8, 32, 8),
+        ] {
+            let q = QuantParams {
+                group_size: g,
+                bits: b,
+                mode,
+            };
+            let whole = quantize(&w, q).unwrap();
+            let rows_q = quantize_rows(&w, q).unwrap();
+            assert_eq!(bytes(&whole.0), bytes(&rows_q.0), "{mode:?}");
+            assert_eq!(bytes(&whole.1), bytes(&rows_q.1), "{mode:?}");
+            assert_eq!(
+                whole.2.as_ref().map(bytes),
+                rows_q.2.as_ref().map(bytes),
+                "{mode:?}"
+            );
+            let deq = dequantize(&whole.0, &whole.1, whole.2.as_ref(), q, Dtype::Float32)
+                .unwrap()
+                .as_dtype(Dtype::Bfloat16)
+                .unwrap();
+            let deq_rows =
+                dequantize_rows(&whole.0, &whole.1, whole.2.as_ref(), q, Dtype::Bfloat16).unwrap();
+            assert_eq!(bytes(&deq), bytes(&deq_rows), "{mode:?}");
+        }
+    }
+}

@@ -45,7 +45,7 @@ pub fn run(g: &GlobalArgs, a: BuildArgs) -> Result<u8> {
     if !g.quiet {
         status(
             "Finished",
-            &format!("in {:.1}s", started.elapsed().as_secs_f64()),
+            &format!("in {:.2}s", started.elapsed().as_secs_f64()),
         );
     }
     Ok(exit::OK)

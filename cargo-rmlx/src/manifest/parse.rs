@@ -225,6 +225,22 @@ fn model(
     }
     let what = format!("[models.{name}]");
     let t = ctx.table(&format!("models.{name}"), v)?;
+    // `[models.qwen2.5]` is the table `5` inside model `qwen2`: suggest quoting.
+    for (k, v) in t.iter() {
+        let sub = k.get_ref().as_ref();
+        if !MODEL_KEYS.contains(&sub) && v.get_ref().is_table() {
+            return Err(ctx
+                .err(
+                    CODE_UNKNOWN_KEY,
+                    format!("unknown key `{sub}` in {what}"),
+                    k.span(),
+                    "unknown key",
+                )
+                .with_help(format!(
+                    "a model name containing dots must be quoted: [models.\"{name}.{sub}\"]"
+                )));
+        }
+    }
     ctx.known_keys(t, MODEL_KEYS, &what)?;
     let (source, source_span) = match t.get("source") {
         Some(v) => (ctx.path(dir, "source", v)?, v.span()),

@@ -233,3 +233,16 @@ fn the_readme_example_parses() {
     assert_eq!(spec.for_module("lm_head").unwrap().bits, 8);
     assert_eq!(m.models[0].probe.expect.as_deref(), Some("Paris"));
 }
+
+#[test]
+fn dotted_model_names_must_be_quoted() {
+    let text = "[models.qwen2.5]\nsource = \"q\"\n";
+    let d = err(text);
+    assert_eq!(d.code, "rmlx::manifest::unknown-key");
+    assert_eq!(
+        d.help.as_deref(),
+        Some("a model name containing dots must be quoted: [models.\"qwen2.5\"]")
+    );
+    let m = parse("[models.\"qwen2.5\"]\nsource = \"q\"\n").unwrap();
+    assert_eq!(m.models[0].name, "qwen2.5");
+}
