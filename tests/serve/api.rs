@@ -214,6 +214,84 @@ fn chat_logprobs_stop_strings_and_max_tokens() {
     assert_eq!(r.json["usage"]["completion_tokens"], 3, "{}", r.text);
 }
 
+/// `logit_bias` bans a token the greedy answer uses; presence, frequency and repetition
+/// penalties break a repetition loop the unpenalised model falls into.
+#[test]
+fn penalties_and_logit_bias_steer_generation() {
+    let s = server();
+    // The id of " Paris", as the server's tokenizer encodes it.
+    let r = s.post(
+        "/v1/completions",
+        &json!({"model": MODEL_NAME, "prompt": " Paris", "max_tokens": 1, "return_prompt": true}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let ids = r.json["prompt"]["ids"].as_array().unwrap().clone();
+    assert_eq!(ids.len(), 1, "\" Paris\" should be one token: {}", r.text);
+    let paris = ids[0].as_u64().unwrap();
+
+    let chosen = |body: &Value| -> Vec<String> {
+        let r = s.post("/v1/chat/completions", body);
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.json["choices"][0]["logprobs"]["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["token"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut plain = chat_body(CAPITAL_QUESTION, 12);
+    plain["logprobs"] = json!(true);
+    assert!(
+        chosen(&plain).iter().any(|t| t == " Paris"),
+        "the unbiased answer uses the token"
+    );
+    let mut banned = plain.clone();
+    banned["logit_bias"] = json!({ paris.to_string(): -100 });
+    let tokens = chosen(&banned);
+    assert!(
+        !tokens.iter().any(|t| t == " Paris"),
+        "logit_bias -100 must ban the token: {tokens:?}"
+    );
+
+    // A prompt that makes the greedy model repeat " 1".
+    let text = |extra: Value| -> String {
+        let mut body = json!({"model": MODEL_NAME, "prompt": "1 1 1 1 1 1 1 1", "max_tokens": 10});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let r = s.post("/v1/completions", &body);
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.json["choices"][0]["text"].as_str().unwrap().to_string()
+    };
+    let ones = |t: &str| t.matches(" 1").count();
+    let base = text(json!({}));
+    assert!(ones(&base) >= 4, "the unpenalised model repeats: {base:?}");
+    for extra in [
+        json!({"presence_penalty": 2.0}),
+        json!({"frequency_penalty": 1.5}),
+        json!({"repetition_penalty": 2.0}),
+    ] {
+        let t = text(extra.clone());
+        assert!(
+            ones(&t) < ones(&base),
+            "{extra} should repeat \" 1\" less than {base:?}, got {t:?}"
+        );
+    }
+    // Neutral values are accepted and change nothing.
+    assert_eq!(
+        text(
+            json!({"presence_penalty": 0, "frequency_penalty": 0, "repetition_penalty": 1, "logit_bias": {}})
+        ),
+        base
+    );
+    // A biased id outside the vocabulary is the client's error.
+    let mut bad = chat_body(CAPITAL_QUESTION, 4);
+    bad["logit_bias"] = json!({"99999999": 1});
+    let r = s.post("/v1/chat/completions", &bad);
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("logit_bias"), "{}", r.text);
+}
+
 /// The prompt a request renders is byte-identical to the probe's for the same conversation:
 /// compared with the probe that gated this server and with the library's probe seed.
 #[test]
@@ -325,10 +403,20 @@ fn errors_are_openai_shaped() {
     );
 
     let mut b = chat_body("hi", 4);
-    b["presence_penalty"] = json!(1.5);
+    b["n"] = json!(2);
     let r = s.post("/v1/chat/completions", &b);
     assert_eq!(r.status, 400, "{}", r.text);
     assert_eq!(r.json["error"]["code"], "unsupported_parameter");
+
+    let mut b = chat_body("hi", 4);
+    b["presence_penalty"] = json!(3.5);
+    let r = s.post("/v1/chat/completions", &b);
+    assert_eq!(
+        (r.status, r.json["error"]["param"].as_str()),
+        (400, Some("presence_penalty")),
+        "{}",
+        r.text
+    );
 
     let mut b = chat_body("hi", 4);
     b["model"] = json!("no-such-model");

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{exit, GlobalArgs, MessageFormat};
 use crate::diagnostic::Result;
-use crate::engine::{generate, DtypePolicy, GenerateOptions, SamplerConfig, StopReason};
+use crate::engine::{generate, DtypePolicy, GenerateOptions, Penalties, SamplerConfig, StopReason};
 use crate::session::Session;
 
 /// Arguments of `generate`.
@@ -40,6 +40,18 @@ pub struct GenerateArgs {
     /// Random seed for sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Penalise tokens seen in the last `--repetition-context-size` tokens (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    /// How many of the latest tokens the repetition penalty looks at.
+    #[arg(long, default_value_t = crate::engine::penalty::DEFAULT_REPETITION_CONTEXT)]
+    pub repetition_context_size: usize,
+    /// Subtract this from the logit of every token already generated (0 = off).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub presence_penalty: f32,
+    /// Subtract this per earlier occurrence of a generated token (0 = off).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub frequency_penalty: f32,
     /// Keep generating past end-of-sequence tokens.
     #[arg(long)]
     pub ignore_eos: bool,
@@ -80,6 +92,15 @@ impl From<DtypeArg> for DtypePolicy {
 
 /// Runs `generate`.
 pub fn run(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {
+    if !(a.repetition_penalty.is_finite() && a.repetition_penalty > 0.0) {
+        return Err(crate::diagnostic::Diagnostic::error(
+            "rmlx::cli::bad-argument",
+            format!(
+                "--repetition-penalty must be a positive number, got {}",
+                a.repetition_penalty
+            ),
+        ));
+    }
     let dir = crate::manifest::resolve_model(&a.model, g.manifest_path.as_deref())?;
     let session = Session::load(&dir, a.dtype.into())?;
     let prompt = if a.chat {
@@ -99,6 +120,13 @@ pub fn run(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {
         ignore_eos: a.ignore_eos,
         eos_ids: session.eos_ids(),
         top: a.top_logits.max(1),
+        penalties: Penalties {
+            repetition: a.repetition_penalty,
+            repetition_context: a.repetition_context_size,
+            presence: a.presence_penalty,
+            frequency: a.frequency_penalty,
+            logit_bias: Vec::new(),
+        },
     };
     let human = a.message_format == MessageFormat::Human;
     let mut decoder = session.tokenizer.stream_decoder(true);

@@ -39,14 +39,18 @@ pub fn init(g: &GlobalArgs) {
         .with_target(false)
         .without_time()
         .try_init();
+    // On a terminal miette wraps at its width; into a pipe or a log file a wrapped line
+    // would split paths and messages that people grep for, so nothing is wrapped there.
+    let on_terminal = std::io::stderr().is_terminal();
     let _ = miette::set_hook(Box::new(move |_| {
-        Box::new(
-            miette::MietteHandlerOpts::new()
-                .color(color)
-                .unicode(color)
-                .terminal_links(false)
-                .build(),
-        )
+        let mut opts = miette::MietteHandlerOpts::new()
+            .color(color)
+            .unicode(color)
+            .terminal_links(false);
+        if !on_terminal {
+            opts = opts.width(10_000).break_words(false);
+        }
+        Box::new(opts.build())
     }));
 }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use mlx_rs::Array;
 
+use super::penalty::{Penalties, PenaltyState};
 use super::sample::{top_k, Sampler, SamplerConfig};
 use super::Model;
 use crate::diagnostic::{Diagnostic, Result};
@@ -27,6 +28,8 @@ pub struct GenerateOptions {
     pub eos_ids: Vec<u32>,
     /// How many top logits to record per step.
     pub top: usize,
+    /// Logit adjustments before sampling (the recorded evidence stays unadjusted).
+    pub penalties: Penalties,
 }
 
 impl Default for GenerateOptions {
@@ -37,6 +40,7 @@ impl Default for GenerateOptions {
             ignore_eos: false,
             eos_ids: Vec::new(),
             top: 5,
+            penalties: Penalties::default(),
         }
     }
 }
@@ -125,6 +129,16 @@ pub fn generate(
         )
         .with_help("the tokenizer and the model do not belong together"));
     }
+    if let Some(bad) = opts
+        .penalties
+        .max_biased_id()
+        .filter(|&id| id as usize >= vocab)
+    {
+        return Err(Diagnostic::error(
+            "rmlx::generate::bad-token",
+            format!("logit_bias names token id {bad}, outside the model's vocabulary ({vocab})"),
+        ));
+    }
     let room = model.max_context - prompt_ids.len();
     let max_tokens = if opts.max_tokens > room {
         tracing::warn!(
@@ -138,6 +152,8 @@ pub fn generate(
     };
 
     let mut sampler = Sampler::new(opts.sampler);
+    let mut penalties = PenaltyState::new(&opts.penalties, prompt_ids);
+    let mut adjusted = Vec::new();
     let mut cache = model.net.new_cache();
     let started = Instant::now();
     let mut logits = None;
@@ -156,7 +172,16 @@ pub fn generate(
     for i in 0..max_tokens {
         logits.eval()?;
         let host: &[f32] = logits.as_slice::<f32>();
-        let id = sampler.sample(host);
+        let id = if opts.penalties.is_neutral() {
+            sampler.sample(host)
+        } else {
+            adjusted.clear();
+            adjusted.extend_from_slice(host);
+            penalties.apply(&mut adjusted);
+            let id = sampler.sample(&adjusted);
+            penalties.push(id);
+            id
+        };
         let step = describe_step(host, id, opts.top);
         if i == 0 {
             prefill = started.elapsed();

@@ -6,6 +6,7 @@ pub mod arch;
 pub mod cache;
 pub mod generate;
 pub mod layers;
+pub mod penalty;
 pub mod sample;
 pub mod transformer;
 
@@ -15,6 +16,7 @@ use crate::diagnostic::Result;
 use crate::snapshot::Snapshot;
 
 pub use generate::{generate, GenerateOptions, GenerateOutput, Step, StopReason};
+pub use penalty::Penalties;
 pub use sample::{Sampler, SamplerConfig};
 pub use transformer::Transformer;
 

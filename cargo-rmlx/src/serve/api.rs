@@ -2,8 +2,8 @@
 //! OpenAI-style errors.
 //!
 //! Unknown fields are ignored (clients send many); fields we cannot honour with a non-neutral
-//! value (penalties, `logit_bias`, `n > 1`, `echo`, JSON response formats) are refused with
-//! a 400 naming the parameter rather than silently ignored.
+//! value (`n > 1`, `echo`, JSON response formats) are refused with a 400 naming the
+//! parameter rather than silently ignored.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 
 use super::tools;
 use super::worker::{GenRequest, PromptInput};
-use crate::engine::SamplerConfig;
+use crate::engine::{Penalties, SamplerConfig};
 
 /// Most stop strings per request.
 pub const MAX_STOP: usize = 16;
@@ -141,13 +141,15 @@ pub struct Common {
     pub seed: Option<i64>,
     /// Stop strings.
     pub stop: Option<Value>,
-    /// Refused unless 0.
+    /// OpenAI presence penalty in [-2, 2] over the generated tokens.
     pub presence_penalty: Option<f64>,
-    /// Refused unless 0.
+    /// OpenAI frequency penalty in [-2, 2] over the generated tokens.
     pub frequency_penalty: Option<f64>,
-    /// Refused unless 1 (or 0).
+    /// Extension (mlx-lm, vLLM): repetition penalty > 0 over the latest tokens; 1 = off.
     pub repetition_penalty: Option<f64>,
-    /// Refused unless empty.
+    /// Extension (mlx-lm): how many of the latest tokens the repetition penalty sees.
+    pub repetition_context_size: Option<i64>,
+    /// Token id (as a string) → bias in [-100, 100] added to its logit.
     pub logit_bias: Option<Map<String, Value>>,
     /// Only 1.
     pub n: Option<i64>,
@@ -233,7 +235,83 @@ fn finite(name: &str, v: f64) -> Result<f64, ApiError> {
     }
 }
 
+/// The most a `logit_bias` entry may name (OpenAI's bound).
+const MAX_LOGIT_BIAS: usize = 300;
+
 impl Common {
+    /// Penalties and `logit_bias`, validated (OpenAI ranges; token ids checked against the
+    /// vocabulary when the job runs).
+    fn penalties(&self) -> Result<Penalties, ApiError> {
+        let mut out = Penalties::default();
+        for (name, v, slot) in [
+            ("presence_penalty", self.presence_penalty, &mut out.presence),
+            (
+                "frequency_penalty",
+                self.frequency_penalty,
+                &mut out.frequency,
+            ),
+        ] {
+            if let Some(v) = v {
+                let v = finite(name, v)?;
+                if !(-2.0..=2.0).contains(&v) {
+                    return Err(ApiError::param(
+                        name,
+                        format!("`{name}` must be in [-2, 2]"),
+                    ));
+                }
+                *slot = v as f32;
+            }
+        }
+        if let Some(v) = self.repetition_penalty {
+            let v = finite("repetition_penalty", v)?;
+            // 0 is what some clients send for "unset"; it means off, like 1.
+            if v < 0.0 {
+                return Err(ApiError::param(
+                    "repetition_penalty",
+                    "`repetition_penalty` must be positive (1 = off)",
+                ));
+            }
+            out.repetition = if v == 0.0 { 1.0 } else { v as f32 };
+        }
+        if let Some(n) = self.repetition_context_size {
+            if n < 0 {
+                return Err(ApiError::param(
+                    "repetition_context_size",
+                    "`repetition_context_size` must be 0 or more",
+                ));
+            }
+            out.repetition_context = n as usize;
+        }
+        if let Some(map) = &self.logit_bias {
+            if map.len() > MAX_LOGIT_BIAS {
+                return Err(ApiError::param(
+                    "logit_bias",
+                    format!("`logit_bias` may name at most {MAX_LOGIT_BIAS} tokens"),
+                ));
+            }
+            for (key, value) in map {
+                let id: u32 = key.trim().parse().map_err(|_| {
+                    ApiError::param(
+                        "logit_bias",
+                        format!("`logit_bias` keys are token ids, got {key:?}"),
+                    )
+                })?;
+                let bias = value
+                    .as_f64()
+                    .filter(|b| b.is_finite() && (-100.0..=100.0).contains(b))
+                    .ok_or_else(|| {
+                        ApiError::param(
+                            "logit_bias",
+                            format!("`logit_bias[{key}]` must be a number in [-100, 100]"),
+                        )
+                    })?;
+                out.logit_bias.push((id, bias as f32));
+            }
+            out.logit_bias.sort_by_key(|b| b.0);
+        }
+        Ok(out)
+    }
+
     /// Validates the shared fields; `default_max_tokens` when the request sets none.
     fn validate(
         &self,
@@ -276,34 +354,7 @@ impl Common {
         if !(0.0..=1.0).contains(&min_p) {
             return Err(ApiError::param("min_p", "`min_p` must be in [0, 1]"));
         }
-        for (name, v, neutral) in [
-            ("presence_penalty", self.presence_penalty, &[0.0][..]),
-            ("frequency_penalty", self.frequency_penalty, &[0.0][..]),
-            (
-                "repetition_penalty",
-                self.repetition_penalty,
-                &[0.0, 1.0][..],
-            ),
-        ] {
-            if let Some(v) = v {
-                if !neutral.contains(&v) {
-                    return Err(ApiError::param(
-                        name,
-                        format!(
-                            "`{name}` is not supported by this server (only its neutral value)"
-                        ),
-                    )
-                    .with_code("unsupported_parameter"));
-                }
-            }
-        }
-        if self.logit_bias.as_ref().is_some_and(|m| !m.is_empty()) {
-            return Err(ApiError::param(
-                "logit_bias",
-                "`logit_bias` is not supported by this server",
-            )
-            .with_code("unsupported_parameter"));
-        }
+        let penalties = self.penalties()?;
         if self.n.is_some_and(|n| n != 1) {
             return Err(
                 ApiError::param("n", "only `n: 1` is supported").with_code("unsupported_parameter")
@@ -363,6 +414,7 @@ impl Common {
                 },
                 ignore_eos: self.ignore_eos.unwrap_or(false),
                 stop,
+                penalties,
                 logprobs: None,
                 parse_tools: false,
             },
@@ -559,6 +611,20 @@ mod tests {
     }
 
     #[test]
+    fn penalties_and_logit_bias_are_parsed() {
+        let msg = json!([{"role": "user", "content": "hi"}]);
+        let p = chat(json!({"messages": msg, "presence_penalty": 0.5, "frequency_penalty": -0.25, "repetition_penalty": 1.3, "repetition_context_size": 64, "logit_bias": {"17": -100, " 3": 2.5}})).unwrap();
+        let pen = &p.req.penalties;
+        assert_eq!(pen.presence, 0.5);
+        assert_eq!(pen.frequency, -0.25);
+        assert_eq!(pen.repetition, 1.3);
+        assert_eq!(pen.repetition_context, 64);
+        assert_eq!(pen.logit_bias, vec![(3, 2.5), (17, -100.0)]);
+        let p = chat(json!({"messages": msg, "repetition_penalty": 0})).unwrap();
+        assert!(p.req.penalties.is_neutral());
+    }
+
+    #[test]
     fn chat_validation_errors_name_the_parameter() {
         let msg = json!([{"role": "user", "content": "hi"}]);
         let cases = [
@@ -569,8 +635,24 @@ mod tests {
             (json!({"messages": msg, "max_tokens": 0}), "max_tokens"),
             (json!({"messages": msg, "n": 2}), "n"),
             (
-                json!({"messages": msg, "presence_penalty": 0.5}),
+                json!({"messages": msg, "presence_penalty": 2.5}),
                 "presence_penalty",
+            ),
+            (
+                json!({"messages": msg, "frequency_penalty": -3}),
+                "frequency_penalty",
+            ),
+            (
+                json!({"messages": msg, "repetition_penalty": -1}),
+                "repetition_penalty",
+            ),
+            (
+                json!({"messages": msg, "logit_bias": {"abc": 1}}),
+                "logit_bias",
+            ),
+            (
+                json!({"messages": msg, "logit_bias": {"5": 101}}),
+                "logit_bias",
             ),
             (json!({"messages": msg, "stop": [1]}), "stop"),
             (json!({"messages": msg, "top_logprobs": 2}), "top_logprobs"),

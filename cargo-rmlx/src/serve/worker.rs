@@ -23,7 +23,7 @@ use super::metrics::Metrics;
 use super::text::{Flow, TextFilter};
 use super::tools::{self, ToolCall};
 use crate::diagnostic::{Diagnostic, Result};
-use crate::engine::{generate, DtypePolicy, GenerateOptions, SamplerConfig, StopReason};
+use crate::engine::{generate, DtypePolicy, GenerateOptions, Penalties, SamplerConfig, StopReason};
 use crate::probe::{self, ProbeOptions};
 use crate::session::{Prompt, Session};
 
@@ -58,6 +58,8 @@ pub struct GenRequest {
     pub ignore_eos: bool,
     /// Stop strings (not included in the output).
     pub stop: Vec<String>,
+    /// Penalties and `logit_bias`.
+    pub penalties: Penalties,
     /// Per-token logprobs: `Some(n)` with the `n` most likely alternatives.
     pub logprobs: Option<usize>,
     /// Parse `<tool_call>` blocks out of the output.
@@ -459,6 +461,7 @@ fn run_job(name: &str, session: &Session, job: Job, metrics: &Metrics) {
         ignore_eos: req.ignore_eos,
         eos_ids: eos_ids.clone(),
         top: req.logprobs.unwrap_or(0).max(1),
+        penalties: req.penalties.clone(),
     };
     let tok = &session.tokenizer;
     let mut decoder = tok.stream_decoder(true);
