@@ -203,6 +203,13 @@ impl Linear {
                         params.bits,
                     )?;
                     x.matmul(w.t())?
+                } else if let Some(b) = biases.as_ref().filter(|_| {
+                    params.mode == QuantMode::Affine
+                        && super::qmv::enabled()
+                        && super::qmv::supports(params.bits, params.group_size, x, scales)
+                }) {
+                    // Few rows on the CPU (decode, short prompts): the host kernel, see `qmv`.
+                    super::qmv::matmul(x, weight, scales, b, params.bits, params.group_size)?
                 } else {
                     quantized_matmul_mode(x, weight, scales, biases.as_ref(), *params)?
                 }

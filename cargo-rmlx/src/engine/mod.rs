@@ -7,6 +7,7 @@ pub mod cache;
 pub mod generate;
 pub mod layers;
 pub mod penalty;
+pub mod qmv;
 pub mod sample;
 pub mod transformer;
 
