@@ -1,10 +1,13 @@
 //! Throughput measurements of the engine — prefill tok/s at given prompt lengths, decode
-//! tok/s, time to first token, peak RSS — and the side-by-side comparison with the Python
-//! reference (mlx-lm), which runs the same model directory on the same prompt ids in the same
-//! invocation, interleaved with our runs. Only ratios are meaningful on a shared machine.
+//! tok/s, time to first token, peak RSS — the side-by-side comparison with the references,
+//! which run on the same prompt ids in the same invocation, interleaved with our runs:
+//! mlx-lm on the same model directory (`scripts/bench_mlx_lm.py`) and llama.cpp on a GGUF
+//! of the same weights (`scripts/bench_llama_cpp.py`) — and the wall time of a cold
+//! `probe` process. Only ratios are meaningful on a shared machine.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -12,20 +15,33 @@ use crate::diagnostic::{Diagnostic, Result};
 use crate::engine::{generate, GenerateOptions};
 use crate::session::Session;
 
+/// Runner name of our engine.
+pub const RMLX: &str = "rmlx";
+/// Runner name of mlx-lm.
+pub const MLX_LM: &str = "mlx-lm";
+/// Runner name of llama.cpp (llama-cpp-python).
+pub const LLAMA_CPP: &str = "llama.cpp";
+
 /// One measured configuration.
 #[derive(Debug, Clone, Serialize)]
 pub struct Measurement {
-    /// Who ran it (`rmlx`, `mlx-lm (float32)`, …).
+    /// Who ran it: [`RMLX`], [`MLX_LM`] or [`LLAMA_CPP`].
     pub runner: String,
+    /// How it computes: our compute dtype (`float32`, …); mlx-lm's `model` (the weights'
+    /// own dtype) or `float32` (every float parameter cast); llama.cpp's `gguf` (the file's
+    /// own quantization types).
+    pub dtype: String,
     /// Prompt tokens.
     pub prompt_tokens: usize,
     /// Prefill throughput (prompt tokens / time to first token).
+    #[serde(rename = "prefill_tok_s")]
     pub prefill_tps: f64,
     /// Time to first token, seconds.
     pub ttft_s: f64,
     /// Tokens generated.
     pub decode_tokens: usize,
     /// Decode throughput (tokens after the first / their time).
+    #[serde(rename = "decode_tok_s")]
     pub decode_tps: f64,
     /// Peak resident memory of the process, MiB.
     pub peak_rss_mib: f64,
@@ -58,8 +74,14 @@ pub fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
-/// Runs our engine: prefill `prompt`, then `decode` greedy tokens ignoring EOS.
-pub fn measure_rmlx(session: &Session, prompt: &[u32], decode: usize) -> Result<Measurement> {
+/// Runs our engine: prefill `prompt`, then `decode` greedy tokens ignoring EOS. `dtype`
+/// names the compute dtype in the result.
+pub fn measure_rmlx(
+    session: &Session,
+    prompt: &[u32],
+    decode: usize,
+    dtype: &str,
+) -> Result<Measurement> {
     let opts = GenerateOptions {
         max_tokens: decode.max(1),
         ignore_eos: true,
@@ -73,7 +95,8 @@ pub fn measure_rmlx(session: &Session, prompt: &[u32], decode: usize) -> Result<
     let ttft = out.prefill.as_secs_f64();
     let n = out.steps.len();
     Ok(Measurement {
-        runner: "rmlx".into(),
+        runner: RMLX.into(),
+        dtype: dtype.into(),
         prompt_tokens: prompt.len(),
         prefill_tps: prompt.len() as f64 / ttft.max(1e-9),
         ttft_s: ttft,
@@ -83,13 +106,15 @@ pub fn measure_rmlx(session: &Session, prompt: &[u32], decode: usize) -> Result<
     })
 }
 
-/// How to reach the Python reference.
+/// How to reach a Python reference: a venv's python and the bench script it runs.
 #[derive(Debug, Clone)]
 pub struct Reference {
     /// The venv's python.
     pub python: PathBuf,
-    /// `scripts/bench_mlx_lm.py`.
+    /// `scripts/bench_mlx_lm.py` or `scripts/bench_llama_cpp.py`.
     pub script: PathBuf,
+    /// The script that creates the venv, for help texts (`scripts/oracle-venv.sh`, …).
+    pub venv_script: &'static str,
 }
 
 /// Runs mlx-lm on the same model and prompt ids, in a child process (its own peak RSS).
@@ -101,46 +126,99 @@ pub fn measure_mlx_lm(
     decode: usize,
     dtype: &str,
 ) -> Result<Measurement> {
-    let ids = serde_json::to_string(prompt).expect("ids serialize");
+    let mut m = run_reference(
+        reference,
+        MLX_LM,
+        model_dir,
+        prompt,
+        decode,
+        &["--dtype", dtype],
+    )?;
+    m.dtype = dtype.into();
+    Ok(m)
+}
+
+/// Runs llama.cpp (llama-cpp-python) on `gguf` with the same prompt ids, in a child process
+/// using every CPU this process may use.
+pub fn measure_llama_cpp(
+    reference: &Reference,
+    gguf: &Path,
+    prompt: &[u32],
+    decode: usize,
+) -> Result<Measurement> {
+    let mut m = run_reference(reference, LLAMA_CPP, gguf, prompt, decode, &[])?;
+    m.dtype = "gguf".into();
+    Ok(m)
+}
+
+/// Runs a reference bench script on `model` (a directory or a file) and parses the JSON
+/// line it prints last.
+fn run_reference(
+    reference: &Reference,
+    runner: &str,
+    model: &Path,
+    prompt: &[u32],
+    decode: usize,
+    extra: &[&str],
+) -> Result<Measurement> {
+    let ids = serde_json::to_string(prompt)
+        .map_err(|e| Diagnostic::error("rmlx::bench::reference", format!("prompt ids: {e}")))?;
     let out = Command::new(&reference.python)
         .arg(&reference.script)
-        .arg(model_dir)
+        .arg(model)
         .args(["--prompt-ids", &ids, "--max-tokens", &decode.to_string()])
-        .args(["--dtype", dtype])
+        .args(extra)
+        .stdin(Stdio::null())
         .output()
         .map_err(|e| {
             Diagnostic::error(
                 "rmlx::bench::reference",
-                format!("cannot run {}: {e}", reference.python.display()),
+                format!(
+                    "cannot run {} for {runner}: {e}",
+                    reference.python.display()
+                ),
             )
-            .with_help("create the reference venv with scripts/oracle-venv.sh")
+            .with_help(format!(
+                "create the reference venv with {}",
+                reference.venv_script
+            ))
         })?;
     if !out.status.success() {
         return Err(Diagnostic::error(
             "rmlx::bench::reference",
             format!(
-                "mlx-lm failed on {}: {}",
-                model_dir.display(),
+                "{runner} failed on {} ({}): {}",
+                model.display(),
+                out.status,
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
-        ));
+        )
+        .with_help(format!(
+            "run it by hand: {} {} {} --prompt-ids '[1, 2, 3]' --max-tokens 4",
+            reference.python.display(),
+            reference.script.display(),
+            model.display()
+        )));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().unwrap_or_default();
-    let mut m: Measurement = serde_json::from_str::<MlxLmResult>(line)
-        .map_err(|e| {
-            Diagnostic::error(
-                "rmlx::bench::reference",
-                format!("unexpected output from the mlx-lm bench script: {e}: {line}"),
-            )
-        })?
-        .into();
-    m.runner = format!("mlx-lm ({dtype})");
+    let result: ReferenceResult = serde_json::from_str(line).map_err(|e| {
+        Diagnostic::error(
+            "rmlx::bench::reference",
+            format!(
+                "unexpected output from {}: {e}: {line}",
+                reference.script.display()
+            ),
+        )
+    })?;
+    let mut m = Measurement::from(result);
+    m.runner = runner.into();
     Ok(m)
 }
 
+/// What the reference bench scripts print (one JSON line).
 #[derive(serde::Deserialize)]
-struct MlxLmResult {
+struct ReferenceResult {
     prompt_tokens: usize,
     ttft_s: f64,
     decode_tokens: usize,
@@ -148,10 +226,11 @@ struct MlxLmResult {
     peak_rss_mib: f64,
 }
 
-impl From<MlxLmResult> for Measurement {
-    fn from(r: MlxLmResult) -> Self {
+impl From<ReferenceResult> for Measurement {
+    fn from(r: ReferenceResult) -> Self {
         Measurement {
             runner: String::new(),
+            dtype: String::new(),
             prompt_tokens: r.prompt_tokens,
             prefill_tps: r.prompt_tokens as f64 / r.ttft_s.max(1e-9),
             ttft_s: r.ttft_s,
@@ -162,19 +241,206 @@ impl From<MlxLmResult> for Measurement {
     }
 }
 
-/// Median of each numeric column over repeated runs of one runner and prompt length.
+/// Median of each numeric column over repeated runs of one runner and prompt length (peak
+/// RSS: the maximum).
 pub fn median(runs: &[Measurement]) -> Option<Measurement> {
     let first = runs.first()?.clone();
-    let med = |f: &dyn Fn(&Measurement) -> f64| {
-        let mut v: Vec<f64> = runs.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     Some(Measurement {
-        prefill_tps: med(&|m| m.prefill_tps),
-        ttft_s: med(&|m| m.ttft_s),
-        decode_tps: med(&|m| m.decode_tps),
+        prefill_tps: median_of(runs.iter().map(|m| m.prefill_tps))?,
+        ttft_s: median_of(runs.iter().map(|m| m.ttft_s))?,
+        decode_tps: median_of(runs.iter().map(|m| m.decode_tps))?,
         peak_rss_mib: runs.iter().map(|m| m.peak_rss_mib).fold(0.0, f64::max),
         ..first
     })
+}
+
+/// The median (the upper one of an even count); `None` for no values.
+pub fn median_of(values: impl IntoIterator<Item = f64>) -> Option<f64> {
+    let mut v: Vec<f64> = values.into_iter().collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
+}
+
+/// One row of the report: a measurement and, for a reference, our throughput over its.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// Always `throughput`.
+    pub kind: &'static str,
+    /// The median measurement.
+    #[serde(flatten)]
+    pub measurement: Measurement,
+    /// Runs the median is over.
+    pub repeat: usize,
+    /// Our prefill tok/s / this runner's (`null` on our own rows).
+    pub prefill_ratio: Option<f64>,
+    /// Our decode tok/s / this runner's (`null` on our own rows).
+    pub decode_ratio: Option<f64>,
+}
+
+/// Rows for `medians`, with each reference's ratios against our row of the same prompt
+/// length.
+pub fn rows(medians: Vec<Measurement>, repeat: usize) -> Vec<Row> {
+    let ratio = |ours: f64, theirs: f64| (theirs > 0.0).then(|| ours / theirs);
+    medians
+        .iter()
+        .map(|m| {
+            let ours = medians
+                .iter()
+                .find(|o| o.runner == RMLX && o.prompt_tokens == m.prompt_tokens)
+                .filter(|_| m.runner != RMLX);
+            Row {
+                kind: "throughput",
+                measurement: m.clone(),
+                repeat,
+                prefill_ratio: ours.and_then(|o| ratio(o.prefill_tps, m.prefill_tps)),
+                decode_ratio: ours.and_then(|o| ratio(o.decode_tps, m.decode_tps)),
+            }
+        })
+        .collect()
+}
+
+/// Wall times of cold `probe` processes.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeTiming {
+    /// Always `probe`.
+    pub kind: &'static str,
+    /// Always [`RMLX`].
+    pub runner: &'static str,
+    /// The `--dtype` the probe ran with (`auto`, …).
+    pub dtype: String,
+    /// The command line timed (program name first).
+    pub command: String,
+    /// Median wall time, seconds.
+    pub wall_s: f64,
+    /// Every run's wall time, seconds, in order.
+    pub runs_s: Vec<f64>,
+    /// Runs the median is over.
+    pub repeat: usize,
+    /// The probe's exit code in the last run (0 ok, 1 broken, 4 inconclusive).
+    pub exit_code: i32,
+}
+
+/// Times `repeat` cold runs of `<exe> rmlx probe <model_dir> --dtype <dtype>` (stdout
+/// discarded). A verdict of any kind counts as a completed probe (exit codes 0, 1, 4); any
+/// other exit is an error with the probe's stderr.
+pub fn time_probe(exe: &Path, model_dir: &Path, dtype: &str, repeat: usize) -> Result<ProbeTiming> {
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "rmlx".as_ref(),
+        "probe".as_ref(),
+        model_dir.as_os_str(),
+        "--dtype".as_ref(),
+        dtype.as_ref(),
+    ];
+    let command = std::iter::once(exe.as_os_str())
+        .chain(args.iter().copied())
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut runs_s = Vec::new();
+    let mut exit_code = 0;
+    for _ in 0..repeat.max(1) {
+        let start = Instant::now();
+        let out = Command::new(exe)
+            .args(&args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| {
+                Diagnostic::error("rmlx::bench::probe", format!("cannot run `{command}`: {e}"))
+            })?;
+        runs_s.push(start.elapsed().as_secs_f64());
+        exit_code = out.status.code().unwrap_or(-1);
+        if !matches!(exit_code, 0 | 1 | 4) {
+            return Err(Diagnostic::error(
+                "rmlx::bench::probe",
+                format!(
+                    "the probe timing run failed ({}): {command}\n{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            )
+            .with_help("run the command by hand, or skip the timing with --no-probe-timing"));
+        }
+    }
+    Ok(ProbeTiming {
+        kind: "probe",
+        runner: RMLX,
+        dtype: dtype.into(),
+        command,
+        wall_s: median_of(runs_s.iter().copied()).unwrap_or_default(),
+        repeat: runs_s.len(),
+        runs_s,
+        exit_code,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(runner: &str, dtype: &str, prompt: usize, prefill: f64, decode: f64) -> Measurement {
+        Measurement {
+            runner: runner.into(),
+            dtype: dtype.into(),
+            prompt_tokens: prompt,
+            prefill_tps: prefill,
+            ttft_s: prompt as f64 / prefill,
+            decode_tokens: 8,
+            decode_tps: decode,
+            peak_rss_mib: 100.0,
+        }
+    }
+
+    #[test]
+    fn median_takes_the_middle_and_the_peak_maximum() {
+        let mut runs = vec![
+            m(RMLX, "float32", 16, 10.0, 1.0),
+            m(RMLX, "float32", 16, 30.0, 3.0),
+            m(RMLX, "float32", 16, 20.0, 2.0),
+        ];
+        runs[1].peak_rss_mib = 300.0;
+        let med = median(&runs).expect("three runs");
+        assert_eq!(med.prefill_tps, 20.0);
+        assert_eq!(med.decode_tps, 2.0);
+        assert_eq!(med.peak_rss_mib, 300.0);
+        assert!(median(&[]).is_none());
+        assert_eq!(median_of([]), None);
+    }
+
+    #[test]
+    fn rows_carry_ratios_against_our_row_of_the_same_length() {
+        let rows = rows(
+            vec![
+                m(RMLX, "float32", 16, 40.0, 4.0),
+                m(MLX_LM, "model", 16, 10.0, 2.0),
+                m(RMLX, "float32", 32, 80.0, 4.0),
+                m(LLAMA_CPP, "gguf", 32, 160.0, 0.0),
+            ],
+            1,
+        );
+        assert_eq!(rows[0].prefill_ratio, None);
+        assert_eq!(rows[1].prefill_ratio, Some(4.0));
+        assert_eq!(rows[1].decode_ratio, Some(2.0));
+        assert_eq!(rows[3].prefill_ratio, Some(0.5));
+        assert_eq!(rows[3].decode_ratio, None, "a zero throughput has no ratio");
+        let json = serde_json::to_value(&rows[1]).expect("serializable");
+        for key in [
+            "kind",
+            "runner",
+            "dtype",
+            "prompt_tokens",
+            "prefill_tok_s",
+            "decode_tok_s",
+            "ttft_s",
+            "peak_rss_mib",
+            "prefill_ratio",
+            "decode_ratio",
+            "repeat",
+        ] {
+            assert!(json.get(key).is_some(), "{key} missing from {json}");
+        }
+        assert_eq!(json["kind"], "throughput");
+    }
 }

@@ -1,24 +1,28 @@
-//! `cargo rmlx bench <MODEL> [--compare-mlx-lm]`: prefill/decode throughput, time to first
-//! token and peak memory, side by side with mlx-lm in the same invocation.
+//! `cargo rmlx bench <MODEL> [--compare-mlx-lm] [--compare-llama-cpp [GGUF]]`:
+//! prefill/decode throughput, time to first token and peak memory, side by side with mlx-lm
+//! and llama.cpp in the same invocation, and the wall time of a cold `probe` process.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use super::generate::DtypeArg;
 use super::{exit, GlobalArgs, MessageFormat};
 use crate::bench::{
-    measure_mlx_lm, measure_rmlx, median, synthetic_prompt, Measurement, Reference,
+    measure_llama_cpp, measure_mlx_lm, measure_rmlx, median, rows, synthetic_prompt, time_probe,
+    Measurement, ProbeTiming, Reference, Row, RMLX,
 };
 use crate::diagnostic::{Diagnostic, Result};
-use crate::manifest::resolve_model;
+use crate::engine::DtypePolicy;
+use crate::manifest::{resolve_model, Manifest};
 use crate::session::Session;
+use crate::snapshot::ModelConfig;
 
 /// Arguments of `bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Model directory.
+    /// Model directory (or the name of a model declared in rmlx.toml).
     pub model: String,
     /// Prompt lengths to measure prefill at.
     #[arg(long, value_delimiter = ',', default_value = "128")]
@@ -35,9 +39,19 @@ pub struct BenchArgs {
     /// Also run mlx-lm (model dtype and float32-cast) on the same prompts, interleaved.
     #[arg(long)]
     pub compare_mlx_lm: bool,
-    /// Python of the reference venv (default: target/oracle-venv/bin/python).
+    /// Python of the mlx-lm venv (default: target/oracle-venv/bin/python).
     #[arg(long, env = "RMLX_ORACLE_PYTHON")]
     pub python: Option<PathBuf>,
+    /// Also run llama.cpp (llama-cpp-python) on this GGUF with the same prompt ids,
+    /// interleaved; without a value, the model's `.gguf` source declared in rmlx.toml.
+    #[arg(long, value_name = "GGUF", num_args = 0..=1)]
+    pub compare_llama_cpp: Option<Option<PathBuf>>,
+    /// Python of the llama.cpp venv (default: target/llama-venv/bin/python).
+    #[arg(long, env = "RMLX_LLAMA_PYTHON")]
+    pub llama_python: Option<PathBuf>,
+    /// Skip timing a cold `probe` process of the model.
+    #[arg(long)]
+    pub no_probe_timing: bool,
     /// Output format.
     #[arg(long, value_enum, default_value = "human")]
     pub message_format: MessageFormat,
@@ -45,45 +59,120 @@ pub struct BenchArgs {
 
 /// Runs `bench`.
 pub fn run(g: &GlobalArgs, a: BenchArgs) -> Result<u8> {
+    if a.prompt_tokens.contains(&0) {
+        return Err(Diagnostic::error(
+            "rmlx::cli::bad-argument",
+            "--prompt-tokens: every length must be at least 1",
+        ));
+    }
     let dir = resolve_model(&a.model, g.manifest_path.as_deref())?;
-    let session = Session::load(&dir, a.dtype.into())?;
-    let reference = if a.compare_mlx_lm {
-        Some(reference(a.python.clone())?)
+    let policy: DtypePolicy = a.dtype.into();
+    let dtype = dtype_name(policy.resolve(ModelConfig::from_dir(&dir)?.torch_dtype.as_deref()));
+    let mlx_lm = if a.compare_mlx_lm {
+        Some(reference(
+            a.python.clone(),
+            "target/oracle-venv/bin/python",
+            "scripts/bench_mlx_lm.py",
+            "scripts/oracle-venv.sh",
+        )?)
     } else {
         None
     };
-    let mut rows: Vec<Measurement> = Vec::new();
+    let llama = match &a.compare_llama_cpp {
+        None => None,
+        Some(gguf) => {
+            let gguf = match gguf {
+                Some(path) => path.clone(),
+                None => declared_gguf(g, &a.model, &dir)?,
+            };
+            if !gguf.is_file() {
+                return Err(Diagnostic::error(
+                    "rmlx::bench::gguf",
+                    format!("--compare-llama-cpp: no GGUF file at {}", gguf.display()),
+                ));
+            }
+            let r = reference(
+                a.llama_python.clone(),
+                "target/llama-venv/bin/python",
+                "scripts/bench_llama_cpp.py",
+                "scripts/llama-venv.sh",
+            )?;
+            Some((r, gguf))
+        }
+    };
+    let session = Session::load(&dir, policy)?;
+    let repeat = a.repeat.max(1);
+
+    let mut medians: Vec<Measurement> = Vec::new();
     for &n in &a.prompt_tokens {
         let prompt = synthetic_prompt(&session, n)?;
         let mut ours = Vec::new();
-        let mut theirs: Vec<(&str, Vec<Measurement>)> =
-            vec![("model", vec![]), ("float32", vec![])];
+        let mut theirs: Vec<Vec<Measurement>> = vec![Vec::new(); 3];
         // Warm-up (first MLX run pays for kernel setup).
-        measure_rmlx(&session, &prompt[..prompt.len().min(8)], 2)?;
-        for _ in 0..a.repeat.max(1) {
-            ours.push(measure_rmlx(&session, &prompt, a.decode_tokens)?);
-            if let Some(r) = &reference {
-                for (dtype, runs) in theirs.iter_mut() {
-                    runs.push(measure_mlx_lm(r, &dir, &prompt, a.decode_tokens, dtype)?);
+        measure_rmlx(&session, &prompt[..prompt.len().min(8)], 2, &dtype)?;
+        for _ in 0..repeat {
+            ours.push(measure_rmlx(&session, &prompt, a.decode_tokens, &dtype)?);
+            if let Some(r) = &mlx_lm {
+                for (runs, mode) in theirs.iter_mut().zip(["model", "float32"]) {
+                    runs.push(measure_mlx_lm(r, &dir, &prompt, a.decode_tokens, mode)?);
                 }
             }
+            if let Some((r, gguf)) = &llama {
+                theirs[2].push(measure_llama_cpp(r, gguf, &prompt, a.decode_tokens)?);
+            }
         }
-        rows.extend(median(&ours));
-        for (_, runs) in &theirs {
-            rows.extend(median(runs));
+        medians.extend(median(&ours));
+        for runs in &theirs {
+            medians.extend(median(runs));
         }
     }
+    let probe = if a.no_probe_timing {
+        None
+    } else {
+        let exe = std::env::current_exe().map_err(|e| {
+            Diagnostic::error(
+                "rmlx::bench::probe",
+                format!("cannot find this program's path to time a probe: {e}"),
+            )
+            .with_help("skip the timing with --no-probe-timing")
+        })?;
+        let dtype_arg = a
+            .dtype
+            .to_possible_value()
+            .map_or_else(|| "auto".to_string(), |v| v.get_name().to_string());
+        Some(time_probe(&exe, &dir, &dtype_arg, repeat)?)
+    };
+    let rows = rows(medians, repeat);
+
     let mut out = std::io::stdout().lock();
     if a.message_format == MessageFormat::Json {
         for r in &rows {
-            let _ = writeln!(out, "{}", serde_json::to_string(r).expect("serializable"));
+            let _ = writeln!(out, "{}", to_json(r)?);
+        }
+        if let Some(p) = &probe {
+            let _ = writeln!(out, "{}", to_json(p)?);
         }
         return Ok(exit::OK);
     }
+    print_table(&mut out, &rows, probe.as_ref());
+    Ok(exit::OK)
+}
+
+fn to_json(value: &impl serde::Serialize) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| {
+        Diagnostic::error(
+            "rmlx::bench::json",
+            format!("cannot serialize a result row: {e}"),
+        )
+    })
+}
+
+fn print_table(out: &mut impl Write, rows: &[Row], probe: Option<&ProbeTiming>) {
     let _ = writeln!(
         out,
-        "{:<20} {:>7} {:>12} {:>9} {:>11} {:>10} {:>10} {:>10}",
+        "{:<10} {:<8} {:>7} {:>12} {:>9} {:>11} {:>9} {:>10} {:>9}",
         "runner",
+        "dtype",
         "prompt",
         "prefill t/s",
         "ttft s",
@@ -92,52 +181,121 @@ pub fn run(g: &GlobalArgs, a: BenchArgs) -> Result<u8> {
         "prefill ×",
         "decode ×"
     );
-    for r in &rows {
-        let ours = rows
-            .iter()
-            .find(|o| o.runner == "rmlx" && o.prompt_tokens == r.prompt_tokens)
-            .expect("our row exists for each prompt length");
-        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let ratio = |r: Option<f64>, ours: bool| match r {
+        Some(x) => format!("{x:.2}"),
+        None if ours => "-".to_string(),
+        None => "n/a".to_string(),
+    };
+    for r in rows {
+        let m = &r.measurement;
+        let ours = m.runner == RMLX;
         let _ = writeln!(
             out,
-            "{:<20} {:>7} {:>12.1} {:>9.3} {:>11.1} {:>10.0} {:>10} {:>10}",
-            r.runner,
-            r.prompt_tokens,
-            r.prefill_tps,
-            r.ttft_s,
-            r.decode_tps,
-            r.peak_rss_mib,
-            if r.runner == "rmlx" {
-                "-".to_string()
-            } else {
-                format!("{:.2}", ratio(ours.prefill_tps, r.prefill_tps))
-            },
-            if r.runner == "rmlx" {
-                "-".to_string()
-            } else {
-                format!("{:.2}", ratio(ours.decode_tps, r.decode_tps))
-            },
+            "{:<10} {:<8} {:>7} {:>12.1} {:>9.3} {:>11.1} {:>9.0} {:>10} {:>9}",
+            m.runner,
+            m.dtype,
+            m.prompt_tokens,
+            m.prefill_tps,
+            m.ttft_s,
+            m.decode_tps,
+            m.peak_rss_mib,
+            ratio(r.prefill_ratio, ours),
+            ratio(r.decode_ratio, ours),
         );
     }
-    if reference.is_some() {
+    if rows.iter().any(|r| r.measurement.runner != RMLX) {
         let _ = writeln!(
             out,
-            "(× = rmlx throughput / that runner's throughput; >1 means rmlx is faster)"
+            "(× = rmlx throughput / that runner's throughput; >1 means rmlx is faster; \
+             median of {} runs)",
+            rows.first().map_or(1, |r| r.repeat)
         );
     }
-    Ok(exit::OK)
+    if let Some(p) = probe {
+        let verdict = match p.exit_code {
+            0 => "ok",
+            1 => "broken",
+            4 => "inconclusive",
+            _ => "?",
+        };
+        let _ = writeln!(
+            out,
+            "cold probe: {:.2} s wall (median of {}, verdict {verdict}): {}",
+            p.wall_s, p.repeat, p.command
+        );
+    }
 }
 
-fn reference(python: Option<PathBuf>) -> Result<Reference> {
+/// The compute dtype's name, as mlx-lm and config.json spell it.
+fn dtype_name(d: mlx_rs::Dtype) -> String {
+    match d {
+        mlx_rs::Dtype::Float32 => "float32".into(),
+        mlx_rs::Dtype::Bfloat16 => "bfloat16".into(),
+        mlx_rs::Dtype::Float16 => "float16".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// The `.gguf` source of the model declared in rmlx.toml as `name`, or whose build output is
+/// `dir`.
+fn declared_gguf(g: &GlobalArgs, name: &str, dir: &Path) -> Result<PathBuf> {
+    let no_source = || {
+        Diagnostic::error(
+            "rmlx::bench::gguf",
+            format!(
+                "--compare-llama-cpp without a file: `{name}` is not a model declared in \
+                 rmlx.toml with a .gguf source"
+            ),
+        )
+        .with_help("pass the GGUF file: --compare-llama-cpp <FILE.gguf>")
+    };
+    let Some(manifest) = Manifest::find(g.manifest_path.as_deref())? else {
+        return Err(no_source());
+    };
+    let same_dir = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    manifest
+        .models
+        .iter()
+        .find(|m| m.name == name || same_dir(&manifest.output_dir(&m.name), dir))
+        .filter(|m| {
+            m.source
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        })
+        .map(|m| m.source.clone())
+        .ok_or_else(no_source)
+}
+
+/// A reference: `python` or the venv's default, and its bench script.
+fn reference(
+    python: Option<PathBuf>,
+    default_python: &str,
+    script: &str,
+    venv_script: &'static str,
+) -> Result<Reference> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let python = python.unwrap_or_else(|| root.join("target/oracle-venv/bin/python"));
-    let script = root.join("scripts/bench_mlx_lm.py");
+    let python = python.unwrap_or_else(|| root.join(default_python));
     if !python.exists() {
         return Err(Diagnostic::error(
             "rmlx::bench::reference",
             format!("no reference python at {}", python.display()),
         )
-        .with_help("run scripts/oracle-venv.sh (or pass --python)"));
+        .with_help(format!("run {venv_script} (or pass its python)")));
     }
-    Ok(Reference { python, script })
+    let script = root.join(script);
+    if !script.is_file() {
+        return Err(Diagnostic::error(
+            "rmlx::bench::reference",
+            format!("the reference bench script {} is missing", script.display()),
+        )
+        .with_help("bench runs reference scripts from the source checkout it was built in"));
+    }
+    Ok(Reference {
+        python,
+        script,
+        venv_script,
+    })
 }

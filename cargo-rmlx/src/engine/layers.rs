@@ -183,6 +183,10 @@ pub struct Linear {
 impl Linear {
     /// Applies the layer to `x` (`[..., input]`).
     pub fn forward(&self, x: &Array) -> Result<Array> {
+        if let Some(host) = self.host_operands(x) {
+            let y = super::qmv::matmul_many(x, &[host])?.remove(0);
+            return self.add_bias(y);
+        }
         let y = match &self.kind {
             LinearKind::Dense { weight } => x.matmul(weight.t())?,
             LinearKind::Quantized {
@@ -203,18 +207,56 @@ impl Linear {
                         params.bits,
                     )?;
                     x.matmul(w.t())?
-                } else if let Some(b) = biases.as_ref().filter(|_| {
-                    params.mode == QuantMode::Affine
-                        && super::qmv::enabled()
-                        && super::qmv::supports(params.bits, params.group_size, x, scales)
-                }) {
-                    // Few rows on the CPU (decode, short prompts): the host kernel, see `qmv`.
-                    super::qmv::matmul(x, weight, scales, b, params.bits, params.group_size)?
                 } else {
                     quantized_matmul_mode(x, weight, scales, biases.as_ref(), *params)?
                 }
             }
         };
+        self.add_bias(y)
+    }
+
+    /// Applies several layers to the same `x` (q/k/v, gate/up): on the CPU host path in one
+    /// parallel pass, otherwise one after the other.
+    pub fn forward_many<const N: usize>(layers: [&Linear; N], x: &Array) -> Result<[Array; N]> {
+        let host: Vec<_> = layers.iter().filter_map(|l| l.host_operands(x)).collect();
+        let outs = if host.len() == N {
+            let ys = super::qmv::matmul_many(x, &host)?;
+            layers
+                .iter()
+                .zip(ys)
+                .map(|(l, y)| l.add_bias(y))
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            layers
+                .iter()
+                .map(|l| l.forward(x))
+                .collect::<Result<Vec<_>>>()?
+        };
+        Ok(outs.try_into().unwrap_or_else(|_| unreachable!("N outputs for N layers")))
+    }
+
+    /// The operands of the CPU host kernel (`qmv`), when it applies to this layer and input:
+    /// CPU device, affine 4/8-bit weights with float32 scales, float32 input with fewer rows
+    /// than the dequantize-and-sgemm path takes.
+    fn host_operands<'a>(&'a self, x: &Array) -> Option<super::qmv::Operands<'a>> {
+        let LinearKind::Quantized {
+            weight,
+            scales,
+            biases: Some(biases),
+            params,
+        } = &self.kind
+        else {
+            return None;
+        };
+        let rows: i32 = x.shape()[..x.ndim().saturating_sub(1)].iter().product();
+        (rows < DEQUANTIZED_MATMUL_ROWS
+            && params.mode == QuantMode::Affine
+            && super::qmv::enabled()
+            && super::qmv::supports(params.bits, params.group_size, x, scales))
+        .then_some((weight, scales, biases, params.bits, params.group_size))
+    }
+
+    fn add_bias(&self, y: Array) -> Result<Array> {
         Ok(match &self.bias {
             Some(b) => y.add(b)?,
             None => y,

@@ -54,13 +54,16 @@ fn simd_available() -> bool {
     }
 }
 
-/// Whether [`matmul`] handles weights of this shape and format.
+/// Whether [`matmul_many`] handles weights of this shape and format.
 pub fn supports(bits: i32, group_size: i32, x: &Array, scales: &Array) -> bool {
     matches!(bits, 4 | 8)
         && group_size % 16 == 0
         && x.dtype() == Dtype::Float32
         && scales.dtype() == Dtype::Float32
 }
+
+/// MLX arrays of one quantized layer: packed weight, scales, biases, bits, group size.
+pub type Operands<'a> = (&'a Array, &'a Array, &'a Array, i32, i32);
 
 /// A borrowed affine-quantized `[rows, cols]` matrix.
 #[derive(Debug, Clone, Copy)]
@@ -81,22 +84,10 @@ pub struct QuantMatrix<'a> {
     pub group: usize,
 }
 
-/// `y = x · dequantize(W)ᵀ` for a few rows of `x` (`[..., cols]`), through the host
-/// kernel. The caller checked [`enabled`] and [`supports`].
-pub fn matmul(
-    x: &Array,
-    weight: &Array,
-    scales: &Array,
-    biases: &Array,
-    bits: i32,
-    group_size: i32,
-) -> Result<Array> {
-    let fail = |what: &str, e: String| {
-        Diagnostic::error(
-            "rmlx::engine::host-kernel",
-            format!("host mat-vec: {what}: {e}"),
-        )
-    };
+/// `y = x · dequantize(W)ᵀ` for a few rows of `x` (`[..., cols]`), for several matrices
+/// sharing that input (q/k/v, gate/up) in one parallel pass. The caller checked [`enabled`]
+/// and [`supports`] for each.
+pub fn matmul_many(x: &Array, mats: &[Operands<'_>]) -> Result<Vec<Array>> {
     let x = if x.try_as_slice::<f32>().is_ok() {
         x.clone()
     } else {
@@ -105,46 +96,37 @@ pub fn matmul(
     let xs = x
         .try_as_slice::<f32>()
         .map_err(|e| fail("input", e.to_string()))?;
-    let w = weight
-        .try_as_slice::<u32>()
-        .map_err(|e| fail("weight", e.to_string()))?;
-    let s = scales
-        .try_as_slice::<f32>()
-        .map_err(|e| fail("scales", e.to_string()))?;
-    let b = biases
-        .try_as_slice::<f32>()
-        .map_err(|e| fail("biases", e.to_string()))?;
-    let shape = weight.shape();
-    let rows = shape[0] as usize;
-    let bits = bits as usize;
-    let cols = shape[1] as usize * 32 / bits;
-    if cols == 0 || xs.len() % cols != 0 {
-        return Err(fail(
-            "shape",
-            format!(
-                "input of {} values does not split into rows of {cols}",
-                xs.len()
-            ),
-        ));
+    let views = mats
+        .iter()
+        .map(|&(w, s, b, bits, group)| QuantMatrix::view(w, s, b, bits, group))
+        .collect::<Result<Vec<_>>>()?;
+    for m in &views {
+        if xs.len() % m.cols != 0 {
+            return Err(fail(
+                "shape",
+                format!("input of {} values does not split into rows of {}", xs.len(), m.cols),
+            ));
+        }
     }
-    // SAFETY: u32 → u8 reinterpretation of an initialised buffer (u8 has no alignment needs).
-    let packed: &[u8] =
-        unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<u8>(), std::mem::size_of_val(w)) };
-    let m = QuantMatrix {
-        packed,
-        scales: s,
-        biases: b,
-        rows,
-        cols,
-        bits,
-        group: group_size as usize,
-    };
-    let y = m.matmul(xs);
-    let mut out_shape = x.shape().to_vec();
-    if let Some(last) = out_shape.last_mut() {
-        *last = rows as i32;
-    }
-    Ok(Array::from_slice(&y, &out_shape))
+    let outs = QuantMatrix::matmul_many(&views, xs);
+    Ok(views
+        .iter()
+        .zip(outs)
+        .map(|(m, y)| {
+            let mut shape = x.shape().to_vec();
+            if let Some(last) = shape.last_mut() {
+                *last = m.rows as i32;
+            }
+            Array::from_slice(&y, &shape)
+        })
+        .collect())
+}
+
+fn fail(what: &str, e: String) -> Diagnostic {
+    Diagnostic::error(
+        "rmlx::engine::host-kernel",
+        format!("host mat-vec: {what}: {e}"),
+    )
 }
 
 /// One input row prepared for the kernel.
@@ -153,6 +135,51 @@ struct Prepared {
     x: Vec<f32>,
     /// Σx per group, for the bias term.
     group_sums: Vec<f32>,
+}
+
+impl<'a> QuantMatrix<'a> {
+    /// A view of MLX's packed weight, scales and biases (evaluated if they were not).
+    fn view(
+        weight: &'a Array,
+        scales: &'a Array,
+        biases: &'a Array,
+        bits: i32,
+        group: i32,
+    ) -> Result<Self> {
+        let w = weight
+            .try_as_slice::<u32>()
+            .map_err(|e| fail("weight", e.to_string()))?;
+        let s = scales
+            .try_as_slice::<f32>()
+            .map_err(|e| fail("scales", e.to_string()))?;
+        let b = biases
+            .try_as_slice::<f32>()
+            .map_err(|e| fail("biases", e.to_string()))?;
+        let shape = weight.shape();
+        let bits = bits as usize;
+        let (rows, cols) = (shape[0] as usize, shape[1] as usize * 32 / bits);
+        let group = group as usize;
+        if s.len() != rows * cols / group || b.len() != s.len() {
+            return Err(fail(
+                "shape",
+                format!("{rows}×{cols} weight with {} scales, {} biases", s.len(), b.len()),
+            ));
+        }
+        // SAFETY: u32 → u8 reinterpretation of an initialised buffer (u8 has no alignment
+        // requirement); the borrow keeps `weight` alive.
+        let packed: &[u8] = unsafe {
+            std::slice::from_raw_parts(w.as_ptr().cast::<u8>(), std::mem::size_of_val(w))
+        };
+        Ok(QuantMatrix {
+            packed,
+            scales: s,
+            biases: b,
+            rows,
+            cols,
+            bits,
+            group,
+        })
+    }
 }
 
 impl QuantMatrix<'_> {
@@ -171,56 +198,73 @@ impl QuantMatrix<'_> {
     }
 
     /// `y[m, r] = Σ_c dequant(W[r, c]) · x[m, c]` for the rows `m` of `x` (`[M, cols]`),
-    /// returned as `[M, rows]`. Weight rows are split over the rayon pool; each weight row
-    /// is read once for all input rows.
+    /// returned as `[M, rows]`.
     pub fn matmul(&self, x: &[f32]) -> Vec<f32> {
-        assert_eq!(x.len() % self.cols, 0);
-        assert_eq!(self.packed.len(), self.rows * self.cols * self.bits / 8);
-        assert_eq!(self.scales.len(), self.rows * self.cols / self.group);
-        assert_eq!(self.biases.len(), self.scales.len());
-        let inputs: Vec<Prepared> = x.chunks(self.cols).map(|r| self.prepare(r)).collect();
-        let n = inputs.len();
-        let groups = self.cols / self.group;
-        let row_bytes = self.cols * self.bits / 8;
-        let kernel = row_kernel(self.bits);
-        // [rows, M] first: each task owns a contiguous block of weight rows.
-        let mut yt = vec![0f32; self.rows * n];
-        let per_task = (self.rows / (rayon::current_num_threads() * 2)).max(MIN_ROWS_PER_TASK);
-        yt.par_chunks_mut(per_task * n)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let first = task * per_task;
-                for (i, yr) in out.chunks_mut(n).enumerate() {
-                    let r = first + i;
-                    let packed = &self.packed[r * row_bytes..(r + 1) * row_bytes];
-                    let scales = &self.scales[r * groups..(r + 1) * groups];
-                    let biases = &self.biases[r * groups..(r + 1) * groups];
-                    for (y, input) in yr.iter_mut().zip(&inputs) {
-                        // SAFETY: `kernel` is the scalar reference or an AVX2 kernel chosen
-                        // after run-time detection; lengths were asserted above.
-                        *y = unsafe {
-                            kernel(
-                                self.group,
-                                packed,
-                                scales,
-                                biases,
-                                &input.x,
-                                &input.group_sums,
-                            )
-                        };
-                    }
-                }
-            });
-        if n == 1 {
-            return yt;
+        Self::matmul_many(std::slice::from_ref(self), x).remove(0)
+    }
+
+    /// [`Self::matmul`] for several matrices with the same input, in one parallel pass:
+    /// blocks of weight rows of all matrices are spread over the rayon pool, and each weight
+    /// row is read once for all input rows.
+    pub fn matmul_many(mats: &[Self], x: &[f32]) -> Vec<Vec<f32>> {
+        let threads = rayon::current_num_threads();
+        let total_rows: usize = mats.iter().map(|m| m.rows).sum();
+        let per_task = (total_rows / (threads * 2)).max(MIN_ROWS_PER_TASK);
+        let mut inputs = Vec::with_capacity(mats.len());
+        let mut outs: Vec<Vec<f32>> = Vec::with_capacity(mats.len());
+        for m in mats {
+            assert_eq!(x.len() % m.cols, 0);
+            assert_eq!(m.packed.len(), m.rows * m.cols * m.bits / 8);
+            assert_eq!(m.scales.len(), m.rows * m.cols / m.group);
+            assert_eq!(m.biases.len(), m.scales.len());
+            inputs.push(x.chunks(m.cols).map(|r| m.prepare(r)).collect::<Vec<_>>());
+            outs.push(vec![0f32; m.rows * (x.len() / m.cols)]);
         }
-        let mut y = vec![0f32; n * self.rows];
-        for (r, yr) in yt.chunks(n).enumerate() {
-            for (m, v) in yr.iter().enumerate() {
-                y[m * self.rows + r] = *v;
+        // Outputs are [rows, M] first: each task owns a contiguous block of weight rows.
+        let mut tasks = Vec::new();
+        for (i, out) in outs.iter_mut().enumerate() {
+            let n = inputs[i].len();
+            for (t, chunk) in out.chunks_mut(per_task * n).enumerate() {
+                tasks.push((i, t * per_task, chunk));
             }
         }
-        y
+        tasks.into_par_iter().for_each(|(i, first, out)| {
+            let m = &mats[i];
+            let inputs = &inputs[i];
+            let n = inputs.len();
+            let groups = m.cols / m.group;
+            let row_bytes = m.cols * m.bits / 8;
+            let kernel = row_kernel(m.bits);
+            for (j, yr) in out.chunks_mut(n).enumerate() {
+                let r = first + j;
+                let packed = &m.packed[r * row_bytes..(r + 1) * row_bytes];
+                let scales = &m.scales[r * groups..(r + 1) * groups];
+                let biases = &m.biases[r * groups..(r + 1) * groups];
+                for (y, input) in yr.iter_mut().zip(inputs) {
+                    // SAFETY: `kernel` is the scalar reference or an AVX2 kernel chosen
+                    // after run-time detection; lengths were asserted above.
+                    *y = unsafe {
+                        kernel(m.group, packed, scales, biases, &input.x, &input.group_sums)
+                    };
+                }
+            }
+        });
+        outs.into_iter()
+            .zip(mats)
+            .map(|(yt, m)| {
+                let n = x.len() / m.cols;
+                if n == 1 {
+                    return yt;
+                }
+                let mut y = vec![0f32; n * m.rows];
+                for (r, yr) in yt.chunks(n).enumerate() {
+                    for (k, v) in yr.iter().enumerate() {
+                        y[k * m.rows + r] = *v;
+                    }
+                }
+                y
+            })
+            .collect()
     }
 }
 
@@ -405,7 +449,7 @@ mod tests {
             let (wq, scales, biases) = quantize(&w, group, bits).unwrap();
             let x = Array::from_slice(&pseudo_random(3 * cols, 7), &[1, 3, cols as i32]);
             let expect = quantized_matmul(&x, &wq, &scales, &biases, true, group, bits).unwrap();
-            let got = matmul(&x, &wq, &scales, &biases, bits, group).unwrap();
+            let got = matmul_many(&x, &[(&wq, &scales, &biases, bits, group)]).unwrap().remove(0);
             assert_eq!(got.shape(), expect.shape());
             let (e, g) = (expect.as_slice::<f32>(), got.as_slice::<f32>());
             for (i, (a, b)) in e.iter().zip(g).enumerate() {

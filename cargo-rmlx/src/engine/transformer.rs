@@ -294,9 +294,10 @@ impl Attention {
             Ok(a.reshape(&[b, l, n, self.head_dim])?
                 .transpose_axes(&[0, 2, 1, 3])?)
         };
-        let mut q = heads(self.q_proj.forward(x)?, self.n_heads)?;
-        let mut k = heads(self.k_proj.forward(x)?, self.n_kv_heads)?;
-        let v = heads(self.v_proj.forward(x)?, self.n_kv_heads)?;
+        let [q, k, v] = Linear::forward_many([&self.q_proj, &self.k_proj, &self.v_proj], x)?;
+        let mut q = heads(q, self.n_heads)?;
+        let mut k = heads(k, self.n_kv_heads)?;
+        let v = heads(v, self.n_kv_heads)?;
         if let Some(n) = &self.q_norm {
             q = n.forward(&q)?;
         }
@@ -327,12 +328,11 @@ impl Attention {
 
 impl Mlp {
     fn forward(&self, x: &Array) -> Result<Array> {
-        let gate = self.gate_proj.forward(x)?;
+        let [gate, up] = Linear::forward_many([&self.gate_proj, &self.up_proj], x)?;
         let act = match self.activation {
             Activation::Silu => mlx_rs::nn::silu(&gate)?,
             Activation::GeluTanh => mlx_rs::nn::gelu_approximate(&gate)?,
         };
-        let up = self.up_proj.forward(x)?;
         self.down_proj.forward(&act.multiply(&up)?)
     }
 }
