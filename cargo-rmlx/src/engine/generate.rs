@@ -5,6 +5,7 @@
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
+use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::Array;
 
 use super::penalty::{Penalties, PenaltyState};
@@ -165,27 +166,52 @@ pub fn generate(
         out.eval()?;
         logits = Some(out);
     }
-    let mut logits = logits.expect("prompt is non-empty");
+    let logits = logits.expect("prompt is non-empty");
     let mut prefill = Duration::ZERO;
     let mut steps = Vec::with_capacity(max_tokens);
     let mut stop = StopReason::Length;
+    // Greedy without penalties: the token and its evidence are computed on the device and
+    // only a few numbers cross to the host. Where the forward pass does not itself wait on
+    // its input (GPU, or MLX's own CPU kernels) the next step is queued before this one is
+    // read, so the device never idles on the host.
+    let on_device = sampler.is_greedy() && opts.penalties.is_neutral();
+    let pipeline = on_device && !super::qmv::enabled();
+    let mut pending = on_device
+        .then(|| DeviceStep::queue(&logits, opts.top))
+        .transpose()?;
+    let mut logits = Some(logits);
     for i in 0..max_tokens {
-        logits.eval()?;
-        let host: &[f32] = logits.as_slice::<f32>();
-        let id = if opts.penalties.is_neutral() {
-            sampler.sample(host)
-        } else {
-            adjusted.clear();
-            adjusted.extend_from_slice(host);
-            penalties.apply(&mut adjusted);
-            let id = sampler.sample(&adjusted);
-            penalties.push(id);
-            id
+        let last = i + 1 == max_tokens;
+        let step = match pending.take() {
+            Some(current) => {
+                if pipeline && !last {
+                    let input = current.next.reshape(&[1, 1])?;
+                    let l = model.net.forward_last(&input, &mut cache)?;
+                    pending = Some(DeviceStep::queue(&l, opts.top)?);
+                }
+                current.read()?
+            }
+            None => {
+                let l = logits.take().expect("host mode keeps the logits");
+                l.eval()?;
+                let host: &[f32] = l.as_slice::<f32>();
+                let id = if opts.penalties.is_neutral() {
+                    sampler.sample(host)
+                } else {
+                    adjusted.clear();
+                    adjusted.extend_from_slice(host);
+                    penalties.apply(&mut adjusted);
+                    let id = sampler.sample(&adjusted);
+                    penalties.push(id);
+                    id
+                };
+                describe_step(host, id, opts.top)
+            }
         };
-        let step = describe_step(host, id, opts.top);
         if i == 0 {
             prefill = started.elapsed();
         }
+        let id = step.id;
         let is_eos = opts.eos_ids.contains(&id);
         let flow = on_step(&step);
         steps.push(step);
@@ -197,11 +223,18 @@ pub fn generate(
             stop = StopReason::Stopped;
             break;
         }
-        if i + 1 == max_tokens {
+        if last {
             break;
         }
-        let input = Array::from_slice(&[id as i32], &[1, 1]);
-        logits = model.net.forward_last(&input, &mut cache)?;
+        if !pipeline {
+            let input = Array::from_slice(&[id as i32], &[1, 1]);
+            let l = model.net.forward_last(&input, &mut cache)?;
+            if on_device {
+                pending = Some(DeviceStep::queue(&l, opts.top)?);
+            } else {
+                logits = Some(l);
+            }
+        }
     }
     let decode = started.elapsed().saturating_sub(prefill);
     Ok(GenerateOutput {
@@ -211,6 +244,85 @@ pub fn generate(
         prefill,
         decode,
     })
+}
+
+/// A greedy step evaluated on the device: the arg-max token and the numbers of its
+/// [`Step`], queued with `async_eval` and read back when needed. Same semantics as
+/// [`describe_step`]: non-finite logits are counted and left out of the arg-max, the
+/// log-sum-exp and `max_abs_logit`.
+struct DeviceStep {
+    next: Array,
+    top_ids: Array,
+    top_logits: Array,
+    chosen_logit: Array,
+    lse: Array,
+    max_abs: Array,
+    non_finite: Array,
+}
+
+impl DeviceStep {
+    fn queue(logits: &Array, k: usize) -> Result<Self> {
+        use mlx_rs::ops::{argpartition_axis, indexing::argmax, select};
+        let logits = logits.as_dtype(mlx_rs::Dtype::Float32)?;
+        let vocab = logits.size();
+        let finite = logits.is_finite()?;
+        let masked = select(&finite, &logits, Array::from_f32(f32::NEG_INFINITY))?;
+        let next = argmax(&masked, None)?;
+        let k = k.clamp(1, vocab) as i32;
+        let top_ids = if k as usize == vocab {
+            mlx_rs::ops::arange::<_, u32>(0, vocab as i32, None)?
+        } else {
+            argpartition_axis(masked.negative()?, k - 1, 0)?.index(..k)
+        };
+        let step = Self {
+            top_logits: logits.take_axis(&top_ids, 0)?,
+            chosen_logit: logits.take_axis(&next, 0)?,
+            lse: masked.logsumexp(None)?,
+            max_abs: select(&finite, logits.abs()?, Array::from_f32(0.0))?.max(None)?,
+            non_finite: finite
+                .logical_not()?
+                .sum(None)?
+                .as_dtype(mlx_rs::Dtype::Int32)?,
+            next,
+            top_ids,
+        };
+        mlx_rs::transforms::async_eval([
+            &step.next,
+            &step.top_ids,
+            &step.top_logits,
+            &step.chosen_logit,
+            &step.lse,
+            &step.max_abs,
+            &step.non_finite,
+        ])?;
+        Ok(step)
+    }
+
+    fn read(self) -> Result<Step> {
+        let scalar = |a: &Array| -> Result<f32> {
+            a.try_item_cast::<f32>().map_err(|e| {
+                Diagnostic::error("rmlx::engine::eval", format!("reading a step back: {e}"))
+            })
+        };
+        let id = scalar(&self.next)? as u32;
+        let ids = self.top_ids.as_dtype(mlx_rs::Dtype::Uint32)?;
+        let mut top: Vec<(u32, f32)> = ids
+            .as_slice::<u32>()
+            .iter()
+            .copied()
+            .zip(self.top_logits.as_slice::<f32>().iter().copied())
+            .collect();
+        top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let lse = scalar(&self.lse)?;
+        Ok(Step {
+            id,
+            top_logprobs: top.iter().map(|(_, l)| l - lse).collect(),
+            top,
+            max_abs_logit: scalar(&self.max_abs)?,
+            non_finite: scalar(&self.non_finite)? as usize,
+            logprob: scalar(&self.chosen_logit)? - lse,
+        })
+    }
 }
 
 /// The evidence recorded for one step.
