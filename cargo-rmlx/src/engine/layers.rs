@@ -232,7 +232,9 @@ impl Linear {
                 .map(|l| l.forward(x))
                 .collect::<Result<Vec<_>>>()?
         };
-        Ok(outs.try_into().unwrap_or_else(|_| unreachable!("N outputs for N layers")))
+        Ok(outs
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("N outputs for N layers")))
     }
 
     /// The operands of the CPU host kernel (`qmv`), when it applies to this layer and input:
@@ -254,6 +256,58 @@ impl Linear {
             && super::qmv::enabled()
             && super::qmv::supports(params.bits, params.group_size, x, scales))
         .then_some((weight, scales, biases, params.bits, params.group_size))
+    }
+
+    /// Whether [`Self::host_forward_many`] can run this layer (CPU host kernel on, affine
+    /// 4/8-bit weights with float32 scales and bias).
+    pub fn host_capable(&self) -> bool {
+        let LinearKind::Quantized {
+            scales,
+            biases: Some(_),
+            params,
+            ..
+        } = &self.kind
+        else {
+            return false;
+        };
+        params.mode == QuantMode::Affine
+            && super::qmv::enabled()
+            && matches!(params.bits, 4 | 8)
+            && params.group_size % 32 == 0
+            && scales.dtype() == Dtype::Float32
+            && self
+                .bias
+                .as_ref()
+                .is_none_or(|b| b.dtype() == Dtype::Float32)
+    }
+
+    /// Applies [`Self::host_capable`] layers to one host row `x`, in one parallel pass.
+    pub fn host_forward_many(layers: &[&Linear], x: &[f32]) -> Result<Vec<Vec<f32>>> {
+        let mut ops = Vec::with_capacity(layers.len());
+        for l in layers {
+            match &l.kind {
+                LinearKind::Quantized {
+                    weight,
+                    scales,
+                    biases: Some(biases),
+                    params,
+                } => ops.push((weight, scales, biases, params.bits, params.group_size)),
+                _ => {
+                    return Err(Diagnostic::error(
+                        "rmlx::engine::host-kernel",
+                        "host forward of a layer the host kernel does not support",
+                    ))
+                }
+            }
+        }
+        let mut ys = super::qmv::matvec_many_host(x, &ops)?;
+        for (l, y) in layers.iter().zip(ys.iter_mut()) {
+            if let Some(b) = &l.bias {
+                let b = super::qmv::host_slice::<f32>(b, "bias")?;
+                y.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+            }
+        }
+        Ok(ys)
     }
 
     fn add_bias(&self, y: Array) -> Result<Array> {
@@ -413,6 +467,19 @@ impl RmsNorm {
     /// Normalises `x`.
     pub fn forward(&self, x: &Array) -> Result<Array> {
         Ok(mlx_rs::fast::rms_norm(x, Some(&self.weight), self.eps)?)
+    }
+
+    /// Whether [`Self::host_forward`] can run (float32 weight).
+    pub fn host_capable(&self) -> bool {
+        self.weight.dtype() == Dtype::Float32
+    }
+
+    /// [`Self::forward`] of one host row, in float32 like MLX's kernel.
+    pub fn host_forward(&self, x: &[f32]) -> Result<Vec<f32>> {
+        let w = super::qmv::host_slice::<f32>(&self.weight, "norm weight")?;
+        let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+        let inv = 1.0 / (mean_sq + self.eps).sqrt();
+        Ok(x.iter().zip(w).map(|(v, w)| v * inv * w).collect())
     }
 }
 

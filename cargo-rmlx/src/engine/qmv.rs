@@ -57,7 +57,7 @@ fn simd_available() -> bool {
 /// Whether [`matmul_many`] handles weights of this shape and format.
 pub fn supports(bits: i32, group_size: i32, x: &Array, scales: &Array) -> bool {
     matches!(bits, 4 | 8)
-        && group_size % 16 == 0
+        && group_size % 32 == 0
         && x.dtype() == Dtype::Float32
         && scales.dtype() == Dtype::Float32
 }
@@ -104,7 +104,11 @@ pub fn matmul_many(x: &Array, mats: &[Operands<'_>]) -> Result<Vec<Array>> {
         if xs.len() % m.cols != 0 {
             return Err(fail(
                 "shape",
-                format!("input of {} values does not split into rows of {}", xs.len(), m.cols),
+                format!(
+                    "input of {} values does not split into rows of {}",
+                    xs.len(),
+                    m.cols
+                ),
             ));
         }
     }
@@ -120,6 +124,70 @@ pub fn matmul_many(x: &Array, mats: &[Operands<'_>]) -> Result<Vec<Array>> {
             Array::from_slice(&y, &shape)
         })
         .collect())
+}
+
+/// The data of a weight array, evaluated only the first time: `Array::try_as_slice` runs
+/// MLX's `eval` on every call, which for an already materialised array still costs a graph
+/// walk and a stream synchronisation — ~20 of them per layer and token add up to a third of
+/// a decode step.
+pub(crate) fn host_slice<'a, T: HostElement>(a: &'a Array, what: &str) -> Result<&'a [T]> {
+    let mut available = false;
+    // SAFETY: `a` is a valid array handle for the duration of the call.
+    unsafe { mlx_sys::_mlx_array_is_available(&mut available, a.as_ptr()) };
+    if !available || a.dtype() != T::DTYPE {
+        return a.try_as_slice::<T>().map_err(|e| fail(what, e.to_string()));
+    }
+    let mut contiguous = false;
+    // SAFETY: as above.
+    unsafe { mlx_sys::_mlx_array_is_row_contiguous(&mut contiguous, a.as_ptr()) };
+    if !contiguous {
+        return Err(fail(what, "not row-contiguous".into()));
+    }
+    // SAFETY: the array is materialised, row-contiguous, of dtype T and holds `size()`
+    // elements; the slice borrows `a`, which keeps the buffer alive.
+    unsafe {
+        let data = T::data(a);
+        if data.is_null() {
+            return Err(fail(what, "no data".into()));
+        }
+        Ok(std::slice::from_raw_parts(data, a.size()))
+    }
+}
+
+/// Element types [`host_slice`] reads.
+pub(crate) trait HostElement: mlx_rs::ArrayElement {
+    /// The array's data pointer.
+    ///
+    /// # Safety
+    /// `a` must be materialised and of this dtype.
+    unsafe fn data(a: &Array) -> *const Self;
+}
+
+impl HostElement for u32 {
+    unsafe fn data(a: &Array) -> *const Self {
+        mlx_sys::mlx_array_data_uint32(a.as_ptr())
+    }
+}
+
+impl HostElement for f32 {
+    unsafe fn data(a: &Array) -> *const Self {
+        mlx_sys::mlx_array_data_float32(a.as_ptr())
+    }
+}
+
+/// [`matmul_many`] on an input already on the host (one row), returning host vectors.
+pub fn matvec_many_host(x: &[f32], mats: &[Operands<'_>]) -> Result<Vec<Vec<f32>>> {
+    let views = mats
+        .iter()
+        .map(|&(w, s, b, bits, group)| QuantMatrix::view(w, s, b, bits, group))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(m) = views.iter().find(|m| m.cols != x.len()) {
+        return Err(fail(
+            "shape",
+            format!("input has {} features, the weight {}", x.len(), m.cols),
+        ));
+    }
+    Ok(QuantMatrix::matmul_many(&views, x))
 }
 
 fn fail(what: &str, e: String) -> Diagnostic {
@@ -146,15 +214,9 @@ impl<'a> QuantMatrix<'a> {
         bits: i32,
         group: i32,
     ) -> Result<Self> {
-        let w = weight
-            .try_as_slice::<u32>()
-            .map_err(|e| fail("weight", e.to_string()))?;
-        let s = scales
-            .try_as_slice::<f32>()
-            .map_err(|e| fail("scales", e.to_string()))?;
-        let b = biases
-            .try_as_slice::<f32>()
-            .map_err(|e| fail("biases", e.to_string()))?;
+        let w = host_slice::<u32>(weight, "weight")?;
+        let s = host_slice::<f32>(scales, "scales")?;
+        let b = host_slice::<f32>(biases, "biases")?;
         let shape = weight.shape();
         let bits = bits as usize;
         let (rows, cols) = (shape[0] as usize, shape[1] as usize * 32 / bits);
@@ -162,7 +224,11 @@ impl<'a> QuantMatrix<'a> {
         if s.len() != rows * cols / group || b.len() != s.len() {
             return Err(fail(
                 "shape",
-                format!("{rows}×{cols} weight with {} scales, {} biases", s.len(), b.len()),
+                format!(
+                    "{rows}×{cols} weight with {} scales, {} biases",
+                    s.len(),
+                    b.len()
+                ),
             ));
         }
         // SAFETY: u32 → u8 reinterpretation of an initialised buffer (u8 has no alignment
@@ -338,7 +404,8 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    /// 8-bit: one byte per column.
+    /// 8-bit: one byte per column; 32 columns per iteration in four independent FMA chains
+    /// (FMA latency, not throughput, bounds a single chain).
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn row_q8(
         group: usize,
@@ -349,24 +416,32 @@ mod avx2 {
         group_sums: &[f32],
     ) -> f32 {
         debug_assert!(packed.len() >= scales.len() * group && x.len() >= packed.len());
+        debug_assert!(group % 32 == 0);
         let mut acc = _mm256_setzero_ps();
         let mut bias = 0f32;
         let p = packed.as_ptr();
         let xp = x.as_ptr();
+        let widen = |at: usize| {
+            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                p.add(at) as *const __m128i
+            )))
+        };
         for (g, &s) in scales.iter().enumerate() {
             let base = g * group;
             let mut d0 = _mm256_setzero_ps();
             let mut d1 = _mm256_setzero_ps();
+            let mut d2 = _mm256_setzero_ps();
+            let mut d3 = _mm256_setzero_ps();
             let mut c = base;
             while c < base + group {
-                let q = _mm_loadu_si128(p.add(c) as *const __m128i);
-                let q0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q));
-                let q1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(q, 8)));
-                d0 = _mm256_fmadd_ps(q0, _mm256_loadu_ps(xp.add(c)), d0);
-                d1 = _mm256_fmadd_ps(q1, _mm256_loadu_ps(xp.add(c + 8)), d1);
-                c += 16;
+                d0 = _mm256_fmadd_ps(widen(c), _mm256_loadu_ps(xp.add(c)), d0);
+                d1 = _mm256_fmadd_ps(widen(c + 8), _mm256_loadu_ps(xp.add(c + 8)), d1);
+                d2 = _mm256_fmadd_ps(widen(c + 16), _mm256_loadu_ps(xp.add(c + 16)), d2);
+                d3 = _mm256_fmadd_ps(widen(c + 24), _mm256_loadu_ps(xp.add(c + 24)), d3);
+                c += 32;
             }
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(s), _mm256_add_ps(d0, d1), acc);
+            let d = _mm256_add_ps(_mm256_add_ps(d0, d1), _mm256_add_ps(d2, d3));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(s), d, acc);
             bias = biases
                 .get_unchecked(g)
                 .mul_add(*group_sums.get_unchecked(g), bias);
@@ -374,7 +449,8 @@ mod avx2 {
         hsum(acc) + bias
     }
 
-    /// 4-bit: two columns per byte, `x` reordered per 16 columns as [8 even, 8 odd].
+    /// 4-bit: two columns per byte, `x` reordered per 16 columns as [8 even, 8 odd]; 32
+    /// columns (16 bytes) per iteration in four independent FMA chains.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn row_q4(
         group: usize,
@@ -385,28 +461,41 @@ mod avx2 {
         group_sums: &[f32],
     ) -> f32 {
         debug_assert!(packed.len() * 2 >= scales.len() * group && x.len() >= packed.len() * 2);
+        debug_assert!(group % 32 == 0);
         let mut acc = _mm256_setzero_ps();
         let mut bias = 0f32;
         let p = packed.as_ptr();
         let xp = x.as_ptr();
         let low = _mm_set1_epi8(0x0f);
+        let to_f32 = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
         for (g, &s) in scales.iter().enumerate() {
             let base = g * group;
             let mut d0 = _mm256_setzero_ps();
             let mut d1 = _mm256_setzero_ps();
+            let mut d2 = _mm256_setzero_ps();
+            let mut d3 = _mm256_setzero_ps();
             let mut c = base;
             while c < base + group {
-                // 8 bytes = 16 columns.
-                let q = _mm_loadl_epi64(p.add(c / 2) as *const __m128i);
+                // 16 bytes = 32 columns: bytes 0..8 hold columns c..c+16, 8..16 the next 16.
+                let q = _mm_loadu_si128(p.add(c / 2) as *const __m128i);
                 let lo = _mm_and_si128(q, low);
                 let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
-                let qlo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
-                let qhi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
-                d0 = _mm256_fmadd_ps(qlo, _mm256_loadu_ps(xp.add(c)), d0);
-                d1 = _mm256_fmadd_ps(qhi, _mm256_loadu_ps(xp.add(c + 8)), d1);
-                c += 16;
+                d0 = _mm256_fmadd_ps(to_f32(lo), _mm256_loadu_ps(xp.add(c)), d0);
+                d1 = _mm256_fmadd_ps(to_f32(hi), _mm256_loadu_ps(xp.add(c + 8)), d1);
+                d2 = _mm256_fmadd_ps(
+                    to_f32(_mm_srli_si128(lo, 8)),
+                    _mm256_loadu_ps(xp.add(c + 16)),
+                    d2,
+                );
+                d3 = _mm256_fmadd_ps(
+                    to_f32(_mm_srli_si128(hi, 8)),
+                    _mm256_loadu_ps(xp.add(c + 24)),
+                    d3,
+                );
+                c += 32;
             }
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(s), _mm256_add_ps(d0, d1), acc);
+            let d = _mm256_add_ps(_mm256_add_ps(d0, d1), _mm256_add_ps(d2, d3));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(s), d, acc);
             bias = biases
                 .get_unchecked(g)
                 .mul_add(*group_sums.get_unchecked(g), bias);
@@ -449,7 +538,9 @@ mod tests {
             let (wq, scales, biases) = quantize(&w, group, bits).unwrap();
             let x = Array::from_slice(&pseudo_random(3 * cols, 7), &[1, 3, cols as i32]);
             let expect = quantized_matmul(&x, &wq, &scales, &biases, true, group, bits).unwrap();
-            let got = matmul_many(&x, &[(&wq, &scales, &biases, bits, group)]).unwrap().remove(0);
+            let got = matmul_many(&x, &[(&wq, &scales, &biases, bits, group)])
+                .unwrap()
+                .remove(0);
             assert_eq!(got.shape(), expect.shape());
             let (e, g) = (expect.as_slice::<f32>(), got.as_slice::<f32>());
             for (i, (a, b)) in e.iter().zip(g).enumerate() {

@@ -250,6 +250,9 @@ impl Transformer {
         if let Some(scale) = self.embed_scale {
             x = x.multiply(Array::from_f32(scale).as_dtype(x.dtype())?)?;
         }
+        if len == 1 && self.host_decode() {
+            return self.hidden_host_decode(x, cache);
+        }
         for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             let rope = &self.ropes[block.attn.rope];
             let r = block.attn.forward(
@@ -275,6 +278,77 @@ impl Transformer {
         Ok(x)
     }
 
+    /// Whether one-token steps take [`Self::hidden_host_decode`]: the CPU host kernel covers
+    /// every projection, norms are float32, and the block is the llama form (no sandwich
+    /// norms, SiLU).
+    fn host_decode(&self) -> bool {
+        static DECIDED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+        let ok = super::qmv::enabled()
+            && self.blocks.iter().all(|b| {
+                b.sandwich.is_none()
+                    && b.mlp.activation == Activation::Silu
+                    && b.input_norm.host_capable()
+                    && b.post_attn_norm.host_capable()
+                    && [
+                        &b.attn.q_proj,
+                        &b.attn.k_proj,
+                        &b.attn.v_proj,
+                        &b.attn.o_proj,
+                        &b.mlp.gate_proj,
+                        &b.mlp.up_proj,
+                        &b.mlp.down_proj,
+                    ]
+                    .iter()
+                    .all(|l| l.host_capable())
+            });
+        if super::qmv::enabled() {
+            DECIDED.get_or_init(|| {
+                tracing::debug!(
+                    "decode steps: {}",
+                    if ok {
+                        "host blocks (MLX runs attention only)"
+                    } else {
+                        "MLX blocks with host projections (layer form or weights not covered)"
+                    }
+                )
+            });
+        }
+        ok
+    }
+
+    /// One decode step with the residual stream on the host: norms, projections (the `qmv`
+    /// kernel), SiLU gate and residual adds run there; MLX runs what needs the KV cache
+    /// (RoPE, cache update, attention) — one MLX evaluation per block instead of four.
+    fn hidden_host_decode(&self, x: Array, cache: &mut KvCache) -> Result<Array> {
+        let shape = x.shape().to_vec();
+        let x = x.as_dtype(Dtype::Float32)?;
+        let mut h: Vec<f32> = super::qmv::host_slice::<f32>(&x, "embedding")?.to_vec();
+        for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            let a = &block.attn;
+            let n = block.input_norm.host_forward(&h)?;
+            let qkv = Linear::host_forward_many(&[&a.q_proj, &a.k_proj, &a.v_proj], &n)?;
+            let [q, k, v] =
+                [0, 1, 2].map(|i| Array::from_slice(&qkv[i], &[1, 1, qkv[i].len() as i32]));
+            let o = a.core(q, k, v, layer_cache, cache.offset, &self.ropes[a.rope])?;
+            let o = o.as_dtype(Dtype::Float32)?;
+            let o = super::qmv::host_slice::<f32>(&o, "attention output")?;
+            let r = Linear::host_forward_many(&[&a.o_proj], o)?.remove(0);
+            h.iter_mut().zip(&r).for_each(|(h, r)| *h += r);
+            let n = block.post_attn_norm.host_forward(&h)?;
+            let mut gu =
+                Linear::host_forward_many(&[&block.mlp.gate_proj, &block.mlp.up_proj], &n)?;
+            let up = gu.pop().expect("two outputs");
+            let mut act = gu.pop().expect("two outputs");
+            act.iter_mut()
+                .zip(&up)
+                .for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
+            let r = Linear::host_forward_many(&[&block.mlp.down_proj], &act)?.remove(0);
+            h.iter_mut().zip(&r).for_each(|(h, r)| *h += r);
+        }
+        cache.offset += 1;
+        Ok(Array::from_slice(&h, &shape))
+    }
+
     /// A fresh cache for this model.
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.blocks.len())
@@ -289,12 +363,31 @@ impl Attention {
         offset: usize,
         rope: &Rope,
     ) -> Result<Array> {
-        let (b, l) = (x.shape()[0], x.shape()[1]);
+        let [q, k, v] = Linear::forward_many([&self.q_proj, &self.k_proj, &self.v_proj], x)?;
+        let o = self.core(q, k, v, cache, offset, rope)?;
+        self.o_proj.forward(&o)
+    }
+
+    /// Attention from projected `q`, `k`, `v` (`[B, L, heads · head_dim]`) to the input of
+    /// `o_proj`: head split, q/k norms, RoPE, cache update, scaled dot-product attention.
+    fn core(
+        &self,
+        q: Array,
+        k: Array,
+        v: Array,
+        cache: &mut LayerCache,
+        offset: usize,
+        rope: &Rope,
+    ) -> Result<Array> {
+        let (b, l) = (q.shape()[0], q.shape()[1]);
         let heads = |a: Array, n: i32| -> Result<Array> {
+            if l == 1 {
+                // One position: [B, 1, n, d] and [B, n, 1, d] share a layout.
+                return Ok(a.reshape(&[b, n, 1, self.head_dim])?);
+            }
             Ok(a.reshape(&[b, l, n, self.head_dim])?
                 .transpose_axes(&[0, 2, 1, 3])?)
         };
-        let [q, k, v] = Linear::forward_many([&self.q_proj, &self.k_proj, &self.v_proj], x)?;
         let mut q = heads(q, self.n_heads)?;
         let mut k = heads(k, self.n_kv_heads)?;
         let v = heads(v, self.n_kv_heads)?;
@@ -319,10 +412,11 @@ impl Attention {
                 scaled_dot_product_attention(&q, &k, &v, self.scale, mask, None)?
             }
         };
-        let o = o
-            .transpose_axes(&[0, 2, 1, 3])?
-            .reshape(&[b, l, self.n_heads * self.head_dim])?;
-        self.o_proj.forward(&o)
+        if l == 1 {
+            return Ok(o.reshape(&[b, 1, self.n_heads * self.head_dim])?);
+        }
+        Ok(o.transpose_axes(&[0, 2, 1, 3])?
+            .reshape(&[b, l, self.n_heads * self.head_dim])?)
     }
 }
 
