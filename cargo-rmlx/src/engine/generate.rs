@@ -170,12 +170,13 @@ pub fn generate(
     let mut prefill = Duration::ZERO;
     let mut steps = Vec::with_capacity(max_tokens);
     let mut stop = StopReason::Length;
-    // Greedy without penalties: the token and its evidence are computed on the device and
-    // only a few numbers cross to the host. Where the forward pass does not itself wait on
-    // its input (GPU, or MLX's own CPU kernels) the next step is queued before this one is
-    // read, so the device never idles on the host.
-    let on_device = sampler.is_greedy() && opts.penalties.is_neutral();
-    let pipeline = on_device && !super::qmv::enabled();
+    // Greedy without penalties on a GPU: the token and its evidence are computed on the
+    // device, only a few numbers cross to the host, and the next step is queued before this
+    // one is read, so the device never idles on the host. On the CPU the logits are host
+    // memory already and one pass over them (`describe_step`) is cheaper than the device
+    // reductions; the host decode path waits on its input anyway.
+    let on_device = sampler.is_greedy() && opts.penalties.is_neutral() && super::gpu_available();
+    let pipeline = on_device;
     let mut pending = on_device
         .then(|| DeviceStep::queue(&logits, opts.top))
         .transpose()?;
