@@ -13,6 +13,19 @@ from mlx_lm import load
 from mlx_lm.generate import stream_generate
 
 
+def peak_rss_mib():
+    """This program's peak RSS: VmHWM, which starts afresh at exec. (ru_maxrss does not: on
+    Linux a child keeps the high-water mark of the parent that forked it.)"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -46,7 +59,7 @@ def main():
             first = time.perf_counter()
         n = resp.generation_tokens
     end = time.perf_counter()
-    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    rss_mib = peak_rss_mib()
     print(
         json.dumps(
             {

@@ -33,3 +33,37 @@ rmlx_quiet() {
 
 # The Python used for pip operations outside the oracle venv.
 export RMLX_PYTHON="${PYTHON:-python3}"
+
+# rmlx_venv VENV WANT CHECK PIP_ARGS…
+# Creates (once) a Python venv at VENV with `pip install PIP_ARGS…`, then runs
+# `python -c CHECK` in it. WANT (a version list or a hash of the requirements) is recorded in
+# a stamp file: while it matches, a later call returns at once; when it changes, the venv is
+# made again from scratch. Concurrent callers (parallel tests) serialize on VENV.lock.
+rmlx_venv() {
+    local venv="$1" want="$2" check="$3"
+    shift 3
+    local stamp="$venv/.rmlx-venv-stamp"
+    _rmlx_venv_ready() {
+        [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$venv/bin/python" ]]
+    }
+    _rmlx_venv_ready && return 0
+    mkdir -p "$(dirname "$venv")"
+    local lock_fd
+    exec {lock_fd}>"$venv.lock"
+    flock "$lock_fd"
+    # Re-check once we hold the lock: another caller may have made it meanwhile.
+    local status=0
+    if ! _rmlx_venv_ready; then
+        rm -rf "$venv"
+        if rmlx_quiet "$RMLX_PYTHON" -m venv "$venv" &&
+            rmlx_quiet "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+                --no-input "$@" &&
+            rmlx_quiet "$venv/bin/python" -c "$check"; then
+            printf '%s\n' "$want" >"$stamp"
+        else
+            status=$?
+        fi
+    fi
+    exec {lock_fd}>&-
+    return "$status"
+}

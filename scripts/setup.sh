@@ -11,6 +11,8 @@ MLX_VERSION=0.32.2
 
 # --- Debian packages -------------------------------------------------------------------
 apt_packages=(cmake clang libclang-dev libopenblas0-pthread)
+# scripts/llama-venv.sh compiles llama.cpp from llama-cpp-python's sdist with cmake and g++.
+apt_packages+=(g++)
 command -v "$RMLX_PYTHON" >/dev/null 2>&1 || apt_packages+=(python3)
 "$RMLX_PYTHON" -m pip --version >/dev/null 2>&1 || apt_packages+=(python3-pip)
 # The oracle venv (scripts/oracle-venv.sh) needs venv + ensurepip.

@@ -10,6 +10,8 @@ cd "$RMLX_REPO"
 bash scripts/setup.sh
 # The reference implementation the end-to-end tests compare against (cached).
 bash scripts/oracle-venv.sh >/dev/null
+# The llama.cpp reference of the bench smoke test (compiled once, ~10 min on 2 cores; cached).
+bash scripts/llama-venv.sh >/dev/null
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings

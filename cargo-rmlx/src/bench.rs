@@ -139,14 +139,23 @@ pub fn measure_mlx_lm(
 }
 
 /// Runs llama.cpp (llama-cpp-python) on `gguf` with the same prompt ids, in a child process
-/// using every CPU this process may use.
+/// with `threads` threads (`None`: every CPU this process may use).
 pub fn measure_llama_cpp(
     reference: &Reference,
     gguf: &Path,
     prompt: &[u32],
     decode: usize,
+    threads: Option<usize>,
 ) -> Result<Measurement> {
-    let mut m = run_reference(reference, LLAMA_CPP, gguf, prompt, decode, &[])?;
+    let threads = threads.unwrap_or(0).to_string();
+    let mut m = run_reference(
+        reference,
+        LLAMA_CPP,
+        gguf,
+        prompt,
+        decode,
+        &["--threads", &threads],
+    )?;
     m.dtype = "gguf".into();
     Ok(m)
 }
@@ -241,16 +250,17 @@ impl From<ReferenceResult> for Measurement {
     }
 }
 
-/// Median of each numeric column over repeated runs of one runner and prompt length (peak
-/// RSS: the maximum).
+/// Medians over repeated runs of one runner and prompt length: prefill throughput and time to
+/// first token from the same run (the median one by prefill throughput), decode throughput
+/// on its own, peak RSS the maximum.
 pub fn median(runs: &[Measurement]) -> Option<Measurement> {
-    let first = runs.first()?.clone();
+    let mut by_prefill: Vec<&Measurement> = runs.iter().collect();
+    by_prefill.sort_by(|a, b| a.prefill_tps.total_cmp(&b.prefill_tps));
+    let mid = (*by_prefill.get(by_prefill.len() / 2)?).clone();
     Some(Measurement {
-        prefill_tps: median_of(runs.iter().map(|m| m.prefill_tps))?,
-        ttft_s: median_of(runs.iter().map(|m| m.ttft_s))?,
         decode_tps: median_of(runs.iter().map(|m| m.decode_tps))?,
         peak_rss_mib: runs.iter().map(|m| m.peak_rss_mib).fold(0.0, f64::max),
-        ..first
+        ..mid
     })
 }
 
@@ -320,10 +330,38 @@ pub struct ProbeTiming {
     pub exit_code: i32,
 }
 
-/// Times `repeat` cold runs of `<exe> rmlx probe <model_dir> --dtype <dtype>` (stdout
-/// discarded). A verdict of any kind counts as a completed probe (exit codes 0, 1, 4); any
-/// other exit is an error with the probe's stderr.
-pub fn time_probe(exe: &Path, model_dir: &Path, dtype: &str, repeat: usize) -> Result<ProbeTiming> {
+/// The program to run this binary again: on Linux `/proc/self/exe`, which still runs this
+/// very build when the file has since been replaced (a rebuild during a long bench), and the
+/// path to show for it.
+pub fn this_program() -> Result<(PathBuf, String)> {
+    let exe = std::env::current_exe().map_err(|e| {
+        Diagnostic::error(
+            "rmlx::bench::probe",
+            format!("cannot find this program's path to time a probe: {e}"),
+        )
+        .with_help("skip the timing with --no-probe-timing")
+    })?;
+    let shown = exe.display().to_string();
+    let shown = shown.trim_end_matches(" (deleted)").to_string();
+    let proc_self = Path::new("/proc/self/exe");
+    let program = if cfg!(target_os = "linux") && proc_self.exists() {
+        proc_self.to_path_buf()
+    } else {
+        exe
+    };
+    Ok((program, shown))
+}
+
+/// Times `repeat` cold runs of `<program> rmlx probe <model_dir> --dtype <dtype>` (stdout
+/// discarded; `shown` names the program in the report). A verdict of any kind counts as a
+/// completed probe (exit codes 0, 1, 4); any other exit is an error with the probe's stderr.
+pub fn time_probe(
+    program: &Path,
+    shown: &str,
+    model_dir: &Path,
+    dtype: &str,
+    repeat: usize,
+) -> Result<ProbeTiming> {
     let args: Vec<&std::ffi::OsStr> = vec![
         "rmlx".as_ref(),
         "probe".as_ref(),
@@ -331,16 +369,15 @@ pub fn time_probe(exe: &Path, model_dir: &Path, dtype: &str, repeat: usize) -> R
         "--dtype".as_ref(),
         dtype.as_ref(),
     ];
-    let command = std::iter::once(exe.as_os_str())
-        .chain(args.iter().copied())
-        .map(|a| a.to_string_lossy())
+    let command = std::iter::once(shown.to_string())
+        .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
         .collect::<Vec<_>>()
         .join(" ");
     let mut runs_s = Vec::new();
     let mut exit_code = 0;
     for _ in 0..repeat.max(1) {
         let start = Instant::now();
-        let out = Command::new(exe)
+        let out = Command::new(program)
             .args(&args)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -403,6 +440,7 @@ mod tests {
         runs[1].peak_rss_mib = 300.0;
         let med = median(&runs).expect("three runs");
         assert_eq!(med.prefill_tps, 20.0);
+        assert_eq!(med.ttft_s, 16.0 / 20.0, "ttft from the same run as prefill");
         assert_eq!(med.decode_tps, 2.0);
         assert_eq!(med.peak_rss_mib, 300.0);
         assert!(median(&[]).is_none());

@@ -5,6 +5,7 @@
 
 mod arch_oracle;
 mod bad_inputs;
+mod bench;
 mod generate;
 mod oracle;
 mod probe;

@@ -10,8 +10,8 @@ use clap::{Args, ValueEnum};
 use super::generate::DtypeArg;
 use super::{exit, GlobalArgs, MessageFormat};
 use crate::bench::{
-    measure_llama_cpp, measure_mlx_lm, measure_rmlx, median, rows, synthetic_prompt, time_probe,
-    Measurement, ProbeTiming, Reference, Row, RMLX,
+    measure_llama_cpp, measure_mlx_lm, measure_rmlx, median, rows, synthetic_prompt, this_program,
+    time_probe, Measurement, ProbeTiming, Reference, Row, RMLX,
 };
 use crate::diagnostic::{Diagnostic, Result};
 use crate::engine::DtypePolicy;
@@ -46,6 +46,10 @@ pub struct BenchArgs {
     /// interleaved; without a value, the model's `.gguf` source declared in rmlx.toml.
     #[arg(long, value_name = "GGUF", num_args = 0..=1)]
     pub compare_llama_cpp: Option<Option<PathBuf>>,
+    /// Threads of llama.cpp (default: every CPU this process may use). Its threads spin at
+    /// barriers, so on a machine busy with other work fewer threads can be much faster.
+    #[arg(long, value_name = "N")]
+    pub llama_threads: Option<usize>,
     /// Python of the llama.cpp venv (default: target/llama-venv/bin/python).
     #[arg(long, env = "RMLX_LLAMA_PYTHON")]
     pub llama_python: Option<PathBuf>,
@@ -100,16 +104,29 @@ pub fn run(g: &GlobalArgs, a: BenchArgs) -> Result<u8> {
             Some((r, gguf))
         }
     };
-    let session = Session::load(&dir, policy)?;
     let repeat = a.repeat.max(1);
 
+    // The cold probe first: a failure here costs no throughput runs.
+    let probe = if a.no_probe_timing {
+        None
+    } else {
+        let (program, shown) = this_program()?;
+        let dtype_arg = a
+            .dtype
+            .to_possible_value()
+            .map_or_else(|| "auto".to_string(), |v| v.get_name().to_string());
+        Some(time_probe(&program, &shown, &dir, &dtype_arg, repeat)?)
+    };
+
+    let session = Session::load(&dir, policy)?;
     let mut medians: Vec<Measurement> = Vec::new();
     for &n in &a.prompt_tokens {
         let prompt = synthetic_prompt(&session, n)?;
         let mut ours = Vec::new();
         let mut theirs: Vec<Vec<Measurement>> = vec![Vec::new(); 3];
-        // Warm-up (first MLX run pays for kernel setup).
-        measure_rmlx(&session, &prompt[..prompt.len().min(8)], 2, &dtype)?;
+        // Warm-up on the full prompt, as the reference scripts do: the first run of a
+        // prompt length pays for kernel setup.
+        measure_rmlx(&session, &prompt, 2, &dtype)?;
         for _ in 0..repeat {
             ours.push(measure_rmlx(&session, &prompt, a.decode_tokens, &dtype)?);
             if let Some(r) = &mlx_lm {
@@ -118,7 +135,13 @@ pub fn run(g: &GlobalArgs, a: BenchArgs) -> Result<u8> {
                 }
             }
             if let Some((r, gguf)) = &llama {
-                theirs[2].push(measure_llama_cpp(r, gguf, &prompt, a.decode_tokens)?);
+                theirs[2].push(measure_llama_cpp(
+                    r,
+                    gguf,
+                    &prompt,
+                    a.decode_tokens,
+                    a.llama_threads,
+                )?);
             }
         }
         medians.extend(median(&ours));
@@ -126,22 +149,6 @@ pub fn run(g: &GlobalArgs, a: BenchArgs) -> Result<u8> {
             medians.extend(median(runs));
         }
     }
-    let probe = if a.no_probe_timing {
-        None
-    } else {
-        let exe = std::env::current_exe().map_err(|e| {
-            Diagnostic::error(
-                "rmlx::bench::probe",
-                format!("cannot find this program's path to time a probe: {e}"),
-            )
-            .with_help("skip the timing with --no-probe-timing")
-        })?;
-        let dtype_arg = a
-            .dtype
-            .to_possible_value()
-            .map_or_else(|| "auto".to_string(), |v| v.get_name().to_string());
-        Some(time_probe(&exe, &dir, &dtype_arg, repeat)?)
-    };
     let rows = rows(medians, repeat);
 
     let mut out = std::io::stdout().lock();
@@ -276,7 +283,12 @@ fn reference(
     script: &str,
     venv_script: &'static str,
 ) -> Result<Reference> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    // The source checkout holding scripts/ and the venvs: `RMLX_SOURCE_DIR` for a binary run
+    // away from where it was built (e.g. copied to a GPU machine), else the build checkout.
+    let root = match std::env::var_os("RMLX_SOURCE_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."),
+    };
     let python = python.unwrap_or_else(|| root.join(default_python));
     if !python.exists() {
         return Err(Diagnostic::error(
@@ -291,7 +303,10 @@ fn reference(
             "rmlx::bench::reference",
             format!("the reference bench script {} is missing", script.display()),
         )
-        .with_help("bench runs reference scripts from the source checkout it was built in"));
+        .with_help(
+            "bench runs reference scripts from the source checkout it was built in; set \
+             RMLX_SOURCE_DIR to another checkout",
+        ));
     }
     Ok(Reference {
         python,
