@@ -11,27 +11,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 REQUIREMENTS=("jinja2==3.1.6" "MarkupSafe==3.0.3")
 
 venv="${RMLX_JINJA_VENV:-$RMLX_REPO/target/jinja-venv}"
-stamp="$venv/.rmlx-jinja-stamp"
-want="${REQUIREMENTS[*]}"
-
-ready() {
-    [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$venv/bin/python" ]]
-}
-
-if ! ready; then
-    mkdir -p "$(dirname "$venv")"
-    # Serialize concurrent callers (parallel tests); re-check once we hold the lock.
-    exec 9>"$venv.lock"
-    flock 9
-    if ! ready; then
-        rm -rf "$venv"
-        rmlx_quiet "$RMLX_PYTHON" -m venv "$venv"
-        rmlx_quiet "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-            --no-input "${REQUIREMENTS[@]}"
-        rmlx_quiet "$venv/bin/python" -c 'import jinja2, jinja2.sandbox'
-        printf '%s\n' "$want" >"$stamp"
-    fi
-    exec 9>&-
-fi
+rmlx_venv "$venv" "${REQUIREMENTS[*]}" 'import jinja2, jinja2.sandbox' "${REQUIREMENTS[@]}"
 
 printf '%s\n' "$venv/bin/python"

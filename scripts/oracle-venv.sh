@@ -8,27 +8,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 venv="${RMLX_ORACLE_VENV:-$RMLX_REPO/target/oracle-venv}"
 requirements="$RMLX_REPO/scripts/oracle-requirements.txt"
-stamp="$venv/.rmlx-oracle-stamp"
 want="$(sha256sum "$requirements" | cut -d' ' -f1)"
-
-ready() {
-    [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$venv/bin/python" ]]
-}
-
-if ! ready; then
-    mkdir -p "$(dirname "$venv")"
-    # Serialize concurrent callers (parallel tests); re-check once we hold the lock.
-    exec 9>"$venv.lock"
-    flock 9
-    if ! ready; then
-        rm -rf "$venv"
-        rmlx_quiet "$RMLX_PYTHON" -m venv "$venv"
-        rmlx_quiet "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-            --no-input -r "$requirements"
-        rmlx_quiet "$venv/bin/python" -c 'import mlx.core, mlx_lm, transformers'
-        printf '%s\n' "$want" >"$stamp"
-    fi
-    exec 9>&-
-fi
+rmlx_venv "$venv" "$want" 'import mlx.core, mlx_lm, transformers' -r "$requirements"
 
 printf '%s\n' "$venv/bin/python"

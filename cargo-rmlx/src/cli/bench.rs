@@ -39,6 +39,10 @@ pub struct BenchArgs {
     /// Also run mlx-lm (model dtype and float32-cast) on the same prompts, interleaved.
     #[arg(long)]
     pub compare_mlx_lm: bool,
+    /// Which mlx-lm modes to run (mlx-lm's bf16 CPU kernels are ~10× slower than its
+    /// float32 ones: `float32` alone keeps long CPU comparisons short).
+    #[arg(long, value_delimiter = ',', default_value = "model,float32")]
+    pub mlx_lm_modes: Vec<MlxLmMode>,
     /// Python of the mlx-lm venv (default: target/oracle-venv/bin/python).
     #[arg(long, env = "RMLX_ORACLE_PYTHON")]
     pub python: Option<PathBuf>,
@@ -131,7 +135,13 @@ pub fn run(g: &GlobalArgs, a: BenchArgs) -> Result<u8> {
             ours.push(measure_rmlx(&session, &prompt, a.decode_tokens, &dtype)?);
             if let Some(r) = &mlx_lm {
                 for (runs, mode) in theirs.iter_mut().zip(["model", "float32"]) {
-                    runs.push(measure_mlx_lm(r, &dir, &prompt, a.decode_tokens, mode)?);
+                    let wanted = match mode {
+                        "model" => MlxLmMode::Model,
+                        _ => MlxLmMode::Float32,
+                    };
+                    if a.mlx_lm_modes.contains(&wanted) {
+                        runs.push(measure_mlx_lm(r, &dir, &prompt, a.decode_tokens, mode)?);
+                    }
                 }
             }
             if let Some((r, gguf)) = &llama {
@@ -274,6 +284,15 @@ fn declared_gguf(g: &GlobalArgs, name: &str, dir: &Path) -> Result<PathBuf> {
         })
         .map(|m| m.source.clone())
         .ok_or_else(no_source)
+}
+
+/// `--mlx-lm-modes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MlxLmMode {
+    /// The model's own dtype (bf16 for most checkpoints).
+    Model,
+    /// Every float parameter cast to float32 (mlx-lm's fastest CPU setting).
+    Float32,
 }
 
 /// A reference: `python` or the venv's default, and its bench script.

@@ -270,7 +270,10 @@ impl DeviceStep {
         let masked = select(&finite, &logits, Array::from_f32(f32::NEG_INFINITY))?;
         let next = argmax(&masked, None)?;
         let k = k.clamp(1, vocab) as i32;
-        let top_ids = if k as usize == vocab {
+        let top_ids = if k == 1 {
+            // The arg-max is the top-1: no partition over the vocabulary.
+            next.reshape(&[1])?
+        } else if k as usize == vocab {
             mlx_rs::ops::arange::<_, u32>(0, vocab as i32, None)?
         } else {
             argpartition_axis(masked.negative()?, k - 1, 0)?.index(..k)

@@ -371,46 +371,6 @@ fn quantized_matmul_mode(
     Ok(unsafe { Array::from_ptr(res) })
 }
 
-/// `dequantize` in a microscaling mode (mxfp4, mxfp8, nvfp4: no biases) to `dtype`.
-fn dequantize_mode(w: &Array, scales: &Array, q: QuantParams, dtype: Dtype) -> Result<Array> {
-    let mode = std::ffi::CString::new(q.mode.as_str()).expect("mode names have no NUL");
-    let stream = mlx_rs::Stream::thread_local_or_default();
-    let opt = |value| mlx_sys::mlx_optional_int {
-        value,
-        has_value: true,
-    };
-    // SAFETY: valid array handles; the empty arrays stand for "no biases" and "no global
-    // scale" and are freed here; `res` receives a new array owned by `Array::from_ptr`.
-    unsafe {
-        let none = mlx_sys::mlx_array_new();
-        let mut res = mlx_sys::mlx_array_new();
-        let status = mlx_sys::mlx_dequantize(
-            &mut res,
-            w.as_ptr(),
-            scales.as_ptr(),
-            none,
-            opt(q.group_size),
-            opt(q.bits),
-            mode.as_ptr(),
-            none,
-            mlx_sys::mlx_optional_dtype {
-                value: dtype as mlx_sys::mlx_dtype,
-                has_value: true,
-            },
-            stream.as_ptr(),
-        );
-        mlx_sys::mlx_array_free(none);
-        if status != 0 {
-            mlx_sys::mlx_array_free(res);
-            return Err(Diagnostic::error(
-                "rmlx::engine::mlx",
-                format!("dequantize in mode {} failed", q.mode.as_str()),
-            ));
-        }
-        Ok(Array::from_ptr(res))
-    }
-}
-
 /// Token embeddings; a quantized table is dequantized row-wise on lookup.
 #[derive(Debug)]
 pub struct Embedding {
@@ -437,7 +397,8 @@ impl Embedding {
                     None => None,
                 };
                 if params.mode != QuantMode::Affine {
-                    return dequantize_mode(&w, &s, *params, self.dtype);
+                    // Microscaling modes (mxfp4, mxfp8, nvfp4) have no biases.
+                    return crate::build::quant::dequantize(&w, &s, None, *params, self.dtype);
                 }
                 Ok(dequantize(
                     &w,

@@ -6,9 +6,11 @@
 //! a profile of SmolLM2 decode puts at 83% of the time. This kernel computes the same
 //! `y = x · dequantize(W)ᵀ` for 4- and 8-bit affine weights in float32 — each group's
 //! `scale · Σ q·x + bias · Σ x` — and is used only where it applies (CPU device, float32
-//! activations and scales, affine 4/8-bit, fewer rows than the dequantize-and-sgemm path
-//! takes, AVX2+FMA present). Everything else, and
-//! every model on a GPU, keeps MLX's kernels. `RMLX_HOST_KERNELS=0` turns it off.
+//! activations and scales, affine 4/8-bit with groups of a multiple of 32, fewer rows than the
+//! dequantize-and-sgemm path takes, AVX2+FMA present): by `Linear::forward` for short inputs
+//! and by `Transformer::hidden_host_decode`, which keeps a whole decode step's residual
+//! stream on the host. Everything else, and every model on a GPU, keeps MLX's kernels.
+//! `RMLX_HOST_KERNELS=0` turns it off.
 
 use std::sync::OnceLock;
 
