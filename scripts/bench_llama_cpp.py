@@ -8,23 +8,11 @@ model directory's tokenizer was built from. Run with the llama venv's python."""
 import argparse
 import json
 import os
-import resource
 import time
 
+from bench_common import peak_rss_mib
+
 from llama_cpp import Llama
-
-
-def peak_rss_mib():
-    """This program's peak RSS: VmHWM, which starts afresh at exec. (ru_maxrss does not: on
-    Linux it keeps the high-water mark of the parent that forked this process.)"""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def greedy(llm, ids, max_tokens):

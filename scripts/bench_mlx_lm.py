@@ -4,26 +4,14 @@ on the given prompt ids (EOS ignored) and prints one JSON line with the timings 
 process's peak RSS. Run with the oracle venv's python (scripts/oracle-venv.sh)."""
 import argparse
 import json
-import resource
 import time
+
+from bench_common import peak_rss_mib
 
 import mlx.core as mx
 from mlx.utils import tree_map
 from mlx_lm import load
 from mlx_lm.generate import stream_generate
-
-
-def peak_rss_mib():
-    """This program's peak RSS: VmHWM, which starts afresh at exec. (ru_maxrss does not: on
-    Linux a child keeps the high-water mark of the parent that forked it.)"""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def main():

@@ -350,6 +350,16 @@ impl Shared {
         self.state.lock().unwrap().docs.get(uri).map(|d| d.version)
     }
 
+    /// The per-document lock that serialises its lint and republish passes.
+    fn doc_lock(&self, uri: &Url) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        self.state
+            .lock()
+            .unwrap()
+            .docs
+            .get(uri)
+            .map(|d| d.lock.clone())
+    }
+
     /// Lints `uri` at `version` after `delay` (unless a newer version arrived meanwhile) and
     /// publishes the result unless the document changed while it ran.
     async fn lint(self: Arc<Self>, uri: Url, version: i32, delay: Duration) {
@@ -359,14 +369,7 @@ impl Shared {
                 return;
             }
         }
-        let Some(lock) = self
-            .state
-            .lock()
-            .unwrap()
-            .docs
-            .get(&uri)
-            .map(|d| d.lock.clone())
-        else {
+        let Some(lock) = self.doc_lock(&uri) else {
             return;
         };
         let _serial = lock.lock().await;
@@ -416,14 +419,7 @@ impl Shared {
     /// Re-publishes the current lint results with the current probe diagnostic, when the
     /// lint is up to date (otherwise the pending lint publishes both).
     async fn republish(self: Arc<Self>, uri: Url) {
-        let Some(lock) = self
-            .state
-            .lock()
-            .unwrap()
-            .docs
-            .get(&uri)
-            .map(|d| d.lock.clone())
-        else {
+        let Some(lock) = self.doc_lock(&uri) else {
             return;
         };
         let _serial = lock.lock().await;

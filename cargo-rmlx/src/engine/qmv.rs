@@ -98,10 +98,7 @@ pub fn matmul_many(x: &Array, mats: &[Operands<'_>]) -> Result<Vec<Array>> {
     let xs = x
         .try_as_slice::<f32>()
         .map_err(|e| fail("input", e.to_string()))?;
-    let views = mats
-        .iter()
-        .map(|&(w, s, b, bits, group)| QuantMatrix::view(w, s, b, bits, group))
-        .collect::<Result<Vec<_>>>()?;
+    let views = views(mats)?;
     for m in &views {
         if xs.len() % m.cols != 0 {
             return Err(fail(
@@ -179,10 +176,7 @@ impl HostElement for f32 {
 
 /// [`matmul_many`] on an input already on the host (one row), returning host vectors.
 pub fn matvec_many_host(x: &[f32], mats: &[Operands<'_>]) -> Result<Vec<Vec<f32>>> {
-    let views = mats
-        .iter()
-        .map(|&(w, s, b, bits, group)| QuantMatrix::view(w, s, b, bits, group))
-        .collect::<Result<Vec<_>>>()?;
+    let views = views(mats)?;
     if let Some(m) = views.iter().find(|m| m.cols != x.len()) {
         return Err(fail(
             "shape",
@@ -190,6 +184,13 @@ pub fn matvec_many_host(x: &[f32], mats: &[Operands<'_>]) -> Result<Vec<Vec<f32>
         ));
     }
     Ok(QuantMatrix::matmul_many(&views, x))
+}
+
+/// Host views of each layer's operands.
+fn views<'a>(mats: &[Operands<'a>]) -> Result<Vec<QuantMatrix<'a>>> {
+    mats.iter()
+        .map(|&(w, s, b, bits, group)| QuantMatrix::view(w, s, b, bits, group))
+        .collect()
 }
 
 fn fail(what: &str, e: String) -> Diagnostic {

@@ -95,6 +95,8 @@ pub struct Transformer {
     pub dtype: Dtype,
     /// Vocabulary size (logit count).
     pub vocab_size: usize,
+    /// Whether one-token steps take the host path, decided at the first step.
+    host_decode: std::sync::OnceLock<bool>,
 }
 
 impl std::fmt::Debug for Transformer {
@@ -212,6 +214,7 @@ impl Transformer {
             embed_scale: spec.embed_scale,
             dtype: ctx.dtype,
             vocab_size: c.vocab_size,
+            host_decode: std::sync::OnceLock::new(),
         })
     }
 
@@ -282,27 +285,26 @@ impl Transformer {
     /// every projection, norms are float32, and the block is the llama form (no sandwich
     /// norms, SiLU).
     fn host_decode(&self) -> bool {
-        static DECIDED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-        let ok = super::qmv::enabled()
-            && self.blocks.iter().all(|b| {
-                b.sandwich.is_none()
-                    && b.mlp.activation == Activation::Silu
-                    && b.input_norm.host_capable()
-                    && b.post_attn_norm.host_capable()
-                    && [
-                        &b.attn.q_proj,
-                        &b.attn.k_proj,
-                        &b.attn.v_proj,
-                        &b.attn.o_proj,
-                        &b.mlp.gate_proj,
-                        &b.mlp.up_proj,
-                        &b.mlp.down_proj,
-                    ]
-                    .iter()
-                    .all(|l| l.host_capable())
-            });
-        if super::qmv::enabled() {
-            DECIDED.get_or_init(|| {
+        *self.host_decode.get_or_init(|| {
+            let ok = super::qmv::enabled()
+                && self.blocks.iter().all(|b| {
+                    b.sandwich.is_none()
+                        && b.mlp.activation == Activation::Silu
+                        && b.input_norm.host_capable()
+                        && b.post_attn_norm.host_capable()
+                        && [
+                            &b.attn.q_proj,
+                            &b.attn.k_proj,
+                            &b.attn.v_proj,
+                            &b.attn.o_proj,
+                            &b.mlp.gate_proj,
+                            &b.mlp.up_proj,
+                            &b.mlp.down_proj,
+                        ]
+                        .iter()
+                        .all(|l| l.host_capable())
+                });
+            if super::qmv::enabled() {
                 tracing::debug!(
                     "decode steps: {}",
                     if ok {
@@ -310,10 +312,10 @@ impl Transformer {
                     } else {
                         "MLX blocks with host projections (layer form or weights not covered)"
                     }
-                )
-            });
-        }
-        ok
+                );
+            }
+            ok
+        })
     }
 
     /// One decode step with the residual stream on the host: norms, projections (the `qmv`
