@@ -22,6 +22,9 @@ fn queue_overflow_429_disconnect_frees_the_slot_and_sigterm_drains() {
         dir.display().to_string(),
         "--queue-depth".into(),
         "1".into(),
+        // The drain under test must not race the grace period on a slow machine.
+        "--shutdown-timeout".into(),
+        "600".into(),
     ];
     let s = Server::start(&args, &repo_root());
     s.wait_ready();
@@ -92,6 +95,32 @@ fn queue_overflow_429_disconnect_frees_the_slot_and_sigterm_drains() {
         .expect("exit after SIGTERM");
     assert!(status.success(), "{status}\n{}", s.log());
     assert!(s.log().contains("Stopping"), "{}", s.log());
+}
+
+#[test]
+fn sigterm_past_the_grace_period_exits_cleanly_mid_generation() {
+    let dir = model_dir();
+    let args = vec![
+        dir.display().to_string(),
+        "--shutdown-timeout".into(),
+        "1".into(),
+        "--no-probe".into(),
+    ];
+    let s = Server::start(&args, &repo_root());
+    s.wait_ready();
+    let mut a = EventStream::open(&s, "/v1/chat/completions", &long_stream_body(5000));
+    assert_eq!(a.status, 200);
+    assert!(a.next_data().is_some());
+    assert!(a.next_data().is_some(), "a content chunk");
+    // The model thread is inside a generation when the grace period ends: the process must
+    // still exit with success, not crash tearing MLX down under that thread.
+    let status = s
+        .terminate(Duration::from_secs(60))
+        .expect("exit after the grace period");
+    assert!(status.success(), "{status}\n{}", s.log());
+    assert!(s.log().contains("still running after 1 s"), "{}", s.log());
+    let rest = a.rest();
+    assert_ne!(rest.last().map(String::as_str), Some("[DONE]"), "{rest:#?}");
 }
 
 #[test]

@@ -14,7 +14,9 @@ use super::output::{report, status};
 use super::{exit, GlobalArgs};
 use crate::diagnostic::{Diagnostic, Result};
 use crate::manifest::Manifest;
-use crate::serve::{serve, HttpConfig, LoadSettings, ModelSource, ServeEvent, ServeOptions};
+use crate::serve::{
+    serve, HttpConfig, LoadSettings, ModelSource, ServeEvent, ServeOptions, Stopped,
+};
 
 /// Arguments of `serve`.
 #[derive(Debug, Args)]
@@ -225,6 +227,14 @@ pub fn run(g: &GlobalArgs, a: ServeArgs) -> Result<u8> {
         ServeEvent::WatchError { diagnostic } => report(diagnostic),
         ServeEvent::ShuttingDown => say("Stopping", "finishing in-flight requests"),
     });
-    serve(opts, sink)?;
+    if serve(opts, sink)? == Stopped::Abandoned {
+        // A model thread is still inside MLX: a normal exit would run MLX's global
+        // destructors under it. End the process here instead, output flushed first.
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        // SAFETY: `_exit` ends the process at once; nothing runs after it.
+        unsafe { libc::_exit(i32::from(exit::OK)) }
+    }
     Ok(exit::OK)
 }

@@ -118,8 +118,20 @@ pub enum ServeEvent<'a> {
     ShuttingDown,
 }
 
+/// How the server stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every request finished and every model was freed on its own thread: the process may
+    /// exit normally.
+    Drained,
+    /// The shutdown grace ran out with a model thread still running (a request in flight or
+    /// a load under way). Exiting normally would tear down MLX's global state under that
+    /// thread, so the caller should end the process without running exit handlers.
+    Abandoned,
+}
+
 /// Runs the server until SIGINT/SIGTERM.
-pub fn serve(opts: ServeOptions, events: EventSink) -> Result<()> {
+pub fn serve(opts: ServeOptions, events: EventSink) -> Result<Stopped> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("rmlx-http")
@@ -134,7 +146,7 @@ pub fn serve(opts: ServeOptions, events: EventSink) -> Result<()> {
     rt.block_on(run(opts, events))
 }
 
-async fn run(opts: ServeOptions, events: EventSink) -> Result<()> {
+async fn run(opts: ServeOptions, events: EventSink) -> Result<Stopped> {
     let listener = tokio::net::TcpListener::bind((opts.host.as_str(), opts.port))
         .await
         .map_err(|e| {
@@ -176,7 +188,11 @@ async fn run(opts: ServeOptions, events: EventSink) -> Result<()> {
     if opts.watch {
         watch::spawn(registry.clone(), events.clone(), opts.debounce)?;
     }
-    let state = Arc::new(http::AppState::new(registry, metrics, opts.http.clone()));
+    let state = Arc::new(http::AppState::new(
+        registry.clone(),
+        metrics,
+        opts.http.clone(),
+    ));
     let app = http::router(state);
     let (sig_tx, sig_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -190,17 +206,34 @@ async fn run(opts: ServeOptions, events: EventSink) -> Result<()> {
     let mut deadline = sig_rx;
     let sink = events.clone();
     let grace = opts.shutdown_timeout;
-    tokio::select! {
+    let signalled = Arc::new(std::sync::Mutex::new(None::<tokio::time::Instant>));
+    let signalled_at = signalled.clone();
+    let served = tokio::select! {
         r = server => r.map_err(|e| Diagnostic::error("rmlx::serve::io", format!("server error: {e}"))),
         _ = async move {
             let _ = deadline.wait_for(|v| *v).await;
+            *signalled_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(tokio::time::Instant::now());
             sink(ServeEvent::ShuttingDown);
             tokio::time::sleep(grace).await;
         } => {
             tracing::warn!("requests still running after {} s; exiting", grace.as_secs());
-            Ok(())
+            return Ok(Stopped::Abandoned);
         }
-    }
+    };
+    served?;
+    // Every connection is closed: take the models out of service and let their threads free
+    // them before the process exits, within what is left of the grace period.
+    let since = *signalled.lock().unwrap_or_else(|e| e.into_inner());
+    let left = since.map_or(grace, |t| grace.saturating_sub(t.elapsed()));
+    let released =
+        tokio::task::spawn_blocking(move || registry.shutdown(left.max(Duration::from_secs(1))))
+            .await
+            .unwrap_or(false);
+    Ok(if released {
+        Stopped::Drained
+    } else {
+        Stopped::Abandoned
+    })
 }
 
 async fn shutdown_signal() {

@@ -8,14 +8,14 @@
 //! step fails, the version in service (if any) stays.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
 
 use super::metrics::Metrics;
-use super::worker::{dir_stamp, LoadFailure, ProbeSettings, Worker, WorkerConfig};
+use super::worker::{dir_stamp, LiveThreads, LoadFailure, ProbeSettings, Worker, WorkerConfig};
 use super::ServeEvent;
 use crate::build::{build_model, BuildOptions, Event as BuildEvent};
 use crate::diagnostic::Diagnostic;
@@ -182,6 +182,8 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     events: EventSink,
     versions: AtomicU64,
+    live: LiveThreads,
+    closing: AtomicBool,
 }
 
 impl std::fmt::Debug for Registry {
@@ -226,6 +228,8 @@ impl Registry {
             metrics,
             events,
             versions: AtomicU64::new(0),
+            live: LiveThreads::default(),
+            closing: AtomicBool::new(false),
         }
     }
 
@@ -351,12 +355,19 @@ impl Registry {
                 }
             }),
             queue_depth: self.settings.queue_depth,
+            live: self.live.clone(),
         };
         match Worker::start(cfg, self.metrics.clone()) {
             Ok(worker) => {
                 let verdict = worker.verdict;
                 let old = {
                     let mut st = lock(&entry.status);
+                    if self.closing.load(Ordering::SeqCst) {
+                        // Shutting down: this version never enters service; dropping it
+                        // closes its queue and its thread frees the model.
+                        tracing::debug!("{name} v{version}: loaded during shutdown, not served");
+                        return Outcome::Unchanged;
+                    }
                     st.state = State::Ready;
                     st.stamp = stamp;
                     st.current.replace(worker)
@@ -374,6 +385,27 @@ impl Registry {
             }
             Err(f) => fail(f),
         }
+    }
+
+    /// Takes every model out of service and waits, at most `timeout`, until their threads
+    /// have finished what was queued and freed the models; whether they all did. Loads still
+    /// under way finish without entering service.
+    pub fn shutdown(&self, timeout: Duration) -> bool {
+        self.closing.store(true, Ordering::SeqCst);
+        for entry in &self.entries {
+            let retired = lock(&entry.status).current.take();
+            drop(retired);
+            self.metrics.set_ready(&entry.name, false);
+        }
+        let idle = self.live.wait_idle(timeout);
+        if !idle {
+            tracing::warn!(
+                "{} model thread(s) still running after {} s",
+                self.live.running(),
+                timeout.as_secs()
+            );
+        }
+        idle
     }
 
     /// `/v1/models`' view of one entry.

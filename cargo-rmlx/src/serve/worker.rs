@@ -216,6 +216,52 @@ pub struct WorkerConfig {
     pub probe: Option<ProbeSettings>,
     /// Requests that may wait while one runs.
     pub queue_depth: usize,
+    /// Counts this worker's thread while it runs (shutdown waits for it).
+    pub live: LiveThreads,
+}
+
+/// Counts running model threads, so shutdown can wait until every model is freed on its own
+/// thread: MLX's global state is torn down when the process exits, and a model thread still
+/// holding arrays (or finishing a step) at that moment can crash the exit.
+#[derive(Debug, Clone, Default)]
+pub struct LiveThreads(Arc<(std::sync::Mutex<usize>, std::sync::Condvar)>);
+
+/// Held by a running model thread; its drop (also on panic) counts the thread out.
+#[derive(Debug)]
+pub struct LiveGuard(LiveThreads);
+
+impl LiveThreads {
+    /// Counts a thread in until the guard drops.
+    pub fn enter(&self) -> LiveGuard {
+        *self.count() += 1;
+        LiveGuard(self.clone())
+    }
+
+    /// Threads running now.
+    pub fn running(&self) -> usize {
+        *self.count()
+    }
+
+    /// Waits until no thread runs, at most `timeout`; whether none does.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let (lock, cvar) = &*self.0;
+        let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (n, _) = cvar
+            .wait_timeout_while(guard, timeout, |n| *n > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        *n == 0
+    }
+
+    fn count(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.0 .0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        *self.0.count() -= 1;
+        self.0 .0 .1.notify_all();
+    }
 }
 
 /// A handle on a loaded, probed model version.
@@ -250,9 +296,13 @@ impl Worker {
         let (ready_tx, ready_rx) = sync_channel(1);
         let thread_cfg = cfg.clone();
         let thread_metrics = metrics.clone();
+        let live = cfg.live.enter();
         let spawned = std::thread::Builder::new()
             .name(format!("rmlx-{}-v{}", cfg.name, cfg.version))
-            .spawn(move || worker_main(thread_cfg, rx, ready_tx, thread_metrics));
+            .spawn(move || {
+                let _live = live;
+                worker_main(thread_cfg, rx, ready_tx, thread_metrics)
+            });
         if let Err(e) = spawned {
             return Err(LoadFailure {
                 diagnostic: Diagnostic::error(
