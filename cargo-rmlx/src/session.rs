@@ -39,9 +39,23 @@ impl Session {
     /// Loads a model directory.
     pub fn load(dir: &Path, policy: DtypePolicy) -> Result<Self> {
         let snapshot = Snapshot::open(dir)?;
-        let tokenizer = Tokenizer::from_dir(dir)?;
-        let template = crate::template::discover(dir)?;
-        let model = Model::load(&snapshot, policy)?;
+        // The tokenizer (a large JSON file) and the template are read on a second thread
+        // while this one loads the weights (MLX state stays on the calling thread). Errors are
+        // reported in the same order as a sequential load would.
+        let (text_side, model) = std::thread::scope(|scope| {
+            let text_side = scope.spawn(|| -> Result<_> {
+                Ok((Tokenizer::from_dir(dir)?, crate::template::discover(dir)?))
+            });
+            let model = Model::load(&snapshot, policy);
+            (text_side.join(), model)
+        });
+        let (tokenizer, template) = text_side.map_err(|_| {
+            Diagnostic::error(
+                "rmlx::tokenize::load",
+                format!("reading the tokenizer of {} panicked", dir.display()),
+            )
+        })??;
+        let model = model?;
         Ok(Self {
             dir: dir.to_path_buf(),
             model,

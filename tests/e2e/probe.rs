@@ -52,6 +52,15 @@ fn healthy_models_are_ok_and_answer_paris() {
         }
         let steps = report["steps"].as_array().expect("steps");
         assert_eq!(steps.len(), 8, "{variant}: default 8 greedy steps");
+        let timing = &report["timing"];
+        for key in ["load_s", "prefill_s", "decode_s"] {
+            let t = timing[key].as_f64().unwrap_or(-1.0);
+            assert!(t > 0.0 && t < 600.0, "{variant}: timing.{key} = {timing}");
+        }
+        assert!(
+            timing["fidelity_s"].is_null(),
+            "{variant}: no reference, {timing}"
+        );
     }
 }
 

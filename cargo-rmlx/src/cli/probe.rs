@@ -125,7 +125,7 @@ fn targets<'m>(
             }),
             None => out.push(Target {
                 label: arg.clone(),
-                dir: crate::manifest::resolve_model(arg, g.manifest_path.as_deref())?,
+                dir: crate::manifest::resolve_model_in(arg, Ok(manifest))?,
                 decl: None,
             }),
         }
@@ -191,14 +191,16 @@ pub fn run(g: &GlobalArgs, a: ProbeArgs) -> Result<u8> {
     let explicit_reference = match a.reference.as_deref() {
         Some("golden") | None => None,
         Some(dir) => Some(Session::load(
-            &crate::manifest::resolve_model(dir, g.manifest_path.as_deref())?,
+            &crate::manifest::resolve_model_in(dir, Ok(manifest.as_ref()))?,
             a.dtype.into(),
         )?),
     };
     let mut worst = exit::OK;
     let mut stdout = std::io::stdout().lock();
     for t in &targets {
+        let loading = std::time::Instant::now();
         let session = Session::load(&t.dir, a.dtype.into())?;
+        let load_s = loading.elapsed().as_secs_f64();
         let golden_path = a
             .golden
             .clone()
@@ -250,7 +252,8 @@ pub fn run(g: &GlobalArgs, a: ProbeArgs) -> Result<u8> {
             min_agreement: a.min_agreement,
             ..Default::default()
         };
-        let report = probe(&session, &opts)?;
+        let mut report = probe(&session, &opts)?;
+        report.timing.load_s = Some(load_s);
         if a.bless {
             if !report.verdict.is_healthy() {
                 return Err(Diagnostic::error(
@@ -350,5 +353,24 @@ pub fn render_human(r: &ProbeReport, session: &Session) -> String {
     for h in &r.hints {
         out += &format!("  hint: {h}\n");
     }
+    let t = &r.timing;
+    let mut parts = Vec::new();
+    if let Some(l) = t.load_s {
+        parts.push(format!("load {l:.2} s"));
+    }
+    parts.push(format!(
+        "prefill {} tokens {:.2} s",
+        r.prompt_ids.len(),
+        t.prefill_s
+    ));
+    parts.push(format!(
+        "{} steps {:.2} s",
+        r.steps.len().saturating_sub(1),
+        t.decode_s
+    ));
+    if let Some(f) = t.fidelity_s {
+        parts.push(format!("fidelity {f:.2} s"));
+    }
+    out += &format!("  took {:.2} s ({})\n", t.total_s(), parts.join(", "));
     out
 }

@@ -1,8 +1,10 @@
 //! The model runtime on MLX: architecture specs ([`arch`]), shared layers ([`layers`]), the
 //! transformer ([`transformer`]), the KV cache ([`cache`]), sampling ([`sample`]) and the
-//! generate loop ([`generate`]). The compute dtype is a per-device policy ([`DtypePolicy`]).
+//! generate loop ([`generate`]), the CPU host kernels ([`qmv`]) and OpenBLAS threading
+//! ([`blas`]). The compute dtype is a per-device policy ([`DtypePolicy`]).
 
 pub mod arch;
+pub mod blas;
 pub mod cache;
 pub mod generate;
 pub mod layers;
@@ -83,6 +85,9 @@ impl Model {
         let dtype = policy.resolve(config.torch_dtype.as_deref());
         tracing::debug!(?dtype, model_type = %config.model_type, "loading model");
         let spec = arch::spec(config)?;
+        if !gpu_available() {
+            blas::configure();
+        }
         let ctx = layers::LoadCtx {
             weights: &snapshot.weights,
             config,

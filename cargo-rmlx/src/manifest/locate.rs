@@ -145,8 +145,19 @@ fn workspace(manifest_path: Option<&Path>, start: &Path) -> Result<(PathBuf, Pat
 /// A MODEL argument: a model declared in rmlx.toml (its build output,
 /// `target/rmlx/<name>/`), else a model directory.
 pub fn resolve_model(arg: &str, manifest_path: Option<&Path>) -> Result<PathBuf> {
+    resolve_model_in(
+        arg,
+        Manifest::find(manifest_path).as_ref().map(Option::as_ref),
+    )
+}
+
+/// [`resolve_model`] against a manifest lookup already made (`cargo metadata` runs once).
+pub fn resolve_model_in(
+    arg: &str,
+    found: std::result::Result<Option<&Manifest>, &Diagnostic>,
+) -> Result<PathBuf> {
     let as_dir = PathBuf::from(arg);
-    match Manifest::find(manifest_path) {
+    match found {
         Ok(Some(m)) => {
             if let Some(decl) = m.model(arg) {
                 let out = m.output_dir(&decl.name);
@@ -169,7 +180,7 @@ pub fn resolve_model(arg: &str, manifest_path: Option<&Path>) -> Result<PathBuf>
             if as_dir.is_dir() {
                 tracing::warn!("ignoring rmlx.toml ({}): {}", e.code, e.message);
             } else {
-                return Err(e);
+                return Err(e.clone());
             }
         }
     }

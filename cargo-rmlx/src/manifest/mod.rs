@@ -43,7 +43,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use locate::{init_dir, locate, resolve_model, Location};
+pub use locate::{init_dir, locate, resolve_model, resolve_model_in, Location};
 
 use crate::diagnostic::{Diagnostic, Result};
 use crate::snapshot::{QuantMode, QuantParams};

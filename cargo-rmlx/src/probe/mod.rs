@@ -139,6 +139,28 @@ pub struct ProbeReport {
     pub hints: Vec<String>,
     /// The substring the answer was held to (declared, or the default seed's).
     pub expect: Option<String>,
+    /// Where the time went.
+    pub timing: ProbeTiming,
+}
+
+/// Where a probe's time went, in seconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProbeTiming {
+    /// Loading the model, when the caller measured it ([`probe`] gets a loaded session).
+    pub load_s: Option<f64>,
+    /// The seed through the model, up to the first step's logits.
+    pub prefill_s: f64,
+    /// The remaining greedy steps.
+    pub decode_s: f64,
+    /// The comparison with a reference, when one ran.
+    pub fidelity_s: Option<f64>,
+}
+
+impl ProbeTiming {
+    /// All of it.
+    pub fn total_s(&self) -> f64 {
+        self.load_s.unwrap_or(0.0) + self.prefill_s + self.decode_s + self.fidelity_s.unwrap_or(0.0)
+    }
 }
 
 /// Problems visible in the prompt itself, reported next to the verdict.
@@ -273,6 +295,13 @@ pub fn probe(session: &Session, opts: &ProbeOptions<'_>) -> Result<ProbeReport> 
         hints.push(format!("the chat template was not used because {reason}"));
     }
 
+    let mut timing = ProbeTiming {
+        load_s: None,
+        prefill_s: out.prefill.as_secs_f64(),
+        decode_s: out.decode.as_secs_f64(),
+        fidelity_s: None,
+    };
+    let fidelity_started = std::time::Instant::now();
     let fidelity = match &opts.reference {
         None => None,
         Some(ReferenceSide::Model {
@@ -308,6 +337,9 @@ pub fn probe(session: &Session, opts: &ProbeOptions<'_>) -> Result<ProbeReport> 
             )?)
         }
     };
+    if fidelity.is_some() {
+        timing.fidelity_s = Some(fidelity_started.elapsed().as_secs_f64());
+    }
     if let Some(f) = &fidelity {
         // A model that is not obviously broken can still have drifted from its reference.
         if f.diverged() && matches!(evidence.verdict, Verdict::Ok | Verdict::UnexpectedAnswer) {
@@ -337,5 +369,6 @@ pub fn probe(session: &Session, opts: &ProbeOptions<'_>) -> Result<ProbeReport> 
         steps,
         fidelity,
         hints,
+        timing,
     })
 }
