@@ -173,6 +173,12 @@ enum LinearKind {
 /// matmul instead of MLX's quantized kernel (see [`Linear::forward`]).
 pub const DEQUANTIZED_MATMUL_ROWS: i32 = 16;
 
+/// Below this many input rows, a quantized layer on the CPU runs the host kernel
+/// ([`super::qmv`]) when it applies; from here on the dequantize-and-sgemm path. Measured
+/// (BENCHMARKS.md, "Short prefill"): the host kernel prefills a 37-token probe seed 1.6–2.9×
+/// faster than dequantize + sgemm; at 128 tokens the two are even or sgemm is ahead.
+pub const HOST_MATMUL_ROWS: i32 = 64;
+
 /// `y = x W^T (+ b)`, dense or quantized.
 #[derive(Debug)]
 pub struct Linear {
@@ -251,7 +257,7 @@ impl Linear {
             return None;
         };
         let rows: i32 = x.shape()[..x.ndim().saturating_sub(1)].iter().product();
-        (rows < DEQUANTIZED_MATMUL_ROWS
+        (rows < HOST_MATMUL_ROWS
             && params.mode == QuantMode::Affine
             && super::qmv::enabled()
             && super::qmv::supports(params.bits, params.group_size, x, scales))

@@ -1,15 +1,17 @@
-//! The CPU decode kernel: affine-quantized matrix × vector on the host, over the very
-//! buffers MLX holds (no copy of the weights), with AVX2/FMA and both cores.
+//! The CPU quantized kernels: affine-quantized matrix × vector (and × a few vectors) on the
+//! host, over the very buffers MLX holds (no copy of the weights), with AVX2/FMA and both
+//! cores.
 //!
 //! Why it exists: with one input row (every decode step) MLX 0.32's CPU backend runs
 //! `quantized_matmul` as a scalar single-threaded loop (`_qmm_dispatch_typed<float>`), which
 //! a profile of SmolLM2 decode puts at 83% of the time. This kernel computes the same
 //! `y = x · dequantize(W)ᵀ` for 4- and 8-bit affine weights in float32 — each group's
 //! `scale · Σ q·x + bias · Σ x` — and is used only where it applies (CPU device, float32
-//! activations and scales, affine 4/8-bit with groups of a multiple of 32, fewer rows than the
-//! dequantize-and-sgemm path takes, AVX2+FMA present): by `Linear::forward` for short inputs
-//! and by `Transformer::hidden_host_decode`, which keeps a whole decode step's residual
-//! stream on the host. Everything else, and every model on a GPU, keeps MLX's kernels.
+//! activations and scales, affine 4/8-bit with groups of a multiple of 32, fewer input rows
+//! than `layers::HOST_MATMUL_ROWS`, AVX2+FMA present): by `Linear::forward` for short inputs
+//! (a probe seed, a chat turn: two weight rows × four inputs per block) and by
+//! `Transformer::hidden_host_decode`, which keeps a whole decode step's residual stream on
+//! the host. Everything else, and every model on a GPU, keeps MLX's kernels.
 //! `RMLX_HOST_KERNELS=0` turns it off.
 
 use std::sync::OnceLock;
@@ -304,15 +306,46 @@ impl QuantMatrix<'_> {
             let groups = m.cols / m.group;
             let row_bytes = m.cols * m.bits / 8;
             let kernel = row_kernel(m.bits);
-            for (j, yr) in out.chunks_mut(n).enumerate() {
+            let block2 = block2_kernel(m.bits);
+            let rows = out.len() / n;
+            let row = |j: usize| {
                 let r = first + j;
-                let packed = &m.packed[r * row_bytes..(r + 1) * row_bytes];
-                let scales = &m.scales[r * groups..(r + 1) * groups];
-                let biases = &m.biases[r * groups..(r + 1) * groups];
-                for (y, input) in yr.iter_mut().zip(inputs) {
+                (
+                    &m.packed[r * row_bytes..(r + 1) * row_bytes],
+                    &m.scales[r * groups..(r + 1) * groups],
+                    &m.biases[r * groups..(r + 1) * groups],
+                )
+            };
+            // Blocks of two weight rows × four inputs. Inputs outside, weight rows inside:
+            // the four inputs stay in L1 while the task's rows stream past them.
+            let quads = n / 4;
+            for q in 0..quads {
+                let in4 = &inputs[4 * q..4 * q + 4];
+                let xs = [&in4[0].x[..], &in4[1].x, &in4[2].x, &in4[3].x];
+                let sums = [
+                    &in4[0].group_sums[..],
+                    &in4[1].group_sums,
+                    &in4[2].group_sums,
+                    &in4[3].group_sums,
+                ];
+                for j in (0..rows).step_by(2) {
+                    // An odd last row is computed twice; one copy is dropped.
+                    let j1 = (j + 1).min(rows - 1);
+                    // SAFETY: `block2` is the scalar reference or an AVX2 kernel chosen after
+                    // run-time detection; each row and input has the asserted lengths.
+                    let v = unsafe { block2(m.group, [row(j), row(j1)], xs, sums) };
+                    out[j * n + 4 * q..j * n + 4 * q + 4].copy_from_slice(&v[0]);
+                    if j1 != j {
+                        out[j1 * n + 4 * q..j1 * n + 4 * q + 4].copy_from_slice(&v[1]);
+                    }
+                }
+            }
+            for (k, input) in inputs.iter().enumerate().skip(4 * quads) {
+                for j in 0..rows {
+                    let (packed, scales, biases) = row(j);
                     // SAFETY: `kernel` is the scalar reference or an AVX2 kernel chosen
                     // after run-time detection; lengths were asserted above.
-                    *y = unsafe {
+                    out[j * n + k] = unsafe {
                         kernel(m.group, packed, scales, biases, &input.x, &input.group_sums)
                     };
                 }
@@ -356,6 +389,45 @@ fn row_kernel(bits: usize) -> RowKernel {
         8 => row_scalar::<8>,
         _ => row_scalar::<4>,
     }
+}
+
+/// Two weight rows against four inputs at once: the [`RowKernel`] sum for each pair, sharing
+/// the unpacking of every weight vector (across inputs) and every input load (across rows).
+type Block2Kernel = unsafe fn(usize, [Row<'_>; 2], [&[f32]; 4], [&[f32]; 4]) -> [[f32; 4]; 2];
+
+/// One weight row: packed bytes, scales, biases.
+type Row<'a> = (&'a [u8], &'a [f32], &'a [f32]);
+
+/// The fastest two-row, four-input kernel for `bits` on this processor.
+fn block2_kernel(bits: usize) -> Block2Kernel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if simd_available() {
+            return match bits {
+                8 => avx2::block2_q8,
+                _ => avx2::block2_q4,
+            };
+        }
+    }
+    match bits {
+        8 => block2_scalar::<8>,
+        _ => block2_scalar::<4>,
+    }
+}
+
+/// Portable reference of the block kernels: the row kernel for each pair.
+///
+/// # Safety
+/// As [`row_scalar`].
+unsafe fn block2_scalar<const BITS: usize>(
+    group: usize,
+    rows: [Row<'_>; 2],
+    xs: [&[f32]; 4],
+    sums: [&[f32]; 4],
+) -> [[f32; 4]; 2] {
+    rows.map(|(packed, scales, biases)| {
+        std::array::from_fn(|i| row_scalar::<BITS>(group, packed, scales, biases, xs[i], sums[i]))
+    })
 }
 
 /// Portable reference of the row kernels.
@@ -505,6 +577,133 @@ mod avx2 {
         }
         hsum(acc) + bias
     }
+
+    use super::Row;
+
+    /// [`row_q8`] for two weight rows against four inputs. Each 8-column weight vector is
+    /// widened and multiplied by its group's scale once, then meets the four inputs: eight
+    /// independent FMA chains (row × input), and each input vector is loaded once for both
+    /// rows.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn block2_q8(
+        group: usize,
+        rows: [Row<'_>; 2],
+        xs: [&[f32]; 4],
+        sums: [&[f32]; 4],
+    ) -> [[f32; 4]; 2] {
+        debug_assert!(group % 32 == 0);
+        debug_assert!(xs.iter().all(|x| x.len() >= rows[0].0.len()));
+        let xp = xs.map(<[f32]>::as_ptr);
+        let (p0, p1) = (rows[0].0.as_ptr(), rows[1].0.as_ptr());
+        let widen = |p: *const u8, at: usize| {
+            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                p.add(at) as *const __m128i
+            )))
+        };
+        // Eight named accumulators (row × input): arrays indexed in the loop were kept in
+        // memory by the compiler, a store per FMA.
+        let z = _mm256_setzero_ps();
+        let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
+        let (mut a10, mut a11, mut a12, mut a13) = (z, z, z, z);
+        let (x0, x1, x2, x3) = (xp[0], xp[1], xp[2], xp[3]);
+        for g in 0..rows[0].1.len() {
+            let s0 = _mm256_set1_ps(*rows[0].1.get_unchecked(g));
+            let s1 = _mm256_set1_ps(*rows[1].1.get_unchecked(g));
+            let mut c = g * group;
+            while c < (g + 1) * group {
+                let w0 = _mm256_mul_ps(widen(p0, c), s0);
+                let w1 = _mm256_mul_ps(widen(p1, c), s1);
+                let x = _mm256_loadu_ps(x0.add(c));
+                a00 = _mm256_fmadd_ps(w0, x, a00);
+                a10 = _mm256_fmadd_ps(w1, x, a10);
+                let x = _mm256_loadu_ps(x1.add(c));
+                a01 = _mm256_fmadd_ps(w0, x, a01);
+                a11 = _mm256_fmadd_ps(w1, x, a11);
+                let x = _mm256_loadu_ps(x2.add(c));
+                a02 = _mm256_fmadd_ps(w0, x, a02);
+                a12 = _mm256_fmadd_ps(w1, x, a12);
+                let x = _mm256_loadu_ps(x3.add(c));
+                a03 = _mm256_fmadd_ps(w0, x, a03);
+                a13 = _mm256_fmadd_ps(w1, x, a13);
+                c += 8;
+            }
+        }
+        let acc = [[a00, a01, a02, a03], [a10, a11, a12, a13]];
+        finish(acc, rows, sums)
+    }
+
+    /// [`row_q4`] for two weight rows against four inputs, as [`block2_q8`]: per 16 bytes
+    /// (32 columns) each row unpacks four vectors, scaled once, each meeting the four inputs.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn block2_q4(
+        group: usize,
+        rows: [Row<'_>; 2],
+        xs: [&[f32]; 4],
+        sums: [&[f32]; 4],
+    ) -> [[f32; 4]; 2] {
+        debug_assert!(group % 32 == 0);
+        debug_assert!(xs.iter().all(|x| x.len() >= rows[0].0.len() * 2));
+        let xp = xs.map(<[f32]>::as_ptr);
+        let (p0, p1) = (rows[0].0.as_ptr(), rows[1].0.as_ptr());
+        let low = _mm_set1_epi8(0x0f);
+        let to_f32 = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+        // Eight bytes = 16 columns: low nibbles meet x[c..c+8], high nibbles x[c+8..c+16].
+        let unpack = |p: *const u8, c: usize, s: __m256| {
+            let q = _mm_loadl_epi64(p.add(c / 2) as *const __m128i);
+            let lo = _mm_and_si128(q, low);
+            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
+            (_mm256_mul_ps(to_f32(lo), s), _mm256_mul_ps(to_f32(hi), s))
+        };
+        let z = _mm256_setzero_ps();
+        let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
+        let (mut a10, mut a11, mut a12, mut a13) = (z, z, z, z);
+        let (x0, x1, x2, x3) = (xp[0], xp[1], xp[2], xp[3]);
+        for g in 0..rows[0].1.len() {
+            let s0 = _mm256_set1_ps(*rows[0].1.get_unchecked(g));
+            let s1 = _mm256_set1_ps(*rows[1].1.get_unchecked(g));
+            let mut c = g * group;
+            while c < (g + 1) * group {
+                let (lo0, hi0) = unpack(p0, c, s0);
+                let (lo1, hi1) = unpack(p1, c, s1);
+                for (w0, w1, off) in [(lo0, lo1, 0), (hi0, hi1, 8)] {
+                    let x = _mm256_loadu_ps(x0.add(c + off));
+                    a00 = _mm256_fmadd_ps(w0, x, a00);
+                    a10 = _mm256_fmadd_ps(w1, x, a10);
+                    let x = _mm256_loadu_ps(x1.add(c + off));
+                    a01 = _mm256_fmadd_ps(w0, x, a01);
+                    a11 = _mm256_fmadd_ps(w1, x, a11);
+                    let x = _mm256_loadu_ps(x2.add(c + off));
+                    a02 = _mm256_fmadd_ps(w0, x, a02);
+                    a12 = _mm256_fmadd_ps(w1, x, a12);
+                    let x = _mm256_loadu_ps(x3.add(c + off));
+                    a03 = _mm256_fmadd_ps(w0, x, a03);
+                    a13 = _mm256_fmadd_ps(w1, x, a13);
+                }
+                c += 16;
+            }
+        }
+        let acc = [[a00, a01, a02, a03], [a10, a11, a12, a13]];
+        finish(acc, rows, sums)
+    }
+
+    /// Horizontal sums plus each row's bias term `Σ_g bias[g] · Σx_i[g]`.
+    #[inline(always)]
+    unsafe fn finish(
+        acc: [[__m256; 4]; 2],
+        rows: [Row<'_>; 2],
+        sums: [&[f32]; 4],
+    ) -> [[f32; 4]; 2] {
+        std::array::from_fn(|r| {
+            std::array::from_fn(|i| {
+                let bias = rows[r]
+                    .2
+                    .iter()
+                    .zip(sums[i])
+                    .fold(0f32, |a, (b, s)| a + b * s);
+                hsum(acc[r][i]) + bias
+            })
+        })
+    }
 }
 
 #[cfg(test)]
@@ -539,7 +738,7 @@ mod tests {
                 &[rows as i32, cols as i32],
             );
             let (wq, scales, biases) = quantize(&w, group, bits).unwrap();
-            let x = Array::from_slice(&pseudo_random(3 * cols, 7), &[1, 3, cols as i32]);
+            let x = Array::from_slice(&pseudo_random(7 * cols, 7), &[1, 7, cols as i32]);
             let expect = quantized_matmul(&x, &wq, &scales, &biases, true, group, bits).unwrap();
             let got = matmul_many(&x, &[(&wq, &scales, &biases, bits, group)])
                 .unwrap()
@@ -578,6 +777,30 @@ mod tests {
                 )
             };
             assert!((a - b).abs() < 1e-3 * (1.0 + a.abs()), "{bits}: {a} vs {b}");
+            let x4: Vec<Vec<f32>> = (0..4).map(|i| pseudo_random(cols, 10 + i)).collect();
+            let s4: Vec<Vec<f32>> = (0..4).map(|i| pseudo_random(2, 20 + i)).collect();
+            let xs = [&x4[0][..], &x4[1], &x4[2], &x4[3]];
+            let ss = [&s4[0][..], &s4[1], &s4[2], &s4[3]];
+            // SAFETY: as above.
+            let packed2: Vec<u8> = packed.iter().map(|b| b.wrapping_mul(7)).collect();
+            let (scales2, biases2) = ([1.5f32, 0.75], [-0.5f32, 1.0]);
+            let rows = [
+                (&packed[..], &scales[..], &biases[..]),
+                (&packed2[..], &scales2[..], &biases2[..]),
+            ];
+            // SAFETY: as above.
+            let got = unsafe { block2_kernel(bits)(group, rows, xs, ss) };
+            for (r, &(p, sc, bi)) in rows.iter().enumerate() {
+                for i in 0..4 {
+                    // SAFETY: as above.
+                    let want = unsafe { scalar(group, p, sc, bi, xs[i], ss[i]) };
+                    assert!(
+                        (want - got[r][i]).abs() < 1e-3 * (1.0 + want.abs()),
+                        "{bits} row {r} input {i}: {want} vs {}",
+                        got[r][i]
+                    );
+                }
+            }
         }
     }
 }
