@@ -175,7 +175,7 @@ pub const DEQUANTIZED_MATMUL_ROWS: i32 = 16;
 
 /// Below this many input rows, a quantized layer on the CPU runs the host kernel
 /// ([`super::qmv`]) when it applies; from here on the dequantize-and-sgemm path. Measured
-/// (BENCHMARKS.md, "Short prefill"): the host kernel prefills a 37-token probe seed 1.6–2.9×
+/// (BENCHMARKS.md, "Cold probe and short prefill"): the host kernel prefills a 37-token probe seed 1.6–2.9×
 /// faster than dequantize + sgemm; at 128 tokens the two are even or sgemm is ahead.
 pub const HOST_MATMUL_ROWS: i32 = 64;
 

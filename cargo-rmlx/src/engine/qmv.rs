@@ -305,8 +305,10 @@ impl QuantMatrix<'_> {
             let n = inputs.len();
             let groups = m.cols / m.group;
             let row_bytes = m.cols * m.bits / 8;
-            let kernel = row_kernel(m.bits);
-            let block2 = block2_kernel(m.bits);
+            let Kernels {
+                row: kernel,
+                block2,
+            } = kernels(m.bits);
             let rows = out.len() / n;
             let row = |j: usize| {
                 let r = first + j;
@@ -374,23 +376,6 @@ impl QuantMatrix<'_> {
 /// with `x` in the kernel's layout (nibble-reordered for 4-bit) and the per-group sums of `x`.
 type RowKernel = unsafe fn(usize, &[u8], &[f32], &[f32], &[f32], &[f32]) -> f32;
 
-/// The fastest row kernel for `bits` on this processor.
-fn row_kernel(bits: usize) -> RowKernel {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if simd_available() {
-            return match bits {
-                8 => avx2::row_q8,
-                _ => avx2::row_q4,
-            };
-        }
-    }
-    match bits {
-        8 => row_scalar::<8>,
-        _ => row_scalar::<4>,
-    }
-}
-
 /// Two weight rows against four inputs at once: the [`RowKernel`] sum for each pair, sharing
 /// the unpacking of every weight vector (across inputs) and every input load (across rows).
 type Block2Kernel = unsafe fn(usize, [Row<'_>; 2], [&[f32]; 4], [&[f32]; 4]) -> [[f32; 4]; 2];
@@ -398,20 +383,42 @@ type Block2Kernel = unsafe fn(usize, [Row<'_>; 2], [&[f32]; 4], [&[f32]; 4]) -> 
 /// One weight row: packed bytes, scales, biases.
 type Row<'a> = (&'a [u8], &'a [f32], &'a [f32]);
 
-/// The fastest two-row, four-input kernel for `bits` on this processor.
-fn block2_kernel(bits: usize) -> Block2Kernel {
+/// The kernels for one bit width.
+#[derive(Clone, Copy)]
+struct Kernels {
+    /// One weight row against one input.
+    row: RowKernel,
+    /// Two weight rows against four inputs.
+    block2: Block2Kernel,
+}
+
+/// The fastest kernels for `bits` on this processor: AVX2/FMA when present, else the
+/// portable references.
+fn kernels(bits: usize) -> Kernels {
     #[cfg(target_arch = "x86_64")]
     {
         if simd_available() {
             return match bits {
-                8 => avx2::block2_q8,
-                _ => avx2::block2_q4,
+                8 => Kernels {
+                    row: avx2::row_q8,
+                    block2: avx2::block2_q8,
+                },
+                _ => Kernels {
+                    row: avx2::row_q4,
+                    block2: avx2::block2_q4,
+                },
             };
         }
     }
     match bits {
-        8 => block2_scalar::<8>,
-        _ => block2_scalar::<4>,
+        8 => Kernels {
+            row: row_scalar::<8>,
+            block2: block2_scalar::<8>,
+        },
+        _ => Kernels {
+            row: row_scalar::<4>,
+            block2: block2_scalar::<4>,
+        },
     }
 }
 
@@ -789,7 +796,7 @@ mod tests {
             let (a, b) = unsafe {
                 (
                     scalar(group, &packed, &scales, &biases, &x, &sums),
-                    row_kernel(bits)(group, &packed, &scales, &biases, &x, &sums),
+                    (kernels(bits).row)(group, &packed, &scales, &biases, &x, &sums),
                 )
             };
             assert!((a - b).abs() < 1e-3 * (1.0 + a.abs()), "{bits}: {a} vs {b}");
@@ -797,7 +804,6 @@ mod tests {
             let s4: Vec<Vec<f32>> = (0..4).map(|i| pseudo_random(2, 20 + i)).collect();
             let xs = [&x4[0][..], &x4[1], &x4[2], &x4[3]];
             let ss = [&s4[0][..], &s4[1], &s4[2], &s4[3]];
-            // SAFETY: as above.
             let packed2: Vec<u8> = packed.iter().map(|b| b.wrapping_mul(7)).collect();
             let (scales2, biases2) = ([1.5f32, 0.75], [-0.5f32, 1.0]);
             let rows = [
@@ -805,7 +811,7 @@ mod tests {
                 (&packed2[..], &scales2[..], &biases2[..]),
             ];
             // SAFETY: as above.
-            let got = unsafe { block2_kernel(bits)(group, rows, xs, ss) };
+            let got = unsafe { (kernels(bits).block2)(group, rows, xs, ss) };
             for (r, &(p, sc, bi)) in rows.iter().enumerate() {
                 for i in 0..4 {
                     // SAFETY: as above.

@@ -295,12 +295,6 @@ pub fn probe(session: &Session, opts: &ProbeOptions<'_>) -> Result<ProbeReport> 
         hints.push(format!("the chat template was not used because {reason}"));
     }
 
-    let mut timing = ProbeTiming {
-        load_s: None,
-        prefill_s: out.prefill.as_secs_f64(),
-        decode_s: out.decode.as_secs_f64(),
-        fidelity_s: None,
-    };
     let fidelity_started = std::time::Instant::now();
     let fidelity = match &opts.reference {
         None => None,
@@ -337,9 +331,14 @@ pub fn probe(session: &Session, opts: &ProbeOptions<'_>) -> Result<ProbeReport> 
             )?)
         }
     };
-    if fidelity.is_some() {
-        timing.fidelity_s = Some(fidelity_started.elapsed().as_secs_f64());
-    }
+    let timing = ProbeTiming {
+        load_s: None,
+        prefill_s: out.prefill.as_secs_f64(),
+        decode_s: out.decode.as_secs_f64(),
+        fidelity_s: fidelity
+            .is_some()
+            .then(|| fidelity_started.elapsed().as_secs_f64()),
+    };
     if let Some(f) = &fidelity {
         // A model that is not obviously broken can still have drifted from its reference.
         if f.diverged() && matches!(evidence.verdict, Verdict::Ok | Verdict::UnexpectedAnswer) {

@@ -206,13 +206,13 @@ async fn run(opts: ServeOptions, events: EventSink) -> Result<Stopped> {
     let mut deadline = sig_rx;
     let sink = events.clone();
     let grace = opts.shutdown_timeout;
-    let signalled = Arc::new(std::sync::Mutex::new(None::<tokio::time::Instant>));
+    let signalled = Arc::new(std::sync::OnceLock::<tokio::time::Instant>::new());
     let signalled_at = signalled.clone();
     let served = tokio::select! {
         r = server => r.map_err(|e| Diagnostic::error("rmlx::serve::io", format!("server error: {e}"))),
         _ = async move {
             let _ = deadline.wait_for(|v| *v).await;
-            *signalled_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(tokio::time::Instant::now());
+            let _ = signalled_at.set(tokio::time::Instant::now());
             sink(ServeEvent::ShuttingDown);
             tokio::time::sleep(grace).await;
         } => {
@@ -220,15 +220,17 @@ async fn run(opts: ServeOptions, events: EventSink) -> Result<Stopped> {
             return Ok(Stopped::Abandoned);
         }
     };
-    served?;
-    // Every connection is closed: take the models out of service and let their threads free
-    // them before the process exits, within what is left of the grace period.
-    let since = *signalled.lock().unwrap_or_else(|e| e.into_inner());
-    let left = since.map_or(grace, |t| grace.saturating_sub(t.elapsed()));
+    // Every connection is closed (or the server failed): take the models out of service and
+    // let their threads free them before the process exits, within what is left of the grace
+    // period.
+    let left = signalled
+        .get()
+        .map_or(grace, |t| grace.saturating_sub(t.elapsed()));
     let released =
         tokio::task::spawn_blocking(move || registry.shutdown(left.max(Duration::from_secs(1))))
             .await
             .unwrap_or(false);
+    served?;
     Ok(if released {
         Stopped::Drained
     } else {

@@ -224,7 +224,14 @@ pub struct WorkerConfig {
 /// thread: MLX's global state is torn down when the process exits, and a model thread still
 /// holding arrays (or finishing a step) at that moment can crash the exit.
 #[derive(Debug, Clone, Default)]
-pub struct LiveThreads(Arc<(std::sync::Mutex<usize>, std::sync::Condvar)>);
+pub struct LiveThreads(Arc<LiveCount>);
+
+#[derive(Debug, Default)]
+struct LiveCount {
+    running: std::sync::Mutex<usize>,
+    /// Notified whenever a thread is counted out.
+    changed: std::sync::Condvar,
+}
 
 /// Held by a running model thread; its drop (also on panic) counts the thread out.
 #[derive(Debug)]
@@ -244,23 +251,23 @@ impl LiveThreads {
 
     /// Waits until no thread runs, at most `timeout`; whether none does.
     pub fn wait_idle(&self, timeout: Duration) -> bool {
-        let (lock, cvar) = &*self.0;
-        let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
-        let (n, _) = cvar
-            .wait_timeout_while(guard, timeout, |n| *n > 0)
+        let (n, _) = self
+            .0
+            .changed
+            .wait_timeout_while(self.count(), timeout, |n| *n > 0)
             .unwrap_or_else(|e| e.into_inner());
         *n == 0
     }
 
     fn count(&self) -> std::sync::MutexGuard<'_, usize> {
-        self.0 .0.lock().unwrap_or_else(|e| e.into_inner())
+        self.0.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
         *self.0.count() -= 1;
-        self.0 .0 .1.notify_all();
+        self.0 .0.changed.notify_all();
     }
 }
 
