@@ -70,6 +70,9 @@ pub struct BosToken {
 /// A loaded tokenizer plus its configuration. See the module documentation.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// A copy of `inner` that encodes special-token strings as plain text, made on first use
+    /// by [`Tokenizer::encode_with_literal_spans`].
+    literal: std::sync::OnceLock<tokenizers::Tokenizer>,
     dir: PathBuf,
     /// name → token text, from tokenizer_config.json / special_tokens_map.json.
     special: BTreeMap<String, String>,
@@ -157,6 +160,7 @@ impl Tokenizer {
         }
         Tokenizer {
             inner,
+            literal: std::sync::OnceLock::new(),
             dir,
             special,
             additional_special,
@@ -289,6 +293,66 @@ impl Tokenizer {
                 Diagnostic::error(CODE_ENCODE, format!("cannot encode text: {e}"))
                     .with_file(self.dir.join("tokenizer.json"))
             })
+    }
+
+    /// The strings that encode to control tokens: added tokens flagged special, and the
+    /// config's special tokens that are in the vocabulary. Sorted, longest first (so a scan
+    /// prefers `<|im_start|>` over a shorter token that is its prefix).
+    pub fn control_strings(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_values()
+            .filter(|t| t.special && !t.content.is_empty())
+            .map(|t| t.content)
+            .collect();
+        for s in self.special.values().chain(&self.additional_special) {
+            if !s.is_empty() && self.inner.token_to_id(s).is_some() {
+                out.push(s.clone());
+            }
+        }
+        out.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        out.dedup();
+        out
+    }
+
+    /// Encodes `text` without adding special tokens, like `encode(text, false)`, except that a
+    /// control token found inside one of the byte ranges `literal` is replaced by the ids of
+    /// its string encoded as plain text. Everything outside those ranges, and every ordinary
+    /// token inside them, is exactly what `encode(text, false)` gives (control tokens always
+    /// split the input, so replacing one changes none of its neighbours).
+    pub fn encode_with_literal_spans(
+        &self,
+        text: &str,
+        literal: &[std::ops::Range<usize>],
+    ) -> Result<Vec<u32>> {
+        let err = |e: tokenizers::Error| {
+            Diagnostic::error(CODE_ENCODE, format!("cannot encode text: {e}"))
+                .with_file(self.dir.join("tokenizer.json"))
+        };
+        let enc = self.inner.encode(text, false).map_err(err)?;
+        let control = self.inner.get_added_tokens_decoder();
+        let mut out = Vec::with_capacity(enc.get_ids().len());
+        for (&id, &(start, end)) in enc.get_ids().iter().zip(enc.get_offsets()) {
+            let is_control = control.get(&id).is_some_and(|t| t.special);
+            let inside = literal.iter().any(|r| r.start <= start && end <= r.end);
+            match text.get(start..end) {
+                Some(piece) if is_control && inside => {
+                    let as_text = self.literal_tokenizer().encode(piece, false).map_err(err)?;
+                    out.extend_from_slice(as_text.get_ids());
+                }
+                _ => out.push(id),
+            }
+        }
+        Ok(out)
+    }
+
+    fn literal_tokenizer(&self) -> &tokenizers::Tokenizer {
+        self.literal.get_or_init(|| {
+            let mut t = self.inner.clone();
+            t.set_encode_special_tokens(true);
+            t
+        })
     }
 
     /// Decodes `ids` to text, optionally skipping special tokens.
@@ -665,6 +729,29 @@ mod tests {
         .unwrap();
         let t = Tokenizer::from_dir(dir.path()).unwrap();
         assert_eq!(t.eos_token_id(), Some(0));
+    }
+
+    #[test]
+    fn literal_spans_encode_control_tokens_as_text() {
+        let t = tok(
+            &[("<s>", true), ("<x>", false)],
+            Some(json!({"eos_token": "<s>"})),
+        );
+        assert_eq!(t.control_strings(), vec!["<s>".to_string()]);
+        let text = "hello <s> world <s> <x>";
+        assert_eq!(t.encode(text, false).unwrap(), vec![1, 4, 2, 4, 5]);
+        // The first `<s>` (bytes 6..9) is literal: "<", "s", ">" are unknown words.
+        let ids = t.encode_with_literal_spans(text, &[6..9]).unwrap();
+        assert_eq!(ids, vec![1, 0, 0, 0, 2, 4, 5]);
+        // A non-control added token stays a token; no spans: the plain encoding.
+        assert_eq!(
+            t.encode_with_literal_spans(text, &[20..23]).unwrap(),
+            vec![1, 4, 2, 4, 5]
+        );
+        assert_eq!(
+            t.encode_with_literal_spans(text, &[]).unwrap(),
+            vec![1, 4, 2, 4, 5]
+        );
     }
 
     /// Byte-level BPE vocabulary where "é" (0xC3 0xA9) is split over two tokens.

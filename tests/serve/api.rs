@@ -434,6 +434,7 @@ fn errors_are_openai_shaped() {
     // The key is required on /v1/*, not on /health and /metrics.
     let r = agent()
         .post(&s.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
         .send(chat_body("hi", 2).to_string())
         .unwrap();
     assert_eq!(r.status(), 401);

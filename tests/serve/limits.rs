@@ -42,6 +42,7 @@ fn queue_overflow_429_disconnect_frees_the_slot_and_sigterm_drains() {
         let started = Instant::now();
         let r = agent()
             .post(&format!("{base}/v1/chat/completions"))
+            .header("content-type", "application/json")
             .send(chat_body(CAPITAL_QUESTION, 2).to_string())
             .unwrap();
         (r.status().as_u16(), started.elapsed())

@@ -3,6 +3,7 @@
 
 mod api;
 mod gate;
+mod hardening;
 mod limits;
 mod openai;
 mod reload;

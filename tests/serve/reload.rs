@@ -67,6 +67,7 @@ impl Load {
                 });
                 let sample = match agent()
                     .post(&format!("{base}/v1/chat/completions"))
+                    .header("content-type", "application/json")
                     .send(body.to_string())
                 {
                     Ok(mut r) => {

@@ -53,7 +53,14 @@ pub fn scratch_dir() -> tempfile::TempDir {
         .expect("create a scratch directory")
 }
 
-fn run_to_end(mut cmd: Command, timeout: Duration) -> (bool, String) {
+pub fn run_to_end(cmd: Command, timeout: Duration) -> (bool, String) {
+    let (status, log) = run_status(cmd, timeout);
+    (status == Some(0), log)
+}
+
+/// Runs `cmd` to its end (killed after `timeout`); its exit code (`None`: killed or by a
+/// signal) and everything it printed.
+pub fn run_status(mut cmd: Command, timeout: Duration) -> (Option<i32>, String) {
     let log = tempfile::NamedTempFile::new().expect("temp file");
     let out = log.reopen().expect("reopen");
     let err = log.reopen().expect("reopen");
@@ -66,11 +73,11 @@ fn run_to_end(mut cmd: Command, timeout: Duration) -> (bool, String) {
     let start = Instant::now();
     let ok = loop {
         match child.try_wait().expect("wait") {
-            Some(status) => break status.success(),
+            Some(status) => break status.code(),
             None if start.elapsed() > timeout => {
                 let _ = child.kill();
                 let _ = child.wait();
-                break false;
+                break None;
             }
             None => std::thread::sleep(Duration::from_millis(50)),
         }
@@ -262,6 +269,11 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     /// Everything the server printed so far.

@@ -17,6 +17,7 @@ use crate::manifest::Manifest;
 use crate::serve::{
     serve, HttpConfig, LoadSettings, ModelSource, ServeEvent, ServeOptions, Stopped,
 };
+use crate::session::ContentTokens;
 
 /// Arguments of `serve`.
 #[derive(Debug, Args)]
@@ -38,9 +39,22 @@ pub struct ServeArgs {
     /// Serve models without probing them first.
     #[arg(long)]
     pub no_probe: bool,
-    /// Require `Authorization: Bearer <KEY>` on /v1/* endpoints.
+    /// Require `Authorization: Bearer <KEY>` on /v1/* endpoints (an empty key is refused).
     #[arg(long, env = "RMLX_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Allow cross-origin requests from these origins (`scheme://host[:port]`, or `*` for
+    /// any); without it no CORS headers are sent.
+    #[arg(long, num_args = 1.., value_name = "ORIGIN")]
+    pub cors: Vec<String>,
+    /// Seconds a client may take to send a request head (also how long a kept-alive
+    /// connection may stay idle) and, separately, its body.
+    #[arg(long, default_value_t = 15)]
+    pub read_timeout: u64,
+    /// Encode special-token strings typed in messages (`<|im_start|>`…) as the control
+    /// tokens they spell instead of as text; lets any client forge turns (default: [serve]
+    /// content-special-tokens in rmlx.toml, else off).
+    #[arg(long)]
+    pub content_special_tokens: bool,
     /// Requests that may wait per model while one runs; more get 429.
     #[arg(long, default_value_t = 8)]
     pub queue_depth: usize,
@@ -134,6 +148,32 @@ fn sources(args: &[String], manifest: Option<&Manifest>) -> Result<Vec<ModelSour
     Ok(out)
 }
 
+/// The API key: `--api-key` or `RMLX_API_KEY`; an empty one is a usage error (it must not
+/// silently turn authentication off).
+fn api_key(given: Option<String>) -> Result<Option<String>> {
+    // clap drops an empty environment value; the variable set but empty is still a mistake.
+    let env_empty = std::env::var_os("RMLX_API_KEY").is_some_and(|v| v.is_empty());
+    match given {
+        Some(k) if k.trim().is_empty() => Err(empty_key(if env_empty {
+            "RMLX_API_KEY"
+        } else {
+            "--api-key"
+        })),
+        None if env_empty => Err(empty_key("RMLX_API_KEY")),
+        k => Ok(k),
+    }
+}
+
+fn empty_key(source: &str) -> Diagnostic {
+    Diagnostic::error(
+        "rmlx::cli::empty-api-key",
+        format!("{source} is empty: an empty API key would turn authentication off"),
+    )
+    .with_help(
+        "give a non-empty key, or leave both --api-key and RMLX_API_KEY unset to serve without one",
+    )
+}
+
 /// Runs `serve`.
 pub fn run(g: &GlobalArgs, a: ServeArgs) -> Result<u8> {
     let all_dirs = !a.models.is_empty() && a.models.iter().all(|m| Path::new(m).is_dir());
@@ -145,6 +185,7 @@ pub fn run(g: &GlobalArgs, a: ServeArgs) -> Result<u8> {
         }
         Err(e) => return Err(e),
     };
+    let api_key = api_key(a.api_key)?;
     let models = sources(&a.models, manifest.as_ref())?;
     let serve_decl = manifest
         .as_ref()
@@ -159,12 +200,19 @@ pub fn run(g: &GlobalArgs, a: ServeArgs) -> Result<u8> {
             policy: a.dtype.into(),
             probe: !a.no_probe,
             queue_depth: a.queue_depth,
+            content_tokens: if a.content_special_tokens || serve_decl.content_special_tokens {
+                ContentTokens::Control
+            } else {
+                ContentTokens::Text
+            },
         },
         http: HttpConfig {
-            api_key: a.api_key.filter(|k| !k.is_empty()),
+            api_key,
             timeout: Duration::from_secs(a.timeout.max(1)),
             default_max_tokens: a.max_tokens.max(1),
             max_body_bytes: a.max_body_bytes,
+            read_timeout: Duration::from_secs(a.read_timeout.max(1)),
+            cors: a.cors,
         },
         watch: a.watch,
         debounce: Duration::from_millis(a.debounce_ms),

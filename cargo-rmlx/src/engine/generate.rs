@@ -1,6 +1,8 @@
 //! The generate loop shared by `generate`, the probe and the server: prefill in chunks, then
 //! one token at a time, recording per step the chosen id, the top logits and logit health
 //! (max |logit|, non-finite count), stopping at EOS (unless ignored) or the token budget.
+//! [`generate_cancellable`] also asks, between prefill chunks, whether the run is still
+//! wanted (the server's client may be gone or its deadline past before the first token).
 
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
@@ -103,6 +105,19 @@ pub fn generate(
     model: &Model,
     prompt_ids: &[u32],
     opts: &GenerateOptions,
+    on_step: impl FnMut(&Step) -> ControlFlow<()>,
+) -> Result<GenerateOutput> {
+    generate_cancellable(model, prompt_ids, opts, || false, on_step)
+}
+
+/// [`generate`], also asking `cancelled` before each prefill chunk after the first: when it
+/// says yes, the run ends at once with no steps and [`StopReason::Stopped`] (a long prompt
+/// is several chunks; nobody waits for its first token any more).
+pub fn generate_cancellable(
+    model: &Model,
+    prompt_ids: &[u32],
+    opts: &GenerateOptions,
+    cancelled: impl Fn() -> bool,
     mut on_step: impl FnMut(&Step) -> ControlFlow<()>,
 ) -> Result<GenerateOutput> {
     if prompt_ids.is_empty() {
@@ -158,7 +173,21 @@ pub fn generate(
     let mut cache = model.net.new_cache();
     let started = Instant::now();
     let mut logits = None;
-    for chunk in prompt_ids.chunks(PREFILL_CHUNK) {
+    for (i, chunk) in prompt_ids.chunks(PREFILL_CHUNK).enumerate() {
+        if i > 0 && cancelled() {
+            tracing::debug!(
+                "prefill cancelled after {} of {} tokens",
+                i * PREFILL_CHUNK,
+                prompt_ids.len()
+            );
+            return Ok(GenerateOutput {
+                prompt_ids: prompt_ids.to_vec(),
+                steps: Vec::new(),
+                stop: StopReason::Stopped,
+                prefill: started.elapsed(),
+                decode: Duration::ZERO,
+            });
+        }
         let ids: Vec<i32> = chunk.iter().map(|&t| t as i32).collect();
         let input = Array::from_slice(&ids, &[1, ids.len() as i32]);
         let out = model.net.forward_last(&input, &mut cache)?;

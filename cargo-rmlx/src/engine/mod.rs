@@ -18,7 +18,9 @@ use mlx_rs::Dtype;
 use crate::diagnostic::Result;
 use crate::snapshot::Snapshot;
 
-pub use generate::{generate, GenerateOptions, GenerateOutput, Step, StopReason};
+pub use generate::{
+    generate, generate_cancellable, GenerateOptions, GenerateOutput, Step, StopReason,
+};
 pub use penalty::Penalties;
 pub use sample::{Sampler, SamplerConfig};
 pub use transformer::Transformer;

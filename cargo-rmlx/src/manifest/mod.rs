@@ -34,6 +34,7 @@
 //! [serve]
 //! host = "127.0.0.1"
 //! port = 8080
+//! content-special-tokens = false   # true: special tokens typed in messages are control tokens
 //! ```
 
 mod locate;
@@ -222,6 +223,9 @@ pub struct ServeDecl {
     pub host: String,
     /// Port to bind.
     pub port: u16,
+    /// Encode special-token strings in messages as control tokens (`serve
+    /// --content-special-tokens`).
+    pub content_special_tokens: bool,
 }
 
 impl Default for ServeDecl {
@@ -229,6 +233,7 @@ impl Default for ServeDecl {
         Self {
             host: DEFAULT_HOST.to_string(),
             port: DEFAULT_PORT,
+            content_special_tokens: false,
         }
     }
 }

@@ -484,7 +484,7 @@ fn probe(ctx: &Ctx<'_>, name: &str, v: &Value<'_>) -> Result<ProbeDecl> {
 
 fn serve(ctx: &Ctx<'_>, v: &Value<'_>) -> Result<ServeDecl> {
     let t = ctx.table("serve", v)?;
-    ctx.known_keys(t, &["host", "port"], "[serve]")?;
+    ctx.known_keys(t, &["host", "port", "content-special-tokens"], "[serve]")?;
     let host = match t.get("host") {
         Some(v) => {
             let h = ctx.string("host", v)?;
@@ -509,5 +509,16 @@ fn serve(ctx: &Ctx<'_>, v: &Value<'_>) -> Result<ServeDecl> {
         }
         None => DEFAULT_PORT,
     };
-    Ok(ServeDecl { host, port })
+    let content_special_tokens = match t.get("content-special-tokens") {
+        Some(v) => v
+            .get_ref()
+            .as_bool()
+            .ok_or_else(|| ctx.wrong_type("content-special-tokens", "a boolean", v))?,
+        None => false,
+    };
+    Ok(ServeDecl {
+        host,
+        port,
+        content_special_tokens,
+    })
 }

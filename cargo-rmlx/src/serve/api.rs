@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -159,11 +160,38 @@ pub struct Common {
     pub return_prompt: Option<bool>,
 }
 
+/// A request body's fields of type `T`, read from the JSON object `body`; a field of the
+/// wrong type is a 400 whose `param` is the field's JSON path.
+fn typed<T: DeserializeOwned>(body: &Value) -> Result<T, ApiError> {
+    if !body.is_object() {
+        return Err(ApiError::invalid("the request body must be a JSON object"));
+    }
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            ApiError::invalid(format!("invalid request body: {inner}"))
+        } else {
+            ApiError::param(&path, format!("invalid `{path}`: {inner}"))
+        }
+    })
+}
+
+/// The `param` of an error from [`tools::normalize_messages`]: the path it starts with
+/// (`messages[0].content`).
+fn message_param(message: &str) -> &str {
+    message
+        .split_whitespace()
+        .next()
+        .filter(|p| p.starts_with("messages["))
+        .unwrap_or("messages")
+}
+
 /// `POST /v1/chat/completions`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChatRequest {
-    /// Shared fields.
-    #[serde(flatten)]
+    /// Shared fields (read by [`ChatRequest::from_json`]).
+    #[serde(skip)]
     pub common: Common,
     /// The conversation.
     pub messages: Option<Value>,
@@ -184,8 +212,8 @@ pub struct ChatRequest {
 /// `POST /v1/completions`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct CompletionRequest {
-    /// Shared fields.
-    #[serde(flatten)]
+    /// Shared fields (read by [`CompletionRequest::from_json`]).
+    #[serde(skip)]
     pub common: Common,
     /// A string, a one-string list, or a list of token ids.
     pub prompt: Option<Value>,
@@ -430,6 +458,13 @@ impl Common {
 }
 
 impl ChatRequest {
+    /// Reads a request body.
+    pub fn from_json(body: &Value) -> Result<Self, ApiError> {
+        let mut r: Self = typed(body)?;
+        r.common = typed(body)?;
+        Ok(r)
+    }
+
     /// Validates a chat request.
     pub fn prepare(self, default_max_tokens: usize) -> Result<Prepared, ApiError> {
         let messages = match &self.messages {
@@ -450,8 +485,10 @@ impl ChatRequest {
                 ))
             }
         };
-        let messages =
-            tools::normalize_messages(messages).map_err(|m| ApiError::param("messages", m))?;
+        let messages = tools::normalize_messages(messages).map_err(|m| {
+            let param = message_param(&m).to_string();
+            ApiError::param(&param, m)
+        })?;
         let tool_defs = match &self.tools {
             None | Some(Value::Null) => None,
             Some(Value::Array(t)) if t.is_empty() => None,
@@ -519,6 +556,13 @@ impl ChatRequest {
 }
 
 impl CompletionRequest {
+    /// Reads a request body.
+    pub fn from_json(body: &Value) -> Result<Self, ApiError> {
+        let mut r: Self = typed(body)?;
+        r.common = typed(body)?;
+        Ok(r)
+    }
+
     /// Validates a completion request.
     pub fn prepare(self, default_max_tokens: usize) -> Result<Prepared, ApiError> {
         let bad = || {
@@ -591,9 +635,7 @@ mod tests {
     use super::*;
 
     fn chat(v: Value) -> Result<Prepared, ApiError> {
-        serde_json::from_value::<ChatRequest>(v)
-            .unwrap()
-            .prepare(512)
+        ChatRequest::from_json(&v)?.prepare(512)
     }
 
     #[test]
@@ -664,6 +706,26 @@ mod tests {
                 json!({"messages": msg, "response_format": {"type": "json_object"}}),
                 "response_format",
             ),
+            (
+                json!({"messages": msg, "temperature": "hot"}),
+                "temperature",
+            ),
+            (
+                json!({"messages": msg, "stream_options": {"include_usage": 1}}),
+                "stream_options.include_usage",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": 5}]}),
+                "messages[0].content",
+            ),
+            (
+                json!({"messages": [msg[0], {"role": 1}]}),
+                "messages[1].role",
+            ),
+            (
+                json!({"messages": msg, "top_logprobs": "3"}),
+                "top_logprobs",
+            ),
         ];
         for (body, param) in cases {
             let e = chat(body.clone()).unwrap_err();
@@ -674,11 +736,7 @@ mod tests {
 
     #[test]
     fn completion_prompt_forms() {
-        let c = |v: Value| {
-            serde_json::from_value::<CompletionRequest>(v)
-                .unwrap()
-                .prepare(16)
-        };
+        let c = |v: Value| CompletionRequest::from_json(&v)?.prepare(16);
         assert!(matches!(
             c(json!({"prompt": "a"})).unwrap().req.prompt,
             PromptInput::Text(_)

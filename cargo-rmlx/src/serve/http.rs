@@ -1,5 +1,6 @@
-//! The axum application: routes, bearer authentication, body limit, the chat and completion
-//! handlers (JSON and server-sent events), models, health, metrics and reload.
+//! The axum application: routes, bearer authentication, the request policy ([`super::guard`]),
+//! opt-in CORS, the access log ([`super::access`]), OpenAI-shaped 404/405, the chat and
+//! completion handlers (JSON and server-sent events), models, health, metrics and reload.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -19,7 +20,9 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
+use super::access::{self, AccessNote};
 use super::api::{ApiError, ChatRequest, CompletionRequest, Prepared};
+use super::guard::{self, Guard};
 use super::metrics::Metrics;
 use super::registry::{Outcome, Registry, State as ModelState, Trigger};
 use super::worker::{Event, Finish, Job, JobError, SubmitError, TokenLogprob, Worker};
@@ -36,6 +39,11 @@ pub struct HttpConfig {
     pub default_max_tokens: usize,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// How long a client may take to send a request head (also the idle time of a kept-alive
+    /// connection) and, separately, its body.
+    pub read_timeout: Duration,
+    /// Origins allowed by CORS (`*`: any); empty: no CORS headers.
+    pub cors: Vec<String>,
 }
 
 /// Shared state of the handlers.
@@ -69,8 +77,8 @@ impl AppState {
     }
 }
 
-/// The application.
-pub fn router(state: Arc<AppState>) -> Router {
+/// The application; `policy` is the request policy of the bound address.
+pub fn router(state: Arc<AppState>, policy: Guard) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
@@ -78,13 +86,70 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{name}", get(model))
         .route("/v1/models/{name}/reload", post(reload))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
-    Router::new()
+    let app = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .merge(api)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(policy),
+            guard::check,
+        ));
+    // CORS outside the guard, so refusals carry its headers and preflights are answered.
+    let app = match cors_layer(&state.cfg.cors) {
+        Ok(Some(cors)) => app.layer(cors),
+        Ok(None) => app,
+        Err(e) => {
+            tracing::warn!("CORS disabled: {}", e.message);
+            app
+        }
+    };
+    app.layer(middleware::from_fn(access::layer))
         .with_state(state)
+}
+
+/// The CORS layer for `origins` (`*`: any origin); `None` when the list is empty.
+pub fn cors_layer(
+    origins: &[String],
+) -> crate::diagnostic::Result<Option<tower_http::cors::CorsLayer>> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let mut list = Vec::new();
+        for o in origins {
+            let valid = o.split_once("://").is_some_and(|(scheme, rest)| {
+                !scheme.is_empty() && !rest.is_empty() && !rest.contains('/')
+            });
+            match HeaderValue::from_str(o) {
+                Ok(v) if valid => list.push(v),
+                _ => {
+                    return Err(crate::diagnostic::Diagnostic::error(
+                        "rmlx::serve::cors-origin",
+                        format!("`{o}` is not an origin"),
+                    )
+                    .with_help("an origin is `scheme://host[:port]`, e.g. `http://localhost:3000`, or `*` for any"))
+                }
+            }
+        }
+        AllowOrigin::list(list)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .expose_headers([
+                header::RETRY_AFTER,
+                axum::http::HeaderName::from_static("x-rmlx-model-version"),
+            ])
+            .max_age(Duration::from_secs(600)),
+    ))
 }
 
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
@@ -121,6 +186,19 @@ async fn not_found(req: Request) -> ApiError {
         "not_found_error",
         format!("no route for {} {}", req.method(), req.uri().path()),
     )
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        format!(
+            "method {} is not allowed for {} (see the Allow header)",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+    .with_code("method_not_allowed")
 }
 
 async fn health(State(s): State<Arc<AppState>>) -> Response {
@@ -265,16 +343,51 @@ impl Kind {
             Kind::Completion => "completions",
         }
     }
+
+    fn path(self) -> &'static str {
+        match self {
+            Kind::Chat => "/v1/chat/completions",
+            Kind::Completion => "/v1/completions",
+        }
+    }
+
+    /// The request field that holds the prompt.
+    fn prompt_param(self) -> &'static str {
+        match self {
+            Kind::Chat => "messages",
+            Kind::Completion => "prompt",
+        }
+    }
 }
 
-/// Records a request in the metrics when dropped (at the end of a stream, too).
+/// Records a request in the metrics when dropped (at the end of a stream, too); a stream's
+/// record also writes its access-log line.
 struct Record {
     metrics: Arc<Metrics>,
     model: String,
-    endpoint: &'static str,
+    kind: Kind,
     status: u16,
     started: Instant,
     armed: bool,
+    /// (prompt, completion) tokens, once the generation ended.
+    tokens: Option<(usize, usize)>,
+    /// Write the access-log line on drop (streams).
+    log_access: bool,
+}
+
+impl Record {
+    fn new(metrics: Arc<Metrics>, kind: Kind) -> Self {
+        Self {
+            metrics,
+            model: String::new(),
+            kind,
+            status: 200,
+            started: Instant::now(),
+            armed: true,
+            tokens: None,
+            log_access: false,
+        }
+    }
 }
 
 impl Drop for Record {
@@ -282,12 +395,23 @@ impl Drop for Record {
         if !self.armed {
             return;
         }
+        let took = self.started.elapsed();
         self.metrics.request(
             &self.model,
-            self.endpoint,
+            self.kind.endpoint(),
             self.status,
-            self.started.elapsed().as_secs_f64(),
+            took.as_secs_f64(),
         );
+        if self.log_access {
+            access::log(
+                "POST",
+                self.kind.path(),
+                self.status,
+                &self.model,
+                self.tokens,
+                took,
+            );
+        }
     }
 }
 
@@ -327,19 +451,20 @@ fn body_error(r: BytesRejection) -> ApiError {
 }
 
 fn parse(kind: Kind, body: &[u8], default_max_tokens: usize) -> Result<Prepared, ApiError> {
-    let bad = |e: serde_json::Error| ApiError::invalid(format!("invalid JSON body: {e}"));
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?;
     match kind {
-        Kind::Chat => serde_json::from_slice::<ChatRequest>(body)
-            .map_err(bad)?
-            .prepare(default_max_tokens),
-        Kind::Completion => serde_json::from_slice::<CompletionRequest>(body)
-            .map_err(bad)?
-            .prepare(default_max_tokens),
+        Kind::Chat => ChatRequest::from_json(&value)?.prepare(default_max_tokens),
+        Kind::Completion => CompletionRequest::from_json(&value)?.prepare(default_max_tokens),
     }
 }
 
-fn job_error(e: JobError, timeout: Duration) -> ApiError {
+fn job_error(e: JobError, timeout: Duration, kind: Kind) -> ApiError {
     match e {
+        JobError::Invalid(d) if d.code == "rmlx::generate::context-overflow" => {
+            ApiError::param(kind.prompt_param(), d.message.clone())
+                .with_code("context_length_exceeded")
+        }
         JobError::Invalid(d) => ApiError::invalid(d.message.clone()).with_code(d.code),
         JobError::Timeout => ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
@@ -359,21 +484,21 @@ fn job_error(e: JobError, timeout: Duration) -> ApiError {
 }
 
 async fn generation(s: Arc<AppState>, kind: Kind, body: Result<Bytes, BytesRejection>) -> Response {
-    let mut rec = Record {
-        metrics: s.metrics.clone(),
-        model: String::new(),
-        endpoint: kind.endpoint(),
-        status: 200,
-        started: Instant::now(),
-        armed: true,
-    };
-    match start(&s, kind, body, &mut rec).await {
+    let mut rec = Record::new(s.metrics.clone(), kind);
+    let mut response = match start(&s, kind, body, &mut rec).await {
         Ok(r) => r,
         Err(e) => {
             rec.status = e.status.as_u16();
             e.into_response()
         }
+    };
+    if response.extensions().get::<AccessNote>().is_none() {
+        response.extensions_mut().insert(AccessNote {
+            model: rec.model.clone(),
+            ..AccessNote::default()
+        });
     }
+    response
 }
 
 async fn start(
@@ -446,7 +571,7 @@ async fn start(
     // The first event: the rendered prompt, or why it could not be rendered.
     let prompt = match tokio::time::timeout_at(deadline, rx.recv()).await {
         Ok(Some(Event::Prompt(p))) => p,
-        Ok(Some(Event::Error(e))) => return Err(job_error(e, s.cfg.timeout)),
+        Ok(Some(Event::Error(e))) => return Err(job_error(e, s.cfg.timeout, kind)),
         Ok(Some(_)) | Ok(None) => {
             return Err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -454,7 +579,7 @@ async fn start(
                 "the model thread ended the request without an answer",
             ))
         }
-        Err(_) => return Err(job_error(JobError::Timeout, s.cfg.timeout)),
+        Err(_) => return Err(job_error(JobError::Timeout, s.cfg.timeout, kind)),
     };
     let ctx = Ctx {
         id: s.new_id(match kind {
@@ -473,17 +598,19 @@ async fn start(
     };
     let version = worker.version;
     let mut response = if prepared.stream {
-        let stream_rec = Record {
-            metrics: rec.metrics.clone(),
-            model: rec.model.clone(),
-            endpoint: rec.endpoint,
-            status: 200,
-            started: rec.started,
-            armed: true,
-        };
-        // The stream records the request when it ends.
+        let mut stream_rec = Record::new(rec.metrics.clone(), kind);
+        stream_rec.model = rec.model.clone();
+        stream_rec.started = rec.started;
+        stream_rec.log_access = true;
+        // The stream records (and logs) the request when it ends.
         rec.armed = false;
-        stream_response(ctx, rx, guard, stream_rec, deadline, worker)
+        let mut r = stream_response(ctx, rx, guard, stream_rec, deadline, worker);
+        r.extensions_mut().insert(AccessNote {
+            model: entry.name.clone(),
+            tokens: None,
+            deferred: true,
+        });
+        r
     } else {
         let r = collect(ctx, &mut rx, deadline).await;
         drop(guard);
@@ -568,7 +695,7 @@ async fn collect(
                     "the model thread ended the request without an answer",
                 ))
             }
-            Err(_) => return Err(job_error(JobError::Timeout, ctx.timeout)),
+            Err(_) => return Err(job_error(JobError::Timeout, ctx.timeout, ctx.kind)),
         };
         match ev {
             Event::Prompt(_) => {}
@@ -579,7 +706,7 @@ async fn collect(
                 text.push_str(&t);
                 logprobs.extend(l);
             }
-            Event::Error(e) => return Err(job_error(e, ctx.timeout)),
+            Event::Error(e) => return Err(job_error(e, ctx.timeout, ctx.kind)),
             Event::Done {
                 finish,
                 tool_calls,
@@ -629,7 +756,13 @@ async fn collect(
                 if let Some(p) = &ctx.prompt {
                     body["prompt"] = prompt_json(p);
                 }
-                return Ok(Json(body).into_response());
+                let mut r = Json(body).into_response();
+                r.extensions_mut().insert(AccessNote {
+                    model: ctx.model.clone(),
+                    tokens: Some((prompt_tokens, completion_tokens)),
+                    deferred: false,
+                });
+                return Ok(r);
             }
         }
     }
@@ -709,13 +842,14 @@ impl StreamState {
                 let chunk = self.chunk(c);
                 self.pending.push_back(chunk);
             }
-            Event::Error(e) => self.error(job_error(e, self.ctx.timeout)),
+            Event::Error(e) => self.error(job_error(e, self.ctx.timeout, self.ctx.kind)),
             Event::Done {
                 finish,
                 tool_calls,
                 prompt_tokens,
                 completion_tokens,
             } => {
+                self.rec.tokens = Some((prompt_tokens, completion_tokens));
                 if !tool_calls.is_empty() && self.ctx.kind == Kind::Chat {
                     let calls: Vec<Value> = tool_calls
                         .iter()
@@ -817,7 +951,7 @@ fn stream_response(
                     "the model thread ended the request without an answer",
                 )),
                 Err(_) => {
-                    let e = job_error(JobError::Timeout, st.ctx.timeout);
+                    let e = job_error(JobError::Timeout, st.ctx.timeout, st.ctx.kind);
                     st.error(e)
                 }
             }

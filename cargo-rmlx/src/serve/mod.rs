@@ -1,7 +1,9 @@
 //! `cargo rmlx serve`: an OpenAI-compatible HTTP server with probe-gated hot reload.
 //!
 //! - [`http`]: the axum application (`/v1/chat/completions`, `/v1/completions`, `/v1/models`,
-//!   `/v1/models/{name}/reload`, `/health`, `/metrics`), body limit, bearer key, SSE.
+//!   `/v1/models/{name}/reload`, `/health`, `/metrics`), bearer key, CORS, SSE.
+//! - [`guard`]: the request policy (loopback `Host`, body size and read time, JSON POSTs);
+//!   [`conn`]: the accept loop (read timeout, graceful shutdown); [`access`]: the access log.
 //! - [`api`]: request bodies, validation into a generation request, OpenAI-style errors.
 //! - [`worker`]: one thread per loaded model version (MLX state is thread-bound): load, probe,
 //!   then generations from a bounded queue, streamed back as events; cancellation between
@@ -13,7 +15,10 @@
 //! Every chat prompt is rendered by [`crate::session::Session::chat_prompt`], the path the
 //! probe uses, so a request and the probe with the same messages see byte-identical ids.
 
+pub mod access;
 pub mod api;
+pub mod conn;
+pub mod guard;
 pub mod http;
 pub mod metrics;
 pub mod registry;
@@ -147,6 +152,8 @@ pub fn serve(opts: ServeOptions, events: EventSink) -> Result<Stopped> {
 }
 
 async fn run(opts: ServeOptions, events: EventSink) -> Result<Stopped> {
+    // A bad origin is a usage error before anything starts.
+    http::cors_layer(&opts.http.cors)?;
     let listener = tokio::net::TcpListener::bind((opts.host.as_str(), opts.port))
         .await
         .map_err(|e| {
@@ -161,6 +168,13 @@ async fn run(opts: ServeOptions, events: EventSink) -> Result<Stopped> {
     let local = listener
         .local_addr()
         .map_err(|e| Diagnostic::error("rmlx::serve::bind", format!("no local address: {e}")))?;
+    if !guard::is_loopback_name(&opts.host) && opts.http.api_key.is_none() {
+        tracing::warn!(
+            "listening on {} without an API key: anyone who can reach this address can use \
+             and reload the models (set --api-key or RMLX_API_KEY)",
+            opts.host
+        );
+    }
     let metrics = Arc::new(metrics::Metrics::default());
     let registry = Arc::new(registry::Registry::new(
         opts.models.clone(),
@@ -193,14 +207,20 @@ async fn run(opts: ServeOptions, events: EventSink) -> Result<Stopped> {
         metrics,
         opts.http.clone(),
     ));
-    let app = http::router(state);
+    let policy = guard::Guard::new(
+        &opts.host,
+        local.port(),
+        opts.http.max_body_bytes,
+        opts.http.read_timeout,
+    );
+    let app = http::router(state, policy);
     let (sig_tx, sig_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = sig_tx.send(true);
     });
     let mut graceful = sig_rx.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = conn::serve(listener, app, opts.http.read_timeout, async move {
         let _ = graceful.wait_for(|v| *v).await;
     });
     let mut deadline = sig_rx;
@@ -208,8 +228,8 @@ async fn run(opts: ServeOptions, events: EventSink) -> Result<Stopped> {
     let grace = opts.shutdown_timeout;
     let signalled = Arc::new(std::sync::OnceLock::<tokio::time::Instant>::new());
     let signalled_at = signalled.clone();
-    let served = tokio::select! {
-        r = server => r.map_err(|e| Diagnostic::error("rmlx::serve::io", format!("server error: {e}"))),
+    let served: Result<()> = tokio::select! {
+        () = server => Ok(()),
         _ = async move {
             let _ = deadline.wait_for(|v| *v).await;
             let _ = signalled_at.set(tokio::time::Instant::now());

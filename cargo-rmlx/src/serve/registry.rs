@@ -124,6 +124,8 @@ pub struct LoadSettings {
     pub probe: bool,
     /// Requests that may wait per model.
     pub queue_depth: usize,
+    /// How special-token strings in messages are encoded.
+    pub content_tokens: crate::session::ContentTokens,
 }
 
 /// Why a reload happens.
@@ -355,6 +357,7 @@ impl Registry {
                 }
             }),
             queue_depth: self.settings.queue_depth,
+            content_tokens: self.settings.content_tokens,
             live: self.live.clone(),
         };
         match Worker::start(cfg, self.metrics.clone()) {
@@ -408,8 +411,16 @@ impl Registry {
         idle
     }
 
-    /// `/v1/models`' view of one entry.
+    /// `/v1/models`' view of one entry: no filesystem paths (the model directory is shown as
+    /// the model's name, other absolute paths as their file name).
     pub fn describe(&self, entry: &Entry) -> Value {
+        let dir = lock(&entry.source).dir.clone();
+        let mut v = self.describe_raw(entry);
+        redact_paths(&mut v, &dir.display().to_string(), &entry.name);
+        v
+    }
+
+    fn describe_raw(&self, entry: &Entry) -> Value {
         let st = lock(&entry.status);
         let src = lock(&entry.source);
         let secs = |t: SystemTime| {
@@ -423,7 +434,6 @@ impl Registry {
             "owned_by": "rmlx",
             "state": st.state.as_str(),
             "reloading": st.reloading,
-            "dir": src.dir,
             "declared": src.decl.is_some(),
         });
         if let Some(w) = &st.current {
@@ -444,5 +454,68 @@ impl Registry {
             });
         }
         v
+    }
+}
+
+/// Replaces `dir` by `name` in every string of `v`, then every remaining absolute path by its
+/// file name, so that a response never shows where the server's files are.
+pub fn redact_paths(v: &mut Value, dir: &str, name: &str) {
+    match v {
+        Value::String(s) => *s = redact_str(s, dir, name),
+        Value::Array(items) => items.iter_mut().for_each(|x| redact_paths(x, dir, name)),
+        Value::Object(map) => map.values_mut().for_each(|x| redact_paths(x, dir, name)),
+        _ => {}
+    }
+}
+
+fn redact_str(s: &str, dir: &str, name: &str) -> String {
+    let s = if dir.len() > 1 {
+        s.replace(dir, name)
+    } else {
+        s.to_string()
+    };
+    let mut out = String::with_capacity(s.len());
+    let mut word = String::new();
+    for c in s.chars().chain(std::iter::once(' ')) {
+        if c.is_whitespace() || matches!(c, '`' | '\'' | '"' | '(' | ')' | ',') {
+            out.push_str(&redact_word(&word));
+            word.clear();
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    out.pop();
+    out
+}
+
+fn redact_word(w: &str) -> String {
+    let core = w.trim_end_matches([':', '.', ';']);
+    if core.len() > 1 && core.starts_with('/') {
+        let file = std::path::Path::new(core)
+            .file_name()
+            .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+        format!("{file}{}", &w[core.len()..])
+    } else {
+        w.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_redacted() {
+        let mut v = json!({
+            "a": "/srv/models/m failed its probe",
+            "b": ["cannot read `/srv/other/x.json`: gone", "see /etc/passwd."],
+            "c": "ratio 1/2 and a / b",
+        });
+        redact_paths(&mut v, "/srv/models/m", "m");
+        assert_eq!(v["a"], "m failed its probe");
+        assert_eq!(v["b"][0], "cannot read `x.json`: gone");
+        assert_eq!(v["b"][1], "see passwd.");
+        assert_eq!(v["c"], "ratio 1/2 and a / b");
     }
 }

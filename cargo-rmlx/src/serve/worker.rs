@@ -4,7 +4,7 @@
 //! loads the [`Session`], probes it, and then runs every generation for it, one at a time,
 //! from a bounded queue ([`Worker::submit`] refuses work beyond the bound). Results stream
 //! back to the HTTP side as [`Event`]s over a tokio channel. A request's cancel flag
-//! (client gone) and deadline are checked between tokens.
+//! (client gone) and deadline are checked between prefill chunks and between tokens.
 //!
 //! When the last handle to a worker is dropped (the model was hot-swapped), its queue
 //! closes: the thread finishes the requests already queued, then exits and frees the model.
@@ -23,9 +23,11 @@ use super::metrics::Metrics;
 use super::text::{Flow, TextFilter};
 use super::tools::{self, ToolCall};
 use crate::diagnostic::{Diagnostic, Result};
-use crate::engine::{generate, DtypePolicy, GenerateOptions, Penalties, SamplerConfig, StopReason};
+use crate::engine::{
+    generate_cancellable, DtypePolicy, GenerateOptions, Penalties, SamplerConfig, StopReason,
+};
 use crate::probe::{self, ProbeOptions};
-use crate::session::{Prompt, Session};
+use crate::session::{ContentTokens, Prompt, Session};
 
 /// What a request asks the model to continue.
 #[derive(Debug, Clone)]
@@ -216,6 +218,8 @@ pub struct WorkerConfig {
     pub probe: Option<ProbeSettings>,
     /// Requests that may wait while one runs.
     pub queue_depth: usize,
+    /// How special-token strings in messages are encoded.
+    pub content_tokens: ContentTokens,
     /// Counts this worker's thread while it runs (shutdown waits for it).
     pub live: LiveThreads,
 }
@@ -380,7 +384,10 @@ fn worker_main(
     };
     let started = Instant::now();
     let session = match Session::load(&cfg.dir, cfg.policy) {
-        Ok(s) => s,
+        Ok(mut s) => {
+            s.content_tokens = cfg.content_tokens;
+            s
+        }
         Err(d) => {
             let _ = ready.send(Err(fail(d)));
             return;
@@ -528,7 +535,8 @@ fn run_job(name: &str, session: &Session, job: Job, metrics: &Metrics) {
     let mut first_token = None;
     let mut generated = 0usize;
     let piece = |id: u32| tok.decode(&[id], false).unwrap_or_default();
-    let result = generate(&session.model, &ids, &opts, |step| {
+    let gone = || Instant::now() >= deadline || cancel.load(Ordering::Relaxed);
+    let result = generate_cancellable(&session.model, &ids, &opts, gone, |step| {
         if first_token.is_none() {
             first_token = Some(arrived.elapsed());
         }
@@ -586,6 +594,14 @@ fn run_job(name: &str, session: &Session, job: Job, metrics: &Metrics) {
             return;
         }
     };
+    if out.steps.is_empty() && out.stop == StopReason::Stopped {
+        // Cancelled during the prefill: the same two reasons, the deadline first.
+        halt = Some(if Instant::now() >= deadline {
+            Halt::Timeout
+        } else {
+            Halt::ClientGone
+        });
+    }
     let ttft = first_token.map(|d| d.as_secs_f64());
     let decode_tps = (out.steps.len() > 1)
         .then(|| (out.steps.len() - 1) as f64 / out.decode.as_secs_f64().max(1e-9));
