@@ -25,13 +25,7 @@ fn official_openai_python_client() {
         .expect("the venv's python path")
         .to_string();
 
-    let args = vec![
-        model_dir().display().to_string(),
-        "--api-key".into(),
-        "sk-compat".into(),
-    ];
-    let s = Server::start(&args, &repo_root());
-    s.wait_ready();
+    let s = Server::model(&["--api-key", "sk-compat"]);
     let out = Command::new(python)
         .arg(here.join("openai_client.py"))
         .args([s.base.as_str(), MODEL_NAME, "sk-compat"])

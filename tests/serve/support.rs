@@ -241,6 +241,15 @@ impl Server {
         server
     }
 
+    /// Starts a server for the test model with `extra` arguments and waits until it is ready.
+    pub fn model(extra: &[&str]) -> Server {
+        let mut args = vec![model_dir().display().to_string()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let s = Server::start(&args, &repo_root());
+        s.wait_ready();
+        s
+    }
+
     /// Waits until `/health` answers 200.
     pub fn wait_ready(&self) {
         let start = Instant::now();

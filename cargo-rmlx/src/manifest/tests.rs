@@ -105,6 +105,9 @@ fn defaults() {
     };
     assert_eq!((spec.default.group_size, spec.default.bits), (64, 4));
     assert_eq!(m.serve, ServeDecl::default());
+    assert!(!m.serve.content_special_tokens);
+    let m = parse("[models.a]\nsource = \"a\"\n[serve]\ncontent-special-tokens = true\n").unwrap();
+    assert!(m.serve.content_special_tokens);
 }
 
 #[test]
@@ -137,6 +140,9 @@ fn wrong_types_are_located() {
 
     let text = "[serve]\nport = 70000\n";
     assert_eq!(spanned(text, &err(text)), "70000");
+
+    let text = "[serve]\ncontent-special-tokens = \"yes\"\n";
+    assert_eq!(spanned(text, &err(text)), "\"yes\"");
 
     let text = "models = 1\n";
     assert_eq!(err(text).code, "rmlx::manifest::wrong-type");
