@@ -741,11 +741,14 @@ mod tests {
         let text = "hello <s> world <s> <x>";
         assert_eq!(t.encode(text, false).unwrap(), vec![1, 4, 2, 4, 5]);
         // The first `<s>` (bytes 6..9) is literal: "<", "s", ">" are unknown words.
-        let ids = t.encode_with_literal_spans(text, &[6..9]).unwrap();
+        let ids = t
+            .encode_with_literal_spans(text, std::slice::from_ref(&(6..9)))
+            .unwrap();
         assert_eq!(ids, vec![1, 0, 0, 0, 2, 4, 5]);
         // A non-control added token stays a token; no spans: the plain encoding.
         assert_eq!(
-            t.encode_with_literal_spans(text, &[20..23]).unwrap(),
+            t.encode_with_literal_spans(text, std::slice::from_ref(&(20..23)))
+                .unwrap(),
             vec![1, 4, 2, 4, 5]
         );
         assert_eq!(
