@@ -157,20 +157,90 @@ fn engine_gap_method_reached_by_a_render_is_an_error() {
     assert!(spanned(src, d).contains("format_map"), "{d:#?}");
 }
 
+/// Errors of a report (for assertion messages).
+fn errors(r: &LintReport) -> Vec<&Diagnostic> {
+    r.diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .collect()
+}
+
 #[test]
-fn crash_on_content_parts_is_a_render_error_at_the_expression() {
+fn content_parts_arrive_joined_so_a_string_only_template_is_clean() {
+    // Concatenates `m.content` as a string: a list of parts would crash it, but the server
+    // joins text parts into one string before rendering, so that list never reaches it.
     let src = "{% for m in messages %}{{ '<|' + m.role + '|>' + m.content + '\\n' }}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}";
+    let r = lint(src);
+    assert!(!r.has_errors(), "{:#?}", errors(&r));
+    none_of(&r, lint::CODE_RENDER_FAILED);
+    // Described for runtimes that pass the list through (transformers): it fails there.
+    let caps = r.capabilities.as_ref().expect("capabilities");
+    assert_eq!(caps.content_parts, Support::Fails);
+    assert_eq!(caps.multi_turn, Support::Yes);
+    let summary = one(&r, lint::CODE_CAPABILITIES);
+    assert!(
+        summary.message.contains("content parts passed as a list fails"),
+        "{}",
+        summary.message
+    );
+}
+
+#[test]
+fn crash_on_a_system_message_is_an_error_at_the_expression() {
+    // Every chat request may carry a system message: a crash on it is a defect.
+    let src = "{% for m in messages %}{% if m.role == 'system' %}{{ m.content + 1 }}{% else %}{{ m.content }}{% endif %}{% endfor %}{% if add_generation_prompt %}A:{% endif %}";
     let r = lint(src);
     let d = one(&r, lint::CODE_RENDER_FAILED);
     assert_eq!(d.severity, Severity::Error);
-    assert!(d.message.contains("content-parts"), "{}", d.message);
-    assert!(spanned(src, d).contains("m.content"), "{d:#?}");
-    assert!(d.help.as_deref().unwrap_or("").contains("list of parts"));
-    assert!(r.has_errors());
+    assert!(d.message.contains("the system sample"), "{}", d.message);
+    assert_eq!(spanned(src, d), "m.content + 1");
     assert_eq!(
-        r.capabilities.as_ref().map(|c| c.content_parts),
+        r.capabilities.as_ref().map(|c| c.system_role),
         Some(Support::Fails)
     );
+}
+
+#[test]
+fn crash_on_tool_calls_is_a_capability_warning() {
+    // `content + …` crashes on the assistant tool-call message, whose content an OpenAI
+    // client sends as null; only requests with tools carry such a message.
+    let src = "{% for m in messages %}{{ m.role + ': ' + m.content + '\\n' }}{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}";
+    let r = lint(src);
+    assert!(!r.has_errors(), "{:#?}", errors(&r));
+    let d = one(&r, lint::CODE_UNSUPPORTED_INPUT);
+    assert_eq!(d.severity, Severity::Warning);
+    assert!(d.message.contains("tool-call sample"), "{}", d.message);
+    assert!(d.message.contains("requests with tools"), "{}", d.message);
+    assert!(spanned(src, d).contains("m.content"), "{d:#?}");
+    let caps = r.capabilities.as_ref().expect("capabilities");
+    assert_eq!(caps.tool_calls, Support::Fails);
+    assert_eq!(caps.system_role, Support::Yes);
+}
+
+#[test]
+fn rejecting_the_probe_seed_is_an_error() {
+    // Demands a system prompt: one user turn — the probe's seed — is rejected.
+    let src = "{% if messages[0].role != 'system' %}{{ raise_exception('a system prompt is required') }}{% endif %}{% for m in messages %}{{ m.content }}{% endfor %}{% if add_generation_prompt %}A:{% endif %}";
+    let r = lint(src);
+    let found: Vec<_> = with_code(&r, lint::CODE_REJECTS_INPUT)
+        .into_iter()
+        .filter(|d| d.severity == Severity::Error)
+        .collect();
+    assert_eq!(found.len(), 1, "{:#?}", r.diagnostics);
+    assert!(found[0].message.contains("single-turn"), "{}", found[0].message);
+    assert_eq!(spanned(src, found[0]), "raise_exception('a system prompt is required')");
+}
+
+#[test]
+fn engine_gap_on_the_tool_path_is_still_an_error() {
+    // Python's str has format_map(); rmlx does not. Only tool calls reach it, but jinja2
+    // would render it: rmlx's gap, not a missing capability of the template.
+    let src = "{% for m in messages %}{% if m.tool_calls %}{{ m.role.format_map({}) }}{% endif %}{{ m.content }}{% endfor %}{% if add_generation_prompt %}A:{% endif %}";
+    let r = lint(src);
+    let d = one(&r, "rmlx::template::unknown-method");
+    assert_eq!(d.severity, Severity::Error, "{d:#?}");
+    assert!(d.message.contains("tool-call"), "{}", d.message);
+    none_of(&r, lint::CODE_UNSUPPORTED_INPUT);
 }
 
 #[test]
