@@ -289,10 +289,10 @@ pub fn lint_template(
     let summary = capability_summary(&caps);
     cx.diags
         .push(Diagnostic::advice(CODE_CAPABILITIES, summary).with_help(
-        "what the template does with each standard input (\"content parts passed as a list\" \
+            "what the template does with each standard input (\"content parts passed as a list\" \
          is how transformers passes them; rmlx's server joins text parts into one string \
          first); see `--message-format json` for the data",
-    ));
+        ));
 
     let mut diagnostics: Vec<Diagnostic> = cx
         .diags
@@ -405,15 +405,8 @@ impl<'a> Cx<'a> {
 /// which the model's tokenizer config provides in production (lint cannot tell, so
 /// [`input_checks`] does not report them either).
 fn placeholder_tokens(inputs: &BTreeSet<String>) -> BTreeMap<String, String> {
-    let mut special: BTreeMap<String, String> = [
-        ("bos_token", "<s>"),
-        ("eos_token", "</s>"),
-        ("unk_token", "<unk>"),
-        ("pad_token", "<pad>"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    // One list for lint and the editor's previews.
+    let mut special = crate::editor::preview::placeholder_special_tokens();
     for name in inputs {
         if let Some(stem) = name.strip_suffix("_token") {
             special
@@ -773,9 +766,10 @@ fn capabilities(
     } else {
         let tools = SampleKind::ContentParts.tools_in(cx.tool_use);
         let r = cx.render(SampleKind::raw_content_parts(), tools, true, &[]);
+        // Templates may trim each part (gemma's `item['text'] | trim`).
         support_of(Some(&r), |o| {
             o.contains(PART_A)
-                && o.contains(PART_B)
+                && o.contains(PART_B.trim())
                 && !o.contains("'type': 'text'")
                 && !o.contains("\"type\": \"text\"")
         })

@@ -121,10 +121,12 @@ fn crashed(d: &Diagnostic, kinds: &[SampleKind], gap: bool, tool_use: bool) -> D
         c if c == template::CODE_UNKNOWN_METHOD && !gap => CODE_RENDER_FAILED,
         c => c,
     };
-    let optional =
-        optional_only(kinds, tool_use).filter(|_| !gap && d.code != template::CODE_FUEL);
+    let optional = optional_only(kinds, tool_use).filter(|_| !gap && d.code != template::CODE_FUEL);
     let Some(whens) = optional else {
-        let out = Diagnostic::error(code, format!("render fails on {}: {}", which(kinds), d.message));
+        let out = Diagnostic::error(
+            code,
+            format!("render fails on {}: {}", which(kinds), d.message),
+        );
         let help = if code == CODE_RENDER_FAILED {
             "every chat request can send this conversation and the template crashes on it; \
              guard the expression (e.g. `is defined`, `is string`) or fix the template"
@@ -144,9 +146,9 @@ fn crashed(d: &Diagnostic, kinds: &[SampleKind], gap: bool, tool_use: bool) -> D
     let out = Diagnostic::warning(
         code,
         format!(
-            "the template cannot take {} (sent only for {}): {}",
+            "the template cannot take {}; rmlx sends it only for {}: {}",
             which(kinds),
-            whens.join(", "),
+            whens.join(" and "),
             d.message
         ),
     )

@@ -56,10 +56,9 @@ pub fn is_tool_use_variant(origin: &TemplateOrigin) -> bool {
     };
     match origin {
         TemplateOrigin::ConfigKey { name, .. } => name.as_deref() == Some(TOOL_USE),
-        TemplateOrigin::File { path } => path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .is_some_and(named),
+        TemplateOrigin::File { path } => {
+            path.file_stem().and_then(|s| s.to_str()).is_some_and(named)
+        }
         TemplateOrigin::Inline { name } => {
             let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
             named(base.strip_suffix(".jinja").unwrap_or(base))
@@ -127,8 +126,8 @@ impl SampleKind {
             SampleKind::System => "a system message followed by a user turn",
             SampleKind::MultiTurn => "a multi-turn conversation (user, assistant, user)",
             SampleKind::ToolCall => {
-                "a tool-call exchange (tools, an assistant message with a tool call, a tool \
-                 result)"
+                "a tool-call exchange: tools, an assistant message with a tool call, a tool \
+                 result"
             }
             SampleKind::ContentParts => {
                 "user content sent as a list of text parts (the server joins them into one \
@@ -298,8 +297,12 @@ mod tests {
         let file = |p: &str| TemplateOrigin::File {
             path: PathBuf::from(p),
         };
-        assert!(is_tool_use_variant(&file("m/additional_chat_templates/tool_use.jinja")));
-        assert!(is_tool_use_variant(&file("t/Hermes-3-Llama-3.1-8B-tool_use.jinja")));
+        assert!(is_tool_use_variant(&file(
+            "m/additional_chat_templates/tool_use.jinja"
+        )));
+        assert!(is_tool_use_variant(&file(
+            "t/Hermes-3-Llama-3.1-8B-tool_use.jinja"
+        )));
         assert!(!is_tool_use_variant(&file("m/chat_template.jinja")));
         assert!(!is_tool_use_variant(&file("t/no_tool_use_here.jinja.bak")));
         assert!(!is_tool_use_variant(&file("t/notool_use.jinja")));
@@ -314,7 +317,10 @@ mod tests {
         let inline = |n: &str| TemplateOrigin::Inline { name: n.into() };
         assert!(is_tool_use_variant(&inline("untitled:x_tool_use.jinja")));
         assert!(!is_tool_use_variant(&inline("untitled:chat.jinja")));
-        assert_eq!(SampleKind::SingleTurn.tools_in(true).map(|t| t.len()), Some(1));
+        assert_eq!(
+            SampleKind::SingleTurn.tools_in(true).map(|t| t.len()),
+            Some(1)
+        );
         assert_eq!(SampleKind::SingleTurn.tools_in(false), None);
         assert_eq!(SampleKind::ToolCall.reach_in(true), Reach::Every);
     }
@@ -325,9 +331,6 @@ mod tests {
             .into_iter()
             .filter(|k| matches!(k.reach(), Reach::Optional(_)))
             .collect();
-        assert_eq!(
-            optional,
-            [SampleKind::ToolCall, SampleKind::AssistantLast]
-        );
+        assert_eq!(optional, [SampleKind::ToolCall, SampleKind::AssistantLast]);
     }
 }
