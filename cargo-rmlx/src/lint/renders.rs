@@ -121,7 +121,7 @@ fn crashed(d: &Diagnostic, kinds: &[SampleKind], gap: bool, tool_use: bool) -> D
         c if c == template::CODE_UNKNOWN_METHOD && !gap => CODE_RENDER_FAILED,
         c => c,
     };
-    let optional = optional_only(kinds, tool_use).filter(|_| !gap && d.code != template::CODE_FUEL);
+    let optional = optional_only(kinds, tool_use).filter(|_| !gap);
     let Some(whens) = optional else {
         let out = Diagnostic::error(
             code,
@@ -141,12 +141,10 @@ fn crashed(d: &Diagnostic, kinds: &[SampleKind], gap: bool, tool_use: bool) -> D
     } else {
         code
     };
-    let mut whens = whens;
-    whens.dedup();
     let out = Diagnostic::warning(
         code,
         format!(
-            "the template cannot take {}; rmlx sends it only for {}: {}",
+            "the template cannot take {}; rmlx sends that only for {}: {}",
             which(kinds),
             whens.join(" and "),
             d.message
