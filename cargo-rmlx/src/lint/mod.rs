@@ -11,9 +11,14 @@
 //! 3. **inputs** — variables the template reads that nothing provides
 //!    (`rmlx::lint::undeclared-variable`; advice when the template guards them with
 //!    `is defined`/`default`, a warning otherwise);
-//! 4. **sample renders** — the [`samples::SampleKind`] conversations: a crash is an error
-//!    (`rmlx::lint::render-failed`, or the engine-gap/fuel code), a deliberate
-//!    `raise_exception` is advice (`rmlx::lint::rejects-input`);
+//! 4. **sample renders** — the [`samples::SampleKind`] conversations, each a request rmlx's
+//!    server really sends, after the server's own message preparation, with the generation
+//!    prompt on. A crash on an input every chat request may produce is an error
+//!    (`rmlx::lint::render-failed`), on an input only tool requests or a final assistant
+//!    message produce a warning (`rmlx::lint::unsupported-input`: a missing capability); an
+//!    engine gap or a runaway template is an error whatever the input; a deliberate
+//!    `raise_exception` is advice (`rmlx::lint::rejects-input`), an error only on the
+//!    probe's seed ([`renders`]);
 //! 5. **generation prompt** — the render with `add_generation_prompt=true` must extend the
 //!    render without it and add something (`rmlx::lint::generation-prompt`); the seed render
 //!    must not start with BOS twice (`rmlx::lint::duplicate-bos`);
@@ -21,13 +26,15 @@
 //!    expects but the template never emits, special-token-like strings that are not one token
 //!    of the vocabulary, the seed prompt's token count ([`tokens`]);
 //! 7. **capabilities** — a summary (system role, multi-turn, tools, tool calls, content
-//!    parts, thinking flag) as advice (`rmlx::lint::capabilities`), also returned as data
+//!    parts passed as a list — rmlx never sends that, other runtimes do —, thinking flag)
+//!    as advice (`rmlx::lint::capabilities`), also returned as data
 //!    in [`LintReport::capabilities`].
 //!
 //! Which files get linted is decided by [`targets`] (files, model directories, the models
 //! declared in rmlx.toml, the default search).
 
 mod bos;
+mod renders;
 pub mod samples;
 mod scan;
 pub mod targets;
@@ -55,6 +62,9 @@ pub use targets::{
 pub const CODE_RENDER_FAILED: &str = "rmlx::lint::render-failed";
 /// The template deliberately rejects a sample conversation (`raise_exception`).
 pub const CODE_REJECTS_INPUT: &str = "rmlx::lint::rejects-input";
+/// The template crashes on an input rmlx sends only for an optional capability (tools, a
+/// final assistant message): the model lacks that capability (a warning).
+pub const CODE_UNSUPPORTED_INPUT: &str = "rmlx::lint::unsupported-input";
 /// `add_generation_prompt` is ignored, adds nothing, or does not extend the prompt.
 pub const CODE_GENERATION_PROMPT: &str = "rmlx::lint::generation-prompt";
 /// The template reads a variable that nothing provides.
@@ -135,7 +145,10 @@ pub struct Capabilities {
     pub tools: Support,
     /// Assistant tool calls and tool results.
     pub tool_calls: Support,
-    /// Content given as a list of typed parts.
+    /// Content given to the template as a list of typed text parts, unprepared, as
+    /// transformers' `apply_chat_template` passes it. Informational for rmlx: its server
+    /// joins text parts into one string before rendering, so this only matters to runtimes
+    /// that pass the list through.
     pub content_parts: Support,
     /// `add_generation_prompt` appends an assistant header.
     pub generation_prompt: bool,
@@ -220,9 +233,9 @@ pub fn lint_template(
     tokenizer: Option<&Tokenizer>,
     opts: &LintOptions,
 ) -> LintReport {
-    let mut cx = Cx::new(t, tokenizer, opts);
-    let scan = scan::scan(t.source());
     let inputs = t.undeclared_variables();
+    let mut cx = Cx::new(t, tokenizer, opts, &inputs);
+    let scan = scan::scan(t.source());
 
     let mut static_diags = engine_checks(&scan);
     input_checks(&mut cx, &scan, &inputs);
@@ -235,13 +248,13 @@ pub fn lint_template(
         }
         let r = cx.render(
             kind.messages(),
-            kind.tools(),
+            kind.tools_in(cx.tool_use),
             kind.add_generation_prompt(),
             &[],
         );
         outputs.insert(kind, r);
     }
-    let render_diags = render_failures(&outputs);
+    let render_diags = renders::render_failures(&outputs, &static_diags, cx.tool_use);
     // A static finding that a render actually hit is reported once, as the render error.
     static_diags.retain(|s| {
         !render_diags.iter().any(|r| {
@@ -276,8 +289,10 @@ pub fn lint_template(
     let summary = capability_summary(&caps);
     cx.diags
         .push(Diagnostic::advice(CODE_CAPABILITIES, summary).with_help(
-        "what the template does with each standard input; see `--message-format json` for the data",
-    ));
+            "what the template does with each standard input (\"content parts passed as a list\" \
+         is how transformers passes them; rmlx's server joins text parts into one string \
+         first); see `--message-format json` for the data",
+        ));
 
     let mut diagnostics: Vec<Diagnostic> = cx
         .diags
@@ -314,30 +329,30 @@ struct Cx<'a> {
     opts: &'a LintOptions,
     special: BTreeMap<String, String>,
     has_tokenizer: bool,
+    /// The template is a `tool_use` variant: every request it receives has tools
+    /// ([`samples::is_tool_use_variant`]).
+    tool_use: bool,
     diags: Vec<Diagnostic>,
     out_of_fuel: bool,
 }
 
 impl<'a> Cx<'a> {
-    fn new(t: &'a ChatTemplate, tok: Option<&Tokenizer>, opts: &'a LintOptions) -> Self {
+    fn new(
+        t: &'a ChatTemplate,
+        tok: Option<&Tokenizer>,
+        opts: &'a LintOptions,
+        inputs: &BTreeSet<String>,
+    ) -> Self {
         let special = match tok {
             Some(tok) => tok.special_tokens().clone(),
-            // Placeholders so that a template's BOS/EOS show up in renders.
-            None => [
-                ("bos_token", "<s>"),
-                ("eos_token", "</s>"),
-                ("unk_token", "<unk>"),
-                ("pad_token", "<pad>"),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+            None => placeholder_tokens(inputs),
         };
         Self {
             t,
             opts,
             special,
             has_tokenizer: tok.is_some(),
+            tool_use: samples::is_tool_use_variant(t.origin()),
             diags: Vec::new(),
             out_of_fuel: false,
         }
@@ -383,6 +398,23 @@ impl<'a> Cx<'a> {
             None => d,
         }
     }
+}
+
+/// Special tokens for a lint without the model's tokenizer: BOS/EOS placeholders that show
+/// up in renders, and one for every other `*_token` the template reads (`sep_token`, …),
+/// which the model's tokenizer config provides in production (lint cannot tell, so
+/// [`input_checks`] does not report them either).
+fn placeholder_tokens(inputs: &BTreeSet<String>) -> BTreeMap<String, String> {
+    // One list for lint and the editor's previews.
+    let mut special = crate::editor::preview::placeholder_special_tokens();
+    for name in inputs {
+        if let Some(stem) = name.strip_suffix("_token") {
+            special
+                .entry(name.clone())
+                .or_insert_with(|| format!("<{stem}>"));
+        }
+    }
+    special
 }
 
 /// Static engine-gap checks over the scanned names.
@@ -567,91 +599,6 @@ fn input_checks(cx: &mut Cx<'_>, scan: &scan::Scan<'_>, inputs: &BTreeSet<String
     }
 }
 
-/// Diagnostics for sample renders that failed, grouped by (code, span).
-fn render_failures(outputs: &BTreeMap<SampleKind, Result<String, Diagnostic>>) -> Vec<Diagnostic> {
-    let mut groups: Vec<(Diagnostic, Vec<SampleKind>)> = Vec::new();
-    for (kind, r) in outputs {
-        let Err(d) = r else { continue };
-        match groups
-            .iter_mut()
-            .find(|(g, _)| g.code == d.code && g.span == d.span && g.message == d.message)
-        {
-            Some((_, kinds)) => kinds.push(*kind),
-            None => groups.push((d.clone(), vec![*kind])),
-        }
-    }
-    groups
-        .into_iter()
-        .map(|(d, kinds)| {
-            let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
-            let which = if kinds.len() == 1 {
-                format!("the {} sample ({})", names[0], kinds[0].describe())
-            } else {
-                format!("the samples {}", names.join(", "))
-            };
-            if d.code == template::CODE_RAISED {
-                let msg = d
-                    .message
-                    .strip_prefix("chat template raised an exception: ")
-                    .unwrap_or(&d.message)
-                    .to_string();
-                let mut out = Diagnostic::advice(
-                    CODE_REJECTS_INPUT,
-                    format!("the template rejects {which}: {msg}"),
-                )
-                .with_help(
-                    "a deliberate raise_exception: callers must not send this kind of \
-                     conversation to this model",
-                );
-                if let (Some(src), Some(span)) = (d.source.clone(), d.span.clone()) {
-                    out = out.with_source(src).with_span(span, "raised here");
-                }
-                out
-            } else {
-                let code = match d.code {
-                    c if c == template::CODE_RENDER || c == template::CODE_SYNTAX => {
-                        CODE_RENDER_FAILED
-                    }
-                    // `list.strip()`: Python has no such method either; the template does not
-                    // handle this input (not an engine gap).
-                    c if c == template::CODE_UNKNOWN_METHOD
-                        && !is_python_method_gap(&d.message) =>
-                    {
-                        CODE_RENDER_FAILED
-                    }
-                    c => c,
-                };
-                let mut out =
-                    Diagnostic::error(code, format!("render fails on {which}: {}", d.message));
-                if let (Some(src), Some(span)) = (d.source.clone(), d.span.clone()) {
-                    out = out
-                        .with_source(src)
-                        .with_span(span, d.span_label.clone().unwrap_or_default());
-                }
-                let help = match (code == CODE_RENDER_FAILED, kinds.as_slice()) {
-                    (true, [SampleKind::ContentParts]) => {
-                        "OpenAI-style clients send content as a list of parts \
-                         ([{\"type\": \"text\", \"text\": …}]); this template only handles \
-                         strings: check `message.content is string` and join the text parts"
-                            .to_string()
-                    }
-                    (true, [SampleKind::ToolCall]) => {
-                        "the template crashes on a tool-call exchange (tools, an assistant \
-                         message with tool_calls, a tool message); if the model has no tool \
-                         support, reject it with raise_exception instead"
-                            .to_string()
-                    }
-                    (true, _) => "the template crashes on an ordinary conversation; guard the \
-                                  expression (e.g. `is defined`, `is string`) or fix the template"
-                        .to_string(),
-                    (false, _) => d.help.clone().unwrap_or_default(),
-                };
-                out.with_help(help)
-            }
-        })
-        .collect()
-}
-
 const PY_STR_METHODS: &[&str] = &[
     "capitalize",
     "casefold",
@@ -732,25 +679,6 @@ fn python_method_owner(name: &str) -> Option<&'static str> {
     }
 }
 
-/// Does a render error "… <kind> has no method named <m>" name a method Python has on that
-/// type (an engine gap), as opposed to one Python lacks too?
-fn is_python_method_gap(message: &str) -> bool {
-    let Some((before, name)) = message.rsplit_once(" has no method named ") else {
-        return true;
-    };
-    let name = name.trim();
-    let table = if before.ends_with("string") {
-        PY_STR_METHODS
-    } else if before.ends_with("sequence") {
-        PY_LIST_METHODS
-    } else if before.ends_with("map") {
-        PY_DICT_METHODS
-    } else {
-        return true;
-    };
-    table.contains(&name)
-}
-
 /// `add_generation_prompt=true` must extend the `false` render and add something.
 fn generation_prompt_check<'o>(
     cx: &mut Cx<'_>,
@@ -777,7 +705,8 @@ fn generation_prompt_check<'o>(
     let Some(with) = ok(SampleKind::SingleTurn).cloned() else {
         return false;
     };
-    let Ok(without) = cx.render(SampleKind::SingleTurn.messages(), None, false, &[]) else {
+    let tools = SampleKind::SingleTurn.tools_in(cx.tool_use);
+    let Ok(without) = cx.render(SampleKind::SingleTurn.messages(), tools, false, &[]) else {
         return false;
     };
     let problem = if with == without {
@@ -831,12 +760,20 @@ fn capabilities(
     let multi_turn = support_of(outputs.get(&SampleKind::MultiTurn), |o| {
         o.contains(GREETING) && o.contains(ASSISTANT_TEXT) && o.contains(SEED_QUESTION)
     });
-    let content_parts = support_of(outputs.get(&SampleKind::ContentParts), |o| {
-        o.contains(PART_A)
-            && o.contains(PART_B)
-            && !o.contains("'type': 'text'")
-            && !o.contains("\"type\": \"text\"")
-    });
+    // Never sent by rmlx (the server joins text parts); rendered as transformers passes it.
+    let content_parts = if cx.out_of_fuel {
+        Support::Unknown
+    } else {
+        let tools = SampleKind::ContentParts.tools_in(cx.tool_use);
+        let r = cx.render(SampleKind::raw_content_parts(), tools, true, &[]);
+        // Templates may trim each part (gemma's `item['text'] | trim`).
+        support_of(Some(&r), |o| {
+            o.contains(PART_A)
+                && o.contains(PART_B.trim())
+                && !o.contains("'type': 'text'")
+                && !o.contains("\"type\": \"text\"")
+        })
+    };
     let tool_calls = support_of(outputs.get(&SampleKind::ToolCall), |o| {
         o.contains(TOOL_ARGUMENT) && o.contains(TOOL_RESULT_KEY)
     });
@@ -862,8 +799,9 @@ fn capabilities(
             (json!(true), json!(false))
         };
         let msgs = SampleKind::SingleTurn.messages();
-        let a = cx.render(msgs.clone(), None, true, &[(flag, on)]);
-        let b = cx.render(msgs, None, true, &[(flag, off)]);
+        let tools = SampleKind::SingleTurn.tools_in(cx.tool_use);
+        let a = cx.render(msgs.clone(), tools.clone(), true, &[(flag, on)]);
+        let b = cx.render(msgs, tools, true, &[(flag, off)]);
         if let (Ok(a), Ok(b)) = (a, b) {
             if a != b {
                 thinking_flag = Some((*flag).to_string());
@@ -886,8 +824,8 @@ fn capabilities(
 
 fn capability_summary(c: &Capabilities) -> String {
     let mut s = format!(
-        "capabilities: system role {}, multi-turn {}, tools {}, tool calls {}, content parts {}, \
-         generation prompt {}",
+        "capabilities: system role {}, multi-turn {}, tools {}, tool calls {}, content parts \
+         passed as a list {}, generation prompt {}",
         c.system_role.as_str(),
         c.multi_turn.as_str(),
         c.tools.as_str(),
