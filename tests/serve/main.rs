@@ -5,5 +5,6 @@ mod api;
 mod gate;
 mod limits;
 mod openai;
+mod races;
 mod reload;
 mod support;
