@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{cargo_rmlx, flat, leftovers, Ws};
-use crate::support::{bin, scratch_dir, smollm2_gguf, Run};
+use crate::common::{cargo_rmlx, flat, hidden_entries, leftovers, Ws};
+use crate::support::{
+    bin, converted, copy_model_dir, edit_config, scratch_dir, smollm2_gguf, Run, Variant,
+};
 
 const EXIT_USAGE: i32 = 2;
 const EXIT_LOAD: i32 = 3;
@@ -29,20 +31,6 @@ fn linked_gguf(dir: &Path, name: &str) -> PathBuf {
         fs::copy(smollm2_gguf(), &to).expect("copy the GGUF");
     }
     to
-}
-
-/// Hidden entries of `dir` other than lock files (staging directories).
-fn staging_entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with('.') && !n.ends_with(".lock"))
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 #[test]
@@ -70,7 +58,7 @@ fn convert_never_replaces_its_input() {
             "the input changed (force: {force})"
         );
     }
-    assert_eq!(staging_entries(scratch.path()), Vec::<String>::new());
+    assert_eq!(hidden_entries(scratch.path()), Vec::<String>::new());
 }
 
 #[test]
@@ -96,7 +84,7 @@ fn convert_refuses_an_existing_file_unless_forced() {
         run.describe()
     );
     assert!(out.join("config.json").is_file() && out.join("model.safetensors").is_file());
-    assert_eq!(staging_entries(scratch.path()), Vec::<String>::new());
+    assert_eq!(hidden_entries(scratch.path()), Vec::<String>::new());
 }
 
 #[test]
@@ -127,7 +115,7 @@ fn concurrent_converts_to_one_output_cannot_both_succeed() {
     );
     let out = scratch.path().join("out");
     assert!(out.join("config.json").is_file() && out.join("model.safetensors").is_file());
-    assert_eq!(staging_entries(scratch.path()), Vec::<String>::new());
+    assert_eq!(hidden_entries(scratch.path()), Vec::<String>::new());
 }
 
 #[test]
@@ -237,7 +225,7 @@ fn convert_of_a_gguf_truncated_while_read() {
     );
     assert!(!scratch.path().join("out").exists());
     assert_eq!(
-        staging_entries(scratch.path()),
+        hidden_entries(scratch.path()),
         Vec::<String>::new(),
         "staging directories left behind"
     );
@@ -264,4 +252,31 @@ fn gguf_source_truncated_during_a_build() {
     );
     assert!(!ws.out("smol").exists());
     assert_eq!(leftovers(&ws), Vec::<String>::new());
+}
+
+#[test]
+fn probe_of_an_absurd_layer_count_is_an_error_not_an_abort() {
+    let scratch = scratch_dir();
+    let dir = scratch.path().join("m");
+    copy_model_dir(&converted(Variant::Q4), &dir, &[]);
+    edit_config(&dir, |c| {
+        c.insert(
+            "num_hidden_layers".into(),
+            serde_json::json!(4_294_967_295u64),
+        );
+    });
+    let run = cargo_rmlx(scratch.path(), &["probe", "m"], &[]);
+    assert_eq!(run.code, Some(EXIT_LOAD), "{}", run.describe());
+    let text = flat(&run.stderr);
+    assert!(
+        text.contains("rmlx::snapshot::size-limit")
+            && text.contains("`num_hidden_layers` is 4294967295"),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        text.contains("config.json:"),
+        "not located\n{}",
+        run.describe()
+    );
 }

@@ -47,21 +47,22 @@ fn assert_clean_exit(s: &Server) {
     );
 }
 
-fn watch_args(dir: &Path) -> Vec<String> {
-    vec![
-        dir.display().to_string(),
-        "--watch".into(),
-        "--debounce-ms".into(),
-        "300".into(),
-    ]
+/// A server on a fresh model copy (with `--watch` when asked), ready; returns the copy too.
+fn serve_copy(scratch: &Path, watch: bool) -> (PathBuf, Server) {
+    let dir = own_weights_copy(scratch);
+    let mut args = vec![dir.display().to_string()];
+    if watch {
+        args.extend(["--watch", "--debounce-ms", "300"].map(String::from));
+    }
+    let s = Server::start(&args, scratch);
+    s.wait_ready();
+    (dir, s)
 }
 
 #[test]
 fn weights_copied_over_twice_under_watch() {
     let scratch = scratch_dir();
-    let dir = own_weights_copy(scratch.path());
-    let s = Server::start(&watch_args(&dir), scratch.path());
-    s.wait_ready();
+    let (dir, s) = serve_copy(scratch.path(), true);
     let original = model_dir().join("model.safetensors");
     // `fs::copy` opens the existing file with O_TRUNC and writes it again, like `cp`: a load
     // that started after the first copy reads a file that shrinks to zero under it.
@@ -89,9 +90,7 @@ fn weights_copied_over_twice_under_watch() {
 #[test]
 fn reload_racing_a_truncation_keeps_the_old_version() {
     let scratch = scratch_dir();
-    let dir = own_weights_copy(scratch.path());
-    let s = Server::start(&[dir.display().to_string()], scratch.path());
-    s.wait_ready();
+    let (dir, s) = serve_copy(scratch.path(), false);
     let old = serves(&s);
     let weights = dir.join("model.safetensors");
     let reply = std::thread::scope(|scope| {
@@ -119,9 +118,7 @@ fn reload_racing_a_truncation_keeps_the_old_version() {
 #[test]
 fn absurd_config_size_saved_under_watch_is_a_failed_reload() {
     let scratch = scratch_dir();
-    let dir = own_weights_copy(scratch.path());
-    let s = Server::start(&watch_args(&dir), scratch.path());
-    s.wait_ready();
+    let (dir, s) = serve_copy(scratch.path(), true);
     let old = serves(&s);
     let config = dir.join("config.json");
     let text = fs::read_to_string(&config).unwrap();

@@ -14,6 +14,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use mlx_rs::{Array, Dtype};
 use safetensors::tensor::{Dtype as StDtype, Metadata};
@@ -44,6 +45,15 @@ struct Shard {
 pub struct Weights {
     files: Vec<Shard>,
     tensors: BTreeMap<String, TensorInfo>,
+    scratch: Mutex<Scratch>,
+}
+
+/// The buffer tensors are read into before MLX copies them: reused from tensor to tensor (no
+/// fresh pages to fault in per tensor), freed once every tensor has been loaded.
+#[derive(Default)]
+struct Scratch {
+    buf: Vec<u8>,
+    loads: usize,
 }
 
 impl std::fmt::Debug for Weights {
@@ -74,6 +84,7 @@ impl Weights {
         let mut out = Weights {
             files: Vec::new(),
             tensors: BTreeMap::new(),
+            scratch: Mutex::new(Scratch::default()),
         };
         for path in files {
             let index = out.files.len();
@@ -204,16 +215,28 @@ impl Weights {
                 )
                 .with_file(path)
             })?;
-        let bytes = read_range(shard, name, info.range.clone())?;
+        let mut scratch = self.scratch.lock().unwrap_or_else(PoisonError::into_inner);
+        let bytes = read_range(shard, name, info.range.clone(), &mut scratch.buf)?;
         // SAFETY: `bytes` holds exactly prod(shape) elements of `dtype` (sizes validated in
         // `read_header`, length checked by `read_range`); MLX copies the data, so no alignment
         // or lifetime requirement remains.
-        Ok(unsafe { Array::from_raw_data(bytes.as_ptr().cast(), &shape, dtype) })
+        let array = unsafe { Array::from_raw_data(bytes.as_ptr().cast(), &shape, dtype) };
+        scratch.loads += 1;
+        if scratch.loads >= self.tensors.len() {
+            scratch.buf = Vec::new();
+        }
+        Ok(array)
     }
 }
 
-/// Reads `range` of a shard; a short read means the file shrank after it was opened.
-fn read_range(shard: &Shard, name: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+/// Reads `range` of a shard into the start of `buf` (grown as needed); a short read means the
+/// file shrank after it was opened.
+fn read_range<'b>(
+    shard: &Shard,
+    name: &str,
+    range: std::ops::Range<u64>,
+    buf: &'b mut Vec<u8>,
+) -> Result<&'b [u8]> {
     let len = usize::try_from(range.end - range.start).map_err(|_| {
         Diagnostic::error(
             "rmlx::snapshot::bad-safetensors",
@@ -221,10 +244,13 @@ fn read_range(shard: &Shard, name: &str, range: std::ops::Range<u64>) -> Result<
         )
         .with_file(&shard.path)
     })?;
-    let mut buf = vec![0u8; len];
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    let buf = &mut buf[..len];
     shard
         .file
-        .read_exact_at(&mut buf, range.start)
+        .read_exact_at(buf, range.start)
         .map_err(|e| {
             if e.kind() != std::io::ErrorKind::UnexpectedEof {
                 return Diagnostic::io(CODE_IO, "cannot read", &shard.path, &e);
