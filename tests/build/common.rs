@@ -316,8 +316,12 @@ pub fn json(path: &Path) -> serde_json::Value {
 
 /// The names of the hidden leftovers of interrupted builds in `target/rmlx/`.
 pub fn leftovers(ws: &Ws) -> Vec<String> {
-    let root = ws.path().join("target").join("rmlx");
-    let mut v: Vec<String> = fs::read_dir(&root)
+    hidden_entries(&ws.path().join("target").join("rmlx"))
+}
+
+/// Hidden entries of `dir` other than lock files (staging directories), sorted.
+pub fn hidden_entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())

@@ -8,6 +8,8 @@
 //! - `incremental`: Fresh without reading weights, exactly-the-changed-model rebuilds, a
 //!   killed build leaves the previous output intact.
 //! - `bad_inputs`: located errors, exit code 2, nothing written.
+//! - `convert`: `convert` never replaces its input or an existing output without `--force`,
+//!   concurrent converts, GGUFs truncated while read (convert and build), staging leftovers.
 //! - `sources`: GGUF and MLX-quantized sources, shards, chat-template override.
 //! - `workspace`: rmlx.toml discovery (cargo metadata, `$CARGO`, `--manifest-path`,
 //!   `CARGO_TARGET_DIR`), `init`, MODEL names in other commands.
@@ -20,6 +22,7 @@
 mod bad_inputs;
 mod common;
 mod compare;
+mod convert;
 mod incremental;
 mod sources;
 #[allow(dead_code)]

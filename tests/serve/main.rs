@@ -6,5 +6,6 @@ mod gate;
 mod hardening;
 mod limits;
 mod openai;
+mod races;
 mod reload;
 mod support;

@@ -23,7 +23,6 @@ pub mod fingerprint;
 pub mod plan;
 pub mod pyjson;
 pub mod quant;
-pub mod reader;
 pub mod writer;
 
 use std::fs::File;
@@ -40,6 +39,7 @@ use self::plan::{Action, Item, Plan, SourceModel};
 use self::writer::Writer;
 use crate::diagnostic::{Diagnostic, Result};
 use crate::manifest::{describe_params, Dtype, Manifest, ModelDecl, Quantize};
+use crate::snapshot::publish::{OutputLock, ReplaceFile};
 use crate::snapshot::Snapshot;
 
 /// Files copied from a source directory when present (besides weights and config.json).
@@ -331,21 +331,6 @@ fn io(what: &str, path: &Path, e: &std::io::Error) -> Diagnostic {
     Diagnostic::io("rmlx::build::io", what, path, e)
 }
 
-/// Removes a directory when dropped unless disarmed.
-struct Cleanup(Option<PathBuf>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            if let Err(e) = std::fs::remove_dir_all(&p) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!("could not remove {}: {e}", p.display());
-                }
-            }
-        }
-    }
-}
-
 /// Builds one model.
 pub fn build_model(
     manifest: &Manifest,
@@ -385,13 +370,13 @@ pub fn build_model(
     };
 
     let root = manifest.output_root();
-    std::fs::create_dir_all(&root).map_err(|e| io("cannot create", &root, &e))?;
-    let _lock = lock(&root, &decl.name, on)?;
+    let lock = OutputLock::acquire(&root, &decl.name, &mut || {
+        on(Event::Blocking { name: &decl.name })
+    })?;
     // Another build may have finished while we waited.
     if fresh(&fp).is_ok() {
         return Ok(fresh_report(decl, &out_dir, started, on));
     }
-    remove_leftovers(&root, &decl.name);
     on(Event::Building {
         name: &decl.name,
         what: describe(decl),
@@ -402,36 +387,30 @@ pub fn build_model(
         },
     });
 
-    let pid = std::process::id();
-    let mut _import_dir = Cleanup(None);
+    let mut _import_dir = None;
     let (src, plan) = match early.take() {
         Some(x) => x,
         None => {
-            let dir = root.join(format!(".{}.gguf-{pid}", decl.name));
-            _import_dir = Cleanup(Some(dir.clone()));
-            import_gguf(manifest, decl, &dir, on)?;
-            let src = SourceModel::open(&dir)?;
+            let staged = lock.stage("gguf")?;
+            import_gguf(manifest, decl, staged.path(), on)?;
+            let src = SourceModel::open(staged.path())?;
             let plan = plan::plan(&src, &decl.quantize, decl.declared_dtype())?;
             check_aux(&src.dir, decl)?;
+            _import_dir = Some(staged);
             (src, plan)
         }
     };
     report_plan(manifest, decl, &plan, on);
 
-    let tmp = root.join(format!(".{}.tmp-{pid}", decl.name));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| io("cannot remove", &tmp, &e))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| io("cannot create", &tmp, &e))?;
-    let mut tmp_guard = Cleanup(Some(tmp.clone()));
-
-    let bytes = write_weights(&src, &plan, &tmp, &decl.name, opts)?;
+    let staged = lock.stage("tmp")?;
+    let tmp = staged.path();
+    let bytes = write_weights(&src, &plan, tmp, &decl.name, opts)?;
     let config = plan::config_json(&src, &plan, decl.declared_dtype());
     let cfg_path = tmp.join("config.json");
     std::fs::write(&cfg_path, config).map_err(|e| io("cannot write", &cfg_path, &e))?;
-    copy_aux(&src.dir, decl, &tmp)?;
+    copy_aux(&src.dir, decl, tmp)?;
     // The output must open as a model directory before it replaces anything.
-    Snapshot::open(&tmp)?;
+    Snapshot::open(tmp)?;
     // Stamps again: a source edited during the build makes the next build rebuild.
     let after = source_stamps(decl, &kind)?;
     if after != fp.sources {
@@ -441,9 +420,8 @@ pub fn build_model(
         );
         fp.sources = Vec::new();
     }
-    fp.write(&tmp)?;
-    commit(&tmp, &out_dir)?;
-    tmp_guard.0 = None;
+    fp.write(tmp)?;
+    staged.commit(&out_dir, ReplaceFile::Refuse)?;
 
     let files = list_files(&out_dir);
     let report = BuildReport {
@@ -499,69 +477,13 @@ fn list_files(dir: &Path) -> Vec<String> {
     v
 }
 
-fn lock(root: &Path, name: &str, on: &mut dyn FnMut(Event<'_>)) -> Result<File> {
-    let path = root.join(format!(".{name}.lock"));
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| io("cannot open", &path, &e))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::io::AsRawFd;
-        let flock = |op| {
-            // SAFETY: a valid open descriptor; flock has no memory effects. The lock is
-            // released when the file is closed (or the process dies).
-            if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        };
-        if let Err(e) = flock(libc::LOCK_EX | libc::LOCK_NB) {
-            if e.kind() != std::io::ErrorKind::WouldBlock {
-                return Err(io("cannot lock", &path, &e));
-            }
-            on(Event::Blocking { name });
-            flock(libc::LOCK_EX).map_err(|e| io("cannot lock", &path, &e))?;
-        }
-    }
-    Ok(f)
-}
-
-/// Removes what interrupted builds of `name` left behind (we hold its lock).
-fn remove_leftovers(root: &Path, name: &str) {
-    let prefixes = [
-        format!(".{name}.tmp-"),
-        format!(".{name}.old-"),
-        format!(".{name}.gguf-"),
-        format!("..{name}.gguf-"),
-    ];
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let n = e.file_name().to_string_lossy().into_owned();
-        if prefixes.iter().any(|p| n.starts_with(p.as_str())) {
-            tracing::info!(
-                "removing {} (left by an interrupted build)",
-                e.path().display()
-            );
-            if let Err(err) = std::fs::remove_dir_all(e.path()) {
-                tracing::warn!("could not remove {}: {err}", e.path().display());
-            }
-        }
-    }
-}
-
 fn import_gguf(
     manifest: &Manifest,
     decl: &ModelDecl,
     dir: &Path,
     on: &mut dyn FnMut(Event<'_>),
 ) -> Result<()> {
-    use crate::gguf::{import, Dtype as GgufDtype, ImportOptions};
+    use crate::gguf::{import_into, Dtype as GgufDtype, ImportOptions};
     let keep_quantized = match &decl.quantize {
         Quantize::AsSource => true,
         Quantize::Dense => false,
@@ -579,7 +501,7 @@ fn import_gguf(
         Some(Dtype::Float16) => GgufDtype::F16,
         Some(Dtype::Float32) => GgufDtype::F32,
     };
-    let report = import(
+    let report = import_into(
         &decl.source,
         dir,
         &ImportOptions {
@@ -799,7 +721,7 @@ fn write_weights(
 }
 
 fn load(src: &SourceModel, name: &str) -> Result<Array> {
-    src.reader.array(name)
+    src.weights.raw_array(name)
 }
 
 fn cast(a: Array, to: Option<mlx_rs::Dtype>) -> Result<Array> {
@@ -858,72 +780,4 @@ fn produce(src: &SourceModel, item: &Item) -> Result<Vec<Array>> {
         }
         Action::Dequantize(f) => vec![dequantized(src, path, f, item.float_dtype)?],
     })
-}
-
-/// Moves the finished `tmp` to `out`, atomically replacing a previous output.
-fn commit(tmp: &Path, out: &Path) -> Result<()> {
-    if out.exists() {
-        if !out.is_dir() {
-            return Err(Diagnostic::error(
-                "rmlx::build::io",
-                format!("{} exists and is not a directory", out.display()),
-            )
-            .with_file(out));
-        }
-        #[cfg(target_os = "linux")]
-        {
-            if exchange(tmp, out).is_ok() {
-                // `tmp` now holds the previous output.
-                if let Err(e) = std::fs::remove_dir_all(tmp) {
-                    tracing::warn!(
-                        "could not remove the previous output {}: {e}",
-                        tmp.display()
-                    );
-                }
-                return Ok(());
-            }
-        }
-        let old = tmp.with_file_name(
-            tmp.file_name()
-                .map(|n| n.to_string_lossy().replace(".tmp-", ".old-"))
-                .unwrap_or_else(|| ".old".into()),
-        );
-        std::fs::rename(out, &old).map_err(|e| io("cannot move aside", out, &e))?;
-        if let Err(e) = std::fs::rename(tmp, out) {
-            let _ = std::fs::rename(&old, out);
-            return Err(io("cannot move the build into", out, &e));
-        }
-        if let Err(e) = std::fs::remove_dir_all(&old) {
-            tracing::warn!(
-                "could not remove the previous output {}: {e}",
-                old.display()
-            );
-        }
-        Ok(())
-    } else {
-        std::fs::rename(tmp, out).map_err(|e| io("cannot move the build into", out, &e))
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let ca = CString::new(a.as_os_str().as_bytes())?;
-    let cb = CString::new(b.as_os_str().as_bytes())?;
-    // SAFETY: two valid NUL-terminated paths; renameat2 does not retain them.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            ca.as_ptr(),
-            libc::AT_FDCWD,
-            cb.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }

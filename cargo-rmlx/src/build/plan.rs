@@ -41,10 +41,8 @@ pub struct SourceModel {
     pub raw: Map<String, Value>,
     /// config.json's text (diagnostics point into it).
     pub text: Arc<str>,
-    /// The weights (headers, names, shapes).
+    /// The weights (headers, names, shapes; data read one tensor at a time).
     pub weights: Weights,
-    /// Reads tensor data (without keeping it mapped).
-    pub reader: super::reader::TensorReader,
 }
 
 impl SourceModel {
@@ -58,14 +56,12 @@ impl SourceModel {
             _ => unreachable!("ModelConfig::from_dir accepted a non-object"),
         };
         let weights = Weights::open(dir)?;
-        let reader = super::reader::TensorReader::new(&weights)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             config,
             raw,
             text,
             weights,
-            reader,
         })
     }
 

@@ -8,8 +8,8 @@ use clap::Args;
 
 use super::output::status;
 use super::{exit, GlobalArgs};
-use crate::diagnostic::{Diagnostic, Result};
-use crate::gguf::{import, Dtype as OutDtype, ImportOptions, TensorAction};
+use crate::diagnostic::Result;
+use crate::gguf::{import_to, Dtype as OutDtype, Existing, ImportOptions, TensorAction};
 
 /// Arguments of `convert`.
 #[derive(Debug, Args)]
@@ -25,7 +25,8 @@ pub struct ConvertArgs {
     /// Dtype of dense tensors.
     #[arg(long, value_enum, default_value = "bf16")]
     pub dtype: OutDtypeArg,
-    /// Replace an existing output directory.
+    /// Replace an existing output (directory or file) once the conversion succeeded; the
+    /// input GGUF is never replaced.
     #[arg(long)]
     pub force: bool,
 }
@@ -43,18 +44,6 @@ pub enum OutDtypeArg {
 
 /// Runs `convert`.
 pub fn run(g: &GlobalArgs, a: ConvertArgs) -> Result<u8> {
-    let non_empty = a
-        .out
-        .read_dir()
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false);
-    if non_empty && !a.force {
-        return Err(Diagnostic::error(
-            "rmlx::cli::output-exists",
-            format!("{} exists and is not empty", a.out.display()),
-        )
-        .with_help("pass --force to replace it"));
-    }
     let started = Instant::now();
     if !g.quiet {
         status("Converting", &a.gguf.display().to_string());
@@ -67,11 +56,12 @@ pub fn run(g: &GlobalArgs, a: ConvertArgs) -> Result<u8> {
             OutDtypeArg::F32 => OutDtype::F32,
         },
     };
-    if non_empty {
-        std::fs::remove_dir_all(&a.out)
-            .map_err(|e| Diagnostic::io("rmlx::cli::io", "cannot remove", &a.out, &e))?;
-    }
-    let report = import(&a.gguf, &a.out, &opts)?;
+    let existing = if a.force {
+        Existing::Replace
+    } else {
+        Existing::Refuse
+    };
+    let report = import_to(&a.gguf, &a.out, &opts, existing)?;
     let kept = report
         .tensors
         .iter()

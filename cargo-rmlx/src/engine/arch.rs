@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use super::transformer::{Activation, ArchSpec};
 use crate::diagnostic::{Diagnostic, Result};
+use crate::snapshot::config::size_limit;
 use crate::snapshot::ModelConfig;
 
 /// The spec for `config.model_type`.
@@ -51,10 +52,19 @@ pub fn spec(config: &ModelConfig) -> Result<ArchSpec> {
 fn gemma3(config: &ModelConfig, base: ArchSpec) -> Result<ArchSpec> {
     let raw = &config.raw;
     let num = |k: &str| raw.get(k).and_then(Value::as_f64);
-    let window = raw
-        .get("sliding_window")
-        .and_then(Value::as_u64)
-        .map_or(512, |w| w as usize);
+    let window = match raw.get("sliding_window") {
+        None | Some(Value::Null) => 512,
+        Some(w) => match (w.as_u64(), size_limit("sliding_window")) {
+            (Some(n), Some(max)) if n > 0 && n <= max => n as usize,
+            _ => {
+                return Err(config.located(
+                    "rmlx::snapshot::size-limit",
+                    format!("`sliding_window` must be a positive size, found {w}"),
+                    "sliding_window",
+                ))
+            }
+        },
+    };
     let n = config.num_hidden_layers;
     let sliding: Vec<Option<usize>> = match raw.get("layer_types").and_then(Value::as_array) {
         Some(types) if types.len() == n => types

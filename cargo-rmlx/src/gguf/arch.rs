@@ -8,6 +8,7 @@ use tracing::warn;
 
 use super::reader::GgufFile;
 use crate::diagnostic::{Diagnostic, Result};
+use crate::snapshot::config::size_limit;
 
 /// A GGUF architecture this importer can map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -245,11 +246,84 @@ fn missing(gguf: &GgufFile, key: &str) -> Diagnostic {
     .with_help("the file was not written by a llama.cpp converter this importer knows")
 }
 
-fn req_usize(gguf: &GgufFile, key: &str) -> Result<usize> {
+/// `v` (the value of GGUF `key`, which becomes config.json's `hf_key`) checked against the
+/// bound config.json sizes get, before anything is allocated from it.
+fn bounded(gguf: &GgufFile, key: &str, hf_key: &str, v: u64) -> Result<usize> {
+    match size_limit(hf_key) {
+        Some(max) if v > max => Err(Diagnostic::error(
+            "rmlx::gguf::size-limit",
+            format!("GGUF metadata `{key}` is {v}, above the limit of {max} (`{hf_key}`)"),
+        )
+        .with_file(gguf.path())
+        .with_help("the file is corrupt or its metadata was edited")),
+        _ => Ok(v as usize),
+    }
+}
+
+fn req_usize(gguf: &GgufFile, key: &str, hf_key: &str) -> Result<usize> {
     match gguf.get_u64(key) {
-        Some(v) if v > 0 && v < (1 << 32) => Ok(v as usize),
+        Some(v) if v > 0 => bounded(gguf, key, hf_key, v),
         _ => Err(missing(gguf, key)),
     }
+}
+
+/// An optional positive size; absent or zero is `None`.
+fn opt_usize(gguf: &GgufFile, key: &str, hf_key: &str) -> Result<Option<usize>> {
+    match gguf.get_u64(key) {
+        Some(v) if v > 0 => bounded(gguf, key, hf_key, v).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// The number of `blk.<i>` blocks that have tensors must be `block_count`.
+fn check_block_count(gguf: &GgufFile, key: &str, block_count: usize) -> Result<()> {
+    let present = gguf
+        .tensors()
+        .iter()
+        .filter_map(|t| {
+            t.name
+                .strip_prefix("blk.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |m| m + 1);
+    if present == block_count {
+        return Ok(());
+    }
+    Err(Diagnostic::error(
+        "rmlx::gguf::bad-metadata",
+        format!(
+            "GGUF metadata `{key}` is {block_count}, but the file has tensors for {present} \
+             blocks"
+        ),
+    )
+    .with_file(gguf.path())
+    .with_help("the file is corrupt or its metadata was edited"))
+}
+
+/// Checks every `tokenizer.ggml.*_token_id` present: an integer below the vocabulary size.
+pub fn check_special_ids(gguf: &GgufFile, vocab_size: usize) -> Result<()> {
+    for name in ["bos", "eos", "eot", "unknown", "padding"] {
+        let key = format!("tokenizer.ggml.{name}_token_id");
+        let Some(v) = gguf.get(&key) else { continue };
+        match v.as_i64() {
+            Some(id) if id >= 0 && (id as u64) < vocab_size as u64 => {}
+            _ => {
+                return Err(Diagnostic::error(
+                    "rmlx::gguf::bad-metadata",
+                    format!(
+                        "GGUF metadata `{key}` is {v}, not a token id (the vocabulary has \
+                         {vocab_size} tokens)"
+                    ),
+                )
+                .with_file(gguf.path()))
+            }
+        }
+    }
+    Ok(())
 }
 
 fn head_count(gguf: &GgufFile, key: &str) -> Result<Option<usize>> {
@@ -257,7 +331,7 @@ fn head_count(gguf: &GgufFile, key: &str) -> Result<Option<usize>> {
     if let Some(arr) = gguf.get_i64_array(key) {
         let first = arr.first().copied();
         if let Some(f) = first.filter(|&f| f > 0 && arr.iter().all(|&x| x == f)) {
-            return Ok(Some(f as usize));
+            return bounded(gguf, key, "num_attention_heads", f as u64).map(Some);
         }
         return Err(Diagnostic::error(
             "rmlx::gguf::unsupported-architecture",
@@ -265,7 +339,7 @@ fn head_count(gguf: &GgufFile, key: &str) -> Result<Option<usize>> {
         )
         .with_file(gguf.path()));
     }
-    Ok(gguf.get_u64(key).filter(|&v| v > 0).map(|v| v as usize))
+    opt_usize(gguf, key, "num_attention_heads")
 }
 
 impl ModelParams {
@@ -273,9 +347,10 @@ impl ModelParams {
     pub fn read(gguf: &GgufFile, arch: Architecture) -> Result<Self> {
         let p = arch.gguf_name();
         let k = |s: &str| format!("{p}.{s}");
-        let hidden_size = req_usize(gguf, &k("embedding_length"))?;
-        let num_layers = req_usize(gguf, &k("block_count"))?;
-        let intermediate_size = req_usize(gguf, &k("feed_forward_length"))?;
+        let hidden_size = req_usize(gguf, &k("embedding_length"), "hidden_size")?;
+        let num_layers = req_usize(gguf, &k("block_count"), "num_hidden_layers")?;
+        check_block_count(gguf, &k("block_count"), num_layers)?;
+        let intermediate_size = req_usize(gguf, &k("feed_forward_length"), "intermediate_size")?;
         let num_heads = head_count(gguf, &k("attention.head_count"))?
             .ok_or_else(|| missing(gguf, &k("attention.head_count")))?;
         let num_kv_heads = match head_count(gguf, &k("attention.head_count_kv"))? {
@@ -285,9 +360,9 @@ impl ModelParams {
                 num_heads
             }
         };
-        let head_dim = match gguf.get_u64(&k("attention.key_length")) {
-            Some(v) if v > 0 => v as usize,
-            _ => {
+        let head_dim = match opt_usize(gguf, &k("attention.key_length"), "head_dim")? {
+            Some(v) => v,
+            None => {
                 if hidden_size % num_heads != 0 {
                     return Err(missing(gguf, &k("attention.key_length")));
                 }
@@ -309,28 +384,30 @@ impl ModelParams {
                 default_theta
             }
         };
-        let max_position_embeddings = match gguf.get_u64(&k("context_length")) {
-            Some(v) if v > 0 => v as usize,
-            _ => {
-                warn!("GGUF has no `{p}.context_length`; using 2048");
-                2048
-            }
-        };
-        let vocab_size = match gguf.get_u64(&k("vocab_size")) {
-            Some(v) if v > 0 => v as usize,
-            _ => match gguf.get_array("tokenizer.ggml.tokens") {
-                Some(t) if !t.is_empty() => t.len(),
+        let max_position_embeddings =
+            match opt_usize(gguf, &k("context_length"), "max_position_embeddings")? {
+                Some(v) => v,
+                None => {
+                    warn!("GGUF has no `{p}.context_length`; using 2048");
+                    2048
+                }
+            };
+        let vocab_size = match opt_usize(gguf, &k("vocab_size"), "vocab_size")? {
+            Some(v) => v,
+            None => match gguf.get_array("tokenizer.ggml.tokens") {
+                Some(t) if !t.is_empty() => {
+                    bounded(gguf, "tokenizer.ggml.tokens", "vocab_size", t.len() as u64)?
+                }
                 _ => match gguf.tensor_info("token_embd.weight") {
-                    Some(t) if t.dims.len() == 2 => t.dims[1] as usize,
+                    Some(t) if t.dims.len() == 2 => {
+                        bounded(gguf, "token_embd.weight", "vocab_size", t.dims[1])?
+                    }
                     _ => return Err(missing(gguf, &k("vocab_size"))),
                 },
             },
         };
         let rope_scaling = rope_scaling(gguf, p);
-        let sliding_window = gguf
-            .get_u64(&k("attention.sliding_window"))
-            .filter(|&v| v > 0)
-            .map(|v| v as usize);
+        let sliding_window = opt_usize(gguf, &k("attention.sliding_window"), "sliding_window")?;
         if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
             return Err(Diagnostic::error(
                 "rmlx::gguf::bad-metadata",

@@ -1,14 +1,15 @@
 //! The GGUF → MLX model-directory import ([`import`]): plans every tensor (name mapping, Q/K
 //! un-permutation, kept-quantized vs dense), writes `model.safetensors` tensor by tensor (each
-//! tensor is converted only when the writer asks for its bytes, so peak memory is about one
-//! tensor), the config and tokenizer files, into a temporary sibling directory that is renamed
-//! into place at the end.
+//! tensor is read and converted only when the writer asks for its bytes, so peak memory is about
+//! one tensor), the config and tokenizer files. [`import_into`] writes into a directory the
+//! caller owns; [`import`] / [`import_to`] publish the result through
+//! [`crate::snapshot::publish`] (lock, private sibling, atomic swap — the mechanism
+//! `cargo rmlx build` uses), refusing to replace the input file itself.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 
 use half::{bf16, f16};
@@ -21,6 +22,7 @@ use super::quants::{self, GgmlType, MLX_GROUP_SIZE};
 use super::reader::{GgufFile, TensorView};
 use super::tokenizer::TokenizerFiles;
 use crate::diagnostic::{Diagnostic, Result};
+use crate::snapshot::publish::{OutputLock, ReplaceFile};
 
 /// Alias of [`Dtype`] (the name the CLI uses).
 pub type OutDtype = Dtype;
@@ -163,7 +165,7 @@ struct OutTensor<'a> {
 impl OutTensor<'_> {
     fn convert(&self) -> Result<Vec<u8>> {
         let ty = self.src.ggml_type();
-        let data = self.src.data;
+        let data = &self.src.read()?[..];
         let bytes = match self.part {
             Part::Dense { dtype, subtract } => {
                 let mut v = quants::dequantize(ty, data)?;
@@ -230,6 +232,10 @@ impl safetensors::View for OutTensor<'_> {
         if !matches!(self.part, Part::Scales | Part::Biases) {
             self.progress.inc(1);
         }
+        // After a failure the import is lost anyway: skip reading the rest.
+        if self.failure.lock().map_or(true, |f| f.is_some()) {
+            return Cow::Owned(vec![0; self.n_bytes]);
+        }
         match self.convert() {
             Ok(b) => Cow::Owned(b),
             Err(d) => {
@@ -249,27 +255,6 @@ impl safetensors::View for OutTensor<'_> {
     }
 }
 
-/// Removes the temporary directory unless the import completed.
-struct TempDir {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !self.keep {
-            if let Err(e) = std::fs::remove_dir_all(&self.path) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    warn!(
-                        "could not remove temporary directory {}: {e}",
-                        self.path.display()
-                    );
-                }
-            }
-        }
-    }
-}
-
 fn io_err(what: &str, path: &Path, e: &std::io::Error) -> Diagnostic {
     Diagnostic::io("rmlx::gguf::io", what, path, e)
 }
@@ -278,9 +263,136 @@ fn io_err(what: &str, path: &Path, e: &std::io::Error) -> Diagnostic {
 /// it exists): `config.json`, `model.safetensors`, `tokenizer.json`, `tokenizer_config.json`,
 /// `generation_config.json` and, when the GGUF has a chat template, `chat_template.jinja`.
 pub fn import(gguf_path: &Path, out_dir: &Path, opts: &ImportOptions) -> Result<ImportReport> {
+    import_to(gguf_path, out_dir, opts, Existing::Replace)
+}
+
+/// What [`import_to`] does when the output path already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Refuse unless it is an empty directory (`convert` without `--force`).
+    Refuse,
+    /// Replace it atomically, a plain file included (`convert --force`). The input GGUF itself
+    /// is never replaced.
+    Replace,
+}
+
+/// [`import`] with a policy for an existing output. The check is made again under the output's
+/// lock, so of two concurrent imports refusing to overwrite, exactly one succeeds.
+pub fn import_to(
+    gguf_path: &Path,
+    out_dir: &Path,
+    opts: &ImportOptions,
+    existing: Existing,
+) -> Result<ImportReport> {
+    let out_dir = absolute(out_dir)?;
+    check_output(gguf_path, &out_dir, existing)?;
+    let (parent, name) = split_output(&out_dir)?;
+    // Taken once the GGUF is validated, so a file that is not importable leaves nothing.
+    let mut held = None;
+    let mut report = import_impl(gguf_path, opts, &mut || {
+        let lock = OutputLock::acquire(parent, &name, &mut || {
+            info!("waiting for another writer of {}", out_dir.display())
+        })?;
+        let replace_file = check_output(gguf_path, &out_dir, existing)?;
+        let staged = lock.stage("tmp")?;
+        let path = staged.path().to_path_buf();
+        held = Some((lock, staged, replace_file));
+        Ok(path)
+    })?;
+    let Some((_lock, staged, replace_file)) = held else {
+        return Err(Diagnostic::error(
+            "rmlx::gguf::internal",
+            "the import finished without an output directory",
+        ));
+    };
+    staged.commit(&out_dir, replace_file)?;
+    report.out_dir = out_dir;
+    Ok(report)
+}
+
+fn output_error(code: &'static str, msg: String, out: &Path) -> Diagnostic {
+    Diagnostic::error(code, msg).with_file(out)
+}
+
+/// Whether `out` may be written under `existing`; says whether a plain file is replaced.
+fn check_output(gguf_path: &Path, out: &Path, existing: Existing) -> Result<ReplaceFile> {
+    let Ok(meta) = std::fs::metadata(out) else {
+        return Ok(ReplaceFile::Refuse);
+    };
+    if same_file(gguf_path, out) {
+        return Err(output_error(
+            "rmlx::convert::output-is-input",
+            format!(
+                "the output {} is the input GGUF file itself; converting would replace it",
+                out.display()
+            ),
+            out,
+        )
+        .with_help("choose another output directory, e.g. `--out <name>-mlx`"));
+    }
+    let is_dir = meta.is_dir();
+    let empty_dir = is_dir && out.read_dir().is_ok_and(|mut d| d.next().is_none());
+    match existing {
+        _ if empty_dir => Ok(ReplaceFile::Refuse),
+        Existing::Refuse => Err(output_error(
+            "rmlx::convert::output-exists",
+            if is_dir {
+                format!("{} exists and is not empty", out.display())
+            } else {
+                format!(
+                    "{} exists and is a file, not a model directory",
+                    out.display()
+                )
+            },
+            out,
+        )
+        .with_help("pass --force to replace it (atomically, once the conversion succeeded)")),
+        Existing::Replace if !is_dir => {
+            warn!(
+                "{} is a file; --force replaces it with the model directory",
+                out.display()
+            );
+            Ok(ReplaceFile::Allow)
+        }
+        Existing::Replace => Ok(ReplaceFile::Refuse),
+    }
+}
+
+/// Whether two paths name the same file (device and inode).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+fn split_output(out_dir: &Path) -> Result<(&Path, String)> {
+    match (out_dir.parent(), out_dir.file_name()) {
+        (Some(p), Some(n)) => Ok((p, n.to_string_lossy().into_owned())),
+        _ => Err(Diagnostic::error(
+            "rmlx::convert::bad-output",
+            format!("output directory {} has no parent", out_dir.display()),
+        )),
+    }
+}
+
+/// Imports a GGUF file into `dir`, an existing empty directory the caller owns (and removes on
+/// failure).
+pub fn import_into(gguf_path: &Path, dir: &Path, opts: &ImportOptions) -> Result<ImportReport> {
+    import_impl(gguf_path, opts, &mut || Ok(dir.to_path_buf()))
+}
+
+/// Validates and plans the whole import, then asks `target` for the directory to write into.
+fn import_impl(
+    gguf_path: &Path,
+    opts: &ImportOptions,
+    target: &mut dyn FnMut() -> Result<PathBuf>,
+) -> Result<ImportReport> {
     let gguf = GgufFile::open(gguf_path)?;
     let arch = arch::detect(&gguf)?;
     let params = ModelParams::read(&gguf, arch)?;
+    arch::check_special_ids(&gguf, params.vocab_size)?;
     let ids = SpecialIds::read(&gguf);
     info!(
         file = %gguf_path.display(),
@@ -377,7 +489,7 @@ pub fn import(gguf_path: &Path, out_dir: &Path, opts: &ImportOptions) -> Result<
                 && hf_name.ends_with(".weight")
         });
         let bits = match bits {
-            Some(_) if !quants::affine_fits_f16(ty, view.data) => {
+            Some(_) if !quants::affine_fits_f16(ty, &view.read()?) => {
                 warn!(
                     "GGUF tensor `{name}` ({ty}) has a scale whose MLX bias overflows float16; \
                      dequantizing it to {} instead of keeping it quantized",
@@ -470,35 +582,7 @@ pub fn import(gguf_path: &Path, out_dir: &Path, opts: &ImportOptions) -> Result<
     );
     let tok = TokenizerFiles::from_gguf(&gguf, params.max_position_embeddings)?;
 
-    // ---- write ----
-    let out_dir = absolute(out_dir)?;
-    let parent = out_dir.parent().ok_or_else(|| {
-        Diagnostic::error(
-            "rmlx::gguf::io",
-            format!("output directory {} has no parent", out_dir.display()),
-        )
-    })?;
-    let dir_name = out_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    std::fs::create_dir_all(parent).map_err(|e| io_err("cannot create", parent, &e))?;
-    static SEQ: AtomicUsize = AtomicUsize::new(0);
-    let unique = format!(
-        "{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, AtomicOrdering::Relaxed)
-    );
-    let tmp_path = parent.join(format!(".{dir_name}.rmlx-import-{unique}"));
-    if tmp_path.exists() {
-        std::fs::remove_dir_all(&tmp_path).map_err(|e| io_err("cannot remove", &tmp_path, &e))?;
-    }
-    std::fs::create_dir(&tmp_path).map_err(|e| io_err("cannot create", &tmp_path, &e))?;
-    let mut tmp = TempDir {
-        path: tmp_path.clone(),
-        keep: false,
-    };
-
+    let tmp_path = target()?;
     let mut files = Vec::new();
     let write_json = |files: &mut Vec<String>, name: &str, v: &Value| -> Result<()> {
         let p = tmp_path.join(name);
@@ -537,30 +621,7 @@ pub fn import(gguf_path: &Path, out_dir: &Path, opts: &ImportOptions) -> Result<
     }
     files.push("model.safetensors".into());
 
-    // ---- commit ----
-    if out_dir.exists() {
-        let old = parent.join(format!(".{dir_name}.rmlx-old-{unique}"));
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(|e| io_err("cannot remove", &old, &e))?;
-        }
-        std::fs::rename(&out_dir, &old).map_err(|e| io_err("cannot move aside", &out_dir, &e))?;
-        if let Err(e) = std::fs::rename(&tmp_path, &out_dir) {
-            let _ = std::fs::rename(&old, &out_dir);
-            return Err(io_err("cannot move the import into", &out_dir, &e));
-        }
-        tmp.keep = true;
-        if let Err(e) = std::fs::remove_dir_all(&old) {
-            warn!(
-                "could not remove the previous model directory {}: {e}",
-                old.display()
-            );
-        }
-    } else {
-        std::fs::rename(&tmp_path, &out_dir)
-            .map_err(|e| io_err("cannot move the import into", &out_dir, &e))?;
-        tmp.keep = true;
-    }
-
+    let out_dir = tmp_path;
     let names = |f: &dyn Fn(&TensorAction) -> bool| -> Vec<String> {
         reports
             .iter()

@@ -1,16 +1,20 @@
 //! The GGUF container: parsing and validating the header, the metadata key/value table and the
-//! tensor infos of a GGUF v2/v3 file (little endian), memory-mapped; typed metadata accessors
-//! and zero-copy tensor lookup ([`GgufFile`], [`MetaValue`], [`TensorView`]).
+//! tensor infos of a GGUF v2/v3 file (little endian); typed metadata accessors and tensor
+//! lookup ([`GgufFile`], [`MetaValue`], [`TensorView`]).
 //!
 //! Nothing here trusts the file: every count and length is checked against the bytes that are
 //! actually left before anything is allocated, and every tensor's data range is checked against
-//! the file size when the file is opened.
+//! the file size when the file is opened. The file is read with ordinary reads, never
+//! memory-mapped, so a file truncated while it is read gives a `rmlx::gguf::truncated` error
+//! naming the tensor instead of a SIGBUS.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
 use tracing::warn;
 
 use super::quants::GgmlType;
@@ -24,6 +28,8 @@ pub const DEFAULT_ALIGNMENT: u64 = 32;
 pub const MAX_DIMS: usize = 4;
 /// Arrays nested deeper than this are rejected (real files nest at most once).
 const MAX_ARRAY_DEPTH: usize = 4;
+/// Element counts from the file preallocate at most this many entries.
+const PREALLOC_MAX: usize = 1 << 16;
 
 /// One metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -178,16 +184,20 @@ impl TensorInfo {
     }
 }
 
-/// A tensor's info together with its raw bytes in the mapped file.
+/// A tensor's info together with the file it is read from.
 #[derive(Debug, Clone, Copy)]
 pub struct TensorView<'a> {
     /// Name, dims, type, offset.
     pub info: &'a TensorInfo,
-    /// The raw (possibly block-quantized) data, exactly `info.n_bytes` long.
-    pub data: &'a [u8],
+    file: &'a GgufFile,
 }
 
 impl TensorView<'_> {
+    /// Reads the raw (possibly block-quantized) data, exactly `info.n_bytes` long.
+    pub fn read(&self) -> Result<Vec<u8>> {
+        self.file.read_tensor(self.info)
+    }
+
     /// Storage type.
     pub fn ggml_type(&self) -> GgmlType {
         self.info.ggml_type
@@ -199,10 +209,11 @@ impl TensorView<'_> {
     }
 }
 
-/// A parsed, validated, memory-mapped GGUF file.
+/// A parsed, validated GGUF file (header in memory, tensor data read on demand).
 pub struct GgufFile {
     path: PathBuf,
-    mmap: Mmap,
+    file: File,
+    len: u64,
     version: u32,
     metadata: Vec<(String, MetaValue)>,
     meta_index: HashMap<String, usize>,
@@ -225,16 +236,18 @@ impl fmt::Debug for GgufFile {
     }
 }
 
-/// Little-endian cursor over the mapped bytes; every read is bounds-checked.
+/// Little-endian reader over the file's header; every read is bounds-checked against the
+/// file length first, and a read that comes up short (the file shrank) is a truncation error.
 struct Cursor<'a> {
-    buf: &'a [u8],
-    pos: usize,
+    src: BufReader<&'a File>,
+    pos: u64,
+    len: u64,
     path: &'a Path,
 }
 
 impl<'a> Cursor<'a> {
-    fn remaining(&self) -> usize {
-        self.buf.len().saturating_sub(self.pos)
+    fn remaining(&self) -> u64 {
+        self.len.saturating_sub(self.pos)
     }
 
     fn truncated(&self, what: &str, need: u64) -> Diagnostic {
@@ -243,27 +256,40 @@ impl<'a> Cursor<'a> {
             format!(
                 "GGUF header truncated while reading {what}: need {need} bytes at offset {}, \
                  file has {} bytes",
-                self.pos,
-                self.buf.len()
+                self.pos, self.len
             ),
         )
         .with_file(self.path)
         .with_help("the file is incomplete or not a GGUF file; download it again")
     }
 
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+    fn fill(&mut self, buf: &mut [u8], what: &str) -> Result<()> {
+        let n = buf.len() as u64;
         if n > self.remaining() {
+            return Err(self.truncated(what, n));
+        }
+        if let Err(e) = self.src.read_exact(buf) {
+            return Err(match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => self.truncated(what, n),
+                _ => io_err(self.path, "cannot read", &e),
+            });
+        }
+        self.pos += n;
+        Ok(())
+    }
+
+    fn take(&mut self, n: usize, what: &str) -> Result<Vec<u8>> {
+        if n as u64 > self.remaining() {
             return Err(self.truncated(what, n as u64));
         }
-        let s = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
+        let mut v = vec![0u8; n];
+        self.fill(&mut v, what)?;
+        Ok(v)
     }
 
     fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
-        let s = self.take(N, what)?;
         let mut a = [0u8; N];
-        a.copy_from_slice(s);
+        self.fill(&mut a, what)?;
         Ok(a)
     }
 
@@ -284,10 +310,10 @@ impl<'a> Cursor<'a> {
     fn count(&mut self, what: &str, min_each: usize) -> Result<usize> {
         let at = self.pos;
         let n = self.u64(what)?;
-        let max = (self.remaining() / min_each.max(1)) as u64;
+        let max = self.remaining() / min_each.max(1) as u64;
         if n > max {
             let need = n.saturating_mul(min_each as u64);
-            if need <= (self.buf.len() as u64).saturating_mul(16) {
+            if need <= self.len.saturating_mul(16) {
                 // Plausible, just more than is left: the file was cut.
                 return Err(self.truncated(what, need));
             }
@@ -308,9 +334,9 @@ impl<'a> Cursor<'a> {
     fn string(&mut self, what: &str, lossy_warned: &mut bool) -> Result<String> {
         let n = self.count(what, 1)?;
         let bytes = self.take(n, what)?;
-        match std::str::from_utf8(bytes) {
-            Ok(s) => Ok(s.to_owned()),
-            Err(_) => {
+        match String::from_utf8(bytes) {
+            Ok(s) => Ok(s),
+            Err(e) => {
                 if !*lossy_warned {
                     *lossy_warned = true;
                     warn!(
@@ -319,7 +345,7 @@ impl<'a> Cursor<'a> {
                          (further occurrences not logged)"
                     );
                 }
-                Ok(String::from_utf8_lossy(bytes).into_owned())
+                Ok(String::from_utf8_lossy(e.as_bytes()).into_owned())
             }
         }
     }
@@ -328,7 +354,7 @@ impl<'a> Cursor<'a> {
         let at = self.pos;
         let n = self.count("metadata key length", 1)?;
         let bytes = self.take(n, "metadata key")?;
-        std::str::from_utf8(bytes).map(str::to_owned).map_err(|_| {
+        String::from_utf8(bytes).map_err(|_| {
             Diagnostic::error(
                 "rmlx::gguf::bad-metadata",
                 format!("GGUF metadata key at offset {at} is not valid UTF-8"),
@@ -366,7 +392,8 @@ impl<'a> Cursor<'a> {
                     other => return Err(self.bad_type(key, other)),
                 };
                 let n = self.count(&format!("array length of `{key}`"), min_each)?;
-                let mut v = Vec::with_capacity(n);
+                // Preallocate little: a corrupt count is caught by the reads it makes fail.
+                let mut v = Vec::with_capacity(n.min(PREALLOC_MAX));
                 for _ in 0..n {
                     v.push(self.value(elem_ty, key, depth + 1, warned)?);
                 }
@@ -394,13 +421,25 @@ fn io_err(path: &Path, what: &str, e: &std::io::Error) -> Diagnostic {
 }
 
 impl GgufFile {
-    /// Opens, memory-maps, parses and validates a GGUF file.
+    /// Opens, parses and validates a GGUF file (reads the header; tensor data is read by
+    /// [`TensorView::read`]).
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|e| io_err(path, "cannot open", &e))?;
-        let len = file
+        let file = File::open(path).map_err(|e| io_err(path, "cannot open", &e))?;
+        let meta = file
             .metadata()
-            .map_err(|e| io_err(path, "cannot stat", &e))?
-            .len();
+            .map_err(|e| io_err(path, "cannot stat", &e))?;
+        if meta.is_dir() {
+            return Err(Diagnostic::error(
+                "rmlx::gguf::not-a-file",
+                format!("{} is a directory, not a GGUF file", path.display()),
+            )
+            .with_file(path)
+            .with_help(
+                "pass a llama.cpp `*.gguf` file; an MLX model directory needs no conversion \
+                 (give it to `probe`, `serve` or an rmlx.toml `source` directly)",
+            ));
+        }
+        let len = meta.len();
         if len < 24 {
             return Err(Diagnostic::error(
                 "rmlx::gguf::bad-magic",
@@ -408,23 +447,20 @@ impl GgufFile {
             )
             .with_file(path));
         }
-        // SAFETY: the map is read-only; like every mmap-based loader we rely on the file not
-        // being truncated by another process while it is open.
-        let mmap =
-            unsafe { Mmap::map(&file) }.map_err(|e| io_err(path, "cannot memory-map", &e))?;
-        Self::parse(path, mmap)
+        Self::parse(path, file, len)
     }
 
-    fn parse(path: &Path, mmap: Mmap) -> Result<Self> {
+    fn parse(path: &Path, file: File, len: u64) -> Result<Self> {
         let mut c = Cursor {
-            buf: &mmap[..],
+            src: BufReader::with_capacity(1 << 20, &file),
             pos: 0,
+            len,
             path,
         };
-        let magic = c.take(4, "magic").map_err(|_| {
+        let magic = c.array::<4>("magic").map_err(|_| {
             Diagnostic::error(
                 "rmlx::gguf::bad-magic",
-                format!("not a GGUF file: only {} bytes long", mmap.len()),
+                format!("not a GGUF file: only {len} bytes long"),
             )
             .with_file(path)
         })?;
@@ -454,8 +490,8 @@ impl GgufFile {
         let kv_count = c.count("metadata key/value count", 13)?;
 
         let mut warned = false;
-        let mut metadata = Vec::with_capacity(kv_count);
-        let mut meta_index = HashMap::with_capacity(kv_count);
+        let mut metadata = Vec::with_capacity(kv_count.min(PREALLOC_MAX));
+        let mut meta_index = HashMap::with_capacity(kv_count.min(PREALLOC_MAX));
         for _ in 0..kv_count {
             let key = c.key()?;
             let ty = c.u32("metadata value type")?;
@@ -484,8 +520,8 @@ impl GgufFile {
             },
         };
 
-        let mut tensors = Vec::with_capacity(tensor_count);
-        let mut tensor_index = HashMap::with_capacity(tensor_count);
+        let mut tensors = Vec::with_capacity(tensor_count.min(PREALLOC_MAX));
+        let mut tensor_index = HashMap::with_capacity(tensor_count.min(PREALLOC_MAX));
         for i in 0..tensor_count {
             let name = c.key().map_err(|d| {
                 Diagnostic::error(
@@ -546,8 +582,9 @@ impl GgufFile {
             });
         }
 
-        let data_offset = (c.pos as u64).div_ceil(alignment) * alignment;
-        let file_len = mmap.len() as u64;
+        let data_offset = c.pos.div_ceil(alignment) * alignment;
+        drop(c);
+        let file_len = len;
         for t in &tensors {
             let end = data_offset
                 .checked_add(t.offset)
@@ -580,7 +617,8 @@ impl GgufFile {
 
         Ok(Self {
             path: path.to_path_buf(),
-            mmap,
+            file,
+            len,
             version,
             metadata,
             meta_index,
@@ -694,14 +732,44 @@ impl GgufFile {
         self.tensor_info(name).map(|info| self.view(info))
     }
 
-    /// The raw bytes of a tensor from this file (validated at open time).
+    /// A tensor of this file, to be read with [`TensorView::read`].
     pub fn view<'a>(&'a self, info: &'a TensorInfo) -> TensorView<'a> {
-        let start = (self.data_offset + info.offset) as usize;
-        let end = start + info.n_bytes as usize;
-        TensorView {
-            info,
-            data: &self.mmap[start..end],
-        }
+        TensorView { info, file: self }
+    }
+
+    /// Reads a tensor's bytes (one positioned read). The range was checked against the file
+    /// length at open time; a short read means the file shrank since.
+    pub fn read_tensor(&self, info: &TensorInfo) -> Result<Vec<u8>> {
+        let start = self.data_offset + info.offset;
+        let n = usize::try_from(info.n_bytes).map_err(|_| {
+            Diagnostic::error(
+                "rmlx::gguf::bad-tensor",
+                format!("tensor `{}` does not fit in memory", info.name),
+            )
+            .with_file(&self.path)
+        })?;
+        let mut buf = vec![0u8; n];
+        self.file.read_exact_at(&mut buf, start).map_err(|e| {
+            if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                return io_err(&self.path, "cannot read", &e);
+            }
+            let now = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+            Diagnostic::error(
+                "rmlx::gguf::truncated",
+                format!(
+                    "GGUF file is truncated: tensor `{}` needs bytes {start}..{}, the file now \
+                     has {now} bytes (it was {} when opened; it shrank while being read)",
+                    info.name,
+                    start + info.n_bytes,
+                    self.len
+                ),
+            )
+            .with_file(&self.path)
+            .with_help(
+                "the file was replaced or cut while it was read; try again once it is complete",
+            )
+        })?;
+        Ok(buf)
     }
 }
 

@@ -183,12 +183,12 @@ fn reader_round_trips_metadata_and_tensors() {
     assert_eq!(m.info.row_len(), 3);
     assert_eq!(m.info.n_rows(), 2);
     assert_eq!(
-        quants::dequantize(m.ggml_type(), m.data).unwrap(),
+        quants::dequantize(m.ggml_type(), &m.read().unwrap()).unwrap(),
         [0., 1., 2., 3., 4., 5.]
     );
     let v = g.tensor("v").unwrap();
     assert_eq!(v.info.offset % 64, 0);
-    assert_eq!(v.data.len(), 10);
+    assert_eq!(v.read().unwrap().len(), 10);
     assert!(g.tensor("nope").is_none());
 }
 
@@ -305,7 +305,7 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn tiny_llama(embed_ty: GgmlType) -> GgufWriter {
+pub(super) fn tiny_llama(embed_ty: GgmlType) -> GgufWriter {
     let mut rng = Rng(0x1234_5678_9abc_def1);
     let (tokens, types, merges) = tiny_vocab();
     let vocab = tokens.len() as u64;
@@ -443,12 +443,13 @@ fn import_tiny_llama_keeps_legacy_quants_and_unpermutes() {
         assert!(out.join(f).is_file(), "{f} written");
         assert!(report.files.iter().any(|x| x == f));
     }
-    // No temporary directory is left next to the output.
-    let leftovers: Vec<_> = std::fs::read_dir(out.parent().unwrap())
+    // No temporary directory is left next to the output (only its lock file).
+    let mut leftovers: Vec<_> = std::fs::read_dir(out.parent().unwrap())
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(leftovers, vec![std::ffi::OsString::from("tiny")]);
+    leftovers.sort();
+    assert_eq!(leftovers, [".tiny.lock", "tiny"]);
 
     let cfg = read_json(&out.join("config.json"));
     assert_eq!(cfg["architectures"][0], "LlamaForCausalLM");
@@ -506,7 +507,7 @@ fn import_tiny_llama_keeps_legacy_quants_and_unpermutes() {
     ] {
         let t = gguf.tensor(gname).unwrap();
         let (rows, cols) = (t.shape()[0], t.shape()[1]);
-        let reference = quants::dequantize(t.ggml_type(), t.data).unwrap();
+        let reference = quants::dequantize(t.ggml_type(), &t.read().unwrap()).unwrap();
         let src_rows: Vec<usize> = match heads {
             Some(h) => unpermute_rows(rows, h as usize).unwrap(),
             None => (0..rows).collect(),
@@ -532,7 +533,7 @@ fn import_tiny_llama_keeps_legacy_quants_and_unpermutes() {
 
     // Dense tensors: bf16 of the f32 values.
     let t = gguf.tensor("blk.0.ffn_down.weight").unwrap();
-    let reference = quants::dequantize(t.ggml_type(), t.data).unwrap();
+    let reference = quants::dequantize(t.ggml_type(), &t.read().unwrap()).unwrap();
     let (d, shape, b) = st_tensor(&st, "model.layers.0.mlp.down_proj.weight");
     assert_eq!(d, safetensors::Dtype::BF16);
     assert_eq!(shape, vec![HIDDEN as usize, FF as usize]);
@@ -600,7 +601,7 @@ fn import_tiny_llama_keeps_legacy_quants_and_unpermutes() {
     assert_eq!(d, safetensors::Dtype::F16);
     assert_eq!(shape, vec![(KV_HEADS * HEAD_DIM) as usize, HIDDEN as usize]);
     let t = gguf.tensor("blk.0.attn_k.weight").unwrap();
-    let reference = quants::dequantize(t.ggml_type(), t.data).unwrap();
+    let reference = quants::dequantize(t.ggml_type(), &t.read().unwrap()).unwrap();
     let src_rows = unpermute_rows(shape[0], KV_HEADS as usize).unwrap();
     let got = f16s(&b);
     for r in 0..shape[0] {
@@ -670,4 +671,133 @@ fn import_errors_leave_nothing_behind() {
         1,
         "only x.gguf"
     );
+}
+
+fn set_kv(w: &mut GgufWriter, key: &str, v: MetaValue) {
+    match w.kvs.iter_mut().find(|(k, _)| k == key) {
+        Some(kv) => kv.1 = v,
+        None => {
+            w.kv(key, v);
+        }
+    }
+}
+
+#[test]
+fn metadata_sizes_are_checked_before_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("x.gguf");
+    let out = dir.path().join("out");
+    let cases: [(&str, MetaValue, &str, &str); 4] = [
+        (
+            "llama.block_count",
+            MetaValue::U32(u32::MAX),
+            "rmlx::gguf::size-limit",
+            "4294967295",
+        ),
+        (
+            "llama.block_count",
+            MetaValue::U32(2),
+            "rmlx::gguf::bad-metadata",
+            "tensors for 1 blocks",
+        ),
+        (
+            "llama.embedding_length",
+            MetaValue::U64(1 << 40),
+            "rmlx::gguf::size-limit",
+            "1099511627776",
+        ),
+        (
+            "tokenizer.ggml.eos_token_id",
+            MetaValue::U64(1 << 32),
+            "rmlx::gguf::bad-metadata",
+            "4294967296",
+        ),
+    ];
+    for (key, value, code, needle) in cases {
+        let mut w = tiny_llama(GgmlType::Q8_0);
+        set_kv(&mut w, key, value);
+        w.write(&src);
+        let e = import(&src, &out, &ImportOptions::default()).unwrap_err();
+        assert_eq!(e.code, code, "{key}: {}", e.message);
+        assert!(
+            e.message.contains(key) && e.message.contains(needle),
+            "{key}: {}",
+            e.message
+        );
+        assert!(!out.exists());
+    }
+}
+
+#[test]
+fn a_gguf_that_shrinks_after_open_is_a_located_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("x.gguf");
+    tiny_llama(GgmlType::Q8_0).write(&src);
+    let gguf = GgufFile::open(&src).unwrap();
+    let last = gguf.tensors().last().unwrap().clone();
+    let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+    f.set_len(gguf.data_offset() + last.offset).unwrap();
+    let e = gguf.view(&last).read().unwrap_err();
+    assert_eq!(e.code, "rmlx::gguf::truncated");
+    assert!(
+        e.message.contains(&format!("`{}`", last.name)) && e.message.contains("shrank"),
+        "{}",
+        e.message
+    );
+    // The import of the shrunk file fails the same way and leaves nothing behind.
+    let out = dir.path().join("out");
+    let e = import(&src, &out, &ImportOptions::default()).unwrap_err();
+    assert_eq!(e.code, "rmlx::gguf::truncated");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "x.gguf")
+        .collect();
+    assert_eq!(left, Vec::<String>::new());
+}
+
+#[test]
+fn a_directory_is_not_a_gguf_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = GgufFile::open(dir.path()).unwrap_err();
+    assert_eq!(e.code, "rmlx::gguf::not-a-file");
+    assert!(e.message.contains("is a directory"), "{}", e.message);
+}
+
+#[test]
+fn import_to_respects_existing_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("x.gguf");
+    tiny_llama(GgmlType::Q8_0).write(&src);
+    let opts = ImportOptions::default();
+    for existing in [Existing::Refuse, Existing::Replace] {
+        let e = import_to(&src, &src, &opts, existing).unwrap_err();
+        assert_eq!(e.code, "rmlx::convert::output-is-input");
+        assert!(src.is_file());
+    }
+    let file = dir.path().join("file");
+    std::fs::write(&file, "keep").unwrap();
+    let e = import_to(&src, &file, &opts, Existing::Refuse).unwrap_err();
+    assert_eq!(e.code, "rmlx::convert::output-exists");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
+    import_to(&src, &file, &opts, Existing::Replace).unwrap();
+    assert!(file.join("config.json").is_file());
+
+    // Leftovers of killed runs are removed by the next writer of that output.
+    let out = dir.path().join("out");
+    for stale in [".out.rmlx-import-1-0", ".out.tmp-1", ".out.old-1"] {
+        std::fs::create_dir_all(dir.path().join(stale).join("x")).unwrap();
+    }
+    import_to(&src, &out, &opts, Existing::Refuse).unwrap();
+    let e = import_to(&src, &out, &opts, Existing::Refuse).unwrap_err();
+    assert_eq!(e.code, "rmlx::convert::output-exists");
+    let mut left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    left.sort();
+    assert_eq!(left, [".file.lock", ".out.lock"]);
 }

@@ -19,9 +19,8 @@ fn spanned(text: &str, d: &Diagnostic) -> String {
     text[d.span.clone().expect("a span")].to_string()
 }
 
-#[test]
-fn full_example_parses() {
-    let text = r#"
+/// An rmlx.toml using every section (also the base of `manifest::fuzz`).
+pub(super) const FULL_EXAMPLE: &str = r#"
 [models.smollm2]
 source = "models/smol.gguf"
 chat-template = "t.jinja"
@@ -50,6 +49,10 @@ quantize = false
 host = "0.0.0.0"
 port = 9000
 "#;
+
+#[test]
+fn full_example_parses() {
+    let text = FULL_EXAMPLE;
     let m = parse(text).unwrap();
     assert_eq!(m.models.len(), 3);
     let s = &m.models[0];

@@ -10,6 +10,28 @@ use serde_json::{Map, Value};
 
 use crate::diagnostic::{Diagnostic, Result};
 
+/// Upper bounds of the sizes in config.json (and the GGUF metadata they come from), far above
+/// any released model: a corrupt value is reported before anything is allocated from it.
+pub const SIZE_LIMITS: &[(&str, u64)] = &[
+    ("hidden_size", 1 << 17),
+    ("intermediate_size", 1 << 20),
+    ("num_hidden_layers", 1 << 12),
+    ("num_attention_heads", 1 << 12),
+    ("num_key_value_heads", 1 << 12),
+    ("head_dim", 1 << 12),
+    ("vocab_size", 1 << 24),
+    ("max_position_embeddings", 1 << 28),
+    ("sliding_window", 1 << 28),
+];
+
+/// The upper bound of a config.json size key, if it has one.
+pub fn size_limit(key: &str) -> Option<u64> {
+    SIZE_LIMITS.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+}
+
+/// Largest MLX quantization group size accepted (MLX itself uses 16 to 128).
+pub const MAX_GROUP_SIZE: u64 = 1 << 12;
+
 /// Architectures this build can run (`model_type` values).
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "gemma3_text"];
 
@@ -151,21 +173,41 @@ pub struct ModelConfig {
     pub quantization: Option<Quantization>,
     /// The whole file, for architecture-specific keys.
     pub raw: Map<String, Value>,
+    /// The file's text (diagnostics point into it).
+    pub text: Arc<str>,
 }
 
 /// Reads a JSON file, turning syntax errors into a located diagnostic.
 pub fn read_json(path: &Path, code_prefix: &'static str) -> Result<(Arc<str>, Value)> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Diagnostic::io(code_prefix, "cannot read", path, &e))?;
-    let text: Arc<str> = text.into();
+    parse_json(path, text.into(), code_prefix)
+}
+
+/// Parses the JSON `text` of `path`, turning syntax errors into a located diagnostic.
+pub fn parse_json(
+    path: &Path,
+    text: Arc<str>,
+    code_prefix: &'static str,
+) -> Result<(Arc<str>, Value)> {
     let value = serde_json::from_str::<Value>(&text).map_err(|e| {
-        let offset = byte_offset(&text, e.line(), e.column());
+        let span = char_at(&text, byte_offset(&text, e.line(), e.column()));
         Diagnostic::error(code_prefix, format!("{} is not valid JSON", path.display()))
             .with_file(path)
             .with_source(text.clone())
-            .with_span(offset..offset + 1, e.to_string())
+            .with_span(span, e.to_string())
     })?;
     Ok((text, value))
+}
+
+/// The span of the character at (or containing) byte `offset`; empty at the end of the text.
+fn char_at(text: &str, offset: usize) -> std::ops::Range<usize> {
+    let mut start = offset.min(text.len());
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
+    let len = text[start..].chars().next().map_or(0, char::len_utf8);
+    start..start + len
 }
 
 /// Byte offset of a 1-based line and column (serde_json's convention).
@@ -194,6 +236,12 @@ impl ModelConfig {
         }
         let (text, value) = read_json(&path, "rmlx::snapshot::config")?;
         Self::from_value(&path, text, value)
+    }
+
+    /// Parses the text of a config.json read from `path`.
+    pub fn from_text(path: &Path, text: &str) -> Result<Self> {
+        let (text, value) = parse_json(path, text.into(), "rmlx::snapshot::config")?;
+        Self::from_value(path, text, value)
     }
 
     fn from_value(path: &Path, text: Arc<str>, value: Value) -> Result<Self> {
@@ -257,20 +305,18 @@ impl ModelConfig {
                 4096
             }
         };
-        let eos_token_ids = match raw.get("eos_token_id") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(v) => token_ids(v).ok_or_else(|| {
-                fields.located(
+        let vocab_size = fields.usize("vocab_size")?;
+        let eos_token_ids = fields.ids("eos_token_id", vocab_size)?;
+        let bos_token_id = match raw.get("bos_token_id") {
+            Some(Value::Array(_)) => {
+                return Err(fields.located(
                     "rmlx::snapshot::config",
-                    "eos_token_id must be an integer or a list of integers",
-                    "eos_token_id",
-                )
-            })?,
+                    "`bos_token_id` must be one integer",
+                    "bos_token_id",
+                ))
+            }
+            _ => fields.ids("bos_token_id", vocab_size)?.first().copied(),
         };
-        let bos_token_id = raw
-            .get("bos_token_id")
-            .and_then(Value::as_u64)
-            .map(|v| v as u32);
         let quantization = match raw.get("quantization") {
             None | Some(Value::Null) => None,
             Some(q) => Some(fields.quantization(q)?),
@@ -292,7 +338,7 @@ impl ModelConfig {
             rope_theta: fields.opt_f32("rope_theta")?.unwrap_or(10_000.0),
             rope_scaling,
             max_position_embeddings,
-            vocab_size: fields.usize("vocab_size")?,
+            vocab_size,
             tie_word_embeddings: fields.opt_bool("tie_word_embeddings")?.unwrap_or(true),
             attention_bias: fields.opt_bool("attention_bias")?.unwrap_or(false),
             mlp_bias: fields.opt_bool("mlp_bias")?.unwrap_or(false),
@@ -305,15 +351,54 @@ impl ModelConfig {
                 .map(str::to_string),
             quantization,
             raw: raw.clone(),
+            text: text.clone(),
         })
+    }
+
+    /// An error about `key`, pointing at it in config.json.
+    pub fn located(&self, code: &'static str, msg: impl Into<String>, key: &str) -> Diagnostic {
+        Fields {
+            path: &self.path,
+            text: &self.text,
+            raw: &self.raw,
+        }
+        .located(code, msg, key)
+    }
+
+    /// Checks the sizes that decide allocations against the tensors actually present: the
+    /// number of `model.layers.<i>` blocks must be `num_hidden_layers`.
+    pub fn check_tensors<'a>(&self, names: impl Iterator<Item = &'a str>) -> Result<()> {
+        let present = names
+            .filter_map(|n| n.strip_prefix("model.layers.")?.split('.').next())
+            .filter_map(|i| i.parse::<usize>().ok())
+            .max()
+            .map_or(0, |m| m + 1);
+        if present == self.num_hidden_layers {
+            return Ok(());
+        }
+        let holds = match present {
+            0 => "no `model.layers.*` tensors".to_string(),
+            n => format!("{n} (model.layers.0 to model.layers.{})", n - 1),
+        };
+        Err(self
+            .located(
+                "rmlx::snapshot::config-mismatch",
+                format!(
+                    "config.json declares {} layers, the weights hold {holds}",
+                    self.num_hidden_layers
+                ),
+                "num_hidden_layers",
+            )
+            .with_help("config.json and the weights belong to different models, or the conversion was cut short"))
     }
 }
 
-/// An integer or list of integers as token ids.
+/// An integer or list of integers as token ids; `None` when any is not an integer in u32.
 pub fn token_ids(v: &Value) -> Option<Vec<u32>> {
+    let id = |x: &Value| x.as_u64().and_then(|n| u32::try_from(n).ok());
     match v {
-        Value::Number(n) => n.as_u64().map(|n| vec![n as u32]),
-        Value::Array(a) => a.iter().map(|x| x.as_u64().map(|n| n as u32)).collect(),
+        Value::Number(_) => id(v).map(|n| vec![n]),
+        Value::Array(a) => a.iter().map(id).collect(),
         _ => None,
     }
 }
@@ -361,17 +446,61 @@ impl Fields<'_> {
         self.opt_usize(key)?.ok_or_else(|| self.missing(key))
     }
 
+    /// A size, checked against [`size_limit`] before anything is allocated from it.
     fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
-        match self.raw.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
+        let n = match self.raw.get(key) {
+            None | Some(Value::Null) => return Ok(None),
+            Some(v) => v.as_u64().ok_or_else(|| {
                 self.located(
                     "rmlx::snapshot::config",
-                    format!("`{key}` must be a non-negative integer"),
+                    format!("`{key}` must be a non-negative integer, found {v}"),
                     key,
                 )
-            }),
+            })?,
+        };
+        match size_limit(key) {
+            Some(max) if n > max => Err(self
+                .located(
+                    "rmlx::snapshot::size-limit",
+                    format!("`{key}` is {n}, above the limit of {max}"),
+                    key,
+                )
+                .with_help("config.json is corrupt or not for this kind of model")),
+            _ => Ok(Some(n as usize)),
         }
+    }
+
+    /// Token ids (an integer or a list) below `vocab_size`; absent or null is empty.
+    fn ids(&self, key: &str, vocab_size: usize) -> Result<Vec<u32>> {
+        let v = match self.raw.get(key) {
+            None | Some(Value::Null) => return Ok(Vec::new()),
+            Some(v) => v,
+        };
+        let values: Vec<&Value> = match v {
+            Value::Array(a) => a.iter().collect(),
+            other => vec![other],
+        };
+        let mut ids = Vec::with_capacity(values.len());
+        for x in values {
+            match x.as_u64() {
+                Some(n) if n < vocab_size as u64 => ids.push(n as u32),
+                Some(n) => {
+                    return Err(self.located(
+                        "rmlx::snapshot::config",
+                        format!("`{key}` {n} is not a token id: vocab_size is {vocab_size}"),
+                        key,
+                    ))
+                }
+                None => {
+                    return Err(self.located(
+                        "rmlx::snapshot::config",
+                        format!("`{key}` must be an integer or a list of integers, found {x}"),
+                        key,
+                    ))
+                }
+            }
+        }
+        Ok(ids)
     }
 
     fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
@@ -418,28 +547,24 @@ impl Fields<'_> {
             }
             Some(_) => return Err(bad("`mode` must be a string")),
         };
-        let int = |key: &str, default: Option<i32>| -> Result<i32> {
-            match v.get(key) {
-                Some(x) => x
-                    .as_u64()
-                    .map(|n| n as i32)
-                    .ok_or_else(|| bad(&format!("`{key}` must be an integer"))),
-                None => default.ok_or_else(|| bad(&format!("`{key}` is missing"))),
+        // Read as JSON numbers and range-checked before narrowing, so a message shows the
+        // value written in the file.
+        let int = |key: &str, range: std::ops::RangeInclusive<u64>, default: Option<i32>| {
+            let Some(x) = v.get(key) else {
+                return default.ok_or_else(|| bad(&format!("`{key}` is missing")));
+            };
+            match x.as_u64() {
+                Some(n) if range.contains(&n) => Ok(n as i32),
+                _ => Err(bad(&format!(
+                    "`{key}` must be an integer in {}..={}, found {x}",
+                    range.start(),
+                    range.end()
+                ))),
             }
         };
-        let bits = int("bits", base.map(|b| b.bits))?;
-        let group_size = int("group_size", base.map(|b| b.group_size))?;
-        if !(1..=8).contains(&bits) {
-            return Err(bad(&format!("bits must be 1..=8, found {bits}")));
-        }
-        if group_size <= 0 {
-            return Err(bad(&format!(
-                "group_size must be positive, found {group_size}"
-            )));
-        }
         Ok(QuantParams {
-            group_size,
-            bits,
+            group_size: int("group_size", 1..=MAX_GROUP_SIZE, base.map(|b| b.group_size))?,
+            bits: int("bits", 1..=8, base.map(|b| b.bits))?,
             mode,
         })
     }
@@ -564,5 +689,75 @@ mod tests {
         let err = ModelConfig::from_dir(dir.path()).unwrap_err();
         assert_eq!(err.code, "rmlx::snapshot::config");
         assert_eq!(err.line_col(err.span.clone().unwrap().start), Some((2, 8)));
+    }
+
+    fn with(key: &str, value: &str) -> String {
+        let re = format!("\"{key}\":");
+        let start = BASE.find(&re).unwrap() + re.len();
+        let end = start
+            + BASE[start..]
+                .find([',', '\n'])
+                .unwrap_or(BASE.len() - start);
+        format!("{}{value}{}}}", &BASE[..start], &BASE[end..])
+    }
+
+    #[test]
+    fn absurd_layer_count_is_refused_before_anything_is_allocated() {
+        let text = with("num_hidden_layers", "4294967295");
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.code, "rmlx::snapshot::size-limit");
+        assert!(err.message.contains("4294967295"), "{}", err.message);
+        let span = err.span.clone().unwrap();
+        assert_eq!(&text[span], "\"num_hidden_layers\"");
+    }
+
+    #[test]
+    fn group_size_reports_the_value_written() {
+        let err = parse(&format!(
+            "{BASE},\"quantization\":{{\"group_size\":2147483648,\"bits\":4}}}}"
+        ))
+        .unwrap_err();
+        assert_eq!(err.code, "rmlx::snapshot::quantization");
+        assert!(err.message.contains("found 2147483648"), "{}", err.message);
+        assert!(!err.message.contains('-'), "{}", err.message);
+        let err = parse(&format!(
+            "{BASE},\"quantization\":{{\"group_size\":64,\"bits\":-1}}}}"
+        ))
+        .unwrap_err();
+        assert!(err.message.contains("found -1"), "{}", err.message);
+    }
+
+    #[test]
+    fn token_ids_outside_the_vocabulary_are_refused() {
+        for ids in ["4294967296", "[2, 4294967296]", "100", "-1", "\"2\""] {
+            let err = parse(&format!("{BASE},\"eos_token_id\":{ids}}}")).unwrap_err();
+            assert_eq!(err.code, "rmlx::snapshot::config", "{ids}");
+            assert!(err.message.contains("eos_token_id"), "{}", err.message);
+        }
+        let err = parse(&format!("{BASE},\"bos_token_id\":4294967296}}")).unwrap_err();
+        assert!(err.message.contains("4294967296"), "{}", err.message);
+        let c = parse(&format!(
+            "{BASE},\"eos_token_id\":99,\"bos_token_id\":null}}"
+        ))
+        .unwrap();
+        assert_eq!((c.eos_token_ids, c.bos_token_id), (vec![99], None));
+    }
+
+    #[test]
+    fn layer_count_must_match_the_tensors() {
+        let text = format!("{BASE}}}");
+        let c = parse(&text).unwrap();
+        let names = ["model.layers.0.mlp.up_proj.weight", "model.norm.weight"];
+        let err = c.check_tensors(names.into_iter()).unwrap_err();
+        assert_eq!(err.code, "rmlx::snapshot::config-mismatch");
+        assert!(
+            err.message
+                .contains("declares 2 layers, the weights hold 1"),
+            "{}",
+            err.message
+        );
+        assert_eq!(&text[err.span.clone().unwrap()], "\"num_hidden_layers\"");
+        let both = ["model.layers.0.a", "model.layers.1.a", "model.layers.x.b"];
+        c.check_tensors(both.into_iter()).unwrap();
     }
 }

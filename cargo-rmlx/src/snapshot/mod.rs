@@ -1,8 +1,11 @@
-//! Model directory I/O: `config.json`, safetensors weights (single or sharded, memory-mapped),
-//! `generation_config.json`. Tokenizer files and the chat template are read by
+//! Model directory I/O: `config.json`, safetensors weights (single or sharded, read with plain
+//! reads), `generation_config.json`, and publishing a written directory ([`publish`]). Tokenizer files and the chat template are read by
 //! [`crate::tokenize`] and [`crate::template`]; this module owns the rest of the directory.
 
 pub mod config;
+#[cfg(test)]
+pub(crate) mod fuzz;
+pub mod publish;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
@@ -37,6 +40,7 @@ impl Snapshot {
         }
         let config = ModelConfig::from_dir(dir)?;
         let weights = Weights::open(dir)?;
+        config.check_tensors(weights.names())?;
         let generation_eos_ids = generation_eos_ids(dir)?;
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -64,7 +68,14 @@ fn generation_eos_ids(dir: &Path) -> Result<Vec<u32>> {
         return Ok(Vec::new());
     }
     let (_, v) = config::read_json(&path, "rmlx::snapshot::generation-config")?;
-    Ok(v.get("eos_token_id")
-        .and_then(config::token_ids)
-        .unwrap_or_default())
+    match v.get("eos_token_id") {
+        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+        Some(ids) => config::token_ids(ids).ok_or_else(|| {
+            Diagnostic::error(
+                "rmlx::snapshot::generation-config",
+                format!("`eos_token_id` must be token ids (integers below 2^32), found {ids}"),
+            )
+            .with_file(&path)
+        }),
+    }
 }

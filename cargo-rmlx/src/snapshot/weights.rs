@@ -1,14 +1,23 @@
 //! Safetensors weights of a model directory: single files and shards (with
-//! `model.safetensors.index.json`), memory-mapped, validated up front (truncation, offsets,
-//! dtypes), and handed out as MLX arrays with shape checks that name the tensor and file.
+//! `model.safetensors.index.json`), validated up front (truncation, offsets, dtypes), and handed
+//! out as MLX arrays with shape checks that name the tensor and file.
+//!
+//! Nothing is memory-mapped: a file truncated or rewritten in place while mapped would raise
+//! SIGBUS in whichever thread touched it (a `cp new model.safetensors` under `serve --watch`).
+//! Each tensor is read with one positioned read into a buffer that MLX copies from, so the
+//! peak is the model plus one tensor; a short read (the file shrank since it was opened) is a
+//! `rmlx::snapshot::truncated` error naming the file and the tensor. A loaded model keeps no
+//! mapping of its files, so replacing them cannot hurt the version that is serving.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
-use memmap2::Mmap;
 use mlx_rs::{Array, Dtype};
-use safetensors::tensor::Dtype as StDtype;
+use safetensors::tensor::{Dtype as StDtype, Metadata};
 
 use crate::diagnostic::{Diagnostic, Result};
 
@@ -22,13 +31,29 @@ pub struct TensorInfo {
     /// Row-major shape.
     pub shape: Vec<usize>,
     /// Absolute byte range in the file.
-    range: std::ops::Range<usize>,
+    range: std::ops::Range<u64>,
 }
 
-/// All tensors of a model directory, memory-mapped.
+/// One opened safetensors file. The descriptor stays open so every tensor is read from the
+/// file whose header was validated, even if the path is replaced by a rename meanwhile.
+struct Shard {
+    path: PathBuf,
+    file: File,
+}
+
+/// All tensors of a model directory (headers read, data read on demand).
 pub struct Weights {
-    files: Vec<(PathBuf, Mmap)>,
+    files: Vec<Shard>,
     tensors: BTreeMap<String, TensorInfo>,
+    scratch: Mutex<Scratch>,
+}
+
+/// The buffer tensors are read into before MLX copies them: reused from tensor to tensor (no
+/// fresh pages to fault in per tensor), freed once every tensor has been loaded.
+#[derive(Default)]
+struct Scratch {
+    buf: Vec<u8>,
+    loads: usize,
 }
 
 impl std::fmt::Debug for Weights {
@@ -36,12 +61,15 @@ impl std::fmt::Debug for Weights {
         f.debug_struct("Weights")
             .field(
                 "files",
-                &self.files.iter().map(|f| &f.0).collect::<Vec<_>>(),
+                &self.files.iter().map(|f| &f.path).collect::<Vec<_>>(),
             )
             .field("tensors", &self.tensors.len())
             .finish()
     }
 }
+
+/// safetensors headers larger than this are rejected (the format's own limit).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 const CODE_IO: &str = "rmlx::snapshot::io";
 const CODE_TRUNCATED: &str = "rmlx::snapshot::truncated";
@@ -56,10 +84,11 @@ impl Weights {
         let mut out = Weights {
             files: Vec::new(),
             tensors: BTreeMap::new(),
+            scratch: Mutex::new(Scratch::default()),
         };
         for path in files {
             let index = out.files.len();
-            let (mmap, tensors) = map_file(&path)?;
+            let (file, tensors) = read_header(&path)?;
             for (name, mut info) in tensors {
                 info.file = index;
                 if out.tensors.insert(name.clone(), info).is_some() {
@@ -70,7 +99,7 @@ impl Weights {
                     .with_file(&path));
                 }
             }
-            out.files.push((path, mmap));
+            out.files.push(Shard { path, file });
         }
         Ok(out)
     }
@@ -94,12 +123,12 @@ impl Weights {
     pub fn file_of(&self, name: &str) -> Option<&Path> {
         self.tensors
             .get(name)
-            .map(|i| self.files[i.file].0.as_path())
+            .map(|i| self.files[i.file].path.as_path())
     }
 
     /// The directory's first weights file (for messages about missing tensors).
     fn any_file(&self) -> Option<&Path> {
-        self.files.first().map(|f| f.0.as_path())
+        self.files.first().map(|f| f.path.as_path())
     }
 
     /// Loads tensor `name` as an MLX array. `expected` checks the shape (`None` entries are
@@ -119,7 +148,7 @@ impl Weights {
             }
             d
         })?;
-        let path = &self.files[info.file].0;
+        let path = &self.files[info.file].path;
         let shape_ok = info.shape.len() == expected.len()
             && info
                 .shape
@@ -142,6 +171,28 @@ impl Weights {
             .with_file(path)
             .with_help("config.json and the weights disagree; was the model converted for another configuration?"));
         }
+        let array = self.load(name, info)?;
+        match cast {
+            Some(to) if is_float(array.dtype()) && to != array.dtype() => {
+                array.as_dtype(to).map_err(|e| mlx_error(name, path, e))
+            }
+            _ => Ok(array),
+        }
+    }
+
+    /// Loads tensor `name` as an MLX array in its stored dtype and shape.
+    pub fn raw_array(&self, name: &str) -> Result<Array> {
+        let info = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| Diagnostic::error(CODE_MISSING, format!("missing tensor `{name}`")))?;
+        self.load(name, info)
+    }
+
+    /// Reads one tensor's bytes from its file (one positioned read) into a new MLX array.
+    fn load(&self, name: &str, info: &TensorInfo) -> Result<Array> {
+        let shard = &self.files[info.file];
+        let path = &shard.path;
         let dtype = mlx_dtype(info.dtype).ok_or_else(|| {
             Diagnostic::error(
                 "rmlx::snapshot::unsupported-dtype",
@@ -149,18 +200,76 @@ impl Weights {
             )
             .with_file(path)
         })?;
-        let bytes = &self.files[info.file].1[info.range.clone()];
-        let shape: Vec<i32> = info.shape.iter().map(|&d| d as i32).collect();
-        // SAFETY: `bytes` holds exactly prod(shape) elements of `dtype` (validated in
-        // `map_file`); MLX copies the data, so no alignment or lifetime requirement remains.
+        let shape = info
+            .shape
+            .iter()
+            .map(|&d| i32::try_from(d))
+            .collect::<std::result::Result<Vec<i32>, _>>()
+            .map_err(|_| {
+                Diagnostic::error(
+                    "rmlx::snapshot::bad-safetensors",
+                    format!(
+                        "tensor `{name}` has a dimension above 2^31 ({:?})",
+                        info.shape
+                    ),
+                )
+                .with_file(path)
+            })?;
+        let mut scratch = self.scratch.lock().unwrap_or_else(PoisonError::into_inner);
+        let bytes = read_range(shard, name, info.range.clone(), &mut scratch.buf)?;
+        // SAFETY: `bytes` holds exactly prod(shape) elements of `dtype` (sizes validated in
+        // `read_header`, length checked by `read_range`); MLX copies the data, so no alignment
+        // or lifetime requirement remains.
         let array = unsafe { Array::from_raw_data(bytes.as_ptr().cast(), &shape, dtype) };
-        match cast {
-            Some(to) if is_float(dtype) && to != dtype => {
-                array.as_dtype(to).map_err(|e| mlx_error(name, path, e))
-            }
-            _ => Ok(array),
+        scratch.loads += 1;
+        if scratch.loads >= self.tensors.len() {
+            scratch.buf = Vec::new();
         }
+        Ok(array)
     }
+}
+
+/// Reads `range` of a shard into the start of `buf` (grown as needed); a short read means the
+/// file shrank after it was opened.
+fn read_range<'b>(
+    shard: &Shard,
+    name: &str,
+    range: std::ops::Range<u64>,
+    buf: &'b mut Vec<u8>,
+) -> Result<&'b [u8]> {
+    let len = usize::try_from(range.end - range.start).map_err(|_| {
+        Diagnostic::error(
+            "rmlx::snapshot::bad-safetensors",
+            format!("tensor `{name}` does not fit in memory"),
+        )
+        .with_file(&shard.path)
+    })?;
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    let buf = &mut buf[..len];
+    shard
+        .file
+        .read_exact_at(buf, range.start)
+        .map_err(|e| {
+            if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                return Diagnostic::io(CODE_IO, "cannot read", &shard.path, &e);
+            }
+            let now = shard.file.metadata().map(|m| m.len()).unwrap_or(0);
+            Diagnostic::error(
+                CODE_TRUNCATED,
+                format!(
+                    "{} is truncated: tensor `{name}` needs bytes {}..{}, the file now has {now} \
+                     (it shrank while being read)",
+                    shard.path.display(),
+                    range.start,
+                    range.end
+                ),
+            )
+            .with_file(&shard.path)
+            .with_help("the file was replaced or cut while the model loaded; load it again once it is complete")
+        })?;
+    Ok(buf)
 }
 
 /// Wraps an MLX exception raised while handling a tensor.
@@ -256,108 +365,188 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Maps one safetensors file and validates its header and tensor ranges.
-fn map_file(path: &Path) -> Result<(Mmap, HashMap<String, TensorInfo>)> {
-    let file = File::open(path).map_err(|e| Diagnostic::io(CODE_IO, "cannot open", path, &e))?;
-    // SAFETY: the file is opened read-only; a concurrent truncation by another process is
-    // outside what any loader can defend against (same as every mmap-based loader).
-    let mmap = unsafe { Mmap::map(&file) }
-        .map_err(|e| Diagnostic::io(CODE_IO, "cannot memory-map", path, &e))?;
-    let truncated = |what: String| {
-        Diagnostic::error(
-            CODE_TRUNCATED,
-            format!("{} is truncated: {what}", path.display()),
-        )
-        .with_file(path)
-        .with_help(
-            "the file was cut short (interrupted download or copy?); fetch or convert it again",
-        )
-    };
-    if mmap.len() < 8 {
-        return Err(truncated(format!("{} bytes, no header", mmap.len())));
+fn truncated(path: &Path, what: String) -> Diagnostic {
+    Diagnostic::error(
+        CODE_TRUNCATED,
+        format!("{} is truncated: {what}", path.display()),
+    )
+    .with_file(path)
+    .with_help("the file was cut short (interrupted download or copy?); fetch or convert it again")
+}
+
+fn bad_safetensors(path: &Path, what: String) -> Diagnostic {
+    Diagnostic::error(
+        "rmlx::snapshot::bad-safetensors",
+        format!("{} is not a valid safetensors file: {what}", path.display()),
+    )
+    .with_file(path)
+}
+
+/// Opens one safetensors file, reads its header and validates every tensor's byte range
+/// against the element count and the file's length. Nothing else is read.
+fn read_header(path: &Path) -> Result<(File, HashMap<String, TensorInfo>)> {
+    let mut file =
+        File::open(path).map_err(|e| Diagnostic::io(CODE_IO, "cannot open", path, &e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Diagnostic::io(CODE_IO, "cannot stat", path, &e))?;
+    if meta.is_dir() {
+        return Err(bad_safetensors(path, "it is a directory".into()));
     }
-    let header_len = u64::from_le_bytes(mmap[..8].try_into().expect("8 bytes")) as usize;
-    if header_len > mmap.len() - 8 {
-        return Err(truncated(format!(
-            "header needs {header_len} bytes, the file has {}",
-            mmap.len() - 8
-        )));
+    let file_len = meta.len();
+    let mut len_bytes = [0u8; 8];
+    if file_len < 8 || file.read_exact(&mut len_bytes).is_err() {
+        return Err(truncated(path, format!("{file_len} bytes, no header")));
     }
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&mmap[..])
-        .map_err(|e| {
-            Diagnostic::error(
-                "rmlx::snapshot::bad-safetensors",
-                format!("{} is not a valid safetensors file: {e}", path.display()),
-            )
-            .with_file(path)
-        })
-        // read_metadata also rejects a buffer shorter than the data it describes; report that
-        // case as truncation, naming the tensor that runs past the end.
-        .map_err(|d| describe_truncation(path, &mmap, header_len).unwrap_or(d))?;
+    let header_len = u64::from_le_bytes(len_bytes);
+    if header_len > MAX_HEADER_BYTES {
+        return Err(bad_safetensors(
+            path,
+            format!("header length {header_len} is above the limit {MAX_HEADER_BYTES}"),
+        ));
+    }
+    if header_len > file_len - 8 {
+        return Err(truncated(
+            path,
+            format!(
+                "header needs {header_len} bytes, the file has {}",
+                file_len - 8
+            ),
+        ));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header)
+        .map_err(|_| truncated(path, format!("the header of {header_len} bytes is cut")))?;
+    let metadata: Metadata =
+        serde_json::from_slice(&header).map_err(|e| bad_safetensors(path, e.to_string()))?;
     let data_start = 8 + header_len;
     let mut out = HashMap::new();
-    for (name, t) in meta.tensors() {
-        let (start, end) = t.data_offsets;
-        let count: usize = t.shape.iter().product();
-        let size = elem_size(t.dtype).map(|s| s * count);
-        if size.is_some_and(|s| s != end - start) {
-            return Err(Diagnostic::error(
-                "rmlx::snapshot::bad-safetensors",
-                format!(
-                    "tensor `{name}`: {:?} {:?} needs {} bytes, header says {}",
-                    t.dtype,
-                    t.shape,
-                    size.unwrap_or(0),
-                    end - start
-                ),
-            )
-            .with_file(path));
-        }
-        if data_start + end > mmap.len() {
-            return Err(truncated(format!(
-                "tensor `{name}` ends at byte {}, the file has {}",
-                data_start + end,
-                mmap.len()
-            )));
-        }
+    let mut ranges: Vec<(String, std::ops::Range<u64>)> = Vec::new();
+    for (name, t) in metadata.tensors() {
+        let range = tensor_range(path, &name, t, data_start)?;
+        ranges.push((name.clone(), range.clone()));
         out.insert(
             name.clone(),
             TensorInfo {
                 file: 0,
                 dtype: t.dtype,
                 shape: t.shape.clone(),
-                range: data_start + start..data_start + end,
+                range,
             },
         );
     }
-    Ok((mmap, out))
+    // Name the first tensor (in file order) that runs past the end.
+    if let Some((name, r)) = ranges
+        .iter()
+        .filter(|(_, r)| r.end > file_len)
+        .min_by_key(|(_, r)| r.end)
+    {
+        return Err(truncated(
+            path,
+            format!(
+                "tensor `{name}` ends at byte {}, the file has {file_len}",
+                r.end
+            ),
+        ));
+    }
+    Ok((file, out))
 }
 
-/// When a header parses as JSON but its tensors run past the end of the file, names the first
-/// such tensor.
-fn describe_truncation(path: &Path, mmap: &[u8], header_len: usize) -> Option<Diagnostic> {
-    let header: serde_json::Value = serde_json::from_slice(mmap.get(8..8 + header_len)?).ok()?;
-    let data_len = mmap.len() - 8 - header_len;
-    let (name, end) = header
-        .as_object()?
-        .iter()
-        .filter(|(k, _)| *k != "__metadata__")
-        .filter_map(|(k, v)| Some((k, v.get("data_offsets")?.get(1)?.as_u64()? as usize)))
-        .filter(|(_, end)| *end > data_len)
-        .min_by_key(|(_, end)| *end)?;
-    Some(
-        Diagnostic::error(
-            CODE_TRUNCATED,
-            format!(
-                "{} is truncated: tensor `{name}` ends at byte {}, the file has {}",
-                path.display(),
-                8 + header_len + end,
-                mmap.len()
+/// The absolute byte range of one tensor, checked against its dtype and shape.
+fn tensor_range(
+    path: &Path,
+    name: &str,
+    t: &safetensors::tensor::TensorInfo,
+    data_start: u64,
+) -> Result<std::ops::Range<u64>> {
+    let (start, end) = (t.data_offsets.0 as u64, t.data_offsets.1 as u64);
+    let size = elem_size(t.dtype).and_then(|s| {
+        t.shape
+            .iter()
+            .try_fold(s as u64, |acc, &d| acc.checked_mul(d as u64))
+    });
+    let bad = |what: String| bad_safetensors(path, format!("tensor `{name}`: {what}"));
+    if end < start {
+        return Err(bad(format!("data offsets {start}..{end} are reversed")));
+    }
+    match size {
+        Some(size) if size != end - start => Err(bad(format!(
+            "{:?} {:?} needs {size} bytes, header says {}",
+            t.dtype,
+            t.shape,
+            end - start
+        ))),
+        None if elem_size(t.dtype).is_some() => Err(bad(format!("shape {:?} overflows", t.shape))),
+        _ => Ok(data_start.saturating_add(start)..data_start.saturating_add(end)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_two_tensors(dir: &Path) -> PathBuf {
+        let a: Vec<u8> = (0..64u8).collect();
+        let b: Vec<u8> = (0..4096u32)
+            .flat_map(|x| (x as f32).to_le_bytes())
+            .collect();
+        let views = vec![
+            (
+                "a".to_string(),
+                safetensors::tensor::TensorView::new(StDtype::U8, vec![64], &a).unwrap(),
             ),
-        )
-        .with_file(path)
-        .with_help(
-            "the file was cut short (interrupted download or copy?); fetch or convert it again",
-        ),
-    )
+            (
+                "b".to_string(),
+                safetensors::tensor::TensorView::new(StDtype::F32, vec![64, 64], &b).unwrap(),
+            ),
+        ];
+        let path = dir.join("model.safetensors");
+        safetensors::serialize_to_file(views, None, &path).unwrap();
+        path
+    }
+
+    /// (first, last) tensor names in file order.
+    fn order(w: &Weights) -> (String, String) {
+        let mut v: Vec<(&String, &TensorInfo)> = w.tensors.iter().collect();
+        v.sort_by_key(|(_, i)| i.range.start);
+        (v[0].0.clone(), v[1].0.clone())
+    }
+
+    #[test]
+    fn a_file_that_shrinks_after_open_is_a_located_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_two_tensors(dir.path());
+        let w = Weights::open(dir.path()).unwrap();
+        let (first, last) = order(&w);
+        // Truncated in place while "mapped": a memory map would raise SIGBUS here.
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(w.tensors[&last].range.start + 1).unwrap();
+        let err = w.raw_array(&last).unwrap_err();
+        assert_eq!(err.code, CODE_TRUNCATED);
+        assert!(
+            err.message.contains(&format!("`{last}`")) && err.message.contains("shrank"),
+            "{}",
+            err.message
+        );
+        assert_eq!(err.file.as_deref(), Some(path.as_path()));
+        // The tensor still inside the file reads fine.
+        w.raw_array(&first).unwrap();
+    }
+
+    #[test]
+    fn a_file_truncated_before_open_names_the_first_cut_tensor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_two_tensors(dir.path());
+        let (_, last) = order(&Weights::open(dir.path()).unwrap());
+        let len = std::fs::metadata(&path).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len - 10).unwrap();
+        let err = Weights::open(dir.path()).unwrap_err();
+        assert_eq!(err.code, CODE_TRUNCATED);
+        assert!(
+            err.message.contains(&format!("tensor `{last}`")),
+            "{}",
+            err.message
+        );
+    }
 }
