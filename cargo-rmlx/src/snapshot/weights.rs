@@ -154,6 +154,7 @@ impl Weights {
         // SAFETY: `bytes` holds exactly prod(shape) elements of `dtype` (validated in
         // `map_file`); MLX copies the data, so no alignment or lifetime requirement remains.
         let array = unsafe { Array::from_raw_data(bytes.as_ptr().cast(), &shape, dtype) };
+        crate::progress::bytes_read(bytes.len() as u64);
         match cast {
             Some(to) if is_float(dtype) && to != dtype => {
                 array.as_dtype(to).map_err(|e| mlx_error(name, path, e))
