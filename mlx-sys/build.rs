@@ -221,7 +221,11 @@ fn locate_mlx(target_os: &str) -> PathBuf {
     match legacy {
         Some(old) if old.join("mlx").join("lib").is_dir() => {
             copy_tree(&old, &tmp).unwrap_or_else(|e| {
-                fail(&format!("cannot copy {} to {}: {e}", old.display(), tmp.display()))
+                fail(&format!(
+                    "cannot copy {} to {}: {e}",
+                    old.display(),
+                    tmp.display()
+                ))
             });
         }
         _ => pip_install(&wheel, &tmp),

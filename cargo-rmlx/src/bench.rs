@@ -144,9 +144,8 @@ impl Scripts {
         let scripts = Scripts { dir };
         for (name, text) in EMBEDDED_SCRIPTS {
             let path = scripts.dir.join(name);
-            std::fs::write(&path, text).map_err(|e| {
-                Diagnostic::io("rmlx::bench::scripts", "cannot write", &path, &e)
-            })?;
+            std::fs::write(&path, text)
+                .map_err(|e| Diagnostic::io("rmlx::bench::scripts", "cannot write", &path, &e))?;
         }
         Ok(scripts)
     }

@@ -3,7 +3,6 @@
 //! reference rows with their ratios, and the cold probe timing row. No timing assertions:
 //! this only checks that the harness and the references run.
 
-
 use serde_json::Value;
 
 use crate::support::{converted, rmlx, smollm2_gguf, venv_python, Variant};

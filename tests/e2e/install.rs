@@ -50,7 +50,11 @@ fn install(package: &str, root: &Path) {
         .env("CARGO_TARGET_DIR", target_dir().join("install-test"))
         .current_dir(repo_root());
     let run = run_command(cmd, INSTALL_TIMEOUT);
-    assert!(run.success(), "cargo install of {package} failed\n{}", run.describe());
+    assert!(
+        run.success(),
+        "cargo install of {package} failed\n{}",
+        run.describe()
+    );
 }
 
 /// A command run from `cwd` with the installed tools first on PATH and the caches the
@@ -58,11 +62,9 @@ fn install(package: &str, root: &Path) {
 fn installed(program: impl AsRef<std::ffi::OsStr>, root: &Path, cwd: &Path) -> Command {
     let caches = cwd.join("empty-caches");
     std::fs::create_dir_all(&caches).expect("create the empty cache dir");
-    let path = std::env::join_paths(
-        std::iter::once(root.join("bin")).chain(std::env::split_paths(
-            &std::env::var_os("PATH").unwrap_or_default(),
-        )),
-    )
+    let path = std::env::join_paths(std::iter::once(root.join("bin")).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
     .expect("PATH");
     let mut cmd = Command::new(program);
     cmd.current_dir(cwd)
@@ -143,7 +145,10 @@ fn installed_tools_run_outside_the_checkout_without_caches() {
         let libs = linked_libraries(binary);
         let mlx = libs
             .iter()
-            .find(|l| l.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libmlx")))
+            .find(|l| {
+                l.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("libmlx"))
+            })
             .unwrap_or_else(|| panic!("{} does not link libmlx: {libs:?}", binary.display()));
         let mlx = mlx.canonicalize().unwrap_or_else(|_| mlx.clone());
         for dir in must_not_load_from() {
@@ -171,9 +176,23 @@ fn installed_tools_run_outside_the_checkout_without_caches() {
 
     let mut bench = installed(cargo(), &root, &cwd);
     bench
-        .args(["rmlx", "bench", "smollm2-q4", "--prompt-tokens", "8", "--decode-tokens", "2"])
+        .args([
+            "rmlx",
+            "bench",
+            "smollm2-q4",
+            "--prompt-tokens",
+            "8",
+            "--decode-tokens",
+            "2",
+        ])
         .args(["--repeat", "1", "--no-probe-timing", "--compare-mlx-lm"])
-        .args(["--mlx-lm-modes", "float32", "--message-format", "json", "--python"])
+        .args([
+            "--mlx-lm-modes",
+            "float32",
+            "--message-format",
+            "json",
+            "--python",
+        ])
         .arg(&oracle);
     let run = run_command(bench, RUN_TIMEOUT);
     assert!(run.success(), "installed bench failed\n{}", run.describe());
@@ -229,6 +248,9 @@ fn lsp_initialize_and_shutdown(mut cmd: Command) {
     std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut out)
         .expect("read rmlx-lsp output");
     assert!(status.success(), "rmlx-lsp exited with {status}: {out}");
-    assert!(out.contains("\"capabilities\""), "no initialize result: {out}");
+    assert!(
+        out.contains("\"capabilities\""),
+        "no initialize result: {out}"
+    );
     assert!(out.contains("\"id\":2"), "no shutdown answer: {out}");
 }

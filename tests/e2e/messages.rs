@@ -37,7 +37,11 @@ fn reasons(messages: &[Value]) -> Vec<&str> {
 }
 
 fn json_run(args: &[&std::ffi::OsStr]) -> (Run, Vec<Value>) {
-    let run = rmlx(args.iter().copied().chain(["--message-format".as_ref(), "json".as_ref()]));
+    let run = rmlx(
+        args.iter()
+            .copied()
+            .chain(["--message-format".as_ref(), "json".as_ref()]),
+    );
     let msgs = messages(&run);
     (run, msgs)
 }
@@ -46,18 +50,40 @@ fn json_run(args: &[&std::ffi::OsStr]) -> (Run, Vec<Value>) {
 fn generate_probe_and_bench_print_reasoned_messages() {
     let dir = converted(Variant::Q4);
     let d = dir.as_os_str();
-    let (run, msgs) = json_run(&["generate".as_ref(), d, "-p".as_ref(), "Hi".as_ref(), "-n".as_ref(), "2".as_ref()]);
+    let (run, msgs) = json_run(&[
+        "generate".as_ref(),
+        d,
+        "-p".as_ref(),
+        "Hi".as_ref(),
+        "-n".as_ref(),
+        "2".as_ref(),
+    ]);
     assert!(run.success(), "{}", run.describe());
     assert_eq!(reasons(&msgs), ["generation"], "{}", run.describe());
     for key in ["prompt_ids", "generated_ids", "text", "steps"] {
-        assert!(msgs[0].get(key).is_some(), "generation lacks `{key}`: {}", msgs[0]);
+        assert!(
+            msgs[0].get(key).is_some(),
+            "generation lacks `{key}`: {}",
+            msgs[0]
+        );
     }
 
     let (run, msgs) = json_run(&["probe".as_ref(), d]);
     assert!(run.success(), "{}", run.describe());
     assert_eq!(reasons(&msgs), ["probe-verdict"], "{}", run.describe());
-    for key in ["model", "verdict", "answer", "prompt_ids", "steps", "evidence"] {
-        assert!(msgs[0].get(key).is_some(), "probe-verdict lacks `{key}`: {}", msgs[0]);
+    for key in [
+        "model",
+        "verdict",
+        "answer",
+        "prompt_ids",
+        "steps",
+        "evidence",
+    ] {
+        assert!(
+            msgs[0].get(key).is_some(),
+            "probe-verdict lacks `{key}`: {}",
+            msgs[0]
+        );
     }
 
     let (run, msgs) = json_run(&[
@@ -71,7 +97,12 @@ fn generate_probe_and_bench_print_reasoned_messages() {
         "1".as_ref(),
     ]);
     assert!(run.success(), "{}", run.describe());
-    assert_eq!(reasons(&msgs), ["bench-throughput", "bench-probe"], "{}", run.describe());
+    assert_eq!(
+        reasons(&msgs),
+        ["bench-throughput", "bench-probe"],
+        "{}",
+        run.describe()
+    );
     assert_eq!(msgs[0]["kind"], "throughput");
 }
 
@@ -80,27 +111,48 @@ fn convert_build_and_lint_print_reasoned_messages() {
     let scratch = scratch_dir();
     let gguf = smollm2_gguf();
     let out = scratch.path().join("converted");
-    let (run, msgs) = json_run(&["convert".as_ref(), gguf.as_os_str(), "--out".as_ref(), out.as_os_str(), "--keep-quantized".as_ref()]);
+    let (run, msgs) = json_run(&[
+        "convert".as_ref(),
+        gguf.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--keep-quantized".as_ref(),
+    ]);
     assert!(run.success(), "{}", run.describe());
     assert_eq!(reasons(&msgs), ["convert-finished"], "{}", run.describe());
     assert_eq!(msgs[0]["success"], true);
-    assert!(!run.stderr.contains("Converting"), "no status lines in JSON mode: {}", run.describe());
+    assert!(
+        !run.stderr.contains("Converting"),
+        "no status lines in JSON mode: {}",
+        run.describe()
+    );
 
     let manifest = scratch.path().join("rmlx.toml");
     std::fs::write(
         &manifest,
-        format!("[models.small]\nsource = {:?}\n", gguf.display().to_string()),
+        format!(
+            "[models.small]\nsource = {:?}\n",
+            gguf.display().to_string()
+        ),
     )
     .expect("write rmlx.toml");
     let build = |extra: &[&str]| {
-        let mut args: Vec<&std::ffi::OsStr> =
-            vec!["build".as_ref(), "--manifest-path".as_ref(), manifest.as_os_str()];
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "build".as_ref(),
+            "--manifest-path".as_ref(),
+            manifest.as_os_str(),
+        ];
         args.extend(extra.iter().map(|a| a.as_ref()));
         json_run(&args)
     };
     let (run, msgs) = build(&[]);
     assert!(run.success(), "{}", run.describe());
-    assert_eq!(reasons(&msgs), ["model-built", "build-finished"], "{}", run.describe());
+    assert_eq!(
+        reasons(&msgs),
+        ["model-built", "build-finished"],
+        "{}",
+        run.describe()
+    );
     assert_eq!(msgs[0]["name"], "small");
     assert_eq!(msgs[0]["fresh"], false);
     assert_eq!(msgs[1]["success"], true);
@@ -111,9 +163,20 @@ fn convert_build_and_lint_print_reasoned_messages() {
     // A failing build: a diagnostic message and an unsuccessful build-finished.
     let (run, msgs) = build(&["no-such-model"]);
     assert_eq!(run.code, Some(2), "{}", run.describe());
-    assert_eq!(reasons(&msgs), ["diagnostic", "build-finished"], "{}", run.describe());
+    assert_eq!(
+        reasons(&msgs),
+        ["diagnostic", "build-finished"],
+        "{}",
+        run.describe()
+    );
     assert_eq!(msgs[0]["severity"], "error");
-    assert!(msgs[0]["code"].as_str().is_some_and(|c| c.starts_with("rmlx::")), "{}", msgs[0]);
+    assert!(
+        msgs[0]["code"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("rmlx::")),
+        "{}",
+        msgs[0]
+    );
     assert_eq!(msgs[1]["success"], false);
 
     let template = scratch.path().join("chat_template.jinja");
@@ -139,8 +202,15 @@ fn a_failing_command_reports_a_diagnostic_message() {
         assert!(!run.success(), "{}", run.describe());
         assert_eq!(reasons(&msgs), ["diagnostic"], "{cmd}: {}", run.describe());
         assert_eq!(msgs[0]["severity"], "error", "{cmd}");
-        assert!(msgs[0]["message"].as_str().is_some_and(|m| !m.is_empty()), "{cmd}");
-        assert!(run.stderr.contains("rmlx::"), "the report stays on stderr too: {}", run.describe());
+        assert!(
+            msgs[0]["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{cmd}"
+        );
+        assert!(
+            run.stderr.contains("rmlx::"),
+            "the report stays on stderr too: {}",
+            run.describe()
+        );
     }
 }
 
@@ -148,7 +218,11 @@ fn a_failing_command_reports_a_diagnostic_message() {
 fn quiet_and_verbose_together_are_a_usage_error() {
     let run = rmlx(["-q", "-v", "lint", "nothing.jinja"]);
     assert_eq!(run.code, Some(2), "{}", run.describe());
-    assert!(run.stderr.contains("--quiet") || run.stderr.contains("--verbose"), "{}", run.describe());
+    assert!(
+        run.stderr.contains("--quiet") || run.stderr.contains("--verbose"),
+        "{}",
+        run.describe()
+    );
     let run = rmlx(["lint", "-v", "--quiet", "nothing.jinja"]);
     assert_eq!(run.code, Some(2), "{}", run.describe());
 }
@@ -176,10 +250,25 @@ fn colored_stderr(dir: &Path, flags: &[&str], env: &[(&str, &str)]) -> bool {
 fn color_follows_no_color_and_clicolor_force() {
     let scratch = scratch_dir();
     let d = scratch.path();
-    assert!(!colored_stderr(d, &[], &[]), "stderr is not a terminal: no color");
+    assert!(
+        !colored_stderr(d, &[], &[]),
+        "stderr is not a terminal: no color"
+    );
     assert!(colored_stderr(d, &[], &[("CLICOLOR_FORCE", "1")]));
-    assert!(!colored_stderr(d, &[], &[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")]));
-    assert!(colored_stderr(d, &["--color", "always"], &[("NO_COLOR", "1")]));
+    assert!(!colored_stderr(
+        d,
+        &[],
+        &[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")]
+    ));
+    assert!(colored_stderr(
+        d,
+        &["--color", "always"],
+        &[("NO_COLOR", "1")]
+    ));
     assert!(colored_stderr(d, &[], &[("CARGO_TERM_COLOR", "always")]));
-    assert!(!colored_stderr(d, &["--color", "never"], &[("CLICOLOR_FORCE", "1")]));
+    assert!(!colored_stderr(
+        d,
+        &["--color", "never"],
+        &[("CLICOLOR_FORCE", "1")]
+    ));
 }

@@ -755,7 +755,11 @@ fn write_weights(
     let total: u64 = specs.iter().map(|s| s.nbytes()).sum();
     let mut w = Writer::new(dir, specs, opts.max_shard_bytes);
     let pb = if opts.progress {
-        crate::progress::bar(plan.items.len() as u64, format!("building {name}"), "tensors")
+        crate::progress::bar(
+            plan.items.len() as u64,
+            format!("building {name}"),
+            "tensors",
+        )
     } else {
         ProgressBar::hidden()
     };

@@ -12,8 +12,8 @@ use super::output::{load_session, message};
 use super::{exit, GlobalArgs, MessageFormat};
 use crate::bench::{
     measure_llama_cpp, measure_mlx_lm, measure_rmlx, median, rows, synthetic_prompt, this_program,
-    time_probe, Measurement, ProbeTiming, Reference, Row, Scripts, LLAMA_CPP_SCRIPT,
-    MLX_LM_SCRIPT, RMLX,
+    time_probe, Measurement, ProbeTiming, Reference, Row, Scripts, LLAMA_CPP_SCRIPT, MLX_LM_SCRIPT,
+    RMLX,
 };
 use crate::diagnostic::{Diagnostic, Result};
 use crate::engine::DtypePolicy;

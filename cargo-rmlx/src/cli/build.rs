@@ -71,7 +71,9 @@ fn build_all(g: &GlobalArgs, a: &BuildArgs, json: bool) -> Result<()> {
         ..BuildOptions::default()
     };
     let quiet = g.quiet;
-    build(&manifest, &a.models, &opts, &mut |e| on_event(quiet, json, e))?;
+    build(&manifest, &a.models, &opts, &mut |e| {
+        on_event(quiet, json, e)
+    })?;
     Ok(())
 }
 
@@ -81,7 +83,10 @@ fn build_all(g: &GlobalArgs, a: &BuildArgs, json: bool) -> Result<()> {
 pub fn on_event(quiet: bool, json: bool, e: Event<'_>) {
     match e {
         Event::Fresh { name, dir } if json => {
-            message("model-built", &json!({ "name": name, "dir": dir, "fresh": true }));
+            message(
+                "model-built",
+                &json!({ "name": name, "dir": dir, "fresh": true }),
+            );
         }
         Event::Built(r) if json => message(
             "model-built",

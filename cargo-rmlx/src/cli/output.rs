@@ -173,10 +173,8 @@ struct LoadBar {
 
 impl LoadBar {
     fn new(dir: &Path) -> Self {
-        let bar = ProgressBar::with_draw_target(
-            Some(weight_bytes(dir)),
-            ProgressDrawTarget::hidden(),
-        );
+        let bar =
+            ProgressBar::with_draw_target(Some(weight_bytes(dir)), ProgressDrawTarget::hidden());
         if let Ok(style) = ProgressStyle::with_template(
             "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {elapsed})",
         ) {
@@ -196,8 +194,7 @@ impl ByteSink for LoadBar {
     fn add(&self, bytes: u64) {
         self.bar.inc(bytes);
         use std::sync::atomic::Ordering;
-        if self.started.elapsed() >= LOAD_BAR_DELAY && !self.shown.swap(true, Ordering::Relaxed)
-        {
+        if self.started.elapsed() >= LOAD_BAR_DELAY && !self.shown.swap(true, Ordering::Relaxed) {
             self.bar.set_draw_target(ProgressDrawTarget::stderr());
         }
     }
@@ -238,7 +235,12 @@ mod tests {
             (Auto, &[("NO_COLOR", "")], true, true),
             (Auto, &[("CLICOLOR_FORCE", "1")], false, true),
             (Auto, &[("CLICOLOR_FORCE", "0")], false, false),
-            (Auto, &[("NO_COLOR", "1"), ("CLICOLOR_FORCE", "1")], false, false),
+            (
+                Auto,
+                &[("NO_COLOR", "1"), ("CLICOLOR_FORCE", "1")],
+                false,
+                false,
+            ),
             (Auto, &[("CLICOLOR", "0")], true, false),
             (Auto, &[("TERM", "dumb")], true, false),
             (Always, &[("NO_COLOR", "1")], false, true),
@@ -255,7 +257,10 @@ mod tests {
 
     #[test]
     fn reason_comes_first_and_replaces_a_stale_one() {
-        let v = with_reason("probe-verdict", json!({"model": "m", "reason": "old", "verdict": "ok"}));
+        let v = with_reason(
+            "probe-verdict",
+            json!({"model": "m", "reason": "old", "verdict": "ok"}),
+        );
         let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
         assert_eq!(keys, ["reason", "model", "verdict"]);
         assert_eq!(v["reason"], "probe-verdict");

@@ -62,9 +62,7 @@ fn simd_available() -> bool {
 /// size that is a multiple of 32, float32 input and scales. (The shapes are checked by
 /// [`matmul_many`] itself.)
 pub fn supports(bits: i32, group_size: i32, x: &Array, scales: &Array) -> bool {
-    format_ok(bits, group_size)
-        && x.dtype() == Dtype::Float32
-        && scales.dtype() == Dtype::Float32
+    format_ok(bits, group_size) && x.dtype() == Dtype::Float32 && scales.dtype() == Dtype::Float32
 }
 
 /// Bit widths and group sizes the kernels are written for.
@@ -292,7 +290,10 @@ impl<'a> QuantMatrix<'a> {
         let &[rows, packed_cols] = weight.shape() else {
             return Err(fail(
                 "shape",
-                format!("the packed weight has shape {:?}, not [rows, cols]", weight.shape()),
+                format!(
+                    "the packed weight has shape {:?}, not [rows, cols]",
+                    weight.shape()
+                ),
             ));
         };
         let w = host_slice::<u32>(weight, "weight")?;
@@ -848,10 +849,7 @@ mod tests {
 
     /// A 4-bit `[rows, cols]` weight quantized by MLX in groups of 32, and its operands.
     fn quantized(rows: usize, cols: usize) -> (Array, Array, Array) {
-        let w = Array::from_slice(
-            &pseudo_random(rows * cols, 5),
-            &[rows as i32, cols as i32],
-        );
+        let w = Array::from_slice(&pseudo_random(rows * cols, 5), &[rows as i32, cols as i32]);
         quantize(&w, 32, 4).unwrap()
     }
 
@@ -870,8 +868,21 @@ mod tests {
         let x = Array::from_slice(&pseudo_random(64, 1), &[1, 64]);
         // A 4-bit weight described as 2-bit in groups of 64: the scale count fits, and a
         // 4-bit kernel would read twice the row's bytes.
-        for (bits, group) in [(2, 64), (3, 32), (0, 32), (16, 32), (-4, 32), (4, 0), (4, 16), (4, -32), (4, 48)] {
-            assert!(!supports(bits, group, &x, &scales), "supports({bits}, {group})");
+        for (bits, group) in [
+            (2, 64),
+            (3, 32),
+            (0, 32),
+            (16, 32),
+            (-4, 32),
+            (4, 0),
+            (4, 16),
+            (4, -32),
+            (4, 48),
+        ] {
+            assert!(
+                !supports(bits, group, &x, &scales),
+                "supports({bits}, {group})"
+            );
             rejects(
                 matmul_many(&x, &[(&wq, &scales, &biases, bits, group)]),
                 &format!("matmul_many bits {bits} group {group}"),
@@ -884,16 +895,34 @@ mod tests {
         }
         // Inputs whose last dimension is not the weight's input features.
         let wide = Array::from_slice(&pseudo_random(128, 1), &[1, 128]);
-        rejects(matmul_many(&wide, &[(&wq, &scales, &biases, 4, 32)]), "128-wide input");
+        rejects(
+            matmul_many(&wide, &[(&wq, &scales, &biases, 4, 32)]),
+            "128-wide input",
+        );
         let two_rows_flat = Array::from_slice(&pseudo_random(128, 1), &[128]);
-        rejects(matmul_many(&two_rows_flat, &[(&wq, &scales, &biases, 4, 32)]), "flat input");
-        rejects(matvec_many_host(&[0.0; 32], &[(&wq, &scales, &biases, 4, 32)]), "short host input");
+        rejects(
+            matmul_many(&two_rows_flat, &[(&wq, &scales, &biases, 4, 32)]),
+            "flat input",
+        );
+        rejects(
+            matvec_many_host(&[0.0; 32], &[(&wq, &scales, &biases, 4, 32)]),
+            "short host input",
+        );
         // Scales and biases of another matrix; a weight that is not 2-D.
         let (_, small_scales, small_biases) = quantized(4, 64);
-        rejects(matmul_many(&x, &[(&wq, &small_scales, &biases, 4, 32)]), "short scales");
-        rejects(matmul_many(&x, &[(&wq, &scales, &small_biases, 4, 32)]), "short biases");
+        rejects(
+            matmul_many(&x, &[(&wq, &small_scales, &biases, 4, 32)]),
+            "short scales",
+        );
+        rejects(
+            matmul_many(&x, &[(&wq, &scales, &small_biases, 4, 32)]),
+            "short biases",
+        );
         let flat = wq.reshape(&[-1]).unwrap();
-        rejects(matmul_many(&x, &[(&flat, &scales, &biases, 4, 32)]), "1-D weight");
+        rejects(
+            matmul_many(&x, &[(&flat, &scales, &biases, 4, 32)]),
+            "1-D weight",
+        );
     }
 
     #[test]
@@ -903,24 +932,54 @@ mod tests {
         let ok = QuantMatrix::new(&packed, &scales, &biases, 4, 64, 4, 32).unwrap();
         assert_eq!(ok.matmul(&pseudo_random(128, 3)).unwrap().len(), 8);
         let bad = [
-            ("2 bits", QuantMatrix::new(&packed, &scales, &biases, 4, 128, 2, 64)),
-            ("group 16", QuantMatrix::new(&packed, &scales, &biases, 4, 64, 4, 16)),
-            ("group 0", QuantMatrix::new(&packed, &scales, &biases, 4, 64, 4, 0)),
-            ("cols not whole groups", QuantMatrix::new(&packed, &scales, &biases, 4, 48, 4, 32)),
+            (
+                "2 bits",
+                QuantMatrix::new(&packed, &scales, &biases, 4, 128, 2, 64),
+            ),
+            (
+                "group 16",
+                QuantMatrix::new(&packed, &scales, &biases, 4, 64, 4, 16),
+            ),
+            (
+                "group 0",
+                QuantMatrix::new(&packed, &scales, &biases, 4, 64, 4, 0),
+            ),
+            (
+                "cols not whole groups",
+                QuantMatrix::new(&packed, &scales, &biases, 4, 48, 4, 32),
+            ),
             ("no rows", QuantMatrix::new(&[], &[], &[], 0, 64, 4, 32)),
             ("no cols", QuantMatrix::new(&[], &[], &[], 4, 0, 4, 32)),
-            ("short packed", QuantMatrix::new(&packed[1..], &scales, &biases, 4, 64, 4, 32)),
-            ("8 bits over 4-bit data", QuantMatrix::new(&packed, &scales, &biases, 4, 64, 8, 32)),
-            ("short scales", QuantMatrix::new(&packed, &scales[1..], &biases, 4, 64, 4, 32)),
-            ("short biases", QuantMatrix::new(&packed, &scales, &biases[1..], 4, 64, 4, 32)),
-            ("overflow", QuantMatrix::new(&packed, &scales, &biases, usize::MAX, 64, 4, 32)),
+            (
+                "short packed",
+                QuantMatrix::new(&packed[1..], &scales, &biases, 4, 64, 4, 32),
+            ),
+            (
+                "8 bits over 4-bit data",
+                QuantMatrix::new(&packed, &scales, &biases, 4, 64, 8, 32),
+            ),
+            (
+                "short scales",
+                QuantMatrix::new(&packed, &scales[1..], &biases, 4, 64, 4, 32),
+            ),
+            (
+                "short biases",
+                QuantMatrix::new(&packed, &scales, &biases[1..], 4, 64, 4, 32),
+            ),
+            (
+                "overflow",
+                QuantMatrix::new(&packed, &scales, &biases, usize::MAX, 64, 4, 32),
+            ),
         ];
         for (what, result) in bad {
             rejects(result, what);
         }
         rejects(ok.matmul(&[]), "empty input");
         rejects(ok.matmul(&pseudo_random(96, 3)), "input of 1.5 rows");
-        rejects(QuantMatrix::matmul_many(&[ok], &pseudo_random(63, 3)), "63 values");
+        rejects(
+            QuantMatrix::matmul_many(&[ok], &pseudo_random(63, 3)),
+            "63 values",
+        );
     }
 
     #[test]
