@@ -142,7 +142,7 @@ fn convert_build_and_lint_print_reasoned_messages() {
             "--manifest-path".as_ref(),
             manifest.as_os_str(),
         ];
-        args.extend(extra.iter().map(|a| a.as_ref()));
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
         json_run(&args)
     };
     let (run, msgs) = build(&[]);
@@ -196,7 +196,7 @@ fn a_failing_command_reports_a_diagnostic_message() {
     for cmd in ["probe", "generate", "bench"] {
         let mut args: Vec<&std::ffi::OsStr> = vec![cmd.as_ref(), missing.as_os_str()];
         if cmd == "generate" {
-            args.extend(["-p".as_ref(), "x".as_ref()]);
+            args.extend([std::ffi::OsStr::new("-p"), std::ffi::OsStr::new("x")]);
         }
         let (run, msgs) = json_run(&args);
         assert!(!run.success(), "{}", run.describe());
