@@ -228,7 +228,9 @@ mod tests {
     #[test]
     fn color_follows_cargo_rules() {
         use ColorChoice::*;
-        let cases: &[(ColorChoice, &[(&str, &str)], bool, bool)] = &[
+        /// `--color`, environment, stderr a terminal, expected.
+        type Case<'a> = (ColorChoice, &'a [(&'a str, &'a str)], bool, bool);
+        let cases: &[Case<'_>] = &[
             (Auto, &[], true, true),
             (Auto, &[], false, false),
             (Auto, &[("NO_COLOR", "1")], true, false),
