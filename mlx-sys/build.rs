@@ -5,8 +5,11 @@
 //!   manifest (offline first, then online). Nothing is copied into this repository.
 //! * MLX: `MLX_ROOT` (the `mlx/` directory of an MLX wheel: `lib/`, `include/`,
 //!   `share/cmake/MLX`), else the wheel (`mlx-cpu` on Linux, `mlx-metal` on macOS, or
-//!   `RMLX_MLX_WHEEL`) at the version mlx-c 0.7.0 pins, installed with pip into a stable
-//!   per-user cache so an installed binary keeps finding it through its rpath.
+//!   `RMLX_MLX_WHEEL`) at the version mlx-c 0.7.0 pins, installed with pip into the per-user
+//!   *data* directory (`RMLX_DATA_DIR`, else `$XDG_DATA_HOME/rmlx`, else
+//!   `~/.local/share/rmlx`). Installed binaries load it from there through their rpath, so it
+//!   must not live in a cache that people clear; a copy left in the cache directory by older
+//!   builds (`~/.cache/rmlx`) is copied over instead of downloading again.
 //!
 //! Publishes `cargo:libdir=<dir of libmlx>` (seen as `DEP_MLX_LIBDIR` by direct dependents),
 //! which a binary's build script turns into an rpath.
@@ -25,7 +28,8 @@ fn main() {
         "MLX_C_SRC",
         "MLX_ROOT",
         "RMLX_MLX_WHEEL",
-        "RMLX_CACHE_DIR",
+        "RMLX_DATA_DIR",
+        "XDG_DATA_HOME",
         "XDG_CACHE_HOME",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
@@ -82,6 +86,8 @@ fn main() {
     } else {
         println!("cargo:rustc-link-lib=dylib=stdc++");
     }
+    // The installed binaries load libmlx from here: when it goes, install it again.
+    println!("cargo:rerun-if-changed={}", mlx_lib.display());
     println!("cargo:libdir={}", mlx_lib.display());
     println!("cargo:include={}", mlx_include.display());
 
@@ -199,26 +205,78 @@ fn locate_mlx(target_os: &str) -> PathBuf {
             "mlx-cpu".into()
         }
     });
-    let cache = env::var_os("RMLX_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("rmlx")))
-        .or_else(|| env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache").join("rmlx")))
-        .unwrap_or_else(|| fail("set MLX_ROOT, RMLX_CACHE_DIR or HOME"));
-    let dest = cache.join(format!("{wheel}-{MLX_VERSION}"));
+    let data = data_dir();
+    let dest = data.join(format!("{wheel}-{MLX_VERSION}"));
     let root = dest.join("mlx");
     if root.join("lib").is_dir() {
         return root;
     }
-    fs::create_dir_all(&cache).expect("create MLX cache dir");
-    let tmp = cache.join(format!(
+    fs::create_dir_all(&data).expect("create the MLX data dir");
+    let tmp = data.join(format!(
         ".{wheel}-{MLX_VERSION}.partial-{}",
         std::process::id()
     ));
     let _ = fs::remove_dir_all(&tmp);
+    let legacy = legacy_cache_dir().map(|c| c.join(format!("{wheel}-{MLX_VERSION}")));
+    match legacy {
+        Some(old) if old.join("mlx").join("lib").is_dir() => {
+            copy_tree(&old, &tmp).unwrap_or_else(|e| {
+                fail(&format!(
+                    "cannot copy {} to {}: {e}",
+                    old.display(),
+                    tmp.display()
+                ))
+            });
+        }
+        _ => pip_install(&wheel, &tmp),
+    }
+    if fs::rename(&tmp, &dest).is_err() {
+        // Another build won the race; use its copy.
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    root
+}
+
+/// Where the MLX runtime is kept: `RMLX_DATA_DIR`, else `$XDG_DATA_HOME/rmlx`, else
+/// `~/.local/share/rmlx`.
+fn data_dir() -> PathBuf {
+    env::var_os("RMLX_DATA_DIR")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("XDG_DATA_HOME").map(|d| PathBuf::from(d).join("rmlx")))
+        .or_else(|| {
+            env::var_os("HOME").map(|d| PathBuf::from(d).join(".local").join("share").join("rmlx"))
+        })
+        .unwrap_or_else(|| fail("set MLX_ROOT, RMLX_DATA_DIR or HOME"))
+}
+
+/// The cache directory older builds installed the wheel into.
+fn legacy_cache_dir() -> Option<PathBuf> {
+    env::var_os("XDG_CACHE_HOME")
+        .map(|d| PathBuf::from(d).join("rmlx"))
+        .or_else(|| env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache").join("rmlx")))
+}
+
+/// Copies the directory tree `from` to the new directory `to` (symlinks followed).
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Installs `wheel` at [`MLX_VERSION`] with pip into `into`.
+fn pip_install(wheel: &str, into: &Path) {
     let python = env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let status = Command::new(&python)
         .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"])
-        .arg(&tmp)
+        .arg(into)
         .arg(format!("{wheel}=={MLX_VERSION}"))
         .status();
     match status {
@@ -228,9 +286,4 @@ fn locate_mlx(target_os: &str) -> PathBuf {
              install it yourself and point MLX_ROOT at its `mlx/` directory"
         )),
     }
-    if fs::rename(&tmp, &dest).is_err() {
-        // Another build won the race; use its copy.
-        let _ = fs::remove_dir_all(&tmp);
-    }
-    root
 }

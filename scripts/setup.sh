@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything cargo-rmlx needs on a fresh Debian 12 machine: build tools and
-# OpenBLAS (apt), the MLX shared library (the `mlx-cpu` wheel, into the per-user cache the
-# mlx-sys build script reads), and the test models. Idempotent and quiet on success.
+# OpenBLAS (apt), the MLX shared library (the `mlx-cpu` wheel, into the per-user data
+# directory the mlx-sys build script reads and installed binaries load it from), and the test
+# models. Idempotent and quiet on success.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -42,11 +43,12 @@ if command -v rustup >/dev/null 2>&1; then
 fi
 
 # --- MLX shared library (same location and layout as mlx-sys/build.rs) -------------------
-cache_dir="${RMLX_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rmlx}"
-dest="$cache_dir/$MLX_WHEEL-$MLX_VERSION"
+# A data directory, not a cache: installed binaries load libmlx from here (README, Platforms).
+data_dir="${RMLX_DATA_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/rmlx}"
+dest="$data_dir/$MLX_WHEEL-$MLX_VERSION"
 if [[ ! -d "$dest/mlx/lib" ]]; then
-    mkdir -p "$cache_dir"
-    tmp="$cache_dir/.$MLX_WHEEL-$MLX_VERSION.partial-$$"
+    mkdir -p "$data_dir"
+    tmp="$data_dir/.$MLX_WHEEL-$MLX_VERSION.partial-$$"
     rm -rf "$tmp"
     trap 'rm -rf "$tmp"' EXIT
     rmlx_quiet "$RMLX_PYTHON" -m pip install --quiet --no-deps --disable-pip-version-check \

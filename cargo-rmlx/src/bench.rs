@@ -3,7 +3,8 @@
 //! which run on the same prompt ids in the same invocation, interleaved with our runs:
 //! mlx-lm on the same model directory (`scripts/bench_mlx_lm.py`) and llama.cpp on a GGUF
 //! of the same weights (`scripts/bench_llama_cpp.py`) — and the wall time of a cold
-//! `probe` process. Only ratios are meaningful on a shared machine.
+//! `probe` process. Only ratios are meaningful on a shared machine. The reference scripts
+//! are compiled into the binary ([`Scripts`]), so an installed `cargo-rmlx` needs no checkout.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -106,12 +107,97 @@ pub fn measure_rmlx(
     })
 }
 
+/// The reference side of `--compare-mlx-lm`.
+pub const MLX_LM_SCRIPT: &str = "bench_mlx_lm.py";
+/// The reference side of `--compare-llama-cpp`.
+pub const LLAMA_CPP_SCRIPT: &str = "bench_llama_cpp.py";
+
+/// The reference scripts and the module they share, as compiled in.
+const EMBEDDED_SCRIPTS: [(&str, &str); 3] = [
+    (
+        "bench_common.py",
+        include_str!("../../scripts/bench_common.py"),
+    ),
+    (MLX_LM_SCRIPT, include_str!("../../scripts/bench_mlx_lm.py")),
+    (
+        LLAMA_CPP_SCRIPT,
+        include_str!("../../scripts/bench_llama_cpp.py"),
+    ),
+];
+
+/// The embedded reference scripts, written to a fresh private temporary directory that is
+/// removed when this is dropped.
+#[derive(Debug)]
+pub struct Scripts {
+    dir: PathBuf,
+}
+
+impl Scripts {
+    /// Writes the scripts under the system's temporary directory (`TMPDIR`).
+    pub fn write() -> Result<Self> {
+        Self::write_in(&std::env::temp_dir())
+    }
+
+    /// Writes the scripts into a new directory under `parent`.
+    pub fn write_in(parent: &Path) -> Result<Self> {
+        let dir = fresh_dir(parent, "rmlx-bench-scripts")?;
+        let scripts = Scripts { dir };
+        for (name, text) in EMBEDDED_SCRIPTS {
+            let path = scripts.dir.join(name);
+            std::fs::write(&path, text)
+                .map_err(|e| Diagnostic::io("rmlx::bench::scripts", "cannot write", &path, &e))?;
+        }
+        Ok(scripts)
+    }
+
+    /// The path of the script `name` (e.g. [`MLX_LM_SCRIPT`]).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for Scripts {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!("cannot remove {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// Creates a directory `<parent>/<prefix>-<pid>-<n>` that did not exist before.
+fn fresh_dir(parent: &Path, prefix: &str) -> Result<PathBuf> {
+    let pid = std::process::id();
+    let mut last = None;
+    for n in 0..100u32 {
+        let dir = parent.join(format!("{prefix}-{pid}-{n}"));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(dir),
+            Err(e) => {
+                return Err(Diagnostic::io(
+                    "rmlx::bench::scripts",
+                    "cannot create",
+                    &dir,
+                    &e,
+                ))
+            }
+        }
+    }
+    Err(Diagnostic::error(
+        "rmlx::bench::scripts",
+        format!(
+            "cannot create a fresh directory for the reference scripts (last tried {})",
+            last.unwrap_or_default().display()
+        ),
+    ))
+}
+
 /// How to reach a Python reference: a venv's python and the bench script it runs.
 #[derive(Debug, Clone)]
 pub struct Reference {
     /// The venv's python.
     pub python: PathBuf,
-    /// `scripts/bench_mlx_lm.py` or `scripts/bench_llama_cpp.py`.
+    /// The bench script: [`MLX_LM_SCRIPT`] or [`LLAMA_CPP_SCRIPT`] of a [`Scripts`].
     pub script: PathBuf,
     /// The script that creates the venv, for help texts (`scripts/oracle-venv.sh`, …).
     pub venv_script: &'static str,
@@ -203,9 +289,14 @@ fn run_reference(
             ),
         )
         .with_help(format!(
-            "run it by hand: {} {} {} --prompt-ids '[1, 2, 3]' --max-tokens 4",
+            "run it by hand in a cargo-rmlx checkout: {} scripts/{} {} --prompt-ids '[1, 2, 3]' \
+             --max-tokens 4",
             reference.python.display(),
-            reference.script.display(),
+            reference
+                .script
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy(),
             model.display()
         )));
     }
@@ -428,6 +519,28 @@ mod tests {
             decode_tps: decode,
             peak_rss_mib: 100.0,
         }
+    }
+
+    /// The scripts come from the binary: written into a fresh directory, identical to the
+    /// checkout's, removed afterwards.
+    #[test]
+    fn embedded_scripts_are_written_and_removed() {
+        let parent = std::env::temp_dir();
+        let scripts = Scripts::write_in(&parent).expect("write the scripts");
+        let other = Scripts::write_in(&parent).expect("a second set");
+        assert_ne!(scripts.path(MLX_LM_SCRIPT), other.path(MLX_LM_SCRIPT));
+        let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts");
+        for name in ["bench_common.py", MLX_LM_SCRIPT, LLAMA_CPP_SCRIPT] {
+            let written = std::fs::read_to_string(scripts.path(name)).expect("written");
+            let original = std::fs::read_to_string(checkout.join(name)).expect("in the checkout");
+            assert_eq!(written, original, "{name}");
+        }
+        let dir = scripts.path("");
+        drop(scripts);
+        assert!(!dir.exists(), "{} was not removed", dir.display());
+        let missing = Scripts::write_in(Path::new("/nonexistent/rmlx-parent"))
+            .expect_err("no parent directory");
+        assert_eq!(missing.code, "rmlx::bench::scripts");
     }
 
     #[test]

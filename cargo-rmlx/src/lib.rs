@@ -11,6 +11,7 @@ pub mod gguf;
 pub mod lint;
 pub mod manifest;
 pub mod probe;
+pub mod progress;
 pub mod serve;
 pub mod session;
 pub mod snapshot;

@@ -3,29 +3,9 @@
 //! reference rows with their ratios, and the cold probe timing row. No timing assertions:
 //! this only checks that the harness and the references run.
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::time::Duration;
-
 use serde_json::Value;
 
-use crate::support::{converted, repo_root, rmlx, run_command, smollm2_gguf, Variant};
-
-/// Runs a venv script from `scripts/` and returns the python path it prints last.
-fn venv_python(script: &str, what: &str) -> PathBuf {
-    let mut cmd = Command::new("bash");
-    cmd.arg(repo_root().join("scripts").join(script))
-        .current_dir(repo_root());
-    let run = run_command(cmd, Duration::from_secs(3600));
-    let python = run.stdout.lines().last().map(str::trim).map(PathBuf::from);
-    match python {
-        Some(p) if run.success() && p.is_file() => p,
-        _ => panic!(
-            "{what} is not available: scripts/{script} failed\n{}",
-            run.describe()
-        ),
-    }
-}
+use crate::support::{converted, rmlx, smollm2_gguf, venv_python, Variant};
 
 fn number(row: &Value, key: &str) -> f64 {
     row[key]

@@ -7,6 +7,8 @@ mod arch_oracle;
 mod bad_inputs;
 mod bench;
 mod generate;
+mod install;
+mod messages;
 mod oracle;
 mod probe;
 mod support;

@@ -320,7 +320,8 @@ quantize = {{ mode = "affine", bits = 4, group-size = 64 }}
     let reports: Vec<Value> = run
         .stdout
         .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["reason"] == "probe-verdict")
         .collect();
     assert_eq!(
         reports.len(),

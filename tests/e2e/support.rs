@@ -188,6 +188,23 @@ where
     run_command(cmd, RUN_TIMEOUT)
 }
 
+/// Runs a venv script from `scripts/` (`oracle-venv.sh`, `llama-venv.sh`) and returns the
+/// python path it prints last; `what` names the reference in the failure message.
+pub fn venv_python(script: &str, what: &str) -> PathBuf {
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo_root().join("scripts").join(script))
+        .current_dir(repo_root());
+    let run = run_command(cmd, Duration::from_secs(3600));
+    let python = run.stdout.lines().last().map(str::trim).map(PathBuf::from);
+    match python {
+        Some(p) if run.success() && p.is_file() => p,
+        _ => panic!(
+            "{what} is not available: scripts/{script} failed\n{}",
+            run.describe()
+        ),
+    }
+}
+
 /// Runs a script from `scripts/` with bash.
 fn run_script(script: &str, args: &[&str], timeout: Duration) -> Run {
     let mut cmd = Command::new("bash");

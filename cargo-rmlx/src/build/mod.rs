@@ -30,7 +30,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use mlx_rs::Array;
 use serde_json::{json, Value};
 
@@ -677,14 +677,11 @@ fn write_weights(
     let total: u64 = specs.iter().map(|s| s.nbytes()).sum();
     let mut w = Writer::new(dir, specs, opts.max_shard_bytes);
     let pb = if opts.progress {
-        let pb = ProgressBar::new(plan.items.len() as u64);
-        if let Ok(style) =
-            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} tensors ({elapsed})")
-        {
-            pb.set_style(style.progress_chars("=> "));
-        }
-        pb.set_message(format!("building {name}"));
-        pb
+        crate::progress::bar(
+            plan.items.len() as u64,
+            format!("building {name}"),
+            "tensors",
+        )
     } else {
         ProgressBar::hidden()
     };

@@ -8,15 +8,16 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 
 use super::generate::DtypeArg;
+use super::output::{load_session, message};
 use super::{exit, GlobalArgs, MessageFormat};
 use crate::bench::{
     measure_llama_cpp, measure_mlx_lm, measure_rmlx, median, rows, synthetic_prompt, this_program,
-    time_probe, Measurement, ProbeTiming, Reference, Row, RMLX,
+    time_probe, Measurement, ProbeTiming, Reference, Row, Scripts, LLAMA_CPP_SCRIPT, MLX_LM_SCRIPT,
+    RMLX,
 };
 use crate::diagnostic::{Diagnostic, Result};
 use crate::engine::DtypePolicy;
 use crate::manifest::{resolve_model, Manifest};
-use crate::session::Session;
 use crate::snapshot::ModelConfig;
 
 /// Arguments of `bench`.
@@ -76,19 +77,21 @@ pub fn run(g: &GlobalArgs, a: BenchArgs) -> Result<u8> {
     let dir = resolve_model(&a.model, g.manifest_path.as_deref())?;
     let policy: DtypePolicy = a.dtype.into();
     let dtype = dtype_name(policy.resolve(ModelConfig::from_dir(&dir)?.torch_dtype.as_deref()));
-    let mlx_lm = if a.compare_mlx_lm {
-        Some(reference(
+    let scripts = match (a.compare_mlx_lm, &a.compare_llama_cpp) {
+        (false, None) => None,
+        _ => Some(Scripts::write()?),
+    };
+    let mlx_lm = match &scripts {
+        Some(s) if a.compare_mlx_lm => Some(reference(
             a.python.clone(),
             "target/oracle-venv/bin/python",
-            "scripts/bench_mlx_lm.py",
+            s.path(MLX_LM_SCRIPT),
             "scripts/oracle-venv.sh",
-        )?)
-    } else {
-        None
+        )?),
+        _ => None,
     };
-    let llama = match &a.compare_llama_cpp {
-        None => None,
-        Some(gguf) => {
+    let llama = match (&a.compare_llama_cpp, &scripts) {
+        (Some(gguf), Some(s)) => {
             let gguf = match gguf {
                 Some(path) => path.clone(),
                 None => declared_gguf(g, &a.model, &dir)?,
@@ -102,11 +105,12 @@ pub fn run(g: &GlobalArgs, a: BenchArgs) -> Result<u8> {
             let r = reference(
                 a.llama_python.clone(),
                 "target/llama-venv/bin/python",
-                "scripts/bench_llama_cpp.py",
+                s.path(LLAMA_CPP_SCRIPT),
                 "scripts/llama-venv.sh",
             )?;
             Some((r, gguf))
         }
+        _ => None,
     };
     let repeat = a.repeat.max(1);
 
@@ -122,7 +126,7 @@ pub fn run(g: &GlobalArgs, a: BenchArgs) -> Result<u8> {
         Some(time_probe(&program, &shown, &dir, &dtype_arg, repeat)?)
     };
 
-    let session = Session::load(&dir, policy)?;
+    let session = load_session(&dir, policy)?;
     let mut medians: Vec<Measurement> = Vec::new();
     for &n in &a.prompt_tokens {
         let prompt = synthetic_prompt(&session, n)?;
@@ -161,27 +165,17 @@ pub fn run(g: &GlobalArgs, a: BenchArgs) -> Result<u8> {
     }
     let rows = rows(medians, repeat);
 
-    let mut out = std::io::stdout().lock();
     if a.message_format == MessageFormat::Json {
         for r in &rows {
-            let _ = writeln!(out, "{}", to_json(r)?);
+            message("bench-throughput", r);
         }
         if let Some(p) = &probe {
-            let _ = writeln!(out, "{}", to_json(p)?);
+            message("bench-probe", p);
         }
         return Ok(exit::OK);
     }
-    print_table(&mut out, &rows, probe.as_ref());
+    print_table(&mut std::io::stdout().lock(), &rows, probe.as_ref());
     Ok(exit::OK)
-}
-
-fn to_json(value: &impl serde::Serialize) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| {
-        Diagnostic::error(
-            "rmlx::bench::json",
-            format!("cannot serialize a result row: {e}"),
-        )
-    })
 }
 
 fn print_table(out: &mut impl Write, rows: &[Row], probe: Option<&ProbeTiming>) {
@@ -295,14 +289,15 @@ pub enum MlxLmMode {
     Float32,
 }
 
-/// A reference: `python` or the venv's default, and its bench script.
+/// A reference: `python` or the venv's default, and its bench script (written from the
+/// binary by [`Scripts`]).
 fn reference(
     python: Option<PathBuf>,
     default_python: &str,
-    script: &str,
+    script: PathBuf,
     venv_script: &'static str,
 ) -> Result<Reference> {
-    // The source checkout holding scripts/ and the venvs: `RMLX_SOURCE_DIR` for a binary run
+    // Without --python, the venv of the source checkout: `RMLX_SOURCE_DIR` for a binary run
     // away from where it was built (e.g. copied to a GPU machine), else the build checkout.
     let root = match std::env::var_os("RMLX_SOURCE_DIR") {
         Some(dir) => PathBuf::from(dir),
@@ -314,18 +309,9 @@ fn reference(
             "rmlx::bench::reference",
             format!("no reference python at {}", python.display()),
         )
-        .with_help(format!("run {venv_script} (or pass its python)")));
-    }
-    let script = root.join(script);
-    if !script.is_file() {
-        return Err(Diagnostic::error(
-            "rmlx::bench::reference",
-            format!("the reference bench script {} is missing", script.display()),
-        )
-        .with_help(
-            "bench runs reference scripts from the source checkout it was built in; set \
-             RMLX_SOURCE_DIR to another checkout",
-        ));
+        .with_help(format!(
+            "run {venv_script} in a cargo-rmlx checkout and pass its python (see --help)"
+        )));
     }
     Ok(Reference {
         python,

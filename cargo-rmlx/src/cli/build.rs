@@ -1,12 +1,13 @@
-//! `cargo rmlx build [MODEL…] [--force]`: build the models declared in rmlx.toml into
-//! `target/rmlx/<name>/`.
+//! `cargo rmlx build [MODEL…] [--force] [--message-format json]`: build the models declared
+//! in rmlx.toml into `target/rmlx/<name>/`.
 
 use std::time::Instant;
 
 use clap::Args;
+use serde_json::json;
 
-use super::output::{report, status};
-use super::{exit, GlobalArgs};
+use super::output::{diagnostic_message, message, report, status};
+use super::{exit, GlobalArgs, MessageFormat};
 use crate::build::{build, BuildOptions, Event};
 use crate::diagnostic::Result;
 use crate::manifest::Manifest;
@@ -19,41 +20,97 @@ pub struct BuildArgs {
     /// Rebuild even when up to date.
     #[arg(long)]
     pub force: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "human")]
+    pub message_format: MessageFormat,
 }
 
 /// Runs `build`.
 pub fn run(g: &GlobalArgs, a: BuildArgs) -> Result<u8> {
     let started = Instant::now();
+    let json = a.message_format == MessageFormat::Json;
+    let result = build_all(g, &a, json);
+    let elapsed_s = started.elapsed().as_secs_f64();
+    if !json {
+        if result.is_ok() && !g.quiet {
+            status("Finished", &format!("in {elapsed_s:.2}s"));
+        }
+        return result.map(|()| exit::OK);
+    }
+    // As cargo: the error's message first, then an unsuccessful `build-finished`.
+    let code = match &result {
+        Ok(()) => exit::OK,
+        Err(d) => {
+            diagnostic_message(d);
+            report(d);
+            super::exit_code(d)
+        }
+    };
+    let success = result.is_ok();
+    message(
+        "build-finished",
+        &json!({ "success": success, "elapsed_s": elapsed_s }),
+    );
+    Ok(code)
+}
+
+fn build_all(g: &GlobalArgs, a: &BuildArgs, json: bool) -> Result<()> {
     let manifest = Manifest::find_required(g.manifest_path.as_deref())?;
-    if manifest.models.is_empty() && !g.quiet {
-        report(
-            &crate::Diagnostic::warning(
-                "rmlx::manifest::no-models",
-                format!("{} declares no models", manifest.path.display()),
-            )
-            .with_file(&manifest.path)
-            .with_help("add a [models.<name>] table with a `source`"),
-        );
+    if manifest.models.is_empty() {
+        let d = crate::Diagnostic::warning(
+            "rmlx::manifest::no-models",
+            format!("{} declares no models", manifest.path.display()),
+        )
+        .with_file(&manifest.path)
+        .with_help("add a [models.<name>] table with a `source`");
+        on_event(g.quiet, json, Event::Diagnostic(d));
     }
     let opts = BuildOptions {
         force: a.force,
+        progress: crate::progress::visible(),
         ..BuildOptions::default()
     };
     let quiet = g.quiet;
-    let mut on = |e: Event<'_>| print_event(quiet, e);
-    build(&manifest, &a.models, &opts, &mut on)?;
-    if !g.quiet {
-        status(
-            "Finished",
-            &format!("in {:.2}s", started.elapsed().as_secs_f64()),
-        );
-    }
-    Ok(exit::OK)
+    build(&manifest, &a.models, &opts, &mut |e| {
+        on_event(quiet, json, e)
+    })?;
+    Ok(())
 }
 
-/// Prints one build event the cargo way (shared by `build` and the commands that build stale
-/// models first, like `probe`).
-pub fn print_event(quiet: bool, e: Event<'_>) {
+/// Reports one build event: status lines the cargo way, or with `json` a `model-built` /
+/// `diagnostic` message (shared by `build` and the commands that build stale models first,
+/// like `probe`).
+pub fn on_event(quiet: bool, json: bool, e: Event<'_>) {
+    match e {
+        Event::Fresh { name, dir } if json => {
+            message(
+                "model-built",
+                &json!({ "name": name, "dir": dir, "fresh": true }),
+            );
+        }
+        Event::Built(r) if json => message(
+            "model-built",
+            &json!({
+                "name": r.name,
+                "dir": r.out_dir,
+                "fresh": r.fresh,
+                "elapsed_s": r.elapsed.as_secs_f64(),
+                "files": r.files,
+                "quantized": r.quantized,
+                "kept": r.kept,
+                "requantized": r.requantized,
+                "dequantized": r.dequantized,
+                "bytes": r.bytes,
+            }),
+        ),
+        Event::Diagnostic(d) if json => diagnostic_message(&d),
+        _ if json => {}
+        e => print_event(quiet, e),
+    }
+}
+
+/// Prints one build event for people.
+fn print_event(quiet: bool, e: Event<'_>) {
     match e {
         Event::Fresh { name, .. } if !quiet => status("Fresh", name),
         Event::Blocking { name } if !quiet => status(

@@ -7,7 +7,7 @@ use std::time::Instant;
 use clap::Args;
 
 use super::output::status;
-use super::{exit, GlobalArgs};
+use super::{exit, GlobalArgs, MessageFormat};
 use crate::diagnostic::Result;
 use crate::gguf::{import_to, Dtype as OutDtype, Existing, ImportOptions, TensorAction};
 
@@ -29,6 +29,9 @@ pub struct ConvertArgs {
     /// input GGUF is never replaced.
     #[arg(long)]
     pub force: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "human")]
+    pub message_format: MessageFormat,
 }
 
 /// `--dtype`.
@@ -45,7 +48,8 @@ pub enum OutDtypeArg {
 /// Runs `convert`.
 pub fn run(g: &GlobalArgs, a: ConvertArgs) -> Result<u8> {
     let started = Instant::now();
-    if !g.quiet {
+    let human = a.message_format == MessageFormat::Human;
+    if human && !g.quiet {
         status("Converting", &a.gguf.display().to_string());
     }
     let opts = ImportOptions {
@@ -67,7 +71,22 @@ pub fn run(g: &GlobalArgs, a: ConvertArgs) -> Result<u8> {
         .iter()
         .filter(|t| matches!(t.action, TensorAction::KeptQuantized { .. }))
         .count();
-    if !g.quiet {
+    if !human {
+        super::output::message(
+            "convert-finished",
+            &serde_json::json!({
+                "success": true,
+                "gguf": a.gguf,
+                "out": a.out,
+                "architecture": format!("{:?}", report.architecture),
+                "kept_quantized": kept,
+                "dense": report.tensors.len() - kept,
+                "skipped": report.skipped.len(),
+                "files": report.files,
+                "elapsed_s": started.elapsed().as_secs_f64(),
+            }),
+        );
+    } else if !g.quiet {
         status(
             "Finished",
             &format!(

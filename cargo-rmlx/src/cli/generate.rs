@@ -9,7 +9,6 @@ use serde_json::json;
 use super::{exit, GlobalArgs, MessageFormat};
 use crate::diagnostic::Result;
 use crate::engine::{generate, DtypePolicy, GenerateOptions, Penalties, SamplerConfig, StopReason};
-use crate::session::Session;
 
 /// Arguments of `generate`.
 #[derive(Debug, Args)]
@@ -102,7 +101,7 @@ pub fn run(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {
         ));
     }
     let dir = crate::manifest::resolve_model(&a.model, g.manifest_path.as_deref())?;
-    let session = Session::load(&dir, a.dtype.into())?;
+    let session = super::output::load_session(&dir, a.dtype.into())?;
     let prompt = if a.chat {
         session.user_prompt(&a.prompt)?
     } else {
@@ -204,7 +203,8 @@ pub fn run(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {
                 "decode_s": out.decode.as_secs_f64(),
             },
         });
-        let _ = writeln!(stdout, "{obj}");
+        drop(stdout);
+        super::output::message("generation", &obj);
     }
     Ok(exit::OK)
 }

@@ -160,16 +160,11 @@ fn targets(g: &GlobalArgs, a: &LintArgs) -> Result<Vec<LintTarget>> {
 /// One diagnostic as a JSON line: the [`Diagnostic`] fields plus the template, and the
 /// 1-based line/column of the span start.
 fn diagnostic_json(r: &LintReport, d: &Diagnostic) -> serde_json::Value {
-    let mut v = serde_json::to_value(d).unwrap_or_else(|_| json!({}));
+    let mut v = output::diagnostic_fields(d);
     if let Some(obj) = v.as_object_mut() {
-        obj.insert("reason".into(), json!("lint-diagnostic"));
         obj.insert("template".into(), json!(r.origin.to_string()));
-        if let Some((line, column)) = d.span.as_ref().and_then(|s| d.line_col(s.start)) {
-            obj.insert("line".into(), json!(line));
-            obj.insert("column".into(), json!(column));
-        }
     }
-    v
+    output::with_reason("lint-diagnostic", v)
 }
 
 /// `--bench N`: lints each target N times (after 5 warm-up runs); prints per template the

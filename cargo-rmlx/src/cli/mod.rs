@@ -74,15 +74,15 @@ pub struct GlobalArgs {
     /// More output (repeat for more; RUST_LOG overrides).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
-    /// Less output.
-    #[arg(short, long, global = true)]
+    /// Less output: no status lines or progress bars, errors only.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
 }
 
 /// `--color`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ColorChoice {
-    /// Color when stderr is a terminal.
+    /// Color when stderr is a terminal (`NO_COLOR`, `CLICOLOR_FORCE`, `CLICOLOR` apply).
     Auto,
     /// Always color.
     Always,
@@ -96,7 +96,7 @@ pub enum MessageFormat {
     /// Text for people.
     #[default]
     Human,
-    /// One JSON object per result, one per line.
+    /// One JSON object per line, each with a `reason` field (see the README's schema).
     Json,
 }
 
@@ -144,7 +144,8 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    output::init(&cli.global);
+    let machine = cli.command.message_format() == MessageFormat::Json;
+    output::init(&cli.global, machine);
     let result = match cli.command {
         Command::Generate(a) => generate::run(&cli.global, a),
         Command::Convert(a) => convert::run(&cli.global, a),
@@ -161,8 +162,28 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(diag) => {
             let code = exit_code(&diag);
+            if machine {
+                output::diagnostic_message(&diag);
+            }
             output::report(&diag);
             ExitCode::from(code)
+        }
+    }
+}
+
+impl Command {
+    /// The `--message-format` of subcommands that have one (human for the others).
+    fn message_format(&self) -> MessageFormat {
+        match self {
+            Command::Generate(a) => a.message_format,
+            Command::Convert(a) => a.message_format,
+            Command::Bench(a) => a.message_format,
+            Command::Probe(a) => a.message_format,
+            Command::Build(a) => a.message_format,
+            Command::Lint(a) => a.message_format,
+            Command::Init(_) | Command::Render(_) | Command::Serve(_) | Command::Lsp(_) => {
+                MessageFormat::Human
+            }
         }
     }
 }

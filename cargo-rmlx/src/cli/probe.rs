@@ -7,7 +7,7 @@ use clap::Args;
 use owo_colors::OwoColorize;
 
 use super::generate::DtypeArg;
-use super::output::color;
+use super::output::{color, load_session, message};
 use super::{exit, GlobalArgs, MessageFormat};
 use crate::build::{self, BuildOptions};
 use crate::diagnostic::{Diagnostic, Result};
@@ -99,9 +99,13 @@ fn targets<'m>(
     }
     if let (Some(m), false) = (manifest, declared.is_empty()) {
         let names: Vec<String> = declared.iter().map(|d| d.name.clone()).collect();
-        let quiet = g.quiet || a.message_format == MessageFormat::Json;
-        build::build(m, &names, &BuildOptions::default(), &mut |e| {
-            super::build::print_event(quiet, e)
+        let json = a.message_format == MessageFormat::Json;
+        let opts = BuildOptions {
+            progress: crate::progress::visible(),
+            ..BuildOptions::default()
+        };
+        build::build(m, &names, &opts, &mut |e| {
+            super::build::on_event(g.quiet, json, e)
         })?;
     }
     let mut out = Vec::new();
@@ -164,14 +168,7 @@ fn automatic_reference(decl: &ModelDecl) -> Option<PathBuf> {
         );
         return None;
     }
-    let size: u64 = std::fs::read_dir(&decl.source)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum();
+    let size = super::output::weight_bytes(&decl.source);
     if size > MAX_REFERENCE_BYTES {
         tracing::info!(
             "{}: source weights are {} MiB, above the {} MiB limit for an automatic reference",
@@ -190,16 +187,15 @@ pub fn run(g: &GlobalArgs, a: ProbeArgs) -> Result<u8> {
     let targets = targets(g, &a, manifest.as_ref())?;
     let explicit_reference = match a.reference.as_deref() {
         Some("golden") | None => None,
-        Some(dir) => Some(Session::load(
+        Some(dir) => Some(load_session(
             &crate::manifest::resolve_model_in(dir, Ok(manifest.as_ref()))?,
             a.dtype.into(),
         )?),
     };
     let mut worst = exit::OK;
-    let mut stdout = std::io::stdout().lock();
     for t in &targets {
         let loading = std::time::Instant::now();
-        let session = Session::load(&t.dir, a.dtype.into())?;
+        let session = load_session(&t.dir, a.dtype.into())?;
         let load_s = loading.elapsed().as_secs_f64();
         let golden_path = a
             .golden
@@ -213,7 +209,7 @@ pub fn run(g: &GlobalArgs, a: ProbeArgs) -> Result<u8> {
             _ => None,
         };
         let auto_session = match &auto {
-            Some(dir) => Some(Session::load(dir, a.dtype.into())?),
+            Some(dir) => Some(load_session(dir, a.dtype.into())?),
             None => None,
         };
         let reference = match (&explicit_reference, &auto_session, a.reference.as_deref()) {
@@ -277,15 +273,9 @@ pub fn run(g: &GlobalArgs, a: ProbeArgs) -> Result<u8> {
             }
         }
         match a.message_format {
-            MessageFormat::Json => {
-                let _ = writeln!(
-                    stdout,
-                    "{}",
-                    serde_json::to_string(&report).expect("serializes")
-                );
-            }
+            MessageFormat::Json => message("probe-verdict", &report),
             MessageFormat::Human => {
-                let _ = write!(stdout, "{}", render_human(&report, &session));
+                let _ = write!(std::io::stdout(), "{}", render_human(&report, &session));
             }
         }
         worst = worst.max(report.verdict.exit_code());

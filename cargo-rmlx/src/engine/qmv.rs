@@ -58,39 +58,56 @@ fn simd_available() -> bool {
     }
 }
 
-/// Whether [`matmul_many`] handles weights of this shape and format.
+/// Whether [`matmul_many`] handles weights of this format: 4 or 8 bits, a positive group
+/// size that is a multiple of 32, float32 input and scales. (The shapes are checked by
+/// [`matmul_many`] itself.)
 pub fn supports(bits: i32, group_size: i32, x: &Array, scales: &Array) -> bool {
-    matches!(bits, 4 | 8)
-        && group_size % 32 == 0
-        && x.dtype() == Dtype::Float32
-        && scales.dtype() == Dtype::Float32
+    format_ok(bits, group_size) && x.dtype() == Dtype::Float32 && scales.dtype() == Dtype::Float32
+}
+
+/// Bit widths and group sizes the kernels are written for.
+fn format_ok(bits: i32, group_size: i32) -> bool {
+    check_format(bits as i64, group_size as i64).is_ok()
+}
+
+/// [`format_ok`] as an error that says what is wrong.
+fn check_format(bits: i64, group: i64) -> Result<()> {
+    if matches!(bits, 4 | 8) && group > 0 && group % 32 == 0 {
+        return Ok(());
+    }
+    Err(fail(
+        "format",
+        format!("{bits}-bit groups of {group}: only 4 or 8 bits in groups of a multiple of 32"),
+    ))
 }
 
 /// MLX arrays of one quantized layer: packed weight, scales, biases, bits, group size.
 pub type Operands<'a> = (&'a Array, &'a Array, &'a Array, i32, i32);
 
-/// A borrowed affine-quantized `[rows, cols]` matrix.
+/// A borrowed affine-quantized `[rows, cols]` matrix, checked on construction
+/// ([`QuantMatrix::new`]): the kernels read the buffers through raw pointers and rely on
+/// these invariants for staying in bounds.
 #[derive(Debug, Clone, Copy)]
 pub struct QuantMatrix<'a> {
     /// Packed weights, row-major, `cols · bits / 8` bytes per row.
-    pub packed: &'a [u8],
+    packed: &'a [u8],
     /// `[rows, cols / group]` scales.
-    pub scales: &'a [f32],
+    scales: &'a [f32],
     /// `[rows, cols / group]` biases.
-    pub biases: &'a [f32],
-    /// Output features.
-    pub rows: usize,
-    /// Input features.
-    pub cols: usize,
+    biases: &'a [f32],
+    /// Output features (≥ 1).
+    rows: usize,
+    /// Input features: a positive multiple of `group`.
+    cols: usize,
     /// 4 or 8.
-    pub bits: usize,
-    /// Columns per scale/bias pair.
-    pub group: usize,
+    bits: usize,
+    /// Columns per scale/bias pair: a positive multiple of 32.
+    group: usize,
 }
 
 /// `y = x · dequantize(W)ᵀ` for a few rows of `x` (`[..., cols]`), for several matrices
-/// sharing that input (q/k/v, gate/up) in one parallel pass. The caller checked [`enabled`]
-/// and [`supports`] for each.
+/// sharing that input (q/k/v, gate/up) in one parallel pass. Formats the kernels do not
+/// handle (see [`supports`]) and shapes that do not fit together are errors.
 pub fn matmul_many(x: &Array, mats: &[Operands<'_>]) -> Result<Vec<Array>> {
     let x = if x.try_as_slice::<f32>().is_ok() {
         x.clone()
@@ -101,30 +118,29 @@ pub fn matmul_many(x: &Array, mats: &[Operands<'_>]) -> Result<Vec<Array>> {
         .try_as_slice::<f32>()
         .map_err(|e| fail("input", e.to_string()))?;
     let views = views(mats)?;
-    for m in &views {
-        if xs.len() % m.cols != 0 {
-            return Err(fail(
-                "shape",
-                format!(
-                    "input of {} values does not split into rows of {}",
-                    xs.len(),
-                    m.cols
-                ),
-            ));
-        }
+    let last = x.shape().last().map_or(0, |&d| d as usize);
+    if let Some(m) = views.iter().find(|m| m.cols != last) {
+        return Err(fail(
+            "shape",
+            format!(
+                "input of shape {:?} does not end in the weight's {} input features",
+                x.shape(),
+                m.cols
+            ),
+        ));
     }
-    let outs = QuantMatrix::matmul_many(&views, xs);
-    Ok(views
+    let outs = QuantMatrix::matmul_many(&views, xs)?;
+    views
         .iter()
         .zip(outs)
         .map(|(m, y)| {
             let mut shape = x.shape().to_vec();
             if let Some(last) = shape.last_mut() {
-                *last = m.rows as i32;
+                *last = i32::try_from(m.rows).map_err(|_| fail("shape", "too many rows".into()))?;
             }
-            Array::from_slice(&y, &shape)
+            Ok(Array::from_slice(&y, &shape))
         })
-        .collect())
+        .collect()
 }
 
 /// The data of a weight array, evaluated only the first time: `Array::try_as_slice` runs
@@ -185,7 +201,7 @@ pub fn matvec_many_host(x: &[f32], mats: &[Operands<'_>]) -> Result<Vec<Vec<f32>
             format!("input has {} features, the weight {}", x.len(), m.cols),
         ));
     }
-    Ok(QuantMatrix::matmul_many(&views, x))
+    QuantMatrix::matmul_many(&views, x)
 }
 
 /// Host views of each layer's operands.
@@ -211,7 +227,58 @@ struct Prepared {
 }
 
 impl<'a> QuantMatrix<'a> {
-    /// A view of MLX's packed weight, scales and biases (evaluated if they were not).
+    /// A matrix of `rows × cols` `bits`-bit values in groups of `group` columns. Errors unless
+    /// `bits` is 4 or 8, `group` a positive multiple of 32, `cols` a positive multiple of
+    /// `group`, `rows` positive, and the buffers exactly as long as that layout needs.
+    pub fn new(
+        packed: &'a [u8],
+        scales: &'a [f32],
+        biases: &'a [f32],
+        rows: usize,
+        cols: usize,
+        bits: usize,
+        group: usize,
+    ) -> Result<Self> {
+        check_format(
+            i64::try_from(bits).unwrap_or(i64::MAX),
+            i64::try_from(group).unwrap_or(i64::MAX),
+        )?;
+        if rows == 0 || cols == 0 || cols % group != 0 {
+            return Err(fail(
+                "shape",
+                format!("a {rows}×{cols} matrix does not split into groups of {group}"),
+            ));
+        }
+        let bytes = rows.checked_mul(cols).and_then(|n| n.checked_mul(bits));
+        let groups = rows.checked_mul(cols / group);
+        if bytes.map(|b| b / 8) != Some(packed.len())
+            || groups != Some(scales.len())
+            || groups != Some(biases.len())
+        {
+            return Err(fail(
+                "shape",
+                format!(
+                    "a {rows}×{cols} {bits}-bit matrix in groups of {group} with {} packed bytes, \
+                     {} scales, {} biases",
+                    packed.len(),
+                    scales.len(),
+                    biases.len()
+                ),
+            ));
+        }
+        Ok(QuantMatrix {
+            packed,
+            scales,
+            biases,
+            rows,
+            cols,
+            bits,
+            group,
+        })
+    }
+
+    /// A view of MLX's packed weight (`[rows, cols · bits / 32]` u32), scales and biases
+    /// (evaluated if they were not).
     fn view(
         weight: &'a Array,
         scales: &'a Array,
@@ -219,37 +286,27 @@ impl<'a> QuantMatrix<'a> {
         bits: i32,
         group: i32,
     ) -> Result<Self> {
-        let w = host_slice::<u32>(weight, "weight")?;
-        let s = host_slice::<f32>(scales, "scales")?;
-        let b = host_slice::<f32>(biases, "biases")?;
-        let shape = weight.shape();
-        let bits = bits as usize;
-        let (rows, cols) = (shape[0] as usize, shape[1] as usize * 32 / bits);
-        let group = group as usize;
-        if s.len() != rows * cols / group || b.len() != s.len() {
+        check_format(bits.into(), group.into())?;
+        let &[rows, packed_cols] = weight.shape() else {
             return Err(fail(
                 "shape",
                 format!(
-                    "{rows}×{cols} weight with {} scales, {} biases",
-                    s.len(),
-                    b.len()
+                    "the packed weight has shape {:?}, not [rows, cols]",
+                    weight.shape()
                 ),
             ));
-        }
+        };
+        let w = host_slice::<u32>(weight, "weight")?;
+        let s = host_slice::<f32>(scales, "scales")?;
+        let b = host_slice::<f32>(biases, "biases")?;
+        // Both dimensions are non-negative: MLX shapes are.
+        let (rows, cols) = (rows as usize, packed_cols as usize * 32 / bits as usize);
         // SAFETY: u32 → u8 reinterpretation of an initialised buffer (u8 has no alignment
         // requirement); the borrow keeps `weight` alive.
         let packed: &[u8] = unsafe {
             std::slice::from_raw_parts(w.as_ptr().cast::<u8>(), std::mem::size_of_val(w))
         };
-        Ok(QuantMatrix {
-            packed,
-            scales: s,
-            biases: b,
-            rows,
-            cols,
-            bits,
-            group,
-        })
+        Self::new(packed, s, b, rows, cols, bits as usize, group as usize)
     }
 }
 
@@ -269,25 +326,37 @@ impl QuantMatrix<'_> {
     }
 
     /// `y[m, r] = Σ_c dequant(W[r, c]) · x[m, c]` for the rows `m` of `x` (`[M, cols]`),
-    /// returned as `[M, rows]`.
-    pub fn matmul(&self, x: &[f32]) -> Vec<f32> {
-        Self::matmul_many(std::slice::from_ref(self), x).remove(0)
+    /// returned as `[M, rows]`. An `x` that is empty or not a whole number of rows is an
+    /// error.
+    pub fn matmul(&self, x: &[f32]) -> Result<Vec<f32>> {
+        Ok(Self::matmul_many(std::slice::from_ref(self), x)?.remove(0))
     }
 
     /// [`Self::matmul`] for several matrices with the same input, in one parallel pass:
     /// blocks of weight rows of all matrices are spread over the rayon pool, and each weight
     /// row is read once for all input rows.
-    pub fn matmul_many(mats: &[Self], x: &[f32]) -> Vec<Vec<f32>> {
+    pub fn matmul_many(mats: &[Self], x: &[f32]) -> Result<Vec<Vec<f32>>> {
+        if let Some(m) = mats.iter().find(|m| x.is_empty() || x.len() % m.cols != 0) {
+            return Err(fail(
+                "shape",
+                format!(
+                    "an input of {} values is not a whole number of rows of {}",
+                    x.len(),
+                    m.cols
+                ),
+            ));
+        }
+        Ok(Self::matmul_checked(mats, x))
+    }
+
+    /// [`Self::matmul_many`] once `x` is known to be whole rows of every matrix.
+    fn matmul_checked(mats: &[Self], x: &[f32]) -> Vec<Vec<f32>> {
         let threads = rayon::current_num_threads();
         let total_rows: usize = mats.iter().map(|m| m.rows).sum();
         let per_task = (total_rows / (threads * 2)).max(MIN_ROWS_PER_TASK);
         let mut inputs = Vec::with_capacity(mats.len());
         let mut outs: Vec<Vec<f32>> = Vec::with_capacity(mats.len());
         for m in mats {
-            assert_eq!(x.len() % m.cols, 0);
-            assert_eq!(m.packed.len(), m.rows * m.cols * m.bits / 8);
-            assert_eq!(m.scales.len(), m.rows * m.cols / m.group);
-            assert_eq!(m.biases.len(), m.scales.len());
             inputs.push(x.chunks(m.cols).map(|r| m.prepare(r)).collect::<Vec<_>>());
             outs.push(vec![0f32; m.rows * (x.len() / m.cols)]);
         }
@@ -334,7 +403,8 @@ impl QuantMatrix<'_> {
                     // An odd last row is computed twice; one copy is dropped.
                     let j1 = (j + 1).min(rows - 1);
                     // SAFETY: `block2` is the scalar reference or an AVX2 kernel chosen after
-                    // run-time detection; each row and input has the asserted lengths.
+                    // run-time detection; `QuantMatrix::new` checked the layout, so each row
+                    // holds `cols` values and each prepared input `cols` values.
                     let v = unsafe { block2(m.group, [row(j), row(j1)], xs, sums) };
                     out[j * n + 4 * q..j * n + 4 * q + 4].copy_from_slice(&v[0]);
                     if j1 != j {
@@ -346,7 +416,7 @@ impl QuantMatrix<'_> {
                 for j in 0..rows {
                     let (packed, scales, biases) = row(j);
                     // SAFETY: `kernel` is the scalar reference or an AVX2 kernel chosen
-                    // after run-time detection; lengths were asserted above.
+                    // after run-time detection; lengths as for `block2` above.
                     out[j * n + k] = unsafe {
                         kernel(m.group, packed, scales, biases, &input.x, &input.group_sums)
                     };
@@ -392,8 +462,8 @@ struct Kernels {
     block2: Block2Kernel,
 }
 
-/// The fastest kernels for `bits` on this processor: AVX2/FMA when present, else the
-/// portable references.
+/// The fastest kernels for `bits` (4 or 8, checked by [`QuantMatrix::new`]) on this
+/// processor: AVX2/FMA when present, else the portable references.
 fn kernels(bits: usize) -> Kernels {
     #[cfg(target_arch = "x86_64")]
     {
@@ -775,6 +845,141 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A 4-bit `[rows, cols]` weight quantized by MLX in groups of 32, and its operands.
+    fn quantized(rows: usize, cols: usize) -> (Array, Array, Array) {
+        let w = Array::from_slice(&pseudo_random(rows * cols, 5), &[rows as i32, cols as i32]);
+        quantize(&w, 32, 4).unwrap()
+    }
+
+    fn rejects(result: Result<impl std::fmt::Debug>, what: &str) {
+        match result {
+            Err(d) => assert_eq!(d.code, "rmlx::engine::host-kernel", "{what}: {d:?}"),
+            Ok(v) => panic!("{what}: accepted ({v:?})"),
+        }
+    }
+
+    /// Every safe entry point checks bits, group size and buffer lengths itself: parameters
+    /// that would make the kernels read past a buffer are errors, never out-of-bounds reads.
+    #[test]
+    fn bad_parameters_are_errors_not_out_of_bounds_reads() {
+        let (wq, scales, biases) = quantized(8, 64);
+        let x = Array::from_slice(&pseudo_random(64, 1), &[1, 64]);
+        // A 4-bit weight described as 2-bit in groups of 64: the scale count fits, and a
+        // 4-bit kernel would read twice the row's bytes.
+        for (bits, group) in [
+            (2, 64),
+            (3, 32),
+            (0, 32),
+            (16, 32),
+            (-4, 32),
+            (4, 0),
+            (4, 16),
+            (4, -32),
+            (4, 48),
+        ] {
+            assert!(
+                !supports(bits, group, &x, &scales),
+                "supports({bits}, {group})"
+            );
+            rejects(
+                matmul_many(&x, &[(&wq, &scales, &biases, bits, group)]),
+                &format!("matmul_many bits {bits} group {group}"),
+            );
+            let host = pseudo_random(64, 2);
+            rejects(
+                matvec_many_host(&host, &[(&wq, &scales, &biases, bits, group)]),
+                &format!("matvec_many_host bits {bits} group {group}"),
+            );
+        }
+        // Inputs whose last dimension is not the weight's input features.
+        let wide = Array::from_slice(&pseudo_random(128, 1), &[1, 128]);
+        rejects(
+            matmul_many(&wide, &[(&wq, &scales, &biases, 4, 32)]),
+            "128-wide input",
+        );
+        let two_rows_flat = Array::from_slice(&pseudo_random(128, 1), &[128]);
+        rejects(
+            matmul_many(&two_rows_flat, &[(&wq, &scales, &biases, 4, 32)]),
+            "flat input",
+        );
+        rejects(
+            matvec_many_host(&[0.0; 32], &[(&wq, &scales, &biases, 4, 32)]),
+            "short host input",
+        );
+        // Scales and biases of another matrix; a weight that is not 2-D.
+        let (_, small_scales, small_biases) = quantized(4, 64);
+        rejects(
+            matmul_many(&x, &[(&wq, &small_scales, &biases, 4, 32)]),
+            "short scales",
+        );
+        rejects(
+            matmul_many(&x, &[(&wq, &scales, &small_biases, 4, 32)]),
+            "short biases",
+        );
+        let flat = wq.reshape(&[-1]).unwrap();
+        rejects(
+            matmul_many(&x, &[(&flat, &scales, &biases, 4, 32)]),
+            "1-D weight",
+        );
+    }
+
+    #[test]
+    fn quant_matrix_checks_its_layout() {
+        let packed = vec![0u8; 4 * 64 / 2];
+        let (scales, biases) = (vec![1f32; 8], vec![0f32; 8]);
+        let ok = QuantMatrix::new(&packed, &scales, &biases, 4, 64, 4, 32).unwrap();
+        assert_eq!(ok.matmul(&pseudo_random(128, 3)).unwrap().len(), 8);
+        let bad = [
+            (
+                "2 bits",
+                QuantMatrix::new(&packed, &scales, &biases, 4, 128, 2, 64),
+            ),
+            (
+                "group 16",
+                QuantMatrix::new(&packed, &scales, &biases, 4, 64, 4, 16),
+            ),
+            (
+                "group 0",
+                QuantMatrix::new(&packed, &scales, &biases, 4, 64, 4, 0),
+            ),
+            (
+                "cols not whole groups",
+                QuantMatrix::new(&packed, &scales, &biases, 4, 48, 4, 32),
+            ),
+            ("no rows", QuantMatrix::new(&[], &[], &[], 0, 64, 4, 32)),
+            ("no cols", QuantMatrix::new(&[], &[], &[], 4, 0, 4, 32)),
+            (
+                "short packed",
+                QuantMatrix::new(&packed[1..], &scales, &biases, 4, 64, 4, 32),
+            ),
+            (
+                "8 bits over 4-bit data",
+                QuantMatrix::new(&packed, &scales, &biases, 4, 64, 8, 32),
+            ),
+            (
+                "short scales",
+                QuantMatrix::new(&packed, &scales[1..], &biases, 4, 64, 4, 32),
+            ),
+            (
+                "short biases",
+                QuantMatrix::new(&packed, &scales, &biases[1..], 4, 64, 4, 32),
+            ),
+            (
+                "overflow",
+                QuantMatrix::new(&packed, &scales, &biases, usize::MAX, 64, 4, 32),
+            ),
+        ];
+        for (what, result) in bad {
+            rejects(result, what);
+        }
+        rejects(ok.matmul(&[]), "empty input");
+        rejects(ok.matmul(&pseudo_random(96, 3)), "input of 1.5 rows");
+        rejects(
+            QuantMatrix::matmul_many(&[ok], &pseudo_random(63, 3)),
+            "63 values",
+        );
     }
 
     #[test]

@@ -8,12 +8,11 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use half::{bf16, f16};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::{json, Map, Value};
 use tracing::{info, warn};
 
@@ -403,18 +402,7 @@ fn import_impl(
     );
 
     // ---- plan ----
-    let progress = if std::io::stderr().is_terminal() {
-        let pb = ProgressBar::new(0);
-        if let Ok(style) =
-            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} tensors ({elapsed})")
-        {
-            pb.set_style(style.progress_chars("=> "));
-        }
-        pb.set_message(format!("importing {}", gguf_path.display()));
-        pb
-    } else {
-        ProgressBar::hidden()
-    };
+    let progress = crate::progress::bar(0, format!("importing {}", gguf_path.display()), "tensors");
     let failure = Arc::new(Mutex::new(None));
     let mut outs: Vec<(String, OutTensor<'_>)> = Vec::new();
     let mut reports = Vec::new();

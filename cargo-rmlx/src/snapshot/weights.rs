@@ -221,6 +221,7 @@ impl Weights {
         // `read_header`, length checked by `read_range`); MLX copies the data, so no alignment
         // or lifetime requirement remains.
         let array = unsafe { Array::from_raw_data(bytes.as_ptr().cast(), &shape, dtype) };
+        crate::progress::bytes_read(bytes.len() as u64);
         scratch.loads += 1;
         if scratch.loads >= self.tensors.len() {
             scratch.buf = Vec::new();
