@@ -15,6 +15,14 @@ bash scripts/llama-venv.sh >/dev/null
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The installed-binary test (tests/e2e/install.rs) installs both tools with `cargo install
+# --locked --debug` built in target/install-test. Compile that build here, before the tests,
+# so it does not run alongside the timed end-to-end tests; the test's own install then only
+# copies the binaries.
+for package in cargo-rmlx lsp; do
+    CARGO_TARGET_DIR=target/install-test cargo install --locked --debug --quiet \
+        --path "$package" --root target/install-test/root
+done
 # cargo test rather than nextest: the end-to-end tests share converted models and
 # reference runs within one test process.
 cargo test --workspace --quiet
