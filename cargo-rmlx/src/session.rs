@@ -58,9 +58,8 @@ impl Session {
         // while this one loads the weights (MLX state stays on the calling thread). Errors are
         // reported in the same order as a sequential load would.
         let (text_side, model) = std::thread::scope(|scope| {
-            let text_side = scope.spawn(|| -> Result<_> {
-                Ok((Tokenizer::from_dir(dir)?, template(dir)?))
-            });
+            let text_side =
+                scope.spawn(|| -> Result<_> { Ok((Tokenizer::from_dir(dir)?, template(dir)?)) });
             let model = Model::load(&snapshot, policy);
             (text_side.join(), model)
         });

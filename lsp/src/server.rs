@@ -233,9 +233,7 @@ fn lint_document(
             }
         }
         DocumentKind::Template => {
-            let tok = link
-                .as_ref()
-                .map(|l| lock(caches).tokenizer(&l.dir));
+            let tok = link.as_ref().map(|l| lock(caches).tokenizer(&l.dir));
             let origin = match path {
                 Some(p) => TemplateOrigin::File {
                     path: p.to_path_buf(),

@@ -111,10 +111,7 @@ fn other_files_go_to_the_first_line() {
     let l = to_lsp(&d, &doc, Vec::new());
     assert_eq!(
         l.range,
-        ls_types::Range::new(
-            ls_types::Position::new(0, 0),
-            ls_types::Position::new(0, 5)
-        )
+        ls_types::Range::new(ls_types::Position::new(0, 0), ls_types::Position::new(0, 5))
     );
     let r = &l.related_information.unwrap()[0];
     assert_eq!(r.location.uri.path(), "/elsewhere/tokenizer.json");

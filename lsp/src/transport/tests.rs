@@ -41,7 +41,10 @@ fn cat(parts: &[&[u8]]) -> Vec<u8> {
 
 #[test]
 fn well_framed_messages_pass_byte_by_byte() {
-    let input = cat(&[&encode(PING), b"content-length: 2\nContent-Type: application/vscode-jsonrpc; charset=utf-8\n\n{}"]);
+    let input = cat(&[
+        &encode(PING),
+        b"content-length: 2\nContent-Type: application/vscode-jsonrpc; charset=utf-8\n\n{}",
+    ]);
     let mut d = Decoder::default();
     let mut got = Vec::new();
     for b in &input {
@@ -50,7 +53,10 @@ fn well_framed_messages_pass_byte_by_byte() {
             got.push(f);
         }
     }
-    assert_eq!(got, vec![Frame::Body(PING.to_vec()), Frame::Body(b"{}".to_vec())]);
+    assert_eq!(
+        got,
+        vec![Frame::Body(PING.to_vec()), Frame::Body(b"{}".to_vec())]
+    );
     assert_eq!(d.finish(), None);
 }
 
@@ -58,14 +64,23 @@ fn well_framed_messages_pass_byte_by_byte() {
 fn garbage_before_a_header_is_skipped() {
     let input = cat(&[b"hello\r\n\r\nnot a header", &encode(PING)]);
     assert_eq!(bodies(&input), vec![PING.to_vec()]);
-    assert_eq!(skipped(&input), vec!["bytes before a `Content-Length` header"]);
+    assert_eq!(
+        skipped(&input),
+        vec!["bytes before a `Content-Length` header"]
+    );
     // Garbage with no header at all is dropped as it comes, keeping a possible header start.
     let mut d = Decoder::default();
     d.push(b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxContent-Len");
-    assert!(matches!(d.next_frame(), Some(Frame::Skipped { bytes: 27, .. })));
+    assert!(matches!(
+        d.next_frame(),
+        Some(Frame::Skipped { bytes: 27, .. })
+    ));
     assert_eq!(d.next_frame(), None);
     d.push(&encode(PING)[11..]);
-    assert!(matches!(d.next_frame(), Some(Frame::Skipped { bytes: 3, .. })));
+    assert!(matches!(
+        d.next_frame(),
+        Some(Frame::Skipped { bytes: 3, .. })
+    ));
     assert_eq!(d.next_frame(), Some(Frame::Body(PING.to_vec())));
 }
 
@@ -92,14 +107,22 @@ fn bad_lengths_are_skipped_and_the_next_frame_read() {
     let huge = format!("Content-Length: {}\r\n\r\n", MAX_BODY + 1);
     let input = cat(&[huge.as_bytes(), &encode(PING)]);
     assert_eq!(bodies(&input), vec![PING.to_vec()]);
-    assert!(skipped(&input)[0].contains("over the limit"), "{:?}", skipped(&input));
+    assert!(
+        skipped(&input)[0].contains("over the limit"),
+        "{:?}",
+        skipped(&input)
+    );
 }
 
 #[test]
 fn a_header_that_never_ends_is_given_up() {
     let mut d = Decoder::default();
     d.push(b"Content-Length: 5");
-    assert_eq!(d.next_frame(), None, "an incomplete header waits for more input");
+    assert_eq!(
+        d.next_frame(),
+        None,
+        "an incomplete header waits for more input"
+    );
     d.push(&vec![b' '; MAX_HEADER]);
     assert_eq!(
         d.next_frame(),
@@ -151,7 +174,16 @@ fn json_rpc_messages_are_accepted() {
 #[test]
 fn other_bodies_get_a_json_rpc_error() {
     let invalid = |id: Value| json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32600, "message": "Invalid Request: not a JSON-RPC 2.0 request, notification or response"}});
-    for bad in ["[]", "{}", "null", "42", "\"x\"", r#"{"jsonrpc":"2.0"}"#, r#"{"jsonrpc":"2.0","id":1}"#, r#"{"jsonrpc":"1.0","id":1,"result":0}"#] {
+    for bad in [
+        "[]",
+        "{}",
+        "null",
+        "42",
+        "\"x\"",
+        r#"{"jsonrpc":"2.0"}"#,
+        r#"{"jsonrpc":"2.0","id":1}"#,
+        r#"{"jsonrpc":"1.0","id":1,"result":0}"#,
+    ] {
         assert_eq!(answer(bad.as_bytes()), Some(invalid(Value::Null)), "{bad}");
     }
     // A request whose fields are wrong is answered under its id.

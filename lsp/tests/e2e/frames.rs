@@ -26,22 +26,33 @@ struct Answer {
 }
 
 fn cases() -> Vec<(&'static str, Vec<u8>, Option<Answer>)> {
-    let invalid = |id| {
-        Some(Answer {
-            code: -32600,
-            id,
-        })
-    };
+    let invalid = |id| Some(Answer { code: -32600, id });
     vec![
-        ("garbage before a header", b"garbage\r\n\r\nand more: garbage".to_vec(), None),
-        ("Content-Length: abc", b"Content-Length: abc\r\n\r\n{}".to_vec(), None),
-        ("a negative length", b"Content-Length: -5\r\n\r\n{}".to_vec(), None),
+        (
+            "garbage before a header",
+            b"garbage\r\n\r\nand more: garbage".to_vec(),
+            None,
+        ),
+        (
+            "Content-Length: abc",
+            b"Content-Length: abc\r\n\r\n{}".to_vec(),
+            None,
+        ),
+        (
+            "a negative length",
+            b"Content-Length: -5\r\n\r\n{}".to_vec(),
+            None,
+        ),
         (
             "an absurd length",
             b"Content-Length: 1000000000000000\r\n\r\n{\"jsonrpc\":\"2.0\"}".to_vec(),
             None,
         ),
-        ("a header line without a colon", b"Content-Length: 2\r\nbogus\r\n\r\n{}".to_vec(), None),
+        (
+            "a header line without a colon",
+            b"Content-Length: 2\r\nbogus\r\n\r\n{}".to_vec(),
+            None,
+        ),
         ("[]", framed("[]"), invalid(Value::Null)),
         ("{}", framed("{}"), invalid(Value::Null)),
         ("null", framed("null"), invalid(Value::Null)),
@@ -69,13 +80,17 @@ fn bad_frames_cost_one_message_not_the_session() {
     let uri = file_uri(&path);
     let mut c = LspClient::start(&[]);
     c.initialize(dir.path(), json!({"probe": false}));
+    let m = c.mark();
     c.open(&uri, "jinja", 1, CLEAN);
+    c.wait_diagnostics(m, &uri, Some(1), T);
     for (name, bytes, answer) in cases() {
         let m = c.mark();
         c.write_raw(&bytes);
         if let Some(a) = answer {
             let e = c
-                .wait_for(m, T, |v| v.get("error").is_some() && v.get("method").is_none())
+                .wait_for(m, T, |v| {
+                    v.get("error").is_some() && v.get("method").is_none()
+                })
                 .value;
             assert_eq!(e["error"]["code"], a.code, "{name}: {e}");
             assert_eq!(e["id"], a.id, "{name}: {e}");
@@ -89,8 +104,7 @@ fn bad_frames_cost_one_message_not_the_session() {
             )
             .unwrap_or_else(|e| panic!("{name}: codeLens failed: {e}\n{}", c.stderr()));
         assert_eq!(
-            lenses[0]["command"]["title"],
-            "Preview render",
+            lenses[0]["command"]["title"], "Preview render",
             "{name}: {lenses}"
         );
         assert!(c.try_status().is_none(), "{name}: rmlx-lsp ended");

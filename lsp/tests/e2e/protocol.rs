@@ -68,6 +68,19 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     file_uri(&p)
 }
 
+/// The probe diagnostic of the first publish for `uri` since `mark` that carries one.
+fn probe_verdict(c: &LspClient, mark: usize, uri: &str) -> Value {
+    let msg = c
+        .wait_for(mark, PROBE_T, |v| {
+            is_diagnostics(v, uri, None) && codes(v).iter().any(|c| c.starts_with("rmlx::probe::"))
+        })
+        .value;
+    diags(&msg)
+        .into_iter()
+        .find(|d| d["code"].as_str().unwrap().starts_with("rmlx::probe::"))
+        .unwrap()
+}
+
 fn assert_clean_exit(c: LspClient) {
     let status = c.shutdown_and_exit();
     assert_eq!(status.code(), Some(0), "rmlx-lsp exit status {status}");
@@ -427,15 +440,7 @@ fn probe_on_save_hover_and_quick_fix_with_the_model() {
     // Save: the probe runs on the editor's text, in the background, with progress.
     let m = c.mark();
     c.save(&uri);
-    let msg = c
-        .wait_for(m, PROBE_T, |v| {
-            is_diagnostics(v, &uri, None) && codes(v).iter().any(|c| c.starts_with("rmlx::probe::"))
-        })
-        .value;
-    let p = diags(&msg)
-        .into_iter()
-        .find(|d| d["code"].as_str().unwrap().starts_with("rmlx::probe::"))
-        .unwrap();
+    let p = probe_verdict(&c, m, &uri);
     assert_eq!(p["code"], "rmlx::probe::ok", "{p}");
     assert_eq!(p["severity"], 3, "{p}");
     assert_eq!(range(&p)[0], 0, "{p}");
@@ -465,15 +470,7 @@ fn probe_on_save_hover_and_quick_fix_with_the_model() {
     c.wait_diagnostics(m, &uri, Some(3), T);
     let m = c.mark();
     c.save(&uri);
-    let msg = c
-        .wait_for(m, PROBE_T, |v| {
-            is_diagnostics(v, &uri, None) && codes(v).iter().any(|c| c.starts_with("rmlx::probe::"))
-        })
-        .value;
-    let p = diags(&msg)
-        .into_iter()
-        .find(|d| d["code"].as_str().unwrap().starts_with("rmlx::probe::"))
-        .unwrap();
+    let p = probe_verdict(&c, m, &uri);
     assert_eq!(p["code"], "rmlx::probe::unexpected-answer", "{p}");
     assert_eq!(p["severity"], 1, "{p}");
     let (verdict, help) = p["message"]
@@ -519,7 +516,10 @@ fn a_template_broken_on_disk_is_probed_with_the_editors_fixed_text() {
         "{log}"
     );
     let msg = c.wait_diagnostics(m, &uri, Some(1), T).value;
-    assert!(codes(&msg).contains(&"rmlx::template::syntax".to_string()), "{msg}");
+    assert!(
+        codes(&msg).contains(&"rmlx::template::syntax".to_string()),
+        "{msg}"
+    );
 
     // Fixed in the editor, not saved: the error clears, and no probe failure is left behind.
     let m = c.mark();
@@ -560,18 +560,14 @@ fn a_template_broken_on_disk_is_probed_with_the_editors_fixed_text() {
         )
         .unwrap();
     assert_eq!(queued, json!({"queued": true}));
-    let msg = c
-        .wait_for(m, PROBE_T, |v| {
-            is_diagnostics(v, &uri, None) && codes(v).iter().any(|c| c.starts_with("rmlx::probe::"))
-        })
-        .value;
-    let p = diags(&msg)
-        .into_iter()
-        .find(|d| d["code"].as_str().unwrap().starts_with("rmlx::probe::"))
-        .unwrap();
+    let p = probe_verdict(&c, m, &uri);
     assert_eq!(p["code"], "rmlx::probe::ok", "{p}");
     assert!(p["message"].as_str().unwrap().contains("Paris"), "{p}");
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), broken, "never saved");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        broken,
+        "never saved"
+    );
     assert_clean_exit(c);
 }
 
