@@ -62,14 +62,28 @@ pub struct Prompt {
 impl Session {
     /// Loads a model directory.
     pub fn load(dir: &Path, policy: DtypePolicy) -> Result<Self> {
+        Self::load_with(dir, policy, |d: &Path| crate::template::discover(d))
+    }
+
+    /// Loads a model directory's weights and tokenizer without its chat template
+    /// (`template` is `None`): for callers that supply the template text themselves (the
+    /// editor's buffer), so a template that does not parse on disk cannot fail the load.
+    pub fn load_without_template(dir: &Path, policy: DtypePolicy) -> Result<Self> {
+        Self::load_with(dir, policy, |_| Ok(None))
+    }
+
+    fn load_with(
+        dir: &Path,
+        policy: DtypePolicy,
+        template: impl FnOnce(&Path) -> Result<Option<ChatTemplate>> + Send,
+    ) -> Result<Self> {
         let snapshot = Snapshot::open(dir)?;
         // The tokenizer (a large JSON file) and the template are read on a second thread
         // while this one loads the weights (MLX state stays on the calling thread). Errors are
         // reported in the same order as a sequential load would.
         let (text_side, model) = std::thread::scope(|scope| {
-            let text_side = scope.spawn(|| -> Result<_> {
-                Ok((Tokenizer::from_dir(dir)?, crate::template::discover(dir)?))
-            });
+            let text_side =
+                scope.spawn(|| -> Result<_> { Ok((Tokenizer::from_dir(dir)?, template(dir)?)) });
             let model = Model::load(&snapshot, policy);
             (text_side.join(), model)
         });

@@ -1,20 +1,23 @@
 //! `rmlx-lsp`: the language server for chat templates and rmlx.toml — the cargo-rmlx lint
-//! engine and probe in the editor. Speaks LSP over stdio (`--stdio` is accepted and implied).
-//! Logs go to stderr (`RUST_LOG`, default `warn`). See the README's "Editor setup".
+//! engine and probe in the editor. Speaks LSP over stdio (`--stdio` is accepted and implied)
+//! through tower-lsp-server, behind a framing layer that survives malformed input
+//! ([`transport`]) and a service layer that contains handler panics ([`service`]). Logs go
+//! to stderr (`RUST_LOG`, default `warn`). See the README's "Editor setup".
 
 mod config;
 mod probe;
 mod server;
+mod service;
+mod sync;
+mod transport;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tower_lsp::jsonrpc::{Request, Response};
-use tower_lsp::{LspService, Server};
+use tower_lsp_server::{LspService, Server};
 
 const USAGE: &str =
     "rmlx-lsp: language server for chat templates (cargo-rmlx's lint engine and probe)
@@ -23,35 +26,6 @@ Usage: rmlx-lsp [--stdio]
 
 Speaks the Language Server Protocol over stdin/stdout. Logs go to stderr (RUST_LOG).
 Options: --stdio (the default transport), --version, --help";
-
-/// Passes every message to the language service and notices the `exit` notification, so
-/// the process ends on it even when the client keeps stdin open.
-struct ExitWatch<S> {
-    inner: S,
-    exited: Arc<Notify>,
-}
-
-impl<S> tower_service::Service<Request> for ExitWatch<S>
-where
-    S: tower_service::Service<Request, Response = Option<Response>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request) -> Self::Future {
-        let exit = req.method() == "exit";
-        let fut = self.inner.call(req);
-        if exit {
-            self.exited.notify_one();
-        }
-        fut
-    }
-}
 
 fn main() -> ExitCode {
     for arg in std::env::args().skip(1) {
@@ -100,15 +74,14 @@ fn main() -> ExitCode {
             b
         })
         .finish();
-        let service = ExitWatch {
-            inner: service,
-            exited: exited.clone(),
-        };
-        let serve = Server::new(tokio::io::stdin(), tokio::io::stdout(), socket).serve(service);
-        tokio::select! {
-            () = serve => {}
-            () = exited.notified() => {}
-        }
+        let service = service::Guarded::new(service, exited.clone());
+        transport::serve(
+            tokio::io::stdin(),
+            tokio::io::stdout(),
+            |input, output| Server::new(input, output, socket).serve(service),
+            exited.notified(),
+        )
+        .await;
         if let Some(b) = backend {
             // The client may exit without a shutdown request; never leave MLX work running.
             let _ = tokio::task::spawn_blocking(move || b.stop_probe()).await;

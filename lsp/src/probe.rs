@@ -7,6 +7,7 @@
 //! only a few greedy steps.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -15,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc::UnboundedSender;
-use tower_lsp::lsp_types::Url;
+use tower_lsp_server::ls_types::Uri;
 
 use rmlx::diagnostic::Diagnostic;
 use rmlx::editor::project::ModelLink;
@@ -24,11 +25,13 @@ use rmlx::probe::{self, ProbeReport};
 use rmlx::session::Session;
 use rmlx::template::{ChatTemplate, TemplateOrigin};
 
+use crate::sync::lock;
+
 /// A probe to run: the template text as the editor holds it, for the model it belongs to.
 #[derive(Debug, Clone)]
 pub struct ProbeJob {
     /// The template document.
-    pub uri: Url,
+    pub uri: Uri,
     /// Its file, when it has one (names the template in diagnostics).
     pub path: Option<PathBuf>,
     /// The template text to probe with.
@@ -59,7 +62,7 @@ pub enum ProbeEvent {
     /// The job finished (or was superseded while it ran).
     Done {
         /// The job's document.
-        uri: Url,
+        uri: Uri,
         /// The job's generation.
         generation: u64,
         /// The model's name.
@@ -92,7 +95,7 @@ enum Msg {
 /// The handle the server holds on the probe worker.
 pub struct ProbeHandle {
     tx: Mutex<Sender<Msg>>,
-    latest: Arc<Mutex<HashMap<Url, u64>>>,
+    latest: Arc<Mutex<HashMap<Uri, u64>>>,
     counter: AtomicU64,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -101,7 +104,7 @@ impl ProbeHandle {
     /// Starts the worker thread; its events go to `events`.
     pub fn spawn(events: UnboundedSender<ProbeEvent>) -> Self {
         let (tx, rx) = channel();
-        let latest: Arc<Mutex<HashMap<Url, u64>>> = Arc::default();
+        let latest: Arc<Mutex<HashMap<Uri, u64>>> = Arc::default();
         let l = latest.clone();
         let thread = std::thread::Builder::new()
             .name("rmlx-probe".into())
@@ -120,30 +123,27 @@ impl ProbeHandle {
     pub fn submit(&self, mut job: ProbeJob) -> u64 {
         let generation = self.counter.fetch_add(1, Ordering::SeqCst) + 1;
         job.generation = generation;
-        self.latest
-            .lock()
-            .unwrap()
-            .insert(job.uri.clone(), generation);
-        let _ = self.tx.lock().unwrap().send(Msg::Job(Box::new(job)));
+        lock(&self.latest).insert(job.uri.clone(), generation);
+        let _ = lock(&self.tx).send(Msg::Job(Box::new(job)));
         generation
     }
 
     /// Is `generation` the newest probe submitted for `uri`?
-    pub fn is_latest(&self, uri: &Url, generation: u64) -> bool {
+    pub fn is_latest(&self, uri: &Uri, generation: u64) -> bool {
         is_latest(&self.latest, uri, generation)
     }
 
     /// Forgets a document (closed): its queued or running probe is void.
-    pub fn forget(&self, uri: &Url) {
+    pub fn forget(&self, uri: &Uri) {
         let generation = self.counter.fetch_add(1, Ordering::SeqCst) + 1;
-        self.latest.lock().unwrap().insert(uri.clone(), generation);
+        lock(&self.latest).insert(uri.clone(), generation);
     }
 
     /// Stops the worker after the probe it is running (if any) and waits for it, at most
     /// `timeout`. Its models are freed on its own thread.
     pub fn stop(&self, timeout: Duration) {
-        let _ = self.tx.lock().unwrap().send(Msg::Stop);
-        let Some(handle) = self.thread.lock().unwrap().take() else {
+        let _ = lock(&self.tx).send(Msg::Stop);
+        let Some(handle) = lock(&self.thread).take() else {
             return;
         };
         let start = Instant::now();
@@ -158,8 +158,8 @@ impl ProbeHandle {
     }
 }
 
-fn is_latest(latest: &Mutex<HashMap<Url, u64>>, uri: &Url, generation: u64) -> bool {
-    latest.lock().unwrap().get(uri).copied() == Some(generation)
+fn is_latest(latest: &Mutex<HashMap<Uri, u64>>, uri: &Uri, generation: u64) -> bool {
+    lock(latest).get(uri).copied() == Some(generation)
 }
 
 /// A loaded model and the stamp of the files it was loaded from.
@@ -197,7 +197,7 @@ fn model_stamp(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
 
 fn worker(
     rx: Receiver<Msg>,
-    latest: Arc<Mutex<HashMap<Url, u64>>>,
+    latest: Arc<Mutex<HashMap<Uri, u64>>>,
     events: UnboundedSender<ProbeEvent>,
 ) {
     let mut models: HashMap<PathBuf, Cached> = HashMap::new();
@@ -213,7 +213,7 @@ fn worker(
                 continue;
             }
             let started = Instant::now();
-            let outcome = run(&job, &mut models, &latest, &events);
+            let outcome = run_contained(&job, &mut models, &latest, &events);
             let outcome = if is_latest(&latest, &job.uri, job.generation) {
                 outcome
             } else {
@@ -232,10 +232,30 @@ fn worker(
     drop(models);
 }
 
+/// [`run`], with a panic turned into a failed probe (the model it used is dropped: its state
+/// is unknown) so that one bad probe does not stop every later one.
+fn run_contained(
+    job: &ProbeJob,
+    models: &mut HashMap<PathBuf, Cached>,
+    latest: &Mutex<HashMap<Uri, u64>>,
+    events: &UnboundedSender<ProbeEvent>,
+) -> Outcome {
+    let caught = std::panic::catch_unwind(AssertUnwindSafe(|| run(job, models, latest, events)));
+    caught.unwrap_or_else(|panic| {
+        let why = crate::service::panic_message(panic.as_ref());
+        tracing::error!("the probe of {} panicked: {why}", job.link.dir.display());
+        models.remove(&job.link.dir);
+        Outcome::Failed(Diagnostic::error(
+            "rmlx::probe::panicked",
+            format!("the probe stopped on an internal error: {why}"),
+        ))
+    })
+}
+
 fn run(
     job: &ProbeJob,
     models: &mut HashMap<PathBuf, Cached>,
-    latest: &Mutex<HashMap<Url, u64>>,
+    latest: &Mutex<HashMap<Uri, u64>>,
     events: &UnboundedSender<ProbeEvent>,
 ) -> Outcome {
     let dir = &job.link.dir;
@@ -250,7 +270,9 @@ fn run(
             model: job.link.name.clone(),
         });
         let t0 = Instant::now();
-        match Session::load(dir, DtypePolicy::Auto) {
+        // The template on disk plays no part: the probe renders the editor's text, so a
+        // saved template that does not parse must not fail the load.
+        match Session::load_without_template(dir, DtypePolicy::Auto) {
             Ok(session) => {
                 tracing::info!(
                     "{}: loaded in {:.2}s",

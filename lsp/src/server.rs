@@ -13,11 +13,12 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
-use tower_lsp::jsonrpc::{Error, Result};
-use tower_lsp::lsp_types::notification::Progress;
-use tower_lsp::lsp_types::request::WorkDoneProgressCreate;
-use tower_lsp::lsp_types::*;
-use tower_lsp::{Client, LanguageServer};
+use tower_lsp_server::jsonrpc::{Error, Result};
+use tower_lsp_server::ls_types;
+use tower_lsp_server::ls_types::notification::Progress;
+use tower_lsp_server::ls_types::request::WorkDoneProgressCreate;
+use tower_lsp_server::ls_types::*;
+use tower_lsp_server::{Client, LanguageServer};
 
 use rmlx::diagnostic::{Diagnostic, Severity};
 use rmlx::editor::preview::{self, HoverInfo, Sample};
@@ -30,13 +31,14 @@ use rmlx::tokenize::Tokenizer;
 
 use crate::config::Config;
 use crate::probe::{Outcome, ProbeEvent, ProbeHandle, ProbeJob};
+use crate::sync::lock;
 
 /// Command: the rendered text of every sample conversation (argument: the document URI).
 pub const CMD_PREVIEW: &str = "rmlx.previewRender";
 /// Command: probe the template's model now (argument: the document URI).
 pub const CMD_PROBE: &str = "rmlx.probe";
 
-/// The tower-lsp service object.
+/// The tower-lsp-server language service object.
 pub struct Backend {
     shared: Arc<Shared>,
 }
@@ -51,7 +53,7 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    docs: HashMap<Url, Doc>,
+    docs: HashMap<Uri, Doc>,
     config: Config,
     /// The client accepts `window/workDoneProgress/create`.
     progress: bool,
@@ -67,7 +69,7 @@ struct Doc {
     text: Arc<str>,
     lint: Option<Linted>,
     /// The last probe's verdict (or why it could not run), on the first line.
-    probe: Option<tower_lsp::lsp_types::Diagnostic>,
+    probe: Option<ls_types::Diagnostic>,
     /// One line about the last probe, for hover and the code lens.
     probe_summary: Option<String>,
     /// Serialises lint runs and publishing for this document.
@@ -78,7 +80,7 @@ struct Doc {
 struct Linted {
     version: i32,
     kind: DocumentKind,
-    diagnostics: Vec<tower_lsp::lsp_types::Diagnostic>,
+    diagnostics: Vec<ls_types::Diagnostic>,
     fixes: Vec<Fix>,
 }
 
@@ -86,11 +88,11 @@ struct Fix {
     range: Range,
     title: String,
     new_text: String,
-    diagnostic: tower_lsp::lsp_types::Diagnostic,
+    diagnostic: ls_types::Diagnostic,
 }
 
 impl Doc {
-    fn all_diagnostics(&self) -> Vec<tower_lsp::lsp_types::Diagnostic> {
+    fn all_diagnostics(&self) -> Vec<ls_types::Diagnostic> {
         let mut out: Vec<_> = self
             .lint
             .as_ref()
@@ -189,15 +191,15 @@ impl Caches {
 /// A document's kind and model, from the manifest on disk.
 fn resolve(
     caches: &Mutex<Caches>,
-    uri: &Url,
+    uri: &Uri,
     path: Option<&Path>,
     all_jinja: bool,
 ) -> (DocumentKind, Option<ModelLink>) {
     let Some(path) = path else {
-        let name = uri.path().rsplit('/').next().unwrap_or("");
+        let name = uri.path().as_str().rsplit('/').next().unwrap_or("");
         return (project::classify(Path::new(name), None, all_jinja), None);
     };
-    let manifest = caches.lock().unwrap().manifest_for(path);
+    let manifest = lock(caches).manifest_for(path);
     let kind = project::classify(path, manifest.as_deref(), all_jinja);
     let link = match kind {
         DocumentKind::Template => project::model_for(path, manifest.as_deref()),
@@ -208,14 +210,14 @@ fn resolve(
 
 struct LintOutput {
     kind: DocumentKind,
-    diagnostics: Vec<tower_lsp::lsp_types::Diagnostic>,
+    diagnostics: Vec<ls_types::Diagnostic>,
     fixes: Vec<Fix>,
 }
 
 /// The lint of one document version (runs on a blocking thread).
 fn lint_document(
     caches: &Mutex<Caches>,
-    uri: &Url,
+    uri: &Uri,
     path: Option<&Path>,
     text: &str,
     cfg: &Config,
@@ -226,14 +228,12 @@ fn lint_document(
         DocumentKind::Other => {}
         DocumentKind::Manifest => {
             if let Some(p) = path {
-                let target = caches.lock().unwrap().target_dir(p);
+                let target = lock(caches).target_dir(p);
                 diags = project::manifest_diagnostics(p, text, target).1;
             }
         }
         DocumentKind::Template => {
-            let tok = link
-                .as_ref()
-                .map(|l| caches.lock().unwrap().tokenizer(&l.dir));
+            let tok = link.as_ref().map(|l| lock(caches).tokenizer(&l.dir));
             let origin = match path {
                 Some(p) => TemplateOrigin::File {
                     path: p.to_path_buf(),
@@ -282,7 +282,7 @@ fn lint_document(
     for d in &diags {
         let extra = match &link {
             Some(l) => {
-                let read = |p: &Path| caches.lock().unwrap().read(p);
+                let read = |p: &Path| lock(caches).read(p);
                 editor::tokenizer_related(d.code, &l.dir, &read)
             }
             None => Vec::new(),
@@ -343,38 +343,33 @@ impl BackendHandle {
 
 impl Shared {
     fn config(&self) -> Config {
-        self.state.lock().unwrap().config.clone()
+        lock(&self.state).config.clone()
     }
 
-    fn version(&self, uri: &Url) -> Option<i32> {
-        self.state.lock().unwrap().docs.get(uri).map(|d| d.version)
+    fn version(&self, uri: &Uri) -> Option<i32> {
+        lock(&self.state).docs.get(uri).map(|d| d.version)
     }
 
     /// The per-document lock that serialises its lint and republish passes.
-    fn doc_lock(&self, uri: &Url) -> Option<Arc<tokio::sync::Mutex<()>>> {
-        self.state
-            .lock()
-            .unwrap()
-            .docs
-            .get(uri)
-            .map(|d| d.lock.clone())
+    fn doc_lock(&self, uri: &Uri) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        lock(&self.state).docs.get(uri).map(|d| d.lock.clone())
     }
 
     /// Lints `uri` at `version` after `delay` (unless a newer version arrived meanwhile) and
     /// publishes the result unless the document changed while it ran.
-    async fn lint(self: Arc<Self>, uri: Url, version: i32, delay: Duration) {
+    async fn lint(self: Arc<Self>, uri: Uri, version: i32, delay: Duration) {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
             if self.version(&uri) != Some(version) {
                 return;
             }
         }
-        let Some(lock) = self.doc_lock(&uri) else {
+        let Some(serial) = self.doc_lock(&uri) else {
             return;
         };
-        let _serial = lock.lock().await;
+        let _serial = serial.lock().await;
         let (path, text, cfg) = {
-            let st = self.state.lock().unwrap();
+            let st = lock(&self.state);
             match st.docs.get(&uri) {
                 Some(d) if d.version == version => {
                     (d.path.clone(), d.text.clone(), st.config.clone())
@@ -391,12 +386,12 @@ impl Shared {
         let out = match out {
             Ok(o) => o,
             Err(e) => {
-                tracing::error!("lint of {uri} failed: {e}");
+                tracing::error!("lint of {} failed: {e}", uri.as_str());
                 return;
             }
         };
         let all = {
-            let mut st = self.state.lock().unwrap();
+            let mut st = lock(&self.state);
             let Some(doc) = st.docs.get_mut(&uri) else {
                 return;
             };
@@ -418,13 +413,13 @@ impl Shared {
 
     /// Re-publishes the current lint results with the current probe diagnostic, when the
     /// lint is up to date (otherwise the pending lint publishes both).
-    async fn republish(self: Arc<Self>, uri: Url) {
-        let Some(lock) = self.doc_lock(&uri) else {
+    async fn republish(self: Arc<Self>, uri: Uri) {
+        let Some(serial) = self.doc_lock(&uri) else {
             return;
         };
-        let _serial = lock.lock().await;
+        let _serial = serial.lock().await;
         let msg = {
-            let st = self.state.lock().unwrap();
+            let st = lock(&self.state);
             st.docs.get(&uri).and_then(|d| match &d.lint {
                 Some(l) if l.version == d.version => Some((d.all_diagnostics(), d.version)),
                 _ => None,
@@ -438,10 +433,7 @@ impl Shared {
     }
 
     fn relint_all(self: &Arc<Self>) {
-        let docs: Vec<(Url, i32)> = self
-            .state
-            .lock()
-            .unwrap()
+        let docs: Vec<(Uri, i32)> = lock(&self.state)
             .docs
             .iter()
             .map(|(u, d)| (u.clone(), d.version))
@@ -453,13 +445,13 @@ impl Shared {
 
     /// Queues a probe of the document's current text when it is a template with a model.
     /// `force`: regardless of the `probe` setting (the command).
-    async fn probe(self: Arc<Self>, uri: Url, on_open: bool, force: bool) -> Option<u64> {
+    async fn probe(self: Arc<Self>, uri: Uri, on_open: bool, force: bool) -> Option<u64> {
         let cfg = self.config();
         if !force && (!cfg.probe || (on_open && !cfg.probe_on_open)) {
             return None;
         }
         let (path, text) = {
-            let st = self.state.lock().unwrap();
+            let st = lock(&self.state);
             let d = st.docs.get(&uri)?;
             (d.path.clone()?, d.text.clone())
         };
@@ -481,7 +473,7 @@ impl Shared {
     }
 
     async fn progress_begin(&self, token: &NumberOrString, title: &str, message: String) -> bool {
-        if !self.state.lock().unwrap().progress {
+        if !lock(&self.state).progress {
             return false;
         }
         let create =
@@ -593,7 +585,7 @@ async fn probe_events(shared: Arc<Shared>, mut rx: UnboundedReceiver<ProbeEvent>
                     .client
                     .log_message(
                         MessageType::INFO,
-                        format!("rmlx probe of {model} ({uri}): {summary}"),
+                        format!("rmlx probe of {model} ({}): {summary}", uri.as_str()),
                     )
                     .await;
                 let d = match &outcome {
@@ -602,7 +594,7 @@ async fn probe_events(shared: Arc<Shared>, mut rx: UnboundedReceiver<ProbeEvent>
                     _ => None,
                 };
                 {
-                    let mut st = shared.state.lock().unwrap();
+                    let mut st = lock(&shared.state);
                     let Some(doc) = st.docs.get_mut(&uri) else {
                         continue;
                     };
@@ -629,9 +621,11 @@ async fn probe_events(shared: Arc<Shared>, mut rx: UnboundedReceiver<ProbeEvent>
     }
 }
 
-fn file_path(uri: &Url) -> Option<PathBuf> {
-    (uri.scheme() == "file")
-        .then(|| uri.to_file_path().ok())
+fn file_path(uri: &Uri) -> Option<PathBuf> {
+    uri.scheme()
+        .as_str()
+        .eq_ignore_ascii_case("file")
+        .then(|| uri.to_file_path().map(|p| p.into_owned()))
         .flatten()
 }
 
@@ -640,18 +634,17 @@ fn ranges_overlap(a: &Range, b: &Range) -> bool {
     le(&a.start, &b.end) && le(&b.start, &a.end)
 }
 
-fn uri_argument(args: &[Value]) -> Result<Url> {
+fn uri_argument(args: &[Value]) -> Result<Uri> {
     args.first()
         .and_then(|v| {
             v.as_str()
                 .or_else(|| v.get("uri").and_then(Value::as_str))
                 .map(str::to_string)
         })
-        .and_then(|s| Url::parse(&s).ok())
+        .and_then(|s| s.parse::<Uri>().ok())
         .ok_or_else(|| Error::invalid_params("expected the document URI as the first argument"))
 }
 
-#[tower_lsp::async_trait]
 impl LanguageServer for Backend {
     async fn initialize(&self, params: InitializeParams) -> Result<InitializeResult> {
         // Bad settings must not keep the server from starting: defaults, and a warning once
@@ -664,7 +657,7 @@ impl LanguageServer for Backend {
             None => (Config::default(), None),
         };
         {
-            let mut st = self.shared.state.lock().unwrap();
+            let mut st = lock(&self.shared.state);
             st.config = config;
             st.warning = warning;
             st.progress = params
@@ -682,6 +675,7 @@ impl LanguageServer for Backend {
                 .unwrap_or(false);
         }
         Ok(InitializeResult {
+            offset_encoding: None,
             server_info: Some(ServerInfo {
                 name: "rmlx-lsp".into(),
                 version: Some(env!("CARGO_PKG_VERSION").into()),
@@ -720,7 +714,7 @@ impl LanguageServer for Backend {
     }
 
     async fn initialized(&self, _: InitializedParams) {
-        let warning = self.shared.state.lock().unwrap().warning.take();
+        let warning = lock(&self.shared.state).warning.take();
         if let Some(w) = warning {
             self.shared
                 .client
@@ -748,7 +742,7 @@ impl LanguageServer for Backend {
         let doc = params.text_document;
         let uri = doc.uri.clone();
         {
-            let mut st = self.shared.state.lock().unwrap();
+            let mut st = lock(&self.shared.state);
             if st.docs.get(&uri).is_some_and(|d| d.version > doc.version) {
                 return;
             }
@@ -785,7 +779,7 @@ impl LanguageServer for Backend {
         let uri = params.text_document.uri;
         let version = params.text_document.version;
         let delay = {
-            let mut st = self.shared.state.lock().unwrap();
+            let mut st = lock(&self.shared.state);
             let delay = Duration::from_millis(st.config.debounce_ms);
             let doc = match st.docs.get_mut(&uri) {
                 Some(d) => d,
@@ -831,7 +825,7 @@ impl LanguageServer for Backend {
 
     async fn did_close(&self, params: DidCloseTextDocumentParams) {
         let uri = params.text_document.uri;
-        self.shared.state.lock().unwrap().docs.remove(&uri);
+        lock(&self.shared.state).docs.remove(&uri);
         self.shared.probe.forget(&uri);
         self.shared
             .client
@@ -842,7 +836,7 @@ impl LanguageServer for Backend {
     async fn did_change_configuration(&self, params: DidChangeConfigurationParams) {
         match Config::from_value(&params.settings) {
             Ok(c) => {
-                self.shared.state.lock().unwrap().config = c;
+                lock(&self.shared.state).config = c;
                 self.shared.relint_all();
             }
             Err(e) => {
@@ -857,7 +851,7 @@ impl LanguageServer for Backend {
     async fn hover(&self, params: HoverParams) -> Result<Option<Hover>> {
         let uri = params.text_document_position_params.text_document.uri;
         let (path, text, cfg, summary) = {
-            let st = self.shared.state.lock().unwrap();
+            let st = lock(&self.shared.state);
             let Some(d) = st.docs.get(&uri) else {
                 return Ok(None);
             };
@@ -876,7 +870,7 @@ impl LanguageServer for Backend {
             }
             let tok = link
                 .as_ref()
-                .and_then(|l| shared.caches.lock().unwrap().tokenizer(&l.dir).ok());
+                .and_then(|l| lock(&shared.caches).tokenizer(&l.dir).ok());
             let origin = match &path {
                 Some(p) => TemplateOrigin::File { path: p.clone() },
                 None => TemplateOrigin::Inline {
@@ -926,7 +920,7 @@ impl LanguageServer for Backend {
     async fn code_lens(&self, params: CodeLensParams) -> Result<Option<Vec<CodeLens>>> {
         let uri = params.text_document.uri;
         let (kind, summary) = {
-            let st = self.shared.state.lock().unwrap();
+            let st = lock(&self.shared.state);
             let Some(d) = st.docs.get(&uri) else {
                 return Ok(None);
             };
@@ -968,7 +962,7 @@ impl LanguageServer for Backend {
         match params.command.as_str() {
             CMD_PREVIEW => {
                 let (path, text, version, cfg) = {
-                    let st = self.shared.state.lock().unwrap();
+                    let st = lock(&self.shared.state);
                     let d = st
                         .docs
                         .get(&uri)
@@ -981,7 +975,7 @@ impl LanguageServer for Backend {
                     let (_, link) = resolve(&shared.caches, &u, path.as_deref(), cfg.all_jinja);
                     let tok = link
                         .as_ref()
-                        .and_then(|l| shared.caches.lock().unwrap().tokenizer(&l.dir).ok());
+                        .and_then(|l| lock(&shared.caches).tokenizer(&l.dir).ok());
                     let origin = match &path {
                         Some(p) => TemplateOrigin::File { path: p.clone() },
                         None => TemplateOrigin::Inline {
@@ -1018,7 +1012,7 @@ impl LanguageServer for Backend {
 
     async fn code_action(&self, params: CodeActionParams) -> Result<Option<CodeActionResponse>> {
         let uri = params.text_document.uri;
-        let st = self.shared.state.lock().unwrap();
+        let st = lock(&self.shared.state);
         let Some(doc) = st.docs.get(&uri) else {
             return Ok(None);
         };

@@ -1,5 +1,5 @@
 //! The editor side of the lint engine and the probe, free of any server machinery (the
-//! `rmlx-lsp` binary is a thin tower-lsp front-end over this module):
+//! `rmlx-lsp` binary is a thin tower-lsp-server front-end over this module):
 //!
 //! - [`position`]: byte spans ↔ LSP positions in UTF-16 code units;
 //! - [`to_lsp`]: a [`Diagnostic`] as an LSP diagnostic (exact range, stable code, severity,
@@ -18,13 +18,13 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
-use lsp_types::{DiagnosticRelatedInformation, DiagnosticSeverity, Location, NumberOrString, Url};
+use ls_types::{DiagnosticRelatedInformation, DiagnosticSeverity, Location, NumberOrString, Uri};
 
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::lint;
 use crate::probe::{ProbeReport, Verdict};
 
-pub use lsp_types;
+pub use ls_types;
 pub use position::{position_of, LineIndex};
 
 /// The `source` of every diagnostic rmlx publishes.
@@ -34,7 +34,7 @@ pub const SOURCE: &str = "rmlx";
 #[derive(Debug, Clone, Copy)]
 pub struct Document<'a> {
     /// The document's URI.
-    pub uri: &'a Url,
+    pub uri: &'a Uri,
     /// Its file on disk, when the URI is a `file:` URI.
     pub path: Option<&'a Path>,
     /// The editor's text (what the diagnostics' spans point into).
@@ -66,7 +66,7 @@ pub fn to_lsp(
     d: &Diagnostic,
     doc: &Document<'_>,
     extra: Vec<DiagnosticRelatedInformation>,
-) -> lsp_types::Diagnostic {
+) -> ls_types::Diagnostic {
     let own_file = match (&d.file, doc.path) {
         (None, _) => true,
         (Some(f), Some(p)) => same_path(f, p),
@@ -87,7 +87,7 @@ pub fn to_lsp(
         (Some(span), true) => index.range(text, span.clone()),
         (span, _) => {
             if let (Some(span), Some(file)) = (span, &d.file) {
-                if let Ok(uri) = Url::from_file_path(file) {
+                if let Some(uri) = Uri::from_file_path(file) {
                     related.push(DiagnosticRelatedInformation {
                         location: Location::new(uri, index.range(text, span.clone())),
                         message: d.span_label.clone().unwrap_or_else(|| "here".into()),
@@ -116,7 +116,7 @@ pub fn to_lsp(
         message.push_str("\nhelp: ");
         message.push_str(help);
     }
-    lsp_types::Diagnostic {
+    ls_types::Diagnostic {
         range,
         severity: Some(severity(d.severity)),
         code: Some(NumberOrString::String(d.code.to_string())),
@@ -195,11 +195,11 @@ pub fn tokenizer_related(
         let Some(span) = json_key_span(&text, key) else {
             continue;
         };
-        let Ok(uri) = Url::from_file_path(&path) else {
+        let Some(uri) = Uri::from_file_path(&path) else {
             continue;
         };
         let range =
-            lsp_types::Range::new(position_of(&text, span.start), position_of(&text, span.end));
+            ls_types::Range::new(position_of(&text, span.start), position_of(&text, span.end));
         out.push(DiagnosticRelatedInformation {
             location: Location::new(uri, range),
             message,

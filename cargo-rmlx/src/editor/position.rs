@@ -5,7 +5,7 @@
 
 use std::ops::Range;
 
-use lsp_types::Position;
+use ls_types::Position;
 
 /// Line starts of one text, for converting offsets to positions and back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,14 +62,14 @@ impl LineIndex {
     }
 
     /// The LSP range of byte span `span` of `text`.
-    pub fn range(&self, text: &str, span: Range<usize>) -> lsp_types::Range {
+    pub fn range(&self, text: &str, span: Range<usize>) -> ls_types::Range {
         let start = self.position(text, span.start);
         let end = self.position(text, span.end.max(span.start));
-        lsp_types::Range::new(start, end)
+        ls_types::Range::new(start, end)
     }
 
     /// The range of line `line` without its line break (clamped to the last line).
-    pub fn line_range(&self, text: &str, line: usize) -> lsp_types::Range {
+    pub fn line_range(&self, text: &str, line: usize) -> ls_types::Range {
         let line = line.min(self.starts.len() - 1);
         let (start, end) = self.line_span(text, line);
         self.range(text, start..end)
@@ -165,7 +165,7 @@ mod tests {
         assert_eq!(position_of(text, x), Position::new(1, 5));
         assert_eq!(
             idx.line_range(text, 1),
-            lsp_types::Range::new(Position::new(1, 0), Position::new(1, 6))
+            ls_types::Range::new(Position::new(1, 0), Position::new(1, 6))
         );
     }
 

@@ -4,10 +4,10 @@ use super::*;
 use crate::lint::{lint_source, LintOptions};
 use crate::template::TemplateOrigin;
 
-fn doc_parts(text: &str) -> (Url, PathBuf, LineIndex) {
+fn doc_parts(text: &str) -> (Uri, PathBuf, LineIndex) {
     let path = PathBuf::from("/tmp/rmlx-editor-test/chat_template.jinja");
     (
-        Url::from_file_path(&path).unwrap(),
+        Uri::from_file_path(&path).unwrap(),
         path,
         LineIndex::new(text),
     )
@@ -111,10 +111,7 @@ fn other_files_go_to_the_first_line() {
     let l = to_lsp(&d, &doc, Vec::new());
     assert_eq!(
         l.range,
-        lsp_types::Range::new(
-            lsp_types::Position::new(0, 0),
-            lsp_types::Position::new(0, 5)
-        )
+        ls_types::Range::new(ls_types::Position::new(0, 0), ls_types::Position::new(0, 5))
     );
     let r = &l.related_information.unwrap()[0];
     assert_eq!(r.location.uri.path(), "/elsewhere/tokenizer.json");

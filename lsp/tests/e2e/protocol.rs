@@ -68,6 +68,19 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     file_uri(&p)
 }
 
+/// The probe diagnostic of the first publish for `uri` since `mark` that carries one.
+fn probe_verdict(c: &LspClient, mark: usize, uri: &str) -> Value {
+    let msg = c
+        .wait_for(mark, PROBE_T, |v| {
+            is_diagnostics(v, uri, None) && codes(v).iter().any(|c| c.starts_with("rmlx::probe::"))
+        })
+        .value;
+    diags(&msg)
+        .into_iter()
+        .find(|d| d["code"].as_str().unwrap().starts_with("rmlx::probe::"))
+        .unwrap()
+}
+
 fn assert_clean_exit(c: LspClient) {
     let status = c.shutdown_and_exit();
     assert_eq!(status.code(), Some(0), "rmlx-lsp exit status {status}");
@@ -427,15 +440,7 @@ fn probe_on_save_hover_and_quick_fix_with_the_model() {
     // Save: the probe runs on the editor's text, in the background, with progress.
     let m = c.mark();
     c.save(&uri);
-    let msg = c
-        .wait_for(m, PROBE_T, |v| {
-            is_diagnostics(v, &uri, None) && codes(v).iter().any(|c| c.starts_with("rmlx::probe::"))
-        })
-        .value;
-    let p = diags(&msg)
-        .into_iter()
-        .find(|d| d["code"].as_str().unwrap().starts_with("rmlx::probe::"))
-        .unwrap();
+    let p = probe_verdict(&c, m, &uri);
     assert_eq!(p["code"], "rmlx::probe::ok", "{p}");
     assert_eq!(p["severity"], 3, "{p}");
     assert_eq!(range(&p)[0], 0, "{p}");
@@ -465,15 +470,7 @@ fn probe_on_save_hover_and_quick_fix_with_the_model() {
     c.wait_diagnostics(m, &uri, Some(3), T);
     let m = c.mark();
     c.save(&uri);
-    let msg = c
-        .wait_for(m, PROBE_T, |v| {
-            is_diagnostics(v, &uri, None) && codes(v).iter().any(|c| c.starts_with("rmlx::probe::"))
-        })
-        .value;
-    let p = diags(&msg)
-        .into_iter()
-        .find(|d| d["code"].as_str().unwrap().starts_with("rmlx::probe::"))
-        .unwrap();
+    let p = probe_verdict(&c, m, &uri);
     assert_eq!(p["code"], "rmlx::probe::unexpected-answer", "{p}");
     assert_eq!(p["severity"], 1, "{p}");
     let (verdict, help) = p["message"]
@@ -485,6 +482,91 @@ fn probe_on_save_hover_and_quick_fix_with_the_model() {
     assert!(
         help.contains("does not contain \"Paris\""),
         "the evidence: {p}"
+    );
+    assert_clean_exit(c);
+}
+
+#[test]
+fn a_template_broken_on_disk_is_probed_with_the_editors_fixed_text() {
+    let dir = scratch();
+    let model = copy_model(&dir.path().join("smollm2-q4"));
+    let path = model.join("chat_template.jinja");
+    let original = std::fs::read_to_string(&path).unwrap();
+    // Saved broken: an expression left open at the end.
+    let broken = format!("{original}{{{{ message['content'] ");
+    std::fs::write(&path, &broken).unwrap();
+    let uri = file_uri(&path);
+    // Default settings: the probe runs on open.
+    let mut c = start(dir.path(), json!({"debounceMs": 0}));
+    let m = c.mark();
+    c.open(&uri, "jinja", 1, &broken);
+    // The probe on open loads the model (the template on disk plays no part) and does not
+    // probe a buffer that does not compile.
+    let log = c
+        .wait_for(m, PROBE_T, |v| {
+            v["method"] == "window/logMessage"
+                && v["params"]["message"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("rmlx probe of"))
+        })
+        .value;
+    let log = log["params"]["message"].as_str().unwrap();
+    assert!(
+        log.ends_with("not run: the template does not compile"),
+        "{log}"
+    );
+    let msg = c.wait_diagnostics(m, &uri, Some(1), T).value;
+    assert!(
+        codes(&msg).contains(&"rmlx::template::syntax".to_string()),
+        "{msg}"
+    );
+
+    // Fixed in the editor, not saved: the error clears, and no probe failure is left behind.
+    let m = c.mark();
+    c.change(&uri, 2, &original);
+    let msg = c.wait_diagnostics(m, &uri, Some(2), T).value;
+    let left: Vec<String> = codes(&msg)
+        .into_iter()
+        .filter(|c| c == "rmlx::template::syntax" || c.starts_with("rmlx::probe::"))
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "{msg}");
+
+    // "Probe again" (the code lens's command) probes the unsaved text: the verdict.
+    let lenses = c
+        .request(
+            "textDocument/codeLens",
+            json!({"textDocument": {"uri": uri}}),
+        )
+        .unwrap();
+    let again = lenses
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["command"]["command"] == "rmlx.probe")
+        .unwrap_or_else(|| panic!("no Probe again lens: {lenses}"))
+        .clone();
+    assert!(
+        again["command"]["title"]
+            .as_str()
+            .unwrap()
+            .starts_with("Probe again"),
+        "{again}"
+    );
+    let m = c.mark();
+    let queued = c
+        .request(
+            "workspace/executeCommand",
+            json!({"command": "rmlx.probe", "arguments": again["command"]["arguments"]}),
+        )
+        .unwrap();
+    assert_eq!(queued, json!({"queued": true}));
+    let p = probe_verdict(&c, m, &uri);
+    assert_eq!(p["code"], "rmlx::probe::ok", "{p}");
+    assert!(p["message"].as_str().unwrap().contains("Paris"), "{p}");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        broken,
+        "never saved"
     );
     assert_clean_exit(c);
 }
