@@ -54,6 +54,7 @@ where
 }
 
 fn main() -> ExitCode {
+    rmlx::template::sandbox::init(); // renders chat templates in limited worker processes
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--stdio" => {}

@@ -7,3 +7,4 @@ mod limits;
 mod openai;
 mod reload;
 mod support;
+mod templates;

@@ -18,5 +18,7 @@ mod bad_inputs;
 mod cli;
 mod conformance;
 mod corpus_lint;
+mod fuzz;
 mod lint_checks;
+mod resources;
 mod support;

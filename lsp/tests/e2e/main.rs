@@ -8,3 +8,4 @@ mod client;
 mod model;
 mod neovim;
 mod protocol;
+mod templates;
