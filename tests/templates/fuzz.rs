@@ -175,7 +175,7 @@ fn body(r: &mut Rng, depth: usize) -> String {
         let _ = match r.below(if depth == 0 { 4 } else { 8 }) {
             0 | 1 => write!(out, "{{{{ {e} }}}}"),
             2 => write!(out, "{{% set ns.a = {e} %}}"),
-            3 => write!(out, "text {}\n", r.below(100)),
+            3 => writeln!(out, "text {}", r.below(100)),
             4 => write!(
                 out,
                 "{{% for i in range({}) %}}{}{{% endfor %}}",
@@ -283,7 +283,11 @@ fn run_batch(
     // Each case is bounded by the render deadline (10 s); real ones take milliseconds.
     let limit = Duration::from_secs(60 + 2 * n as u64);
     let run = run_cmd_with(bin(), &args, None, limit, &confine);
-    let replay = format!("replay with RMLX_TEMPLATE_FUZZ_SEED={seed}");
+    let kept = keep_cases(dir, seed, first, n);
+    let replay = format!(
+        "replay with RMLX_TEMPLATE_FUZZ_SEED={seed} (cases kept in {})",
+        kept.display()
+    );
     run.assert_sane(&replay);
     assert_eq!(run.code, Some(0), "{replay}\n{}", run.describe());
     let lines = json_lines(&run.stdout_text());
@@ -306,5 +310,23 @@ fn run_batch(
             err += 1;
         }
     }
+    let _ = std::fs::remove_dir_all(&kept);
     (ok, err)
+}
+
+/// Copies the batch's case file and templates to `target/template-tests/fuzz-<seed>/`
+/// (replaced by each batch; left behind when a batch fails).
+fn keep_cases(dir: &std::path::Path, seed: u64, first: usize, n: usize) -> std::path::PathBuf {
+    let keep = crate::support::repo_root()
+        .join("target")
+        .join("template-tests")
+        .join(format!("fuzz-{seed}"));
+    let _ = std::fs::remove_dir_all(&keep);
+    let _ = std::fs::create_dir_all(&keep);
+    for i in first..first + n {
+        let name = format!("t{i}.jinja");
+        let _ = std::fs::copy(dir.join(&name), keep.join(&name));
+    }
+    let _ = std::fs::copy(dir.join("cases.jsonl"), keep.join("cases.jsonl"));
+    keep
 }

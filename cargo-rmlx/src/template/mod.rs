@@ -270,8 +270,11 @@ impl ChatTemplate {
         opts: &TemplateOptions,
     ) -> Result<ChatTemplate> {
         let source: Arc<str> = Arc::from(source.into());
-        Self::compile_facts(source.clone(), origin.clone(), opts)
-            .map_err(|facts| ChatTemplate::uncompiled(source, origin, opts).diagnostic_from(facts))
+        let shell = ChatTemplate::uncompiled(source.clone(), origin.clone(), opts);
+        if let Some(checked) = sandbox::compile(&shell) {
+            checked?;
+        }
+        Self::compile_facts(source, origin, opts).map_err(|facts| shell.diagnostic_from(facts))
     }
 
     /// A template value that holds its text but nothing compiled (for diagnostics).
@@ -407,7 +410,23 @@ impl ChatTemplate {
             .get_template(TEMPLATE_NAME)
             .map_err(|e| self.error_facts(&e, false))?;
         let mut out = limits::CappedWriter::default();
-        match tmpl.render_captured_to(vars, &mut out) {
+        // A panic inside the engine (e.g. minijinja 2.24 overflows on `[x] * 2**63`) is a
+        // failed render, not a dead thread.
+        let rendered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tmpl.render_captured_to(vars, &mut out)
+        }))
+        .map_err(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            warn!(origin = %self.origin, "the template engine panicked: {what}");
+            ErrorFacts::internal(format!(
+                "the template engine failed on this template: {what}"
+            ))
+        })?;
+        match rendered {
             Ok(_) => String::from_utf8(out.buf)
                 .map_err(|e| ErrorFacts::internal(format!("render produced invalid UTF-8: {e}"))),
             Err(e) if out.overflowed => Err(ErrorFacts {
@@ -429,7 +448,10 @@ impl ChatTemplate {
     fn resource_error(&self, why: String) -> Diagnostic {
         self.diagnostic_from(ErrorFacts {
             code: CODE_RESOURCES.into(),
-            message: format!("chat template exhausted its resources: {why}"),
+            message: format!(
+                "chat template {} exhausted its resources: {why}",
+                self.origin
+            ),
             label: String::new(),
             help: RESOURCES_HELP.into(),
             span: None,

@@ -80,7 +80,15 @@ fn pool() -> Option<&'static Pool> {
 /// Renders `vars` with `t` in a worker when the sandbox is on; `None` when it is off.
 pub(crate) fn render(t: &ChatTemplate, vars: &serde_json::Value) -> Option<Result<String>> {
     let pool = pool()?;
-    Some(pool.render(t, vars))
+    Some(pool.render(t, Some(vars)))
+}
+
+/// Compiles `t`'s text in a worker first when the sandbox is on: minijinja folds constant
+/// expressions while compiling (`('x' * 10**8) ~ …`), which can need as much memory as a
+/// render. `None` when the sandbox is off.
+pub(crate) fn compile(t: &ChatTemplate) -> Option<Result<()>> {
+    let pool = pool()?;
+    Some(pool.render(t, None).map(|_| ()))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -89,7 +97,8 @@ struct Request {
     source: Option<String>,
     fuel: Option<u64>,
     now: Option<i64>,
-    vars: serde_json::Value,
+    /// `None`: only compile.
+    vars: Option<serde_json::Value>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -114,7 +123,7 @@ struct PoolState {
 }
 
 impl Pool {
-    fn render(&self, t: &ChatTemplate, vars: &serde_json::Value) -> Result<String> {
+    fn render(&self, t: &ChatTemplate, vars: Option<&serde_json::Value>) -> Result<String> {
         let mut worker = self.take(t)?;
         match worker.render(t, vars) {
             Ok(answer) => {
@@ -226,7 +235,7 @@ impl Worker {
     fn render(
         &mut self,
         t: &ChatTemplate,
-        vars: &serde_json::Value,
+        vars: Option<&serde_json::Value>,
     ) -> std::result::Result<Answer, Failure> {
         let deadline = Instant::now() + RENDER_DEADLINE;
         let mut req = Request {
@@ -234,7 +243,7 @@ impl Worker {
             source: None,
             fuel: t.opts.fuel,
             now: t.opts.now,
-            vars: vars.clone(),
+            vars: vars.cloned(),
         };
         if !self.known.contains(&req.key) {
             req.source = Some(t.source().to_string());
@@ -306,7 +315,7 @@ impl Worker {
         let lines = || stderr.lines().map(str::trim).filter(|l| !l.is_empty());
         let last = lines()
             .find(|l| l.contains("memory allocation") || l.contains("overflowed its stack"))
-            .or_else(|| lines().last())
+            .or_else(|| lines().next_back())
             .unwrap_or("")
             .to_string();
         let how = match (&failure, &status) {
@@ -428,7 +437,10 @@ fn answer(cache: &mut HashMap<String, ChatTemplate>, req: Request) -> Answer {
     let Some(t) = cache.get(&req.key) else {
         return Answer::NeedSource(true);
     };
-    match t.render_here(&req.vars) {
+    let Some(vars) = &req.vars else {
+        return Answer::Ok(String::new());
+    };
+    match t.render_here(vars) {
         Ok(text) => Answer::Ok(text),
         Err(facts) => Answer::Err(facts),
     }

@@ -255,7 +255,7 @@ fn resource_limits_are_located() {
         assert!(
             src[span.clone()].contains(call) || call.contains(&src[span.clone()]),
             "{src}: span {span:?} = {:?}",
-            &src[span]
+            &src[span.clone()]
         );
     }
 }
@@ -290,7 +290,7 @@ fn operator_chain_limit_fits_small_stacks() {
     let d = ChatTemplate::new(over.clone(), TemplateOrigin::Inline { name: "t".into() })
         .expect_err("refused");
     assert_eq!(d.code, CODE_RESOURCES);
-    assert_eq!(d.span.map(|s| s.start), Some(3));
+    assert_eq!(d.span.as_ref().map(|s| s.start), Some(3));
 }
 
 #[test]
