@@ -13,7 +13,7 @@ line per case in input order: `{"id": ..., "ok": true, "output": "..."}` or
 
   render_jinja2.py CASES.jsonl [--now UNIX_SECONDS] [--bench N] > RESULTS.jsonl
 
---now fixes the clock of strftime_now (UTC), the same value given to `cargo rmlx render
+--now fixes the clock of strftime_now (Unix seconds, shown in local time), the same value given to `cargo rmlx render
 --now`. --bench N times N render passes over all cases and prints a JSON line to stderr.
 """
 
@@ -21,7 +21,7 @@ import argparse
 import json
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 
 import jinja2
 import jinja2.ext
@@ -55,10 +55,12 @@ def make_env(now):
             x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
         )
 
+    # transformers: datetime.now().strftime(format), a naive local time (%z and %Z print
+    # nothing); a fixed clock is the same local naive time at that instant.
     def strftime_now(format):
         if now is None:
             return datetime.now().strftime(format)
-        return datetime.fromtimestamp(now, tz=timezone.utc).strftime(format)
+        return datetime.fromtimestamp(now).strftime(format)
 
     env = ImmutableSandboxedEnvironment(
         trim_blocks=True,

@@ -9,3 +9,4 @@ mod openai;
 mod races;
 mod reload;
 mod support;
+mod templates;

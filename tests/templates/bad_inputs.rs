@@ -7,10 +7,10 @@ use serde_json::json;
 
 use crate::support::{rmlx, scratch_dir, write, Run};
 
-const EXIT_LINT_ERRORS: i32 = 1;
-const EXIT_USAGE: i32 = 2;
+pub const EXIT_LINT_ERRORS: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
 
-fn messages() -> serde_json::Value {
+pub fn messages() -> serde_json::Value {
     json!({
         "messages": [{"role": "user", "content": "What is the capital of France?"}],
         "add_generation_prompt": true,
@@ -28,12 +28,12 @@ fn render(template: &std::path::Path, context: &std::path::Path) -> Run {
     ])
 }
 
-fn lint(template: &std::path::Path) -> Run {
+pub fn lint(template: &std::path::Path) -> Run {
     rmlx(["lint".as_ref(), template.as_os_str()])
 }
 
 /// Clean failure: exit `code`, no panic, bounded time, each needle in stderr.
-fn assert_fails(run: &Run, code: i32, needles: &[&str], limit: Duration, what: &str) {
+pub fn assert_fails(run: &Run, code: i32, needles: &[&str], limit: Duration, what: &str) {
     run.assert_sane(what);
     assert_eq!(
         run.code,

@@ -19,5 +19,7 @@ mod bad_inputs;
 mod cli;
 mod conformance;
 mod corpus_lint;
+mod fuzz;
 mod lint_checks;
+mod resources;
 mod support;

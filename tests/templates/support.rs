@@ -103,6 +103,26 @@ pub fn run_cmd(
     cwd: Option<&Path>,
     limit: Duration,
 ) -> Run {
+    run_cmd_with(program, args, cwd, limit, &Confine::default())
+}
+
+/// What [`run_cmd_with`] adds to a child: environment variables, an address-space limit.
+#[derive(Debug, Default, Clone)]
+pub struct Confine {
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// RLIMIT_AS of the child (and of every process it starts), in bytes.
+    pub address_space: Option<u64>,
+}
+
+/// [`run_cmd`] with extra environment variables and limits.
+pub fn run_cmd_with(
+    program: &Path,
+    args: &[&std::ffi::OsStr],
+    cwd: Option<&Path>,
+    limit: Duration,
+    confine: &Confine,
+) -> Run {
     let cmdline = std::iter::once(program.display().to_string())
         .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
         .collect::<Vec<_>>()
@@ -114,7 +134,11 @@ pub fn run_cmd(
         .env("CARGO_TERM_COLOR", "never")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        .envs(confine.env.iter().map(|(k, v)| (k, v)));
+    if let Some(bytes) = confine.address_space {
+        limit_address_space(&mut cmd, bytes);
+    }
     let start = Instant::now();
     let mut child = cmd
         .spawn()
@@ -157,6 +181,26 @@ pub fn run_cmd(
         stdout,
         stderr,
         elapsed: start.elapsed(),
+    }
+}
+
+/// Sets RLIMIT_AS of the child before it executes.
+fn limit_address_space(cmd: &mut Command, bytes: u64) {
+    use std::os::unix::process::CommandExt;
+    let lim = libc::rlimit {
+        rlim_cur: bytes as libc::rlim_t,
+        rlim_max: bytes as libc::rlim_t,
+    };
+    // SAFETY: setrlimit is async-signal-safe and only reads `lim`, a copy owned by the
+    // closure.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_AS, &lim) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
     }
 }
 

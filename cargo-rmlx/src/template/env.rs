@@ -19,6 +19,8 @@ use minijinja::value::{from_args, Enumerator, Kwargs, Object, ObjectRepr, Rest, 
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, State, UndefinedBehavior, Value};
 use tracing::debug;
 
+use super::guarded;
+use super::limits::{check_bytes, check_output, check_width};
 use super::pyfmt::{json_dumps, py_str, JsonOptions};
 use super::strftime;
 use super::TemplateOptions;
@@ -54,44 +56,49 @@ pub fn build(opts: &TemplateOptions) -> Environment<'static> {
     env.add_function("raise_exception", raise_exception);
     let now = opts.now;
     env.add_function("strftime_now", move |fmt: &str| -> Result<String, Error> {
-        let secs = now.unwrap_or_else(|| strftime::unix_seconds(std::time::SystemTime::now()));
-        Ok(strftime::strftime(fmt, &strftime::utc(secs)))
+        let t = now.map_or_else(strftime::Instant::now, strftime::Instant::at);
+        strftime::strftime_local(fmt, t)
     });
     env.add_filter(super::preprocess::ITERABLE_FILTER, iterable_guard);
     env.add_filter("tojson", tojson);
-    env.add_filter("string", |v: &Value| Value::from(py_str(v)));
+    env.add_filter("string", |v: &Value| py_str(v).map(Value::from));
     env.add_filter("join", join);
     // jinja2 string filters stringify their input with Python `str()` first
     // (`[{'type': 'text'}]|trim`), not with minijinja's JSON-like form.
-    env.add_filter("trim", |v: &Value, chars: Option<Value>| -> Value {
-        let s = py_str(v);
-        Value::from(match chars.as_ref().and_then(|c| c.as_str()) {
-            Some(c) => s.trim_matches(|x| c.contains(x)).to_string(),
-            None => s.trim().to_string(),
-        })
+    env.add_filter(
+        "trim",
+        |v: &Value, chars: Option<Value>| -> Result<Value, Error> {
+            let s = py_str(v)?;
+            Ok(Value::from(match chars.as_ref().and_then(|c| c.as_str()) {
+                Some(c) => s.trim_matches(|x| c.contains(x)).to_string(),
+                None => s.trim().to_string(),
+            }))
+        },
+    );
+    env.add_filter("upper", |v: &Value| {
+        py_str(v).map(|s| Value::from(s.to_uppercase()))
     });
-    env.add_filter("upper", |v: &Value| Value::from(py_str(v).to_uppercase()));
-    env.add_filter("lower", |v: &Value| Value::from(py_str(v).to_lowercase()));
-    env.add_filter("capitalize", |v: &Value| {
-        let s = py_str(v);
+    env.add_filter("lower", |v: &Value| {
+        py_str(v).map(|s| Value::from(s.to_lowercase()))
+    });
+    env.add_filter("capitalize", |v: &Value| -> Result<Value, Error> {
+        let s = py_str(v)?;
         let mut chars = s.chars();
-        Value::from(match chars.next() {
+        Ok(Value::from(match chars.next() {
             Some(first) => {
                 first.to_uppercase().collect::<String>() + &chars.as_str().to_lowercase()
             }
             None => String::new(),
-        })
+        }))
     });
-    env.add_filter(
-        "replace",
-        |v: &Value, old: &Value, new: &Value, count: Option<i64>| -> Value {
-            let (s, old, new) = (py_str(v), py_str(old), py_str(new));
-            Value::from(match count {
-                Some(n) if n >= 0 => s.replacen(&old, &new, n as usize),
-                _ => s.replace(&old, &new),
-            })
-        },
-    );
+    env.add_filter("replace", replace);
+    env.add_filter("format", guarded::format);
+    env.add_filter("batch", guarded::batch);
+    env.add_filter("slice", guarded::slice);
+    env.add_filter("pprint", guarded::pprint);
+    env.add_filter(guarded::NAMESPACE_FILTER, |v: Value, ns: Value| {
+        guarded::namespace_value(v, &ns)
+    });
     // jinja2's map/select/reject/selectattr/rejectattr/unique return one-shot generators.
     env.add_filter("map", |st: &State, v: Value, args: Rest<Value>| {
         minijinja::filters::map(st, v, args).map(generator)
@@ -195,13 +202,25 @@ impl Object for PyGenerator {
     }
 }
 
+/// jinja2 `replace(old, new, count=None)` on `str()` of its input, size-checked.
+fn replace(v: &Value, old: &Value, new: &Value, count: Option<i64>) -> Result<Value, Error> {
+    let (s, old, new) = (py_str(v)?, py_str(old)?, py_str(new)?);
+    let count = count.unwrap_or(-1);
+    guarded::replaced_len("replace", &s, &old, &new, count)?;
+    Ok(Value::from(if count >= 0 {
+        s.replacen(&old, &new, count as usize)
+    } else {
+        s.replace(&old, &new)
+    }))
+}
+
 /// jinja2 `escape` (markupsafe): `&`, `<`, `>`, `'`, `"` become `&amp;`, `&lt;`, `&gt;`,
 /// `&#39;`, `&#34;`; an already safe string is returned unchanged unless `force`.
-fn escape(v: &Value, force: bool) -> Value {
+fn escape(v: &Value, force: bool) -> Result<Value, Error> {
     if v.is_safe() && !force {
-        return v.clone();
+        return Ok(v.clone());
     }
-    let s = py_str(v);
+    let s = py_str(v)?;
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -213,7 +232,7 @@ fn escape(v: &Value, force: bool) -> Value {
             c => out.push(c),
         }
     }
-    Value::from_safe_string(out)
+    Ok(Value::from_safe_string(out))
 }
 
 /// jinja2 `length`: `len(Undefined)` is 0.
@@ -260,7 +279,11 @@ fn indent(
         None => "    ".to_string(),
         Some(w) => match w.as_str() {
             Some(s) => s.to_string(),
-            None => " ".repeat(w.as_i64().unwrap_or(4).max(0) as usize),
+            None => {
+                let n = w.as_i64().unwrap_or(4).max(0);
+                check_width("indent", n.into())?;
+                " ".repeat(n as usize)
+            }
         },
     };
     let first = kwargs
@@ -272,8 +295,10 @@ fn indent(
         .or(blank)
         .unwrap_or(false);
     kwargs.assert_all_used()?;
-    let s = format!("{}\n", py_str(v));
+    let s = format!("{}\n", py_str(v)?);
     let lines = py_splitlines(&s);
+    let grown = (lines.len() as u128 + 1) * (width.len() as u128 + 1);
+    check_bytes("indent", s.len() as u128 + grown)?;
     let mut rv = if blank {
         lines.join(&format!("\n{width}"))
     } else {
@@ -405,18 +430,25 @@ fn python_formatter(
 ) -> Result<(), Error> {
     match value.kind() {
         ValueKind::Undefined => Ok(()),
-        ValueKind::String => out
-            .write_str(value.as_str().unwrap_or_default())
-            .map_err(Error::from),
+        ValueKind::String => {
+            let s = value.as_str().unwrap_or_default();
+            check_output(s.len())?;
+            out.write_str(s).map_err(Error::from)
+        }
         ValueKind::None | ValueKind::Bool | ValueKind::Number | ValueKind::Seq | ValueKind::Map => {
-            out.write_str(&py_str(value)).map_err(Error::from)
+            let s = py_str(value)?;
+            check_output(s.len())?;
+            out.write_str(&s).map_err(Error::from)
         }
         _ => minijinja::escape_formatter(out, state, value),
     }
 }
 
 fn raise_exception(msg: Option<Value>) -> Result<Value, Error> {
-    let msg = msg.map(|m| py_str(&m)).unwrap_or_default();
+    let msg = match msg {
+        Some(m) => py_str(&m)?,
+        None => String::new(),
+    };
     Err(Error::new(ErrorKind::InvalidOperation, msg.clone()).with_source(RaisedByTemplate(msg)))
 }
 
@@ -440,12 +472,15 @@ fn join(v: &Value, sep: Option<&str>, kwargs: Kwargs) -> Result<Value, Error> {
     }
     if let Some(s) = v.as_str() {
         // join over a string's characters
+        let sep_bytes = sep.len() as u128 * s.chars().count() as u128;
+        check_bytes("join", s.len() as u128 + sep_bytes)?;
         let chars: Vec<String> = s.chars().map(String::from).collect();
         return Ok(Value::from(chars.join(&sep)));
     }
     let mut out = String::new();
     for (i, item) in v.try_iter()?.enumerate() {
         if i > 0 {
+            check_bytes("join", (out.len() + sep.len()) as u128)?;
             out.push_str(&sep);
         }
         let item = match &attribute {
@@ -464,7 +499,9 @@ fn join(v: &Value, sep: Option<&str>, kwargs: Kwargs) -> Result<Value, Error> {
             },
             None => item,
         };
-        out.push_str(&py_str(&item));
+        let piece = py_str(&item)?;
+        check_bytes("join", (out.len() + piece.len()) as u128)?;
+        out.push_str(&piece);
     }
     Ok(Value::from(out))
 }
@@ -499,8 +536,9 @@ fn tojson(v: &Value, args: Rest<Value>, kwargs: Kwargs) -> Result<Value, Error> 
                     ValueKind::None | ValueKind::Undefined => None,
                     ValueKind::String => Some(val.as_str().unwrap_or_default().to_string()),
                     ValueKind::Number => {
-                        let n = val.as_i64().unwrap_or(0).max(0) as usize;
-                        Some(" ".repeat(n))
+                        let n = val.as_i64().unwrap_or(0).max(0);
+                        check_width("tojson indent", n.into())?;
+                        Some(" ".repeat(n as usize))
                     }
                     other => {
                         return Err(Error::new(
@@ -544,6 +582,11 @@ fn unknown_method(
     method: &str,
     args: &[Value],
 ) -> Result<Value, Error> {
+    if let Some(s) = value.as_str() {
+        if let Some(done) = guarded::string_method(s, method, args)? {
+            return Ok(done);
+        }
+    }
     match minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args) {
         Err(e) if e.kind() == ErrorKind::UnknownMethod => {}
         other => return other,
@@ -690,7 +733,9 @@ fn string_methods(s: &str, method: &str, args: &[Value]) -> Result<Value, Error>
                 .collect::<String>(),
         )),
         "zfill" => {
-            let width = opt_i64(args, 0).unwrap_or(0).max(0) as usize;
+            let width = opt_i64(args, 0).unwrap_or(0).max(0);
+            check_width("str.zfill", width.into())?;
+            let width = width as usize;
             let len = s.chars().count();
             if len >= width {
                 return Ok(Value::from(s));
@@ -705,7 +750,9 @@ fn string_methods(s: &str, method: &str, args: &[Value]) -> Result<Value, Error>
             )))
         }
         "ljust" | "rjust" | "center" => {
-            let width = opt_i64(args, 0).unwrap_or(0).max(0) as usize;
+            let width = opt_i64(args, 0).unwrap_or(0).max(0);
+            check_width(method, width.into())?;
+            let width = width as usize;
             let fill = args
                 .get(1)
                 .and_then(|v| v.as_str())
@@ -762,7 +809,11 @@ fn string_methods(s: &str, method: &str, args: &[Value]) -> Result<Value, Error>
             Ok(Value::from(ok && any))
         }
         "expandtabs" => {
-            let size = opt_i64(args, 0).unwrap_or(8).max(0) as usize;
+            let size = opt_i64(args, 0).unwrap_or(8).max(0);
+            check_width("str.expandtabs", size.into())?;
+            let size = size as usize;
+            let tabs = s.matches('\t').count() as u128;
+            check_bytes("str.expandtabs", s.len() as u128 + tabs * size as u128)?;
             let mut out = String::new();
             let mut col = 0;
             for c in s.chars() {

@@ -11,8 +11,11 @@
 //! (`templates/chatml.jinja`) is available as [`ChatTemplate::chatml`].
 
 mod env;
+mod guarded;
+pub mod limits;
 mod preprocess;
 pub mod pyfmt;
+pub mod sandbox;
 mod strftime;
 pub mod support;
 
@@ -22,12 +25,13 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use minijinja::{Environment, ErrorKind, Value};
+use minijinja::{Environment, ErrorKind};
 use tracing::{debug, info, warn};
 
 use crate::diagnostic::{Diagnostic, Result};
 
 pub use env::RaisedByTemplate;
+pub use limits::ResourceLimit;
 
 /// Template does not parse.
 pub const CODE_SYNTAX: &str = "rmlx::template::syntax";
@@ -55,6 +59,30 @@ pub const CODE_CONFIG: &str = "rmlx::template::config";
 pub const CODE_CONTEXT: &str = "rmlx::template::context";
 /// A template file is not valid UTF-8.
 pub const CODE_ENCODING: &str = "rmlx::template::encoding";
+/// Compiling or rendering the template would exceed a resource limit (memory, output size,
+/// nesting, expression length) or ended the sandboxed render process.
+pub const CODE_RESOURCES: &str = "rmlx::template::resources";
+
+/// Every code of this module, to restore a code received from a sandbox worker.
+const CODES: [&str; 14] = [
+    CODE_SYNTAX,
+    CODE_RENDER,
+    CODE_RAISED,
+    CODE_UNKNOWN_FILTER,
+    CODE_UNKNOWN_TEST,
+    CODE_UNKNOWN_FUNCTION,
+    CODE_UNKNOWN_METHOD,
+    CODE_FUEL,
+    CODE_MISSING,
+    CODE_READ,
+    CODE_CONFIG,
+    CODE_CONTEXT,
+    CODE_ENCODING,
+    CODE_RESOURCES,
+];
+
+/// Largest template text compiled (32 MiB; real templates are a few KiB).
+pub const MAX_TEMPLATE_BYTES: usize = 32 << 20;
 
 /// Default instruction budget per render: far above any real template on a long
 /// conversation (a few thousand to a few hundred thousand), small enough that an endless
@@ -69,7 +97,8 @@ pub const CHATML_SOURCE: &str = include_str!("../../../templates/chatml.jinja");
 pub struct TemplateOptions {
     /// Instruction budget per render (`None`: unlimited). Default [`DEFAULT_FUEL`].
     pub fuel: Option<u64>,
-    /// Fixed clock for `strftime_now`, as Unix seconds (UTC); `None` uses the current time.
+    /// Fixed clock for `strftime_now`, as Unix seconds; rendered in local time like
+    /// Python's `datetime.fromtimestamp(now)`. `None` uses the current time.
     pub now: Option<i64>,
 }
 
@@ -207,6 +236,9 @@ impl RenderContext {
 pub struct ChatTemplate {
     source: Arc<str>,
     origin: TemplateOrigin,
+    opts: TemplateOptions,
+    /// Hash of the text and options: names the compiled template in sandbox workers.
+    key: Arc<str>,
     env: Arc<Environment<'static>>,
     generation_tags: usize,
     /// Maps positions in the compiled (rewritten) text back to `source`.
@@ -238,25 +270,49 @@ impl ChatTemplate {
         opts: &TemplateOptions,
     ) -> Result<ChatTemplate> {
         let source: Arc<str> = Arc::from(source.into());
+        let shell = ChatTemplate::uncompiled(source.clone(), origin.clone(), opts);
+        if let Some(checked) = sandbox::compile(&shell) {
+            checked?;
+        }
+        Self::compile_facts(source, origin, opts).map_err(|facts| shell.diagnostic_from(facts))
+    }
+
+    /// A template value that holds its text but nothing compiled (for diagnostics).
+    fn uncompiled(source: Arc<str>, origin: TemplateOrigin, opts: &TemplateOptions) -> Self {
+        ChatTemplate {
+            key: template_key(&source, opts),
+            source,
+            origin,
+            opts: opts.clone(),
+            env: Arc::new(Environment::new()),
+            generation_tags: 0,
+            offsets: Arc::new(preprocess::OffsetMap::default()),
+        }
+    }
+
+    /// Compiles `source`; a failure as [`ErrorFacts`] (origin-independent).
+    fn compile_facts(
+        source: impl Into<Arc<str>>,
+        origin: TemplateOrigin,
+        opts: &TemplateOptions,
+    ) -> std::result::Result<ChatTemplate, ErrorFacts> {
+        let source: Arc<str> = source.into();
+        let mut tmpl = ChatTemplate::uncompiled(source.clone(), origin, opts);
+        check_compilable(&source)?;
         let rewritten = preprocess::rewrite(&source);
         if rewritten.generation_tags > 0 {
             debug!(
-                origin = %origin,
+                origin = %tmpl.origin,
                 tags = rewritten.generation_tags,
                 "{{% generation %}} tags passed through (rendered as their body)"
             );
         }
         let (text, offsets) = preprocess::guard_for_iterables(&rewritten.text);
+        tmpl.generation_tags = rewritten.generation_tags;
+        tmpl.offsets = Arc::new(offsets);
         let mut env = env::build(opts);
-        let mut tmpl = ChatTemplate {
-            source,
-            origin,
-            env: Arc::new(Environment::new()),
-            generation_tags: rewritten.generation_tags,
-            offsets: Arc::new(offsets),
-        };
         env.add_template_owned(TEMPLATE_NAME, text)
-            .map_err(|e| tmpl.diagnostic(&e, true))?;
+            .map_err(|e| tmpl.error_facts(&e, true))?;
         tmpl.env = Arc::new(env);
         Ok(tmpl)
     }
@@ -315,7 +371,7 @@ impl ChatTemplate {
 
     /// Renders with a [`RenderContext`].
     pub fn render(&self, ctx: &RenderContext) -> Result<String> {
-        self.render_value(Value::from_serialize(ctx.to_variables()))
+        self.render_vars(&serde_json::Value::Object(ctx.to_variables()))
     }
 
     /// Renders with the whole variable set given as one JSON object (its keys are the
@@ -334,108 +390,136 @@ impl ChatTemplate {
                  {\"messages\": [...], \"add_generation_prompt\": true, \"bos_token\": \"<s>\"}",
             ));
         }
-        self.render_value(Value::from_serialize(vars))
+        self.render_vars(vars)
     }
 
-    fn render_value(&self, vars: Value) -> Result<String> {
+    /// THE render function: in a sandbox worker when the front-end enabled the sandbox
+    /// ([`sandbox::init`]), else in this process; the same [`ChatTemplate::render_here`]
+    /// runs in both places.
+    fn render_vars(&self, vars: &serde_json::Value) -> Result<String> {
+        if let Some(result) = sandbox::render(self, vars) {
+            return result;
+        }
+        self.render_here(vars).map_err(|f| self.diagnostic_from(f))
+    }
+
+    /// Renders in this process, the output capped at [`limits::MAX_VALUE_BYTES`].
+    fn render_here(&self, vars: &serde_json::Value) -> std::result::Result<String, ErrorFacts> {
         let tmpl = self
             .env
             .get_template(TEMPLATE_NAME)
-            .map_err(|e| self.diagnostic(&e, false))?;
-        tmpl.render(vars).map_err(|e| self.diagnostic(&e, false))
+            .map_err(|e| self.error_facts(&e, false))?;
+        let mut out = limits::CappedWriter::default();
+        // A panic inside the engine (e.g. minijinja 2.24 overflows on `[x] * 2**63`) is a
+        // failed render, not a dead thread.
+        let rendered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tmpl.render_captured_to(vars, &mut out)
+        }))
+        .map_err(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            warn!(origin = %self.origin, "the template engine panicked: {what}");
+            ErrorFacts::internal(format!(
+                "the template engine failed on this template: {what}"
+            ))
+        })?;
+        match rendered {
+            Ok(_) => String::from_utf8(out.buf)
+                .map_err(|e| ErrorFacts::internal(format!("render produced invalid UTF-8: {e}"))),
+            Err(e) if out.overflowed => Err(ErrorFacts {
+                code: CODE_RESOURCES.into(),
+                message: format!(
+                    "chat template output is over the limit of {} MiB",
+                    limits::MAX_VALUE_BYTES >> 20
+                ),
+                label: "output grows past the limit here".into(),
+                help: RESOURCES_HELP.into(),
+                span: self.span_of(&e),
+            }),
+            Err(e) => Err(self.error_facts(&e, false)),
+        }
     }
 
-    /// Maps a minijinja error to a located diagnostic in the original source.
-    fn diagnostic(&self, err: &minijinja::Error, parsing: bool) -> Diagnostic {
+    /// A `rmlx::template::resources` error about this template without a position (the
+    /// sandbox worker ended before it could say where).
+    fn resource_error(&self, why: String) -> Diagnostic {
+        self.diagnostic_from(ErrorFacts {
+            code: CODE_RESOURCES.into(),
+            message: format!(
+                "chat template {} exhausted its resources: {why}",
+                self.origin
+            ),
+            label: String::new(),
+            help: RESOURCES_HELP.into(),
+            span: None,
+        })
+    }
+
+    /// Maps a minijinja error to the origin-independent facts of its diagnostic.
+    fn error_facts(&self, err: &minijinja::Error, parsing: bool) -> ErrorFacts {
         let detail = err
             .detail()
             .map(str::to_string)
             .unwrap_or_else(|| err.kind().to_string());
-        let raised = raised_message(err);
-        let (code, message, label, help): (&'static str, String, &str, String) = if let Some(msg) =
-            raised
-        {
-            (
-                CODE_RAISED,
-                format!("chat template raised an exception: {msg}"),
-                "raise_exception called here",
-                "the template rejects this input on purpose (e.g. a role it does not support, \
-                 or turns that do not alternate); change the conversation or the template"
-                    .into(),
-            )
-        } else {
-            match err.kind() {
-                ErrorKind::SyntaxError => (
-                    CODE_SYNTAX,
-                    format!("syntax error in chat template: {detail}"),
-                    "here",
-                    "chat templates are Jinja as rendered by transformers (jinja2 with loop \
-                     controls and {% generation %})"
+        let (code, message, label, help): (&'static str, String, &str, String) =
+            if let Some(msg) = raised_message(err) {
+                (
+                    CODE_RAISED,
+                    format!("chat template raised an exception: {msg}"),
+                    "raise_exception called here",
+                    "the template rejects this input on purpose (e.g. a role it does not \
+                     support, or turns that do not alternate); change the conversation or the \
+                     template"
                         .into(),
-                ),
-                ErrorKind::UnknownFilter => (
-                    CODE_UNKNOWN_FILTER,
-                    format!("chat template uses an unknown filter: {detail}"),
-                    "unknown filter",
-                    unsupported_help("filter"),
-                ),
-                ErrorKind::UnknownTest => (
-                    CODE_UNKNOWN_TEST,
-                    format!("chat template uses an unknown test: {detail}"),
-                    "unknown test",
-                    unsupported_help("test"),
-                ),
-                ErrorKind::UnknownFunction => (
-                    CODE_UNKNOWN_FUNCTION,
-                    format!("chat template calls an unknown function: {detail}"),
-                    "unknown function",
-                    unsupported_help("function"),
-                ),
-                ErrorKind::UnknownMethod => (
-                    CODE_UNKNOWN_METHOD,
-                    format!("chat template calls an unknown method: {detail}"),
-                    "unknown method",
-                    unsupported_help("method"),
-                ),
-                ErrorKind::OutOfFuel => (
-                    CODE_FUEL,
-                    "chat template ran out of fuel: it looped or recursed without end".to_string(),
-                    "still running here",
-                    "a chat template should finish in far fewer instructions; look for a loop \
-                     or recursive macro that never ends (TemplateOptions::fuel sets the limit)"
-                        .into(),
-                ),
-                kind if parsing => (
-                    CODE_SYNTAX,
-                    format!("chat template does not compile: {kind}: {detail}"),
-                    "here",
-                    String::new(),
-                ),
-                kind => (
-                    CODE_RENDER,
-                    format!("cannot render chat template: {kind}: {detail}"),
-                    "while rendering this",
-                    String::new(),
-                ),
-            }
-        };
-        let mut d = Diagnostic::error(code, message).with_source(self.source.clone());
+                )
+            } else if let Some(limit) = find_source::<ResourceLimit>(err) {
+                (
+                    CODE_RESOURCES,
+                    format!("chat template exceeds a resource limit: {}", limit.0),
+                    "this would exceed the limit",
+                    RESOURCES_HELP.into(),
+                )
+            } else {
+                classify(err.kind(), &detail, parsing)
+            };
+        ErrorFacts {
+            code: code.into(),
+            message,
+            label: label.into(),
+            help,
+            span: self.span_of(err),
+        }
+    }
+
+    /// The located diagnostic of `facts` in this template's text and file.
+    fn diagnostic_from(&self, facts: ErrorFacts) -> Diagnostic {
+        let code = CODES
+            .iter()
+            .find(|c| **c == facts.code)
+            .copied()
+            .unwrap_or(CODE_RENDER);
+        let mut d = Diagnostic::error(code, facts.message).with_source(self.source.clone());
         if let Some(file) = self.origin.file() {
             d = d.with_file(file);
         }
-        if let Some(span) = self.span_of(err) {
-            d = d.with_span(span, label);
+        if let Some(span) = facts.span {
+            let len = self.source.len();
+            let start = span.start.min(len);
+            d = d.with_span(start..span.end.clamp(start, len), facts.label);
         }
         let help = match &self.origin {
             TemplateOrigin::ConfigKey { key, .. } => {
                 let note = format!("positions are in the template text decoded from `{key}`");
-                if help.is_empty() {
+                if facts.help.is_empty() {
                     note
                 } else {
-                    format!("{help}; {note}")
+                    format!("{}; {note}", facts.help)
                 }
             }
-            _ => help,
+            _ => facts.help,
         };
         if !help.is_empty() {
             d = d.with_help(help);
@@ -464,6 +548,147 @@ impl ChatTemplate {
     }
 }
 
+const RESOURCES_HELP: &str = "chat templates run under memory, output, nesting and time limits; \
+     a real template stays far below them — look for a size, width or count argument that \
+     is far too large, or a loop that keeps doubling a string";
+
+/// What a diagnostic says about a template error, without the template's text or file:
+/// what a sandbox worker sends back (see [`sandbox`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ErrorFacts {
+    /// The stable code (one of this module's `CODE_*`).
+    pub code: String,
+    /// The message.
+    pub message: String,
+    /// The label of the span.
+    pub label: String,
+    /// Help text (may be empty).
+    pub help: String,
+    /// Byte range in the original template text.
+    pub span: Option<Range<usize>>,
+}
+
+impl ErrorFacts {
+    /// A render failure that is not the template's fault.
+    fn internal(message: String) -> Self {
+        ErrorFacts {
+            code: CODE_RENDER.into(),
+            message,
+            label: String::new(),
+            help: String::new(),
+            span: None,
+        }
+    }
+}
+
+/// Checks minijinja cannot make itself: template size and operator chains per tag.
+fn check_compilable(source: &str) -> std::result::Result<(), ErrorFacts> {
+    if source.len() > MAX_TEMPLATE_BYTES {
+        return Err(ErrorFacts {
+            code: CODE_RESOURCES.into(),
+            message: format!(
+                "chat template is {} bytes, over the limit of {} MiB",
+                source.len(),
+                MAX_TEMPLATE_BYTES >> 20
+            ),
+            label: String::new(),
+            help: RESOURCES_HELP.into(),
+            span: None,
+        });
+    }
+    if let Some((ops, span)) = preprocess::overlong_expression(source) {
+        return Err(ErrorFacts {
+            code: CODE_RESOURCES.into(),
+            message: format!(
+                "chat template has an expression with more than {} operators (found {ops} \
+                 before giving up); compiling it would overflow the stack",
+                preprocess::MAX_OPERATORS_PER_TAG
+            ),
+            label: "this expression is too long".into(),
+            help: "split the expression over several `{% set %}` statements".into(),
+            span: Some(span),
+        });
+    }
+    Ok(())
+}
+
+/// Stable hash of a template text and its options (the sandbox cache key).
+fn template_key(source: &str, opts: &TemplateOptions) -> Arc<str> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(format!("{:?} {:?}\n", opts.fuel, opts.now));
+    h.update(source.as_bytes());
+    let digest = h.finalize();
+    Arc::from(
+        digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+    )
+}
+
+/// Code, message, label and help of an engine error of `kind`.
+fn classify(
+    kind: ErrorKind,
+    detail: &str,
+    parsing: bool,
+) -> (&'static str, String, &'static str, String) {
+    match kind {
+        ErrorKind::SyntaxError => (
+            CODE_SYNTAX,
+            format!("syntax error in chat template: {detail}"),
+            "here",
+            "chat templates are Jinja as rendered by transformers (jinja2 with loop controls \
+             and {% generation %})"
+                .into(),
+        ),
+        ErrorKind::UnknownFilter => (
+            CODE_UNKNOWN_FILTER,
+            format!("chat template uses an unknown filter: {detail}"),
+            "unknown filter",
+            unsupported_help("filter"),
+        ),
+        ErrorKind::UnknownTest => (
+            CODE_UNKNOWN_TEST,
+            format!("chat template uses an unknown test: {detail}"),
+            "unknown test",
+            unsupported_help("test"),
+        ),
+        ErrorKind::UnknownFunction => (
+            CODE_UNKNOWN_FUNCTION,
+            format!("chat template calls an unknown function: {detail}"),
+            "unknown function",
+            unsupported_help("function"),
+        ),
+        ErrorKind::UnknownMethod => (
+            CODE_UNKNOWN_METHOD,
+            format!("chat template calls an unknown method: {detail}"),
+            "unknown method",
+            unsupported_help("method"),
+        ),
+        ErrorKind::OutOfFuel => (
+            CODE_FUEL,
+            "chat template ran out of fuel: it looped or recursed without end".to_string(),
+            "still running here",
+            "a chat template should finish in far fewer instructions; look for a loop or \
+             recursive macro that never ends (TemplateOptions::fuel sets the limit)"
+                .into(),
+        ),
+        kind if parsing => (
+            CODE_SYNTAX,
+            format!("chat template does not compile: {kind}: {detail}"),
+            "here",
+            String::new(),
+        ),
+        kind => (
+            CODE_RENDER,
+            format!("cannot render chat template: {kind}: {detail}"),
+            "while rendering this",
+            String::new(),
+        ),
+    }
+}
+
 fn unsupported_help(what: &str) -> String {
     format!(
         "rmlx renders templates with minijinja plus Python compatibility; this {what} is not \
@@ -472,10 +697,15 @@ fn unsupported_help(what: &str) -> String {
 }
 
 fn raised_message(err: &minijinja::Error) -> Option<String> {
+    find_source::<RaisedByTemplate>(err).map(|r| r.0.clone())
+}
+
+/// The first error of type `E` in `err`'s source chain.
+fn find_source<E: std::error::Error + 'static>(err: &minijinja::Error) -> Option<&E> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
-        if let Some(r) = e.downcast_ref::<RaisedByTemplate>() {
-            return Some(r.0.clone());
+        if let Some(r) = e.downcast_ref::<E>() {
+            return Some(r);
         }
         cur = e.source();
     }

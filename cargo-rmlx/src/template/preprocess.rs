@@ -48,10 +48,12 @@ impl OffsetMap {
     }
 }
 
-/// Wraps each for-loop iterable in `(…)|__rmlx_iterable` (see the module documentation).
-/// Stops at the first lexer error (the compile step reports it at a mapped position).
-pub fn guard_for_iterables(src: &str) -> (String, OffsetMap) {
-    let mut toks: Vec<(Token<'_>, usize, usize)> = Vec::new();
+type Tok<'a> = (Token<'a>, usize, usize);
+
+/// The tokens of `src` other than template data, with byte ranges; stops at the first lexer
+/// error (the compile step reports it at a mapped position).
+fn tokens(src: &str) -> Vec<Tok<'_>> {
+    let mut toks = Vec::new();
     // `SyntaxConfig` is a unit struct unless minijinja's `custom_syntax` feature is on.
     #[allow(clippy::default_constructed_unit_structs)]
     let syntax = SyntaxConfig::default();
@@ -65,7 +67,120 @@ pub fn guard_for_iterables(src: &str) -> (String, OffsetMap) {
             Err(_) => break,
         }
     }
-    // (start, end) byte ranges of iterable expressions.
+    toks
+}
+
+/// Most operators (`+ ~ | . [ ( and or not …`) one `{{ … }}` or `{% … %}` tag may hold.
+/// minijinja's parser builds left-deep trees for operator chains without its recursion
+/// guard, and compiling one recurses once per operator: 15,000 terms overflow a 2 MiB
+/// thread. jinja2 fails on such chains too (Python's recursion limit).
+pub const MAX_OPERATORS_PER_TAG: usize = 1000;
+
+/// A tag with more than [`MAX_OPERATORS_PER_TAG`] operators: (operators, byte range of
+/// the tag in `src`).
+pub fn overlong_expression(src: &str) -> Option<(usize, std::ops::Range<usize>)> {
+    let mut count = 0;
+    let mut start = 0;
+    for (t, s, e) in tokens(src) {
+        match t {
+            Token::VariableStart | Token::BlockStart => {
+                count = 0;
+                start = s;
+            }
+            Token::Plus
+            | Token::Minus
+            | Token::Mul
+            | Token::Div
+            | Token::FloorDiv
+            | Token::Pow
+            | Token::Mod
+            | Token::Dot
+            | Token::Tilde
+            | Token::Pipe
+            | Token::Eq
+            | Token::Ne
+            | Token::Gt
+            | Token::Gte
+            | Token::Lt
+            | Token::Lte
+            | Token::BracketOpen
+            | Token::ParenOpen
+            | Token::Ident("and" | "or" | "not" | "in" | "is" | "if" | "else") => {
+                count += 1;
+                if count > MAX_OPERATORS_PER_TAG {
+                    let end = src[e..].find(['}']).map_or(src.len(), |p| e + p + 1);
+                    return Some((count, start..end));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Wraps each for-loop iterable in `(…)|__rmlx_iterable` and the value of each
+/// `{% set ns.attr = … %}` in `(…)|__rmlx_ns_value(ns)` (see the module documentation).
+pub fn guard_for_iterables(src: &str) -> (String, OffsetMap) {
+    let toks = tokens(src);
+    let mut wraps: Vec<(usize, usize, String)> = iterable_ranges(&toks)
+        .into_iter()
+        .map(|(s, e)| (s, e, format!(")|{ITERABLE_FILTER}")))
+        .collect();
+    wraps.extend(namespace_stores(&toks));
+    wraps.sort_by_key(|w| w.0);
+    let mut out = String::with_capacity(src.len() + wraps.len() * 24);
+    let mut map = OffsetMap::default();
+    let mut last = 0;
+    for (start, end, suffix) in wraps {
+        out.push_str(&src[last..start]);
+        out.push('(');
+        map.inserts.push((start, 1));
+        out.push_str(&src[start..end]);
+        out.push_str(&suffix);
+        map.inserts.push((end, suffix.len()));
+        last = end;
+    }
+    out.push_str(&src[last..]);
+    (out, map)
+}
+
+/// `{% set NAME.ATTR = EXPR %}`: the byte range of EXPR and the suffix that passes it
+/// through the namespace guard filter with NAME.
+fn namespace_stores(toks: &[Tok<'_>]) -> Vec<(usize, usize, String)> {
+    let mut out = Vec::new();
+    for (i, w) in toks.windows(6).enumerate() {
+        let (
+            Token::BlockStart,
+            Token::Ident("set"),
+            Token::Ident(ns),
+            Token::Dot,
+            Token::Ident(_),
+            Token::Assign,
+        ) = (&w[0].0, &w[1].0, &w[2].0, &w[3].0, &w[4].0, &w[5].0)
+        else {
+            continue;
+        };
+        let first = i + 6;
+        let Some(end) = toks[first..]
+            .iter()
+            .position(|t| matches!(t.0, Token::BlockEnd))
+            .map(|p| first + p)
+        else {
+            continue;
+        };
+        if end > first {
+            out.push((
+                toks[first].1,
+                toks[end - 1].2,
+                format!(")|{}({ns})", super::guarded::NAMESPACE_FILTER),
+            ));
+        }
+    }
+    out
+}
+
+/// (start, end) byte ranges of for-loop iterable expressions.
+fn iterable_ranges(toks: &[Tok<'_>]) -> Vec<(usize, usize)> {
     let mut ranges: Vec<(usize, usize)> = Vec::new();
     let mut i = 0;
     while i + 1 < toks.len() {
@@ -109,21 +224,7 @@ pub fn guard_for_iterables(src: &str) -> (String, OffsetMap) {
         }
         i = k;
     }
-    let mut out = String::with_capacity(src.len() + ranges.len() * 24);
-    let mut map = OffsetMap::default();
-    let suffix = format!(")|{ITERABLE_FILTER}");
-    let mut last = 0;
-    for (start, end) in ranges {
-        out.push_str(&src[last..start]);
-        out.push('(');
-        map.inserts.push((start, 1));
-        out.push_str(&src[start..end]);
-        out.push_str(&suffix);
-        map.inserts.push((end, suffix.len()));
-        last = end;
-    }
-    out.push_str(&src[last..]);
-    (out, map)
+    ranges
 }
 
 /// Result of [`rewrite`]: the text to compile (same length as the input) and how many

@@ -11,6 +11,7 @@ use minijinja::value::ValueKind;
 use minijinja::{Error, ErrorKind, Value};
 
 use super::env::PyGenerator;
+use super::limits;
 
 /// Python `repr(float)`: shortest round-trip digits; scientific below 1e-4 and from 1e16.
 pub fn float_repr(f: f64) -> String {
@@ -83,15 +84,16 @@ fn number_str(v: &Value) -> String {
     }
 }
 
-/// Python `str(x)` of a template value (what jinja2 prints for `{{ x }}`).
-pub fn py_str(v: &Value) -> String {
+/// Python `str(x)` of a template value (what jinja2 prints for `{{ x }}`). Fails when the
+/// text would be over the template size limit or the value nests too deeply.
+pub fn py_str(v: &Value) -> Result<String, Error> {
     match v.kind() {
-        ValueKind::Undefined => String::new(),
-        ValueKind::String => v.as_str().unwrap_or_default().to_string(),
+        ValueKind::Undefined => Ok(String::new()),
+        ValueKind::String => Ok(v.as_str().unwrap_or_default().to_string()),
         _ => {
             let mut s = String::new();
-            py_repr_into(v, &mut s);
-            s
+            py_repr_into(v, &mut s)?;
+            Ok(s)
         }
     }
 }
@@ -123,8 +125,14 @@ pub fn str_repr(s: &str, out: &mut String) {
     out.push(quote);
 }
 
-/// Python `repr(x)` of a template value, appended to `out`.
-pub fn py_repr_into(v: &Value, out: &mut String) {
+/// Python `repr(x)` of a template value, appended to `out` (see [`py_str`] for the limits).
+pub fn py_repr_into(v: &Value, out: &mut String) -> Result<(), Error> {
+    repr_at(v, out, 0)
+}
+
+fn repr_at(v: &Value, out: &mut String, depth: usize) -> Result<(), Error> {
+    limits::check_depth("str()", depth)?;
+    limits::check_bytes("str()", out.len() as u128)?;
     match v.kind() {
         ValueKind::Undefined => {}
         ValueKind::None => out.push_str("None"),
@@ -138,7 +146,7 @@ pub fn py_repr_into(v: &Value, out: &mut String) {
                     if i > 0 {
                         out.push_str(", ");
                     }
-                    py_repr_into(&item, out);
+                    repr_at(&item, out, depth + 1)?;
                 }
             }
             out.push(']');
@@ -150,9 +158,9 @@ pub fn py_repr_into(v: &Value, out: &mut String) {
                     if i > 0 {
                         out.push_str(", ");
                     }
-                    py_repr_into(&k, out);
+                    repr_at(&k, out, depth + 1)?;
                     out.push_str(": ");
-                    py_repr_into(&val, out);
+                    repr_at(&val, out, depth + 1)?;
                 }
             }
             out.push('}');
@@ -161,6 +169,7 @@ pub fn py_repr_into(v: &Value, out: &mut String) {
             let _ = write!(out, "{v}");
         }
     }
+    limits::check_bytes("str()", out.len() as u128)
 }
 
 /// Options of Python's `json.dumps` as transformers' `tojson` passes them.
@@ -201,13 +210,16 @@ struct JsonWriter<'a> {
 }
 
 impl JsonWriter<'_> {
-    fn newline(&mut self, depth: usize) {
+    fn newline(&mut self, depth: usize) -> Result<(), Error> {
         if let Some(ind) = &self.opts.indent {
+            let grow = 1 + depth as u128 * ind.len() as u128;
+            limits::check_bytes("tojson", self.out.len() as u128 + grow)?;
             self.out.push('\n');
             for _ in 0..depth {
                 self.out.push_str(ind);
             }
         }
+        Ok(())
     }
 
     fn string(&mut self, s: &str) {
@@ -277,6 +289,7 @@ impl JsonWriter<'_> {
     }
 
     fn value(&mut self, v: &Value, depth: usize) -> Result<(), Error> {
+        limits::check_bytes("tojson", self.out.len() as u128)?;
         if depth > 500 {
             return Err(Error::new(
                 ErrorKind::InvalidOperation,
@@ -306,16 +319,16 @@ impl JsonWriter<'_> {
                     return Ok(());
                 }
                 self.out.push('[');
-                self.newline(depth + 1);
+                self.newline(depth + 1)?;
                 for (i, item) in items.iter().enumerate() {
                     if i > 0 {
                         let sep = self.item_sep.clone();
                         self.out.push_str(&sep);
-                        self.newline(depth + 1);
+                        self.newline(depth + 1)?;
                     }
                     self.value(item, depth + 1)?;
                 }
-                self.newline(depth);
+                self.newline(depth)?;
                 self.out.push(']');
             }
             ValueKind::Map => {
@@ -332,19 +345,19 @@ impl JsonWriter<'_> {
                     return Ok(());
                 }
                 self.out.push('{');
-                self.newline(depth + 1);
+                self.newline(depth + 1)?;
                 for (i, (k, val)) in pairs.iter().enumerate() {
                     if i > 0 {
                         let sep = self.item_sep.clone();
                         self.out.push_str(&sep);
-                        self.newline(depth + 1);
+                        self.newline(depth + 1)?;
                     }
                     self.key(k)?;
                     let sep = self.key_sep.clone();
                     self.out.push_str(&sep);
                     self.value(val, depth + 1)?;
                 }
-                self.newline(depth);
+                self.newline(depth)?;
                 self.out.push('}');
             }
             ValueKind::Undefined => {
@@ -395,12 +408,12 @@ mod tests {
             [{"a": 1, "b": null, "c": true, "d": "it's", "e": 1.0, "f": [] }, "x\n"]
         ));
         assert_eq!(
-            py_str(&v),
+            py_str(&v).unwrap(),
             r#"[{'a': 1, 'b': None, 'c': True, 'd': "it's", 'e': 1.0, 'f': []}, 'x\n']"#
         );
-        assert_eq!(py_str(&Value::from(())), "None");
-        assert_eq!(py_str(&Value::from(false)), "False");
-        assert_eq!(py_str(&Value::UNDEFINED), "");
+        assert_eq!(py_str(&Value::from(())).unwrap(), "None");
+        assert_eq!(py_str(&Value::from(false)).unwrap(), "False");
+        assert_eq!(py_str(&Value::UNDEFINED).unwrap(), "");
     }
 
     #[test]

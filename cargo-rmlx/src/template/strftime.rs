@@ -1,176 +1,153 @@
-//! `strftime_now(fmt)` for chat templates: C/Python `strftime` over the current UTC time
-//! (or a fixed clock set in [`super::TemplateOptions`], for reproducible renders).
+//! `strftime_now(fmt)` for chat templates, as transformers defines it:
+//! `datetime.now().strftime(fmt)` — the LOCAL time as a naive datetime — or, with a fixed
+//! clock ([`super::TemplateOptions::now`]), `datetime.fromtimestamp(now).strftime(fmt)`.
 //!
-//! Supports the conversions templates use (`%Y %m %d %B %b %A %a %H %M %S …`) and the glibc
-//! `-` flag (`%-d`) that Python on Linux passes through. Unknown conversions are copied as-is.
+//! Python handles `%f` (microseconds), `%z`, `%:z` and `%Z` itself (a naive datetime has no
+//! offset or zone: they print nothing) and hands every other directive to the C library's
+//! `strftime` with `tm_isdst = -1`. This module does the same, one directive at a time, so
+//! every conversion and flag the platform's C library knows (`%U %W %V %G %c %x %X %-d %_5d
+//! %^a` …) prints exactly what Python prints on that platform, in the C locale.
 
-use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-const MONTHS: [&str; 12] = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-];
-const DAYS: [&str; 7] = [
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-    "Sunday",
-];
+use minijinja::{Error, ErrorKind};
 
-/// Broken-down UTC time.
+use super::limits::check_width;
+
+/// A point in time: seconds since the Unix epoch and microseconds within that second.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Tm {
-    year: i64,
-    month: u32, // 1..=12
-    day: u32,   // 1..=31
-    hour: u32,
-    minute: u32,
-    second: u32,
-    weekday: u32, // 0 = Monday
-    yday: u32,    // 1..=366
+pub struct Instant {
+    /// Seconds since the Unix epoch (negative before 1970).
+    pub secs: i64,
+    /// Microseconds, 0..1_000_000.
+    pub micros: u32,
 }
 
-/// Seconds since the Unix epoch of `t` (negative before 1970).
-pub fn unix_seconds(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
-    }
-}
-
-/// UTC broken-down time of a Unix timestamp.
-pub fn utc(secs: i64) -> Tm {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    const CUM: [u32; 12] = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
-    let yday = CUM[(month - 1) as usize] + day + u32::from(leap && month > 2);
-    Tm {
-        year,
-        month,
-        day,
-        hour: (rem / 3600) as u32,
-        minute: (rem % 3600 / 60) as u32,
-        second: (rem % 60) as u32,
-        // 1970-01-01 was a Thursday (3 with Monday = 0).
-        weekday: (days + 3).rem_euclid(7) as u32,
-        yday,
-    }
-}
-
-/// Formats `tm` like C `strftime(fmt)` in the C locale.
-pub fn strftime(fmt: &str, tm: &Tm) -> String {
-    let mut out = String::new();
-    let mut chars = fmt.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        let no_pad = chars.peek() == Some(&'-');
-        if no_pad {
-            chars.next();
-        }
-        let Some(conv) = chars.next() else {
-            out.push('%');
-            break;
-        };
-        let num = |out: &mut String, v: i64, width: usize| {
-            if no_pad {
-                let _ = write!(out, "{v}");
-            } else {
-                let _ = write!(out, "{v:0width$}");
-            }
-        };
-        let hour12 = if tm.hour % 12 == 0 { 12 } else { tm.hour % 12 };
-        match conv {
-            'Y' => {
-                let _ = write!(out, "{}", tm.year);
-            }
-            'y' => num(&mut out, tm.year.rem_euclid(100), 2),
-            'C' => num(&mut out, tm.year.div_euclid(100), 2),
-            'm' => num(&mut out, tm.month.into(), 2),
-            'd' => num(&mut out, tm.day.into(), 2),
-            'e' => {
-                if no_pad {
-                    let _ = write!(out, "{}", tm.day);
-                } else {
-                    let _ = write!(out, "{:2}", tm.day);
+impl Instant {
+    /// The current time.
+    pub fn now() -> Instant {
+        match SystemTime::now().duration_since(UNIX_EPOCH) {
+            Ok(d) => Instant {
+                secs: d.as_secs() as i64,
+                micros: d.subsec_micros(),
+            },
+            Err(e) => {
+                let d = e.duration();
+                let micros = d.subsec_micros();
+                Instant {
+                    secs: -(d.as_secs() as i64) - i64::from(micros > 0),
+                    micros: if micros > 0 { 1_000_000 - micros } else { 0 },
                 }
             }
-            'H' => num(&mut out, tm.hour.into(), 2),
-            'I' => num(&mut out, hour12.into(), 2),
-            'M' => num(&mut out, tm.minute.into(), 2),
-            'S' => num(&mut out, tm.second.into(), 2),
-            'j' => num(&mut out, tm.yday.into(), 3),
-            'p' => out.push_str(if tm.hour < 12 { "AM" } else { "PM" }),
-            'B' => out.push_str(MONTHS[(tm.month - 1) as usize]),
-            'b' | 'h' => out.push_str(&MONTHS[(tm.month - 1) as usize][..3]),
-            'A' => out.push_str(DAYS[tm.weekday as usize]),
-            'a' => out.push_str(&DAYS[tm.weekday as usize][..3]),
-            'u' => {
-                let _ = write!(out, "{}", tm.weekday + 1);
-            }
-            'w' => {
-                let _ = write!(out, "{}", (tm.weekday + 1) % 7);
-            }
-            'F' => {
-                let _ = write!(out, "{}-{:02}-{:02}", tm.year, tm.month, tm.day);
-            }
-            'D' => {
-                let _ = write!(
-                    out,
-                    "{:02}/{:02}/{:02}",
-                    tm.month,
-                    tm.day,
-                    tm.year.rem_euclid(100)
-                );
-            }
-            'T' => {
-                let _ = write!(out, "{:02}:{:02}:{:02}", tm.hour, tm.minute, tm.second);
-            }
-            'R' => {
-                let _ = write!(out, "{:02}:{:02}", tm.hour, tm.minute);
-            }
-            'Z' => out.push_str("UTC"),
-            'z' => out.push_str("+0000"),
-            'n' => out.push('\n'),
-            't' => out.push('\t'),
-            '%' => out.push('%'),
-            other => {
-                out.push('%');
-                if no_pad {
-                    out.push('-');
-                }
-                out.push(other);
-            }
         }
     }
-    out
+
+    /// A whole second (`--now`).
+    pub fn at(secs: i64) -> Instant {
+        Instant { secs, micros: 0 }
+    }
+}
+
+/// Python's `datetime.fromtimestamp(t.secs + t.micros / 1e6).strftime(fmt)` (local time).
+pub fn strftime_local(fmt: &str, t: Instant) -> Result<String, Error> {
+    if fmt.contains('\0') {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            "strftime_now: embedded null character",
+        ));
+    }
+    let tm = local_tm(t.secs)?;
+    let mut out = String::with_capacity(fmt.len() * 2);
+    let mut rest = fmt;
+    while let Some(pos) = rest.find('%') {
+        out.push_str(&rest[..pos]);
+        let directive = directive_at(&rest[pos..]);
+        match directive {
+            "%f" => out.push_str(&format!("{:06}", t.micros)),
+            "%z" | "%Z" | "%:z" => {}
+            _ => c_strftime(directive, &tm, &mut out)?,
+        }
+        rest = &rest[pos + directive.len()..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The directive at the start of `s` (which starts with `%`): `%` + the C library's
+/// flags, width and `E`/`O` modifier + one conversion character; `%:z` as Python 3.12
+/// reads it; a lone `%` at the end.
+fn directive_at(s: &str) -> &str {
+    if s.starts_with("%:z") {
+        return &s[..3];
+    }
+    let bytes = s.as_bytes();
+    let mut i = 1;
+    while i < bytes.len() && matches!(bytes[i], b'_' | b'-' | b'0' | b'^' | b'#') {
+        i += 1;
+    }
+    while i < bytes.len() && bytes[i].is_ascii_digit() {
+        i += 1;
+    }
+    if i < bytes.len() && matches!(bytes[i], b'E' | b'O') {
+        i += 1;
+    }
+    // One character (possibly multi-byte) ends the directive.
+    match s[i..].chars().next() {
+        Some(c) if i == 1 && matches!(c, 'z' | 'Z' | 'f') => &s[..2],
+        Some(c) => &s[..i + c.len_utf8()],
+        None => s,
+    }
+}
+
+/// Local broken-down time of `secs`, as Python's naive `timetuple()` gives it to C:
+/// `tm_isdst = -1`, no zone name, no offset.
+fn local_tm(secs: i64) -> Result<libc::tm, Error> {
+    let t = libc::time_t::try_from(secs).map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            "strftime_now: time out of range",
+        )
+    })?;
+    // SAFETY: `tm` is plain data; localtime_r writes it and reads `t` only.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
+    if !ok {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            "strftime_now: time out of range",
+        ));
+    }
+    tm.tm_isdst = -1;
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
+    {
+        tm.tm_gmtoff = 0;
+        tm.tm_zone = std::ptr::null_mut();
+    }
+    Ok(tm)
+}
+
+/// Appends C `strftime(directive, tm)`.
+fn c_strftime(directive: &str, tm: &libc::tm, out: &mut String) -> Result<(), Error> {
+    let width: i128 = directive
+        .trim_start_matches('%')
+        .trim_start_matches(['_', '-', '0', '^', '#'])
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or(0);
+    check_width("strftime_now", width)?;
+    let Ok(c_fmt) = std::ffi::CString::new(directive) else {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            "strftime_now: embedded null character",
+        ));
+    };
+    let mut buf = vec![0u8; width as usize + 256];
+    // SAFETY: `buf` has `buf.len()` writable bytes, `c_fmt` is NUL-terminated, `tm` valid.
+    let n = unsafe { libc::strftime(buf.as_mut_ptr().cast(), buf.len(), c_fmt.as_ptr(), tm) };
+    out.push_str(&String::from_utf8_lossy(&buf[..n]));
+    Ok(())
 }
 
 #[cfg(test)]
@@ -178,18 +155,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn known_dates() {
-        // 2024-02-29T13:05:09Z, a Thursday.
-        let tm = utc(1_709_211_909);
-        assert_eq!(
-            strftime("%Y-%m-%d %H:%M:%S %A %a %B %b %j %-d %e %I%p %%", &tm),
-            "2024-02-29 13:05:09 Thursday Thu February Feb 060 29 29 01PM %"
-        );
-        assert_eq!(strftime("%d %b %Y", &utc(0)), "01 Jan 1970");
-        assert_eq!(
-            strftime("%-d %B %Y %A", &utc(1_735_689_600)),
-            "1 January 2025 Wednesday"
-        );
-        assert_eq!(strftime("%Q", &utc(0)), "%Q");
+    fn directives_split_like_python() {
+        assert_eq!(directive_at("%Y-%m"), "%Y");
+        assert_eq!(directive_at("%-d x"), "%-d");
+        assert_eq!(directive_at("%_10Ey"), "%_10Ey");
+        assert_eq!(directive_at("%:z!"), "%:z");
+        assert_eq!(directive_at("%"), "%");
+        assert_eq!(directive_at("%é"), "%é");
+    }
+
+    #[test]
+    fn naive_datetime_prints_no_zone() {
+        let t = Instant::at(1_709_211_909);
+        assert_eq!(strftime_local("[%z|%Z|%:z|%f]", t).unwrap(), "[|||000000]");
+        assert_eq!(strftime_local("%%|%Q|%", t).unwrap(), "%|%Q|%");
+        assert!(strftime_local("a\0b", t).is_err());
+        assert!(strftime_local("%1000000000Y", t).is_err());
     }
 }

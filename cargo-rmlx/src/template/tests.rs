@@ -221,7 +221,76 @@ fn strftime_now_with_fixed_clock() {
         &opts,
     )
     .unwrap();
-    assert_eq!(t.render_json(&json!({})).unwrap(), "29 Feb 2024");
+    // Local time: 13:05 UTC is 28 Feb to 1 Mar in the time zones of the world.
+    let out = t.render_json(&json!({})).unwrap();
+    assert!(
+        ["28 Feb 2024", "29 Feb 2024", "01 Mar 2024"].contains(&out.as_str()),
+        "{out}"
+    );
+}
+
+/// The size checks of methods and filters: a located `rmlx::template::resources` error
+/// pointing at the call, before anything is allocated (in-process, no sandbox).
+#[test]
+fn resource_limits_are_located() {
+    for (src, call) in [
+        ("x{{ 'x'.zfill(10**12) }}", "'x'.zfill(10**12)"),
+        ("x{{ 'x'.center(10**12) }}", "'x'.center(10**12)"),
+        (
+            "x{{ '{:>1000000000000}'.format(1) }}",
+            "'{:>1000000000000}'.format(1)",
+        ),
+        ("x{{ [1]|batch(10**12, 0) }}", "[1]|batch(10**12, 0)"),
+        (
+            "x{{ {'a': 1}|tojson(indent=10**9) }}",
+            "{'a': 1}|tojson(indent=10**9)",
+        ),
+        ("x{{ ('a' * 100000).replace('', 'b' * 100000) }}", "replace"),
+        ("x{{ ('b' * 100000).join('a' * 100000) }}", "join"),
+        ("x{{ 'a\nb'|indent(10**12) }}", "indent"),
+    ] {
+        let d = render_err(src, json!({}));
+        assert_eq!(d.code, CODE_RESOURCES, "{src}: {d:?}");
+        let span = d.span.clone().unwrap_or_else(|| panic!("{src}: no span"));
+        assert!(
+            src[span.clone()].contains(call) || call.contains(&src[span.clone()]),
+            "{src}: span {span:?} = {:?}",
+            &src[span.clone()]
+        );
+    }
+}
+
+#[test]
+fn namespace_cannot_contain_itself() {
+    let src = "{% set ns = namespace(a=1) %}{% set ns.a = [1, {'k': ns}] %}{{ ns }}";
+    let d = render_err(src, json!({}));
+    assert_eq!(d.code, CODE_RESOURCES, "{d:?}");
+    assert!(d.message.contains("contain itself"), "{d:?}");
+    // Storing another namespace, or a value read from this one, is fine.
+    let ok = "{% set ns = namespace(a=[1]) %}{% set o = namespace(b=2) %}{% set ns.a = ns.a + [o.b, o] %}{{ ns.a[1] }}";
+    assert_eq!(render(ok, json!({})), "2");
+}
+
+/// The operator limit leaves room: a tag at the limit compiles and renders on a thread
+/// with half the stack of tokio's and the LSP's threads; one over it is refused.
+#[test]
+fn operator_chain_limit_fits_small_stacks() {
+    let at_limit = format!(
+        "{{{{ 1{} }}}}",
+        "+1".repeat(preprocess::MAX_OPERATORS_PER_TAG)
+    );
+    let out = std::thread::Builder::new()
+        .stack_size(1 << 20)
+        .spawn(move || render(&at_limit, json!({})))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(out, (preprocess::MAX_OPERATORS_PER_TAG + 1).to_string());
+    let over = format!("ab\n{{{{ 1{} }}}}", "+1".repeat(15_000));
+    let d = ChatTemplate::new(over.clone(), TemplateOrigin::Inline { name: "t".into() })
+        .expect_err("refused");
+    assert_eq!(d.code, CODE_RESOURCES);
+    assert_eq!(d.span.as_ref().map(|s| s.start), Some(3));
 }
 
 #[test]

@@ -9,3 +9,4 @@ mod frames;
 mod model;
 mod neovim;
 mod protocol;
+mod templates;
