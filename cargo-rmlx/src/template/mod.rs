@@ -311,7 +311,8 @@ impl ChatTemplate {
         tmpl.generation_tags = rewritten.generation_tags;
         tmpl.offsets = Arc::new(offsets);
         let mut env = env::build(opts);
-        env.add_template_owned(TEMPLATE_NAME, text)
+        // minijinja folds constant expressions while compiling, and can panic there too.
+        engine_call(&tmpl.origin, || env.add_template_owned(TEMPLATE_NAME, text))?
             .map_err(|e| tmpl.error_facts(&e, true))?;
         tmpl.env = Arc::new(env);
         Ok(tmpl)
@@ -412,20 +413,7 @@ impl ChatTemplate {
         let mut out = limits::CappedWriter::default();
         // A panic inside the engine (e.g. minijinja 2.24 overflows on `[x] * 2**63`) is a
         // failed render, not a dead thread.
-        let rendered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            tmpl.render_captured_to(vars, &mut out)
-        }))
-        .map_err(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            warn!(origin = %self.origin, "the template engine panicked: {what}");
-            ErrorFacts::internal(format!(
-                "the template engine failed on this template: {what}"
-            ))
-        })?;
+        let rendered = engine_call(&self.origin, || tmpl.render_captured_to(vars, &mut out))?;
         match rendered {
             Ok(_) => String::from_utf8(out.buf)
                 .map_err(|e| ErrorFacts::internal(format!("render produced invalid UTF-8: {e}"))),
@@ -1021,3 +1009,23 @@ fn read_opt(path: &Path) -> Result<Option<String>> {
 
 #[cfg(test)]
 mod tests;
+
+/// Runs a call into the template engine, turning a panic inside it (e.g. minijinja 2.24
+/// overflows on `[x] * 2**63`, at compile time while folding constants or while rendering)
+/// into a failed render instead of a dead thread.
+fn engine_call<T>(
+    origin: &TemplateOrigin,
+    call: impl FnOnce() -> T,
+) -> std::result::Result<T, ErrorFacts> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).map_err(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        warn!(origin = %origin, "the template engine panicked: {what}");
+        ErrorFacts::internal(format!(
+            "the template engine failed on this template: {what}"
+        ))
+    })
+}
