@@ -24,7 +24,7 @@ fn template_bombs_are_diagnosed_and_the_server_survives() {
         "{{ ('a' * 100000).replace('', 'b' * 100000) }}".to_string(),
     ];
     for (i, bomb) in bombs.iter().enumerate() {
-        let path = dir.path().join(format!("bomb{i}.jinja"));
+        let path = template_in(dir.path(), &format!("bomb{i}"));
         std::fs::write(&path, bomb).unwrap();
         let uri = file_uri(&path);
         let m = c.mark();
@@ -41,7 +41,7 @@ fn template_bombs_are_diagnosed_and_the_server_survives() {
             c.stderr()
         );
     }
-    let path = dir.path().join("clean.jinja");
+    let path = template_in(dir.path(), "clean");
     std::fs::write(&path, CLEAN).unwrap();
     let uri = file_uri(&path);
     let m = c.mark();
@@ -50,4 +50,11 @@ fn template_bombs_are_diagnosed_and_the_server_survives() {
     assert_eq!(msg["params"]["diagnostics"], serde_json::json!([]), "{msg}");
     let status = c.shutdown_and_exit();
     assert_eq!(status.code(), Some(0), "rmlx-lsp exit status {status}");
+}
+
+/// `<root>/<name>/chat_template.jinja` (the name the server lints without any configuration).
+fn template_in(root: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("chat_template.jinja")
 }
