@@ -187,14 +187,7 @@ fn hot_reload_of_a_model_directory_under_load() {
     let dir = copy_model(scratch.path());
     let tpl = dir.join("chat_template.jinja");
     fs::write(&tpl, template("Version ZERO")).unwrap();
-    let args = vec![
-        dir.display().to_string(),
-        "--watch".into(),
-        "--debounce-ms".into(),
-        "300".into(),
-    ];
-    let s = Server::start(&args, scratch.path());
-    s.wait_ready();
+    let s = start_watching(&dir, scratch.path());
     assert!(s.log().contains("Watching"), "{}", s.log());
     const MARKERS: &[&str] = &["Version ZERO", "Version ONE", "Version TWO"];
     let load = Load::start(s.base.clone(), MODEL_NAME, MARKERS);

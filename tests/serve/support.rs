@@ -547,3 +547,16 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `serve DIR --watch --debounce-ms 300`, started and ready.
+pub fn start_watching(dir: &Path, scratch: &Path) -> Server {
+    let args = vec![
+        dir.display().to_string(),
+        "--watch".into(),
+        "--debounce-ms".into(),
+        "300".into(),
+    ];
+    let s = Server::start(&args, scratch);
+    s.wait_ready();
+    s
+}

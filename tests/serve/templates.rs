@@ -14,14 +14,7 @@ fn template_bombs_saved_under_watch_keep_the_old_version_serving() {
     let scratch = scratch_dir();
     let dir = copy_model(scratch.path());
     let tpl = dir.join("chat_template.jinja");
-    let args = vec![
-        dir.display().to_string(),
-        "--watch".into(),
-        "--debounce-ms".into(),
-        "300".into(),
-    ];
-    let s = Server::start(&args, scratch.path());
-    s.wait_ready();
+    let s = start_watching(&dir, scratch.path());
     let before = s.post("/v1/chat/completions", &chat_body("Hi", 4));
     assert_eq!(before.status, 200, "{}", before.text);
 
