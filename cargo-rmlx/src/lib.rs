@@ -1,6 +1,7 @@
 //! `rmlx`: all of cargo-rmlx's logic. The `cargo-rmlx` and `rmlx-lsp` binaries are thin
 //! front-ends over this library. See ARCHITECTURE.md for the module map and data flow.
 
+pub mod arch;
 pub mod bench;
 pub mod build;
 pub mod cli;

@@ -243,7 +243,8 @@ pub fn plan(src: &SourceModel, quantize: &Quantize, declared_dtype: Option<Dtype
         .get("tie_word_embeddings")
         .and_then(Value::as_bool)
         .unwrap_or(true);
-    let drops_lm_head = tie && matches!(model_type, "llama" | "mistral" | "qwen2" | "qwen3");
+    let drops_lm_head =
+        tie && crate::arch::lookup(model_type).is_some_and(|a| a.convert.drops_tied_lm_head);
 
     let names: Vec<String> = src.weights.names().map(str::to_string).collect();
     let mut dropped = Vec::new();

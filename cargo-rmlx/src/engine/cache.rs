@@ -1,7 +1,9 @@
-//! Per-layer key/value cache shared by every architecture. Global-attention layers write
-//! into buffers grown 256 positions at a time (one in-place slice update per step, instead
-//! of re-copying the whole history with a concatenation); sliding-window layers keep only
-//! their window.
+//! The state a model carries between steps, one entry per layer, of the kind its
+//! architecture declares ([`CacheKind`]): key/value caches ([`KvLayer`]: global-attention
+//! layers write into buffers grown 256 positions at a time — one in-place slice update per
+//! step instead of re-copying the history — and sliding-window layers keep only their window),
+//! recurrent state ([`Recurrent`]: linear-attention layers' convolution tail and state matrix),
+//! or nothing (layers that read another layer's keys/values).
 
 use mlx_rs::ops::concatenate;
 use mlx_rs::ops::indexing::{IndexOp, TryIndexMutOp};
@@ -14,14 +16,14 @@ use crate::diagnostic::Result;
 
 /// Keys and values of one attention layer, `[B, kv_heads, T, head_dim]`.
 #[derive(Debug, Default)]
-pub struct LayerCache {
+pub struct KvLayer {
     keys: Option<Array>,
     values: Option<Array>,
     /// Positions held (global layers: the buffers may be longer).
     len: i32,
 }
 
-impl LayerCache {
+impl KvLayer {
     /// Appends new keys/values and returns what the new queries attend over: the full history,
     /// or for a sliding-window layer the last `window - 1` cached positions plus the new ones.
     /// A sliding-window layer keeps only the last `window - 1` positions afterwards (the next
@@ -54,7 +56,7 @@ impl LayerCache {
     }
 }
 
-impl LayerCache {
+impl KvLayer {
     /// Global layer: writes the new positions into the buffers (grown when full) and returns
     /// views of everything held.
     fn append(&mut self, keys: Array, values: Array) -> Result<(Array, Array)> {
@@ -94,21 +96,105 @@ impl LayerCache {
     }
 }
 
+impl KvLayer {
+    /// Keys and values held (views; for a global layer without the unused buffer tail), or
+    /// `None` before the first update.
+    pub fn state(&self) -> Option<(Array, Array)> {
+        let (k, v) = (self.keys.as_ref()?, self.values.as_ref()?);
+        if k.shape()[2] == self.len || self.len == 0 {
+            return Some((k.clone(), v.clone()));
+        }
+        Some((
+            k.index((.., .., ..self.len, ..)),
+            v.index((.., .., ..self.len, ..)),
+        ))
+    }
+}
+
+/// The recurrent state of a linear-attention layer: the last inputs of its short
+/// convolution and its state matrix (shapes owned by the architecture).
+#[derive(Debug, Default)]
+pub struct Recurrent {
+    /// The convolution's input tail.
+    pub conv: Option<Array>,
+    /// The recurrent state.
+    pub state: Option<Array>,
+}
+
+/// What one layer keeps between steps, declared by the architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheKind {
+    /// Keys and values (global or sliding-window attention).
+    Kv,
+    /// Recurrent state (linear attention).
+    Recurrent,
+    /// Nothing: the layer reads another layer's keys/values (shared KV) or has no memory.
+    None,
+}
+
+/// One layer's cache.
+#[derive(Debug)]
+pub enum LayerCache {
+    /// See [`KvLayer`].
+    Kv(KvLayer),
+    /// See [`Recurrent`].
+    Recurrent(Recurrent),
+    /// The layer keeps nothing.
+    None,
+}
+
 /// The cache of a whole model: one [`LayerCache`] per layer plus the position offset.
 #[derive(Debug)]
-pub struct KvCache {
+pub struct Cache {
     /// Per-layer caches.
     pub layers: Vec<LayerCache>,
     /// Number of positions already processed.
     pub offset: usize,
 }
 
-impl KvCache {
-    /// An empty cache for `n_layers` layers.
-    pub fn new(n_layers: usize) -> Self {
-        Self {
-            layers: (0..n_layers).map(|_| LayerCache::default()).collect(),
-            offset: 0,
+impl Cache {
+    /// An empty cache with one layer of each declared kind.
+    pub fn new(kinds: &[CacheKind]) -> Self {
+        let layers = kinds
+            .iter()
+            .map(|k| match k {
+                CacheKind::Kv => LayerCache::Kv(KvLayer::default()),
+                CacheKind::Recurrent => LayerCache::Recurrent(Recurrent::default()),
+                CacheKind::None => LayerCache::None,
+            })
+            .collect();
+        Self { layers, offset: 0 }
+    }
+
+    /// The key/value cache of layer `i`.
+    pub fn kv(&mut self, i: usize) -> Result<&mut KvLayer> {
+        match self.layers.get_mut(i) {
+            Some(LayerCache::Kv(kv)) => Ok(kv),
+            _ => Err(wrong_kind(i, "key/value")),
         }
     }
+
+    /// The key/value cache of layer `i`, read-only (shared-KV layers).
+    pub fn kv_ref(&self, i: usize) -> Result<&KvLayer> {
+        match self.layers.get(i) {
+            Some(LayerCache::Kv(kv)) => Ok(kv),
+            _ => Err(wrong_kind(i, "key/value")),
+        }
+    }
+
+    /// The recurrent state of layer `i`.
+    pub fn recurrent(&mut self, i: usize) -> Result<&mut Recurrent> {
+        match self.layers.get_mut(i) {
+            Some(LayerCache::Recurrent(r)) => Ok(r),
+            _ => Err(wrong_kind(i, "recurrent")),
+        }
+    }
+}
+
+/// An architecture asked for a cache its own declaration does not give that layer: a bug.
+fn wrong_kind(layer: usize, kind: &str) -> crate::diagnostic::Diagnostic {
+    crate::diagnostic::Diagnostic::error(
+        "rmlx::engine::cache",
+        format!("layer {layer} has no {kind} cache (internal error: cache kinds mismatch)"),
+    )
 }

@@ -146,6 +146,27 @@ impl LoadCtx<'_> {
         })
     }
 
+    /// The separate LM head at `path` (`[vocab, hidden]`), or `None` when config.json ties it
+    /// to the embeddings (a stored `lm_head` is then ignored, as mlx-lm does — logged).
+    pub fn lm_head(&self, path: &str) -> Result<Option<Linear>> {
+        let c = self.config;
+        if !c.tie_word_embeddings {
+            return Ok(Some(self.linear(
+                path,
+                c.hidden_size,
+                c.vocab_size,
+                false,
+            )?));
+        }
+        if self.weights.contains(&format!("{path}.weight")) {
+            tracing::info!(
+                "config.json says tie_word_embeddings but {path}.weight exists; using the tied \
+                 embedding as mlx-lm does"
+            );
+        }
+        Ok(None)
+    }
+
     /// Loads an RMSNorm weight of width `dim`.
     pub fn rms_norm(&self, path: &str, dim: usize, eps: f32, one_plus: bool) -> Result<RmsNorm> {
         let mut weight = self.param(&format!("{path}.weight"), &[dim])?;

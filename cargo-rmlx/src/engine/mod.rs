@@ -1,17 +1,21 @@
-//! The model runtime on MLX: architecture specs ([`arch`]), shared layers ([`layers`]), the
-//! transformer ([`transformer`]), the KV cache ([`cache`]), sampling ([`sample`]) and the
-//! generate loop ([`generate`]), the CPU host kernels ([`qmv`]) and OpenBLAS threading
-//! ([`blas`]). The compute dtype is a per-device policy ([`DtypePolicy`]).
+//! The model runtime on MLX: the shared blocks architectures are composed of ([`layers`]:
+//! linear, embedding, norm, RoPE; [`attention`]; [`mlp`]; the standard dense [`decoder`]),
+//! what a loaded architecture offers ([`network`]), the per-layer caches ([`cache`]),
+//! sampling ([`sample`], [`penalty`]) and the generate loop ([`generate`]), the CPU host
+//! kernels ([`qmv`]) and OpenBLAS threading ([`blas`]). The compute dtype is a per-device
+//! policy ([`DtypePolicy`]). Which network a `model_type` gets is `crate::arch`'s registry.
 
-pub mod arch;
+pub mod attention;
 pub mod blas;
 pub mod cache;
+pub mod decoder;
 pub mod generate;
 pub mod layers;
+pub mod mlp;
+pub mod network;
 pub mod penalty;
 pub mod qmv;
 pub mod sample;
-pub mod transformer;
 
 use mlx_rs::Dtype;
 
@@ -21,9 +25,9 @@ use crate::snapshot::Snapshot;
 pub use generate::{
     generate, generate_cancellable, GenerateOptions, GenerateOutput, Step, StopReason,
 };
+pub use network::Net;
 pub use penalty::Penalties;
 pub use sample::{Sampler, SamplerConfig};
-pub use transformer::Transformer;
 
 /// Which dtype activations and float parameters are computed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,7 +77,7 @@ pub fn gpu_available() -> bool {
 #[derive(Debug)]
 pub struct Model {
     /// The network.
-    pub net: Transformer,
+    pub net: Net,
     /// Context length from config.json.
     pub max_context: usize,
     /// EOS ids declared by config.json / generation_config.json.
@@ -86,7 +90,6 @@ impl Model {
         let config = &snapshot.config;
         let dtype = policy.resolve(config.torch_dtype.as_deref());
         tracing::debug!(?dtype, model_type = %config.model_type, "loading model");
-        let spec = arch::spec(config)?;
         if !gpu_available() {
             blas::configure();
         }
@@ -95,7 +98,7 @@ impl Model {
             config,
             dtype,
         };
-        let net = Transformer::load(&ctx, &spec)?;
+        let net = Net::new(crate::arch::load(&ctx)?, dtype, config.vocab_size);
         Ok(Self {
             net,
             max_context: config.max_position_embeddings,

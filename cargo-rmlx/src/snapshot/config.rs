@@ -32,9 +32,6 @@ pub fn size_limit(key: &str) -> Option<u64> {
 /// Largest MLX quantization group size accepted (MLX itself uses 16 to 128).
 pub const MAX_GROUP_SIZE: u64 = 1 << 12;
 
-/// Architectures this build can run (`model_type` values).
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "gemma3_text"];
-
 /// The quantization settings of one module (or the default for all).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuantParams {
@@ -258,7 +255,7 @@ impl ModelConfig {
             raw: &raw,
         };
         let model_type = fields.string("model_type")?;
-        if !SUPPORTED_MODEL_TYPES.contains(&model_type.as_str()) {
+        if crate::arch::lookup(&model_type).is_none() {
             return Err(fields
                 .located(
                     "rmlx::snapshot::unsupported-architecture",
@@ -267,7 +264,7 @@ impl ModelConfig {
                 )
                 .with_help(format!(
                     "supported architectures: {}",
-                    SUPPORTED_MODEL_TYPES.join(", ")
+                    crate::arch::supported_model_types().join(", ")
                 )));
         }
         let hidden_size = fields.usize("hidden_size")?;

@@ -329,7 +329,7 @@ mod tests {
                     if let Err(d) = config.check_tensors(names.iter().map(String::as_str)) {
                         return check_diagnostic(&d, Some(&text));
                     }
-                    match crate::engine::arch::spec(&config) {
+                    match crate::arch::gemma3::spec(&config) {
                         Ok(spec) => {
                             prop_assert_eq!(spec.sliding_window.len(), config.num_hidden_layers);
                             Ok(())

@@ -1,55 +1,36 @@
-//! Architecture specs: how each supported `model_type` maps onto the shared transformer.
-//! Adding an architecture = adding a match arm here (and its name to
-//! `snapshot::config::SUPPORTED_MODEL_TYPES`), plus layer flags if it needs new math.
+//! Gemma 3 (text): the standard dense decoder in Gemma's form — scaled embeddings, (1 + w)
+//! norms, four norms per block, GELU-tanh, q/k norms, sliding-window local layers with their
+//! own RoPE base interleaved with global layers.
 
 use serde_json::Value;
 
-use super::transformer::{Activation, ArchSpec};
-use crate::diagnostic::{Diagnostic, Result};
+use super::{Architecture, Convert};
+use crate::diagnostic::Result;
+use crate::engine::decoder::{Decoder, DecoderSpec};
+use crate::engine::layers::LoadCtx;
+use crate::engine::mlp::Activation;
+use crate::engine::network::Network;
 use crate::snapshot::config::size_limit;
 use crate::snapshot::ModelConfig;
 
-/// The spec for `config.model_type`.
-pub fn spec(config: &ModelConfig) -> Result<ArchSpec> {
-    let base = ArchSpec {
-        qkv_bias: config.attention_bias,
-        o_bias: config.attention_bias,
-        mlp_bias: config.mlp_bias,
-        activation: Activation::Silu,
-        attn_scale: (config.head_dim as f32).powf(-0.5),
-        qk_norm: false,
-        norm_one_plus: false,
-        embed_scale: None,
-        sandwich_norms: false,
-        sliding_window: vec![None; config.num_hidden_layers],
-        local_rope_theta: None,
-    };
-    match config.model_type.as_str() {
-        // Llama 2/3, SmolLM, TinyLlama and Mistral share one layout.
-        "llama" | "mistral" => Ok(base),
-        // Qwen2: biases on q/k/v (never on o).
-        "qwen2" => Ok(ArchSpec {
-            qkv_bias: true,
-            o_bias: false,
-            ..base
-        }),
-        // Qwen3: RMSNorm over each q/k head, no biases by default.
-        "qwen3" => Ok(ArchSpec {
-            qk_norm: true,
-            ..base
-        }),
-        "gemma3_text" => gemma3(config, base),
-        other => Err(Diagnostic::error(
-            "rmlx::snapshot::unsupported-architecture",
-            format!("unsupported model_type `{other}`"),
-        )
-        .with_file(&config.path)),
-    }
+/// Registry entry.
+pub const ARCH: Architecture = Architecture {
+    model_types: &["gemma3_text"],
+    load,
+    convert: Convert {
+        drops_tied_lm_head: false,
+    },
+};
+
+fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {
+    Ok(Box::new(Decoder::load(ctx, &spec(ctx.config)?)?))
 }
 
 /// Gemma 3 (text): scaled embeddings, (1 + w) norms, sandwich norms, GELU-tanh, q/k norms,
 /// local sliding-window layers with their own rope base interleaved with global layers.
-fn gemma3(config: &ModelConfig, base: ArchSpec) -> Result<ArchSpec> {
+/// The decoder spec of a Gemma 3 config (public for the config fuzzer).
+pub fn spec(config: &ModelConfig) -> Result<DecoderSpec> {
+    let base = DecoderSpec::llama(config);
     let raw = &config.raw;
     let num = |k: &str| raw.get(k).and_then(Value::as_f64);
     let window = match raw.get("sliding_window") {
@@ -85,7 +66,7 @@ fn gemma3(config: &ModelConfig, base: ArchSpec) -> Result<ArchSpec> {
     let scalar = num("query_pre_attn_scalar").unwrap_or(config.head_dim as f64) as f32;
     // mlx-lm and transformers round sqrt(hidden) to bfloat16 before scaling.
     let embed_scale = half::bf16::from_f32((config.hidden_size as f32).sqrt()).to_f32();
-    Ok(ArchSpec {
+    Ok(DecoderSpec {
         activation: Activation::GeluTanh,
         attn_scale: scalar.powf(-0.5),
         qk_norm: true,

@@ -1,0 +1,190 @@
+//! Attention blocks shared by the architectures: [`Attention`] (q/k/v/o projections, optional
+//! per-head q/k norms, RoPE, global or sliding-window causal attention over a [`KvLayer`]) and
+//! the pieces an architecture with its own attention variant composes: [`split_heads`],
+//! [`merge_heads`], [`attend`] and [`sliding_mask`].
+
+use mlx_rs::fast::{scaled_dot_product_attention, ScaledDotProductAttentionMask};
+use mlx_rs::Array;
+
+use super::cache::KvLayer;
+use super::layers::{Linear, LoadCtx, RmsNorm, Rope};
+use crate::diagnostic::Result;
+
+/// The shape and options of a standard attention block.
+#[derive(Debug, Clone)]
+pub struct AttentionSpec {
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (GQA).
+    pub n_kv_heads: usize,
+    /// Per-head width.
+    pub head_dim: usize,
+    /// Biases on q/k/v.
+    pub qkv_bias: bool,
+    /// Bias on o.
+    pub o_bias: bool,
+    /// Per-head RMSNorm of queries and keys before RoPE: `Some((eps, one_plus))`.
+    pub qk_norm: Option<(f32, bool)>,
+    /// Sliding window, `None` for global attention.
+    pub window: Option<usize>,
+    /// Softmax scale.
+    pub scale: f32,
+}
+
+/// Multi-head attention with grouped KV heads (see the module docs).
+#[derive(Debug)]
+pub struct Attention {
+    /// Query projection.
+    pub q_proj: Linear,
+    /// Key projection.
+    pub k_proj: Linear,
+    /// Value projection.
+    pub v_proj: Linear,
+    /// Output projection.
+    pub o_proj: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    spec: AttentionSpec,
+}
+
+impl Attention {
+    /// Loads `{prefix}.{q,k,v,o}_proj` (and `q_norm`/`k_norm`) for a residual width `hidden`.
+    pub fn load(
+        ctx: &LoadCtx<'_>,
+        prefix: &str,
+        hidden: usize,
+        spec: AttentionSpec,
+    ) -> Result<Self> {
+        let (q, kv) = (
+            spec.n_heads * spec.head_dim,
+            spec.n_kv_heads * spec.head_dim,
+        );
+        let norm = |name: &str| -> Result<Option<RmsNorm>> {
+            spec.qk_norm
+                .map(|(eps, one_plus)| {
+                    ctx.rms_norm(&format!("{prefix}.{name}"), spec.head_dim, eps, one_plus)
+                })
+                .transpose()
+        };
+        Ok(Self {
+            q_proj: ctx.linear(&format!("{prefix}.q_proj"), hidden, q, spec.qkv_bias)?,
+            k_proj: ctx.linear(&format!("{prefix}.k_proj"), hidden, kv, spec.qkv_bias)?,
+            v_proj: ctx.linear(&format!("{prefix}.v_proj"), hidden, kv, spec.qkv_bias)?,
+            o_proj: ctx.linear(&format!("{prefix}.o_proj"), q, hidden, spec.o_bias)?,
+            q_norm: norm("q_norm")?,
+            k_norm: norm("k_norm")?,
+            spec,
+        })
+    }
+
+    /// Whether every projection can run on the host kernels (see `Decoder`'s host decode).
+    pub fn host_capable(&self) -> bool {
+        [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
+            .iter()
+            .all(|l| l.host_capable())
+    }
+
+    /// `x` (`[B, L, hidden]`) → attention output projected back to `[B, L, hidden]`.
+    pub fn forward(
+        &self,
+        x: &Array,
+        cache: &mut KvLayer,
+        offset: usize,
+        rope: &Rope,
+    ) -> Result<Array> {
+        let [q, k, v] = Linear::forward_many([&self.q_proj, &self.k_proj, &self.v_proj], x)?;
+        let o = self.core(q, k, v, cache, offset, rope)?;
+        self.o_proj.forward(&o)
+    }
+
+    /// Attention from projected `q`, `k`, `v` (`[B, L, heads · head_dim]`) to the input of
+    /// `o_proj`: head split, q/k norms, RoPE, cache update, scaled dot-product attention.
+    pub fn core(
+        &self,
+        q: Array,
+        k: Array,
+        v: Array,
+        cache: &mut KvLayer,
+        offset: usize,
+        rope: &Rope,
+    ) -> Result<Array> {
+        let s = &self.spec;
+        let hd = s.head_dim as i32;
+        let mut q = split_heads(q, s.n_heads as i32, hd)?;
+        let mut k = split_heads(k, s.n_kv_heads as i32, hd)?;
+        let v = split_heads(v, s.n_kv_heads as i32, hd)?;
+        if let Some(n) = &self.q_norm {
+            q = n.forward(&q)?;
+        }
+        if let Some(n) = &self.k_norm {
+            k = n.forward(&k)?;
+        }
+        let q = rope.forward(&q, offset)?;
+        let k = rope.forward(&k, offset)?;
+        let (k, v) = cache.update(k, v, s.window)?;
+        let o = attend(&q, &k, &v, offset, s.window, s.scale, None)?;
+        merge_heads(o)
+    }
+}
+
+/// `[B, L, n · d]` → `[B, n, L, d]`.
+pub fn split_heads(a: Array, n: i32, d: i32) -> Result<Array> {
+    let (b, l) = (a.shape()[0], a.shape()[1]);
+    if l == 1 {
+        // One position: [B, 1, n, d] and [B, n, 1, d] share a layout.
+        return Ok(a.reshape(&[b, n, 1, d])?);
+    }
+    Ok(a.reshape(&[b, l, n, d])?.transpose_axes(&[0, 2, 1, 3])?)
+}
+
+/// `[B, n, L, d]` → `[B, L, n · d]`.
+pub fn merge_heads(o: Array) -> Result<Array> {
+    let s = o.shape().to_vec();
+    let (b, n, l, d) = (s[0], s[1], s[2], s[3]);
+    if l == 1 {
+        return Ok(o.reshape(&[b, 1, n * d])?);
+    }
+    Ok(o.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, l, n * d])?)
+}
+
+/// Scaled dot-product attention of the new queries `q` (`[B, H, L, d]`, the last `L` of
+/// `offset + L` positions) over `k`/`v` as returned by [`KvLayer::update`]: causal, and limited
+/// to `window` positions when given. `sinks`: per-head attention-sink logits (`[H]`).
+pub fn attend(
+    q: &Array,
+    k: &Array,
+    v: &Array,
+    offset: usize,
+    window: Option<usize>,
+    scale: f32,
+    sinks: Option<&Array>,
+) -> Result<Array> {
+    let l = q.shape()[2] as usize;
+    let total = k.shape()[2] as usize;
+    Ok(match window {
+        // Some keys fall outside the window of some queries: explicit mask.
+        Some(w) if l > 1 && offset + l > w => {
+            let mask = sliding_mask(l, total, w)?;
+            scaled_dot_product_attention(q, k, v, scale, &mask, sinks)?
+        }
+        _ => {
+            let mask = (l > 1).then_some(ScaledDotProductAttentionMask::Causal);
+            scaled_dot_product_attention(q, k, v, scale, mask, sinks)?
+        }
+    })
+}
+
+/// Boolean mask `[q_len, k_len]` for sliding-window causal attention, where the queries are
+/// the last `q_len` positions of `k_len`: query i (absolute k_len - q_len + i) sees key j iff
+/// j <= i_abs and i_abs - j < window.
+pub fn sliding_mask(q_len: usize, k_len: usize, window: usize) -> Result<Array> {
+    let first = k_len - q_len;
+    let mut m = Vec::with_capacity(q_len * k_len);
+    for i in 0..q_len {
+        let qi = first + i;
+        for j in 0..k_len {
+            m.push(j <= qi && qi - j < window);
+        }
+    }
+    Ok(Array::from_slice(&m, &[q_len as i32, k_len as i32]))
+}

@@ -1,0 +1,280 @@
+//! The standard dense decoder block stack, shared by the llama-like architectures and Gemma 3:
+//! embeddings, N blocks of (RMSNorm → GQA attention with RoPE → residual, RMSNorm → gated MLP
+//! → residual) — or Gemma's four-norm "sandwich" form — final norm, LM head (tied or
+//! separate). An architecture module describes its variant with a [`DecoderSpec`]; the one
+//! host fast path for decode steps on the CPU lives here.
+
+use mlx_rs::{Array, Dtype};
+
+use super::attention::{Attention, AttentionSpec};
+use super::cache::{Cache, CacheKind};
+use super::layers::{Embedding, Linear, LoadCtx, RmsNorm, Rope};
+use super::mlp::{Activation, GatedMlp};
+use super::network::Network;
+use crate::diagnostic::Result;
+
+/// What distinguishes one dense decoder from another.
+#[derive(Debug, Clone)]
+pub struct DecoderSpec {
+    /// Biases on q/k/v projections.
+    pub qkv_bias: bool,
+    /// Bias on the output projection.
+    pub o_bias: bool,
+    /// Biases on the MLP projections.
+    pub mlp_bias: bool,
+    /// MLP activation.
+    pub activation: Activation,
+    /// Softmax scale of attention (usually `head_dim^-0.5`).
+    pub attn_scale: f32,
+    /// RMSNorm over each query/key head before RoPE (qwen3, gemma3).
+    pub qk_norm: bool,
+    /// RMSNorm weights are stored as `w` and applied as `1 + w` (gemma).
+    pub norm_one_plus: bool,
+    /// Embeddings multiplied by this (gemma: sqrt(hidden), rounded to bf16).
+    pub embed_scale: Option<f32>,
+    /// Gemma's four norms per block: the attention and MLP outputs are normalised before
+    /// their residual adds (`post_attention_layernorm`, `post_feedforward_layernorm`) and the
+    /// MLP input by `pre_feedforward_layernorm`.
+    pub sandwich_norms: bool,
+    /// Per layer: `Some(window)` for sliding-window (local) attention, `None` for global.
+    pub sliding_window: Vec<Option<usize>>,
+    /// RoPE base of local layers, when it differs from `rope_theta` (gemma3).
+    pub local_rope_theta: Option<f32>,
+}
+
+impl DecoderSpec {
+    /// The llama form for `config`: no biases but those config.json declares, SiLU, plain
+    /// norms, global attention everywhere.
+    pub fn llama(config: &crate::snapshot::ModelConfig) -> Self {
+        Self {
+            qkv_bias: config.attention_bias,
+            o_bias: config.attention_bias,
+            mlp_bias: config.mlp_bias,
+            activation: Activation::Silu,
+            attn_scale: (config.head_dim as f32).powf(-0.5),
+            qk_norm: false,
+            norm_one_plus: false,
+            embed_scale: None,
+            sandwich_norms: false,
+            sliding_window: vec![None; config.num_hidden_layers],
+            local_rope_theta: None,
+        }
+    }
+}
+
+struct Block {
+    input_norm: RmsNorm,
+    attn: Attention,
+    /// Index into `Decoder::ropes`.
+    rope: usize,
+    /// Llama: the pre-MLP norm. Gemma (sandwich): the norm of the attention output.
+    post_attn_norm: RmsNorm,
+    /// Gemma only: pre-MLP norm and MLP-output norm.
+    sandwich: Option<(RmsNorm, RmsNorm)>,
+    mlp: GatedMlp,
+}
+
+/// A loaded dense decoder.
+pub struct Decoder {
+    embed: Embedding,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Option<Linear>,
+    /// Global rope, then (gemma3) the local-layer rope.
+    ropes: Vec<Rope>,
+    embed_scale: Option<f32>,
+    /// Whether one-token steps take the host path, decided at the first step.
+    host_decode: std::sync::OnceLock<bool>,
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder")
+            .field("layers", &self.blocks.len())
+            .finish()
+    }
+}
+
+impl Decoder {
+    /// Loads all weights following HF llama-style names (`model.layers.N.self_attn.q_proj`…).
+    pub fn load(ctx: &LoadCtx<'_>, spec: &DecoderSpec) -> Result<Self> {
+        let c = ctx.config;
+        let mut ropes = vec![Rope::new(
+            c.head_dim,
+            c.rope_theta,
+            c.rope_scaling.as_ref(),
+        )?];
+        if let Some(theta) = spec.local_rope_theta {
+            ropes.push(Rope::new(c.head_dim, theta, None)?);
+        }
+        let blocks = (0..c.num_hidden_layers)
+            .map(|i| load_block(ctx, spec, i, ropes.len() - 1))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            embed: ctx.embedding("model.embed_tokens", c.vocab_size, c.hidden_size)?,
+            blocks,
+            norm: ctx.rms_norm(
+                "model.norm",
+                c.hidden_size,
+                c.rms_norm_eps,
+                spec.norm_one_plus,
+            )?,
+            lm_head: ctx.lm_head("lm_head")?,
+            ropes,
+            embed_scale: spec.embed_scale,
+            host_decode: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Whether one-token steps take [`Self::hidden_host_decode`]: the CPU host kernel covers
+    /// every projection, norms are float32, and the block is the llama form (no sandwich
+    /// norms, SiLU).
+    fn host_decode(&self) -> bool {
+        *self.host_decode.get_or_init(|| {
+            let ok = super::qmv::enabled()
+                && self.blocks.iter().all(|b| {
+                    b.sandwich.is_none()
+                        && b.mlp.activation == Activation::Silu
+                        && b.input_norm.host_capable()
+                        && b.post_attn_norm.host_capable()
+                        && b.attn.host_capable()
+                        && b.mlp.host_capable()
+                });
+            if super::qmv::enabled() {
+                tracing::debug!(
+                    "decode steps: {}",
+                    if ok {
+                        "host blocks (MLX runs attention only)"
+                    } else {
+                        "MLX blocks with host projections (layer form or weights not covered)"
+                    }
+                );
+            }
+            ok
+        })
+    }
+
+    /// One decode step with the residual stream on the host: norms, projections (the `qmv`
+    /// kernel), SiLU gate and residual adds run there; MLX runs what needs the KV cache
+    /// (RoPE, cache update, attention) — one MLX evaluation per block instead of four.
+    fn hidden_host_decode(&self, x: Array, cache: &mut Cache) -> Result<Array> {
+        let shape = x.shape().to_vec();
+        let x = x.as_dtype(Dtype::Float32)?;
+        let mut h: Vec<f32> = super::qmv::host_slice::<f32>(&x, "embedding")?.to_vec();
+        for (i, block) in self.blocks.iter().enumerate() {
+            let a = &block.attn;
+            let n = block.input_norm.host_forward(&h)?;
+            let qkv = Linear::host_forward_many(&[&a.q_proj, &a.k_proj, &a.v_proj], &n)?;
+            let [q, k, v] =
+                [0, 1, 2].map(|i| Array::from_slice(&qkv[i], &[1, 1, qkv[i].len() as i32]));
+            let offset = cache.offset;
+            let o = a.core(q, k, v, cache.kv(i)?, offset, &self.ropes[block.rope])?;
+            let o = o.as_dtype(Dtype::Float32)?;
+            let o = super::qmv::host_slice::<f32>(&o, "attention output")?;
+            let r = Linear::host_forward_many(&[&a.o_proj], o)?.remove(0);
+            h.iter_mut().zip(&r).for_each(|(h, r)| *h += r);
+            let n = block.post_attn_norm.host_forward(&h)?;
+            let mlp = &block.mlp;
+            let mut gu = Linear::host_forward_many(&[&mlp.gate_proj, &mlp.up_proj], &n)?;
+            let up = gu.pop().expect("two outputs");
+            let mut act = gu.pop().expect("two outputs");
+            act.iter_mut()
+                .zip(&up)
+                .for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
+            let r = Linear::host_forward_many(&[&mlp.down_proj], &act)?.remove(0);
+            h.iter_mut().zip(&r).for_each(|(h, r)| *h += r);
+        }
+        cache.offset += 1;
+        Ok(Array::from_slice(&h, &shape))
+    }
+}
+
+/// Block `i` of `spec`; `local_rope` is the rope index of sliding-window layers.
+fn load_block(ctx: &LoadCtx<'_>, spec: &DecoderSpec, i: usize, local_rope: usize) -> Result<Block> {
+    let c = ctx.config;
+    let (h, eps, one_plus) = (c.hidden_size, c.rms_norm_eps, spec.norm_one_plus);
+    let p = format!("model.layers.{i}");
+    let window = spec.sliding_window.get(i).copied().flatten();
+    let attn = AttentionSpec {
+        n_heads: c.num_attention_heads,
+        n_kv_heads: c.num_key_value_heads,
+        head_dim: c.head_dim,
+        qkv_bias: spec.qkv_bias,
+        o_bias: spec.o_bias,
+        qk_norm: spec.qk_norm.then_some((eps, one_plus)),
+        window,
+        scale: spec.attn_scale,
+    };
+    let norm = |name: &str| ctx.rms_norm(&format!("{p}.{name}"), h, eps, one_plus);
+    let sandwich = if spec.sandwich_norms {
+        Some((
+            norm("pre_feedforward_layernorm")?,
+            norm("post_feedforward_layernorm")?,
+        ))
+    } else {
+        None
+    };
+    Ok(Block {
+        input_norm: norm("input_layernorm")?,
+        attn: Attention::load(ctx, &format!("{p}.self_attn"), h, attn)?,
+        rope: if window.is_some() { local_rope } else { 0 },
+        post_attn_norm: norm("post_attention_layernorm")?,
+        sandwich,
+        mlp: GatedMlp::load(
+            ctx,
+            &format!("{p}.mlp"),
+            h,
+            c.intermediate_size,
+            spec.mlp_bias,
+            spec.activation,
+        )?,
+    })
+}
+
+impl Network for Decoder {
+    fn hidden(&self, ids: &Array, cache: &mut Cache) -> Result<Array> {
+        let len = ids.shape()[1];
+        let mut x = self.embed.forward(ids)?;
+        if let Some(scale) = self.embed_scale {
+            x = x.multiply(Array::from_f32(scale).as_dtype(x.dtype())?)?;
+        }
+        if len == 1 && self.host_decode() {
+            return self.hidden_host_decode(x, cache);
+        }
+        let offset = cache.offset;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let rope = &self.ropes[block.rope];
+            let r =
+                block
+                    .attn
+                    .forward(&block.input_norm.forward(&x)?, cache.kv(i)?, offset, rope)?;
+            match &block.sandwich {
+                None => {
+                    x = x.add(&r)?;
+                    let r = block.mlp.forward(&block.post_attn_norm.forward(&x)?)?;
+                    x = x.add(&r)?;
+                }
+                Some((pre_ff, post_ff)) => {
+                    x = x.add(&block.post_attn_norm.forward(&r)?)?;
+                    let r = block.mlp.forward(&pre_ff.forward(&x)?)?;
+                    x = x.add(&post_ff.forward(&r)?)?;
+                }
+            }
+        }
+        cache.offset += len as usize;
+        Ok(x)
+    }
+
+    fn logits(&self, x: &Array) -> Result<Array> {
+        let x = self.norm.forward(x)?;
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(&x)?,
+            None => self.embed.as_linear(&x)?,
+        };
+        Ok(logits.as_dtype(Dtype::Float32)?)
+    }
+
+    fn cache_kinds(&self) -> Vec<CacheKind> {
+        vec![CacheKind::Kv; self.blocks.len()]
+    }
+}

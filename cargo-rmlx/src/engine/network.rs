@@ -1,0 +1,66 @@
+//! What every architecture's network offers the rest of the engine ([`Network`]), and [`Net`],
+//! the loaded network as generate, the probe, serve and bench use it: logits of the last
+//! position or of every position, a fresh cache of the architecture's declared kinds.
+
+use mlx_rs::{Array, Dtype};
+
+use super::cache::{Cache, CacheKind};
+use crate::diagnostic::Result;
+
+/// A loaded architecture (one module under `crate::arch` builds it from the weights).
+pub trait Network: Send + std::fmt::Debug {
+    /// Runs `ids` (`[1, L]` int32) through the embeddings and every block, appending to
+    /// `cache`, and advances `cache.offset` by `L`. Returns the residual stream `[1, L, hidden]`
+    /// before the final norm.
+    fn hidden(&self, ids: &Array, cache: &mut Cache) -> Result<Array>;
+
+    /// Final norm and LM head (and any logit softcapping) → float32 logits `[…, vocab]`.
+    fn logits(&self, hidden: &Array) -> Result<Array>;
+
+    /// The cache kind of each layer.
+    fn cache_kinds(&self) -> Vec<CacheKind>;
+}
+
+/// A loaded network with its compute dtype and vocabulary size.
+#[derive(Debug)]
+pub struct Net {
+    inner: Box<dyn Network>,
+    /// Compute dtype of activations.
+    pub dtype: Dtype,
+    /// Vocabulary size (logit count).
+    pub vocab_size: usize,
+}
+
+impl Net {
+    /// Wraps an architecture's network.
+    pub fn new(inner: Box<dyn Network>, dtype: Dtype, vocab_size: usize) -> Self {
+        Self {
+            inner,
+            dtype,
+            vocab_size,
+        }
+    }
+
+    /// Runs `ids` (`[1, L]` int32) through the model, appending to `cache`; returns the
+    /// logits of the last position as float32 `[vocab]` (lazy; evaluate to compute).
+    pub fn forward_last(&self, ids: &Array, cache: &mut Cache) -> Result<Array> {
+        let len = ids.shape()[1];
+        let x = self.inner.hidden(ids, cache)?;
+        // Only the last position's logits are needed.
+        let last = x.take_axis(Array::from_int(len - 1), 1)?;
+        Ok(self.inner.logits(&last)?.reshape(&[-1])?)
+    }
+
+    /// Like [`Self::forward_last`] but returns the logits of every position, `[L, vocab]`
+    /// float32 (teacher forcing).
+    pub fn forward_all(&self, ids: &Array, cache: &mut Cache) -> Result<Array> {
+        let len = ids.shape()[1];
+        let x = self.inner.hidden(ids, cache)?;
+        Ok(self.inner.logits(&x)?.reshape(&[len, -1])?)
+    }
+
+    /// A fresh cache for this model.
+    pub fn new_cache(&self) -> Cache {
+        Cache::new(&self.inner.cache_kinds())
+    }
+}
