@@ -51,20 +51,21 @@ fn smollm3_no_rope(config: &ModelConfig) -> Result<Vec<bool>> {
     let n = config.num_hidden_layers;
     match config.raw.get("no_rope_layers") {
         None | Some(Value::Null) => {
-            let interval =
-                match config.raw.get("no_rope_layer_interval") {
-                    None | Some(Value::Null) => 4,
-                    Some(v) => match v.as_u64() {
-                        Some(k) if k > 0 => k as usize,
-                        _ => return Err(config.located(
+            let interval = match config.raw.get("no_rope_layer_interval") {
+                None | Some(Value::Null) => 4,
+                Some(v) => match v.as_u64() {
+                    Some(k) if k > 0 => k as usize,
+                    _ => {
+                        return Err(config.located(
                             "rmlx::snapshot::config",
                             format!(
                                 "`no_rope_layer_interval` must be a positive integer, found {v}"
                             ),
                             "no_rope_layer_interval",
-                        )),
-                    },
-                };
+                        ))
+                    }
+                },
+            };
             Ok((0..n).map(|i| (i + 1) % interval == 0).collect())
         }
         Some(Value::Array(flags)) if flags.len() == n => flags

@@ -11,6 +11,7 @@
 pub mod gemma3;
 pub mod llama;
 pub mod olmo2;
+pub mod phi3;
 
 use serde_json::{Map, Value};
 
@@ -39,7 +40,7 @@ pub struct Convert {
 }
 
 /// Every supported architecture.
-pub static REGISTRY: &[&Architecture] = &[&llama::ARCH, &gemma3::ARCH, &olmo2::ARCH];
+pub static REGISTRY: &[&Architecture] = &[&llama::ARCH, &gemma3::ARCH, &olmo2::ARCH, &phi3::ARCH];
 
 /// A multimodal checkpoint whose text model is run: its config holds the text model's under
 /// `text_config` (or, where `text_config` is absent, is the text config itself), its text

@@ -499,6 +499,8 @@ pub struct Rope {
     /// Custom inverse-frequency periods (llama3 scaling), replacing `base`.
     freqs: Option<Array>,
     traditional: bool,
+    /// Factor applied to the rotated features before rotating (longrope's mscale).
+    pre_scale: f32,
 }
 
 impl Rope {
@@ -512,6 +514,7 @@ impl Rope {
                 scale: 1.0,
                 freqs: None,
                 traditional: false,
+                pre_scale: 1.0,
             },
             Some(RopeScaling::Linear { factor }) => Self {
                 dims: dims_i,
@@ -519,6 +522,7 @@ impl Rope {
                 scale: 1.0 / factor,
                 freqs: None,
                 traditional: false,
+                pre_scale: 1.0,
             },
             Some(RopeScaling::Llama3 {
                 factor,
@@ -551,14 +555,75 @@ impl Rope {
                     scale: 1.0,
                     freqs: Some(Array::from_slice(&freqs, &[freqs.len() as i32])),
                     traditional: false,
+                    pre_scale: 1.0,
                 }
             }
+            Some(RopeScaling::LongRope {
+                long_factor,
+                original_max_position_embeddings: old,
+                max_position_embeddings: new,
+            }) => Self::long_rope(dims, base, long_factor, *old, *new)?,
         })
+    }
+
+    /// Phi-3's longrope as mlx-lm applies it (see `RopeScaling::LongRope`).
+    fn long_rope(dims: usize, base: f32, long: &[f32], old: f32, new: f32) -> Result<Self> {
+        if long.len() != dims / 2 {
+            return Err(Diagnostic::error(
+                "rmlx::snapshot::rope-scaling",
+                format!(
+                    "rope_scaling.long_factor has {} entries; {} rotated features need {}",
+                    long.len(),
+                    dims,
+                    dims / 2
+                ),
+            ));
+        }
+        let freqs: Vec<f32> = long
+            .iter()
+            .enumerate()
+            .map(|(i, f)| f * base.powf(2.0 * i as f32 / dims as f32))
+            .collect();
+        let factor = new / old;
+        let pre_scale = if factor <= 1.0 {
+            1.0
+        } else {
+            (1.0 + factor.ln() / old.ln()).sqrt()
+        };
+        Ok(Self {
+            dims: dims as i32,
+            base,
+            scale: 1.0,
+            freqs: Some(Array::from_slice(&freqs, &[freqs.len() as i32])),
+            traditional: false,
+            pre_scale,
+        })
+    }
+
+    /// `x` with its first `dims` features multiplied by `pre_scale`.
+    fn pre_scaled(&self, x: &Array) -> Result<Array> {
+        let width = *x.shape().last().unwrap_or(&0);
+        let s = Array::from_f32(self.pre_scale).as_dtype(x.dtype())?;
+        if width == self.dims {
+            return Ok(x.multiply(&s)?);
+        }
+        let rotated = Array::from_iter(0..self.dims, &[self.dims]);
+        let rest = Array::from_iter(self.dims..width, &[width - self.dims]);
+        let a = x.take_axis(&rotated, -1)?.multiply(&s)?;
+        Ok(mlx_rs::ops::concatenate(&[a, x.take_axis(&rest, -1)?], -1)?)
     }
 
     /// Applies the rotation to `x` (`[B, heads, L, head_dim]`) for positions starting at
     /// `offset`.
     pub fn forward(&self, x: &Array, offset: usize) -> Result<Array> {
+        if self.pre_scale != 1.0 {
+            let x = self.pre_scaled(x)?;
+            return self.rotate(&x, offset);
+        }
+        self.rotate(x, offset)
+    }
+
+    fn rotate(&self, x: &Array, offset: usize) -> Result<Array> {
         let base = if self.freqs.is_some() {
             None
         } else {

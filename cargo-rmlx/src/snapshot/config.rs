@@ -123,6 +123,17 @@ pub enum RopeScaling {
         /// Context length the model was trained with.
         original_max_position_embeddings: f32,
     },
+    /// Phi-3's "longrope" / "su" scaling as mlx-lm applies it: the long-context factors at
+    /// every length, and the rotated features scaled by `sqrt(1 + ln(f) / ln(original))`
+    /// where `f = max_position_embeddings / original_max_position_embeddings > 1`.
+    LongRope {
+        /// Per-frequency factors for long contexts.
+        long_factor: Vec<f32>,
+        /// Context length the model was trained with.
+        original_max_position_embeddings: f32,
+        /// Context length it was extended to.
+        max_position_embeddings: f32,
+    },
 }
 
 /// A parsed `config.json`.
@@ -344,7 +355,7 @@ impl ModelConfig {
         };
         let rope_scaling = match raw.get("rope_scaling") {
             None | Some(Value::Null) => None,
-            Some(v) => fields.rope_scaling(v)?,
+            Some(v) => fields.rope_scaling(v, max_position_embeddings)?,
         };
         Ok(Self {
             path: path.to_path_buf(),
@@ -625,7 +636,24 @@ impl Fields<'_> {
         Ok(Quantization { default, overrides })
     }
 
-    fn rope_scaling(&self, v: &Value) -> Result<Option<RopeScaling>> {
+    /// A list of positive RoPE factors (`rope_scaling.long_factor`).
+    fn factors(&self, v: Option<&Value>) -> Result<Vec<f32>> {
+        let bad = |what: String| self.located("rmlx::snapshot::rope-scaling", what, "rope_scaling");
+        let Some(Value::Array(items)) = v else {
+            return Err(bad("rope_scaling needs a `long_factor` list".into()));
+        };
+        items
+            .iter()
+            .map(|x| match x.as_f64() {
+                Some(f) if f.is_finite() && f > 0.0 => Ok(f as f32),
+                _ => Err(bad(format!(
+                    "`long_factor` entries must be positive numbers, found {x}"
+                ))),
+            })
+            .collect()
+    }
+
+    fn rope_scaling(&self, v: &Value, max_positions: usize) -> Result<Option<RopeScaling>> {
         let bad = |what: String| self.located("rmlx::snapshot::rope-scaling", what, "rope_scaling");
         let Value::Object(m) = v else {
             return Err(bad("`rope_scaling` must be an object".into()));
@@ -655,9 +683,19 @@ impl Fields<'_> {
                     Some(8192.0),
                 )?,
             }),
+            "longrope" | "su" => Some(RopeScaling::LongRope {
+                long_factor: self.factors(m.get("long_factor"))?,
+                original_max_position_embeddings: match self
+                    .opt_f32("original_max_position_embeddings")?
+                {
+                    Some(n) => n,
+                    None => num("original_max_position_embeddings", Some(4096.0))?,
+                },
+                max_position_embeddings: max_positions as f32,
+            }),
             other => {
                 return Err(bad(format!("unsupported rope_scaling type `{other}`"))
-                    .with_help("supported: linear, llama3"))
+                    .with_help("supported: linear, llama3, longrope"))
             }
         })
     }

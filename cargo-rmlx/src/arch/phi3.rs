@@ -1,0 +1,160 @@
+//! Phi-3 (`phi3`): the llama block with fused projections — one `qkv_proj` for queries, keys
+//! and values and one `gate_up_proj` for the MLP — partial rotary embeddings
+//! (`partial_rotary_factor`) and Phi-3's long-context RoPE (`longrope`/`su`, applied as mlx-lm
+//! does: the long factors at every length). Head width is `hidden_size / num_attention_heads`,
+//! and the LM head is untied unless config.json says otherwise.
+
+use mlx_rs::ops::indexing::IndexOp;
+use mlx_rs::Array;
+use serde_json::Value;
+
+use super::{Architecture, Convert};
+use crate::diagnostic::Result;
+use crate::engine::attention::{attend_projected, AttentionSpec};
+use crate::engine::cache::{Cache, CacheKind};
+use crate::engine::ends::Ends;
+use crate::engine::layers::{Linear, LoadCtx, RmsNorm, Rope};
+use crate::engine::network::Network;
+use crate::snapshot::{ModelConfig, RopeScaling};
+
+/// Registry entry.
+pub const ARCH: Architecture = Architecture {
+    model_types: &["phi3"],
+    load,
+    convert: Convert {
+        drops_tied_lm_head: false,
+    },
+};
+
+#[derive(Debug)]
+struct Block {
+    input_norm: RmsNorm,
+    qkv_proj: Linear,
+    o_proj: Linear,
+    post_attn_norm: RmsNorm,
+    gate_up_proj: Linear,
+    down_proj: Linear,
+}
+
+#[derive(Debug)]
+struct Phi3 {
+    ends: Ends,
+    blocks: Vec<Block>,
+    attn: AttentionSpec,
+    rope: Rope,
+    inner: i32,
+}
+
+fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {
+    let c = ctx.config;
+    let head_dim = c.hidden_size / c.num_attention_heads;
+    let tied = c.raw.get("tie_word_embeddings").and_then(Value::as_bool) == Some(true);
+    let blocks = (0..c.num_hidden_layers)
+        .map(|i| load_block(ctx, i, head_dim))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Box::new(Phi3 {
+        ends: Ends::load(ctx, false, None, tied)?,
+        blocks,
+        attn: AttentionSpec {
+            n_heads: c.num_attention_heads,
+            n_kv_heads: c.num_key_value_heads,
+            head_dim,
+            qkv_bias: false,
+            o_bias: false,
+            qk_norm: None,
+            window: None,
+            scale: (head_dim as f32).powf(-0.5),
+        },
+        rope: rope(c, head_dim)?,
+        inner: c.intermediate_size as i32,
+    }))
+}
+
+/// The rotary embedding over `partial_rotary_factor` of each head; rope scaling other than
+/// longrope/su/linear is ignored with a warning, as mlx-lm does.
+fn rope(c: &ModelConfig, head_dim: usize) -> Result<Rope> {
+    let factor = c
+        .raw
+        .get("partial_rotary_factor")
+        .and_then(Value::as_f64)
+        .unwrap_or(1.0);
+    let dims = (head_dim as f64 * factor) as usize;
+    let scaling = match &c.rope_scaling {
+        Some(s @ (RopeScaling::LongRope { .. } | RopeScaling::Linear { .. })) => Some(s),
+        Some(other) => {
+            tracing::warn!(
+                "phi3 supports longrope/su/linear rope scaling only; ignoring {other:?}"
+            );
+            None
+        }
+        None => None,
+    };
+    Rope::new(dims, c.rope_theta, scaling)
+}
+
+fn load_block(ctx: &LoadCtx<'_>, i: usize, head_dim: usize) -> Result<Block> {
+    let c = ctx.config;
+    let (h, eps) = (c.hidden_size, c.rms_norm_eps);
+    let q = c.num_attention_heads * head_dim;
+    let qkv = q + 2 * c.num_key_value_heads * head_dim;
+    let p = format!("model.layers.{i}");
+    Ok(Block {
+        input_norm: ctx.rms_norm(&format!("{p}.input_layernorm"), h, eps, false)?,
+        qkv_proj: ctx.linear(&format!("{p}.self_attn.qkv_proj"), h, qkv, false)?,
+        o_proj: ctx.linear(&format!("{p}.self_attn.o_proj"), q, h, false)?,
+        post_attn_norm: ctx.rms_norm(&format!("{p}.post_attention_layernorm"), h, eps, false)?,
+        gate_up_proj: ctx.linear(
+            &format!("{p}.mlp.gate_up_proj"),
+            h,
+            2 * c.intermediate_size,
+            false,
+        )?,
+        down_proj: ctx.linear(&format!("{p}.mlp.down_proj"), c.intermediate_size, h, false)?,
+    })
+}
+
+impl Phi3 {
+    fn attention(&self, b: &Block, x: &Array, cache: &mut Cache, i: usize) -> Result<Array> {
+        let qkv = b.qkv_proj.forward(x)?;
+        let q_end = (self.attn.n_heads * self.attn.head_dim) as i32;
+        let k_end = q_end + (self.attn.n_kv_heads * self.attn.head_dim) as i32;
+        let (q, k, v) = (
+            qkv.index((.., .., ..q_end)),
+            qkv.index((.., .., q_end..k_end)),
+            qkv.index((.., .., k_end..)),
+        );
+        let offset = cache.offset;
+        let o = attend_projected(q, k, v, &self.attn, cache.kv(i)?, offset, Some(&self.rope))?;
+        b.o_proj.forward(&o)
+    }
+
+    fn mlp(&self, b: &Block, x: &Array) -> Result<Array> {
+        let gu = b.gate_up_proj.forward(x)?;
+        let gate = gu.index((.., .., ..self.inner));
+        let up = gu.index((.., .., self.inner..));
+        let act = mlx_rs::nn::silu(&gate)?.multiply(&up)?;
+        b.down_proj.forward(&act)
+    }
+}
+
+impl Network for Phi3 {
+    fn hidden(&self, ids: &Array, cache: &mut Cache) -> Result<Array> {
+        let mut x = self.ends.embed(ids)?;
+        for (i, b) in self.blocks.iter().enumerate() {
+            let r = self.attention(b, &b.input_norm.forward(&x)?, cache, i)?;
+            x = x.add(&r)?;
+            let r = self.mlp(b, &b.post_attn_norm.forward(&x)?)?;
+            x = x.add(&r)?;
+        }
+        cache.offset += ids.shape()[1] as usize;
+        Ok(x)
+    }
+
+    fn logits(&self, x: &Array) -> Result<Array> {
+        self.ends.logits(x)
+    }
+
+    fn cache_kinds(&self) -> Vec<CacheKind> {
+        vec![CacheKind::Kv; self.blocks.len()]
+    }
+}
