@@ -10,9 +10,8 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-pub use crate::mlx_lm_build::{assert_same_tensors, mlx_lm_convert, tensors, Tensor};
+pub use crate::mlx_lm_build::{assert_same_tensors, mlx_lm_convert, tensors};
 use crate::support::{self, bin, converted, repo_root, run_command, Run, Variant};
-pub use crate::support::sha256_hex;
 
 /// Wall-clock limit of one child process.
 pub const TIMEOUT: Duration = Duration::from_secs(1200);

@@ -148,4 +148,3 @@ pub fn assert_same_tensors(ours: &Path, theirs: &Path) -> usize {
     );
     a.len()
 }
-

@@ -156,8 +156,7 @@ pub fn check_dir_with(
         Ok(TokenMatch::NearTie { step, margin }) => eprintln!(
             "note: {case}: accepted a divergence from mlx-lm float32 at step {step}, a near-tie \
              (margin {margin:.3} < {:?}): ours {} vs {}",
-            tolerance.near_tie,
-            ours_ids[step], reference.generated_ids[step]
+            tolerance.near_tie, ours_ids[step], reference.generated_ids[step]
         ),
         Err(why) => panic!("{case}: {why}\n{}", table(&ours, &reference)),
     }

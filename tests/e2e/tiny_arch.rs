@@ -69,9 +69,12 @@ impl Mode {
     }
 }
 
+/// One setup result per key, computed once per process.
+type Cells = OnceLock<Mutex<BTreeMap<String, Arc<OnceLock<Result<PathBuf, String>>>>>>;
+
 /// Runs `f` once per key in this process (concurrent callers wait for the first).
 fn once_per_key(
-    cells: &'static OnceLock<Mutex<BTreeMap<String, Arc<OnceLock<Result<PathBuf, String>>>>>>,
+    cells: &'static Cells,
     key: &str,
     f: impl FnOnce() -> Result<PathBuf, String>,
 ) -> PathBuf {
@@ -82,15 +85,16 @@ fn once_per_key(
         .entry(key.to_string())
         .or_default()
         .clone();
-    cell.get_or_init(f).clone().unwrap_or_else(|e| panic!("{e}"))
+    cell.get_or_init(f)
+        .clone()
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The tiny model of `model_type` (`variant`: "dense", or "mxfp4-native" for gpt_oss's
 /// released expert layout), made by the script into
 /// `<models>/tiny/<model_type>[-<variant>]-<script hash>` on first use, reused after.
 pub fn tiny_model_variant(model_type: &str, variant: &str) -> PathBuf {
-    static MODELS: OnceLock<Mutex<BTreeMap<String, Arc<OnceLock<Result<PathBuf, String>>>>>> =
-        OnceLock::new();
+    static MODELS: Cells = OnceLock::new();
     let key = format!("{model_type}/{variant}");
     once_per_key(&MODELS, &key, || make_tiny(model_type, variant))
 }
