@@ -19,9 +19,9 @@ prompts of the e2e tests, for the dense directory and for its `mlx_lm convert` b
 MIN_REL_GAP (relative to max(|top-1|, 1)) or a run is a one-token loop.
 `search` runs that check over a range of seeds (to choose the defaults in SEEDS).
 
-Random init: weights are N(0, 1/fan_in) except the (tied) embedding / lm_head rows, whose
-norms are log-normal, so that a few tokens dominate each step's logits (clear greedy
-margins) while the hidden state's direction still decides which ones (no one-token loops).
+Random init: weights N(0, gain^2/fan_in) (gains in GAINS: sharper attention, layer outputs
+larger than the token's own embedding), norms around 1, and a few "champion" tokens in the
+output matrix (see add_champions) so that greedy steps have clear margins.
 
 Run it with the reference venv (scripts/oracle-venv.sh): mlx, mlx-lm 0.32.2, transformers.
 """
