@@ -261,3 +261,6 @@ tiny_arch_tests!(llama, "llama", modes = [affine4]);
 tiny_arch_tests!(qwen2, "qwen2", modes = [affine4]);
 tiny_arch_tests!(qwen3, "qwen3", modes = [affine4]);
 tiny_arch_tests!(gemma3_text, "gemma3_text", modes = [affine4]);
+tiny_arch_tests!(smollm3, "smollm3", modes = [affine4]);
+tiny_arch_tests!(phi3, "phi3", modes = [affine4]);
+tiny_arch_tests!(olmo2, "olmo2", modes = [affine4]);
