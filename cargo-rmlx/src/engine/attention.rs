@@ -1,5 +1,6 @@
 //! Attention blocks shared by the architectures: [`Attention`] (q/k/v/o projections, optional
-//! per-head q/k norms, RoPE, global or sliding-window causal attention over a [`KvLayer`]) and
+//! per-head q/k norms, RoPE, global or sliding-window causal attention over a [`KvLayer`],
+//! optional attention sinks) and
 //! the pieces an architecture with its own attention variant composes: [`split_heads`],
 //! [`merge_heads`], [`attend`] and [`sliding_mask`].
 
@@ -44,6 +45,8 @@ pub struct Attention {
     pub o_proj: Linear,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
+    /// Per-head attention-sink logits (gpt-oss), `[n_heads]`.
+    sinks: Option<Array>,
     spec: AttentionSpec,
 }
 
@@ -73,8 +76,16 @@ impl Attention {
             o_proj: ctx.linear(&format!("{prefix}.o_proj"), q, hidden, spec.o_bias)?,
             q_norm: norm("q_norm")?,
             k_norm: norm("k_norm")?,
+            sinks: None,
             spec,
         })
+    }
+
+    /// Adds learned attention sinks, `{prefix}.sinks` (`[n_heads]`): one extra logit per head
+    /// that takes part in the softmax but adds no value (gpt-oss).
+    pub fn with_sinks(mut self, ctx: &LoadCtx<'_>, prefix: &str) -> Result<Self> {
+        self.sinks = Some(ctx.param(&format!("{prefix}.sinks"), &[self.spec.n_heads])?);
+        Ok(self)
     }
 
     /// Whether every projection can run on the host kernels (see `Decoder`'s host decode).
@@ -122,7 +133,7 @@ impl Attention {
         let q = rope.forward(&q, offset)?;
         let k = rope.forward(&k, offset)?;
         let (k, v) = cache.update(k, v, s.window)?;
-        let o = attend(&q, &k, &v, offset, s.window, s.scale, None)?;
+        let o = attend(&q, &k, &v, offset, s.window, s.scale, self.sinks.as_ref())?;
         merge_heads(o)
     }
 }
