@@ -32,7 +32,7 @@ impl LoadCtx<'_> {
     }
 
     /// Quantization settings for module `path`, if it is stored quantized.
-    fn quant(&self, path: &str) -> Result<Option<QuantParams>> {
+    pub fn quant(&self, path: &str) -> Result<Option<QuantParams>> {
         let path = &self.full_name(path);
         let has_scales = self.weights.contains(&format!("{path}.scales"));
         let from_config = self
@@ -94,10 +94,22 @@ impl LoadCtx<'_> {
         cols: usize,
         q: QuantParams,
     ) -> Result<(Array, Array, Option<Array>)> {
+        self.quantized_stacked(path, &[], rows, cols, q)
+    }
+
+    /// Like [`Self::quantized`] for a stack of matrices `[lead…, rows, cols]` (MoE experts).
+    pub fn quantized_stacked(
+        &self,
+        path: &str,
+        lead: &[usize],
+        rows: usize,
+        cols: usize,
+        q: QuantParams,
+    ) -> Result<(Array, Array, Option<Array>)> {
         let path = &self.full_name(path);
         let bits = q.bits as usize;
         let group = q.group_size as usize;
-        if (cols * bits) % 32 != 0 || cols % group != 0 {
+        if group == 0 || (cols * bits) % 32 != 0 || cols % group != 0 {
             return Err(Diagnostic::error(
                 "rmlx::snapshot::quantization",
                 format!(
@@ -107,11 +119,12 @@ impl LoadCtx<'_> {
             )
             .with_file(&self.config.path));
         }
-        let weight = self.weights.array(
-            &format!("{path}.weight"),
-            &[Some(rows), Some(cols * bits / 32)],
-            None,
-        )?;
+        let shape = |last: usize| -> Vec<Option<usize>> {
+            lead.iter().copied().chain([rows, last]).map(Some).collect()
+        };
+        let weight =
+            self.weights
+                .array(&format!("{path}.weight"), &shape(cols * bits / 32), None)?;
         let scales_dtype = match q.mode {
             QuantMode::Affine => Some(self.dtype),
             // Microscaling formats store their scales as 8-bit exponents.
@@ -119,13 +132,13 @@ impl LoadCtx<'_> {
         };
         let scales = self.weights.array(
             &format!("{path}.scales"),
-            &[Some(rows), Some(cols / group)],
+            &shape(cols / group),
             scales_dtype,
         )?;
         let biases = if q.mode.has_biases() {
             Some(self.weights.array(
                 &format!("{path}.biases"),
-                &[Some(rows), Some(cols / group)],
+                &shape(cols / group),
                 Some(self.dtype),
             )?)
         } else {
@@ -383,38 +396,15 @@ fn quantized_matmul_mode(
             q.bits,
         )?);
     }
-    let mode = std::ffi::CString::new(q.mode.as_str()).expect("mode names have no NUL");
-    let stream = mlx_rs::Stream::thread_local_or_default();
-    let mut res = unsafe { mlx_sys::mlx_array_new() };
-    // SAFETY: all handles are valid MLX arrays owned by the caller; `res` receives a new
-    // array that `Array::from_ptr` takes ownership of.
-    let status = unsafe {
-        mlx_sys::mlx_quantized_matmul(
-            &mut res,
-            x.as_ptr(),
-            w.as_ptr(),
-            scales.as_ptr(),
-            mlx_sys::mlx_array_new(),
-            true,
-            mlx_sys::mlx_optional_int {
-                value: q.group_size,
-                has_value: true,
-            },
-            mlx_sys::mlx_optional_int {
-                value: q.bits,
-                has_value: true,
-            },
-            mode.as_ptr(),
-            stream.as_ptr(),
-        )
-    };
-    if status != 0 {
-        return Err(Diagnostic::error(
-            "rmlx::engine::mlx",
-            format!("quantized matmul in mode {} failed", q.mode.as_str()),
-        ));
-    }
-    Ok(unsafe { Array::from_ptr(res) })
+    super::ffi::quantized_matmul(
+        x,
+        super::ffi::QuantWeight {
+            weight: w,
+            scales,
+            biases,
+            params: q,
+        },
+    )
 }
 
 /// Token embeddings; a quantized table is dequantized row-wise on lookup.
@@ -496,11 +486,12 @@ pub struct Rope {
     dims: i32,
     base: f32,
     scale: f32,
-    /// Custom inverse-frequency periods (llama3 scaling), replacing `base`.
+    /// Custom inverse-frequency periods (llama3 and YaRN scaling), replacing `base`.
     freqs: Option<Array>,
     traditional: bool,
-    /// Factor applied to the rotated features before rotating (longrope's mscale).
-    pre_scale: f32,
+    /// Factor applied to the rotated features before rotating (YaRN's and longrope's
+    /// `mscale`), 1 if none.
+    mscale: f32,
 }
 
 impl Rope {
@@ -514,7 +505,7 @@ impl Rope {
                 scale: 1.0,
                 freqs: None,
                 traditional: false,
-                pre_scale: 1.0,
+                mscale: 1.0,
             },
             Some(RopeScaling::Linear { factor }) => Self {
                 dims: dims_i,
@@ -522,7 +513,7 @@ impl Rope {
                 scale: 1.0 / factor,
                 freqs: None,
                 traditional: false,
-                pre_scale: 1.0,
+                mscale: 1.0,
             },
             Some(RopeScaling::Llama3 {
                 factor,
@@ -555,7 +546,18 @@ impl Rope {
                     scale: 1.0,
                     freqs: Some(Array::from_slice(&freqs, &[freqs.len() as i32])),
                     traditional: false,
-                    pre_scale: 1.0,
+                    mscale: 1.0,
+                }
+            }
+            Some(yarn @ RopeScaling::Yarn { .. }) => {
+                let (freqs, mscale) = super::rope::yarn(dims, base, yarn)?;
+                Self {
+                    dims: dims_i,
+                    base,
+                    scale: 1.0,
+                    freqs: Some(freqs),
+                    traditional: false,
+                    mscale,
                 }
             }
             Some(RopeScaling::LongRope {
@@ -585,7 +587,7 @@ impl Rope {
             .map(|(i, f)| f * base.powf(2.0 * i as f32 / dims as f32))
             .collect();
         let factor = new / old;
-        let pre_scale = if factor <= 1.0 {
+        let mscale = if factor <= 1.0 {
             1.0
         } else {
             (1.0 + factor.ln() / old.ln()).sqrt()
@@ -596,34 +598,20 @@ impl Rope {
             scale: 1.0,
             freqs: Some(Array::from_slice(&freqs, &[freqs.len() as i32])),
             traditional: false,
-            pre_scale,
+            mscale,
         })
-    }
-
-    /// `x` with its first `dims` features multiplied by `pre_scale`.
-    fn pre_scaled(&self, x: &Array) -> Result<Array> {
-        let width = *x.shape().last().unwrap_or(&0);
-        let s = Array::from_f32(self.pre_scale).as_dtype(x.dtype())?;
-        if width == self.dims {
-            return Ok(x.multiply(&s)?);
-        }
-        let rotated = Array::from_iter(0..self.dims, &[self.dims]);
-        let rest = Array::from_iter(self.dims..width, &[width - self.dims]);
-        let a = x.take_axis(&rotated, -1)?.multiply(&s)?;
-        Ok(mlx_rs::ops::concatenate(&[a, x.take_axis(&rest, -1)?], -1)?)
     }
 
     /// Applies the rotation to `x` (`[B, heads, L, head_dim]`) for positions starting at
     /// `offset`.
     pub fn forward(&self, x: &Array, offset: usize) -> Result<Array> {
-        if self.pre_scale != 1.0 {
-            let x = self.pre_scaled(x)?;
-            return self.rotate(&x, offset);
-        }
-        self.rotate(x, offset)
-    }
-
-    fn rotate(&self, x: &Array, offset: usize) -> Result<Array> {
+        let scaled;
+        let x = if self.mscale == 1.0 {
+            x
+        } else {
+            scaled = super::rope::scale_leading(x, self.dims, self.mscale)?;
+            &scaled
+        };
         let base = if self.freqs.is_some() {
             None
         } else {
