@@ -264,3 +264,5 @@ tiny_arch_tests!(gemma3_text, "gemma3_text", modes = [affine4]);
 tiny_arch_tests!(smollm3, "smollm3", modes = [affine4]);
 tiny_arch_tests!(phi3, "phi3", modes = [affine4]);
 tiny_arch_tests!(olmo2, "olmo2", modes = [affine4]);
+tiny_arch_tests!(ministral3, "ministral3", modes = [affine4]);
+tiny_arch_tests!(mistral3, "mistral3", modes = [affine4]);

@@ -11,6 +11,7 @@
 pub mod gemma3;
 pub mod gpt_oss;
 pub mod llama;
+pub mod ministral3;
 pub mod olmo2;
 pub mod phi3;
 pub mod qwen3_moe;
@@ -47,6 +48,7 @@ pub static REGISTRY: &[&Architecture] = &[
     &gemma3::ARCH,
     &olmo2::ARCH,
     &phi3::ARCH,
+    &ministral3::ARCH,
     &qwen3_moe::ARCH,
     &gpt_oss::ARCH,
 ];

@@ -415,6 +415,20 @@ impl ModelConfig {
         .located(code, msg, key)
     }
 
+    /// RoPE scaling declared under `key` (transformers 5's `rope_parameters`, read by some
+    /// architectures instead of `rope_scaling`), parsed and checked like `rope_scaling`.
+    pub fn rope_scaling_in(&self, key: &str) -> Result<Option<RopeScaling>> {
+        match self.raw.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => Fields {
+                path: &self.path,
+                text: &self.text,
+                raw: &self.raw,
+            }
+            .rope_scaling(v, self.max_position_embeddings),
+        }
+    }
+
     /// Checks the sizes that decide allocations against the tensors actually present: the
     /// number of `model.layers.<i>` blocks must be `num_hidden_layers`.
     pub fn check_tensors<'a>(&self, names: impl Iterator<Item = &'a str>) -> Result<()> {
