@@ -13,7 +13,7 @@ use crate::build::{self, BuildOptions};
 use crate::diagnostic::{Diagnostic, Result};
 use crate::manifest::{Manifest, ModelDecl, Quantize};
 use crate::probe::{
-    fidelity, probe, ProbeOptions, ProbeReport, ReferenceSide, SeedSource, Verdict, DEFAULT_SEED,
+    fidelity, probe, Channel, ProbeOptions, ProbeReport, ReferenceSide, SeedSource, Verdict, DEFAULT_SEED,
     DEFAULT_STEPS,
 };
 use crate::session::Session;
@@ -37,6 +37,10 @@ pub struct ProbeArgs {
     /// Feed the bare seed even when the model has a chat template.
     #[arg(long)]
     pub no_template: bool,
+    /// Reasoning models: most extra greedy steps spent waiting for the answer after the
+    /// reasoning section (`inconclusive` when it does not come).
+    #[arg(long, default_value_t = crate::probe::reasoning::DEFAULT_MAX_REASONING_STEPS)]
+    pub max_reasoning_steps: usize,
     /// Compare with a reference: a model directory, or `golden` for the blessed golden file.
     #[arg(long, value_name = "MODEL|golden")]
     pub reference: Option<String>,
@@ -243,6 +247,7 @@ pub fn run(g: &GlobalArgs, a: ProbeArgs) -> Result<u8> {
                 .clone()
                 .or_else(|| declared.and_then(|p| p.expect.clone())),
             no_template: a.no_template,
+            max_reasoning_steps: a.max_reasoning_steps,
             reference,
             max_mean_kl: a.max_mean_kl,
             min_agreement: a.min_agreement,
@@ -309,6 +314,9 @@ pub fn render_human(r: &ProbeReport, session: &Session) -> String {
     for line in r.prompt.lines() {
         out += &format!("    │ {line}\n");
     }
+    if let Some(line) = reasoning_line(r) {
+        out += &line;
+    }
     out += "  step  id      piece             logprob  max|logit|  top-2\n";
     for (i, s) in r.steps.iter().enumerate() {
         let second = s
@@ -327,7 +335,7 @@ pub fn render_human(r: &ProbeReport, session: &Session) -> String {
             format!("{:?}", s.piece),
             s.logprob,
             s.max_abs_logit,
-            if s.eos { "  (eos)" } else { "" }
+            channel_note(s)
         );
     }
     if let Some(f) = &r.fidelity {
@@ -363,4 +371,49 @@ pub fn render_human(r: &ProbeReport, session: &Session) -> String {
     }
     out += &format!("  took {:.2} s ({})\n", t.total_s(), parts.join(", "));
     out
+}
+
+/// The step table's note: EOS, and the channel of a reasoning model's step.
+fn channel_note(s: &crate::probe::ProbeStep) -> String {
+    let mut note = String::new();
+    if s.eos {
+        note += "  (eos)";
+    }
+    match s.channel {
+        Some(Channel::Reasoning) => note += "  (reasoning)",
+        Some(Channel::Marker) => note += "  (marker)",
+        _ => {}
+    }
+    note
+}
+
+/// What the probe did about reasoning, in one line (`None` for other models).
+fn reasoning_line(r: &ProbeReport) -> Option<String> {
+    let x = r.reasoning.as_ref()?;
+    let switch = match &x.switch {
+        Some(sw) => format!(
+            "seed rendered with {}={}{}",
+            sw["name"].as_str().unwrap_or_default(),
+            sw["value"],
+            if x.switch_changed_prompt {
+                ""
+            } else {
+                " (already the template's default)"
+            }
+        ),
+        None => "no switch to turn thinking off".to_string(),
+    };
+    let skipped = match x.family {
+        Some(f) => format!(
+            "; {f} markers: {} step(s) skipped ({} of reasoning), answer from step {}, markers \
+             seen [{}]",
+            x.skipped_steps,
+            x.reasoning_steps,
+            x.answer_from_step
+                .map_or_else(|| "none".to_string(), |i| i.to_string()),
+            x.markers.join(", ")
+        ),
+        None => String::new(),
+    };
+    Some(format!("  reasoning: {switch}{skipped}\n"))
 }
