@@ -13,8 +13,8 @@ use crate::build::{self, BuildOptions};
 use crate::diagnostic::{Diagnostic, Result};
 use crate::manifest::{Manifest, ModelDecl, Quantize};
 use crate::probe::{
-    fidelity, probe, Channel, ProbeOptions, ProbeReport, ReferenceSide, SeedSource, Verdict, DEFAULT_SEED,
-    DEFAULT_STEPS,
+    fidelity, probe, Channel, ProbeOptions, ProbeReport, ReferenceSide, SeedSource, Verdict,
+    DEFAULT_SEED, DEFAULT_STEPS,
 };
 use crate::session::Session;
 
@@ -318,7 +318,15 @@ pub fn render_human(r: &ProbeReport, session: &Session) -> String {
         out += &line;
     }
     out += "  step  id      piece             logprob  max|logit|  top-2\n";
+    let shown = shown_steps(r);
     for (i, s) in r.steps.iter().enumerate() {
+        if !shown[i] {
+            if i == 0 || shown[i - 1] {
+                let hidden = shown[i..].iter().take_while(|v| !**v).count();
+                out += &format!("     …  {hidden} reasoning steps not shown (JSON has them)\n");
+            }
+            continue;
+        }
         let second = s
             .top
             .get(1)
@@ -417,3 +425,23 @@ fn reasoning_line(r: &ProbeReport) -> Option<String> {
     };
     Some(format!("  reasoning: {switch}{skipped}\n"))
 }
+
+/// Steps of the human table: all, except the middle of a long run of reasoning/marker steps
+/// (its first and last [`SHOWN_AT_EDGES`] stay).
+fn shown_steps(r: &ProbeReport) -> Vec<bool> {
+    let skipped = |i: usize| r.steps[i].channel.is_some_and(|c| c != Channel::Answer);
+    let n = r.steps.len();
+    let mut shown = vec![true; n];
+    let mut i = 0;
+    while i < n {
+        let run = (i..n).take_while(|&j| skipped(j)).count();
+        if run > 2 * SHOWN_AT_EDGES + 1 {
+            shown[i + SHOWN_AT_EDGES..i + run - SHOWN_AT_EDGES].fill(false);
+        }
+        i += run.max(1);
+    }
+    shown
+}
+
+/// Reasoning steps shown at each end of a long run in the human table.
+const SHOWN_AT_EDGES: usize = 3;

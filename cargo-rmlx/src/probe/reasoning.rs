@@ -153,7 +153,10 @@ impl Family {
     /// Marker occurrences in `text`, in order, non-overlapping.
     fn hits(&self, text: &str) -> Vec<Hit> {
         let mut all: Vec<Hit> = Vec::new();
-        for (markers, to) in [(self.open, Channel::Reasoning), (self.close, Channel::Answer)] {
+        for (markers, to) in [
+            (self.open, Channel::Reasoning),
+            (self.close, Channel::Answer),
+        ] {
             for &marker in markers {
                 all.extend(text.match_indices(marker).map(|(at, _)| Hit {
                     at,
@@ -373,7 +376,10 @@ mod tests {
     use super::*;
 
     fn family(name: &str) -> Family {
-        *FAMILIES.iter().find(|f| f.name == name).expect("a known family")
+        *FAMILIES
+            .iter()
+            .find(|f| f.name == name)
+            .expect("a known family")
     }
 
     const EOS: &[&str] = &["<|im_end|>", "<eos>", "<turn|>", "<|return|>"];
@@ -437,9 +443,28 @@ mod tests {
     #[test]
     fn a_thinking_section_then_a_healthy_answer_is_ok() {
         let pieces = [
-            "<think>", "Ċ", "Okay", ",", "Ġthe", "Ġuser", "Ġasks", "Ġabout", "ĠFrance", ".", "Ċ",
-            "</think>", "ĊĊ", "The", "Ġcapital", "Ġof", "ĠFrance", "Ġis", "ĠParis", ".",
-            "<|im_end|>", "Ċ",
+            "<think>",
+            "Ċ",
+            "Okay",
+            ",",
+            "Ġthe",
+            "Ġuser",
+            "Ġasks",
+            "Ġabout",
+            "ĠFrance",
+            ".",
+            "Ċ",
+            "</think>",
+            "ĊĊ",
+            "The",
+            "Ġcapital",
+            "Ġof",
+            "ĠFrance",
+            "Ġis",
+            "ĠParis",
+            ".",
+            "<|im_end|>",
+            "Ċ",
         ];
         let case = Case::new(&family("think-tags"), QWEN_PROMPT, &pieces);
         assert_eq!(case.answer_from(), Some(13));
@@ -449,7 +474,10 @@ mod tests {
         assert_eq!(case.answer(), "The capital of France is Paris.");
         let c = case.judge(Some("Paris"));
         assert_eq!(c.verdict, Verdict::Ok, "{c:?}");
-        assert!(c.reason.contains("13 reasoning/marker step(s) skipped"), "{c:?}");
+        assert!(
+            c.reason.contains("13 reasoning/marker step(s) skipped"),
+            "{c:?}"
+        );
         assert_eq!(
             family("think-tags").markers_in(&case.texts.concat()),
             ["<think>", "</think>"]
@@ -460,8 +488,25 @@ mod tests {
     fn a_healthy_thinking_section_then_a_punctuation_loop_is_broken() {
         // Gemma 4 (SentencePiece pieces), thinking on: a thought channel, then dots.
         let pieces = [
-            "<|channel>", "thought", "\n", "▁The", "▁user", "▁asks", "▁for", "▁a", "▁capital",
-            ".", "<channel|>", ".", "▁.", ".", "▁.", ".", "▁.", ".", "▁.",
+            "<|channel>",
+            "thought",
+            "\n",
+            "▁The",
+            "▁user",
+            "▁asks",
+            "▁for",
+            "▁a",
+            "▁capital",
+            ".",
+            "<channel|>",
+            ".",
+            "▁.",
+            ".",
+            "▁.",
+            ".",
+            "▁.",
+            ".",
+            "▁.",
         ];
         let case = Case::new(&family("gemma4-channel"), "<|turn>model\n", &pieces);
         assert_eq!(case.answer_from(), Some(11));
@@ -475,8 +520,27 @@ mod tests {
         // A template that forces `<think>` (Qwen3-Thinking-2507): the turn starts inside it.
         let prompt = format!("{QWEN_PROMPT}<think>\n");
         let pieces = [
-            "Hmm", ".", ".", ".", ".", ".", ".", ".", ".", ".", ".", "</think>", "ĊĊ", "Paris",
-            "Ġis", "Ġthe", "Ġcapital", "Ġof", "ĠFrance", ".", "<|im_end|>",
+            "Hmm",
+            ".",
+            ".",
+            ".",
+            ".",
+            ".",
+            ".",
+            ".",
+            ".",
+            ".",
+            ".",
+            "</think>",
+            "ĊĊ",
+            "Paris",
+            "Ġis",
+            "Ġthe",
+            "Ġcapital",
+            "Ġof",
+            "ĠFrance",
+            ".",
+            "<|im_end|>",
         ];
         let case = Case::new(&family("think-tags"), &prompt, &pieces);
         assert_eq!(case.labels[0], Channel::Reasoning);
@@ -494,7 +558,9 @@ mod tests {
     #[test]
     fn never_ending_reasoning_is_inconclusive_and_an_unanswered_turn_is_empty() {
         let prompt = format!("{QWEN_PROMPT}<think>\n");
-        let pieces = ["Let", "Ġme", "Ġthink", ".", "ĠThe", "Ġuser", "Ġwants", "Ġa", "Ġcity"];
+        let pieces = [
+            "Let", "Ġme", "Ġthink", ".", "ĠThe", "Ġuser", "Ġwants", "Ġa", "Ġcity",
+        ];
         let case = Case::new(&family("think-tags"), &prompt, &pieces);
         assert!(case.labels.iter().all(|c| *c == Channel::Reasoning));
         assert!(!done(&case.labels, &[false; 9], 8));
@@ -514,16 +580,48 @@ mod tests {
     #[test]
     fn harmony_analysis_then_final_is_judged_on_the_final_channel() {
         let pieces = [
-            "<|channel|>", "analysis", "<|message|>", "User", "Ġasks", ":", "Ġcapital", "Ġof",
-            "ĠFrance", ".", "ĠAnswer", ":", "ĠParis", ".", "<|end|>", "<|start|>", "assistant",
-            "<|channel|>", "final", "<|message|>", "The", "Ġcapital", "Ġof", "ĠFrance", "Ġis",
-            "ĠParis", ".", "<|return|>",
+            "<|channel|>",
+            "analysis",
+            "<|message|>",
+            "User",
+            "Ġasks",
+            ":",
+            "Ġcapital",
+            "Ġof",
+            "ĠFrance",
+            ".",
+            "ĠAnswer",
+            ":",
+            "ĠParis",
+            ".",
+            "<|end|>",
+            "<|start|>",
+            "assistant",
+            "<|channel|>",
+            "final",
+            "<|message|>",
+            "The",
+            "Ġcapital",
+            "Ġof",
+            "ĠFrance",
+            "Ġis",
+            "ĠParis",
+            ".",
+            "<|return|>",
         ];
         let f = family("harmony");
-        let case = Case::new(&f, "<|start|>user<|message|>Hi<|end|><|start|>assistant", &pieces);
+        let case = Case::new(
+            &f,
+            "<|start|>user<|message|>Hi<|end|><|start|>assistant",
+            &pieces,
+        );
         assert_eq!(case.labels[..2], [Channel::Marker; 2]);
         assert_eq!(case.labels[2], Channel::Reasoning, "the analysis message");
-        assert_eq!(case.labels[16], Channel::Reasoning, "the header between messages");
+        assert_eq!(
+            case.labels[16],
+            Channel::Reasoning,
+            "the header between messages"
+        );
         assert_eq!(case.labels[17..20], [Channel::Marker; 3]);
         assert_eq!(case.answer_from(), Some(20));
         assert_eq!(case.answer(), "The capital of France is Paris.");
@@ -535,7 +633,17 @@ mod tests {
         );
         // A harmony model that loops in its final channel is broken.
         let looping = [
-            "<|channel|>", "final", "<|message|>", "!", "!", "!", "!", "!", "!", "!", "!",
+            "<|channel|>",
+            "final",
+            "<|message|>",
+            "!",
+            "!",
+            "!",
+            "!",
+            "!",
+            "!",
+            "!",
+            "!",
         ];
         let case = Case::new(&f, "<|start|>assistant", &looping);
         assert_eq!(case.judge(None).verdict, Verdict::BrokenLoop);
@@ -567,7 +675,10 @@ mod tests {
             g.initial("<|turn>model\n<|channel>thought\n<channel|>"),
             Channel::Answer
         );
-        assert_eq!(family("harmony").initial("<|start|>assistant"), Channel::Reasoning);
+        assert_eq!(
+            family("harmony").initial("<|start|>assistant"),
+            Channel::Reasoning
+        );
     }
 
     #[test]
@@ -577,8 +688,14 @@ mod tests {
         assert_eq!(detect_switch(qwen).map(|s| s.name), Some("enable_thinking"));
         assert_eq!(detect_family(qwen).map(|f| f.name), Some("think-tags"));
         let harmony = "{{- 'Reasoning: ' + reasoning_effort }}<|channel|>final<|message|>";
-        assert_eq!(detect_switch(harmony).map(|s| s.name), Some("reasoning_effort"));
-        assert_eq!(detect_switch(harmony).map(|s| s.value()), Some(json!("low")));
+        assert_eq!(
+            detect_switch(harmony).map(|s| s.name),
+            Some("reasoning_effort")
+        );
+        assert_eq!(
+            detect_switch(harmony).map(|s| s.value()),
+            Some(json!("low"))
+        );
         assert_eq!(detect_family(harmony).map(|f| f.name), Some("harmony"));
         // A name only set by the template, or an attribute, is not a switch.
         let plain = "{% set x = message.enable_thinking %}{{ x }}";
