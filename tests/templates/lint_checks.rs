@@ -9,7 +9,7 @@ use rmlx::template::TemplateOrigin;
 use rmlx::tokenize::Tokenizer;
 use serde_json::json;
 
-use crate::support::{assert_lints_clean, corpus_dir, rmlx, scratch_dir, smollm2_gguf};
+use crate::support::{assert_lints_clean, convert_smollm2, corpus_dir, scratch_dir};
 
 /// A ChatML template that handles everything the samples contain (written for these tests).
 pub const GOOD: &str = r#"{%- if tools %}<|im_start|>system
@@ -554,16 +554,7 @@ fn official_smollm2_model_directory_has_no_errors() {
     // Converted by the binary, the directory carries the GGUF's chat_template.jinja and a
     // tokenizer, so the tokenizer checks run too.
     let dir = scratch_dir();
-    let model = dir.path().join("smollm2");
-    let gguf = smollm2_gguf();
-    let run = rmlx([
-        "convert".as_ref(),
-        gguf.as_os_str(),
-        "--out".as_ref(),
-        model.as_os_str(),
-        "--keep-quantized".as_ref(),
-    ]);
-    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let model = convert_smollm2(dir.path());
     let template = std::fs::read_to_string(model.join("chat_template.jinja"))
         .unwrap_or_else(|e| panic!("the converted model has no chat_template.jinja: {e}"));
     assert!(template.contains("SmolLM"), "{template}");

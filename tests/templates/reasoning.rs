@@ -14,8 +14,8 @@ use rmlx::tokenize::Tokenizer;
 use serde_json::{json, Value};
 
 use crate::support::{
-    assert_lints_clean, corpus_dir, jinja_python, json_lines, repo_root, rmlx, run_cmd,
-    scratch_dir, smollm2_gguf, write,
+    assert_lints_clean, convert_smollm2, corpus_dir, jinja_python, json_lines, repo_root, rmlx,
+    run_cmd, scratch_dir, write,
 };
 
 /// One real template and what the probe must do with it.
@@ -131,21 +131,6 @@ fn cases() -> Vec<Case> {
 
 const SEED: &str = "What is the capital of France?";
 
-/// SmolLM2 converted from its GGUF into `dir` (a real tokenizer and weights).
-fn smollm2_model(dir: &Path) -> PathBuf {
-    let model = dir.join("smollm2");
-    let gguf = smollm2_gguf();
-    let run = rmlx([
-        "convert".as_ref(),
-        gguf.as_os_str(),
-        "--out".as_ref(),
-        model.as_os_str(),
-        "--keep-quantized".as_ref(),
-    ]);
-    assert_eq!(run.code, Some(0), "{}", run.describe());
-    model
-}
-
 /// `model` with its chat template replaced by `template`, as `dir`.
 fn with_template(model: &Path, template: &Path, dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).expect("create the model copy");
@@ -223,7 +208,7 @@ fn reference_prompts(cases: &[Case], special: &Value, scratch: &Path) -> Vec<Val
 #[test]
 fn reasoning_templates_render_the_probe_seed_with_thinking_off() {
     let scratch = scratch_dir();
-    let model = smollm2_model(scratch.path());
+    let model = convert_smollm2(scratch.path());
     let tok = Tokenizer::from_dir(&model).expect("the converted tokenizer loads");
     let special = json!(tok.special_tokens());
     let cases = cases();

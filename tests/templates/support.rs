@@ -346,3 +346,19 @@ pub fn smollm2_gguf() -> PathBuf {
     );
     gguf
 }
+
+/// SmolLM2 converted from its GGUF (`cargo rmlx convert --keep-quantized`) into
+/// `dir/smollm2`: a real model with its tokenizer and chat template.
+pub fn convert_smollm2(dir: &Path) -> PathBuf {
+    let model = dir.join("smollm2");
+    let gguf = smollm2_gguf();
+    let run = rmlx([
+        "convert".as_ref(),
+        gguf.as_os_str(),
+        "--out".as_ref(),
+        model.as_os_str(),
+        "--keep-quantized".as_ref(),
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    model
+}

@@ -437,35 +437,26 @@ mod tests {
         }
     }
 
+    /// "The capital of France is Paris." in byte-level BPE pieces.
+    const BPE_ANSWER: &str = "The Ġcapital Ġof ĠFrance Ġis ĠParis .";
+
+    /// Pieces written one after another, separated by single spaces.
+    fn split(pieces: &str) -> Vec<&str> {
+        pieces.split(' ').collect()
+    }
+
     const QWEN_PROMPT: &str = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n\
                                <|im_start|>assistant\n";
 
     #[test]
     fn a_thinking_section_then_a_healthy_answer_is_ok() {
-        let pieces = [
-            "<think>",
-            "Ċ",
-            "Okay",
-            ",",
-            "Ġthe",
-            "Ġuser",
-            "Ġasks",
-            "Ġabout",
-            "ĠFrance",
-            ".",
-            "Ċ",
-            "</think>",
-            "ĊĊ",
-            "The",
-            "Ġcapital",
-            "Ġof",
-            "ĠFrance",
-            "Ġis",
-            "ĠParis",
-            ".",
-            "<|im_end|>",
-            "Ċ",
-        ];
+        let pieces = &[
+            "<think> Ċ Okay , Ġthe Ġuser Ġasks Ġabout ĠFrance . Ċ </think> ĊĊ",
+            BPE_ANSWER,
+            "<|im_end|> Ċ",
+        ]
+        .join(" ");
+        let pieces = split(&pieces);
         let case = Case::new(&family("think-tags"), QWEN_PROMPT, &pieces);
         assert_eq!(case.answer_from(), Some(13));
         assert_eq!(case.labels[0], Channel::Marker);
@@ -487,27 +478,7 @@ mod tests {
     #[test]
     fn a_healthy_thinking_section_then_a_punctuation_loop_is_broken() {
         // Gemma 4 (SentencePiece pieces), thinking on: a thought channel, then dots.
-        let pieces = [
-            "<|channel>",
-            "thought",
-            "\n",
-            "▁The",
-            "▁user",
-            "▁asks",
-            "▁for",
-            "▁a",
-            "▁capital",
-            ".",
-            "<channel|>",
-            ".",
-            "▁.",
-            ".",
-            "▁.",
-            ".",
-            "▁.",
-            ".",
-            "▁.",
-        ];
+        let pieces = split("<|channel> thought \n ▁The ▁user ▁asks ▁for ▁a ▁capital . <channel|> . ▁. . ▁. . ▁. . ▁.");
         let case = Case::new(&family("gemma4-channel"), "<|turn>model\n", &pieces);
         assert_eq!(case.answer_from(), Some(11));
         let c = case.judge(None);
@@ -519,29 +490,9 @@ mod tests {
     fn a_loop_inside_the_thinking_section_only_is_judged_on_the_answer() {
         // A template that forces `<think>` (Qwen3-Thinking-2507): the turn starts inside it.
         let prompt = format!("{QWEN_PROMPT}<think>\n");
-        let pieces = [
-            "Hmm",
-            ".",
-            ".",
-            ".",
-            ".",
-            ".",
-            ".",
-            ".",
-            ".",
-            ".",
-            ".",
-            "</think>",
-            "ĊĊ",
-            "Paris",
-            "Ġis",
-            "Ġthe",
-            "Ġcapital",
-            "Ġof",
-            "ĠFrance",
-            ".",
-            "<|im_end|>",
-        ];
+        let pieces = split(
+            "Hmm . . . . . . . . . . </think> ĊĊ Paris Ġis Ġthe Ġcapital Ġof ĠFrance . <|im_end|>",
+        );
         let case = Case::new(&family("think-tags"), &prompt, &pieces);
         assert_eq!(case.labels[0], Channel::Reasoning);
         assert_eq!(case.answer_from(), Some(13));
@@ -558,9 +509,7 @@ mod tests {
     #[test]
     fn never_ending_reasoning_is_inconclusive_and_an_unanswered_turn_is_empty() {
         let prompt = format!("{QWEN_PROMPT}<think>\n");
-        let pieces = [
-            "Let", "Ġme", "Ġthink", ".", "ĠThe", "Ġuser", "Ġwants", "Ġa", "Ġcity",
-        ];
+        let pieces = split("Let Ġme Ġthink . ĠThe Ġuser Ġwants Ġa Ġcity");
         let case = Case::new(&family("think-tags"), &prompt, &pieces);
         assert!(case.labels.iter().all(|c| *c == Channel::Reasoning));
         assert!(!done(&case.labels, &[false; 9], 8));
@@ -568,7 +517,7 @@ mod tests {
         assert_eq!(c.verdict, Verdict::Inconclusive, "{c:?}");
         assert_eq!(c.rule, "reasoning-unfinished");
 
-        let pieces = ["Let", "Ġme", "Ġthink", ".", "<|im_end|>", "Ċ"];
+        let pieces = split("Let Ġme Ġthink . <|im_end|> Ċ");
         let case = Case::new(&family("think-tags"), &prompt, &pieces);
         let eos: Vec<bool> = case.views.iter().map(|v| v.is_eos).collect();
         assert!(done(&case.labels, &eos, 8), "the turn ended unanswered");
@@ -579,36 +528,8 @@ mod tests {
 
     #[test]
     fn harmony_analysis_then_final_is_judged_on_the_final_channel() {
-        let pieces = [
-            "<|channel|>",
-            "analysis",
-            "<|message|>",
-            "User",
-            "Ġasks",
-            ":",
-            "Ġcapital",
-            "Ġof",
-            "ĠFrance",
-            ".",
-            "ĠAnswer",
-            ":",
-            "ĠParis",
-            ".",
-            "<|end|>",
-            "<|start|>",
-            "assistant",
-            "<|channel|>",
-            "final",
-            "<|message|>",
-            "The",
-            "Ġcapital",
-            "Ġof",
-            "ĠFrance",
-            "Ġis",
-            "ĠParis",
-            ".",
-            "<|return|>",
-        ];
+        let pieces = &["<|channel|> analysis <|message|> User Ġasks : Ġcapital Ġof ĠFrance . ĠAnswer : ĠParis . <|end|> <|start|> assistant <|channel|> final <|message|>", BPE_ANSWER, "<|return|>"].join(" ");
+        let pieces = split(&pieces);
         let f = family("harmony");
         let case = Case::new(
             &f,
@@ -632,26 +553,14 @@ mod tests {
             ["<|channel|>analysis", "<|channel|>final<|message|>"]
         );
         // A harmony model that loops in its final channel is broken.
-        let looping = [
-            "<|channel|>",
-            "final",
-            "<|message|>",
-            "!",
-            "!",
-            "!",
-            "!",
-            "!",
-            "!",
-            "!",
-            "!",
-        ];
+        let looping = split("<|channel|> final <|message|> ! ! ! ! ! ! ! !");
         let case = Case::new(&f, "<|start|>assistant", &looping);
         assert_eq!(case.judge(None).verdict, Verdict::BrokenLoop);
     }
 
     #[test]
     fn generation_stops_once_the_answer_has_its_steps() {
-        let pieces = ["</think>", "ĊĊ", "The", "Ġcapital", "Ġis", "ĠParis"];
+        let pieces = split("</think> ĊĊ The Ġcapital Ġis ĠParis");
         let case = Case::new(&family("think-tags"), "<think>\n", &pieces);
         let eos = [false; 6];
         assert!(done(&case.labels, &eos, 4));
