@@ -456,7 +456,7 @@ mod tests {
             "<|im_end|> Ċ",
         ]
         .join(" ");
-        let pieces = split(&pieces);
+        let pieces = split(pieces);
         let case = Case::new(&family("think-tags"), QWEN_PROMPT, &pieces);
         assert_eq!(case.answer_from(), Some(13));
         assert_eq!(case.labels[0], Channel::Marker);
@@ -529,7 +529,7 @@ mod tests {
     #[test]
     fn harmony_analysis_then_final_is_judged_on_the_final_channel() {
         let pieces = &["<|channel|> analysis <|message|> User Ġasks : Ġcapital Ġof ĠFrance . ĠAnswer : ĠParis . <|end|> <|start|> assistant <|channel|> final <|message|>", BPE_ANSWER, "<|return|>"].join(" ");
-        let pieces = split(&pieces);
+        let pieces = split(pieces);
         let f = family("harmony");
         let case = Case::new(
             &f,
