@@ -201,8 +201,14 @@ impl Session {
 
     /// One user turn as a chat prompt.
     pub fn user_prompt(&self, content: &str) -> Result<Prompt> {
+        self.user_prompt_with(content, &Map::new())
+    }
+
+    /// One user turn as a chat prompt, with template arguments (a request's
+    /// `chat_template_kwargs`, e.g. `enable_thinking`).
+    pub fn user_prompt_with(&self, content: &str, kwargs: &Map<String, Value>) -> Result<Prompt> {
         let msg = serde_json::json!({"role": "user", "content": content});
-        self.chat_prompt(&[msg], None, &serde_json::Map::new())
+        self.chat_prompt(&[msg], None, kwargs)
     }
 }
 

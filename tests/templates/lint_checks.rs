@@ -3,16 +3,13 @@
 //! call). Each asserts the stable code, the severity and, where the check locates
 //! something, that the span covers the right text.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-
 use rmlx::diagnostic::{Diagnostic, Severity};
 use rmlx::lint::{self, LintOptions, LintReport, Support};
 use rmlx::template::TemplateOrigin;
 use rmlx::tokenize::Tokenizer;
 use serde_json::json;
 
-use crate::support::{corpus_dir, json_lines, repo_root, rmlx, run_cmd, scratch_dir};
+use crate::support::{assert_lints_clean, convert_smollm2, corpus_dir, scratch_dir};
 
 /// A ChatML template that handles everything the samples contain (written for these tests).
 pub const GOOD: &str = r#"{%- if tools %}<|im_start|>system
@@ -538,29 +535,6 @@ pub fn write_test_model(dir: &std::path::Path) {
 // it: exit 0 and not one error (issue 11: a linter that flags the model's own template is a
 // linter people turn off).
 
-/// `cargo rmlx lint --message-format json <target>`: exits 0 with no error diagnostic and
-/// reports `templates` templates.
-fn assert_lints_clean(target: &Path, templates: usize) {
-    let run = rmlx([
-        "lint".as_ref(),
-        "--message-format".as_ref(),
-        "json".as_ref(),
-        target.as_os_str(),
-    ]);
-    run.assert_sane("lint an official template");
-    assert_eq!(run.code, Some(0), "{}", run.describe());
-    let lines = json_lines(&run.stdout_text());
-    let errors: Vec<_> = lines
-        .iter()
-        .filter(|l| l["reason"] == "lint-diagnostic" && l["severity"] == "error")
-        .collect();
-    assert!(errors.is_empty(), "{errors:#?}");
-    let last = lines.last().expect("a final line");
-    assert_eq!(last["reason"], "lint-finished");
-    assert_eq!(last["errors"], 0, "{last}");
-    assert_eq!(last["templates"], templates, "{last}");
-}
-
 #[test]
 fn official_qwen25_and_gemma3_templates_have_no_errors() {
     let root = corpus_dir();
@@ -575,47 +549,12 @@ fn official_qwen25_and_gemma3_templates_have_no_errors() {
     }
 }
 
-/// The SmolLM2 GGUF (`scripts/fetch-models.sh`, under `$RMLX_TEST_MODELS`, else
-/// `target/test-models`).
-fn smollm2_gguf() -> PathBuf {
-    let script = repo_root().join("scripts").join("fetch-models.sh");
-    let run = run_cmd(
-        Path::new("bash"),
-        &[script.as_os_str()],
-        None,
-        Duration::from_secs(1800),
-    );
-    assert_eq!(run.code, Some(0), "fetch-models.sh\n{}", run.describe());
-    let models = std::env::var_os("RMLX_TEST_MODELS")
-        .filter(|d| !d.is_empty())
-        .map_or_else(
-            || repo_root().join("target").join("test-models"),
-            PathBuf::from,
-        );
-    let gguf = models.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        gguf.is_file(),
-        "fetch-models.sh did not provide {}",
-        gguf.display()
-    );
-    gguf
-}
-
 #[test]
 fn official_smollm2_model_directory_has_no_errors() {
     // Converted by the binary, the directory carries the GGUF's chat_template.jinja and a
     // tokenizer, so the tokenizer checks run too.
     let dir = scratch_dir();
-    let model = dir.path().join("smollm2");
-    let gguf = smollm2_gguf();
-    let run = rmlx([
-        "convert".as_ref(),
-        gguf.as_os_str(),
-        "--out".as_ref(),
-        model.as_os_str(),
-        "--keep-quantized".as_ref(),
-    ]);
-    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let model = convert_smollm2(dir.path());
     let template = std::fs::read_to_string(model.join("chat_template.jinja"))
         .unwrap_or_else(|e| panic!("the converted model has no chat_template.jinja: {e}"));
     assert!(template.contains("SmolLM"), "{template}");

@@ -9,6 +9,8 @@
 //!   rendered on fixed conversations by Python jinja2 configured like transformers
 //!   (`scripts/render_jinja2.py`, venv from `scripts/jinja-venv.sh`) and by `cargo rmlx
 //!   render`: byte-identical (or both raising) on ≥ 99% of cases, every mismatch listed;
+//! - `reasoning`: the probe's seed through reasoning models' real templates (thinking
+//!   switched off, byte-identical to jinja2), and lint on them;
 //! - `corpus_lint`: lint over the whole real corpus, no crash, a printed summary (errored
 //!   templates before/after issue 11), the remaining errors exactly the explained list.
 //!
@@ -21,5 +23,6 @@ mod conformance;
 mod corpus_lint;
 mod fuzz;
 mod lint_checks;
+mod reasoning;
 mod resources;
 mod support;

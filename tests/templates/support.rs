@@ -297,3 +297,68 @@ pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line ({e}): {l}")))
         .collect()
 }
+
+/// `cargo rmlx lint --message-format json <target>`: exits 0 with no error diagnostic and
+/// reports `templates` templates.
+pub fn assert_lints_clean(target: &Path, templates: usize) {
+    let run = rmlx([
+        "lint".as_ref(),
+        "--message-format".as_ref(),
+        "json".as_ref(),
+        target.as_os_str(),
+    ]);
+    run.assert_sane("lint an official template");
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let lines = json_lines(&run.stdout_text());
+    let errors: Vec<_> = lines
+        .iter()
+        .filter(|l| l["reason"] == "lint-diagnostic" && l["severity"] == "error")
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    let last = lines.last().expect("a final line");
+    assert_eq!(last["reason"], "lint-finished");
+    assert_eq!(last["errors"], 0, "{last}");
+    assert_eq!(last["templates"], templates, "{last}");
+}
+
+/// The SmolLM2 GGUF (`scripts/fetch-models.sh`, under `$RMLX_TEST_MODELS`, else
+/// `target/test-models`).
+pub fn smollm2_gguf() -> PathBuf {
+    let script = repo_root().join("scripts").join("fetch-models.sh");
+    let run = run_cmd(
+        Path::new("bash"),
+        &[script.as_os_str()],
+        None,
+        Duration::from_secs(1800),
+    );
+    assert_eq!(run.code, Some(0), "fetch-models.sh\n{}", run.describe());
+    let models = std::env::var_os("RMLX_TEST_MODELS")
+        .filter(|d| !d.is_empty())
+        .map_or_else(
+            || repo_root().join("target").join("test-models"),
+            PathBuf::from,
+        );
+    let gguf = models.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        gguf.is_file(),
+        "fetch-models.sh did not provide {}",
+        gguf.display()
+    );
+    gguf
+}
+
+/// SmolLM2 converted from its GGUF (`cargo rmlx convert --keep-quantized`) into
+/// `dir/smollm2`: a real model with its tokenizer and chat template.
+pub fn convert_smollm2(dir: &Path) -> PathBuf {
+    let model = dir.join("smollm2");
+    let gguf = smollm2_gguf();
+    let run = rmlx([
+        "convert".as_ref(),
+        gguf.as_os_str(),
+        "--out".as_ref(),
+        model.as_os_str(),
+        "--keep-quantized".as_ref(),
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    model
+}

@@ -13,8 +13,8 @@ use crate::build::{self, BuildOptions};
 use crate::diagnostic::{Diagnostic, Result};
 use crate::manifest::{Manifest, ModelDecl, Quantize};
 use crate::probe::{
-    fidelity, probe, ProbeOptions, ProbeReport, ReferenceSide, SeedSource, Verdict, DEFAULT_SEED,
-    DEFAULT_STEPS,
+    fidelity, probe, Channel, ProbeOptions, ProbeReport, ReferenceSide, SeedSource, Verdict,
+    DEFAULT_SEED, DEFAULT_STEPS,
 };
 use crate::session::Session;
 
@@ -37,6 +37,10 @@ pub struct ProbeArgs {
     /// Feed the bare seed even when the model has a chat template.
     #[arg(long)]
     pub no_template: bool,
+    /// Reasoning models: most extra greedy steps spent waiting for the answer after the
+    /// reasoning section (`inconclusive` when it does not come).
+    #[arg(long, default_value_t = crate::probe::reasoning::DEFAULT_MAX_REASONING_STEPS)]
+    pub max_reasoning_steps: usize,
     /// Compare with a reference: a model directory, or `golden` for the blessed golden file.
     #[arg(long, value_name = "MODEL|golden")]
     pub reference: Option<String>,
@@ -243,6 +247,7 @@ pub fn run(g: &GlobalArgs, a: ProbeArgs) -> Result<u8> {
                 .clone()
                 .or_else(|| declared.and_then(|p| p.expect.clone())),
             no_template: a.no_template,
+            max_reasoning_steps: a.max_reasoning_steps,
             reference,
             max_mean_kl: a.max_mean_kl,
             min_agreement: a.min_agreement,
@@ -309,8 +314,19 @@ pub fn render_human(r: &ProbeReport, session: &Session) -> String {
     for line in r.prompt.lines() {
         out += &format!("    │ {line}\n");
     }
+    if let Some(line) = reasoning_line(r) {
+        out += &line;
+    }
     out += "  step  id      piece             logprob  max|logit|  top-2\n";
+    let shown = shown_steps(r);
     for (i, s) in r.steps.iter().enumerate() {
+        if !shown[i] {
+            if i == 0 || shown[i - 1] {
+                let hidden = shown[i..].iter().take_while(|v| !**v).count();
+                out += &format!("     …  {hidden} reasoning steps not shown (JSON has them)\n");
+            }
+            continue;
+        }
         let second = s
             .top
             .get(1)
@@ -327,7 +343,7 @@ pub fn render_human(r: &ProbeReport, session: &Session) -> String {
             format!("{:?}", s.piece),
             s.logprob,
             s.max_abs_logit,
-            if s.eos { "  (eos)" } else { "" }
+            channel_note(s)
         );
     }
     if let Some(f) = &r.fidelity {
@@ -364,3 +380,68 @@ pub fn render_human(r: &ProbeReport, session: &Session) -> String {
     out += &format!("  took {:.2} s ({})\n", t.total_s(), parts.join(", "));
     out
 }
+
+/// The step table's note: EOS, and the channel of a reasoning model's step.
+fn channel_note(s: &crate::probe::ProbeStep) -> String {
+    let mut note = String::new();
+    if s.eos {
+        note += "  (eos)";
+    }
+    match s.channel {
+        Some(Channel::Reasoning) => note += "  (reasoning)",
+        Some(Channel::Marker) => note += "  (marker)",
+        _ => {}
+    }
+    note
+}
+
+/// What the probe did about reasoning, in one line (`None` for other models).
+fn reasoning_line(r: &ProbeReport) -> Option<String> {
+    let x = r.reasoning.as_ref()?;
+    let switch = match &x.switch {
+        Some(sw) => format!(
+            "seed rendered with {}={}{}",
+            sw["name"].as_str().unwrap_or_default(),
+            sw["value"],
+            if x.switch_changed_prompt {
+                ""
+            } else {
+                " (already the template's default)"
+            }
+        ),
+        None => "no switch to turn thinking off".to_string(),
+    };
+    let skipped = match x.family {
+        Some(f) => format!(
+            "; {f} markers: {} step(s) skipped ({} of reasoning), answer from step {}, markers \
+             seen [{}]",
+            x.skipped_steps,
+            x.reasoning_steps,
+            x.answer_from_step
+                .map_or_else(|| "none".to_string(), |i| i.to_string()),
+            x.markers.join(", ")
+        ),
+        None => String::new(),
+    };
+    Some(format!("  reasoning: {switch}{skipped}\n"))
+}
+
+/// Steps of the human table: all, except the middle of a long run of reasoning/marker steps
+/// (its first and last [`SHOWN_AT_EDGES`] stay).
+fn shown_steps(r: &ProbeReport) -> Vec<bool> {
+    let skipped = |i: usize| r.steps[i].channel.is_some_and(|c| c != Channel::Answer);
+    let n = r.steps.len();
+    let mut shown = vec![true; n];
+    let mut i = 0;
+    while i < n {
+        let run = (i..n).take_while(|&j| skipped(j)).count();
+        if run > 2 * SHOWN_AT_EDGES + 1 {
+            shown[i + SHOWN_AT_EDGES..i + run - SHOWN_AT_EDGES].fill(false);
+        }
+        i += run.max(1);
+    }
+    shown
+}
+
+/// Reasoning steps shown at each end of a long run in the human table.
+const SHOWN_AT_EDGES: usize = 3;

@@ -36,7 +36,7 @@
 mod bos;
 mod renders;
 pub mod samples;
-mod scan;
+pub(crate) mod scan;
 pub mod targets;
 mod tokens;
 

@@ -110,6 +110,16 @@ fn is_single_symbol(norm: &str) -> bool {
     matches!((chars.next(), chars.next()), (Some(c), None) if !c.is_alphabetic())
 }
 
+/// `broken-nan` when any step has non-finite logits.
+pub fn non_finite(steps: &[StepView<'_>]) -> Option<Classification> {
+    let (i, s) = steps.iter().enumerate().find(|(_, s)| s.non_finite > 0)?;
+    Some(Classification {
+        verdict: Verdict::BrokenNan,
+        rule: "non-finite-logits",
+        reason: format!("step {i} has {} NaN/Inf logits", s.non_finite),
+    })
+}
+
 /// Judges a window of greedy steps (EOS ignored while generating). `expect` is checked
 /// against `answer`, the decoded text up to the first EOS.
 pub fn classify(steps: &[StepView<'_>], answer: &str, expect: Option<&str>) -> Classification {
@@ -118,12 +128,8 @@ pub fn classify(steps: &[StepView<'_>], answer: &str, expect: Option<&str>) -> C
         rule,
         reason,
     };
-    if let Some((i, s)) = steps.iter().enumerate().find(|(_, s)| s.non_finite > 0) {
-        return c(
-            Verdict::BrokenNan,
-            "non-finite-logits",
-            format!("step {i} has {} NaN/Inf logits", s.non_finite),
-        );
+    if let Some(nan) = non_finite(steps) {
+        return nan;
     }
     if steps.is_empty() {
         return c(

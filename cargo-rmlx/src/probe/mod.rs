@@ -3,18 +3,26 @@
 //! ignored, and a verdict with its evidence ([`classify`]); optionally compared against a
 //! reference model or a golden file ([`fidelity`]). Base models without a template get the
 //! bare seed prefixed with the BOS of the resolution chain; that fallback is logged and shown.
+//! Reasoning models ([`reasoning`]): the seed is rendered with thinking switched off where the
+//! template has a switch, and the verdict is taken on the visible answer, after the reasoning
+//! section, with extra steps (bounded) to reach it.
 
 pub mod classify;
 pub mod fidelity;
+pub mod reasoning;
+
+use std::ops::ControlFlow;
 
 use serde::Serialize;
 
 use crate::diagnostic::{Diagnostic, Result};
-use crate::engine::{generate, GenerateOptions};
+use crate::engine::{generate, GenerateOptions, GenerateOutput};
 use crate::session::{Prompt, Session};
 
 pub use classify::{Classification, Verdict};
 pub use fidelity::{Fidelity, Golden};
+pub use reasoning::{Channel, ReasoningReport};
+use reasoning::{Family, Switch, Transcript};
 
 /// The default seed question.
 pub const DEFAULT_SEED: &str = "What is the capital of France?";
@@ -61,6 +69,8 @@ pub struct ProbeOptions<'a> {
     pub min_agreement: f64,
     /// Steps of the fidelity comparison (teacher-forced continuation length).
     pub fidelity_steps: usize,
+    /// Reasoning models: most extra steps spent reaching the answer ([`reasoning`]).
+    pub max_reasoning_steps: usize,
 }
 
 impl Default for ProbeOptions<'_> {
@@ -76,6 +86,7 @@ impl Default for ProbeOptions<'_> {
             max_mean_kl: fidelity::DEFAULT_MAX_MEAN_KL,
             min_agreement: fidelity::DEFAULT_MIN_AGREEMENT,
             fidelity_steps: 16,
+            max_reasoning_steps: reasoning::DEFAULT_MAX_REASONING_STEPS,
         }
     }
 }
@@ -97,6 +108,9 @@ pub struct ProbeStep {
     pub top: Vec<(u32, f32)>,
     /// Whether it is an EOS token.
     pub eos: bool,
+    /// Reasoning models: where the step belongs (reasoning, marker, answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<Channel>,
 }
 
 /// How the seed reached the model.
@@ -139,6 +153,8 @@ pub struct ProbeReport {
     pub hints: Vec<String>,
     /// The substring the answer was held to (declared, or the default seed's).
     pub expect: Option<String>,
+    /// Reasoning models: the switch applied to the seed, what was skipped.
+    pub reasoning: Option<ReasoningReport>,
     /// Where the time went.
     pub timing: ProbeTiming,
 }
@@ -197,8 +213,23 @@ fn prompt_hints(session: &Session, prompt: &Prompt, source: &SeedSource) -> Vec<
     hints
 }
 
+/// The seed as the model sees it, and what the template says about reasoning.
+struct Seed {
+    prompt: Prompt,
+    source: SeedSource,
+    /// The thinking switch applied, and whether it changed the rendered prompt.
+    switch: Option<(Switch, bool)>,
+    /// The template's reasoning family, when it has one.
+    family: Option<Family>,
+}
+
 /// Builds the seed prompt: through the chat template (the serving path), or the bare seed.
 pub fn seed_prompt(session: &Session, opts: &ProbeOptions<'_>) -> Result<(Prompt, SeedSource)> {
+    let s = seed(session, opts)?;
+    Ok((s.prompt, s.source))
+}
+
+fn seed(session: &Session, opts: &ProbeOptions<'_>) -> Result<Seed> {
     let reason = if opts.no_template {
         Some("--no-template was given".to_string())
     } else if session.template.is_none() {
@@ -207,7 +238,7 @@ pub fn seed_prompt(session: &Session, opts: &ProbeOptions<'_>) -> Result<(Prompt
         None
     };
     let Some(reason) = reason else {
-        return Ok((session.user_prompt(&opts.seed)?, SeedSource::ChatTemplate));
+        return templated_seed(session, &opts.seed);
     };
     let bos = session.tokenizer.resolve_bos();
     tracing::info!(
@@ -225,13 +256,133 @@ pub fn seed_prompt(session: &Session, opts: &ProbeOptions<'_>) -> Result<(Prompt
     }
     ids.extend(session.tokenizer.encode(&opts.seed, false)?);
     text.push_str(&opts.seed);
-    Ok((
-        Prompt { text, ids },
-        SeedSource::BareSeed {
+    Ok(Seed {
+        prompt: Prompt { text, ids },
+        source: SeedSource::BareSeed {
             reason,
             bos: bos.map(|b| format!("{} (chosen by: {})", b.token, b.rule)),
         },
-    ))
+        switch: None,
+        family: None,
+    })
+}
+
+/// The seed through the chat template, with thinking switched off when the template reads a
+/// known switch ([`reasoning::SWITCHES`]), passed like a request's `chat_template_kwargs`.
+fn templated_seed(session: &Session, seed: &str) -> Result<Seed> {
+    let source = session.template.as_ref().map_or("", |t| t.source());
+    let family = reasoning::detect_family(source);
+    let Some(sw) = reasoning::detect_switch(source) else {
+        return Ok(Seed {
+            prompt: session.user_prompt(seed)?,
+            source: SeedSource::ChatTemplate,
+            switch: None,
+            family,
+        });
+    };
+    let mut kwargs = serde_json::Map::new();
+    kwargs.insert(sw.name.to_string(), sw.value());
+    let prompt = session.user_prompt_with(seed, &kwargs)?;
+    let changed = session
+        .user_prompt(seed)
+        .map_or(true, |plain| plain.text != prompt.text);
+    tracing::info!(
+        "probe: the chat template reads `{}`; the seed is rendered with {}={} ({})",
+        sw.name,
+        sw.name,
+        sw.off,
+        if changed {
+            "this changes the prompt"
+        } else {
+            "the template's default is already off"
+        }
+    );
+    Ok(Seed {
+        prompt,
+        source: SeedSource::ChatTemplate,
+        switch: Some((sw, changed)),
+        family,
+    })
+}
+
+/// The greedy steps, with the text and channel of each when the template has a reasoning
+/// family.
+struct Run {
+    out: GenerateOutput,
+    texts: Vec<String>,
+    labels: Option<Vec<Channel>>,
+    start: Option<Channel>,
+}
+
+/// Runs the seed: `opts.steps` greedy steps (EOS ignored); for a reasoning family, until
+/// `opts.steps` answer steps are in, the turn ends before any answer, or
+/// `opts.max_reasoning_steps` extra steps are spent.
+fn run(session: &Session, seed: &Seed, opts: &ProbeOptions<'_>) -> Result<Run> {
+    let eos = session.eos_ids();
+    let family = seed.family;
+    let start = family.map(|f| f.initial(&seed.prompt.text));
+    let gen = GenerateOptions {
+        max_tokens: opts.steps + family.map_or(0, |_| opts.max_reasoning_steps),
+        ignore_eos: true,
+        eos_ids: eos.clone(),
+        top: opts.top.max(1),
+        ..Default::default()
+    };
+    let mut transcript = Transcript::default();
+    let mut eos_seen = Vec::new();
+    let mut failure = None;
+    let out = generate(&session.model, &seed.prompt.ids, &gen, |step| {
+        let (Some(f), Some(start)) = (family, start) else {
+            return ControlFlow::Continue(());
+        };
+        if let Err(e) = transcript.push(&session.tokenizer, step.id) {
+            failure = Some(e);
+            return ControlFlow::Break(());
+        }
+        eos_seen.push(eos.contains(&step.id));
+        let labels = f.label(start, &transcript.texts);
+        match reasoning::done(&labels, &eos_seen, opts.steps) {
+            true => ControlFlow::Break(()),
+            false => ControlFlow::Continue(()),
+        }
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let labels = family
+        .zip(start)
+        .map(|(f, s)| f.label(s, &transcript.texts));
+    Ok(Run {
+        out,
+        texts: transcript.texts,
+        labels,
+        start,
+    })
+}
+
+/// What the probe reports about reasoning: the switch, and what the verdict skipped.
+fn reasoning_report(seed: &Seed, run: &Run, opts: &ProbeOptions<'_>) -> Option<ReasoningReport> {
+    if seed.switch.is_none() && seed.family.is_none() {
+        return None;
+    }
+    let labels = run.labels.as_deref().unwrap_or_default();
+    let count = |c| labels.iter().filter(|l| **l == c).count();
+    let answer_from_step = labels.iter().position(|l| *l == Channel::Answer);
+    let markers = seed
+        .family
+        .map(|f| f.markers_in(&run.texts.concat()))
+        .unwrap_or_default();
+    Some(ReasoningReport {
+        family: seed.family.map(|f| f.name),
+        switch: seed.switch.map(|(sw, _)| ReasoningReport::switch_json(&sw)),
+        switch_changed_prompt: seed.switch.is_some_and(|(_, changed)| changed),
+        starts_in_reasoning: run.start == Some(Channel::Reasoning),
+        skipped_steps: labels.len() - count(Channel::Answer),
+        reasoning_steps: count(Channel::Reasoning),
+        markers,
+        answer_from_step,
+        max_reasoning_steps: opts.max_reasoning_steps,
+    })
 }
 
 /// Probes a loaded model.
@@ -240,23 +391,16 @@ pub fn probe(session: &Session, opts: &ProbeOptions<'_>) -> Result<ProbeReport> 
         .name
         .clone()
         .unwrap_or_else(|| session.dir.display().to_string());
-    let (prompt, seed_source) = seed_prompt(session, opts)?;
+    let seed = seed(session, opts)?;
+    let run = run(session, &seed, opts)?;
     let eos = session.eos_ids();
-    let gen = GenerateOptions {
-        max_tokens: opts.steps,
-        ignore_eos: true,
-        eos_ids: eos.clone(),
-        top: opts.top.max(1),
-        ..Default::default()
-    };
-    let out = generate(&session.model, &prompt.ids, &gen, |_| {
-        std::ops::ControlFlow::Continue(())
-    })?;
     let tok = &session.tokenizer;
-    let steps: Vec<ProbeStep> = out
+    let steps: Vec<ProbeStep> = run
+        .out
         .steps
         .iter()
-        .map(|s| ProbeStep {
+        .enumerate()
+        .map(|(i, s)| ProbeStep {
             id: s.id,
             piece: tok.id_to_piece(s.id).unwrap_or_default(),
             logprob: s.logprob,
@@ -269,9 +413,17 @@ pub fn probe(session: &Session, opts: &ProbeOptions<'_>) -> Result<ProbeReport> 
                 .map(|((id, _), lp)| (*id, *lp))
                 .collect(),
             eos: eos.contains(&s.id),
+            channel: run.labels.as_ref().and_then(|l| l.get(i).copied()),
         })
         .collect();
-    let answer_ids: Vec<u32> = steps.iter().take_while(|s| !s.eos).map(|s| s.id).collect();
+    let eos_flags: Vec<bool> = steps.iter().map(|s| s.eos).collect();
+    let answer_ids: Vec<u32> = match &run.labels {
+        Some(labels) => reasoning::answer_text_indices(labels, &eos_flags)
+            .into_iter()
+            .map(|i| steps[i].id)
+            .collect(),
+        None => steps.iter().take_while(|s| !s.eos).map(|s| s.id).collect(),
+    };
     let answer = tok.decode(&answer_ids, true)?;
     let views: Vec<classify::StepView<'_>> = steps
         .iter()
@@ -283,13 +435,23 @@ pub fn probe(session: &Session, opts: &ProbeOptions<'_>) -> Result<ProbeReport> 
             is_special: tok.is_special(s.id),
         })
         .collect();
+    let reasoning = reasoning_report(&seed, &run, opts);
+    let Seed {
+        prompt,
+        source: seed_source,
+        ..
+    } = seed;
     // The default seed has a known answer; hold instruct models to it. Base models continue
     // a bare seed in any direction, so they get no implicit expectation.
     let expect = opts.expect.clone().or_else(|| {
         (opts.seed == DEFAULT_SEED && matches!(seed_source, SeedSource::ChatTemplate))
             .then(|| DEFAULT_EXPECT.to_string())
     });
-    let mut evidence = classify::classify(&views, &answer, expect.as_deref());
+    let mut evidence = match &run.labels {
+        Some(labels) => reasoning::judge(&views, labels, &answer, expect.as_deref()),
+        None => classify::classify(&views, &answer, expect.as_deref()),
+    };
+    let out = run.out;
     let mut hints = prompt_hints(session, &prompt, &seed_source);
     if let SeedSource::BareSeed { reason, .. } = &seed_source {
         hints.push(format!("the chat template was not used because {reason}"));
@@ -369,5 +531,6 @@ pub fn probe(session: &Session, opts: &ProbeOptions<'_>) -> Result<ProbeReport> 
         fidelity,
         hints,
         timing,
+        reasoning,
     })
 }
