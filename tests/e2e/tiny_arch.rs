@@ -261,3 +261,5 @@ tiny_arch_tests!(llama, "llama", modes = [affine4]);
 tiny_arch_tests!(qwen2, "qwen2", modes = [affine4]);
 tiny_arch_tests!(qwen3, "qwen3", modes = [affine4]);
 tiny_arch_tests!(gemma3_text, "gemma3_text", modes = [affine4]);
+tiny_arch_tests!(qwen3_moe, "qwen3_moe", modes = [affine4]);
+tiny_arch_tests!(gpt_oss, "gpt_oss", modes = [affine4, mxfp4], native_mxfp4);
