@@ -239,19 +239,12 @@ impl Released {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
 
     fn config(extra: &str) -> Result<ModelConfig> {
-        ModelConfig::from_text(
-            Path::new("config.json"),
-            &format!(
-                r#"{{"model_type":"gpt_oss","hidden_size":64,"intermediate_size":64,
-                "num_hidden_layers":4,"num_attention_heads":4,"num_key_value_heads":2,
-                "vocab_size":100,"max_position_embeddings":256,"num_local_experts":4,
-                "num_experts_per_tok":2{extra}}}"#
-            ),
+        super::super::test_config(
+            "gpt_oss",
+            &format!(r#","num_local_experts":4,"num_experts_per_tok":2{extra}"#),
         )
     }
 

@@ -120,18 +120,13 @@ fn load_experts(ctx: &LoadCtx<'_>, spec: &MoeSpec) -> Result<SwitchGlu> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
 
     fn config(extra: &str) -> Result<ModelConfig> {
-        ModelConfig::from_text(
-            Path::new("config.json"),
+        super::super::test_config(
+            "qwen3_moe",
             &format!(
-                r#"{{"model_type":"qwen3_moe","hidden_size":64,"intermediate_size":128,
-                "num_hidden_layers":4,"num_attention_heads":4,"num_key_value_heads":2,
-                "vocab_size":100,"max_position_embeddings":256,"num_experts":4,
-                "num_experts_per_tok":2,"moe_intermediate_size":32{extra}}}"#
+                r#","num_experts":4,"num_experts_per_tok":2,"moe_intermediate_size":32{extra}"#
             ),
         )
     }
