@@ -6,12 +6,14 @@ import argparse
 import json
 import time
 
-from bench_common import peak_rss_mib
+from bench_common import patch_gather_qmm, peak_rss_mib
 
 import mlx.core as mx
 from mlx.utils import tree_map
 from mlx_lm import load
 from mlx_lm.generate import stream_generate
+
+patch_gather_qmm()
 
 
 def main():

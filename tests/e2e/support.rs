@@ -628,6 +628,7 @@ fn run_oracle(
         "steps": ORACLE_STEPS,
         "top": ORACLE_TOP,
         "script": file_sha(&script),
+        "script_helpers": file_sha(&scripts.join("bench_common.py")),
         "requirements": file_sha(&scripts.join("oracle-requirements.txt")),
     });
     let cache_dir = models_dir().join("oracle-cache");

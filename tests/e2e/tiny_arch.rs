@@ -266,3 +266,5 @@ tiny_arch_tests!(phi3, "phi3", modes = [affine4]);
 tiny_arch_tests!(olmo2, "olmo2", modes = [affine4]);
 tiny_arch_tests!(ministral3, "ministral3", modes = [affine4]);
 tiny_arch_tests!(mistral3, "mistral3", modes = [affine4]);
+tiny_arch_tests!(qwen3_moe, "qwen3_moe", modes = [affine4]);
+tiny_arch_tests!(gpt_oss, "gpt_oss", modes = [affine4, mxfp4], native_mxfp4);

@@ -146,12 +146,12 @@ fn load_experts(ctx: &LoadCtx<'_>, spec: &MoeSpec) -> Result<SwitchGlu> {
     let odd = Array::from_iter((1..2 * i as i32).step_by(2), &[i as i32]);
     let rows = |w: &Released, idx: &Array| -> Result<SwitchLinear> {
         let bias = gate_up_bias.take_axis(idx, -1)?;
-        w.rows(idx, bias)
+        w.rows(Some(idx), bias)
     };
     Ok(SwitchGlu {
         gate_proj: rows(&gate_up, &even)?,
         up_proj: rows(&gate_up, &odd)?,
-        down_proj: down.rows(&Array::from_iter(0..h as i32, &[h as i32]), down_bias)?,
+        down_proj: down.rows(None, down_bias)?,
         activation: spec.activation,
     })
 }
@@ -211,17 +211,68 @@ fn bytes_tensor(ctx: &LoadCtx<'_>, name: &str, shape: &[usize]) -> Result<Array>
 }
 
 impl Released {
-    /// The rows `idx` of every expert as a switch projection with `bias`.
-    fn rows(&self, idx: &Array, bias: Array) -> Result<SwitchLinear> {
+    /// The rows `idx` (all when `None`) of every expert as a switch projection with `bias`.
+    /// Selected rows are computed now, so that the fused tensor is freed during loading
+    /// rather than held until the first step.
+    fn rows(&self, idx: Option<&Array>, bias: Array) -> Result<SwitchLinear> {
+        let pick = |a: &Array| -> Result<Array> {
+            let Some(idx) = idx else {
+                return Ok(a.clone());
+            };
+            let rows = a.take_axis(idx, 1)?;
+            rows.eval()?;
+            Ok(rows)
+        };
+        bias.eval()?;
         match self {
-            Released::Dense(w) => SwitchLinear::dense(&w.take_axis(idx, 1)?, Some(bias)),
+            Released::Dense(w) => SwitchLinear::dense(&pick(w)?, Some(bias)),
             Released::Mxfp4 { weight, scales } => Ok(SwitchLinear::quantized(
-                weight.take_axis(idx, 1)?,
-                scales.take_axis(idx, 1)?,
+                pick(weight)?,
+                pick(scales)?,
                 None,
                 MXFP4,
                 Some(bias),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Result<ModelConfig> {
+        super::super::test_config(
+            "gpt_oss",
+            &format!(r#","num_local_experts":4,"num_experts_per_tok":2{extra}"#),
+        )
+    }
+
+    #[test]
+    fn layers_alternate_from_a_sliding_one_by_default() {
+        let s = spec(&config(r#","sliding_window":16"#).unwrap()).unwrap();
+        assert_eq!(s.sliding_window, [Some(16), None, Some(16), None]);
+        assert!(s.attn_sinks && s.qkv_bias && s.o_bias);
+        let moe = s.moe[3].as_ref().unwrap();
+        assert_eq!(moe.router, "model.layers.3.mlp.router");
+        assert_eq!((moe.num_experts, moe.top_k), (4, 2));
+        assert_eq!(moe.routing, Routing::TopKSoftmax);
+        assert!(moe.router_bias && moe.expert_bias);
+    }
+
+    #[test]
+    fn layer_types_are_followed_and_checked() {
+        let types = r#","layer_types":["full_attention","sliding_attention","sliding_attention","full_attention"]"#;
+        let s = spec(&config(types).unwrap()).unwrap();
+        assert_eq!(s.sliding_window, [None, Some(128), Some(128), None]);
+        let err = spec(&config(r#","layer_types":["full_attention"]"#).unwrap()).unwrap_err();
+        assert!(err.message.contains("layer_types"), "{}", err.message);
+        let err =
+            spec(&config(r#","layer_types":["full_attention","x","x","x"]"#).unwrap()).unwrap_err();
+        assert!(
+            err.message.contains("unknown layer type"),
+            "{}",
+            err.message
+        );
     }
 }

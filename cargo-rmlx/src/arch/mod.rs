@@ -250,6 +250,20 @@ pub fn unsupported(config: &ModelConfig) -> Diagnostic {
     ))
 }
 
+/// A small config.json of `model_type` (4 layers, hidden 64, 4/2 heads, vocab 100) plus the
+/// `extra` keys (`,"key":value…`), parsed: for the architectures' spec tests.
+#[cfg(test)]
+pub(crate) fn test_config(model_type: &str, extra: &str) -> Result<ModelConfig> {
+    ModelConfig::from_text(
+        std::path::Path::new("config.json"),
+        &format!(
+            r#"{{"model_type":"{model_type}","hidden_size":64,"intermediate_size":64,
+            "num_hidden_layers":4,"num_attention_heads":4,"num_key_value_heads":2,
+            "vocab_size":100,"max_position_embeddings":256{extra}}}"#
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

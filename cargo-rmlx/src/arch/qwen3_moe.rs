@@ -106,7 +106,9 @@ fn load_experts(ctx: &LoadCtx<'_>, spec: &MoeSpec) -> Result<SwitchGlu> {
         let parts = (0..spec.num_experts)
             .map(|e| ctx.param(&format!("{mlp}.experts.{e}.{name}.weight"), &[rows, cols]))
             .collect::<Result<Vec<Array>>>()?;
-        SwitchLinear::dense(&mlx_rs::ops::stack(&parts, 0)?, None)
+        let stacked = mlx_rs::ops::stack(&parts, 0)?;
+        stacked.eval()?; // now, so the per-expert tensors are freed during loading
+        SwitchLinear::dense(&stacked, None)
     };
     Ok(SwitchGlu {
         gate_proj: stack("gate_proj", spec.inner, spec.hidden)?,
@@ -114,4 +116,45 @@ fn load_experts(ctx: &LoadCtx<'_>, spec: &MoeSpec) -> Result<SwitchGlu> {
         down_proj: stack("down_proj", spec.hidden, spec.inner)?,
         activation: spec.activation,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Result<ModelConfig> {
+        super::super::test_config(
+            "qwen3_moe",
+            &format!(
+                r#","num_experts":4,"num_experts_per_tok":2,"moe_intermediate_size":32{extra}"#
+            ),
+        )
+    }
+
+    #[test]
+    fn sparse_layers_follow_the_step_and_mlp_only_layers() {
+        let c = config(r#","decoder_sparse_step":2,"mlp_only_layers":[3],"norm_topk_prob":true"#)
+            .unwrap();
+        let s = spec(&c).unwrap();
+        let sparse: Vec<bool> = s.moe.iter().map(Option::is_some).collect();
+        assert_eq!(sparse, [false, true, false, false]);
+        let moe = s.moe[1].as_ref().unwrap();
+        assert_eq!(moe.router, "model.layers.1.mlp.gate");
+        assert_eq!(moe.experts, "model.layers.1.mlp.switch_mlp");
+        assert_eq!((moe.num_experts, moe.top_k, moe.inner), (4, 2, 32));
+        assert_eq!(moe.routing, Routing::SoftmaxTopK { renormalize: true });
+        assert!(s.qk_norm && !s.qkv_bias);
+    }
+
+    #[test]
+    fn a_missing_moe_key_is_reported() {
+        let c = config(r#","mlp_only_layers":[],"norm_topk_prob":false"#).unwrap();
+        let err = spec(&c).unwrap_err();
+        assert_eq!(err.code, "rmlx::snapshot::config");
+        assert!(
+            err.message.contains("decoder_sparse_step"),
+            "{}",
+            err.message
+        );
+    }
 }

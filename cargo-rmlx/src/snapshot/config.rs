@@ -846,15 +846,9 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(
-            c.rope_scaling,
-            Some(RopeScaling::Yarn {
-                factor: 32.0,
-                original_max_position_embeddings: 4096.0,
-                beta_fast: 32.0,
-                beta_slow: 1.0,
-                mscale: 1.0,
-                mscale_all_dim: 0.0,
-            })
+            format!("{:?}", c.rope_scaling),
+            "Some(Yarn { factor: 32.0, original_max_position_embeddings: 4096.0, \
+             beta_fast: 32.0, beta_slow: 1.0, mscale: 1.0, mscale_all_dim: 0.0 })"
         );
     }
 
