@@ -10,6 +10,7 @@
 
 pub mod gemma3;
 pub mod llama;
+pub mod qwen3_5;
 
 use crate::diagnostic::{Diagnostic, Result};
 use crate::engine::layers::LoadCtx;
@@ -36,7 +37,7 @@ pub struct Convert {
 }
 
 /// Every supported architecture.
-pub static REGISTRY: &[&Architecture] = &[&llama::ARCH, &gemma3::ARCH];
+pub static REGISTRY: &[&Architecture] = &[&llama::ARCH, &gemma3::ARCH, &qwen3_5::ARCH];
 
 /// The entry running `model_type`, if any.
 pub fn lookup(model_type: &str) -> Option<&'static Architecture> {

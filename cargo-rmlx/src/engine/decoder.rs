@@ -266,12 +266,7 @@ impl Network for Decoder {
     }
 
     fn logits(&self, x: &Array) -> Result<Array> {
-        let x = self.norm.forward(x)?;
-        let logits = match &self.lm_head {
-            Some(head) => head.forward(&x)?,
-            None => self.embed.as_linear(&x)?,
-        };
-        Ok(logits.as_dtype(Dtype::Float32)?)
+        super::layers::output_logits(x, &self.norm, self.lm_head.as_ref(), &self.embed)
     }
 
     fn cache_kinds(&self) -> Vec<CacheKind> {

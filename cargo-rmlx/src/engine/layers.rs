@@ -444,6 +444,22 @@ impl Embedding {
     }
 }
 
+/// The end of every decoder: the final norm, then the LM head — a separate `lm_head` or,
+/// when `None`, the tied embedding table — as float32 logits.
+pub fn output_logits(
+    x: &Array,
+    norm: &RmsNorm,
+    lm_head: Option<&Linear>,
+    embed: &Embedding,
+) -> Result<Array> {
+    let x = norm.forward(x)?;
+    let logits = match lm_head {
+        Some(head) => head.forward(&x)?,
+        None => embed.as_linear(&x)?,
+    };
+    Ok(logits.as_dtype(Dtype::Float32)?)
+}
+
 /// Root-mean-square normalisation over the last axis.
 #[derive(Debug)]
 pub struct RmsNorm {

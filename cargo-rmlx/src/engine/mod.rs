@@ -9,6 +9,7 @@ pub mod attention;
 pub mod blas;
 pub mod cache;
 pub mod decoder;
+pub mod deltanet;
 pub mod generate;
 pub mod layers;
 pub mod mlp;

@@ -363,9 +363,11 @@ impl ModelConfig {
     }
 
     /// Checks the sizes that decide allocations against the tensors actually present: the
-    /// number of `model.layers.<i>` blocks must be `num_hidden_layers`.
+    /// number of `model.layers.<i>` blocks (under mlx-lm's `language_model.` wrapper or not)
+    /// must be `num_hidden_layers`.
     pub fn check_tensors<'a>(&self, names: impl Iterator<Item = &'a str>) -> Result<()> {
         let present = names
+            .map(|n| n.strip_prefix("language_model.").unwrap_or(n))
             .filter_map(|n| n.strip_prefix("model.layers.")?.split('.').next())
             .filter_map(|i| i.parse::<usize>().ok())
             .max()

@@ -1,0 +1,309 @@
+//! Qwen3.5 (`qwen3_5`, `qwen3_5_moe`): a hybrid decoder. Most layers mix tokens with gated
+//! delta-net linear attention (`engine::deltanet`, recurrent cache); every
+//! `full_attention_interval`-th layer is gated full attention (`Attention::load_gated`: q/k
+//! norms, an output gate, RoPE over the first `partial_rotary_factor` of each head; KV cache).
+//! Each layer then runs a SwiGLU MLP. Parameters are in mlx-lm's layout, under
+//! `language_model.` as mlx-lm's Qwen3.5 model class holds them.
+
+use serde_json::Value;
+
+use super::{Architecture, Convert};
+use crate::diagnostic::{Diagnostic, Result};
+use crate::engine::attention::{Attention, AttentionSpec};
+use crate::engine::cache::{Cache, CacheKind};
+use crate::engine::deltanet::{DeltaNetSpec, GatedDeltaNet};
+use crate::engine::layers::{output_logits, Embedding, Linear, LoadCtx, RmsNorm, Rope};
+use crate::engine::mlp::{Activation, GatedMlp};
+use crate::engine::network::Network;
+use crate::snapshot::{ModelConfig, RopeScaling};
+
+/// Registry entry.
+pub const ARCH: Architecture = Architecture {
+    model_types: &["qwen3_5", "qwen3_5_moe"],
+    load,
+    convert: Convert {
+        // mlx-lm's sanitize drops a tied model's lm_head.
+        drops_tied_lm_head: true,
+    },
+};
+
+fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {
+    Ok(Box::new(Qwen35::load(ctx)?))
+}
+
+/// How a layer mixes positions.
+#[derive(Debug)]
+enum Mixer {
+    /// Gated delta-net linear attention.
+    Linear(GatedDeltaNet),
+    /// Gated full attention.
+    Full(Attention),
+}
+
+#[derive(Debug)]
+struct Block {
+    input_norm: RmsNorm,
+    mixer: Mixer,
+    post_attention_norm: RmsNorm,
+    mlp: GatedMlp,
+}
+
+/// A loaded Qwen3.5 network.
+#[derive(Debug)]
+struct Qwen35 {
+    embed: Embedding,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Option<Linear>,
+    rope: Rope,
+}
+
+impl Qwen35 {
+    fn load(ctx: &LoadCtx<'_>) -> Result<Self> {
+        let c = ctx.config;
+        let root = root_prefix(ctx);
+        let linear = linear_layers(c)?;
+        let delta = delta_spec(c)?;
+        let blocks = linear
+            .iter()
+            .enumerate()
+            .map(|(i, &is_linear)| load_block(ctx, &format!("{root}model.layers.{i}"), is_linear, delta))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            embed: ctx.embedding(&format!("{root}model.embed_tokens"), c.vocab_size, c.hidden_size)?,
+            blocks,
+            norm: ctx.rms_norm(&format!("{root}model.norm"), c.hidden_size, c.rms_norm_eps, false)?,
+            lm_head: lm_head(ctx, &format!("{root}lm_head"))?,
+            rope: rope(c)?,
+        })
+    }
+}
+
+/// `language_model.` when the weights are stored under mlx-lm's wrapper (what `mlx_lm
+/// convert` writes for Qwen3.5), else nothing.
+fn root_prefix(ctx: &LoadCtx<'_>) -> &'static str {
+    if ctx.weights.contains("language_model.model.embed_tokens.weight") {
+        "language_model."
+    } else {
+        tracing::debug!("qwen3_5: weights without the `language_model.` prefix");
+        ""
+    }
+}
+
+fn load_block(ctx: &LoadCtx<'_>, p: &str, is_linear: bool, delta: DeltaNetSpec) -> Result<Block> {
+    let c = ctx.config;
+    let (h, eps) = (c.hidden_size, c.rms_norm_eps);
+    let mixer = if is_linear {
+        Mixer::Linear(GatedDeltaNet::load(ctx, &format!("{p}.linear_attn"), h, delta)?)
+    } else {
+        let spec = AttentionSpec {
+            n_heads: c.num_attention_heads,
+            n_kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+            qkv_bias: c.attention_bias,
+            o_bias: c.attention_bias,
+            qk_norm: Some((eps, false)),
+            window: None,
+            scale: (c.head_dim as f32).powf(-0.5),
+        };
+        Mixer::Full(Attention::load_gated(ctx, &format!("{p}.self_attn"), h, spec)?)
+    };
+    let norm = |name: &str| ctx.rms_norm(&format!("{p}.{name}"), h, eps, false);
+    Ok(Block {
+        input_norm: norm("input_layernorm")?,
+        mixer,
+        post_attention_norm: norm("post_attention_layernorm")?,
+        mlp: GatedMlp::load(ctx, &format!("{p}.mlp"), h, c.intermediate_size, false, Activation::Silu)?,
+    })
+}
+
+/// The LM head: mlx-lm's Qwen3.5 reads `tie_word_embeddings` as false when config.json
+/// leaves it out (other families default to tied).
+fn lm_head(ctx: &LoadCtx<'_>, path: &str) -> Result<Option<Linear>> {
+    let c = ctx.config;
+    if c.raw.contains_key("tie_word_embeddings") {
+        return ctx.lm_head(path);
+    }
+    tracing::debug!("qwen3_5: no tie_word_embeddings in config.json; a separate lm_head, as mlx-lm");
+    Ok(Some(ctx.linear(path, c.hidden_size, c.vocab_size, false)?))
+}
+
+/// Per layer: whether it is a linear-attention layer. mlx-lm decides by
+/// `full_attention_interval` (default 4): layer `i` is full attention iff `(i + 1)` is a
+/// multiple of it. A `layer_types` list that says otherwise is an error (mlx-lm would not load
+/// such a checkpoint either).
+fn linear_layers(c: &ModelConfig) -> Result<Vec<bool>> {
+    let interval = match c.raw.get("full_attention_interval") {
+        None | Some(Value::Null) => 4,
+        Some(v) => match v.as_u64() {
+            Some(n) if n > 0 => n as usize,
+            _ => {
+                return Err(c.located(
+                    "rmlx::snapshot::config",
+                    format!("`full_attention_interval` must be a positive integer, found {v}"),
+                    "full_attention_interval",
+                ))
+            }
+        },
+    };
+    let linear: Vec<bool> = (0..c.num_hidden_layers)
+        .map(|i| (i + 1) % interval != 0)
+        .collect();
+    let Some(types) = c.raw.get("layer_types").and_then(Value::as_array) else {
+        return Ok(linear);
+    };
+    let declared: Vec<Option<bool>> = types
+        .iter()
+        .map(|t| match t.as_str() {
+            Some("linear_attention") => Some(true),
+            Some("full_attention") => Some(false),
+            _ => None,
+        })
+        .collect();
+    if declared.len() != linear.len() || declared.iter().zip(&linear).any(|(d, l)| *d != Some(*l)) {
+        return Err(c
+            .located(
+                "rmlx::snapshot::config",
+                format!(
+                    "`layer_types` does not match `full_attention_interval` ({interval}) over \
+                     {} layers",
+                    linear.len()
+                ),
+                "layer_types",
+            )
+            .with_help("mlx-lm places full-attention layers by full_attention_interval; fix whichever is wrong"));
+    }
+    Ok(linear)
+}
+
+/// A positive size from config.json, or mlx-lm's default for it when absent (logged).
+fn size(c: &ModelConfig, key: &str, default: usize) -> Result<usize> {
+    match c.raw.get(key) {
+        None | Some(Value::Null) => {
+            tracing::warn!("qwen3_5: no `{key}` in config.json; using mlx-lm's default {default}");
+            Ok(default)
+        }
+        Some(v) => match v.as_u64() {
+            Some(n) if n > 0 && n <= 1 << 16 => Ok(n as usize),
+            _ => Err(c.located(
+                "rmlx::snapshot::config",
+                format!("`{key}` must be a positive size (at most 65536), found {v}"),
+                key,
+            )),
+        },
+    }
+}
+
+fn delta_spec(c: &ModelConfig) -> Result<DeltaNetSpec> {
+    Ok(DeltaNetSpec {
+        n_k_heads: size(c, "linear_num_key_heads", 16)?,
+        n_v_heads: size(c, "linear_num_value_heads", 64)?,
+        k_head_dim: size(c, "linear_key_head_dim", 192)?,
+        v_head_dim: size(c, "linear_value_head_dim", 128)?,
+        conv_kernel: size(c, "linear_conv_kernel_dim", 4)?,
+        eps: c.rms_norm_eps,
+    })
+}
+
+/// RoPE of the full-attention layers, read as mlx-lm does: from `rope_parameters` (its
+/// default when absent: base 100000, a quarter of each head rotated), or — when that is
+/// null or empty — from the top-level `rope_theta`, `partial_rotary_factor` and
+/// `rope_scaling`. The multimodal `mrope` sections reduce to plain RoPE for text.
+fn rope(c: &ModelConfig) -> Result<Rope> {
+    let params = match c.raw.get("rope_parameters") {
+        None => Some(serde_json::Map::new()),
+        Some(Value::Object(m)) if !m.is_empty() => Some(m.clone()),
+        Some(Value::Null) | Some(Value::Object(_)) => None,
+        Some(v) => {
+            return Err(c.located(
+                "rmlx::snapshot::config",
+                format!("`rope_parameters` must be an object, found {v}"),
+                "rope_parameters",
+            ))
+        }
+    };
+    let top = |key: &str| c.raw.get(key).and_then(Value::as_f64);
+    let (theta, partial, scaling) = match &params {
+        Some(p) => {
+            let get = |key: &str| p.get(key).and_then(Value::as_f64);
+            (
+                get("rope_theta").unwrap_or(100_000.0),
+                get("partial_rotary_factor").unwrap_or(0.25),
+                rope_scaling(c, p)?,
+            )
+        }
+        None => (
+            top("rope_theta").unwrap_or(100_000.0),
+            top("partial_rotary_factor").unwrap_or(0.25),
+            c.rope_scaling.clone(),
+        ),
+    };
+    if !(theta.is_finite() && theta > 0.0 && partial > 0.0 && partial <= 1.0) {
+        return Err(c.located(
+            "rmlx::snapshot::config",
+            format!("RoPE base {theta} and partial_rotary_factor {partial} are not usable"),
+            "rope_parameters",
+        ));
+    }
+    let dims = (c.head_dim as f64 * partial) as usize;
+    Rope::new(dims, theta as f32, scaling.as_ref())
+}
+
+/// The frequency scaling a `rope_parameters` object asks for (`type` or `rope_type`).
+fn rope_scaling(c: &ModelConfig, p: &serde_json::Map<String, Value>) -> Result<Option<RopeScaling>> {
+    let kind = p
+        .get("type")
+        .or_else(|| p.get("rope_type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    match kind {
+        "default" | "mrope" => Ok(None),
+        "linear" => match p.get("factor").and_then(Value::as_f64) {
+            Some(f) if f.is_finite() && f > 0.0 => Ok(Some(RopeScaling::Linear { factor: f as f32 })),
+            _ => Err(c.located(
+                "rmlx::snapshot::config",
+                "linear RoPE scaling needs a positive `factor`",
+                "rope_parameters",
+            )),
+        },
+        other => Err(Diagnostic::error(
+            "rmlx::snapshot::config",
+            format!("qwen3_5: RoPE type `{other}` is not supported (default, mrope and linear are)"),
+        )
+        .with_file(&c.path)),
+    }
+}
+
+impl Network for Qwen35 {
+    fn hidden(&self, ids: &mlx_rs::Array, cache: &mut Cache) -> Result<mlx_rs::Array> {
+        let len = ids.shape()[1] as usize;
+        let offset = cache.offset;
+        let mut x = self.embed.forward(ids)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let n = block.input_norm.forward(&x)?;
+            let r = match &block.mixer {
+                Mixer::Linear(net) => net.forward(&n, cache.recurrent(i)?)?,
+                Mixer::Full(attn) => attn.forward(&n, cache.kv(i)?, offset, &self.rope)?,
+            };
+            x = x.add(&r)?;
+            let r = block.mlp.forward(&block.post_attention_norm.forward(&x)?)?;
+            x = x.add(&r)?;
+        }
+        cache.offset += len;
+        Ok(x)
+    }
+
+    fn logits(&self, x: &mlx_rs::Array) -> Result<mlx_rs::Array> {
+        output_logits(x, &self.norm, self.lm_head.as_ref(), &self.embed)
+    }
+
+    fn cache_kinds(&self) -> Vec<CacheKind> {
+        self.blocks
+            .iter()
+            .map(|b| match b.mixer {
+                Mixer::Linear(_) => CacheKind::Recurrent,
+                Mixer::Full(_) => CacheKind::Kv,
+            })
+            .collect()
+    }
+}
