@@ -67,12 +67,23 @@ impl Qwen35 {
         let blocks = linear
             .iter()
             .enumerate()
-            .map(|(i, &is_linear)| load_block(ctx, &format!("{root}model.layers.{i}"), is_linear, delta))
+            .map(|(i, &is_linear)| {
+                load_block(ctx, &format!("{root}model.layers.{i}"), is_linear, delta)
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            embed: ctx.embedding(&format!("{root}model.embed_tokens"), c.vocab_size, c.hidden_size)?,
+            embed: ctx.embedding(
+                &format!("{root}model.embed_tokens"),
+                c.vocab_size,
+                c.hidden_size,
+            )?,
             blocks,
-            norm: ctx.rms_norm(&format!("{root}model.norm"), c.hidden_size, c.rms_norm_eps, false)?,
+            norm: ctx.rms_norm(
+                &format!("{root}model.norm"),
+                c.hidden_size,
+                c.rms_norm_eps,
+                false,
+            )?,
             lm_head: lm_head(ctx, &format!("{root}lm_head"))?,
             rope: rope(c)?,
         })
@@ -82,7 +93,10 @@ impl Qwen35 {
 /// `language_model.` when the weights are stored under mlx-lm's wrapper (what `mlx_lm
 /// convert` writes for Qwen3.5), else nothing.
 fn root_prefix(ctx: &LoadCtx<'_>) -> &'static str {
-    if ctx.weights.contains("language_model.model.embed_tokens.weight") {
+    if ctx
+        .weights
+        .contains("language_model.model.embed_tokens.weight")
+    {
         "language_model."
     } else {
         tracing::debug!("qwen3_5: weights without the `language_model.` prefix");
@@ -94,7 +108,12 @@ fn load_block(ctx: &LoadCtx<'_>, p: &str, is_linear: bool, delta: DeltaNetSpec) 
     let c = ctx.config;
     let (h, eps) = (c.hidden_size, c.rms_norm_eps);
     let mixer = if is_linear {
-        Mixer::Linear(GatedDeltaNet::load(ctx, &format!("{p}.linear_attn"), h, delta)?)
+        Mixer::Linear(GatedDeltaNet::load(
+            ctx,
+            &format!("{p}.linear_attn"),
+            h,
+            delta,
+        )?)
     } else {
         let spec = AttentionSpec {
             n_heads: c.num_attention_heads,
@@ -106,14 +125,26 @@ fn load_block(ctx: &LoadCtx<'_>, p: &str, is_linear: bool, delta: DeltaNetSpec) 
             window: None,
             scale: (c.head_dim as f32).powf(-0.5),
         };
-        Mixer::Full(Attention::load_gated(ctx, &format!("{p}.self_attn"), h, spec)?)
+        Mixer::Full(Attention::load_gated(
+            ctx,
+            &format!("{p}.self_attn"),
+            h,
+            spec,
+        )?)
     };
     let norm = |name: &str| ctx.rms_norm(&format!("{p}.{name}"), h, eps, false);
     Ok(Block {
         input_norm: norm("input_layernorm")?,
         mixer,
         post_attention_norm: norm("post_attention_layernorm")?,
-        mlp: GatedMlp::load(ctx, &format!("{p}.mlp"), h, c.intermediate_size, false, Activation::Silu)?,
+        mlp: GatedMlp::load(
+            ctx,
+            &format!("{p}.mlp"),
+            h,
+            c.intermediate_size,
+            false,
+            Activation::Silu,
+        )?,
     })
 }
 
@@ -124,8 +155,15 @@ fn lm_head(ctx: &LoadCtx<'_>, path: &str) -> Result<Option<Linear>> {
     if c.raw.contains_key("tie_word_embeddings") {
         return ctx.lm_head(path);
     }
-    tracing::debug!("qwen3_5: no tie_word_embeddings in config.json; a separate lm_head, as mlx-lm");
-    Ok(Some(ctx.linear(path, c.hidden_size, c.vocab_size, false)?))
+    tracing::debug!(
+        "qwen3_5: no tie_word_embeddings in config.json; a separate lm_head, as mlx-lm"
+    );
+    Ok(Some(ctx.linear(
+        path,
+        c.hidden_size,
+        c.vocab_size,
+        false,
+    )?))
 }
 
 /// Per layer: whether it is a linear-attention layer. mlx-lm decides by
@@ -250,7 +288,10 @@ fn rope(c: &ModelConfig) -> Result<Rope> {
 }
 
 /// The frequency scaling a `rope_parameters` object asks for (`type` or `rope_type`).
-fn rope_scaling(c: &ModelConfig, p: &serde_json::Map<String, Value>) -> Result<Option<RopeScaling>> {
+fn rope_scaling(
+    c: &ModelConfig,
+    p: &serde_json::Map<String, Value>,
+) -> Result<Option<RopeScaling>> {
     let kind = p
         .get("type")
         .or_else(|| p.get("rope_type"))
@@ -259,7 +300,9 @@ fn rope_scaling(c: &ModelConfig, p: &serde_json::Map<String, Value>) -> Result<O
     match kind {
         "default" | "mrope" => Ok(None),
         "linear" => match p.get("factor").and_then(Value::as_f64) {
-            Some(f) if f.is_finite() && f > 0.0 => Ok(Some(RopeScaling::Linear { factor: f as f32 })),
+            Some(f) if f.is_finite() && f > 0.0 => {
+                Ok(Some(RopeScaling::Linear { factor: f as f32 }))
+            }
             _ => Err(c.located(
                 "rmlx::snapshot::config",
                 "linear RoPE scaling needs a positive `factor`",
@@ -268,7 +311,9 @@ fn rope_scaling(c: &ModelConfig, p: &serde_json::Map<String, Value>) -> Result<O
         },
         other => Err(Diagnostic::error(
             "rmlx::snapshot::config",
-            format!("qwen3_5: RoPE type `{other}` is not supported (default, mrope and linear are)"),
+            format!(
+                "qwen3_5: RoPE type `{other}` is not supported (default, mrope and linear are)"
+            ),
         )
         .with_file(&c.path)),
     }
@@ -305,5 +350,138 @@ impl Network for Qwen35 {
                 Mixer::Full(_) => CacheKind::Kv,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mlx_rs::ops::concatenate;
+    use mlx_rs::Array;
+    use serde_json::json;
+
+    use crate::engine::tests::{write_weights, Rng, Weights};
+    use crate::engine::{DtypePolicy, Model};
+    use crate::snapshot::Snapshot;
+
+    const H: usize = 32;
+    const VOCAB: usize = 40;
+
+    fn config() -> serde_json::Value {
+        json!({
+            "model_type": "qwen3_5", "hidden_size": H, "intermediate_size": 48,
+            "num_hidden_layers": 4, "full_attention_interval": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
+            "linear_num_key_heads": 2, "linear_num_value_heads": 4,
+            "linear_key_head_dim": 8, "linear_value_head_dim": 8, "linear_conv_kernel_dim": 4,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                "partial_rotary_factor": 0.5},
+            "vocab_size": VOCAB, "tie_word_embeddings": true, "rms_norm_eps": 1e-6,
+            "max_position_embeddings": 256
+        })
+    }
+
+    fn weights(rng: &mut Rng) -> Weights {
+        let mut w = Weights::new();
+        let mut put = |name: String, shape: Vec<usize>, scale: f32, offset: f32| {
+            let values = rng.vec(shape.iter().product(), scale);
+            w.insert(name, (shape, values.iter().map(|v| v + offset).collect()));
+        };
+        put(
+            "language_model.model.embed_tokens.weight".into(),
+            vec![VOCAB, H],
+            2.0,
+            0.0,
+        );
+        put("language_model.model.norm.weight".into(), vec![H], 0.5, 1.0);
+        for l in 0..4 {
+            let p = format!("language_model.model.layers.{l}");
+            let mut mats = vec![
+                ("mlp.gate_proj", 48, H),
+                ("mlp.up_proj", 48, H),
+                ("mlp.down_proj", H, 48),
+            ];
+            if l % 2 == 0 {
+                mats.extend([
+                    ("linear_attn.in_proj_qkv", 64, H),
+                    ("linear_attn.in_proj_z", 32, H),
+                    ("linear_attn.in_proj_b", 4, H),
+                    ("linear_attn.in_proj_a", 4, H),
+                    ("linear_attn.out_proj", H, 32),
+                ]);
+                put(
+                    format!("{p}.linear_attn.conv1d.weight"),
+                    vec![64, 4, 1],
+                    1.0,
+                    0.0,
+                );
+                put(format!("{p}.linear_attn.A_log"), vec![4], 1.0, 0.5);
+                put(format!("{p}.linear_attn.dt_bias"), vec![4], 1.0, 1.0);
+                put(format!("{p}.linear_attn.norm.weight"), vec![8], 0.5, 1.0);
+            } else {
+                mats.extend([
+                    ("self_attn.q_proj", 64, H),
+                    ("self_attn.k_proj", 16, H),
+                    ("self_attn.v_proj", 16, H),
+                    ("self_attn.o_proj", H, 32),
+                ]);
+                put(format!("{p}.self_attn.q_norm.weight"), vec![8], 0.5, 1.0);
+                put(format!("{p}.self_attn.k_norm.weight"), vec![8], 0.5, 1.0);
+            }
+            for (name, rows, cols) in mats {
+                put(format!("{p}.{name}.weight"), vec![rows, cols], 0.6, 0.0);
+            }
+            put(format!("{p}.input_layernorm.weight"), vec![H], 0.5, 1.0);
+            put(
+                format!("{p}.post_attention_layernorm.weight"),
+                vec![H],
+                0.5,
+                1.0,
+            );
+        }
+        w
+    }
+
+    /// Logits `[len, vocab]` of `ids` fed in pieces of the given lengths, one cache throughout.
+    fn run_in_pieces(model: &Model, ids: &[i32], pieces: &[usize]) -> Array {
+        let mut cache = model.net.new_cache();
+        let mut start = 0;
+        let mut rows = Vec::new();
+        for &n in pieces {
+            let part = &ids[start..start + n];
+            let input = Array::from_slice(part, &[1, n as i32]);
+            let logits = model.net.forward_all(&input, &mut cache).expect("forward");
+            logits.eval().expect("eval");
+            rows.push(logits);
+            start += n;
+        }
+        assert_eq!(start, ids.len());
+        concatenate(&rows, 0).expect("concatenate")
+    }
+
+    #[test]
+    fn chunked_prefill_and_decode_steps_match_one_pass() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("config.json"), config().to_string()).expect("config");
+        write_weights(dir.path(), &weights(&mut Rng(35)));
+        let snap = Snapshot::open(dir.path()).expect("open tiny qwen3_5");
+        let model = Model::load(&snap, DtypePolicy::Float32).expect("load tiny qwen3_5");
+        let ids = [3, 17, 1, 29, 4, 11, 38, 0, 22, 5];
+        let whole = run_in_pieces(&model, &ids, &[10]);
+        for pieces in [&[4, 1, 3, 2][..], &[1; 10], &[2, 8]] {
+            let split = run_in_pieces(&model, &ids, pieces);
+            let diff = split
+                .subtract(&whole)
+                .and_then(|d| d.abs())
+                .and_then(|d| d.max(None))
+                .expect("diff")
+                .item_exact::<f32>();
+            assert!(
+                diff < 1e-4,
+                "pieces {pieces:?} differ from one pass by {diff}"
+            );
+        }
+        let spread = whole.max(None).expect("max").item_exact::<f32>()
+            - whole.min(None).expect("min").item_exact::<f32>();
+        assert!(spread > 1.0, "degenerate logits (spread {spread})");
     }
 }

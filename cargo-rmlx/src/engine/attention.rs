@@ -113,8 +113,8 @@ impl Attention {
     pub fn host_capable(&self) -> bool {
         !self.output_gate
             && [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
-            .iter()
-            .all(|l| l.host_capable())
+                .iter()
+                .all(|l| l.host_capable())
     }
 
     /// `x` (`[B, L, hidden]`) → attention output projected back to `[B, L, hidden]`.

@@ -98,11 +98,9 @@ impl GatedDeltaNet {
             in_proj_a: ctx.linear(&path("in_proj_a"), hidden, s.n_v_heads, false)?,
             conv_weight: ctx.param(&path("conv1d.weight"), &[s.conv_dim(), s.conv_kernel, 1])?,
             // mlx-lm keeps A_log in float32 whatever the model's dtype.
-            a_log: ctx.weights.array(
-                &path("A_log"),
-                &[Some(s.n_v_heads)],
-                Some(Dtype::Float32),
-            )?,
+            a_log: ctx
+                .weights
+                .array(&path("A_log"), &[Some(s.n_v_heads)], Some(Dtype::Float32))?,
             dt_bias: ctx.param(&path("dt_bias"), &[s.n_v_heads])?,
             norm: ctx.rms_norm(&path("norm"), s.v_head_dim, s.eps, false)?,
             out_proj: ctx.linear(&path("out_proj"), value_dim, hidden, false)?,
@@ -277,7 +275,7 @@ mod tests {
 
     fn max_abs_diff(a: &Array, b: &Array) -> f32 {
         let d = a.subtract(b).unwrap().abs().unwrap().max(None).unwrap();
-        d.item::<f32>()
+        d.item_exact::<f32>()
     }
 
     /// The recurrence, written out with scalar loops on the host (one batch).
@@ -326,7 +324,13 @@ mod tests {
         let gates = DeltaGates::new(&a, &b, &a_log, &dt_bias).unwrap();
         let (y, _) = gated_delta_update(&q, &k, &v, &gates, None).unwrap();
         let host = |x: &Array| x.as_slice::<f32>().to_vec();
-        let dims = (len as usize, hk as usize, hv as usize, dk as usize, dv as usize);
+        let dims = (
+            len as usize,
+            hk as usize,
+            hv as usize,
+            dk as usize,
+            dv as usize,
+        );
         let want = host_reference(
             &host(&q),
             &host(&k),
@@ -371,8 +375,8 @@ mod tests {
                 for j in 0..kernel as usize {
                     let src = t as isize - (kernel as isize - 1) + j as isize;
                     if src >= 0 {
-                        acc += xs[src as usize * channels as usize + c]
-                            * ws[c * kernel as usize + j];
+                        acc +=
+                            xs[src as usize * channels as usize + c] * ws[c * kernel as usize + j];
                     }
                 }
                 want[t * channels as usize + c] = acc / (1.0 + (-acc).exp());
