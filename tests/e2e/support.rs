@@ -309,7 +309,7 @@ pub fn generate(
 // ----------------------------------------------------------------------------------------
 // The test model
 
-fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
+pub fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
     hex(&Sha256::digest(bytes.as_ref()))
 }
 
@@ -555,7 +555,7 @@ impl OracleDtype {
 }
 
 /// The venv python with mlx-lm (`scripts/oracle-venv.sh`, created on first use).
-fn oracle_python() -> PathBuf {
+pub fn oracle_python() -> PathBuf {
     static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     PYTHON
         .get_or_init(|| {
