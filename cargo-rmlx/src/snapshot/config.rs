@@ -134,7 +134,7 @@ pub struct ModelConfig {
     pub model_type: String,
     /// Width of the residual stream.
     pub hidden_size: usize,
-    /// Width of the MLP.
+    /// Width of the MLP (0 when config.json declares only expert widths).
     pub intermediate_size: usize,
     /// Number of transformer blocks.
     pub num_hidden_layers: usize,
@@ -326,7 +326,13 @@ impl ModelConfig {
             path: path.to_path_buf(),
             model_type,
             hidden_size,
-            intermediate_size: fields.usize("intermediate_size")?,
+            intermediate_size: match fields.opt_usize("intermediate_size")? {
+                Some(n) => n,
+                // Models whose every layer is a mixture of experts (Qwen3.5-MoE) declare only
+                // the experts' widths; architectures that need a dense MLP check their tensors.
+                None if raw.contains_key("moe_intermediate_size") => 0,
+                None => return Err(fields.missing("intermediate_size")),
+            },
             num_hidden_layers: fields.usize("num_hidden_layers")?,
             num_attention_heads,
             num_key_value_heads,
