@@ -1,6 +1,6 @@
 //! Qwen3.5 (`qwen3_5`, `qwen3_5_moe`): a hybrid decoder. Most layers mix tokens with gated
 //! delta-net linear attention (`engine::deltanet`, recurrent cache); every
-//! `full_attention_interval`-th layer is gated full attention (`Attention::load_gated`: q/k
+//! `full_attention_interval`-th layer is gated full attention (`Attention::load_with_gate`: q/k
 //! norms, an output gate, RoPE over the first `partial_rotary_factor` of each head; KV cache).
 //! Each layer then runs a SwiGLU MLP. Parameters are in mlx-lm's layout, under
 //! `language_model.` as mlx-lm's Qwen3.5 model class holds them.
@@ -125,12 +125,8 @@ fn load_block(ctx: &LoadCtx<'_>, p: &str, is_linear: bool, delta: DeltaNetSpec) 
             window: None,
             scale: (c.head_dim as f32).powf(-0.5),
         };
-        Mixer::Full(Attention::load_gated(
-            ctx,
-            &format!("{p}.self_attn"),
-            h,
-            spec,
-        )?)
+        let path = format!("{p}.self_attn");
+        Mixer::Full(Attention::load_with_gate(ctx, &path, h, spec, true)?)
     };
     let norm = |name: &str| ctx.rms_norm(&format!("{p}.{name}"), h, eps, false);
     Ok(Block {

@@ -1,7 +1,7 @@
 //! Attention blocks shared by the architectures: [`Attention`] (q/k/v/o projections, optional
 //! per-head q/k norms, RoPE — full or partial, as the [`Rope`] given —, global or
 //! sliding-window causal attention over a [`KvLayer`], optionally a sigmoid output gate
-//! produced by the query projection: [`Attention::load_gated`]) and
+//! produced by the query projection: [`Attention::load_with_gate`]) and
 //! the pieces an architecture with its own attention variant composes: [`split_heads`],
 //! [`merge_heads`], [`attend`] and [`sliding_mask`].
 
@@ -62,19 +62,10 @@ impl Attention {
         Self::load_with_gate(ctx, prefix, hidden, spec, false)
     }
 
-    /// Like [`Self::load`] for attention with an output gate (Qwen3.5, Qwen3-Next): `q_proj`
-    /// yields, per head, the query and then a gate of the same width; the attention output is
+    /// Like [`Self::load`]; with `output_gate` (Qwen3.5, Qwen3-Next) `q_proj` yields, per
+    /// head, the query and then a gate of the same width, and the attention output is
     /// multiplied by `sigmoid(gate)` before `o_proj`.
-    pub fn load_gated(
-        ctx: &LoadCtx<'_>,
-        prefix: &str,
-        hidden: usize,
-        spec: AttentionSpec,
-    ) -> Result<Self> {
-        Self::load_with_gate(ctx, prefix, hidden, spec, true)
-    }
-
-    fn load_with_gate(
+    pub fn load_with_gate(
         ctx: &LoadCtx<'_>,
         prefix: &str,
         hidden: usize,
