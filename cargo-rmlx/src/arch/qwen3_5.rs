@@ -2,8 +2,9 @@
 //! delta-net linear attention (`engine::deltanet`, recurrent cache); every
 //! `full_attention_interval`-th layer is gated full attention (`Attention::load_with_gate`: q/k
 //! norms, an output gate, RoPE over the first `partial_rotary_factor` of each head; KV cache).
-//! Each layer then runs a SwiGLU MLP. Parameters are in mlx-lm's layout, under
-//! `language_model.` as mlx-lm's Qwen3.5 model class holds them.
+//! Each layer then runs a SwiGLU MLP. Parameters are in mlx-lm's layout; the multimodal
+//! wrapper (`crate::arch::Wrapper`: `text_config`, tensors under `language_model.`) is
+//! resolved before this module runs.
 
 use serde_json::Value;
 
@@ -12,14 +13,16 @@ use crate::diagnostic::{Diagnostic, Result};
 use crate::engine::attention::{Attention, AttentionSpec};
 use crate::engine::cache::{Cache, CacheKind};
 use crate::engine::deltanet::{DeltaNetSpec, GatedDeltaNet};
-use crate::engine::layers::{output_logits, Embedding, Linear, LoadCtx, RmsNorm, Rope};
+use crate::engine::ends::Ends;
+use crate::engine::layers::{LoadCtx, RmsNorm, Rope};
 use crate::engine::mlp::{Activation, GatedMlp};
 use crate::engine::network::Network;
 use crate::snapshot::{ModelConfig, RopeScaling};
 
 /// Registry entry.
 pub const ARCH: Architecture = Architecture {
-    model_types: &["qwen3_5", "qwen3_5_moe"],
+    // Flat configs keep the outer type; a wrapper's `text_config` names the text model.
+    model_types: &["qwen3_5", "qwen3_5_moe", "qwen3_5_text", "qwen3_5_moe_text"],
     load,
     convert: Convert {
         // mlx-lm's sanitize drops a tied model's lm_head.
@@ -51,57 +54,36 @@ struct Block {
 /// A loaded Qwen3.5 network.
 #[derive(Debug)]
 struct Qwen35 {
-    embed: Embedding,
+    ends: Ends,
     blocks: Vec<Block>,
-    norm: RmsNorm,
-    lm_head: Option<Linear>,
     rope: Rope,
 }
 
 impl Qwen35 {
     fn load(ctx: &LoadCtx<'_>) -> Result<Self> {
         let c = ctx.config;
-        let root = root_prefix(ctx);
-        let linear = linear_layers(c)?;
         let delta = delta_spec(c)?;
-        let blocks = linear
-            .iter()
+        let blocks = linear_layers(c)?
+            .into_iter()
             .enumerate()
-            .map(|(i, &is_linear)| {
-                load_block(ctx, &format!("{root}model.layers.{i}"), is_linear, delta)
-            })
+            .map(|(i, is_linear)| load_block(ctx, &format!("model.layers.{i}"), is_linear, delta))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            embed: ctx.embedding(
-                &format!("{root}model.embed_tokens"),
-                c.vocab_size,
-                c.hidden_size,
-            )?,
+            ends: Ends::load(ctx, false, None, tied(c))?,
             blocks,
-            norm: ctx.rms_norm(
-                &format!("{root}model.norm"),
-                c.hidden_size,
-                c.rms_norm_eps,
-                false,
-            )?,
-            lm_head: lm_head(ctx, &format!("{root}lm_head"))?,
             rope: rope(c)?,
         })
     }
 }
 
-/// `language_model.` when the weights are stored under mlx-lm's wrapper (what `mlx_lm
-/// convert` writes for Qwen3.5), else nothing.
-fn root_prefix(ctx: &LoadCtx<'_>) -> &'static str {
-    if ctx
-        .weights
-        .contains("language_model.model.embed_tokens.weight")
-    {
-        "language_model."
-    } else {
-        tracing::debug!("qwen3_5: weights without the `language_model.` prefix");
-        ""
+/// Whether the LM head is the embedding table: mlx-lm's Qwen3.5 reads a missing
+/// `tie_word_embeddings` as false (other families default to tied).
+fn tied(c: &ModelConfig) -> bool {
+    if !c.raw.contains_key("tie_word_embeddings") {
+        tracing::debug!("qwen3_5: no tie_word_embeddings in config.json; untied, as mlx-lm");
+        return false;
     }
+    c.tie_word_embeddings
 }
 
 fn load_block(ctx: &LoadCtx<'_>, p: &str, is_linear: bool, delta: DeltaNetSpec) -> Result<Block> {
@@ -142,24 +124,6 @@ fn load_block(ctx: &LoadCtx<'_>, p: &str, is_linear: bool, delta: DeltaNetSpec) 
             Activation::Silu,
         )?,
     })
-}
-
-/// The LM head: mlx-lm's Qwen3.5 reads `tie_word_embeddings` as false when config.json
-/// leaves it out (other families default to tied).
-fn lm_head(ctx: &LoadCtx<'_>, path: &str) -> Result<Option<Linear>> {
-    let c = ctx.config;
-    if c.raw.contains_key("tie_word_embeddings") {
-        return ctx.lm_head(path);
-    }
-    tracing::debug!(
-        "qwen3_5: no tie_word_embeddings in config.json; a separate lm_head, as mlx-lm"
-    );
-    Ok(Some(ctx.linear(
-        path,
-        c.hidden_size,
-        c.vocab_size,
-        false,
-    )?))
 }
 
 /// Per layer: whether it is a linear-attention layer. mlx-lm decides by
@@ -319,12 +283,12 @@ impl Network for Qwen35 {
     fn hidden(&self, ids: &mlx_rs::Array, cache: &mut Cache) -> Result<mlx_rs::Array> {
         let len = ids.shape()[1] as usize;
         let offset = cache.offset;
-        let mut x = self.embed.forward(ids)?;
+        let mut x = self.ends.embed(ids)?;
         for (i, block) in self.blocks.iter().enumerate() {
             let n = block.input_norm.forward(&x)?;
             let r = match &block.mixer {
                 Mixer::Linear(net) => net.forward(&n, cache.recurrent(i)?)?,
-                Mixer::Full(attn) => attn.forward(&n, cache.kv(i)?, offset, &self.rope)?,
+                Mixer::Full(attn) => attn.forward(&n, cache.kv(i)?, offset, Some(&self.rope))?,
             };
             x = x.add(&r)?;
             let r = block.mlp.forward(&block.post_attention_norm.forward(&x)?)?;
@@ -335,7 +299,7 @@ impl Network for Qwen35 {
     }
 
     fn logits(&self, x: &mlx_rs::Array) -> Result<mlx_rs::Array> {
-        output_logits(x, &self.norm, self.lm_head.as_ref(), &self.embed)
+        self.ends.logits(x)
     }
 
     fn cache_kinds(&self) -> Vec<CacheKind> {

@@ -98,9 +98,11 @@ impl GatedDeltaNet {
             in_proj_a: ctx.linear(&path("in_proj_a"), hidden, s.n_v_heads, false)?,
             conv_weight: ctx.param(&path("conv1d.weight"), &[s.conv_dim(), s.conv_kernel, 1])?,
             // mlx-lm keeps A_log in float32 whatever the model's dtype.
-            a_log: ctx
-                .weights
-                .array(&path("A_log"), &[Some(s.n_v_heads)], Some(Dtype::Float32))?,
+            a_log: ctx.weights.array(
+                &ctx.full_name(&path("A_log")),
+                &[Some(s.n_v_heads)],
+                Some(Dtype::Float32),
+            )?,
             dt_bias: ctx.param(&path("dt_bias"), &[s.n_v_heads])?,
             norm: ctx.rms_norm(&path("norm"), s.v_head_dim, s.eps, false)?,
             out_proj: ctx.linear(&path("out_proj"), value_dim, hidden, false)?,
