@@ -19,9 +19,9 @@ prompts of the e2e tests, for the dense directory and for its `mlx_lm convert` b
 MIN_REL_GAP (relative to max(|top-1|, 1)) or a run is a one-token loop.
 `search` runs that check over a range of seeds (to choose the defaults in SEEDS).
 
-Random init: weights are N(0, 1/fan_in) except the (tied) embedding / lm_head rows, whose
-norms are log-normal, so that a few tokens dominate each step's logits (clear greedy
-margins) while the hidden state's direction still decides which ones (no one-token loops).
+Random init: weights N(0, gain^2/fan_in) (gains in GAINS: sharper attention, layer outputs
+larger than the token's own embedding), norms around 1, and a few "champion" tokens in the
+output matrix (see add_champions) so that greedy steps have clear margins.
 
 Run it with the reference venv (scripts/oracle-venv.sh): mlx, mlx-lm 0.32.2, transformers.
 """
@@ -113,34 +113,27 @@ SMALL = dict(
 )
 
 
-def cfg_llama():
-    c = transformers_config(
-        "LlamaConfig", num_hidden_layers=2, tie_word_embeddings=True, **SMALL, **TOKEN_IDS
-    )
-    c = clean(c, "LlamaForCausalLM")
-    c["rope_theta"] = 100000.0
+def causal_lm(class_name, architecture, rope_theta, **fields):
+    """A text-only config with tiny sizes (SMALL, 2 layers unless given) and `rope_theta` at
+    the top level, as released checkpoints of these families spell it (transformers 5.24
+    writes `rope_parameters` instead, which mlx-lm does not read for them)."""
+    c = transformers_config(class_name, **{**SMALL, "num_hidden_layers": 2, **fields, **TOKEN_IDS})
+    c = clean(c, architecture)
+    c["rope_theta"] = rope_theta
     c.pop("rope_parameters", None)
     return c
+
+
+def cfg_llama():
+    return causal_lm("LlamaConfig", "LlamaForCausalLM", 100000.0, tie_word_embeddings=True)
 
 
 def cfg_qwen2():
-    c = transformers_config(
-        "Qwen2Config", num_hidden_layers=2, tie_word_embeddings=False, **SMALL, **TOKEN_IDS
-    )
-    c = clean(c, "Qwen2ForCausalLM")
-    c["rope_theta"] = 1000000.0
-    c.pop("rope_parameters", None)
-    return c
+    return causal_lm("Qwen2Config", "Qwen2ForCausalLM", 1000000.0, tie_word_embeddings=False)
 
 
 def cfg_qwen3():
-    c = transformers_config(
-        "Qwen3Config", num_hidden_layers=2, tie_word_embeddings=True, **SMALL, **TOKEN_IDS
-    )
-    c = clean(c, "Qwen3ForCausalLM")
-    c["rope_theta"] = 1000000.0
-    c.pop("rope_parameters", None)
-    return c
+    return causal_lm("Qwen3Config", "Qwen3ForCausalLM", 1000000.0, tie_word_embeddings=True)
 
 
 def cfg_gemma3_text():
@@ -200,17 +193,23 @@ def gemma4_text_dict(**extra):
     return c
 
 
+# Like the E2B/E4B checkpoints: full layers with their own head dim, KV-shared layers (the
+# last 2: one sliding, one full) with a double-wide MLP, per-layer input embeddings.
+GEMMA4_E2B = dict(
+    global_head_dim=32,
+    num_kv_shared_layers=2,
+    use_double_wide_mlp=True,
+    hidden_size_per_layer_input=16,
+)
+
+
 def cfg_gemma4_text():
-    # Everything at once: sliding + full layers with their own head dims and RoPE, KV-shared
-    # layers (the last 2: one sliding, one full), double-wide MLP there, per-layer input
-    # embeddings, K=V on full layers with their own KV head count, and the MoE block.
+    # Everything at once: E2B's layer kinds, plus K=V on full layers with their own KV head
+    # count and the MoE block (the 26B/31B kinds).
     c = gemma4_text_dict(
-        global_head_dim=32,
+        **GEMMA4_E2B,
         num_global_key_value_heads=1,
         attention_k_eq_v=True,
-        num_kv_shared_layers=2,
-        use_double_wide_mlp=True,
-        hidden_size_per_layer_input=16,
         enable_moe_block=True,
         num_experts=4,
         top_k_experts=2,
@@ -220,14 +219,8 @@ def cfg_gemma4_text():
 
 
 def cfg_gemma4():
-    # The multimodal wrapper (text model under `language_model`), like the E2B/E4B
-    # checkpoints: per-layer inputs, KV sharing, double-wide MLP; no MoE, no K=V.
-    text = gemma4_text_dict(
-        global_head_dim=32,
-        num_kv_shared_layers=2,
-        use_double_wide_mlp=True,
-        hidden_size_per_layer_input=16,
-    )
+    # The multimodal wrapper (text model under `language_model`) of an E2B-like model.
+    text = gemma4_text_dict(**GEMMA4_E2B)
     import transformers
 
     vision = transformers.Gemma4VisionConfig(
@@ -246,8 +239,10 @@ def cfg_gemma4():
 
 
 def cfg_qwen3_moe():
-    c = transformers_config(
+    c = causal_lm(
         "Qwen3MoeConfig",
+        "Qwen3MoeForCausalLM",
+        1000000.0,
         num_hidden_layers=3,
         num_experts=4,
         num_experts_per_tok=2,
@@ -256,14 +251,10 @@ def cfg_qwen3_moe():
         mlp_only_layers=[1],  # one dense layer among the sparse ones
         norm_topk_prob=True,
         tie_word_embeddings=False,
-        **SMALL,
-        **TOKEN_IDS,
     )
-    c = clean(c, "Qwen3MoeForCausalLM")
-    c["rope_theta"] = 1000000.0
-    c.pop("rope_parameters", None)
-    if "num_local_experts" in c:
-        c["num_experts"] = c.pop("num_local_experts")
+    # transformers 5.24 writes `num_local_experts`; Qwen3-MoE checkpoints (and mlx-lm) say
+    # `num_experts`.
+    c["num_experts"] = c.pop("num_local_experts")
     return c
 
 
@@ -395,57 +386,39 @@ def cfg_mistral3():
 
 
 def cfg_smollm3():
-    c = transformers_config(
+    return causal_lm(
         "SmolLM3Config",
+        "SmolLM3ForCausalLM",
+        2000000.0,
         num_hidden_layers=4,
         no_rope_layer_interval=2,  # layers 1 and 3 without RoPE
         tie_word_embeddings=True,
-        **SMALL,
-        **TOKEN_IDS,
     )
-    c = clean(c, "SmolLM3ForCausalLM")
-    c["rope_theta"] = 2000000.0
-    c.pop("rope_parameters", None)
-    return c
 
 
 def cfg_phi3():
-    head_dim = SMALL["head_dim"]
-    n = head_dim // 2
-    c = transformers_config(
+    n = SMALL["head_dim"] // 2
+    c = causal_lm(
         "Phi3Config",
-        num_hidden_layers=2,
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        "Phi3ForCausalLM",
+        10000.0,
         max_position_embeddings=131072,
         original_max_position_embeddings=4096,
         rms_norm_eps=1e-5,
         tie_word_embeddings=False,
-        **TOKEN_IDS,
     )
-    c = clean(c, "Phi3ForCausalLM")
-    c.pop("rope_parameters", None)
-    c["rope_theta"] = 10000.0
+    c.pop("head_dim", None)
     # Phi-3-mini-128k spelling; mlx-lm applies the long factors at every length.
     c["rope_scaling"] = {
         "type": "longrope",
         "long_factor": [round(1.0 + 0.35 * i, 4) for i in range(n)],
         "short_factor": [round(1.0 + 0.05 * i, 4) for i in range(n)],
     }
-    c["original_max_position_embeddings"] = 4096
     return c
 
 
 def cfg_olmo2():
-    c = transformers_config(
-        "Olmo2Config", num_hidden_layers=2, tie_word_embeddings=False, **SMALL, **TOKEN_IDS
-    )
-    c = clean(c, "Olmo2ForCausalLM")
-    c["rope_theta"] = 500000.0
-    c.pop("rope_parameters", None)
-    return c
+    return causal_lm("Olmo2Config", "Olmo2ForCausalLM", 500000.0, tie_word_embeddings=False)
 
 
 # ------------------------------------------------------------------------------------------
@@ -471,8 +444,10 @@ def prefix_swap(params, mlx_prefix, hf_prefix, lm_head="lm_head.weight"):
     return out
 
 
-def towers(rng, names):
-    """Small vision-tower tensors: a real multimodal checkpoint has them, sanitize skips them."""
+def towers(seed, names):
+    """Small vision-tower (and multi-token-prediction) tensors: a real checkpoint has them,
+    sanitize skips them."""
+    rng = np.random.default_rng(seed)
     return {n: rng.standard_normal(shape).astype(np.float32) * 0.02 for n, shape in names}
 
 
@@ -509,18 +484,12 @@ def unsanitize_gemma4(params, config):
     text = {k.replace("language_model.model.", "model.", 1): v for k, v in params.items()}
     text = unsanitize_gemma4_text(text, config["text_config"])
     out = {"model.language_model." + k.removeprefix("model."): v for k, v in text.items()}
-    rng = np.random.default_rng(11)
-    out.update(
-        towers(
-            rng,
-            [
-                ("model.vision_tower.encoder.layers.0.mlp.fc1.weight", (64, 32)),
-                ("model.vision_tower.patch_embedder.input_proj.weight", (32, 768)),
-                ("model.embed_vision.embedding_projection.weight", (64, 32)),
-            ],
-        )
-    )
-    return out
+    vision = [
+        ("model.vision_tower.encoder.layers.0.mlp.fc1.weight", (64, 32)),
+        ("model.vision_tower.patch_embedder.input_proj.weight", (32, 768)),
+        ("model.embed_vision.embedding_projection.weight", (64, 32)),
+    ]
+    return {**out, **towers(11, vision)}
 
 
 def unsanitize_qwen3_moe(params, config):
@@ -592,33 +561,21 @@ def unsanitize_qwen3_5(params, config):
             continue
         out[k] = v
     out = prefix_swap(out, "language_model.", "model.language_model.")
-    rng = np.random.default_rng(13)
-    out.update(
-        towers(
-            rng,
-            [
-                ("model.visual.blocks.0.mlp.linear_fc1.weight", (64, 32)),
-                ("model.visual.merger.linear_fc2.weight", (64, 64)),
-                ("mtp.fc.weight", (64, 128)),
-            ],
-        )
-    )
-    return out
+    skipped = [
+        ("model.visual.blocks.0.mlp.linear_fc1.weight", (64, 32)),
+        ("model.visual.merger.linear_fc2.weight", (64, 64)),
+        ("mtp.fc.weight", (64, 128)),
+    ]
+    return {**out, **towers(13, skipped)}
 
 
 def unsanitize_mistral3(params, config):
     out = prefix_swap(params, "language_model.", "model.language_model.")
-    rng = np.random.default_rng(17)
-    out.update(
-        towers(
-            rng,
-            [
-                ("model.vision_tower.transformer.layers.0.feed_forward.gate_proj.weight", (64, 32)),
-                ("model.multi_modal_projector.linear_1.weight", (64, 32)),
-            ],
-        )
-    )
-    return out
+    vision = [
+        ("model.vision_tower.transformer.layers.0.feed_forward.gate_proj.weight", (64, 32)),
+        ("model.multi_modal_projector.linear_1.weight", (64, 32)),
+    ]
+    return {**out, **towers(17, vision)}
 
 
 # ------------------------------------------------------------------------------------------

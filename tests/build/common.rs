@@ -2,16 +2,17 @@
 //! binary in a directory, parsing status lines, shared builds; the reference conversions
 //! (`mlx_lm convert`, cached) and tensor-by-tensor comparison come from `mlx_lm_build`.
 
-use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 pub use crate::mlx_lm_build::{assert_same_tensors, mlx_lm_convert, tensors};
-use crate::support::{self, bin, converted, repo_root, run_command, Run, Variant};
+use crate::support::{
+    self, bin, converted, once_per_key, repo_root, run_command, OnceMap, Run, Variant,
+};
 
 /// Wall-clock limit of one child process.
 pub const TIMEOUT: Duration = Duration::from_secs(1200);
@@ -114,16 +115,8 @@ pub fn with_status(run: &Run, verb: &str) -> Vec<String> {
 /// process (`--force`: the binary may have changed since the last run), in
 /// `target/build-tests/<name>/`. Returns the output directory.
 pub fn shared_build(name: &str, body: &str) -> PathBuf {
-    type Cell = std::sync::Arc<OnceLock<Result<PathBuf, String>>>;
-    static BUILDS: OnceLock<Mutex<BTreeMap<String, Cell>>> = OnceLock::new();
-    let cell: Cell = BUILDS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap()
-        .entry(name.to_string())
-        .or_default()
-        .clone();
-    cell.get_or_init(|| {
+    static BUILDS: OnceMap<String, PathBuf> = OnceLock::new();
+    once_per_key(&BUILDS, name.to_string(), || {
         let dir = repo_root().join("target").join("build-tests").join(name);
         fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         own_workspace(&dir);
@@ -138,8 +131,6 @@ pub fn shared_build(name: &str, body: &str) -> PathBuf {
         }
         Ok(dir.join("target").join("rmlx").join(name))
     })
-    .clone()
-    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub fn read(path: &Path) -> String {

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::support::{self, repo_root, run_command, sha256_hex};
+use crate::support::{self, once_per_key, repo_root, run_command, sha256_hex, OnceMap};
 
 /// Wall-clock limit of one `mlx_lm convert`.
 const CONVERT_TIMEOUT: Duration = Duration::from_secs(1200);
@@ -18,23 +18,12 @@ const CONVERT_TIMEOUT: Duration = Duration::from_secs(1200);
 /// `target/test-models/build-cache/` by the source's content, the arguments and the
 /// reference's pinned requirements. Returns the output directory.
 pub fn mlx_lm_convert(src: &Path, args: &[&str]) -> PathBuf {
-    type Cell = std::sync::Arc<OnceLock<Result<PathBuf, String>>>;
-    type Runs = Mutex<BTreeMap<(PathBuf, Vec<String>), Cell>>;
-    static RUNS: OnceLock<Runs> = OnceLock::new();
+    static RUNS: OnceMap<(PathBuf, Vec<String>), PathBuf> = OnceLock::new();
     let key = (
         src.to_path_buf(),
         args.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
     );
-    let cell: Cell = RUNS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap()
-        .entry(key)
-        .or_default()
-        .clone();
-    cell.get_or_init(|| convert_cached(src, args))
-        .clone()
-        .unwrap_or_else(|e| panic!("{e}"))
+    once_per_key(&RUNS, key, || convert_cached(src, args))
 }
 
 fn convert_cached(src: &Path, args: &[&str]) -> Result<PathBuf, String> {

@@ -14,18 +14,17 @@
 //! `dense = mlx_lm_dense` when the checkpoint layout is not the MLX layout (the dense checks
 //! then run on the unquantized `mlx_lm convert` of it).
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::mlx_lm_build::assert_same_tensors;
 use crate::oracle::{check_dir_with, LogitTolerance, Tolerance};
 use crate::support::{
-    bin, converted, models_dir, oracle_python, repo_root, run_command, scratch_dir, sha256_hex,
-    Variant, CHAT_PROMPT, RAW_PROMPT,
+    bin, converted, models_dir, once_per_key, oracle_python, repo_root, run_command, scratch_dir,
+    sha256_hex, OnceMap, Variant, CHAT_PROMPT, RAW_PROMPT,
 };
 
 /// Float32 weights, float32 computation on both sides: no near-ties to forgive (the script
@@ -71,34 +70,13 @@ impl Mode {
     }
 }
 
-/// One setup result per key, computed once per process.
-type Cells = OnceLock<Mutex<BTreeMap<String, Arc<OnceLock<Result<PathBuf, String>>>>>>;
-
-/// Runs `f` once per key in this process (concurrent callers wait for the first).
-fn once_per_key(
-    cells: &'static Cells,
-    key: &str,
-    f: impl FnOnce() -> Result<PathBuf, String>,
-) -> PathBuf {
-    let cell = cells
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap()
-        .entry(key.to_string())
-        .or_default()
-        .clone();
-    cell.get_or_init(f)
-        .clone()
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
 /// The tiny model of `model_type` (`variant`: "dense", or "mxfp4-native" for gpt_oss's
 /// released expert layout), made by the script into
 /// `<models>/tiny/<model_type>[-<variant>]-<script hash>` on first use, reused after.
 pub fn tiny_model_variant(model_type: &str, variant: &str) -> PathBuf {
-    static MODELS: Cells = OnceLock::new();
+    static MODELS: OnceMap<String, PathBuf> = OnceLock::new();
     let key = format!("{model_type}/{variant}");
-    once_per_key(&MODELS, &key, || make_tiny(model_type, variant))
+    once_per_key(&MODELS, key, || make_tiny(model_type, variant))
 }
 
 /// The Hugging Face directory of `model_type`'s tiny model.
