@@ -279,3 +279,9 @@ tiny_arch_tests!(qwen2, "qwen2", modes = [affine4]);
 tiny_arch_tests!(qwen3, "qwen3", modes = [affine4]);
 tiny_arch_tests!(gemma3_text, "gemma3_text", modes = [affine4]);
 tiny_arch_tests!(qwen3_5, "qwen3_5", modes = [affine4], dense = mlx_lm_dense);
+tiny_arch_tests!(
+    qwen3_5_moe,
+    "qwen3_5_moe",
+    modes = [affine4],
+    dense = mlx_lm_dense
+);

@@ -2,20 +2,23 @@
 //! delta-net linear attention (`engine::deltanet`, recurrent cache); every
 //! `full_attention_interval`-th layer is gated full attention (`Attention::load_with_gate`: q/k
 //! norms, an output gate, RoPE over the first `partial_rotary_factor` of each head; KV cache).
-//! Each layer then runs a SwiGLU MLP. Parameters are in mlx-lm's layout; the multimodal
+//! Each layer then runs a SwiGLU MLP (`qwen3_5_moe`: routed experts plus a gated shared
+//! expert). Parameters are in mlx-lm's layout; the multimodal
 //! wrapper (`crate::arch::Wrapper`: `text_config`, tensors under `language_model.`) is
 //! resolved before this module runs.
 
+use mlx_rs::Array;
 use serde_json::Value;
 
-use super::{Architecture, Convert};
+use super::{config_bool, config_size, Architecture, Convert};
 use crate::diagnostic::{Diagnostic, Result};
 use crate::engine::attention::{Attention, AttentionSpec};
 use crate::engine::cache::{Cache, CacheKind};
 use crate::engine::deltanet::{DeltaNetSpec, GatedDeltaNet};
 use crate::engine::ends::Ends;
-use crate::engine::layers::{LoadCtx, RmsNorm, Rope};
+use crate::engine::layers::{Linear, LoadCtx, RmsNorm, Rope};
 use crate::engine::mlp::{Activation, GatedMlp};
+use crate::engine::moe::{stacked_experts, ExpertActivation, MoeSpec, Routing, SparseMoe};
 use crate::engine::network::Network;
 use crate::snapshot::{ModelConfig, RopeScaling};
 
@@ -48,7 +51,76 @@ struct Block {
     input_norm: RmsNorm,
     mixer: Mixer,
     post_attention_norm: RmsNorm,
-    mlp: GatedMlp,
+    mlp: FeedForward,
+}
+
+/// A layer's feed-forward: the SwiGLU MLP, or — in every layer when `num_experts` > 0, as
+/// mlx-lm builds it — routed experts plus a shared expert.
+#[derive(Debug)]
+enum FeedForward {
+    Dense(GatedMlp),
+    Sparse(SharedExpertMoe),
+}
+
+impl FeedForward {
+    fn forward(&self, x: &Array) -> Result<Array> {
+        match self {
+            FeedForward::Dense(mlp) => mlp.forward(x),
+            FeedForward::Sparse(moe) => moe.forward(x),
+        }
+    }
+}
+
+/// Routed experts (`engine::moe`) plus one always-on shared expert whose output is scaled by
+/// `sigmoid(shared_expert_gate(x))` (Qwen3-Next, Qwen3.5-MoE).
+#[derive(Debug)]
+struct SharedExpertMoe {
+    routed: SparseMoe,
+    shared: GatedMlp,
+    shared_gate: Linear,
+}
+
+impl SharedExpertMoe {
+    /// Loads `{p}.gate`, `{p}.switch_mlp`, `{p}.shared_expert` and `{p}.shared_expert_gate`.
+    fn load(ctx: &LoadCtx<'_>, p: &str) -> Result<Self> {
+        let c = ctx.config;
+        let h = c.hidden_size;
+        let spec = MoeSpec {
+            router: format!("{p}.gate"),
+            router_bias: false,
+            experts: format!("{p}.switch_mlp"),
+            expert_bias: false,
+            num_experts: config_size(c, "num_experts", None)?,
+            top_k: config_size(c, "num_experts_per_tok", None)?,
+            hidden: h,
+            inner: config_size(c, "moe_intermediate_size", None)?,
+            // mlx-lm's Qwen3.5 renormalises the top-k weights unless told otherwise.
+            routing: Routing::SoftmaxTopK {
+                renormalize: config_bool(c, "norm_topk_prob", true)?,
+            },
+            activation: ExpertActivation::Glu(Activation::Silu),
+            load_experts: stacked_experts,
+        };
+        let shared = config_size(c, "shared_expert_intermediate_size", None)?;
+        Ok(Self {
+            routed: SparseMoe::load(ctx, &spec)?,
+            shared: GatedMlp::load(
+                ctx,
+                &format!("{p}.shared_expert"),
+                h,
+                shared,
+                false,
+                Activation::Silu,
+            )?,
+            shared_gate: ctx.linear(&format!("{p}.shared_expert_gate"), h, 1, false)?,
+        })
+    }
+
+    fn forward(&self, x: &Array) -> Result<Array> {
+        let routed = self.routed.forward(x)?;
+        let gate = mlx_rs::ops::sigmoid(self.shared_gate.forward(x)?)?;
+        Ok(routed.add(gate.multiply(self.shared.forward(x)?)?)?)
+    }
 }
 
 /// A loaded Qwen3.5 network.
@@ -74,6 +146,28 @@ impl Qwen35 {
             rope: rope(c)?,
         })
     }
+}
+
+/// The feed-forward at `p`: experts when config.json declares `num_experts` > 0.
+fn feed_forward(ctx: &LoadCtx<'_>, p: &str) -> Result<FeedForward> {
+    let c = ctx.config;
+    if c.raw
+        .get("num_experts")
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+        > 0
+    {
+        return Ok(FeedForward::Sparse(SharedExpertMoe::load(ctx, p)?));
+    }
+    let mlp = GatedMlp::load(
+        ctx,
+        p,
+        c.hidden_size,
+        c.intermediate_size,
+        false,
+        Activation::Silu,
+    )?;
+    Ok(FeedForward::Dense(mlp))
 }
 
 /// Whether the LM head is the embedding table: mlx-lm's Qwen3.5 reads a missing
@@ -115,14 +209,7 @@ fn load_block(ctx: &LoadCtx<'_>, p: &str, is_linear: bool, delta: DeltaNetSpec) 
         input_norm: norm("input_layernorm")?,
         mixer,
         post_attention_norm: norm("post_attention_layernorm")?,
-        mlp: GatedMlp::load(
-            ctx,
-            &format!("{p}.mlp"),
-            h,
-            c.intermediate_size,
-            false,
-            Activation::Silu,
-        )?,
+        mlp: feed_forward(ctx, &format!("{p}.mlp"))?,
     })
 }
 
@@ -131,19 +218,7 @@ fn load_block(ctx: &LoadCtx<'_>, p: &str, is_linear: bool, delta: DeltaNetSpec) 
 /// multiple of it. A `layer_types` list that says otherwise is an error (mlx-lm would not load
 /// such a checkpoint either).
 fn linear_layers(c: &ModelConfig) -> Result<Vec<bool>> {
-    let interval = match c.raw.get("full_attention_interval") {
-        None | Some(Value::Null) => 4,
-        Some(v) => match v.as_u64() {
-            Some(n) if n > 0 => n as usize,
-            _ => {
-                return Err(c.located(
-                    "rmlx::snapshot::config",
-                    format!("`full_attention_interval` must be a positive integer, found {v}"),
-                    "full_attention_interval",
-                ))
-            }
-        },
-    };
+    let interval = config_size(c, "full_attention_interval", Some(4))?;
     let linear: Vec<bool> = (0..c.num_hidden_layers)
         .map(|i| (i + 1) % interval != 0)
         .collect();
@@ -176,20 +251,10 @@ fn linear_layers(c: &ModelConfig) -> Result<Vec<bool>> {
 
 /// A positive size from config.json, or mlx-lm's default for it when absent (logged).
 fn size(c: &ModelConfig, key: &str, default: usize) -> Result<usize> {
-    match c.raw.get(key) {
-        None | Some(Value::Null) => {
-            tracing::warn!("qwen3_5: no `{key}` in config.json; using mlx-lm's default {default}");
-            Ok(default)
-        }
-        Some(v) => match v.as_u64() {
-            Some(n) if n > 0 && n <= 1 << 16 => Ok(n as usize),
-            _ => Err(c.located(
-                "rmlx::snapshot::config",
-                format!("`{key}` must be a positive size (at most 65536), found {v}"),
-                key,
-            )),
-        },
+    if c.raw.get(key).is_none_or(Value::is_null) {
+        tracing::warn!("qwen3_5: no `{key}` in config.json; using mlx-lm's default {default}");
     }
+    config_size(c, key, Some(default))
 }
 
 fn delta_spec(c: &ModelConfig) -> Result<DeltaNetSpec> {
@@ -280,7 +345,7 @@ fn rope_scaling(
 }
 
 impl Network for Qwen35 {
-    fn hidden(&self, ids: &mlx_rs::Array, cache: &mut Cache) -> Result<mlx_rs::Array> {
+    fn hidden(&self, ids: &Array, cache: &mut Cache) -> Result<Array> {
         let len = ids.shape()[1] as usize;
         let offset = cache.offset;
         let mut x = self.ends.embed(ids)?;
@@ -298,7 +363,7 @@ impl Network for Qwen35 {
         Ok(x)
     }
 
-    fn logits(&self, x: &mlx_rs::Array) -> Result<mlx_rs::Array> {
+    fn logits(&self, x: &Array) -> Result<Array> {
         self.ends.logits(x)
     }
 
