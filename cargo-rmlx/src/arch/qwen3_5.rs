@@ -59,7 +59,7 @@ struct Block {
 #[derive(Debug)]
 enum FeedForward {
     Dense(GatedMlp),
-    Sparse(SharedExpertMoe),
+    Sparse(Box<SharedExpertMoe>),
 }
 
 impl FeedForward {
@@ -157,7 +157,9 @@ fn feed_forward(ctx: &LoadCtx<'_>, p: &str) -> Result<FeedForward> {
         .unwrap_or(0)
         > 0
     {
-        return Ok(FeedForward::Sparse(SharedExpertMoe::load(ctx, p)?));
+        return Ok(FeedForward::Sparse(Box::new(SharedExpertMoe::load(
+            ctx, p,
+        )?)));
     }
     let mlp = GatedMlp::load(
         ctx,
