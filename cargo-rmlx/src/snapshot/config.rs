@@ -740,6 +740,22 @@ mod tests {
         "vocab_size":100,"max_position_embeddings":256"#;
 
     #[test]
+    fn intermediate_size_may_be_absent_only_beside_expert_widths() {
+        let sparse = r#"{"model_type":"qwen3_5_moe","text_config":{"model_type":"qwen3_5_moe_text",
+            "hidden_size":64,"num_hidden_layers":2,"num_attention_heads":4,
+            "num_key_value_heads":2,"vocab_size":100,"max_position_embeddings":256,
+            "moe_intermediate_size":32}}"#;
+        let c = parse(sparse).unwrap();
+        assert_eq!(
+            (c.intermediate_size, c.text_model_type.as_str()),
+            (0, "qwen3_5_moe_text")
+        );
+        let dense = BASE.replace("\"intermediate_size\":128,", "") + "}";
+        let err = parse(&dense).unwrap_err();
+        assert!(format!("{err:?}").contains("intermediate_size"), "{err:?}");
+    }
+
+    #[test]
     fn parses_defaults_and_quantization_overrides() {
         let c = parse(&format!(
             "{BASE},\"eos_token_id\":[2,3],\"quantization\":{{\"group_size\":32,\"bits\":4,\
