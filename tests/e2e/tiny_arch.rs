@@ -10,7 +10,9 @@
 //! same quantization writes the same files as `mlx_lm convert` (see [`check_build`]).
 //!
 //! One line enables all of it for an architecture:
-//! `tiny_arch_tests!(qwen3_moe, "qwen3_moe", modes = [affine4]);`
+//! `tiny_arch_tests!(qwen3_moe, "qwen3_moe", modes = [affine4]);` — ending in
+//! `dense = mlx_lm_dense` when the checkpoint layout is not the MLX layout (the dense checks
+//! then run on the unquantized `mlx_lm convert` of it).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -133,6 +135,13 @@ pub fn mlx_lm_convert(model_type: &str, mode: Mode) -> PathBuf {
     crate::mlx_lm_build::mlx_lm_convert(&tiny_model(model_type), mode.mlx_lm_args())
 }
 
+/// The unquantized `mlx_lm convert` of the tiny model: the dense directory checked for an
+/// architecture whose checkpoint layout is not the MLX layout the engine reads (Qwen3.5:
+/// convolution axes, shifted norms, the wrapper's prefixes).
+pub fn mlx_lm_dense(model_type: &str) -> PathBuf {
+    crate::mlx_lm_build::mlx_lm_convert(&tiny_model(model_type), &[])
+}
+
 /// The oracle checks of `dir` for both prompts.
 pub fn check_generation(dir: &Path, name: &str, chat: bool) {
     let prompt = if chat { CHAT_PROMPT } else { RAW_PROMPT };
@@ -189,12 +198,17 @@ pub fn check_build(model_type: &str, mode: Mode) {
 macro_rules! tiny_arch_tests {
     ($name:ident, $model_type:literal, modes = [$($mode:ident),* $(,)?]) => {
         mod $name {
-            tiny_arch_tests!(@body $model_type, [$($mode),*]);
+            tiny_arch_tests!(@body $model_type, [$($mode),*], tiny_model);
+        }
+    };
+    ($name:ident, $model_type:literal, modes = [$($mode:ident),* $(,)?], dense = mlx_lm_dense) => {
+        mod $name {
+            tiny_arch_tests!(@body $model_type, [$($mode),*], mlx_lm_dense);
         }
     };
     ($name:ident, $model_type:literal, modes = [$($mode:ident),* $(,)?], native_mxfp4) => {
         mod $name {
-            tiny_arch_tests!(@body $model_type, [$($mode),*]);
+            tiny_arch_tests!(@body $model_type, [$($mode),*], tiny_model);
 
             mod native_mxfp4 {
                 use crate::tiny_arch::{check_generation, tiny_model_variant};
@@ -213,19 +227,22 @@ macro_rules! tiny_arch_tests {
             }
         }
     };
-    (@body $model_type:literal, [$($mode:ident),*]) => {
-        use crate::tiny_arch::{check_build, check_generation, mlx_lm_convert, tiny_model, Mode};
+    (@body $model_type:literal, [$($mode:ident),*], $dense:ident) => {
+        #[allow(unused_imports)]
+        use crate::tiny_arch::{
+            check_build, check_generation, mlx_lm_convert, mlx_lm_dense, tiny_model, Mode,
+        };
 
         const DENSE: &str = concat!($model_type, " dense");
 
         #[test]
         fn dense_raw_matches_mlx_lm() {
-            check_generation(&tiny_model($model_type), DENSE, false);
+            check_generation(&$dense($model_type), DENSE, false);
         }
 
         #[test]
         fn dense_chat_matches_mlx_lm() {
-            check_generation(&tiny_model($model_type), DENSE, true);
+            check_generation(&$dense($model_type), DENSE, true);
         }
 
         $(
@@ -265,6 +282,18 @@ tiny_arch_tests!(smollm3, "smollm3", modes = [affine4]);
 tiny_arch_tests!(phi3, "phi3", modes = [affine4]);
 tiny_arch_tests!(olmo2, "olmo2", modes = [affine4]);
 tiny_arch_tests!(ministral3, "ministral3", modes = [affine4]);
-tiny_arch_tests!(mistral3, "mistral3", modes = [affine4]);
+tiny_arch_tests!(
+    mistral3,
+    "mistral3",
+    modes = [affine4],
+    dense = mlx_lm_dense
+);
 tiny_arch_tests!(qwen3_moe, "qwen3_moe", modes = [affine4]);
 tiny_arch_tests!(gpt_oss, "gpt_oss", modes = [affine4, mxfp4], native_mxfp4);
+tiny_arch_tests!(qwen3_5, "qwen3_5", modes = [affine4], dense = mlx_lm_dense);
+tiny_arch_tests!(
+    qwen3_5_moe,
+    "qwen3_5_moe",
+    modes = [affine4],
+    dense = mlx_lm_dense
+);

@@ -14,6 +14,7 @@ pub mod llama;
 pub mod ministral3;
 pub mod olmo2;
 pub mod phi3;
+pub mod qwen3_5;
 pub mod qwen3_moe;
 
 use serde_json::{Map, Value};
@@ -49,6 +50,7 @@ pub static REGISTRY: &[&Architecture] = &[
     &olmo2::ARCH,
     &phi3::ARCH,
     &ministral3::ARCH,
+    &qwen3_5::ARCH,
     &qwen3_moe::ARCH,
     &gpt_oss::ARCH,
 ];

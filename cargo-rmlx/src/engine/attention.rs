@@ -1,6 +1,7 @@
 //! Attention blocks shared by the architectures: [`Attention`] (q/k/v/o projections, optional
-//! per-head q/k norms, RoPE, global or sliding-window causal attention over a [`KvLayer`],
-//! optional attention sinks) and
+//! per-head q/k norms, RoPE — full or partial, as the [`Rope`] given —, global or
+//! sliding-window causal attention over a [`KvLayer`], optional attention sinks, optionally a
+//! sigmoid output gate produced by the query projection: [`Attention::load_with_gate`]) and
 //! the pieces an architecture with its own attention variant composes: [`split_heads`],
 //! [`merge_heads`], [`attend`] and [`sliding_mask`].
 
@@ -48,6 +49,8 @@ pub struct Attention {
     /// Per-head attention-sink logits (gpt-oss), `[n_heads]`.
     sinks: Option<Array>,
     spec: AttentionSpec,
+    /// `q_proj` yields each head's query followed by an output gate of the same width.
+    output_gate: bool,
 }
 
 impl Attention {
@@ -57,6 +60,19 @@ impl Attention {
         prefix: &str,
         hidden: usize,
         spec: AttentionSpec,
+    ) -> Result<Self> {
+        Self::load_with_gate(ctx, prefix, hidden, spec, false)
+    }
+
+    /// Like [`Self::load`]; with `output_gate` (Qwen3.5, Qwen3-Next) `q_proj` yields, per
+    /// head, the query and then a gate of the same width, and the attention output is
+    /// multiplied by `sigmoid(gate)` before `o_proj`.
+    pub fn load_with_gate(
+        ctx: &LoadCtx<'_>,
+        prefix: &str,
+        hidden: usize,
+        spec: AttentionSpec,
+        output_gate: bool,
     ) -> Result<Self> {
         let (q, kv) = (
             spec.n_heads * spec.head_dim,
@@ -70,7 +86,12 @@ impl Attention {
                 .transpose()
         };
         Ok(Self {
-            q_proj: ctx.linear(&format!("{prefix}.q_proj"), hidden, q, spec.qkv_bias)?,
+            q_proj: ctx.linear(
+                &format!("{prefix}.q_proj"),
+                hidden,
+                q * (1 + output_gate as usize),
+                spec.qkv_bias,
+            )?,
             k_proj: ctx.linear(&format!("{prefix}.k_proj"), hidden, kv, spec.qkv_bias)?,
             v_proj: ctx.linear(&format!("{prefix}.v_proj"), hidden, kv, spec.qkv_bias)?,
             o_proj: ctx.linear(&format!("{prefix}.o_proj"), q, hidden, spec.o_bias)?,
@@ -78,6 +99,7 @@ impl Attention {
             k_norm: norm("k_norm")?,
             sinks: None,
             spec,
+            output_gate,
         })
     }
 
@@ -90,9 +112,10 @@ impl Attention {
 
     /// Whether every projection can run on the host kernels (see `Decoder`'s host decode).
     pub fn host_capable(&self) -> bool {
-        [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
-            .iter()
-            .all(|l| l.host_capable())
+        !self.output_gate
+            && [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
+                .iter()
+                .all(|l| l.host_capable())
     }
 
     /// `x` (`[B, L, hidden]`) → attention output projected back to `[B, L, hidden]`.
@@ -104,8 +127,28 @@ impl Attention {
         rope: Option<&Rope>,
     ) -> Result<Array> {
         let [q, k, v] = Linear::forward_many([&self.q_proj, &self.k_proj, &self.v_proj], x)?;
+        if !self.output_gate {
+            let o = self.core(q, k, v, cache, offset, rope)?;
+            return self.o_proj.forward(&o);
+        }
+        let (q, gate) = self.split_gate(&q)?;
         let o = self.core(q, k, v, cache, offset, rope)?;
-        self.o_proj.forward(&o)
+        self.o_proj
+            .forward(&o.multiply(mlx_rs::ops::sigmoid(&gate)?)?)
+    }
+
+    /// The gated query projection `[B, L, heads · 2 · head_dim]` → queries and gates, each
+    /// `[B, L, heads · head_dim]`.
+    fn split_gate(&self, q: &Array) -> Result<(Array, Array)> {
+        let s = &self.spec;
+        let (b, l) = (q.shape()[0], q.shape()[1]);
+        let per_head = q.reshape(&[b, l, s.n_heads as i32, 2 * s.head_dim as i32])?;
+        let halves = per_head.split_equal(2, -1)?;
+        let width = (s.n_heads * s.head_dim) as i32;
+        Ok((
+            halves[0].reshape(&[b, l, width])?,
+            halves[1].reshape(&[b, l, width])?,
+        ))
     }
 
     /// Attention from projected `q`, `k`, `v` (`[B, L, heads · head_dim]`) to the input of

@@ -10,6 +10,7 @@ pub mod attention;
 pub mod blas;
 pub mod cache;
 pub mod decoder;
+pub mod deltanet;
 pub mod ends;
 pub mod ffi;
 pub mod generate;
@@ -113,4 +114,4 @@ impl Model {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -23,7 +23,8 @@ const FF: usize = 48;
 const LAYERS: usize = 2;
 const VOCAB: usize = 40;
 
-struct Rng(u64);
+/// A tiny deterministic generator of test weights (uniform in `[-0.5, 0.5)`).
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
     fn next(&mut self) -> f32 {
@@ -33,7 +34,8 @@ impl Rng {
             .wrapping_add(1442695040888963407);
         ((self.0 >> 40) as f32 / (1u64 << 24) as f32) - 0.5
     }
-    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+    /// `n` values uniform in `[-scale / 2, scale / 2)`.
+    pub(crate) fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
         (0..n).map(|_| self.next() * scale).collect()
     }
 }
@@ -46,7 +48,8 @@ enum Arch {
     Gemma3,
 }
 
-type Weights = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+/// Tensors by name: shape and float32 values.
+pub(crate) type Weights = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
 fn make_weights(arch: Arch, rng: &mut Rng) -> Weights {
     let mut w = Weights::new();
@@ -141,6 +144,11 @@ fn config(arch: Arch) -> serde_json::Value {
 
 fn write_model(dir: &Path, arch: Arch, w: &Weights) {
     std::fs::write(dir.join("config.json"), config(arch).to_string()).expect("config");
+    write_weights(dir, w);
+}
+
+/// Writes `w` as `dir/model.safetensors` (float32).
+pub(crate) fn write_weights(dir: &Path, w: &Weights) {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = w
         .iter()
         .map(|(n, (s, v))| {

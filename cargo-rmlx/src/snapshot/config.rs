@@ -167,7 +167,7 @@ pub struct ModelConfig {
     pub weight_prefix: String,
     /// Width of the residual stream.
     pub hidden_size: usize,
-    /// Width of the MLP.
+    /// Width of the MLP (0 when config.json declares only expert widths).
     pub intermediate_size: usize,
     /// Number of transformer blocks.
     pub num_hidden_layers: usize,
@@ -379,7 +379,13 @@ impl ModelConfig {
             text_model_type,
             weight_prefix,
             hidden_size,
-            intermediate_size: fields.usize("intermediate_size")?,
+            intermediate_size: match fields.opt_usize("intermediate_size")? {
+                Some(n) => n,
+                // Models whose every layer is a mixture of experts (Qwen3.5-MoE) declare only
+                // the experts' widths; architectures that need a dense MLP check their tensors.
+                None if raw.contains_key("moe_intermediate_size") => 0,
+                None => return Err(fields.missing("intermediate_size")),
+            },
             num_hidden_layers: fields.usize("num_hidden_layers")?,
             num_attention_heads,
             num_key_value_heads,
@@ -784,6 +790,22 @@ mod tests {
     const BASE: &str = r#"{"model_type":"llama","hidden_size":64,"intermediate_size":128,
         "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,
         "vocab_size":100,"max_position_embeddings":256"#;
+
+    #[test]
+    fn intermediate_size_may_be_absent_only_beside_expert_widths() {
+        let sparse = r#"{"model_type":"qwen3_5_moe","text_config":{"model_type":"qwen3_5_moe_text",
+            "hidden_size":64,"num_hidden_layers":2,"num_attention_heads":4,
+            "num_key_value_heads":2,"vocab_size":100,"max_position_embeddings":256,
+            "moe_intermediate_size":32}}"#;
+        let c = parse(sparse).unwrap();
+        assert_eq!(
+            (c.intermediate_size, c.text_model_type.as_str()),
+            (0, "qwen3_5_moe_text")
+        );
+        let dense = BASE.replace("\"intermediate_size\":128,", "") + "}";
+        let err = parse(&dense).unwrap_err();
+        assert!(format!("{err:?}").contains("intermediate_size"), "{err:?}");
+    }
 
     #[test]
     fn parses_defaults_and_quantization_overrides() {
