@@ -9,6 +9,7 @@
 //! [`REGISTRY`].
 
 pub mod gemma3;
+pub mod gemma4;
 pub mod llama;
 
 use crate::diagnostic::{Diagnostic, Result};
@@ -36,7 +37,7 @@ pub struct Convert {
 }
 
 /// Every supported architecture.
-pub static REGISTRY: &[&Architecture] = &[&llama::ARCH, &gemma3::ARCH];
+pub static REGISTRY: &[&Architecture] = &[&llama::ARCH, &gemma3::ARCH, &gemma4::ARCH];
 
 /// The entry running `model_type`, if any.
 pub fn lookup(model_type: &str) -> Option<&'static Architecture> {
