@@ -1,15 +1,20 @@
 //! The llama family: Llama 2/3, SmolLM, TinyLlama and Mistral share one layout; Qwen2 adds
-//! q/k/v biases; Qwen3 normalises each q/k head. All are the standard dense decoder.
+//! q/k/v biases; Qwen3 normalises each q/k head; SmolLM3 leaves RoPE out of every
+//! `no_rope_layer_interval`-th layer (or those `no_rope_layers` marks 0). All are the
+//! standard dense decoder.
 
 use super::{Architecture, Convert};
+use serde_json::Value;
+
 use crate::diagnostic::Result;
 use crate::engine::decoder::{Decoder, DecoderSpec};
 use crate::engine::layers::LoadCtx;
 use crate::engine::network::Network;
+use crate::snapshot::ModelConfig;
 
 /// Registry entry.
 pub const ARCH: Architecture = Architecture {
-    model_types: &["llama", "mistral", "qwen2", "qwen3"],
+    model_types: &["llama", "mistral", "qwen2", "qwen3", "smollm3"],
     load,
     convert: Convert {
         drops_tied_lm_head: true,
@@ -31,7 +36,54 @@ fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {
             qk_norm: true,
             ..base
         },
+        "smollm3" => DecoderSpec {
+            no_rope: smollm3_no_rope(config)?,
+            ..base
+        },
         _ => base,
     };
     Ok(Box::new(Decoder::load(ctx, &spec)?))
+}
+
+/// SmolLM3's NoPE layers: `no_rope_layers[i] == 0`, or else every
+/// `no_rope_layer_interval`-th layer (default 4), as mlx-lm reads them.
+fn smollm3_no_rope(config: &ModelConfig) -> Result<Vec<bool>> {
+    let n = config.num_hidden_layers;
+    match config.raw.get("no_rope_layers") {
+        None | Some(Value::Null) => {
+            let interval = match config.raw.get("no_rope_layer_interval") {
+                None | Some(Value::Null) => 4,
+                Some(v) => match v.as_u64() {
+                    Some(k) if k > 0 => k as usize,
+                    _ => {
+                        return Err(config.located(
+                            "rmlx::snapshot::config",
+                            format!(
+                                "`no_rope_layer_interval` must be a positive integer, found {v}"
+                            ),
+                            "no_rope_layer_interval",
+                        ))
+                    }
+                },
+            };
+            Ok((0..n).map(|i| (i + 1) % interval == 0).collect())
+        }
+        Some(Value::Array(flags)) if flags.len() == n => flags
+            .iter()
+            .map(|f| match f.as_u64() {
+                Some(0) => Ok(true),
+                Some(1) => Ok(false),
+                _ => Err(config.located(
+                    "rmlx::snapshot::config",
+                    format!("`no_rope_layers` entries must be 0 or 1, found {f}"),
+                    "no_rope_layers",
+                )),
+            })
+            .collect(),
+        Some(other) => Err(config.located(
+            "rmlx::snapshot::config",
+            format!("`no_rope_layers` must list one 0/1 flag per layer ({n}), found {other}"),
+            "no_rope_layers",
+        )),
+    }
 }

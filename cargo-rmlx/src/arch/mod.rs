@@ -11,6 +11,9 @@
 pub mod gemma3;
 pub mod gemma4;
 pub mod llama;
+pub mod olmo2;
+
+use serde_json::{Map, Value};
 
 use crate::diagnostic::{Diagnostic, Result};
 use crate::engine::layers::LoadCtx;
@@ -37,7 +40,109 @@ pub struct Convert {
 }
 
 /// Every supported architecture.
-pub static REGISTRY: &[&Architecture] = &[&llama::ARCH, &gemma3::ARCH, &gemma4::ARCH];
+pub static REGISTRY: &[&Architecture] = &[&llama::ARCH, &gemma3::ARCH, &olmo2::ARCH, &gemma4::ARCH];
+
+/// A multimodal checkpoint whose text model is run: its config holds the text model's under
+/// `text_config` (or, where `text_config` is absent, is the text config itself), its text
+/// tensors are named `{prefix}{text model's names}` (MLX layout), and the other towers'
+/// tensors are not read.
+#[derive(Debug)]
+pub struct Wrapper {
+    /// The outer `model_type` values.
+    pub model_types: &'static [&'static str],
+    /// Prefix of the text model's tensors.
+    pub prefix: &'static str,
+    /// Keys the wrapper's loader sets on the text config when it lacks them, from the outer
+    /// config or as constants (mlx-lm's `ModelArgs.__post_init__` of the wrapper).
+    pub text_defaults: fn(outer: &Map<String, Value>, text: &mut Map<String, Value>),
+}
+
+/// Outer keys that apply to the text model too (MLX writes them at the top level).
+const OUTER_KEYS: [&str; 6] = [
+    "quantization",
+    "quantization_config",
+    "eos_token_id",
+    "bos_token_id",
+    "torch_dtype",
+    "dtype",
+];
+
+impl Wrapper {
+    /// The text config of `outer` (merged with the outer keys that apply to it) and its
+    /// `model_type`.
+    pub fn text_config(&self, outer: &Map<String, Value>) -> (Map<String, Value>, String) {
+        let outer_type = outer
+            .get("model_type")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let mut text = match outer.get("text_config") {
+            Some(Value::Object(t)) => t.clone(),
+            _ => {
+                tracing::debug!(
+                    "`{outer_type}` without text_config: the config is the text config"
+                );
+                outer.clone()
+            }
+        };
+        (self.text_defaults)(outer, &mut text);
+        for key in OUTER_KEYS {
+            if let Some(v) = outer.get(key) {
+                text.insert(key.to_string(), v.clone());
+            }
+        }
+        let inner = match text.get("model_type").and_then(Value::as_str) {
+            Some(t) if text.contains_key("hidden_size") || t != outer_type => t.to_string(),
+            _ => outer_type.to_string(),
+        };
+        (text, inner)
+    }
+}
+
+/// Every supported multimodal wrapper.
+pub static WRAPPERS: &[&Wrapper] = &[&MISTRAL3, &GEMMA4, &QWEN3_5];
+
+/// Mistral 3 (Ministral 3, Mistral Small 3.x): a ministral3 / mistral4 / llama text model
+/// beside a vision tower; the text model's embeddings are untied unless it says otherwise.
+const MISTRAL3: Wrapper = Wrapper {
+    model_types: &["mistral3"],
+    prefix: "language_model.",
+    text_defaults: |_, text| {
+        text.entry("tie_word_embeddings")
+            .or_insert(Value::Bool(false));
+    },
+};
+
+/// Gemma 4 (multimodal): the text model takes the outer vocabulary size (262144 when
+/// absent) and defaults to 8 query heads and 1 key/value head, as mlx-lm's wrapper does.
+const GEMMA4: Wrapper = Wrapper {
+    model_types: &["gemma4"],
+    prefix: "language_model.",
+    text_defaults: |outer, text| {
+        let vocab = outer
+            .get("vocab_size")
+            .cloned()
+            .unwrap_or(Value::from(262_144));
+        text.insert("vocab_size".into(), vocab);
+        text.entry("num_attention_heads").or_insert(Value::from(8));
+        text.entry("num_key_value_heads").or_insert(Value::from(1));
+    },
+};
+
+/// Qwen3.5 (dense and MoE): the text model under `language_model`; a config without
+/// `text_config` is the text config itself.
+const QWEN3_5: Wrapper = Wrapper {
+    model_types: &["qwen3_5", "qwen3_5_moe"],
+    prefix: "language_model.",
+    text_defaults: |_, _| {},
+};
+
+/// The wrapper of the outer `model_type`, if it is one.
+pub fn wrapper(model_type: &str) -> Option<&'static Wrapper> {
+    WRAPPERS
+        .iter()
+        .copied()
+        .find(|w| w.model_types.contains(&model_type))
+}
 
 /// The entry running `model_type`, if any.
 pub fn lookup(model_type: &str) -> Option<&'static Architecture> {
@@ -47,18 +152,31 @@ pub fn lookup(model_type: &str) -> Option<&'static Architecture> {
         .find(|a| a.model_types.contains(&model_type))
 }
 
-/// Every supported `model_type`, in registry order.
+/// Every supported `model_type` (text architectures, then wrappers), in registry order.
 pub fn supported_model_types() -> Vec<&'static str> {
-    REGISTRY
-        .iter()
-        .flat_map(|a| a.model_types.iter().copied())
-        .collect()
+    let text = REGISTRY.iter().flat_map(|a| a.model_types.iter().copied());
+    let wrappers = WRAPPERS.iter().flat_map(|w| w.model_types.iter().copied());
+    let mut all: Vec<&str> = Vec::new();
+    for t in text.chain(wrappers) {
+        if !all.contains(&t) {
+            all.push(t);
+        }
+    }
+    all
 }
 
-/// Builds the network of `ctx.config.model_type`.
+/// Builds the network of `ctx.config.text_model_type`.
 pub fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {
     let config: &ModelConfig = ctx.config;
-    match lookup(&config.model_type) {
+    if !config.weight_prefix.is_empty() {
+        tracing::info!(
+            "`{}`: running the text model (`{}`, tensors under `{}`); other towers are not loaded",
+            config.model_type,
+            config.text_model_type,
+            config.weight_prefix
+        );
+    }
+    match lookup(&config.text_model_type) {
         Some(arch) => (arch.load)(ctx),
         None => Err(unsupported(config)),
     }
@@ -68,7 +186,7 @@ pub fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {
 pub fn unsupported(config: &ModelConfig) -> Diagnostic {
     Diagnostic::error(
         "rmlx::snapshot::unsupported-architecture",
-        format!("unsupported model_type `{}`", config.model_type),
+        format!("unsupported model_type `{}`", config.text_model_type),
     )
     .with_file(&config.path)
     .with_help(format!(

@@ -90,7 +90,7 @@ impl Attention {
         x: &Array,
         cache: &mut KvLayer,
         offset: usize,
-        rope: &Rope,
+        rope: Option<&Rope>,
     ) -> Result<Array> {
         let [q, k, v] = Linear::forward_many([&self.q_proj, &self.k_proj, &self.v_proj], x)?;
         let o = self.core(q, k, v, cache, offset, rope)?;
@@ -98,7 +98,8 @@ impl Attention {
     }
 
     /// Attention from projected `q`, `k`, `v` (`[B, L, heads · head_dim]`) to the input of
-    /// `o_proj`: head split, q/k norms, RoPE, cache update, scaled dot-product attention.
+    /// `o_proj`: head split, q/k norms, RoPE (none for NoPE layers), cache update, scaled
+    /// dot-product attention.
     pub fn core(
         &self,
         q: Array,
@@ -106,7 +107,7 @@ impl Attention {
         v: Array,
         cache: &mut KvLayer,
         offset: usize,
-        rope: &Rope,
+        rope: Option<&Rope>,
     ) -> Result<Array> {
         let s = &self.spec;
         let hd = s.head_dim as i32;
@@ -119,12 +120,47 @@ impl Attention {
         if let Some(n) = &self.k_norm {
             k = n.forward(&k)?;
         }
-        let q = rope.forward(&q, offset)?;
-        let k = rope.forward(&k, offset)?;
-        let (k, v) = cache.update(k, v, s.window)?;
-        let o = attend(&q, &k, &v, offset, s.window, s.scale, None)?;
-        merge_heads(o)
+        rope_cache_attend(q, k, v, s, cache, offset, rope)
     }
+}
+
+/// Attention from projected `q`, `k`, `v` (`[B, L, heads · head_dim]`, any norms already
+/// applied) to the input of the output projection, for architectures that project (fused
+/// q/k/v) or normalise (whole-width q/k norms) their own way: head split, RoPE, cache update,
+/// attention, head merge. `spec.qk_norm` is not applied here.
+pub fn attend_projected(
+    q: Array,
+    k: Array,
+    v: Array,
+    spec: &AttentionSpec,
+    cache: &mut KvLayer,
+    offset: usize,
+    rope: Option<&Rope>,
+) -> Result<Array> {
+    let hd = spec.head_dim as i32;
+    let q = split_heads(q, spec.n_heads as i32, hd)?;
+    let k = split_heads(k, spec.n_kv_heads as i32, hd)?;
+    let v = split_heads(v, spec.n_kv_heads as i32, hd)?;
+    rope_cache_attend(q, k, v, spec, cache, offset, rope)
+}
+
+/// Heads (`[B, n, L, d]`) → RoPE, cache update, attention → `[B, L, n_heads · d]`.
+fn rope_cache_attend(
+    mut q: Array,
+    mut k: Array,
+    v: Array,
+    spec: &AttentionSpec,
+    cache: &mut KvLayer,
+    offset: usize,
+    rope: Option<&Rope>,
+) -> Result<Array> {
+    if let Some(rope) = rope {
+        q = rope.forward(&q, offset)?;
+        k = rope.forward(&k, offset)?;
+    }
+    let (k, v) = cache.update(k, v, spec.window)?;
+    let o = attend(&q, &k, &v, offset, spec.window, spec.scale, None)?;
+    merge_heads(o)
 }
 
 /// `[B, L, n · d]` → `[B, n, L, d]`.

@@ -8,7 +8,8 @@ use mlx_rs::{Array, Dtype};
 
 use super::attention::{Attention, AttentionSpec};
 use super::cache::{Cache, CacheKind};
-use super::layers::{Embedding, Linear, LoadCtx, RmsNorm, Rope};
+use super::ends::Ends;
+use super::layers::{Linear, LoadCtx, RmsNorm, Rope};
 use super::mlp::{Activation, GatedMlp};
 use super::network::Network;
 use crate::diagnostic::Result;
@@ -40,6 +41,8 @@ pub struct DecoderSpec {
     pub sliding_window: Vec<Option<usize>>,
     /// RoPE base of local layers, when it differs from `rope_theta` (gemma3).
     pub local_rope_theta: Option<f32>,
+    /// Per layer: `true` for a layer without rotary embeddings (SmolLM3's NoPE layers).
+    pub no_rope: Vec<bool>,
 }
 
 impl DecoderSpec {
@@ -58,6 +61,7 @@ impl DecoderSpec {
             sandwich_norms: false,
             sliding_window: vec![None; config.num_hidden_layers],
             local_rope_theta: None,
+            no_rope: vec![false; config.num_hidden_layers],
         }
     }
 }
@@ -65,8 +69,8 @@ impl DecoderSpec {
 struct Block {
     input_norm: RmsNorm,
     attn: Attention,
-    /// Index into `Decoder::ropes`.
-    rope: usize,
+    /// Index into `Decoder::ropes`; `None` for a NoPE layer.
+    rope: Option<usize>,
     /// Llama: the pre-MLP norm. Gemma (sandwich): the norm of the attention output.
     post_attn_norm: RmsNorm,
     /// Gemma only: pre-MLP norm and MLP-output norm.
@@ -76,13 +80,10 @@ struct Block {
 
 /// A loaded dense decoder.
 pub struct Decoder {
-    embed: Embedding,
+    ends: Ends,
     blocks: Vec<Block>,
-    norm: RmsNorm,
-    lm_head: Option<Linear>,
     /// Global rope, then (gemma3) the local-layer rope.
     ropes: Vec<Rope>,
-    embed_scale: Option<f32>,
     /// Whether one-token steps take the host path, decided at the first step.
     host_decode: std::sync::OnceLock<bool>,
 }
@@ -111,17 +112,14 @@ impl Decoder {
             .map(|i| load_block(ctx, spec, i, ropes.len() - 1))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            embed: ctx.embedding("model.embed_tokens", c.vocab_size, c.hidden_size)?,
-            blocks,
-            norm: ctx.rms_norm(
-                "model.norm",
-                c.hidden_size,
-                c.rms_norm_eps,
+            ends: Ends::load(
+                ctx,
                 spec.norm_one_plus,
+                spec.embed_scale,
+                c.tie_word_embeddings,
             )?,
-            lm_head: ctx.lm_head("lm_head")?,
+            blocks,
             ropes,
-            embed_scale: spec.embed_scale,
             host_decode: std::sync::OnceLock::new(),
         })
     }
@@ -168,7 +166,8 @@ impl Decoder {
             let [q, k, v] =
                 [0, 1, 2].map(|i| Array::from_slice(&qkv[i], &[1, 1, qkv[i].len() as i32]));
             let offset = cache.offset;
-            let o = a.core(q, k, v, cache.kv(i)?, offset, &self.ropes[block.rope])?;
+            let rope = block.rope.map(|r| &self.ropes[r]);
+            let o = a.core(q, k, v, cache.kv(i)?, offset, rope)?;
             let o = o.as_dtype(Dtype::Float32)?;
             let o = super::qmv::host_slice::<f32>(&o, "attention output")?;
             let r = Linear::host_forward_many(&[&a.o_proj], o)?.remove(0);
@@ -217,7 +216,11 @@ fn load_block(ctx: &LoadCtx<'_>, spec: &DecoderSpec, i: usize, local_rope: usize
     Ok(Block {
         input_norm: norm("input_layernorm")?,
         attn: Attention::load(ctx, &format!("{p}.self_attn"), h, attn)?,
-        rope: if window.is_some() { local_rope } else { 0 },
+        rope: match (spec.no_rope.get(i).copied().unwrap_or(false), window) {
+            (true, _) => None,
+            (false, Some(_)) => Some(local_rope),
+            (false, None) => Some(0),
+        },
         post_attn_norm: norm("post_attention_layernorm")?,
         sandwich,
         mlp: GatedMlp::load(
@@ -234,16 +237,13 @@ fn load_block(ctx: &LoadCtx<'_>, spec: &DecoderSpec, i: usize, local_rope: usize
 impl Network for Decoder {
     fn hidden(&self, ids: &Array, cache: &mut Cache) -> Result<Array> {
         let len = ids.shape()[1];
-        let mut x = self.embed.forward(ids)?;
-        if let Some(scale) = self.embed_scale {
-            x = x.multiply(Array::from_f32(scale).as_dtype(x.dtype())?)?;
-        }
+        let mut x = self.ends.embed(ids)?;
         if len == 1 && self.host_decode() {
             return self.hidden_host_decode(x, cache);
         }
         let offset = cache.offset;
         for (i, block) in self.blocks.iter().enumerate() {
-            let rope = &self.ropes[block.rope];
+            let rope = block.rope.map(|r| &self.ropes[r]);
             let r =
                 block
                     .attn
@@ -266,12 +266,7 @@ impl Network for Decoder {
     }
 
     fn logits(&self, x: &Array) -> Result<Array> {
-        let x = self.norm.forward(x)?;
-        let logits = match &self.lm_head {
-            Some(head) => head.forward(&x)?,
-            None => self.embed.as_linear(&x)?,
-        };
-        Ok(logits.as_dtype(Dtype::Float32)?)
+        self.ends.logits(x)
     }
 
     fn cache_kinds(&self) -> Vec<CacheKind> {

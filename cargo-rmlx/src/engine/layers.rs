@@ -22,8 +22,19 @@ pub struct LoadCtx<'a> {
 }
 
 impl LoadCtx<'_> {
+    /// The stored name of `name` (a wrapper's text tensors carry its prefix).
+    pub fn full_name(&self, name: &str) -> String {
+        format!("{}{name}", self.config.weight_prefix)
+    }
+
+    /// Whether the tensor `name` (unprefixed) is stored.
+    pub fn contains(&self, name: &str) -> bool {
+        self.weights.contains(&self.full_name(name))
+    }
+
     /// Quantization settings for module `path`, if it is stored quantized.
     fn quant(&self, path: &str) -> Result<Option<QuantParams>> {
+        let path = &self.full_name(path);
         let has_scales = self.weights.contains(&format!("{path}.scales"));
         let from_config = self
             .config
@@ -48,7 +59,8 @@ impl LoadCtx<'_> {
     /// A float parameter (norm weight, bias) in the compute dtype.
     pub fn param(&self, name: &str, shape: &[usize]) -> Result<Array> {
         let shape: Vec<Option<usize>> = shape.iter().copied().map(Some).collect();
-        self.weights.array(name, &shape, Some(self.dtype))
+        self.weights
+            .array(&self.full_name(name), &shape, Some(self.dtype))
     }
 
     /// Loads the linear layer at `path` mapping `input` to `output` features.
@@ -83,6 +95,7 @@ impl LoadCtx<'_> {
         cols: usize,
         q: QuantParams,
     ) -> Result<(Array, Array, Option<Array>)> {
+        let path = &self.full_name(path);
         let bits = q.bits as usize;
         let group = q.group_size as usize;
         if (cols * bits) % 32 != 0 || cols % group != 0 {
@@ -150,8 +163,14 @@ impl LoadCtx<'_> {
     /// The separate LM head at `path` (`[vocab, hidden]`), or `None` when config.json ties it
     /// to the embeddings (a stored `lm_head` is then ignored, as mlx-lm does — logged).
     pub fn lm_head(&self, path: &str) -> Result<Option<Linear>> {
+        self.lm_head_if(path, self.config.tie_word_embeddings)
+    }
+
+    /// [`Self::lm_head`] for architectures whose tying default differs from config.json's
+    /// usual one (`tied` decided by the architecture).
+    pub fn lm_head_if(&self, path: &str, tied: bool) -> Result<Option<Linear>> {
         let c = self.config;
-        if !c.tie_word_embeddings {
+        if !tied {
             return Ok(Some(self.linear(
                 path,
                 c.hidden_size,
@@ -159,7 +178,7 @@ impl LoadCtx<'_> {
                 false,
             )?));
         }
-        if self.weights.contains(&format!("{path}.weight")) {
+        if self.contains(&format!("{path}.weight")) {
             tracing::info!(
                 "config.json says tie_word_embeddings but {path}.weight exists; using the tied \
                  embedding as mlx-lm does"

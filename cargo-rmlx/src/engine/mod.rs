@@ -1,5 +1,6 @@
 //! The model runtime on MLX: the shared blocks architectures are composed of ([`layers`]:
-//! linear, embedding, norm, RoPE; [`attention`]; [`mlp`]; the standard dense [`decoder`]),
+//! linear, embedding, norm, RoPE; [`ends`]: embeddings in, norm and LM head out;
+//! [`attention`]; [`mlp`]; the standard dense [`decoder`]),
 //! what a loaded architecture offers ([`network`]), the per-layer caches ([`cache`]),
 //! sampling ([`sample`], [`penalty`]) and the generate loop ([`generate`]), the CPU host
 //! kernels ([`qmv`]) and OpenBLAS threading ([`blas`]). The compute dtype is a per-device
@@ -9,6 +10,7 @@ pub mod attention;
 pub mod blas;
 pub mod cache;
 pub mod decoder;
+pub mod ends;
 pub mod generate;
 pub mod layers;
 pub mod mlp;

@@ -132,6 +132,12 @@ pub struct ModelConfig {
     pub path: PathBuf,
     /// `model_type`.
     pub model_type: String,
+    /// The text model's `model_type`: `text_config.model_type` of a multimodal wrapper
+    /// (`crate::arch::Wrapper`), else `model_type`. The registry entry running it is chosen
+    /// by this.
+    pub text_model_type: String,
+    /// Prefix of the text model's tensor names (`language_model.` in wrappers, else empty).
+    pub weight_prefix: String,
     /// Width of the residual stream.
     pub hidden_size: usize,
     /// Width of the MLP.
@@ -168,7 +174,8 @@ pub struct ModelConfig {
     pub torch_dtype: Option<String>,
     /// The MLX quantization block, if the weights are quantized.
     pub quantization: Option<Quantization>,
-    /// The whole file, for architecture-specific keys.
+    /// The whole file (a wrapper's: its text config with the outer quantization, EOS/BOS and
+    /// dtype keys), for architecture-specific keys.
     pub raw: Map<String, Value>,
     /// The file's text (diagnostics point into it).
     pub text: Arc<str>,
@@ -249,17 +256,34 @@ impl ModelConfig {
             )
             .with_file(path));
         };
+        let model_type = Fields {
+            path,
+            text: &text,
+            raw: &raw,
+        }
+        .string("model_type")?;
+        let (raw, weight_prefix, text_model_type) = match crate::arch::wrapper(&model_type) {
+            Some(w) => {
+                let (merged, inner) = w.text_config(&raw);
+                (merged, w.prefix.to_string(), inner)
+            }
+            None => (raw, String::new(), model_type.clone()),
+        };
         let fields = Fields {
             path,
             text: &text,
             raw: &raw,
         };
-        let model_type = fields.string("model_type")?;
-        if crate::arch::lookup(&model_type).is_none() {
+        if crate::arch::lookup(&text_model_type).is_none() {
+            let what = if text_model_type == model_type {
+                format!("unsupported model_type `{model_type}`")
+            } else {
+                format!("unsupported text model_type `{text_model_type}` inside `{model_type}`")
+            };
             return Err(fields
                 .located(
                     "rmlx::snapshot::unsupported-architecture",
-                    format!("unsupported model_type `{model_type}`"),
+                    what,
                     "model_type",
                 )
                 .with_help(format!(
@@ -325,6 +349,8 @@ impl ModelConfig {
         Ok(Self {
             path: path.to_path_buf(),
             model_type,
+            text_model_type,
+            weight_prefix,
             hidden_size,
             intermediate_size: fields.usize("intermediate_size")?,
             num_hidden_layers: fields.usize("num_hidden_layers")?,
@@ -366,7 +392,12 @@ impl ModelConfig {
     /// number of `model.layers.<i>` blocks must be `num_hidden_layers`.
     pub fn check_tensors<'a>(&self, names: impl Iterator<Item = &'a str>) -> Result<()> {
         let present = names
-            .filter_map(|n| n.strip_prefix("model.layers.")?.split('.').next())
+            .filter_map(|n| {
+                n.strip_prefix(self.weight_prefix.as_str())?
+                    .strip_prefix("model.layers.")?
+                    .split('.')
+                    .next()
+            })
             .filter_map(|i| i.parse::<usize>().ok())
             .max()
             .map_or(0, |m| m + 1);
@@ -374,8 +405,12 @@ impl ModelConfig {
             return Ok(());
         }
         let holds = match present {
-            0 => "no `model.layers.*` tensors".to_string(),
-            n => format!("{n} (model.layers.0 to model.layers.{})", n - 1),
+            0 => format!("no `{}model.layers.*` tensors", self.weight_prefix),
+            n => format!(
+                "{n} ({p}model.layers.0 to {p}model.layers.{})",
+                n - 1,
+                p = self.weight_prefix
+            ),
         };
         Err(self
             .located(

@@ -25,7 +25,9 @@ use layer::{KeysValues, KvSource, Layer};
 
 /// Registry entry.
 pub const ARCH: Architecture = Architecture {
-    model_types: &["gemma4_text"],
+    // `gemma4` is the multimodal wrapper (`crate::arch::WRAPPERS`); listed here too because
+    // mlx-lm runs its text model as `gemma4_text` even when `text_config` names no model_type.
+    model_types: &["gemma4_text", "gemma4"],
     load,
     convert: Convert {
         drops_tied_lm_head: false,
@@ -34,7 +36,7 @@ pub const ARCH: Architecture = Architecture {
 
 fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {
     let config = Gemma4Config::parse(ctx.config, &ctx.config.raw)?;
-    Ok(Box::new(Gemma4::load(ctx, &config, "")?))
+    Ok(Box::new(Gemma4::load(ctx, &config)?))
 }
 
 /// A scalar as MLX applies a Python float to an array: rounded to the array's dtype.
@@ -119,9 +121,9 @@ impl std::fmt::Debug for Gemma4 {
 }
 
 impl Gemma4 {
-    /// Loads the text model whose weights are named `{prefix}model.*` and `{prefix}lm_head`.
-    pub fn load(ctx: &LoadCtx<'_>, c: &Gemma4Config, prefix: &str) -> Result<Self> {
-        let p = format!("{prefix}model.");
+    /// Loads the text model (`model.*`, `lm_head`; a wrapper's prefix is the context's).
+    pub fn load(ctx: &LoadCtx<'_>, c: &Gemma4Config) -> Result<Self> {
+        let p = "model.";
         if let Some(pl) = c.per_layer.filter(|pl| pl.vocab < c.vocab) {
             return Err(ctx.config.located(
                 "rmlx::snapshot::config",
@@ -134,20 +136,16 @@ impl Gemma4 {
             ));
         }
         let layers = (0..c.layers)
-            .map(|i| Layer::load(ctx, &p, c, i))
+            .map(|i| Layer::load(ctx, p, c, i))
             .collect::<Result<Vec<_>>>()?;
-        let lm_head = match c.tie_word_embeddings {
-            true => None,
-            false => Some(ctx.linear(&format!("{prefix}lm_head"), c.hidden, c.vocab, false)?),
-        };
         Ok(Self {
             embed: ctx.embedding(&format!("{p}embed_tokens"), c.vocab, c.hidden)?,
-            per_layer: PerLayerInputs::load(ctx, &p, c)?,
+            per_layer: PerLayerInputs::load(ctx, p, c)?,
             layers,
             kv_sources: c.kv_sources(),
             ropes: [rope(c, LayerType::Sliding)?, rope(c, LayerType::Full)?],
             norm: ctx.rms_norm(&format!("{p}norm"), c.hidden, c.eps, false)?,
-            lm_head,
+            lm_head: ctx.lm_head_if("lm_head", c.tie_word_embeddings)?,
             final_softcap: c.final_softcap,
             hidden: c.hidden,
         })
