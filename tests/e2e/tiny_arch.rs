@@ -10,7 +10,9 @@
 //! same quantization writes the same files as `mlx_lm convert` (see [`check_build`]).
 //!
 //! One line enables all of it for an architecture:
-//! `tiny_arch_tests!(qwen3_moe, "qwen3_moe", modes = [affine4]);`
+//! `tiny_arch_tests!(qwen3_moe, "qwen3_moe", modes = [affine4]);` (with
+//! `dense = mlx_lm_convert`, the dense checks run on [`mlx_lm_dense`] instead of the Hugging
+//! Face directory).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -133,6 +135,14 @@ pub fn mlx_lm_convert(model_type: &str, mode: Mode) -> PathBuf {
     crate::mlx_lm_build::mlx_lm_convert(&tiny_model(model_type), mode.mlx_lm_args())
 }
 
+/// The unquantized float32 `mlx_lm convert` of the tiny model: the dense directory of
+/// architectures whose Hugging Face layout differs from the MLX layout the engine reads
+/// (`dense = mlx_lm_convert` in [`tiny_arch_tests!`]; e.g. Gemma 4's fused expert
+/// `gate_up_proj` and its wrapper's `model.language_model.` names).
+pub fn mlx_lm_dense(model_type: &str) -> PathBuf {
+    crate::mlx_lm_build::mlx_lm_convert(&tiny_model(model_type), &["--dtype", "float32"])
+}
+
 /// The oracle checks of `dir` for both prompts.
 pub fn check_generation(dir: &Path, name: &str, chat: bool) {
     let prompt = if chat { CHAT_PROMPT } else { RAW_PROMPT };
@@ -189,12 +199,17 @@ pub fn check_build(model_type: &str, mode: Mode) {
 macro_rules! tiny_arch_tests {
     ($name:ident, $model_type:literal, modes = [$($mode:ident),* $(,)?]) => {
         mod $name {
-            tiny_arch_tests!(@body $model_type, [$($mode),*]);
+            tiny_arch_tests!(@body $model_type, [$($mode),*], tiny_model($model_type));
+        }
+    };
+    ($name:ident, $model_type:literal, modes = [$($mode:ident),* $(,)?], dense = mlx_lm_convert) => {
+        mod $name {
+            tiny_arch_tests!(@body $model_type, [$($mode),*], mlx_lm_dense($model_type));
         }
     };
     ($name:ident, $model_type:literal, modes = [$($mode:ident),* $(,)?], native_mxfp4) => {
         mod $name {
-            tiny_arch_tests!(@body $model_type, [$($mode),*]);
+            tiny_arch_tests!(@body $model_type, [$($mode),*], tiny_model($model_type));
 
             mod native_mxfp4 {
                 use crate::tiny_arch::{check_generation, tiny_model_variant};
@@ -213,19 +228,22 @@ macro_rules! tiny_arch_tests {
             }
         }
     };
-    (@body $model_type:literal, [$($mode:ident),*]) => {
-        use crate::tiny_arch::{check_build, check_generation, mlx_lm_convert, tiny_model, Mode};
+    (@body $model_type:literal, [$($mode:ident),*], $dense:expr) => {
+        #[allow(unused_imports)]
+        use crate::tiny_arch::{
+            check_build, check_generation, mlx_lm_convert, mlx_lm_dense, tiny_model, Mode,
+        };
 
         const DENSE: &str = concat!($model_type, " dense");
 
         #[test]
         fn dense_raw_matches_mlx_lm() {
-            check_generation(&tiny_model($model_type), DENSE, false);
+            check_generation(&$dense, DENSE, false);
         }
 
         #[test]
         fn dense_chat_matches_mlx_lm() {
-            check_generation(&tiny_model($model_type), DENSE, true);
+            check_generation(&$dense, DENSE, true);
         }
 
         $(
@@ -261,3 +279,4 @@ tiny_arch_tests!(llama, "llama", modes = [affine4]);
 tiny_arch_tests!(qwen2, "qwen2", modes = [affine4]);
 tiny_arch_tests!(qwen3, "qwen3", modes = [affine4]);
 tiny_arch_tests!(gemma3_text, "gemma3_text", modes = [affine4]);
+tiny_arch_tests!(gemma4, "gemma4", modes = [affine4], dense = mlx_lm_convert);
