@@ -10,8 +10,10 @@
 
 pub mod gemma3;
 pub mod gemma4;
+pub mod gpt_oss;
 pub mod llama;
 pub mod olmo2;
+pub mod qwen3_moe;
 
 use serde_json::{Map, Value};
 
@@ -40,7 +42,14 @@ pub struct Convert {
 }
 
 /// Every supported architecture.
-pub static REGISTRY: &[&Architecture] = &[&llama::ARCH, &gemma3::ARCH, &olmo2::ARCH, &gemma4::ARCH];
+pub static REGISTRY: &[&Architecture] = &[
+    &llama::ARCH,
+    &gemma3::ARCH,
+    &olmo2::ARCH,
+    &qwen3_moe::ARCH,
+    &gpt_oss::ARCH,
+    &gemma4::ARCH,
+];
 
 /// A multimodal checkpoint whose text model is run: its config holds the text model's under
 /// `text_config` (or, where `text_config` is absent, is the text config itself), its text
@@ -179,6 +188,50 @@ pub fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {
     match lookup(&config.text_model_type) {
         Some(arch) => (arch.load)(ctx),
         None => Err(unsupported(config)),
+    }
+}
+
+/// Largest value of an architecture-specific size key without its own entry in
+/// `snapshot::config::SIZE_LIMITS` (expert counts, expert widths).
+const OTHER_SIZE_LIMIT: u64 = 1 << 20;
+
+/// The positive integer `key` of config.json, `default` when absent (an error pointing at the
+/// key when absent without a default, or not a positive size within its bound).
+pub fn config_size(config: &ModelConfig, key: &str, default: Option<usize>) -> Result<usize> {
+    let max = crate::snapshot::config::size_limit(key).unwrap_or(OTHER_SIZE_LIMIT);
+    match config.raw.get(key) {
+        None | Some(serde_json::Value::Null) => default.ok_or_else(|| {
+            config.located(
+                "rmlx::snapshot::config",
+                format!(
+                    "config.json of a `{}` model needs `{key}`",
+                    config.model_type
+                ),
+                "model_type",
+            )
+        }),
+        Some(v) => match v.as_u64() {
+            Some(n) if n > 0 && n <= max => Ok(n as usize),
+            _ => Err(config.located(
+                "rmlx::snapshot::size-limit",
+                format!("`{key}` must be a positive size up to {max}, found {v}"),
+                key,
+            )),
+        },
+    }
+}
+
+/// The boolean `key` of config.json, `default` when absent.
+pub fn config_bool(config: &ModelConfig, key: &str, default: bool) -> Result<bool> {
+    match config.raw.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(default),
+        Some(v) => v.as_bool().ok_or_else(|| {
+            config.located(
+                "rmlx::snapshot::config",
+                format!("`{key}` must be true or false, found {v}"),
+                key,
+            )
+        }),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Attention blocks shared by the architectures: [`Attention`] (q/k/v/o projections, optional
-//! per-head q/k norms, RoPE, global or sliding-window causal attention over a [`KvLayer`]) and
+//! per-head q/k norms, RoPE, global or sliding-window causal attention over a [`KvLayer`],
+//! optional attention sinks) and
 //! the pieces an architecture with its own attention variant composes: [`split_heads`],
 //! [`merge_heads`], [`attend`] and [`sliding_mask`].
 
@@ -44,6 +45,8 @@ pub struct Attention {
     pub o_proj: Linear,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
+    /// Per-head attention-sink logits (gpt-oss), `[n_heads]`.
+    sinks: Option<Array>,
     spec: AttentionSpec,
 }
 
@@ -73,8 +76,16 @@ impl Attention {
             o_proj: ctx.linear(&format!("{prefix}.o_proj"), q, hidden, spec.o_bias)?,
             q_norm: norm("q_norm")?,
             k_norm: norm("k_norm")?,
+            sinks: None,
             spec,
         })
+    }
+
+    /// Adds learned attention sinks, `{prefix}.sinks` (`[n_heads]`): one extra logit per head
+    /// that takes part in the softmax but adds no value (gpt-oss).
+    pub fn with_sinks(mut self, ctx: &LoadCtx<'_>, prefix: &str) -> Result<Self> {
+        self.sinks = Some(ctx.param(&format!("{prefix}.sinks"), &[self.spec.n_heads])?);
+        Ok(self)
     }
 
     /// Whether every projection can run on the host kernels (see `Decoder`'s host decode).
@@ -120,7 +131,7 @@ impl Attention {
         if let Some(n) = &self.k_norm {
             k = n.forward(&k)?;
         }
-        rope_cache_attend(q, k, v, s, cache, offset, rope)
+        rope_cache_attend(q, k, v, s, cache, offset, rope, self.sinks.as_ref())
     }
 }
 
@@ -141,7 +152,7 @@ pub fn attend_projected(
     let q = split_heads(q, spec.n_heads as i32, hd)?;
     let k = split_heads(k, spec.n_kv_heads as i32, hd)?;
     let v = split_heads(v, spec.n_kv_heads as i32, hd)?;
-    rope_cache_attend(q, k, v, spec, cache, offset, rope)
+    rope_cache_attend(q, k, v, spec, cache, offset, rope, None)
 }
 
 /// Heads (`[B, n, L, d]`) → RoPE, cache update, attention → `[B, L, n_heads · d]`.
@@ -153,13 +164,14 @@ fn rope_cache_attend(
     cache: &mut KvLayer,
     offset: usize,
     rope: Option<&Rope>,
+    sinks: Option<&Array>,
 ) -> Result<Array> {
     if let Some(rope) = rope {
         q = rope.forward(&q, offset)?;
         k = rope.forward(&k, offset)?;
     }
     let (k, v) = cache.update(k, v, spec.window)?;
-    let o = attend(&q, &k, &v, offset, spec.window, spec.scale, None)?;
+    let o = attend(&q, &k, &v, offset, spec.window, spec.scale, sinks)?;
     merge_heads(o)
 }
 

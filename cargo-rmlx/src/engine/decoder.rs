@@ -1,8 +1,9 @@
-//! The standard dense decoder block stack, shared by the llama-like architectures and Gemma 3:
-//! embeddings, N blocks of (RMSNorm → GQA attention with RoPE → residual, RMSNorm → gated MLP
-//! → residual) — or Gemma's four-norm "sandwich" form — final norm, LM head (tied or
-//! separate). An architecture module describes its variant with a [`DecoderSpec`]; the one
-//! host fast path for decode steps on the CPU lives here.
+//! The standard decoder block stack, shared by the llama-like architectures, Gemma 3 and the
+//! MoE decoders (Qwen3-MoE, GPT-OSS): embeddings, N blocks of (RMSNorm → GQA attention with
+//! RoPE → residual, RMSNorm → gated MLP or sparse MoE → residual) — or Gemma's four-norm
+//! "sandwich" form — final norm, LM head (tied or separate). An architecture module describes
+//! its variant with a [`DecoderSpec`]; the one host fast path for decode steps on the CPU
+//! lives here (dense blocks only).
 
 use mlx_rs::{Array, Dtype};
 
@@ -11,8 +12,10 @@ use super::cache::{Cache, CacheKind};
 use super::ends::Ends;
 use super::layers::{Linear, LoadCtx, RmsNorm, Rope};
 use super::mlp::{Activation, GatedMlp};
+use super::moe::{MoeSpec, SparseMoe};
 use super::network::Network;
-use crate::diagnostic::Result;
+use crate::diagnostic::{Diagnostic, Result};
+use crate::snapshot::RopeScaling;
 
 /// What distinguishes one dense decoder from another.
 #[derive(Debug, Clone)]
@@ -43,6 +46,13 @@ pub struct DecoderSpec {
     pub local_rope_theta: Option<f32>,
     /// Per layer: `true` for a layer without rotary embeddings (SmolLM3's NoPE layers).
     pub no_rope: Vec<bool>,
+    /// RoPE frequency scaling (of global layers).
+    pub rope_scaling: Option<RopeScaling>,
+    /// Learned attention sinks in every layer (`self_attn.sinks`, gpt-oss).
+    pub attn_sinks: bool,
+    /// Per layer: `Some(spec)` when its feed-forward is a sparse MoE, `None` (or a shorter
+    /// list) for the dense gated MLP.
+    pub moe: Vec<Option<MoeSpec>>,
 }
 
 impl DecoderSpec {
@@ -62,6 +72,9 @@ impl DecoderSpec {
             sliding_window: vec![None; config.num_hidden_layers],
             local_rope_theta: None,
             no_rope: vec![false; config.num_hidden_layers],
+            rope_scaling: config.rope_scaling.clone(),
+            attn_sinks: false,
+            moe: Vec::new(),
         }
     }
 }
@@ -75,7 +88,32 @@ struct Block {
     post_attn_norm: RmsNorm,
     /// Gemma only: pre-MLP norm and MLP-output norm.
     sandwich: Option<(RmsNorm, RmsNorm)>,
-    mlp: GatedMlp,
+    mlp: FeedForward,
+}
+
+/// The feed-forward half of a block.
+enum FeedForward {
+    Dense(GatedMlp),
+    Moe(SparseMoe),
+}
+
+impl FeedForward {
+    fn forward(&self, x: &Array) -> Result<Array> {
+        match self {
+            FeedForward::Dense(mlp) => mlp.forward(x),
+            FeedForward::Moe(moe) => moe.forward(x),
+        }
+    }
+
+    /// The dense MLP when the host decode path can run it (SiLU, host-capable projections).
+    fn host_mlp(&self) -> Option<&GatedMlp> {
+        match self {
+            FeedForward::Dense(mlp) if mlp.activation == Activation::Silu && mlp.host_capable() => {
+                Some(mlp)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A loaded dense decoder.
@@ -103,7 +141,7 @@ impl Decoder {
         let mut ropes = vec![Rope::new(
             c.head_dim,
             c.rope_theta,
-            c.rope_scaling.as_ref(),
+            spec.rope_scaling.as_ref(),
         )?];
         if let Some(theta) = spec.local_rope_theta {
             ropes.push(Rope::new(c.head_dim, theta, None)?);
@@ -132,11 +170,10 @@ impl Decoder {
             let ok = super::qmv::enabled()
                 && self.blocks.iter().all(|b| {
                     b.sandwich.is_none()
-                        && b.mlp.activation == Activation::Silu
+                        && b.mlp.host_mlp().is_some()
                         && b.input_norm.host_capable()
                         && b.post_attn_norm.host_capable()
                         && b.attn.host_capable()
-                        && b.mlp.host_capable()
                 });
             if super::qmv::enabled() {
                 tracing::debug!(
@@ -173,7 +210,12 @@ impl Decoder {
             let r = Linear::host_forward_many(&[&a.o_proj], o)?.remove(0);
             h.iter_mut().zip(&r).for_each(|(h, r)| *h += r);
             let n = block.post_attn_norm.host_forward(&h)?;
-            let mlp = &block.mlp;
+            let mlp = block.mlp.host_mlp().ok_or_else(|| {
+                Diagnostic::error(
+                    "rmlx::engine::host-kernel",
+                    "host decode of a block the host path does not cover (internal error)",
+                )
+            })?;
             let mut gu = Linear::host_forward_many(&[&mlp.gate_proj, &mlp.up_proj], &n)?;
             let up = gu.pop().expect("two outputs");
             let mut act = gu.pop().expect("two outputs");
@@ -213,9 +255,24 @@ fn load_block(ctx: &LoadCtx<'_>, spec: &DecoderSpec, i: usize, local_rope: usize
     } else {
         None
     };
+    let mut attention = Attention::load(ctx, &format!("{p}.self_attn"), h, attn)?;
+    if spec.attn_sinks {
+        attention = attention.with_sinks(ctx, &format!("{p}.self_attn"))?;
+    }
+    let mlp = match spec.moe.get(i).and_then(Option::as_ref) {
+        Some(moe) => FeedForward::Moe(SparseMoe::load(ctx, moe)?),
+        None => FeedForward::Dense(GatedMlp::load(
+            ctx,
+            &format!("{p}.mlp"),
+            h,
+            c.intermediate_size,
+            spec.mlp_bias,
+            spec.activation,
+        )?),
+    };
     Ok(Block {
         input_norm: norm("input_layernorm")?,
-        attn: Attention::load(ctx, &format!("{p}.self_attn"), h, attn)?,
+        attn: attention,
         rope: match (spec.no_rope.get(i).copied().unwrap_or(false), window) {
             (true, _) => None,
             (false, Some(_)) => Some(local_rope),
@@ -223,14 +280,7 @@ fn load_block(ctx: &LoadCtx<'_>, spec: &DecoderSpec, i: usize, local_rope: usize
         },
         post_attn_norm: norm("post_attention_layernorm")?,
         sandwich,
-        mlp: GatedMlp::load(
-            ctx,
-            &format!("{p}.mlp"),
-            h,
-            c.intermediate_size,
-            spec.mlp_bias,
-            spec.activation,
-        )?,
+        mlp,
     })
 }
 

@@ -33,7 +33,7 @@ impl LoadCtx<'_> {
     }
 
     /// Quantization settings for module `path`, if it is stored quantized.
-    fn quant(&self, path: &str) -> Result<Option<QuantParams>> {
+    pub fn quant(&self, path: &str) -> Result<Option<QuantParams>> {
         let path = &self.full_name(path);
         let has_scales = self.weights.contains(&format!("{path}.scales"));
         let from_config = self
@@ -95,10 +95,22 @@ impl LoadCtx<'_> {
         cols: usize,
         q: QuantParams,
     ) -> Result<(Array, Array, Option<Array>)> {
+        self.quantized_stacked(path, &[], rows, cols, q)
+    }
+
+    /// Like [`Self::quantized`] for a stack of matrices `[lead…, rows, cols]` (MoE experts).
+    pub fn quantized_stacked(
+        &self,
+        path: &str,
+        lead: &[usize],
+        rows: usize,
+        cols: usize,
+        q: QuantParams,
+    ) -> Result<(Array, Array, Option<Array>)> {
         let path = &self.full_name(path);
         let bits = q.bits as usize;
         let group = q.group_size as usize;
-        if (cols * bits) % 32 != 0 || cols % group != 0 {
+        if group == 0 || (cols * bits) % 32 != 0 || cols % group != 0 {
             return Err(Diagnostic::error(
                 "rmlx::snapshot::quantization",
                 format!(
@@ -108,11 +120,12 @@ impl LoadCtx<'_> {
             )
             .with_file(&self.config.path));
         }
-        let weight = self.weights.array(
-            &format!("{path}.weight"),
-            &[Some(rows), Some(cols * bits / 32)],
-            None,
-        )?;
+        let shape = |last: usize| -> Vec<Option<usize>> {
+            lead.iter().copied().chain([rows, last]).map(Some).collect()
+        };
+        let weight =
+            self.weights
+                .array(&format!("{path}.weight"), &shape(cols * bits / 32), None)?;
         let scales_dtype = match q.mode {
             QuantMode::Affine => Some(self.dtype),
             // Microscaling formats store their scales as 8-bit exponents.
@@ -120,13 +133,13 @@ impl LoadCtx<'_> {
         };
         let scales = self.weights.array(
             &format!("{path}.scales"),
-            &[Some(rows), Some(cols / group)],
+            &shape(cols / group),
             scales_dtype,
         )?;
         let biases = if q.mode.has_biases() {
             Some(self.weights.array(
                 &format!("{path}.biases"),
-                &[Some(rows), Some(cols / group)],
+                &shape(cols / group),
                 Some(self.dtype),
             )?)
         } else {
@@ -384,38 +397,15 @@ fn quantized_matmul_mode(
             q.bits,
         )?);
     }
-    let mode = std::ffi::CString::new(q.mode.as_str()).expect("mode names have no NUL");
-    let stream = mlx_rs::Stream::thread_local_or_default();
-    let mut res = unsafe { mlx_sys::mlx_array_new() };
-    // SAFETY: all handles are valid MLX arrays owned by the caller; `res` receives a new
-    // array that `Array::from_ptr` takes ownership of.
-    let status = unsafe {
-        mlx_sys::mlx_quantized_matmul(
-            &mut res,
-            x.as_ptr(),
-            w.as_ptr(),
-            scales.as_ptr(),
-            mlx_sys::mlx_array_new(),
-            true,
-            mlx_sys::mlx_optional_int {
-                value: q.group_size,
-                has_value: true,
-            },
-            mlx_sys::mlx_optional_int {
-                value: q.bits,
-                has_value: true,
-            },
-            mode.as_ptr(),
-            stream.as_ptr(),
-        )
-    };
-    if status != 0 {
-        return Err(Diagnostic::error(
-            "rmlx::engine::mlx",
-            format!("quantized matmul in mode {} failed", q.mode.as_str()),
-        ));
-    }
-    Ok(unsafe { Array::from_ptr(res) })
+    super::ffi::quantized_matmul(
+        x,
+        super::ffi::QuantWeight {
+            weight: w,
+            scales,
+            biases,
+            params: q,
+        },
+    )
 }
 
 /// Token embeddings; a quantized table is dequantized row-wise on lookup.
@@ -497,9 +487,11 @@ pub struct Rope {
     dims: i32,
     base: f32,
     scale: f32,
-    /// Custom inverse-frequency periods (llama3 scaling), replacing `base`.
+    /// Custom inverse-frequency periods (llama3 and YaRN scaling), replacing `base`.
     freqs: Option<Array>,
     traditional: bool,
+    /// Factor applied to the rotated features before rotating (YaRN's `mscale`), 1 if none.
+    mscale: f32,
 }
 
 impl Rope {
@@ -513,6 +505,7 @@ impl Rope {
                 scale: 1.0,
                 freqs: None,
                 traditional: false,
+                mscale: 1.0,
             },
             Some(RopeScaling::Linear { factor }) => Self {
                 dims: dims_i,
@@ -520,6 +513,7 @@ impl Rope {
                 scale: 1.0 / factor,
                 freqs: None,
                 traditional: false,
+                mscale: 1.0,
             },
             Some(RopeScaling::Llama3 {
                 factor,
@@ -552,6 +546,18 @@ impl Rope {
                     scale: 1.0,
                     freqs: Some(Array::from_slice(&freqs, &[freqs.len() as i32])),
                     traditional: false,
+                    mscale: 1.0,
+                }
+            }
+            Some(yarn @ RopeScaling::Yarn { .. }) => {
+                let (freqs, mscale) = super::rope::yarn(dims, base, yarn)?;
+                Self {
+                    dims: dims_i,
+                    base,
+                    scale: 1.0,
+                    freqs: Some(freqs),
+                    traditional: false,
+                    mscale,
                 }
             }
         })
@@ -585,6 +591,7 @@ impl Rope {
             scale: 1.0,
             freqs: Some(mlx_rs::ops::concatenate(&[periods, still], 0)?),
             traditional: false,
+            mscale: 1.0,
         })
     }
 
@@ -599,6 +606,13 @@ impl Rope {
     /// Applies the rotation to `x` (`[B, heads, L, head_dim]`) for positions starting at
     /// `offset`.
     pub fn forward(&self, x: &Array, offset: usize) -> Result<Array> {
+        let scaled;
+        let x = if self.mscale == 1.0 {
+            x
+        } else {
+            scaled = super::rope::scale_leading(x, self.dims, self.mscale)?;
+            &scaled
+        };
         let base = if self.freqs.is_some() {
             None
         } else {

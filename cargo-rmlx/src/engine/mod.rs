@@ -11,12 +11,15 @@ pub mod blas;
 pub mod cache;
 pub mod decoder;
 pub mod ends;
+pub mod ffi;
 pub mod generate;
 pub mod layers;
 pub mod mlp;
+pub mod moe;
 pub mod network;
 pub mod penalty;
 pub mod qmv;
+pub mod rope;
 pub mod sample;
 
 use mlx_rs::Dtype;

@@ -123,6 +123,22 @@ pub enum RopeScaling {
         /// Context length the model was trained with.
         original_max_position_embeddings: f32,
     },
+    /// YaRN (GPT-OSS, DeepSeek), as mlx-lm computes it: frequencies blended between
+    /// interpolation and extrapolation over a ramp of dimensions, inputs scaled by `mscale`.
+    Yarn {
+        /// Scale factor.
+        factor: f32,
+        /// Context length the model was trained with.
+        original_max_position_embeddings: f32,
+        /// Rotations at which the ramp starts (fast end).
+        beta_fast: f32,
+        /// Rotations at which the ramp ends (slow end).
+        beta_slow: f32,
+        /// Attention-magnitude scale.
+        mscale: f32,
+        /// Attention-magnitude scale over all dimensions.
+        mscale_all_dim: f32,
+    },
 }
 
 /// A parsed `config.json`.
@@ -339,7 +355,7 @@ impl ModelConfig {
             _ => fields.ids("bos_token_id", vocab_size)?.first().copied(),
         };
         let quantization = match raw.get("quantization") {
-            None | Some(Value::Null) => None,
+            None | Some(Value::Null) => fields.native_microscaling(),
             Some(q) => Some(fields.quantization(q)?),
         };
         let rope_scaling = match raw.get("rope_scaling") {
@@ -572,8 +588,11 @@ impl Fields<'_> {
                 "quantization",
             )
         };
+        // A per-module block without `mode` is affine, whatever the default's mode: mlx-lm
+        // hands the block to `to_quantized`, whose mode defaults to affine (the 8-bit router
+        // of an mxfp4 build is stored so).
         let mode = match v.get("mode") {
-            None => base.map_or(QuantMode::Affine, |b| b.mode),
+            None => QuantMode::Affine,
             Some(Value::String(s)) => {
                 QuantMode::parse(s).ok_or_else(|| bad(&format!("unknown mode `{s}`")))?
             }
@@ -598,6 +617,32 @@ impl Fields<'_> {
             group_size: int("group_size", 1..=MAX_GROUP_SIZE, base.map(|b| b.group_size))?,
             bits: int("bits", 1..=8, base.map(|b| b.bits))?,
             mode,
+        })
+    }
+
+    /// A checkpoint quantized to a microscaling format at release (gpt-oss:
+    /// `quantization_config.quant_method = "mxfp4"`) has no MLX `quantization` block; mlx-lm
+    /// then quantizes, in that mode, exactly the modules stored with scales. So do we: the
+    /// default applies only where `.scales` exist (`LoadCtx::quant`).
+    fn native_microscaling(&self) -> Option<Quantization> {
+        let method = self
+            .raw
+            .get("quantization_config")?
+            .get("quant_method")?
+            .as_str()?;
+        let (mode, bits) = match method {
+            "mxfp4" => (QuantMode::Mxfp4, 4),
+            "mxfp8" => (QuantMode::Mxfp8, 8),
+            _ => return None,
+        };
+        tracing::debug!("quantization_config: {method} weights where the checkpoint stores scales");
+        Some(Quantization {
+            default: QuantParams {
+                group_size: 32,
+                bits,
+                mode,
+            },
+            overrides: BTreeMap::new(),
         })
     }
 
@@ -655,9 +700,21 @@ impl Fields<'_> {
                     Some(8192.0),
                 )?,
             }),
+            // mlx-lm reads these keys and no others (it ignores `truncate`).
+            "yarn" | "deepseek_yarn" => Some(RopeScaling::Yarn {
+                factor: num("factor", None)?,
+                original_max_position_embeddings: num(
+                    "original_max_position_embeddings",
+                    Some(4096.0),
+                )?,
+                beta_fast: num("beta_fast", Some(32.0))?,
+                beta_slow: num("beta_slow", Some(1.0))?,
+                mscale: num("mscale", Some(1.0))?,
+                mscale_all_dim: num("mscale_all_dim", Some(0.0))?,
+            }),
             other => {
                 return Err(bad(format!("unsupported rope_scaling type `{other}`"))
-                    .with_help("supported: linear, llama3"))
+                    .with_help("supported: linear, llama3, yarn"))
             }
         })
     }
@@ -692,6 +749,60 @@ mod tests {
         assert_eq!(
             q.for_module("model.layers.0.mlp.up_proj").unwrap().mode,
             QuantMode::Affine
+        );
+    }
+
+    #[test]
+    fn module_overrides_without_mode_are_affine() {
+        let c = parse(&format!(
+            "{BASE},\"quantization\":{{\"group_size\":32,\"bits\":4,\"mode\":\"mxfp4\",\
+             \"model.layers.0.mlp.router\":{{\"group_size\":64,\"bits\":8}}}}}}"
+        ))
+        .unwrap();
+        let q = c.quantization.unwrap();
+        assert_eq!(q.default.mode, QuantMode::Mxfp4);
+        let router = q.for_module("model.layers.0.mlp.router").unwrap();
+        assert_eq!(
+            (router.mode, router.bits, router.group_size),
+            (QuantMode::Affine, 8, 64)
+        );
+    }
+
+    #[test]
+    fn released_mxfp4_checkpoints_read_as_mxfp4() {
+        let c = parse(&format!(
+            "{BASE},\"quantization_config\":{{\"quant_method\":\"mxfp4\"}}}}"
+        ))
+        .unwrap();
+        let q = c.quantization.unwrap();
+        assert_eq!(
+            (q.default.mode, q.default.bits, q.default.group_size),
+            (QuantMode::Mxfp4, 4, 32)
+        );
+        let other = parse(&format!(
+            "{BASE},\"quantization_config\":{{\"quant_method\":\"gptq\"}}}}"
+        ))
+        .unwrap();
+        assert!(other.quantization.is_none());
+    }
+
+    #[test]
+    fn yarn_rope_scaling_with_mlx_lm_defaults() {
+        let c = parse(&format!(
+            "{BASE},\"rope_scaling\":{{\"rope_type\":\"yarn\",\"factor\":32.0,\
+             \"original_max_position_embeddings\":4096,\"truncate\":false}}}}"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.rope_scaling,
+            Some(RopeScaling::Yarn {
+                factor: 32.0,
+                original_max_position_embeddings: 4096.0,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                mscale: 1.0,
+                mscale_all_dim: 0.0,
+            })
         );
     }
 

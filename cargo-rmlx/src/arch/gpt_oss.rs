@@ -1,0 +1,227 @@
+//! GPT-OSS (`gpt_oss`) as mlx-lm runs it: biased attention with learned sinks, sliding-window
+//! and full layers as `layer_types` says (alternating from a sliding layer by default), YaRN
+//! RoPE (mlx-lm's form: `truncate` is ignored), and in every layer a sparse MoE whose router
+//! has a bias, picks the top-k logits and softmaxes them, with biased experts and the clamped
+//! SwiGLU (alpha 1.702, limit 7.0 — mlx-lm's constants).
+//!
+//! Experts load in the MLX layout (`mlp.experts.{gate,up,down}_proj`, dense or quantized in
+//! any mode, e.g. `mlx_lm convert --q-mode mxfp4`) or as released, which mlx-lm converts at
+//! load: `gate_up_proj` fused with gate and up rows interleaved, `*_bias` tensors, and MXFP4
+//! weights as `*_blocks` (uint8 `[E, rows, cols / 32, 16]`) and `*_scales` (uint8 E8M0).
+
+use mlx_rs::{Array, Dtype};
+use serde_json::Value;
+
+use super::{config_size, Architecture, Convert};
+use crate::diagnostic::{Diagnostic, Result};
+use crate::engine::decoder::{Decoder, DecoderSpec};
+use crate::engine::layers::LoadCtx;
+use crate::engine::moe::{
+    stacked_experts, ExpertActivation, MoeSpec, Routing, SwitchGlu, SwitchLinear,
+};
+use crate::engine::network::Network;
+use crate::snapshot::{ModelConfig, QuantMode, QuantParams};
+
+/// Registry entry.
+pub const ARCH: Architecture = Architecture {
+    model_types: &["gpt_oss"],
+    load,
+    convert: Convert {
+        drops_tied_lm_head: false,
+    },
+};
+
+/// mlx-lm's `SwigluOAI` defaults (config.json's `swiglu_limit` is not read by mlx-lm).
+const ALPHA: f32 = 1.702;
+const LIMIT: f32 = 7.0;
+
+fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {
+    let config = with_mlx_lm_defaults(ctx.config);
+    let ctx = LoadCtx {
+        config: &config,
+        ..*ctx
+    };
+    Ok(Box::new(Decoder::load(&ctx, &spec(&config)?)?))
+}
+
+/// mlx-lm's `ModelArgs` defaults where config.json is silent and ours would differ.
+fn with_mlx_lm_defaults(config: &ModelConfig) -> ModelConfig {
+    let mut c = config.clone();
+    if !c.raw.contains_key("head_dim") {
+        c.head_dim = 64;
+    }
+    if !c.raw.contains_key("rope_theta") {
+        c.rope_theta = 150_000.0;
+    }
+    if c.raw
+        .get("swiglu_limit")
+        .and_then(Value::as_f64)
+        .is_some_and(|l| l as f32 != LIMIT)
+    {
+        tracing::info!("gpt_oss: swiglu_limit differs from 7.0; using 7.0 as mlx-lm does");
+    }
+    c
+}
+
+/// The decoder spec of a GPT-OSS config.
+pub fn spec(config: &ModelConfig) -> Result<DecoderSpec> {
+    let base = DecoderSpec::llama(config);
+    let window = config_size(config, "sliding_window", Some(128))?;
+    let moe = (0..config.num_hidden_layers)
+        .map(|i| moe_spec(config, i).map(Some))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(DecoderSpec {
+        qkv_bias: true,
+        o_bias: true,
+        mlp_bias: false,
+        qk_norm: false,
+        sliding_window: sliding_layers(config)?
+            .into_iter()
+            .map(|s| s.then_some(window))
+            .collect(),
+        attn_sinks: true,
+        moe,
+        ..base
+    })
+}
+
+/// Per layer, whether it is a sliding-window layer.
+fn sliding_layers(config: &ModelConfig) -> Result<Vec<bool>> {
+    let n = config.num_hidden_layers;
+    match config.raw.get("layer_types") {
+        None | Some(Value::Null) => Ok((0..n).map(|i| i % 2 == 0).collect()),
+        Some(Value::Array(types)) if types.len() == n => types
+            .iter()
+            .map(|t| match t.as_str() {
+                Some("sliding_attention") => Ok(true),
+                Some("full_attention") => Ok(false),
+                _ => Err(config.located(
+                    "rmlx::snapshot::config",
+                    format!("unknown layer type {t} (sliding_attention or full_attention)"),
+                    "layer_types",
+                )),
+            })
+            .collect(),
+        Some(v) => Err(config.located(
+            "rmlx::snapshot::config",
+            format!("`layer_types` must list the type of each of the {n} layers, found {v}"),
+            "layer_types",
+        )),
+    }
+}
+
+fn moe_spec(config: &ModelConfig, layer: usize) -> Result<MoeSpec> {
+    let p = format!("model.layers.{layer}.mlp");
+    Ok(MoeSpec {
+        router: format!("{p}.router"),
+        router_bias: true,
+        experts: format!("{p}.experts"),
+        expert_bias: true,
+        num_experts: config_size(config, "num_local_experts", Some(128))?,
+        top_k: config_size(config, "num_experts_per_tok", Some(4))?,
+        hidden: config.hidden_size,
+        inner: config.intermediate_size,
+        routing: Routing::TopKSoftmax,
+        activation: ExpertActivation::ClampedSwiGlu {
+            alpha: ALPHA,
+            limit: LIMIT,
+        },
+        load_experts,
+    })
+}
+
+/// The MLX layout, else the released one (fused gate/up, dense or MXFP4 blocks).
+fn load_experts(ctx: &LoadCtx<'_>, spec: &MoeSpec) -> Result<SwitchGlu> {
+    let p = &spec.experts;
+    if ctx.weights.contains(&format!("{p}.gate_proj.weight")) {
+        return stacked_experts(ctx, spec);
+    }
+    tracing::debug!("{p}: released layout (fused gate_up_proj); splitting it as mlx-lm does");
+    let (e, h, i) = (spec.num_experts, spec.hidden, spec.inner);
+    let gate_up = released_weight(ctx, &format!("{p}.gate_up_proj"), e, 2 * i, h)?;
+    let gate_up_bias = ctx.param(&format!("{p}.gate_up_proj_bias"), &[e, 2 * i])?;
+    let down = released_weight(ctx, &format!("{p}.down_proj"), e, h, i)?;
+    let down_bias = ctx.param(&format!("{p}.down_proj_bias"), &[e, h])?;
+    let even = Array::from_iter((0..2 * i as i32).step_by(2), &[i as i32]);
+    let odd = Array::from_iter((1..2 * i as i32).step_by(2), &[i as i32]);
+    let rows = |w: &Released, idx: &Array| -> Result<SwitchLinear> {
+        let bias = gate_up_bias.take_axis(idx, -1)?;
+        w.rows(idx, bias)
+    };
+    Ok(SwitchGlu {
+        gate_proj: rows(&gate_up, &even)?,
+        up_proj: rows(&gate_up, &odd)?,
+        down_proj: down.rows(&Array::from_iter(0..h as i32, &[h as i32]), down_bias)?,
+        activation: spec.activation,
+    })
+}
+
+/// A released expert weight `[E, rows, cols]`: dense, or MXFP4 blocks and scales.
+enum Released {
+    Dense(Array),
+    Mxfp4 { weight: Array, scales: Array },
+}
+
+/// MXFP4 as MLX stores it: E2M1 values in groups of 32 with E8M0 scales.
+const MXFP4: QuantParams = QuantParams {
+    group_size: 32,
+    bits: 4,
+    mode: QuantMode::Mxfp4,
+};
+
+fn released_weight(
+    ctx: &LoadCtx<'_>,
+    path: &str,
+    experts: usize,
+    rows: usize,
+    cols: usize,
+) -> Result<Released> {
+    let blocks = format!("{path}_blocks");
+    if !ctx.weights.contains(&blocks) {
+        return Ok(Released::Dense(
+            ctx.param(&format!("{path}.weight"), &[experts, rows, cols])?,
+        ));
+    }
+    let groups = cols / 32;
+    let shape = [experts, rows, groups, 16];
+    let bytes = bytes_tensor(ctx, &blocks, &shape)?;
+    // 16 bytes per group of 32 values: viewed as uint32 they are MLX's packed mxfp4 weight.
+    let weight = bytes
+        .reshape(&[experts as i32, rows as i32, (groups * 16) as i32])?
+        .view_dtype(Dtype::Uint32)?;
+    let scales = bytes_tensor(ctx, &format!("{path}_scales"), &shape[..3])?;
+    Ok(Released::Mxfp4 { weight, scales })
+}
+
+/// A uint8 tensor of the given shape.
+fn bytes_tensor(ctx: &LoadCtx<'_>, name: &str, shape: &[usize]) -> Result<Array> {
+    let expected: Vec<Option<usize>> = shape.iter().copied().map(Some).collect();
+    let a = ctx.weights.array(name, &expected, None)?;
+    if a.dtype() != Dtype::Uint8 {
+        return Err(Diagnostic::error(
+            "rmlx::snapshot::quantization",
+            format!(
+                "`{name}` must hold MXFP4 bytes (uint8), found {:?}",
+                a.dtype()
+            ),
+        )
+        .with_file(&ctx.config.path));
+    }
+    Ok(a)
+}
+
+impl Released {
+    /// The rows `idx` of every expert as a switch projection with `bias`.
+    fn rows(&self, idx: &Array, bias: Array) -> Result<SwitchLinear> {
+        match self {
+            Released::Dense(w) => SwitchLinear::dense(&w.take_axis(idx, 1)?, Some(bias)),
+            Released::Mxfp4 { weight, scales } => Ok(SwitchLinear::quantized(
+                weight.take_axis(idx, 1)?,
+                scales.take_axis(idx, 1)?,
+                None,
+                MXFP4,
+                Some(bias),
+            )),
+        }
+    }
+}
