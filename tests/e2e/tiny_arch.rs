@@ -282,4 +282,9 @@ tiny_arch_tests!(gemma3_text, "gemma3_text", modes = [affine4]);
 tiny_arch_tests!(qwen3_moe, "qwen3_moe", modes = [affine4]);
 tiny_arch_tests!(gpt_oss, "gpt_oss", modes = [affine4, mxfp4], native_mxfp4);
 tiny_arch_tests!(gemma4, "gemma4", modes = [affine4], dense = mlx_lm_convert);
-tiny_arch_tests!(gemma4_text, "gemma4_text", modes = [affine4], dense = mlx_lm_convert);
+tiny_arch_tests!(
+    gemma4_text,
+    "gemma4_text",
+    modes = [affine4],
+    dense = mlx_lm_convert
+);

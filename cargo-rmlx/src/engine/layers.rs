@@ -579,7 +579,7 @@ impl Rope {
         let pairs: Vec<f32> = (0..rotated).step_by(2).map(|i| i as f32).collect();
         let exponents = Array::from_slice(&pairs, &[pairs.len() as i32])
             .divide(Array::from_f32(dims as f32))?;
-        let periods = mlx_rs::ops::power(&Array::from_f32(base), &exponents)?
+        let periods = mlx_rs::ops::power(Array::from_f32(base), &exponents)?
             .multiply(Array::from_f32(factor))?;
         let still = mlx_rs::ops::full::<f32>(
             &[((dims - rotated) / 2) as i32],
