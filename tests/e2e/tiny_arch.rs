@@ -297,3 +297,10 @@ tiny_arch_tests!(
     modes = [affine4],
     dense = mlx_lm_dense
 );
+tiny_arch_tests!(
+    gemma4_text,
+    "gemma4_text",
+    modes = [affine4],
+    dense = mlx_lm_dense
+);
+tiny_arch_tests!(gemma4, "gemma4", modes = [affine4], dense = mlx_lm_dense);

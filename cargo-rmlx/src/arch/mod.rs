@@ -9,6 +9,7 @@
 //! [`REGISTRY`].
 
 pub mod gemma3;
+pub mod gemma4;
 pub mod gpt_oss;
 pub mod llama;
 pub mod ministral3;
@@ -53,6 +54,7 @@ pub static REGISTRY: &[&Architecture] = &[
     &qwen3_5::ARCH,
     &qwen3_moe::ARCH,
     &gpt_oss::ARCH,
+    &gemma4::ARCH,
 ];
 
 /// A multimodal checkpoint whose text model is run: its config holds the text model's under
@@ -272,15 +274,20 @@ mod tests {
 
     #[test]
     fn every_model_type_has_one_entry() {
-        let all = supported_model_types();
-        for t in &all {
-            assert_eq!(
-                all.iter().filter(|x| *x == t).count(),
-                1,
-                "{t} registered twice"
-            );
-            assert!(lookup(t).is_some());
+        let text: Vec<&str> = REGISTRY
+            .iter()
+            .flat_map(|a| a.model_types.iter().copied())
+            .collect();
+        for t in &text {
+            let n = text.iter().filter(|x| *x == t).count();
+            assert_eq!(n, 1, "{t} registered {n} times");
         }
-        assert!(lookup("bogus").is_none());
+        for t in supported_model_types() {
+            assert!(
+                lookup(t).is_some() || wrapper(t).is_some(),
+                "{t} runs nothing"
+            );
+        }
+        assert!(lookup("bogus").is_none() && wrapper("bogus").is_none());
     }
 }

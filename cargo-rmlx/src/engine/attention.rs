@@ -174,7 +174,7 @@ impl Attention {
         if let Some(n) = &self.k_norm {
             k = n.forward(&k)?;
         }
-        rope_cache_attend(q, k, v, s, cache, offset, rope, self.sinks.as_ref())
+        rope_cache_attend([q, k, v], s, cache, offset, rope, self.sinks.as_ref())
     }
 }
 
@@ -195,16 +195,13 @@ pub fn attend_projected(
     let q = split_heads(q, spec.n_heads as i32, hd)?;
     let k = split_heads(k, spec.n_kv_heads as i32, hd)?;
     let v = split_heads(v, spec.n_kv_heads as i32, hd)?;
-    rope_cache_attend(q, k, v, spec, cache, offset, rope, None)
+    rope_cache_attend([q, k, v], spec, cache, offset, rope, None)
 }
 
-/// Heads (`[B, n, L, d]`) → RoPE, cache update, attention (with per-head sink logits when
-/// given) → `[B, L, n_heads · d]`.
-#[allow(clippy::too_many_arguments)]
+/// Heads (`[B, n, L, d]`) → RoPE, cache update, attention (with `sinks`, if any) →
+/// `[B, L, n_heads · d]`.
 fn rope_cache_attend(
-    mut q: Array,
-    mut k: Array,
-    v: Array,
+    [mut q, mut k, v]: [Array; 3],
     spec: &AttentionSpec,
     cache: &mut KvLayer,
     offset: usize,

@@ -1,7 +1,8 @@
 //! The building blocks every architecture is assembled from: a [`Linear`] that is dense or
 //! MLX-quantized (any mode/bits/group size), an [`Embedding`] that can double as the LM head,
-//! [`RmsNorm`] (plain or gemma's `1 + w`), and rotary embeddings ([`Rope`], incl. linear and
-//! llama3 frequency scaling). Loading checks every tensor's shape against config.json.
+//! [`RmsNorm`] (plain or gemma's `1 + w`), rotary embeddings ([`Rope`], incl. linear and
+//! llama3 frequency scaling and Gemma 4's partial "proportional" rope) and final-logit
+//! [`softcap`]. Loading checks every tensor's shape against config.json.
 
 use mlx_rs::ops::{dequantize, quantized_matmul};
 use mlx_rs::{Array, Dtype};
@@ -602,6 +603,46 @@ impl Rope {
         })
     }
 
+    /// Gemma 4's "proportional" rope over `dims` features: the first `rotated` features
+    /// rotate with periods `factor · base^(2i / dims)` (computed with MLX ops in float32, as
+    /// mlx-lm does), the remaining pairs get an infinite period, i.e. stay as they are.
+    pub fn proportional(dims: usize, rotated: usize, base: f32, factor: f32) -> Result<Self> {
+        if rotated > dims || dims % 2 != 0 || rotated % 2 != 0 {
+            return Err(Diagnostic::error(
+                "rmlx::engine::rope",
+                format!(
+                    "proportional rope: {rotated} rotated of {dims} features (both must be even, \
+                     rotated ≤ features)"
+                ),
+            ));
+        }
+        let pairs: Vec<f32> = (0..rotated).step_by(2).map(|i| i as f32).collect();
+        let exponents = Array::from_slice(&pairs, &[pairs.len() as i32])
+            .divide(Array::from_f32(dims as f32))?;
+        let periods = mlx_rs::ops::power(Array::from_f32(base), &exponents)?
+            .multiply(Array::from_f32(factor))?;
+        let still = mlx_rs::ops::full::<f32>(
+            &[((dims - rotated) / 2) as i32],
+            Array::from_f32(f32::INFINITY),
+        )?;
+        Ok(Self {
+            dims: dims as i32,
+            base,
+            scale: 1.0,
+            freqs: Some(mlx_rs::ops::concatenate(&[periods, still], 0)?),
+            traditional: false,
+            mscale: 1.0,
+        })
+    }
+
+    /// The same rope rotating adjacent feature pairs (`traditional`) instead of halves.
+    pub fn traditional(self, traditional: bool) -> Self {
+        Self {
+            traditional,
+            ..self
+        }
+    }
+
     /// Applies the rotation to `x` (`[B, heads, L, head_dim]`) for positions starting at
     /// `offset`.
     pub fn forward(&self, x: &Array, offset: usize) -> Result<Array> {
@@ -627,4 +668,10 @@ impl Rope {
             self.freqs.as_ref(),
         )?)
     }
+}
+
+/// Logit softcapping: `tanh(x / cap) · cap` (Gemma's final logits).
+pub fn softcap(x: &Array, cap: f32) -> Result<Array> {
+    let c = Array::from_f32(cap).as_dtype(x.dtype())?;
+    Ok(mlx_rs::ops::tanh(&x.divide(&c)?)?.multiply(&c)?)
 }
