@@ -1,7 +1,7 @@
 //! The llama family: Llama 2/3, SmolLM, TinyLlama and Mistral share one layout; Qwen2 adds
 //! q/k/v biases; Qwen3 normalises each q/k head. All are the standard dense decoder.
 
-use super::{Architecture, Convert};
+use super::Architecture;
 use crate::diagnostic::Result;
 use crate::engine::decoder::{Decoder, DecoderSpec};
 use crate::engine::layers::LoadCtx;
@@ -11,9 +11,7 @@ use crate::engine::network::Network;
 pub const ARCH: Architecture = Architecture {
     model_types: &["llama", "mistral", "qwen2", "qwen3"],
     load,
-    convert: Convert {
-        drops_tied_lm_head: true,
-    },
+    convert: super::convert::llama::CONVERT,
 };
 
 fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {

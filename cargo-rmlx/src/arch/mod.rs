@@ -8,6 +8,7 @@
 //! Adding an architecture: a module here with a `pub const ARCH: Architecture`, listed in
 //! [`REGISTRY`].
 
+pub mod convert;
 pub mod gemma3;
 pub mod llama;
 
@@ -27,13 +28,7 @@ pub struct Architecture {
     pub convert: Convert,
 }
 
-/// Conversion rules of a family (mlx-lm's `sanitize` and quantization choices).
-#[derive(Debug, Clone, Copy)]
-pub struct Convert {
-    /// A tied model's stored `lm_head.weight` is dropped on conversion (mlx-lm's llama-style
-    /// `sanitize`); other families keep what the checkpoint holds.
-    pub drops_tied_lm_head: bool,
-}
+pub use convert::Convert;
 
 /// Every supported architecture.
 pub static REGISTRY: &[&Architecture] = &[&llama::ARCH, &gemma3::ARCH];

@@ -314,10 +314,7 @@ impl ModelConfig {
             }
             _ => fields.ids("bos_token_id", vocab_size)?.first().copied(),
         };
-        let quantization = match raw.get("quantization") {
-            None | Some(Value::Null) => None,
-            Some(q) => Some(fields.quantization(q)?),
-        };
+        let quantization = fields.quantization_block()?;
         let rope_scaling = match raw.get("rope_scaling") {
             None | Some(Value::Null) => None,
             Some(v) => fields.rope_scaling(v)?,
@@ -350,6 +347,16 @@ impl ModelConfig {
             raw: raw.clone(),
             text: text.clone(),
         })
+    }
+
+    /// The `quantization` block of a config.json read from `path` (without requiring a
+    /// supported architecture: the build reads it for every source it converts).
+    pub fn quantization_of(
+        path: &Path,
+        text: &Arc<str>,
+        raw: &Map<String, Value>,
+    ) -> Result<Option<Quantization>> {
+        Fields { path, text, raw }.quantization_block()
     }
 
     /// An error about `key`, pointing at it in config.json.
@@ -537,8 +544,11 @@ impl Fields<'_> {
                 "quantization",
             )
         };
+        // A module entry without `mode` is affine whatever the default's mode: mlx-lm calls
+        // `to_quantized(**entry)`, whose mode defaults to affine (its routers are written as
+        // `{"group_size": 64, "bits": 8}` next to an mxfp4 default).
         let mode = match v.get("mode") {
-            None => base.map_or(QuantMode::Affine, |b| b.mode),
+            None => QuantMode::Affine,
             Some(Value::String(s)) => {
                 QuantMode::parse(s).ok_or_else(|| bad(&format!("unknown mode `{s}`")))?
             }
@@ -564,6 +574,13 @@ impl Fields<'_> {
             bits: int("bits", 1..=8, base.map(|b| b.bits))?,
             mode,
         })
+    }
+
+    fn quantization_block(&self) -> Result<Option<Quantization>> {
+        match self.raw.get("quantization") {
+            None | Some(Value::Null) => Ok(None),
+            Some(q) => Ok(Some(self.quantization(q)?)),
+        }
     }
 
     fn quantization(&self, q: &Value) -> Result<Quantization> {
