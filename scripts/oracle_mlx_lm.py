@@ -23,6 +23,26 @@ from mlx_lm import load
 from mlx_lm.models.cache import make_prompt_cache
 
 
+def _patch_gather_qmm():
+    """mlx-lm 0.32.2's quantized expert layers (QuantizedSwitchLinear) always pass
+    `global_scale=self.global_scale` to `mx.gather_qmm`, which is None unless the checkpoint
+    has global scales; mlx 0.32.2's `gather_qmm` has no such keyword and rejects the call,
+    so every quantized MoE model crashes. Drop the keyword when it is None (it means "no
+    global scale", the only thing mlx 0.32.2 can do); any other value is passed on and
+    fails as before. Dense and non-MoE models never call gather_qmm."""
+    original = mx.gather_qmm
+
+    def gather_qmm(*args, global_scale=None, **kwargs):
+        if global_scale is not None:
+            kwargs["global_scale"] = global_scale
+        return original(*args, **kwargs)
+
+    mx.gather_qmm = gather_qmm
+
+
+_patch_gather_qmm()
+
+
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model_dir")

@@ -24,6 +24,9 @@ mod common;
 mod compare;
 mod convert;
 mod incremental;
+#[allow(dead_code)]
+#[path = "../e2e/mlx_lm_build.rs"]
+mod mlx_lm_build;
 mod sources;
 #[allow(dead_code)]
 #[path = "../e2e/support.rs"]

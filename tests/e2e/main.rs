@@ -9,6 +9,8 @@ mod bench;
 mod generate;
 mod install;
 mod messages;
+mod mlx_lm_build;
 mod oracle;
 mod probe;
 mod support;
+mod tiny_arch;

@@ -6,7 +6,7 @@
 //! Nothing here skips: when a model or the reference cannot be obtained, the test fails
 //! and says why.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs;
 use std::io::{Read as _, Seek as _, SeekFrom};
@@ -66,6 +66,29 @@ pub fn scratch_dir() -> tempfile::TempDir {
         .prefix("case-")
         .tempdir_in(&parent)
         .expect("create a scratch directory")
+}
+
+/// Setup results computed once per key and process (concurrent callers wait for the
+/// first); see [`once_per_key`].
+pub type OnceMap<K, V> = OnceLock<Mutex<BTreeMap<K, Arc<OnceLock<Result<V, String>>>>>>;
+
+/// The value of `key` in `cells`, computed by `f` on first use; a failure (`Err`) fails every
+/// test that asks for it, with the same message.
+pub fn once_per_key<K: Ord, V: Clone>(
+    cells: &'static OnceMap<K, V>,
+    key: K,
+    f: impl FnOnce() -> Result<V, String>,
+) -> V {
+    let cell = cells
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .entry(key)
+        .or_default()
+        .clone();
+    cell.get_or_init(f)
+        .clone()
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 // ----------------------------------------------------------------------------------------
@@ -309,7 +332,7 @@ pub fn generate(
 // ----------------------------------------------------------------------------------------
 // The test model
 
-fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
+pub fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
     hex(&Sha256::digest(bytes.as_ref()))
 }
 
@@ -537,7 +560,7 @@ pub fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, se
 // The reference implementation
 
 /// How the reference runs the model's floating-point parameters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum OracleDtype {
     /// As stored (bf16 weights, or bf16 quantization scales and biases).
     Model,
@@ -555,7 +578,7 @@ impl OracleDtype {
 }
 
 /// The venv python with mlx-lm (`scripts/oracle-venv.sh`, created on first use).
-fn oracle_python() -> PathBuf {
+pub fn oracle_python() -> PathBuf {
     static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     PYTHON
         .get_or_init(|| {
@@ -584,20 +607,9 @@ fn file_sha(path: &Path) -> String {
 /// `target/test-models/oracle-cache` keyed by the model directory's content, the request
 /// and the oracle script.
 pub fn oracle(model_dir: &Path, prompt: &str, chat: bool, dtype: OracleDtype) -> Arc<Generation> {
-    type Key = (PathBuf, String, bool, OracleDtype);
-    type Cell = Arc<OnceLock<Result<Arc<Generation>, String>>>;
-    static RUNS: OnceLock<Mutex<HashMap<Key, Cell>>> = OnceLock::new();
+    static RUNS: OnceMap<(PathBuf, String, bool, OracleDtype), Arc<Generation>> = OnceLock::new();
     let key = (model_dir.to_path_buf(), prompt.to_string(), chat, dtype);
-    let cell: Cell = RUNS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap()
-        .entry(key)
-        .or_default()
-        .clone();
-    cell.get_or_init(|| run_oracle(model_dir, prompt, chat, dtype))
-        .clone()
-        .unwrap_or_else(|e| panic!("{e}"))
+    once_per_key(&RUNS, key, || run_oracle(model_dir, prompt, chat, dtype))
 }
 
 fn run_oracle(
