@@ -304,14 +304,16 @@ fn stored_quantized(src: &SourceModel, path: &str, wdt: MlxDtype) -> Result<Modu
         })?;
     let (packed, lead) = match info.shape.split_last() {
         Some((p, lead)) if matches!(lead.len(), 1 | 2) => (*p, lead),
-        _ => return Err(src.at_key(
-            format!(
+        _ => {
+            return Err(src.at_key(
+                format!(
                 "quantized `{name}` has shape {:?}, expected 2 dimensions (3 for switch layers)",
                 info.shape
             ),
-            "quantization",
-            "quantization settings".into(),
-        )),
+                "quantization",
+                "quantization settings".into(),
+            ))
+        }
     };
     let cols = packed * 32 / q.bits as usize;
     let groups = sinfo.shape.last().copied().unwrap_or(0);
@@ -808,6 +810,33 @@ mod tests {
                 "model.layers.10.a"
             ]
         );
+    }
+
+    /// mlx-lm's `total_parameters` skips tensors of modules that have child modules.
+    #[test]
+    fn parameters_of_non_leaf_modules_are_not_counted() {
+        let item = |name: &str, module: bool| Item {
+            name: name.into(),
+            module,
+            action: Action::Dense,
+            float_dtype: None,
+            fixed: false,
+            outputs: vec![TensorSpec {
+                name: name.into(),
+                dtype: MlxDtype::Float32,
+                shape: vec![4],
+                parameters: 4,
+            }],
+        };
+        let mut items = vec![
+            item("model.layers.0.self_attn.sinks", false),
+            item("model.layers.0.self_attn.q_proj.weight", true),
+            item("model.norm.weight", false),
+            item("model.layers.0.layer_scalar", false),
+        ];
+        count_leaf_parameters(&mut items);
+        let counted: Vec<u64> = items.iter().map(|i| i.outputs[0].parameters).collect();
+        assert_eq!(counted, [0, 4, 4, 0]);
     }
 
     #[test]

@@ -369,59 +369,18 @@ mod tests {
         with_bytes(a, |b| b.to_vec()).unwrap()
     }
 
-    /// Switch weights quantized as rows give the bytes of MLX's quantize of the 3-D tensor.
-    #[test]
-    fn stacked_experts_are_exact() {
-        let w = mlx_rs::random::normal::<f32>(&[3, 5, 64][..], None, None, None)
-            .unwrap()
-            .as_dtype(Dtype::Bfloat16)
-            .unwrap();
-        for (mode, g, b) in [(QuantMode::Affine, 64, 4), (QuantMode::Mxfp4, 32, 4)] {
+    /// Quantizing (and dequantizing) `w` by rows gives the bytes of MLX's whole-tensor
+    /// quantize (and dequantize), for each of `cases`.
+    fn assert_rows_exact(w: &Array, cases: &[(QuantMode, i32, i32)]) {
+        for &(mode, g, b) in cases {
             let q = QuantParams {
                 group_size: g,
                 bits: b,
                 mode,
             };
-            let whole = quantize(&w, q).unwrap();
-            let rows_q = quantize_rows(&w, q).unwrap();
+            let whole = quantize(w, q).unwrap();
+            let rows_q = quantize_rows(w, q).unwrap();
             assert_eq!(rows_q.0.shape(), whole.0.shape());
-            assert_eq!(bytes(&whole.0), bytes(&rows_q.0), "{mode:?}");
-            assert_eq!(bytes(&whole.1), bytes(&rows_q.1), "{mode:?}");
-            assert_eq!(
-                whole.2.as_ref().map(bytes),
-                rows_q.2.as_ref().map(bytes),
-                "{mode:?}"
-            );
-            let deq = dequantize(&whole.0, &whole.1, whole.2.as_ref(), q, Dtype::Float32).unwrap();
-            let deq_rows =
-                dequantize_rows(&whole.0, &whole.1, whole.2.as_ref(), q, Dtype::Float32).unwrap();
-            assert_eq!(deq.shape(), deq_rows.shape());
-            assert_eq!(bytes(&deq), bytes(&deq_rows), "{mode:?}");
-        }
-    }
-
-    /// Quantizing in blocks of rows gives the bytes of quantizing the whole matrix, in
-    /// every mode (groups never span rows).
-    #[test]
-    fn blocks_of_rows_are_exact() {
-        let rows = 2 * CHUNK_ELEMENTS / 256 + 3;
-        let shape = [rows as i32, 256];
-        let w = mlx_rs::random::normal::<f32>(&shape[..], None, None, None)
-            .unwrap()
-            .as_dtype(Dtype::Bfloat16)
-            .unwrap();
-        for (mode, g, b) in [
-            (QuantMode::Affine, 64, 4),
-            (QuantMode::Affine, 32, 3),
-            (QuantMode::Mxfp8, 32, 8),
-        ] {
-            let q = QuantParams {
-                group_size: g,
-                bits: b,
-                mode,
-            };
-            let whole = quantize(&w, q).unwrap();
-            let rows_q = quantize_rows(&w, q).unwrap();
             assert_eq!(bytes(&whole.0), bytes(&rows_q.0), "{mode:?}");
             assert_eq!(bytes(&whole.1), bytes(&rows_q.1), "{mode:?}");
             assert_eq!(
@@ -435,7 +394,35 @@ mod tests {
                 .unwrap();
             let deq_rows =
                 dequantize_rows(&whole.0, &whole.1, whole.2.as_ref(), q, Dtype::Bfloat16).unwrap();
+            assert_eq!(deq.shape(), deq_rows.shape());
             assert_eq!(bytes(&deq), bytes(&deq_rows), "{mode:?}");
         }
+    }
+
+    fn normal_bf16(shape: &[i32]) -> Array {
+        mlx_rs::random::normal::<f32>(shape, None, None, None)
+            .unwrap()
+            .as_dtype(Dtype::Bfloat16)
+            .unwrap()
+    }
+
+    /// Switch weights (`[experts, out, in]`) quantized as rows: MLX's bytes of the 3-D tensor.
+    #[test]
+    fn stacked_experts_are_exact() {
+        let cases = [(QuantMode::Affine, 64, 4), (QuantMode::Mxfp4, 32, 4)];
+        assert_rows_exact(&normal_bf16(&[3, 5, 64]), &cases);
+    }
+
+    /// Quantizing in blocks of rows gives the bytes of quantizing the whole matrix, in
+    /// every mode (groups never span rows).
+    #[test]
+    fn blocks_of_rows_are_exact() {
+        let rows = 2 * CHUNK_ELEMENTS / 256 + 3;
+        let cases = [
+            (QuantMode::Affine, 64, 4),
+            (QuantMode::Affine, 32, 3),
+            (QuantMode::Mxfp8, 32, 8),
+        ];
+        assert_rows_exact(&normal_bf16(&[rows as i32, 256]), &cases);
     }
 }

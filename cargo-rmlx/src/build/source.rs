@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use crate::arch::convert::{self, Convert, Hints, Out, Problem, Recipe, Tensors};
 use crate::diagnostic::{Diagnostic, Result};
 use crate::snapshot::config::read_json;
-use crate::snapshot::{ModelConfig, Quantization, Weights};
+use crate::snapshot::{ModelConfig, QuantMode, QuantParams, Quantization, Weights};
 
 /// A source model directory, opened and validated.
 pub struct SourceModel {
@@ -67,7 +67,10 @@ impl SourceModel {
         } else {
             None
         };
-        let quantization = ModelConfig::quantization_of(&path, &text, &raw)?;
+        let quantization = match ModelConfig::quantization_of(&path, &text, &raw)? {
+            Some(q) => Some(q),
+            None => microscaled(&raw),
+        };
         let weights = Weights::open(dir)?;
         let mut tensors = Tensors::stored(weights.names().map(|n| {
             let info = weights.info(n).expect("listed tensor");
@@ -140,9 +143,10 @@ fn first_stored(r: &Recipe) -> &str {
     match r {
         Recipe::Stored(n) => n,
         Recipe::Stack(parts) => parts.first().map_or("", first_stored),
-        Recipe::Slice { of, .. } | Recipe::SwapAxes(of, ..) | Recipe::PlusOne(of) => {
-            first_stored(of)
-        }
+        Recipe::Slice { of, .. }
+        | Recipe::SwapAxes(of, ..)
+        | Recipe::PlusOne(of)
+        | Recipe::Words(of) => first_stored(of),
     }
 }
 
@@ -175,6 +179,36 @@ fn eval(weights: &Weights, r: &Recipe) -> Result<Array> {
             let one = Array::from_f32(1.0).as_dtype(a.dtype())?;
             a.add(&one)?
         }
+        Recipe::Words(of) => {
+            let a = eval(weights, of)?.view_dtype(mlx_rs::Dtype::Uint32)?;
+            let shape = a.shape();
+            let n = shape.len();
+            let mut words = shape[..n.saturating_sub(2)].to_vec();
+            words.push(shape[n.saturating_sub(2)..].iter().product());
+            a.reshape(&words)?
+        }
+    })
+}
+
+/// mlx-lm's reading of a released checkpoint's `quantization_config` with `quant_method`
+/// `mxfp4` / `mxfp8`: every module stored quantized uses that mode (group 32).
+fn microscaled(raw: &Map<String, Value>) -> Option<Quantization> {
+    let method = raw
+        .get("quantization_config")?
+        .get("quant_method")?
+        .as_str()?;
+    let (mode, bits) = match method {
+        "mxfp4" => (QuantMode::Mxfp4, 4),
+        "mxfp8" => (QuantMode::Mxfp8, 8),
+        _ => return None,
+    };
+    Some(Quantization {
+        default: QuantParams {
+            group_size: 32,
+            bits,
+            mode,
+        },
+        overrides: Default::default(),
     })
 }
 
@@ -202,7 +236,15 @@ fn problem(dir: &Path, config: &Path, weights: &Weights, p: Problem) -> Diagnost
         Some(t) => weights.file_of(t).unwrap_or(dir),
         None => config,
     };
-    let d = Diagnostic::error("rmlx::build::source-mismatch", p.message).with_file(file);
+    let shown = file
+        .file_name()
+        .unwrap_or(file.as_os_str())
+        .to_string_lossy();
+    let d = Diagnostic::error(
+        "rmlx::build::source-mismatch",
+        format!("{} (in {shown})", p.message),
+    )
+    .with_file(file);
     match p.help {
         Some(h) => d.with_help(h),
         None => d,

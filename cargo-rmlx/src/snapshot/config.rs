@@ -677,6 +677,27 @@ mod tests {
         );
     }
 
+    /// mlx-lm writes routers as `{"group_size": 64, "bits": 8}` next to an mxfp4 default:
+    /// an entry without `mode` is affine (mlx-lm's `to_quantized` default).
+    #[test]
+    fn module_entries_without_mode_are_affine() {
+        let c = parse(&format!(
+            "{BASE},\"quantization\":{{\"group_size\":32,\"bits\":4,\"mode\":\"mxfp4\",\
+             \"model.layers.0.mlp.gate\":{{\"group_size\":64,\"bits\":8}}}}}}"
+        ))
+        .unwrap();
+        let q = c.quantization.unwrap();
+        assert_eq!(q.default.mode, QuantMode::Mxfp4);
+        assert_eq!(
+            q.for_module("model.layers.0.mlp.gate"),
+            Some(QuantParams {
+                group_size: 64,
+                bits: 8,
+                mode: QuantMode::Affine
+            })
+        );
+    }
+
     #[test]
     fn unknown_model_type_points_at_the_key() {
         let err = parse(r#"{"model_type":"bogus"}"#).unwrap_err();

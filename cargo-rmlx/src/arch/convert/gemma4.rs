@@ -92,15 +92,11 @@ fn sanitize(t: &mut Tensors, h: &Hints<'_>) -> Result<(), Problem> {
     );
     for k in t.names() {
         if let Some(base) = k.strip_suffix(".experts.gate_up_proj") {
-            let axis = t.outs[&k].shape.len().saturating_sub(2);
-            let half = t.outs[&k].shape.get(axis).copied().unwrap_or(0) / 2;
-            t.split(
+            let e = format!("{base}.experts.switch_glu");
+            t.split_rows_in_halves(
                 &k,
-                axis,
-                &[
-                    (format!("{base}.experts.switch_glu.gate_proj.weight"), 0, 1),
-                    (format!("{base}.experts.switch_glu.up_proj.weight"), half, 1),
-                ],
+                &format!("{e}.gate_proj.weight"),
+                &format!("{e}.up_proj.weight"),
             )?;
         }
     }
@@ -136,7 +132,7 @@ fn layer_of(k: &str) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{run, shapes};
+    use super::super::tests::{listing, run_owned, shapes};
     use super::*;
 
     #[test]
@@ -157,19 +153,12 @@ mod tests {
                 vec![2, 2],
             ),
         ];
-        let refs: Vec<(&str, &[usize])> = names
-            .iter()
-            .map(|(n, s)| (n.as_str(), s.as_slice()))
-            .collect();
         let config = serde_json::json!({
             "model_type": "gemma4",
             "text_config": {"num_hidden_layers": 2, "num_kv_shared_layers": 1}
         });
-        let t = run(&CONVERT, config, &refs).unwrap();
-        let got: Vec<String> = shapes(&t)
-            .iter()
-            .map(|(n, s)| format!("{n} {s:?}"))
-            .collect();
+        let t = run_owned(&CONVERT, config, &names).unwrap();
+        let got: Vec<String> = listing(&t);
         let m = "language_model.model.layers";
         assert_eq!(
             got,
@@ -186,14 +175,10 @@ mod tests {
         assert!(fixed_quant(&format!("{m}.0.router.proj")).is_some());
         // mlx-lm's own layout converts to itself.
         let again = shapes(&t);
-        let refs: Vec<(&str, &[usize])> = again
-            .iter()
-            .map(|(n, s)| (n.as_str(), s.as_slice()))
-            .collect();
         let config = serde_json::json!({
             "model_type": "gemma4",
             "text_config": {"num_hidden_layers": 2, "num_kv_shared_layers": 1}
         });
-        assert_eq!(shapes(&run(&CONVERT, config, &refs).unwrap()), again);
+        assert_eq!(shapes(&run_owned(&CONVERT, config, &again).unwrap()), again);
     }
 }

@@ -1,18 +1,13 @@
 //! The llama family (llama, mistral, qwen2, qwen3): mlx-lm's sanitize drops the precomputed
 //! rotary frequencies and, for tied embeddings, `lm_head.weight`.
 
-use super::{
-    casts_all, drop_rotary, drop_tied_head, no_fixed_quant, Convert, Hints, Problem, Tensors,
-};
+use super::{drop_rotary, drop_tied_head, Convert, Hints, Problem, Tensors, NAMES_KEPT};
 
 /// The rules.
 pub const CONVERT: Convert = Convert {
     sanitize,
-    switch_modules: &[],
-    fixed_quant: no_fixed_quant,
-    keeps_dtype: casts_all,
-    config_fix: super::config_kept,
     checks_decoder_shapes: true,
+    ..NAMES_KEPT
 };
 
 /// Also SmolLM3's: llama's layout with some layers without RoPE (no weights of their own).

@@ -79,7 +79,7 @@ fn text_model(t: &mut Tensors, tied: bool) -> Result<(), Problem> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{run, shapes};
+    use super::super::tests::{run, run_owned, shapes};
     use super::*;
 
     #[test]
@@ -101,11 +101,7 @@ mod tests {
         ];
         assert_eq!(shapes(&t), want);
         // Idempotent on mlx-lm's layout.
-        let refs: Vec<(&str, &[usize])> = want
-            .iter()
-            .map(|(n, s)| (n.as_str(), s.as_slice()))
-            .collect();
-        assert_eq!(shapes(&run(&CONVERT, config, &refs).unwrap()), want);
+        assert_eq!(shapes(&run_owned(&CONVERT, config, &want).unwrap()), want);
         // ministral3 alone: tied by default.
         let t = run(
             &CONVERT,

@@ -77,6 +77,29 @@ pub fn casts_all(_: &str) -> bool {
     false
 }
 
+/// The rules of families whose checkpoint names are mlx-lm's: only precomputed rotary
+/// frequencies are dropped (the base the other families' rules start from).
+pub const NAMES_KEPT: Convert = Convert {
+    sanitize: drop_rotary_only,
+    switch_modules: &[],
+    fixed_quant: no_fixed_quant,
+    keeps_dtype: casts_all,
+    config_fix: config_kept,
+    checks_decoder_shapes: false,
+};
+
+/// mlx-lm's `SwitchGLU` experts under `mlp.switch_mlp` (Qwen MoE families).
+pub const SWITCH_MLP: &[&str] = &[
+    "mlp.switch_mlp.gate_proj",
+    "mlp.switch_mlp.up_proj",
+    "mlp.switch_mlp.down_proj",
+];
+
+fn drop_rotary_only(t: &mut Tensors, _: &Hints<'_>) -> Result<(), Problem> {
+    drop_rotary(t);
+    Ok(())
+}
+
 /// config.json is written back unchanged.
 pub fn config_kept(_: &mut Map<String, Value>) {}
 
@@ -168,6 +191,9 @@ pub enum Recipe {
     SwapAxes(Box<Recipe>, usize, usize),
     /// `x + 1` in the stored dtype (norm weights stored as `w - 1`).
     PlusOne(Box<Recipe>),
+    /// uint8 blocks `[.., groups, 16]` read as uint32 words `[.., groups * 4]` (MXFP4 weights
+    /// as released, in MLX's packing).
+    Words(Box<Recipe>),
 }
 
 /// One tensor of the converted model.
@@ -306,6 +332,26 @@ impl Tensors {
             );
         }
         Ok(())
+    }
+
+    /// Splits `[.., 2n, in]` fused expert weights (first half gate rows, second half up
+    /// rows) into `first` and `second`.
+    pub fn split_rows_in_halves(
+        &mut self,
+        name: &str,
+        first: &str,
+        second: &str,
+    ) -> Result<(), Problem> {
+        let Some(out) = self.outs.get(name) else {
+            return Ok(());
+        };
+        let axis = out.shape.len().saturating_sub(2);
+        let half = out.shape.get(axis).copied().unwrap_or(0) / 2;
+        self.split(
+            name,
+            axis,
+            &[(first.to_string(), 0, 1), (second.to_string(), half, 1)],
+        )
     }
 
     /// Stacks per-expert tensors `<prefix>.<e>.<rest>` (e = 0..experts) into
@@ -470,6 +516,27 @@ pub(crate) mod tests {
         let raw = config.as_object().cloned().unwrap_or_default();
         (c.sanitize)(&mut t, &Hints { raw: &raw })?;
         Ok(t)
+    }
+
+    /// [`run`] on owned names and shapes.
+    pub fn run_owned(
+        c: &Convert,
+        config: serde_json::Value,
+        tensors: &[(String, Vec<usize>)],
+    ) -> Result<Tensors, Problem> {
+        let refs: Vec<(&str, &[usize])> = tensors
+            .iter()
+            .map(|(n, s)| (n.as_str(), s.as_slice()))
+            .collect();
+        run(c, config, &refs)
+    }
+
+    /// `name [shape]` of every output, sorted by name.
+    pub fn listing(t: &Tensors) -> Vec<String> {
+        shapes(t)
+            .iter()
+            .map(|(n, s)| format!("{n} {s:?}"))
+            .collect()
     }
 
     /// `(name, shape)` of every output, sorted by name.

@@ -1,19 +1,7 @@
 //! OLMo 2: the checkpoint's names are mlx-lm's (post-norms and q/k norms included); only
 //! precomputed rotary frequencies are dropped.
 
-use super::{casts_all, drop_rotary, no_fixed_quant, Convert, Hints, Problem, Tensors};
+use super::{Convert, NAMES_KEPT};
 
 /// The rules.
-pub const CONVERT: Convert = Convert {
-    sanitize,
-    switch_modules: &[],
-    fixed_quant: no_fixed_quant,
-    keeps_dtype: casts_all,
-    config_fix: super::config_kept,
-    checks_decoder_shapes: false,
-};
-
-fn sanitize(t: &mut Tensors, _: &Hints<'_>) -> Result<(), Problem> {
-    drop_rotary(t);
-    Ok(())
-}
+pub const CONVERT: Convert = NAMES_KEPT;

@@ -9,16 +9,14 @@
 
 use serde_json::{Map, Value};
 
-use super::{eight_bit_if, text_config_mut, Convert, FixedQuant, Hints, Problem, Recipe, Tensors};
+use super::{
+    eight_bit_if, text_config_mut, Convert, FixedQuant, Hints, Problem, Recipe, Tensors, SWITCH_MLP,
+};
 
 /// The rules.
 pub const CONVERT: Convert = Convert {
     sanitize,
-    switch_modules: &[
-        "mlp.switch_mlp.gate_proj",
-        "mlp.switch_mlp.up_proj",
-        "mlp.switch_mlp.down_proj",
-    ],
+    switch_modules: SWITCH_MLP,
     fixed_quant,
     keeps_dtype: |path| path.ends_with("A_log"),
     config_fix,
@@ -105,18 +103,14 @@ fn split_experts(t: &mut Tensors, h: &Hints<'_>) -> Result<(), Problem> {
     for l in 0..layers {
         let p = format!("language_model.model.layers.{l}.mlp");
         let gate_up = format!("{p}.experts.gate_up_proj");
-        let Some(out) = t.outs.get(&gate_up) else {
+        if !t.outs.contains_key(&gate_up) {
             continue;
-        };
-        let axis = out.shape.len().saturating_sub(2);
-        let half = out.shape.get(axis).copied().unwrap_or(0) / 2;
-        t.split(
+        }
+        let s = format!("{p}.switch_mlp");
+        t.split_rows_in_halves(
             &gate_up,
-            axis,
-            &[
-                (format!("{p}.switch_mlp.gate_proj.weight"), 0, 1),
-                (format!("{p}.switch_mlp.up_proj.weight"), half, 1),
-            ],
+            &format!("{s}.gate_proj.weight"),
+            &format!("{s}.up_proj.weight"),
         )?;
         let down = format!("{p}.experts.down_proj");
         let down_out = t.outs.remove(&down).ok_or_else(|| Problem {
@@ -132,7 +126,7 @@ fn split_experts(t: &mut Tensors, h: &Hints<'_>) -> Result<(), Problem> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{run, shapes, stored};
+    use super::super::tests::{listing, run_owned, shapes, stored};
     use super::*;
 
     fn hf(moe: bool) -> Vec<(String, Vec<usize>)> {
@@ -157,17 +151,10 @@ mod tests {
     #[test]
     fn text_model_moves_and_conv_and_norms_are_fixed() {
         let names = hf(true);
-        let refs: Vec<(&str, &[usize])> = names
-            .iter()
-            .map(|(n, s)| (n.as_str(), s.as_slice()))
-            .collect();
         let config = serde_json::json!({"text_config": {"num_hidden_layers": 1}});
-        let t = run(&CONVERT, config, &refs).unwrap();
+        let t = run_owned(&CONVERT, config, &names).unwrap();
         let l = "language_model.model.layers.0";
-        let got: Vec<String> = shapes(&t)
-            .iter()
-            .map(|(n, s)| format!("{n} {s:?}"))
-            .collect();
+        let got: Vec<String> = listing(&t);
         assert_eq!(
             got,
             [
@@ -209,12 +196,8 @@ mod tests {
 
         // mlx-lm's own output converts to itself.
         let again = shapes(&t);
-        let refs: Vec<(&str, &[usize])> = again
-            .iter()
-            .map(|(n, s)| (n.as_str(), s.as_slice()))
-            .collect();
         let config = serde_json::json!({"text_config": {"num_hidden_layers": 1}});
-        let t2 = run(&CONVERT, config, &refs).unwrap();
+        let t2 = run_owned(&CONVERT, config, &again).unwrap();
         assert_eq!(shapes(&t2), again);
         assert!(t2
             .outs

@@ -4,17 +4,13 @@
 
 use super::{
     casts_all, drop_tied_head, eight_bit_if, layers_with, Convert, FixedQuant, Hints, Problem,
-    Tensors,
+    Tensors, SWITCH_MLP,
 };
 
 /// The rules.
 pub const CONVERT: Convert = Convert {
     sanitize,
-    switch_modules: &[
-        "mlp.switch_mlp.gate_proj",
-        "mlp.switch_mlp.up_proj",
-        "mlp.switch_mlp.down_proj",
-    ],
+    switch_modules: SWITCH_MLP,
     fixed_quant,
     keeps_dtype: casts_all,
     config_fix: super::config_kept,
@@ -41,7 +37,7 @@ fn sanitize(t: &mut Tensors, h: &Hints<'_>) -> Result<(), Problem> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{run, shapes};
+    use super::super::tests::{run_owned, shapes};
     use super::*;
 
     #[test]
@@ -62,11 +58,7 @@ mod tests {
                 vec![8, 4],
             ));
         }
-        let refs: Vec<(&str, &[usize])> = names
-            .iter()
-            .map(|(n, s)| (n.as_str(), s.as_slice()))
-            .collect();
-        let t = run(&CONVERT, serde_json::json!({"num_experts": 2}), &refs).unwrap();
+        let t = run_owned(&CONVERT, serde_json::json!({"num_experts": 2}), &names).unwrap();
         let want: Vec<(String, Vec<usize>)> = vec![
             ("model.layers.0.mlp.gate.weight".into(), vec![2, 8]),
             (
@@ -93,12 +85,12 @@ mod tests {
         );
         assert_eq!(fixed_quant("model.layers.1.mlp.gate_proj"), None);
 
-        let p = run(&CONVERT, serde_json::json!({"num_experts": 3}), &refs).unwrap_err();
+        let p = run_owned(&CONVERT, serde_json::json!({"num_experts": 3}), &names).unwrap_err();
         assert!(
             p.message.contains("experts.2.") && p.message.contains("3 experts"),
             "{p:?}"
         );
-        let p = run(&CONVERT, serde_json::json!({}), &refs).unwrap_err();
+        let p = run_owned(&CONVERT, serde_json::json!({}), &names).unwrap_err();
         assert!(p.message.contains("num_experts"), "{p:?}");
     }
 }
