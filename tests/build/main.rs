@@ -3,6 +3,9 @@
 //! against the reference tool (`mlx_lm convert` and mlx-lm loading, from the venv of
 //! `scripts/oracle-venv.sh`).
 //!
+//! - `archs`: each architecture's tiny Hugging Face checkpoint converts byte-identically to
+//!   `mlx_lm convert` (float, affine 4-bit, mxfp4 for gpt_oss); missing or mismatched
+//!   experts and unsupported architectures are located errors.
 //! - `compare`: our quantized output is byte-identical to `mlx_lm convert`'s (affine 4-bit
 //!   g64, mxfp4, and `--dtype float16`), and each tool loads the other's directory.
 //! - `incremental`: Fresh without reading weights, exactly-the-changed-model rebuilds, a
@@ -19,6 +22,7 @@
 //! `target/test-models/build-cache`, keyed by the source's content and the reference's
 //! pinned requirements.
 
+mod archs;
 mod bad_inputs;
 mod common;
 mod compare;
@@ -31,4 +35,7 @@ mod sources;
 #[allow(dead_code)]
 #[path = "../e2e/support.rs"]
 mod support;
+#[allow(dead_code)]
+#[path = "../e2e/tiny_build.rs"]
+mod tiny_build;
 mod workspace;

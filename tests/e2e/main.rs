@@ -14,3 +14,4 @@ mod oracle;
 mod probe;
 mod support;
 mod tiny_arch;
+mod tiny_build;

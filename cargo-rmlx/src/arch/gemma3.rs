@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::{Architecture, Convert};
+use super::Architecture;
 use crate::diagnostic::Result;
 use crate::engine::decoder::{Decoder, DecoderSpec};
 use crate::engine::layers::LoadCtx;
@@ -17,9 +17,7 @@ use crate::snapshot::ModelConfig;
 pub const ARCH: Architecture = Architecture {
     model_types: &["gemma3_text"],
     load,
-    convert: Convert {
-        drops_tied_lm_head: false,
-    },
+    convert: super::convert::gemma3::CONVERT,
 };
 
 fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {

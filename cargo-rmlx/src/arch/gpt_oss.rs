@@ -12,7 +12,7 @@
 use mlx_rs::{Array, Dtype};
 use serde_json::Value;
 
-use super::{config_size, Architecture, Convert};
+use super::{config_size, Architecture};
 use crate::diagnostic::{Diagnostic, Result};
 use crate::engine::decoder::{Decoder, DecoderSpec};
 use crate::engine::layers::LoadCtx;
@@ -26,9 +26,7 @@ use crate::snapshot::{ModelConfig, QuantMode, QuantParams};
 pub const ARCH: Architecture = Architecture {
     model_types: &["gpt_oss"],
     load,
-    convert: Convert {
-        drops_tied_lm_head: false,
-    },
+    convert: super::convert::gpt_oss::CONVERT,
 };
 
 /// mlx-lm's `SwigluOAI` defaults (config.json's `swiglu_limit` is not read by mlx-lm).

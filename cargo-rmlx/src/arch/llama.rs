@@ -3,9 +3,9 @@
 //! `no_rope_layer_interval`-th layer (or those `no_rope_layers` marks 0). All are the
 //! standard dense decoder.
 
-use super::{Architecture, Convert};
 use serde_json::Value;
 
+use super::Architecture;
 use crate::diagnostic::Result;
 use crate::engine::decoder::{Decoder, DecoderSpec};
 use crate::engine::layers::LoadCtx;
@@ -14,11 +14,16 @@ use crate::snapshot::ModelConfig;
 
 /// Registry entry.
 pub const ARCH: Architecture = Architecture {
-    model_types: &["llama", "mistral", "qwen2", "qwen3", "smollm3"],
+    model_types: &["llama", "mistral", "qwen2", "qwen3"],
     load,
-    convert: Convert {
-        drops_tied_lm_head: true,
-    },
+    convert: super::convert::llama::CONVERT,
+};
+
+/// Registry entry of SmolLM3 (the same network; its own conversion rules).
+pub const SMOLLM3: Architecture = Architecture {
+    model_types: &["smollm3"],
+    load,
+    convert: super::convert::smollm3::CONVERT,
 };
 
 fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {

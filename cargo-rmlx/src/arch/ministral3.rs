@@ -6,7 +6,7 @@
 use mlx_rs::Array;
 use serde_json::Value;
 
-use super::{Architecture, Convert};
+use super::Architecture;
 use crate::diagnostic::Result;
 use crate::engine::attention::{Attention, AttentionSpec};
 use crate::engine::cache::{Cache, CacheKind};
@@ -20,9 +20,7 @@ use crate::snapshot::ModelConfig;
 pub const ARCH: Architecture = Architecture {
     model_types: &["ministral3"],
     load,
-    convert: Convert {
-        drops_tied_lm_head: true,
-    },
+    convert: super::convert::mistral3::CONVERT,
 };
 
 #[derive(Debug)]

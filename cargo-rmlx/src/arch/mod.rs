@@ -8,6 +8,7 @@
 //! Adding an architecture: a module here with a `pub const ARCH: Architecture`, listed in
 //! [`REGISTRY`].
 
+pub mod convert;
 pub mod gemma3;
 pub mod gemma4;
 pub mod gpt_oss;
@@ -36,17 +37,12 @@ pub struct Architecture {
     pub convert: Convert,
 }
 
-/// Conversion rules of a family (mlx-lm's `sanitize` and quantization choices).
-#[derive(Debug, Clone, Copy)]
-pub struct Convert {
-    /// A tied model's stored `lm_head.weight` is dropped on conversion (mlx-lm's llama-style
-    /// `sanitize`); other families keep what the checkpoint holds.
-    pub drops_tied_lm_head: bool,
-}
+pub use convert::Convert;
 
 /// Every supported architecture.
 pub static REGISTRY: &[&Architecture] = &[
     &llama::ARCH,
+    &llama::SMOLLM3,
     &gemma3::ARCH,
     &olmo2::ARCH,
     &phi3::ARCH,
@@ -70,6 +66,8 @@ pub struct Wrapper {
     /// Keys the wrapper's loader sets on the text config when it lacks them, from the outer
     /// config or as constants (mlx-lm's `ModelArgs.__post_init__` of the wrapper).
     pub text_defaults: fn(outer: &Map<String, Value>, text: &mut Map<String, Value>),
+    /// How `cargo rmlx build` converts such a checkpoint.
+    pub convert: Convert,
 }
 
 /// Outer keys that apply to the text model too (MLX writes them at the top level).
@@ -121,6 +119,7 @@ pub static WRAPPERS: &[&Wrapper] = &[&MISTRAL3, &GEMMA4, &QWEN3_5];
 const MISTRAL3: Wrapper = Wrapper {
     model_types: &["mistral3"],
     prefix: "language_model.",
+    convert: convert::mistral3::CONVERT,
     text_defaults: |_, text| {
         text.entry("tie_word_embeddings")
             .or_insert(Value::Bool(false));
@@ -132,6 +131,7 @@ const MISTRAL3: Wrapper = Wrapper {
 const GEMMA4: Wrapper = Wrapper {
     model_types: &["gemma4"],
     prefix: "language_model.",
+    convert: convert::gemma4::CONVERT,
     text_defaults: |outer, text| {
         let vocab = outer
             .get("vocab_size")
@@ -148,6 +148,7 @@ const GEMMA4: Wrapper = Wrapper {
 const QWEN3_5: Wrapper = Wrapper {
     model_types: &["qwen3_5", "qwen3_5_moe"],
     prefix: "language_model.",
+    convert: convert::qwen3_5::CONVERT,
     text_defaults: |_, _| {},
 };
 

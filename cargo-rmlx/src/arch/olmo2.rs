@@ -4,7 +4,7 @@
 
 use mlx_rs::Array;
 
-use super::{Architecture, Convert};
+use super::Architecture;
 use crate::diagnostic::Result;
 use crate::engine::attention::{attend_projected, AttentionSpec};
 use crate::engine::cache::{Cache, CacheKind};
@@ -17,9 +17,7 @@ use crate::engine::network::Network;
 pub const ARCH: Architecture = Architecture {
     model_types: &["olmo2"],
     load,
-    convert: Convert {
-        drops_tied_lm_head: false,
-    },
+    convert: super::convert::olmo2::CONVERT,
 };
 
 #[derive(Debug)]

@@ -8,7 +8,7 @@ use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::Array;
 use serde_json::Value;
 
-use super::{Architecture, Convert};
+use super::Architecture;
 use crate::diagnostic::Result;
 use crate::engine::attention::{attend_projected, AttentionSpec};
 use crate::engine::cache::{Cache, CacheKind};
@@ -21,9 +21,7 @@ use crate::snapshot::{ModelConfig, RopeScaling};
 pub const ARCH: Architecture = Architecture {
     model_types: &["phi3"],
     load,
-    convert: Convert {
-        drops_tied_lm_head: false,
-    },
+    convert: super::convert::phi3::CONVERT,
 };
 
 #[derive(Debug)]

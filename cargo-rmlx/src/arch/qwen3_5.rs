@@ -10,7 +10,7 @@
 use mlx_rs::Array;
 use serde_json::Value;
 
-use super::{config_bool, config_size, Architecture, Convert};
+use super::{config_bool, config_size, Architecture};
 use crate::diagnostic::{Diagnostic, Result};
 use crate::engine::attention::{Attention, AttentionSpec};
 use crate::engine::cache::{Cache, CacheKind};
@@ -27,10 +27,7 @@ pub const ARCH: Architecture = Architecture {
     // Flat configs keep the outer type; a wrapper's `text_config` names the text model.
     model_types: &["qwen3_5", "qwen3_5_moe", "qwen3_5_text", "qwen3_5_moe_text"],
     load,
-    convert: Convert {
-        // mlx-lm's sanitize drops a tied model's lm_head.
-        drops_tied_lm_head: true,
-    },
+    convert: super::convert::qwen3_5::CONVERT,
 };
 
 fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {

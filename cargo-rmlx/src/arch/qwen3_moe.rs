@@ -10,7 +10,7 @@
 use mlx_rs::Array;
 use serde_json::Value;
 
-use super::{config_bool, config_size, Architecture, Convert};
+use super::{config_bool, config_size, Architecture};
 use crate::diagnostic::Result;
 use crate::engine::decoder::{Decoder, DecoderSpec};
 use crate::engine::layers::LoadCtx;
@@ -25,9 +25,7 @@ use crate::snapshot::ModelConfig;
 pub const ARCH: Architecture = Architecture {
     model_types: &["qwen3_moe"],
     load,
-    convert: Convert {
-        drops_tied_lm_head: true,
-    },
+    convert: super::convert::qwen3_moe::CONVERT,
 };
 
 fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {

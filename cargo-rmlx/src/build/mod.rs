@@ -23,6 +23,7 @@ pub mod fingerprint;
 pub mod plan;
 pub mod pyjson;
 pub mod quant;
+pub mod source;
 pub mod writer;
 
 use std::fs::File;
@@ -35,7 +36,8 @@ use mlx_rs::Array;
 use serde_json::{json, Value};
 
 use self::fingerprint::{FileStamp, Fingerprint};
-use self::plan::{Action, Item, Plan, SourceModel};
+use self::plan::{Action, Item, Plan};
+use self::source::SourceModel;
 use self::writer::Writer;
 use crate::diagnostic::{Diagnostic, Result};
 use crate::manifest::{describe_params, Dtype, Manifest, ModelDecl, Quantize};
@@ -409,8 +411,17 @@ pub fn build_model(
     let cfg_path = tmp.join("config.json");
     std::fs::write(&cfg_path, config).map_err(|e| io("cannot write", &cfg_path, &e))?;
     copy_aux(&src.dir, decl, tmp)?;
-    // The output must open as a model directory before it replaces anything.
-    Snapshot::open(tmp)?;
+    // The output must open as a model directory before it replaces anything (when this
+    // build of cargo-rmlx runs the architecture).
+    if crate::arch::lookup(&src.model_type).is_some() {
+        Snapshot::open(tmp)?;
+    } else {
+        tracing::info!(
+            "{}: converted `{}` without opening the output (no engine for it here)",
+            decl.name,
+            src.model_type
+        );
+    }
     // Stamps again: a source edited during the build makes the next build rebuild.
     let after = source_stamps(decl, &kind)?;
     if after != fp.sources {
@@ -718,7 +729,7 @@ fn write_weights(
 }
 
 fn load(src: &SourceModel, name: &str) -> Result<Array> {
-    src.weights.raw_array(name)
+    src.array(name)
 }
 
 fn cast(a: Array, to: Option<mlx_rs::Dtype>) -> Result<Array> {

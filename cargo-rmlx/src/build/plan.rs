@@ -14,73 +14,20 @@
 //! - `model.sanitize` drops `*.rotary_emb.inv_freq` and, for llama/mistral/qwen2/qwen3 with
 //!   tied embeddings, `lm_head.weight`.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
 
 use mlx_rs::Dtype as MlxDtype;
 use serde_json::{json, Map, Value};
 
 use super::pyjson;
 use super::quant::{is_float, mlx_dtype};
+use super::source::SourceModel;
 use super::writer::TensorSpec;
 use crate::diagnostic::{Diagnostic, Result};
 use crate::manifest::{describe_params, Dtype, ModuleOverride, Quantize};
-use crate::snapshot::config::read_json;
-use crate::snapshot::{ModelConfig, QuantMode, QuantParams, Weights};
+use crate::snapshot::{ModelConfig, QuantMode, QuantParams};
 
 const CODE_MISMATCH: &str = "rmlx::build::source-mismatch";
-
-/// A source model directory, opened and validated.
-pub struct SourceModel {
-    /// The directory.
-    pub dir: PathBuf,
-    /// Parsed config.json.
-    pub config: ModelConfig,
-    /// config.json as written (key order kept).
-    pub raw: Map<String, Value>,
-    /// config.json's text (diagnostics point into it).
-    pub text: Arc<str>,
-    /// The weights (headers, names, shapes; data read one tensor at a time).
-    pub weights: Weights,
-}
-
-impl SourceModel {
-    /// Opens `dir`: config.json (supported architecture, located JSON errors) and the
-    /// weights (headers validated; nothing is read yet).
-    pub fn open(dir: &Path) -> Result<Self> {
-        let config = ModelConfig::from_dir(dir)?;
-        let (text, value) = read_json(&dir.join("config.json"), "rmlx::snapshot::config")?;
-        let raw = match value {
-            Value::Object(m) => m,
-            _ => unreachable!("ModelConfig::from_dir accepted a non-object"),
-        };
-        let weights = Weights::open(dir)?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            config,
-            raw,
-            text,
-            weights,
-        })
-    }
-
-    fn config_path(&self) -> PathBuf {
-        self.dir.join("config.json")
-    }
-
-    /// An error about the source pointing at `key` in config.json.
-    fn at_key(&self, msg: String, key: &str, label: String) -> Diagnostic {
-        let d = Diagnostic::error(CODE_MISMATCH, msg).with_file(self.config_path());
-        let needle = format!("\"{key}\"");
-        match self.text.find(&needle) {
-            Some(start) => d
-                .with_source(self.text.clone())
-                .with_span(start..start + needle.len(), label),
-            None => d,
-        }
-    }
-}
 
 /// What happens to one tensor or module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +58,8 @@ pub struct Item {
     pub action: Action,
     /// Floating dtype the work is done in (cast target; dequantize output).
     pub float_dtype: Option<MlxDtype>,
+    /// Quantized with the family's fixed settings (mlx-lm's `quant_predicate`).
+    pub fixed: bool,
     /// Tensors written, in order.
     pub outputs: Vec<TensorSpec>,
 }
@@ -121,7 +70,7 @@ pub struct Plan {
     /// Work items in output order.
     pub items: Vec<Item>,
     /// Source tensors not written, with the reason.
-    pub dropped: Vec<(String, &'static str)>,
+    pub dropped: Vec<(String, String)>,
     /// The conversion dtype (see the module docs), if any.
     pub dtype: Option<MlxDtype>,
     /// The `quantization` block of the output config, if anything is quantized.
@@ -226,7 +175,8 @@ fn params_json(q: &QuantParams) -> Value {
 
 struct Module {
     path: String,
-    rows: usize,
+    /// Every dimension but the last (`[out]`, or `[experts, out]` for switch layers).
+    lead: Vec<usize>,
     cols: usize,
     source: Option<QuantParams>,
     weight_dtype: MlxDtype,
@@ -237,284 +187,23 @@ struct Module {
 /// rmlx.toml, which also re-casts the scales of modules kept quantized).
 pub fn plan(src: &SourceModel, quantize: &Quantize, declared_dtype: Option<Dtype>) -> Result<Plan> {
     let dtype = conversion_dtype(&src.raw, declared_dtype);
-    let model_type = src.config.model_type.as_str();
-    let tie = src
-        .raw
-        .get("tie_word_embeddings")
-        .and_then(Value::as_bool)
-        .unwrap_or(true);
-    let drops_lm_head =
-        tie && crate::arch::lookup(model_type).is_some_and(|a| a.convert.drops_tied_lm_head);
-
-    let names: Vec<String> = src.weights.names().map(str::to_string).collect();
-    let mut dropped = Vec::new();
-    let mut modules: Vec<Module> = Vec::new();
-    let mut plain: Vec<String> = Vec::new();
-    let mut consumed: std::collections::HashSet<String> = std::collections::HashSet::new();
-    for name in &names {
-        if name.contains("rotary_emb.inv_freq") {
-            dropped.push((name.clone(), "precomputed rotary frequencies (unused)"));
-            continue;
-        }
-        if drops_lm_head && (name == "lm_head" || name.starts_with("lm_head.")) {
-            dropped.push((name.clone(), "tied to the embeddings"));
-            continue;
-        }
-        let Some(path) = name.strip_suffix(".weight") else {
-            continue;
-        };
-        let info = src.weights.info(name).expect("listed tensor");
-        let wdt = mlx_dtype(info.dtype).ok_or_else(|| {
-            Diagnostic::error(
-                "rmlx::build::unsupported-dtype",
-                format!("tensor `{name}` has unsupported dtype {:?}", info.dtype),
-            )
-            .with_file(src.weights.file_of(name).unwrap_or(&src.dir))
-        })?;
-        let scales = format!("{path}.scales");
-        if let Some(sinfo) = src.weights.info(&scales) {
-            let q = src
-                .config
-                .quantization
-                .as_ref()
-                .and_then(|q| q.for_module(path))
-                .ok_or_else(|| {
-                    src.at_key(
-                        format!(
-                            "`{path}` is stored quantized (it has `{scales}`) but config.json \
-                             has no quantization settings for it"
-                        ),
-                        "model_type",
-                        "no `quantization` block for this model".into(),
-                    )
-                })?;
-            let (rows, packed) = match info.shape.as_slice() {
-                [r, p] => (*r, *p),
-                other => {
-                    return Err(src.at_key(
-                        format!("quantized `{name}` has shape {other:?}, expected 2 dimensions"),
-                        "quantization",
-                        "quantization settings".into(),
-                    ))
-                }
-            };
-            let cols = packed * 32 / q.bits as usize;
-            let groups = sinfo.shape.last().copied().unwrap_or(0);
-            if (packed * 32) % q.bits as usize != 0
-                || groups * q.group_size as usize != cols
-                || sinfo.shape.first() != Some(&rows)
-            {
-                return Err(src
-                    .at_key(
-                        format!(
-                            "`{name}` {:?} with `{scales}` {:?} is not {} quantization",
-                            info.shape,
-                            sinfo.shape,
-                            describe_params(&q)
-                        ),
-                        "quantization",
-                        format!("config.json says {}", describe_params(&q)),
-                    )
-                    .with_help("the weights do not match config.json's quantization block"));
-            }
-            let sdt = mlx_dtype(sinfo.dtype);
-            if q.mode == QuantMode::Affine && !sdt.is_some_and(is_float) {
-                return Err(src.at_key(
-                    format!(
-                        "`{scales}` is {:?}, affine scales must be floats",
-                        sinfo.dtype
-                    ),
-                    "quantization",
-                    format!("config.json says {}", describe_params(&q)),
-                ));
-            }
-            consumed.insert(name.clone());
-            consumed.insert(scales);
-            consumed.insert(format!("{path}.biases"));
-            modules.push(Module {
-                path: path.to_string(),
-                rows,
-                cols,
-                source: Some(q),
-                weight_dtype: wdt,
-                scales_dtype: sdt,
-            });
-        } else if info.shape.len() == 2 && is_float(wdt) {
-            consumed.insert(name.clone());
-            modules.push(Module {
-                path: path.to_string(),
-                rows: info.shape[0],
-                cols: info.shape[1],
-                source: None,
-                weight_dtype: wdt,
-                scales_dtype: None,
-            });
-        }
+    let (modules, plain) = collect(src)?;
+    if let Some(config) = &src.config {
+        check_shapes(src, config, &modules, &plain)?;
     }
-    for name in &names {
-        if consumed.contains(name) || dropped.iter().any(|(d, _)| d == name) {
-            continue;
-        }
-        if name.ends_with(".scales") || name.ends_with(".biases") {
-            return Err(Diagnostic::error(
-                CODE_MISMATCH,
-                format!("`{name}` has no matching quantized `.weight`"),
-            )
-            .with_file(src.weights.file_of(name).unwrap_or(&src.dir)));
-        }
-        plain.push(name.clone());
-    }
-    check_shapes(src, &modules, &plain)?;
-
-    // ---- decide ----
     let mut matched = vec![false; quant_overrides(quantize).len()];
     let mut not_divisible = Vec::new();
     let mut items: Vec<Item> = Vec::new();
-    let explicit = declared_dtype.is_some();
     for m in &modules {
-        let target = match quantize {
-            Quantize::AsSource => m.source,
-            Quantize::Dense => None,
-            Quantize::Quantize(spec) => {
-                if let Some(i) = spec.overrides.iter().position(|o| o.matches(&m.path)) {
-                    matched[i] = true;
-                }
-                match spec.for_module(&m.path) {
-                    Some(p) if m.cols % p.group_size as usize != 0 => {
-                        not_divisible.push(m.path.clone());
-                        None
-                    }
-                    other => other,
-                }
-            }
-        };
-        let action = match (m.source, target) {
-            (None, None) => Action::Dense,
-            (Some(s), Some(t)) if s == t => Action::Keep(s),
-            (from, Some(to)) => Action::Quantize { from, to },
-            (Some(s), None) => Action::Dequantize(s),
-        };
-        // Dtype of floats produced for this module.
-        let float_dtype = match m.source {
-            None => Some(dtype.unwrap_or(m.weight_dtype)),
-            Some(s) => Some(dtype.unwrap_or(match (s.mode, m.scales_dtype) {
-                (QuantMode::Affine, Some(d)) => d,
-                _ => MlxDtype::Bfloat16,
-            })),
-        };
-        let w = format!("{}.weight", m.path);
-        let mut outputs = Vec::new();
-        let logical = (m.rows * m.cols) as u64;
-        match action {
-            Action::Dense | Action::Dequantize(_) => outputs.push(TensorSpec {
-                name: w,
-                dtype: float_dtype.expect("set"),
-                shape: vec![m.rows, m.cols],
-                parameters: logical,
-            }),
-            Action::Keep(q) => {
-                let scales_dtype = if explicit && m.scales_dtype.is_some_and(is_float) {
-                    dtype.expect("explicit dtype")
-                } else {
-                    m.scales_dtype.expect("quantized source has scales")
-                };
-                outputs.extend(quantized_specs(
-                    &m.path,
-                    m.rows,
-                    m.cols,
-                    q,
-                    scales_dtype,
-                    m.weight_dtype,
-                ));
-            }
-            Action::Quantize { to, .. } => {
-                let sd = if to.mode == QuantMode::Affine {
-                    float_dtype.expect("set")
-                } else {
-                    MlxDtype::Uint8
-                };
-                outputs.extend(quantized_specs(
-                    &m.path,
-                    m.rows,
-                    m.cols,
-                    to,
-                    sd,
-                    MlxDtype::Uint32,
-                ));
-            }
-        }
-        items.push(Item {
-            name: m.path.clone(),
-            module: true,
-            action,
-            float_dtype,
-            outputs,
-        });
+        let target = target_of(src, m, quantize, &mut matched, &mut not_divisible);
+        items.push(module_item(src, m, target, dtype, declared_dtype.is_some()));
     }
     for name in &plain {
-        let info = src.weights.info(name).expect("listed tensor");
-        let sdt = mlx_dtype(info.dtype).ok_or_else(|| {
-            Diagnostic::error(
-                "rmlx::build::unsupported-dtype",
-                format!("tensor `{name}` has unsupported dtype {:?}", info.dtype),
-            )
-            .with_file(src.weights.file_of(name).unwrap_or(&src.dir))
-        })?;
-        let out = if is_float(sdt) {
-            dtype.unwrap_or(sdt)
-        } else {
-            sdt
-        };
-        items.push(Item {
-            name: name.clone(),
-            module: false,
-            action: Action::Dense,
-            float_dtype: Some(out),
-            outputs: vec![TensorSpec {
-                name: name.clone(),
-                dtype: out,
-                shape: info.shape.clone(),
-                parameters: info.shape.iter().product::<usize>() as u64,
-            }],
-        });
+        items.push(plain_item(src, name, dtype)?);
     }
     items.sort_by(|a, b| natural_cmp(&a.outputs[0].name, &b.outputs[0].name));
-
-    // ---- quantization block ----
-    let final_params: Vec<(&str, QuantParams)> = items
-        .iter()
-        .filter_map(|i| match i.action {
-            Action::Keep(q) | Action::Quantize { to: q, .. } => Some((i.name.as_str(), q)),
-            _ => None,
-        })
-        .collect();
-    let quantization = if final_params.is_empty() {
-        None
-    } else {
-        let default = match quantize {
-            Quantize::Quantize(spec) => spec.default,
-            _ => src
-                .config
-                .quantization
-                .as_ref()
-                .map(|q| q.default)
-                .unwrap_or_else(|| most_common(&final_params)),
-        };
-        let mut block = Map::new();
-        block.insert("group_size".into(), json!(default.group_size));
-        block.insert("bits".into(), json!(default.bits));
-        block.insert("mode".into(), json!(default.mode.as_str()));
-        let mut specific: Vec<(&str, QuantParams)> = final_params
-            .iter()
-            .filter(|(_, q)| *q != default)
-            .copied()
-            .collect();
-        specific.sort_by(|a, b| natural_cmp(a.0, b.0));
-        for (path, q) in specific {
-            block.insert(path.to_string(), params_json(&q));
-        }
-        Some(Value::Object(block))
-    };
+    count_leaf_parameters(&mut items);
+    let quantization = quantization_block(src, quantize, &items);
     let unmatched_overrides = quant_overrides(quantize)
         .iter()
         .zip(&matched)
@@ -523,12 +212,359 @@ pub fn plan(src: &SourceModel, quantize: &Quantize, declared_dtype: Option<Dtype
         .collect();
     Ok(Plan {
         items,
-        dropped,
+        dropped: src.tensors.dropped.clone(),
         dtype,
         quantization,
         unmatched_overrides,
         not_divisible,
     })
+}
+
+fn unsupported_dtype(src: &SourceModel, name: &str, dtype: safetensors::Dtype) -> Diagnostic {
+    Diagnostic::error(
+        "rmlx::build::unsupported-dtype",
+        format!("tensor `{name}` has unsupported dtype {dtype:?}"),
+    )
+    .with_file(src.file_of(name))
+}
+
+/// The modules (quantizable weights: 2-D `Linear`/`Embedding` weights, the family's 3-D
+/// switch weights, and every weight stored quantized) and the plain tensors.
+fn collect(src: &SourceModel) -> Result<(Vec<Module>, Vec<String>)> {
+    let mut modules: Vec<Module> = Vec::new();
+    let mut consumed: HashSet<String> = HashSet::new();
+    for (name, out) in &src.tensors.outs {
+        let Some(path) = name.strip_suffix(".weight") else {
+            continue;
+        };
+        let wdt = mlx_dtype(out.dtype).ok_or_else(|| unsupported_dtype(src, name, out.dtype))?;
+        let scales = format!("{path}.scales");
+        if src.out(&scales).is_some() {
+            modules.push(stored_quantized(src, path, wdt)?);
+            consumed.extend([name.clone(), scales, format!("{path}.biases")]);
+        } else if is_float(wdt) && is_module_shape(src, path, &out.shape) {
+            consumed.insert(name.clone());
+            let (cols, lead) = out.shape.split_last().expect("2 or 3 dimensions");
+            modules.push(Module {
+                path: path.to_string(),
+                lead: lead.to_vec(),
+                cols: *cols,
+                source: None,
+                weight_dtype: wdt,
+                scales_dtype: None,
+            });
+        }
+    }
+    let mut plain = Vec::new();
+    for name in src.tensors.outs.keys() {
+        if consumed.contains(name) {
+            continue;
+        }
+        if name.ends_with(".scales") || name.ends_with(".biases") {
+            return Err(Diagnostic::error(
+                CODE_MISMATCH,
+                format!("`{name}` has no matching quantized `.weight`"),
+            )
+            .with_file(src.file_of(name)));
+        }
+        plain.push(name.clone());
+    }
+    Ok((modules, plain))
+}
+
+/// 2-D weights are `Linear`/`Embedding` weights; 3-D ones of the family's switch modules are
+/// `SwitchLinear` weights.
+fn is_module_shape(src: &SourceModel, path: &str, shape: &[usize]) -> bool {
+    match shape.len() {
+        2 => true,
+        3 => src.rules.switch_modules.iter().any(|s| path.ends_with(s)),
+        _ => false,
+    }
+}
+
+/// A module stored quantized in the source, checked against config.json's settings.
+fn stored_quantized(src: &SourceModel, path: &str, wdt: MlxDtype) -> Result<Module> {
+    let name = format!("{path}.weight");
+    let scales = format!("{path}.scales");
+    let info = src.out(&name).expect("listed tensor");
+    let sinfo = src.out(&scales).expect("listed tensor");
+    let q = src
+        .quantization
+        .as_ref()
+        .and_then(|q| q.for_module(path))
+        .ok_or_else(|| {
+            src.at_key(
+                format!(
+                    "`{path}` is stored quantized (it has `{scales}`) but config.json \
+                     has no quantization settings for it"
+                ),
+                "model_type",
+                "no `quantization` block for this model".into(),
+            )
+        })?;
+    let (packed, lead) = match info.shape.split_last() {
+        Some((p, lead)) if matches!(lead.len(), 1 | 2) => (*p, lead),
+        _ => {
+            return Err(src.at_key(
+                format!(
+                "quantized `{name}` has shape {:?}, expected 2 dimensions (3 for switch layers)",
+                info.shape
+            ),
+                "quantization",
+                "quantization settings".into(),
+            ))
+        }
+    };
+    let cols = packed * 32 / q.bits as usize;
+    let groups = sinfo.shape.last().copied().unwrap_or(0);
+    if (packed * 32) % q.bits as usize != 0
+        || groups * q.group_size as usize != cols
+        || sinfo.shape.split_last().map(|(_, l)| l) != Some(lead)
+    {
+        return Err(src
+            .at_key(
+                format!(
+                    "`{name}` {:?} with `{scales}` {:?} is not {} quantization",
+                    info.shape,
+                    sinfo.shape,
+                    describe_params(&q)
+                ),
+                "quantization",
+                format!("config.json says {}", describe_params(&q)),
+            )
+            .with_help("the weights do not match config.json's quantization block"));
+    }
+    let sdt = mlx_dtype(sinfo.dtype);
+    if q.mode == QuantMode::Affine && !sdt.is_some_and(is_float) {
+        return Err(src.at_key(
+            format!(
+                "`{scales}` is {:?}, affine scales must be floats",
+                sinfo.dtype
+            ),
+            "quantization",
+            format!("config.json says {}", describe_params(&q)),
+        ));
+    }
+    Ok(Module {
+        path: path.to_string(),
+        lead: lead.to_vec(),
+        cols,
+        source: Some(q),
+        weight_dtype: wdt,
+        scales_dtype: sdt,
+    })
+}
+
+/// The output quantization of `m`: the declared settings (an rmlx.toml override first, then
+/// the family's fixed settings as mlx-lm's `quant_predicate` gives them, then the default);
+/// dense when the input features are not a multiple of the group size.
+fn target_of(
+    src: &SourceModel,
+    m: &Module,
+    quantize: &Quantize,
+    matched: &mut [bool],
+    not_divisible: &mut Vec<String>,
+) -> Target {
+    let spec = match quantize {
+        Quantize::AsSource => return Target::plain(m.source),
+        Quantize::Dense => return Target::plain(None),
+        Quantize::Quantize(spec) => spec,
+    };
+    let user = spec.overrides.iter().position(|o| o.matches(&m.path));
+    if let Some(i) = user {
+        matched[i] = true;
+    }
+    let fixed = user
+        .is_none()
+        .then(|| (src.rules.fixed_quant)(&m.path))
+        .flatten();
+    let wanted = match fixed {
+        // mlx-lm checks the default group size before asking its predicate.
+        Some(_) if m.cols % spec.default.group_size as usize != 0 => None,
+        Some(f) => Some(QuantParams {
+            group_size: f.group_size,
+            bits: f.bits,
+            mode: QuantMode::Affine,
+        }),
+        None => spec.for_module(&m.path),
+    };
+    match wanted {
+        Some(p) if m.cols % p.group_size as usize != 0 => {
+            not_divisible.push(m.path.clone());
+            Target::plain(None)
+        }
+        None if fixed.is_some() => {
+            not_divisible.push(m.path.clone());
+            Target::plain(None)
+        }
+        other => Target {
+            params: other,
+            fixed: fixed.is_some() && other.is_some(),
+        },
+    }
+}
+
+/// What a module becomes.
+struct Target {
+    params: Option<QuantParams>,
+    /// Set by the family's fixed settings (written into config.json as mlx-lm writes them).
+    fixed: bool,
+}
+
+impl Target {
+    fn plain(params: Option<QuantParams>) -> Self {
+        Self {
+            params,
+            fixed: false,
+        }
+    }
+}
+
+fn module_item(
+    src: &SourceModel,
+    m: &Module,
+    target: Target,
+    dtype: Option<MlxDtype>,
+    explicit: bool,
+) -> Item {
+    let action = match (m.source, target.params) {
+        (None, None) => Action::Dense,
+        (Some(s), Some(t)) if s == t => Action::Keep(s),
+        (from, Some(to)) => Action::Quantize { from, to },
+        (Some(s), None) => Action::Dequantize(s),
+    };
+    let dtype = dtype.filter(|_| !(src.rules.keeps_dtype)(&format!("{}.weight", m.path)));
+    // Dtype of floats produced for this module.
+    let float_dtype = match m.source {
+        None => dtype.unwrap_or(m.weight_dtype),
+        Some(s) => dtype.unwrap_or(match (s.mode, m.scales_dtype) {
+            (QuantMode::Affine, Some(d)) => d,
+            _ => MlxDtype::Bfloat16,
+        }),
+    };
+    let mut shape = m.lead.clone();
+    shape.push(m.cols);
+    let outputs = match action {
+        Action::Dense | Action::Dequantize(_) => vec![TensorSpec {
+            name: format!("{}.weight", m.path),
+            dtype: float_dtype,
+            parameters: shape.iter().product::<usize>() as u64,
+            shape,
+        }],
+        Action::Keep(q) => {
+            let scales_dtype = match (explicit, dtype) {
+                (true, Some(d)) if m.scales_dtype.is_some_and(is_float) => d,
+                _ => m.scales_dtype.expect("quantized source has scales"),
+            };
+            quantized_specs(&m.path, &m.lead, m.cols, q, scales_dtype, m.weight_dtype)
+        }
+        Action::Quantize { to, .. } => {
+            let sd = if to.mode == QuantMode::Affine {
+                float_dtype
+            } else {
+                MlxDtype::Uint8
+            };
+            quantized_specs(&m.path, &m.lead, m.cols, to, sd, MlxDtype::Uint32)
+        }
+    };
+    Item {
+        name: m.path.clone(),
+        module: true,
+        action,
+        float_dtype: Some(float_dtype),
+        fixed: target.fixed,
+        outputs,
+    }
+}
+
+fn plain_item(src: &SourceModel, name: &str, dtype: Option<MlxDtype>) -> Result<Item> {
+    let info = src.out(name).expect("listed tensor");
+    let sdt = mlx_dtype(info.dtype).ok_or_else(|| unsupported_dtype(src, name, info.dtype))?;
+    let out = if is_float(sdt) && !(src.rules.keeps_dtype)(name) {
+        dtype.unwrap_or(sdt)
+    } else {
+        sdt
+    };
+    Ok(Item {
+        name: name.to_string(),
+        module: false,
+        action: Action::Dense,
+        float_dtype: Some(out),
+        fixed: false,
+        outputs: vec![TensorSpec {
+            name: name.to_string(),
+            dtype: out,
+            shape: info.shape.clone(),
+            parameters: info.shape.iter().product::<usize>() as u64,
+        }],
+    })
+}
+
+/// mlx-lm's `total_parameters` counts the parameters of leaf modules only: a tensor held by a
+/// module that has child modules (an attention block's `sinks`, a decoder layer's scalar)
+/// counts for nothing.
+fn count_leaf_parameters(items: &mut [Item]) {
+    let mut parents: HashSet<String> = HashSet::new();
+    for spec in items.iter().flat_map(|i| &i.outputs) {
+        let parts: Vec<&str> = spec.name.split('.').collect();
+        for n in 1..parts.len().saturating_sub(1) {
+            parents.insert(parts[..n].join("."));
+        }
+    }
+    for item in items.iter_mut().filter(|i| !i.module) {
+        for spec in &mut item.outputs {
+            let owner = spec.name.rsplit_once('.').map_or("", |(o, _)| o);
+            if owner.is_empty() || parents.contains(owner) {
+                spec.parameters = 0;
+            }
+        }
+    }
+}
+
+/// The `quantization` block of the output config, if anything is quantized: the default,
+/// then (in module order) every module quantized otherwise, and every module with the
+/// family's fixed settings, written as mlx-lm writes them.
+fn quantization_block(src: &SourceModel, quantize: &Quantize, items: &[Item]) -> Option<Value> {
+    let final_params: Vec<(&str, QuantParams, bool)> = items
+        .iter()
+        .filter_map(|i| match i.action {
+            Action::Keep(q) | Action::Quantize { to: q, .. } => Some((i.name.as_str(), q, i.fixed)),
+            _ => None,
+        })
+        .collect();
+    if final_params.is_empty() {
+        return None;
+    }
+    let default = match quantize {
+        Quantize::Quantize(spec) => spec.default,
+        _ => src
+            .quantization
+            .as_ref()
+            .map(|q| q.default)
+            .unwrap_or_else(|| {
+                let params: Vec<(&str, QuantParams)> =
+                    final_params.iter().map(|p| (p.0, p.1)).collect();
+                most_common(&params)
+            }),
+    };
+    let mut block = Map::new();
+    block.insert("group_size".into(), json!(default.group_size));
+    block.insert("bits".into(), json!(default.bits));
+    block.insert("mode".into(), json!(default.mode.as_str()));
+    let mut specific: Vec<&(&str, QuantParams, bool)> = final_params
+        .iter()
+        .filter(|(_, q, fixed)| *fixed || *q != default)
+        .collect();
+    specific.sort_by(|a, b| natural_cmp(a.0, b.0));
+    for (path, q, fixed) in specific {
+        let entry = if *fixed {
+            json!({"group_size": q.group_size, "bits": q.bits})
+        } else {
+            params_json(q)
+        };
+        block.insert(path.to_string(), entry);
+    }
+    Some(Value::Object(block))
 }
 
 fn quant_overrides(q: &Quantize) -> &[ModuleOverride] {
@@ -555,24 +591,30 @@ fn most_common(params: &[(&str, QuantParams)]) -> QuantParams {
 
 fn quantized_specs(
     path: &str,
-    rows: usize,
+    lead: &[usize],
     cols: usize,
     q: QuantParams,
     scales_dtype: MlxDtype,
     weight_dtype: MlxDtype,
 ) -> Vec<TensorSpec> {
     let groups = cols / q.group_size as usize;
+    let with_last = |last: usize| {
+        let mut v = lead.to_vec();
+        v.push(last);
+        v
+    };
+    let rows: usize = lead.iter().product();
     let mut v = vec![
         TensorSpec {
             name: format!("{path}.weight"),
             dtype: weight_dtype,
-            shape: vec![rows, cols * q.bits as usize / 32],
+            shape: with_last(cols * q.bits as usize / 32),
             parameters: (rows * cols) as u64,
         },
         TensorSpec {
             name: format!("{path}.scales"),
             dtype: scales_dtype,
-            shape: vec![rows, groups],
+            shape: with_last(groups),
             parameters: 0,
         },
     ];
@@ -580,7 +622,7 @@ fn quantized_specs(
         v.push(TensorSpec {
             name: format!("{path}.biases"),
             dtype: scales_dtype,
-            shape: vec![rows, groups],
+            shape: with_last(groups),
             parameters: 0,
         });
     }
@@ -588,16 +630,17 @@ fn quantized_specs(
 }
 
 /// Checks the (logical) shapes of the standard tensors against config.json.
-fn check_shapes(src: &SourceModel, modules: &[Module], plain: &[String]) -> Result<()> {
-    let c = &src.config;
+fn check_shapes(
+    src: &SourceModel,
+    c: &ModelConfig,
+    modules: &[Module],
+    plain: &[String],
+) -> Result<()> {
     let file_of = |name: &str| {
-        src.weights
-            .file_of(name)
-            .and_then(Path::file_name)
-            .map_or_else(
-                || "the weights".to_string(),
-                |f| f.to_string_lossy().into_owned(),
-            )
+        src.file_of(name).file_name().map_or_else(
+            || "the weights".to_string(),
+            |f| f.to_string_lossy().into_owned(),
+        )
     };
     let mismatch = |name: &str, have: &[usize], want: &[(usize, &'static str)]| -> Result<()> {
         if have.len() != want.len() {
@@ -639,10 +682,10 @@ fn check_shapes(src: &SourceModel, modules: &[Module], plain: &[String]) -> Resu
     let kv_out = (c.num_key_value_heads * c.head_dim, "num_key_value_heads");
     let mut layers_seen = std::collections::BTreeSet::new();
     let mut embed = false;
-    let shape_of = |m: &Module| [m.rows, m.cols];
     for m in modules {
         let p = m.path.as_str();
-        let have = shape_of(m);
+        let mut have = m.lead.clone();
+        have.push(m.cols);
         let name = format!("{p}.weight");
         if p == "model.embed_tokens" {
             embed = true;
@@ -673,11 +716,11 @@ fn check_shapes(src: &SourceModel, modules: &[Module], plain: &[String]) -> Resu
                 layers_seen.insert(i);
             }
             if name.ends_with("layernorm.weight") {
-                let have = &src.weights.info(name).expect("listed").shape;
+                let have = &src.out(name).expect("listed").shape;
                 mismatch(name, have, &[hidden])?;
             }
         } else if name == "model.norm.weight" {
-            let have = &src.weights.info(name).expect("listed").shape;
+            let have = &src.out(name).expect("listed").shape;
             mismatch(name, have, &[hidden])?;
         }
     }
@@ -732,6 +775,7 @@ pub fn config_json(src: &SourceModel, plan: &Plan, declared_dtype: Option<Dtype>
     ] {
         raw.remove(k);
     }
+    (src.rules.config_fix)(&mut raw);
     if let Some(d) = declared_dtype {
         raw.insert("torch_dtype".into(), json!(d.as_str()));
     }
@@ -766,6 +810,33 @@ mod tests {
                 "model.layers.10.a"
             ]
         );
+    }
+
+    /// mlx-lm's `total_parameters` skips tensors of modules that have child modules.
+    #[test]
+    fn parameters_of_non_leaf_modules_are_not_counted() {
+        let item = |name: &str, module: bool| Item {
+            name: name.into(),
+            module,
+            action: Action::Dense,
+            float_dtype: None,
+            fixed: false,
+            outputs: vec![TensorSpec {
+                name: name.into(),
+                dtype: MlxDtype::Float32,
+                shape: vec![4],
+                parameters: 4,
+            }],
+        };
+        let mut items = vec![
+            item("model.layers.0.self_attn.sinks", false),
+            item("model.layers.0.self_attn.q_proj.weight", true),
+            item("model.norm.weight", false),
+            item("model.layers.0.layer_scalar", false),
+        ];
+        count_leaf_parameters(&mut items);
+        let counted: Vec<u64> = items.iter().map(|i| i.outputs[0].parameters).collect();
+        assert_eq!(counted, [0, 4, 4, 0]);
     }
 
     #[test]

@@ -77,6 +77,9 @@ pub const CHUNK_ELEMENTS: usize = 1 << 22;
 /// temporaries (several float32 copies of the input in the microscaling modes) stay small.
 /// Groups never span rows, so the result is identical to quantizing the whole matrix.
 pub fn quantize_rows(w: &Array, q: QuantParams) -> Result<(Array, Array, Option<Array>)> {
+    if w.ndim() > 2 {
+        return quantize_stacked(w, q);
+    }
     let shape = w.shape();
     let (rows, cols) = match shape {
         [r, c] => (*r as usize, *c as usize),
@@ -108,6 +111,33 @@ pub fn quantize_rows(w: &Array, q: QuantParams) -> Result<(Array, Array, Option<
     Ok((cat(&ws)?, cat(&ss)?, biases))
 }
 
+/// The leading dimensions of `a` folded into rows: `[rows, last]`.
+fn as_rows(a: &Array) -> Result<Array> {
+    let shape = a.shape();
+    let last = shape.last().copied().unwrap_or(1);
+    let rows: i32 = shape[..shape.len().saturating_sub(1)].iter().product();
+    Ok(a.reshape(&[rows, last])?)
+}
+
+/// `[rows, last]` back to `lead` + `[last]`.
+fn unfold(a: &Array, lead: &[i32]) -> Result<Array> {
+    let mut shape = lead.to_vec();
+    shape.push(a.shape().last().copied().unwrap_or(1));
+    Ok(a.reshape(&shape)?)
+}
+
+/// Switch-layer weights (`[experts, out, in]`): quantized as rows (MLX quantizes along the
+/// last axis, groups never span rows), so the bytes equal `mx.quantize` of the whole tensor.
+fn quantize_stacked(w: &Array, q: QuantParams) -> Result<(Array, Array, Option<Array>)> {
+    let lead = &w.shape()[..w.ndim() - 1];
+    let (wq, s, b) = quantize_rows(&as_rows(w)?, q)?;
+    let b = match b {
+        Some(b) => Some(unfold(&b, lead)?),
+        None => None,
+    };
+    Ok((unfold(&wq, lead)?, unfold(&s, lead)?, b))
+}
+
 /// [`dequantize`] (computed in float32) and a cast to `dtype`, in blocks of rows like
 /// [`quantize_rows`], so only one block exists in float32 at a time.
 pub fn dequantize_rows(
@@ -117,6 +147,15 @@ pub fn dequantize_rows(
     q: QuantParams,
     dtype: Dtype,
 ) -> Result<Array> {
+    if w.ndim() > 2 {
+        let lead = &w.shape()[..w.ndim() - 1];
+        let b = match biases {
+            Some(b) => Some(as_rows(b)?),
+            None => None,
+        };
+        let d = dequantize_rows(&as_rows(w)?, &as_rows(scales)?, b.as_ref(), q, dtype)?;
+        return unfold(&d, lead);
+    }
     let rows = w.shape().first().copied().unwrap_or(0) as usize;
     let cols = w.shape().get(1).copied().unwrap_or(0) as usize * 32 / q.bits.max(1) as usize;
     let step = (CHUNK_ELEMENTS / cols.max(1)).max(1);
@@ -330,28 +369,18 @@ mod tests {
         with_bytes(a, |b| b.to_vec()).unwrap()
     }
 
-    /// Quantizing in blocks of rows gives the bytes of quantizing the whole matrix, in
-    /// every mode (groups never span rows).
-    #[test]
-    fn blocks_of_rows_are_exact() {
-        let rows = 2 * CHUNK_ELEMENTS / 256 + 3;
-        let shape = [rows as i32, 256];
-        let w = mlx_rs::random::normal::<f32>(&shape[..], None, None, None)
-            .unwrap()
-            .as_dtype(Dtype::Bfloat16)
-            .unwrap();
-        for (mode, g, b) in [
-            (QuantMode::Affine, 64, 4),
-            (QuantMode::Affine, 32, 3),
-            (QuantMode::Mxfp8, 32, 8),
-        ] {
+    /// Quantizing (and dequantizing) `w` by rows gives the bytes of MLX's whole-tensor
+    /// quantize (and dequantize), for each of `cases`.
+    fn assert_rows_exact(w: &Array, cases: &[(QuantMode, i32, i32)]) {
+        for &(mode, g, b) in cases {
             let q = QuantParams {
                 group_size: g,
                 bits: b,
                 mode,
             };
-            let whole = quantize(&w, q).unwrap();
-            let rows_q = quantize_rows(&w, q).unwrap();
+            let whole = quantize(w, q).unwrap();
+            let rows_q = quantize_rows(w, q).unwrap();
+            assert_eq!(rows_q.0.shape(), whole.0.shape());
             assert_eq!(bytes(&whole.0), bytes(&rows_q.0), "{mode:?}");
             assert_eq!(bytes(&whole.1), bytes(&rows_q.1), "{mode:?}");
             assert_eq!(
@@ -365,7 +394,35 @@ mod tests {
                 .unwrap();
             let deq_rows =
                 dequantize_rows(&whole.0, &whole.1, whole.2.as_ref(), q, Dtype::Bfloat16).unwrap();
+            assert_eq!(deq.shape(), deq_rows.shape());
             assert_eq!(bytes(&deq), bytes(&deq_rows), "{mode:?}");
         }
+    }
+
+    fn normal_bf16(shape: &[i32]) -> Array {
+        mlx_rs::random::normal::<f32>(shape, None, None, None)
+            .unwrap()
+            .as_dtype(Dtype::Bfloat16)
+            .unwrap()
+    }
+
+    /// Switch weights (`[experts, out, in]`) quantized as rows: MLX's bytes of the 3-D tensor.
+    #[test]
+    fn stacked_experts_are_exact() {
+        let cases = [(QuantMode::Affine, 64, 4), (QuantMode::Mxfp4, 32, 4)];
+        assert_rows_exact(&normal_bf16(&[3, 5, 64]), &cases);
+    }
+
+    /// Quantizing in blocks of rows gives the bytes of quantizing the whole matrix, in
+    /// every mode (groups never span rows).
+    #[test]
+    fn blocks_of_rows_are_exact() {
+        let rows = 2 * CHUNK_ELEMENTS / 256 + 3;
+        let cases = [
+            (QuantMode::Affine, 64, 4),
+            (QuantMode::Affine, 32, 3),
+            (QuantMode::Mxfp8, 32, 8),
+        ];
+        assert_rows_exact(&normal_bf16(&[rows as i32, 256]), &cases);
     }
 }

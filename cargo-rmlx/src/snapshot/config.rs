@@ -365,9 +365,9 @@ impl ModelConfig {
             }
             _ => fields.ids("bos_token_id", vocab_size)?.first().copied(),
         };
-        let quantization = match raw.get("quantization") {
-            None | Some(Value::Null) => fields.native_microscaling(),
-            Some(q) => Some(fields.quantization(q)?),
+        let quantization = match fields.quantization_block()? {
+            None => fields.native_microscaling(),
+            block => block,
         };
         let rope_scaling = match raw.get("rope_scaling") {
             None | Some(Value::Null) => None,
@@ -409,6 +409,16 @@ impl ModelConfig {
             raw: raw.clone(),
             text: text.clone(),
         })
+    }
+
+    /// The `quantization` block of a config.json read from `path` (without requiring a
+    /// supported architecture: the build reads it for every source it converts).
+    pub fn quantization_of(
+        path: &Path,
+        text: &Arc<str>,
+        raw: &Map<String, Value>,
+    ) -> Result<Option<Quantization>> {
+        Fields { path, text, raw }.quantization_block()
     }
 
     /// An error about `key`, pointing at it in config.json.
@@ -655,6 +665,14 @@ impl Fields<'_> {
     /// `quantization_config.quant_method = "mxfp4"`) has no MLX `quantization` block; mlx-lm
     /// then quantizes, in that mode, exactly the modules stored with scales. So do we: the
     /// default applies only where `.scales` exist (`LoadCtx::quant`).
+    /// The MLX `quantization` block, if any.
+    fn quantization_block(&self) -> Result<Option<Quantization>> {
+        match self.raw.get("quantization") {
+            None | Some(Value::Null) => Ok(None),
+            Some(q) => Ok(Some(self.quantization(q)?)),
+        }
+    }
+
     fn native_microscaling(&self) -> Option<Quantization> {
         let method = self
             .raw
@@ -823,6 +841,27 @@ mod tests {
         assert_eq!(
             q.for_module("model.layers.0.mlp.up_proj").unwrap().mode,
             QuantMode::Affine
+        );
+    }
+
+    /// mlx-lm writes routers as `{"group_size": 64, "bits": 8}` next to an mxfp4 default:
+    /// an entry without `mode` is affine (mlx-lm's `to_quantized` default).
+    #[test]
+    fn module_entries_without_mode_are_affine() {
+        let c = parse(&format!(
+            "{BASE},\"quantization\":{{\"group_size\":32,\"bits\":4,\"mode\":\"mxfp4\",\
+             \"model.layers.0.mlp.gate\":{{\"group_size\":64,\"bits\":8}}}}}}"
+        ))
+        .unwrap();
+        let q = c.quantization.unwrap();
+        assert_eq!(q.default.mode, QuantMode::Mxfp4);
+        assert_eq!(
+            q.for_module("model.layers.0.mlp.gate"),
+            Some(QuantParams {
+                group_size: 64,
+                bits: 8,
+                mode: QuantMode::Affine
+            })
         );
     }
 

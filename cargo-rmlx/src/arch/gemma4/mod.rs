@@ -15,7 +15,7 @@ use mlx_rs::{Array, Dtype};
 
 pub use config::Gemma4Config;
 
-use super::{Architecture, Convert};
+use super::Architecture;
 use crate::diagnostic::{Diagnostic, Result};
 use crate::engine::cache::{Cache, CacheKind};
 use crate::engine::layers::{softcap, Embedding, Linear, LoadCtx, RmsNorm, Rope};
@@ -29,9 +29,7 @@ pub const ARCH: Architecture = Architecture {
     // mlx-lm runs its text model as `gemma4_text` even when `text_config` names no model_type.
     model_types: &["gemma4_text", "gemma4"],
     load,
-    convert: Convert {
-        drops_tied_lm_head: false,
-    },
+    convert: crate::arch::convert::gemma4::CONVERT,
 };
 
 fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {
