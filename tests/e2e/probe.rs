@@ -14,7 +14,7 @@ use crate::support::{converted, copy_model_dir, edit_config, rmlx, scratch_dir, 
 const WEIGHTS: &str = "model.safetensors";
 
 /// Runs `probe --message-format json` and returns the report and the exit code.
-fn probe(dir: &Path, extra: &[&str]) -> (Value, i32) {
+pub(crate) fn probe(dir: &Path, extra: &[&str]) -> (Value, i32) {
     let mut args = vec![
         "probe".to_string(),
         dir.display().to_string(),

@@ -34,6 +34,18 @@ pub fn mlx_lm_dense(model_type: &str) -> PathBuf {
     crate::mlx_lm_build::mlx_lm_convert(&tiny_model(model_type), &[])
 }
 
+/// `cargo rmlx probe` on `dir` computes a verdict (random weights give no particular one)
+/// without a load failure, an unsupported-architecture exit or a panic.
+pub fn check_probe(dir: &Path) {
+    let (report, code) = crate::probe::probe(dir, &[]);
+    let verdict = report["verdict"].as_str().unwrap_or("<none>");
+    assert!(
+        verdict != "<none>" && ![3, 5, 101].contains(&code),
+        "{}: probe gave verdict {verdict}, exit {code}\n{report:#}",
+        dir.display()
+    );
+}
+
 /// The oracle checks of `dir` for both prompts.
 pub fn check_generation(dir: &Path, name: &str, chat: bool) {
     let prompt = if chat { CHAT_PROMPT } else { RAW_PROMPT };
@@ -80,7 +92,8 @@ macro_rules! tiny_arch_tests {
     (@body $model_type:literal, [$($mode:ident),*], $dense:ident) => {
         #[allow(unused_imports)]
         use crate::tiny_arch::{
-            check_build, check_generation, mlx_lm_convert, mlx_lm_dense, tiny_model, Mode,
+            check_build, check_generation, check_probe, mlx_lm_convert, mlx_lm_dense, tiny_model,
+            Mode,
         };
 
         const DENSE: &str = concat!($model_type, " dense");
@@ -118,6 +131,11 @@ macro_rules! tiny_arch_tests {
                 #[test]
                 fn build_is_byte_identical_to_mlx_lm_convert() {
                     check_build($model_type, Mode::named(stringify!($mode)));
+                }
+
+                #[test]
+                fn probe_computes_a_verdict() {
+                    check_probe(&mlx_lm_convert($model_type, Mode::named(stringify!($mode))));
                 }
             }
         )*

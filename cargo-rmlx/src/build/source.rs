@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use crate::arch::convert::{self, Convert, Hints, Out, Problem, Recipe, Tensors};
 use crate::diagnostic::{Diagnostic, Result};
 use crate::snapshot::config::read_json;
-use crate::snapshot::{ModelConfig, QuantMode, QuantParams, Quantization, Weights};
+use crate::snapshot::{ModelConfig, Quantization, Weights};
 
 /// A source model directory, opened and validated.
 pub struct SourceModel {
@@ -69,7 +69,7 @@ impl SourceModel {
         };
         let quantization = match ModelConfig::quantization_of(&path, &text, &raw)? {
             Some(q) => Some(q),
-            None => microscaled(&raw),
+            None => crate::snapshot::config::native_microscaling(&raw),
         };
         let weights = Weights::open(dir)?;
         let mut tensors = Tensors::stored(weights.names().map(|n| {
@@ -187,28 +187,6 @@ fn eval(weights: &Weights, r: &Recipe) -> Result<Array> {
             words.push(shape[n.saturating_sub(2)..].iter().product());
             a.reshape(&words)?
         }
-    })
-}
-
-/// mlx-lm's reading of a released checkpoint's `quantization_config` with `quant_method`
-/// `mxfp4` / `mxfp8`: every module stored quantized uses that mode (group 32).
-fn microscaled(raw: &Map<String, Value>) -> Option<Quantization> {
-    let method = raw
-        .get("quantization_config")?
-        .get("quant_method")?
-        .as_str()?;
-    let (mode, bits) = match method {
-        "mxfp4" => (QuantMode::Mxfp4, 4),
-        "mxfp8" => (QuantMode::Mxfp8, 8),
-        _ => return None,
-    };
-    Some(Quantization {
-        default: QuantParams {
-            group_size: 32,
-            bits,
-            mode,
-        },
-        overrides: Default::default(),
     })
 }
 

@@ -366,7 +366,7 @@ impl ModelConfig {
             _ => fields.ids("bos_token_id", vocab_size)?.first().copied(),
         };
         let quantization = match fields.quantization_block()? {
-            None => fields.native_microscaling(),
+            None => native_microscaling(&raw),
             block => block,
         };
         let rope_scaling = match raw.get("rope_scaling") {
@@ -480,6 +480,31 @@ impl ModelConfig {
             )
             .with_help("config.json and the weights belong to different models, or the conversion was cut short"))
     }
+}
+
+/// A checkpoint quantized to a microscaling format at release (gpt-oss:
+/// `quantization_config.quant_method = "mxfp4"`) has no MLX `quantization` block; mlx-lm then
+/// quantizes, in that mode (group 32), exactly the modules stored with scales. So do the
+/// loader (the default applies only where `.scales` exist, `LoadCtx::quant`) and the build.
+pub fn native_microscaling(raw: &Map<String, Value>) -> Option<Quantization> {
+    let method = raw
+        .get("quantization_config")?
+        .get("quant_method")?
+        .as_str()?;
+    let (mode, bits) = match method {
+        "mxfp4" => (QuantMode::Mxfp4, 4),
+        "mxfp8" => (QuantMode::Mxfp8, 8),
+        _ => return None,
+    };
+    tracing::debug!("quantization_config: {method} weights where the checkpoint stores scales");
+    Some(Quantization {
+        default: QuantParams {
+            group_size: 32,
+            bits,
+            mode,
+        },
+        overrides: BTreeMap::new(),
+    })
 }
 
 /// An integer or list of integers as token ids; `None` when any is not an integer in u32.
@@ -661,38 +686,12 @@ impl Fields<'_> {
         })
     }
 
-    /// A checkpoint quantized to a microscaling format at release (gpt-oss:
-    /// `quantization_config.quant_method = "mxfp4"`) has no MLX `quantization` block; mlx-lm
-    /// then quantizes, in that mode, exactly the modules stored with scales. So do we: the
-    /// default applies only where `.scales` exist (`LoadCtx::quant`).
     /// The MLX `quantization` block, if any.
     fn quantization_block(&self) -> Result<Option<Quantization>> {
         match self.raw.get("quantization") {
             None | Some(Value::Null) => Ok(None),
             Some(q) => Ok(Some(self.quantization(q)?)),
         }
-    }
-
-    fn native_microscaling(&self) -> Option<Quantization> {
-        let method = self
-            .raw
-            .get("quantization_config")?
-            .get("quant_method")?
-            .as_str()?;
-        let (mode, bits) = match method {
-            "mxfp4" => (QuantMode::Mxfp4, 4),
-            "mxfp8" => (QuantMode::Mxfp8, 8),
-            _ => return None,
-        };
-        tracing::debug!("quantization_config: {method} weights where the checkpoint stores scales");
-        Some(Quantization {
-            default: QuantParams {
-                group_size: 32,
-                bits,
-                mode,
-            },
-            overrides: BTreeMap::new(),
-        })
     }
 
     fn quantization(&self, q: &Value) -> Result<Quantization> {
