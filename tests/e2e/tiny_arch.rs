@@ -15,6 +15,8 @@
 //! then run on the unquantized `mlx_lm convert` of it).
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
 
 use crate::oracle::{check_dir_with, LogitTolerance, Tolerance};
 use crate::support::{CHAT_PROMPT, RAW_PROMPT};
@@ -44,6 +46,87 @@ pub fn check_probe(dir: &Path) {
         "{}: probe gave verdict {verdict}, exit {code}\n{report:#}",
         dir.display()
     );
+}
+
+/// `cargo rmlx serve DIR --no-probe` (random weights fail the gate by design) loads the model
+/// and answers one chat completion through the real HTTP server.
+pub fn check_serve(dir: &Path) {
+    let log = tempfile::NamedTempFile::new().expect("log file");
+    let mut child = Command::new(crate::support::bin())
+        .args([
+            "rmlx",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-probe",
+        ])
+        .arg(dir)
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.reopen().expect("log"))
+        .stderr(log.reopen().expect("log"))
+        .spawn()
+        .expect("start the server");
+    let reply = serve_one_request(log.path());
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+    let reply = reply.unwrap_or_else(|e| panic!("{}: {e}\n{text}", dir.display()));
+    assert!(
+        reply["choices"][0]["message"]["content"].is_string(),
+        "{}: no completion in {reply:#}\n{text}",
+        dir.display()
+    );
+}
+
+/// Waits for the server logging to `log` to be ready, then posts one chat completion.
+fn serve_one_request(log: &Path) -> Result<serde_json::Value, String> {
+    let start = std::time::Instant::now();
+    let base = loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(i) = text.find("Listening on http://") {
+            let rest = &text[i + "Listening on ".len()..];
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            return Err("the server did not listen within 120 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let healthy = |agent: &ureq::Agent| {
+        agent
+            .get(format!("{base}/health"))
+            .call()
+            .is_ok_and(|r| r.status().as_u16() == 200)
+    };
+    while !healthy(&agent) {
+        if start.elapsed() > Duration::from_secs(120) {
+            return Err("/health did not answer 200 within 120 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let body = serde_json::json!({
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "max_tokens": 4
+    });
+    let mut reply = agent
+        .post(format!("{base}/v1/chat/completions"))
+        .send_json(&body)
+        .map_err(|e| e.to_string())?;
+    if reply.status().as_u16() != 200 {
+        return Err(format!("chat completion answered {}", reply.status()));
+    }
+    reply.body_mut().read_json().map_err(|e| e.to_string())
 }
 
 /// The oracle checks of `dir` for both prompts.
@@ -92,8 +175,8 @@ macro_rules! tiny_arch_tests {
     (@body $model_type:literal, [$($mode:ident),*], $dense:ident) => {
         #[allow(unused_imports)]
         use crate::tiny_arch::{
-            check_build, check_generation, check_probe, mlx_lm_convert, mlx_lm_dense, tiny_model,
-            Mode,
+            check_build, check_generation, check_probe, check_serve, mlx_lm_convert,
+            mlx_lm_dense, tiny_model, Mode,
         };
 
         const DENSE: &str = concat!($model_type, " dense");
@@ -136,6 +219,11 @@ macro_rules! tiny_arch_tests {
                 #[test]
                 fn probe_computes_a_verdict() {
                     check_probe(&mlx_lm_convert($model_type, Mode::named(stringify!($mode))));
+                }
+
+                #[test]
+                fn serve_answers_a_chat_completion() {
+                    check_serve(&mlx_lm_convert($model_type, Mode::named(stringify!($mode))));
                 }
             }
         )*
