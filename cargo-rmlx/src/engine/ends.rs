@@ -1,10 +1,10 @@
 //! The two ends every decoder-only model shares: token embeddings (optionally scaled) on the
-//! way in, the final RMSNorm and the LM head (separate, or the tied embedding table) on the
-//! way out.
+//! way in, the final RMSNorm and the LM head (separate, or the tied embedding table, with
+//! optional final-logit softcapping) on the way out.
 
 use mlx_rs::{Array, Dtype};
 
-use super::layers::{Embedding, Linear, LoadCtx, RmsNorm};
+use super::layers::{softcap, Embedding, Linear, LoadCtx, RmsNorm};
 use crate::diagnostic::Result;
 
 /// Embeddings in, final norm and LM head out.
@@ -14,6 +14,7 @@ pub struct Ends {
     norm: RmsNorm,
     lm_head: Option<Linear>,
     embed_scale: Option<f32>,
+    softcap: Option<f32>,
 }
 
 impl Ends {
@@ -31,7 +32,17 @@ impl Ends {
             norm: ctx.rms_norm("model.norm", c.hidden_size, c.rms_norm_eps, norm_one_plus)?,
             lm_head: ctx.lm_head_if("lm_head", tied)?,
             embed_scale,
+            softcap: None,
         })
+    }
+
+    /// The same ends with the logits softcapped to `cap` (`cap · tanh(logits / cap)`, in the
+    /// compute dtype, before the float32 cast), when given (Gemma 4).
+    pub fn with_softcap(self, cap: Option<f32>) -> Self {
+        Self {
+            softcap: cap,
+            ..self
+        }
     }
 
     /// `ids` (`[B, L]` int32) → scaled embeddings `[B, L, hidden]`.
@@ -49,6 +60,10 @@ impl Ends {
         let logits = match &self.lm_head {
             Some(head) => head.forward(&x)?,
             None => self.embed.as_linear(&x)?,
+        };
+        let logits = match self.softcap {
+            Some(cap) => softcap(&logits, cap)?,
+            None => logits,
         };
         Ok(logits.as_dtype(Dtype::Float32)?)
     }

@@ -11,14 +11,15 @@ mod layer;
 mod moe;
 
 use mlx_rs::ops::indexing::IndexOp;
-use mlx_rs::{Array, Dtype};
+use mlx_rs::Array;
 
 pub use config::Gemma4Config;
 
 use super::Architecture;
 use crate::diagnostic::{Diagnostic, Result};
 use crate::engine::cache::{Cache, CacheKind};
-use crate::engine::layers::{softcap, Embedding, Linear, LoadCtx, RmsNorm, Rope};
+use crate::engine::ends::Ends;
+use crate::engine::layers::{Embedding, Linear, LoadCtx, RmsNorm, Rope};
 use crate::engine::network::Network;
 use config::{LayerType, RopeKind, RopeParams};
 use layer::{KeysValues, KvSource, Layer};
@@ -96,17 +97,13 @@ impl PerLayerInputs {
 
 /// The loaded Gemma 4 text network.
 pub struct Gemma4 {
-    embed: Embedding,
+    ends: Ends,
     per_layer: Option<PerLayerInputs>,
     layers: Vec<Layer>,
     /// Per layer: the layer whose keys/values it attends over (itself unless KV-shared).
     kv_sources: Vec<usize>,
     /// RoPE of sliding layers, then of full layers.
     ropes: [Rope; 2],
-    norm: RmsNorm,
-    lm_head: Option<Linear>,
-    final_softcap: Option<f32>,
-    hidden: usize,
 }
 
 impl std::fmt::Debug for Gemma4 {
@@ -137,15 +134,17 @@ impl Gemma4 {
             .map(|i| Layer::load(ctx, p, c, i))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            embed: ctx.embedding(&format!("{p}embed_tokens"), c.vocab, c.hidden)?,
+            ends: Ends::load(
+                ctx,
+                false,
+                Some((c.hidden as f64).sqrt() as f32),
+                c.tie_word_embeddings,
+            )?
+            .with_softcap(c.final_softcap),
             per_layer: PerLayerInputs::load(ctx, p, c)?,
             layers,
             kv_sources: c.kv_sources(),
             ropes: [rope(c, LayerType::Sliding)?, rope(c, LayerType::Full)?],
-            norm: ctx.rms_norm(&format!("{p}norm"), c.hidden, c.eps, false)?,
-            lm_head: ctx.lm_head_if("lm_head", c.tie_word_embeddings)?,
-            final_softcap: c.final_softcap,
-            hidden: c.hidden,
         })
     }
 }
@@ -172,8 +171,7 @@ fn rope(c: &Gemma4Config, t: LayerType) -> Result<Rope> {
 impl Network for Gemma4 {
     fn hidden(&self, ids: &Array, cache: &mut Cache) -> Result<Array> {
         let len = ids.shape()[1];
-        let x = self.embed.forward(ids)?;
-        let mut x = x.multiply(scalar((self.hidden as f64).sqrt(), &x)?)?;
+        let mut x = self.ends.embed(ids)?;
         let per_layer = match &self.per_layer {
             Some(p) => Some(p.forward(ids, &x)?),
             None => None,
@@ -207,15 +205,7 @@ impl Network for Gemma4 {
     }
 
     fn logits(&self, hidden: &Array) -> Result<Array> {
-        let x = self.norm.forward(hidden)?;
-        let mut logits = match &self.lm_head {
-            Some(head) => head.forward(&x)?,
-            None => self.embed.as_linear(&x)?,
-        };
-        if let Some(cap) = self.final_softcap {
-            logits = softcap(&logits, cap)?;
-        }
-        Ok(logits.as_dtype(Dtype::Float32)?)
+        self.ends.logits(hidden)
     }
 
     fn cache_kinds(&self) -> Vec<CacheKind> {
