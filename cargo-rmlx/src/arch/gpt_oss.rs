@@ -131,7 +131,7 @@ fn moe_spec(config: &ModelConfig, layer: usize) -> Result<MoeSpec> {
 /// The MLX layout, else the released one (fused gate/up, dense or MXFP4 blocks).
 fn load_experts(ctx: &LoadCtx<'_>, spec: &MoeSpec) -> Result<SwitchGlu> {
     let p = &spec.experts;
-    if ctx.weights.contains(&format!("{p}.gate_proj.weight")) {
+    if ctx.contains(&format!("{p}.gate_proj.weight")) {
         return stacked_experts(ctx, spec);
     }
     tracing::debug!("{p}: released layout (fused gate_up_proj); splitting it as mlx-lm does");
@@ -175,7 +175,7 @@ fn released_weight(
     cols: usize,
 ) -> Result<Released> {
     let blocks = format!("{path}_blocks");
-    if !ctx.weights.contains(&blocks) {
+    if !ctx.contains(&blocks) {
         return Ok(Released::Dense(
             ctx.param(&format!("{path}.weight"), &[experts, rows, cols])?,
         ));
@@ -194,7 +194,7 @@ fn released_weight(
 /// A uint8 tensor of the given shape.
 fn bytes_tensor(ctx: &LoadCtx<'_>, name: &str, shape: &[usize]) -> Result<Array> {
     let expected: Vec<Option<usize>> = shape.iter().copied().map(Some).collect();
-    let a = ctx.weights.array(name, &expected, None)?;
+    let a = ctx.weights.array(&ctx.full_name(name), &expected, None)?;
     if a.dtype() != Dtype::Uint8 {
         return Err(Diagnostic::error(
             "rmlx::snapshot::quantization",

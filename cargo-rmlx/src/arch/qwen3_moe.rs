@@ -96,7 +96,7 @@ fn moe_spec(config: &ModelConfig, layer: usize) -> Result<MoeSpec> {
 fn load_experts(ctx: &LoadCtx<'_>, spec: &MoeSpec) -> Result<SwitchGlu> {
     let mlp = spec.experts.trim_end_matches(".switch_mlp");
     let per_expert = format!("{mlp}.experts.0.gate_proj.weight");
-    if !ctx.weights.contains(&per_expert) {
+    if !ctx.contains(&per_expert) {
         return stacked_experts(ctx, spec);
     }
     tracing::debug!("{mlp}: experts stored one per tensor; stacking them");

@@ -19,7 +19,7 @@ pub struct Ends {
 
 impl Ends {
     /// Loads `model.embed_tokens`, `model.norm` and `lm_head` (unless `tied`; see
-    /// [`LoadCtx::lm_head_if`]).
+    /// [`LoadCtx::lm_head`]).
     pub fn load(
         ctx: &LoadCtx<'_>,
         norm_one_plus: bool,
@@ -30,7 +30,7 @@ impl Ends {
         Ok(Self {
             embed: ctx.embedding("model.embed_tokens", c.vocab_size, c.hidden_size)?,
             norm: ctx.rms_norm("model.norm", c.hidden_size, c.rms_norm_eps, norm_one_plus)?,
-            lm_head: ctx.lm_head_if("lm_head", tied)?,
+            lm_head: ctx.lm_head("lm_head", tied)?,
             embed_scale,
             softcap: None,
         })

@@ -173,15 +173,10 @@ impl LoadCtx<'_> {
         })
     }
 
-    /// The separate LM head at `path` (`[vocab, hidden]`), or `None` when config.json ties it
-    /// to the embeddings (a stored `lm_head` is then ignored, as mlx-lm does — logged).
-    pub fn lm_head(&self, path: &str) -> Result<Option<Linear>> {
-        self.lm_head_if(path, self.config.tie_word_embeddings)
-    }
-
-    /// [`Self::lm_head`] for architectures whose tying default differs from config.json's
-    /// usual one (`tied` decided by the architecture).
-    pub fn lm_head_if(&self, path: &str, tied: bool) -> Result<Option<Linear>> {
+    /// The separate LM head at `path` (`[vocab, hidden]`), or `None` when the head is `tied`
+    /// to the embeddings (decided by the architecture: its tying default may differ from
+    /// config.json's usual one); a stored `lm_head` is then ignored, as mlx-lm does — logged.
+    pub fn lm_head(&self, path: &str, tied: bool) -> Result<Option<Linear>> {
         let c = self.config;
         if !tied {
             return Ok(Some(self.linear(
