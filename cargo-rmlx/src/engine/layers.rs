@@ -336,7 +336,8 @@ impl Linear {
                 .is_none_or(|b| b.dtype() == Dtype::Float32)
     }
 
-    /// Applies [`Self::host_capable`] layers to one host row `x`, in one parallel pass.
+    /// Applies [`Self::host_capable`] layers to host rows `x` (`[M, input]`, M small: the
+    /// rows of a batched decode step), in one parallel pass; each output is `[M, output]`.
     pub fn host_forward_many(layers: &[&Linear], x: &[f32]) -> Result<Vec<Vec<f32>>> {
         let mut ops = Vec::with_capacity(layers.len());
         for l in layers {
@@ -359,7 +360,9 @@ impl Linear {
         for (l, y) in layers.iter().zip(ys.iter_mut()) {
             if let Some(b) = &l.bias {
                 let b = super::qmv::host_slice::<f32>(b, "bias")?;
-                y.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+                for row in y.chunks_mut(b.len().max(1)) {
+                    row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+                }
             }
         }
         Ok(ys)

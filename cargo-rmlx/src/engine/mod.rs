@@ -22,6 +22,7 @@ pub mod penalty;
 pub mod qmv;
 pub mod rope;
 pub mod sample;
+pub mod sequence;
 
 use mlx_rs::Dtype;
 
@@ -34,6 +35,7 @@ pub use generate::{
 pub use network::Net;
 pub use penalty::Penalties;
 pub use sample::{Sampler, SamplerConfig};
+pub use sequence::{Sequence, StartCache};
 
 /// Which dtype activations and float parameters are computed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
