@@ -15,12 +15,13 @@
 //! With `max_batch` 1 this is one generation at a time, pipelined on a GPU, as before
 //! batching existed. Batch sizes and queue times go to `/metrics`.
 
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 
 use mlx_rs::ops::indexing::IndexOp;
 
 use super::metrics::Metrics;
-use super::worker::{Job, Stream};
+use super::worker::{Job, Load, Stream};
 use crate::diagnostic::Result;
 use crate::engine::{Sequence, StartCache};
 use crate::session::Session;
@@ -40,6 +41,7 @@ pub struct Scheduler<'a> {
     metrics: &'a Metrics,
     max_batch: usize,
     active: Vec<Slot>,
+    load: &'a Load,
 }
 
 impl<'a> Scheduler<'a> {
@@ -49,6 +51,7 @@ impl<'a> Scheduler<'a> {
         session: &'a Session,
         metrics: &'a Metrics,
         max_batch: usize,
+        load: &'a Load,
     ) -> Self {
         Self {
             name,
@@ -56,7 +59,14 @@ impl<'a> Scheduler<'a> {
             metrics,
             max_batch: max_batch.max(1),
             active: Vec::new(),
+            load,
         }
+    }
+
+    /// Publishes the batch's free slots (what `Worker::submit` may queue beyond its depth).
+    fn publish_free(&self) {
+        let free = self.max_batch.saturating_sub(self.active.len());
+        self.load.free.store(free, Ordering::Relaxed);
     }
 
     /// Serves `queue` until it closes (the model was swapped out or the server stops) and
@@ -80,14 +90,17 @@ impl<'a> Scheduler<'a> {
                     Err(TryRecvError::Disconnected) => open = false,
                 }
             }
+            self.publish_free();
             self.prefill();
             self.decode();
+            self.publish_free();
         }
     }
 
     /// Takes a job off the queue into the batch (or ends it here: timed out, client gone,
     /// prompt refused).
     fn admit(&mut self, job: Job) {
+        self.load.queued.fetch_sub(1, Ordering::Relaxed);
         self.metrics.queue_delta(self.name, -1);
         self.metrics
             .queue_time(self.name, job.arrived.elapsed().as_secs_f64());

@@ -13,7 +13,7 @@
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -300,6 +300,19 @@ pub struct Worker {
     pub max_context: usize,
     tx: SyncSender<Job>,
     metrics: Arc<Metrics>,
+    load: Arc<Load>,
+    queue_depth: usize,
+}
+
+/// What a worker holds now, shared between [`Worker::submit`] and its scheduler: jobs in the
+/// queue and sequences in the batch. A job is accepted while the queue holds fewer than
+/// `queue_depth` plus the batch's free slots (those are taken at the next step).
+#[derive(Debug, Default)]
+pub(super) struct Load {
+    /// Jobs submitted and not yet taken into the batch.
+    pub queued: AtomicUsize,
+    /// Free slots of the batch.
+    pub free: AtomicUsize,
 }
 
 impl Worker {
@@ -309,7 +322,13 @@ impl Worker {
         cfg: WorkerConfig,
         metrics: Arc<Metrics>,
     ) -> std::result::Result<Arc<Worker>, LoadFailure> {
-        let (tx, rx) = sync_channel::<Job>(cfg.queue_depth);
+        // The bound that matters is checked in `submit`; the channel only has room for it.
+        let (tx, rx) = sync_channel::<Job>(cfg.queue_depth + cfg.max_batch.max(1));
+        let load = Arc::new(Load {
+            queued: AtomicUsize::new(0),
+            free: AtomicUsize::new(cfg.max_batch.max(1)),
+        });
+        let thread_load = load.clone();
         let (ready_tx, ready_rx) = sync_channel(1);
         let thread_cfg = cfg.clone();
         let thread_metrics = metrics.clone();
@@ -318,7 +337,7 @@ impl Worker {
             .name(format!("rmlx-{}-v{}", cfg.name, cfg.version))
             .spawn(move || {
                 let _live = live;
-                worker_main(thread_cfg, rx, ready_tx, thread_metrics)
+                worker_main(thread_cfg, rx, ready_tx, thread_metrics, thread_load)
             });
         if let Err(e) = spawned {
             return Err(LoadFailure {
@@ -352,15 +371,24 @@ impl Worker {
             max_context: loaded.max_context,
             tx,
             metrics,
+            queue_depth: cfg.queue_depth,
+            load,
         }))
     }
 
-    /// Queues a job; refuses it when the queue is full.
+    /// Queues a job; refuses it when the queue behind a full batch is full.
     pub fn submit(&self, job: Job) -> std::result::Result<(), SubmitError> {
+        let room = self.queue_depth + self.load.free.load(Ordering::Relaxed);
+        let queued = self.load.queued.fetch_add(1, Ordering::Relaxed);
+        if queued >= room {
+            self.load.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(SubmitError::Full);
+        }
         self.metrics.queue_delta(&self.name, 1);
         match self.tx.try_send(job) {
             Ok(()) => Ok(()),
             Err(e) => {
+                self.load.queued.fetch_sub(1, Ordering::Relaxed);
                 self.metrics.queue_delta(&self.name, -1);
                 Err(match e {
                     TrySendError::Full(_) => SubmitError::Full,
@@ -382,6 +410,7 @@ fn worker_main(
     rx: Receiver<Job>,
     ready: SyncSender<std::result::Result<Loaded, LoadFailure>>,
     metrics: Arc<Metrics>,
+    load: Arc<Load>,
 ) {
     let fail = |diagnostic: Diagnostic| LoadFailure {
         diagnostic,
@@ -453,7 +482,7 @@ fn worker_main(
         return;
     }
     drop(ready);
-    Scheduler::new(&cfg.name, &session, &metrics, cfg.max_batch).run(&rx);
+    Scheduler::new(&cfg.name, &session, &metrics, cfg.max_batch, &load).run(&rx);
     tracing::debug!("{} v{}: retired", cfg.name, cfg.version);
 }
 
