@@ -6,9 +6,11 @@
 //! build's conversion rules.
 //!
 //! Adding an architecture: a module here with a `pub const ARCH: Architecture`, listed in
-//! [`REGISTRY`].
+//! [`REGISTRY`]; its GGUF import (when llama.cpp defines it) is a `gguf::GgufArch` in
+//! `gguf/<family>.rs`, listed in the entry's `gguf` field.
 
 pub mod convert;
+pub mod gguf;
 pub mod gemma3;
 pub mod gemma4;
 pub mod gpt_oss;
@@ -35,6 +37,8 @@ pub struct Architecture {
     pub load: fn(&LoadCtx<'_>) -> Result<Box<dyn Network>>,
     /// How `cargo rmlx build` converts a checkpoint of this family.
     pub convert: Convert,
+    /// The GGUF architectures `cargo rmlx convert` imports as this family (empty: none).
+    pub gguf: &'static [gguf::GgufArch],
 }
 
 pub use convert::Convert;
