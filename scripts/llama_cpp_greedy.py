@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """llama.cpp as the oracle of a GGUF import (tests/e2e/tiny_gguf.rs): evaluates the given
-prompt ids on a GGUF file in float32 logits, then decodes greedily (EOS ignored) and prints
+prompt ids on a GGUF file (float32 KV cache), then decodes greedily (EOS ignored) and prints
 one JSON line: `generated_ids`, and per step the top-1 id and logit and the top-1/top-2
 margin relative to |top-1|. The ids are passed as they are (the GGUF's vocabulary is the
 one the imported directory's tokenizer was built from). Run with the llama venv's python
@@ -10,6 +10,8 @@ import json
 
 import numpy as np
 from llama_cpp import Llama
+
+GGML_TYPE_F32 = 0
 
 
 def main():
@@ -27,6 +29,9 @@ def main():
         n_batch=max(512, len(ids)),
         n_threads=1,
         logits_all=True,
+        # float32 KV cache (llama.cpp's default is f16): the comparison is in float32.
+        type_k=GGML_TYPE_F32,
+        type_v=GGML_TYPE_F32,
         verbose=False,
     )
     llm.reset()

@@ -12,6 +12,8 @@ keys, tensor names from `gguf.get_tensor_name_map`, llama's Q/K row permutation
 (`Qwen2MoeModel.modify_tensors`), and the GPT-2 BPE vocabulary of `_set_vocab_gpt2` with the
 `smollm` pre-tokenizer (the tiny models carry SmolLM2's tokenizer). `--outtype` is the
 converter's: f32, f16 or q8_0 (1-D tensors and norms stay f32, as the converter keeps them).
+One departure: a MoE model's dense layers (Qwen3-MoE `mlp_only_layers`), which llama.cpp's
+qwen3moe does not have (its converter fails), are written under llama's MLP names.
 
 Usage: tiny_gguf.py make <tiny model dir> <out.gguf> --gguf-py <dir> [--outtype f32|q8_0]
        tiny_gguf.py list
@@ -31,6 +33,7 @@ ARCHS = {
     "qwen2": ("QWEN2", False),
     "qwen3": ("QWEN3", False),
     "olmo2": ("OLMO2", False),
+    "smollm3": ("SMOLLM3", True),
     "qwen3_moe": ("QWEN3MOE", False),
 }
 
@@ -100,6 +103,7 @@ def tensors(model_dir, cfg, arch, permutes, gguf):
     the experts of a layer stacked once all of them were seen."""
     weights = load_file(str(model_dir / "model.safetensors"))
     names = gguf.get_tensor_name_map(arch, cfg["num_hidden_layers"])
+    dense_names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg["num_hidden_layers"])
     n_head = cfg["num_attention_heads"]
     n_kv = cfg.get("num_key_value_heads", n_head)
     experts = {}
@@ -113,6 +117,11 @@ def tensors(model_dir, cfg, arch, permutes, gguf):
             yield from stacked(name, data, cfg, experts, names)
             continue
         new = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if new is None and ".mlp." in name and cfg.get("mlp_only_layers"):
+            # A dense layer of a MoE model (Qwen3-MoE's `mlp_only_layers`): llama.cpp's
+            # qwen3moe has none, so its converter stops here; written under llama's MLP
+            # names, a file only the importer (not llama.cpp) loads.
+            new = dense_names.get_name(name, try_suffixes=(".weight",))
         if new is None:
             raise SystemExit(f"{name}: no GGUF name for {arch.name}")
         yield new, data
