@@ -9,7 +9,8 @@
 //!   the tokens while llama.cpp's top-1 leads by >= 1e-2 relative);
 //! - for families whose GGUF holds every setting of the tiny model, our engine on the import
 //!   and on the original Hugging Face directory agree (prompt ids, 16 greedy tokens, step-0
-//!   top-1; its logit within 1e-3 relative for f32 — Q8_0 moves it by per cents).
+//!   top-1; its logit within 1e-3 relative for f32 — Q8_0 moves logits by per cents, so
+//!   there the tokens while the source's top-1 leads by >= 10%).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -20,9 +21,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::support::{
-    generate, models_dir, once_per_key, oracle_python, parse_json, repo_root, rmlx,
-    run_command, sha256_hex, venv_python, Generation, OnceMap, CHAT_PROMPT, ORACLE_STEPS,
-    RAW_PROMPT,
+    generate, models_dir, once_per_key, oracle_python, parse_json, repo_root, rmlx, run_command,
+    sha256_hex, venv_python, Generation, OnceMap, CHAT_PROMPT, ORACLE_STEPS, RAW_PROMPT,
 };
 use crate::tiny_build::tiny_model;
 
@@ -46,8 +46,17 @@ struct LlamaRun {
 /// source distribution).
 fn gguf_py() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| venv_python("gguf-py.sh", "llama.cpp's gguf-py"))
-        .clone()
+    DIR.get_or_init(|| {
+        let mut cmd = Command::new("bash");
+        cmd.arg(repo_root().join("scripts").join("gguf-py.sh"))
+            .current_dir(repo_root());
+        let run = run_command(cmd, SETUP_TIMEOUT);
+        match run.stdout.lines().last().map(|l| PathBuf::from(l.trim())) {
+            Some(dir) if run.success() && dir.join("gguf").is_dir() => dir,
+            _ => panic!("llama.cpp's gguf-py is not available\n{}", run.describe()),
+        }
+    })
+    .clone()
 }
 
 /// The llama venv's python (llama-cpp-python built from source).
@@ -135,7 +144,13 @@ fn check_llama_cpp(model_type: &str, outtype: &str, chat: bool) {
     let gguf = tiny_gguf(model_type, outtype);
     let dir = import(&gguf);
     let prompt = if chat { CHAT_PROMPT } else { RAW_PROMPT };
-    let ours = generate(&dir.path().join("model"), prompt, chat, ORACLE_STEPS, &["--ignore-eos"]);
+    let ours = generate(
+        &dir.path().join("model"),
+        prompt,
+        chat,
+        ORACLE_STEPS,
+        &["--ignore-eos"],
+    );
     let theirs = llama_cpp(&gguf, &ours.prompt_ids);
     let case = format!("{model_type} {outtype} GGUF, chat={chat}");
     let (id, logit) = ours.steps[0].rank(0);
@@ -174,14 +189,23 @@ fn check_against_source(model_type: &str, outtype: &str, chat: bool) {
     let gguf = tiny_gguf(model_type, outtype);
     let dir = import(&gguf);
     let prompt = if chat { CHAT_PROMPT } else { RAW_PROMPT };
-    let run = |d: &Path| -> Generation {
-        generate(d, prompt, chat, ORACLE_STEPS, &["--ignore-eos"])
-    };
+    let run =
+        |d: &Path| -> Generation { generate(d, prompt, chat, ORACLE_STEPS, &["--ignore-eos"]) };
     let ours = run(&dir.path().join("model"));
     let source = run(&tiny_model(model_type));
     let case = format!("{model_type} {outtype} GGUF import vs the source, chat={chat}");
     assert_eq!(ours.prompt_ids, source.prompt_ids, "{case}: prompt ids");
-    assert_eq!(ours.generated_ids, source.generated_ids, "{case}: greedy tokens");
+    let n = if outtype == "f32" {
+        ORACLE_STEPS
+    } else {
+        clear_source_prefix(&source)
+    };
+    assert_eq!(
+        ours.generated_ids[..n],
+        source.generated_ids[..n],
+        "{case}: greedy tokens (the first {n}; for Q8_0 those where the source's top-1 leads \
+         by >= {Q8_MARGIN} relative)"
+    );
     let (id, logit) = ours.steps[0].rank(0);
     let (sid, slogit) = source.steps[0].rank(0);
     assert_eq!(id, sid, "{case}: step-0 top-1");
@@ -193,6 +217,21 @@ fn check_against_source(model_type: &str, outtype: &str, chat: bool) {
             "{case}: step-0 logit {logit} vs {slogit}"
         );
     }
+}
+
+/// The top-1/top-2 margin (relative to |top-1|) below which Q8_0's rounding of the tiny
+/// models' weights (several per cent on the logits) may flip a greedy choice.
+const Q8_MARGIN: f64 = 0.1;
+
+/// The source's steps before the first whose top-1 leads by less than [`Q8_MARGIN`].
+fn clear_source_prefix(run: &Generation) -> usize {
+    run.steps
+        .iter()
+        .position(|s| {
+            let (top, second) = (s.rank(0).1, s.rank(1).1);
+            (top - second) < Q8_MARGIN * top.abs()
+        })
+        .unwrap_or(run.steps.len())
 }
 
 /// One line per architecture and GGUF type, naming the oracles:
@@ -238,4 +277,5 @@ gguf_tests!(smollm3_f32, "smollm3", "f32", [llama_cpp]);
 // llama.cpp's qwen3moe has no dense layers (the tiny model's layer 1 is one, written under
 // llama's names by the script): llama.cpp refuses the file, the source is the oracle.
 gguf_tests!(qwen3_moe_f32, "qwen3_moe", "f32", [source]);
-gguf_tests!(qwen3_moe_q8_0, "qwen3_moe", "q8_0", [source]);
+// (No Q8_0 qwen3_moe line: rounding the tiny model's weights flips its top-2 expert choice
+// and, with it, the chat prompt's first token; no llama.cpp run exists to compare with.)

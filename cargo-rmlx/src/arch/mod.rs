@@ -10,9 +10,9 @@
 //! `gguf/<family>.rs`, listed in the entry's `gguf` field.
 
 pub mod convert;
-pub mod gguf;
 pub mod gemma3;
 pub mod gemma4;
+pub mod gguf;
 pub mod gpt_oss;
 pub mod llama;
 pub mod ministral3;

@@ -466,7 +466,11 @@ pub fn config_json(
     put(&mut c, "head_dim", json!(p.head_dim));
     put(&mut c, "rms_norm_eps", json!(p.rms_norm_eps));
     put(&mut c, "rope_theta", json!(p.rope_theta));
-    put(&mut c, "max_position_embeddings", json!(p.max_position_embeddings));
+    put(
+        &mut c,
+        "max_position_embeddings",
+        json!(p.max_position_embeddings),
+    );
     put(&mut c, "vocab_size", json!(p.vocab_size));
     put(&mut c, "tie_word_embeddings", json!(tie_word_embeddings));
     put(&mut c, "bos_token_id", json!(ids.bos));
@@ -549,10 +553,7 @@ mod tests {
             Some(TensorMapping::Keep { hf_name, .. }) => hf_name,
             other => panic!("{n}: {other:?}"),
         };
-        assert_eq!(
-            hf(&LLAMA, "token_embd.weight"),
-            "model.embed_tokens.weight"
-        );
+        assert_eq!(hf(&LLAMA, "token_embd.weight"), "model.embed_tokens.weight");
         assert_eq!(hf(&LLAMA, "output.weight"), "lm_head.weight");
         assert_eq!(
             hf(&LLAMA, "blk.1.ffn_norm.weight"),
@@ -584,5 +585,44 @@ mod tests {
             Some(TensorMapping::Keep { subtract, .. }) => assert_eq!(subtract, 1.0),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn new_families_map_to_the_mlx_layout() {
+        use crate::arch::gguf::olmo2::OLMO2;
+        use crate::arch::gguf::qwen3_moe::QWEN3MOE;
+        let p = params();
+        let hf = |arch: &Architecture, n: &str| match map_tensor(arch, &p, n) {
+            Some(TensorMapping::Keep {
+                hf_name,
+                unpermute_heads,
+                ..
+            }) => {
+                assert_eq!(unpermute_heads, None, "{n}");
+                hf_name
+            }
+            other => panic!("{n}: {other:?}"),
+        };
+        assert_eq!(
+            hf(&OLMO2, "blk.1.post_ffw_norm.weight"),
+            "model.layers.1.post_feedforward_layernorm.weight"
+        );
+        assert_eq!(
+            hf(&OLMO2, "blk.0.attn_q_norm.weight"),
+            "model.layers.0.self_attn.q_norm.weight"
+        );
+        assert!(map_tensor(&OLMO2, &p, "blk.0.attn_norm.weight").is_none());
+        assert_eq!(
+            hf(&QWEN3MOE, "blk.0.ffn_gate_exps.weight"),
+            "model.layers.0.mlp.switch_mlp.gate_proj.weight"
+        );
+        assert_eq!(
+            hf(&QWEN3MOE, "blk.1.ffn_gate_inp.weight"),
+            "model.layers.1.mlp.gate.weight"
+        );
+        assert_eq!(
+            hf(&QWEN3MOE, "blk.1.ffn_down.weight"),
+            "model.layers.1.mlp.down_proj.weight"
+        );
     }
 }

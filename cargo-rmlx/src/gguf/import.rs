@@ -558,7 +558,8 @@ fn plan_tensor<'a>(
             format!("{module}.scales"),
             mk(Part::Scales, sshape.clone(), f16, 2),
         ));
-        plan.outs.push((format!("{module}.biases"), mk(Part::Biases, sshape, f16, 2)));
+        plan.outs
+            .push((format!("{module}.biases"), mk(Part::Biases, sshape, f16, 2)));
         plan.quantized_bits.insert(module, bits);
         TensorAction::KeptQuantized { bits }
     } else {
@@ -688,10 +689,7 @@ fn write_side_files(dir: &Path, config: &Value, tok: &TokenizerFiles) -> Result<
 }
 
 /// Writes model.safetensors (each tensor converted when the writer asks for it).
-fn write_safetensors(
-    dir: &Path,
-    outs: Vec<(String, OutTensor<'_>)>,
-) -> Result<()> {
+fn write_safetensors(dir: &Path, outs: Vec<(String, OutTensor<'_>)>) -> Result<()> {
     let st_path = dir.join("model.safetensors");
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_owned(), "mlx".to_owned());

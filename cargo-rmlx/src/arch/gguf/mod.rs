@@ -100,12 +100,15 @@ mod tests {
         let names: Vec<&str> = all().map(|g| g.name).collect();
         for n in &names {
             assert_eq!(names.iter().filter(|x| *x == n).count(), 1, "{n}");
-            let g = lookup(n).unwrap();
-            assert!(
-                super::super::lookup(g.model_type).is_some(),
-                "{n} imports as `{}`, which no registry entry runs",
-                g.model_type
-            );
+        }
+        for entry in super::super::REGISTRY {
+            for g in entry.gguf {
+                assert!(
+                    entry.model_types.contains(&g.model_type),
+                    "{g} imports as `{}`, which its entry does not run",
+                    g.model_type
+                );
+            }
         }
         assert!(lookup("bogus").is_none());
     }
