@@ -592,37 +592,34 @@ mod tests {
         use crate::arch::gguf::olmo2::OLMO2;
         use crate::arch::gguf::qwen3_moe::QWEN3MOE;
         let p = params();
-        let hf = |arch: &Architecture, n: &str| match map_tensor(arch, &p, n) {
-            Some(TensorMapping::Keep {
-                hf_name,
-                unpermute_heads,
-                ..
-            }) => {
-                assert_eq!(unpermute_heads, None, "{n}");
-                hf_name
-            }
-            other => panic!("{n}: {other:?}"),
-        };
-        assert_eq!(
-            hf(&OLMO2, "blk.1.post_ffw_norm.weight"),
-            "model.layers.1.post_feedforward_layernorm.weight"
-        );
-        assert_eq!(
-            hf(&OLMO2, "blk.0.attn_q_norm.weight"),
-            "model.layers.0.self_attn.q_norm.weight"
-        );
-        assert!(map_tensor(&OLMO2, &p, "blk.0.attn_norm.weight").is_none());
-        assert_eq!(
-            hf(&QWEN3MOE, "blk.0.ffn_gate_exps.weight"),
-            "model.layers.0.mlp.switch_mlp.gate_proj.weight"
-        );
-        assert_eq!(
-            hf(&QWEN3MOE, "blk.1.ffn_gate_inp.weight"),
-            "model.layers.1.mlp.gate.weight"
-        );
-        assert_eq!(
-            hf(&QWEN3MOE, "blk.1.ffn_down.weight"),
-            "model.layers.1.mlp.down_proj.weight"
-        );
+        let cases: [(&Architecture, &str, Option<&str>); 6] = [
+            (
+                &OLMO2,
+                "blk.1.post_ffw_norm",
+                Some("post_feedforward_layernorm"),
+            ),
+            (&OLMO2, "blk.0.attn_q_norm", Some("self_attn.q_norm")),
+            (&OLMO2, "blk.0.attn_norm", None),
+            (
+                &QWEN3MOE,
+                "blk.0.ffn_gate_exps",
+                Some("mlp.switch_mlp.gate_proj"),
+            ),
+            (&QWEN3MOE, "blk.1.ffn_gate_inp", Some("mlp.gate")),
+            (&QWEN3MOE, "blk.1.ffn_down", Some("mlp.down_proj")),
+        ];
+        for (arch, gguf, hf) in cases {
+            let layer = &gguf[4..5];
+            let want = hf.map(|m| TensorMapping::Keep {
+                hf_name: format!("model.layers.{layer}.{m}.weight"),
+                unpermute_heads: None,
+                subtract: 0.0,
+            });
+            assert_eq!(
+                map_tensor(arch, &p, &format!("{gguf}.weight")),
+                want,
+                "{arch} {gguf}"
+            );
+        }
     }
 }

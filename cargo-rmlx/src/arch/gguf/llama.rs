@@ -64,9 +64,14 @@ fn qwen3_layer_module(module: &str) -> Option<&'static str> {
     llama_layer_module(module).or_else(|| qk_norm_module(module))
 }
 
-fn llama_config(_: &GgufFile, _: &ModelParams, c: &mut Map<String, Value>) -> Result<()> {
+/// SiLU MLP, no attention biases: the keys every llama-layout family shares.
+fn silu_without_bias(c: &mut Map<String, Value>) {
     put(c, "hidden_act", json!("silu"));
     put(c, "attention_bias", json!(false));
+}
+
+fn llama_config(_: &GgufFile, _: &ModelParams, c: &mut Map<String, Value>) -> Result<()> {
+    silu_without_bias(c);
     put(c, "mlp_bias", json!(false));
     Ok(())
 }
@@ -84,8 +89,7 @@ fn qwen2_config(_: &GgufFile, p: &ModelParams, c: &mut Map<String, Value>) -> Re
 }
 
 fn qwen3_config(_: &GgufFile, _: &ModelParams, c: &mut Map<String, Value>) -> Result<()> {
-    put(c, "hidden_act", json!("silu"));
-    put(c, "attention_bias", json!(false));
+    silu_without_bias(c);
     put(c, "use_sliding_window", json!(false));
     Ok(())
 }
