@@ -15,3 +15,4 @@ mod probe;
 mod support;
 mod tiny_arch;
 mod tiny_build;
+mod tiny_gguf;

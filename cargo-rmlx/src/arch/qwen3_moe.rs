@@ -26,6 +26,7 @@ pub const ARCH: Architecture = Architecture {
     model_types: &["qwen3_moe"],
     load,
     convert: super::convert::qwen3_moe::CONVERT,
+    gguf: &[super::gguf::qwen3_moe::QWEN3MOE],
 };
 
 fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {
