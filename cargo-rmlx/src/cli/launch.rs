@@ -11,8 +11,13 @@ pub fn join(hostfile: Option<&Path>) -> Result<Role> {
     crate::dist::join(hostfile, rank_failed)
 }
 
-/// A launched rank died: report it and stop (the others stop with us).
+/// A launched rank died: report it and stop (the others stop with us). `_exit`, not `exit`:
+/// the main thread may be blocked inside an MLX collective, and MLX's static destructors
+/// would wait for it.
 fn rank_failed(d: Diagnostic) {
+    use std::io::Write;
     super::output::report(&d);
-    std::process::exit(i32::from(super::exit_code(&d)));
+    let _ = std::io::stdout().flush();
+    // SAFETY: ends the process at once; nothing of ours needs to run after this.
+    unsafe { libc::_exit(i32::from(super::exit_code(&d))) }
 }

@@ -79,9 +79,10 @@ pub fn init(backend: &str, timeout: Duration) -> Result<Group> {
     if let Some(g) = GROUP.get() {
         return Ok(*g);
     }
-    // MLX errors raised inside the group's start must reach mlx-rs' handler, not the default
-    // one that exits: any mlx-rs call installs it.
-    let _ = mlx_rs::Stream::thread_local_or_default();
+    // MLX errors raised inside the group's start must reach mlx-rs' handler, not mlx-c's
+    // default one that exits: any mlx-rs operation installs it.
+    let zero = Array::from_f32(0.0);
+    let _ = mlx_rs::ops::add(&zero, &zero);
     let (tx, rx) = std::sync::mpsc::channel();
     let name = backend.to_string();
     std::thread::Builder::new()
@@ -95,21 +96,22 @@ pub fn init(backend: &str, timeout: Duration) -> Result<Group> {
                 format!("cannot start a thread: {e}"),
             )
         })?;
-    let raw = match rx.recv_timeout(timeout) {
-        Ok(r) => r?,
-        Err(_) => return Err(Diagnostic::error(
-            "rmlx::engine::dist::unreachable",
-            format!(
+    let raw =
+        match rx.recv_timeout(timeout) {
+            Ok(r) => r?,
+            Err(_) => return Err(Diagnostic::error(
+                "rmlx::engine::dist::unreachable",
+                format!(
                 "rank {} could not connect to every peer of the `{backend}` group within {:.0} s",
                 std::env::var("MLX_RANK").unwrap_or_else(|_| "?".into()),
                 timeout.as_secs_f64()
             ),
-        )
-        .with_help(
-            "check that every rank was started, that the hostfile's addresses are reachable \
+            )
+            .with_help(
+                "check that every rank was started, that the hostfile's addresses are reachable \
                  from each host and that the ports are free (RMLX_DIST_TIMEOUT_S sets the wait)",
-        )),
-    };
+            )),
+        };
     let group = Group {
         raw,
         rank: raw.rank(),
