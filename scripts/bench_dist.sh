@@ -16,10 +16,11 @@ prompt="Write a long story about a lighthouse keeper who finds a map."
 run() {
   "$bin" rmlx generate "$model" --prompt "$prompt" --chat -n "$n" --ignore-eos \
     --message-format json "$@" | python3 -c '
-import json,sys
-m=[json.loads(l) for l in sys.stdin if l.strip()][-1]
-t=m["timing"]; p=len(m["prompt_ids"]); g=len(m["generated_ids"])
-print(f"prefill {p/t[\"prefill_s\"]:.1f} tok/s ({p} tokens), decode {(g-1)/t[\"decode_s\"]:.1f} tok/s ({g} tokens)")'
+import json, sys
+m = [json.loads(l) for l in sys.stdin if l.strip()][-1]
+t = m["timing"]; p = len(m["prompt_ids"]); g = len(m["generated_ids"])
+pre = p / t["prefill_s"]; dec = (g - 1) / t["decode_s"]
+print("prefill %.1f tok/s (%d tokens), decode %.1f tok/s (%d tokens)" % (pre, p, dec, g))'
 }
 echo "1 process:  $(run)"
 echo "2 ranks:    $(run --hostfile "$dir/hosts.json")"
