@@ -6,6 +6,7 @@
 mod arch_oracle;
 mod bad_inputs;
 mod bench;
+mod distributed;
 mod generate;
 mod install;
 mod messages;

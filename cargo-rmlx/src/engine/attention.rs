@@ -76,6 +76,7 @@ impl Attention {
         spec: AttentionSpec,
         output_gate: bool,
     ) -> Result<Self> {
+        let ctx = &ctx.attention_heads(); // tensor parallelism: this rank's heads
         let (q, kv) = (
             spec.n_heads * spec.head_dim,
             spec.n_kv_heads * spec.head_dim,
@@ -88,15 +89,15 @@ impl Attention {
                 .transpose()
         };
         Ok(Self {
-            q_proj: ctx.linear(
+            q_proj: ctx.column_linear(
                 &format!("{prefix}.q_proj"),
                 hidden,
                 q * (1 + output_gate as usize),
                 spec.qkv_bias,
             )?,
-            k_proj: ctx.linear(&format!("{prefix}.k_proj"), hidden, kv, spec.qkv_bias)?,
-            v_proj: ctx.linear(&format!("{prefix}.v_proj"), hidden, kv, spec.qkv_bias)?,
-            o_proj: ctx.linear(&format!("{prefix}.o_proj"), q, hidden, spec.o_bias)?,
+            k_proj: ctx.column_linear(&format!("{prefix}.k_proj"), hidden, kv, spec.qkv_bias)?,
+            v_proj: ctx.column_linear(&format!("{prefix}.v_proj"), hidden, kv, spec.qkv_bias)?,
+            o_proj: ctx.row_linear(&format!("{prefix}.o_proj"), q, hidden, spec.o_bias)?,
             q_norm: norm("q_norm")?,
             k_norm: norm("k_norm")?,
             sinks: None,
