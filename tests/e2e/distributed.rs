@@ -55,6 +55,7 @@ fn check_two_ranks(dir: &Path, prompt: &str, chat: bool) {
     assert_eq!(a.id, b.id, "step-0 top-1");
     for ((ia, la), (ib, lb)) in a.top.iter().zip(&b.top) {
         assert_eq!(ia, ib, "step-0 top tokens");
+        let (la, lb) = (la.expect("a finite logit"), lb.expect("a finite logit"));
         assert!(
             (la - lb).abs() <= LOGIT_TOLERANCE * lb.abs().max(1.0),
             "step-0 logit of {ia}: {la} (2 ranks) vs {lb} (1 process)"
