@@ -21,6 +21,7 @@ Usage: tiny_gguf.py make <tiny model dir> <out.gguf> --gguf-py <dir> [--outtype 
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -35,6 +36,7 @@ ARCHS = {
     "olmo2": ("OLMO2", False),
     "smollm3": ("SMOLLM3", True),
     "qwen3_moe": ("QWEN3MOE", False),
+    "phi3": ("PHI3", False),
 }
 
 
@@ -67,6 +69,30 @@ def set_parameters(w, cfg, gguf):
         w.add_expert_used_count(cfg["num_experts_per_tok"])
         w.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    if cfg["model_type"] == "phi3":
+        set_phi3_parameters(w, cfg)
+
+
+def set_phi3_parameters(w, cfg):
+    """Phi3MiniModel's own keys: rotated width, original context, sliding window (0: none),
+    longrope's attention factor."""
+    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+    w.add_rope_dimension_count(int(cfg.get("partial_rotary_factor", 1.0) * head_dim))
+    orig = cfg["original_max_position_embeddings"]
+    w.add_rope_scaling_orig_ctx_len(orig)
+    w.add_sliding_window(cfg.get("sliding_window") or 0)
+    scale = cfg["max_position_embeddings"] / orig
+    if cfg.get("rope_scaling") and scale > 1.0:
+        w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(orig)))
+
+
+def extra_tensors(cfg):
+    """Phi3MiniModel.generate_extra_tensors: the longrope factors as global f32 tensors."""
+    rs = cfg.get("rope_scaling") or {}
+    if cfg["model_type"] != "phi3" or not rs.get("long_factor"):
+        return
+    yield "rope_factors_long.weight", np.array(rs["long_factor"], dtype=np.float32)
+    yield "rope_factors_short.weight", np.array(rs["short_factor"], dtype=np.float32)
 
 
 def set_vocab(w, model_dir, cfg, gguf):
@@ -107,6 +133,7 @@ def tensors(model_dir, cfg, arch, permutes, gguf):
     n_head = cfg["num_attention_heads"]
     n_kv = cfg.get("num_key_value_heads", n_head)
     experts = {}
+    yield from extra_tensors(cfg)
     for name in weights:
         data = weights[name].astype(np.float32)
         if permutes and name.endswith(("q_proj.weight", "q_proj.bias")):
@@ -163,7 +190,9 @@ def make(model_dir, out, outtype, gguf):
     arch_name, permutes = ARCHS[model_type]
     arch = gguf.MODEL_ARCH[arch_name]
     w = gguf.GGUFWriter(str(out), gguf.MODEL_ARCH_NAMES[arch])
-    w.add_name(f"tiny {model_type}")
+    # llama.cpp tweaks the vocabulary of a model named "phi3"/"phi-3" (it marks `</s>`, which
+    # the tiny models' SmolLM2 vocabulary lacks, and fails to load): the tiny one is not.
+    w.add_name("tiny Phi 3" if model_type == "phi3" else f"tiny {model_type}")
     set_parameters(w, cfg, gguf)
     set_vocab(w, model_dir, cfg, gguf)
     for name, data in tensors(model_dir, cfg, arch, permutes, gguf):

@@ -126,14 +126,27 @@ fn import(gguf: &Path) -> tempfile::TempDir {
     dir
 }
 
-fn llama_cpp(gguf: &Path, prompt_ids: &[u32]) -> LlamaRun {
+/// The context llama.cpp runs `model_type` with; 0: the script's default (prompt + steps).
+/// Phi-3: llama.cpp picks `rope_factors_short` while the context is within the original
+/// one and the long factors beyond it; mlx-lm (and our engine) apply the long factors at
+/// every length, so llama.cpp gets a context just past the tiny model's original 4096.
+fn llama_cpp_context(model_type: &str) -> usize {
+    match model_type {
+        "phi3" => 4096 + 512,
+        _ => 0,
+    }
+}
+
+fn llama_cpp(gguf: &Path, prompt_ids: &[u32], n_ctx: usize) -> LlamaRun {
     let mut cmd = Command::new(llama_python());
     cmd.arg(repo_root().join("scripts").join("llama_cpp_greedy.py"))
         .arg(gguf)
         .arg("--prompt-ids")
         .arg(serde_json::to_string(prompt_ids).expect("ids"))
         .arg("--steps")
-        .arg(ORACLE_STEPS.to_string());
+        .arg(ORACLE_STEPS.to_string())
+        .arg("--n-ctx")
+        .arg(n_ctx.to_string());
     let run = run_command(cmd, SETUP_TIMEOUT);
     assert!(run.success(), "llama.cpp failed\n{}", run.describe());
     parse_json(&run)
@@ -151,7 +164,7 @@ fn check_llama_cpp(model_type: &str, outtype: &str, chat: bool) {
         ORACLE_STEPS,
         &["--ignore-eos"],
     );
-    let theirs = llama_cpp(&gguf, &ours.prompt_ids);
+    let theirs = llama_cpp(&gguf, &ours.prompt_ids, llama_cpp_context(model_type));
     let case = format!("{model_type} {outtype} GGUF, chat={chat}");
     let (id, logit) = ours.steps[0].rank(0);
     assert_eq!(id, theirs.steps[0].id, "{case}: step-0 top-1 vs llama.cpp");
@@ -279,3 +292,5 @@ gguf_tests!(smollm3_f32, "smollm3", "f32", [llama_cpp]);
 gguf_tests!(qwen3_moe_f32, "qwen3_moe", "f32", [source]);
 // (No Q8_0 qwen3_moe line: rounding the tiny model's weights flips its top-2 expert choice
 // and, with it, the chat prompt's first token; no llama.cpp run exists to compare with.)
+// Phi-3: fused qkv / gate_up, longrope factors from the GGUF's rope_factors_* tensors.
+gguf_tests!(phi3_f32, "phi3", "f32", [llama_cpp, source]);

@@ -22,7 +22,7 @@ pub const ARCH: Architecture = Architecture {
     model_types: &["phi3"],
     load,
     convert: super::convert::phi3::CONVERT,
-    gguf: &[],
+    gguf: &[super::gguf::phi3::PHI3],
 };
 
 #[derive(Debug)]

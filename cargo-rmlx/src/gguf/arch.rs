@@ -73,6 +73,11 @@ pub fn map_tensor(arch: &Architecture, params: &ModelParams, name: &str) -> Opti
                 "llama.cpp's precomputed rope frequencies are not a Hugging Face weight",
             ))
         }
+        n if crate::arch::gguf::phi3::ROPE_FACTOR_TENSORS.contains(&n) => {
+            return Some(TensorMapping::Skip(
+                "Phi-3's rope factors are config.json's `rope_scaling`, not a weight",
+            ))
+        }
         _ => {
             let rest = name.strip_prefix("blk.")?;
             let (layer, rest) = rest.split_once('.')?;

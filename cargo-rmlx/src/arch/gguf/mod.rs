@@ -9,6 +9,7 @@
 pub mod gemma3;
 pub mod llama;
 pub mod olmo2;
+pub mod phi3;
 pub mod qwen3_moe;
 
 use serde_json::{Map, Value};
