@@ -573,6 +573,10 @@ mod tests {
             "model.layers.0.pre_feedforward_layernorm.weight"
         );
         assert!(map_tensor(&LLAMA, &p, "blk.2.attn_q.weight").is_none());
+        assert!(matches!(
+            map_tensor(&LLAMA, &p, "rope_factors_long.weight"),
+            Some(TensorMapping::Skip(_))
+        ));
         assert!(map_tensor(&LLAMA, &p, "blk.0.attn_q_norm.weight").is_none());
         match map_tensor(&LLAMA, &p, "blk.0.attn_k.weight") {
             Some(TensorMapping::Keep {
@@ -595,9 +599,10 @@ mod tests {
     #[test]
     fn new_families_map_to_the_mlx_layout() {
         use crate::arch::gguf::olmo2::OLMO2;
+        use crate::arch::gguf::phi3::PHI3;
         use crate::arch::gguf::qwen3_moe::QWEN3MOE;
         let p = params();
-        let cases: [(&Architecture, &str, Option<&str>); 6] = [
+        let cases: [(&Architecture, &str, Option<&str>); 9] = [
             (
                 &OLMO2,
                 "blk.1.post_ffw_norm",
@@ -612,6 +617,9 @@ mod tests {
             ),
             (&QWEN3MOE, "blk.1.ffn_gate_inp", Some("mlp.gate")),
             (&QWEN3MOE, "blk.1.ffn_down", Some("mlp.down_proj")),
+            (&PHI3, "blk.0.attn_qkv", Some("self_attn.qkv_proj")),
+            (&PHI3, "blk.1.ffn_up", Some("mlp.gate_up_proj")),
+            (&PHI3, "blk.0.attn_q", None),
         ];
         for (arch, gguf, hf) in cases {
             let layer = &gguf[4..5];
