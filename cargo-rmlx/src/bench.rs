@@ -6,6 +6,10 @@
 //! `probe` process. Only ratios are meaningful on a shared machine. The reference scripts
 //! are compiled into the binary ([`Scripts`]), so an installed `cargo-rmlx` needs no checkout.
 
+mod batch;
+
+pub use batch::{measure_batch, BatchStep};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;

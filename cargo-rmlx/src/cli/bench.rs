@@ -11,9 +11,9 @@ use super::generate::DtypeArg;
 use super::output::{load_session, message};
 use super::{exit, GlobalArgs, MessageFormat};
 use crate::bench::{
-    measure_llama_cpp, measure_mlx_lm, measure_rmlx, median, rows, synthetic_prompt, this_program,
-    time_probe, Measurement, ProbeTiming, Reference, Row, Scripts, LLAMA_CPP_SCRIPT, MLX_LM_SCRIPT,
-    RMLX,
+    measure_batch, measure_llama_cpp, measure_mlx_lm, measure_rmlx, median, rows, synthetic_prompt,
+    this_program, time_probe, Measurement, ProbeTiming, Reference, Row, Scripts, LLAMA_CPP_SCRIPT,
+    MLX_LM_SCRIPT, RMLX,
 };
 use crate::diagnostic::{Diagnostic, Result};
 use crate::engine::DtypePolicy;
@@ -58,6 +58,10 @@ pub struct BenchArgs {
     /// Python of the llama.cpp venv (default: target/llama-venv/bin/python).
     #[arg(long, env = "RMLX_LLAMA_PYTHON")]
     pub llama_python: Option<PathBuf>,
+    /// Instead of the throughput table: the time of one batched decode step at each of these
+    /// batch sizes (sequences decoded together, as `serve --max-batch` does), engine only.
+    #[arg(long, value_delimiter = ',', value_name = "B,...")]
+    pub batch: Vec<usize>,
     /// Skip timing a cold `probe` process of the model.
     #[arg(long)]
     pub no_probe_timing: bool,
@@ -76,6 +80,9 @@ pub fn run(g: &GlobalArgs, a: BenchArgs) -> Result<u8> {
     }
     let dir = resolve_model(&a.model, g.manifest_path.as_deref())?;
     let policy: DtypePolicy = a.dtype.into();
+    if !a.batch.is_empty() {
+        return run_batch(&dir, policy, &a);
+    }
     let dtype = dtype_name(policy.resolve(ModelConfig::from_dir(&dir)?.torch_dtype.as_deref()));
     let scripts = match (a.compare_mlx_lm, &a.compare_llama_cpp) {
         (false, None) => None,
@@ -175,6 +182,44 @@ pub fn run(g: &GlobalArgs, a: BenchArgs) -> Result<u8> {
         return Ok(exit::OK);
     }
     print_table(&mut std::io::stdout().lock(), &rows, probe.as_ref());
+    Ok(exit::OK)
+}
+
+/// `bench --batch`: one batched decode step per batch size, after a prompt of the first
+/// `--prompt-tokens` length; `--decode-tokens` steps timed per size.
+fn run_batch(dir: &Path, policy: DtypePolicy, a: &BenchArgs) -> Result<u8> {
+    if a.batch.contains(&0) {
+        return Err(Diagnostic::error(
+            "rmlx::cli::bad-argument",
+            "--batch: every batch size must be at least 1",
+        ));
+    }
+    let session = load_session(dir, policy)?;
+    let prompt = synthetic_prompt(&session, a.prompt_tokens.first().copied().unwrap_or(128))?;
+    let steps = a
+        .batch
+        .iter()
+        .map(|&b| measure_batch(&session, &prompt, b, a.decode_tokens))
+        .collect::<Result<Vec<_>>>()?;
+    if a.message_format == MessageFormat::Json {
+        steps.iter().for_each(|s| message("bench-batch", s));
+        return Ok(exit::OK);
+    }
+    let base = steps.iter().find(|s| s.batch == 1).map(|s| s.ms_per_step);
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{:>5} {:>10} {:>14} {:>12}",
+        "batch", "ms/step", "aggregate t/s", "step / B=1"
+    );
+    for s in &steps {
+        let ratio = base.map_or_else(|| "-".to_string(), |b| format!("{:.2}", s.ms_per_step / b));
+        let _ = writeln!(
+            out,
+            "{:>5} {:>10.2} {:>14.1} {:>12}",
+            s.batch, s.ms_per_step, s.aggregate_tps, ratio
+        );
+    }
     Ok(exit::OK)
 }
 
