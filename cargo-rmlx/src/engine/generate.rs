@@ -3,6 +3,8 @@
 //! (max |logit|, non-finite count), stopping at EOS (unless ignored) or the token budget.
 //! [`generate_cancellable`] also asks, between prefill chunks, whether the run is still
 //! wanted (the server's client may be gone or its deadline past before the first token).
+//! A [`Constraint`] (structured output) masks the logits of every step before penalties and
+//! sampling; see the `constraint hook` comments (mask in `HostPicker::pick`, commit after the step).
 
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
@@ -13,6 +15,7 @@ use mlx_rs::Array;
 use super::penalty::{Penalties, PenaltyState};
 use super::sample::{top_k, Sampler, SamplerConfig};
 use super::Model;
+use crate::constrain::{Constraint, Guide, Masked};
 use crate::diagnostic::{Diagnostic, Result};
 
 /// Prompt tokens run through the model per forward pass during prefill.
@@ -33,6 +36,9 @@ pub struct GenerateOptions {
     pub top: usize,
     /// Logit adjustments before sampling (the recorded evidence stays unadjusted).
     pub penalties: Penalties,
+    /// Structured output: only tokens this grammar allows are sampled (the recorded
+    /// evidence stays the model's).
+    pub constraint: Option<Constraint>,
 }
 
 impl Default for GenerateOptions {
@@ -44,6 +50,7 @@ impl Default for GenerateOptions {
             eos_ids: Vec::new(),
             top: 5,
             penalties: Penalties::default(),
+            constraint: None,
         }
     }
 }
@@ -90,6 +97,8 @@ pub struct GenerateOutput {
     pub prefill: Duration,
     /// Time spent on the remaining steps.
     pub decode: Duration,
+    /// Time spent computing constraint masks (zero without a constraint).
+    pub mask_time: Duration,
 }
 
 impl GenerateOutput {
@@ -186,6 +195,7 @@ pub fn generate_cancellable(
                 stop: StopReason::Stopped,
                 prefill: started.elapsed(),
                 decode: Duration::ZERO,
+                mask_time: Duration::ZERO,
             });
         }
         let ids: Vec<i32> = chunk.iter().map(|&t| t as i32).collect();
@@ -204,7 +214,11 @@ pub fn generate_cancellable(
     // one is read, so the device never idles on the host. On the CPU the logits are host
     // memory already and one pass over them (`describe_step`) is cheaper than the device
     // reductions; the host decode path waits on its input anyway.
-    let on_device = sampler.is_greedy() && opts.penalties.is_neutral() && super::gpu_available();
+    let mut guide = opts.constraint.as_ref().map(Constraint::start);
+    let on_device = sampler.is_greedy()
+        && opts.penalties.is_neutral()
+        && guide.is_none()
+        && super::gpu_available();
     let pipeline = on_device;
     let mut pending = on_device
         .then(|| DeviceStep::queue(&logits, opts.top))
@@ -225,15 +239,16 @@ pub fn generate_cancellable(
                 let l = logits.take().expect("host mode keeps the logits");
                 l.eval()?;
                 let host: &[f32] = l.as_slice::<f32>();
-                let id = if opts.penalties.is_neutral() {
-                    sampler.sample(host)
-                } else {
-                    adjusted.clear();
-                    adjusted.extend_from_slice(host);
-                    penalties.apply(&mut adjusted);
-                    let id = sampler.sample(&adjusted);
-                    penalties.push(id);
-                    id
+                let picker = HostPicker {
+                    sampler: &mut sampler,
+                    penalties: &mut penalties,
+                    neutral: opts.penalties.is_neutral(),
+                    guide: guide.as_mut(),
+                };
+                let Some(id) = picker.pick(host, &mut adjusted) else {
+                    // The constraint allows no token: the output cannot grow (logged).
+                    stop = StopReason::Length;
+                    break;
                 };
                 describe_step(host, id, opts.top)
             }
@@ -248,6 +263,16 @@ pub fn generate_cancellable(
         if is_eos && !opts.ignore_eos {
             stop = StopReason::Eos;
             break;
+        }
+        // constraint hook (commit): the grammar advances by the chosen token; a complete
+        // grammar ends the run like EOS, a refused token like the budget.
+        match guide.as_mut().filter(|_| !is_eos).map(|g| (g.commit(id), g.is_finished())) {
+            Some((Masked::DeadEnd(_), _)) => break,
+            Some((Masked::Open, true)) => {
+                stop = StopReason::Eos;
+                break;
+            }
+            _ => {}
         }
         if flow.is_break() {
             stop = StopReason::Stopped;
@@ -267,13 +292,55 @@ pub fn generate_cancellable(
         }
     }
     let decode = started.elapsed().saturating_sub(prefill);
+    let (mask_time, masks) = guide.as_ref().map_or((Duration::ZERO, 0), Guide::mask_stats);
+    if masks > 0 {
+        tracing::debug!(
+            "constraint: {masks} masks, {:.0} µs each on average",
+            mask_time.as_secs_f64() * 1e6 / masks as f64
+        );
+    }
     Ok(GenerateOutput {
         prompt_ids: prompt_ids.to_vec(),
         steps,
         stop,
         prefill,
         decode,
+        mask_time,
     })
+}
+
+/// What picks a token from host logits: the constraint, the penalties, the sampler.
+struct HostPicker<'a, 'p> {
+    sampler: &'a mut Sampler,
+    penalties: &'a mut PenaltyState<'p>,
+    /// The penalties change nothing.
+    neutral: bool,
+    guide: Option<&'a mut Guide>,
+}
+
+impl HostPicker<'_, '_> {
+    /// The next token, `None` when the constraint allows none. `scratch` holds the
+    /// adjusted copy of the logits (the recorded evidence stays the model's).
+    fn pick(self, logits: &[f32], scratch: &mut Vec<f32>) -> Option<u32> {
+        if self.neutral && self.guide.is_none() {
+            return Some(self.sampler.sample(logits));
+        }
+        scratch.clear();
+        scratch.extend_from_slice(logits);
+        // constraint hook (mask): forbidden tokens become -inf before penalties and sampling.
+        if let Some(guide) = self.guide {
+            if let Masked::DeadEnd(_) = guide.mask(scratch) {
+                return None;
+            }
+        }
+        if self.neutral {
+            return Some(self.sampler.sample(scratch));
+        }
+        self.penalties.apply(scratch);
+        let id = self.sampler.sample(scratch);
+        self.penalties.push(id);
+        Some(id)
+    }
 }
 
 /// A greedy step evaluated on the device: the arg-max token and the numbers of its
