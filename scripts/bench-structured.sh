@@ -29,7 +29,7 @@ for i in $(seq "$runs"); do
     read -r tps mask < <(run --json-schema "$schema")
     guided+=("$tps")
     masks+=("$mask")
-    echo "run $i: unconstrained $tps tok/s, json-schema ${guided[-1]} tok/s, mask $mask us/token"
+    echo "run $i: unconstrained ${free[-1]} tok/s, json-schema ${guided[-1]} tok/s, mask $mask us/token"
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo "median: unconstrained $(median "${free[@]}") tok/s, json-schema $(median "${guided[@]}") tok/s, mask $(median "${masks[@]}") us/token"

@@ -114,7 +114,8 @@ impl Session {
         let env = match self.guide_env.get() {
             Some(env) => env,
             None => {
-                let env = GuideEnv::new(&self.tokenizer, self.model.net.vocab_size, &self.eos_ids())?;
+                let env =
+                    GuideEnv::new(&self.tokenizer, self.model.net.vocab_size, &self.eos_ids())?;
                 self.guide_env.get_or_init(|| env)
             }
         };

@@ -67,7 +67,12 @@ fn run_client(dir: &str, name: &str) {
     s.wait_ready();
     let out = Command::new(python())
         .arg(repo_root().join("tests/serve/structured_client.py"))
-        .args([s.base.as_str(), name, "sk-structured", &REQUESTS.to_string()])
+        .args([
+            s.base.as_str(),
+            name,
+            "sk-structured",
+            &REQUESTS.to_string(),
+        ])
         .output()
         .expect("run structured_client.py");
     assert!(
@@ -108,7 +113,10 @@ fn constraint_fields_and_their_errors() {
 
     for (field, value) in [
         ("guided_grammar", json!("start: missing_rule")),
-        ("json_schema", json!({"type": "object", "properties": {"a": {"type": 5}}})),
+        (
+            "json_schema",
+            json!({"type": "object", "properties": {"a": {"type": 5}}}),
+        ),
     ] {
         let mut body = chat_body("hi", 4);
         body[field] = value;
@@ -116,6 +124,10 @@ fn constraint_fields_and_their_errors() {
         let r = s.post("/v1/chat/completions", &body);
         assert_eq!(r.status, 400, "{field}: {}", r.text);
         assert_eq!(r.json["error"]["param"], field, "{}", r.text);
-        assert_eq!(r.json["error"]["code"], "rmlx::constrain::invalid", "{}", r.text);
+        assert_eq!(
+            r.json["error"]["code"], "rmlx::constrain::invalid",
+            "{}",
+            r.text
+        );
     }
 }

@@ -61,7 +61,9 @@ impl ConstraintSpec {
             ConstraintSpec::JsonObject => {
                 TopLevelGrammar::from_json_schema(with_layout(json!({"type": "object"})))
             }
-            ConstraintSpec::JsonSchema(s) => TopLevelGrammar::from_json_schema(with_layout(s.clone())),
+            ConstraintSpec::JsonSchema(s) => {
+                TopLevelGrammar::from_json_schema(with_layout(s.clone()))
+            }
             ConstraintSpec::Regex(rx) => TopLevelGrammar::from_regex(rx),
             ConstraintSpec::Lark(g) => TopLevelGrammar::from_lark(g.clone()),
         }

@@ -93,25 +93,37 @@ fn json_schema_mask_allows_only_valid_continuations() {
     let c = env().compile(&ConstraintSpec::JsonSchema(schema)).unwrap();
     let mut g = c.start();
     let first: Vec<String> = allowed(&mut g).into_iter().map(text).collect();
-    assert!(first.iter().all(|t| "{\"color\": \"".starts_with(t.as_str())), "{first:?}");
+    assert!(
+        first
+            .iter()
+            .all(|t| "{\"color\": \"".starts_with(t.as_str())),
+        "{first:?}"
+    );
     assert!(!eos_allowed(&mut g), "EOS before the object is complete");
     walk(&mut g, "{\"color\": \"");
     let tail = ["red\", \"n\": ", "green\", \"n\": "];
     let values: Vec<String> = allowed(&mut g).into_iter().map(text).collect();
     assert!(!values.is_empty());
     for t in &values {
-        assert!(tail.iter().any(|v| v.starts_with(t.as_str())), "{t:?} allowed in the enum");
+        assert!(
+            tail.iter().any(|v| v.starts_with(t.as_str())),
+            "{t:?} allowed in the enum"
+        );
     }
     walk(&mut g, "green\", \"n\": 42");
     assert!(!eos_allowed(&mut g), "EOS inside the object");
     walk(&mut g, "}");
-    assert!(g.is_finished() || eos_allowed(&mut g), "complete object accepts EOS");
+    assert!(
+        g.is_finished() || eos_allowed(&mut g),
+        "complete object accepts EOS"
+    );
 }
 
 #[test]
 fn regex_mask_allows_only_digits_first() {
+    // `[0-9]`, not `\d`: Rust's `\d` is any Unicode digit, whose first bytes are allowed too.
     let c = env()
-        .compile(&ConstraintSpec::Regex(r"\d{3}-[a-z]+".into()))
+        .compile(&ConstraintSpec::Regex("[0-9]{3}-[a-z]+".into()))
         .unwrap();
     let mut g = c.start();
     let first: Vec<String> = allowed(&mut g).into_iter().map(text).collect();
@@ -142,7 +154,9 @@ fn invalid_constraints_name_the_problem() {
     ] {
         let e = env().compile(&spec).unwrap_err();
         assert_eq!(e.code, "rmlx::constrain::invalid", "{spec:?}");
-        assert!(e.message.starts_with(&format!("invalid {} constraint: ", spec.kind())));
+        assert!(e
+            .message
+            .starts_with(&format!("invalid {} constraint: ", spec.kind())));
         assert!(e.message.len() > 30, "llguidance's reason: {}", e.message);
     }
 }
@@ -157,18 +171,31 @@ fn hermes_tool_call_grammar_forces_the_named_function() {
         }}}),
         json!({"type": "function", "function": {"name": "get_time"}}),
     ];
-    let spec = tool_call_spec(ToolCallFormat::Hermes, &tools, ToolChoice::Named("get_weather"))
-        .unwrap();
+    let spec = tool_call_spec(
+        ToolCallFormat::Hermes,
+        &tools,
+        ToolChoice::Named("get_weather"),
+    )
+    .unwrap();
     let mut g = env().compile(&spec).unwrap().start();
     walk(&mut g, "<tool_call>\n{\"name\": \"get_");
     let next: Vec<String> = allowed(&mut g).into_iter().map(text).collect();
-    assert!(next.iter().all(|t| "weather\"".starts_with(t.as_str())), "{next:?}");
-    walk(&mut g, "weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>");
+    assert!(
+        next.iter().all(|t| "weather\"".starts_with(t.as_str())),
+        "{next:?}"
+    );
+    walk(
+        &mut g,
+        "weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>",
+    );
     assert!(g.is_finished() || eos_allowed(&mut g));
 
     let required = tool_call_spec(ToolCallFormat::Hermes, &tools, ToolChoice::Required).unwrap();
     let mut g = env().compile(&required).unwrap().start();
-    walk(&mut g, "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>");
+    walk(
+        &mut g,
+        "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>",
+    );
     assert!(eos_allowed(&mut g));
     let err = tool_call_spec(ToolCallFormat::Hermes, &tools, ToolChoice::Named("nope"));
     assert_eq!(err.unwrap_err().code, "rmlx::constrain::tools");

@@ -38,12 +38,15 @@ pub fn tool_call_spec(
     let mut calls = Vec::new();
     for (i, tool) in tools.iter().enumerate() {
         let function = tool.get("function").unwrap_or(tool);
-        let name = function.get("name").and_then(Value::as_str).ok_or_else(|| {
-            Diagnostic::error(
-                "rmlx::constrain::tools",
-                format!("tools[{i}] has no function name"),
-            )
-        })?;
+        let name = function
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                Diagnostic::error(
+                    "rmlx::constrain::tools",
+                    format!("tools[{i}] has no function name"),
+                )
+            })?;
         if matches!(choice, ToolChoice::Named(n) if n != name) {
             continue;
         }
@@ -61,7 +64,9 @@ pub fn tool_call_spec(
     }
     if calls.is_empty() {
         let msg = match choice {
-            ToolChoice::Named(n) => format!("`tool_choice` names `{n}`, which `tools` does not list"),
+            ToolChoice::Named(n) => {
+                format!("`tool_choice` names `{n}`, which `tools` does not list")
+            }
             ToolChoice::Required => "`tool_choice: \"required\"` needs at least one tool".into(),
         };
         return Err(Diagnostic::error("rmlx::constrain::tools", msg));

@@ -266,7 +266,11 @@ pub fn generate_cancellable(
         }
         // constraint hook (commit): the grammar advances by the chosen token; a complete
         // grammar ends the run like EOS, a refused token like the budget.
-        match guide.as_mut().filter(|_| !is_eos).map(|g| (g.commit(id), g.is_finished())) {
+        match guide
+            .as_mut()
+            .filter(|_| !is_eos)
+            .map(|g| (g.commit(id), g.is_finished()))
+        {
             Some((Masked::DeadEnd(_), _)) => break,
             Some((Masked::Open, true)) => {
                 stop = StopReason::Eos;
@@ -292,7 +296,9 @@ pub fn generate_cancellable(
         }
     }
     let decode = started.elapsed().saturating_sub(prefill);
-    let (mask_time, masks) = guide.as_ref().map_or((Duration::ZERO, 0), Guide::mask_stats);
+    let (mask_time, masks) = guide
+        .as_ref()
+        .map_or((Duration::ZERO, 0), Guide::mask_stats);
     if masks > 0 {
         tracing::debug!(
             "constraint: {masks} masks, {:.0} µs each on average",

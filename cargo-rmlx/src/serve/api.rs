@@ -78,7 +78,10 @@ impl ApiError {
     /// Names `param` (the request field of the output constraint) on a constraint that did
     /// not compile.
     pub fn constraint_param(mut self, param: Option<&str>) -> Self {
-        let failed = self.code.as_deref().is_some_and(|c| c.starts_with("rmlx::constrain::"));
+        let failed = self
+            .code
+            .as_deref()
+            .is_some_and(|c| c.starts_with("rmlx::constrain::"));
         if failed && self.param.is_none() {
             self.param = param.map(str::to_string);
         }
@@ -204,9 +207,8 @@ impl ConstraintRequest {
 /// A JSON schema given as an object (or `true`), or as JSON text (vLLM accepts both).
 fn schema_value(param: &str, v: &Value) -> Result<Value, ApiError> {
     let v = match v {
-        Value::String(text) => serde_json::from_str(text).map_err(|e| {
-            ApiError::param(param, format!("`{param}` is not valid JSON: {e}"))
-        })?,
+        Value::String(text) => serde_json::from_str(text)
+            .map_err(|e| ApiError::param(param, format!("`{param}` is not valid JSON: {e}")))?,
         other => other.clone(),
     };
     if v.is_object() || v == Value::Bool(true) {
@@ -240,7 +242,10 @@ fn response_format(rf: &Value) -> Result<Option<ConstraintRequest>, ApiError> {
                     )
                 })?;
             let schema = schema_value(param, schema)?;
-            Ok(ConstraintRequest::new(ConstraintSpec::JsonSchema(schema), param))
+            Ok(ConstraintRequest::new(
+                ConstraintSpec::JsonSchema(schema),
+                param,
+            ))
         }
         _ => Err(ApiError::param(
             "response_format.type",
@@ -256,23 +261,38 @@ impl Common {
         if let Some(rf) = self.response_format.as_ref().filter(|v| !v.is_null()) {
             found.extend(response_format(rf)?);
         }
-        for (param, v) in [("guided_json", &self.guided_json), ("json_schema", &self.json_schema)] {
+        for (param, v) in [
+            ("guided_json", &self.guided_json),
+            ("json_schema", &self.json_schema),
+        ] {
             if let Some(v) = v.as_ref().filter(|v| !v.is_null()) {
                 let schema = schema_value(param, v)?;
-                found.extend(ConstraintRequest::new(ConstraintSpec::JsonSchema(schema), param));
+                found.extend(ConstraintRequest::new(
+                    ConstraintSpec::JsonSchema(schema),
+                    param,
+                ));
             }
         }
         if let Some(rx) = &self.guided_regex {
-            found.extend(ConstraintRequest::new(ConstraintSpec::Regex(rx.clone()), "guided_regex"));
+            found.extend(ConstraintRequest::new(
+                ConstraintSpec::Regex(rx.clone()),
+                "guided_regex",
+            ));
         }
         if let Some(g) = &self.guided_grammar {
-            found.extend(ConstraintRequest::new(ConstraintSpec::Lark(g.clone()), "guided_grammar"));
+            found.extend(ConstraintRequest::new(
+                ConstraintSpec::Lark(g.clone()),
+                "guided_grammar",
+            ));
         }
         if found.len() > 1 {
             let names: Vec<&str> = found.iter().map(|c| c.param.as_str()).collect();
             return Err(ApiError::param(
                 &found[1].param,
-                format!("only one output constraint per request; got {}", names.join(", ")),
+                format!(
+                    "only one output constraint per request; got {}",
+                    names.join(", ")
+                ),
             ));
         }
         Ok(found.pop())
@@ -887,7 +907,10 @@ mod tests {
             let p = if v.get("messages").is_some() {
                 chat(v).unwrap()
             } else {
-                CompletionRequest::from_json(&v).unwrap().prepare(16).unwrap()
+                CompletionRequest::from_json(&v)
+                    .unwrap()
+                    .prepare(16)
+                    .unwrap()
             };
             p.req.constraint.map(|c| (c.spec, c.param))
         };
@@ -906,20 +929,35 @@ mod tests {
         );
         assert_eq!(
             spec(json!({"prompt": "a", "guided_json": schema.to_string()})),
-            Some((ConstraintSpec::JsonSchema(schema.clone()), "guided_json".into()))
+            Some((
+                ConstraintSpec::JsonSchema(schema.clone()),
+                "guided_json".into()
+            ))
         );
         assert_eq!(
             spec(json!({"prompt": "a", "json_schema": schema})),
-            Some((ConstraintSpec::JsonSchema(schema.clone()), "json_schema".into()))
+            Some((
+                ConstraintSpec::JsonSchema(schema.clone()),
+                "json_schema".into()
+            ))
         );
         assert_eq!(
             spec(json!({"prompt": "a", "guided_regex": "[0-9]+"})),
-            Some((ConstraintSpec::Regex("[0-9]+".into()), "guided_regex".into()))
+            Some((
+                ConstraintSpec::Regex("[0-9]+".into()),
+                "guided_regex".into()
+            ))
         );
         assert_eq!(
             spec(json!({"messages": msg, "guided_grammar": "start: \"x\""})),
-            Some((ConstraintSpec::Lark("start: \"x\"".into()), "guided_grammar".into()))
+            Some((
+                ConstraintSpec::Lark("start: \"x\"".into()),
+                "guided_grammar".into()
+            ))
         );
-        assert_eq!(spec(json!({"messages": msg, "response_format": {"type": "text"}})), None);
+        assert_eq!(
+            spec(json!({"messages": msg, "response_format": {"type": "text"}})),
+            None
+        );
     }
 }

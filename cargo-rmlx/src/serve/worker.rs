@@ -517,7 +517,11 @@ fn run_job(name: &str, session: &Session, job: Job, metrics: &Metrics) {
     };
     // Compiled before the prompt is announced, so a bad constraint is a 400 even when
     // streaming.
-    let constraint = match req.constraint.as_ref().map(|c| session.compile_constraint(&c.spec)) {
+    let constraint = match req
+        .constraint
+        .as_ref()
+        .map(|c| session.compile_constraint(&c.spec))
+    {
         Some(Err(d)) => {
             let _ = events.send(Event::Error(classify(d)));
             return;
