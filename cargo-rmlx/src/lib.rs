@@ -7,6 +7,7 @@ pub mod build;
 pub mod cli;
 pub mod constrain;
 pub mod diagnostic;
+pub mod dist;
 pub mod editor;
 pub mod engine;
 pub mod gguf;

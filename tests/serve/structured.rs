@@ -1,21 +1,18 @@
 //! Structured output through the real server and the official `openai` client
 //! (`structured_client.py`): JSON-schema answers that validate on SmolLM2 and
-//! Qwen2.5-Coder-0.5B (greedy and sampled), a regex, `json_object`, streaming, and invalid
-//! constraints refused with a 400 naming the field. Raw-HTTP checks of the field forms.
+//! Qwen2.5-Coder-0.5B (the shared serve builds; greedy and sampled, sent concurrently so
+//! they run batched), a regex, `json_object`, streaming, and invalid constraints refused
+//! with a 400 naming the field. Raw-HTTP checks of the field forms, and two requests with
+//! different schemas decoded in one batch, each under its own grammar.
 
-use std::fs;
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
-use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::support::*;
 
 /// Requests per sampling mode and model (the issue asks for 20).
 const REQUESTS: usize = 20;
-const QWEN_GGUF: &str = "qwen2.5-coder-0.5b/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf";
 
 fn python() -> String {
     let venv = Command::new("bash")
@@ -34,35 +31,16 @@ fn python() -> String {
         .to_string()
 }
 
-/// Qwen2.5-Coder-0.5B-Instruct (served as `qwen`, its directory's name) built 4-bit (group 64) by `cargo rmlx build` in a workspace
-/// under the test models (fingerprints keep it fresh between runs).
-fn qwen_dir() -> &'static PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let mut fetch = Command::new("bash");
-        fetch
-            .arg(repo_root().join("scripts/fetch-models.sh"))
-            .arg("--all")
-            .env("RMLX_TEST_MODELS", models_dir());
-        let (ok, log) = run_to_end(fetch, Duration::from_secs(1800));
-        assert!(ok, "fetching Qwen2.5-Coder failed\n{log}");
-        let ws = models_dir().join("structured");
-        fs::create_dir_all(&ws).expect("create workspace");
-        let manifest = format!(
-            "[models.qwen]\nsource = \"{}\"\nquantize = {{ mode = \"affine\", bits = 4, group-size = 64 }}\n",
-            models_dir().join(QWEN_GGUF).display()
-        );
-        fs::write(ws.join("rmlx.toml"), manifest).expect("write rmlx.toml");
-        let mut build = Command::new(bin());
-        build.current_dir(&ws).args(["rmlx", "build"]);
-        let (ok, log) = run_to_end(build, Duration::from_secs(1800));
-        assert!(ok, "building Qwen failed\n{log}");
-        ws.join("target").join("rmlx").join("qwen")
-    })
-}
-
 fn run_client(dir: &str, name: &str) {
-    let args = [dir, "--no-probe", "--api-key", "sk-structured"].map(String::from);
+    let args = [
+        dir,
+        "--no-probe",
+        "--api-key",
+        "sk-structured",
+        "--max-batch",
+        "8",
+    ]
+    .map(String::from);
     let s = Server::start(&args, &repo_root());
     s.wait_ready();
     let out = Command::new(python())
@@ -91,7 +69,7 @@ fn json_schema_answers_validate_on_smollm2() {
 
 #[test]
 fn json_schema_answers_validate_on_qwen2_5() {
-    run_client(&qwen_dir().display().to_string(), "qwen");
+    run_client(&qwen_dir().display().to_string(), QWEN_NAME);
 }
 
 #[test]
@@ -130,4 +108,77 @@ fn constraint_fields_and_their_errors() {
             r.text
         );
     }
+}
+
+/// Two schemas no answer can satisfy both of: each answer must match its own.
+fn two_schemas() -> [(Value, fn(&Value) -> bool); 2] {
+    let colours = json!({
+        "type": "object",
+        "properties": {"colours": {"type": "array", "items": {"enum": ["red", "green", "blue"]},
+                                   "minItems": 8, "maxItems": 8}},
+        "required": ["colours"], "additionalProperties": false,
+    });
+    let numbers = json!({
+        "type": "object",
+        "properties": {"numbers": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 99},
+                                   "minItems": 8, "maxItems": 8}},
+        "required": ["numbers"], "additionalProperties": false,
+    });
+    let is_colours = |v: &Value| {
+        let items = v["colours"].as_array();
+        v.as_object().is_some_and(|o| o.len() == 1)
+            && items.is_some_and(|a| {
+                a.len() == 8
+                    && a.iter()
+                        .all(|c| ["red", "green", "blue"].contains(&c.as_str().unwrap_or("")))
+            })
+    };
+    let is_numbers = |v: &Value| {
+        let items = v["numbers"].as_array();
+        v.as_object().is_some_and(|o| o.len() == 1)
+            && items.is_some_and(|a| {
+                a.len() == 8 && a.iter().all(|n| n.as_u64().is_some_and(|n| n <= 99))
+            })
+    };
+    [(colours, is_colours), (numbers, is_numbers)]
+}
+
+#[test]
+fn two_schemas_in_one_batch_each_validate() {
+    let s = Server::model(&["--no-probe", "--max-batch", "4"]);
+    let passes_before = s.metric("rmlx_batch_size_count", &[]);
+    let single_before = s.metric("rmlx_batch_size_bucket", &["le=\"1\""]);
+    let schemas = two_schemas();
+    let answers: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = schemas
+            .iter()
+            .map(|(schema, _)| {
+                let s = &s;
+                scope.spawn(move || {
+                    let mut body = chat_body("List some things as JSON.", 80);
+                    body["temperature"] = json!(0);
+                    body["response_format"] =
+                        json!({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}});
+                    s.post("/v1/chat/completions", &body)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for ((schema, valid), r) in schemas.iter().zip(&answers) {
+        assert_eq!(r.status, 200, "{}", r.text);
+        let choice = &r.json["choices"][0];
+        assert_eq!(choice["finish_reason"], "stop", "{}", r.text);
+        let text = choice["message"]["content"].as_str().unwrap_or_default();
+        let value: Value =
+            serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
+        assert!(valid(&value), "{text} does not match {schema}");
+    }
+    let passes = s.metric("rmlx_batch_size_count", &[]) - passes_before;
+    let single = s.metric("rmlx_batch_size_bucket", &["le=\"1\""]) - single_before;
+    assert!(
+        passes > single,
+        "no decode pass ran both constrained requests together ({passes} passes)\n{}",
+        s.get("/metrics").text
+    );
 }

@@ -3,8 +3,9 @@
 usage: structured_client.py BASE_URL MODEL API_KEY REQUESTS
 
 Sends REQUESTS greedy and REQUESTS sampled chat completions with a JSON-schema
-`response_format` (nested object, enums, an array, required fields) and validates every
-answer with the small validator below; then one streamed request, a regex (`guided_regex`)
+`response_format` (nested object, enums, an array, required fields; every string and array
+bounded), CONCURRENCY at a time so the server batches them, and validates every answer
+with the small validator below; then one streamed request, a regex (`guided_regex`)
 on /v1/completions, `json_object`, and invalid constraints (400 naming the field). Exits
 non-zero on the first failure; prints one JSON line with what it saw.
 """
@@ -12,10 +13,12 @@ non-zero on the first failure; prints one JSON line with what it saw.
 import json
 import re
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 
 base, model, key, requests = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+CONCURRENCY = 8
 client = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=300)
 
 SCHEMA = {
@@ -101,7 +104,7 @@ def ask(i, **sampling):
     r = client.chat.completions.create(
         model=model,
         messages=messages,
-        max_tokens=120,
+        max_tokens=100,
         response_format={
             "type": "json_schema",
             "json_schema": {"name": "user", "schema": SCHEMA, "strict": True},
@@ -113,21 +116,20 @@ def ask(i, **sampling):
     return check_json(choice.message.content, f"request {i} {sampling}")
 
 
-seen = {"greedy": [], "sampled": []}
-for i in range(requests):
-    seen["greedy"].append(ask(i))
-for i in range(requests):
-    seen["sampled"].append(ask(i, temperature=1.0, top_p=0.95, seed=i))
+with ThreadPoolExecutor(CONCURRENCY) as pool:
+    greedy = [pool.submit(ask, i) for i in range(requests)]
+    sampled = [pool.submit(ask, i, temperature=1.0, top_p=0.95, seed=i) for i in range(requests)]
+    seen = {"greedy": [f.result() for f in greedy], "sampled": [f.result() for f in sampled]}
 
 stream = client.chat.completions.create(
     model=model,
     messages=[{"role": "user", "content": "Describe a user called Alice as JSON."}],
-    max_tokens=120,
+    max_tokens=100,
     stream=True,
     response_format={"type": "json_schema", "json_schema": {"name": "user", "schema": SCHEMA}},
 )
 streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-assert check_json(streamed, "streamed") == seen["greedy"][0], (streamed, seen["greedy"][0])
+check_json(streamed, "streamed")
 
 phone = client.completions.create(
     model=model,
@@ -141,7 +143,7 @@ assert phone.choices[0].finish_reason == "stop", phone
 obj = client.chat.completions.create(
     model=model,
     messages=[{"role": "user", "content": "Give me a JSON object about Paris."}],
-    max_tokens=200,
+    max_tokens=60,
     response_format={"type": "json_object"},
 )
 if obj.choices[0].finish_reason == "stop":

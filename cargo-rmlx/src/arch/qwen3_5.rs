@@ -28,6 +28,7 @@ pub const ARCH: Architecture = Architecture {
     model_types: &["qwen3_5", "qwen3_5_moe", "qwen3_5_text", "qwen3_5_moe_text"],
     load,
     convert: super::convert::qwen3_5::CONVERT,
+    gguf: &[],
 };
 
 fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {

@@ -14,9 +14,10 @@
 //!   budget ran out (`finish_reason: "length"`), never waits;
 //! - grammars that force a chat family's tool-call shape ([`tools`]).
 //!
-//! The engine's hook is two calls in `engine::generate` (marked `constraint hook`):
-//! [`Guide::mask`] on the host logits before penalties/sampling, [`Guide::commit`] with
-//! the chosen id. A batched loop keeps one [`Guide`] per sequence and calls the same two.
+//! The engine's hook is two calls in `engine::sequence` (the one loop `generate` and the
+//! server's batching scheduler share): [`Guide::mask`] on the host logits before
+//! penalties/sampling (`Sequence::choose`), [`Guide::commit`] with the chosen id
+//! (`Sequence::step`). Each sequence keeps its own [`Guide`], alone or in a batch.
 
 pub mod tools;
 mod vocab;

@@ -35,6 +35,7 @@
 //! host = "127.0.0.1"
 //! port = 8080
 //! content-special-tokens = false   # true: special tokens typed in messages are control tokens
+//! max-batch = 8                    # requests generated together per model (1: one at a time)
 //! ```
 
 mod locate;
@@ -226,6 +227,8 @@ pub struct ServeDecl {
     /// Encode special-token strings in messages as control tokens (`serve
     /// --content-special-tokens`).
     pub content_special_tokens: bool,
+    /// Requests a model generates together (`serve --max-batch`); `None`: the default.
+    pub max_batch: Option<usize>,
 }
 
 impl Default for ServeDecl {
@@ -234,6 +237,7 @@ impl Default for ServeDecl {
             host: DEFAULT_HOST.to_string(),
             port: DEFAULT_PORT,
             content_special_tokens: false,
+            max_batch: None,
         }
     }
 }
