@@ -59,14 +59,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_ready(port, proc, timeout=600):
+def wait_ready(port, proc, timeout=600, path="/health"):
     start = time.time()
     while time.time() - start < timeout:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         try:
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            c.request("GET", "/health")
+            c.request("GET", path)
             r = c.getresponse()
             r.read()
             if r.status == 200:
@@ -255,7 +255,8 @@ def main():
         start = STARTERS[name]
         proc, model = start(args, port, log)
         try:
-            wait_ready(port, proc)
+            # llama-cpp-python's server has no /health; its model list answers once loaded.
+            wait_ready(port, proc, path="/v1/models" if name == "llama-cpp" else "/health")
             one_request(port, model, 0, 4)  # warm-up
             for li, c in enumerate(levels):
                 total = max(args.requests, c)

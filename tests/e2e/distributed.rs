@@ -55,6 +55,7 @@ fn check_two_ranks(dir: &Path, prompt: &str, chat: bool) {
     assert_eq!(a.id, b.id, "step-0 top-1");
     for ((ia, la), (ib, lb)) in a.top.iter().zip(&b.top) {
         assert_eq!(ia, ib, "step-0 top tokens");
+        let (la, lb) = (la.expect("a finite logit"), lb.expect("a finite logit"));
         assert!(
             (la - lb).abs() <= LOGIT_TOLERANCE * lb.abs().max(1.0),
             "step-0 logit of {ia}: {la} (2 ranks) vs {lb} (1 process)"
@@ -200,13 +201,20 @@ fn each_rank_reads_about_half_of_the_weights() {
     );
 }
 
-/// The children of `pid` (the launcher's ranks).
-fn children(pid: u32) -> Vec<u32> {
+/// The children of `pid` started as rank `rank` (not its template sandbox workers).
+fn rank_children(pid: u32, rank: usize) -> Vec<u32> {
     let path = format!("/proc/{pid}/task/{pid}/children");
+    let env = format!("MLX_RANK={rank}");
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
+        .filter(|c: &u32| {
+            std::fs::read(format!("/proc/{c}/environ"))
+                .unwrap_or_default()
+                .split(|b| *b == 0)
+                .any(|v| v == env.as_bytes())
+        })
         .collect()
 }
 
@@ -238,7 +246,7 @@ fn a_killed_rank_stops_the_run_within_seconds() {
     let mut stdout = launcher.stdout.take().unwrap();
     let mut first = [0u8; 1];
     std::io::Read::read_exact(&mut stdout, &mut first).expect("rank 0 prints");
-    let rank1 = children(pid);
+    let rank1 = rank_children(pid, 1);
     assert_eq!(rank1.len(), 1, "one launched rank");
     unsafe_kill(rank1[0]);
     let killed = Instant::now();

@@ -46,7 +46,7 @@ pub struct Scheduler<'a> {
 
 impl<'a> Scheduler<'a> {
     /// A scheduler running at most `max_batch` (at least 1) sequences together.
-    pub fn new(
+    pub(super) fn new(
         name: &'a str,
         session: &'a Session,
         metrics: &'a Metrics,
