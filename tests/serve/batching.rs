@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{qwen_dir, repo_root, wait_until, EventStream, Server, MODEL_NAME, QWEN_NAME};
+use crate::support::{
+    multi_sequence_passes, qwen_dir, repo_root, wait_until, EventStream, Server, MODEL_NAME,
+    QWEN_NAME,
+};
 
 /// Largest top-1/top-2 logprob gap at which a flip between alone and batched is float
 /// summation order, not a bug.
@@ -109,8 +112,7 @@ fn check_equivalence(s: &Server, model: &str, prompts: &[&str], max_tokens: usiz
         .map(|p| complete(s, model, p, max_tokens, None))
         .collect();
     let seeded_alone = complete(s, model, prompts[0], max_tokens, Some(7));
-    let passes_before = s.metric("rmlx_batch_size_count", &[]);
-    let single_before = s.metric("rmlx_batch_size_bucket", &["le=\"1\""]);
+    let before = multi_sequence_passes(s);
     let (batched, seeded) = std::thread::scope(|scope| {
         let handles: Vec<_> = prompts
             .iter()
@@ -129,11 +131,9 @@ fn check_equivalence(s: &Server, model: &str, prompts: &[&str], max_tokens: usiz
         texts(&seeded),
         "{model}: seeded sampling changed in a batch"
     );
-    let passes = s.metric("rmlx_batch_size_count", &[]) - passes_before;
-    let single = s.metric("rmlx_batch_size_bucket", &["le=\"1\""]) - single_before;
     assert!(
-        passes > single,
-        "{model}: no decode pass ran more than one sequence ({passes} passes)\n{}",
+        multi_sequence_passes(s) > before,
+        "{model}: no decode pass ran more than one sequence\n{}",
         s.get("/metrics").text
     );
 }

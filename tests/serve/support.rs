@@ -539,6 +539,30 @@ pub fn chat_body(content: &str, max_tokens: usize) -> Value {
     })
 }
 
+/// Decode passes so far that ran more than one sequence (from the batch-size histogram).
+pub fn multi_sequence_passes(s: &Server) -> f64 {
+    s.metric("rmlx_batch_size_count", &[]) - s.metric("rmlx_batch_size_bucket", &["le=\"1\""])
+}
+
+/// The python of the venv with the pinned `openai` package (`tests/serve/openai-venv.sh`,
+/// which installs it on first use).
+pub fn openai_python() -> String {
+    let venv = Command::new("bash")
+        .arg(repo_root().join("tests/serve/openai-venv.sh"))
+        .output()
+        .expect("run openai-venv.sh");
+    assert!(
+        venv.status.success(),
+        "creating the openai venv failed (it installs the pinned `openai` package)\n{}",
+        String::from_utf8_lossy(&venv.stderr)
+    );
+    String::from_utf8_lossy(&venv.stdout)
+        .lines()
+        .last()
+        .expect("the venv's python path")
+        .to_string()
+}
+
 /// Polls `cond` every 100 ms until it holds or `timeout` passes.
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
