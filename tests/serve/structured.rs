@@ -93,8 +93,11 @@ fn constraint_fields_and_their_errors() {
     }
 }
 
+/// A JSON schema and the check that an answer matches it.
+type Schema = (Value, fn(&Value) -> bool);
+
 /// Two schemas no answer can satisfy both of: each answer must match its own.
-fn two_schemas() -> [(Value, fn(&Value) -> bool); 2] {
+fn two_schemas() -> [Schema; 2] {
     let colours = json!({
         "type": "object",
         "properties": {"colours": {"type": "array", "items": {"enum": ["red", "green", "blue"]},
