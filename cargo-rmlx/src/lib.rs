@@ -5,6 +5,7 @@ pub mod arch;
 pub mod bench;
 pub mod build;
 pub mod cli;
+pub mod constrain;
 pub mod diagnostic;
 pub mod dist;
 pub mod editor;

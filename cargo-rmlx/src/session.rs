@@ -14,9 +14,11 @@
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use serde_json::{Map, Value};
 
+use crate::constrain::{Constraint, ConstraintSpec, GuideEnv};
 use crate::diagnostic::{Diagnostic, Result};
 use crate::engine::{DtypePolicy, Model};
 use crate::snapshot::Snapshot;
@@ -48,6 +50,8 @@ pub struct Session {
     pub template: Option<ChatTemplate>,
     /// How special-token strings inside messages are encoded.
     pub content_tokens: ContentTokens,
+    /// The structured-output token environment, built on first use.
+    guide_env: OnceLock<GuideEnv>,
 }
 
 /// A prompt as the model sees it.
@@ -100,7 +104,22 @@ impl Session {
             tokenizer,
             template,
             content_tokens: ContentTokens::default(),
+            guide_env: OnceLock::new(),
         })
+    }
+
+    /// Compiles a structured-output constraint for this model (its token environment is
+    /// built on the first call and kept).
+    pub fn compile_constraint(&self, spec: &ConstraintSpec) -> Result<Constraint> {
+        let env = match self.guide_env.get() {
+            Some(env) => env,
+            None => {
+                let env =
+                    GuideEnv::new(&self.tokenizer, self.model.net.vocab_size, &self.eos_ids())?;
+                self.guide_env.get_or_init(|| env)
+            }
+        };
+        env.compile(spec)
     }
 
     /// EOS ids: the model's declared ones plus the tokenizer's `eos_token`.

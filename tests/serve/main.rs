@@ -9,5 +9,6 @@ mod limits;
 mod openai;
 mod races;
 mod reload;
+mod structured;
 mod support;
 mod templates;

@@ -10,20 +10,7 @@ use crate::support::*;
 #[test]
 fn official_openai_python_client() {
     let here = repo_root().join("tests").join("serve");
-    let venv = Command::new("bash")
-        .arg(here.join("openai-venv.sh"))
-        .output()
-        .expect("run openai-venv.sh");
-    assert!(
-        venv.status.success(),
-        "creating the openai venv failed (it installs the pinned `openai` package from PyPI)\n{}",
-        String::from_utf8_lossy(&venv.stderr)
-    );
-    let python = String::from_utf8_lossy(&venv.stdout)
-        .lines()
-        .last()
-        .expect("the venv's python path")
-        .to_string();
+    let python = openai_python();
 
     let s = Server::model(&["--api-key", "sk-compat"]);
     let out = Command::new(python)

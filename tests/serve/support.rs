@@ -18,6 +18,9 @@ use serde_json::Value;
 
 pub const SMOLLM2_GGUF: &str = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 pub const MODEL_NAME: &str = "smollm2-q4";
+pub const QWEN_GGUF: &str = "qwen2.5-coder-0.5b/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf";
+/// The name the shared Qwen2.5 build is served under.
+pub const QWEN_NAME: &str = "qwen-serve-q4";
 pub const CAPITAL_QUESTION: &str = "What is the capital of France?";
 
 /// How long a server may take to load and probe its model.
@@ -536,6 +539,30 @@ pub fn chat_body(content: &str, max_tokens: usize) -> Value {
     })
 }
 
+/// Decode passes so far that ran more than one sequence (from the batch-size histogram).
+pub fn multi_sequence_passes(s: &Server) -> f64 {
+    s.metric("rmlx_batch_size_count", &[]) - s.metric("rmlx_batch_size_bucket", &["le=\"1\""])
+}
+
+/// The python of the venv with the pinned `openai` package (`tests/serve/openai-venv.sh`,
+/// which installs it on first use).
+pub fn openai_python() -> String {
+    let venv = Command::new("bash")
+        .arg(repo_root().join("tests/serve/openai-venv.sh"))
+        .output()
+        .expect("run openai-venv.sh");
+    assert!(
+        venv.status.success(),
+        "creating the openai venv failed (it installs the pinned `openai` package)\n{}",
+        String::from_utf8_lossy(&venv.stderr)
+    );
+    String::from_utf8_lossy(&venv.stdout)
+        .lines()
+        .last()
+        .expect("the venv's python path")
+        .to_string()
+}
+
 /// Polls `cond` every 100 ms until it holds or `timeout` passes.
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -559,4 +586,48 @@ pub fn start_watching(dir: &Path, scratch: &Path) -> Server {
     let s = Server::start(&args, scratch);
     s.wait_ready();
     s
+}
+
+/// Qwen2.5-Coder-0.5B-Instruct built (4-bit, group 64) by the binary under test from its
+/// GGUF in a workspace under `target/test-models/serve-qwen/` (`cargo rmlx build` keeps it
+/// fresh by fingerprint).
+pub fn qwen_dir() -> PathBuf {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    DIR.get_or_init(build_qwen)
+        .clone()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn build_qwen() -> Result<PathBuf, String> {
+    let gguf = models_dir().join(QWEN_GGUF);
+    if !gguf.is_file() {
+        let mut fetch = Command::new("bash");
+        fetch
+            .arg(repo_root().join("scripts/fetch-models.sh"))
+            .arg("--all")
+            .current_dir(repo_root())
+            .env("RMLX_TEST_MODELS", models_dir());
+        let (ok, log) = run_to_end(fetch, Duration::from_secs(1800));
+        if !ok || !gguf.is_file() {
+            return Err(format!("the Qwen2.5 test model is not available\n{log}"));
+        }
+    }
+    let ws = models_dir().join("serve-qwen");
+    fs::create_dir_all(&ws).map_err(|e| e.to_string())?;
+    let manifest = format!(
+        "[models.{QWEN_NAME}]\nsource = \"{}\"\nquantize = {{ mode = \"affine\", bits = 4, \
+         group-size = 64 }}\n",
+        gguf.display()
+    );
+    fs::write(ws.join("rmlx.toml"), manifest).map_err(|e| e.to_string())?;
+    let mut build = Command::new(bin());
+    build
+        .current_dir(&ws)
+        .args(["rmlx", "build"])
+        .env("NO_COLOR", "1");
+    let (ok, log) = run_to_end(build, Duration::from_secs(1800));
+    if !ok {
+        return Err(format!("building the Qwen2.5 test model failed\n{log}"));
+    }
+    Ok(ws.join("target").join("rmlx").join(QWEN_NAME))
 }

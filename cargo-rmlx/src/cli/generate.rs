@@ -7,7 +7,8 @@ use clap::Args;
 use serde_json::json;
 
 use super::{exit, GlobalArgs, MessageFormat};
-use crate::diagnostic::Result;
+use crate::constrain::ConstraintSpec;
+use crate::diagnostic::{Diagnostic, Result};
 use crate::engine::{generate, DtypePolicy, GenerateOptions, Penalties, SamplerConfig, StopReason};
 
 /// Arguments of `generate`.
@@ -54,6 +55,15 @@ pub struct GenerateArgs {
     /// Keep generating past end-of-sequence tokens.
     #[arg(long)]
     pub ignore_eos: bool,
+    /// Structured output: a JSON schema file the output must match.
+    #[arg(long, value_name = "FILE", group = "constraint")]
+    pub json_schema: Option<std::path::PathBuf>,
+    /// Structured output: a regular expression the whole output must match.
+    #[arg(long, value_name = "REGEX", group = "constraint")]
+    pub regex: Option<String>,
+    /// Structured output: a grammar file (llguidance's Lark syntax) the output must match.
+    #[arg(long, value_name = "FILE", group = "constraint")]
+    pub grammar: Option<std::path::PathBuf>,
     /// Top logits recorded per step in JSON output.
     #[arg(long, default_value_t = 5)]
     pub top_logits: usize,
@@ -118,6 +128,9 @@ fn generate_here(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {
     } else {
         session.raw_prompt(&a.prompt)?
     };
+    let constraint = constraint(&a)?
+        .map(|spec| session.compile_constraint(&spec))
+        .transpose()?;
     let opts = GenerateOptions {
         max_tokens: a.max_tokens,
         sampler: SamplerConfig {
@@ -137,6 +150,7 @@ fn generate_here(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {
             frequency: a.frequency_penalty,
             logit_bias: Vec::new(),
         },
+        constraint,
     };
     let human = a.message_format == MessageFormat::Human;
     let mut decoder = session.tokenizer.stream_decoder(true);
@@ -181,6 +195,12 @@ fn generate_here(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {
                 n_prompt as f64 / secs(out.prefill),
                 n_gen.saturating_sub(1) as f64 / secs(out.decode),
             );
+            if opts.constraint.is_some() {
+                eprintln!(
+                    "Constraint: {:.1} µs per token computing masks",
+                    out.mask_time.as_secs_f64() * 1e6 / n_gen.max(1) as f64
+                );
+            }
         }
     } else {
         let steps: Vec<_> = out
@@ -212,10 +232,34 @@ fn generate_here(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {
             "timing": {
                 "prefill_s": out.prefill.as_secs_f64(),
                 "decode_s": out.decode.as_secs_f64(),
+                "mask_s": out.mask_time.as_secs_f64(),
             },
         });
         drop(stdout);
         super::output::message("generation", &obj);
     }
     Ok(exit::OK)
+}
+
+/// The constraint the flags ask for (files read here; compiled by the session).
+fn constraint(a: &GenerateArgs) -> Result<Option<ConstraintSpec>> {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .map_err(|e| Diagnostic::io("rmlx::cli::io", "reading", path, &e))
+    };
+    if let Some(path) = &a.json_schema {
+        let text = read(path)?;
+        let schema = serde_json::from_str(&text).map_err(|e| {
+            Diagnostic::error(
+                "rmlx::constrain::invalid",
+                format!("{} is not valid JSON: {e}", path.display()),
+            )
+            .with_file(path)
+        })?;
+        return Ok(Some(ConstraintSpec::JsonSchema(schema)));
+    }
+    if let Some(path) = &a.grammar {
+        return Ok(Some(ConstraintSpec::Lark(read(path)?)));
+    }
+    Ok(a.regex.clone().map(ConstraintSpec::Regex))
 }

@@ -5,6 +5,8 @@
 //! wanted (the server's client may be gone or its deadline past before the first token).
 //! The per-sequence state and its steps live in [`super::sequence`], shared with the
 //! server's batching scheduler: one loop, driven alone here or many at once there.
+//! A [`Constraint`] (structured output) masks the logits of every step before penalties and
+//! sampling (`Sequence::choose`), each sequence with its own `Guide`.
 
 use std::ops::ControlFlow;
 use std::time::Duration;
@@ -13,6 +15,7 @@ use super::penalty::Penalties;
 use super::sample::SamplerConfig;
 use super::sequence::{Sequence, StartCache};
 use super::Model;
+use crate::constrain::Constraint;
 use crate::diagnostic::Result;
 
 /// Prompt tokens run through the model per forward pass during prefill.
@@ -33,6 +36,9 @@ pub struct GenerateOptions {
     pub top: usize,
     /// Logit adjustments before sampling (the recorded evidence stays unadjusted).
     pub penalties: Penalties,
+    /// Structured output: only tokens this grammar allows are sampled (the recorded
+    /// evidence stays the model's).
+    pub constraint: Option<Constraint>,
 }
 
 impl Default for GenerateOptions {
@@ -44,6 +50,7 @@ impl Default for GenerateOptions {
             eos_ids: Vec::new(),
             top: 5,
             penalties: Penalties::default(),
+            constraint: None,
         }
     }
 }
@@ -90,6 +97,8 @@ pub struct GenerateOutput {
     pub prefill: Duration,
     /// Time spent on the remaining steps.
     pub decode: Duration,
+    /// Time spent computing constraint masks (zero without a constraint).
+    pub mask_time: Duration,
 }
 
 impl GenerateOutput {

@@ -20,6 +20,11 @@
 //!   constraint mask goes there; anything that must see the logits on the host also makes
 //!   [`Sequence::device_sampling`] say no (greedy steps on a GPU are otherwise picked on the
 //!   device, where `choose` does not run).
+//!
+//! A constraint (structured output, `crate::constrain`) plugs into the second hook: each
+//! sequence runs its own [`Guide`]; `choose` masks the logits before penalties and sampling,
+//! [`Sequence::step`] commits the chosen token. A complete grammar ends the sequence like EOS,
+//! a dead end (no token allowed, a token refused; logged) like the token budget.
 
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
@@ -32,6 +37,7 @@ use super::generate::{GenerateOptions, GenerateOutput, Step, StopReason, PREFILL
 use super::penalty::PenaltyState;
 use super::sample::{top_k, Sampler};
 use super::Model;
+use crate::constrain::{Constraint, Guide, Masked};
 use crate::diagnostic::{Diagnostic, Result};
 
 /// The cache a sequence starts from (the cache-creation hook, see the module docs).
@@ -66,7 +72,9 @@ pub struct Sequence {
     prefilled: usize,
     sampler: Sampler,
     penalties: PenaltyState,
-    /// Scratch copy of the logits for penalties.
+    /// The constraint's state (structured output).
+    guide: Option<Guide>,
+    /// Scratch copy of the logits for penalties and the constraint mask.
     adjusted: Vec<f32>,
     /// Greedy steps picked on the device (GPU, no host-side logit adjustments).
     on_device: bool,
@@ -131,6 +139,7 @@ impl Sequence {
             prefilled,
             penalties: PenaltyState::new(&opts.penalties, prompt_ids),
             sampler,
+            guide: opts.constraint.as_ref().map(Constraint::start),
             adjusted: Vec::new(),
             on_device,
             pipeline: on_device,
@@ -203,7 +212,11 @@ impl Sequence {
             return Ok(None);
         }
         let last = self.steps.len() + 1 == self.max_tokens;
-        let step = self.next_step(model, last)?;
+        let Some(step) = self.next_step(model, last)? else {
+            // The constraint allows no token (logged): the output cannot grow.
+            self.stop = Some(StopReason::Length);
+            return Ok(None);
+        };
         if self.steps.is_empty() {
             self.prefill_time = self.started.elapsed();
         }
@@ -211,8 +224,11 @@ impl Sequence {
         let is_eos = self.opts.eos_ids.contains(&id);
         let flow = on_step(&step);
         self.steps.push(step);
+        let grammar_stop = self.commit_to_guide(id, is_eos);
         self.stop = if is_eos && !self.opts.ignore_eos {
             Some(StopReason::Eos)
+        } else if grammar_stop.is_some() {
+            grammar_stop
         } else if flow.is_break() {
             Some(StopReason::Stopped)
         } else if last {
@@ -222,6 +238,18 @@ impl Sequence {
         };
         self.next_input = self.stop.is_none().then_some(id);
         Ok(self.next_input)
+    }
+
+    /// Advances the constraint by the chosen token (not by EOS): the stop it calls for —
+    /// [`StopReason::Eos`] when the grammar is complete, [`StopReason::Length`] when the
+    /// token was refused (logged) — or `None` to go on.
+    fn commit_to_guide(&mut self, id: u32, is_eos: bool) -> Option<StopReason> {
+        let guide = self.guide.as_mut().filter(|_| !is_eos)?;
+        match guide.commit(id) {
+            Masked::DeadEnd(_) => Some(StopReason::Length),
+            Masked::Open if guide.is_finished() => Some(StopReason::Eos),
+            Masked::Open => None,
+        }
     }
 
     /// Runs the token [`Self::step`] returned through the model on its own (a pipelined
@@ -258,25 +286,37 @@ impl Sequence {
         } else {
             self.prefill_time
         };
+        let (mask_time, masks) = self
+            .guide
+            .as_ref()
+            .map_or((Duration::ZERO, 0), Guide::mask_stats);
+        if masks > 0 {
+            tracing::debug!(
+                "constraint: {masks} masks, {:.0} µs each on average",
+                mask_time.as_secs_f64() * 1e6 / masks as f64
+            );
+        }
         GenerateOutput {
             prompt_ids: self.prompt_ids,
             steps: self.steps,
             stop: self.stop.unwrap_or(StopReason::Stopped),
             prefill,
             decode: total.saturating_sub(prefill),
+            mask_time,
         }
     }
 
     /// The next [`Step`]: read back from the device (queuing the following one first when
-    /// pipelined and not `last`), or picked on the host by [`Self::choose`].
-    fn next_step(&mut self, model: &Model, last: bool) -> Result<Step> {
+    /// pipelined and not `last`), or picked on the host by [`Self::choose`]; `None` when the
+    /// constraint allows no token.
+    fn next_step(&mut self, model: &Model, last: bool) -> Result<Option<Step>> {
         if let Some(current) = self.pending.take() {
             if self.pipeline && !last {
                 let input = current.next.reshape(&[1, 1])?;
                 let l = model.net.forward_last(&input, &mut self.cache)?;
                 self.pending = Some(DeviceStep::queue(&l, self.opts.top)?);
             }
-            return current.read();
+            return current.read().map(Some);
         }
         let l = self.logits.take().ok_or_else(|| {
             Diagnostic::error(
@@ -286,30 +326,44 @@ impl Sequence {
         })?;
         l.eval()?;
         let host: &[f32] = l.as_slice::<f32>();
-        let id = self.choose(host);
-        Ok(describe_step(host, id, self.opts.top))
+        Ok(self
+            .choose(host)
+            .map(|id| describe_step(host, id, self.opts.top)))
     }
 
-    /// The hook where logits become a token (see the module docs): penalties and
-    /// `logit_bias` on a copy of the logits, then the sequence's own sampler.
-    fn choose(&mut self, logits: &[f32]) -> u32 {
-        if self.opts.penalties.is_neutral() {
-            return self.sampler.sample(logits);
+    /// The hook where logits become a token (see the module docs): on a copy of the logits
+    /// the constraint mask, then penalties and `logit_bias`, then the sequence's own
+    /// sampler. `None` when the constraint allows no token (logged).
+    fn choose(&mut self, logits: &[f32]) -> Option<u32> {
+        if self.opts.penalties.is_neutral() && self.guide.is_none() {
+            return Some(self.sampler.sample(logits));
         }
         self.adjusted.clear();
         self.adjusted.extend_from_slice(logits);
+        if let Some(guide) = self.guide.as_mut() {
+            if let Masked::DeadEnd(_) = guide.mask(&mut self.adjusted) {
+                return None;
+            }
+        }
+        if self.opts.penalties.is_neutral() {
+            return Some(self.sampler.sample(&self.adjusted));
+        }
         self.penalties.apply(&mut self.adjusted);
         let id = self.sampler.sample(&self.adjusted);
         self.penalties.push(id);
-        id
+        Some(id)
     }
 }
 
 /// Whether greedy steps are picked on the device: greedy without host-side logit
-/// adjustments on a GPU. On the CPU the logits are host memory already and one pass over
-/// them (`describe_step`) is cheaper than the device reductions.
+/// adjustments (penalties, a constraint mask) on a GPU. On the CPU the logits are host
+/// memory already and one pass over them (`describe_step`) is cheaper than the device
+/// reductions.
 pub fn device_sampling(sampler: &Sampler, opts: &GenerateOptions) -> bool {
-    sampler.is_greedy() && opts.penalties.is_neutral() && super::gpu_available()
+    sampler.is_greedy()
+        && opts.penalties.is_neutral()
+        && opts.constraint.is_none()
+        && super::gpu_available()
 }
 
 /// Refuses prompts the model cannot run.

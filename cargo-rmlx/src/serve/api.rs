@@ -2,8 +2,9 @@
 //! OpenAI-style errors.
 //!
 //! Unknown fields are ignored (clients send many); fields we cannot honour with a non-neutral
-//! value (`n > 1`, `echo`, JSON response formats) are refused with a 400 naming the
-//! parameter rather than silently ignored.
+//! value (`n > 1`, `echo`) are refused with a 400 naming the parameter rather than silently
+//! ignored. Structured output (`response_format` and the `guided_*` / `json_schema`
+//! extensions) becomes a [`ConstraintRequest`]; it is compiled on the model's thread.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -15,6 +16,7 @@ use serde_json::{json, Map, Value};
 
 use super::tools;
 use super::worker::{GenRequest, PromptInput};
+use crate::constrain::ConstraintSpec;
 use crate::engine::{Penalties, SamplerConfig};
 
 /// Most stop strings per request.
@@ -70,6 +72,19 @@ impl ApiError {
     /// Sets `error.code`.
     pub fn with_code(mut self, code: impl Into<String>) -> Self {
         self.code = Some(code.into());
+        self
+    }
+
+    /// Names `param` (the request field of the output constraint) on a constraint that did
+    /// not compile.
+    pub fn constraint_param(mut self, param: Option<&str>) -> Self {
+        let failed = self
+            .code
+            .as_deref()
+            .is_some_and(|c| c.starts_with("rmlx::constrain::"));
+        if failed && self.param.is_none() {
+            self.param = param.map(str::to_string);
+        }
         self
     }
 
@@ -158,6 +173,130 @@ pub struct Common {
     pub ignore_eos: Option<bool>,
     /// Extension: return the prompt text and token ids as the model saw them.
     pub return_prompt: Option<bool>,
+    /// OpenAI structured output: `text`, `json_object` or `json_schema`.
+    pub response_format: Option<Value>,
+    /// Extension (vLLM): a JSON schema (object or JSON text) the output must match.
+    pub guided_json: Option<Value>,
+    /// Extension (llama.cpp): a JSON schema object the output must match.
+    pub json_schema: Option<Value>,
+    /// Extension (vLLM): a regular expression the whole output must match.
+    pub guided_regex: Option<String>,
+    /// Extension (vLLM): a grammar in llguidance's Lark syntax the output must match.
+    pub guided_grammar: Option<String>,
+}
+
+/// A structured-output constraint as requested: what, and which request field said so
+/// (the `param` of a 400 when it does not compile).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConstraintRequest {
+    /// The constraint.
+    pub spec: ConstraintSpec,
+    /// The request field it came from.
+    pub param: String,
+}
+
+impl ConstraintRequest {
+    fn new(spec: ConstraintSpec, param: &str) -> Option<Self> {
+        Some(Self {
+            spec,
+            param: param.to_string(),
+        })
+    }
+}
+
+/// A JSON schema given as an object (or `true`), or as JSON text (vLLM accepts both).
+fn schema_value(param: &str, v: &Value) -> Result<Value, ApiError> {
+    let v = match v {
+        Value::String(text) => serde_json::from_str(text)
+            .map_err(|e| ApiError::param(param, format!("`{param}` is not valid JSON: {e}")))?,
+        other => other.clone(),
+    };
+    if v.is_object() || v == Value::Bool(true) {
+        Ok(v)
+    } else {
+        Err(ApiError::param(
+            param,
+            format!("`{param}` must be a JSON schema object"),
+        ))
+    }
+}
+
+/// `response_format` as a constraint (`None` for `text`).
+fn response_format(rf: &Value) -> Result<Option<ConstraintRequest>, ApiError> {
+    let kind = rf.get("type").and_then(Value::as_str);
+    match kind {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(ConstraintRequest::new(
+            ConstraintSpec::JsonObject,
+            "response_format",
+        )),
+        Some("json_schema") => {
+            let param = "response_format.json_schema.schema";
+            let schema = rf
+                .get("json_schema")
+                .and_then(|j| j.get("schema"))
+                .ok_or_else(|| {
+                    ApiError::param(
+                        param,
+                        "`response_format.json_schema.schema` is required for `json_schema`",
+                    )
+                })?;
+            let schema = schema_value(param, schema)?;
+            Ok(ConstraintRequest::new(
+                ConstraintSpec::JsonSchema(schema),
+                param,
+            ))
+        }
+        _ => Err(ApiError::param(
+            "response_format.type",
+            "`response_format.type` must be `text`, `json_object` or `json_schema`",
+        )),
+    }
+}
+
+impl Common {
+    /// The structured-output constraint, if the request asks for one (at most one field).
+    fn constraint(&self) -> Result<Option<ConstraintRequest>, ApiError> {
+        let mut found = Vec::new();
+        if let Some(rf) = self.response_format.as_ref().filter(|v| !v.is_null()) {
+            found.extend(response_format(rf)?);
+        }
+        for (param, v) in [
+            ("guided_json", &self.guided_json),
+            ("json_schema", &self.json_schema),
+        ] {
+            if let Some(v) = v.as_ref().filter(|v| !v.is_null()) {
+                let schema = schema_value(param, v)?;
+                found.extend(ConstraintRequest::new(
+                    ConstraintSpec::JsonSchema(schema),
+                    param,
+                ));
+            }
+        }
+        if let Some(rx) = &self.guided_regex {
+            found.extend(ConstraintRequest::new(
+                ConstraintSpec::Regex(rx.clone()),
+                "guided_regex",
+            ));
+        }
+        if let Some(g) = &self.guided_grammar {
+            found.extend(ConstraintRequest::new(
+                ConstraintSpec::Lark(g.clone()),
+                "guided_grammar",
+            ));
+        }
+        if found.len() > 1 {
+            let names: Vec<&str> = found.iter().map(|c| c.param.as_str()).collect();
+            return Err(ApiError::param(
+                &found[1].param,
+                format!(
+                    "only one output constraint per request; got {}",
+                    names.join(", ")
+                ),
+            ));
+        }
+        Ok(found.pop())
+    }
 }
 
 /// A request body's fields of type `T`, read from the JSON object `body`; a field of the
@@ -205,8 +344,6 @@ pub struct ChatRequest {
     pub tool_choice: Option<Value>,
     /// Extra template variables.
     pub chat_template_kwargs: Option<Map<String, Value>>,
-    /// Only `text`.
-    pub response_format: Option<Value>,
 }
 
 /// `POST /v1/completions`.
@@ -383,6 +520,7 @@ impl Common {
             return Err(ApiError::param("min_p", "`min_p` must be in [0, 1]"));
         }
         let penalties = self.penalties()?;
+        let constraint = self.constraint()?;
         if self.n.is_some_and(|n| n != 1) {
             return Err(
                 ApiError::param("n", "only `n: 1` is supported").with_code("unsupported_parameter")
@@ -445,6 +583,7 @@ impl Common {
                 penalties,
                 logprobs: None,
                 parse_tools: false,
+                constraint,
             },
             stream,
             include_usage: stream
@@ -510,16 +649,6 @@ impl ChatRequest {
             Some(_) => return Err(ApiError::param("tools", "`tools` must be a list")),
         };
         let tool_choice_none = matches!(&self.tool_choice, Some(Value::String(s)) if s == "none");
-        if let Some(rf) = &self.response_format {
-            let kind = rf.get("type").and_then(Value::as_str);
-            if kind != Some("text") {
-                return Err(ApiError::param(
-                    "response_format",
-                    "only `response_format: {\"type\": \"text\"}` is supported",
-                )
-                .with_code("unsupported_parameter"));
-            }
-        }
         let logprobs = match (self.logprobs.unwrap_or(false), self.top_logprobs) {
             (false, Some(n)) if n > 0 => {
                 return Err(ApiError::param(
@@ -703,8 +832,20 @@ mod tests {
                 "tools",
             ),
             (
-                json!({"messages": msg, "response_format": {"type": "json_object"}}),
-                "response_format",
+                json!({"messages": msg, "response_format": {"type": "xml"}}),
+                "response_format.type",
+            ),
+            (
+                json!({"messages": msg, "response_format": {"type": "json_schema"}}),
+                "response_format.json_schema.schema",
+            ),
+            (
+                json!({"messages": msg, "guided_json": "{not json"}),
+                "guided_json",
+            ),
+            (
+                json!({"messages": msg, "guided_regex": "a+", "guided_json": {}}),
+                "guided_regex",
             ),
             (
                 json!({"messages": msg, "temperature": "hot"}),
@@ -756,6 +897,67 @@ mod tests {
                 .req
                 .logprobs,
             Some(2)
+        );
+    }
+
+    #[test]
+    fn output_constraints_on_both_endpoints() {
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+        let spec = |v: Value| -> Option<(ConstraintSpec, String)> {
+            let p = if v.get("messages").is_some() {
+                chat(v).unwrap()
+            } else {
+                CompletionRequest::from_json(&v)
+                    .unwrap()
+                    .prepare(16)
+                    .unwrap()
+            };
+            p.req.constraint.map(|c| (c.spec, c.param))
+        };
+        let msg = json!([{"role": "user", "content": "hi"}]);
+        let rf = json!({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}});
+        assert_eq!(
+            spec(json!({"messages": msg, "response_format": rf})),
+            Some((
+                ConstraintSpec::JsonSchema(schema.clone()),
+                "response_format.json_schema.schema".into()
+            ))
+        );
+        assert_eq!(
+            spec(json!({"prompt": "a", "response_format": {"type": "json_object"}})),
+            Some((ConstraintSpec::JsonObject, "response_format".into()))
+        );
+        assert_eq!(
+            spec(json!({"prompt": "a", "guided_json": schema.to_string()})),
+            Some((
+                ConstraintSpec::JsonSchema(schema.clone()),
+                "guided_json".into()
+            ))
+        );
+        assert_eq!(
+            spec(json!({"prompt": "a", "json_schema": schema})),
+            Some((
+                ConstraintSpec::JsonSchema(schema.clone()),
+                "json_schema".into()
+            ))
+        );
+        assert_eq!(
+            spec(json!({"prompt": "a", "guided_regex": "[0-9]+"})),
+            Some((
+                ConstraintSpec::Regex("[0-9]+".into()),
+                "guided_regex".into()
+            ))
+        );
+        assert_eq!(
+            spec(json!({"messages": msg, "guided_grammar": "start: \"x\""})),
+            Some((
+                ConstraintSpec::Lark("start: \"x\"".into()),
+                "guided_grammar".into()
+            ))
+        );
+        assert_eq!(
+            spec(json!({"messages": msg, "response_format": {"type": "text"}})),
+            None
         );
     }
 }

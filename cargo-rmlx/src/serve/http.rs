@@ -571,7 +571,10 @@ async fn start(
     // The first event: the rendered prompt, or why it could not be rendered.
     let prompt = match tokio::time::timeout_at(deadline, rx.recv()).await {
         Ok(Some(Event::Prompt(p))) => p,
-        Ok(Some(Event::Error(e))) => return Err(job_error(e, s.cfg.timeout, kind)),
+        Ok(Some(Event::Error(e))) => {
+            let param = prepared.req.constraint.as_ref().map(|c| c.param.as_str());
+            return Err(job_error(e, s.cfg.timeout, kind).constraint_param(param));
+        }
         Ok(Some(_)) | Ok(None) => {
             return Err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

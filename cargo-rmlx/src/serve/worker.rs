@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::api::ConstraintRequest;
 use super::metrics::Metrics;
 use super::scheduler::Scheduler;
 use super::text::{Flow, TextFilter};
@@ -70,6 +71,8 @@ pub struct GenRequest {
     pub logprobs: Option<usize>,
     /// Parse `<tool_call>` blocks out of the output.
     pub parse_tools: bool,
+    /// Structured output: the grammar the output must match.
+    pub constraint: Option<ConstraintRequest>,
 }
 
 /// The log-probability of one generated token.
@@ -505,7 +508,7 @@ pub fn build_prompt(session: &Session, input: &PromptInput) -> Result<Prompt> {
 fn classify(d: Diagnostic) -> JobError {
     let area = d.code.split("::").nth(1).unwrap_or("");
     match area {
-        "template" | "generate" | "tokenize" => JobError::Invalid(d),
+        "template" | "generate" | "tokenize" | "constrain" => JobError::Invalid(d),
         _ => JobError::Internal(d),
     }
 }
@@ -569,6 +572,20 @@ impl Stream {
                 return None;
             }
         };
+        // Compiled before the prompt is announced, so a bad constraint is a 400 even when
+        // streaming.
+        let constraint = match req
+            .constraint
+            .as_ref()
+            .map(|c| session.compile_constraint(&c.spec))
+            .transpose()
+        {
+            Ok(c) => c,
+            Err(d) => {
+                let _ = events.send(Event::Error(classify(d)));
+                return None;
+            }
+        };
         let prompt_tokens = prompt.ids.len();
         let ids = prompt.ids.clone();
         if events.send(Event::Prompt(prompt)).is_err() {
@@ -583,6 +600,7 @@ impl Stream {
             eos_ids: eos_ids.clone(),
             top: req.logprobs.unwrap_or(0).max(1),
             penalties: req.penalties.clone(),
+            constraint,
         };
         let marker = req.parse_tools.then_some(tools::TOOL_CALL_START);
         let stream = Self {

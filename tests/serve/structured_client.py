@@ -1,0 +1,172 @@
+"""Structured output through the official OpenAI Python client against `cargo rmlx serve`.
+
+usage: structured_client.py BASE_URL MODEL API_KEY REQUESTS
+
+Sends REQUESTS greedy and REQUESTS sampled chat completions with a JSON-schema
+`response_format` (nested object, enums, an array, required fields; every string and array
+bounded), CONCURRENCY at a time so the server batches them, and validates every answer
+with the small validator below; then one streamed request, a regex (`guided_regex`)
+on /v1/completions, `json_object`, and invalid constraints (400 naming the field). Exits
+non-zero on the first failure; prints one JSON line with what it saw.
+"""
+
+import json
+import re
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+
+base, model, key, requests = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+CONCURRENCY = 8
+client = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=300)
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 10},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "role": {"enum": ["admin", "user", "guest"]},
+        "address": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 10},
+                "zip": {"type": "string", "pattern": "^[0-9]{5}$"},
+            },
+            "required": ["city", "zip"],
+            "additionalProperties": False,
+        },
+        "tags": {
+            "type": "array",
+            "items": {"enum": ["red", "green", "blue"]},
+            "minItems": 1,
+            "maxItems": 2,
+        },
+    },
+    "required": ["name", "age", "role", "address", "tags"],
+    "additionalProperties": False,
+}
+PEOPLE = ["Alice", "Bob", "Chen", "Dana", "Emil", "Fatima", "Goro", "Hana", "Ivan", "Jules"]
+
+
+def errors(value, schema, path="$"):
+    """The ways `value` breaks `schema` (the keywords SCHEMA uses), as messages."""
+    out = []
+    if "enum" in schema and value not in schema["enum"]:
+        out.append(f"{path}: {value!r} not in {schema['enum']}")
+    kind = schema.get("type")
+    checks = {
+        "object": lambda v: isinstance(v, dict),
+        "array": lambda v: isinstance(v, list),
+        "string": lambda v: isinstance(v, str),
+        "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    }
+    if kind and not checks[kind](value):
+        return out + [f"{path}: {value!r} is not of type {kind}"]
+    if kind == "object":
+        props = schema.get("properties", {})
+        out += [f"{path}: missing {k}" for k in schema.get("required", []) if k not in value]
+        if schema.get("additionalProperties") is False:
+            out += [f"{path}: extra {k}" for k in value if k not in props]
+        for k, sub in props.items():
+            if k in value:
+                out += errors(value[k], sub, f"{path}.{k}")
+    if kind == "array":
+        if not schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", len(value)):
+            out.append(f"{path}: {len(value)} items")
+        for i, item in enumerate(value):
+            out += errors(item, schema.get("items", {}), f"{path}[{i}]")
+    if kind == "string":
+        if len(value) > schema.get("maxLength", len(value)):
+            out.append(f"{path}: longer than {schema['maxLength']}")
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            out.append(f"{path}: {value!r} does not match {schema['pattern']}")
+    if kind == "integer" and not schema.get("minimum", value) <= value <= schema.get("maximum", value):
+        out.append(f"{path}: {value} out of range")
+    return out
+
+
+def check_json(text, what):
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise AssertionError(f"{what}: not JSON ({e}): {text!r}")
+    problems = errors(value, SCHEMA)
+    assert not problems, f"{what}: {problems}: {text!r}"
+    return value
+
+
+def ask(i, **sampling):
+    person = PEOPLE[i % len(PEOPLE)]
+    messages = [
+        {"role": "user", "content": f"Describe a user called {person} as JSON."},
+    ]
+    r = client.chat.completions.create(
+        model=model,
+        messages=messages,
+        max_tokens=100,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "user", "schema": SCHEMA, "strict": True},
+        },
+        **sampling,
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "stop", (choice.finish_reason, choice.message.content)
+    return check_json(choice.message.content, f"request {i} {sampling}")
+
+
+with ThreadPoolExecutor(CONCURRENCY) as pool:
+    greedy = [pool.submit(ask, i) for i in range(requests)]
+    sampled = [pool.submit(ask, i, temperature=1.0, top_p=0.95, seed=i) for i in range(requests)]
+    seen = {"greedy": [f.result() for f in greedy], "sampled": [f.result() for f in sampled]}
+
+stream = client.chat.completions.create(
+    model=model,
+    messages=[{"role": "user", "content": "Describe a user called Alice as JSON."}],
+    max_tokens=100,
+    stream=True,
+    response_format={"type": "json_schema", "json_schema": {"name": "user", "schema": SCHEMA}},
+)
+streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+check_json(streamed, "streamed")
+
+phone = client.completions.create(
+    model=model,
+    prompt="Call me at",
+    max_tokens=16,
+    extra_body={"guided_regex": r" [0-9]{3}-[0-9]{4}"},
+)
+assert re.fullmatch(r" [0-9]{3}-[0-9]{4}", phone.choices[0].text), phone
+assert phone.choices[0].finish_reason == "stop", phone
+
+obj = client.chat.completions.create(
+    model=model,
+    messages=[{"role": "user", "content": "Give me a JSON object about Paris."}],
+    max_tokens=60,
+    response_format={"type": "json_object"},
+)
+if obj.choices[0].finish_reason == "stop":
+    assert isinstance(json.loads(obj.choices[0].message.content), dict), obj
+
+for body, param in [
+    (
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}},
+        "response_format.json_schema.schema",
+    ),
+    ({"extra_body": {"guided_regex": "(unclosed"}}, "guided_regex"),
+]:
+    try:
+        client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=4,
+            **body,
+        )
+        raise AssertionError(f"invalid constraint accepted: {body}")
+    except openai.BadRequestError as e:
+        assert e.status_code == 400
+        assert e.body["param"] == param, e.body
+        assert "invalid" in e.body["message"], e.body
+
+print(json.dumps({"greedy": seen["greedy"][0], "phone": phone.choices[0].text, "valid": 2 * requests}))
