@@ -26,6 +26,9 @@
 //! "model.embed_tokens" = { bits = 8 }
 //! "model.layers.*.mlp.down_proj" = false              # keep dense
 //!
+//! tool-format = "hermes"                             # optional: the tool-call format, when
+//!                                                    # the chat template's is not detected
+//!
 //! [models.smollm2.probe]
 //! prompt = "What is the capital of France?"
 //! expect = "Paris"
@@ -35,6 +38,7 @@
 //! host = "127.0.0.1"
 //! port = 8080
 //! content-special-tokens = false   # true: special tokens typed in messages are control tokens
+//! tool-format = "hermes"           # optional: tool-call format of models that set none
 //! ```
 
 mod locate;
@@ -47,6 +51,7 @@ use std::sync::Arc;
 pub use locate::{init_dir, locate, resolve_model, resolve_model_in, Location};
 
 use crate::diagnostic::{Diagnostic, Result};
+use crate::serve::tools::ToolFormat;
 use crate::snapshot::{QuantMode, QuantParams};
 
 /// The manifest's file name.
@@ -98,6 +103,8 @@ pub struct ModelDecl {
     pub dtype: Option<(Dtype, Range<usize>)>,
     /// `[models.<name>.probe]`.
     pub probe: ProbeDecl,
+    /// `tool-format`: the tool-call format (else detected from the chat template).
+    pub tool_format: Option<ToolFormat>,
 }
 
 impl ModelDecl {
@@ -226,6 +233,8 @@ pub struct ServeDecl {
     /// Encode special-token strings in messages as control tokens (`serve
     /// --content-special-tokens`).
     pub content_special_tokens: bool,
+    /// `tool-format` of models that set none.
+    pub tool_format: Option<ToolFormat>,
 }
 
 impl Default for ServeDecl {
@@ -234,6 +243,7 @@ impl Default for ServeDecl {
             host: DEFAULT_HOST.to_string(),
             port: DEFAULT_PORT,
             content_special_tokens: false,
+            tool_format: None,
         }
     }
 }

@@ -20,8 +20,9 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::metrics::Metrics;
-use super::text::{Flow, TextFilter};
-use super::tools::{self, ToolCall};
+use super::text::{Flow, TextStream};
+use super::tools::output::{OutputParser, OutputSpec};
+use super::tools::{Delta, ToolCall, ToolFormat};
 use crate::diagnostic::{Diagnostic, Result};
 use crate::engine::{
     generate_cancellable, DtypePolicy, GenerateOptions, Penalties, SamplerConfig, StopReason,
@@ -64,7 +65,7 @@ pub struct GenRequest {
     pub penalties: Penalties,
     /// Per-token logprobs: `Some(n)` with the `n` most likely alternatives.
     pub logprobs: Option<usize>,
-    /// Parse `<tool_call>` blocks out of the output.
+    /// Parse tool calls out of the output (tools offered, `tool_choice` not `none`).
     pub parse_tools: bool,
 }
 
@@ -117,10 +118,10 @@ pub enum JobError {
 pub enum Event {
     /// The prompt as the model sees it (always first).
     Prompt(Prompt),
-    /// New text (possibly empty) and the logprobs of the tokens behind it.
+    /// New output (possibly empty) and the logprobs of the tokens behind it.
     Delta {
-        /// Final text.
-        text: String,
+        /// Final answer text, reasoning and tool-call pieces.
+        delta: Delta,
         /// One entry per generated token, when logprobs were asked for.
         logprobs: Vec<TokenLogprob>,
     },
@@ -220,6 +221,8 @@ pub struct WorkerConfig {
     pub queue_depth: usize,
     /// How special-token strings in messages are encoded.
     pub content_tokens: ContentTokens,
+    /// The tool-call format set in rmlx.toml (else detected from the chat template).
+    pub tool_format: Option<ToolFormat>,
     /// Counts this worker's thread while it runs (shutdown waits for it).
     pub live: LiveThreads,
 }
@@ -447,10 +450,12 @@ fn worker_main(
         return;
     }
     drop(ready);
+    let source = session.template.as_ref().map_or("", |t| t.source());
+    let spec = OutputSpec::for_template(&cfg.name, source, cfg.tool_format);
     while let Ok(job) = rx.recv() {
         metrics.queue_delta(&cfg.name, -1);
         metrics.running_delta(&cfg.name, 1);
-        run_job(&cfg.name, &session, job, &metrics);
+        run_job(&cfg.name, &session, &spec, job, &metrics);
         metrics.running_delta(&cfg.name, -1);
     }
     tracing::debug!("{} v{}: retired", cfg.name, cfg.version);
@@ -488,7 +493,18 @@ enum Halt {
     Timeout,
 }
 
-fn run_job(name: &str, session: &Session, job: Job, metrics: &Metrics) {
+/// How a request's output is parsed: chat requests by the model's formats, the rest as text.
+fn output_parser(spec: &OutputSpec, req: &GenRequest, prompt: &Prompt) -> OutputParser {
+    match &req.prompt {
+        PromptInput::Chat { tools, .. } => {
+            let tools = tools.as_ref().filter(|_| req.parse_tools);
+            OutputParser::chat(spec, tools, &prompt.text)
+        }
+        PromptInput::Text(_) | PromptInput::Ids(_) => OutputParser::plain(),
+    }
+}
+
+fn run_job(name: &str, session: &Session, spec: &OutputSpec, job: Job, metrics: &Metrics) {
     let Job {
         req,
         cancel,
@@ -514,6 +530,7 @@ fn run_job(name: &str, session: &Session, job: Job, metrics: &Metrics) {
     };
     let prompt_tokens = prompt.ids.len();
     let ids = prompt.ids.clone();
+    let parser = output_parser(spec, &req, &prompt);
     if events.send(Event::Prompt(prompt)).is_err() {
         metrics.cancelled(name, "client-gone");
         return;
@@ -528,9 +545,7 @@ fn run_job(name: &str, session: &Session, job: Job, metrics: &Metrics) {
         penalties: req.penalties.clone(),
     };
     let tok = &session.tokenizer;
-    let mut decoder = tok.stream_decoder(true);
-    let marker = req.parse_tools.then_some(tools::TOOL_CALL_START);
-    let mut filter = TextFilter::new(req.stop.clone(), marker);
+    let mut text = TextStream::new(tok, req.stop.clone(), parser);
     let mut halt = None;
     let mut first_token = None;
     let mut generated = 0usize;
@@ -553,14 +568,7 @@ fn run_job(name: &str, session: &Session, job: Job, metrics: &Metrics) {
             return ControlFlow::Continue(());
         }
         generated += 1;
-        let text = match decoder.push(tok, step.id) {
-            Ok(t) => t.unwrap_or_default(),
-            Err(e) => {
-                tracing::warn!("detokenizing failed: {e}");
-                String::new()
-            }
-        };
-        let (text, flow) = filter.push(&text);
+        let (delta, flow) = text.push(tok, step.id);
         let logprobs = match req.logprobs {
             Some(n) => vec![TokenLogprob {
                 token: piece(step.id),
@@ -575,8 +583,8 @@ fn run_job(name: &str, session: &Session, job: Job, metrics: &Metrics) {
             }],
             None => Vec::new(),
         };
-        if (!text.is_empty() || !logprobs.is_empty())
-            && events.send(Event::Delta { text, logprobs }).is_err()
+        if (!delta.is_empty() || !logprobs.is_empty())
+            && events.send(Event::Delta { delta, logprobs }).is_err()
         {
             halt = Some(Halt::ClientGone);
             return ControlFlow::Break(());
@@ -618,35 +626,16 @@ fn run_job(name: &str, session: &Session, job: Job, metrics: &Metrics) {
         }
         _ => {}
     }
-    // The text still held back: the decoder's tail, then whatever waited for a marker.
-    let mut tail = String::new();
-    if halt != Some(Halt::StopString) {
-        if let Ok(Some(rest)) = decoder.flush(tok) {
-            tail = filter.push(&rest).0;
-        }
-    }
-    let (held, captured) = filter.finish();
-    if !filter.stopped() {
-        tail.push_str(&held);
-    }
-    let mut finish = match (halt, out.stop) {
+    // The text still held back (the decoder's tail, a marker that never completed).
+    let (tail, tool_calls) = text.finish(tok);
+    let finish = match (halt, out.stop) {
+        _ if !tool_calls.is_empty() => Finish::ToolCalls,
         (Some(Halt::StopString), _) | (_, StopReason::Eos) => Finish::Stop,
         _ => Finish::Length,
     };
-    let mut tool_calls = Vec::new();
-    if let Some(captured) = captured {
-        match tools::parse(&captured) {
-            Some((calls, rest)) => {
-                tool_calls = calls;
-                tail.push_str(&rest);
-                finish = Finish::ToolCalls;
-            }
-            None => tail.push_str(&captured),
-        }
-    }
     if !tail.is_empty() {
         let _ = events.send(Event::Delta {
-            text: tail,
+            delta: tail,
             logprobs: Vec::new(),
         });
     }
