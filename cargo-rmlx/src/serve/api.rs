@@ -560,7 +560,10 @@ impl ChatRequest {
     /// template (none for `"none"`). `required` and named functions need the decoding
     /// constraint of [`tools::choice::constraint_for_tool_choice`].
     fn tool_choice(&self, tool_defs: Option<Value>) -> Result<Option<Value>, ApiError> {
-        let list = tool_defs.as_ref().and_then(Value::as_array).map(Vec::as_slice);
+        let list = tool_defs
+            .as_ref()
+            .and_then(Value::as_array)
+            .map(Vec::as_slice);
         let choice = ToolChoice::parse(self.tool_choice.as_ref(), list)?;
         if choice.forces_a_call() {
             tools::choice::constraint_for_tool_choice(&choice, list.unwrap_or_default(), None)?;

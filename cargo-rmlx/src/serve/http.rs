@@ -700,10 +700,7 @@ async fn collect(
         };
         match ev {
             Event::Prompt(_) => {}
-            Event::Delta {
-                delta,
-                logprobs: l,
-            } => {
+            Event::Delta { delta, logprobs: l } => {
                 answer.content.push_str(&delta.content);
                 answer.reasoning.push_str(&delta.reasoning);
                 logprobs.extend(l);

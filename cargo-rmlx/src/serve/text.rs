@@ -116,7 +116,10 @@ impl TokenText {
         if !kept.is_empty() {
             let mut names: Vec<&str> = kept.values().map(String::as_str).collect();
             names.sort_unstable();
-            tracing::debug!("special tokens kept in the output text: {}", names.join(" "));
+            tracing::debug!(
+                "special tokens kept in the output text: {}",
+                names.join(" ")
+            );
         }
         Self {
             decoder: tok.stream_decoder(true),

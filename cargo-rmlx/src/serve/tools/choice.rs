@@ -58,7 +58,9 @@ impl ToolChoice {
             .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str))
             .collect();
         if names.is_empty() {
-            return Err(bad("`tool_choice` asks for a tool call but `tools` is empty".into()));
+            return Err(bad(
+                "`tool_choice` asks for a tool call but `tools` is empty".into(),
+            ));
         }
         if let ToolChoice::Function(name) = &choice {
             if !names.contains(&name.as_str()) {
@@ -107,8 +109,14 @@ mod tests {
         let tools = vec![json!({"type": "function", "function": {"name": "get_weather"}})];
         let t = Some(tools.as_slice());
         assert_eq!(ToolChoice::parse(None, t).unwrap(), ToolChoice::Auto);
-        assert_eq!(ToolChoice::parse(Some(&json!("none")), None).unwrap(), ToolChoice::None);
-        assert_eq!(ToolChoice::parse(Some(&json!("required")), t).unwrap(), ToolChoice::Required);
+        assert_eq!(
+            ToolChoice::parse(Some(&json!("none")), None).unwrap(),
+            ToolChoice::None
+        );
+        assert_eq!(
+            ToolChoice::parse(Some(&json!("required")), t).unwrap(),
+            ToolChoice::Required
+        );
         let named = json!({"type": "function", "function": {"name": "get_weather"}});
         assert_eq!(
             ToolChoice::parse(Some(&named), t).unwrap(),
@@ -121,6 +129,8 @@ mod tests {
         }
         assert!(ToolChoice::parse(Some(&json!("required")), None).is_err());
         let e = constraint_for_tool_choice(&ToolChoice::Required, &tools, None).unwrap_err();
-        assert!(e.message.contains("tool_choice=required needs constrained decoding"));
+        assert!(e
+            .message
+            .contains("tool_choice=required needs constrained decoding"));
     }
 }

@@ -219,7 +219,10 @@ mod tests {
 
     #[test]
     fn scan_finds_the_end_of_values_and_waits_for_incomplete_ones() {
-        assert_eq!(scan_value(r#" {"a": "}", "b": [1, {"c": 2}]} tail"#), Scan::Complete(31));
+        assert_eq!(
+            scan_value(r#" {"a": "}", "b": [1, {"c": 2}]} tail"#),
+            Scan::Complete(31)
+        );
         assert_eq!(scan_value(r#"{"a": "x\"}"#), Scan::Incomplete);
         assert_eq!(scan_value(r#""a\"b" x"#), Scan::Complete(6));
         assert_eq!(scan_value("12, 3"), Scan::Complete(2));
@@ -243,7 +246,11 @@ mod tests {
             let list = calls.into_list();
             assert_eq!(list[0].name, "get_weather");
             assert_eq!(list[0].arguments, r#"{"city": "Paris", "n": [1, 2]}"#);
-            let streamed: String = out.tool_calls.iter().map(|d| d.arguments.as_str()).collect();
+            let streamed: String = out
+                .tool_calls
+                .iter()
+                .map(|d| d.arguments.as_str())
+                .collect();
             assert_eq!(streamed, list[0].arguments);
         }
     }

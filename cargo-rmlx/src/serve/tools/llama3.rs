@@ -65,7 +65,10 @@ impl Llama3 {
     fn calls(&mut self, end: bool, calls: &mut Calls, out: &mut Delta) {
         loop {
             let rest = &self.pending[self.at..];
-            let skipped = rest.len() - rest.trim_start_matches(|c: char| c.is_whitespace() || c == ';').len();
+            let skipped = rest.len()
+                - rest
+                    .trim_start_matches(|c: char| c.is_whitespace() || c == ';')
+                    .len();
             let obj = &rest[skipped..];
             if obj.is_empty() {
                 return;

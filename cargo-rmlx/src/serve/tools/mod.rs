@@ -287,12 +287,27 @@ mod tests {
     #[test]
     fn formats_are_detected_from_their_markers_and_names_round_trip() {
         let cases = [
-            ("{{ '<|start|>assistant to=' }}{{ 'functions.' + n + '<|channel|>commentary' }}", Some(ToolFormat::Harmony)),
+            (
+                "{{ '<|start|>assistant to=' }}{{ 'functions.' + n + '<|channel|>commentary' }}",
+                Some(ToolFormat::Harmony),
+            ),
             ("{{ '<|tool_call>call:' + name }}", Some(ToolFormat::Gemma4)),
-            ("{{ '<tool_call>\\n<function=' + name }}", Some(ToolFormat::QwenXml)),
-            ("{{ '<tool_call>\\n' + call | tojson }}", Some(ToolFormat::Hermes)),
-            ("{{ '[TOOL_CALLS]' + name + '[ARGS]' }}", Some(ToolFormat::Mistral)),
-            ("<|start_header_id|>{{ '\"parameters\": ' }}", Some(ToolFormat::Llama3)),
+            (
+                "{{ '<tool_call>\\n<function=' + name }}",
+                Some(ToolFormat::QwenXml),
+            ),
+            (
+                "{{ '<tool_call>\\n' + call | tojson }}",
+                Some(ToolFormat::Hermes),
+            ),
+            (
+                "{{ '[TOOL_CALLS]' + name + '[ARGS]' }}",
+                Some(ToolFormat::Mistral),
+            ),
+            (
+                "<|start_header_id|>{{ '\"parameters\": ' }}",
+                Some(ToolFormat::Llama3),
+            ),
             ("{{ messages[0].content }}", None),
         ];
         for (src, want) in cases {

@@ -28,7 +28,9 @@ impl ParamTypes {
             let Some(name) = f.get("name").and_then(Value::as_str) else {
                 continue;
             };
-            let props = f.pointer("/parameters/properties").and_then(Value::as_object);
+            let props = f
+                .pointer("/parameters/properties")
+                .and_then(Value::as_object);
             for (p, schema) in props.into_iter().flatten() {
                 if let Some(t) = schema.get("type").and_then(Value::as_str) {
                     map.insert((name.to_string(), p.clone()), t.to_string());
