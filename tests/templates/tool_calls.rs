@@ -258,7 +258,7 @@ impl Case {
                     .calls
                     .iter()
                     .enumerate()
-                    .map(|(i, (name, args))| json!({"id": format!("call{i:05}x"), "type": "function", "function": {"name": name, "arguments": args.to_string()}}))
+                    .map(|(i, (name, args))| json!({"id": format!("call{i:04}x"), "type": "function", "function": {"name": name, "arguments": args.to_string()}}))
                     .collect();
             }
             if !self.thinking.is_empty() {

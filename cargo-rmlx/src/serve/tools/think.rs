@@ -50,8 +50,9 @@ impl ThinkSplit {
                 None => {
                     let mut keep = partial_tail(&self.pending, markers);
                     if self.inside {
-                        let trailing = self.pending.len() - self.pending.trim_end().len();
-                        keep = keep.max(trailing);
+                        // Whitespace before a (possible) close marker may end the reasoning.
+                        let head = &self.pending[..self.pending.len() - keep];
+                        keep += head.len() - head.trim_end().len();
                     }
                     if self.inside && self.at_start && self.label_pending() {
                         keep = self.pending.len();
