@@ -424,7 +424,7 @@ fn every_family_parses_its_own_rendered_tool_calls_and_reasoning() {
             &spec,
             &prompt,
             &answer,
-            &[answer.clone()],
+            std::slice::from_ref(&answer),
             "one piece",
         );
     }
