@@ -3,17 +3,17 @@
 //! (max |logit|, non-finite count), stopping at EOS (unless ignored) or the token budget.
 //! [`generate_cancellable`] also asks, between prefill chunks, whether the run is still
 //! wanted (the server's client may be gone or its deadline past before the first token).
+//! The per-sequence state and its steps live in [`super::sequence`], shared with the
+//! server's batching scheduler: one loop, driven alone here or many at once there.
 
 use std::ops::ControlFlow;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use mlx_rs::ops::indexing::IndexOp;
-use mlx_rs::Array;
-
-use super::penalty::{Penalties, PenaltyState};
-use super::sample::{top_k, Sampler, SamplerConfig};
+use super::penalty::Penalties;
+use super::sample::SamplerConfig;
+use super::sequence::{Sequence, StartCache};
 use super::Model;
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::Result;
 
 /// Prompt tokens run through the model per forward pass during prefill.
 pub const PREFILL_CHUNK: usize = 512;
@@ -120,272 +120,20 @@ pub fn generate_cancellable(
     cancelled: impl Fn() -> bool,
     mut on_step: impl FnMut(&Step) -> ControlFlow<()>,
 ) -> Result<GenerateOutput> {
-    if prompt_ids.is_empty() {
-        return Err(Diagnostic::error(
-            "rmlx::generate::empty-prompt",
-            "the prompt encodes to zero tokens",
-        ));
-    }
-    if prompt_ids.len() > model.max_context {
-        return Err(Diagnostic::error(
-            "rmlx::generate::context-overflow",
-            format!(
-                "the prompt has {} tokens but the model's context length is {}",
-                prompt_ids.len(),
-                model.max_context
-            ),
-        )
-        .with_help("shorten the prompt (max_position_embeddings in config.json sets the limit)"));
-    }
-    let vocab = model.net.vocab_size;
-    if let Some(bad) = prompt_ids.iter().find(|&&id| id as usize >= vocab) {
-        return Err(Diagnostic::error(
-            "rmlx::generate::bad-token",
-            format!("prompt token id {bad} is outside the model's vocabulary ({vocab})"),
-        )
-        .with_help("the tokenizer and the model do not belong together"));
-    }
-    if let Some(bad) = opts
-        .penalties
-        .max_biased_id()
-        .filter(|&id| id as usize >= vocab)
-    {
-        return Err(Diagnostic::error(
-            "rmlx::generate::bad-token",
-            format!("logit_bias names token id {bad}, outside the model's vocabulary ({vocab})"),
-        ));
-    }
-    let room = model.max_context - prompt_ids.len();
-    let max_tokens = if opts.max_tokens > room {
-        tracing::warn!(
-            "max tokens lowered from {} to {room}: the context holds {} tokens",
-            opts.max_tokens,
-            model.max_context
-        );
-        room
-    } else {
-        opts.max_tokens
-    };
-
-    let mut sampler = Sampler::new(opts.sampler);
-    let mut penalties = PenaltyState::new(&opts.penalties, prompt_ids);
-    let mut adjusted = Vec::new();
-    let mut cache = model.net.new_cache();
-    let started = Instant::now();
-    let mut logits = None;
-    for (i, chunk) in prompt_ids.chunks(PREFILL_CHUNK).enumerate() {
-        if i > 0 && cancelled() {
+    let mut seq = Sequence::start(model, prompt_ids, opts, StartCache::fresh())?;
+    while seq.is_prefilling() {
+        if seq.prefilled() > 0 && cancelled() {
             tracing::debug!(
                 "prefill cancelled after {} of {} tokens",
-                i * PREFILL_CHUNK,
+                seq.prefilled(),
                 prompt_ids.len()
             );
-            return Ok(GenerateOutput {
-                prompt_ids: prompt_ids.to_vec(),
-                steps: Vec::new(),
-                stop: StopReason::Stopped,
-                prefill: started.elapsed(),
-                decode: Duration::ZERO,
-            });
+            return Ok(seq.finish());
         }
-        let ids: Vec<i32> = chunk.iter().map(|&t| t as i32).collect();
-        let input = Array::from_slice(&ids, &[1, ids.len() as i32]);
-        let out = model.net.forward_last(&input, &mut cache)?;
-        // Materialise the cache so the next chunk's graph does not hold this one.
-        out.eval()?;
-        logits = Some(out);
+        seq.prefill_chunk(model)?;
     }
-    let logits = logits.expect("prompt is non-empty");
-    let mut prefill = Duration::ZERO;
-    let mut steps = Vec::with_capacity(max_tokens);
-    let mut stop = StopReason::Length;
-    // Greedy without penalties on a GPU: the token and its evidence are computed on the
-    // device, only a few numbers cross to the host, and the next step is queued before this
-    // one is read, so the device never idles on the host. On the CPU the logits are host
-    // memory already and one pass over them (`describe_step`) is cheaper than the device
-    // reductions; the host decode path waits on its input anyway.
-    let on_device = sampler.is_greedy() && opts.penalties.is_neutral() && super::gpu_available();
-    let pipeline = on_device;
-    let mut pending = on_device
-        .then(|| DeviceStep::queue(&logits, opts.top))
-        .transpose()?;
-    let mut logits = Some(logits);
-    for i in 0..max_tokens {
-        let last = i + 1 == max_tokens;
-        let step = match pending.take() {
-            Some(current) => {
-                if pipeline && !last {
-                    let input = current.next.reshape(&[1, 1])?;
-                    let l = model.net.forward_last(&input, &mut cache)?;
-                    pending = Some(DeviceStep::queue(&l, opts.top)?);
-                }
-                current.read()?
-            }
-            None => {
-                let l = logits.take().expect("host mode keeps the logits");
-                l.eval()?;
-                let host: &[f32] = l.as_slice::<f32>();
-                let id = if opts.penalties.is_neutral() {
-                    sampler.sample(host)
-                } else {
-                    adjusted.clear();
-                    adjusted.extend_from_slice(host);
-                    penalties.apply(&mut adjusted);
-                    let id = sampler.sample(&adjusted);
-                    penalties.push(id);
-                    id
-                };
-                describe_step(host, id, opts.top)
-            }
-        };
-        if i == 0 {
-            prefill = started.elapsed();
-        }
-        let id = step.id;
-        let is_eos = opts.eos_ids.contains(&id);
-        let flow = on_step(&step);
-        steps.push(step);
-        if is_eos && !opts.ignore_eos {
-            stop = StopReason::Eos;
-            break;
-        }
-        if flow.is_break() {
-            stop = StopReason::Stopped;
-            break;
-        }
-        if last {
-            break;
-        }
-        if !pipeline {
-            let input = Array::from_slice(&[id as i32], &[1, 1]);
-            let l = model.net.forward_last(&input, &mut cache)?;
-            if on_device {
-                pending = Some(DeviceStep::queue(&l, opts.top)?);
-            } else {
-                logits = Some(l);
-            }
-        }
+    while seq.step(model, &mut on_step)?.is_some() {
+        seq.feed(model)?;
     }
-    let decode = started.elapsed().saturating_sub(prefill);
-    Ok(GenerateOutput {
-        prompt_ids: prompt_ids.to_vec(),
-        steps,
-        stop,
-        prefill,
-        decode,
-    })
-}
-
-/// A greedy step evaluated on the device: the arg-max token and the numbers of its
-/// [`Step`], queued with `async_eval` and read back when needed. Same semantics as
-/// [`describe_step`]: non-finite logits are counted and left out of the arg-max, the
-/// log-sum-exp and `max_abs_logit`.
-struct DeviceStep {
-    next: Array,
-    top_ids: Array,
-    top_logits: Array,
-    chosen_logit: Array,
-    lse: Array,
-    max_abs: Array,
-    non_finite: Array,
-}
-
-impl DeviceStep {
-    fn queue(logits: &Array, k: usize) -> Result<Self> {
-        use mlx_rs::ops::{argpartition_axis, indexing::argmax, select};
-        let logits = logits.as_dtype(mlx_rs::Dtype::Float32)?;
-        let vocab = logits.size();
-        let finite = logits.is_finite()?;
-        let masked = select(&finite, &logits, Array::from_f32(f32::NEG_INFINITY))?;
-        let next = argmax(&masked, None)?;
-        let k = k.clamp(1, vocab) as i32;
-        let top_ids = if k == 1 {
-            // The arg-max is the top-1: no partition over the vocabulary.
-            next.reshape(&[1])?
-        } else if k as usize == vocab {
-            mlx_rs::ops::arange::<_, u32>(0, vocab as i32, None)?
-        } else {
-            argpartition_axis(masked.negative()?, k - 1, 0)?.index(..k)
-        };
-        let step = Self {
-            top_logits: logits.take_axis(&top_ids, 0)?,
-            chosen_logit: logits.take_axis(&next, 0)?,
-            lse: masked.logsumexp(None)?,
-            max_abs: select(&finite, logits.abs()?, Array::from_f32(0.0))?.max(None)?,
-            non_finite: finite
-                .logical_not()?
-                .sum(None)?
-                .as_dtype(mlx_rs::Dtype::Int32)?,
-            next,
-            top_ids,
-        };
-        mlx_rs::transforms::async_eval([
-            &step.next,
-            &step.top_ids,
-            &step.top_logits,
-            &step.chosen_logit,
-            &step.lse,
-            &step.max_abs,
-            &step.non_finite,
-        ])?;
-        Ok(step)
-    }
-
-    fn read(self) -> Result<Step> {
-        let scalar = |a: &Array| -> Result<f32> {
-            a.try_item_cast::<f32>().map_err(|e| {
-                Diagnostic::error("rmlx::engine::eval", format!("reading a step back: {e}"))
-            })
-        };
-        let id = scalar(&self.next)? as u32;
-        let ids = self.top_ids.as_dtype(mlx_rs::Dtype::Uint32)?;
-        let mut top: Vec<(u32, f32)> = ids
-            .as_slice::<u32>()
-            .iter()
-            .copied()
-            .zip(self.top_logits.as_slice::<f32>().iter().copied())
-            .collect();
-        top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        let lse = scalar(&self.lse)?;
-        Ok(Step {
-            id,
-            top_logprobs: top.iter().map(|(_, l)| l - lse).collect(),
-            top,
-            max_abs_logit: scalar(&self.max_abs)?,
-            non_finite: scalar(&self.non_finite)? as usize,
-            logprob: scalar(&self.chosen_logit)? - lse,
-        })
-    }
-}
-
-/// The evidence recorded for one step.
-fn describe_step(logits: &[f32], id: u32, k: usize) -> Step {
-    let mut max_abs = 0f32;
-    let mut non_finite = 0;
-    let mut max = f32::NEG_INFINITY;
-    for &l in logits {
-        if l.is_finite() {
-            max_abs = max_abs.max(l.abs());
-            max = max.max(l);
-        } else {
-            non_finite += 1;
-        }
-    }
-    let lse = max
-        + logits
-            .iter()
-            .filter(|l| l.is_finite())
-            .map(|&l| ((l - max) as f64).exp())
-            .sum::<f64>()
-            .ln() as f32;
-    let top = top_k(logits, k);
-    let logprob = logits.get(id as usize).map_or(f32::NAN, |l| l - lse);
-    Step {
-        id,
-        top_logprobs: top.iter().map(|(_, l)| l - lse).collect(),
-        top,
-        max_abs_logit: max_abs,
-        non_finite,
-        logprob,
-    }
+    Ok(seq.finish())
 }

@@ -39,6 +39,7 @@
 //! port = 8080
 //! content-special-tokens = false   # true: special tokens typed in messages are control tokens
 //! tool-format = "hermes"           # optional: tool-call format of models that set none
+//! max-batch = 8                    # requests generated together per model (1: one at a time)
 //! ```
 
 mod locate;
@@ -235,6 +236,8 @@ pub struct ServeDecl {
     pub content_special_tokens: bool,
     /// `tool-format` of models that set none.
     pub tool_format: Option<ToolFormat>,
+    /// Requests a model generates together (`serve --max-batch`); `None`: the default.
+    pub max_batch: Option<usize>,
 }
 
 impl Default for ServeDecl {
@@ -244,6 +247,7 @@ impl Default for ServeDecl {
             port: DEFAULT_PORT,
             content_special_tokens: false,
             tool_format: None,
+            max_batch: None,
         }
     }
 }

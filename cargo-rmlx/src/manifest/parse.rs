@@ -511,11 +511,20 @@ fn probe(ctx: &Ctx<'_>, name: &str, v: &Value<'_>) -> Result<ProbeDecl> {
     Ok(p)
 }
 
+/// Largest `max-batch` accepted.
+const MAX_BATCH_LIMIT: usize = 256;
+
 fn serve(ctx: &Ctx<'_>, v: &Value<'_>) -> Result<ServeDecl> {
     let t = ctx.table("serve", v)?;
     ctx.known_keys(
         t,
-        &["host", "port", "content-special-tokens", "tool-format"],
+        &[
+            "host",
+            "port",
+            "content-special-tokens",
+            "tool-format",
+            "max-batch",
+        ],
         "[serve]",
     )?;
     let host = match t.get("host") {
@@ -549,10 +558,30 @@ fn serve(ctx: &Ctx<'_>, v: &Value<'_>) -> Result<ServeDecl> {
             .ok_or_else(|| ctx.wrong_type("content-special-tokens", "a boolean", v))?,
         None => false,
     };
+    let max_batch = match t.get("max-batch") {
+        Some(v) => {
+            let n = ctx.integer("max-batch", v)?;
+            Some(
+                usize::try_from(n)
+                    .ok()
+                    .filter(|&n| (1..=MAX_BATCH_LIMIT).contains(&n))
+                    .ok_or_else(|| {
+                        ctx.err(
+                            CODE_VALUE,
+                            format!("max-batch {n} is out of range"),
+                            v.span(),
+                            "expected 1..=256",
+                        )
+                    })?,
+            )
+        }
+        None => None,
+    };
     Ok(ServeDecl {
         host,
         port,
         content_special_tokens,
         tool_format: tool_format(ctx, t)?,
+        max_batch,
     })
 }
