@@ -15,6 +15,7 @@ pub mod lint;
 pub mod manifest;
 pub mod probe;
 pub mod progress;
+pub mod reasoning;
 pub mod serve;
 pub mod session;
 pub mod snapshot;

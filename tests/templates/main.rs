@@ -26,3 +26,4 @@ mod lint_checks;
 mod reasoning;
 mod resources;
 mod support;
+mod tool_calls;

@@ -218,6 +218,7 @@ pub fn run(g: &GlobalArgs, a: ServeArgs) -> Result<u8> {
             } else {
                 ContentTokens::Text
             },
+            tool_format: serve_decl.tool_format,
         },
         http: HttpConfig {
             api_key,

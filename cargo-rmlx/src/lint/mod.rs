@@ -28,7 +28,10 @@
 //! 7. **capabilities** — a summary (system role, multi-turn, tools, tool calls, content
 //!    parts passed as a list — rmlx never sends that, other runtimes do —, thinking flag)
 //!    as advice (`rmlx::lint::capabilities`), also returned as data
-//!    in [`LintReport::capabilities`].
+//!    in [`LintReport::capabilities`];
+//! 8. **tool-call format** — which format the model writes tool calls in and whether the
+//!    server parses it, with the reasoning markers (`rmlx::lint::tool-format`, advice;
+//!    [`tool_format`]).
 //!
 //! Which files get linted is decided by [`targets`] (files, model directories, the models
 //! declared in rmlx.toml, the default search).
@@ -39,6 +42,7 @@ pub mod samples;
 pub(crate) mod scan;
 pub mod targets;
 mod tokens;
+mod tool_format;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -53,6 +57,8 @@ use crate::tokenize::Tokenizer;
 
 use samples::SampleKind;
 use scan::UseKind;
+
+pub use tool_format::CODE_TOOL_FORMAT;
 
 pub use targets::{
     find_templates, lint_targets, manifest_targets, targets_from_paths, LintTarget, TemplateRef,
@@ -286,6 +292,7 @@ pub fn lint_template(
         }
     }
 
+    cx.diags.extend(tool_format::report(t.source(), &caps));
     let summary = capability_summary(&caps);
     cx.diags
         .push(Diagnostic::advice(CODE_CAPABILITIES, summary).with_help(

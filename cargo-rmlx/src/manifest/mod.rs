@@ -26,6 +26,9 @@
 //! "model.embed_tokens" = { bits = 8 }
 //! "model.layers.*.mlp.down_proj" = false              # keep dense
 //!
+//! tool-format = "hermes"                             # optional: the tool-call format, when
+//!                                                    # the chat template's is not detected
+//!
 //! [models.smollm2.probe]
 //! prompt = "What is the capital of France?"
 //! expect = "Paris"
@@ -35,6 +38,7 @@
 //! host = "127.0.0.1"
 //! port = 8080
 //! content-special-tokens = false   # true: special tokens typed in messages are control tokens
+//! tool-format = "hermes"           # optional: tool-call format of models that set none
 //! max-batch = 8                    # requests generated together per model (1: one at a time)
 //! ```
 
@@ -48,6 +52,7 @@ use std::sync::Arc;
 pub use locate::{init_dir, locate, resolve_model, resolve_model_in, Location};
 
 use crate::diagnostic::{Diagnostic, Result};
+use crate::serve::tools::ToolFormat;
 use crate::snapshot::{QuantMode, QuantParams};
 
 /// The manifest's file name.
@@ -99,6 +104,8 @@ pub struct ModelDecl {
     pub dtype: Option<(Dtype, Range<usize>)>,
     /// `[models.<name>.probe]`.
     pub probe: ProbeDecl,
+    /// `tool-format`: the tool-call format (else detected from the chat template).
+    pub tool_format: Option<ToolFormat>,
 }
 
 impl ModelDecl {
@@ -227,6 +234,8 @@ pub struct ServeDecl {
     /// Encode special-token strings in messages as control tokens (`serve
     /// --content-special-tokens`).
     pub content_special_tokens: bool,
+    /// `tool-format` of models that set none.
+    pub tool_format: Option<ToolFormat>,
     /// Requests a model generates together (`serve --max-batch`); `None`: the default.
     pub max_batch: Option<usize>,
 }
@@ -237,6 +246,7 @@ impl Default for ServeDecl {
             host: DEFAULT_HOST.to_string(),
             port: DEFAULT_PORT,
             content_special_tokens: false,
+            tool_format: None,
             max_batch: None,
         }
     }

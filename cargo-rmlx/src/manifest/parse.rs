@@ -13,6 +13,7 @@ use super::{
     Quantize, ServeDecl, DEFAULT_HOST, DEFAULT_PORT,
 };
 use crate::diagnostic::{Diagnostic, Result};
+use crate::serve::tools::ToolFormat;
 use crate::snapshot::{QuantMode, QuantParams};
 
 const CODE_SYNTAX: &str = "rmlx::manifest::syntax";
@@ -201,7 +202,14 @@ fn valid_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
-const MODEL_KEYS: &[&str] = &["source", "quantize", "chat-template", "dtype", "probe"];
+const MODEL_KEYS: &[&str] = &[
+    "source",
+    "quantize",
+    "chat-template",
+    "dtype",
+    "probe",
+    "tool-format",
+];
 
 fn model(
     ctx: &Ctx<'_>,
@@ -286,6 +294,7 @@ fn model(
         None => ProbeDecl::default(),
         Some(v) => probe(ctx, &name, v)?,
     };
+    let tool_format = tool_format(ctx, t)?;
     Ok(ModelDecl {
         name,
         name_span: key.span(),
@@ -296,7 +305,27 @@ fn model(
         chat_template,
         dtype,
         probe,
+        tool_format,
     })
+}
+
+/// `tool-format` of a table, if set.
+fn tool_format(ctx: &Ctx<'_>, t: &DeTable<'_>) -> Result<Option<ToolFormat>> {
+    let Some(v) = t.get("tool-format") else {
+        return Ok(None);
+    };
+    let s = ctx.string("tool-format", v)?;
+    match ToolFormat::from_name(s) {
+        Some(f) => Ok(Some(f)),
+        None => Err(ctx
+            .err(
+                CODE_VALUE,
+                format!("unknown tool-call format `{s}`"),
+                v.span(),
+                "unknown format",
+            )
+            .with_help(format!("use one of: {}", ToolFormat::names().join(", ")))),
+    }
 }
 
 const QUANT_KEYS: &[&str] = &["mode", "bits", "group-size", "overrides"];
@@ -489,7 +518,13 @@ fn serve(ctx: &Ctx<'_>, v: &Value<'_>) -> Result<ServeDecl> {
     let t = ctx.table("serve", v)?;
     ctx.known_keys(
         t,
-        &["host", "port", "content-special-tokens", "max-batch"],
+        &[
+            "host",
+            "port",
+            "content-special-tokens",
+            "tool-format",
+            "max-batch",
+        ],
         "[serve]",
     )?;
     let host = match t.get("host") {
@@ -546,6 +581,7 @@ fn serve(ctx: &Ctx<'_>, v: &Value<'_>) -> Result<ServeDecl> {
         host,
         port,
         content_special_tokens,
+        tool_format: tool_format(ctx, t)?,
         max_batch,
     })
 }

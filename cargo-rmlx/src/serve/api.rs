@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::tools;
+use super::tools::{self, choice::ToolChoice};
 use super::worker::{GenRequest, PromptInput};
 use crate::constrain::ConstraintSpec;
 use crate::engine::{Penalties, SamplerConfig};
@@ -340,7 +340,7 @@ pub struct ChatRequest {
     pub top_logprobs: Option<i64>,
     /// Tool definitions (passed to the template).
     pub tools: Option<Value>,
-    /// `none` turns tool-call parsing off.
+    /// `none` (no tools offered, nothing parsed), `auto`, `required` or a named function.
     pub tool_choice: Option<Value>,
     /// Extra template variables.
     pub chat_template_kwargs: Option<Map<String, Value>>,
@@ -648,7 +648,7 @@ impl ChatRequest {
             }
             Some(_) => return Err(ApiError::param("tools", "`tools` must be a list")),
         };
-        let tool_choice_none = matches!(&self.tool_choice, Some(Value::String(s)) if s == "none");
+        let tool_defs = self.tool_choice(tool_defs)?;
         let logprobs = match (self.logprobs.unwrap_or(false), self.top_logprobs) {
             (false, Some(n)) if n > 0 => {
                 return Err(ApiError::param(
@@ -669,7 +669,7 @@ impl ChatRequest {
             }
         };
         let max_tokens = self.common.max_completion_tokens.or(self.common.max_tokens);
-        let parse_tools = tool_defs.is_some() && !tool_choice_none;
+        let parse_tools = tool_defs.is_some();
         let prompt = PromptInput::Chat {
             messages,
             tools: tool_defs,
@@ -681,6 +681,23 @@ impl ChatRequest {
         p.req.logprobs = logprobs;
         p.req.parse_tools = parse_tools;
         Ok(p)
+    }
+}
+
+impl ChatRequest {
+    /// Applies `tool_choice` to the validated tool definitions: the tools offered to the
+    /// template (none for `"none"`). `required` and named functions need the decoding
+    /// constraint of [`tools::choice::constraint_for_tool_choice`].
+    fn tool_choice(&self, tool_defs: Option<Value>) -> Result<Option<Value>, ApiError> {
+        let list = tool_defs
+            .as_ref()
+            .and_then(Value::as_array)
+            .map(Vec::as_slice);
+        let choice = ToolChoice::parse(self.tool_choice.as_ref(), list)?;
+        if choice.forces_a_call() {
+            tools::choice::constraint_for_tool_choice(&choice, list.unwrap_or_default(), None)?;
+        }
+        Ok(tool_defs.filter(|_| choice != ToolChoice::None))
     }
 }
 

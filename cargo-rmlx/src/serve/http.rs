@@ -25,6 +25,7 @@ use super::api::{ApiError, ChatRequest, CompletionRequest, Prepared};
 use super::guard::{self, Guard};
 use super::metrics::Metrics;
 use super::registry::{Outcome, Registry, State as ModelState, Trigger};
+use super::tools::{Delta, ToolCall};
 use super::worker::{Event, Finish, Job, JobError, SubmitError, TokenLogprob, Worker};
 use crate::session::Prompt;
 
@@ -686,7 +687,7 @@ async fn collect(
     rx: &mut UnboundedReceiver<Event>,
     deadline: tokio::time::Instant,
 ) -> Result<Response, ApiError> {
-    let mut text = String::new();
+    let mut answer = Delta::default();
     let mut logprobs: Vec<TokenLogprob> = Vec::new();
     loop {
         let ev = match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -702,11 +703,9 @@ async fn collect(
         };
         match ev {
             Event::Prompt(_) => {}
-            Event::Delta {
-                text: t,
-                logprobs: l,
-            } => {
-                text.push_str(&t);
+            Event::Delta { delta, logprobs: l } => {
+                answer.content.push_str(&delta.content);
+                answer.reasoning.push_str(&delta.reasoning);
                 logprobs.extend(l);
             }
             Event::Error(e) => return Err(job_error(e, ctx.timeout, ctx.kind)),
@@ -718,17 +717,7 @@ async fn collect(
             } => {
                 let choice = match ctx.kind {
                     Kind::Chat => {
-                        let mut message = json!({"role": "assistant", "content": text});
-                        if !tool_calls.is_empty() {
-                            if text.is_empty() {
-                                message["content"] = Value::Null;
-                            }
-                            message["tool_calls"] = tool_calls
-                                .iter()
-                                .enumerate()
-                                .map(|(i, c)| c.to_json(&format!("call_{}_{i}", ctx.id), None))
-                                .collect();
-                        }
+                        let message = chat_message(&answer, &tool_calls, &ctx.id);
                         json!({
                             "index": 0,
                             "message": message,
@@ -740,7 +729,7 @@ async fn collect(
                     }
                     Kind::Completion => json!({
                         "index": 0,
-                        "text": text,
+                        "text": answer.content,
                         "logprobs": ctx.logprobs.then(|| completion_logprobs(&logprobs, 0)),
                         "finish_reason": finish.as_str(),
                     }),
@@ -769,6 +758,62 @@ async fn collect(
             }
         }
     }
+}
+
+/// The id of a request's call `index` (the same in the stream and the final message).
+fn call_id(request: &str, index: usize) -> String {
+    format!("call_{request}_{index}")
+}
+
+/// A chat completion's `message`: the answer, the reasoning (`reasoning_content`, as vLLM and
+/// llama.cpp name it) and the tool calls (the content is `null` beside calls when empty).
+fn chat_message(answer: &Delta, tool_calls: &[ToolCall], request: &str) -> Value {
+    let mut message = json!({"role": "assistant", "content": answer.content});
+    if !answer.reasoning.is_empty() {
+        message["reasoning_content"] = json!(answer.reasoning);
+    }
+    if !tool_calls.is_empty() {
+        let content = answer.content.trim();
+        message["content"] = if content.is_empty() {
+            Value::Null
+        } else {
+            json!(content)
+        };
+        message["tool_calls"] = tool_calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c.to_json(&call_id(request, i), None))
+            .collect();
+    }
+    message
+}
+
+/// A chat chunk's `delta`: only the fields the piece has.
+fn chat_delta(delta: &Delta, request: &str) -> Value {
+    let mut v = json!({});
+    if !delta.content.is_empty() {
+        v["content"] = json!(delta.content);
+    }
+    if !delta.reasoning.is_empty() {
+        v["reasoning_content"] = json!(delta.reasoning);
+    }
+    if !delta.tool_calls.is_empty() {
+        let calls: Vec<Value> = delta
+            .tool_calls
+            .iter()
+            .map(|t| match &t.name {
+                Some(name) => json!({
+                    "index": t.index,
+                    "id": call_id(request, t.index),
+                    "type": "function",
+                    "function": {"name": name, "arguments": t.arguments},
+                }),
+                None => json!({"index": t.index, "function": {"arguments": t.arguments}}),
+            })
+            .collect();
+        v["tool_calls"] = Value::Array(calls);
+    }
+    v
 }
 
 struct StreamState {
@@ -829,17 +874,17 @@ impl StreamState {
     fn on_event(&mut self, ev: Event) {
         match ev {
             Event::Prompt(_) => {}
-            Event::Delta { text, logprobs } => {
+            Event::Delta { delta, logprobs } => {
                 let lp = self.ctx.logprobs.then(|| match self.ctx.kind {
                     Kind::Chat => {
                         json!({"content": logprobs.iter().map(chat_logprob).collect::<Vec<_>>()})
                     }
                     Kind::Completion => completion_logprobs(&logprobs, self.offset),
                 });
-                self.offset += text.len();
+                self.offset += delta.content.len();
                 let delta = match self.ctx.kind {
-                    Kind::Chat => json!({"content": text}),
-                    Kind::Completion => json!(text),
+                    Kind::Chat => chat_delta(&delta, &self.ctx.id),
+                    Kind::Completion => json!(delta.content),
                 };
                 let c = self.choice(delta, lp, None);
                 let chunk = self.chunk(c);
@@ -848,21 +893,12 @@ impl StreamState {
             Event::Error(e) => self.error(job_error(e, self.ctx.timeout, self.ctx.kind)),
             Event::Done {
                 finish,
-                tool_calls,
                 prompt_tokens,
                 completion_tokens,
+                ..
             } => {
+                // The calls went out as they were generated (`tool_calls` deltas).
                 self.rec.tokens = Some((prompt_tokens, completion_tokens));
-                if !tool_calls.is_empty() && self.ctx.kind == Kind::Chat {
-                    let calls: Vec<Value> = tool_calls
-                        .iter()
-                        .enumerate()
-                        .map(|(i, c)| c.to_json(&format!("call_{}_{i}", self.ctx.id), Some(i)))
-                        .collect();
-                    let c = self.choice(json!({"tool_calls": calls}), None, None);
-                    let chunk = self.chunk(c);
-                    self.pending.push_back(chunk);
-                }
                 let empty = match self.ctx.kind {
                     Kind::Chat => json!({}),
                     Kind::Completion => json!(""),

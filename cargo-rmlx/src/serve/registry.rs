@@ -128,6 +128,8 @@ pub struct LoadSettings {
     pub max_batch: usize,
     /// How special-token strings in messages are encoded.
     pub content_tokens: crate::session::ContentTokens,
+    /// `[serve] tool-format`: the tool-call format of models that set none.
+    pub tool_format: Option<crate::serve::tools::ToolFormat>,
 }
 
 /// Why a reload happens.
@@ -361,6 +363,11 @@ impl Registry {
             queue_depth: self.settings.queue_depth,
             max_batch: self.settings.max_batch,
             content_tokens: self.settings.content_tokens,
+            tool_format: source
+                .decl
+                .as_ref()
+                .and_then(|d| d.tool_format)
+                .or(self.settings.tool_format),
             live: self.live.clone(),
         };
         match Worker::start(cfg, self.metrics.clone()) {

@@ -21,6 +21,7 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use mlx_rs::ops::indexing::IndexOp;
 
 use super::metrics::Metrics;
+use super::tools::output::OutputSpec;
 use super::worker::{Job, Load, Stream};
 use crate::diagnostic::Result;
 use crate::engine::{Sequence, StartCache};
@@ -38,6 +39,8 @@ struct Slot {
 pub struct Scheduler<'a> {
     name: &'a str,
     session: &'a Session,
+    /// How chat output is parsed (reasoning, tool calls): each stream parses its own.
+    spec: &'a OutputSpec,
     metrics: &'a Metrics,
     max_batch: usize,
     active: Vec<Slot>,
@@ -49,6 +52,7 @@ impl<'a> Scheduler<'a> {
     pub(super) fn new(
         name: &'a str,
         session: &'a Session,
+        spec: &'a OutputSpec,
         metrics: &'a Metrics,
         max_batch: usize,
         load: &'a Load,
@@ -56,6 +60,7 @@ impl<'a> Scheduler<'a> {
         Self {
             name,
             session,
+            spec,
             metrics,
             max_batch: max_batch.max(1),
             active: Vec::new(),
@@ -104,8 +109,8 @@ impl<'a> Scheduler<'a> {
         self.metrics.queue_delta(self.name, -1);
         self.metrics
             .queue_time(self.name, job.arrived.elapsed().as_secs_f64());
-        let Some((stream, ids, opts)) = Stream::open(self.name, self.session, job, self.metrics)
-        else {
+        let opened = Stream::open(self.name, self.session, self.spec, job, self.metrics);
+        let Some((stream, ids, opts)) = opened else {
             return;
         };
         let model = &self.session.model;

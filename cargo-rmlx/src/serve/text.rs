@@ -1,10 +1,18 @@
-//! The text a generation streams out, after stop strings and tool-call markers.
+//! The text a generation streams out: token ids to text (keeping the special tokens a
+//! family's markers need), stop strings, then the reasoning/tool-call parser.
 //!
-//! Generated text arrives in pieces; a stop string or a `<tool_call>` marker can span pieces.
-//! [`TextFilter`] holds back the shortest tail that could still grow into a marker, emits
-//! everything before it, ends the text at a stop string (the stop string itself is not part
-//! of the output, as in OpenAI's API) and captures everything from a tool-call marker on, so
-//! the caller can parse it when the generation ends.
+//! Generated text arrives in pieces; a stop string or a marker can span pieces. [`TextFilter`]
+//! holds back the shortest tail that could still grow into a stop string, emits everything
+//! before it and ends the text at a stop string (the stop string itself is not part of the
+//! output, as in OpenAI's API). [`TokenText`] detokenizes with special tokens skipped, except
+//! those inside the markers the request's parser reads (`<|channel|>`, `[TOOL_CALLS]`, …).
+//! [`TextStream`] chains both with a [`tools::output::OutputParser`]: the worker's one hook.
+
+use std::collections::HashMap;
+
+use super::tools::output::OutputParser;
+use super::tools::{Delta, ToolCall};
+use crate::tokenize::{StreamDecoder, Tokenizer};
 
 /// Where the filter is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,25 +23,20 @@ pub enum Flow {
     Stop,
 }
 
-/// Stop strings and tool-call capture over streamed text.
+/// Stop strings over streamed text.
 #[derive(Debug, Clone)]
 pub struct TextFilter {
     stops: Vec<String>,
-    tool_marker: Option<&'static str>,
     pending: String,
-    captured: Option<String>,
     stopped: bool,
 }
 
 impl TextFilter {
-    /// A filter ending the text at any of `stops` and, when `tool_marker` is set, capturing
-    /// the text from that marker on.
-    pub fn new(stops: Vec<String>, tool_marker: Option<&'static str>) -> Self {
+    /// A filter ending the text at any of `stops`.
+    pub fn new(stops: Vec<String>) -> Self {
         Self {
             stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
-            tool_marker,
             pending: String::new(),
-            captured: None,
             stopped: false,
         }
     }
@@ -48,90 +51,149 @@ impl TextFilter {
         if self.stopped {
             return (String::new(), Flow::Stop);
         }
-        let max_stop = self.max_stop_len();
-        if let Some(cap) = &mut self.captured {
-            let start = cap.len();
-            cap.push_str(text);
-            // A stop string ends the capture too (searching a little before the new text, so
-            // a stop string spanning pieces is found).
-            let from = floor_boundary(cap, start.saturating_sub(max_stop));
-            if let Some(pos) = earliest(&cap[from..], &self.stops).map(|(p, _)| p + from) {
-                cap.truncate(pos);
-                self.stopped = true;
-                return (String::new(), Flow::Stop);
-            }
-            return (String::new(), Flow::Continue);
-        }
         self.pending.push_str(text);
-        let stop_at = earliest(&self.pending, &self.stops);
-        let tool_at = self
-            .tool_marker
-            .and_then(|m| self.pending.find(m).map(|p| (p, m.len())));
-        match (stop_at, tool_at) {
-            (Some((s, _)), t) if t.is_none_or(|(tp, _)| s <= tp) => {
-                let out = self.pending[..s].to_string();
-                self.pending.clear();
-                self.stopped = true;
-                (out, Flow::Stop)
-            }
-            (_, Some((tp, _))) => {
-                let out = self.pending[..tp].to_string();
-                self.captured = Some(self.pending[tp..].to_string());
-                self.pending.clear();
-                (out, Flow::Continue)
-            }
-            _ => {
-                let keep = self.holdback();
-                let cut = self.pending.len() - keep;
-                let out = self.pending[..cut].to_string();
-                self.pending.drain(..cut);
-                (out, Flow::Continue)
-            }
+        let stops: Vec<&str> = self.stops.iter().map(String::as_str).collect();
+        if let Some((s, _)) = find_marker(&self.pending, &stops) {
+            let out = self.pending[..s].to_string();
+            self.pending.clear();
+            self.stopped = true;
+            return (out, Flow::Stop);
         }
+        let cut = self.pending.len() - partial_tail(&self.pending, &stops);
+        let out = self.pending[..cut].to_string();
+        self.pending.drain(..cut);
+        (out, Flow::Continue)
     }
 
-    /// Ends the stream: returns the held-back text (no marker completed) and the captured
-    /// tool-call text, if any.
-    pub fn finish(&mut self) -> (String, Option<String>) {
-        (std::mem::take(&mut self.pending), self.captured.take())
-    }
-
-    fn max_stop_len(&self) -> usize {
-        self.stops.iter().map(String::len).max().unwrap_or(0)
-    }
-
-    /// Length of the longest tail of `pending` that is a proper prefix of a marker.
-    fn holdback(&self) -> usize {
-        let markers = self
-            .stops
-            .iter()
-            .map(String::as_str)
-            .chain(self.tool_marker);
-        let mut keep = 0;
-        for m in markers {
-            for (i, _) in m.char_indices().skip(1) {
-                if i > keep && self.pending.ends_with(&m[..i]) {
-                    keep = i;
-                }
-            }
-        }
-        keep
+    /// Ends the stream: returns the held-back text (no stop string completed).
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.pending)
     }
 }
 
-/// The earliest occurrence of any of `needles` in `hay`: (byte position, needle length).
-fn earliest(hay: &str, needles: &[String]) -> Option<(usize, usize)> {
-    needles
+/// The earliest occurrence of any of `markers` in `hay`: (byte position, index of the marker).
+pub fn find_marker(hay: &str, markers: &[&str]) -> Option<(usize, usize)> {
+    markers
         .iter()
-        .filter_map(|n| hay.find(n.as_str()).map(|p| (p, n.len())))
+        .enumerate()
+        .filter(|(_, m)| !m.is_empty())
+        .filter_map(|(i, m)| hay.find(m).map(|p| (p, i)))
         .min_by_key(|&(p, _)| p)
 }
 
-fn floor_boundary(s: &str, mut i: usize) -> usize {
-    while i > 0 && !s.is_char_boundary(i) {
-        i -= 1;
+/// Length of the longest tail of `hay` that is a proper prefix of one of `markers`: the text
+/// to hold back because it may still grow into a marker.
+pub fn partial_tail(hay: &str, markers: &[&str]) -> usize {
+    let mut keep = 0;
+    for m in markers {
+        for (i, _) in m.char_indices().skip(1) {
+            if i > keep && hay.ends_with(&m[..i]) {
+                keep = i;
+            }
+        }
     }
-    i
+    keep
+}
+
+/// Token ids to text: special tokens are skipped, except those whose text occurs in one of
+/// the markers a parser reads.
+#[derive(Debug)]
+pub struct TokenText {
+    decoder: StreamDecoder,
+    kept: HashMap<u32, String>,
+}
+
+impl TokenText {
+    /// A detokenizer keeping the special tokens found inside `markers`.
+    pub fn new(tok: &Tokenizer, markers: &[&str]) -> Self {
+        let kept: HashMap<u32, String> = tok
+            .inner()
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special && markers.iter().any(|m| m.contains(&t.content)))
+            .map(|(id, t)| (id, t.content))
+            .collect();
+        if !kept.is_empty() {
+            let mut names: Vec<&str> = kept.values().map(String::as_str).collect();
+            names.sort_unstable();
+            tracing::debug!(
+                "special tokens kept in the output text: {}",
+                names.join(" ")
+            );
+        }
+        Self {
+            decoder: tok.stream_decoder(true),
+            kept,
+        }
+    }
+
+    /// The text that `id` completes.
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> String {
+        let decoded = match self.kept.get(&id) {
+            Some(marker) => self
+                .decoder
+                .flush(tok)
+                .map(|t| t.unwrap_or_default() + marker),
+            None => self.decoder.push(tok, id).map(Option::unwrap_or_default),
+        };
+        decoded.unwrap_or_else(|e| {
+            tracing::warn!("detokenizing failed: {e}");
+            String::new()
+        })
+    }
+
+    /// The text still held back at the end of the stream.
+    pub fn flush(&mut self, tok: &Tokenizer) -> String {
+        self.decoder
+            .flush(tok)
+            .map(Option::unwrap_or_default)
+            .unwrap_or_else(|e| {
+                tracing::warn!("detokenizing failed: {e}");
+                String::new()
+            })
+    }
+}
+
+/// One request's output: token ids → text → stop strings → reasoning and tool calls.
+#[derive(Debug)]
+pub struct TextStream {
+    tokens: TokenText,
+    filter: TextFilter,
+    parser: OutputParser,
+}
+
+impl TextStream {
+    /// The stream of one request.
+    pub fn new(tok: &Tokenizer, stops: Vec<String>, parser: OutputParser) -> Self {
+        Self {
+            tokens: TokenText::new(tok, &parser.markers()),
+            filter: TextFilter::new(stops),
+            parser,
+        }
+    }
+
+    /// Adds a generated id: what the answer gains, and whether a stop string ended it.
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> (Delta, Flow) {
+        let text = self.tokens.push(tok, id);
+        let (text, flow) = self.filter.push(&text);
+        (self.parser.push(&text), flow)
+    }
+
+    /// Ends the stream: the held-back rest and the tool calls.
+    pub fn finish(&mut self, tok: &Tokenizer) -> (Delta, Vec<ToolCall>) {
+        let mut rest = String::new();
+        if !self.filter.stopped() {
+            let tail = self.tokens.flush(tok);
+            rest = self.filter.push(&tail).0;
+            if !self.filter.stopped() {
+                rest.push_str(&self.filter.finish());
+            }
+        }
+        let mut delta = self.parser.push(&rest);
+        let (last, calls) = self.parser.finish();
+        delta.append(last);
+        (delta, calls)
+    }
 }
 
 #[cfg(test)]
@@ -147,14 +209,13 @@ mod tests {
                 return (out, true);
             }
         }
-        let (rest, _) = filter.finish();
-        out.push_str(&rest);
+        out.push_str(&filter.finish());
         (out, false)
     }
 
     #[test]
     fn stop_string_spanning_pieces_ends_the_text() {
-        let mut f = TextFilter::new(vec!["END".into()], None);
+        let mut f = TextFilter::new(vec!["END".into()]);
         assert_eq!(
             run(&mut f, &["Paris is", " the E", "N", "D of it"]),
             ("Paris is the ".to_string(), true)
@@ -163,33 +224,26 @@ mod tests {
 
     #[test]
     fn held_back_prefix_is_released_when_it_does_not_complete() {
-        let mut f = TextFilter::new(vec!["\n\n".into()], None);
+        let mut f = TextFilter::new(vec!["\n\n".into()]);
         let (t, _) = f.push("a\n");
         assert_eq!(t, "a");
         let (t, _) = f.push("b");
         assert_eq!(t, "\nb");
-        assert_eq!(f.finish().0, "");
+        assert_eq!(f.finish(), "");
     }
 
     #[test]
     fn earliest_stop_wins_and_multibyte_is_safe() {
-        let mut f = TextFilter::new(vec!["é!".into(), "b".into()], None);
+        let mut f = TextFilter::new(vec!["é!".into(), "b".into()]);
         assert_eq!(run(&mut f, &["aé", "!b"]), ("a".to_string(), true));
     }
 
     #[test]
-    fn tool_marker_captures_the_rest() {
-        let mut f = TextFilter::new(vec![], Some("<tool_call>"));
-        let (out, stopped) = run(&mut f, &["Sure. <tool", "_call>\n{\"name\"", ": 1}"]);
-        assert!(!stopped);
-        assert_eq!(out, "Sure. ");
-        let mut f = TextFilter::new(vec![], Some("<tool_call>"));
-        for p in ["x<tool_call>{", "}</tool_call>"] {
-            f.push(p);
-        }
-        assert_eq!(
-            f.finish(),
-            (String::new(), Some("<tool_call>{}</tool_call>".into()))
-        );
+    fn markers_are_found_and_partial_ones_held_back() {
+        assert_eq!(find_marker("ab<x>c<y>", &["<y>", "<x>"]), Some((2, 1)));
+        assert_eq!(find_marker("abc", &["<y>", ""]), None);
+        assert_eq!(partial_tail("text <tool_", &["<tool_call>"]), 6);
+        assert_eq!(partial_tail("text <tool_call>", &["<tool_call>"]), 0);
+        assert_eq!(partial_tail("é<", &["<é>"]), 1);
     }
 }

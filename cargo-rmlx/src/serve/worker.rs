@@ -24,15 +24,16 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::api::ConstraintRequest;
 use super::metrics::Metrics;
 use super::scheduler::Scheduler;
-use super::text::{Flow, TextFilter};
-use super::tools::{self, ToolCall};
+use super::text::{Flow, TextStream};
+use super::tools::output::{OutputParser, OutputSpec};
+use super::tools::{Delta, ToolCall, ToolFormat};
 use crate::diagnostic::{Diagnostic, Result};
 use crate::engine::{
     DtypePolicy, GenerateOptions, GenerateOutput, Penalties, SamplerConfig, Step, StopReason,
 };
 use crate::probe::{self, ProbeOptions};
 use crate::session::{ContentTokens, Prompt, Session};
-use crate::tokenize::{StreamDecoder, Tokenizer};
+use crate::tokenize::Tokenizer;
 
 /// What a request asks the model to continue.
 #[derive(Debug, Clone)]
@@ -69,7 +70,7 @@ pub struct GenRequest {
     pub penalties: Penalties,
     /// Per-token logprobs: `Some(n)` with the `n` most likely alternatives.
     pub logprobs: Option<usize>,
-    /// Parse `<tool_call>` blocks out of the output.
+    /// Parse tool calls out of the output (tools offered, `tool_choice` not `none`).
     pub parse_tools: bool,
     /// Structured output: the grammar the output must match.
     pub constraint: Option<ConstraintRequest>,
@@ -124,10 +125,10 @@ pub enum JobError {
 pub enum Event {
     /// The prompt as the model sees it (always first).
     Prompt(Prompt),
-    /// New text (possibly empty) and the logprobs of the tokens behind it.
+    /// New output (possibly empty) and the logprobs of the tokens behind it.
     Delta {
-        /// Final text.
-        text: String,
+        /// Final answer text, reasoning and tool-call pieces.
+        delta: Delta,
         /// One entry per generated token, when logprobs were asked for.
         logprobs: Vec<TokenLogprob>,
     },
@@ -229,6 +230,8 @@ pub struct WorkerConfig {
     pub max_batch: usize,
     /// How special-token strings in messages are encoded.
     pub content_tokens: ContentTokens,
+    /// The tool-call format set in rmlx.toml (else detected from the chat template).
+    pub tool_format: Option<ToolFormat>,
     /// Counts this worker's thread while it runs (shutdown waits for it).
     pub live: LiveThreads,
 }
@@ -485,7 +488,9 @@ fn worker_main(
         return;
     }
     drop(ready);
-    Scheduler::new(&cfg.name, &session, &metrics, cfg.max_batch, &load).run(&rx);
+    let source = session.template.as_ref().map_or("", |t| t.source());
+    let spec = OutputSpec::for_template(&cfg.name, source, cfg.tool_format);
+    Scheduler::new(&cfg.name, &session, &spec, &metrics, cfg.max_batch, &load).run(&rx);
     tracing::debug!("{} v{}: retired", cfg.name, cfg.version);
 }
 
@@ -521,9 +526,20 @@ enum Halt {
     Timeout,
 }
 
+/// How a request's output is parsed: chat requests by the model's formats, the rest as text.
+fn output_parser(spec: &OutputSpec, req: &GenRequest, prompt: &Prompt) -> OutputParser {
+    match &req.prompt {
+        PromptInput::Chat { tools, .. } => {
+            let tools = tools.as_ref().filter(|_| req.parse_tools);
+            OutputParser::chat(spec, tools, &prompt.text)
+        }
+        PromptInput::Text(_) | PromptInput::Ids(_) => OutputParser::plain(),
+    }
+}
+
 /// One request on the worker thread: what it asked for, where its output goes, and the
-/// text state between the model's steps and the client (detokenizer, stop strings, tool-call
-/// capture). The scheduler owns its [`crate::engine::Sequence`]; this owns everything else.
+/// text state between the model's steps and the client ([`TextStream`]: detokenizer, stop
+/// strings, its own reasoning and tool-call parser). The scheduler owns its [`crate::engine::Sequence`]; this owns everything else.
 pub(super) struct Stream {
     req: GenRequest,
     cancel: Arc<AtomicBool>,
@@ -531,8 +547,7 @@ pub(super) struct Stream {
     arrived: Instant,
     events: UnboundedSender<Event>,
     eos_ids: Vec<u32>,
-    decoder: StreamDecoder,
-    filter: TextFilter,
+    text: TextStream,
     halt: Option<Halt>,
     first_token: Option<Duration>,
     generated: usize,
@@ -546,6 +561,7 @@ impl Stream {
     pub(super) fn open(
         name: &str,
         session: &Session,
+        spec: &OutputSpec,
         job: Job,
         metrics: &Metrics,
     ) -> Option<(Self, Vec<u32>, GenerateOptions)> {
@@ -588,6 +604,7 @@ impl Stream {
         };
         let prompt_tokens = prompt.ids.len();
         let ids = prompt.ids.clone();
+        let parser = output_parser(spec, &req, &prompt);
         if events.send(Event::Prompt(prompt)).is_err() {
             metrics.cancelled(name, "client-gone");
             return None;
@@ -602,10 +619,8 @@ impl Stream {
             penalties: req.penalties.clone(),
             constraint,
         };
-        let marker = req.parse_tools.then_some(tools::TOOL_CALL_START);
         let stream = Self {
-            decoder: session.tokenizer.stream_decoder(true),
-            filter: TextFilter::new(req.stop.clone(), marker),
+            text: TextStream::new(&session.tokenizer, req.stop.clone(), parser),
             req,
             cancel,
             deadline,
@@ -649,14 +664,7 @@ impl Stream {
             return ControlFlow::Continue(());
         }
         self.generated += 1;
-        let text = match self.decoder.push(tok, step.id) {
-            Ok(t) => t.unwrap_or_default(),
-            Err(e) => {
-                tracing::warn!("detokenizing failed: {e}");
-                String::new()
-            }
-        };
-        let (text, flow) = self.filter.push(&text);
+        let (delta, flow) = self.text.push(tok, step.id);
         let piece = |id: u32| tok.decode(&[id], false).unwrap_or_default();
         let logprobs = match self.req.logprobs {
             Some(n) => vec![TokenLogprob {
@@ -672,8 +680,8 @@ impl Stream {
             }],
             None => Vec::new(),
         };
-        if (!text.is_empty() || !logprobs.is_empty())
-            && self.events.send(Event::Delta { text, logprobs }).is_err()
+        if (!delta.is_empty() || !logprobs.is_empty())
+            && self.events.send(Event::Delta { delta, logprobs }).is_err()
         {
             self.halt = Some(Halt::ClientGone);
             return ControlFlow::Break(());
@@ -717,36 +725,16 @@ impl Stream {
             }
             _ => {}
         }
-        let halt = self.halt;
-        // The text still held back: the decoder's tail, then whatever waited for a marker.
-        let mut tail = String::new();
-        if halt != Some(Halt::StopString) {
-            if let Ok(Some(rest)) = self.decoder.flush(tok) {
-                tail = self.filter.push(&rest).0;
-            }
-        }
-        let (held, captured) = self.filter.finish();
-        if !self.filter.stopped() {
-            tail.push_str(&held);
-        }
-        let mut finish = match (halt, out.stop) {
+        // The text still held back (the decoder's tail, a marker that never completed).
+        let (tail, tool_calls) = self.text.finish(tok);
+        let finish = match (self.halt, out.stop) {
+            _ if !tool_calls.is_empty() => Finish::ToolCalls,
             (Some(Halt::StopString), _) | (_, StopReason::Eos) => Finish::Stop,
             _ => Finish::Length,
         };
-        let mut tool_calls = Vec::new();
-        if let Some(captured) = captured {
-            match tools::parse(&captured) {
-                Some((calls, rest)) => {
-                    tool_calls = calls;
-                    tail.push_str(&rest);
-                    finish = Finish::ToolCalls;
-                }
-                None => tail.push_str(&captured),
-            }
-        }
         if !tail.is_empty() {
             let _ = self.events.send(Event::Delta {
-                text: tail,
+                delta: tail,
                 logprobs: Vec::new(),
             });
         }
