@@ -276,6 +276,11 @@ impl Case {
         let mut ctx = RenderContext::new(self.messages(with_answer));
         ctx.tools = Some(tools().as_array().cloned().unwrap_or_default());
         ctx.add_generation_prompt = !with_answer;
+        if !self.thinking.is_empty() {
+            // Templates whose thinking is off by default (Qwen3.5) render an empty think
+            // block after the generation prompt; a sample with reasoning turns it on.
+            ctx.kwargs.insert("enable_thinking".into(), Value::Bool(true));
+        }
         ctx.special_tokens
             .insert("bos_token".into(), self.special.0.into());
         ctx.special_tokens
