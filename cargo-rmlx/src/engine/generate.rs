@@ -3,6 +3,7 @@
 //! (max |logit|, non-finite count), stopping at EOS (unless ignored) or the token budget.
 //! [`generate_cancellable`] also asks, between prefill chunks, whether the run is still
 //! wanted (the server's client may be gone or its deadline past before the first token).
+//! [`generate_from`] starts from a cache already holding a prompt prefix (the prompt cache).
 
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::Array;
 
+use super::cache::Cache;
 use super::penalty::{Penalties, PenaltyState};
 use super::sample::{top_k, Sampler, SamplerConfig};
 use super::Model;
@@ -90,6 +92,8 @@ pub struct GenerateOutput {
     pub prefill: Duration,
     /// Time spent on the remaining steps.
     pub decode: Duration,
+    /// Prompt tokens taken from a cache instead of being run (see [`generate_from`]).
+    pub cached_tokens: usize,
 }
 
 impl GenerateOutput {
@@ -118,8 +122,46 @@ pub fn generate_cancellable(
     prompt_ids: &[u32],
     opts: &GenerateOptions,
     cancelled: impl Fn() -> bool,
-    mut on_step: impl FnMut(&Step) -> ControlFlow<()>,
+    on_step: impl FnMut(&Step) -> ControlFlow<()>,
 ) -> Result<GenerateOutput> {
+    let start = Start::fresh(model);
+    generate_from(model, prompt_ids, opts, start, cancelled, on_step).map(|(out, _)| out)
+}
+
+/// Where a generation starts (the prompt cache's entry, `engine::prefix_cache`): a cache
+/// already holding the first `cache.offset` prompt tokens, and prompt lengths at which
+/// `on_mark` sees the cache during the prefill (the prefill is cut there).
+pub struct Start<'a> {
+    /// The state after the first `cache.offset` prompt tokens.
+    pub cache: Cache,
+    /// Prompt lengths after which `on_mark` is called.
+    pub marks: Vec<usize>,
+    /// Sees the cache at each mark: `(length, cache)`.
+    pub on_mark: Box<dyn FnMut(usize, &Cache) + 'a>,
+}
+
+impl Start<'_> {
+    /// An empty cache, no marks.
+    pub fn fresh(model: &Model) -> Self {
+        Self {
+            cache: model.net.new_cache(),
+            marks: Vec::new(),
+            on_mark: Box::new(|_, _| {}),
+        }
+    }
+}
+
+/// [`generate_cancellable`] from `start`: only the prompt tokens from `start.cache.offset`
+/// on are run. Returns the cache as the run left it too (it holds `cache.offset` tokens:
+/// the prompt, then the generated ids fed back so far).
+pub fn generate_from(
+    model: &Model,
+    prompt_ids: &[u32],
+    opts: &GenerateOptions,
+    start: Start<'_>,
+    cancelled: impl Fn() -> bool,
+    mut on_step: impl FnMut(&Step) -> ControlFlow<()>,
+) -> Result<(GenerateOutput, Cache)> {
     if prompt_ids.is_empty() {
         return Err(Diagnostic::error(
             "rmlx::generate::empty-prompt",
@@ -170,32 +212,55 @@ pub fn generate_cancellable(
     let mut sampler = Sampler::new(opts.sampler);
     let mut penalties = PenaltyState::new(&opts.penalties, prompt_ids);
     let mut adjusted = Vec::new();
-    let mut cache = model.net.new_cache();
+    let Start {
+        mut cache,
+        marks,
+        mut on_mark,
+    } = start;
+    let cached_tokens = cache.offset;
+    if cached_tokens >= prompt_ids.len() {
+        return Err(Diagnostic::error(
+            "rmlx::engine::resume",
+            format!(
+                "a generation resumed after {cached_tokens} of {} prompt tokens (internal \
+                 error: at least one prompt token must be run)",
+                prompt_ids.len()
+            ),
+        ));
+    }
     let started = Instant::now();
     let mut logits = None;
-    for (i, chunk) in prompt_ids.chunks(PREFILL_CHUNK).enumerate() {
+    for (i, span) in prefill_spans(cached_tokens, prompt_ids.len(), &marks)
+        .into_iter()
+        .enumerate()
+    {
         if i > 0 && cancelled() {
             tracing::debug!(
                 "prefill cancelled after {} of {} tokens",
-                i * PREFILL_CHUNK,
+                span.start,
                 prompt_ids.len()
             );
-            return Ok(GenerateOutput {
+            let out = GenerateOutput {
                 prompt_ids: prompt_ids.to_vec(),
                 steps: Vec::new(),
                 stop: StopReason::Stopped,
                 prefill: started.elapsed(),
                 decode: Duration::ZERO,
-            });
+                cached_tokens,
+            };
+            return Ok((out, cache));
         }
-        let ids: Vec<i32> = chunk.iter().map(|&t| t as i32).collect();
+        let ids: Vec<i32> = prompt_ids[span.clone()].iter().map(|&t| t as i32).collect();
         let input = Array::from_slice(&ids, &[1, ids.len() as i32]);
         let out = model.net.forward_last(&input, &mut cache)?;
         // Materialise the cache so the next chunk's graph does not hold this one.
         out.eval()?;
+        if marks.contains(&span.end) {
+            on_mark(span.end, &cache);
+        }
         logits = Some(out);
     }
-    let logits = logits.expect("prompt is non-empty");
+    let logits = logits.expect("at least one prompt token runs");
     let mut prefill = Duration::ZERO;
     let mut steps = Vec::with_capacity(max_tokens);
     let mut stop = StopReason::Length;
@@ -267,13 +332,34 @@ pub fn generate_cancellable(
         }
     }
     let decode = started.elapsed().saturating_sub(prefill);
-    Ok(GenerateOutput {
+    let out = GenerateOutput {
         prompt_ids: prompt_ids.to_vec(),
         steps,
         stop,
         prefill,
         decode,
-    })
+        cached_tokens,
+    };
+    Ok((out, cache))
+}
+
+/// The prefill's forward passes over prompt positions `from..len`: pieces of at most
+/// [`PREFILL_CHUNK`] tokens, also cut at every mark inside the range.
+fn prefill_spans(from: usize, len: usize, marks: &[usize]) -> Vec<std::ops::Range<usize>> {
+    let mut cuts: Vec<usize> = (from..len)
+        .step_by(PREFILL_CHUNK)
+        .skip(1)
+        .chain(marks.iter().copied().filter(|&m| m > from && m < len))
+        .collect();
+    cuts.sort_unstable();
+    cuts.dedup();
+    let mut spans = Vec::with_capacity(cuts.len() + 1);
+    let mut start = from;
+    for end in cuts.into_iter().chain([len]) {
+        spans.push(start..end);
+        start = end;
+    }
+    spans
 }
 
 /// A greedy step evaluated on the device: the arg-max token and the numbers of its

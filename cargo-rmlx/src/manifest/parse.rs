@@ -10,7 +10,7 @@ use toml::Spanned;
 
 use super::{
     mode_defaults, supported, Dtype, Manifest, ModelDecl, ModuleOverride, ProbeDecl, QuantSpec,
-    Quantize, ServeDecl, DEFAULT_HOST, DEFAULT_PORT,
+    Quantize, ServeDecl, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_PROMPT_CACHE_MB,
 };
 use crate::diagnostic::{Diagnostic, Result};
 use crate::snapshot::{QuantMode, QuantParams};
@@ -484,7 +484,11 @@ fn probe(ctx: &Ctx<'_>, name: &str, v: &Value<'_>) -> Result<ProbeDecl> {
 
 fn serve(ctx: &Ctx<'_>, v: &Value<'_>) -> Result<ServeDecl> {
     let t = ctx.table("serve", v)?;
-    ctx.known_keys(t, &["host", "port", "content-special-tokens"], "[serve]")?;
+    ctx.known_keys(
+        t,
+        &["host", "port", "content-special-tokens", "prompt-cache-mb"],
+        "[serve]",
+    )?;
     let host = match t.get("host") {
         Some(v) => {
             let h = ctx.string("host", v)?;
@@ -516,9 +520,24 @@ fn serve(ctx: &Ctx<'_>, v: &Value<'_>) -> Result<ServeDecl> {
             .ok_or_else(|| ctx.wrong_type("content-special-tokens", "a boolean", v))?,
         None => false,
     };
+    let prompt_cache_mb = match t.get("prompt-cache-mb") {
+        Some(v) => {
+            let n = ctx.integer("prompt-cache-mb", v)?;
+            u64::try_from(n).map_err(|_| {
+                ctx.err(
+                    CODE_VALUE,
+                    format!("prompt-cache-mb {n} is negative"),
+                    v.span(),
+                    "expected MiB, 0 for off",
+                )
+            })?
+        }
+        None => DEFAULT_PROMPT_CACHE_MB,
+    };
     Ok(ServeDecl {
         host,
         port,
         content_special_tokens,
+        prompt_cache_mb,
     })
 }

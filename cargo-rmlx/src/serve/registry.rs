@@ -126,6 +126,8 @@ pub struct LoadSettings {
     pub queue_depth: usize,
     /// How special-token strings in messages are encoded.
     pub content_tokens: crate::session::ContentTokens,
+    /// Byte budget of each loaded version's prompt cache (0: off).
+    pub prompt_cache_bytes: usize,
 }
 
 /// Why a reload happens.
@@ -358,6 +360,7 @@ impl Registry {
             }),
             queue_depth: self.settings.queue_depth,
             content_tokens: self.settings.content_tokens,
+            prompt_cache_bytes: self.settings.prompt_cache_bytes,
             live: self.live.clone(),
         };
         match Worker::start(cfg, self.metrics.clone()) {

@@ -24,7 +24,8 @@ use super::text::{Flow, TextFilter};
 use super::tools::{self, ToolCall};
 use crate::diagnostic::{Diagnostic, Result};
 use crate::engine::{
-    generate_cancellable, DtypePolicy, GenerateOptions, Penalties, SamplerConfig, StopReason,
+    generate_cached, DtypePolicy, GenerateOptions, Penalties, PrefixCache, SamplerConfig,
+    StopReason,
 };
 use crate::probe::{self, ProbeOptions};
 use crate::session::{ContentTokens, Prompt, Session};
@@ -134,6 +135,8 @@ pub enum Event {
         prompt_tokens: usize,
         /// Generated tokens (EOS not counted).
         completion_tokens: usize,
+        /// Prompt tokens taken from the prompt cache.
+        cached_tokens: usize,
     },
     /// The request failed.
     Error(JobError),
@@ -220,6 +223,8 @@ pub struct WorkerConfig {
     pub queue_depth: usize,
     /// How special-token strings in messages are encoded.
     pub content_tokens: ContentTokens,
+    /// Byte budget of this version's prompt cache (0: off).
+    pub prompt_cache_bytes: usize,
     /// Counts this worker's thread while it runs (shutdown waits for it).
     pub live: LiveThreads,
 }
@@ -447,10 +452,13 @@ fn worker_main(
         return;
     }
     drop(ready);
+    // prompt cache: one per loaded version, on this thread (a reload starts empty)
+    let mut prompt_cache = PrefixCache::new(cfg.prompt_cache_bytes);
     while let Ok(job) = rx.recv() {
         metrics.queue_delta(&cfg.name, -1);
         metrics.running_delta(&cfg.name, 1);
-        run_job(&cfg.name, &session, job, &metrics);
+        run_job(&cfg.name, &session, job, &metrics, &mut prompt_cache);
+        metrics.prompt_cache(&cfg.name, &mut prompt_cache); // prompt cache
         metrics.running_delta(&cfg.name, -1);
     }
     tracing::debug!("{} v{}: retired", cfg.name, cfg.version);
@@ -488,7 +496,13 @@ enum Halt {
     Timeout,
 }
 
-fn run_job(name: &str, session: &Session, job: Job, metrics: &Metrics) {
+fn run_job(
+    name: &str,
+    session: &Session,
+    job: Job,
+    metrics: &Metrics,
+    prompt_cache: &mut PrefixCache,
+) {
     let Job {
         req,
         cancel,
@@ -536,7 +550,8 @@ fn run_job(name: &str, session: &Session, job: Job, metrics: &Metrics) {
     let mut generated = 0usize;
     let piece = |id: u32| tok.decode(&[id], false).unwrap_or_default();
     let gone = || Instant::now() >= deadline || cancel.load(Ordering::Relaxed);
-    let result = generate_cancellable(&session.model, &ids, &opts, gone, |step| {
+    let model = &session.model;
+    let result = generate_cached(model, prompt_cache, &ids, &opts, gone, |step| {
         if first_token.is_none() {
             first_token = Some(arrived.elapsed());
         }
@@ -655,6 +670,7 @@ fn run_job(name: &str, session: &Session, job: Job, metrics: &Metrics) {
         tool_calls,
         prompt_tokens,
         completion_tokens: generated,
+        cached_tokens: out.cached_tokens,
     });
 }
 
