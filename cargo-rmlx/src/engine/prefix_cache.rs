@@ -295,3 +295,143 @@ fn held_tokens(prompt: &[u32], generated: &[u32], offset: usize) -> Vec<u32> {
         .copied()
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ops::ControlFlow;
+    use std::path::Path;
+
+    use super::{generate_cached, PrefixCache};
+    use crate::engine::{generate, DtypePolicy, GenerateOptions, GenerateOutput, Model, Step};
+    use crate::snapshot::Snapshot;
+
+    /// Vocabulary of the tiny test models: `top = VOCAB` records every logit of a step.
+    const VOCAB: usize = 40;
+    const TURN1: [u32; 10] = [3, 17, 1, 29, 4, 11, 38, 0, 22, 5];
+
+    fn load(write: impl Fn(&Path)) -> (tempfile::TempDir, Model) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path());
+        let snap = Snapshot::open(dir.path()).expect("open tiny model");
+        let model = Model::load(&snap, DtypePolicy::Float32).expect("load tiny model");
+        (dir, model)
+    }
+
+    fn opts(max_tokens: usize) -> GenerateOptions {
+        GenerateOptions {
+            max_tokens,
+            ignore_eos: true,
+            top: VOCAB,
+            ..GenerateOptions::default()
+        }
+    }
+
+    /// Step 0's logits by token id.
+    fn logits(out: &GenerateOutput) -> Vec<f32> {
+        let mut l = vec![f32::NAN; VOCAB];
+        for &(id, v) in &out.steps[0].top {
+            l[id as usize] = v;
+        }
+        l
+    }
+
+    /// Runs `prompt` through `store` and cold; asserts the same tokens and step-0 logits
+    /// within 1e-4; returns the generated ids and the cached token count.
+    fn run(model: &Model, store: &mut PrefixCache, prompt: &[u32]) -> (Vec<u32>, usize) {
+        let keep = |_: &Step| ControlFlow::Continue(());
+        let warm = generate_cached(model, store, prompt, &opts(3), || false, keep).expect("warm");
+        let cold = generate(model, prompt, &opts(3), keep).expect("cold");
+        assert_eq!(warm.ids(), cold.ids(), "tokens after {prompt:?}");
+        let worst = logits(&warm)
+            .iter()
+            .zip(logits(&cold))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst < 1e-4,
+            "step-0 logits after {prompt:?} ({} cached) differ from a cold run by {worst}",
+            warm.cached_tokens
+        );
+        (warm.ids(), warm.cached_tokens)
+    }
+
+    /// Two turns of a conversation, then two prompts sharing only the first 6 tokens.
+    /// `exact_only`: the model has layers resumable only at the length stored.
+    fn conversation(model: &Model, exact_only: bool) {
+        let mut store = PrefixCache::new(1 << 30);
+        let (out1, cached) = run(model, &mut store, &TURN1);
+        assert_eq!(cached, 0, "nothing stored yet");
+        // The next turn: the first prompt, the reply (3 ids, all but the last fed back),
+        // new tokens.
+        let mut turn2 = TURN1.to_vec();
+        turn2.extend(&out1[..2]);
+        turn2.extend([7, 9, 12]);
+        let (_, cached) = run(model, &mut store, &turn2);
+        assert_eq!(
+            cached,
+            TURN1.len() + 2,
+            "the first turn's final state resumes"
+        );
+        let branch = |tail: &[u32]| [&TURN1[..6], tail].concat();
+        let (_, cached) = run(model, &mut store, &branch(&[30, 31, 2]));
+        // A full window or a recurrent state cannot be cut back to 6 tokens: the prefill
+        // stops there and stores a snapshot instead.
+        assert_eq!(cached, if exact_only { 0 } else { 6 });
+        let (_, cached) = run(model, &mut store, &branch(&[8, 8, 9, 1]));
+        assert_eq!(cached, 6, "the shared 6 tokens resume");
+        let counts = store.take_counts();
+        assert_eq!(counts.hits, if exact_only { 2 } else { 3 });
+    }
+
+    #[test]
+    fn global_kv_cache_resumes_at_any_prefix_like_a_cold_run() {
+        let (_dir, model) = load(|d| crate::engine::tests::write_tiny_llama(d, 1));
+        conversation(&model, false);
+    }
+
+    #[test]
+    fn sliding_window_cache_resumes_only_where_stored_like_a_cold_run() {
+        let (_dir, model) = load(|d| crate::engine::tests::write_tiny_gemma3(d, 4));
+        conversation(&model, true);
+    }
+
+    #[test]
+    fn recurrent_cache_resumes_only_where_stored_like_a_cold_run() {
+        let (_dir, model) = load(crate::arch::qwen3_5::tests::write_tiny);
+        conversation(&model, true);
+    }
+
+    #[test]
+    fn a_tiny_budget_evicts_the_least_recently_used_state() {
+        let (_dir, model) = load(|d| crate::engine::tests::write_tiny_llama(d, 1));
+        let prompt = |first: u32| [&[first][..], &TURN1[1..]].concat();
+        // One stored state's size (buffers grow in fixed steps: every short state is alike).
+        let mut probe = PrefixCache::new(1 << 30);
+        run(&model, &mut probe, &prompt(1));
+        let one = probe.bytes();
+        assert!(one > 0 && probe.len() == 1);
+
+        let mut store = PrefixCache::new(one * 5 / 2);
+        run(&model, &mut store, &prompt(1));
+        run(&model, &mut store, &prompt(2));
+        assert_eq!(
+            run(&model, &mut store, &prompt(1)).1,
+            TURN1.len() - 1,
+            "A hits"
+        );
+        run(&model, &mut store, &prompt(3)); // evicts B, the least recently used
+        let counts = store.take_counts();
+        assert_eq!(counts.evictions, 1);
+        assert!(store.bytes() <= one * 5 / 2 && store.len() == 2);
+        assert_eq!(run(&model, &mut store, &prompt(2)).1, 0, "B was evicted");
+
+        let mut none = PrefixCache::new(one - 1);
+        run(&model, &mut none, &prompt(1));
+        assert_eq!(
+            (none.len(), none.bytes()),
+            (0, 0),
+            "a state over budget is not kept"
+        );
+        assert_eq!(run(&model, &mut none, &prompt(1)).1, 0);
+    }
+}

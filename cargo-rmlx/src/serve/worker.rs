@@ -4,7 +4,9 @@
 //! loads the [`Session`], probes it, and then runs every generation for it, one at a time,
 //! from a bounded queue ([`Worker::submit`] refuses work beyond the bound). Results stream
 //! back to the HTTP side as [`Event`]s over a tokio channel. A request's cancel flag
-//! (client gone) and deadline are checked between prefill chunks and between tokens.
+//! (client gone) and deadline are checked between prefill chunks and between tokens. The
+//! thread also owns the version's prompt cache (`engine::prefix_cache`): a reload starts with
+//! an empty one.
 //!
 //! When the last handle to a worker is dropped (the model was hot-swapped), its queue
 //! closes: the thread finishes the requests already queued, then exits and frees the model.
