@@ -128,6 +128,9 @@ pub fn generate_cancellable(
     generate_from(model, prompt_ids, opts, start, cancelled, on_step).map(|(out, _)| out)
 }
 
+/// Sees the cache at a prompt length marked in [`Start`].
+pub type OnMark<'a> = Box<dyn FnMut(usize, &Cache) + 'a>;
+
 /// Where a generation starts (the prompt cache's entry, `engine::prefix_cache`): a cache
 /// already holding the first `cache.offset` prompt tokens, and prompt lengths at which
 /// `on_mark` sees the cache during the prefill (the prefill is cut there).
@@ -137,7 +140,7 @@ pub struct Start<'a> {
     /// Prompt lengths after which `on_mark` is called.
     pub marks: Vec<usize>,
     /// Sees the cache at each mark: `(length, cache)`.
-    pub on_mark: Box<dyn FnMut(usize, &Cache) + 'a>,
+    pub on_mark: OnMark<'a>,
 }
 
 impl Start<'_> {
