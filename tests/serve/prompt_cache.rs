@@ -91,7 +91,11 @@ fn second_turn_resumes_the_first_and_answers_like_a_cold_server() {
     let warm = Server::model(&["--no-probe"]);
     let cold = Server::model(&["--no-probe", "--prompt-cache-mb", "0"]);
     let first = json!({"role": "user", "content": format!("{} Which room holds the most books?", history())});
-    let (reply, usage1, ttft1) = ask(&warm, MODEL_NAME, &chat(MODEL_NAME, &[first.clone()], 8));
+    let (reply, usage1, ttft1) = ask(
+        &warm,
+        MODEL_NAME,
+        &chat(MODEL_NAME, std::slice::from_ref(&first), 8),
+    );
     assert_eq!(
         cached_tokens(&usage1),
         0,
@@ -188,7 +192,11 @@ fn qwen_second_turn_answers_like_a_cold_server() {
     let warm = start(&[]);
     let cold = start(&["--prompt-cache-mb", "0"]);
     let first = json!({"role": "user", "content": "Write a Python function that returns the sum of the squares of a list of integers."});
-    let (reply, _, _) = ask(&warm, "qwen", &chat("qwen", &[first.clone()], 12));
+    let (reply, _, _) = ask(
+        &warm,
+        "qwen",
+        &chat("qwen", std::slice::from_ref(&first), 12),
+    );
     let turn2 = second_turn(&first, &reply, "Now make it skip negative numbers.");
     let body2 = chat("qwen", &turn2, 12);
     let (warm_text, usage, _) = ask(&warm, "qwen", &body2);
