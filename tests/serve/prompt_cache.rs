@@ -211,15 +211,11 @@ fn a_tiny_budget_evicts_and_stays_within_it() {
     let s = Server::model(&["--no-probe", "--prompt-cache-mb", "16"]);
     let label = format!("model=\"{MODEL_NAME}\"");
     let gauge = |name: &str| s.metric(name, &[&label]);
-    let (_, _, _) = ask(
-        &s,
-        MODEL_NAME,
-        &chat(
-            MODEL_NAME,
-            &[json!({"role": "user", "content": "Name a colour."})],
-            4,
-        ),
-    );
+    let say = |content: &str| {
+        let user = json!({"role": "user", "content": content});
+        ask(&s, MODEL_NAME, &chat(MODEL_NAME, &[user], 4))
+    };
+    say("Name a colour.");
     assert_eq!(
         gauge("rmlx_prompt_cache_entries"),
         1.0,
@@ -230,15 +226,7 @@ fn a_tiny_budget_evicts_and_stays_within_it() {
         one > budget_mb * 1048576.0 / 2.0,
         "two states of {one} bytes fit: no eviction to test"
     );
-    let (_, _, _) = ask(
-        &s,
-        MODEL_NAME,
-        &chat(
-            MODEL_NAME,
-            &[json!({"role": "user", "content": "Name a fruit."})],
-            4,
-        ),
-    );
+    say("Name a fruit.");
     assert_eq!(gauge("rmlx_prompt_cache_evictions_total"), 1.0);
     assert_eq!(gauge("rmlx_prompt_cache_entries"), 1.0);
     assert!(gauge("rmlx_prompt_cache_bytes") <= budget_mb * 1048576.0);
