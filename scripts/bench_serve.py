@@ -1,5 +1,10 @@
 #!/usr/bin/env python3
-"""Load generator for OpenAI-compatible servers: `cargo rmlx serve` next to `mlx_lm.server`.
+"""Load generator for OpenAI-compatible servers: `cargo rmlx serve` next to `mlx_lm.server`
+(its batch generation on: `--decode-concurrency`) and llama.cpp's server as
+llama-cpp-python runs it (`python -m llama_cpp.server`, the GGUF the model directory was
+converted from; that server runs one request at a time — it has no parallel slots — and
+is started with `--interrupt_requests False` so requests queue instead of cutting each
+other off).
 
 Starts each server on a free loopback port with the same model directory, waits until it
 answers, then for each concurrency level runs that many clients, each sending streaming
@@ -9,7 +14,10 @@ prints one markdown table row per server and level:
 - TTFT: time from sending the request to the first content chunk (queue wait included);
 - decode tok/s: per request, (completion tokens - 1) / (last chunk - first content chunk);
 - request latency p50 / p99;
-- throughput: completion tokens of all requests / wall time of the level.
+- throughput (aggregate tok/s): completion tokens of all requests / wall time of the level.
+
+After the table, ratios: each server's aggregate throughput at each level against its own
+single stream, and rmlx's against each other server at the same level.
 
 Every request has its own prompt (a number in front of the question), so a server's prompt
 cache only ever helps with the shared template prefix. Only loopback addresses are used;
@@ -18,7 +26,13 @@ every loop is bounded.
 usage:
   python3 scripts/bench_serve.py --model target/test-models/smollm2-q4 \
       --rmlx-bin target/release/cargo-rmlx --mlx-lm-python target/oracle-venv/bin/python \
-      [--clients 1,4,16] [--requests 16] [--max-tokens 32] [--json out.json]
+      [--concurrency 1,4,16] [--requests 16] [--max-tokens 32] [--max-batch 8] \
+      [--servers rmlx,mlx-lm,llama-cpp --gguf model.gguf --llama-python target/llama-venv/bin/python \
+       --llama-pythonpath DIR] [--json out.json]
+
+llama-cpp-python's server needs its `[server]` extras (uvicorn, fastapi, sse-starlette,
+starlette-context, pydantic-settings); `--llama-pythonpath` adds a directory holding them
+(`pip install --target DIR …`) without touching the venv.
 
 Only the standard library is needed for the client side.
 """
@@ -45,14 +59,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_ready(port, proc, timeout=600):
+def wait_ready(port, proc, timeout=600, path="/health"):
     start = time.time()
     while time.time() - start < timeout:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         try:
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            c.request("GET", "/health")
+            c.request("GET", path)
             r = c.getresponse()
             r.read()
             if r.status == 200:
@@ -166,14 +180,56 @@ def run_level(port, model, clients, total, max_tokens, offset):
 
 def start_rmlx(args, port, log):
     cmd = [args.rmlx_bin, "rmlx", "serve", args.model, "--host", "127.0.0.1",
-           "--port", str(port), "--queue-depth", "64"]
+           "--port", str(port), "--queue-depth", "64", "--no-probe"]
+    if args.max_batch:
+        cmd += ["--max-batch", str(args.max_batch)]
     return subprocess.Popen(cmd, stdout=log, stderr=log), os.path.basename(os.path.normpath(args.model))
 
 
 def start_mlx_lm(args, port, log):
     cmd = [args.mlx_lm_python, "-m", "mlx_lm", "server", "--model", args.model,
-           "--host", "127.0.0.1", "--port", str(port)]
+           "--host", "127.0.0.1", "--port", str(port),
+           "--decode-concurrency", str(max(levels_of(args)))]
     return subprocess.Popen(cmd, stdout=log, stderr=log), args.model
+
+
+def start_llama_cpp(args, port, log):
+    if not args.gguf:
+        raise SystemExit("--servers llama-cpp needs --gguf (the GGUF the model was converted from)")
+    env = dict(os.environ)
+    if args.llama_pythonpath:
+        env["PYTHONPATH"] = args.llama_pythonpath
+    threads = str(len(os.sched_getaffinity(0)))
+    cmd = [args.llama_python, "-m", "llama_cpp.server", "--model", args.gguf,
+           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096",
+           "--n_threads", threads, "--n_threads_batch", threads,
+           "--interrupt_requests", "False", "--model_alias", "gguf"]
+    return subprocess.Popen(cmd, stdout=log, stderr=log, env=env), "gguf"
+
+
+STARTERS = {"rmlx": start_rmlx, "mlx-lm": start_mlx_lm, "llama-cpp": start_llama_cpp}
+
+
+def levels_of(args):
+    return [int(x) for x in args.clients.split(",")]
+
+
+def print_ratios(rows):
+    """Each server against its own single stream; rmlx against the others per level."""
+    by = {(r["server"], r["clients"]): r["throughput_tps"] for r in rows}
+    servers = sorted({r["server"] for r in rows}, key=lambda s: (s != "rmlx", s))
+    levels = sorted({r["clients"] for r in rows})
+    print()
+    for s in servers:
+        base = by.get((s, levels[0]))
+        parts = [f"{c}: {by[(s, c)] / base:.2f}x" for c in levels if (s, c) in by and base]
+        print(f"{s} aggregate vs its {levels[0]} stream(s): " + ", ".join(parts))
+    for other in servers:
+        if other == "rmlx":
+            continue
+        parts = [f"{c}: {by[('rmlx', c)] / by[(other, c)]:.2f}x" for c in levels
+                 if ("rmlx", c) in by and by.get((other, c))]
+        print(f"rmlx / {other} aggregate: " + ", ".join(parts))
 
 
 def main():
@@ -181,21 +237,26 @@ def main():
     ap.add_argument("--model", required=True)
     ap.add_argument("--rmlx-bin", default="target/release/cargo-rmlx")
     ap.add_argument("--mlx-lm-python", default="target/oracle-venv/bin/python")
-    ap.add_argument("--clients", default="1,4,16")
+    ap.add_argument("--clients", "--concurrency", dest="clients", default="1,4,16")
+    ap.add_argument("--max-batch", type=int, help="rmlx's --max-batch (default: its own)")
+    ap.add_argument("--gguf", help="GGUF for llama-cpp (the file the model was converted from)")
+    ap.add_argument("--llama-python", default="target/llama-venv/bin/python")
+    ap.add_argument("--llama-pythonpath", help="extra PYTHONPATH with llama_cpp.server's extras")
     ap.add_argument("--requests", type=int, default=16, help="requests per level (≥ clients)")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--servers", default="rmlx,mlx-lm")
     ap.add_argument("--json")
     args = ap.parse_args()
-    levels = [int(x) for x in args.clients.split(",")]
+    levels = levels_of(args)
     rows = []
     for name in args.servers.split(","):
         port = free_port()
         log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)
-        start = start_rmlx if name == "rmlx" else start_mlx_lm
+        start = STARTERS[name]
         proc, model = start(args, port, log)
         try:
-            wait_ready(port, proc)
+            # llama-cpp-python's server has no /health; its model list answers once loaded.
+            wait_ready(port, proc, path="/v1/models" if name == "llama-cpp" else "/health")
             one_request(port, model, 0, 4)  # warm-up
             for li, c in enumerate(levels):
                 total = max(args.requests, c)
@@ -219,6 +280,7 @@ def main():
             f"{r['ttft_p50']:.2f} | {r['ttft_p99']:.2f} | {r['decode_tps_mean']:.1f} | "
             f"{r['latency_p50']:.2f} | {r['latency_p99']:.2f} | {r['throughput_tps']:.1f} |"
         )
+    print_ratios(rows)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod build;
 pub mod cli;
 pub mod diagnostic;
+pub mod dist;
 pub mod editor;
 pub mod engine;
 pub mod gguf;

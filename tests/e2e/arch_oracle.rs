@@ -17,7 +17,7 @@ const GEMMA_GGUF: &str = "gemma3-270m/gemma-3-270m-Q4_K_M.gguf";
 
 /// A persistent workspace under target/test-models whose rmlx.toml declares the three
 /// builds; `cargo rmlx build` keeps them fresh between runs (fingerprints).
-fn built() -> &'static PathBuf {
+pub fn built() -> &'static PathBuf {
     static WS: OnceLock<PathBuf> = OnceLock::new();
     WS.get_or_init(|| {
         let models = models_dir();

@@ -6,6 +6,7 @@
 mod arch_oracle;
 mod bad_inputs;
 mod bench;
+mod distributed;
 mod generate;
 mod install;
 mod messages;
@@ -15,3 +16,4 @@ mod probe;
 mod support;
 mod tiny_arch;
 mod tiny_build;
+mod tiny_gguf;

@@ -2,6 +2,7 @@
 //! HTTP client (ureq), the real SmolLM2-135M-Instruct model (see `support`).
 
 mod api;
+mod batching;
 mod gate;
 mod hardening;
 mod limits;

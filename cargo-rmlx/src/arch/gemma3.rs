@@ -18,6 +18,7 @@ pub const ARCH: Architecture = Architecture {
     model_types: &["gemma3_text"],
     load,
     convert: super::convert::gemma3::CONVERT,
+    gguf: &[super::gguf::gemma3::GEMMA3],
 };
 
 fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {

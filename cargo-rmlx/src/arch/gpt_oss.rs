@@ -27,6 +27,7 @@ pub const ARCH: Architecture = Architecture {
     model_types: &["gpt_oss"],
     load,
     convert: super::convert::gpt_oss::CONVERT,
+    gguf: &[],
 };
 
 /// mlx-lm's `SwigluOAI` defaults (config.json's `swiglu_limit` is not read by mlx-lm).

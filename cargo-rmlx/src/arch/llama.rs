@@ -17,6 +17,11 @@ pub const ARCH: Architecture = Architecture {
     model_types: &["llama", "mistral", "qwen2", "qwen3"],
     load,
     convert: super::convert::llama::CONVERT,
+    gguf: &[
+        super::gguf::llama::LLAMA,
+        super::gguf::llama::QWEN2,
+        super::gguf::llama::QWEN3,
+    ],
 };
 
 /// Registry entry of SmolLM3 (the same network; its own conversion rules).
@@ -24,6 +29,7 @@ pub const SMOLLM3: Architecture = Architecture {
     model_types: &["smollm3"],
     load,
     convert: super::convert::smollm3::CONVERT,
+    gguf: &[super::gguf::llama::SMOLLM3],
 };
 
 fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {

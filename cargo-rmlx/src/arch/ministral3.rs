@@ -21,6 +21,7 @@ pub const ARCH: Architecture = Architecture {
     model_types: &["ministral3"],
     load,
     convert: super::convert::mistral3::CONVERT,
+    gguf: &[],
 };
 
 #[derive(Debug)]

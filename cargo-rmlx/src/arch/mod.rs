@@ -6,11 +6,13 @@
 //! build's conversion rules.
 //!
 //! Adding an architecture: a module here with a `pub const ARCH: Architecture`, listed in
-//! [`REGISTRY`].
+//! [`REGISTRY`]; its GGUF import (when llama.cpp defines it) is a `gguf::GgufArch` in
+//! `gguf/<family>.rs`, listed in the entry's `gguf` field.
 
 pub mod convert;
 pub mod gemma3;
 pub mod gemma4;
+pub mod gguf;
 pub mod gpt_oss;
 pub mod llama;
 pub mod ministral3;
@@ -35,6 +37,8 @@ pub struct Architecture {
     pub load: fn(&LoadCtx<'_>) -> Result<Box<dyn Network>>,
     /// How `cargo rmlx build` converts a checkpoint of this family.
     pub convert: Convert,
+    /// The GGUF architectures `cargo rmlx convert` imports as this family (empty: none).
+    pub gguf: &'static [gguf::GgufArch],
 }
 
 pub use convert::Convert;

@@ -18,6 +18,7 @@ pub const ARCH: Architecture = Architecture {
     model_types: &["olmo2"],
     load,
     convert: super::convert::olmo2::CONVERT,
+    gguf: &[super::gguf::olmo2::OLMO2],
 };
 
 #[derive(Debug)]

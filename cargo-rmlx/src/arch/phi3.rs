@@ -22,6 +22,7 @@ pub const ARCH: Architecture = Architecture {
     model_types: &["phi3"],
     load,
     convert: super::convert::phi3::CONVERT,
+    gguf: &[],
 };
 
 #[derive(Debug)]

@@ -28,6 +28,7 @@ pub const ARCH: Architecture = Architecture {
     model_types: &["qwen3_5", "qwen3_5_moe", "qwen3_5_text", "qwen3_5_moe_text"],
     load,
     convert: super::convert::qwen3_5::CONVERT,
+    gguf: &[],
 };
 
 fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {
@@ -54,6 +55,9 @@ struct Block {
 /// A layer's feed-forward: the SwiGLU MLP, or — in every layer when `num_experts` > 0, as
 /// mlx-lm builds it — routed experts plus a shared expert.
 #[derive(Debug)]
+// One per layer: boxing the dense MLP saves nothing worth an indirection (`Linear` carries
+// the row-parallel flag of tensor parallelism).
+#[allow(clippy::large_enum_variant)]
 enum FeedForward {
     Dense(GatedMlp),
     Sparse(Box<SharedExpertMoe>),

@@ -26,6 +26,7 @@ pub const ARCH: Architecture = Architecture {
     model_types: &["qwen3_moe"],
     load,
     convert: super::convert::qwen3_moe::CONVERT,
+    gguf: &[super::gguf::qwen3_moe::QWEN3MOE],
 };
 
 fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {
@@ -100,7 +101,8 @@ fn load_experts(ctx: &LoadCtx<'_>, spec: &MoeSpec) -> Result<SwitchGlu> {
         return stacked_experts(ctx, spec);
     }
     tracing::debug!("{mlp}: experts stored one per tensor; stacking them");
-    let stack = |name: &str, rows: usize, cols: usize| -> Result<SwitchLinear> {
+    // Tensor parallelism: gate/up by this rank's rows, down by its columns.
+    let stack = |ctx: LoadCtx<'_>, name: &str, rows: usize, cols: usize| -> Result<SwitchLinear> {
         let parts = (0..spec.num_experts)
             .map(|e| ctx.param(&format!("{mlp}.experts.{e}.{name}.weight"), &[rows, cols]))
             .collect::<Result<Vec<Array>>>()?;
@@ -109,9 +111,9 @@ fn load_experts(ctx: &LoadCtx<'_>, spec: &MoeSpec) -> Result<SwitchGlu> {
         SwitchLinear::dense(&stacked, None)
     };
     Ok(SwitchGlu {
-        gate_proj: stack("gate_proj", spec.inner, spec.hidden)?,
-        up_proj: stack("up_proj", spec.inner, spec.hidden)?,
-        down_proj: stack("down_proj", spec.hidden, spec.inner)?,
+        gate_proj: stack(ctx.column(), "gate_proj", spec.inner, spec.hidden)?,
+        up_proj: stack(ctx.column(), "up_proj", spec.inner, spec.hidden)?,
+        down_proj: stack(ctx.row(), "down_proj", spec.hidden, spec.inner)?,
         activation: spec.activation,
     })
 }

@@ -78,7 +78,7 @@ pub fn run(g: &GlobalArgs, a: ConvertArgs) -> Result<u8> {
                 "success": true,
                 "gguf": a.gguf,
                 "out": a.out,
-                "architecture": format!("{:?}", report.architecture),
+                "architecture": report.architecture.name,
                 "kept_quantized": kept,
                 "dense": report.tensors.len() - kept,
                 "skipped": report.skipped.len(),
@@ -90,7 +90,7 @@ pub fn run(g: &GlobalArgs, a: ConvertArgs) -> Result<u8> {
         status(
             "Finished",
             &format!(
-                "{} ({:?}, {kept} tensors kept quantized, {} dense) in {:.1}s",
+                "{} ({}, {kept} tensors kept quantized, {} dense) in {:.1}s",
                 a.out.display(),
                 report.architecture,
                 report.tensors.len() - kept,

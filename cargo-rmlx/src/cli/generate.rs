@@ -63,6 +63,10 @@ pub struct GenerateArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "human")]
     pub message_format: MessageFormat,
+    /// Run tensor-parallel over the hosts of this MLX hostfile (ring or mlx.launch format):
+    /// the other ranks are started, this process is rank 0 and prints.
+    #[arg(long)]
+    pub hostfile: Option<std::path::PathBuf>,
 }
 
 /// `--dtype`.
@@ -89,8 +93,15 @@ impl From<DtypeArg> for DtypePolicy {
     }
 }
 
-/// Runs `generate`.
+/// Runs `generate` (with `--hostfile`: as rank 0 of a tensor-parallel run, or as the rank
+/// this process was started as).
 pub fn run(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {
+    let role = super::launch::join(a.hostfile.as_deref())?;
+    let code = generate_here(g, a)?;
+    role.finish(code)
+}
+
+fn generate_here(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {
     if !(a.repetition_penalty.is_finite() && a.repetition_penalty > 0.0) {
         return Err(crate::diagnostic::Diagnostic::error(
             "rmlx::cli::bad-argument",
@@ -161,7 +172,7 @@ pub fn run(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {
             let _ = stdout.write_all(rest.as_bytes());
         }
         let _ = writeln!(stdout);
-        if !g.quiet {
+        if !g.quiet && crate::engine::dist::Shard::current().rank == 0 {
             let n_prompt = out.prompt_ids.len();
             let n_gen = ids.len();
             let secs = |d: std::time::Duration| d.as_secs_f64().max(1e-9);

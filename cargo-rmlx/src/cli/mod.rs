@@ -8,6 +8,7 @@ mod build;
 mod convert;
 mod generate;
 mod init;
+mod launch;
 mod lint;
 mod lsp;
 mod output;

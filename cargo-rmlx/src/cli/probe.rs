@@ -63,6 +63,9 @@ pub struct ProbeArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "human")]
     pub message_format: MessageFormat,
+    /// Probe tensor-parallel over the hosts of this MLX hostfile (as `generate --hostfile`).
+    #[arg(long)]
+    pub hostfile: Option<std::path::PathBuf>,
 }
 
 /// The golden file of a model directory unless overridden.
@@ -187,6 +190,12 @@ fn automatic_reference(decl: &ModelDecl) -> Option<PathBuf> {
 
 /// Runs `probe`; the exit code is the worst verdict's.
 pub fn run(g: &GlobalArgs, a: ProbeArgs) -> Result<u8> {
+    let role = super::launch::join(a.hostfile.as_deref())?;
+    let code = probe_here(g, a)?;
+    role.finish(code)
+}
+
+fn probe_here(g: &GlobalArgs, a: ProbeArgs) -> Result<u8> {
     let manifest = Manifest::find(g.manifest_path.as_deref())?;
     let targets = targets(g, &a, manifest.as_ref())?;
     let explicit_reference = match a.reference.as_deref() {

@@ -19,6 +19,10 @@ use crate::serve::{
 };
 use crate::session::ContentTokens;
 
+/// Requests a model generates together unless `--max-batch` or rmlx.toml say otherwise
+/// (measured: BENCHMARKS.md, "Serving").
+pub const DEFAULT_MAX_BATCH: usize = 8;
+
 /// Arguments of `serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -55,9 +59,13 @@ pub struct ServeArgs {
     /// content-special-tokens in rmlx.toml, else off).
     #[arg(long)]
     pub content_special_tokens: bool,
-    /// Requests that may wait per model while one runs; more get 429.
+    /// Requests that may wait per model while a full batch runs; more get 429.
     #[arg(long, default_value_t = 8)]
     pub queue_depth: usize,
+    /// Requests a model generates together (continuous batching); 1 runs them one at a
+    /// time (default: [serve] max-batch in rmlx.toml, else 8).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub max_batch: Option<u16>,
     /// Per-request time limit in seconds (queue wait included).
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
@@ -210,6 +218,11 @@ pub fn run(g: &GlobalArgs, a: ServeArgs) -> Result<u8> {
             policy: a.dtype.into(),
             probe: !a.no_probe,
             queue_depth: a.queue_depth,
+            max_batch: a
+                .max_batch
+                .map(usize::from)
+                .or(serve_decl.max_batch)
+                .unwrap_or(DEFAULT_MAX_BATCH),
             content_tokens: if a.content_special_tokens || serve_decl.content_special_tokens {
                 ContentTokens::Control
             } else {

@@ -1,11 +1,13 @@
 //! Attention blocks shared by the architectures: [`Attention`] (q/k/v/o projections, optional
 //! per-head q/k norms, RoPE — full or partial, as the [`Rope`] given —, global or
 //! sliding-window causal attention over a [`KvLayer`], optional attention sinks, optionally a
-//! sigmoid output gate produced by the query projection: [`Attention::load_with_gate`]) and
+//! sigmoid output gate produced by the query projection: [`Attention::load_with_gate`]; one
+//! decode step of several sequences, each over its own cache: [`Attention::forward_batch`]) and
 //! the pieces an architecture with its own attention variant composes: [`split_heads`],
 //! [`merge_heads`], [`attend`] and [`sliding_mask`].
 
 use mlx_rs::fast::{scaled_dot_product_attention, ScaledDotProductAttentionMask};
+use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::Array;
 
 use super::cache::KvLayer;
@@ -74,6 +76,7 @@ impl Attention {
         spec: AttentionSpec,
         output_gate: bool,
     ) -> Result<Self> {
+        let ctx = &ctx.attention_heads(); // tensor parallelism: this rank's heads
         let (q, kv) = (
             spec.n_heads * spec.head_dim,
             spec.n_kv_heads * spec.head_dim,
@@ -86,15 +89,15 @@ impl Attention {
                 .transpose()
         };
         Ok(Self {
-            q_proj: ctx.linear(
+            q_proj: ctx.column_linear(
                 &format!("{prefix}.q_proj"),
                 hidden,
                 q * (1 + output_gate as usize),
                 spec.qkv_bias,
             )?,
-            k_proj: ctx.linear(&format!("{prefix}.k_proj"), hidden, kv, spec.qkv_bias)?,
-            v_proj: ctx.linear(&format!("{prefix}.v_proj"), hidden, kv, spec.qkv_bias)?,
-            o_proj: ctx.linear(&format!("{prefix}.o_proj"), q, hidden, spec.o_bias)?,
+            k_proj: ctx.column_linear(&format!("{prefix}.k_proj"), hidden, kv, spec.qkv_bias)?,
+            v_proj: ctx.column_linear(&format!("{prefix}.v_proj"), hidden, kv, spec.qkv_bias)?,
+            o_proj: ctx.row_linear(&format!("{prefix}.o_proj"), q, hidden, spec.o_bias)?,
             q_norm: norm("q_norm")?,
             k_norm: norm("k_norm")?,
             sinks: None,
@@ -135,6 +138,42 @@ impl Attention {
         let o = self.core(q, k, v, cache, offset, rope)?;
         self.o_proj
             .forward(&o.multiply(mlx_rs::ops::sigmoid(&gate)?)?)
+    }
+
+    /// One decode step of `B` sequences: `x` `[B, 1, hidden]`, row `b` attending over
+    /// `caches[b]` at `offsets[b]`. Projections run once for all rows; RoPE, the cache update
+    /// and attention per sequence at its own position.
+    pub fn forward_batch(
+        &self,
+        x: &Array,
+        caches: &mut [&mut KvLayer],
+        offsets: &[usize],
+        rope: Option<&Rope>,
+    ) -> Result<Array> {
+        let [q, k, v] = Linear::forward_many([&self.q_proj, &self.k_proj, &self.v_proj], x)?;
+        let (q, gate) = match self.output_gate {
+            true => {
+                let (q, gate) = self.split_gate(&q)?;
+                (q, Some(gate))
+            }
+            false => (q, None),
+        };
+        let rows = caches
+            .iter_mut()
+            .zip(offsets)
+            .enumerate()
+            .map(|(b, (cache, &offset))| {
+                let row = |a: &Array| a.index(b as i32..b as i32 + 1);
+                self.core(row(&q), row(&k), row(&v), cache, offset, rope)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let o = mlx_rs::ops::concatenate(&rows, 0)?;
+        match gate {
+            Some(gate) => self
+                .o_proj
+                .forward(&o.multiply(mlx_rs::ops::sigmoid(&gate)?)?),
+            None => self.o_proj.forward(&o),
+        }
     }
 
     /// The gated query projection `[B, L, heads · 2 · head_dim]` → queries and gates, each

@@ -3,7 +3,9 @@
 //! RoPE → residual, RMSNorm → gated MLP or sparse MoE → residual) — or Gemma's four-norm
 //! "sandwich" form — final norm, LM head (tied or separate). An architecture module describes
 //! its variant with a [`DecoderSpec`]; the one host fast path for decode steps on the CPU
-//! lives here (dense blocks only).
+//! lives here (dense blocks only). Decode steps of several sequences at once
+//! ([`Network::hidden_batch`]) run every projection and feed-forward once for all rows and
+//! attention per sequence, on the host path and the MLX path alike.
 
 use mlx_rs::{Array, Dtype};
 
@@ -189,45 +191,111 @@ impl Decoder {
         })
     }
 
-    /// One decode step with the residual stream on the host: norms, projections (the `qmv`
-    /// kernel), SiLU gate and residual adds run there; MLX runs what needs the KV cache
-    /// (RoPE, cache update, attention) — one MLX evaluation per block instead of four.
-    fn hidden_host_decode(&self, x: Array, cache: &mut Cache) -> Result<Array> {
+    /// One decode step of `caches.len()` sequences (`x`: `[B, 1, hidden]`, row `b` on
+    /// `caches[b]`) with the residual stream on the host: norms, projections (the `qmv`
+    /// kernel, each weight row read once for all B rows), SiLU gate and residual adds run
+    /// there; MLX runs what needs the KV caches (RoPE, cache update, attention, per sequence
+    /// at its own offset) — one MLX evaluation per block for all sequences.
+    fn hidden_host_decode(&self, x: Array, caches: &mut [&mut Cache]) -> Result<Array> {
         let shape = x.shape().to_vec();
         let x = x.as_dtype(Dtype::Float32)?;
         let mut h: Vec<f32> = super::qmv::host_slice::<f32>(&x, "embedding")?.to_vec();
+        let width = h.len() / caches.len().max(1);
+        let offsets: Vec<usize> = caches.iter().map(|c| c.offset).collect();
         for (i, block) in self.blocks.iter().enumerate() {
             let a = &block.attn;
-            let n = block.input_norm.host_forward(&h)?;
+            let n = norm_rows(&block.input_norm, &h, width)?;
             let qkv = Linear::host_forward_many(&[&a.q_proj, &a.k_proj, &a.v_proj], &n)?;
-            let [q, k, v] =
-                [0, 1, 2].map(|i| Array::from_slice(&qkv[i], &[1, 1, qkv[i].len() as i32]));
-            let offset = cache.offset;
             let rope = block.rope.map(|r| &self.ropes[r]);
-            let o = a.core(q, k, v, cache.kv(i)?, offset, rope)?;
-            let o = o.as_dtype(Dtype::Float32)?;
+            let rows = caches
+                .iter_mut()
+                .zip(&offsets)
+                .enumerate()
+                .map(|(b, (cache, &offset))| {
+                    let [q, k, v] = [0, 1, 2].map(|j| host_row(&qkv[j], b, offsets.len()));
+                    a.core(q, k, v, cache.kv(i)?, offset, rope)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let o = mlx_rs::ops::concatenate(&rows, 0)?.as_dtype(Dtype::Float32)?;
             let o = super::qmv::host_slice::<f32>(&o, "attention output")?;
             let r = Linear::host_forward_many(&[&a.o_proj], o)?.remove(0);
             h.iter_mut().zip(&r).for_each(|(h, r)| *h += r);
-            let n = block.post_attn_norm.host_forward(&h)?;
-            let mlp = block.mlp.host_mlp().ok_or_else(|| {
-                Diagnostic::error(
-                    "rmlx::engine::host-kernel",
-                    "host decode of a block the host path does not cover (internal error)",
-                )
-            })?;
-            let mut gu = Linear::host_forward_many(&[&mlp.gate_proj, &mlp.up_proj], &n)?;
-            let up = gu.pop().expect("two outputs");
-            let mut act = gu.pop().expect("two outputs");
-            act.iter_mut()
-                .zip(&up)
-                .for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
-            let r = Linear::host_forward_many(&[&mlp.down_proj], &act)?.remove(0);
+            let n = norm_rows(&block.post_attn_norm, &h, width)?;
+            let r = host_mlp(block, &n)?;
             h.iter_mut().zip(&r).for_each(|(h, r)| *h += r);
         }
-        cache.offset += 1;
+        caches.iter_mut().for_each(|c| c.offset += 1);
         Ok(Array::from_slice(&h, &shape))
     }
+
+    /// The MLX path of one decode step of several sequences: every block's projections and
+    /// feed-forward on all rows at once, attention per sequence.
+    fn hidden_batch_mlx(&self, mut x: Array, caches: &mut [&mut Cache]) -> Result<Array> {
+        let offsets: Vec<usize> = caches.iter().map(|c| c.offset).collect();
+        for (i, block) in self.blocks.iter().enumerate() {
+            let rope = block.rope.map(|r| &self.ropes[r]);
+            let mut kvs = caches
+                .iter_mut()
+                .map(|c| c.kv(i))
+                .collect::<Result<Vec<_>>>()?;
+            let n = block.input_norm.forward(&x)?;
+            let r = block.attn.forward_batch(&n, &mut kvs, &offsets, rope)?;
+            x = block.feed_forward(x, r)?;
+        }
+        caches.iter_mut().for_each(|c| c.offset += 1);
+        Ok(x)
+    }
+}
+
+impl Block {
+    /// The rest of the block after attention: residual add of the attention output `r`, then
+    /// the feed-forward half (llama form or Gemma's sandwich form).
+    fn feed_forward(&self, x: Array, r: Array) -> Result<Array> {
+        Ok(match &self.sandwich {
+            None => {
+                let x = x.add(&r)?;
+                let r = self.mlp.forward(&self.post_attn_norm.forward(&x)?)?;
+                x.add(&r)?
+            }
+            Some((pre_ff, post_ff)) => {
+                let x = x.add(&self.post_attn_norm.forward(&r)?)?;
+                let r = self.mlp.forward(&pre_ff.forward(&x)?)?;
+                x.add(&post_ff.forward(&r)?)?
+            }
+        })
+    }
+}
+
+/// Row `b` of `rows` host rows (`data`), as an MLX array `[1, 1, width]`.
+fn host_row(data: &[f32], b: usize, rows: usize) -> Array {
+    let width = data.len() / rows;
+    Array::from_slice(&data[b * width..(b + 1) * width], &[1, 1, width as i32])
+}
+
+/// `norm` applied to each `width`-wide host row of `h`.
+fn norm_rows(norm: &RmsNorm, h: &[f32], width: usize) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(h.len());
+    for row in h.chunks(width) {
+        out.extend(norm.host_forward(row)?);
+    }
+    Ok(out)
+}
+
+/// The dense SiLU-gated MLP of `block` on host rows `n`.
+fn host_mlp(block: &Block, n: &[f32]) -> Result<Vec<f32>> {
+    let mlp = block.mlp.host_mlp().ok_or_else(|| {
+        Diagnostic::error(
+            "rmlx::engine::host-kernel",
+            "host decode of a block the host path does not cover (internal error)",
+        )
+    })?;
+    let mut gu = Linear::host_forward_many(&[&mlp.gate_proj, &mlp.up_proj], n)?;
+    let up = gu.pop().expect("two outputs");
+    let mut act = gu.pop().expect("two outputs");
+    act.iter_mut()
+        .zip(&up)
+        .for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
+    Ok(Linear::host_forward_many(&[&mlp.down_proj], &act)?.remove(0))
 }
 
 /// Block `i` of `spec`; `local_rope` is the rope index of sliding-window layers.
@@ -289,7 +357,7 @@ impl Network for Decoder {
         let len = ids.shape()[1];
         let mut x = self.ends.embed(ids)?;
         if len == 1 && self.host_decode() {
-            return self.hidden_host_decode(x, cache);
+            return self.hidden_host_decode(x, &mut [cache]);
         }
         let offset = cache.offset;
         for (i, block) in self.blocks.iter().enumerate() {
@@ -298,21 +366,19 @@ impl Network for Decoder {
                 block
                     .attn
                     .forward(&block.input_norm.forward(&x)?, cache.kv(i)?, offset, rope)?;
-            match &block.sandwich {
-                None => {
-                    x = x.add(&r)?;
-                    let r = block.mlp.forward(&block.post_attn_norm.forward(&x)?)?;
-                    x = x.add(&r)?;
-                }
-                Some((pre_ff, post_ff)) => {
-                    x = x.add(&block.post_attn_norm.forward(&r)?)?;
-                    let r = block.mlp.forward(&pre_ff.forward(&x)?)?;
-                    x = x.add(&post_ff.forward(&r)?)?;
-                }
-            }
+            x = block.feed_forward(x, r)?;
         }
         cache.offset += len as usize;
         Ok(x)
+    }
+
+    fn hidden_batch(&self, ids: &Array, caches: &mut [&mut Cache]) -> Result<Option<Array>> {
+        let x = self.ends.embed(ids)?;
+        Ok(Some(if self.host_decode() {
+            self.hidden_host_decode(x, caches)?
+        } else {
+            self.hidden_batch_mlx(x, caches)?
+        }))
     }
 
     fn logits(&self, x: &Array) -> Result<Array> {

@@ -7,6 +7,8 @@
 //! - [`gather_mm`]: `a @ b[rhs_indices]`, the stacked-expert matmul of dense MoE layers.
 //! - [`gather_qmm`]: the same with quantized `b` in any MLX mode (affine, mxfp4, mxfp8, nvfp4).
 //! - [`quantized_matmul`]: `x @ w^T` for a quantized `w` in any MLX mode.
+//! - [`DistGroup`]: MLX's distributed group (`mlx_distributed_init` with a backend name,
+//!   rank, size) and its collectives [`all_sum`], [`all_gather`], used by `engine::dist`.
 
 use std::ffi::CString;
 
@@ -179,6 +181,77 @@ pub fn quantized_matmul(x: &Array, w: QuantWeight<'_>) -> Result<Array> {
         );
         mlx_sys::mlx_array_free(none);
         status
+    })
+}
+
+/// A handle on an MLX distributed group (a communicator of the `ring`, `nccl`, `mpi`, …
+/// backend). MLX keeps the group alive for the process; the handle is never freed.
+#[derive(Debug, Clone, Copy)]
+pub struct DistGroup(mlx_sys::mlx_distributed_group);
+
+// SAFETY: the handle points at MLX's `Group`, a shared pointer to a backend implementation
+// that MLX itself uses from its stream threads; rank/size are immutable after init.
+unsafe impl Send for DistGroup {}
+// SAFETY: as above.
+unsafe impl Sync for DistGroup {}
+
+impl DistGroup {
+    /// Initialises the `backend` group from the environment the backend reads (ring:
+    /// `MLX_RANK`, `MLX_HOSTFILE`), strictly: a missing or failing backend is an error.
+    /// Blocks until every peer is connected (the caller bounds the wait).
+    pub fn init(backend: &str) -> Result<Self> {
+        let name = CString::new(backend)
+            .map_err(|_| invalid("distributed_init", "NUL in backend name".into()))?;
+        // SAFETY: `name` outlives both calls; `res` receives a new group handle.
+        unsafe {
+            if !mlx_sys::mlx_distributed_is_available(name.as_ptr()) {
+                return Err(Diagnostic::error(
+                    "rmlx::engine::dist::backend",
+                    format!("the MLX library in use has no `{backend}` distributed backend"),
+                )
+                .with_help("the CPU build of MLX has `ring`; `nccl` needs MLX's CUDA build"));
+            }
+            let mut res = mlx_sys::mlx_distributed_group_new();
+            if mlx_sys::mlx_distributed_init(&mut res, true, name.as_ptr()) != 0
+                || res.ctx.is_null()
+            {
+                return Err(Diagnostic::error(
+                    "rmlx::engine::dist::init",
+                    format!("MLX could not start the `{backend}` distributed group"),
+                ));
+            }
+            Ok(Self(res))
+        }
+    }
+
+    /// This process' rank.
+    pub fn rank(self) -> usize {
+        // SAFETY: a group made by `init`.
+        unsafe { mlx_sys::mlx_distributed_group_rank(self.0).max(0) as usize }
+    }
+
+    /// Number of processes in the group.
+    pub fn size(self) -> usize {
+        // SAFETY: a group made by `init`.
+        unsafe { mlx_sys::mlx_distributed_group_size(self.0).max(1) as usize }
+    }
+}
+
+/// The element-wise sum of `x` over every rank of `group` (lazy, like every MLX op).
+pub fn all_sum(x: &Array, group: DistGroup) -> Result<Array> {
+    let stream = mlx_rs::Stream::thread_local_or_default();
+    // SAFETY: `x` is a valid array, `group` a group made by `DistGroup::init`.
+    call("all_sum", |res| unsafe {
+        mlx_sys::mlx_distributed_all_sum(res, x.as_ptr(), group.0, stream.as_ptr())
+    })
+}
+
+/// Every rank's `x` concatenated along the first axis, in rank order.
+pub fn all_gather(x: &Array, group: DistGroup) -> Result<Array> {
+    let stream = mlx_rs::Stream::thread_local_or_default();
+    // SAFETY: as in `all_sum`.
+    call("all_gather", |res| unsafe {
+        mlx_sys::mlx_distributed_all_gather(res, x.as_ptr(), group.0, stream.as_ptr())
     })
 }
 

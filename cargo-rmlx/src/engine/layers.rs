@@ -10,6 +10,8 @@ use mlx_rs::{Array, Dtype};
 use crate::diagnostic::{Diagnostic, Result};
 use crate::snapshot::{ModelConfig, QuantMode, QuantParams, RopeScaling, Weights};
 
+pub mod parallel; // tensor parallelism (engine::dist): sharded loading, row-parallel all_sum
+
 /// How weights are loaded: compute dtype for dense weights, norms and quantization scales.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadCtx<'a> {
@@ -19,6 +21,8 @@ pub struct LoadCtx<'a> {
     pub config: &'a ModelConfig,
     /// Dtype that activations and float parameters are computed in.
     pub dtype: Dtype,
+    /// Tensor parallelism: this rank's shard and the split of the tensors read now.
+    pub parallel: parallel::Parallel,
 }
 
 impl LoadCtx<'_> {
@@ -58,9 +62,7 @@ impl LoadCtx<'_> {
 
     /// A float parameter (norm weight, bias) in the compute dtype.
     pub fn param(&self, name: &str, shape: &[usize]) -> Result<Array> {
-        let shape: Vec<Option<usize>> = shape.iter().copied().map(Some).collect();
-        self.weights
-            .array(&self.full_name(name), &shape, Some(self.dtype))
+        self.read(&self.full_name(name), shape, Some(self.dtype))
     }
 
     /// Loads the linear layer at `path` mapping `input` to `output` features.
@@ -84,7 +86,11 @@ impl LoadCtx<'_> {
                 }
             }
         };
-        Ok(Linear { kind, bias })
+        Ok(Linear {
+            kind,
+            bias,
+            all_sum: false,
+        })
     }
 
     /// The packed weight, scales and (affine) biases of a quantized `[rows, cols]` matrix.
@@ -120,24 +126,21 @@ impl LoadCtx<'_> {
             )
             .with_file(&self.config.path));
         }
-        let shape = |last: usize| -> Vec<Option<usize>> {
-            lead.iter().copied().chain([rows, last]).map(Some).collect()
-        };
-        let weight =
-            self.weights
-                .array(&format!("{path}.weight"), &shape(cols * bits / 32), None)?;
+        let shape =
+            |last: usize| -> Vec<usize> { lead.iter().copied().chain([rows, last]).collect() };
+        let weight = self.read(&format!("{path}.weight"), &shape(cols * bits / 32), None)?;
         let scales_dtype = match q.mode {
             QuantMode::Affine => Some(self.dtype),
             // Microscaling formats store their scales as 8-bit exponents.
             _ => None,
         };
-        let scales = self.weights.array(
+        let scales = self.read(
             &format!("{path}.scales"),
             &shape(cols / group),
             scales_dtype,
         )?;
         let biases = if q.mode.has_biases() {
-            Some(self.weights.array(
+            Some(self.read(
                 &format!("{path}.biases"),
                 &shape(cols / group),
                 Some(self.dtype),
@@ -168,6 +171,7 @@ impl LoadCtx<'_> {
             table: Linear {
                 kind: inner,
                 bias: None,
+                all_sum: false,
             },
             dtype: self.dtype,
         })
@@ -233,6 +237,9 @@ pub const HOST_MATMUL_ROWS: i32 = 64;
 pub struct Linear {
     kind: LinearKind,
     bias: Option<Array>,
+    /// Row-parallel (tensor parallelism): the output is this rank's partial sum, summed over
+    /// the ranks before the bias is added (see [`parallel`]).
+    all_sum: bool,
 }
 
 impl Linear {
@@ -316,6 +323,9 @@ impl Linear {
     /// Whether [`Self::host_forward_many`] can run this layer (CPU host kernel on, affine
     /// 4/8-bit weights with float32 scales and bias).
     pub fn host_capable(&self) -> bool {
+        if self.all_sum {
+            return false; // its output is a partial sum; the host path does not reduce
+        }
         let LinearKind::Quantized {
             scales,
             biases: Some(_),
@@ -336,7 +346,8 @@ impl Linear {
                 .is_none_or(|b| b.dtype() == Dtype::Float32)
     }
 
-    /// Applies [`Self::host_capable`] layers to one host row `x`, in one parallel pass.
+    /// Applies [`Self::host_capable`] layers to host rows `x` (`[M, input]`, M small: the
+    /// rows of a batched decode step), in one parallel pass; each output is `[M, output]`.
     pub fn host_forward_many(layers: &[&Linear], x: &[f32]) -> Result<Vec<Vec<f32>>> {
         let mut ops = Vec::with_capacity(layers.len());
         for l in layers {
@@ -359,13 +370,20 @@ impl Linear {
         for (l, y) in layers.iter().zip(ys.iter_mut()) {
             if let Some(b) = &l.bias {
                 let b = super::qmv::host_slice::<f32>(b, "bias")?;
-                y.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+                for row in y.chunks_mut(b.len().max(1)) {
+                    row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+                }
             }
         }
         Ok(ys)
     }
 
     fn add_bias(&self, y: Array) -> Result<Array> {
+        let y = if self.all_sum {
+            super::dist::all_sum(y)?
+        } else {
+            y
+        };
         Ok(match &self.bias {
             Some(b) => y.add(b)?,
             None => y,

@@ -49,9 +49,9 @@ impl GatedMlp {
         activation: Activation,
     ) -> Result<Self> {
         Ok(Self {
-            gate_proj: ctx.linear(&format!("{prefix}.gate_proj"), hidden, inner, bias)?,
-            up_proj: ctx.linear(&format!("{prefix}.up_proj"), hidden, inner, bias)?,
-            down_proj: ctx.linear(&format!("{prefix}.down_proj"), inner, hidden, bias)?,
+            gate_proj: ctx.column_linear(&format!("{prefix}.gate_proj"), hidden, inner, bias)?,
+            up_proj: ctx.column_linear(&format!("{prefix}.up_proj"), hidden, inner, bias)?,
+            down_proj: ctx.row_linear(&format!("{prefix}.down_proj"), inner, hidden, bias)?,
             activation,
         })
     }

@@ -12,6 +12,7 @@ pub mod blas;
 pub mod cache;
 pub mod decoder;
 pub mod deltanet;
+pub mod dist;
 pub mod ends;
 pub mod ffi;
 pub mod generate;
@@ -24,6 +25,7 @@ pub mod prefix_cache;
 pub mod qmv;
 pub mod rope;
 pub mod sample;
+pub mod sequence;
 
 use mlx_rs::Dtype;
 
@@ -31,13 +33,13 @@ use crate::diagnostic::Result;
 use crate::snapshot::Snapshot;
 
 pub use generate::{
-    generate, generate_cancellable, generate_from, GenerateOptions, GenerateOutput, Start, Step,
-    StopReason,
+    drive, generate, generate_cancellable, GenerateOptions, GenerateOutput, Step, StopReason,
 };
 pub use network::Net;
 pub use penalty::Penalties;
 pub use prefix_cache::{generate_cached, PrefixCache};
 pub use sample::{Sampler, SamplerConfig};
+pub use sequence::{Sequence, StartCache};
 
 /// Which dtype activations and float parameters are computed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -103,18 +105,53 @@ impl Model {
         if !gpu_available() {
             blas::configure();
         }
+        let (parallel, view) = tensor_parallel(config)?;
         let ctx = layers::LoadCtx {
             weights: &snapshot.weights,
-            config,
+            config: &view,
             dtype,
+            parallel,
         };
         let net = Net::new(crate::arch::load(&ctx)?, dtype, config.vocab_size);
+        if !parallel.shard.is_single() {
+            let (read, stored) = (
+                snapshot.weights.bytes_read(),
+                snapshot.weights.bytes_stored(),
+            );
+            tracing::info!(
+                "rank {} of {}: read {read} bytes of weights ({:.1}% of the {stored} stored)",
+                parallel.shard.rank,
+                parallel.shard.size,
+                100.0 * read as f64 / stored.max(1) as f64
+            );
+        }
         Ok(Self {
             net,
             max_context: config.max_position_embeddings,
             eos_ids: snapshot.eos_ids(),
         })
     }
+}
+
+/// This rank's loading state and config view (`layers::parallel`); the config itself in a
+/// single-process run.
+fn tensor_parallel(
+    config: &crate::snapshot::ModelConfig,
+) -> Result<(layers::parallel::Parallel, crate::snapshot::ModelConfig)> {
+    let shard = dist::Shard::current();
+    let parallel = layers::parallel::Parallel::new(shard, config)?;
+    let view = layers::parallel::config_view(config, &parallel)?;
+    if !shard.is_single() {
+        tracing::info!(
+            rank = shard.rank,
+            size = shard.size,
+            heads = view.num_attention_heads,
+            kv_heads = view.num_key_value_heads,
+            "tensor parallel: this rank loads its shard; the whole-step host decode path is off \
+             (its projections would need the ranks' sum)"
+        );
+    }
+    Ok((parallel, view))
 }
 
 #[cfg(test)]

@@ -208,13 +208,14 @@ impl SwitchGlu {
         bias: bool,
         activation: ExpertActivation,
     ) -> Result<Self> {
-        let proj = |name: &str, i, o| {
-            SwitchLinear::load(ctx, &format!("{prefix}.{name}"), experts, i, o, bias)
+        // Tensor parallelism: gate/up by this rank's rows, down by its columns.
+        let proj = |ctx: LoadCtx<'_>, name: &str, i, o| {
+            SwitchLinear::load(&ctx, &format!("{prefix}.{name}"), experts, i, o, bias)
         };
         Ok(Self {
-            gate_proj: proj("gate_proj", hidden, inner)?,
-            up_proj: proj("up_proj", hidden, inner)?,
-            down_proj: proj("down_proj", inner, hidden)?,
+            gate_proj: proj(ctx.column(), "gate_proj", hidden, inner)?,
+            up_proj: proj(ctx.column(), "up_proj", hidden, inner)?,
+            down_proj: proj(ctx.row(), "down_proj", inner, hidden)?,
             activation,
         })
     }
@@ -330,6 +331,9 @@ pub struct SparseMoe {
     pub experts: SwitchGlu,
     top_k: usize,
     routing: Routing,
+    /// Tensor parallelism: the experts hold this rank's share of their inner width, so the
+    /// mixed output is summed over the ranks.
+    all_sum: bool,
 }
 
 impl SparseMoe {
@@ -355,14 +359,18 @@ impl SparseMoe {
             experts: (spec.load_experts)(ctx, spec)?,
             top_k: spec.top_k,
             routing: spec.routing,
+            all_sum: !ctx.parallel.shard.is_single(),
         })
     }
 
     /// `x` (`[…, hidden]`) → `[…, hidden]`.
     pub fn forward(&self, x: &Array) -> Result<Array> {
         let (inds, weights) = route(&self.router.forward(x)?, self.top_k, self.routing)?;
-        let y = self.experts.forward(x, &inds)?;
-        combine(&y, &weights)
+        let y = combine(&self.experts.forward(x, &inds)?, &weights)?;
+        if self.all_sum {
+            return super::dist::all_sum(y);
+        }
+        Ok(y)
     }
 }
 

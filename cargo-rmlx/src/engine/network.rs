@@ -1,6 +1,7 @@
 //! What every architecture's network offers the rest of the engine ([`Network`]), and [`Net`],
 //! the loaded network as generate, the probe, serve and bench use it: logits of the last
-//! position or of every position, a fresh cache of the architecture's declared kinds.
+//! position or of every position, one decode step of several sequences at once
+//! ([`Net::forward_batch`]), a fresh cache of the architecture's declared kinds.
 
 use mlx_rs::{Array, Dtype};
 
@@ -19,6 +20,15 @@ pub trait Network: Send + std::fmt::Debug {
 
     /// The cache kind of each layer.
     fn cache_kinds(&self) -> Vec<CacheKind>;
+
+    /// Batched decode: one new token per sequence, `ids` (`[B, 1]` int32), token `b` on
+    /// `caches[b]` (each at its own offset, advanced by 1). Returns the residual stream
+    /// `[B, 1, hidden]`, or `None` when the architecture has no batched path (the caller then
+    /// steps the sequences one by one).
+    fn hidden_batch(&self, ids: &Array, caches: &mut [&mut Cache]) -> Result<Option<Array>> {
+        let _ = (ids, caches);
+        Ok(None)
+    }
 }
 
 /// A loaded network with its compute dtype and vocabulary size.
@@ -57,6 +67,33 @@ impl Net {
         let len = ids.shape()[1];
         let x = self.inner.hidden(ids, cache)?;
         Ok(self.inner.logits(&x)?.reshape(&[len, -1])?)
+    }
+
+    /// One decode step of several sequences in one pass: `ids[b]` runs on `caches[b]`;
+    /// returns float32 logits `[B, vocab]` (lazy). The weight-bound work (projections, MLP,
+    /// LM head) runs once for all rows where the architecture has a batched path
+    /// ([`Network::hidden_batch`]); otherwise each sequence steps on its own (logged once).
+    pub fn forward_batch(&self, ids: &[u32], caches: &mut [&mut Cache]) -> Result<Array> {
+        let b = ids.len() as i32;
+        let input: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
+        if b > 1 {
+            let input = Array::from_slice(&input, &[b, 1]);
+            if let Some(x) = self.inner.hidden_batch(&input, caches)? {
+                return Ok(self.inner.logits(&x)?.reshape(&[b, -1])?);
+            }
+            static LOGGED: std::sync::Once = std::sync::Once::new();
+            LOGGED.call_once(|| {
+                tracing::info!(
+                    "this architecture has no batched decode: batched sequences step one by one"
+                )
+            });
+        }
+        let rows = input
+            .iter()
+            .zip(caches.iter_mut())
+            .map(|(&t, c)| self.forward_last(&Array::from_slice(&[t], &[1, 1]), c))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(mlx_rs::ops::stack(&rows, 0)?)
     }
 
     /// A fresh cache for this model.

@@ -54,20 +54,20 @@ impl Penalties {
 
 /// Tracks the token history a generation needs for its penalties.
 #[derive(Debug, Clone)]
-pub struct PenaltyState<'a> {
-    cfg: &'a Penalties,
+pub struct PenaltyState {
+    cfg: Penalties,
     /// The latest tokens, prompt included, at most `repetition_context`.
     recent: Vec<u32>,
     /// How often each generated token occurred.
     counts: HashMap<u32, u32>,
 }
 
-impl<'a> PenaltyState<'a> {
+impl PenaltyState {
     /// State after the prompt.
-    pub fn new(cfg: &'a Penalties, prompt: &[u32]) -> Self {
+    pub fn new(cfg: &Penalties, prompt: &[u32]) -> Self {
         let keep = cfg.repetition_context.min(prompt.len());
         Self {
-            cfg,
+            cfg: cfg.clone(),
             recent: prompt[prompt.len() - keep..].to_vec(),
             counts: HashMap::new(),
         }
@@ -86,7 +86,7 @@ impl<'a> PenaltyState<'a> {
 
     /// Adjusts `logits` in place.
     pub fn apply(&self, logits: &mut [f32]) {
-        let cfg = self.cfg;
+        let cfg = &self.cfg;
         if cfg.repetition != 1.0 {
             let mut seen: Vec<u32> = self.recent.clone();
             seen.sort_unstable();

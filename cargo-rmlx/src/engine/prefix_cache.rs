@@ -13,7 +13,9 @@
 //! - **shared key/value layers** hold nothing.
 //!
 //! An entry is resumable at any prefix when every layer is; otherwise only at its length. So
-//! [`generate_cached`] stores every generation's final state (the prompt, then the generated
+//! a generation through the cache ([`PrefixCache::start`] → [`PrefixCache::after_chunk`]
+//! after each prefill chunk → [`PrefixCache::store`]; [`generate_cached`] alone, the server's
+//! scheduler for many at once) stores every generation's final state (the prompt, then the generated
 //! ids fed back), and, for models with sliding or recurrent layers, also snapshots taken
 //! during the prefill: at the end of the prompt (the next turn of a conversation starts
 //! with it) and where the prompt leaves the longest common prefix with a stored entry (the
@@ -29,7 +31,8 @@
 use std::ops::ControlFlow;
 
 use super::cache::Cache;
-use super::generate::{generate_from, GenerateOptions, GenerateOutput, Start, Step};
+use super::generate::{drive, GenerateOptions, GenerateOutput, Step};
+use super::sequence::{Sequence, StartCache};
 use super::Model;
 use crate::diagnostic::Result;
 
@@ -248,6 +251,51 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+/// The generation side of the cache: a sequence's start, its prefill marks, its end.
+impl PrefixCache {
+    /// Starts a sequence on the longest stored prefix of the prompt, with prefill marks where
+    /// later prompts may resume (see the module doc). Off: a fresh sequence.
+    pub fn start(
+        &mut self,
+        model: &Model,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+    ) -> Result<Sequence> {
+        if !self.enabled() {
+            return Sequence::start(model, prompt, opts, StartCache::fresh());
+        }
+        let found = self.lookup(prompt, model.net.new_cache());
+        let tokens = found.cache.offset;
+        // Snapshots during the prefill matter only where a state cannot be cut back later;
+        // the cache kinds show that only once layers ran, so `after_chunk` decides.
+        let mut marks = vec![prompt.len()];
+        if found.common > tokens {
+            marks.push(found.common);
+        }
+        let cache = StartCache::Prefilled {
+            cache: found.cache,
+            tokens,
+        };
+        Ok(Sequence::start(model, prompt, opts, cache)?.with_marks(marks))
+    }
+
+    /// After a prefill chunk of a sequence from [`Self::start`]: at a mark, snapshots a cache
+    /// that could not be cut back to it later.
+    pub fn after_chunk(&mut self, seq: &Sequence) {
+        if let Some((tokens, cache)) = seq.at_mark() {
+            if cache.has_exact_only_layers() {
+                self.insert(tokens, cache);
+            }
+        }
+    }
+
+    /// Stores the final state of a finished sequence ([`Sequence::finish_with_cache`]).
+    pub fn store(&mut self, out: &GenerateOutput, cache: &Cache) {
+        let held = held_tokens(&out.prompt_ids, &out.ids(), cache.offset);
+        self.insert(&held, cache);
+    }
+}
+
 /// [`super::generate_cancellable`] through `store`: starts from the longest stored prefix of
 /// the prompt, snapshots where later prompts may resume (see the module doc), and stores the
 /// final state. `out.cached_tokens` says how many prompt tokens were not run.
@@ -259,29 +307,9 @@ pub fn generate_cached(
     cancelled: impl Fn() -> bool,
     on_step: impl FnMut(&Step) -> ControlFlow<()>,
 ) -> Result<GenerateOutput> {
-    if !store.enabled() {
-        return super::generate_cancellable(model, prompt_ids, opts, cancelled, on_step);
-    }
-    let found = store.lookup(prompt_ids, model.net.new_cache());
-    let resumed = found.cache.offset;
-    // Snapshots during the prefill matter only where a state cannot be cut back later; the
-    // cache kinds show that only once layers ran, so the decision is made at each mark.
-    let mut marks = vec![prompt_ids.len()];
-    if found.common > resumed {
-        marks.push(found.common);
-    }
-    let start = Start {
-        cache: found.cache,
-        marks,
-        on_mark: Box::new(|len, cache: &Cache| {
-            if cache.has_exact_only_layers() {
-                store.insert(&prompt_ids[..len], cache);
-            }
-        }),
-    };
-    let (out, cache) = generate_from(model, prompt_ids, opts, start, cancelled, on_step)?;
-    let held = held_tokens(prompt_ids, &out.ids(), cache.offset);
-    store.insert(&held, &cache);
+    let seq = store.start(model, prompt_ids, opts)?;
+    let (out, cache) = drive(model, seq, cancelled, on_step, |s| store.after_chunk(s))?;
+    store.store(&out, &cache);
     Ok(out)
 }
 

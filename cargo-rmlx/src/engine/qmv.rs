@@ -58,6 +58,41 @@ fn simd_available() -> bool {
     }
 }
 
+/// How the host kernels treat the input rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activations {
+    /// Float32 inputs against dequantized weights (exact up to float rounding).
+    F32,
+    /// Inputs quantized to int8 per 32 columns (a scale per block, as llama.cpp's Q8_0) and
+    /// multiplied with the integer weights by integer dot products (AVX2 `vpmaddubsw`); the
+    /// bias term keeps the exact float Σx. See BENCHMARKS.md for the measured error.
+    Int8,
+}
+
+/// The activation mode of the host kernels: `RMLX_HOST_ACTIVATIONS=int8` selects the integer
+/// path, `f32` (the default) the float one. Not the default because it fails the oracle
+/// tolerances (BENCHMARKS.md, "Int8 activations": SmolLM2 4-bit chat step-0 logits 2.9 off
+/// mlx-lm float32, gemma-3 4-bit greedy tokens diverging at step 2). Decided once per process
+/// and logged.
+pub fn activations() -> Activations {
+    static MODE: OnceLock<Activations> = OnceLock::new();
+    *MODE.get_or_init(|| {
+        let var = std::env::var("RMLX_HOST_ACTIVATIONS").ok();
+        let mode = match var.as_deref() {
+            Some("f32") | Some("float32") | None => Activations::F32,
+            Some("int8") => Activations::Int8,
+            Some(other) => {
+                tracing::warn!(
+                    "RMLX_HOST_ACTIVATIONS={other:?} is neither `f32` nor `int8`: using f32"
+                );
+                Activations::F32
+            }
+        };
+        tracing::debug!("host kernels: {mode:?} activations");
+        mode
+    })
+}
+
 /// Whether [`matmul_many`] handles weights of this format: 4 or 8 bits, a positive group
 /// size that is a multiple of 32, float32 input and scales. (The shapes are checked by
 /// [`matmul_many`] itself.)
@@ -109,6 +144,11 @@ pub struct QuantMatrix<'a> {
 /// sharing that input (q/k/v, gate/up) in one parallel pass. Formats the kernels do not
 /// handle (see [`supports`]) and shapes that do not fit together are errors.
 pub fn matmul_many(x: &Array, mats: &[Operands<'_>]) -> Result<Vec<Array>> {
+    matmul_many_as(x, mats, activations())
+}
+
+/// [`matmul_many`] with the given activation mode.
+fn matmul_many_as(x: &Array, mats: &[Operands<'_>], mode: Activations) -> Result<Vec<Array>> {
     let x = if x.try_as_slice::<f32>().is_ok() {
         x.clone()
     } else {
@@ -129,7 +169,7 @@ pub fn matmul_many(x: &Array, mats: &[Operands<'_>]) -> Result<Vec<Array>> {
             ),
         ));
     }
-    let outs = QuantMatrix::matmul_many(&views, xs)?;
+    let outs = QuantMatrix::matmul_many_as(&views, xs, mode)?;
     views
         .iter()
         .zip(outs)
@@ -192,15 +232,10 @@ impl HostElement for f32 {
     }
 }
 
-/// [`matmul_many`] on an input already on the host (one row), returning host vectors.
+/// [`matmul_many`] on an input already on the host (one or a few whole rows, `[M, cols]`),
+/// returning host vectors (`[M, rows]` each).
 pub fn matvec_many_host(x: &[f32], mats: &[Operands<'_>]) -> Result<Vec<Vec<f32>>> {
     let views = views(mats)?;
-    if let Some(m) = views.iter().find(|m| m.cols != x.len()) {
-        return Err(fail(
-            "shape",
-            format!("input has {} features, the weight {}", x.len(), m.cols),
-        ));
-    }
     QuantMatrix::matmul_many(&views, x)
 }
 
@@ -336,6 +371,11 @@ impl QuantMatrix<'_> {
     /// blocks of weight rows of all matrices are spread over the rayon pool, and each weight
     /// row is read once for all input rows.
     pub fn matmul_many(mats: &[Self], x: &[f32]) -> Result<Vec<Vec<f32>>> {
+        Self::matmul_many_as(mats, x, activations())
+    }
+
+    /// [`Self::matmul_many`] with the given activation mode.
+    fn matmul_many_as(mats: &[Self], x: &[f32], mode: Activations) -> Result<Vec<Vec<f32>>> {
         if let Some(m) = mats.iter().find(|m| x.is_empty() || x.len() % m.cols != 0) {
             return Err(fail(
                 "shape",
@@ -346,47 +386,84 @@ impl QuantMatrix<'_> {
                 ),
             ));
         }
-        Ok(Self::matmul_checked(mats, x))
+        Ok(Self::matmul_checked(mats, x, mode))
     }
 
     /// [`Self::matmul_many`] once `x` is known to be whole rows of every matrix.
-    fn matmul_checked(mats: &[Self], x: &[f32]) -> Vec<Vec<f32>> {
+    fn matmul_checked(mats: &[Self], x: &[f32], mode: Activations) -> Vec<Vec<f32>> {
+        let outs = match mode {
+            Activations::F32 => Self::products_f32(mats, x),
+            Activations::Int8 => Self::products_i8(mats, x),
+        };
+        outs.into_iter()
+            .zip(mats)
+            .map(|(yt, m)| {
+                let n = x.len() / m.cols;
+                if n == 1 {
+                    return yt;
+                }
+                let mut y = vec![0f32; n * m.rows];
+                for (r, yr) in yt.chunks(n).enumerate() {
+                    for (k, v) in yr.iter().enumerate() {
+                        y[k * m.rows + r] = *v;
+                    }
+                }
+                y
+            })
+            .collect()
+    }
+
+    /// Runs `task(matrix index, first weight row, out)` over blocks of weight rows of all
+    /// matrices in parallel; `out` is the block's part of that matrix's `[rows, n]` output
+    /// (`n` inputs). Returns the outputs.
+    fn for_row_blocks<F>(mats: &[Self], n: usize, task: F) -> Vec<Vec<f32>>
+    where
+        F: Fn(usize, usize, &mut [f32]) + Sync,
+    {
         let threads = rayon::current_num_threads();
         let total_rows: usize = mats.iter().map(|m| m.rows).sum();
         let per_task = (total_rows / (threads * 2)).max(MIN_ROWS_PER_TASK);
-        let mut inputs = Vec::with_capacity(mats.len());
-        let mut outs: Vec<Vec<f32>> = Vec::with_capacity(mats.len());
-        for m in mats {
-            inputs.push(x.chunks(m.cols).map(|r| m.prepare(r)).collect::<Vec<_>>());
-            outs.push(vec![0f32; m.rows * (x.len() / m.cols)]);
-        }
-        // Outputs are [rows, M] first: each task owns a contiguous block of weight rows.
+        let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; m.rows * n]).collect();
+        // Each task owns a contiguous block of weight rows.
         let mut tasks = Vec::new();
         for (i, out) in outs.iter_mut().enumerate() {
-            let n = inputs[i].len();
             for (t, chunk) in out.chunks_mut(per_task * n).enumerate() {
                 tasks.push((i, t * per_task, chunk));
             }
         }
-        tasks.into_par_iter().for_each(|(i, first, out)| {
+        tasks
+            .into_par_iter()
+            .for_each(|(i, first, out)| task(i, first, out));
+        outs
+    }
+
+    /// Packed bytes, scales and biases of weight row `r`.
+    fn row(&self, r: usize) -> Row<'_> {
+        let groups = self.cols / self.group;
+        let row_bytes = self.cols * self.bits / 8;
+        (
+            &self.packed[r * row_bytes..(r + 1) * row_bytes],
+            &self.scales[r * groups..(r + 1) * groups],
+            &self.biases[r * groups..(r + 1) * groups],
+        )
+    }
+
+    /// The products with float32 inputs, `[rows, n]` per matrix.
+    fn products_f32(mats: &[Self], x: &[f32]) -> Vec<Vec<f32>> {
+        let inputs: Vec<Vec<Prepared>> = mats
+            .iter()
+            .map(|m| x.chunks(m.cols).map(|r| m.prepare(r)).collect())
+            .collect();
+        let n = x.len() / mats[0].cols;
+        Self::for_row_blocks(mats, n, |i, first, out| {
             let m = &mats[i];
             let inputs = &inputs[i];
-            let n = inputs.len();
-            let groups = m.cols / m.group;
-            let row_bytes = m.cols * m.bits / 8;
             let Kernels {
                 row: kernel,
                 block2,
             } = kernels(m.bits);
             let rows = out.len() / n;
-            let row = |j: usize| {
-                let r = first + j;
-                (
-                    &m.packed[r * row_bytes..(r + 1) * row_bytes],
-                    &m.scales[r * groups..(r + 1) * groups],
-                    &m.biases[r * groups..(r + 1) * groups],
-                )
-            };
+            let row = |j: usize| m.row(first + j);
             // Blocks of two weight rows × four inputs. Inputs outside, weight rows inside:
             // the four inputs stay in L1 while the task's rows stream past them.
             let quads = n / 4;
@@ -422,24 +499,141 @@ impl QuantMatrix<'_> {
                     };
                 }
             }
-        });
-        outs.into_iter()
-            .zip(mats)
-            .map(|(yt, m)| {
-                let n = x.len() / m.cols;
-                if n == 1 {
-                    return yt;
-                }
-                let mut y = vec![0f32; n * m.rows];
-                for (r, yr) in yt.chunks(n).enumerate() {
-                    for (k, v) in yr.iter().enumerate() {
-                        y[k * m.rows + r] = *v;
-                    }
-                }
-                y
-            })
-            .collect()
+        })
     }
+
+    /// The products with int8-quantized inputs ([`Activations::Int8`]), `[rows, n]` per
+    /// matrix. Every input row takes the same arithmetic whether it comes alone or with
+    /// others (a batch row equals the same row decoded alone, bit for bit).
+    fn products_i8(mats: &[Self], x: &[f32]) -> Vec<Vec<f32>> {
+        let inputs: Vec<Vec<Quantized>> = mats
+            .iter()
+            .map(|m| x.chunks(m.cols).map(|r| Quantized::new(r, m)).collect())
+            .collect();
+        let n = x.len() / mats[0].cols;
+        Self::for_row_blocks(mats, n, |i, first, out| {
+            let m = &mats[i];
+            let inputs = &inputs[i];
+            let (one, four) = i8_kernels(m.bits);
+            let rows = out.len() / n;
+            let quads = n / 4;
+            for q in 0..quads {
+                let ins: [&Quantized; 4] = std::array::from_fn(|k| &inputs[4 * q + k]);
+                for j in 0..rows {
+                    // SAFETY: the kernel is the scalar reference or an AVX2 kernel chosen
+                    // after run-time detection; `QuantMatrix::new` checked the row layout and
+                    // `Quantized::new` made each input `cols` values for this matrix.
+                    let v = unsafe { four(m.group, m.row(first + j), ins) };
+                    out[j * n + 4 * q..j * n + 4 * q + 4].copy_from_slice(&v);
+                }
+            }
+            for k in 4 * quads..n {
+                for j in 0..rows {
+                    // SAFETY: as above.
+                    let [v] = unsafe { one(m.group, m.row(first + j), [&inputs[k]]) };
+                    out[j * n + k] = v;
+                }
+            }
+        })
+    }
+}
+
+/// One input row quantized for the int8 kernels.
+struct Quantized {
+    /// The values as int8, `x ≈ q · scale[block]`; for 4-bit weights reordered per 32
+    /// columns as [16 even, 16 odd] to meet the low and high nibbles of 16 packed bytes.
+    q: Vec<i8>,
+    /// One scale per 32 columns.
+    scales: Vec<f32>,
+    /// Σx per weight group (exact float), for the bias term.
+    group_sums: Vec<f32>,
+}
+
+impl Quantized {
+    /// `x` (`m.cols` values) quantized for matrix `m`'s layout.
+    fn new(x: &[f32], m: &QuantMatrix<'_>) -> Self {
+        let group_sums = x.chunks(m.group).map(|g| g.iter().sum()).collect();
+        let mut q = vec![0i8; x.len()];
+        let mut scales = Vec::with_capacity(x.len() / 32);
+        for (block, out) in x.chunks(32).zip(q.chunks_mut(32)) {
+            let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let scale = amax / 127.0;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            scales.push(scale);
+            for (c, v) in block.iter().enumerate() {
+                // `as` saturates; |v · inv| ≤ 127 up to rounding.
+                let at = if m.bits == 4 { c / 2 + (c % 2) * 16 } else { c };
+                out[at] = (v * inv).round() as i8;
+            }
+        }
+        Quantized {
+            q,
+            scales,
+            group_sums,
+        }
+    }
+}
+
+/// One weight row against `N` int8-quantized inputs: for each input
+/// `Σ_g scale[g] · Σ_{b∈g} xscale[b] · Σ_{c∈b} q[c] · xq[c] + bias[g] · Σ_{c∈g} x[c]`.
+type I8Kernel<const N: usize> = unsafe fn(usize, Row<'_>, [&Quantized; N]) -> [f32; N];
+
+/// The int8 kernels for `bits` (one input, four inputs): AVX2 when present, else the
+/// portable references.
+fn i8_kernels(bits: usize) -> (I8Kernel<1>, I8Kernel<4>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if simd_available() {
+            return match bits {
+                8 => (avx2::i8_q8::<1>, avx2::i8_q8::<4>),
+                _ => (avx2::i8_q4::<1>, avx2::i8_q4::<4>),
+            };
+        }
+    }
+    match bits {
+        8 => (i8_scalar::<8, 1>, i8_scalar::<8, 4>),
+        _ => (i8_scalar::<4, 1>, i8_scalar::<4, 4>),
+    }
+}
+
+/// Portable reference of the int8 kernels (integer sums per 32 columns, then the same float
+/// steps as the SIMD kernels).
+///
+/// # Safety
+/// None beyond the slice lengths the caller asserted; `unsafe` only to share the type of
+/// the SIMD kernels.
+unsafe fn i8_scalar<const BITS: usize, const N: usize>(
+    group: usize,
+    (packed, scales, biases): Row<'_>,
+    xs: [&Quantized; N],
+) -> [f32; N] {
+    std::array::from_fn(|i| {
+        let x = xs[i];
+        let mut total = 0f32;
+        for (g, (&s, &b)) in scales.iter().zip(biases).enumerate() {
+            for blk in g * group / 32..(g + 1) * group / 32 {
+                let mut dot = 0i32;
+                for k in 0..32 {
+                    let c = blk * 32 + k;
+                    let w = if BITS == 8 {
+                        packed[c] as i32
+                    } else {
+                        // Column order of `Quantized::q` for 4-bit: [16 even, 16 odd].
+                        let byte = packed[blk * 16 + k % 16];
+                        if k < 16 {
+                            (byte & 0x0f) as i32
+                        } else {
+                            (byte >> 4) as i32
+                        }
+                    };
+                    dot += w * x.q[c] as i32;
+                }
+                total += dot as f32 * (s * x.scales[blk]);
+            }
+            total += b * x.group_sums[g];
+        }
+        total
+    })
 }
 
 /// One row of the product: `Σ_g scale[g] · Σ_{c∈g} q[c] · x[c] + bias[g] · Σ_{c∈g} x[c]`,
@@ -653,7 +847,95 @@ mod avx2 {
         hsum(acc) + bias
     }
 
+    use super::Quantized;
     use super::Row;
+
+    /// Int8 inputs against 4-bit weights: per 32 columns (16 packed bytes) the low and high
+    /// nibbles form 32 unsigned bytes that meet the input's 32 int8 values in one
+    /// `vpmaddubsw` (pairs of products ≤ 2 · 15 · 127, no saturation) and one `vpmaddwd`;
+    /// the eight int32 sums are converted and scaled by weight scale × input scale.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::needless_range_loop)]
+    pub unsafe fn i8_q4<const N: usize>(
+        group: usize,
+        (packed, scales, biases): Row<'_>,
+        xs: [&Quantized; N],
+    ) -> [f32; N] {
+        debug_assert!(group % 32 == 0 && packed.len() * 2 == scales.len() * group);
+        debug_assert!(xs.iter().all(|x| x.q.len() == packed.len() * 2));
+        let p = packed.as_ptr();
+        let xq = xs.map(|x| x.q.as_ptr());
+        let mask = _mm256_set1_epi8(0x0f);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut bias = [0f32; N];
+        let per_group = group / 32;
+        for (g, (&s, &b)) in scales.iter().zip(biases).enumerate() {
+            for blk in g * per_group..(g + 1) * per_group {
+                let q = _mm_loadu_si128(p.add(blk * 16) as *const __m128i);
+                let w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), mask);
+                for i in 0..N {
+                    let x = _mm256_loadu_si256(xq[i].add(blk * 32) as *const __m256i);
+                    let d = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones);
+                    let f = _mm256_set1_ps(s * xs[i].scales.get_unchecked(blk));
+                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), f, acc[i]);
+                }
+            }
+            for i in 0..N {
+                bias[i] += b * xs[i].group_sums.get_unchecked(g);
+            }
+        }
+        let mut out = [0f32; N];
+        for i in 0..N {
+            out[i] = hsum(acc[i]) + bias[i];
+        }
+        out
+    }
+
+    /// Int8 inputs against 8-bit weights: the unsigned weight `q` is taken as `q − 128`
+    /// (a signed byte; the bias becomes `bias + 128 · scale`), so `vpmaddubsw` can take
+    /// |q − 128| and the input with the weight's sign (`vpsignb`): pairs of products
+    /// ≤ 2 · 128 · 127, no saturation.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::needless_range_loop)]
+    pub unsafe fn i8_q8<const N: usize>(
+        group: usize,
+        (packed, scales, biases): Row<'_>,
+        xs: [&Quantized; N],
+    ) -> [f32; N] {
+        debug_assert!(group % 32 == 0 && packed.len() == scales.len() * group);
+        debug_assert!(xs.iter().all(|x| x.q.len() == packed.len()));
+        let p = packed.as_ptr();
+        let xq = xs.map(|x| x.q.as_ptr());
+        let flip = _mm256_set1_epi8(-128);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut bias = [0f32; N];
+        let per_group = group / 32;
+        for (g, (&s, &b)) in scales.iter().zip(biases).enumerate() {
+            for blk in g * per_group..(g + 1) * per_group {
+                let w =
+                    _mm256_xor_si256(_mm256_loadu_si256(p.add(blk * 32) as *const __m256i), flip);
+                let magnitude = _mm256_abs_epi8(w);
+                for i in 0..N {
+                    let x = _mm256_loadu_si256(xq[i].add(blk * 32) as *const __m256i);
+                    let signed = _mm256_sign_epi8(x, w);
+                    let d = _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, signed), ones);
+                    let f = _mm256_set1_ps(s * xs[i].scales.get_unchecked(blk));
+                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), f, acc[i]);
+                }
+            }
+            let shifted = b + 128.0 * s;
+            for i in 0..N {
+                bias[i] += shifted * xs[i].group_sums.get_unchecked(g);
+            }
+        }
+        let mut out = [0f32; N];
+        for i in 0..N {
+            out[i] = hsum(acc[i]) + bias[i];
+        }
+        out
+    }
 
     /// [`row_q8`] for two weight rows against four inputs. Each 8-column weight vector is
     /// widened and multiplied by its group's scale once, then meets the four inputs: eight
@@ -813,7 +1095,8 @@ mod tests {
             .collect()
     }
 
-    /// The host kernel against MLX's own quantized_matmul on the same packed weights.
+    /// The host kernel (float activations) against MLX's own quantized_matmul on the same
+    /// packed weights.
     #[test]
     fn host_matvec_matches_mlx_quantized_matmul() {
         for (bits, group, rows, cols) in [
@@ -833,9 +1116,13 @@ mod tests {
             let (wq, scales, biases) = quantize(&w, group, bits).unwrap();
             let x = Array::from_slice(&pseudo_random(7 * cols, 7), &[1, 7, cols as i32]);
             let expect = quantized_matmul(&x, &wq, &scales, &biases, true, group, bits).unwrap();
-            let got = matmul_many(&x, &[(&wq, &scales, &biases, bits, group)])
-                .unwrap()
-                .remove(0);
+            let got = matmul_many_as(
+                &x,
+                &[(&wq, &scales, &biases, bits, group)],
+                Activations::F32,
+            )
+            .unwrap()
+            .remove(0);
             assert_eq!(got.shape(), expect.shape());
             let (e, g) = (expect.as_slice::<f32>(), got.as_slice::<f32>());
             for (i, (a, b)) in e.iter().zip(g).enumerate() {
@@ -980,6 +1267,73 @@ mod tests {
             QuantMatrix::matmul_many(&[ok], &pseudo_random(63, 3)),
             "63 values",
         );
+    }
+
+    /// The int8 kernels (SIMD and scalar reference) against the float products: the error
+    /// is the input's int8 rounding (≤ half a step of max|x|/127 per 32 columns), so the
+    /// bound is that step times Σ|w| over the row; and a row computed with three others
+    /// equals the same row computed alone, bit for bit.
+    #[test]
+    fn int8_activations_match_float_within_the_rounding_bound() {
+        for (bits, group, rows, cols) in [
+            (4, 32, 9, 96),
+            (4, 64, 5, 128),
+            (8, 32, 7, 64),
+            (8, 128, 3, 256),
+        ] {
+            let w = Array::from_slice(
+                &pseudo_random(rows * cols, bits as u32 + 3),
+                &[rows as i32, cols as i32],
+            );
+            let (wq, scales, biases) = quantize(&w, group, bits).unwrap();
+            let m = QuantMatrix::view(&wq, &scales, &biases, bits, group).unwrap();
+            let deq = mlx_rs::ops::dequantize(&wq, &scales, &biases, group, bits).unwrap();
+            let deq = deq.as_slice::<f32>();
+            let xs: Vec<Vec<f32>> = (0..5).map(|i| pseudo_random(cols, 40 + i)).collect();
+            let qs: Vec<Quantized> = xs.iter().map(|x| Quantized::new(x, &m)).collect();
+            let (one, four) = i8_kernels(bits as usize);
+            let scalar: (I8Kernel<1>, I8Kernel<4>) = if bits == 8 {
+                (i8_scalar::<8, 1>, i8_scalar::<8, 4>)
+            } else {
+                (i8_scalar::<4, 1>, i8_scalar::<4, 4>)
+            };
+            for r in 0..rows {
+                let wr = &deq[r * cols..(r + 1) * cols];
+                // SAFETY: layouts checked by `QuantMatrix::view` and `Quantized::new`.
+                let together = unsafe { four(m.group, m.row(r), [&qs[0], &qs[1], &qs[2], &qs[3]]) };
+                let reference =
+                    unsafe { (scalar.1)(m.group, m.row(r), [&qs[0], &qs[1], &qs[2], &qs[3]]) };
+                for (i, x) in xs.iter().enumerate().take(4) {
+                    let [alone] = unsafe { one(m.group, m.row(r), [&qs[i]]) };
+                    let [scalar_alone] = unsafe { (scalar.0)(m.group, m.row(r), [&qs[i]]) };
+                    assert_eq!(
+                        alone.to_bits(),
+                        together[i].to_bits(),
+                        "bits {bits} row {r}"
+                    );
+                    let exact: f32 = wr.iter().zip(x).map(|(a, b)| a * b).sum();
+                    let bound: f32 = x
+                        .chunks(32)
+                        .zip(wr.chunks(32))
+                        .map(|(xb, wb)| {
+                            let step = xb.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+                            0.5 * step * wb.iter().map(|v| v.abs()).sum::<f32>()
+                        })
+                        .sum::<f32>()
+                        + 1e-4 * (1.0 + exact.abs());
+                    for (what, got) in [
+                        ("simd", alone),
+                        ("scalar", scalar_alone),
+                        ("scalar x4", reference[i]),
+                    ] {
+                        assert!(
+                            (got - exact).abs() <= bound,
+                            "bits {bits} group {group} row {r} input {i} {what}: {got} vs float {exact} (bound {bound})"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

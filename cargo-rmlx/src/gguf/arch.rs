@@ -1,89 +1,23 @@
-//! Architecture mapping from llama.cpp's GGUF conventions to Hugging Face / mlx-lm ones:
-//! which architectures are supported ([`Architecture`]), GGUF tensor names → Hugging Face
-//! names ([`map_tensor`], including undoing llama.cpp's Q/K row permutation for llama and the
-//! `+1` gemma norm shift), hyper-parameters from metadata ([`ModelParams`]) and `config.json`.
+//! The generic part of mapping llama.cpp's GGUF conventions to Hugging Face / mlx-lm ones;
+//! what each architecture knows (its GGUF name, tensor names, permutation, norm shift, own
+//! config keys) is its registry family's `arch::gguf` entry ([`Architecture`]). Here: which
+//! entry a file is ([`detect`]), GGUF tensor names → MLX-layout names ([`map_tensor`],
+//! including undoing llama.cpp's Q/K row permutation and the `+1` gemma norm shift),
+//! hyper-parameters from metadata ([`ModelParams`]) and `config.json` ([`config_json`]).
 
 use serde_json::{json, Map, Value};
 use tracing::warn;
 
 use super::reader::GgufFile;
+use crate::arch::gguf::put;
 use crate::diagnostic::{Diagnostic, Result};
 use crate::snapshot::config::size_limit;
 
-/// A GGUF architecture this importer can map.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Architecture {
-    /// `llama` (Llama 1/2/3, SmolLM, Mistral-style llama GGUFs). Q/K rows are permuted.
-    Llama,
-    /// `qwen2` (Qwen2 / Qwen2.5): q/k/v biases, no permutation.
-    Qwen2,
-    /// `qwen3`: q/k norms, no biases, no permutation.
-    Qwen3,
-    /// `gemma3` (text): four norms per layer, q/k norms, norm weights stored `+1`.
-    Gemma3,
-}
-
-impl Architecture {
-    /// Every supported architecture.
-    pub const ALL: [Architecture; 4] = [Self::Llama, Self::Qwen2, Self::Qwen3, Self::Gemma3];
-
-    /// From `general.architecture`.
-    pub fn from_gguf(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|a| a.gguf_name() == name)
-    }
-
-    /// The `general.architecture` value (also the metadata key prefix).
-    pub fn gguf_name(self) -> &'static str {
-        match self {
-            Self::Llama => "llama",
-            Self::Qwen2 => "qwen2",
-            Self::Qwen3 => "qwen3",
-            Self::Gemma3 => "gemma3",
-        }
-    }
-
-    /// Hugging Face `model_type`.
-    pub fn model_type(self) -> &'static str {
-        match self {
-            Self::Llama => "llama",
-            Self::Qwen2 => "qwen2",
-            Self::Qwen3 => "qwen3",
-            Self::Gemma3 => "gemma3_text",
-        }
-    }
-
-    /// Hugging Face model class (`architectures[0]`).
-    pub fn hf_class(self) -> &'static str {
-        match self {
-            Self::Llama => "LlamaForCausalLM",
-            Self::Qwen2 => "Qwen2ForCausalLM",
-            Self::Qwen3 => "Qwen3ForCausalLM",
-            Self::Gemma3 => "Gemma3ForCausalLM",
-        }
-    }
-
-    /// Does llama.cpp's converter permute Q/K rows for this architecture?
-    pub fn permutes_qk(self) -> bool {
-        matches!(self, Self::Llama)
-    }
-
-    /// Value llama.cpp's converter added to every norm weight (gemma's `1 + w` RMSNorm).
-    pub fn norm_shift(self) -> f32 {
-        match self {
-            Self::Gemma3 => 1.0,
-            _ => 0.0,
-        }
-    }
-}
-
-impl std::fmt::Display for Architecture {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.gguf_name())
-    }
-}
+/// A GGUF architecture this importer can map: an entry of a registry family's `gguf` list.
+pub use crate::arch::gguf::GgufArch as Architecture;
 
 /// The architecture of a GGUF file, or an `unsupported-architecture` error.
-pub fn detect(gguf: &GgufFile) -> Result<Architecture> {
+pub fn detect(gguf: &GgufFile) -> Result<&'static Architecture> {
     let name = gguf.architecture().ok_or_else(|| {
         Diagnostic::error(
             "rmlx::gguf::missing-metadata",
@@ -91,7 +25,7 @@ pub fn detect(gguf: &GgufFile) -> Result<Architecture> {
         )
         .with_file(gguf.path())
     })?;
-    Architecture::from_gguf(name).ok_or_else(|| {
+    crate::arch::gguf::lookup(name).ok_or_else(|| {
         Diagnostic::error(
             "rmlx::gguf::unsupported-architecture",
             format!("GGUF architecture `{name}` is not supported"),
@@ -99,7 +33,10 @@ pub fn detect(gguf: &GgufFile) -> Result<Architecture> {
         .with_file(gguf.path())
         .with_help(format!(
             "supported architectures: {}",
-            Architecture::ALL.map(Architecture::gguf_name).join(", ")
+            crate::arch::gguf::all()
+                .map(|a| a.name)
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
     })
 }
@@ -121,7 +58,7 @@ pub enum TensorMapping {
 }
 
 /// Maps a GGUF tensor name; `None` for names this architecture does not know.
-pub fn map_tensor(arch: Architecture, params: &ModelParams, name: &str) -> Option<TensorMapping> {
+pub fn map_tensor(arch: &Architecture, params: &ModelParams, name: &str) -> Option<TensorMapping> {
     let keep = |hf: String| TensorMapping::Keep {
         hf_name: hf,
         unpermute_heads: None,
@@ -147,25 +84,9 @@ pub fn map_tensor(arch: Architecture, params: &ModelParams, name: &str) -> Optio
             if suffix != "weight" && suffix != "bias" {
                 return None;
             }
-            let hf_module = match (arch, module) {
-                (_, "attn_norm") => "input_layernorm",
-                (_, "attn_q") => "self_attn.q_proj",
-                (_, "attn_k") => "self_attn.k_proj",
-                (_, "attn_v") => "self_attn.v_proj",
-                (_, "attn_output") => "self_attn.o_proj",
-                (_, "ffn_gate") => "mlp.gate_proj",
-                (_, "ffn_up") => "mlp.up_proj",
-                (_, "ffn_down") => "mlp.down_proj",
-                (Architecture::Gemma3 | Architecture::Qwen3, "attn_q_norm") => "self_attn.q_norm",
-                (Architecture::Gemma3 | Architecture::Qwen3, "attn_k_norm") => "self_attn.k_norm",
-                (Architecture::Gemma3, "post_attention_norm") => "post_attention_layernorm",
-                (Architecture::Gemma3, "ffn_norm") => "pre_feedforward_layernorm",
-                (Architecture::Gemma3, "post_ffw_norm") => "post_feedforward_layernorm",
-                (_, "ffn_norm") => "post_attention_layernorm",
-                _ => return None,
-            };
+            let hf_module = (arch.layer_module)(module)?;
             let mut m = keep(format!("model.layers.{layer}.{hf_module}.{suffix}"));
-            if arch.permutes_qk() {
+            if arch.permutes_qk {
                 if let TensorMapping::Keep {
                     unpermute_heads, ..
                 } = &mut m
@@ -180,9 +101,9 @@ pub fn map_tensor(arch: Architecture, params: &ModelParams, name: &str) -> Optio
             m
         }
     };
-    if arch.norm_shift() != 0.0 && name.ends_with("norm.weight") {
+    if arch.norm_shift != 0.0 && name.ends_with("norm.weight") {
         if let TensorMapping::Keep { subtract, .. } = &mut mapping {
-            *subtract = arch.norm_shift();
+            *subtract = arch.norm_shift;
         }
     }
     Some(mapping)
@@ -260,7 +181,8 @@ fn bounded(gguf: &GgufFile, key: &str, hf_key: &str, v: u64) -> Result<usize> {
     }
 }
 
-fn req_usize(gguf: &GgufFile, key: &str, hf_key: &str) -> Result<usize> {
+/// The required positive size `key` (config.json's `hf_key`), bounded like config.json.
+pub(crate) fn req_usize(gguf: &GgufFile, key: &str, hf_key: &str) -> Result<usize> {
     match gguf.get_u64(key) {
         Some(v) if v > 0 => bounded(gguf, key, hf_key, v),
         _ => Err(missing(gguf, key)),
@@ -275,19 +197,35 @@ fn opt_usize(gguf: &GgufFile, key: &str, hf_key: &str) -> Result<Option<usize>> 
     }
 }
 
+/// The block index of a `blk.<i>.…` tensor name.
+fn block_of(name: &str) -> Option<usize> {
+    name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
+}
+
+/// The blocks that have a tensor `blk.<i>.<suffix>` (e.g. a MoE router), ascending.
+pub(crate) fn layers_with(gguf: &GgufFile, suffix: &str) -> Vec<usize> {
+    let mut layers: Vec<usize> = gguf
+        .tensors()
+        .iter()
+        .filter(|t| {
+            t.name
+                .strip_prefix("blk.")
+                .and_then(|r| r.split_once('.'))
+                .is_some_and(|(_, rest)| rest == suffix)
+        })
+        .filter_map(|t| block_of(&t.name))
+        .collect();
+    layers.sort_unstable();
+    layers.dedup();
+    layers
+}
+
 /// The number of `blk.<i>` blocks that have tensors must be `block_count`.
 fn check_block_count(gguf: &GgufFile, key: &str, block_count: usize) -> Result<()> {
     let present = gguf
         .tensors()
         .iter()
-        .filter_map(|t| {
-            t.name
-                .strip_prefix("blk.")?
-                .split('.')
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
+        .filter_map(|t| block_of(&t.name))
         .max()
         .map_or(0, |m| m + 1);
     if present == block_count {
@@ -344,8 +282,8 @@ fn head_count(gguf: &GgufFile, key: &str) -> Result<Option<usize>> {
 
 impl ModelParams {
     /// Reads the hyper-parameters of `arch` from the file's metadata.
-    pub fn read(gguf: &GgufFile, arch: Architecture) -> Result<Self> {
-        let p = arch.gguf_name();
+    pub fn read(gguf: &GgufFile, arch: &Architecture) -> Result<Self> {
+        let p = arch.name;
         let k = |s: &str| format!("{p}.{s}");
         let hidden_size = req_usize(gguf, &k("embedding_length"), "hidden_size")?;
         let num_layers = req_usize(gguf, &k("block_count"), "num_hidden_layers")?;
@@ -373,10 +311,7 @@ impl ModelParams {
             .get_f64(&k("attention.layer_norm_rms_epsilon"))
             .map(short_f64)
             .ok_or_else(|| missing(gguf, &k("attention.layer_norm_rms_epsilon")))?;
-        let default_theta = match arch {
-            Architecture::Llama => 10_000.0,
-            Architecture::Qwen2 | Architecture::Qwen3 | Architecture::Gemma3 => 1_000_000.0,
-        };
+        let default_theta = arch.default_rope_theta;
         let rope_theta = match gguf.get_f64(&k("rope.freq_base")) {
             Some(v) => short_f64(v),
             None => {
@@ -512,98 +447,56 @@ impl SpecialIds {
 /// Builds `config.json`. `quantization` is the mlx-lm quantization block (also written as
 /// `quantization_config`) when any tensor is kept quantized.
 pub fn config_json(
-    arch: Architecture,
+    gguf: &GgufFile,
+    arch: &Architecture,
     p: &ModelParams,
     ids: &SpecialIds,
     tie_word_embeddings: bool,
     torch_dtype: &str,
     quantization: Option<Value>,
-) -> Value {
+) -> Result<Value> {
     let mut c = Map::new();
-    let mut put = |k: &str, v: Value| {
-        c.insert(k.to_owned(), v);
-    };
-    put("architectures", json!([arch.hf_class()]));
-    put("model_type", json!(arch.model_type()));
-    put("hidden_size", json!(p.hidden_size));
-    put("intermediate_size", json!(p.intermediate_size));
-    put("num_hidden_layers", json!(p.num_layers));
-    put("num_attention_heads", json!(p.num_heads));
-    put("num_key_value_heads", json!(p.num_kv_heads));
-    put("head_dim", json!(p.head_dim));
-    put("rms_norm_eps", json!(p.rms_norm_eps));
-    put("rope_theta", json!(p.rope_theta));
-    put("max_position_embeddings", json!(p.max_position_embeddings));
-    put("vocab_size", json!(p.vocab_size));
-    put("tie_word_embeddings", json!(tie_word_embeddings));
-    put("bos_token_id", json!(ids.bos));
-    put("eos_token_id", ids.eos_json());
+    put(&mut c, "architectures", json!([arch.hf_class]));
+    put(&mut c, "model_type", json!(arch.model_type));
+    put(&mut c, "hidden_size", json!(p.hidden_size));
+    put(&mut c, "intermediate_size", json!(p.intermediate_size));
+    put(&mut c, "num_hidden_layers", json!(p.num_layers));
+    put(&mut c, "num_attention_heads", json!(p.num_heads));
+    put(&mut c, "num_key_value_heads", json!(p.num_kv_heads));
+    put(&mut c, "head_dim", json!(p.head_dim));
+    put(&mut c, "rms_norm_eps", json!(p.rms_norm_eps));
+    put(&mut c, "rope_theta", json!(p.rope_theta));
+    put(
+        &mut c,
+        "max_position_embeddings",
+        json!(p.max_position_embeddings),
+    );
+    put(&mut c, "vocab_size", json!(p.vocab_size));
+    put(&mut c, "tie_word_embeddings", json!(tie_word_embeddings));
+    put(&mut c, "bos_token_id", json!(ids.bos));
+    put(&mut c, "eos_token_id", ids.eos_json());
     if let Some(pad) = ids.pad {
-        put("pad_token_id", json!(pad));
+        put(&mut c, "pad_token_id", json!(pad));
     }
     put(
+        &mut c,
         "rope_scaling",
         p.rope_scaling.clone().unwrap_or(Value::Null),
     );
-    match arch {
-        Architecture::Llama => {
-            put("hidden_act", json!("silu"));
-            put("attention_bias", json!(false));
-            put("mlp_bias", json!(false));
-        }
-        Architecture::Qwen2 => {
-            put("hidden_act", json!("silu"));
-            put("use_sliding_window", json!(false));
-            put(
-                "sliding_window",
-                json!(p.sliding_window.unwrap_or(p.max_position_embeddings)),
-            );
-            put("max_window_layers", json!(p.num_layers));
-        }
-        Architecture::Qwen3 => {
-            put("hidden_act", json!("silu"));
-            put("attention_bias", json!(false));
-            put("use_sliding_window", json!(false));
-        }
-        Architecture::Gemma3 => {
-            // llama.cpp hard-codes these for gemma3 (they are not stored in the GGUF).
-            let pattern = 6;
-            put("hidden_activation", json!("gelu_pytorch_tanh"));
-            put("rope_local_base_freq", json!(10_000.0));
-            put("sliding_window", json!(p.sliding_window.unwrap_or(512)));
-            put("sliding_window_pattern", json!(pattern));
-            let layer_types: Vec<&str> = (0..p.num_layers)
-                .map(|i| {
-                    if (i + 1) % pattern == 0 {
-                        "full_attention"
-                    } else {
-                        "sliding_attention"
-                    }
-                })
-                .collect();
-            put("layer_types", json!(layer_types));
-            // llama.cpp: 1/sqrt(hidden/heads) for the 27B model (62 layers), else 1/sqrt(head_dim).
-            let scalar = if p.num_layers == 62 {
-                p.hidden_size / p.num_heads
-            } else {
-                p.head_dim
-            };
-            put("query_pre_attn_scalar", json!(scalar));
-            put("final_logit_softcapping", Value::Null);
-            put("attn_logit_softcapping", Value::Null);
-        }
-    }
-    put("torch_dtype", json!(torch_dtype));
+    (arch.config)(gguf, p, &mut c)?;
+    put(&mut c, "torch_dtype", json!(torch_dtype));
     if let Some(q) = quantization {
-        put("quantization", q.clone());
-        put("quantization_config", q);
+        put(&mut c, "quantization", q.clone());
+        put(&mut c, "quantization_config", q);
     }
-    Value::Object(c)
+    Ok(Value::Object(c))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::gguf::gemma3::GEMMA3;
+    use crate::arch::gguf::llama::{LLAMA, QWEN2};
 
     fn params() -> ModelParams {
         ModelParams {
@@ -656,44 +549,77 @@ mod tests {
     #[test]
     fn tensor_names_map_to_hugging_face() {
         let p = params();
-        let hf = |arch, n: &str| match map_tensor(arch, &p, n) {
+        let hf = |arch: &Architecture, n: &str| match map_tensor(arch, &p, n) {
             Some(TensorMapping::Keep { hf_name, .. }) => hf_name,
             other => panic!("{n}: {other:?}"),
         };
+        assert_eq!(hf(&LLAMA, "token_embd.weight"), "model.embed_tokens.weight");
+        assert_eq!(hf(&LLAMA, "output.weight"), "lm_head.weight");
         assert_eq!(
-            hf(Architecture::Llama, "token_embd.weight"),
-            "model.embed_tokens.weight"
-        );
-        assert_eq!(hf(Architecture::Llama, "output.weight"), "lm_head.weight");
-        assert_eq!(
-            hf(Architecture::Llama, "blk.1.ffn_norm.weight"),
+            hf(&LLAMA, "blk.1.ffn_norm.weight"),
             "model.layers.1.post_attention_layernorm.weight"
         );
         assert_eq!(
-            hf(Architecture::Qwen2, "blk.0.attn_q.bias"),
+            hf(&QWEN2, "blk.0.attn_q.bias"),
             "model.layers.0.self_attn.q_proj.bias"
         );
         assert_eq!(
-            hf(Architecture::Gemma3, "blk.0.ffn_norm.weight"),
+            hf(&GEMMA3, "blk.0.ffn_norm.weight"),
             "model.layers.0.pre_feedforward_layernorm.weight"
         );
-        assert!(map_tensor(Architecture::Llama, &p, "blk.2.attn_q.weight").is_none());
-        assert!(map_tensor(Architecture::Llama, &p, "blk.0.attn_q_norm.weight").is_none());
-        match map_tensor(Architecture::Llama, &p, "blk.0.attn_k.weight") {
+        assert!(map_tensor(&LLAMA, &p, "blk.2.attn_q.weight").is_none());
+        assert!(map_tensor(&LLAMA, &p, "blk.0.attn_q_norm.weight").is_none());
+        match map_tensor(&LLAMA, &p, "blk.0.attn_k.weight") {
             Some(TensorMapping::Keep {
                 unpermute_heads, ..
             }) => assert_eq!(unpermute_heads, Some(1)),
             other => panic!("{other:?}"),
         }
-        match map_tensor(Architecture::Qwen2, &p, "blk.0.attn_q.weight") {
+        match map_tensor(&QWEN2, &p, "blk.0.attn_q.weight") {
             Some(TensorMapping::Keep {
                 unpermute_heads, ..
             }) => assert_eq!(unpermute_heads, None),
             other => panic!("{other:?}"),
         }
-        match map_tensor(Architecture::Gemma3, &p, "blk.0.attn_q_norm.weight") {
+        match map_tensor(&GEMMA3, &p, "blk.0.attn_q_norm.weight") {
             Some(TensorMapping::Keep { subtract, .. }) => assert_eq!(subtract, 1.0),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn new_families_map_to_the_mlx_layout() {
+        use crate::arch::gguf::olmo2::OLMO2;
+        use crate::arch::gguf::qwen3_moe::QWEN3MOE;
+        let p = params();
+        let cases: [(&Architecture, &str, Option<&str>); 6] = [
+            (
+                &OLMO2,
+                "blk.1.post_ffw_norm",
+                Some("post_feedforward_layernorm"),
+            ),
+            (&OLMO2, "blk.0.attn_q_norm", Some("self_attn.q_norm")),
+            (&OLMO2, "blk.0.attn_norm", None),
+            (
+                &QWEN3MOE,
+                "blk.0.ffn_gate_exps",
+                Some("mlp.switch_mlp.gate_proj"),
+            ),
+            (&QWEN3MOE, "blk.1.ffn_gate_inp", Some("mlp.gate")),
+            (&QWEN3MOE, "blk.1.ffn_down", Some("mlp.down_proj")),
+        ];
+        for (arch, gguf, hf) in cases {
+            let layer = &gguf[4..5];
+            let want = hf.map(|m| TensorMapping::Keep {
+                hf_name: format!("model.layers.{layer}.{m}.weight"),
+                unpermute_heads: None,
+                subtract: 0.0,
+            });
+            assert_eq!(
+                map_tensor(arch, &p, &format!("{gguf}.weight")),
+                want,
+                "{arch} {gguf}"
+            );
         }
     }
 }

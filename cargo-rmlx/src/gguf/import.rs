@@ -118,8 +118,8 @@ pub struct TensorReport {
 /// The result of [`import`].
 #[derive(Debug, Clone)]
 pub struct ImportReport {
-    /// The GGUF architecture.
-    pub architecture: Architecture,
+    /// The GGUF architecture (its registry family's entry).
+    pub architecture: &'static Architecture,
     /// The model directory that was written.
     pub out_dir: PathBuf,
     /// Every written tensor, in GGUF order.
@@ -389,166 +389,102 @@ fn import_impl(
     target: &mut dyn FnMut() -> Result<PathBuf>,
 ) -> Result<ImportReport> {
     let gguf = GgufFile::open(gguf_path)?;
-    let arch = arch::detect(&gguf)?;
-    let params = ModelParams::read(&gguf, arch)?;
-    arch::check_special_ids(&gguf, params.vocab_size)?;
+    let (arch, params) = read_architecture(&gguf)?;
     let ids = SpecialIds::read(&gguf);
-    info!(
-        file = %gguf_path.display(),
-        "importing GGUF v{} ({}, {} tensors)",
-        gguf.version(),
-        arch.gguf_name(),
-        gguf.tensors().len()
-    );
-
-    // ---- plan ----
     let progress = crate::progress::bar(0, format!("importing {}", gguf_path.display()), "tensors");
     let failure = Arc::new(Mutex::new(None));
-    let mut outs: Vec<(String, OutTensor<'_>)> = Vec::new();
-    let mut reports = Vec::new();
-    let mut skipped = Vec::new();
-    let mut quantized_bits: BTreeMap<String, u32> = BTreeMap::new();
+    let sink = Sink {
+        progress: &progress,
+        failure: &failure,
+    };
+    let plan = plan_tensors(&gguf, arch, &params, opts, &sink)?;
+    let tie = !plan.reports.iter().any(|r| r.hf_name == "lm_head.weight");
+    let quantization = quantization_block(&plan.quantized_bits);
+    let dtype = opts.dtype.torch_name();
+    let config = arch::config_json(&gguf, arch, &params, &ids, tie, dtype, quantization)?;
+    let tok = TokenizerFiles::from_gguf(&gguf, params.max_position_embeddings)?;
 
+    let dir = target()?;
+    let mut files = write_side_files(&dir, &config, &tok)?;
+    progress.set_length(plan.reports.len() as u64);
+    write_safetensors(&dir, plan.outs)?;
+    progress.finish_and_clear();
+    if let Some(d) = failure.lock().ok().and_then(|mut f| f.take()) {
+        return Err(d.with_file(gguf_path));
+    }
+    files.push("model.safetensors".into());
+    Ok(report(arch, dir, plan.reports, plan.skipped, files, config))
+}
+
+/// The file's architecture entry and hyper-parameters, special token ids checked.
+fn read_architecture(gguf: &GgufFile) -> Result<(&'static Architecture, ModelParams)> {
+    let arch = arch::detect(gguf)?;
+    let params = ModelParams::read(gguf, arch)?;
+    arch::check_special_ids(gguf, params.vocab_size)?;
+    info!(
+        file = %gguf.path().display(),
+        "importing GGUF v{} ({}, {} tensors)",
+        gguf.version(),
+        arch.name,
+        gguf.tensors().len()
+    );
+    Ok((arch, params))
+}
+
+/// Where converted tensors report progress and a conversion failure.
+struct Sink<'s> {
+    progress: &'s ProgressBar,
+    failure: &'s Arc<Mutex<Option<Diagnostic>>>,
+}
+
+/// Every output tensor of the import, planned before anything is written.
+struct TensorPlan<'a> {
+    outs: Vec<(String, OutTensor<'a>)>,
+    reports: Vec<TensorReport>,
+    skipped: Vec<(String, String)>,
+    /// Kept-quantized module → bits.
+    quantized_bits: BTreeMap<String, u32>,
+}
+
+/// Plans every GGUF tensor (mapped, skipped with a reason, or an error), and checks the
+/// token embedding is among them.
+fn plan_tensors<'a>(
+    gguf: &'a GgufFile,
+    arch: &Architecture,
+    params: &ModelParams,
+    opts: &ImportOptions,
+    sink: &Sink<'_>,
+) -> Result<TensorPlan<'a>> {
+    let mut plan = TensorPlan {
+        outs: Vec::new(),
+        reports: Vec::new(),
+        skipped: Vec::new(),
+        quantized_bits: BTreeMap::new(),
+    };
     for info in gguf.tensors() {
-        let view = gguf.view(info);
         let name = &info.name;
-        let (hf_name, heads, subtract) = match arch::map_tensor(arch, &params, name) {
+        match arch::map_tensor(arch, params, name) {
             Some(TensorMapping::Keep {
                 hf_name,
                 unpermute_heads,
                 subtract,
-            }) => (hf_name, unpermute_heads, subtract),
+            }) => {
+                let target = Target {
+                    hf_name,
+                    heads: unpermute_heads,
+                    subtract,
+                };
+                plan_tensor(gguf, info, target, opts, sink, &mut plan)?;
+            }
             Some(TensorMapping::Skip(why)) => {
                 warn!("skipping GGUF tensor `{name}`: {why}");
-                skipped.push((name.clone(), why.to_owned()));
-                continue;
+                plan.skipped.push((name.clone(), why.to_owned()));
             }
-            None => {
-                return Err(Diagnostic::error(
-                    "rmlx::gguf::unknown-tensor",
-                    format!(
-                        "GGUF tensor `{name}` has no Hugging Face equivalent for architecture `{}`",
-                        arch.gguf_name()
-                    ),
-                )
-                .with_file(gguf_path)
-                .with_help("this GGUF variant is not supported by the importer"));
-            }
-        };
-        let ty = info.ggml_type;
-        if !ty.can_dequantize() {
-            return Err(Diagnostic::error(
-                "rmlx::gguf::unsupported-type",
-                format!("GGUF tensor `{name}` has type {ty}, which cannot be decoded"),
-            )
-            .with_file(gguf_path)
-            .with_help(
-                "use a GGUF quantized with Q4_0, Q4_1, Q8_0, Q2_K..Q6_K, IQ4_NL/IQ4_XS or a \
-                 float type",
-            ));
+            None => return Err(unknown_tensor(gguf, arch, name)),
         }
-        let shape = info.shape();
-        let rows = match heads {
-            None => None,
-            Some(n_head) => {
-                // A matrix permutes its rows; a bias permutes its elements.
-                let n_rows = if info.dims.len() == 1 {
-                    info.row_len()
-                } else {
-                    info.n_rows()
-                };
-                let src = arch::unpermute_rows(n_rows, n_head).ok_or_else(|| {
-                    Diagnostic::error(
-                        "rmlx::gguf::bad-tensor",
-                        format!(
-                            "tensor `{name}` has {n_rows} rows, not a multiple of 2 x {n_head} \
-                             heads, so its rope permutation cannot be undone"
-                        ),
-                    )
-                    .with_file(gguf_path)
-                })?;
-                Some(Arc::new(src))
-            }
-        };
-        let bits = ty.mlx_affine_bits().filter(|_| {
-            opts.keep_quantized
-                && info.dims.len() == 2
-                && subtract == 0.0
-                && hf_name.ends_with(".weight")
-        });
-        let bits = match bits {
-            Some(_) if !quants::affine_fits_f16(ty, &view.read()?) => {
-                warn!(
-                    "GGUF tensor `{name}` ({ty}) has a scale whose MLX bias overflows float16; \
-                     dequantizing it to {} instead of keeping it quantized",
-                    opts.dtype.torch_name()
-                );
-                None
-            }
-            other => other,
-        };
-        let mk = |part, shape: Vec<usize>, dtype: safetensors::Dtype, elem: usize| {
-            let n_bytes = shape.iter().product::<usize>() * elem;
-            OutTensor {
-                src: view,
-                part,
-                shape,
-                dtype,
-                n_bytes,
-                rows: rows.clone(),
-                progress: progress.clone(),
-                failure: failure.clone(),
-            }
-        };
-        let action = if let Some(bits) = bits {
-            let (r, c) = (shape[0], shape[1]);
-            let module = hf_name.trim_end_matches(".weight").to_owned();
-            let qshape = vec![r, c * bits as usize / 32];
-            let sshape = vec![r, c / MLX_GROUP_SIZE];
-            outs.push((
-                format!("{module}.weight"),
-                mk(Part::Words, qshape, safetensors::Dtype::U32, 4),
-            ));
-            outs.push((
-                format!("{module}.scales"),
-                mk(Part::Scales, sshape.clone(), safetensors::Dtype::F16, 2),
-            ));
-            outs.push((
-                format!("{module}.biases"),
-                mk(Part::Biases, sshape, safetensors::Dtype::F16, 2),
-            ));
-            quantized_bits.insert(module, bits);
-            TensorAction::KeptQuantized { bits }
-        } else {
-            let part = Part::Dense {
-                dtype: opts.dtype,
-                subtract,
-            };
-            outs.push((
-                hf_name.clone(),
-                mk(
-                    part,
-                    shape.clone(),
-                    opts.dtype.safetensors(),
-                    opts.dtype.size(),
-                ),
-            ));
-            if ty.is_quantized() {
-                TensorAction::Dequantized
-            } else {
-                TensorAction::Converted
-            }
-        };
-        reports.push(TensorReport {
-            gguf_name: name.clone(),
-            hf_name,
-            ggml_type: ty,
-            shape,
-            action,
-            unpermuted_heads: heads,
-        });
     }
-    if !reports
+    if !plan
+        .reports
         .iter()
         .any(|r| r.hf_name == "model.embed_tokens.weight")
     {
@@ -556,44 +492,205 @@ fn import_impl(
             "rmlx::gguf::missing-tensor",
             "GGUF file has no `token_embd.weight` (the token embedding)",
         )
-        .with_file(gguf_path));
+        .with_file(gguf.path()));
     }
-    let tie = !reports.iter().any(|r| r.hf_name == "lm_head.weight");
-    let quantization = quantization_block(&quantized_bits);
-    let config = arch::config_json(
-        arch,
-        &params,
-        &ids,
-        tie,
-        opts.dtype.torch_name(),
-        quantization,
-    );
-    let tok = TokenizerFiles::from_gguf(&gguf, params.max_position_embeddings)?;
+    Ok(plan)
+}
 
-    let tmp_path = target()?;
+fn unknown_tensor(gguf: &GgufFile, arch: &Architecture, name: &str) -> Diagnostic {
+    Diagnostic::error(
+        "rmlx::gguf::unknown-tensor",
+        format!(
+            "GGUF tensor `{name}` has no Hugging Face equivalent for architecture `{}`",
+            arch.name
+        ),
+    )
+    .with_file(gguf.path())
+    .with_help("this GGUF variant is not supported by the importer")
+}
+
+/// Where one GGUF tensor goes (from [`TensorMapping::Keep`]).
+struct Target {
+    hf_name: String,
+    heads: Option<usize>,
+    subtract: f32,
+}
+
+/// Plans one mapped tensor: kept quantized (weight, scales, biases) or written dense.
+fn plan_tensor<'a>(
+    gguf: &'a GgufFile,
+    info: &'a super::reader::TensorInfo,
+    target: Target,
+    opts: &ImportOptions,
+    sink: &Sink<'_>,
+    plan: &mut TensorPlan<'a>,
+) -> Result<()> {
+    let view = gguf.view(info);
+    let ty = info.ggml_type;
+    check_decodable(gguf, info)?;
+    let shape = info.shape();
+    let rows = unpermutation(gguf, info, target.heads)?;
+    let bits = kept_bits(&view, &target, opts)?;
+    let mk = |part, shape: Vec<usize>, dtype: safetensors::Dtype, elem: usize| {
+        let n_bytes = shape.iter().product::<usize>() * elem;
+        OutTensor {
+            src: view,
+            part,
+            shape,
+            dtype,
+            n_bytes,
+            rows: rows.clone(),
+            progress: sink.progress.clone(),
+            failure: sink.failure.clone(),
+        }
+    };
+    let action = if let Some(bits) = bits {
+        let (r, c) = (shape[0], shape[1]);
+        let module = target.hf_name.trim_end_matches(".weight").to_owned();
+        let qshape = vec![r, c * bits as usize / 32];
+        let sshape = vec![r, c / MLX_GROUP_SIZE];
+        let f16 = safetensors::Dtype::F16;
+        plan.outs.push((
+            format!("{module}.weight"),
+            mk(Part::Words, qshape, safetensors::Dtype::U32, 4),
+        ));
+        plan.outs.push((
+            format!("{module}.scales"),
+            mk(Part::Scales, sshape.clone(), f16, 2),
+        ));
+        plan.outs
+            .push((format!("{module}.biases"), mk(Part::Biases, sshape, f16, 2)));
+        plan.quantized_bits.insert(module, bits);
+        TensorAction::KeptQuantized { bits }
+    } else {
+        let part = Part::Dense {
+            dtype: opts.dtype,
+            subtract: target.subtract,
+        };
+        let (st, size) = (opts.dtype.safetensors(), opts.dtype.size());
+        plan.outs
+            .push((target.hf_name.clone(), mk(part, shape.clone(), st, size)));
+        if ty.is_quantized() {
+            TensorAction::Dequantized
+        } else {
+            TensorAction::Converted
+        }
+    };
+    plan.reports.push(TensorReport {
+        gguf_name: info.name.clone(),
+        hf_name: target.hf_name,
+        ggml_type: ty,
+        shape,
+        action,
+        unpermuted_heads: target.heads,
+    });
+    Ok(())
+}
+
+fn check_decodable(gguf: &GgufFile, info: &super::reader::TensorInfo) -> Result<()> {
+    let ty = info.ggml_type;
+    if ty.can_dequantize() {
+        return Ok(());
+    }
+    Err(Diagnostic::error(
+        "rmlx::gguf::unsupported-type",
+        format!(
+            "GGUF tensor `{}` has type {ty}, which cannot be decoded",
+            info.name
+        ),
+    )
+    .with_file(gguf.path())
+    .with_help(
+        "use a GGUF quantized with Q4_0, Q4_1, Q8_0, Q2_K..Q6_K, IQ4_NL/IQ4_XS or a float type",
+    ))
+}
+
+/// The source row of each destination row that undoes llama.cpp's rope permutation with
+/// `heads` heads (`None`: not permuted).
+fn unpermutation(
+    gguf: &GgufFile,
+    info: &super::reader::TensorInfo,
+    heads: Option<usize>,
+) -> Result<Option<Arc<Vec<usize>>>> {
+    let Some(n_head) = heads else {
+        return Ok(None);
+    };
+    // A matrix permutes its rows; a bias permutes its elements.
+    let n_rows = if info.dims.len() == 1 {
+        info.row_len()
+    } else {
+        info.n_rows()
+    };
+    let src = arch::unpermute_rows(n_rows, n_head).ok_or_else(|| {
+        Diagnostic::error(
+            "rmlx::gguf::bad-tensor",
+            format!(
+                "tensor `{}` has {n_rows} rows, not a multiple of 2 x {n_head} heads, so its \
+                 rope permutation cannot be undone",
+                info.name
+            ),
+        )
+        .with_file(gguf.path())
+    })?;
+    Ok(Some(Arc::new(src)))
+}
+
+/// The bits of the MLX affine form a tensor is kept in, or `None` to write it dense: only
+/// Q4_0/Q4_1/Q8_0 matrices (not shifted norms, not 3-D expert stacks) whose MLX biases fit
+/// float16.
+fn kept_bits(view: &TensorView<'_>, target: &Target, opts: &ImportOptions) -> Result<Option<u32>> {
+    let info = view.info;
+    let ty = info.ggml_type;
+    let bits = ty.mlx_affine_bits().filter(|_| {
+        opts.keep_quantized
+            && info.dims.len() == 2
+            && target.subtract == 0.0
+            && target.hf_name.ends_with(".weight")
+    });
+    match bits {
+        Some(_) if !quants::affine_fits_f16(ty, &view.read()?) => {
+            warn!(
+                "GGUF tensor `{}` ({ty}) has a scale whose MLX bias overflows float16; \
+                 dequantizing it to {} instead of keeping it quantized",
+                info.name,
+                opts.dtype.torch_name()
+            );
+            Ok(None)
+        }
+        other => Ok(other),
+    }
+}
+
+/// Writes config.json, the tokenizer files, generation_config.json and the chat template.
+fn write_side_files(dir: &Path, config: &Value, tok: &TokenizerFiles) -> Result<Vec<String>> {
     let mut files = Vec::new();
-    let write_json = |files: &mut Vec<String>, name: &str, v: &Value| -> Result<()> {
-        let p = tmp_path.join(name);
+    let mut write = |name: &str, text: String| -> Result<()> {
+        let p = dir.join(name);
+        std::fs::write(&p, text).map_err(|e| io_err("cannot write", &p, &e))?;
+        files.push(name.to_owned());
+        Ok(())
+    };
+    for (name, v) in [
+        ("config.json", config),
+        ("tokenizer.json", &tok.tokenizer_json),
+        ("tokenizer_config.json", &tok.tokenizer_config),
+        ("generation_config.json", &tok.generation_config),
+    ] {
         let mut s = serde_json::to_string_pretty(v).map_err(|e| {
             Diagnostic::error("rmlx::gguf::io", format!("cannot serialize {name}: {e}"))
         })?;
         s.push('\n');
-        std::fs::write(&p, s).map_err(|e| io_err("cannot write", &p, &e))?;
-        files.push(name.to_owned());
-        Ok(())
-    };
-    write_json(&mut files, "config.json", &config)?;
-    write_json(&mut files, "tokenizer.json", &tok.tokenizer_json)?;
-    write_json(&mut files, "tokenizer_config.json", &tok.tokenizer_config)?;
-    write_json(&mut files, "generation_config.json", &tok.generation_config)?;
-    if let Some(t) = &tok.chat_template {
-        let p = tmp_path.join("chat_template.jinja");
-        std::fs::write(&p, t).map_err(|e| io_err("cannot write", &p, &e))?;
-        files.push("chat_template.jinja".into());
+        write(name, s)?;
     }
+    if let Some(t) = &tok.chat_template {
+        write("chat_template.jinja", t.clone())?;
+    }
+    Ok(files)
+}
 
-    progress.set_length(reports.len() as u64);
-    let st_path = tmp_path.join("model.safetensors");
+/// Writes model.safetensors (each tensor converted when the writer asks for it).
+fn write_safetensors(dir: &Path, outs: Vec<(String, OutTensor<'_>)>) -> Result<()> {
+    let st_path = dir.join("model.safetensors");
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_owned(), "mlx".to_owned());
     safetensors::serialize_to_file(outs, Some(meta), &st_path).map_err(|e| {
@@ -602,14 +699,18 @@ fn import_impl(
             format!("cannot write {}: {e}", st_path.display()),
         )
         .with_file(&st_path)
-    })?;
-    progress.finish_and_clear();
-    if let Some(d) = failure.lock().ok().and_then(|mut f| f.take()) {
-        return Err(d.with_file(gguf_path));
-    }
-    files.push("model.safetensors".into());
+    })
+}
 
-    let out_dir = tmp_path;
+/// The import's report (tensor lists by what was done to them), logged.
+fn report(
+    arch: &'static Architecture,
+    out_dir: PathBuf,
+    reports: Vec<TensorReport>,
+    skipped: Vec<(String, String)>,
+    files: Vec<String>,
+    config: Value,
+) -> ImportReport {
     let names = |f: &dyn Fn(&TensorAction) -> bool| -> Vec<String> {
         reports
             .iter()
@@ -627,7 +728,7 @@ fn import_impl(
         quantized.len(),
         dequantized.len()
     );
-    Ok(ImportReport {
+    ImportReport {
         architecture: arch,
         out_dir,
         tensors: reports,
@@ -637,7 +738,7 @@ fn import_impl(
         skipped,
         files,
         config,
-    })
+    }
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {

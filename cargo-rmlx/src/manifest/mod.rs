@@ -35,7 +35,8 @@
 //! host = "127.0.0.1"
 //! port = 8080
 //! content-special-tokens = false   # true: special tokens typed in messages are control tokens
-//! prompt-cache-mb = 1024            # prompt-cache budget per model, 0 = off
+//! prompt-cache-mb = 1024           # prompt-cache budget per model, 0 = off
+//! max-batch = 8                    # requests generated together per model (1: one at a time)
 //! ```
 
 mod locate;
@@ -234,6 +235,8 @@ pub struct ServeDecl {
     pub content_special_tokens: bool,
     /// Prompt-cache budget per model in MiB, 0 = off (`serve --prompt-cache-mb`).
     pub prompt_cache_mb: u64,
+    /// Requests a model generates together (`serve --max-batch`); `None`: the default.
+    pub max_batch: Option<usize>,
 }
 
 impl Default for ServeDecl {
@@ -243,6 +246,7 @@ impl Default for ServeDecl {
             port: DEFAULT_PORT,
             content_special_tokens: false,
             prompt_cache_mb: DEFAULT_PROMPT_CACHE_MB,
+            max_batch: None,
         }
     }
 }

@@ -482,11 +482,20 @@ fn probe(ctx: &Ctx<'_>, name: &str, v: &Value<'_>) -> Result<ProbeDecl> {
     Ok(p)
 }
 
+/// Largest `max-batch` accepted.
+const MAX_BATCH_LIMIT: usize = 256;
+
 fn serve(ctx: &Ctx<'_>, v: &Value<'_>) -> Result<ServeDecl> {
     let t = ctx.table("serve", v)?;
     ctx.known_keys(
         t,
-        &["host", "port", "content-special-tokens", "prompt-cache-mb"],
+        &[
+            "host",
+            "port",
+            "content-special-tokens",
+            "prompt-cache-mb",
+            "max-batch",
+        ],
         "[serve]",
     )?;
     let host = match t.get("host") {
@@ -534,10 +543,30 @@ fn serve(ctx: &Ctx<'_>, v: &Value<'_>) -> Result<ServeDecl> {
         }
         None => DEFAULT_PROMPT_CACHE_MB,
     };
+    let max_batch = match t.get("max-batch") {
+        Some(v) => {
+            let n = ctx.integer("max-batch", v)?;
+            Some(
+                usize::try_from(n)
+                    .ok()
+                    .filter(|&n| (1..=MAX_BATCH_LIMIT).contains(&n))
+                    .ok_or_else(|| {
+                        ctx.err(
+                            CODE_VALUE,
+                            format!("max-batch {n} is out of range"),
+                            v.span(),
+                            "expected 1..=256",
+                        )
+                    })?,
+            )
+        }
+        None => None,
+    };
     Ok(ServeDecl {
         host,
         port,
         content_special_tokens,
         prompt_cache_mb,
+        max_batch,
     })
 }

@@ -13,6 +13,12 @@ use crate::engine::PrefixCache;
 const TTFT_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 /// Buckets of the decode-throughput histogram (tokens per second).
 const TPS_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
+/// Buckets of the queue-time histogram (seconds from arrival to joining the batch).
+const QUEUE_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// Buckets of the batch-size histogram (sequences per decode pass).
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0];
 /// Buckets of the request-duration histogram (seconds).
 const DURATION_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -64,6 +70,8 @@ struct Inner {
     ttft: BTreeMap<Labels, Histogram>,
     decode_tps: BTreeMap<Labels, Histogram>,
     duration: BTreeMap<Labels, Histogram>,
+    queue_time: BTreeMap<Labels, Histogram>,
+    batch_size: BTreeMap<Labels, Histogram>,
     prompt_cache: PromptCacheMetrics,
 }
 
@@ -197,6 +205,26 @@ impl Metrics {
         self.with(|m| *m.queue_depth.entry(model(model_name)).or_default() += delta);
     }
 
+    /// A request left the queue and joined its model's batch after `seconds` of waiting.
+    pub fn queue_time(&self, model_name: &str, seconds: f64) {
+        self.with(|m| {
+            m.queue_time
+                .entry(model(model_name))
+                .or_insert_with(|| Histogram::new(QUEUE_BUCKETS))
+                .observe(seconds);
+        });
+    }
+
+    /// One decode pass of a model ran `size` sequences together.
+    pub fn batch_size(&self, model_name: &str, size: usize) {
+        self.with(|m| {
+            m.batch_size
+                .entry(model(model_name))
+                .or_insert_with(|| Histogram::new(BATCH_BUCKETS))
+                .observe(size as f64);
+        });
+    }
+
     /// Generations running on a model: +1 at start, -1 at the end.
     pub fn running_delta(&self, model_name: &str, delta: i64) {
         self.with(|m| *m.running.entry(model(model_name)).or_default() += delta);
@@ -254,6 +282,8 @@ impl Metrics {
             counter(&mut out, "rmlx_prompt_cache_evictions_total", "Prompt-cache entries evicted to stay within --prompt-cache-mb.", &p.evictions);
             gauge(&mut out, "rmlx_prompt_cache_bytes", "Bytes held by the prompt cache of the model version in service.", &p.bytes);
             gauge(&mut out, "rmlx_prompt_cache_entries", "Entries held by the prompt cache of the model version in service.", &p.entries);
+            histogram(&mut out, "rmlx_queue_time_seconds", "Time from request arrival until it joins the model's running batch.", &m.queue_time);
+            histogram(&mut out, "rmlx_batch_size", "Sequences decoded together per model step (continuous batching).", &m.batch_size);
             out
         })
     }
@@ -329,7 +359,14 @@ mod tests {
         m.request("smol", "chat", 200, 0.3);
         m.generation("smol", 10, 5, Some(0.02), Some(40.0));
         m.queue_delta("smol", 1);
+        m.queue_time("smol", 0.003);
+        m.batch_size("smol", 3);
         let text = m.render();
+        assert!(text.contains("rmlx_queue_time_seconds_bucket{model=\"smol\",le=\"0.001\"} 0"));
+        assert!(text.contains("rmlx_queue_time_seconds_bucket{model=\"smol\",le=\"0.005\"} 1"));
+        assert!(text.contains("rmlx_batch_size_bucket{model=\"smol\",le=\"2\"} 0"));
+        assert!(text.contains("rmlx_batch_size_bucket{model=\"smol\",le=\"3\"} 1"));
+        assert!(text.contains("rmlx_batch_size_sum{model=\"smol\"} 3"));
         assert!(
             text.contains("rmlx_requests_total{model=\"smol\",endpoint=\"chat\",status=\"200\"} 1")
         );

@@ -22,6 +22,7 @@ pub mod guard;
 pub mod http;
 pub mod metrics;
 pub mod registry;
+pub mod scheduler;
 pub mod text;
 pub mod tools;
 pub mod watch;

@@ -124,6 +124,8 @@ pub struct LoadSettings {
     pub probe: bool,
     /// Requests that may wait per model.
     pub queue_depth: usize,
+    /// Sequences a model generates together (continuous batching).
+    pub max_batch: usize,
     /// How special-token strings in messages are encoded.
     pub content_tokens: crate::session::ContentTokens,
     /// Byte budget of each loaded version's prompt cache (0: off).
@@ -359,6 +361,7 @@ impl Registry {
                 }
             }),
             queue_depth: self.settings.queue_depth,
+            max_batch: self.settings.max_batch,
             content_tokens: self.settings.content_tokens,
             prompt_cache_bytes: self.settings.prompt_cache_bytes,
             live: self.live.clone(),

@@ -1,19 +1,21 @@
 //! One loaded version of a model, on its own thread.
 //!
 //! MLX arrays and streams are bound to the thread that made them, so a [`Worker`] thread
-//! loads the [`Session`], probes it, and then runs every generation for it, one at a time,
-//! from a bounded queue ([`Worker::submit`] refuses work beyond the bound). Results stream
-//! back to the HTTP side as [`Event`]s over a tokio channel. A request's cancel flag
+//! loads the [`Session`], probes it, and then runs every generation for it from a bounded
+//! queue ([`Worker::submit`] refuses work beyond the bound): its [`Scheduler`] keeps up to
+//! `max_batch` of them running together (continuous batching). Results stream back to the
+//! HTTP side as [`Event`]s over a tokio channel; [`Stream`] is one request's side of that
+//! (detokenizing, stop strings, logprobs, tool calls, the outcome). A request's cancel flag
 //! (client gone) and deadline are checked between prefill chunks and between tokens. The
-//! thread also owns the version's prompt cache (`engine::prefix_cache`): a reload starts with
-//! an empty one.
+//! thread also owns the version's prompt cache (`engine::prefix_cache`, used by the
+//! scheduler): a reload starts with an empty one.
 //!
 //! When the last handle to a worker is dropped (the model was hot-swapped), its queue
 //! closes: the thread finishes the requests already queued, then exits and frees the model.
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -22,15 +24,17 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::metrics::Metrics;
+use super::scheduler::Scheduler;
 use super::text::{Flow, TextFilter};
 use super::tools::{self, ToolCall};
 use crate::diagnostic::{Diagnostic, Result};
 use crate::engine::{
-    generate_cached, DtypePolicy, GenerateOptions, Penalties, PrefixCache, SamplerConfig,
+    DtypePolicy, GenerateOptions, GenerateOutput, Penalties, PrefixCache, SamplerConfig, Step,
     StopReason,
 };
 use crate::probe::{self, ProbeOptions};
 use crate::session::{ContentTokens, Prompt, Session};
+use crate::tokenize::{StreamDecoder, Tokenizer};
 
 /// What a request asks the model to continue.
 #[derive(Debug, Clone)]
@@ -221,8 +225,10 @@ pub struct WorkerConfig {
     pub policy: DtypePolicy,
     /// Probe before serving (`None`: `--no-probe`).
     pub probe: Option<ProbeSettings>,
-    /// Requests that may wait while one runs.
+    /// Requests that may wait while a full batch runs.
     pub queue_depth: usize,
+    /// Sequences generated together (continuous batching); 1 runs one at a time.
+    pub max_batch: usize,
     /// How special-token strings in messages are encoded.
     pub content_tokens: ContentTokens,
     /// Byte budget of this version's prompt cache (0: off).
@@ -301,6 +307,19 @@ pub struct Worker {
     pub max_context: usize,
     tx: SyncSender<Job>,
     metrics: Arc<Metrics>,
+    load: Arc<Load>,
+    queue_depth: usize,
+}
+
+/// What a worker holds now, shared between [`Worker::submit`] and its scheduler: jobs in the
+/// queue and sequences in the batch. A job is accepted while the queue holds fewer than
+/// `queue_depth` plus the batch's free slots (those are taken at the next step).
+#[derive(Debug, Default)]
+pub(super) struct Load {
+    /// Jobs submitted and not yet taken into the batch.
+    pub queued: AtomicUsize,
+    /// Free slots of the batch.
+    pub free: AtomicUsize,
 }
 
 impl Worker {
@@ -310,7 +329,13 @@ impl Worker {
         cfg: WorkerConfig,
         metrics: Arc<Metrics>,
     ) -> std::result::Result<Arc<Worker>, LoadFailure> {
-        let (tx, rx) = sync_channel::<Job>(cfg.queue_depth);
+        // The bound that matters is checked in `submit`; the channel only has room for it.
+        let (tx, rx) = sync_channel::<Job>(cfg.queue_depth + cfg.max_batch.max(1));
+        let load = Arc::new(Load {
+            queued: AtomicUsize::new(0),
+            free: AtomicUsize::new(cfg.max_batch.max(1)),
+        });
+        let thread_load = load.clone();
         let (ready_tx, ready_rx) = sync_channel(1);
         let thread_cfg = cfg.clone();
         let thread_metrics = metrics.clone();
@@ -319,7 +344,7 @@ impl Worker {
             .name(format!("rmlx-{}-v{}", cfg.name, cfg.version))
             .spawn(move || {
                 let _live = live;
-                worker_main(thread_cfg, rx, ready_tx, thread_metrics)
+                worker_main(thread_cfg, rx, ready_tx, thread_metrics, thread_load)
             });
         if let Err(e) = spawned {
             return Err(LoadFailure {
@@ -353,15 +378,24 @@ impl Worker {
             max_context: loaded.max_context,
             tx,
             metrics,
+            queue_depth: cfg.queue_depth,
+            load,
         }))
     }
 
-    /// Queues a job; refuses it when the queue is full.
+    /// Queues a job; refuses it when the queue behind a full batch is full.
     pub fn submit(&self, job: Job) -> std::result::Result<(), SubmitError> {
+        let room = self.queue_depth + self.load.free.load(Ordering::Relaxed);
+        let queued = self.load.queued.fetch_add(1, Ordering::Relaxed);
+        if queued >= room {
+            self.load.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(SubmitError::Full);
+        }
         self.metrics.queue_delta(&self.name, 1);
         match self.tx.try_send(job) {
             Ok(()) => Ok(()),
             Err(e) => {
+                self.load.queued.fetch_sub(1, Ordering::Relaxed);
                 self.metrics.queue_delta(&self.name, -1);
                 Err(match e {
                     TrySendError::Full(_) => SubmitError::Full,
@@ -383,6 +417,7 @@ fn worker_main(
     rx: Receiver<Job>,
     ready: SyncSender<std::result::Result<Loaded, LoadFailure>>,
     metrics: Arc<Metrics>,
+    load: Arc<Load>,
 ) {
     let fail = |diagnostic: Diagnostic| LoadFailure {
         diagnostic,
@@ -454,15 +489,11 @@ fn worker_main(
         return;
     }
     drop(ready);
-    // prompt cache: one per loaded version, on this thread (a reload starts empty)
-    let mut prompt_cache = PrefixCache::new(cfg.prompt_cache_bytes);
-    while let Ok(job) = rx.recv() {
-        metrics.queue_delta(&cfg.name, -1);
-        metrics.running_delta(&cfg.name, 1);
-        run_job(&cfg.name, &session, job, &metrics, &mut prompt_cache);
-        metrics.prompt_cache(&cfg.name, &mut prompt_cache); // prompt cache
-        metrics.running_delta(&cfg.name, -1);
-    }
+    // one prompt cache per loaded version, on this thread (a reload starts empty)
+    let prompt_cache = PrefixCache::new(cfg.prompt_cache_bytes);
+    Scheduler::new(&cfg.name, &session, &metrics, cfg.max_batch, &load)
+        .with_prompt_cache(prompt_cache)
+        .run(&rx);
     tracing::debug!("{} v{}: retired", cfg.name, cfg.version);
 }
 
@@ -498,87 +529,129 @@ enum Halt {
     Timeout,
 }
 
-fn run_job(
-    name: &str,
-    session: &Session,
-    job: Job,
-    metrics: &Metrics,
-    prompt_cache: &mut PrefixCache,
-) {
-    let Job {
-        req,
-        cancel,
-        deadline,
-        arrived,
-        events,
-    } = job;
-    if Instant::now() >= deadline {
-        metrics.cancelled(name, "timeout");
-        let _ = events.send(Event::Error(JobError::Timeout));
-        return;
-    }
-    if cancel.load(Ordering::Relaxed) {
-        metrics.cancelled(name, "client-gone");
-        return;
-    }
-    let prompt = match build_prompt(session, &req.prompt) {
-        Ok(p) => p,
-        Err(d) => {
-            let _ = events.send(Event::Error(classify(d)));
-            return;
-        }
-    };
-    let prompt_tokens = prompt.ids.len();
-    let ids = prompt.ids.clone();
-    if events.send(Event::Prompt(prompt)).is_err() {
-        metrics.cancelled(name, "client-gone");
-        return;
-    }
-    let eos_ids = session.eos_ids();
-    let opts = GenerateOptions {
-        max_tokens: req.max_tokens,
-        sampler: req.sampler,
-        ignore_eos: req.ignore_eos,
-        eos_ids: eos_ids.clone(),
-        top: req.logprobs.unwrap_or(0).max(1),
-        penalties: req.penalties.clone(),
-    };
-    let tok = &session.tokenizer;
-    let mut decoder = tok.stream_decoder(true);
-    let marker = req.parse_tools.then_some(tools::TOOL_CALL_START);
-    let mut filter = TextFilter::new(req.stop.clone(), marker);
-    let mut halt = None;
-    let mut first_token = None;
-    let mut generated = 0usize;
-    let piece = |id: u32| tok.decode(&[id], false).unwrap_or_default();
-    let gone = || Instant::now() >= deadline || cancel.load(Ordering::Relaxed);
-    let model = &session.model;
-    let result = generate_cached(model, prompt_cache, &ids, &opts, gone, |step| {
-        if first_token.is_none() {
-            first_token = Some(arrived.elapsed());
-        }
-        // The deadline first: a handler that timed out also drops (cancels) its request.
+/// One request on the worker thread: what it asked for, where its output goes, and the
+/// text state between the model's steps and the client (detokenizer, stop strings, tool-call
+/// capture). The scheduler owns its [`crate::engine::Sequence`]; this owns everything else.
+pub(super) struct Stream {
+    req: GenRequest,
+    cancel: Arc<AtomicBool>,
+    deadline: Instant,
+    arrived: Instant,
+    events: UnboundedSender<Event>,
+    eos_ids: Vec<u32>,
+    decoder: StreamDecoder,
+    filter: TextFilter,
+    halt: Option<Halt>,
+    first_token: Option<Duration>,
+    generated: usize,
+    prompt_tokens: usize,
+}
+
+impl Stream {
+    /// Takes a job off the queue: refuses it when its time ran out or its client left,
+    /// builds its prompt and announces it. Returns the stream and its prompt ids and
+    /// generation options, or `None` when the job ended here (its outcome already sent).
+    pub(super) fn open(
+        name: &str,
+        session: &Session,
+        job: Job,
+        metrics: &Metrics,
+    ) -> Option<(Self, Vec<u32>, GenerateOptions)> {
+        let Job {
+            req,
+            cancel,
+            deadline,
+            arrived,
+            events,
+        } = job;
         if Instant::now() >= deadline {
-            halt = Some(Halt::Timeout);
-            return ControlFlow::Break(());
+            metrics.cancelled(name, "timeout");
+            let _ = events.send(Event::Error(JobError::Timeout));
+            return None;
         }
         if cancel.load(Ordering::Relaxed) {
-            halt = Some(Halt::ClientGone);
+            metrics.cancelled(name, "client-gone");
+            return None;
+        }
+        let prompt = match build_prompt(session, &req.prompt) {
+            Ok(p) => p,
+            Err(d) => {
+                let _ = events.send(Event::Error(classify(d)));
+                return None;
+            }
+        };
+        let prompt_tokens = prompt.ids.len();
+        let ids = prompt.ids.clone();
+        if events.send(Event::Prompt(prompt)).is_err() {
+            metrics.cancelled(name, "client-gone");
+            return None;
+        }
+        let eos_ids = session.eos_ids();
+        let opts = GenerateOptions {
+            max_tokens: req.max_tokens,
+            sampler: req.sampler,
+            ignore_eos: req.ignore_eos,
+            eos_ids: eos_ids.clone(),
+            top: req.logprobs.unwrap_or(0).max(1),
+            penalties: req.penalties.clone(),
+        };
+        let marker = req.parse_tools.then_some(tools::TOOL_CALL_START);
+        let stream = Self {
+            decoder: session.tokenizer.stream_decoder(true),
+            filter: TextFilter::new(req.stop.clone(), marker),
+            req,
+            cancel,
+            deadline,
+            arrived,
+            events,
+            eos_ids,
+            halt: None,
+            first_token: None,
+            generated: 0,
+            prompt_tokens,
+        };
+        Some((stream, ids, opts))
+    }
+
+    /// Whether nobody waits for this request any more (deadline past or client gone).
+    pub(super) fn gone(&self) -> bool {
+        Instant::now() >= self.deadline || self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// The request failed: tells the client.
+    pub(super) fn fail(self, d: Diagnostic) {
+        let _ = self.events.send(Event::Error(classify(d)));
+    }
+
+    /// Sees one generated step: streams its text and logprobs, or says stop (stop string,
+    /// client gone, deadline).
+    pub(super) fn on_step(&mut self, tok: &Tokenizer, step: &Step) -> ControlFlow<()> {
+        if self.first_token.is_none() {
+            self.first_token = Some(self.arrived.elapsed());
+        }
+        // The deadline first: a handler that timed out also drops (cancels) its request.
+        if Instant::now() >= self.deadline {
+            self.halt = Some(Halt::Timeout);
             return ControlFlow::Break(());
         }
-        if !req.ignore_eos && eos_ids.contains(&step.id) {
+        if self.cancel.load(Ordering::Relaxed) {
+            self.halt = Some(Halt::ClientGone);
+            return ControlFlow::Break(());
+        }
+        if !self.req.ignore_eos && self.eos_ids.contains(&step.id) {
             return ControlFlow::Continue(());
         }
-        generated += 1;
-        let text = match decoder.push(tok, step.id) {
+        self.generated += 1;
+        let text = match self.decoder.push(tok, step.id) {
             Ok(t) => t.unwrap_or_default(),
             Err(e) => {
                 tracing::warn!("detokenizing failed: {e}");
                 String::new()
             }
         };
-        let (text, flow) = filter.push(&text);
-        let logprobs = match req.logprobs {
+        let (text, flow) = self.filter.push(&text);
+        let piece = |id: u32| tok.decode(&[id], false).unwrap_or_default();
+        let logprobs = match self.req.logprobs {
             Some(n) => vec![TokenLogprob {
                 token: piece(step.id),
                 logprob: step.logprob,
@@ -593,87 +666,91 @@ fn run_job(
             None => Vec::new(),
         };
         if (!text.is_empty() || !logprobs.is_empty())
-            && events.send(Event::Delta { text, logprobs }).is_err()
+            && self.events.send(Event::Delta { text, logprobs }).is_err()
         {
-            halt = Some(Halt::ClientGone);
+            self.halt = Some(Halt::ClientGone);
             return ControlFlow::Break(());
         }
         if flow == Flow::Stop {
-            halt = Some(Halt::StopString);
+            self.halt = Some(Halt::StopString);
             return ControlFlow::Break(());
         }
         ControlFlow::Continue(())
-    });
-    let out = match result {
-        Ok(out) => out,
-        Err(d) => {
-            let _ = events.send(Event::Error(classify(d)));
-            return;
-        }
-    };
-    if out.steps.is_empty() && out.stop == StopReason::Stopped {
-        // Cancelled during the prefill: the same two reasons, the deadline first.
-        halt = Some(if Instant::now() >= deadline {
-            Halt::Timeout
-        } else {
-            Halt::ClientGone
-        });
     }
-    let ttft = first_token.map(|d| d.as_secs_f64());
-    let decode_tps = (out.steps.len() > 1)
-        .then(|| (out.steps.len() - 1) as f64 / out.decode.as_secs_f64().max(1e-9));
-    metrics.generation(name, prompt_tokens, out.steps.len(), ttft, decode_tps);
-    match halt {
-        Some(Halt::ClientGone) => {
-            metrics.cancelled(name, "client-gone");
-            return;
+
+    /// The sequence ended: records metrics and sends the held-back text and the outcome.
+    pub(super) fn finish(
+        mut self,
+        name: &str,
+        tok: &Tokenizer,
+        out: GenerateOutput,
+        metrics: &Metrics,
+    ) {
+        if out.steps.is_empty() && out.stop == StopReason::Stopped {
+            // Cancelled during the prefill: the same two reasons, the deadline first.
+            self.halt = Some(if Instant::now() >= self.deadline {
+                Halt::Timeout
+            } else {
+                Halt::ClientGone
+            });
         }
-        Some(Halt::Timeout) => {
-            metrics.cancelled(name, "timeout");
-            let _ = events.send(Event::Error(JobError::Timeout));
-            return;
-        }
-        _ => {}
-    }
-    // The text still held back: the decoder's tail, then whatever waited for a marker.
-    let mut tail = String::new();
-    if halt != Some(Halt::StopString) {
-        if let Ok(Some(rest)) = decoder.flush(tok) {
-            tail = filter.push(&rest).0;
-        }
-    }
-    let (held, captured) = filter.finish();
-    if !filter.stopped() {
-        tail.push_str(&held);
-    }
-    let mut finish = match (halt, out.stop) {
-        (Some(Halt::StopString), _) | (_, StopReason::Eos) => Finish::Stop,
-        _ => Finish::Length,
-    };
-    let mut tool_calls = Vec::new();
-    if let Some(captured) = captured {
-        match tools::parse(&captured) {
-            Some((calls, rest)) => {
-                tool_calls = calls;
-                tail.push_str(&rest);
-                finish = Finish::ToolCalls;
+        let ttft = self.first_token.map(|d| d.as_secs_f64());
+        let decode_tps = (out.steps.len() > 1)
+            .then(|| (out.steps.len() - 1) as f64 / out.decode.as_secs_f64().max(1e-9));
+        metrics.generation(name, self.prompt_tokens, out.steps.len(), ttft, decode_tps);
+        match self.halt {
+            Some(Halt::ClientGone) => {
+                metrics.cancelled(name, "client-gone");
+                return;
             }
-            None => tail.push_str(&captured),
+            Some(Halt::Timeout) => {
+                metrics.cancelled(name, "timeout");
+                let _ = self.events.send(Event::Error(JobError::Timeout));
+                return;
+            }
+            _ => {}
         }
-    }
-    if !tail.is_empty() {
-        let _ = events.send(Event::Delta {
-            text: tail,
-            logprobs: Vec::new(),
+        let halt = self.halt;
+        // The text still held back: the decoder's tail, then whatever waited for a marker.
+        let mut tail = String::new();
+        if halt != Some(Halt::StopString) {
+            if let Ok(Some(rest)) = self.decoder.flush(tok) {
+                tail = self.filter.push(&rest).0;
+            }
+        }
+        let (held, captured) = self.filter.finish();
+        if !self.filter.stopped() {
+            tail.push_str(&held);
+        }
+        let mut finish = match (halt, out.stop) {
+            (Some(Halt::StopString), _) | (_, StopReason::Eos) => Finish::Stop,
+            _ => Finish::Length,
+        };
+        let mut tool_calls = Vec::new();
+        if let Some(captured) = captured {
+            match tools::parse(&captured) {
+                Some((calls, rest)) => {
+                    tool_calls = calls;
+                    tail.push_str(&rest);
+                    finish = Finish::ToolCalls;
+                }
+                None => tail.push_str(&captured),
+            }
+        }
+        if !tail.is_empty() {
+            let _ = self.events.send(Event::Delta {
+                text: tail,
+                logprobs: Vec::new(),
+            });
+        }
+        let _ = self.events.send(Event::Done {
+            finish,
+            tool_calls,
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.generated,
+            cached_tokens: out.cached_tokens,
         });
     }
-    let _ = events.send(Event::Done {
-        finish,
-        tool_calls,
-        prompt_tokens,
-        completion_tokens: generated,
-        cached_tokens: out.cached_tokens,
-    });
 }
 
 /// A cheap fingerprint of a model directory (names, sizes, modification times of its

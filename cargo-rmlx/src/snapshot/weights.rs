@@ -54,6 +54,20 @@ pub struct Weights {
 struct Scratch {
     buf: Vec<u8>,
     loads: usize,
+    /// Bytes of tensor data read so far (whole tensors and slices).
+    bytes: u64,
+}
+
+impl Scratch {
+    /// Counts one tensor (or slice) of `bytes` read; frees the buffer once all `tensors`
+    /// were read.
+    fn loaded(&mut self, bytes: u64, tensors: usize) {
+        self.bytes += bytes;
+        self.loads += 1;
+        if self.loads >= tensors {
+            self.buf = Vec::new();
+        }
+    }
 }
 
 impl std::fmt::Debug for Weights {
@@ -140,14 +154,42 @@ impl Weights {
         expected: &[Option<usize>],
         cast: Option<Dtype>,
     ) -> Result<Array> {
-        let info = self.tensors.get(name).ok_or_else(|| {
+        let info = self.info_or_missing(name)?;
+        self.check_shape(name, info, expected)?;
+        let array = self.load(name, info)?;
+        self.cast(name, info, array, cast)
+    }
+
+    /// Bytes of tensor data read so far (a tensor-parallel rank reads only its slices).
+    pub fn bytes_read(&self) -> u64 {
+        self.scratch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .bytes
+    }
+
+    /// Bytes of tensor data stored.
+    pub fn bytes_stored(&self) -> u64 {
+        self.tensors
+            .values()
+            .map(|t| t.range.end - t.range.start)
+            .sum()
+    }
+
+    /// The tensor `name`, or the error naming it as missing.
+    fn info_or_missing(&self, name: &str) -> Result<&TensorInfo> {
+        self.tensors.get(name).ok_or_else(|| {
             let mut d = Diagnostic::error(CODE_MISSING, format!("missing tensor `{name}`"))
                 .with_help("the weights do not match config.json (wrong architecture or an incomplete conversion?)");
             if let Some(f) = self.any_file() {
                 d = d.with_file(f);
             }
             d
-        })?;
+        })
+    }
+
+    /// The [`Self::array`] error when `info`'s shape is not `expected` (`None`: any).
+    fn check_shape(&self, name: &str, info: &TensorInfo, expected: &[Option<usize>]) -> Result<()> {
         let path = &self.files[info.file].path;
         let shape_ok = info.shape.len() == expected.len()
             && info
@@ -171,7 +213,18 @@ impl Weights {
             .with_file(path)
             .with_help("config.json and the weights disagree; was the model converted for another configuration?"));
         }
-        let array = self.load(name, info)?;
+        Ok(())
+    }
+
+    /// `array` converted to `cast` when both are floating (see [`Self::array`]).
+    fn cast(
+        &self,
+        name: &str,
+        info: &TensorInfo,
+        array: Array,
+        cast: Option<Dtype>,
+    ) -> Result<Array> {
+        let path = &self.files[info.file].path;
         match cast {
             Some(to) if is_float(array.dtype()) && to != array.dtype() => {
                 array.as_dtype(to).map_err(|e| mlx_error(name, path, e))
@@ -189,10 +242,14 @@ impl Weights {
         self.load(name, info)
     }
 
-    /// Reads one tensor's bytes from its file (one positioned read) into a new MLX array.
-    fn load(&self, name: &str, info: &TensorInfo) -> Result<Array> {
-        let shard = &self.files[info.file];
-        let path = &shard.path;
+    /// MLX's dtype of tensor `name` and `shape` (its own or a slice's) as MLX dimensions.
+    fn mlx_layout(
+        &self,
+        name: &str,
+        info: &TensorInfo,
+        shape: &[usize],
+    ) -> Result<(Dtype, Vec<i32>)> {
+        let path = &self.files[info.file].path;
         let dtype = mlx_dtype(info.dtype).ok_or_else(|| {
             Diagnostic::error(
                 "rmlx::snapshot::unsupported-dtype",
@@ -200,21 +257,24 @@ impl Weights {
             )
             .with_file(path)
         })?;
-        let shape = info
-            .shape
+        let shape = shape
             .iter()
             .map(|&d| i32::try_from(d))
             .collect::<std::result::Result<Vec<i32>, _>>()
             .map_err(|_| {
                 Diagnostic::error(
                     "rmlx::snapshot::bad-safetensors",
-                    format!(
-                        "tensor `{name}` has a dimension above 2^31 ({:?})",
-                        info.shape
-                    ),
+                    format!("tensor `{name}` has a dimension above 2^31 ({shape:?})"),
                 )
                 .with_file(path)
             })?;
+        Ok((dtype, shape))
+    }
+
+    /// Reads one tensor's bytes from its file (one positioned read) into a new MLX array.
+    fn load(&self, name: &str, info: &TensorInfo) -> Result<Array> {
+        let shard = &self.files[info.file];
+        let (dtype, shape) = self.mlx_layout(name, info, &info.shape)?;
         let mut scratch = self.scratch.lock().unwrap_or_else(PoisonError::into_inner);
         let bytes = read_range(shard, name, info.range.clone(), &mut scratch.buf)?;
         // SAFETY: `bytes` holds exactly prod(shape) elements of `dtype` (sizes validated in
@@ -222,13 +282,13 @@ impl Weights {
         // or lifetime requirement remains.
         let array = unsafe { Array::from_raw_data(bytes.as_ptr().cast(), &shape, dtype) };
         crate::progress::bytes_read(bytes.len() as u64);
-        scratch.loads += 1;
-        if scratch.loads >= self.tensors.len() {
-            scratch.buf = Vec::new();
-        }
+        let n = bytes.len() as u64;
+        scratch.loaded(n, self.tensors.len());
         Ok(array)
     }
 }
+
+mod slice; // `Weights::array_slice`: one rank's slice of a tensor (tensor parallelism)
 
 /// Reads `range` of a shard into the start of `buf` (grown as needed); a short read means the
 /// file shrank after it was opened.

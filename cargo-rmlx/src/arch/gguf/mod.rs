@@ -1,0 +1,115 @@
+//! What each family of the registry knows about llama.cpp's GGUF format: the
+//! `general.architecture` name(s) it imports ([`GgufArch`], listed in its registry entry's
+//! `gguf` field), the per-layer tensor names (GGUF module → the MLX-layout module the loader
+//! reads), whether llama.cpp's converter permuted Q/K rows or shifted norm weights, and the
+//! family's own `config.json` keys from the GGUF metadata. One file per family; the generic
+//! machinery (metadata reading, name splitting, the permutation itself, the common config
+//! keys) is `gguf::arch`.
+
+pub mod gemma3;
+pub mod llama;
+pub mod olmo2;
+pub mod qwen3_moe;
+
+use serde_json::{Map, Value};
+
+use crate::diagnostic::Result;
+use crate::gguf::arch::ModelParams;
+use crate::gguf::reader::GgufFile;
+
+/// One GGUF architecture a registry family imports.
+#[derive(Debug)]
+pub struct GgufArch {
+    /// The `general.architecture` value (also the prefix of its metadata keys).
+    pub name: &'static str,
+    /// The `model_type` written to config.json.
+    pub model_type: &'static str,
+    /// The Hugging Face model class (`architectures[0]`).
+    pub hf_class: &'static str,
+    /// llama.cpp's converter permuted the Q/K rows for its rope layout (`LlamaModel.permute`).
+    pub permutes_qk: bool,
+    /// What the converter added to every norm weight (gemma's `1 + w` RMSNorm); 0 for none.
+    pub norm_shift: f32,
+    /// `rope_theta` when the GGUF has no `<name>.rope.freq_base`.
+    pub default_rope_theta: f64,
+    /// The module of a `blk.<i>.<module>.weight|bias` tensor under `model.layers.<i>.`
+    /// (e.g. `attn_q` → `self_attn.q_proj`); `None` for a module the family does not have.
+    pub layer_module: fn(&str) -> Option<&'static str>,
+    /// Adds the family's own config.json keys (activation, windows, experts, …).
+    pub config: fn(&GgufFile, &ModelParams, &mut Map<String, Value>) -> Result<()>,
+}
+
+impl std::fmt::Display for GgufArch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl PartialEq for GgufArch {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+/// Every GGUF architecture of the registry, in registry order.
+pub fn all() -> impl Iterator<Item = &'static GgufArch> {
+    super::REGISTRY.iter().flat_map(|a| a.gguf.iter())
+}
+
+/// The entry importing `general.architecture` = `name`.
+pub fn lookup(name: &str) -> Option<&'static GgufArch> {
+    all().find(|g| g.name == name)
+}
+
+/// The llama layout every family starts from: attention, gated MLP, the two norms.
+pub fn llama_layer_module(module: &str) -> Option<&'static str> {
+    Some(match module {
+        "attn_norm" => "input_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        "ffn_norm" => "post_attention_layernorm",
+        _ => return None,
+    })
+}
+
+/// Per-head q/k norms (qwen3, gemma3, olmo2's whole-width ones).
+pub fn qk_norm_module(module: &str) -> Option<&'static str> {
+    match module {
+        "attn_q_norm" => Some("self_attn.q_norm"),
+        "attn_k_norm" => Some("self_attn.k_norm"),
+        _ => None,
+    }
+}
+
+/// Sets `key` to `value` in a config being built.
+pub fn put(c: &mut Map<String, Value>, key: &str, value: Value) {
+    c.insert(key.to_owned(), value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_gguf_name_has_one_entry() {
+        let names: Vec<&str> = all().map(|g| g.name).collect();
+        for n in &names {
+            assert_eq!(names.iter().filter(|x| *x == n).count(), 1, "{n}");
+        }
+        for entry in super::super::REGISTRY {
+            for g in entry.gguf {
+                assert!(
+                    entry.model_types.contains(&g.model_type),
+                    "{g} imports as `{}`, which its entry does not run",
+                    g.model_type
+                );
+            }
+        }
+        assert!(lookup("bogus").is_none());
+    }
+}

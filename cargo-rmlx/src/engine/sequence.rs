@@ -1,0 +1,515 @@
+//! One sequence being generated: its prompt, its cache, its sampler (seeded RNG), penalties,
+//! token budget and recorded steps. [`super::generate`] drives one [`Sequence`] to its end;
+//! the server's scheduler (`serve::scheduler`) drives many, prefilling them chunk by chunk
+//! and decoding them together through [`super::Net::forward_batch`]. Both go through the same
+//! methods, so a sequence behaves the same alone or in a batch.
+//!
+//! The life of a sequence: [`Sequence::start`] → [`Sequence::prefill_chunk`] until
+//! [`Sequence::is_prefilling`] is false → repeatedly [`Sequence::step`] (pick a token from
+//! the logits, record it, decide whether to go on) and feed the token back — one sequence
+//! with [`Sequence::feed`], several with `Net::forward_batch` + [`Sequence::set_logits`] —
+//! → [`Sequence::finish`].
+//!
+//! Two hooks, each one function, for the features that plug in here:
+//! - **where the cache is created**: [`Sequence::start`] takes a [`StartCache`] — a fresh
+//!   cache ([`StartCache::fresh`]) or a cache already holding the first `tokens` prompt
+//!   positions ([`StartCache::Prefilled`], what a prompt cache hands over); prefill then
+//!   runs only the remaining prompt tokens. [`Sequence::with_marks`] names prompt lengths
+//!   where the prefill pauses ([`Sequence::at_mark`] shows the cache there, for the prompt
+//!   cache's snapshots), and [`Sequence::finish_with_cache`] gives the final cache back.
+//! - **where logits become a token**: [`Sequence::choose`] gets the host logits of a step and
+//!   returns the token (penalties and `logit_bias` applied to a copy, then the sampler). A
+//!   constraint mask goes there; anything that must see the logits on the host also makes
+//!   [`Sequence::device_sampling`] say no (greedy steps on a GPU are otherwise picked on the
+//!   device, where `choose` does not run).
+
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+use mlx_rs::ops::indexing::IndexOp;
+use mlx_rs::Array;
+
+use super::cache::Cache;
+use super::generate::{GenerateOptions, GenerateOutput, Step, StopReason, PREFILL_CHUNK};
+use super::penalty::PenaltyState;
+use super::sample::{top_k, Sampler};
+use super::Model;
+use crate::diagnostic::{Diagnostic, Result};
+
+/// The cache a sequence starts from (the cache-creation hook, see the module docs).
+#[derive(Debug)]
+pub enum StartCache {
+    /// An empty cache of the model's declared kinds.
+    Fresh,
+    /// A cache holding the first `tokens` prompt positions already (its `offset` must equal
+    /// `tokens`, and at least one prompt token must be left to run).
+    Prefilled {
+        /// The cache.
+        cache: Cache,
+        /// Prompt tokens it holds.
+        tokens: usize,
+    },
+}
+
+impl StartCache {
+    /// An empty cache.
+    pub fn fresh() -> Self {
+        StartCache::Fresh
+    }
+}
+
+/// One sequence's generation state (see the module docs).
+pub struct Sequence {
+    prompt_ids: Vec<u32>,
+    opts: GenerateOptions,
+    max_tokens: usize,
+    cache: Cache,
+    /// Prompt tokens already in the cache.
+    prefilled: usize,
+    /// Prompt tokens the cache held at the start (not run).
+    cached: usize,
+    /// Prompt lengths where a prefill chunk ends (see [`Sequence::with_marks`]).
+    marks: Vec<usize>,
+    sampler: Sampler,
+    penalties: PenaltyState,
+    /// Scratch copy of the logits for penalties.
+    adjusted: Vec<f32>,
+    /// Greedy steps picked on the device (GPU, no host-side logit adjustments).
+    on_device: bool,
+    /// The next step is queued before the current one is read (one sequence on a GPU).
+    pipeline: bool,
+    /// Logits of the next step (host sampling).
+    logits: Option<Array>,
+    /// The next step queued on the device.
+    pending: Option<DeviceStep>,
+    /// The token to run next.
+    next_input: Option<u32>,
+    steps: Vec<Step>,
+    stop: Option<StopReason>,
+    started: Instant,
+    prefill_time: Duration,
+}
+
+impl std::fmt::Debug for Sequence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sequence")
+            .field("prompt", &self.prompt_ids.len())
+            .field("prefilled", &self.prefilled)
+            .field("steps", &self.steps.len())
+            .field("stop", &self.stop)
+            .finish()
+    }
+}
+
+impl Sequence {
+    /// Checks the prompt and options against `model` and sets up the sequence on `cache`.
+    pub fn start(
+        model: &Model,
+        prompt_ids: &[u32],
+        opts: &GenerateOptions,
+        cache: StartCache,
+    ) -> Result<Self> {
+        check_prompt(model, prompt_ids, opts)?;
+        let (cache, prefilled) = match cache {
+            StartCache::Fresh => (model.net.new_cache(), 0),
+            StartCache::Prefilled { cache, tokens } => {
+                if tokens >= prompt_ids.len() || cache.offset != tokens {
+                    return Err(Diagnostic::error(
+                        "rmlx::generate::prefilled-cache",
+                        format!(
+                            "a prefilled cache at offset {} handed over as holding {tokens} of \
+                             {} prompt tokens (internal error)",
+                            cache.offset,
+                            prompt_ids.len()
+                        ),
+                    ));
+                }
+                (cache, tokens)
+            }
+        };
+        let sampler = Sampler::new(opts.sampler);
+        let on_device = device_sampling(&sampler, opts);
+        Ok(Self {
+            prompt_ids: prompt_ids.to_vec(),
+            max_tokens: token_budget(model, prompt_ids.len(), opts.max_tokens),
+            opts: opts.clone(),
+            cache,
+            prefilled,
+            cached: prefilled,
+            marks: Vec::new(),
+            penalties: PenaltyState::new(&opts.penalties, prompt_ids),
+            sampler,
+            adjusted: Vec::new(),
+            on_device,
+            pipeline: on_device,
+            logits: None,
+            pending: None,
+            next_input: None,
+            steps: Vec::new(),
+            stop: None,
+            started: Instant::now(),
+            prefill_time: Duration::ZERO,
+        })
+    }
+
+    /// Turns off pipelining (the scheduler feeds several sequences in one pass, so a
+    /// sequence's next step cannot be queued on its own).
+    pub fn unpipelined(mut self) -> Self {
+        self.pipeline = false;
+        self
+    }
+
+    /// Cuts the prefill's chunks at these prompt lengths too, so that [`Self::at_mark`]
+    /// can show the cache there.
+    pub fn with_marks(mut self, marks: Vec<usize>) -> Self {
+        self.marks = marks;
+        self
+    }
+
+    /// The prompt tokens run so far and the cache holding them, when the prefill has just
+    /// reached one of the marks.
+    pub fn at_mark(&self) -> Option<(&[u32], &Cache)> {
+        self.marks
+            .contains(&self.prefilled)
+            .then(|| (&self.prompt_ids[..self.prefilled], &self.cache))
+    }
+
+    /// Whether prompt tokens are still to run.
+    pub fn is_prefilling(&self) -> bool {
+        self.prefilled < self.prompt_ids.len()
+    }
+
+    /// Prompt tokens already in the cache.
+    pub fn prefilled(&self) -> usize {
+        self.prefilled
+    }
+
+    /// Runs the next chunk of at most [`PREFILL_CHUNK`] prompt tokens, ending at the next
+    /// mark if one comes first; after the last one the first step's logits are ready.
+    pub fn prefill_chunk(&mut self, model: &Model) -> Result<()> {
+        let next_mark = self.marks.iter().copied().filter(|&m| m > self.prefilled);
+        let end = next_mark
+            .chain([self.prefilled + PREFILL_CHUNK, self.prompt_ids.len()])
+            .min()
+            .unwrap_or(self.prompt_ids.len());
+        let ids: Vec<i32> = self.prompt_ids[self.prefilled..end]
+            .iter()
+            .map(|&t| t as i32)
+            .collect();
+        let input = Array::from_slice(&ids, &[1, ids.len() as i32]);
+        let out = model.net.forward_last(&input, &mut self.cache)?;
+        // Materialise the cache so the next chunk's graph does not hold this one.
+        out.eval()?;
+        self.prefilled = end;
+        if !self.is_prefilling() {
+            self.set_logits(out)?;
+        }
+        Ok(())
+    }
+
+    /// Hands the logits (`[vocab]`) of the next step over.
+    pub fn set_logits(&mut self, logits: Array) -> Result<()> {
+        if self.on_device {
+            self.pending = Some(DeviceStep::queue(&logits, self.opts.top)?);
+        } else {
+            self.logits = Some(logits);
+        }
+        Ok(())
+    }
+
+    /// Produces the next step from the logits handed over, shows it to `on_step`, records it
+    /// and decides whether the sequence goes on: `Some(token)` to run next, `None` when it
+    /// has ended (EOS, budget, `on_step` said stop).
+    pub fn step(
+        &mut self,
+        model: &Model,
+        on_step: impl FnOnce(&Step) -> ControlFlow<()>,
+    ) -> Result<Option<u32>> {
+        if self.steps.len() >= self.max_tokens {
+            self.stop = Some(StopReason::Length);
+            return Ok(None);
+        }
+        let last = self.steps.len() + 1 == self.max_tokens;
+        let step = self.next_step(model, last)?;
+        if self.steps.is_empty() {
+            self.prefill_time = self.started.elapsed();
+        }
+        let id = step.id;
+        let is_eos = self.opts.eos_ids.contains(&id);
+        let flow = on_step(&step);
+        self.steps.push(step);
+        self.stop = if is_eos && !self.opts.ignore_eos {
+            Some(StopReason::Eos)
+        } else if flow.is_break() {
+            Some(StopReason::Stopped)
+        } else if last {
+            Some(StopReason::Length)
+        } else {
+            None
+        };
+        self.next_input = self.stop.is_none().then_some(id);
+        Ok(self.next_input)
+    }
+
+    /// Runs the token [`Self::step`] returned through the model on its own (a pipelined
+    /// sequence has done so already).
+    pub fn feed(&mut self, model: &Model) -> Result<()> {
+        if self.pipeline {
+            return Ok(());
+        }
+        let Some(id) = self.next_input.take() else {
+            return Ok(());
+        };
+        let input = Array::from_slice(&[id as i32], &[1, 1]);
+        let l = model.net.forward_last(&input, &mut self.cache)?;
+        self.set_logits(l)
+    }
+
+    /// The token to run next and the cache to run it on (batched decode).
+    pub fn pending_input(&mut self) -> Option<(u32, &mut Cache)> {
+        let id = self.next_input.take()?;
+        Some((id, &mut self.cache))
+    }
+
+    /// Steps produced so far.
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+
+    /// Ends the sequence: with no steps and [`StopReason::Stopped`] when it was cut short
+    /// before its first step, else as it stopped.
+    pub fn finish(self) -> GenerateOutput {
+        self.finish_with_cache().0
+    }
+
+    /// [`Self::finish`], giving the cache back too: it holds the prompt, then the generated
+    /// ids fed back so far (`cache.offset` tokens in all).
+    pub fn finish_with_cache(self) -> (GenerateOutput, Cache) {
+        let total = self.started.elapsed();
+        let prefill = if self.steps.is_empty() {
+            total
+        } else {
+            self.prefill_time
+        };
+        let out = GenerateOutput {
+            prompt_ids: self.prompt_ids,
+            steps: self.steps,
+            stop: self.stop.unwrap_or(StopReason::Stopped),
+            prefill,
+            decode: total.saturating_sub(prefill),
+            cached_tokens: self.cached,
+        };
+        (out, self.cache)
+    }
+
+    /// The next [`Step`]: read back from the device (queuing the following one first when
+    /// pipelined and not `last`), or picked on the host by [`Self::choose`].
+    fn next_step(&mut self, model: &Model, last: bool) -> Result<Step> {
+        if let Some(current) = self.pending.take() {
+            if self.pipeline && !last {
+                let input = current.next.reshape(&[1, 1])?;
+                let l = model.net.forward_last(&input, &mut self.cache)?;
+                self.pending = Some(DeviceStep::queue(&l, self.opts.top)?);
+            }
+            return current.read();
+        }
+        let l = self.logits.take().ok_or_else(|| {
+            Diagnostic::error(
+                "rmlx::generate::no-logits",
+                "a step was asked for before its logits were computed (internal error)",
+            )
+        })?;
+        l.eval()?;
+        let host: &[f32] = l.as_slice::<f32>();
+        let id = self.choose(host);
+        Ok(describe_step(host, id, self.opts.top))
+    }
+
+    /// The hook where logits become a token (see the module docs): penalties and
+    /// `logit_bias` on a copy of the logits, then the sequence's own sampler.
+    fn choose(&mut self, logits: &[f32]) -> u32 {
+        if self.opts.penalties.is_neutral() {
+            return self.sampler.sample(logits);
+        }
+        self.adjusted.clear();
+        self.adjusted.extend_from_slice(logits);
+        self.penalties.apply(&mut self.adjusted);
+        let id = self.sampler.sample(&self.adjusted);
+        self.penalties.push(id);
+        id
+    }
+}
+
+/// Whether greedy steps are picked on the device: greedy without host-side logit
+/// adjustments on a GPU. On the CPU the logits are host memory already and one pass over
+/// them (`describe_step`) is cheaper than the device reductions.
+pub fn device_sampling(sampler: &Sampler, opts: &GenerateOptions) -> bool {
+    sampler.is_greedy() && opts.penalties.is_neutral() && super::gpu_available()
+}
+
+/// Refuses prompts the model cannot run.
+fn check_prompt(model: &Model, prompt_ids: &[u32], opts: &GenerateOptions) -> Result<()> {
+    if prompt_ids.is_empty() {
+        return Err(Diagnostic::error(
+            "rmlx::generate::empty-prompt",
+            "the prompt encodes to zero tokens",
+        ));
+    }
+    if prompt_ids.len() > model.max_context {
+        return Err(Diagnostic::error(
+            "rmlx::generate::context-overflow",
+            format!(
+                "the prompt has {} tokens but the model's context length is {}",
+                prompt_ids.len(),
+                model.max_context
+            ),
+        )
+        .with_help("shorten the prompt (max_position_embeddings in config.json sets the limit)"));
+    }
+    let vocab = model.net.vocab_size;
+    if let Some(bad) = prompt_ids.iter().find(|&&id| id as usize >= vocab) {
+        return Err(Diagnostic::error(
+            "rmlx::generate::bad-token",
+            format!("prompt token id {bad} is outside the model's vocabulary ({vocab})"),
+        )
+        .with_help("the tokenizer and the model do not belong together"));
+    }
+    if let Some(bad) = opts
+        .penalties
+        .max_biased_id()
+        .filter(|&id| id as usize >= vocab)
+    {
+        return Err(Diagnostic::error(
+            "rmlx::generate::bad-token",
+            format!("logit_bias names token id {bad}, outside the model's vocabulary ({vocab})"),
+        ));
+    }
+    Ok(())
+}
+
+/// `max_tokens`, lowered (and logged) to what the context leaves after the prompt.
+fn token_budget(model: &Model, prompt_len: usize, max_tokens: usize) -> usize {
+    let room = model.max_context - prompt_len;
+    if max_tokens > room {
+        tracing::warn!(
+            "max tokens lowered from {max_tokens} to {room}: the context holds {} tokens",
+            model.max_context
+        );
+        return room;
+    }
+    max_tokens
+}
+
+/// A greedy step evaluated on the device: the arg-max token and the numbers of its
+/// [`Step`], queued with `async_eval` and read back when needed. Same semantics as
+/// [`describe_step`]: non-finite logits are counted and left out of the arg-max, the
+/// log-sum-exp and `max_abs_logit`.
+struct DeviceStep {
+    next: Array,
+    top_ids: Array,
+    top_logits: Array,
+    chosen_logit: Array,
+    lse: Array,
+    max_abs: Array,
+    non_finite: Array,
+}
+
+impl DeviceStep {
+    fn queue(logits: &Array, k: usize) -> Result<Self> {
+        use mlx_rs::ops::{argpartition_axis, indexing::argmax, select};
+        let logits = logits.as_dtype(mlx_rs::Dtype::Float32)?;
+        let vocab = logits.size();
+        let finite = logits.is_finite()?;
+        let masked = select(&finite, &logits, Array::from_f32(f32::NEG_INFINITY))?;
+        let next = argmax(&masked, None)?;
+        let k = k.clamp(1, vocab) as i32;
+        let top_ids = if k == 1 {
+            // The arg-max is the top-1: no partition over the vocabulary.
+            next.reshape(&[1])?
+        } else if k as usize == vocab {
+            mlx_rs::ops::arange::<_, u32>(0, vocab as i32, None)?
+        } else {
+            argpartition_axis(masked.negative()?, k - 1, 0)?.index(..k)
+        };
+        let step = Self {
+            top_logits: logits.take_axis(&top_ids, 0)?,
+            chosen_logit: logits.take_axis(&next, 0)?,
+            lse: masked.logsumexp(None)?,
+            max_abs: select(&finite, logits.abs()?, Array::from_f32(0.0))?.max(None)?,
+            non_finite: finite
+                .logical_not()?
+                .sum(None)?
+                .as_dtype(mlx_rs::Dtype::Int32)?,
+            next,
+            top_ids,
+        };
+        mlx_rs::transforms::async_eval([
+            &step.next,
+            &step.top_ids,
+            &step.top_logits,
+            &step.chosen_logit,
+            &step.lse,
+            &step.max_abs,
+            &step.non_finite,
+        ])?;
+        Ok(step)
+    }
+
+    fn read(self) -> Result<Step> {
+        let scalar = |a: &Array| -> Result<f32> {
+            a.try_item_cast::<f32>().map_err(|e| {
+                Diagnostic::error("rmlx::engine::eval", format!("reading a step back: {e}"))
+            })
+        };
+        let id = scalar(&self.next)? as u32;
+        let ids = self.top_ids.as_dtype(mlx_rs::Dtype::Uint32)?;
+        let mut top: Vec<(u32, f32)> = ids
+            .as_slice::<u32>()
+            .iter()
+            .copied()
+            .zip(self.top_logits.as_slice::<f32>().iter().copied())
+            .collect();
+        top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let lse = scalar(&self.lse)?;
+        Ok(Step {
+            id,
+            top_logprobs: top.iter().map(|(_, l)| l - lse).collect(),
+            top,
+            max_abs_logit: scalar(&self.max_abs)?,
+            non_finite: scalar(&self.non_finite)? as usize,
+            logprob: scalar(&self.chosen_logit)? - lse,
+        })
+    }
+}
+
+/// The evidence recorded for one step.
+fn describe_step(logits: &[f32], id: u32, k: usize) -> Step {
+    let mut max_abs = 0f32;
+    let mut non_finite = 0;
+    let mut max = f32::NEG_INFINITY;
+    for &l in logits {
+        if l.is_finite() {
+            max_abs = max_abs.max(l.abs());
+            max = max.max(l);
+        } else {
+            non_finite += 1;
+        }
+    }
+    let lse = max
+        + logits
+            .iter()
+            .filter(|l| l.is_finite())
+            .map(|&l| ((l - max) as f64).exp())
+            .sum::<f64>()
+            .ln() as f32;
+    let top = top_k(logits, k);
+    let logprob = logits.get(id as usize).map_or(f32::NAN, |l| l - lse);
+    Step {
+        id,
+        top_logprobs: top.iter().map(|(_, l)| l - lse).collect(),
+        top,
+        max_abs_logit: max_abs,
+        non_finite,
+        logprob,
+    }
+}

@@ -1,0 +1,231 @@
+//! Continuous batching on a model's worker thread: up to `max_batch` requests run together.
+//!
+//! Each tick of [`Scheduler::run`]:
+//! 1. **admit**: jobs waiting in the queue join while there is room (the thread blocks on
+//!    the queue only when nothing runs);
+//! 2. **prefill**: the oldest sequence still reading its prompt runs one chunk
+//!    (`engine::generate::PREFILL_CHUNK`, the same chunks as alone), so a long prompt delays
+//!    the running streams by one chunk per step, never by its whole length;
+//! 3. **decode**: every sequence with logits takes its step (its own sampler, penalties,
+//!    stop strings, logprobs, budget, deadline — [`Stream::on_step`]); finished or cancelled
+//!    ones leave at once; the others run their next token in one pass
+//!    ([`crate::engine::Net::forward_batch`]: projections, MLP and LM head once for all
+//!    rows, attention per sequence over its own cache).
+//!
+//! With `max_batch` 1 this is one generation at a time, pipelined on a GPU, as before
+//! batching existed. Batch sizes and queue times go to `/metrics`.
+//!
+//! The version's prompt cache (`engine::prefix_cache`) hooks in at three points: admission
+//! starts each sequence from the longest stored prefix of its prompt, each prefill chunk may
+//! leave a snapshot, and a retired sequence stores its final state.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, TryRecvError};
+
+use mlx_rs::ops::indexing::IndexOp;
+
+use super::metrics::Metrics;
+use super::worker::{Job, Load, Stream};
+use crate::diagnostic::Result;
+use crate::engine::{PrefixCache, Sequence};
+use crate::session::Session;
+
+/// One running request: its engine state and its client side.
+struct Slot {
+    seq: Sequence,
+    stream: Stream,
+    /// Its next token is waiting to run.
+    feeding: bool,
+}
+
+/// The batching loop of one model version (see the module docs).
+pub struct Scheduler<'a> {
+    name: &'a str,
+    session: &'a Session,
+    metrics: &'a Metrics,
+    max_batch: usize,
+    active: Vec<Slot>,
+    load: &'a Load,
+    prompt_cache: PrefixCache,
+}
+
+impl<'a> Scheduler<'a> {
+    /// A scheduler running at most `max_batch` (at least 1) sequences together.
+    pub(super) fn new(
+        name: &'a str,
+        session: &'a Session,
+        metrics: &'a Metrics,
+        max_batch: usize,
+        load: &'a Load,
+    ) -> Self {
+        Self {
+            name,
+            session,
+            metrics,
+            max_batch: max_batch.max(1),
+            active: Vec::new(),
+            load,
+            prompt_cache: PrefixCache::new(0),
+        }
+    }
+
+    /// Serves through `cache` (the version's prompt cache) instead of none.
+    pub(super) fn with_prompt_cache(mut self, cache: PrefixCache) -> Self {
+        self.prompt_cache = cache;
+        self
+    }
+
+    /// Publishes the batch's free slots (what `Worker::submit` may queue beyond its depth).
+    fn publish_free(&self) {
+        let free = self.max_batch.saturating_sub(self.active.len());
+        self.load.free.store(free, Ordering::Relaxed);
+    }
+
+    /// Serves `queue` until it closes (the model was swapped out or the server stops) and
+    /// every admitted request has finished.
+    pub fn run(mut self, queue: &Receiver<Job>) {
+        let mut open = true;
+        loop {
+            if self.active.is_empty() {
+                if !open {
+                    return;
+                }
+                match queue.recv() {
+                    Ok(job) => self.admit(job),
+                    Err(_) => return,
+                }
+            }
+            while open && self.active.len() < self.max_batch {
+                match queue.try_recv() {
+                    Ok(job) => self.admit(job),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => open = false,
+                }
+            }
+            self.publish_free();
+            self.prefill();
+            self.decode();
+            self.publish_free();
+        }
+    }
+
+    /// Takes a job off the queue into the batch (or ends it here: timed out, client gone,
+    /// prompt refused).
+    fn admit(&mut self, job: Job) {
+        self.load.queued.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.queue_delta(self.name, -1);
+        self.metrics
+            .queue_time(self.name, job.arrived.elapsed().as_secs_f64());
+        let Some((stream, ids, opts)) = Stream::open(self.name, self.session, job, self.metrics)
+        else {
+            return;
+        };
+        let model = &self.session.model;
+        match self.prompt_cache.start(model, &ids, &opts) {
+            Ok(seq) => {
+                let seq = if self.max_batch > 1 {
+                    seq.unpipelined()
+                } else {
+                    seq
+                };
+                self.metrics.running_delta(self.name, 1);
+                self.active.push(Slot {
+                    seq,
+                    stream,
+                    feeding: false,
+                });
+            }
+            Err(d) => stream.fail(d),
+        }
+    }
+
+    /// One prefill chunk of the oldest sequence still reading its prompt.
+    fn prefill(&mut self) {
+        let Some(i) = self.active.iter().position(|s| s.seq.is_prefilling()) else {
+            return;
+        };
+        let slot = &mut self.active[i];
+        if slot.stream.gone() {
+            tracing::debug!(
+                "prefill cancelled after {} prompt tokens",
+                slot.seq.prefilled()
+            );
+            self.retire(i, None);
+            return;
+        }
+        match slot.seq.prefill_chunk(&self.session.model) {
+            Ok(()) => self.prompt_cache.after_chunk(&slot.seq),
+            Err(d) => self.retire(i, Some(d)),
+        }
+    }
+
+    /// One step of every sequence past its prompt, then one pass for their next tokens.
+    fn decode(&mut self) {
+        let (model, tok) = (&self.session.model, &self.session.tokenizer);
+        let mut i = 0;
+        while i < self.active.len() {
+            let slot = &mut self.active[i];
+            if slot.seq.is_prefilling() {
+                i += 1;
+                continue;
+            }
+            let stream = &mut slot.stream;
+            match slot.seq.step(model, |s| stream.on_step(tok, s)) {
+                Ok(Some(_)) => {
+                    slot.feeding = true;
+                    i += 1;
+                }
+                Ok(None) => self.retire(i, None),
+                Err(d) => self.retire(i, Some(d)),
+            }
+        }
+        if let Err(d) = self.feed() {
+            // A failed pass leaves every fed sequence without logits: all of them end.
+            tracing::warn!("batched decode step failed: {}", d.message);
+            while let Some(i) = self.active.iter().position(|s| s.feeding) {
+                self.retire(i, Some(d.clone()));
+            }
+        }
+    }
+
+    /// Runs the waiting tokens: alone through the sequence's own step (pipelined when
+    /// `max_batch` is 1), together through one batched pass.
+    fn feed(&mut self) -> Result<()> {
+        let model = &self.session.model;
+        let mut fed: Vec<&mut Slot> = self.active.iter_mut().filter(|s| s.feeding).collect();
+        if fed.is_empty() {
+            return Ok(());
+        }
+        self.metrics.batch_size(self.name, fed.len());
+        if let [one] = fed.as_mut_slice() {
+            one.feeding = false;
+            return one.seq.feed(model);
+        }
+        let (ids, mut caches): (Vec<u32>, Vec<_>) =
+            fed.iter_mut().filter_map(|s| s.seq.pending_input()).unzip();
+        let logits = model.net.forward_batch(&ids, &mut caches)?;
+        logits.eval()?;
+        for (b, slot) in fed.into_iter().enumerate() {
+            slot.feeding = false;
+            slot.seq.set_logits(logits.index(b as i32))?;
+        }
+        Ok(())
+    }
+
+    /// Removes sequence `i` from the batch and ends its request (with `error`, if any).
+    fn retire(&mut self, i: usize, error: Option<crate::diagnostic::Diagnostic>) {
+        let slot = self.active.remove(i);
+        self.metrics.running_delta(self.name, -1);
+        // The prompt cache's series are current before the client hears the outcome.
+        if let Some(d) = error {
+            self.metrics.prompt_cache(self.name, &mut self.prompt_cache);
+            slot.stream.fail(d);
+            return;
+        }
+        let (out, cache) = slot.seq.finish_with_cache();
+        self.prompt_cache.store(&out, &cache);
+        self.metrics.prompt_cache(self.name, &mut self.prompt_cache);
+        let tok = &self.session.tokenizer;
+        slot.stream.finish(self.name, tok, out, self.metrics);
+    }
+}

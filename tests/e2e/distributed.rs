@@ -1,0 +1,311 @@
+//! Tensor parallelism over MLX's `ring` backend with two local processes (`generate
+//! --hostfile`): the same greedy tokens and step-0 logits as the single-process run (a
+//! divergence is accepted only at a named near-tie), each rank reading about half of the
+//! split weights, and a killed rank stopping the run with a clear error within seconds.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{
+    bin, converted, generate, scratch_dir, Generation, Variant, CHAT_PROMPT, RAW_PROMPT,
+};
+
+/// Steps compared with the single-process run.
+const STEPS: usize = 12;
+
+/// Step-0 logits may differ by the summation order of the ranks' partial sums.
+const LOGIT_TOLERANCE: f64 = 1e-3;
+
+/// Below this top-1/top-2 margin (single-process run) a different token is a near-tie.
+const NEAR_TIE: f64 = 1e-3;
+
+/// A ring hostfile of `n` loopback ranks on free ports.
+fn hostfile(dir: &Path, n: usize) -> PathBuf {
+    let ports: Vec<u16> = (0..n)
+        .map(|_| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+            l.local_addr().expect("port").port()
+        })
+        .collect();
+    let hosts: Vec<Vec<String>> = ports
+        .iter()
+        .map(|p| vec![format!("127.0.0.1:{p}")])
+        .collect();
+    let path = dir.join("hosts.json");
+    std::fs::write(&path, serde_json::to_string(&hosts).unwrap()).expect("write hostfile");
+    path
+}
+
+/// Compares the two-rank run with the single-process run of `dir`.
+fn check_two_ranks(dir: &Path, prompt: &str, chat: bool) {
+    let scratch = scratch_dir();
+    let hosts = hostfile(scratch.path(), 2);
+    let single = generate(dir, prompt, chat, STEPS, &["--ignore-eos"]);
+    let hosts_arg = hosts.to_string_lossy().into_owned();
+    let tp = generate(
+        dir,
+        prompt,
+        chat,
+        STEPS,
+        &["--ignore-eos", "--hostfile", &hosts_arg],
+    );
+    assert_eq!(tp.prompt_ids, single.prompt_ids, "prompt ids");
+    let (a, b) = (&tp.steps[0], &single.steps[0]);
+    assert_eq!(a.id, b.id, "step-0 top-1");
+    for ((ia, la), (ib, lb)) in a.top.iter().zip(&b.top) {
+        assert_eq!(ia, ib, "step-0 top tokens");
+        let (la, lb) = (la.expect("a finite logit"), lb.expect("a finite logit"));
+        assert!(
+            (la - lb).abs() <= LOGIT_TOLERANCE * lb.abs().max(1.0),
+            "step-0 logit of {ia}: {la} (2 ranks) vs {lb} (1 process)"
+        );
+    }
+    compare_tokens(&tp, &single);
+}
+
+/// Equal greedy tokens, or a divergence at a near-tie of the single run (to its runner-up).
+fn compare_tokens(tp: &Generation, single: &Generation) {
+    for (i, (a, b)) in tp.steps.iter().zip(&single.steps).enumerate() {
+        if a.id == b.id {
+            continue;
+        }
+        let margin = b.margin();
+        assert!(
+            margin < NEAR_TIE && b.rank(1).0 == a.id,
+            "step {i}: 2 ranks chose {} where one process chose {} (margin {margin})",
+            a.id,
+            b.id
+        );
+        eprintln!("step {i}: near-tie (margin {margin}): {} vs {}", a.id, b.id);
+        return;
+    }
+    assert_eq!(tp.steps.len(), single.steps.len(), "number of steps");
+}
+
+#[test]
+fn smollm2_two_ranks_match_one_process() {
+    check_two_ranks(&converted(Variant::Q4), CHAT_PROMPT, true);
+}
+
+#[test]
+fn qwen2_two_ranks_match_one_process() {
+    check_two_ranks(
+        &crate::arch_oracle::built().join("qwen-q4g64"),
+        CHAT_PROMPT,
+        true,
+    );
+}
+
+#[test]
+fn qwen3_moe_two_ranks_match_one_process() {
+    check_two_ranks(
+        &crate::tiny_build::tiny_model("qwen3_moe"),
+        RAW_PROMPT,
+        false,
+    );
+}
+
+/// `rank N of 2: read B bytes of weights …` lines of a `-v` run: (rank, bytes).
+fn bytes_per_rank(stderr: &str) -> Vec<(usize, u64)> {
+    stderr
+        .lines()
+        .filter(|l| l.contains("bytes of weights"))
+        .filter_map(|l| {
+            let rest = &l[l.find("rank ")? + 5..];
+            let rank = rest.split(' ').next()?.parse().ok()?;
+            let bytes = rest
+                .split("read ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((rank, bytes))
+        })
+        .collect()
+}
+
+/// Bytes of the split tensors (the `*_proj` projections) and of the replicated rest, from the
+/// safetensors headers of `dir`.
+fn split_and_replicated(dir: &Path) -> (u64, u64) {
+    let (mut split, mut replicated) = (0, 0);
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "safetensors") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        for (name, t) in header.iter().filter(|(k, _)| *k != "__metadata__") {
+            let o = &t["data_offsets"];
+            let size = o[1].as_u64().unwrap() - o[0].as_u64().unwrap();
+            if name.contains("_proj.") {
+                split += size;
+            } else {
+                replicated += size;
+            }
+        }
+    }
+    (split, replicated)
+}
+
+#[test]
+fn each_rank_reads_about_half_of_the_weights() {
+    let dir = converted(Variant::Q4);
+    let scratch = scratch_dir();
+    let hosts = hostfile(scratch.path(), 2);
+    let run = crate::support::rmlx([
+        "generate".as_ref(),
+        dir.as_os_str(),
+        "--prompt".as_ref(),
+        "Hi".as_ref(),
+        "-n".as_ref(),
+        "1".as_ref(),
+        "-v".as_ref(),
+        "--hostfile".as_ref(),
+        hosts.as_os_str(),
+    ]);
+    assert!(run.success(), "{}", run.describe());
+    let mut ranks = bytes_per_rank(&run.stderr);
+    ranks.sort_by_key(|r| r.0);
+    assert_eq!(
+        ranks.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [0, 1],
+        "{}",
+        run.stderr
+    );
+    let (split, replicated) = split_and_replicated(&dir);
+    // Every rank reads the replicated tensors (SmolLM2's tied 8-bit embeddings: about 30%)
+    // and its share of the projections: half of the MLP, and of attention 2 of the 3 KV-head
+    // groups (rank 0) or 1 (rank 1), as 3 KV heads do not split evenly over 2 ranks.
+    let shares: Vec<f64> = ranks
+        .iter()
+        .map(|(_, b)| (b - replicated) as f64 / split as f64)
+        .collect();
+    eprintln!(
+        "replicated {replicated} bytes, split {split}; ranks read {ranks:?} (shares {shares:?})"
+    );
+    for (rank, share) in shares.iter().enumerate() {
+        assert!(
+            (0.4..0.6).contains(share),
+            "rank {rank} read {share} of the split weights"
+        );
+    }
+    let total: f64 = shares.iter().sum();
+    assert!(
+        (total - 1.0).abs() < 1e-9,
+        "the ranks' shares add up to {total}"
+    );
+}
+
+/// The children of `pid` started as rank `rank` (not its template sandbox workers).
+fn rank_children(pid: u32, rank: usize) -> Vec<u32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    let env = format!("MLX_RANK={rank}");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .filter(|c: &u32| {
+            std::fs::read(format!("/proc/{c}/environ"))
+                .unwrap_or_default()
+                .split(|b| *b == 0)
+                .any(|v| v == env.as_bytes())
+        })
+        .collect()
+}
+
+#[test]
+fn a_killed_rank_stops_the_run_within_seconds() {
+    let dir = converted(Variant::Q4);
+    let scratch = scratch_dir();
+    let hosts = hostfile(scratch.path(), 2);
+    let mut launcher = Command::new(bin())
+        .args(["rmlx", "generate"])
+        .arg(&dir)
+        .args([
+            "--prompt",
+            "Count",
+            "-n",
+            "100000",
+            "--ignore-eos",
+            "--hostfile",
+        ])
+        .arg(&hosts)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the launcher");
+    let pid = launcher.id();
+    // Wait until rank 1 runs and rank 0 has printed a token (both are in the step loop).
+    let mut stdout = launcher.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    std::io::Read::read_exact(&mut stdout, &mut first).expect("rank 0 prints");
+    let rank1 = rank_children(pid, 1);
+    assert_eq!(rank1.len(), 1, "one launched rank");
+    unsafe_kill(rank1[0]);
+    let killed = Instant::now();
+    let status = loop {
+        if let Some(s) = launcher.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "rank 0 still runs 10 s after rank 1 died"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut launcher.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("rank 1"),
+        "the error names the dead rank:\n{stderr}"
+    );
+    eprintln!(
+        "rank 0 stopped {:?} after rank 1 was killed",
+        killed.elapsed()
+    );
+}
+
+#[test]
+fn an_unreachable_peer_is_an_error_not_a_hang() {
+    let dir = converted(Variant::Q4);
+    let scratch = scratch_dir();
+    let hosts = hostfile(scratch.path(), 2);
+    // Rank 0 alone (as `mlx.launch` would start it): rank 1 never comes.
+    let mut cmd = Command::new(bin());
+    cmd.args(["rmlx", "generate"])
+        .arg(&dir)
+        .args(["--prompt", "Hi", "-n", "1"])
+        .env("MLX_RANK", "0")
+        .env("MLX_HOSTFILE", &hosts)
+        .env("RMLX_DIST_TIMEOUT_S", "2")
+        .env("NO_COLOR", "1");
+    let start = Instant::now();
+    let run = crate::support::run_command(cmd, Duration::from_secs(30));
+    assert!(!run.timed_out && !run.success(), "{}", run.describe());
+    assert!(
+        run.stderr.contains("could not connect"),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+fn unsafe_kill(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -9 {pid}");
+}
