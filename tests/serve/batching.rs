@@ -7,19 +7,12 @@
 //! alone run's second choice and the alone run's top-2 logprob gap is below 1e-3, the test
 //! names the step and the gap and stops comparing that request (its continuation differs).
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{
-    bin, models_dir, repo_root, run_to_end, wait_until, EventStream, Server, MODEL_NAME,
-};
+use crate::support::{qwen_dir, repo_root, wait_until, EventStream, Server, MODEL_NAME, QWEN_NAME};
 
-const QWEN_GGUF: &str = "qwen2.5-coder-0.5b/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf";
-const QWEN_NAME: &str = "qwen-serve-q4";
 /// Largest top-1/top-2 logprob gap at which a flip between alone and batched is float
 /// summation order, not a bug.
 const NEAR_TIE: f64 = 1e-3;
@@ -252,48 +245,4 @@ fn full_queue_behind_a_full_batch_answers_429() {
         .unwrap()
         .expect("the queued request is answered");
     assert_eq!(status, 200);
-}
-
-/// Qwen2.5-Coder-0.5B-Instruct built (4-bit, group 64) by the binary under test from its
-/// GGUF in a workspace under `target/test-models/serve-qwen/` (`cargo rmlx build` keeps it
-/// fresh by fingerprint).
-fn qwen_dir() -> PathBuf {
-    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    DIR.get_or_init(build_qwen)
-        .clone()
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn build_qwen() -> Result<PathBuf, String> {
-    let gguf = models_dir().join(QWEN_GGUF);
-    if !gguf.is_file() {
-        let mut fetch = Command::new("bash");
-        fetch
-            .arg(repo_root().join("scripts/fetch-models.sh"))
-            .arg("--all")
-            .current_dir(repo_root())
-            .env("RMLX_TEST_MODELS", models_dir());
-        let (ok, log) = run_to_end(fetch, Duration::from_secs(1800));
-        if !ok || !gguf.is_file() {
-            return Err(format!("the Qwen2.5 test model is not available\n{log}"));
-        }
-    }
-    let ws = models_dir().join("serve-qwen");
-    std::fs::create_dir_all(&ws).map_err(|e| e.to_string())?;
-    let manifest = format!(
-        "[models.{QWEN_NAME}]\nsource = \"{}\"\nquantize = {{ mode = \"affine\", bits = 4, \
-         group-size = 64 }}\n",
-        gguf.display()
-    );
-    std::fs::write(ws.join("rmlx.toml"), manifest).map_err(|e| e.to_string())?;
-    let mut build = Command::new(bin());
-    build
-        .current_dir(&ws)
-        .args(["rmlx", "build"])
-        .env("NO_COLOR", "1");
-    let (ok, log) = run_to_end(build, Duration::from_secs(1800));
-    if !ok {
-        return Err(format!("building the Qwen2.5 test model failed\n{log}"));
-    }
-    Ok(ws.join("target").join("rmlx").join(QWEN_NAME))
 }

@@ -4,16 +4,9 @@
 //! in a fraction of the first turn's time; a tiny `--prompt-cache-mb` evicts and stays within
 //! its budget.
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
-use std::time::Duration;
-
 use serde_json::{json, Value};
 
-use crate::support::{bin, models_dir, run_to_end, EventStream, Server, MODEL_NAME};
-
-const QWEN_GGUF: &str = "qwen2.5-coder-0.5b/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf";
+use crate::support::{qwen_dir, repo_root, EventStream, Server, MODEL_NAME, QWEN_NAME};
 
 /// About 1,000 tokens of conversation history (SmolLM2's tokenizer, with its template).
 fn history() -> String {
@@ -154,38 +147,13 @@ fn second_turn_resumes_the_first_and_answers_like_a_cold_server() {
     assert!(cached_tokens(&r.json["usage"]) > 0, "{}", r.text);
 }
 
-/// Qwen2.5-Coder-0.5B built 4-bit (group 64) in a workspace of its own under the test models.
-fn qwen_workspace() -> &'static PathBuf {
-    static WS: OnceLock<PathBuf> = OnceLock::new();
-    WS.get_or_init(|| {
-        let gguf = models_dir().join(QWEN_GGUF);
-        assert!(
-            gguf.is_file(),
-            "{} is missing (scripts/fetch-models.sh --all fetches it)",
-            gguf.display()
-        );
-        let ws = models_dir().join("serve").join("qwen-ws");
-        std::fs::create_dir_all(&ws).expect("create workspace");
-        let manifest = format!(
-            "[models.qwen]\nsource = \"{}\"\nquantize = {{ mode = \"affine\", bits = 4, group-size = 64 }}\n",
-            gguf.display()
-        );
-        std::fs::write(ws.join("rmlx.toml"), manifest).expect("write rmlx.toml");
-        let mut build = Command::new(bin());
-        build.current_dir(&ws).args(["rmlx", "build"]);
-        let (ok, log) = run_to_end(build, Duration::from_secs(1800));
-        assert!(ok, "building Qwen2.5 failed\n{log}");
-        ws
-    })
-}
-
 #[test]
 fn qwen_second_turn_answers_like_a_cold_server() {
-    let ws = qwen_workspace();
+    let dir = qwen_dir();
     let start = |extra: &[&str]| {
-        let mut args = vec!["qwen".to_string(), "--no-probe".into()];
+        let mut args = vec![dir.display().to_string(), "--no-probe".into()];
         args.extend(extra.iter().map(|a| a.to_string()));
-        let s = Server::start(&args, ws);
+        let s = Server::start(&args, &repo_root());
         s.wait_ready();
         s
     };
@@ -194,14 +162,14 @@ fn qwen_second_turn_answers_like_a_cold_server() {
     let first = json!({"role": "user", "content": "Write a Python function that returns the sum of the squares of a list of integers."});
     let (reply, _, _) = ask(
         &warm,
-        "qwen",
-        &chat("qwen", std::slice::from_ref(&first), 12),
+        QWEN_NAME,
+        &chat(QWEN_NAME, std::slice::from_ref(&first), 12),
     );
     let turn2 = second_turn(&first, &reply, "Now make it skip negative numbers.");
-    let body2 = chat("qwen", &turn2, 12);
-    let (warm_text, usage, _) = ask(&warm, "qwen", &body2);
+    let body2 = chat(QWEN_NAME, &turn2, 12);
+    let (warm_text, usage, _) = ask(&warm, QWEN_NAME, &body2);
     assert!(cached_tokens(&usage) > 0, "{usage}");
-    let (cold_text, _, _) = ask(&cold, "qwen", &body2);
+    let (cold_text, _, _) = ask(&cold, QWEN_NAME, &body2);
     assert_eq!(warm_text, cold_text, "a cache hit answers like a cold run");
 }
 
@@ -230,4 +198,65 @@ fn a_tiny_budget_evicts_and_stays_within_it() {
     assert_eq!(gauge("rmlx_prompt_cache_evictions_total"), 1.0);
     assert_eq!(gauge("rmlx_prompt_cache_entries"), 1.0);
     assert!(gauge("rmlx_prompt_cache_bytes") <= budget_mb * 1048576.0);
+}
+
+/// A conversation under a shared system prompt (~200 tokens), ending with `question`.
+fn under_system_prompt(question: &str) -> Vec<Value> {
+    let system = (0..16)
+        .map(|i| format!("Rule {i}: answer briefly, politely and in plain English."))
+        .collect::<Vec<_>>()
+        .join(" ");
+    vec![
+        json!({"role": "system", "content": system}),
+        json!({"role": "user", "content": question}),
+    ]
+}
+
+#[test]
+fn requests_batched_together_resume_a_shared_system_prompt_like_a_cold_server() {
+    let warm = Server::model(&["--no-probe", "--max-batch", "4"]);
+    let cold = Server::model(&["--no-probe", "--prompt-cache-mb", "0"]);
+    let body = |q: &str| chat(MODEL_NAME, &under_system_prompt(q), 8);
+    // The first request leaves the system prompt in the cache.
+    ask(&warm, MODEL_NAME, &body("Name a colour."));
+    let passes_before = warm.metric("rmlx_batch_size_count", &[]);
+    let single_before = warm.metric("rmlx_batch_size_bucket", &["le=\"1\""]);
+    let questions = ["Name a fruit.", "Name a river in Europe."];
+    let answers: Vec<(String, Value)> = std::thread::scope(|scope| {
+        let runs: Vec<_> = questions
+            .iter()
+            .map(|q| {
+                let (warm, body) = (&warm, body(q));
+                scope.spawn(move || {
+                    let r = warm.post("/v1/chat/completions", &body);
+                    assert_eq!(r.status, 200, "{}", r.text);
+                    let text = r.json["choices"][0]["message"]["content"].as_str();
+                    (
+                        text.unwrap_or_default().to_string(),
+                        r.json["usage"].clone(),
+                    )
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .map(|h| h.join().expect("request thread"))
+            .collect()
+    });
+    let passes = warm.metric("rmlx_batch_size_count", &[]) - passes_before;
+    let single = warm.metric("rmlx_batch_size_bucket", &["le=\"1\""]) - single_before;
+    assert!(
+        passes > single,
+        "the two requests decoded together ({passes} passes, {single} alone)"
+    );
+    for (q, (text, usage)) in questions.iter().zip(&answers) {
+        assert!(
+            cached_tokens(usage) > 100,
+            "{q}: the system prompt resumes: {usage}"
+        );
+        let (cold_text, _, _) = ask(&cold, MODEL_NAME, &body(q));
+        assert_eq!(
+            text, &cold_text,
+            "{q}: a cache hit in a batch answers like a cold run"
+        );
+    }
 }
