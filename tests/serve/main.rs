@@ -7,6 +7,7 @@ mod gate;
 mod hardening;
 mod limits;
 mod openai;
+mod prompt_cache;
 mod races;
 mod reload;
 mod structured;

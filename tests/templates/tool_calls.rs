@@ -279,7 +279,8 @@ impl Case {
         if !self.thinking.is_empty() {
             // Templates whose thinking is off by default (Qwen3.5) render an empty think
             // block after the generation prompt; a sample with reasoning turns it on.
-            ctx.kwargs.insert("enable_thinking".into(), Value::Bool(true));
+            ctx.kwargs
+                .insert("enable_thinking".into(), Value::Bool(true));
         }
         ctx.special_tokens
             .insert("bos_token".into(), self.special.0.into());

@@ -382,7 +382,7 @@ impl Network for Qwen35 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use mlx_rs::ops::concatenate;
     use mlx_rs::Array;
     use serde_json::json;
@@ -469,6 +469,13 @@ mod tests {
         w
     }
 
+    /// Writes a tiny qwen3_5 (linear-attention layers with recurrent state, global attention
+    /// layers) into `dir`, for other modules' tests too.
+    pub(crate) fn write_tiny(dir: &std::path::Path) {
+        std::fs::write(dir.join("config.json"), config().to_string()).expect("config");
+        write_weights(dir, &weights(&mut Rng(35)));
+    }
+
     /// Logits `[len, vocab]` of `ids` fed in pieces of the given lengths, one cache throughout.
     fn run_in_pieces(model: &Model, ids: &[i32], pieces: &[usize]) -> Array {
         let mut cache = model.net.new_cache();
@@ -489,8 +496,7 @@ mod tests {
     #[test]
     fn chunked_prefill_and_decode_steps_match_one_pass() {
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("config.json"), config().to_string()).expect("config");
-        write_weights(dir.path(), &weights(&mut Rng(35)));
+        write_tiny(dir.path());
         let snap = Snapshot::open(dir.path()).expect("open tiny qwen3_5");
         let model = Model::load(&snap, DtypePolicy::Float32).expect("load tiny qwen3_5");
         let ids = [3, 17, 1, 29, 4, 11, 38, 0, 22, 5];

@@ -81,6 +81,11 @@ pub struct ServeArgs {
     /// Seconds in-flight requests may take after SIGINT/SIGTERM.
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout: u64,
+    /// Memory budget in MiB of each model's prompt cache (states of earlier requests reused
+    /// for prompts that start the same way), least recently used evicted first; 0 turns it
+    /// off (default: [serve] prompt-cache-mb in rmlx.toml, else 1024).
+    #[arg(long, value_name = "MIB")]
+    pub prompt_cache_mb: Option<u64>,
     /// Compute dtype (auto: float32 on CPU, the model's dtype on a GPU).
     #[arg(long, value_enum, default_value = "auto")]
     pub dtype: DtypeArg,
@@ -182,6 +187,11 @@ fn empty_key(source: &str) -> Diagnostic {
     )
 }
 
+/// MiB as bytes, saturating (a budget beyond memory simply never evicts).
+fn mib_to_bytes(mib: u64) -> usize {
+    usize::try_from(mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
+}
+
 /// Runs `serve`.
 pub fn run(g: &GlobalArgs, a: ServeArgs) -> Result<u8> {
     let all_dirs = !a.models.is_empty() && a.models.iter().all(|m| Path::new(m).is_dir());
@@ -219,6 +229,9 @@ pub fn run(g: &GlobalArgs, a: ServeArgs) -> Result<u8> {
                 ContentTokens::Text
             },
             tool_format: serve_decl.tool_format,
+            prompt_cache_bytes: mib_to_bytes(
+                a.prompt_cache_mb.unwrap_or(serve_decl.prompt_cache_mb),
+            ),
         },
         http: HttpConfig {
             api_key,

@@ -15,12 +15,15 @@ const STEP: i32 = 256;
 use crate::diagnostic::Result;
 
 /// Keys and values of one attention layer, `[B, kv_heads, T, head_dim]`.
-#[derive(Debug, Default)]
+/// Cloning shares the arrays (MLX arrays are values: a later write makes a new buffer).
+#[derive(Debug, Default, Clone)]
 pub struct KvLayer {
     keys: Option<Array>,
     values: Option<Array>,
     /// Positions held (global layers: the buffers may be longer).
     len: i32,
+    /// Updated with a sliding window (may have dropped old positions).
+    sliding: bool,
 }
 
 impl KvLayer {
@@ -37,6 +40,7 @@ impl KvLayer {
         if window.is_none() {
             return self.append(keys, values);
         }
+        self.sliding = true; // prompt cache: see `Cache::resumable_at`
         let (k, v) = match (self.keys.take(), self.values.take()) {
             (Some(pk), Some(pv)) => (concatenate(&[pk, keys], 2)?, concatenate(&[pv, values], 2)?),
             _ => (keys, values),
@@ -113,7 +117,7 @@ impl KvLayer {
 
 /// The recurrent state of a linear-attention layer: the last inputs of its short
 /// convolution and its state matrix (shapes owned by the architecture).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Recurrent {
     /// The convolution's input tail.
     pub conv: Option<Array>,
@@ -133,7 +137,7 @@ pub enum CacheKind {
 }
 
 /// One layer's cache.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum LayerCache {
     /// See [`KvLayer`].
     Kv(KvLayer),
@@ -144,7 +148,8 @@ pub enum LayerCache {
 }
 
 /// The cache of a whole model: one [`LayerCache`] per layer plus the position offset.
-#[derive(Debug)]
+/// A clone is an independent snapshot sharing the arrays (see [`KvLayer`]).
+#[derive(Debug, Clone)]
 pub struct Cache {
     /// Per-layer caches.
     pub layers: Vec<LayerCache>,
@@ -197,4 +202,106 @@ fn wrong_kind(layer: usize, kind: &str) -> crate::diagnostic::Diagnostic {
         "rmlx::engine::cache",
         format!("layer {layer} has no {kind} cache (internal error: cache kinds mismatch)"),
     )
+}
+
+/// What the prompt cache (`engine::prefix_cache`) needs of a cache: where it can be resumed,
+/// a copy cut back to a prefix, its size.
+impl Cache {
+    /// Whether a copy cut back to `len` positions holds exactly what a run over the first
+    /// `len` tokens would leave: at the length held always; at a shorter one only when every
+    /// layer still holds every position (global key/value buffers, sliding windows not yet
+    /// full, layers without state) — a full sliding window has dropped the positions a
+    /// shorter run would keep, and a recurrent state cannot be rewound.
+    pub fn resumable_at(&self, len: usize) -> bool {
+        len == self.offset
+            || (len < self.offset && self.layers.iter().all(|l| l.holds_all(self.offset)))
+    }
+
+    /// Whether some layer can lose the ability to be cut back (a recurrent state, a sliding
+    /// window): such caches are stored at the lengths worth resuming, not only at the end.
+    pub fn has_exact_only_layers(&self) -> bool {
+        self.layers.iter().any(|l| match l {
+            LayerCache::Kv(kv) => kv.sliding,
+            LayerCache::Recurrent(_) => true,
+            LayerCache::None => false,
+        })
+    }
+
+    /// A copy cut back to `len` positions (sharing the arrays), or `None` where
+    /// [`Self::resumable_at`] says no.
+    pub fn trimmed(&self, len: usize) -> Option<Cache> {
+        if !self.resumable_at(len) {
+            return None;
+        }
+        let mut out = self.clone();
+        if len < self.offset {
+            for layer in &mut out.layers {
+                if let LayerCache::Kv(kv) = layer {
+                    kv.trim(len);
+                }
+            }
+            out.offset = len;
+        }
+        Some(out)
+    }
+
+    /// Bytes of the arrays held (global layers: their whole buffers).
+    pub fn nbytes(&self) -> usize {
+        self.arrays().map(Array::nbytes).sum()
+    }
+
+    /// Computes every array held, so a stored copy does not keep a pending graph (and the
+    /// buffers it reads) alive.
+    pub fn materialize(&self) -> Result<()> {
+        let arrays: Vec<&Array> = self.arrays().collect();
+        if !arrays.is_empty() {
+            mlx_rs::transforms::eval(arrays)?;
+        }
+        Ok(())
+    }
+
+    fn arrays(&self) -> impl Iterator<Item = &Array> {
+        self.layers.iter().flat_map(|l| {
+            let pair = match l {
+                LayerCache::Kv(kv) => [kv.keys.as_ref(), kv.values.as_ref()],
+                LayerCache::Recurrent(r) => [r.conv.as_ref(), r.state.as_ref()],
+                LayerCache::None => [None, None],
+            };
+            pair.into_iter().flatten()
+        })
+    }
+}
+
+impl LayerCache {
+    /// Whether the layer holds every one of the `offset` positions seen (so it can be cut
+    /// back to any of them).
+    fn holds_all(&self, offset: usize) -> bool {
+        match self {
+            LayerCache::Kv(kv) => kv.held() == offset,
+            LayerCache::Recurrent(_) => offset == 0,
+            LayerCache::None => true,
+        }
+    }
+}
+
+impl KvLayer {
+    /// Positions held: a global layer's count, a sliding layer's window contents.
+    fn held(&self) -> usize {
+        if self.sliding {
+            self.keys.as_ref().map_or(0, |k| k.shape()[2] as usize)
+        } else {
+            self.len as usize
+        }
+    }
+
+    /// Keeps only the first `len` positions (the caller checked they are all held).
+    fn trim(&mut self, len: usize) {
+        if self.sliding {
+            let cut = |a: &Array| a.index((.., .., ..len as i32, ..));
+            self.keys = self.keys.as_ref().map(cut);
+            self.values = self.values.as_ref().map(cut);
+        } else {
+            self.len = len as i32;
+        }
+    }
 }

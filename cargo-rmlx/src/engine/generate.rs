@@ -7,10 +7,13 @@
 //! server's batching scheduler: one loop, driven alone here or many at once there.
 //! A [`Constraint`] (structured output) masks the logits of every step before penalties and
 //! sampling (`Sequence::choose`), each sequence with its own `Guide`.
+//! server's batching scheduler: one loop, driven alone here ([`drive`], also what the
+//! prompt cache's `generate_cached` uses) or many at once there.
 
 use std::ops::ControlFlow;
 use std::time::Duration;
 
+use super::cache::Cache;
 use super::penalty::Penalties;
 use super::sample::SamplerConfig;
 use super::sequence::{Sequence, StartCache};
@@ -99,6 +102,8 @@ pub struct GenerateOutput {
     pub decode: Duration,
     /// Time spent computing constraint masks (zero without a constraint).
     pub mask_time: Duration,
+    /// Prompt tokens taken from a prefilled cache instead of being run (the prompt cache).
+    pub cached_tokens: usize,
 }
 
 impl GenerateOutput {
@@ -127,22 +132,34 @@ pub fn generate_cancellable(
     prompt_ids: &[u32],
     opts: &GenerateOptions,
     cancelled: impl Fn() -> bool,
-    mut on_step: impl FnMut(&Step) -> ControlFlow<()>,
+    on_step: impl FnMut(&Step) -> ControlFlow<()>,
 ) -> Result<GenerateOutput> {
-    let mut seq = Sequence::start(model, prompt_ids, opts, StartCache::fresh())?;
+    let seq = Sequence::start(model, prompt_ids, opts, StartCache::fresh())?;
+    drive(model, seq, cancelled, on_step, |_| {}).map(|(out, _)| out)
+}
+
+/// Drives one started sequence to its end: the prefill chunk by chunk (asking `cancelled`
+/// between chunks, showing the sequence to `after_chunk` after each), then its steps.
+/// Returns the output and the final cache.
+pub fn drive(
+    model: &Model,
+    mut seq: Sequence,
+    cancelled: impl Fn() -> bool,
+    mut on_step: impl FnMut(&Step) -> ControlFlow<()>,
+    mut after_chunk: impl FnMut(&Sequence),
+) -> Result<(GenerateOutput, Cache)> {
+    let mut chunks = 0;
     while seq.is_prefilling() {
-        if seq.prefilled() > 0 && cancelled() {
-            tracing::debug!(
-                "prefill cancelled after {} of {} tokens",
-                seq.prefilled(),
-                prompt_ids.len()
-            );
-            return Ok(seq.finish());
+        if chunks > 0 && cancelled() {
+            tracing::debug!("prefill cancelled after {} prompt tokens", seq.prefilled());
+            return Ok(seq.finish_with_cache());
         }
         seq.prefill_chunk(model)?;
+        after_chunk(&seq);
+        chunks += 1;
     }
     while seq.step(model, &mut on_step)?.is_some() {
         seq.feed(model)?;
     }
-    Ok(seq.finish())
+    Ok(seq.finish_with_cache())
 }

@@ -2,7 +2,8 @@
 //! linear, embedding, norm, RoPE; [`ends`]: embeddings in, norm and LM head out;
 //! [`attention`]; [`mlp`]; the standard dense [`decoder`]),
 //! what a loaded architecture offers ([`network`]), the per-layer caches ([`cache`]),
-//! sampling ([`sample`], [`penalty`]) and the generate loop ([`generate`]), the CPU host
+//! sampling ([`sample`], [`penalty`]) and the generate loop ([`generate`]) with its prompt
+//! cache ([`prefix_cache`]), the CPU host
 //! kernels ([`qmv`]) and OpenBLAS threading ([`blas`]). The compute dtype is a per-device
 //! policy ([`DtypePolicy`]). Which network a `model_type` gets is `crate::arch`'s registry.
 
@@ -20,6 +21,7 @@ pub mod mlp;
 pub mod moe;
 pub mod network;
 pub mod penalty;
+pub mod prefix_cache;
 pub mod qmv;
 pub mod rope;
 pub mod sample;
@@ -31,10 +33,11 @@ use crate::diagnostic::Result;
 use crate::snapshot::Snapshot;
 
 pub use generate::{
-    generate, generate_cancellable, GenerateOptions, GenerateOutput, Step, StopReason,
+    drive, generate, generate_cancellable, GenerateOptions, GenerateOutput, Step, StopReason,
 };
 pub use network::Net;
 pub use penalty::Penalties;
+pub use prefix_cache::{generate_cached, PrefixCache};
 pub use sample::{Sampler, SamplerConfig};
 pub use sequence::{Sequence, StartCache};
 

@@ -14,7 +14,9 @@
 //! - **where the cache is created**: [`Sequence::start`] takes a [`StartCache`] — a fresh
 //!   cache ([`StartCache::fresh`]) or a cache already holding the first `tokens` prompt
 //!   positions ([`StartCache::Prefilled`], what a prompt cache hands over); prefill then
-//!   runs only the remaining prompt tokens.
+//!   runs only the remaining prompt tokens. [`Sequence::with_marks`] names prompt lengths
+//!   where the prefill pauses ([`Sequence::at_mark`] shows the cache there, for the prompt
+//!   cache's snapshots), and [`Sequence::finish_with_cache`] gives the final cache back.
 //! - **where logits become a token**: [`Sequence::choose`] gets the host logits of a step and
 //!   returns the token (penalties and `logit_bias` applied to a copy, then the sampler). A
 //!   constraint mask goes there; anything that must see the logits on the host also makes
@@ -70,6 +72,10 @@ pub struct Sequence {
     cache: Cache,
     /// Prompt tokens already in the cache.
     prefilled: usize,
+    /// Prompt tokens the cache held at the start (not run).
+    cached: usize,
+    /// Prompt lengths where a prefill chunk ends (see [`Sequence::with_marks`]).
+    marks: Vec<usize>,
     sampler: Sampler,
     penalties: PenaltyState,
     /// The constraint's state (structured output).
@@ -137,6 +143,8 @@ impl Sequence {
             opts: opts.clone(),
             cache,
             prefilled,
+            cached: prefilled,
+            marks: Vec::new(),
             penalties: PenaltyState::new(&opts.penalties, prompt_ids),
             sampler,
             guide: opts.constraint.as_ref().map(Constraint::start),
@@ -160,6 +168,21 @@ impl Sequence {
         self
     }
 
+    /// Cuts the prefill's chunks at these prompt lengths too, so that [`Self::at_mark`]
+    /// can show the cache there.
+    pub fn with_marks(mut self, marks: Vec<usize>) -> Self {
+        self.marks = marks;
+        self
+    }
+
+    /// The prompt tokens run so far and the cache holding them, when the prefill has just
+    /// reached one of the marks.
+    pub fn at_mark(&self) -> Option<(&[u32], &Cache)> {
+        self.marks
+            .contains(&self.prefilled)
+            .then(|| (&self.prompt_ids[..self.prefilled], &self.cache))
+    }
+
     /// Whether prompt tokens are still to run.
     pub fn is_prefilling(&self) -> bool {
         self.prefilled < self.prompt_ids.len()
@@ -170,10 +193,14 @@ impl Sequence {
         self.prefilled
     }
 
-    /// Runs the next chunk of at most [`PREFILL_CHUNK`] prompt tokens; after the last one the
-    /// first step's logits are ready.
+    /// Runs the next chunk of at most [`PREFILL_CHUNK`] prompt tokens, ending at the next
+    /// mark if one comes first; after the last one the first step's logits are ready.
     pub fn prefill_chunk(&mut self, model: &Model) -> Result<()> {
-        let end = (self.prefilled + PREFILL_CHUNK).min(self.prompt_ids.len());
+        let next_mark = self.marks.iter().copied().filter(|&m| m > self.prefilled);
+        let end = next_mark
+            .chain([self.prefilled + PREFILL_CHUNK, self.prompt_ids.len()])
+            .min()
+            .unwrap_or(self.prompt_ids.len());
         let ids: Vec<i32> = self.prompt_ids[self.prefilled..end]
             .iter()
             .map(|&t| t as i32)
@@ -280,6 +307,12 @@ impl Sequence {
     /// Ends the sequence: with no steps and [`StopReason::Stopped`] when it was cut short
     /// before its first step, else as it stopped.
     pub fn finish(self) -> GenerateOutput {
+        self.finish_with_cache().0
+    }
+
+    /// [`Self::finish`], giving the cache back too: it holds the prompt, then the generated
+    /// ids fed back so far (`cache.offset` tokens in all).
+    pub fn finish_with_cache(self) -> (GenerateOutput, Cache) {
         let total = self.started.elapsed();
         let prefill = if self.steps.is_empty() {
             total
@@ -296,14 +329,16 @@ impl Sequence {
                 mask_time.as_secs_f64() * 1e6 / masks as f64
             );
         }
-        GenerateOutput {
+        let out = GenerateOutput {
             prompt_ids: self.prompt_ids,
             steps: self.steps,
             stop: self.stop.unwrap_or(StopReason::Stopped),
             prefill,
             decode: total.saturating_sub(prefill),
             mask_time,
-        }
+            cached_tokens: self.cached,
+        };
+        (out, self.cache)
     }
 
     /// The next [`Step`]: read back from the device (queuing the following one first when

@@ -147,6 +147,21 @@ fn write_model(dir: &Path, arch: Arch, w: &Weights) {
     write_weights(dir, w);
 }
 
+/// Writes a tiny llama (two global layers) into `dir`, for other modules' tests.
+pub(crate) fn write_tiny_llama(dir: &Path, seed: u64) {
+    write_model(dir, Arch::Llama, &make_weights(Arch::Llama, &mut Rng(seed)));
+}
+
+/// Writes a tiny gemma3 (a sliding layer of window 3, then a global layer) into `dir`, for
+/// other modules' tests.
+pub(crate) fn write_tiny_gemma3(dir: &Path, seed: u64) {
+    write_model(
+        dir,
+        Arch::Gemma3,
+        &make_weights(Arch::Gemma3, &mut Rng(seed)),
+    );
+}
+
 /// Writes `w` as `dir/model.safetensors` (float32).
 pub(crate) fn write_weights(dir: &Path, w: &Weights) {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = w

@@ -39,6 +39,7 @@
 //! port = 8080
 //! content-special-tokens = false   # true: special tokens typed in messages are control tokens
 //! tool-format = "hermes"           # optional: tool-call format of models that set none
+//! prompt-cache-mb = 1024           # prompt-cache budget per model, 0 = off
 //! max-batch = 8                    # requests generated together per model (1: one at a time)
 //! ```
 
@@ -65,6 +66,11 @@ pub const TEMPLATE: &str = include_str!("../../../templates/rmlx.toml");
 pub const DEFAULT_HOST: &str = "127.0.0.1";
 /// Default port of `cargo rmlx serve`.
 pub const DEFAULT_PORT: u16 = 8080;
+/// Default prompt-cache budget per served model, in MiB: about 20 states of a 1,000-token
+/// conversation of a small model in float32 (SmolLM2-135M: 46 KiB per token), or 7,000
+/// tokens of an 8B model's bfloat16 keys/values (144 KiB per token) — several conversations
+/// kept warm, at a fraction of the weights' memory of any model worth serving.
+pub const DEFAULT_PROMPT_CACHE_MB: u64 = 1024;
 
 /// A parsed `rmlx.toml`.
 #[derive(Debug, Clone)]
@@ -236,6 +242,8 @@ pub struct ServeDecl {
     pub content_special_tokens: bool,
     /// `tool-format` of models that set none.
     pub tool_format: Option<ToolFormat>,
+    /// Prompt-cache budget per model in MiB, 0 = off (`serve --prompt-cache-mb`).
+    pub prompt_cache_mb: u64,
     /// Requests a model generates together (`serve --max-batch`); `None`: the default.
     pub max_batch: Option<usize>,
 }
@@ -247,6 +255,7 @@ impl Default for ServeDecl {
             port: DEFAULT_PORT,
             content_special_tokens: false,
             tool_format: None,
+            prompt_cache_mb: DEFAULT_PROMPT_CACHE_MB,
             max_batch: None,
         }
     }

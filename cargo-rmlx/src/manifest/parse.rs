@@ -10,7 +10,7 @@ use toml::Spanned;
 
 use super::{
     mode_defaults, supported, Dtype, Manifest, ModelDecl, ModuleOverride, ProbeDecl, QuantSpec,
-    Quantize, ServeDecl, DEFAULT_HOST, DEFAULT_PORT,
+    Quantize, ServeDecl, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_PROMPT_CACHE_MB,
 };
 use crate::diagnostic::{Diagnostic, Result};
 use crate::serve::tools::ToolFormat;
@@ -523,6 +523,7 @@ fn serve(ctx: &Ctx<'_>, v: &Value<'_>) -> Result<ServeDecl> {
             "port",
             "content-special-tokens",
             "tool-format",
+            "prompt-cache-mb",
             "max-batch",
         ],
         "[serve]",
@@ -558,6 +559,20 @@ fn serve(ctx: &Ctx<'_>, v: &Value<'_>) -> Result<ServeDecl> {
             .ok_or_else(|| ctx.wrong_type("content-special-tokens", "a boolean", v))?,
         None => false,
     };
+    let prompt_cache_mb = match t.get("prompt-cache-mb") {
+        Some(v) => {
+            let n = ctx.integer("prompt-cache-mb", v)?;
+            u64::try_from(n).map_err(|_| {
+                ctx.err(
+                    CODE_VALUE,
+                    format!("prompt-cache-mb {n} is negative"),
+                    v.span(),
+                    "expected MiB, 0 for off",
+                )
+            })?
+        }
+        None => DEFAULT_PROMPT_CACHE_MB,
+    };
     let max_batch = match t.get("max-batch") {
         Some(v) => {
             let n = ctx.integer("max-batch", v)?;
@@ -582,6 +597,7 @@ fn serve(ctx: &Ctx<'_>, v: &Value<'_>) -> Result<ServeDecl> {
         port,
         content_special_tokens,
         tool_format: tool_format(ctx, t)?,
+        prompt_cache_mb,
         max_batch,
     })
 }

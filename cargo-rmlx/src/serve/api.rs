@@ -24,6 +24,17 @@ pub const MAX_STOP: usize = 16;
 /// Most `top_logprobs` (OpenAI's limit).
 pub const MAX_TOP_LOGPROBS: usize = 20;
 
+/// A response's `usage`: token counts, with the prompt tokens taken from the prompt cache in
+/// `prompt_tokens_details.cached_tokens` (OpenAI's field).
+pub fn usage(prompt: usize, completion: usize, cached: usize) -> Value {
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    })
+}
+
 /// An OpenAI-style error response: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug, Clone)]
 pub struct ApiError {

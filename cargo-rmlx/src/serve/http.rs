@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::access::{self, AccessNote};
-use super::api::{ApiError, ChatRequest, CompletionRequest, Prepared};
+use super::api::{self, ApiError, ChatRequest, CompletionRequest, Prepared};
 use super::guard::{self, Guard};
 use super::metrics::Metrics;
 use super::registry::{Outcome, Registry, State as ModelState, Trigger};
@@ -642,14 +642,6 @@ fn prompt_json(p: &Prompt) -> Value {
     json!({"text": p.text, "ids": p.ids})
 }
 
-fn usage(prompt: usize, completion: usize) -> Value {
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    })
-}
-
 fn chat_logprob(lp: &TokenLogprob) -> Value {
     let entry = |t: &str, l: f32| json!({"token": t, "logprob": l, "bytes": t.as_bytes()});
     let mut v = entry(&lp.token, lp.logprob);
@@ -714,6 +706,7 @@ async fn collect(
                 tool_calls,
                 prompt_tokens,
                 completion_tokens,
+                cached_tokens,
             } => {
                 let choice = match ctx.kind {
                     Kind::Chat => {
@@ -743,7 +736,7 @@ async fn collect(
                     "created": ctx.created,
                     "model": ctx.model,
                     "choices": [choice],
-                    "usage": usage(prompt_tokens, completion_tokens),
+                    "usage": api::usage(prompt_tokens, completion_tokens, cached_tokens),
                 });
                 if let Some(p) = &ctx.prompt {
                     body["prompt"] = prompt_json(p);
@@ -895,6 +888,7 @@ impl StreamState {
                 finish,
                 prompt_tokens,
                 completion_tokens,
+                cached_tokens,
                 ..
             } => {
                 // The calls went out as they were generated (`tool_calls` deltas).
@@ -917,7 +911,7 @@ impl StreamState {
                         "model": self.ctx.model,
                         "choices": [],
                     });
-                    v["usage"] = usage(prompt_tokens, completion_tokens);
+                    v["usage"] = api::usage(prompt_tokens, completion_tokens, cached_tokens);
                     self.pending
                         .push_back(SseEvent::default().data(v.to_string()));
                 }

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
+use crate::engine::PrefixCache;
+
 /// Buckets of the time-to-first-token histogram (seconds).
 const TTFT_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 /// Buckets of the decode-throughput histogram (tokens per second).
@@ -70,6 +72,17 @@ struct Inner {
     duration: BTreeMap<Labels, Histogram>,
     queue_time: BTreeMap<Labels, Histogram>,
     batch_size: BTreeMap<Labels, Histogram>,
+    prompt_cache: PromptCacheMetrics,
+}
+
+/// The prompt cache's series (`engine::prefix_cache`).
+#[derive(Debug, Default)]
+struct PromptCacheMetrics {
+    hits: BTreeMap<Labels, u64>,
+    cached_tokens: BTreeMap<Labels, u64>,
+    evictions: BTreeMap<Labels, u64>,
+    bytes: BTreeMap<Labels, i64>,
+    entries: BTreeMap<Labels, i64>,
 }
 
 /// The server's metrics.
@@ -229,6 +242,23 @@ impl Metrics {
         self.with(|m| m.queue_depth.get(&model(model_name)).copied().unwrap_or(0))
     }
 
+    /// Takes a model's prompt-cache counts since the last call and its current size.
+    pub fn prompt_cache(&self, model_name: &str, cache: &mut PrefixCache) {
+        let counts = cache.take_counts();
+        self.with(|m| {
+            let p = &mut m.prompt_cache;
+            bump(&mut p.hits, model(model_name), counts.hits);
+            bump(
+                &mut p.cached_tokens,
+                model(model_name),
+                counts.cached_tokens,
+            );
+            bump(&mut p.evictions, model(model_name), counts.evictions);
+            p.bytes.insert(model(model_name), cache.bytes() as i64);
+            p.entries.insert(model(model_name), cache.len() as i64);
+        });
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         self.with(|m| {
@@ -246,6 +276,12 @@ impl Metrics {
             histogram(&mut out, "rmlx_time_to_first_token_seconds", "Time from request arrival to the first generated token.", &m.ttft);
             histogram(&mut out, "rmlx_decode_tokens_per_second", "Decode throughput of one generation (tokens after the first).", &m.decode_tps);
             histogram(&mut out, "rmlx_request_duration_seconds", "Duration of API requests.", &m.duration);
+            let p = &m.prompt_cache;
+            counter(&mut out, "rmlx_prompt_cache_hits_total", "Generations that resumed from a cached prompt prefix.", &p.hits);
+            counter(&mut out, "rmlx_prompt_cache_cached_tokens_total", "Prompt tokens taken from the prompt cache instead of being computed.", &p.cached_tokens);
+            counter(&mut out, "rmlx_prompt_cache_evictions_total", "Prompt-cache entries evicted to stay within --prompt-cache-mb.", &p.evictions);
+            gauge(&mut out, "rmlx_prompt_cache_bytes", "Bytes held by the prompt cache of the model version in service.", &p.bytes);
+            gauge(&mut out, "rmlx_prompt_cache_entries", "Entries held by the prompt cache of the model version in service.", &p.entries);
             histogram(&mut out, "rmlx_queue_time_seconds", "Time from request arrival until it joins the model's running batch.", &m.queue_time);
             histogram(&mut out, "rmlx_batch_size", "Sequences decoded together per model step (continuous batching).", &m.batch_size);
             out

@@ -130,6 +130,8 @@ pub struct LoadSettings {
     pub content_tokens: crate::session::ContentTokens,
     /// `[serve] tool-format`: the tool-call format of models that set none.
     pub tool_format: Option<crate::serve::tools::ToolFormat>,
+    /// Byte budget of each loaded version's prompt cache (0: off).
+    pub prompt_cache_bytes: usize,
 }
 
 /// Why a reload happens.
@@ -368,6 +370,7 @@ impl Registry {
                 .as_ref()
                 .and_then(|d| d.tool_format)
                 .or(self.settings.tool_format),
+            prompt_cache_bytes: self.settings.prompt_cache_bytes,
             live: self.live.clone(),
         };
         match Worker::start(cfg, self.metrics.clone()) {

@@ -14,6 +14,10 @@
 //!
 //! With `max_batch` 1 this is one generation at a time, pipelined on a GPU, as before
 //! batching existed. Batch sizes and queue times go to `/metrics`.
+//!
+//! The version's prompt cache (`engine::prefix_cache`) hooks in at three points: admission
+//! starts each sequence from the longest stored prefix of its prompt, each prefill chunk may
+//! leave a snapshot, and a retired sequence stores its final state.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -24,7 +28,7 @@ use super::metrics::Metrics;
 use super::tools::output::OutputSpec;
 use super::worker::{Job, Load, Stream};
 use crate::diagnostic::Result;
-use crate::engine::{Sequence, StartCache};
+use crate::engine::{PrefixCache, Sequence};
 use crate::session::Session;
 
 /// One running request: its engine state and its client side.
@@ -45,6 +49,7 @@ pub struct Scheduler<'a> {
     max_batch: usize,
     active: Vec<Slot>,
     load: &'a Load,
+    prompt_cache: PrefixCache,
 }
 
 impl<'a> Scheduler<'a> {
@@ -65,7 +70,14 @@ impl<'a> Scheduler<'a> {
             max_batch: max_batch.max(1),
             active: Vec::new(),
             load,
+            prompt_cache: PrefixCache::new(0),
         }
+    }
+
+    /// Serves through `cache` (the version's prompt cache) instead of none.
+    pub(super) fn with_prompt_cache(mut self, cache: PrefixCache) -> Self {
+        self.prompt_cache = cache;
+        self
     }
 
     /// Publishes the batch's free slots (what `Worker::submit` may queue beyond its depth).
@@ -114,7 +126,7 @@ impl<'a> Scheduler<'a> {
             return;
         };
         let model = &self.session.model;
-        match Sequence::start(model, &ids, &opts, StartCache::fresh()) {
+        match self.prompt_cache.start(model, &ids, &opts) {
             Ok(seq) => {
                 let seq = if self.max_batch > 1 {
                     seq.unpipelined()
@@ -146,8 +158,9 @@ impl<'a> Scheduler<'a> {
             self.retire(i, None);
             return;
         }
-        if let Err(d) = slot.seq.prefill_chunk(&self.session.model) {
-            self.retire(i, Some(d));
+        match slot.seq.prefill_chunk(&self.session.model) {
+            Ok(()) => self.prompt_cache.after_chunk(&slot.seq),
+            Err(d) => self.retire(i, Some(d)),
         }
     }
 
@@ -208,14 +221,16 @@ impl<'a> Scheduler<'a> {
     fn retire(&mut self, i: usize, error: Option<crate::diagnostic::Diagnostic>) {
         let slot = self.active.remove(i);
         self.metrics.running_delta(self.name, -1);
-        match error {
-            Some(d) => slot.stream.fail(d),
-            None => slot.stream.finish(
-                self.name,
-                &self.session.tokenizer,
-                slot.seq.finish(),
-                self.metrics,
-            ),
+        // The prompt cache's series are current before the client hears the outcome.
+        if let Some(d) = error {
+            self.metrics.prompt_cache(self.name, &mut self.prompt_cache);
+            slot.stream.fail(d);
+            return;
         }
+        let (out, cache) = slot.seq.finish_with_cache();
+        self.prompt_cache.store(&out, &cache);
+        self.metrics.prompt_cache(self.name, &mut self.prompt_cache);
+        let tok = &self.session.tokenizer;
+        slot.stream.finish(self.name, tok, out, self.metrics);
     }
 }

@@ -6,7 +6,9 @@
 //! `max_batch` of them running together (continuous batching). Results stream back to the
 //! HTTP side as [`Event`]s over a tokio channel; [`Stream`] is one request's side of that
 //! (detokenizing, stop strings, logprobs, tool calls, the outcome). A request's cancel flag
-//! (client gone) and deadline are checked between prefill chunks and between tokens.
+//! (client gone) and deadline are checked between prefill chunks and between tokens. The
+//! thread also owns the version's prompt cache (`engine::prefix_cache`, used by the
+//! scheduler): a reload starts with an empty one.
 //!
 //! When the last handle to a worker is dropped (the model was hot-swapped), its queue
 //! closes: the thread finishes the requests already queued, then exits and frees the model.
@@ -29,7 +31,8 @@ use super::tools::output::{OutputParser, OutputSpec};
 use super::tools::{Delta, ToolCall, ToolFormat};
 use crate::diagnostic::{Diagnostic, Result};
 use crate::engine::{
-    DtypePolicy, GenerateOptions, GenerateOutput, Penalties, SamplerConfig, Step, StopReason,
+    DtypePolicy, GenerateOptions, GenerateOutput, Penalties, PrefixCache, SamplerConfig, Step,
+    StopReason,
 };
 use crate::probe::{self, ProbeOptions};
 use crate::session::{ContentTokens, Prompt, Session};
@@ -142,6 +145,8 @@ pub enum Event {
         prompt_tokens: usize,
         /// Generated tokens (EOS not counted).
         completion_tokens: usize,
+        /// Prompt tokens taken from the prompt cache.
+        cached_tokens: usize,
     },
     /// The request failed.
     Error(JobError),
@@ -232,6 +237,8 @@ pub struct WorkerConfig {
     pub content_tokens: ContentTokens,
     /// The tool-call format set in rmlx.toml (else detected from the chat template).
     pub tool_format: Option<ToolFormat>,
+    /// Byte budget of this version's prompt cache (0: off).
+    pub prompt_cache_bytes: usize,
     /// Counts this worker's thread while it runs (shutdown waits for it).
     pub live: LiveThreads,
 }
@@ -490,7 +497,11 @@ fn worker_main(
     drop(ready);
     let source = session.template.as_ref().map_or("", |t| t.source());
     let spec = OutputSpec::for_template(&cfg.name, source, cfg.tool_format);
-    Scheduler::new(&cfg.name, &session, &spec, &metrics, cfg.max_batch, &load).run(&rx);
+    // one prompt cache per loaded version, on this thread (a reload starts empty)
+    let prompt_cache = PrefixCache::new(cfg.prompt_cache_bytes);
+    Scheduler::new(&cfg.name, &session, &spec, &metrics, cfg.max_batch, &load)
+        .with_prompt_cache(prompt_cache)
+        .run(&rx);
     tracing::debug!("{} v{}: retired", cfg.name, cfg.version);
 }
 
@@ -743,6 +754,7 @@ impl Stream {
             tool_calls,
             prompt_tokens: self.prompt_tokens,
             completion_tokens: self.generated,
+            cached_tokens: out.cached_tokens,
         });
     }
 }
