@@ -325,7 +325,9 @@ fn an_empty_api_key_is_a_usage_error_and_a_public_bind_without_key_warns() {
 
 #[test]
 fn a_client_gone_during_prefill_frees_the_model() {
-    let s = Server::model(&["--no-probe"]);
+    // One generation at a time and no prompt cache: the test times a cold prefill of the
+    // same long prompt twice (batching and the cache have their own tests).
+    let s = Server::model(&["--no-probe", "--max-batch", "1", "--prompt-cache-mb", "0"]);
     let warm = s.post("/v1/chat/completions", &chat_body(CAPITAL_QUESTION, 1));
     assert_eq!(warm.status, 200, "{}", warm.text);
 
