@@ -111,15 +111,16 @@ impl Session {
     /// Compiles a structured-output constraint for this model (its token environment is
     /// built on the first call and kept).
     pub fn compile_constraint(&self, spec: &ConstraintSpec) -> Result<Constraint> {
-        let env = match self.guide_env.get() {
-            Some(env) => env,
-            None => {
-                let env =
-                    GuideEnv::new(&self.tokenizer, self.model.net.vocab_size, &self.eos_ids())?;
-                self.guide_env.get_or_init(|| env)
-            }
-        };
-        env.compile(spec)
+        self.guide_env()?.compile(spec)
+    }
+
+    /// This model's constraint environment, built on the first call and kept.
+    pub fn guide_env(&self) -> Result<&GuideEnv> {
+        if let Some(env) = self.guide_env.get() {
+            return Ok(env);
+        }
+        let env = GuideEnv::new(&self.tokenizer, self.model.net.vocab_size, &self.eos_ids())?;
+        Ok(self.guide_env.get_or_init(|| env))
     }
 
     /// EOS ids: the model's declared ones plus the tokenizer's `eos_token`.

@@ -6,7 +6,9 @@ Sends REQUESTS greedy and REQUESTS sampled chat completions with a JSON-schema
 `response_format` (nested object, enums, an array, required fields; every string and array
 bounded), CONCURRENCY at a time so the server batches them, and validates every answer
 with the small validator below; then one streamed request, a regex (`guided_regex`)
-on /v1/completions, `json_object`, and invalid constraints (400 naming the field). Exits
+on /v1/completions, `json_object`, invalid constraints (400 naming the field), and tool
+calls forced by `tool_choice` (`required`, a named function; streamed and not: the
+calls parsed, their arguments valid under the function's schema). Exits
 non-zero on the first failure; prints one JSON line with what it saw.
 """
 
@@ -169,4 +171,76 @@ for body, param in [
         assert e.body["param"] == param, e.body
         assert "invalid" in e.body["message"], e.body
 
-print(json.dumps({"greedy": seen["greedy"][0], "phone": phone.choices[0].text, "valid": 2 * requests}))
+TOOLS = [
+    {"type": "function", "function": {
+        "name": "get_weather", "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {
+            "city": {"type": "string", "maxLength": 40},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"]}}},
+    {"type": "function", "function": {
+        "name": "get_time", "description": "Local time in a time zone",
+        "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 40}},
+                       "required": ["zone"]}}},
+]
+SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+
+
+def forced_calls(tool_choice, stream):
+    """A request whose tool_choice forces a call: the calls, parsed and checked."""
+    kwargs = dict(
+        model=model,
+        messages=[{"role": "user", "content": "What is the weather in Paris right now?"}],
+        tools=TOOLS,
+        tool_choice=tool_choice,
+        max_tokens=120,
+    )
+    if stream:
+        calls, finish = {}, None
+        for chunk in client.chat.completions.create(stream=True, **kwargs):
+            if not chunk.choices:
+                continue
+            finish = chunk.choices[0].finish_reason or finish
+            for d in chunk.choices[0].delta.tool_calls or []:
+                call = calls.setdefault(d.index, {"name": "", "arguments": ""})
+                if d.function and d.function.name:
+                    call["name"] += d.function.name
+                if d.function and d.function.arguments:
+                    call["arguments"] += d.function.arguments
+        got = [calls[i] for i in sorted(calls)]
+    else:
+        r = client.chat.completions.create(**kwargs)
+        finish = r.choices[0].finish_reason
+        got = [{"name": t.function.name, "arguments": t.function.arguments}
+               for t in r.choices[0].message.tool_calls or []]
+    what = f"tool_choice={tool_choice!r} stream={stream}"
+    assert finish == "tool_calls", (what, finish, got)
+    assert got, (what, "no calls")
+    for call in got:
+        assert call["name"] in SCHEMAS, (what, call)
+        args = json.loads(call["arguments"])
+        problems = errors(args, SCHEMAS[call["name"]])
+        assert not problems, (what, problems, call)
+    return got
+
+
+named = {"type": "function", "function": {"name": "get_time"}}
+tool_calls = {}
+for choice in ["required", named]:
+    for stream in [False, True]:
+        got = forced_calls(choice, stream)
+        if choice == named:
+            assert all(c["name"] == "get_time" for c in got), got
+        tool_calls[f"{'named' if choice == named else choice}-{'stream' if stream else 'plain'}"] = got
+# streamed and plain greedy runs decode the same tokens
+assert tool_calls["required-stream"] == tool_calls["required-plain"], tool_calls
+try:
+    client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+        tools=TOOLS, tool_choice="required", response_format={"type": "json_object"},
+    )
+    raise AssertionError("tool_choice=required with response_format accepted")
+except openai.BadRequestError as e:
+    assert e.body["param"] == "tool_choice", e.body
+
+print(json.dumps({"greedy": seen["greedy"][0], "tool_calls": tool_calls, "phone": phone.choices[0].text, "valid": 2 * requests}))

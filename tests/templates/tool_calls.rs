@@ -7,12 +7,20 @@
 //! give back the same calls, reasoning and content, and the streamed argument fragments must
 //! add up to the final arguments.
 
+use std::sync::OnceLock;
+
+use rmlx::constrain::{GuideEnv, Masked};
+use rmlx::gguf::tokenizer::TokenizerFiles;
+use rmlx::gguf::GgufFile;
+use rmlx::serve::tools::choice::ToolChoice;
+use rmlx::serve::tools::force::{forced_call, Target};
 use rmlx::serve::tools::output::{OutputParser, OutputSpec};
 use rmlx::serve::tools::{normalize_messages, Delta, ToolCall};
 use rmlx::template::{ChatTemplate, RenderContext};
+use rmlx::tokenize::Tokenizer;
 use serde_json::{json, Value};
 
-use crate::support::corpus_dir;
+use crate::support::{corpus_dir, smollm2_gguf};
 
 /// One real template and the assistant turn rendered through it.
 struct Case {
@@ -434,6 +442,164 @@ fn every_family_parses_its_own_rendered_tool_calls_and_reasoning() {
             "one piece",
         );
     }
+}
+
+/// SmolLM2's tokenizer (from its GGUF) and constraint environment. None of the families'
+/// markers is a special token there, so the grammars spell them as text: this checks each
+/// grammar's shape; the server spells them by token id where the model's vocabulary has them
+/// (`tests/serve/structured.rs` runs that on Qwen2.5).
+fn smollm2_env() -> &'static (Tokenizer, GuideEnv) {
+    static ENV: OnceLock<(Tokenizer, GuideEnv)> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let path = smollm2_gguf();
+        let gguf = GgufFile::open(&path).expect("SmolLM2 GGUF");
+        let files = TokenizerFiles::from_gguf(&gguf, 8192).expect("tokenizer from GGUF");
+        let json = serde_json::to_vec(&files.tokenizer_json).expect("tokenizer.json");
+        let tok =
+            Tokenizer::from_parts(&json, Some(files.tokenizer_config), &path).expect("tokenizer");
+        let env = GuideEnv::new(&tok, 49152, &tok.eos_ids(&[])).expect("constraint environment");
+        (tok, env)
+    })
+}
+
+/// The families' marker strings: single (special) tokens in their models' vocabularies.
+const MARKERS: &[&str] = &[
+    "<|channel|>",
+    "<|message|>",
+    "<|end|>",
+    "<|start|>",
+    "<|constrain|>",
+    "<|call|>",
+    "<|tool_call>",
+    "<tool_call|>",
+    "<|\"|>",
+    "<|channel>",
+    "<channel|>",
+    "[TOOL_CALLS]",
+    "[ARGS]",
+    "[CALL_ID]",
+    "[THINK]",
+    "[/THINK]",
+    "<think>",
+    "</think>",
+    "<tool_call>",
+    "</tool_call>",
+    "<|python_tag|>",
+];
+
+/// `text` cut before every marker, so that no token of the SmolLM2 tokenizer spans into a
+/// marker (in the families' own vocabularies each marker is one token). What follows a marker
+/// stays with it: llguidance allows only the canonical tokenization of text the grammar
+/// forces, and SmolLM2 merges a marker's last character with the next one.
+fn marker_pieces(text: &str) -> Vec<&str> {
+    let mut cuts: Vec<usize> = MARKERS
+        .iter()
+        .flat_map(|m| text.match_indices(m).map(|(at, _)| at))
+        .collect();
+    cuts.push(0);
+    cuts.push(text.len());
+    cuts.sort_unstable();
+    cuts.dedup();
+    cuts.windows(2).map(|w| &text[w[0]..w[1]]).collect()
+}
+
+/// Whether `grammar`'s constraint takes `text` token by token and then allows EOS; the first
+/// refused token otherwise.
+fn accepts(grammar: &rmlx::constrain::ConstraintSpec, text: &str) -> Result<(), String> {
+    let (tok, env) = smollm2_env();
+    let mut guide = env.compile(grammar).map_err(|e| e.message.clone())?.start();
+    let mut logits = vec![0.0f32; 49152];
+    let mut ids = Vec::new();
+    for piece in marker_pieces(text) {
+        ids.extend(tok.encode(piece, false).map_err(|e| e.message.clone())?);
+    }
+    for (i, &id) in ids.iter().enumerate() {
+        logits.fill(0.0);
+        let masked = guide.mask(&mut logits);
+        if masked != Masked::Open || !logits[id as usize].is_finite() {
+            let done = tok.decode(&ids[..i], false).unwrap_or_default();
+            return Err(format!("refused after {done:?}"));
+        }
+        guide.commit(id);
+    }
+    logits.fill(0.0);
+    guide.mask(&mut logits);
+    let eos = tok.eos_ids(&[]);
+    if eos.iter().any(|&e| logits[e as usize].is_finite()) {
+        Ok(())
+    } else {
+        Err("EOS is not allowed at the end".into())
+    }
+}
+
+/// The forced grammars of `case`'s template (`required`, and the named function when the
+/// case makes one call) accept what the template renders for the case's calls.
+fn check_forced(case: &Case, t: &ChatTemplate) {
+    let defs = tools();
+    let list = defs.as_array().expect("tools");
+    let spec = OutputSpec::for_template(case.path, t.source(), None);
+    let (prompt, answer) = case.sample(t);
+    let target = Target {
+        spec: &spec,
+        source: t.source(),
+        prompt: &prompt,
+    };
+    let mut choices = vec![ToolChoice::Required];
+    if let [(name, _)] = case.calls.as_slice() {
+        choices.push(ToolChoice::Function(name.to_string()));
+    }
+    for choice in choices {
+        let grammar = forced_call(target, list, &choice, &|s| smollm2_env().1.spell(s))
+            .unwrap_or_else(|e| panic!("{}: {}", case.path, e.message));
+        if let Err(why) = accepts(&grammar, &answer) {
+            panic!(
+                "{} ({choice:?}, reasoning {:?}): the forced grammar refuses the rendered call \
+                 {answer:?}: {why}\n{grammar:?}",
+                case.path, case.thinking
+            );
+        }
+    }
+}
+
+#[test]
+fn forced_call_grammars_accept_what_each_template_renders() {
+    let root = corpus_dir();
+    for mut case in cases() {
+        let t = ChatTemplate::from_file(root.join(case.path))
+            .unwrap_or_else(|e| panic!("{}: {}", case.path, e.message));
+        if case.format.is_none() || !case.content.is_empty() {
+            continue;
+        }
+        check_forced(&case, &t);
+        if !case.thinking.is_empty() {
+            case.thinking = "";
+            check_forced(&case, &t);
+        }
+    }
+}
+
+#[test]
+fn a_named_choice_refuses_the_other_function() {
+    let defs = tools();
+    let list = defs.as_array().expect("tools");
+    let only_time = ToolChoice::Function("get_time".into());
+    let spell = |s: &str| smollm2_env().1.spell(s);
+    let hermes = OutputSpec::default();
+    let target = Target {
+        spec: &hermes,
+        source: "",
+        prompt: "",
+    };
+    let grammar = forced_call(target, list, &only_time, &spell).expect("grammar");
+    let weather = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+    assert!(accepts(&grammar, weather).is_err());
+    let time =
+        "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"zone\": \"UTC\"}}\n</tool_call>";
+    assert_eq!(accepts(&grammar, time), Ok(()));
+    let plain = "It is sunny.";
+    assert!(accepts(&grammar, plain).is_err(), "text instead of a call");
+    let g = forced_call(target, list, &ToolChoice::Function("nope".into()), &spell);
+    assert_eq!(g.unwrap_err().code, "rmlx::constrain::tools");
 }
 
 #[test]

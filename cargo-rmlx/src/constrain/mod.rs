@@ -12,14 +12,15 @@
 //!   sampled token committed. EOS is allowed only where the grammar accepts. A grammar that
 //!   allows no token (or fails) is a [`Masked::DeadEnd`]: the engine ends the run as if the
 //!   budget ran out (`finish_reason: "length"`), never waits;
-//! - grammars that force a chat family's tool-call shape ([`tools`]).
+//! - how a grammar spells a marker string ([`GuideEnv::spell`]): by token id when the
+//!   vocabulary has it as a special token, else as quoted text (the forced tool-call grammars
+//!   of `serve::tools::force` are built with it).
 //!
 //! The engine's hook is two calls in `engine::sequence` (the one loop `generate` and the
 //! server's batching scheduler share): [`Guide::mask`] on the host logits before
 //! penalties/sampling (`Sequence::choose`), [`Guide::commit`] with the chosen id
 //! (`Sequence::step`). Each sequence keeps its own [`Guide`], alone or in a batch.
 
-pub mod tools;
 mod vocab;
 
 use std::fmt;
@@ -74,7 +75,7 @@ impl ConstraintSpec {
 /// The JSON layout we force unless the schema sets its own `x-guidance`: Python's
 /// `json.dumps` separators (`", "`, `": "`) and no other whitespace. Flexible whitespace
 /// would let a small model spend its whole budget on newlines.
-fn with_layout(mut schema: Value) -> Value {
+pub(crate) fn with_layout(mut schema: Value) -> Value {
     if let Some(obj) = schema.as_object_mut() {
         if !obj.contains_key("x-guidance") {
             obj.insert(
@@ -84,6 +85,11 @@ fn with_layout(mut schema: Value) -> Value {
         }
     }
     schema
+}
+
+/// `text` as a quoted Lark string (JSON escaping, which llguidance's Lark reads).
+pub fn lark_string(text: &str) -> String {
+    Value::String(text.to_string()).to_string()
 }
 
 /// A model's token environment and grammar compiler, built once per loaded model.
@@ -119,6 +125,15 @@ impl GuideEnv {
             factory: Arc::new(factory),
             vocab_size,
         })
+    }
+
+    /// `text` as a Lark grammar element: `<[id]>` when the vocabulary holds it as one special
+    /// token (a grammar's quoted text never produces special tokens), else a quoted string.
+    pub fn spell(&self, text: &str) -> String {
+        match self.factory.tok_env().tok_trie().get_special_token(text) {
+            Some(id) => format!("<[{id}]>"),
+            None => lark_string(text),
+        }
     }
 
     /// Compiles `spec`; errors name the problem in llguidance's words.

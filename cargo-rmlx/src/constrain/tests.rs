@@ -6,7 +6,6 @@ use std::sync::OnceLock;
 
 use serde_json::json;
 
-use super::tools::{tool_call_spec, ToolCallFormat, ToolChoice};
 use super::*;
 use crate::gguf::tokenizer::TokenizerFiles;
 use crate::gguf::GgufFile;
@@ -159,46 +158,6 @@ fn invalid_constraints_name_the_problem() {
             .starts_with(&format!("invalid {} constraint: ", spec.kind())));
         assert!(e.message.len() > 30, "llguidance's reason: {}", e.message);
     }
-}
-
-#[test]
-fn hermes_tool_call_grammar_forces_the_named_function() {
-    let tools = [
-        json!({"type": "function", "function": {"name": "get_weather", "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"]
-        }}}),
-        json!({"type": "function", "function": {"name": "get_time"}}),
-    ];
-    let spec = tool_call_spec(
-        ToolCallFormat::Hermes,
-        &tools,
-        ToolChoice::Named("get_weather"),
-    )
-    .unwrap();
-    let mut g = env().compile(&spec).unwrap().start();
-    walk(&mut g, "<tool_call>\n{\"name\": \"get_");
-    let next: Vec<String> = allowed(&mut g).into_iter().map(text).collect();
-    assert!(
-        next.iter().all(|t| "weather\"".starts_with(t.as_str())),
-        "{next:?}"
-    );
-    walk(
-        &mut g,
-        "weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>",
-    );
-    assert!(g.is_finished() || eos_allowed(&mut g));
-
-    let required = tool_call_spec(ToolCallFormat::Hermes, &tools, ToolChoice::Required).unwrap();
-    let mut g = env().compile(&required).unwrap().start();
-    walk(
-        &mut g,
-        "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>",
-    );
-    assert!(eos_allowed(&mut g));
-    let err = tool_call_spec(ToolCallFormat::Hermes, &tools, ToolChoice::Named("nope"));
-    assert_eq!(err.unwrap_err().code, "rmlx::constrain::tools");
 }
 
 #[test]

@@ -595,6 +595,7 @@ impl Common {
                 logprobs: None,
                 parse_tools: false,
                 constraint,
+                forced_call: None,
             },
             stream,
             include_usage: stream
@@ -659,7 +660,7 @@ impl ChatRequest {
             }
             Some(_) => return Err(ApiError::param("tools", "`tools` must be a list")),
         };
-        let tool_defs = self.tool_choice(tool_defs)?;
+        let (tool_defs, forced_call) = self.tool_choice(tool_defs)?;
         let logprobs = match (self.logprobs.unwrap_or(false), self.top_logprobs) {
             (false, Some(n)) if n > 0 => {
                 return Err(ApiError::param(
@@ -691,24 +692,35 @@ impl ChatRequest {
             .validate(default_max_tokens, max_tokens, prompt)?;
         p.req.logprobs = logprobs;
         p.req.parse_tools = parse_tools;
+        if let (Some(_), Some(c)) = (&forced_call, &p.req.constraint) {
+            return Err(ApiError::param(
+                "tool_choice",
+                format!(
+                    "`tool_choice` forcing a call and `{}` are two output constraints; send one",
+                    c.param
+                ),
+            ));
+        }
+        p.req.forced_call = forced_call;
         Ok(p)
     }
 }
 
 impl ChatRequest {
     /// Applies `tool_choice` to the validated tool definitions: the tools offered to the
-    /// template (none for `"none"`). `required` and named functions need the decoding
-    /// constraint of [`tools::choice::constraint_for_tool_choice`].
-    fn tool_choice(&self, tool_defs: Option<Value>) -> Result<Option<Value>, ApiError> {
+    /// template (none for `"none"`), and the choice when it forces a call (`required`, a named
+    /// function: enforced by the grammar of [`tools::force`]).
+    fn tool_choice(
+        &self,
+        tool_defs: Option<Value>,
+    ) -> Result<(Option<Value>, Option<ToolChoice>), ApiError> {
         let list = tool_defs
             .as_ref()
             .and_then(Value::as_array)
             .map(Vec::as_slice);
         let choice = ToolChoice::parse(self.tool_choice.as_ref(), list)?;
-        if choice.forces_a_call() {
-            tools::choice::constraint_for_tool_choice(&choice, list.unwrap_or_default(), None)?;
-        }
-        Ok(tool_defs.filter(|_| choice != ToolChoice::None))
+        let offered = tool_defs.filter(|_| choice != ToolChoice::None);
+        Ok((offered, Some(choice).filter(ToolChoice::forces_a_call)))
     }
 }
 

@@ -27,8 +27,10 @@ use super::api::ConstraintRequest;
 use super::metrics::Metrics;
 use super::scheduler::Scheduler;
 use super::text::{Flow, TextStream};
+use super::tools::choice::ToolChoice;
 use super::tools::output::{OutputParser, OutputSpec};
-use super::tools::{Delta, ToolCall, ToolFormat};
+use super::tools::{force, Delta, ToolCall, ToolFormat};
+use crate::constrain::Constraint;
 use crate::diagnostic::{Diagnostic, Result};
 use crate::engine::{
     DtypePolicy, GenerateOptions, GenerateOutput, Penalties, PrefixCache, SamplerConfig, Step,
@@ -77,6 +79,9 @@ pub struct GenRequest {
     pub parse_tools: bool,
     /// Structured output: the grammar the output must match.
     pub constraint: Option<ConstraintRequest>,
+    /// `tool_choice` `required` or a named function: the output must be a call in the
+    /// model's tool-call format (the grammar is built once the format is known).
+    pub forced_call: Option<ToolChoice>,
 }
 
 /// The log-probability of one generated token.
@@ -537,6 +542,36 @@ enum Halt {
     Timeout,
 }
 
+/// The request's output constraint, compiled: its structured-output field, or the grammar
+/// of a forced tool call in the model's formats (`hermes` where the template shows none, as
+/// the parser assumes).
+fn output_constraint(
+    session: &Session,
+    spec: &OutputSpec,
+    req: &GenRequest,
+    prompt: &Prompt,
+) -> Result<Option<Constraint>> {
+    if let Some(c) = &req.constraint {
+        return session.compile_constraint(&c.spec).map(Some);
+    }
+    let (Some(choice), PromptInput::Chat { tools, .. }) = (&req.forced_call, &req.prompt) else {
+        return Ok(None);
+    };
+    let env = session.guide_env()?;
+    let tools = tools
+        .as_ref()
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    let target = force::Target {
+        spec,
+        source: session.template.as_ref().map_or("", |t| t.source()),
+        prompt: &prompt.text,
+    };
+    let grammar = force::forced_call(target, tools, choice, &|t| env.spell(t))?;
+    tracing::debug!("forced tool-call grammar: {grammar:?}");
+    env.compile(&grammar).map(Some)
+}
+
 /// How a request's output is parsed: chat requests by the model's formats, the rest as text.
 fn output_parser(spec: &OutputSpec, req: &GenRequest, prompt: &Prompt) -> OutputParser {
     match &req.prompt {
@@ -601,12 +636,7 @@ impl Stream {
         };
         // Compiled before the prompt is announced, so a bad constraint is a 400 even when
         // streaming.
-        let constraint = match req
-            .constraint
-            .as_ref()
-            .map(|c| session.compile_constraint(&c.spec))
-            .transpose()
-        {
+        let constraint = match output_constraint(session, spec, &req, &prompt) {
             Ok(c) => c,
             Err(d) => {
                 let _ = events.send(Event::Error(classify(d)));

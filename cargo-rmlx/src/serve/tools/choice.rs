@@ -1,11 +1,10 @@
 //! `tool_choice`: `none` (no tools offered to the template, nothing parsed), `auto` (the
 //! default: the model decides, calls are parsed), `required` and a named function (the model
-//! must call, which only constrained decoding can guarantee — [`constraint_for_tool_choice`] is
-//! where that constraint comes from).
+//! must call: the grammar of [`super::force`] constrains the decoding to a call in the model's
+//! format).
 
 use serde_json::Value;
 
-use super::ToolFormat;
 use crate::serve::api::ApiError;
 
 /// A validated `tool_choice`.
@@ -79,26 +78,6 @@ impl ToolChoice {
     }
 }
 
-/// The decoding constraint that makes the model call a tool (`required`) or the named
-/// function, in the model's tool-call format. The merge point with constrained decoding: until
-/// it is wired, such a request is refused with a 400 rather than served unconstrained.
-pub fn constraint_for_tool_choice(
-    choice: &ToolChoice,
-    _tools: &[Value],
-    _format: Option<ToolFormat>,
-) -> Result<(), ApiError> {
-    let what = match choice {
-        ToolChoice::Required => "tool_choice=required".to_string(),
-        ToolChoice::Function(name) => format!("tool_choice naming `{name}`"),
-        ToolChoice::None | ToolChoice::Auto => return Ok(()),
-    };
-    Err(ApiError::param(
-        "tool_choice",
-        format!("{what} needs constrained decoding, which this server does not offer yet"),
-    )
-    .with_code("unsupported_parameter"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,9 +107,5 @@ mod tests {
             assert_eq!(e.param.as_deref(), Some("tool_choice"), "{bad}");
         }
         assert!(ToolChoice::parse(Some(&json!("required")), None).is_err());
-        let e = constraint_for_tool_choice(&ToolChoice::Required, &tools, None).unwrap_err();
-        assert!(e
-            .message
-            .contains("tool_choice=required needs constrained decoding"));
     }
 }

@@ -16,10 +16,11 @@
 //! [`detect`] reads the format from the chat template's source (serve and lint use it; rmlx.toml
 //! can set it, `tool-format`). [`output::OutputParser`] runs a request's output through the
 //! reasoning splitter ([`think`], markers from [`crate::reasoning`]) and the format's parser,
-//! fed piece by piece; [`choice`] holds `tool_choice`. [`messages`] prepares incoming messages.
+//! fed piece by piece; [`choice`] holds `tool_choice`, [`force`] the grammar that enforces `required` and named functions. [`messages`] prepares incoming messages.
 
 pub mod blocks;
 pub mod choice;
+pub mod force;
 pub mod gemma4;
 pub mod harmony;
 pub mod hermes;
