@@ -1,7 +1,9 @@
 //! Text split, as it streams, into plain text and blocks between markers (`<tool_call>` …
 //! `</tool_call>`): the shape of most tool-call formats. Markers that may still be growing at
-//! the end of a piece are held back.
+//! the end of a piece are held back. [`BlockFormat`] makes a format parser of a block-shaped
+//! format from its handling of one piece.
 
+use super::{Calls, Delta, FormatParser};
 use crate::serve::text::{find_marker, partial_tail};
 
 /// What a piece of text turned into.
@@ -156,5 +158,28 @@ mod tests {
                 Piece::Close("f2".into(), false),
             ]
         );
+    }
+}
+
+/// A tool-call format whose text is [`Blocks`]: it handles one piece at a time, and is a
+/// [`FormatParser`] through that.
+pub trait BlockFormat {
+    /// The format's block splitter.
+    fn blocks(&mut self) -> &mut Blocks;
+    /// Takes one piece of plain text or block.
+    fn handle(&mut self, piece: Piece, calls: &mut Calls, out: &mut Delta);
+}
+
+impl<T: BlockFormat + Send + std::fmt::Debug> FormatParser for T {
+    fn push(&mut self, text: &str, calls: &mut Calls, out: &mut Delta) {
+        for p in self.blocks().push(text) {
+            self.handle(p, calls, out);
+        }
+    }
+
+    fn finish(&mut self, calls: &mut Calls, out: &mut Delta) {
+        for p in self.blocks().finish() {
+            self.handle(p, calls, out);
+        }
     }
 }

@@ -7,8 +7,8 @@
 
 use serde_json::{Map, Number, Value};
 
-use super::blocks::{Blocks, Piece};
-use super::{Calls, Delta, FormatParser};
+use super::blocks::{BlockFormat, Blocks, Piece};
+use super::{Calls, Delta};
 
 const START: &str = "<|tool_call>";
 const END: &str = "<tool_call|>";
@@ -39,7 +39,11 @@ fn call_name(body: &str) -> Option<&str> {
     Some(rest[..rest.find('{')?].trim())
 }
 
-impl Gemma4 {
+impl BlockFormat for Gemma4 {
+    fn blocks(&mut self) -> &mut Blocks {
+        &mut self.blocks
+    }
+
     fn handle(&mut self, piece: Piece, calls: &mut Calls, out: &mut Delta) {
         match piece {
             Piece::Text(t) => out.content.push_str(&t.replace(RESPONSE, "")),
@@ -69,26 +73,14 @@ impl Gemma4 {
             }
         }
     }
+}
 
+impl Gemma4 {
     fn start(&mut self, body: &str, calls: &mut Calls, out: &mut Delta) {
         if self.call.is_none() {
             if let Some(name) = call_name(body) {
                 self.call = Some(calls.start(name.to_string(), out));
             }
-        }
-    }
-}
-
-impl FormatParser for Gemma4 {
-    fn push(&mut self, text: &str, calls: &mut Calls, out: &mut Delta) {
-        for p in self.blocks.push(text) {
-            self.handle(p, calls, out);
-        }
-    }
-
-    fn finish(&mut self, calls: &mut Calls, out: &mut Delta) {
-        for p in self.blocks.finish() {
-            self.handle(p, calls, out);
         }
     }
 }

@@ -5,10 +5,10 @@
 
 use serde_json::Value;
 
-use super::blocks::{Blocks, Piece};
+use super::blocks::{BlockFormat, Blocks, Piece};
 use super::json::ObjectCall;
 use super::qwen_xml::{ParamTypes, XmlCall};
-use super::{Calls, Delta, FormatParser};
+use super::{Calls, Delta};
 
 /// The start marker of a tool call.
 pub const START: &str = "<tool_call>";
@@ -43,6 +43,27 @@ impl Hermes {
         }
     }
 
+    fn update(&mut self, body: &str, calls: &mut Calls, out: &mut Delta) {
+        if let Body::Undecided = self.body {
+            self.body = match body.trim_start().chars().next() {
+                Some('{') => Body::Json(ObjectCall::default()),
+                Some('<') => Body::Xml(XmlCall::default()),
+                _ => return,
+            };
+        }
+        match &mut self.body {
+            Body::Undecided => {}
+            Body::Json(c) => c.update(body, calls, out),
+            Body::Xml(c) => c.update(body, &self.types, calls, out),
+        }
+    }
+}
+
+impl BlockFormat for Hermes {
+    fn blocks(&mut self) -> &mut Blocks {
+        &mut self.blocks
+    }
+
     fn handle(&mut self, piece: Piece, calls: &mut Calls, out: &mut Delta) {
         match piece {
             Piece::Text(t) => out.content.push_str(&t),
@@ -65,35 +86,6 @@ impl Hermes {
                 }
                 self.body = Body::Undecided;
             }
-        }
-    }
-
-    fn update(&mut self, body: &str, calls: &mut Calls, out: &mut Delta) {
-        if let Body::Undecided = self.body {
-            self.body = match body.trim_start().chars().next() {
-                Some('{') => Body::Json(ObjectCall::default()),
-                Some('<') => Body::Xml(XmlCall::default()),
-                _ => return,
-            };
-        }
-        match &mut self.body {
-            Body::Undecided => {}
-            Body::Json(c) => c.update(body, calls, out),
-            Body::Xml(c) => c.update(body, &self.types, calls, out),
-        }
-    }
-}
-
-impl FormatParser for Hermes {
-    fn push(&mut self, text: &str, calls: &mut Calls, out: &mut Delta) {
-        for p in self.blocks.push(text) {
-            self.handle(p, calls, out);
-        }
-    }
-
-    fn finish(&mut self, calls: &mut Calls, out: &mut Delta) {
-        for p in self.blocks.finish() {
-            self.handle(p, calls, out);
         }
     }
 }

@@ -3,9 +3,9 @@
 //! per call (v11+: Ministral 3, Devstral, Mistral Small 3.2), and `NAME[CALL_ID]id[ARGS]{…}`.
 //! A call lasts until its arguments value is complete or the next `[TOOL_CALLS]`.
 
-use super::blocks::{Blocks, Piece};
+use super::blocks::{BlockFormat, Blocks, Piece};
 use super::json::{scan_value, ObjectCall, Scan};
-use super::{Calls, Delta, FormatParser};
+use super::{Calls, Delta};
 
 /// The marker before calls.
 pub const TOOL_CALLS: &str = "[TOOL_CALLS]";
@@ -42,24 +42,6 @@ impl Default for Mistral {
 }
 
 impl Mistral {
-    fn handle(&mut self, piece: Piece, calls: &mut Calls, out: &mut Delta) {
-        match piece {
-            Piece::Text(t) => out.content.push_str(&t),
-            Piece::Open => self.block = Block::Undecided,
-            Piece::Body(b) => {
-                self.update(&b, false, calls, out);
-            }
-            Piece::Close(b, _) => {
-                if !self.update(&b, true, calls, out) {
-                    tracing::warn!("a {TOOL_CALLS} block is not a tool call; returned as text");
-                    out.content.push_str(TOOL_CALLS);
-                    out.content.push_str(&b);
-                }
-                self.block = Block::Undecided;
-            }
-        }
-    }
-
     /// Feeds the block's whole body; with `end`, finishes it. Whether it held a call.
     fn update(&mut self, body: &str, end: bool, calls: &mut Calls, out: &mut Delta) -> bool {
         if let Block::Undecided = self.block {
@@ -155,16 +137,26 @@ fn named(
     true
 }
 
-impl FormatParser for Mistral {
-    fn push(&mut self, text: &str, calls: &mut Calls, out: &mut Delta) {
-        for p in self.blocks.push(text) {
-            self.handle(p, calls, out);
-        }
+impl BlockFormat for Mistral {
+    fn blocks(&mut self) -> &mut Blocks {
+        &mut self.blocks
     }
 
-    fn finish(&mut self, calls: &mut Calls, out: &mut Delta) {
-        for p in self.blocks.finish() {
-            self.handle(p, calls, out);
+    fn handle(&mut self, piece: Piece, calls: &mut Calls, out: &mut Delta) {
+        match piece {
+            Piece::Text(t) => out.content.push_str(&t),
+            Piece::Open => self.block = Block::Undecided,
+            Piece::Body(b) => {
+                self.update(&b, false, calls, out);
+            }
+            Piece::Close(b, _) => {
+                if !self.update(&b, true, calls, out) {
+                    tracing::warn!("a {TOOL_CALLS} block is not a tool call; returned as text");
+                    out.content.push_str(TOOL_CALLS);
+                    out.content.push_str(&b);
+                }
+                self.block = Block::Undecided;
+            }
         }
     }
 }
