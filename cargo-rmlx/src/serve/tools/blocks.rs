@@ -117,6 +117,29 @@ fn text(out: &mut Vec<Piece>, s: &str) {
     }
 }
 
+/// A tool-call format whose text is [`Blocks`]: it handles one piece at a time, and is a
+/// [`FormatParser`] through that.
+pub trait BlockFormat {
+    /// The format's block splitter.
+    fn blocks(&mut self) -> &mut Blocks;
+    /// Takes one piece of plain text or block.
+    fn handle(&mut self, piece: Piece, calls: &mut Calls, out: &mut Delta);
+}
+
+impl<T: BlockFormat + Send + std::fmt::Debug> FormatParser for T {
+    fn push(&mut self, text: &str, calls: &mut Calls, out: &mut Delta) {
+        for p in self.blocks().push(text) {
+            self.handle(p, calls, out);
+        }
+    }
+
+    fn finish(&mut self, calls: &mut Calls, out: &mut Delta) {
+        for p in self.blocks().finish() {
+            self.handle(p, calls, out);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,28 +181,5 @@ mod tests {
                 Piece::Close("f2".into(), false),
             ]
         );
-    }
-}
-
-/// A tool-call format whose text is [`Blocks`]: it handles one piece at a time, and is a
-/// [`FormatParser`] through that.
-pub trait BlockFormat {
-    /// The format's block splitter.
-    fn blocks(&mut self) -> &mut Blocks;
-    /// Takes one piece of plain text or block.
-    fn handle(&mut self, piece: Piece, calls: &mut Calls, out: &mut Delta);
-}
-
-impl<T: BlockFormat + Send + std::fmt::Debug> FormatParser for T {
-    fn push(&mut self, text: &str, calls: &mut Calls, out: &mut Delta) {
-        for p in self.blocks().push(text) {
-            self.handle(p, calls, out);
-        }
-    }
-
-    fn finish(&mut self, calls: &mut Calls, out: &mut Delta) {
-        for p in self.blocks().finish() {
-            self.handle(p, calls, out);
-        }
     }
 }
