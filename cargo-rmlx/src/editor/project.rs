@@ -92,17 +92,13 @@ fn manifest_target<'m>(
     m: &'m Manifest,
 ) -> Option<(LintTarget, &'m crate::manifest::ModelDecl)> {
     for decl in &m.models {
-        let built = m.output_dir(&decl.name);
-        let model_dir = [&built, &decl.source]
-            .into_iter()
-            .find(|d| d.join("tokenizer.json").is_file())
-            .cloned();
+        let model_dir = m.tokenizer_dir(decl);
         let declared = decl
             .chat_template
             .as_ref()
             .is_some_and(|(t, _)| same_path(t, path));
         let inside = path.parent().is_some_and(|p| {
-            [&built, &decl.source].into_iter().any(|d| {
+            m.model_places(decl).iter().any(|d| {
                 d.is_dir()
                     && (same_path(p, d) || same_path(p, &d.join("additional_chat_templates")))
             })

@@ -112,22 +112,19 @@ pub fn targets_from_paths(paths: &[PathBuf], model: Option<&Path>) -> Result<Vec
 pub fn manifest_targets(m: &Manifest) -> Vec<LintTarget> {
     let mut out = Vec::new();
     for decl in &m.models {
-        let built = m.output_dir(&decl.name);
-        let model_dir = [&built, &decl.source]
-            .into_iter()
-            .find(|d| d.join("tokenizer.json").is_file())
-            .cloned();
+        let model_dir = m.tokenizer_dir(decl);
         if let Some((template, _)) = &decl.chat_template {
             out.push(LintTarget {
                 template: TemplateRef::File(template.clone()),
                 model: model_dir,
             });
-        } else if let Some(dir) = [&built, &decl.source]
+        } else if let Some(dir) = m
+            .model_places(decl)
             .into_iter()
             .find(|d| d.is_dir() && is_model_dir(d))
         {
             out.push(LintTarget {
-                template: TemplateRef::ModelDir(dir.clone()),
+                template: TemplateRef::ModelDir(dir),
                 model: model_dir,
             });
         } else {

@@ -27,12 +27,7 @@ pub struct Location {
 ///
 /// `Ok(None)` when there is none.
 pub fn locate(manifest_path: Option<&Path>) -> Result<Option<Location>> {
-    let cwd = std::env::current_dir().map_err(|e| {
-        Diagnostic::error(
-            "rmlx::manifest::io",
-            format!("cannot read the current directory: {e}"),
-        )
-    })?;
+    let cwd = current_dir()?;
     let manifest_path = manifest_path.map(|p| cwd.join(p));
     if let Some(p) = &manifest_path {
         if !p.is_file() {
@@ -77,12 +72,7 @@ pub fn locate(manifest_path: Option<&Path>) -> Result<Option<Location>> {
 /// The directory `cargo rmlx init` writes rmlx.toml into: the cargo workspace root when
 /// there is one, else the current directory (or `--manifest-path`'s directory).
 pub fn init_dir(manifest_path: Option<&Path>) -> Result<PathBuf> {
-    let cwd = std::env::current_dir().map_err(|e| {
-        Diagnostic::error(
-            "rmlx::manifest::io",
-            format!("cannot read the current directory: {e}"),
-        )
-    })?;
+    let cwd = current_dir()?;
     let manifest_path = manifest_path.map(|p| cwd.join(p));
     if let Some(p) = &manifest_path {
         if p.file_name().is_some_and(|n| n == FILE_NAME) {
@@ -195,4 +185,14 @@ pub fn resolve_model_in(
         "pass the name of a model declared in rmlx.toml, or the path of an MLX-format model \
          directory (config.json, *.safetensors, tokenizer.json)",
     ))
+}
+
+/// The current directory, or a located error.
+fn current_dir() -> Result<PathBuf> {
+    std::env::current_dir().map_err(|e| {
+        Diagnostic::error(
+            "rmlx::manifest::io",
+            format!("cannot read the current directory: {e}"),
+        )
+    })
 }

@@ -328,6 +328,19 @@ impl Manifest {
         self.output_root().join(name)
     }
 
+    /// Where a declared model may be found: its build output, then its source.
+    pub fn model_places(&self, decl: &ModelDecl) -> [PathBuf; 2] {
+        [self.output_dir(&decl.name), decl.source.clone()]
+    }
+
+    /// The declared model's directory with a tokenizer (built output first, else a directory
+    /// source), if there is one yet.
+    pub fn tokenizer_dir(&self, decl: &ModelDecl) -> Option<PathBuf> {
+        self.model_places(decl)
+            .into_iter()
+            .find(|d| d.join("tokenizer.json").is_file())
+    }
+
     /// `<target>/rmlx/`.
     pub fn output_root(&self) -> PathBuf {
         self.target_dir.join("rmlx")

@@ -700,7 +700,8 @@ fn find_source<E: std::error::Error + 'static>(err: &minijinja::Error) -> Option
     None
 }
 
-fn json_kind(v: &serde_json::Value) -> &'static str {
+/// What kind of JSON value `v` is, with its article ("an array"), for messages.
+pub fn json_kind(v: &serde_json::Value) -> &'static str {
     match v {
         serde_json::Value::Null => "null",
         serde_json::Value::Bool(_) => "a boolean",
