@@ -9,7 +9,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{put, GgufArch};
+use super::{expert_sizes, llama_layer_module, put, GgufArch};
 use crate::diagnostic::Result;
 use crate::gguf::arch::{req_usize, sliding_layers, ModelParams};
 use crate::gguf::reader::GgufFile;
@@ -31,19 +31,16 @@ pub const GPT_OSS: GgufArch = GgufArch {
 /// llama.cpp's GPT-OSS graph: every 2nd layer attends globally, starting with a sliding one.
 const SLIDING_WINDOW_PATTERN: usize = 2;
 
+/// GPT-OSS's own modules; the attention has llama's names, and there is no dense MLP.
 fn layer_module(module: &str) -> Option<&'static str> {
     Some(match module {
-        "attn_norm" => "input_layernorm",
         "post_attention_norm" => "post_attention_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
+        "ffn_norm" | "ffn_gate" | "ffn_up" | "ffn_down" => return None,
         "ffn_gate_inp" => "mlp.router",
         "ffn_gate_exps" => "mlp.experts.gate_proj",
         "ffn_up_exps" => "mlp.experts.up_proj",
         "ffn_down_exps" => "mlp.experts.down_proj",
-        _ => return None,
+        _ => return llama_layer_module(module),
     })
 }
 
@@ -52,8 +49,10 @@ fn layer_param(rest: &str) -> Option<&'static str> {
 }
 
 fn config(g: &GgufFile, p: &ModelParams, c: &mut Map<String, Value>) -> Result<()> {
-    let experts = req_usize(g, "gpt-oss.expert_count", "num_local_experts")?;
-    let used = req_usize(g, "gpt-oss.expert_used_count", "num_experts_per_tok")?;
+    // The experts' width is config.json's `intermediate_size` (llama.cpp's loader reads
+    // `expert_feed_forward_length`; `feed_forward_length` is the same number in the
+    // converter's files).
+    let (experts, used, width) = expert_sizes(g, "gpt-oss")?;
     let sliding = sliding_layers(g, "gpt-oss", p.num_layers, SLIDING_WINDOW_PATTERN)?;
     let layer_types: Vec<&str> = sliding
         .iter()
@@ -65,9 +64,6 @@ fn config(g: &GgufFile, p: &ModelParams, c: &mut Map<String, Value>) -> Result<(
             }
         })
         .collect();
-    // The experts' width (llama.cpp's loader reads it; `feed_forward_length` is the same
-    // number in the converter's files).
-    let width = req_usize(g, "gpt-oss.expert_feed_forward_length", "intermediate_size")?;
     let window = req_usize(g, "gpt-oss.attention.sliding_window", "sliding_window")?;
     put(c, "intermediate_size", json!(width));
     put(c, "attention_bias", json!(true));

@@ -18,7 +18,7 @@ pub mod qwen3_moe;
 use serde_json::{Map, Value};
 
 use crate::diagnostic::Result;
-use crate::gguf::arch::ModelParams;
+use crate::gguf::arch::{req_usize, ModelParams};
 use crate::gguf::reader::GgufFile;
 
 /// One GGUF architecture a registry family imports.
@@ -126,6 +126,21 @@ pub fn qk_norm_module(module: &str) -> Option<&'static str> {
         "attn_k_norm" => Some("self_attn.k_norm"),
         _ => None,
     }
+}
+
+/// The expert count, experts used per token and expert width of a MoE family `arch`
+/// (`<arch>.expert_count`, `expert_used_count`, `expert_feed_forward_length`).
+pub fn expert_sizes(g: &GgufFile, arch: &str) -> Result<(usize, usize, usize)> {
+    let key = |k: &str| format!("{arch}.{k}");
+    Ok((
+        req_usize(g, &key("expert_count"), "num_experts")?,
+        req_usize(g, &key("expert_used_count"), "num_experts_per_tok")?,
+        req_usize(
+            g,
+            &key("expert_feed_forward_length"),
+            "moe_intermediate_size",
+        )?,
+    ))
 }
 
 /// Sets `key` to `value` in a config being built.

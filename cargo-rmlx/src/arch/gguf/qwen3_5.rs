@@ -19,7 +19,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{put, GgufArch, Undo};
+use super::{expert_sizes, llama_layer_module, put, qk_norm_module, GgufArch, Undo};
 use crate::diagnostic::{Diagnostic, Result};
 use crate::gguf::arch::{req_usize, ModelParams};
 use crate::gguf::reader::GgufFile;
@@ -43,28 +43,18 @@ pub const QWEN35MOE: GgufArch = GgufArch {
     name: "qwen35moe",
     model_type: "qwen3_5_moe_text",
     hf_class: "Qwen3_5MoeForCausalLM",
-    permutes_qk: false,
-    norm_shift: 0.0,
-    default_rope_theta: 10_000_000.0,
-    layer_module,
-    layer_param,
-    undo,
     config: moe_config,
+    ..QWEN35
 };
 
 /// llama.cpp's default when the file has neither recurrent layers nor an interval.
 const FULL_ATTENTION_INTERVAL: usize = 4;
 
+/// Qwen3.5's own modules; attention, q/k norms and the dense MLP have llama's and qwen3's names.
 fn layer_module(module: &str) -> Option<&'static str> {
     Some(match module {
-        "attn_norm" => "input_layernorm",
         "post_attention_norm" => "post_attention_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "attn_q_norm" => "self_attn.q_norm",
-        "attn_k_norm" => "self_attn.k_norm",
+        "ffn_norm" => return None,
         "attn_qkv" => "linear_attn.in_proj_qkv",
         "attn_gate" => "linear_attn.in_proj_z",
         "ssm_beta" => "linear_attn.in_proj_b",
@@ -72,9 +62,6 @@ fn layer_module(module: &str) -> Option<&'static str> {
         "ssm_conv1d" => "linear_attn.conv1d",
         "ssm_norm" => "linear_attn.norm",
         "ssm_out" => "linear_attn.out_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
         "ffn_gate_inp" => "mlp.gate",
         "ffn_gate_exps" => "mlp.switch_mlp.gate_proj",
         "ffn_up_exps" => "mlp.switch_mlp.up_proj",
@@ -83,7 +70,7 @@ fn layer_module(module: &str) -> Option<&'static str> {
         "ffn_gate_shexp" => "mlp.shared_expert.gate_proj",
         "ffn_up_shexp" => "mlp.shared_expert.up_proj",
         "ffn_down_shexp" => "mlp.shared_expert.down_proj",
-        _ => return None,
+        _ => return qk_norm_module(module).or_else(|| llama_layer_module(module)),
     })
 }
 
@@ -241,17 +228,10 @@ fn config(g: &GgufFile, p: &ModelParams, c: &mut Map<String, Value>) -> Result<(
 
 fn moe_config(g: &GgufFile, p: &ModelParams, c: &mut Map<String, Value>) -> Result<()> {
     config(g, p, c)?;
-    let key = |k: &str| format!("qwen35moe.{k}");
-    let experts = req_usize(g, &key("expert_count"), "num_experts")?;
-    let used = req_usize(g, &key("expert_used_count"), "num_experts_per_tok")?;
-    let width = req_usize(
-        g,
-        &key("expert_feed_forward_length"),
-        "moe_intermediate_size",
-    )?;
+    let (experts, used, width) = expert_sizes(g, "qwen35moe")?;
     let shared = req_usize(
         g,
-        &key("expert_shared_feed_forward_length"),
+        "qwen35moe.expert_shared_feed_forward_length",
         "shared_expert_intermediate_size",
     )?;
     put(c, "num_experts", json!(experts));
