@@ -27,7 +27,7 @@ pub const ARCH: Architecture = Architecture {
     model_types: &["gpt_oss"],
     load,
     convert: super::convert::gpt_oss::CONVERT,
-    gguf: &[],
+    gguf: &[super::gguf::gpt_oss::GPT_OSS],
 };
 
 /// mlx-lm's `SwigluOAI` defaults (config.json's `swiglu_limit` is not read by mlx-lm).

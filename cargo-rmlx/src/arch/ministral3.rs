@@ -21,7 +21,7 @@ pub const ARCH: Architecture = Architecture {
     model_types: &["ministral3"],
     load,
     convert: super::convert::mistral3::CONVERT,
-    gguf: &[],
+    gguf: &[super::gguf::ministral3::MISTRAL3],
 };
 
 #[derive(Debug)]

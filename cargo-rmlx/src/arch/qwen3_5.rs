@@ -28,7 +28,10 @@ pub const ARCH: Architecture = Architecture {
     model_types: &["qwen3_5", "qwen3_5_moe", "qwen3_5_text", "qwen3_5_moe_text"],
     load,
     convert: super::convert::qwen3_5::CONVERT,
-    gguf: &[],
+    gguf: &[
+        super::gguf::qwen3_5::QWEN35,
+        super::gguf::qwen3_5::QWEN35MOE,
+    ],
 };
 
 fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {

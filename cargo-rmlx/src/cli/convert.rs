@@ -9,7 +9,7 @@ use clap::Args;
 use super::output::status;
 use super::{exit, GlobalArgs, MessageFormat};
 use crate::diagnostic::Result;
-use crate::gguf::{import_to, Dtype as OutDtype, Existing, ImportOptions, TensorAction};
+use crate::gguf::{import_to, Dtype as OutDtype, Existing, ImportOptions};
 
 /// Arguments of `convert`.
 #[derive(Debug, Args)]
@@ -66,11 +66,7 @@ pub fn run(g: &GlobalArgs, a: ConvertArgs) -> Result<u8> {
         Existing::Refuse
     };
     let report = import_to(&a.gguf, &a.out, &opts, existing)?;
-    let kept = report
-        .tensors
-        .iter()
-        .filter(|t| matches!(t.action, TensorAction::KeptQuantized { .. }))
-        .count();
+    let kept = report.quantized.len();
     if !human {
         super::output::message(
             "convert-finished",

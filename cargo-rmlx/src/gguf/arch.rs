@@ -85,6 +85,9 @@ pub fn map_tensor(arch: &Architecture, params: &ModelParams, name: &str) -> Opti
             if layer >= params.num_layers {
                 return None;
             }
+            if let Some(param) = (arch.layer_param)(rest) {
+                return Some(keep(format!("model.layers.{layer}.{param}")));
+            }
             let (module, suffix) = rest.rsplit_once('.')?;
             if suffix != "weight" && suffix != "bias" {
                 return None;
@@ -223,6 +226,40 @@ pub(crate) fn layers_with(gguf: &GgufFile, suffix: &str) -> Vec<usize> {
     layers.sort_unstable();
     layers.dedup();
     layers
+}
+
+/// Per layer, whether it attends over a sliding window, as llama.cpp decides it: the
+/// `<arch>.attention.sliding_window_pattern` list of booleans, else every layer `i` with
+/// `i % n < n - 1` for its number `n` (or, absent, the architecture's fixed `default_n`).
+pub(crate) fn sliding_layers(
+    gguf: &GgufFile,
+    arch: &str,
+    num_layers: usize,
+    default_n: usize,
+) -> Result<Vec<bool>> {
+    let key = format!("{arch}.attention.sliding_window_pattern");
+    let n = match gguf.get(&key) {
+        None => default_n,
+        Some(v) => match (v.as_array(), v.as_i64()) {
+            (Some(list), _) if list.len() == num_layers => {
+                let flags: Option<Vec<bool>> = list.iter().map(|f| f.as_bool()).collect();
+                return flags.ok_or_else(|| bad_pattern(gguf, &key, num_layers));
+            }
+            (None, Some(n)) if n >= 0 => n as usize,
+            _ => return Err(bad_pattern(gguf, &key, num_layers)),
+        },
+    };
+    Ok((0..num_layers).map(|i| n == 0 || i % n < n - 1).collect())
+}
+
+fn bad_pattern(gguf: &GgufFile, key: &str, num_layers: usize) -> Diagnostic {
+    Diagnostic::error(
+        "rmlx::gguf::bad-metadata",
+        format!(
+            "GGUF metadata `{key}` is neither a number nor one boolean per layer ({num_layers})"
+        ),
+    )
+    .with_file(gguf.path())
 }
 
 /// The number of `blk.<i>` blocks that have tensors must be `block_count`.
@@ -403,6 +440,12 @@ fn rope_scaling(gguf: &GgufFile, p: &str) -> Option<Value> {
             m.insert("factor".into(), json!(f));
             if let Some(o) = orig {
                 m.insert("original_max_position_embeddings".into(), json!(o));
+            }
+            for beta in ["beta_fast", "beta_slow"] {
+                let key = format!("{p}.rope.scaling.yarn_{beta}");
+                if let Some(v) = gguf.get_f64(&key).filter(|_| t == "yarn") {
+                    m.insert(beta.into(), json!(short_f64(v)));
+                }
             }
             Some(Value::Object(m))
         }
@@ -594,6 +637,71 @@ mod tests {
             Some(TensorMapping::Keep { subtract, .. }) => assert_eq!(subtract, 1.0),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn bare_parameters_and_permuted_families_map() {
+        use crate::arch::gguf::gpt_oss::GPT_OSS;
+        use crate::arch::gguf::ministral3::MISTRAL3;
+        use crate::arch::gguf::qwen3_5::{QWEN35, QWEN35MOE};
+        let p = params();
+        let hf = |arch: &Architecture, n: &str| match map_tensor(arch, &p, n) {
+            Some(TensorMapping::Keep {
+                hf_name,
+                unpermute_heads,
+                ..
+            }) => (hf_name, unpermute_heads),
+            other => panic!("{n}: {other:?}"),
+        };
+        let cases: [(&Architecture, &str, &str, Option<usize>); 7] = [
+            (
+                &GPT_OSS,
+                "blk.1.attn_sinks.weight",
+                "model.layers.1.self_attn.sinks",
+                None,
+            ),
+            (
+                &GPT_OSS,
+                "blk.0.ffn_up_exps.bias",
+                "model.layers.0.mlp.experts.up_proj.bias",
+                None,
+            ),
+            (
+                &QWEN35,
+                "blk.0.ssm_a",
+                "model.layers.0.linear_attn.A_log",
+                None,
+            ),
+            (
+                &QWEN35,
+                "blk.0.ssm_dt.bias",
+                "model.layers.0.linear_attn.dt_bias",
+                None,
+            ),
+            (
+                &QWEN35MOE,
+                "blk.1.ffn_gate_inp_shexp.weight",
+                "model.layers.1.mlp.shared_expert_gate.weight",
+                None,
+            ),
+            (
+                &MISTRAL3,
+                "blk.0.attn_q.weight",
+                "model.layers.0.self_attn.q_proj.weight",
+                Some(2),
+            ),
+            (
+                &MISTRAL3,
+                "blk.0.attn_k.weight",
+                "model.layers.0.self_attn.k_proj.weight",
+                Some(1),
+            ),
+        ];
+        for (arch, gguf, want, heads) in cases {
+            assert_eq!(hf(arch, gguf), (want.to_owned(), heads), "{arch} {gguf}");
+        }
+        assert!(map_tensor(&GPT_OSS, &p, "blk.0.attn_sinks.bias").is_none());
+        assert!(map_tensor(&QWEN35, &p, "blk.0.ssm_a.weight").is_none());
     }
 
     #[test]

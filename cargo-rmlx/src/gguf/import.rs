@@ -20,6 +20,7 @@ use super::arch::{self, Architecture, ModelParams, SpecialIds, TensorMapping};
 use super::quants::{self, GgmlType, MLX_GROUP_SIZE};
 use super::reader::{GgufFile, TensorView};
 use super::tokenizer::TokenizerFiles;
+use crate::arch::gguf::Undo;
 use crate::diagnostic::{Diagnostic, Result};
 use crate::snapshot::publish::{OutputLock, ReplaceFile};
 
@@ -92,6 +93,8 @@ pub enum TensorAction {
         /// 4 or 8.
         bits: u32,
     },
+    /// Written as MLX `mxfp4` (`.weight` U32 codes, `.scales` U8 E8M0): GGUF MXFP4, exactly.
+    KeptMxfp4,
     /// A block-quantized GGUF tensor written dense (in the import dtype).
     Dequantized,
     /// A plain float/int GGUF tensor written dense (in the import dtype).
@@ -124,7 +127,7 @@ pub struct ImportReport {
     pub out_dir: PathBuf,
     /// Every written tensor, in GGUF order.
     pub tensors: Vec<TensorReport>,
-    /// Hugging Face names of the tensors kept quantized (MLX affine, group 32).
+    /// Hugging Face names of the tensors kept quantized (MLX affine, group 32, or mxfp4).
     pub quantized: Vec<String>,
     /// Hugging Face names of the tensors written dense (converted floats and dequantized).
     pub dense: Vec<String>,
@@ -140,12 +143,48 @@ pub struct ImportReport {
 }
 
 /// Which part of a source tensor an output tensor holds.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Part {
-    Dense { dtype: Dtype, subtract: f32 },
+    Dense {
+        dtype: Dtype,
+        values: Values,
+    },
     Words,
     Scales,
     Biases,
+    /// MXFP4 codes repacked into MLX's `mxfp4` layout.
+    Mxfp4Codes,
+    /// MXFP4's E8M0 scale bytes.
+    Mxfp4Scales,
+}
+
+/// What is done to each value of a dense tensor, in this order.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Values {
+    /// Subtracted from every value (gemma norms); 0 for none.
+    subtract: f32,
+    /// `ln(-v)` of every value (the converter stored `-exp(x)`).
+    neg_exp: bool,
+    /// Source column of each destination column (last axis).
+    cols: Option<Arc<Vec<usize>>>,
+}
+
+impl Values {
+    fn apply(&self, mut v: Vec<f32>) -> Vec<f32> {
+        if self.subtract != 0.0 {
+            v.iter_mut().for_each(|x| *x -= self.subtract);
+        }
+        if self.neg_exp {
+            v.iter_mut().for_each(|x| *x = (-*x).ln());
+        }
+        match &self.cols {
+            Some(cols) if !cols.is_empty() => v
+                .chunks_exact(cols.len())
+                .flat_map(|row| cols.iter().map(move |&c| row[c]))
+                .collect(),
+            _ => v,
+        }
+    }
 }
 
 /// One tensor of model.safetensors, converted lazily when the writer asks for its bytes.
@@ -165,12 +204,9 @@ impl OutTensor<'_> {
     fn convert(&self) -> Result<Vec<u8>> {
         let ty = self.src.ggml_type();
         let data = &self.src.read()?[..];
-        let bytes = match self.part {
-            Part::Dense { dtype, subtract } => {
-                let mut v = quants::dequantize(ty, data)?;
-                if subtract != 0.0 {
-                    v.iter_mut().for_each(|x| *x -= subtract);
-                }
+        let bytes = match &self.part {
+            &Part::Dense { dtype, ref values } => {
+                let v = values.apply(quants::dequantize(ty, data)?);
                 let mut out = Vec::with_capacity(v.len() * dtype.size());
                 match dtype {
                     Dtype::F32 => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
@@ -195,6 +231,8 @@ impl OutTensor<'_> {
                 .iter()
                 .flat_map(|s| s.to_le_bytes())
                 .collect(),
+            Part::Mxfp4Codes => quants::mxfp4_codes(data)?,
+            Part::Mxfp4Scales => quants::mxfp4_scales(data)?,
         };
         let bytes = match &self.rows {
             Some(src) => {
@@ -228,7 +266,7 @@ impl safetensors::View for OutTensor<'_> {
     }
 
     fn data(&self) -> Cow<'_, [u8]> {
-        if !matches!(self.part, Part::Scales | Part::Biases) {
+        if !matches!(self.part, Part::Scales | Part::Biases | Part::Mxfp4Scales) {
             self.progress.inc(1);
         }
         // After a failure the import is lost anyway: skip reading the rest.
@@ -399,7 +437,7 @@ fn import_impl(
     };
     let plan = plan_tensors(&gguf, arch, &params, opts, &sink)?;
     let tie = !plan.reports.iter().any(|r| r.hf_name == "lm_head.weight");
-    let quantization = quantization_block(&plan.quantized_bits);
+    let quantization = quantization_block(&plan.quantized);
     let dtype = opts.dtype.torch_name();
     let config = arch::config_json(&gguf, arch, &params, &ids, tie, dtype, quantization)?;
     let tok = TokenizerFiles::from_gguf(&gguf, params.max_position_embeddings)?;
@@ -442,8 +480,8 @@ struct TensorPlan<'a> {
     outs: Vec<(String, OutTensor<'a>)>,
     reports: Vec<TensorReport>,
     skipped: Vec<(String, String)>,
-    /// Kept-quantized module → bits.
-    quantized_bits: BTreeMap<String, u32>,
+    /// Kept-quantized module → its MLX quantization.
+    quantized: BTreeMap<String, KeptAs>,
 }
 
 /// Plans every GGUF tensor (mapped, skipped with a reason, or an error), and checks the
@@ -459,7 +497,7 @@ fn plan_tensors<'a>(
         outs: Vec::new(),
         reports: Vec::new(),
         skipped: Vec::new(),
-        quantized_bits: BTreeMap::new(),
+        quantized: BTreeMap::new(),
     };
     for info in gguf.tensors() {
         let name = &info.name;
@@ -473,6 +511,7 @@ fn plan_tensors<'a>(
                     hf_name,
                     heads: unpermute_heads,
                     subtract,
+                    undo: (arch.undo)(gguf, name)?,
                 };
                 plan_tensor(gguf, info, target, opts, sink, &mut plan)?;
             }
@@ -514,9 +553,11 @@ struct Target {
     hf_name: String,
     heads: Option<usize>,
     subtract: f32,
+    undo: Undo,
 }
 
-/// Plans one mapped tensor: kept quantized (weight, scales, biases) or written dense.
+/// Plans one mapped tensor: kept quantized (weight, scales and, for affine, biases) or
+/// written dense.
 fn plan_tensor<'a>(
     gguf: &'a GgufFile,
     info: &'a super::reader::TensorInfo,
@@ -529,51 +570,79 @@ fn plan_tensor<'a>(
     let ty = info.ggml_type;
     check_decodable(gguf, info)?;
     let shape = info.shape();
-    let rows = unpermutation(gguf, info, target.heads)?;
-    let bits = kept_bits(&view, &target, opts)?;
-    let mk = |part, shape: Vec<usize>, dtype: safetensors::Dtype, elem: usize| {
-        let n_bytes = shape.iter().product::<usize>() * elem;
-        OutTensor {
-            src: view,
-            part,
-            shape,
-            dtype,
-            n_bytes,
-            rows: rows.clone(),
-            progress: sink.progress.clone(),
-            failure: sink.failure.clone(),
-        }
+    let parts = Parts {
+        src: view,
+        rows: match &target.undo.rows {
+            Some(rows) => Some(checked_order(gguf, info, rows, n_rows(info), "rows")?),
+            None => unpermutation(gguf, info, target.heads)?,
+        },
+        sink,
     };
-    let action = if let Some(bits) = bits {
-        let (r, c) = (shape[0], shape[1]);
-        let module = target.hf_name.trim_end_matches(".weight").to_owned();
-        let qshape = vec![r, c * bits as usize / 32];
-        let sshape = vec![r, c / MLX_GROUP_SIZE];
-        let f16 = safetensors::Dtype::F16;
-        plan.outs.push((
-            format!("{module}.weight"),
-            mk(Part::Words, qshape, safetensors::Dtype::U32, 4),
-        ));
-        plan.outs.push((
-            format!("{module}.scales"),
-            mk(Part::Scales, sshape.clone(), f16, 2),
-        ));
-        plan.outs
-            .push((format!("{module}.biases"), mk(Part::Biases, sshape, f16, 2)));
-        plan.quantized_bits.insert(module, bits);
-        TensorAction::KeptQuantized { bits }
-    } else {
-        let part = Part::Dense {
-            dtype: opts.dtype,
-            subtract: target.subtract,
-        };
-        let (st, size) = (opts.dtype.safetensors(), opts.dtype.size());
-        plan.outs
-            .push((target.hf_name.clone(), mk(part, shape.clone(), st, size)));
-        if ty.is_quantized() {
-            TensorAction::Dequantized
-        } else {
-            TensorAction::Converted
+    let module = target.hf_name.trim_end_matches(".weight").to_owned();
+    let action = match kept_as(&view, &target, opts)? {
+        Some(kept @ KeptAs::Affine(bits)) => {
+            let (qshape, sshape) = quantized_shapes(&shape, bits);
+            let f16 = safetensors::Dtype::F16;
+            plan.outs.extend([
+                parts.out(
+                    &module,
+                    "weight",
+                    Part::Words,
+                    qshape,
+                    safetensors::Dtype::U32,
+                ),
+                parts.out(&module, "scales", Part::Scales, sshape.clone(), f16),
+                parts.out(&module, "biases", Part::Biases, sshape, f16),
+            ]);
+            plan.quantized.insert(module, kept);
+            TensorAction::KeptQuantized { bits }
+        }
+        Some(KeptAs::Mxfp4) => {
+            let (qshape, sshape) = quantized_shapes(&shape, 4);
+            plan.outs.extend([
+                parts.out(
+                    &module,
+                    "weight",
+                    Part::Mxfp4Codes,
+                    qshape,
+                    safetensors::Dtype::U32,
+                ),
+                parts.out(
+                    &module,
+                    "scales",
+                    Part::Mxfp4Scales,
+                    sshape,
+                    safetensors::Dtype::U8,
+                ),
+            ]);
+            plan.quantized.insert(module, KeptAs::Mxfp4);
+            TensorAction::KeptMxfp4
+        }
+        None => {
+            let cols = match &target.undo.cols {
+                Some(cols) => Some(checked_order(gguf, info, cols, info.row_len(), "columns")?),
+                None => None,
+            };
+            let part = Part::Dense {
+                dtype: opts.dtype,
+                values: Values {
+                    subtract: target.subtract,
+                    neg_exp: target.undo.neg_exp,
+                    cols,
+                },
+            };
+            let st = opts.dtype.safetensors();
+            let out_shape = match &target.undo.shape {
+                Some(s) => checked_shape(gguf, info, s)?,
+                None => shape.clone(),
+            };
+            let out = parts.tensor(part, out_shape, st);
+            plan.outs.push((target.hf_name.clone(), out));
+            if ty.is_quantized() {
+                TensorAction::Dequantized
+            } else {
+                TensorAction::Converted
+            }
         }
     };
     plan.reports.push(TensorReport {
@@ -585,6 +654,112 @@ fn plan_tensor<'a>(
         unpermuted_heads: target.heads,
     });
     Ok(())
+}
+
+/// The rows of a tensor as [`TensorMapping::Keep`]'s permutations count them: a matrix's
+/// rows, a vector's elements.
+fn n_rows(info: &super::reader::TensorInfo) -> usize {
+    if info.dims.len() == 1 {
+        info.row_len()
+    } else {
+        info.n_rows()
+    }
+}
+
+/// `order` (a family's source index per destination index along an axis of `len`) checked
+/// to be a permutation of that axis: the family computed it from metadata, which may not
+/// match the tensor.
+fn checked_order(
+    gguf: &GgufFile,
+    info: &super::reader::TensorInfo,
+    order: &[usize],
+    len: usize,
+    what: &str,
+) -> Result<Arc<Vec<usize>>> {
+    let mut seen = vec![false; len];
+    let ok = order.len() == len
+        && order
+            .iter()
+            .all(|&i| i < len && !std::mem::replace(&mut seen[i], true));
+    if ok {
+        return Ok(Arc::new(order.to_vec()));
+    }
+    Err(Diagnostic::error(
+        "rmlx::gguf::bad-tensor",
+        format!(
+            "tensor `{}` has {len} {what}, which the head counts in the metadata do not \
+             reorder",
+            info.name
+        ),
+    )
+    .with_file(gguf.path()))
+}
+
+/// A family's MLX shape for the tensor, which must hold the same number of values.
+fn checked_shape(
+    gguf: &GgufFile,
+    info: &super::reader::TensorInfo,
+    shape: &[usize],
+) -> Result<Vec<usize>> {
+    let have = info.shape();
+    if shape.iter().product::<usize>() == have.iter().product::<usize>() {
+        return Ok(shape.to_vec());
+    }
+    Err(Diagnostic::error(
+        "rmlx::gguf::bad-tensor",
+        format!(
+            "tensor `{}` has shape {have:?}, which cannot be read as {shape:?}",
+            info.name
+        ),
+    )
+    .with_file(gguf.path()))
+}
+
+/// The shapes of the packed weight and of the scales of a quantized `shape` (groups of 32
+/// along the last axis).
+fn quantized_shapes(shape: &[usize], bits: u32) -> (Vec<usize>, Vec<usize>) {
+    let (lead, cols) = shape.split_at(shape.len() - 1);
+    let with_last = |n: usize| lead.iter().copied().chain([n]).collect::<Vec<_>>();
+    (
+        with_last(cols[0] * bits as usize / 32),
+        with_last(cols[0] / MLX_GROUP_SIZE),
+    )
+}
+
+/// What every output tensor of one GGUF tensor shares: the source, the Q/K row order, and
+/// where it reports progress and failure.
+struct Parts<'s, 'a> {
+    src: TensorView<'a>,
+    rows: Option<Arc<Vec<usize>>>,
+    sink: &'s Sink<'s>,
+}
+
+impl<'a> Parts<'_, 'a> {
+    fn tensor(&self, part: Part, shape: Vec<usize>, dtype: safetensors::Dtype) -> OutTensor<'a> {
+        let n_bytes = shape.iter().product::<usize>() * dtype.bitsize() / 8;
+        OutTensor {
+            src: self.src,
+            part,
+            shape,
+            dtype,
+            n_bytes,
+            rows: self.rows.clone(),
+            progress: self.sink.progress.clone(),
+            failure: self.sink.failure.clone(),
+        }
+    }
+
+    /// `<module>.<name>` holding `part`.
+    fn out(
+        &self,
+        module: &str,
+        name: &str,
+        part: Part,
+        shape: Vec<usize>,
+        dtype: safetensors::Dtype,
+    ) -> (String, OutTensor<'a>) {
+        (format!("{module}.{name}"), self.tensor(part, shape, dtype))
+    }
 }
 
 fn check_decodable(gguf: &GgufFile, info: &super::reader::TensorInfo) -> Result<()> {
@@ -615,12 +790,7 @@ fn unpermutation(
     let Some(n_head) = heads else {
         return Ok(None);
     };
-    // A matrix permutes its rows; a bias permutes its elements.
-    let n_rows = if info.dims.len() == 1 {
-        info.row_len()
-    } else {
-        info.n_rows()
-    };
+    let n_rows = n_rows(info);
     let src = arch::unpermute_rows(n_rows, n_head).ok_or_else(|| {
         Diagnostic::error(
             "rmlx::gguf::bad-tensor",
@@ -635,19 +805,47 @@ fn unpermutation(
     Ok(Some(Arc::new(src)))
 }
 
-/// The bits of the MLX affine form a tensor is kept in, or `None` to write it dense: only
-/// Q4_0/Q4_1/Q8_0 matrices (not shifted norms, not 3-D expert stacks) whose MLX biases fit
-/// float16.
-fn kept_bits(view: &TensorView<'_>, target: &Target, opts: &ImportOptions) -> Result<Option<u32>> {
+/// How a quantized GGUF tensor is kept quantized in MLX form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum KeptAs {
+    /// Affine with this many bits, group size 32 (Q4_0/Q4_1/Q8_0).
+    Affine(u32),
+    /// `mxfp4` (MXFP4).
+    Mxfp4,
+}
+
+impl KeptAs {
+    /// The mlx-lm quantization settings (`group_size`, `bits`, `mode`).
+    fn settings(self) -> Map<String, Value> {
+        let (bits, mode) = match self {
+            KeptAs::Affine(bits) => (bits, "affine"),
+            KeptAs::Mxfp4 => (4, "mxfp4"),
+        };
+        let mut q = Map::new();
+        q.insert("group_size".into(), json!(MLX_GROUP_SIZE));
+        q.insert("bits".into(), json!(bits));
+        q.insert("mode".into(), json!(mode));
+        q
+    }
+}
+
+/// The MLX form a tensor is kept in, or `None` to write it dense: with `--keep-quantized`,
+/// MXFP4 tensors (2-D or expert stacks) and Q4_0/Q4_1/Q8_0 matrices (not shifted norms, not
+/// 3-D expert stacks) whose MLX biases fit float16.
+fn kept_as(view: &TensorView<'_>, target: &Target, opts: &ImportOptions) -> Result<Option<KeptAs>> {
     let info = view.info;
     let ty = info.ggml_type;
-    let bits = ty.mlx_affine_bits().filter(|_| {
-        opts.keep_quantized
-            && info.dims.len() == 2
-            && target.subtract == 0.0
-            && target.hf_name.ends_with(".weight")
-    });
-    match bits {
+    let keepable = opts.keep_quantized
+        && target.subtract == 0.0
+        && !target.undo.rewrites_values()
+        && target.hf_name.ends_with(".weight");
+    if !keepable {
+        return Ok(None);
+    }
+    if ty == GgmlType::MXFP4 && info.dims.len() >= 2 {
+        return Ok(Some(KeptAs::Mxfp4));
+    }
+    match ty.mlx_affine_bits().filter(|_| info.dims.len() == 2) {
         Some(_) if !quants::affine_fits_f16(ty, &view.read()?) => {
             warn!(
                 "GGUF tensor `{}` ({ty}) has a scale whose MLX bias overflows float16; \
@@ -657,7 +855,7 @@ fn kept_bits(view: &TensorView<'_>, target: &Target, opts: &ImportOptions) -> Re
             );
             Ok(None)
         }
-        other => Ok(other),
+        other => Ok(other.map(KeptAs::Affine)),
     }
 }
 
@@ -718,8 +916,14 @@ fn report(
             .map(|r| r.hf_name.clone())
             .collect()
     };
-    let quantized = names(&|a| matches!(a, TensorAction::KeptQuantized { .. }));
-    let dense = names(&|a| !matches!(a, TensorAction::KeptQuantized { .. }));
+    let kept = |a: &TensorAction| {
+        matches!(
+            a,
+            TensorAction::KeptQuantized { .. } | TensorAction::KeptMxfp4
+        )
+    };
+    let quantized = names(&|a| kept(a));
+    let dense = names(&|a| !kept(a));
     let dequantized = names(&|a| *a == TensorAction::Dequantized);
     info!(
         out = %out_dir.display(),
@@ -750,29 +954,22 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     Ok(cwd.join(p))
 }
 
-/// The mlx-lm quantization block for the kept-quantized modules (module path → bits), or
-/// `None` when nothing is quantized. The most common bit width is the default; modules with
-/// another width get an override entry. Dense modules get no entry (they have no `.scales`).
-fn quantization_block(modules: &BTreeMap<String, u32>) -> Option<Value> {
-    if modules.is_empty() {
-        return None;
-    }
-    let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
-    for &b in modules.values() {
-        *counts.entry(b).or_default() += 1;
+/// The mlx-lm quantization block for the kept-quantized modules (module path → MLX form), or
+/// `None` when nothing is quantized. The most common form is the default; modules in another
+/// form get an override entry. Dense modules get no entry (they have no `.scales`).
+fn quantization_block(modules: &BTreeMap<String, KeptAs>) -> Option<Value> {
+    let mut counts: BTreeMap<KeptAs, usize> = BTreeMap::new();
+    for &k in modules.values() {
+        *counts.entry(k).or_default() += 1;
     }
     let top = counts
         .iter()
-        .max_by_key(|(b, n)| (**n, std::cmp::Reverse(**b)))
-        .map(|(b, _)| *b)
-        .unwrap_or(4);
-    let mut q = Map::new();
-    q.insert("group_size".into(), json!(MLX_GROUP_SIZE));
-    q.insert("bits".into(), json!(top));
-    q.insert("mode".into(), json!("affine"));
-    for (m, &b) in modules {
-        if b != top {
-            q.insert(m.clone(), json!({"group_size": MLX_GROUP_SIZE, "bits": b}));
+        .max_by_key(|(k, n)| (**n, std::cmp::Reverse(**k)))
+        .map(|(k, _)| *k)?;
+    let mut q = top.settings();
+    for (m, &k) in modules {
+        if k != top {
+            q.insert(m.clone(), Value::Object(k.settings()));
         }
     }
     Some(Value::Object(q))

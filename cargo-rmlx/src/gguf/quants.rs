@@ -193,7 +193,7 @@ impl GgmlType {
         use GgmlType::*;
         !matches!(
             self,
-            IQ2_XXS | IQ2_XS | IQ3_XXS | IQ1_S | IQ3_S | IQ2_S | IQ1_M | TQ1_0 | TQ2_0 | MXFP4
+            IQ2_XXS | IQ2_XS | IQ3_XXS | IQ1_S | IQ3_S | IQ2_S | IQ1_M | TQ1_0 | TQ2_0
         )
     }
 
@@ -261,10 +261,23 @@ const KVALUES_IQ4NL: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 85, 101,
 ];
 
+/// The E2M1 values of MXFP4's 4-bit codes, doubled (ggml's table; the scale is halved).
+const KVALUES_MXFP4: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+
+/// Half of the E8M0 scale `2^(e - 127)` (ggml's `ggml_e8m0_to_fp32_half`).
+fn e8m0_half(e: u8) -> f32 {
+    let bits = if e < 2 {
+        0x0020_0000u32 << e
+    } else {
+        u32::from(e - 1) << 23
+    };
+    f32::from_bits(bits)
+}
+
 /// Dequantizes `data` (a whole number of blocks of type `ty`) to f32.
 ///
 /// Errors with `rmlx::gguf::unsupported-type` for types that cannot be decoded (IQ1/IQ2/IQ3,
-/// TQ, MXFP4) and `rmlx::gguf::bad-tensor` when `data` is not a whole number of blocks.
+/// TQ) and `rmlx::gguf::bad-tensor` when `data` is not a whole number of blocks.
 pub fn dequantize(ty: GgmlType, data: &[u8]) -> Result<Vec<f32>> {
     if !ty.can_dequantize() {
         return Err(Diagnostic::error(
@@ -273,7 +286,7 @@ pub fn dequantize(ty: GgmlType, data: &[u8]) -> Result<Vec<f32>> {
         )
         .with_help(
             "supported: F32, F16, BF16, F64, I8..I64, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, \
-             Q2_K..Q8_K, IQ4_NL, IQ4_XS; re-quantize the GGUF with one of these",
+             Q2_K..Q8_K, IQ4_NL, IQ4_XS, MXFP4; re-quantize the GGUF with one of these",
         ));
     }
     let ts = ty.type_size();
@@ -499,7 +512,15 @@ fn dequantize_block(ty: GgmlType, b: &[u8], y: &mut [f32]) {
                 }
             }
         }
-        IQ2_XXS | IQ2_XS | IQ3_XXS | IQ1_S | IQ3_S | IQ2_S | IQ1_M | TQ1_0 | TQ2_0 | MXFP4 => {
+        MXFP4 => {
+            let d = e8m0_half(b[0]);
+            let qs = &b[1..17];
+            for j in 0..16 {
+                y[j] = d * KVALUES_MXFP4[(qs[j] & 0x0F) as usize] as f32;
+                y[j + 16] = d * KVALUES_MXFP4[(qs[j] >> 4) as usize] as f32;
+            }
+        }
+        IQ2_XXS | IQ2_XS | IQ3_XXS | IQ1_S | IQ3_S | IQ2_S | IQ1_M | TQ1_0 | TQ2_0 => {
             // Rejected by `dequantize` before any block is decoded.
             y.fill(f32::NAN);
         }
@@ -626,6 +647,41 @@ pub fn affine_biases(ty: GgmlType, data: &[u8]) -> Result<Vec<f16>> {
         .collect())
 }
 
+/// MXFP4 blocks as MLX's `mxfp4` mode stores them, exactly (both are OCP MX: E2M1 codes in
+/// the same order, one E8M0 exponent per 32 values; ggml doubles its value table and halves
+/// the scale, which cancels): the packed codes, 16 bytes per block where byte `k` holds
+/// value `2k` in its low nibble and `2k + 1` in its high one (ggml's block holds value `j`
+/// and `j + 16` in byte `j`) — MLX's uint32 weight words, little-endian.
+pub fn mxfp4_codes(data: &[u8]) -> Result<Vec<u8>> {
+    let blocks = mxfp4_blocks(data)?;
+    let mut out = Vec::with_capacity(blocks.len() * 16);
+    for b in blocks {
+        let qs = &b[1..17];
+        let code = |i: usize| (qs[i % 16] >> (4 * (i / 16))) & 0x0F;
+        out.extend((0..16).map(|k| code(2 * k) | (code(2 * k + 1) << 4)));
+    }
+    Ok(out)
+}
+
+/// The E8M0 scale byte of each MXFP4 block (MLX's uint8 `scales`).
+pub fn mxfp4_scales(data: &[u8]) -> Result<Vec<u8>> {
+    Ok(mxfp4_blocks(data)?.map(|b| b[0]).collect())
+}
+
+fn mxfp4_blocks(data: &[u8]) -> Result<std::slice::ChunksExact<'_, u8>> {
+    let ts = GgmlType::MXFP4.type_size();
+    if data.len() % ts != 0 {
+        return Err(Diagnostic::error(
+            "rmlx::gguf::bad-tensor",
+            format!(
+                "{} bytes of MXFP4 data is not a whole number of {ts}-byte blocks",
+                data.len()
+            ),
+        ));
+    }
+    Ok(data.chunks_exact(ts))
+}
+
 /// MLX affine dequantization of packed words (reference for tests and checks):
 /// `scale * q + bias` in f32, `group_size` values per scale.
 pub fn mlx_affine_dequantize(
@@ -731,6 +787,31 @@ mod tests {
         assert_eq!(w[2], 0x89AB_CDEF);
         assert_eq!(w[3], 0x0123_4567);
         assert_eq!(affine_biases(GgmlType::Q4_0, &b).unwrap()[0].to_f32(), -8.0);
+    }
+
+    /// MXFP4 decoded from the MLX layout by the OCP MX rule (E2M1 value × 2^(e − 127)) equals
+    /// ggml's dequantization of the block it was repacked from.
+    #[test]
+    fn mxfp4_blocks_map_exactly_onto_mlx_mxfp4() {
+        const E2M1: [f32; 8] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0];
+        let mut rng = Rng::new(11);
+        let data: Vec<u8> = (0..64)
+            .flat_map(|_| {
+                let mut b: Vec<u8> = (0..17).map(|_| rng.byte()).collect();
+                b[0] = 100 + b[0] % 50;
+                b
+            })
+            .collect();
+        let reference = dequantize(GgmlType::MXFP4, &data).unwrap();
+        let (codes, scales) = (mxfp4_codes(&data).unwrap(), mxfp4_scales(&data).unwrap());
+        assert_eq!((codes.len(), scales.len()), (64 * 16, 64));
+        for (i, want) in reference.iter().enumerate() {
+            let code = (codes[i / 2] >> (4 * (i % 2))) & 0x0F;
+            let sign = if code & 8 == 0 { 1.0 } else { -1.0 };
+            let scale = 2f32.powi(scales[i / 32] as i32 - 127);
+            assert_eq!(sign * E2M1[(code & 7) as usize] * scale, *want, "value {i}");
+        }
+        assert!(mxfp4_codes(&data[..20]).is_err());
     }
 
     #[test]

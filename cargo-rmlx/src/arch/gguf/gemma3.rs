@@ -18,6 +18,8 @@ pub const GEMMA3: GgufArch = GgufArch {
     norm_shift: 1.0,
     default_rope_theta: 1_000_000.0,
     layer_module,
+    layer_param: super::no_layer_params,
+    undo: super::nothing_to_undo,
     config,
 };
 

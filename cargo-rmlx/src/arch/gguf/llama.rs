@@ -18,6 +18,8 @@ pub const LLAMA: GgufArch = GgufArch {
     norm_shift: 0.0,
     default_rope_theta: 10_000.0,
     layer_module: llama_layer_module,
+    layer_param: super::no_layer_params,
+    undo: super::nothing_to_undo,
     config: llama_config,
 };
 
@@ -30,6 +32,8 @@ pub const QWEN2: GgufArch = GgufArch {
     norm_shift: 0.0,
     default_rope_theta: 1_000_000.0,
     layer_module: llama_layer_module,
+    layer_param: super::no_layer_params,
+    undo: super::nothing_to_undo,
     config: qwen2_config,
 };
 
@@ -42,6 +46,8 @@ pub const QWEN3: GgufArch = GgufArch {
     norm_shift: 0.0,
     default_rope_theta: 1_000_000.0,
     layer_module: qwen3_layer_module,
+    layer_param: super::no_layer_params,
+    undo: super::nothing_to_undo,
     config: qwen3_config,
 };
 
@@ -54,6 +60,8 @@ pub const SMOLLM3: GgufArch = GgufArch {
     norm_shift: 0.0,
     default_rope_theta: 2_000_000.0,
     layer_module: llama_layer_module,
+    layer_param: super::no_layer_params,
+    undo: super::nothing_to_undo,
     config: smollm3_config,
 };
 

@@ -7,15 +7,18 @@
 //! keys) is `gguf::arch`.
 
 pub mod gemma3;
+pub mod gpt_oss;
 pub mod llama;
+pub mod ministral3;
 pub mod olmo2;
 pub mod phi3;
+pub mod qwen3_5;
 pub mod qwen3_moe;
 
 use serde_json::{Map, Value};
 
 use crate::diagnostic::Result;
-use crate::gguf::arch::ModelParams;
+use crate::gguf::arch::{req_usize, ModelParams};
 use crate::gguf::reader::GgufFile;
 
 /// One GGUF architecture a registry family imports.
@@ -36,6 +39,13 @@ pub struct GgufArch {
     /// The module of a `blk.<i>.<module>.weight|bias` tensor under `model.layers.<i>.`
     /// (e.g. `attn_q` → `self_attn.q_proj`); `None` for a module the family does not have.
     pub layer_module: fn(&str) -> Option<&'static str>,
+    /// A `blk.<i>.<rest>` tensor that is a bare parameter under `model.layers.<i>.` rather
+    /// than a module's weight or bias (`attn_sinks.weight` → `self_attn.sinks`); consulted
+    /// before `layer_module`.
+    pub layer_param: fn(&str) -> Option<&'static str>,
+    /// What the family's converter did to the tensor of this GGUF name beyond renaming, to be
+    /// undone on import ([`Undo`]); read from the file's metadata where it depends on sizes.
+    pub undo: fn(&GgufFile, &str) -> Result<Undo>,
     /// Adds the family's own config.json keys (activation, windows, experts, …).
     pub config: fn(&GgufFile, &ModelParams, &mut Map<String, Value>) -> Result<()>,
 }
@@ -78,6 +88,37 @@ pub fn llama_layer_module(module: &str) -> Option<&'static str> {
     })
 }
 
+/// A converter's changes to one tensor beyond its name, which the import undoes (the Q/K
+/// permutation and norm shift shared by several families are `GgufArch` flags instead).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Undo {
+    /// Source row of each destination row (axis 0; for a vector, of each element).
+    pub rows: Option<Vec<usize>>,
+    /// Source column of each destination column (last axis); the tensor is written dense.
+    pub cols: Option<Vec<usize>>,
+    /// The converter stored `-exp(x)` (Qwen3.5's `A_log`): write `ln(-v)`; dense.
+    pub neg_exp: bool,
+    /// The MLX shape, when it differs from the GGUF's by unit axes; dense.
+    pub shape: Option<Vec<usize>>,
+}
+
+impl Undo {
+    /// Whether the tensor's values or layout change (so it cannot stay quantized).
+    pub fn rewrites_values(&self) -> bool {
+        self.cols.is_some() || self.neg_exp || self.shape.is_some()
+    }
+}
+
+/// Nothing to undo (the `undo` of most families).
+pub fn nothing_to_undo(_: &GgufFile, _: &str) -> Result<Undo> {
+    Ok(Undo::default())
+}
+
+/// No bare per-layer parameters (the `layer_param` of most families).
+pub fn no_layer_params(_: &str) -> Option<&'static str> {
+    None
+}
+
 /// Per-head q/k norms (qwen3, gemma3, olmo2's whole-width ones).
 pub fn qk_norm_module(module: &str) -> Option<&'static str> {
     match module {
@@ -85,6 +126,21 @@ pub fn qk_norm_module(module: &str) -> Option<&'static str> {
         "attn_k_norm" => Some("self_attn.k_norm"),
         _ => None,
     }
+}
+
+/// The expert count, experts used per token and expert width of a MoE family `arch`
+/// (`<arch>.expert_count`, `expert_used_count`, `expert_feed_forward_length`).
+pub fn expert_sizes(g: &GgufFile, arch: &str) -> Result<(usize, usize, usize)> {
+    let key = |k: &str| format!("{arch}.{k}");
+    Ok((
+        req_usize(g, &key("expert_count"), "num_experts")?,
+        req_usize(g, &key("expert_used_count"), "num_experts_per_tok")?,
+        req_usize(
+            g,
+            &key("expert_feed_forward_length"),
+            "moe_intermediate_size",
+        )?,
+    ))
 }
 
 /// Sets `key` to `value` in a config being built.

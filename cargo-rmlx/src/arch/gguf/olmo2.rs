@@ -17,6 +17,8 @@ pub const OLMO2: GgufArch = GgufArch {
     norm_shift: 0.0,
     default_rope_theta: 500_000.0,
     layer_module,
+    layer_param: super::no_layer_params,
+    undo: super::nothing_to_undo,
     config,
 };
 

@@ -23,6 +23,8 @@ pub const PHI3: GgufArch = GgufArch {
     norm_shift: 0.0,
     default_rope_theta: 10_000.0,
     layer_module,
+    layer_param: super::no_layer_params,
+    undo: super::nothing_to_undo,
     config,
 };
 

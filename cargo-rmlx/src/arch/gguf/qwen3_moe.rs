@@ -5,9 +5,9 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{llama_layer_module, put, qk_norm_module, GgufArch};
+use super::{expert_sizes, llama_layer_module, put, qk_norm_module, GgufArch};
 use crate::diagnostic::Result;
-use crate::gguf::arch::{layers_with, req_usize, ModelParams};
+use crate::gguf::arch::{layers_with, ModelParams};
 use crate::gguf::reader::GgufFile;
 
 /// `qwen3moe`.
@@ -19,6 +19,8 @@ pub const QWEN3MOE: GgufArch = GgufArch {
     norm_shift: 0.0,
     default_rope_theta: 1_000_000.0,
     layer_module,
+    layer_param: super::no_layer_params,
+    undo: super::nothing_to_undo,
     config,
 };
 
@@ -33,14 +35,7 @@ fn layer_module(module: &str) -> Option<&'static str> {
 }
 
 fn config(g: &GgufFile, p: &ModelParams, c: &mut Map<String, Value>) -> Result<()> {
-    let key = |k: &str| format!("qwen3moe.{k}");
-    let experts = req_usize(g, &key("expert_count"), "num_experts")?;
-    let used = req_usize(g, &key("expert_used_count"), "num_experts_per_tok")?;
-    let width = req_usize(
-        g,
-        &key("expert_feed_forward_length"),
-        "moe_intermediate_size",
-    )?;
+    let (experts, used, width) = expert_sizes(g, "qwen3moe")?;
     let sparse = layers_with(g, "ffn_gate_inp.weight");
     let dense: Vec<usize> = (0..p.num_layers).filter(|i| !sparse.contains(i)).collect();
     put(c, "hidden_act", json!("silu"));
