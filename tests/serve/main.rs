@@ -3,6 +3,7 @@
 
 mod api;
 mod batching;
+mod distributed;
 mod gate;
 mod hardening;
 mod limits;

@@ -1,0 +1,170 @@
+//! `serve --hostfile` with two local ranks over MLX's `ring` backend: the same greedy answer
+//! as a one-process server (the probe gate runs across the ranks on the way), and a killed
+//! rank taking the model out of service — `/health` says so within seconds, requests get 503
+//! naming the dead rank, a request in flight ends instead of hanging, and the server stays
+//! up until it is stopped.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::{scratch_dir, wait_until, EventStream, Server, CAPITAL_QUESTION};
+
+/// A ring hostfile of two loopback ranks on free ports.
+fn two_rank_hostfile(dir: &Path) -> PathBuf {
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+            l.local_addr().expect("port").port()
+        })
+        .collect();
+    let hosts: Vec<Vec<String>> = ports
+        .iter()
+        .map(|p| vec![format!("127.0.0.1:{p}")])
+        .collect();
+    let path = dir.join("hosts.json");
+    std::fs::write(&path, serde_json::to_string(&hosts).unwrap()).expect("write hostfile");
+    path
+}
+
+fn greedy_chat(max_tokens: usize) -> Value {
+    json!({
+        "messages": [{"role": "user", "content": CAPITAL_QUESTION}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "logprobs": true,
+    })
+}
+
+/// The generated tokens of a chat completion (from its logprobs).
+fn tokens(reply: &Value) -> Vec<String> {
+    reply["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no logprobs in {reply}"))
+        .iter()
+        .map(|t| t["token"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Rank 1's process, a child of the server started with `MLX_RANK=1`.
+fn rank1(server: &Server) -> u32 {
+    let pid = server.pid();
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let found: Vec<u32> = children
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .filter(|c: &u32| {
+            std::fs::read(format!("/proc/{c}/environ"))
+                .unwrap_or_default()
+                .split(|b| *b == 0)
+                .any(|v| v == b"MLX_RANK=1")
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one rank 1 among {children:?}\n{}",
+        server.log()
+    );
+    found[0]
+}
+
+#[test]
+fn a_two_rank_server_answers_like_one_process() {
+    let scratch = scratch_dir();
+    let hosts = two_rank_hostfile(scratch.path());
+    let single = Server::model(&["--max-batch", "1"]);
+    let expected = single.post("/v1/chat/completions", &greedy_chat(12));
+    assert_eq!(expected.status, 200, "{}", expected.text);
+    drop(single);
+    let tp = Server::model(&["--hostfile", &hosts.to_string_lossy()]);
+    let health = tp.get("/health");
+    assert_eq!(health.json["distributed"]["ranks"], 2, "{}", health.text);
+    assert_eq!(health.json["distributed"]["state"], "ok", "{}", health.text);
+    let got = tp.post("/v1/chat/completions", &greedy_chat(12));
+    assert_eq!(got.status, 200, "{}\n{}", got.text, tp.log());
+    assert_eq!(tokens(&got.json), tokens(&expected.json), "greedy tokens");
+    assert_eq!(
+        got.json["choices"][0]["message"]["content"],
+        expected.json["choices"][0]["message"]["content"]
+    );
+    // A second request starts a fresh sequence on both ranks.
+    let again = tp.post("/v1/chat/completions", &greedy_chat(12));
+    assert_eq!(
+        tokens(&again.json),
+        tokens(&expected.json),
+        "second request"
+    );
+    assert!(
+        tp.log().contains("max-batch 8 → 1"),
+        "the one-sequence limit is logged:\n{}",
+        tp.log()
+    );
+    let status = tp
+        .terminate(Duration::from_secs(30))
+        .expect("the server stops");
+    assert!(status.success(), "{status}\n{}", tp.log());
+}
+
+#[test]
+fn a_killed_rank_takes_the_model_out_of_service() {
+    let scratch = scratch_dir();
+    let hosts = two_rank_hostfile(scratch.path());
+    let server = Server::model(&["--hostfile", &hosts.to_string_lossy(), "--timeout", "60"]);
+    // A long streamed generation is running when rank 1 dies.
+    let mut body = greedy_chat(2000);
+    body["stream"] = json!(true);
+    body["ignore_eos"] = json!(true);
+    let mut stream = EventStream::open(&server, "/v1/chat/completions", &body);
+    assert_eq!(stream.status, 200);
+    stream.next_data().expect("a first chunk");
+    let (tx, ended) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(stream.rest());
+    });
+    unsafe {
+        libc::kill(rank1(&server) as i32, libc::SIGKILL);
+    }
+    let killed = Instant::now();
+    wait_until(
+        "/health reports the dead rank",
+        Duration::from_secs(10),
+        || server.get("/health").json["distributed"]["state"] == "rank-died",
+    );
+    eprintln!(
+        "/health reported the dead rank after {:?}",
+        killed.elapsed()
+    );
+    let rest = ended
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("the request in flight hangs\n{}", server.log()));
+    assert!(
+        rest.iter().any(|d| d.contains("error")) || rest.last().is_some_and(|d| d == "[DONE]"),
+        "the stream ends: {rest:?}"
+    );
+    let health = server.get("/health");
+    assert_eq!(health.status, 503, "{}", health.text);
+    assert_eq!(
+        health.json["models"][0]["state"], "failed",
+        "{}",
+        health.text
+    );
+    let message = health.json["distributed"]["error"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("rank 1"), "{}", health.text);
+    let refused = server.post("/v1/chat/completions", &greedy_chat(4));
+    assert_eq!(refused.status, 503, "{}", refused.text);
+    assert!(
+        refused.text.contains("rank 1") && refused.text.contains("rank-died"),
+        "{}",
+        refused.text
+    );
+    // The server stays up until it is stopped, then exits with the failure's code.
+    let status = server
+        .terminate(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("the server hangs on SIGTERM\n{}", server.log()));
+    assert!(!status.success(), "{status}");
+}
