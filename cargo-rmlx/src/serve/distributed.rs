@@ -107,14 +107,7 @@ impl Leader {
                 self.group.broadcast(payload)
             }
         });
-        sent.map(|_| ()).map_err(|d| {
-            let lost = Diagnostic::error(
-                "rmlx::engine::dist::rank-died",
-                format!("a rank stopped answering: {}", d.message),
-            );
-            rank_died(lost.clone());
-            lost
-        })
+        sent.map(|_| ()).map_err(collective_failed)
     }
 }
 
@@ -147,6 +140,23 @@ pub fn is_distributed() -> bool {
 /// Why the ranks can no longer run, once one died.
 pub fn failure() -> Option<Diagnostic> {
     FAILED.get().cloned()
+}
+
+/// A collective failed on rank 0: most likely a rank died, which the launcher's watcher
+/// names within a tenth of a second — wait that long for its error (it says which rank),
+/// else take the models out of service with this one.
+fn collective_failed(d: Diagnostic) -> Diagnostic {
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while failure().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if failure().is_none() {
+        rank_died(Diagnostic::error(
+            "rmlx::engine::dist::rank-died",
+            format!("a rank stopped answering: {}", d.message),
+        ));
+    }
+    failure().unwrap_or(d)
 }
 
 /// Adds `distributed` to a `/health` body when the server runs over several ranks: their
@@ -287,11 +297,7 @@ impl Network for Leading {
             &words,
         )?;
         let h = self.inner.hidden(ids, cache)?;
-        h.eval().map_err(|e| {
-            let d = Diagnostic::from(e);
-            rank_died(d.clone());
-            d
-        })?;
+        h.eval().map_err(|e| collective_failed(e.into()))?;
         Ok(h)
     }
 
