@@ -3,10 +3,11 @@
 //! divergence is accepted only at a named near-tie), each rank reading about half of the
 //! split weights, and a killed rank stopping the run with a clear error within seconds.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::ranks::{hostfile, rank_children};
 use crate::support::{
     bin, converted, generate, scratch_dir, Generation, Variant, CHAT_PROMPT, RAW_PROMPT,
 };
@@ -19,23 +20,6 @@ const LOGIT_TOLERANCE: f64 = 1e-3;
 
 /// Below this top-1/top-2 margin (single-process run) a different token is a near-tie.
 const NEAR_TIE: f64 = 1e-3;
-
-/// A ring hostfile of `n` loopback ranks on free ports.
-fn hostfile(dir: &Path, n: usize) -> PathBuf {
-    let ports: Vec<u16> = (0..n)
-        .map(|_| {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-            l.local_addr().expect("port").port()
-        })
-        .collect();
-    let hosts: Vec<Vec<String>> = ports
-        .iter()
-        .map(|p| vec![format!("127.0.0.1:{p}")])
-        .collect();
-    let path = dir.join("hosts.json");
-    std::fs::write(&path, serde_json::to_string(&hosts).unwrap()).expect("write hostfile");
-    path
-}
 
 /// Compares the two-rank run with the single-process run of `dir`.
 fn check_two_ranks(dir: &Path, prompt: &str, chat: bool) {
@@ -199,23 +183,6 @@ fn each_rank_reads_about_half_of_the_weights() {
         (total - 1.0).abs() < 1e-9,
         "the ranks' shares add up to {total}"
     );
-}
-
-/// The children of `pid` started as rank `rank` (not its template sandbox workers).
-fn rank_children(pid: u32, rank: usize) -> Vec<u32> {
-    let path = format!("/proc/{pid}/task/{pid}/children");
-    let env = format!("MLX_RANK={rank}");
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .filter(|c: &u32| {
-            std::fs::read(format!("/proc/{c}/environ"))
-                .unwrap_or_default()
-                .split(|b| *b == 0)
-                .any(|v| v == env.as_bytes())
-        })
-        .collect()
 }
 
 /// Reads `r` to its end on a thread (a pipe nobody drains blocks its writer once full);

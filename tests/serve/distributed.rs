@@ -4,29 +4,12 @@
 //! naming the dead rank, a request in flight ends instead of hanging, and the server stays
 //! up until it is stopped.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::ranks::{hostfile, rank_children};
 use crate::support::{scratch_dir, wait_until, EventStream, Server, CAPITAL_QUESTION};
-
-/// A ring hostfile of two loopback ranks on free ports.
-fn two_rank_hostfile(dir: &Path) -> PathBuf {
-    let ports: Vec<u16> = (0..2)
-        .map(|_| {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-            l.local_addr().expect("port").port()
-        })
-        .collect();
-    let hosts: Vec<Vec<String>> = ports
-        .iter()
-        .map(|p| vec![format!("127.0.0.1:{p}")])
-        .collect();
-    let path = dir.join("hosts.json");
-    std::fs::write(&path, serde_json::to_string(&hosts).unwrap()).expect("write hostfile");
-    path
-}
 
 fn greedy_chat(max_tokens: usize) -> Value {
     json!({
@@ -47,34 +30,17 @@ fn tokens(reply: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Rank 1's process, a child of the server started with `MLX_RANK=1`.
+/// Rank 1's process, a child of the server.
 fn rank1(server: &Server) -> u32 {
-    let pid = server.pid();
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    let found: Vec<u32> = children
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .filter(|c: &u32| {
-            std::fs::read(format!("/proc/{c}/environ"))
-                .unwrap_or_default()
-                .split(|b| *b == 0)
-                .any(|v| v == b"MLX_RANK=1")
-        })
-        .collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "one rank 1 among {children:?}\n{}",
-        server.log()
-    );
+    let found = rank_children(server.pid(), 1);
+    assert_eq!(found.len(), 1, "one rank 1: {found:?}\n{}", server.log());
     found[0]
 }
 
 #[test]
 fn a_two_rank_server_answers_like_one_process() {
     let scratch = scratch_dir();
-    let hosts = two_rank_hostfile(scratch.path());
+    let hosts = hostfile(scratch.path(), 2);
     let single = Server::model(&["--max-batch", "1"]);
     let expected = single.post("/v1/chat/completions", &greedy_chat(12));
     assert_eq!(expected.status, 200, "{}", expected.text);
@@ -111,7 +77,7 @@ fn a_two_rank_server_answers_like_one_process() {
 #[test]
 fn a_killed_rank_takes_the_model_out_of_service() {
     let scratch = scratch_dir();
-    let hosts = two_rank_hostfile(scratch.path());
+    let hosts = hostfile(scratch.path(), 2);
     let server = Server::model(&["--hostfile", &hosts.to_string_lossy(), "--timeout", "60"]);
     // A long streamed generation is running when rank 1 dies.
     let mut body = greedy_chat(2000);

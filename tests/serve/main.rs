@@ -10,6 +10,8 @@ mod limits;
 mod openai;
 mod prompt_cache;
 mod races;
+#[path = "../e2e/ranks.rs"]
+mod ranks;
 mod reload;
 mod structured;
 mod support;
