@@ -41,7 +41,7 @@ fn rank1(server: &Server) -> u32 {
 fn a_two_rank_server_answers_like_one_process() {
     let scratch = scratch_dir();
     let hosts = hostfile(scratch.path(), 2);
-    let single = Server::model(&["--max-batch", "1"]);
+    let single = Server::model(&["--max-batch", "1", "--no-probe"]);
     let expected = single.post("/v1/chat/completions", &greedy_chat(12));
     assert_eq!(expected.status, 200, "{}", expected.text);
     drop(single);
