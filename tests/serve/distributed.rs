@@ -1,5 +1,6 @@
 //! `serve --hostfile` with two local ranks over MLX's `ring` backend: the same greedy answer
-//! as a one-process server (the probe gate runs across the ranks on the way), and a killed
+//! as a one-process server (the probe gate runs across the ranks on the way), before and
+//! after a hot reload, and a killed
 //! rank taking the model out of service — `/health` says so within seconds, requests get 503
 //! naming the dead rank, a request in flight ends instead of hanging, and the server stays
 //! up until it is stopped.
@@ -56,12 +57,21 @@ fn a_two_rank_server_answers_like_one_process() {
         got.json["choices"][0]["message"]["content"],
         expected.json["choices"][0]["message"]["content"]
     );
-    // A second request starts a fresh sequence on both ranks.
+    // Hot reload: version 2 loads and passes its probe on both ranks, version 1 is retired
+    // on both, and the next request (a fresh sequence) runs on version 2.
+    let name = crate::support::model_dir()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let reload = tp.post(&format!("/v1/models/{name}/reload"), &json!({}));
+    assert_eq!(reload.json["version"], 2, "{}\n{}", reload.text, tp.log());
+    assert_eq!(reload.json["verdict"], "ok", "{}", reload.text);
     let again = tp.post("/v1/chat/completions", &greedy_chat(12));
     assert_eq!(
         tokens(&again.json),
         tokens(&expected.json),
-        "second request"
+        "after the reload"
     );
     assert!(
         tp.log().contains("max-batch 8 → 1"),
