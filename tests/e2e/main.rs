@@ -13,6 +13,7 @@ mod messages;
 mod mlx_lm_build;
 mod oracle;
 mod probe;
+mod ranks;
 mod support;
 mod tiny_arch;
 mod tiny_build;

@@ -3,12 +3,15 @@
 
 mod api;
 mod batching;
+mod distributed;
 mod gate;
 mod hardening;
 mod limits;
 mod openai;
 mod prompt_cache;
 mod races;
+#[path = "../e2e/ranks.rs"]
+mod ranks;
 mod reload;
 mod structured;
 mod support;

@@ -107,8 +107,7 @@ impl From<DtypeArg> for DtypePolicy {
 /// this process was started as).
 pub fn run(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {
     let role = super::launch::join(a.hostfile.as_deref())?;
-    let code = generate_here(g, a)?;
-    role.finish(code)
+    super::launch::run_in(role, || generate_here(g, a))
 }
 
 fn generate_here(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {

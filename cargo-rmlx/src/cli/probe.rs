@@ -191,8 +191,7 @@ fn automatic_reference(decl: &ModelDecl) -> Option<PathBuf> {
 /// Runs `probe`; the exit code is the worst verdict's.
 pub fn run(g: &GlobalArgs, a: ProbeArgs) -> Result<u8> {
     let role = super::launch::join(a.hostfile.as_deref())?;
-    let code = probe_here(g, a)?;
-    role.finish(code)
+    super::launch::run_in(role, || probe_here(g, a))
 }
 
 fn probe_here(g: &GlobalArgs, a: ProbeArgs) -> Result<u8> {

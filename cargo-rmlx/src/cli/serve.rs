@@ -15,7 +15,7 @@ use super::{exit, GlobalArgs};
 use crate::diagnostic::{Diagnostic, Result};
 use crate::manifest::Manifest;
 use crate::serve::{
-    serve, HttpConfig, LoadSettings, ModelSource, ServeEvent, ServeOptions, Stopped,
+    distributed, serve, HttpConfig, LoadSettings, ModelSource, ServeEvent, ServeOptions, Stopped,
 };
 use crate::session::ContentTokens;
 
@@ -89,6 +89,11 @@ pub struct ServeArgs {
     /// Compute dtype (auto: float32 on CPU, the model's dtype on a GPU).
     #[arg(long, value_enum, default_value = "auto")]
     pub dtype: DtypeArg,
+    /// Split every model over the ranks of this MLX hostfile (tensor parallelism): this
+    /// process serves HTTP as rank 0 and starts the others (default: [distributed] hostfile
+    /// in rmlx.toml). Requests then run one at a time, without the prompt cache.
+    #[arg(long, value_name = "HOSTS_JSON")]
+    pub hostfile: Option<PathBuf>,
 }
 
 fn dir_name(dir: &Path) -> String {
@@ -192,7 +197,23 @@ fn mib_to_bytes(mib: u64) -> usize {
     usize::try_from(mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
 }
 
-/// Runs `serve`.
+/// The ranks of a distributed server keep their caches in step by running one sequence at a
+/// time without the prompt cache (`serve::distributed`).
+fn one_sequence_at_a_time(load: &mut LoadSettings, quiet: bool) {
+    if !quiet && (load.max_batch > 1 || load.prompt_cache_bytes > 0) {
+        status(
+            "Distributed",
+            &format!(
+                "one sequence at a time: max-batch {} → 1, prompt cache off",
+                load.max_batch
+            ),
+        );
+    }
+    load.max_batch = 1;
+    load.prompt_cache_bytes = 0;
+}
+
+/// Runs `serve` (with a hostfile: as rank 0, or as the rank this process was started as).
 pub fn run(g: &GlobalArgs, a: ServeArgs) -> Result<u8> {
     let all_dirs = !a.models.is_empty() && a.models.iter().all(|m| Path::new(m).is_dir());
     let manifest = match Manifest::find(g.manifest_path.as_deref()) {
@@ -203,13 +224,37 @@ pub fn run(g: &GlobalArgs, a: ServeArgs) -> Result<u8> {
         }
         Err(e) => return Err(e),
     };
+    let hostfile = a.hostfile.clone().or_else(|| {
+        manifest
+            .as_ref()
+            .and_then(|m| m.distributed.as_ref())
+            .map(|d| d.hostfile.clone())
+    });
+    let role = crate::dist::join(hostfile.as_deref(), distributed::rank_died)?;
+    match role.group() {
+        Some(group) if group.rank() > 0 => {
+            let policy = a.dtype.into();
+            return super::launch::run_in(role, || {
+                distributed::follow(group, policy).map(|()| exit::OK)
+            });
+        }
+        Some(group) => distributed::lead(group),
+        None => {}
+    }
+    let served = serve_here(g, a, manifest);
+    distributed::stop();
+    super::launch::run_in(role, || served)
+}
+
+/// Rank 0's (or the only process') server.
+fn serve_here(g: &GlobalArgs, a: ServeArgs, manifest: Option<Manifest>) -> Result<u8> {
     let api_key = api_key(a.api_key)?;
     let models = sources(&a.models, manifest.as_ref())?;
     let serve_decl = manifest
         .as_ref()
         .map(|m| m.serve.clone())
         .unwrap_or_default();
-    let opts = ServeOptions {
+    let mut opts = ServeOptions {
         host: a.host.unwrap_or(serve_decl.host),
         port: a.port.unwrap_or(serve_decl.port),
         manifest: manifest.filter(|_| models.iter().any(|m| m.decl.is_some())),
@@ -245,6 +290,9 @@ pub fn run(g: &GlobalArgs, a: ServeArgs) -> Result<u8> {
         debounce: Duration::from_millis(a.debounce_ms),
         shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
     };
+    if distributed::is_distributed() {
+        one_sequence_at_a_time(&mut opts.load, g.quiet);
+    }
     let quiet = g.quiet;
     let say = move |verb: &str, msg: &str| {
         if !quiet {
@@ -302,7 +350,13 @@ pub fn run(g: &GlobalArgs, a: ServeArgs) -> Result<u8> {
         ServeEvent::WatchError { diagnostic } => report(diagnostic),
         ServeEvent::ShuttingDown => say("Stopping", "finishing in-flight requests"),
     });
-    if serve(opts, sink)? == Stopped::Abandoned {
+    let stopped = serve(opts, sink)?;
+    if let Some(d) = distributed::failure() {
+        // A rank died: exit with its error, without MLX's global destructors (a model thread
+        // may still wait in a collective).
+        super::launch::stop_now(&d);
+    }
+    if stopped == Stopped::Abandoned {
         // A model thread is still inside MLX: a normal exit would run MLX's global
         // destructors under it. End the process here instead, output flushed first.
         use std::io::Write;

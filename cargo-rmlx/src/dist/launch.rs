@@ -2,7 +2,7 @@
 //! arguments, locally as child processes or over `ssh` with a shell script that sets the
 //! environment (the ring hostfile written to a temporary file there), as `mlx.launch` does —
 //! then joins the group itself. A watcher thread reports a rank that dies (non-zero exit or
-//! signal) within a tenth of a second; local ranks die with their launcher
+//! signal; a rank that exits successfully is done) within a tenth of a second; local ranks die with their launcher
 //! (`PR_SET_PDEATHSIG`), and every rank notices a lost peer at its next collective.
 
 use std::ffi::OsString;
@@ -93,6 +93,12 @@ impl Ranks {
                 let exited = guard
                     .iter_mut()
                     .find_map(|(rank, c)| c.try_wait().ok().flatten().map(|s| (*rank, s)));
+                // A rank that exits successfully has done its part (its last collective was
+                // also rank 0's); `finish` may not have been called yet.
+                if let Some((rank, _)) = exited.filter(|(_, s)| s.success()) {
+                    guard.retain(|(r, _)| *r != rank);
+                    continue;
+                }
                 if let Some((rank, status)) = exited {
                     kill_all(&mut guard);
                     drop(guard);

@@ -30,6 +30,20 @@ pub enum Role {
 }
 
 impl Role {
+    /// Whether this process is one of several ranks.
+    pub fn is_distributed(&self) -> bool {
+        !matches!(self, Role::Single)
+    }
+
+    /// The group this process joined, if any.
+    pub fn group(&self) -> Option<dist::Group> {
+        match self {
+            Role::Single => None,
+            Role::Rank(g) => Some(*g),
+            Role::Launcher(ranks) => ranks.group(),
+        }
+    }
+
     /// Waits for launched ranks to finish (they run the same steps) and returns `code`, or
     /// the error of a rank that failed.
     pub fn finish(self, code: u8) -> Result<u8> {

@@ -51,6 +51,19 @@ impl Net {
         }
     }
 
+    /// Replaces the network by `f(network)`: a wrapper that sees every pass (the distributed
+    /// server's rank 0 announces each one to the other ranks, `serve::distributed`).
+    pub fn wrap(&mut self, f: impl FnOnce(Box<dyn Network>) -> Box<dyn Network>) {
+        let inner = std::mem::replace(&mut self.inner, Box::new(Unwrapped));
+        self.inner = f(inner);
+    }
+
+    /// The residual stream of `ids` (`[1, L]` int32) before the final norm, appending to
+    /// `cache` (lazy): every collective of a tensor-parallel pass, without the LM head.
+    pub fn hidden(&self, ids: &Array, cache: &mut Cache) -> Result<Array> {
+        self.inner.hidden(ids, cache)
+    }
+
     /// Runs `ids` (`[1, L]` int32) through the model, appending to `cache`; returns the
     /// logits of the last position as float32 `[vocab]` (lazy; evaluate to compute).
     pub fn forward_last(&self, ids: &Array, cache: &mut Cache) -> Result<Array> {
@@ -100,4 +113,29 @@ impl Net {
     pub fn new_cache(&self) -> Cache {
         Cache::new(&self.inner.cache_kinds())
     }
+}
+
+/// The placeholder [`Net::wrap`] holds for the instant it takes the network out.
+#[derive(Debug)]
+struct Unwrapped;
+
+impl Network for Unwrapped {
+    fn hidden(&self, _: &Array, _: &mut Cache) -> Result<Array> {
+        Err(unwrapped())
+    }
+
+    fn logits(&self, _: &Array) -> Result<Array> {
+        Err(unwrapped())
+    }
+
+    fn cache_kinds(&self) -> Vec<CacheKind> {
+        Vec::new()
+    }
+}
+
+fn unwrapped() -> crate::diagnostic::Diagnostic {
+    crate::diagnostic::Diagnostic::error(
+        "rmlx::engine::network::unwrapped",
+        "a network was used while being wrapped (internal error)",
+    )
 }

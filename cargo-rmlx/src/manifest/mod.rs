@@ -87,6 +87,15 @@ pub struct Manifest {
     pub models: Vec<ModelDecl>,
     /// `[serve]`.
     pub serve: ServeDecl,
+    /// `[distributed]`: `serve` runs tensor-parallel over these ranks.
+    pub distributed: Option<DistributedDecl>,
+}
+
+/// `[distributed]`: the server's ranks (every served model is split over them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DistributedDecl {
+    /// MLX's hostfile (`serve --hostfile`), made absolute against the manifest's directory.
+    pub hostfile: PathBuf,
 }
 
 /// One `[models.<name>]` table.

@@ -9,8 +9,8 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::{
-    mode_defaults, supported, Dtype, Manifest, ModelDecl, ModuleOverride, ProbeDecl, QuantSpec,
-    Quantize, ServeDecl, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_PROMPT_CACHE_MB,
+    mode_defaults, supported, DistributedDecl, Dtype, Manifest, ModelDecl, ModuleOverride,
+    ProbeDecl, QuantSpec, Quantize, ServeDecl, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_PROMPT_CACHE_MB,
 };
 use crate::diagnostic::{Diagnostic, Result};
 use crate::serve::tools::ToolFormat;
@@ -173,7 +173,7 @@ pub(super) fn parse(path: &Path, text: &str, target_dir: PathBuf) -> Result<Mani
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     let root = doc.get_ref();
-    ctx.known_keys(root, &["models", "serve"], "rmlx.toml")?;
+    ctx.known_keys(root, &["models", "serve", "distributed"], "rmlx.toml")?;
 
     let mut models = Vec::new();
     if let Some(v) = root.get("models") {
@@ -186,7 +186,12 @@ pub(super) fn parse(path: &Path, text: &str, target_dir: PathBuf) -> Result<Mani
         Some(v) => serve(&ctx, v)?,
         None => ServeDecl::default(),
     };
+    let distributed = root
+        .get("distributed")
+        .map(|v| distributed(&ctx, &dir, v))
+        .transpose()?;
     Ok(Manifest {
+        distributed,
         path: path.to_path_buf(),
         dir,
         target_dir,
@@ -513,6 +518,23 @@ fn probe(ctx: &Ctx<'_>, name: &str, v: &Value<'_>) -> Result<ProbeDecl> {
 
 /// Largest `max-batch` accepted.
 const MAX_BATCH_LIMIT: usize = 256;
+
+/// `[distributed]`: `hostfile`, relative to rmlx.toml's directory.
+fn distributed(ctx: &Ctx<'_>, dir: &Path, v: &Value<'_>) -> Result<DistributedDecl> {
+    let t = ctx.table("distributed", v)?;
+    ctx.known_keys(t, &["hostfile"], "[distributed]")?;
+    match t.get("hostfile") {
+        Some(v) => Ok(DistributedDecl {
+            hostfile: ctx.path(dir, "hostfile", v)?,
+        }),
+        None => Err(ctx.err(
+            CODE_MISSING_KEY,
+            "[distributed] has no `hostfile`",
+            v.span(),
+            "expected `hostfile = \"hosts.json\"`",
+        )),
+    }
+}
 
 fn serve(ctx: &Ctx<'_>, v: &Value<'_>) -> Result<ServeDecl> {
     let t = ctx.table("serve", v)?;

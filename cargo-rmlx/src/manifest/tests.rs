@@ -48,6 +48,9 @@ quantize = false
 [serve]
 host = "0.0.0.0"
 port = 9000
+
+[distributed]
+hostfile = "hosts.json"
 "#;
 
 #[test]
@@ -254,4 +257,28 @@ fn dotted_model_names_must_be_quoted() {
     );
     let m = parse("[models.\"qwen2.5\"]\nsource = \"q\"\n").unwrap();
     assert_eq!(m.models[0].name, "qwen2.5");
+}
+
+#[test]
+fn distributed_hostfile_is_relative_to_the_manifest() {
+    let m = parse("[distributed]\nhostfile = \"hosts.json\"\n").unwrap();
+    assert_eq!(
+        m.distributed,
+        Some(DistributedDecl {
+            hostfile: PathBuf::from("/ws/hosts.json")
+        })
+    );
+    assert_eq!(parse("").unwrap().distributed, None);
+}
+
+#[test]
+fn distributed_needs_a_hostfile_and_nothing_else() {
+    let text = "[distributed]\nhosts = \"h.json\"\n";
+    let d = err(text);
+    assert_eq!(d.code, "rmlx::manifest::unknown-key");
+    assert_eq!(spanned(text, &d), "hosts");
+    let d = err("[distributed]\n");
+    assert_eq!(d.code, "rmlx::manifest::missing-key");
+    let text = "[distributed]\nhostfile = 2\n";
+    assert_eq!(err(text).code, "rmlx::manifest::wrong-type");
 }

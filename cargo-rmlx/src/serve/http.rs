@@ -222,11 +222,9 @@ async fn health(State(s): State<Arc<AppState>>) -> Response {
         })
         .collect();
     if s.registry.any_ready() {
-        (
-            StatusCode::OK,
-            Json(json!({"status": "ok", "models": models})),
-        )
-            .into_response()
+        let mut body = json!({"status": "ok", "models": models});
+        super::distributed::describe(&mut body); // distributed hook: the ranks' state
+        (StatusCode::OK, Json(body)).into_response()
     } else {
         let loading = s
             .registry
@@ -234,11 +232,9 @@ async fn health(State(s): State<Arc<AppState>>) -> Response {
             .iter()
             .any(|e| e.state().0 == ModelState::Loading);
         let status = if loading { "loading" } else { "unavailable" };
-        let mut r = (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": status, "models": models})),
-        )
-            .into_response();
+        let mut body = json!({"status": status, "models": models});
+        super::distributed::describe(&mut body); // distributed hook: the ranks' state
+        let mut r = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         r
@@ -535,6 +531,7 @@ async fn start(
     let cancel = Arc::new(AtomicBool::new(false));
     let guard = CancelOnDrop(cancel.clone());
     let (tx, mut rx) = unbounded_channel();
+    super::distributed::end_on_rank_death(&tx); // distributed hook: a dead rank ends the request
     let now = Instant::now();
     let deadline = now + s.cfg.timeout;
     let job = Job {

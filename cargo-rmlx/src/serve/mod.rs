@@ -11,6 +11,7 @@
 //! - [`registry`]: the served models, build → load → probe → atomic swap.
 //! - [`watch`]: `--watch` (notify, debounced) triggering reloads.
 //! - [`text`], [`tools`]: stop strings, tool-call parsing; [`metrics`]: Prometheus.
+//! - [`distributed`]: `--hostfile`: rank 0 serves, the other ranks follow its passes.
 //!
 //! Every chat prompt is rendered by [`crate::session::Session::chat_prompt`], the path the
 //! probe uses, so a request and the probe with the same messages see byte-identical ids.
@@ -18,6 +19,7 @@
 pub mod access;
 pub mod api;
 pub mod conn;
+pub mod distributed;
 pub mod guard;
 pub mod http;
 pub mod metrics;
@@ -184,6 +186,7 @@ async fn run(opts: ServeOptions, events: EventSink) -> Result<Stopped> {
         metrics.clone(),
         events.clone(),
     ));
+    distributed::attach(&registry);
     events(ServeEvent::Listening(local));
     for entry in &registry.entries {
         let r = registry.clone();
@@ -247,6 +250,12 @@ async fn run(opts: ServeOptions, events: EventSink) -> Result<Stopped> {
     let left = signalled
         .get()
         .map_or(grace, |t| grace.saturating_sub(t.elapsed()));
+    // distributed hook: after a rank died, a model thread may wait in a collective forever
+    let left = if distributed::failure().is_some() {
+        Duration::ZERO
+    } else {
+        left
+    };
     let released =
         tokio::task::spawn_blocking(move || registry.shutdown(left.max(Duration::from_secs(1))))
             .await

@@ -403,6 +403,28 @@ impl Registry {
         }
     }
 
+    /// Takes every model out of service for good because of `d` (a rank of a distributed
+    /// server died): state `failed` with `d` as the last error; queued requests end with the
+    /// old version's thread.
+    pub fn out_of_service(&self, d: &Diagnostic) {
+        for entry in &self.entries {
+            let retired = {
+                let mut st = lock(&entry.status);
+                st.state = State::Failed;
+                st.last_failure = Some(Failure {
+                    diagnostic: d.clone(),
+                    verdict: None,
+                    probe: None,
+                    at: SystemTime::now(),
+                    version: st.current.as_ref().map_or(0, |w| w.version),
+                });
+                st.current.take()
+            };
+            drop(retired);
+            self.metrics.set_ready(&entry.name, false);
+        }
+    }
+
     /// Takes every model out of service and waits, at most `timeout`, until their threads
     /// have finished what was queued and freed the models; whether they all did. Loads still
     /// under way finish without entering service.

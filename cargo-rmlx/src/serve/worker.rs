@@ -436,7 +436,10 @@ fn worker_main(
         probe: None,
     };
     let started = Instant::now();
-    let session = match Session::load(&cfg.dir, cfg.policy) {
+    // distributed hook: with --hostfile every rank loads this version and frees it when this
+    // thread ends, however it ends (serve::distributed)
+    let _on_ranks = super::distributed::Retire(cfg.version);
+    let session = match super::distributed::load_session(&cfg.dir, cfg.policy, cfg.version) {
         Ok(mut s) => {
             s.content_tokens = cfg.content_tokens;
             s
