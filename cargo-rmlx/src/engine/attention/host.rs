@@ -230,17 +230,9 @@ mod tests {
     use super::*;
     use crate::engine::attention::{attend as mlx_attend, split_heads};
 
-    /// Deterministic pseudo-random values in [-1, 1).
+    /// Deterministic test values in [-1, 1) (the engine tests' generator).
     fn values(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).max(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
-            })
-            .collect()
+        crate::engine::tests::Rng(u64::from(seed)).vec(n, 2.0)
     }
 
     /// Host attention of the last of `t` positions equals MLX's, global and windowed.
