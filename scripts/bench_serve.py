@@ -14,7 +14,8 @@ prints one markdown table row per server and level:
 - TTFT: time from sending the request to the first content chunk (queue wait included);
 - decode tok/s: per request, (completion tokens - 1) / (last chunk - first content chunk);
 - request latency p50 / p99;
-- throughput (aggregate tok/s): completion tokens of all requests / wall time of the level.
+- throughput (aggregate tok/s): completion tokens of all requests / wall time of the level;
+- the 1-minute load average at the end of the level (the cores may be shared).
 
 After the table, ratios: each server's aggregate throughput at each level against its own
 single stream, and rmlx's against each other server at the same level.
@@ -262,6 +263,7 @@ def main():
                 total = max(args.requests, c)
                 r = run_level(port, model, c, total, args.max_tokens, 1000 * (li + 1))
                 r["server"] = name
+                r["load_avg"] = os.getloadavg()[0]  # other processes share the cores
                 rows.append(r)
                 print(json.dumps(r), file=sys.stderr, flush=True)
         finally:
@@ -272,13 +274,14 @@ def main():
                 proc.kill()
                 proc.wait()
             print(f"{name} log: {log.name}", file=sys.stderr)
-    print("| server | clients | requests | errors | TTFT p50 s | TTFT p99 s | decode tok/s (mean per request) | latency p50 s | latency p99 s | throughput tok/s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| server | clients | requests | errors | TTFT p50 s | TTFT p99 s | decode tok/s (mean per request) | latency p50 s | latency p99 s | throughput tok/s | load avg (1 min) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['server']} | {r['clients']} | {r['requests']} | {r['errors']} | "
             f"{r['ttft_p50']:.2f} | {r['ttft_p99']:.2f} | {r['decode_tps_mean']:.1f} | "
-            f"{r['latency_p50']:.2f} | {r['latency_p99']:.2f} | {r['throughput_tps']:.1f} |"
+            f"{r['latency_p50']:.2f} | {r['latency_p99']:.2f} | {r['throughput_tps']:.1f} | "
+            f"{r['load_avg']:.1f} |"
         )
     print_ratios(rows)
     if args.json:

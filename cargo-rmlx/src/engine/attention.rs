@@ -4,7 +4,10 @@
 //! sigmoid output gate produced by the query projection: [`Attention::load_with_gate`]; one
 //! decode step of several sequences, each over its own cache: [`Attention::forward_batch`]) and
 //! the pieces an architecture with its own attention variant composes: [`split_heads`],
-//! [`merge_heads`], [`attend`] and [`sliding_mask`].
+//! [`merge_heads`], [`attend`] and [`sliding_mask`]. One-token decode steps on the CPU attend
+//! on the host instead ([`Attention::host_decode`], module [`host`]).
+
+pub mod host;
 
 use mlx_rs::fast::{scaled_dot_product_attention, ScaledDotProductAttentionMask};
 use mlx_rs::ops::indexing::IndexOp;
@@ -119,6 +122,46 @@ impl Attention {
             && [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
                 .iter()
                 .all(|l| l.host_capable())
+    }
+
+    /// Whether [`Self::host_decode`] covers this block: no sinks, no output gate, float32
+    /// q/k norms if any.
+    pub fn host_attention_capable(&self) -> bool {
+        self.sinks.is_none()
+            && !self.output_gate
+            && [&self.q_norm, &self.k_norm]
+                .iter()
+                .all(|n| n.as_ref().is_none_or(RmsNorm::host_capable))
+    }
+
+    /// One decode step of one sequence on the host: projected `q`, `k`, `v` (one position,
+    /// `heads · head_dim` each; `q` and `k` are normalised and rotated in place) → the cache
+    /// update and attention, written to `out` (the input of `o_proj`).
+    pub fn host_decode(
+        &self,
+        [q, k]: [&mut [f32]; 2],
+        v: &[f32],
+        cache: &mut KvLayer,
+        rope: Option<&host::RopeTable>,
+        scratch: &mut host::Scratch,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let s = &self.spec;
+        for (x, norm) in [(&mut *q, &self.q_norm), (&mut *k, &self.k_norm)] {
+            for head in x.chunks_mut(s.head_dim) {
+                if let Some(n) = norm {
+                    let normed = n.host_forward(head)?;
+                    head.copy_from_slice(&normed);
+                }
+                if let Some(r) = rope {
+                    r.apply(head);
+                }
+            }
+        }
+        let kv = cache.host(k.len() / s.head_dim, s.head_dim, s.window)?;
+        kv.push(k, v);
+        host::attend(q, kv, s.scale, scratch, out);
+        Ok(())
     }
 
     /// `x` (`[B, L, hidden]`) → attention output projected back to `[B, L, hidden]`.

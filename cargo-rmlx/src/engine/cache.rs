@@ -3,11 +3,15 @@
 //! layers write into buffers grown 256 positions at a time — one in-place slice update per
 //! step instead of re-copying the history — and sliding-window layers keep only their window),
 //! recurrent state ([`Recurrent`]: linear-attention layers' convolution tail and state matrix),
-//! or nothing (layers that read another layer's keys/values).
+//! or nothing (layers that read another layer's keys/values). On the CPU decode path a
+//! key/value layer moves to host memory ([`KvLayer::host`], `attention::host::HostKv`) and
+//! back to MLX arrays on the next MLX use ([`KvLayer::flush`], [`Cache::flush_host`]).
 
 use mlx_rs::ops::concatenate;
 use mlx_rs::ops::indexing::{IndexOp, TryIndexMutOp};
 use mlx_rs::Array;
+
+use super::attention::host::HostKv;
 
 /// Positions a global layer's buffer grows by.
 const STEP: i32 = 256;
@@ -24,6 +28,9 @@ pub struct KvLayer {
     len: i32,
     /// Updated with a sliding window (may have dropped old positions).
     sliding: bool,
+    /// While decode steps run on the host: every position held, and `keys`/`values` are
+    /// `None` (see [`Self::host`]).
+    host: Option<HostKv>,
 }
 
 impl KvLayer {
@@ -37,6 +44,7 @@ impl KvLayer {
         values: Array,
         window: Option<usize>,
     ) -> Result<(Array, Array)> {
+        self.flush()?;
         if window.is_none() {
             return self.append(keys, values);
         }
@@ -101,9 +109,45 @@ impl KvLayer {
 }
 
 impl KvLayer {
+    /// The layer on the host for a decode step (`heads` key/value heads of width `dim`),
+    /// copied out of the MLX arrays at the first call after an MLX update.
+    pub fn host(&mut self, heads: usize, dim: usize, window: Option<usize>) -> Result<&mut HostKv> {
+        if self.host.is_none() {
+            let held = match self.state() {
+                Some((k, v)) => HostKv::from_mlx(&k, &v, window)?,
+                None => HostKv::empty(heads, dim, window, mlx_rs::Dtype::Float32),
+            };
+            self.sliding |= window.is_some();
+            (self.keys, self.values, self.len) = (None, None, 0);
+            self.host = Some(held);
+        }
+        self.host
+            .as_mut()
+            .ok_or_else(|| wrong_kind(0, "host key/value"))
+    }
+
+    /// Moves a host-held layer back into MLX arrays (a no-op when it is in MLX already).
+    pub fn flush(&mut self) -> Result<()> {
+        let Some(host) = self.host.take() else {
+            return Ok(());
+        };
+        if host.positions() > 0 {
+            let (k, v) = host.to_mlx()?;
+            self.len = k.shape()[2];
+            (self.keys, self.values) = (Some(k), Some(v));
+        }
+        Ok(())
+    }
+
     /// Keys and values held (views; for a global layer without the unused buffer tail), or
     /// `None` before the first update.
     pub fn state(&self) -> Option<(Array, Array)> {
+        if let Some(host) = &self.host {
+            return host
+                .to_mlx()
+                .map_err(|d| tracing::error!("reading a host key/value layer: {}", d.message))
+                .ok();
+        }
         let (k, v) = (self.keys.as_ref()?, self.values.as_ref()?);
         if k.shape()[2] == self.len || self.len == 0 {
             return Some((k.clone(), v.clone()));
@@ -245,9 +289,27 @@ impl Cache {
         Some(out)
     }
 
-    /// Bytes of the arrays held (global layers: their whole buffers).
+    /// Bytes of the arrays held (global layers: their whole buffers), host layers included.
     pub fn nbytes(&self) -> usize {
-        self.arrays().map(Array::nbytes).sum()
+        let host: usize = self
+            .layers
+            .iter()
+            .filter_map(|l| match l {
+                LayerCache::Kv(KvLayer { host: Some(h), .. }) => Some(h.nbytes()),
+                _ => None,
+            })
+            .sum();
+        host + self.arrays().map(Array::nbytes).sum::<usize>()
+    }
+
+    /// Moves every host-held key/value layer back into MLX arrays (see [`KvLayer::flush`]).
+    pub fn flush_host(&mut self) -> Result<()> {
+        for layer in &mut self.layers {
+            if let LayerCache::Kv(kv) = layer {
+                kv.flush()?;
+            }
+        }
+        Ok(())
     }
 
     /// Computes every array held, so a stored copy does not keep a pending graph (and the
@@ -287,6 +349,9 @@ impl LayerCache {
 impl KvLayer {
     /// Positions held: a global layer's count, a sliding layer's window contents.
     fn held(&self) -> usize {
+        if let Some(host) = &self.host {
+            return host.held();
+        }
         if self.sliding {
             self.keys.as_ref().map_or(0, |k| k.shape()[2] as usize)
         } else {
@@ -296,6 +361,10 @@ impl KvLayer {
 
     /// Keeps only the first `len` positions (the caller checked they are all held).
     fn trim(&mut self, len: usize) {
+        if let Err(d) = self.flush() {
+            // Unreachable in practice: sequences hand their caches over flushed.
+            tracing::error!("trimming a host key/value layer: {}", d.message);
+        }
         if self.sliding {
             let cut = |a: &Array| a.index((.., .., ..len as i32, ..));
             self.keys = self.keys.as_ref().map(cut);

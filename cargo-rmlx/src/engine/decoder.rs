@@ -5,10 +5,12 @@
 //! its variant with a [`DecoderSpec`]; the one host fast path for decode steps on the CPU
 //! lives here (dense blocks only). Decode steps of several sequences at once
 //! ([`Network::hidden_batch`]) run every projection and feed-forward once for all rows and
-//! attention per sequence, on the host path and the MLX path alike.
+//! attention per sequence: on the host path in plain Rust over each sequence's host-held
+//! keys/values (`attention::host`), on the MLX path as one small graph per sequence.
 
 use mlx_rs::{Array, Dtype};
 
+use super::attention::host::{RopeTable, Scratch};
 use super::attention::{Attention, AttentionSpec};
 use super::cache::{Cache, CacheKind};
 use super::ends::Ends;
@@ -126,6 +128,8 @@ pub struct Decoder {
     ropes: Vec<Rope>,
     /// Whether one-token steps take the host path, decided at the first step.
     host_decode: std::sync::OnceLock<bool>,
+    /// Per-head width (of the rope tables of host attention).
+    head_dim: usize,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -161,6 +165,7 @@ impl Decoder {
             blocks,
             ropes,
             host_decode: std::sync::OnceLock::new(),
+            head_dim: c.head_dim,
         })
     }
 
@@ -194,31 +199,30 @@ impl Decoder {
     /// One decode step of `caches.len()` sequences (`x`: `[B, 1, hidden]`, row `b` on
     /// `caches[b]`) with the residual stream on the host: norms, projections (the `qmv`
     /// kernel, each weight row read once for all B rows), SiLU gate and residual adds run
-    /// there; MLX runs what needs the KV caches (RoPE, cache update, attention, per sequence
-    /// at its own offset) — one MLX evaluation per block for all sequences.
+    /// there, and attention too (RoPE, cache update, attention per sequence at its own
+    /// offset, over its host-held keys/values) where the block allows
+    /// ([`Attention::host_attention_capable`]); otherwise MLX runs the attention, one
+    /// evaluation per block for all sequences.
     fn hidden_host_decode(&self, x: Array, caches: &mut [&mut Cache]) -> Result<Array> {
         let shape = x.shape().to_vec();
         let x = x.as_dtype(Dtype::Float32)?;
         let mut h: Vec<f32> = super::qmv::host_slice::<f32>(&x, "embedding")?.to_vec();
         let width = h.len() / caches.len().max(1);
         let offsets: Vec<usize> = caches.iter().map(|c| c.offset).collect();
+        let tables = self.rope_tables(&offsets)?;
+        let mut scratch = Scratch::default();
         for (i, block) in self.blocks.iter().enumerate() {
             let a = &block.attn;
             let n = norm_rows(&block.input_norm, &h, width)?;
-            let qkv = Linear::host_forward_many(&[&a.q_proj, &a.k_proj, &a.v_proj], &n)?;
-            let rope = block.rope.map(|r| &self.ropes[r]);
-            let rows = caches
-                .iter_mut()
-                .zip(&offsets)
-                .enumerate()
-                .map(|(b, (cache, &offset))| {
-                    let [q, k, v] = [0, 1, 2].map(|j| host_row(&qkv[j], b, offsets.len()));
-                    a.core(q, k, v, cache.kv(i)?, offset, rope)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let o = mlx_rs::ops::concatenate(&rows, 0)?.as_dtype(Dtype::Float32)?;
-            let o = super::qmv::host_slice::<f32>(&o, "attention output")?;
-            let r = Linear::host_forward_many(&[&a.o_proj], o)?.remove(0);
+            let mut qkv = Linear::host_forward_many(&[&a.q_proj, &a.k_proj, &a.v_proj], &n)?;
+            let o = if a.host_attention_capable() {
+                let tables = block.rope.map(|r| tables[r].as_slice());
+                host_attention(i, a, &mut qkv, caches, tables, &mut scratch)?
+            } else {
+                let rope = block.rope.map(|r| &self.ropes[r]);
+                mlx_attention(i, a, &qkv, caches, &offsets, rope)?
+            };
+            let r = Linear::host_forward_many(&[&a.o_proj], &o)?.remove(0);
             h.iter_mut().zip(&r).for_each(|(h, r)| *h += r);
             let n = norm_rows(&block.post_attn_norm, &h, width)?;
             let r = host_mlp(block, &n)?;
@@ -226,6 +230,24 @@ impl Decoder {
         }
         caches.iter_mut().for_each(|c| c.offset += 1);
         Ok(Array::from_slice(&h, &shape))
+    }
+
+    /// Per rope (global, then local), the rotation of each sequence's new position — only
+    /// when some block attends on the host.
+    fn rope_tables(&self, offsets: &[usize]) -> Result<Vec<Vec<RopeTable>>> {
+        if !self.blocks.iter().any(|b| b.attn.host_attention_capable()) {
+            return Ok(Vec::new());
+        }
+        let head_dim = self.head_dim;
+        self.ropes
+            .iter()
+            .map(|rope| {
+                offsets
+                    .iter()
+                    .map(|&o| RopeTable::new(rope, o, head_dim))
+                    .collect()
+            })
+            .collect()
     }
 
     /// The MLX path of one decode step of several sequences: every block's projections and
@@ -264,6 +286,64 @@ impl Block {
             }
         })
     }
+}
+
+/// Attention of block `i` on the host for every sequence: `qkv` holds the B rows of the
+/// projected queries, keys and values (queries and keys are rotated in place); `tables[b]`
+/// rotates sequence `b`'s position (`None`: a NoPE layer). Returns the B rows of `o_proj`'s
+/// input.
+fn host_attention(
+    i: usize,
+    a: &Attention,
+    qkv: &mut [Vec<f32>],
+    caches: &mut [&mut Cache],
+    tables: Option<&[RopeTable]>,
+    scratch: &mut Scratch,
+) -> Result<Vec<f32>> {
+    let rows = caches.len().max(1);
+    let [q, k, v] = qkv else {
+        return Err(Diagnostic::error(
+            "rmlx::engine::host-kernel",
+            "host attention without q, k and v (internal error)",
+        ));
+    };
+    let (qw, kw) = (q.len() / rows, k.len() / rows);
+    let mut out = vec![0f32; q.len()];
+    for (b, cache) in caches.iter_mut().enumerate() {
+        a.host_decode(
+            [&mut q[b * qw..(b + 1) * qw], &mut k[b * kw..(b + 1) * kw]],
+            &v[b * kw..(b + 1) * kw],
+            cache.kv(i)?,
+            tables.map(|t| &t[b]),
+            scratch,
+            &mut out[b * qw..(b + 1) * qw],
+        )?;
+    }
+    Ok(out)
+}
+
+/// Attention of block `i` through MLX (one graph per sequence at its own offset, evaluated
+/// together) for blocks the host attention does not cover. Returns the B rows of `o_proj`'s
+/// input.
+fn mlx_attention(
+    i: usize,
+    a: &Attention,
+    qkv: &[Vec<f32>],
+    caches: &mut [&mut Cache],
+    offsets: &[usize],
+    rope: Option<&Rope>,
+) -> Result<Vec<f32>> {
+    let rows = caches
+        .iter_mut()
+        .zip(offsets)
+        .enumerate()
+        .map(|(b, (cache, &offset))| {
+            let [q, k, v] = [0, 1, 2].map(|j| host_row(&qkv[j], b, offsets.len()));
+            a.core(q, k, v, cache.kv(i)?, offset, rope)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let o = mlx_rs::ops::concatenate(&rows, 0)?.as_dtype(Dtype::Float32)?;
+    Ok(super::qmv::host_slice::<f32>(&o, "attention output")?.to_vec())
 }
 
 /// Row `b` of `rows` host rows (`data`), as an MLX array `[1, 1, width]`.

@@ -648,6 +648,16 @@ impl Rope {
         })
     }
 
+    /// Features rotated (the first `dims` of each head).
+    pub fn rotated_dims(&self) -> usize {
+        self.dims as usize
+    }
+
+    /// Whether adjacent feature pairs rotate (rather than the two halves).
+    pub fn is_traditional(&self) -> bool {
+        self.traditional
+    }
+
     /// The same rope rotating adjacent feature pairs (`traditional`) instead of halves.
     pub fn traditional(self, traditional: bool) -> Self {
         Self {

@@ -465,38 +465,38 @@ impl QuantMatrix<'_> {
             let rows = out.len() / n;
             let row = |j: usize| m.row(first + j);
             // Blocks of two weight rows × four inputs. Inputs outside, weight rows inside:
-            // the four inputs stay in L1 while the task's rows stream past them.
-            let quads = n / 4;
-            for q in 0..quads {
-                let in4 = &inputs[4 * q..4 * q + 4];
-                let xs = [&in4[0].x[..], &in4[1].x, &in4[2].x, &in4[3].x];
-                let sums = [
-                    &in4[0].group_sums[..],
-                    &in4[1].group_sums,
-                    &in4[2].group_sums,
-                    &in4[3].group_sums,
-                ];
+            // the four inputs stay in L1 while the task's rows stream past them. A last
+            // group of two or three inputs repeats its last input to fill the block (one
+            // block pass costs about two single-row passes: measured, BENCHMARKS.md
+            // "Continuous batching"); a single one takes the one-row kernel.
+            for start in (0..n).step_by(4) {
+                let count = (n - start).min(4);
+                if count == 1 {
+                    let input = &inputs[start];
+                    for j in 0..rows {
+                        let (packed, scales, biases) = row(j);
+                        // SAFETY: `kernel` is the scalar reference or an AVX2 kernel chosen
+                        // after run-time detection; `QuantMatrix::new` checked the layout, so
+                        // each row holds `cols` values and each prepared input `cols` values.
+                        out[j * n + start] = unsafe {
+                            kernel(m.group, packed, scales, biases, &input.x, &input.group_sums)
+                        };
+                    }
+                    continue;
+                }
+                let in4: [&Prepared; 4] =
+                    std::array::from_fn(|k| &inputs[start + k.min(count - 1)]);
+                let xs = in4.map(|p| &p.x[..]);
+                let sums = in4.map(|p| &p.group_sums[..]);
                 for j in (0..rows).step_by(2) {
                     // An odd last row is computed twice; one copy is dropped.
                     let j1 = (j + 1).min(rows - 1);
-                    // SAFETY: `block2` is the scalar reference or an AVX2 kernel chosen after
-                    // run-time detection; `QuantMatrix::new` checked the layout, so each row
-                    // holds `cols` values and each prepared input `cols` values.
+                    // SAFETY: as for `kernel` above (`block2` likewise).
                     let v = unsafe { block2(m.group, [row(j), row(j1)], xs, sums) };
-                    out[j * n + 4 * q..j * n + 4 * q + 4].copy_from_slice(&v[0]);
+                    out[j * n + start..j * n + start + count].copy_from_slice(&v[0][..count]);
                     if j1 != j {
-                        out[j1 * n + 4 * q..j1 * n + 4 * q + 4].copy_from_slice(&v[1]);
+                        out[j1 * n + start..j1 * n + start + count].copy_from_slice(&v[1][..count]);
                     }
-                }
-            }
-            for (k, input) in inputs.iter().enumerate().skip(4 * quads) {
-                for j in 0..rows {
-                    let (packed, scales, biases) = row(j);
-                    // SAFETY: `kernel` is the scalar reference or an AVX2 kernel chosen
-                    // after run-time detection; lengths as for `block2` above.
-                    out[j * n + k] = unsafe {
-                        kernel(m.group, packed, scales, biases, &input.x, &input.group_sums)
-                    };
                 }
             }
         })
@@ -1114,22 +1114,26 @@ mod tests {
                 &[rows as i32, cols as i32],
             );
             let (wq, scales, biases) = quantize(&w, group, bits).unwrap();
-            let x = Array::from_slice(&pseudo_random(7 * cols, 7), &[1, 7, cols as i32]);
-            let expect = quantized_matmul(&x, &wq, &scales, &biases, true, group, bits).unwrap();
-            let got = matmul_many_as(
-                &x,
-                &[(&wq, &scales, &biases, bits, group)],
-                Activations::F32,
-            )
-            .unwrap()
-            .remove(0);
-            assert_eq!(got.shape(), expect.shape());
-            let (e, g) = (expect.as_slice::<f32>(), got.as_slice::<f32>());
-            for (i, (a, b)) in e.iter().zip(g).enumerate() {
-                assert!(
-                    (a - b).abs() <= 1e-4 * (1.0 + a.abs()),
-                    "bits {bits} group {group} row {i}: mlx {a} host {b}"
-                );
+            // One block of four and three more (a padded block); two alone; a block and one.
+            for n in [7, 2, 5] {
+                let x = Array::from_slice(&pseudo_random(n * cols, 7), &[1, n as i32, cols as i32]);
+                let expect =
+                    quantized_matmul(&x, &wq, &scales, &biases, true, group, bits).unwrap();
+                let got = matmul_many_as(
+                    &x,
+                    &[(&wq, &scales, &biases, bits, group)],
+                    Activations::F32,
+                )
+                .unwrap()
+                .remove(0);
+                assert_eq!(got.shape(), expect.shape());
+                let (e, g) = (expect.as_slice::<f32>(), got.as_slice::<f32>());
+                for (i, (a, b)) in e.iter().zip(g).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * (1.0 + a.abs()),
+                        "bits {bits} group {group} inputs {n} row {i}: mlx {a} host {b}"
+                    );
+                }
             }
         }
     }

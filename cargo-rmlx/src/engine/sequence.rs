@@ -312,7 +312,12 @@ impl Sequence {
 
     /// [`Self::finish`], giving the cache back too: it holds the prompt, then the generated
     /// ids fed back so far (`cache.offset` tokens in all).
-    pub fn finish_with_cache(self) -> (GenerateOutput, Cache) {
+    pub fn finish_with_cache(mut self) -> (GenerateOutput, Cache) {
+        if let Err(d) = self.cache.flush_host() {
+            // The cache then holds nothing of the host-decoded layers: not worth storing.
+            tracing::warn!("moving a cache back to MLX arrays failed: {}", d.message);
+            self.cache = Cache::new(&[]);
+        }
         let total = self.started.elapsed();
         let prefill = if self.steps.is_empty() {
             total
