@@ -3,13 +3,13 @@
 # Builds cuda-carry/ (git-ignored: add `/cuda-carry/` to .git/info/exclude) holding
 #   a-NN/  chunks of A = stripped cargo-rmlx + mlx / mlx-cuda-13 / mlx-lm wheels + smollm2-q4
 #   b-NN/  chunks of B = qwen-q4g64
-# each chunk <= 62 MiB so that one chunk plus the working tree fits one device call (64 MiB).
+# each chunk <= 56 MiB so that one chunk plus the working tree fits one device call (64 MiB).
 # Carry one chunk per call, in order, while the machine stays warm; cuda-bench.sh appends them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MLX_VER=${MLX_VER:-0.32.2}
-SMOL=${SMOL:-target/test-models/smollm2-q4}
-QWEN=${QWEN:-target/test-models/arch-oracle/target/rmlx/qwen-q4g64}
+SMOL=${SMOL-target/test-models/smollm2-q4}
+QWEN=${QWEN-target/test-models/arch-oracle/target/rmlx/qwen-q4g64}
 C=cuda-carry; rm -rf $C; mkdir -p $C/stage/whl $C/stage/models
 # 1. Wheels (no deps: the device image already has numpy, transformers, jinja2, protobuf,
 #    pyyaml, sentencepiece and the nvidia-* CUDA 13 wheels that mlx-cuda-13 needs).
@@ -40,7 +40,7 @@ if [ -n "$QWEN" ]; then
   parts="A B"
 fi
 for x in $parts; do
-  (cd $C && sha256sum $x.tar.zst > $x.sha256 && split -b 62M -d -a 2 $x.tar.zst $x.part.)
+  (cd $C && sha256sum $x.tar.zst > $x.sha256 && split -b 56M -d -a 2 $x.tar.zst $x.part.)
   for p in $C/$x.part.*; do d=$C/$(echo $x | tr AB ab)-${p##*.}; mkdir -p $d; mv $p $d/; cp $C/$x.sha256 $d/; done
 done
 cp "$(command -v zstd)" "$(ls -d $C/a-* | tail -1)"/  # (last, smallest chunk) the device image has no zstd CLI
