@@ -90,6 +90,35 @@ fn qwen3_moe_two_ranks_match_one_process() {
     );
 }
 
+/// OLMo 2: q/k norms over the whole projection (the ranks add their sums of squares).
+#[test]
+fn olmo2_two_ranks_match_one_process() {
+    check_two_ranks(&crate::tiny_build::tiny_model("olmo2"), RAW_PROMPT, false);
+}
+
+/// Phi-3: fused qkv and gate_up projections, each part split on its own rows.
+#[test]
+fn phi3_two_ranks_match_one_process() {
+    check_two_ranks(&crate::tiny_build::tiny_model("phi3"), RAW_PROMPT, false);
+}
+
+/// Ministral 3: the standard attention and MLP with YaRN and per-position query scaling.
+#[test]
+fn ministral3_two_ranks_match_one_process() {
+    check_two_ranks(
+        &crate::tiny_build::tiny_model("ministral3"),
+        RAW_PROMPT,
+        false,
+    );
+}
+
+/// GPT-OSS (released layout): sinks split with the heads, biased experts (fused gate_up rows
+/// and their biases split, the down bias added once).
+#[test]
+fn gpt_oss_two_ranks_match_one_process() {
+    check_two_ranks(&crate::tiny_build::tiny_model("gpt_oss"), RAW_PROMPT, false);
+}
+
 /// `rank N of 2: read B bytes of weights …` lines of a `-v` run: (rank, bytes).
 fn bytes_per_rank(stderr: &str) -> Vec<(usize, u64)> {
     stderr

@@ -129,7 +129,8 @@ fn moe_spec(config: &ModelConfig, layer: usize) -> Result<MoeSpec> {
     })
 }
 
-/// The MLX layout, else the released one (fused gate/up, dense or MXFP4 blocks).
+/// The MLX layout, else the released one (fused gate/up, dense or MXFP4 blocks; MXFP4
+/// blocks are not split for tensor parallelism yet).
 fn load_experts(ctx: &LoadCtx<'_>, spec: &MoeSpec) -> Result<SwitchGlu> {
     let p = &spec.experts;
     if ctx.contains(&format!("{p}.gate_proj.weight")) {
@@ -137,15 +138,21 @@ fn load_experts(ctx: &LoadCtx<'_>, spec: &MoeSpec) -> Result<SwitchGlu> {
     }
     tracing::debug!("{p}: released layout (fused gate_up_proj); splitting it as mlx-lm does");
     let (e, h, i) = (spec.num_experts, spec.hidden, spec.inner);
-    let gate_up = released_weight(ctx, &format!("{p}.gate_up_proj"), e, 2 * i, h)?;
-    let gate_up_bias = ctx.param(&format!("{p}.gate_up_proj_bias"), &[e, 2 * i])?;
-    let down = released_weight(ctx, &format!("{p}.down_proj"), e, h, i)?;
-    let down_bias = ctx.param(&format!("{p}.down_proj_bias"), &[e, h])?;
+    // Tensor parallelism: gate and up rows interleave in pairs, so this rank's block of fused
+    // rows is its share of both; down splits by columns, its bias added by rank 0 alone.
+    let (column, row) = (ctx.column(), ctx.row());
+    let gate_up = released_weight(&column, &format!("{p}.gate_up_proj"), e, 2 * i, h)?;
+    let gate_up_bias = column.param(&format!("{p}.gate_up_proj_bias"), &[e, 2 * i])?;
+    let down = released_weight(&row, &format!("{p}.down_proj"), e, h, i)?;
+    let down_bias = row
+        .bias_ctx()
+        .map(|b| b.param(&format!("{p}.down_proj_bias"), &[e, h]))
+        .transpose()?;
     let even = Array::from_iter((0..2 * i as i32).step_by(2), &[i as i32]);
     let odd = Array::from_iter((1..2 * i as i32).step_by(2), &[i as i32]);
     let rows = |w: &Released, idx: &Array| -> Result<SwitchLinear> {
         let bias = gate_up_bias.take_axis(idx, -1)?;
-        w.rows(Some(idx), bias)
+        w.rows(Some(idx), Some(bias))
     };
     Ok(SwitchGlu {
         gate_proj: rows(&gate_up, &even)?,
@@ -181,6 +188,14 @@ fn released_weight(
             ctx.param(&format!("{path}.weight"), &[experts, rows, cols])?,
         ));
     }
+    if !ctx.parallel.shard.is_single() {
+        return Err(Diagnostic::error(
+            "rmlx::engine::dist::unsupported-layout",
+            format!("`{blocks}`: released MXFP4 experts cannot be split over ranks yet"),
+        )
+        .with_file(&ctx.config.path)
+        .with_help("convert the model (`cargo rmlx build`) to the MLX layout, which splits"));
+    }
     let groups = cols / 32;
     let shape = [experts, rows, groups, 16];
     let bytes = bytes_tensor(ctx, &blocks, &shape)?;
@@ -213,7 +228,7 @@ impl Released {
     /// The rows `idx` (all when `None`) of every expert as a switch projection with `bias`.
     /// Selected rows are computed now, so that the fused tensor is freed during loading
     /// rather than held until the first step.
-    fn rows(&self, idx: Option<&Array>, bias: Array) -> Result<SwitchLinear> {
+    fn rows(&self, idx: Option<&Array>, bias: Option<Array>) -> Result<SwitchLinear> {
         let pick = |a: &Array| -> Result<Array> {
             let Some(idx) = idx else {
                 return Ok(a.clone());
@@ -222,15 +237,17 @@ impl Released {
             rows.eval()?;
             Ok(rows)
         };
-        bias.eval()?;
+        if let Some(b) = &bias {
+            b.eval()?;
+        }
         match self {
-            Released::Dense(w) => SwitchLinear::dense(&pick(w)?, Some(bias)),
+            Released::Dense(w) => SwitchLinear::dense(&pick(w)?, bias),
             Released::Mxfp4 { weight, scales } => Ok(SwitchLinear::quantized(
                 pick(weight)?,
                 pick(scales)?,
                 None,
                 MXFP4,
-                Some(bias),
+                bias,
             )),
         }
     }
