@@ -119,6 +119,23 @@ fn gpt_oss_two_ranks_match_one_process() {
     check_two_ranks(&crate::tiny_build::tiny_model("gpt_oss"), RAW_PROMPT, false);
 }
 
+/// Qwen3.5 (MLX layout): delta-net layers split by key-head groups (their q/k/v parts,
+/// convolution channels, z/a/b, A_log and dt_bias), gated full attention by heads.
+#[test]
+fn qwen3_5_two_ranks_match_one_process() {
+    check_two_ranks(&crate::tiny_arch::mlx_lm_dense("qwen3_5"), RAW_PROMPT, false);
+}
+
+/// Qwen3.5-MoE: the same with routed experts and the gated shared expert split.
+#[test]
+fn qwen3_5_moe_two_ranks_match_one_process() {
+    check_two_ranks(
+        &crate::tiny_arch::mlx_lm_dense("qwen3_5_moe"),
+        RAW_PROMPT,
+        false,
+    );
+}
+
 /// `rank N of 2: read B bytes of weights …` lines of a `-v` run: (rank, bytes).
 fn bytes_per_rank(stderr: &str) -> Vec<(usize, u64)> {
     stderr
