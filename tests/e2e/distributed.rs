@@ -123,7 +123,11 @@ fn gpt_oss_two_ranks_match_one_process() {
 /// convolution channels, z/a/b, A_log and dt_bias), gated full attention by heads.
 #[test]
 fn qwen3_5_two_ranks_match_one_process() {
-    check_two_ranks(&crate::tiny_arch::mlx_lm_dense("qwen3_5"), RAW_PROMPT, false);
+    check_two_ranks(
+        &crate::tiny_arch::mlx_lm_dense("qwen3_5"),
+        RAW_PROMPT,
+        false,
+    );
 }
 
 /// Qwen3.5-MoE: the same with routed experts and the gated shared expert split.
@@ -131,6 +135,24 @@ fn qwen3_5_two_ranks_match_one_process() {
 fn qwen3_5_moe_two_ranks_match_one_process() {
     check_two_ranks(
         &crate::tiny_arch::mlx_lm_dense("qwen3_5_moe"),
+        RAW_PROMPT,
+        false,
+    );
+}
+
+/// Gemma 4 (multimodal checkpoint, MLX layout): its attention variants (shared KV layers,
+/// per-head q/k/v norms, two head widths), double-wide MLPs and per-layer inputs.
+#[test]
+fn gemma4_two_ranks_match_one_process() {
+    check_two_ranks(&crate::tiny_arch::mlx_lm_dense("gemma4"), RAW_PROMPT, false);
+}
+
+/// Gemma 4 text model with its MoE branch and full layers whose keys are their values over
+/// one global KV head (kept whole on each rank).
+#[test]
+fn gemma4_text_two_ranks_match_one_process() {
+    check_two_ranks(
+        &crate::tiny_arch::mlx_lm_dense("gemma4_text"),
         RAW_PROMPT,
         false,
     );

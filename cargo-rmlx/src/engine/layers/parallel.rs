@@ -188,6 +188,8 @@ const FAMILIES: &[&str] = &[
     "qwen3_5_text",
     "qwen3_5_moe",
     "qwen3_5_moe_text",
+    "gemma4_text",
+    "gemma4",
 ];
 
 impl LoadCtx<'_> {
@@ -507,4 +509,47 @@ fn check_groups(config: &ModelConfig, key: &str, width: usize, group: usize) -> 
         format!("`{key}`: a rank's share of {width} features is not a whole number of quantization groups of {group}"),
         key,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO: Shard = Shard { rank: 1, size: 2 };
+
+    fn view(model_type: &str, extra: &str) -> Result<ModelConfig> {
+        let config = crate::arch::test_config(model_type, extra)?;
+        config_view(&config, &Parallel::new(TWO, &config)?)
+    }
+
+    #[test]
+    fn delta_net_heads_split_with_their_value_heads() {
+        let v = view(
+            "qwen3_5",
+            r#","linear_num_key_heads":2,"linear_num_value_heads":4,"linear_value_head_dim":16"#,
+        )
+        .unwrap();
+        assert_eq!(v.raw[DELTA_KEY_HEADS], 1);
+        assert_eq!(v.raw[DELTA_VALUE_HEADS], 2);
+        assert_eq!((v.num_attention_heads, v.num_key_value_heads), (2, 1));
+    }
+
+    #[test]
+    fn shapes_that_do_not_split_keep_a_located_error() {
+        let quantized = r#","linear_num_key_heads":2,"linear_num_value_heads":4,
+            "linear_value_head_dim":16,"quantization":{"group_size":64,"bits":4}"#;
+        let err = view("qwen3_5", quantized).unwrap_err();
+        assert_eq!(err.code, "rmlx::engine::dist::indivisible");
+        assert!(
+            err.message.contains("quantization groups"),
+            "{}",
+            err.message
+        );
+        let err = view("qwen3_5", r#","linear_num_key_heads":1"#).unwrap_err();
+        assert_eq!(err.code, "rmlx::engine::dist::indivisible");
+        let err = view("olmo2", r#","num_key_value_heads":1"#).unwrap_err();
+        assert_eq!(err.code, "rmlx::engine::dist::indivisible");
+        let err = view("phi3", r#","intermediate_size":63"#).unwrap_err();
+        assert_eq!(err.code, "rmlx::engine::dist::indivisible");
+    }
 }
