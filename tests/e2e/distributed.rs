@@ -128,6 +128,14 @@ tiny_two_ranks!(
     tiny_model,
     "gpt_oss"
 );
+/// GPT-OSS as released with MXFP4 experts: the blocks and scales split on their rows
+/// (gate/up) and on their groups of input columns (down).
+#[test]
+fn gpt_oss_mxfp4_two_ranks_match_one_process() {
+    let dir = crate::tiny_build::tiny_model_variant("gpt_oss", "mxfp4-native");
+    check_two_ranks(&dir, RAW_PROMPT, false);
+}
+
 tiny_two_ranks!(
     /// Qwen3.5: delta-net layers split by key-head groups (their q/k/v parts, convolution
     /// channels, z/a/b, A_log and dt_bias), gated full attention by heads.

@@ -129,8 +129,7 @@ fn moe_spec(config: &ModelConfig, layer: usize) -> Result<MoeSpec> {
     })
 }
 
-/// The MLX layout, else the released one (fused gate/up, dense or MXFP4 blocks; MXFP4
-/// blocks are not split for tensor parallelism yet).
+/// The MLX layout, else the released one (fused gate/up, dense or MXFP4 blocks).
 fn load_experts(ctx: &LoadCtx<'_>, spec: &MoeSpec) -> Result<SwitchGlu> {
     let p = &spec.experts;
     if ctx.contains(&format!("{p}.gate_proj.weight")) {
@@ -141,9 +140,9 @@ fn load_experts(ctx: &LoadCtx<'_>, spec: &MoeSpec) -> Result<SwitchGlu> {
     // Tensor parallelism: gate and up rows interleave in pairs, so this rank's block of fused
     // rows is its share of both; down splits by columns, its bias added by rank 0 alone.
     let (column, row) = (ctx.column(), ctx.row());
-    let gate_up = released_weight(&column, &format!("{p}.gate_up_proj"), e, 2 * i, h)?;
+    let gate_up = released_weight(&column, &format!("{p}.gate_up_proj"), [e, 2 * i, h], 1)?;
     let gate_up_bias = column.param(&format!("{p}.gate_up_proj_bias"), &[e, 2 * i])?;
-    let down = released_weight(&row, &format!("{p}.down_proj"), e, h, i)?;
+    let down = released_weight(&row, &format!("{p}.down_proj"), [e, h, i], 2)?;
     let down_bias = row
         .bias_ctx()
         .map(|b| b.param(&format!("{p}.down_proj_bias"), &[e, h]))
@@ -175,12 +174,14 @@ const MXFP4: QuantParams = QuantParams {
     mode: QuantMode::Mxfp4,
 };
 
+/// The released weight `[experts, rows, cols]` at `path`; tensor parallelism splits the MXFP4
+/// blocks `[E, rows, groups, 16]` and scales `[E, rows, groups]` on `axis` (1: rows, 2: the
+/// groups of the input columns), as the context's split does the dense weight.
 fn released_weight(
     ctx: &LoadCtx<'_>,
     path: &str,
-    experts: usize,
-    rows: usize,
-    cols: usize,
+    [experts, rows, cols]: [usize; 3],
+    axis: usize,
 ) -> Result<Released> {
     let blocks = format!("{path}_blocks");
     if !ctx.contains(&blocks) {
@@ -188,29 +189,20 @@ fn released_weight(
             ctx.param(&format!("{path}.weight"), &[experts, rows, cols])?,
         ));
     }
-    if !ctx.parallel.shard.is_single() {
-        return Err(Diagnostic::error(
-            "rmlx::engine::dist::unsupported-layout",
-            format!("`{blocks}`: released MXFP4 experts cannot be split over ranks yet"),
-        )
-        .with_file(&ctx.config.path)
-        .with_help("convert the model (`cargo rmlx build`) to the MLX layout, which splits"));
-    }
     let groups = cols / 32;
     let shape = [experts, rows, groups, 16];
-    let bytes = bytes_tensor(ctx, &blocks, &shape)?;
+    let bytes = bytes_tensor(ctx, &blocks, &shape, axis)?;
     // 16 bytes per group of 32 values: viewed as uint32 they are MLX's packed mxfp4 weight.
     let weight = bytes
         .reshape(&[experts as i32, rows as i32, (groups * 16) as i32])?
         .view_dtype(Dtype::Uint32)?;
-    let scales = bytes_tensor(ctx, &format!("{path}_scales"), &shape[..3])?;
+    let scales = bytes_tensor(ctx, &format!("{path}_scales"), &shape[..3], axis)?;
     Ok(Released::Mxfp4 { weight, scales })
 }
 
-/// A uint8 tensor of the given shape.
-fn bytes_tensor(ctx: &LoadCtx<'_>, name: &str, shape: &[usize]) -> Result<Array> {
-    let expected: Vec<Option<usize>> = shape.iter().copied().map(Some).collect();
-    let a = ctx.weights.array(&ctx.full_name(name), &expected, None)?;
+/// A uint8 tensor of the given shape (this rank's part of `axis` under a split).
+fn bytes_tensor(ctx: &LoadCtx<'_>, name: &str, shape: &[usize], axis: usize) -> Result<Array> {
+    let a = ctx.split_on(name, shape, axis)?;
     if a.dtype() != Dtype::Uint8 {
         return Err(Diagnostic::error(
             "rmlx::snapshot::quantization",

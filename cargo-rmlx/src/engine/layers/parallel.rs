@@ -127,6 +127,15 @@ impl Parallel {
         })
     }
 
+    /// The part the loaders use now.
+    fn part(&self) -> Part {
+        match self.within {
+            Within::Ffn => self.ffn,
+            Within::Heads => self.heads,
+            Within::DeltaHeads => self.delta_heads,
+        }
+    }
+
     /// The whole model's attention heads, given a rank's config view (`view` itself in a
     /// single-process run).
     pub fn whole_heads(&self, view: &ModelConfig) -> usize {
@@ -208,11 +217,7 @@ impl LoadCtx<'_> {
             Split::Cols => shape.len() - 1,
             Split::Channels => 0,
         };
-        let part = match p.within {
-            Within::Ffn => p.ffn,
-            Within::Heads => p.heads,
-            Within::DeltaHeads => p.delta_heads,
-        };
+        let part = p.part();
         let whole = [shape[axis]];
         let widths = match (split, &p.fused) {
             (Split::Rows | Split::Channels, Some(f)) => &f.widths[..f.len],
@@ -233,6 +238,23 @@ impl LoadCtx<'_> {
             1 => Ok(pieces.remove(0)),
             _ => Ok(mlx_rs::ops::concatenate(&pieces, axis as i32)?),
         }
+    }
+
+    /// Tensor `name` (unprefixed) of local shape `shape` in its stored dtype: whole, or —
+    /// when this context reads a split — this rank's part of `axis` (layouts the row/column
+    /// rules do not place, e.g. MXFP4 blocks `[E, rows, groups, 16]`).
+    pub fn split_on(&self, name: &str, shape: &[usize], axis: usize) -> Result<Array> {
+        let name = self.full_name(name);
+        let p = self.parallel;
+        if p.split.is_none() || p.shard.is_single() {
+            let shape: Vec<Option<usize>> = shape.iter().copied().map(Some).collect();
+            return self.weights.array(&name, &shape, None);
+        }
+        let (offset, width) = p.part().of_local(shape[axis]);
+        let mut full = shape.to_vec();
+        full[axis] = width;
+        let range = offset..offset + shape[axis];
+        self.weights.array_slice(&name, &full, axis, range, None)
     }
 
     /// This context with `split` applied to what it reads (none in a single-process run).
