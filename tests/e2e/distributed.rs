@@ -81,14 +81,88 @@ fn qwen2_two_ranks_match_one_process() {
     );
 }
 
-#[test]
-fn qwen3_moe_two_ranks_match_one_process() {
-    check_two_ranks(
-        &crate::tiny_build::tiny_model("qwen3_moe"),
-        RAW_PROMPT,
-        false,
-    );
+/// A test that the two-rank run of a tiny model matches one process on the raw prompt: `$dir`
+/// gives the model directory of `$model` (its Hugging Face directory, `tiny_model`, where the
+/// engine reads that layout; its `mlx_lm convert`, `mlx_lm_dense`, elsewhere).
+macro_rules! tiny_two_ranks {
+    ($(#[$doc:meta])* $name:ident, $dir:path, $model:literal) => {
+        $(#[$doc])*
+        #[test]
+        fn $name() {
+            check_two_ranks(&$dir($model), RAW_PROMPT, false);
+        }
+    };
 }
+
+use crate::tiny_arch::mlx_lm_dense;
+use crate::tiny_build::tiny_model;
+
+tiny_two_ranks!(
+    /// Qwen3-MoE: experts split inside each expert, summed after the mix.
+    qwen3_moe_two_ranks_match_one_process,
+    tiny_model,
+    "qwen3_moe"
+);
+tiny_two_ranks!(
+    /// OLMo 2: q/k norms over the whole projection (the ranks add their sums of squares).
+    olmo2_two_ranks_match_one_process,
+    tiny_model,
+    "olmo2"
+);
+tiny_two_ranks!(
+    /// Phi-3: fused qkv and gate_up projections, each part split on its own rows.
+    phi3_two_ranks_match_one_process,
+    tiny_model,
+    "phi3"
+);
+tiny_two_ranks!(
+    /// Ministral 3: the standard attention and MLP with YaRN and per-position query scaling.
+    ministral3_two_ranks_match_one_process,
+    tiny_model,
+    "ministral3"
+);
+tiny_two_ranks!(
+    /// GPT-OSS (released layout): sinks split with the heads, biased experts (fused gate_up
+    /// rows and their biases split, the down bias added once).
+    gpt_oss_two_ranks_match_one_process,
+    tiny_model,
+    "gpt_oss"
+);
+/// GPT-OSS as released with MXFP4 experts: the blocks and scales split on their rows
+/// (gate/up) and on their groups of input columns (down).
+#[test]
+fn gpt_oss_mxfp4_two_ranks_match_one_process() {
+    let dir = crate::tiny_build::tiny_model_variant("gpt_oss", "mxfp4-native");
+    check_two_ranks(&dir, RAW_PROMPT, false);
+}
+
+tiny_two_ranks!(
+    /// Qwen3.5: delta-net layers split by key-head groups (their q/k/v parts, convolution
+    /// channels, z/a/b, A_log and dt_bias), gated full attention by heads.
+    qwen3_5_two_ranks_match_one_process,
+    mlx_lm_dense,
+    "qwen3_5"
+);
+tiny_two_ranks!(
+    /// Qwen3.5-MoE: the same with routed experts and the gated shared expert split.
+    qwen3_5_moe_two_ranks_match_one_process,
+    mlx_lm_dense,
+    "qwen3_5_moe"
+);
+tiny_two_ranks!(
+    /// Gemma 4 (multimodal checkpoint): shared-KV layers, per-head q/k/v norms, two head
+    /// widths, double-wide MLPs and per-layer inputs.
+    gemma4_two_ranks_match_one_process,
+    mlx_lm_dense,
+    "gemma4"
+);
+tiny_two_ranks!(
+    /// Gemma 4 text model: its MoE branch, and full layers whose keys are their values over
+    /// one global KV head (kept whole on each rank).
+    gemma4_text_two_ranks_match_one_process,
+    mlx_lm_dense,
+    "gemma4_text"
+);
 
 /// `rank N of 2: read B bytes of weights …` lines of a `-v` run: (rank, bytes).
 fn bytes_per_rank(stderr: &str) -> Vec<(usize, u64)> {

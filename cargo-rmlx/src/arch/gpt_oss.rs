@@ -137,15 +137,21 @@ fn load_experts(ctx: &LoadCtx<'_>, spec: &MoeSpec) -> Result<SwitchGlu> {
     }
     tracing::debug!("{p}: released layout (fused gate_up_proj); splitting it as mlx-lm does");
     let (e, h, i) = (spec.num_experts, spec.hidden, spec.inner);
-    let gate_up = released_weight(ctx, &format!("{p}.gate_up_proj"), e, 2 * i, h)?;
-    let gate_up_bias = ctx.param(&format!("{p}.gate_up_proj_bias"), &[e, 2 * i])?;
-    let down = released_weight(ctx, &format!("{p}.down_proj"), e, h, i)?;
-    let down_bias = ctx.param(&format!("{p}.down_proj_bias"), &[e, h])?;
+    // Tensor parallelism: gate and up rows interleave in pairs, so this rank's block of fused
+    // rows is its share of both; down splits by columns, its bias added by rank 0 alone.
+    let (column, row) = (ctx.column(), ctx.row());
+    let gate_up = released_weight(&column, &format!("{p}.gate_up_proj"), [e, 2 * i, h], 1)?;
+    let gate_up_bias = column.param(&format!("{p}.gate_up_proj_bias"), &[e, 2 * i])?;
+    let down = released_weight(&row, &format!("{p}.down_proj"), [e, h, i], 2)?;
+    let down_bias = row
+        .bias_ctx()
+        .map(|b| b.param(&format!("{p}.down_proj_bias"), &[e, h]))
+        .transpose()?;
     let even = Array::from_iter((0..2 * i as i32).step_by(2), &[i as i32]);
     let odd = Array::from_iter((1..2 * i as i32).step_by(2), &[i as i32]);
     let rows = |w: &Released, idx: &Array| -> Result<SwitchLinear> {
         let bias = gate_up_bias.take_axis(idx, -1)?;
-        w.rows(Some(idx), bias)
+        w.rows(Some(idx), Some(bias))
     };
     Ok(SwitchGlu {
         gate_proj: rows(&gate_up, &even)?,
@@ -168,12 +174,14 @@ const MXFP4: QuantParams = QuantParams {
     mode: QuantMode::Mxfp4,
 };
 
+/// The released weight `[experts, rows, cols]` at `path`; tensor parallelism splits the MXFP4
+/// blocks `[E, rows, groups, 16]` and scales `[E, rows, groups]` on `axis` (1: rows, 2: the
+/// groups of the input columns), as the context's split does the dense weight.
 fn released_weight(
     ctx: &LoadCtx<'_>,
     path: &str,
-    experts: usize,
-    rows: usize,
-    cols: usize,
+    [experts, rows, cols]: [usize; 3],
+    axis: usize,
 ) -> Result<Released> {
     let blocks = format!("{path}_blocks");
     if !ctx.contains(&blocks) {
@@ -183,19 +191,18 @@ fn released_weight(
     }
     let groups = cols / 32;
     let shape = [experts, rows, groups, 16];
-    let bytes = bytes_tensor(ctx, &blocks, &shape)?;
+    let bytes = bytes_tensor(ctx, &blocks, &shape, axis)?;
     // 16 bytes per group of 32 values: viewed as uint32 they are MLX's packed mxfp4 weight.
     let weight = bytes
         .reshape(&[experts as i32, rows as i32, (groups * 16) as i32])?
         .view_dtype(Dtype::Uint32)?;
-    let scales = bytes_tensor(ctx, &format!("{path}_scales"), &shape[..3])?;
+    let scales = bytes_tensor(ctx, &format!("{path}_scales"), &shape[..3], axis)?;
     Ok(Released::Mxfp4 { weight, scales })
 }
 
-/// A uint8 tensor of the given shape.
-fn bytes_tensor(ctx: &LoadCtx<'_>, name: &str, shape: &[usize]) -> Result<Array> {
-    let expected: Vec<Option<usize>> = shape.iter().copied().map(Some).collect();
-    let a = ctx.weights.array(&ctx.full_name(name), &expected, None)?;
+/// A uint8 tensor of the given shape (this rank's part of `axis` under a split).
+fn bytes_tensor(ctx: &LoadCtx<'_>, name: &str, shape: &[usize], axis: usize) -> Result<Array> {
+    let a = ctx.split_on(name, shape, axis)?;
     if a.dtype() != Dtype::Uint8 {
         return Err(Diagnostic::error(
             "rmlx::snapshot::quantization",
@@ -213,7 +220,7 @@ impl Released {
     /// The rows `idx` (all when `None`) of every expert as a switch projection with `bias`.
     /// Selected rows are computed now, so that the fused tensor is freed during loading
     /// rather than held until the first step.
-    fn rows(&self, idx: Option<&Array>, bias: Array) -> Result<SwitchLinear> {
+    fn rows(&self, idx: Option<&Array>, bias: Option<Array>) -> Result<SwitchLinear> {
         let pick = |a: &Array| -> Result<Array> {
             let Some(idx) = idx else {
                 return Ok(a.clone());
@@ -222,15 +229,17 @@ impl Released {
             rows.eval()?;
             Ok(rows)
         };
-        bias.eval()?;
+        if let Some(b) = &bias {
+            b.eval()?;
+        }
         match self {
-            Released::Dense(w) => SwitchLinear::dense(&pick(w)?, Some(bias)),
+            Released::Dense(w) => SwitchLinear::dense(&pick(w)?, bias),
             Released::Mxfp4 { weight, scales } => Ok(SwitchLinear::quantized(
                 pick(weight)?,
                 pick(scales)?,
                 None,
                 MXFP4,
-                Some(bias),
+                bias,
             )),
         }
     }

@@ -1,6 +1,9 @@
 //! OLMo 2 (`olmo2`): no pre-norms — the attention and MLP outputs are normalised before their
 //! residual adds (`post_attention_layernorm`, `post_feedforward_layernorm`); queries and keys
 //! are RMS-normalised over their whole projection (all heads at once) before RoPE.
+//!
+//! Tensor parallelism splits q/k/v by heads, o by its input columns and the MLP as usual; the
+//! q/k norms see every head through [`WideRmsNorm`] (the ranks add their sums of squares).
 
 use mlx_rs::Array;
 
@@ -9,6 +12,7 @@ use crate::diagnostic::Result;
 use crate::engine::attention::{attend_projected, AttentionSpec};
 use crate::engine::cache::{Cache, CacheKind};
 use crate::engine::ends::Ends;
+use crate::engine::layers::parallel::WideRmsNorm;
 use crate::engine::layers::{Linear, LoadCtx, RmsNorm, Rope};
 use crate::engine::mlp::{Activation, GatedMlp};
 use crate::engine::network::Network;
@@ -27,8 +31,8 @@ struct Block {
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
-    q_norm: RmsNorm,
-    k_norm: RmsNorm,
+    q_norm: WideRmsNorm,
+    k_norm: WideRmsNorm,
     attn: AttentionSpec,
     post_attn_norm: RmsNorm,
     mlp: GatedMlp,
@@ -64,13 +68,14 @@ fn load_block(ctx: &LoadCtx<'_>, i: usize) -> Result<Block> {
     let a = format!("model.layers.{i}.self_attn");
     let norm =
         |name: &str, dim: usize| ctx.rms_norm(&format!("model.layers.{i}.{name}"), dim, eps, false);
+    let heads = ctx.attention_heads(); // tensor parallelism: this rank's heads
     Ok(Block {
-        q_proj: ctx.linear(&format!("{a}.q_proj"), h, q, bias)?,
-        k_proj: ctx.linear(&format!("{a}.k_proj"), h, kv, bias)?,
-        v_proj: ctx.linear(&format!("{a}.v_proj"), h, kv, bias)?,
-        o_proj: ctx.linear(&format!("{a}.o_proj"), q, h, bias)?,
-        q_norm: norm("self_attn.q_norm", q)?,
-        k_norm: norm("self_attn.k_norm", kv)?,
+        q_proj: heads.column_linear(&format!("{a}.q_proj"), h, q, bias)?,
+        k_proj: heads.column_linear(&format!("{a}.k_proj"), h, kv, bias)?,
+        v_proj: heads.column_linear(&format!("{a}.v_proj"), h, kv, bias)?,
+        o_proj: heads.row_linear(&format!("{a}.o_proj"), q, h, bias)?,
+        q_norm: ctx.heads_rms_norm(&format!("{a}.q_norm"), q, eps)?,
+        k_norm: ctx.heads_rms_norm(&format!("{a}.k_norm"), kv, eps)?,
         attn: AttentionSpec {
             n_heads: c.num_attention_heads,
             n_kv_heads: c.num_key_value_heads,

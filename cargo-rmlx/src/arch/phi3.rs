@@ -3,6 +3,9 @@
 //! (`partial_rotary_factor`) and Phi-3's long-context RoPE (`longrope`/`su`, applied as mlx-lm
 //! does: the long factors at every length). Head width is `hidden_size / num_attention_heads`,
 //! and the LM head is untied unless config.json says otherwise.
+//!
+//! Tensor parallelism splits each part of the fused projections on its own rows (this rank's
+//! q, k and v heads; its share of gate and of up), and o/down by their input columns.
 
 use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::Array;
@@ -46,7 +49,8 @@ struct Phi3 {
 
 fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {
     let c = ctx.config;
-    let head_dim = c.hidden_size / c.num_attention_heads;
+    // The whole model's head count (a tensor-parallel rank's config holds its own heads).
+    let head_dim = c.hidden_size / ctx.parallel.whole_heads(c);
     let tied = c.raw.get("tie_word_embeddings").and_then(Value::as_bool) == Some(true);
     let blocks = (0..c.num_hidden_layers)
         .map(|i| load_block(ctx, i, head_dim))
@@ -94,21 +98,30 @@ fn rope(c: &ModelConfig, head_dim: usize) -> Result<Rope> {
 fn load_block(ctx: &LoadCtx<'_>, i: usize, head_dim: usize) -> Result<Block> {
     let c = ctx.config;
     let (h, eps) = (c.hidden_size, c.rms_norm_eps);
-    let q = c.num_attention_heads * head_dim;
-    let qkv = q + 2 * c.num_key_value_heads * head_dim;
+    let (q, kv) = (
+        c.num_attention_heads * head_dim,
+        c.num_key_value_heads * head_dim,
+    );
+    let inner = c.intermediate_size;
     let p = format!("model.layers.{i}");
+    let heads = ctx.attention_heads(); // tensor parallelism: this rank's heads
     Ok(Block {
         input_norm: ctx.rms_norm(&format!("{p}.input_layernorm"), h, eps, false)?,
-        qkv_proj: ctx.linear(&format!("{p}.self_attn.qkv_proj"), h, qkv, false)?,
-        o_proj: ctx.linear(&format!("{p}.self_attn.o_proj"), q, h, false)?,
-        post_attn_norm: ctx.rms_norm(&format!("{p}.post_attention_layernorm"), h, eps, false)?,
-        gate_up_proj: ctx.linear(
-            &format!("{p}.mlp.gate_up_proj"),
+        qkv_proj: heads.column_fused_linear(
+            &format!("{p}.self_attn.qkv_proj"),
             h,
-            2 * c.intermediate_size,
+            &[q, kv, kv],
             false,
         )?,
-        down_proj: ctx.linear(&format!("{p}.mlp.down_proj"), c.intermediate_size, h, false)?,
+        o_proj: heads.row_linear(&format!("{p}.self_attn.o_proj"), q, h, false)?,
+        post_attn_norm: ctx.rms_norm(&format!("{p}.post_attention_layernorm"), h, eps, false)?,
+        gate_up_proj: ctx.column_fused_linear(
+            &format!("{p}.mlp.gate_up_proj"),
+            h,
+            &[inner, inner],
+            false,
+        )?,
+        down_proj: ctx.row_linear(&format!("{p}.mlp.down_proj"), inner, h, false)?,
     })
 }
 

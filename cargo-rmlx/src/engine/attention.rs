@@ -110,8 +110,10 @@ impl Attention {
     }
 
     /// Adds learned attention sinks, `{prefix}.sinks` (`[n_heads]`): one extra logit per head
-    /// that takes part in the softmax but adds no value (gpt-oss).
+    /// that takes part in the softmax but adds no value (gpt-oss). Tensor parallelism: this
+    /// rank's heads' sinks.
     pub fn with_sinks(mut self, ctx: &LoadCtx<'_>, prefix: &str) -> Result<Self> {
+        let ctx = ctx.attention_heads().column();
         self.sinks = Some(ctx.param(&format!("{prefix}.sinks"), &[self.spec.n_heads])?);
         Ok(self)
     }

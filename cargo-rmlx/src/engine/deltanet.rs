@@ -89,23 +89,27 @@ impl GatedDeltaNet {
             Diagnostic::error("rmlx::snapshot::config", msg).with_file(&ctx.config.path)
         })?;
         let s = &spec;
-        let value_dim = s.n_v_heads * s.v_head_dim;
+        let (key_dim, value_dim) = (s.n_k_heads * s.k_head_dim, s.n_v_heads * s.v_head_dim);
+        let qkv = [key_dim, key_dim, value_dim];
         let path = |name: &str| format!("{prefix}.{name}");
+        // Tensor parallelism: this rank's key-head groups; every per-head tensor follows them
+        // (q, k and v parts of the projection and of the convolution's channels, z, a, b,
+        // A_log, dt_bias) and the output projection sums the ranks' partial outputs.
+        let ctx = &ctx.delta_heads();
+        let heads = ctx.column();
         Ok(Self {
-            in_proj_qkv: ctx.linear(&path("in_proj_qkv"), hidden, s.conv_dim(), false)?,
-            in_proj_z: ctx.linear(&path("in_proj_z"), hidden, value_dim, false)?,
-            in_proj_b: ctx.linear(&path("in_proj_b"), hidden, s.n_v_heads, false)?,
-            in_proj_a: ctx.linear(&path("in_proj_a"), hidden, s.n_v_heads, false)?,
-            conv_weight: ctx.param(&path("conv1d.weight"), &[s.conv_dim(), s.conv_kernel, 1])?,
+            in_proj_qkv: ctx.column_fused_linear(&path("in_proj_qkv"), hidden, &qkv, false)?,
+            in_proj_z: ctx.column_linear(&path("in_proj_z"), hidden, value_dim, false)?,
+            in_proj_b: ctx.column_linear(&path("in_proj_b"), hidden, s.n_v_heads, false)?,
+            in_proj_a: ctx.column_linear(&path("in_proj_a"), hidden, s.n_v_heads, false)?,
+            conv_weight: ctx
+                .channels(&qkv)?
+                .param(&path("conv1d.weight"), &[s.conv_dim(), s.conv_kernel, 1])?,
             // mlx-lm keeps A_log in float32 whatever the model's dtype.
-            a_log: ctx.weights.array(
-                &ctx.full_name(&path("A_log")),
-                &[Some(s.n_v_heads)],
-                Some(Dtype::Float32),
-            )?,
-            dt_bias: ctx.param(&path("dt_bias"), &[s.n_v_heads])?,
+            a_log: heads.param_as(&path("A_log"), &[s.n_v_heads], Dtype::Float32)?,
+            dt_bias: heads.param(&path("dt_bias"), &[s.n_v_heads])?,
             norm: ctx.rms_norm(&path("norm"), s.v_head_dim, s.eps, false)?,
-            out_proj: ctx.linear(&path("out_proj"), value_dim, hidden, false)?,
+            out_proj: ctx.row_linear(&path("out_proj"), value_dim, hidden, false)?,
             spec,
         })
     }

@@ -65,6 +65,11 @@ impl LoadCtx<'_> {
         self.read(&self.full_name(name), shape, Some(self.dtype))
     }
 
+    /// A parameter kept in `dtype` whatever the compute dtype (a delta-net's `A_log`).
+    pub fn param_as(&self, name: &str, shape: &[usize], dtype: Dtype) -> Result<Array> {
+        self.read(&self.full_name(name), shape, Some(dtype))
+    }
+
     /// Loads the linear layer at `path` mapping `input` to `output` features.
     pub fn linear(&self, path: &str, input: usize, output: usize, bias: bool) -> Result<Linear> {
         let bias = if bias {

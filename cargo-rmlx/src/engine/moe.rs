@@ -125,9 +125,11 @@ impl SwitchLinear {
                 }
             }
         };
-        let bias = bias
-            .then(|| ctx.param(&format!("{path}.bias"), &[experts, output]))
-            .transpose()?;
+        // A row-parallel projection's bias is added by rank 0 alone (the ranks' sum).
+        let bias = match (bias, ctx.bias_ctx()) {
+            (true, Some(b)) => Some(b.param(&format!("{path}.bias"), &[experts, output])?),
+            _ => None,
+        };
         Ok(Self { weight, bias })
     }
 

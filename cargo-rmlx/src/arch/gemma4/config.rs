@@ -94,6 +94,8 @@ pub struct Gemma4Config {
     pub kv_heads: usize,
     /// KV heads of full layers with `attention_k_eq_v`.
     pub global_kv_heads: Option<usize>,
+    /// Tensor parallelism: those full layers' single KV head is read whole on every rank.
+    pub whole_global_kv: bool,
     /// `rms_norm_eps`.
     pub eps: f32,
     /// `vocab_size`.
@@ -149,6 +151,7 @@ impl Gemma4Config {
                 "num_key_value_heads",
                 None,
             )?,
+            whole_global_kv: false,
             eps: f.number("rms_norm_eps", Some(1e-6))?.unwrap_or(1e-6),
             vocab: f.size("vocab_size", Some(262_144))?,
             per_layer: f.per_layer()?,
@@ -165,6 +168,33 @@ impl Gemma4Config {
         };
         this.validate(&f)?;
         Ok(this)
+    }
+
+    /// A tensor-parallel rank's widths, from its config view (`engine::layers::parallel`):
+    /// its query and KV heads and its share of the dense MLP (the MoE width is the view's
+    /// already). Full layers with their own KV-head count (`num_global_key_value_heads` with
+    /// `attention_k_eq_v`) keep a single global KV head whole on every rank (each rank's
+    /// query heads share it); another count that differs from `num_key_value_heads` is a
+    /// located error.
+    pub fn tensor_parallel(&mut self, view: &ModelConfig) -> Result<()> {
+        let global = self.global_kv_heads.filter(|_| self.k_eq_v);
+        if global.is_some_and(|g| g != 1 && g != self.kv_heads) {
+            return Err(view.located(
+                "rmlx::engine::dist::indivisible",
+                "gemma4: full layers' `num_global_key_value_heads` must be 1 or \
+                 num_key_value_heads to split over ranks"
+                    .to_string(),
+                "num_global_key_value_heads",
+            ));
+        }
+        self.whole_global_kv = global == Some(1);
+        if !self.whole_global_kv {
+            self.global_kv_heads = self.global_kv_heads.map(|_| view.num_key_value_heads);
+        }
+        self.heads = view.num_attention_heads;
+        self.kv_heads = view.num_key_value_heads;
+        self.intermediate = view.intermediate_size;
+        Ok(())
     }
 
     /// Index of the first layer that reads another layer's keys/values.

@@ -58,20 +58,25 @@ impl Attention {
             _ => c.kv_heads,
         };
         let (h, q, kv) = (c.hidden, c.heads * head_dim, kv_heads * head_dim);
+        // Tensor parallelism: this rank's heads; a single global KV head stays whole.
+        let whole_kv = k_eq_v && c.whole_global_kv;
+        let heads = ctx.attention_heads();
+        let kv_ctx = if whole_kv { *ctx } else { heads.column() };
+        let ctx = &heads;
         let kv_proj = (i < c.first_shared())
             .then(|| -> Result<KvProj> {
                 Ok(KvProj {
-                    k_proj: ctx.linear(&format!("{p}.k_proj"), h, kv, false)?,
+                    k_proj: kv_ctx.linear(&format!("{p}.k_proj"), h, kv, false)?,
                     v_proj: (!k_eq_v)
-                        .then(|| ctx.linear(&format!("{p}.v_proj"), h, kv, false))
+                        .then(|| kv_ctx.linear(&format!("{p}.v_proj"), h, kv, false))
                         .transpose()?,
                     k_norm: ctx.rms_norm(&format!("{p}.k_norm"), head_dim, c.eps, false)?,
                 })
             })
             .transpose()?;
         Ok(Self {
-            q_proj: ctx.linear(&format!("{p}.q_proj"), h, q, false)?,
-            o_proj: ctx.linear(&format!("{p}.o_proj"), q, h, false)?,
+            q_proj: ctx.column_linear(&format!("{p}.q_proj"), h, q, false)?,
+            o_proj: ctx.row_linear(&format!("{p}.o_proj"), q, h, false)?,
             q_norm: ctx.rms_norm(&format!("{p}.q_norm"), head_dim, c.eps, false)?,
             kv: kv_proj,
             heads: c.heads as i32,

@@ -35,7 +35,10 @@ pub const ARCH: Architecture = Architecture {
 };
 
 fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {
-    let config = Gemma4Config::parse(ctx.config, &ctx.config.raw)?;
+    let mut config = Gemma4Config::parse(ctx.config, &ctx.config.raw)?;
+    if !ctx.parallel.shard.is_single() {
+        config.tensor_parallel(ctx.config)?;
+    }
     Ok(Box::new(Gemma4::load(ctx, &config)?))
 }
 

@@ -63,7 +63,10 @@ impl MoeBranch {
         let (experts, weights) = route(&self.proj.forward(&x)?, self.top_k, Routing::TopKSoftmax)?;
         let weights = weights.multiply(self.per_expert_scale.take_axis(&experts, 0)?)?;
         let y = self.experts.forward(&self.pre_norm.forward(h)?, &experts)?;
-        let y = self.post_norm.forward(&combine(&y, &weights)?)?;
+        // Tensor parallelism: the ranks' experts hold parts of their inner width; the mix is
+        // summed before its norm.
+        let y = crate::engine::dist::all_sum(combine(&y, &weights)?)?;
+        let y = self.post_norm.forward(&y)?;
         Ok(self.dense_norm.forward(dense)?.add(&y)?)
     }
 }
