@@ -21,6 +21,10 @@ use crate::constrain::{lark_string, with_layout, ConstraintSpec};
 use crate::diagnostic::{Diagnostic, Result};
 use crate::reasoning::{Channel, Family};
 
+/// The text of a JSON integer and number, as regular expressions.
+const INTEGER: &str = r"-?[0-9]+";
+const NUMBER: &str = r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?";
+
 /// A function a forced call may name: its name and its `parameters` schema.
 struct Function<'a> {
     name: &'a str,
@@ -366,8 +370,8 @@ fn properties(schema: &Value) -> Vec<(String, Value, bool)> {
 /// written as their JSON text; everything else (strings raw, objects and lists as JSON) free.
 fn xml_value(schema: &Value) -> String {
     let value = match schema.get("type").and_then(Value::as_str) {
-        Some("integer") => r"-?[0-9]+",
-        Some("number") => r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?",
+        Some("integer") => INTEGER,
+        Some("number") => NUMBER,
         Some("boolean") => "(true|false)",
         _ => "[^<]*",
     };
@@ -411,8 +415,8 @@ impl<'g, 's> Gemma4Notation<'g, 's> {
         }
         match schema.get("type").and_then(Value::as_str) {
             Some("string") => format!("{q} /[^<]*/ {q}"),
-            Some("integer") => "/-?[0-9]+/".into(),
-            Some("number") => r"/-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?/".into(),
+            Some("integer") => format!("/{INTEGER}/"),
+            Some("number") => format!("/{NUMBER}/"),
             Some("boolean") => "(\"true\" | \"false\")".into(),
             Some("null") => "\"null\"".into(),
             Some("array") => {
@@ -488,7 +492,7 @@ impl<'g, 's> Gemma4Notation<'g, 's> {
             ),
             "gm: GKEY \":\" gv".into(),
             r"GKEY: /[A-Za-z_][A-Za-z0-9_]*/".into(),
-            r"GNUM: /-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?/".into(),
+            format!("GNUM: /{NUMBER}/"),
         ];
         self.grammar.rules.extend(rules);
     }
