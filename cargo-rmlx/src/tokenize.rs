@@ -14,12 +14,12 @@ use std::path::{Path, PathBuf};
 
 use tracing::{debug, info, warn};
 
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Code, Diagnostic, Result};
 
 /// Diagnostic code for every failure to load or use a tokenizer.
-pub const CODE_LOAD: &str = "rmlx::tokenize::load";
+pub const CODE_LOAD: Code = Code::Tokenize(code::Tokenize::Load);
 /// Diagnostic code for an encode/decode failure at run time.
-pub const CODE_ENCODE: &str = "rmlx::tokenize::encode";
+pub const CODE_ENCODE: Code = Code::Tokenize(code::Tokenize::Encode);
 
 /// Which rule of the BOS chain chose the BOS token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]

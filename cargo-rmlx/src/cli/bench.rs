@@ -15,7 +15,7 @@ use crate::bench::{
     this_program, time_probe, Measurement, ProbeTiming, Reference, Row, Scripts, LLAMA_CPP_SCRIPT,
     MLX_LM_SCRIPT, RMLX,
 };
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::engine::DtypePolicy;
 use crate::manifest::{resolve_model, Manifest};
 use crate::snapshot::ModelConfig;
@@ -74,7 +74,7 @@ pub struct BenchArgs {
 pub fn run(g: &GlobalArgs, a: BenchArgs) -> Result<u8> {
     if a.prompt_tokens.contains(&0) {
         return Err(Diagnostic::error(
-            "rmlx::cli::bad-argument",
+            code::Cli::BadArgument,
             "--prompt-tokens: every length must be at least 1",
         ));
     }
@@ -105,7 +105,7 @@ pub fn run(g: &GlobalArgs, a: BenchArgs) -> Result<u8> {
             };
             if !gguf.is_file() {
                 return Err(Diagnostic::error(
-                    "rmlx::bench::gguf",
+                    code::Bench::Gguf,
                     format!("--compare-llama-cpp: no GGUF file at {}", gguf.display()),
                 ));
             }
@@ -190,7 +190,7 @@ pub fn run(g: &GlobalArgs, a: BenchArgs) -> Result<u8> {
 fn run_batch(dir: &Path, policy: DtypePolicy, a: &BenchArgs) -> Result<u8> {
     if a.batch.contains(&0) {
         return Err(Diagnostic::error(
-            "rmlx::cli::bad-argument",
+            code::Cli::BadArgument,
             "--batch: every batch size must be at least 1",
         ));
     }
@@ -297,7 +297,7 @@ fn dtype_name(d: mlx_rs::Dtype) -> String {
 fn declared_gguf(g: &GlobalArgs, name: &str, dir: &Path) -> Result<PathBuf> {
     let no_source = || {
         Diagnostic::error(
-            "rmlx::bench::gguf",
+            code::Bench::Gguf,
             format!(
                 "--compare-llama-cpp without a file: `{name}` is not a model declared in \
                  rmlx.toml with a .gguf source"
@@ -351,7 +351,7 @@ fn reference(
     let python = python.unwrap_or_else(|| root.join(default_python));
     if !python.exists() {
         return Err(Diagnostic::error(
-            "rmlx::bench::reference",
+            code::Bench::Reference,
             format!("no reference python at {}", python.display()),
         )
         .with_help(format!(

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{exit, GlobalArgs, MessageFormat};
 use crate::constrain::ConstraintSpec;
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::engine::{generate, DtypePolicy, GenerateOptions, Penalties, SamplerConfig, StopReason};
 
 /// Arguments of `generate`.
@@ -113,7 +113,7 @@ pub fn run(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {
 fn generate_here(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {
     if !(a.repetition_penalty.is_finite() && a.repetition_penalty > 0.0) {
         return Err(crate::diagnostic::Diagnostic::error(
-            "rmlx::cli::bad-argument",
+            code::Cli::BadArgument,
             format!(
                 "--repetition-penalty must be a positive number, got {}",
                 a.repetition_penalty
@@ -244,13 +244,13 @@ fn generate_here(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {
 fn constraint(a: &GenerateArgs) -> Result<Option<ConstraintSpec>> {
     let read = |path: &std::path::Path| {
         std::fs::read_to_string(path)
-            .map_err(|e| Diagnostic::io("rmlx::cli::io", "reading", path, &e))
+            .map_err(|e| Diagnostic::io(code::Cli::Io, "reading", path, &e))
     };
     if let Some(path) = &a.json_schema {
         let text = read(path)?;
         let schema = serde_json::from_str(&text).map_err(|e| {
             Diagnostic::error(
-                "rmlx::constrain::invalid",
+                code::Constrain::Invalid,
                 format!("{} is not valid JSON: {e}", path.display()),
             )
             .with_file(path)

@@ -10,7 +10,7 @@ use super::generate::DtypeArg;
 use super::output::{color, load_session, message};
 use super::{exit, GlobalArgs, MessageFormat};
 use crate::build::{self, BuildOptions};
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::manifest::{Manifest, ModelDecl, Quantize};
 use crate::probe::{
     fidelity, probe, Channel, ProbeOptions, ProbeReport, ReferenceSide, SeedSource, Verdict,
@@ -100,7 +100,7 @@ fn targets<'m>(
     };
     if a.models.is_empty() && declared.is_empty() {
         return Err(Diagnostic::error(
-            "rmlx::cli::no-models",
+            code::Cli::NoModels,
             "no models to probe: pass model directories, or declare models in rmlx.toml",
         ));
     }
@@ -266,7 +266,7 @@ fn probe_here(g: &GlobalArgs, a: ProbeArgs) -> Result<u8> {
         if a.bless {
             if !report.verdict.is_healthy() {
                 return Err(Diagnostic::error(
-                    "rmlx::probe::bless-unhealthy",
+                    code::Probe::BlessUnhealthy,
                     format!(
                         "refusing to bless {}: its verdict is {}",
                         t.label, report.verdict

@@ -12,7 +12,7 @@ use clap::Args;
 use super::generate::DtypeArg;
 use super::output::{report, status};
 use super::{exit, GlobalArgs};
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::manifest::Manifest;
 use crate::serve::{
     distributed, serve, HttpConfig, LoadSettings, ModelSource, ServeEvent, ServeOptions, Stopped,
@@ -117,7 +117,7 @@ fn sources(args: &[String], manifest: Option<&Manifest>) -> Result<Vec<ModelSour
     if args.is_empty() {
         let Some(m) = manifest.filter(|m| !m.models.is_empty()) else {
             return Err(Diagnostic::error(
-                "rmlx::serve::no-models",
+                code::Serve::NoModels,
                 "no models to serve",
             )
             .with_help(
@@ -137,7 +137,7 @@ fn sources(args: &[String], manifest: Option<&Manifest>) -> Result<Vec<ModelSour
         let dir = PathBuf::from(arg);
         if !dir.is_dir() {
             return Err(Diagnostic::error(
-                "rmlx::cli::unknown-model",
+                code::Cli::UnknownModel,
                 format!("no model directory `{arg}` and no model of that name in rmlx.toml"),
             )
             .with_help(
@@ -146,7 +146,7 @@ fn sources(args: &[String], manifest: Option<&Manifest>) -> Result<Vec<ModelSour
             ));
         }
         let dir = std::fs::canonicalize(&dir)
-            .map_err(|e| Diagnostic::io("rmlx::serve::io", "cannot resolve", &dir, &e))?;
+            .map_err(|e| Diagnostic::io(code::Serve::Io, "cannot resolve", &dir, &e))?;
         out.push(ModelSource {
             name: dir_name(&dir),
             dir,
@@ -157,7 +157,7 @@ fn sources(args: &[String], manifest: Option<&Manifest>) -> Result<Vec<ModelSour
     for s in &out {
         if !seen.insert(s.name.clone()) {
             return Err(Diagnostic::error(
-                "rmlx::serve::duplicate-model",
+                code::Serve::DuplicateModel,
                 format!("two models are named `{}`", s.name),
             )
             .with_help("requests select a model by name; serve directories with distinct names"));
@@ -184,7 +184,7 @@ fn api_key(given: Option<String>) -> Result<Option<String>> {
 
 fn empty_key(source: &str) -> Diagnostic {
     Diagnostic::error(
-        "rmlx::cli::empty-api-key",
+        code::Cli::EmptyApiKey,
         format!("{source} is empty: an empty API key would turn authentication off"),
     )
     .with_help(

@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Code, Diagnostic, Result};
 
 /// First port given to `mlx.launch`-format hosts (`mlx.launch`'s default).
 pub const STARTING_PORT: u16 = 32323;
 
-const CODE: &str = "rmlx::dist::hostfile";
+const CODE: Code = Code::Dist(code::Dist::Hostfile);
 
 /// One rank's host.
 #[derive(Debug, Clone, PartialEq, Eq)]

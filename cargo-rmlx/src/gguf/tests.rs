@@ -130,7 +130,7 @@ fn s(v: &str) -> MetaValue {
 
 fn err_code(path: &Path) -> (&'static str, String) {
     let e = GgufFile::open(path).unwrap_err();
-    (e.code, e.message.clone())
+    (e.code.as_str(), e.message.clone())
 }
 
 #[test]

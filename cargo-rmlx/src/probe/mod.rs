@@ -15,7 +15,7 @@ use std::ops::ControlFlow;
 
 use serde::Serialize;
 
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::engine::{generate, GenerateOptions, GenerateOutput};
 use crate::session::{Prompt, Session};
 
@@ -477,7 +477,7 @@ pub fn probe(session: &Session, opts: &ProbeOptions<'_>) -> Result<ProbeReport> 
         Some(ReferenceSide::Golden(golden)) => {
             if golden.prompt_ids != prompt.ids {
                 return Err(Diagnostic::error(
-                    "rmlx::probe::golden-mismatch",
+                    code::Probe::GoldenMismatch,
                     "the golden file was recorded for a different prompt",
                 )
                 .with_help(

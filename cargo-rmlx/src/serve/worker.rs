@@ -31,7 +31,7 @@ use super::tools::choice::ToolChoice;
 use super::tools::output::{OutputParser, OutputSpec};
 use super::tools::{force, Delta, ToolCall, ToolFormat};
 use crate::constrain::Constraint;
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Code, Diagnostic, Result};
 use crate::engine::{
     DtypePolicy, GenerateOptions, GenerateOutput, Penalties, PrefixCache, SamplerConfig, Step,
     StopReason,
@@ -360,7 +360,7 @@ impl Worker {
         if let Err(e) = spawned {
             return Err(LoadFailure {
                 diagnostic: Diagnostic::error(
-                    "rmlx::serve::thread",
+                    code::Serve::Thread,
                     format!("cannot start a model thread: {e}"),
                 ),
                 verdict: None,
@@ -371,7 +371,7 @@ impl Worker {
             ready_rx.recv().unwrap_or_else(|_| {
                 Err(LoadFailure {
                     diagnostic: Diagnostic::error(
-                        "rmlx::serve::thread",
+                        code::Serve::Thread,
                         format!("the thread loading {} died", cfg.dir.display()),
                     ),
                     verdict: None,
@@ -470,7 +470,7 @@ fn worker_main(
                 let json = serde_json::to_value(&report).unwrap_or(Value::Null);
                 if !verdict.is_healthy() {
                     let d = Diagnostic::error(
-                        "rmlx::serve::probe-failed",
+                        code::Serve::ProbeFailed,
                         format!(
                             "{} failed its probe: verdict `{}` ({reason})",
                             cfg.dir.display(),
@@ -530,9 +530,10 @@ pub fn build_prompt(session: &Session, input: &PromptInput) -> Result<Prompt> {
 }
 
 fn classify(d: Diagnostic) -> JobError {
-    let area = d.code.split("::").nth(1).unwrap_or("");
-    match area {
-        "template" | "generate" | "tokenize" | "constrain" => JobError::Invalid(d),
+    match d.code {
+        Code::Template(_) | Code::Generate(_) | Code::Tokenize(_) | Code::Constrain(_) => {
+            JobError::Invalid(d)
+        }
         _ => JobError::Internal(d),
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Code, Diagnostic, Result};
 
 /// Upper bounds of the sizes in config.json (and the GGUF metadata they come from), far above
 /// any released model: a corrupt value is reported before anything is allocated from it.
@@ -209,7 +209,8 @@ pub struct ModelConfig {
 }
 
 /// Reads a JSON file, turning syntax errors into a located diagnostic.
-pub fn read_json(path: &Path, code_prefix: &'static str) -> Result<(Arc<str>, Value)> {
+pub fn read_json(path: &Path, code: impl Into<Code>) -> Result<(Arc<str>, Value)> {
+    let code_prefix = code.into();
     let text = std::fs::read_to_string(path)
         .map_err(|e| Diagnostic::io(code_prefix, "cannot read", path, &e))?;
     parse_json(path, text.into(), code_prefix)
@@ -219,7 +220,7 @@ pub fn read_json(path: &Path, code_prefix: &'static str) -> Result<(Arc<str>, Va
 pub fn parse_json(
     path: &Path,
     text: Arc<str>,
-    code_prefix: &'static str,
+    code_prefix: impl Into<Code>,
 ) -> Result<(Arc<str>, Value)> {
     let value = serde_json::from_str::<Value>(&text).map_err(|e| {
         let span = char_at(&text, byte_offset(&text, e.line(), e.column()));
@@ -259,26 +260,26 @@ impl ModelConfig {
         let path = dir.join("config.json");
         if !path.is_file() {
             return Err(Diagnostic::error(
-                "rmlx::snapshot::missing-config",
+                code::Snapshot::MissingConfig,
                 format!("{} has no config.json", dir.display()),
             )
             .with_file(&path)
             .with_help("a model directory holds config.json, *.safetensors and tokenizer.json"));
         }
-        let (text, value) = read_json(&path, "rmlx::snapshot::config")?;
+        let (text, value) = read_json(&path, code::Snapshot::Config)?;
         Self::from_value(&path, text, value)
     }
 
     /// Parses the text of a config.json read from `path`.
     pub fn from_text(path: &Path, text: &str) -> Result<Self> {
-        let (text, value) = parse_json(path, text.into(), "rmlx::snapshot::config")?;
+        let (text, value) = parse_json(path, text.into(), code::Snapshot::Config)?;
         Self::from_value(path, text, value)
     }
 
     fn from_value(path: &Path, text: Arc<str>, value: Value) -> Result<Self> {
         let Value::Object(raw) = value else {
             return Err(Diagnostic::error(
-                "rmlx::snapshot::config",
+                code::Snapshot::Config,
                 "config.json must hold a JSON object",
             )
             .with_file(path));
@@ -308,11 +309,7 @@ impl ModelConfig {
                 format!("unsupported text model_type `{text_model_type}` inside `{model_type}`")
             };
             return Err(fields
-                .located(
-                    "rmlx::snapshot::unsupported-architecture",
-                    what,
-                    "model_type",
-                )
+                .located(code::Snapshot::UnsupportedArchitecture, what, "model_type")
                 .with_help(format!(
                     "supported architectures: {}",
                     crate::arch::supported_model_types().join(", ")
@@ -322,7 +319,7 @@ impl ModelConfig {
         let num_attention_heads = fields.usize("num_attention_heads")?;
         if num_attention_heads == 0 {
             return Err(fields.located(
-                "rmlx::snapshot::config",
+                code::Snapshot::Config,
                 "num_attention_heads must be positive",
                 "num_attention_heads",
             ));
@@ -332,7 +329,7 @@ impl ModelConfig {
             .unwrap_or(num_attention_heads);
         if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
             return Err(fields.located(
-                "rmlx::snapshot::config",
+                code::Snapshot::Config,
                 format!(
                     "num_key_value_heads ({num_key_value_heads}) must divide \
                      num_attention_heads ({num_attention_heads})"
@@ -358,7 +355,7 @@ impl ModelConfig {
         let bos_token_id = match raw.get("bos_token_id") {
             Some(Value::Array(_)) => {
                 return Err(fields.located(
-                    "rmlx::snapshot::config",
+                    code::Snapshot::Config,
                     "`bos_token_id` must be one integer",
                     "bos_token_id",
                 ))
@@ -422,7 +419,7 @@ impl ModelConfig {
     }
 
     /// An error about `key`, pointing at it in config.json.
-    pub fn located(&self, code: &'static str, msg: impl Into<String>, key: &str) -> Diagnostic {
+    pub fn located(&self, code: impl Into<Code>, msg: impl Into<String>, key: &str) -> Diagnostic {
         Fields {
             path: &self.path,
             text: &self.text,
@@ -471,7 +468,7 @@ impl ModelConfig {
         };
         Err(self
             .located(
-                "rmlx::snapshot::config-mismatch",
+                code::Snapshot::ConfigMismatch,
                 format!(
                     "config.json declares {} layers, the weights hold {holds}",
                     self.num_hidden_layers
@@ -525,7 +522,7 @@ struct Fields<'a> {
 }
 
 impl Fields<'_> {
-    fn located(&self, code: &'static str, msg: impl Into<String>, key: &str) -> Diagnostic {
+    fn located(&self, code: impl Into<Code>, msg: impl Into<String>, key: &str) -> Diagnostic {
         let d = Diagnostic::error(code, msg).with_file(self.path);
         let needle = format!("\"{key}\"");
         match self.text.find(&needle) {
@@ -538,7 +535,7 @@ impl Fields<'_> {
 
     fn missing(&self, key: &str) -> Diagnostic {
         Diagnostic::error(
-            "rmlx::snapshot::config",
+            code::Snapshot::Config,
             format!("config.json has no `{key}`"),
         )
         .with_file(self.path)
@@ -548,7 +545,7 @@ impl Fields<'_> {
         match self.raw.get(key) {
             Some(Value::String(s)) => Ok(s.clone()),
             Some(_) => Err(self.located(
-                "rmlx::snapshot::config",
+                code::Snapshot::Config,
                 format!("`{key}` must be a string"),
                 key,
             )),
@@ -566,7 +563,7 @@ impl Fields<'_> {
             None | Some(Value::Null) => return Ok(None),
             Some(v) => v.as_u64().ok_or_else(|| {
                 self.located(
-                    "rmlx::snapshot::config",
+                    code::Snapshot::Config,
                     format!("`{key}` must be a non-negative integer, found {v}"),
                     key,
                 )
@@ -575,7 +572,7 @@ impl Fields<'_> {
         match size_limit(key) {
             Some(max) if n > max => Err(self
                 .located(
-                    "rmlx::snapshot::size-limit",
+                    code::Snapshot::SizeLimit,
                     format!("`{key}` is {n}, above the limit of {max}"),
                     key,
                 )
@@ -600,14 +597,14 @@ impl Fields<'_> {
                 Some(n) if n < vocab_size as u64 => ids.push(n as u32),
                 Some(n) => {
                     return Err(self.located(
-                        "rmlx::snapshot::config",
+                        code::Snapshot::Config,
                         format!("`{key}` {n} is not a token id: vocab_size is {vocab_size}"),
                         key,
                     ))
                 }
                 None => {
                     return Err(self.located(
-                        "rmlx::snapshot::config",
+                        code::Snapshot::Config,
                         format!("`{key}` must be an integer or a list of integers, found {x}"),
                         key,
                     ))
@@ -622,7 +619,7 @@ impl Fields<'_> {
             None | Some(Value::Null) => Ok(None),
             Some(v) => v.as_f64().map(|n| Some(n as f32)).ok_or_else(|| {
                 self.located(
-                    "rmlx::snapshot::config",
+                    code::Snapshot::Config,
                     format!("`{key}` must be a number"),
                     key,
                 )
@@ -635,7 +632,7 @@ impl Fields<'_> {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
             Some(_) => Err(self.located(
-                "rmlx::snapshot::config",
+                code::Snapshot::Config,
                 format!("`{key}` must be true or false"),
                 key,
             )),
@@ -649,7 +646,7 @@ impl Fields<'_> {
     ) -> Result<QuantParams> {
         let bad = |what: &str| {
             self.located(
-                "rmlx::snapshot::quantization",
+                code::Snapshot::Quantization,
                 format!("invalid quantization block: {what}"),
                 "quantization",
             )
@@ -697,7 +694,7 @@ impl Fields<'_> {
     fn quantization(&self, q: &Value) -> Result<Quantization> {
         let Value::Object(map) = q else {
             return Err(self.located(
-                "rmlx::snapshot::quantization",
+                code::Snapshot::Quantization,
                 "`quantization` must be an object",
                 "quantization",
             ));
@@ -720,7 +717,7 @@ impl Fields<'_> {
 
     /// A list of positive RoPE factors (`rope_scaling.long_factor`).
     fn factors(&self, v: Option<&Value>) -> Result<Vec<f32>> {
-        let bad = |what: String| self.located("rmlx::snapshot::rope-scaling", what, "rope_scaling");
+        let bad = |what: String| self.located(code::Snapshot::RopeScaling, what, "rope_scaling");
         let Some(Value::Array(items)) = v else {
             return Err(bad("rope_scaling needs a `long_factor` list".into()));
         };
@@ -736,7 +733,7 @@ impl Fields<'_> {
     }
 
     fn rope_scaling(&self, v: &Value, max_positions: usize) -> Result<Option<RopeScaling>> {
-        let bad = |what: String| self.located("rmlx::snapshot::rope-scaling", what, "rope_scaling");
+        let bad = |what: String| self.located(code::Snapshot::RopeScaling, what, "rope_scaling");
         let Value::Object(m) = v else {
             return Err(bad("`rope_scaling` must be an object".into()));
         };
