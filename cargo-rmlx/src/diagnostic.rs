@@ -177,6 +177,28 @@ impl Diagnostic {
     }
 }
 
+/// Byte offset of a 1-based line and 1-based byte column (serde_json's and most parsers'
+/// convention) in `text`: the one conversion for every parser error that reports a position.
+/// Line or column 0 count as 1; a column past the line's end is the line's end (before its
+/// `\n` or `\r\n`); a line past the last one is the end of the text; an offset inside a
+/// multibyte character moves back to its start.
+pub fn offset_at(text: &str, line: usize, column: usize) -> usize {
+    let mut start = 0;
+    for (i, l) in text.split_inclusive('\n').enumerate() {
+        if i + 1 >= line {
+            let content = l.strip_suffix('\n').unwrap_or(l);
+            let content = content.strip_suffix('\r').unwrap_or(content);
+            let mut offset = start + column.saturating_sub(1).min(content.len());
+            while !text.is_char_boundary(offset) {
+                offset -= 1;
+            }
+            return offset;
+        }
+        start += l.len();
+    }
+    text.len()
+}
+
 impl std::ops::Deref for Diagnostic {
     type Target = DiagnosticData;
 
@@ -287,6 +309,36 @@ mod tests {
         let source = std::error::Error::source(&d).expect("the MLX exception as source");
         assert!(source.to_string().contains("shape mismatch"), "{source}");
         assert_eq!(d.exit_code(), 3);
+    }
+
+    #[test]
+    fn offset_at_edge_cases() {
+        let text = "ab\ncd\r\nxé\n";
+        assert_eq!(offset_at(text, 1, 1), 0);
+        assert_eq!(offset_at(text, 1, 0), 0, "column 0 is the line start");
+        assert_eq!(offset_at(text, 0, 2), 1, "line 0 is the first line");
+        assert_eq!(offset_at(text, 2, 2), 4);
+        assert_eq!(offset_at(text, 1, 9), 2, "past the end: before the newline");
+        assert_eq!(offset_at(text, 2, 9), 5, "CRLF: before the \\r");
+        assert_eq!(offset_at(text, 3, 2), 8, "the start of é");
+        assert_eq!(offset_at(text, 3, 3), 8, "inside é: back to its start");
+        assert_eq!(offset_at(text, 3, 4), 10);
+        assert_eq!(offset_at(text, 4, 1), text.len(), "line beyond the text");
+        assert_eq!(offset_at(text, 40, 7), text.len());
+        assert_eq!(offset_at("", 1, 1), 0);
+        assert_eq!(offset_at("x", 1, 5), 1, "last line without newline");
+    }
+
+    #[test]
+    fn offset_at_matches_serde_json_positions() {
+        for (text, at) in [
+            ("{\"a\": }", 6),
+            ("{\n  \"é\": x}", 10),
+            ("[1,\r\n 2,\r\n ?]", 11),
+        ] {
+            let e = serde_json::from_str::<serde_json::Value>(text).unwrap_err();
+            assert_eq!(offset_at(text, e.line(), e.column()), at, "{text:?}: {e}");
+        }
     }
 
     #[test]

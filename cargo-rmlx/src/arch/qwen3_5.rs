@@ -501,7 +501,8 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         write_tiny(dir.path());
         let snap = Snapshot::open(dir.path()).expect("open tiny qwen3_5");
-        let model = Model::load(&snap, DtypePolicy::Float32).expect("load tiny qwen3_5");
+        let model = Model::load(&snap, DtypePolicy::Fixed(crate::manifest::Dtype::Float32))
+            .expect("load tiny qwen3_5");
         let ids = [3, 17, 1, 29, 4, 11, 38, 0, 22, 5];
         let whole = run_in_pieces(&model, &ids, &[10]);
         for pieces in [&[4, 1, 3, 2][..], &[1; 10], &[2, 8]] {

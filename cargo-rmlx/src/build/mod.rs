@@ -407,7 +407,7 @@ pub fn build_model(
     let staged = lock.stage("tmp")?;
     let tmp = staged.path();
     let bytes = write_weights(&src, &plan, tmp, &decl.name, opts)?;
-    let config = plan::config_json(&src, &plan, decl.declared_dtype());
+    let config = plan::config_json(&src, &plan, decl.declared_dtype())?;
     let cfg_path = tmp.join("config.json");
     std::fs::write(&cfg_path, config).map_err(|e| io("cannot write", &cfg_path, &e))?;
     copy_aux(&src.dir, decl, tmp)?;
@@ -494,7 +494,7 @@ fn import_gguf(
     dir: &Path,
     on: &mut dyn FnMut(Event<'_>),
 ) -> Result<()> {
-    use crate::gguf::{import_into, Dtype as GgufDtype, ImportOptions};
+    use crate::gguf::{import_into, ImportOptions};
     let keep_quantized = match &decl.quantize {
         Quantize::AsSource => true,
         Quantize::Dense => false,
@@ -507,11 +507,7 @@ fn import_gguf(
                     && matches!(q.bits, 4 | 8)
             }),
     };
-    let dtype = match decl.declared_dtype() {
-        None | Some(Dtype::Bfloat16) => GgufDtype::Bf16,
-        Some(Dtype::Float16) => GgufDtype::F16,
-        Some(Dtype::Float32) => GgufDtype::F32,
-    };
+    let dtype = decl.declared_dtype().unwrap_or_default();
     let report = import_into(
         &decl.source,
         dir,

@@ -757,7 +757,11 @@ fn check_shapes(
 /// `quantization` block and its `quantization_config` copy when anything is quantized,
 /// `torch_dtype` set to a declared dtype, keys sorted, written like Python's
 /// `json.dump(config, indent=4)`.
-pub fn config_json(src: &SourceModel, plan: &Plan, declared_dtype: Option<Dtype>) -> String {
+pub fn config_json(
+    src: &SourceModel,
+    plan: &Plan,
+    declared_dtype: Option<Dtype>,
+) -> Result<String> {
     let mut raw = src.raw.clone();
     let gen = src.dir.join("generation_config.json");
     if let Ok(text) = std::fs::read_to_string(&gen) {

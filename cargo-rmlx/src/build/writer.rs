@@ -252,7 +252,7 @@ impl Writer {
         });
         let name = "model.safetensors.index.json";
         let path = self.dir.join(name);
-        std::fs::write(&path, pyjson::dumps(&index, 4))
+        std::fs::write(&path, pyjson::dumps(&index, 4)?)
             .map_err(|e| io("cannot write", &path, &e))?;
         self.files.push(name.to_string());
         Ok(self.files)

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 
-use super::generate::DtypeArg;
 use super::output::{load_session, message};
 use super::{exit, GlobalArgs, MessageFormat};
 use crate::bench::{
@@ -36,7 +35,7 @@ pub struct BenchArgs {
     pub repeat: usize,
     /// Compute dtype of our engine.
     #[arg(long, value_enum, default_value = "auto")]
-    pub dtype: DtypeArg,
+    pub dtype: DtypePolicy,
     /// Also run mlx-lm (model dtype and float32-cast) on the same prompts, interleaved.
     #[arg(long)]
     pub compare_mlx_lm: bool,
@@ -79,7 +78,7 @@ pub fn run(g: &GlobalArgs, a: BenchArgs) -> Result<u8> {
         ));
     }
     let dir = resolve_model(&a.model, g.manifest_path.as_deref())?;
-    let policy: DtypePolicy = a.dtype.into();
+    let policy: DtypePolicy = a.dtype;
     if !a.batch.is_empty() {
         return run_batch(&dir, policy, &a);
     }

@@ -3,13 +3,15 @@
 use std::io::Write;
 use std::ops::ControlFlow;
 
-use clap::Args;
+use clap::builder::PossibleValue;
+use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use super::{exit, GlobalArgs, MessageFormat};
 use crate::constrain::ConstraintSpec;
 use crate::diagnostic::{code, Diagnostic, Result};
 use crate::engine::{generate, DtypePolicy, GenerateOptions, Penalties, SamplerConfig, StopReason};
+use crate::manifest::Dtype;
 
 /// Arguments of `generate`.
 #[derive(Debug, Args)]
@@ -69,7 +71,7 @@ pub struct GenerateArgs {
     pub top_logits: usize,
     /// Compute dtype (auto: float32 on CPU, the model's dtype on a GPU).
     #[arg(long, value_enum, default_value = "auto")]
-    pub dtype: DtypeArg,
+    pub dtype: DtypePolicy,
     /// Output format.
     #[arg(long, value_enum, default_value = "human")]
     pub message_format: MessageFormat,
@@ -79,26 +81,23 @@ pub struct GenerateArgs {
     pub hostfile: Option<std::path::PathBuf>,
 }
 
-/// `--dtype`.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum DtypeArg {
-    /// float32 on CPU, the model's dtype on a GPU.
-    Auto,
-    /// float32.
-    F32,
-    /// bfloat16.
-    Bf16,
-    /// float16.
-    F16,
-}
+/// `--dtype`: `auto` or one of the float dtypes (`f32`, `bf16`, `f16`).
+impl ValueEnum for DtypePolicy {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[
+            DtypePolicy::Auto,
+            DtypePolicy::Fixed(Dtype::Float32),
+            DtypePolicy::Fixed(Dtype::Bfloat16),
+            DtypePolicy::Fixed(Dtype::Float16),
+        ]
+    }
 
-impl From<DtypeArg> for DtypePolicy {
-    fn from(d: DtypeArg) -> Self {
-        match d {
-            DtypeArg::Auto => DtypePolicy::Auto,
-            DtypeArg::F32 => DtypePolicy::Float32,
-            DtypeArg::Bf16 => DtypePolicy::Bfloat16,
-            DtypeArg::F16 => DtypePolicy::Float16,
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        match self {
+            DtypePolicy::Auto => {
+                Some(PossibleValue::new("auto").help("float32 on CPU, the model's dtype on a GPU"))
+            }
+            DtypePolicy::Fixed(d) => d.to_possible_value(),
         }
     }
 }
@@ -121,7 +120,7 @@ fn generate_here(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {
         ));
     }
     let dir = crate::manifest::resolve_model(&a.model, g.manifest_path.as_deref())?;
-    let session = super::output::load_session(&dir, a.dtype.into())?;
+    let session = super::output::load_session(&dir, a.dtype)?;
     let prompt = if a.chat {
         session.user_prompt(&a.prompt)?
     } else {

@@ -110,7 +110,7 @@ fn read_context(path: &Path) -> Result<serde_json::Value> {
         })?
     };
     let vars: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        let offset = offset_of(&text, e.line(), e.column());
+        let offset = crate::diagnostic::offset_at(&text, e.line(), e.column());
         let end = text[offset..]
             .chars()
             .next()
@@ -140,23 +140,6 @@ fn read_context(path: &Path) -> Result<serde_json::Value> {
         ));
     }
     Ok(vars)
-}
-
-/// Byte offset of a 1-based (line, column) position as serde_json reports it.
-fn offset_of(text: &str, line: usize, column: usize) -> usize {
-    let mut offset = 0;
-    for (i, l) in text.split_inclusive('\n').enumerate() {
-        if i + 1 == line {
-            let col = column.saturating_sub(1).min(l.len());
-            let mut o = offset + col;
-            while o > 0 && !text.is_char_boundary(o) {
-                o -= 1;
-            }
-            return o.min(text.len());
-        }
-        offset += l.len();
-    }
-    text.len()
 }
 
 #[derive(serde::Deserialize)]

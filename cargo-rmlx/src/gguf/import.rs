@@ -24,46 +24,8 @@ use crate::arch::gguf::Undo;
 use crate::diagnostic::{code, Code, Diagnostic, Result};
 use crate::snapshot::publish::{OutputLock, ReplaceFile};
 
-/// Alias of [`Dtype`] (the name the CLI uses).
-pub type OutDtype = Dtype;
-
-/// Element type of dense output tensors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Dtype {
-    /// 32-bit float.
-    F32,
-    /// IEEE half.
-    F16,
-    /// bfloat16 (the default).
-    #[default]
-    Bf16,
-}
-
-impl Dtype {
-    /// The `torch_dtype` name written to config.json.
-    pub fn torch_name(self) -> &'static str {
-        match self {
-            Dtype::F32 => "float32",
-            Dtype::F16 => "float16",
-            Dtype::Bf16 => "bfloat16",
-        }
-    }
-
-    fn safetensors(self) -> safetensors::Dtype {
-        match self {
-            Dtype::F32 => safetensors::Dtype::F32,
-            Dtype::F16 => safetensors::Dtype::F16,
-            Dtype::Bf16 => safetensors::Dtype::BF16,
-        }
-    }
-
-    fn size(self) -> usize {
-        match self {
-            Dtype::F32 => 4,
-            Dtype::F16 | Dtype::Bf16 => 2,
-        }
-    }
-}
+/// Element type of dense output tensors: the one float dtype enum (default bfloat16).
+pub use crate::manifest::Dtype;
 
 /// How to import.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +42,7 @@ impl Default for ImportOptions {
     fn default() -> Self {
         Self {
             keep_quantized: true,
-            dtype: Dtype::Bf16,
+            dtype: Dtype::Bfloat16,
         }
     }
 }
@@ -209,11 +171,11 @@ impl OutTensor<'_> {
                 let v = values.apply(quants::dequantize(ty, data)?);
                 let mut out = Vec::with_capacity(v.len() * dtype.size());
                 match dtype {
-                    Dtype::F32 => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
-                    Dtype::F16 => v
+                    Dtype::Float32 => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+                    Dtype::Float16 => v
                         .iter()
                         .for_each(|x| out.extend(f16::from_f32(*x).to_le_bytes())),
-                    Dtype::Bf16 => v
+                    Dtype::Bfloat16 => v
                         .iter()
                         .for_each(|x| out.extend(bf16::from_f32(*x).to_le_bytes())),
                 }
@@ -438,7 +400,7 @@ fn import_impl(
     let plan = plan_tensors(&gguf, arch, &params, opts, &sink)?;
     let tie = !plan.reports.iter().any(|r| r.hf_name == "lm_head.weight");
     let quantization = quantization_block(&plan.quantized);
-    let dtype = opts.dtype.torch_name();
+    let dtype = opts.dtype.as_str();
     let config = arch::config_json(&gguf, arch, &params, &ids, tie, dtype, quantization)?;
     let tok = TokenizerFiles::from_gguf(&gguf, params.max_position_embeddings)?;
 
@@ -851,7 +813,7 @@ fn kept_as(view: &TensorView<'_>, target: &Target, opts: &ImportOptions) -> Resu
                 "GGUF tensor `{}` ({ty}) has a scale whose MLX bias overflows float16; \
                  dequantizing it to {} instead of keeping it quantized",
                 info.name,
-                opts.dtype.torch_name()
+                opts.dtype.as_str()
             );
             Ok(None)
         }

@@ -185,14 +185,19 @@ impl QuantSpec {
     }
 }
 
-/// Element type of dense tensors (and affine scales/biases).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Element type of dense tensors (and affine scales/biases): the one float dtype of the
+/// library (rmlx.toml, the build, GGUF import, the engine's policy, the CLI's `--dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
 pub enum Dtype {
     /// bfloat16.
+    #[default]
+    #[value(name = "bf16")]
     Bfloat16,
-    /// IEEE half.
+    /// float16.
+    #[value(name = "f16")]
     Float16,
-    /// 32-bit float.
+    /// float32.
+    #[value(name = "f32")]
     Float32,
 }
 
@@ -214,6 +219,23 @@ impl Dtype {
             "float32" | "f32" => Dtype::Float32,
             _ => return None,
         })
+    }
+
+    /// The safetensors dtype of a tensor stored in it.
+    pub fn safetensors(self) -> safetensors::Dtype {
+        match self {
+            Dtype::Bfloat16 => safetensors::Dtype::BF16,
+            Dtype::Float16 => safetensors::Dtype::F16,
+            Dtype::Float32 => safetensors::Dtype::F32,
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::Bfloat16 | Dtype::Float16 => 2,
+            Dtype::Float32 => 4,
+        }
     }
 
     /// The MLX dtype.

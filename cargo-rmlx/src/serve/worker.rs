@@ -36,6 +36,7 @@ use crate::engine::{
     DtypePolicy, GenerateOptions, GenerateOutput, Penalties, PrefixCache, SamplerConfig, Step,
     StopReason,
 };
+use crate::manifest::ProbeDecl;
 use crate::probe::{self, ProbeOptions};
 use crate::session::{ContentTokens, Prompt, Session};
 use crate::tokenize::Tokenizer;
@@ -192,35 +193,6 @@ pub struct LoadFailure {
     pub probe: Option<Value>,
 }
 
-/// What the probe gate asks of a model (`[models.<name>.probe]` in rmlx.toml, else the
-/// probe's defaults).
-#[derive(Debug, Clone, Default)]
-pub struct ProbeSettings {
-    /// The seed question.
-    pub seed: Option<String>,
-    /// A substring the answer must contain.
-    pub expect: Option<String>,
-    /// Greedy steps.
-    pub steps: Option<usize>,
-}
-
-impl ProbeSettings {
-    fn options(&self, name: &str) -> ProbeOptions<'static> {
-        let mut o = ProbeOptions {
-            name: Some(name.to_string()),
-            expect: self.expect.clone(),
-            ..ProbeOptions::default()
-        };
-        if let Some(s) = &self.seed {
-            o.seed = s.clone();
-        }
-        if let Some(n) = self.steps {
-            o.steps = n;
-        }
-        o
-    }
-}
-
 /// Settings of a worker.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -232,8 +204,9 @@ pub struct WorkerConfig {
     pub version: u64,
     /// Compute dtype.
     pub policy: DtypePolicy,
-    /// Probe before serving (`None`: `--no-probe`).
-    pub probe: Option<ProbeSettings>,
+    /// Probe before serving with the model's `[models.<name>.probe]` (empty when it is not
+    /// declared; `None`: `--no-probe`).
+    pub probe: Option<ProbeDecl>,
     /// Requests that may wait while a full batch runs.
     pub queue_depth: usize,
     /// Sequences generated together (continuous batching); 1 runs one at a time.
@@ -462,7 +435,10 @@ fn worker_main(
         max_context: session.model.max_context,
     };
     if let Some(settings) = &cfg.probe {
-        match probe::probe(&session, &settings.options(&cfg.name)) {
+        match probe::probe(
+            &session,
+            &ProbeOptions::from_decl(&cfg.name, Some(settings)),
+        ) {
             Ok(report) => {
                 let verdict = report.verdict;
                 let reason = report.evidence.reason.clone();

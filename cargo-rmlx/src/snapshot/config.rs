@@ -223,7 +223,10 @@ pub fn parse_json(
     code_prefix: impl Into<Code>,
 ) -> Result<(Arc<str>, Value)> {
     let value = serde_json::from_str::<Value>(&text).map_err(|e| {
-        let span = char_at(&text, byte_offset(&text, e.line(), e.column()));
+        let span = char_at(
+            &text,
+            crate::diagnostic::offset_at(&text, e.line(), e.column()),
+        );
         Diagnostic::error(code_prefix, format!("{} is not valid JSON", path.display()))
             .with_file(path)
             .with_source(text.clone())
@@ -240,18 +243,6 @@ fn char_at(text: &str, offset: usize) -> std::ops::Range<usize> {
     }
     let len = text[start..].chars().next().map_or(0, char::len_utf8);
     start..start + len
-}
-
-/// Byte offset of a 1-based line and column (serde_json's convention).
-fn byte_offset(text: &str, line: usize, column: usize) -> usize {
-    let mut offset = 0;
-    for (i, l) in text.split_inclusive('\n').enumerate() {
-        if i + 1 == line {
-            return (offset + column.saturating_sub(1)).min(text.len());
-        }
-        offset += l.len();
-    }
-    text.len().saturating_sub(1)
 }
 
 impl ModelConfig {
@@ -504,12 +495,17 @@ pub fn native_microscaling(raw: &Map<String, Value>) -> Option<Quantization> {
     })
 }
 
-/// An integer or list of integers as token ids; `None` when any is not an integer in u32.
+/// One token id: a non-negative integer below 2^32 (never truncated); `None` otherwise.
+pub fn token_id(v: &Value) -> Option<u32> {
+    v.as_u64().and_then(|n| u32::try_from(n).ok())
+}
+
+/// An integer or list of integers as token ids (the one parser of `eos_token_id` and its
+/// kin); `None` when any is not a [`token_id`].
 pub fn token_ids(v: &Value) -> Option<Vec<u32>> {
-    let id = |x: &Value| x.as_u64().and_then(|n| u32::try_from(n).ok());
     match v {
-        Value::Number(_) => id(v).map(|n| vec![n]),
-        Value::Array(a) => a.iter().map(id).collect(),
+        Value::Number(_) => token_id(v).map(|n| vec![n]),
+        Value::Array(a) => a.iter().map(token_id).collect(),
         _ => None,
     }
 }
@@ -593,16 +589,16 @@ impl Fields<'_> {
         };
         let mut ids = Vec::with_capacity(values.len());
         for x in values {
-            match x.as_u64() {
-                Some(n) if n < vocab_size as u64 => ids.push(n as u32),
-                Some(n) => {
+            match (x.as_u64(), token_id(x)) {
+                (_, Some(id)) if (id as usize) < vocab_size => ids.push(id),
+                (Some(n), _) => {
                     return Err(self.located(
                         code::Snapshot::Config,
                         format!("`{key}` {n} is not a token id: vocab_size is {vocab_size}"),
                         key,
                     ))
                 }
-                None => {
+                (None, _) => {
                     return Err(self.located(
                         code::Snapshot::Config,
                         format!("`{key}` must be an integer or a list of integers, found {x}"),
@@ -987,6 +983,26 @@ mod tests {
         ))
         .unwrap();
         assert_eq!((c.eos_token_ids, c.bos_token_id), (vec![99], None));
+    }
+
+    #[test]
+    fn token_ids_never_truncate() {
+        assert_eq!(
+            token_id(&serde_json::json!(4_294_967_295_u64)),
+            Some(u32::MAX)
+        );
+        assert_eq!(token_id(&serde_json::json!(4_294_967_301_u64)), None);
+        assert_eq!(token_ids(&serde_json::json!([1, 4_294_967_297_u64])), None);
+        assert_eq!(token_ids(&serde_json::json!(7)), Some(vec![7]));
+        assert_eq!(token_ids(&serde_json::json!([5, 4])), Some(vec![5, 4]));
+        for bad in [
+            serde_json::json!(-1),
+            serde_json::json!("2"),
+            serde_json::json!(null),
+            serde_json::json!(1.5),
+        ] {
+            assert_eq!(token_ids(&bad), None, "{bad}");
+        }
     }
 
     #[test]
