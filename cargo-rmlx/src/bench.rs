@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::engine::{generate, GenerateOptions};
 use crate::session::Session;
 
@@ -60,7 +60,7 @@ pub fn synthetic_prompt(session: &Session, n: usize) -> Result<Vec<u32>> {
     let ids = session.tokenizer.encode(PASSAGE, false)?;
     if ids.is_empty() {
         return Err(Diagnostic::error(
-            "rmlx::bench::prompt",
+            code::Bench::Prompt,
             "the tokenizer encodes the benchmark passage to nothing",
         ));
     }
@@ -149,7 +149,7 @@ impl Scripts {
         for (name, text) in EMBEDDED_SCRIPTS {
             let path = scripts.dir.join(name);
             std::fs::write(&path, text)
-                .map_err(|e| Diagnostic::io("rmlx::bench::scripts", "cannot write", &path, &e))?;
+                .map_err(|e| Diagnostic::io(code::Bench::Scripts, "cannot write", &path, &e))?;
         }
         Ok(scripts)
     }
@@ -179,7 +179,7 @@ fn fresh_dir(parent: &Path, prefix: &str) -> Result<PathBuf> {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(dir),
             Err(e) => {
                 return Err(Diagnostic::io(
-                    "rmlx::bench::scripts",
+                    code::Bench::Scripts,
                     "cannot create",
                     &dir,
                     &e,
@@ -188,7 +188,7 @@ fn fresh_dir(parent: &Path, prefix: &str) -> Result<PathBuf> {
         }
     }
     Err(Diagnostic::error(
-        "rmlx::bench::scripts",
+        code::Bench::Scripts,
         format!(
             "cannot create a fresh directory for the reference scripts (last tried {})",
             last.unwrap_or_default().display()
@@ -261,7 +261,7 @@ fn run_reference(
     extra: &[&str],
 ) -> Result<Measurement> {
     let ids = serde_json::to_string(prompt)
-        .map_err(|e| Diagnostic::error("rmlx::bench::reference", format!("prompt ids: {e}")))?;
+        .map_err(|e| Diagnostic::error(code::Bench::Reference, format!("prompt ids: {e}")))?;
     let out = Command::new(&reference.python)
         .arg(&reference.script)
         .arg(model)
@@ -271,7 +271,7 @@ fn run_reference(
         .output()
         .map_err(|e| {
             Diagnostic::error(
-                "rmlx::bench::reference",
+                code::Bench::Reference,
                 format!(
                     "cannot run {} for {runner}: {e}",
                     reference.python.display()
@@ -284,7 +284,7 @@ fn run_reference(
         })?;
     if !out.status.success() {
         return Err(Diagnostic::error(
-            "rmlx::bench::reference",
+            code::Bench::Reference,
             format!(
                 "{runner} failed on {} ({}): {}",
                 model.display(),
@@ -308,7 +308,7 @@ fn run_reference(
     let line = stdout.lines().last().unwrap_or_default();
     let result: ReferenceResult = serde_json::from_str(line).map_err(|e| {
         Diagnostic::error(
-            "rmlx::bench::reference",
+            code::Bench::Reference,
             format!(
                 "unexpected output from {}: {e}: {line}",
                 reference.script.display()
@@ -431,7 +431,7 @@ pub struct ProbeTiming {
 pub fn this_program() -> Result<(PathBuf, String)> {
     let exe = std::env::current_exe().map_err(|e| {
         Diagnostic::error(
-            "rmlx::bench::probe",
+            code::Bench::Probe,
             format!("cannot find this program's path to time a probe: {e}"),
         )
         .with_help("skip the timing with --no-probe-timing")
@@ -480,13 +480,13 @@ pub fn time_probe(
             .stderr(Stdio::piped())
             .output()
             .map_err(|e| {
-                Diagnostic::error("rmlx::bench::probe", format!("cannot run `{command}`: {e}"))
+                Diagnostic::error(code::Bench::Probe, format!("cannot run `{command}`: {e}"))
             })?;
         runs_s.push(start.elapsed().as_secs_f64());
         exit_code = out.status.code().unwrap_or(-1);
         if !matches!(exit_code, 0 | 1 | 4) {
             return Err(Diagnostic::error(
-                "rmlx::bench::probe",
+                code::Bench::Probe,
                 format!(
                     "the probe timing run failed ({}): {command}\n{}",
                     out.status,

@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 use serde_json::{Map, Value};
 
 use crate::constrain::{Constraint, ConstraintSpec, GuideEnv};
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::engine::{DtypePolicy, Model};
 use crate::snapshot::Snapshot;
 use crate::template::{ChatTemplate, RenderContext};
@@ -93,7 +93,7 @@ impl Session {
         });
         let (tokenizer, template) = text_side.map_err(|_| {
             Diagnostic::error(
-                "rmlx::tokenize::load",
+                code::Tokenize::Load,
                 format!("reading the tokenizer of {} panicked", dir.display()),
             )
         })??;
@@ -146,7 +146,7 @@ impl Session {
     ) -> Result<Prompt> {
         let template = self.template.as_ref().ok_or_else(|| {
             Diagnostic::error(
-                "rmlx::template::missing",
+                code::Template::Missing,
                 format!("{} has no chat template", self.dir.display()),
             )
             .with_file(&self.dir)
@@ -278,7 +278,7 @@ impl Markers {
             .map(|(open, close)| Markers { open, close })
             .ok_or_else(|| {
                 Diagnostic::error(
-                    "rmlx::template::markers",
+                    code::Template::Markers,
                     "the request uses every private-use character; no marker is free to keep \
                      special-token strings in messages as text",
                 )
@@ -349,7 +349,7 @@ impl Markers {
 
 fn mangled() -> Diagnostic {
     Diagnostic::error(
-        "rmlx::template::special-in-content",
+        code::Template::SpecialInContent,
         "the chat template cut through a special-token string in a message, so it cannot be \
          kept as text",
     )

@@ -14,12 +14,12 @@ use std::path::{Path, PathBuf};
 
 use tracing::{debug, info, warn};
 
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Code, Diagnostic, Result};
 
 /// Diagnostic code for every failure to load or use a tokenizer.
-pub const CODE_LOAD: &str = "rmlx::tokenize::load";
+pub const CODE_LOAD: Code = Code::Tokenize(code::Tokenize::Load);
 /// Diagnostic code for an encode/decode failure at run time.
-pub const CODE_ENCODE: &str = "rmlx::tokenize::encode";
+pub const CODE_ENCODE: Code = Code::Tokenize(code::Tokenize::Encode);
 
 /// Which rule of the BOS chain chose the BOS token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -268,7 +268,7 @@ impl Tokenizer {
     }
 
     /// The EOS id set: the config's `eos_token` id followed by `extra` (ids from
-    /// `generation_config.json` / `config.json` `eos_token_id`, see [`parse_token_ids`]),
+    /// `generation_config.json` / `config.json` `eos_token_id`, see [`crate::snapshot::config::token_ids`]),
     /// deduplicated, in that order.
     pub fn eos_ids(&self, extra: &[u32]) -> Vec<u32> {
         let mut out = Vec::new();
@@ -395,26 +395,6 @@ impl Tokenizer {
     }
 }
 
-/// Parses a token-id field (`eos_token_id` of `config.json` / `generation_config.json`): an
-/// integer, a list of integers, or null. Anything else yields an empty list (logged).
-pub fn parse_token_ids(value: &serde_json::Value) -> Vec<u32> {
-    match value {
-        serde_json::Value::Null => Vec::new(),
-        serde_json::Value::Number(n) => match n.as_u64().and_then(|v| u32::try_from(v).ok()) {
-            Some(v) => vec![v],
-            None => {
-                warn!(value = %n, "token id is not a u32; ignored");
-                Vec::new()
-            }
-        },
-        serde_json::Value::Array(items) => items.iter().flat_map(parse_token_ids).collect(),
-        other => {
-            warn!(value = %other, "token id field is neither an integer nor a list; ignored");
-            Vec::new()
-        }
-    }
-}
-
 /// Reads `path` as JSON when it exists; a missing file is `None`, a bad one an error.
 fn read_json_opt(path: &Path) -> Result<Option<serde_json::Value>> {
     let text = match std::fs::read_to_string(path) {
@@ -423,23 +403,12 @@ fn read_json_opt(path: &Path) -> Result<Option<serde_json::Value>> {
         Err(e) => return Err(Diagnostic::io(CODE_LOAD, "cannot read", path, &e)),
     };
     serde_json::from_str(&text).map(Some).map_err(|e| {
-        let offset = line_col_to_offset(&text, e.line(), e.column());
+        let offset = crate::diagnostic::offset_at(&text, e.line(), e.column());
         Diagnostic::error(CODE_LOAD, format!("cannot parse {}: {e}", path.display()))
             .with_file(path)
             .with_source(text.as_str())
             .with_span(offset..offset, "here")
     })
-}
-
-fn line_col_to_offset(text: &str, line: usize, col: usize) -> usize {
-    let mut offset = 0;
-    for (i, l) in text.split_inclusive('\n').enumerate() {
-        if i + 1 == line {
-            return (offset + col.saturating_sub(1)).min(text.len());
-        }
-        offset += l.len();
-    }
-    text.len()
 }
 
 /// A token value: a string or an object with `content`.
@@ -671,17 +640,12 @@ mod tests {
     }
 
     #[test]
-    fn eos_ids_and_parse() {
+    fn eos_ids_deduplicate_after_the_config_eos() {
         let t = tok(
             &[("</s>", true), ("<eot>", true)],
             Some(json!({"eos_token": "</s>"})),
         );
-        let extra = parse_token_ids(&json!([5, 4, 5]));
-        assert_eq!(t.eos_ids(&extra), vec![4, 5]);
-        assert_eq!(parse_token_ids(&json!(7)), vec![7]);
-        assert!(parse_token_ids(&json!(null)).is_empty());
-        assert!(parse_token_ids(&json!("x")).is_empty());
-        assert!(parse_token_ids(&json!(-1)).is_empty());
+        assert_eq!(t.eos_ids(&[5, 4, 5]), vec![4, 5]);
     }
 
     #[test]

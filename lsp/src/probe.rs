@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc::UnboundedSender;
 use tower_lsp_server::ls_types::Uri;
 
-use rmlx::diagnostic::Diagnostic;
+use rmlx::diagnostic::{code, Diagnostic};
 use rmlx::editor::project::ModelLink;
 use rmlx::engine::DtypePolicy;
 use rmlx::probe::{self, ProbeReport};
@@ -246,7 +246,7 @@ fn run_contained(
         tracing::error!("the probe of {} panicked: {why}", job.link.dir.display());
         models.remove(&job.link.dir);
         Outcome::Failed(Diagnostic::error(
-            "rmlx::probe::panicked",
+            code::Probe::Panicked,
             format!("the probe stopped on an internal error: {why}"),
         ))
     })

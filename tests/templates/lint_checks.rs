@@ -96,7 +96,7 @@ fn clean_template_has_only_advice_and_full_capabilities() {
     assert_eq!(caps.content_parts, Support::Yes);
     assert!(caps.generation_prompt);
     assert_eq!(caps.thinking_flag.as_deref(), Some("enable_thinking"));
-    let summary = one(&r, lint::CODE_CAPABILITIES);
+    let summary = one(&r, lint::CODE_CAPABILITIES.as_str());
     assert_eq!(summary.severity, Severity::Advice);
     assert!(
         summary.message.contains("thinking flag `enable_thinking`"),
@@ -174,12 +174,12 @@ fn content_parts_arrive_joined_so_a_string_only_template_is_clean() {
     let src = "{% for m in messages %}{{ '<|' + m.role + '|>' + m.content + '\\n' }}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}";
     let r = lint(src);
     assert!(!r.has_errors(), "{:#?}", errors(&r));
-    none_of(&r, lint::CODE_RENDER_FAILED);
+    none_of(&r, lint::CODE_RENDER_FAILED.as_str());
     // Described for runtimes that pass the list through (transformers): it fails there.
     let caps = r.capabilities.as_ref().expect("capabilities");
     assert_eq!(caps.content_parts, Support::Fails);
     assert_eq!(caps.multi_turn, Support::Yes);
-    let summary = one(&r, lint::CODE_CAPABILITIES);
+    let summary = one(&r, lint::CODE_CAPABILITIES.as_str());
     assert!(
         summary
             .message
@@ -194,7 +194,7 @@ fn crash_on_a_system_message_is_an_error_at_the_expression() {
     // Every chat request may carry a system message: a crash on it is a defect.
     let src = "{% for m in messages %}{% if m.role == 'system' %}{{ m.content + 1 }}{% else %}{{ m.content }}{% endif %}{% endfor %}{% if add_generation_prompt %}A:{% endif %}";
     let r = lint(src);
-    let d = one(&r, lint::CODE_RENDER_FAILED);
+    let d = one(&r, lint::CODE_RENDER_FAILED.as_str());
     assert_eq!(d.severity, Severity::Error);
     assert!(d.message.contains("the system sample"), "{}", d.message);
     assert_eq!(spanned(src, d), "m.content + 1");
@@ -211,7 +211,7 @@ fn crash_on_tool_calls_is_a_capability_warning() {
     let src = "{% for m in messages %}{{ m.role + ': ' + m.content + '\\n' }}{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}";
     let r = lint(src);
     assert!(!r.has_errors(), "{:#?}", errors(&r));
-    let d = one(&r, lint::CODE_UNSUPPORTED_INPUT);
+    let d = one(&r, lint::CODE_UNSUPPORTED_INPUT.as_str());
     assert_eq!(d.severity, Severity::Warning);
     assert!(d.message.contains("tool-call sample"), "{}", d.message);
     assert!(d.message.contains("requests with tools"), "{}", d.message);
@@ -226,7 +226,7 @@ fn rejecting_the_probe_seed_is_an_error() {
     // Demands a system prompt: one user turn — the probe's seed — is rejected.
     let src = "{% if messages[0].role != 'system' %}{{ raise_exception('a system prompt is required') }}{% endif %}{% for m in messages %}{{ m.content }}{% endfor %}{% if add_generation_prompt %}A:{% endif %}";
     let r = lint(src);
-    let found: Vec<_> = with_code(&r, lint::CODE_REJECTS_INPUT)
+    let found: Vec<_> = with_code(&r, lint::CODE_REJECTS_INPUT.as_str())
         .into_iter()
         .filter(|d| d.severity == Severity::Error)
         .collect();
@@ -251,7 +251,7 @@ fn engine_gap_on_the_tool_path_is_still_an_error() {
     let d = one(&r, "rmlx::template::unknown-method");
     assert_eq!(d.severity, Severity::Error, "{d:#?}");
     assert!(d.message.contains("tool-call"), "{}", d.message);
-    none_of(&r, lint::CODE_UNSUPPORTED_INPUT);
+    none_of(&r, lint::CODE_UNSUPPORTED_INPUT.as_str());
 }
 
 #[test]
@@ -272,7 +272,7 @@ fn tool_use_variant_is_linted_with_tools_in_every_request() {
     assert!(!r.has_errors(), "{:#?}", errors(&r));
     assert!(r.capabilities.as_ref().is_some_and(|c| c.generation_prompt));
     let r = named("chat_template.jinja");
-    let d = one(&r, lint::CODE_RENDER_FAILED);
+    let d = one(&r, lint::CODE_RENDER_FAILED.as_str());
     assert!(d.message.contains("single-turn"), "{}", d.message);
 }
 
@@ -283,14 +283,14 @@ fn special_token_variables_get_placeholders_without_a_tokenizer() {
     let src = "{% for m in messages %}{{ m.content + sep_token }}{% endfor %}{% if add_generation_prompt %}A:{% endif %}";
     let r = lint(src);
     assert!(!r.has_errors(), "{:#?}", errors(&r));
-    none_of(&r, lint::CODE_UNDECLARED);
+    none_of(&r, lint::CODE_UNDECLARED.as_str());
 }
 
 #[test]
 fn deliberate_raise_is_a_capability_note() {
     let src = "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{{ m.content }}{% endfor %}{% if add_generation_prompt %}A:{% endif %}";
     let r = lint(src);
-    let d = one(&r, lint::CODE_REJECTS_INPUT);
+    let d = one(&r, lint::CODE_REJECTS_INPUT.as_str());
     assert_eq!(d.severity, Severity::Advice);
     assert!(
         d.message.contains("System role not supported"),
@@ -309,7 +309,7 @@ fn deliberate_raise_is_a_capability_note() {
 #[test]
 fn generation_prompt_never_read() {
     let r = lint("{% for m in messages %}{{ m.content }}{% endfor %}");
-    let d = one(&r, lint::CODE_GENERATION_PROMPT);
+    let d = one(&r, lint::CODE_GENERATION_PROMPT.as_str());
     assert_eq!(d.severity, Severity::Warning);
     assert!(d.message.contains("never reads"), "{}", d.message);
 }
@@ -318,7 +318,7 @@ fn generation_prompt_never_read() {
 fn generation_prompt_adds_nothing() {
     let src = "{% for m in messages %}{{ m.content }}{% endfor %}{% if add_generation_prompt %}{% endif %}";
     let r = lint(src);
-    let d = one(&r, lint::CODE_GENERATION_PROMPT);
+    let d = one(&r, lint::CODE_GENERATION_PROMPT.as_str());
     assert!(d.message.contains("adds nothing"), "{}", d.message);
     assert_eq!(spanned(src, d), "add_generation_prompt");
 }
@@ -329,16 +329,16 @@ fn generation_prompt_must_extend_the_prompt() {
     // diverge instead of one extending the other.
     let src = "{% for m in messages %}{{ m.content }}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% else %}</s>{% endif %}";
     let r = lint(src);
-    let d = one(&r, lint::CODE_GENERATION_PROMPT);
+    let d = one(&r, lint::CODE_GENERATION_PROMPT.as_str());
     assert!(d.message.contains("does not extend"), "{}", d.message);
-    none_of(&lint(GOOD), lint::CODE_GENERATION_PROMPT);
+    none_of(&lint(GOOD), lint::CODE_GENERATION_PROMPT.as_str());
 }
 
 #[test]
 fn undeclared_variables_warning_and_guarded_advice() {
     let src = "{% if system_hint %}{{ system_hint }}{% endif %}{% if today is defined %}{{ today }}{% endif %}{% set local = 1 %}{{ local }}{% for m in messages %}{{ m.content }}{% endfor %}{{ bos_token }}{% if add_generation_prompt %}A:{% endif %}";
     let r = lint(src);
-    let found = with_code(&r, lint::CODE_UNDECLARED);
+    let found = with_code(&r, lint::CODE_UNDECLARED.as_str());
     assert_eq!(found.len(), 2, "{found:#?}");
     let hint = found
         .iter()
@@ -365,7 +365,7 @@ fn kwargs_in_options_count_as_provided() {
         None,
         &opts,
     );
-    none_of(&r, lint::CODE_UNDECLARED);
+    none_of(&r, lint::CODE_UNDECLARED.as_str());
 }
 
 #[test]
@@ -452,11 +452,11 @@ fn double_bos_located_at_bos_token() {
     let tok = test_tokenizer();
     let src = "{{ bos_token }}{% for m in messages %}<|user|> {{ m.content }} {% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}";
     let r = lint_with(src, &tok);
-    let d = one(&r, lint::CODE_DOUBLE_BOS);
+    let d = one(&r, lint::CODE_DOUBLE_BOS.as_str());
     assert_eq!(d.severity, Severity::Warning);
     assert_eq!(spanned(src, d), "bos_token");
-    none_of(&r, lint::CODE_MISSING_BOS);
-    none_of(&r, lint::CODE_SPLIT_SPECIAL);
+    none_of(&r, lint::CODE_MISSING_BOS.as_str());
+    none_of(&r, lint::CODE_SPLIT_SPECIAL.as_str());
 }
 
 #[test]
@@ -464,9 +464,9 @@ fn missing_bos_when_the_tokenizer_expects_one() {
     let tok = test_tokenizer();
     let src = "{% for m in messages %}<|user|> {{ m.content }} {% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}";
     let r = lint_with(src, &tok);
-    let d = one(&r, lint::CODE_MISSING_BOS);
+    let d = one(&r, lint::CODE_MISSING_BOS.as_str());
     assert_eq!(d.severity, Severity::Warning);
-    none_of(&r, lint::CODE_DOUBLE_BOS);
+    none_of(&r, lint::CODE_DOUBLE_BOS.as_str());
 }
 
 #[test]
@@ -474,7 +474,7 @@ fn special_token_strings_not_in_the_vocabulary() {
     let tok = test_tokenizer();
     let src = "{{ bos_token }}{% for m in messages %}<|im_start|> {{ m.content }} <|im_end|>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}";
     let r = lint_with(src, &tok);
-    let found = with_code(&r, lint::CODE_SPLIT_SPECIAL);
+    let found = with_code(&r, lint::CODE_SPLIT_SPECIAL.as_str());
     let texts: Vec<&str> = found.iter().map(|d| spanned(src, d)).collect();
     assert_eq!(texts.len(), 2, "{found:#?}");
     assert!(
@@ -493,14 +493,14 @@ fn seed_prompt_token_count() {
     let r = lint_with(src, &tok);
     // <s> <|user|> What is the capital of France? <|assistant|>
     assert_eq!(r.seed_tokens, Some(9));
-    let d = one(&r, lint::CODE_SEED_TOKENS);
+    let d = one(&r, lint::CODE_SEED_TOKENS.as_str());
     assert_eq!(d.severity, Severity::Advice);
     assert!(d.message.contains("9 tokens"), "{}", d.message);
     // Without a tokenizer none of the tokenizer checks run.
     let r = lint(src);
     assert_eq!(r.seed_tokens, None);
-    none_of(&r, lint::CODE_SEED_TOKENS);
-    none_of(&r, lint::CODE_DOUBLE_BOS);
+    none_of(&r, lint::CODE_SEED_TOKENS.as_str());
+    none_of(&r, lint::CODE_DOUBLE_BOS.as_str());
 }
 
 #[test]
@@ -508,11 +508,11 @@ fn special_token_variables_the_tokenizer_lacks() {
     let tok = test_tokenizer();
     let src = "{{ bos_token }}{% for m in messages %}<|user|> {{ m.content }} {% endfor %}{{ sep_token }}{% if add_generation_prompt %}<|assistant|>{% endif %}";
     let r = lint_with(src, &tok);
-    let d = one(&r, lint::CODE_UNDECLARED);
+    let d = one(&r, lint::CODE_UNDECLARED.as_str());
     assert!(d.message.contains("`sep_token`"), "{}", d.message);
     assert_eq!(d.severity, Severity::Warning);
     // Without a tokenizer, `*_token` names are assumed to come from it.
-    none_of(&lint(src), lint::CODE_UNDECLARED);
+    none_of(&lint(src), lint::CODE_UNDECLARED.as_str());
 }
 
 /// The test tokenizer's files, for CLI tests of a model directory.

@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use super::Architecture;
-use crate::diagnostic::Result;
+use crate::diagnostic::{code, Result};
 use crate::engine::decoder::{Decoder, DecoderSpec};
 use crate::engine::layers::LoadCtx;
 use crate::engine::mlp::Activation;
@@ -38,7 +38,7 @@ pub fn spec(config: &ModelConfig) -> Result<DecoderSpec> {
             (Some(n), Some(max)) if n > 0 && n <= max => n as usize,
             _ => {
                 return Err(config.located(
-                    "rmlx::snapshot::size-limit",
+                    code::Snapshot::SizeLimit,
                     format!("`sliding_window` must be a positive size, found {w}"),
                     "sliding_window",
                 ))

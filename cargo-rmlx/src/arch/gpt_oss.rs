@@ -13,7 +13,7 @@ use mlx_rs::{Array, Dtype};
 use serde_json::Value;
 
 use super::{config_size, Architecture};
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::engine::decoder::{Decoder, DecoderSpec};
 use crate::engine::layers::LoadCtx;
 use crate::engine::moe::{
@@ -95,14 +95,14 @@ fn sliding_layers(config: &ModelConfig) -> Result<Vec<bool>> {
                 Some("sliding_attention") => Ok(true),
                 Some("full_attention") => Ok(false),
                 _ => Err(config.located(
-                    "rmlx::snapshot::config",
+                    code::Snapshot::Config,
                     format!("unknown layer type {t} (sliding_attention or full_attention)"),
                     "layer_types",
                 )),
             })
             .collect(),
         Some(v) => Err(config.located(
-            "rmlx::snapshot::config",
+            code::Snapshot::Config,
             format!("`layer_types` must list the type of each of the {n} layers, found {v}"),
             "layer_types",
         )),
@@ -205,7 +205,7 @@ fn bytes_tensor(ctx: &LoadCtx<'_>, name: &str, shape: &[usize], axis: usize) -> 
     let a = ctx.split_on(name, shape, axis)?;
     if a.dtype() != Dtype::Uint8 {
         return Err(Diagnostic::error(
-            "rmlx::snapshot::quantization",
+            code::Snapshot::Quantization,
             format!(
                 "`{name}` must hold MXFP4 bytes (uint8), found {:?}",
                 a.dtype()

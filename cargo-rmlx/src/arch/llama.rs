@@ -6,7 +6,7 @@
 use serde_json::Value;
 
 use super::Architecture;
-use crate::diagnostic::Result;
+use crate::diagnostic::{code, Result};
 use crate::engine::decoder::{Decoder, DecoderSpec};
 use crate::engine::layers::LoadCtx;
 use crate::engine::network::Network;
@@ -68,7 +68,7 @@ fn smollm3_no_rope(config: &ModelConfig) -> Result<Vec<bool>> {
                     Some(k) if k > 0 => k as usize,
                     _ => {
                         return Err(config.located(
-                            "rmlx::snapshot::config",
+                            code::Snapshot::Config,
                             format!(
                                 "`no_rope_layer_interval` must be a positive integer, found {v}"
                             ),
@@ -85,14 +85,14 @@ fn smollm3_no_rope(config: &ModelConfig) -> Result<Vec<bool>> {
                 Some(0) => Ok(true),
                 Some(1) => Ok(false),
                 _ => Err(config.located(
-                    "rmlx::snapshot::config",
+                    code::Snapshot::Config,
                     format!("`no_rope_layers` entries must be 0 or 1, found {f}"),
                     "no_rope_layers",
                 )),
             })
             .collect(),
         Some(other) => Err(config.located(
-            "rmlx::snapshot::config",
+            code::Snapshot::Config,
             format!("`no_rope_layers` must list one 0/1 flag per layer ({n}), found {other}"),
             "no_rope_layers",
         )),

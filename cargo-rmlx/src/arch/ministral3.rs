@@ -7,7 +7,7 @@ use mlx_rs::Array;
 use serde_json::Value;
 
 use super::Architecture;
-use crate::diagnostic::Result;
+use crate::diagnostic::{code, Result};
 use crate::engine::attention::{Attention, AttentionSpec};
 use crate::engine::cache::{Cache, CacheKind};
 use crate::engine::ends::Ends;
@@ -72,7 +72,7 @@ fn rope_parameter(c: &ModelConfig, key: &str) -> Result<f32> {
     match v.and_then(Value::as_f64) {
         Some(x) if x.is_finite() => Ok(x as f32),
         _ => Err(c.located(
-            "rmlx::snapshot::config",
+            code::Snapshot::Config,
             format!("ministral3 needs a number `rope_parameters.{key}`"),
             "rope_parameters",
         )),
@@ -85,7 +85,7 @@ fn windows(c: &ModelConfig) -> Result<Vec<Option<usize>>> {
     let Some(types) = c.raw.get("layer_types").filter(|v| !v.is_null()) else {
         return Ok(vec![None; n]);
     };
-    let bad = |what: String| c.located("rmlx::snapshot::config", what, "layer_types");
+    let bad = |what: String| c.located(code::Snapshot::Config, what, "layer_types");
     let types = types
         .as_array()
         .filter(|t| t.len() == n)

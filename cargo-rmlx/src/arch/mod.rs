@@ -23,7 +23,7 @@ pub mod qwen3_moe;
 
 use serde_json::{Map, Value};
 
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::engine::layers::LoadCtx;
 use crate::engine::network::Network;
 use crate::snapshot::ModelConfig;
@@ -213,7 +213,7 @@ pub fn config_size(config: &ModelConfig, key: &str, default: Option<usize>) -> R
     match config.raw.get(key) {
         None | Some(serde_json::Value::Null) => default.ok_or_else(|| {
             config.located(
-                "rmlx::snapshot::config",
+                code::Snapshot::Config,
                 format!(
                     "config.json of a `{}` model needs `{key}`",
                     config.model_type
@@ -224,7 +224,7 @@ pub fn config_size(config: &ModelConfig, key: &str, default: Option<usize>) -> R
         Some(v) => match v.as_u64() {
             Some(n) if n > 0 && n <= max => Ok(n as usize),
             _ => Err(config.located(
-                "rmlx::snapshot::size-limit",
+                code::Snapshot::SizeLimit,
                 format!("`{key}` must be a positive size up to {max}, found {v}"),
                 key,
             )),
@@ -238,7 +238,7 @@ pub fn config_bool(config: &ModelConfig, key: &str, default: bool) -> Result<boo
         None | Some(serde_json::Value::Null) => Ok(default),
         Some(v) => v.as_bool().ok_or_else(|| {
             config.located(
-                "rmlx::snapshot::config",
+                code::Snapshot::Config,
                 format!("`{key}` must be true or false, found {v}"),
                 key,
             )
@@ -249,7 +249,7 @@ pub fn config_bool(config: &ModelConfig, key: &str, default: bool) -> Result<boo
 /// The exit-5 error for a `model_type` no entry runs.
 pub fn unsupported(config: &ModelConfig) -> Diagnostic {
     Diagnostic::error(
-        "rmlx::snapshot::unsupported-architecture",
+        code::Snapshot::UnsupportedArchitecture,
         format!("unsupported model_type `{}`", config.text_model_type),
     )
     .with_file(&config.path)

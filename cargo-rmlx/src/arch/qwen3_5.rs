@@ -11,7 +11,7 @@ use mlx_rs::Array;
 use serde_json::Value;
 
 use super::{config_bool, config_size, Architecture};
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::engine::attention::{Attention, AttentionSpec};
 use crate::engine::cache::{Cache, CacheKind};
 use crate::engine::deltanet::{DeltaNetSpec, GatedDeltaNet};
@@ -242,7 +242,7 @@ fn linear_layers(c: &ModelConfig) -> Result<Vec<bool>> {
     if declared.len() != linear.len() || declared.iter().zip(&linear).any(|(d, l)| *d != Some(*l)) {
         return Err(c
             .located(
-                "rmlx::snapshot::config",
+                code::Snapshot::Config,
                 format!(
                     "`layer_types` does not match `full_attention_interval` ({interval}) over \
                      {} layers",
@@ -285,7 +285,7 @@ fn rope(c: &ModelConfig) -> Result<Rope> {
         Some(Value::Null) | Some(Value::Object(_)) => None,
         Some(v) => {
             return Err(c.located(
-                "rmlx::snapshot::config",
+                code::Snapshot::Config,
                 format!("`rope_parameters` must be an object, found {v}"),
                 "rope_parameters",
             ))
@@ -309,7 +309,7 @@ fn rope(c: &ModelConfig) -> Result<Rope> {
     };
     if !(theta.is_finite() && theta > 0.0 && partial > 0.0 && partial <= 1.0) {
         return Err(c.located(
-            "rmlx::snapshot::config",
+            code::Snapshot::Config,
             format!("RoPE base {theta} and partial_rotary_factor {partial} are not usable"),
             "rope_parameters",
         ));
@@ -335,13 +335,13 @@ fn rope_scaling(
                 Ok(Some(RopeScaling::Linear { factor: f as f32 }))
             }
             _ => Err(c.located(
-                "rmlx::snapshot::config",
+                code::Snapshot::Config,
                 "linear RoPE scaling needs a positive `factor`",
                 "rope_parameters",
             )),
         },
         other => Err(Diagnostic::error(
-            "rmlx::snapshot::config",
+            code::Snapshot::Config,
             format!(
                 "qwen3_5: RoPE type `{other}` is not supported (default, mrope and linear are)"
             ),
@@ -501,7 +501,8 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         write_tiny(dir.path());
         let snap = Snapshot::open(dir.path()).expect("open tiny qwen3_5");
-        let model = Model::load(&snap, DtypePolicy::Float32).expect("load tiny qwen3_5");
+        let model = Model::load(&snap, DtypePolicy::Fixed(crate::manifest::Dtype::Float32))
+            .expect("load tiny qwen3_5");
         let ids = [3, 17, 1, 29, 4, 11, 38, 0, 22, 5];
         let whole = run_in_pieces(&model, &ids, &[10]);
         for pieces in [&[4, 1, 3, 2][..], &[1; 10], &[2, 8]] {

@@ -11,7 +11,7 @@ use mlx_rs::Array;
 use serde_json::Value;
 
 use super::{config_bool, config_size, Architecture};
-use crate::diagnostic::Result;
+use crate::diagnostic::{code, Result};
 use crate::engine::decoder::{Decoder, DecoderSpec};
 use crate::engine::layers::LoadCtx;
 use crate::engine::mlp::Activation;
@@ -63,7 +63,7 @@ fn sparse_layers(config: &ModelConfig) -> Result<Vec<bool>> {
         Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).collect(),
         Some(v) => {
             return Err(config.located(
-                "rmlx::snapshot::config",
+                code::Snapshot::Config,
                 format!("`mlp_only_layers` must be a list of layer indices, found {v}"),
                 "mlp_only_layers",
             ))

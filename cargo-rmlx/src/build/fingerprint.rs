@@ -25,7 +25,7 @@ use std::time::UNIX_EPOCH;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 
 /// File name of the fingerprint inside an output directory.
 pub const FILE: &str = ".rmlx-fingerprint.json";
@@ -49,7 +49,7 @@ impl FileStamp {
     /// Stats `path`.
     pub fn of(path: &Path) -> Result<Self> {
         let meta = std::fs::metadata(path)
-            .map_err(|e| Diagnostic::io("rmlx::build::io", "cannot stat", path, &e))?;
+            .map_err(|e| Diagnostic::io(code::Build::Io, "cannot stat", path, &e))?;
         let mtime_ns = meta
             .modified()
             .ok()
@@ -147,7 +147,7 @@ impl Fingerprint {
     pub fn write(mut self, dir: &Path) -> Result<()> {
         let mut outputs = Vec::new();
         let entries = std::fs::read_dir(dir)
-            .map_err(|e| Diagnostic::io("rmlx::build::io", "cannot list", dir, &e))?;
+            .map_err(|e| Diagnostic::io(code::Build::Io, "cannot list", dir, &e))?;
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name == FILE {
@@ -160,12 +160,12 @@ impl Fingerprint {
         self.outputs = outputs;
         let text = serde_json::to_string_pretty(&self).map_err(|e| {
             Diagnostic::error(
-                "rmlx::build::io",
+                code::Build::Io,
                 format!("cannot encode the fingerprint: {e}"),
             )
         })?;
         let path = dir.join(FILE);
         std::fs::write(&path, text + "\n")
-            .map_err(|e| Diagnostic::io("rmlx::build::io", "cannot write", &path, &e))
+            .map_err(|e| Diagnostic::io(code::Build::Io, "cannot write", &path, &e))
     }
 }

@@ -39,7 +39,7 @@ use self::fingerprint::{FileStamp, Fingerprint};
 use self::plan::{Action, Item, Plan};
 use self::source::SourceModel;
 use self::writer::Writer;
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::manifest::{describe_params, Dtype, Manifest, ModelDecl, Quantize};
 use crate::snapshot::publish::{OutputLock, ReplaceFile};
 use crate::snapshot::Snapshot;
@@ -206,7 +206,7 @@ pub fn resolve_source(manifest: &Manifest, decl: &ModelDecl) -> Result<SourceKin
             return Err(manifest
                 .located(
                     true,
-                    "rmlx::manifest::bad-source",
+                    code::Manifest::BadSource,
                     format!(
                         "source of `{}` is a file but not a GGUF file: {}",
                         decl.name,
@@ -221,7 +221,7 @@ pub fn resolve_source(manifest: &Manifest, decl: &ModelDecl) -> Result<SourceKin
         return Err(manifest
             .located(
                 true,
-                "rmlx::manifest::missing-source",
+                code::Manifest::MissingSource,
                 format!(
                     "source of `{}` does not exist: {}",
                     decl.name,
@@ -236,7 +236,7 @@ pub fn resolve_source(manifest: &Manifest, decl: &ModelDecl) -> Result<SourceKin
         if !t.is_file() {
             return Err(manifest.located(
                 true,
-                "rmlx::manifest::missing-chat-template",
+                code::Manifest::MissingChatTemplate,
                 format!(
                     "chat template of `{}` does not exist: {}",
                     decl.name,
@@ -257,7 +257,7 @@ pub fn source_stamps(decl: &ModelDecl, kind: &SourceKind) -> Result<Vec<FileStam
         SourceKind::Gguf => stamps.push(FileStamp::of(&decl.source)?),
         SourceKind::Dir => {
             let entries = std::fs::read_dir(&decl.source)
-                .map_err(|e| Diagnostic::io("rmlx::build::io", "cannot list", &decl.source, &e))?;
+                .map_err(|e| Diagnostic::io(code::Build::Io, "cannot list", &decl.source, &e))?;
             let mut files: Vec<PathBuf> = entries
                 .flatten()
                 .map(|e| e.path())
@@ -330,7 +330,7 @@ pub fn is_fresh(
 }
 
 fn io(what: &str, path: &Path, e: &std::io::Error) -> Diagnostic {
-    Diagnostic::io("rmlx::build::io", what, path, e)
+    Diagnostic::io(code::Build::Io, what, path, e)
 }
 
 /// Builds one model.
@@ -407,7 +407,7 @@ pub fn build_model(
     let staged = lock.stage("tmp")?;
     let tmp = staged.path();
     let bytes = write_weights(&src, &plan, tmp, &decl.name, opts)?;
-    let config = plan::config_json(&src, &plan, decl.declared_dtype());
+    let config = plan::config_json(&src, &plan, decl.declared_dtype())?;
     let cfg_path = tmp.join("config.json");
     std::fs::write(&cfg_path, config).map_err(|e| io("cannot write", &cfg_path, &e))?;
     copy_aux(&src.dir, decl, tmp)?;
@@ -494,7 +494,7 @@ fn import_gguf(
     dir: &Path,
     on: &mut dyn FnMut(Event<'_>),
 ) -> Result<()> {
-    use crate::gguf::{import_into, Dtype as GgufDtype, ImportOptions};
+    use crate::gguf::{import_into, ImportOptions};
     let keep_quantized = match &decl.quantize {
         Quantize::AsSource => true,
         Quantize::Dense => false,
@@ -507,11 +507,7 @@ fn import_gguf(
                     && matches!(q.bits, 4 | 8)
             }),
     };
-    let dtype = match decl.declared_dtype() {
-        None | Some(Dtype::Bfloat16) => GgufDtype::Bf16,
-        Some(Dtype::Float16) => GgufDtype::F16,
-        Some(Dtype::Float32) => GgufDtype::F32,
-    };
+    let dtype = decl.declared_dtype().unwrap_or_default();
     let report = import_into(
         &decl.source,
         dir,
@@ -533,7 +529,7 @@ fn import_gguf(
             manifest
                 .located(
                     false,
-                    "rmlx::build::requantize",
+                    code::Build::Requantize,
                     format!(
                         "{n} tensor{} of {} {} stored as {} in the GGUF file and {}                          dequantized on import; quantizing {} again loses quality",
                         plural(n),
@@ -568,7 +564,7 @@ fn check_aux(dir: &Path, decl: &ModelDecl) -> Result<()> {
     let tok = dir.join("tokenizer.json");
     if !tok.is_file() {
         return Err(Diagnostic::error(
-            "rmlx::build::missing-tokenizer",
+            code::Build::MissingTokenizer,
             format!("the source of `{}` has no tokenizer.json", decl.name),
         )
         .with_file(&tok)
@@ -603,7 +599,7 @@ fn report_plan(manifest: &Manifest, decl: &ModelDecl, plan: &Plan, on: &mut dyn 
             manifest
                 .located(
                     false,
-                    "rmlx::build::unused-override",
+                    code::Build::UnusedOverride,
                     format!(
                         "override `{}` matches no module of `{}`",
                         o.pattern, decl.name
@@ -627,7 +623,7 @@ fn report_plan(manifest: &Manifest, decl: &ModelDecl, plan: &Plan, on: &mut dyn 
         };
         let (code, msg, help) = match to {
             Some(to) => (
-                "rmlx::build::requantize",
+                code::Build::Requantize,
                 format!(
                     "{n} module{} of `{}` (e.g. `{example}`) {is} stored as {} in the source; \
                      {are} dequantized and re-quantized to {}, which loses quality",
@@ -640,7 +636,7 @@ fn report_plan(manifest: &Manifest, decl: &ModelDecl, plan: &Plan, on: &mut dyn 
                  exactly, or start from a dense source",
             ),
             None => (
-                "rmlx::build::dequantize",
+                code::Build::Dequantize,
                 format!(
                     "{n} module{} of `{}` (e.g. `{example}`) {is} stored as {} in the source; \
                      {are} written dense",
@@ -702,7 +698,7 @@ fn write_weights(
             let shape: Vec<usize> = a.shape().iter().map(|&d| d as usize).collect();
             if a.dtype() != spec.dtype || shape != spec.shape {
                 return Err(Diagnostic::error(
-                    "rmlx::build::internal",
+                    code::Build::Internal,
                     format!(
                         "`{}` came out as {:?} {shape:?}, planned {:?} {:?}",
                         spec.name,

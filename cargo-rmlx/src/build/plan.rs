@@ -23,11 +23,11 @@ use super::pyjson;
 use super::quant::{is_float, mlx_dtype};
 use super::source::SourceModel;
 use super::writer::TensorSpec;
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Code, Diagnostic, Result};
 use crate::manifest::{describe_params, Dtype, ModuleOverride, Quantize};
 use crate::snapshot::{ModelConfig, QuantMode, QuantParams};
 
-const CODE_MISMATCH: &str = "rmlx::build::source-mismatch";
+const CODE_MISMATCH: Code = Code::Build(code::Build::SourceMismatch);
 
 /// What happens to one tensor or module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,7 +222,7 @@ pub fn plan(src: &SourceModel, quantize: &Quantize, declared_dtype: Option<Dtype
 
 fn unsupported_dtype(src: &SourceModel, name: &str, dtype: safetensors::Dtype) -> Diagnostic {
     Diagnostic::error(
-        "rmlx::build::unsupported-dtype",
+        code::Build::UnsupportedDtype,
         format!("tensor `{name}` has unsupported dtype {dtype:?}"),
     )
     .with_file(src.file_of(name))
@@ -757,7 +757,11 @@ fn check_shapes(
 /// `quantization` block and its `quantization_config` copy when anything is quantized,
 /// `torch_dtype` set to a declared dtype, keys sorted, written like Python's
 /// `json.dump(config, indent=4)`.
-pub fn config_json(src: &SourceModel, plan: &Plan, declared_dtype: Option<Dtype>) -> String {
+pub fn config_json(
+    src: &SourceModel,
+    plan: &Plan,
+    declared_dtype: Option<Dtype>,
+) -> Result<String> {
     let mut raw = src.raw.clone();
     let gen = src.dir.join("generation_config.json");
     if let Ok(text) = std::fs::read_to_string(&gen) {

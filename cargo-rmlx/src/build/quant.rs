@@ -8,11 +8,11 @@ use std::ffi::{CStr, CString};
 use half::{bf16, f16};
 use mlx_rs::{Array, Dtype};
 
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::snapshot::QuantParams;
 
 fn mlx_failed(what: &str) -> Diagnostic {
-    Diagnostic::error("rmlx::build::mlx", format!("MLX {what} failed"))
+    Diagnostic::error(code::Build::Mlx, format!("MLX {what} failed"))
 }
 
 fn opt_int(v: i32) -> mlx_sys::mlx_optional_int {
@@ -261,9 +261,10 @@ pub fn with_bytes<R>(a: &Array, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
     };
     let err = |e: mlx_rs::error::AsSliceError| {
         Diagnostic::error(
-            "rmlx::build::mlx",
+            code::Build::Mlx,
             format!("cannot read an MLX array of {:?}: {e}", a.dtype()),
         )
+        .with_cause(e)
     };
     Ok(match a.dtype() {
         Dtype::Uint8 | Dtype::Bool => f(a.try_as_slice::<u8>().map_err(err)?),
@@ -280,7 +281,7 @@ pub fn with_bytes<R>(a: &Array, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
         Dtype::Float64 => f(as_bytes(a.try_as_slice::<f64>().map_err(err)?)),
         other => {
             return Err(Diagnostic::error(
-                "rmlx::build::mlx",
+                code::Build::Mlx,
                 format!("cannot write an MLX array of {other:?}"),
             ))
         }

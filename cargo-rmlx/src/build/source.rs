@@ -11,7 +11,7 @@ use mlx_rs::Array;
 use serde_json::{Map, Value};
 
 use crate::arch::convert::{self, Convert, Hints, Out, Problem, Recipe, Tensors};
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::snapshot::config::read_json;
 use crate::snapshot::{ModelConfig, Quantization, Weights};
 
@@ -47,10 +47,10 @@ impl SourceModel {
             // The snapshot's own message for a directory without config.json.
             ModelConfig::from_dir(dir)?;
         }
-        let (text, value) = read_json(&path, "rmlx::snapshot::config")?;
+        let (text, value) = read_json(&path, code::Snapshot::Config)?;
         let Value::Object(raw) = value else {
             return Err(Diagnostic::error(
-                "rmlx::snapshot::config",
+                code::Snapshot::Config,
                 "config.json must hold a JSON object",
             )
             .with_file(&path));
@@ -98,8 +98,7 @@ impl SourceModel {
 
     /// An error about the source pointing at `key` in config.json.
     pub fn at_key(&self, msg: String, key: &str, label: String) -> Diagnostic {
-        let d =
-            Diagnostic::error("rmlx::build::source-mismatch", msg).with_file(self.config_path());
+        let d = Diagnostic::error(code::Build::SourceMismatch, msg).with_file(self.config_path());
         let needle = format!("\"{key}\"");
         match self.text.find(&needle) {
             Some(start) => d
@@ -126,10 +125,7 @@ impl SourceModel {
     /// Computes output tensor `name` in its stored dtype.
     pub fn array(&self, name: &str) -> Result<Array> {
         let out = self.out(name).ok_or_else(|| {
-            Diagnostic::error(
-                "rmlx::build::internal",
-                format!("no tensor `{name}` planned"),
-            )
+            Diagnostic::error(code::Build::Internal, format!("no tensor `{name}` planned"))
         })?;
         match &out.recipe {
             Recipe::Stored(name) => self.weights.raw_array(name),
@@ -192,7 +188,7 @@ fn eval(weights: &Weights, r: &Recipe) -> Result<Array> {
 
 fn unsupported(path: &Path, text: &Arc<str>, model_type: &str) -> Diagnostic {
     let d = Diagnostic::error(
-        "rmlx::build::unsupported-architecture",
+        code::Build::UnsupportedArchitecture,
         format!("cannot convert model_type `{model_type}`"),
     )
     .with_file(path)
@@ -219,7 +215,7 @@ fn problem(dir: &Path, config: &Path, weights: &Weights, p: Problem) -> Diagnost
         .unwrap_or(file.as_os_str())
         .to_string_lossy();
     let d = Diagnostic::error(
-        "rmlx::build::source-mismatch",
+        code::Build::SourceMismatch,
         format!("{} (in {shown})", p.message),
     )
     .with_file(file);

@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 
 use super::pyjson;
 use super::quant::dtype_size;
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 
 /// mlx-lm's shard size (`MAX_FILE_SIZE_GB = 5`, in GiB).
 pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5 << 30;
@@ -107,7 +107,7 @@ pub struct Writer {
 }
 
 fn io(what: &str, path: &Path, e: &std::io::Error) -> Diagnostic {
-    Diagnostic::io("rmlx::build::io", what, path, e)
+    Diagnostic::io(code::Build::Io, what, path, e)
 }
 
 impl Writer {
@@ -150,7 +150,7 @@ impl Writer {
             offset += n;
         }
         let mut text = serde_json::to_string(&Value::Object(header)).map_err(|e| {
-            Diagnostic::error("rmlx::build::io", format!("cannot encode a header: {e}"))
+            Diagnostic::error(code::Build::Io, format!("cannot encode a header: {e}"))
         })?;
         // Pad with spaces so the data starts 8-byte aligned (as the safetensors crate does).
         while (8 + text.len()) % 8 != 0 {
@@ -194,13 +194,13 @@ impl Writer {
     pub fn write(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
         let spec = self.specs.get(self.next).ok_or_else(|| {
             Diagnostic::error(
-                "rmlx::build::internal",
+                code::Build::Internal,
                 format!("tensor `{name}` written past the plan"),
             )
         })?;
         if spec.name != name || spec.nbytes() != bytes.len() as u64 {
             return Err(Diagnostic::error(
-                "rmlx::build::internal",
+                code::Build::Internal,
                 format!(
                     "tensor `{name}` ({} bytes) written where `{}` ({} bytes) was planned",
                     bytes.len(),
@@ -227,7 +227,7 @@ impl Writer {
     pub fn finish(mut self) -> Result<Vec<String>> {
         if self.next != self.specs.len() {
             return Err(Diagnostic::error(
-                "rmlx::build::internal",
+                code::Build::Internal,
                 format!("{} of {} tensors written", self.next, self.specs.len()),
             ));
         }
@@ -252,7 +252,7 @@ impl Writer {
         });
         let name = "model.safetensors.index.json";
         let path = self.dir.join(name);
-        std::fs::write(&path, pyjson::dumps(&index, 4))
+        std::fs::write(&path, pyjson::dumps(&index, 4)?)
             .map_err(|e| io("cannot write", &path, &e))?;
         self.files.push(name.to_string());
         Ok(self.files)

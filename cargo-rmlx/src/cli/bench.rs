@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 
-use super::generate::DtypeArg;
 use super::output::{load_session, message};
 use super::{exit, GlobalArgs, MessageFormat};
 use crate::bench::{
@@ -15,7 +14,7 @@ use crate::bench::{
     this_program, time_probe, Measurement, ProbeTiming, Reference, Row, Scripts, LLAMA_CPP_SCRIPT,
     MLX_LM_SCRIPT, RMLX,
 };
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::engine::DtypePolicy;
 use crate::manifest::{resolve_model, Manifest};
 use crate::snapshot::ModelConfig;
@@ -36,7 +35,7 @@ pub struct BenchArgs {
     pub repeat: usize,
     /// Compute dtype of our engine.
     #[arg(long, value_enum, default_value = "auto")]
-    pub dtype: DtypeArg,
+    pub dtype: DtypePolicy,
     /// Also run mlx-lm (model dtype and float32-cast) on the same prompts, interleaved.
     #[arg(long)]
     pub compare_mlx_lm: bool,
@@ -74,12 +73,12 @@ pub struct BenchArgs {
 pub fn run(g: &GlobalArgs, a: BenchArgs) -> Result<u8> {
     if a.prompt_tokens.contains(&0) {
         return Err(Diagnostic::error(
-            "rmlx::cli::bad-argument",
+            code::Cli::BadArgument,
             "--prompt-tokens: every length must be at least 1",
         ));
     }
     let dir = resolve_model(&a.model, g.manifest_path.as_deref())?;
-    let policy: DtypePolicy = a.dtype.into();
+    let policy: DtypePolicy = a.dtype;
     if !a.batch.is_empty() {
         return run_batch(&dir, policy, &a);
     }
@@ -105,7 +104,7 @@ pub fn run(g: &GlobalArgs, a: BenchArgs) -> Result<u8> {
             };
             if !gguf.is_file() {
                 return Err(Diagnostic::error(
-                    "rmlx::bench::gguf",
+                    code::Bench::Gguf,
                     format!("--compare-llama-cpp: no GGUF file at {}", gguf.display()),
                 ));
             }
@@ -190,7 +189,7 @@ pub fn run(g: &GlobalArgs, a: BenchArgs) -> Result<u8> {
 fn run_batch(dir: &Path, policy: DtypePolicy, a: &BenchArgs) -> Result<u8> {
     if a.batch.contains(&0) {
         return Err(Diagnostic::error(
-            "rmlx::cli::bad-argument",
+            code::Cli::BadArgument,
             "--batch: every batch size must be at least 1",
         ));
     }
@@ -297,7 +296,7 @@ fn dtype_name(d: mlx_rs::Dtype) -> String {
 fn declared_gguf(g: &GlobalArgs, name: &str, dir: &Path) -> Result<PathBuf> {
     let no_source = || {
         Diagnostic::error(
-            "rmlx::bench::gguf",
+            code::Bench::Gguf,
             format!(
                 "--compare-llama-cpp without a file: `{name}` is not a model declared in \
                  rmlx.toml with a .gguf source"
@@ -351,7 +350,7 @@ fn reference(
     let python = python.unwrap_or_else(|| root.join(default_python));
     if !python.exists() {
         return Err(Diagnostic::error(
-            "rmlx::bench::reference",
+            code::Bench::Reference,
             format!("no reference python at {}", python.display()),
         )
         .with_help(format!(

@@ -9,7 +9,7 @@ use serde_json::json;
 use super::output::{diagnostic_message, message, report, status};
 use super::{exit, GlobalArgs, MessageFormat};
 use crate::build::{build, BuildOptions, Event};
-use crate::diagnostic::Result;
+use crate::diagnostic::{code, Result};
 use crate::manifest::Manifest;
 
 /// Arguments of `build`.
@@ -58,7 +58,7 @@ fn build_all(g: &GlobalArgs, a: &BuildArgs, json: bool) -> Result<()> {
     let manifest = Manifest::find_required(g.manifest_path.as_deref())?;
     if manifest.models.is_empty() {
         let d = crate::Diagnostic::warning(
-            "rmlx::manifest::no-models",
+            code::Manifest::NoModels,
             format!("{} declares no models", manifest.path.display()),
         )
         .with_file(&manifest.path)

@@ -9,7 +9,7 @@ use clap::Args;
 use super::output::status;
 use super::{exit, GlobalArgs, MessageFormat};
 use crate::diagnostic::Result;
-use crate::gguf::{import_to, Dtype as OutDtype, Existing, ImportOptions};
+use crate::gguf::{import_to, Dtype, Existing, ImportOptions};
 
 /// Arguments of `convert`.
 #[derive(Debug, Args)]
@@ -24,7 +24,7 @@ pub struct ConvertArgs {
     pub keep_quantized: bool,
     /// Dtype of dense tensors.
     #[arg(long, value_enum, default_value = "bf16")]
-    pub dtype: OutDtypeArg,
+    pub dtype: Dtype,
     /// Replace an existing output (directory or file) once the conversion succeeded; the
     /// input GGUF is never replaced.
     #[arg(long)]
@@ -32,17 +32,6 @@ pub struct ConvertArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "human")]
     pub message_format: MessageFormat,
-}
-
-/// `--dtype`.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum OutDtypeArg {
-    /// bfloat16.
-    Bf16,
-    /// float16.
-    F16,
-    /// float32.
-    F32,
 }
 
 /// Runs `convert`.
@@ -54,11 +43,7 @@ pub fn run(g: &GlobalArgs, a: ConvertArgs) -> Result<u8> {
     }
     let opts = ImportOptions {
         keep_quantized: a.keep_quantized,
-        dtype: match a.dtype {
-            OutDtypeArg::Bf16 => OutDtype::Bf16,
-            OutDtypeArg::F16 => OutDtype::F16,
-            OutDtypeArg::F32 => OutDtype::F32,
-        },
+        dtype: a.dtype,
     };
     let existing = if a.force {
         Existing::Replace

@@ -3,13 +3,15 @@
 use std::io::Write;
 use std::ops::ControlFlow;
 
-use clap::Args;
+use clap::builder::PossibleValue;
+use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use super::{exit, GlobalArgs, MessageFormat};
 use crate::constrain::ConstraintSpec;
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::engine::{generate, DtypePolicy, GenerateOptions, Penalties, SamplerConfig, StopReason};
+use crate::manifest::Dtype;
 
 /// Arguments of `generate`.
 #[derive(Debug, Args)]
@@ -69,7 +71,7 @@ pub struct GenerateArgs {
     pub top_logits: usize,
     /// Compute dtype (auto: float32 on CPU, the model's dtype on a GPU).
     #[arg(long, value_enum, default_value = "auto")]
-    pub dtype: DtypeArg,
+    pub dtype: DtypePolicy,
     /// Output format.
     #[arg(long, value_enum, default_value = "human")]
     pub message_format: MessageFormat,
@@ -79,26 +81,23 @@ pub struct GenerateArgs {
     pub hostfile: Option<std::path::PathBuf>,
 }
 
-/// `--dtype`.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum DtypeArg {
-    /// float32 on CPU, the model's dtype on a GPU.
-    Auto,
-    /// float32.
-    F32,
-    /// bfloat16.
-    Bf16,
-    /// float16.
-    F16,
-}
+/// `--dtype`: `auto` or one of the float dtypes (`f32`, `bf16`, `f16`).
+impl ValueEnum for DtypePolicy {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[
+            DtypePolicy::Auto,
+            DtypePolicy::Fixed(Dtype::Float32),
+            DtypePolicy::Fixed(Dtype::Bfloat16),
+            DtypePolicy::Fixed(Dtype::Float16),
+        ]
+    }
 
-impl From<DtypeArg> for DtypePolicy {
-    fn from(d: DtypeArg) -> Self {
-        match d {
-            DtypeArg::Auto => DtypePolicy::Auto,
-            DtypeArg::F32 => DtypePolicy::Float32,
-            DtypeArg::Bf16 => DtypePolicy::Bfloat16,
-            DtypeArg::F16 => DtypePolicy::Float16,
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        match self {
+            DtypePolicy::Auto => {
+                Some(PossibleValue::new("auto").help("float32 on CPU, the model's dtype on a GPU"))
+            }
+            DtypePolicy::Fixed(d) => d.to_possible_value(),
         }
     }
 }
@@ -113,7 +112,7 @@ pub fn run(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {
 fn generate_here(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {
     if !(a.repetition_penalty.is_finite() && a.repetition_penalty > 0.0) {
         return Err(crate::diagnostic::Diagnostic::error(
-            "rmlx::cli::bad-argument",
+            code::Cli::BadArgument,
             format!(
                 "--repetition-penalty must be a positive number, got {}",
                 a.repetition_penalty
@@ -121,7 +120,7 @@ fn generate_here(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {
         ));
     }
     let dir = crate::manifest::resolve_model(&a.model, g.manifest_path.as_deref())?;
-    let session = super::output::load_session(&dir, a.dtype.into())?;
+    let session = super::output::load_session(&dir, a.dtype)?;
     let prompt = if a.chat {
         session.user_prompt(&a.prompt)?
     } else {
@@ -244,13 +243,13 @@ fn generate_here(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {
 fn constraint(a: &GenerateArgs) -> Result<Option<ConstraintSpec>> {
     let read = |path: &std::path::Path| {
         std::fs::read_to_string(path)
-            .map_err(|e| Diagnostic::io("rmlx::cli::io", "reading", path, &e))
+            .map_err(|e| Diagnostic::io(code::Cli::Io, "reading", path, &e))
     };
     if let Some(path) = &a.json_schema {
         let text = read(path)?;
         let schema = serde_json::from_str(&text).map_err(|e| {
             Diagnostic::error(
-                "rmlx::constrain::invalid",
+                code::Constrain::Invalid,
                 format!("{} is not valid JSON: {e}", path.display()),
             )
             .with_file(path)

@@ -11,7 +11,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::{exit, output, GlobalArgs, MessageFormat};
-use crate::diagnostic::{Diagnostic, Result, Severity};
+use crate::diagnostic::{code, Diagnostic, Result, Severity};
 use crate::lint::{self, LintOptions, LintReport, LintTarget};
 use crate::manifest::Manifest;
 
@@ -43,7 +43,7 @@ pub fn run(g: &GlobalArgs, a: LintArgs) -> Result<u8> {
     if let Some(m) = &a.model {
         if !m.is_dir() {
             return Err(Diagnostic::error(
-                "rmlx::lint::no-such-path",
+                code::Lint::NoSuchPath,
                 format!("--model {}: not a directory", m.display()),
             )
             .with_help("give a model directory (with tokenizer.json)"));
@@ -147,7 +147,7 @@ fn targets(g: &GlobalArgs, a: &LintArgs) -> Result<Vec<LintTarget>> {
     }
     let cwd = std::env::current_dir().map_err(|e| {
         Diagnostic::error(
-            "rmlx::lint::no-such-path",
+            code::Lint::NoSuchPath,
             format!("cannot read the current directory: {e}"),
         )
     })?;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::GlobalArgs;
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 
 /// Arguments of `lsp`.
 #[derive(Debug, Args)]
@@ -45,7 +45,7 @@ fn find() -> Option<PathBuf> {
 pub fn run(_g: &GlobalArgs, a: LspArgs) -> Result<u8> {
     let bin = find().ok_or_else(|| {
         Diagnostic::error(
-            "rmlx::cli::lsp-not-found",
+            code::Cli::LspNotFound,
             "cannot find the rmlx-lsp binary next to cargo-rmlx or on PATH",
         )
         .with_help(
@@ -57,7 +57,7 @@ pub fn run(_g: &GlobalArgs, a: LspArgs) -> Result<u8> {
     cmd.args(&a.args);
     let failed = |e: std::io::Error| {
         Diagnostic::error(
-            "rmlx::cli::lsp-failed",
+            code::Cli::LspFailed,
             format!("cannot run {}: {e}", bin.display()),
         )
         .with_file(&bin)

@@ -25,19 +25,12 @@ use crate::diagnostic::Diagnostic;
 
 /// Exit codes (documented in the README; stable).
 pub mod exit {
+    use crate::diagnostic::Exit;
+
     /// Success.
-    pub const OK: u8 = 0;
-    /// The probe found a broken model.
-    pub const BROKEN: u8 = 1;
+    pub const OK: u8 = Exit::Ok.code();
     /// Usage, manifest, template or prompt error.
-    pub const USAGE: u8 = 2;
-    /// A model failed to load (missing/truncated weights, shape mismatch, unsupported
-    /// architecture, corrupt GGUF).
-    pub const LOAD: u8 = 3;
-    /// The probe was inconclusive.
-    pub const INCONCLUSIVE: u8 = 4;
-    /// The model's architecture is not supported.
-    pub const UNSUPPORTED: u8 = 5;
+    pub const USAGE: u8 = Exit::Usage.code();
 }
 
 #[derive(Debug, Parser)]
@@ -189,14 +182,8 @@ impl Command {
     }
 }
 
-/// The exit code for a failed command, from its diagnostic's code.
+/// The exit code for a failed command, from its diagnostic's code (the table in
+/// [`crate::diagnostic::code`]).
 pub fn exit_code(d: &Diagnostic) -> u8 {
-    if d.code.ends_with("::unsupported-architecture") {
-        return exit::UNSUPPORTED;
-    }
-    let area = d.code.split("::").nth(1).unwrap_or("");
-    match area {
-        "snapshot" | "gguf" | "engine" | "tokenize" => exit::LOAD,
-        _ => exit::USAGE,
-    }
+    d.exit_code()
 }

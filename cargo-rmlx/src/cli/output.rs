@@ -71,10 +71,13 @@ pub fn init(g: &GlobalArgs, machine: bool) {
     // would split paths and messages that people grep for, so nothing is wrapped there.
     let on_terminal = std::io::stderr().is_terminal();
     let _ = miette::set_hook(Box::new(move |_| {
+        // A wrapped error (an MLX exception) is already in the message; its `source` is for
+        // programs, not printed a second time.
         let mut opts = miette::MietteHandlerOpts::new()
             .color(color)
             .unicode(color)
-            .terminal_links(false);
+            .terminal_links(false)
+            .without_cause_chain();
         if !on_terminal {
             opts = opts.width(10_000).break_words(false);
         }

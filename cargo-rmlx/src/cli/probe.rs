@@ -6,15 +6,14 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use owo_colors::OwoColorize;
 
-use super::generate::DtypeArg;
 use super::output::{color, load_session, message};
 use super::{exit, GlobalArgs, MessageFormat};
 use crate::build::{self, BuildOptions};
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
+use crate::engine::DtypePolicy;
 use crate::manifest::{Manifest, ModelDecl, Quantize};
 use crate::probe::{
     fidelity, probe, Channel, ProbeOptions, ProbeReport, ReferenceSide, SeedSource, Verdict,
-    DEFAULT_SEED, DEFAULT_STEPS,
 };
 use crate::session::Session;
 
@@ -59,7 +58,7 @@ pub struct ProbeArgs {
     pub min_agreement: f64,
     /// Compute dtype.
     #[arg(long, value_enum, default_value = "auto")]
-    pub dtype: DtypeArg,
+    pub dtype: DtypePolicy,
     /// Output format.
     #[arg(long, value_enum, default_value = "human")]
     pub message_format: MessageFormat,
@@ -100,7 +99,7 @@ fn targets<'m>(
     };
     if a.models.is_empty() && declared.is_empty() {
         return Err(Diagnostic::error(
-            "rmlx::cli::no-models",
+            code::Cli::NoModels,
             "no models to probe: pass model directories, or declare models in rmlx.toml",
         ));
     }
@@ -201,13 +200,13 @@ fn probe_here(g: &GlobalArgs, a: ProbeArgs) -> Result<u8> {
         Some("golden") | None => None,
         Some(dir) => Some(load_session(
             &crate::manifest::resolve_model_in(dir, Ok(manifest.as_ref()))?,
-            a.dtype.into(),
+            a.dtype,
         )?),
     };
     let mut worst = exit::OK;
     for t in &targets {
         let loading = std::time::Instant::now();
-        let session = load_session(&t.dir, a.dtype.into())?;
+        let session = load_session(&t.dir, a.dtype)?;
         let load_s = loading.elapsed().as_secs_f64();
         let golden_path = a
             .golden
@@ -221,7 +220,7 @@ fn probe_here(g: &GlobalArgs, a: ProbeArgs) -> Result<u8> {
             _ => None,
         };
         let auto_session = match &auto {
-            Some(dir) => Some(load_session(dir, a.dtype.into())?),
+            Some(dir) => Some(load_session(dir, a.dtype)?),
             None => None,
         };
         let reference = match (&explicit_reference, &auto_session, a.reference.as_deref()) {
@@ -238,35 +237,30 @@ fn probe_here(g: &GlobalArgs, a: ProbeArgs) -> Result<u8> {
             }
             _ => None,
         };
-        let declared = t.decl.map(|d| &d.probe);
+        let mut declared = ProbeOptions::from_decl(&t.label, t.decl.map(|d| &d.probe));
+        if let Some(seed) = &a.seed {
+            declared.seed = seed.clone();
+        }
+        if let Some(steps) = a.steps {
+            declared.steps = steps;
+        }
+        if a.expect.is_some() {
+            declared.expect = a.expect.clone();
+        }
         let opts = ProbeOptions {
-            name: Some(t.label.clone()),
-            seed: a
-                .seed
-                .clone()
-                .or_else(|| declared.and_then(|p| p.prompt.clone()))
-                .unwrap_or_else(|| DEFAULT_SEED.to_string()),
-            steps: a
-                .steps
-                .or_else(|| declared.and_then(|p| p.max_tokens))
-                .unwrap_or(DEFAULT_STEPS),
-            expect: a
-                .expect
-                .clone()
-                .or_else(|| declared.and_then(|p| p.expect.clone())),
             no_template: a.no_template,
             max_reasoning_steps: a.max_reasoning_steps,
             reference,
             max_mean_kl: a.max_mean_kl,
             min_agreement: a.min_agreement,
-            ..Default::default()
+            ..declared
         };
         let mut report = probe(&session, &opts)?;
         report.timing.load_s = Some(load_s);
         if a.bless {
             if !report.verdict.is_healthy() {
                 return Err(Diagnostic::error(
-                    "rmlx::probe::bless-unhealthy",
+                    code::Probe::BlessUnhealthy,
                     format!(
                         "refusing to bless {}: its verdict is {}",
                         t.label, report.verdict

@@ -17,7 +17,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::{exit, GlobalArgs};
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::template::{self, ChatTemplate, TemplateOptions, TemplateOrigin};
 
 /// Arguments of `render`.
@@ -52,7 +52,7 @@ pub fn run(_g: &GlobalArgs, a: RenderArgs) -> Result<u8> {
     }
     let (Some(template_path), Some(context_path)) = (&a.template, &a.context) else {
         return Err(Diagnostic::error(
-            "rmlx::cli::usage",
+            code::Cli::Usage,
             "render needs --template and --context",
         ));
     };
@@ -110,7 +110,7 @@ fn read_context(path: &Path) -> Result<serde_json::Value> {
         })?
     };
     let vars: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        let offset = offset_of(&text, e.line(), e.column());
+        let offset = crate::diagnostic::offset_at(&text, e.line(), e.column());
         let end = text[offset..]
             .chars()
             .next()
@@ -142,23 +142,6 @@ fn read_context(path: &Path) -> Result<serde_json::Value> {
     Ok(vars)
 }
 
-/// Byte offset of a 1-based (line, column) position as serde_json reports it.
-fn offset_of(text: &str, line: usize, column: usize) -> usize {
-    let mut offset = 0;
-    for (i, l) in text.split_inclusive('\n').enumerate() {
-        if i + 1 == line {
-            let col = column.saturating_sub(1).min(l.len());
-            let mut o = offset + col;
-            while o > 0 && !text.is_char_boundary(o) {
-                o -= 1;
-            }
-            return o.min(text.len());
-        }
-        offset += l.len();
-    }
-    text.len()
-}
-
 #[derive(serde::Deserialize)]
 struct Case {
     id: serde_json::Value,
@@ -169,17 +152,17 @@ struct Case {
 /// `--batch`: one result line per case, in input order.
 fn batch(cases_path: &Path, opts: &TemplateOptions, bench: Option<usize>) -> Result<u8> {
     let file = std::fs::File::open(cases_path)
-        .map_err(|e| Diagnostic::io("rmlx::cli::usage", "cannot read cases", cases_path, &e))?;
+        .map_err(|e| Diagnostic::io(code::Cli::Usage, "cannot read cases", cases_path, &e))?;
     let mut cases = Vec::new();
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line
-            .map_err(|e| Diagnostic::io("rmlx::cli::usage", "cannot read cases", cases_path, &e))?;
+            .map_err(|e| Diagnostic::io(code::Cli::Usage, "cannot read cases", cases_path, &e))?;
         if line.trim().is_empty() {
             continue;
         }
         let case: Case = serde_json::from_str(&line).map_err(|e| {
             Diagnostic::error(
-                "rmlx::cli::usage",
+                code::Cli::Usage,
                 format!("{}:{}: bad case: {e}", cases_path.display(), n + 1),
             )
         })?;
@@ -205,13 +188,12 @@ fn batch(cases_path: &Path, opts: &TemplateOptions, bench: Option<usize>) -> Res
             Ok(out) => json!({"id": c.id, "ok": true, "output": out}),
             Err(d) => json!({"id": c.id, "ok": false, "code": d.code, "message": d.message}),
         };
-        writeln!(stdout, "{line}").map_err(|e| {
-            Diagnostic::error("rmlx::cli::io", format!("cannot write results: {e}"))
-        })?;
+        writeln!(stdout, "{line}")
+            .map_err(|e| Diagnostic::error(code::Cli::Io, format!("cannot write results: {e}")))?;
     }
     stdout
         .flush()
-        .map_err(|e| Diagnostic::error("rmlx::cli::io", format!("cannot write results: {e}")))?;
+        .map_err(|e| Diagnostic::error(code::Cli::Io, format!("cannot write results: {e}")))?;
     if let Some(passes) = bench {
         let passes = passes.max(1);
         let t1 = Instant::now();

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::generate::DtypeArg;
 use super::output::{report, status};
 use super::{exit, GlobalArgs};
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
+use crate::engine::DtypePolicy;
 use crate::manifest::Manifest;
 use crate::serve::{
     distributed, serve, HttpConfig, LoadSettings, ModelSource, ServeEvent, ServeOptions, Stopped,
@@ -88,7 +88,7 @@ pub struct ServeArgs {
     pub prompt_cache_mb: Option<u64>,
     /// Compute dtype (auto: float32 on CPU, the model's dtype on a GPU).
     #[arg(long, value_enum, default_value = "auto")]
-    pub dtype: DtypeArg,
+    pub dtype: DtypePolicy,
     /// Split every model over the ranks of this MLX hostfile (tensor parallelism): this
     /// process serves HTTP as rank 0 and starts the others (default: [distributed] hostfile
     /// in rmlx.toml). Requests then run one at a time, without the prompt cache.
@@ -117,7 +117,7 @@ fn sources(args: &[String], manifest: Option<&Manifest>) -> Result<Vec<ModelSour
     if args.is_empty() {
         let Some(m) = manifest.filter(|m| !m.models.is_empty()) else {
             return Err(Diagnostic::error(
-                "rmlx::serve::no-models",
+                code::Serve::NoModels,
                 "no models to serve",
             )
             .with_help(
@@ -137,7 +137,7 @@ fn sources(args: &[String], manifest: Option<&Manifest>) -> Result<Vec<ModelSour
         let dir = PathBuf::from(arg);
         if !dir.is_dir() {
             return Err(Diagnostic::error(
-                "rmlx::cli::unknown-model",
+                code::Cli::UnknownModel,
                 format!("no model directory `{arg}` and no model of that name in rmlx.toml"),
             )
             .with_help(
@@ -146,7 +146,7 @@ fn sources(args: &[String], manifest: Option<&Manifest>) -> Result<Vec<ModelSour
             ));
         }
         let dir = std::fs::canonicalize(&dir)
-            .map_err(|e| Diagnostic::io("rmlx::serve::io", "cannot resolve", &dir, &e))?;
+            .map_err(|e| Diagnostic::io(code::Serve::Io, "cannot resolve", &dir, &e))?;
         out.push(ModelSource {
             name: dir_name(&dir),
             dir,
@@ -157,7 +157,7 @@ fn sources(args: &[String], manifest: Option<&Manifest>) -> Result<Vec<ModelSour
     for s in &out {
         if !seen.insert(s.name.clone()) {
             return Err(Diagnostic::error(
-                "rmlx::serve::duplicate-model",
+                code::Serve::DuplicateModel,
                 format!("two models are named `{}`", s.name),
             )
             .with_help("requests select a model by name; serve directories with distinct names"));
@@ -184,7 +184,7 @@ fn api_key(given: Option<String>) -> Result<Option<String>> {
 
 fn empty_key(source: &str) -> Diagnostic {
     Diagnostic::error(
-        "rmlx::cli::empty-api-key",
+        code::Cli::EmptyApiKey,
         format!("{source} is empty: an empty API key would turn authentication off"),
     )
     .with_help(
@@ -233,7 +233,7 @@ pub fn run(g: &GlobalArgs, a: ServeArgs) -> Result<u8> {
     let role = crate::dist::join(hostfile.as_deref(), distributed::rank_died)?;
     match role.group() {
         Some(group) if group.rank() > 0 => {
-            let policy = a.dtype.into();
+            let policy = a.dtype;
             return super::launch::run_in(role, || {
                 distributed::follow(group, policy).map(|()| exit::OK)
             });
@@ -260,7 +260,7 @@ fn serve_here(g: &GlobalArgs, a: ServeArgs, manifest: Option<Manifest>) -> Resul
         manifest: manifest.filter(|_| models.iter().any(|m| m.decl.is_some())),
         models,
         load: LoadSettings {
-            policy: a.dtype.into(),
+            policy: a.dtype,
             probe: !a.no_probe,
             queue_depth: a.queue_depth,
             max_batch: a

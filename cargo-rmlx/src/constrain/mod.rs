@@ -31,7 +31,7 @@ use llguidance::api::TopLevelGrammar;
 use llguidance::{Matcher, ParserFactory};
 use serde_json::{json, Value};
 
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::tokenize::Tokenizer;
 
 /// What the output must match.
@@ -112,7 +112,7 @@ impl GuideEnv {
         let env = vocab::tok_env(tok, vocab_size, eos_ids)?;
         let mut factory = ParserFactory::new_simple(&env).map_err(|e| {
             Diagnostic::error(
-                "rmlx::constrain::tokenizer",
+                code::Constrain::Tokenizer,
                 format!("building the token trie failed: {e}"),
             )
         })?;
@@ -141,7 +141,7 @@ impl GuideEnv {
         let started = Instant::now();
         let invalid = |e: String| {
             Diagnostic::error(
-                "rmlx::constrain::invalid",
+                code::Constrain::Invalid,
                 format!("invalid {} constraint: {e}", spec.kind()),
             )
         };

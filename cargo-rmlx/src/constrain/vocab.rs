@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use toktrie::{TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
 
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::tokenize::Tokenizer;
 
 /// How a vocabulary's pieces spell bytes (read from the tokenizer's decoder).
@@ -37,7 +37,7 @@ fn spelling(tok: &Tokenizer) -> Result<Spelling> {
         return Ok(Spelling::ByteFallback { space });
     }
     Err(Diagnostic::error(
-        "rmlx::constrain::tokenizer",
+        code::Constrain::Tokenizer,
         format!(
             "structured output needs a byte-level or byte-fallback tokenizer; this one's \
              decoder is {}",
@@ -170,13 +170,13 @@ pub(crate) fn tok_env(tok: &Tokenizer, vocab_size: usize, eos_ids: &[u32]) -> Re
     let words = token_bytes(tok, vocab_size)?;
     let Some((&first_eos, _)) = eos_ids.split_first() else {
         return Err(Diagnostic::error(
-            "rmlx::constrain::tokenizer",
+            code::Constrain::Tokenizer,
             "structured output needs an EOS token; the model and tokenizer declare none",
         ));
     };
     if let Some(bad) = eos_ids.iter().find(|&&id| id as usize >= vocab_size) {
         return Err(Diagnostic::error(
-            "rmlx::constrain::tokenizer",
+            code::Constrain::Tokenizer,
             format!("EOS id {bad} is outside the model's vocabulary ({vocab_size})"),
         ));
     }

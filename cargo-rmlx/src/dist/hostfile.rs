@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Code, Diagnostic, Result};
 
 /// First port given to `mlx.launch`-format hosts (`mlx.launch`'s default).
 pub const STARTING_PORT: u16 = 32323;
 
-const CODE: &str = "rmlx::dist::hostfile";
+const CODE: Code = Code::Dist(code::Dist::Hostfile);
 
 /// One rank's host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +53,7 @@ impl Hostfile {
             text: Arc::from(text),
         };
         let json: Value = serde_json::from_str(text).map_err(|e| {
-            let at = offset_of(text, e.line(), e.column());
+            let at = crate::diagnostic::offset_at(text, e.line(), e.column());
             p.error(at..at, format!("the hostfile is not valid JSON: {e}"))
         })?;
         let mut file = Hostfile {
@@ -208,16 +208,6 @@ impl Parser<'_> {
             })
             .collect()
     }
-}
-
-/// Byte offset of 1-based `line`, `column` in `text` (clamped to its end).
-fn offset_of(text: &str, line: usize, column: usize) -> usize {
-    let start: usize = text
-        .split_inclusive('\n')
-        .take(line.saturating_sub(1))
-        .map(str::len)
-        .sum();
-    (start + column.saturating_sub(1)).min(text.len())
 }
 
 #[cfg(test)]

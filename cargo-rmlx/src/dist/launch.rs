@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 
 use super::hostfile::{Host, Hostfile};
 use super::BACKEND_ENV;
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Code, Diagnostic, Result};
 use crate::engine::dist;
 
 /// How long [`Ranks::finish`] waits for the other ranks after rank 0 is done.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(30);
 
-const CODE_DIED: &str = "rmlx::engine::dist::rank-died";
+const CODE_DIED: Code = Code::Engine(code::Engine::DistRankDied);
 
 /// The ranks rank 0 launched, and the group it joined with them.
 #[derive(Debug)]
@@ -45,7 +45,7 @@ impl Ranks {
         let ring_file =
             std::env::temp_dir().join(format!("rmlx-hosts-{}.json", std::process::id()));
         std::fs::write(&ring_file, &ring_json)
-            .map_err(|e| Diagnostic::io("rmlx::dist::launch", "cannot write", &ring_file, &e))?;
+            .map_err(|e| Diagnostic::io(code::Dist::Launch, "cannot write", &ring_file, &e))?;
         let mut env: Vec<(String, String)> = file.envs.clone();
         env.push((BACKEND_ENV.into(), backend.clone()));
         env.extend(nccl_env(file, &backend));
@@ -199,7 +199,7 @@ fn spawn_rank(
 ) -> Result<Child> {
     let exe = std::env::current_exe().map_err(|e| {
         Diagnostic::error(
-            "rmlx::dist::launch",
+            code::Dist::Launch,
             format!("cannot find this program's path: {e}"),
         )
     })?;
@@ -229,10 +229,7 @@ fn spawn_rank(
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     cmd.spawn().map_err(|e| {
-        Diagnostic::error(
-            "rmlx::dist::launch",
-            format!("cannot start rank {rank}: {e}"),
-        )
+        Diagnostic::error(code::Dist::Launch, format!("cannot start rank {rank}: {e}"))
     })
 }
 

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use ls_types::{DiagnosticRelatedInformation, DiagnosticSeverity, Location, NumberOrString, Uri};
 
-use crate::diagnostic::{Diagnostic, Severity};
+use crate::diagnostic::{Code, Diagnostic, Severity};
 use crate::lint;
 use crate::probe::{ProbeReport, Verdict};
 
@@ -159,7 +159,7 @@ pub fn json_key_span(json: &str, key: &str) -> Option<Range<usize>> {
 /// `add_bos_token` / `bos_token` in tokenizer_config.json. `read` returns a file's text
 /// (callers cache: tokenizer.json can be megabytes).
 pub fn tokenizer_related(
-    code: &str,
+    code: Code,
     model_dir: &Path,
     read: &dyn Fn(&Path) -> Option<Arc<str>>,
 ) -> Vec<DiagnosticRelatedInformation> {
@@ -208,19 +208,6 @@ pub fn tokenizer_related(
     out
 }
 
-/// The stable diagnostic code of a probe verdict (`rmlx::probe::<verdict>`).
-pub fn probe_code(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Ok => "rmlx::probe::ok",
-        Verdict::BrokenLoop => "rmlx::probe::broken-loop",
-        Verdict::BrokenNan => "rmlx::probe::broken-nan",
-        Verdict::BrokenEmpty => "rmlx::probe::broken-empty",
-        Verdict::UnexpectedAnswer => "rmlx::probe::unexpected-answer",
-        Verdict::Diverged => "rmlx::probe::diverged",
-        Verdict::Inconclusive => "rmlx::probe::inconclusive",
-    }
-}
-
 /// A probe verdict as a diagnostic (no span: editors put it on the template's first line).
 /// `ok` is advice carrying the decoded answer; `inconclusive` a warning; every other verdict
 /// an error. The evidence and the probe's hints are the help.
@@ -229,9 +216,9 @@ pub fn probe_diagnostic(r: &ProbeReport, model: &str) -> Diagnostic {
     let answer = r.answer.trim();
     let message = format!("probe of {model}: {} — answered {answer:?}", v.name());
     let d = match v {
-        Verdict::Ok => Diagnostic::advice(probe_code(v), message),
-        Verdict::Inconclusive => Diagnostic::warning(probe_code(v), message),
-        _ => Diagnostic::error(probe_code(v), message),
+        Verdict::Ok => Diagnostic::advice(v.code(), message),
+        Verdict::Inconclusive => Diagnostic::warning(v.code(), message),
+        _ => Diagnostic::error(v.code(), message),
     };
     let mut help = format!(
         "{} (rule `{}`; {} prompt tokens, {} greedy steps",
@@ -274,7 +261,7 @@ pub struct QuickFix {
 /// The quick fix for a diagnostic with `code` whose primary span is `span` in `text`, when
 /// the fix is mechanical: `rmlx::lint::duplicate-bos` whose span is a bare
 /// `{{ bos_token }}` expression (removed).
-pub fn quick_fix(code: &str, text: &str, span: &Range<usize>) -> Option<QuickFix> {
+pub fn quick_fix(code: Code, text: &str, span: &Range<usize>) -> Option<QuickFix> {
     if code != lint::CODE_DUPLICATE_BOS {
         return None;
     }

@@ -11,7 +11,7 @@ use crate::build;
 use crate::diagnostic::Diagnostic;
 use crate::lint::{self, LintTarget, TemplateRef};
 use crate::manifest::{Manifest, ProbeDecl, FILE_NAME};
-use crate::probe::{ProbeOptions, DEFAULT_SEED, DEFAULT_STEPS};
+use crate::probe::ProbeOptions;
 
 use super::same_path;
 
@@ -41,17 +41,7 @@ impl ModelLink {
     /// Probe options for this model (seed, expectation and steps from rmlx.toml, else the
     /// probe's defaults).
     pub fn probe_options(&self) -> ProbeOptions<'static> {
-        ProbeOptions {
-            name: Some(self.name.clone()),
-            seed: self
-                .probe
-                .prompt
-                .clone()
-                .unwrap_or_else(|| DEFAULT_SEED.to_string()),
-            steps: self.probe.max_tokens.unwrap_or(DEFAULT_STEPS),
-            expect: self.probe.expect.clone(),
-            ..ProbeOptions::default()
-        }
+        ProbeOptions::from_decl(&self.name, Some(&self.probe))
     }
 }
 

@@ -98,7 +98,7 @@ fn duplicate_bos_has_a_quick_fix() {
 fn other_files_go_to_the_first_line() {
     let text = "héllo\nworld";
     let (uri, path, index) = doc_parts(text);
-    let d = Diagnostic::error("rmlx::x::y", "bad")
+    let d = Diagnostic::error(crate::diagnostic::code::Snapshot::Config, "bad")
         .with_file("/elsewhere/tokenizer.json")
         .with_source("{\"a\": 1}")
         .with_span(1..4, "this key");
@@ -132,5 +132,5 @@ fn quick_fix_only_for_bare_expressions() {
     let t = "{{- bos_token -}}x{{ bos_token + 'a' }}";
     assert!(quick_fix(lint::CODE_DUPLICATE_BOS, t, &(0..17)).is_some());
     assert!(quick_fix(lint::CODE_DUPLICATE_BOS, t, &(18..39)).is_none());
-    assert!(quick_fix("rmlx::lint::double-bos", t, &(0..17)).is_none());
+    assert!(quick_fix(lint::CODE_DOUBLE_BOS, t, &(0..17)).is_none());
 }

@@ -16,7 +16,7 @@ use super::attention::host::HostKv;
 /// Positions a global layer's buffer grows by.
 const STEP: i32 = 256;
 
-use crate::diagnostic::Result;
+use crate::diagnostic::{code, Result};
 
 /// Keys and values of one attention layer, `[B, kv_heads, T, head_dim]`.
 /// Cloning shares the arrays (MLX arrays are values: a later write makes a new buffer).
@@ -243,7 +243,7 @@ impl Cache {
 /// An architecture asked for a cache its own declaration does not give that layer: a bug.
 fn wrong_kind(layer: usize, kind: &str) -> crate::diagnostic::Diagnostic {
     crate::diagnostic::Diagnostic::error(
-        "rmlx::engine::cache",
+        code::Engine::Cache,
         format!("layer {layer} has no {kind} cache (internal error: cache kinds mismatch)"),
     )
 }

@@ -18,7 +18,7 @@ use super::layers::{Linear, LoadCtx, RmsNorm, Rope};
 use super::mlp::{Activation, GatedMlp};
 use super::moe::{MoeSpec, SparseMoe};
 use super::network::Network;
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::snapshot::RopeScaling;
 
 /// What distinguishes one dense decoder from another.
@@ -303,7 +303,7 @@ fn host_attention(
     let rows = caches.len().max(1);
     let [q, k, v] = qkv else {
         return Err(Diagnostic::error(
-            "rmlx::engine::host-kernel",
+            code::Engine::HostKernel,
             "host attention without q, k and v (internal error)",
         ));
     };
@@ -365,7 +365,7 @@ fn norm_rows(norm: &RmsNorm, h: &[f32], width: usize) -> Result<Vec<f32>> {
 fn host_mlp(block: &Block, n: &[f32]) -> Result<Vec<f32>> {
     let mlp = block.mlp.host_mlp().ok_or_else(|| {
         Diagnostic::error(
-            "rmlx::engine::host-kernel",
+            code::Engine::HostKernel,
             "host decode of a block the host path does not cover (internal error)",
         )
     })?;

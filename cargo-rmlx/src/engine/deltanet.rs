@@ -16,7 +16,7 @@ use mlx_rs::{Array, Dtype};
 
 use super::cache::Recurrent;
 use super::layers::{Linear, LoadCtx, RmsNorm};
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 
 /// The shape of a gated delta-net layer.
 #[derive(Debug, Clone, Copy)]
@@ -86,7 +86,7 @@ impl GatedDeltaNet {
         spec: DeltaNetSpec,
     ) -> Result<Self> {
         spec.check().map_err(|msg| {
-            Diagnostic::error("rmlx::snapshot::config", msg).with_file(&ctx.config.path)
+            Diagnostic::error(code::Snapshot::Config, msg).with_file(&ctx.config.path)
         })?;
         let s = &spec;
         let (key_dim, value_dim) = (s.n_k_heads * s.k_head_dim, s.n_v_heads * s.v_head_dim);

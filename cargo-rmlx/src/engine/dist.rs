@@ -12,7 +12,7 @@ use std::time::Duration;
 use mlx_rs::{Array, Dtype};
 
 use super::ffi::{self, DistGroup};
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 
 /// This process' rank among `size` tensor-parallel processes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +92,7 @@ pub fn init(backend: &str, timeout: Duration) -> Result<Group> {
         })
         .map_err(|e| {
             Diagnostic::error(
-                "rmlx::engine::dist::init",
+                code::Engine::DistInit,
                 format!("cannot start a thread: {e}"),
             )
         })?;
@@ -100,7 +100,7 @@ pub fn init(backend: &str, timeout: Duration) -> Result<Group> {
         match rx.recv_timeout(timeout) {
             Ok(r) => r?,
             Err(_) => return Err(Diagnostic::error(
-                "rmlx::engine::dist::unreachable",
+                code::Engine::DistUnreachable,
                 format!(
                 "rank {} could not connect to every peer of the `{backend}` group within {:.0} s",
                 std::env::var("MLX_RANK").unwrap_or_else(|_| "?".into()),

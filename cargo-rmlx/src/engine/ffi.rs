@@ -14,7 +14,7 @@ use std::ffi::CString;
 
 use mlx_rs::{Array, Dtype};
 
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::snapshot::QuantParams;
 
 /// A quantized weight as MLX stores it: packed `weight`, `scales` and (affine only) `biases`,
@@ -206,7 +206,7 @@ impl DistGroup {
         unsafe {
             if !mlx_sys::mlx_distributed_is_available(name.as_ptr()) {
                 return Err(Diagnostic::error(
-                    "rmlx::engine::dist::backend",
+                    code::Engine::DistBackend,
                     format!("the MLX library in use has no `{backend}` distributed backend"),
                 )
                 .with_help("the CPU build of MLX has `ring`; `nccl` needs MLX's CUDA build"));
@@ -216,7 +216,7 @@ impl DistGroup {
                 || res.ctx.is_null()
             {
                 return Err(Diagnostic::error(
-                    "rmlx::engine::dist::init",
+                    code::Engine::DistInit,
                     format!("MLX could not start the `{backend}` distributed group"),
                 ));
             }
@@ -286,7 +286,7 @@ fn call(op: &str, f: impl FnOnce(*mut mlx_sys::mlx_array) -> i32) -> Result<Arra
         if status != 0 {
             mlx_sys::mlx_array_free(res);
             return Err(Diagnostic::error(
-                "rmlx::engine::mlx",
+                code::Engine::Mlx,
                 format!("MLX operation {op} failed"),
             ));
         }
@@ -295,5 +295,5 @@ fn call(op: &str, f: impl FnOnce(*mut mlx_sys::mlx_array) -> i32) -> Result<Arra
 }
 
 fn invalid(op: &str, msg: String) -> Diagnostic {
-    Diagnostic::error("rmlx::engine::mlx", format!("{op}: {msg}"))
+    Diagnostic::error(code::Engine::Mlx, format!("{op}: {msg}"))
 }

@@ -7,7 +7,7 @@
 use mlx_rs::ops::{dequantize, quantized_matmul};
 use mlx_rs::{Array, Dtype};
 
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::snapshot::{ModelConfig, QuantMode, QuantParams, RopeScaling, Weights};
 
 pub mod parallel; // tensor parallelism (engine::dist): sharded loading, row-parallel all_sum
@@ -49,7 +49,7 @@ impl LoadCtx<'_> {
             (false, _) => Ok(None),
             (true, Some(q)) => Ok(Some(q)),
             (true, None) => Err(Diagnostic::error(
-                "rmlx::snapshot::quantization",
+                code::Snapshot::Quantization,
                 format!(
                     "`{path}` is stored quantized (has `{path}.scales`) but config.json has no \
                      quantization settings for it"
@@ -123,7 +123,7 @@ impl LoadCtx<'_> {
         let group = q.group_size as usize;
         if group == 0 || (cols * bits) % 32 != 0 || cols % group != 0 {
             return Err(Diagnostic::error(
-                "rmlx::snapshot::quantization",
+                code::Snapshot::Quantization,
                 format!(
                     "`{path}`: {cols} input features cannot be quantized with {bits} bits in \
                      groups of {group}"
@@ -365,7 +365,7 @@ impl Linear {
                 } => ops.push((weight, scales, biases, params.bits, params.group_size)),
                 _ => {
                     return Err(Diagnostic::error(
-                        "rmlx::engine::host-kernel",
+                        code::Engine::HostKernel,
                         "host forward of a layer the host kernel does not support",
                     ))
                 }
@@ -591,7 +591,7 @@ impl Rope {
     fn long_rope(dims: usize, base: f32, long: &[f32], old: f32, new: f32) -> Result<Self> {
         if long.len() != dims / 2 {
             return Err(Diagnostic::error(
-                "rmlx::snapshot::rope-scaling",
+                code::Snapshot::RopeScaling,
                 format!(
                     "rope_scaling.long_factor has {} entries; {} rotated features need {}",
                     long.len(),
@@ -627,7 +627,7 @@ impl Rope {
     pub fn proportional(dims: usize, rotated: usize, base: f32, factor: f32) -> Result<Self> {
         if rotated > dims || dims % 2 != 0 || rotated % 2 != 0 {
             return Err(Diagnostic::error(
-                "rmlx::engine::rope",
+                code::Engine::Rope,
                 format!(
                     "proportional rope: {rotated} rotated of {dims} features (both must be even, \
                      rotated ≤ features)"

@@ -48,30 +48,25 @@ pub enum DtypePolicy {
     /// inaccurate); the model's own dtype on GPUs.
     #[default]
     Auto,
-    /// Always float32.
-    Float32,
-    /// Always bfloat16.
-    Bfloat16,
-    /// Always float16.
-    Float16,
+    /// Always this dtype.
+    Fixed(crate::manifest::Dtype),
 }
 
 impl DtypePolicy {
     /// Resolves the policy for the current default device and the model's `torch_dtype`.
     pub fn resolve(self, torch_dtype: Option<&str>) -> Dtype {
+        use crate::manifest::Dtype as Float;
         match self {
-            DtypePolicy::Float32 => Dtype::Float32,
-            DtypePolicy::Bfloat16 => Dtype::Bfloat16,
-            DtypePolicy::Float16 => Dtype::Float16,
+            DtypePolicy::Fixed(d) => d.mlx(),
             DtypePolicy::Auto => {
                 if gpu_available() {
                     match torch_dtype {
                         Some("float16") => Dtype::Float16,
                         Some("float32") => Dtype::Float32,
-                        _ => Dtype::Bfloat16,
+                        _ => Float::Bfloat16.mlx(),
                     }
                 } else {
-                    Dtype::Float32
+                    Float::Float32.mlx()
                 }
             }
         }

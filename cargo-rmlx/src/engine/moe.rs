@@ -22,7 +22,7 @@ use mlx_rs::Array;
 use super::ffi::{gather_mm, gather_qmm, QuantWeight};
 use super::layers::{Linear, LoadCtx};
 use super::mlp::Activation;
-use crate::diagnostic::Result;
+use crate::diagnostic::{code, Result};
 use crate::snapshot::QuantParams;
 
 /// From this many token–expert pairs on, the pairs are sorted by expert before the gathered
@@ -343,7 +343,7 @@ impl SparseMoe {
     pub fn load(ctx: &LoadCtx<'_>, spec: &MoeSpec) -> Result<Self> {
         if spec.top_k == 0 || spec.top_k > spec.num_experts {
             return Err(ctx.config.located(
-                "rmlx::snapshot::config",
+                code::Snapshot::Config,
                 format!(
                     "experts per token ({}) must be between 1 and the number of experts ({})",
                     spec.top_k, spec.num_experts

@@ -6,7 +6,7 @@
 use mlx_rs::{Array, Dtype};
 
 use super::cache::{Cache, CacheKind};
-use crate::diagnostic::Result;
+use crate::diagnostic::{code, Result};
 
 /// A loaded architecture (one module under `crate::arch` builds it from the weights).
 pub trait Network: Send + std::fmt::Debug {
@@ -135,7 +135,7 @@ impl Network for Unwrapped {
 
 fn unwrapped() -> crate::diagnostic::Diagnostic {
     crate::diagnostic::Diagnostic::error(
-        "rmlx::engine::network::unwrapped",
+        code::Engine::NetworkUnwrapped,
         "a network was used while being wrapped (internal error)",
     )
 }

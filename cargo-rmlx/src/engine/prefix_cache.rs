@@ -341,7 +341,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         write(dir.path());
         let snap = Snapshot::open(dir.path()).expect("open tiny model");
-        let model = Model::load(&snap, DtypePolicy::Float32).expect("load tiny model");
+        let model = Model::load(&snap, DtypePolicy::Fixed(crate::manifest::Dtype::Float32))
+            .expect("load tiny model");
         (dir, model)
     }
 

@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 use mlx_rs::{Array, Dtype};
 use rayon::prelude::*;
 
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 
 /// Rows one task handles at least (smaller tasks cost more to hand out than they save).
 const MIN_ROWS_PER_TASK: usize = 32;
@@ -248,7 +248,7 @@ fn views<'a>(mats: &[Operands<'a>]) -> Result<Vec<QuantMatrix<'a>>> {
 
 fn fail(what: &str, e: String) -> Diagnostic {
     Diagnostic::error(
-        "rmlx::engine::host-kernel",
+        code::Engine::HostKernel,
         format!("host mat-vec: {what}: {e}"),
     )
 }

@@ -9,7 +9,7 @@ use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::ops::{clip, concatenate};
 use mlx_rs::Array;
 
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::snapshot::RopeScaling;
 
 /// YaRN's per-pair periods (`[dims / 2]`, for `fast::rope`'s `freqs`) and the factor the
@@ -27,7 +27,7 @@ pub fn yarn(dims: usize, base: f32, scaling: &RopeScaling) -> Result<(Array, f32
     } = *scaling
     else {
         return Err(Diagnostic::error(
-            "rmlx::engine::rope",
+            code::Engine::Rope,
             "YaRN frequencies asked for a non-YaRN rope_scaling (internal error)",
         ));
     };

@@ -40,7 +40,7 @@ use super::penalty::PenaltyState;
 use super::sample::{top_k, Sampler};
 use super::Model;
 use crate::constrain::{Constraint, Guide, Masked};
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 
 /// The cache a sequence starts from (the cache-creation hook, see the module docs).
 #[derive(Debug)]
@@ -123,7 +123,7 @@ impl Sequence {
             StartCache::Prefilled { cache, tokens } => {
                 if tokens >= prompt_ids.len() || cache.offset != tokens {
                     return Err(Diagnostic::error(
-                        "rmlx::generate::prefilled-cache",
+                        code::Generate::PrefilledCache,
                         format!(
                             "a prefilled cache at offset {} handed over as holding {tokens} of \
                              {} prompt tokens (internal error)",
@@ -360,7 +360,7 @@ impl Sequence {
         }
         let l = self.logits.take().ok_or_else(|| {
             Diagnostic::error(
-                "rmlx::generate::no-logits",
+                code::Generate::NoLogits,
                 "a step was asked for before its logits were computed (internal error)",
             )
         })?;
@@ -410,13 +410,13 @@ pub fn device_sampling(sampler: &Sampler, opts: &GenerateOptions) -> bool {
 fn check_prompt(model: &Model, prompt_ids: &[u32], opts: &GenerateOptions) -> Result<()> {
     if prompt_ids.is_empty() {
         return Err(Diagnostic::error(
-            "rmlx::generate::empty-prompt",
+            code::Generate::EmptyPrompt,
             "the prompt encodes to zero tokens",
         ));
     }
     if prompt_ids.len() > model.max_context {
         return Err(Diagnostic::error(
-            "rmlx::generate::context-overflow",
+            code::Generate::ContextOverflow,
             format!(
                 "the prompt has {} tokens but the model's context length is {}",
                 prompt_ids.len(),
@@ -428,7 +428,7 @@ fn check_prompt(model: &Model, prompt_ids: &[u32], opts: &GenerateOptions) -> Re
     let vocab = model.net.vocab_size;
     if let Some(bad) = prompt_ids.iter().find(|&&id| id as usize >= vocab) {
         return Err(Diagnostic::error(
-            "rmlx::generate::bad-token",
+            code::Generate::BadToken,
             format!("prompt token id {bad} is outside the model's vocabulary ({vocab})"),
         )
         .with_help("the tokenizer and the model do not belong together"));
@@ -439,7 +439,7 @@ fn check_prompt(model: &Model, prompt_ids: &[u32], opts: &GenerateOptions) -> Re
         .filter(|&id| id as usize >= vocab)
     {
         return Err(Diagnostic::error(
-            "rmlx::generate::bad-token",
+            code::Generate::BadToken,
             format!("logit_bias names token id {bad}, outside the model's vocabulary ({vocab})"),
         ));
     }
@@ -517,7 +517,7 @@ impl DeviceStep {
     fn read(self) -> Result<Step> {
         let scalar = |a: &Array| -> Result<f32> {
             a.try_item_cast::<f32>().map_err(|e| {
-                Diagnostic::error("rmlx::engine::eval", format!("reading a step back: {e}"))
+                Diagnostic::error(code::Engine::Eval, format!("reading a step back: {e}"))
             })
         };
         let id = scalar(&self.next)? as u32;

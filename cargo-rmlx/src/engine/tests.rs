@@ -361,7 +361,8 @@ fn check(arch: Arch, seed: u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     write_model(dir.path(), arch, &w);
     let snap = Snapshot::open(dir.path()).expect("open tiny model");
-    let model = Model::load(&snap, DtypePolicy::Float32).expect("load tiny model");
+    let model = Model::load(&snap, DtypePolicy::Fixed(crate::manifest::Dtype::Float32))
+        .expect("load tiny model");
     let ids = [3usize, 17, 1, 29, 4, 11];
     let want = naive_logits(arch, &w, &ids);
 

@@ -10,7 +10,7 @@ use tracing::warn;
 
 use super::reader::GgufFile;
 use crate::arch::gguf::put;
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::snapshot::config::size_limit;
 
 /// A GGUF architecture this importer can map: an entry of a registry family's `gguf` list.
@@ -20,14 +20,14 @@ pub use crate::arch::gguf::GgufArch as Architecture;
 pub fn detect(gguf: &GgufFile) -> Result<&'static Architecture> {
     let name = gguf.architecture().ok_or_else(|| {
         Diagnostic::error(
-            "rmlx::gguf::missing-metadata",
+            code::Gguf::MissingMetadata,
             "GGUF file has no `general.architecture`",
         )
         .with_file(gguf.path())
     })?;
     crate::arch::gguf::lookup(name).ok_or_else(|| {
         Diagnostic::error(
-            "rmlx::gguf::unsupported-architecture",
+            code::Gguf::UnsupportedArchitecture,
             format!("GGUF architecture `{name}` is not supported"),
         )
         .with_file(gguf.path())
@@ -168,7 +168,7 @@ pub struct ModelParams {
 
 fn missing(gguf: &GgufFile, key: &str) -> Diagnostic {
     Diagnostic::error(
-        "rmlx::gguf::missing-metadata",
+        code::Gguf::MissingMetadata,
         format!("GGUF metadata `{key}` is missing or not a number"),
     )
     .with_file(gguf.path())
@@ -180,7 +180,7 @@ fn missing(gguf: &GgufFile, key: &str) -> Diagnostic {
 fn bounded(gguf: &GgufFile, key: &str, hf_key: &str, v: u64) -> Result<usize> {
     match size_limit(hf_key) {
         Some(max) if v > max => Err(Diagnostic::error(
-            "rmlx::gguf::size-limit",
+            code::Gguf::SizeLimit,
             format!("GGUF metadata `{key}` is {v}, above the limit of {max} (`{hf_key}`)"),
         )
         .with_file(gguf.path())
@@ -254,7 +254,7 @@ pub(crate) fn sliding_layers(
 
 fn bad_pattern(gguf: &GgufFile, key: &str, num_layers: usize) -> Diagnostic {
     Diagnostic::error(
-        "rmlx::gguf::bad-metadata",
+        code::Gguf::BadMetadata,
         format!(
             "GGUF metadata `{key}` is neither a number nor one boolean per layer ({num_layers})"
         ),
@@ -274,7 +274,7 @@ fn check_block_count(gguf: &GgufFile, key: &str, block_count: usize) -> Result<(
         return Ok(());
     }
     Err(Diagnostic::error(
-        "rmlx::gguf::bad-metadata",
+        code::Gguf::BadMetadata,
         format!(
             "GGUF metadata `{key}` is {block_count}, but the file has tensors for {present} \
              blocks"
@@ -293,7 +293,7 @@ pub fn check_special_ids(gguf: &GgufFile, vocab_size: usize) -> Result<()> {
             Some(id) if id >= 0 && (id as u64) < vocab_size as u64 => {}
             _ => {
                 return Err(Diagnostic::error(
-                    "rmlx::gguf::bad-metadata",
+                    code::Gguf::BadMetadata,
                     format!(
                         "GGUF metadata `{key}` is {v}, not a token id (the vocabulary has \
                          {vocab_size} tokens)"
@@ -314,7 +314,7 @@ fn head_count(gguf: &GgufFile, key: &str) -> Result<Option<usize>> {
             return bounded(gguf, key, "num_attention_heads", f as u64).map(Some);
         }
         return Err(Diagnostic::error(
-            "rmlx::gguf::unsupported-architecture",
+            code::Gguf::UnsupportedArchitecture,
             format!("GGUF `{key}` varies per layer, which is not supported"),
         )
         .with_file(gguf.path()));
@@ -387,7 +387,7 @@ impl ModelParams {
         let sliding_window = opt_usize(gguf, &k("attention.sliding_window"), "sliding_window")?;
         if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
             return Err(Diagnostic::error(
-                "rmlx::gguf::bad-metadata",
+                code::Gguf::BadMetadata,
                 format!(
                     "{num_heads} attention heads are not a multiple of {num_kv_heads} KV heads"
                 ),

@@ -21,49 +21,11 @@ use super::quants::{self, GgmlType, MLX_GROUP_SIZE};
 use super::reader::{GgufFile, TensorView};
 use super::tokenizer::TokenizerFiles;
 use crate::arch::gguf::Undo;
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Code, Diagnostic, Result};
 use crate::snapshot::publish::{OutputLock, ReplaceFile};
 
-/// Alias of [`Dtype`] (the name the CLI uses).
-pub type OutDtype = Dtype;
-
-/// Element type of dense output tensors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Dtype {
-    /// 32-bit float.
-    F32,
-    /// IEEE half.
-    F16,
-    /// bfloat16 (the default).
-    #[default]
-    Bf16,
-}
-
-impl Dtype {
-    /// The `torch_dtype` name written to config.json.
-    pub fn torch_name(self) -> &'static str {
-        match self {
-            Dtype::F32 => "float32",
-            Dtype::F16 => "float16",
-            Dtype::Bf16 => "bfloat16",
-        }
-    }
-
-    fn safetensors(self) -> safetensors::Dtype {
-        match self {
-            Dtype::F32 => safetensors::Dtype::F32,
-            Dtype::F16 => safetensors::Dtype::F16,
-            Dtype::Bf16 => safetensors::Dtype::BF16,
-        }
-    }
-
-    fn size(self) -> usize {
-        match self {
-            Dtype::F32 => 4,
-            Dtype::F16 | Dtype::Bf16 => 2,
-        }
-    }
-}
+/// Element type of dense output tensors: the one float dtype enum (default bfloat16).
+pub use crate::manifest::Dtype;
 
 /// How to import.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +42,7 @@ impl Default for ImportOptions {
     fn default() -> Self {
         Self {
             keep_quantized: true,
-            dtype: Dtype::Bf16,
+            dtype: Dtype::Bfloat16,
         }
     }
 }
@@ -209,11 +171,11 @@ impl OutTensor<'_> {
                 let v = values.apply(quants::dequantize(ty, data)?);
                 let mut out = Vec::with_capacity(v.len() * dtype.size());
                 match dtype {
-                    Dtype::F32 => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
-                    Dtype::F16 => v
+                    Dtype::Float32 => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+                    Dtype::Float16 => v
                         .iter()
                         .for_each(|x| out.extend(f16::from_f32(*x).to_le_bytes())),
-                    Dtype::Bf16 => v
+                    Dtype::Bfloat16 => v
                         .iter()
                         .for_each(|x| out.extend(bf16::from_f32(*x).to_le_bytes())),
                 }
@@ -243,7 +205,7 @@ impl OutTensor<'_> {
         };
         if bytes.len() != self.n_bytes {
             return Err(Diagnostic::error(
-                "rmlx::gguf::internal",
+                code::Gguf::Internal,
                 format!(
                     "converting `{}` produced {} bytes, expected {}",
                     self.src.info.name,
@@ -293,7 +255,7 @@ impl safetensors::View for OutTensor<'_> {
 }
 
 fn io_err(what: &str, path: &Path, e: &std::io::Error) -> Diagnostic {
-    Diagnostic::io("rmlx::gguf::io", what, path, e)
+    Diagnostic::io(code::Gguf::Io, what, path, e)
 }
 
 /// Imports a GGUF file into an MLX-format model directory `out_dir` (replaced atomically if
@@ -338,7 +300,7 @@ pub fn import_to(
     })?;
     let Some((_lock, staged, replace_file)) = held else {
         return Err(Diagnostic::error(
-            "rmlx::gguf::internal",
+            code::Gguf::Internal,
             "the import finished without an output directory",
         ));
     };
@@ -347,7 +309,7 @@ pub fn import_to(
     Ok(report)
 }
 
-fn output_error(code: &'static str, msg: String, out: &Path) -> Diagnostic {
+fn output_error(code: impl Into<Code>, msg: String, out: &Path) -> Diagnostic {
     Diagnostic::error(code, msg).with_file(out)
 }
 
@@ -358,7 +320,7 @@ fn check_output(gguf_path: &Path, out: &Path, existing: Existing) -> Result<Repl
     };
     if same_file(gguf_path, out) {
         return Err(output_error(
-            "rmlx::convert::output-is-input",
+            code::Convert::OutputIsInput,
             format!(
                 "the output {} is the input GGUF file itself; converting would replace it",
                 out.display()
@@ -372,7 +334,7 @@ fn check_output(gguf_path: &Path, out: &Path, existing: Existing) -> Result<Repl
     match existing {
         _ if empty_dir => Ok(ReplaceFile::Refuse),
         Existing::Refuse => Err(output_error(
-            "rmlx::convert::output-exists",
+            code::Convert::OutputExists,
             if is_dir {
                 format!("{} exists and is not empty", out.display())
             } else {
@@ -408,7 +370,7 @@ fn split_output(out_dir: &Path) -> Result<(&Path, String)> {
     match (out_dir.parent(), out_dir.file_name()) {
         (Some(p), Some(n)) => Ok((p, n.to_string_lossy().into_owned())),
         _ => Err(Diagnostic::error(
-            "rmlx::convert::bad-output",
+            code::Convert::BadOutput,
             format!("output directory {} has no parent", out_dir.display()),
         )),
     }
@@ -438,7 +400,7 @@ fn import_impl(
     let plan = plan_tensors(&gguf, arch, &params, opts, &sink)?;
     let tie = !plan.reports.iter().any(|r| r.hf_name == "lm_head.weight");
     let quantization = quantization_block(&plan.quantized);
-    let dtype = opts.dtype.torch_name();
+    let dtype = opts.dtype.as_str();
     let config = arch::config_json(&gguf, arch, &params, &ids, tie, dtype, quantization)?;
     let tok = TokenizerFiles::from_gguf(&gguf, params.max_position_embeddings)?;
 
@@ -528,7 +490,7 @@ fn plan_tensors<'a>(
         .any(|r| r.hf_name == "model.embed_tokens.weight")
     {
         return Err(Diagnostic::error(
-            "rmlx::gguf::missing-tensor",
+            code::Gguf::MissingTensor,
             "GGUF file has no `token_embd.weight` (the token embedding)",
         )
         .with_file(gguf.path()));
@@ -538,7 +500,7 @@ fn plan_tensors<'a>(
 
 fn unknown_tensor(gguf: &GgufFile, arch: &Architecture, name: &str) -> Diagnostic {
     Diagnostic::error(
-        "rmlx::gguf::unknown-tensor",
+        code::Gguf::UnknownTensor,
         format!(
             "GGUF tensor `{name}` has no Hugging Face equivalent for architecture `{}`",
             arch.name
@@ -685,7 +647,7 @@ fn checked_order(
         return Ok(Arc::new(order.to_vec()));
     }
     Err(Diagnostic::error(
-        "rmlx::gguf::bad-tensor",
+        code::Gguf::BadTensor,
         format!(
             "tensor `{}` has {len} {what}, which the head counts in the metadata do not \
              reorder",
@@ -706,7 +668,7 @@ fn checked_shape(
         return Ok(shape.to_vec());
     }
     Err(Diagnostic::error(
-        "rmlx::gguf::bad-tensor",
+        code::Gguf::BadTensor,
         format!(
             "tensor `{}` has shape {have:?}, which cannot be read as {shape:?}",
             info.name
@@ -768,7 +730,7 @@ fn check_decodable(gguf: &GgufFile, info: &super::reader::TensorInfo) -> Result<
         return Ok(());
     }
     Err(Diagnostic::error(
-        "rmlx::gguf::unsupported-type",
+        code::Gguf::UnsupportedType,
         format!(
             "GGUF tensor `{}` has type {ty}, which cannot be decoded",
             info.name
@@ -793,7 +755,7 @@ fn unpermutation(
     let n_rows = n_rows(info);
     let src = arch::unpermute_rows(n_rows, n_head).ok_or_else(|| {
         Diagnostic::error(
-            "rmlx::gguf::bad-tensor",
+            code::Gguf::BadTensor,
             format!(
                 "tensor `{}` has {n_rows} rows, not a multiple of 2 x {n_head} heads, so its \
                  rope permutation cannot be undone",
@@ -851,7 +813,7 @@ fn kept_as(view: &TensorView<'_>, target: &Target, opts: &ImportOptions) -> Resu
                 "GGUF tensor `{}` ({ty}) has a scale whose MLX bias overflows float16; \
                  dequantizing it to {} instead of keeping it quantized",
                 info.name,
-                opts.dtype.torch_name()
+                opts.dtype.as_str()
             );
             Ok(None)
         }
@@ -875,7 +837,7 @@ fn write_side_files(dir: &Path, config: &Value, tok: &TokenizerFiles) -> Result<
         ("generation_config.json", &tok.generation_config),
     ] {
         let mut s = serde_json::to_string_pretty(v).map_err(|e| {
-            Diagnostic::error("rmlx::gguf::io", format!("cannot serialize {name}: {e}"))
+            Diagnostic::error(code::Gguf::Io, format!("cannot serialize {name}: {e}"))
         })?;
         s.push('\n');
         write(name, s)?;
@@ -893,7 +855,7 @@ fn write_safetensors(dir: &Path, outs: Vec<(String, OutTensor<'_>)>) -> Result<(
     meta.insert("format".to_owned(), "mlx".to_owned());
     safetensors::serialize_to_file(outs, Some(meta), &st_path).map_err(|e| {
         Diagnostic::error(
-            "rmlx::gguf::io",
+            code::Gguf::Io,
             format!("cannot write {}: {e}", st_path.display()),
         )
         .with_file(&st_path)

@@ -22,8 +22,8 @@ mod tests;
 
 pub use arch::{Architecture, ModelParams};
 pub use import::{
-    import, import_into, import_to, Dtype, Existing, ImportOptions, ImportReport, OutDtype,
-    TensorAction, TensorReport,
+    import, import_into, import_to, Dtype, Existing, ImportOptions, ImportReport, TensorAction,
+    TensorReport,
 };
 pub use quants::GgmlType;
 pub use reader::{GgufFile, MetaValue, TensorInfo, TensorView};

@@ -11,7 +11,7 @@ use std::fmt;
 
 use half::f16;
 
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 
 /// A ggml tensor storage type (the ids are those of `enum ggml_type`).
 #[allow(non_camel_case_types, missing_docs)]
@@ -281,7 +281,7 @@ fn e8m0_half(e: u8) -> f32 {
 pub fn dequantize(ty: GgmlType, data: &[u8]) -> Result<Vec<f32>> {
     if !ty.can_dequantize() {
         return Err(Diagnostic::error(
-            "rmlx::gguf::unsupported-type",
+            code::Gguf::UnsupportedType,
             format!("cannot dequantize ggml type {ty}"),
         )
         .with_help(
@@ -292,7 +292,7 @@ pub fn dequantize(ty: GgmlType, data: &[u8]) -> Result<Vec<f32>> {
     let ts = ty.type_size();
     if data.len() % ts != 0 {
         return Err(Diagnostic::error(
-            "rmlx::gguf::bad-tensor",
+            code::Gguf::BadTensor,
             format!(
                 "{} bytes of {ty} data is not a whole number of {ts}-byte blocks",
                 data.len()
@@ -554,13 +554,13 @@ fn affine_scale_bias(ty: GgmlType, b: &[u8]) -> (f32, f32) {
 fn check_affine(ty: GgmlType, data: &[u8]) -> Result<usize> {
     if ty.mlx_affine_bits().is_none() {
         return Err(Diagnostic::error(
-            "rmlx::gguf::unsupported-type",
+            code::Gguf::UnsupportedType,
             format!("ggml type {ty} has no exact MLX affine equivalent"),
         ));
     }
     if data.len() % ty.type_size() != 0 {
         return Err(Diagnostic::error(
-            "rmlx::gguf::bad-tensor",
+            code::Gguf::BadTensor,
             format!(
                 "{} bytes of {ty} data is not a whole number of {}-byte blocks",
                 data.len(),
@@ -672,7 +672,7 @@ fn mxfp4_blocks(data: &[u8]) -> Result<std::slice::ChunksExact<'_, u8>> {
     let ts = GgmlType::MXFP4.type_size();
     if data.len() % ts != 0 {
         return Err(Diagnostic::error(
-            "rmlx::gguf::bad-tensor",
+            code::Gguf::BadTensor,
             format!(
                 "{} bytes of MXFP4 data is not a whole number of {ts}-byte blocks",
                 data.len()
@@ -990,11 +990,11 @@ mod tests {
     fn unsupported_and_ragged_inputs_are_errors() {
         assert_eq!(
             dequantize(GgmlType::IQ2_XXS, &[0; 66]).unwrap_err().code,
-            "rmlx::gguf::unsupported-type"
+            code::Gguf::UnsupportedType
         );
         assert_eq!(
             dequantize(GgmlType::Q4_K, &[0; 143]).unwrap_err().code,
-            "rmlx::gguf::bad-tensor"
+            code::Gguf::BadTensor
         );
         for id in 0..64 {
             if let Some(t) = GgmlType::from_id(id) {

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use tracing::warn;
 
 use super::quants::GgmlType;
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 
 /// The four bytes every GGUF file starts with.
 pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";
@@ -252,7 +252,7 @@ impl<'a> Cursor<'a> {
 
     fn truncated(&self, what: &str, need: u64) -> Diagnostic {
         Diagnostic::error(
-            "rmlx::gguf::truncated",
+            code::Gguf::Truncated,
             format!(
                 "GGUF header truncated while reading {what}: need {need} bytes at offset {}, \
                  file has {} bytes",
@@ -318,7 +318,7 @@ impl<'a> Cursor<'a> {
                 return Err(self.truncated(what, need));
             }
             return Err(Diagnostic::error(
-                "rmlx::gguf::bad-count",
+                code::Gguf::BadCount,
                 format!(
                     "GGUF {what} at offset {at} is {n}, but only {} bytes follow (at most {max} \
                      entries fit)",
@@ -356,7 +356,7 @@ impl<'a> Cursor<'a> {
         let bytes = self.take(n, "metadata key")?;
         String::from_utf8(bytes).map_err(|_| {
             Diagnostic::error(
-                "rmlx::gguf::bad-metadata",
+                code::Gguf::BadMetadata,
                 format!("GGUF metadata key at offset {at} is not valid UTF-8"),
             )
             .with_file(self.path)
@@ -377,7 +377,7 @@ impl<'a> Cursor<'a> {
             9 => {
                 if depth >= MAX_ARRAY_DEPTH {
                     return Err(Diagnostic::error(
-                        "rmlx::gguf::bad-metadata",
+                        code::Gguf::BadMetadata,
                         format!("GGUF metadata `{key}` nests arrays deeper than {MAX_ARRAY_DEPTH}"),
                     )
                     .with_file(self.path));
@@ -408,7 +408,7 @@ impl<'a> Cursor<'a> {
 
     fn bad_type(&self, key: &str, ty: u32) -> Diagnostic {
         Diagnostic::error(
-            "rmlx::gguf::bad-metadata",
+            code::Gguf::BadMetadata,
             format!("GGUF metadata `{key}` has unknown value type {ty}"),
         )
         .with_file(self.path)
@@ -417,7 +417,7 @@ impl<'a> Cursor<'a> {
 }
 
 fn io_err(path: &Path, what: &str, e: &std::io::Error) -> Diagnostic {
-    Diagnostic::io("rmlx::gguf::io", what, path, e)
+    Diagnostic::io(code::Gguf::Io, what, path, e)
 }
 
 impl GgufFile {
@@ -430,7 +430,7 @@ impl GgufFile {
             .map_err(|e| io_err(path, "cannot stat", &e))?;
         if meta.is_dir() {
             return Err(Diagnostic::error(
-                "rmlx::gguf::not-a-file",
+                code::Gguf::NotAFile,
                 format!("{} is a directory, not a GGUF file", path.display()),
             )
             .with_file(path)
@@ -442,7 +442,7 @@ impl GgufFile {
         let len = meta.len();
         if len < 24 {
             return Err(Diagnostic::error(
-                "rmlx::gguf::bad-magic",
+                code::Gguf::BadMagic,
                 format!("not a GGUF file: only {len} bytes long"),
             )
             .with_file(path));
@@ -459,14 +459,14 @@ impl GgufFile {
         };
         let magic = c.array::<4>("magic").map_err(|_| {
             Diagnostic::error(
-                "rmlx::gguf::bad-magic",
+                code::Gguf::BadMagic,
                 format!("not a GGUF file: only {len} bytes long"),
             )
             .with_file(path)
         })?;
         if magic != GGUF_MAGIC {
             return Err(Diagnostic::error(
-                "rmlx::gguf::bad-magic",
+                code::Gguf::BadMagic,
                 format!(
                     "not a GGUF file: starts with {:02x?} instead of \"GGUF\"",
                     magic
@@ -478,7 +478,7 @@ impl GgufFile {
         let version = c.u32("version")?;
         if !(2..=3).contains(&version) {
             return Err(Diagnostic::error(
-                "rmlx::gguf::unsupported-version",
+                code::Gguf::UnsupportedVersion,
                 format!("GGUF version {version} is not supported (supported: 2 and 3)"),
             )
             .with_file(path)
@@ -512,7 +512,7 @@ impl GgufFile {
                 Some(a) if a > 0 && (a as u64).is_power_of_two() && a <= 1 << 20 => a as u64,
                 _ => {
                     return Err(Diagnostic::error(
-                        "rmlx::gguf::bad-metadata",
+                        code::Gguf::BadMetadata,
                         format!("GGUF `general.alignment` is {v}, not a power of two"),
                     )
                     .with_file(path))
@@ -536,7 +536,7 @@ impl GgufFile {
             let n_dims = c.u32("tensor dimension count")? as usize;
             if n_dims == 0 || n_dims > MAX_DIMS {
                 return Err(Diagnostic::error(
-                    "rmlx::gguf::bad-tensor",
+                    code::Gguf::BadTensor,
                     format!("tensor `{name}` has {n_dims} dimensions (1 to {MAX_DIMS} allowed)"),
                 )
                 .with_file(path));
@@ -549,17 +549,17 @@ impl GgufFile {
             let offset = c.u64("tensor offset")?;
             let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| {
                 Diagnostic::error(
-                    "rmlx::gguf::unsupported-type",
+                    code::Gguf::UnsupportedType,
                     format!("tensor `{name}` has unknown ggml type id {type_id}"),
                 )
                 .with_file(path)
                 .with_help("the file is corrupt or uses a newer ggml type")
             })?;
             let n_bytes = tensor_bytes(&name, &dims, ggml_type)
-                .map_err(|m| Diagnostic::error("rmlx::gguf::bad-tensor", m).with_file(path))?;
+                .map_err(|m| Diagnostic::error(code::Gguf::BadTensor, m).with_file(path))?;
             if offset % alignment != 0 {
                 return Err(Diagnostic::error(
-                    "rmlx::gguf::bad-tensor",
+                    code::Gguf::BadTensor,
                     format!(
                         "tensor `{name}` data offset {offset} is not aligned to {alignment} bytes"
                     ),
@@ -568,7 +568,7 @@ impl GgufFile {
             }
             if tensor_index.insert(name.clone(), i).is_some() {
                 return Err(Diagnostic::error(
-                    "rmlx::gguf::bad-tensor",
+                    code::Gguf::BadTensor,
                     format!("tensor `{name}` appears twice in the GGUF file"),
                 )
                 .with_file(path));
@@ -595,7 +595,7 @@ impl GgufFile {
                     let start = data_offset.saturating_add(t.offset);
                     let have = file_len.saturating_sub(start);
                     return Err(Diagnostic::error(
-                        "rmlx::gguf::truncated",
+                        code::Gguf::Truncated,
                         format!(
                             "GGUF file is truncated: tensor `{}` ({}, dims {:?}) needs {} bytes \
                              at offset {start}, but only {have} bytes are left (file is {file_len} \
@@ -743,7 +743,7 @@ impl GgufFile {
         let start = self.data_offset + info.offset;
         let n = usize::try_from(info.n_bytes).map_err(|_| {
             Diagnostic::error(
-                "rmlx::gguf::bad-tensor",
+                code::Gguf::BadTensor,
                 format!("tensor `{}` does not fit in memory", info.name),
             )
             .with_file(&self.path)
@@ -755,7 +755,7 @@ impl GgufFile {
             }
             let now = self.file.metadata().map(|m| m.len()).unwrap_or(0);
             Diagnostic::error(
-                "rmlx::gguf::truncated",
+                code::Gguf::Truncated,
                 format!(
                     "GGUF file is truncated: tensor `{}` needs bytes {start}..{}, the file now \
                      has {now} bytes (it was {} when opened; it shrank while being read)",

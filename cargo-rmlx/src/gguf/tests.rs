@@ -130,7 +130,7 @@ fn s(v: &str) -> MetaValue {
 
 fn err_code(path: &Path) -> (&'static str, String) {
     let e = GgufFile::open(path).unwrap_err();
-    (e.code, e.message.clone())
+    (e.code.as_str(), e.message.clone())
 }
 
 #[test]
@@ -587,7 +587,7 @@ fn import_tiny_llama_keeps_legacy_quants_and_unpermutes() {
     std::fs::write(out.join("stale.txt"), "x").unwrap();
     let opts = ImportOptions {
         keep_quantized: false,
-        dtype: Dtype::F16,
+        dtype: Dtype::Float16,
     };
     let report = import(&src, &out, &opts).unwrap();
     assert!(report.quantized.is_empty());

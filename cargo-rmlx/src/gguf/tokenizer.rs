@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use super::arch::SpecialIds;
 use super::reader::GgufFile;
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Code, Diagnostic, Result};
 
 /// GGUF token types (`llama_token_type`).
 pub mod token_type {
@@ -171,7 +171,7 @@ pub struct TokenizerFiles {
     pub pre_tokenizer: PreTokenizer,
 }
 
-fn meta_err(gguf: &GgufFile, code: &'static str, msg: String) -> Diagnostic {
+fn meta_err(gguf: &GgufFile, code: impl Into<Code>, msg: String) -> Diagnostic {
     Diagnostic::error(code, msg).with_file(gguf.path())
 }
 
@@ -182,14 +182,14 @@ impl TokenizerFiles {
         let model = gguf.get_str("tokenizer.ggml.model").ok_or_else(|| {
             meta_err(
                 gguf,
-                "rmlx::gguf::missing-metadata",
+                code::Gguf::MissingMetadata,
                 "GGUF has no `tokenizer.ggml.model`, so no tokenizer can be built".into(),
             )
         })?;
         if model != "gpt2" && model != "llama" {
             return Err(meta_err(
                 gguf,
-                "rmlx::gguf::unsupported-tokenizer",
+                code::Gguf::UnsupportedTokenizer,
                 format!(
                     "GGUF tokenizer model `{model}` is not supported (supported: byte-level BPE \
                      `gpt2` and SentencePiece BPE `llama`)"
@@ -200,14 +200,14 @@ impl TokenizerFiles {
         let tokens = gguf.get_str_array("tokenizer.ggml.tokens").ok_or_else(|| {
             meta_err(
                 gguf,
-                "rmlx::gguf::missing-metadata",
+                code::Gguf::MissingMetadata,
                 "GGUF has no string array `tokenizer.ggml.tokens`".into(),
             )
         })?;
         if tokens.is_empty() {
             return Err(meta_err(
                 gguf,
-                "rmlx::gguf::bad-metadata",
+                code::Gguf::BadMetadata,
                 "GGUF `tokenizer.ggml.tokens` is empty".into(),
             ));
         }
@@ -243,7 +243,7 @@ impl TokenizerFiles {
             merges_raw = gguf.get_str_array("tokenizer.ggml.merges").ok_or_else(|| {
                 meta_err(
                     gguf,
-                    "rmlx::gguf::missing-metadata",
+                    code::Gguf::MissingMetadata,
                     "GGUF byte-level BPE tokenizer has no `tokenizer.ggml.merges`".into(),
                 )
             })?;
@@ -262,7 +262,7 @@ impl TokenizerFiles {
                 _ => {
                     return Err(meta_err(
                         gguf,
-                        "rmlx::gguf::missing-metadata",
+                        code::Gguf::MissingMetadata,
                         "GGUF SentencePiece tokenizer has no `tokenizer.ggml.scores` with one \
                          score per token"
                             .into(),

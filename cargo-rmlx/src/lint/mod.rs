@@ -49,7 +49,7 @@ use std::ops::Range;
 
 use serde_json::json;
 
-use crate::diagnostic::{Diagnostic, Severity};
+use crate::diagnostic::{code, Code, Diagnostic, Severity};
 use crate::template::{
     self, support, ChatTemplate, RenderContext, TemplateOptions, TemplateOrigin,
 };
@@ -65,30 +65,30 @@ pub use targets::{
 };
 
 /// A sample conversation fails to render (the template crashes on ordinary input).
-pub const CODE_RENDER_FAILED: &str = "rmlx::lint::render-failed";
+pub const CODE_RENDER_FAILED: Code = Code::Lint(code::Lint::RenderFailed);
 /// The template deliberately rejects a sample conversation (`raise_exception`).
-pub const CODE_REJECTS_INPUT: &str = "rmlx::lint::rejects-input";
+pub const CODE_REJECTS_INPUT: Code = Code::Lint(code::Lint::RejectsInput);
 /// The template crashes on an input rmlx sends only for an optional capability (tools, a
 /// final assistant message): the model lacks that capability (a warning).
-pub const CODE_UNSUPPORTED_INPUT: &str = "rmlx::lint::unsupported-input";
+pub const CODE_UNSUPPORTED_INPUT: Code = Code::Lint(code::Lint::UnsupportedInput);
 /// `add_generation_prompt` is ignored, adds nothing, or does not extend the prompt.
-pub const CODE_GENERATION_PROMPT: &str = "rmlx::lint::generation-prompt";
+pub const CODE_GENERATION_PROMPT: Code = Code::Lint(code::Lint::GenerationPrompt);
 /// The template reads a variable that nothing provides.
-pub const CODE_UNDECLARED: &str = "rmlx::lint::undeclared-variable";
+pub const CODE_UNDECLARED: Code = Code::Lint(code::Lint::UndeclaredVariable);
 /// The template emits BOS and the tokenizer's post-processor adds another.
-pub const CODE_DOUBLE_BOS: &str = "rmlx::lint::double-bos";
+pub const CODE_DOUBLE_BOS: Code = Code::Lint(code::Lint::DoubleBos);
 /// The tokenizer expects a BOS (its post-processor adds one) that the template never emits.
-pub const CODE_MISSING_BOS: &str = "rmlx::lint::missing-bos";
+pub const CODE_MISSING_BOS: Code = Code::Lint(code::Lint::MissingBos);
 /// A special-token-like string in the output is not a single token of the vocabulary.
-pub const CODE_SPLIT_SPECIAL: &str = "rmlx::lint::split-special-token";
+pub const CODE_SPLIT_SPECIAL: Code = Code::Lint(code::Lint::SplitSpecialToken);
 /// The template emits BOS twice at the start of the prompt (`{{ bos_token }}` twice).
-pub const CODE_DUPLICATE_BOS: &str = "rmlx::lint::duplicate-bos";
+pub const CODE_DUPLICATE_BOS: Code = Code::Lint(code::Lint::DuplicateBos);
 /// The seed prompt's token count (advice).
-pub const CODE_SEED_TOKENS: &str = "rmlx::lint::seed-tokens";
+pub const CODE_SEED_TOKENS: Code = Code::Lint(code::Lint::SeedTokens);
 /// The capability summary (advice).
-pub const CODE_CAPABILITIES: &str = "rmlx::lint::capabilities";
+pub const CODE_CAPABILITIES: Code = Code::Lint(code::Lint::Capabilities);
 /// The model's tokenizer could not be loaded; tokenizer checks were skipped.
-pub const CODE_TOKENIZER: &str = "rmlx::lint::tokenizer";
+pub const CODE_TOKENIZER: Code = Code::Lint(code::Lint::Tokenizer);
 
 /// Kwargs names that switch a reasoning ("thinking") mode, and the two values tried.
 const THINKING_FLAGS: &[&str] = &[

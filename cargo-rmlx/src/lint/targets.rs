@@ -19,13 +19,13 @@ use std::sync::Arc;
 use tracing::{debug, warn};
 
 use super::{lint_source, LintOptions, LintReport, CODE_TOKENIZER};
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Code, Diagnostic, Result};
 use crate::manifest::Manifest;
 use crate::template::{self, TemplateOrigin};
 use crate::tokenize::Tokenizer;
 
 /// Code of a path argument that does not exist.
-pub const CODE_NO_SUCH_PATH: &str = "rmlx::lint::no-such-path";
+pub const CODE_NO_SUCH_PATH: Code = Code::Lint(code::Lint::NoSuchPath);
 
 /// Where a target's template text comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

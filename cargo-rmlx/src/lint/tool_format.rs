@@ -3,14 +3,14 @@
 //! finds (so the server parses the calls) or that a template offering tools writes none the
 //! server knows (calls would stay in the answer text unless rmlx.toml sets `tool-format`).
 
-use crate::diagnostic::Diagnostic;
+use crate::diagnostic::{code, Code, Diagnostic};
 use crate::reasoning;
 use crate::serve::tools::{self, ToolFormat};
 
 use super::{Capabilities, Support};
 
 /// The tool-call format report (advice).
-pub const CODE_TOOL_FORMAT: &str = "rmlx::lint::tool-format";
+pub const CODE_TOOL_FORMAT: Code = Code::Lint(code::Lint::ToolFormat);
 
 /// The report, when the template takes tools or writes a known format.
 pub fn report(source: &str, caps: &Capabilities) -> Option<Diagnostic> {

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{Manifest, FILE_NAME};
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 
 /// Where the manifest is and where its build products go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +32,7 @@ pub fn locate(manifest_path: Option<&Path>) -> Result<Option<Location>> {
     if let Some(p) = &manifest_path {
         if !p.is_file() {
             return Err(Diagnostic::error(
-                "rmlx::manifest::not-found",
+                code::Manifest::NotFound,
                 format!("--manifest-path {} does not exist", p.display()),
             )
             .with_file(p));
@@ -80,7 +80,7 @@ pub fn init_dir(manifest_path: Option<&Path>) -> Result<PathBuf> {
         }
         if !p.is_file() {
             return Err(Diagnostic::error(
-                "rmlx::manifest::not-found",
+                code::Manifest::NotFound,
                 format!("--manifest-path {} does not exist", p.display()),
             )
             .with_file(p));
@@ -117,7 +117,7 @@ fn workspace(manifest_path: Option<&Path>, start: &Path) -> Result<(PathBuf, Pat
             other => other.to_string(),
         };
         let mut d = Diagnostic::error(
-            "rmlx::manifest::cargo-metadata",
+            code::Manifest::CargoMetadata,
             format!("`cargo metadata` failed: {detail}"),
         )
         .with_help("rmlx.toml is looked up at the cargo workspace root; fix Cargo.toml or pass --manifest-path path/to/rmlx.toml");
@@ -155,7 +155,7 @@ pub fn resolve_model_in(
                     return Err(m
                         .located(
                             true,
-                            "rmlx::manifest::not-built",
+                            code::Manifest::NotBuilt,
                             format!("model `{arg}` is declared but not built"),
                             decl.name_span.clone(),
                             "declared here",
@@ -178,7 +178,7 @@ pub fn resolve_model_in(
         return Ok(as_dir);
     }
     Err(Diagnostic::error(
-        "rmlx::cli::unknown-model",
+        code::Cli::UnknownModel,
         format!("no model directory `{arg}` and no model of that name in rmlx.toml"),
     )
     .with_help(
@@ -191,7 +191,7 @@ pub fn resolve_model_in(
 fn current_dir() -> Result<PathBuf> {
     std::env::current_dir().map_err(|e| {
         Diagnostic::error(
-            "rmlx::manifest::io",
+            code::Manifest::Io,
             format!("cannot read the current directory: {e}"),
         )
     })

@@ -52,7 +52,7 @@ use std::sync::Arc;
 
 pub use locate::{init_dir, locate, resolve_model, resolve_model_in, Location};
 
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Code, Diagnostic, Result};
 use crate::serve::tools::ToolFormat;
 use crate::snapshot::{QuantMode, QuantParams};
 
@@ -185,14 +185,19 @@ impl QuantSpec {
     }
 }
 
-/// Element type of dense tensors (and affine scales/biases).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Element type of dense tensors (and affine scales/biases): the one float dtype of the
+/// library (rmlx.toml, the build, GGUF import, the engine's policy, the CLI's `--dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
 pub enum Dtype {
     /// bfloat16.
+    #[default]
+    #[value(name = "bf16")]
     Bfloat16,
-    /// IEEE half.
+    /// float16.
+    #[value(name = "f16")]
     Float16,
-    /// 32-bit float.
+    /// float32.
+    #[value(name = "f32")]
     Float32,
 }
 
@@ -214,6 +219,23 @@ impl Dtype {
             "float32" | "f32" => Dtype::Float32,
             _ => return None,
         })
+    }
+
+    /// The safetensors dtype of a tensor stored in it.
+    pub fn safetensors(self) -> safetensors::Dtype {
+        match self {
+            Dtype::Bfloat16 => safetensors::Dtype::BF16,
+            Dtype::Float16 => safetensors::Dtype::F16,
+            Dtype::Float32 => safetensors::Dtype::F32,
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::Bfloat16 | Dtype::Float16 => 2,
+            Dtype::Float32 => 4,
+        }
     }
 
     /// The MLX dtype.
@@ -299,7 +321,7 @@ impl Manifest {
     /// Reads and parses the manifest at `path`; build products go under `target_dir`.
     pub fn load(path: &Path, target_dir: PathBuf) -> Result<Self> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| Diagnostic::io("rmlx::manifest::io", "cannot read", path, &e))?;
+            .map_err(|e| Diagnostic::io(code::Manifest::Io, "cannot read", path, &e))?;
         Self::parse(path, &text, target_dir)
     }
 
@@ -320,7 +342,7 @@ impl Manifest {
     pub fn find_required(manifest_path: Option<&Path>) -> Result<Self> {
         Self::find(manifest_path)?.ok_or_else(|| {
             Diagnostic::error(
-                "rmlx::manifest::not-found",
+                code::Manifest::NotFound,
                 "no rmlx.toml at the cargo workspace root, in the current directory or above it",
             )
             .with_help("create one with `cargo rmlx init` (or pass --manifest-path)")
@@ -359,7 +381,7 @@ impl Manifest {
     pub fn located(
         &self,
         severity_error: bool,
-        code: &'static str,
+        code: impl Into<Code>,
         message: impl Into<String>,
         span: Range<usize>,
         label: impl Into<String>,
@@ -391,7 +413,7 @@ impl Manifest {
                 None => {
                     let declared: Vec<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
                     let mut d = Diagnostic::error(
-                        "rmlx::manifest::unknown-model",
+                        code::Manifest::UnknownModel,
                         format!("no model `{n}` in {}", self.path.display()),
                     )
                     .with_file(&self.path);
@@ -415,7 +437,7 @@ pub fn init(dir: &Path) -> Result<PathBuf> {
     let path = dir.join(FILE_NAME);
     if path.exists() {
         return Err(Diagnostic::error(
-            "rmlx::manifest::exists",
+            code::Manifest::Exists,
             format!("{} already exists", path.display()),
         )
         .with_file(&path)
@@ -425,9 +447,9 @@ pub fn init(dir: &Path) -> Result<PathBuf> {
         .write(true)
         .create_new(true)
         .open(&path)
-        .map_err(|e| Diagnostic::io("rmlx::manifest::io", "cannot create", &path, &e))?;
+        .map_err(|e| Diagnostic::io(code::Manifest::Io, "cannot create", &path, &e))?;
     std::io::Write::write_all(&mut f, TEMPLATE.as_bytes())
-        .map_err(|e| Diagnostic::io("rmlx::manifest::io", "cannot write", &path, &e))?;
+        .map_err(|e| Diagnostic::io(code::Manifest::Io, "cannot write", &path, &e))?;
     Ok(path)
 }
 

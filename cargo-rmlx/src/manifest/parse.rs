@@ -12,15 +12,15 @@ use super::{
     mode_defaults, supported, DistributedDecl, Dtype, Manifest, ModelDecl, ModuleOverride,
     ProbeDecl, QuantSpec, Quantize, ServeDecl, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_PROMPT_CACHE_MB,
 };
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Code, Diagnostic, Result};
 use crate::serve::tools::ToolFormat;
 use crate::snapshot::{QuantMode, QuantParams};
 
-const CODE_SYNTAX: &str = "rmlx::manifest::syntax";
-const CODE_UNKNOWN_KEY: &str = "rmlx::manifest::unknown-key";
-const CODE_TYPE: &str = "rmlx::manifest::wrong-type";
-const CODE_VALUE: &str = "rmlx::manifest::invalid-value";
-const CODE_MISSING_KEY: &str = "rmlx::manifest::missing-key";
+const CODE_SYNTAX: Code = Code::Manifest(code::Manifest::Syntax);
+const CODE_UNKNOWN_KEY: Code = Code::Manifest(code::Manifest::UnknownKey);
+const CODE_TYPE: Code = Code::Manifest(code::Manifest::WrongType);
+const CODE_VALUE: Code = Code::Manifest(code::Manifest::InvalidValue);
+const CODE_MISSING_KEY: Code = Code::Manifest(code::Manifest::MissingKey);
 
 type Value<'i> = Spanned<DeValue<'i>>;
 
@@ -32,7 +32,7 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn err(
         &self,
-        code: &'static str,
+        code: impl Into<Code>,
         msg: impl Into<String>,
         span: Range<usize>,
         label: impl Into<String>,

@@ -4,6 +4,8 @@
 
 use serde::Serialize;
 
+use crate::diagnostic::code;
+
 /// A probe verdict. Names are stable (JSON, docs, exit codes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -43,13 +45,23 @@ impl Verdict {
         self == Verdict::Ok
     }
 
-    /// Exit code of `cargo rmlx probe` for this verdict (README: exit codes).
-    pub fn exit_code(self) -> u8 {
+    /// The stable diagnostic code of this verdict (`rmlx::probe::<verdict>`).
+    pub fn code(self) -> code::Probe {
         match self {
-            Verdict::Ok => 0,
-            Verdict::Inconclusive => 4,
-            _ => 1,
+            Verdict::Ok => code::Probe::Ok,
+            Verdict::BrokenLoop => code::Probe::BrokenLoop,
+            Verdict::BrokenNan => code::Probe::BrokenNan,
+            Verdict::BrokenEmpty => code::Probe::BrokenEmpty,
+            Verdict::UnexpectedAnswer => code::Probe::UnexpectedAnswer,
+            Verdict::Diverged => code::Probe::Diverged,
+            Verdict::Inconclusive => code::Probe::Inconclusive,
         }
+    }
+
+    /// Exit code of `cargo rmlx probe` for this verdict (README: exit codes), from the code
+    /// table ([`code::Probe::exit`]).
+    pub fn exit_code(self) -> u8 {
+        self.code().exit().code()
     }
 }
 

@@ -10,7 +10,7 @@ use std::path::Path;
 use mlx_rs::Array;
 use serde::{Deserialize, Serialize};
 
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::engine::Model;
 
 /// Default: mean KL (nats) above which the verdict is `diverged`. See BENCHMARKS.md
@@ -137,7 +137,7 @@ pub fn compare(
 ) -> Result<Fidelity> {
     if golden.continuation.is_empty() {
         return Err(Diagnostic::error(
-            "rmlx::probe::reference",
+            code::Probe::Reference,
             "the reference continuation is empty",
         ));
     }
@@ -213,10 +213,10 @@ fn kl_top(top: &[(u32, f32)], q: &[f32]) -> f64 {
 /// Reads a golden file.
 pub fn read_golden(path: &Path) -> Result<Golden> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| Diagnostic::io("rmlx::probe::golden", "cannot read golden file", path, &e))?;
+        .map_err(|e| Diagnostic::io(code::Probe::Golden, "cannot read golden file", path, &e))?;
     serde_json::from_str(&text).map_err(|e| {
         Diagnostic::error(
-            "rmlx::probe::golden",
+            code::Probe::Golden,
             format!("{} is not a valid golden file: {e}", path.display()),
         )
         .with_file(path)
@@ -226,7 +226,7 @@ pub fn read_golden(path: &Path) -> Result<Golden> {
 
 /// Writes a golden file (atomically).
 pub fn write_golden(path: &Path, golden: &Golden) -> Result<()> {
-    let io = |e: std::io::Error| Diagnostic::io("rmlx::probe::golden", "cannot write", path, &e);
+    let io = |e: std::io::Error| Diagnostic::io(code::Probe::Golden, "cannot write", path, &e);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }

@@ -15,8 +15,9 @@ use std::ops::ControlFlow;
 
 use serde::Serialize;
 
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::engine::{generate, GenerateOptions, GenerateOutput};
+use crate::manifest::ProbeDecl;
 use crate::session::{Prompt, Session};
 
 pub use classify::{Classification, Verdict};
@@ -71,6 +72,23 @@ pub struct ProbeOptions<'a> {
     pub fidelity_steps: usize,
     /// Reasoning models: most extra steps spent reaching the answer ([`reasoning`]).
     pub max_reasoning_steps: usize,
+}
+
+impl ProbeOptions<'static> {
+    /// The options a model's `[models.<name>.probe]` declaration asks for (seed, expectation,
+    /// steps; the probe's defaults where it says nothing or there is none). The one mapping:
+    /// the CLI (which lays its flags over it), the server's probe gate and the editor use it.
+    pub fn from_decl(name: &str, decl: Option<&ProbeDecl>) -> Self {
+        Self {
+            name: Some(name.to_string()),
+            seed: decl
+                .and_then(|p| p.prompt.clone())
+                .unwrap_or_else(|| DEFAULT_SEED.to_string()),
+            steps: decl.and_then(|p| p.max_tokens).unwrap_or(DEFAULT_STEPS),
+            expect: decl.and_then(|p| p.expect.clone()),
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for ProbeOptions<'_> {
@@ -477,7 +495,7 @@ pub fn probe(session: &Session, opts: &ProbeOptions<'_>) -> Result<ProbeReport> 
         Some(ReferenceSide::Golden(golden)) => {
             if golden.prompt_ids != prompt.ids {
                 return Err(Diagnostic::error(
-                    "rmlx::probe::golden-mismatch",
+                    code::Probe::GoldenMismatch,
                     "the golden file was recorded for a different prompt",
                 )
                 .with_help(

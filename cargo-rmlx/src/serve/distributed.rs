@@ -31,7 +31,7 @@ use tokio::sync::{mpsc::UnboundedSender, watch};
 
 use super::registry::Registry;
 use super::worker::{Event, JobError};
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Code, Diagnostic, Result};
 use crate::engine::cache::{Cache, CacheKind};
 use crate::engine::dist::Group;
 use crate::engine::network::Network;
@@ -39,7 +39,7 @@ use crate::engine::{DtypePolicy, Model};
 use crate::session::Session;
 use crate::snapshot::Snapshot;
 
-const CODE_DESYNC: &str = "rmlx::serve::distributed::desync";
+const CODE_DESYNC: Code = Code::Serve(code::Serve::DistributedDesync);
 
 /// A command word (the first of every header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +114,7 @@ impl Leader {
 fn version_word(version: u64) -> Result<u32> {
     u32::try_from(version).map_err(|_| {
         Diagnostic::error(
-            "rmlx::serve::distributed::version",
+            code::Serve::DistributedVersion,
             format!("model version {version} does not fit the ranks' protocol"),
         )
     })
@@ -152,7 +152,7 @@ fn collective_failed(d: Diagnostic) -> Diagnostic {
     }
     if failure().is_none() {
         rank_died(Diagnostic::error(
-            "rmlx::engine::dist::rank-died",
+            code::Engine::DistRankDied,
             format!("a rank stopped answering: {}", d.message),
         ));
     }
@@ -228,7 +228,7 @@ pub fn load_session(dir: &Path, policy: DtypePolicy, version: u64) -> Result<Ses
     let path = dir.to_string_lossy().into_owned();
     if dir.to_str().is_none() {
         return Err(Diagnostic::error(
-            "rmlx::serve::distributed::path",
+            code::Serve::DistributedPath,
             format!("{path}: the ranks need a UTF-8 path"),
         ));
     }
@@ -283,7 +283,7 @@ impl Network for Leading {
     fn hidden(&self, ids: &Array, cache: &mut Cache) -> Result<Array> {
         let l = leader().ok_or_else(|| {
             Diagnostic::error(
-                "rmlx::serve::distributed::no-group",
+                code::Serve::DistributedNoGroup,
                 "a distributed model runs without its group (internal error)",
             )
         })?;

@@ -2,6 +2,7 @@
 //! opt-in CORS, the access log ([`super::access`]), OpenAI-shaped 404/405, the chat and
 //! completion handlers (JSON and server-sent events), models, health, metrics and reload.
 
+use crate::diagnostic::code;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -131,7 +132,7 @@ pub fn cors_layer(
                 Ok(v) if valid => list.push(v),
                 _ => {
                     return Err(crate::diagnostic::Diagnostic::error(
-                        "rmlx::serve::cors-origin",
+                        code::Serve::CorsOrigin,
                         format!("`{o}` is not an origin"),
                     )
                     .with_help("an origin is `scheme://host[:port]`, e.g. `http://localhost:3000`, or `*` for any"))
@@ -458,7 +459,7 @@ fn parse(kind: Kind, body: &[u8], default_max_tokens: usize) -> Result<Prepared,
 
 fn job_error(e: JobError, timeout: Duration, kind: Kind) -> ApiError {
     match e {
-        JobError::Invalid(d) if d.code == "rmlx::generate::context-overflow" => {
+        JobError::Invalid(d) if d.code == code::Generate::ContextOverflow => {
             ApiError::param(kind.prompt_param(), d.message.clone())
                 .with_code("context_length_exceeded")
         }

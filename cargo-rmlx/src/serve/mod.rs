@@ -38,7 +38,7 @@ use std::time::Duration;
 pub use http::HttpConfig;
 pub use registry::{EventSink, LoadSettings, ModelSource};
 
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::manifest::Manifest;
 
 /// Everything `serve` needs.
@@ -147,7 +147,7 @@ pub fn serve(opts: ServeOptions, events: EventSink) -> Result<Stopped> {
         .build()
         .map_err(|e| {
             Diagnostic::error(
-                "rmlx::serve::runtime",
+                code::Serve::Runtime,
                 format!("cannot start the runtime: {e}"),
             )
         })?;
@@ -161,7 +161,7 @@ async fn run(opts: ServeOptions, events: EventSink) -> Result<Stopped> {
         .await
         .map_err(|e| {
             Diagnostic::error(
-                "rmlx::serve::bind",
+                code::Serve::Bind,
                 format!("cannot listen on {}:{}: {e}", opts.host, opts.port),
             )
             .with_help(
@@ -170,7 +170,7 @@ async fn run(opts: ServeOptions, events: EventSink) -> Result<Stopped> {
         })?;
     let local = listener
         .local_addr()
-        .map_err(|e| Diagnostic::error("rmlx::serve::bind", format!("no local address: {e}")))?;
+        .map_err(|e| Diagnostic::error(code::Serve::Bind, format!("no local address: {e}")))?;
     if !guard::is_loopback_name(&opts.host) && opts.http.api_key.is_none() {
         tracing::warn!(
             "listening on {} without an API key: anyone who can reach this address can use \
@@ -198,7 +198,7 @@ async fn run(opts: ServeOptions, events: EventSink) -> Result<Stopped> {
             });
         if let Err(e) = spawned {
             return Err(Diagnostic::error(
-                "rmlx::serve::thread",
+                code::Serve::Thread,
                 format!("cannot start a loader thread: {e}"),
             ));
         }

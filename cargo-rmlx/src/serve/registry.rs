@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{json, Value};
 
 use super::metrics::Metrics;
-use super::worker::{dir_stamp, LiveThreads, LoadFailure, ProbeSettings, Worker, WorkerConfig};
+use super::worker::{dir_stamp, LiveThreads, LoadFailure, Worker, WorkerConfig};
 use super::ServeEvent;
 use crate::build::{build_model, BuildOptions, Event as BuildEvent};
 use crate::diagnostic::Diagnostic;
@@ -355,12 +355,11 @@ impl Registry {
             version,
             policy: self.settings.policy,
             probe: self.settings.probe.then(|| {
-                let decl = source.decl.as_ref().map(|d| &d.probe);
-                ProbeSettings {
-                    seed: decl.and_then(|p| p.prompt.clone()),
-                    expect: decl.and_then(|p| p.expect.clone()),
-                    steps: decl.and_then(|p| p.max_tokens),
-                }
+                source
+                    .decl
+                    .as_ref()
+                    .map(|d| d.probe.clone())
+                    .unwrap_or_default()
             }),
             queue_depth: self.settings.queue_depth,
             max_batch: self.settings.max_batch,

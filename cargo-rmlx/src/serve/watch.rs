@@ -19,7 +19,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 
 use super::registry::{Entry, EventSink, Registry, Trigger};
 use super::ServeEvent;
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::manifest::Manifest;
 
 /// Starts the watcher thread.
@@ -34,7 +34,7 @@ pub fn spawn(registry: Arc<Registry>, events: EventSink, debounce: Duration) -> 
         })
         .map_err(|e| {
             Diagnostic::error(
-                "rmlx::serve::watch",
+                code::Serve::Watch,
                 format!("cannot start the file watcher: {e}"),
             )
         })?;
@@ -65,7 +65,7 @@ pub fn spawn(registry: Arc<Registry>, events: EventSink, debounce: Duration) -> 
         })
         .map_err(|e| {
             Diagnostic::error(
-                "rmlx::serve::watch",
+                code::Serve::Watch,
                 format!("cannot start the watcher thread: {e}"),
             )
         })?;

@@ -31,11 +31,12 @@ use super::tools::choice::ToolChoice;
 use super::tools::output::{OutputParser, OutputSpec};
 use super::tools::{force, Delta, ToolCall, ToolFormat};
 use crate::constrain::Constraint;
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Code, Diagnostic, Result};
 use crate::engine::{
     DtypePolicy, GenerateOptions, GenerateOutput, Penalties, PrefixCache, SamplerConfig, Step,
     StopReason,
 };
+use crate::manifest::ProbeDecl;
 use crate::probe::{self, ProbeOptions};
 use crate::session::{ContentTokens, Prompt, Session};
 use crate::tokenize::Tokenizer;
@@ -192,35 +193,6 @@ pub struct LoadFailure {
     pub probe: Option<Value>,
 }
 
-/// What the probe gate asks of a model (`[models.<name>.probe]` in rmlx.toml, else the
-/// probe's defaults).
-#[derive(Debug, Clone, Default)]
-pub struct ProbeSettings {
-    /// The seed question.
-    pub seed: Option<String>,
-    /// A substring the answer must contain.
-    pub expect: Option<String>,
-    /// Greedy steps.
-    pub steps: Option<usize>,
-}
-
-impl ProbeSettings {
-    fn options(&self, name: &str) -> ProbeOptions<'static> {
-        let mut o = ProbeOptions {
-            name: Some(name.to_string()),
-            expect: self.expect.clone(),
-            ..ProbeOptions::default()
-        };
-        if let Some(s) = &self.seed {
-            o.seed = s.clone();
-        }
-        if let Some(n) = self.steps {
-            o.steps = n;
-        }
-        o
-    }
-}
-
 /// Settings of a worker.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -232,8 +204,9 @@ pub struct WorkerConfig {
     pub version: u64,
     /// Compute dtype.
     pub policy: DtypePolicy,
-    /// Probe before serving (`None`: `--no-probe`).
-    pub probe: Option<ProbeSettings>,
+    /// Probe before serving with the model's `[models.<name>.probe]` (empty when it is not
+    /// declared; `None`: `--no-probe`).
+    pub probe: Option<ProbeDecl>,
     /// Requests that may wait while a full batch runs.
     pub queue_depth: usize,
     /// Sequences generated together (continuous batching); 1 runs one at a time.
@@ -360,7 +333,7 @@ impl Worker {
         if let Err(e) = spawned {
             return Err(LoadFailure {
                 diagnostic: Diagnostic::error(
-                    "rmlx::serve::thread",
+                    code::Serve::Thread,
                     format!("cannot start a model thread: {e}"),
                 ),
                 verdict: None,
@@ -371,7 +344,7 @@ impl Worker {
             ready_rx.recv().unwrap_or_else(|_| {
                 Err(LoadFailure {
                     diagnostic: Diagnostic::error(
-                        "rmlx::serve::thread",
+                        code::Serve::Thread,
                         format!("the thread loading {} died", cfg.dir.display()),
                     ),
                     verdict: None,
@@ -462,7 +435,10 @@ fn worker_main(
         max_context: session.model.max_context,
     };
     if let Some(settings) = &cfg.probe {
-        match probe::probe(&session, &settings.options(&cfg.name)) {
+        match probe::probe(
+            &session,
+            &ProbeOptions::from_decl(&cfg.name, Some(settings)),
+        ) {
             Ok(report) => {
                 let verdict = report.verdict;
                 let reason = report.evidence.reason.clone();
@@ -470,7 +446,7 @@ fn worker_main(
                 let json = serde_json::to_value(&report).unwrap_or(Value::Null);
                 if !verdict.is_healthy() {
                     let d = Diagnostic::error(
-                        "rmlx::serve::probe-failed",
+                        code::Serve::ProbeFailed,
                         format!(
                             "{} failed its probe: verdict `{}` ({reason})",
                             cfg.dir.display(),
@@ -530,9 +506,10 @@ pub fn build_prompt(session: &Session, input: &PromptInput) -> Result<Prompt> {
 }
 
 fn classify(d: Diagnostic) -> JobError {
-    let area = d.code.split("::").nth(1).unwrap_or("");
-    match area {
-        "template" | "generate" | "tokenize" | "constrain" => JobError::Invalid(d),
+    match d.code {
+        Code::Template(_) | Code::Generate(_) | Code::Tokenize(_) | Code::Constrain(_) => {
+            JobError::Invalid(d)
+        }
         _ => JobError::Internal(d),
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Code, Diagnostic, Result};
 
 /// Upper bounds of the sizes in config.json (and the GGUF metadata they come from), far above
 /// any released model: a corrupt value is reported before anything is allocated from it.
@@ -209,7 +209,8 @@ pub struct ModelConfig {
 }
 
 /// Reads a JSON file, turning syntax errors into a located diagnostic.
-pub fn read_json(path: &Path, code_prefix: &'static str) -> Result<(Arc<str>, Value)> {
+pub fn read_json(path: &Path, code: impl Into<Code>) -> Result<(Arc<str>, Value)> {
+    let code_prefix = code.into();
     let text = std::fs::read_to_string(path)
         .map_err(|e| Diagnostic::io(code_prefix, "cannot read", path, &e))?;
     parse_json(path, text.into(), code_prefix)
@@ -219,10 +220,13 @@ pub fn read_json(path: &Path, code_prefix: &'static str) -> Result<(Arc<str>, Va
 pub fn parse_json(
     path: &Path,
     text: Arc<str>,
-    code_prefix: &'static str,
+    code_prefix: impl Into<Code>,
 ) -> Result<(Arc<str>, Value)> {
     let value = serde_json::from_str::<Value>(&text).map_err(|e| {
-        let span = char_at(&text, byte_offset(&text, e.line(), e.column()));
+        let span = char_at(
+            &text,
+            crate::diagnostic::offset_at(&text, e.line(), e.column()),
+        );
         Diagnostic::error(code_prefix, format!("{} is not valid JSON", path.display()))
             .with_file(path)
             .with_source(text.clone())
@@ -241,44 +245,32 @@ fn char_at(text: &str, offset: usize) -> std::ops::Range<usize> {
     start..start + len
 }
 
-/// Byte offset of a 1-based line and column (serde_json's convention).
-fn byte_offset(text: &str, line: usize, column: usize) -> usize {
-    let mut offset = 0;
-    for (i, l) in text.split_inclusive('\n').enumerate() {
-        if i + 1 == line {
-            return (offset + column.saturating_sub(1)).min(text.len());
-        }
-        offset += l.len();
-    }
-    text.len().saturating_sub(1)
-}
-
 impl ModelConfig {
     /// Reads `<dir>/config.json`.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
         if !path.is_file() {
             return Err(Diagnostic::error(
-                "rmlx::snapshot::missing-config",
+                code::Snapshot::MissingConfig,
                 format!("{} has no config.json", dir.display()),
             )
             .with_file(&path)
             .with_help("a model directory holds config.json, *.safetensors and tokenizer.json"));
         }
-        let (text, value) = read_json(&path, "rmlx::snapshot::config")?;
+        let (text, value) = read_json(&path, code::Snapshot::Config)?;
         Self::from_value(&path, text, value)
     }
 
     /// Parses the text of a config.json read from `path`.
     pub fn from_text(path: &Path, text: &str) -> Result<Self> {
-        let (text, value) = parse_json(path, text.into(), "rmlx::snapshot::config")?;
+        let (text, value) = parse_json(path, text.into(), code::Snapshot::Config)?;
         Self::from_value(path, text, value)
     }
 
     fn from_value(path: &Path, text: Arc<str>, value: Value) -> Result<Self> {
         let Value::Object(raw) = value else {
             return Err(Diagnostic::error(
-                "rmlx::snapshot::config",
+                code::Snapshot::Config,
                 "config.json must hold a JSON object",
             )
             .with_file(path));
@@ -308,11 +300,7 @@ impl ModelConfig {
                 format!("unsupported text model_type `{text_model_type}` inside `{model_type}`")
             };
             return Err(fields
-                .located(
-                    "rmlx::snapshot::unsupported-architecture",
-                    what,
-                    "model_type",
-                )
+                .located(code::Snapshot::UnsupportedArchitecture, what, "model_type")
                 .with_help(format!(
                     "supported architectures: {}",
                     crate::arch::supported_model_types().join(", ")
@@ -322,7 +310,7 @@ impl ModelConfig {
         let num_attention_heads = fields.usize("num_attention_heads")?;
         if num_attention_heads == 0 {
             return Err(fields.located(
-                "rmlx::snapshot::config",
+                code::Snapshot::Config,
                 "num_attention_heads must be positive",
                 "num_attention_heads",
             ));
@@ -332,7 +320,7 @@ impl ModelConfig {
             .unwrap_or(num_attention_heads);
         if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
             return Err(fields.located(
-                "rmlx::snapshot::config",
+                code::Snapshot::Config,
                 format!(
                     "num_key_value_heads ({num_key_value_heads}) must divide \
                      num_attention_heads ({num_attention_heads})"
@@ -358,7 +346,7 @@ impl ModelConfig {
         let bos_token_id = match raw.get("bos_token_id") {
             Some(Value::Array(_)) => {
                 return Err(fields.located(
-                    "rmlx::snapshot::config",
+                    code::Snapshot::Config,
                     "`bos_token_id` must be one integer",
                     "bos_token_id",
                 ))
@@ -422,7 +410,7 @@ impl ModelConfig {
     }
 
     /// An error about `key`, pointing at it in config.json.
-    pub fn located(&self, code: &'static str, msg: impl Into<String>, key: &str) -> Diagnostic {
+    pub fn located(&self, code: impl Into<Code>, msg: impl Into<String>, key: &str) -> Diagnostic {
         Fields {
             path: &self.path,
             text: &self.text,
@@ -471,7 +459,7 @@ impl ModelConfig {
         };
         Err(self
             .located(
-                "rmlx::snapshot::config-mismatch",
+                code::Snapshot::ConfigMismatch,
                 format!(
                     "config.json declares {} layers, the weights hold {holds}",
                     self.num_hidden_layers
@@ -507,12 +495,17 @@ pub fn native_microscaling(raw: &Map<String, Value>) -> Option<Quantization> {
     })
 }
 
-/// An integer or list of integers as token ids; `None` when any is not an integer in u32.
+/// One token id: a non-negative integer below 2^32 (never truncated); `None` otherwise.
+pub fn token_id(v: &Value) -> Option<u32> {
+    v.as_u64().and_then(|n| u32::try_from(n).ok())
+}
+
+/// An integer or list of integers as token ids (the one parser of `eos_token_id` and its
+/// kin); `None` when any is not a [`token_id`].
 pub fn token_ids(v: &Value) -> Option<Vec<u32>> {
-    let id = |x: &Value| x.as_u64().and_then(|n| u32::try_from(n).ok());
     match v {
-        Value::Number(_) => id(v).map(|n| vec![n]),
-        Value::Array(a) => a.iter().map(id).collect(),
+        Value::Number(_) => token_id(v).map(|n| vec![n]),
+        Value::Array(a) => a.iter().map(token_id).collect(),
         _ => None,
     }
 }
@@ -525,7 +518,7 @@ struct Fields<'a> {
 }
 
 impl Fields<'_> {
-    fn located(&self, code: &'static str, msg: impl Into<String>, key: &str) -> Diagnostic {
+    fn located(&self, code: impl Into<Code>, msg: impl Into<String>, key: &str) -> Diagnostic {
         let d = Diagnostic::error(code, msg).with_file(self.path);
         let needle = format!("\"{key}\"");
         match self.text.find(&needle) {
@@ -538,7 +531,7 @@ impl Fields<'_> {
 
     fn missing(&self, key: &str) -> Diagnostic {
         Diagnostic::error(
-            "rmlx::snapshot::config",
+            code::Snapshot::Config,
             format!("config.json has no `{key}`"),
         )
         .with_file(self.path)
@@ -548,7 +541,7 @@ impl Fields<'_> {
         match self.raw.get(key) {
             Some(Value::String(s)) => Ok(s.clone()),
             Some(_) => Err(self.located(
-                "rmlx::snapshot::config",
+                code::Snapshot::Config,
                 format!("`{key}` must be a string"),
                 key,
             )),
@@ -566,7 +559,7 @@ impl Fields<'_> {
             None | Some(Value::Null) => return Ok(None),
             Some(v) => v.as_u64().ok_or_else(|| {
                 self.located(
-                    "rmlx::snapshot::config",
+                    code::Snapshot::Config,
                     format!("`{key}` must be a non-negative integer, found {v}"),
                     key,
                 )
@@ -575,7 +568,7 @@ impl Fields<'_> {
         match size_limit(key) {
             Some(max) if n > max => Err(self
                 .located(
-                    "rmlx::snapshot::size-limit",
+                    code::Snapshot::SizeLimit,
                     format!("`{key}` is {n}, above the limit of {max}"),
                     key,
                 )
@@ -596,18 +589,18 @@ impl Fields<'_> {
         };
         let mut ids = Vec::with_capacity(values.len());
         for x in values {
-            match x.as_u64() {
-                Some(n) if n < vocab_size as u64 => ids.push(n as u32),
-                Some(n) => {
+            match (x.as_u64(), token_id(x)) {
+                (_, Some(id)) if (id as usize) < vocab_size => ids.push(id),
+                (Some(n), _) => {
                     return Err(self.located(
-                        "rmlx::snapshot::config",
+                        code::Snapshot::Config,
                         format!("`{key}` {n} is not a token id: vocab_size is {vocab_size}"),
                         key,
                     ))
                 }
-                None => {
+                (None, _) => {
                     return Err(self.located(
-                        "rmlx::snapshot::config",
+                        code::Snapshot::Config,
                         format!("`{key}` must be an integer or a list of integers, found {x}"),
                         key,
                     ))
@@ -622,7 +615,7 @@ impl Fields<'_> {
             None | Some(Value::Null) => Ok(None),
             Some(v) => v.as_f64().map(|n| Some(n as f32)).ok_or_else(|| {
                 self.located(
-                    "rmlx::snapshot::config",
+                    code::Snapshot::Config,
                     format!("`{key}` must be a number"),
                     key,
                 )
@@ -635,7 +628,7 @@ impl Fields<'_> {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
             Some(_) => Err(self.located(
-                "rmlx::snapshot::config",
+                code::Snapshot::Config,
                 format!("`{key}` must be true or false"),
                 key,
             )),
@@ -649,7 +642,7 @@ impl Fields<'_> {
     ) -> Result<QuantParams> {
         let bad = |what: &str| {
             self.located(
-                "rmlx::snapshot::quantization",
+                code::Snapshot::Quantization,
                 format!("invalid quantization block: {what}"),
                 "quantization",
             )
@@ -697,7 +690,7 @@ impl Fields<'_> {
     fn quantization(&self, q: &Value) -> Result<Quantization> {
         let Value::Object(map) = q else {
             return Err(self.located(
-                "rmlx::snapshot::quantization",
+                code::Snapshot::Quantization,
                 "`quantization` must be an object",
                 "quantization",
             ));
@@ -720,7 +713,7 @@ impl Fields<'_> {
 
     /// A list of positive RoPE factors (`rope_scaling.long_factor`).
     fn factors(&self, v: Option<&Value>) -> Result<Vec<f32>> {
-        let bad = |what: String| self.located("rmlx::snapshot::rope-scaling", what, "rope_scaling");
+        let bad = |what: String| self.located(code::Snapshot::RopeScaling, what, "rope_scaling");
         let Some(Value::Array(items)) = v else {
             return Err(bad("rope_scaling needs a `long_factor` list".into()));
         };
@@ -736,7 +729,7 @@ impl Fields<'_> {
     }
 
     fn rope_scaling(&self, v: &Value, max_positions: usize) -> Result<Option<RopeScaling>> {
-        let bad = |what: String| self.located("rmlx::snapshot::rope-scaling", what, "rope_scaling");
+        let bad = |what: String| self.located(code::Snapshot::RopeScaling, what, "rope_scaling");
         let Value::Object(m) = v else {
             return Err(bad("`rope_scaling` must be an object".into()));
         };
@@ -990,6 +983,26 @@ mod tests {
         ))
         .unwrap();
         assert_eq!((c.eos_token_ids, c.bos_token_id), (vec![99], None));
+    }
+
+    #[test]
+    fn token_ids_never_truncate() {
+        assert_eq!(
+            token_id(&serde_json::json!(4_294_967_295_u64)),
+            Some(u32::MAX)
+        );
+        assert_eq!(token_id(&serde_json::json!(4_294_967_301_u64)), None);
+        assert_eq!(token_ids(&serde_json::json!([1, 4_294_967_297_u64])), None);
+        assert_eq!(token_ids(&serde_json::json!(7)), Some(vec![7]));
+        assert_eq!(token_ids(&serde_json::json!([5, 4])), Some(vec![5, 4]));
+        for bad in [
+            serde_json::json!(-1),
+            serde_json::json!("2"),
+            serde_json::json!(null),
+            serde_json::json!(1.5),
+        ] {
+            assert_eq!(token_ids(&bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -261,7 +261,7 @@ pub fn check_diagnostic(
         );
     }
     let rendered = format!("{:?}", miette::Report::new(d.clone()));
-    prop_assert!(rendered.contains(d.code), "{rendered}");
+    prop_assert!(rendered.contains(d.code.as_str()), "{rendered}");
     Ok(())
 }
 

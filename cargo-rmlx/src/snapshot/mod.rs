@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 pub use config::{ModelConfig, QuantMode, QuantParams, Quantization, RopeScaling};
 pub use weights::Weights;
 
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 
 /// An opened model directory.
 #[derive(Debug)]
@@ -33,7 +33,7 @@ impl Snapshot {
     pub fn open(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Diagnostic::error(
-                "rmlx::snapshot::not-found",
+                code::Snapshot::NotFound,
                 format!("model directory {} does not exist", dir.display()),
             )
             .with_file(dir));
@@ -67,12 +67,12 @@ fn generation_eos_ids(dir: &Path) -> Result<Vec<u32>> {
     if !path.is_file() {
         return Ok(Vec::new());
     }
-    let (_, v) = config::read_json(&path, "rmlx::snapshot::generation-config")?;
+    let (_, v) = config::read_json(&path, code::Snapshot::GenerationConfig)?;
     match v.get("eos_token_id") {
         None | Some(serde_json::Value::Null) => Ok(Vec::new()),
         Some(ids) => config::token_ids(ids).ok_or_else(|| {
             Diagnostic::error(
-                "rmlx::snapshot::generation-config",
+                code::Snapshot::GenerationConfig,
                 format!("`eos_token_id` must be token ids (integers below 2^32), found {ids}"),
             )
             .with_file(&path)

@@ -10,10 +10,10 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 
 fn io(what: &str, path: &Path, e: &std::io::Error) -> Diagnostic {
-    Diagnostic::io("rmlx::build::io", what, path, e)
+    Diagnostic::io(code::Build::Io, what, path, e)
 }
 
 /// The exclusive right to write one output `<root>/<name>`; released when dropped (or when the
@@ -173,7 +173,7 @@ fn commit(tmp: &Path, out: &Path, replace_file: ReplaceFile) -> Result<()> {
     };
     if !meta.is_dir() && replace_file == ReplaceFile::Refuse {
         return Err(Diagnostic::error(
-            "rmlx::build::io",
+            code::Build::Io,
             format!("{} exists and is not a directory", out.display()),
         )
         .with_file(out));

@@ -19,7 +19,7 @@ use std::sync::{Mutex, PoisonError};
 use mlx_rs::{Array, Dtype};
 use safetensors::tensor::{Dtype as StDtype, Metadata};
 
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Code, Diagnostic, Result};
 
 /// Where one tensor lives.
 #[derive(Debug, Clone)]
@@ -85,10 +85,10 @@ impl std::fmt::Debug for Weights {
 /// safetensors headers larger than this are rejected (the format's own limit).
 const MAX_HEADER_BYTES: u64 = 100_000_000;
 
-const CODE_IO: &str = "rmlx::snapshot::io";
-const CODE_TRUNCATED: &str = "rmlx::snapshot::truncated";
-const CODE_MISSING: &str = "rmlx::snapshot::missing-tensor";
-const CODE_SHAPE: &str = "rmlx::snapshot::shape-mismatch";
+const CODE_IO: Code = Code::Snapshot(code::Snapshot::Io);
+const CODE_TRUNCATED: Code = Code::Snapshot(code::Snapshot::Truncated);
+const CODE_MISSING: Code = Code::Snapshot(code::Snapshot::MissingTensor);
+const CODE_SHAPE: Code = Code::Snapshot(code::Snapshot::ShapeMismatch);
 
 impl Weights {
     /// Opens every safetensors file of `dir` (the shards named by
@@ -107,7 +107,7 @@ impl Weights {
                 info.file = index;
                 if out.tensors.insert(name.clone(), info).is_some() {
                     return Err(Diagnostic::error(
-                        "rmlx::snapshot::duplicate-tensor",
+                        code::Snapshot::DuplicateTensor,
                         format!("tensor `{name}` appears in more than one shard"),
                     )
                     .with_file(&path));
@@ -252,7 +252,7 @@ impl Weights {
         let path = &self.files[info.file].path;
         let dtype = mlx_dtype(info.dtype).ok_or_else(|| {
             Diagnostic::error(
-                "rmlx::snapshot::unsupported-dtype",
+                code::Snapshot::UnsupportedDtype,
                 format!("tensor `{name}` has unsupported dtype {:?}", info.dtype),
             )
             .with_file(path)
@@ -263,7 +263,7 @@ impl Weights {
             .collect::<std::result::Result<Vec<i32>, _>>()
             .map_err(|_| {
                 Diagnostic::error(
-                    "rmlx::snapshot::bad-safetensors",
+                    code::Snapshot::BadSafetensors,
                     format!("tensor `{name}` has a dimension above 2^31 ({shape:?})"),
                 )
                 .with_file(path)
@@ -300,7 +300,7 @@ fn read_range<'b>(
 ) -> Result<&'b [u8]> {
     let len = usize::try_from(range.end - range.start).map_err(|_| {
         Diagnostic::error(
-            "rmlx::snapshot::bad-safetensors",
+            code::Snapshot::BadSafetensors,
             format!("tensor `{name}` does not fit in memory"),
         )
         .with_file(&shard.path)
@@ -336,10 +336,11 @@ fn read_range<'b>(
 /// Wraps an MLX exception raised while handling a tensor.
 pub fn mlx_error(name: &str, path: &Path, e: mlx_rs::error::Exception) -> Diagnostic {
     Diagnostic::error(
-        "rmlx::engine::mlx",
+        code::Engine::Mlx,
         format!("MLX failed on tensor `{name}`: {e}"),
     )
     .with_file(path)
+    .with_cause(e)
 }
 
 fn is_float(d: Dtype) -> bool {
@@ -376,13 +377,13 @@ fn elem_size(d: StDtype) -> Option<usize> {
 fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
-        let (_, value) = super::config::read_json(&index, "rmlx::snapshot::index")?;
+        let (_, value) = super::config::read_json(&index, code::Snapshot::Index)?;
         let map = value
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| {
                 Diagnostic::error(
-                    "rmlx::snapshot::index",
+                    code::Snapshot::Index,
                     "model.safetensors.index.json has no `weight_map` object",
                 )
                 .with_file(&index)
@@ -395,7 +396,7 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
             let p = dir.join(n);
             if !p.is_file() {
                 return Err(Diagnostic::error(
-                    "rmlx::snapshot::missing-weights",
+                    code::Snapshot::MissingWeights,
                     format!("shard `{n}` named by the index is missing"),
                 )
                 .with_file(&index));
@@ -417,7 +418,7 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
     files.sort();
     if files.is_empty() {
         return Err(Diagnostic::error(
-            "rmlx::snapshot::missing-weights",
+            code::Snapshot::MissingWeights,
             format!("no *.safetensors weights in {}", dir.display()),
         )
         .with_file(dir.join("model.safetensors"))
@@ -437,7 +438,7 @@ fn truncated(path: &Path, what: String) -> Diagnostic {
 
 fn bad_safetensors(path: &Path, what: String) -> Diagnostic {
     Diagnostic::error(
-        "rmlx::snapshot::bad-safetensors",
+        code::Snapshot::BadSafetensors,
         format!("{} is not a valid safetensors file: {what}", path.display()),
     )
     .with_file(path)

@@ -28,58 +28,40 @@ use std::sync::Arc;
 use minijinja::{Environment, ErrorKind};
 use tracing::{debug, info, warn};
 
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Code, Diagnostic, Result};
 
 pub use env::RaisedByTemplate;
 pub use limits::ResourceLimit;
 
 /// Template does not parse.
-pub const CODE_SYNTAX: &str = "rmlx::template::syntax";
+pub const CODE_SYNTAX: Code = Code::Template(code::Template::Syntax);
 /// Template failed while rendering.
-pub const CODE_RENDER: &str = "rmlx::template::render";
+pub const CODE_RENDER: Code = Code::Template(code::Template::Render);
 /// Template called `raise_exception(msg)`: it rejects this input on purpose.
-pub const CODE_RAISED: &str = "rmlx::template::raised";
+pub const CODE_RAISED: Code = Code::Template(code::Template::Raised);
 /// Template uses a filter the engine does not provide.
-pub const CODE_UNKNOWN_FILTER: &str = "rmlx::template::unknown-filter";
+pub const CODE_UNKNOWN_FILTER: Code = Code::Template(code::Template::UnknownFilter);
 /// Template uses a test (`is …`) the engine does not provide.
-pub const CODE_UNKNOWN_TEST: &str = "rmlx::template::unknown-test";
+pub const CODE_UNKNOWN_TEST: Code = Code::Template(code::Template::UnknownTest);
 /// Template calls a global function the engine does not provide.
-pub const CODE_UNKNOWN_FUNCTION: &str = "rmlx::template::unknown-function";
+pub const CODE_UNKNOWN_FUNCTION: Code = Code::Template(code::Template::UnknownFunction);
 /// Template calls a method (`x.foo()`) the engine does not provide.
-pub const CODE_UNKNOWN_METHOD: &str = "rmlx::template::unknown-method";
+pub const CODE_UNKNOWN_METHOD: Code = Code::Template(code::Template::UnknownMethod);
 /// Template exceeded its instruction budget (endless loop or runaway recursion).
-pub const CODE_FUEL: &str = "rmlx::template::fuel-exhausted";
+pub const CODE_FUEL: Code = Code::Template(code::Template::FuelExhausted);
 /// No chat template where one was required.
-pub const CODE_MISSING: &str = "rmlx::template::missing";
+pub const CODE_MISSING: Code = Code::Template(code::Template::Missing);
 /// A template file or its config could not be read.
-pub const CODE_READ: &str = "rmlx::template::read";
+pub const CODE_READ: Code = Code::Template(code::Template::Read);
 /// The `chat_template` entry of a config file has an unexpected shape.
-pub const CODE_CONFIG: &str = "rmlx::template::config";
+pub const CODE_CONFIG: Code = Code::Template(code::Template::Config);
 /// The render context (variables) is not usable, e.g. not a JSON object.
-pub const CODE_CONTEXT: &str = "rmlx::template::context";
+pub const CODE_CONTEXT: Code = Code::Template(code::Template::Context);
 /// A template file is not valid UTF-8.
-pub const CODE_ENCODING: &str = "rmlx::template::encoding";
+pub const CODE_ENCODING: Code = Code::Template(code::Template::Encoding);
 /// Compiling or rendering the template would exceed a resource limit (memory, output size,
 /// nesting, expression length) or ended the sandboxed render process.
-pub const CODE_RESOURCES: &str = "rmlx::template::resources";
-
-/// Every code of this module, to restore a code received from a sandbox worker.
-const CODES: [&str; 14] = [
-    CODE_SYNTAX,
-    CODE_RENDER,
-    CODE_RAISED,
-    CODE_UNKNOWN_FILTER,
-    CODE_UNKNOWN_TEST,
-    CODE_UNKNOWN_FUNCTION,
-    CODE_UNKNOWN_METHOD,
-    CODE_FUEL,
-    CODE_MISSING,
-    CODE_READ,
-    CODE_CONFIG,
-    CODE_CONTEXT,
-    CODE_ENCODING,
-    CODE_RESOURCES,
-];
+pub const CODE_RESOURCES: Code = Code::Template(code::Template::Resources);
 
 /// Largest template text compiled (32 MiB; real templates are a few KiB).
 pub const MAX_TEMPLATE_BYTES: usize = 32 << 20;
@@ -452,7 +434,7 @@ impl ChatTemplate {
             .detail()
             .map(str::to_string)
             .unwrap_or_else(|| err.kind().to_string());
-        let (code, message, label, help): (&'static str, String, &str, String) =
+        let (code, message, label, help): (Code, String, &str, String) =
             if let Some(msg) = raised_message(err) {
                 (
                     CODE_RAISED,
@@ -484,10 +466,11 @@ impl ChatTemplate {
 
     /// The located diagnostic of `facts` in this template's text and file.
     fn diagnostic_from(&self, facts: ErrorFacts) -> Diagnostic {
-        let code = CODES
+        // Restores a code received (as its string) from a sandbox worker.
+        let code = code::Template::ALL
             .iter()
-            .find(|c| **c == facts.code)
-            .copied()
+            .map(|&c| Code::from(c))
+            .find(|c| *c == facts.code.as_str())
             .unwrap_or(CODE_RENDER);
         let mut d = Diagnostic::error(code, facts.message).with_source(self.source.clone());
         if let Some(file) = self.origin.file() {
@@ -616,11 +599,7 @@ fn template_key(source: &str, opts: &TemplateOptions) -> Arc<str> {
 }
 
 /// Code, message, label and help of an engine error of `kind`.
-fn classify(
-    kind: ErrorKind,
-    detail: &str,
-    parsing: bool,
-) -> (&'static str, String, &'static str, String) {
+fn classify(kind: ErrorKind, detail: &str, parsing: bool) -> (Code, String, &'static str, String) {
     match kind {
         ErrorKind::SyntaxError => (
             CODE_SYNTAX,

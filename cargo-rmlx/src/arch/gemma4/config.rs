@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::snapshot::config::size_limit;
 use crate::snapshot::ModelConfig;
 
@@ -180,7 +180,7 @@ impl Gemma4Config {
         let global = self.global_kv_heads.filter(|_| self.k_eq_v);
         if global.is_some_and(|g| g != 1 && g != self.kv_heads) {
             return Err(view.located(
-                "rmlx::engine::dist::indivisible",
+                code::Engine::DistIndivisible,
                 "gemma4: full layers' `num_global_key_value_heads` must be 1 or \
                  num_key_value_heads to split over ranks"
                     .to_string(),
@@ -288,7 +288,7 @@ struct Keys<'a> {
 impl Keys<'_> {
     fn located(&self, key: &str, msg: String) -> Diagnostic {
         self.config
-            .located("rmlx::snapshot::config", format!("gemma4: {msg}"), key)
+            .located(code::Snapshot::Config, format!("gemma4: {msg}"), key)
     }
 
     /// A size that must be there (or has mlx-lm's `default`), bounded like config.json's

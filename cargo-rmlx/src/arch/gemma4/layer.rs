@@ -7,7 +7,7 @@ use mlx_rs::Array;
 
 use super::config::{Gemma4Config, LayerType};
 use super::moe::MoeBranch;
-use crate::diagnostic::Result;
+use crate::diagnostic::{code, Result};
 use crate::engine::attention::{attend, merge_heads, split_heads};
 use crate::engine::cache::KvLayer;
 use crate::engine::layers::{Linear, LoadCtx, RmsNorm, Rope};
@@ -112,7 +112,7 @@ impl Attention {
     fn keys_values(&self, x: &Array, offset: usize, rope: &Rope) -> Result<KeysValues> {
         let Some(p) = &self.kv else {
             return Err(crate::diagnostic::Diagnostic::error(
-                "rmlx::engine::cache",
+                code::Engine::Cache,
                 "a KV-shared layer was asked for its own keys (internal error)",
             ));
         };

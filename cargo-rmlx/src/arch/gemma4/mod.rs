@@ -16,7 +16,7 @@ use mlx_rs::Array;
 pub use config::Gemma4Config;
 
 use super::Architecture;
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::engine::cache::{Cache, CacheKind};
 use crate::engine::ends::Ends;
 use crate::engine::layers::{Embedding, Linear, LoadCtx, RmsNorm, Rope};
@@ -125,7 +125,7 @@ impl Gemma4 {
         let p = "model.";
         if let Some(pl) = c.per_layer.filter(|pl| pl.vocab < c.vocab) {
             return Err(ctx.config.located(
-                "rmlx::snapshot::config",
+                code::Snapshot::Config,
                 format!(
                     "gemma4: vocab_size_per_layer_input ({}) is smaller than vocab_size ({}); \
                      token ids past it have no per-layer embedding",
@@ -191,7 +191,7 @@ impl Network for Gemma4 {
                 true => KvSource::Own(cache.kv(i)?),
                 false => KvSource::Shared(attended[src].clone().ok_or_else(|| {
                     Diagnostic::error(
-                        "rmlx::engine::cache",
+                        code::Engine::Cache,
                         format!(
                             "layer {i} reads the keys of layer {src}, not run yet (internal error)"
                         ),

@@ -9,7 +9,7 @@
 use serde_json::{json, Map, Value};
 
 use super::{put, GgufArch};
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::gguf::arch::{short_f64, ModelParams};
 use crate::gguf::quants::GgmlType;
 use crate::gguf::reader::GgufFile;
@@ -75,7 +75,7 @@ fn long_rope(g: &GgufFile) -> Result<Option<Value>> {
             "short_factor": s,
         }))),
         _ => Err(Diagnostic::error(
-            "rmlx::gguf::missing-tensor",
+            code::Gguf::MissingTensor,
             "GGUF file has only one of `rope_factors_long` / `rope_factors_short`",
         )
         .with_file(g.path())),
@@ -89,7 +89,7 @@ fn factors(g: &GgufFile, name: &str) -> Result<Option<Vec<f64>>> {
     };
     if t.ggml_type() != GgmlType::F32 || t.shape().len() != 1 {
         return Err(Diagnostic::error(
-            "rmlx::gguf::bad-tensor",
+            code::Gguf::BadTensor,
             format!("GGUF tensor `{name}` is not a 1-D float32 vector"),
         )
         .with_file(g.path()));

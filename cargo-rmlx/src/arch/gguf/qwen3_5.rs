@@ -20,7 +20,7 @@
 use serde_json::{json, Map, Value};
 
 use super::{expert_sizes, llama_layer_module, put, qk_norm_module, GgufArch, Undo};
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::gguf::arch::{req_usize, ModelParams};
 use crate::gguf::reader::GgufFile;
 
@@ -101,7 +101,7 @@ impl Heads {
         let inner = req_usize(g, &key("inner_size"), "linear_value_head_dim")?;
         if nv % nk != 0 || inner % nv != 0 {
             return Err(Diagnostic::error(
-                "rmlx::gguf::bad-metadata",
+                code::Gguf::BadMetadata,
                 format!(
                     "GGUF `{arch}.ssm.*`: {nv} value heads of {inner} values in all do not \
                      divide among {nk} key heads"
@@ -189,7 +189,7 @@ fn conv_shape(g: &GgufFile, name: &str) -> Result<Vec<usize>> {
     match g.tensor_info(name).map(|t| t.shape()) {
         Some(s) if s.len() == 2 => Ok(vec![s[0], s[1], 1]),
         other => Err(Diagnostic::error(
-            "rmlx::gguf::bad-tensor",
+            code::Gguf::BadTensor,
             format!("GGUF tensor `{name}` has shape {other:?}, not [channels, kernel]"),
         )
         .with_file(g.path())),
@@ -255,7 +255,7 @@ fn layer_kinds(g: &GgufFile, arch: &str, n: usize) -> Result<(usize, Vec<&'stati
         let declared: Vec<Option<bool>> = list.iter().map(|v| v.as_bool()).collect();
         if declared.len() != n || declared.iter().zip(&pattern).any(|(d, p)| *d != Some(*p)) {
             return Err(Diagnostic::error(
-                "rmlx::gguf::unsupported-architecture",
+                code::Gguf::UnsupportedArchitecture,
                 format!(
                     "GGUF `{key}` is not the pattern of a full-attention layer every \
                      {interval} layers, the only placement the Qwen3.5 engine runs"

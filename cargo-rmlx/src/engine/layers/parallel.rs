@@ -14,7 +14,7 @@ use mlx_rs::{Array, Dtype};
 use serde_json::Value;
 
 use super::{Linear, LoadCtx, RmsNorm};
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::engine::dist::Shard;
 use crate::snapshot::ModelConfig;
 
@@ -104,7 +104,7 @@ impl Parallel {
         }
         let heads = Part::spread(config.num_key_value_heads, shard).ok_or_else(|| {
             config.located(
-                "rmlx::engine::dist::indivisible",
+                code::Engine::DistIndivisible,
                 format!(
                     "{} KV heads cannot be spread over {} ranks (each rank needs one)",
                     config.num_key_value_heads, shard.size
@@ -155,7 +155,7 @@ fn delta_heads(config: &ModelConfig, shard: Shard) -> Result<Part> {
     let n = crate::arch::config_size(config, DELTA_KEY_HEADS, Some(16))?;
     Part::spread(n, shard).ok_or_else(|| {
         config.located(
-            "rmlx::engine::dist::indivisible",
+            code::Engine::DistIndivisible,
             format!(
                 "{n} delta-net key heads cannot be spread over {} ranks (each rank needs one)",
                 shard.size
@@ -295,7 +295,7 @@ impl LoadCtx<'_> {
         let mut widths = [0; 3];
         if parts.len() > widths.len() {
             return Err(Diagnostic::error(
-                "rmlx::engine::dist::fused",
+                code::Engine::DistFused,
                 format!("a tensor fuses {} parts (at most 3 split)", parts.len()),
             ));
         }
@@ -430,7 +430,7 @@ pub fn config_view(config: &ModelConfig, parallel: &Parallel) -> Result<ModelCon
     }
     if !FAMILIES.contains(&config.text_model_type.as_str()) {
         return Err(Diagnostic::error(
-            "rmlx::engine::dist::unsupported-architecture",
+            code::Engine::DistUnsupportedArchitecture,
             format!(
                 "`{}` models cannot run tensor-parallel yet (supported: {})",
                 config.text_model_type,
@@ -447,7 +447,7 @@ pub fn config_view(config: &ModelConfig, parallel: &Parallel) -> Result<ModelCon
     let (heads, kv) = (config.num_attention_heads, config.num_key_value_heads);
     if kv == 0 || heads % kv != 0 {
         return Err(config.located(
-            "rmlx::engine::dist::indivisible",
+            code::Engine::DistIndivisible,
             format!("{heads} attention heads do not form groups over {kv} KV heads"),
             "num_attention_heads",
         ));
@@ -492,7 +492,7 @@ fn delta_view(
     let dv = crate::arch::config_size(config, "linear_value_head_dim", Some(128))?;
     if nv % nk != 0 {
         return Err(config.located(
-            "rmlx::engine::dist::indivisible",
+            code::Engine::DistIndivisible,
             format!("{nv} delta-net value heads do not form groups over {nk} key heads"),
             DELTA_VALUE_HEADS,
         ));
@@ -512,7 +512,7 @@ fn delta_view(
 fn split(config: &ModelConfig, key: &str, value: usize, n: usize, group: usize) -> Result<usize> {
     if value % n != 0 {
         return Err(config.located(
-            "rmlx::engine::dist::indivisible",
+            code::Engine::DistIndivisible,
             format!("`{key}` = {value} cannot be split over {n} ranks"),
             key,
         ));
@@ -527,7 +527,7 @@ fn check_groups(config: &ModelConfig, key: &str, width: usize, group: usize) -> 
         return Ok(());
     }
     Err(config.located(
-        "rmlx::engine::dist::indivisible",
+        code::Engine::DistIndivisible,
         format!("`{key}`: a rank's share of {width} features is not a whole number of quantization groups of {group}"),
         key,
     ))

@@ -18,7 +18,7 @@ use super::choice::ToolChoice;
 use super::output::OutputSpec;
 use super::ToolFormat;
 use crate::constrain::{lark_string, with_layout, ConstraintSpec};
-use crate::diagnostic::{Diagnostic, Result};
+use crate::diagnostic::{code, Diagnostic, Result};
 use crate::reasoning::{Channel, Family};
 
 /// The text of a JSON integer and number, as regular expressions.
@@ -115,7 +115,7 @@ fn functions<'a>(tools: &'a [Value], choice: &ToolChoice) -> Result<Vec<Function
 }
 
 fn error(message: String) -> Diagnostic {
-    Diagnostic::error("rmlx::constrain::tools", message)
+    Diagnostic::error(code::Constrain::Tools, message)
 }
 
 /// A JSON schema as a Lark element (llguidance's `%json`), in `json.dumps`' layout.
