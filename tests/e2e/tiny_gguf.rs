@@ -78,10 +78,13 @@ fn gguf_source(model_type: &str) -> PathBuf {
 
 /// The model our engine runs as the source oracle: the GGUF's source, or — for Qwen3.5, whose
 /// checkpoint layout (prefixed names, norms stored `w − 1`, `[C, 1, K]` convolution) runs
-/// only after conversion — its float `mlx_lm convert`.
+/// only after conversion, and Gemma 4, whose checkpoint fuses the experts' gate and up
+/// projections — its float `mlx_lm convert`.
 fn source_oracle(model_type: &str) -> PathBuf {
     match model_type {
-        "qwen3_5" | "qwen3_5_moe" => mlx_lm_convert(model_type, Mode::Float),
+        "qwen3_5" | "qwen3_5_moe" | "gemma4_text" | "gemma4" => {
+            mlx_lm_convert(model_type, Mode::Float)
+        }
         _ => gguf_source(model_type),
     }
 }
@@ -335,3 +338,14 @@ gguf_tests!(ministral3_f32, "ministral3", "f32", [llama_cpp, source]);
 // attention; the MoE variant with routed experts and a gated shared expert.
 gguf_tests!(qwen3_5_f32, "qwen3_5", "f32", [llama_cpp, source]);
 gguf_tests!(qwen3_5_moe_f32, "qwen3_5_moe", "f32", [llama_cpp, source]);
+// Gemma 4 (`gemma4_text`: per-layer inputs, KV-shared layers with double-wide MLPs, head
+// widths and RoPE per layer type with proportional partial RoPE from `rope_freqs`, K=V on
+// full layers with their own KV-head count, the MoE block with its fused gate/up experts,
+// softcapping; `gemma4`: the multimodal checkpoint's E2B-like text model, without K=V or
+// MoE, whose converter writes the text model alone). The source is the only oracle:
+// llama.cpp hard-codes which layer a KV-shared layer reads (the last non-shared layer for a
+// full one, the one before it for a sliding one), which holds for the released checkpoints
+// but not for the tiny models' layer kinds (sliding, sliding, full, sliding | shared
+// sliding, shared full), so it aborts on their GGUFs (`GGML_ASSERT(map_layer_ids…)`).
+gguf_tests!(gemma4_text_f32, "gemma4_text", "f32", [source]);
+gguf_tests!(gemma4_f32, "gemma4", "f32", [source]);
