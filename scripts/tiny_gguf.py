@@ -14,6 +14,8 @@ lossless repacking of released MXFP4 experts into ggml's MXFP4 blocks
 (`GptOssModel.modify_tensors`, `repack_mxfp4`), and the GPT-2 BPE vocabulary of `_set_vocab_gpt2` with the
 `smollm` pre-tokenizer (the tiny models carry SmolLM2's tokenizer). `--outtype` is the
 converter's: f32, f16 or q8_0 (1-D tensors and norms stay f32, as the converter keeps them);
+`q8_0-values` is the q8_0 file with every Q8_0 tensor replaced by gguf-py's float32
+dequantization of it (the oracle of a Q8_0 import where llama.cpp cannot run the model);
 `mxfp4` is f32 for a source in gpt-oss's released layout, whose MXFP4 experts the converter
 keeps MXFP4 (with `f32`, the same experts are written dense: the values the converter writes
 for a checkpoint whose experts are not MXFP4).
@@ -23,7 +25,7 @@ converter writes its own `gemma4` tokenizer model (SentencePiece-style BPE from
 `LlamaHfVocab`), which the tiny models' byte-level SmolLM2 vocabulary is not, so their GGUF
 carries it as `gpt2` like the other families.
 
-Usage: tiny_gguf.py make <tiny model dir> <out.gguf> --gguf-py <dir> [--outtype f32|q8_0|mxfp4]
+Usage: tiny_gguf.py make <tiny model dir> <out.gguf> --gguf-py <dir> [--outtype f32|q8_0|q8_0-values|mxfp4]
        tiny_gguf.py list
 """
 
@@ -442,11 +444,14 @@ def stacked(name, data, cfg, experts, names):
 
 
 def qtype_for(name, data, outtype, gguf):
-    """The converter's choice: 1-D tensors, norms and the router stay f32."""
+    """The converter's choice (ModelBase.prepare_tensors): 1-D tensors, norms, tensors other
+    than weights (biases, scales), routers and the delta-net convolution stay f32."""
     Q = gguf.GGMLQuantizationType
     if outtype in ("f32", "mxfp4") or data.ndim <= 1 or name.endswith("_norm.weight"):
         return Q.F32
-    if name.endswith("ffn_gate_inp.weight"):
+    if not name.endswith(".weight"):
+        return Q.F32
+    if name.endswith(("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight", "ssm_conv1d.weight")):
         return Q.F32
     if outtype == "f16":
         return Q.F16
@@ -479,8 +484,10 @@ def make(model_dir, out, outtype, gguf):
         if isinstance(data, RawMxfp4):
             w.add_tensor(name, data.data, raw_dtype=gguf.GGMLQuantizationType.MXFP4)
             continue
-        qtype = qtype_for(name, data, outtype, gguf)
-        if qtype == gguf.GGMLQuantizationType.F32:
+        qtype = qtype_for(name, data, outtype.removesuffix("-values"), gguf)
+        if qtype == gguf.GGMLQuantizationType.Q8_0 and outtype == "q8_0-values":
+            w.add_tensor(name, gguf.quants.dequantize(gguf.quants.quantize(data, qtype), qtype))
+        elif qtype == gguf.GGMLQuantizationType.F32:
             w.add_tensor(name, data)
         elif qtype == gguf.GGMLQuantizationType.F16:
             w.add_tensor(name, data.astype(np.float16))
@@ -499,7 +506,7 @@ def main():
     m.add_argument("model_dir", type=Path)
     m.add_argument("out", type=Path)
     m.add_argument("--gguf-py", type=Path, required=True)
-    m.add_argument("--outtype", choices=["f32", "f16", "q8_0", "mxfp4"], default="f32")
+    m.add_argument("--outtype", choices=["f32", "f16", "q8_0", "q8_0-values", "mxfp4"], default="f32")
     sub.add_parser("list")
     a = p.parse_args()
     if a.cmd == "list":
