@@ -591,7 +591,7 @@ fn plan_tensor<'a>(
     let ty = info.ggml_type;
     check_decodable(gguf, info)?;
     let (shape, rows) = match target.undo.part {
-        Some(part) => part_rows(gguf, info, part)?,
+        Some(part) => part_rows(gguf, info, part).map(|(s, r)| (s, Some(r)))?,
         None => (info.shape(), None),
     };
     let parts = Parts {
@@ -697,7 +697,7 @@ fn part_rows(
     gguf: &GgufFile,
     info: &super::reader::TensorInfo,
     (index, count): (usize, usize),
-) -> Result<(Vec<usize>, Option<Arc<Vec<usize>>>)> {
+) -> Result<(Vec<usize>, Arc<Vec<usize>>)> {
     let mut shape = info.shape();
     let rows = match shape.len() {
         n if n >= 2 => shape[n - 2],
@@ -720,7 +720,7 @@ fn part_rows(
         .collect();
     let n = shape.len();
     shape[n - 2] = part;
-    Ok((shape, Some(Arc::new(src))))
+    Ok((shape, Arc::new(src)))
 }
 
 /// `order` (a family's source index per destination index along an axis of `len`) checked
