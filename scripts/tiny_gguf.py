@@ -14,13 +14,18 @@ lossless repacking of released MXFP4 experts into ggml's MXFP4 blocks
 (`GptOssModel.modify_tensors`, `repack_mxfp4`), and the GPT-2 BPE vocabulary of `_set_vocab_gpt2` with the
 `smollm` pre-tokenizer (the tiny models carry SmolLM2's tokenizer). `--outtype` is the
 converter's: f32, f16 or q8_0 (1-D tensors and norms stay f32, as the converter keeps them);
+`q8_0-values` is the q8_0 file with every Q8_0 tensor replaced by gguf-py's float32
+dequantization of it (the oracle of a Q8_0 import where llama.cpp cannot run the model);
 `mxfp4` is f32 for a source in gpt-oss's released layout, whose MXFP4 experts the converter
 keeps MXFP4 (with `f32`, the same experts are written dense: the values the converter writes
 for a checkpoint whose experts are not MXFP4).
-One departure: a MoE model's dense layers (Qwen3-MoE `mlp_only_layers`), which llama.cpp's
-qwen3moe does not have (its converter fails), are written under llama's MLP names.
+Departures: a MoE model's dense layers (Qwen3-MoE `mlp_only_layers`), which llama.cpp's
+qwen3moe does not have (its converter fails), are written under llama's MLP names; Gemma 4's
+converter writes its own `gemma4` tokenizer model (SentencePiece-style BPE from
+`LlamaHfVocab`), which the tiny models' byte-level SmolLM2 vocabulary is not, so their GGUF
+carries it as `gpt2` like the other families.
 
-Usage: tiny_gguf.py make <tiny model dir> <out.gguf> --gguf-py <dir> [--outtype f32|q8_0|mxfp4]
+Usage: tiny_gguf.py make <tiny model dir> <out.gguf> --gguf-py <dir> [--outtype f32|q8_0|q8_0-values|mxfp4]
        tiny_gguf.py list
 """
 
@@ -46,6 +51,8 @@ ARCHS = {
     "ministral3": ("MISTRAL3", True),
     "qwen3_5": ("QWEN35", False),
     "qwen3_5_moe": ("QWEN35MOE", False),
+    "gemma4_text": ("GEMMA4", False),
+    "gemma4": ("GEMMA4", False),
 }
 
 
@@ -137,6 +144,50 @@ def set_qwen3_5_parameters(w, cfg, rope):
     w.add_rope_dimension_sections((sections + [0, 0, 0, 0])[:4])
 
 
+def set_gemma4_parameters(w, cfg, gguf):
+    """Gemma4Model.set_gguf_parameters over Gemma3Model's and TextModel's, each key written once
+    with its final value: head widths per layer type, per-layer KV heads (with
+    `num_global_key_value_heads`) and MLP widths (double-wide KV-shared layers), the layer
+    kinds, shared-KV layers, per-layer input width, both RoPE bases and rotated widths."""
+    n = cfg["num_hidden_layers"]
+    swa = [t == "sliding_attention" for t in cfg["layer_types"]]
+    rope = cfg["rope_parameters"]
+    ghd, hd = cfg["global_head_dim"], cfg["head_dim"]
+    w.add_block_count(n)
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    shared = cfg["num_kv_shared_layers"]
+    n_ff = cfg["intermediate_size"]
+    if cfg.get("use_double_wide_mlp"):
+        w.add_feed_forward_length([n_ff if i < n - shared else 2 * n_ff for i in range(n)])
+    else:
+        w.add_feed_forward_length(n_ff)
+    w.add_head_count(cfg["num_attention_heads"])
+    kv, kv_full = cfg["num_key_value_heads"], cfg.get("num_global_key_value_heads")
+    w.add_head_count_kv([kv if s else kv_full for s in swa] if kv_full is not None else kv)
+    w.add_rope_freq_base(rope["full_attention"]["rope_theta"])
+    w.add_rope_freq_base_swa(rope["sliding_attention"]["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    if cfg.get("enable_moe_block"):
+        w.add_expert_count(cfg["num_experts"])
+        w.add_expert_used_count(cfg["top_k_experts"])
+        w.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
+    if cfg.get("final_logit_softcapping"):
+        w.add_final_logit_softcapping(cfg["final_logit_softcapping"])
+    w.add_sliding_window(cfg["sliding_window"])
+    w.add_shared_kv_layers(shared)
+    w.add_embedding_length_per_layer_input(cfg.get("hidden_size_per_layer_input") or 0)
+    w.add_sliding_window_pattern(swa)
+    w.add_key_length(ghd)
+    w.add_value_length(ghd)
+    w.add_key_length_swa(hd)
+    w.add_value_length_swa(hd)
+    w.add_rope_dimension_count(ghd)
+    partial_swa = rope["sliding_attention"].get("partial_rotary_factor", 1.0)
+    w.add_rope_dimension_count_swa(int(hd * partial_swa))
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+
+
 def set_phi3_parameters(w, cfg):
     """Phi3MiniModel's own keys: rotated width, original context, sliding window (0: none),
     longrope's attention factor."""
@@ -151,7 +202,15 @@ def set_phi3_parameters(w, cfg):
 
 
 def extra_tensors(cfg):
-    """Phi3MiniModel.generate_extra_tensors: the longrope factors as global f32 tensors."""
+    """Phi3MiniModel.generate_extra_tensors: the longrope factors as global f32 tensors;
+    Gemma4Model's: the full layers' proportional RoPE as `rope_freqs` (1 for a rotated pair,
+    1e30 for a pass-through one)."""
+    if cfg["model_type"] in ("gemma4_text", "gemma4"):
+        full = cfg["rope_parameters"]["full_attention"]
+        ghd = cfg["global_head_dim"]
+        rotated = int(ghd * full["partial_rotary_factor"] / 2)
+        yield "rope_freqs.weight", np.array([1.0] * rotated + [1e30] * (ghd // 2 - rotated), dtype=np.float32)
+        return
     rs = cfg.get("rope_scaling") or {}
     if cfg["model_type"] != "phi3" or not rs.get("long_factor"):
         return
@@ -203,6 +262,9 @@ def tensors(model_dir, cfg, arch, permutes, gguf, outtype):
         return
     if cfg["model_type"] in ("qwen3_5", "qwen3_5_moe"):
         yield from qwen3_5_tensors(weights, cfg, names)
+        return
+    if cfg["model_type"] in ("gemma4_text", "gemma4"):
+        yield from gemma4_tensors(weights, names)
         return
     for name in weights:
         data = weights[name].astype(np.float32)
@@ -292,6 +354,30 @@ def qwen3_5_tensors(weights, cfg, names):
         yield new, np.ascontiguousarray(data)
 
 
+def gemma4_tensors(weights, names):
+    """Gemma4Model on the text model (the multimodal wrapper's `model.language_model.` prefix
+    dropped, its towers skipped as the converter's text model does): `layer_scalar` and the
+    fused expert tensors get `.weight` (filter_tensors), the router's input scale becomes
+    `ffn_gate_inp.scale` and its per-expert scale `ffn_down_exps.scale` (modify_tensors);
+    norms unshifted; the K/V projections of KV-shared layers written as they are."""
+    for name, data in weights.items():
+        if name.startswith(("model.vision_tower.", "model.embed_vision.", "model.audio_tower.", "model.embed_audio.")):
+            continue
+        name = name.replace("model.language_model.", "model.")
+        data = data.astype(np.float32)
+        if name.endswith((".router.scale", ".router.per_expert_scale")):
+            bid = int(name.split(".")[2])
+            blk = "ffn_gate_inp" if name.endswith(".router.scale") else "ffn_down_exps"
+            yield f"blk.{bid}.{blk}.scale", data
+            continue
+        if name.endswith(".layer_scalar") or (".experts." in name and not name.endswith(".weight")):
+            name += ".weight"
+        new = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if new is None:
+            raise SystemExit(f"{name}: no GGUF name for gemma4")
+        yield new, data
+
+
 def reorder_value_heads(name, data, cfg):
     """_LinearAttentionVReorderBase: value heads grouped by key head [g0v0, g0v1, g1v0, ...]
     become tiled [g0v0, g1v0, g0v1, ...] in every delta-net tensor indexed by value head."""
@@ -358,11 +444,14 @@ def stacked(name, data, cfg, experts, names):
 
 
 def qtype_for(name, data, outtype, gguf):
-    """The converter's choice: 1-D tensors, norms and the router stay f32."""
+    """The converter's choice (ModelBase.prepare_tensors): 1-D tensors, norms, tensors other
+    than weights (biases, scales), routers and the delta-net convolution stay f32."""
     Q = gguf.GGMLQuantizationType
     if outtype in ("f32", "mxfp4") or data.ndim <= 1 or name.endswith("_norm.weight"):
         return Q.F32
-    if name.endswith("ffn_gate_inp.weight"):
+    if not name.endswith(".weight"):
+        return Q.F32
+    if name.endswith(("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight", "ssm_conv1d.weight")):
         return Q.F32
     if outtype == "f16":
         return Q.F16
@@ -374,8 +463,9 @@ def qtype_for(name, data, outtype, gguf):
 def make(model_dir, out, outtype, gguf):
     cfg = json.loads((model_dir / "config.json").read_text())
     model_type = cfg["model_type"]
-    if model_type in ("qwen3_5", "qwen3_5_moe"):
-        # Qwen3_5(Moe)TextModel converts the text model of the multimodal checkpoint.
+    if model_type in ("qwen3_5", "qwen3_5_moe", "gemma4"):
+        # Qwen3_5(Moe)TextModel and Gemma4Model convert the text model of the multimodal
+        # checkpoint.
         cfg = {**cfg["text_config"], "model_type": model_type}
     if model_type not in ARCHS:
         raise SystemExit(f"{model_type}: no GGUF conversion here (supported: {', '.join(ARCHS)})")
@@ -385,14 +475,19 @@ def make(model_dir, out, outtype, gguf):
     # llama.cpp tweaks the vocabulary of a model named "phi3"/"phi-3" (it marks `</s>`, which
     # the tiny models' SmolLM2 vocabulary lacks, and fails to load): the tiny one is not.
     w.add_name("tiny Phi 3" if model_type == "phi3" else f"tiny {model_type}")
-    set_parameters(w, cfg, gguf)
+    if model_type in ("gemma4_text", "gemma4"):
+        set_gemma4_parameters(w, cfg, gguf)
+    else:
+        set_parameters(w, cfg, gguf)
     set_vocab(w, model_dir, cfg, gguf)
     for name, data in tensors(model_dir, cfg, arch, permutes, gguf, outtype):
         if isinstance(data, RawMxfp4):
             w.add_tensor(name, data.data, raw_dtype=gguf.GGMLQuantizationType.MXFP4)
             continue
-        qtype = qtype_for(name, data, outtype, gguf)
-        if qtype == gguf.GGMLQuantizationType.F32:
+        qtype = qtype_for(name, data, outtype.removesuffix("-values"), gguf)
+        if qtype == gguf.GGMLQuantizationType.Q8_0 and outtype == "q8_0-values":
+            w.add_tensor(name, gguf.quants.dequantize(gguf.quants.quantize(data, qtype), qtype))
+        elif qtype == gguf.GGMLQuantizationType.F32:
             w.add_tensor(name, data)
         elif qtype == gguf.GGMLQuantizationType.F16:
             w.add_tensor(name, data.astype(np.float16))
@@ -411,7 +506,7 @@ def main():
     m.add_argument("model_dir", type=Path)
     m.add_argument("out", type=Path)
     m.add_argument("--gguf-py", type=Path, required=True)
-    m.add_argument("--outtype", choices=["f32", "f16", "q8_0", "mxfp4"], default="f32")
+    m.add_argument("--outtype", choices=["f32", "f16", "q8_0", "q8_0-values", "mxfp4"], default="f32")
     sub.add_parser("list")
     a = p.parse_args()
     if a.cmd == "list":

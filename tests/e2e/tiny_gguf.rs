@@ -78,10 +78,13 @@ fn gguf_source(model_type: &str) -> PathBuf {
 
 /// The model our engine runs as the source oracle: the GGUF's source, or — for Qwen3.5, whose
 /// checkpoint layout (prefixed names, norms stored `w − 1`, `[C, 1, K]` convolution) runs
-/// only after conversion — its float `mlx_lm convert`.
+/// only after conversion, and Gemma 4, whose checkpoint fuses the experts' gate and up
+/// projections — its float `mlx_lm convert`.
 fn source_oracle(model_type: &str) -> PathBuf {
     match model_type {
-        "qwen3_5" | "qwen3_5_moe" => mlx_lm_convert(model_type, Mode::Float),
+        "qwen3_5" | "qwen3_5_moe" | "gemma4_text" | "gemma4" => {
+            mlx_lm_convert(model_type, Mode::Float)
+        }
         _ => gguf_source(model_type),
     }
 }
@@ -273,9 +276,44 @@ fn clear_source_prefix(run: &Generation) -> usize {
         .unwrap_or(run.steps.len())
 }
 
+/// Our run on the Q8_0 import against our run on the import of the same GGUF with every Q8_0
+/// tensor replaced by gguf-py's float32 dequantization of it (`--outtype q8_0-values`): the
+/// same values on both sides, so prompt ids, 16 greedy tokens, step-0 top-1 and its logit
+/// within 1e-3 relative. It checks the Q8_0 decoding (kept as MLX affine 8-bit, or
+/// dequantized) against llama.cpp's own library where llama.cpp cannot run the model; the
+/// float import is checked against the source by the family's f32 line.
+fn check_against_values(model_type: &str, chat: bool) {
+    let quantized = import(&tiny_gguf(model_type, "q8_0"));
+    let values = import(&tiny_gguf(model_type, "q8_0-values"));
+    let prompt = if chat { CHAT_PROMPT } else { RAW_PROMPT };
+    let run = |d: &tempfile::TempDir| -> Generation {
+        generate(
+            &d.path().join("model"),
+            prompt,
+            chat,
+            ORACLE_STEPS,
+            &["--ignore-eos"],
+        )
+    };
+    let (ours, theirs) = (run(&quantized), run(&values));
+    let case = format!("{model_type} Q8_0 GGUF import vs its dequantized values, chat={chat}");
+    assert_eq!(ours.prompt_ids, theirs.prompt_ids, "{case}: prompt ids");
+    assert_eq!(
+        ours.generated_ids, theirs.generated_ids,
+        "{case}: greedy tokens"
+    );
+    let ((id, logit), (tid, tlogit)) = (ours.steps[0].rank(0), theirs.steps[0].rank(0));
+    assert_eq!(id, tid, "{case}: step-0 top-1");
+    assert!(
+        (logit - tlogit).abs() <= 1e-3 * tlogit.abs(),
+        "{case}: step-0 logit {logit} vs {tlogit}"
+    );
+}
+
 /// One line per architecture and GGUF type, naming the oracles:
 /// `gguf_tests!(olmo2_f32, "olmo2", "f32", [llama_cpp, source]);` — `llama_cpp`: llama.cpp
-/// on the GGUF; `source`: our engine on the tiny model (when the GGUF holds all its settings).
+/// on the GGUF; `source`: our engine on the tiny model (when the GGUF holds all its settings);
+/// `values` (Q8_0): our engine on the import of the GGUF's dequantized values.
 macro_rules! gguf_tests {
     ($name:ident, $model_type:literal, $outtype:literal, [$($oracle:ident),+]) => {
         mod $name {
@@ -291,6 +329,17 @@ macro_rules! gguf_tests {
         #[test]
         fn chat_matches_llama_cpp() {
             super::check_llama_cpp($model_type, $outtype, true);
+        }
+    };
+    (@values $model_type:literal, $outtype:literal) => {
+        #[test]
+        fn raw_matches_its_values() {
+            super::check_against_values($model_type, false);
+        }
+
+        #[test]
+        fn chat_matches_its_values() {
+            super::check_against_values($model_type, true);
         }
     };
     (@source $model_type:literal, $outtype:literal) => {
@@ -335,3 +384,31 @@ gguf_tests!(ministral3_f32, "ministral3", "f32", [llama_cpp, source]);
 // attention; the MoE variant with routed experts and a gated shared expert.
 gguf_tests!(qwen3_5_f32, "qwen3_5", "f32", [llama_cpp, source]);
 gguf_tests!(qwen3_5_moe_f32, "qwen3_5_moe", "f32", [llama_cpp, source]);
+// Gemma 4 (`gemma4_text`: per-layer inputs, KV-shared layers with double-wide MLPs, head
+// widths and RoPE per layer type with proportional partial RoPE from `rope_freqs`, K=V on
+// full layers with their own KV-head count, the MoE block with its fused gate/up experts,
+// softcapping; `gemma4`: the multimodal checkpoint's E2B-like text model, without K=V or
+// MoE, whose converter writes the text model alone). The source is the only oracle:
+// llama.cpp hard-codes which layer a KV-shared layer reads (the last non-shared layer for a
+// full one, the one before it for a sliding one), which holds for the released checkpoints
+// but not for the tiny models' layer kinds (sliding, sliding, full, sliding | shared
+// sliding, shared full), so it aborts on their GGUFs (`GGML_ASSERT(map_layer_ids…)`).
+gguf_tests!(gemma4_text_f32, "gemma4_text", "f32", [source]);
+gguf_tests!(gemma4_f32, "gemma4", "f32", [source]);
+
+// Q8_0 GGUFs of the newer families, against the import of the same file's dequantized
+// values (`values`: exact, 1e-3). Not against the float source: the tiny models' "champion"
+// output rows (a spike of 12 in one feature) make Q8_0's per-block rounding coarse on those
+// rows, which moves logits by up to ~12% and flips greedy choices. Not against llama.cpp
+// either: it multiplies Q8_0 matrices with activations rounded to 8 bits too, which on these
+// models' spiky activations moves step-0 logits by 2-10% (measured: gpt_oss chat 8%,
+// ministral3 chat 3%, qwen3_5 raw 2% and a flipped chat top-1, qwen3_5_moe 3% and 10%),
+// beyond a tolerance that would still catch a wrong import. The f32 lines above compare the
+// same mapping with llama.cpp at 1e-3; `values` proves the Q8_0 decoding exact (kept as MLX
+// affine 8-bit or dequantized). Gemma 4's tiny GGUFs llama.cpp does not load (see above).
+gguf_tests!(gpt_oss_q8_0, "gpt_oss", "q8_0", [values]);
+gguf_tests!(ministral3_q8_0, "ministral3", "q8_0", [values]);
+gguf_tests!(qwen3_5_q8_0, "qwen3_5", "q8_0", [values]);
+gguf_tests!(qwen3_5_moe_q8_0, "qwen3_5_moe", "q8_0", [values]);
+gguf_tests!(gemma4_text_q8_0, "gemma4_text", "q8_0", [values]);
+gguf_tests!(gemma4_q8_0, "gemma4", "q8_0", [values]);

@@ -53,17 +53,15 @@ pub enum TensorMapping {
         /// Subtract this from every value (gemma norms); 0 for none.
         subtract: f32,
     },
+    /// A module the converter fused: written as equal row parts of each matrix under these
+    /// names, in row order (`crate::arch::gguf::Fused`).
+    Split(Vec<String>),
     /// Not a Hugging Face weight (e.g. `rope_freqs.weight`); skip it, with this reason.
     Skip(&'static str),
 }
 
 /// Maps a GGUF tensor name; `None` for names this architecture does not know.
 pub fn map_tensor(arch: &Architecture, params: &ModelParams, name: &str) -> Option<TensorMapping> {
-    let keep = |hf: String| TensorMapping::Keep {
-        hf_name: hf,
-        unpermute_heads: None,
-        subtract: 0.0,
-    };
     let mut mapping = match name {
         "token_embd.weight" => keep("model.embed_tokens.weight".into()),
         "output_norm.weight" => keep("model.norm.weight".into()),
@@ -78,36 +76,10 @@ pub fn map_tensor(arch: &Architecture, params: &ModelParams, name: &str) -> Opti
                 "Phi-3's rope factors are config.json's `rope_scaling`, not a weight",
             ))
         }
-        _ => {
-            let rest = name.strip_prefix("blk.")?;
-            let (layer, rest) = rest.split_once('.')?;
-            let layer: usize = layer.parse().ok()?;
-            if layer >= params.num_layers {
-                return None;
-            }
-            if let Some(param) = (arch.layer_param)(rest) {
-                return Some(keep(format!("model.layers.{layer}.{param}")));
-            }
-            let (module, suffix) = rest.rsplit_once('.')?;
-            if suffix != "weight" && suffix != "bias" {
-                return None;
-            }
-            let hf_module = (arch.layer_module)(module)?;
-            let mut m = keep(format!("model.layers.{layer}.{hf_module}.{suffix}"));
-            if arch.permutes_qk {
-                if let TensorMapping::Keep {
-                    unpermute_heads, ..
-                } = &mut m
-                {
-                    *unpermute_heads = match module {
-                        "attn_q" => Some(params.num_heads),
-                        "attn_k" => Some(params.num_kv_heads),
-                        _ => None,
-                    };
-                }
-            }
-            m
-        }
+        n => match (arch.top_level)(n) {
+            Some(hf) => keep(hf.into()),
+            None => layer_tensor(arch, params, name)?,
+        },
     };
     if arch.norm_shift != 0.0 && name.ends_with("norm.weight") {
         if let TensorMapping::Keep { subtract, .. } = &mut mapping {
@@ -115,6 +87,48 @@ pub fn map_tensor(arch: &Architecture, params: &ModelParams, name: &str) -> Opti
         }
     }
     Some(mapping)
+}
+
+/// Written under `hf` as it is.
+fn keep(hf: String) -> TensorMapping {
+    TensorMapping::Keep {
+        hf_name: hf,
+        unpermute_heads: None,
+        subtract: 0.0,
+    }
+}
+
+/// Maps a `blk.<i>.<rest>` tensor of a layer below the block count.
+fn layer_tensor(arch: &Architecture, params: &ModelParams, name: &str) -> Option<TensorMapping> {
+    let rest = name.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    if layer >= params.num_layers {
+        return None;
+    }
+    if let Some(param) = (arch.layer_param)(rest) {
+        return Some(keep(format!("model.layers.{layer}.{param}")));
+    }
+    let (module, suffix) = rest.rsplit_once('.')?;
+    if suffix != "weight" && suffix != "bias" {
+        return None;
+    }
+    if let Some(f) = arch.fused.iter().find(|f| f.gguf == module) {
+        let names = f.parts.iter();
+        let names = names.map(|p| format!("model.layers.{layer}.{p}.{suffix}"));
+        return Some(TensorMapping::Split(names.collect()));
+    }
+    let hf_module = (arch.layer_module)(module)?;
+    let unpermute_heads = match module {
+        "attn_q" if arch.permutes_qk => Some(params.num_heads),
+        "attn_k" if arch.permutes_qk => Some(params.num_kv_heads),
+        _ => None,
+    };
+    Some(TensorMapping::Keep {
+        hf_name: format!("model.layers.{layer}.{hf_module}.{suffix}"),
+        unpermute_heads,
+        subtract: 0.0,
+    })
 }
 
 /// For each destination row, the source row that undoes llama.cpp's rope permutation:
@@ -306,20 +320,28 @@ pub fn check_special_ids(gguf: &GgufFile, vocab_size: usize) -> Result<()> {
     Ok(())
 }
 
-fn head_count(gguf: &GgufFile, key: &str) -> Result<Option<usize>> {
-    // Some converters store per-layer head counts as arrays; accept them when uniform.
-    if let Some(arr) = gguf.get_i64_array(key) {
-        let first = arr.first().copied();
-        if let Some(f) = first.filter(|&f| f > 0 && arr.iter().all(|&x| x == f)) {
-            return bounded(gguf, key, "num_attention_heads", f as u64).map(Some);
+/// A size stored as a number or one value per layer: a uniform array is that value; a varying
+/// one is layer 0's where the family reads the per-layer values itself (`per_layer`), else
+/// an error.
+fn per_layer_size(
+    gguf: &GgufFile,
+    key: &str,
+    hf_key: &str,
+    per_layer: bool,
+) -> Result<Option<usize>> {
+    let Some(arr) = gguf.get_i64_array(key) else {
+        return opt_usize(gguf, key, hf_key);
+    };
+    match arr.first().copied() {
+        Some(f) if f > 0 && (per_layer || arr.iter().all(|&x| x == f)) => {
+            bounded(gguf, key, hf_key, f as u64).map(Some)
         }
-        return Err(Diagnostic::error(
+        _ => Err(Diagnostic::error(
             code::Gguf::UnsupportedArchitecture,
             format!("GGUF `{key}` varies per layer, which is not supported"),
         )
-        .with_file(gguf.path()));
+        .with_file(gguf.path())),
     }
-    opt_usize(gguf, key, "num_attention_heads")
 }
 
 impl ModelParams {
@@ -330,10 +352,18 @@ impl ModelParams {
         let hidden_size = req_usize(gguf, &k("embedding_length"), "hidden_size")?;
         let num_layers = req_usize(gguf, &k("block_count"), "num_hidden_layers")?;
         check_block_count(gguf, &k("block_count"), num_layers)?;
-        let intermediate_size = req_usize(gguf, &k("feed_forward_length"), "intermediate_size")?;
-        let num_heads = head_count(gguf, &k("attention.head_count"))?
-            .ok_or_else(|| missing(gguf, &k("attention.head_count")))?;
-        let num_kv_heads = match head_count(gguf, &k("attention.head_count_kv"))? {
+        let per_layer = arch.per_layer_sizes;
+        let size = |key: &str, hf_key: &str| per_layer_size(gguf, &k(key), hf_key, per_layer);
+        let intermediate_size = size("feed_forward_length", "intermediate_size")?
+            .ok_or_else(|| missing(gguf, &k("feed_forward_length")))?;
+        let num_heads = per_layer_size(
+            gguf,
+            &k("attention.head_count"),
+            "num_attention_heads",
+            false,
+        )?
+        .ok_or_else(|| missing(gguf, &k("attention.head_count")))?;
+        let num_kv_heads = match size("attention.head_count_kv", "num_attention_heads")? {
             Some(n) => n,
             None => {
                 warn!("GGUF has no `{p}.attention.head_count_kv`; using the head count {num_heads} (no GQA)");

@@ -198,7 +198,8 @@ impl OutTensor<'_> {
         };
         let bytes = match &self.rows {
             Some(src) => {
-                let row_bytes = bytes.len() / src.len().max(1);
+                // Rows of the source tensor (a fused tensor's part selects some of them).
+                let row_bytes = bytes.len() / n_rows(self.src.info).max(1);
                 arch::permute_rows(&bytes, row_bytes, src)
             }
             None => bytes,
@@ -463,7 +464,11 @@ fn plan_tensors<'a>(
     };
     for info in gguf.tensors() {
         let name = &info.name;
-        match arch::map_tensor(arch, params, name) {
+        let mapping = match (arch.skip)(gguf, name)? {
+            Some(why) => Some(TensorMapping::Skip(why)),
+            None => arch::map_tensor(arch, params, name),
+        };
+        match mapping {
             Some(TensorMapping::Keep {
                 hf_name,
                 unpermute_heads,
@@ -476,6 +481,22 @@ fn plan_tensors<'a>(
                     undo: (arch.undo)(gguf, name)?,
                 };
                 plan_tensor(gguf, info, target, opts, sink, &mut plan)?;
+            }
+            Some(TensorMapping::Split(parts)) => {
+                let count = parts.len();
+                for (index, hf_name) in parts.into_iter().enumerate() {
+                    let undo = Undo {
+                        part: Some((index, count)),
+                        ..(arch.undo)(gguf, name)?
+                    };
+                    let target = Target {
+                        hf_name,
+                        heads: None,
+                        subtract: 0.0,
+                        undo,
+                    };
+                    plan_tensor(gguf, info, target, opts, sink, &mut plan)?;
+                }
             }
             Some(TensorMapping::Skip(why)) => {
                 warn!("skipping GGUF tensor `{name}`: {why}");
@@ -531,12 +552,16 @@ fn plan_tensor<'a>(
     let view = gguf.view(info);
     let ty = info.ggml_type;
     check_decodable(gguf, info)?;
-    let shape = info.shape();
+    let (shape, rows) = match target.undo.part {
+        Some(part) => part_rows(gguf, info, part).map(|(s, r)| (s, Some(r)))?,
+        None => (info.shape(), None),
+    };
     let parts = Parts {
         src: view,
-        rows: match &target.undo.rows {
-            Some(rows) => Some(checked_order(gguf, info, rows, n_rows(info), "rows")?),
-            None => unpermutation(gguf, info, target.heads)?,
+        rows: match (&target.undo.rows, rows) {
+            (_, Some(part)) => Some(part),
+            (Some(rows), None) => Some(checked_order(gguf, info, rows, n_rows(info), "rows")?),
+            (None, None) => unpermutation(gguf, info, target.heads)?,
         },
         sink,
     };
@@ -626,6 +651,38 @@ fn n_rows(info: &super::reader::TensorInfo) -> usize {
     } else {
         info.n_rows()
     }
+}
+
+/// The shape and source rows of part `index` of `count` equal row ranges of each matrix of a
+/// fused tensor (`[.., rows, cols]` → `[.., rows / count, cols]`).
+fn part_rows(
+    gguf: &GgufFile,
+    info: &super::reader::TensorInfo,
+    (index, count): (usize, usize),
+) -> Result<(Vec<usize>, Arc<Vec<usize>>)> {
+    let mut shape = info.shape();
+    let rows = match shape.len() {
+        n if n >= 2 => shape[n - 2],
+        _ => 0,
+    };
+    if rows == 0 || rows % count != 0 || index >= count {
+        return Err(Diagnostic::error(
+            code::Gguf::BadTensor,
+            format!(
+                "tensor `{}` has shape {shape:?}, whose rows do not split into {count} parts",
+                info.name
+            ),
+        )
+        .with_file(gguf.path()));
+    }
+    let part = rows / count;
+    let matrices = info.n_rows() / rows;
+    let src = (0..matrices)
+        .flat_map(|m| (0..part).map(move |r| m * rows + index * part + r))
+        .collect();
+    let n = shape.len();
+    shape[n - 2] = part;
+    Ok((shape, Arc::new(src)))
 }
 
 /// `order` (a family's source index per destination index along an axis of `len`) checked

@@ -31,7 +31,7 @@ pub const ARCH: Architecture = Architecture {
     model_types: &["gemma4_text", "gemma4"],
     load,
     convert: crate::arch::convert::gemma4::CONVERT,
-    gguf: &[],
+    gguf: &[super::gguf::gemma4::GEMMA4],
 };
 
 fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {

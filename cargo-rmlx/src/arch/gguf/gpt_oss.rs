@@ -25,6 +25,10 @@ pub const GPT_OSS: GgufArch = GgufArch {
     layer_module,
     layer_param,
     undo: super::nothing_to_undo,
+    top_level: super::no_top_level,
+    fused: &[],
+    skip: super::skip_nothing,
+    per_layer_sizes: false,
     config,
 };
 

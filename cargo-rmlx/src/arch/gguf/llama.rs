@@ -20,6 +20,10 @@ pub const LLAMA: GgufArch = GgufArch {
     layer_module: llama_layer_module,
     layer_param: super::no_layer_params,
     undo: super::nothing_to_undo,
+    top_level: super::no_top_level,
+    fused: &[],
+    skip: super::skip_nothing,
+    per_layer_sizes: false,
     config: llama_config,
 };
 
@@ -34,6 +38,10 @@ pub const QWEN2: GgufArch = GgufArch {
     layer_module: llama_layer_module,
     layer_param: super::no_layer_params,
     undo: super::nothing_to_undo,
+    top_level: super::no_top_level,
+    fused: &[],
+    skip: super::skip_nothing,
+    per_layer_sizes: false,
     config: qwen2_config,
 };
 
@@ -48,6 +56,10 @@ pub const QWEN3: GgufArch = GgufArch {
     layer_module: qwen3_layer_module,
     layer_param: super::no_layer_params,
     undo: super::nothing_to_undo,
+    top_level: super::no_top_level,
+    fused: &[],
+    skip: super::skip_nothing,
+    per_layer_sizes: false,
     config: qwen3_config,
 };
 
@@ -62,6 +74,10 @@ pub const SMOLLM3: GgufArch = GgufArch {
     layer_module: llama_layer_module,
     layer_param: super::no_layer_params,
     undo: super::nothing_to_undo,
+    top_level: super::no_top_level,
+    fused: &[],
+    skip: super::skip_nothing,
+    per_layer_sizes: false,
     config: smollm3_config,
 };
 

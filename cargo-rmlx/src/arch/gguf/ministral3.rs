@@ -24,6 +24,10 @@ pub const MISTRAL3: GgufArch = GgufArch {
     layer_module: llama_layer_module,
     layer_param: no_layer_params,
     undo: nothing_to_undo,
+    top_level: super::no_top_level,
+    fused: &[],
+    skip: super::skip_nothing,
+    per_layer_sizes: false,
     config,
 };
 

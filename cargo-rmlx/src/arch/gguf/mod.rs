@@ -7,6 +7,7 @@
 //! keys) is `gguf::arch`.
 
 pub mod gemma3;
+pub mod gemma4;
 pub mod gpt_oss;
 pub mod llama;
 pub mod ministral3;
@@ -46,6 +47,17 @@ pub struct GgufArch {
     /// What the family's converter did to the tensor of this GGUF name beyond renaming, to be
     /// undone on import ([`Undo`]); read from the file's metadata where it depends on sizes.
     pub undo: fn(&GgufFile, &str) -> Result<Undo>,
+    /// The MLX name of a tensor outside the `blk.<i>` blocks that the family has beyond the
+    /// common ones (`per_layer_token_embd.weight` → `model.embed_tokens_per_layer.weight`).
+    pub top_level: fn(&str) -> Option<&'static str>,
+    /// Modules the converter fused from several MLX ones, split again on import.
+    pub fused: &'static [Fused],
+    /// Why a tensor the converter wrote is not an MLX weight (it is skipped, with this
+    /// reason), e.g. the unused K/V projections of Gemma 4's KV-shared layers.
+    pub skip: fn(&GgufFile, &str) -> Result<Option<&'static str>>,
+    /// `head_count_kv` and `feed_forward_length` may be per-layer arrays that differ between
+    /// layers (the family's `config` reads them; the common keys take layer 0's value).
+    pub per_layer_sizes: bool,
     /// Adds the family's own config.json keys (activation, windows, experts, …).
     pub config: fn(&GgufFile, &ModelParams, &mut Map<String, Value>) -> Result<()>,
 }
@@ -100,6 +112,9 @@ pub struct Undo {
     pub neg_exp: bool,
     /// The MLX shape, when it differs from the GGUF's by unit axes; dense.
     pub shape: Option<Vec<usize>>,
+    /// `(index, count)`: the tensor is part `index` of `count` equal row ranges of each
+    /// matrix of the GGUF tensor (a [`Fused`] module split on import).
+    pub part: Option<(usize, usize)>,
 }
 
 impl Undo {
@@ -107,6 +122,26 @@ impl Undo {
     pub fn rewrites_values(&self) -> bool {
         self.cols.is_some() || self.neg_exp || self.shape.is_some()
     }
+}
+
+/// One GGUF module the converter concatenated from several MLX modules along the rows of
+/// each matrix (of each expert, for a 3-D stack), in equal parts.
+#[derive(Debug)]
+pub struct Fused {
+    /// The GGUF module (`ffn_gate_up_exps`).
+    pub gguf: &'static str,
+    /// The MLX modules of its parts under `model.layers.<i>.`, in row order.
+    pub parts: &'static [&'static str],
+}
+
+/// No family-specific top-level tensors (the `top_level` of most families).
+pub fn no_top_level(_: &str) -> Option<&'static str> {
+    None
+}
+
+/// Every mapped tensor is imported (the `skip` of most families).
+pub fn skip_nothing(_: &GgufFile, _: &str) -> Result<Option<&'static str>> {
+    Ok(None)
 }
 
 /// Nothing to undo (the `undo` of most families).

@@ -25,6 +25,10 @@ pub const PHI3: GgufArch = GgufArch {
     layer_module,
     layer_param: super::no_layer_params,
     undo: super::nothing_to_undo,
+    top_level: super::no_top_level,
+    fused: &[],
+    skip: super::skip_nothing,
+    per_layer_sizes: false,
     config,
 };
 

@@ -35,6 +35,10 @@ pub const QWEN35: GgufArch = GgufArch {
     layer_module,
     layer_param,
     undo,
+    top_level: super::no_top_level,
+    fused: &[],
+    skip: super::skip_nothing,
+    per_layer_sizes: false,
     config,
 };
 
