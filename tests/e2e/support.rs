@@ -19,7 +19,7 @@ use sha2::{Digest as _, Sha256};
 
 pub use rmlx_test_support::{
     copy_model_dir, models_dir, once_per_key, repo_root, run_command, sha256_hex, smollm2_gguf,
-    OnceMap, Run, Variant, SMOLLM2_GGUF, SMOLLM2_SHA256, STAMP_FILE,
+    OnceMap, Run, Variant, STAMP_FILE,
 };
 
 pub const CHAT_PROMPT: &str = "What is the capital of France?";

@@ -19,7 +19,7 @@ use serde_json::Value;
 use rmlx_test_support::{
     converted, copy_model_dir, rmlx_command, run_script, venv_python, Variant,
 };
-pub use rmlx_test_support::{models_dir, repo_root, run_command, Run, SMOLLM2_GGUF};
+pub use rmlx_test_support::{models_dir, repo_root, run_command};
 
 /// The name the test model is served under (its directory's name).
 pub const MODEL_NAME: &str = "smollm2-q4";
