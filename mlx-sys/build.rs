@@ -21,6 +21,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+#[path = "pinned.rs"]
+mod pinned;
+use pinned::pinned;
+
 const UPSTREAM_MLX_SYS: &str = "0.7.0";
 /// The project's pinned versions (`MLX_VERSION=…` lines), shared with the setup scripts.
 const VERSIONS_FILE: &str = "../scripts/versions.env";
@@ -39,6 +43,7 @@ fn main() {
     println!("cargo:rerun-if-changed=shim/rmlx_linux_shim.h");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed={VERSIONS_FILE}");
+    println!("cargo:rerun-if-changed=pinned.rs");
 
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR is set by cargo"));
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -208,16 +213,6 @@ fn mlx_version() -> &'static str {
         pinned(&text, "MLX_VERSION")
             .unwrap_or_else(|| fail(&format!("{} sets no MLX_VERSION", path.display())))
     })
-}
-
-/// The value of a `KEY=value` line of a versions file.
-fn pinned(text: &str, key: &str) -> Option<String> {
-    text.lines()
-        .filter(|line| !line.trim_start().starts_with('#'))
-        .filter_map(|line| line.trim().split_once('='))
-        .find(|(k, _)| k.trim() == key)
-        .map(|(_, v)| v.trim().to_string())
-        .filter(|v| !v.is_empty())
 }
 
 /// The `mlx/` directory of an MLX wheel (libmlx, headers, CMake config).

@@ -13,6 +13,9 @@
 
 mod once;
 mod paths;
+/// The versions-file reader of mlx-sys's build script (one implementation).
+#[path = "../../../mlx-sys/pinned.rs"]
+mod pinned;
 mod run;
 mod scripts;
 pub mod smollm2;

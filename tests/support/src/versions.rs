@@ -8,13 +8,7 @@ use crate::repo_root;
 pub fn pinned_version(key: &str) -> String {
     let path = repo_root().join("scripts").join("versions.env");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines()
-        .filter(|line| !line.trim_start().starts_with('#'))
-        .filter_map(|line| line.trim().split_once('='))
-        .find(|(k, _)| k.trim() == key)
-        .map(|(_, v)| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| panic!("{} sets no {key}", path.display()))
+    crate::pinned::pinned(&text, key).unwrap_or_else(|| panic!("{} sets no {key}", path.display()))
 }
 
 #[cfg(test)]
