@@ -5,11 +5,12 @@
 //!   manifest (offline first, then online). Nothing is copied into this repository.
 //! * MLX: `MLX_ROOT` (the `mlx/` directory of an MLX wheel: `lib/`, `include/`,
 //!   `share/cmake/MLX`), else the wheel (`mlx-cpu` on Linux, `mlx-metal` on macOS, or
-//!   `RMLX_MLX_WHEEL`) at the version mlx-c 0.7.0 pins, installed with pip into the per-user
-//!   *data* directory (`RMLX_DATA_DIR`, else `$XDG_DATA_HOME/rmlx`, else
-//!   `~/.local/share/rmlx`). Installed binaries load it from there through their rpath, so it
-//!   must not live in a cache that people clear; a copy left in the cache directory by older
-//!   builds (`~/.cache/rmlx`) is copied over instead of downloading again.
+//!   `RMLX_MLX_WHEEL`) at the version mlx-c 0.7.0 pins (`MLX_VERSION` of
+//!   `scripts/versions.env`), installed with pip into the per-user *data* directory
+//!   (`RMLX_DATA_DIR`, else `$XDG_DATA_HOME/rmlx`, else `~/.local/share/rmlx`). Installed
+//!   binaries load it from there through their rpath, so it must not live in a cache that
+//!   people clear; a copy left in the cache directory by older builds (`~/.cache/rmlx`) is
+//!   copied over instead of downloading again.
 //!
 //! Publishes `cargo:libdir=<dir of libmlx>` (seen as `DEP_MLX_LIBDIR` by direct dependents),
 //! which a binary's build script turns into an rpath.
@@ -18,10 +19,15 @@ use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
-/// MLX version that mlx-c 0.7.0 is written against (newer headers break it).
-const MLX_VERSION: &str = "0.32.2";
+#[path = "pinned.rs"]
+mod pinned;
+use pinned::pinned;
+
 const UPSTREAM_MLX_SYS: &str = "0.7.0";
+/// The project's pinned versions (`MLX_VERSION=…` lines), shared with the setup scripts.
+const VERSIONS_FILE: &str = "../scripts/versions.env";
 
 fn main() {
     for var in [
@@ -36,6 +42,8 @@ fn main() {
     }
     println!("cargo:rerun-if-changed=shim/rmlx_linux_shim.h");
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed={VERSIONS_FILE}");
+    println!("cargo:rerun-if-changed=pinned.rs");
 
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR is set by cargo"));
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -193,6 +201,20 @@ fn find_manifest_dir(json: &str) -> Option<PathBuf> {
     None
 }
 
+/// The MLX version mlx-c 0.7.0 is written against (newer headers break it): `MLX_VERSION`
+/// of [`VERSIONS_FILE`].
+fn mlx_version() -> &'static str {
+    static VERSION: OnceLock<String> = OnceLock::new();
+    VERSION.get_or_init(|| {
+        let manifest_dir = env::var("CARGO_MANIFEST_DIR").expect("set by cargo");
+        let path = Path::new(&manifest_dir).join(VERSIONS_FILE);
+        let text = fs::read_to_string(&path)
+            .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", path.display())));
+        pinned(&text, "MLX_VERSION")
+            .unwrap_or_else(|| fail(&format!("{} sets no MLX_VERSION", path.display())))
+    })
+}
+
 /// The `mlx/` directory of an MLX wheel (libmlx, headers, CMake config).
 fn locate_mlx(target_os: &str) -> PathBuf {
     if let Some(root) = env::var_os("MLX_ROOT") {
@@ -205,19 +227,17 @@ fn locate_mlx(target_os: &str) -> PathBuf {
             "mlx-cpu".into()
         }
     });
+    let version = mlx_version();
     let data = data_dir();
-    let dest = data.join(format!("{wheel}-{MLX_VERSION}"));
+    let dest = data.join(format!("{wheel}-{version}"));
     let root = dest.join("mlx");
     if root.join("lib").is_dir() {
         return root;
     }
     fs::create_dir_all(&data).expect("create the MLX data dir");
-    let tmp = data.join(format!(
-        ".{wheel}-{MLX_VERSION}.partial-{}",
-        std::process::id()
-    ));
+    let tmp = data.join(format!(".{wheel}-{version}.partial-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
-    let legacy = legacy_cache_dir().map(|c| c.join(format!("{wheel}-{MLX_VERSION}")));
+    let legacy = legacy_cache_dir().map(|c| c.join(format!("{wheel}-{version}")));
     match legacy {
         Some(old) if old.join("mlx").join("lib").is_dir() => {
             copy_tree(&old, &tmp).unwrap_or_else(|e| {
@@ -271,18 +291,19 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Installs `wheel` at [`MLX_VERSION`] with pip into `into`.
+/// Installs `wheel` at [`mlx_version`] with pip into `into`.
 fn pip_install(wheel: &str, into: &Path) {
+    let version = mlx_version();
     let python = env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let status = Command::new(&python)
         .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"])
         .arg(into)
-        .arg(format!("{wheel}=={MLX_VERSION}"))
+        .arg(format!("{wheel}=={version}"))
         .status();
     match status {
         Ok(s) if s.success() => {}
         other => fail(&format!(
-            "`{python} -m pip install --no-deps {wheel}=={MLX_VERSION}` failed ({other:?}); \
+            "`{python} -m pip install --no-deps {wheel}=={version}` failed ({other:?}); \
              install it yourself and point MLX_ROOT at its `mlx/` directory"
         )),
     }

@@ -7,7 +7,9 @@
 # Carry one chunk per call, in order, while the machine stays warm; cuda-bench.sh appends them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MLX_VER=${MLX_VER:-0.32.2}
+# shellcheck source=scripts/versions.env
+source scripts/versions.env
+MLX_VER=${MLX_VER:-$MLX_VERSION}
 SMOL=${SMOL-target/test-models/smollm2-q4}
 QWEN=${QWEN-target/test-models/arch-oracle/target/rmlx/qwen-q4g64}
 C=cuda-carry; rm -rf $C; mkdir -p $C/stage/whl $C/stage/models
@@ -16,7 +18,7 @@ C=cuda-carry; rm -rf $C; mkdir -p $C/stage/whl $C/stage/models
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp --platform manylinux_2_35_x86_64 --platform manylinux_2_28_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d $C/stage/whl \
-  mlx==$MLX_VER mlx-cuda-13==$MLX_VER mlx-lm==$MLX_VER
+  mlx==$MLX_VER mlx-cuda-13==$MLX_VER mlx-lm==$MLX_LM_VERSION
 # 2. Our binary, stripped; drop the NEEDED libopenblas.so.0 (the binary itself uses no BLAS
 #    symbol; libmlx.so brings its own BLAS). On the device LD_LIBRARY_PATH picks the CUDA libmlx.so.
 cp "${BIN:-target/release/cargo-rmlx}" $C/stage/cargo-rmlx  # BIN=: a copy taken before a rebuild

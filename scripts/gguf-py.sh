@@ -8,7 +8,6 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-LLAMA_CPP_PYTHON_VERSION=0.3.36
 dest="${RMLX_GGUF_PY:-$RMLX_REPO/target/gguf-py}"
 stamp="$dest/.rmlx-stamp"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$LLAMA_CPP_PYTHON_VERSION" ]]; then

@@ -5,6 +5,10 @@
 RMLX_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export RMLX_REPO
 
+# The pinned versions (MLX_VERSION, MLX_LM_VERSION, LLAMA_CPP_PYTHON_VERSION).
+# shellcheck source=scripts/versions.env
+source "$RMLX_REPO/scripts/versions.env"
+
 # Print a message to stderr, prefixed with the script name.
 rmlx_log() {
     printf '%s: %s\n' "$(basename "$0")" "$*" >&2

@@ -9,7 +9,6 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-LLAMA_CPP_PYTHON_VERSION=0.3.36
 # pip caches the wheel it builds (keyed by the sdist, not by CMAKE_ARGS), so a fresh checkout on
 # the same machine installs in seconds; after changing CMAKE_FLAGS, drop that wheel first:
 # `target/llama-venv/bin/python -m pip cache remove llama_cpp_python`.

@@ -8,7 +8,6 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 MLX_WHEEL=mlx-cpu
-MLX_VERSION=0.32.2
 
 # --- Debian packages -------------------------------------------------------------------
 apt_packages=(cmake clang libclang-dev libopenblas0-pthread)

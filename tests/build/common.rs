@@ -5,7 +5,6 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -13,6 +12,7 @@ pub use crate::mlx_lm_build::{assert_same_tensors, mlx_lm_convert, tensors};
 use crate::support::{
     self, bin, converted, once_per_key, repo_root, run_command, OnceMap, Run, Variant,
 };
+use rmlx_test_support::rmlx_command;
 
 /// Wall-clock limit of one child process.
 pub const TIMEOUT: Duration = Duration::from_secs(1200);
@@ -24,14 +24,9 @@ pub fn bf16_source() -> PathBuf {
 
 /// `cargo-rmlx rmlx ARGS…` in `cwd` with plain, wide diagnostics and extra environment.
 pub fn cargo_rmlx<S: AsRef<OsStr>>(cwd: &Path, args: &[S], env: &[(&str, &OsStr)]) -> Run {
-    let mut cmd = Command::new(bin());
-    cmd.arg("rmlx")
-        .args(args)
+    let mut cmd = rmlx_command(bin());
+    cmd.args(args)
         .current_dir(cwd)
-        .env("NO_COLOR", "1")
-        .env("CARGO_TERM_COLOR", "never")
-        .env("COLUMNS", "400")
-        .env_remove("CLICOLOR_FORCE")
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("RMLX_MAX_SHARD_BYTES");
     for (k, v) in env {

