@@ -253,17 +253,9 @@ mod tests {
 
     use super::*;
 
-    /// Deterministic values in [-1, 1).
+    /// Deterministic values in [-1, 1) (the engine tests' generator).
     fn values(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-            })
-            .collect()
+        crate::engine::tests::Rng(u64::from(seed)).vec(n, 2.0)
     }
 
     /// Matches MLX's `x · dequantize(W)ᵀ` for 4/8 bits and groups of 32/64, with a row count

@@ -64,7 +64,7 @@ pub fn attend(q: &Array, k: &Array, v: &Array, scale: f32) -> Result<Array> {
             gemm::sgemm_host((rows, keys, d), scale, qs, ks, true, scores)?;
             for (i, row) in scores.chunks_exact_mut(keys).enumerate() {
                 let (seen, future) = row.split_at_mut(first + q0 + i + 1);
-                softmax(seen);
+                super::host::softmax(seen);
                 future.fill(0.0);
             }
             gemm::sgemm_host((rows, d, keys), 1.0, scores, vs, false, out)
@@ -91,18 +91,6 @@ fn host(a: &Array) -> Result<Vec<f32>> {
             )
         })?
         .to_vec())
-}
-
-/// In-place softmax (max-subtracted, float32).
-fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    x.iter_mut().for_each(|v| {
-        *v = (*v - max).exp();
-        sum += *v;
-    });
-    let inv = 1.0 / sum;
-    x.iter_mut().for_each(|v| *v *= inv);
 }
 
 #[cfg(test)]
