@@ -255,9 +255,9 @@ fn q4_raw_prompt_matches_mlx_lm() {
     check(Variant::Q4, RAW_PROMPT, false);
 }
 
-/// A prompt of about 150 tokens: at least `HOST_MATMUL_ROWS` (64) rows, so the CPU prefill
-/// runs the host GEMM (`engine::gemm`) and the blocked host attention (`attention::prefill`,
-/// two whole blocks of 64 queries and a partial one) instead of the short-prompt kernels.
+/// A prompt of about 150 tokens: the CPU prefill runs the host GEMM (`engine::gemm`) and the
+/// blocked host attention (`attention::prefill`) over two whole blocks of 64 queries and a
+/// partial one (the chat prompt's 37 rows make a single partial block).
 const LONG_PROMPT: &str = "The river starts in the mountains, where snow melts every spring \
     and runs down through narrow valleys full of pine trees. Farmers in the lower valleys use \
     its water for their fields of wheat, barley and potatoes, and in summer children swim in \

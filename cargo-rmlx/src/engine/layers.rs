@@ -231,11 +231,12 @@ enum LinearKind {
 /// matmul instead of MLX's quantized kernel (see [`Linear::forward`]).
 pub const DEQUANTIZED_MATMUL_ROWS: i32 = 16;
 
-/// Below this many input rows, a quantized layer on the CPU runs the host kernel
-/// ([`super::qmv`]) when it applies; from here on the dequantize-and-sgemm path. Measured
-/// (BENCHMARKS.md, "Cold probe and short prefill"): the host kernel prefills a 37-token probe seed 1.6–2.9×
-/// faster than dequantize + sgemm; at 128 tokens the two are even or sgemm is ahead.
-pub const HOST_MATMUL_ROWS: i32 = 64;
+/// Below this many input rows, a quantized layer on the CPU runs the block kernel
+/// ([`super::qmv`]) when it applies; from here on the prefill GEMM ([`super::gemm`]: tiles
+/// dequantized per task, sgemm on both cores). Measured (BENCHMARKS.md, "Round 6: prefill"):
+/// at 37 rows (the probe's seed) the GEMM prefills 208 tok/s against the block kernel's 151,
+/// at 20 rows the two are even (125 / 122).
+pub const HOST_MATMUL_ROWS: i32 = 16;
 
 /// `y = x W^T (+ b)`, dense or quantized.
 #[derive(Debug)]

@@ -17,7 +17,7 @@ use crate::diagnostic::Result;
 use crate::engine::gemm;
 
 /// Query positions from which a chunk attends on the host (shorter ones keep MLX's kernel).
-pub const MIN_ROWS: usize = 64;
+pub const MIN_ROWS: usize = 16;
 
 /// Query positions per task.
 const BLOCK: usize = 64;
