@@ -102,17 +102,7 @@ pub fn matmul_many(x: &Array, mats: &[Operands<'_>]) -> Result<Vec<Array>> {
         )));
     }
     let outs = products(sgemm, &views, xs);
-    views
-        .iter()
-        .zip(outs)
-        .map(|(m, y)| {
-            let mut shape = x.shape().to_vec();
-            if let Some(last) = shape.last_mut() {
-                *last = i32::try_from(m.dims().0).map_err(|_| fail("too many rows".into()))?;
-            }
-            Ok(Array::from_slice(&y, &shape))
-        })
-        .collect()
+    super::qmv::outputs(&x, &views, outs)
 }
 
 /// A task: matrix `mat`'s weight rows `first..first + rows`.

@@ -170,6 +170,16 @@ fn matmul_many_as(x: &Array, mats: &[Operands<'_>], mode: Activations) -> Result
         ));
     }
     let outs = QuantMatrix::matmul_many_as(&views, xs, mode)?;
+    outputs(&x, &views, outs)
+}
+
+/// Each matrix's product `[..., rows]` as an MLX array shaped like the input `x`
+/// (`[..., cols]`), from the host results.
+pub(crate) fn outputs(
+    x: &Array,
+    views: &[QuantMatrix<'_>],
+    outs: Vec<Vec<f32>>,
+) -> Result<Vec<Array>> {
     views
         .iter()
         .zip(outs)
