@@ -255,6 +255,23 @@ fn q4_raw_prompt_matches_mlx_lm() {
     check(Variant::Q4, RAW_PROMPT, false);
 }
 
+/// A prompt of about 150 tokens: the CPU prefill runs the host GEMM (`engine::gemm`) and the
+/// blocked host attention (`attention::prefill`) over two whole blocks of 64 queries and a
+/// partial one (the chat prompt's 37 rows make a single partial block).
+const LONG_PROMPT: &str = "The river starts in the mountains, where snow melts every spring \
+    and runs down through narrow valleys full of pine trees. Farmers in the lower valleys use \
+    its water for their fields of wheat, barley and potatoes, and in summer children swim in \
+    the slow bends near the villages. Further south the river grows wide and brown, carrying \
+    boats loaded with wood, stone and grain towards the harbour city at its mouth. The city \
+    was founded by traders more than a thousand years ago, and its old market square is still \
+    surrounded by tall houses with painted fronts. Every year in autumn the people of the city \
+    hold a festival on the water, and the most famous part of it is";
+
+#[test]
+fn q4_long_prompt_matches_mlx_lm() {
+    check(Variant::Q4, LONG_PROMPT, false);
+}
+
 /// The near-tie rule itself, on made-up runs.
 mod rule {
     use super::*;

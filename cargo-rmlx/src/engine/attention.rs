@@ -5,9 +5,11 @@
 //! decode step of several sequences, each over its own cache: [`Attention::forward_batch`]) and
 //! the pieces an architecture with its own attention variant composes: [`split_heads`],
 //! [`merge_heads`], [`attend`] and [`sliding_mask`]. One-token decode steps on the CPU attend
-//! on the host instead ([`Attention::host_decode`], module [`host`]).
+//! on the host instead ([`Attention::host_decode`], module [`host`]), and so do long causal
+//! prompt chunks on the CPU (module [`prefill`]).
 
 pub mod host;
+pub mod prefill;
 
 use mlx_rs::fast::{scaled_dot_product_attention, ScaledDotProductAttentionMask};
 use mlx_rs::ops::indexing::IndexOp;
@@ -335,6 +337,10 @@ pub fn attend(
 ) -> Result<Array> {
     let l = q.shape()[2] as usize;
     let total = k.shape()[2] as usize;
+    let masked_by_window = window.is_some_and(|w| offset + l > w);
+    if !masked_by_window && sinks.is_none() && prefill::applies(q, k, v) {
+        return prefill::attend(q, k, v, scale);
+    }
     Ok(match window {
         // Some keys fall outside the window of some queries: explicit mask.
         Some(w) if l > 1 && offset + l > w => {

@@ -231,11 +231,12 @@ enum LinearKind {
 /// matmul instead of MLX's quantized kernel (see [`Linear::forward`]).
 pub const DEQUANTIZED_MATMUL_ROWS: i32 = 16;
 
-/// Below this many input rows, a quantized layer on the CPU runs the host kernel
-/// ([`super::qmv`]) when it applies; from here on the dequantize-and-sgemm path. Measured
-/// (BENCHMARKS.md, "Cold probe and short prefill"): the host kernel prefills a 37-token probe seed 1.6–2.9×
-/// faster than dequantize + sgemm; at 128 tokens the two are even or sgemm is ahead.
-pub const HOST_MATMUL_ROWS: i32 = 64;
+/// Below this many input rows, a quantized layer on the CPU runs the block kernel
+/// ([`super::qmv`]) when it applies; from here on the prefill GEMM ([`super::gemm`]: tiles
+/// dequantized per task, sgemm on both cores). Measured (BENCHMARKS.md, "Round 6: prefill"):
+/// at 37 rows (the probe's seed) the GEMM prefills 208 tok/s against the block kernel's 151,
+/// at 20 rows the two are even (125 / 122).
+pub const HOST_MATMUL_ROWS: i32 = 16;
 
 /// `y = x W^T (+ b)`, dense or quantized.
 #[derive(Debug)]
@@ -250,8 +251,8 @@ pub struct Linear {
 impl Linear {
     /// Applies the layer to `x` (`[..., input]`).
     pub fn forward(&self, x: &Array) -> Result<Array> {
-        if let Some(host) = self.host_operands(x) {
-            let y = super::qmv::matmul_many(x, &[host])?.remove(0);
+        if let Some((kernel, host)) = self.host_operands(x) {
+            let y = kernel.matmul_many(x, &[host])?.remove(0);
             return self.add_bias(y);
         }
         let y = match &self.kind {
@@ -286,8 +287,10 @@ impl Linear {
     /// parallel pass, otherwise one after the other.
     pub fn forward_many<const N: usize>(layers: [&Linear; N], x: &Array) -> Result<[Array; N]> {
         let host: Vec<_> = layers.iter().filter_map(|l| l.host_operands(x)).collect();
-        let outs = if host.len() == N {
-            let ys = super::qmv::matmul_many(x, &host)?;
+        let outs = if host.len() == N && N > 0 {
+            let kernel = host[0].0;
+            let ops: Vec<_> = host.into_iter().map(|(_, ops)| ops).collect();
+            let ys = kernel.matmul_many(x, &ops)?;
             layers
                 .iter()
                 .zip(ys)
@@ -304,10 +307,11 @@ impl Linear {
             .unwrap_or_else(|_| unreachable!("N outputs for N layers")))
     }
 
-    /// The operands of the CPU host kernel (`qmv`), when it applies to this layer and input:
-    /// CPU device, affine 4/8-bit weights with float32 scales, float32 input with fewer rows
-    /// than the dequantize-and-sgemm path takes.
-    fn host_operands<'a>(&'a self, x: &Array) -> Option<super::qmv::Operands<'a>> {
+    /// The host kernel for this layer and input, and its operands, when one applies: CPU
+    /// device, affine 4/8-bit weights with float32 scales, float32 input; fewer rows than
+    /// [`HOST_MATMUL_ROWS`] take the block kernel ([`super::qmv`]), more the prefill GEMM
+    /// ([`super::gemm`]) when `cblas_sgemm` is there.
+    fn host_operands<'a>(&'a self, x: &Array) -> Option<(HostKernel, super::qmv::Operands<'a>)> {
         let LinearKind::Quantized {
             weight,
             scales,
@@ -318,11 +322,18 @@ impl Linear {
             return None;
         };
         let rows: i32 = x.shape()[..x.ndim().saturating_sub(1)].iter().product();
-        (rows < HOST_MATMUL_ROWS
-            && params.mode == QuantMode::Affine
+        let kernel = match rows < HOST_MATMUL_ROWS {
+            true => HostKernel::Qmv,
+            false if super::gemm::available() => HostKernel::Gemm,
+            false => return None,
+        };
+        (params.mode == QuantMode::Affine
             && super::qmv::enabled()
             && super::qmv::supports(params.bits, params.group_size, x, scales))
-        .then_some((weight, scales, biases, params.bits, params.group_size))
+        .then_some((
+            kernel,
+            (weight, scales, biases, params.bits, params.group_size),
+        ))
     }
 
     /// Whether [`Self::host_forward_many`] can run this layer (CPU host kernel on, affine
@@ -393,6 +404,24 @@ impl Linear {
             Some(b) => y.add(b)?,
             None => y,
         })
+    }
+}
+
+/// Which host kernel runs a quantized layer (see [`Linear::host_operands`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostKernel {
+    /// A few input rows: [`super::qmv::matmul_many`].
+    Qmv,
+    /// A prefill chunk: [`super::gemm::matmul_many`].
+    Gemm,
+}
+
+impl HostKernel {
+    fn matmul_many(self, x: &Array, ops: &[super::qmv::Operands<'_>]) -> Result<Vec<Array>> {
+        match self {
+            HostKernel::Qmv => super::qmv::matmul_many(x, ops),
+            HostKernel::Gemm => super::gemm::matmul_many(x, ops),
+        }
     }
 }
 

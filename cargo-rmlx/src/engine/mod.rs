@@ -15,6 +15,7 @@ pub mod deltanet;
 pub mod dist;
 pub mod ends;
 pub mod ffi;
+pub mod gemm;
 pub mod generate;
 pub mod layers;
 pub mod mlp;

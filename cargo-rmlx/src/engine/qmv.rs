@@ -170,6 +170,16 @@ fn matmul_many_as(x: &Array, mats: &[Operands<'_>], mode: Activations) -> Result
         ));
     }
     let outs = QuantMatrix::matmul_many_as(&views, xs, mode)?;
+    outputs(&x, &views, outs)
+}
+
+/// Each matrix's product `[..., rows]` as an MLX array shaped like the input `x`
+/// (`[..., cols]`), from the host results.
+pub(crate) fn outputs(
+    x: &Array,
+    views: &[QuantMatrix<'_>],
+    outs: Vec<Vec<f32>>,
+) -> Result<Vec<Array>> {
     views
         .iter()
         .zip(outs)
@@ -240,7 +250,7 @@ pub fn matvec_many_host(x: &[f32], mats: &[Operands<'_>]) -> Result<Vec<Vec<f32>
 }
 
 /// Host views of each layer's operands.
-fn views<'a>(mats: &[Operands<'a>]) -> Result<Vec<QuantMatrix<'a>>> {
+pub(crate) fn views<'a>(mats: &[Operands<'a>]) -> Result<Vec<QuantMatrix<'a>>> {
     mats.iter()
         .map(|&(w, s, b, bits, group)| QuantMatrix::view(w, s, b, bits, group))
         .collect()
@@ -342,6 +352,34 @@ impl<'a> QuantMatrix<'a> {
             std::slice::from_raw_parts(w.as_ptr().cast::<u8>(), std::mem::size_of_val(w))
         };
         Self::new(packed, s, b, rows, cols, bits as usize, group as usize)
+    }
+}
+
+impl QuantMatrix<'_> {
+    /// Output features (weight rows) and input features (columns).
+    pub(crate) fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// Weight row `r` dequantized into `out` (`cols` values): `scale · q + bias` per group.
+    pub(crate) fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let (packed, scales, biases) = self.row(r);
+        let bytes = self.group * self.bits / 8;
+        let groups = out
+            .chunks_exact_mut(self.group)
+            .zip(packed.chunks_exact(bytes));
+        for ((out, packed), (&s, &b)) in groups.zip(scales.iter().zip(biases)) {
+            if self.bits == 8 {
+                for (o, &q) in out.iter_mut().zip(packed) {
+                    *o = f32::from(q) * s + b;
+                }
+            } else {
+                for (o, &q) in out.chunks_exact_mut(2).zip(packed) {
+                    o[0] = f32::from(q & 0x0f) * s + b;
+                    o[1] = f32::from(q >> 4) * s + b;
+                }
+            }
+        }
     }
 }
 

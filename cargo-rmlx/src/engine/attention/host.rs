@@ -3,8 +3,9 @@
 //! [`crate::engine::cache::KvLayer`] while decode steps run on the host), the rotation of one
 //! position ([`RopeTable`], its cosines and sines taken from MLX's own rope so every rope
 //! variant is covered) and grouped-query attention of one query over the held positions
-//! ([`attend`]), sliding windows included. Prefill and the GPU keep MLX's attention; per
-//! decode step this replaces B small MLX graphs per block by a loop over host memory.
+//! ([`attend`]), sliding windows included. Long prefill chunks attend in
+//! [`super::prefill`], short ones and the GPU keep MLX's attention; per decode step this
+//! replaces B small MLX graphs per block by a loop over host memory.
 
 use mlx_rs::{Array, Dtype};
 
@@ -214,7 +215,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// In-place softmax (max-subtracted, float32).
-fn softmax(x: &mut [f32]) {
+pub(super) fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0f32;
     x.iter_mut().for_each(|v| {

@@ -1,0 +1,289 @@
+//! The CPU prefill GEMM: `y = x · dequantize(W)ᵀ` for many input rows (a prompt chunk) and
+//! affine 4/8-bit weights, on the host, over MLX's own weight buffers.
+//!
+//! Why it exists: before it, a prefill chunk ran each quantized layer as MLX `dequantize`
+//! (the whole matrix into a new float32 array, one thread) followed by MLX's matmul (OpenBLAS
+//! `sgemm`, single-threaded by default: see [`super::blas`]), so one of the two cores sat
+//! idle and every layer's weights were written out and read back in full. Here the weight
+//! rows are cut into tiles spread over the rayon pool; each task dequantizes its tile into
+//! a buffer that stays in cache and multiplies the whole input by it with a single-threaded
+//! `cblas_sgemm`, writing its own columns of the output. No OpenBLAS worker threads are
+//! involved (none spin on `sched_yield`), and both cores work.
+//!
+//! Used by `Linear::forward` for inputs of at least `layers::HOST_MATMUL_ROWS` rows when the
+//! host kernels are on ([`super::qmv::enabled`]) and `cblas_sgemm` is in the process
+//! (OpenBLAS, linked by `build.rs`); otherwise MLX's dequantize + matmul remains.
+//! `RMLX_HOST_GEMM=0` turns it off.
+
+use std::sync::OnceLock;
+
+use mlx_rs::Array;
+use rayon::prelude::*;
+
+use super::qmv::{Operands, QuantMatrix};
+use crate::diagnostic::{Diagnostic, Result};
+
+/// Weight rows per task at most: a tile of 64 rows × 1536 columns is 384 KiB of float32.
+const MAX_TILE_ROWS: usize = 64;
+
+/// Weight rows per task at least (a multiple of 8 keeps sgemm's panels whole).
+const MIN_TILE_ROWS: usize = 16;
+
+/// `cblas_sgemm(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)`.
+type Sgemm = unsafe extern "C" fn(
+    libc::c_int,
+    libc::c_int,
+    libc::c_int,
+    libc::c_int,
+    libc::c_int,
+    libc::c_int,
+    f32,
+    *const f32,
+    libc::c_int,
+    *const f32,
+    libc::c_int,
+    f32,
+    *mut f32,
+    libc::c_int,
+);
+
+const ROW_MAJOR: libc::c_int = 101;
+const NO_TRANS: libc::c_int = 111;
+const TRANS: libc::c_int = 112;
+
+/// `cblas_sgemm` of the process, looked up once; `None` (logged) when it is absent or the
+/// path is turned off.
+fn sgemm() -> Option<Sgemm> {
+    static SGEMM: OnceLock<Option<Sgemm>> = OnceLock::new();
+    *SGEMM.get_or_init(|| {
+        if std::env::var("RMLX_HOST_GEMM").is_ok_and(|v| v == "0") {
+            tracing::debug!("host prefill GEMM off (RMLX_HOST_GEMM=0): MLX dequantize + matmul");
+            return None;
+        }
+        let found = lookup_sgemm();
+        if found.is_none() {
+            tracing::debug!("no cblas_sgemm in the process: prefill keeps MLX dequantize + matmul");
+        }
+        found
+    })
+}
+
+#[cfg(unix)]
+fn lookup_sgemm() -> Option<Sgemm> {
+    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only looks a symbol up.
+    let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"cblas_sgemm".as_ptr()) };
+    // SAFETY: the symbol is the CBLAS `cblas_sgemm`, whose C signature `Sgemm` spells out.
+    (!sym.is_null()).then(|| unsafe { std::mem::transmute::<*mut libc::c_void, Sgemm>(sym) })
+}
+
+#[cfg(not(unix))]
+fn lookup_sgemm() -> Option<Sgemm> {
+    None
+}
+
+/// Whether [`matmul_many`] can run here (the host kernels are on and `cblas_sgemm` exists).
+pub fn available() -> bool {
+    super::qmv::enabled() && sgemm().is_some()
+}
+
+/// `y = x · dequantize(W)ᵀ` for `x` (`[..., cols]`, float32) and each of `mats` (sharing the
+/// input: q/k/v, gate/up), in one parallel pass. Call only when [`available`].
+pub fn matmul_many(x: &Array, mats: &[Operands<'_>]) -> Result<Vec<Array>> {
+    let sgemm = sgemm().ok_or_else(|| fail("no cblas_sgemm in this process".into()))?;
+    let x = x.contiguous().map_err(|e| fail(e.to_string()))?;
+    let xs = x.try_as_slice::<f32>().map_err(|e| fail(e.to_string()))?;
+    let views = super::qmv::views(mats)?;
+    let cols = x.shape().last().map_or(0, |&d| d as usize);
+    if let Some(m) = views.iter().find(|m| m.dims().1 != cols) {
+        return Err(fail(format!(
+            "input of shape {:?} does not end in the weight's {} input features",
+            x.shape(),
+            m.dims().1
+        )));
+    }
+    let outs = products(sgemm, &views, xs);
+    super::qmv::outputs(&x, &views, outs)
+}
+
+/// A task: matrix `mat`'s weight rows `first..first + rows`.
+#[derive(Debug, Clone, Copy)]
+struct Tile {
+    mat: usize,
+    first: usize,
+    rows: usize,
+}
+
+/// The `[n, rows]` products of `x` (`[n, cols]`) with each matrix.
+fn products(sgemm: Sgemm, mats: &[QuantMatrix<'_>], x: &[f32]) -> Vec<Vec<f32>> {
+    let cols = mats[0].dims().1;
+    let n = x.len() / cols;
+    let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; n * m.dims().0]).collect();
+    let ptrs: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
+    let tiles = tiles(mats);
+    tiles.into_par_iter().for_each_init(Vec::new, |buffer, t| {
+        let m = &mats[t.mat];
+        let (rows, cols) = m.dims();
+        buffer.resize(t.rows * cols, 0.0);
+        for (j, out) in buffer.chunks_exact_mut(cols).enumerate() {
+            m.dequantize_row(t.first + j, out);
+        }
+        // SAFETY: `x` holds `n × cols` values and the buffer `t.rows × cols`; the output
+        // holds `n × rows` values, and this task writes only its columns
+        // `t.first..t.first + t.rows` of each output row (tiles do not overlap), so the
+        // writes of concurrent tasks never meet; `outs` outlives the parallel loop.
+        unsafe {
+            sgemm(
+                ROW_MAJOR,
+                NO_TRANS,
+                TRANS,
+                dim(n),
+                dim(t.rows),
+                dim(cols),
+                1.0,
+                x.as_ptr(),
+                dim(cols),
+                buffer.as_ptr(),
+                dim(cols),
+                0.0,
+                ptrs[t.mat].0.add(t.first),
+                dim(rows),
+            );
+        }
+    });
+    outs
+}
+
+/// Row-major `c = alpha · a · bᵀ` (`trans_b`) or `c = alpha · a · b`, single-threaded
+/// `cblas_sgemm` on host slices: `a` is `[m, k]`, `b` `[n, k]` (transposed) or `[k, n]`,
+/// `c` `[m, n]`, all dense. Errors when `cblas_sgemm` is absent ([`available`] says) or a
+/// slice is too short for the shape.
+pub(crate) fn sgemm_host(
+    (m, n, k): (usize, usize, usize),
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    trans_b: bool,
+    c: &mut [f32],
+) -> Result<()> {
+    let f = sgemm().ok_or_else(|| fail("no cblas_sgemm in this process".into()))?;
+    if a.len() < m * k || b.len() < n * k || c.len() < m * n {
+        return Err(fail(format!(
+            "{m}×{n}×{k} product with {}, {} and {} values",
+            a.len(),
+            b.len(),
+            c.len()
+        )));
+    }
+    let (tb, ldb) = if trans_b { (TRANS, k) } else { (NO_TRANS, n) };
+    // SAFETY: the slices hold at least the values the shapes address (checked above).
+    unsafe {
+        f(
+            ROW_MAJOR,
+            NO_TRANS,
+            tb,
+            dim(m),
+            dim(n),
+            dim(k),
+            alpha,
+            a.as_ptr(),
+            dim(k),
+            b.as_ptr(),
+            dim(ldb),
+            0.0,
+            c.as_mut_ptr(),
+            dim(n),
+        );
+    }
+    Ok(())
+}
+
+/// A matrix dimension as BLAS's `int` (shapes come from MLX arrays, whose dimensions are
+/// `i32`, so they fit).
+fn dim(v: usize) -> libc::c_int {
+    libc::c_int::try_from(v).unwrap_or(libc::c_int::MAX)
+}
+
+/// The output buffer of one matrix, shared by the tasks that write its disjoint columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+
+// SAFETY: the tasks write disjoint columns (see `products`).
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+/// The tiles of all matrices: about four per thread in all, between [`MIN_TILE_ROWS`] and
+/// [`MAX_TILE_ROWS`] rows each, in multiples of 8.
+fn tiles(mats: &[QuantMatrix<'_>]) -> Vec<Tile> {
+    let total: usize = mats.iter().map(|m| m.dims().0).sum();
+    let per = (total / (rayon::current_num_threads() * 4)).next_multiple_of(8);
+    let per = per.clamp(MIN_TILE_ROWS, MAX_TILE_ROWS);
+    let mut tiles = Vec::new();
+    for (mat, m) in mats.iter().enumerate() {
+        let rows = m.dims().0;
+        for first in (0..rows).step_by(per) {
+            tiles.push(Tile {
+                mat,
+                first,
+                rows: per.min(rows - first),
+            });
+        }
+    }
+    tiles
+}
+
+fn fail(e: String) -> Diagnostic {
+    Diagnostic::error("rmlx::engine::host-gemm", format!("host prefill GEMM: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use mlx_rs::ops::{dequantize, quantize};
+    use mlx_rs::Array;
+
+    use super::*;
+
+    /// Deterministic values in [-1, 1) (the engine tests' generator).
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        crate::engine::tests::Rng(u64::from(seed)).vec(n, 2.0)
+    }
+
+    /// Matches MLX's `x · dequantize(W)ᵀ` for 4/8 bits and groups of 32/64, with a row count
+    /// that does not divide into the tiles and several matrices at once.
+    #[test]
+    fn matches_mlx_dequantized_matmul() {
+        if !available() {
+            panic!("host GEMM unavailable: no AVX2/FMA, no cblas_sgemm, or RMLX_HOST_GEMM=0");
+        }
+        let (n, cols) = (70, 128);
+        let x = Array::from_slice(&values(n * cols, 1), &[n as i32, cols as i32]);
+        for (bits, group) in [(4, 32), (8, 64), (4, 64), (8, 32)] {
+            let ws: Vec<_> = [200, 72]
+                .iter()
+                .enumerate()
+                .map(|(i, &rows)| {
+                    let w = Array::from_slice(
+                        &values(rows * cols, 7 + i as u32),
+                        &[rows as i32, cols as i32],
+                    );
+                    quantize(&w, group, bits).expect("quantize")
+                })
+                .collect();
+            let ops: Vec<Operands<'_>> =
+                ws.iter().map(|(w, s, b)| (w, s, b, bits, group)).collect();
+            let ys = matmul_many(&x, &ops).expect("host gemm");
+            for ((w, s, b), y) in ws.iter().zip(ys) {
+                let d = dequantize(w, s, Some(b), group, bits).expect("dequantize");
+                let want = x.matmul(d.t()).expect("matmul");
+                assert_eq!(y.shape(), want.shape());
+                let (y, want) = (y.as_slice::<f32>(), want.as_slice::<f32>());
+                let err = y
+                    .iter()
+                    .zip(want)
+                    .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
+                    .fold(0f32, f32::max);
+                assert!(err < 1e-4, "{bits}-bit g{group}: max error {err}");
+            }
+        }
+    }
+}
