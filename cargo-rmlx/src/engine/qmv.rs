@@ -17,7 +17,6 @@
 use std::sync::OnceLock;
 
 use mlx_rs::{Array, Dtype};
-use rayon::prelude::*;
 
 use crate::diagnostic::{Diagnostic, Result};
 
@@ -47,7 +46,8 @@ pub fn enabled() -> bool {
     })
 }
 
-fn simd_available() -> bool {
+/// Whether this processor has AVX2 and FMA (the SIMD host kernels)
+pub(crate) fn simd_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
@@ -368,7 +368,7 @@ impl QuantMatrix<'_> {
     }
 
     /// [`Self::matmul`] for several matrices with the same input, in one parallel pass:
-    /// blocks of weight rows of all matrices are spread over the rayon pool, and each weight
+    /// blocks of weight rows of all matrices are spread over the kernel pool (`engine::pool`), and each weight
     /// row is read once for all input rows.
     pub fn matmul_many(mats: &[Self], x: &[f32]) -> Result<Vec<Vec<f32>>> {
         Self::matmul_many_as(mats, x, activations())
@@ -420,7 +420,7 @@ impl QuantMatrix<'_> {
     where
         F: Fn(usize, usize, &mut [f32]) + Sync,
     {
-        let threads = rayon::current_num_threads();
+        let threads = super::pool::threads();
         let total_rows: usize = mats.iter().map(|m| m.rows).sum();
         let per_task = (total_rows / (threads * 2)).max(MIN_ROWS_PER_TASK);
         let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; m.rows * n]).collect();
@@ -431,9 +431,7 @@ impl QuantMatrix<'_> {
                 tasks.push((i, t * per_task, chunk));
             }
         }
-        tasks
-            .into_par_iter()
-            .for_each(|(i, first, out)| task(i, first, out));
+        super::pool::for_each_mut(&mut tasks, |(i, first, out)| task(*i, *first, out));
         outs
     }
 
@@ -448,16 +446,36 @@ impl QuantMatrix<'_> {
         )
     }
 
+    /// The input rows prepared once per distinct layout (q/k/v and gate/up share one),
+    /// and for each matrix the index of its preparation.
+    fn prepare_shared(mats: &[Self], x: &[f32]) -> (Vec<Vec<Prepared>>, Vec<usize>) {
+        let layout = |m: &Self| (m.bits, m.group, m.cols);
+        let mut firsts: Vec<usize> = Vec::new();
+        let of = mats
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let known = firsts.iter().position(|&f| layout(&mats[f]) == layout(m));
+                known.unwrap_or_else(|| {
+                    firsts.push(i);
+                    firsts.len() - 1
+                })
+            })
+            .collect();
+        let prepared = firsts
+            .iter()
+            .map(|&f| x.chunks(mats[f].cols).map(|r| mats[f].prepare(r)).collect())
+            .collect();
+        (prepared, of)
+    }
+
     /// The products with float32 inputs, `[rows, n]` per matrix.
     fn products_f32(mats: &[Self], x: &[f32]) -> Vec<Vec<f32>> {
-        let inputs: Vec<Vec<Prepared>> = mats
-            .iter()
-            .map(|m| x.chunks(m.cols).map(|r| m.prepare(r)).collect())
-            .collect();
+        let (prepared, of) = Self::prepare_shared(mats, x);
         let n = x.len() / mats[0].cols;
         Self::for_row_blocks(mats, n, |i, first, out| {
             let m = &mats[i];
-            let inputs = &inputs[i];
+            let inputs = &prepared[of[i]];
             let Kernels {
                 row: kernel,
                 block2,
