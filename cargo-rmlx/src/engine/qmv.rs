@@ -23,6 +23,10 @@ use crate::diagnostic::{Diagnostic, Result};
 /// Rows one task handles at least (smaller tasks cost more to hand out than they save).
 const MIN_ROWS_PER_TASK: usize = 32;
 
+/// Tasks per pool thread a pass is cut into at most: the threads claim tasks as they go,
+/// so a thread slowed down (a shared core) takes fewer of them.
+const TASKS_PER_THREAD: usize = 8;
+
 /// Whether the host kernel is used: default device is the CPU, the processor has AVX2 and
 /// FMA, and `RMLX_HOST_KERNELS` is not `0`. Decided once per process and logged.
 pub fn enabled() -> bool {
@@ -422,7 +426,7 @@ impl QuantMatrix<'_> {
     {
         let threads = super::pool::threads();
         let total_rows: usize = mats.iter().map(|m| m.rows).sum();
-        let per_task = (total_rows / (threads * 2)).max(MIN_ROWS_PER_TASK);
+        let per_task = (total_rows / (threads * TASKS_PER_THREAD)).max(MIN_ROWS_PER_TASK);
         let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; m.rows * n]).collect();
         // Each task owns a contiguous block of weight rows.
         let mut tasks = Vec::new();

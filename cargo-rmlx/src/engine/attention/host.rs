@@ -181,7 +181,7 @@ const PARALLEL_WORK: usize = 1 << 16;
 /// Attention of one position's queries `q` (`n_heads · dim`, already rotated) over every
 /// position `kv` holds within its window (the new one included), scaled by `scale`; writes
 /// `n_heads · dim` values to `out`. Query head `h` reads key/value head
-/// `h / (n_heads / kv heads)`. The key/value heads are spread over the kernel pool
+/// `h / (n_heads / kv heads)`. The query heads are spread over the kernel pool
 /// (`engine::pool`) once the work is large enough; each head runs [`simd::head_kernel`].
 pub fn attend(q: &[f32], kv: &HostKv, scale: f32, scratch: &mut Scratch, out: &mut [f32]) {
     let dim = kv.dim;
@@ -192,25 +192,23 @@ pub fn attend(q: &[f32], kv: &HostKv, scale: f32, scratch: &mut Scratch, out: &m
     let span = total - first;
     let kernel = simd::head_kernel(dim);
     scratch.scores.resize(n_heads * span, 0.0);
-    let heads_of_group = |g: usize, scores: &mut [f32], out: &mut [f32]| {
+    let head = |h: usize, scores: &mut [f32], out: &mut [f32]| {
+        let g = h / group;
         let (keys, values) = (kv.rows(&kv.keys, g), kv.rows(&kv.values, g));
-        let qs = q[g * group * dim..].chunks(dim);
-        for ((qh, s), oh) in qs.zip(scores.chunks_mut(span)).zip(out.chunks_mut(dim)) {
-            kernel(qh, keys, values, first..total, scale, s, oh);
-        }
+        let qh = &q[h * dim..(h + 1) * dim];
+        kernel(qh, keys, values, first..total, scale, scores, out);
     };
-    let scores = scratch.scores.chunks_mut(group * span.max(1));
-    let mut groups: Vec<(usize, &mut [f32], &mut [f32])> = scores
-        .zip(out.chunks_mut(group * dim))
+    let mut heads: Vec<(usize, &mut [f32], &mut [f32])> = scratch
+        .scores
+        .chunks_mut(span.max(1))
+        .zip(out.chunks_mut(dim))
         .enumerate()
-        .map(|(g, (s, o))| (g, s, o))
+        .map(|(h, (s, o))| (h, s, o))
         .collect();
     if n_heads * span * dim * 2 < PARALLEL_WORK {
-        groups
-            .iter_mut()
-            .for_each(|(g, s, o)| heads_of_group(*g, s, o));
+        heads.iter_mut().for_each(|(h, s, o)| head(*h, s, o));
     } else {
-        crate::engine::pool::for_each_mut(&mut groups, |(g, s, o)| heads_of_group(*g, s, o));
+        crate::engine::pool::for_each_mut(&mut heads, |(h, s, o)| head(*h, s, o));
     }
 }
 
