@@ -785,8 +785,7 @@ mod avx2 {
     ) -> f32 {
         debug_assert!(packed.len() >= scales.len() * group && x.len() >= packed.len());
         debug_assert!(group % 32 == 0);
-        let mut acc = _mm256_setzero_ps();
-        let mut bias = 0f32;
+        let (mut acc, mut acc_b) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let p = packed.as_ptr();
         let xp = x.as_ptr();
         let widen = |at: usize| {
@@ -809,11 +808,14 @@ mod avx2 {
                 c += 32;
             }
             let d = _mm256_add_ps(_mm256_add_ps(d0, d1), _mm256_add_ps(d2, d3));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(s), d, acc);
-            // Not `mul_add`: that compiles to a call into libm's `fmaf` here.
-            bias += biases.get_unchecked(g) * group_sums.get_unchecked(g);
+            // Two accumulators taking turns: one FMA chain across groups was the bound at
+            // groups of 32.
+            let next = _mm256_fmadd_ps(_mm256_set1_ps(s), d, acc_b);
+            acc_b = acc;
+            acc = next;
         }
-        hsum(acc) + bias
+        let (bias, tail) = bias_dot(biases, group_sums);
+        hsum(_mm256_add_ps(_mm256_add_ps(acc, acc_b), bias)) + tail
     }
 
     /// 4-bit: two columns per byte, `x` reordered per 16 columns as [8 even, 8 odd]; 32
@@ -829,8 +831,7 @@ mod avx2 {
     ) -> f32 {
         debug_assert!(packed.len() * 2 >= scales.len() * group && x.len() >= packed.len() * 2);
         debug_assert!(group % 32 == 0);
-        let mut acc = _mm256_setzero_ps();
-        let mut bias = 0f32;
+        let (mut acc, mut acc_b) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let p = packed.as_ptr();
         let xp = x.as_ptr();
         let low = _mm_set1_epi8(0x0f);
@@ -862,11 +863,14 @@ mod avx2 {
                 c += 32;
             }
             let d = _mm256_add_ps(_mm256_add_ps(d0, d1), _mm256_add_ps(d2, d3));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(s), d, acc);
-            // Not `mul_add`: that compiles to a call into libm's `fmaf` here.
-            bias += biases.get_unchecked(g) * group_sums.get_unchecked(g);
+            // Two accumulators taking turns: one FMA chain across groups was the bound at
+            // groups of 32.
+            let next = _mm256_fmadd_ps(_mm256_set1_ps(s), d, acc_b);
+            acc_b = acc;
+            acc = next;
         }
-        hsum(acc) + bias
+        let (bias, tail) = bias_dot(biases, group_sums);
+        hsum(_mm256_add_ps(_mm256_add_ps(acc, acc_b), bias)) + tail
     }
 
     use super::Quantized;
@@ -1065,8 +1069,31 @@ mod avx2 {
         finish(acc, rows, sums)
     }
 
-    /// Horizontal sums plus each row's bias term `Σ_g bias[g] · Σx_i[g]`, eight groups per
-    /// vector FMA (a scalar closure here took 15% of a 4-bit g32 prefill).
+    /// A row's bias term `Σ_g bias[g] · Σx[g]`, eight groups per vector FMA (a scalar loop
+    /// here took 15% of a 4-bit g32 prefill, and its serial add chain bounded the row
+    /// kernels): the vector part and the scalar tail.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn bias_dot(b: &[f32], s: &[f32]) -> (__m256, f32) {
+        debug_assert!(s.len() >= b.len());
+        let whole = b.len() / 8 * 8;
+        let mut v = _mm256_setzero_ps();
+        let mut k = 0;
+        while k < whole {
+            v = _mm256_fmadd_ps(
+                _mm256_loadu_ps(b.as_ptr().add(k)),
+                _mm256_loadu_ps(s.as_ptr().add(k)),
+                v,
+            );
+            k += 8;
+        }
+        let mut tail = 0f32;
+        for k in whole..b.len() {
+            tail += b.get_unchecked(k) * s.get_unchecked(k);
+        }
+        (v, tail)
+    }
+
+    /// Horizontal sums plus each row's bias term ([`bias_dot`]).
     #[target_feature(enable = "avx2,fma")]
     unsafe fn finish(
         acc: [[__m256; 4]; 2],
@@ -1075,24 +1102,8 @@ mod avx2 {
     ) -> [[f32; 4]; 2] {
         let mut out = [[0f32; 4]; 2];
         for r in 0..2 {
-            let b = rows[r].2;
-            let whole = b.len() / 8 * 8;
             for i in 0..4 {
-                let s = sums[i];
-                let mut v = _mm256_setzero_ps();
-                let mut k = 0;
-                while k < whole {
-                    v = _mm256_fmadd_ps(
-                        _mm256_loadu_ps(b.as_ptr().add(k)),
-                        _mm256_loadu_ps(s.as_ptr().add(k)),
-                        v,
-                    );
-                    k += 8;
-                }
-                let mut tail = 0f32;
-                for k in whole..b.len() {
-                    tail += b.get_unchecked(k) * s.get_unchecked(k);
-                }
+                let (v, tail) = bias_dot(rows[r].2, sums[i]);
                 out[r][i] = hsum(_mm256_add_ps(acc[r][i], v)) + tail;
             }
         }
