@@ -71,11 +71,10 @@ struct Pool {
     helpers: usize,
     /// Held by the one caller whose job the helpers run.
     caller: Mutex<()>,
-    /// High 32 bits: job epoch; low 32 bits: next item index. Helpers claim items by
-    /// compare-and-swap, so a helper late from an earlier job never claims one of this job.
+    /// The job's epoch, item count and next item index in one word ([`Claim`]). Helpers
+    /// claim items by compare-and-swap, so a helper late from an earlier job never claims
+    /// an item of this one (nor checks an earlier job's index against this one's count).
     claim: AtomicU64,
-    /// Items of the current job.
-    count: AtomicUsize,
     /// Items of the current job finished.
     done: AtomicUsize,
     /// Set when an item panicked on a helper.
@@ -99,7 +98,6 @@ impl Pool {
             helpers,
             caller: Mutex::new(()),
             claim: AtomicU64::new(0),
-            count: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             job: UnsafeCell::new(None),
@@ -115,17 +113,17 @@ impl Pool {
             (0..count).for_each(f);
             return;
         };
-        let count32 = u32::try_from(count).unwrap_or(u32::MAX) as usize;
-        let epoch = (self.claim.load(Ordering::Relaxed) >> 32).wrapping_add(1) & 0xffff_ffff;
+        let handed = count.min(Claim::MAX_ITEMS);
+        let epoch = Claim::next_epoch(self.claim.load(Ordering::Relaxed));
         // SAFETY: the previous job's items are all done and its epoch is over (its claims
         // now fail), so no helper reads `job` until the store of the new epoch below.
         unsafe {
             let erased: Job = std::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(f);
             *self.job.get() = Some(erased);
         }
-        self.count.store(count32, Ordering::Relaxed);
         self.done.store(0, Ordering::Relaxed);
-        self.claim.store(epoch << 32, Ordering::SeqCst);
+        let job = Claim::new(epoch, handed);
+        self.claim.store(job.0, Ordering::SeqCst);
         if self.sleepers.load(Ordering::SeqCst) > 0 {
             let _lock = self.park.lock().unwrap_or_else(|e| e.into_inner());
             self.wake.notify_all();
@@ -141,32 +139,31 @@ impl Pool {
         if own.is_err() {
             self.panicked.store(true, Ordering::Relaxed);
             // Our claimed item will never be counted: finish the rest through the helpers.
-            self.wait_done(count32 - 1);
+            self.wait_done(handed - 1);
         } else {
-            self.wait_done(count32);
+            self.wait_done(handed);
         }
         if self.panicked.swap(false, Ordering::Relaxed) {
             panic!("a host kernel task panicked");
         }
-        (count32..count).for_each(f);
+        (handed..count).for_each(f);
     }
 
     /// Claims the next item of job `epoch`, if any is left.
     fn next(&self, epoch: u64) -> Option<usize> {
-        let count = self.count.load(Ordering::Relaxed) as u64;
-        let mut cur = self.claim.load(Ordering::Acquire);
+        let mut cur = Claim(self.claim.load(Ordering::Acquire));
         loop {
-            if cur >> 32 != epoch || cur & 0xffff_ffff >= count {
+            if cur.epoch() != epoch || cur.index() >= cur.count() {
                 return None;
             }
             match self.claim.compare_exchange_weak(
-                cur,
-                cur + 1,
+                cur.0,
+                cur.0 + 1,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return Some((cur & 0xffff_ffff) as usize),
-                Err(now) => cur = now,
+                Ok(_) => return Some(cur.index()),
+                Err(now) => cur = Claim(now),
             }
         }
     }
@@ -186,7 +183,7 @@ impl Pool {
 
     /// A helper's loop: wait for a new epoch, work on its items, repeat.
     fn helper(&self) {
-        let mut seen = self.claim.load(Ordering::Acquire) >> 32;
+        let mut seen = Claim(self.claim.load(Ordering::Acquire)).epoch();
         loop {
             let epoch = self.wait_epoch(seen);
             seen = epoch;
@@ -206,7 +203,7 @@ impl Pool {
 
     /// Spins for [`SPIN`], then parks, until the epoch differs from `seen`; returns it.
     fn wait_epoch(&self, seen: u64) -> u64 {
-        let epoch = || self.claim.load(Ordering::Acquire) >> 32;
+        let epoch = || Claim(self.claim.load(Ordering::Acquire)).epoch();
         let start = Instant::now();
         let mut spins = 0u32;
         while epoch() == seen {
@@ -215,7 +212,7 @@ impl Pool {
             if spins % 256 == 0 && start.elapsed() > SPIN {
                 self.sleepers.fetch_add(1, Ordering::SeqCst);
                 let mut lock = self.park.lock().unwrap_or_else(|e| e.into_inner());
-                while self.claim.load(Ordering::SeqCst) >> 32 == seen {
+                while Claim(self.claim.load(Ordering::SeqCst)).epoch() == seen {
                     lock = self.wake.wait(lock).unwrap_or_else(|e| e.into_inner());
                 }
                 drop(lock);
@@ -223,6 +220,38 @@ impl Pool {
             }
         }
         epoch()
+    }
+}
+
+/// The pool's job word: epoch (24 bits), item count (20 bits), next item index (20 bits).
+#[derive(Clone, Copy)]
+struct Claim(u64);
+
+impl Claim {
+    /// Items one job hands out (more run on the caller's thread).
+    const MAX_ITEMS: usize = (1 << 20) - 1;
+    const MASK: u64 = (1 << 20) - 1;
+
+    /// Job `epoch` of `count` ≤ [`Self::MAX_ITEMS`] items, none claimed yet.
+    fn new(epoch: u64, count: usize) -> Self {
+        Self((epoch << 40) | ((count as u64 & Self::MASK) << 20))
+    }
+
+    /// The epoch after that of word `word` (modulo 2^24).
+    fn next_epoch(word: u64) -> u64 {
+        (Claim(word).epoch() + 1) & 0xff_ffff
+    }
+
+    fn epoch(self) -> u64 {
+        self.0 >> 40
+    }
+
+    fn count(self) -> usize {
+        ((self.0 >> 20) & Self::MASK) as usize
+    }
+
+    fn index(self) -> usize {
+        (self.0 & Self::MASK) as usize
     }
 }
 

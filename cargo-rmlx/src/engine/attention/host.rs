@@ -194,9 +194,14 @@ pub fn attend(q: &[f32], kv: &HostKv, scale: f32, scratch: &mut Scratch, out: &m
     scratch.scores.resize(n_heads * span, 0.0);
     let head = |h: usize, scores: &mut [f32], out: &mut [f32]| {
         let g = h / group;
-        let (keys, values) = (kv.rows(&kv.keys, g), kv.rows(&kv.values, g));
-        let qh = &q[h * dim..(h + 1) * dim];
-        kernel(qh, keys, values, first..total, scale, scores, out);
+        let head = simd::Head {
+            q: &q[h * dim..(h + 1) * dim],
+            keys: kv.rows(&kv.keys, g),
+            values: kv.rows(&kv.values, g),
+            positions: first..total,
+            scale,
+        };
+        kernel(&head, scores, out);
     };
     let mut heads: Vec<(usize, &mut [f32], &mut [f32])> = scratch
         .scores

@@ -18,11 +18,21 @@ impl Rows<'_> {
     }
 }
 
-/// One query head `q` over positions `positions` of `keys`/`values`: writes
-/// `softmax(scale · q·k_p) · v_p` summed over the positions to `out`, using `scores`
-/// (`positions.len()` long) as scratch.
-pub type HeadKernel =
-    fn(&[f32], Rows<'_>, Rows<'_>, std::ops::Range<usize>, f32, &mut [f32], &mut [f32]);
+/// One query head over positions of one key/value head.
+#[derive(Clone)]
+pub struct Head<'a> {
+    /// The (rotated) query, `dim` values.
+    pub q: &'a [f32],
+    pub keys: Rows<'a>,
+    pub values: Rows<'a>,
+    /// Positions attended, counted from the first row of `keys`/`values`.
+    pub positions: std::ops::Range<usize>,
+    pub scale: f32,
+}
+
+/// Writes `softmax(scale · q·k_p) · v_p` summed over the head's positions to `out`, using
+/// `scores` (one per position) as scratch.
+pub type HeadKernel = fn(&Head<'_>, &mut [f32], &mut [f32]);
 
 /// The fastest kernel for heads of width `dim` on this processor.
 pub fn head_kernel(dim: usize) -> HeadKernel {
@@ -37,15 +47,15 @@ pub fn head_kernel(dim: usize) -> HeadKernel {
 }
 
 /// Portable reference of [`HeadKernel`].
-pub fn head_scalar(
-    q: &[f32],
-    keys: Rows<'_>,
-    values: Rows<'_>,
-    positions: std::ops::Range<usize>,
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
+pub fn head_scalar(head: &Head<'_>, scores: &mut [f32], out: &mut [f32]) {
+    let Head {
+        q,
+        keys,
+        values,
+        ref positions,
+        scale,
+    } = *head;
+    let positions = positions.clone();
     let dim = q.len();
     for (s, p) in scores.iter_mut().zip(positions.clone()) {
         *s = dot(q, keys.row(p, dim)) * scale;
@@ -91,15 +101,15 @@ mod avx2 {
     use super::Rows;
 
     /// [`super::HeadKernel`] with AVX2/FMA; `q.len()` a multiple of 8.
-    pub fn head(
-        q: &[f32],
-        keys: Rows<'_>,
-        values: Rows<'_>,
-        positions: std::ops::Range<usize>,
-        scale: f32,
-        scores: &mut [f32],
-        out: &mut [f32],
-    ) {
+    pub fn head(head: &super::Head<'_>, scores: &mut [f32], out: &mut [f32]) {
+        let super::Head {
+            q,
+            keys,
+            values,
+            ref positions,
+            scale,
+        } = *head;
+        let positions = positions.clone();
         let dim = q.len();
         assert!(dim % 8 == 0 && out.len() == dim && scores.len() == positions.len());
         for r in [keys, values] {
@@ -283,17 +293,15 @@ mod tests {
                 let mut got = vec![0f32; dim];
                 let mut want = vec![0f32; dim];
                 let mut scores = vec![0f32; span];
-                let at = first..total;
-                head_kernel(dim)(
-                    &q,
-                    rows(&k),
-                    rows(&v),
-                    at.clone(),
-                    0.125,
-                    &mut scores,
-                    &mut got,
-                );
-                head_scalar(&q, rows(&k), rows(&v), at, 0.125, &mut scores, &mut want);
+                let head = Head {
+                    q: &q,
+                    keys: rows(&k),
+                    values: rows(&v),
+                    positions: first..total,
+                    scale: 0.125,
+                };
+                head_kernel(dim)(&head, &mut scores, &mut got);
+                head_scalar(&head, &mut scores, &mut want);
                 for (a, b) in got.iter().zip(&want) {
                     assert!(
                         (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
