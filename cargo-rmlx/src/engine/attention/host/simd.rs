@@ -48,15 +48,9 @@ pub fn head_kernel(dim: usize) -> HeadKernel {
 
 /// Portable reference of [`HeadKernel`].
 pub fn head_scalar(head: &Head<'_>, scores: &mut [f32], out: &mut [f32]) {
-    let Head {
-        q,
-        keys,
-        values,
-        ref positions,
-        scale,
-    } = *head;
-    let positions = positions.clone();
+    let (q, keys, values, positions) = (head.q, head.keys, head.values, head.positions.clone());
     let dim = q.len();
+    let scale = head.scale;
     for (s, p) in scores.iter_mut().zip(positions.clone()) {
         *s = dot(q, keys.row(p, dim)) * scale;
     }
@@ -102,14 +96,8 @@ mod avx2 {
 
     /// [`super::HeadKernel`] with AVX2/FMA; `q.len()` a multiple of 8.
     pub fn head(head: &super::Head<'_>, scores: &mut [f32], out: &mut [f32]) {
-        let super::Head {
-            q,
-            keys,
-            values,
-            ref positions,
-            scale,
-        } = *head;
-        let positions = positions.clone();
+        let (q, positions) = (head.q, head.positions.clone());
+        let (keys, values) = (head.keys, head.values);
         let dim = q.len();
         assert!(dim % 8 == 0 && out.len() == dim && scores.len() == positions.len());
         for r in [keys, values] {
@@ -120,7 +108,7 @@ mod avx2 {
         // SAFETY: `head_kernel` hands this out only after run-time detection of AVX2 and
         // FMA; every row read lies within the last row checked above.
         unsafe {
-            let max = scores_into(q, keys, positions.clone(), scale, scores);
+            let max = scores_into(q, keys, positions.clone(), head.scale, scores);
             let sum = exp_in_place(scores, max);
             weighted_sum(values, positions, scores, 1.0 / sum, out);
         }
