@@ -220,6 +220,8 @@ codes! {
         DistUnreachable = "dist::unreachable" => Load,
         DistUnsupportedArchitecture = "dist::unsupported-architecture" => Unsupported,
         Eval = "eval" => Load,
+        HostAttention = "host-attention" => Load,
+        HostGemm = "host-gemm" => Load,
         HostKernel = "host-kernel" => Load,
         Mlx = "mlx" => Load,
         NetworkUnwrapped = "network::unwrapped" => Load,

@@ -2,12 +2,13 @@
 //!
 //! Debian's pthread OpenBLAS keeps its worker threads spinning on `sched_yield` for a while
 //! after every call. On a machine whose cores are busy with anything else — the test suite in
-//! CI, a build next to the editor's probe, our own rayon pool — those spinners take the
-//! cores from the threads doing the work: a 37-token probe prefill measured 2.7–4.8 s with
-//! two threads against 0.5–1.0 s single-threaded while a build ran, while on an idle machine
-//! two threads were 0–20% faster at 128 tokens and even at 512 (BENCHMARKS.md, "Cold probe
-//! and short prefill"). So rmlx runs OpenBLAS single-threaded unless told otherwise:
-//! `RMLX_BLAS_THREADS=N` (or OpenBLAS's own `OPENBLAS_NUM_THREADS`) sets the count.
+//! CI, a build next to the editor's probe, our own kernel pool (`engine::pool`) — those
+//! spinners take the cores from the threads doing the work: a 37-token probe prefill measured
+//! 2.7–4.8 s with two threads against 0.5–1.0 s single-threaded while a build ran, while on
+//! an idle machine two threads were 0–20% faster at 128 tokens and even at 512
+//! (BENCHMARKS.md, "Cold probe and short prefill"). So rmlx runs OpenBLAS single-threaded
+//! unless told otherwise: `RMLX_BLAS_THREADS=N` (or OpenBLAS's own `OPENBLAS_NUM_THREADS`)
+//! sets the count.
 //!
 //! The setting goes through `openblas_set_num_threads`, looked up at run time, so builds
 //! without OpenBLAS (macOS, `RMLX_NO_OPENBLAS`) are unaffected.

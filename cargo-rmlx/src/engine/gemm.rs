@@ -233,7 +233,10 @@ fn tiles(mats: &[QuantMatrix<'_>]) -> Vec<Tile> {
 }
 
 fn fail(e: String) -> Diagnostic {
-    Diagnostic::error("rmlx::engine::host-gemm", format!("host prefill GEMM: {e}"))
+    Diagnostic::error(
+        crate::diagnostic::code::Engine::HostGemm,
+        format!("host prefill GEMM: {e}"),
+    )
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! what a loaded architecture offers ([`network`]), the per-layer caches ([`cache`]),
 //! sampling ([`sample`], [`penalty`]) and the generate loop ([`generate`]) with its prompt
 //! cache ([`prefix_cache`]), the CPU host
-//! kernels ([`qmv`]) and OpenBLAS threading ([`blas`]). The compute dtype is a per-device
+//! kernels ([`qmv`]) with their worker pool ([`pool`]) and OpenBLAS threading ([`blas`]). The compute dtype is a per-device
 //! policy ([`DtypePolicy`]). Which network a `model_type` gets is `crate::arch`'s registry.
 
 pub mod attention;
@@ -22,6 +22,7 @@ pub mod mlp;
 pub mod moe;
 pub mod network;
 pub mod penalty;
+pub mod pool;
 pub mod prefix_cache;
 pub mod qmv;
 pub mod rope;

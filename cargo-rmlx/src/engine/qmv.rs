@@ -17,12 +17,15 @@
 use std::sync::OnceLock;
 
 use mlx_rs::{Array, Dtype};
-use rayon::prelude::*;
 
 use crate::diagnostic::{code, Diagnostic, Result};
 
 /// Rows one task handles at least (smaller tasks cost more to hand out than they save).
 const MIN_ROWS_PER_TASK: usize = 32;
+
+/// Tasks per pool thread a pass is cut into at most: the threads claim tasks as they go,
+/// so a thread slowed down (a shared core) takes fewer of them.
+const TASKS_PER_THREAD: usize = 8;
 
 /// Whether the host kernel is used: default device is the CPU, the processor has AVX2 and
 /// FMA, and `RMLX_HOST_KERNELS` is not `0`. Decided once per process and logged.
@@ -47,7 +50,8 @@ pub fn enabled() -> bool {
     })
 }
 
-fn simd_available() -> bool {
+/// Whether this processor has AVX2 and FMA (the SIMD host kernels)
+pub(crate) fn simd_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
@@ -406,7 +410,7 @@ impl QuantMatrix<'_> {
     }
 
     /// [`Self::matmul`] for several matrices with the same input, in one parallel pass:
-    /// blocks of weight rows of all matrices are spread over the rayon pool, and each weight
+    /// blocks of weight rows of all matrices are spread over the kernel pool (`engine::pool`), and each weight
     /// row is read once for all input rows.
     pub fn matmul_many(mats: &[Self], x: &[f32]) -> Result<Vec<Vec<f32>>> {
         Self::matmul_many_as(mats, x, activations())
@@ -458,9 +462,9 @@ impl QuantMatrix<'_> {
     where
         F: Fn(usize, usize, &mut [f32]) + Sync,
     {
-        let threads = rayon::current_num_threads();
+        let threads = super::pool::threads();
         let total_rows: usize = mats.iter().map(|m| m.rows).sum();
-        let per_task = (total_rows / (threads * 2)).max(MIN_ROWS_PER_TASK);
+        let per_task = (total_rows / (threads * TASKS_PER_THREAD)).max(MIN_ROWS_PER_TASK);
         let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; m.rows * n]).collect();
         // Each task owns a contiguous block of weight rows.
         let mut tasks = Vec::new();
@@ -469,9 +473,7 @@ impl QuantMatrix<'_> {
                 tasks.push((i, t * per_task, chunk));
             }
         }
-        tasks
-            .into_par_iter()
-            .for_each(|(i, first, out)| task(i, first, out));
+        super::pool::for_each_mut(&mut tasks, |(i, first, out)| task(*i, *first, out));
         outs
     }
 
@@ -486,16 +488,36 @@ impl QuantMatrix<'_> {
         )
     }
 
+    /// The input rows prepared once per distinct layout (q/k/v and gate/up share one),
+    /// and for each matrix the index of its preparation.
+    fn prepare_shared(mats: &[Self], x: &[f32]) -> (Vec<Vec<Prepared>>, Vec<usize>) {
+        let layout = |m: &Self| (m.bits, m.group, m.cols);
+        let mut firsts: Vec<usize> = Vec::new();
+        let of = mats
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let known = firsts.iter().position(|&f| layout(&mats[f]) == layout(m));
+                known.unwrap_or_else(|| {
+                    firsts.push(i);
+                    firsts.len() - 1
+                })
+            })
+            .collect();
+        let prepared = firsts
+            .iter()
+            .map(|&f| x.chunks(mats[f].cols).map(|r| mats[f].prepare(r)).collect())
+            .collect();
+        (prepared, of)
+    }
+
     /// The products with float32 inputs, `[rows, n]` per matrix.
     fn products_f32(mats: &[Self], x: &[f32]) -> Vec<Vec<f32>> {
-        let inputs: Vec<Vec<Prepared>> = mats
-            .iter()
-            .map(|m| x.chunks(m.cols).map(|r| m.prepare(r)).collect())
-            .collect();
+        let (prepared, of) = Self::prepare_shared(mats, x);
         let n = x.len() / mats[0].cols;
         Self::for_row_blocks(mats, n, |i, first, out| {
             let m = &mats[i];
-            let inputs = &inputs[i];
+            let inputs = &prepared[of[i]];
             let Kernels {
                 row: kernel,
                 block2,
@@ -801,8 +823,7 @@ mod avx2 {
     ) -> f32 {
         debug_assert!(packed.len() >= scales.len() * group && x.len() >= packed.len());
         debug_assert!(group % 32 == 0);
-        let mut acc = _mm256_setzero_ps();
-        let mut bias = 0f32;
+        let (mut acc, mut acc_b) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let p = packed.as_ptr();
         let xp = x.as_ptr();
         let widen = |at: usize| {
@@ -825,11 +846,14 @@ mod avx2 {
                 c += 32;
             }
             let d = _mm256_add_ps(_mm256_add_ps(d0, d1), _mm256_add_ps(d2, d3));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(s), d, acc);
-            // Not `mul_add`: that compiles to a call into libm's `fmaf` here.
-            bias += biases.get_unchecked(g) * group_sums.get_unchecked(g);
+            // Two accumulators taking turns: one FMA chain across groups was the bound at
+            // groups of 32.
+            let next = _mm256_fmadd_ps(_mm256_set1_ps(s), d, acc_b);
+            acc_b = acc;
+            acc = next;
         }
-        hsum(acc) + bias
+        let (bias, tail) = bias_dot(biases, group_sums);
+        hsum(_mm256_add_ps(_mm256_add_ps(acc, acc_b), bias)) + tail
     }
 
     /// 4-bit: two columns per byte, `x` reordered per 16 columns as [8 even, 8 odd]; 32
@@ -845,8 +869,7 @@ mod avx2 {
     ) -> f32 {
         debug_assert!(packed.len() * 2 >= scales.len() * group && x.len() >= packed.len() * 2);
         debug_assert!(group % 32 == 0);
-        let mut acc = _mm256_setzero_ps();
-        let mut bias = 0f32;
+        let (mut acc, mut acc_b) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let p = packed.as_ptr();
         let xp = x.as_ptr();
         let low = _mm_set1_epi8(0x0f);
@@ -878,11 +901,14 @@ mod avx2 {
                 c += 32;
             }
             let d = _mm256_add_ps(_mm256_add_ps(d0, d1), _mm256_add_ps(d2, d3));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(s), d, acc);
-            // Not `mul_add`: that compiles to a call into libm's `fmaf` here.
-            bias += biases.get_unchecked(g) * group_sums.get_unchecked(g);
+            // Two accumulators taking turns: one FMA chain across groups was the bound at
+            // groups of 32.
+            let next = _mm256_fmadd_ps(_mm256_set1_ps(s), d, acc_b);
+            acc_b = acc;
+            acc = next;
         }
-        hsum(acc) + bias
+        let (bias, tail) = bias_dot(biases, group_sums);
+        hsum(_mm256_add_ps(_mm256_add_ps(acc, acc_b), bias)) + tail
     }
 
     use super::Quantized;
@@ -1081,8 +1107,31 @@ mod avx2 {
         finish(acc, rows, sums)
     }
 
-    /// Horizontal sums plus each row's bias term `Σ_g bias[g] · Σx_i[g]`, eight groups per
-    /// vector FMA (a scalar closure here took 15% of a 4-bit g32 prefill).
+    /// A row's bias term `Σ_g bias[g] · Σx[g]`, eight groups per vector FMA (a scalar loop
+    /// here took 15% of a 4-bit g32 prefill, and its serial add chain bounded the row
+    /// kernels): the vector part and the scalar tail.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn bias_dot(b: &[f32], s: &[f32]) -> (__m256, f32) {
+        debug_assert!(s.len() >= b.len());
+        let whole = b.len() / 8 * 8;
+        let mut v = _mm256_setzero_ps();
+        let mut k = 0;
+        while k < whole {
+            v = _mm256_fmadd_ps(
+                _mm256_loadu_ps(b.as_ptr().add(k)),
+                _mm256_loadu_ps(s.as_ptr().add(k)),
+                v,
+            );
+            k += 8;
+        }
+        let mut tail = 0f32;
+        for k in whole..b.len() {
+            tail += b.get_unchecked(k) * s.get_unchecked(k);
+        }
+        (v, tail)
+    }
+
+    /// Horizontal sums plus each row's bias term ([`bias_dot`]).
     #[target_feature(enable = "avx2,fma")]
     unsafe fn finish(
         acc: [[__m256; 4]; 2],
@@ -1091,24 +1140,8 @@ mod avx2 {
     ) -> [[f32; 4]; 2] {
         let mut out = [[0f32; 4]; 2];
         for r in 0..2 {
-            let b = rows[r].2;
-            let whole = b.len() / 8 * 8;
             for i in 0..4 {
-                let s = sums[i];
-                let mut v = _mm256_setzero_ps();
-                let mut k = 0;
-                while k < whole {
-                    v = _mm256_fmadd_ps(
-                        _mm256_loadu_ps(b.as_ptr().add(k)),
-                        _mm256_loadu_ps(s.as_ptr().add(k)),
-                        v,
-                    );
-                    k += 8;
-                }
-                let mut tail = 0f32;
-                for k in whole..b.len() {
-                    tail += b.get_unchecked(k) * s.get_unchecked(k);
-                }
+                let (v, tail) = bias_dot(rows[r].2, sums[i]);
                 out[r][i] = hsum(_mm256_add_ps(acc[r][i], v)) + tail;
             }
         }

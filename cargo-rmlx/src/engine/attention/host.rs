@@ -13,6 +13,8 @@ use super::super::layers::Rope;
 use super::super::qmv::host_slice;
 use crate::diagnostic::Result;
 
+mod simd;
+
 /// Keys and values of one layer on the host, position-major: position `p` of head `h` is
 /// `data[((p - dropped) · heads + h) · dim ..][..dim]`. A sliding-window layer drops its
 /// oldest positions lazily (at most one window's worth stays unused).
@@ -100,10 +102,13 @@ impl HostKv {
         }
     }
 
-    /// Key (or value) row of position `p` (counted from the first one held), head `h`.
-    fn row<'a>(&self, data: &'a [f32], p: usize, h: usize) -> &'a [f32] {
-        let at = ((self.dropped + p) * self.heads + h) * self.dim;
-        &data[at..at + self.dim]
+    /// Key (or value) rows of head `h`, counted from the first position held.
+    fn rows<'a>(&self, data: &'a [f32], h: usize) -> simd::Rows<'a> {
+        simd::Rows {
+            data: &data[self.dropped * self.heads * self.dim..],
+            stride: self.heads * self.dim,
+            offset: h * self.dim,
+        }
     }
 }
 
@@ -166,52 +171,51 @@ impl RopeTable {
 /// Scratch of [`attend`], reused across calls.
 #[derive(Debug, Default)]
 pub struct Scratch {
+    /// Scores of every query head, `n_heads · positions`.
     scores: Vec<f32>,
 }
+
+/// Below this many multiply-adds (heads · positions · width · 2) one layer's attention runs
+/// on the calling thread: handing it to the kernel pool costs more than it saves.
+const PARALLEL_WORK: usize = 1 << 16;
 
 /// Attention of one position's queries `q` (`n_heads · dim`, already rotated) over every
 /// position `kv` holds within its window (the new one included), scaled by `scale`; writes
 /// `n_heads · dim` values to `out`. Query head `h` reads key/value head
-/// `h / (n_heads / kv heads)`.
+/// `h / (n_heads / kv heads)`. The query heads are spread over the kernel pool
+/// (`engine::pool`) once the work is large enough; each head runs [`simd::head_kernel`].
 pub fn attend(q: &[f32], kv: &HostKv, scale: f32, scratch: &mut Scratch, out: &mut [f32]) {
     let dim = kv.dim;
     let n_heads = q.len() / dim;
     let group = (n_heads / kv.heads).max(1);
     let total = kv.positions();
     let first = kv.window.map_or(0, |w| total.saturating_sub(w));
-    for h in 0..n_heads {
+    let span = total - first;
+    let kernel = simd::head_kernel(dim);
+    scratch.scores.resize(n_heads * span, 0.0);
+    let head = |h: usize, scores: &mut [f32], out: &mut [f32]| {
         let g = h / group;
-        let qh = &q[h * dim..(h + 1) * dim];
-        let scores = &mut scratch.scores;
-        scores.clear();
-        scores.extend((first..total).map(|p| dot(qh, kv.row(&kv.keys, p, g)) * scale));
-        softmax(scores);
-        let oh = &mut out[h * dim..(h + 1) * dim];
-        oh.fill(0.0);
-        for (p, &w) in (first..total).zip(scores.iter()) {
-            oh.iter_mut()
-                .zip(kv.row(&kv.values, p, g))
-                .for_each(|(o, v)| *o += w * v);
-        }
+        let head = simd::Head {
+            q: &q[h * dim..(h + 1) * dim],
+            keys: kv.rows(&kv.keys, g),
+            values: kv.rows(&kv.values, g),
+            positions: first..total,
+            scale,
+        };
+        kernel(&head, scores, out);
+    };
+    let mut heads: Vec<(usize, &mut [f32], &mut [f32])> = scratch
+        .scores
+        .chunks_mut(span.max(1))
+        .zip(out.chunks_mut(dim))
+        .enumerate()
+        .map(|(h, (s, o))| (h, s, o))
+        .collect();
+    if n_heads * span * dim * 2 < PARALLEL_WORK {
+        heads.iter_mut().for_each(|(h, s, o)| head(*h, s, o));
+    } else {
+        crate::engine::pool::for_each_mut(&mut heads, |(h, s, o)| head(*h, s, o));
     }
-}
-
-/// Dot product with eight partial sums (vectorises).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// In-place softmax (max-subtracted, float32).

@@ -86,7 +86,7 @@ fn host(a: &Array) -> Result<Vec<f32>> {
     Ok(c.try_as_slice::<f32>()
         .map_err(|e| {
             crate::diagnostic::Diagnostic::error(
-                "rmlx::engine::host-attention",
+                crate::diagnostic::code::Engine::HostAttention,
                 format!("prefill attention operand: {e}"),
             )
         })?
