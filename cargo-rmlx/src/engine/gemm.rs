@@ -90,19 +90,7 @@ pub fn available() -> bool {
 /// input: q/k/v, gate/up), in one parallel pass. Call only when [`available`].
 pub fn matmul_many(x: &Array, mats: &[Operands<'_>]) -> Result<Vec<Array>> {
     let sgemm = sgemm().ok_or_else(|| fail("no cblas_sgemm in this process".into()))?;
-    let x = x.contiguous().map_err(|e| fail(e.to_string()))?;
-    let xs = x.try_as_slice::<f32>().map_err(|e| fail(e.to_string()))?;
-    let views = super::qmv::views(mats)?;
-    let cols = x.shape().last().map_or(0, |&d| d as usize);
-    if let Some(m) = views.iter().find(|m| m.dims().1 != cols) {
-        return Err(fail(format!(
-            "input of shape {:?} does not end in the weight's {} input features",
-            x.shape(),
-            m.dims().1
-        )));
-    }
-    let outs = products(sgemm, &views, xs);
-    super::qmv::outputs(&x, &views, outs)
+    super::qmv::on_host(x, mats, |views, xs| Ok(products(sgemm, views, xs)))
 }
 
 /// A task: matrix `mat`'s weight rows `first..first + rows`.
@@ -245,11 +233,7 @@ mod tests {
     use mlx_rs::Array;
 
     use super::*;
-
-    /// Deterministic values in [-1, 1) (the engine tests' generator).
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        crate::engine::tests::Rng(u64::from(seed)).vec(n, 2.0)
-    }
+    use crate::engine::tests::values;
 
     /// Matches MLX's `x · dequantize(W)ᵀ` for 4/8 bits and groups of 32/64, with a row count
     /// that does not divide into the tiles and several matrices at once.

@@ -153,6 +153,20 @@ pub fn matmul_many(x: &Array, mats: &[Operands<'_>]) -> Result<Vec<Array>> {
 
 /// [`matmul_many`] with the given activation mode.
 fn matmul_many_as(x: &Array, mats: &[Operands<'_>], mode: Activations) -> Result<Vec<Array>> {
+    on_host(x, mats, |views, xs| {
+        QuantMatrix::matmul_many_as(views, xs, mode)
+    })
+}
+
+/// One layer call on the host, shared by the mat-vec kernels and the prefill GEMM
+/// (`engine::gemm`): `x` (`[..., cols]`, float32) as host rows and each matrix's view,
+/// checked to fit together; `products` computes each matrix's `[n, rows]` result, returned as
+/// MLX arrays shaped like `x`.
+pub(crate) fn on_host(
+    x: &Array,
+    mats: &[Operands<'_>],
+    products: impl FnOnce(&[QuantMatrix<'_>], &[f32]) -> Result<Vec<Vec<f32>>>,
+) -> Result<Vec<Array>> {
     let x = if x.try_as_slice::<f32>().is_ok() {
         x.clone()
     } else {
@@ -173,17 +187,13 @@ fn matmul_many_as(x: &Array, mats: &[Operands<'_>], mode: Activations) -> Result
             ),
         ));
     }
-    let outs = QuantMatrix::matmul_many_as(&views, xs, mode)?;
+    let outs = products(&views, xs)?;
     outputs(&x, &views, outs)
 }
 
 /// Each matrix's product `[..., rows]` as an MLX array shaped like the input `x`
 /// (`[..., cols]`), from the host results.
-pub(crate) fn outputs(
-    x: &Array,
-    views: &[QuantMatrix<'_>],
-    outs: Vec<Vec<f32>>,
-) -> Result<Vec<Array>> {
+fn outputs(x: &Array, views: &[QuantMatrix<'_>], outs: Vec<Vec<f32>>) -> Result<Vec<Array>> {
     views
         .iter()
         .zip(outs)
@@ -254,7 +264,7 @@ pub fn matvec_many_host(x: &[f32], mats: &[Operands<'_>]) -> Result<Vec<Vec<f32>
 }
 
 /// Host views of each layer's operands.
-pub(crate) fn views<'a>(mats: &[Operands<'a>]) -> Result<Vec<QuantMatrix<'a>>> {
+fn views<'a>(mats: &[Operands<'a>]) -> Result<Vec<QuantMatrix<'a>>> {
     mats.iter()
         .map(|&(w, s, b, bits, group)| QuantMatrix::view(w, s, b, bits, group))
         .collect()

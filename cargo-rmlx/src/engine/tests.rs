@@ -40,6 +40,11 @@ impl Rng {
     }
 }
 
+/// `n` deterministic test values in `[-1, 1)` from `seed` (the host kernels' unit tests).
+pub(crate) fn values(n: usize, seed: u32) -> Vec<f32> {
+    Rng(u64::from(seed)).vec(n, 2.0)
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Arch {
     Llama,

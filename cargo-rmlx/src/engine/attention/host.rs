@@ -234,11 +234,7 @@ pub(super) fn softmax(x: &mut [f32]) {
 mod tests {
     use super::*;
     use crate::engine::attention::{attend as mlx_attend, split_heads};
-
-    /// Deterministic test values in [-1, 1) (the engine tests' generator).
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        crate::engine::tests::Rng(u64::from(seed)).vec(n, 2.0)
-    }
+    use crate::engine::tests::values;
 
     /// Host attention of the last of `t` positions equals MLX's, global and windowed.
     #[test]

@@ -99,9 +99,8 @@ mod tests {
 
     use super::*;
 
-    fn array(shape: [usize; 4], seed: u64) -> Array {
-        let n = shape.iter().product();
-        let v = crate::engine::tests::Rng(seed).vec(n, 2.0);
+    fn array(shape: [usize; 4], seed: u32) -> Array {
+        let v = crate::engine::tests::values(shape.iter().product(), seed);
         Array::from_slice(&v, &shape.map(|d| d as i32))
     }
 
