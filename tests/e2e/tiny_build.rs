@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::mlx_lm_build::assert_same_tensors;
+use crate::mlx_lm_build::{assert_same_tensors, assert_same_weight_files};
 use crate::support::{
     bin, converted, models_dir, once_per_key, oracle_python, repo_root, run_command, scratch_dir,
     sha256_hex, OnceMap, Variant,
@@ -121,16 +121,24 @@ pub fn mlx_lm_convert(model_type: &str, mode: Mode) -> PathBuf {
 }
 
 /// `cargo rmlx build` of the tiny Hugging Face directory with `mode` (an rmlx.toml in a
-/// scratch workspace) next to `mlx_lm convert`: every tensor byte-identical (name, dtype,
-/// shape, bytes), and config.json and model.safetensors.index.json byte-identical.
+/// scratch workspace) next to `mlx_lm convert`: every tensor identical (name, dtype, shape,
+/// bytes), every safetensors file byte-identical (tensor data order, header), and
+/// config.json and model.safetensors.index.json byte-identical.
 pub fn check_build(model_type: &str, mode: Mode) {
     check_build_of(&tiny_model(model_type), model_type, mode);
 }
 
 /// [`check_build`] of the model directory `source` (`label` names it in failures).
 pub fn check_build_of(source: &Path, label: &str, mode: Mode) {
+    check_build_sharded(source, label, mode, None);
+}
+
+/// [`check_build_of`] with both tools' shard size set to `max_shard_bytes`, when given
+/// (`RMLX_MAX_SHARD_BYTES` here, mlx-lm's `make_shards` limit there).
+pub fn check_build_sharded(source: &Path, label: &str, mode: Mode, max_shard_bytes: Option<u64>) {
     let model_type = label;
-    let theirs = crate::mlx_lm_build::mlx_lm_convert(source, mode.mlx_lm_args());
+    let theirs =
+        crate::mlx_lm_build::mlx_lm_convert_sharded(source, mode.mlx_lm_args(), max_shard_bytes);
     let ws = scratch_dir();
     fs::write(ws.path().join("Cargo.toml"), "[workspace]\n").expect("write Cargo.toml");
     let manifest = format!(
@@ -144,7 +152,11 @@ pub fn check_build_of(source: &Path, label: &str, mode: Mode) {
         .args(["rmlx", "build"])
         .env("NO_COLOR", "1")
         .env("CARGO_TERM_COLOR", "never")
-        .env_remove("CARGO_TARGET_DIR");
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RMLX_MAX_SHARD_BYTES");
+    if let Some(n) = max_shard_bytes {
+        cmd.env("RMLX_MAX_SHARD_BYTES", n.to_string());
+    }
     let run = run_command(cmd, SETUP_TIMEOUT);
     assert!(
         run.success(),
@@ -153,6 +165,7 @@ pub fn check_build_of(source: &Path, label: &str, mode: Mode) {
     );
     let ours = ws.path().join("target").join("rmlx").join("tiny");
     assert_same_tensors(&ours, &theirs);
+    assert_same_weight_files(&ours, &theirs);
     for file in ["config.json", "model.safetensors.index.json"] {
         let read = |dir: &Path| {
             fs::read_to_string(dir.join(file))

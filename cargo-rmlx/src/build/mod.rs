@@ -20,6 +20,7 @@
 //!   (`target/rmlx/.<name>.lock`) serialises concurrent builds of one model.
 
 pub mod fingerprint;
+pub mod mlx_order;
 pub mod plan;
 pub mod pyjson;
 pub mod quant;
@@ -682,7 +683,7 @@ fn write_weights(
 ) -> Result<u64> {
     let specs = plan.specs();
     let total: u64 = specs.iter().map(|s| s.nbytes()).sum();
-    let mut w = Writer::new(dir, specs, opts.max_shard_bytes);
+    let mut w = Writer::create(dir, specs, opts.max_shard_bytes)?;
     let pb = if opts.progress {
         crate::progress::bar(
             plan.items.len() as u64,

@@ -23,6 +23,7 @@ use super::pyjson;
 use super::quant::{is_float, mlx_dtype};
 use super::source::SourceModel;
 use super::writer::TensorSpec;
+use crate::arch::convert::order;
 use crate::diagnostic::{code, Code, Diagnostic, Result};
 use crate::manifest::{describe_params, Dtype, ModuleOverride, Quantize};
 use crate::snapshot::{ModelConfig, QuantMode, QuantParams};
@@ -201,7 +202,7 @@ pub fn plan(src: &SourceModel, quantize: &Quantize, declared_dtype: Option<Dtype
     for name in &plain {
         items.push(plain_item(src, name, dtype)?);
     }
-    items.sort_by(|a, b| natural_cmp(&a.outputs[0].name, &b.outputs[0].name));
+    let mut items = in_mlx_lm_order(src, items)?;
     count_leaf_parameters(&mut items);
     let quantization = quantization_block(src, quantize, &items);
     let unmatched_overrides = quant_overrides(quantize)
@@ -217,6 +218,21 @@ pub fn plan(src: &SourceModel, quantize: &Quantize, declared_dtype: Option<Dtype
         quantization,
         unmatched_overrides,
         not_divisible,
+    })
+}
+
+/// `items` in mlx-lm's parameter order (the family's [`crate::arch::convert::order`]).
+fn in_mlx_lm_order(src: &SourceModel, items: Vec<Item>) -> Result<Vec<Item>> {
+    order::sorted(src.rules.order, items, |i| &i.outputs[0].name).map_err(|p| {
+        let file = p
+            .tensor
+            .as_deref()
+            .map_or(src.dir.as_path(), |t| src.file_of(t));
+        let d = Diagnostic::error(CODE_MISMATCH, p.message).with_file(file);
+        match p.help {
+            Some(h) => d.with_help(h),
+            None => d,
+        }
     })
 }
 

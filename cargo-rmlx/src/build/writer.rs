@@ -1,19 +1,23 @@
-//! Streaming safetensors writer: the header (names, dtypes, shapes, offsets) is known up
-//! front, tensor bytes are written one at a time as they are produced, so peak memory stays
-//! around one module. Shards like mlx-lm (`model.safetensors`, or
-//! `model-0000i-of-0000n.safetensors` past the shard size, a new shard starting when the next
-//! tensor would overflow the current one) and always `model.safetensors.index.json` with
-//! `total_size`, `total_parameters` and a sorted `weight_map`, as `mlx_lm convert` writes it.
+//! Streaming safetensors writer, byte-identical to `mlx_lm convert`'s files: the header
+//! (names, dtypes, shapes, offsets) is known up front, tensor bytes are written one at a
+//! time as they are produced, each at its place in the file, so peak memory stays around one
+//! module. Shards like mlx-lm: the tensors, in mlx-lm's parameter order, split into
+//! `model.safetensors` or `model-0000i-of-0000n.safetensors` (a new shard starting when the
+//! next tensor would overflow the current one); inside a shard, the data lies in the order
+//! MLX's `save_safetensors` gives it ([`super::mlx_order`]) and the header is MLX's (sorted
+//! keys, compact, unpadded). Always `model.safetensors.index.json` with `total_size`,
+//! `total_parameters` and a sorted `weight_map`, as `mlx_lm convert` writes it.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use mlx_rs::Dtype;
 use serde_json::{json, Map, Value};
 
-use super::pyjson;
 use super::quant::dtype_size;
+use super::{mlx_order, pyjson};
 use crate::diagnostic::{code, Diagnostic, Result};
 
 /// mlx-lm's shard size (`MAX_FILE_SIZE_GB = 5`, in GiB).
@@ -88,20 +92,74 @@ pub fn shard_name(i: usize, n: usize) -> String {
     }
 }
 
-struct Open {
-    file: BufWriter<File>,
-    path: PathBuf,
-    end: usize,
+/// Where a planned tensor goes.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    /// Its index in the plan.
+    index: usize,
+    /// Its shard.
+    shard: usize,
+    /// Offset of its data from the start of the file.
+    offset: u64,
+    /// Its size in bytes.
+    len: u64,
 }
 
-/// Writes the tensors of `specs` in order into `dir`.
+/// The header and data layout of one shard.
+struct Layout {
+    /// `8-byte length + header` bytes.
+    prefix: Vec<u8>,
+    /// Spec indices in the order their data lies in the file.
+    order: Vec<usize>,
+    /// Total file size.
+    size: u64,
+}
+
+/// The header of a shard whose tensors lie in `order`, as MLX writes it: compact JSON with
+/// every object's keys sorted (`__metadata__` among the tensor names), no padding.
+fn layout(specs: &[TensorSpec], range: std::ops::Range<usize>) -> Result<Layout> {
+    let names: Vec<&str> = specs[range.clone()]
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
+    let order: Vec<usize> = mlx_order::file_order(&names)?
+        .into_iter()
+        .map(|i| range.start + i)
+        .collect();
+    let mut entries: BTreeMap<&str, Value> = BTreeMap::new();
+    entries.insert("__metadata__", json!({"format": "mlx"}));
+    let mut offset = 0u64;
+    for &i in &order {
+        let t = &specs[i];
+        let n = t.nbytes();
+        let mut entry = Map::new();
+        entry.insert("data_offsets".into(), json!([offset, offset + n]));
+        entry.insert("dtype".into(), json!(st_name(t.dtype)));
+        entry.insert("shape".into(), json!(t.shape));
+        entries.insert(&t.name, Value::Object(entry));
+        offset += n;
+    }
+    let text = serde_json::to_string(&entries)
+        .map_err(|e| Diagnostic::error(code::Build::Io, format!("cannot encode a header: {e}")))?;
+    let mut prefix = (text.len() as u64).to_le_bytes().to_vec();
+    prefix.extend_from_slice(text.as_bytes());
+    let size = prefix.len() as u64 + offset;
+    Ok(Layout {
+        prefix,
+        order,
+        size,
+    })
+}
+
+/// Writes the planned tensors into `dir`, in any order: each shard file is created with its
+/// header and full size up front, and every tensor's bytes go to their place in it.
 pub struct Writer {
     dir: PathBuf,
     specs: Vec<TensorSpec>,
     shards: Vec<std::ops::Range<usize>>,
-    next: usize,
-    shard: usize,
-    open: Option<Open>,
+    slots: HashMap<String, Slot>,
+    written: Vec<bool>,
+    open: Vec<(File, PathBuf)>,
     /// File names written so far.
     pub files: Vec<String>,
 }
@@ -111,18 +169,23 @@ fn io(what: &str, path: &Path, e: &std::io::Error) -> Diagnostic {
 }
 
 impl Writer {
-    /// Plans the shards; nothing is written until the first tensor.
-    pub fn new(dir: &Path, specs: Vec<TensorSpec>, max_shard_bytes: u64) -> Self {
+    /// Plans the shards of `specs` (given in mlx-lm's parameter order) and creates their
+    /// files (headers written, data to come).
+    pub fn create(dir: &Path, specs: Vec<TensorSpec>, max_shard_bytes: u64) -> Result<Self> {
         let shards = plan_shards(&specs, max_shard_bytes);
-        Self {
+        let mut w = Self {
             dir: dir.to_path_buf(),
+            written: vec![false; specs.len()],
             specs,
             shards,
-            next: 0,
-            shard: 0,
-            open: None,
+            slots: HashMap::new(),
+            open: Vec::new(),
             files: Vec::new(),
+        };
+        for shard in 0..w.shards.len() {
+            w.create_shard(shard)?;
         }
+        Ok(w)
     }
 
     /// Number of shard files.
@@ -130,108 +193,97 @@ impl Writer {
         self.shards.len()
     }
 
-    fn open_shard(&mut self) -> Result<()> {
-        let range = self.shards[self.shard].clone();
-        let name = shard_name(self.shard, self.shards.len());
+    fn create_shard(&mut self, shard: usize) -> Result<()> {
+        let layout = layout(&self.specs, self.shards[shard].clone())?;
+        let mut offset = layout.prefix.len() as u64;
+        for &i in &layout.order {
+            let len = self.specs[i].nbytes();
+            let slot = Slot {
+                index: i,
+                shard,
+                offset,
+                len,
+            };
+            if self
+                .slots
+                .insert(self.specs[i].name.clone(), slot)
+                .is_some()
+            {
+                return Err(Diagnostic::error(
+                    code::Build::Internal,
+                    format!("tensor `{}` planned twice", self.specs[i].name),
+                ));
+            }
+            offset += len;
+        }
+        let name = shard_name(shard, self.shards.len());
         let path = self.dir.join(&name);
-        let mut header = Map::new();
-        header.insert("__metadata__".into(), json!({"format": "mlx"}));
-        let mut offset = 0u64;
-        for t in &self.specs[range.clone()] {
-            let n = t.nbytes();
-            header.insert(
-                t.name.clone(),
-                json!({
-                    "dtype": st_name(t.dtype),
-                    "shape": t.shape,
-                    "data_offsets": [offset, offset + n],
-                }),
-            );
-            offset += n;
-        }
-        let mut text = serde_json::to_string(&Value::Object(header)).map_err(|e| {
-            Diagnostic::error(code::Build::Io, format!("cannot encode a header: {e}"))
-        })?;
-        // Pad with spaces so the data starts 8-byte aligned (as the safetensors crate does).
-        while (8 + text.len()) % 8 != 0 {
-            text.push(' ');
-        }
-        let file = File::create(&path).map_err(|e| io("cannot create", &path, &e))?;
-        let mut file = BufWriter::with_capacity(1 << 20, file);
-        file.write_all(&(text.len() as u64).to_le_bytes())
-            .and_then(|_| file.write_all(text.as_bytes()))
+        let mut file = File::create(&path).map_err(|e| io("cannot create", &path, &e))?;
+        file.write_all(&layout.prefix)
+            .and_then(|_| file.set_len(layout.size))
             .map_err(|e| io("cannot write", &path, &e))?;
         self.files.push(name);
-        self.open = Some(Open {
-            file,
-            path,
-            end: range.end,
-        });
+        self.open.push((file, path));
         Ok(())
     }
 
-    fn close_shard(&mut self) -> Result<()> {
-        if let Some(mut o) = self.open.take() {
-            o.file
-                .flush()
-                .map_err(|e| io("cannot write", &o.path, &e))?;
-            let f = o
-                .file
-                .into_inner()
-                .map_err(|e| io("cannot write", &o.path, e.error()))?;
-            f.sync_all().map_err(|e| io("cannot sync", &o.path, &e))?;
-            self.shard += 1;
-        }
-        Ok(())
-    }
-
-    /// The spec of the tensor the writer expects next.
-    pub fn expected(&self) -> Option<&TensorSpec> {
-        self.specs.get(self.next)
-    }
-
-    /// Writes the next tensor; `name` and the byte count must match the plan.
+    /// Writes tensor `name`; it must be planned, not yet written, and `bytes` its size.
     pub fn write(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
-        let spec = self.specs.get(self.next).ok_or_else(|| {
+        let slot = self.slots.get(name).copied().ok_or_else(|| {
             Diagnostic::error(
                 code::Build::Internal,
-                format!("tensor `{name}` written past the plan"),
+                format!("tensor `{name}` was not planned"),
             )
         })?;
-        if spec.name != name || spec.nbytes() != bytes.len() as u64 {
+        let index = slot.index;
+        if slot.len != bytes.len() as u64 || self.written[index] {
             return Err(Diagnostic::error(
                 code::Build::Internal,
                 format!(
-                    "tensor `{name}` ({} bytes) written where `{}` ({} bytes) was planned",
+                    "tensor `{name}` ({} bytes) written where {} bytes were planned{}",
                     bytes.len(),
-                    spec.name,
-                    spec.nbytes()
+                    slot.len,
+                    if self.written[index] { ", again" } else { "" }
                 ),
             ));
         }
-        if self.open.is_none() {
-            self.open_shard()?;
-        }
-        let o = self.open.as_mut().expect("a shard is open");
-        o.file
-            .write_all(bytes)
-            .map_err(|e| io("cannot write", &o.path, &e))?;
-        self.next += 1;
-        if self.next == o.end {
-            self.close_shard()?;
-        }
+        let (file, path) = &mut self.open[slot.shard];
+        file.seek(SeekFrom::Start(slot.offset))
+            .and_then(|_| file.write_all(bytes))
+            .map_err(|e| io("cannot write", path, &e))?;
+        self.written[index] = true;
         Ok(())
     }
 
-    /// Checks that every planned tensor was written and writes the index.
+    /// Checks that every planned tensor was written, syncs the shards and writes the index.
     pub fn finish(mut self) -> Result<Vec<String>> {
-        if self.next != self.specs.len() {
+        let missing: Vec<&str> = self
+            .specs
+            .iter()
+            .zip(&self.written)
+            .filter(|(_, w)| !**w)
+            .map(|(t, _)| t.name.as_str())
+            .collect();
+        if !missing.is_empty() {
             return Err(Diagnostic::error(
                 code::Build::Internal,
-                format!("{} of {} tensors written", self.next, self.specs.len()),
+                format!(
+                    "{} of {} tensors not written (first: `{}`)",
+                    missing.len(),
+                    self.specs.len(),
+                    missing[0]
+                ),
             ));
         }
-        self.close_shard()?;
+        for (file, path) in std::mem::take(&mut self.open) {
+            file.sync_all().map_err(|e| io("cannot sync", &path, &e))?;
+        }
+        self.write_index()?;
+        Ok(self.files)
+    }
+
+    /// `model.safetensors.index.json` as mlx-lm writes it.
+    fn write_index(&mut self) -> Result<()> {
         let n = self.shards.len();
         let mut map: Vec<(&str, String)> = Vec::new();
         for (i, r) in self.shards.iter().enumerate() {
@@ -255,7 +307,7 @@ impl Writer {
         std::fs::write(&path, pyjson::dumps(&index, 4)?)
             .map_err(|e| io("cannot write", &path, &e))?;
         self.files.push(name.to_string());
-        Ok(self.files)
+        Ok(())
     }
 }
 
@@ -288,29 +340,49 @@ mod tests {
     }
 
     #[test]
-    fn writes_valid_safetensors() {
+    fn writes_valid_safetensors_in_any_order() {
         let dir = tempfile::tempdir().unwrap();
-        let specs = vec![spec("x", 3), spec("y", 5)];
-        let mut w = Writer::new(dir.path(), specs, 4);
-        w.write("x", &[1, 2, 3]).unwrap();
-        assert!(w.write("z", &[0; 5]).is_err());
+        let specs = vec![spec("x", 3), spec("y", 5), spec("z", 1)];
+        let mut w = Writer::create(dir.path(), specs, 4).unwrap();
+        assert!(w.write("y", &[0; 4]).is_err(), "wrong size");
+        assert!(w.write("q", &[0; 5]).is_err(), "not planned");
+        w.write("z", &[9]).unwrap();
         w.write("y", &[4, 5, 6, 7, 8]).unwrap();
+        assert!(w.write("z", &[9]).is_err(), "written twice");
+        w.write("x", &[1, 2, 3]).unwrap();
         let files = w.finish().unwrap();
         assert_eq!(
             files,
             [
-                "model-00001-of-00002.safetensors",
-                "model-00002-of-00002.safetensors",
+                "model-00001-of-00003.safetensors",
+                "model-00002-of-00003.safetensors",
+                "model-00003-of-00003.safetensors",
                 "model.safetensors.index.json"
             ]
         );
         let bytes = std::fs::read(dir.path().join(&files[1])).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         assert_eq!(st.tensor("y").unwrap().data(), &[4, 5, 6, 7, 8]);
+        let header = std::str::from_utf8(&bytes[8..bytes.len() - 5]).unwrap();
+        assert_eq!(
+            header,
+            r#"{"__metadata__":{"format":"mlx"},"y":{"data_offsets":[0,5],"dtype":"U8","shape":[5]}}"#
+        );
         let index: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.path().join(&files[2])).unwrap())
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(&files[3])).unwrap())
                 .unwrap();
-        assert_eq!(index["metadata"]["total_size"], 8);
+        assert_eq!(index["metadata"]["total_size"], 9);
         assert_eq!(index["weight_map"]["y"], files[1].as_str());
+    }
+
+    #[test]
+    fn unwritten_tensors_fail_the_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::create(dir.path(), vec![spec("x", 3), spec("y", 5)], 100).unwrap();
+        w.write("x", &[1, 2, 3]).unwrap();
+        let err = w.finish().unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("1 of 2 tensors not written (first: `y`)"));
     }
 }

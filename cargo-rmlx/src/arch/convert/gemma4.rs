@@ -8,6 +8,7 @@
 
 use serde_json::{json, Map, Value};
 
+use super::order::ParamOrder;
 use super::{
     casts_all, eight_bit_if, text_config_mut, Convert, FixedQuant, Hints, Problem, Tensors,
 };
@@ -24,7 +25,55 @@ pub const CONVERT: Convert = Convert {
     keeps_dtype: casts_all,
     config_fix,
     checks_decoder_shapes: false,
+    order: ORDER,
 };
+
+/// mlx-lm's parameter order of Gemma 4 (text model and the multimodal wrapper's
+/// `language_model`): the per-layer-input modules after the final norm, and in a layer the
+/// MoE block and the per-layer-input gate after the four norms.
+const ORDER: ParamOrder = &[
+    ("", &["language_model", "model", "lm_head"]),
+    ("language_model", &["model", "lm_head"]),
+    (
+        "model",
+        &[
+            "embed_tokens",
+            "layers",
+            "norm",
+            "embed_tokens_per_layer",
+            "per_layer_model_projection",
+            "per_layer_projection_norm",
+        ],
+    ),
+    (
+        "layers",
+        &[
+            "self_attn",
+            "mlp",
+            "input_layernorm",
+            "post_attention_layernorm",
+            "pre_feedforward_layernorm",
+            "post_feedforward_layernorm",
+            "router",
+            "experts",
+            "post_feedforward_layernorm_1",
+            "post_feedforward_layernorm_2",
+            "pre_feedforward_layernorm_2",
+            "per_layer_input_gate",
+            "per_layer_projection",
+            "post_per_layer_input_norm",
+            "layer_scalar",
+        ],
+    ),
+    (
+        "self_attn",
+        &["q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"],
+    ),
+    ("mlp", &["gate_proj", "down_proj", "up_proj"]),
+    ("router", &["proj", "scale", "per_expert_scale"]),
+    ("experts", &["switch_glu"]),
+    ("switch_glu", &["gate_proj", "up_proj", "down_proj"]),
+];
 
 /// mlx-lm's `gemma4` arguments copy `vocab_size` (default 262144) into `text_config` and add
 /// its default head counts (8 query, 1 KV) when absent.

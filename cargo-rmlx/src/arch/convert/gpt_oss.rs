@@ -5,6 +5,7 @@
 //! `*.weight` uint32 words and `*.scales`, split the same way, and stay MXFP4 (mlx-lm reads
 //! `quant_method: mxfp4`). Checkpoints already in mlx-lm's names pass unchanged.
 
+use super::order::ParamOrder;
 use super::{casts_all, eight_bit_if, Convert, FixedQuant, Hints, Problem, Recipe, Tensors};
 
 /// The rules.
@@ -19,7 +20,30 @@ pub const CONVERT: Convert = Convert {
     keeps_dtype: casts_all,
     config_fix: super::config_kept,
     checks_decoder_shapes: false,
+    order: ORDER,
 };
+
+/// mlx-lm's parameter order of gpt-oss: the final norm before the layers, the attention
+/// sinks before the projections, the experts before the router.
+const ORDER: ParamOrder = &[
+    ("", &["model", "lm_head"]),
+    ("model", &["embed_tokens", "norm", "layers"]),
+    (
+        "layers",
+        &[
+            "self_attn",
+            "mlp",
+            "input_layernorm",
+            "post_attention_layernorm",
+        ],
+    ),
+    (
+        "self_attn",
+        &["sinks", "q_proj", "k_proj", "v_proj", "o_proj"],
+    ),
+    ("mlp", &["experts", "router"]),
+    ("experts", &["gate_proj", "up_proj", "down_proj"]),
+];
 
 fn fixed_quant(path: &str) -> Option<FixedQuant> {
     eight_bit_if(path, &["router"])

@@ -1,6 +1,7 @@
 //! The llama family (llama, mistral, qwen2, qwen3): mlx-lm's sanitize drops the precomputed
 //! rotary frequencies and, for tied embeddings, `lm_head.weight`.
 
+use super::order::ParamOrder;
 use super::{drop_rotary, drop_tied_head, Convert, Hints, Problem, Tensors, NAMES_KEPT};
 
 /// The rules.
@@ -16,6 +17,36 @@ pub fn sanitize(t: &mut Tensors, h: &Hints<'_>) -> Result<(), Problem> {
     drop_tied_head(t, "lm_head.weight", Hints::tied(h.raw, true));
     Ok(())
 }
+
+/// mlx-lm's parameter order of the llama layout (llama, mistral, qwen2, qwen3, smollm3,
+/// gemma3, olmo2, phi3, ministral3, and mistral3's `language_model`): the MLP before the
+/// layer's norms, a dense MLP declaring gate, down, up.
+pub const ORDER: ParamOrder = &[
+    ("", &["language_model", "model", "lm_head"]),
+    ("language_model", &["model", "lm_head"]),
+    ("model", &["embed_tokens", "layers", "norm"]),
+    (
+        "layers",
+        &[
+            "self_attn",
+            "mlp",
+            "input_layernorm",
+            "post_attention_layernorm",
+            "pre_feedforward_layernorm",
+            "post_feedforward_layernorm",
+        ],
+    ),
+    (
+        "self_attn",
+        &[
+            "q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "q_norm", "k_norm",
+        ],
+    ),
+    (
+        "mlp",
+        &["gate_proj", "gate_up_proj", "down_proj", "up_proj"],
+    ),
+];
 
 #[cfg(test)]
 mod tests {

@@ -18,6 +18,7 @@ pub const CONVERT: Convert = Convert {
     keeps_dtype: casts_all,
     config_fix,
     checks_decoder_shapes: false,
+    order: super::llama::ORDER,
 };
 
 /// mlx-lm's `mistral3` arguments set an absent `text_config.tie_word_embeddings` to false.

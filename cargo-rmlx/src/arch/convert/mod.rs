@@ -16,6 +16,7 @@ pub mod gpt_oss;
 pub mod llama;
 pub mod mistral3;
 pub mod olmo2;
+pub mod order;
 pub mod phi3;
 pub mod qwen3_5;
 pub mod qwen3_moe;
@@ -44,6 +45,9 @@ pub struct Convert {
     /// Whether the standard decoder's tensor shapes (`model.layers.*`, embeddings, heads)
     /// are checked against config.json's sizes before converting.
     pub checks_decoder_shapes: bool,
+    /// mlx-lm's parameter order for this family ([`order`]): it decides which shard each
+    /// tensor goes to and where its data lies in the file.
+    pub order: order::ParamOrder,
 }
 
 /// Fixed affine settings of a module (mlx-lm's `{"group_size": g, "bits": b}`).
@@ -86,6 +90,7 @@ pub const NAMES_KEPT: Convert = Convert {
     keeps_dtype: casts_all,
     config_fix: config_kept,
     checks_decoder_shapes: false,
+    order: llama::ORDER,
 };
 
 /// mlx-lm's `SwitchGLU` experts under `mlp.switch_mlp` (Qwen MoE families).

@@ -21,6 +21,7 @@ pub const CONVERT: Convert = Convert {
     keeps_dtype: |path| path.ends_with("A_log"),
     config_fix,
     checks_decoder_shapes: false,
+    order: super::qwen3_moe::ORDER,
 };
 
 /// mlx-lm renames the text model's `rope_parameters.rope_type` to `type` (moving it last).

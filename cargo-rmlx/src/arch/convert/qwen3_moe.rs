@@ -2,6 +2,7 @@
 //! are stacked into `mlp.switch_mlp.*` (`[experts, out, in]`); the router (`mlp.gate`) is
 //! quantized affine 8-bit g64 whatever the requested settings; a tied head is dropped.
 
+use super::order::ParamOrder;
 use super::{
     casts_all, drop_tied_head, eight_bit_if, layers_with, Convert, FixedQuant, Hints, Problem,
     Tensors, SWITCH_MLP,
@@ -15,7 +16,59 @@ pub const CONVERT: Convert = Convert {
     keeps_dtype: casts_all,
     config_fix: super::config_kept,
     checks_decoder_shapes: false,
+    order: ORDER,
 };
+
+/// mlx-lm's parameter order of the Qwen MoE and hybrid families (`qwen3_moe`, `qwen3_5`,
+/// `qwen3_5_moe`): norms before the MLP in a layer, the router before the experts, the
+/// experts' `SwitchGLU` declaring gate, up, down but the dense MLPs gate, down, up.
+pub const ORDER: ParamOrder = &[
+    ("", &["language_model", "model", "lm_head"]),
+    ("language_model", &["model", "lm_head"]),
+    ("model", &["embed_tokens", "layers", "norm"]),
+    (
+        "layers",
+        &[
+            "linear_attn",
+            "self_attn",
+            "input_layernorm",
+            "post_attention_layernorm",
+            "mlp",
+        ],
+    ),
+    (
+        "linear_attn",
+        &[
+            "conv1d",
+            "in_proj_qkv",
+            "in_proj_z",
+            "in_proj_b",
+            "in_proj_a",
+            "dt_bias",
+            "A_log",
+            "norm",
+            "out_proj",
+        ],
+    ),
+    (
+        "self_attn",
+        &["q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"],
+    ),
+    (
+        "mlp",
+        &[
+            "gate",
+            "switch_mlp",
+            "shared_expert",
+            "shared_expert_gate",
+            "gate_proj",
+            "down_proj",
+            "up_proj",
+        ],
+    ),
+    ("switch_mlp", &["gate_proj", "up_proj", "down_proj"]),
+    ("shared_expert", &["gate_proj", "down_proj", "up_proj"]),
+];
 
 fn fixed_quant(path: &str) -> Option<FixedQuant> {
     eight_bit_if(path, &["mlp.gate"])
