@@ -1,7 +1,8 @@
 //! `cargo rmlx build` of each architecture's tiny Hugging Face checkpoint
 //! (`scripts/tiny_models.py`) is byte-identical to `mlx_lm convert` of the same directory:
-//! the float copy, affine 4-bit g64 and, for gpt_oss, mxfp4 — every tensor (name, dtype,
-//! shape, bytes), config.json and the index file; and gpt-oss's released MXFP4 layout built as
+//! the float copy, affine 4-bit g64 and, for gpt_oss, mxfp4 — every safetensors file byte
+//! for byte (each tensor, the data order, the header), config.json and the index file; the
+//! same with small shards (several files); and gpt-oss's released MXFP4 layout built as
 //! stored. These need no engine for the architecture.
 //! And checkpoints the conversion rules cannot convert fail with located errors.
 
@@ -12,7 +13,9 @@ use std::path::Path;
 use crate::common::{flat, tensors, Ws};
 use crate::mlx_lm_build::Tensor;
 use crate::support::{copy_model_dir, edit_config, Run};
-use crate::tiny_build::{check_build, check_build_of, tiny_model, tiny_model_variant, Mode};
+use crate::tiny_build::{
+    check_build, check_build_of, check_build_sharded, tiny_model, tiny_model_variant, Mode,
+};
 
 /// One test per listed mode: `build_matches_mlx_lm!(qwen3_moe, "qwen3_moe", [float, affine4]);`
 macro_rules! build_matches_mlx_lm {
@@ -46,6 +49,39 @@ build_matches_mlx_lm!(mistral3, "mistral3", [float, affine4]);
 fn gpt_oss_released_mxfp4_as_stored() {
     let source = tiny_model_variant("gpt_oss", "mxfp4-native");
     check_build_of(&source, "gpt_oss (released mxfp4)", Mode::Float);
+}
+
+/// A shard size that splits a tiny model into several files (its embedding alone is 1.5 MB
+/// at 4 bits).
+const SMALL_SHARDS: u64 = 1_000_000;
+
+/// Sharded like mlx-lm: `make_shards` in mlx-lm's parameter order, each shard in MLX's order.
+fn check_sharded(model_type: &str, mode: Mode) {
+    let files = check_build_sharded(
+        &tiny_model(model_type),
+        model_type,
+        mode,
+        Some(SMALL_SHARDS),
+    );
+    assert!(
+        files >= 3,
+        "{model_type}: {files} shard(s), expected several"
+    );
+}
+
+#[test]
+fn sharded_qwen3_5_moe_affine4() {
+    check_sharded("qwen3_5_moe", Mode::Affine4);
+}
+
+#[test]
+fn sharded_gpt_oss_mxfp4() {
+    check_sharded("gpt_oss", Mode::Mxfp4);
+}
+
+#[test]
+fn sharded_gemma4_float() {
+    check_sharded("gemma4", Mode::Float);
 }
 
 const EXIT_USAGE: i32 = 2;

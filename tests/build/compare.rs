@@ -1,11 +1,12 @@
-//! `cargo rmlx build` next to `mlx_lm convert` on the same dense bf16 source: packed
-//! weights, scales and biases are byte-identical (same MLX quantizer, same module choice,
-//! same dtype rule), config.json and the index file are byte-identical too, and each tool
-//! loads the other's output.
+//! `cargo rmlx build` next to `mlx_lm convert` on the same dense bf16 source: the
+//! safetensors files are byte-identical (same MLX quantizer, same module choice, same dtype
+//! rule, same tensor order and header), config.json and the index file are byte-identical
+//! too, and each tool loads the other's output.
 
 use std::path::{Path, PathBuf};
 
 use crate::common::{assert_same_tensors, bf16_source, json, mlx_lm_convert, read, shared_build};
+use crate::mlx_lm_build::assert_same_weight_files;
 use crate::support::{generate, oracle, OracleDtype, CHAT_PROMPT};
 
 const AFFINE: &str = "quantize = { mode = \"affine\", bits = 4, group-size = 64 }";
@@ -44,6 +45,7 @@ fn affine_4bit_g64_is_byte_identical_to_mlx_lm_convert() {
     let n = assert_same_tensors(&ours, &theirs);
     // 30 layers x 7 projections + the embedding, each weight/scales/biases, + 61 norms.
     assert_eq!(n, (30 * 7 + 1) * 3 + 61);
+    assert_eq!(assert_same_weight_files(&ours, &theirs), 1);
     assert_same_files(&ours, &theirs, "config.json");
     assert_same_files(&ours, &theirs, "model.safetensors.index.json");
     let config = json(&ours.join("config.json"));
@@ -58,6 +60,7 @@ fn mxfp4_is_byte_identical_to_mlx_lm_convert() {
     let n = assert_same_tensors(&ours, &theirs);
     // Microscaling modes have no biases.
     assert_eq!(n, (30 * 7 + 1) * 2 + 61);
+    assert_eq!(assert_same_weight_files(&ours, &theirs), 1);
     assert_same_files(&ours, &theirs, "config.json");
     assert_same_files(&ours, &theirs, "model.safetensors.index.json");
     let config = json(&ours.join("config.json"));
@@ -68,7 +71,7 @@ fn mxfp4_is_byte_identical_to_mlx_lm_convert() {
 }
 
 /// `dtype = "float16"` is `mlx_lm convert --dtype float16`: the weights are cast before
-/// quantizing, so scales and biases are float16. The tensors are byte-identical; config.json
+/// quantizing, so scales and biases are float16. The weight files are byte-identical; config.json
 /// differs in exactly one value: mlx-lm keeps the source's `torch_dtype` ("bfloat16") even
 /// though it stored float16, we write the dtype the tensors are in.
 #[test]
@@ -76,6 +79,7 @@ fn declared_dtype_matches_mlx_lm_dtype_flag() {
     let ours = shared_build("cmp-f16", &format!("{AFFINE}\ndtype = \"float16\""));
     let theirs = mlx_lm_convert(&bf16_source(), &["-q", "--dtype", "float16"]);
     assert_same_tensors(&ours, &theirs);
+    assert_same_weight_files(&ours, &theirs);
     let mut a = json(&ours.join("config.json"));
     let mut b = json(&theirs.join("config.json"));
     assert_eq!(a["torch_dtype"], "float16");

@@ -233,7 +233,8 @@ fn describe_difference(file: &str, ours: &[u8], theirs: &[u8]) -> String {
 
 /// Asserts both directories hold the same `*.safetensors` files, byte for byte; a
 /// difference names the file, the first differing byte and both tensor orders there.
-pub fn assert_same_weight_files(ours: &Path, theirs: &Path) {
+/// Returns the number of files.
+pub fn assert_same_weight_files(ours: &Path, theirs: &Path) -> usize {
     let names = weight_files(theirs);
     assert_eq!(
         weight_files(ours),
@@ -253,4 +254,5 @@ pub fn assert_same_weight_files(ours: &Path, theirs: &Path) {
             theirs.display()
         );
     }
+    names.len()
 }

@@ -134,8 +134,14 @@ pub fn check_build_of(source: &Path, label: &str, mode: Mode) {
 }
 
 /// [`check_build_of`] with both tools' shard size set to `max_shard_bytes`, when given
-/// (`RMLX_MAX_SHARD_BYTES` here, mlx-lm's `make_shards` limit there).
-pub fn check_build_sharded(source: &Path, label: &str, mode: Mode, max_shard_bytes: Option<u64>) {
+/// (`RMLX_MAX_SHARD_BYTES` here, mlx-lm's `make_shards` limit there). Returns the number of
+/// safetensors files.
+pub fn check_build_sharded(
+    source: &Path,
+    label: &str,
+    mode: Mode,
+    max_shard_bytes: Option<u64>,
+) -> usize {
     let model_type = label;
     let theirs =
         crate::mlx_lm_build::mlx_lm_convert_sharded(source, mode.mlx_lm_args(), max_shard_bytes);
@@ -165,7 +171,7 @@ pub fn check_build_sharded(source: &Path, label: &str, mode: Mode, max_shard_byt
     );
     let ours = ws.path().join("target").join("rmlx").join("tiny");
     assert_same_tensors(&ours, &theirs);
-    assert_same_weight_files(&ours, &theirs);
+    let shards = assert_same_weight_files(&ours, &theirs);
     for file in ["config.json", "model.safetensors.index.json"] {
         let read = |dir: &Path| {
             fs::read_to_string(dir.join(file))
@@ -179,4 +185,5 @@ pub fn check_build_sharded(source: &Path, label: &str, mode: Mode, max_shard_byt
             theirs.display()
         );
     }
+    shards
 }
