@@ -32,8 +32,6 @@ pub const CONVERT: Convert = Convert {
 /// `language_model`): the per-layer-input modules after the final norm, and in a layer the
 /// MoE block and the per-layer-input gate after the four norms.
 const ORDER: ParamOrder = &[
-    ("", &["language_model", "model", "lm_head"]),
-    ("language_model", &["model", "lm_head"]),
     (
         "model",
         &[

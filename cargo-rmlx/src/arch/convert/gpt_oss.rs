@@ -26,7 +26,6 @@ pub const CONVERT: Convert = Convert {
 /// mlx-lm's parameter order of gpt-oss: the final norm before the layers, the attention
 /// sinks before the projections, the experts before the router.
 const ORDER: ParamOrder = &[
-    ("", &["model", "lm_head"]),
     ("model", &["embed_tokens", "norm", "layers"]),
     (
         "layers",

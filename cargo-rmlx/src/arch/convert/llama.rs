@@ -22,8 +22,6 @@ pub fn sanitize(t: &mut Tensors, h: &Hints<'_>) -> Result<(), Problem> {
 /// gemma3, olmo2, phi3, ministral3, and mistral3's `language_model`): the MLP before the
 /// layer's norms, a dense MLP declaring gate, down, up.
 pub const ORDER: ParamOrder = &[
-    ("", &["language_model", "model", "lm_head"]),
-    ("language_model", &["model", "lm_head"]),
     ("model", &["embed_tokens", "layers", "norm"]),
     (
         "layers",

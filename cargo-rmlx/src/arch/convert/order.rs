@@ -6,8 +6,10 @@
 //! A [`ParamOrder`] is a list of groups `(parent, children)`: the children of a module
 //! named `parent` (the last non-numeric component of the path above them; `""` for the
 //! model itself), in declaration order. Numeric components (list entries) order
-//! numerically; the children of a module without a group are a layer's leaves, ordered as
-//! MLX's layers declare them ([`LEAVES`]). A name with a component its group does not list
+//! numerically; the top level ([`TOP`]: `model`, `lm_head`, both under a multimodal
+//! wrapper's `language_model`) is every family's unless its order says otherwise; the
+//! children of any other module without a group are a layer's leaves, ordered as MLX's
+//! layers declare them ([`LEAVES`]). A name with a component its group does not list
 //! is an error: mlx-lm's model would not load such a tensor either.
 
 use std::cmp::Ordering;
@@ -16,6 +18,13 @@ use super::Problem;
 
 /// Groups `(parent, children in declaration order)`.
 pub type ParamOrder = &'static [(&'static str, &'static [&'static str])];
+
+/// The groups every family shares: mlx-lm's `Model` holds `model` then `lm_head` (when
+/// untied); a multimodal wrapper holds the text model's `Model` as `language_model`.
+pub const TOP: ParamOrder = &[
+    ("", &["language_model", "model", "lm_head"]),
+    ("language_model", &["model", "lm_head"]),
+];
 
 /// Arrays of MLX's own layers (`Linear`, `QuantizedLinear`, `Embedding`, `RMSNorm`,
 /// `Conv1d`, mlx-lm's `SwitchLinear` and its quantized form), in declaration order.
@@ -37,7 +46,7 @@ fn key(order: ParamOrder, name: &str) -> Result<Vec<Place>, Problem> {
             key.push(Place::Index(i));
             continue;
         }
-        let group = order.iter().find(|(p, _)| *p == parent);
+        let group = order.iter().chain(TOP).find(|(p, _)| *p == parent);
         let children = group.map_or(LEAVES, |(_, c)| *c);
         let rank = children.iter().position(|c| *c == part).ok_or_else(|| {
             let under = if parent.is_empty() {
@@ -84,7 +93,6 @@ mod tests {
     use super::*;
 
     const ORDER: ParamOrder = &[
-        ("", &["model", "lm_head"]),
         ("model", &["embed_tokens", "layers", "norm"]),
         ("layers", &["self_attn", "mlp"]),
         ("mlp", &["gate_proj", "down_proj", "up_proj"]),
@@ -132,6 +140,11 @@ mod tests {
         assert!(err.contains("gate_proj, down_proj, up_proj"), "{err}");
         let top = compare(ORDER, "vision_tower.weight", "lm_head.weight").unwrap_err();
         assert!(top.message.contains("no `vision_tower` at the top level"));
+        assert_eq!(
+            compare(ORDER, "language_model.lm_head.weight", "model.norm.weight"),
+            Ok(Ordering::Less),
+            "a wrapper's text model comes first"
+        );
         assert_eq!(top.tensor.as_deref(), Some("vision_tower.weight"));
         let leaf = compare(ORDER, "model.norm.weight_2", "lm_head.weight").unwrap_err();
         assert!(leaf.message.contains("no `weight_2` under `norm`"));

@@ -23,8 +23,6 @@ pub const CONVERT: Convert = Convert {
 /// `qwen3_5_moe`): norms before the MLP in a layer, the router before the experts, the
 /// experts' `SwitchGLU` declaring gate, up, down but the dense MLPs gate, down, up.
 pub const ORDER: ParamOrder = &[
-    ("", &["language_model", "model", "lm_head"]),
-    ("language_model", &["model", "lm_head"]),
     ("model", &["embed_tokens", "layers", "norm"]),
     (
         "layers",
