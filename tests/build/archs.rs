@@ -11,7 +11,7 @@ use std::fs;
 use std::path::Path;
 
 use crate::common::{flat, tensors, Ws};
-use crate::mlx_lm_build::Tensor;
+use crate::mlx_lm_build::{assert_same_tensors, assert_same_weight_files, Tensor};
 use crate::support::{copy_model_dir, edit_config, Run};
 use crate::tiny_build::{
     check_build, check_build_of, check_build_sharded, tiny_model, tiny_model_variant, Mode,
@@ -82,6 +82,30 @@ fn sharded_gpt_oss_mxfp4() {
 #[test]
 fn sharded_gemma4_float() {
     check_sharded("gemma4", Mode::Float);
+}
+
+/// A file with mlx-lm's tensors in another layout (the safetensors crate's: sorted, padded
+/// header) fails the byte comparison with the first differing byte and both data orders.
+#[test]
+fn a_different_layout_is_located() {
+    let theirs = crate::tiny_build::mlx_lm_convert("qwen3_moe", Mode::Float);
+    let ws = Ws::new();
+    let ours = ws.path().join("ours");
+    fs::create_dir_all(&ours).unwrap();
+    write_f32_safetensors(&ours.join("model.safetensors"), &tensors(&theirs));
+    assert_same_tensors(&ours, &theirs);
+    let panic = std::panic::catch_unwind(|| assert_same_weight_files(&ours, &theirs))
+        .expect_err("the layouts differ");
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    for needle in [
+        "model.safetensors: first difference at byte ",
+        "the data orders agree on the first ",
+        " of 38 vs 38 tensors, then",
+        "ours:   [\"",
+        "theirs: [\"",
+    ] {
+        assert!(message.contains(needle), "no {needle:?} in\n{message}");
+    }
 }
 
 const EXIT_USAGE: i32 = 2;
