@@ -32,9 +32,7 @@ pub fn quiet_at_start() {
     {
         return;
     }
-    if set_threads(DEFAULT_THREADS) {
-        stop_idle_workers();
-    }
+    set_threads(DEFAULT_THREADS);
 }
 
 /// Applies the thread count once per process (called when a model is loaded on the CPU).
@@ -77,7 +75,7 @@ fn requested() -> Option<(usize, &'static str)> {
 
 /// Ends OpenBLAS's idle worker threads (`blas_thread_shutdown_`, the routine OpenBLAS runs
 /// itself around `fork`) if the process has OpenBLAS. Called with one thread set, so no
-/// BLAS call needs them; a later multi-threaded call starts them again.
+/// BLAS call needs them; setting more threads starts them again.
 fn stop_idle_workers() {
     #[cfg(unix)]
     {
@@ -95,7 +93,10 @@ fn stop_idle_workers() {
     }
 }
 
-/// Calls `openblas_set_num_threads(n)` if the process has OpenBLAS; whether it did.
+/// Calls `openblas_set_num_threads(n)` if the process has OpenBLAS; whether it did. For one
+/// thread the workers are stopped after it: the call (re)starts them whatever the count
+/// (Debian's 0.3.21 runs `blas_thread_init` in `goto_set_num_threads`, seen in gdb), and
+/// each new one spins as [`quiet_at_start`] describes.
 fn set_threads(n: usize) -> bool {
     #[cfg(unix)]
     {
@@ -110,6 +111,9 @@ fn set_threads(n: usize) -> bool {
         let n = libc::c_int::try_from(n).unwrap_or(libc::c_int::MAX);
         // SAFETY: callable at any time from any thread; it resizes OpenBLAS's pool.
         unsafe { f(n) };
+        if n == 1 {
+            stop_idle_workers();
+        }
         true
     }
     #[cfg(not(unix))]
