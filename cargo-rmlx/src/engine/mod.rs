@@ -135,9 +135,9 @@ impl Model {
 /// `nn::silu` and `nn::gelu_approximate`) builds each fused kernel with the system C++
 /// compiler into a cache in the temp directory: every process first runs `g++ --version`
 /// (10–30 ms), and with an empty cache — a fresh CI runner — building SmolLM2's one fused
-/// activation took 1.3–1.5 s of a 2.0 s cold `cargo rmlx probe` (BENCHMARKS.md, "Cold `cargo
-/// rmlx probe`"). Uncompiled, the activation is three element-wise kernels over arrays that are
-/// small next to the matrix products around them, and the same float32 arithmetic.
+/// activation took 0.7–1.4 s of a 1.3–2.2 s cold `cargo rmlx probe` (BENCHMARKS.md, "Cold
+/// `cargo rmlx probe`"). Uncompiled, the activation is three element-wise kernels over arrays
+/// that are small next to the matrix products around them, and the same float32 arithmetic.
 fn no_jit_on_cpu() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
