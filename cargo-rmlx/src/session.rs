@@ -82,21 +82,26 @@ impl Session {
         template: impl FnOnce(&Path) -> Result<Option<ChatTemplate>> + Send,
     ) -> Result<Self> {
         let snapshot = Snapshot::open(dir)?;
-        // The tokenizer (a large JSON file) and the template are read on a second thread
+        // The tokenizer (a large JSON file) is parsed on a second thread and the template read
+        // (and compiled in a sandbox worker, whose process start is mostly waiting) on a third
         // while this one loads the weights (MLX state stays on the calling thread). Errors are
-        // reported in the same order as a sequential load would.
-        let (text_side, model) = std::thread::scope(|scope| {
-            let text_side =
-                scope.spawn(|| -> Result<_> { Ok((Tokenizer::from_dir(dir)?, template(dir)?)) });
+        // reported in the same order as a sequential load would: tokenizer, template, weights.
+        let (tokenizer, template, model) = std::thread::scope(|scope| {
+            let template = scope.spawn(|| template(dir));
+            let tokenizer = scope.spawn(|| Tokenizer::from_dir(dir));
             let model = Model::load(&snapshot, policy);
-            (text_side.join(), model)
+            (tokenizer.join(), template.join(), model)
         });
-        let (tokenizer, template) = text_side.map_err(|_| {
+        let panicked = |code: code::Code, what: &str| {
             Diagnostic::error(
-                code::Tokenize::Load,
-                format!("reading the tokenizer of {} panicked", dir.display()),
+                code,
+                format!("reading the {what} of {} panicked", dir.display()),
             )
-        })??;
+        };
+        let tokenizer =
+            tokenizer.map_err(|_| panicked(code::Tokenize::Load.into(), "tokenizer"))??;
+        let template =
+            template.map_err(|_| panicked(code::Template::Read.into(), "chat template"))??;
         let model = model?;
         Ok(Self {
             dir: dir.to_path_buf(),

@@ -204,7 +204,8 @@ fn probe_here(g: &GlobalArgs, a: ProbeArgs) -> Result<u8> {
         )?),
     };
     let mut worst = exit::OK;
-    for t in &targets {
+    let last = targets.len().saturating_sub(1);
+    for (i, t) in targets.iter().enumerate() {
         let loading = std::time::Instant::now();
         let session = load_session(&t.dir, a.dtype)?;
         let load_s = loading.elapsed().as_secs_f64();
@@ -286,6 +287,12 @@ fn probe_here(g: &GlobalArgs, a: ProbeArgs) -> Result<u8> {
             }
         }
         worst = worst.max(report.verdict.exit_code());
+        if i == last {
+            // The process ends next and its memory goes back to the system at once: freeing
+            // the model's arrays one by one first only delays the exit (~10–20 ms for
+            // SmolLM2, BENCHMARKS.md "Cold `cargo rmlx probe`").
+            std::mem::forget(session);
+        }
     }
     Ok(worst)
 }

@@ -18,6 +18,23 @@ use std::sync::Once;
 /// Threads OpenBLAS uses when neither `RMLX_BLAS_THREADS` nor `OPENBLAS_NUM_THREADS` is set.
 pub const DEFAULT_THREADS: usize = 1;
 
+/// First thing in `main`: when the thread count will be the default single thread (neither
+/// variable set), sets it now and stops the worker OpenBLAS started when the library was
+/// loaded. Left running, that worker spins on `sched_yield` for ~2^28 cycles (~0.1 s) before
+/// it sleeps — one of two cores taken from the weight load and the tokenizer parse of a cold
+/// `cargo rmlx probe`, and, in each template worker process, from the prefill
+/// (BENCHMARKS.md, "Cold `cargo rmlx probe`"). OpenBLAS starts its workers again if a later
+/// setting asks for more threads. Logs nothing: logging is not set up yet; [`configure`]
+/// logs the count when a model loads.
+pub fn quiet_at_start() {
+    if std::env::var_os("RMLX_BLAS_THREADS").is_some()
+        || std::env::var_os("OPENBLAS_NUM_THREADS").is_some()
+    {
+        return;
+    }
+    set_threads(DEFAULT_THREADS);
+}
+
 /// Applies the thread count once per process (called when a model is loaded on the CPU).
 pub fn configure() {
     static ONCE: Once = Once::new();
@@ -56,7 +73,30 @@ fn requested() -> Option<(usize, &'static str)> {
     }
 }
 
-/// Calls `openblas_set_num_threads(n)` if the process has OpenBLAS; whether it did.
+/// Ends OpenBLAS's idle worker threads (`blas_thread_shutdown_`, the routine OpenBLAS runs
+/// itself around `fork`) if the process has OpenBLAS. Called with one thread set, so no
+/// BLAS call needs them; setting more threads starts them again.
+fn stop_idle_workers() {
+    #[cfg(unix)]
+    {
+        type Shutdown = unsafe extern "C" fn() -> libc::c_int;
+        // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only looks a symbol up.
+        let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"blas_thread_shutdown_".as_ptr()) };
+        if sym.is_null() {
+            return;
+        }
+        // SAFETY: the symbol is OpenBLAS's `int blas_thread_shutdown_(void)`; it takes the
+        // server lock, so it is safe while no BLAS call runs (none has at this point).
+        let f: Shutdown = unsafe { std::mem::transmute::<*mut libc::c_void, Shutdown>(sym) };
+        // SAFETY: see above.
+        unsafe { f() };
+    }
+}
+
+/// Calls `openblas_set_num_threads(n)` if the process has OpenBLAS; whether it did. For one
+/// thread the workers are stopped after it: the call (re)starts them whatever the count
+/// (Debian's 0.3.21 runs `blas_thread_init` in `goto_set_num_threads`, seen in gdb), and
+/// each new one spins as [`quiet_at_start`] describes.
 fn set_threads(n: usize) -> bool {
     #[cfg(unix)]
     {
@@ -71,6 +111,9 @@ fn set_threads(n: usize) -> bool {
         let n = libc::c_int::try_from(n).unwrap_or(libc::c_int::MAX);
         // SAFETY: callable at any time from any thread; it resizes OpenBLAS's pool.
         unsafe { f(n) };
+        if n == 1 {
+            stop_idle_workers();
+        }
         true
     }
     #[cfg(not(unix))]

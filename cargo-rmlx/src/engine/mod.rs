@@ -101,6 +101,7 @@ impl Model {
         tracing::debug!(?dtype, model_type = %config.model_type, "loading model");
         if !gpu_available() {
             blas::configure();
+            no_jit_on_cpu();
         }
         let (parallel, view) = tensor_parallel(config)?;
         let ctx = layers::LoadCtx {
@@ -128,6 +129,21 @@ impl Model {
             eos_ids: snapshot.eos_ids(),
         })
     }
+}
+
+/// Turns MLX's `compile` off for a CPU run (once per process). On the CPU, `compile` (behind
+/// `nn::silu` and `nn::gelu_approximate`) builds each fused kernel with the system C++
+/// compiler into a cache in the temp directory: every process first runs `g++ --version`
+/// (10–30 ms), and with an empty cache — a fresh CI runner — building SmolLM2's one fused
+/// activation took 0.7–1.4 s of a 1.3–2.2 s cold `cargo rmlx probe` (BENCHMARKS.md, "Cold
+/// `cargo rmlx probe`"). Uncompiled, the activation is three element-wise kernels over arrays
+/// that are small next to the matrix products around them, and the same float32 arithmetic.
+fn no_jit_on_cpu() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        mlx_rs::transforms::compile::disable_compile();
+        tracing::debug!("MLX compile off on the CPU (no C++ compiler run for fused kernels)");
+    });
 }
 
 /// This rank's loading state and config view (`layers::parallel`); the config itself in a

@@ -50,7 +50,7 @@ pub fn locate(manifest_path: Option<&Path>) -> Result<Option<Location>> {
         None => cwd.clone(),
     };
     let has_cargo = manifest_path.is_some() || find_upwards(&start, "Cargo.toml").is_some();
-    if has_cargo {
+    if has_cargo && (manifest_path.is_some() || root_may_hold_manifest(&start)) {
         let (root, target) = workspace(manifest_path.as_deref(), &start)?;
         let at_root = root.join(FILE_NAME);
         if at_root.is_file() {
@@ -95,6 +95,40 @@ pub fn init_dir(manifest_path: Option<&Path>) -> Result<PathBuf> {
         return Ok(root);
     }
     Ok(start)
+}
+
+/// Whether the cargo workspace root above `start` may hold an rmlx.toml — if not, `cargo
+/// metadata` (25–90 ms a run, most of a cold `cargo rmlx probe DIR`'s start) cannot change
+/// what [`locate`] finds. Cargo finds the root upwards from the nearest `Cargo.toml`, so it
+/// is `start` or a directory above unless that file names its workspace elsewhere
+/// (`package.workspace`): with no rmlx.toml upwards and no such key, it holds none. A
+/// `Cargo.toml` that cannot be read or parsed is left to `cargo metadata` to report.
+fn root_may_hold_manifest(start: &Path) -> bool {
+    if find_upwards(start, FILE_NAME).is_some() {
+        return true;
+    }
+    let Some(cargo_toml) = find_upwards(start, "Cargo.toml") else {
+        return false;
+    };
+    let Ok(text) = std::fs::read_to_string(&cargo_toml) else {
+        return true;
+    };
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return true;
+    };
+    if table
+        .get("package")
+        .and_then(|p| p.get("workspace"))
+        .is_some()
+    {
+        return true;
+    }
+    tracing::debug!(
+        "no rmlx.toml at or above {} and {} names no other workspace: `cargo metadata` skipped",
+        start.display(),
+        cargo_toml.display()
+    );
+    false
 }
 
 fn find_upwards(start: &Path, name: &str) -> Option<PathBuf> {
@@ -195,4 +229,38 @@ fn current_dir() -> Result<PathBuf> {
             format!("cannot read the current directory: {e}"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::root_may_hold_manifest;
+
+    /// A package directory `ws/pkg/src` with `Cargo.toml` text `cargo` in `ws/pkg` and,
+    /// when `manifest_above`, an rmlx.toml in `ws`; answers for a start in `src`.
+    fn may_hold(cargo: &str, manifest_above: bool) -> bool {
+        let ws = tempfile::tempdir().expect("temp dir");
+        let src = ws.path().join("pkg/src");
+        std::fs::create_dir_all(&src).expect("dirs");
+        std::fs::write(ws.path().join("pkg/Cargo.toml"), cargo).expect("Cargo.toml");
+        if manifest_above {
+            std::fs::write(ws.path().join("rmlx.toml"), "").expect("rmlx.toml");
+        }
+        root_may_hold_manifest(&src)
+    }
+
+    #[test]
+    fn cargo_metadata_is_skipped_only_when_no_root_can_hold_rmlx_toml() {
+        let package = "[package]\nname = \"a\"\nversion.workspace = true\n";
+        assert!(!may_hold(package, false), "no rmlx.toml upwards");
+        assert!(may_hold(package, true), "rmlx.toml above the package");
+        let elsewhere = "[package]\nname = \"a\"\nworkspace = \"../../other\"\n";
+        assert!(
+            may_hold(elsewhere, false),
+            "package.workspace may point anywhere"
+        );
+        assert!(
+            may_hold("[package\nname = ", false),
+            "broken: cargo reports it"
+        );
+    }
 }
