@@ -9,7 +9,7 @@
 //! `scale · Σ q·x + bias · Σ x` — and is used only where it applies (CPU device, float32
 //! activations and scales, affine 4/8-bit with groups of a multiple of 32, fewer input rows
 //! than `layers::HOST_MATMUL_ROWS`, AVX2+FMA present): by `Linear::forward` for short inputs
-//! (a probe seed, a chat turn: two weight rows × four inputs per block) and by
+//! (a probe seed, a chat turn: up to four inputs per pass over the weights) and by
 //! `Transformer::hidden_host_decode`, which keeps a whole decode step's residual stream on
 //! the host. Everything else, and every model on a GPU, keeps MLX's kernels.
 //! `RMLX_HOST_KERNELS=0` turns it off.
@@ -529,18 +529,18 @@ impl QuantMatrix<'_> {
     }
 
     /// The products `[rows, n]` per matrix, the inputs prepared as `P` (one activation mode).
-    /// Inputs outside, weight rows inside: each block of up to four inputs takes one pass
-    /// over the task's weight rows, staying in L1 while the rows stream past, and each
-    /// weight vector is unpacked once for the block. Every input takes the same arithmetic
-    /// whatever block it is in, so a row of a batch equals that row computed alone, bit for
-    /// bit (greedy results do not depend on batching).
+    /// Inputs outside, weight rows inside: each block of up to [`Input::BLOCK`] inputs takes
+    /// one pass over the task's weight rows, staying in L1 while the rows stream past, and
+    /// each weight vector is unpacked once for the block. Every input takes the same
+    /// arithmetic whatever block it is in, so a row of a batch equals that row computed
+    /// alone, bit for bit (greedy results do not depend on batching).
     fn products<P: Input>(mats: &[Self], x: &[f32]) -> Vec<Vec<f32>> {
         let (prepared, of) = Self::prepare_shared::<P>(mats, x);
         let n = x.len() / mats[0].cols;
         Self::for_row_blocks(mats, n, |i, first, out| {
             let (m, inputs) = (&mats[i], &prepared[of[i]]);
-            for start in (0..n).step_by(4) {
-                let block = &inputs[start..n.min(start + 4)];
+            for start in (0..n).step_by(P::BLOCK) {
+                let block = &inputs[start..n.min(start + P::BLOCK)];
                 let at = (first, start, n);
                 match block.len() {
                     4 => m.pass::<P, 4>(block, at, out),
@@ -574,6 +574,10 @@ impl QuantMatrix<'_> {
 
 /// An input row prepared for one activation mode's kernels.
 trait Input: Sized + Sync {
+    /// Inputs per pass over the weights at most (1 to 4): as many as the kernel's
+    /// accumulators keep in registers.
+    const BLOCK: usize;
+
     /// `x` (`m.cols` values) prepared for matrix `m`'s layout.
     fn new(x: &[f32], m: &QuantMatrix<'_>) -> Self;
 
@@ -588,6 +592,11 @@ trait Input: Sized + Sync {
 type Kernel<P, const N: usize> = unsafe fn(usize, Row<'_>, [&P; N]) -> [f32; N];
 
 impl Input for Prepared {
+    /// Four FMA chains per input: two inputs' eight accumulators and the unpacked weights
+    /// fit the 16 vector registers; four inputs spilled them (a batch of four ran 25% slower
+    /// than two passes of two would, `bench --batch`).
+    const BLOCK: usize = 2;
+
     fn new(x: &[f32], m: &QuantMatrix<'_>) -> Self {
         m.prepare(x)
     }
@@ -610,6 +619,9 @@ impl Input for Prepared {
 }
 
 impl Input for Quantized {
+    /// One accumulator per input.
+    const BLOCK: usize = 4;
+
     fn new(x: &[f32], m: &QuantMatrix<'_>) -> Self {
         Quantized::new(x, m)
     }
