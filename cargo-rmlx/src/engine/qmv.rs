@@ -9,7 +9,7 @@
 //! `scale · Σ q·x + bias · Σ x` — and is used only where it applies (CPU device, float32
 //! activations and scales, affine 4/8-bit with groups of a multiple of 32, fewer input rows
 //! than `layers::HOST_MATMUL_ROWS`, AVX2+FMA present): by `Linear::forward` for short inputs
-//! (a probe seed, a chat turn: two weight rows × four inputs per block) and by
+//! (a probe seed, a chat turn: up to four inputs per pass over the weights) and by
 //! `Transformer::hidden_host_decode`, which keeps a whole decode step's residual stream on
 //! the host. Everything else, and every model on a GPU, keeps MLX's kernels.
 //! `RMLX_HOST_KERNELS=0` turns it off.
@@ -277,9 +277,11 @@ fn fail(what: &str, e: String) -> Diagnostic {
     )
 }
 
-/// One input row prepared for the kernel.
+/// One input row prepared for the float32 kernels.
 struct Prepared {
-    /// `x` in the kernel's layout (nibble-reordered for 4-bit).
+    /// `x` in the kernel's layout: for 4-bit weights per 16 columns the 8 even ones, then the
+    /// 8 odd ones divided by 16 (exact: a power of two), to meet the low nibbles of 8 packed
+    /// bytes and their high nibbles kept in place (16 × their value); as is for 8-bit.
     x: Vec<f32>,
     /// Σx per group, for the bias term.
     group_sums: Vec<f32>,
@@ -400,11 +402,12 @@ impl QuantMatrix<'_> {
 impl QuantMatrix<'_> {
     fn prepare(&self, x: &[f32]) -> Prepared {
         let group_sums = x.chunks(self.group).map(|g| g.iter().sum()).collect();
-        // 4-bit bytes hold two columns (low nibble first): reorder x per 16 columns as
-        // [8 even, 8 odd] so a vector of low nibbles meets consecutive x values.
         let x = if self.bits == 4 {
             x.chunks(16)
-                .flat_map(|c| (0..8).map(|i| c[2 * i]).chain((0..8).map(|i| c[2 * i + 1])))
+                .flat_map(|c| {
+                    let odd = (0..8).map(|i| c[2 * i + 1] / 16.0);
+                    (0..8).map(|i| c[2 * i]).chain(odd)
+                })
                 .collect()
         } else {
             x.to_vec()
@@ -444,8 +447,8 @@ impl QuantMatrix<'_> {
     /// [`Self::matmul_many`] once `x` is known to be whole rows of every matrix.
     fn matmul_checked(mats: &[Self], x: &[f32], mode: Activations) -> Vec<Vec<f32>> {
         let outs = match mode {
-            Activations::F32 => Self::products_f32(mats, x),
-            Activations::Int8 => Self::products_i8(mats, x),
+            Activations::F32 => Self::products::<Prepared>(mats, x),
+            Activations::Int8 => Self::products::<Quantized>(mats, x),
         };
         outs.into_iter()
             .zip(mats)
@@ -500,7 +503,7 @@ impl QuantMatrix<'_> {
 
     /// The input rows prepared once per distinct layout (q/k/v and gate/up share one),
     /// and for each matrix the index of its preparation.
-    fn prepare_shared(mats: &[Self], x: &[f32]) -> (Vec<Vec<Prepared>>, Vec<usize>) {
+    fn prepare_shared<P: Input>(mats: &[Self], x: &[f32]) -> (Vec<Vec<P>>, Vec<usize>) {
         let layout = |m: &Self| (m.bits, m.group, m.cols);
         let mut firsts: Vec<usize> = Vec::new();
         let of = mats
@@ -516,95 +519,127 @@ impl QuantMatrix<'_> {
             .collect();
         let prepared = firsts
             .iter()
-            .map(|&f| x.chunks(mats[f].cols).map(|r| mats[f].prepare(r)).collect())
+            .map(|&f| {
+                x.chunks(mats[f].cols)
+                    .map(|r| P::new(r, &mats[f]))
+                    .collect()
+            })
             .collect();
         (prepared, of)
     }
 
-    /// The products with float32 inputs, `[rows, n]` per matrix.
-    fn products_f32(mats: &[Self], x: &[f32]) -> Vec<Vec<f32>> {
-        let (prepared, of) = Self::prepare_shared(mats, x);
+    /// The products `[rows, n]` per matrix, the inputs prepared as `P` (one activation mode).
+    /// Inputs outside, weight rows inside: each block of up to [`Input::BLOCK`] inputs takes
+    /// one pass over the task's weight rows, staying in L1 while the rows stream past, and
+    /// each weight vector is unpacked once for the block. Every input takes the same
+    /// arithmetic whatever block it is in, so a row of a batch equals that row computed
+    /// alone, bit for bit (greedy results do not depend on batching).
+    fn products<P: Input>(mats: &[Self], x: &[f32]) -> Vec<Vec<f32>> {
+        let (prepared, of) = Self::prepare_shared::<P>(mats, x);
         let n = x.len() / mats[0].cols;
         Self::for_row_blocks(mats, n, |i, first, out| {
-            let m = &mats[i];
-            let inputs = &prepared[of[i]];
-            let Kernels {
-                row: kernel,
-                block2,
-            } = kernels(m.bits);
-            let rows = out.len() / n;
-            let row = |j: usize| m.row(first + j);
-            // Blocks of two weight rows × four inputs. Inputs outside, weight rows inside:
-            // the four inputs stay in L1 while the task's rows stream past them. A last
-            // group of two or three inputs repeats its last input to fill the block (one
-            // block pass costs about two single-row passes: measured, BENCHMARKS.md
-            // "Continuous batching"); a single one takes the one-row kernel.
-            for start in (0..n).step_by(4) {
-                let count = (n - start).min(4);
-                if count == 1 {
-                    let input = &inputs[start];
-                    for j in 0..rows {
-                        let (packed, scales, biases) = row(j);
-                        // SAFETY: `kernel` is the scalar reference or an AVX2 kernel chosen
-                        // after run-time detection; `QuantMatrix::new` checked the layout, so
-                        // each row holds `cols` values and each prepared input `cols` values.
-                        out[j * n + start] = unsafe {
-                            kernel(m.group, packed, scales, biases, &input.x, &input.group_sums)
-                        };
-                    }
-                    continue;
-                }
-                let in4: [&Prepared; 4] =
-                    std::array::from_fn(|k| &inputs[start + k.min(count - 1)]);
-                let xs = in4.map(|p| &p.x[..]);
-                let sums = in4.map(|p| &p.group_sums[..]);
-                for j in (0..rows).step_by(2) {
-                    // An odd last row is computed twice; one copy is dropped.
-                    let j1 = (j + 1).min(rows - 1);
-                    // SAFETY: as for `kernel` above (`block2` likewise).
-                    let v = unsafe { block2(m.group, [row(j), row(j1)], xs, sums) };
-                    out[j * n + start..j * n + start + count].copy_from_slice(&v[0][..count]);
-                    if j1 != j {
-                        out[j1 * n + start..j1 * n + start + count].copy_from_slice(&v[1][..count]);
-                    }
+            let (m, inputs) = (&mats[i], &prepared[of[i]]);
+            for start in (0..n).step_by(P::BLOCK) {
+                let block = &inputs[start..n.min(start + P::BLOCK)];
+                let at = (first, start, n);
+                match block.len() {
+                    4 => m.pass::<P, 4>(block, at, out),
+                    3 => m.pass::<P, 3>(block, at, out),
+                    2 => m.pass::<P, 2>(block, at, out),
+                    _ => m.pass::<P, 1>(block, at, out),
                 }
             }
         })
     }
 
-    /// The products with int8-quantized inputs ([`Activations::Int8`]), `[rows, n]` per
-    /// matrix. Every input row takes the same arithmetic whether it comes alone or with
-    /// others (a batch row equals the same row decoded alone, bit for bit).
-    fn products_i8(mats: &[Self], x: &[f32]) -> Vec<Vec<f32>> {
-        let inputs: Vec<Vec<Quantized>> = mats
-            .iter()
-            .map(|m| x.chunks(m.cols).map(|r| Quantized::new(r, m)).collect())
-            .collect();
-        let n = x.len() / mats[0].cols;
-        Self::for_row_blocks(mats, n, |i, first, out| {
-            let m = &mats[i];
-            let inputs = &inputs[i];
-            let (one, four) = i8_kernels(m.bits);
-            let rows = out.len() / n;
-            let quads = n / 4;
-            for q in 0..quads {
-                let ins: [&Quantized; 4] = std::array::from_fn(|k| &inputs[4 * q + k]);
-                for j in 0..rows {
-                    // SAFETY: the kernel is the scalar reference or an AVX2 kernel chosen
-                    // after run-time detection; `QuantMatrix::new` checked the row layout and
-                    // `Quantized::new` made each input `cols` values for this matrix.
-                    let v = unsafe { four(m.group, m.row(first + j), ins) };
-                    out[j * n + 4 * q..j * n + 4 * q + 4].copy_from_slice(&v);
-                }
+    /// One pass of `N` inputs over a task's weight rows: `block` holds inputs `start..` of
+    /// `n`, the task starts at weight row `first`, and `out` is its `[rows, n]` part.
+    fn pass<P: Input, const N: usize>(
+        &self,
+        block: &[P],
+        (first, start, n): (usize, usize, usize),
+        out: &mut [f32],
+    ) {
+        let kernel = P::kernel::<N>(self.bits);
+        let inputs: [&P; N] = std::array::from_fn(|k| &block[k]);
+        for j in 0..out.len() / n {
+            // SAFETY: the kernel is the portable reference or a SIMD kernel chosen after
+            // run-time detection; `QuantMatrix::new` checked the row layout and `P::new`
+            // made each input `cols` values in this matrix's layout.
+            let v = unsafe { kernel(self.group, self.row(first + j), inputs) };
+            out[j * n + start..j * n + start + N].copy_from_slice(&v);
+        }
+    }
+}
+
+/// An input row prepared for one activation mode's kernels.
+trait Input: Sized + Sync {
+    /// Inputs per pass over the weights at most (1 to 4): as many as the kernel's
+    /// accumulators keep in registers.
+    const BLOCK: usize;
+
+    /// `x` (`m.cols` values) prepared for matrix `m`'s layout.
+    fn new(x: &[f32], m: &QuantMatrix<'_>) -> Self;
+
+    /// The kernel for `bits`-bit weights (4 or 8, checked by [`QuantMatrix::new`]) against `N`
+    /// inputs: AVX2/FMA when present, else the portable reference.
+    fn kernel<const N: usize>(bits: usize) -> Kernel<Self, N>;
+}
+
+/// One weight row against `N` prepared inputs: for each input
+/// `Σ_g scale[g] · Σ_{c∈g} q[c] · x[c] + bias[g] · Σ_{c∈g} x[c]` (int8 inputs: with `x[c]` as
+/// its int8 value times its block's scale).
+type Kernel<P, const N: usize> = unsafe fn(usize, Row<'_>, [&P; N]) -> [f32; N];
+
+impl Input for Prepared {
+    /// Four FMA chains per input: two inputs' eight accumulators and the unpacked weights
+    /// fit the 16 vector registers; four inputs spilled them (`bench --batch`, SmolLM2
+    /// 4-bit, B = 4: 34–36 ms per step in blocks of four, 24.6 ms in two blocks of two).
+    const BLOCK: usize = 2;
+
+    fn new(x: &[f32], m: &QuantMatrix<'_>) -> Self {
+        m.prepare(x)
+    }
+
+    fn kernel<const N: usize>(bits: usize) -> Kernel<Self, N> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if simd_available() {
+                return match bits {
+                    8 => avx2::dot_q8::<N>,
+                    _ => avx2::dot_q4::<N>,
+                };
             }
-            for k in 4 * quads..n {
-                for j in 0..rows {
-                    // SAFETY: as above.
-                    let [v] = unsafe { one(m.group, m.row(first + j), [&inputs[k]]) };
-                    out[j * n + k] = v;
-                }
+        }
+        match bits {
+            8 => f32_scalar::<8, N>,
+            _ => f32_scalar::<4, N>,
+        }
+    }
+}
+
+impl Input for Quantized {
+    /// One accumulator per input.
+    const BLOCK: usize = 4;
+
+    fn new(x: &[f32], m: &QuantMatrix<'_>) -> Self {
+        Quantized::new(x, m)
+    }
+
+    fn kernel<const N: usize>(bits: usize) -> Kernel<Self, N> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if simd_available() {
+                return match bits {
+                    8 => avx2::i8_q8::<N>,
+                    _ => avx2::i8_q4::<N>,
+                };
             }
-        })
+        }
+        match bits {
+            8 => i8_scalar::<8, N>,
+            _ => i8_scalar::<4, N>,
+        }
     }
 }
 
@@ -641,28 +676,6 @@ impl Quantized {
             scales,
             group_sums,
         }
-    }
-}
-
-/// One weight row against `N` int8-quantized inputs: for each input
-/// `Σ_g scale[g] · Σ_{b∈g} xscale[b] · Σ_{c∈b} q[c] · xq[c] + bias[g] · Σ_{c∈g} x[c]`.
-type I8Kernel<const N: usize> = unsafe fn(usize, Row<'_>, [&Quantized; N]) -> [f32; N];
-
-/// The int8 kernels for `bits` (one input, four inputs): AVX2 when present, else the
-/// portable references.
-fn i8_kernels(bits: usize) -> (I8Kernel<1>, I8Kernel<4>) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if simd_available() {
-            return match bits {
-                8 => (avx2::i8_q8::<1>, avx2::i8_q8::<4>),
-                _ => (avx2::i8_q4::<1>, avx2::i8_q4::<4>),
-            };
-        }
-    }
-    match bits {
-        8 => (i8_scalar::<8, 1>, i8_scalar::<8, 4>),
-        _ => (i8_scalar::<4, 1>, i8_scalar::<4, 4>),
     }
 }
 
@@ -706,104 +719,40 @@ unsafe fn i8_scalar<const BITS: usize, const N: usize>(
     })
 }
 
-/// One row of the product: `Σ_g scale[g] · Σ_{c∈g} q[c] · x[c] + bias[g] · Σ_{c∈g} x[c]`,
-/// with `x` in the kernel's layout (nibble-reordered for 4-bit) and the per-group sums of `x`.
-type RowKernel = unsafe fn(usize, &[u8], &[f32], &[f32], &[f32], &[f32]) -> f32;
-
-/// Two weight rows against four inputs at once: the [`RowKernel`] sum for each pair, sharing
-/// the unpacking of every weight vector (across inputs) and every input load (across rows).
-type Block2Kernel = unsafe fn(usize, [Row<'_>; 2], [&[f32]; 4], [&[f32]; 4]) -> [[f32; 4]; 2];
-
 /// One weight row: packed bytes, scales, biases.
 type Row<'a> = (&'a [u8], &'a [f32], &'a [f32]);
 
-/// The kernels for one bit width.
-#[derive(Clone, Copy)]
-struct Kernels {
-    /// One weight row against one input.
-    row: RowKernel,
-    /// Two weight rows against four inputs.
-    block2: Block2Kernel,
-}
-
-/// The fastest kernels for `bits` (4 or 8, checked by [`QuantMatrix::new`]) on this
-/// processor: AVX2/FMA when present, else the portable references.
-fn kernels(bits: usize) -> Kernels {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if simd_available() {
-            return match bits {
-                8 => Kernels {
-                    row: avx2::row_q8,
-                    block2: avx2::block2_q8,
-                },
-                _ => Kernels {
-                    row: avx2::row_q4,
-                    block2: avx2::block2_q4,
-                },
-            };
-        }
-    }
-    match bits {
-        8 => Kernels {
-            row: row_scalar::<8>,
-            block2: block2_scalar::<8>,
-        },
-        _ => Kernels {
-            row: row_scalar::<4>,
-            block2: block2_scalar::<4>,
-        },
-    }
-}
-
-/// Portable reference of the block kernels: the row kernel for each pair.
-///
-/// # Safety
-/// As [`row_scalar`].
-unsafe fn block2_scalar<const BITS: usize>(
-    group: usize,
-    rows: [Row<'_>; 2],
-    xs: [&[f32]; 4],
-    sums: [&[f32]; 4],
-) -> [[f32; 4]; 2] {
-    rows.map(|(packed, scales, biases)| {
-        std::array::from_fn(|i| row_scalar::<BITS>(group, packed, scales, biases, xs[i], sums[i]))
-    })
-}
-
-/// Portable reference of the row kernels.
+/// Portable reference of the float32 kernels: per column `(q · scale) · x`, in column order.
 ///
 /// # Safety
 /// None beyond the slice lengths the caller asserted; `unsafe` only to share the type of
 /// the SIMD kernels.
-unsafe fn row_scalar<const BITS: usize>(
+unsafe fn f32_scalar<const BITS: usize, const N: usize>(
     group: usize,
-    packed: &[u8],
-    scales: &[f32],
-    biases: &[f32],
-    x: &[f32],
-    group_sums: &[f32],
-) -> f32 {
-    let mut total = 0f32;
-    for (g, (&s, &b)) in scales.iter().zip(biases).enumerate() {
-        let mut dot = 0f32;
-        let cols = g * group..(g + 1) * group;
-        if BITS == 8 {
-            for c in cols {
-                dot += packed[c] as f32 * x[c];
+    (packed, scales, biases): Row<'_>,
+    xs: [&Prepared; N],
+) -> [f32; N] {
+    xs.map(|x| {
+        let mut total = 0f32;
+        for (g, (&s, &b)) in scales.iter().zip(biases).enumerate() {
+            for c in g * group..(g + 1) * group {
+                total += quantized::<BITS>(packed, c) * s * x.x[c];
             }
-        } else {
-            for block in (cols.start..cols.end).step_by(16) {
-                for i in 0..8 {
-                    let byte = packed[block / 2 + i];
-                    dot += (byte & 0x0f) as f32 * x[block + i];
-                    dot += (byte >> 4) as f32 * x[block + 8 + i];
-                }
-            }
+            total += b * x.group_sums[g];
         }
-        total += s * dot + b * group_sums[g];
+        total
+    })
+}
+
+/// The weight of column `c` of the prepared layout ([`Prepared::x`]) as the float kernels
+/// see it: the byte for 8 bits; for 4 bits, per 16 columns, the low nibbles of 8 bytes and
+/// then their high nibbles kept in place (16 × their value).
+fn quantized<const BITS: usize>(packed: &[u8], c: usize) -> f32 {
+    if BITS == 8 {
+        return f32::from(packed[c]);
     }
-    total
+    let byte = packed[c / 16 * 8 + c % 8];
+    f32::from(if c % 16 < 8 { byte & 0x0f } else { byte & 0xf0 })
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -820,109 +769,84 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    /// 8-bit: one byte per column; 32 columns per iteration in four independent FMA chains
-    /// (FMA latency, not throughput, bounds a single chain).
+    /// Float32 inputs against 8-bit weights: per 8 columns one zero-extending load puts the
+    /// bytes in 32-bit lanes, converted and scaled by the group's scale once, then met by each
+    /// of the `N` inputs in its own FMA chain (four chains per input, taking turns). The
+    /// chains and the order of operations are the same for every `N`, so an input's result
+    /// does not depend on the inputs computed with it.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn row_q8(
+    #[allow(clippy::needless_range_loop)]
+    pub unsafe fn dot_q8<const N: usize>(
         group: usize,
-        packed: &[u8],
-        scales: &[f32],
-        biases: &[f32],
-        x: &[f32],
-        group_sums: &[f32],
-    ) -> f32 {
-        debug_assert!(packed.len() >= scales.len() * group && x.len() >= packed.len());
-        debug_assert!(group % 32 == 0);
-        let (mut acc, mut acc_b) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        (packed, scales, biases): Row<'_>,
+        xs: [&Prepared; N],
+    ) -> [f32; N] {
+        debug_assert!(group % 32 == 0 && packed.len() == scales.len() * group);
+        debug_assert!(xs.iter().all(|x| x.x.len() == packed.len()));
         let p = packed.as_ptr();
-        let xp = x.as_ptr();
-        let widen = |at: usize| {
-            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                p.add(at) as *const __m128i
-            )))
-        };
+        let xp = xs.map(|x| x.x.as_ptr());
+        let mut acc = [[_mm256_setzero_ps(); 4]; N];
         for (g, &s) in scales.iter().enumerate() {
-            let base = g * group;
-            let mut d0 = _mm256_setzero_ps();
-            let mut d1 = _mm256_setzero_ps();
-            let mut d2 = _mm256_setzero_ps();
-            let mut d3 = _mm256_setzero_ps();
-            let mut c = base;
-            while c < base + group {
-                d0 = _mm256_fmadd_ps(widen(c), _mm256_loadu_ps(xp.add(c)), d0);
-                d1 = _mm256_fmadd_ps(widen(c + 8), _mm256_loadu_ps(xp.add(c + 8)), d1);
-                d2 = _mm256_fmadd_ps(widen(c + 16), _mm256_loadu_ps(xp.add(c + 16)), d2);
-                d3 = _mm256_fmadd_ps(widen(c + 24), _mm256_loadu_ps(xp.add(c + 24)), d3);
+            let s = _mm256_set1_ps(s);
+            let mut c = g * group;
+            while c < (g + 1) * group {
+                for k in 0..4 {
+                    let q =
+                        _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(c + 8 * k) as *const __m128i));
+                    let w = _mm256_mul_ps(_mm256_cvtepi32_ps(q), s);
+                    for i in 0..N {
+                        let x = _mm256_loadu_ps(xp[i].add(c + 8 * k));
+                        acc[i][k] = _mm256_fmadd_ps(w, x, acc[i][k]);
+                    }
+                }
                 c += 32;
             }
-            let d = _mm256_add_ps(_mm256_add_ps(d0, d1), _mm256_add_ps(d2, d3));
-            // Two accumulators taking turns: one FMA chain across groups was the bound at
-            // groups of 32.
-            let next = _mm256_fmadd_ps(_mm256_set1_ps(s), d, acc_b);
-            acc_b = acc;
-            acc = next;
         }
-        let (bias, tail) = bias_dot(biases, group_sums);
-        hsum(_mm256_add_ps(_mm256_add_ps(acc, acc_b), bias)) + tail
+        finish(acc, biases, xs)
     }
 
-    /// 4-bit: two columns per byte, `x` reordered per 16 columns as [8 even, 8 odd]; 32
-    /// columns (16 bytes) per iteration in four independent FMA chains.
+    /// Float32 inputs against 4-bit weights, as [`dot_q8`]: per 16 packed bytes (32
+    /// columns) two zero-extending loads put 8 bytes each in 32-bit lanes; the low nibbles
+    /// (`& 0x0f`) meet 8 even columns, the high nibbles kept in place (`& 0xf0`, 16 × their
+    /// value) the 8 odd columns, which [`Prepared`] holds divided by 16. Two conversions per
+    /// 8 bytes, no shifts or shuffles (a register-to-register `vpmovzxbd` costs as much as
+    /// two memory-operand ones on this machine's Zen 3).
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn row_q4(
+    #[allow(clippy::needless_range_loop)]
+    pub unsafe fn dot_q4<const N: usize>(
         group: usize,
-        packed: &[u8],
-        scales: &[f32],
-        biases: &[f32],
-        x: &[f32],
-        group_sums: &[f32],
-    ) -> f32 {
-        debug_assert!(packed.len() * 2 >= scales.len() * group && x.len() >= packed.len() * 2);
-        debug_assert!(group % 32 == 0);
-        let (mut acc, mut acc_b) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        (packed, scales, biases): Row<'_>,
+        xs: [&Prepared; N],
+    ) -> [f32; N] {
+        debug_assert!(group % 32 == 0 && packed.len() * 2 == scales.len() * group);
+        debug_assert!(xs.iter().all(|x| x.x.len() == packed.len() * 2));
         let p = packed.as_ptr();
-        let xp = x.as_ptr();
-        let low = _mm_set1_epi8(0x0f);
-        let to_f32 = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+        let xp = xs.map(|x| x.x.as_ptr());
+        let (low, high) = (_mm256_set1_epi32(0x0f), _mm256_set1_epi32(0xf0));
+        let mut acc = [[_mm256_setzero_ps(); 4]; N];
         for (g, &s) in scales.iter().enumerate() {
-            let base = g * group;
-            let mut d0 = _mm256_setzero_ps();
-            let mut d1 = _mm256_setzero_ps();
-            let mut d2 = _mm256_setzero_ps();
-            let mut d3 = _mm256_setzero_ps();
-            let mut c = base;
-            while c < base + group {
-                // 16 bytes = 32 columns: bytes 0..8 hold columns c..c+16, 8..16 the next 16.
-                let q = _mm_loadu_si128(p.add(c / 2) as *const __m128i);
-                let lo = _mm_and_si128(q, low);
-                let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
-                d0 = _mm256_fmadd_ps(to_f32(lo), _mm256_loadu_ps(xp.add(c)), d0);
-                d1 = _mm256_fmadd_ps(to_f32(hi), _mm256_loadu_ps(xp.add(c + 8)), d1);
-                d2 = _mm256_fmadd_ps(
-                    to_f32(_mm_srli_si128(lo, 8)),
-                    _mm256_loadu_ps(xp.add(c + 16)),
-                    d2,
-                );
-                d3 = _mm256_fmadd_ps(
-                    to_f32(_mm_srli_si128(hi, 8)),
-                    _mm256_loadu_ps(xp.add(c + 24)),
-                    d3,
-                );
+            let s = _mm256_set1_ps(s);
+            let mut c = g * group;
+            while c < (g + 1) * group {
+                for h in 0..2 {
+                    let at = c + 16 * h;
+                    let q = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(at / 2) as *const __m128i));
+                    let lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(q, low)), s);
+                    let hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(q, high)), s);
+                    for i in 0..N {
+                        let x = xp[i].add(at);
+                        acc[i][2 * h] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x), acc[i][2 * h]);
+                        let a = acc[i][2 * h + 1];
+                        acc[i][2 * h + 1] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x.add(8)), a);
+                    }
+                }
                 c += 32;
             }
-            let d = _mm256_add_ps(_mm256_add_ps(d0, d1), _mm256_add_ps(d2, d3));
-            // Two accumulators taking turns: one FMA chain across groups was the bound at
-            // groups of 32.
-            let next = _mm256_fmadd_ps(_mm256_set1_ps(s), d, acc_b);
-            acc_b = acc;
-            acc = next;
         }
-        let (bias, tail) = bias_dot(biases, group_sums);
-        hsum(_mm256_add_ps(_mm256_add_ps(acc, acc_b), bias)) + tail
+        finish(acc, biases, xs)
     }
 
-    use super::Quantized;
-    use super::Row;
+    use super::{Prepared, Quantized, Row};
 
     /// Int8 inputs against 4-bit weights: per 32 columns (16 packed bytes) the low and high
     /// nibbles form 32 unsigned bytes that meet the input's 32 int8 values in one
@@ -1011,112 +935,6 @@ mod avx2 {
         out
     }
 
-    /// [`row_q8`] for two weight rows against four inputs. Each 8-column weight vector is
-    /// widened and multiplied by its group's scale once, then meets the four inputs: eight
-    /// independent FMA chains (row × input), and each input vector is loaded once for both
-    /// rows.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn block2_q8(
-        group: usize,
-        rows: [Row<'_>; 2],
-        xs: [&[f32]; 4],
-        sums: [&[f32]; 4],
-    ) -> [[f32; 4]; 2] {
-        debug_assert!(group % 32 == 0);
-        debug_assert!(xs.iter().all(|x| x.len() >= rows[0].0.len()));
-        let xp = xs.map(<[f32]>::as_ptr);
-        let (p0, p1) = (rows[0].0.as_ptr(), rows[1].0.as_ptr());
-        let widen = |p: *const u8, at: usize| {
-            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                p.add(at) as *const __m128i
-            )))
-        };
-        // Eight named accumulators (row × input): arrays indexed in the loop were kept in
-        // memory by the compiler, a store per FMA.
-        let z = _mm256_setzero_ps();
-        let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
-        let (mut a10, mut a11, mut a12, mut a13) = (z, z, z, z);
-        let (x0, x1, x2, x3) = (xp[0], xp[1], xp[2], xp[3]);
-        for g in 0..rows[0].1.len() {
-            let s0 = _mm256_set1_ps(*rows[0].1.get_unchecked(g));
-            let s1 = _mm256_set1_ps(*rows[1].1.get_unchecked(g));
-            let mut c = g * group;
-            while c < (g + 1) * group {
-                let w0 = _mm256_mul_ps(widen(p0, c), s0);
-                let w1 = _mm256_mul_ps(widen(p1, c), s1);
-                let x = _mm256_loadu_ps(x0.add(c));
-                a00 = _mm256_fmadd_ps(w0, x, a00);
-                a10 = _mm256_fmadd_ps(w1, x, a10);
-                let x = _mm256_loadu_ps(x1.add(c));
-                a01 = _mm256_fmadd_ps(w0, x, a01);
-                a11 = _mm256_fmadd_ps(w1, x, a11);
-                let x = _mm256_loadu_ps(x2.add(c));
-                a02 = _mm256_fmadd_ps(w0, x, a02);
-                a12 = _mm256_fmadd_ps(w1, x, a12);
-                let x = _mm256_loadu_ps(x3.add(c));
-                a03 = _mm256_fmadd_ps(w0, x, a03);
-                a13 = _mm256_fmadd_ps(w1, x, a13);
-                c += 8;
-            }
-        }
-        let acc = [[a00, a01, a02, a03], [a10, a11, a12, a13]];
-        finish(acc, rows, sums)
-    }
-
-    /// [`row_q4`] for two weight rows against four inputs, as [`block2_q8`]: per 16 bytes
-    /// (32 columns) each row unpacks four vectors, scaled once, each meeting the four inputs.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn block2_q4(
-        group: usize,
-        rows: [Row<'_>; 2],
-        xs: [&[f32]; 4],
-        sums: [&[f32]; 4],
-    ) -> [[f32; 4]; 2] {
-        debug_assert!(group % 32 == 0);
-        debug_assert!(xs.iter().all(|x| x.len() >= rows[0].0.len() * 2));
-        let xp = xs.map(<[f32]>::as_ptr);
-        let (p0, p1) = (rows[0].0.as_ptr(), rows[1].0.as_ptr());
-        let low = _mm_set1_epi8(0x0f);
-        let to_f32 = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
-        // Eight bytes = 16 columns: low nibbles meet x[c..c+8], high nibbles x[c+8..c+16].
-        let unpack = |p: *const u8, c: usize, s: __m256| {
-            let q = _mm_loadl_epi64(p.add(c / 2) as *const __m128i);
-            let lo = _mm_and_si128(q, low);
-            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
-            (_mm256_mul_ps(to_f32(lo), s), _mm256_mul_ps(to_f32(hi), s))
-        };
-        let z = _mm256_setzero_ps();
-        let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
-        let (mut a10, mut a11, mut a12, mut a13) = (z, z, z, z);
-        let (x0, x1, x2, x3) = (xp[0], xp[1], xp[2], xp[3]);
-        for g in 0..rows[0].1.len() {
-            let s0 = _mm256_set1_ps(*rows[0].1.get_unchecked(g));
-            let s1 = _mm256_set1_ps(*rows[1].1.get_unchecked(g));
-            let mut c = g * group;
-            while c < (g + 1) * group {
-                let (lo0, hi0) = unpack(p0, c, s0);
-                let (lo1, hi1) = unpack(p1, c, s1);
-                for (w0, w1, off) in [(lo0, lo1, 0), (hi0, hi1, 8)] {
-                    let x = _mm256_loadu_ps(x0.add(c + off));
-                    a00 = _mm256_fmadd_ps(w0, x, a00);
-                    a10 = _mm256_fmadd_ps(w1, x, a10);
-                    let x = _mm256_loadu_ps(x1.add(c + off));
-                    a01 = _mm256_fmadd_ps(w0, x, a01);
-                    a11 = _mm256_fmadd_ps(w1, x, a11);
-                    let x = _mm256_loadu_ps(x2.add(c + off));
-                    a02 = _mm256_fmadd_ps(w0, x, a02);
-                    a12 = _mm256_fmadd_ps(w1, x, a12);
-                    let x = _mm256_loadu_ps(x3.add(c + off));
-                    a03 = _mm256_fmadd_ps(w0, x, a03);
-                    a13 = _mm256_fmadd_ps(w1, x, a13);
-                }
-                c += 16;
-            }
-        }
-        let acc = [[a00, a01, a02, a03], [a10, a11, a12, a13]];
-        finish(acc, rows, sums)
-    }
-
     /// A row's bias term `Σ_g bias[g] · Σx[g]`, eight groups per vector FMA (a scalar loop
     /// here took 15% of a 4-bit g32 prefill, and its serial add chain bounded the row
     /// kernels): the vector part and the scalar tail.
@@ -1141,19 +959,19 @@ mod avx2 {
         (v, tail)
     }
 
-    /// Horizontal sums plus each row's bias term ([`bias_dot`]).
+    /// Each input's total: its four chains, the row's bias term ([`bias_dot`]) and a
+    /// horizontal sum.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn finish(
-        acc: [[__m256; 4]; 2],
-        rows: [Row<'_>; 2],
-        sums: [&[f32]; 4],
-    ) -> [[f32; 4]; 2] {
-        let mut out = [[0f32; 4]; 2];
-        for r in 0..2 {
-            for i in 0..4 {
-                let (v, tail) = bias_dot(rows[r].2, sums[i]);
-                out[r][i] = hsum(_mm256_add_ps(acc[r][i], v)) + tail;
-            }
+    unsafe fn finish<const N: usize>(
+        acc: [[__m256; 4]; N],
+        biases: &[f32],
+        xs: [&Prepared; N],
+    ) -> [f32; N] {
+        let mut out = [0f32; N];
+        for (o, ([a0, a1, a2, a3], x)) in out.iter_mut().zip(acc.into_iter().zip(xs)) {
+            let (bias, tail) = bias_dot(biases, &x.group_sums);
+            let sum = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+            *o = hsum(_mm256_add_ps(sum, bias)) + tail;
         }
         out
     }
@@ -1376,8 +1194,9 @@ mod tests {
             let deq = deq.as_slice::<f32>();
             let xs: Vec<Vec<f32>> = (0..5).map(|i| pseudo_random(cols, 40 + i)).collect();
             let qs: Vec<Quantized> = xs.iter().map(|x| Quantized::new(x, &m)).collect();
-            let (one, four) = i8_kernels(bits as usize);
-            let scalar: (I8Kernel<1>, I8Kernel<4>) = if bits == 8 {
+            let b = bits as usize;
+            let (one, four) = (Quantized::kernel::<1>(b), Quantized::kernel::<4>(b));
+            let scalar: (Kernel<Quantized, 1>, Kernel<Quantized, 4>) = if bits == 8 {
                 (i8_scalar::<8, 1>, i8_scalar::<8, 4>)
             } else {
                 (i8_scalar::<4, 1>, i8_scalar::<4, 4>)
@@ -1421,50 +1240,73 @@ mod tests {
         }
     }
 
+    /// The float kernels for one to four inputs against the portable reference; and each
+    /// input's result the same, bit for bit, whether computed alone or in a block of two to
+    /// four (greedy results must not depend on batching, issue 14) — also through
+    /// `matmul_many` (blocks cut from five inputs) in both activation modes.
     #[test]
-    fn scalar_and_simd_rows_agree() {
-        for bits in [4usize, 8] {
-            let cols = 64;
-            let group = 32;
-            let packed: Vec<u8> = (0..cols * bits / 8).map(|i| (i * 37 % 251) as u8).collect();
-            let scales = [0.5f32, -1.25];
-            let biases = [0.25f32, 2.0];
-            let x = pseudo_random(cols, 3);
-            let sums = [1.5f32, -0.5];
+    fn float_kernels_match_the_reference_and_do_not_depend_on_the_block() {
+        for (bits, group) in [(4usize, 32usize), (4, 64), (8, 32), (8, 64)] {
+            let (rows, cols) = (5, 128);
+            let packed: Vec<u8> = (0..rows * cols * bits / 8)
+                .map(|i| (i * 37 % 251) as u8)
+                .collect();
+            let groups = rows * cols / group;
+            let (scales, biases) = (pseudo_random(groups, 1), pseudo_random(groups, 2));
+            let m = QuantMatrix::new(&packed, &scales, &biases, rows, cols, bits, group).unwrap();
+            let xs: Vec<Prepared> = (0..4)
+                .map(|i| m.prepare(&pseudo_random(cols, 10 + i)))
+                .collect();
             let scalar = if bits == 8 {
-                row_scalar::<8>
+                f32_scalar::<8, 1>
             } else {
-                row_scalar::<4>
+                f32_scalar::<4, 1>
             };
-            // SAFETY: lengths match the layout.
-            let (a, b) = unsafe {
-                (
-                    scalar(group, &packed, &scales, &biases, &x, &sums),
-                    (kernels(bits).row)(group, &packed, &scales, &biases, &x, &sums),
-                )
-            };
-            assert!((a - b).abs() < 1e-3 * (1.0 + a.abs()), "{bits}: {a} vs {b}");
-            let x4: Vec<Vec<f32>> = (0..4).map(|i| pseudo_random(cols, 10 + i)).collect();
-            let s4: Vec<Vec<f32>> = (0..4).map(|i| pseudo_random(2, 20 + i)).collect();
-            let xs = [&x4[0][..], &x4[1], &x4[2], &x4[3]];
-            let ss = [&s4[0][..], &s4[1], &s4[2], &s4[3]];
-            let packed2: Vec<u8> = packed.iter().map(|b| b.wrapping_mul(7)).collect();
-            let (scales2, biases2) = ([1.5f32, 0.75], [-0.5f32, 1.0]);
-            let rows = [
-                (&packed[..], &scales[..], &biases[..]),
-                (&packed2[..], &scales2[..], &biases2[..]),
-            ];
-            // SAFETY: as above.
-            let got = unsafe { (kernels(bits).block2)(group, rows, xs, ss) };
-            for (r, &(p, sc, bi)) in rows.iter().enumerate() {
-                for i in 0..4 {
+            for r in 0..rows {
+                let row = m.row(r);
+                // SAFETY: layouts checked by `QuantMatrix::new`; `prepare` made each input.
+                let (alone, blocks) = unsafe {
+                    let one = Prepared::kernel::<1>(bits);
+                    let alone: Vec<f32> = xs.iter().map(|x| one(group, row, [x])[0]).collect();
+                    let blocks = [
+                        Prepared::kernel::<2>(bits)(group, row, [&xs[0], &xs[1]]).to_vec(),
+                        Prepared::kernel::<3>(bits)(group, row, [&xs[0], &xs[1], &xs[2]]).to_vec(),
+                        Prepared::kernel::<4>(bits)(group, row, [&xs[0], &xs[1], &xs[2], &xs[3]])
+                            .to_vec(),
+                    ];
+                    (alone, blocks)
+                };
+                for (x, got) in xs.iter().zip(&alone) {
                     // SAFETY: as above.
-                    let want = unsafe { scalar(group, p, sc, bi, xs[i], ss[i]) };
+                    let [want] = unsafe { scalar(group, row, [x]) };
                     assert!(
-                        (want - got[r][i]).abs() < 1e-3 * (1.0 + want.abs()),
-                        "{bits} row {r} input {i}: {want} vs {}",
-                        got[r][i]
+                        (want - got).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "{bits}-bit group {group} row {r}: reference {want}, kernel {got}"
                     );
+                }
+                for block in &blocks {
+                    for (i, v) in block.iter().enumerate() {
+                        assert_eq!(
+                            v.to_bits(),
+                            alone[i].to_bits(),
+                            "{bits}-bit row {r} input {i} in a block of {}",
+                            block.len()
+                        );
+                    }
+                }
+            }
+            let five = pseudo_random(5 * cols, 30);
+            for mode in [Activations::F32, Activations::Int8] {
+                let together = QuantMatrix::matmul_many_as(&[m], &five, mode).unwrap();
+                for (k, x) in five.chunks(cols).enumerate() {
+                    let alone = QuantMatrix::matmul_many_as(&[m], x, mode).unwrap();
+                    for r in 0..rows {
+                        assert_eq!(
+                            together[0][k * rows + r].to_bits(),
+                            alone[0][r].to_bits(),
+                            "{mode:?} {bits}-bit input {k} row {r}"
+                        );
+                    }
                 }
             }
         }
