@@ -701,26 +701,24 @@ impl Rope {
     }
 
     /// Applies the rotation to `x` (`[B, heads, L, head_dim]`) for positions starting at
-    /// `offset`.
+    /// `offset` (MLX: a rope with a scalar offset array).
     pub fn forward(&self, x: &Array, offset: usize) -> Result<Array> {
-        let (x, base) = self.prepare(x)?;
-        Ok(mlx_rs::fast::rope(
-            &x,
-            self.dims,
-            self.traditional,
-            base,
-            self.scale,
-            offset as i32,
-            self.freqs.as_ref(),
-        )?)
+        self.forward_rows(x, &Array::from_int(offset as i32))
     }
 
     /// Like [`Self::forward`] with one starting position per batch row: `offsets` is
-    /// `[B]` int32 (a batched decode step, each sequence at its own position).
+    /// `[B]` int32 (a batched decode step, each sequence at its own position), or a scalar.
     pub fn forward_rows(&self, x: &Array, offsets: &Array) -> Result<Array> {
-        let (x, base) = self.prepare(x)?;
+        let scaled;
+        let x = if self.mscale == 1.0 {
+            x
+        } else {
+            scaled = super::rope::scale_leading(x, self.dims, self.mscale)?;
+            &scaled
+        };
+        let base = self.freqs.is_none().then_some(self.base);
         Ok(mlx_rs::fast::rope_dynamic(
-            &x,
+            x,
             self.dims,
             self.traditional,
             base,
@@ -728,17 +726,6 @@ impl Rope {
             offsets,
             self.freqs.as_ref(),
         )?)
-    }
-
-    /// `x` scaled by `mscale` where there is one, and the base `fast::rope` takes (none with
-    /// custom frequencies).
-    fn prepare(&self, x: &Array) -> Result<(Array, Option<f32>)> {
-        let x = if self.mscale == 1.0 {
-            x.clone()
-        } else {
-            super::rope::scale_leading(x, self.dims, self.mscale)?
-        };
-        Ok((x, self.freqs.is_none().then_some(self.base)))
     }
 }
 
