@@ -2,7 +2,8 @@
 //! per-head q/k norms, RoPE — full or partial, as the [`Rope`] given —, global or
 //! sliding-window causal attention over a [`KvLayer`], optional attention sinks, optionally a
 //! sigmoid output gate produced by the query projection: [`Attention::load_with_gate`]; one
-//! decode step of several sequences, each over its own cache: [`Attention::forward_batch`]) and
+//! decode step of several sequences in one graph over the batch's shared key/value buffer,
+//! each row masked to its own positions: [`Attention::forward_batch`]) and
 //! the pieces an architecture with its own attention variant composes: [`split_heads`],
 //! [`merge_heads`], [`attend`] and [`sliding_mask`]. One-token decode steps on the CPU attend
 //! on the host instead ([`Attention::host_decode`], module [`host`]), and so do long causal
@@ -12,10 +13,9 @@ pub mod host;
 pub mod prefill;
 
 use mlx_rs::fast::{scaled_dot_product_attention, ScaledDotProductAttentionMask};
-use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::Array;
 
-use super::cache::KvLayer;
+use super::cache::{batch_update, BatchMasks, KvLayer};
 use super::layers::{Linear, LoadCtx, RmsNorm, Rope};
 use crate::diagnostic::Result;
 
@@ -187,15 +187,18 @@ impl Attention {
             .forward(&o.multiply(mlx_rs::ops::sigmoid(&gate)?)?)
     }
 
-    /// One decode step of `B` sequences: `x` `[B, 1, hidden]`, row `b` attending over
-    /// `caches[b]` at `offsets[b]`. Projections run once for all rows; RoPE, the cache update
-    /// and attention per sequence at its own position.
+    /// One decode step of `B` sequences through MLX, one graph for the whole batch: `x`
+    /// `[B, 1, hidden]`, row `b` on `caches[b]` at position `offsets[b]` (`[B]` int32).
+    /// Projections, RoPE (each row at its own position), the cache update (one write into
+    /// the batch's shared buffer, [`batch_update`]) and masked attention run once for all
+    /// rows.
     pub fn forward_batch(
         &self,
         x: &Array,
         caches: &mut [&mut KvLayer],
-        offsets: &[usize],
+        offsets: &Array,
         rope: Option<&Rope>,
+        masks: &mut BatchMasks,
     ) -> Result<Array> {
         let [q, k, v] = Linear::forward_many([&self.q_proj, &self.k_proj, &self.v_proj], x)?;
         let (q, gate) = match self.output_gate {
@@ -205,16 +208,16 @@ impl Attention {
             }
             false => (q, None),
         };
-        let rows = caches
-            .iter_mut()
-            .zip(offsets)
-            .enumerate()
-            .map(|(b, (cache, &offset))| {
-                let row = |a: &Array| a.index(b as i32..b as i32 + 1);
-                self.core(row(&q), row(&k), row(&v), cache, offset, rope)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let o = mlx_rs::ops::concatenate(&rows, 0)?;
+        let [mut q, mut k, v] = self.heads(q, k, v)?;
+        if let Some(rope) = rope {
+            q = rope.forward_rows(&q, offsets)?;
+            k = rope.forward_rows(&k, offsets)?;
+        }
+        let s = &self.spec;
+        let (k, v, mask) = batch_update(caches, &k, &v, s.window, masks)?;
+        let mask = mask.as_ref().map(ScaledDotProductAttentionMask::Array);
+        let o = scaled_dot_product_attention(&q, &k, &v, s.scale, mask, self.sinks.as_ref())?;
+        let o = merge_heads(o)?;
         match gate {
             Some(gate) => self
                 .o_proj
@@ -249,6 +252,13 @@ impl Attention {
         offset: usize,
         rope: Option<&Rope>,
     ) -> Result<Array> {
+        let heads = self.heads(q, k, v)?;
+        rope_cache_attend(heads, &self.spec, cache, offset, rope, self.sinks.as_ref())
+    }
+
+    /// Projected `q`, `k`, `v` (`[B, L, heads · head_dim]`) split into heads (`[B, heads, L,
+    /// head_dim]`), queries and keys normalised where the block has q/k norms.
+    fn heads(&self, q: Array, k: Array, v: Array) -> Result<[Array; 3]> {
         let s = &self.spec;
         let hd = s.head_dim as i32;
         let mut q = split_heads(q, s.n_heads as i32, hd)?;
@@ -260,7 +270,7 @@ impl Attention {
         if let Some(n) = &self.k_norm {
             k = n.forward(&k)?;
         }
-        rope_cache_attend([q, k, v], s, cache, offset, rope, self.sinks.as_ref())
+        Ok([q, k, v])
     }
 }
 

@@ -6,9 +6,14 @@
 //! or nothing (layers that read another layer's keys/values). On the CPU decode path a
 //! key/value layer moves to host memory ([`KvLayer::host`], `attention::host::HostKv`) and
 //! back to MLX arrays on the next MLX use ([`KvLayer::flush`], [`Cache::flush_host`]).
+//! While sequences decode together through MLX, each one's layer lends its keys/values to
+//! the batch's shared buffer ([`batch_update`], [`BatchKv`]) and takes its row back at its
+//! next use on its own (leaving the batch, the prompt cache, a clone).
 
 use mlx_rs::ops::concatenate;
 use mlx_rs::ops::indexing::{IndexOp, TryIndexMutOp};
+use std::sync::{Arc, Mutex};
+
 use mlx_rs::Array;
 
 use super::attention::host::HostKv;
@@ -19,8 +24,9 @@ const STEP: i32 = 256;
 use crate::diagnostic::{code, Result};
 
 /// Keys and values of one attention layer, `[B, kv_heads, T, head_dim]`.
-/// Cloning shares the arrays (MLX arrays are values: a later write makes a new buffer).
-#[derive(Debug, Default, Clone)]
+/// Cloning shares the arrays (MLX arrays are values: a later write makes a new buffer); a
+/// clone of a layer lent to a batch holds its row as it is at the time of the clone.
+#[derive(Debug, Default)]
 pub struct KvLayer {
     keys: Option<Array>,
     values: Option<Array>,
@@ -31,6 +37,30 @@ pub struct KvLayer {
     /// While decode steps run on the host: every position held, and `keys`/`values` are
     /// `None` (see [`Self::host`]).
     host: Option<HostKv>,
+    /// While the sequence decodes in a batch through MLX: its row there, and `keys`/`values`
+    /// are `None` (see [`batch_update`]).
+    batch: Option<BatchSlot>,
+}
+
+impl Clone for KvLayer {
+    fn clone(&self) -> Self {
+        let mut out = Self {
+            keys: self.keys.clone(),
+            values: self.values.clone(),
+            len: self.len,
+            sliding: self.sliding,
+            host: self.host.clone(),
+            batch: None,
+        };
+        if let Some(slot) = &self.batch {
+            match slot.row() {
+                Ok(row) => out.set_row(row),
+                // Unreachable in practice: the batch's lock is never held across a panic.
+                Err(d) => tracing::error!("copying a batched key/value layer: {}", d.message),
+            }
+        }
+        out
+    }
 }
 
 impl KvLayer {
@@ -113,6 +143,7 @@ impl KvLayer {
     /// copied out of the MLX arrays at the first call after an MLX update.
     pub fn host(&mut self, heads: usize, dim: usize, window: Option<usize>) -> Result<&mut HostKv> {
         if self.host.is_none() {
+            self.flush()?; // a row lent to a batch comes back first
             let held = match self.state() {
                 Some((k, v)) => HostKv::from_mlx(&k, &v, window)?,
                 None => HostKv::empty(heads, dim, window, mlx_rs::Dtype::Float32),
@@ -128,6 +159,10 @@ impl KvLayer {
 
     /// Moves a host-held layer back into MLX arrays (a no-op when it is in MLX already).
     pub fn flush(&mut self) -> Result<()> {
+        if let Some(slot) = self.batch.take() {
+            let row = slot.row()?;
+            self.set_row(row);
+        }
         let Some(host) = self.host.take() else {
             return Ok(());
         };
@@ -142,6 +177,13 @@ impl KvLayer {
     /// Keys and values held (views; for a global layer without the unused buffer tail), or
     /// `None` before the first update.
     pub fn state(&self) -> Option<(Array, Array)> {
+        if let Some(slot) = &self.batch {
+            return slot
+                .row()
+                .map_err(|d| tracing::error!("reading a batched key/value layer: {}", d.message))
+                .ok()
+                .flatten();
+        }
         if let Some(host) = &self.host {
             return host
                 .to_mlx()
@@ -352,6 +394,9 @@ impl KvLayer {
         if let Some(host) = &self.host {
             return host.held();
         }
+        if self.batch.is_some() {
+            return self.state().map_or(0, |(k, _)| k.shape()[2] as usize);
+        }
         if self.sliding {
             self.keys.as_ref().map_or(0, |k| k.shape()[2] as usize)
         } else {
@@ -372,5 +417,239 @@ impl KvLayer {
         } else {
             self.len = len as i32;
         }
+    }
+}
+
+impl KvLayer {
+    /// Whether the layer's keys/values are lent to a batch (see [`batch_update`]).
+    pub fn in_batch(&self) -> bool {
+        self.batch.is_some()
+    }
+
+    /// Holds `row` (a row taken back from a batch) as its keys and values.
+    fn set_row(&mut self, row: Option<(Array, Array)>) {
+        match row {
+            Some((k, v)) => (self.len, self.keys, self.values) = (k.shape()[2], Some(k), Some(v)),
+            None => (self.len, self.keys, self.values) = (0, None, None),
+        }
+    }
+}
+
+/// One layer's keys and values of every sequence of a decode batch, left-padded in one
+/// buffer `[B, kv_heads, capacity, head_dim]`: row `b` holds its positions in columns
+/// `starts[b]..end` and every row writes its next position at column `end` — one slice
+/// update per step for the whole batch, each row's attention masked to its own columns.
+/// Sliding-window layers keep growing here (their dead columns are dropped when the buffer
+/// grows); a row taken back holds only its window, as [`KvLayer::update`] would.
+#[derive(Debug)]
+pub struct BatchKv {
+    keys: Array,
+    values: Array,
+    starts: Vec<i32>,
+    end: i32,
+    window: Option<usize>,
+}
+
+/// A layer's row in a shared [`BatchKv`].
+#[derive(Debug, Clone)]
+struct BatchSlot {
+    batch: Arc<Mutex<BatchKv>>,
+    row: usize,
+}
+
+impl BatchSlot {
+    fn row(&self) -> Result<Option<(Array, Array)>> {
+        Ok(lock(&self.batch)?.row(self.row))
+    }
+}
+
+fn lock(batch: &Mutex<BatchKv>) -> Result<std::sync::MutexGuard<'_, BatchKv>> {
+    batch.lock().map_err(|_| {
+        crate::diagnostic::Diagnostic::error(
+            code::Engine::Cache,
+            "a batch key/value buffer was left inconsistent by an earlier panic (internal error)",
+        )
+    })
+}
+
+/// The masks of one batched decode step (`[B, 1, 1, columns]`, true where a row's own
+/// positions are), made once and shared by the layers whose rows start and end alike.
+#[derive(Debug, Default)]
+pub struct BatchMasks(Vec<(Vec<i32>, i32, i32, Array)>);
+
+impl BatchMasks {
+    fn get(&mut self, starts: &[i32], lo: i32, end: i32) -> Array {
+        if let Some((.., m)) = self
+            .0
+            .iter()
+            .find(|(s, l, e, _)| s == starts && *l == lo && *e == end)
+        {
+            return m.clone();
+        }
+        let m: Vec<bool> = starts
+            .iter()
+            .flat_map(|&s| (lo..end).map(move |c| c >= s))
+            .collect();
+        let m = Array::from_slice(&m, &[starts.len() as i32, 1, 1, end - lo]);
+        self.0.push((starts.to_vec(), lo, end, m.clone()));
+        m
+    }
+}
+
+/// One decode step of a batch on one layer through MLX: `layers[b]` is row `b`'s layer,
+/// `keys`/`values` the step's `[B, heads, 1, dim]`. When the rows are not yet (or no longer
+/// exactly) one batch's — a sequence joined or left — every row's keys/values move into a
+/// new shared buffer first; otherwise the step writes all rows with one slice update.
+/// Returns the keys and values to attend over and the mask of each row's own columns
+/// (`None`: every column is every row's).
+pub fn batch_update(
+    layers: &mut [&mut KvLayer],
+    keys: &Array,
+    values: &Array,
+    window: Option<usize>,
+    masks: &mut BatchMasks,
+) -> Result<(Array, Array, Option<Array>)> {
+    let batch = match current_batch(layers) {
+        Some(batch) => batch,
+        None => start_batch(layers, keys, values, window)?,
+    };
+    let mut batch = lock(&batch)?;
+    batch.append(keys, values, masks)
+}
+
+/// The batch whose rows are exactly `layers`, in order.
+fn current_batch(layers: &[&mut KvLayer]) -> Option<Arc<Mutex<BatchKv>>> {
+    let first = layers.first()?.batch.as_ref()?.batch.clone();
+    let rows = lock(&first).ok()?.starts.len();
+    let same = rows == layers.len()
+        && layers.iter().enumerate().all(|(b, l)| {
+            l.batch
+                .as_ref()
+                .is_some_and(|s| s.row == b && Arc::ptr_eq(&s.batch, &first))
+        });
+    same.then_some(first)
+}
+
+/// Moves every row's keys/values into a new batch buffer.
+fn start_batch(
+    layers: &mut [&mut KvLayer],
+    keys: &Array,
+    values: &Array,
+    window: Option<usize>,
+) -> Result<Arc<Mutex<BatchKv>>> {
+    let mut rows = Vec::with_capacity(layers.len());
+    for layer in layers.iter_mut() {
+        layer.flush()?;
+        rows.push(layer.state());
+    }
+    let batch = Arc::new(Mutex::new(BatchKv::new(&rows, keys, values, window)?));
+    for (row, layer) in layers.iter_mut().enumerate() {
+        layer.sliding |= window.is_some();
+        layer.set_row(None);
+        layer.batch = Some(BatchSlot {
+            batch: batch.clone(),
+            row,
+        });
+    }
+    Ok(batch)
+}
+
+impl BatchKv {
+    /// A batch of `rows` (each row's keys/values held, `None` for none), right-aligned at
+    /// column `end`, with room for the next positions; `keys`/`values` (the step's) give the
+    /// shapes and dtype.
+    fn new(
+        rows: &[Option<(Array, Array)>],
+        keys: &Array,
+        values: &Array,
+        window: Option<usize>,
+    ) -> Result<Self> {
+        let lens: Vec<i32> = rows
+            .iter()
+            .map(|r| r.as_ref().map_or(0, |(k, _)| k.shape()[2]))
+            .collect();
+        let end = lens.iter().copied().max().unwrap_or(0);
+        let cap = (end + STEP) / STEP * STEP;
+        let buffer = |like: &Array| -> Result<Array> {
+            let s = like.shape();
+            Ok(mlx_rs::ops::zeros_dtype(
+                &[s[0], s[1], cap, s[3]],
+                like.dtype(),
+            )?)
+        };
+        let (mut kb, mut vb) = (buffer(keys)?, buffer(values)?);
+        for (b, (row, &n)) in rows.iter().zip(&lens).enumerate() {
+            if let Some((k, v)) = row {
+                let b = b as i32;
+                kb.try_index_mut((b..b + 1, .., end - n..end, ..), k)?;
+                vb.try_index_mut((b..b + 1, .., end - n..end, ..), v)?;
+            }
+        }
+        Ok(Self {
+            keys: kb,
+            values: vb,
+            starts: lens.iter().map(|n| end - n).collect(),
+            end,
+            window,
+        })
+    }
+
+    /// Row `b`'s positions (a sliding layer: at most the last `window - 1`), or `None` when
+    /// it holds none.
+    fn row(&self, b: usize) -> Option<(Array, Array)> {
+        let mut lo = *self.starts.get(b)?;
+        if let Some(w) = self.window {
+            lo = lo.max(self.end - (w as i32 - 1));
+        }
+        if lo >= self.end {
+            return None;
+        }
+        let b = b as i32;
+        let cut = |a: &Array| a.index((b..b + 1, .., lo..self.end, ..));
+        Some((cut(&self.keys), cut(&self.values)))
+    }
+
+    /// Writes the step's keys/values at column `end`; returns the columns the new queries
+    /// attend over (a sliding layer: the last `window`) and their mask.
+    fn append(
+        &mut self,
+        keys: &Array,
+        values: &Array,
+        masks: &mut BatchMasks,
+    ) -> Result<(Array, Array, Option<Array>)> {
+        if self.end >= self.keys.shape()[2] {
+            self.grow()?;
+        }
+        let e = self.end;
+        self.keys.try_index_mut((.., .., e..e + 1, ..), keys)?;
+        self.values.try_index_mut((.., .., e..e + 1, ..), values)?;
+        self.end += 1;
+        let lo = self.window.map_or(0, |w| (self.end - w as i32).max(0));
+        let view = |a: &Array| a.index((.., .., lo..self.end, ..));
+        let mask =
+            (self.starts.iter().any(|&s| s > lo)).then(|| masks.get(&self.starts, lo, self.end));
+        Ok((view(&self.keys), view(&self.values), mask))
+    }
+
+    /// Drops the leading columns no row attends to any more and adds room for [`STEP`]
+    /// more positions (one copy per `STEP` steps).
+    fn grow(&mut self) -> Result<()> {
+        let live = self.starts.iter().copied().min().unwrap_or(0);
+        let dead = match self.window {
+            Some(w) => live.max(self.end + 1 - w as i32),
+            None => live,
+        }
+        .clamp(0, self.end);
+        let (dead, end) = (dead, self.end);
+        let extend = |a: &Array| -> Result<Array> {
+            let s = a.shape();
+            let tail = mlx_rs::ops::zeros_dtype(&[s[0], s[1], STEP, s[3]], a.dtype())?;
+            Ok(concatenate(&[a.index((.., .., dead..end, ..)), tail], 2)?)
+        };
+        self.keys = extend(&self.keys)?;
+        self.values = extend(&self.values)?;
+        self.starts.iter_mut().for_each(|s| *s = (*s - dead).max(0));
+        self.end -= dead;
+        Ok(())
     }
 }

@@ -6,13 +6,14 @@
 //! lives here (dense blocks only). Decode steps of several sequences at once
 //! ([`Network::hidden_batch`]) run every projection and feed-forward once for all rows and
 //! attention per sequence: on the host path in plain Rust over each sequence's host-held
-//! keys/values (`attention::host`), on the MLX path as one small graph per sequence.
+//! keys/values (`attention::host`), on the MLX path as one graph per block for the whole
+//! batch over a shared, left-padded key/value buffer (`cache::batch_update`).
 
 use mlx_rs::{Array, Dtype};
 
 use super::attention::host::{RopeTable, Scratch};
 use super::attention::{Attention, AttentionSpec};
-use super::cache::{Cache, CacheKind};
+use super::cache::{BatchMasks, Cache, CacheKind};
 use super::ends::Ends;
 use super::layers::{Linear, LoadCtx, RmsNorm, Rope};
 use super::mlp::{Activation, GatedMlp};
@@ -250,10 +251,12 @@ impl Decoder {
             .collect()
     }
 
-    /// The MLX path of one decode step of several sequences: every block's projections and
-    /// feed-forward on all rows at once, attention per sequence.
+    /// The MLX path of one decode step of several sequences: every block once for all rows,
+    /// attention included (each row at its own position, masked to its own keys/values).
     fn hidden_batch_mlx(&self, mut x: Array, caches: &mut [&mut Cache]) -> Result<Array> {
-        let offsets: Vec<usize> = caches.iter().map(|c| c.offset).collect();
+        let offsets: Vec<i32> = caches.iter().map(|c| c.offset as i32).collect();
+        let offsets = Array::from_slice(&offsets, &[offsets.len() as i32]);
+        let mut masks = BatchMasks::default();
         for (i, block) in self.blocks.iter().enumerate() {
             let rope = block.rope.map(|r| &self.ropes[r]);
             let mut kvs = caches
@@ -261,7 +264,7 @@ impl Decoder {
                 .map(|c| c.kv(i))
                 .collect::<Result<Vec<_>>>()?;
             let n = block.input_norm.forward(&x)?;
-            let r = block.attn.forward_batch(&n, &mut kvs, &offsets, rope)?;
+            let r = (block.attn).forward_batch(&n, &mut kvs, &offsets, rope, &mut masks)?;
             x = block.feed_forward(x, r)?;
         }
         caches.iter_mut().for_each(|c| c.offset += 1);

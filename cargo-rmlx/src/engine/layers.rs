@@ -701,8 +701,14 @@ impl Rope {
     }
 
     /// Applies the rotation to `x` (`[B, heads, L, head_dim]`) for positions starting at
-    /// `offset`.
+    /// `offset` (MLX: a rope with a scalar offset array).
     pub fn forward(&self, x: &Array, offset: usize) -> Result<Array> {
+        self.forward_rows(x, &Array::from_int(offset as i32))
+    }
+
+    /// Like [`Self::forward`] with one starting position per batch row: `offsets` is
+    /// `[B]` int32 (a batched decode step, each sequence at its own position), or a scalar.
+    pub fn forward_rows(&self, x: &Array, offsets: &Array) -> Result<Array> {
         let scaled;
         let x = if self.mscale == 1.0 {
             x
@@ -710,18 +716,14 @@ impl Rope {
             scaled = super::rope::scale_leading(x, self.dims, self.mscale)?;
             &scaled
         };
-        let base = if self.freqs.is_some() {
-            None
-        } else {
-            Some(self.base)
-        };
-        Ok(mlx_rs::fast::rope(
+        let base = self.freqs.is_none().then_some(self.base);
+        Ok(mlx_rs::fast::rope_dynamic(
             x,
             self.dims,
             self.traditional,
             base,
             self.scale,
-            offset as i32,
+            offsets,
             self.freqs.as_ref(),
         )?)
     }

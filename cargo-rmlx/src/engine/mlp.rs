@@ -1,6 +1,8 @@
 //! Feed-forward blocks shared by the architectures: the gated MLP ([`GatedMlp`]:
 //! `down(act(gate(x)) * up(x))`) and its activations ([`Activation`]).
 
+use mlx_rs::error::Result as MlxResult;
+use mlx_rs::transforms::compile::compile;
 use mlx_rs::Array;
 
 use super::layers::{Linear, LoadCtx};
@@ -23,6 +25,30 @@ impl Activation {
             Activation::GeluTanh => mlx_rs::nn::gelu_approximate(gate)?,
         })
     }
+
+    /// `act(gate) * up`; SiLU's as one fused MLX kernel (a compiled function kept per
+    /// thread, like mlx-lm's `swiglu`, instead of a sigmoid, two products and a re-trace per
+    /// call).
+    pub fn gated(self, gate: &Array, up: &Array) -> Result<Array> {
+        match self {
+            Activation::Silu => SWIGLU
+                .with_borrow_mut(|f| f((gate, up)))
+                .map_err(Into::into),
+            Activation::GeluTanh => Ok(self.apply(gate)?.multiply(up)?),
+        }
+    }
+}
+
+/// A compiled function of two arrays.
+type Compiled2 = Box<dyn for<'a> FnMut((&'a Array, &'a Array)) -> MlxResult<Array>>;
+
+thread_local! {
+    /// `silu(gate) * up`, compiled shapeless once per thread (a compiled function is erased
+    /// from MLX's cache when dropped, so it must outlive the calls).
+    static SWIGLU: std::cell::RefCell<Compiled2> = std::cell::RefCell::new(Box::new(compile(
+        |(g, u): (&Array, &Array)| g.multiply(mlx_rs::ops::sigmoid(g)?)?.multiply(u),
+        true,
+    )));
 }
 
 /// `down_proj(act(gate_proj(x)) * up_proj(x))`.
@@ -66,7 +92,6 @@ impl GatedMlp {
     /// Applies the MLP to `x` (`[…, hidden]`).
     pub fn forward(&self, x: &Array) -> Result<Array> {
         let [gate, up] = Linear::forward_many([&self.gate_proj, &self.up_proj], x)?;
-        let act = self.activation.apply(&gate)?;
-        self.down_proj.forward(&act.multiply(&up)?)
+        self.down_proj.forward(&self.activation.gated(&gate, &up)?)
     }
 }

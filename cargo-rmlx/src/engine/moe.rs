@@ -61,7 +61,7 @@ impl ExpertActivation {
     /// `act(gate, up)`.
     pub fn apply(self, gate: &Array, up: &Array) -> Result<Array> {
         match self {
-            ExpertActivation::Glu(act) => Ok(act.apply(gate)?.multiply(up)?),
+            ExpertActivation::Glu(act) => act.gated(gate, up),
             ExpertActivation::ClampedSwiGlu { alpha, limit } => {
                 let dt = gate.dtype();
                 let lim = Array::from_f32(limit).as_dtype(dt)?;

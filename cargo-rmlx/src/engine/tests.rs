@@ -440,3 +440,107 @@ fn qwen3_qk_norms_match_the_naive_reference() {
 fn gemma3_sandwich_norms_and_sliding_window_match_the_naive_reference() {
     check(Arch::Gemma3, 4);
 }
+
+/// Which sequences (indices into the prompts) decode together at each step of
+/// [`check_batch`]: two start, a third joins, one leaves, one steps alone, the rows change
+/// order; after the schedule, rows 2 and 0 go on together for `tail` more steps (past the
+/// 256-position growth of the shared buffer when `tail` is large).
+const BATCH_SCHEDULE: [&[usize]; 7] = [
+    &[0, 1],
+    &[0, 1],
+    &[0, 1, 2],
+    &[0, 1, 2],
+    &[0, 2],
+    &[0],
+    &[2, 0],
+];
+
+/// Batched decode through MLX (the tiny float32 models never take the host kernels, so this
+/// is the GPU's path): every row's logits equal its sequence's own run, step by step, across
+/// joins, a leave, a step alone and a change of row order.
+fn check_batch(arch: Arch, seed: u64, tail: usize) {
+    let w = make_weights(arch, &mut Rng(seed));
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_model(dir.path(), arch, &w);
+    let snap = Snapshot::open(dir.path()).expect("open tiny model");
+    let model = Model::load(&snap, DtypePolicy::Fixed(crate::manifest::Dtype::Float32))
+        .expect("load tiny model");
+    let prompts: [&[i32]; 3] = [&[3, 17, 1, 29, 4], &[11, 2], &[5, 9, 30, 7, 22, 8, 1]];
+    let schedule: Vec<Vec<usize>> = BATCH_SCHEDULE
+        .iter()
+        .map(|s| s.to_vec())
+        .chain(std::iter::repeat_n(vec![2, 0], tail))
+        .collect();
+    let feed = |seq: usize, step: usize| ((seq * 7 + step * 3 + 1) % VOCAB) as u32;
+    let prefill = |prompt: &[i32]| {
+        let mut cache = model.net.new_cache();
+        let input = Array::from_slice(prompt, &[1, prompt.len() as i32]);
+        let l = model.net.forward_last(&input, &mut cache).expect("prefill");
+        l.eval().expect("eval");
+        cache
+    };
+    let logits = |l: &Array| -> Vec<f32> {
+        l.eval().expect("eval");
+        l.as_slice::<f32>().to_vec()
+    };
+    // Each sequence alone, its steps in order.
+    let mut alone: Vec<Vec<Vec<f32>>> = vec![Vec::new(); prompts.len()];
+    for (s, prompt) in prompts.iter().enumerate() {
+        let mut cache = prefill(prompt);
+        let steps = schedule.iter().filter(|m| m.contains(&s)).count();
+        for t in 0..steps {
+            let input = Array::from_slice(&[feed(s, t) as i32], &[1, 1]);
+            let l = model.net.forward_last(&input, &mut cache).expect("step");
+            alone[s].push(logits(&l));
+        }
+    }
+    // The same steps batched as scheduled.
+    let mut caches: Vec<_> = prompts.iter().map(|p| prefill(p)).collect();
+    let mut done = vec![0usize; prompts.len()];
+    let mut worst = 0f32;
+    for (step, members) in schedule.iter().enumerate() {
+        let ids: Vec<u32> = members.iter().map(|&s| feed(s, done[s])).collect();
+        let mut slots: Vec<Option<&mut super::cache::Cache>> =
+            caches.iter_mut().map(Some).collect();
+        let mut refs: Vec<&mut super::cache::Cache> = members
+            .iter()
+            .map(|&s| slots[s].take().expect("each sequence once a step"))
+            .collect();
+        let got = logits(&model.net.forward_batch(&ids, &mut refs).expect("batch"));
+        let lent = refs[0]
+            .kv_ref(LAYERS - 1)
+            .expect("a key/value layer")
+            .in_batch();
+        assert_eq!(lent, members.len() > 1, "step {step}: the batch path ran");
+        for (row, &s) in members.iter().enumerate() {
+            let want = &alone[s][done[s]];
+            let d = want
+                .iter()
+                .zip(&got[row * VOCAB..(row + 1) * VOCAB])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                d < 1e-4,
+                "step {step}: sequence {s} differs from its own run by {d}"
+            );
+            worst = worst.max(d);
+            done[s] += 1;
+        }
+    }
+    eprintln!("batched vs alone: worst logit difference {worst}");
+}
+
+#[test]
+fn llama_batched_decode_matches_each_sequence_alone() {
+    check_batch(Arch::Llama, 5, 0);
+}
+
+#[test]
+fn qwen3_batched_decode_matches_each_sequence_alone() {
+    check_batch(Arch::Qwen3, 6, 0);
+}
+
+#[test]
+fn gemma3_batched_decode_matches_each_sequence_alone_past_buffer_growth() {
+    check_batch(Arch::Gemma3, 7, 260);
+}
