@@ -922,6 +922,74 @@ mod tests {
         "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,
         "vocab_size":100,"max_position_embeddings":256"#;
 
+    /// A config of `model_type` with only the keys every family requires, plus `extra`.
+    fn bare(model_type: &str, extra: &str) -> Result<ModelConfig> {
+        parse(&format!(
+            r#"{{"model_type":"{model_type}","hidden_size":64,"intermediate_size":128,
+            "num_hidden_layers":2,"num_attention_heads":8,"vocab_size":100{extra}}}"#
+        ))
+    }
+
+    #[test]
+    fn absent_common_keys_take_the_family_defaults() {
+        let shape = |c: &ModelConfig| {
+            (
+                c.head_dim,
+                c.num_key_value_heads,
+                c.rope_theta,
+                c.rms_norm_eps,
+                c.tie_word_embeddings,
+            )
+        };
+        assert_eq!(
+            shape(&bare("llama", "").unwrap()),
+            (8, 8, 10_000.0, 1e-6, true)
+        );
+        assert_eq!(
+            shape(&bare("qwen2", "").unwrap()),
+            (8, 8, 1_000_000.0, 1e-6, true)
+        );
+        assert_eq!(
+            shape(&bare("phi3", "").unwrap()),
+            (8, 8, 10_000.0, 1e-6, false)
+        );
+        assert_eq!(
+            shape(&bare("gemma3_text", "").unwrap()),
+            (256, 1, 1_000_000.0, 1e-6, true)
+        );
+        assert_eq!(
+            shape(&bare("gpt_oss", "").unwrap()),
+            (64, 8, 150_000.0, 1e-5, false)
+        );
+        assert!(!bare("qwen3_5_text", "").unwrap().tie_word_embeddings);
+        // Written keys win over every default; `null` counts as absent.
+        let extra = r#","head_dim":8,"num_key_value_heads":2,"rope_theta":5.0,
+            "rms_norm_eps":0.5,"tie_word_embeddings":null"#;
+        assert_eq!(
+            shape(&bare("gemma3_text", extra).unwrap()),
+            (8, 2, 5.0, 0.5, true)
+        );
+    }
+
+    #[test]
+    fn qwen3_reads_rope_parameters_when_the_top_level_has_none() {
+        let nested = r#","rope_parameters":{"rope_type":"linear","factor":2.0,"rope_theta":500.0}"#;
+        let c = bare("qwen3", nested).unwrap();
+        assert_eq!(c.rope_theta, 500.0);
+        assert!(matches!(c.rope_scaling, Some(RopeScaling::Linear { factor }) if factor == 2.0));
+        let c = bare("qwen3", &format!(r#","rope_theta":7.0{nested}"#)).unwrap();
+        assert_eq!(c.rope_theta, 7.0);
+        // Families that do not read `rope_parameters` keep their default.
+        let c = bare("llama", nested).unwrap();
+        assert_eq!((c.rope_theta, c.rope_scaling.is_none()), (10_000.0, true));
+        let err = bare("qwen3", r#","rope_parameters":{"rope_theta":"x"}"#).unwrap_err();
+        assert!(
+            err.message.contains("rope_parameters.rope_theta"),
+            "{}",
+            err.message
+        );
+    }
+
     #[test]
     fn intermediate_size_may_be_absent_only_beside_expert_widths() {
         let sparse = r#"{"model_type":"qwen3_5_moe","text_config":{"model_type":"qwen3_5_moe_text",
