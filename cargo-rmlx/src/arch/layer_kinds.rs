@@ -49,8 +49,8 @@ pub enum ListUse {
     DecidesOverPeriod,
     /// mlx-lm places the layers by the period alone: a list that disagrees is an error.
     MustAgree,
-    /// mlx-lm does not read it: every layer is full attention (a list saying otherwise is
-    /// logged).
+    /// mlx-lm does not read it: every layer is full attention, whatever the list says
+    /// (logged).
     Ignored,
 }
 
@@ -78,25 +78,33 @@ pub struct LayerRule {
 }
 
 impl LayerRule {
+    /// The layers `layer_types` lists (full or sliding attention), else global attention
+    /// everywhere: mlx-lm's llama and ministral3.
+    pub const fn listed(family: &'static str) -> Self {
+        Self {
+            family,
+            list: ListUse::Decides,
+            other: LayerKind::Sliding,
+            period: None,
+        }
+    }
+
     /// The attention kind of each of `config`'s layers.
     pub fn kinds(&self, config: &ModelConfig) -> Result<Vec<LayerKind>> {
-        let listed = match config.raw.get("layer_types") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(self.parse_list(config, v)?),
-        };
-        match (self.list, listed) {
-            (ListUse::Decides, Some(kinds)) => Ok(kinds),
-            (ListUse::Ignored, Some(kinds)) => {
-                if kinds.iter().any(|k| *k != LayerKind::Full) {
-                    tracing::info!(
-                        "{}: `layer_types` lists non-global layers; mlx-lm's {} ignores it, \
-                         every layer attends globally",
-                        config.path.display(),
-                        self.family
-                    );
-                }
-                Ok(vec![LayerKind::Full; config.num_hidden_layers])
+        let list = config.raw.get("layer_types").filter(|v| !v.is_null());
+        if self.list == ListUse::Ignored {
+            if list.is_some() {
+                tracing::debug!(
+                    "{}: mlx-lm's {} does not read `layer_types`; every layer attends globally",
+                    config.path.display(),
+                    self.family
+                );
             }
+            return self.derived(config);
+        }
+        let listed = list.map(|v| self.parse_list(config, v)).transpose()?;
+        match (self.list, listed) {
+            (ListUse::Decides | ListUse::Ignored, Some(kinds)) => Ok(kinds),
             (ListUse::MustAgree, Some(kinds)) => {
                 if kinds != self.derived(config)? {
                     return Err(self.disagrees(config));
@@ -121,12 +129,7 @@ impl LayerRule {
     fn derived(&self, config: &ModelConfig) -> Result<Vec<LayerKind>> {
         let n = config.num_hidden_layers;
         let Some(period) = self.period else {
-            if self.list != ListUse::Ignored {
-                tracing::debug!(
-                    "{}: no `layer_types`; every layer attends globally",
-                    self.family
-                );
-            }
+            tracing::debug!("{}: every layer attends globally", self.family);
             return Ok(vec![LayerKind::Full; n]);
         };
         let every = match period.key {
@@ -241,12 +244,7 @@ mod tests {
             default: 6,
         }),
     };
-    const LISTED: LayerRule = LayerRule {
-        family: "llama",
-        list: ListUse::Decides,
-        other: Sliding,
-        period: None,
-    };
+    const LISTED: LayerRule = LayerRule::listed("llama");
 
     fn kinds(rule: LayerRule, extra: &str) -> Result<Vec<LayerKind>> {
         rule.kinds(&test_config("llama", extra).unwrap())
@@ -311,6 +309,7 @@ mod tests {
             ..LISTED
         };
         assert_eq!(kinds(rule, &types(&[Sliding; 4])).unwrap(), vec![Full; 4]);
+        assert_eq!(kinds(rule, &types(&[Linear])).unwrap(), vec![Full; 4]);
     }
 
     #[test]

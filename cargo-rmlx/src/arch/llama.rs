@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use super::layer_kinds::{windows, LayerKind, LayerRule, ListUse};
+use super::layer_kinds::{windows, LayerRule, ListUse};
 use super::Architecture;
 use crate::diagnostic::{code, Result};
 use crate::engine::decoder::{Decoder, DecoderSpec};
@@ -38,8 +38,10 @@ const QWEN2_KEYS: KeyDefaults = KeyDefaults {
     ..KeyDefaults::LLAMA
 };
 
-/// mlx-lm's qwen3: RoPE from `rope_parameters` when the top level has none; no defaults.
+/// mlx-lm's qwen3: RoPE from `rope_parameters` when the top level has none; no defaults
+/// (transformers' where it has one: untied embeddings).
 const QWEN3_KEYS: KeyDefaults = KeyDefaults {
+    tie_word_embeddings: false,
     rope_parameters: true,
     required: &[
         "rms_norm_eps",
@@ -60,14 +62,8 @@ pub const SMOLLM3: Architecture = Architecture {
     keys: |_| KeyDefaults::LLAMA,
 };
 
-/// mlx-lm's llama (also mistral and smollm3): the layers `layer_types` lists, else global
-/// attention everywhere.
-const LAYERS: LayerRule = LayerRule {
-    family: "llama",
-    list: ListUse::Decides,
-    other: LayerKind::Sliding,
-    period: None,
-};
+/// mlx-lm's llama (also mistral and smollm3).
+const LAYERS: LayerRule = LayerRule::listed("llama");
 
 /// mlx-lm's qwen2 and qwen3 do not read `layer_types` (nor `use_sliding_window`).
 const QWEN_LAYERS: LayerRule = LayerRule {

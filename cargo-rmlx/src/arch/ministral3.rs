@@ -6,7 +6,7 @@
 use mlx_rs::Array;
 use serde_json::Value;
 
-use super::layer_kinds::{windows, LayerKind, LayerRule, ListUse};
+use super::layer_kinds::{windows, LayerRule};
 use super::Architecture;
 use crate::diagnostic::{code, Result};
 use crate::engine::attention::{Attention, AttentionSpec};
@@ -29,12 +29,7 @@ pub const ARCH: Architecture = Architecture {
 };
 
 /// mlx-lm's ministral3: the layers `layer_types` lists, else global attention everywhere.
-const LAYERS: LayerRule = LayerRule {
-    family: "ministral3",
-    list: ListUse::Decides,
-    other: LayerKind::Sliding,
-    period: None,
-};
+const LAYERS: LayerRule = LayerRule::listed("ministral3");
 
 #[derive(Debug)]
 struct Block {

@@ -31,8 +31,10 @@ pub const ARCH: Architecture = Architecture {
     keys: |_| KEYS,
 };
 
-/// mlx-lm's qwen3_moe has no defaults for these keys.
+/// mlx-lm's qwen3_moe has no defaults for these keys; transformers' where it has one
+/// (untied embeddings).
 const KEYS: KeyDefaults = KeyDefaults {
+    tie_word_embeddings: false,
     required: &[
         "rms_norm_eps",
         "num_key_value_heads",

@@ -170,8 +170,8 @@ pub struct KeyDefaults {
     /// Without top-level `rope_theta` / `rope_scaling`, read them from transformers 5's
     /// `rope_parameters` (mlx-lm's qwen3 does).
     pub rope_parameters: bool,
-    /// The keys above that mlx-lm refuses a config without: the fallback is taken with a
-    /// warning.
+    /// The keys above that mlx-lm refuses a config without: the fallback (transformers' config
+    /// default where it is a constant) is taken with a warning.
     pub required: &'static [&'static str],
 }
 
@@ -941,27 +941,19 @@ mod tests {
                 c.tie_word_embeddings,
             )
         };
-        assert_eq!(
-            shape(&bare("llama", "").unwrap()),
-            (8, 8, 10_000.0, 1e-6, true)
-        );
-        assert_eq!(
-            shape(&bare("qwen2", "").unwrap()),
-            (8, 8, 1_000_000.0, 1e-6, true)
-        );
-        assert_eq!(
-            shape(&bare("phi3", "").unwrap()),
-            (8, 8, 10_000.0, 1e-6, false)
-        );
-        assert_eq!(
-            shape(&bare("gemma3_text", "").unwrap()),
-            (256, 1, 1_000_000.0, 1e-6, true)
-        );
-        assert_eq!(
-            shape(&bare("gpt_oss", "").unwrap()),
-            (64, 8, 150_000.0, 1e-5, false)
-        );
-        assert!(!bare("qwen3_5_text", "").unwrap().tie_word_embeddings);
+        // mlx-lm's defaults (transformers' for the keys mlx-lm requires).
+        let families = [
+            ("llama", (8, 8, 10_000.0, 1e-6, true)),
+            ("qwen2", (8, 8, 1_000_000.0, 1e-6, true)),
+            ("qwen3", (8, 8, 10_000.0, 1e-6, false)),
+            ("phi3", (8, 8, 10_000.0, 1e-6, false)),
+            ("gemma3_text", (256, 1, 1_000_000.0, 1e-6, true)),
+            ("gpt_oss", (64, 8, 150_000.0, 1e-5, false)),
+            ("qwen3_5_text", (8, 8, 100_000.0, 1e-6, false)),
+        ];
+        for (model_type, want) in families {
+            assert_eq!(shape(&bare(model_type, "").unwrap()), want, "{model_type}");
+        }
         // Written keys win over every default; `null` counts as absent.
         let extra = r#","head_dim":8,"num_key_value_heads":2,"rope_theta":5.0,
             "rms_norm_eps":0.5,"tie_word_embeddings":null"#;

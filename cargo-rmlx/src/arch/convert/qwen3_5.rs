@@ -75,7 +75,7 @@ fn sanitize(t: &mut Tensors, h: &Hints<'_>) -> Result<(), Problem> {
         |k| k.contains("mtp."),
         "multi-token prediction head (not used)",
     );
-    if Hints::tied(h.text(), false) {
+    if Hints::tied(h.text()) {
         t.drop_if(
             |k| k == "language_model.lm_head.weight",
             "tied to the embeddings",
