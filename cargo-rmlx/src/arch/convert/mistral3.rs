@@ -37,7 +37,7 @@ fn config_fix(raw: &mut Map<String, Value>) {
 
 fn sanitize(t: &mut Tensors, h: &Hints<'_>) -> Result<(), Problem> {
     if h.raw.get("model_type").and_then(Value::as_str) != Some("mistral3") {
-        return text_model(t, Hints::tied(h.raw));
+        return text_model(t, h.tied());
     }
     let inner = h.text().get("model_type").and_then(Value::as_str);
     if !matches!(inner, None | Some("ministral3" | "mistral" | "llama")) {
@@ -60,7 +60,7 @@ fn sanitize(t: &mut Tensors, h: &Hints<'_>) -> Result<(), Problem> {
     })?;
     // The text config as the wrapper reads it (an absent `tie_word_embeddings` is false).
     let text = crate::arch::wrapper("mistral3").map(|w| w.text_config(h.raw).0);
-    text_model(t, Hints::tied(text.as_ref().unwrap_or(h.text())))?;
+    text_model(t, h.tied_in(text.as_ref().unwrap_or(h.text())))?;
     t.rename(|k| Some(format!("language_model.{k}")))
 }
 
