@@ -12,6 +12,7 @@
 use mlx_rs::{Array, Dtype};
 use serde_json::Value;
 
+use super::layer_kinds::{windows, LayerKind, LayerRule, ListUse, Period};
 use super::{config_size, Architecture};
 use crate::diagnostic::{code, Diagnostic, Result};
 use crate::engine::decoder::{Decoder, DecoderSpec};
@@ -20,6 +21,7 @@ use crate::engine::moe::{
     stacked_experts, ExpertActivation, MoeSpec, Routing, SwitchGlu, SwitchLinear,
 };
 use crate::engine::network::Network;
+use crate::snapshot::config::KeyDefaults;
 use crate::snapshot::{ModelConfig, QuantMode, QuantParams};
 
 /// Registry entry.
@@ -28,44 +30,51 @@ pub const ARCH: Architecture = Architecture {
     load,
     convert: super::convert::gpt_oss::CONVERT,
     gguf: &[super::gguf::gpt_oss::GPT_OSS],
+    keys: |_| KEYS,
+};
+
+/// mlx-lm's gpt_oss defaults (its LM head is never tied).
+const KEYS: KeyDefaults = KeyDefaults {
+    head_dim: Some(64),
+    num_key_value_heads: Some(8),
+    rope_theta: 150_000.0,
+    rms_norm_eps: 1e-5,
+    tie_word_embeddings: false,
+    rope_parameters: false,
+    required: &[],
 };
 
 /// mlx-lm's `SwigluOAI` defaults (config.json's `swiglu_limit` is not read by mlx-lm).
 const ALPHA: f32 = 1.702;
 const LIMIT: f32 = 7.0;
 
-fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {
-    let config = with_mlx_lm_defaults(ctx.config);
-    let ctx = LoadCtx {
-        config: &config,
-        ..*ctx
-    };
-    Ok(Box::new(Decoder::load(&ctx, &spec(&config)?)?))
-}
+/// mlx-lm's gpt_oss: the layers `layer_types` lists, else sliding and full alternating.
+const LAYERS: LayerRule = LayerRule {
+    family: "gpt_oss",
+    list: ListUse::Decides,
+    other: LayerKind::Sliding,
+    period: Some(Period {
+        key: None,
+        default: 2,
+    }),
+};
 
-/// mlx-lm's `ModelArgs` defaults where config.json is silent and ours would differ.
-fn with_mlx_lm_defaults(config: &ModelConfig) -> ModelConfig {
-    let mut c = config.clone();
-    if !c.raw.contains_key("head_dim") {
-        c.head_dim = 64;
-    }
-    if !c.raw.contains_key("rope_theta") {
-        c.rope_theta = 150_000.0;
-    }
-    if c.raw
+fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {
+    let config = ctx.config;
+    if config
+        .raw
         .get("swiglu_limit")
         .and_then(Value::as_f64)
         .is_some_and(|l| l as f32 != LIMIT)
     {
         tracing::info!("gpt_oss: swiglu_limit differs from 7.0; using 7.0 as mlx-lm does");
     }
-    c
+    Ok(Box::new(Decoder::load(ctx, &spec(config)?)?))
 }
 
 /// The decoder spec of a GPT-OSS config.
 pub fn spec(config: &ModelConfig) -> Result<DecoderSpec> {
     let base = DecoderSpec::llama(config);
-    let window = config_size(config, "sliding_window", Some(128))?;
     let moe = (0..config.num_hidden_layers)
         .map(|i| moe_spec(config, i).map(Some))
         .collect::<Result<Vec<_>>>()?;
@@ -74,39 +83,11 @@ pub fn spec(config: &ModelConfig) -> Result<DecoderSpec> {
         o_bias: true,
         mlp_bias: false,
         qk_norm: false,
-        sliding_window: sliding_layers(config)?
-            .into_iter()
-            .map(|s| s.then_some(window))
-            .collect(),
+        sliding_window: windows(config, &LAYERS.kinds(config)?, Some(128))?,
         attn_sinks: true,
         moe,
         ..base
     })
-}
-
-/// Per layer, whether it is a sliding-window layer.
-fn sliding_layers(config: &ModelConfig) -> Result<Vec<bool>> {
-    let n = config.num_hidden_layers;
-    match config.raw.get("layer_types") {
-        None | Some(Value::Null) => Ok((0..n).map(|i| i % 2 == 0).collect()),
-        Some(Value::Array(types)) if types.len() == n => types
-            .iter()
-            .map(|t| match t.as_str() {
-                Some("sliding_attention") => Ok(true),
-                Some("full_attention") => Ok(false),
-                _ => Err(config.located(
-                    code::Snapshot::Config,
-                    format!("unknown layer type {t} (sliding_attention or full_attention)"),
-                    "layer_types",
-                )),
-            })
-            .collect(),
-        Some(v) => Err(config.located(
-            code::Snapshot::Config,
-            format!("`layer_types` must list the type of each of the {n} layers, found {v}"),
-            "layer_types",
-        )),
-    }
 }
 
 fn moe_spec(config: &ModelConfig, layer: usize) -> Result<MoeSpec> {

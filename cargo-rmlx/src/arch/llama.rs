@@ -1,15 +1,17 @@
 //! The llama family: Llama 2/3, SmolLM, TinyLlama and Mistral share one layout; Qwen2 adds
 //! q/k/v biases; Qwen3 normalises each q/k head; SmolLM3 leaves RoPE out of every
 //! `no_rope_layer_interval`-th layer (or those `no_rope_layers` marks 0). All are the
-//! standard dense decoder.
+//! standard dense decoder; llama, mistral and smollm3 slide where `layer_types` says so.
 
 use serde_json::Value;
 
+use super::layer_kinds::{windows, LayerRule, ListUse};
 use super::Architecture;
 use crate::diagnostic::{code, Result};
 use crate::engine::decoder::{Decoder, DecoderSpec};
 use crate::engine::layers::LoadCtx;
 use crate::engine::network::Network;
+use crate::snapshot::config::KeyDefaults;
 use crate::snapshot::ModelConfig;
 
 /// Registry entry.
@@ -22,6 +24,33 @@ pub const ARCH: Architecture = Architecture {
         super::gguf::llama::QWEN2,
         super::gguf::llama::QWEN3,
     ],
+    keys: |model_type| match model_type {
+        "qwen2" => QWEN2_KEYS,
+        "qwen3" => QWEN3_KEYS,
+        _ => KeyDefaults::LLAMA,
+    },
+};
+
+/// mlx-lm's qwen2: base 1000000; KV heads and `rms_norm_eps` required.
+const QWEN2_KEYS: KeyDefaults = KeyDefaults {
+    rope_theta: 1_000_000.0,
+    required: &["rms_norm_eps", "num_key_value_heads"],
+    ..KeyDefaults::LLAMA
+};
+
+/// mlx-lm's qwen3: RoPE from `rope_parameters` when the top level has none; no defaults
+/// (transformers' where it has one: untied embeddings).
+const QWEN3_KEYS: KeyDefaults = KeyDefaults {
+    tie_word_embeddings: false,
+    rope_parameters: true,
+    required: &[
+        "rms_norm_eps",
+        "num_key_value_heads",
+        "head_dim",
+        "tie_word_embeddings",
+        "rope_theta",
+    ],
+    ..KeyDefaults::LLAMA
 };
 
 /// Registry entry of SmolLM3 (the same network; its own conversion rules).
@@ -30,11 +59,29 @@ pub const SMOLLM3: Architecture = Architecture {
     load,
     convert: super::convert::smollm3::CONVERT,
     gguf: &[super::gguf::llama::SMOLLM3],
+    keys: |_| KeyDefaults::LLAMA,
+};
+
+/// mlx-lm's llama (also mistral and smollm3).
+const LAYERS: LayerRule = LayerRule::listed("llama");
+
+/// mlx-lm's qwen2 and qwen3 do not read `layer_types` (nor `use_sliding_window`).
+const QWEN_LAYERS: LayerRule = LayerRule {
+    family: "qwen2/qwen3",
+    list: ListUse::Ignored,
+    ..LAYERS
 };
 
 fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {
     let config = ctx.config;
-    let base = DecoderSpec::llama(config);
+    let rule = match config.model_type.as_str() {
+        "qwen2" | "qwen3" => QWEN_LAYERS,
+        _ => LAYERS,
+    };
+    let base = DecoderSpec {
+        sliding_window: windows(config, &rule.kinds(config)?, None)?,
+        ..DecoderSpec::llama(config)
+    };
     let spec = match config.model_type.as_str() {
         // Qwen2: biases on q/k/v (never on o).
         "qwen2" => DecoderSpec {

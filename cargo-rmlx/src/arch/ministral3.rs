@@ -6,6 +6,7 @@
 use mlx_rs::Array;
 use serde_json::Value;
 
+use super::layer_kinds::{windows, LayerRule};
 use super::Architecture;
 use crate::diagnostic::{code, Result};
 use crate::engine::attention::{Attention, AttentionSpec};
@@ -14,6 +15,7 @@ use crate::engine::ends::Ends;
 use crate::engine::layers::{Linear, LoadCtx, RmsNorm, Rope};
 use crate::engine::mlp::{Activation, GatedMlp};
 use crate::engine::network::Network;
+use crate::snapshot::config::KeyDefaults;
 use crate::snapshot::ModelConfig;
 
 /// Registry entry.
@@ -22,7 +24,12 @@ pub const ARCH: Architecture = Architecture {
     load,
     convert: super::convert::mistral3::CONVERT,
     gguf: &[super::gguf::ministral3::MISTRAL3],
+    // Its RoPE is read from `rope_parameters` below, as mlx-lm's ministral3 does.
+    keys: |_| KeyDefaults::LLAMA,
 };
+
+/// mlx-lm's ministral3: the layers `layer_types` lists, else global attention everywhere.
+const LAYERS: LayerRule = LayerRule::listed("ministral3");
 
 #[derive(Debug)]
 struct Block {
@@ -45,7 +52,7 @@ fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {
     let c = ctx.config;
     let num = |key: &str| rope_parameter(c, key);
     let theta = num("rope_theta")?;
-    let windows = windows(c)?;
+    let windows = windows(c, &LAYERS.kinds(c)?, None)?;
     let blocks = windows
         .iter()
         .enumerate()
@@ -77,31 +84,6 @@ fn rope_parameter(c: &ModelConfig, key: &str) -> Result<f32> {
             "rope_parameters",
         )),
     }
-}
-
-/// Per layer: the sliding window of `sliding_attention` layers, `None` for full attention.
-fn windows(c: &ModelConfig) -> Result<Vec<Option<usize>>> {
-    let n = c.num_hidden_layers;
-    let Some(types) = c.raw.get("layer_types").filter(|v| !v.is_null()) else {
-        return Ok(vec![None; n]);
-    };
-    let bad = |what: String| c.located(code::Snapshot::Config, what, "layer_types");
-    let types = types
-        .as_array()
-        .filter(|t| t.len() == n)
-        .ok_or_else(|| bad(format!("`layer_types` must list one type per layer ({n})")))?;
-    let window = c.raw.get("sliding_window").and_then(Value::as_u64);
-    types
-        .iter()
-        .map(|t| match (t.as_str(), window) {
-            (Some("full_attention"), _) => Ok(None),
-            (Some("sliding_attention"), Some(w)) if w > 0 => Ok(Some(w as usize)),
-            (Some("sliding_attention"), _) => Err(bad(
-                "sliding-window layers need a positive `sliding_window`".into(),
-            )),
-            _ => Err(bad(format!("unknown layer type {t}"))),
-        })
-        .collect()
 }
 
 fn load_block(ctx: &LoadCtx<'_>, i: usize, window: Option<usize>) -> Result<Block> {

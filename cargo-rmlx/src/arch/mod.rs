@@ -14,6 +14,7 @@ pub mod gemma3;
 pub mod gemma4;
 pub mod gguf;
 pub mod gpt_oss;
+pub mod layer_kinds;
 pub mod llama;
 pub mod ministral3;
 pub mod olmo2;
@@ -26,6 +27,7 @@ use serde_json::{Map, Value};
 use crate::diagnostic::{code, Diagnostic, Result};
 use crate::engine::layers::LoadCtx;
 use crate::engine::network::Network;
+use crate::snapshot::config::KeyDefaults;
 use crate::snapshot::ModelConfig;
 
 /// One supported architecture family.
@@ -39,6 +41,8 @@ pub struct Architecture {
     pub convert: Convert,
     /// The GGUF architectures `cargo rmlx convert` imports as this family (empty: none).
     pub gguf: &'static [gguf::GgufArch],
+    /// What config.json's absent common keys mean for a `model_type` of this entry.
+    pub keys: fn(model_type: &str) -> KeyDefaults,
 }
 
 pub use convert::Convert;
@@ -211,16 +215,18 @@ const OTHER_SIZE_LIMIT: u64 = 1 << 20;
 pub fn config_size(config: &ModelConfig, key: &str, default: Option<usize>) -> Result<usize> {
     let max = crate::snapshot::config::size_limit(key).unwrap_or(OTHER_SIZE_LIMIT);
     match config.raw.get(key) {
-        None | Some(serde_json::Value::Null) => default.ok_or_else(|| {
-            config.located(
-                code::Snapshot::Config,
-                format!(
-                    "config.json of a `{}` model needs `{key}`",
-                    config.model_type
-                ),
-                "model_type",
-            )
-        }),
+        None | Some(serde_json::Value::Null) => {
+            default.map(|d| defaulted(config, key, d)).ok_or_else(|| {
+                config.located(
+                    code::Snapshot::Config,
+                    format!(
+                        "config.json of a `{}` model needs `{key}`",
+                        config.model_type
+                    ),
+                    "model_type",
+                )
+            })
+        }
         Some(v) => match v.as_u64() {
             Some(n) if n > 0 && n <= max => Ok(n as usize),
             _ => Err(config.located(
@@ -235,7 +241,7 @@ pub fn config_size(config: &ModelConfig, key: &str, default: Option<usize>) -> R
 /// The boolean `key` of config.json, `default` when absent.
 pub fn config_bool(config: &ModelConfig, key: &str, default: bool) -> Result<bool> {
     match config.raw.get(key) {
-        None | Some(serde_json::Value::Null) => Ok(default),
+        None | Some(serde_json::Value::Null) => Ok(defaulted(config, key, default)),
         Some(v) => v.as_bool().ok_or_else(|| {
             config.located(
                 code::Snapshot::Config,
@@ -244,6 +250,30 @@ pub fn config_bool(config: &ModelConfig, key: &str, default: bool) -> Result<boo
             )
         }),
     }
+}
+
+/// The finite number `key` of config.json, `default` when absent or `null` (logged).
+pub fn config_number(config: &ModelConfig, key: &str, default: f64) -> Result<f64> {
+    match config.raw.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(defaulted(config, key, default)),
+        Some(v) => v.as_f64().filter(|x| x.is_finite()).ok_or_else(|| {
+            config.located(
+                code::Snapshot::Config,
+                format!("`{key}` must be a number, found {v}"),
+                key,
+            )
+        }),
+    }
+}
+
+/// `default`, noting that config.json left `key` to the family's (mlx-lm's) default.
+fn defaulted<T: std::fmt::Display>(config: &ModelConfig, key: &str, default: T) -> T {
+    tracing::debug!(
+        "{}: no `{key}`; using the {} default {default}",
+        config.path.display(),
+        config.text_model_type
+    );
+    default
 }
 
 /// The exit-5 error for a `model_type` no entry runs.

@@ -16,6 +16,7 @@ use crate::engine::layers::parallel::WideRmsNorm;
 use crate::engine::layers::{Linear, LoadCtx, RmsNorm, Rope};
 use crate::engine::mlp::{Activation, GatedMlp};
 use crate::engine::network::Network;
+use crate::snapshot::config::KeyDefaults;
 
 /// Registry entry.
 pub const ARCH: Architecture = Architecture {
@@ -23,6 +24,7 @@ pub const ARCH: Architecture = Architecture {
     load,
     convert: super::convert::olmo2::CONVERT,
     gguf: &[super::gguf::olmo2::OLMO2],
+    keys: |_| KeyDefaults::LLAMA,
 };
 
 #[derive(Debug)]

@@ -18,6 +18,7 @@ use crate::engine::cache::{Cache, CacheKind};
 use crate::engine::ends::Ends;
 use crate::engine::layers::{Linear, LoadCtx, RmsNorm, Rope};
 use crate::engine::network::Network;
+use crate::snapshot::config::KeyDefaults;
 use crate::snapshot::{ModelConfig, RopeScaling};
 
 /// Registry entry.
@@ -26,6 +27,13 @@ pub const ARCH: Architecture = Architecture {
     load,
     convert: super::convert::phi3::CONVERT,
     gguf: &[super::gguf::phi3::PHI3],
+    keys: |_| KEYS,
+};
+
+/// mlx-lm's phi3: llama's defaults with untied embeddings.
+const KEYS: KeyDefaults = KeyDefaults {
+    tie_word_embeddings: false,
+    ..KeyDefaults::LLAMA
 };
 
 #[derive(Debug)]
@@ -51,12 +59,11 @@ fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {
     let c = ctx.config;
     // The whole model's head count (a tensor-parallel rank's config holds its own heads).
     let head_dim = c.hidden_size / ctx.parallel.whole_heads(c);
-    let tied = c.raw.get("tie_word_embeddings").and_then(Value::as_bool) == Some(true);
     let blocks = (0..c.num_hidden_layers)
         .map(|i| load_block(ctx, i, head_dim))
         .collect::<Result<Vec<_>>>()?;
     Ok(Box::new(Phi3 {
-        ends: Ends::load(ctx, false, None, tied)?,
+        ends: Ends::load(ctx, false, None, c.tie_word_embeddings)?,
         blocks,
         attn: AttentionSpec {
             n_heads: c.num_attention_heads,

@@ -10,6 +10,7 @@
 use mlx_rs::Array;
 use serde_json::Value;
 
+use super::layer_kinds::{LayerKind, LayerRule, ListUse, Period};
 use super::{config_bool, config_size, Architecture};
 use crate::diagnostic::{code, Diagnostic, Result};
 use crate::engine::attention::{Attention, AttentionSpec};
@@ -20,6 +21,7 @@ use crate::engine::layers::{Linear, LoadCtx, RmsNorm, Rope};
 use crate::engine::mlp::{Activation, GatedMlp};
 use crate::engine::moe::{stacked_experts, ExpertActivation, MoeSpec, Routing, SparseMoe};
 use crate::engine::network::Network;
+use crate::snapshot::config::KeyDefaults;
 use crate::snapshot::{ModelConfig, RopeScaling};
 
 /// Registry entry.
@@ -32,6 +34,18 @@ pub const ARCH: Architecture = Architecture {
         super::gguf::qwen3_5::QWEN35,
         super::gguf::qwen3_5::QWEN35MOE,
     ],
+    keys: |_| KEYS,
+};
+
+/// mlx-lm's qwen3_5 defaults (its RoPE is read from `rope_parameters` by [`rope`]).
+const KEYS: KeyDefaults = KeyDefaults {
+    head_dim: None,
+    num_key_value_heads: Some(8),
+    rope_theta: 100_000.0,
+    rms_norm_eps: 1e-6,
+    tie_word_embeddings: false,
+    rope_parameters: false,
+    required: &[],
 };
 
 fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {
@@ -139,13 +153,17 @@ impl Qwen35 {
     fn load(ctx: &LoadCtx<'_>) -> Result<Self> {
         let c = ctx.config;
         let delta = delta_spec(c)?;
-        let blocks = linear_layers(c)?
+        let blocks = LAYERS
+            .kinds(c)?
             .into_iter()
             .enumerate()
-            .map(|(i, is_linear)| load_block(ctx, &format!("model.layers.{i}"), is_linear, delta))
+            .map(|(i, kind)| {
+                let is_linear = kind == LayerKind::Linear;
+                load_block(ctx, &format!("model.layers.{i}"), is_linear, delta)
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            ends: Ends::load(ctx, false, None, tied(c))?,
+            ends: Ends::load(ctx, false, None, c.tie_word_embeddings)?,
             blocks,
             rope: rope(c)?,
         })
@@ -174,16 +192,6 @@ fn feed_forward(ctx: &LoadCtx<'_>, p: &str) -> Result<FeedForward> {
         Activation::Silu,
     )?;
     Ok(FeedForward::Dense(mlp))
-}
-
-/// Whether the LM head is the embedding table: mlx-lm's Qwen3.5 reads a missing
-/// `tie_word_embeddings` as false (other families default to tied).
-fn tied(c: &ModelConfig) -> bool {
-    if !c.raw.contains_key("tie_word_embeddings") {
-        tracing::debug!("qwen3_5: no tie_word_embeddings in config.json; untied, as mlx-lm");
-        return false;
-    }
-    c.tie_word_embeddings
 }
 
 fn load_block(ctx: &LoadCtx<'_>, p: &str, is_linear: bool, delta: DeltaNetSpec) -> Result<Block> {
@@ -219,57 +227,25 @@ fn load_block(ctx: &LoadCtx<'_>, p: &str, is_linear: bool, delta: DeltaNetSpec) 
     })
 }
 
-/// Per layer: whether it is a linear-attention layer. mlx-lm decides by
-/// `full_attention_interval` (default 4): layer `i` is full attention iff `(i + 1)` is a
-/// multiple of it. A `layer_types` list that says otherwise is an error (mlx-lm would not load
-/// such a checkpoint either).
-fn linear_layers(c: &ModelConfig) -> Result<Vec<bool>> {
-    let interval = config_size(c, "full_attention_interval", Some(4))?;
-    let linear: Vec<bool> = (0..c.num_hidden_layers)
-        .map(|i| (i + 1) % interval != 0)
-        .collect();
-    let Some(types) = c.raw.get("layer_types").and_then(Value::as_array) else {
-        return Ok(linear);
-    };
-    let declared: Vec<Option<bool>> = types
-        .iter()
-        .map(|t| match t.as_str() {
-            Some("linear_attention") => Some(true),
-            Some("full_attention") => Some(false),
-            _ => None,
-        })
-        .collect();
-    if declared.len() != linear.len() || declared.iter().zip(&linear).any(|(d, l)| *d != Some(*l)) {
-        return Err(c
-            .located(
-                code::Snapshot::Config,
-                format!(
-                    "`layer_types` does not match `full_attention_interval` ({interval}) over \
-                     {} layers",
-                    linear.len()
-                ),
-                "layer_types",
-            )
-            .with_help("mlx-lm places full-attention layers by full_attention_interval; fix whichever is wrong"));
-    }
-    Ok(linear)
-}
-
-/// A positive size from config.json, or mlx-lm's default for it when absent (logged).
-fn size(c: &ModelConfig, key: &str, default: usize) -> Result<usize> {
-    if c.raw.get(key).is_none_or(Value::is_null) {
-        tracing::warn!("qwen3_5: no `{key}` in config.json; using mlx-lm's default {default}");
-    }
-    config_size(c, key, Some(default))
-}
+/// mlx-lm places Qwen3.5's full-attention layers by `full_attention_interval` (default 4)
+/// alone: layer `i` is full attention iff `(i + 1)` is a multiple of it.
+const LAYERS: LayerRule = LayerRule {
+    family: "qwen3_5",
+    list: ListUse::MustAgree,
+    other: LayerKind::Linear,
+    period: Some(Period {
+        key: Some("full_attention_interval"),
+        default: 4,
+    }),
+};
 
 fn delta_spec(c: &ModelConfig) -> Result<DeltaNetSpec> {
     Ok(DeltaNetSpec {
-        n_k_heads: size(c, "linear_num_key_heads", 16)?,
-        n_v_heads: size(c, "linear_num_value_heads", 64)?,
-        k_head_dim: size(c, "linear_key_head_dim", 192)?,
-        v_head_dim: size(c, "linear_value_head_dim", 128)?,
-        conv_kernel: size(c, "linear_conv_kernel_dim", 4)?,
+        n_k_heads: config_size(c, "linear_num_key_heads", Some(16))?,
+        n_v_heads: config_size(c, "linear_num_value_heads", Some(64))?,
+        k_head_dim: config_size(c, "linear_key_head_dim", Some(192))?,
+        v_head_dim: config_size(c, "linear_value_head_dim", Some(128))?,
+        conv_kernel: config_size(c, "linear_conv_kernel_dim", Some(4))?,
         eps: c.rms_norm_eps,
     })
 }

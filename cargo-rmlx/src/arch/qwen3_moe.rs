@@ -19,6 +19,7 @@ use crate::engine::moe::{
     stacked_experts, ExpertActivation, MoeSpec, Routing, SwitchGlu, SwitchLinear,
 };
 use crate::engine::network::Network;
+use crate::snapshot::config::KeyDefaults;
 use crate::snapshot::ModelConfig;
 
 /// Registry entry.
@@ -27,6 +28,21 @@ pub const ARCH: Architecture = Architecture {
     load,
     convert: super::convert::qwen3_moe::CONVERT,
     gguf: &[super::gguf::qwen3_moe::QWEN3MOE],
+    keys: |_| KEYS,
+};
+
+/// mlx-lm's qwen3_moe has no defaults for these keys; transformers' where it has one
+/// (untied embeddings).
+const KEYS: KeyDefaults = KeyDefaults {
+    tie_word_embeddings: false,
+    required: &[
+        "rms_norm_eps",
+        "num_key_value_heads",
+        "head_dim",
+        "rope_theta",
+        "tie_word_embeddings",
+    ],
+    ..KeyDefaults::LLAMA
 };
 
 fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {

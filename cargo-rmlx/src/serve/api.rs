@@ -17,6 +17,7 @@ use serde_json::{json, Map, Value};
 use super::tools::{self, choice::ToolChoice};
 use super::worker::{GenRequest, PromptInput};
 use crate::constrain::ConstraintSpec;
+use crate::diagnostic::Code;
 use crate::engine::{Penalties, SamplerConfig};
 
 /// Most stop strings per request.
@@ -35,19 +36,154 @@ pub fn usage(prompt: usize, completion: usize, cached: usize) -> Value {
     })
 }
 
+/// `error.type` of a response: OpenAI's types, and this server's for reloads and stopped
+/// models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorType {
+    /// `invalid_request_error`.
+    InvalidRequest,
+    /// `not_found_error`: no route.
+    NotFound,
+    /// `rate_limit_error`: the model's queue is full.
+    RateLimit,
+    /// `server_error`.
+    Server,
+    /// `timeout_error`: generation ran past `--timeout`.
+    Timeout,
+    /// `reload_error`: `POST /v1/models/{name}/reload` failed.
+    Reload,
+    /// `model_not_ready`: no version of the model is loaded.
+    ModelNotReady,
+}
+
+impl ErrorType {
+    /// The string on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::InvalidRequest => "invalid_request_error",
+            ErrorType::NotFound => "not_found_error",
+            ErrorType::RateLimit => "rate_limit_error",
+            ErrorType::Server => "server_error",
+            ErrorType::Timeout => "timeout_error",
+            ErrorType::Reload => "reload_error",
+            ErrorType::ModelNotReady => "model_not_ready",
+        }
+    }
+}
+
+/// The OpenAI-style `error.code`s this server answers with, each with its HTTP status and
+/// `error.type` (one exhaustive table: [`ApiCode::wire`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiCode {
+    /// Missing or wrong `Authorization` (`--api-key`).
+    InvalidApiKey,
+    /// A route without this method.
+    MethodNotAllowed,
+    /// `model` names no served model.
+    ModelNotFound,
+    /// The body exceeds `--max-body-bytes`.
+    RequestTooLarge,
+    /// The prompt does not fit the context.
+    ContextLengthExceeded,
+    /// The model's queue is full (`--queue-depth`).
+    QueueFull,
+    /// A `Host` other than loopback on a loopback server.
+    HostNotAllowed,
+    /// A POST without `Content-Type: application/json`.
+    UnsupportedMediaType,
+    /// The body did not arrive within `--read-timeout`.
+    RequestTimeout,
+    /// A parameter whose value this server cannot honour.
+    UnsupportedParameter,
+}
+
+impl ApiCode {
+    /// The code's string, HTTP status and `error.type`.
+    pub fn wire(self) -> (&'static str, StatusCode, ErrorType) {
+        use ErrorType::{InvalidRequest, RateLimit};
+        match self {
+            ApiCode::InvalidApiKey => ("invalid_api_key", StatusCode::UNAUTHORIZED, InvalidRequest),
+            ApiCode::MethodNotAllowed => (
+                "method_not_allowed",
+                StatusCode::METHOD_NOT_ALLOWED,
+                InvalidRequest,
+            ),
+            ApiCode::ModelNotFound => ("model_not_found", StatusCode::NOT_FOUND, InvalidRequest),
+            ApiCode::RequestTooLarge => (
+                "request_too_large",
+                StatusCode::PAYLOAD_TOO_LARGE,
+                InvalidRequest,
+            ),
+            ApiCode::ContextLengthExceeded => (
+                "context_length_exceeded",
+                StatusCode::BAD_REQUEST,
+                InvalidRequest,
+            ),
+            ApiCode::QueueFull => ("queue_full", StatusCode::TOO_MANY_REQUESTS, RateLimit),
+            ApiCode::HostNotAllowed => ("host_not_allowed", StatusCode::FORBIDDEN, InvalidRequest),
+            ApiCode::UnsupportedMediaType => (
+                "unsupported_media_type",
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                InvalidRequest,
+            ),
+            ApiCode::RequestTimeout => (
+                "request_timeout",
+                StatusCode::REQUEST_TIMEOUT,
+                InvalidRequest,
+            ),
+            ApiCode::UnsupportedParameter => (
+                "unsupported_parameter",
+                StatusCode::BAD_REQUEST,
+                InvalidRequest,
+            ),
+        }
+    }
+}
+
+/// `error.code` of a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// An OpenAI-style code.
+    Api(ApiCode),
+    /// The stable code of the library diagnostic the error reports (`rmlx::<area>::<what>`).
+    Diagnostic(Code),
+}
+
+impl ErrorCode {
+    /// The string on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Api(c) => c.wire().0,
+            ErrorCode::Diagnostic(c) => c.as_str(),
+        }
+    }
+}
+
+impl From<ApiCode> for ErrorCode {
+    fn from(c: ApiCode) -> Self {
+        ErrorCode::Api(c)
+    }
+}
+
+impl From<Code> for ErrorCode {
+    fn from(c: Code) -> Self {
+        ErrorCode::Diagnostic(c)
+    }
+}
+
 /// An OpenAI-style error response: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     /// HTTP status.
     pub status: StatusCode,
     /// `error.type`.
-    pub kind: &'static str,
+    pub kind: ErrorType,
     /// `error.message`.
     pub message: String,
     /// `error.param`.
     pub param: Option<String>,
     /// `error.code`.
-    pub code: Option<String>,
+    pub code: Option<ErrorCode>,
     /// `Retry-After` seconds.
     pub retry_after: Option<u32>,
     /// Extra top-level fields.
@@ -56,7 +192,7 @@ pub struct ApiError {
 
 impl ApiError {
     /// A new error.
-    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, kind: ErrorType, message: impl Into<String>) -> Self {
         Self {
             status,
             kind,
@@ -70,7 +206,7 @@ impl ApiError {
 
     /// 400 `invalid_request_error`.
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+        Self::new(StatusCode::BAD_REQUEST, ErrorType::InvalidRequest, message)
     }
 
     /// 400 for one parameter.
@@ -80,19 +216,26 @@ impl ApiError {
         e
     }
 
-    /// Sets `error.code`.
-    pub fn with_code(mut self, code: impl Into<String>) -> Self {
-        self.code = Some(code.into());
+    /// An error with an OpenAI-style code, its status and `error.type` the code's.
+    pub fn coded(code: ApiCode, message: impl Into<String>) -> Self {
+        let (_, status, kind) = code.wire();
+        Self::new(status, kind, message).with_code(code)
+    }
+
+    /// Sets `error.code` (an [`ApiCode`] brings its status and `error.type` along).
+    pub fn with_code(mut self, code: impl Into<ErrorCode>) -> Self {
+        let code = code.into();
+        if let ErrorCode::Api(c) = code {
+            (_, self.status, self.kind) = c.wire();
+        }
+        self.code = Some(code);
         self
     }
 
     /// Names `param` (the request field of the output constraint) on a constraint that did
     /// not compile.
     pub fn constraint_param(mut self, param: Option<&str>) -> Self {
-        let failed = self
-            .code
-            .as_deref()
-            .is_some_and(|c| c.starts_with("rmlx::constrain::"));
+        let failed = matches!(self.code, Some(ErrorCode::Diagnostic(Code::Constrain(_))));
         if failed && self.param.is_none() {
             self.param = param.map(str::to_string);
         }
@@ -110,9 +253,9 @@ impl ApiError {
         let mut v = json!({
             "error": {
                 "message": self.message,
-                "type": self.kind,
+                "type": self.kind.as_str(),
                 "param": self.param,
-                "code": self.code,
+                "code": self.code.map(ErrorCode::as_str),
             }
         });
         if let Some(Value::Object(extra)) = self.extra.as_deref() {
@@ -533,9 +676,8 @@ impl Common {
         let penalties = self.penalties()?;
         let constraint = self.constraint()?;
         if self.n.is_some_and(|n| n != 1) {
-            return Err(
-                ApiError::param("n", "only `n: 1` is supported").with_code("unsupported_parameter")
-            );
+            return Err(ApiError::param("n", "only `n: 1` is supported")
+                .with_code(ApiCode::UnsupportedParameter));
         }
         let stop = match &self.stop {
             None | Some(Value::Null) => Vec::new(),
@@ -761,7 +903,7 @@ impl CompletionRequest {
                         "prompt",
                         "only one prompt per request is supported",
                     )
-                    .with_code("unsupported_parameter"))
+                    .with_code(ApiCode::UnsupportedParameter))
                 }
             },
             None => {
@@ -774,11 +916,11 @@ impl CompletionRequest {
         };
         if self.echo.unwrap_or(false) {
             return Err(ApiError::param("echo", "`echo` is not supported")
-                .with_code("unsupported_parameter"));
+                .with_code(ApiCode::UnsupportedParameter));
         }
         if self.suffix.as_ref().is_some_and(|s| !s.is_null()) {
             return Err(ApiError::param("suffix", "`suffix` is not supported")
-                .with_code("unsupported_parameter"));
+                .with_code(ApiCode::UnsupportedParameter));
         }
         let logprobs = match self.logprobs {
             None => None,
@@ -805,6 +947,53 @@ mod tests {
 
     fn chat(v: Value) -> Result<Prepared, ApiError> {
         ChatRequest::from_json(&v)?.prepare(512)
+    }
+
+    const API_CODES: [ApiCode; 10] = [
+        ApiCode::InvalidApiKey,
+        ApiCode::MethodNotAllowed,
+        ApiCode::ModelNotFound,
+        ApiCode::RequestTooLarge,
+        ApiCode::ContextLengthExceeded,
+        ApiCode::QueueFull,
+        ApiCode::HostNotAllowed,
+        ApiCode::UnsupportedMediaType,
+        ApiCode::RequestTimeout,
+        ApiCode::UnsupportedParameter,
+    ];
+
+    #[test]
+    fn an_api_code_brings_its_status_and_type_onto_the_wire() {
+        let mut seen = std::collections::HashSet::new();
+        for code in API_CODES {
+            let (name, status, kind) = code.wire();
+            assert!(seen.insert(name), "{name} twice");
+            assert!(status.is_client_error(), "{name}: {status}");
+            // A parameter error given the code answers with the code's status and type.
+            let e = ApiError::param("p", "m").with_code(code);
+            assert_eq!((e.status, e.kind), (status, kind));
+            let body = e.body();
+            assert_eq!(body["error"]["code"], name);
+            assert_eq!(body["error"]["type"], kind.as_str());
+            assert_eq!(body["error"]["param"], "p");
+        }
+    }
+
+    #[test]
+    fn diagnostic_codes_keep_the_status_and_name_the_constraint_param() {
+        let code = Code::from(crate::diagnostic::code::Constrain::Invalid);
+        let e = ApiError::invalid("bad schema").with_code(code);
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.body()["error"]["code"], code.as_str());
+        assert_eq!(
+            e.constraint_param(Some("response_format")).param.as_deref(),
+            Some("response_format")
+        );
+        let other = Code::from(crate::diagnostic::code::Generate::ContextOverflow);
+        let e = ApiError::invalid("long")
+            .with_code(other)
+            .constraint_param(Some("x"));
+        assert_eq!(e.param, None);
     }
 
     #[test]

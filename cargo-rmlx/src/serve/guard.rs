@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::api::ApiError;
+use super::api::{ApiCode, ApiError};
 
 /// The request policy of one server.
 #[derive(Debug, Clone)]
@@ -85,12 +85,10 @@ fn is_json(req: &Request) -> bool {
 }
 
 fn too_large(limit: usize) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "invalid_request_error",
+    ApiError::coded(
+        ApiCode::RequestTooLarge,
         format!("the request body is larger than the server's limit of {limit} bytes (--max-body-bytes)"),
     )
-    .with_code("request_too_large")
 }
 
 /// Checks a request against the policy; reads a POST body within the read timeout.
@@ -108,15 +106,13 @@ async fn admit(g: &Guard, req: Request) -> Result<Request, ApiError> {
         .map(|h| h.to_str().unwrap_or("\u{FFFD}"));
     if let Some(host) = host.filter(|h| !g.host_allowed(h)) {
         tracing::warn!("refused a request for Host `{host}` (loopback server)");
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "invalid_request_error",
+        return Err(ApiError::coded(
+            ApiCode::HostNotAllowed,
             format!(
                 "this server listens on a loopback address and answers only to localhost, \
                  127.0.0.1 or [::1], not `{host}`"
             ),
-        )
-        .with_code("host_not_allowed"));
+        ));
     }
     let announced = req
         .headers()
@@ -130,12 +126,10 @@ async fn admit(g: &Guard, req: Request) -> Result<Request, ApiError> {
         return Ok(req);
     }
     if !is_json(&req) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "invalid_request_error",
+        return Err(ApiError::coded(
+            ApiCode::UnsupportedMediaType,
             "POST requests must send `Content-Type: application/json`",
-        )
-        .with_code("unsupported_media_type"));
+        ));
     }
     let (parts, body) = req.into_parts();
     let read = axum::body::to_bytes(body, g.max_body_bytes);
@@ -145,15 +139,13 @@ async fn admit(g: &Guard, req: Request) -> Result<Request, ApiError> {
         Ok(Err(e)) => Err(ApiError::invalid(format!(
             "cannot read the request body: {e}"
         ))),
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "invalid_request_error",
+        Err(_) => Err(ApiError::coded(
+            ApiCode::RequestTimeout,
             format!(
                 "the request body did not arrive within {} s (--read-timeout)",
                 g.read_timeout.as_secs()
             ),
-        )
-        .with_code("request_timeout")),
+        )),
     }
 }
 

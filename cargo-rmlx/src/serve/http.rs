@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::access::{self, AccessNote};
-use super::api::{self, ApiError, ChatRequest, CompletionRequest, Prepared};
+use super::api::{self, ApiCode, ApiError, ChatRequest, CompletionRequest, ErrorType, Prepared};
 use super::guard::{self, Guard};
 use super::metrics::Metrics;
 use super::registry::{Outcome, Registry, State as ModelState, Trigger};
@@ -167,12 +167,10 @@ async fn auth(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Respo
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
         if !given.is_some_and(|g| ct_eq(g.as_bytes(), key.as_bytes())) {
-            let mut e = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid_request_error",
+            let mut e = ApiError::coded(
+                ApiCode::InvalidApiKey,
                 "missing or wrong API key: send `Authorization: Bearer <key>`",
             )
-            .with_code("invalid_api_key")
             .into_response();
             e.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -185,22 +183,20 @@ async fn auth(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Respo
 async fn not_found(req: Request) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "not_found_error",
+        ErrorType::NotFound,
         format!("no route for {} {}", req.method(), req.uri().path()),
     )
 }
 
 async fn method_not_allowed(req: Request) -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "invalid_request_error",
+    ApiError::coded(
+        ApiCode::MethodNotAllowed,
         format!(
             "method {} is not allowed for {} (see the Allow header)",
             req.method(),
             req.uri().path()
         ),
     )
-    .with_code("method_not_allowed")
 }
 
 async fn health(State(s): State<Arc<AppState>>) -> Response {
@@ -265,15 +261,13 @@ async fn models(State(s): State<Arc<AppState>>) -> Json<Value> {
 
 fn unknown_model(s: &AppState, name: &str) -> ApiError {
     let names: Vec<&str> = s.registry.entries.iter().map(|e| e.name.as_str()).collect();
-    let mut e = ApiError::new(
-        StatusCode::NOT_FOUND,
-        "invalid_request_error",
+    let mut e = ApiError::coded(
+        ApiCode::ModelNotFound,
         format!(
             "the model `{name}` does not exist (served: {})",
             names.join(", ")
         ),
-    )
-    .with_code("model_not_found");
+    );
     e.param = Some("model".into());
     e
 }
@@ -303,7 +297,7 @@ async fn reload(State(s): State<Arc<AppState>>, Path(name): Path<String>) -> Res
         Ok(Outcome::Failed { failure, kept }) => {
             let mut e = ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "reload_error",
+                ErrorType::Reload,
                 failure.diagnostic.message.clone(),
             )
             .with_code(failure.diagnostic.code);
@@ -318,7 +312,7 @@ async fn reload(State(s): State<Arc<AppState>>, Path(name): Path<String>) -> Res
         }
         Err(e) => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
+            ErrorType::Server,
             format!("the reload task failed: {e}"),
         )
         .into_response(),
@@ -437,14 +431,12 @@ async fn completions(
 fn body_error(r: BytesRejection) -> ApiError {
     let status = r.status();
     if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            status,
-            "invalid_request_error",
+        ApiError::coded(
+            ApiCode::RequestTooLarge,
             "the request body is larger than the server's limit (--max-body-bytes)",
         )
-        .with_code("request_too_large")
     } else {
-        ApiError::new(status, "invalid_request_error", r.body_text())
+        ApiError::new(status, ErrorType::InvalidRequest, r.body_text())
     }
 }
 
@@ -461,12 +453,12 @@ fn job_error(e: JobError, timeout: Duration, kind: Kind) -> ApiError {
     match e {
         JobError::Invalid(d) if d.code == code::Generate::ContextOverflow => {
             ApiError::param(kind.prompt_param(), d.message.clone())
-                .with_code("context_length_exceeded")
+                .with_code(ApiCode::ContextLengthExceeded)
         }
         JobError::Invalid(d) => ApiError::invalid(d.message.clone()).with_code(d.code),
         JobError::Timeout => ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
-            "timeout_error",
+            ErrorType::Timeout,
             format!(
                 "the request did not finish within {} s (--timeout)",
                 timeout.as_secs()
@@ -474,7 +466,7 @@ fn job_error(e: JobError, timeout: Duration, kind: Kind) -> ApiError {
         ),
         JobError::Internal(d) => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
+            ErrorType::Server,
             d.message.clone(),
         )
         .with_code(d.code),
@@ -525,9 +517,12 @@ async fn start(
             ),
             _ => format!("the model `{}` is still loading", entry.name),
         };
-        return Err(
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_not_ready", msg).retry_after(5),
-        );
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorType::ModelNotReady,
+            msg,
+        )
+        .retry_after(5));
     };
     let cancel = Arc::new(AtomicBool::new(false));
     let guard = CancelOnDrop(cancel.clone());
@@ -546,21 +541,19 @@ async fn start(
         Ok(()) => {}
         Err(SubmitError::Full) => {
             s.metrics.rejected(&entry.name, "queue-full");
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limit_error",
+            return Err(ApiError::coded(
+                ApiCode::QueueFull,
                 format!(
                     "the queue of `{}` is full; retry later (--queue-depth)",
                     entry.name
                 ),
             )
-            .with_code("queue_full")
             .retry_after(1));
         }
         Err(SubmitError::Gone) => {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "model_not_ready",
+                ErrorType::ModelNotReady,
                 format!("the model `{}` stopped; retry", entry.name),
             )
             .retry_after(1));
@@ -577,7 +570,7 @@ async fn start(
         Ok(Some(_)) | Ok(None) => {
             return Err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
+                ErrorType::Server,
                 "the model thread ended the request without an answer",
             ))
         }
@@ -685,7 +678,7 @@ async fn collect(
             Ok(None) => {
                 return Err(ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "server_error",
+                    ErrorType::Server,
                     "the model thread ended the request without an answer",
                 ))
             }
@@ -978,7 +971,7 @@ fn stream_response(
                 Ok(Some(ev)) => st.on_event(ev),
                 Ok(None) => st.error(ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "server_error",
+                    ErrorType::Server,
                     "the model thread ended the request without an answer",
                 )),
                 Err(_) => {

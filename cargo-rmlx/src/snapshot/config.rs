@@ -152,6 +152,43 @@ pub enum RopeScaling {
     },
 }
 
+/// What config.json's absent keys common to every family mean for one family — mlx-lm
+/// 0.32.2's `ModelArgs` defaults, declared by each registry entry (`arch::Architecture::keys`)
+/// and applied once, here, with each default taken logged.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KeyDefaults {
+    /// `head_dim`; `None`: `hidden_size / num_attention_heads`.
+    pub head_dim: Option<usize>,
+    /// `num_key_value_heads`; `None`: `num_attention_heads`.
+    pub num_key_value_heads: Option<usize>,
+    /// `rope_theta`.
+    pub rope_theta: f32,
+    /// `rms_norm_eps`.
+    pub rms_norm_eps: f32,
+    /// `tie_word_embeddings`.
+    pub tie_word_embeddings: bool,
+    /// Without top-level `rope_theta` / `rope_scaling`, read them from transformers 5's
+    /// `rope_parameters` (mlx-lm's qwen3 does).
+    pub rope_parameters: bool,
+    /// The keys above that mlx-lm refuses a config without: the fallback (transformers' config
+    /// default where it is a constant) is taken with a warning.
+    pub required: &'static [&'static str],
+}
+
+impl KeyDefaults {
+    /// mlx-lm's llama (also olmo2's): head width and KV heads from the query heads, base
+    /// 10000, tied embeddings; `rms_norm_eps` required.
+    pub const LLAMA: Self = Self {
+        head_dim: None,
+        num_key_value_heads: None,
+        rope_theta: 10_000.0,
+        rms_norm_eps: 1e-6,
+        tie_word_embeddings: true,
+        rope_parameters: false,
+        required: &["rms_norm_eps"],
+    };
+}
+
 /// A parsed `config.json`.
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
@@ -293,7 +330,7 @@ impl ModelConfig {
             text: &text,
             raw: &raw,
         };
-        if crate::arch::lookup(&text_model_type).is_none() {
+        let Some(arch) = crate::arch::lookup(&text_model_type) else {
             let what = if text_model_type == model_type {
                 format!("unsupported model_type `{model_type}`")
             } else {
@@ -305,7 +342,12 @@ impl ModelConfig {
                     "supported architectures: {}",
                     crate::arch::supported_model_types().join(", ")
                 )));
-        }
+        };
+        let keys = Defaults {
+            fields: &fields,
+            of: (arch.keys)(&text_model_type),
+            family: &text_model_type.clone(),
+        };
         let hidden_size = fields.usize("hidden_size")?;
         let num_attention_heads = fields.usize("num_attention_heads")?;
         if num_attention_heads == 0 {
@@ -315,9 +357,13 @@ impl ModelConfig {
                 "num_attention_heads",
             ));
         }
-        let num_key_value_heads = fields
-            .opt_usize("num_key_value_heads")?
-            .unwrap_or(num_attention_heads);
+        let num_key_value_heads = match fields.opt_usize("num_key_value_heads")? {
+            Some(n) => n,
+            None => keys.take(
+                "num_key_value_heads",
+                keys.of.num_key_value_heads.unwrap_or(num_attention_heads),
+            ),
+        };
         if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
             return Err(fields.located(
                 code::Snapshot::Config,
@@ -328,9 +374,15 @@ impl ModelConfig {
                 "num_key_value_heads",
             ));
         }
-        let head_dim = fields
-            .opt_usize("head_dim")?
-            .unwrap_or(hidden_size / num_attention_heads);
+        let head_dim = match fields.opt_usize("head_dim")? {
+            Some(n) => n,
+            None => keys.take(
+                "head_dim",
+                keys.of
+                    .head_dim
+                    .unwrap_or(hidden_size / num_attention_heads),
+            ),
+        };
         let max_position_embeddings = match fields.opt_usize("max_position_embeddings")? {
             Some(n) => n,
             None => {
@@ -357,7 +409,7 @@ impl ModelConfig {
             None => native_microscaling(&raw),
             block => block,
         };
-        let rope_scaling = match raw.get("rope_scaling") {
+        let rope_scaling = match keys.rope_key("rope_scaling") {
             None | Some(Value::Null) => None,
             Some(v) => fields.rope_scaling(v, max_position_embeddings)?,
         };
@@ -378,12 +430,15 @@ impl ModelConfig {
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            rms_norm_eps: fields.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
-            rope_theta: fields.opt_f32("rope_theta")?.unwrap_or(10_000.0),
+            rms_norm_eps: keys.f32("rms_norm_eps", keys.of.rms_norm_eps)?,
+            rope_theta: keys.rope_theta()?,
             rope_scaling,
             max_position_embeddings,
             vocab_size,
-            tie_word_embeddings: fields.opt_bool("tie_word_embeddings")?.unwrap_or(true),
+            tie_word_embeddings: match fields.opt_bool("tie_word_embeddings")? {
+                Some(b) => b,
+                None => keys.take("tie_word_embeddings", keys.of.tie_word_embeddings),
+            },
             attention_bias: fields.opt_bool("attention_bias")?.unwrap_or(false),
             mlp_bias: fields.opt_bool("mlp_bias")?.unwrap_or(false),
             bos_token_id,
@@ -515,6 +570,72 @@ struct Fields<'a> {
     path: &'a Path,
     text: &'a Arc<str>,
     raw: &'a Map<String, Value>,
+}
+
+/// A family's [`KeyDefaults`] applied to one config.json.
+struct Defaults<'a> {
+    fields: &'a Fields<'a>,
+    of: KeyDefaults,
+    family: &'a str,
+}
+
+impl Defaults<'_> {
+    /// `value`, the family's default for the absent `key`, logged (a warning where mlx-lm
+    /// would refuse the config).
+    fn take<T: std::fmt::Display>(&self, key: &str, value: T) -> T {
+        let file = self.fields.path.display();
+        if self.of.required.contains(&key) {
+            tracing::warn!(
+                "{file}: no `{key}`; mlx-lm's {} requires it, assuming {value}",
+                self.family
+            );
+        } else {
+            tracing::debug!(
+                "{file}: no `{key}`; using mlx-lm's {} default {value}",
+                self.family
+            );
+        }
+        value
+    }
+
+    /// The number `key`, else `default` (logged).
+    fn f32(&self, key: &str, default: f32) -> Result<f32> {
+        match self.fields.opt_f32(key)? {
+            Some(x) => Ok(x),
+            None => Ok(self.take(key, default)),
+        }
+    }
+
+    /// The top-level `key`, else (for families reading transformers 5's nesting) the whole
+    /// `rope_parameters` object standing for it.
+    fn rope_key(&self, key: &str) -> Option<&Value> {
+        let raw = self.fields.raw;
+        match raw.get(key) {
+            None | Some(Value::Null) if self.of.rope_parameters => raw.get("rope_parameters"),
+            v => v,
+        }
+    }
+
+    /// `rope_theta`, else `rope_parameters.rope_theta` where the family reads it, else the
+    /// family's default.
+    fn rope_theta(&self) -> Result<f32> {
+        if let Some(x) = self.fields.opt_f32("rope_theta")? {
+            return Ok(x);
+        }
+        let nested = self
+            .rope_key("rope_theta")
+            .and_then(|p| p.get("rope_theta"));
+        match nested {
+            None | Some(Value::Null) => Ok(self.take("rope_theta", self.of.rope_theta)),
+            Some(v) => v.as_f64().map(|x| x as f32).ok_or_else(|| {
+                self.fields.located(
+                    code::Snapshot::Config,
+                    format!("`rope_parameters.rope_theta` must be a number, found {v}"),
+                    "rope_parameters",
+                )
+            }),
+        }
+    }
 }
 
 impl Fields<'_> {
@@ -800,6 +921,66 @@ mod tests {
     const BASE: &str = r#"{"model_type":"llama","hidden_size":64,"intermediate_size":128,
         "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,
         "vocab_size":100,"max_position_embeddings":256"#;
+
+    /// A config of `model_type` with only the keys every family requires, plus `extra`.
+    fn bare(model_type: &str, extra: &str) -> Result<ModelConfig> {
+        parse(&format!(
+            r#"{{"model_type":"{model_type}","hidden_size":64,"intermediate_size":128,
+            "num_hidden_layers":2,"num_attention_heads":8,"vocab_size":100{extra}}}"#
+        ))
+    }
+
+    #[test]
+    fn absent_common_keys_take_the_family_defaults() {
+        let shape = |c: &ModelConfig| {
+            (
+                c.head_dim,
+                c.num_key_value_heads,
+                c.rope_theta,
+                c.rms_norm_eps,
+                c.tie_word_embeddings,
+            )
+        };
+        // mlx-lm's defaults (transformers' for the keys mlx-lm requires).
+        let families = [
+            ("llama", (8, 8, 10_000.0, 1e-6, true)),
+            ("qwen2", (8, 8, 1_000_000.0, 1e-6, true)),
+            ("qwen3", (8, 8, 10_000.0, 1e-6, false)),
+            ("phi3", (8, 8, 10_000.0, 1e-6, false)),
+            ("gemma3_text", (256, 1, 1_000_000.0, 1e-6, true)),
+            ("gpt_oss", (64, 8, 150_000.0, 1e-5, false)),
+            ("qwen3_5_text", (8, 8, 100_000.0, 1e-6, false)),
+        ];
+        for (model_type, want) in families {
+            assert_eq!(shape(&bare(model_type, "").unwrap()), want, "{model_type}");
+        }
+        // Written keys win over every default; `null` counts as absent.
+        let extra = r#","head_dim":8,"num_key_value_heads":2,"rope_theta":5.0,
+            "rms_norm_eps":0.5,"tie_word_embeddings":null"#;
+        assert_eq!(
+            shape(&bare("gemma3_text", extra).unwrap()),
+            (8, 2, 5.0, 0.5, true)
+        );
+    }
+
+    #[test]
+    fn qwen3_reads_rope_parameters_when_the_top_level_has_none() {
+        let nested = r#","rope_parameters":{"rope_type":"linear","factor":2.0,"rope_theta":500.0}"#;
+        let c = bare("qwen3", nested).unwrap();
+        assert_eq!(c.rope_theta, 500.0);
+        assert!(matches!(c.rope_scaling, Some(RopeScaling::Linear { factor }) if factor == 2.0));
+        let c = bare("qwen3", &format!(r#","rope_theta":7.0{nested}"#)).unwrap();
+        assert_eq!(c.rope_theta, 7.0);
+        // Families that do not read `rope_parameters` keep their default.
+        let c = bare("llama", nested).unwrap();
+        assert_eq!((c.rope_theta, c.rope_scaling.is_none()), (10_000.0, true));
+        let err = bare("qwen3", r#","rope_parameters":{"rope_theta":"x"}"#).unwrap_err();
+        assert!(
+            err.message.contains("rope_parameters.rope_theta"),
+            "{}",
+            err.message
+        );
+    }
 
     #[test]
     fn intermediate_size_may_be_absent_only_beside_expert_widths() {

@@ -14,7 +14,7 @@ pub const CONVERT: Convert = Convert {
 /// Also SmolLM3's: llama's layout with some layers without RoPE (no weights of their own).
 pub fn sanitize(t: &mut Tensors, h: &Hints<'_>) -> Result<(), Problem> {
     drop_rotary(t);
-    drop_tied_head(t, "lm_head.weight", Hints::tied(h.raw, true));
+    drop_tied_head(t, "lm_head.weight", h.tied());
     Ok(())
 }
 

@@ -21,21 +21,24 @@ pub const CONVERT: Convert = Convert {
     order: super::llama::ORDER,
 };
 
-/// mlx-lm's `mistral3` arguments set an absent `text_config.tie_word_embeddings` to false.
+/// The keys mlx-lm's `mistral3` arguments set on its text config (`arch::Wrapper`'s
+/// `text_defaults`: an absent `tie_word_embeddings` is false), written out.
 fn config_fix(raw: &mut Map<String, Value>) {
+    let Some(wrapper) = crate::arch::wrapper("mistral3") else {
+        return;
+    };
     if raw.get("model_type").and_then(Value::as_str) != Some("mistral3") {
         return;
     }
+    let outer = raw.clone();
     if let Some(text) = text_config_mut(raw) {
-        if !text.contains_key("tie_word_embeddings") {
-            text.insert("tie_word_embeddings".into(), Value::Bool(false));
-        }
+        (wrapper.text_defaults)(&outer, text);
     }
 }
 
 fn sanitize(t: &mut Tensors, h: &Hints<'_>) -> Result<(), Problem> {
     if h.raw.get("model_type").and_then(Value::as_str) != Some("mistral3") {
-        return text_model(t, Hints::tied(h.raw, true));
+        return text_model(t, h.tied());
     }
     let inner = h.text().get("model_type").and_then(Value::as_str);
     if !matches!(inner, None | Some("ministral3" | "mistral" | "llama")) {
@@ -56,8 +59,9 @@ fn sanitize(t: &mut Tensors, h: &Hints<'_>) -> Result<(), Problem> {
         Some(rest) => Some(format!("model.{rest}")),
         None => k.strip_prefix("language_model.").map(str::to_string),
     })?;
-    // mlx-lm's mistral3 sets an absent text `tie_word_embeddings` to false.
-    text_model(t, Hints::tied(h.text(), false))?;
+    // The text config as the wrapper reads it (an absent `tie_word_embeddings` is false).
+    let text = crate::arch::wrapper("mistral3").map(|w| w.text_config(h.raw).0);
+    text_model(t, h.tied_in(text.as_ref().unwrap_or(h.text())))?;
     t.rename(|k| Some(format!("language_model.{k}")))
 }
 

@@ -440,11 +440,25 @@ impl Hints<'_> {
         }
     }
 
-    /// `tie_word_embeddings` of `map` (mlx-lm's default: `default`).
-    pub fn tied(map: &Map<String, Value>, default: bool) -> bool {
-        map.get("tie_word_embeddings")
-            .and_then(Value::as_bool)
-            .unwrap_or(default)
+    /// `tie_word_embeddings` of the text model ([`Hints::text`]), else its family's default.
+    pub fn tied(&self) -> bool {
+        self.tied_in(self.text())
+    }
+
+    /// `tie_word_embeddings` of the text config `map`, else the default of its family
+    /// (`arch::Architecture::keys`, mlx-lm's; found by the text's `model_type` or the outer
+    /// one; tied where no entry runs it), logged.
+    pub fn tied_in(&self, map: &Map<String, Value>) -> bool {
+        if let Some(b) = map.get("tie_word_embeddings").and_then(Value::as_bool) {
+            return b;
+        }
+        let t = [map, self.raw]
+            .iter()
+            .find_map(|m| m.get("model_type").and_then(Value::as_str))
+            .unwrap_or_default();
+        let tied = crate::arch::lookup(t).is_none_or(|a| (a.keys)(t).tie_word_embeddings);
+        tracing::debug!("`{t}` without tie_word_embeddings: tied = {tied}, its family's default");
+        tied
     }
 
     /// A non-negative integer of `map`, else `default` when absent.

@@ -76,7 +76,7 @@ fn sanitize(t: &mut Tensors, h: &Hints<'_>) -> Result<(), Problem> {
         |k| k.contains("mtp."),
         "multi-token prediction head (not used)",
     );
-    if Hints::tied(h.text(), false) {
+    if h.tied() {
         t.drop_if(
             |k| k == "language_model.lm_head.weight",
             "tied to the embeddings",
@@ -152,7 +152,8 @@ mod tests {
     #[test]
     fn text_model_moves_and_conv_and_norms_are_fixed() {
         let names = hf(true);
-        let config = serde_json::json!({"text_config": {"num_hidden_layers": 1}});
+        let config =
+            serde_json::json!({"model_type": "qwen3_5", "text_config": {"num_hidden_layers": 1}});
         let t = run_owned(&CONVERT, config, &names).unwrap();
         let l = "language_model.model.layers.0";
         let got: Vec<String> = listing(&t);
@@ -197,7 +198,8 @@ mod tests {
 
         // mlx-lm's own output converts to itself.
         let again = shapes(&t);
-        let config = serde_json::json!({"text_config": {"num_hidden_layers": 1}});
+        let config =
+            serde_json::json!({"model_type": "qwen3_5", "text_config": {"num_hidden_layers": 1}});
         let t2 = run_owned(&CONVERT, config, &again).unwrap();
         assert_eq!(shapes(&t2), again);
         assert!(t2

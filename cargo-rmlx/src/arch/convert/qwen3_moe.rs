@@ -73,7 +73,7 @@ fn fixed_quant(path: &str) -> Option<FixedQuant> {
 }
 
 fn sanitize(t: &mut Tensors, h: &Hints<'_>) -> Result<(), Problem> {
-    drop_tied_head(t, "lm_head.weight", Hints::tied(h.raw, false));
+    drop_tied_head(t, "lm_head.weight", h.tied());
     let layers = layers_with(t, "model.layers.", ".mlp.experts.0.");
     if layers.is_empty() {
         return Ok(());

@@ -4,6 +4,8 @@
 
 use serde_json::{Map, Value};
 
+use super::KEYS;
+use crate::arch::layer_kinds::{sliding_window, LayerKind, LayerRule, ListUse, Period};
 use crate::diagnostic::{code, Diagnostic, Result};
 use crate::snapshot::config::size_limit;
 use crate::snapshot::ModelConfig;
@@ -129,41 +131,43 @@ impl Gemma4Config {
     /// `text_config` for `gemma4`); `config` locates errors.
     pub fn parse(config: &ModelConfig, section: &Map<String, Value>) -> Result<Self> {
         let f = Keys { config, section };
-        let layers = f.size("num_hidden_layers", None)?;
+        // The whole model's head counts: a tensor-parallel view holds its rank's
+        // (`tensor_parallel` takes those afterwards).
+        let layers = config.num_hidden_layers;
         let heads = f.size("num_attention_heads", Some(8))?;
-        let head_dim = f.size("head_dim", Some(256))?;
+        let head_dim = config.head_dim;
         let global_head_dim = match f.opt_size("global_head_dim", "head_dim", Some(512))? {
             Some(0) | None => head_dim,
             Some(n) => n,
         };
-        let layer_types = f.layer_types(layers)?;
+        let layer_types = layer_types(config)?;
         let kv_shared_layers = f.size("num_kv_shared_layers", Some(20))?;
         let this = Self {
-            hidden: f.size("hidden_size", None)?,
+            hidden: config.hidden_size,
             layers,
             intermediate: f.size("intermediate_size", None)?,
             heads,
             head_dim,
             global_head_dim,
-            kv_heads: f.size("num_key_value_heads", Some(1))?,
+            kv_heads: f.size("num_key_value_heads", KEYS.num_key_value_heads)?,
             global_kv_heads: f.opt_size(
                 "num_global_key_value_heads",
                 "num_key_value_heads",
                 None,
             )?,
             whole_global_kv: false,
-            eps: f.number("rms_norm_eps", Some(1e-6))?.unwrap_or(1e-6),
-            vocab: f.size("vocab_size", Some(262_144))?,
+            eps: config.rms_norm_eps,
+            vocab: config.vocab_size,
             per_layer: f.per_layer()?,
             kv_shared_layers,
-            sliding_window: f.size("sliding_window", Some(512))?,
+            sliding_window: sliding_window(config, Some(512))?.unwrap_or(512),
             rope: [f.rope(LayerType::Sliding)?, f.rope(LayerType::Full)?],
             rope_traditional: f.flag("rope_traditional", false)?,
             k_eq_v: f.flag("attention_k_eq_v", false)?,
             final_softcap: f.number("final_logit_softcapping", Some(30.0))?,
             double_wide_mlp: f.flag("use_double_wide_mlp", true)?,
             moe: f.moe()?,
-            tie_word_embeddings: f.flag("tie_word_embeddings", true)?,
+            tie_word_embeddings: config.tie_word_embeddings,
             layer_types,
         };
         this.validate(&f)?;
@@ -279,6 +283,31 @@ impl Gemma4Config {
     }
 }
 
+/// mlx-lm's Gemma 4: the layers `layer_types` lists, else `sliding_window_pattern - 1`
+/// sliding layers then one full layer, repeated (default pattern 5).
+const LAYERS: LayerRule = LayerRule {
+    family: "gemma4",
+    list: ListUse::Decides,
+    other: LayerKind::Sliding,
+    period: Some(Period {
+        key: Some("sliding_window_pattern"),
+        default: 5,
+    }),
+};
+
+/// The attention kind of each layer.
+fn layer_types(config: &ModelConfig) -> Result<Vec<LayerType>> {
+    let kinds = LAYERS.kinds(config)?;
+    Ok(kinds
+        .into_iter()
+        .map(|k| match k {
+            LayerKind::Full => LayerType::Full,
+            // The rule admits full and sliding layers only.
+            LayerKind::Sliding | LayerKind::Linear => LayerType::Sliding,
+        })
+        .collect())
+}
+
 /// Typed reads of one config section with mlx-lm's defaults and located errors.
 struct Keys<'a> {
     config: &'a ModelConfig,
@@ -342,35 +371,6 @@ impl Keys<'_> {
             Some(Value::Null) => Ok(false),
             Some(Value::Bool(b)) => Ok(*b),
             Some(v) => Err(self.located(key, format!("`{key}` must be true or false, found {v}"))),
-        }
-    }
-
-    /// `layer_types`, or mlx-lm's default pattern (`sliding_window_pattern - 1` sliding layers,
-    /// then one full layer, repeated).
-    fn layer_types(&self, layers: usize) -> Result<Vec<LayerType>> {
-        let parse = |v: &Value| match v.as_str() {
-            Some("sliding_attention") => Ok(LayerType::Sliding),
-            Some("full_attention") => Ok(LayerType::Full),
-            _ => Err(self.located(
-                "layer_types",
-                format!("unknown layer type {v} (sliding_attention or full_attention)"),
-            )),
-        };
-        match self.section.get("layer_types") {
-            None | Some(Value::Null) => {
-                let pattern = self.size("sliding_window_pattern", Some(5))?.max(1);
-                Ok((0..layers)
-                    .map(|i| match (i + 1) % pattern {
-                        0 => LayerType::Full,
-                        _ => LayerType::Sliding,
-                    })
-                    .collect())
-            }
-            Some(Value::Array(types)) if types.len() == layers => types.iter().map(parse).collect(),
-            Some(v) => Err(self.located(
-                "layer_types",
-                format!("`layer_types` must list {layers} layer types, found {v}"),
-            )),
         }
     }
 

@@ -21,6 +21,7 @@ use crate::engine::cache::{Cache, CacheKind};
 use crate::engine::ends::Ends;
 use crate::engine::layers::{Embedding, Linear, LoadCtx, RmsNorm, Rope};
 use crate::engine::network::Network;
+use crate::snapshot::config::KeyDefaults;
 use config::{LayerType, RopeKind, RopeParams};
 use layer::{KeysValues, KvSource, Layer};
 
@@ -32,6 +33,18 @@ pub const ARCH: Architecture = Architecture {
     load,
     convert: crate::arch::convert::gemma4::CONVERT,
     gguf: &[super::gguf::gemma4::GEMMA4],
+    keys: |_| KEYS,
+};
+
+/// mlx-lm's gemma4_text defaults (RoPE per layer type: `config::Gemma4Config`).
+pub(crate) const KEYS: KeyDefaults = KeyDefaults {
+    head_dim: Some(256),
+    num_key_value_heads: Some(1),
+    rope_theta: 10_000.0,
+    rms_norm_eps: 1e-6,
+    tie_word_embeddings: true,
+    rope_parameters: false,
+    required: &[],
 };
 
 fn load(ctx: &LoadCtx<'_>) -> Result<Box<dyn Network>> {
