@@ -1,5 +1,6 @@
-//! The editor side of the lint engine and the probe, free of any server machinery (the
-//! `rmlx-lsp` binary is a thin tower-lsp-server front-end over this module):
+//! `rmlx-editor`: the editor side of the lint engine and the probe, free of any server
+//! machinery (the `rmlx-lsp` binary is a thin tower-lsp-server front-end over this crate; it
+//! sits on `rmlx-check` and `rmlx-model`, ARCHITECTURE.md "Crates and layers"):
 //!
 //! - [`position`]: byte spans ↔ LSP positions in UTF-16 code units;
 //! - [`to_lsp`]: a [`Diagnostic`] as an LSP diagnostic (exact range, stable code, severity,
@@ -21,8 +22,11 @@ use std::sync::Arc;
 use ls_types::{DiagnosticRelatedInformation, DiagnosticSeverity, Location, NumberOrString, Uri};
 
 use crate::diagnostic::{Code, Diagnostic, Severity};
-use crate::lint;
 use crate::probe::{ProbeReport, Verdict};
+
+// The layers below under the paths these modules were written with (`crate::lint`, …).
+pub(crate) use rmlx_check::{lint, probe};
+pub(crate) use rmlx_model::{build, diagnostic, manifest, template, tokenize};
 
 pub use ls_types;
 pub use position::{position_of, LineIndex};

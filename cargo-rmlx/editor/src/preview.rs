@@ -4,8 +4,6 @@
 //! (encoded without adding special tokens, as the probe and the server encode chat
 //! prompts), and the special tokens in it.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -90,19 +88,6 @@ pub struct Preview {
     pub special_tokens: Vec<SpecialCount>,
 }
 
-/// The special tokens templates see without a tokenizer (the lint engine's placeholders).
-pub fn placeholder_special_tokens() -> BTreeMap<String, String> {
-    [
-        ("bos_token", "<s>"),
-        ("eos_token", "</s>"),
-        ("unk_token", "<unk>"),
-        ("pad_token", "<pad>"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
-}
-
 /// Renders each sample through `t` with the tokenizer's special tokens (placeholders
 /// without one) and `kwargs`, and counts tokens when there is a tokenizer.
 pub fn render_samples(
@@ -111,7 +96,9 @@ pub fn render_samples(
     samples: &[Sample],
     kwargs: &serde_json::Map<String, Value>,
 ) -> Vec<Preview> {
-    let special = tokenizer.map_or_else(placeholder_special_tokens, |t| t.special_tokens().clone());
+    let special = tokenizer.map_or_else(crate::lint::placeholder_special_tokens, |t| {
+        t.special_tokens().clone()
+    });
     samples
         .iter()
         .map(|s| {

@@ -718,7 +718,8 @@ impl ChatRequest {
             .as_ref()
             .and_then(Value::as_array)
             .map(Vec::as_slice);
-        let choice = ToolChoice::parse(self.tool_choice.as_ref(), list)?;
+        let choice = ToolChoice::parse(self.tool_choice.as_ref(), list)
+            .map_err(|m| ApiError::param("tool_choice", m))?;
         let offered = tool_defs.filter(|_| choice != ToolChoice::None);
         Ok((offered, Some(choice).filter(ToolChoice::forces_a_call)))
     }

@@ -1,4 +1,6 @@
-//! `cargo rmlx serve`: an OpenAI-compatible HTTP server with probe-gated hot reload.
+//! `rmlx-serve`, `cargo rmlx serve`: an OpenAI-compatible HTTP server with probe-gated hot
+//! reload. The top of the library's layers: it sits on `rmlx-check` and `rmlx-model`
+//! (ARCHITECTURE.md, "Crates and layers"); nothing but the command line depends on it.
 //!
 //! - [`http`]: the axum application (`/v1/chat/completions`, `/v1/completions`, `/v1/models`,
 //!   `/v1/models/{name}/reload`, `/health`, `/metrics`), bearer key, CORS, SSE.
@@ -10,7 +12,8 @@
 //!   tokens.
 //! - [`registry`]: the served models, build → load → probe → atomic swap.
 //! - [`watch`]: `--watch` (notify, debounced) triggering reloads.
-//! - [`text`], [`tools`]: stop strings, tool-call parsing; [`metrics`]: Prometheus.
+//! - [`text`]: stop strings and the tool-call parser's hook ([`tools`], from `rmlx-model`);
+//!   [`metrics`]: Prometheus.
 //! - [`distributed`]: `--hostfile`: rank 0 serves, the other ranks follow its passes.
 //!
 //! Every chat prompt is rendered by [`crate::session::Session::chat_prompt`], the path the
@@ -26,7 +29,6 @@ pub mod metrics;
 pub mod registry;
 pub mod scheduler;
 pub mod text;
-pub mod tools;
 pub mod watch;
 pub mod worker;
 
@@ -37,9 +39,17 @@ use std::time::Duration;
 
 pub use http::HttpConfig;
 pub use registry::{EventSink, LoadSettings, ModelSource};
+/// The tool-call formats (in `rmlx-model`, next to the templates that write them).
+pub use rmlx_model::tools;
 
 use crate::diagnostic::{code, Diagnostic, Result};
 use crate::manifest::Manifest;
+
+// The layers below under the paths these modules were written with (`crate::engine`, …).
+pub(crate) use rmlx_check::probe;
+pub(crate) use rmlx_model::{
+    build, constrain, diagnostic, engine, manifest, session, snapshot, tokenize,
+};
 
 /// Everything `serve` needs.
 #[derive(Debug, Clone)]

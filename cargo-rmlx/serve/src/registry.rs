@@ -129,7 +129,7 @@ pub struct LoadSettings {
     /// How special-token strings in messages are encoded.
     pub content_tokens: crate::session::ContentTokens,
     /// `[serve] tool-format`: the tool-call format of models that set none.
-    pub tool_format: Option<crate::serve::tools::ToolFormat>,
+    pub tool_format: Option<crate::tools::ToolFormat>,
     /// Byte budget of each loaded version's prompt cache (0: off).
     pub prompt_cache_bytes: usize,
 }

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use super::tools::output::OutputParser;
 use super::tools::{Delta, ToolCall};
 use crate::tokenize::{StreamDecoder, Tokenizer};
+use crate::tools::marker::{find_marker, partial_tail};
 
 /// Where the filter is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,30 +70,6 @@ impl TextFilter {
     pub fn finish(&mut self) -> String {
         std::mem::take(&mut self.pending)
     }
-}
-
-/// The earliest occurrence of any of `markers` in `hay`: (byte position, index of the marker).
-pub fn find_marker(hay: &str, markers: &[&str]) -> Option<(usize, usize)> {
-    markers
-        .iter()
-        .enumerate()
-        .filter(|(_, m)| !m.is_empty())
-        .filter_map(|(i, m)| hay.find(m).map(|p| (p, i)))
-        .min_by_key(|&(p, _)| p)
-}
-
-/// Length of the longest tail of `hay` that is a proper prefix of one of `markers`: the text
-/// to hold back because it may still grow into a marker.
-pub fn partial_tail(hay: &str, markers: &[&str]) -> usize {
-    let mut keep = 0;
-    for m in markers {
-        for (i, _) in m.char_indices().skip(1) {
-            if i > keep && hay.ends_with(&m[..i]) {
-                keep = i;
-            }
-        }
-    }
-    keep
 }
 
 /// Token ids to text: special tokens are skipped, except those whose text occurs in one of
@@ -236,14 +213,5 @@ mod tests {
     fn earliest_stop_wins_and_multibyte_is_safe() {
         let mut f = TextFilter::new(vec!["é!".into(), "b".into()]);
         assert_eq!(run(&mut f, &["aé", "!b"]), ("a".to_string(), true));
-    }
-
-    #[test]
-    fn markers_are_found_and_partial_ones_held_back() {
-        assert_eq!(find_marker("ab<x>c<y>", &["<y>", "<x>"]), Some((2, 1)));
-        assert_eq!(find_marker("abc", &["<y>", ""]), None);
-        assert_eq!(partial_tail("text <tool_", &["<tool_call>"]), 6);
-        assert_eq!(partial_tail("text <tool_call>", &["<tool_call>"]), 0);
-        assert_eq!(partial_tail("é<", &["<é>"]), 1);
     }
 }

@@ -407,13 +407,26 @@ impl<'a> Cx<'a> {
     }
 }
 
+/// The special tokens templates see without a tokenizer: one list for lint and the editor's
+/// previews.
+pub fn placeholder_special_tokens() -> BTreeMap<String, String> {
+    [
+        ("bos_token", "<s>"),
+        ("eos_token", "</s>"),
+        ("unk_token", "<unk>"),
+        ("pad_token", "<pad>"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
 /// Special tokens for a lint without the model's tokenizer: BOS/EOS placeholders that show
 /// up in renders, and one for every other `*_token` the template reads (`sep_token`, …),
 /// which the model's tokenizer config provides in production (lint cannot tell, so
 /// [`input_checks`] does not report them either).
 fn placeholder_tokens(inputs: &BTreeSet<String>) -> BTreeMap<String, String> {
-    // One list for lint and the editor's previews.
-    let mut special = crate::editor::preview::placeholder_special_tokens();
+    let mut special = placeholder_special_tokens();
     for name in inputs {
         if let Some(stem) = name.strip_suffix("_token") {
             special

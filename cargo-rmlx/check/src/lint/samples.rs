@@ -2,7 +2,7 @@
 //! request that rmlx's server (or probe) really sends to a template: written as an OpenAI
 //! client sends it ([`SampleKind::request`]: content as a list of text parts, tool-call
 //! arguments as a JSON string, `content: null` next to tool calls) and then prepared by the
-//! server's own message preparation ([`crate::serve::tools::normalize_messages`]) into what the
+//! server's own message preparation ([`crate::tools::normalize_messages`]) into what the
 //! template receives ([`SampleKind::messages`]), always with `add_generation_prompt = true`.
 //! [`SampleKind::reach`] says whether every chat request can produce the input or only a
 //! request that uses an optional capability (tools; a conversation ending in an assistant
@@ -14,8 +14,8 @@
 
 use serde_json::{json, Value};
 
-use crate::serve::tools::normalize_messages;
 use crate::template::TemplateOrigin;
+use crate::tools::normalize_messages;
 
 /// The seed question, as the probe asks it (DESIGN.md).
 pub const SEED_QUESTION: &str = "What is the capital of France?";

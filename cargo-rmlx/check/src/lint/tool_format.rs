@@ -1,11 +1,11 @@
 //! The tool-call format and reasoning markers a template's model writes, as the server will
-//! read them (`rmlx::lint::tool-format`, advice): which format [`crate::serve::tools::detect`]
+//! read them (`rmlx::lint::tool-format`, advice): which format [`crate::tools::detect`]
 //! finds (so the server parses the calls) or that a template offering tools writes none the
 //! server knows (calls would stay in the answer text unless rmlx.toml sets `tool-format`).
 
 use crate::diagnostic::{code, Code, Diagnostic};
 use crate::reasoning;
-use crate::serve::tools::{self, ToolFormat};
+use crate::tools::{self, ToolFormat};
 
 use super::{Capabilities, Support};
 

@@ -4,7 +4,7 @@
 //! - Sources: a Hugging Face-format directory (bf16/f16/f32 safetensors), an MLX-quantized
 //!   directory, or a `.gguf` file (imported with [`crate::gguf::import`] into a temporary
 //!   directory first).
-//! - Quantization uses MLX's own quantizer ([`quant`]), with mlx-lm's choice of modules and
+//! - Quantization uses MLX's own quantizer ([`crate::mlx::quant`]), with mlx-lm's choice of modules and
 //!   dtypes ([`plan`]), so packed weights, scales and biases are byte-identical to
 //!   `mlx_lm convert`'s for the same input and settings. A module stored quantized in the
 //!   source is copied as is when the declared settings match, and dequantized (then
@@ -22,7 +22,6 @@
 pub mod fingerprint;
 pub mod plan;
 pub mod pyjson;
-pub mod quant;
 pub mod source;
 pub mod writer;
 
@@ -41,6 +40,7 @@ use self::source::SourceModel;
 use self::writer::Writer;
 use crate::diagnostic::{code, Diagnostic, Result};
 use crate::manifest::{describe_params, Dtype, Manifest, ModelDecl, Quantize};
+use crate::mlx::quant;
 use crate::snapshot::publish::{OutputLock, ReplaceFile};
 use crate::snapshot::Snapshot;
 
@@ -713,10 +713,7 @@ fn write_weights(
         drop(arrays);
         // MLX keeps freed buffers for reuse; one module's worth is all a build needs, so
         // hand them back (otherwise the cache grows to several times the model's size).
-        // SAFETY: no arguments; frees only buffers no array refers to.
-        unsafe {
-            mlx_sys::mlx_clear_cache();
-        }
+        crate::mlx::clear_cache();
         pb.inc(1);
     }
     w.finish()?;

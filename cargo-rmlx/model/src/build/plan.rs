@@ -20,11 +20,11 @@ use mlx_rs::Dtype as MlxDtype;
 use serde_json::{json, Map, Value};
 
 use super::pyjson;
-use super::quant::{is_float, mlx_dtype};
 use super::source::SourceModel;
 use super::writer::TensorSpec;
 use crate::diagnostic::{code, Code, Diagnostic, Result};
 use crate::manifest::{describe_params, Dtype, ModuleOverride, Quantize};
+use crate::mlx::quant::{is_float, mlx_dtype};
 use crate::snapshot::{ModelConfig, QuantMode, QuantParams};
 
 const CODE_MISMATCH: Code = Code::Build(code::Build::SourceMismatch);

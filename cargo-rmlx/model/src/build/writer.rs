@@ -13,8 +13,8 @@ use mlx_rs::Dtype;
 use serde_json::{json, Map, Value};
 
 use super::pyjson;
-use super::quant::dtype_size;
 use crate::diagnostic::{code, Diagnostic, Result};
+use crate::mlx::quant::dtype_size;
 
 /// mlx-lm's shard size (`MAX_FILE_SIZE_GB = 5`, in GiB).
 pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5 << 30;

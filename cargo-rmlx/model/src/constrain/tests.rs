@@ -20,7 +20,7 @@ fn tokenizer() -> &'static Tokenizer {
             .filter(|d| !d.is_empty())
             .map(PathBuf::from)
             .unwrap_or_else(|| {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-models")
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-models")
             });
         let path = models.join(SMOLLM2_GGUF);
         let gguf = GgufFile::open(&path).unwrap_or_else(|e| {

@@ -365,7 +365,7 @@ mod tests {
 
     /// The exit codes the README documents (its "Exit codes" table).
     fn documented_exit_codes() -> HashSet<u8> {
-        let readme = include_str!("../../../README.md");
+        let readme = include_str!("../../../../README.md");
         let table = readme
             .split("### Exit codes")
             .nth(1)

@@ -206,7 +206,7 @@ impl Decoder {
     fn hidden_host_decode(&self, x: Array, caches: &mut [&mut Cache]) -> Result<Array> {
         let shape = x.shape().to_vec();
         let x = x.as_dtype(Dtype::Float32)?;
-        let mut h: Vec<f32> = super::qmv::host_slice::<f32>(&x, "embedding")?.to_vec();
+        let mut h: Vec<f32> = crate::mlx::host::host_slice::<f32>(&x, "embedding")?.to_vec();
         let width = h.len() / caches.len().max(1);
         let offsets: Vec<usize> = caches.iter().map(|c| c.offset).collect();
         let tables = self.rope_tables(&offsets)?;
@@ -343,7 +343,7 @@ fn mlx_attention(
         })
         .collect::<Result<Vec<_>>>()?;
     let o = mlx_rs::ops::concatenate(&rows, 0)?.as_dtype(Dtype::Float32)?;
-    Ok(super::qmv::host_slice::<f32>(&o, "attention output")?.to_vec())
+    Ok(crate::mlx::host::host_slice::<f32>(&o, "attention output")?.to_vec())
 }
 
 /// Row `b` of `rows` host rows (`data`), as an MLX array `[1, 1, width]`.

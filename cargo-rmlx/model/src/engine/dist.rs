@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use mlx_rs::{Array, Dtype};
 
-use super::ffi::{self, DistGroup};
 use crate::diagnostic::{code, Diagnostic, Result};
+use crate::mlx::ffi::{self, DistGroup};
 
 /// This process' rank among `size` tensor-parallel processes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

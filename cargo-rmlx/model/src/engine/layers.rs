@@ -385,7 +385,7 @@ impl Linear {
         let mut ys = super::qmv::matvec_many_host(x, &ops)?;
         for (l, y) in layers.iter().zip(ys.iter_mut()) {
             if let Some(b) = &l.bias {
-                let b = super::qmv::host_slice::<f32>(b, "bias")?;
+                let b = crate::mlx::host::host_slice::<f32>(b, "bias")?;
                 for row in y.chunks_mut(b.len().max(1)) {
                     row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
                 }
@@ -444,9 +444,9 @@ fn quantized_matmul_mode(
             q.bits,
         )?);
     }
-    super::ffi::quantized_matmul(
+    crate::mlx::ffi::quantized_matmul(
         x,
-        super::ffi::QuantWeight {
+        crate::mlx::ffi::QuantWeight {
             weight: w,
             scales,
             biases,
@@ -482,7 +482,7 @@ impl Embedding {
                 };
                 if params.mode != QuantMode::Affine {
                     // Microscaling modes (mxfp4, mxfp8, nvfp4) have no biases.
-                    return crate::build::quant::dequantize(&w, &s, None, *params, self.dtype);
+                    return crate::mlx::quant::dequantize(&w, &s, None, *params, self.dtype);
                 }
                 Ok(dequantize(
                     &w,
@@ -521,7 +521,7 @@ impl RmsNorm {
 
     /// [`Self::forward`] of one host row, in float32 like MLX's kernel.
     pub fn host_forward(&self, x: &[f32]) -> Result<Vec<f32>> {
-        let w = super::qmv::host_slice::<f32>(&self.weight, "norm weight")?;
+        let w = crate::mlx::host::host_slice::<f32>(&self.weight, "norm weight")?;
         let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
         let inv = 1.0 / (mean_sq + self.eps).sqrt();
         Ok(x.iter().zip(w).map(|(v, w)| v * inv * w).collect())

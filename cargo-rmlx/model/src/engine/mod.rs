@@ -14,7 +14,6 @@ pub mod decoder;
 pub mod deltanet;
 pub mod dist;
 pub mod ends;
-pub mod ffi;
 pub mod gemm;
 pub mod generate;
 pub mod layers;

@@ -19,10 +19,10 @@
 use mlx_rs::ops::{argpartition_axis, argsort_axis, clip, minimum, sigmoid, softmax_axis};
 use mlx_rs::Array;
 
-use super::ffi::{gather_mm, gather_qmm, QuantWeight};
 use super::layers::{Linear, LoadCtx};
 use super::mlp::Activation;
 use crate::diagnostic::{code, Result};
+use crate::mlx::ffi::{gather_mm, gather_qmm, QuantWeight};
 use crate::snapshot::QuantParams;
 
 /// From this many token–expert pairs on, the pairs are sorted by expert before the gathered
@@ -545,10 +545,9 @@ mod tests {
             let mut deq = Vec::new();
             let mut lin = Vec::new();
             for (p, wp) in w.iter().enumerate() {
-                let (qw, s, qb) = crate::build::quant::quantize(wp, q).unwrap();
+                let (qw, s, qb) = crate::mlx::quant::quantize(wp, q).unwrap();
                 deq.push(
-                    crate::build::quant::dequantize(&qw, &s, qb.as_ref(), q, Dtype::Float32)
-                        .unwrap(),
+                    crate::mlx::quant::dequantize(&qw, &s, qb.as_ref(), q, Dtype::Float32).unwrap(),
                 );
                 lin.push(SwitchLinear::quantized(qw, s, qb, q, Some(b[p].clone())));
             }

@@ -53,14 +53,14 @@ use std::sync::Arc;
 pub use locate::{init_dir, locate, resolve_model, resolve_model_in, Location};
 
 use crate::diagnostic::{code, Code, Diagnostic, Result};
-use crate::serve::tools::ToolFormat;
 use crate::snapshot::{QuantMode, QuantParams};
+use crate::tools::ToolFormat;
 
 /// The manifest's file name.
 pub const FILE_NAME: &str = "rmlx.toml";
 
 /// The scaffold `cargo rmlx init` writes (`templates/rmlx.toml`).
-pub const TEMPLATE: &str = include_str!("../../../templates/rmlx.toml");
+pub const TEMPLATE: &str = include_str!("../../../../templates/rmlx.toml");
 
 /// Default host of `cargo rmlx serve`.
 pub const DEFAULT_HOST: &str = "127.0.0.1";
@@ -187,17 +187,14 @@ impl QuantSpec {
 
 /// Element type of dense tensors (and affine scales/biases): the one float dtype of the
 /// library (rmlx.toml, the build, GGUF import, the engine's policy, the CLI's `--dtype`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Dtype {
     /// bfloat16.
     #[default]
-    #[value(name = "bf16")]
     Bfloat16,
     /// float16.
-    #[value(name = "f16")]
     Float16,
     /// float32.
-    #[value(name = "f32")]
     Float32,
 }
 

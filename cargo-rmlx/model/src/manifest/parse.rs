@@ -13,8 +13,8 @@ use super::{
     ProbeDecl, QuantSpec, Quantize, ServeDecl, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_PROMPT_CACHE_MB,
 };
 use crate::diagnostic::{code, Code, Diagnostic, Result};
-use crate::serve::tools::ToolFormat;
 use crate::snapshot::{QuantMode, QuantParams};
+use crate::tools::ToolFormat;
 
 const CODE_SYNTAX: Code = Code::Manifest(code::Manifest::Syntax);
 const CODE_UNKNOWN_KEY: Code = Code::Manifest(code::Manifest::UnknownKey);

@@ -230,7 +230,7 @@ fn globs() {
 
 #[test]
 fn the_readme_example_parses() {
-    let readme = include_str!("../../../README.md");
+    let readme = include_str!("../../../../README.md");
     let section = &readme[readme
         .find("## rmlx.toml")
         .expect("README has an rmlx.toml section")..];

@@ -1,6 +1,6 @@
 //! The MLX operations the engine needs that mlx-rs 0.33 does not wrap (or wraps without the
-//! quantization `mode`), called through `mlx_sys`: this is the one engine file that calls MLX's
-//! C API directly. Every wrapper is safe: it checks the operands' ranks, widths and dtypes
+//! quantization `mode`), called through `mlx_sys` (part of [`crate::mlx`], the one module that calls MLX's
+//! C API). Every wrapper is safe: it checks the operands' ranks, widths and dtypes
 //! first — so a mistake is a [`Diagnostic`] naming the operation and the shapes instead of an
 //! MLX exception — and turns a failed call into a `Diagnostic` (code `rmlx::engine::mlx`).
 //!

@@ -72,7 +72,7 @@ pub const MAX_TEMPLATE_BYTES: usize = 32 << 20;
 pub const DEFAULT_FUEL: u64 = 20_000_000;
 
 /// The ChatML template written by this project (`templates/chatml.jinja`).
-pub const CHATML_SOURCE: &str = include_str!("../../../templates/chatml.jinja");
+pub const CHATML_SOURCE: &str = include_str!("../../../../templates/chatml.jinja");
 
 /// Knobs of the template environment.
 #[derive(Debug, Clone, PartialEq, Eq)]

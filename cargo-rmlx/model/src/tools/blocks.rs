@@ -3,8 +3,8 @@
 //! the end of a piece are held back. [`BlockFormat`] makes a format parser of a block-shaped
 //! format from its handling of one piece.
 
+use super::marker::{find_marker, partial_tail};
 use super::{Calls, Delta, FormatParser};
-use crate::serve::text::{find_marker, partial_tail};
 
 /// What a piece of text turned into.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,8 +4,8 @@
 //! the channel), `<|channel|>final<|message|>…<|return|>` (the answer). The generation prompt
 //! ends with `<|start|>assistant`, so the output begins inside a message header.
 
+use super::marker::{find_marker, partial_tail};
 use super::{Calls, Delta, FormatParser};
-use crate::serve::text::{find_marker, partial_tail};
 
 const START: &str = "<|start|>";
 const CHANNEL: &str = "<|channel|>";

@@ -16,7 +16,7 @@
 //! [`detect`] reads the format from the chat template's source (serve and lint use it; rmlx.toml
 //! can set it, `tool-format`). [`output::OutputParser`] runs a request's output through the
 //! reasoning splitter ([`think`], markers from [`crate::reasoning`]) and the format's parser,
-//! fed piece by piece; [`choice`] holds `tool_choice`, [`force`] the grammar that enforces `required` and named functions. [`messages`] prepares incoming messages.
+//! fed piece by piece; [`choice`] holds `tool_choice`, [`force`] the grammar that enforces `required` and named functions. [`messages`] prepares incoming messages; [`marker`] finds markers in streamed text.
 
 pub mod blocks;
 pub mod choice;
@@ -26,6 +26,7 @@ pub mod harmony;
 pub mod hermes;
 pub mod json;
 pub mod llama3;
+pub mod marker;
 pub mod messages;
 pub mod mistral;
 pub mod output;

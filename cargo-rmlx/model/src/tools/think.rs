@@ -3,9 +3,9 @@
 //! Gemma 4's `<|channel>thought…<channel|>`). Whitespace right after a marker (and Gemma 4's
 //! `thought` label) and at the end of the reasoning is dropped, as llama.cpp does.
 
+use super::marker::{find_marker, partial_tail};
 use super::Delta;
 use crate::reasoning::{Channel, Family};
-use crate::serve::text::{find_marker, partial_tail};
 
 /// The splitter.
 #[derive(Debug)]

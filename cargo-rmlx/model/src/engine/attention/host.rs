@@ -10,8 +10,8 @@
 use mlx_rs::{Array, Dtype};
 
 use super::super::layers::Rope;
-use super::super::qmv::host_slice;
 use crate::diagnostic::Result;
+use crate::mlx::host::host_slice;
 
 mod simd;
 
