@@ -1,25 +1,25 @@
-//! `rmlx`: all of cargo-rmlx's logic. The `cargo-rmlx` and `rmlx-lsp` binaries are thin
-//! front-ends over this library. See ARCHITECTURE.md for the module map and data flow.
+//! `rmlx`: cargo-rmlx's command line ([`cli`], with [`bench`] and the distributed launcher
+//! [`dist`]) over the library's layers, re-exported here under their module names so that
+//! `rmlx::engine`, `rmlx::lint`, `rmlx::serve`, … name the same items wherever they live:
+//!
+//! - `rmlx-model` (`cargo-rmlx/model`): diagnostic, progress, mlx, snapshot, tokenize,
+//!   template, tools, reasoning, constrain, engine, arch, session, gguf, manifest, build;
+//! - `rmlx-check` (`cargo-rmlx/check`): lint, probe;
+//! - `rmlx-serve` (`cargo-rmlx/serve`): serve; `rmlx-editor` (`cargo-rmlx/editor`): editor.
+//!
+//! The layers and their rule are in ARCHITECTURE.md ("Crates and layers").
 
-pub mod arch;
 pub mod bench;
-pub mod build;
 pub mod cli;
-pub mod constrain;
-pub mod diagnostic;
 pub mod dist;
-pub mod editor;
-pub mod engine;
-pub mod gguf;
-pub mod lint;
-pub mod manifest;
-pub mod probe;
-pub mod progress;
-pub mod reasoning;
-pub mod serve;
-pub mod session;
-pub mod snapshot;
-pub mod template;
-pub mod tokenize;
+#[cfg(test)]
+mod layers;
 
-pub use diagnostic::{Diagnostic, Result, Severity};
+pub use rmlx_check::{lint, probe};
+pub use rmlx_editor as editor;
+pub use rmlx_model::{
+    arch, build, constrain, diagnostic, engine, gguf, manifest, mlx, progress, reasoning, session,
+    snapshot, template, tokenize, tools,
+};
+pub use rmlx_model::{Diagnostic, Result, Severity};
+pub use rmlx_serve as serve;

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use rmlx::editor::preview::Sample;
+use rmlx_editor::preview::Sample;
 
 /// Settings. See the README ("Editor setup") for the documented keys.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -28,8 +28,8 @@ Speaks the Language Server Protocol over stdin/stdout. Logs go to stderr (RUST_L
 Options: --stdio (the default transport), --version, --help";
 
 fn main() -> ExitCode {
-    rmlx::engine::blas::quiet_at_start(); // no OpenBLAS worker spinning in template workers
-    rmlx::template::sandbox::init(); // renders chat templates in limited worker processes
+    rmlx_model::engine::blas::quiet_at_start(); // no OpenBLAS worker spinning in template workers
+    rmlx_model::template::sandbox::init(); // renders chat templates in limited worker processes
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--stdio" => {}

@@ -18,12 +18,12 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc::UnboundedSender;
 use tower_lsp_server::ls_types::Uri;
 
-use rmlx::diagnostic::{code, Diagnostic};
-use rmlx::editor::project::ModelLink;
-use rmlx::engine::DtypePolicy;
-use rmlx::probe::{self, ProbeReport};
-use rmlx::session::Session;
-use rmlx::template::{ChatTemplate, TemplateOrigin};
+use rmlx_check::probe::{self, ProbeReport};
+use rmlx_editor::project::ModelLink;
+use rmlx_model::diagnostic::{code, Diagnostic};
+use rmlx_model::engine::DtypePolicy;
+use rmlx_model::session::Session;
+use rmlx_model::template::{ChatTemplate, TemplateOrigin};
 
 use crate::sync::lock;
 

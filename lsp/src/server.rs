@@ -2,7 +2,7 @@
 //! results discarded), rmlx.toml diagnostics, the probe on save and open (in the background,
 //! with `$/progress`), hover, the "Preview render" code lens and command, the quick fix for a
 //! duplicated `{{ bos_token }}`, and configuration. Every check is the `rmlx` library's
-//! ([`rmlx::lint`], [`rmlx::editor`]); this file only moves data between them and the
+//! ([`rmlx_check::lint`], [`rmlx_editor`]); this file only moves data between them and the
 //! client.
 
 use std::collections::HashMap;
@@ -20,14 +20,14 @@ use tower_lsp_server::ls_types::request::WorkDoneProgressCreate;
 use tower_lsp_server::ls_types::*;
 use tower_lsp_server::{Client, LanguageServer};
 
-use rmlx::diagnostic::{Diagnostic, Severity};
-use rmlx::editor::preview::{self, HoverInfo, Sample};
-use rmlx::editor::project::{self, DocumentKind, ModelLink};
-use rmlx::editor::{self, Document, LineIndex};
-use rmlx::lint::{self, LintOptions};
-use rmlx::manifest::{self, Manifest};
-use rmlx::template::{ChatTemplate, TemplateOrigin};
-use rmlx::tokenize::Tokenizer;
+use rmlx_check::lint::{self, LintOptions};
+use rmlx_editor::preview::{self, HoverInfo, Sample};
+use rmlx_editor::project::{self, DocumentKind, ModelLink};
+use rmlx_editor::{self as editor, Document, LineIndex};
+use rmlx_model::diagnostic::{Diagnostic, Severity};
+use rmlx_model::manifest::{self, Manifest};
+use rmlx_model::template::{ChatTemplate, TemplateOrigin};
+use rmlx_model::tokenize::Tokenizer;
 
 use crate::config::Config;
 use crate::probe::{Outcome, ProbeEvent, ProbeHandle, ProbeJob};

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 
 use super::output::{load_session, message};
 use super::{exit, GlobalArgs, MessageFormat};
@@ -34,7 +34,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
     /// Compute dtype of our engine.
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, value_parser = super::generate::policy_parser(), default_value = "auto")]
     pub dtype: DtypePolicy,
     /// Also run mlx-lm (model dtype and float32-cast) on the same prompts, interleaved.
     #[arg(long)]
@@ -125,11 +125,8 @@ pub fn run(g: &GlobalArgs, a: BenchArgs) -> Result<u8> {
         None
     } else {
         let (program, shown) = this_program()?;
-        let dtype_arg = a
-            .dtype
-            .to_possible_value()
-            .map_or_else(|| "auto".to_string(), |v| v.get_name().to_string());
-        Some(time_probe(&program, &shown, &dir, &dtype_arg, repeat)?)
+        let dtype_arg = super::generate::policy_arg(a.dtype);
+        Some(time_probe(&program, &shown, &dir, dtype_arg, repeat)?)
     };
 
     let session = load_session(&dir, policy)?;

@@ -23,7 +23,7 @@ pub struct ConvertArgs {
     #[arg(long)]
     pub keep_quantized: bool,
     /// Dtype of dense tensors.
-    #[arg(long, value_enum, default_value = "bf16")]
+    #[arg(long, value_parser = super::generate::dtype_parser(), default_value = "bf16")]
     pub dtype: Dtype,
     /// Replace an existing output (directory or file) once the conversion succeeded; the
     /// input GGUF is never replaced.

@@ -3,8 +3,8 @@
 use std::io::Write;
 use std::ops::ControlFlow;
 
-use clap::builder::PossibleValue;
-use clap::{Args, ValueEnum};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::Args;
 use serde_json::json;
 
 use super::{exit, GlobalArgs, MessageFormat};
@@ -70,7 +70,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 5)]
     pub top_logits: usize,
     /// Compute dtype (auto: float32 on CPU, the model's dtype on a GPU).
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, value_parser = policy_parser(), default_value = "auto")]
     pub dtype: DtypePolicy,
     /// Output format.
     #[arg(long, value_enum, default_value = "human")]
@@ -81,24 +81,45 @@ pub struct GenerateArgs {
     pub hostfile: Option<std::path::PathBuf>,
 }
 
-/// `--dtype`: `auto` or one of the float dtypes (`f32`, `bf16`, `f16`).
-impl ValueEnum for DtypePolicy {
-    fn value_variants<'a>() -> &'a [Self] {
-        &[
-            DtypePolicy::Auto,
-            DtypePolicy::Fixed(Dtype::Float32),
-            DtypePolicy::Fixed(Dtype::Bfloat16),
-            DtypePolicy::Fixed(Dtype::Float16),
-        ]
+/// The `--dtype` value of a float dtype.
+fn dtype_arg(d: Dtype) -> &'static str {
+    match d {
+        Dtype::Bfloat16 => "bf16",
+        Dtype::Float16 => "f16",
+        Dtype::Float32 => "f32",
     }
+}
 
-    fn to_possible_value(&self) -> Option<PossibleValue> {
-        match self {
-            DtypePolicy::Auto => {
-                Some(PossibleValue::new("auto").help("float32 on CPU, the model's dtype on a GPU"))
-            }
-            DtypePolicy::Fixed(d) => d.to_possible_value(),
-        }
+/// `dtypes` as `--dtype` values, with their full names as help.
+fn dtype_values(dtypes: [Dtype; 3]) -> [PossibleValue; 3] {
+    dtypes.map(|d| PossibleValue::new(dtype_arg(d)).help(d.as_str()))
+}
+
+/// `--dtype` of `convert`: one of the float dtypes (`bf16`, `f16`, `f32`).
+pub fn dtype_parser() -> impl TypedValueParser<Value = Dtype> {
+    let values = dtype_values([Dtype::Bfloat16, Dtype::Float16, Dtype::Float32]);
+    PossibleValuesParser::new(values)
+        .try_map(|s| Dtype::parse(&s).ok_or_else(|| format!("unknown dtype `{s}`")))
+}
+
+/// `--dtype` of the commands that run a model: `auto` or one of the float dtypes (`f32`,
+/// `bf16`, `f16`).
+pub fn policy_parser() -> impl TypedValueParser<Value = DtypePolicy> {
+    let auto = PossibleValue::new("auto").help("float32 on CPU, the model's dtype on a GPU");
+    let fixed = dtype_values([Dtype::Float32, Dtype::Bfloat16, Dtype::Float16]);
+    PossibleValuesParser::new(std::iter::once(auto).chain(fixed)).try_map(|s| match s.as_str() {
+        "auto" => Ok(DtypePolicy::Auto),
+        other => Dtype::parse(other)
+            .map(DtypePolicy::Fixed)
+            .ok_or_else(|| format!("unknown dtype `{other}`")),
+    })
+}
+
+/// The `--dtype` value that selects `policy` (the bench hands it to the probe it times).
+pub fn policy_arg(policy: DtypePolicy) -> &'static str {
+    match policy {
+        DtypePolicy::Auto => "auto",
+        DtypePolicy::Fixed(d) => dtype_arg(d),
     }
 }
 

@@ -57,7 +57,7 @@ pub struct ProbeArgs {
     #[arg(long, default_value_t = fidelity::DEFAULT_MIN_AGREEMENT)]
     pub min_agreement: f64,
     /// Compute dtype.
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, value_parser = super::generate::policy_parser(), default_value = "auto")]
     pub dtype: DtypePolicy,
     /// Output format.
     #[arg(long, value_enum, default_value = "human")]

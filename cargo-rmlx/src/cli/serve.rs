@@ -87,7 +87,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MIB")]
     pub prompt_cache_mb: Option<u64>,
     /// Compute dtype (auto: float32 on CPU, the model's dtype on a GPU).
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, value_parser = super::generate::policy_parser(), default_value = "auto")]
     pub dtype: DtypePolicy,
     /// Split every model over the ranks of this MLX hostfile (tensor parallelism): this
     /// process serves HTTP as rank 0 and starts the others (default: [distributed] hostfile

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rmlx::gguf::import::{import, ImportOptions};
+use rmlx_model::gguf::import::{import, ImportOptions};
 pub use rmlx_test_support::repo_root;
 use rmlx_test_support::{converted_with, copy_model_dir};
 

@@ -1,0 +1,359 @@
+//! One-token decode attention on the host (the CPU decode path of `engine::decoder`): a
+//! layer's keys and values as plain float32 rows ([`HostKv`], owned by
+//! [`crate::engine::cache::KvLayer`] while decode steps run on the host), the rotation of one
+//! position ([`RopeTable`], its cosines and sines taken from MLX's own rope so every rope
+//! variant is covered) and grouped-query attention of one query over the held positions
+//! ([`attend`]), sliding windows included. Long prefill chunks attend in
+//! [`super::prefill`], short ones and the GPU keep MLX's attention; per decode step this
+//! replaces B small MLX graphs per block by a loop over host memory.
+
+use mlx_rs::{Array, Dtype};
+
+use super::super::layers::Rope;
+use crate::diagnostic::Result;
+use crate::mlx::host::host_slice;
+
+mod simd;
+
+/// Keys and values of one layer on the host, position-major: position `p` of head `h` is
+/// `data[((p - dropped) · heads + h) · dim ..][..dim]`. A sliding-window layer drops its
+/// oldest positions lazily (at most one window's worth stays unused).
+#[derive(Debug, Clone)]
+pub struct HostKv {
+    heads: usize,
+    dim: usize,
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    /// Leading positions of `keys`/`values` that fell out of the window.
+    dropped: usize,
+    window: Option<usize>,
+    /// Dtype of the MLX arrays this layer came from (restored by [`Self::to_mlx`]).
+    dtype: Dtype,
+}
+
+impl HostKv {
+    /// An empty layer of `heads` key/value heads of width `dim`.
+    pub fn empty(heads: usize, dim: usize, window: Option<usize>, dtype: Dtype) -> Self {
+        Self {
+            heads,
+            dim,
+            keys: Vec::new(),
+            values: Vec::new(),
+            dropped: 0,
+            window,
+            dtype,
+        }
+    }
+
+    /// The host copy of MLX keys/values `[1, heads, T, dim]`.
+    pub fn from_mlx(keys: &Array, values: &Array, window: Option<usize>) -> Result<Self> {
+        let s = keys.shape();
+        let (heads, dim) = (s[1] as usize, s[3] as usize);
+        let mut out = Self::empty(heads, dim, window, keys.dtype());
+        out.keys = position_major(keys)?;
+        out.values = position_major(values)?;
+        Ok(out)
+    }
+
+    /// Positions held (a sliding layer: those still inside or just behind the window).
+    pub fn positions(&self) -> usize {
+        self.keys.len() / (self.heads * self.dim) - self.dropped
+    }
+
+    /// Positions an MLX layer would hold after the same updates (see `KvLayer::update`: a
+    /// sliding layer keeps `window - 1`).
+    pub fn held(&self) -> usize {
+        match self.window {
+            Some(w) => self.positions().min(w.saturating_sub(1)),
+            None => self.positions(),
+        }
+    }
+
+    /// Bytes of host memory in use.
+    pub fn nbytes(&self) -> usize {
+        (self.keys.capacity() + self.values.capacity()) * std::mem::size_of::<f32>()
+    }
+
+    /// The positions [`Self::held`] as MLX arrays `[1, heads, T, dim]` of the original dtype.
+    pub fn to_mlx(&self) -> Result<(Array, Array)> {
+        let held = self.held();
+        let row = self.heads * self.dim;
+        let from = self.keys.len() - held * row;
+        let shape = [1, held as i32, self.heads as i32, self.dim as i32];
+        let mlx = |data: &[f32]| -> Result<Array> {
+            let a = Array::from_slice(data, &shape).transpose_axes(&[0, 2, 1, 3])?;
+            Ok(a.as_dtype(self.dtype)?.contiguous()?)
+        };
+        Ok((mlx(&self.keys[from..])?, mlx(&self.values[from..])?))
+    }
+
+    /// Appends one position (`heads · dim` keys and values).
+    pub fn push(&mut self, keys: &[f32], values: &[f32]) {
+        self.keys.extend_from_slice(keys);
+        self.values.extend_from_slice(values);
+        let Some(w) = self.window else { return };
+        let extra = self.positions().saturating_sub(w);
+        self.dropped += extra;
+        if self.dropped >= w.max(64) {
+            let cut = self.dropped * self.heads * self.dim;
+            self.keys.drain(..cut);
+            self.values.drain(..cut);
+            self.dropped = 0;
+        }
+    }
+
+    /// Key (or value) rows of head `h`, counted from the first position held.
+    fn rows<'a>(&self, data: &'a [f32], h: usize) -> simd::Rows<'a> {
+        simd::Rows {
+            data: &data[self.dropped * self.heads * self.dim..],
+            stride: self.heads * self.dim,
+            offset: h * self.dim,
+        }
+    }
+}
+
+/// MLX `[1, heads, T, dim]` → host `[T, heads, dim]` float32.
+fn position_major(a: &Array) -> Result<Vec<f32>> {
+    let a = a
+        .as_dtype(Dtype::Float32)?
+        .transpose_axes(&[0, 2, 1, 3])?
+        .contiguous()?;
+    a.eval()?;
+    Ok(host_slice::<f32>(&a, "key/value cache")?.to_vec())
+}
+
+/// The rotation of one position, as MLX's rope computes it: per rotated pair its cosine and
+/// sine (times the rope's `mscale`), read back from MLX's rope applied to a basis vector.
+#[derive(Debug, Clone)]
+pub struct RopeTable {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    traditional: bool,
+}
+
+impl RopeTable {
+    /// The rotation `rope` gives position `offset` of `head_dim`-wide heads.
+    pub fn new(rope: &Rope, offset: usize, head_dim: usize) -> Result<Self> {
+        let (dims, traditional) = (rope.rotated_dims(), rope.is_traditional());
+        let half = dims / 2;
+        // Pair i's first feature 1, its second 0: the output is (cos_i, sin_i).
+        let first = |i: usize| if traditional { 2 * i } else { i };
+        let second = |i: usize| if traditional { 2 * i + 1 } else { i + half };
+        let mut basis = vec![0f32; head_dim];
+        (0..half).for_each(|i| basis[first(i)] = 1.0);
+        let x = Array::from_slice(&basis, &[1, 1, 1, head_dim as i32]);
+        let out = rope.forward(&x, offset)?.as_dtype(Dtype::Float32)?;
+        out.eval()?;
+        let out = host_slice::<f32>(&out, "rope table")?;
+        Ok(Self {
+            cos: (0..half).map(|i| out[first(i)]).collect(),
+            sin: (0..half).map(|i| out[second(i)]).collect(),
+            traditional,
+        })
+    }
+
+    /// Rotates one head in place (features past the rotated ones stay).
+    pub fn apply(&self, x: &mut [f32]) {
+        let half = self.cos.len();
+        for (i, (&c, &s)) in self.cos.iter().zip(&self.sin).enumerate() {
+            let (j, k) = if self.traditional {
+                (2 * i, 2 * i + 1)
+            } else {
+                (i, i + half)
+            };
+            let (a, b) = (x[j], x[k]);
+            x[j] = a * c - b * s;
+            x[k] = a * s + b * c;
+        }
+    }
+}
+
+/// Scratch of [`attend`], reused across calls.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    /// Scores of every query head, `n_heads · positions`.
+    scores: Vec<f32>,
+}
+
+/// Below this many multiply-adds (heads · positions · width · 2) one layer's attention runs
+/// on the calling thread: handing it to the kernel pool costs more than it saves.
+const PARALLEL_WORK: usize = 1 << 16;
+
+/// Attention of one position's queries `q` (`n_heads · dim`, already rotated) over every
+/// position `kv` holds within its window (the new one included), scaled by `scale`; writes
+/// `n_heads · dim` values to `out`. Query head `h` reads key/value head
+/// `h / (n_heads / kv heads)`. The query heads are spread over the kernel pool
+/// (`engine::pool`) once the work is large enough; each head runs [`simd::head_kernel`].
+pub fn attend(q: &[f32], kv: &HostKv, scale: f32, scratch: &mut Scratch, out: &mut [f32]) {
+    let dim = kv.dim;
+    let n_heads = q.len() / dim;
+    let group = (n_heads / kv.heads).max(1);
+    let total = kv.positions();
+    let first = kv.window.map_or(0, |w| total.saturating_sub(w));
+    let span = total - first;
+    let kernel = simd::head_kernel(dim);
+    scratch.scores.resize(n_heads * span, 0.0);
+    let head = |h: usize, scores: &mut [f32], out: &mut [f32]| {
+        let g = h / group;
+        let head = simd::Head {
+            q: &q[h * dim..(h + 1) * dim],
+            keys: kv.rows(&kv.keys, g),
+            values: kv.rows(&kv.values, g),
+            positions: first..total,
+            scale,
+        };
+        kernel(&head, scores, out);
+    };
+    let mut heads: Vec<(usize, &mut [f32], &mut [f32])> = scratch
+        .scores
+        .chunks_mut(span.max(1))
+        .zip(out.chunks_mut(dim))
+        .enumerate()
+        .map(|(h, (s, o))| (h, s, o))
+        .collect();
+    if n_heads * span * dim * 2 < PARALLEL_WORK {
+        heads.iter_mut().for_each(|(h, s, o)| head(*h, s, o));
+    } else {
+        crate::engine::pool::for_each_mut(&mut heads, |(h, s, o)| head(*h, s, o));
+    }
+}
+
+/// In-place softmax (max-subtracted, float32).
+pub(super) fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    x.iter_mut().for_each(|v| {
+        *v = (*v - max).exp();
+        sum += *v;
+    });
+    let inv = 1.0 / sum;
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::attention::{attend as mlx_attend, split_heads};
+    use crate::engine::tests::values;
+
+    /// Host attention of the last of `t` positions equals MLX's, global and windowed.
+    #[test]
+    fn matches_mlx_attention() {
+        let (heads, kv_heads, dim, t) = (6usize, 2usize, 16usize, 11usize);
+        for window in [None, Some(4)] {
+            let k = values(t * kv_heads * dim, 1);
+            let v = values(t * kv_heads * dim, 2);
+            let q = values(heads * dim, 3);
+            let to_heads = |d: &[f32], n: usize, l: usize| {
+                let a = Array::from_slice(d, &[1, l as i32, (n * dim) as i32]);
+                split_heads(a, n as i32, dim as i32).unwrap()
+            };
+            let (mk, mv) = (to_heads(&k, kv_heads, t), to_heads(&v, kv_heads, t));
+            let (mk, mv) = match window {
+                Some(w) => {
+                    let idx = Array::from_iter((t - w) as i32..t as i32, &[w as i32]);
+                    (
+                        mk.take_axis(&idx, 2).unwrap(),
+                        mv.take_axis(&idx, 2).unwrap(),
+                    )
+                }
+                None => (mk, mv),
+            };
+            let mq = to_heads(&q, heads, 1);
+            let want = mlx_attend(&mq, &mk, &mv, t - 1, window, 0.25, None).unwrap();
+            let want = want.reshape(&[-1]).unwrap();
+            let mut kv = HostKv::empty(kv_heads, dim, window, Dtype::Float32);
+            let row = kv_heads * dim;
+            for p in 0..t {
+                kv.push(&k[p * row..(p + 1) * row], &v[p * row..(p + 1) * row]);
+            }
+            let mut out = vec![0f32; heads * dim];
+            attend(&q, &kv, 0.25, &mut Scratch::default(), &mut out);
+            for (a, b) in out.iter().zip(want.as_slice::<f32>()) {
+                assert!((a - b).abs() < 1e-5, "{window:?}: host {a} vs MLX {b}");
+            }
+        }
+    }
+
+    /// Decode steps on the host leave a layer, once flushed back to MLX, holding what the
+    /// same steps through MLX's cache update leave (global and sliding window).
+    #[test]
+    fn host_steps_leave_the_cache_mlx_would() {
+        use crate::engine::cache::KvLayer;
+        let (heads, dim) = (2usize, 8usize);
+        let mlx_rows = |seed: u32, l: usize| {
+            let a = Array::from_slice(&values(l * heads * dim, seed), &[1, l as i32, 16]);
+            split_heads(a, heads as i32, dim as i32).unwrap()
+        };
+        for window in [None, Some(4)] {
+            let (mut by_mlx, mut by_host) = (KvLayer::default(), KvLayer::default());
+            for layer in [&mut by_mlx, &mut by_host] {
+                layer
+                    .update(mlx_rows(1, 6), mlx_rows(2, 6), window)
+                    .unwrap();
+            }
+            for step in 0..3 {
+                let (k, v) = (
+                    values(heads * dim, 10 + step),
+                    values(heads * dim, 20 + step),
+                );
+                let one = |d: &[f32]| {
+                    let a = Array::from_slice(d, &[1, 1, 16]);
+                    split_heads(a, heads as i32, dim as i32).unwrap()
+                };
+                by_mlx.update(one(&k), one(&v), window).unwrap();
+                by_host.host(heads, dim, window).unwrap().push(&k, &v);
+            }
+            // Row-contiguous copies (a global layer's state is a view into its buffer).
+            let state = |l: &KvLayer| {
+                let (k, v) = l.state().unwrap();
+                (k.contiguous().unwrap(), v.contiguous().unwrap())
+            };
+            let (want_k, want_v) = state(&by_mlx);
+            let (host_k, _) = state(&by_host);
+            by_host.flush().unwrap();
+            let (got_k, got_v) = state(&by_host);
+            assert_eq!(got_k.shape(), want_k.shape(), "{window:?}");
+            for got in [&got_k, &host_k] {
+                assert_eq!(
+                    got.as_slice::<f32>(),
+                    want_k.as_slice::<f32>(),
+                    "{window:?}"
+                );
+            }
+            assert_eq!(
+                got_v.as_slice::<f32>(),
+                want_v.as_slice::<f32>(),
+                "{window:?}"
+            );
+        }
+    }
+
+    /// The host copy of MLX keys round-trips, and a rope table rotates like MLX's rope.
+    #[test]
+    fn round_trip_and_rope() {
+        let (heads, dim, t) = (2usize, 8usize, 5usize);
+        let k = Array::from_slice(&values(heads * t * dim, 4), &[1, heads as i32, t as i32, 8]);
+        let kv = HostKv::from_mlx(&k, &k, None).unwrap();
+        assert_eq!(kv.positions(), t);
+        let (back, _) = kv.to_mlx().unwrap();
+        assert_eq!(back.as_slice::<f32>(), k.as_slice::<f32>());
+        for traditional in [false, true] {
+            let rope = Rope::new(dim, 10_000.0, None)
+                .unwrap()
+                .traditional(traditional);
+            let x = values(dim, 5);
+            let want = rope
+                .forward(&Array::from_slice(&x, &[1, 1, 1, dim as i32]), 7)
+                .unwrap();
+            let mut got = x.clone();
+            RopeTable::new(&rope, 7, dim).unwrap().apply(&mut got);
+            for (a, b) in got.iter().zip(want.as_slice::<f32>()) {
+                assert!(
+                    (a - b).abs() < 1e-5,
+                    "traditional {traditional}: {a} vs {b}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,1266 @@
+//! The CPU quantized kernels: affine-quantized matrix × vector (and × a few vectors) on the
+//! host, over the very buffers MLX holds (no copy of the weights), with AVX2/FMA and both
+//! cores.
+//!
+//! Why it exists: with one input row (every decode step) MLX 0.32's CPU backend runs
+//! `quantized_matmul` as a scalar single-threaded loop (`_qmm_dispatch_typed<float>`), which
+//! a profile of SmolLM2 decode puts at 83% of the time. This kernel computes the same
+//! `y = x · dequantize(W)ᵀ` for 4- and 8-bit affine weights in float32 — each group's
+//! `scale · Σ q·x + bias · Σ x` — and is used only where it applies (CPU device, float32
+//! activations and scales, affine 4/8-bit with groups of a multiple of 32, fewer input rows
+//! than `layers::HOST_MATMUL_ROWS`, AVX2+FMA present): by `Linear::forward` for short inputs
+//! (a probe seed, a chat turn: up to four inputs per pass over the weights) and by
+//! `Transformer::hidden_host_decode`, which keeps a whole decode step's residual stream on
+//! the host. Everything else, and every model on a GPU, keeps MLX's kernels.
+//! `RMLX_HOST_KERNELS=0` turns it off.
+
+use std::sync::OnceLock;
+
+use mlx_rs::{Array, Dtype};
+
+use crate::diagnostic::{code, Diagnostic, Result};
+use crate::mlx::host::host_slice;
+
+/// Rows one task handles at least (smaller tasks cost more to hand out than they save).
+const MIN_ROWS_PER_TASK: usize = 32;
+
+/// Tasks per pool thread a pass is cut into at most: the threads claim tasks as they go,
+/// so a thread slowed down (a shared core) takes fewer of them.
+const TASKS_PER_THREAD: usize = 8;
+
+/// Whether the host kernel is used: default device is the CPU, the processor has AVX2 and
+/// FMA, and `RMLX_HOST_KERNELS` is not `0`. Decided once per process and logged.
+pub fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        let off_by_env = std::env::var("RMLX_HOST_KERNELS").is_ok_and(|v| v == "0");
+        let cpu = !super::gpu_available();
+        let simd = simd_available();
+        let on = cpu && simd && !off_by_env;
+        if !on && cpu {
+            tracing::debug!(
+                "host quantized mat-vec off ({}); decode uses MLX's CPU quantized_matmul",
+                if off_by_env {
+                    "RMLX_HOST_KERNELS=0"
+                } else {
+                    "no AVX2/FMA on this processor"
+                }
+            );
+        }
+        on
+    })
+}
+
+/// Whether this processor has AVX2 and FMA (the SIMD host kernels)
+pub(crate) fn simd_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// How the host kernels treat the input rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activations {
+    /// Float32 inputs against dequantized weights (exact up to float rounding).
+    F32,
+    /// Inputs quantized to int8 per 32 columns (a scale per block, as llama.cpp's Q8_0) and
+    /// multiplied with the integer weights by integer dot products (AVX2 `vpmaddubsw`); the
+    /// bias term keeps the exact float Σx. See BENCHMARKS.md for the measured error.
+    Int8,
+}
+
+/// The activation mode of the host kernels: `RMLX_HOST_ACTIVATIONS=int8` selects the integer
+/// path, `f32` (the default) the float one. Not the default because it fails the oracle
+/// tolerances (BENCHMARKS.md, "Int8 activations": SmolLM2 4-bit chat step-0 logits 2.9 off
+/// mlx-lm float32, gemma-3 4-bit greedy tokens diverging at step 2). Decided once per process
+/// and logged.
+pub fn activations() -> Activations {
+    static MODE: OnceLock<Activations> = OnceLock::new();
+    *MODE.get_or_init(|| {
+        let var = std::env::var("RMLX_HOST_ACTIVATIONS").ok();
+        let mode = match var.as_deref() {
+            Some("f32") | Some("float32") | None => Activations::F32,
+            Some("int8") => Activations::Int8,
+            Some(other) => {
+                tracing::warn!(
+                    "RMLX_HOST_ACTIVATIONS={other:?} is neither `f32` nor `int8`: using f32"
+                );
+                Activations::F32
+            }
+        };
+        tracing::debug!("host kernels: {mode:?} activations");
+        mode
+    })
+}
+
+/// Whether [`matmul_many`] handles weights of this format: 4 or 8 bits, a positive group
+/// size that is a multiple of 32, float32 input and scales. (The shapes are checked by
+/// [`matmul_many`] itself.)
+pub fn supports(bits: i32, group_size: i32, x: &Array, scales: &Array) -> bool {
+    format_ok(bits, group_size) && x.dtype() == Dtype::Float32 && scales.dtype() == Dtype::Float32
+}
+
+/// Bit widths and group sizes the kernels are written for.
+fn format_ok(bits: i32, group_size: i32) -> bool {
+    check_format(bits as i64, group_size as i64).is_ok()
+}
+
+/// [`format_ok`] as an error that says what is wrong.
+fn check_format(bits: i64, group: i64) -> Result<()> {
+    if matches!(bits, 4 | 8) && group > 0 && group % 32 == 0 {
+        return Ok(());
+    }
+    Err(fail(
+        "format",
+        format!("{bits}-bit groups of {group}: only 4 or 8 bits in groups of a multiple of 32"),
+    ))
+}
+
+/// MLX arrays of one quantized layer: packed weight, scales, biases, bits, group size.
+pub type Operands<'a> = (&'a Array, &'a Array, &'a Array, i32, i32);
+
+/// A borrowed affine-quantized `[rows, cols]` matrix, checked on construction
+/// ([`QuantMatrix::new`]): the kernels read the buffers through raw pointers and rely on
+/// these invariants for staying in bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct QuantMatrix<'a> {
+    /// Packed weights, row-major, `cols · bits / 8` bytes per row.
+    packed: &'a [u8],
+    /// `[rows, cols / group]` scales.
+    scales: &'a [f32],
+    /// `[rows, cols / group]` biases.
+    biases: &'a [f32],
+    /// Output features (≥ 1).
+    rows: usize,
+    /// Input features: a positive multiple of `group`.
+    cols: usize,
+    /// 4 or 8.
+    bits: usize,
+    /// Columns per scale/bias pair: a positive multiple of 32.
+    group: usize,
+}
+
+/// `y = x · dequantize(W)ᵀ` for a few rows of `x` (`[..., cols]`), for several matrices
+/// sharing that input (q/k/v, gate/up) in one parallel pass. Formats the kernels do not
+/// handle (see [`supports`]) and shapes that do not fit together are errors.
+pub fn matmul_many(x: &Array, mats: &[Operands<'_>]) -> Result<Vec<Array>> {
+    matmul_many_as(x, mats, activations())
+}
+
+/// [`matmul_many`] with the given activation mode.
+fn matmul_many_as(x: &Array, mats: &[Operands<'_>], mode: Activations) -> Result<Vec<Array>> {
+    on_host(x, mats, |views, xs| {
+        QuantMatrix::matmul_many_as(views, xs, mode)
+    })
+}
+
+/// One layer call on the host, shared by the mat-vec kernels and the prefill GEMM
+/// (`engine::gemm`): `x` (`[..., cols]`, float32) as host rows and each matrix's view,
+/// checked to fit together; `products` computes each matrix's `[n, rows]` result, returned as
+/// MLX arrays shaped like `x`.
+pub(crate) fn on_host(
+    x: &Array,
+    mats: &[Operands<'_>],
+    products: impl FnOnce(&[QuantMatrix<'_>], &[f32]) -> Result<Vec<Vec<f32>>>,
+) -> Result<Vec<Array>> {
+    let x = if x.try_as_slice::<f32>().is_ok() {
+        x.clone()
+    } else {
+        x.contiguous().map_err(|e| fail("input", e.to_string()))?
+    };
+    let xs = x
+        .try_as_slice::<f32>()
+        .map_err(|e| fail("input", e.to_string()))?;
+    let views = views(mats)?;
+    let last = x.shape().last().map_or(0, |&d| d as usize);
+    if let Some(m) = views.iter().find(|m| m.cols != last) {
+        return Err(fail(
+            "shape",
+            format!(
+                "input of shape {:?} does not end in the weight's {} input features",
+                x.shape(),
+                m.cols
+            ),
+        ));
+    }
+    let outs = products(&views, xs)?;
+    outputs(&x, &views, outs)
+}
+
+/// Each matrix's product `[..., rows]` as an MLX array shaped like the input `x`
+/// (`[..., cols]`), from the host results.
+fn outputs(x: &Array, views: &[QuantMatrix<'_>], outs: Vec<Vec<f32>>) -> Result<Vec<Array>> {
+    views
+        .iter()
+        .zip(outs)
+        .map(|(m, y)| {
+            let mut shape = x.shape().to_vec();
+            if let Some(last) = shape.last_mut() {
+                *last = i32::try_from(m.rows).map_err(|_| fail("shape", "too many rows".into()))?;
+            }
+            Ok(Array::from_slice(&y, &shape))
+        })
+        .collect()
+}
+
+/// [`matmul_many`] on an input already on the host (one or a few whole rows, `[M, cols]`),
+/// returning host vectors (`[M, rows]` each).
+pub fn matvec_many_host(x: &[f32], mats: &[Operands<'_>]) -> Result<Vec<Vec<f32>>> {
+    let views = views(mats)?;
+    QuantMatrix::matmul_many(&views, x)
+}
+
+/// Host views of each layer's operands.
+fn views<'a>(mats: &[Operands<'a>]) -> Result<Vec<QuantMatrix<'a>>> {
+    mats.iter()
+        .map(|&(w, s, b, bits, group)| QuantMatrix::view(w, s, b, bits, group))
+        .collect()
+}
+
+fn fail(what: &str, e: String) -> Diagnostic {
+    Diagnostic::error(
+        code::Engine::HostKernel,
+        format!("host mat-vec: {what}: {e}"),
+    )
+}
+
+/// One input row prepared for the float32 kernels.
+struct Prepared {
+    /// `x` in the kernel's layout: for 4-bit weights per 16 columns the 8 even ones, then the
+    /// 8 odd ones divided by 16 (exact: a power of two), to meet the low nibbles of 8 packed
+    /// bytes and their high nibbles kept in place (16 × their value); as is for 8-bit.
+    x: Vec<f32>,
+    /// Σx per group, for the bias term.
+    group_sums: Vec<f32>,
+}
+
+impl<'a> QuantMatrix<'a> {
+    /// A matrix of `rows × cols` `bits`-bit values in groups of `group` columns. Errors unless
+    /// `bits` is 4 or 8, `group` a positive multiple of 32, `cols` a positive multiple of
+    /// `group`, `rows` positive, and the buffers exactly as long as that layout needs.
+    pub fn new(
+        packed: &'a [u8],
+        scales: &'a [f32],
+        biases: &'a [f32],
+        rows: usize,
+        cols: usize,
+        bits: usize,
+        group: usize,
+    ) -> Result<Self> {
+        check_format(
+            i64::try_from(bits).unwrap_or(i64::MAX),
+            i64::try_from(group).unwrap_or(i64::MAX),
+        )?;
+        if rows == 0 || cols == 0 || cols % group != 0 {
+            return Err(fail(
+                "shape",
+                format!("a {rows}×{cols} matrix does not split into groups of {group}"),
+            ));
+        }
+        let bytes = rows.checked_mul(cols).and_then(|n| n.checked_mul(bits));
+        let groups = rows.checked_mul(cols / group);
+        if bytes.map(|b| b / 8) != Some(packed.len())
+            || groups != Some(scales.len())
+            || groups != Some(biases.len())
+        {
+            return Err(fail(
+                "shape",
+                format!(
+                    "a {rows}×{cols} {bits}-bit matrix in groups of {group} with {} packed bytes, \
+                     {} scales, {} biases",
+                    packed.len(),
+                    scales.len(),
+                    biases.len()
+                ),
+            ));
+        }
+        Ok(QuantMatrix {
+            packed,
+            scales,
+            biases,
+            rows,
+            cols,
+            bits,
+            group,
+        })
+    }
+
+    /// A view of MLX's packed weight (`[rows, cols · bits / 32]` u32), scales and biases
+    /// (evaluated if they were not).
+    fn view(
+        weight: &'a Array,
+        scales: &'a Array,
+        biases: &'a Array,
+        bits: i32,
+        group: i32,
+    ) -> Result<Self> {
+        check_format(bits.into(), group.into())?;
+        let &[rows, packed_cols] = weight.shape() else {
+            return Err(fail(
+                "shape",
+                format!(
+                    "the packed weight has shape {:?}, not [rows, cols]",
+                    weight.shape()
+                ),
+            ));
+        };
+        let w = host_slice::<u32>(weight, "weight")?;
+        let s = host_slice::<f32>(scales, "scales")?;
+        let b = host_slice::<f32>(biases, "biases")?;
+        // Both dimensions are non-negative: MLX shapes are.
+        let (rows, cols) = (rows as usize, packed_cols as usize * 32 / bits as usize);
+        // SAFETY: u32 → u8 reinterpretation of an initialised buffer (u8 has no alignment
+        // requirement); the borrow keeps `weight` alive.
+        let packed: &[u8] = unsafe {
+            std::slice::from_raw_parts(w.as_ptr().cast::<u8>(), std::mem::size_of_val(w))
+        };
+        Self::new(packed, s, b, rows, cols, bits as usize, group as usize)
+    }
+}
+
+impl QuantMatrix<'_> {
+    /// Output features (weight rows) and input features (columns).
+    pub(crate) fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// Weight row `r` dequantized into `out` (`cols` values): `scale · q + bias` per group.
+    pub(crate) fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let (packed, scales, biases) = self.row(r);
+        let bytes = self.group * self.bits / 8;
+        let groups = out
+            .chunks_exact_mut(self.group)
+            .zip(packed.chunks_exact(bytes));
+        for ((out, packed), (&s, &b)) in groups.zip(scales.iter().zip(biases)) {
+            if self.bits == 8 {
+                for (o, &q) in out.iter_mut().zip(packed) {
+                    *o = f32::from(q) * s + b;
+                }
+            } else {
+                for (o, &q) in out.chunks_exact_mut(2).zip(packed) {
+                    o[0] = f32::from(q & 0x0f) * s + b;
+                    o[1] = f32::from(q >> 4) * s + b;
+                }
+            }
+        }
+    }
+}
+
+impl QuantMatrix<'_> {
+    fn prepare(&self, x: &[f32]) -> Prepared {
+        let group_sums = x.chunks(self.group).map(|g| g.iter().sum()).collect();
+        let x = if self.bits == 4 {
+            x.chunks(16)
+                .flat_map(|c| {
+                    let odd = (0..8).map(|i| c[2 * i + 1] / 16.0);
+                    (0..8).map(|i| c[2 * i]).chain(odd)
+                })
+                .collect()
+        } else {
+            x.to_vec()
+        };
+        Prepared { x, group_sums }
+    }
+
+    /// `y[m, r] = Σ_c dequant(W[r, c]) · x[m, c]` for the rows `m` of `x` (`[M, cols]`),
+    /// returned as `[M, rows]`. An `x` that is empty or not a whole number of rows is an
+    /// error.
+    pub fn matmul(&self, x: &[f32]) -> Result<Vec<f32>> {
+        Ok(Self::matmul_many(std::slice::from_ref(self), x)?.remove(0))
+    }
+
+    /// [`Self::matmul`] for several matrices with the same input, in one parallel pass:
+    /// blocks of weight rows of all matrices are spread over the kernel pool (`engine::pool`), and each weight
+    /// row is read once for all input rows.
+    pub fn matmul_many(mats: &[Self], x: &[f32]) -> Result<Vec<Vec<f32>>> {
+        Self::matmul_many_as(mats, x, activations())
+    }
+
+    /// [`Self::matmul_many`] with the given activation mode.
+    fn matmul_many_as(mats: &[Self], x: &[f32], mode: Activations) -> Result<Vec<Vec<f32>>> {
+        if let Some(m) = mats.iter().find(|m| x.is_empty() || x.len() % m.cols != 0) {
+            return Err(fail(
+                "shape",
+                format!(
+                    "an input of {} values is not a whole number of rows of {}",
+                    x.len(),
+                    m.cols
+                ),
+            ));
+        }
+        Ok(Self::matmul_checked(mats, x, mode))
+    }
+
+    /// [`Self::matmul_many`] once `x` is known to be whole rows of every matrix.
+    fn matmul_checked(mats: &[Self], x: &[f32], mode: Activations) -> Vec<Vec<f32>> {
+        let outs = match mode {
+            Activations::F32 => Self::products::<Prepared>(mats, x),
+            Activations::Int8 => Self::products::<Quantized>(mats, x),
+        };
+        outs.into_iter()
+            .zip(mats)
+            .map(|(yt, m)| {
+                let n = x.len() / m.cols;
+                if n == 1 {
+                    return yt;
+                }
+                let mut y = vec![0f32; n * m.rows];
+                for (r, yr) in yt.chunks(n).enumerate() {
+                    for (k, v) in yr.iter().enumerate() {
+                        y[k * m.rows + r] = *v;
+                    }
+                }
+                y
+            })
+            .collect()
+    }
+
+    /// Runs `task(matrix index, first weight row, out)` over blocks of weight rows of all
+    /// matrices in parallel; `out` is the block's part of that matrix's `[rows, n]` output
+    /// (`n` inputs). Returns the outputs.
+    fn for_row_blocks<F>(mats: &[Self], n: usize, task: F) -> Vec<Vec<f32>>
+    where
+        F: Fn(usize, usize, &mut [f32]) + Sync,
+    {
+        let threads = super::pool::threads();
+        let total_rows: usize = mats.iter().map(|m| m.rows).sum();
+        let per_task = (total_rows / (threads * TASKS_PER_THREAD)).max(MIN_ROWS_PER_TASK);
+        let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; m.rows * n]).collect();
+        // Each task owns a contiguous block of weight rows.
+        let mut tasks = Vec::new();
+        for (i, out) in outs.iter_mut().enumerate() {
+            for (t, chunk) in out.chunks_mut(per_task * n).enumerate() {
+                tasks.push((i, t * per_task, chunk));
+            }
+        }
+        super::pool::for_each_mut(&mut tasks, |(i, first, out)| task(*i, *first, out));
+        outs
+    }
+
+    /// Packed bytes, scales and biases of weight row `r`.
+    fn row(&self, r: usize) -> Row<'_> {
+        let groups = self.cols / self.group;
+        let row_bytes = self.cols * self.bits / 8;
+        (
+            &self.packed[r * row_bytes..(r + 1) * row_bytes],
+            &self.scales[r * groups..(r + 1) * groups],
+            &self.biases[r * groups..(r + 1) * groups],
+        )
+    }
+
+    /// The input rows prepared once per distinct layout (q/k/v and gate/up share one),
+    /// and for each matrix the index of its preparation.
+    fn prepare_shared<P: Input>(mats: &[Self], x: &[f32]) -> (Vec<Vec<P>>, Vec<usize>) {
+        let layout = |m: &Self| (m.bits, m.group, m.cols);
+        let mut firsts: Vec<usize> = Vec::new();
+        let of = mats
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let known = firsts.iter().position(|&f| layout(&mats[f]) == layout(m));
+                known.unwrap_or_else(|| {
+                    firsts.push(i);
+                    firsts.len() - 1
+                })
+            })
+            .collect();
+        let prepared = firsts
+            .iter()
+            .map(|&f| {
+                x.chunks(mats[f].cols)
+                    .map(|r| P::new(r, &mats[f]))
+                    .collect()
+            })
+            .collect();
+        (prepared, of)
+    }
+
+    /// The products `[rows, n]` per matrix, the inputs prepared as `P` (one activation mode).
+    /// Inputs outside, weight rows inside: each block of up to [`Input::BLOCK`] inputs takes
+    /// one pass over the task's weight rows, staying in L1 while the rows stream past, and
+    /// each weight vector is unpacked once for the block. Every input takes the same
+    /// arithmetic whatever block it is in, so a row of a batch equals that row computed
+    /// alone, bit for bit (greedy results do not depend on batching).
+    fn products<P: Input>(mats: &[Self], x: &[f32]) -> Vec<Vec<f32>> {
+        let (prepared, of) = Self::prepare_shared::<P>(mats, x);
+        let n = x.len() / mats[0].cols;
+        Self::for_row_blocks(mats, n, |i, first, out| {
+            let (m, inputs) = (&mats[i], &prepared[of[i]]);
+            for start in (0..n).step_by(P::BLOCK) {
+                let block = &inputs[start..n.min(start + P::BLOCK)];
+                let at = (first, start, n);
+                match block.len() {
+                    4 => m.pass::<P, 4>(block, at, out),
+                    3 => m.pass::<P, 3>(block, at, out),
+                    2 => m.pass::<P, 2>(block, at, out),
+                    _ => m.pass::<P, 1>(block, at, out),
+                }
+            }
+        })
+    }
+
+    /// One pass of `N` inputs over a task's weight rows: `block` holds inputs `start..` of
+    /// `n`, the task starts at weight row `first`, and `out` is its `[rows, n]` part.
+    fn pass<P: Input, const N: usize>(
+        &self,
+        block: &[P],
+        (first, start, n): (usize, usize, usize),
+        out: &mut [f32],
+    ) {
+        let kernel = P::kernel::<N>(self.bits);
+        let inputs: [&P; N] = std::array::from_fn(|k| &block[k]);
+        for j in 0..out.len() / n {
+            // SAFETY: the kernel is the portable reference or a SIMD kernel chosen after
+            // run-time detection; `QuantMatrix::new` checked the row layout and `P::new`
+            // made each input `cols` values in this matrix's layout.
+            let v = unsafe { kernel(self.group, self.row(first + j), inputs) };
+            out[j * n + start..j * n + start + N].copy_from_slice(&v);
+        }
+    }
+}
+
+/// An input row prepared for one activation mode's kernels.
+trait Input: Sized + Sync {
+    /// Inputs per pass over the weights at most (1 to 4): as many as the kernel's
+    /// accumulators keep in registers.
+    const BLOCK: usize;
+
+    /// `x` (`m.cols` values) prepared for matrix `m`'s layout.
+    fn new(x: &[f32], m: &QuantMatrix<'_>) -> Self;
+
+    /// The kernel for `bits`-bit weights (4 or 8, checked by [`QuantMatrix::new`]) against `N`
+    /// inputs: AVX2/FMA when present, else the portable reference.
+    fn kernel<const N: usize>(bits: usize) -> Kernel<Self, N>;
+}
+
+/// One weight row against `N` prepared inputs: for each input
+/// `Σ_g scale[g] · Σ_{c∈g} q[c] · x[c] + bias[g] · Σ_{c∈g} x[c]` (int8 inputs: with `x[c]` as
+/// its int8 value times its block's scale).
+type Kernel<P, const N: usize> = unsafe fn(usize, Row<'_>, [&P; N]) -> [f32; N];
+
+impl Input for Prepared {
+    /// Four FMA chains per input: two inputs' eight accumulators and the unpacked weights
+    /// fit the 16 vector registers; four inputs spilled them (`bench --batch`, SmolLM2
+    /// 4-bit, B = 4: 34–36 ms per step in blocks of four, 24.6 ms in two blocks of two).
+    const BLOCK: usize = 2;
+
+    fn new(x: &[f32], m: &QuantMatrix<'_>) -> Self {
+        m.prepare(x)
+    }
+
+    fn kernel<const N: usize>(bits: usize) -> Kernel<Self, N> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if simd_available() {
+                return match bits {
+                    8 => avx2::dot_q8::<N>,
+                    _ => avx2::dot_q4::<N>,
+                };
+            }
+        }
+        match bits {
+            8 => f32_scalar::<8, N>,
+            _ => f32_scalar::<4, N>,
+        }
+    }
+}
+
+impl Input for Quantized {
+    /// One accumulator per input.
+    const BLOCK: usize = 4;
+
+    fn new(x: &[f32], m: &QuantMatrix<'_>) -> Self {
+        Quantized::new(x, m)
+    }
+
+    fn kernel<const N: usize>(bits: usize) -> Kernel<Self, N> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if simd_available() {
+                return match bits {
+                    8 => avx2::i8_q8::<N>,
+                    _ => avx2::i8_q4::<N>,
+                };
+            }
+        }
+        match bits {
+            8 => i8_scalar::<8, N>,
+            _ => i8_scalar::<4, N>,
+        }
+    }
+}
+
+/// One input row quantized for the int8 kernels.
+struct Quantized {
+    /// The values as int8, `x ≈ q · scale[block]`; for 4-bit weights reordered per 32
+    /// columns as [16 even, 16 odd] to meet the low and high nibbles of 16 packed bytes.
+    q: Vec<i8>,
+    /// One scale per 32 columns.
+    scales: Vec<f32>,
+    /// Σx per weight group (exact float), for the bias term.
+    group_sums: Vec<f32>,
+}
+
+impl Quantized {
+    /// `x` (`m.cols` values) quantized for matrix `m`'s layout.
+    fn new(x: &[f32], m: &QuantMatrix<'_>) -> Self {
+        let group_sums = x.chunks(m.group).map(|g| g.iter().sum()).collect();
+        let mut q = vec![0i8; x.len()];
+        let mut scales = Vec::with_capacity(x.len() / 32);
+        for (block, out) in x.chunks(32).zip(q.chunks_mut(32)) {
+            let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let scale = amax / 127.0;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            scales.push(scale);
+            for (c, v) in block.iter().enumerate() {
+                // `as` saturates; |v · inv| ≤ 127 up to rounding.
+                let at = if m.bits == 4 { c / 2 + (c % 2) * 16 } else { c };
+                out[at] = (v * inv).round() as i8;
+            }
+        }
+        Quantized {
+            q,
+            scales,
+            group_sums,
+        }
+    }
+}
+
+/// Portable reference of the int8 kernels (integer sums per 32 columns, then the same float
+/// steps as the SIMD kernels).
+///
+/// # Safety
+/// None beyond the slice lengths the caller asserted; `unsafe` only to share the type of
+/// the SIMD kernels.
+unsafe fn i8_scalar<const BITS: usize, const N: usize>(
+    group: usize,
+    (packed, scales, biases): Row<'_>,
+    xs: [&Quantized; N],
+) -> [f32; N] {
+    std::array::from_fn(|i| {
+        let x = xs[i];
+        let mut total = 0f32;
+        for (g, (&s, &b)) in scales.iter().zip(biases).enumerate() {
+            for blk in g * group / 32..(g + 1) * group / 32 {
+                let mut dot = 0i32;
+                for k in 0..32 {
+                    let c = blk * 32 + k;
+                    let w = if BITS == 8 {
+                        packed[c] as i32
+                    } else {
+                        // Column order of `Quantized::q` for 4-bit: [16 even, 16 odd].
+                        let byte = packed[blk * 16 + k % 16];
+                        if k < 16 {
+                            (byte & 0x0f) as i32
+                        } else {
+                            (byte >> 4) as i32
+                        }
+                    };
+                    dot += w * x.q[c] as i32;
+                }
+                total += dot as f32 * (s * x.scales[blk]);
+            }
+            total += b * x.group_sums[g];
+        }
+        total
+    })
+}
+
+/// One weight row: packed bytes, scales, biases.
+type Row<'a> = (&'a [u8], &'a [f32], &'a [f32]);
+
+/// Portable reference of the float32 kernels: per column `(q · scale) · x`, in column order.
+///
+/// # Safety
+/// None beyond the slice lengths the caller asserted; `unsafe` only to share the type of
+/// the SIMD kernels.
+unsafe fn f32_scalar<const BITS: usize, const N: usize>(
+    group: usize,
+    (packed, scales, biases): Row<'_>,
+    xs: [&Prepared; N],
+) -> [f32; N] {
+    xs.map(|x| {
+        let mut total = 0f32;
+        for (g, (&s, &b)) in scales.iter().zip(biases).enumerate() {
+            for c in g * group..(g + 1) * group {
+                total += quantized::<BITS>(packed, c) * s * x.x[c];
+            }
+            total += b * x.group_sums[g];
+        }
+        total
+    })
+}
+
+/// The weight of column `c` of the prepared layout ([`Prepared::x`]) as the float kernels
+/// see it: the byte for 8 bits; for 4 bits, per 16 columns, the low nibbles of 8 bytes and
+/// then their high nibbles kept in place (16 × their value).
+fn quantized<const BITS: usize>(packed: &[u8], c: usize) -> f32 {
+    if BITS == 8 {
+        return f32::from(packed[c]);
+    }
+    let byte = packed[c / 16 * 8 + c % 8];
+    f32::from(if c % 16 < 8 { byte & 0x0f } else { byte & 0xf0 })
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// Float32 inputs against 8-bit weights: per 8 columns one zero-extending load puts the
+    /// bytes in 32-bit lanes, converted and scaled by the group's scale once, then met by each
+    /// of the `N` inputs in its own FMA chain (four chains per input, taking turns). The
+    /// chains and the order of operations are the same for every `N`, so an input's result
+    /// does not depend on the inputs computed with it.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::needless_range_loop)]
+    pub unsafe fn dot_q8<const N: usize>(
+        group: usize,
+        (packed, scales, biases): Row<'_>,
+        xs: [&Prepared; N],
+    ) -> [f32; N] {
+        debug_assert!(group % 32 == 0 && packed.len() == scales.len() * group);
+        debug_assert!(xs.iter().all(|x| x.x.len() == packed.len()));
+        let p = packed.as_ptr();
+        let xp = xs.map(|x| x.x.as_ptr());
+        let mut acc = [[_mm256_setzero_ps(); 4]; N];
+        for (g, &s) in scales.iter().enumerate() {
+            let s = _mm256_set1_ps(s);
+            let mut c = g * group;
+            while c < (g + 1) * group {
+                for k in 0..4 {
+                    let q =
+                        _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(c + 8 * k) as *const __m128i));
+                    let w = _mm256_mul_ps(_mm256_cvtepi32_ps(q), s);
+                    for i in 0..N {
+                        let x = _mm256_loadu_ps(xp[i].add(c + 8 * k));
+                        acc[i][k] = _mm256_fmadd_ps(w, x, acc[i][k]);
+                    }
+                }
+                c += 32;
+            }
+        }
+        finish(acc, biases, xs)
+    }
+
+    /// Float32 inputs against 4-bit weights, as [`dot_q8`]: per 16 packed bytes (32
+    /// columns) two zero-extending loads put 8 bytes each in 32-bit lanes; the low nibbles
+    /// (`& 0x0f`) meet 8 even columns, the high nibbles kept in place (`& 0xf0`, 16 × their
+    /// value) the 8 odd columns, which [`Prepared`] holds divided by 16. Two conversions per
+    /// 8 bytes, no shifts or shuffles (a register-to-register `vpmovzxbd` costs as much as
+    /// two memory-operand ones on this machine's Zen 3).
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::needless_range_loop)]
+    pub unsafe fn dot_q4<const N: usize>(
+        group: usize,
+        (packed, scales, biases): Row<'_>,
+        xs: [&Prepared; N],
+    ) -> [f32; N] {
+        debug_assert!(group % 32 == 0 && packed.len() * 2 == scales.len() * group);
+        debug_assert!(xs.iter().all(|x| x.x.len() == packed.len() * 2));
+        let p = packed.as_ptr();
+        let xp = xs.map(|x| x.x.as_ptr());
+        let (low, high) = (_mm256_set1_epi32(0x0f), _mm256_set1_epi32(0xf0));
+        let mut acc = [[_mm256_setzero_ps(); 4]; N];
+        for (g, &s) in scales.iter().enumerate() {
+            let s = _mm256_set1_ps(s);
+            let mut c = g * group;
+            while c < (g + 1) * group {
+                for h in 0..2 {
+                    let at = c + 16 * h;
+                    let q = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(at / 2) as *const __m128i));
+                    let lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(q, low)), s);
+                    let hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(q, high)), s);
+                    for i in 0..N {
+                        let x = xp[i].add(at);
+                        acc[i][2 * h] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x), acc[i][2 * h]);
+                        let a = acc[i][2 * h + 1];
+                        acc[i][2 * h + 1] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x.add(8)), a);
+                    }
+                }
+                c += 32;
+            }
+        }
+        finish(acc, biases, xs)
+    }
+
+    use super::{Prepared, Quantized, Row};
+
+    /// Int8 inputs against 4-bit weights: per 32 columns (16 packed bytes) the low and high
+    /// nibbles form 32 unsigned bytes that meet the input's 32 int8 values in one
+    /// `vpmaddubsw` (pairs of products ≤ 2 · 15 · 127, no saturation) and one `vpmaddwd`;
+    /// the eight int32 sums are converted and scaled by weight scale × input scale.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::needless_range_loop)]
+    pub unsafe fn i8_q4<const N: usize>(
+        group: usize,
+        (packed, scales, biases): Row<'_>,
+        xs: [&Quantized; N],
+    ) -> [f32; N] {
+        debug_assert!(group % 32 == 0 && packed.len() * 2 == scales.len() * group);
+        debug_assert!(xs.iter().all(|x| x.q.len() == packed.len() * 2));
+        let p = packed.as_ptr();
+        let xq = xs.map(|x| x.q.as_ptr());
+        let mask = _mm256_set1_epi8(0x0f);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut bias = [0f32; N];
+        let per_group = group / 32;
+        for (g, (&s, &b)) in scales.iter().zip(biases).enumerate() {
+            for blk in g * per_group..(g + 1) * per_group {
+                let q = _mm_loadu_si128(p.add(blk * 16) as *const __m128i);
+                let w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), mask);
+                for i in 0..N {
+                    let x = _mm256_loadu_si256(xq[i].add(blk * 32) as *const __m256i);
+                    let d = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones);
+                    let f = _mm256_set1_ps(s * xs[i].scales.get_unchecked(blk));
+                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), f, acc[i]);
+                }
+            }
+            for i in 0..N {
+                bias[i] += b * xs[i].group_sums.get_unchecked(g);
+            }
+        }
+        let mut out = [0f32; N];
+        for i in 0..N {
+            out[i] = hsum(acc[i]) + bias[i];
+        }
+        out
+    }
+
+    /// Int8 inputs against 8-bit weights: the unsigned weight `q` is taken as `q − 128`
+    /// (a signed byte; the bias becomes `bias + 128 · scale`), so `vpmaddubsw` can take
+    /// |q − 128| and the input with the weight's sign (`vpsignb`): pairs of products
+    /// ≤ 2 · 128 · 127, no saturation.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::needless_range_loop)]
+    pub unsafe fn i8_q8<const N: usize>(
+        group: usize,
+        (packed, scales, biases): Row<'_>,
+        xs: [&Quantized; N],
+    ) -> [f32; N] {
+        debug_assert!(group % 32 == 0 && packed.len() == scales.len() * group);
+        debug_assert!(xs.iter().all(|x| x.q.len() == packed.len()));
+        let p = packed.as_ptr();
+        let xq = xs.map(|x| x.q.as_ptr());
+        let flip = _mm256_set1_epi8(-128);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut bias = [0f32; N];
+        let per_group = group / 32;
+        for (g, (&s, &b)) in scales.iter().zip(biases).enumerate() {
+            for blk in g * per_group..(g + 1) * per_group {
+                let w =
+                    _mm256_xor_si256(_mm256_loadu_si256(p.add(blk * 32) as *const __m256i), flip);
+                let magnitude = _mm256_abs_epi8(w);
+                for i in 0..N {
+                    let x = _mm256_loadu_si256(xq[i].add(blk * 32) as *const __m256i);
+                    let signed = _mm256_sign_epi8(x, w);
+                    let d = _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, signed), ones);
+                    let f = _mm256_set1_ps(s * xs[i].scales.get_unchecked(blk));
+                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), f, acc[i]);
+                }
+            }
+            let shifted = b + 128.0 * s;
+            for i in 0..N {
+                bias[i] += shifted * xs[i].group_sums.get_unchecked(g);
+            }
+        }
+        let mut out = [0f32; N];
+        for i in 0..N {
+            out[i] = hsum(acc[i]) + bias[i];
+        }
+        out
+    }
+
+    /// A row's bias term `Σ_g bias[g] · Σx[g]`, eight groups per vector FMA (a scalar loop
+    /// here took 15% of a 4-bit g32 prefill, and its serial add chain bounded the row
+    /// kernels): the vector part and the scalar tail.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn bias_dot(b: &[f32], s: &[f32]) -> (__m256, f32) {
+        debug_assert!(s.len() >= b.len());
+        let whole = b.len() / 8 * 8;
+        let mut v = _mm256_setzero_ps();
+        let mut k = 0;
+        while k < whole {
+            v = _mm256_fmadd_ps(
+                _mm256_loadu_ps(b.as_ptr().add(k)),
+                _mm256_loadu_ps(s.as_ptr().add(k)),
+                v,
+            );
+            k += 8;
+        }
+        let mut tail = 0f32;
+        for k in whole..b.len() {
+            tail += b.get_unchecked(k) * s.get_unchecked(k);
+        }
+        (v, tail)
+    }
+
+    /// Each input's total: its four chains, the row's bias term ([`bias_dot`]) and a
+    /// horizontal sum.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn finish<const N: usize>(
+        acc: [[__m256; 4]; N],
+        biases: &[f32],
+        xs: [&Prepared; N],
+    ) -> [f32; N] {
+        let mut out = [0f32; N];
+        for (o, ([a0, a1, a2, a3], x)) in out.iter_mut().zip(acc.into_iter().zip(xs)) {
+            let (bias, tail) = bias_dot(biases, &x.group_sums);
+            let sum = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+            *o = hsum(_mm256_add_ps(sum, bias)) + tail;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mlx_rs::ops::{quantize, quantized_matmul};
+
+    fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 20_000) as f32 / 10_000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The host kernel (float activations) against MLX's own quantized_matmul on the same
+    /// packed weights.
+    #[test]
+    fn host_matvec_matches_mlx_quantized_matmul() {
+        for (bits, group, rows, cols) in [
+            (4, 32, 70, 96),
+            (4, 64, 33, 128),
+            (8, 32, 65, 64),
+            (8, 64, 40, 192),
+            (4, 128, 17, 256),
+            // Eight groups and more: the vector part of the bias term, with a tail.
+            (4, 32, 34, 576),
+            (8, 64, 21, 576),
+        ] {
+            let w = Array::from_slice(
+                &pseudo_random(rows * cols, bits as u32 + cols as u32),
+                &[rows as i32, cols as i32],
+            );
+            let (wq, scales, biases) = quantize(&w, group, bits).unwrap();
+            // One block of four and three more (a padded block); two alone; a block and one.
+            for n in [7, 2, 5] {
+                let x = Array::from_slice(&pseudo_random(n * cols, 7), &[1, n as i32, cols as i32]);
+                let expect =
+                    quantized_matmul(&x, &wq, &scales, &biases, true, group, bits).unwrap();
+                let got = matmul_many_as(
+                    &x,
+                    &[(&wq, &scales, &biases, bits, group)],
+                    Activations::F32,
+                )
+                .unwrap()
+                .remove(0);
+                assert_eq!(got.shape(), expect.shape());
+                let (e, g) = (expect.as_slice::<f32>(), got.as_slice::<f32>());
+                for (i, (a, b)) in e.iter().zip(g).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * (1.0 + a.abs()),
+                        "bits {bits} group {group} inputs {n} row {i}: mlx {a} host {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A 4-bit `[rows, cols]` weight quantized by MLX in groups of 32, and its operands.
+    fn quantized(rows: usize, cols: usize) -> (Array, Array, Array) {
+        let w = Array::from_slice(&pseudo_random(rows * cols, 5), &[rows as i32, cols as i32]);
+        quantize(&w, 32, 4).unwrap()
+    }
+
+    fn rejects(result: Result<impl std::fmt::Debug>, what: &str) {
+        match result {
+            Err(d) => assert_eq!(d.code, "rmlx::engine::host-kernel", "{what}: {d:?}"),
+            Ok(v) => panic!("{what}: accepted ({v:?})"),
+        }
+    }
+
+    /// Every safe entry point checks bits, group size and buffer lengths itself: parameters
+    /// that would make the kernels read past a buffer are errors, never out-of-bounds reads.
+    #[test]
+    fn bad_parameters_are_errors_not_out_of_bounds_reads() {
+        let (wq, scales, biases) = quantized(8, 64);
+        let x = Array::from_slice(&pseudo_random(64, 1), &[1, 64]);
+        // A 4-bit weight described as 2-bit in groups of 64: the scale count fits, and a
+        // 4-bit kernel would read twice the row's bytes.
+        for (bits, group) in [
+            (2, 64),
+            (3, 32),
+            (0, 32),
+            (16, 32),
+            (-4, 32),
+            (4, 0),
+            (4, 16),
+            (4, -32),
+            (4, 48),
+        ] {
+            assert!(
+                !supports(bits, group, &x, &scales),
+                "supports({bits}, {group})"
+            );
+            rejects(
+                matmul_many(&x, &[(&wq, &scales, &biases, bits, group)]),
+                &format!("matmul_many bits {bits} group {group}"),
+            );
+            let host = pseudo_random(64, 2);
+            rejects(
+                matvec_many_host(&host, &[(&wq, &scales, &biases, bits, group)]),
+                &format!("matvec_many_host bits {bits} group {group}"),
+            );
+        }
+        // Inputs whose last dimension is not the weight's input features.
+        let wide = Array::from_slice(&pseudo_random(128, 1), &[1, 128]);
+        rejects(
+            matmul_many(&wide, &[(&wq, &scales, &biases, 4, 32)]),
+            "128-wide input",
+        );
+        let two_rows_flat = Array::from_slice(&pseudo_random(128, 1), &[128]);
+        rejects(
+            matmul_many(&two_rows_flat, &[(&wq, &scales, &biases, 4, 32)]),
+            "flat input",
+        );
+        rejects(
+            matvec_many_host(&[0.0; 32], &[(&wq, &scales, &biases, 4, 32)]),
+            "short host input",
+        );
+        // Scales and biases of another matrix; a weight that is not 2-D.
+        let (_, small_scales, small_biases) = quantized(4, 64);
+        rejects(
+            matmul_many(&x, &[(&wq, &small_scales, &biases, 4, 32)]),
+            "short scales",
+        );
+        rejects(
+            matmul_many(&x, &[(&wq, &scales, &small_biases, 4, 32)]),
+            "short biases",
+        );
+        let flat = wq.reshape(&[-1]).unwrap();
+        rejects(
+            matmul_many(&x, &[(&flat, &scales, &biases, 4, 32)]),
+            "1-D weight",
+        );
+    }
+
+    #[test]
+    fn quant_matrix_checks_its_layout() {
+        let packed = vec![0u8; 4 * 64 / 2];
+        let (scales, biases) = (vec![1f32; 8], vec![0f32; 8]);
+        let ok = QuantMatrix::new(&packed, &scales, &biases, 4, 64, 4, 32).unwrap();
+        assert_eq!(ok.matmul(&pseudo_random(128, 3)).unwrap().len(), 8);
+        let bad = [
+            (
+                "2 bits",
+                QuantMatrix::new(&packed, &scales, &biases, 4, 128, 2, 64),
+            ),
+            (
+                "group 16",
+                QuantMatrix::new(&packed, &scales, &biases, 4, 64, 4, 16),
+            ),
+            (
+                "group 0",
+                QuantMatrix::new(&packed, &scales, &biases, 4, 64, 4, 0),
+            ),
+            (
+                "cols not whole groups",
+                QuantMatrix::new(&packed, &scales, &biases, 4, 48, 4, 32),
+            ),
+            ("no rows", QuantMatrix::new(&[], &[], &[], 0, 64, 4, 32)),
+            ("no cols", QuantMatrix::new(&[], &[], &[], 4, 0, 4, 32)),
+            (
+                "short packed",
+                QuantMatrix::new(&packed[1..], &scales, &biases, 4, 64, 4, 32),
+            ),
+            (
+                "8 bits over 4-bit data",
+                QuantMatrix::new(&packed, &scales, &biases, 4, 64, 8, 32),
+            ),
+            (
+                "short scales",
+                QuantMatrix::new(&packed, &scales[1..], &biases, 4, 64, 4, 32),
+            ),
+            (
+                "short biases",
+                QuantMatrix::new(&packed, &scales, &biases[1..], 4, 64, 4, 32),
+            ),
+            (
+                "overflow",
+                QuantMatrix::new(&packed, &scales, &biases, usize::MAX, 64, 4, 32),
+            ),
+        ];
+        for (what, result) in bad {
+            rejects(result, what);
+        }
+        rejects(ok.matmul(&[]), "empty input");
+        rejects(ok.matmul(&pseudo_random(96, 3)), "input of 1.5 rows");
+        rejects(
+            QuantMatrix::matmul_many(&[ok], &pseudo_random(63, 3)),
+            "63 values",
+        );
+    }
+
+    /// The int8 kernels (SIMD and scalar reference) against the float products: the error
+    /// is the input's int8 rounding (≤ half a step of max|x|/127 per 32 columns), so the
+    /// bound is that step times Σ|w| over the row; and a row computed with three others
+    /// equals the same row computed alone, bit for bit.
+    #[test]
+    fn int8_activations_match_float_within_the_rounding_bound() {
+        for (bits, group, rows, cols) in [
+            (4, 32, 9, 96),
+            (4, 64, 5, 128),
+            (8, 32, 7, 64),
+            (8, 128, 3, 256),
+        ] {
+            let w = Array::from_slice(
+                &pseudo_random(rows * cols, bits as u32 + 3),
+                &[rows as i32, cols as i32],
+            );
+            let (wq, scales, biases) = quantize(&w, group, bits).unwrap();
+            let m = QuantMatrix::view(&wq, &scales, &biases, bits, group).unwrap();
+            let deq = mlx_rs::ops::dequantize(&wq, &scales, &biases, group, bits).unwrap();
+            let deq = deq.as_slice::<f32>();
+            let xs: Vec<Vec<f32>> = (0..5).map(|i| pseudo_random(cols, 40 + i)).collect();
+            let qs: Vec<Quantized> = xs.iter().map(|x| Quantized::new(x, &m)).collect();
+            let b = bits as usize;
+            let (one, four) = (Quantized::kernel::<1>(b), Quantized::kernel::<4>(b));
+            let scalar: (Kernel<Quantized, 1>, Kernel<Quantized, 4>) = if bits == 8 {
+                (i8_scalar::<8, 1>, i8_scalar::<8, 4>)
+            } else {
+                (i8_scalar::<4, 1>, i8_scalar::<4, 4>)
+            };
+            for r in 0..rows {
+                let wr = &deq[r * cols..(r + 1) * cols];
+                // SAFETY: layouts checked by `QuantMatrix::view` and `Quantized::new`.
+                let together = unsafe { four(m.group, m.row(r), [&qs[0], &qs[1], &qs[2], &qs[3]]) };
+                let reference =
+                    unsafe { (scalar.1)(m.group, m.row(r), [&qs[0], &qs[1], &qs[2], &qs[3]]) };
+                for (i, x) in xs.iter().enumerate().take(4) {
+                    let [alone] = unsafe { one(m.group, m.row(r), [&qs[i]]) };
+                    let [scalar_alone] = unsafe { (scalar.0)(m.group, m.row(r), [&qs[i]]) };
+                    assert_eq!(
+                        alone.to_bits(),
+                        together[i].to_bits(),
+                        "bits {bits} row {r}"
+                    );
+                    let exact: f32 = wr.iter().zip(x).map(|(a, b)| a * b).sum();
+                    let bound: f32 = x
+                        .chunks(32)
+                        .zip(wr.chunks(32))
+                        .map(|(xb, wb)| {
+                            let step = xb.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+                            0.5 * step * wb.iter().map(|v| v.abs()).sum::<f32>()
+                        })
+                        .sum::<f32>()
+                        + 1e-4 * (1.0 + exact.abs());
+                    for (what, got) in [
+                        ("simd", alone),
+                        ("scalar", scalar_alone),
+                        ("scalar x4", reference[i]),
+                    ] {
+                        assert!(
+                            (got - exact).abs() <= bound,
+                            "bits {bits} group {group} row {r} input {i} {what}: {got} vs float {exact} (bound {bound})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The float kernels for one to four inputs against the portable reference; and each
+    /// input's result the same, bit for bit, whether computed alone or in a block of two to
+    /// four (greedy results must not depend on batching, issue 14) — also through
+    /// `matmul_many` (blocks cut from five inputs) in both activation modes.
+    #[test]
+    fn float_kernels_match_the_reference_and_do_not_depend_on_the_block() {
+        for (bits, group) in [(4usize, 32usize), (4, 64), (8, 32), (8, 64)] {
+            let (rows, cols) = (5, 128);
+            let packed: Vec<u8> = (0..rows * cols * bits / 8)
+                .map(|i| (i * 37 % 251) as u8)
+                .collect();
+            let groups = rows * cols / group;
+            let (scales, biases) = (pseudo_random(groups, 1), pseudo_random(groups, 2));
+            let m = QuantMatrix::new(&packed, &scales, &biases, rows, cols, bits, group).unwrap();
+            let xs: Vec<Prepared> = (0..4)
+                .map(|i| m.prepare(&pseudo_random(cols, 10 + i)))
+                .collect();
+            let scalar = if bits == 8 {
+                f32_scalar::<8, 1>
+            } else {
+                f32_scalar::<4, 1>
+            };
+            for r in 0..rows {
+                let row = m.row(r);
+                // SAFETY: layouts checked by `QuantMatrix::new`; `prepare` made each input.
+                let (alone, blocks) = unsafe {
+                    let one = Prepared::kernel::<1>(bits);
+                    let alone: Vec<f32> = xs.iter().map(|x| one(group, row, [x])[0]).collect();
+                    let blocks = [
+                        Prepared::kernel::<2>(bits)(group, row, [&xs[0], &xs[1]]).to_vec(),
+                        Prepared::kernel::<3>(bits)(group, row, [&xs[0], &xs[1], &xs[2]]).to_vec(),
+                        Prepared::kernel::<4>(bits)(group, row, [&xs[0], &xs[1], &xs[2], &xs[3]])
+                            .to_vec(),
+                    ];
+                    (alone, blocks)
+                };
+                for (x, got) in xs.iter().zip(&alone) {
+                    // SAFETY: as above.
+                    let [want] = unsafe { scalar(group, row, [x]) };
+                    assert!(
+                        (want - got).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "{bits}-bit group {group} row {r}: reference {want}, kernel {got}"
+                    );
+                }
+                for block in &blocks {
+                    for (i, v) in block.iter().enumerate() {
+                        assert_eq!(
+                            v.to_bits(),
+                            alone[i].to_bits(),
+                            "{bits}-bit row {r} input {i} in a block of {}",
+                            block.len()
+                        );
+                    }
+                }
+            }
+            let five = pseudo_random(5 * cols, 30);
+            for mode in [Activations::F32, Activations::Int8] {
+                let together = QuantMatrix::matmul_many_as(&[m], &five, mode).unwrap();
+                for (k, x) in five.chunks(cols).enumerate() {
+                    let alone = QuantMatrix::matmul_many_as(&[m], x, mode).unwrap();
+                    for r in 0..rows {
+                        assert_eq!(
+                            together[0][k * rows + r].to_bits(),
+                            alone[0][r].to_bits(),
+                            "{mode:?} {bits}-bit input {k} row {r}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
