@@ -13,6 +13,8 @@
 //! The setting goes through `openblas_set_num_threads`, looked up at run time, so builds
 //! without OpenBLAS (macOS, `RMLX_NO_OPENBLAS`) are unaffected.
 
+#[cfg(unix)]
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
 
 /// Threads OpenBLAS uses when neither `RMLX_BLAS_THREADS` nor `OPENBLAS_NUM_THREADS` is set.
@@ -93,13 +95,17 @@ fn stop_idle_workers() {
     }
 }
 
-/// Calls `openblas_set_num_threads(n)` if the process has OpenBLAS; whether it did. For one
+/// Calls `openblas_set_num_threads(n)` if the process has OpenBLAS; whether it has. For one
 /// thread the workers are stopped after it: the call (re)starts them whatever the count
 /// (Debian's 0.3.21 runs `blas_thread_init` in `goto_set_num_threads`, seen in gdb), and
-/// each new one spins as [`quiet_at_start`] describes.
+/// each new one spins as [`quiet_at_start`] describes. A count already applied is not applied
+/// again: the call would restart the workers only to stop them ([`configure`] applying the
+/// single thread [`quiet_at_start`] already set, on the main thread while the model loads).
 fn set_threads(n: usize) -> bool {
     #[cfg(unix)]
     {
+        /// The count last applied; 0 before any.
+        static APPLIED: AtomicUsize = AtomicUsize::new(0);
         type SetThreads = unsafe extern "C" fn(libc::c_int);
         // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only looks a symbol up.
         let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"openblas_set_num_threads".as_ptr()) };
@@ -108,6 +114,9 @@ fn set_threads(n: usize) -> bool {
         }
         // SAFETY: the symbol is OpenBLAS's `void openblas_set_num_threads(int)`.
         let f: SetThreads = unsafe { std::mem::transmute::<*mut libc::c_void, SetThreads>(sym) };
+        if APPLIED.swap(n, Ordering::Relaxed) == n {
+            return true;
+        }
         let n = libc::c_int::try_from(n).unwrap_or(libc::c_int::MAX);
         // SAFETY: callable at any time from any thread; it resizes OpenBLAS's pool.
         unsafe { f(n) };
