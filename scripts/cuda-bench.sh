@@ -11,6 +11,10 @@
 #                       scripts/synthetic_model.py (random weights of SHAPE's layout, made here:
 #                       nothing large travels; tokenizer from $ROOT/models/tokenizer)
 #   scripts/cuda-bench.sh mlx-lm-benchmark NAME [args]  `python -m mlx_lm benchmark` on it
+#   scripts/cuda-bench.sh mlx-lm-graph NAME OUT_PREFIX [args]  primitives of one mlx-lm decode
+#                       step (scripts/mlx_lm_graph.py; rmlx's own: RMLX_GRAPH_DOT=prefix)
+#   scripts/cuda-bench.sh serve-bench NAME [args]  scripts/bench_serve.py: `cargo-rmlx rmlx serve`
+#                       next to `mlx_lm server` on $ROOT/models/NAME (e.g. --concurrency 1,16)
 # Env is set the same way for every subcommand (see below); nothing is downloaded.
 # Sequence used (one device call each, carrying one chunk, issued back to back so the machine stays warm):
 #   a-00, a-01: add | a-02: add && setup && check && bench smollm2-q4 --prompt-tokens 16 --decode-tokens 8 --repeat 1
@@ -68,8 +72,15 @@ synthetic)
 mlx-lm-benchmark)
   name=$2; shift 2
   exec "$PY" -m mlx_lm benchmark --model "$ROOT/models/$name" "$@" ;;
+mlx-lm-graph)
+  name=$2; shift 2
+  exec "$PY" scripts/mlx_lm_graph.py "$ROOT/models/$name" "$@" ;;
+serve-bench)
+  name=$2; shift 2
+  exec "$PY" scripts/bench_serve.py --model "$ROOT/models/$name" --rmlx-bin "$ROOT/cargo-rmlx" \
+    --mlx-lm-python "$PY" "$@" ;;
 bench-rmlx)  # our engine alone (e.g. a second dtype), no mlx-lm runs
   name=$2; shift 2
   exec "$ROOT/cargo-rmlx" rmlx bench "$ROOT/models/$name" "$@" ;;
-*) sed -n 2,10p "$0"; exit 2 ;;
+*) sed -n 2,18p "$0"; exit 2 ;;
 esac

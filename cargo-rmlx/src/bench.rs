@@ -92,6 +92,7 @@ pub fn measure_rmlx(
         ignore_eos: true,
         eos_ids: session.eos_ids(),
         top: 1,
+        evidence: false,
         ..GenerateOptions::default()
     };
     let out = generate(&session.model, prompt, &opts, |_| {

@@ -639,6 +639,7 @@ impl Stream {
             top: req.logprobs.unwrap_or(0).max(1),
             penalties: req.penalties.clone(),
             constraint,
+            evidence: req.logprobs.is_some(),
         };
         let stream = Self {
             text: TextStream::new(&session.tokenizer, req.stop.clone(), parser),

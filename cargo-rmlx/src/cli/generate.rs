@@ -170,6 +170,7 @@ fn generate_here(g: &GlobalArgs, a: GenerateArgs) -> Result<u8> {
             logit_bias: Vec::new(),
         },
         constraint,
+        evidence: true, // printed with every step
     };
     let human = a.message_format == MessageFormat::Human;
     let mut decoder = session.tokenizer.stream_decoder(true);

@@ -16,7 +16,7 @@ use mlx_rs::fast::{scaled_dot_product_attention, ScaledDotProductAttentionMask};
 use mlx_rs::Array;
 
 use super::cache::{batch_update, BatchMasks, KvLayer};
-use super::layers::{Linear, LoadCtx, RmsNorm, Rope};
+use super::layers::{Fused, Linear, LoadCtx, RmsNorm, Rope};
 use crate::diagnostic::Result;
 
 /// The shape and options of a standard attention block.
@@ -58,6 +58,8 @@ pub struct Attention {
     spec: AttentionSpec,
     /// `q_proj` yields each head's query followed by an output gate of the same width.
     output_gate: bool,
+    /// q|k|v as one matmul (the MLX decode path, [`Linear::fuse`]).
+    qkv: Option<Fused>,
 }
 
 impl Attention {
@@ -93,15 +95,18 @@ impl Attention {
                 })
                 .transpose()
         };
+        let projection = |name: &str, width: usize| {
+            ctx.column_linear(&format!("{prefix}.{name}"), hidden, width, spec.qkv_bias)
+        };
+        let mut q_proj = projection("q_proj", q * (1 + output_gate as usize))?;
+        let mut k_proj = projection("k_proj", kv)?;
+        let mut v_proj = projection("v_proj", kv)?;
+        let qkv = Linear::fuse(&mut [&mut q_proj, &mut k_proj, &mut v_proj])?;
         Ok(Self {
-            q_proj: ctx.column_linear(
-                &format!("{prefix}.q_proj"),
-                hidden,
-                q * (1 + output_gate as usize),
-                spec.qkv_bias,
-            )?,
-            k_proj: ctx.column_linear(&format!("{prefix}.k_proj"), hidden, kv, spec.qkv_bias)?,
-            v_proj: ctx.column_linear(&format!("{prefix}.v_proj"), hidden, kv, spec.qkv_bias)?,
+            q_proj,
+            k_proj,
+            v_proj,
+            qkv,
             o_proj: ctx.row_linear(&format!("{prefix}.o_proj"), q, hidden, spec.o_bias)?,
             q_norm: norm("q_norm")?,
             k_norm: norm("k_norm")?,
@@ -176,7 +181,7 @@ impl Attention {
         offset: usize,
         rope: Option<&Rope>,
     ) -> Result<Array> {
-        let [q, k, v] = Linear::forward_many([&self.q_proj, &self.k_proj, &self.v_proj], x)?;
+        let [q, k, v] = self.project(x)?;
         if !self.output_gate {
             let o = self.core(q, k, v, cache, offset, rope)?;
             return self.o_proj.forward(&o);
@@ -200,7 +205,7 @@ impl Attention {
         rope: Option<&Rope>,
         masks: &mut BatchMasks,
     ) -> Result<Array> {
-        let [q, k, v] = Linear::forward_many([&self.q_proj, &self.k_proj, &self.v_proj], x)?;
+        let [q, k, v] = self.project(x)?;
         let (q, gate) = match self.output_gate {
             true => {
                 let (q, gate) = self.split_gate(&q)?;
@@ -223,6 +228,14 @@ impl Attention {
                 .o_proj
                 .forward(&o.multiply(mlx_rs::ops::sigmoid(&gate)?)?),
             None => self.o_proj.forward(&o),
+        }
+    }
+
+    /// The q, k and v projections of `x`: one fused matmul where loaded so.
+    fn project(&self, x: &Array) -> Result<[Array; 3]> {
+        match &self.qkv {
+            Some(fused) => fused.forward(x),
+            None => Linear::forward_many([&self.q_proj, &self.k_proj, &self.v_proj], x),
         }
     }
 

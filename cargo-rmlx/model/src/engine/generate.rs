@@ -42,6 +42,12 @@ pub struct GenerateOptions {
     /// Structured output: only tokens this grammar allows are sampled (the recorded
     /// evidence stays the model's).
     pub constraint: Option<Constraint>,
+    /// Whether each step records its evidence beyond the chosen id — log-probabilities, the
+    /// top logits, max |logit|, the non-finite count. Greedy steps picked on the device
+    /// skip those reductions over the vocabulary when nobody reads them (bench, a server
+    /// request without `logprobs`): their [`Step`] then holds the id and its logit, the rest
+    /// NaN / zero. `RMLX_STEP_EVIDENCE=1` forces it on (A/B timing).
+    pub evidence: bool,
 }
 
 impl Default for GenerateOptions {
@@ -54,6 +60,7 @@ impl Default for GenerateOptions {
             top: 5,
             penalties: Penalties::default(),
             constraint: None,
+            evidence: true,
         }
     }
 }

@@ -5,7 +5,7 @@ use mlx_rs::error::Result as MlxResult;
 use mlx_rs::transforms::compile::compile;
 use mlx_rs::Array;
 
-use super::layers::{Linear, LoadCtx};
+use super::layers::{Fused, Linear, LoadCtx};
 use crate::diagnostic::Result;
 
 /// Activation of the gated MLP.
@@ -62,6 +62,8 @@ pub struct GatedMlp {
     pub down_proj: Linear,
     /// Activation of the gate.
     pub activation: Activation,
+    /// gate|up as one matmul (the MLX decode path, [`Linear::fuse`]).
+    gate_up: Option<Fused>,
 }
 
 impl GatedMlp {
@@ -74,11 +76,16 @@ impl GatedMlp {
         bias: bool,
         activation: Activation,
     ) -> Result<Self> {
+        let mut gate_proj =
+            ctx.column_linear(&format!("{prefix}.gate_proj"), hidden, inner, bias)?;
+        let mut up_proj = ctx.column_linear(&format!("{prefix}.up_proj"), hidden, inner, bias)?;
+        let gate_up = Linear::fuse(&mut [&mut gate_proj, &mut up_proj])?;
         Ok(Self {
-            gate_proj: ctx.column_linear(&format!("{prefix}.gate_proj"), hidden, inner, bias)?,
-            up_proj: ctx.column_linear(&format!("{prefix}.up_proj"), hidden, inner, bias)?,
+            gate_proj,
+            up_proj,
             down_proj: ctx.row_linear(&format!("{prefix}.down_proj"), inner, hidden, bias)?,
             activation,
+            gate_up,
         })
     }
 
@@ -91,7 +98,10 @@ impl GatedMlp {
 
     /// Applies the MLP to `x` (`[…, hidden]`).
     pub fn forward(&self, x: &Array) -> Result<Array> {
-        let [gate, up] = Linear::forward_many([&self.gate_proj, &self.up_proj], x)?;
+        let [gate, up] = match &self.gate_up {
+            Some(fused) => fused.forward(x)?,
+            None => Linear::forward_many([&self.gate_proj, &self.up_proj], x)?,
+        };
         self.down_proj.forward(&self.activation.gated(&gate, &up)?)
     }
 }

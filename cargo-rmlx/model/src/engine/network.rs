@@ -69,6 +69,12 @@ impl Net {
     pub fn forward_last(&self, ids: &Array, cache: &mut Cache) -> Result<Array> {
         let len = ids.shape()[1];
         let x = self.inner.hidden(ids, cache)?;
+        if len == 1 {
+            // A decode step: one position already (no gather over the positions).
+            let logits = self.inner.logits(&x)?.reshape(&[-1])?;
+            crate::mlx::graph::dump_once("b1", &[&logits]);
+            return Ok(logits);
+        }
         // Only the last position's logits are needed.
         let last = x.take_axis(Array::from_int(len - 1), 1)?;
         Ok(self.inner.logits(&last)?.reshape(&[-1])?)
@@ -92,7 +98,9 @@ impl Net {
         if b > 1 {
             let input = Array::from_slice(&input, &[b, 1]);
             if let Some(x) = self.inner.hidden_batch(&input, caches)? {
-                return Ok(self.inner.logits(&x)?.reshape(&[b, -1])?);
+                let logits = self.inner.logits(&x)?.reshape(&[b, -1])?;
+                crate::mlx::graph::dump_once(&format!("b{b}"), &[&logits]);
+                return Ok(logits);
             }
             static LOGGED: std::sync::Once = std::sync::Once::new();
             LOGGED.call_once(|| {

@@ -219,7 +219,7 @@ impl Sequence {
     /// Hands the logits (`[vocab]`) of the next step over.
     pub fn set_logits(&mut self, logits: Array) -> Result<()> {
         if self.on_device {
-            self.pending = Some(DeviceStep::queue(&logits, self.opts.top)?);
+            self.pending = Some(DeviceStep::queue(&logits, &self.opts)?);
         } else {
             self.logits = Some(logits);
         }
@@ -354,7 +354,7 @@ impl Sequence {
             if self.pipeline && !last {
                 let input = current.next.reshape(&[1, 1])?;
                 let l = model.net.forward_last(&input, &mut self.cache)?;
-                self.pending = Some(DeviceStep::queue(&l, self.opts.top)?);
+                self.pending = Some(DeviceStep::queue(&l, &self.opts)?);
             }
             return current.read().map(Some);
         }
@@ -474,14 +474,17 @@ struct DeviceStep {
 }
 
 impl DeviceStep {
-    fn queue(logits: &Array, k: usize) -> Result<Self> {
+    fn queue(logits: &Array, opts: &GenerateOptions) -> Result<Self> {
         use mlx_rs::ops::{argpartition_axis, indexing::argmax, select};
         let logits = logits.as_dtype(mlx_rs::Dtype::Float32)?;
         let vocab = logits.size();
         let finite = logits.is_finite()?;
         let masked = select(&finite, &logits, Array::from_f32(f32::NEG_INFINITY))?;
         let next = argmax(&masked, None)?;
-        let k = k.clamp(1, vocab) as i32;
+        if !evidence_wanted(opts) {
+            return Self::bare(&logits, next);
+        }
+        let k = opts.top.clamp(1, vocab) as i32;
         let top_ids = if k == 1 {
             // The arg-max is the top-1: no partition over the vocabulary.
             next.reshape(&[1])?
@@ -514,12 +517,25 @@ impl DeviceStep {
         Ok(step)
     }
 
-    fn read(self) -> Result<Step> {
-        let scalar = |a: &Array| -> Result<f32> {
-            a.try_item_cast::<f32>().map_err(|e| {
-                Diagnostic::error(code::Engine::Eval, format!("reading a step back: {e}"))
-            })
+    /// The arg-max `next` and its logit only (no reductions over the vocabulary): the
+    /// step of a caller that reads no evidence ([`GenerateOptions::evidence`]).
+    fn bare(logits: &Array, next: Array) -> Result<Self> {
+        let nan = || Array::from_f32(f32::NAN);
+        let step = Self {
+            top_ids: next.reshape(&[1])?,
+            top_logits: logits.take_axis(&next, 0)?.reshape(&[1])?,
+            chosen_logit: logits.take_axis(&next, 0)?,
+            lse: nan(),
+            max_abs: nan(),
+            non_finite: Array::from_int(0),
+            next,
         };
+        mlx_rs::transforms::async_eval([&step.next, &step.top_logits, &step.chosen_logit])?;
+        Ok(step)
+    }
+
+    fn read(self) -> Result<Step> {
+        let scalar = read_scalar;
         let id = scalar(&self.next)? as u32;
         let ids = self.top_ids.as_dtype(mlx_rs::Dtype::Uint32)?;
         let mut top: Vec<(u32, f32)> = ids
@@ -539,6 +555,44 @@ impl DeviceStep {
             logprob: scalar(&self.chosen_logit)? - lse,
         })
     }
+}
+
+/// The value of an evaluated (or queued) scalar as `f32`, read in its own dtype: a cast would
+/// be a new operation, queued on the device behind the step pipelined after this one, so the
+/// read would wait for that step too and the host could not build the next graph meanwhile.
+/// `RMLX_STEP_SYNC=1` reads through such a cast instead (A/B timing of the old behaviour).
+fn read_scalar(a: &Array) -> Result<f32> {
+    use mlx_rs::Dtype;
+    static CAST: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let cast = *CAST.get_or_init(|| {
+        let on = std::env::var("RMLX_STEP_SYNC").is_ok_and(|v| v == "1");
+        if on {
+            tracing::info!("RMLX_STEP_SYNC=1: step values are read through a device cast");
+        }
+        on
+    });
+    let value = match a.dtype() {
+        _ if cast => a.try_item_cast::<f32>(),
+        Dtype::Float32 => a.try_item_exact::<f32>(),
+        Dtype::Uint32 => a.try_item_exact::<u32>().map(|v| v as f32),
+        Dtype::Int32 => a.try_item_exact::<i32>().map(|v| v as f32),
+        _ => a.try_item_cast::<f32>(),
+    };
+    value.map_err(|e| Diagnostic::error(code::Engine::Eval, format!("reading a step back: {e}")))
+}
+
+/// Whether a device step computes its evidence: the caller asks, or `RMLX_STEP_EVIDENCE=1`
+/// (decided once per process).
+fn evidence_wanted(opts: &GenerateOptions) -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    opts.evidence
+        || *FORCED.get_or_init(|| {
+            let on = std::env::var("RMLX_STEP_EVIDENCE").is_ok_and(|v| v == "1");
+            if on {
+                tracing::info!("RMLX_STEP_EVIDENCE=1: every device step computes its evidence");
+            }
+            on
+        })
 }
 
 /// The evidence recorded for one step.

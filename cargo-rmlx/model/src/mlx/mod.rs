@@ -7,12 +7,14 @@
 //!   quantization mode, MLX's distributed group and its collectives.
 //! - [`quant`]: MLX's quantizer and dequantizer in every mode, raw tensor bytes, dtype
 //!   conversions, MLX's version (the build and the engine's fallbacks).
+//! - [`graph`]: a lazy graph's primitives counted (MLX's `export_to_dot`; `RMLX_GRAPH_DOT`).
 //! - [`host`]: a materialised array's data read in place on the host (the host kernels).
 //! - [`save_order`]: the order in which MLX's `save_safetensors` lays out tensor data (the
 //!   build's writer matches `mlx_lm convert` byte for byte with it).
 //! - [`clear_cache`]: hand MLX's buffer cache back.
 
 pub mod ffi;
+pub mod graph;
 pub mod host;
 pub mod quant;
 pub mod save_order;
