@@ -10,7 +10,10 @@ use mlx_rs::{Array, Dtype};
 use crate::diagnostic::{code, Diagnostic, Result};
 use crate::snapshot::{ModelConfig, QuantMode, QuantParams, RopeScaling, Weights};
 
+pub mod fuse; // q|k|v and gate|up as one matmul each on the MLX decode path
 pub mod parallel; // tensor parallelism (engine::dist): sharded loading, row-parallel all_sum
+
+pub use fuse::{fuse_projections, Fused};
 
 /// How weights are loaded: compute dtype for dense weights, norms and quantization scales.
 #[derive(Debug, Clone, Copy)]
@@ -228,8 +231,35 @@ enum LinearKind {
 }
 
 /// From this many input rows on, a quantized layer dequantizes its weight and runs a dense
-/// matmul instead of MLX's quantized kernel (see [`Linear::forward`]).
+/// matmul instead of MLX's quantized kernel (see [`Linear::forward`]); `RMLX_DEQUANT_ROWS`
+/// overrides it ([`dequantized_matmul_rows`]).
 pub const DEQUANTIZED_MATMUL_ROWS: i32 = 16;
+
+/// [`DEQUANTIZED_MATMUL_ROWS`], or `RMLX_DEQUANT_ROWS` when set to a positive number (decided
+/// once, logged). On the H100 a batched decode step of 4 rows (MLX's quantized kernel) took
+/// 2.79 steps of one row while 16 rows (dequantized) took 3.78 (BENCHMARKS.md, round 7): the
+/// knob lets a GPU session measure where the crossover lies.
+pub fn dequantized_matmul_rows() -> i32 {
+    static ROWS: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    *ROWS.get_or_init(|| {
+        let Ok(v) = std::env::var("RMLX_DEQUANT_ROWS") else {
+            return DEQUANTIZED_MATMUL_ROWS;
+        };
+        match v.parse::<i32>() {
+            Ok(n) if n > 0 => {
+                tracing::info!("RMLX_DEQUANT_ROWS={n}: from {n} rows on, weights are dequantized");
+                n
+            }
+            _ => {
+                tracing::warn!(
+                    "RMLX_DEQUANT_ROWS={v:?} is not a positive number; using \
+                     {DEQUANTIZED_MATMUL_ROWS}"
+                );
+                DEQUANTIZED_MATMUL_ROWS
+            }
+        }
+    })
+}
 
 /// Below this many input rows, a quantized layer on the CPU runs the block kernel
 /// ([`super::qmv`]) when it applies; from here on the prefill GEMM ([`super::gemm`]: tiles
@@ -264,7 +294,7 @@ impl Linear {
                 params,
             } => {
                 let rows: i32 = x.shape()[..x.ndim().saturating_sub(1)].iter().product();
-                if rows >= DEQUANTIZED_MATMUL_ROWS && params.mode == QuantMode::Affine {
+                if rows >= dequantized_matmul_rows() && params.mode == QuantMode::Affine {
                     // Many rows (prefill): MLX's CPU quantized matmul is a slow scalar loop,
                     // while dequantizing once and running a BLAS sgemm is memory-bound and fast.
                     let w = dequantize(
@@ -404,183 +434,6 @@ impl Linear {
             Some(b) => y.add(b)?,
             None => y,
         })
-    }
-}
-
-/// Whether layers that read the same input (q|k|v, gate|up) are fused into one matmul at
-/// load time: on the MLX decode path only (a GPU, or `RMLX_HOST_KERNELS=0`; the host kernels
-/// run every projection of a step in one pass already), unless `RMLX_FUSE=0`. Decided once per
-/// process and logged.
-pub fn fuse_projections() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        let off = std::env::var("RMLX_FUSE").is_ok_and(|v| v == "0");
-        let on = !super::qmv::enabled() && !off;
-        if !super::qmv::enabled() {
-            tracing::info!(
-                "MLX decode path: q|k|v and gate|up {}",
-                if on {
-                    "fused into one matmul each"
-                } else {
-                    "as separate matmuls (RMLX_FUSE=0)"
-                }
-            );
-        }
-        on
-    })
-}
-
-/// Layers fused along their outputs (see [`Linear::fuse`]): one matmul, then the output split
-/// back into the parts' widths.
-#[derive(Debug)]
-pub struct Fused {
-    linear: Linear,
-    /// Where each part's output ends but the last (`split_axis` indices).
-    bounds: Vec<i32>,
-}
-
-impl Fused {
-    /// The parts' outputs for input `x` (`[…, input]`): `N` arrays `[…, width_i]`.
-    pub fn forward<const N: usize>(&self, x: &Array) -> Result<[Array; N]> {
-        let y = self.linear.forward(x)?;
-        let parts = y.split_at_indices(&self.bounds, -1)?;
-        parts.try_into().map_err(|_| {
-            Diagnostic::error(
-                code::Engine::Mlx,
-                format!("a fused projection split into a different number of parts than {N}"),
-            )
-        })
-    }
-}
-
-impl Linear {
-    /// The layers `parts` (same input, each `[out_i, input]`) as one layer of `Σ out_i` rows,
-    /// when they are alike (all dense of one dtype, or all quantized with the same settings;
-    /// biases on all or none; no tensor-parallel sum): the rows, scales and biases concatenate
-    /// exactly. The parts then hold views of the fused arrays, so memory is not doubled.
-    /// `None` (nothing changed) when they differ or [`fuse_projections`] is off.
-    pub fn fuse(parts: &mut [&mut Linear]) -> Result<Option<Fused>> {
-        if !fuse_projections() || parts.len() < 2 || !Self::alike(parts) {
-            return Ok(None);
-        }
-        let rows: Vec<i32> = parts.iter().map(|p| p.out_rows()).collect();
-        let cat = |get: &dyn Fn(&Linear) -> Option<&Array>| -> Result<Option<Array>> {
-            let arrays: Option<Vec<&Array>> = parts.iter().map(|p| get(&**p)).collect();
-            let Some(arrays) = arrays else {
-                return Ok(None);
-            };
-            let fused = mlx_rs::ops::concatenate(&arrays, 0)?;
-            fused.eval()?;
-            Ok(Some(fused))
-        };
-        let bias = cat(&|l| l.bias.as_ref())?;
-        let kind = match &parts[0].kind {
-            LinearKind::Dense { .. } => LinearKind::Dense {
-                weight: cat(&|l| Some(l.weight()))?.expect("dense weights"),
-            },
-            LinearKind::Quantized { params, .. } => LinearKind::Quantized {
-                weight: cat(&|l| Some(l.weight()))?.expect("quantized weights"),
-                scales: cat(&|l| l.quant_arrays().map(|(s, _)| s))?.expect("scales"),
-                biases: cat(&|l| l.quant_arrays().and_then(|(_, b)| b))?,
-                params: *params,
-            },
-        };
-        let linear = Linear {
-            kind,
-            bias,
-            all_sum: false,
-        };
-        let mut start = 0;
-        for (part, n) in parts.iter_mut().zip(&rows) {
-            part.view_rows(&linear, start, start + n)?;
-            start += n;
-        }
-        let mut bounds: Vec<i32> = rows
-            .iter()
-            .scan(0, |end, n| {
-                *end += n;
-                Some(*end)
-            })
-            .collect();
-        bounds.pop();
-        Ok(Some(Fused { linear, bounds }))
-    }
-
-    /// Whether [`Self::fuse`] can join `parts`.
-    fn alike(parts: &[&mut Linear]) -> bool {
-        let first = &parts[0];
-        parts.iter().all(|p| {
-            let same_kind = match (&p.kind, &first.kind) {
-                (LinearKind::Dense { weight: a }, LinearKind::Dense { weight: b }) => {
-                    a.dtype() == b.dtype()
-                }
-                (
-                    LinearKind::Quantized {
-                        scales: sa,
-                        biases: ba,
-                        params: pa,
-                        ..
-                    },
-                    LinearKind::Quantized {
-                        scales: sb,
-                        biases: bb,
-                        params: pb,
-                        ..
-                    },
-                ) => pa == pb && sa.dtype() == sb.dtype() && ba.is_some() == bb.is_some(),
-                _ => false,
-            };
-            same_kind
-                && !p.all_sum
-                && p.bias.is_some() == first.bias.is_some()
-                && p.weight().shape()[1..] == first.weight().shape()[1..]
-        })
-    }
-
-    fn weight(&self) -> &Array {
-        match &self.kind {
-            LinearKind::Dense { weight } | LinearKind::Quantized { weight, .. } => weight,
-        }
-    }
-
-    fn quant_arrays(&self) -> Option<(&Array, Option<&Array>)> {
-        match &self.kind {
-            LinearKind::Dense { .. } => None,
-            LinearKind::Quantized { scales, biases, .. } => Some((scales, biases.as_ref())),
-        }
-    }
-
-    /// Output features (rows of the weight).
-    fn out_rows(&self) -> i32 {
-        self.weight().shape()[0]
-    }
-
-    /// Makes this layer's arrays the views `start..end` (rows) of `fused`'s.
-    fn view_rows(&mut self, fused: &Linear, start: i32, end: i32) -> Result<()> {
-        use mlx_rs::ops::indexing::IndexOp;
-        let rows = |a: &Array| -> Result<Array> {
-            let v = a.index(start..end);
-            v.eval()?;
-            Ok(v)
-        };
-        self.bias = fused.bias.as_ref().map(rows).transpose()?;
-        self.kind = match &fused.kind {
-            LinearKind::Dense { weight } => LinearKind::Dense {
-                weight: rows(weight)?,
-            },
-            LinearKind::Quantized {
-                weight,
-                scales,
-                biases,
-                params,
-            } => LinearKind::Quantized {
-                weight: rows(weight)?,
-                scales: rows(scales)?,
-                biases: biases.as_ref().map(rows).transpose()?,
-                params: *params,
-            },
-        };
-        Ok(())
     }
 }
 

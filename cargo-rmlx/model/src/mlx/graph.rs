@@ -114,3 +114,20 @@ fn write_dump(prefix: &str, tag: &str, outputs: &[&Array]) -> Result<()> {
 fn failed(msg: &str) -> Diagnostic {
     Diagnostic::error(code::Engine::Mlx, format!("graph export: {msg}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The DOT of a small lazy graph names each primitive once per node.
+    #[test]
+    fn a_lazy_graph_counts_its_primitives() {
+        let a = Array::from_slice(&[1f32, 2.0, 3.0], &[3]);
+        let b = a.add(&a).unwrap();
+        let c = b.multiply(&b).unwrap().add(&a).unwrap();
+        let counts = primitives(&dot(&[&c]).unwrap());
+        assert_eq!(counts.get("Add"), Some(&2), "{counts:?}");
+        assert_eq!(counts.get("Multiply"), Some(&1), "{counts:?}");
+        assert_eq!(counts.values().sum::<usize>(), 3, "{counts:?}");
+    }
+}
