@@ -75,7 +75,7 @@ impl Linear {
         }
         let rows: Vec<i32> = parts.iter().map(|p| p.out_rows()).collect();
         let cat = |get: &dyn Fn(&Linear) -> Option<&Array>| -> Result<Option<Array>> {
-            let arrays: Option<Vec<&Array>> = parts.iter().map(|p| get(&**p)).collect();
+            let arrays: Option<Vec<&Array>> = parts.iter().map(|p| get(p)).collect();
             let Some(arrays) = arrays else {
                 return Ok(None);
             };
