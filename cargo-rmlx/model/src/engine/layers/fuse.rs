@@ -202,24 +202,15 @@ mod tests {
     use super::*;
     use crate::snapshot::{QuantMode, QuantParams};
 
-    fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(2_654_435_761).max(1);
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
+    /// Uniform values in [-1, 1) of `shape`, seeded.
+    fn random(shape: &[i32], seed: u64) -> Array {
+        let key = mlx_rs::random::key(seed).unwrap();
+        mlx_rs::random::uniform::<_, f32>(-1.0, 1.0, shape, &key).unwrap()
     }
 
     /// A 4-bit `[rows, cols]` layer (groups of 32), with a bias when `bias`.
-    fn quantized(rows: usize, cols: usize, seed: u32, bias: bool) -> Linear {
-        let w = Array::from_slice(
-            &pseudo_random(rows * cols, seed),
-            &[rows as i32, cols as i32],
-        );
+    fn quantized(rows: usize, cols: usize, seed: u64, bias: bool) -> Linear {
+        let w = random(&[rows as i32, cols as i32], seed);
         let (weight, scales, biases) = quantize(&w, 32, 4).unwrap();
         Linear {
             kind: LinearKind::Quantized {
@@ -232,7 +223,7 @@ mod tests {
                     mode: QuantMode::Affine,
                 },
             },
-            bias: bias.then(|| Array::from_slice(&pseudo_random(rows, seed + 1), &[rows as i32])),
+            bias: bias.then(|| random(&[rows as i32], seed + 100)),
             all_sum: false,
         }
     }
@@ -243,7 +234,7 @@ mod tests {
     #[test]
     fn fused_quantized_projections_equal_the_separate_ones() {
         for bias in [false, true] {
-            let x = Array::from_slice(&pseudo_random(3 * 64, 9), &[1, 3, 64]);
+            let x = random(&[1, 3, 64], 9);
             let mut parts = [
                 quantized(96, 64, 1, bias),
                 quantized(32, 64, 2, bias),
