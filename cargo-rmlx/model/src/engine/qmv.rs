@@ -745,34 +745,60 @@ mod avx2 {
     /// Float32 inputs against 8-bit weights: per 8 columns one zero-extending load puts the
     /// bytes in 32-bit lanes, converted and scaled by the group's scale once, then met by each
     /// of the `N` inputs in its own FMA chain (four chains per input, one per 8 columns of
-    /// each 32). Up to two inputs take all four chains in one pass over the row; three or
-    /// four inputs would need more accumulators than the 16 vector registers hold, so they
-    /// take two passes of two chains each ([`chain_passes`]). Every chain sees the same
-    /// operations in the same order for every `N`, so an input's result does not depend on
-    /// the inputs computed with it.
+    /// each 32; [`q8_step`]). Up to two inputs take all four chains in one pass over the
+    /// row; three or four inputs would need more accumulators than the 16 vector registers
+    /// hold, so they take two passes of two chains each ([`chain_passes`]). Every chain sees
+    /// the same operations in the same order for every `N`, so an input's result does not
+    /// depend on the inputs computed with it.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_q8<const N: usize>(
+        group: usize,
+        row: Row<'_>,
+        xs: [&Prepared; N],
+    ) -> [f32; N] {
+        dot::<8, N>(group, row, xs)
+    }
+
+    /// Float32 inputs against 4-bit weights, as [`dot_q8`]: per 16 packed bytes (32
+    /// columns) two zero-extending loads put 8 bytes each in 32-bit lanes; the low nibbles
+    /// (`& 0x0f`) meet 8 even columns, the high nibbles kept in place (`& 0xf0`, 16 × their
+    /// value) the 8 odd columns, which [`Prepared`] holds divided by 16. Two conversions per
+    /// 8 bytes, no shifts or shuffles (a register-to-register `vpmovzxbd` costs as much as
+    /// two memory-operand ones on this machine's Zen 3). Chains 0 and 1 are the first 8
+    /// bytes of each 16, chains 2 and 3 the last 8 ([`q4_step`]).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_q4<const N: usize>(
+        group: usize,
+        row: Row<'_>,
+        xs: [&Prepared; N],
+    ) -> [f32; N] {
+        dot::<4, N>(group, row, xs)
+    }
+
+    /// [`dot_q8`] or [`dot_q4`] (`BITS`).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn dot<const BITS: usize, const N: usize>(
         group: usize,
         (packed, scales, biases): Row<'_>,
         xs: [&Prepared; N],
     ) -> [f32; N] {
-        debug_assert!(group % 32 == 0 && packed.len() == scales.len() * group);
-        debug_assert!(xs.iter().all(|x| x.x.len() == packed.len()));
+        debug_assert!(group % 32 == 0 && packed.len() * 8 == scales.len() * group * BITS);
+        debug_assert!(xs.iter().all(|x| x.x.len() * BITS == packed.len() * 8));
         let xp = xs.map(|x| x.x.as_ptr());
         let acc = chain_passes(
-            || q8_chains::<N, 0, 4>(group, packed, scales, xp),
-            || q8_chains::<N, 0, 2>(group, packed, scales, xp),
-            || q8_chains::<N, 2, 2>(group, packed, scales, xp),
+            || chains::<BITS, N, 0, 4>(group, packed, scales, xp),
+            || chains::<BITS, N, 0, 2>(group, packed, scales, xp),
+            || chains::<BITS, N, 2, 2>(group, packed, scales, xp),
         );
         finish(acc, biases, xs)
     }
 
-    /// The FMA chains `FIRST..FIRST + COUNT` (8 columns of each 32 apiece) of [`dot_q8`]
-    /// over a whole row; the other chains stay zero.
+    /// The FMA chains `FIRST..FIRST + COUNT` of [`dot`] over a whole row (`FIRST` and
+    /// `COUNT` even for 4 bits: a 4-bit step feeds two chains); the other chains stay zero.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    #[allow(clippy::needless_range_loop)]
-    unsafe fn q8_chains<const N: usize, const FIRST: usize, const COUNT: usize>(
+    unsafe fn chains<const BITS: usize, const N: usize, const FIRST: usize, const COUNT: usize>(
         group: usize,
         packed: &[u8],
         scales: &[f32],
@@ -784,19 +810,65 @@ mod avx2 {
             let s = _mm256_set1_ps(s);
             let mut c = g * group;
             while c < (g + 1) * group {
-                for k in FIRST..FIRST + COUNT {
-                    let q =
-                        _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(c + 8 * k) as *const __m128i));
-                    let w = _mm256_mul_ps(_mm256_cvtepi32_ps(q), s);
-                    for i in 0..N {
-                        let x = _mm256_loadu_ps(xp[i].add(c + 8 * k));
-                        acc[i][k] = _mm256_fmadd_ps(w, x, acc[i][k]);
+                if BITS == 8 {
+                    for k in FIRST..FIRST + COUNT {
+                        q8_step(p, c, k, s, xp, &mut acc);
+                    }
+                } else {
+                    for h in FIRST / 2..(FIRST + COUNT) / 2 {
+                        q4_step(p, c, h, s, xp, &mut acc);
                     }
                 }
                 c += 32;
             }
         }
         acc
+    }
+
+    /// Chain `k` of [`dot_q8`] at columns `c + 8k..c + 8k + 8` for every input.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn q8_step<const N: usize>(
+        p: *const u8,
+        c: usize,
+        k: usize,
+        s: __m256,
+        xp: [*const f32; N],
+        acc: &mut Chains<N>,
+    ) {
+        let q = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(c + 8 * k) as *const __m128i));
+        let w = _mm256_mul_ps(_mm256_cvtepi32_ps(q), s);
+        for i in 0..N {
+            let x = _mm256_loadu_ps(xp[i].add(c + 8 * k));
+            acc[i][k] = _mm256_fmadd_ps(w, x, acc[i][k]);
+        }
+    }
+
+    /// Half `h` of [`dot_q4`] at columns `c + 16h..c + 16h + 16` (8 packed bytes) for every
+    /// input: chains `2h` (low nibbles) and `2h + 1` (high nibbles).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn q4_step<const N: usize>(
+        p: *const u8,
+        c: usize,
+        h: usize,
+        s: __m256,
+        xp: [*const f32; N],
+        acc: &mut Chains<N>,
+    ) {
+        let (low, high) = (_mm256_set1_epi32(0x0f), _mm256_set1_epi32(0xf0));
+        let at = c + 16 * h;
+        let q = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(at / 2) as *const __m128i));
+        let lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(q, low)), s);
+        let hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(q, high)), s);
+        for i in 0..N {
+            let x = xp[i].add(at);
+            acc[i][2 * h] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x), acc[i][2 * h]);
+            let a = acc[i][2 * h + 1];
+            acc[i][2 * h + 1] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x.add(8)), a);
+        }
     }
 
     /// Four FMA chains per input.
@@ -819,66 +891,6 @@ mod avx2 {
         for (a, h) in acc.iter_mut().zip(high()) {
             a[2] = h[2];
             a[3] = h[3];
-        }
-        acc
-    }
-
-    /// Float32 inputs against 4-bit weights, as [`dot_q8`]: per 16 packed bytes (32
-    /// columns) two zero-extending loads put 8 bytes each in 32-bit lanes; the low nibbles
-    /// (`& 0x0f`) meet 8 even columns, the high nibbles kept in place (`& 0xf0`, 16 × their
-    /// value) the 8 odd columns, which [`Prepared`] holds divided by 16. Two conversions per
-    /// 8 bytes, no shifts or shuffles (a register-to-register `vpmovzxbd` costs as much as
-    /// two memory-operand ones on this machine's Zen 3). Chains 0 and 1 are the first 8
-    /// bytes of each 16, chains 2 and 3 the last 8.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_q4<const N: usize>(
-        group: usize,
-        (packed, scales, biases): Row<'_>,
-        xs: [&Prepared; N],
-    ) -> [f32; N] {
-        debug_assert!(group % 32 == 0 && packed.len() * 2 == scales.len() * group);
-        debug_assert!(xs.iter().all(|x| x.x.len() == packed.len() * 2));
-        let xp = xs.map(|x| x.x.as_ptr());
-        let acc = chain_passes(
-            || q4_chains::<N, 0, 2>(group, packed, scales, xp),
-            || q4_chains::<N, 0, 1>(group, packed, scales, xp),
-            || q4_chains::<N, 1, 1>(group, packed, scales, xp),
-        );
-        finish(acc, biases, xs)
-    }
-
-    /// The halves `FIRST..FIRST + COUNT` of each 32 columns (half `h`: chains `2h` and
-    /// `2h + 1`) of [`dot_q4`] over a whole row; the other chains stay zero.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    #[allow(clippy::needless_range_loop)]
-    unsafe fn q4_chains<const N: usize, const FIRST: usize, const COUNT: usize>(
-        group: usize,
-        packed: &[u8],
-        scales: &[f32],
-        xp: [*const f32; N],
-    ) -> Chains<N> {
-        let p = packed.as_ptr();
-        let (low, high) = (_mm256_set1_epi32(0x0f), _mm256_set1_epi32(0xf0));
-        let mut acc = [[_mm256_setzero_ps(); 4]; N];
-        for (g, &s) in scales.iter().enumerate() {
-            let s = _mm256_set1_ps(s);
-            let mut c = g * group;
-            while c < (g + 1) * group {
-                for h in FIRST..FIRST + COUNT {
-                    let at = c + 16 * h;
-                    let q = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(at / 2) as *const __m128i));
-                    let lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(q, low)), s);
-                    let hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(q, high)), s);
-                    for i in 0..N {
-                        let x = xp[i].add(at);
-                        acc[i][2 * h] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x), acc[i][2 * h]);
-                        let a = acc[i][2 * h + 1];
-                        acc[i][2 * h + 1] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x.add(8)), a);
-                    }
-                }
-                c += 32;
-            }
         }
         acc
     }
