@@ -242,12 +242,7 @@ impl Decoder {
         let head_dim = self.head_dim;
         self.ropes
             .iter()
-            .map(|rope| {
-                offsets
-                    .iter()
-                    .map(|&o| RopeTable::new(rope, o, head_dim))
-                    .collect()
-            })
+            .map(|rope| RopeTable::at_positions(rope, offsets, head_dim))
             .collect()
     }
 

@@ -229,6 +229,19 @@ fn fail(what: &str, e: String) -> Diagnostic {
     )
 }
 
+/// Σ of `g` (a whole number of 8-value lanes): eight lane sums in column order, then
+/// `((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))` — one fixed order the compiler can
+/// vectorize, where a plain running sum is one serial chain of `g.len()` additions.
+fn lane_sum(g: &[f32]) -> f32 {
+    let mut l = [0f32; 8];
+    for chunk in g.chunks_exact(8) {
+        for (l, v) in l.iter_mut().zip(chunk) {
+            *l += v;
+        }
+    }
+    ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))
+}
+
 /// One input row prepared for the float32 kernels.
 struct Prepared {
     /// `x` in the kernel's layout: for 4-bit weights per 16 columns the 8 even ones, then the
@@ -352,19 +365,25 @@ impl QuantMatrix<'_> {
 }
 
 impl QuantMatrix<'_> {
+    /// `x` in the float kernels' layout with its group sums, in plain indexed loops (an
+    /// iterator chain here was 8% of a four-row decode step, all of it on the caller's
+    /// thread before the pool starts).
     fn prepare(&self, x: &[f32]) -> Prepared {
-        let group_sums = x.chunks(self.group).map(|g| g.iter().sum()).collect();
-        let x = if self.bits == 4 {
-            x.chunks(16)
-                .flat_map(|c| {
-                    let odd = (0..8).map(|i| c[2 * i + 1] / 16.0);
-                    (0..8).map(|i| c[2 * i]).chain(odd)
-                })
-                .collect()
-        } else {
-            x.to_vec()
-        };
-        Prepared { x, group_sums }
+        let group_sums = x.chunks_exact(self.group).map(lane_sum).collect();
+        if self.bits != 4 {
+            return Prepared {
+                x: x.to_vec(),
+                group_sums,
+            };
+        }
+        let mut out = vec![0f32; x.len()];
+        for (c, o) in x.chunks_exact(16).zip(out.chunks_exact_mut(16)) {
+            for i in 0..8 {
+                o[i] = c[2 * i];
+                o[8 + i] = c[2 * i + 1] / 16.0;
+            }
+        }
+        Prepared { x: out, group_sums }
     }
 
     /// `y[m, r] = Σ_c dequant(W[r, c]) · x[m, c]` for the rows `m` of `x` (`[M, cols]`),
@@ -443,6 +462,7 @@ impl QuantMatrix<'_> {
     }
 
     /// Packed bytes, scales and biases of weight row `r`.
+    #[inline]
     fn row(&self, r: usize) -> Row<'_> {
         let groups = self.cols / self.group;
         let row_bytes = self.cols * self.bits / 8;
@@ -544,10 +564,11 @@ trait Input: Sized + Sync {
 type Kernel<P, const N: usize> = unsafe fn(usize, Row<'_>, [&P; N]) -> [f32; N];
 
 impl Input for Prepared {
-    /// Four FMA chains per input: two inputs' eight accumulators and the unpacked weights
-    /// fit the 16 vector registers; four inputs spilled them (`bench --batch`, SmolLM2
-    /// 4-bit, B = 4: 34–36 ms per step in blocks of four, 24.6 ms in two blocks of two).
-    const BLOCK: usize = 2;
+    /// Four FMA chains per input; three or four inputs take them in two passes of two
+    /// chains over the row (eight accumulators stay in the 16 vector registers), so a
+    /// batch of four reads and unpacks each weight row once, not twice as in blocks of two
+    /// (BENCHMARKS.md, "Continuous batching", round 8).
+    const BLOCK: usize = 4;
 
     fn new(x: &[f32], m: &QuantMatrix<'_>) -> Self {
         m.prepare(x)
@@ -723,38 +744,19 @@ mod avx2 {
 
     /// Float32 inputs against 8-bit weights: per 8 columns one zero-extending load puts the
     /// bytes in 32-bit lanes, converted and scaled by the group's scale once, then met by each
-    /// of the `N` inputs in its own FMA chain (four chains per input, taking turns). The
-    /// chains and the order of operations are the same for every `N`, so an input's result
-    /// does not depend on the inputs computed with it.
+    /// of the `N` inputs in its own FMA chain (four chains per input, one per 8 columns of
+    /// each 32; [`q8_step`]). Up to two inputs take all four chains in one pass over the
+    /// row; three or four inputs would need more accumulators than the 16 vector registers
+    /// hold, so they take two passes of two chains each ([`chain_passes`]). Every chain sees
+    /// the same operations in the same order for every `N`, so an input's result does not
+    /// depend on the inputs computed with it.
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::needless_range_loop)]
     pub unsafe fn dot_q8<const N: usize>(
         group: usize,
-        (packed, scales, biases): Row<'_>,
+        row: Row<'_>,
         xs: [&Prepared; N],
     ) -> [f32; N] {
-        debug_assert!(group % 32 == 0 && packed.len() == scales.len() * group);
-        debug_assert!(xs.iter().all(|x| x.x.len() == packed.len()));
-        let p = packed.as_ptr();
-        let xp = xs.map(|x| x.x.as_ptr());
-        let mut acc = [[_mm256_setzero_ps(); 4]; N];
-        for (g, &s) in scales.iter().enumerate() {
-            let s = _mm256_set1_ps(s);
-            let mut c = g * group;
-            while c < (g + 1) * group {
-                for k in 0..4 {
-                    let q =
-                        _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(c + 8 * k) as *const __m128i));
-                    let w = _mm256_mul_ps(_mm256_cvtepi32_ps(q), s);
-                    for i in 0..N {
-                        let x = _mm256_loadu_ps(xp[i].add(c + 8 * k));
-                        acc[i][k] = _mm256_fmadd_ps(w, x, acc[i][k]);
-                    }
-                }
-                c += 32;
-            }
-        }
-        finish(acc, biases, xs)
+        dot::<8, N>(group, row, xs)
     }
 
     /// Float32 inputs against 4-bit weights, as [`dot_q8`]: per 16 packed bytes (32
@@ -762,40 +764,135 @@ mod avx2 {
     /// (`& 0x0f`) meet 8 even columns, the high nibbles kept in place (`& 0xf0`, 16 × their
     /// value) the 8 odd columns, which [`Prepared`] holds divided by 16. Two conversions per
     /// 8 bytes, no shifts or shuffles (a register-to-register `vpmovzxbd` costs as much as
-    /// two memory-operand ones on this machine's Zen 3).
+    /// two memory-operand ones on this machine's Zen 3). Chains 0 and 1 are the first 8
+    /// bytes of each 16, chains 2 and 3 the last 8 ([`q4_step`]).
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::needless_range_loop)]
     pub unsafe fn dot_q4<const N: usize>(
+        group: usize,
+        row: Row<'_>,
+        xs: [&Prepared; N],
+    ) -> [f32; N] {
+        dot::<4, N>(group, row, xs)
+    }
+
+    /// [`dot_q8`] or [`dot_q4`] (`BITS`).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn dot<const BITS: usize, const N: usize>(
         group: usize,
         (packed, scales, biases): Row<'_>,
         xs: [&Prepared; N],
     ) -> [f32; N] {
-        debug_assert!(group % 32 == 0 && packed.len() * 2 == scales.len() * group);
-        debug_assert!(xs.iter().all(|x| x.x.len() == packed.len() * 2));
-        let p = packed.as_ptr();
+        debug_assert!(group % 32 == 0 && packed.len() * 8 == scales.len() * group * BITS);
+        debug_assert!(xs.iter().all(|x| x.x.len() * BITS == packed.len() * 8));
         let xp = xs.map(|x| x.x.as_ptr());
-        let (low, high) = (_mm256_set1_epi32(0x0f), _mm256_set1_epi32(0xf0));
+        let acc = chain_passes(
+            || chains::<BITS, N, 0, 4>(group, packed, scales, xp),
+            || chains::<BITS, N, 0, 2>(group, packed, scales, xp),
+            || chains::<BITS, N, 2, 2>(group, packed, scales, xp),
+        );
+        finish(acc, biases, xs)
+    }
+
+    /// The FMA chains `FIRST..FIRST + COUNT` of [`dot`] over a whole row (`FIRST` and
+    /// `COUNT` even for 4 bits: a 4-bit step feeds two chains); the other chains stay zero.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn chains<const BITS: usize, const N: usize, const FIRST: usize, const COUNT: usize>(
+        group: usize,
+        packed: &[u8],
+        scales: &[f32],
+        xp: [*const f32; N],
+    ) -> Chains<N> {
+        let p = packed.as_ptr();
         let mut acc = [[_mm256_setzero_ps(); 4]; N];
         for (g, &s) in scales.iter().enumerate() {
             let s = _mm256_set1_ps(s);
             let mut c = g * group;
             while c < (g + 1) * group {
-                for h in 0..2 {
-                    let at = c + 16 * h;
-                    let q = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(at / 2) as *const __m128i));
-                    let lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(q, low)), s);
-                    let hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(q, high)), s);
-                    for i in 0..N {
-                        let x = xp[i].add(at);
-                        acc[i][2 * h] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x), acc[i][2 * h]);
-                        let a = acc[i][2 * h + 1];
-                        acc[i][2 * h + 1] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x.add(8)), a);
+                if BITS == 8 {
+                    for k in FIRST..FIRST + COUNT {
+                        q8_step(p, c, k, s, xp, &mut acc);
+                    }
+                } else {
+                    for h in FIRST / 2..(FIRST + COUNT) / 2 {
+                        q4_step(p, c, h, s, xp, &mut acc);
                     }
                 }
                 c += 32;
             }
         }
-        finish(acc, biases, xs)
+        acc
+    }
+
+    /// Chain `k` of [`dot_q8`] at columns `c + 8k..c + 8k + 8` for every input.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn q8_step<const N: usize>(
+        p: *const u8,
+        c: usize,
+        k: usize,
+        s: __m256,
+        xp: [*const f32; N],
+        acc: &mut Chains<N>,
+    ) {
+        let q = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(c + 8 * k) as *const __m128i));
+        let w = _mm256_mul_ps(_mm256_cvtepi32_ps(q), s);
+        for i in 0..N {
+            let x = _mm256_loadu_ps(xp[i].add(c + 8 * k));
+            acc[i][k] = _mm256_fmadd_ps(w, x, acc[i][k]);
+        }
+    }
+
+    /// Half `h` of [`dot_q4`] at columns `c + 16h..c + 16h + 16` (8 packed bytes) for every
+    /// input: chains `2h` (low nibbles) and `2h + 1` (high nibbles).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn q4_step<const N: usize>(
+        p: *const u8,
+        c: usize,
+        h: usize,
+        s: __m256,
+        xp: [*const f32; N],
+        acc: &mut Chains<N>,
+    ) {
+        let (low, high) = (_mm256_set1_epi32(0x0f), _mm256_set1_epi32(0xf0));
+        let at = c + 16 * h;
+        let q = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(at / 2) as *const __m128i));
+        let lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(q, low)), s);
+        let hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(q, high)), s);
+        for i in 0..N {
+            let x = xp[i].add(at);
+            acc[i][2 * h] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x), acc[i][2 * h]);
+            let a = acc[i][2 * h + 1];
+            acc[i][2 * h + 1] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x.add(8)), a);
+        }
+    }
+
+    /// Four FMA chains per input.
+    type Chains<const N: usize> = [[__m256; 4]; N];
+
+    /// A row's chains for `N` inputs: `all()` (every chain in one pass) for up to two inputs,
+    /// else `low()` (chains 0 and 1) and `high()` (chains 2 and 3) in two passes, so that at
+    /// most eight accumulators are live — enough independent chains to keep both FMA pipes
+    /// busy, few enough to stay in registers. Each chain's sum is the same either way.
+    #[inline(always)]
+    fn chain_passes<const N: usize>(
+        all: impl FnOnce() -> Chains<N>,
+        low: impl FnOnce() -> Chains<N>,
+        high: impl FnOnce() -> Chains<N>,
+    ) -> Chains<N> {
+        if N <= 2 {
+            return all();
+        }
+        let mut acc = low();
+        for (a, h) in acc.iter_mut().zip(high()) {
+            a[2] = h[2];
+            a[3] = h[3];
+        }
+        acc
     }
 
     use super::{Prepared, Quantized, Row};
@@ -887,44 +984,57 @@ mod avx2 {
         out
     }
 
-    /// A row's bias term `Σ_g bias[g] · Σx[g]`, eight groups per vector FMA (a scalar loop
-    /// here took 15% of a 4-bit g32 prefill, and its serial add chain bounded the row
-    /// kernels): the vector part and the scalar tail.
+    /// Each input's total (`N` ≤ 4): its four chains, plus its bias term
+    /// `Σ_g bias[g] · Σx[g]` — eight groups per vector FMA, each bias vector loaded once for
+    /// all inputs, then the groups past the last eight one by one (a scalar loop over all
+    /// groups took 15% of a 4-bit g32 prefill, and its serial add chain bounded the row
+    /// kernels) — summed across lanes for all inputs at once ([`hsum4`]; a bias term and a
+    /// horizontal sum per input were 9% of a four-row decode step). Every input takes the
+    /// same operations whatever `N` is.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn bias_dot(b: &[f32], s: &[f32]) -> (__m256, f32) {
-        debug_assert!(s.len() >= b.len());
-        let whole = b.len() / 8 * 8;
-        let mut v = _mm256_setzero_ps();
-        let mut k = 0;
-        while k < whole {
-            v = _mm256_fmadd_ps(
-                _mm256_loadu_ps(b.as_ptr().add(k)),
-                _mm256_loadu_ps(s.as_ptr().add(k)),
-                v,
-            );
-            k += 8;
-        }
-        let mut tail = 0f32;
-        for k in whole..b.len() {
-            tail += b.get_unchecked(k) * s.get_unchecked(k);
-        }
-        (v, tail)
-    }
-
-    /// Each input's total: its four chains, the row's bias term ([`bias_dot`]) and a
-    /// horizontal sum.
-    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    #[allow(clippy::needless_range_loop)]
     unsafe fn finish<const N: usize>(
-        acc: [[__m256; 4]; N],
+        acc: Chains<N>,
         biases: &[f32],
         xs: [&Prepared; N],
     ) -> [f32; N] {
-        let mut out = [0f32; N];
-        for (o, ([a0, a1, a2, a3], x)) in out.iter_mut().zip(acc.into_iter().zip(xs)) {
-            let (bias, tail) = bias_dot(biases, &x.group_sums);
-            let sum = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
-            *o = hsum(_mm256_add_ps(sum, bias)) + tail;
+        debug_assert!(xs.iter().all(|x| x.group_sums.len() == biases.len()));
+        let (b, groups) = (biases.as_ptr(), biases.len());
+        let whole = groups / 8 * 8;
+        let sums = xs.map(|x| x.group_sums.as_ptr());
+        let mut bias = [_mm256_setzero_ps(); N];
+        for k in (0..whole).step_by(8) {
+            let bk = _mm256_loadu_ps(b.add(k));
+            for i in 0..N {
+                bias[i] = _mm256_fmadd_ps(bk, _mm256_loadu_ps(sums[i].add(k)), bias[i]);
+            }
         }
+        let mut lanes = [_mm256_setzero_ps(); 4];
+        for i in 0..N {
+            let [a0, a1, a2, a3] = acc[i];
+            let chains = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+            lanes[i] = _mm256_add_ps(chains, bias[i]);
+        }
+        let totals = hsum4(lanes);
+        std::array::from_fn(|i| {
+            let mut tail = 0f32;
+            for k in whole..groups {
+                tail += *b.add(k) * *sums[i].add(k);
+            }
+            totals[i] + tail
+        })
+    }
+
+    /// The lane sums of four vectors, each `((v0 + v1) + (v2 + v3)) + ((v4 + v5) + (v6 + v7))`
+    /// whatever the other three hold (`vhaddps` adds pairs within one operand).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn hsum4(v: [__m256; 4]) -> [f32; 4] {
+        let h = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+        let s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        let mut out = [0f32; 4];
+        _mm_storeu_ps(out.as_mut_ptr(), s);
         out
     }
 }
