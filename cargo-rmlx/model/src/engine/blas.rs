@@ -28,13 +28,20 @@ pub const DEFAULT_THREADS: usize = 1;
 /// (BENCHMARKS.md, "Cold `cargo rmlx probe`"). OpenBLAS starts its workers again if a later
 /// setting asks for more threads. Logs nothing: logging is not set up yet; [`configure`]
 /// logs the count when a model loads.
+///
+/// Only here are the workers stopped: OpenBLAS's shutdown waits for its server lock, and a
+/// thread inside a BLAS call at that moment deadlocks it (seen in the library's tests, whose
+/// threads load models while others run `sgemm`). At the start of `main` no other thread
+/// exists; [`configure`], which runs whenever a model first loads, only sets the count.
 pub fn quiet_at_start() {
     if std::env::var_os("RMLX_BLAS_THREADS").is_some()
         || std::env::var_os("OPENBLAS_NUM_THREADS").is_some()
     {
         return;
     }
-    set_threads(DEFAULT_THREADS);
+    if set_threads(DEFAULT_THREADS) {
+        stop_idle_workers();
+    }
 }
 
 /// Applies the thread count once per process (called when a model is loaded on the CPU).
@@ -77,7 +84,8 @@ fn requested() -> Option<(usize, &'static str)> {
 
 /// Ends OpenBLAS's idle worker threads (`blas_thread_shutdown_`, the routine OpenBLAS runs
 /// itself around `fork`) if the process has OpenBLAS. Called with one thread set, so no
-/// BLAS call needs them; setting more threads starts them again.
+/// BLAS call needs them; setting more threads starts them again. Only from
+/// [`quiet_at_start`].
 fn stop_idle_workers() {
     #[cfg(unix)]
     {
@@ -88,19 +96,19 @@ fn stop_idle_workers() {
             return;
         }
         // SAFETY: the symbol is OpenBLAS's `int blas_thread_shutdown_(void)`; it takes the
-        // server lock, so it is safe while no BLAS call runs (none has at this point).
+        // server lock, so it is safe while no BLAS call runs (its one caller runs before any
+        // other thread exists).
         let f: Shutdown = unsafe { std::mem::transmute::<*mut libc::c_void, Shutdown>(sym) };
         // SAFETY: see above.
         unsafe { f() };
     }
 }
 
-/// Calls `openblas_set_num_threads(n)` if the process has OpenBLAS; whether it has. For one
-/// thread the workers are stopped after it: the call (re)starts them whatever the count
-/// (Debian's 0.3.21 runs `blas_thread_init` in `goto_set_num_threads`, seen in gdb), and
-/// each new one spins as [`quiet_at_start`] describes. A count already applied is not applied
-/// again: the call would restart the workers only to stop them ([`configure`] applying the
-/// single thread [`quiet_at_start`] already set, on the main thread while the model loads).
+/// Calls `openblas_set_num_threads(n)` if the process has OpenBLAS; whether it has. The call
+/// (re)starts the workers whatever the count (Debian's 0.3.21 runs `blas_thread_init` in
+/// `goto_set_num_threads`, seen in gdb), so a count already applied is not applied again
+/// ([`configure`] meeting the single thread [`quiet_at_start`] already set would restart the
+/// workers [`quiet_at_start`] stopped).
 fn set_threads(n: usize) -> bool {
     #[cfg(unix)]
     {
@@ -120,9 +128,6 @@ fn set_threads(n: usize) -> bool {
         let n = libc::c_int::try_from(n).unwrap_or(libc::c_int::MAX);
         // SAFETY: callable at any time from any thread; it resizes OpenBLAS's pool.
         unsafe { f(n) };
-        if n == 1 {
-            stop_idle_workers();
-        }
         true
     }
     #[cfg(not(unix))]
