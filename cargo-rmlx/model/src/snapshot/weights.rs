@@ -156,6 +156,9 @@ impl Weights {
     ) -> Result<Array> {
         let info = self.info_or_missing(name)?;
         self.check_shape(name, info, expected)?;
+        if cast == Some(Dtype::Float32) && matches!(info.dtype, StDtype::F16 | StDtype::BF16) {
+            return self.read_array(name, info, true);
+        }
         let array = self.load(name, info)?;
         self.cast(name, info, array, cast)
     }
@@ -273,19 +276,50 @@ impl Weights {
 
     /// Reads one tensor's bytes from its file (one positioned read) into a new MLX array.
     fn load(&self, name: &str, info: &TensorInfo) -> Result<Array> {
+        self.read_array(name, info, false)
+    }
+
+    /// [`Self::load`]; with `widen`, a float16/bfloat16 tensor comes back as float32, converted
+    /// on the host while it is copied out of the read buffer. (MLX's cast is lazy: it would
+    /// run at the first forward pass, one small evaluation per layer between the host
+    /// kernels, on the critical path of a cold `cargo rmlx probe`'s prefill — BENCHMARKS.md,
+    /// "Cold `cargo rmlx probe`".)
+    fn read_array(&self, name: &str, info: &TensorInfo, widen: bool) -> Result<Array> {
         let shard = &self.files[info.file];
         let (dtype, shape) = self.mlx_layout(name, info, &info.shape)?;
         let mut scratch = self.scratch.lock().unwrap_or_else(PoisonError::into_inner);
         let bytes = read_range(shard, name, info.range.clone(), &mut scratch.buf)?;
-        // SAFETY: `bytes` holds exactly prod(shape) elements of `dtype` (sizes validated in
-        // `read_header`, length checked by `read_range`); MLX copies the data, so no alignment
-        // or lifetime requirement remains.
-        let array = unsafe { Array::from_raw_data(bytes.as_ptr().cast(), &shape, dtype) };
+        let array = if widen {
+            Array::from_slice(&widened(bytes, dtype == Dtype::Bfloat16), &shape)
+        } else {
+            // SAFETY: `bytes` holds exactly prod(shape) elements of `dtype` (sizes validated
+            // in `read_header`, length checked by `read_range`); MLX copies the data, so no
+            // alignment or lifetime requirement remains.
+            unsafe { Array::from_raw_data(bytes.as_ptr().cast(), &shape, dtype) }
+        };
         crate::progress::bytes_read(bytes.len() as u64);
         let n = bytes.len() as u64;
         scratch.loaded(n, self.tensors.len());
         Ok(array)
     }
+}
+
+/// Little-endian float16 (`bf16`: bfloat16) values → float32 (exact).
+fn widened(bytes: &[u8], bf16: bool) -> Vec<f32> {
+    use half::slice::HalfFloatSliceExt;
+    let bits: Vec<u16> = bytes
+        .chunks_exact(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let mut out = vec![0f32; bits.len()];
+    if bf16 {
+        half::slice::HalfBitsSliceExt::reinterpret_cast::<half::bf16>(&bits[..])
+            .convert_to_f32_slice(&mut out);
+    } else {
+        half::slice::HalfBitsSliceExt::reinterpret_cast::<half::f16>(&bits[..])
+            .convert_to_f32_slice(&mut out);
+    }
+    out
 }
 
 mod slice; // `Weights::array_slice`: one rank's slice of a tensor (tensor parallelism)
