@@ -119,3 +119,85 @@ fn causal_attention(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use mlx_rs::Array;
+
+    use crate::engine::{gemm, qmv, DtypePolicy, Model};
+    use crate::snapshot::Snapshot;
+
+    /// The shared 4-bit SmolLM2 test model (`RMLX_TEST_MODELS`, else `target/test-models`).
+    fn smollm2_q4() -> Model {
+        let models = std::env::var_os("RMLX_TEST_MODELS")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-models")
+            });
+        let dir = models.join("smollm2-q4");
+        let snapshot = Snapshot::open(&dir).unwrap_or_else(|e| {
+            panic!(
+                "the SmolLM2 4-bit test model is needed ({}; `bash scripts/fetch-models.sh` \
+                 installs it): {e:?}",
+                dir.display()
+            )
+        });
+        Model::load(&snapshot, DtypePolicy::Auto).expect("load SmolLM2 4-bit")
+    }
+
+    /// Largest |a - b| of two float32 arrays of the same size.
+    fn max_diff(a: &Array, b: &Array) -> f32 {
+        let (a, b) = (a.as_slice::<f32>(), b.as_slice::<f32>());
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    }
+
+    /// An 18-position chunk after a cached 2-position one, prefilled on the host (GEMM
+    /// projections, attention position by position), gives every position the logits the
+    /// host decode path gives feeding the same tokens one at a time, and leaves a cache from
+    /// which the next step's logits agree too. (The MLX path and mlx-lm are compared by the
+    /// oracle tests, `cargo test --workspace --test e2e oracle`.)
+    #[test]
+    fn host_prefill_matches_token_by_token_decode() {
+        assert!(
+            qmv::enabled() && gemm::available(),
+            "host kernels or host GEMM unavailable (needs AVX2/FMA and cblas_sgemm)"
+        );
+        let model = smollm2_q4();
+        let net = &model.net;
+        let ids: Vec<i32> = (0..20).map(|i| 200 + 997 * i % 40000).collect();
+        let (head, chunk) = ids.split_at(2);
+        let mut prefilled = net.new_cache();
+        net.forward_all(&Array::from_slice(head, &[1, 2]), &mut prefilled)
+            .expect("first chunk");
+        let all = net
+            .forward_all(
+                &Array::from_slice(chunk, &[1, chunk.len() as i32]),
+                &mut prefilled,
+            )
+            .expect("host prefill");
+        let mut stepped = net.new_cache();
+        let mut worst = 0f32;
+        for (p, &t) in ids.iter().enumerate() {
+            let one = Array::from_slice(&[t], &[1, 1]);
+            let want = net.forward_last(&one, &mut stepped).expect("decode step");
+            if let Some(row) = p.checked_sub(head.len()) {
+                let got = all.take_axis(Array::from_int(row as i32), 0).expect("row");
+                worst = worst.max(max_diff(&got, &want));
+            }
+        }
+        let next = Array::from_slice(&[4242], &[1, 1]);
+        let after_prefill = net.forward_last(&next, &mut prefilled).expect("step");
+        let after_steps = net.forward_last(&next, &mut stepped).expect("step");
+        worst = worst.max(max_diff(&after_prefill, &after_steps));
+        // Logits here reach |20|; GEMM and the block kernel sum in different orders (measured
+        // 6.5e-5).
+        assert!(worst < 1e-3, "largest logit difference {worst}");
+    }
+}
