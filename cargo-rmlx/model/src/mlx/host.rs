@@ -1,6 +1,5 @@
 //! MLX arrays read in place on the host: the data pointer of a materialised, row-contiguous
-//! array as a slice, without MLX's per-call `eval` (the host kernels' hot path); and host
-//! vectors handed to MLX without a copy ([`array_from_vec`], the weight loader's).
+//! array as a slice, without MLX's per-call `eval` (the host kernels' hot path).
 
 use mlx_rs::Array;
 
@@ -39,58 +38,6 @@ pub fn host_slice<'a, T: HostElement>(a: &'a Array, what: &str) -> Result<&'a [T
         }
         Ok(std::slice::from_raw_parts(data, a.size()))
     }
-}
-
-/// An MLX array of `shape` and `dtype` over `data`'s buffer, without a copy: MLX owns the
-/// vector from here on and drops it (on whichever thread frees the array's buffer). `data`
-/// must hold at least the array's bytes; its element type only sets the alignment. Errors
-/// when it is too short or MLX refuses the array.
-pub fn array_from_vec<T: Send + 'static>(
-    mut data: Vec<T>,
-    shape: &[i32],
-    dtype: mlx_rs::Dtype,
-) -> Result<Array> {
-    let elements: usize = shape
-        .iter()
-        .map(|&d| usize::try_from(d).unwrap_or(0))
-        .product();
-    // SAFETY: a pure function of the dtype.
-    let needed = elements * unsafe { mlx_sys::mlx_dtype_size(dtype.into()) };
-    let held = data.len() * std::mem::size_of::<T>();
-    if held < needed || shape.len() > i32::MAX as usize {
-        return Err(fail(
-            "weights",
-            format!("{held} bytes for a {dtype:?} array of shape {shape:?}"),
-        ));
-    }
-    let ptr = data.as_mut_ptr().cast::<std::ffi::c_void>();
-    let payload = Box::into_raw(Box::new(data)).cast::<std::ffi::c_void>();
-    unsafe extern "C" fn drop_vec<T>(payload: *mut std::ffi::c_void) {
-        // SAFETY: `payload` is the `Box<Vec<T>>` leaked below, and MLX calls its deleter
-        // once, when the buffer is freed.
-        drop(unsafe { Box::from_raw(payload.cast::<Vec<T>>()) });
-    }
-    // SAFETY: `ptr` points to `held ≥ needed` bytes that stay valid until MLX calls the
-    // deleter (the vector is only moved into the box, its buffer stays in place); the
-    // shape pointer is read during the call only.
-    let a = unsafe {
-        mlx_sys::mlx_array_new_data_managed_payload(
-            ptr,
-            shape.as_ptr(),
-            shape.len() as i32,
-            dtype.into(),
-            payload,
-            Some(drop_vec::<T>),
-        )
-    };
-    if a.ctx.is_null() {
-        return Err(fail(
-            "weights",
-            format!("MLX refused a {dtype:?} array of shape {shape:?}"),
-        ));
-    }
-    // SAFETY: a valid, owned handle.
-    Ok(unsafe { Array::from_ptr(a) })
 }
 
 /// Element types [`host_slice`] reads.

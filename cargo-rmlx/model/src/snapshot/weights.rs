@@ -283,50 +283,25 @@ impl Weights {
     /// on the host while it is copied out of the read buffer. (MLX's cast is lazy: it would
     /// run at the first forward pass, one small evaluation per layer between the host
     /// kernels, on the critical path of a cold `cargo rmlx probe`'s prefill — BENCHMARKS.md,
-    /// "Cold `cargo rmlx probe`".) On the CPU the new buffer is handed to MLX as it is
-    /// ([`crate::mlx::host::array_from_vec`]): other tensors are read straight into it, and
-    /// MLX makes no copy of its own.
+    /// "Cold `cargo rmlx probe`".)
     fn read_array(&self, name: &str, info: &TensorInfo, widen: bool) -> Result<Array> {
         let shard = &self.files[info.file];
         let (dtype, shape) = self.mlx_layout(name, info, &info.shape)?;
         let mut scratch = self.scratch.lock().unwrap_or_else(PoisonError::into_inner);
-        let len = range_len(shard, name, &info.range)?;
-        let array = match (widen, host_owned()) {
-            (false, true) => {
-                let mut owned = vec![0u64; len.div_ceil(8)];
-                // SAFETY: the vector's buffer holds `8 · owned.len() ≥ len` initialised bytes.
-                let bytes =
-                    unsafe { std::slice::from_raw_parts_mut(owned.as_mut_ptr().cast::<u8>(), len) };
-                read_at(shard, name, info.range.start, bytes)?;
-                crate::mlx::host::array_from_vec(owned, &shape, dtype)?
-            }
-            (true, owned) => {
-                let bytes = read_range(shard, name, info.range.clone(), &mut scratch.buf)?;
-                let wide = widened(bytes, dtype == Dtype::Bfloat16);
-                match owned {
-                    true => crate::mlx::host::array_from_vec(wide, &shape, Dtype::Float32)?,
-                    false => Array::from_slice(&wide, &shape),
-                }
-            }
-            (false, false) => {
-                let bytes = read_range(shard, name, info.range.clone(), &mut scratch.buf)?;
-                // SAFETY: `bytes` holds exactly prod(shape) elements of `dtype` (sizes
-                // validated in `read_header`, length checked by `read_range`); MLX copies the
-                // data, so no alignment or lifetime requirement remains.
-                unsafe { Array::from_raw_data(bytes.as_ptr().cast(), &shape, dtype) }
-            }
+        let bytes = read_range(shard, name, info.range.clone(), &mut scratch.buf)?;
+        let array = if widen {
+            Array::from_slice(&widened(bytes, dtype == Dtype::Bfloat16), &shape)
+        } else {
+            // SAFETY: `bytes` holds exactly prod(shape) elements of `dtype` (sizes validated
+            // in `read_header`, length checked by `read_range`); MLX copies the data, so no
+            // alignment or lifetime requirement remains.
+            unsafe { Array::from_raw_data(bytes.as_ptr().cast(), &shape, dtype) }
         };
-        crate::progress::bytes_read(len as u64);
-        scratch.loaded(len as u64, self.tensors.len());
+        crate::progress::bytes_read(bytes.len() as u64);
+        let n = bytes.len() as u64;
+        scratch.loaded(n, self.tensors.len());
         Ok(array)
     }
-}
-
-/// Whether loaded tensors are handed to MLX in the loader's own buffers (CPU only: a GPU
-/// backend allocates its buffers itself).
-fn host_owned() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| !crate::engine::gpu_available())
 }
 
 /// Little-endian float16 (`bf16`: bfloat16) values → float32 (exact), 1024 at a time.
@@ -361,30 +336,17 @@ fn read_range<'b>(
     range: std::ops::Range<u64>,
     buf: &'b mut Vec<u8>,
 ) -> Result<&'b [u8]> {
-    let len = range_len(shard, name, &range)?;
-    if buf.len() < len {
-        buf.resize(len, 0);
-    }
-    let buf = &mut buf[..len];
-    read_at(shard, name, range.start, buf)?;
-    Ok(buf)
-}
-
-/// The byte length of `range`, an error when it cannot be held in memory.
-fn range_len(shard: &Shard, name: &str, range: &std::ops::Range<u64>) -> Result<usize> {
-    usize::try_from(range.end - range.start).map_err(|_| {
+    let len = usize::try_from(range.end - range.start).map_err(|_| {
         Diagnostic::error(
             code::Snapshot::BadSafetensors,
             format!("tensor `{name}` does not fit in memory"),
         )
         .with_file(&shard.path)
-    })
-}
-
-/// Fills `buf` from the shard at byte `start`; a short read means the file shrank after it
-/// was opened.
-fn read_at(shard: &Shard, name: &str, start: u64, buf: &mut [u8]) -> Result<()> {
-    let range = start..start + buf.len() as u64;
+    })?;
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    let buf = &mut buf[..len];
     shard
         .file
         .read_exact_at(buf, range.start)
@@ -405,7 +367,8 @@ fn read_at(shard: &Shard, name: &str, start: u64, buf: &mut [u8]) -> Result<()> 
             )
             .with_file(&shard.path)
             .with_help("the file was replaced or cut while the model loaded; load it again once it is complete")
-        })
+        })?;
+    Ok(buf)
 }
 
 /// Wraps an MLX exception raised while handling a tensor.
@@ -685,5 +648,34 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    /// float16 and bfloat16 tensors read as float32 (widened on the host) hold exactly what
+    /// MLX's own cast of the stored tensor gives, over more than one conversion chunk.
+    #[test]
+    fn half_tensors_widened_on_the_host_equal_mlx_cast() {
+        let values = crate::engine::tests::values(3000, 9);
+        let f16: Vec<u8> = values
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v * 300.0).to_le_bytes())
+            .collect();
+        let bf16: Vec<u8> = values
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v * 1e30).to_le_bytes())
+            .collect();
+        let view = |dtype, data| safetensors::tensor::TensorView::new(dtype, vec![3000], data);
+        let views = vec![
+            ("h".to_string(), view(StDtype::F16, &f16).unwrap()),
+            ("b".to_string(), view(StDtype::BF16, &bf16).unwrap()),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
+        let w = Weights::open(dir.path()).unwrap();
+        for name in ["h", "b"] {
+            let got = w.array(name, &[Some(3000)], Some(Dtype::Float32)).unwrap();
+            let want = w.raw_array(name).unwrap().as_dtype(Dtype::Float32).unwrap();
+            assert_eq!(got.dtype(), Dtype::Float32);
+            assert_eq!(got.as_slice::<f32>(), want.as_slice::<f32>(), "{name}");
+        }
     }
 }
