@@ -126,11 +126,17 @@ mod tests {
 
     use mlx_rs::Array;
 
-    use crate::engine::{gemm, qmv, DtypePolicy, Model};
+    use crate::engine::layers::LoadCtx;
+    use crate::engine::network::Net;
+    use crate::engine::{gemm, qmv, DtypePolicy};
     use crate::snapshot::Snapshot;
 
-    /// The shared 4-bit SmolLM2 test model (`RMLX_TEST_MODELS`, else `target/test-models`).
-    fn smollm2_q4() -> Model {
+    /// The network of the shared 4-bit SmolLM2 test model (`RMLX_TEST_MODELS`, else
+    /// `target/test-models`), built as `Model::load` builds it but without its process-wide
+    /// OpenBLAS set-up (`engine::blas::configure`): stopping OpenBLAS's workers while another
+    /// test thread runs a BLAS call (the GEMM and attention tests) can hang in
+    /// `blas_thread_shutdown_`.
+    fn smollm2_q4() -> Net {
         let models = std::env::var_os("RMLX_TEST_MODELS")
             .filter(|d| !d.is_empty())
             .map(PathBuf::from)
@@ -145,7 +151,17 @@ mod tests {
                 dir.display()
             )
         });
-        Model::load(&snapshot, DtypePolicy::Auto).expect("load SmolLM2 4-bit")
+        let config = &snapshot.config;
+        let dtype = DtypePolicy::Auto.resolve(config.torch_dtype.as_deref());
+        let (parallel, view) = crate::engine::tensor_parallel(config).expect("single process");
+        let ctx = LoadCtx {
+            weights: &snapshot.weights,
+            config: &view,
+            dtype,
+            parallel,
+        };
+        let net = crate::arch::load(&ctx).expect("load SmolLM2 4-bit");
+        Net::new(net, dtype, config.vocab_size)
     }
 
     /// Largest |a - b| of two float32 arrays of the same size.
@@ -169,8 +185,7 @@ mod tests {
             qmv::enabled() && gemm::available(),
             "host kernels or host GEMM unavailable (needs AVX2/FMA and cblas_sgemm)"
         );
-        let model = smollm2_q4();
-        let net = &model.net;
+        let net = &smollm2_q4();
         let ids: Vec<i32> = (0..20).map(|i| 200 + 997 * i % 40000).collect();
         let (head, chunk) = ids.split_at(2);
         let mut prefilled = net.new_cache();
