@@ -9,6 +9,8 @@
 //! keys/values (`attention::host`), on the MLX path as one graph per block for the whole
 //! batch over a shared, left-padded key/value buffer (`cache::batch_update`).
 
+mod host_prefill;
+
 use mlx_rs::{Array, Dtype};
 
 use super::attention::host::{RopeTable, Scratch};
@@ -129,6 +131,8 @@ pub struct Decoder {
     ropes: Vec<Rope>,
     /// Whether one-token steps take the host path, decided at the first step.
     host_decode: std::sync::OnceLock<bool>,
+    /// Whether short prompt chunks may take the host path (`host_prefill`), decided once.
+    host_prefill: std::sync::OnceLock<bool>,
     /// Per-head width (of the rope tables of host attention).
     head_dim: usize,
 }
@@ -166,6 +170,7 @@ impl Decoder {
             blocks,
             ropes,
             host_decode: std::sync::OnceLock::new(),
+            host_prefill: std::sync::OnceLock::new(),
             head_dim: c.head_dim,
         })
     }
@@ -226,7 +231,7 @@ impl Decoder {
             let r = Linear::host_forward_many(&[&a.o_proj], &o)?.remove(0);
             h.iter_mut().zip(&r).for_each(|(h, r)| *h += r);
             let n = norm_rows(&block.post_attn_norm, &h, width)?;
-            let r = host_mlp(block, &n)?;
+            let r = host_mlp(block, &n, &Linear::host_forward_many)?;
             h.iter_mut().zip(&r).for_each(|(h, r)| *h += r);
         }
         caches.iter_mut().for_each(|c| c.offset += 1);
@@ -359,21 +364,24 @@ fn norm_rows(norm: &RmsNorm, h: &[f32], width: usize) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-/// The dense SiLU-gated MLP of `block` on host rows `n`.
-fn host_mlp(block: &Block, n: &[f32]) -> Result<Vec<f32>> {
+/// Host rows through several layers sharing their input (see `Linear::host_forward_many`).
+type Project<'a> = &'a dyn Fn(&[&Linear], &[f32]) -> Result<Vec<Vec<f32>>>;
+
+/// The dense SiLU-gated MLP of `block` on host rows `n`, its projections run by `project`.
+fn host_mlp(block: &Block, n: &[f32], project: Project<'_>) -> Result<Vec<f32>> {
     let mlp = block.mlp.host_mlp().ok_or_else(|| {
         Diagnostic::error(
             code::Engine::HostKernel,
             "host decode of a block the host path does not cover (internal error)",
         )
     })?;
-    let mut gu = Linear::host_forward_many(&[&mlp.gate_proj, &mlp.up_proj], n)?;
+    let mut gu = project(&[&mlp.gate_proj, &mlp.up_proj], n)?;
     let up = gu.pop().expect("two outputs");
     let mut act = gu.pop().expect("two outputs");
     act.iter_mut()
         .zip(&up)
         .for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
-    Ok(Linear::host_forward_many(&[&mlp.down_proj], &act)?.remove(0))
+    Ok(project(&[&mlp.down_proj], &act)?.remove(0))
 }
 
 /// Block `i` of `spec`; `local_rope` is the rope index of sliding-window layers.
@@ -436,6 +444,9 @@ impl Network for Decoder {
         let mut x = self.ends.embed(ids)?;
         if len == 1 && self.host_decode() {
             return self.hidden_host_decode(x, &mut [cache]);
+        }
+        if self.host_prefill(ids.shape()[0] as usize, len as usize) {
+            return self.hidden_host_prefill(x, cache);
         }
         let offset = cache.offset;
         for (i, block) in self.blocks.iter().enumerate() {

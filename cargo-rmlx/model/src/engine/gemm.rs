@@ -93,6 +93,22 @@ pub fn matmul_many(x: &Array, mats: &[Operands<'_>]) -> Result<Vec<Array>> {
     super::qmv::on_host(x, mats, |views, xs| Ok(products(sgemm, views, xs)))
 }
 
+/// [`matmul_many`] on host rows: `x` is `[n, cols]` float32 (the residual stream of the
+/// host prefill, `decoder`'s host path); each output is `[n, rows]`. Call only when
+/// [`available`].
+pub fn matmul_many_host(x: &[f32], mats: &[Operands<'_>]) -> Result<Vec<Vec<f32>>> {
+    let sgemm = sgemm().ok_or_else(|| fail("no cblas_sgemm in this process".into()))?;
+    let views = super::qmv::views(mats)?;
+    let cols = views.first().map_or(0, |m| m.dims().1);
+    if cols == 0 || x.len() % cols != 0 || views.iter().any(|m| m.dims().1 != cols) {
+        return Err(fail(format!(
+            "{} input values are not rows of every weight's input features",
+            x.len()
+        )));
+    }
+    Ok(products(sgemm, &views, x))
+}
+
 /// A task: matrix `mat`'s weight rows `first..first + rows`.
 #[derive(Debug, Clone, Copy)]
 struct Tile {

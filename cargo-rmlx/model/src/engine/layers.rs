@@ -395,6 +395,26 @@ impl Linear {
     /// Applies [`Self::host_capable`] layers to host rows `x` (`[M, input]`, M small: the
     /// rows of a batched decode step), in one parallel pass; each output is `[M, output]`.
     pub fn host_forward_many(layers: &[&Linear], x: &[f32]) -> Result<Vec<Vec<f32>>> {
+        Self::host_forward_with(HostKernel::Qmv, layers, x)
+    }
+
+    /// [`Self::host_forward_many`] for the `rows` host rows of a prompt chunk: the prefill
+    /// GEMM ([`super::gemm`]) from [`HOST_MATMUL_ROWS`] rows on when it is available, the
+    /// block kernel below.
+    pub fn host_prefill_many(layers: &[&Linear], x: &[f32], rows: usize) -> Result<Vec<Vec<f32>>> {
+        let kernel = match rows >= HOST_MATMUL_ROWS as usize && super::gemm::available() {
+            true => HostKernel::Gemm,
+            false => HostKernel::Qmv,
+        };
+        Self::host_forward_with(kernel, layers, x)
+    }
+
+    /// Host rows `x` through `layers` with `kernel`, biases added.
+    fn host_forward_with(
+        kernel: HostKernel,
+        layers: &[&Linear],
+        x: &[f32],
+    ) -> Result<Vec<Vec<f32>>> {
         let mut ops = Vec::with_capacity(layers.len());
         for l in layers {
             match &l.kind {
@@ -412,7 +432,10 @@ impl Linear {
                 }
             }
         }
-        let mut ys = super::qmv::matvec_many_host(x, &ops)?;
+        let mut ys = match kernel {
+            HostKernel::Qmv => super::qmv::matvec_many_host(x, &ops)?,
+            HostKernel::Gemm => super::gemm::matmul_many_host(x, &ops)?,
+        };
         for (l, y) in layers.iter().zip(ys.iter_mut()) {
             if let Some(b) = &l.bias {
                 let b = crate::mlx::host::host_slice::<f32>(b, "bias")?;

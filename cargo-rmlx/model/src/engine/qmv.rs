@@ -216,7 +216,7 @@ pub fn matvec_many_host(x: &[f32], mats: &[Operands<'_>]) -> Result<Vec<Vec<f32>
 }
 
 /// Host views of each layer's operands.
-fn views<'a>(mats: &[Operands<'a>]) -> Result<Vec<QuantMatrix<'a>>> {
+pub(crate) fn views<'a>(mats: &[Operands<'a>]) -> Result<Vec<QuantMatrix<'a>>> {
     mats.iter()
         .map(|&(w, s, b, bits, group)| QuantMatrix::view(w, s, b, bits, group))
         .collect()

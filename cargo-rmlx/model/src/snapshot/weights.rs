@@ -156,6 +156,9 @@ impl Weights {
     ) -> Result<Array> {
         let info = self.info_or_missing(name)?;
         self.check_shape(name, info, expected)?;
+        if cast == Some(Dtype::Float32) && matches!(info.dtype, StDtype::F16 | StDtype::BF16) {
+            return self.read_array(name, info, true);
+        }
         let array = self.load(name, info)?;
         self.cast(name, info, array, cast)
     }
@@ -273,19 +276,54 @@ impl Weights {
 
     /// Reads one tensor's bytes from its file (one positioned read) into a new MLX array.
     fn load(&self, name: &str, info: &TensorInfo) -> Result<Array> {
+        self.read_array(name, info, false)
+    }
+
+    /// [`Self::load`]; with `widen`, a float16/bfloat16 tensor comes back as float32, converted
+    /// on the host while it is copied out of the read buffer. (MLX's cast is lazy: it would
+    /// run at the first forward pass, one small evaluation per layer between the host
+    /// kernels, on the critical path of a cold `cargo rmlx probe`'s prefill — BENCHMARKS.md,
+    /// "Cold `cargo rmlx probe`".)
+    fn read_array(&self, name: &str, info: &TensorInfo, widen: bool) -> Result<Array> {
         let shard = &self.files[info.file];
         let (dtype, shape) = self.mlx_layout(name, info, &info.shape)?;
         let mut scratch = self.scratch.lock().unwrap_or_else(PoisonError::into_inner);
         let bytes = read_range(shard, name, info.range.clone(), &mut scratch.buf)?;
-        // SAFETY: `bytes` holds exactly prod(shape) elements of `dtype` (sizes validated in
-        // `read_header`, length checked by `read_range`); MLX copies the data, so no alignment
-        // or lifetime requirement remains.
-        let array = unsafe { Array::from_raw_data(bytes.as_ptr().cast(), &shape, dtype) };
+        let array = if widen {
+            Array::from_slice(&widened(bytes, dtype == Dtype::Bfloat16), &shape)
+        } else {
+            // SAFETY: `bytes` holds exactly prod(shape) elements of `dtype` (sizes validated
+            // in `read_header`, length checked by `read_range`); MLX copies the data, so no
+            // alignment or lifetime requirement remains.
+            unsafe { Array::from_raw_data(bytes.as_ptr().cast(), &shape, dtype) }
+        };
         crate::progress::bytes_read(bytes.len() as u64);
         let n = bytes.len() as u64;
         scratch.loaded(n, self.tensors.len());
         Ok(array)
     }
+}
+
+/// Little-endian float16 (`bf16`: bfloat16) values → float32 (exact), 1024 at a time.
+fn widened(bytes: &[u8], bf16: bool) -> Vec<f32> {
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    let mut out = vec![0f32; bytes.len() / 2];
+    let mut bits = [0u16; 1024];
+    for (src, dst) in bytes.chunks(2048).zip(out.chunks_mut(1024)) {
+        let bits = &mut bits[..dst.len()];
+        for (b, s) in bits.iter_mut().zip(src.chunks_exact(2)) {
+            *b = u16::from_le_bytes([s[0], s[1]]);
+        }
+        match bf16 {
+            true => bits
+                .reinterpret_cast::<half::bf16>()
+                .convert_to_f32_slice(dst),
+            false => bits
+                .reinterpret_cast::<half::f16>()
+                .convert_to_f32_slice(dst),
+        }
+    }
+    out
 }
 
 mod slice; // `Weights::array_slice`: one rank's slice of a tensor (tensor parallelism)
@@ -610,5 +648,34 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    /// float16 and bfloat16 tensors read as float32 (widened on the host) hold exactly what
+    /// MLX's own cast of the stored tensor gives, over more than one conversion chunk.
+    #[test]
+    fn half_tensors_widened_on_the_host_equal_mlx_cast() {
+        let values = crate::engine::tests::values(3000, 9);
+        let f16: Vec<u8> = values
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v * 300.0).to_le_bytes())
+            .collect();
+        let bf16: Vec<u8> = values
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v * 1e30).to_le_bytes())
+            .collect();
+        let view = |dtype, data| safetensors::tensor::TensorView::new(dtype, vec![3000], data);
+        let views = vec![
+            ("h".to_string(), view(StDtype::F16, &f16).unwrap()),
+            ("b".to_string(), view(StDtype::BF16, &bf16).unwrap()),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
+        let w = Weights::open(dir.path()).unwrap();
+        for name in ["h", "b"] {
+            let got = w.array(name, &[Some(3000)], Some(Dtype::Float32)).unwrap();
+            let want = w.raw_array(name).unwrap().as_dtype(Dtype::Float32).unwrap();
+            assert_eq!(got.dtype(), Dtype::Float32);
+            assert_eq!(got.as_slice::<f32>(), want.as_slice::<f32>(), "{name}");
+        }
     }
 }
