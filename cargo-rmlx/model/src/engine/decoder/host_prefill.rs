@@ -80,9 +80,8 @@ impl Decoder {
         self.ropes
             .iter()
             .map(|rope| {
-                (offset..offset + rows)
-                    .map(|p| RopeTable::new(rope, p, self.head_dim))
-                    .collect()
+                let positions: Vec<usize> = (offset..offset + rows).collect();
+                RopeTable::at_positions(rope, &positions, self.head_dim)
             })
             .collect()
     }
