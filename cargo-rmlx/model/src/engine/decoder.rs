@@ -217,25 +217,44 @@ impl Decoder {
         let offsets: Vec<usize> = caches.iter().map(|c| c.offset).collect();
         let tables = self.rope_tables(&offsets)?;
         let mut scratch = Scratch::default();
-        for (i, block) in self.blocks.iter().enumerate() {
+        let attend = |i: usize, block: &Block, mut qkv: Vec<Vec<f32>>| {
             let a = &block.attn;
-            let n = norm_rows(&block.input_norm, &h, width)?;
-            let mut qkv = Linear::host_forward_many(&[&a.q_proj, &a.k_proj, &a.v_proj], &n)?;
-            let o = if a.host_attention_capable() {
+            if a.host_attention_capable() {
                 let tables = block.rope.map(|r| tables[r].as_slice());
-                host_attention(i, a, &mut qkv, caches, tables, &mut scratch)?
+                host_attention(i, a, &mut qkv, caches, tables, &mut scratch)
             } else {
                 let rope = block.rope.map(|r| &self.ropes[r]);
-                mlx_attention(i, a, &qkv, caches, &offsets, rope)?
-            };
-            let r = Linear::host_forward_many(&[&a.o_proj], &o)?.remove(0);
-            h.iter_mut().zip(&r).for_each(|(h, r)| *h += r);
-            let n = norm_rows(&block.post_attn_norm, &h, width)?;
-            let r = host_mlp(block, &n, &Linear::host_forward_many)?;
-            h.iter_mut().zip(&r).for_each(|(h, r)| *h += r);
-        }
+                mlx_attention(i, a, &qkv, caches, &offsets, rope)
+            }
+        };
+        self.host_blocks(&mut h, width, &Linear::host_forward_many, attend)?;
         caches.iter_mut().for_each(|c| c.offset += 1);
         Ok(Array::from_slice(&h, &shape))
+    }
+
+    /// Every block on host rows `h` (`width` values each), the residual stream kept there:
+    /// norms, projections run by `project`, residual adds and the SiLU-gated MLP;
+    /// `attend(i, block, [q, k, v])` gives block `i`'s attention output (`o_proj`'s input).
+    /// The decode step and the host prefill differ only in `project` and `attend`.
+    fn host_blocks(
+        &self,
+        h: &mut [f32],
+        width: usize,
+        project: Project<'_>,
+        mut attend: impl FnMut(usize, &Block, Vec<Vec<f32>>) -> Result<Vec<f32>>,
+    ) -> Result<()> {
+        for (i, block) in self.blocks.iter().enumerate() {
+            let a = &block.attn;
+            let n = norm_rows(&block.input_norm, h, width)?;
+            let qkv = project(&[&a.q_proj, &a.k_proj, &a.v_proj], &n)?;
+            let o = attend(i, block, qkv)?;
+            let r = project(&[&a.o_proj], &o)?.remove(0);
+            h.iter_mut().zip(&r).for_each(|(h, r)| *h += r);
+            let n = norm_rows(&block.post_attn_norm, h, width)?;
+            let r = host_mlp(block, &n, project)?;
+            h.iter_mut().zip(&r).for_each(|(h, r)| *h += r);
+        }
+        Ok(())
     }
 
     /// Per rope (global, then local), the rotation of each sequence's new position — only

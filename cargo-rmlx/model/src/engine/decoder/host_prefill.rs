@@ -13,7 +13,7 @@
 
 use mlx_rs::{Array, Dtype};
 
-use super::{host_mlp, norm_rows, Decoder};
+use super::{Block, Decoder};
 use crate::diagnostic::{code, Diagnostic, Result};
 use crate::engine::attention::host::{RopeTable, Scratch};
 use crate::engine::attention::Attention;
@@ -58,18 +58,11 @@ impl Decoder {
         let tables = self.position_tables(cache.offset, rows)?;
         let project = |layers: &[&Linear], x: &[f32]| Linear::host_prefill_many(layers, x, rows);
         let mut scratch = Scratch::default();
-        for (i, block) in self.blocks.iter().enumerate() {
-            let a = &block.attn;
-            let n = norm_rows(&block.input_norm, &h, width)?;
-            let qkv = project(&[&a.q_proj, &a.k_proj, &a.v_proj], &n)?;
+        let attend = |i: usize, block: &Block, qkv: Vec<Vec<f32>>| {
             let tables = block.rope.map(|r| tables[r].as_slice());
-            let o = causal_attention(a, (qkv, rows), cache.kv(i)?, tables, &mut scratch)?;
-            let r = project(&[&a.o_proj], &o)?.remove(0);
-            h.iter_mut().zip(&r).for_each(|(h, r)| *h += r);
-            let n = norm_rows(&block.post_attn_norm, &h, width)?;
-            let r = host_mlp(block, &n, &project)?;
-            h.iter_mut().zip(&r).for_each(|(h, r)| *h += r);
-        }
+            causal_attention(&block.attn, (qkv, rows), cache.kv(i)?, tables, &mut scratch)
+        };
+        self.host_blocks(&mut h, width, &project, attend)?;
         cache.offset += rows;
         Ok(Array::from_slice(&h, &shape))
     }
@@ -77,12 +70,10 @@ impl Decoder {
     /// Per rope (global, then local), the rotation of each of the `rows` positions from
     /// `offset` on.
     fn position_tables(&self, offset: usize, rows: usize) -> Result<Vec<Vec<RopeTable>>> {
+        let positions: Vec<usize> = (offset..offset + rows).collect();
         self.ropes
             .iter()
-            .map(|rope| {
-                let positions: Vec<usize> = (offset..offset + rows).collect();
-                RopeTable::at_positions(rope, &positions, self.head_dim)
-            })
+            .map(|rope| RopeTable::at_positions(rope, &positions, self.head_dim))
             .collect()
     }
 }
