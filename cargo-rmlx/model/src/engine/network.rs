@@ -72,7 +72,7 @@ impl Net {
         if len == 1 {
             // A decode step: one position already (no gather over the positions).
             let logits = self.inner.logits(&x)?.reshape(&[-1])?;
-            crate::mlx::graph::dump_once("b1", &[&logits]);
+            crate::mlx::graph::dump_once(1, &[&logits]);
             return Ok(logits);
         }
         // Only the last position's logits are needed.
@@ -99,7 +99,7 @@ impl Net {
             let input = Array::from_slice(&input, &[b, 1]);
             if let Some(x) = self.inner.hidden_batch(&input, caches)? {
                 let logits = self.inner.logits(&x)?.reshape(&[b, -1])?;
-                crate::mlx::graph::dump_once(&format!("b{b}"), &[&logits]);
+                crate::mlx::graph::dump_once(ids.len(), &[&logits]);
                 return Ok(logits);
             }
             static LOGGED: std::sync::Once = std::sync::Once::new();

@@ -58,37 +58,42 @@ pub fn primitives(dot: &str) -> BTreeMap<String, usize> {
     counts
 }
 
-/// The call of [`dump_once`] for a tag that writes the graph: the third decode step, past the
-/// steps that set things up (a batch's first step moves every row into a shared buffer).
+/// The call of [`dump_once`] for a batch size that writes the graph: the third decode step,
+/// past the steps that set things up (a batch's first step moves every row into a shared
+/// buffer).
 const DUMPED_CALL: usize = 3;
 
-/// With `RMLX_GRAPH_DOT=<prefix>` set: writes the graph of `outputs` to `<prefix>.<tag>.dot`
-/// and its primitive counts to `<prefix>.<tag>.txt`, once per `tag` per process, at the
-/// [`DUMPED_CALL`]th call with that tag (the third decode step of each batch size, say).
-/// Failures are logged: this is a diagnostic aid.
-pub fn dump_once(tag: &str, outputs: &[&Array]) {
-    static CALLS: std::sync::Mutex<Vec<(String, usize)>> = std::sync::Mutex::new(Vec::new());
-    let Some(prefix) = std::env::var_os("RMLX_GRAPH_DOT") else {
+/// With `RMLX_GRAPH_DOT=<prefix>` set: writes the graph of `outputs` (a decode step of
+/// `batch` rows) to `<prefix>.b<batch>.dot` and its primitive counts to `<prefix>.b<batch>.txt`,
+/// once per batch size per process, at the [`DUMPED_CALL`]th step of that size. Called on
+/// every decode step, so without the variable (read once) it returns at once. Failures are
+/// logged: this is a diagnostic aid.
+pub fn dump_once(batch: usize, outputs: &[&Array]) {
+    static PREFIX: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    static CALLS: std::sync::Mutex<Vec<(usize, usize)>> = std::sync::Mutex::new(Vec::new());
+    let prefix = PREFIX.get_or_init(|| {
+        std::env::var_os("RMLX_GRAPH_DOT").map(|p| Path::new(&p).to_string_lossy().into_owned())
+    });
+    let Some(prefix) = prefix else {
         return;
     };
     let mut calls = CALLS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let n = match calls.iter_mut().find(|(t, _)| t == tag) {
+    let n = match calls.iter_mut().find(|(b, _)| *b == batch) {
         Some((_, n)) => {
             *n += 1;
             *n
         }
         None => {
-            calls.push((tag.to_string(), 1));
+            calls.push((batch, 1));
             1
         }
     };
     if n != DUMPED_CALL {
         return;
     }
-    let prefix = Path::new(&prefix).to_string_lossy().into_owned();
-    if let Err(e) = write_dump(&prefix, tag, outputs) {
+    if let Err(e) = write_dump(prefix, &format!("b{batch}"), outputs) {
         tracing::warn!("RMLX_GRAPH_DOT: {}", e.message);
     }
 }
