@@ -1,7 +1,6 @@
 //! The constraint module on the real SmolLM2 tokenizer (built from the test model's GGUF
 //! like `cargo rmlx build` builds it): masks allow exactly the valid continuations.
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use serde_json::json;
@@ -10,19 +9,12 @@ use super::*;
 use crate::gguf::tokenizer::TokenizerFiles;
 use crate::gguf::GgufFile;
 
-const SMOLLM2_GGUF: &str = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 const VOCAB: usize = 49152;
 
 fn tokenizer() -> &'static Tokenizer {
     static TOK: OnceLock<Tokenizer> = OnceLock::new();
     TOK.get_or_init(|| {
-        let models = std::env::var_os("RMLX_TEST_MODELS")
-            .filter(|d| !d.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-models")
-            });
-        let path = models.join(SMOLLM2_GGUF);
+        let path = rmlx_test_support::models_dir().join(rmlx_test_support::SMOLLM2_GGUF);
         let gguf = GgufFile::open(&path).unwrap_or_else(|e| {
             panic!(
                 "the SmolLM2 test model is needed ({}; `bash scripts/fetch-models.sh` \

@@ -112,28 +112,15 @@ fn causal_attention(
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use mlx_rs::Array;
 
-    use crate::engine::layers::LoadCtx;
     use crate::engine::network::Net;
-    use crate::engine::{gemm, qmv, DtypePolicy};
+    use crate::engine::{gemm, qmv, DtypePolicy, Model};
     use crate::snapshot::Snapshot;
 
-    /// The network of the shared 4-bit SmolLM2 test model (`RMLX_TEST_MODELS`, else
-    /// `target/test-models`), built as `Model::load` builds it but without its process-wide
-    /// OpenBLAS set-up (`engine::blas::configure`): stopping OpenBLAS's workers while another
-    /// test thread runs a BLAS call (the GEMM and attention tests) can hang in
-    /// `blas_thread_shutdown_`.
+    /// The network of the shared 4-bit SmolLM2 test model, loaded as every caller loads it.
     fn smollm2_q4() -> Net {
-        let models = std::env::var_os("RMLX_TEST_MODELS")
-            .filter(|d| !d.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-models")
-            });
-        let dir = models.join("smollm2-q4");
+        let dir = rmlx_test_support::models_dir().join("smollm2-q4");
         let snapshot = Snapshot::open(&dir).unwrap_or_else(|e| {
             panic!(
                 "the SmolLM2 4-bit test model is needed ({}; `bash scripts/fetch-models.sh` \
@@ -141,17 +128,9 @@ mod tests {
                 dir.display()
             )
         });
-        let config = &snapshot.config;
-        let dtype = DtypePolicy::Auto.resolve(config.torch_dtype.as_deref());
-        let (parallel, view) = crate::engine::tensor_parallel(config).expect("single process");
-        let ctx = LoadCtx {
-            weights: &snapshot.weights,
-            config: &view,
-            dtype,
-            parallel,
-        };
-        let net = crate::arch::load(&ctx).expect("load SmolLM2 4-bit");
-        Net::new(net, dtype, config.vocab_size)
+        Model::load(&snapshot, DtypePolicy::Auto)
+            .expect("load SmolLM2 4-bit")
+            .net
     }
 
     /// Largest |a - b| of two float32 arrays of the same size.
