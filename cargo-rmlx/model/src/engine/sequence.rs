@@ -521,10 +521,11 @@ impl DeviceStep {
     /// step of a caller that reads no evidence ([`GenerateOptions::evidence`]).
     fn bare(logits: &Array, next: Array) -> Result<Self> {
         let nan = || Array::from_f32(f32::NAN);
+        let chosen = logits.take_axis(&next, 0)?;
         let step = Self {
             top_ids: next.reshape(&[1])?,
-            top_logits: logits.take_axis(&next, 0)?.reshape(&[1])?,
-            chosen_logit: logits.take_axis(&next, 0)?,
+            top_logits: chosen.reshape(&[1])?,
+            chosen_logit: chosen,
             lse: nan(),
             max_abs: nan(),
             non_finite: Array::from_int(0),
