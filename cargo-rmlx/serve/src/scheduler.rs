@@ -22,14 +22,46 @@
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 
-use mlx_rs::ops::indexing::IndexOp;
-
 use super::metrics::Metrics;
 use super::tools::output::OutputSpec;
 use super::worker::{Job, Load, Stream};
 use crate::diagnostic::Result;
 use crate::engine::{PrefixCache, Sequence};
 use crate::session::Session;
+
+/// Traces one tick of [`Scheduler::run`] (`RUST_LOG=rmlx_serve::scheduler=trace`; ticks of
+/// 250 ms or more at debug): where a slow tick's time went.
+fn log_tick(active: usize, prefilled: Option<usize>, t: TickTimes) {
+    let total = t.total.as_secs_f64() * 1e3;
+    if total < 250.0 && !tracing::enabled!(tracing::Level::TRACE) {
+        return;
+    }
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let chunk = prefilled.map_or(String::new(), |n| format!(", a chunk after {n} tokens"));
+    let line = format!(
+        "tick {total:.1} ms: {active} running, {} fed; prefill {:.1} ms{chunk}, steps {:.1} ms, \
+         pass {:.1} ms",
+        t.fed,
+        ms(t.prefill),
+        ms(t.steps),
+        ms(t.pass)
+    );
+    if total >= 250.0 {
+        tracing::debug!("slow {line}");
+    } else {
+        tracing::trace!("{line}");
+    }
+}
+
+/// Where one tick's time went (see [`log_tick`]).
+#[derive(Debug, Default, Clone, Copy)]
+struct TickTimes {
+    total: std::time::Duration,
+    prefill: std::time::Duration,
+    steps: std::time::Duration,
+    pass: std::time::Duration,
+    fed: usize,
+}
 
 /// One running request: its engine state and its client side.
 struct Slot {
@@ -108,8 +140,12 @@ impl<'a> Scheduler<'a> {
                 }
             }
             self.publish_free();
-            self.prefill();
-            self.decode();
+            let tick = std::time::Instant::now();
+            let prefilled = self.prefill();
+            let prefill = tick.elapsed();
+            let mut times = self.decode();
+            (times.prefill, times.total) = (prefill, tick.elapsed());
+            log_tick(self.active.len(), prefilled, times);
             self.publish_free();
         }
     }
@@ -144,28 +180,28 @@ impl<'a> Scheduler<'a> {
         }
     }
 
-    /// One prefill chunk of the oldest sequence still reading its prompt.
-    fn prefill(&mut self) {
-        let Some(i) = self.active.iter().position(|s| s.seq.is_prefilling()) else {
-            return;
-        };
+    /// One prefill chunk of the oldest sequence still reading its prompt; returns the
+    /// prompt tokens in the cache before it (`None`: no sequence was prefilling).
+    fn prefill(&mut self) -> Option<usize> {
+        let i = self.active.iter().position(|s| s.seq.is_prefilling())?;
         let slot = &mut self.active[i];
+        let before = slot.seq.prefilled();
         if slot.stream.gone() {
-            tracing::debug!(
-                "prefill cancelled after {} prompt tokens",
-                slot.seq.prefilled()
-            );
+            tracing::debug!("prefill cancelled after {before} prompt tokens");
             self.retire(i, None);
-            return;
+            return Some(before);
         }
         match slot.seq.prefill_chunk(&self.session.model) {
             Ok(()) => self.prompt_cache.after_chunk(&slot.seq),
             Err(d) => self.retire(i, Some(d)),
         }
+        Some(before)
     }
 
-    /// One step of every sequence past its prompt, then one pass for their next tokens.
-    fn decode(&mut self) {
+    /// One step of every sequence past its prompt, then one pass for their next tokens;
+    /// returns how long each part took and how many were fed.
+    fn decode(&mut self) -> TickTimes {
+        let start = std::time::Instant::now();
         let (model, tok) = (&self.session.model, &self.session.tokenizer);
         let mut i = 0;
         while i < self.active.len() {
@@ -184,12 +220,20 @@ impl<'a> Scheduler<'a> {
                 Err(d) => self.retire(i, Some(d)),
             }
         }
+        let fed = self.active.iter().filter(|s| s.feeding).count();
+        let steps = start.elapsed();
         if let Err(d) = self.feed() {
             // A failed pass leaves every fed sequence without logits: all of them end.
             tracing::warn!("batched decode step failed: {}", d.message);
             while let Some(i) = self.active.iter().position(|s| s.feeding) {
                 self.retire(i, Some(d.clone()));
             }
+        }
+        TickTimes {
+            steps,
+            pass: start.elapsed() - steps,
+            fed,
+            ..TickTimes::default()
         }
     }
 
@@ -209,12 +253,14 @@ impl<'a> Scheduler<'a> {
         let (ids, mut caches): (Vec<u32>, Vec<_>) =
             fed.iter_mut().filter_map(|s| s.seq.pending_input()).unzip();
         let logits = model.net.forward_batch(&ids, &mut caches)?;
-        logits.eval()?;
-        for (b, slot) in fed.into_iter().enumerate() {
-            slot.feeding = false;
-            slot.seq.set_logits(logits.index(b as i32))?;
-        }
-        Ok(())
+        let mut seqs: Vec<&mut Sequence> = fed
+            .into_iter()
+            .map(|slot| {
+                slot.feeding = false;
+                &mut slot.seq
+            })
+            .collect();
+        Sequence::set_batch_logits(&mut seqs, &logits)
     }
 
     /// Removes sequence `i` from the batch and ends its request (with `error`, if any).

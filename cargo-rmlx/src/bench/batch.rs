@@ -23,10 +23,17 @@ pub struct BatchStep {
     /// Tokens per second over all sequences (`batch` / step time).
     #[serde(rename = "aggregate_tok_s")]
     pub aggregate_tps: f64,
+    /// The first step, milliseconds: the batch's shared key/value buffers are formed, and
+    /// any kernel first needed at this batch size is made.
+    pub first_ms: f64,
+    /// A step right after the batch was formed again from the same sequences in another
+    /// order (as a joining or leaving sequence makes the scheduler do), milliseconds.
+    pub reformed_ms: f64,
 }
 
 /// Prefills `batch` caches with `prompt`, then times `steps` batched decode steps (after one
-/// warm-up step); the median step is reported.
+/// warm-up step, reported apart); the median step is reported, and one step after the rows
+/// were put in another order (the batch formed again).
 pub fn measure_batch(
     session: &Session,
     prompt: &[u32],
@@ -44,24 +51,32 @@ pub fn measure_batch(
     }
     let token = prompt.last().copied().unwrap_or(0);
     let ids = vec![token; caches.len()];
-    let mut times = Vec::with_capacity(steps);
-    for i in 0..=steps.max(1) {
-        let mut refs: Vec<&mut Cache> = caches.iter_mut().collect();
-        let start = Instant::now();
-        let logits = net.forward_batch(&ids, &mut refs)?;
-        logits.eval()?;
-        for b in 0..ids.len() {
-            logits.index(b as i32).eval()?;
-        }
-        if i > 0 {
-            times.push(start.elapsed().as_secs_f64());
-        }
+    let mut times = Vec::with_capacity(steps + 1);
+    for _ in 0..=steps.max(1) {
+        times.push(timed_step(session, &ids, &mut caches)?);
     }
+    let first = times.remove(0);
+    caches.rotate_left(1);
+    let reformed = timed_step(session, &ids, &mut caches)?;
     times.sort_by(f64::total_cmp);
     let step = times[times.len() / 2];
     Ok(BatchStep {
         batch: ids.len(),
         ms_per_step: step * 1e3,
         aggregate_tps: ids.len() as f64 / step.max(1e-9),
+        first_ms: first * 1e3,
+        reformed_ms: reformed * 1e3,
     })
+}
+
+/// One batched step of `ids` on `caches` with every row's logits read, in seconds.
+fn timed_step(session: &Session, ids: &[u32], caches: &mut [Cache]) -> Result<f64> {
+    let mut refs: Vec<&mut Cache> = caches.iter_mut().collect();
+    let start = Instant::now();
+    let logits = session.model.net.forward_batch(ids, &mut refs)?;
+    logits.eval()?;
+    for b in 0..ids.len() {
+        logits.index(b as i32).eval()?;
+    }
+    Ok(start.elapsed().as_secs_f64())
 }

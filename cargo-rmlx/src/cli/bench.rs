@@ -205,15 +205,15 @@ fn run_batch(dir: &Path, policy: DtypePolicy, a: &BenchArgs) -> Result<u8> {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "{:>5} {:>10} {:>14} {:>12}",
-        "batch", "ms/step", "aggregate t/s", "step / B=1"
+        "{:>5} {:>10} {:>14} {:>12} {:>13} {:>13}",
+        "batch", "ms/step", "aggregate t/s", "step / B=1", "first step ms", "re-formed ms"
     );
     for s in &steps {
         let ratio = base.map_or_else(|| "-".to_string(), |b| format!("{:.2}", s.ms_per_step / b));
         let _ = writeln!(
             out,
-            "{:>5} {:>10.2} {:>14.1} {:>12}",
-            s.batch, s.ms_per_step, s.aggregate_tps, ratio
+            "{:>5} {:>10.2} {:>14.1} {:>12} {:>13.1} {:>13.1}",
+            s.batch, s.ms_per_step, s.aggregate_tps, ratio, s.first_ms, s.reformed_ms
         );
     }
     Ok(exit::OK)

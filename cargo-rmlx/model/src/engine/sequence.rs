@@ -35,6 +35,9 @@ use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::Array;
 
 use super::cache::Cache;
+use device_step::{evidence_wanted, BatchPicks, DeviceStep, Pending};
+
+mod device_step;
 use super::generate::{GenerateOptions, GenerateOutput, Step, StopReason, PREFILL_CHUNK};
 use super::penalty::PenaltyState;
 use super::sample::{top_k, Sampler};
@@ -89,13 +92,16 @@ pub struct Sequence {
     /// Logits of the next step (host sampling).
     logits: Option<Array>,
     /// The next step queued on the device.
-    pending: Option<DeviceStep>,
+    pending: Option<Pending>,
     /// The token to run next.
     next_input: Option<u32>,
     steps: Vec<Step>,
     stop: Option<StopReason>,
     started: Instant,
     prefill_time: Duration,
+    /// Host time spent building and queuing pipelined decode steps (logged at the end: a
+    /// decode that takes about this long per step is bound by the host, not the device).
+    queue_time: Duration,
 }
 
 impl std::fmt::Debug for Sequence {
@@ -158,6 +164,7 @@ impl Sequence {
             stop: None,
             started: Instant::now(),
             prefill_time: Duration::ZERO,
+            queue_time: Duration::ZERO,
         })
     }
 
@@ -216,10 +223,31 @@ impl Sequence {
         Ok(())
     }
 
+    /// Hands the logits of one batched pass (`[B, vocab]`, row `b` for `rows[b]`) over:
+    /// the rows whose steps are bare device picks (greedy on a GPU, unpipelined, no
+    /// evidence asked for) get them from one evaluation for the whole batch
+    /// ([`BatchPicks`]); the others get their row through [`Self::set_logits`].
+    pub fn set_batch_logits(rows: &mut [&mut Sequence], logits: &Array) -> Result<()> {
+        let batched = device_step::batch_picks_enabled();
+        let bare =
+            |s: &Sequence| batched && s.on_device && !s.pipeline && !evidence_wanted(&s.opts);
+        let picks = match rows.iter().any(|s| bare(s)) {
+            true => Some(BatchPicks::queue(logits)?),
+            false => None,
+        };
+        for (b, seq) in rows.iter_mut().enumerate() {
+            match &picks {
+                Some(picks) if bare(seq) => seq.pending = Some(Pending::Row(picks.clone(), b)),
+                _ => seq.set_logits(logits.index(b as i32))?,
+            }
+        }
+        Ok(())
+    }
+
     /// Hands the logits (`[vocab]`) of the next step over.
     pub fn set_logits(&mut self, logits: Array) -> Result<()> {
         if self.on_device {
-            self.pending = Some(DeviceStep::queue(&logits, &self.opts)?);
+            self.pending = Some(Pending::Own(DeviceStep::queue(&logits, &self.opts)?));
         } else {
             self.logits = Some(logits);
         }
@@ -328,6 +356,15 @@ impl Sequence {
             .guide
             .as_ref()
             .map_or((Duration::ZERO, 0), Guide::mask_stats);
+        if self.pipeline && self.steps.len() > 1 {
+            tracing::debug!(
+                "decode: {} steps in {:.1} ms each, of which the host built and queued the next \
+                 step {:.2} ms",
+                self.steps.len(),
+                total.saturating_sub(prefill).as_secs_f64() * 1e3 / (self.steps.len() - 1) as f64,
+                self.queue_time.as_secs_f64() * 1e3 / (self.steps.len() - 1) as f64
+            );
+        }
         if masks > 0 {
             tracing::debug!(
                 "constraint: {masks} masks, {:.0} µs each on average",
@@ -346,17 +383,30 @@ impl Sequence {
         (out, self.cache)
     }
 
+    /// Queues the step after `current` (pipelined: the device runs it while the host reads
+    /// `current` and handles it).
+    fn queue_next(&mut self, model: &Model, current: &DeviceStep) -> Result<()> {
+        let queued = Instant::now();
+        let input = current.next.reshape(&[1, 1])?;
+        let l = model.net.forward_last(&input, &mut self.cache)?;
+        self.pending = Some(Pending::Own(DeviceStep::queue(&l, &self.opts)?));
+        self.queue_time += queued.elapsed();
+        Ok(())
+    }
+
     /// The next [`Step`]: read back from the device (queuing the following one first when
     /// pipelined and not `last`), or picked on the host by [`Self::choose`]; `None` when the
     /// constraint allows no token.
     fn next_step(&mut self, model: &Model, last: bool) -> Result<Option<Step>> {
-        if let Some(current) = self.pending.take() {
-            if self.pipeline && !last {
-                let input = current.next.reshape(&[1, 1])?;
-                let l = model.net.forward_last(&input, &mut self.cache)?;
-                self.pending = Some(DeviceStep::queue(&l, &self.opts)?);
+        match self.pending.take() {
+            Some(Pending::Own(current)) => {
+                if self.pipeline && !last {
+                    self.queue_next(model, &current)?;
+                }
+                return current.read().map(Some);
             }
-            return current.read().map(Some);
+            Some(Pending::Row(picks, row)) => return picks.read(row).map(Some),
+            None => {}
         }
         let l = self.logits.take().ok_or_else(|| {
             Diagnostic::error(
@@ -457,143 +507,6 @@ fn token_budget(model: &Model, prompt_len: usize, max_tokens: usize) -> usize {
         return room;
     }
     max_tokens
-}
-
-/// A greedy step evaluated on the device: the arg-max token and the numbers of its
-/// [`Step`], queued with `async_eval` and read back when needed. Same semantics as
-/// [`describe_step`]: non-finite logits are counted and left out of the arg-max, the
-/// log-sum-exp and `max_abs_logit`.
-struct DeviceStep {
-    next: Array,
-    top_ids: Array,
-    top_logits: Array,
-    chosen_logit: Array,
-    lse: Array,
-    max_abs: Array,
-    non_finite: Array,
-}
-
-impl DeviceStep {
-    fn queue(logits: &Array, opts: &GenerateOptions) -> Result<Self> {
-        use mlx_rs::ops::{argpartition_axis, indexing::argmax, select};
-        let logits = logits.as_dtype(mlx_rs::Dtype::Float32)?;
-        let vocab = logits.size();
-        let finite = logits.is_finite()?;
-        let masked = select(&finite, &logits, Array::from_f32(f32::NEG_INFINITY))?;
-        let next = argmax(&masked, None)?;
-        if !evidence_wanted(opts) {
-            return Self::bare(&logits, next);
-        }
-        let k = opts.top.clamp(1, vocab) as i32;
-        let top_ids = if k == 1 {
-            // The arg-max is the top-1: no partition over the vocabulary.
-            next.reshape(&[1])?
-        } else if k as usize == vocab {
-            mlx_rs::ops::arange::<_, u32>(0, vocab as i32, None)?
-        } else {
-            argpartition_axis(masked.negative()?, k - 1, 0)?.index(..k)
-        };
-        let step = Self {
-            top_logits: logits.take_axis(&top_ids, 0)?,
-            chosen_logit: logits.take_axis(&next, 0)?,
-            lse: masked.logsumexp(None)?,
-            max_abs: select(&finite, logits.abs()?, Array::from_f32(0.0))?.max(None)?,
-            non_finite: finite
-                .logical_not()?
-                .sum(None)?
-                .as_dtype(mlx_rs::Dtype::Int32)?,
-            next,
-            top_ids,
-        };
-        mlx_rs::transforms::async_eval([
-            &step.next,
-            &step.top_ids,
-            &step.top_logits,
-            &step.chosen_logit,
-            &step.lse,
-            &step.max_abs,
-            &step.non_finite,
-        ])?;
-        Ok(step)
-    }
-
-    /// The arg-max `next` and its logit only (no reductions over the vocabulary): the
-    /// step of a caller that reads no evidence ([`GenerateOptions::evidence`]).
-    fn bare(logits: &Array, next: Array) -> Result<Self> {
-        let nan = || Array::from_f32(f32::NAN);
-        let chosen = logits.take_axis(&next, 0)?;
-        let step = Self {
-            top_ids: next.reshape(&[1])?,
-            top_logits: chosen.reshape(&[1])?,
-            chosen_logit: chosen,
-            lse: nan(),
-            max_abs: nan(),
-            non_finite: Array::from_int(0),
-            next,
-        };
-        mlx_rs::transforms::async_eval([&step.next, &step.top_logits, &step.chosen_logit])?;
-        Ok(step)
-    }
-
-    fn read(self) -> Result<Step> {
-        let scalar = read_scalar;
-        let id = scalar(&self.next)? as u32;
-        let ids = self.top_ids.as_dtype(mlx_rs::Dtype::Uint32)?;
-        let mut top: Vec<(u32, f32)> = ids
-            .as_slice::<u32>()
-            .iter()
-            .copied()
-            .zip(self.top_logits.as_slice::<f32>().iter().copied())
-            .collect();
-        top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        let lse = scalar(&self.lse)?;
-        Ok(Step {
-            id,
-            top_logprobs: top.iter().map(|(_, l)| l - lse).collect(),
-            top,
-            max_abs_logit: scalar(&self.max_abs)?,
-            non_finite: scalar(&self.non_finite)? as usize,
-            logprob: scalar(&self.chosen_logit)? - lse,
-        })
-    }
-}
-
-/// The value of an evaluated (or queued) scalar as `f32`, read in its own dtype: a cast would
-/// be a new operation, queued on the device behind the step pipelined after this one, so the
-/// read would wait for that step too and the host could not build the next graph meanwhile.
-/// `RMLX_STEP_SYNC=1` reads through such a cast instead (A/B timing of the old behaviour).
-fn read_scalar(a: &Array) -> Result<f32> {
-    use mlx_rs::Dtype;
-    static CAST: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let cast = *CAST.get_or_init(|| {
-        let on = std::env::var("RMLX_STEP_SYNC").is_ok_and(|v| v == "1");
-        if on {
-            tracing::info!("RMLX_STEP_SYNC=1: step values are read through a device cast");
-        }
-        on
-    });
-    let value = match a.dtype() {
-        _ if cast => a.try_item_cast::<f32>(),
-        Dtype::Float32 => a.try_item_exact::<f32>(),
-        Dtype::Uint32 => a.try_item_exact::<u32>().map(|v| v as f32),
-        Dtype::Int32 => a.try_item_exact::<i32>().map(|v| v as f32),
-        _ => a.try_item_cast::<f32>(),
-    };
-    value.map_err(|e| Diagnostic::error(code::Engine::Eval, format!("reading a step back: {e}")))
-}
-
-/// Whether a device step computes its evidence: the caller asks, or `RMLX_STEP_EVIDENCE=1`
-/// (decided once per process).
-fn evidence_wanted(opts: &GenerateOptions) -> bool {
-    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    opts.evidence
-        || *FORCED.get_or_init(|| {
-            let on = std::env::var("RMLX_STEP_EVIDENCE").is_ok_and(|v| v == "1");
-            if on {
-                tracing::info!("RMLX_STEP_EVIDENCE=1: every device step computes its evidence");
-            }
-            on
-        })
 }
 
 /// The evidence recorded for one step.
