@@ -23,8 +23,16 @@ use rayon::prelude::*;
 use super::qmv::{Operands, QuantMatrix};
 use crate::diagnostic::{Diagnostic, Result};
 
-/// Weight rows per task at most: a tile of 64 rows × 1536 columns is 384 KiB of float32.
-const MAX_TILE_ROWS: usize = 64;
+/// Weight rows per task at most: a tile of 512 rows × 576 columns (SmolLM2's gate|up) is
+/// 1.2 MiB of float32, within a core's L2. Each `cblas_sgemm` call packs the whole input
+/// chunk again, so fewer, larger tiles pack it less often: 128-token prefill 0.227–0.235 s
+/// with 64-row tiles and four per thread, 0.213–0.216 s with these (BENCHMARKS.md, "Round 9
+/// (`cold9`): cold probe").
+const MAX_TILE_ROWS: usize = 512;
+
+/// Tiles per rayon thread a call is cut into (rows permitting): enough for a thread slowed
+/// by a shared core to take fewer.
+const TILES_PER_THREAD: usize = 2;
 
 /// Weight rows per task at least (a multiple of 8 keeps sgemm's panels whole).
 const MIN_TILE_ROWS: usize = 16;
@@ -216,11 +224,11 @@ unsafe impl Send for OutPtr {}
 // SAFETY: as above.
 unsafe impl Sync for OutPtr {}
 
-/// The tiles of all matrices: about four per thread in all, between [`MIN_TILE_ROWS`] and
+/// The tiles of all matrices: about [`TILES_PER_THREAD`] per thread in all, between [`MIN_TILE_ROWS`] and
 /// [`MAX_TILE_ROWS`] rows each, in multiples of 8.
 fn tiles(mats: &[QuantMatrix<'_>]) -> Vec<Tile> {
     let total: usize = mats.iter().map(|m| m.dims().0).sum();
-    let per = (total / (rayon::current_num_threads() * 4)).next_multiple_of(8);
+    let per = (total / (rayon::current_num_threads() * TILES_PER_THREAD)).next_multiple_of(8);
     let per = per.clamp(MIN_TILE_ROWS, MAX_TILE_ROWS);
     let mut tiles = Vec::new();
     for (mat, m) in mats.iter().enumerate() {

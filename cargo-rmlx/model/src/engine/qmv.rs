@@ -28,6 +28,14 @@ const MIN_ROWS_PER_TASK: usize = 32;
 /// so a thread slowed down (a shared core) takes fewer of them.
 const TASKS_PER_THREAD: usize = 8;
 
+/// How many weight rows ahead a task asks the cache for the row it will need (software
+/// prefetch of its packed bytes, scales and biases). The kernels stream each weight once
+/// per token from three arrays, and the hardware prefetcher alone left them waiting on
+/// memory: decode went from ~60 to ~100 tokens/s on SmolLM2 4-bit with any distance from 1
+/// to 8 (BENCHMARKS.md, "Round 9 (`cold9`): cold probe"). Only the order of memory
+/// requests changes, never the arithmetic.
+const PREFETCH_ROWS: usize = 4;
+
 /// Whether the host kernel is used: default device is the CPU, the processor has AVX2 and
 /// FMA, and `RMLX_HOST_KERNELS` is not `0`. Decided once per process and logged.
 pub fn enabled() -> bool {
@@ -461,6 +469,27 @@ impl QuantMatrix<'_> {
         outs
     }
 
+    /// Asks the cache for weight row `r` (packed bytes, scales, biases) ahead of its use
+    /// ([`PREFETCH_ROWS`]).
+    #[inline]
+    pub(crate) fn prefetch_row(&self, r: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let (packed, scales, biases) = self.row(r);
+            for line in packed.chunks(64) {
+                // SAFETY: a prefetch of an address inside a live slice has no effect on memory.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+            }
+            for part in [scales, biases] {
+                for line in part.chunks(16) {
+                    // SAFETY: as above.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+                }
+            }
+        }
+    }
+
     /// Packed bytes, scales and biases of weight row `r`.
     #[inline]
     fn row(&self, r: usize) -> Row<'_> {
@@ -534,7 +563,11 @@ impl QuantMatrix<'_> {
     ) {
         let kernel = P::kernel::<N>(self.bits);
         let inputs: [&P; N] = std::array::from_fn(|k| &block[k]);
-        for j in 0..out.len() / n {
+        let rows = out.len() / n;
+        for j in 0..rows {
+            if j + PREFETCH_ROWS < rows {
+                self.prefetch_row(first + j + PREFETCH_ROWS);
+            }
             // SAFETY: the kernel is the portable reference or a SIMD kernel chosen after
             // run-time detection; `QuantMatrix::new` checked the row layout and `P::new`
             // made each input `cols` values in this matrix's layout.
