@@ -142,7 +142,14 @@ fn products(sgemm: Sgemm, mats: &[QuantMatrix<'_>], x: &[f32]) -> Vec<Vec<f32>> 
             if buffer.len() < len {
                 buffer.resize(len, 0.0);
             }
-            tile_product(sgemm, &mats[t.mat], t, (x, n), &mut buffer[..len], ptrs[t.mat].0);
+            tile_product(
+                sgemm,
+                &mats[t.mat],
+                t,
+                (x, n),
+                &mut buffer[..len],
+                ptrs[t.mat].0,
+            );
         });
     });
     outs

@@ -954,7 +954,12 @@ mod avx2 {
     /// AVX2 must be present; `packed` must hold `out.len() · bits / 8` bytes, `scales` and
     /// `biases` one value per `group` columns, `group` a multiple of 32.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn dequantize(bits: usize, group: usize, (packed, scales, biases): Row<'_>, out: &mut [f32]) {
+    pub unsafe fn dequantize(
+        bits: usize,
+        group: usize,
+        (packed, scales, biases): Row<'_>,
+        out: &mut [f32],
+    ) {
         debug_assert!(group % 32 == 0 && out.len() == scales.len() * group);
         debug_assert!(packed.len() * 8 == out.len() * bits);
         let (p, o) = (packed.as_ptr(), out.as_mut_ptr());
