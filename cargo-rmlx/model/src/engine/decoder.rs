@@ -397,10 +397,26 @@ fn host_mlp(block: &Block, n: &[f32], project: Project<'_>) -> Result<Vec<f32>> 
     let mut gu = project(&[&mlp.gate_proj, &mlp.up_proj], n)?;
     let up = gu.pop().expect("two outputs");
     let mut act = gu.pop().expect("two outputs");
-    act.iter_mut()
-        .zip(&up)
-        .for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
+    silu_times(&mut act, &up);
     Ok(project(&[&mlp.down_proj], &act)?.remove(0))
+}
+
+/// Values of a prefill chunk's gate from which the SiLU runs on the rayon threads.
+const PARALLEL_SILU: usize = 1 << 14;
+
+/// `g = silu(g) · u` element-wise; a prefill chunk's rows (from [`PARALLEL_SILU`] values)
+/// on the rayon threads, which otherwise wait between the projections (the same
+/// arithmetic per element either way).
+fn silu_times(gate: &mut [f32], up: &[f32]) {
+    let silu = |(g, u): (&mut f32, &f32)| *g = *g / (1.0 + (-*g).exp()) * u;
+    if gate.len() < PARALLEL_SILU {
+        gate.iter_mut().zip(up).for_each(silu);
+        return;
+    }
+    use rayon::prelude::*;
+    gate.par_chunks_mut(4096)
+        .zip(up.par_chunks(4096))
+        .for_each(|(g, u)| g.iter_mut().zip(u).for_each(silu));
 }
 
 /// Block `i` of `spec`; `local_rope` is the rope index of sliding-window layers.

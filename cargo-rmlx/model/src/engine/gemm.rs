@@ -23,8 +23,20 @@ use rayon::prelude::*;
 use super::qmv::{Operands, QuantMatrix};
 use crate::diagnostic::{Diagnostic, Result};
 
-/// Weight rows per task at most: a tile of 64 rows × 1536 columns is 384 KiB of float32.
-const MAX_TILE_ROWS: usize = 64;
+/// Weight rows per task at most (a tile of 512 rows × 576 columns, SmolLM2's gate|up, is
+/// 1.2 MiB of float32; [`MAX_TILE_BYTES`] bounds wider matrices). Each `cblas_sgemm` call packs the whole input
+/// chunk again, so fewer, larger tiles pack it less often: 128-token prefill 0.227–0.235 s
+/// with 64-row tiles and four per thread, 0.213–0.216 s with these (BENCHMARKS.md, "Round 9
+/// (`cold9`): cold probe").
+const MAX_TILE_ROWS: usize = 512;
+
+/// Float32 bytes of a tile at most (rows permitting, [`MIN_TILE_ROWS`] first): the tile
+/// stays in a core's L2 for the product, also for wide matrices.
+const MAX_TILE_BYTES: usize = 3 << 19;
+
+/// Tiles per rayon thread a call is cut into (rows permitting): enough for a thread slowed
+/// by a shared core to take fewer.
+const TILES_PER_THREAD: usize = 2;
 
 /// Weight rows per task at least (a multiple of 8 keeps sgemm's panels whole).
 const MIN_TILE_ROWS: usize = 16;
@@ -124,37 +136,69 @@ fn products(sgemm: Sgemm, mats: &[QuantMatrix<'_>], x: &[f32]) -> Vec<Vec<f32>> 
     let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; n * m.dims().0]).collect();
     let ptrs: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
     let tiles = tiles(mats);
-    tiles.into_par_iter().for_each_init(Vec::new, |buffer, t| {
-        let m = &mats[t.mat];
-        let (rows, cols) = m.dims();
-        buffer.resize(t.rows * cols, 0.0);
-        for (j, out) in buffer.chunks_exact_mut(cols).enumerate() {
-            m.dequantize_row(t.first + j, out);
-        }
-        // SAFETY: `x` holds `n × cols` values and the buffer `t.rows × cols`; the output
-        // holds `n × rows` values, and this task writes only its columns
-        // `t.first..t.first + t.rows` of each output row (tiles do not overlap), so the
-        // writes of concurrent tasks never meet; `outs` outlives the parallel loop.
-        unsafe {
-            sgemm(
-                ROW_MAJOR,
-                NO_TRANS,
-                TRANS,
-                dim(n),
-                dim(t.rows),
-                dim(cols),
-                1.0,
-                x.as_ptr(),
-                dim(cols),
-                buffer.as_ptr(),
-                dim(cols),
-                0.0,
-                ptrs[t.mat].0.add(t.first),
-                dim(rows),
+    tiles.into_par_iter().for_each(|t| {
+        TILE.with_borrow_mut(|buffer| {
+            let len = t.rows * mats[t.mat].dims().1;
+            if buffer.len() < len {
+                buffer.resize(len, 0.0);
+            }
+            tile_product(
+                sgemm,
+                &mats[t.mat],
+                t,
+                (x, n),
+                &mut buffer[..len],
+                ptrs[t.mat].0,
             );
-        }
+        });
     });
     outs
+}
+
+thread_local! {
+    /// A rayon thread's tile buffer, kept from call to call: allocating and zeroing it per
+    /// tile was 7% of a 37-token prefill (`__memset` in `perf record`), and every row of it
+    /// is written by the dequantization before the product reads it.
+    static TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One tile's product: matrix `m`'s rows `t.first..t.first + t.rows` dequantized into `tile`
+/// (`t.rows × cols` values) and multiplied by `x` (`n × cols`) into columns
+/// `t.first..t.first + t.rows` of the `[n, rows]` output at `out`.
+fn tile_product(
+    sgemm: Sgemm,
+    m: &QuantMatrix<'_>,
+    t: Tile,
+    (x, n): (&[f32], usize),
+    tile: &mut [f32],
+    out: *mut f32,
+) {
+    let (rows, cols) = m.dims();
+    for (j, row) in tile.chunks_exact_mut(cols).enumerate() {
+        m.dequantize_row(t.first + j, row);
+    }
+    // SAFETY: `x` holds `n × cols` values and the tile `t.rows × cols`; the output at `out`
+    // holds `n × rows` values, and this task writes only its columns
+    // `t.first..t.first + t.rows` of each output row (tiles do not overlap), so the writes
+    // of concurrent tasks never meet; the output outlives the parallel loop (`products`).
+    unsafe {
+        sgemm(
+            ROW_MAJOR,
+            NO_TRANS,
+            TRANS,
+            dim(n),
+            dim(t.rows),
+            dim(cols),
+            1.0,
+            x.as_ptr(),
+            dim(cols),
+            tile.as_ptr(),
+            dim(cols),
+            0.0,
+            out.add(t.first),
+            dim(rows),
+        );
+    }
 }
 
 /// Row-major `c = alpha · a · bᵀ` (`trans_b`) or `c = alpha · a · b`, single-threaded
@@ -216,12 +260,15 @@ unsafe impl Send for OutPtr {}
 // SAFETY: as above.
 unsafe impl Sync for OutPtr {}
 
-/// The tiles of all matrices: about four per thread in all, between [`MIN_TILE_ROWS`] and
+/// The tiles of all matrices: about [`TILES_PER_THREAD`] per thread in all, at most
+/// [`MAX_TILE_BYTES`] of float32, between [`MIN_TILE_ROWS`] and
 /// [`MAX_TILE_ROWS`] rows each, in multiples of 8.
 fn tiles(mats: &[QuantMatrix<'_>]) -> Vec<Tile> {
     let total: usize = mats.iter().map(|m| m.dims().0).sum();
-    let per = (total / (rayon::current_num_threads() * 4)).next_multiple_of(8);
-    let per = per.clamp(MIN_TILE_ROWS, MAX_TILE_ROWS);
+    let cols = mats.first().map_or(1, |m| m.dims().1.max(1));
+    let fit = (MAX_TILE_BYTES / (4 * cols)) / 8 * 8;
+    let per = (total / (rayon::current_num_threads() * TILES_PER_THREAD)).next_multiple_of(8);
+    let per = per.min(fit).clamp(MIN_TILE_ROWS, MAX_TILE_ROWS);
     let mut tiles = Vec::new();
     for (mat, m) in mats.iter().enumerate() {
         let rows = m.dims().0;

@@ -28,6 +28,14 @@ const MIN_ROWS_PER_TASK: usize = 32;
 /// so a thread slowed down (a shared core) takes fewer of them.
 const TASKS_PER_THREAD: usize = 8;
 
+/// How many weight rows ahead a task asks the cache for the row it will need (software
+/// prefetch of its packed bytes, scales and biases). The kernels stream each weight once
+/// per token from three arrays, and the hardware prefetcher alone left them waiting on
+/// memory: decode went from ~60 to ~100 tokens/s on SmolLM2 4-bit with any distance from 1
+/// to 8 (BENCHMARKS.md, "Round 9 (`cold9`): cold probe"). Only the order of memory
+/// requests changes, never the arithmetic.
+const PREFETCH_ROWS: usize = 4;
+
 /// Whether the host kernel is used: default device is the CPU, the processor has AVX2 and
 /// FMA, and `RMLX_HOST_KERNELS` is not `0`. Decided once per process and logged.
 pub fn enabled() -> bool {
@@ -342,8 +350,23 @@ impl QuantMatrix<'_> {
         (self.rows, self.cols)
     }
 
-    /// Weight row `r` dequantized into `out` (`cols` values): `scale · q + bias` per group.
+    /// Weight row `r` dequantized into `out` (`cols` values): `scale · q + bias` per group,
+    /// a product then a sum (no fused multiply-add), so the AVX2 version gives the same
+    /// bits as the scalar one.
     pub(crate) fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if simd_available() && out.len() == self.cols {
+            // SAFETY: AVX2 is present; `row` is a whole row of this matrix (its packed bytes
+            // hold `cols · bits / 8` bytes, one scale and bias per `group` columns, `group` a
+            // multiple of 32) and `out` holds `cols` values.
+            unsafe { avx2::dequantize(self.bits, self.group, self.row(r), out) };
+            return;
+        }
+        self.dequantize_row_scalar(r, out);
+    }
+
+    /// [`Self::dequantize_row`] in plain Rust (the reference of the AVX2 version).
+    fn dequantize_row_scalar(&self, r: usize, out: &mut [f32]) {
         let (packed, scales, biases) = self.row(r);
         let bytes = self.group * self.bits / 8;
         let groups = out
@@ -461,6 +484,27 @@ impl QuantMatrix<'_> {
         outs
     }
 
+    /// Asks the cache for weight row `r` (packed bytes, scales, biases) ahead of its use
+    /// ([`PREFETCH_ROWS`]).
+    #[inline]
+    pub(crate) fn prefetch_row(&self, r: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let (packed, scales, biases) = self.row(r);
+            for line in packed.chunks(64) {
+                // SAFETY: a prefetch of an address inside a live slice has no effect on memory.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+            }
+            for part in [scales, biases] {
+                for line in part.chunks(16) {
+                    // SAFETY: as above.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+                }
+            }
+        }
+    }
+
     /// Packed bytes, scales and biases of weight row `r`.
     #[inline]
     fn row(&self, r: usize) -> Row<'_> {
@@ -534,7 +578,11 @@ impl QuantMatrix<'_> {
     ) {
         let kernel = P::kernel::<N>(self.bits);
         let inputs: [&P; N] = std::array::from_fn(|k| &block[k]);
-        for j in 0..out.len() / n {
+        let rows = out.len() / n;
+        for j in 0..rows {
+            if j + PREFETCH_ROWS < rows {
+                self.prefetch_row(first + j + PREFETCH_ROWS);
+            }
             // SAFETY: the kernel is the portable reference or a SIMD kernel chosen after
             // run-time detection; `QuantMatrix::new` checked the row layout and `P::new`
             // made each input `cols` values in this matrix's layout.
@@ -897,6 +945,52 @@ mod avx2 {
 
     use super::{Prepared, Quantized, Row};
 
+    /// A weight row dequantized into `out`: per group `q · scale + bias` (a multiply, then an
+    /// add, as the scalar reference). 4 bits: each packed byte holds two columns, the low
+    /// nibble first; the 8 low and 8 high nibbles of 8 bytes are converted apart and
+    /// interleaved back into column order.
+    ///
+    /// # Safety
+    /// AVX2 must be present; `packed` must hold `out.len() · bits / 8` bytes, `scales` and
+    /// `biases` one value per `group` columns, `group` a multiple of 32.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn dequantize(
+        bits: usize,
+        group: usize,
+        (packed, scales, biases): Row<'_>,
+        out: &mut [f32],
+    ) {
+        debug_assert!(group % 32 == 0 && out.len() == scales.len() * group);
+        debug_assert!(packed.len() * 8 == out.len() * bits);
+        let (p, o) = (packed.as_ptr(), out.as_mut_ptr());
+        for (g, (&s, &b)) in scales.iter().zip(biases).enumerate() {
+            let (s, b) = (_mm256_set1_ps(s), _mm256_set1_ps(b));
+            for c in (g * group..(g + 1) * group).step_by(16) {
+                if bits == 8 {
+                    let lo = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(c) as *const __m128i));
+                    let hi = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(c + 8) as *const __m128i));
+                    _mm256_storeu_ps(o.add(c), affine(lo, s, b));
+                    _mm256_storeu_ps(o.add(c + 8), affine(hi, s, b));
+                } else {
+                    let q = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(c / 2) as *const __m128i));
+                    let lo = affine(_mm256_and_si256(q, _mm256_set1_epi32(0x0f)), s, b);
+                    let hi = affine(_mm256_srli_epi32::<4>(q), s, b);
+                    // Lanes [l0 h0 l1 h1 | l4 h4 l5 h5] and [l2 h2 l3 h3 | l6 h6 l7 h7].
+                    let (a, z) = (_mm256_unpacklo_ps(lo, hi), _mm256_unpackhi_ps(lo, hi));
+                    _mm256_storeu_ps(o.add(c), _mm256_permute2f128_ps::<0x20>(a, z));
+                    _mm256_storeu_ps(o.add(c + 8), _mm256_permute2f128_ps::<0x31>(a, z));
+                }
+            }
+        }
+    }
+
+    /// `q · s + b` of 8 integer lanes, rounded after the product and after the sum.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn affine(q: __m256i, s: __m256, b: __m256) -> __m256 {
+        _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(q), s), b)
+    }
+
     /// Int8 inputs against 4-bit weights: per 32 columns (16 packed bytes) the low and high
     /// nibbles form 32 unsigned bytes that meet the input's 32 int8 values in one
     /// `vpmaddubsw` (pairs of products ≤ 2 · 15 · 127, no saturation) and one `vpmaddwd`;
@@ -1175,6 +1269,36 @@ mod tests {
             matmul_many(&x, &[(&flat, &scales, &biases, 4, 32)]),
             "1-D weight",
         );
+    }
+
+    /// The AVX2 row dequantization (the prefill GEMM's) gives the scalar reference's bits
+    /// for every byte value, 4 and 8 bits, groups of 32 and 64.
+    #[test]
+    fn simd_dequantize_equals_scalar_bits() {
+        if !simd_available() {
+            panic!("no AVX2/FMA on this processor: the SIMD dequantization is not tested");
+        }
+        let (rows, cols) = (3, 256);
+        for (bits, group) in [(4, 32), (4, 64), (8, 32), (8, 64)] {
+            let packed: Vec<u8> = (0..rows * cols * bits / 8)
+                .map(|i| (i * 37 % 256) as u8)
+                .collect();
+            let groups = rows * cols / group;
+            let scales = pseudo_random(groups, 5);
+            let biases = pseudo_random(groups, 9);
+            let m = QuantMatrix::new(&packed, &scales, &biases, rows, cols, bits, group)
+                .expect("a valid layout");
+            for r in 0..rows {
+                let (mut simd, mut scalar) = (vec![0f32; cols], vec![0f32; cols]);
+                m.dequantize_row(r, &mut simd);
+                m.dequantize_row_scalar(r, &mut scalar);
+                let (a, b): (Vec<u32>, Vec<u32>) = (
+                    simd.iter().map(|v| v.to_bits()).collect(),
+                    scalar.iter().map(|v| v.to_bits()).collect(),
+                );
+                assert_eq!(a, b, "{bits}-bit g{group}, row {r}");
+            }
+        }
     }
 
     #[test]
