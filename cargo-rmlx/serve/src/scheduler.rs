@@ -238,21 +238,13 @@ impl<'a> Scheduler<'a> {
     }
 
     /// Runs the waiting tokens: alone through the sequence's own step (pipelined when
-    /// `max_batch` is 1), together through one batched pass.
+    /// `max_batch` is 1), together through one batched pass ([`Sequence::feed_together`]).
     fn feed(&mut self) -> Result<()> {
-        let model = &self.session.model;
-        let mut fed: Vec<&mut Slot> = self.active.iter_mut().filter(|s| s.feeding).collect();
+        let fed: Vec<&mut Slot> = self.active.iter_mut().filter(|s| s.feeding).collect();
         if fed.is_empty() {
             return Ok(());
         }
         self.metrics.batch_size(self.name, fed.len());
-        if let [one] = fed.as_mut_slice() {
-            one.feeding = false;
-            return one.seq.feed(model);
-        }
-        let (ids, mut caches): (Vec<u32>, Vec<_>) =
-            fed.iter_mut().filter_map(|s| s.seq.pending_input()).unzip();
-        let logits = model.net.forward_batch(&ids, &mut caches)?;
         let mut seqs: Vec<&mut Sequence> = fed
             .into_iter()
             .map(|slot| {
@@ -260,7 +252,7 @@ impl<'a> Scheduler<'a> {
                 &mut slot.seq
             })
             .collect();
-        Sequence::set_batch_logits(&mut seqs, &logits)
+        Sequence::feed_together(&mut seqs, &self.session.model)
     }
 
     /// Removes sequence `i` from the batch and ends its request (with `error`, if any).

@@ -475,6 +475,10 @@ fn worker_main(
             }
         }
     }
+    if let Err(d) = warm_gpu(&cfg, &session) {
+        let _ = ready.send(Err(fail(d)));
+        return;
+    }
     if ready.send(Ok(loaded)).is_err() {
         return;
     }
@@ -487,6 +491,37 @@ fn worker_main(
         .with_prompt_cache(prompt_cache)
         .run(&rx);
     tracing::debug!("{} v{}: retired", cfg.name, cfg.version);
+}
+
+/// On a GPU, runs the serving path once per prompt-length class and batch size before the
+/// version takes requests, so that MLX compiles its kernels now and not mid-serving
+/// (`engine::warmup`; a hot reload keeps serving the old version meanwhile). Not with
+/// `--hostfile`: every rank runs the passes of rank 0's requests only.
+fn warm_gpu(cfg: &WorkerConfig, session: &Session) -> Result<()> {
+    if !crate::engine::gpu_available() {
+        return Ok(());
+    }
+    if super::distributed::is_distributed() {
+        tracing::info!("{}: no GPU warm-up across ranks (--hostfile)", cfg.name);
+        return Ok(());
+    }
+    tracing::info!(
+        "{} v{}: warming the GPU's kernels for prompts and batches of 1 to {} (compiling them \
+         the first time on a machine can take a minute)",
+        cfg.name,
+        cfg.version,
+        cfg.max_batch
+    );
+    let w = crate::engine::warmup::warm_up(&session.model, cfg.max_batch)?;
+    tracing::info!(
+        "{} v{}: warmed in {:.1}s ({} prompts, batches of 1 to {})",
+        cfg.name,
+        cfg.version,
+        w.elapsed.as_secs_f64(),
+        w.prefills,
+        w.batches
+    );
+    Ok(())
 }
 
 /// Renders or encodes a request's prompt.

@@ -3,7 +3,7 @@
 //! [`attention`]; [`mlp`]; the standard dense [`decoder`]),
 //! what a loaded architecture offers ([`network`]), the per-layer caches ([`cache`]),
 //! sampling ([`sample`], [`penalty`]) and the generate loop ([`generate`]) with its prompt
-//! cache ([`prefix_cache`]), the CPU host
+//! cache ([`prefix_cache`]) and the GPU kernels' warm-up at load ([`warmup`]), the CPU host
 //! kernels ([`qmv`]) with their worker pool ([`pool`]) and OpenBLAS threading ([`blas`]). The compute dtype is a per-device
 //! policy ([`DtypePolicy`]). Which network a `model_type` gets is `crate::arch`'s registry.
 
@@ -27,6 +27,7 @@ pub mod qmv;
 pub mod rope;
 pub mod sample;
 pub mod sequence;
+pub mod warmup;
 
 use mlx_rs::Dtype;
 

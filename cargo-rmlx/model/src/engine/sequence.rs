@@ -223,6 +223,33 @@ impl Sequence {
         Ok(())
     }
 
+    /// Runs the tokens `rows` wait on ([`Self::step`] returned them): one sequence through
+    /// its own step ([`Self::feed`]; pipelined, it has run already), several through one
+    /// batched pass ([`super::Net::forward_batch`], then [`Self::set_batch_logits`]).
+    pub fn feed_together(rows: &mut [&mut Sequence], model: &Model) -> Result<()> {
+        if let [one] = rows {
+            return one.feed(model);
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut caches = Vec::with_capacity(rows.len());
+        for seq in rows.iter_mut() {
+            let (id, cache) = seq.pending_input().ok_or_else(|| {
+                Diagnostic::error(
+                    code::Generate::NoLogits,
+                    "a sequence joined a batched pass with no token to run (internal error)",
+                )
+            })?;
+            ids.push(id);
+            caches.push(cache);
+        }
+        let logits = model.net.forward_batch(&ids, &mut caches)?;
+        drop(caches);
+        Self::set_batch_logits(rows, &logits)
+    }
+
     /// Hands the logits of one batched pass (`[B, vocab]`, row `b` for `rows[b]`) over:
     /// the rows whose steps are bare device picks (greedy on a GPU, unpipelined, no
     /// evidence asked for) get them from one evaluation for the whole batch
