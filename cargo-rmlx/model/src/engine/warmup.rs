@@ -43,9 +43,12 @@ pub fn warm_up(model: &Model, max_batch: usize) -> Result<WarmUp> {
     let prefills = seqs.len();
     seqs.truncate(max_batch);
     for b in 1..=seqs.len() {
-        let mut rows: Vec<&mut Sequence> = seqs.iter_mut().take(b).collect();
-        for seq in rows.iter_mut() {
-            seq.step(model, |_| ControlFlow::Continue(()))?;
+        let mut rows: Vec<&mut Sequence> = Vec::with_capacity(b);
+        for seq in seqs.iter_mut().take(b) {
+            // A sequence out of tokens (a context too short for the warm-up) sits out.
+            if seq.step(model, |_| ControlFlow::Continue(()))?.is_some() {
+                rows.push(seq);
+            }
         }
         Sequence::feed_together(&mut rows, model)?;
     }
