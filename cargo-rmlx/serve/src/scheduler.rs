@@ -164,11 +164,7 @@ impl<'a> Scheduler<'a> {
         let model = &self.session.model;
         match self.prompt_cache.start(model, &ids, &opts) {
             Ok(seq) => {
-                let seq = if self.max_batch > 1 {
-                    seq.unpipelined()
-                } else {
-                    seq
-                };
+                let seq = seq.for_batches_of(self.max_batch);
                 self.metrics.running_delta(self.name, 1);
                 self.active.push(Slot {
                     seq,

@@ -35,15 +35,15 @@ use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::Array;
 
 use super::cache::Cache;
-use device_step::{evidence_wanted, BatchPicks, DeviceStep, Pending};
-
-mod device_step;
 use super::generate::{GenerateOptions, GenerateOutput, Step, StopReason, PREFILL_CHUNK};
 use super::penalty::PenaltyState;
 use super::sample::{top_k, Sampler};
 use super::Model;
 use crate::constrain::{Constraint, Guide, Masked};
 use crate::diagnostic::{code, Diagnostic, Result};
+use device_step::{evidence_wanted, BatchPicks, DeviceStep, Pending};
+
+mod device_step;
 
 /// The cache a sequence starts from (the cache-creation hook, see the module docs).
 #[derive(Debug)]
@@ -175,6 +175,16 @@ impl Sequence {
         self
     }
 
+    /// The sequence as a scheduler running up to `max_batch` sequences together runs it:
+    /// pipelined only when it always runs alone (`max_batch` 1).
+    pub fn for_batches_of(self, max_batch: usize) -> Self {
+        if max_batch > 1 {
+            self.unpipelined()
+        } else {
+            self
+        }
+    }
+
     /// Cuts the prefill's chunks at these prompt lengths too, so that [`Self::at_mark`]
     /// can show the cache there.
     pub fn with_marks(mut self, marks: Vec<usize>) -> Self {
@@ -254,7 +264,7 @@ impl Sequence {
     /// the rows whose steps are bare device picks (greedy on a GPU, unpipelined, no
     /// evidence asked for) get them from one evaluation for the whole batch
     /// ([`BatchPicks`]); the others get their row through [`Self::set_logits`].
-    pub fn set_batch_logits(rows: &mut [&mut Sequence], logits: &Array) -> Result<()> {
+    fn set_batch_logits(rows: &mut [&mut Sequence], logits: &Array) -> Result<()> {
         let batched = device_step::batch_picks_enabled();
         let bare =
             |s: &Sequence| batched && s.on_device && !s.pipeline && !evidence_wanted(&s.opts);

@@ -83,12 +83,8 @@ fn prefilled(model: &Model, max_batch: usize) -> Result<Vec<Sequence>> {
             let prompt: Vec<u32> = (0..len as u32)
                 .map(|t| (t * 7 + i as u32) % vocab)
                 .collect();
-            let seq = Sequence::start(model, &prompt, &opts, StartCache::fresh())?;
-            let mut seq = if max_batch > 1 {
-                seq.unpipelined()
-            } else {
-                seq
-            };
+            let mut seq = Sequence::start(model, &prompt, &opts, StartCache::fresh())?
+                .for_batches_of(max_batch);
             while seq.is_prefilling() {
                 seq.prefill_chunk(model)?;
             }

@@ -29,10 +29,12 @@ pub(super) struct DeviceStep {
 impl DeviceStep {
     pub(super) fn queue(logits: &Array, opts: &GenerateOptions) -> Result<Self> {
         use mlx_rs::ops::{argpartition_axis, indexing::argmax, select};
-        let logits = logits.as_dtype(mlx_rs::Dtype::Float32)?;
+        let Masked {
+            logits,
+            finite,
+            masked,
+        } = Masked::new(logits)?;
         let vocab = logits.size();
-        let finite = logits.is_finite()?;
-        let masked = select(&finite, &logits, Array::from_f32(f32::NEG_INFINITY))?;
         let next = argmax(&masked, None)?;
         if !evidence_wanted(opts) {
             return Self::bare(&logits, next);
@@ -111,6 +113,28 @@ impl DeviceStep {
     }
 }
 
+/// Logits as a device step reads them: cast to float32, which of them are finite, and the
+/// copy the arg-max runs over (non-finite logits set to -inf, so they are never picked).
+/// [`DeviceStep`] and [`BatchPicks`] both start here, so they pick alike.
+struct Masked {
+    logits: Array,
+    finite: Array,
+    masked: Array,
+}
+
+impl Masked {
+    fn new(logits: &Array) -> Result<Self> {
+        let logits = logits.as_dtype(mlx_rs::Dtype::Float32)?;
+        let finite = logits.is_finite()?;
+        let masked = mlx_rs::ops::select(&finite, &logits, Array::from_f32(f32::NEG_INFINITY))?;
+        Ok(Self {
+            logits,
+            finite,
+            masked,
+        })
+    }
+}
+
 /// The value of an evaluated (or queued) scalar as `f32`, read in its own dtype: a cast would
 /// be a new operation, queued on the device behind the step pipelined after this one, so the
 /// read would wait for that step too and the host could not build the next graph meanwhile.
@@ -167,11 +191,9 @@ type HostPicks = (Vec<u32>, Vec<f32>);
 impl BatchPicks {
     /// Queues the picks of every row of `logits` (`[B, vocab]`).
     pub(super) fn queue(logits: &Array) -> Result<Arc<Self>> {
-        use mlx_rs::ops::{indexing::argmax_axis, indexing::take_along_axis, select};
-        let logits = logits.as_dtype(mlx_rs::Dtype::Float32)?;
+        use mlx_rs::ops::{indexing::argmax_axis, indexing::take_along_axis};
+        let Masked { logits, masked, .. } = Masked::new(logits)?;
         let rows = logits.shape()[0];
-        let finite = logits.is_finite()?;
-        let masked = select(&finite, &logits, Array::from_f32(f32::NEG_INFINITY))?;
         let next = argmax_axis(&masked, -1, true)?;
         let chosen = take_along_axis(&logits, &next, -1)?.reshape(&[rows])?;
         let next = next.reshape(&[rows])?;
