@@ -116,18 +116,27 @@ mod tests {
 
     use crate::engine::network::Net;
     use crate::engine::{gemm, qmv, DtypePolicy, Model};
+    use crate::gguf::{import_to, Existing, ImportOptions};
     use crate::snapshot::Snapshot;
 
-    /// The network of the shared 4-bit SmolLM2 test model, loaded as every caller loads it.
+    /// The network of SmolLM2 4-bit (its GGUF converted as `cargo rmlx convert
+    /// --keep-quantized` converts it, here in the test process and cached under its own name,
+    /// so the library's tests need no other test to have run first), loaded as every caller
+    /// loads it.
     fn smollm2_q4() -> Net {
-        let dir = rmlx_test_support::models_dir().join("smollm2-q4");
-        let snapshot = Snapshot::open(&dir).unwrap_or_else(|e| {
-            panic!(
-                "the SmolLM2 4-bit test model is needed ({}; `bash scripts/fetch-models.sh` \
-                 installs it): {e:?}",
-                dir.display()
-            )
-        });
+        let this = std::env::current_exe().expect("the test executable's path");
+        let dir = rmlx_test_support::converted_with(
+            "smollm2-q4-lib",
+            &this,
+            &["--keep-quantized"],
+            |gguf, out| {
+                let opts = ImportOptions::default();
+                import_to(gguf, out, &opts, Existing::Refuse)
+                    .map(|_| ())
+                    .map_err(|d| d.message.clone())
+            },
+        );
+        let snapshot = Snapshot::open(&dir).expect("open the converted SmolLM2 4-bit");
         Model::load(&snapshot, DtypePolicy::Auto)
             .expect("load SmolLM2 4-bit")
             .net
