@@ -1,7 +1,8 @@
 //! `bench --batch`: the cost of one batched decode step of the engine alone (no HTTP, no
 //! scheduler) — B sequences prefilled with the same prompt, then timed steps of
-//! [`crate::engine::Net::forward_batch`] with the logits read back, as the serving scheduler
-//! runs them. B = 1 is the single-sequence decode step, the baseline of the ratios.
+//! [`crate::engine::Net::forward_batch`] with every row's logits read back (the serving
+//! scheduler runs the same pass; on a GPU it reads only each row's pick). B = 1 is the
+//! single-sequence decode step, the baseline of the ratios.
 
 use std::time::Instant;
 
