@@ -514,7 +514,7 @@ fn warm_gpu(cfg: &WorkerConfig, session: &Session) -> Result<()> {
     );
     let w = crate::engine::warmup::warm_up(&session.model, cfg.max_batch)?;
     tracing::info!(
-        "{} v{}: warmed in {:.1}s ({} prompts, batches of 1 to {})",
+        "{} v{}: warmed in {:.1}s ({} prompts, {} batch sizes)",
         cfg.name,
         cfg.version,
         w.elapsed.as_secs_f64(),

@@ -28,7 +28,8 @@ const PREFILL_LENGTHS: [usize; 6] = [8, 24, 48, 96, 192, PREFILL_CHUNK];
 pub struct WarmUp {
     /// Prompts prefilled.
     pub prefills: usize,
-    /// Batched decode steps (batch sizes 1 to this).
+    /// Decode passes run, one per batch size from 1 (fewer only where a context too short
+    /// left no sequence with a token to run).
     pub batches: usize,
     /// Wall time.
     pub elapsed: Duration,
@@ -42,6 +43,7 @@ pub fn warm_up(model: &Model, max_batch: usize) -> Result<WarmUp> {
     let mut seqs = prefilled(model, max_batch)?;
     let prefills = seqs.len();
     seqs.truncate(max_batch);
+    let mut batches = 0;
     for b in 1..=seqs.len() {
         let mut rows: Vec<&mut Sequence> = Vec::with_capacity(b);
         for seq in seqs.iter_mut().take(b) {
@@ -49,6 +51,9 @@ pub fn warm_up(model: &Model, max_batch: usize) -> Result<WarmUp> {
             if seq.step(model, |_| ControlFlow::Continue(()))?.is_some() {
                 rows.push(seq);
             }
+        }
+        if rows.len() == b {
+            batches += 1;
         }
         Sequence::feed_together(&mut rows, model)?;
     }
@@ -58,7 +63,7 @@ pub fn warm_up(model: &Model, max_batch: usize) -> Result<WarmUp> {
     }
     Ok(WarmUp {
         prefills,
-        batches: max_batch,
+        batches,
         elapsed: started.elapsed(),
     })
 }
