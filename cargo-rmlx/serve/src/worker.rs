@@ -514,12 +514,13 @@ fn warm_gpu(cfg: &WorkerConfig, session: &Session) -> Result<()> {
     );
     let w = crate::engine::warmup::warm_up(&session.model, cfg.max_batch)?;
     tracing::info!(
-        "{} v{}: warmed in {:.1}s ({} prompts, {} batch sizes)",
+        "{} v{}: warmed in {:.1}s ({} prompts, {} batch sizes, {} key/value capacities)",
         cfg.name,
         cfg.version,
         w.elapsed.as_secs_f64(),
         w.prefills,
-        w.batches
+        w.batches,
+        w.capacities
     );
     Ok(())
 }

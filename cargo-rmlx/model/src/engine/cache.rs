@@ -19,7 +19,7 @@ use mlx_rs::Array;
 use super::attention::host::HostKv;
 
 /// Positions a global layer's buffer grows by.
-const STEP: i32 = 256;
+pub(crate) const STEP: i32 = 256;
 
 use crate::diagnostic::{code, Result};
 
