@@ -2,7 +2,8 @@
 //! turn's state (`usage.prompt_tokens_details.cached_tokens`, `/metrics`), answers exactly as
 //! a server without the cache does (greedy; SmolLM2 and Qwen2.5), and reaches its first token
 //! in a fraction of the first turn's time; a tiny `--prompt-cache-mb` evicts and stays within
-//! its budget.
+//! its budget. The tests marked `mlx_path` run the server on MLX's path (`MLX_PATH`), where
+//! a stored state is a copy of its positions.
 
 use serde_json::{json, Value};
 
@@ -173,33 +174,85 @@ fn qwen_second_turn_answers_like_a_cold_server() {
     assert_eq!(warm_text, cold_text, "a cache hit answers like a cold run");
 }
 
+/// The engine's switch to MLX's path on the CPU (as on a GPU: key/value buffers grown 256
+/// positions at a time — SmolLM2: 11.8 MB a sequence — batched steps in shared buffers),
+/// set in the server's environment whatever the test process' holds.
+const MLX_PATH: &[(&str, &str)] = &[("RMLX_HOST_KERNELS", "0")];
+
 /// A stored state holds exactly its positions (SmolLM2: ~46 KB each; a short conversation
 /// ~1.7 MB), so 2 MiB hold one short conversation and not two.
 #[test]
 fn a_tiny_budget_evicts_and_stays_within_it() {
+    tiny_budget(&[]);
+}
+
+/// The same on MLX's path, where a stored state is a copy of its positions, not the running
+/// sequence's buffers.
+#[test]
+fn a_tiny_budget_evicts_and_stays_within_it_on_mlx_path() {
+    tiny_budget(MLX_PATH);
+}
+
+fn tiny_budget(env: &[(&str, &str)]) {
     let budget_mb = 2.0;
-    let s = Server::model(&["--no-probe", "--prompt-cache-mb", "2"]);
+    let s = Server::model_with_env(&["--no-probe", "--prompt-cache-mb", "2"], env);
     let label = format!("model=\"{MODEL_NAME}\"");
     let gauge = |name: &str| s.metric(name, &[&label]);
     let say = |content: &str| {
         let user = json!({"role": "user", "content": content});
         ask(&s, MODEL_NAME, &chat(MODEL_NAME, &[user], 4))
     };
-    say("Name a colour.");
+    let (_, usage, _) = say("Name a colour.");
     assert_eq!(
         gauge("rmlx_prompt_cache_entries"),
         1.0,
-        "a short conversation's state fits in {budget_mb} MiB"
+        "a short conversation's state fits in {budget_mb} MiB ({env:?})"
     );
     let one = gauge("rmlx_prompt_cache_bytes");
     assert!(
         one > budget_mb * 1048576.0 / 2.0,
         "two states of {one} bytes fit: no eviction to test"
     );
+    // What the state holds: the prompt and the reply's tokens fed back (all or all but one).
+    let count = |key: &str| {
+        usage[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {key}: {usage}"))
+    };
+    let tokens = count("prompt_tokens") + count("completion_tokens");
+    let per_token = one / tokens;
+    assert!(
+        (40_000.0..52_000.0).contains(&per_token),
+        "{one} bytes for ~{tokens} tokens: {per_token} a token, not SmolLM2's 46,080 ({env:?})"
+    );
     say("Name a fruit.");
     assert_eq!(gauge("rmlx_prompt_cache_evictions_total"), 1.0);
     assert_eq!(gauge("rmlx_prompt_cache_entries"), 1.0);
     assert!(gauge("rmlx_prompt_cache_bytes") <= budget_mb * 1048576.0);
+}
+
+/// MLX's path: the second turn resumes the stored copy of the first, grows it, and answers
+/// as a server without the cache does.
+#[test]
+fn mlx_path_second_turn_resumes_the_first_and_answers_like_a_cold_server() {
+    let warm = Server::model_with_env(&["--no-probe"], MLX_PATH);
+    let cold = Server::model_with_env(&["--no-probe", "--prompt-cache-mb", "0"], MLX_PATH);
+    let first = json!({"role": "user", "content": "Name the colours of the rainbow, in order."});
+    let (reply, usage1, _) = ask(
+        &warm,
+        MODEL_NAME,
+        &chat(MODEL_NAME, std::slice::from_ref(&first), 8),
+    );
+    let prompt1 = usage1["prompt_tokens"].as_u64().expect("prompt_tokens");
+    let turn2 = second_turn(&first, &reply, "Which of them comes after green?");
+    let body2 = chat(MODEL_NAME, &turn2, 8);
+    let (warm_text, usage2, _) = ask(&warm, MODEL_NAME, &body2);
+    assert!(
+        cached_tokens(&usage2) >= prompt1,
+        "the first turn's {prompt1} prompt tokens resume: {usage2}"
+    );
+    let (cold_text, _, _) = ask(&cold, MODEL_NAME, &body2);
+    assert_eq!(warm_text, cold_text, "a cache hit answers like a cold run");
 }
 
 /// A conversation under a shared system prompt (~200 tokens), ending with `question`.

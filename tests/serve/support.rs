@@ -71,6 +71,12 @@ pub struct Server {
 impl Server {
     /// Starts `cargo-rmlx rmlx serve --port 0 ARGS…` and waits until it listens.
     pub fn start(args: &[String], cwd: &Path) -> Server {
+        Self::start_with_env(args, cwd, &[])
+    }
+
+    /// [`Self::start`] with `env` set in the server's environment (the engine's switches,
+    /// such as `RMLX_HOST_KERNELS=0`), whatever the test process' environment holds.
+    pub fn start_with_env(args: &[String], cwd: &Path, env: &[(&str, &str)]) -> Server {
         let logfile = tempfile::NamedTempFile::new().expect("log file");
         let log = logfile.path().to_path_buf();
         let out = logfile.reopen().expect("reopen log");
@@ -82,6 +88,7 @@ impl Server {
             .env("NO_COLOR", "1")
             .env("CARGO_TERM_COLOR", "never")
             .env_remove("RMLX_API_KEY")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -131,9 +138,15 @@ impl Server {
 
     /// Starts a server for the test model with `extra` arguments and waits until it is ready.
     pub fn model(extra: &[&str]) -> Server {
+        Self::model_with_env(extra, &[])
+    }
+
+    /// [`Self::model`] with `env` set in the server's environment (see
+    /// [`Self::start_with_env`]).
+    pub fn model_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut args = vec![model_dir().display().to_string()];
         args.extend(extra.iter().map(|a| a.to_string()));
-        let s = Server::start(&args, &repo_root());
+        let s = Server::start_with_env(&args, &repo_root(), env);
         s.wait_ready();
         s
     }

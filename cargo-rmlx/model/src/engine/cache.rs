@@ -8,7 +8,8 @@
 //! back to MLX arrays on the next MLX use ([`KvLayer::flush`], [`Cache::flush_host`]).
 //! While sequences decode together through MLX, each one's layer lends its keys/values to
 //! the batch's shared buffer ([`batch_update`], [`BatchKv`]) and takes its row back at its
-//! next use on its own (leaving the batch, the prompt cache, a clone).
+//! next use on its own (leaving the batch, the prompt cache, a clone). The prompt cache stores
+//! compact copies ([`Cache::compact`]: exactly the positions held, in arrays of their own).
 
 use mlx_rs::ops::concatenate;
 use mlx_rs::ops::indexing::{IndexOp, TryIndexMutOp};
@@ -331,7 +332,40 @@ impl Cache {
         Some(out)
     }
 
-    /// Bytes of the arrays held (global layers: their whole buffers), host layers included.
+    /// A copy holding exactly what this cache holds, each array in a buffer of its own (see
+    /// [`owned_copy`]): a global key/value layer its positions, not the buffer grown 256
+    /// positions at a time it writes into; a layer lent to a batch its row, not the batch's
+    /// shared buffer; a host-held layer its positions as MLX arrays; a recurrent layer its
+    /// arrays, not the prefill chunk a convolution tail is a view of. What the prompt cache
+    /// stores, so that [`Self::nbytes`] of the copy is what it keeps alive. The copy grows
+    /// like any cache (a global layer's next update moves it into a new buffer).
+    ///
+    /// Lazy: evaluate it ([`Self::materialize`]) while `self` still holds its arrays, so that
+    /// MLX cannot hand a copy the buffer of its source.
+    pub fn compact(&self) -> Result<Cache> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(match l {
+                    LayerCache::Kv(kv) => LayerCache::Kv(kv.compact()?),
+                    LayerCache::Recurrent(r) => LayerCache::Recurrent(Recurrent {
+                        conv: r.conv.as_ref().map(owned_copy).transpose()?,
+                        state: r.state.as_ref().map(owned_copy).transpose()?,
+                    }),
+                    LayerCache::None => LayerCache::None,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Cache {
+            layers,
+            offset: self.offset,
+        })
+    }
+
+    /// Bytes of the arrays held, host layers included: for a [`Self::compact`] copy what it
+    /// keeps alive; otherwise a global layer counts its whole buffer, and a view (a
+    /// convolution tail) only its own elements, not the buffer behind it.
     pub fn nbytes(&self) -> usize {
         let host: usize = self
             .layers
@@ -376,6 +410,22 @@ impl Cache {
     }
 }
 
+/// `a` in a new buffer of exactly its size, with the same values bit for bit. MLX's slices
+/// and `copy` share their source's buffer, and so does `contiguous` when that buffer is at
+/// most 16 KiB larger than the view (MLX 0.32.2, measured: a 250-position view of a
+/// 256-position buffer of one head), so a stored view of a few positions would keep the whole buffer alive and its
+/// byte count would miss the rest. An element-wise product with one always writes a new
+/// array while its input's buffer is still held elsewhere (MLX donates an input's buffer to
+/// the output only when nothing else holds it), which [`Cache::compact`]'s callers ensure.
+fn owned_copy(a: &Array) -> Result<Array> {
+    let one = mlx_rs::ops::ones_dtype(&[], a.dtype())?;
+    Ok(a.multiply(&one)?)
+}
+
+fn owned_pair(k: &Array, v: &Array) -> Result<(Array, Array)> {
+    Ok((owned_copy(k)?, owned_copy(v)?))
+}
+
 impl LayerCache {
     /// Whether the layer holds every one of the `offset` positions seen (so it can be cut
     /// back to any of them).
@@ -402,6 +452,25 @@ impl KvLayer {
         } else {
             self.len as usize
         }
+    }
+
+    /// The positions held as arrays of their own (see [`Cache::compact`]), outside any batch
+    /// or host copy.
+    fn compact(&self) -> Result<KvLayer> {
+        let held = if let Some(slot) = &self.batch {
+            slot.row()?.map(|(k, v)| owned_pair(&k, &v)).transpose()?
+        } else if let Some(host) = &self.host {
+            // `to_mlx` writes new arrays of exactly the positions held.
+            (host.positions() > 0).then(|| host.to_mlx()).transpose()?
+        } else {
+            self.state().map(|(k, v)| owned_pair(&k, &v)).transpose()?
+        };
+        let mut out = KvLayer {
+            sliding: self.sliding,
+            ..KvLayer::default()
+        };
+        out.set_row(held);
+        Ok(out)
     }
 
     /// Keeps only the first `len` positions (the caller checked they are all held).
@@ -651,5 +720,221 @@ impl BatchKv {
         self.starts.iter_mut().for_each(|s| *s = (*s - dead).max(0));
         self.end -= dead;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ops::Range;
+
+    use mlx_rs::ops::indexing::IndexOp;
+    use mlx_rs::Array;
+
+    use super::{batch_update, BatchMasks, Cache, KvLayer, LayerCache, Recurrent};
+
+    /// Head width of the test layers.
+    const DIM: i32 = 64;
+
+    /// `[1, heads, n, DIM]` float32 values, distinct per element, starting at `from`.
+    fn positions(heads: i32, n: i32, from: f32) -> Array {
+        let len = (heads * n * DIM) as usize;
+        Array::from_iter(
+            (0..len).map(|i| from + i as f32 / 1024.0),
+            &[1, heads, n, DIM],
+        )
+    }
+
+    /// The addresses of a float32 array's data, materialised first.
+    fn span(a: &Array) -> Range<usize> {
+        mlx_rs::transforms::eval([a]).expect("eval");
+        let data = crate::mlx::host::host_slice::<f32>(a, "test").expect("float32 data");
+        let start = data.as_ptr() as usize;
+        start..start + std::mem::size_of_val(data)
+    }
+
+    fn disjoint(a: &Range<usize>, b: &Range<usize>) -> bool {
+        a.end <= b.start || b.end <= a.start
+    }
+
+    fn same(a: &Array, b: &Array) -> bool {
+        a.shape() == b.shape() && a.eq_values(b).expect("compare")
+    }
+
+    /// A cache of one key/value layer.
+    fn one_layer(layer: KvLayer, offset: usize) -> Cache {
+        Cache {
+            layers: vec![LayerCache::Kv(layer)],
+            offset,
+        }
+    }
+
+    /// `cache`'s compact copy, evaluated.
+    fn compacted(cache: &Cache) -> Cache {
+        let copy = cache.compact().expect("compact");
+        copy.materialize().expect("materialize");
+        copy
+    }
+
+    fn state(cache: &Cache) -> (Array, Array) {
+        let kv = cache.kv_ref(0).expect("key/value layer");
+        kv.state().expect("positions held")
+    }
+
+    /// Bytes of `n` float32 positions of keys and values.
+    fn kv_bytes(heads: i32, n: i32) -> usize {
+        2 * (heads * n * DIM) as usize * 4
+    }
+
+    #[test]
+    fn a_compact_copy_holds_exactly_the_positions_in_a_buffer_of_its_own() {
+        // 250 positions of one head: a view MLX's `contiguous` would leave in the buffer.
+        for (heads, n) in [(1, 5), (2, 5), (1, 250), (3, 255)] {
+            let mut layer = KvLayer::default();
+            let (k, v) = (positions(heads, n, 0.0), positions(heads, n, 1.0));
+            layer.update(k, v, None).expect("update");
+            let buffer = span(layer.keys.as_ref().expect("buffer"));
+            let cache = one_layer(layer, n as usize);
+            let copy = compacted(&cache);
+            assert_eq!(
+                copy.nbytes(),
+                kv_bytes(heads, n),
+                "{heads} heads, {n} positions"
+            );
+            assert!(
+                cache.nbytes() > copy.nbytes(),
+                "the running buffer holds 256"
+            );
+            let ((ck, cv), (sk, sv)) = (state(&copy), state(&cache));
+            assert!(same(&ck, &sk) && same(&cv, &sv));
+            assert!(disjoint(&span(&ck), &buffer), "{heads} heads, {n}: shares");
+        }
+    }
+
+    #[test]
+    fn a_compact_global_layer_resumes_at_a_prefix_and_grows_like_the_original() {
+        let mut layer = KvLayer::default();
+        let (k, v) = (positions(2, 10, 0.0), positions(2, 10, 1.0));
+        layer.update(k, v, None).expect("update");
+        let cache = one_layer(layer, 10);
+        let copy = compacted(&cache);
+        // Within the copy's own 10 positions, just past them, and past a grown buffer.
+        for (len, more) in [(6, 3), (10, 5), (10, 300)] {
+            let step = |c: &Cache| {
+                let mut c = c.trimmed(len).expect("resumable");
+                let (k, v) = (positions(2, more, 5.0), positions(2, more, 6.0));
+                let kv = c.kv(0).expect("layer");
+                kv.update(k, v, None).expect("update")
+            };
+            let ((a, b), (c, d)) = (step(&cache), step(&copy));
+            assert!(
+                same(&a, &c) && same(&b, &d),
+                "resumed at {len}, {more} more"
+            );
+        }
+        let ((ck, _), (sk, _)) = (state(&copy), state(&cache));
+        assert!(same(&ck, &sk), "the stored copy is unchanged");
+    }
+
+    #[test]
+    fn a_compact_sliding_layer_keeps_its_window_and_continues_like_the_original() {
+        let mut layer = KvLayer::default();
+        let (k, v) = (positions(2, 6, 0.0), positions(2, 6, 1.0));
+        layer.update(k, v, Some(4)).expect("update");
+        let mut cache = one_layer(layer, 6);
+        let mut copy = compacted(&cache);
+        assert_eq!(
+            copy.nbytes(),
+            kv_bytes(2, 3),
+            "the window's last 3 positions"
+        );
+        assert!(!copy.resumable_at(5) && copy.resumable_at(6));
+        let step = |c: &mut Cache| {
+            let (k, v) = (positions(2, 1, 5.0), positions(2, 1, 6.0));
+            c.kv(0)
+                .expect("layer")
+                .update(k, v, Some(4))
+                .expect("update")
+        };
+        let ((a, b), (c, d)) = (step(&mut cache), step(&mut copy));
+        assert!(same(&a, &c) && same(&b, &d));
+    }
+
+    #[test]
+    fn a_compact_copy_of_a_batched_layer_holds_its_row_only() {
+        let mut rows: Vec<KvLayer> = [3, 5]
+            .iter()
+            .map(|&n| {
+                let mut layer = KvLayer::default();
+                let (k, v) = (positions(2, n, 0.0), positions(2, n, 1.0));
+                layer.update(k, v, None).expect("update");
+                layer
+            })
+            .collect();
+        let step = (positions(2, 2, 7.0), positions(2, 2, 8.0));
+        let (k, v) = (
+            step.0.reshape(&[2, 2, 1, DIM]),
+            step.1.reshape(&[2, 2, 1, DIM]),
+        );
+        let (k, v) = (k.expect("reshape"), v.expect("reshape"));
+        let mut refs: Vec<&mut KvLayer> = rows.iter_mut().collect();
+        batch_update(&mut refs, &k, &v, None, &mut BatchMasks::default()).expect("batch step");
+        let slot = rows[0].batch.clone().expect("lent to the batch");
+        let buffer = span(&slot.batch.lock().expect("batch").keys);
+        let cache = one_layer(rows.swap_remove(0), 4);
+        let copy = compacted(&cache);
+        assert_eq!(copy.nbytes(), kv_bytes(2, 4), "3 positions and the step's");
+        let ((ck, cv), (sk, sv)) = (state(&copy), state(&cache));
+        assert!(same(&ck, &sk) && same(&cv, &sv));
+        assert!(disjoint(&span(&ck), &buffer), "shares the batch's buffer");
+        assert!(!copy.kv_ref(0).expect("layer").in_batch());
+    }
+
+    #[test]
+    fn a_compact_copy_of_a_host_layer_holds_its_positions_as_mlx_arrays() {
+        let mut layer = KvLayer::default();
+        let (k, v) = (positions(2, 5, 0.0), positions(2, 5, 1.0));
+        layer.update(k, v, None).expect("update");
+        let host = layer.host(2, DIM as usize, None).expect("to the host");
+        let row = vec![9.0f32; 2 * DIM as usize];
+        host.push(&row, &row);
+        let cache = one_layer(layer, 6);
+        let copy = compacted(&cache);
+        assert_eq!(copy.nbytes(), kv_bytes(2, 6));
+        let ((ck, cv), (sk, sv)) = (state(&copy), state(&cache));
+        assert!(same(&ck, &sk) && same(&cv, &sv));
+        assert!(copy.kv_ref(0).expect("layer").host.is_none());
+    }
+
+    #[test]
+    fn a_compact_recurrent_state_does_not_hold_the_chunk_its_tail_is_cut_from() {
+        let chunk = Array::from_iter((0..40 * 8).map(|i| i as f32), &[1, 40, 8]);
+        let source = span(&chunk);
+        let conv = chunk.index((.., 37..40, ..));
+        let state = Array::from_iter((0..16).map(|i| i as f32), &[1, 4, 4]);
+        let cache = Cache {
+            layers: vec![
+                LayerCache::Recurrent(Recurrent {
+                    conv: Some(conv.clone()),
+                    state: Some(state.clone()),
+                }),
+                LayerCache::None,
+            ],
+            offset: 40,
+        };
+        let copy = compacted(&cache);
+        assert_eq!(copy.nbytes(), (3 * 8 + 16) * 4);
+        let LayerCache::Recurrent(r) = &copy.layers[0] else {
+            panic!("a recurrent layer");
+        };
+        let (c, s) = (
+            r.conv.as_ref().expect("conv"),
+            r.state.as_ref().expect("state"),
+        );
+        assert!(same(c, &conv) && same(s, &state));
+        assert!(
+            disjoint(&span(c), &source),
+            "the tail shares the chunk's buffer"
+        );
+        assert!(matches!(copy.layers[1], LayerCache::None));
     }
 }

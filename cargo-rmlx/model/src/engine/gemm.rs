@@ -68,7 +68,7 @@ const TRANS: libc::c_int = 112;
 fn sgemm() -> Option<Sgemm> {
     static SGEMM: OnceLock<Option<Sgemm>> = OnceLock::new();
     *SGEMM.get_or_init(|| {
-        if std::env::var("RMLX_HOST_GEMM").is_ok_and(|v| v == "0") {
+        if !super::switches::host_gemm() {
             tracing::debug!("host prefill GEMM off (RMLX_HOST_GEMM=0): MLX dequantize + matmul");
             return None;
         }

@@ -235,30 +235,12 @@ enum LinearKind {
 /// overrides it ([`dequantized_matmul_rows`]).
 pub const DEQUANTIZED_MATMUL_ROWS: i32 = 16;
 
-/// [`DEQUANTIZED_MATMUL_ROWS`], or `RMLX_DEQUANT_ROWS` when set to a positive number (decided
-/// once, logged). On the H100 a batched decode step of 4 rows (MLX's quantized kernel) took
-/// 2.79 steps of one row while 16 rows (dequantized) took 3.78 (BENCHMARKS.md, round 7): the
-/// knob lets a GPU session measure where the crossover lies.
+/// [`DEQUANTIZED_MATMUL_ROWS`], or `RMLX_DEQUANT_ROWS` when set to a positive number
+/// ([`super::switches`]). On the H100 a batched decode step of 4 rows (MLX's quantized
+/// kernel) took 2.79 steps of one row while 16 rows (dequantized) took 3.78 (BENCHMARKS.md,
+/// round 7): the knob lets a GPU session measure where the crossover lies.
 pub fn dequantized_matmul_rows() -> i32 {
-    static ROWS: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
-    *ROWS.get_or_init(|| {
-        let Ok(v) = std::env::var("RMLX_DEQUANT_ROWS") else {
-            return DEQUANTIZED_MATMUL_ROWS;
-        };
-        match v.parse::<i32>() {
-            Ok(n) if n > 0 => {
-                tracing::info!("RMLX_DEQUANT_ROWS={n}: from {n} rows on, weights are dequantized");
-                n
-            }
-            _ => {
-                tracing::warn!(
-                    "RMLX_DEQUANT_ROWS={v:?} is not a positive number; using \
-                     {DEQUANTIZED_MATMUL_ROWS}"
-                );
-                DEQUANTIZED_MATMUL_ROWS
-            }
-        }
-    })
+    super::switches::dequant_rows()
 }
 
 /// Below this many input rows, a quantized layer on the CPU runs the block kernel

@@ -4,7 +4,8 @@
 //! what a loaded architecture offers ([`network`]), the per-layer caches ([`cache`]),
 //! sampling ([`sample`], [`penalty`]) and the generate loop ([`generate`]) with its prompt
 //! cache ([`prefix_cache`]) and the GPU kernels' warm-up at load ([`warmup`]), the CPU host
-//! kernels ([`qmv`]) with their worker pool ([`pool`]) and OpenBLAS threading ([`blas`]). The compute dtype is a per-device
+//! kernels ([`qmv`]) with their worker pool ([`pool`]) and OpenBLAS threading ([`blas`]), and
+//! the environment switches for measuring ([`switches`]). The compute dtype is a per-device
 //! policy ([`DtypePolicy`]). Which network a `model_type` gets is `crate::arch`'s registry.
 
 pub mod attention;
@@ -27,6 +28,7 @@ pub mod qmv;
 pub mod rope;
 pub mod sample;
 pub mod sequence;
+pub mod switches;
 pub mod warmup;
 
 use mlx_rs::Dtype;
@@ -99,6 +101,7 @@ impl Model {
         let config = &snapshot.config;
         let dtype = policy.resolve(config.torch_dtype.as_deref());
         tracing::debug!(?dtype, model_type = %config.model_type, "loading model");
+        switches::read_all();
         if !gpu_available() {
             blas::configure();
             no_jit_on_cpu();

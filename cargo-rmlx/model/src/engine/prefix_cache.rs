@@ -19,12 +19,14 @@
 //! ids fed back), and, for models with sliding or recurrent layers, also snapshots taken
 //! during the prefill: at the end of the prompt (the next turn of a conversation starts
 //! with it) and where the prompt leaves the longest common prefix with a stored entry (the
-//! shared system prompt of the requests that follow). A snapshot shares its arrays with the
-//! running cache: MLX arrays are values, so the run's next write copies instead of changing
-//! the stored state.
+//! shared system prompt of the requests that follow). A state is stored as a compact copy
+//! ([`Cache::compact`]): exactly the positions it holds, in arrays of its own — not the
+//! running cache's key/value buffers (grown 256 positions at a time on MLX's path, or a
+//! batch's shared buffer), which the copy would otherwise keep alive. A resumed entry grows
+//! like any cache; MLX arrays are values, so the run's writes never change the stored state.
 //!
-//! Bounded by a byte budget over the stored arrays, least recently used entries evicted
-//! first; an entry made redundant by a longer one that can be cut back to it is dropped. MLX
+//! Bounded by a byte budget over the stored arrays (what the entries keep alive), least
+//! recently used entries evicted first; an entry made redundant by a longer one that can be cut back to it is dropped. MLX
 //! arrays belong to one thread: a cache lives on its model's worker thread and holds states of
 //! that one loaded model only.
 
@@ -182,7 +184,16 @@ impl PrefixCache {
             e.used = self.clock;
             return;
         }
-        let bytes = cache.nbytes();
+        // A copy of exactly the positions held: the running cache's buffers are larger (and
+        // may be a batch's), and the budget counts what the entry keeps alive.
+        let stored = match cache.compact() {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::warn!("prompt cache: not storing a state that fails to copy: {e}");
+                return;
+            }
+        };
+        let bytes = stored.nbytes();
         if bytes > self.budget {
             tracing::debug!(
                 "prompt cache: a state of {} tokens ({bytes} bytes) exceeds the budget ({} bytes)",
@@ -191,7 +202,8 @@ impl PrefixCache {
             );
             return;
         }
-        if let Err(e) = cache.materialize() {
+        // Evaluated while `cache` still holds the source arrays (see `Cache::compact`).
+        if let Err(e) = stored.materialize() {
             tracing::warn!("prompt cache: not storing a state that fails to evaluate: {e}");
             return;
         }
@@ -203,7 +215,7 @@ impl PrefixCache {
         self.bytes += bytes;
         self.entries.push(Entry {
             tokens: tokens.to_vec(),
-            cache: cache.clone(),
+            cache: stored,
             any_prefix,
             bytes,
             used: self.clock,
@@ -430,11 +442,41 @@ mod tests {
         conversation(&model, true);
     }
 
+    /// The tiny float32 models run MLX's path (the host kernels cover quantized weights only),
+    /// where a run's key/value buffers grow 256 positions at a time: a stored state is a copy
+    /// of its positions, counted as such, and a hit on it, cut back or grown, answers like a
+    /// cold run.
+    #[test]
+    fn a_stored_state_counts_exactly_its_positions_and_resumes_like_a_cold_run() {
+        let (dir, model) = load(|d| crate::engine::tests::write_tiny_llama(d, 1));
+        let c = Snapshot::open(dir.path()).expect("open").config;
+        let per_position = c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * 4;
+        let held =
+            |store: &PrefixCache| -> usize { store.entries.iter().map(|e| e.tokens.len()).sum() };
+        let mut store = PrefixCache::new(1 << 30);
+        let (out1, _) = run(&model, &mut store, &TURN1);
+        assert!(held(&store) >= TURN1.len());
+        assert_eq!(store.bytes(), held(&store) * per_position);
+        let mut turn2 = TURN1.to_vec();
+        turn2.extend(&out1[..2]);
+        turn2.extend([7, 9, 12]);
+        let (_, cached) = run(&model, &mut store, &turn2);
+        assert_eq!(cached, TURN1.len() + 2, "the stored copy resumes and grows");
+        let (_, cached) = run(&model, &mut store, &[&TURN1[..6], &[30, 31, 2]].concat());
+        assert_eq!(cached, 6, "the stored copy is cut back");
+        assert_eq!(
+            store.len(),
+            2,
+            "the second turn's state (it replaced the first's), the branch's"
+        );
+        assert_eq!(store.bytes(), held(&store) * per_position);
+    }
+
     #[test]
     fn a_tiny_budget_evicts_the_least_recently_used_state() {
         let (_dir, model) = load(|d| crate::engine::tests::write_tiny_llama(d, 1));
         let prompt = |first: u32| [&[first][..], &TURN1[1..]].concat();
-        // One stored state's size (buffers grow in fixed steps: every short state is alike).
+        // One stored state's size (the prompts are of one length: every state is alike).
         let mut probe = PrefixCache::new(1 << 30);
         run(&model, &mut probe, &prompt(1));
         let one = probe.bytes();

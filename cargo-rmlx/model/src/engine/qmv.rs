@@ -41,7 +41,7 @@ const PREFETCH_ROWS: usize = 4;
 pub fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| {
-        let off_by_env = std::env::var("RMLX_HOST_KERNELS").is_ok_and(|v| v == "0");
+        let off_by_env = !super::switches::host_kernels();
         let cpu = !super::gpu_available();
         let simd = simd_available();
         let on = cpu && simd && !off_by_env;

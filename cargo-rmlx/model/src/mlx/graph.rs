@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
-use std::path::Path;
 
 use mlx_rs::Array;
 
@@ -69,12 +68,8 @@ const DUMPED_CALL: usize = 3;
 /// every decode step, so without the variable (read once) it returns at once. Failures are
 /// logged: this is a diagnostic aid.
 pub fn dump_once(batch: usize, outputs: &[&Array]) {
-    static PREFIX: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     static CALLS: std::sync::Mutex<Vec<(usize, usize)>> = std::sync::Mutex::new(Vec::new());
-    let prefix = PREFIX.get_or_init(|| {
-        std::env::var_os("RMLX_GRAPH_DOT").map(|p| Path::new(&p).to_string_lossy().into_owned())
-    });
-    let Some(prefix) = prefix else {
+    let Some(prefix) = crate::engine::switches::graph_dot() else {
         return;
     };
     let mut calls = CALLS

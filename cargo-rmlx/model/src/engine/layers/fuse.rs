@@ -16,7 +16,7 @@ use crate::diagnostic::{code, Diagnostic, Result};
 pub fn fuse_projections() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| {
-        let off = std::env::var("RMLX_FUSE").is_ok_and(|v| v == "0");
+        let off = !super::super::switches::fuse();
         let on = !super::super::qmv::enabled() && !off;
         if !super::super::qmv::enabled() {
             tracing::info!(

@@ -3,7 +3,7 @@
 //! the bare steps of a batched pass ([`BatchPicks`]: every row's arg-max and its logit from
 //! one evaluation, read back once for all rows), behind one [`Pending`] step.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::Array;
@@ -141,14 +141,7 @@ impl Masked {
 /// `RMLX_STEP_SYNC=1` reads through such a cast instead (A/B timing of the old behaviour).
 fn read_scalar(a: &Array) -> Result<f32> {
     use mlx_rs::Dtype;
-    static CAST: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let cast = *CAST.get_or_init(|| {
-        let on = std::env::var("RMLX_STEP_SYNC").is_ok_and(|v| v == "1");
-        if on {
-            tracing::info!("RMLX_STEP_SYNC=1: step values are read through a device cast");
-        }
-        on
-    });
+    let cast = super::super::switches::step_sync();
     let value = match a.dtype() {
         _ if cast => a.try_item_cast::<f32>(),
         Dtype::Float32 => a.try_item_exact::<f32>(),
@@ -159,18 +152,9 @@ fn read_scalar(a: &Array) -> Result<f32> {
     value.map_err(|e| Diagnostic::error(code::Engine::Eval, format!("reading a step back: {e}")))
 }
 
-/// Whether a device step computes its evidence: the caller asks, or `RMLX_STEP_EVIDENCE=1`
-/// (decided once per process).
+/// Whether a device step computes its evidence: the caller asks, or `RMLX_STEP_EVIDENCE=1`.
 pub(super) fn evidence_wanted(opts: &GenerateOptions) -> bool {
-    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    opts.evidence
-        || *FORCED.get_or_init(|| {
-            let on = std::env::var("RMLX_STEP_EVIDENCE").is_ok_and(|v| v == "1");
-            if on {
-                tracing::info!("RMLX_STEP_EVIDENCE=1: every device step computes its evidence");
-            }
-            on
-        })
+    opts.evidence || super::super::switches::step_evidence()
 }
 
 /// The bare steps (arg-max and its logit, no evidence) of every row of one batched pass
@@ -245,16 +229,9 @@ fn read_back(next: &Array, chosen: &Array) -> std::result::Result<HostPicks, Dia
 
 /// Whether a batched pass's bare steps are picked together ([`BatchPicks`]), unless
 /// `RMLX_BATCH_PICKS=0` (each row then queues its own [`DeviceStep`]: the A/B of the old
-/// behaviour). Decided once per process.
+/// behaviour).
 pub(super) fn batch_picks_enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        let off = std::env::var("RMLX_BATCH_PICKS").is_ok_and(|v| v == "0");
-        if off {
-            tracing::info!("RMLX_BATCH_PICKS=0: each batched row picks its step on its own");
-        }
-        !off
-    })
+    super::super::switches::batch_picks()
 }
 
 /// The [`Step`] of a bare device step: the token and its logit, no evidence (the
