@@ -61,10 +61,10 @@ unsafe fn dot<const BITS: usize, const N: usize>(
     debug_assert!(xs.iter().all(|x| x.x.len() * BITS == packed.len() * 8));
     let xp = xs.map(|x| x.x.as_ptr());
     let acc = if N <= 4 {
-        chains::<BITS, N, 0, 2>(group, packed, scales, xp)
+        chains::<BITS, N, true, true>(group, packed, scales, xp)
     } else {
-        let mut acc = chains::<BITS, N, 0, 1>(group, packed, scales, xp);
-        let odd = chains::<BITS, N, 1, 1>(group, packed, scales, xp);
+        let mut acc = chains::<BITS, N, true, false>(group, packed, scales, xp);
+        let odd = chains::<BITS, N, false, true>(group, packed, scales, xp);
         for (a, o) in acc.iter_mut().zip(odd) {
             a[2] = o[2];
             a[3] = o[3];
@@ -74,30 +74,82 @@ unsafe fn dot<const BITS: usize, const N: usize>(
     finish(acc, biases, xs)
 }
 
-/// The chains of the 32-column blocks whose parity (`block % 2`) is in
-/// `FIRST..FIRST + COUNT`, over a whole row; the other chains stay zero.
+/// The chains of the even 32-column blocks (`EVEN`: chains 0, 1) and of the odd ones
+/// (`ODD`: chains 2, 3) over a whole row, block by block in column order; the other chains
+/// stay zero. The chain of every step is a constant, so the accumulators stay in registers.
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline]
-unsafe fn chains<const BITS: usize, const N: usize, const FIRST: usize, const COUNT: usize>(
+unsafe fn chains<const BITS: usize, const N: usize, const EVEN: bool, const ODD: bool>(
     group: usize,
     packed: &[u8],
     scales: &[f32],
     xp: [*const f32; N],
 ) -> Chains<N> {
-    let p = packed.as_ptr();
     let mut acc = [[_mm512_setzero_ps(); 4]; N];
-    for (g, &s) in scales.iter().enumerate() {
-        let s = _mm512_set1_ps(s);
-        for c in (g * group..(g + 1) * group).step_by(32) {
-            let parity = (c / 32) % 2;
-            if (FIRST..FIRST + COUNT).contains(&parity) {
-                for k in 0..2 {
-                    step::<BITS, N>(p, c + 16 * k, 2 * parity + k, s, xp, &mut acc);
-                }
-            }
+    let blocks = Blocks::new(group, scales);
+    for b in (0..blocks.count).step_by(2) {
+        if EVEN {
+            block::<BITS, N, 0>(packed.as_ptr(), blocks.scale(b), 32 * b, xp, &mut acc);
+        }
+        if ODD && b + 1 < blocks.count {
+            block::<BITS, N, 1>(
+                packed.as_ptr(),
+                blocks.scale(b + 1),
+                32 * (b + 1),
+                xp,
+                &mut acc,
+            );
         }
     }
     acc
+}
+
+/// A row's 32-column blocks and their groups' scales.
+struct Blocks<'a> {
+    /// Blocks in the row.
+    count: usize,
+    /// The row's scales, one per group.
+    scales: &'a [f32],
+    /// Blocks per group (≥ 1).
+    per_group: usize,
+}
+
+impl<'a> Blocks<'a> {
+    fn new(group: usize, scales: &'a [f32]) -> Self {
+        let per_group = group / 32;
+        Blocks {
+            count: scales.len() * per_group,
+            scales,
+            per_group,
+        }
+    }
+
+    /// The scale of block `b`'s group, in every lane (a shift, not a division, for groups
+    /// of a power of two blocks).
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    unsafe fn scale(&self, b: usize) -> __m512 {
+        let g = if self.per_group.is_power_of_two() {
+            b >> self.per_group.trailing_zeros()
+        } else {
+            b / self.per_group
+        };
+        _mm512_set1_ps(*self.scales.get_unchecked(g))
+    }
+}
+
+/// Block `PARITY` of a pair (columns `c..c + 32`): chains `2 · PARITY` and `2 · PARITY + 1`.
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+unsafe fn block<const BITS: usize, const N: usize, const PARITY: usize>(
+    p: *const u8,
+    s: __m512,
+    c: usize,
+    xp: [*const f32; N],
+    acc: &mut Chains<N>,
+) {
+    step::<BITS, N>(p, c, 2 * PARITY, s, xp, acc);
+    step::<BITS, N>(p, c + 16, 2 * PARITY + 1, s, xp, acc);
 }
 
 /// Chain `k` at columns `at..at + 16` for every input.
