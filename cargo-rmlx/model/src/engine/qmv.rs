@@ -113,7 +113,7 @@ pub(crate) fn simd_available() -> bool {
 
 /// Whether this processor runs the AVX-512 float kernels ([`avx512`]: AVX-512F, with AVX2
 /// and FMA).
-pub(crate) fn avx512_available() -> bool {
+fn avx512_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         simd_available() && std::arch::is_x86_feature_detected!("avx512f")
@@ -127,7 +127,7 @@ pub(crate) fn avx512_available() -> bool {
 /// The instruction set of the float kernels. One family serves every block size in a
 /// process, so a batched input's result equals the same input's alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Family {
+enum Family {
     /// 16-lane AVX-512 kernels, up to eight inputs per pass over a weight row.
     Avx512,
     /// 8-lane AVX2/FMA kernels, up to four inputs per pass.
@@ -150,7 +150,7 @@ impl Family {
 /// The float kernels' family in this process: AVX-512 where the processor has it unless
 /// `RMLX_HOST_KERNELS=avx2`, else AVX2/FMA, else the portable reference. Decided once per
 /// process and logged.
-pub(crate) fn family() -> Family {
+fn family() -> Family {
     static FAMILY: OnceLock<Family> = OnceLock::new();
     *FAMILY.get_or_init(|| {
         let family = if avx512_available() && setting() != Setting::Avx2 {
