@@ -128,23 +128,12 @@ fn avx512_available() -> bool {
 /// process, so a batched input's result equals the same input's alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Family {
-    /// 16-lane AVX-512 kernels, up to eight inputs per pass over a weight row.
+    /// 16-lane AVX-512 kernels: up to four inputs in one pass over a weight row.
     Avx512,
-    /// 8-lane AVX2/FMA kernels, up to four inputs per pass.
+    /// 8-lane AVX2/FMA kernels: up to four inputs, in two passes from three on.
     Avx2,
     /// The portable reference (no AVX2/FMA).
     Portable,
-}
-
-impl Family {
-    /// Inputs per pass over the weights at most: as many as the kernels' accumulators keep
-    /// in registers in at most two passes over the row (from L1).
-    fn block(self) -> usize {
-        match self {
-            Family::Avx512 => 8,
-            Family::Avx2 | Family::Portable => 4,
-        }
-    }
 }
 
 /// The float kernels' family in this process: AVX-512 where the processor has it unless
@@ -644,7 +633,7 @@ impl QuantMatrix<'_> {
     }
 
     /// The products `[rows, n]` per matrix, the inputs prepared as `P` (one activation mode).
-    /// Inputs outside, weight rows inside: each block of up to [`Input::block`] inputs takes
+    /// Inputs outside, weight rows inside: each block of up to [`Input::BLOCK`] inputs takes
     /// one pass over the task's weight rows, staying in L1 while the rows stream past, and
     /// each weight vector is unpacked once for the block. Every input takes the same
     /// arithmetic whatever block it is in, so a row of a batch equals that row computed
@@ -652,17 +641,12 @@ impl QuantMatrix<'_> {
     fn products<P: Input>(mats: &[Self], x: &[f32]) -> Vec<Vec<f32>> {
         let (prepared, of) = Self::prepare_shared::<P>(mats, x);
         let n = x.len() / mats[0].cols;
-        let most = P::block();
         Self::for_row_blocks(mats, n, |i, first, out| {
             let (m, inputs) = (&mats[i], &prepared[of[i]]);
-            for start in (0..n).step_by(most) {
-                let block = &inputs[start..n.min(start + most)];
+            for start in (0..n).step_by(P::BLOCK) {
+                let block = &inputs[start..n.min(start + P::BLOCK)];
                 let at = (first, start, n);
                 match block.len() {
-                    8 => m.pass::<P, 8>(block, at, out),
-                    7 => m.pass::<P, 7>(block, at, out),
-                    6 => m.pass::<P, 6>(block, at, out),
-                    5 => m.pass::<P, 5>(block, at, out),
                     4 => m.pass::<P, 4>(block, at, out),
                     3 => m.pass::<P, 3>(block, at, out),
                     2 => m.pass::<P, 2>(block, at, out),
@@ -698,15 +682,15 @@ impl QuantMatrix<'_> {
 
 /// An input row prepared for one activation mode's kernels.
 trait Input: Sized + Sync {
-    /// Inputs per kernel call at most (1 to 8): as many as the kernel's accumulators keep in
-    /// registers.
-    fn block() -> usize;
+    /// Inputs per pass over the weights at most (1 to 4): as many as the kernel's
+    /// accumulators keep in registers.
+    const BLOCK: usize;
 
     /// `x` (`m.cols` values) prepared for matrix `m`'s layout.
     fn new(x: &[f32], m: &QuantMatrix<'_>) -> Self;
 
     /// The kernel for `bits`-bit weights (4 or 8, checked by [`QuantMatrix::new`]) against `N`
-    /// inputs (`N ≤ block()`): SIMD when present, else the portable reference.
+    /// inputs: SIMD when present ([`family`]), else the portable reference.
     fn kernel<const N: usize>(bits: usize) -> Kernel<Self, N>;
 }
 
@@ -716,14 +700,13 @@ trait Input: Sized + Sync {
 type Kernel<P, const N: usize> = unsafe fn(usize, Row<'_>, [&P; N]) -> [f32; N];
 
 impl Input for Prepared {
-    /// The family's ([`Family::block`]). AVX2: four FMA chains per input; three or four
-    /// inputs take them in two passes of two chains over the row (eight accumulators stay
-    /// in the 16 vector registers), so a batch of four reads and unpacks each weight row
-    /// once, not twice as in blocks of two (BENCHMARKS.md, "Continuous batching", round 8).
-    /// AVX-512: up to four inputs in one pass, eight in two ([`avx512`]).
-    fn block() -> usize {
-        family().block()
-    }
+    /// AVX2: four FMA chains per input; three or four inputs take them in two passes of two
+    /// chains over the row (eight accumulators stay in the 16 vector registers), so a batch
+    /// of four reads and unpacks each weight row once, not twice as in blocks of two
+    /// (BENCHMARKS.md, "Continuous batching", round 8). AVX-512: four inputs in one pass
+    /// (16 accumulators of 32 registers; blocks of eight in two passes measured no faster,
+    /// BENCHMARKS.md round 10).
+    const BLOCK: usize = 4;
 
     fn new(x: &[f32], m: &QuantMatrix<'_>) -> Self {
         m.prepare(x)
@@ -761,10 +744,8 @@ fn f32_kernel<const N: usize>(family: Family, bits: usize) -> Kernel<Prepared, N
 }
 
 impl Input for Quantized {
-    /// One accumulator per input; four inputs per call.
-    fn block() -> usize {
-        4
-    }
+    /// One accumulator per input.
+    const BLOCK: usize = 4;
 
     fn new(x: &[f32], m: &QuantMatrix<'_>) -> Self {
         Quantized::new(x, m)
@@ -1201,7 +1182,7 @@ mod avx2 {
         out
     }
 
-    /// Each input's total (four inputs at a time; the kernels run up to four): its four chains, plus its bias term
+    /// Each input's total (`N` ≤ 4): its four chains, plus its bias term
     /// `Σ_g bias[g] · Σx[g]` — eight groups per vector FMA, each bias vector loaded once for
     /// all inputs, then the groups past the last eight one by one (a scalar loop over all
     /// groups took 15% of a 4-bit g32 prefill, and its serial add chain bounded the row
@@ -1227,17 +1208,13 @@ mod avx2 {
                 bias[i] = _mm256_fmadd_ps(bk, _mm256_loadu_ps(sums[i].add(k)), bias[i]);
             }
         }
-        let mut totals = [0f32; N];
-        for start in (0..N).step_by(4) {
-            let mut lanes = [_mm256_setzero_ps(); 4];
-            for (slot, i) in (start..N.min(start + 4)).enumerate() {
-                let [a0, a1, a2, a3] = acc[i];
-                let chains = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
-                lanes[slot] = _mm256_add_ps(chains, bias[i]);
-            }
-            let end = N.min(start + 4);
-            totals[start..end].copy_from_slice(&hsum4(lanes)[..end - start]);
+        let mut lanes = [_mm256_setzero_ps(); 4];
+        for i in 0..N {
+            let [a0, a1, a2, a3] = acc[i];
+            let chains = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+            lanes[i] = _mm256_add_ps(chains, bias[i]);
         }
+        let totals = hsum4(lanes);
         std::array::from_fn(|i| {
             let mut tail = 0f32;
             for k in whole..groups {
@@ -1581,19 +1558,10 @@ mod tests {
         unsafe { kernel(m.group, m.row(r), inputs) }.to_vec()
     }
 
-    /// `family`'s results for every block size it runs (2 to `family.block()`), each block
-    /// the first inputs of `xs`.
+    /// `family`'s results for blocks of two to four inputs, each block the first inputs of
+    /// `xs`.
     fn blocks(family: Family, m: &QuantMatrix<'_>, r: usize, xs: &[Prepared]) -> Vec<Vec<f32>> {
-        let all = [
-            block_of::<2>,
-            block_of::<3>,
-            block_of::<4>,
-            block_of::<5>,
-            block_of::<6>,
-            block_of::<7>,
-            block_of::<8>,
-        ];
-        all[..family.block() - 1]
+        [block_of::<2>, block_of::<3>, block_of::<4>]
             .iter()
             .map(|f| f(family, m, r, xs))
             .collect()
@@ -1630,8 +1598,8 @@ mod tests {
 
     /// Every SIMD float family this processor runs (AVX2; AVX-512 where present), one input
     /// against the portable reference within [`summation_bound`]; and each input's result
-    /// the same, bit for bit, whether computed alone or in a block of two to the family's
-    /// most (AVX2: 4, AVX-512: 8) — greedy results must not depend on batching (issue 14).
+    /// the same, bit for bit, whether computed alone or in a block of two to four — greedy
+    /// results must not depend on batching (issue 14).
     /// Rows of 128 and 576 columns: bias vectors whole and partial.
     #[test]
     fn float_kernels_match_the_reference_and_do_not_depend_on_the_block() {
@@ -1652,7 +1620,7 @@ mod tests {
                 let (scales, biases) = (pseudo_random(groups, 1), pseudo_random(groups, 2));
                 let m =
                     QuantMatrix::new(&packed, &scales, &biases, rows, cols, bits, group).unwrap();
-                let xs: Vec<Prepared> = (0..8)
+                let xs: Vec<Prepared> = (0..4)
                     .map(|i| m.prepare(&pseudo_random(cols, 10 + i)))
                     .collect();
                 let what = format!("{family:?} {bits}-bit g{group} {cols} columns");

@@ -1,21 +1,21 @@
 //! The AVX-512 float kernels of `engine::qmv`: one weight row of affine 4- or 8-bit values
-//! against one to eight float32 inputs, on processors with AVX-512F (chosen at run time by
+//! against one to four float32 inputs, on processors with AVX-512F (chosen at run time by
 //! [`super::family`]; the AVX2 kernels stay for every other x86-64 processor).
 //!
 //! Layout: every 16 columns are one 16-lane vector. The weights of 16 columns are unpacked
 //! once per row and scaled by their group's scale (`w = float(q) · scale`), then met by each
 //! input in a fused multiply-add. Each input has four accumulator chains: per 32 columns
 //! (`block = c / 32`) the chains `2 · (block % 2)` and `2 · (block % 2) + 1` take the first
-//! and the last 16 columns. Up to four inputs take all four chains in one pass over the row
-//! (16 accumulators of the 32 vector registers); five to eight take two passes, the even
-//! blocks (chains 0, 1) and then the odd ones (chains 2, 3), 16 accumulators each.
+//! and the last 16 columns. All four chains of up to four inputs run in one pass over the
+//! row (16 accumulators of the 32 vector registers), each step's chain a constant so that
+//! they stay in registers.
 //!
 //! Why an input's result does not depend on the others: every chain of an input adds the
-//! same products in column order whatever `N` is and whichever pass it runs in; the bias
-//! term is the same per-input sequence of vector multiply-adds; the chains and bias are
-//! combined as `((c0 + c1) + (c2 + c3)) + bias`; and the lanes are summed by one fixed tree
-//! ([`hsum4`]) applied lane-wise, whatever the other slots of the tree hold. Only the order
-//! of memory reads and which registers hold what differ between `N`s.
+//! same products in column order whatever `N` is; the bias term is the same per-input
+//! sequence of vector multiply-adds; the chains and bias are combined as
+//! `((c0 + c1) + (c2 + c3)) + bias`; and the lanes are summed by one fixed tree ([`hsum4`])
+//! applied lane-wise, whatever the other slots of the tree hold. Only the order of memory
+//! reads and which registers hold what differ between `N`s.
 //!
 //! 4 bits use [`Prepared`]'s layout of the AVX2 kernels (per 16 columns the 8 even ones,
 //! then the 8 odd ones divided by 16): the 8 packed bytes of 16 columns are broadcast to
@@ -60,26 +60,16 @@ unsafe fn dot<const BITS: usize, const N: usize>(
     debug_assert!(group % 32 == 0 && packed.len() * 8 == scales.len() * group * BITS);
     debug_assert!(xs.iter().all(|x| x.x.len() * BITS == packed.len() * 8));
     let xp = xs.map(|x| x.x.as_ptr());
-    let acc = if N <= 4 {
-        chains::<BITS, N, true, true>(group, packed, scales, xp)
-    } else {
-        let mut acc = chains::<BITS, N, true, false>(group, packed, scales, xp);
-        let odd = chains::<BITS, N, false, true>(group, packed, scales, xp);
-        for (a, o) in acc.iter_mut().zip(odd) {
-            a[2] = o[2];
-            a[3] = o[3];
-        }
-        acc
-    };
+    let acc = chains::<BITS, N>(group, packed, scales, xp);
     finish(acc, biases, xs)
 }
 
-/// The chains of the even 32-column blocks (`EVEN`: chains 0, 1) and of the odd ones
-/// (`ODD`: chains 2, 3) over a whole row, block by block in column order; the other chains
-/// stay zero. The chain of every step is a constant, so the accumulators stay in registers.
+/// The four chains over a whole row, block by block in column order: even 32-column blocks
+/// in chains 0 and 1, odd ones in chains 2 and 3. The chain of every step is a constant (an
+/// index computed at run time kept the accumulators in memory: BENCHMARKS.md, round 10).
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline]
-unsafe fn chains<const BITS: usize, const N: usize, const EVEN: bool, const ODD: bool>(
+unsafe fn chains<const BITS: usize, const N: usize>(
     group: usize,
     packed: &[u8],
     scales: &[f32],
@@ -88,10 +78,8 @@ unsafe fn chains<const BITS: usize, const N: usize, const EVEN: bool, const ODD:
     let mut acc = [[_mm512_setzero_ps(); 4]; N];
     let blocks = Blocks::new(group, scales);
     for b in (0..blocks.count).step_by(2) {
-        if EVEN {
-            block::<BITS, N, 0>(packed.as_ptr(), blocks.scale(b), 32 * b, xp, &mut acc);
-        }
-        if ODD && b + 1 < blocks.count {
+        block::<BITS, N, 0>(packed.as_ptr(), blocks.scale(b), 32 * b, xp, &mut acc);
+        if b + 1 < blocks.count {
             block::<BITS, N, 1>(
                 packed.as_ptr(),
                 blocks.scale(b + 1),
@@ -187,8 +175,8 @@ unsafe fn weights<const BITS: usize>(p: *const u8, at: usize) -> __m512i {
 
 /// Each input's total: `((c0 + c1) + (c2 + c3)) + bias` lane-wise, where `bias` is
 /// `Σ_g bias[g] · Σx[g]` over 16 groups per multiply-add (the last, partial vector through a
-/// masked load, zeros past the row's groups), then the lanes summed four inputs at a time by
-/// [`hsum4`]. Every input takes the same operations whatever `N` is.
+/// masked load, zeros past the row's groups), then the lanes of all inputs summed together by
+/// [`hsum4`]. Every input takes the same operations whatever `N` is (≤ 4).
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline]
 #[allow(clippy::needless_range_loop)]
@@ -206,20 +194,14 @@ unsafe fn finish<const N: usize>(acc: Chains<N>, biases: &[f32], xs: [&Prepared;
             bias[i] = _mm512_fmadd_ps(bk, x, bias[i]);
         }
     }
-    let mut out = [0f32; N];
-    for start in (0..N).step_by(4) {
-        let mut lanes = [_mm512_setzero_ps(); 4];
-        for (slot, i) in (start..N.min(start + 4)).enumerate() {
-            let [a0, a1, a2, a3] = acc[i];
-            let chains = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
-            lanes[slot] = _mm512_add_ps(chains, bias[i]);
-        }
-        let totals = hsum4(lanes);
-        for (slot, i) in (start..N.min(start + 4)).enumerate() {
-            out[i] = totals[slot];
-        }
+    let mut lanes = [_mm512_setzero_ps(); 4];
+    for i in 0..N {
+        let [a0, a1, a2, a3] = acc[i];
+        let chains = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
+        lanes[i] = _mm512_add_ps(chains, bias[i]);
     }
-    out
+    let totals = hsum4(lanes);
+    std::array::from_fn(|i| totals[i])
 }
 
 /// The lane sums of four vectors, each by the same tree whatever the others hold: lanes
