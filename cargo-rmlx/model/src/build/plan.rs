@@ -396,7 +396,7 @@ fn target_of(
         .flatten();
     let wanted = match fixed {
         // mlx-lm checks the default group size before asking its predicate.
-        Some(_) if m.cols % spec.default.group_size as usize != 0 => None,
+        Some(_) if !m.cols.is_multiple_of(spec.default.group_size as usize) => None,
         Some(f) => Some(QuantParams {
             group_size: f.group_size,
             bits: f.bits,
@@ -405,7 +405,7 @@ fn target_of(
         None => spec.for_module(&m.path),
     };
     match wanted {
-        Some(p) if m.cols % p.group_size as usize != 0 => {
+        Some(p) if !m.cols.is_multiple_of(p.group_size as usize) => {
             not_divisible.push(m.path.clone());
             Target::plain(None)
         }

@@ -43,7 +43,7 @@ impl DeltaNetSpec {
 
     /// Checks what the math needs: value heads a multiple of key heads, a kernel of ≥ 2 taps.
     pub fn check(&self) -> std::result::Result<(), String> {
-        if self.n_k_heads == 0 || self.n_v_heads % self.n_k_heads != 0 {
+        if self.n_k_heads == 0 || !self.n_v_heads.is_multiple_of(self.n_k_heads) {
             return Err(format!(
                 "linear_num_value_heads ({}) must be a multiple of linear_num_key_heads ({})",
                 self.n_v_heads, self.n_k_heads

@@ -112,7 +112,7 @@ pub fn matmul_many_host(x: &[f32], mats: &[Operands<'_>]) -> Result<Vec<Vec<f32>
     let sgemm = sgemm().ok_or_else(|| fail("no cblas_sgemm in this process".into()))?;
     let views = super::qmv::views(mats)?;
     let cols = views.first().map_or(0, |m| m.dims().1);
-    if cols == 0 || x.len() % cols != 0 || views.iter().any(|m| m.dims().1 != cols) {
+    if cols == 0 || !x.len().is_multiple_of(cols) || views.iter().any(|m| m.dims().1 != cols) {
         return Err(fail(format!(
             "{} input values are not rows of every weight's input features",
             x.len()

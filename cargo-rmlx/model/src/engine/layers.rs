@@ -124,7 +124,7 @@ impl LoadCtx<'_> {
         let path = &self.full_name(path);
         let bits = q.bits as usize;
         let group = q.group_size as usize;
-        if group == 0 || (cols * bits) % 32 != 0 || cols % group != 0 {
+        if group == 0 || !(cols * bits).is_multiple_of(32) || !cols.is_multiple_of(group) {
             return Err(Diagnostic::error(
                 code::Snapshot::Quantization,
                 format!(
@@ -689,7 +689,7 @@ impl Rope {
     /// rotate with periods `factor · base^(2i / dims)` (computed with MLX ops in float32, as
     /// mlx-lm does), the remaining pairs get an infinite period, i.e. stay as they are.
     pub fn proportional(dims: usize, rotated: usize, base: f32, factor: f32) -> Result<Self> {
-        if rotated > dims || dims % 2 != 0 || rotated % 2 != 0 {
+        if rotated > dims || !dims.is_multiple_of(2) || !rotated.is_multiple_of(2) {
             return Err(Diagnostic::error(
                 code::Engine::Rope,
                 format!(

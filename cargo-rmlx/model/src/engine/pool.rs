@@ -209,7 +209,7 @@ impl Pool {
         while epoch() == seen {
             spins = spins.wrapping_add(1);
             std::hint::spin_loop();
-            if spins % 256 == 0 && start.elapsed() > SPIN {
+            if spins.is_multiple_of(256) && start.elapsed() > SPIN {
                 self.sleepers.fetch_add(1, Ordering::SeqCst);
                 let mut lock = self.park.lock().unwrap_or_else(|e| e.into_inner());
                 while Claim(self.claim.load(Ordering::SeqCst)).epoch() == seen {

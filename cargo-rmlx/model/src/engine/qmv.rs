@@ -1,5 +1,6 @@
 //! The CPU quantized kernels: affine-quantized matrix × vector (and × a few vectors) on the
-//! host, over the very buffers MLX holds (no copy of the weights), with AVX2/FMA and both
+//! host, over the very buffers MLX holds (no copy of the weights), with AVX2/FMA — or, for
+//! float inputs on processors with AVX-512F, the 16-lane kernels of [`avx512`] — and both
 //! cores.
 //!
 //! Why it exists: with one input row (every decode step) MLX 0.32's CPU backend runs
@@ -12,14 +13,20 @@
 //! (a probe seed, a chat turn: up to four inputs per pass over the weights) and by
 //! `Transformer::hidden_host_decode`, which keeps a whole decode step's residual stream on
 //! the host. Everything else, and every model on a GPU, keeps MLX's kernels.
-//! `RMLX_HOST_KERNELS=0` turns it off.
+//! `RMLX_HOST_KERNELS=0` turns it off; `RMLX_HOST_KERNELS=avx2` keeps the AVX2 kernels on a
+//! processor with AVX-512 ([`family`]).
 
 use std::sync::OnceLock;
 
 use mlx_rs::{Array, Dtype};
 
+use super::switches::HostKernels;
 use crate::diagnostic::{code, Diagnostic, Result};
 use crate::mlx::host::host_slice;
+
+// The AVX-512 intrinsics are stable from Rust 1.89 (the workspace's `rust-version`).
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 /// Rows one task handles at least (smaller tasks cost more to hand out than they save).
 const MIN_ROWS_PER_TASK: usize = 32;
@@ -45,7 +52,9 @@ pub fn enabled() -> bool {
         let cpu = !super::gpu_available();
         let simd = simd_available();
         let on = cpu && simd && !off_by_env;
-        if !on && cpu {
+        if on {
+            tracing::debug!("host quantized mat-vec on: {:?} float kernels", family());
+        } else if cpu {
             tracing::debug!(
                 "host quantized mat-vec off ({}); decode uses MLX's CPU quantized_matmul",
                 if off_by_env {
@@ -69,6 +78,55 @@ pub(crate) fn simd_available() -> bool {
     {
         false
     }
+}
+
+/// Whether this processor runs the AVX-512 float kernels ([`avx512`]: AVX-512F, with AVX2
+/// and FMA).
+fn avx512_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        simd_available() && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The instruction set of the float kernels. One family serves every block size in a
+/// process, so a batched input's result equals the same input's alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    /// 16-lane AVX-512 kernels: up to four inputs in one pass over a weight row.
+    Avx512,
+    /// 8-lane AVX2/FMA kernels: up to four inputs, in two passes from three on.
+    Avx2,
+    /// The portable reference (no AVX2/FMA).
+    Portable,
+}
+
+/// The float kernels' family in this process: AVX-512 where the processor has it unless
+/// `RMLX_HOST_KERNELS=avx2`, else AVX2/FMA, else the portable reference. Decided once per
+/// process and logged.
+fn family() -> Family {
+    static FAMILY: OnceLock<Family> = OnceLock::new();
+    *FAMILY.get_or_init(|| {
+        let family =
+            if avx512_available() && super::switches::host_kernel_width() != HostKernels::Avx2 {
+                Family::Avx512
+            } else if simd_available() {
+                Family::Avx2
+            } else {
+                Family::Portable
+            };
+        let why = match (family, super::switches::host_kernel_width()) {
+            (Family::Avx2, HostKernels::Avx2) if avx512_available() => "RMLX_HOST_KERNELS=avx2",
+            (Family::Avx2, _) => "no AVX-512F on this processor",
+            _ => "the widest this processor runs",
+        };
+        tracing::debug!("host float kernels: {family:?} ({why})");
+        family
+    })
 }
 
 /// How the host kernels treat the input rows.
@@ -277,7 +335,7 @@ impl<'a> QuantMatrix<'a> {
             i64::try_from(bits).unwrap_or(i64::MAX),
             i64::try_from(group).unwrap_or(i64::MAX),
         )?;
-        if rows == 0 || cols == 0 || cols % group != 0 {
+        if rows == 0 || cols == 0 || !cols.is_multiple_of(group) {
             return Err(fail(
                 "shape",
                 format!("a {rows}×{cols} matrix does not split into groups of {group}"),
@@ -425,7 +483,10 @@ impl QuantMatrix<'_> {
 
     /// [`Self::matmul_many`] with the given activation mode.
     fn matmul_many_as(mats: &[Self], x: &[f32], mode: Activations) -> Result<Vec<Vec<f32>>> {
-        if let Some(m) = mats.iter().find(|m| x.is_empty() || x.len() % m.cols != 0) {
+        if let Some(m) = mats
+            .iter()
+            .find(|m| x.is_empty() || !x.len().is_multiple_of(m.cols))
+        {
             return Err(fail(
                 "shape",
                 format!(
@@ -602,7 +663,7 @@ trait Input: Sized + Sync {
     fn new(x: &[f32], m: &QuantMatrix<'_>) -> Self;
 
     /// The kernel for `bits`-bit weights (4 or 8, checked by [`QuantMatrix::new`]) against `N`
-    /// inputs: AVX2/FMA when present, else the portable reference.
+    /// inputs: SIMD when present ([`family`]), else the portable reference.
     fn kernel<const N: usize>(bits: usize) -> Kernel<Self, N>;
 }
 
@@ -612,10 +673,12 @@ trait Input: Sized + Sync {
 type Kernel<P, const N: usize> = unsafe fn(usize, Row<'_>, [&P; N]) -> [f32; N];
 
 impl Input for Prepared {
-    /// Four FMA chains per input; three or four inputs take them in two passes of two
-    /// chains over the row (eight accumulators stay in the 16 vector registers), so a
-    /// batch of four reads and unpacks each weight row once, not twice as in blocks of two
-    /// (BENCHMARKS.md, "Continuous batching", round 8).
+    /// AVX2: four FMA chains per input; three or four inputs take them in two passes of two
+    /// chains over the row (eight accumulators stay in the 16 vector registers), so a batch
+    /// of four reads and unpacks each weight row once, not twice as in blocks of two
+    /// (BENCHMARKS.md, "Continuous batching", round 8). AVX-512: four inputs in one pass
+    /// (16 accumulators of 32 registers; blocks of eight in two passes measured no faster,
+    /// BENCHMARKS.md round 10).
     const BLOCK: usize = 4;
 
     fn new(x: &[f32], m: &QuantMatrix<'_>) -> Self {
@@ -623,19 +686,33 @@ impl Input for Prepared {
     }
 
     fn kernel<const N: usize>(bits: usize) -> Kernel<Self, N> {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if simd_available() {
-                return match bits {
-                    8 => avx2::dot_q8::<N>,
-                    _ => avx2::dot_q4::<N>,
-                };
-            }
+        f32_kernel::<N>(family(), bits)
+    }
+}
+
+/// The float kernel of `family` for `bits`-bit weights against `N` inputs. A SIMD family
+/// the processor lacks gives the portable reference (the callers choose by [`family`] or,
+/// in tests, by the detection functions).
+fn f32_kernel<const N: usize>(family: Family, bits: usize) -> Kernel<Prepared, N> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if family == Family::Avx512 && avx512_available() {
+            return match bits {
+                8 => avx512::dot_q8::<N>,
+                _ => avx512::dot_q4::<N>,
+            };
         }
-        match bits {
-            8 => f32_scalar::<8, N>,
-            _ => f32_scalar::<4, N>,
+        if family == Family::Avx2 && simd_available() {
+            return match bits {
+                8 => avx2::dot_q8::<N>,
+                _ => avx2::dot_q4::<N>,
+            };
         }
+    }
+    let _ = family;
+    match bits {
+        8 => f32_scalar::<8, N>,
+        _ => f32_scalar::<4, N>,
     }
 }
 
@@ -831,7 +908,7 @@ mod avx2 {
         (packed, scales, biases): Row<'_>,
         xs: [&Prepared; N],
     ) -> [f32; N] {
-        debug_assert!(group % 32 == 0 && packed.len() * 8 == scales.len() * group * BITS);
+        debug_assert!(group.is_multiple_of(32) && packed.len() * 8 == scales.len() * group * BITS);
         debug_assert!(xs.iter().all(|x| x.x.len() * BITS == packed.len() * 8));
         let xp = xs.map(|x| x.x.as_ptr());
         let acc = chain_passes(
@@ -960,7 +1037,7 @@ mod avx2 {
         (packed, scales, biases): Row<'_>,
         out: &mut [f32],
     ) {
-        debug_assert!(group % 32 == 0 && out.len() == scales.len() * group);
+        debug_assert!(group.is_multiple_of(32) && out.len() == scales.len() * group);
         debug_assert!(packed.len() * 8 == out.len() * bits);
         let (p, o) = (packed.as_ptr(), out.as_mut_ptr());
         for (g, (&s, &b)) in scales.iter().zip(biases).enumerate() {
@@ -1002,7 +1079,7 @@ mod avx2 {
         (packed, scales, biases): Row<'_>,
         xs: [&Quantized; N],
     ) -> [f32; N] {
-        debug_assert!(group % 32 == 0 && packed.len() * 2 == scales.len() * group);
+        debug_assert!(group.is_multiple_of(32) && packed.len() * 2 == scales.len() * group);
         debug_assert!(xs.iter().all(|x| x.q.len() == packed.len() * 2));
         let p = packed.as_ptr();
         let xq = xs.map(|x| x.q.as_ptr());
@@ -1044,7 +1121,7 @@ mod avx2 {
         (packed, scales, biases): Row<'_>,
         xs: [&Quantized; N],
     ) -> [f32; N] {
-        debug_assert!(group % 32 == 0 && packed.len() == scales.len() * group);
+        debug_assert!(group.is_multiple_of(32) && packed.len() == scales.len() * group);
         debug_assert!(xs.iter().all(|x| x.q.len() == packed.len()));
         let p = packed.as_ptr();
         let xq = xs.map(|x| x.q.as_ptr());
@@ -1426,72 +1503,155 @@ mod tests {
         }
     }
 
-    /// The float kernels for one to four inputs against the portable reference; and each
-    /// input's result the same, bit for bit, whether computed alone or in a block of two to
-    /// four (greedy results must not depend on batching, issue 14) — also through
-    /// `matmul_many` (blocks cut from five inputs) in both activation modes.
+    /// The SIMD float families this processor runs; a missing one is said on stderr (an
+    /// AVX2-only processor tests the AVX2 kernels alone).
+    fn simd_families() -> Vec<Family> {
+        assert!(
+            simd_available(),
+            "no AVX2/FMA on this processor: the SIMD float kernels are not tested"
+        );
+        if !avx512_available() {
+            eprintln!("no AVX-512F on this processor: the AVX-512 float kernels are not tested");
+            return vec![Family::Avx2];
+        }
+        vec![Family::Avx2, Family::Avx512]
+    }
+
+    /// `family`'s kernel for `N` inputs on one weight row: the first `N` of `xs`.
+    fn block_of<const N: usize>(
+        family: Family,
+        m: &QuantMatrix<'_>,
+        r: usize,
+        xs: &[Prepared],
+    ) -> Vec<f32> {
+        let kernel = f32_kernel::<N>(family, m.bits);
+        let inputs: [&Prepared; N] = std::array::from_fn(|i| &xs[i]);
+        // SAFETY: the family is one the processor runs (`simd_families`); layouts checked by
+        // `QuantMatrix::new`; `prepare` made each input.
+        unsafe { kernel(m.group, m.row(r), inputs) }.to_vec()
+    }
+
+    /// `family`'s results for blocks of two to four inputs, each block the first inputs of
+    /// `xs`.
+    fn blocks(family: Family, m: &QuantMatrix<'_>, r: usize, xs: &[Prepared]) -> Vec<Vec<f32>> {
+        [block_of::<2>, block_of::<3>, block_of::<4>]
+            .iter()
+            .map(|f| f(family, m, r, xs))
+            .collect()
+    }
+
+    /// How far two float32 sums of the same terms, in any order, may differ: each lies within
+    /// `γ_k · Σ|terms|` of the exact sum (`γ_k ≈ k · 2⁻²⁴`, `k` the additions and roundings
+    /// on a term's way: the columns, the product's two roundings, the bias term), so twice
+    /// that. A wrong column, lane or scale moves a result by a whole term, far more.
+    fn summation_bound(m: &QuantMatrix<'_>, r: usize, x: &Prepared) -> f32 {
+        let (packed, scales, biases) = m.row(r);
+        let mut magnitude = 0f64;
+        for (g, (&s, &b)) in scales.iter().zip(biases).enumerate() {
+            let mut abs_x = 0f64;
+            for c in g * m.group..(g + 1) * m.group {
+                let q = if m.bits == 8 {
+                    super::quantized::<8>(packed, c)
+                } else {
+                    super::quantized::<4>(packed, c)
+                };
+                magnitude += f64::from(q * s * x.x[c]).abs();
+                abs_x += f64::from(x.x[c]).abs()
+                    * if m.bits == 4 && c % 16 >= 8 {
+                        16.0
+                    } else {
+                        1.0
+                    };
+            }
+            magnitude += f64::from(b).abs() * abs_x;
+        }
+        let k = (m.cols + 4) as f64;
+        (2.0 * k * f64::from(f32::EPSILON) / 2.0 * magnitude) as f32
+    }
+
+    /// Every SIMD float family this processor runs (AVX2; AVX-512 where present), one input
+    /// against the portable reference within [`summation_bound`]; and each input's result
+    /// the same, bit for bit, whether computed alone or in a block of two to four — greedy
+    /// results must not depend on batching (issue 14).
+    /// Rows of 128 and 576 columns: bias vectors whole and partial.
     #[test]
     fn float_kernels_match_the_reference_and_do_not_depend_on_the_block() {
-        for (bits, group) in [(4usize, 32usize), (4, 64), (8, 32), (8, 64)] {
-            let (rows, cols) = (5, 128);
+        for family in simd_families() {
+            for (bits, group, cols) in [
+                (4, 32, 128),
+                (4, 64, 128),
+                (8, 32, 128),
+                (8, 64, 128),
+                (4, 32, 576),
+                (8, 32, 576),
+            ] {
+                let rows = 5;
+                let packed: Vec<u8> = (0..rows * cols * bits / 8)
+                    .map(|i| (i * 37 % 251) as u8)
+                    .collect();
+                let groups = rows * cols / group;
+                let (scales, biases) = (pseudo_random(groups, 1), pseudo_random(groups, 2));
+                let m =
+                    QuantMatrix::new(&packed, &scales, &biases, rows, cols, bits, group).unwrap();
+                let xs: Vec<Prepared> = (0..4)
+                    .map(|i| m.prepare(&pseudo_random(cols, 10 + i)))
+                    .collect();
+                let what = format!("{family:?} {bits}-bit g{group} {cols} columns");
+                for r in 0..rows {
+                    let alone: Vec<f32> = (0..xs.len())
+                        .map(|i| block_of::<1>(family, &m, r, &xs[i..])[0])
+                        .collect();
+                    for (x, got) in xs.iter().zip(&alone) {
+                        let [want] = unsafe {
+                            f32_kernel::<1>(Family::Portable, bits)(group, m.row(r), [x])
+                        };
+                        let bound = summation_bound(&m, r, x);
+                        assert!(
+                            (want - got).abs() <= bound,
+                            "{what} row {r}: reference {want}, kernel {got}, bound {bound}"
+                        );
+                    }
+                    for block in blocks(family, &m, r, &xs) {
+                        for (i, v) in block.iter().enumerate() {
+                            assert_eq!(
+                                v.to_bits(),
+                                alone[i].to_bits(),
+                                "{what} row {r} input {i} in a block of {}",
+                                block.len()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Through `matmul_many` (the process's family, blocks cut from five and from nine
+    /// inputs), in both activation modes: each input's result equals the same input's
+    /// alone, bit for bit.
+    #[test]
+    fn matmul_many_results_do_not_depend_on_the_batch() {
+        for (bits, group) in [(4usize, 32usize), (8, 64)] {
+            let (rows, cols) = (70, 128);
             let packed: Vec<u8> = (0..rows * cols * bits / 8)
                 .map(|i| (i * 37 % 251) as u8)
                 .collect();
             let groups = rows * cols / group;
             let (scales, biases) = (pseudo_random(groups, 1), pseudo_random(groups, 2));
             let m = QuantMatrix::new(&packed, &scales, &biases, rows, cols, bits, group).unwrap();
-            let xs: Vec<Prepared> = (0..4)
-                .map(|i| m.prepare(&pseudo_random(cols, 10 + i)))
-                .collect();
-            let scalar = if bits == 8 {
-                f32_scalar::<8, 1>
-            } else {
-                f32_scalar::<4, 1>
-            };
-            for r in 0..rows {
-                let row = m.row(r);
-                // SAFETY: layouts checked by `QuantMatrix::new`; `prepare` made each input.
-                let (alone, blocks) = unsafe {
-                    let one = Prepared::kernel::<1>(bits);
-                    let alone: Vec<f32> = xs.iter().map(|x| one(group, row, [x])[0]).collect();
-                    let blocks = [
-                        Prepared::kernel::<2>(bits)(group, row, [&xs[0], &xs[1]]).to_vec(),
-                        Prepared::kernel::<3>(bits)(group, row, [&xs[0], &xs[1], &xs[2]]).to_vec(),
-                        Prepared::kernel::<4>(bits)(group, row, [&xs[0], &xs[1], &xs[2], &xs[3]])
-                            .to_vec(),
-                    ];
-                    (alone, blocks)
-                };
-                for (x, got) in xs.iter().zip(&alone) {
-                    // SAFETY: as above.
-                    let [want] = unsafe { scalar(group, row, [x]) };
-                    assert!(
-                        (want - got).abs() <= 1e-4 * (1.0 + want.abs()),
-                        "{bits}-bit group {group} row {r}: reference {want}, kernel {got}"
-                    );
-                }
-                for block in &blocks {
-                    for (i, v) in block.iter().enumerate() {
-                        assert_eq!(
-                            v.to_bits(),
-                            alone[i].to_bits(),
-                            "{bits}-bit row {r} input {i} in a block of {}",
-                            block.len()
-                        );
-                    }
-                }
-            }
-            let five = pseudo_random(5 * cols, 30);
-            for mode in [Activations::F32, Activations::Int8] {
-                let together = QuantMatrix::matmul_many_as(&[m], &five, mode).unwrap();
-                for (k, x) in five.chunks(cols).enumerate() {
-                    let alone = QuantMatrix::matmul_many_as(&[m], x, mode).unwrap();
-                    for r in 0..rows {
-                        assert_eq!(
-                            together[0][k * rows + r].to_bits(),
-                            alone[0][r].to_bits(),
-                            "{mode:?} {bits}-bit input {k} row {r}"
-                        );
+            for n in [5, 9] {
+                let inputs = pseudo_random(n * cols, 30);
+                for mode in [Activations::F32, Activations::Int8] {
+                    let together = QuantMatrix::matmul_many_as(&[m], &inputs, mode).unwrap();
+                    for (k, x) in inputs.chunks(cols).enumerate() {
+                        let alone = QuantMatrix::matmul_many_as(&[m], x, mode).unwrap();
+                        for r in 0..rows {
+                            assert_eq!(
+                                together[0][k * rows + r].to_bits(),
+                                alone[0][r].to_bits(),
+                                "{mode:?} {bits}-bit input {k} of {n} row {r}"
+                            );
+                        }
                     }
                 }
             }

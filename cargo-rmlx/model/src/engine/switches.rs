@@ -14,7 +14,23 @@ use std::sync::OnceLock;
 /// attention); `false` leaves the CPU on MLX's path, as on a GPU. Only the CPU device and
 /// AVX2/FMA decide further (`engine::qmv::enabled`).
 pub fn host_kernels() -> bool {
+    *HOST_KERNELS.get() != HostKernels::Off
+}
+
+/// Which float kernels the host kernels may use (`engine::qmv::family`).
+pub fn host_kernel_width() -> HostKernels {
     *HOST_KERNELS.get()
+}
+
+/// What `RMLX_HOST_KERNELS` asks of the CPU's host kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKernels {
+    /// `0`: off, MLX's CPU kernels.
+    Off,
+    /// `avx2`: on, the AVX2 float kernels even where AVX-512 is present.
+    Avx2,
+    /// `1` (the default) or `auto`: on, the widest float kernels the processor runs.
+    Auto,
 }
 
 /// Whether q|k|v and gate|up are fused into one matmul each on MLX's path.
@@ -59,13 +75,14 @@ pub fn graph_dot() -> Option<&'static str> {
 }
 
 /// `RMLX_HOST_KERNELS`.
-pub static HOST_KERNELS: Switch<bool> = Switch::new(
+pub static HOST_KERNELS: Switch<HostKernels> = Switch::new(
     "RMLX_HOST_KERNELS",
-    "the CPU's host kernels (quantized mat-vec, prefill GEMM, host decode and attention) are \
-     off: every step on the CPU runs MLX's path, as on a GPU",
-    true,
-    ZERO_OR_ONE,
-    zero_or_one,
+    "`0` turns the CPU's host kernels (quantized mat-vec, prefill GEMM, host decode and \
+     attention) off: every step on the CPU runs MLX's path, as on a GPU; `avx2` keeps their \
+     AVX2 float kernels where AVX-512 ones would run",
+    HostKernels::Auto,
+    "0, 1, auto or avx2",
+    host_kernel_setting,
 );
 
 /// `RMLX_FUSE`.
@@ -160,6 +177,15 @@ fn zero_or_one(v: &str) -> Option<bool> {
     }
 }
 
+fn host_kernel_setting(v: &str) -> Option<HostKernels> {
+    match v {
+        "0" => Some(HostKernels::Off),
+        "1" | "auto" => Some(HostKernels::Auto),
+        "avx2" => Some(HostKernels::Avx2),
+        _ => None,
+    }
+}
+
 fn positive(v: &str) -> Option<i32> {
     v.parse().ok().filter(|&n: &i32| n > 0)
 }
@@ -177,6 +203,17 @@ pub trait SwitchValue: Clone + PartialEq + Send + Sync + 'static {
 impl SwitchValue for bool {
     fn shown(&self) -> String {
         if *self { "1" } else { "0" }.to_string()
+    }
+}
+
+impl SwitchValue for HostKernels {
+    fn shown(&self) -> String {
+        match self {
+            HostKernels::Off => "0",
+            HostKernels::Avx2 => "avx2",
+            HostKernels::Auto => "1",
+        }
+        .to_string()
     }
 }
 
@@ -322,7 +359,9 @@ mod tests {
     use std::env::VarError;
     use std::path::Path;
 
-    use super::{Note, Reading, ALL, DEQUANT_ROWS, GRAPH_DOT, HOST_KERNELS, STEP_SYNC};
+    use super::{
+        HostKernels, Note, Reading, ALL, DEQUANT_ROWS, GRAPH_DOT, HOST_KERNELS, STEP_SYNC,
+    };
 
     fn set(v: &str) -> Result<String, VarError> {
         Ok(v.to_string())
@@ -337,36 +376,54 @@ mod tests {
 
     #[test]
     fn a_boolean_switch_takes_0_and_1_and_logs_only_a_change() {
-        let off = HOST_KERNELS.read(set("0"));
-        assert!(!off.value);
-        assert!(matches!(&off.note, Some(Note::Set(l)) if l.starts_with("RMLX_HOST_KERNELS=0: ")));
-        assert_eq!(
-            HOST_KERNELS.read(set("1")),
-            Reading {
-                value: true,
-                note: None
-            }
-        );
-        let unset = HOST_KERNELS.read(Err(VarError::NotPresent));
-        assert_eq!(
-            unset,
-            Reading {
-                value: true,
-                note: None
-            }
-        );
         assert!(STEP_SYNC.read(set("1")).value);
-        assert_eq!(STEP_SYNC.read(set("0")).note, None);
+        assert!(
+            matches!(&STEP_SYNC.read(set("1")).note, Some(Note::Set(l)) if l.starts_with("RMLX_STEP_SYNC=1: "))
+        );
+        assert_eq!(
+            STEP_SYNC.read(set("0")),
+            Reading {
+                value: false,
+                note: None
+            }
+        );
+        assert_eq!(
+            STEP_SYNC.read(Err(VarError::NotPresent)),
+            Reading {
+                value: false,
+                note: None
+            }
+        );
+    }
+
+    #[test]
+    fn host_kernels_take_off_auto_and_avx2() {
+        let off = HOST_KERNELS.read(set("0"));
+        assert_eq!(off.value, HostKernels::Off);
+        assert!(matches!(&off.note, Some(Note::Set(l)) if l.starts_with("RMLX_HOST_KERNELS=0: ")));
+        let avx2 = HOST_KERNELS.read(set("avx2"));
+        assert_eq!(avx2.value, HostKernels::Avx2);
+        assert!(matches!(avx2.note, Some(Note::Set(_))));
+        for raw in ["1", "auto"] {
+            let r = HOST_KERNELS.read(set(raw));
+            assert_eq!((r.value, r.note), (HostKernels::Auto, None), "{raw}");
+        }
+        let unset = HOST_KERNELS.read(Err(VarError::NotPresent));
+        assert_eq!((unset.value, unset.note), (HostKernels::Auto, None));
     }
 
     #[test]
     fn a_value_a_switch_does_not_take_is_warned_about_and_the_default_used() {
-        for raw in ["off", "false", " 0", ""] {
+        for raw in ["off", "false", " 0", "", "avx512"] {
             let r = HOST_KERNELS.read(set(raw));
-            assert!(r.value, "{raw:?} turned the host kernels off");
+            assert_eq!(
+                r.value,
+                HostKernels::Auto,
+                "{raw:?} changed the host kernels"
+            );
             let line = invalid_note(&r);
             assert!(
-                line.contains("RMLX_HOST_KERNELS") && line.contains("0 or 1"),
+                line.contains("RMLX_HOST_KERNELS") && line.contains("0, 1, auto or avx2"),
                 "{line}"
             );
         }
@@ -375,7 +432,8 @@ mod tests {
         assert!(invalid_note(&r).contains(&format!("{:?}", "yes")));
         let bytes = std::ffi::OsString::from("x");
         let r = HOST_KERNELS.read(Err(VarError::NotUnicode(bytes)));
-        assert!(r.value && invalid_note(&r).contains("RMLX_HOST_KERNELS"));
+        assert_eq!(r.value, HostKernels::Auto);
+        assert!(invalid_note(&r).contains("RMLX_HOST_KERNELS"));
     }
 
     #[test]

@@ -136,7 +136,7 @@ fn layer_tensor(arch: &Architecture, params: &ModelParams, name: &str) -> Option
 /// so HF row `h*hd + t*hd/2 + i` is GGUF row `h*hd + 2*i + t`. `None` when `rows` is not a
 /// multiple of `2 * n_head`.
 pub fn unpermute_rows(rows: usize, n_head: usize) -> Option<Vec<usize>> {
-    if n_head == 0 || rows % (2 * n_head) != 0 {
+    if n_head == 0 || !rows.is_multiple_of(2 * n_head) {
         return None;
     }
     let hd = rows / n_head;

@@ -290,7 +290,7 @@ pub fn dequantize(ty: GgmlType, data: &[u8]) -> Result<Vec<f32>> {
         ));
     }
     let ts = ty.type_size();
-    if data.len() % ts != 0 {
+    if !data.len().is_multiple_of(ts) {
         return Err(Diagnostic::error(
             code::Gguf::BadTensor,
             format!(
@@ -558,7 +558,7 @@ fn check_affine(ty: GgmlType, data: &[u8]) -> Result<usize> {
             format!("ggml type {ty} has no exact MLX affine equivalent"),
         ));
     }
-    if data.len() % ty.type_size() != 0 {
+    if !data.len().is_multiple_of(ty.type_size()) {
         return Err(Diagnostic::error(
             code::Gguf::BadTensor,
             format!(
@@ -670,7 +670,7 @@ pub fn mxfp4_scales(data: &[u8]) -> Result<Vec<u8>> {
 
 fn mxfp4_blocks(data: &[u8]) -> Result<std::slice::ChunksExact<'_, u8>> {
     let ts = GgmlType::MXFP4.type_size();
-    if data.len() % ts != 0 {
+    if !data.len().is_multiple_of(ts) {
         return Err(Diagnostic::error(
             code::Gguf::BadTensor,
             format!(

@@ -777,7 +777,7 @@ impl GgufFile {
 fn tensor_bytes(name: &str, dims: &[u64], ty: GgmlType) -> std::result::Result<u64, String> {
     let block = ty.block_size() as u64;
     let row_len = dims[0];
-    if row_len % block != 0 {
+    if !row_len.is_multiple_of(block) {
         return Err(format!(
             "tensor `{name}` ({ty}) has row length {row_len}, not a multiple of the block size \
              {block}"

@@ -239,7 +239,7 @@ impl Gemma4Config {
             ("num_global_key_value_heads", self.global_kv_heads),
         ] {
             if let Some(kv) = kv {
-                if kv == 0 || self.heads % kv != 0 {
+                if kv == 0 || !self.heads.is_multiple_of(kv) {
                     return err(
                         key,
                         format!(

@@ -510,7 +510,7 @@ fn delta_view(
 
 /// `value / n`, when `n` divides `value` into whole quantization groups.
 fn split(config: &ModelConfig, key: &str, value: usize, n: usize, group: usize) -> Result<usize> {
-    if value % n != 0 {
+    if !value.is_multiple_of(n) {
         return Err(config.located(
             code::Engine::DistIndivisible,
             format!("`{key}` = {value} cannot be split over {n} ranks"),
@@ -523,7 +523,7 @@ fn split(config: &ModelConfig, key: &str, value: usize, n: usize, group: usize) 
 
 /// A rank's share `width` must be whole quantization groups of `group` (1 when dense).
 fn check_groups(config: &ModelConfig, key: &str, width: usize, group: usize) -> Result<()> {
-    if width % group == 0 {
+    if width.is_multiple_of(group) {
         return Ok(());
     }
     Err(config.located(

@@ -38,7 +38,7 @@ pub type HeadKernel = fn(&Head<'_>, &mut [f32], &mut [f32]);
 pub fn head_kernel(dim: usize) -> HeadKernel {
     #[cfg(target_arch = "x86_64")]
     {
-        if dim % 8 == 0 && crate::engine::qmv::simd_available() {
+        if dim.is_multiple_of(8) && crate::engine::qmv::simd_available() {
             return avx2::head;
         }
     }
