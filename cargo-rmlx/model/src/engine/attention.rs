@@ -6,7 +6,8 @@
 //! each row masked to its own positions: [`Attention::forward_batch`]) and
 //! the pieces an architecture with its own attention variant composes: [`split_heads`],
 //! [`merge_heads`], [`attend`] and [`sliding_mask`]. One-token decode steps on the CPU attend
-//! on the host instead ([`Attention::host_decode`], module [`host`]), and so do long causal
+//! on the host instead ([`Attention::host_decode`]; a batched step's sequences: each
+//! [`Attention::host_prepare`], then one [`Attention::host_attend`]; module [`host`]), and so do long causal
 //! prompt chunks on the CPU (module [`prefill`]).
 
 pub mod host;
@@ -155,6 +156,20 @@ impl Attention {
         scratch: &mut host::Scratch,
         out: &mut [f32],
     ) -> Result<()> {
+        let kv = self.host_prepare([&mut *q, k], v, cache, rope)?;
+        host::attend(q, kv, self.spec.scale, scratch, out);
+        Ok(())
+    }
+
+    /// The part of [`Self::host_decode`] before attention: `q` and `k` normalised and rotated
+    /// in place, the new key/value appended to `cache`; returns the host-held layer.
+    pub fn host_prepare<'c>(
+        &self,
+        [q, k]: [&mut [f32]; 2],
+        v: &[f32],
+        cache: &'c mut KvLayer,
+        rope: Option<&host::RopeTable>,
+    ) -> Result<&'c host::HostKv> {
         let s = &self.spec;
         for (x, norm) in [(&mut *q, &self.q_norm), (&mut *k, &self.k_norm)] {
             for head in x.chunks_mut(s.head_dim) {
@@ -169,8 +184,18 @@ impl Attention {
         }
         let kv = cache.host(k.len() / s.head_dim, s.head_dim, s.window)?;
         kv.push(k, v);
-        host::attend(q, kv, s.scale, scratch, out);
-        Ok(())
+        Ok(kv)
+    }
+
+    /// The attention of a decode step's sequences after [`Self::host_prepare`], all their
+    /// query heads in one job ([`host::attend_rows`]); `out`: the rows of `o_proj`'s input.
+    pub fn host_attend(
+        &self,
+        rows: &[host::Query<'_>],
+        scratch: &mut host::Scratch,
+        out: &mut [f32],
+    ) {
+        host::attend_rows(rows, self.spec.scale, scratch, out);
     }
 
     /// `x` (`[B, L, hidden]`) → attention output projected back to `[B, L, hidden]`.

@@ -13,7 +13,7 @@ mod host_prefill;
 
 use mlx_rs::{Array, Dtype};
 
-use super::attention::host::{RopeTable, Scratch};
+use super::attention::host::{Query, RopeTable, Scratch};
 use super::attention::{Attention, AttentionSpec};
 use super::cache::{BatchMasks, Cache, CacheKind};
 use super::ends::Ends;
@@ -312,8 +312,9 @@ impl Block {
 
 /// Attention of block `i` on the host for every sequence: `qkv` holds the B rows of the
 /// projected queries, keys and values (queries and keys are rotated in place); `tables[b]`
-/// rotates sequence `b`'s position (`None`: a NoPE layer). Returns the B rows of `o_proj`'s
-/// input.
+/// rotates sequence `b`'s position (`None`: a NoPE layer). Each sequence's rotation and cache
+/// update, then the attention of all of them in one kernel-pool job (every sequence's query
+/// heads as items). Returns the B rows of `o_proj`'s input.
 fn host_attention(
     i: usize,
     a: &Attention,
@@ -330,17 +331,22 @@ fn host_attention(
         ));
     };
     let (qw, kw) = (q.len() / rows, k.len() / rows);
-    let mut out = vec![0f32; q.len()];
-    for (b, cache) in caches.iter_mut().enumerate() {
-        a.host_decode(
-            [&mut q[b * qw..(b + 1) * qw], &mut k[b * kw..(b + 1) * kw]],
-            &v[b * kw..(b + 1) * kw],
-            cache.kv(i)?,
-            tables.map(|t| &t[b]),
-            scratch,
-            &mut out[b * qw..(b + 1) * qw],
-        )?;
+    let mut held = Vec::with_capacity(rows);
+    let parts = caches
+        .iter_mut()
+        .zip(q.chunks_mut(qw))
+        .zip(k.chunks_mut(kw));
+    for (b, ((cache, q), k)) in parts.enumerate() {
+        let v = &v[b * kw..(b + 1) * kw];
+        held.push(a.host_prepare([q, k], v, cache.kv(i)?, tables.map(|t| &t[b]))?);
     }
+    let queries: Vec<Query<'_>> = q
+        .chunks(qw)
+        .zip(held)
+        .map(|(q, kv)| Query { q, kv })
+        .collect();
+    let mut out = vec![0f32; q.len()];
+    a.host_attend(&queries, scratch, &mut out);
     Ok(out)
 }
 

@@ -3,7 +3,8 @@
 //! [`crate::engine::cache::KvLayer`] while decode steps run on the host), the rotation of one
 //! position ([`RopeTable`], its cosines and sines taken from MLX's own rope so every rope
 //! variant is covered) and grouped-query attention of one query over the held positions
-//! ([`attend`]), sliding windows included. Long prefill chunks attend in
+//! ([`attend`]), sliding windows included — for the several sequences of a batched step in
+//! one kernel-pool job over all their query heads ([`attend_rows`]). Long prefill chunks attend in
 //! [`super::prefill`], short ones and the GPU keep MLX's attention; per decode step this
 //! replaces B small MLX graphs per block by a loop over host memory.
 
@@ -197,46 +198,84 @@ pub struct Scratch {
     scores: Vec<f32>,
 }
 
-/// Below this many multiply-adds (heads · positions · width · 2) one layer's attention runs
-/// on the calling thread: handing it to the kernel pool costs more than it saves.
+/// Below this many multiply-adds (heads · positions · width · 2, summed over a step's
+/// sequences) a layer's attention runs on the calling thread: handing it to the kernel pool
+/// costs more than it saves.
 const PARALLEL_WORK: usize = 1 << 16;
 
-/// Attention of one position's queries `q` (`n_heads · dim`, already rotated) over every
-/// position `kv` holds within its window (the new one included), scaled by `scale`; writes
-/// `n_heads · dim` values to `out`. Query head `h` reads key/value head
-/// `h / (n_heads / kv heads)`. The query heads are spread over the kernel pool
-/// (`engine::pool`) once the work is large enough; each head runs [`simd::head_kernel`].
+/// One sequence's part of a decode step's attention: its queries `q` (`n_heads · dim`,
+/// already rotated) over every position `kv` holds within its window (the new one
+/// included).
+pub struct Query<'a> {
+    pub q: &'a [f32],
+    pub kv: &'a HostKv,
+}
+
+/// Attention of one position's queries `q` over `kv` (see [`attend_rows`]).
 pub fn attend(q: &[f32], kv: &HostKv, scale: f32, scratch: &mut Scratch, out: &mut [f32]) {
-    let dim = kv.dim;
-    let n_heads = q.len() / dim;
-    let group = (n_heads / kv.heads).max(1);
-    let total = kv.positions();
-    let first = kv.window.map_or(0, |w| total.saturating_sub(w));
-    let span = total - first;
-    let kernel = simd::head_kernel(dim);
-    scratch.scores.resize(n_heads * span, 0.0);
-    let head = |h: usize, scores: &mut [f32], out: &mut [f32]| {
-        let g = h / group;
-        let head = simd::Head {
-            q: &q[h * dim..(h + 1) * dim],
-            keys: kv.rows(&kv.keys, g),
-            values: kv.rows(&kv.values, g),
-            positions: first..total,
-            scale,
-        };
-        kernel(&head, scores, out);
+    attend_rows(&[Query { q, kv }], scale, scratch, out);
+}
+
+/// Attention of a decode step's sequences, scaled by `scale`: writes each sequence's
+/// `n_heads · dim` values to `out`, one sequence after another. Query head `h` reads
+/// key/value head `h / (n_heads / kv heads)` of its sequence. Every (sequence, query head)
+/// pair is one item of one kernel-pool job (`engine::pool`) once the step's work is large
+/// enough; each runs [`simd::head_kernel`] over its own scores, so a sequence's output does
+/// not depend on the sequences beside it.
+pub fn attend_rows(rows: &[Query<'_>], scale: f32, scratch: &mut Scratch, out: &mut [f32]) {
+    let Some(dim) = rows.first().map(|r| r.kv.dim) else {
+        return;
     };
-    let mut heads: Vec<(usize, &mut [f32], &mut [f32])> = scratch
-        .scores
-        .chunks_mut(span.max(1))
-        .zip(out.chunks_mut(dim))
-        .enumerate()
-        .map(|(h, (s, o))| (h, s, o))
-        .collect();
-    if n_heads * span * dim * 2 < PARALLEL_WORK {
-        heads.iter_mut().for_each(|(h, s, o)| head(*h, s, o));
+    let kernel = simd::head_kernel(dim);
+    let scores: usize = rows.iter().map(|r| r.q.len() / dim * r.span().len()).sum();
+    scratch.scores.resize(scores, 0.0);
+    let mut items = head_items(rows, scale, &mut scratch.scores, out);
+    if scores * dim * 2 < PARALLEL_WORK {
+        items.iter_mut().for_each(|(h, s, o)| kernel(h, s, o));
     } else {
-        crate::engine::pool::for_each_mut(&mut heads, |(h, s, o)| head(*h, s, o));
+        crate::engine::pool::for_each_mut(&mut items, |(h, s, o)| kernel(h, s, o));
+    }
+}
+
+/// One query head's work: the head, its scores scratch and its output.
+type HeadItem<'a> = (simd::Head<'a>, &'a mut [f32], &'a mut [f32]);
+
+/// Every (sequence, query head) pair of `rows`, each with its own part of `scores` and of
+/// `out`.
+fn head_items<'a>(
+    rows: &[Query<'a>],
+    scale: f32,
+    mut scores: &'a mut [f32],
+    out: &'a mut [f32],
+) -> Vec<HeadItem<'a>> {
+    let mut items = Vec::with_capacity(rows.iter().map(|r| r.q.len() / r.kv.dim).sum());
+    let mut outs = out.chunks_mut(rows.first().map_or(1, |r| r.kv.dim));
+    for row in rows {
+        let (kv, dim) = (row.kv, row.kv.dim);
+        let group = (row.q.len() / dim / kv.heads).max(1);
+        let positions = row.span();
+        for (h, q) in row.q.chunks_exact(dim).enumerate() {
+            let (mine, rest) = std::mem::take(&mut scores).split_at_mut(positions.len());
+            scores = rest;
+            let head = simd::Head {
+                q,
+                keys: kv.rows(&kv.keys, h / group),
+                values: kv.rows(&kv.values, h / group),
+                positions: positions.clone(),
+                scale,
+            };
+            items.extend(outs.next().map(|o| (head, mine, o)));
+        }
+    }
+    items
+}
+
+impl Query<'_> {
+    /// The positions attended, counted from the first one `kv` holds.
+    fn span(&self) -> std::ops::Range<usize> {
+        let total = self.kv.positions();
+        let first = self.kv.window.map_or(0, |w| total.saturating_sub(w));
+        first..total
     }
 }
 
