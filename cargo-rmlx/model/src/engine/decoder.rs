@@ -410,13 +410,27 @@ fn host_mlp(block: &Block, n: &[f32], project: Project<'_>) -> Result<Vec<f32>> 
 /// Values of a prefill chunk's gate from which the SiLU runs on the rayon threads.
 const PARALLEL_SILU: usize = 1 << 14;
 
-/// `g = silu(g) · u` element-wise; a prefill chunk's rows (from [`PARALLEL_SILU`] values)
-/// on the rayon threads, which otherwise wait between the projections (the same
-/// arithmetic per element either way).
+/// Values of a decode step's gate (two or more sequences) from which the SiLU runs in the
+/// kernel pool, in [`SILU_CHUNK`]-value items.
+const POOLED_SILU: usize = 2048;
+const SILU_CHUNK: usize = 1024;
+
+/// `g = silu(g) · u` element-wise; a batched decode step's rows (from [`POOLED_SILU`]
+/// values) in the kernel pool, a prefill chunk's (from [`PARALLEL_SILU`]) on the rayon
+/// threads, either of which otherwise waits between the projections (the same arithmetic
+/// per element either way).
 fn silu_times(gate: &mut [f32], up: &[f32]) {
     let silu = |(g, u): (&mut f32, &f32)| *g = *g / (1.0 + (-*g).exp()) * u;
-    if gate.len() < PARALLEL_SILU {
+    if gate.len() < POOLED_SILU {
         gate.iter_mut().zip(up).for_each(silu);
+        return;
+    }
+    if gate.len() < PARALLEL_SILU {
+        let mut items: Vec<_> = gate
+            .chunks_mut(SILU_CHUNK)
+            .zip(up.chunks(SILU_CHUNK))
+            .collect();
+        super::pool::for_each_mut(&mut items, |(g, u)| g.iter_mut().zip(*u).for_each(silu));
         return;
     }
     use rayon::prelude::*;

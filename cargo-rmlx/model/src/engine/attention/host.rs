@@ -336,6 +336,49 @@ mod tests {
         }
     }
 
+    /// Several sequences attended together (one pool job over all their heads) give each
+    /// sequence exactly what it gets alone (on the calling thread).
+    #[test]
+    fn sequences_together_equal_each_alone() {
+        let (heads, kv_heads, dim) = (6usize, 2usize, 16usize);
+        let row = kv_heads * dim;
+        let layers: Vec<HostKv> = [(200usize, None), (300, None), (90, Some(32))]
+            .iter()
+            .enumerate()
+            .map(|(s, &(t, window))| {
+                let (k, v) = (
+                    values(t * row, 7 + s as u32),
+                    values(t * row, 17 + s as u32),
+                );
+                let mut kv = HostKv::empty(kv_heads, dim, window, Dtype::Float32);
+                (0..t).for_each(|p| kv.push(&k[p * row..][..row], &v[p * row..][..row]));
+                kv
+            })
+            .collect();
+        let qs: Vec<Vec<f32>> = (0..layers.len())
+            .map(|s| values(heads * dim, 30 + s as u32))
+            .collect();
+        let rows: Vec<Query<'_>> = qs
+            .iter()
+            .zip(&layers)
+            .map(|(q, kv)| Query { q, kv })
+            .collect();
+        // Alone each runs on the calling thread; together (532 positions) in the pool.
+        assert!(heads * 300 * dim * 2 < PARALLEL_WORK);
+        assert!(heads * (200 + 300 + 32) * dim * 2 >= PARALLEL_WORK);
+        let mut together = vec![0f32; heads * dim * rows.len()];
+        attend_rows(&rows, 0.25, &mut Scratch::default(), &mut together);
+        for (s, (q, kv)) in qs.iter().zip(&layers).enumerate() {
+            let mut alone = vec![0f32; heads * dim];
+            attend(q, kv, 0.25, &mut Scratch::default(), &mut alone);
+            assert_eq!(
+                alone,
+                together[s * heads * dim..][..heads * dim],
+                "sequence {s}"
+            );
+        }
+    }
+
     /// Decode steps on the host leave a layer, once flushed back to MLX, holding what the
     /// same steps through MLX's cache update leave (global and sliding window).
     #[test]
