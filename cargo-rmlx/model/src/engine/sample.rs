@@ -1,5 +1,7 @@
 //! Token sampling from a logit vector: greedy, or temperature with top-k, top-p and min-p
-//! filters and a seeded generator, so a sampled run is reproducible.
+//! filters and a seeded generator, so a sampled run is reproducible. Also the passes a step
+//! makes over the vocabulary: [`argmax`] (vectorised lanes) and [`top_k`] (one pass, no copy
+//! of the vocabulary for up to 32 entries).
 
 /// Sampling settings (OpenAI/mlx-lm semantics: 0 disables a filter).
 #[derive(Debug, Clone, Copy, PartialEq)]
