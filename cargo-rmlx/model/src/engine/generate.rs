@@ -43,10 +43,10 @@ pub struct GenerateOptions {
     /// evidence stays the model's).
     pub constraint: Option<Constraint>,
     /// Whether each step records its evidence beyond the chosen id — log-probabilities, the
-    /// top logits, max |logit|, the non-finite count. Greedy steps picked on the device
-    /// skip those reductions over the vocabulary when nobody reads them (bench, a server
-    /// request without `logprobs`): their [`Step`] then holds the id and its logit, the rest
-    /// NaN / zero. `RMLX_STEP_EVIDENCE=1` forces it on (A/B timing).
+    /// top logits, max |logit|, the non-finite count. Steps skip those reductions over the
+    /// vocabulary when nobody reads them (bench, a server request without `logprobs`),
+    /// whether picked on the device or on the host: their [`Step`] then holds the id and its
+    /// logit, the rest NaN / zero. `RMLX_STEP_EVIDENCE=1` forces it on (A/B timing).
     pub evidence: bool,
 }
 

@@ -141,27 +141,12 @@ pub enum Activations {
 }
 
 /// The activation mode of the host kernels: `RMLX_HOST_ACTIVATIONS=int8` selects the integer
-/// path, `f32` (the default) the float one. Not the default because it fails the oracle
-/// tolerances (BENCHMARKS.md, "Int8 activations": SmolLM2 4-bit chat step-0 logits 2.9 off
-/// mlx-lm float32, gemma-3 4-bit greedy tokens diverging at step 2). Decided once per process
-/// and logged.
+/// path, `f32` (the default) the float one (read by `engine::switches`). Not the default
+/// because it fails the oracle tolerances (BENCHMARKS.md, "Int8 activations": SmolLM2 4-bit
+/// chat step-0 logits 2.9 off mlx-lm float32, gemma-3 4-bit greedy tokens diverging at
+/// step 2).
 pub fn activations() -> Activations {
-    static MODE: OnceLock<Activations> = OnceLock::new();
-    *MODE.get_or_init(|| {
-        let var = std::env::var("RMLX_HOST_ACTIVATIONS").ok();
-        let mode = match var.as_deref() {
-            Some("f32") | Some("float32") | None => Activations::F32,
-            Some("int8") => Activations::Int8,
-            Some(other) => {
-                tracing::warn!(
-                    "RMLX_HOST_ACTIVATIONS={other:?} is neither `f32` nor `int8`: using f32"
-                );
-                Activations::F32
-            }
-        };
-        tracing::debug!("host kernels: {mode:?} activations");
-        mode
-    })
+    super::switches::host_activations()
 }
 
 /// Whether [`matmul_many`] handles weights of this format: 4 or 8 bits, a positive group
@@ -833,6 +818,20 @@ unsafe fn i8_scalar<const BITS: usize, const N: usize>(
 /// One weight row: packed bytes, scales, biases.
 type Row<'a> = (&'a [u8], &'a [f32], &'a [f32]);
 
+/// Whether a weight row and float inputs have the layout the SIMD float kernels read (for
+/// their debug assertions): `group` a multiple of 32, one scale per group, every input as
+/// long as the row.
+fn float_layout_ok(
+    group: usize,
+    bits: usize,
+    (packed, scales, _): Row<'_>,
+    xs: &[&Prepared],
+) -> bool {
+    group.is_multiple_of(32)
+        && packed.len() * 8 == scales.len() * group * bits
+        && xs.iter().all(|x| x.x.len() * bits == packed.len() * 8)
+}
+
 /// Portable reference of the float32 kernels: per column `(q · scale) · x`, in column order.
 ///
 /// # Safety
@@ -921,8 +920,12 @@ mod avx2 {
         (packed, scales, biases): Row<'_>,
         xs: [&Prepared; N],
     ) -> [f32; N] {
-        debug_assert!(group.is_multiple_of(32) && packed.len() * 8 == scales.len() * group * BITS);
-        debug_assert!(xs.iter().all(|x| x.x.len() * BITS == packed.len() * 8));
+        debug_assert!(super::float_layout_ok(
+            group,
+            BITS,
+            (packed, scales, biases),
+            &xs
+        ));
         let xp = xs.map(|x| x.x.as_ptr());
         let acc = chain_passes(
             || chains::<BITS, N, 0, 4>(group, packed, scales, xp),

@@ -1,5 +1,7 @@
 //! Token sampling from a logit vector: greedy, or temperature with top-k, top-p and min-p
-//! filters and a seeded generator, so a sampled run is reproducible.
+//! filters and a seeded generator, so a sampled run is reproducible. Also the passes a step
+//! makes over the vocabulary: [`argmax`] (vectorised lanes) and [`top_k`] (one pass, no copy
+//! of the vocabulary for up to 32 entries).
 
 /// Sampling settings (OpenAI/mlx-lm semantics: 0 disables a filter).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -111,33 +113,66 @@ impl Sampler {
     }
 }
 
-/// Index of the largest logit (first one on ties, NaN ignored).
+/// Index of the largest logit (first one on ties, NaN ignored; 0 when every logit is NaN or
+/// -inf). Two passes the compiler vectorises: the maximum in lanes, then its first index.
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    let mut best_v = f32::NEG_INFINITY;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > best_v {
-            best = i;
-            best_v = v;
+    const LANES: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = logits.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    let larger = |a: f32, b: f32| if b > a { b } else { a };
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane = larger(*lane, v);
         }
     }
-    best as u32
+    let best = tail
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |a, &b| larger(a, b));
+    if best == f32::NEG_INFINITY {
+        return 0;
+    }
+    logits.iter().position(|&v| v == best).unwrap_or(0) as u32
 }
 
-/// The `k` largest logits, best first.
+/// Up to this many top logits are kept in a sorted list during one pass over the logits;
+/// more go through a selection over a copy.
+const STREAMED_TOP_K: usize = 32;
+
+/// The `k` largest logits, best first (by `total_cmp`; the first index on ties).
 pub fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let k = k.min(logits.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    if k > STREAMED_TOP_K {
+        return top_k_selected(logits, k);
+    }
+    let beats = |a: f32, b: f32| a.total_cmp(&b).is_gt();
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    for (i, &v) in logits.iter().enumerate() {
+        if best.len() == k && !beats(v, best[k - 1].1) {
+            continue;
+        }
+        let at = best.partition_point(|&(_, b)| !beats(v, b));
+        best.insert(at, (i as u32, v));
+        best.truncate(k);
+    }
+    best
+}
+
+/// [`top_k`] for a large `k`: a selection over a copy of the whole vector.
+fn top_k_selected(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     let mut idx: Vec<(u32, f32)> = logits
         .iter()
         .enumerate()
         .map(|(i, &v)| (i as u32, v))
         .collect();
-    let k = k.min(idx.len());
-    if k == 0 {
-        return Vec::new();
-    }
-    idx.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
+    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    idx.select_nth_unstable_by(k - 1, order);
     idx.truncate(k);
-    idx.sort_by(|a, b| b.1.total_cmp(&a.1));
+    idx.sort_by(order);
     idx
 }
 
@@ -150,6 +185,41 @@ mod tests {
         let l = [0.1, 3.0, -1.0, 2.5];
         assert_eq!(Sampler::new(SamplerConfig::default()).sample(&l), 1);
         assert_eq!(top_k(&l, 2), vec![(1, 3.0), (3, 2.5)]);
+    }
+
+    /// The top `k` by sorting everything (best first, first index on ties).
+    fn top_k_sorted(l: &[f32], k: usize) -> Vec<(u32, f32)> {
+        let mut all: Vec<(u32, f32)> = l.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        all.truncate(k);
+        all
+    }
+
+    #[test]
+    fn top_k_and_argmax_match_a_full_sort() {
+        let mut l: Vec<f32> = (0..5000)
+            .map(|i| ((i * 37 % 101) as f32 * 0.7).sin())
+            .collect();
+        l[17] = f32::NAN;
+        l[900] = f32::NEG_INFINITY;
+        // Compared bit for bit: the NaN ranks first under `total_cmp`.
+        let bits = |v: Vec<(u32, f32)>| -> Vec<(u32, u32)> {
+            v.into_iter().map(|(i, x)| (i, x.to_bits())).collect()
+        };
+        for k in [1, 2, 5, 20, 32, 33, 100, 5000, 6000] {
+            assert_eq!(bits(top_k(&l, k)), bits(top_k_sorted(&l, k)), "k {k}");
+        }
+        let finite: Vec<f32> = l
+            .iter()
+            .map(|&v| if v.is_nan() { 0.0 } else { v })
+            .collect();
+        assert_eq!(argmax(&l) as usize, {
+            let best = finite.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            finite.iter().position(|&v| v == best).unwrap()
+        });
+        assert_eq!(argmax(&[f32::NAN, f32::NEG_INFINITY]), 0);
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
+        assert_eq!(argmax(&[]), 0);
     }
 
     #[test]

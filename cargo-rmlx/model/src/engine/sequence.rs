@@ -37,13 +37,14 @@ use mlx_rs::Array;
 use super::cache::Cache;
 use super::generate::{GenerateOptions, GenerateOutput, Step, StopReason, PREFILL_CHUNK};
 use super::penalty::PenaltyState;
-use super::sample::{top_k, Sampler};
+use super::sample::Sampler;
 use super::Model;
 use crate::constrain::{Constraint, Guide, Masked};
 use crate::diagnostic::{code, Diagnostic, Result};
 use device_step::{evidence_wanted, BatchPicks, DeviceStep, Pending};
 
 mod device_step;
+mod evidence;
 
 /// The cache a sequence starts from (the cache-creation hook, see the module docs).
 #[derive(Debug)]
@@ -453,9 +454,10 @@ impl Sequence {
         })?;
         l.eval()?;
         let host: &[f32] = l.as_slice::<f32>();
+        let evidence = evidence_wanted(&self.opts);
         Ok(self
             .choose(host)
-            .map(|id| describe_step(host, id, self.opts.top)))
+            .map(|id| evidence::host_step(host, id, self.opts.top, evidence)))
     }
 
     /// The hook where logits become a token (see the module docs): on a copy of the logits
@@ -484,7 +486,7 @@ impl Sequence {
 
 /// Whether greedy steps are picked on the device: greedy without host-side logit
 /// adjustments (penalties, a constraint mask) on a GPU. On the CPU the logits are host
-/// memory already and one pass over them (`describe_step`) is cheaper than the device
+/// memory already and one pass over them (`evidence::host_step`) is cheaper than the device
 /// reductions.
 pub fn device_sampling(sampler: &Sampler, opts: &GenerateOptions) -> bool {
     sampler.is_greedy()
@@ -544,36 +546,4 @@ fn token_budget(model: &Model, prompt_len: usize, max_tokens: usize) -> usize {
         return room;
     }
     max_tokens
-}
-
-/// The evidence recorded for one step.
-fn describe_step(logits: &[f32], id: u32, k: usize) -> Step {
-    let mut max_abs = 0f32;
-    let mut non_finite = 0;
-    let mut max = f32::NEG_INFINITY;
-    for &l in logits {
-        if l.is_finite() {
-            max_abs = max_abs.max(l.abs());
-            max = max.max(l);
-        } else {
-            non_finite += 1;
-        }
-    }
-    let lse = max
-        + logits
-            .iter()
-            .filter(|l| l.is_finite())
-            .map(|&l| ((l - max) as f64).exp())
-            .sum::<f64>()
-            .ln() as f32;
-    let top = top_k(logits, k);
-    let logprob = logits.get(id as usize).map_or(f32::NAN, |l| l - lse);
-    Step {
-        id,
-        top_logprobs: top.iter().map(|(_, l)| l - lse).collect(),
-        top,
-        max_abs_logit: max_abs,
-        non_finite,
-        logprob,
-    }
 }

@@ -10,6 +10,8 @@
 use std::env::VarError;
 use std::sync::OnceLock;
 
+use super::qmv::Activations;
+
 /// Whether the CPU's host kernels run (quantized mat-vec, prefill GEMM, host decode and
 /// attention); `false` leaves the CPU on MLX's path, as on a GPU. Only the CPU device and
 /// AVX2/FMA decide further (`engine::qmv::enabled`).
@@ -20,6 +22,11 @@ pub fn host_kernels() -> bool {
 /// Which float kernels the host kernels may use (`engine::qmv::family`).
 pub fn host_kernel_width() -> HostKernels {
     *HOST_KERNELS.get()
+}
+
+/// The activations the host kernels multiply the weights with (`engine::qmv::activations`).
+pub fn host_activations() -> super::qmv::Activations {
+    *HOST_ACTIVATIONS.get()
 }
 
 /// What `RMLX_HOST_KERNELS` asks of the CPU's host kernels.
@@ -83,6 +90,16 @@ pub static HOST_KERNELS: Switch<HostKernels> = Switch::new(
     HostKernels::Auto,
     "0, 1, auto or avx2",
     host_kernel_setting,
+);
+
+/// `RMLX_HOST_ACTIVATIONS`.
+pub static HOST_ACTIVATIONS: Switch<Activations> = Switch::new(
+    "RMLX_HOST_ACTIVATIONS",
+    "`int8` quantizes the host kernels' input rows to int8 per 32 columns and multiplies them \
+     with the integer weights in integer dot products (opt-in: it fails the oracle tolerances)",
+    Activations::F32,
+    "f32, float32 or int8",
+    host_activations_setting,
 );
 
 /// `RMLX_FUSE`.
@@ -155,8 +172,9 @@ pub static GRAPH_DOT: Switch<Option<String>> = Switch::new(
 );
 
 /// Every switch, for the documentation and its test.
-pub static ALL: [&(dyn Described + Sync); 8] = [
+pub static ALL: [&(dyn Described + Sync); 9] = [
     &HOST_KERNELS,
+    &HOST_ACTIVATIONS,
     &FUSE,
     &HOST_GEMM,
     &STEP_SYNC,
@@ -182,6 +200,14 @@ fn host_kernel_setting(v: &str) -> Option<HostKernels> {
         "0" => Some(HostKernels::Off),
         "1" | "auto" => Some(HostKernels::Auto),
         "avx2" => Some(HostKernels::Avx2),
+        _ => None,
+    }
+}
+
+fn host_activations_setting(v: &str) -> Option<Activations> {
+    match v {
+        "f32" | "float32" => Some(Activations::F32),
+        "int8" => Some(Activations::Int8),
         _ => None,
     }
 }
@@ -212,6 +238,16 @@ impl SwitchValue for HostKernels {
             HostKernels::Off => "0",
             HostKernels::Avx2 => "avx2",
             HostKernels::Auto => "1",
+        }
+        .to_string()
+    }
+}
+
+impl SwitchValue for Activations {
+    fn shown(&self) -> String {
+        match self {
+            Activations::F32 => "f32",
+            Activations::Int8 => "int8",
         }
         .to_string()
     }
@@ -360,7 +396,8 @@ mod tests {
     use std::path::Path;
 
     use super::{
-        HostKernels, Note, Reading, ALL, DEQUANT_ROWS, GRAPH_DOT, HOST_KERNELS, STEP_SYNC,
+        HostKernels, Note, Reading, ALL, DEQUANT_ROWS, GRAPH_DOT, HOST_ACTIVATIONS, HOST_KERNELS,
+        STEP_SYNC,
     };
 
     fn set(v: &str) -> Result<String, VarError> {
@@ -434,6 +471,21 @@ mod tests {
         let r = HOST_KERNELS.read(Err(VarError::NotUnicode(bytes)));
         assert_eq!(r.value, HostKernels::Auto);
         assert!(invalid_note(&r).contains("RMLX_HOST_KERNELS"));
+    }
+
+    #[test]
+    fn host_activations_take_f32_and_int8() {
+        use crate::engine::qmv::Activations;
+        for raw in ["f32", "float32"] {
+            let r = HOST_ACTIVATIONS.read(set(raw));
+            assert_eq!((r.value, r.note), (Activations::F32, None), "{raw}");
+        }
+        let int8 = HOST_ACTIVATIONS.read(set("int8"));
+        assert_eq!(int8.value, Activations::Int8);
+        assert!(matches!(int8.note, Some(Note::Set(_))));
+        let r = HOST_ACTIVATIONS.read(set("i8"));
+        assert_eq!(r.value, Activations::F32);
+        assert!(invalid_note(&r).contains("RMLX_HOST_ACTIVATIONS"));
     }
 
     #[test]

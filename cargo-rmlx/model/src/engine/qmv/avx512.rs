@@ -57,8 +57,12 @@ unsafe fn dot<const BITS: usize, const N: usize>(
     (packed, scales, biases): Row<'_>,
     xs: [&Prepared; N],
 ) -> [f32; N] {
-    debug_assert!(group.is_multiple_of(32) && packed.len() * 8 == scales.len() * group * BITS);
-    debug_assert!(xs.iter().all(|x| x.x.len() * BITS == packed.len() * 8));
+    debug_assert!(super::float_layout_ok(
+        group,
+        BITS,
+        (packed, scales, biases),
+        &xs
+    ));
     let xp = xs.map(|x| x.x.as_ptr());
     let acc = chains::<BITS, N>(group, packed, scales, xp);
     finish(acc, biases, xs)

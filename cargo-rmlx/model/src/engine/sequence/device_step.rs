@@ -13,7 +13,7 @@ use crate::diagnostic::{code, Diagnostic, Result};
 
 /// A greedy step evaluated on the device: the arg-max token and the numbers of its
 /// [`Step`], queued with `async_eval` and read back when needed. Same semantics as
-/// `describe_step`: non-finite logits are counted and left out of the arg-max, the
+/// `evidence::describe_step`: non-finite logits are counted and left out of the arg-max, the
 /// log-sum-exp and `max_abs_logit`.
 pub(super) struct DeviceStep {
     /// The arg-max token (`[]` uint32).
@@ -152,7 +152,8 @@ fn read_scalar(a: &Array) -> Result<f32> {
     value.map_err(|e| Diagnostic::error(code::Engine::Eval, format!("reading a step back: {e}")))
 }
 
-/// Whether a device step computes its evidence: the caller asks, or `RMLX_STEP_EVIDENCE=1`.
+/// Whether a step computes its evidence (on the device or on the host, `super::evidence`):
+/// the caller asks, or `RMLX_STEP_EVIDENCE=1`.
 pub(super) fn evidence_wanted(opts: &GenerateOptions) -> bool {
     opts.evidence || super::super::switches::step_evidence()
 }
