@@ -235,9 +235,10 @@ pub(super) fn batch_picks_enabled() -> bool {
     super::super::switches::batch_picks()
 }
 
-/// The [`Step`] of a bare device step: the token and its logit, no evidence (the
-/// log-sum-exp, hence every log-probability, and `max_abs_logit` are NaN).
-fn bare_step(id: u32, logit: f32) -> Step {
+/// The [`Step`] of a bare step (a device step's, or a host-picked one without evidence): the
+/// token and its logit, no evidence (the log-sum-exp, hence every log-probability, and
+/// `max_abs_logit` are NaN).
+pub(super) fn bare_step(id: u32, logit: f32) -> Step {
     Step {
         id,
         top: vec![(id, logit)],

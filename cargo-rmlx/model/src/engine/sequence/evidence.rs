@@ -34,14 +34,7 @@ pub(super) fn host_step(logits: &[f32], id: u32, k: usize, evidence: bool) -> St
 /// (what a device step's bare step holds).
 fn bare_step(logits: &[f32], id: u32) -> Step {
     let chosen = logits.get(id as usize).copied().unwrap_or(f32::NAN);
-    Step {
-        id,
-        top: vec![(id, chosen)],
-        top_logprobs: vec![f32::NAN],
-        max_abs_logit: f32::NAN,
-        non_finite: 0,
-        logprob: f32::NAN,
-    }
+    super::device_step::bare_step(id, chosen)
 }
 
 /// The evidence recorded for one step.
