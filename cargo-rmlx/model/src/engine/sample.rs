@@ -113,14 +113,26 @@ impl Sampler {
     }
 }
 
+/// Lanes of the passes over a logit vector that the compiler vectorises ([`argmax`], a
+/// step's evidence).
+pub(crate) const LANES: usize = 16;
+
+/// The larger of `a` and `b`, `a` when `b` is NaN: one `maxps`, so lane loops vectorise.
+#[inline(always)]
+pub(crate) fn larger(a: f32, b: f32) -> f32 {
+    if b > a {
+        b
+    } else {
+        a
+    }
+}
+
 /// Index of the largest logit (first one on ties, NaN ignored; 0 when every logit is NaN or
 /// -inf). Two passes the compiler vectorises: the maximum in lanes, then its first index.
 pub fn argmax(logits: &[f32]) -> u32 {
-    const LANES: usize = 16;
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let chunks = logits.chunks_exact(LANES);
     let tail = chunks.remainder();
-    let larger = |a: f32, b: f32| if b > a { b } else { a };
     for chunk in chunks {
         for (lane, &v) in lanes.iter_mut().zip(chunk) {
             *lane = larger(*lane, v);

@@ -12,10 +12,7 @@
 //! a batch, so its numbers do not depend on batching.
 
 use super::super::generate::Step;
-use super::super::sample::top_k;
-
-/// Lanes of the vectorised passes.
-const LANES: usize = 16;
+use super::super::sample::{larger, top_k, LANES};
 
 /// Logits per block of the log-sum-exp whose lanes are summed in f32.
 const BLOCK: usize = 256;
@@ -95,16 +92,6 @@ impl FiniteRange {
         self.max = larger(self.max, if finite { l } else { f32::NEG_INFINITY });
         self.max_abs = larger(self.max_abs, if finite { l.abs() } else { 0.0 });
         self.non_finite += usize::from(!finite);
-    }
-}
-
-/// The larger of two numbers that are not NaN (one `maxps`).
-#[inline(always)]
-fn larger(a: f32, b: f32) -> f32 {
-    if b > a {
-        b
-    } else {
-        a
     }
 }
 
