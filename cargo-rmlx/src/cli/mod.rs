@@ -152,17 +152,20 @@ pub fn main() -> ExitCode {
         Command::Serve(a) => serve::run(&cli.global, a),
         Command::Lsp(a) => lsp::run(&cli.global, a),
     };
-    match result {
-        Ok(code) => ExitCode::from(code),
+    let code = match result {
+        Ok(code) => code,
         Err(diag) => {
-            let code = exit_code(&diag);
             if machine {
                 output::diagnostic_message(&diag);
             }
             output::report(&diag);
-            ExitCode::from(code)
+            exit_code(&diag)
         }
+    };
+    if crate::engine::gpu_used() {
+        launch::exit_without_destructors(code);
     }
+    ExitCode::from(code)
 }
 
 impl Command {

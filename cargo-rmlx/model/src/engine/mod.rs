@@ -84,6 +84,17 @@ pub fn gpu_available() -> bool {
         .is_ok_and(|t| matches!(t, mlx_rs::DeviceType::Gpu))
 }
 
+/// Set once a model has been loaded with MLX's default device a GPU ([`gpu_used`]).
+static GPU_USED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process has loaded a model onto a GPU. MLX's CUDA backend keeps device
+/// objects (streams, events, cached buffers) in global state whose destructors run after
+/// the CUDA driver's own exit teardown and abort the process ("driver shutting down"): a
+/// front-end ends such a process without running exit handlers, its output flushed first.
+pub fn gpu_used() -> bool {
+    GPU_USED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A model loaded into MLX, with what is needed to run it.
 #[derive(Debug)]
 pub struct Model {
@@ -102,7 +113,9 @@ impl Model {
         let dtype = policy.resolve(config.torch_dtype.as_deref());
         tracing::debug!(?dtype, model_type = %config.model_type, "loading model");
         switches::read_all();
-        if !gpu_available() {
+        if gpu_available() {
+            GPU_USED.store(true, std::sync::atomic::Ordering::Relaxed);
+        } else {
             blas::configure();
             no_jit_on_cpu();
         }

@@ -368,6 +368,11 @@ fn check(arch: Arch, seed: u64) {
     let snap = Snapshot::open(dir.path()).expect("open tiny model");
     let model = Model::load(&snap, DtypePolicy::Fixed(crate::manifest::Dtype::Float32))
         .expect("load tiny model");
+    assert_eq!(
+        super::gpu_used(),
+        super::gpu_available(),
+        "a model loaded on a GPU marks the process (and only then: the CLI ends it early)"
+    );
     let ids = [3usize, 17, 1, 29, 4, 11];
     let want = naive_logits(arch, &w, &ids);
 

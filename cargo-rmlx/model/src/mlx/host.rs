@@ -17,10 +17,7 @@ fn fail(what: &str, e: String) -> Diagnostic {
 /// walk and a stream synchronisation — ~20 of them per layer and token add up to a third of
 /// a decode step.
 pub fn host_slice<'a, T: HostElement>(a: &'a Array, what: &str) -> Result<&'a [T]> {
-    let mut available = false;
-    // SAFETY: `a` is a valid array handle for the duration of the call.
-    unsafe { mlx_sys::_mlx_array_is_available(&mut available, a.as_ptr()) };
-    if !available || a.dtype() != T::DTYPE {
+    if !is_available(a) || a.dtype() != T::DTYPE {
         return a.try_as_slice::<T>().map_err(|e| fail(what, e.to_string()));
     }
     let mut contiguous = false;
@@ -38,6 +35,15 @@ pub fn host_slice<'a, T: HostElement>(a: &'a Array, what: &str) -> Result<&'a [T
         }
         Ok(std::slice::from_raw_parts(data, a.size()))
     }
+}
+
+/// Whether `a` holds its values: computed, or scheduled and finished. An array never
+/// evaluated (nor queued with `async_eval`) is not, whatever its inputs are.
+pub fn is_available(a: &Array) -> bool {
+    let mut available = false;
+    // SAFETY: `a` is a valid array handle for the duration of the call.
+    unsafe { mlx_sys::_mlx_array_is_available(&mut available, a.as_ptr()) };
+    available
 }
 
 /// Element types [`host_slice`] reads.
