@@ -97,5 +97,5 @@ fn main() -> ExitCode {
     });
     // Do not wait for the blocking thread that reads stdin.
     rt.shutdown_timeout(Duration::from_millis(100));
-    ExitCode::from(code)
+    rmlx_model::engine::process::exit(code)
 }

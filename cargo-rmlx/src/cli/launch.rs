@@ -27,18 +27,6 @@ fn rank_failed(d: Diagnostic) {
     stop_now(&d)
 }
 
-/// Ends a process that ran a model on a GPU with `code`, its output flushed, without exit
-/// handlers: MLX's CUDA globals would be destroyed after the driver's own teardown and abort
-/// the process (`engine::gpu_used`). Every request, file and message is done by then.
-pub fn exit_without_destructors(code: u8) -> ! {
-    use std::io::Write;
-    tracing::debug!("a GPU was used: ending the process without MLX's exit-time destructors");
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
-    // SAFETY: ends the process at once; nothing of ours needs to run after this.
-    unsafe { libc::_exit(i32::from(code)) }
-}
-
 /// Reports `d` and ends the process with its exit code at once. `_exit`, not `exit`: another
 /// thread may be blocked inside an MLX collective, and MLX's static destructors would wait
 /// for it. Nothing is flushed through `std::io::stdout()`: the main thread may hold its lock

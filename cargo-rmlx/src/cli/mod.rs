@@ -162,10 +162,7 @@ pub fn main() -> ExitCode {
             exit_code(&diag)
         }
     };
-    if crate::engine::gpu_used() {
-        launch::exit_without_destructors(code);
-    }
-    ExitCode::from(code)
+    crate::engine::process::exit(code)
 }
 
 impl Command {

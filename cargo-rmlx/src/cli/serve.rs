@@ -359,11 +359,7 @@ fn serve_here(g: &GlobalArgs, a: ServeArgs, manifest: Option<Manifest>) -> Resul
     if stopped == Stopped::Abandoned {
         // A model thread is still inside MLX: a normal exit would run MLX's global
         // destructors under it. End the process here instead, output flushed first.
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-        let _ = std::io::stderr().flush();
-        // SAFETY: `_exit` ends the process at once; nothing runs after it.
-        unsafe { libc::_exit(i32::from(exit::OK)) }
+        crate::engine::process::end_now(exit::OK)
     }
     Ok(exit::OK)
 }

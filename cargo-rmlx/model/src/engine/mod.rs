@@ -24,6 +24,7 @@ pub mod network;
 pub mod penalty;
 pub mod pool;
 pub mod prefix_cache;
+pub mod process;
 pub mod qmv;
 pub mod rope;
 pub mod sample;
@@ -42,6 +43,7 @@ pub use generate::{
 pub use network::Net;
 pub use penalty::Penalties;
 pub use prefix_cache::{generate_cached, PrefixCache};
+pub use process::gpu_used;
 pub use sample::{Sampler, SamplerConfig};
 pub use sequence::{Sequence, StartCache};
 
@@ -84,17 +86,6 @@ pub fn gpu_available() -> bool {
         .is_ok_and(|t| matches!(t, mlx_rs::DeviceType::Gpu))
 }
 
-/// Set once a model has been loaded with MLX's default device a GPU ([`gpu_used`]).
-static GPU_USED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Whether this process has loaded a model onto a GPU. MLX's CUDA backend keeps device
-/// objects (streams, events, cached buffers) in global state whose destructors run after
-/// the CUDA driver's own exit teardown and abort the process ("driver shutting down"): a
-/// front-end ends such a process without running exit handlers, its output flushed first.
-pub fn gpu_used() -> bool {
-    GPU_USED.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 /// A model loaded into MLX, with what is needed to run it.
 #[derive(Debug)]
 pub struct Model {
@@ -114,7 +105,7 @@ impl Model {
         tracing::debug!(?dtype, model_type = %config.model_type, "loading model");
         switches::read_all();
         if gpu_available() {
-            GPU_USED.store(true, std::sync::atomic::Ordering::Relaxed);
+            process::mark_gpu_used();
         } else {
             blas::configure();
             no_jit_on_cpu();
