@@ -304,6 +304,13 @@ fn scatter(out: &[f32], parts: &mut [&mut [f32]]) {
     }
 }
 
+thread_local! {
+    /// The `[rows, n]` products of a call with several inputs ([`QuantMatrix::for_row_blocks`]),
+    /// kept by the calling thread across calls (a fresh zeroed buffer per call was page
+    /// clearing and `memset` on the calling thread while the pool's helpers waited).
+    static PRODUCTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// One input row prepared for the float32 kernels.
 struct Prepared {
     /// `x` in the kernel's layout: for 4-bit weights per 16 columns the 8 even ones, then the
@@ -516,16 +523,30 @@ impl QuantMatrix<'_> {
         let total_rows: usize = mats.iter().map(|m| m.rows).sum();
         let per_task = (total_rows / (threads * TASKS_PER_THREAD)).max(MIN_ROWS_PER_TASK);
         let zeros = |m: &Self| vec![0f32; m.rows * n];
-        let mut outs: Vec<Vec<f32>> = mats.iter().map(zeros).collect();
-        let mut ys: Vec<Vec<f32>> = match n {
-            1 => vec![Vec::new(); mats.len()],
-            _ => mats.iter().map(zeros).collect(),
-        };
+        if n == 1 {
+            let mut outs: Vec<Vec<f32>> = mats.iter().map(zeros).collect();
+            let mut tasks = Vec::new();
+            for (i, out) in outs.iter_mut().enumerate() {
+                for (t, chunk) in out.chunks_mut(per_task).enumerate() {
+                    tasks.push((i, t * per_task, chunk));
+                }
+            }
+            super::pool::for_each_mut(&mut tasks, |(i, first, out)| task(*i, *first, out));
+            return outs;
+        }
+        // The `[rows, n]` products go to a buffer the calling thread keeps across calls:
+        // every value of it is written by a task before the task reads it.
+        let mut products = PRODUCTS.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        products.resize(total_rows * n, 0.0);
+        let mut ys: Vec<Vec<f32>> = mats.iter().map(zeros).collect();
         // Each task owns a contiguous block of weight rows, and its part of each input's
-        // row of `ys` (none for one input: `outs` is already in the inputs' layout).
+        // row of `ys`.
         let mut tasks = Vec::new();
-        for (i, (out, y)) in outs.iter_mut().zip(&mut ys).enumerate() {
+        let mut rest = products.as_mut_slice();
+        for (i, y) in ys.iter_mut().enumerate() {
             let rows = mats[i].rows;
+            let (out, tail) = std::mem::take(&mut rest).split_at_mut(rows * n);
+            rest = tail;
             let mut inputs: Vec<_> = y.chunks_mut(rows).map(|r| r.chunks_mut(per_task)).collect();
             for (t, chunk) in out.chunks_mut(per_task * n).enumerate() {
                 let parts: Vec<&mut [f32]> = inputs.iter_mut().filter_map(Iterator::next).collect();
@@ -536,11 +557,9 @@ impl QuantMatrix<'_> {
             task(*i, *first, out);
             scatter(out, parts);
         });
-        if n == 1 {
-            outs
-        } else {
-            ys
-        }
+        drop(tasks);
+        PRODUCTS.with(|p| *p.borrow_mut() = products);
+        ys
     }
 
     /// Asks the cache for weight row `r` (packed bytes, scales, biases) ahead of its use
