@@ -540,17 +540,25 @@ impl QuantMatrix<'_> {
         products.resize(total_rows * n, 0.0);
         let mut ys: Vec<Vec<f32>> = mats.iter().map(zeros).collect();
         // Each task owns a contiguous block of weight rows, and its part of each input's
-        // row of `ys`.
-        let mut tasks = Vec::new();
-        let mut rest = products.as_mut_slice();
-        for (i, y) in ys.iter_mut().enumerate() {
-            let rows = mats[i].rows;
-            let (out, tail) = std::mem::take(&mut rest).split_at_mut(rows * n);
+        // row of `ys`: `parts` holds them task after task, `n` per task (one allocation for
+        // the call, not one per task).
+        let count: usize = mats.iter().map(|m| m.rows.div_ceil(per_task)).sum();
+        let mut parts: Vec<&mut [f32]> = Vec::with_capacity(count * n);
+        for (y, m) in ys.iter_mut().zip(mats) {
+            let mut inputs: Vec<_> = y.chunks_mut(m.rows).map(|r| r.chunks_mut(per_task)).collect();
+            for _ in 0..m.rows.div_ceil(per_task) {
+                parts.extend(inputs.iter_mut().filter_map(Iterator::next));
+            }
+        }
+        let mut tasks = Vec::with_capacity(count);
+        let (mut rest, mut parts_left) = (products.as_mut_slice(), parts.as_mut_slice());
+        for (i, m) in mats.iter().enumerate() {
+            let (out, tail) = std::mem::take(&mut rest).split_at_mut(m.rows * n);
             rest = tail;
-            let mut inputs: Vec<_> = y.chunks_mut(rows).map(|r| r.chunks_mut(per_task)).collect();
             for (t, chunk) in out.chunks_mut(per_task * n).enumerate() {
-                let parts: Vec<&mut [f32]> = inputs.iter_mut().filter_map(Iterator::next).collect();
-                tasks.push((i, t * per_task, chunk, parts));
+                let (mine, tail) = std::mem::take(&mut parts_left).split_at_mut(n);
+                parts_left = tail;
+                tasks.push((i, t * per_task, chunk, mine));
             }
         }
         super::pool::for_each_mut(&mut tasks, |(i, first, out, parts)| {
@@ -558,6 +566,7 @@ impl QuantMatrix<'_> {
             scatter(out, parts);
         });
         drop(tasks);
+        drop(parts);
         PRODUCTS.with(|p| *p.borrow_mut() = products);
         ys
     }
