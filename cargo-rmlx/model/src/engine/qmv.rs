@@ -545,7 +545,10 @@ impl QuantMatrix<'_> {
         let count: usize = mats.iter().map(|m| m.rows.div_ceil(per_task)).sum();
         let mut parts: Vec<&mut [f32]> = Vec::with_capacity(count * n);
         for (y, m) in ys.iter_mut().zip(mats) {
-            let mut inputs: Vec<_> = y.chunks_mut(m.rows).map(|r| r.chunks_mut(per_task)).collect();
+            let mut inputs: Vec<_> = y
+                .chunks_mut(m.rows)
+                .map(|r| r.chunks_mut(per_task))
+                .collect();
             for _ in 0..m.rows.div_ceil(per_task) {
                 parts.extend(inputs.iter_mut().filter_map(Iterator::next));
             }

@@ -55,7 +55,10 @@ pub fn head_kernel(dim: usize) -> HeadKernel {
 /// Portable reference of [`HeadKernel`]: one query head after another.
 pub fn head_scalar(head: &Head<'_>, scores: &mut [f32], out: &mut [f32]) {
     let (dim, n) = (head.dim, head.positions.len());
-    let parts = head.q.chunks_exact(dim).zip(scores.chunks_exact_mut(n.max(1)));
+    let parts = head
+        .q
+        .chunks_exact(dim)
+        .zip(scores.chunks_exact_mut(n.max(1)));
     for ((q, scores), out) in parts.zip(out.chunks_exact_mut(dim)) {
         one_head_scalar(head, q, &mut scores[..n], out);
     }
@@ -381,7 +384,12 @@ mod tests {
     fn grouped_heads_equal_each_alone() {
         let mut rng = crate::engine::tests::Rng(11);
         let (dim, kv_heads) = (64usize, 2usize);
-        for (group, span, first) in [(3usize, 200usize, 0usize), (2, 1, 0), (8, 65, 7), (4, 64, 3)] {
+        for (group, span, first) in [
+            (3usize, 200usize, 0usize),
+            (2, 1, 0),
+            (8, 65, 7),
+            (4, 64, 3),
+        ] {
             let total = first + span;
             let k = rng.vec(total * kv_heads * dim, 4.0);
             let v = rng.vec(total * kv_heads * dim, 2.0);
