@@ -15,10 +15,13 @@ prints one markdown table row per server and level:
 - decode tok/s: per request, (completion tokens - 1) / (last chunk - first content chunk);
 - request latency p50 / p99;
 - throughput (aggregate tok/s): completion tokens of all requests / wall time of the level;
+- aggregate decode tok/s: clients × the mean per-request decode rate (as BENCHMARKS.md's GPU
+  section defines it: what the clients decode at once, prefills and queue waits left out);
 - the 1-minute load average at the end of the level (the cores may be shared).
 
-After the table, ratios: each server's aggregate throughput at each level against its own
-single stream, and rmlx's against each other server at the same level.
+After the table, ratios: each server's aggregate throughput and aggregate decode at each
+level against its own single stream, and rmlx's throughput against each other server at the
+same level.
 
 Every request has its own prompt (a number in front of the question), so a server's prompt
 cache only ever helps with the shared template prefix. Only loopback addresses are used;
@@ -172,6 +175,7 @@ def run_level(port, model, clients, total, max_tokens, offset):
         "ttft_p50": percentile(ttfts, 50),
         "ttft_p99": percentile(ttfts, 99),
         "decode_tps_mean": statistics.mean(decs) if decs else float("nan"),
+        "aggregate_decode_tps": clients * statistics.mean(decs) if decs else float("nan"),
         "latency_p50": percentile(lats, 50),
         "latency_p99": percentile(lats, 99),
         "throughput_tps": toks / wall if wall > 0 else float("nan"),
@@ -221,10 +225,14 @@ def print_ratios(rows):
     servers = sorted({r["server"] for r in rows}, key=lambda s: (s != "rmlx", s))
     levels = sorted({r["clients"] for r in rows})
     print()
+    dec = {(r["server"], r["clients"]): r["aggregate_decode_tps"] for r in rows}
     for s in servers:
         base = by.get((s, levels[0]))
         parts = [f"{c}: {by[(s, c)] / base:.2f}x" for c in levels if (s, c) in by and base]
         print(f"{s} aggregate vs its {levels[0]} stream(s): " + ", ".join(parts))
+        base = dec.get((s, levels[0]))
+        parts = [f"{c}: {dec[(s, c)] / base:.2f}x" for c in levels if (s, c) in dec and base]
+        print(f"{s} aggregate decode vs its {levels[0]} stream(s): " + ", ".join(parts))
     for other in servers:
         if other == "rmlx":
             continue
@@ -274,14 +282,14 @@ def main():
                 proc.kill()
                 proc.wait()
             print(f"{name} log: {log.name}", file=sys.stderr)
-    print("| server | clients | requests | errors | TTFT p50 s | TTFT p99 s | decode tok/s (mean per request) | latency p50 s | latency p99 s | throughput tok/s | load avg (1 min) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| server | clients | requests | errors | TTFT p50 s | TTFT p99 s | decode tok/s (mean per request) | latency p50 s | latency p99 s | throughput tok/s | aggregate decode tok/s | load avg (1 min) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['server']} | {r['clients']} | {r['requests']} | {r['errors']} | "
             f"{r['ttft_p50']:.2f} | {r['ttft_p99']:.2f} | {r['decode_tps_mean']:.1f} | "
             f"{r['latency_p50']:.2f} | {r['latency_p99']:.2f} | {r['throughput_tps']:.1f} | "
-            f"{r['load_avg']:.1f} |"
+            f"{r['aggregate_decode_tps']:.1f} | {r['load_avg']:.1f} |"
         )
     print_ratios(rows)
     if args.json:

@@ -16,7 +16,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// How long an idle helper spins for the next job before it parks.
+/// How long an idle helper spins for the next job before it parks. Not longer: under a
+/// real-time policy (`chrt -f`, as the benchmarks run) a spinning helper keeps the server's
+/// HTTP threads off its core — at 2 ms the helper never parked between decode steps and a
+/// lone stream's chunks reached the client all at the end (BENCHMARKS.md, round 11).
 const SPIN: Duration = Duration::from_micros(400);
 
 /// Runs `f` on every item of `items`, spread over the caller's thread and the pool's helpers

@@ -304,6 +304,13 @@ fn scatter(out: &[f32], parts: &mut [&mut [f32]]) {
     }
 }
 
+thread_local! {
+    /// The `[rows, n]` products of a call with several inputs ([`QuantMatrix::for_row_blocks`]),
+    /// kept by the calling thread across calls (a fresh zeroed buffer per call was page
+    /// clearing and `memset` on the calling thread while the pool's helpers waited).
+    static PRODUCTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// One input row prepared for the float32 kernels.
 struct Prepared {
     /// `x` in the kernel's layout: for 4-bit weights per 16 columns the 8 even ones, then the
@@ -516,31 +523,55 @@ impl QuantMatrix<'_> {
         let total_rows: usize = mats.iter().map(|m| m.rows).sum();
         let per_task = (total_rows / (threads * TASKS_PER_THREAD)).max(MIN_ROWS_PER_TASK);
         let zeros = |m: &Self| vec![0f32; m.rows * n];
-        let mut outs: Vec<Vec<f32>> = mats.iter().map(zeros).collect();
-        let mut ys: Vec<Vec<f32>> = match n {
-            1 => vec![Vec::new(); mats.len()],
-            _ => mats.iter().map(zeros).collect(),
-        };
+        if n == 1 {
+            let mut outs: Vec<Vec<f32>> = mats.iter().map(zeros).collect();
+            let mut tasks = Vec::new();
+            for (i, out) in outs.iter_mut().enumerate() {
+                for (t, chunk) in out.chunks_mut(per_task).enumerate() {
+                    tasks.push((i, t * per_task, chunk));
+                }
+            }
+            super::pool::for_each_mut(&mut tasks, |(i, first, out)| task(*i, *first, out));
+            return outs;
+        }
+        // The `[rows, n]` products go to a buffer the calling thread keeps across calls:
+        // every value of it is written by a task before the task reads it.
+        let mut products = PRODUCTS.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        products.resize(total_rows * n, 0.0);
+        let mut ys: Vec<Vec<f32>> = mats.iter().map(zeros).collect();
         // Each task owns a contiguous block of weight rows, and its part of each input's
-        // row of `ys` (none for one input: `outs` is already in the inputs' layout).
-        let mut tasks = Vec::new();
-        for (i, (out, y)) in outs.iter_mut().zip(&mut ys).enumerate() {
-            let rows = mats[i].rows;
-            let mut inputs: Vec<_> = y.chunks_mut(rows).map(|r| r.chunks_mut(per_task)).collect();
+        // row of `ys`: `parts` holds them task after task, `n` per task (one allocation for
+        // the call, not one per task).
+        let count: usize = mats.iter().map(|m| m.rows.div_ceil(per_task)).sum();
+        let mut parts: Vec<&mut [f32]> = Vec::with_capacity(count * n);
+        for (y, m) in ys.iter_mut().zip(mats) {
+            let mut inputs: Vec<_> = y
+                .chunks_mut(m.rows)
+                .map(|r| r.chunks_mut(per_task))
+                .collect();
+            for _ in 0..m.rows.div_ceil(per_task) {
+                parts.extend(inputs.iter_mut().filter_map(Iterator::next));
+            }
+        }
+        let mut tasks = Vec::with_capacity(count);
+        let (mut rest, mut parts_left) = (products.as_mut_slice(), parts.as_mut_slice());
+        for (i, m) in mats.iter().enumerate() {
+            let (out, tail) = std::mem::take(&mut rest).split_at_mut(m.rows * n);
+            rest = tail;
             for (t, chunk) in out.chunks_mut(per_task * n).enumerate() {
-                let parts: Vec<&mut [f32]> = inputs.iter_mut().filter_map(Iterator::next).collect();
-                tasks.push((i, t * per_task, chunk, parts));
+                let (mine, tail) = std::mem::take(&mut parts_left).split_at_mut(n);
+                parts_left = tail;
+                tasks.push((i, t * per_task, chunk, mine));
             }
         }
         super::pool::for_each_mut(&mut tasks, |(i, first, out, parts)| {
             task(*i, *first, out);
             scatter(out, parts);
         });
-        if n == 1 {
-            outs
-        } else {
-            ys
-        }
+        drop(tasks);
+        drop(parts);
+        PRODUCTS.with(|p| *p.borrow_mut() = products);
+        ys
     }
 
     /// Asks the cache for weight row `r` (packed bytes, scales, biases) ahead of its use

@@ -273,13 +273,37 @@ impl Sequence {
             true => Some(BatchPicks::queue(logits)?),
             false => None,
         };
+        let host = Self::host_logits(rows, logits)?;
         for (b, seq) in rows.iter_mut().enumerate() {
-            match &picks {
-                Some(picks) if bare(seq) => seq.pending = Some(Pending::Row(picks.clone(), b)),
+            match (&picks, host) {
+                (Some(picks), _) if bare(seq) => seq.pending = Some(Pending::Row(picks.clone(), b)),
+                (_, Some((all, vocab))) if !seq.on_device => {
+                    let row = &all[b * vocab..(b + 1) * vocab];
+                    seq.set_logits(Array::from_slice(row, &[vocab as i32]))?
+                }
                 _ => seq.set_logits(logits.index(b as i32))?,
             }
         }
         Ok(())
+    }
+
+    /// The batch's float32 logits (`[B, vocab]`) read on the host once, with the vocabulary
+    /// size, when some row is picked on the host: its row is then a copy of those values,
+    /// where a lazy `logits[b]` took one MLX evaluation per row (each a hand-off to MLX's
+    /// stream thread and back, while the pool's helper waited).
+    fn host_logits<'a>(
+        rows: &[&mut Sequence],
+        logits: &'a Array,
+    ) -> Result<Option<(&'a [f32], usize)>> {
+        let shape = logits.shape();
+        let fits = logits.dtype() == mlx_rs::Dtype::Float32
+            && shape.len() == 2
+            && shape[0] as usize == rows.len();
+        if !fits || rows.iter().all(|s| s.on_device) {
+            return Ok(None);
+        }
+        let all = crate::mlx::host::host_slice::<f32>(logits, "batch logits")?;
+        Ok(Some((all, all.len() / rows.len().max(1))))
     }
 
     /// Hands the logits (`[vocab]`) of the next step over.

@@ -218,10 +218,11 @@ pub fn attend(q: &[f32], kv: &HostKv, scale: f32, scratch: &mut Scratch, out: &m
 
 /// Attention of a decode step's sequences, scaled by `scale`: writes each sequence's
 /// `n_heads · dim` values to `out`, one sequence after another. Query head `h` reads
-/// key/value head `h / (n_heads / kv heads)` of its sequence. Every (sequence, query head)
-/// pair is one item of one kernel-pool job (`engine::pool`) once the step's work is large
-/// enough; each runs [`simd::head_kernel`] over its own scores, so a sequence's output does
-/// not depend on the sequences beside it.
+/// key/value head `h / (n_heads / kv heads)` of its sequence. The (sequence, key/value head)
+/// pairs — each with the query heads that read it ([`head_items`]) — are the items of one
+/// kernel-pool job (`engine::pool`) once the step's work is large enough; each runs
+/// [`simd::head_kernel`] over its own scores, so a sequence's output does not depend on the
+/// sequences beside it.
 pub fn attend_rows(rows: &[Query<'_>], scale: f32, scratch: &mut Scratch, out: &mut [f32]) {
     let Some(dim) = rows.first().map(|r| r.kv.dim) else {
         return;
@@ -229,42 +230,65 @@ pub fn attend_rows(rows: &[Query<'_>], scale: f32, scratch: &mut Scratch, out: &
     let kernel = simd::head_kernel(dim);
     let scores: usize = rows.iter().map(|r| r.q.len() / dim * r.span().len()).sum();
     scratch.scores.resize(scores, 0.0);
-    let mut items = head_items(rows, scale, &mut scratch.scores, out);
-    if scores * dim * 2 < PARALLEL_WORK {
-        items.iter_mut().for_each(|(h, s, o)| kernel(h, s, o));
-    } else {
+    let pooled = scores * dim * 2 >= PARALLEL_WORK;
+    let pairs: usize = rows.iter().map(|r| r.kv.heads).sum();
+    // Grouped items read each key/value head once for its query heads, but a lone
+    // sequence's few groups would leave a pool thread idle: there one head per item.
+    let grouped = !pooled || pairs >= GROUPS_PER_THREAD * crate::engine::pool::threads();
+    let mut items = head_items(rows, scale, grouped, &mut scratch.scores, out);
+    if pooled {
         crate::engine::pool::for_each_mut(&mut items, |(h, s, o)| kernel(h, s, o));
+    } else {
+        items.iter_mut().for_each(|(h, s, o)| kernel(h, s, o));
     }
 }
 
-/// One query head's work: the head, its scores scratch and its output.
+/// (Sequence, key/value head) pairs per pool thread from which a pooled step's items hold
+/// all the query heads of a key/value head (fewer: one query head per item, more items).
+const GROUPS_PER_THREAD: usize = 4;
+
+/// One item's work: its query heads, their scores scratch and their output.
 type HeadItem<'a> = (simd::Head<'a>, &'a mut [f32], &'a mut [f32]);
 
-/// Every (sequence, query head) pair of `rows`, each with its own part of `scores` and of
-/// `out`.
+/// The items of `rows`, each with its own part of `scores` and of `out`: per sequence and
+/// key/value head, its query heads when `grouped` (in items of at most
+/// [`simd::MAX_HEADS`], a divisor of the group), else one query head per item.
 fn head_items<'a>(
     rows: &[Query<'a>],
     scale: f32,
+    grouped: bool,
     mut scores: &'a mut [f32],
-    out: &'a mut [f32],
+    mut out: &'a mut [f32],
 ) -> Vec<HeadItem<'a>> {
     let mut items = Vec::with_capacity(rows.iter().map(|r| r.q.len() / r.kv.dim).sum());
-    let mut outs = out.chunks_mut(rows.first().map_or(1, |r| r.kv.dim));
     for row in rows {
         let (kv, dim) = (row.kv, row.kv.dim);
         let group = (row.q.len() / dim / kv.heads).max(1);
+        let per_item = match grouped {
+            // The largest divisor of `group` the kernel takes, so no item straddles groups.
+            true => (1..=group.min(simd::MAX_HEADS))
+                .rev()
+                .find(|d| group.is_multiple_of(*d))
+                .unwrap_or(1),
+            false => 1,
+        };
         let positions = row.span();
-        for (h, q) in row.q.chunks_exact(dim).enumerate() {
-            let (mine, rest) = std::mem::take(&mut scores).split_at_mut(positions.len());
+        for (i, q) in row.q.chunks(per_item * dim).enumerate() {
+            let heads = q.len() / dim;
+            let (mine, rest) = std::mem::take(&mut scores).split_at_mut(heads * positions.len());
             scores = rest;
+            let (o, rest) = std::mem::take(&mut out).split_at_mut(q.len());
+            out = rest;
+            let h = i * per_item / group;
             let head = simd::Head {
                 q,
-                keys: kv.rows(&kv.keys, h / group),
-                values: kv.rows(&kv.values, h / group),
+                dim,
+                keys: kv.rows(&kv.keys, h),
+                values: kv.rows(&kv.values, h),
                 positions: positions.clone(),
                 scale,
             };
-            items.extend(outs.next().map(|o| (head, mine, o)));
+            items.push((head, mine, o));
         }
     }
     items
