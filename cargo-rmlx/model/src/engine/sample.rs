@@ -106,7 +106,7 @@ impl Sampler {
         }
         let total = rank::exp_total(logits, t, top);
         let mut probs = Vec::new();
-        let mut m = FIRST_PREFIX;
+        let mut m = self.first_prefix(total, u);
         loop {
             ranked.grow(m);
             let new = &ranked.cand[probs.len()..];
@@ -127,6 +127,21 @@ impl Sampler {
         } else {
             draw_all(probs, complete, u)
         }
+    }
+
+    /// The first prefix's length: 64, or as many as must be ranked at least before the
+    /// mass reaches the draw's `u` or `top_p` (no candidate has more than `1 / total`) when
+    /// min-p, which may decide sooner, is off.
+    fn first_prefix(&self, total: f64, u: f64) -> usize {
+        if self.cfg.min_p > 0.0 {
+            return FIRST_PREFIX;
+        }
+        let target = if self.cfg.top_p < 1.0 {
+            f64::from(self.cfg.top_p)
+        } else {
+            u
+        };
+        FIRST_PREFIX.max((target * total) as usize)
     }
 
     /// How many more candidates decide the draw, at most (give or take rounding), given the
@@ -173,7 +188,7 @@ impl Sampler {
         let (mut keep, mut decided) = (probs.len(), false);
         if self.cfg.min_p > 0.0 {
             let floor = probs[0] * f64::from(self.cfg.min_p);
-            if let Some(i) = probs.iter().position(|&p| !(p >= floor)) {
+            if let Some(i) = probs.iter().position(|&p| p < floor || p.is_nan()) {
                 (keep, decided) = (i.max(1), true);
             }
         }

@@ -76,11 +76,13 @@ impl<'a> Ranked<'a> {
     }
 
     /// Appends the next `m` candidates in draw order, or more: from a quarter of those left
-    /// on, all of them (one sort then costs less than a selection through a buffer that
-    /// large).
+    /// on, all of them, collected afresh and sorted once (cheaper than a selection through a
+    /// buffer that large, and than telling the ones found already apart).
     pub(super) fn grow(&mut self, m: usize) {
-        let rest = self.rest();
-        let m = if m.saturating_mul(4) >= rest { rest } else { m };
+        if m.saturating_mul(4) >= self.rest() {
+            self.cand = select(self.logits, self.temperature, None, self.finite);
+            return;
+        }
         let after = self.cand.last().copied();
         let next = select(self.logits, self.temperature, after, m);
         self.cand.extend(next);
@@ -108,7 +110,7 @@ fn select(logits: &[f32], t: f32, after: Option<Cand>, m: usize) -> Vec<Cand> {
             }
         }
         for (id, &l) in (start..).zip(chunk) {
-            if !(l.abs() < f32::INFINITY) || bar.is_some_and(|(_, raw)| l < raw) {
+            if !l.is_finite() || bar.is_some_and(|(_, raw)| l < raw) {
                 continue;
             }
             let c = (id, l / t);
