@@ -71,9 +71,9 @@ impl Sampler {
     /// by 1/temperature after the top-k, min-p and top-p filters, one random number per
     /// sampled step. The candidates are ranked best first (larger scaled logit, then the
     /// lower token id) without sorting the vocabulary: top-k selects its `k` in one pass;
-    /// without top-k one pass sums the softmax normaliser, and a best-first prefix of 64
-    /// grows, by as many as its mass shows are needed at most ([`Self::more_needed`]), until
-    /// the filters and the draw are decided inside it.
+    /// without top-k one pass sums the softmax normaliser, and a best-first prefix
+    /// ([`Self::first_prefix`]) grows, by as many as its mass shows are needed at most
+    /// ([`Self::more_needed`]), until the filters and the draw are decided inside it.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         if self.is_greedy() {
             return argmax(logits);
@@ -129,9 +129,11 @@ impl Sampler {
         }
     }
 
-    /// The first prefix's length: 64, or as many as must be ranked at least before the
-    /// mass reaches the draw's `u` or `top_p` (no candidate has more than `1 / total`) when
-    /// min-p, which may decide sooner, is off.
+    /// The first prefix's length: 64, or, when min-p (which may decide sooner) is off, four
+    /// times as many as must be ranked at least before the mass reaches the draw's `u` or
+    /// `top_p` (no candidate has more than `1 / total`): a distribution that spreads its mass
+    /// that far mostly needs many more, and from a quarter of the candidates on
+    /// [`rank::Ranked::grow`] sorts them all at once instead of selecting twice.
     fn first_prefix(&self, total: f64, u: f64) -> usize {
         if self.cfg.min_p > 0.0 {
             return FIRST_PREFIX;
@@ -141,7 +143,7 @@ impl Sampler {
         } else {
             u
         };
-        FIRST_PREFIX.max((target * total) as usize)
+        FIRST_PREFIX.max((4.0 * target * total) as usize)
     }
 
     /// How many more candidates decide the draw, at most (give or take rounding), given the

@@ -77,8 +77,12 @@ impl<'a> Ranked<'a> {
 
     /// Appends the next `m` candidates in draw order, or more: from a quarter of those left
     /// on, all of them, collected afresh and sorted once (cheaper than a selection through a
-    /// buffer that large, and than telling the ones found already apart).
+    /// buffer that large, and than telling the ones found already apart; the prefix found
+    /// before comes out the same, the order being total).
     pub(super) fn grow(&mut self, m: usize) {
+        if self.complete() {
+            return;
+        }
         if m.saturating_mul(4) >= self.rest() {
             self.cand = select(self.logits, self.temperature, None, self.finite);
             return;

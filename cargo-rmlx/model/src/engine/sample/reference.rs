@@ -178,6 +178,54 @@ fn long_prefixes_draw_the_sorted_samplers_tokens() {
 }
 
 #[test]
+fn one_growth_by_the_mass_bound_decides_the_draw() {
+    // `more_needed` is a bound, not a guess: after a prefix of 64 that does not decide, one
+    // growth by it does (the loop's further growths are only a net for rounding).
+    let mut data = Data(21);
+    let mut grown = 0;
+    for spread in [1.0, 3.0, 6.0] {
+        let l = data.logits(20_000, spread, true);
+        for (temperature, top_p, min_p) in [
+            (1.0, 1.0, 0.0),
+            (1.5, 1.0, 0.0),
+            (1.2, 0.95, 0.0),
+            (1.0, 1.0, 0.001),
+            (1.3, 0.99, 0.0005),
+        ] {
+            let mut s = Sampler::new(SamplerConfig {
+                temperature,
+                top_p,
+                min_p,
+                top_k: 0,
+                seed: data.next(),
+            });
+            let (max, finite) = rank::finite_max(&l);
+            let top = max / temperature;
+            let total = rank::exp_total(&l, temperature, top);
+            for _ in 0..20 {
+                let u = s.next_f64();
+                let mut ranked = rank::Ranked::new(&l, temperature, finite);
+                ranked.grow(64);
+                let prob = |c: &rank::Cand| f64::from(c.1 - top).exp() / total;
+                let probs: Vec<f64> = ranked.cand.iter().map(prob).collect();
+                if s.pick(&probs, ranked.complete(), u).is_some() {
+                    continue;
+                }
+                ranked.grow(s.more_needed(&probs, ranked.rest(), u));
+                let probs: Vec<f64> = ranked.cand.iter().map(prob).collect();
+                let config = (spread, temperature, top_p, min_p, u);
+                assert!(s.pick(&probs, ranked.complete(), u).is_some(), "{config:?}");
+                grown += 1;
+            }
+        }
+    }
+    assert!(
+        grown > 20,
+        "only {grown} draws needed more than 64 candidates"
+    );
+}
+
+#[test]
 fn a_temperature_that_overflows_the_logits_picks_the_largest_finite_logit() {
     let l = [1.0e3, 3.0e3, f32::NAN, 3.0e3, f32::INFINITY];
     let mut s = Sampler::new(SamplerConfig {
