@@ -5,7 +5,9 @@
 //! recurrent state ([`Recurrent`]: linear-attention layers' convolution tail and state matrix),
 //! or nothing (layers that read another layer's keys/values). On the CPU decode path a
 //! key/value layer moves to host memory ([`KvLayer::host`], `attention::host::HostKv`) and
-//! back to MLX arrays on the next MLX use ([`KvLayer::flush`], [`Cache::flush_host`]).
+//! back to MLX arrays on the next MLX use ([`KvLayer::flush`]); a finished sequence's cache
+//! reaches the prompt cache with those layers still on the host, copied once by
+//! [`Cache::compact`].
 //! While sequences decode together through MLX, each one's layer lends its keys/values to
 //! the batch's shared buffer ([`batch_update`], [`BatchKv`]) and takes its row back at its
 //! next use on its own (leaving the batch, the prompt cache, a clone). The prompt cache stores
@@ -378,16 +380,6 @@ impl Cache {
         host + self.arrays().map(Array::nbytes).sum::<usize>()
     }
 
-    /// Moves every host-held key/value layer back into MLX arrays (see [`KvLayer::flush`]).
-    pub fn flush_host(&mut self) -> Result<()> {
-        for layer in &mut self.layers {
-            if let LayerCache::Kv(kv) = layer {
-                kv.flush()?;
-            }
-        }
-        Ok(())
-    }
-
     /// Computes every array held, so a stored copy does not keep a pending graph (and the
     /// buffers it reads) alive.
     pub fn materialize(&self) -> Result<()> {
@@ -730,7 +722,7 @@ mod tests {
     use mlx_rs::ops::indexing::IndexOp;
     use mlx_rs::Array;
 
-    use super::{batch_update, BatchMasks, Cache, KvLayer, LayerCache, Recurrent};
+    use super::{batch_update, concatenate, BatchMasks, Cache, KvLayer, LayerCache, Recurrent};
 
     /// Head width of the test layers.
     const DIM: i32 = 64;
@@ -900,9 +892,18 @@ mod tests {
         let cache = one_layer(layer, 6);
         let copy = compacted(&cache);
         assert_eq!(copy.nbytes(), kv_bytes(2, 6));
-        let ((ck, cv), (sk, sv)) = (state(&copy), state(&cache));
-        assert!(same(&ck, &sk) && same(&cv, &sv));
+        // The 5 positions moved to the host, then the one pushed there, each head's in order.
+        let nines = Array::from_slice(&row, &[1, 2, 1, DIM]);
+        let want = |from: f32| {
+            concatenate(&[positions(2, 5, from), nines.clone()], 2).expect("concatenate")
+        };
+        let (ck, cv) = state(&copy);
+        assert!(same(&ck, &want(0.0)) && same(&cv, &want(1.0)));
         assert!(copy.kv_ref(0).expect("layer").host.is_none());
+        assert!(
+            cache.kv_ref(0).expect("layer").host.is_some(),
+            "the source stays on the host"
+        );
     }
 
     #[test]

@@ -1,7 +1,13 @@
 //! Token sampling from a logit vector: greedy, or temperature with top-k, top-p and min-p
 //! filters and a seeded generator, so a sampled run is reproducible. Also the passes a step
 //! makes over the vocabulary: [`argmax`] (vectorised lanes) and [`top_k`] (one pass, no copy
-//! of the vocabulary for up to 32 entries).
+//! of the vocabulary for up to 32 entries). A sampled step ranks only the candidates it needs
+//! ([`rank`]); the algorithm it replaced, a sort of every candidate, is kept as the tests'
+//! reference (`reference`).
+
+mod rank;
+#[cfg(test)]
+mod reference;
 
 /// Sampling settings (OpenAI/mlx-lm semantics: 0 disables a filter).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -61,56 +67,174 @@ impl Sampler {
         (z >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    /// Picks the next token from raw logits.
+    /// Picks the next token from raw logits: greedy, or a draw over the finite logits scaled
+    /// by 1/temperature after the top-k, min-p and top-p filters, one random number per
+    /// sampled step. The candidates are ranked best first (larger scaled logit, then the
+    /// lower token id) without sorting the vocabulary: top-k selects its `k` in one pass;
+    /// without top-k one pass sums the softmax normaliser, and a best-first prefix
+    /// ([`Self::first_prefix`]) grows, by as many as its mass shows are needed at most
+    /// ([`Self::more_needed`]), until the filters and the draw are decided inside it.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         if self.is_greedy() {
             return argmax(logits);
         }
         let t = self.cfg.temperature;
-        let mut cand: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.is_finite())
-            .map(|(i, &l)| (i as u32, l / t))
-            .collect();
-        if cand.is_empty() {
+        let (max, finite) = rank::finite_max(logits);
+        if max == f32::NEG_INFINITY {
+            tracing::debug!("no finite logit to sample from: arg-max");
             return argmax(logits);
         }
-        cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
-        if self.cfg.top_k > 0 {
-            cand.truncate(self.cfg.top_k);
+        let u = self.next_f64();
+        let top = max / t;
+        if !top.is_finite() {
+            tracing::debug!(
+                temperature = t,
+                max,
+                "the temperature scales the largest logit past f32's range: the first \
+                 largest finite logit, the limit of sampling as the temperature falls"
+            );
+            return (0..)
+                .zip(logits)
+                .find(|(_, &l)| l == max)
+                .map_or(0, |(i, _)| i);
         }
+        let mut ranked = rank::Ranked::new(logits, t, finite);
+        if self.cfg.top_k > 0 {
+            ranked.grow(self.cfg.top_k);
+            let k = self.cfg.top_k.min(ranked.cand.len());
+            return self.pick_top_k(&ranked.cand[..k], u);
+        }
+        let total = rank::exp_total(logits, t, top);
+        let mut probs = Vec::new();
+        let mut m = self.first_prefix(total, u);
+        loop {
+            ranked.grow(m);
+            let new = &ranked.cand[probs.len()..];
+            probs.extend(new.iter().map(|c| f64::from(c.1 - top).exp() / total));
+            if let Some(i) = self.pick(&probs, ranked.complete(), u) {
+                return ranked.cand[i].0;
+            }
+            m = self.more_needed(&probs, ranked.rest(), u);
+        }
+    }
+
+    /// The draw from the probabilities of a best-first prefix of every candidate (no top-k),
+    /// or `None` when the prefix ends before the filters and the draw are decided.
+    fn pick(&self, probs: &[f64], complete: bool, u: f64) -> Option<usize> {
+        if self.cfg.min_p > 0.0 || self.cfg.top_p < 1.0 {
+            let (keep, decided) = self.kept(probs);
+            (decided || complete).then(|| draw_kept(&probs[..keep], u))
+        } else {
+            draw_all(probs, complete, u)
+        }
+    }
+
+    /// The first prefix's length: 64, or, when min-p (which may decide sooner) is off, four
+    /// times as many as must be ranked at least before the mass reaches the draw's `u` or
+    /// `top_p` (no candidate has more than `1 / total`): a distribution that spreads its mass
+    /// that far mostly needs many more, and from a quarter of the candidates on
+    /// [`rank::Ranked::grow`] sorts them all at once instead of selecting twice.
+    fn first_prefix(&self, total: f64, u: f64) -> usize {
+        if self.cfg.min_p > 0.0 {
+            return FIRST_PREFIX;
+        }
+        let target = if self.cfg.top_p < 1.0 {
+            f64::from(self.cfg.top_p)
+        } else {
+            u
+        };
+        FIRST_PREFIX.max((4.0 * target * total) as usize)
+    }
+
+    /// How many more candidates decide the draw, at most (give or take rounding), given the
+    /// probabilities `probs` of those ranked so far and `rest` left. Those left rank below
+    /// them, so their best `j` hold at least `j / rest` of the mass left `1 − Σ probs`:
+    /// `rest · (target − Σ probs) / (1 − Σ probs)` of them reach a cumulative `target` (`u`
+    /// for a draw over all, `top_p`); and at most `(1 − Σ probs) / floor` of them pass
+    /// min-p's floor. The smallest of the bounds that apply, 1% and 16 over for rounding.
+    fn more_needed(&self, probs: &[f64], rest: usize, u: f64) -> usize {
+        let (min_p, top_p) = (f64::from(self.cfg.min_p), f64::from(self.cfg.top_p));
+        let held: f64 = probs.iter().sum();
+        let left = (1.0 - held).max(f64::MIN_POSITIVE);
+        let reach = |target: f64| rest as f64 * (target - held).max(0.0) / left;
+        let mut need = rest as f64;
+        if min_p <= 0.0 && top_p >= 1.0 {
+            need = reach(u);
+        }
+        if top_p < 1.0 {
+            need = need.min(reach(top_p));
+        }
+        if min_p > 0.0 {
+            need = need.min(left / (probs[0] * min_p) + 1.0);
+        }
+        ((need * 1.01) as usize).saturating_add(16)
+    }
+
+    /// The draw among the `top_k` best candidates `cand` (all of them, best first): their
+    /// softmax, then min-p and top-p over it.
+    fn pick_top_k(&self, cand: &[rank::Cand], u: f64) -> u32 {
         let max = cand[0].1;
-        let mut probs: Vec<f64> = cand.iter().map(|c| ((c.1 - max) as f64).exp()).collect();
+        let mut probs: Vec<f64> = cand.iter().map(|c| f64::from(c.1 - max).exp()).collect();
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= total);
-        let mut keep = probs.len();
+        let (keep, _) = self.kept(&probs);
+        cand[draw_kept(&probs[..keep], u)].0
+    }
+
+    /// How many of the best candidates min-p and top-p keep, from the probabilities of a
+    /// best-first prefix of them, and whether a filter decided inside the prefix (when not,
+    /// the prefix passed both and more candidates may follow). Min-p keeps those at least
+    /// `min_p` × the best one's probability; top-p then the fewest whose mass reaches
+    /// `top_p`; at least one is kept.
+    fn kept(&self, probs: &[f64]) -> (usize, bool) {
+        let (mut keep, mut decided) = (probs.len(), false);
         if self.cfg.min_p > 0.0 {
-            let floor = probs[0] * self.cfg.min_p as f64;
-            keep = keep.min(probs.iter().take_while(|&&p| p >= floor).count().max(1));
+            let floor = probs[0] * f64::from(self.cfg.min_p);
+            if let Some(i) = probs.iter().position(|&p| p < floor || p.is_nan()) {
+                (keep, decided) = (i.max(1), true);
+            }
         }
         if self.cfg.top_p < 1.0 {
             let mut mass = 0.0;
-            let mut n = 0;
-            for p in &probs[..keep] {
+            for (n, p) in probs[..keep].iter().enumerate() {
                 mass += p;
-                n += 1;
-                if mass >= self.cfg.top_p as f64 {
-                    break;
+                if mass >= f64::from(self.cfg.top_p) {
+                    return (n + 1, true);
                 }
             }
-            keep = n.max(1);
         }
-        let total: f64 = probs[..keep].iter().sum();
-        let mut r = self.next_f64() * total;
-        for (c, p) in cand.iter().zip(&probs[..keep]) {
-            if r < *p {
-                return c.0;
-            }
-            r -= p;
-        }
-        cand[keep - 1].0
+        (keep, decided)
     }
+}
+
+/// Candidates in the first best-first prefix of a draw without top-k.
+const FIRST_PREFIX: usize = 64;
+
+/// The draw among the kept candidates (their probabilities, best first): `u` × their mass,
+/// walked best first; the last one when rounding leaves some of it over.
+fn draw_kept(probs: &[f64], u: f64) -> usize {
+    let mut r = u * probs.iter().sum::<f64>();
+    for (i, p) in probs.iter().enumerate() {
+        if r < *p {
+            return i;
+        }
+        r -= p;
+    }
+    probs.len() - 1
+}
+
+/// The draw among every candidate from the probabilities of a best-first prefix of them:
+/// `u` (their mass being 1) walked best first. `None` when the prefix ends first and is not
+/// complete; the last one when it is and rounding leaves some of `u` over.
+fn draw_all(probs: &[f64], complete: bool, u: f64) -> Option<usize> {
+    let mut r = u;
+    for (i, p) in probs.iter().enumerate() {
+        if r < *p {
+            return Some(i);
+        }
+        r -= p;
+    }
+    complete.then(|| probs.len() - 1)
 }
 
 /// Lanes of the passes over a logit vector that the compiler vectorises ([`argmax`], a

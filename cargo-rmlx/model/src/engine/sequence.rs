@@ -401,13 +401,11 @@ impl Sequence {
     }
 
     /// [`Self::finish`], giving the cache back too: it holds the prompt, then the generated
-    /// ids fed back so far (`cache.offset` tokens in all).
-    pub fn finish_with_cache(mut self) -> (GenerateOutput, Cache) {
-        if let Err(d) = self.cache.flush_host() {
-            // The cache then holds nothing of the host-decoded layers: not worth storing.
-            tracing::warn!("moving a cache back to MLX arrays failed: {}", d.message);
-            self.cache = Cache::new(&[]);
-        }
+    /// ids fed back so far (`cache.offset` tokens in all). Layers decoded on the host stay
+    /// there: the prompt cache copies them into MLX arrays once ([`Cache::compact`]), and any
+    /// MLX use moves them back first ([`KvLayer::flush`](super::cache::KvLayer::flush)) —
+    /// moving them here would copy a stored state twice, and a discarded one for nothing.
+    pub fn finish_with_cache(self) -> (GenerateOutput, Cache) {
         let total = self.started.elapsed();
         let prefill = if self.steps.is_empty() {
             total
