@@ -11,13 +11,23 @@
 //! - [`host`]: a materialised array's data read in place on the host (the host kernels).
 //! - [`save_order`]: the order in which MLX's `save_safetensors` lays out tensor data (the
 //!   build's writer matches `mlx_lm convert` byte for byte with it).
-//! - [`clear_cache`]: hand MLX's buffer cache back.
+//! - [`clear_cache`]: hand MLX's buffer cache back; [`synchronize`]: wait for the default
+//!   stream's queued work.
 
 pub mod ffi;
 pub mod graph;
 pub mod host;
 pub mod quant;
 pub mod save_order;
+
+/// Waits until everything queued on the default device's default stream has run (arrays
+/// queued with `async_eval` are then available; arrays never queued stay unevaluated).
+pub fn synchronize() {
+    // SAFETY: no arguments; waits for the default stream.
+    unsafe {
+        mlx_sys::mlx_synchronize_default();
+    }
+}
 
 /// Frees the buffers MLX keeps for reuse that no array refers to.
 pub fn clear_cache() {

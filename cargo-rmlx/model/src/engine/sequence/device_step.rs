@@ -60,16 +60,7 @@ impl DeviceStep {
             next,
             top_ids,
         };
-        mlx_rs::transforms::async_eval([
-            &step.next,
-            &step.top_ids,
-            &step.top_logits,
-            &step.chosen_logit,
-            &step.lse,
-            &step.max_abs,
-            &step.non_finite,
-        ])?;
-        Ok(step)
+        step.queued()
     }
 
     /// The arg-max `next` and its logit only (no reductions over the vocabulary): the
@@ -86,19 +77,23 @@ impl DeviceStep {
             non_finite: Array::from_int(0),
             next,
         };
-        // Every array `read` reads is queued here, the views too: a view evaluated only at
-        // the read would be a new operation on the stream, behind the step pipelined after
-        // this one, and the read would wait for that step as well.
+        step.queued()
+    }
+
+    /// Queues every array [`Self::read`] touches, the views too: a view evaluated only at the
+    /// read would be a new operation on the stream, behind the step pipelined after this
+    /// one, and the read would wait for that step as well.
+    fn queued(self) -> Result<Self> {
         mlx_rs::transforms::async_eval([
-            &step.next,
-            &step.top_ids,
-            &step.top_logits,
-            &step.chosen_logit,
-            &step.lse,
-            &step.max_abs,
-            &step.non_finite,
+            &self.next,
+            &self.top_ids,
+            &self.top_logits,
+            &self.chosen_logit,
+            &self.lse,
+            &self.max_abs,
+            &self.non_finite,
         ])?;
-        Ok(step)
+        Ok(self)
     }
 
     pub(super) fn read(self) -> Result<Step> {
@@ -286,8 +281,7 @@ mod tests {
                     ..GenerateOptions::default()
                 };
                 let step = DeviceStep::queue(&logits, &opts).unwrap();
-                // SAFETY: waits for the default stream; no handle is kept.
-                unsafe { mlx_sys::mlx_synchronize_default() };
+                crate::mlx::synchronize();
                 let arrays = [
                     ("next", &step.next),
                     ("top_ids", &step.top_ids),
