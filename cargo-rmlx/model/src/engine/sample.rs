@@ -1,7 +1,9 @@
 //! Token sampling from a logit vector: greedy, or temperature with top-k, top-p and min-p
 //! filters and a seeded generator, so a sampled run is reproducible. Also the passes a step
-//! makes over the vocabulary: [`argmax`] (vectorised lanes) and [`top_k`] (one pass, no copy
-//! of the vocabulary for up to 32 entries). A sampled step ranks only the candidates it needs
+//! makes over the vocabulary: [`argmax`] (vectorised lanes), [`top_k`] (one pass, no copy
+//! of the vocabulary for up to 32 entries) and [`FiniteRange`] (the finite logits' maximum
+//! and largest magnitude and the non-finite count, one pass; a sampled step and a step's
+//! evidence both start from it). A sampled step ranks only the candidates it needs
 //! ([`rank`]); the algorithm it replaced, a sort of every candidate, is kept as the tests'
 //! reference (`reference`).
 
@@ -79,7 +81,7 @@ impl Sampler {
             return argmax(logits);
         }
         let t = self.cfg.temperature;
-        let (max, finite) = rank::finite_max(logits);
+        let (max, finite) = finite_max(logits);
         if max == f32::NEG_INFINITY {
             tracing::debug!("no finite logit to sample from: arg-max");
             return argmax(logits);
@@ -213,28 +215,26 @@ const FIRST_PREFIX: usize = 64;
 /// The draw among the kept candidates (their probabilities, best first): `u` × their mass,
 /// walked best first; the last one when rounding leaves some of it over.
 fn draw_kept(probs: &[f64], u: f64) -> usize {
-    let mut r = u * probs.iter().sum::<f64>();
-    for (i, p) in probs.iter().enumerate() {
-        if r < *p {
-            return i;
-        }
-        r -= p;
-    }
-    probs.len() - 1
+    walk(probs, u * probs.iter().sum::<f64>()).unwrap_or(probs.len() - 1)
 }
 
 /// The draw among every candidate from the probabilities of a best-first prefix of them:
 /// `u` (their mass being 1) walked best first. `None` when the prefix ends first and is not
 /// complete; the last one when it is and rounding leaves some of `u` over.
 fn draw_all(probs: &[f64], complete: bool, u: f64) -> Option<usize> {
-    let mut r = u;
+    walk(probs, u).or(complete.then(|| probs.len() - 1))
+}
+
+/// The first candidate at which `r` falls inside the probabilities walked best first
+/// (`None`: `r` outlasts them all).
+fn walk(probs: &[f64], mut r: f64) -> Option<usize> {
     for (i, p) in probs.iter().enumerate() {
         if r < *p {
             return Some(i);
         }
         r -= p;
     }
-    complete.then(|| probs.len() - 1)
+    None
 }
 
 /// Lanes of the passes over a logit vector that the compiler vectorises ([`argmax`], a
@@ -249,6 +249,58 @@ pub(crate) fn larger(a: f32, b: f32) -> f32 {
     } else {
         a
     }
+}
+
+/// The finite logits' maximum (-inf when there are none) and largest |logit|, and how many
+/// logits are NaN or infinite.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct FiniteRange {
+    pub(crate) max: f32,
+    pub(crate) max_abs: f32,
+    pub(crate) non_finite: usize,
+}
+
+impl FiniteRange {
+    /// One pass over `logits` in lanes (exact in any order).
+    pub(crate) fn of(logits: &[f32]) -> Self {
+        let mut lanes = [Self::EMPTY; LANES];
+        let chunks = logits.chunks_exact(LANES);
+        let tail = chunks.remainder();
+        for chunk in chunks {
+            for (lane, &l) in lanes.iter_mut().zip(chunk) {
+                lane.add(l);
+            }
+        }
+        for &l in tail {
+            lanes[0].add(l);
+        }
+        lanes.iter().fold(Self::EMPTY, |a, b| Self {
+            max: larger(a.max, b.max),
+            max_abs: larger(a.max_abs, b.max_abs),
+            non_finite: a.non_finite + b.non_finite,
+        })
+    }
+
+    const EMPTY: Self = Self {
+        max: f32::NEG_INFINITY,
+        max_abs: 0.0,
+        non_finite: 0,
+    };
+
+    /// Takes one logit in (branch-free, so the lanes vectorise).
+    #[inline(always)]
+    fn add(&mut self, l: f32) {
+        let finite = l.abs() < f32::INFINITY;
+        self.max = larger(self.max, if finite { l } else { f32::NEG_INFINITY });
+        self.max_abs = larger(self.max_abs, if finite { l.abs() } else { 0.0 });
+        self.non_finite += usize::from(!finite);
+    }
+}
+
+/// The largest finite logit (-inf when none is finite) and how many logits are finite.
+fn finite_max(logits: &[f32]) -> (f32, usize) {
+    let range = FiniteRange::of(logits);
+    (range.max, logits.len() - range.non_finite)
 }
 
 /// Index of the largest logit (first one on ties, NaN ignored; 0 when every logit is NaN or

@@ -2,9 +2,8 @@
 //! scaled by 1/temperature in draw order ([`draw_order`]: larger scaled logit first, the lower
 //! token id on ties), selected a best-first prefix at a time ([`Ranked::grow`]: one pass over
 //! the logits picks the next `m` through a buffer of at most `2m`, and only those are sorted),
-//! the largest finite logit and their count ([`finite_max`]) and the softmax normaliser over
-//! every candidate ([`exp_total`]: one pass in f64 lanes with a branch-free `exp`, compiled
-//! for AVX-512 or AVX2 where the processor has them).
+//! and the softmax normaliser over every candidate ([`exp_total`]: one pass in f64 lanes with
+//! a branch-free `exp`, compiled for AVX-512 or AVX2 where the processor has them).
 
 use std::cmp::Ordering;
 
@@ -17,30 +16,6 @@ pub(super) type Cand = (u32, f32);
 /// `total_cmp`), the lower token id first on ties.
 pub(super) fn draw_order(a: &Cand, b: &Cand) -> Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
-}
-
-/// The largest finite logit (-inf when none is finite) and how many logits are finite: one
-/// pass in lanes.
-pub(super) fn finite_max(logits: &[f32]) -> (f32, usize) {
-    let mut max = [f32::NEG_INFINITY; LANES];
-    let mut count = [0usize; LANES];
-    let chunks = logits.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for chunk in chunks {
-        for ((m, c), &l) in max.iter_mut().zip(&mut count).zip(chunk) {
-            let finite = l.abs() < f32::INFINITY;
-            *m = larger(*m, if finite { l } else { f32::NEG_INFINITY });
-            *c += usize::from(finite);
-        }
-    }
-    let finite = tail.iter().filter(|l| l.abs() < f32::INFINITY);
-    (
-        finite
-            .clone()
-            .chain(&max)
-            .fold(f32::NEG_INFINITY, |a, &l| larger(a, l)),
-        finite.count() + count.iter().sum::<usize>(),
-    )
 }
 
 /// The best-first prefix of a step's candidates, grown on demand.
@@ -232,6 +207,7 @@ pub(super) fn exp_nonpositive(x: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::finite_max;
     use super::*;
 
     /// Every candidate in draw order, by a full sort.

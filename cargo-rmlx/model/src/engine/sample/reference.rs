@@ -199,7 +199,7 @@ fn one_growth_by_the_mass_bound_decides_the_draw() {
                 top_k: 0,
                 seed: data.next(),
             });
-            let (max, finite) = rank::finite_max(&l);
+            let (max, finite) = super::finite_max(&l);
             let top = max / temperature;
             let total = rank::exp_total(&l, temperature, top);
             for _ in 0..20 {

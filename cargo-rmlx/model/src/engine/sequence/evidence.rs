@@ -12,7 +12,7 @@
 //! a batch, so its numbers do not depend on batching.
 
 use super::super::generate::Step;
-use super::super::sample::{larger, top_k, LANES};
+use super::super::sample::{larger, top_k, FiniteRange, LANES};
 
 /// Logits per block of the log-sum-exp whose lanes are summed in f32.
 const BLOCK: usize = 256;
@@ -47,51 +47,6 @@ fn describe_step(logits: &[f32], id: u32, k: usize) -> Step {
         max_abs_logit: range.max_abs,
         non_finite: range.non_finite,
         logprob,
-    }
-}
-
-/// The finite logits' maximum (-inf when there are none) and largest |logit|, and how many
-/// logits are NaN or infinite.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct FiniteRange {
-    max: f32,
-    max_abs: f32,
-    non_finite: usize,
-}
-
-impl FiniteRange {
-    fn of(logits: &[f32]) -> Self {
-        let mut lanes = [Self::EMPTY; LANES];
-        let chunks = logits.chunks_exact(LANES);
-        let tail = chunks.remainder();
-        for chunk in chunks {
-            for (lane, &l) in lanes.iter_mut().zip(chunk) {
-                lane.add(l);
-            }
-        }
-        for &l in tail {
-            lanes[0].add(l);
-        }
-        lanes.iter().fold(Self::EMPTY, |a, b| Self {
-            max: larger(a.max, b.max),
-            max_abs: larger(a.max_abs, b.max_abs),
-            non_finite: a.non_finite + b.non_finite,
-        })
-    }
-
-    const EMPTY: Self = Self {
-        max: f32::NEG_INFINITY,
-        max_abs: 0.0,
-        non_finite: 0,
-    };
-
-    /// Takes one logit in (branch-free, so the lanes vectorise).
-    #[inline(always)]
-    fn add(&mut self, l: f32) {
-        let finite = l.abs() < f32::INFINITY;
-        self.max = larger(self.max, if finite { l } else { f32::NEG_INFINITY });
-        self.max_abs = larger(self.max_abs, if finite { l.abs() } else { 0.0 });
-        self.non_finite += usize::from(!finite);
     }
 }
 
