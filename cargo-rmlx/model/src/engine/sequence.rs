@@ -103,6 +103,8 @@ pub struct Sequence {
     /// Host time spent building and queuing pipelined decode steps (logged at the end: a
     /// decode that takes about this long per step is bound by the host, not the device).
     queue_time: Duration,
+    /// Of `queue_time`, building the step's graph (the rest is `async_eval`'s encoding).
+    build_time: Duration,
 }
 
 impl std::fmt::Debug for Sequence {
@@ -166,6 +168,7 @@ impl Sequence {
             started: Instant::now(),
             prefill_time: Duration::ZERO,
             queue_time: Duration::ZERO,
+            build_time: Duration::ZERO,
         })
     }
 
@@ -417,12 +420,14 @@ impl Sequence {
             .as_ref()
             .map_or((Duration::ZERO, 0), Guide::mask_stats);
         if self.pipeline && self.steps.len() > 1 {
+            let per_step = |d: Duration| d.as_secs_f64() * 1e3 / (self.steps.len() - 1) as f64;
             tracing::debug!(
                 "decode: {} steps in {:.1} ms each, of which the host built and queued the next \
-                 step {:.2} ms",
+                 step {:.2} ms (its graph built in {:.2} ms)",
                 self.steps.len(),
-                total.saturating_sub(prefill).as_secs_f64() * 1e3 / (self.steps.len() - 1) as f64,
-                self.queue_time.as_secs_f64() * 1e3 / (self.steps.len() - 1) as f64
+                per_step(total.saturating_sub(prefill)),
+                per_step(self.queue_time),
+                per_step(self.build_time)
             );
         }
         if masks > 0 {
@@ -449,6 +454,7 @@ impl Sequence {
         let queued = Instant::now();
         let input = current.next.reshape(&[1, 1])?;
         let l = model.net.forward_last(&input, &mut self.cache)?;
+        self.build_time += queued.elapsed();
         self.pending = Some(Pending::Own(DeviceStep::queue(&l, &self.opts)?));
         self.queue_time += queued.elapsed();
         Ok(())
