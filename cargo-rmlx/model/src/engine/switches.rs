@@ -469,7 +469,7 @@ mod tests {
             );
             let line = invalid_note(&r);
             assert!(
-                line.contains("RMLX_HOST_KERNELS") && line.contains("0, 1, auto or avx2"),
+                line.contains("RMLX_HOST_KERNELS") && line.contains("0, 1, auto, avx2 or amx"),
                 "{line}"
             );
         }
