@@ -1,7 +1,7 @@
 //! The CPU quantized kernels: affine-quantized matrix × vector (and × a few vectors) on the
 //! host, over the very buffers MLX holds (no copy of the weights), with AVX2/FMA — or, for
-//! float inputs on processors with AVX-512F, the 16-lane kernels of [`avx512`] — and both
-//! cores.
+//! float inputs on processors with AVX-512F, the 16-lane kernels of [`avx512`], or on request
+//! (`RMLX_HOST_KERNELS=amx`) the AMX tile kernels of [`amx`] — and both cores.
 //!
 //! Why it exists: with one input row (every decode step) MLX 0.32's CPU backend runs
 //! `quantized_matmul` as a scalar single-threaded loop (`_qmm_dispatch_typed<float>`), which
@@ -14,7 +14,7 @@
 //! `Transformer::hidden_host_decode`, which keeps a whole decode step's residual stream on
 //! the host. Everything else, and every model on a GPU, keeps MLX's kernels.
 //! `RMLX_HOST_KERNELS=0` turns it off; `RMLX_HOST_KERNELS=avx2` keeps the AVX2 kernels on a
-//! processor with AVX-512 ([`family`]).
+//! processor with AVX-512, `RMLX_HOST_KERNELS=amx` asks for the AMX ones ([`family`]).
 
 use std::sync::OnceLock;
 
