@@ -1830,8 +1830,8 @@ mod tests {
     /// The AMX products against an f64 reference within [`reference_and_bound`] and against
     /// the AVX-512 (else AVX2) float kernels within twice that: 4- and 8-bit, groups of 32,
     /// 64, 96 (tiles of 32) and 128, one to eight inputs (blocks of five and the rest), row
-    /// counts that end in a partial block of 16; and each input's result the same bits as
-    /// the same input alone.
+    /// counts that end in a partial block of 16, 8-bit rows read in place (line-aligned) and
+    /// copied (not); and each input's result the same bits as the same input alone.
     #[test]
     fn amx_products_match_the_reference_and_do_not_depend_on_the_batch() {
         if !amx_here("amx_products_match_the_reference") {
@@ -1848,14 +1848,25 @@ mod tests {
             (4, 96, 17, 384),
             (4, 128, 33, 256),
             (8, 32, 19, 96),
+            (8, 32, 32, 128),
             (8, 64, 48, 576),
             (8, 128, 21, 384),
         ] {
-            let packed = random_bytes(rows * cols * bits / 8, bits as u32 + group as u32);
+            // The packed rows at a cache-line boundary (8 bits: tiles loaded in place) and 16
+            // bytes past one (copied first).
+            let len = rows * cols * bits / 8;
+            let bytes = random_bytes(len + 128, bits as u32 + group as u32);
+            let aligned = bytes.as_ptr().align_offset(64);
+            let offset = if (rows + cols).is_multiple_of(2) {
+                0
+            } else {
+                16
+            };
+            let packed = &bytes[aligned + offset..aligned + offset + len];
             let groups = rows * cols / group;
             let scales: Vec<f32> = pseudo_random(groups, 1).iter().map(|v| v / 8.0).collect();
             let biases = pseudo_random(groups, 2);
-            let m = QuantMatrix::new(&packed, &scales, &biases, rows, cols, bits, group).unwrap();
+            let m = QuantMatrix::new(packed, &scales, &biases, rows, cols, bits, group).unwrap();
             // Inputs of different sizes, one with a large outlier.
             let mut xs: Vec<f32> = (0..8usize)
                 .flat_map(|i| {
