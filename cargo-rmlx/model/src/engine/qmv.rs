@@ -1976,8 +1976,9 @@ mod tests {
         }
     }
 
-    /// A measurement: one SmolLM2 projection shape (4-bit, groups of 64) at one to five
-    /// inputs, on one thread, the AMX kernels against the AVX-512 float kernels.
+    /// A measurement: SmolLM2 projection shapes (4- and 8-bit, groups of 64 and 32) at one to
+    /// five inputs, on one thread, the AMX kernels (their input preparation included) against
+    /// the AVX-512 float kernels.
     /// `cargo test --release --workspace --lib qmv::tests::amx_speed -- --ignored --nocapture`
     #[test]
     #[ignore = "a measurement: run on a quiet machine, in release"]
@@ -1985,11 +1986,17 @@ mod tests {
         if !amx_here("amx_speed") || !avx512_available() {
             return;
         }
-        for (rows, cols, bits) in [(1536, 576, 4), (576, 1536, 4), (4096, 576, 8)] {
+        for (rows, cols, bits, group) in [
+            (1536, 576, 4, 64),
+            (576, 1536, 4, 64),
+            (4096, 576, 8, 64),
+            (1536, 576, 4, 32),
+            (4096, 576, 8, 32),
+        ] {
             let packed = random_bytes(rows * cols * bits / 8, 5);
-            let groups = rows * cols / 64;
+            let groups = rows * cols / group;
             let (scales, biases) = (pseudo_random(groups, 1), pseudo_random(groups, 2));
-            let m = QuantMatrix::new(&packed, &scales, &biases, rows, cols, bits, 64).unwrap();
+            let m = QuantMatrix::new(&packed, &scales, &biases, rows, cols, bits, group).unwrap();
             let xs = pseudo_random(5 * cols, 9);
             let prepared: Vec<Prepared> = xs.chunks(cols).map(|x| m.prepare(x)).collect();
             for n in [1usize, 2, 4, 5] {
@@ -2010,7 +2017,7 @@ mod tests {
                     }
                 }
                 let avx_us = start.elapsed().as_secs_f64() * 1e6 / reps as f64;
-                eprintln!("{rows}x{cols} {bits}-bit g64, {n} inputs: AMX {amx_us:.1} us, AVX-512 {avx_us:.1} us");
+                eprintln!("{rows}x{cols} {bits}-bit g{group}, {n} inputs: AMX {amx_us:.1} us, AVX-512 {avx_us:.1} us");
             }
         }
     }
