@@ -1,7 +1,7 @@
 //! The CPU quantized kernels: affine-quantized matrix × vector (and × a few vectors) on the
 //! host, over the very buffers MLX holds (no copy of the weights), with AVX2/FMA — or, for
-//! float inputs on processors with AVX-512F, the 16-lane kernels of [`avx512`] — and both
-//! cores.
+//! float inputs on processors with AVX-512F, the 16-lane kernels of [`avx512`], or on request
+//! (`RMLX_HOST_KERNELS=amx`) the AMX tile kernels of [`amx`] — and both cores.
 //!
 //! Why it exists: with one input row (every decode step) MLX 0.32's CPU backend runs
 //! `quantized_matmul` as a scalar single-threaded loop (`_qmm_dispatch_typed<float>`), which
@@ -14,7 +14,7 @@
 //! `Transformer::hidden_host_decode`, which keeps a whole decode step's residual stream on
 //! the host. Everything else, and every model on a GPU, keeps MLX's kernels.
 //! `RMLX_HOST_KERNELS=0` turns it off; `RMLX_HOST_KERNELS=avx2` keeps the AVX2 kernels on a
-//! processor with AVX-512 ([`family`]).
+//! processor with AVX-512, `RMLX_HOST_KERNELS=amx` asks for the AMX ones ([`family`]).
 
 use std::sync::OnceLock;
 
@@ -25,6 +25,8 @@ use crate::diagnostic::{code, Diagnostic, Result};
 use crate::mlx::host::host_slice;
 
 // The AVX-512 intrinsics are stable from Rust 1.89 (the workspace's `rust-version`).
+#[cfg(target_arch = "x86_64")]
+mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
@@ -93,10 +95,25 @@ fn avx512_available() -> bool {
     }
 }
 
+/// Whether this process runs the AMX kernels ([`amx`]), or why not.
+fn amx_available() -> std::result::Result<(), String> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        amx::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        Err("not an x86-64 processor".into())
+    }
+}
+
 /// The instruction set of the float kernels. One family serves every block size in a
 /// process, so a batched input's result equals the same input's alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Family {
+    /// AMX tiles ([`amx`]): the integer weights against three 8-bit limbs of each input,
+    /// up to five inputs per pass over a block of 16 weight rows.
+    Amx,
     /// 16-lane AVX-512 kernels: up to four inputs in one pass over a weight row.
     Avx512,
     /// 8-lane AVX2/FMA kernels: up to four inputs, in two passes from three on.
@@ -105,28 +122,48 @@ enum Family {
     Portable,
 }
 
-/// The float kernels' family in this process: AVX-512 where the processor has it unless
-/// `RMLX_HOST_KERNELS=avx2`, else AVX2/FMA, else the portable reference. Decided once per
-/// process and logged.
+/// The float kernels' family in this process: with `RMLX_HOST_KERNELS=amx` the AMX
+/// kernels where the processor and the kernel allow them (else a warning says why not);
+/// otherwise AVX-512 where the processor has it unless `RMLX_HOST_KERNELS=avx2`, else
+/// AVX2/FMA, else the portable reference. Decided once per process and logged.
 fn family() -> Family {
     static FAMILY: OnceLock<Family> = OnceLock::new();
     *FAMILY.get_or_init(|| {
-        let family =
-            if avx512_available() && super::switches::host_kernel_width() != HostKernels::Avx2 {
-                Family::Avx512
-            } else if simd_available() {
-                Family::Avx2
-            } else {
-                Family::Portable
-            };
-        let why = match (family, super::switches::host_kernel_width()) {
-            (Family::Avx2, HostKernels::Avx2) if avx512_available() => "RMLX_HOST_KERNELS=avx2",
-            (Family::Avx2, _) => "no AVX-512F on this processor",
-            _ => "the widest this processor runs",
-        };
-        tracing::debug!("host float kernels: {family:?} ({why})");
+        let width = super::switches::host_kernel_width();
+        let (family, why) = choose_family(width);
+        if width == HostKernels::Amx && family != Family::Amx {
+            tracing::warn!("RMLX_HOST_KERNELS=amx: {why}; host float kernels: {family:?}");
+        } else {
+            tracing::debug!("host float kernels: {family:?} ({why})");
+        }
         family
     })
+}
+
+/// The family `width` asks for on this processor, and why it is the one.
+fn choose_family(width: HostKernels) -> (Family, String) {
+    let amx_off = match width {
+        HostKernels::Amx => match amx_available() {
+            Ok(()) => return (Family::Amx, "RMLX_HOST_KERNELS=amx".into()),
+            Err(why) => format!("no AMX ({why})"),
+        },
+        _ => "AMX only with RMLX_HOST_KERNELS=amx".into(),
+    };
+    if avx512_available() && width != HostKernels::Avx2 {
+        return (Family::Avx512, amx_off);
+    }
+    if simd_available() {
+        let why = if width == HostKernels::Avx2 && avx512_available() {
+            "RMLX_HOST_KERNELS=avx2".into()
+        } else {
+            format!("{amx_off}; no AVX-512F on this processor")
+        };
+        return (Family::Avx2, why);
+    }
+    (
+        Family::Portable,
+        format!("{amx_off}; no AVX2/FMA on this processor"),
+    )
 }
 
 /// How the host kernels treat the input rows.
@@ -505,6 +542,8 @@ impl QuantMatrix<'_> {
     /// [`Self::matmul_many`] once `x` is known to be whole rows of every matrix.
     fn matmul_checked(mats: &[Self], x: &[f32], mode: Activations) -> Vec<Vec<f32>> {
         match mode {
+            #[cfg(target_arch = "x86_64")]
+            Activations::F32 if family() == Family::Amx => Self::amx_products(mats, x),
             Activations::F32 => Self::products::<Prepared>(mats, x),
             Activations::Int8 => Self::products::<Quantized>(mats, x),
         }
@@ -521,7 +560,10 @@ impl QuantMatrix<'_> {
     {
         let threads = super::pool::threads();
         let total_rows: usize = mats.iter().map(|m| m.rows).sum();
-        let per_task = (total_rows / (threads * TASKS_PER_THREAD)).max(MIN_ROWS_PER_TASK);
+        // A multiple of the AMX kernels' 16-row blocks (the other kernels take any rows).
+        let per_task = (total_rows / (threads * TASKS_PER_THREAD))
+            .max(MIN_ROWS_PER_TASK)
+            .next_multiple_of(16);
         let zeros = |m: &Self| vec![0f32; m.rows * n];
         if n == 1 {
             let mut outs: Vec<Vec<f32>> = mats.iter().map(zeros).collect();
@@ -610,6 +652,12 @@ impl QuantMatrix<'_> {
     /// The input rows prepared once per distinct layout (q/k/v and gate/up share one),
     /// and for each matrix the index of its preparation.
     fn prepare_shared<P: Input>(mats: &[Self], x: &[f32]) -> (Vec<Vec<P>>, Vec<usize>) {
+        Self::prepare_layouts(mats, |m| x.chunks(m.cols).map(|r| P::new(r, m)).collect())
+    }
+
+    /// `prepare(m)` once per distinct layout of `mats` (bits, group, columns), and for each
+    /// matrix the index of its layout's preparation.
+    fn prepare_layouts<T>(mats: &[Self], prepare: impl Fn(&Self) -> T) -> (Vec<T>, Vec<usize>) {
         let layout = |m: &Self| (m.bits, m.group, m.cols);
         let mut firsts: Vec<usize> = Vec::new();
         let of = mats
@@ -623,15 +671,33 @@ impl QuantMatrix<'_> {
                 })
             })
             .collect();
-        let prepared = firsts
-            .iter()
-            .map(|&f| {
-                x.chunks(mats[f].cols)
-                    .map(|r| P::new(r, &mats[f]))
-                    .collect()
-            })
-            .collect();
-        (prepared, of)
+        (firsts.iter().map(|&f| prepare(&mats[f])).collect(), of)
+    }
+
+    /// The products `[rows, n]` per matrix on the AMX tiles ([`amx`]): the inputs prepared
+    /// once per layout in blocks of [`amx::BLOCK`], each task running every block over its
+    /// weight rows. Only with [`Family::Amx`] chosen (AMX available).
+    #[cfg(target_arch = "x86_64")]
+    fn amx_products(mats: &[Self], x: &[f32]) -> Vec<Vec<f32>> {
+        let n = x.len() / mats[0].cols;
+        let (prepared, of) = Self::prepare_layouts(mats, |m| {
+            let rows: Vec<&[f32]> = x.chunks_exact(m.cols).collect();
+            rows.chunks(amx::BLOCK)
+                // SAFETY: `family()` chose AMX, so `amx::available` returned `Ok`; each row
+                // holds `m.cols` values (`matmul_many_as` checked `x`).
+                .map(|block| unsafe { amx::Inputs::new(block, m) })
+                .collect::<Vec<_>>()
+        });
+        Self::for_row_blocks(mats, n, |i, first, out| {
+            let rows = out.len() / n;
+            for (k, inputs) in prepared[of[i]].iter().enumerate() {
+                let at = (first, rows, k * amx::BLOCK, n);
+                // SAFETY: AMX is available (above); `inputs` was prepared for this layout;
+                // `for_row_blocks` hands out rows `first..first + rows` of matrix `i` and their
+                // `[rows, n]` block; block `k` holds inputs `k · BLOCK..` of `n`.
+                unsafe { amx::rows(&mats[i], inputs, at, out) };
+            }
+        })
     }
 
     /// The products `[rows, n]` per matrix, the inputs prepared as `P` (one activation mode).
@@ -1701,6 +1767,257 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Pseudo-random bytes (the packed weights of a test matrix).
+    fn random_bytes(n: usize, seed: u32) -> Vec<u8> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s >> 8) as u8
+            })
+            .collect()
+    }
+
+    /// Output `r` of `m` against `x` in f64 (`Σ_c (q·s + b) · x`), and the bound an AMX
+    /// result must stay within: float32's rounding (2 ε) of the magnitudes the kernels sum —
+    /// every `|w · x|` — and of the limbs' representation, `max|x|` of each group against
+    /// the row's `Σ|q · s|` there. A wrong column, group, scale or lane moves a result by a
+    /// whole term, orders of magnitude more.
+    fn reference_and_bound(m: &QuantMatrix<'_>, r: usize, x: &[f32]) -> (f64, f64) {
+        let (packed, scales, biases) = m.row(r);
+        let (mut exact, mut magnitude) = (0f64, 0f64);
+        for (g, (&s, &b)) in scales.iter().zip(biases).enumerate() {
+            let cols = g * m.group..(g + 1) * m.group;
+            let max = x[cols.clone()]
+                .iter()
+                .fold(0f64, |a, v| a.max(f64::from(v.abs())));
+            for c in cols {
+                let q = f64::from(if m.bits == 8 {
+                    packed[c]
+                } else if c % 2 == 0 {
+                    packed[c / 2] & 0x0f
+                } else {
+                    packed[c / 2] >> 4
+                });
+                let w = q * f64::from(s) + f64::from(b);
+                exact += w * f64::from(x[c]);
+                magnitude += (w * f64::from(x[c])).abs() + (q * f64::from(s)).abs() * max;
+            }
+        }
+        (exact, 2.0 * f64::from(f32::EPSILON) * magnitude)
+    }
+
+    /// Whether this process runs the AMX kernels; where it does not, says so on stderr and
+    /// checks that the process's family is another one (a test of the AMX kernels then
+    /// checks only that).
+    fn amx_here(test: &str) -> bool {
+        match amx_available() {
+            Ok(()) => true,
+            Err(why) => {
+                eprintln!("{test}: no AMX here ({why}): the AMX kernels are NOT tested");
+                assert_ne!(choose_family(HostKernels::Amx).0, Family::Amx);
+                false
+            }
+        }
+    }
+
+    /// The AMX products against an f64 reference within [`reference_and_bound`] and against
+    /// the AVX-512 (else AVX2) float kernels within twice that: 4- and 8-bit, groups of 32,
+    /// 64, 96 (tiles of 32) and 128, one to eight inputs (blocks of five and the rest), row
+    /// counts that end in a partial block of 16, 8-bit rows read in place (line-aligned) and
+    /// copied (not); and each input's result the same bits as the same input alone.
+    #[test]
+    fn amx_products_match_the_reference_and_do_not_depend_on_the_batch() {
+        if !amx_here("amx_products_match_the_reference") {
+            return;
+        }
+        let float = if avx512_available() {
+            Family::Avx512
+        } else {
+            Family::Avx2
+        };
+        for (bits, group, rows, cols) in [
+            (4, 32, 35, 192),
+            (4, 64, 50, 576),
+            (4, 96, 17, 384),
+            (4, 128, 33, 256),
+            (8, 32, 19, 96),
+            (8, 32, 32, 128),
+            (8, 64, 48, 576),
+            (8, 128, 21, 384),
+        ] {
+            // The packed rows at a cache-line boundary (8 bits: tiles loaded in place) and 16
+            // bytes past one (copied first).
+            let len = rows * cols * bits / 8;
+            let bytes = random_bytes(len + 128, bits as u32 + group as u32);
+            let aligned = bytes.as_ptr().align_offset(64);
+            let offset = if (rows + cols).is_multiple_of(2) {
+                0
+            } else {
+                16
+            };
+            let packed = &bytes[aligned + offset..aligned + offset + len];
+            let groups = rows * cols / group;
+            let scales: Vec<f32> = pseudo_random(groups, 1).iter().map(|v| v / 8.0).collect();
+            let biases = pseudo_random(groups, 2);
+            let m = QuantMatrix::new(packed, &scales, &biases, rows, cols, bits, group).unwrap();
+            // Inputs of different sizes, one with a large outlier.
+            let mut xs: Vec<f32> = (0..8usize)
+                .flat_map(|i| {
+                    pseudo_random(cols, 20 + i as u32)
+                        .into_iter()
+                        .map(move |v| v * (1 + i) as f32)
+                })
+                .collect();
+            xs[3 * cols + 5] = 300.0;
+            let what = format!("{bits}-bit g{group} {rows}x{cols}");
+            for n in 1..=8 {
+                let x = &xs[..n * cols];
+                let got = QuantMatrix::amx_products(&[m], x).remove(0);
+                for (k, xk) in x.chunks(cols).enumerate() {
+                    let alone = QuantMatrix::amx_products(&[m], xk).remove(0);
+                    let prepared = m.prepare(xk);
+                    for r in 0..rows {
+                        let v = got[k * rows + r];
+                        assert_eq!(
+                            v.to_bits(),
+                            alone[r].to_bits(),
+                            "{what} input {k} of {n}, row {r}: batched vs alone"
+                        );
+                        let (exact, bound) = reference_and_bound(&m, r, xk);
+                        assert!(
+                            (f64::from(v) - exact).abs() <= bound,
+                            "{what} input {k} row {r}: amx {v}, exact {exact}, bound {bound}"
+                        );
+                        let [f] =
+                            unsafe { f32_kernel::<1>(float, bits)(group, m.row(r), [&prepared]) };
+                        assert!(
+                            (f64::from(v) - f64::from(f)).abs() <= 2.0 * bound,
+                            "{what} input {k} row {r}: amx {v}, float {f}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// A NaN or an infinity in an input makes that input's outputs NaN or infinite, as the
+    /// float kernels do (a broken model must not look healthy), and leaves the others alone.
+    #[test]
+    fn amx_products_propagate_nan_and_infinity() {
+        if !amx_here("amx_products_propagate_nan_and_infinity") {
+            return;
+        }
+        let (rows, cols, group) = (20, 128, 64);
+        let packed = random_bytes(rows * cols / 2, 3);
+        let scales = vec![0.1f32; rows * cols / group];
+        let biases = vec![0.5f32; rows * cols / group];
+        let m = QuantMatrix::new(&packed, &scales, &biases, rows, cols, 4, group).unwrap();
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut x = pseudo_random(3 * cols, 4);
+            x[cols + 7] = bad;
+            let y = QuantMatrix::amx_products(&[m], &x).remove(0);
+            let clean = QuantMatrix::amx_products(&[m], &x[..cols]).remove(0);
+            for r in 0..rows {
+                assert!(
+                    !y[rows + r].is_finite(),
+                    "{bad}: row {r} gave {}",
+                    y[rows + r]
+                );
+                assert_eq!(
+                    y[r].to_bits(),
+                    clean[r].to_bits(),
+                    "{bad}: the clean input changed"
+                );
+            }
+        }
+    }
+
+    /// The family follows `RMLX_HOST_KERNELS`: AMX only with `amx`, and only where
+    /// available (otherwise the fallback, and the reason, said on stderr); never AMX by
+    /// default.
+    #[test]
+    fn the_kernel_family_follows_the_switch_and_the_processor() {
+        for width in [HostKernels::Auto, HostKernels::Avx2, HostKernels::Off] {
+            assert_ne!(choose_family(width).0, Family::Amx, "{width:?}");
+        }
+        let (amx, why) = choose_family(HostKernels::Amx);
+        match amx_available() {
+            Ok(()) => assert_eq!(amx, Family::Amx),
+            Err(e) => {
+                eprintln!("no AMX here ({e}): RMLX_HOST_KERNELS=amx gives {amx:?} ({why})");
+                assert_ne!(amx, Family::Amx);
+                assert!(why.contains(&e), "{why}");
+            }
+        }
+    }
+
+    /// Every row of `m` against a block of one, two or four inputs, AVX-512 (the timing
+    /// loop of [`amx_speed`]).
+    fn avx512_rows(m: &QuantMatrix<'_>, block: &[Prepared]) {
+        fn run<const N: usize>(m: &QuantMatrix<'_>, block: &[Prepared]) {
+            let kernel = f32_kernel::<N>(Family::Avx512, m.bits);
+            let inputs: [&Prepared; N] = std::array::from_fn(|i| &block[i]);
+            for r in 0..m.rows {
+                // SAFETY: AVX-512 checked by the caller; layouts checked by `QuantMatrix::new`.
+                std::hint::black_box(unsafe { kernel(m.group, m.row(r), inputs) });
+            }
+        }
+        match block.len() {
+            4 => run::<4>(m, block),
+            2 => run::<2>(m, block),
+            _ => run::<1>(m, block),
+        }
+    }
+
+    /// A measurement: SmolLM2 projection shapes (4- and 8-bit, groups of 64 and 32) at one to
+    /// five inputs, on one thread, the AMX kernels (their input preparation included) against
+    /// the AVX-512 float kernels.
+    /// `cargo test --release --workspace --lib qmv::tests::amx_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement: run on a quiet machine, in release"]
+    fn amx_speed() {
+        if !amx_here("amx_speed") || !avx512_available() {
+            return;
+        }
+        for (rows, cols, bits, group) in [
+            (1536, 576, 4, 64),
+            (576, 1536, 4, 64),
+            (4096, 576, 8, 64),
+            (1536, 576, 4, 32),
+            (4096, 576, 8, 32),
+        ] {
+            let packed = random_bytes(rows * cols * bits / 8, 5);
+            let groups = rows * cols / group;
+            let (scales, biases) = (pseudo_random(groups, 1), pseudo_random(groups, 2));
+            let m = QuantMatrix::new(&packed, &scales, &biases, rows, cols, bits, group).unwrap();
+            let xs = pseudo_random(5 * cols, 9);
+            let prepared: Vec<Prepared> = xs.chunks(cols).map(|x| m.prepare(x)).collect();
+            for n in [1usize, 2, 4, 5] {
+                let reps = 200;
+                let inputs: Vec<&[f32]> = xs.chunks(cols).take(n).collect();
+                let mut out = vec![0f32; rows * n];
+                let start = std::time::Instant::now();
+                for _ in 0..reps {
+                    // SAFETY: AMX available; the inputs prepared for `m`; all rows, `[rows, n]`.
+                    let x = unsafe { amx::Inputs::new(&inputs, &m) };
+                    unsafe { amx::rows(&m, &x, (0, rows, 0, n), &mut out) };
+                }
+                let amx_us = start.elapsed().as_secs_f64() * 1e6 / reps as f64;
+                let start = std::time::Instant::now();
+                for _ in 0..reps {
+                    for block in prepared[..n].chunks(4) {
+                        avx512_rows(&m, block);
+                    }
+                }
+                let avx_us = start.elapsed().as_secs_f64() * 1e6 / reps as f64;
+                eprintln!("{rows}x{cols} {bits}-bit g{group}, {n} inputs: AMX {amx_us:.1} us, AVX-512 {avx_us:.1} us");
             }
         }
     }

@@ -36,6 +36,9 @@ pub enum HostKernels {
     Off,
     /// `avx2`: on, the AVX2 float kernels even where AVX-512 is present.
     Avx2,
+    /// `amx`: on, the AMX kernels where the processor and the kernel allow them (opt-in:
+    /// a B = 1 decode step is slower with them, BENCHMARKS.md round 12).
+    Amx,
     /// `1` (the default) or `auto`: on, the widest float kernels the processor runs.
     Auto,
 }
@@ -86,9 +89,10 @@ pub static HOST_KERNELS: Switch<HostKernels> = Switch::new(
     "RMLX_HOST_KERNELS",
     "`0` turns the CPU's host kernels (quantized mat-vec, prefill GEMM, host decode and \
      attention) off: every step on the CPU runs MLX's path, as on a GPU; `avx2` keeps their \
-     AVX2 float kernels where AVX-512 ones would run",
+     AVX2 float kernels where AVX-512 ones would run; `amx` runs their quantized products on \
+     the AMX tiles where the processor and the kernel allow it",
     HostKernels::Auto,
-    "0, 1, auto or avx2",
+    "0, 1, auto, avx2 or amx",
     host_kernel_setting,
 );
 
@@ -200,6 +204,7 @@ fn host_kernel_setting(v: &str) -> Option<HostKernels> {
         "0" => Some(HostKernels::Off),
         "1" | "auto" => Some(HostKernels::Auto),
         "avx2" => Some(HostKernels::Avx2),
+        "amx" => Some(HostKernels::Amx),
         _ => None,
     }
 }
@@ -237,6 +242,7 @@ impl SwitchValue for HostKernels {
         match self {
             HostKernels::Off => "0",
             HostKernels::Avx2 => "avx2",
+            HostKernels::Amx => "amx",
             HostKernels::Auto => "1",
         }
         .to_string()
@@ -434,13 +440,16 @@ mod tests {
     }
 
     #[test]
-    fn host_kernels_take_off_auto_and_avx2() {
+    fn host_kernels_take_off_auto_avx2_and_amx() {
         let off = HOST_KERNELS.read(set("0"));
         assert_eq!(off.value, HostKernels::Off);
         assert!(matches!(&off.note, Some(Note::Set(l)) if l.starts_with("RMLX_HOST_KERNELS=0: ")));
         let avx2 = HOST_KERNELS.read(set("avx2"));
         assert_eq!(avx2.value, HostKernels::Avx2);
         assert!(matches!(avx2.note, Some(Note::Set(_))));
+        let amx = HOST_KERNELS.read(set("amx"));
+        assert_eq!(amx.value, HostKernels::Amx);
+        assert!(matches!(amx.note, Some(Note::Set(_))));
         for raw in ["1", "auto"] {
             let r = HOST_KERNELS.read(set(raw));
             assert_eq!((r.value, r.note), (HostKernels::Auto, None), "{raw}");
@@ -451,7 +460,7 @@ mod tests {
 
     #[test]
     fn a_value_a_switch_does_not_take_is_warned_about_and_the_default_used() {
-        for raw in ["off", "false", " 0", "", "avx512"] {
+        for raw in ["off", "false", " 0", "", "avx512", "AMX"] {
             let r = HOST_KERNELS.read(set(raw));
             assert_eq!(
                 r.value,
@@ -460,7 +469,7 @@ mod tests {
             );
             let line = invalid_note(&r);
             assert!(
-                line.contains("RMLX_HOST_KERNELS") && line.contains("0, 1, auto or avx2"),
+                line.contains("RMLX_HOST_KERNELS") && line.contains("0, 1, auto, avx2 or amx"),
                 "{line}"
             );
         }
