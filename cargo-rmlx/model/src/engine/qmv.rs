@@ -1976,9 +1976,10 @@ mod tests {
         }
     }
 
-    /// A measurement: as [`amx_speed`] but over 40 distinct copies of a 1536×576 4-bit matrix
-    /// (22 MB with scales and biases, ten times the 2 MB L2), in tasks of `rows` weight rows
-    /// as the pool hands them out, so the weights come from L3 as in a decode step.
+    /// A measurement: as [`amx_speed`] but over 40 or 150 distinct copies of a 1536×576 4-bit
+    /// matrix (22 or 83 MB with scales and biases — the latter a SmolLM2 decode step's weights
+    /// — against a 2 MB L2), in tasks of 192 rows as the pool hands them out, on one thread,
+    /// the inputs prepared once; AVX-512 and AMX alternated three times.
     /// `cargo test --release --workspace --lib qmv::tests::amx_speed_cold -- --ignored --nocapture`
     #[test]
     #[ignore = "a measurement: run on a quiet machine, in release"]
@@ -1986,13 +1987,17 @@ mod tests {
         if !amx_here("amx_speed_cold") || !avx512_available() {
             return;
         }
-        let (rows, cols, bits, copies) = (1536, 576, 4, 40);
-        for group in [64, 32] {
+        let (rows, cols, bits, task) = (1536, 576, 4, 192);
+        for (copies, group) in [(40, 64), (150, 64), (150, 32)] {
             let groups = rows * cols / group;
             let data: Vec<_> = (0..copies as u32)
                 .map(|c| {
                     let packed = random_bytes(rows * cols * bits / 8, 5 + c);
-                    (packed, pseudo_random(groups, 1 + c), pseudo_random(groups, 2 + c))
+                    (
+                        packed,
+                        pseudo_random(groups, 1 + c),
+                        pseudo_random(groups, 2 + c),
+                    )
                 })
                 .collect();
             let mats: Vec<_> = data
@@ -2000,32 +2005,37 @@ mod tests {
                 .map(|(p, s, b)| QuantMatrix::new(p, s, b, rows, cols, bits, group).unwrap())
                 .collect();
             let xs = pseudo_random(4 * cols, 9);
-            for (n, task) in [(1usize, 192usize), (1, 64), (1, rows), (4, 192)] {
+            for n in [1usize, 4] {
                 let inputs: Vec<&[f32]> = xs.chunks(cols).take(n).collect();
                 let prepared: Vec<Prepared> = inputs.iter().map(|x| mats[0].prepare(x)).collect();
+                // SAFETY: AMX available; the inputs hold `cols` values.
+                let tiles_in = unsafe { amx::Inputs::new(&inputs, &mats[0]) };
                 let mut out = vec![0f32; task * n];
-                let reps = 20;
-                let time = |f: &mut dyn FnMut(&QuantMatrix<'_>, usize)| {
+                let reps = 10;
+                let mut time = |f: &mut dyn FnMut(&QuantMatrix<'_>, usize, &mut [f32])| {
                     let start = std::time::Instant::now();
                     for _ in 0..reps {
                         for m in &mats {
                             for first in (0..rows).step_by(task) {
-                                f(m, first);
+                                f(m, first, &mut out);
                             }
                         }
                     }
                     start.elapsed().as_secs_f64() * 1e6 / (reps * copies) as f64
                 };
-                let amx_us = time(&mut |m, first| {
-                    // SAFETY: AMX available; the inputs hold `cols` values; rows in range.
-                    let x = unsafe { amx::Inputs::new(&inputs, m) };
-                    unsafe { amx::rows(m, &x, (first, task, 0, n), &mut out) };
-                });
-                let avx_us = time(&mut |m, first| match n {
-                    4 => m.pass::<Prepared, 4>(&prepared, (first, 0, n), &mut out),
-                    _ => m.pass::<Prepared, 1>(&prepared, (first, 0, n), &mut out),
-                });
-                eprintln!("cold {rows}x{cols} {bits}-bit g{group}, {n} inputs, tasks of {task} rows: AMX {amx_us:.1} us, AVX-512 {avx_us:.1} us per matrix");
+                let mut line = format!("{copies} copies, g{group}, {n} inputs, us per matrix:");
+                for _ in 0..3 {
+                    let avx_us = time(&mut |m, first, out| match n {
+                        4 => m.pass::<Prepared, 4>(&prepared, (first, 0, n), out),
+                        _ => m.pass::<Prepared, 1>(&prepared, (first, 0, n), out),
+                    });
+                    // SAFETY: AMX available; inputs prepared for this layout; rows in range.
+                    let amx_us = time(&mut |m, first, out| unsafe {
+                        amx::rows(m, &tiles_in, (first, task, 0, n), out)
+                    });
+                    line += &format!(" AMX {amx_us:.1} / AVX-512 {avx_us:.1};");
+                }
+                eprintln!("{line}");
             }
         }
     }
