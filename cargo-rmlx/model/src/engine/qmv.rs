@@ -1976,10 +1976,11 @@ mod tests {
         }
     }
 
-    /// A measurement: as [`amx_speed`] but over 40 or 150 distinct copies of a 1536×576 4-bit
-    /// matrix (22 or 83 MB with scales and biases — the latter a SmolLM2 decode step's weights
-    /// — against a 2 MB L2), in tasks of 192 rows as the pool hands them out, on one thread,
-    /// the inputs prepared once; AVX-512 and AMX alternated three times.
+    /// A measurement: as [`amx_speed`] but with the weights streamed from memory as in a
+    /// decode step (SmolLM2's weights are 84 MB a step, against a 2 MB L2): 40 or 150 distinct
+    /// copies of a 1536×576 4-bit matrix (22 or 83 MB with scales and biases) in tasks of 192
+    /// rows, and 5 copies of the 49152×576 LM head (88 MB) in tasks of 6144 rows, as the pool
+    /// cuts them; one thread, the inputs prepared once, AVX-512 and AMX alternated three times.
     /// `cargo test --release --workspace --lib qmv::tests::amx_speed_cold -- --ignored --nocapture`
     #[test]
     #[ignore = "a measurement: run on a quiet machine, in release"]
@@ -1987,8 +1988,13 @@ mod tests {
         if !amx_here("amx_speed_cold") || !avx512_available() {
             return;
         }
-        let (rows, cols, bits, task) = (1536, 576, 4, 192);
-        for (copies, group) in [(40, 64), (150, 64), (150, 32)] {
+        let (cols, bits) = (576, 4);
+        for (copies, group, rows, task) in [
+            (40, 64, 1536, 192),
+            (150, 64, 1536, 192),
+            (150, 32, 1536, 192),
+            (5, 64, 49152, 6144),
+        ] {
             let groups = rows * cols / group;
             let data: Vec<_> = (0..copies as u32)
                 .map(|c| {
@@ -2023,7 +2029,9 @@ mod tests {
                     }
                     start.elapsed().as_secs_f64() * 1e6 / (reps * copies) as f64
                 };
-                let mut line = format!("{copies} copies, g{group}, {n} inputs, us per matrix:");
+                let mut line = format!(
+                    "{copies} copies of {rows}x{cols}, g{group}, {n} inputs, us per matrix:"
+                );
                 for _ in 0..3 {
                     let avx_us = time(&mut |m, first, out| match n {
                         4 => m.pass::<Prepared, 4>(&prepared, (first, 0, n), out),
