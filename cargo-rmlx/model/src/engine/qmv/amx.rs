@@ -14,7 +14,8 @@
 //!
 //! Tiles: A = 16 weight rows × T columns (T = 64, or 32 for groups that are not a multiple
 //! of 64) as unsigned bytes — 8-bit rows read in place, 4-bit rows unpacked per T columns to
-//! [low nibbles, high nibbles] (the inputs' values reordered alike); B = the inputs' limbs in
+//! [low nibbles, high nibbles] (the inputs' values reordered alike), a whole block of 16 rows
+//! at a time in address order; B = the inputs' limbs in
 //! `TDPBUSD`'s layout (T/4 rows of 16 columns × 4 bytes; input `i`'s limb `l` in column
 //! `3i + l`), prepared once per call; C = 16 rows × 16 int32 columns, one C tile per group of
 //! a round of four groups (tiles 4–7).
@@ -298,7 +299,7 @@ pub(super) unsafe fn rows(
 ) {
     let _tiles = Tiles::configure(tile_cols(m.group));
     let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-    let need = 2 * ROWS * ROUND * m.group / 64;
+    let need = 2 * ROWS * (ROUND * m.group).max(m.cols) / 64;
     if scratch.len() < need {
         scratch = lines(need);
     }
@@ -313,16 +314,17 @@ pub(super) unsafe fn rows(
 }
 
 thread_local! {
-    /// The unpacked A tiles of [`rows`], two rounds' worth, kept by each thread across calls
+    /// The unpacked A tiles of [`rows`], two blocks' worth (4 bits) or two rounds' (8 bits), kept by each thread across calls
     /// (every byte a tile reads is written first in the same call).
     static SCRATCH: std::cell::RefCell<Vec<Line>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// [`rows`] for `BITS`-bit weights: blocks of 16 rows, each in rounds of up to [`ROUND`]
 /// groups, pipelined over the whole task: while the tile unit multiplies round `k`, the
-/// vector units fold round `k - 1`'s products (stored to the other half of `c`) and unpack
-/// round `k + 1` (of this block or the next) into the other half of `scratch`, and the next
-/// block's bytes are asked of the cache, a share per round.
+/// vector units fold round `k - 1`'s products (stored to the other half of `c`) and prepare
+/// round `k + 1` in the other half of `scratch` (4 bits: the last round of a block unpacks the
+/// whole next block, see [`round_source`]), and the next block's bytes are asked of the
+/// cache, a share per round.
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
 unsafe fn run<const BITS: usize>(
     m: &QuantMatrix<'_>,
@@ -335,7 +337,11 @@ unsafe fn run<const BITS: usize>(
     // Rounds of equal size (9 groups: 3 + 3 + 3, not 4 + 4 + 1).
     let per_round = groups.div_ceil(groups.div_ceil(ROUND));
     let rounds = groups.div_ceil(per_round);
-    let half = ROWS * ROUND * m.group;
+    let half = if BITS == 4 {
+        ROWS * m.cols
+    } else {
+        ROWS * ROUND * m.group
+    };
     let place = |k: usize| {
         let b = k / rounds * ROWS;
         let g0 = k % rounds * per_round;
@@ -367,7 +373,8 @@ unsafe fn run<const BITS: usize>(
         }
         if k + 1 < total {
             let next = place(k + 1);
-            let to = scratch.as_mut_ptr().add((k + 1) % 2 * half);
+            let parity = if BITS == 4 { (k + 1) / rounds } else { k + 1 };
+            let to = scratch.as_mut_ptr().add(parity % 2 * half);
             src = round_source::<BITS>(m, next.rows, (next.g0, per_round), to);
         }
         prefetch_share::<BITS>(m, round.rows.0 + ROWS, (k % rounds, rounds));
@@ -473,8 +480,13 @@ struct Source {
 }
 
 /// The A tiles of groups `g0..` (up to [`ROUND`]) of the 16 rows from `first` (`live`
-/// real): 8-bit rows of a whole block in place where their lines are aligned; otherwise unpacked (4 bits) or copied (a
-/// partial 8-bit block) to `dst`, rows `ROUND · group` bytes apart.
+/// real): 8-bit rows of a whole block in place where their lines are aligned, else copied
+/// to `dst`, rows `ROUND · group` bytes apart; 4-bit rows read from `dst`, where the block's
+/// first round (`g0 = 0`) unpacks all its columns, row after row (`cols` bytes apart).
+/// Why whole blocks: read a round's columns at a time, 16 rows apart, the weights escape the
+/// hardware prefetchers, and streamed from memory (a decode step's 84 MB) the pass was 20–30%
+/// slower than the AVX-512 kernels' row-ordered reads; in address order it is not
+/// (BENCHMARKS.md, round 12, `amx12b`).
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
 #[inline]
 unsafe fn round_source<const BITS: usize>(
@@ -497,6 +509,23 @@ unsafe fn round_source<const BITS: usize>(
         };
     }
     let t = tile_cols(m.group);
+    if BITS == 4 {
+        if g0 == 0 {
+            for r in 0..ROWS {
+                let src = packed.add((first + r.min(live - 1)) * row_bytes);
+                let out = dst.add(r * m.cols);
+                if t == 64 {
+                    unpack64(src, out, m.cols);
+                } else {
+                    unpack32(src, out, m.cols);
+                }
+            }
+        }
+        return Source {
+            base: dst.add(g0 * m.group),
+            stride: m.cols,
+        };
+    }
     let span = ROUND * m.group;
     for r in 0..ROWS {
         let row = first + r.min(live - 1);
