@@ -36,6 +36,10 @@ pub(super) const BLOCK: usize = 5;
 /// Weight rows per tile (A and C rows).
 pub(super) const ROWS: usize = 16;
 
+/// Columns of 4-bit weights unpacked together at most (a span of rounds, row after row): the
+/// two spans of scratch (2 × 16 × 768 bytes) and an input's limbs stay within L1.
+const SPAN: usize = 768;
+
 /// Columns of the B and C tiles.
 const COLS: usize = 16;
 
@@ -299,7 +303,7 @@ pub(super) unsafe fn rows(
 ) {
     let _tiles = Tiles::configure(tile_cols(m.group));
     let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-    let need = 2 * ROWS * (ROUND * m.group).max(m.cols) / 64;
+    let need = 2 * ROWS * (ROUND * m.group).max(SPAN) / 64;
     if scratch.len() < need {
         scratch = lines(need);
     }
@@ -337,11 +341,15 @@ unsafe fn run<const BITS: usize>(
     // Rounds of equal size (9 groups: 3 + 3 + 3, not 4 + 4 + 1).
     let per_round = groups.div_ceil(groups.div_ceil(ROUND));
     let rounds = groups.div_ceil(per_round);
-    let half = if BITS == 4 {
-        ROWS * m.cols
+    // 4 bits: rounds unpacked together, row after row (a span of at most `SPAN` columns).
+    let span_rounds = (SPAN / (per_round * m.group)).clamp(1, rounds);
+    let spans = rounds.div_ceil(span_rounds);
+    let span_groups = if BITS == 4 {
+        span_rounds * per_round
     } else {
-        ROWS * ROUND * m.group
+        per_round
     };
+    let half = ROWS * span_groups.max(ROUND) * m.group;
     let place = |k: usize| {
         let b = k / rounds * ROWS;
         let g0 = k % rounds * per_round;
@@ -354,7 +362,7 @@ unsafe fn run<const BITS: usize>(
     let total = rows.div_ceil(ROWS) * rounds;
     let mut acc = [_mm512_setzero_ps(); ROWS];
     let mut c = [Products([[[0i32; COLS]; ROWS]; ROUND]); 2];
-    let mut src = round_source::<BITS>(m, place(0).rows, (0, per_round), scratch.as_mut_ptr());
+    let mut src = round_source::<BITS>(m, place(0).rows, (0, span_groups), scratch.as_mut_ptr());
     let mut finish = |k: usize, c: &Products, acc: &mut [__m512; ROWS]| {
         let round = place(k);
         fold(m, x, &round, &c.0[..round.count], acc);
@@ -373,9 +381,13 @@ unsafe fn run<const BITS: usize>(
         }
         if k + 1 < total {
             let next = place(k + 1);
-            let parity = if BITS == 4 { (k + 1) / rounds } else { k + 1 };
+            let parity = if BITS == 4 {
+                (k + 1) / rounds * spans + (k + 1) % rounds / span_rounds
+            } else {
+                k + 1
+            };
             let to = scratch.as_mut_ptr().add(parity % 2 * half);
-            src = round_source::<BITS>(m, next.rows, (next.g0, per_round), to);
+            src = round_source::<BITS>(m, next.rows, (next.g0, span_groups), to);
         }
         prefetch_share::<BITS>(m, round.rows.0 + ROWS, (k % rounds, rounds));
         store_products(round.count, &mut c[k % 2]);
@@ -510,20 +522,24 @@ unsafe fn round_source<const BITS: usize>(
     }
     let t = tile_cols(m.group);
     if BITS == 4 {
-        if g0 == 0 {
+        // `per_round` is the span's groups here.
+        let s0 = g0 / per_round * per_round;
+        let span = per_round * m.group;
+        if g0 == s0 {
+            let cols = span.min(m.cols - s0 * m.group);
             for r in 0..ROWS {
-                let src = packed.add((first + r.min(live - 1)) * row_bytes);
-                let out = dst.add(r * m.cols);
+                let src = packed.add((first + r.min(live - 1)) * row_bytes + s0 * m.group / 2);
+                let out = dst.add(r * span);
                 if t == 64 {
-                    unpack64(src, out, m.cols);
+                    unpack64(src, out, cols);
                 } else {
-                    unpack32(src, out, m.cols);
+                    unpack32(src, out, cols);
                 }
             }
         }
         return Source {
-            base: dst.add(g0 * m.group),
-            stride: m.cols,
+            base: dst.add((g0 - s0) * m.group),
+            stride: span,
         };
     }
     let span = ROUND * m.group;
