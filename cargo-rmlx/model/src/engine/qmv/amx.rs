@@ -326,9 +326,9 @@ thread_local! {
 /// [`rows`] for `BITS`-bit weights: blocks of 16 rows, each in rounds of up to [`ROUND`]
 /// groups, pipelined over the whole task: while the tile unit multiplies round `k`, the
 /// vector units fold round `k - 1`'s products (stored to the other half of `c`) and prepare
-/// round `k + 1` in the other half of `scratch` (4 bits: the last round of a block unpacks the
-/// whole next block, see [`round_source`]), and the next block's bytes are asked of the
-/// cache, a share per round.
+/// round `k + 1` in the other half of `scratch` (4 bits: the last round of a span unpacks
+/// the next span of the block, or the next block's first, see [`round_source`]), and the next
+/// block's bytes are asked of the cache, a share per round.
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
 unsafe fn run<const BITS: usize>(
     m: &QuantMatrix<'_>,
@@ -493,8 +493,9 @@ struct Source {
 
 /// The A tiles of groups `g0..` (up to [`ROUND`]) of the 16 rows from `first` (`live`
 /// real): 8-bit rows of a whole block in place where their lines are aligned, else copied
-/// to `dst`, rows `ROUND · group` bytes apart; 4-bit rows read from `dst`, where the block's
-/// first round (`g0 = 0`) unpacks all its columns, row after row (`cols` bytes apart).
+/// to `dst`, rows `ROUND · group` bytes apart; 4-bit rows read from `dst`, where the first
+/// round of a span (`per_round` is then the span's groups, [`SPAN`] columns at most) unpacks
+/// the span's columns of all 16 rows, row after row (a span's width apart).
 /// Why whole blocks: read a round's columns at a time, 16 rows apart, the weights escape the
 /// hardware prefetchers, and streamed from memory (a decode step's 84 MB) the pass was 20–30%
 /// slower than the AVX-512 kernels' row-ordered reads; in address order it is not
