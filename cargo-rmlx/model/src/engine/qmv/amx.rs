@@ -14,8 +14,8 @@
 //!
 //! Tiles: A = 16 weight rows × T columns (T = 64, or 32 for groups that are not a multiple
 //! of 64) as unsigned bytes — 8-bit rows read in place, 4-bit rows unpacked per T columns to
-//! [low nibbles, high nibbles] (the inputs' values reordered alike), a whole block of 16 rows
-//! at a time in address order; B = the inputs' limbs in
+//! [low nibbles, high nibbles] (the inputs' values reordered alike), up to [`SPAN`] columns of
+//! 16 rows at a time, row after row; B = the inputs' limbs in
 //! `TDPBUSD`'s layout (T/4 rows of 16 columns × 4 bytes; input `i`'s limb `l` in column
 //! `3i + l`), prepared once per call; C = 16 rows × 16 int32 columns, one C tile per group of
 //! a round of four groups (tiles 4–7).
