@@ -1847,6 +1847,9 @@ mod tests {
             (4, 64, 50, 576),
             (4, 96, 17, 384),
             (4, 128, 33, 256),
+            // Rows wider than one unpacked span (`amx::SPAN`): 1536 = 768 + 768, 1664 = 768 + 768 + 128.
+            (4, 64, 20, 1536),
+            (4, 32, 18, 1664),
             (8, 32, 19, 96),
             (8, 32, 32, 128),
             (8, 64, 48, 576),
@@ -1973,6 +1976,78 @@ mod tests {
             4 => run::<4>(m, block),
             2 => run::<2>(m, block),
             _ => run::<1>(m, block),
+        }
+    }
+
+    /// A measurement: as [`amx_speed`] but with the weights streamed from memory as in a
+    /// decode step (SmolLM2's weights are 84 MB a step, against a 2 MB L2): 40 or 150 distinct
+    /// copies of a 1536×576 4-bit matrix (22 or 83 MB with scales and biases) in tasks of 192
+    /// rows, and 5 copies of the 49152×576 LM head (88 MB) in tasks of 6144 rows, as the pool
+    /// cuts them; one thread, the inputs prepared once, AVX-512 and AMX alternated three times.
+    /// `cargo test --release --workspace --lib qmv::tests::amx_speed_cold -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement: run on a quiet machine, in release"]
+    fn amx_speed_cold() {
+        if !amx_here("amx_speed_cold") || !avx512_available() {
+            return;
+        }
+        let (cols, bits) = (576, 4);
+        for (copies, group, rows, task) in [
+            (40, 64, 1536, 192),
+            (150, 64, 1536, 192),
+            (150, 32, 1536, 192),
+            (5, 64, 49152, 6144),
+        ] {
+            let groups = rows * cols / group;
+            let data: Vec<_> = (0..copies as u32)
+                .map(|c| {
+                    let packed = random_bytes(rows * cols * bits / 8, 5 + c);
+                    (
+                        packed,
+                        pseudo_random(groups, 1 + c),
+                        pseudo_random(groups, 2 + c),
+                    )
+                })
+                .collect();
+            let mats: Vec<_> = data
+                .iter()
+                .map(|(p, s, b)| QuantMatrix::new(p, s, b, rows, cols, bits, group).unwrap())
+                .collect();
+            let xs = pseudo_random(4 * cols, 9);
+            for n in [1usize, 4] {
+                let inputs: Vec<&[f32]> = xs.chunks(cols).take(n).collect();
+                let prepared: Vec<Prepared> = inputs.iter().map(|x| mats[0].prepare(x)).collect();
+                // SAFETY: AMX available; the inputs hold `cols` values.
+                let tiles_in = unsafe { amx::Inputs::new(&inputs, &mats[0]) };
+                let mut out = vec![0f32; task * n];
+                let reps = 10;
+                let mut time = |f: &mut dyn FnMut(&QuantMatrix<'_>, usize, &mut [f32])| {
+                    let start = std::time::Instant::now();
+                    for _ in 0..reps {
+                        for m in &mats {
+                            for first in (0..rows).step_by(task) {
+                                f(m, first, &mut out);
+                            }
+                        }
+                    }
+                    start.elapsed().as_secs_f64() * 1e6 / (reps * copies) as f64
+                };
+                let mut line = format!(
+                    "{copies} copies of {rows}x{cols}, g{group}, {n} inputs, us per matrix:"
+                );
+                for _ in 0..3 {
+                    let avx_us = time(&mut |m, first, out| match n {
+                        4 => m.pass::<Prepared, 4>(&prepared, (first, 0, n), out),
+                        _ => m.pass::<Prepared, 1>(&prepared, (first, 0, n), out),
+                    });
+                    // SAFETY: AMX available; inputs prepared for this layout; rows in range.
+                    let amx_us = time(&mut |m, first, out| unsafe {
+                        amx::rows(m, &tiles_in, (first, task, 0, n), out)
+                    });
+                    line += &format!(" AMX {amx_us:.1} / AVX-512 {avx_us:.1};");
+                }
+                eprintln!("{line}");
+            }
         }
     }
 

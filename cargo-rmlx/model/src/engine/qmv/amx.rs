@@ -14,7 +14,8 @@
 //!
 //! Tiles: A = 16 weight rows × T columns (T = 64, or 32 for groups that are not a multiple
 //! of 64) as unsigned bytes — 8-bit rows read in place, 4-bit rows unpacked per T columns to
-//! [low nibbles, high nibbles] (the inputs' values reordered alike); B = the inputs' limbs in
+//! [low nibbles, high nibbles] (the inputs' values reordered alike), up to [`SPAN`] columns of
+//! 16 rows at a time, row after row; B = the inputs' limbs in
 //! `TDPBUSD`'s layout (T/4 rows of 16 columns × 4 bytes; input `i`'s limb `l` in column
 //! `3i + l`), prepared once per call; C = 16 rows × 16 int32 columns, one C tile per group of
 //! a round of four groups (tiles 4–7).
@@ -34,6 +35,10 @@ pub(super) const BLOCK: usize = 5;
 
 /// Weight rows per tile (A and C rows).
 pub(super) const ROWS: usize = 16;
+
+/// Columns of 4-bit weights unpacked together at most (a span of rounds, row after row): the
+/// two spans of scratch (2 × 16 × 768 bytes) and an input's limbs stay within L1.
+const SPAN: usize = 768;
 
 /// Columns of the B and C tiles.
 const COLS: usize = 16;
@@ -298,7 +303,7 @@ pub(super) unsafe fn rows(
 ) {
     let _tiles = Tiles::configure(tile_cols(m.group));
     let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-    let need = 2 * ROWS * ROUND * m.group / 64;
+    let need = 2 * ROWS * (ROUND * m.group).max(SPAN) / 64;
     if scratch.len() < need {
         scratch = lines(need);
     }
@@ -313,15 +318,16 @@ pub(super) unsafe fn rows(
 }
 
 thread_local! {
-    /// The unpacked A tiles of [`rows`], two rounds' worth, kept by each thread across calls
+    /// The unpacked A tiles of [`rows`], two blocks' worth (4 bits) or two rounds' (8 bits), kept by each thread across calls
     /// (every byte a tile reads is written first in the same call).
     static SCRATCH: std::cell::RefCell<Vec<Line>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// [`rows`] for `BITS`-bit weights: blocks of 16 rows, each in rounds of up to [`ROUND`]
 /// groups, pipelined over the whole task: while the tile unit multiplies round `k`, the
-/// vector units fold round `k - 1`'s products (stored to the other half of `c`) and unpack
-/// round `k + 1` (of this block or the next) into the other half of `scratch`, and the next
+/// vector units fold round `k - 1`'s products (stored to the other half of `c`) and prepare
+/// round `k + 1` in the other half of `scratch` (4 bits: the last round of a span unpacks
+/// the next span of the block, or the next block's first, see [`round_source`]), and the next
 /// block's bytes are asked of the cache, a share per round.
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
 unsafe fn run<const BITS: usize>(
@@ -335,7 +341,15 @@ unsafe fn run<const BITS: usize>(
     // Rounds of equal size (9 groups: 3 + 3 + 3, not 4 + 4 + 1).
     let per_round = groups.div_ceil(groups.div_ceil(ROUND));
     let rounds = groups.div_ceil(per_round);
-    let half = ROWS * ROUND * m.group;
+    // 4 bits: rounds unpacked together, row after row (a span of at most `SPAN` columns).
+    let span_rounds = (SPAN / (per_round * m.group)).clamp(1, rounds);
+    let spans = rounds.div_ceil(span_rounds);
+    let span_groups = if BITS == 4 {
+        span_rounds * per_round
+    } else {
+        per_round
+    };
+    let half = ROWS * span_groups.max(ROUND) * m.group;
     let place = |k: usize| {
         let b = k / rounds * ROWS;
         let g0 = k % rounds * per_round;
@@ -348,7 +362,7 @@ unsafe fn run<const BITS: usize>(
     let total = rows.div_ceil(ROWS) * rounds;
     let mut acc = [_mm512_setzero_ps(); ROWS];
     let mut c = [Products([[[0i32; COLS]; ROWS]; ROUND]); 2];
-    let mut src = round_source::<BITS>(m, place(0).rows, (0, per_round), scratch.as_mut_ptr());
+    let mut src = round_source::<BITS>(m, place(0).rows, (0, span_groups), scratch.as_mut_ptr());
     let mut finish = |k: usize, c: &Products, acc: &mut [__m512; ROWS]| {
         let round = place(k);
         fold(m, x, &round, &c.0[..round.count], acc);
@@ -367,8 +381,13 @@ unsafe fn run<const BITS: usize>(
         }
         if k + 1 < total {
             let next = place(k + 1);
-            let to = scratch.as_mut_ptr().add((k + 1) % 2 * half);
-            src = round_source::<BITS>(m, next.rows, (next.g0, per_round), to);
+            let parity = if BITS == 4 {
+                (k + 1) / rounds * spans + (k + 1) % rounds / span_rounds
+            } else {
+                k + 1
+            };
+            let to = scratch.as_mut_ptr().add(parity % 2 * half);
+            src = round_source::<BITS>(m, next.rows, (next.g0, span_groups), to);
         }
         prefetch_share::<BITS>(m, round.rows.0 + ROWS, (k % rounds, rounds));
         store_products(round.count, &mut c[k % 2]);
@@ -473,8 +492,14 @@ struct Source {
 }
 
 /// The A tiles of groups `g0..` (up to [`ROUND`]) of the 16 rows from `first` (`live`
-/// real): 8-bit rows of a whole block in place where their lines are aligned; otherwise unpacked (4 bits) or copied (a
-/// partial 8-bit block) to `dst`, rows `ROUND · group` bytes apart.
+/// real): 8-bit rows of a whole block in place where their lines are aligned, else copied
+/// to `dst`, rows `ROUND · group` bytes apart; 4-bit rows read from `dst`, where the first
+/// round of a span (`per_round` is then the span's groups, [`SPAN`] columns at most) unpacks
+/// the span's columns of all 16 rows, row after row (a span's width apart).
+/// Why whole blocks: read a round's columns at a time, 16 rows apart, the weights escape the
+/// hardware prefetchers, and streamed from memory (a decode step's 84 MB) the pass was 20–30%
+/// slower than the AVX-512 kernels' row-ordered reads; in address order it is not
+/// (BENCHMARKS.md, round 12, `amx12b`).
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
 #[inline]
 unsafe fn round_source<const BITS: usize>(
@@ -497,6 +522,27 @@ unsafe fn round_source<const BITS: usize>(
         };
     }
     let t = tile_cols(m.group);
+    if BITS == 4 {
+        // `per_round` is the span's groups here.
+        let s0 = g0 / per_round * per_round;
+        let span = per_round * m.group;
+        if g0 == s0 {
+            let cols = span.min(m.cols - s0 * m.group);
+            for r in 0..ROWS {
+                let src = packed.add((first + r.min(live - 1)) * row_bytes + s0 * m.group / 2);
+                let out = dst.add(r * span);
+                if t == 64 {
+                    unpack64(src, out, cols);
+                } else {
+                    unpack32(src, out, cols);
+                }
+            }
+        }
+        return Source {
+            base: dst.add((g0 - s0) * m.group),
+            stride: span,
+        };
+    }
     let span = ROUND * m.group;
     for r in 0..ROWS {
         let row = first + r.min(live - 1);
