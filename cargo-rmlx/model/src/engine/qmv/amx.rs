@@ -318,8 +318,9 @@ pub(super) unsafe fn rows(
 }
 
 thread_local! {
-    /// The unpacked A tiles of [`rows`], two blocks' worth (4 bits) or two rounds' (8 bits), kept by each thread across calls
-    /// (every byte a tile reads is written first in the same call).
+    /// The unpacked A tiles of [`rows`], two spans' worth (4 bits) or two rounds' (8 bits),
+    /// kept by each thread across calls (every byte a tile reads is written first in the
+    /// same call).
     static SCRATCH: std::cell::RefCell<Vec<Line>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
