@@ -1329,15 +1329,21 @@ mod tests {
     use mlx_rs::ops::{quantize, quantized_matmul};
 
     fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 20_000) as f32 / 10_000.0 - 1.0
-            })
+        xorshift(seed)
+            .take(n)
+            .map(|s| (s % 20_000) as f32 / 10_000.0 - 1.0)
             .collect()
+    }
+
+    /// The xorshift32 stream from `seed` that [`pseudo_random`] and [`random_bytes`] draw.
+    fn xorshift(seed: u32) -> impl Iterator<Item = u32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        std::iter::repeat_with(move || {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            s
+        })
     }
 
     /// The host kernel (float activations) against MLX's own quantized_matmul on the same
@@ -1773,15 +1779,7 @@ mod tests {
 
     /// Pseudo-random bytes (the packed weights of a test matrix).
     fn random_bytes(n: usize, seed: u32) -> Vec<u8> {
-        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s >> 8) as u8
-            })
-            .collect()
+        xorshift(seed).take(n).map(|s| (s >> 8) as u8).collect()
     }
 
     /// Output `r` of `m` against `x` in f64 (`Σ_c (q·s + b) · x`), and the bound an AMX

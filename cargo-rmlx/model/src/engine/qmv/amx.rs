@@ -522,9 +522,9 @@ unsafe fn round_source<const BITS: usize>(
             stride: row_bytes,
         };
     }
-    let t = tile_cols(m.group);
     if BITS == 4 {
         // `per_round` is the span's groups here.
+        let t = tile_cols(m.group);
         let s0 = g0 / per_round * per_round;
         let span = per_round * m.group;
         if g0 == s0 {
@@ -544,18 +544,11 @@ unsafe fn round_source<const BITS: usize>(
             stride: span,
         };
     }
+    // 8 bits, copied: a partial block, or rows not line-aligned.
     let span = ROUND * m.group;
     for r in 0..ROWS {
         let row = first + r.min(live - 1);
-        let src = packed.add(row * row_bytes + from);
-        let out = dst.add(r * span);
-        if BITS == 8 {
-            copy8(src, out, cols);
-        } else if t == 64 {
-            unpack64(src, out, cols);
-        } else {
-            unpack32(src, out, cols);
-        }
+        copy8(packed.add(row * row_bytes + from), dst.add(r * span), cols);
     }
     Source {
         base: dst,
