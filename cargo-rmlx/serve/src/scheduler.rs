@@ -5,7 +5,12 @@
 //!    the queue only when nothing runs);
 //! 2. **prefill**: the oldest sequence still reading its prompt runs one chunk
 //!    (`engine::generate::PREFILL_CHUNK`, the same chunks as alone), so a long prompt delays
-//!    the running streams by one chunk per step, never by its whole length;
+//!    the running streams by one chunk per step, never by its whole length; where several
+//!    are reading their prompts, the oldest of them whose chunks add up to at most
+//!    [`TOGETHER_ROWS`] tokens run theirs in one pass where the engine has one
+//!    ([`crate::engine::Sequence::prefill_together`]: the same chunks and values as alone,
+//!    the weights read once for all of them) — requests arriving together (a wave of
+//!    clients) cost one such tick, not one tick each inside the others' streams;
 //! 3. **decode**: every sequence with logits takes its step (its own sampler, penalties,
 //!    stop strings, logprobs, budget, deadline — [`Stream::on_step`]); finished or cancelled
 //!    ones leave at once; the others run their next token in one pass
@@ -211,8 +216,8 @@ impl<'a> Scheduler<'a> {
         }
     }
 
-    /// The next chunks of the prefilling sequences, oldest first while their chunks add up
-    /// to at most [`TOGETHER_ROWS`] prompt tokens, in one pass
+    /// The next chunks of the oldest prefilling sequences, as many as add up to at most
+    /// [`TOGETHER_ROWS`] prompt tokens, in one pass
     /// ([`Sequence::prefill_together`]: each weight tile dequantized once for all of them,
     /// and each sequence's values those it gets alone). `false` (nothing run) for fewer than
     /// two or where the engine has no such pass (another architecture, a chunk too short
@@ -220,12 +225,15 @@ impl<'a> Scheduler<'a> {
     fn prefill_together(&mut self) -> bool {
         let mut rows = 0;
         let mut group: Vec<usize> = Vec::new();
-        for (i, slot) in self.active.iter().enumerate() {
+        let prefilling = self.active.iter().enumerate();
+        for (i, slot) in prefilling.filter(|(_, s)| s.seq.is_prefilling()) {
+            // Oldest first and no skipping: the oldest always runs this tick.
             let len = slot.seq.next_chunk_len();
-            if slot.seq.is_prefilling() && rows + len <= TOGETHER_ROWS {
-                rows += len;
-                group.push(i);
+            if rows + len > TOGETHER_ROWS {
+                break;
             }
+            rows += len;
+            group.push(i);
         }
         if group.len() < 2 {
             return false;
