@@ -1,7 +1,8 @@
 //! Continuous batching through the real HTTP API: greedy tokens do not depend on the
 //! neighbours a request shares its decode steps with (SmolLM2 and Qwen2.5), seeded sampling
 //! is reproducible in a batch, a client that drops its stream mid-batch frees its slot
-//! without changing the others' output, and a full queue behind a full batch answers 429.
+//! without changing the others' output, long prompts arriving together prefill in one pass
+//! with the tokens they get alone, and a full queue behind a full batch answers 429.
 //!
 //! Equivalence is exact token by token, except a near-tie: where the batched run picks the
 //! alone run's second choice and the alone run's top-2 logprob gap is below 1e-3, the test
@@ -142,6 +143,40 @@ fn check_equivalence(s: &Server, model: &str, prompts: &[&str], max_tokens: usiz
 fn smollm2_greedy_tokens_do_not_depend_on_batching() {
     let s = Server::model(&["--no-probe", "--max-batch", "9"]);
     check_equivalence(&s, MODEL_NAME, &PROMPTS, 12);
+}
+
+/// Prompts of 16 tokens and more (each a prefill GEMM chunk alone).
+const LONG_PROMPTS: [&str; 4] = [
+    "The history of the Roman Empire spans many centuries, from the founding of the city to the fall of",
+    "A good recipe for bread needs only flour, water, salt and yeast, but the secret of a great loaf is",
+    "In the deep ocean, far below the reach of sunlight, strange creatures have adapted to the cold and",
+    "Every programmer remembers the first time a program they wrote actually worked, and for me it was",
+];
+
+/// Long prompts arriving together prefill in one pass (the scheduler's trace says so; the
+/// engine's test `prefill_together_matches_alone_bit_for_bit` checks the values), and each
+/// request's tokens are those it gets alone. No prompt cache, so the runs alone prefill the
+/// same chunks.
+#[test]
+fn smollm2_prompts_prefilled_together_match_alone() {
+    let args = ["--no-probe", "--max-batch", "4", "--prompt-cache-mb", "0"];
+    let s = Server::model_with_env(&args, &[("RUST_LOG", "rmlx_serve::scheduler=trace")]);
+    let batched: Vec<Vec<Token>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = LONG_PROMPTS
+            .iter()
+            .map(|p| scope.spawn(|| complete(&s, MODEL_NAME, p, 8, None)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, (p, b)) in LONG_PROMPTS.iter().zip(&batched).enumerate() {
+        let alone = complete(&s, MODEL_NAME, p, 8, None);
+        assert_same(&format!("long prompt {i}"), &alone, b);
+    }
+    assert!(
+        s.log().contains("prompts together"),
+        "no prompts prefilled together\n{}",
+        s.log()
+    );
 }
 
 #[test]

@@ -5,7 +5,12 @@
 //!    the queue only when nothing runs);
 //! 2. **prefill**: the oldest sequence still reading its prompt runs one chunk
 //!    (`engine::generate::PREFILL_CHUNK`, the same chunks as alone), so a long prompt delays
-//!    the running streams by one chunk per step, never by its whole length;
+//!    the running streams by one chunk per step, never by its whole length; where several
+//!    are reading their prompts, the oldest of them whose chunks add up to at most
+//!    [`TOGETHER_ROWS`] tokens run theirs in one pass where the engine has one
+//!    ([`crate::engine::Sequence::prefill_together`]: the same chunks and values as alone,
+//!    the weights read once for all of them) — requests arriving together (a wave of
+//!    clients) cost one such tick, not one tick each inside the others' streams;
 //! 3. **decode**: every sequence with logits takes its step (its own sampler, penalties,
 //!    stop strings, logprobs, budget, deadline — [`Stream::on_step`]); finished or cancelled
 //!    ones leave at once; the others run their next token in one pass
@@ -62,6 +67,11 @@ struct TickTimes {
     pass: std::time::Duration,
     fed: usize,
 }
+
+/// Prompt tokens that prefill together in one tick at most ([`Scheduler::prefill_together`]):
+/// the running streams wait for that tick, so no longer than for one sequence's long chunk
+/// (the host prefill's longest, `engine::decoder`'s 256 positions).
+const TOGETHER_ROWS: usize = 256;
 
 /// One running request: its engine state and its client side.
 struct Slot {
@@ -176,22 +186,82 @@ impl<'a> Scheduler<'a> {
         }
     }
 
-    /// One prefill chunk of the oldest sequence still reading its prompt; returns the
-    /// prompt tokens in the cache before it (`None`: no sequence was prefilling).
+    /// One prefill chunk of the sequences still reading their prompts: of several together
+    /// in one pass where the engine has one ([`Self::prefill_together`]), else of the oldest
+    /// alone. Returns the prompt tokens in the oldest's cache before it (`None`: no sequence
+    /// was prefilling).
     fn prefill(&mut self) -> Option<usize> {
+        self.drop_gone_prefills();
         let i = self.active.iter().position(|s| s.seq.is_prefilling())?;
-        let slot = &mut self.active[i];
-        let before = slot.seq.prefilled();
-        if slot.stream.gone() {
-            tracing::debug!("prefill cancelled after {before} prompt tokens");
-            self.retire(i, None);
+        let before = self.active[i].seq.prefilled();
+        if self.prefill_together() {
             return Some(before);
         }
+        let slot = &mut self.active[i];
         match slot.seq.prefill_chunk(&self.session.model) {
             Ok(()) => self.prompt_cache.after_chunk(&slot.seq),
             Err(d) => self.retire(i, Some(d)),
         }
         Some(before)
+    }
+
+    /// Ends the prefilling sequences nobody waits for any more.
+    fn drop_gone_prefills(&mut self) {
+        while let Some(i) =
+            (self.active.iter()).position(|s| s.seq.is_prefilling() && s.stream.gone())
+        {
+            let before = self.active[i].seq.prefilled();
+            tracing::debug!("prefill cancelled after {before} prompt tokens");
+            self.retire(i, None);
+        }
+    }
+
+    /// The next chunks of the oldest prefilling sequences, as many as add up to at most
+    /// [`TOGETHER_ROWS`] prompt tokens, in one pass
+    /// ([`Sequence::prefill_together`]: each weight tile dequantized once for all of them,
+    /// and each sequence's values those it gets alone). `false` (nothing run) for fewer than
+    /// two or where the engine has no such pass (another architecture, a chunk too short
+    /// for the prefill GEMM).
+    fn prefill_together(&mut self) -> bool {
+        let mut rows = 0;
+        let mut group: Vec<usize> = Vec::new();
+        let prefilling = self.active.iter().enumerate();
+        for (i, slot) in prefilling.filter(|(_, s)| s.seq.is_prefilling()) {
+            // Oldest first and no skipping: the oldest always runs this tick.
+            let len = slot.seq.next_chunk_len();
+            if rows + len > TOGETHER_ROWS {
+                break;
+            }
+            rows += len;
+            group.push(i);
+        }
+        if group.len() < 2 {
+            return false;
+        }
+        let mut seqs: Vec<&mut Sequence> = (self.active.iter_mut().enumerate())
+            .filter(|(i, _)| group.contains(i))
+            .map(|(_, slot)| &mut slot.seq)
+            .collect();
+        match Sequence::prefill_together(&mut seqs, &self.session.model) {
+            Ok(false) => return false,
+            Ok(true) => {
+                for &i in &group {
+                    self.prompt_cache.after_chunk(&self.active[i].seq);
+                }
+                tracing::trace!("prefilled {} prompts together ({rows} tokens)", group.len());
+            }
+            Err(d) => {
+                tracing::warn!(
+                    "prefill of {} prompts together failed: {}",
+                    group.len(),
+                    d.message
+                );
+                for &i in group.iter().rev() {
+                    self.retire(i, Some(d.clone()));
+                }
+            }
+        }
+        true
     }
 
     /// One step of every sequence past its prompt, then one pass for their next tokens;

@@ -525,6 +525,23 @@ impl Network for Decoder {
         }))
     }
 
+    fn hidden_together(
+        &self,
+        ids: &[Array],
+        caches: &mut [&mut Cache],
+    ) -> Result<Option<Vec<Array>>> {
+        let rows: Vec<usize> = ids.iter().map(|i| i.shape()[1] as usize).collect();
+        let one_row_each = ids.iter().all(|i| i.shape()[0] == 1);
+        if !one_row_each || ids.len() != caches.len() || !self.host_prefill_together(&rows) {
+            return Ok(None);
+        }
+        let xs = ids
+            .iter()
+            .map(|i| self.ends.embed(i))
+            .collect::<Result<Vec<_>>>()?;
+        self.hidden_host_prefill_together(&xs, caches).map(Some)
+    }
+
     fn logits(&self, x: &Array) -> Result<Array> {
         self.ends.logits(x)
     }

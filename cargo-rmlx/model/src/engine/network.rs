@@ -29,6 +29,20 @@ pub trait Network: Send + std::fmt::Debug {
         let _ = (ids, caches);
         Ok(None)
     }
+
+    /// Prompt chunks of several sequences in one pass: `ids[s]` (`[1, L_s]` int32) on
+    /// `caches[s]`, each advanced by its `L_s`. Returns each sequence's residual stream
+    /// `[1, L_s, hidden]` — bit for bit what [`Self::hidden`] gives it alone — or `None`
+    /// (nothing run) when the architecture or these chunks have no such path: the caller then
+    /// runs them one at a time.
+    fn hidden_together(
+        &self,
+        ids: &[Array],
+        caches: &mut [&mut Cache],
+    ) -> Result<Option<Vec<Array>>> {
+        let _ = (ids, caches);
+        Ok(None)
+    }
 }
 
 /// A loaded network with its compute dtype and vocabulary size.
@@ -78,6 +92,30 @@ impl Net {
         // Only the last position's logits are needed.
         let last = x.take_axis(Array::from_int(len - 1), 1)?;
         Ok(self.inner.logits(&last)?.reshape(&[-1])?)
+    }
+
+    /// [`Self::forward_last`] of several sequences' prompt chunks in one pass where the
+    /// network has one ([`Network::hidden_together`]): `ids[s]` (`[1, L_s]` int32) on
+    /// `caches[s]`; returns each sequence's last-position logits, the values
+    /// `forward_last` gives it alone, or `None` (nothing run) where there is no such pass.
+    pub fn forward_last_together(
+        &self,
+        ids: &[Array],
+        caches: &mut [&mut Cache],
+    ) -> Result<Option<Vec<Array>>> {
+        let Some(hidden) = self.inner.hidden_together(ids, caches)? else {
+            return Ok(None);
+        };
+        let last = |x: &Array| -> Result<Array> {
+            let len = x.shape()[1];
+            let last = x.take_axis(Array::from_int(len - 1), 1)?;
+            Ok(self.inner.logits(&last)?.reshape(&[-1])?)
+        };
+        hidden
+            .iter()
+            .map(last)
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
     }
 
     /// Like [`Self::forward_last`] but returns the logits of every position, `[L, vocab]`

@@ -217,17 +217,57 @@ impl Sequence {
     /// Runs the next chunk of at most [`PREFILL_CHUNK`] prompt tokens, ending at the next
     /// mark if one comes first; after the last one the first step's logits are ready.
     pub fn prefill_chunk(&mut self, model: &Model) -> Result<()> {
-        let next_mark = self.marks.iter().copied().filter(|&m| m > self.prefilled);
-        let end = next_mark
-            .chain([self.prefilled + PREFILL_CHUNK, self.prompt_ids.len()])
-            .min()
-            .unwrap_or(self.prompt_ids.len());
+        let (end, input) = self.next_chunk();
+        let out = model.net.forward_last(&input, &mut self.cache)?;
+        self.chunk_done(end, out)
+    }
+
+    /// The next chunk of each of `rows` (all still prefilling) in one pass where the model
+    /// has one ([`super::Net::forward_last_together`]): the chunks and values
+    /// [`Self::prefill_chunk`] gives each alone. Returns `false` (nothing run) where it has
+    /// none; the caller then runs them one at a time.
+    pub fn prefill_together(rows: &mut [&mut Sequence], model: &Model) -> Result<bool> {
+        if rows.iter().any(|s| !s.is_prefilling()) {
+            return Ok(false);
+        }
+        let (ends, inputs): (Vec<usize>, Vec<Array>) = rows.iter().map(|s| s.next_chunk()).unzip();
+        let mut caches: Vec<&mut Cache> = rows.iter_mut().map(|s| &mut s.cache).collect();
+        let Some(outs) = model.net.forward_last_together(&inputs, &mut caches)? else {
+            return Ok(false);
+        };
+        for ((seq, end), out) in rows.iter_mut().zip(ends).zip(outs) {
+            seq.chunk_done(end, out)?;
+        }
+        Ok(true)
+    }
+
+    /// Prompt tokens the next [`Self::prefill_chunk`] runs (0 once the prompt is in).
+    pub fn next_chunk_len(&self) -> usize {
+        self.next_chunk_end() - self.prefilled
+    }
+
+    /// Where the next prefill chunk ends (at most [`PREFILL_CHUNK`] tokens, the next mark if
+    /// one comes first) and its ids (`[1, L]` int32).
+    fn next_chunk(&self) -> (usize, Array) {
+        let end = self.next_chunk_end();
         let ids: Vec<i32> = self.prompt_ids[self.prefilled..end]
             .iter()
             .map(|&t| t as i32)
             .collect();
-        let input = Array::from_slice(&ids, &[1, ids.len() as i32]);
-        let out = model.net.forward_last(&input, &mut self.cache)?;
+        (end, Array::from_slice(&ids, &[1, ids.len() as i32]))
+    }
+
+    fn next_chunk_end(&self) -> usize {
+        let next_mark = self.marks.iter().copied().filter(|&m| m > self.prefilled);
+        next_mark
+            .chain([self.prefilled + PREFILL_CHUNK, self.prompt_ids.len()])
+            .min()
+            .unwrap_or(self.prompt_ids.len())
+    }
+
+    /// A chunk ending at `end` ran, `out` its last position's logits: after the last one
+    /// they are the first step's.
+    fn chunk_done(&mut self, end: usize, out: Array) -> Result<()> {
         // Materialise the cache so the next chunk's graph does not hold this one.
         out.eval()?;
         self.prefilled = end;

@@ -76,14 +76,21 @@ impl HostKv {
     }
 
     /// The positions [`Self::held`] as MLX arrays `[1, heads, T, dim]` of the original dtype.
+    ///
+    /// The positions are put head-major on the host (a copy of `dim`-wide rows) and handed
+    /// to MLX as a finished array: no MLX transpose to evaluate. The prompt cache stores
+    /// every finished sequence through this (`Cache::compact`); with MLX's strided copy a
+    /// 175-position SmolLM2 state took 4–9 ms of the scheduler thread.
     pub fn to_mlx(&self) -> Result<(Array, Array)> {
         let held = self.held();
-        let row = self.heads * self.dim;
-        let from = self.keys.len() - held * row;
-        let shape = [1, held as i32, self.heads as i32, self.dim as i32];
+        let from = self.keys.len() - held * self.heads * self.dim;
+        let shape = [1, self.heads as i32, held as i32, self.dim as i32];
         let mlx = |data: &[f32]| -> Result<Array> {
-            let a = Array::from_slice(data, &shape).transpose_axes(&[0, 2, 1, 3])?;
-            Ok(a.as_dtype(self.dtype)?.contiguous()?)
+            let a = Array::from_slice(&head_major(data, self.heads, self.dim), &shape);
+            Ok(match self.dtype {
+                Dtype::Float32 => a,
+                dtype => a.as_dtype(dtype)?,
+            })
         };
         Ok((mlx(&self.keys[from..])?, mlx(&self.values[from..])?))
     }
@@ -111,6 +118,19 @@ impl HostKv {
             offset: h * self.dim,
         }
     }
+}
+
+/// Position-major rows (`[T, heads, dim]`) reordered head-major (`[heads, T, dim]`).
+fn head_major(data: &[f32], heads: usize, dim: usize) -> Vec<f32> {
+    let row = heads * dim;
+    let positions = data.len() / row.max(1);
+    let mut out = Vec::with_capacity(data.len());
+    for h in 0..heads {
+        for p in 0..positions {
+            out.extend_from_slice(&data[p * row + h * dim..][..dim]);
+        }
+    }
+    out
 }
 
 /// MLX `[1, heads, T, dim]` → host `[T, heads, dim]` float32.

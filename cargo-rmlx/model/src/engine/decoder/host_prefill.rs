@@ -18,7 +18,7 @@ use crate::diagnostic::{code, Diagnostic, Result};
 use crate::engine::attention::host::{RopeTable, Scratch};
 use crate::engine::attention::Attention;
 use crate::engine::cache::{Cache, KvLayer};
-use crate::engine::layers::Linear;
+use crate::engine::layers::{Linear, HOST_MATMUL_ROWS};
 
 /// Longest chunk prefilled on the host (positions).
 pub(super) const MAX_ROWS: usize = 256;
@@ -67,6 +67,71 @@ impl Decoder {
         Ok(Array::from_slice(&h, &shape))
     }
 
+    /// Whether chunks of `rows` positions of several sequences (one each) may prefill in one
+    /// pass ([`Self::hidden_host_prefill_together`]): each takes the host prefill alone, and
+    /// with the prefill GEMM (at least `layers::HOST_MATMUL_ROWS` rows), so the kernel of
+    /// every projection is the one it would get alone.
+    pub(super) fn host_prefill_together(&self, rows: &[usize]) -> bool {
+        let gemm_alone = |r: usize| r >= HOST_MATMUL_ROWS as usize;
+        rows.len() >= 2
+            && rows
+                .iter()
+                .all(|&r| gemm_alone(r) && self.host_prefill(1, r))
+    }
+
+    /// [`Self::hidden_host_prefill`] of several sequences' chunks in one pass: `xs[s]`
+    /// (`[1, L_s, hidden]`) on `caches[s]`. Every projection runs once over all the rows
+    /// (the GEMM dequantizes and packs each weight tile once for all of them); each sequence
+    /// attends over its own cache at its own positions. Returns each sequence's hidden
+    /// states `[1, L_s, hidden]` (float32): the values it gets alone, bit for bit (a row's
+    /// GEMM product does not depend on the other rows; tested below).
+    pub(super) fn hidden_host_prefill_together(
+        &self,
+        xs: &[Array],
+        caches: &mut [&mut Cache],
+    ) -> Result<Vec<Array>> {
+        let rows: Vec<usize> = xs.iter().map(|x| x.shape()[1] as usize).collect();
+        let total: usize = rows.iter().sum();
+        let mut h = Vec::new();
+        for x in xs {
+            let x = x.as_dtype(Dtype::Float32)?;
+            h.extend_from_slice(crate::mlx::host::host_slice::<f32>(&x, "embedding")?);
+        }
+        let width = h.len() / total.max(1);
+        let tables = caches
+            .iter()
+            .zip(&rows)
+            .map(|(c, &r)| self.position_tables(c.offset, r))
+            .collect::<Result<Vec<_>>>()?;
+        let project = |layers: &[&Linear], x: &[f32]| Linear::host_prefill_many(layers, x, total);
+        let mut scratch = Scratch::default();
+        let attend = |i: usize, block: &Block, qkv: Vec<Vec<f32>>| {
+            let mut out = Vec::with_capacity(qkv.first().map_or(0, Vec::len));
+            for (s, part) in split_rows(&qkv, &rows).into_iter().enumerate() {
+                let tables = block.rope.map(|r| tables[s][r].as_slice());
+                let kv = caches[s].kv(i)?;
+                out.extend(causal_attention(
+                    &block.attn,
+                    (part, rows[s]),
+                    kv,
+                    tables,
+                    &mut scratch,
+                )?);
+            }
+            Ok(out)
+        };
+        self.host_blocks(&mut h, width, &project, attend)?;
+        let mut out = Vec::with_capacity(rows.len());
+        let mut rest = h.as_slice();
+        for (cache, &r) in caches.iter_mut().zip(&rows) {
+            let (mine, tail) = rest.split_at(r * width);
+            out.push(Array::from_slice(mine, &[1, r as i32, width as i32]));
+            cache.offset += r;
+            rest = tail;
+        }
+        Ok(out)
+    }
+
     /// Per rope (global, then local), the rotation of each of the `rows` positions from
     /// `offset` on.
     fn position_tables(&self, offset: usize, rows: usize) -> Result<Vec<Vec<RopeTable>>> {
@@ -76,6 +141,26 @@ impl Decoder {
             .map(|rope| RopeTable::at_positions(rope, &positions, self.head_dim))
             .collect()
     }
+}
+
+/// Each sequence's rows of the projections `mats` (`[Σ rows, width]` each): per sequence,
+/// its `rows[s]` rows of every matrix.
+fn split_rows(mats: &[Vec<f32>], rows: &[usize]) -> Vec<Vec<Vec<f32>>> {
+    let total: usize = rows.iter().sum::<usize>().max(1);
+    let mut start = 0;
+    rows.iter()
+        .map(|&r| {
+            let part = mats
+                .iter()
+                .map(|m| {
+                    let width = m.len() / total;
+                    m[start * width..(start + r) * width].to_vec()
+                })
+                .collect();
+            start += r;
+            part
+        })
+        .collect()
 }
 
 /// Causal attention of a chunk's `rows` projected rows (`[q, k, v]`, each `[L, heads · head_dim]`)
@@ -192,5 +277,79 @@ mod tests {
         // Logits here reach |20|; GEMM and the block kernel sum in different orders (measured
         // 6.5e-5).
         assert!(worst < 1e-3, "largest logit difference {worst}");
+    }
+
+    /// Prompt ids for the tests below: `n` tokens drawn from `seed`.
+    fn prompt(seed: i32, n: usize) -> Vec<i32> {
+        (0..n as i32)
+            .map(|i| 100 + (seed * 7919 + 997 * i) % 40000)
+            .collect()
+    }
+
+    /// Three sequences' chunks (16, 20 and 31 tokens after cached heads of 2, 27 and 5
+    /// positions) prefilled in one pass give each the last-position logits it gets alone,
+    /// bit for bit, and leave caches from which the next step's logits are bit-identical too.
+    #[test]
+    fn prefill_together_matches_alone_bit_for_bit() {
+        let net = &smollm2_q4();
+        let shapes = [(2usize, 16usize), (27, 20), (5, 31)];
+        let mut alone = Vec::new();
+        let mut together = Vec::new();
+        let mut chunks = Vec::new();
+        for (s, &(head, len)) in shapes.iter().enumerate() {
+            let ids = prompt(s as i32 + 1, head + len);
+            let mut cache = net.new_cache();
+            let first = Array::from_slice(&ids[..head], &[1, head as i32]);
+            net.forward_last(&first, &mut cache)
+                .expect("head")
+                .eval()
+                .expect("eval");
+            together.push(cache.clone());
+            alone.push(cache);
+            chunks.push(Array::from_slice(&ids[head..], &[1, len as i32]));
+        }
+        let mut caches: Vec<&mut crate::engine::cache::Cache> = together.iter_mut().collect();
+        let got = net
+            .forward_last_together(&chunks, &mut caches)
+            .expect("pass")
+            .expect("chunks of 16 or more tokens prefill together");
+        let next = Array::from_slice(&[4242], &[1, 1]);
+        for ((chunk, cache), (got, other)) in chunks
+            .iter()
+            .zip(&mut alone)
+            .zip(got.iter().zip(&mut together))
+        {
+            let want = net.forward_last(chunk, cache).expect("alone");
+            assert_eq!(
+                got.as_slice::<f32>(),
+                want.as_slice::<f32>(),
+                "prefill logits"
+            );
+            assert_eq!(other.offset, cache.offset);
+            let a = net.forward_last(&next, cache).expect("step");
+            let b = net.forward_last(&next, other).expect("step");
+            assert_eq!(
+                a.as_slice::<f32>(),
+                b.as_slice::<f32>(),
+                "next step's logits"
+            );
+        }
+    }
+
+    /// A chunk shorter than the prefill GEMM's rows takes the block kernel alone, so it does
+    /// not prefill together: nothing runs and the caller goes one at a time.
+    #[test]
+    fn short_chunks_do_not_prefill_together() {
+        let net = &smollm2_q4();
+        let chunks = [
+            Array::from_slice(&prompt(1, 8), &[1, 8]),
+            Array::from_slice(&prompt(2, 20), &[1, 20]),
+        ];
+        let (mut a, mut b) = (net.new_cache(), net.new_cache());
+        let out = net
+            .forward_last_together(&chunks, &mut [&mut a, &mut b])
+            .expect("no error");
+        assert!(out.is_none());
+        assert_eq!((a.offset, b.offset), (0, 0));
     }
 }
