@@ -2076,13 +2076,27 @@ mod tests {
                 let reps = 200;
                 let inputs: Vec<&[f32]> = xs.chunks(cols).take(n).collect();
                 let mut out = vec![0f32; rows * n];
-                let start = std::time::Instant::now();
-                for _ in 0..reps {
-                    // SAFETY: AMX available; the inputs prepared for `m`; all rows, `[rows, n]`.
-                    let x = unsafe { amx::Inputs::new(&inputs, &m) };
-                    unsafe { amx::rows(&m, &x, (0, rows, 0, n), &mut out) };
+                let mut amx_us = String::new();
+                for unpaired in if group == 32 {
+                    &[false, true][..]
+                } else {
+                    &[false]
+                } {
+                    amx::UNPAIRED.with(|u| u.set(*unpaired));
+                    let block = amx::BLOCK;
+                    let start = std::time::Instant::now();
+                    for _ in 0..reps {
+                        for (k, inputs) in inputs.chunks(block).enumerate() {
+                            // SAFETY: AMX available; the inputs hold `cols` values; all rows,
+                            // `[rows, n]`, this block's inputs from `k · block`.
+                            let x = unsafe { amx::Inputs::new(inputs, &m) };
+                            unsafe { amx::rows(&m, &x, (0, rows, k * block, n), &mut out) };
+                        }
+                    }
+                    let us = start.elapsed().as_secs_f64() * 1e6 / reps as f64;
+                    amx_us += &format!("{us:.1}{} ", if *unpaired { " (unpaired)" } else { "" });
+                    amx::UNPAIRED.with(|u| u.set(false));
                 }
-                let amx_us = start.elapsed().as_secs_f64() * 1e6 / reps as f64;
                 let start = std::time::Instant::now();
                 for _ in 0..reps {
                     for block in prepared[..n].chunks(4) {
@@ -2090,7 +2104,7 @@ mod tests {
                     }
                 }
                 let avx_us = start.elapsed().as_secs_f64() * 1e6 / reps as f64;
-                eprintln!("{rows}x{cols} {bits}-bit g{group}, {n} inputs: AMX {amx_us:.1} us, AVX-512 {avx_us:.1} us");
+                eprintln!("{rows}x{cols} {bits}-bit g{group}, {n} inputs: AMX {amx_us}us, AVX-512 {avx_us:.1} us");
             }
         }
     }
