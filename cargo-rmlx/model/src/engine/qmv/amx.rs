@@ -34,29 +34,22 @@ use super::QuantMatrix;
 pub(super) const BLOCK: usize = 5;
 
 /// Whether `count` inputs against groups of `group` columns are multiplied two groups at a
-/// time, one 64-column tile product per pair (groups of 32, one or two inputs): B holds each
-/// group's limbs in its own half of the columns (group `2p` in columns 0–7, `2p + 1` in
-/// 8–15; zero in the other group's K rows), so one `TDPBUSD` of K = 64 gives both groups'
-/// sums side by side in one C tile — half the tile loads, C stores and folds of a 32-column
-/// tile per group. Three to five inputs (15 of the 16 columns) leave no room for the halves
-/// and take the 32-column tiles; the arithmetic of each lane is the same ([`parity`]).
+/// time, one 64-column tile product per pair (groups of 32, one or two inputs): B holds
+/// each group's limbs in its own half of the columns (group `2p` in columns 0–7, `2p + 1`
+/// in 8–15; zero in the other group's K rows), so one `TDPBUSD` of K = 64 gives both
+/// groups' sums side by side in one C tile — half the tile loads, C stores and C rows to
+/// fold of a 32-column tile per group. Three to five inputs (15 of the 16 columns) leave no
+/// room for the halves and take the 32-column tiles; [`fold_paired`] folds each lane with
+/// the same operations in the same order as [`fold`], so a result does not depend on how
+/// many inputs share its pass.
 fn paired(group: usize, count: usize) -> bool {
     group == 32 && count <= 2 && !unpaired_here()
 }
 
-/// Whether groups of `group` columns are summed per parity: groups of 32, the even groups
-/// and the odd ones in accumulators of their own (lanes 0–7 and 8–15 of a [`paired`] tile,
-/// else two accumulators), added at the end. An input's every lane then takes the same
-/// operations in the paired and the unpaired layout, so its result does not depend on how
-/// many inputs share its pass.
-fn parity(group: usize) -> bool {
-    group == 32
-}
-
 #[cfg(test)]
 thread_local! {
-    /// Test-only, per thread: groups of 32 as round 12 ran them (a 32-column tile per
-    /// group, one C tile each), for the measurements that compare the two.
+    /// Test-only, per thread: groups of 32 as round 12 ran them for any count (a 32-column
+    /// tile per group), for the measurements that compare the two.
     pub(super) static UNPAIRED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
@@ -218,7 +211,7 @@ pub(super) struct Inputs {
     scales: Vec<[f32; COLS]>,
     /// Per group, 16 lanes: Σx of input `i` in lane `3i`, zero elsewhere.
     sums: Vec<[f32; COLS]>,
-    /// How many inputs (1 to [`block`]).
+    /// How many inputs (1 to [`BLOCK`]).
     count: usize,
     /// Whether laid out for [`paired`] tiles.
     paired: bool,
@@ -275,31 +268,30 @@ impl Inputs {
         inputs
     }
 
-    /// [`Inputs::new`] for [`paired`] tiles: input `i`'s limb `l` of group `g` in column
+    /// [`Inputs::new`] for [`paired`] tiles: input `i`'s limb `l` of group `g` in B column
     /// `8 · (g % 2) + 3i + l`, 16 B rows per pair of groups (the K rows of a trailing
-    /// unpaired group's missing partner stay zero); `scales` and `sums` per pair, in the
-    /// same lanes.
+    /// unpaired group's missing partner stay zero); `scales` and `sums` as unpaired, per
+    /// group from lane `3i`.
     ///
     /// # Safety
     /// As [`Inputs::new`].
     unsafe fn paired(xs: &[&[f32]], m: &QuantMatrix<'_>) -> Self {
-        let pairs = (m.cols / m.group).div_ceil(2);
+        let groups = m.cols / m.group;
         let mut inputs = Inputs {
-            limbs: lines(pairs * ROWS),
-            scales: vec![[0f32; COLS]; pairs],
-            sums: vec![[0f32; COLS]; pairs],
+            limbs: lines(groups.div_ceil(2) * ROWS),
+            scales: vec![[0f32; COLS]; groups],
+            sums: vec![[0f32; COLS]; groups],
             count: xs.len(),
             paired: true,
         };
         for (i, x) in xs.iter().enumerate() {
             for (g, xg) in x.chunks_exact(m.group).enumerate() {
-                let lane = 8 * (g % 2) + 3 * i;
                 let max = xg.iter().fold(0f32, |a, v| a.max(v.abs()));
                 let scales = limb_scales(max);
-                inputs.scales[g / 2][lane..lane + 3].copy_from_slice(&scales.0);
-                inputs.sums[g / 2][lane] = super::lane_sum(xg);
+                inputs.scales[g][3 * i..3 * i + 3].copy_from_slice(&scales.0);
+                inputs.sums[g][3 * i] = super::lane_sum(xg);
                 let b = inputs.limbs.as_mut_ptr().cast::<i8>();
-                let at = g * m.group / 4 * ROW_BYTES + 4 * lane;
+                let at = g * m.group / 4 * ROW_BYTES + 4 * (8 * (g % 2) + 3 * i);
                 group_limbs(xg, m.bits, scales, b.add(at));
             }
         }
@@ -316,17 +308,13 @@ impl Inputs {
     }
 
     /// Groups a round of [`run`] takes: up to [`ROUND`] C tiles, rounds of equal size (9
-    /// groups: 3 + 3 + 3, not 4 + 4 + 1); groups of 32 ([`parity`]), a whole number of pairs.
-    fn round_groups(&self, group: usize, groups: usize) -> usize {
-        if !parity(group) {
+    /// groups: 3 + 3 + 3, not 4 + 4 + 1); paired, a whole number of pairs.
+    fn round_groups(&self, groups: usize) -> usize {
+        if !self.paired {
             return groups.div_ceil(groups.div_ceil(ROUND));
         }
-        // A whole number of pairs: [`fold`]'s rounds start on an even group.
-        let (pairs, most) = (
-            groups.div_ceil(2),
-            if self.paired { ROUND } else { ROUND / 2 },
-        );
-        2 * pairs.div_ceil(pairs.div_ceil(most))
+        let pairs = groups.div_ceil(2);
+        2 * pairs.div_ceil(pairs.div_ceil(ROUND))
     }
 }
 
@@ -400,8 +388,7 @@ pub(super) unsafe fn rows(
     at: (usize, usize, usize, usize),
     out: &mut [f32],
 ) {
-    let paired = x.paired;
-    let _tiles = Tiles::configure(if paired { 64 } else { tile_cols(m.group) });
+    let _tiles = Tiles::configure(if x.paired { 64 } else { tile_cols(m.group) });
     let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
     let need = 2 * ROWS * (ROUND * m.group).max(SPAN) / 64;
     if scratch.len() < need {
@@ -409,7 +396,7 @@ pub(super) unsafe fn rows(
     }
     // SAFETY: lines are plain bytes.
     let bytes = std::slice::from_raw_parts_mut(scratch.as_mut_ptr().cast::<u8>(), need * 64);
-    match (m.bits, paired) {
+    match (m.bits, x.paired) {
         (8, false) => run::<8, false>(m, x, at, out, bytes),
         (8, true) => run::<8, true>(m, x, at, out, bytes),
         (_, false) => run::<4, false>(m, x, at, out, bytes),
@@ -440,7 +427,7 @@ unsafe fn run<const BITS: usize, const PAIRED: bool>(
     scratch: &mut [u8],
 ) {
     let groups = m.cols / m.group;
-    let per_round = x.round_groups(m.group, groups);
+    let per_round = x.round_groups(groups);
     let rounds = groups.div_ceil(per_round);
     // 4 bits: rounds unpacked together, row after row (a span of at most `SPAN` columns).
     let span_rounds = (SPAN / (per_round * m.group)).clamp(1, rounds);
@@ -461,29 +448,22 @@ unsafe fn run<const BITS: usize, const PAIRED: bool>(
         }
     };
     let total = rows.div_ceil(ROWS) * rounds;
-    let mut acc = [[_mm512_setzero_ps(); ROWS]; 2];
+    let mut acc = [_mm512_setzero_ps(); ROWS];
     let mut c = [Products([[[0i32; COLS]; ROWS]; ROUND]); 2];
     let mut src = round_source::<BITS>(m, place(0).rows, (0, span_groups), scratch.as_mut_ptr());
-    let mut finish = |k: usize, c: &Products, acc: &mut [[__m512; ROWS]; 2]| {
+    let mut finish = |k: usize, c: &Products, acc: &mut [__m512; ROWS]| {
         let round = place(k);
         let tiles = &c.0[..x.c_tiles(round.count)];
         if PAIRED {
-            fold_paired(m, x, &round, tiles, &mut acc[0]);
-        } else if parity(m.group) {
-            fold::<true>(m, x, &round, tiles, acc);
+            fold_paired(m, x, &round, tiles, acc);
         } else {
-            fold::<false>(m, x, &round, tiles, acc);
+            fold(m, x, &round, tiles, acc);
         }
         if round.g0 + round.count == groups {
             let (row0, live) = round.rows;
             let at = (row0 - first) * n;
-            let out = &mut out[at..];
-            if PAIRED {
-                write_paired(&acc[0], live, x.count, out, n, start);
-            } else {
-                write_block(acc, parity(m.group), (live, x.count), out, (n, start));
-            }
-            *acc = [[_mm512_setzero_ps(); ROWS]; 2];
+            write_block(acc, live, x.count, &mut out[at..], n, start);
+            *acc = [_mm512_setzero_ps(); ROWS];
         }
     };
     for k in 0..total {
@@ -519,48 +499,38 @@ struct Round {
     count: usize,
 }
 
-/// A round's groups folded into `acc`: `acc[h][r] += s[r, g] · (S_g ⊙ C_g[r]) + b[r, g] · Σx_g`,
-/// `h` the group's parity where `PARITY` ([`parity`]; the round's first group is then even),
-/// else 0.
+/// A round's groups folded into `acc`: `acc[r] += s[r, g] · (S_g ⊙ C_g[r]) + b[r, g] · Σx_g`.
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
 #[inline]
-unsafe fn fold<const PARITY: bool>(
+unsafe fn fold(
     m: &QuantMatrix<'_>,
     x: &Inputs,
     round: &Round,
     c: &[[[i32; COLS]; ROWS]],
-    acc: &mut [[__m512; ROWS]; 2],
+    acc: &mut [__m512; ROWS],
 ) {
     let groups = m.cols / m.group;
     let (row0, live) = round.rows;
-    for r in 0..ROWS {
+    for (r, acc) in acc.iter_mut().enumerate() {
         let at = (row0 + r.min(live - 1)) * groups + round.g0;
-        let term = |a: __m512, j: usize| {
+        let mut a = *acc;
+        for (j, cj) in c.iter().enumerate() {
             let g = round.g0 + j;
             let limb_scales = _mm512_loadu_ps(x.scales.get_unchecked(g).as_ptr());
             let sums = _mm512_loadu_ps(x.sums.get_unchecked(g).as_ptr());
             let s = _mm512_set1_ps(*m.scales.get_unchecked(at + j));
             let b = _mm512_set1_ps(*m.biases.get_unchecked(at + j));
-            let sum = _mm512_cvtepi32_ps(_mm512_loadu_si512(c.get_unchecked(j)[r].as_ptr().cast()));
-            let a = _mm512_fmadd_ps(_mm512_mul_ps(sum, limb_scales), s, a);
-            _mm512_fmadd_ps(sums, b, a)
-        };
-        let (mut even, mut odd) = (acc[0][r], acc[1][r]);
-        let mut j = 0;
-        while j < c.len() {
-            even = term(even, j);
-            if PARITY && j + 1 < c.len() {
-                odd = term(odd, j + 1);
-            }
-            j += if PARITY { 2 } else { 1 };
+            let sum = _mm512_cvtepi32_ps(_mm512_loadu_si512(cj[r].as_ptr().cast()));
+            a = _mm512_fmadd_ps(_mm512_mul_ps(sum, limb_scales), s, a);
+            a = _mm512_fmadd_ps(sums, b, a);
         }
-        (acc[0][r], acc[1][r]) = (even, odd);
+        *acc = a;
     }
 }
 
 /// [`fold`] for [`paired`] tiles: C tile `j` holds pair `j`'s sums, group `2j` in lanes
-/// 0–7 and `2j + 1` in lanes 8–15, so a row's weight scale and bias are a vector of both
-/// groups' (a trailing unpaired group's missing partner: zero); each lane as in [`fold`].
+/// 0–7 and `2j + 1` in lanes 8–15; the upper half is moved down (exact) to meet the odd
+/// group's scales, so every lane takes [`fold`]'s operations, group after group.
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
 #[inline]
 unsafe fn fold_paired(
@@ -572,62 +542,26 @@ unsafe fn fold_paired(
 ) {
     let groups = m.cols / m.group;
     let (row0, live) = round.rows;
-    let halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     for (r, acc) in acc.iter_mut().enumerate() {
-        let row = (row0 + r.min(live - 1)) * groups;
+        let at = (row0 + r.min(live - 1)) * groups + round.g0;
         let mut a = *acc;
-        for (j, cj) in c.iter().enumerate() {
-            let g = round.g0 + 2 * j;
-            let both = g + 1 < groups;
-            let s = pair_lanes(m.scales.as_ptr().add(row + g), both, halves);
-            let b = pair_lanes(m.biases.as_ptr().add(row + g), both, halves);
-            let limb_scales = _mm512_loadu_ps(x.scales.get_unchecked(g / 2).as_ptr());
-            let sums = _mm512_loadu_ps(x.sums.get_unchecked(g / 2).as_ptr());
-            let sum = _mm512_cvtepi32_ps(_mm512_loadu_si512(cj[r].as_ptr().cast()));
-            a = _mm512_fmadd_ps(_mm512_mul_ps(sum, limb_scales), s, a);
-            a = _mm512_fmadd_ps(sums, b, a);
+        let term = |a: __m512, sum: __m512, j: usize| {
+            let g = round.g0 + j;
+            let limb_scales = _mm512_loadu_ps(x.scales.get_unchecked(g).as_ptr());
+            let sums = _mm512_loadu_ps(x.sums.get_unchecked(g).as_ptr());
+            let s = _mm512_set1_ps(*m.scales.get_unchecked(at + j));
+            let b = _mm512_set1_ps(*m.biases.get_unchecked(at + j));
+            let a = _mm512_fmadd_ps(_mm512_mul_ps(sum, limb_scales), s, a);
+            _mm512_fmadd_ps(sums, b, a)
+        };
+        for (p, cp) in c.iter().enumerate() {
+            let sum = _mm512_cvtepi32_ps(_mm512_loadu_si512(cp[r].as_ptr().cast()));
+            a = term(a, sum, 2 * p);
+            if 2 * p + 1 < round.count {
+                a = term(a, _mm512_shuffle_f32x4::<0xee>(sum, sum), 2 * p + 1);
+            }
         }
         *acc = a;
-    }
-}
-
-/// The value at `p` in lanes 0–7 and, where `both`, the next one in lanes 8–15 (else zero
-/// there: the value after a row's last group is not that row's).
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-#[inline]
-unsafe fn pair_lanes(p: *const f32, both: bool, halves: __m512i) -> __m512 {
-    let v = if both {
-        _mm_castpd_ps(_mm_load_sd(p.cast()))
-    } else {
-        _mm_load_ss(p)
-    };
-    _mm512_permutexvar_ps(halves, _mm512_zextps128_ps512(v))
-}
-
-/// An input's three lanes from `l`: `hi + (mid + lo)`.
-fn limb_total(l: &[f32; COLS], at: usize) -> f32 {
-    l[at] + (l[at + 1] + l[at + 2])
-}
-
-/// A finished block's outputs for [`paired`] tiles: input `i`'s even groups' three lanes
-/// from `3i` (see [`limb_total`]) plus its odd groups' from `8 + 3i`, written to
-/// `out[r · n + start + i]`.
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-#[inline]
-unsafe fn write_paired(
-    acc: &[__m512; ROWS],
-    live: usize,
-    count: usize,
-    out: &mut [f32],
-    n: usize,
-    start: usize,
-) {
-    for (r, v) in acc.iter().take(live).enumerate() {
-        let mut l = [0f32; COLS];
-        _mm512_storeu_ps(l.as_mut_ptr(), *v);
-        for i in 0..count {
-            out[r * n + start + i] = limb_total(&l, 3 * i) + limb_total(&l, 8 + 3 * i);
-        }
     }
 }
 
@@ -663,28 +597,23 @@ unsafe fn prefetch_share<const BITS: usize>(
     }
 }
 
-/// A finished block's outputs: row `r`'s input `i` is its three lanes from `3i` (see
-/// [`limb_total`]) — with `parity`, those of the even groups' accumulator plus the odd
-/// groups' — written to `out[r · n + start + i]`.
+/// A finished block's outputs: row `r`'s input `i` is `hi + (mid + lo)` of its three lanes,
+/// written to `out[r · n + start + i]`.
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
 #[inline]
 unsafe fn write_block(
-    acc: &[[__m512; ROWS]; 2],
-    parity: bool,
-    (live, count): (usize, usize),
+    acc: &[__m512; ROWS],
+    live: usize,
+    count: usize,
     out: &mut [f32],
-    (n, start): (usize, usize),
+    n: usize,
+    start: usize,
 ) {
-    for r in 0..live {
-        let mut l = [[0f32; COLS]; 2];
-        _mm512_storeu_ps(l[0].as_mut_ptr(), acc[0][r]);
-        _mm512_storeu_ps(l[1].as_mut_ptr(), acc[1][r]);
+    for (r, v) in acc.iter().take(live).enumerate() {
+        let mut lanes = [0f32; COLS];
+        _mm512_storeu_ps(lanes.as_mut_ptr(), *v);
         for i in 0..count {
-            out[r * n + start + i] = if parity {
-                limb_total(&l[0], 3 * i) + limb_total(&l[1], 3 * i)
-            } else {
-                limb_total(&l[0], 3 * i)
-            };
+            out[r * n + start + i] = lanes[3 * i] + (lanes[3 * i + 1] + lanes[3 * i + 2]);
         }
     }
 }
