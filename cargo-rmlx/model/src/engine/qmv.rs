@@ -14,7 +14,8 @@
 //! `Transformer::hidden_host_decode`, which keeps a whole decode step's residual stream on
 //! the host. Everything else, and every model on a GPU, keeps MLX's kernels.
 //! `RMLX_HOST_KERNELS=0` turns it off; `RMLX_HOST_KERNELS=avx2` keeps the AVX2 kernels on a
-//! processor with AVX-512, `RMLX_HOST_KERNELS=amx` asks for the AMX ones ([`family`]).
+//! processor with AVX-512, `RMLX_HOST_KERNELS=amx` asks for the AMX ones ([`family`]),
+//! `RMLX_HOST_KERNELS=amx-batch` for them on calls of two or more inputs only ([`amx_for`]).
 
 use std::sync::OnceLock;
 

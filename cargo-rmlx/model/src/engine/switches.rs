@@ -479,7 +479,8 @@ mod tests {
             );
             let line = invalid_note(&r);
             assert!(
-                line.contains("RMLX_HOST_KERNELS") && line.contains("0, 1, auto, avx2 or amx"),
+                line.contains("RMLX_HOST_KERNELS")
+                    && line.contains("0, 1, auto, avx2, amx or amx-batch"),
                 "{line}"
             );
         }

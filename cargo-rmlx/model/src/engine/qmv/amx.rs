@@ -19,6 +19,13 @@
 //! `TDPBUSD`'s layout (T/4 rows of 16 columns × 4 bytes; input `i`'s limb `l` in column
 //! `3i + l`), prepared once per call; C = 16 rows × 16 int32 columns, one C tile per group of
 //! a round of four groups (tiles 4–7).
+//! Groups of 32 with one or two inputs are *paired* ([`paired`]): A = 16 rows × 64 columns
+//! covering two groups, B = both groups' limbs, group `2p`'s in columns 0–7 and `2p + 1`'s in
+//! 8–15 (zeros in the other group's K rows), so one `TDPBUSD` of K = 64 gives both groups'
+//! sums in one C tile (rounds of up to four pairs; a trailing unpaired group meets zero
+//! limbs); the fold moves the upper half down to meet the odd group's scales, so every lane
+//! takes the unpaired fold's operations in the same order — the same bits. Three to five
+//! inputs take 32-column tiles as before (their 15 limb columns leave no room for halves).
 //!
 //! Why an input's result does not depend on the others: every column of C is computed from
 //! its own column of B; an input's limbs and scales depend on that input alone; the fold
