@@ -518,21 +518,21 @@ unsafe fn fold(
 ) {
     let groups = m.cols / m.group;
     let (row0, live) = round.rows;
-    for (r, acc) in acc.iter_mut().enumerate() {
-        let at = (row0 + r.min(live - 1)) * groups + round.g0;
-        let mut a = *acc;
-        for (j, cj) in c.iter().enumerate() {
-            let g = round.g0 + j;
-            let limb_scales = _mm512_loadu_ps(x.scales.get_unchecked(g).as_ptr());
-            let sums = _mm512_loadu_ps(x.sums.get_unchecked(g).as_ptr());
-            let s = _mm512_set1_ps(*m.scales.get_unchecked(at + j));
-            let b = _mm512_set1_ps(*m.biases.get_unchecked(at + j));
+    let at: [usize; ROWS] = std::array::from_fn(|r| (row0 + r.min(live - 1)) * groups);
+    let mut a = *acc;
+    for (j, cj) in c.iter().enumerate() {
+        let g = round.g0 + j;
+        let limb_scales = _mm512_loadu_ps(x.scales.get_unchecked(g).as_ptr());
+        let sums = _mm512_loadu_ps(x.sums.get_unchecked(g).as_ptr());
+        for r in 0..ROWS {
+            let s = _mm512_set1_ps(*m.scales.get_unchecked(at[r] + g));
+            let b = _mm512_set1_ps(*m.biases.get_unchecked(at[r] + g));
             let sum = _mm512_cvtepi32_ps(_mm512_loadu_si512(cj[r].as_ptr().cast()));
-            a = _mm512_fmadd_ps(_mm512_mul_ps(sum, limb_scales), s, a);
-            a = _mm512_fmadd_ps(sums, b, a);
+            a[r] = _mm512_fmadd_ps(_mm512_mul_ps(sum, limb_scales), s, a[r]);
+            a[r] = _mm512_fmadd_ps(sums, b, a[r]);
         }
-        *acc = a;
     }
+    *acc = a;
 }
 
 /// [`fold`] for [`paired`] tiles: C tile `j` holds pair `j`'s sums, group `2j` in lanes
