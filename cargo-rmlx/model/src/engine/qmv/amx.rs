@@ -415,7 +415,8 @@ pub(super) unsafe fn rows(
 thread_local! {
     /// The unpacked A tiles of [`rows`], two spans' worth (4 bits) or two rounds' (8 bits),
     /// kept by each thread across calls (every byte a tile reads is written first in the
-    /// same call).
+    /// same call, but for the 32 columns past a trailing unpaired group of [`paired`] tiles:
+    /// in the buffer, left from an earlier call, and met by zero limbs).
     static SCRATCH: std::cell::RefCell<Vec<Line>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -634,7 +635,7 @@ struct Source {
 
 /// The A tiles of groups `g0..` (up to [`ROUND`]) of the 16 rows from `first` (`live`
 /// real): 8-bit rows of a whole block in place where their lines are aligned, else copied
-/// to `dst`, rows `ROUND · group` bytes apart; 4-bit rows read from `dst`, where the first
+/// to `dst`, rows `max(per_round, ROUND) · group` bytes apart; 4-bit rows read from `dst`, where the first
 /// round of a span (`per_round` is then the span's groups, [`SPAN`] columns at most) unpacks
 /// the span's columns of all 16 rows, row after row (a span's width apart).
 /// Why whole blocks: read a round's columns at a time, 16 rows apart, the weights escape the
