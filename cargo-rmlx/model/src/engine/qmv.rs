@@ -14,7 +14,8 @@
 //! `Transformer::hidden_host_decode`, which keeps a whole decode step's residual stream on
 //! the host. Everything else, and every model on a GPU, keeps MLX's kernels.
 //! `RMLX_HOST_KERNELS=0` turns it off; `RMLX_HOST_KERNELS=avx2` keeps the AVX2 kernels on a
-//! processor with AVX-512, `RMLX_HOST_KERNELS=amx` asks for the AMX ones ([`family`]).
+//! processor with AVX-512, `RMLX_HOST_KERNELS=amx` asks for the AMX ones ([`family`]),
+//! `RMLX_HOST_KERNELS=amx-batch` for them on calls of two or more inputs only ([`amx_for`]).
 
 use std::sync::OnceLock;
 
@@ -137,6 +138,38 @@ fn family() -> Family {
             tracing::debug!("host float kernels: {family:?} ({why})");
         }
         family
+    })
+}
+
+/// Whether a call of `n` inputs runs on the AMX tiles: every call with `RMLX_HOST_KERNELS=amx`
+/// ([`Family::Amx`]), those of two or more with `amx-batch` ([`amx_batches`]).
+fn amx_for(n: usize) -> bool {
+    family() == Family::Amx || (n >= 2 && amx_batches())
+}
+
+/// Whether calls of two or more inputs run on the AMX tiles and lone inputs on the float
+/// kernels of [`family`] (`RMLX_HOST_KERNELS=amx-batch`, where AMX is available; else a
+/// warning says why not). Decided once per process and logged. A lone input's result then
+/// differs, by float rounding, from the same input's in a batch (BENCHMARKS.md round 13).
+fn amx_batches() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        if super::switches::host_kernel_width() != HostKernels::AmxBatch {
+            return false;
+        }
+        let float = family();
+        match amx_available() {
+            Ok(()) => {
+                tracing::debug!("host kernels: AMX from two inputs, {float:?} for one");
+                true
+            }
+            Err(why) => {
+                tracing::warn!(
+                    "RMLX_HOST_KERNELS=amx-batch: no AMX ({why}); host float kernels: {float:?}"
+                );
+                false
+            }
+        }
     })
 }
 
@@ -543,7 +576,7 @@ impl QuantMatrix<'_> {
     fn matmul_checked(mats: &[Self], x: &[f32], mode: Activations) -> Vec<Vec<f32>> {
         match mode {
             #[cfg(target_arch = "x86_64")]
-            Activations::F32 if family() == Family::Amx => Self::amx_products(mats, x),
+            Activations::F32 if amx_for(x.len() / mats[0].cols) => Self::amx_products(mats, x),
             Activations::F32 => Self::products::<Prepared>(mats, x),
             Activations::Int8 => Self::products::<Quantized>(mats, x),
         }
@@ -676,14 +709,14 @@ impl QuantMatrix<'_> {
 
     /// The products `[rows, n]` per matrix on the AMX tiles ([`amx`]): the inputs prepared
     /// once per layout in blocks of [`amx::BLOCK`], each task running every block over its
-    /// weight rows. Only with [`Family::Amx`] chosen (AMX available).
+    /// weight rows. Only where [`amx_for`] chose AMX (available).
     #[cfg(target_arch = "x86_64")]
     fn amx_products(mats: &[Self], x: &[f32]) -> Vec<Vec<f32>> {
         let n = x.len() / mats[0].cols;
         let (prepared, of) = Self::prepare_layouts(mats, |m| {
             let rows: Vec<&[f32]> = x.chunks_exact(m.cols).collect();
             rows.chunks(amx::BLOCK)
-                // SAFETY: `family()` chose AMX, so `amx::available` returned `Ok`; each row
+                // SAFETY: `amx_for` chose AMX, so `amx::available` returned `Ok`; each row
                 // holds `m.cols` values (`matmul_many_as` checked `x`).
                 .map(|block| unsafe { amx::Inputs::new(block, m) })
                 .collect::<Vec<_>>()
@@ -1829,7 +1862,8 @@ mod tests {
     /// the AVX-512 (else AVX2) float kernels within twice that: 4- and 8-bit, groups of 32,
     /// 64, 96 (tiles of 32) and 128, one to eight inputs (blocks of five and the rest), row
     /// counts that end in a partial block of 16, 8-bit rows read in place (line-aligned) and
-    /// copied (not); and each input's result the same bits as the same input alone.
+    /// copied (not); and each input's result the same bits as the same input alone, and with
+    /// groups of 32 as round 12's unpaired tiles (`amx::UNPAIRED`).
     #[test]
     fn amx_products_match_the_reference_and_do_not_depend_on_the_batch() {
         if !amx_here("amx_products_match_the_reference") {
@@ -1848,6 +1882,8 @@ mod tests {
             // Rows wider than one unpacked span (`amx::SPAN`): 1536 = 768 + 768, 1664 = 768 + 768 + 128.
             (4, 64, 20, 1536),
             (4, 32, 18, 1664),
+            // Odd group counts: a trailing group without a partner (`amx::paired`).
+            (4, 32, 21, 160),
             (8, 32, 19, 96),
             (8, 32, 32, 128),
             (8, 64, 48, 576),
@@ -1883,6 +1919,9 @@ mod tests {
                 let got = QuantMatrix::amx_products(&[m], x).remove(0);
                 for (k, xk) in x.chunks(cols).enumerate() {
                     let alone = QuantMatrix::amx_products(&[m], xk).remove(0);
+                    amx::UNPAIRED.with(|u| u.set(true));
+                    let unpaired = QuantMatrix::amx_products(&[m], xk).remove(0);
+                    amx::UNPAIRED.with(|u| u.set(false));
                     let prepared = m.prepare(xk);
                     for r in 0..rows {
                         let v = got[k * rows + r];
@@ -1890,6 +1929,11 @@ mod tests {
                             v.to_bits(),
                             alone[r].to_bits(),
                             "{what} input {k} of {n}, row {r}: batched vs alone"
+                        );
+                        assert_eq!(
+                            v.to_bits(),
+                            unpaired[r].to_bits(),
+                            "{what} input {k} of {n}, row {r}: vs unpaired tiles"
                         );
                         let (exact, bound) = reference_and_bound(&m, r, xk);
                         assert!(
@@ -1915,7 +1959,14 @@ mod tests {
         if !amx_here("amx_products_propagate_nan_and_infinity") {
             return;
         }
-        let (rows, cols, group) = (20, 128, 64);
+        // Groups of 32 with an odd count (paired tiles alone, unpaired batched) and of 64.
+        for (rows, cols, group) in [(20, 128, 64), (20, 160, 32)] {
+            nan_and_infinity_stay_in_their_input(rows, cols, group);
+        }
+    }
+
+    /// [`amx_products_propagate_nan_and_infinity`] for one matrix shape.
+    fn nan_and_infinity_stay_in_their_input(rows: usize, cols: usize, group: usize) {
         let packed = random_bytes(rows * cols / 2, 3);
         let scales = vec![0.1f32; rows * cols / group];
         let biases = vec![0.5f32; rows * cols / group];
@@ -1945,7 +1996,13 @@ mod tests {
     /// default.
     #[test]
     fn the_kernel_family_follows_the_switch_and_the_processor() {
-        for width in [HostKernels::Auto, HostKernels::Avx2, HostKernels::Off] {
+        let widths = [
+            HostKernels::Auto,
+            HostKernels::Avx2,
+            HostKernels::Off,
+            HostKernels::AmxBatch,
+        ];
+        for width in widths {
             assert_ne!(choose_family(width).0, Family::Amx, "{width:?}");
         }
         let (amx, why) = choose_family(HostKernels::Amx);
@@ -2076,13 +2133,27 @@ mod tests {
                 let reps = 200;
                 let inputs: Vec<&[f32]> = xs.chunks(cols).take(n).collect();
                 let mut out = vec![0f32; rows * n];
-                let start = std::time::Instant::now();
-                for _ in 0..reps {
-                    // SAFETY: AMX available; the inputs prepared for `m`; all rows, `[rows, n]`.
-                    let x = unsafe { amx::Inputs::new(&inputs, &m) };
-                    unsafe { amx::rows(&m, &x, (0, rows, 0, n), &mut out) };
+                let mut amx_us = String::new();
+                for unpaired in if group == 32 {
+                    &[false, true][..]
+                } else {
+                    &[false]
+                } {
+                    amx::UNPAIRED.with(|u| u.set(*unpaired));
+                    let block = amx::BLOCK;
+                    let start = std::time::Instant::now();
+                    for _ in 0..reps {
+                        for (k, inputs) in inputs.chunks(block).enumerate() {
+                            // SAFETY: AMX available; the inputs hold `cols` values; all rows,
+                            // `[rows, n]`, this block's inputs from `k · block`.
+                            let x = unsafe { amx::Inputs::new(inputs, &m) };
+                            unsafe { amx::rows(&m, &x, (0, rows, k * block, n), &mut out) };
+                        }
+                    }
+                    let us = start.elapsed().as_secs_f64() * 1e6 / reps as f64;
+                    amx_us += &format!("{us:.1}{} ", if *unpaired { " (unpaired)" } else { "" });
+                    amx::UNPAIRED.with(|u| u.set(false));
                 }
-                let amx_us = start.elapsed().as_secs_f64() * 1e6 / reps as f64;
                 let start = std::time::Instant::now();
                 for _ in 0..reps {
                     for block in prepared[..n].chunks(4) {
@@ -2090,7 +2161,7 @@ mod tests {
                     }
                 }
                 let avx_us = start.elapsed().as_secs_f64() * 1e6 / reps as f64;
-                eprintln!("{rows}x{cols} {bits}-bit g{group}, {n} inputs: AMX {amx_us:.1} us, AVX-512 {avx_us:.1} us");
+                eprintln!("{rows}x{cols} {bits}-bit g{group}, {n} inputs: AMX {amx_us}us, AVX-512 {avx_us:.1} us");
             }
         }
     }

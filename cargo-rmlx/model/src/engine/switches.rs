@@ -39,6 +39,10 @@ pub enum HostKernels {
     /// `amx`: on, the AMX kernels where the processor and the kernel allow them (opt-in:
     /// a B = 1 decode step is slower with them, BENCHMARKS.md round 12).
     Amx,
+    /// `amx-batch`: on, the widest float kernels for one input and the AMX kernels for two
+    /// or more, where the processor and the kernel allow them (opt-in: an input's result
+    /// then depends on how many share its call, BENCHMARKS.md round 13).
+    AmxBatch,
     /// `1` (the default) or `auto`: on, the widest float kernels the processor runs.
     Auto,
 }
@@ -90,9 +94,10 @@ pub static HOST_KERNELS: Switch<HostKernels> = Switch::new(
     "`0` turns the CPU's host kernels (quantized mat-vec, prefill GEMM, host decode and \
      attention) off: every step on the CPU runs MLX's path, as on a GPU; `avx2` keeps their \
      AVX2 float kernels where AVX-512 ones would run; `amx` runs their quantized products on \
-     the AMX tiles where the processor and the kernel allow it",
+     the AMX tiles where the processor and the kernel allow it; `amx-batch` only those of two \
+     or more inputs (one input: the float kernels)",
     HostKernels::Auto,
-    "0, 1, auto, avx2 or amx",
+    "0, 1, auto, avx2, amx or amx-batch",
     host_kernel_setting,
 );
 
@@ -205,6 +210,7 @@ fn host_kernel_setting(v: &str) -> Option<HostKernels> {
         "1" | "auto" => Some(HostKernels::Auto),
         "avx2" => Some(HostKernels::Avx2),
         "amx" => Some(HostKernels::Amx),
+        "amx-batch" => Some(HostKernels::AmxBatch),
         _ => None,
     }
 }
@@ -243,6 +249,7 @@ impl SwitchValue for HostKernels {
             HostKernels::Off => "0",
             HostKernels::Avx2 => "avx2",
             HostKernels::Amx => "amx",
+            HostKernels::AmxBatch => "amx-batch",
             HostKernels::Auto => "1",
         }
         .to_string()
@@ -450,6 +457,9 @@ mod tests {
         let amx = HOST_KERNELS.read(set("amx"));
         assert_eq!(amx.value, HostKernels::Amx);
         assert!(matches!(amx.note, Some(Note::Set(_))));
+        let batch = HOST_KERNELS.read(set("amx-batch"));
+        assert_eq!(batch.value, HostKernels::AmxBatch);
+        assert!(matches!(batch.note, Some(Note::Set(_))));
         for raw in ["1", "auto"] {
             let r = HOST_KERNELS.read(set(raw));
             assert_eq!((r.value, r.note), (HostKernels::Auto, None), "{raw}");
@@ -469,7 +479,8 @@ mod tests {
             );
             let line = invalid_note(&r);
             assert!(
-                line.contains("RMLX_HOST_KERNELS") && line.contains("0, 1, auto, avx2 or amx"),
+                line.contains("RMLX_HOST_KERNELS")
+                    && line.contains("0, 1, auto, avx2, amx or amx-batch"),
                 "{line}"
             );
         }

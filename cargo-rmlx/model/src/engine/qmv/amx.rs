@@ -19,6 +19,13 @@
 //! `TDPBUSD`'s layout (T/4 rows of 16 columns × 4 bytes; input `i`'s limb `l` in column
 //! `3i + l`), prepared once per call; C = 16 rows × 16 int32 columns, one C tile per group of
 //! a round of four groups (tiles 4–7).
+//! Groups of 32 with one or two inputs are *paired* ([`paired`]): A = 16 rows × 64 columns
+//! covering two groups, B = both groups' limbs, group `2p`'s in columns 0–7 and `2p + 1`'s in
+//! 8–15 (zeros in the other group's K rows), so one `TDPBUSD` of K = 64 gives both groups'
+//! sums in one C tile (rounds of up to four pairs; a trailing unpaired group meets zero
+//! limbs); the fold moves the upper half down to meet the odd group's scales, so every lane
+//! takes the unpaired fold's operations in the same order — the same bits. Three to five
+//! inputs take 32-column tiles as before (their 15 limb columns leave no room for halves).
 //!
 //! Why an input's result does not depend on the others: every column of C is computed from
 //! its own column of B; an input's limbs and scales depend on that input alone; the fold
@@ -32,6 +39,38 @@ use super::QuantMatrix;
 
 /// Inputs one pass takes at most: three limb columns each in the 16 of a tile.
 pub(super) const BLOCK: usize = 5;
+
+/// Whether `count` inputs against groups of `group` columns are multiplied two groups at a
+/// time, one 64-column tile product per pair (groups of 32, one or two inputs): B holds
+/// each group's limbs in its own half of the columns (group `2p` in columns 0–7, `2p + 1`
+/// in 8–15; zero in the other group's K rows), so one `TDPBUSD` of K = 64 gives both
+/// groups' sums side by side in one C tile — half the tile loads, C stores and C rows to
+/// fold of a 32-column tile per group. Three to five inputs (15 of the 16 columns) leave no
+/// room for the halves and take the 32-column tiles; [`fold_paired`] folds each lane with
+/// the same operations in the same order as [`fold`], so a result does not depend on how
+/// many inputs share its pass.
+fn paired(group: usize, count: usize) -> bool {
+    group == 32 && count <= 2 && !unpaired_here()
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test-only, per thread: groups of 32 as round 12 ran them for any count (a 32-column
+    /// tile per group), for the measurements that compare the two.
+    pub(super) static UNPAIRED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread's test asked for groups of 32 unpaired ([`UNPAIRED`]).
+fn unpaired_here() -> bool {
+    #[cfg(test)]
+    {
+        UNPAIRED.with(std::cell::Cell::get)
+    }
+    #[cfg(not(test))]
+    {
+        false
+    }
+}
 
 /// Weight rows per tile (A and C rows).
 pub(super) const ROWS: usize = 16;
@@ -181,6 +220,8 @@ pub(super) struct Inputs {
     sums: Vec<[f32; COLS]>,
     /// How many inputs (1 to [`BLOCK`]).
     count: usize,
+    /// Whether laid out for [`paired`] tiles.
+    paired: bool,
 }
 
 /// The limb scales of a group whose largest magnitude is `max`, and their reciprocals.
@@ -206,12 +247,16 @@ impl Inputs {
     pub(super) unsafe fn new(xs: &[&[f32]], m: &QuantMatrix<'_>) -> Self {
         debug_assert!((1..=BLOCK).contains(&xs.len()));
         debug_assert!(xs.iter().all(|x| x.len() == m.cols));
+        if paired(m.group, xs.len()) {
+            return Self::paired(xs, m);
+        }
         let groups = m.cols / m.group;
         let mut inputs = Inputs {
             limbs: lines(m.cols / 4),
             scales: vec![[0f32; COLS]; groups],
             sums: vec![[0f32; COLS]; groups],
             count: xs.len(),
+            paired: false,
         };
         for (i, x) in xs.iter().enumerate() {
             for (g, xg) in x.chunks_exact(m.group).enumerate() {
@@ -228,6 +273,55 @@ impl Inputs {
             }
         }
         inputs
+    }
+
+    /// [`Inputs::new`] for [`paired`] tiles: input `i`'s limb `l` of group `g` in B column
+    /// `8 · (g % 2) + 3i + l`, 16 B rows per pair of groups (the K rows of a trailing
+    /// unpaired group's missing partner stay zero); `scales` and `sums` as unpaired, per
+    /// group from lane `3i`.
+    ///
+    /// # Safety
+    /// As [`Inputs::new`].
+    unsafe fn paired(xs: &[&[f32]], m: &QuantMatrix<'_>) -> Self {
+        let groups = m.cols / m.group;
+        let mut inputs = Inputs {
+            limbs: lines(groups.div_ceil(2) * ROWS),
+            scales: vec![[0f32; COLS]; groups],
+            sums: vec![[0f32; COLS]; groups],
+            count: xs.len(),
+            paired: true,
+        };
+        for (i, x) in xs.iter().enumerate() {
+            for (g, xg) in x.chunks_exact(m.group).enumerate() {
+                let max = xg.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let scales = limb_scales(max);
+                inputs.scales[g][3 * i..3 * i + 3].copy_from_slice(&scales.0);
+                inputs.sums[g][3 * i] = super::lane_sum(xg);
+                let b = inputs.limbs.as_mut_ptr().cast::<i8>();
+                let at = g * m.group / 4 * ROW_BYTES + 4 * (8 * (g % 2) + 3 * i);
+                group_limbs(xg, m.bits, scales, b.add(at));
+            }
+        }
+        inputs
+    }
+
+    /// C tiles of a round of `count` groups: one per group, or per pair.
+    fn c_tiles(&self, count: usize) -> usize {
+        if self.paired {
+            count.div_ceil(2)
+        } else {
+            count
+        }
+    }
+
+    /// Groups a round of [`run`] takes: up to [`ROUND`] C tiles, rounds of equal size (9
+    /// groups: 3 + 3 + 3, not 4 + 4 + 1); paired, a whole number of pairs.
+    fn round_groups(&self, groups: usize) -> usize {
+        if !self.paired {
+            return groups.div_ceil(groups.div_ceil(ROUND));
+        }
+        let pairs = groups.div_ceil(2);
+        2 * pairs.div_ceil(pairs.div_ceil(ROUND))
     }
 }
 
@@ -301,7 +395,7 @@ pub(super) unsafe fn rows(
     at: (usize, usize, usize, usize),
     out: &mut [f32],
 ) {
-    let _tiles = Tiles::configure(tile_cols(m.group));
+    let _tiles = Tiles::configure(if x.paired { 64 } else { tile_cols(m.group) });
     let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
     let need = 2 * ROWS * (ROUND * m.group).max(SPAN) / 64;
     if scratch.len() < need {
@@ -309,10 +403,11 @@ pub(super) unsafe fn rows(
     }
     // SAFETY: lines are plain bytes.
     let bytes = std::slice::from_raw_parts_mut(scratch.as_mut_ptr().cast::<u8>(), need * 64);
-    if m.bits == 8 {
-        run::<8>(m, x, at, out, bytes);
-    } else {
-        run::<4>(m, x, at, out, bytes);
+    match (m.bits, x.paired) {
+        (8, false) => run::<8, false>(m, x, at, out, bytes),
+        (8, true) => run::<8, true>(m, x, at, out, bytes),
+        (_, false) => run::<4, false>(m, x, at, out, bytes),
+        (_, true) => run::<4, true>(m, x, at, out, bytes),
     }
     SCRATCH.with(|s| *s.borrow_mut() = scratch);
 }
@@ -320,7 +415,8 @@ pub(super) unsafe fn rows(
 thread_local! {
     /// The unpacked A tiles of [`rows`], two spans' worth (4 bits) or two rounds' (8 bits),
     /// kept by each thread across calls (every byte a tile reads is written first in the
-    /// same call).
+    /// same call, but for the 32 columns past a trailing unpaired group of [`paired`] tiles:
+    /// in the buffer, left from an earlier call, and met by zero limbs).
     static SCRATCH: std::cell::RefCell<Vec<Line>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -331,7 +427,7 @@ thread_local! {
 /// the next span of the block, or the next block's first, see [`round_source`]), and the next
 /// block's bytes are asked of the cache, a share per round.
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-unsafe fn run<const BITS: usize>(
+unsafe fn run<const BITS: usize, const PAIRED: bool>(
     m: &QuantMatrix<'_>,
     x: &Inputs,
     (first, rows, start, n): (usize, usize, usize, usize),
@@ -339,8 +435,7 @@ unsafe fn run<const BITS: usize>(
     scratch: &mut [u8],
 ) {
     let groups = m.cols / m.group;
-    // Rounds of equal size (9 groups: 3 + 3 + 3, not 4 + 4 + 1).
-    let per_round = groups.div_ceil(groups.div_ceil(ROUND));
+    let per_round = x.round_groups(groups);
     let rounds = groups.div_ceil(per_round);
     // 4 bits: rounds unpacked together, row after row (a span of at most `SPAN` columns).
     let span_rounds = (SPAN / (per_round * m.group)).clamp(1, rounds);
@@ -366,7 +461,12 @@ unsafe fn run<const BITS: usize>(
     let mut src = round_source::<BITS>(m, place(0).rows, (0, span_groups), scratch.as_mut_ptr());
     let mut finish = |k: usize, c: &Products, acc: &mut [__m512; ROWS]| {
         let round = place(k);
-        fold(m, x, &round, &c.0[..round.count], acc);
+        let tiles = &c.0[..x.c_tiles(round.count)];
+        if PAIRED {
+            fold_paired(m, x, &round, tiles, acc);
+        } else {
+            fold(m, x, &round, tiles, acc);
+        }
         if round.g0 + round.count == groups {
             let (row0, live) = round.rows;
             let at = (row0 - first) * n;
@@ -376,7 +476,11 @@ unsafe fn run<const BITS: usize>(
     };
     for k in 0..total {
         let round = place(k);
-        products(&src, m.group, x, round.g0, round.count);
+        if PAIRED {
+            products_paired(&src, x, round.g0, round.count);
+        } else {
+            products(&src, m.group, x, round.g0, round.count);
+        }
         if k > 0 {
             finish(k - 1, &c[(k - 1) % 2], &mut acc);
         }
@@ -391,7 +495,7 @@ unsafe fn run<const BITS: usize>(
             src = round_source::<BITS>(m, next.rows, (next.g0, span_groups), to);
         }
         prefetch_share::<BITS>(m, round.rows.0 + ROWS, (k % rounds, rounds));
-        store_products(round.count, &mut c[k % 2]);
+        store_products(x.c_tiles(round.count), &mut c[k % 2]);
     }
     finish(total - 1, &c[(total - 1) % 2], &mut acc);
 }
@@ -415,18 +519,55 @@ unsafe fn fold(
 ) {
     let groups = m.cols / m.group;
     let (row0, live) = round.rows;
+    let at: [usize; ROWS] = std::array::from_fn(|r| (row0 + r.min(live - 1)) * groups);
+    let mut a = *acc;
+    for (j, cj) in c.iter().enumerate() {
+        let g = round.g0 + j;
+        let limb_scales = _mm512_loadu_ps(x.scales.get_unchecked(g).as_ptr());
+        let sums = _mm512_loadu_ps(x.sums.get_unchecked(g).as_ptr());
+        for r in 0..ROWS {
+            let s = _mm512_set1_ps(*m.scales.get_unchecked(at[r] + g));
+            let b = _mm512_set1_ps(*m.biases.get_unchecked(at[r] + g));
+            let sum = _mm512_cvtepi32_ps(_mm512_loadu_si512(cj[r].as_ptr().cast()));
+            a[r] = _mm512_fmadd_ps(_mm512_mul_ps(sum, limb_scales), s, a[r]);
+            a[r] = _mm512_fmadd_ps(sums, b, a[r]);
+        }
+    }
+    *acc = a;
+}
+
+/// [`fold`] for [`paired`] tiles: C tile `j` holds pair `j`'s sums, group `2j` in lanes
+/// 0–7 and `2j + 1` in lanes 8–15; the upper half is moved down (exact) to meet the odd
+/// group's scales, so every lane takes [`fold`]'s operations, group after group.
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+#[inline]
+unsafe fn fold_paired(
+    m: &QuantMatrix<'_>,
+    x: &Inputs,
+    round: &Round,
+    c: &[[[i32; COLS]; ROWS]],
+    acc: &mut [__m512; ROWS],
+) {
+    let groups = m.cols / m.group;
+    let (row0, live) = round.rows;
     for (r, acc) in acc.iter_mut().enumerate() {
         let at = (row0 + r.min(live - 1)) * groups + round.g0;
         let mut a = *acc;
-        for (j, cj) in c.iter().enumerate() {
+        let term = |a: __m512, sum: __m512, j: usize| {
             let g = round.g0 + j;
             let limb_scales = _mm512_loadu_ps(x.scales.get_unchecked(g).as_ptr());
             let sums = _mm512_loadu_ps(x.sums.get_unchecked(g).as_ptr());
             let s = _mm512_set1_ps(*m.scales.get_unchecked(at + j));
             let b = _mm512_set1_ps(*m.biases.get_unchecked(at + j));
-            let sum = _mm512_cvtepi32_ps(_mm512_loadu_si512(cj[r].as_ptr().cast()));
-            a = _mm512_fmadd_ps(_mm512_mul_ps(sum, limb_scales), s, a);
-            a = _mm512_fmadd_ps(sums, b, a);
+            let a = _mm512_fmadd_ps(_mm512_mul_ps(sum, limb_scales), s, a);
+            _mm512_fmadd_ps(sums, b, a)
+        };
+        for (p, cp) in c.iter().enumerate() {
+            let sum = _mm512_cvtepi32_ps(_mm512_loadu_si512(cp[r].as_ptr().cast()));
+            a = term(a, sum, 2 * p);
+            if 2 * p + 1 < round.count {
+                a = term(a, _mm512_shuffle_f32x4::<0xee>(sum, sum), 2 * p + 1);
+            }
         }
         *acc = a;
     }
@@ -494,7 +635,7 @@ struct Source {
 
 /// The A tiles of groups `g0..` (up to [`ROUND`]) of the 16 rows from `first` (`live`
 /// real): 8-bit rows of a whole block in place where their lines are aligned, else copied
-/// to `dst`, rows `ROUND · group` bytes apart; 4-bit rows read from `dst`, where the first
+/// to `dst`, rows `max(per_round, ROUND) · group` bytes apart; 4-bit rows read from `dst`, where the first
 /// round of a span (`per_round` is then the span's groups, [`SPAN`] columns at most) unpacks
 /// the span's columns of all 16 rows, row after row (a span's width apart).
 /// Why whole blocks: read a round's columns at a time, 16 rows apart, the weights escape the
@@ -544,8 +685,9 @@ unsafe fn round_source<const BITS: usize>(
             stride: span,
         };
     }
-    // 8 bits, copied: a partial block, or rows not line-aligned.
-    let span = ROUND * m.group;
+    // 8 bits, copied: a partial block, or rows not line-aligned (rows `per_round` groups
+    // apart at least: a round of pairs may take more than `ROUND` groups).
+    let span = per_round.max(ROUND) * m.group;
     for r in 0..ROWS {
         let row = first + r.min(live - 1);
         copy8(packed.add(row * row_bytes + from), dst.add(r * span), cols);
@@ -663,6 +805,34 @@ unsafe fn products(src: &Source, group: usize, x: &Inputs, g0: usize, count: usi
                 (2, _) => step!(1, 3, 6, a, sa, b),
                 _ => step!(0, 2, 7, a, sa, b),
             }
+        }
+    }
+}
+
+/// [`products`] for [`paired`] tiles: pairs `g0 / 2..` of a round of `count` groups, one
+/// 64-column A tile and one B tile each, pair `j` into C tile `4 + j`.
+#[inline(always)]
+unsafe fn products_paired(src: &Source, x: &Inputs, g0: usize, count: usize) {
+    asm!(
+        "tilezero tmm4",
+        "tilezero tmm5",
+        "tilezero tmm6",
+        "tilezero tmm7",
+        options(nostack, nomem)
+    );
+    let sa = src.stride;
+    for j in 0..count.div_ceil(2) {
+        let a = src.base.add(j * 64);
+        let b = x
+            .limbs
+            .as_ptr()
+            .cast::<u8>()
+            .add((g0 / 2 + j) * ROWS * ROW_BYTES);
+        match j {
+            0 => step!(0, 2, 4, a, sa, b),
+            1 => step!(1, 3, 5, a, sa, b),
+            2 => step!(0, 2, 6, a, sa, b),
+            _ => step!(1, 3, 7, a, sa, b),
         }
     }
 }
