@@ -521,10 +521,9 @@ unsafe fn span_source<const BITS: usize>(
     }
 }
 
-/// Columns `c0..c0 + cols` of the 16 rows from `first` as B rows at `dst`, per 64 columns
-/// (16 B rows; 8 for a trailing 32 columns), B row `k` = every row's bytes `4k..4k + 4` of
-/// the unpacked columns: 4 bits transposed packed ([`transpose_packed4`]); 8 bits as 16
-/// rows of 64 bytes ([`chunk8`]) whose 16 × 16 32-bit elements are transposed.
+/// Columns `c0..c0 + cols` of the 16 rows from `first` as B rows at `dst`: per 64 columns,
+/// each row unpacked to 64 bytes ([`chunk`]), the 16 × 16 32-bit elements transposed, B row
+/// `k` = every row's bytes `4k..4k + 4` (16 B rows; 8 for a trailing 32 columns).
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
 #[inline]
 unsafe fn transpose_span<const BITS: usize>(
@@ -540,12 +539,7 @@ unsafe fn transpose_span<const BITS: usize>(
         std::array::from_fn(|r| packed.add((first + r.min(live - 1)) * row_bytes + c0 * BITS / 8));
     for c in (0..cols).step_by(64) {
         let width = (cols - c).min(64);
-        if BITS == 4 {
-            let rows = src.map(|p| p.add(c / 2));
-            transpose_packed4(&rows, t, width, dst.add(c / 4 * ROW_BYTES));
-            continue;
-        }
-        let v = std::array::from_fn(|r| chunk8(src[r].add(c), width));
+        let v = std::array::from_fn(|r| chunk::<BITS>(src[r].add(c * BITS / 8), t, width));
         let b = transpose16(v);
         for (k, row) in b.iter().take(width / 4).enumerate() {
             _mm512_store_si512(dst.add((c / 4 + k) * ROW_BYTES).cast(), *row);
@@ -553,75 +547,34 @@ unsafe fn transpose_span<const BITS: usize>(
     }
 }
 
-/// `width` (64, or 32 at the end of a row) 8-bit weights from `src`, zeros past `width`.
+/// `width` (64, or 32 at the end of a row) weights from `src` as bytes, zeros past `width`:
+/// 8 bits as they are; 4 bits per tile of `t` columns the low nibbles then the high nibbles
+/// (the tile's packed bytes shifted right by 0 or 4, masked to nibbles).
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
 #[inline]
-unsafe fn chunk8(src: *const u8, width: usize) -> __m512i {
-    if width == 64 {
-        _mm512_loadu_si512(src.cast())
-    } else {
-        _mm512_zextsi256_si512(_mm256_loadu_si256(src.cast()))
-    }
-}
-
-/// `width` (64, or 32 at the end of a row) 4-bit columns of the 16 rows at `src` as B rows
-/// at `dst`, transposed while still packed (half the data of a transpose of the unpacked bytes):
-/// the rows' packed 32-bit words `d` (8 nibbles of columns `8d..8d + 8` of a tile) gathered
-/// into one vector `P_d` (rows `m` and `m + 4` share a vector before the interleaves, so the
-/// lanes come out in row order), then a tile's low nibbles of `P_d` are B row `e` of its tile
-/// and the high nibbles B row `T/8 + e` (`e` = `d`'s word within the tile: the unpacked tile
-/// is [low nibbles, high nibbles]).
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-#[inline]
-unsafe fn transpose_packed4(src: &[*const u8; ROWS], t: usize, width: usize, dst: *mut u8) {
-    let load = |p: *const u8| {
-        if width == 64 {
-            _mm256_loadu_si256(p.cast())
+unsafe fn chunk<const BITS: usize>(src: *const u8, t: usize, width: usize) -> __m512i {
+    if BITS == 8 {
+        return if width == 64 {
+            _mm512_loadu_si512(src.cast())
         } else {
-            _mm256_zextsi128_si256(_mm_loadu_si128(p.cast()))
-        }
-    };
-    let z: [__m512i; 8] = std::array::from_fn(|k| {
-        let r = k + 4 * (k / 4);
-        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(load(src[r])), load(src[r + 4]))
-    });
-    let w: [__m512i; 8] = std::array::from_fn(|k| {
-        let (a, b) = (z[k & !1], z[k | 1]);
-        if k % 2 == 0 {
-            _mm512_unpacklo_epi32(a, b)
-        } else {
-            _mm512_unpackhi_epi32(a, b)
-        }
-    });
-    // u[4j + c], lane L: four rows' word c (L even) or 4 + c (L odd).
-    let u: [__m512i; 8] = std::array::from_fn(|k| {
-        let (j, c) = (k / 4, k % 4);
-        let (a, b) = (w[4 * j + c / 2], w[4 * j + 2 + c / 2]);
-        if c % 2 == 0 {
-            _mm512_unpacklo_epi64(a, b)
-        } else {
-            _mm512_unpackhi_epi64(a, b)
-        }
-    });
-    let nibbles = _mm512_set1_epi8(0x0f);
-    let (words, tile_rows) = (t / 8, t / 4);
-    for d in 0..width / 8 {
-        let p = if d < 4 {
-            _mm512_shuffle_i32x4::<0x88>(u[d], u[4 + d])
-        } else {
-            _mm512_shuffle_i32x4::<0xdd>(u[d - 4], u[d])
+            _mm512_zextsi256_si512(_mm256_loadu_si256(src.cast()))
         };
-        let low = d / words * tile_rows + d % words;
-        let high = _mm512_srli_epi16::<4>(p);
-        _mm512_store_si512(
-            dst.add(low * ROW_BYTES).cast(),
-            _mm512_and_si512(p, nibbles),
-        );
-        _mm512_store_si512(
-            dst.add((low + words) * ROW_BYTES).cast(),
-            _mm512_and_si512(high, nibbles),
-        );
     }
+    let nibbles = _mm512_set1_epi8(0x0f);
+    if t == 64 {
+        let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(src.cast()));
+        let shifts = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
+        return _mm512_and_si512(_mm512_srlv_epi64(v, shifts), nibbles);
+    }
+    // Tiles of 32: each 16 packed bytes in two 128-bit lanes, the second shifted by 4.
+    let v = if width == 64 {
+        _mm512_castsi256_si512(_mm256_loadu_si256(src.cast()))
+    } else {
+        _mm512_zextsi128_si512(_mm_loadu_si128(src.cast()))
+    };
+    let v = _mm512_shuffle_i64x2::<0b01_01_00_00>(v, v);
+    let shifts = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);
+    _mm512_and_si512(_mm512_srlv_epi64(v, shifts), nibbles)
 }
 
 /// The 16 × 16 32-bit elements of `r` transposed: element `k` of row `n` becomes element `n`
