@@ -1862,8 +1862,7 @@ mod tests {
     /// the AVX-512 (else AVX2) float kernels within twice that: 4- and 8-bit, groups of 32,
     /// 64, 96 (tiles of 32) and 128, one to eight inputs (blocks of five and the rest), row
     /// counts that end in a partial block of 16, 8-bit rows read in place (line-aligned) and
-    /// copied (not); and each input's result the same bits as the same input alone, and with
-    /// groups of 32 as round 12's unpaired tiles (`amx::UNPAIRED`).
+    /// copied (not); and each input's result the same bits as the same input alone.
     #[test]
     fn amx_products_match_the_reference_and_do_not_depend_on_the_batch() {
         if !amx_here("amx_products_match_the_reference") {
@@ -1882,7 +1881,7 @@ mod tests {
             // Rows wider than one unpacked span (`amx::SPAN`): 1536 = 768 + 768, 1664 = 768 + 768 + 128.
             (4, 64, 20, 1536),
             (4, 32, 18, 1664),
-            // Odd group counts: a trailing group without a partner (`amx::paired`).
+            // Odd group counts (rounds of unequal size; 8 bits: a trailing 32-column chunk).
             (4, 32, 21, 160),
             (8, 32, 19, 96),
             (8, 32, 32, 128),
@@ -1919,9 +1918,6 @@ mod tests {
                 let got = QuantMatrix::amx_products(&[m], x).remove(0);
                 for (k, xk) in x.chunks(cols).enumerate() {
                     let alone = QuantMatrix::amx_products(&[m], xk).remove(0);
-                    amx::UNPAIRED.with(|u| u.set(true));
-                    let unpaired = QuantMatrix::amx_products(&[m], xk).remove(0);
-                    amx::UNPAIRED.with(|u| u.set(false));
                     let prepared = m.prepare(xk);
                     for r in 0..rows {
                         let v = got[k * rows + r];
@@ -1929,11 +1925,6 @@ mod tests {
                             v.to_bits(),
                             alone[r].to_bits(),
                             "{what} input {k} of {n}, row {r}: batched vs alone"
-                        );
-                        assert_eq!(
-                            v.to_bits(),
-                            unpaired[r].to_bits(),
-                            "{what} input {k} of {n}, row {r}: vs unpaired tiles"
                         );
                         let (exact, bound) = reference_and_bound(&m, r, xk);
                         assert!(
@@ -1959,7 +1950,7 @@ mod tests {
         if !amx_here("amx_products_propagate_nan_and_infinity") {
             return;
         }
-        // Groups of 32 with an odd count (paired tiles alone, unpaired batched) and of 64.
+        // Groups of 32 with an odd count (a trailing 32-column chunk) and of 64.
         for (rows, cols, group) in [(20, 128, 64), (20, 160, 32)] {
             nan_and_infinity_stay_in_their_input(rows, cols, group);
         }
@@ -2133,27 +2124,17 @@ mod tests {
                 let reps = 200;
                 let inputs: Vec<&[f32]> = xs.chunks(cols).take(n).collect();
                 let mut out = vec![0f32; rows * n];
-                let mut amx_us = String::new();
-                for unpaired in if group == 32 {
-                    &[false, true][..]
-                } else {
-                    &[false]
-                } {
-                    amx::UNPAIRED.with(|u| u.set(*unpaired));
-                    let block = amx::BLOCK;
-                    let start = std::time::Instant::now();
-                    for _ in 0..reps {
-                        for (k, inputs) in inputs.chunks(block).enumerate() {
-                            // SAFETY: AMX available; the inputs hold `cols` values; all rows,
-                            // `[rows, n]`, this block's inputs from `k · block`.
-                            let x = unsafe { amx::Inputs::new(inputs, &m) };
-                            unsafe { amx::rows(&m, &x, (0, rows, k * block, n), &mut out) };
-                        }
+                let block = amx::BLOCK;
+                let start = std::time::Instant::now();
+                for _ in 0..reps {
+                    for (k, inputs) in inputs.chunks(block).enumerate() {
+                        // SAFETY: AMX available; the inputs hold `cols` values; all rows,
+                        // `[rows, n]`, this block's inputs from `k · block`.
+                        let x = unsafe { amx::Inputs::new(inputs, &m) };
+                        unsafe { amx::rows(&m, &x, (0, rows, k * block, n), &mut out) };
                     }
-                    let us = start.elapsed().as_secs_f64() * 1e6 / reps as f64;
-                    amx_us += &format!("{us:.1}{} ", if *unpaired { " (unpaired)" } else { "" });
-                    amx::UNPAIRED.with(|u| u.set(false));
                 }
+                let amx_us = start.elapsed().as_secs_f64() * 1e6 / reps as f64;
                 let start = std::time::Instant::now();
                 for _ in 0..reps {
                     for block in prepared[..n].chunks(4) {
@@ -2161,7 +2142,7 @@ mod tests {
                     }
                 }
                 let avx_us = start.elapsed().as_secs_f64() * 1e6 / reps as f64;
-                eprintln!("{rows}x{cols} {bits}-bit g{group}, {n} inputs: AMX {amx_us}us, AVX-512 {avx_us:.1} us");
+                eprintln!("{rows}x{cols} {bits}-bit g{group}, {n} inputs: AMX {amx_us:.1} us, AVX-512 {avx_us:.1} us");
             }
         }
     }

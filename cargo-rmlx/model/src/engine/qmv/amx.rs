@@ -4,32 +4,29 @@
 //!
 //! Arithmetic: MLX's affine factoring gives each output
 //! `Σ_g s[g] · Σ_{k∈g} q[k] · x[k] + b[g] · Σ_{k∈g} x[k]`. The integer weights `q` (0–15 or
-//! 0–255) are the unsigned bytes of `TDPBUSD`; each input is written, per weight group, as
+//! 0–255) are the unsigned bytes of `TDPBSUD`; each input is written, per weight group, as
 //! three signed 8-bit limbs `x ≈ a₁·S₁ + a₂·S₂ + a₃·S₃` (`S₁ = max|x|/127` over the group,
 //! `S₂ = S₁/254`, `S₃ = S₂/254`, each limb the rounded remainder of the ones before), so the
 //! representation error is at most `S₃/2 ≈ 6·10⁻⁸ · max|x|` of the group — float32's
-//! rounding of the group's largest value. The tile unit sums `q · a` exactly in int32, and
-//! the float32 epilogue folds each group in: `acc += s · (S ⊙ C) + b · Σx` (the bias on the
-//! exact float Σx of the float kernels).
+//! rounding of the group's largest value. The tile unit sums `a · q` exactly in int32, and
+//! the float32 epilogue folds each group in per input: `t = C₃S₃ + C₂S₂ + C₁S₁`, then
+//! `acc += s · t + b · Σx` (the bias on the exact float Σx of the float kernels).
 //!
-//! Tiles: A = 16 weight rows × T columns (T = 64, or 32 for groups that are not a multiple
-//! of 64) as unsigned bytes — 8-bit rows read in place, 4-bit rows unpacked per T columns to
-//! [low nibbles, high nibbles] (the inputs' values reordered alike), up to [`SPAN`] columns of
-//! 16 rows at a time, row after row; B = the inputs' limbs in
-//! `TDPBUSD`'s layout (T/4 rows of 16 columns × 4 bytes; input `i`'s limb `l` in column
-//! `3i + l`), prepared once per call; C = 16 rows × 16 int32 columns, one C tile per group of
-//! a round of four groups (tiles 4–7).
-//! Groups of 32 with one or two inputs are *paired* ([`paired`]): A = 16 rows × 64 columns
-//! covering two groups, B = both groups' limbs, group `2p`'s in columns 0–7 and `2p + 1`'s in
-//! 8–15 (zeros in the other group's K rows), so one `TDPBUSD` of K = 64 gives both groups'
-//! sums in one C tile (rounds of up to four pairs; a trailing unpaired group meets zero
-//! limbs); the fold moves the upper half down to meet the odd group's scales, so every lane
-//! takes the unpaired fold's operations in the same order — the same bits. Three to five
-//! inputs take 32-column tiles as before (their 15 limb columns leave no room for halves).
+//! Tiles (lanes = weight rows): A = the limbs, row `3i + l` = input `i`'s limb `l`, T bytes
+//! (T = 64, or 32 for groups that are not a multiple of 64) of the group's values in the
+//! weights' column order (4-bit rows unpacked per T columns to [low nibbles, high nibbles],
+//! the inputs' values reordered alike), prepared once per call; B = 16 weight rows in
+//! `TDPBSUD`'s layout (T/4 rows of 16 weight rows × 4 consecutive bytes: a 16 × 16 transpose
+//! of 32-bit elements per 64 columns, made in registers while a block's span of up to
+//! [`SPAN`] columns is unpacked, row after row); C = 3 × inputs rows of 16 int32 lanes, one
+//! lane per weight row, one C tile per group of a round of four groups (tiles 4–7). The fold
+//! costs a few vector operations per (group, input) — the weight rows' scales and biases
+//! gathered once per group — and one 16-lane accumulator per input holds the block's results.
 //!
-//! Why an input's result does not depend on the others: every column of C is computed from
-//! its own column of B; an input's limbs and scales depend on that input alone; the fold
-//! and the final sums are lane-wise. A batch of more than five inputs takes several passes.
+//! Why an input's result does not depend on the others: every row of C is computed from its
+//! own row of A; an input's limbs and scales depend on that input alone; the fold takes each
+//! input's C rows with the same operations in the same order whatever the other inputs. A
+//! batch of more than five inputs takes several passes.
 
 use std::arch::asm;
 use std::arch::x86_64::*;
@@ -37,49 +34,17 @@ use std::sync::OnceLock;
 
 use super::QuantMatrix;
 
-/// Inputs one pass takes at most: three limb columns each in the 16 of a tile.
+/// Inputs one pass takes at most: three limb rows each in the 16 rows of a tile.
 pub(super) const BLOCK: usize = 5;
 
-/// Whether `count` inputs against groups of `group` columns are multiplied two groups at a
-/// time, one 64-column tile product per pair (groups of 32, one or two inputs): B holds
-/// each group's limbs in its own half of the columns (group `2p` in columns 0–7, `2p + 1`
-/// in 8–15; zero in the other group's K rows), so one `TDPBUSD` of K = 64 gives both
-/// groups' sums side by side in one C tile — half the tile loads, C stores and C rows to
-/// fold of a 32-column tile per group. Three to five inputs (15 of the 16 columns) leave no
-/// room for the halves and take the 32-column tiles; [`fold_paired`] folds each lane with
-/// the same operations in the same order as [`fold`], so a result does not depend on how
-/// many inputs share its pass.
-fn paired(group: usize, count: usize) -> bool {
-    group == 32 && count <= 2 && !unpaired_here()
-}
-
-#[cfg(test)]
-thread_local! {
-    /// Test-only, per thread: groups of 32 as round 12 ran them for any count (a 32-column
-    /// tile per group), for the measurements that compare the two.
-    pub(super) static UNPAIRED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Whether this thread's test asked for groups of 32 unpaired ([`UNPAIRED`]).
-fn unpaired_here() -> bool {
-    #[cfg(test)]
-    {
-        UNPAIRED.with(std::cell::Cell::get)
-    }
-    #[cfg(not(test))]
-    {
-        false
-    }
-}
-
-/// Weight rows per tile (A and C rows).
+/// Weight rows per block (B tile columns, C lanes).
 pub(super) const ROWS: usize = 16;
 
-/// Columns of 4-bit weights unpacked together at most (a span of rounds, row after row): the
-/// two spans of scratch (2 × 16 × 768 bytes) and an input's limbs stay within L1.
+/// Columns of weights unpacked together at most (a span of rounds, row after row): the two
+/// spans of B tiles (2 × 768 × 16 bytes) and the inputs' limbs stay within L1.
 const SPAN: usize = 768;
 
-/// Columns of the B and C tiles.
+/// Lanes of a C tile row (one per weight row).
 const COLS: usize = 16;
 
 /// Bytes of a B or C tile row (16 × 4).
@@ -100,7 +65,7 @@ fn lines(n: usize) -> Vec<Line> {
     vec![Line([0; 64]); n]
 }
 
-/// A round's C tiles, stored as 16 rows of 16 int32 each, line-aligned.
+/// A round's C tiles, stored as up to 16 rows (3 × inputs) of 16 int32 each, line-aligned.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Products([[[i32; COLS]; ROWS]; ROUND]);
@@ -158,36 +123,33 @@ struct TileConfig {
 }
 
 impl TileConfig {
-    /// Tiles 0–1: A (16 rows of `t` bytes); 2–3: B (`t / 4` rows of 64 bytes); 4–7: C (16
-    /// rows of 64 bytes).
-    const fn new(t: usize) -> Self {
+    /// Tiles 0–1: A (`m` limb rows of `t` bytes); 2–3: B (`t / 4` rows of 64 bytes); 4–7: C
+    /// (`m` rows of 64 bytes).
+    const fn new(t: usize, m: usize) -> Self {
         let (a, b, c) = (t as u16, ROW_BYTES as u16, ROW_BYTES as u16);
-        let b_rows = (t / 4) as u8;
+        let (b_rows, m) = ((t / 4) as u8, m as u8);
         TileConfig {
             palette: 1,
             start_row: 0,
             reserved: [0; 14],
             colsb: [a, a, b, b, c, c, c, c, 0, 0, 0, 0, 0, 0, 0, 0],
-            rows: [
-                16, 16, b_rows, b_rows, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0,
-            ],
+            rows: [m, m, b_rows, b_rows, m, m, m, m, 0, 0, 0, 0, 0, 0, 0, 0],
         }
     }
 }
-
-static CONFIG_64: TileConfig = TileConfig::new(64);
-static CONFIG_32: TileConfig = TileConfig::new(32);
 
 /// The tiles configured on this thread for the life of the value, released when it drops
 /// (a context switch then saves no tile data).
 struct Tiles;
 
 impl Tiles {
+    /// Tiles of `t` columns of limbs for `m` limb rows.
+    ///
     /// # Safety
     /// [`available`] must have returned `Ok`.
-    unsafe fn configure(t: usize) -> Tiles {
-        let config = if t == 64 { &CONFIG_64 } else { &CONFIG_32 };
-        asm!("ldtilecfg [{}]", in(reg) config, options(nostack));
+    unsafe fn configure(t: usize, m: usize) -> Tiles {
+        let config = TileConfig::new(t, m);
+        asm!("ldtilecfg [{}]", in(reg) &config, options(nostack));
         Tiles
     }
 }
@@ -210,18 +172,17 @@ fn tile_cols(group: usize) -> usize {
 
 /// Up to [`BLOCK`] inputs prepared for the tiles.
 pub(super) struct Inputs {
-    /// B tiles, `cols / 4` rows of 64 bytes: row `r` of tile `j` (columns `jT..jT + T`)
-    /// holds, in column `3i + l`, input `i`'s limb `l` at the tile's positions
-    /// `4r..4r + 4`.
+    /// A tiles: row `3i + l` (of `cols` bytes) holds input `i`'s limb `l` at every column,
+    /// in the weights' column order; a tile of columns `c..c + T` starts at byte `c`.
     limbs: Vec<Line>,
-    /// Per group, 16 lanes: the limb scale `S_l` of input `i` in lane `3i + l`.
-    scales: Vec<[f32; COLS]>,
-    /// Per group, 16 lanes: Σx of input `i` in lane `3i`, zero elsewhere.
-    sums: Vec<[f32; COLS]>,
+    /// Per group, per input: the limb scales `S₁, S₂, S₃`.
+    scales: Vec<[[f32; 3]; BLOCK]>,
+    /// Per group, per input: Σx.
+    sums: Vec<[f32; BLOCK]>,
+    /// Bytes between limb rows (the matrix's columns).
+    stride: usize,
     /// How many inputs (1 to [`BLOCK`]).
     count: usize,
-    /// Whether laid out for [`paired`] tiles.
-    paired: bool,
 }
 
 /// The limb scales of a group whose largest magnitude is `max`, and their reciprocals.
@@ -247,89 +208,39 @@ impl Inputs {
     pub(super) unsafe fn new(xs: &[&[f32]], m: &QuantMatrix<'_>) -> Self {
         debug_assert!((1..=BLOCK).contains(&xs.len()));
         debug_assert!(xs.iter().all(|x| x.len() == m.cols));
-        if paired(m.group, xs.len()) {
-            return Self::paired(xs, m);
-        }
         let groups = m.cols / m.group;
         let mut inputs = Inputs {
-            limbs: lines(m.cols / 4),
-            scales: vec![[0f32; COLS]; groups],
-            sums: vec![[0f32; COLS]; groups],
+            limbs: lines((3 * xs.len() * m.cols).div_ceil(64)),
+            scales: vec![[[0f32; 3]; BLOCK]; groups],
+            sums: vec![[0f32; BLOCK]; groups],
+            stride: m.cols,
             count: xs.len(),
-            paired: false,
         };
         for (i, x) in xs.iter().enumerate() {
             for (g, xg) in x.chunks_exact(m.group).enumerate() {
                 let max = xg.iter().fold(0f32, |a, v| a.max(v.abs()));
                 let scales = limb_scales(max);
-                inputs.scales[g][3 * i..3 * i + 3].copy_from_slice(&scales.0);
-                inputs.sums[g][3 * i] = super::lane_sum(xg);
-                let b = inputs
-                    .limbs
-                    .as_mut_ptr()
-                    .cast::<i8>()
-                    .add(g * m.group / 4 * ROW_BYTES);
-                group_limbs(xg, m.bits, scales, b.add(4 * 3 * i));
+                inputs.scales[g][i] = scales.0;
+                inputs.sums[g][i] = super::lane_sum(xg);
+                let row = inputs.limbs.as_mut_ptr().cast::<i8>();
+                let at = 3 * i * m.cols + g * m.group;
+                group_limbs(xg, m.bits, scales, (row.add(at), m.cols));
             }
         }
         inputs
-    }
-
-    /// [`Inputs::new`] for [`paired`] tiles: input `i`'s limb `l` of group `g` in B column
-    /// `8 · (g % 2) + 3i + l`, 16 B rows per pair of groups (the K rows of a trailing
-    /// unpaired group's missing partner stay zero); `scales` and `sums` as unpaired, per
-    /// group from lane `3i`.
-    ///
-    /// # Safety
-    /// As [`Inputs::new`].
-    unsafe fn paired(xs: &[&[f32]], m: &QuantMatrix<'_>) -> Self {
-        let groups = m.cols / m.group;
-        let mut inputs = Inputs {
-            limbs: lines(groups.div_ceil(2) * ROWS),
-            scales: vec![[0f32; COLS]; groups],
-            sums: vec![[0f32; COLS]; groups],
-            count: xs.len(),
-            paired: true,
-        };
-        for (i, x) in xs.iter().enumerate() {
-            for (g, xg) in x.chunks_exact(m.group).enumerate() {
-                let max = xg.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let scales = limb_scales(max);
-                inputs.scales[g][3 * i..3 * i + 3].copy_from_slice(&scales.0);
-                inputs.sums[g][3 * i] = super::lane_sum(xg);
-                let b = inputs.limbs.as_mut_ptr().cast::<i8>();
-                let at = g * m.group / 4 * ROW_BYTES + 4 * (8 * (g % 2) + 3 * i);
-                group_limbs(xg, m.bits, scales, b.add(at));
-            }
-        }
-        inputs
-    }
-
-    /// C tiles of a round of `count` groups: one per group, or per pair.
-    fn c_tiles(&self, count: usize) -> usize {
-        if self.paired {
-            count.div_ceil(2)
-        } else {
-            count
-        }
-    }
-
-    /// Groups a round of [`run`] takes: up to [`ROUND`] C tiles, rounds of equal size (9
-    /// groups: 3 + 3 + 3, not 4 + 4 + 1); paired, a whole number of pairs.
-    fn round_groups(&self, groups: usize) -> usize {
-        if !self.paired {
-            return groups.div_ceil(groups.div_ceil(ROUND));
-        }
-        let pairs = groups.div_ceil(2);
-        2 * pairs.div_ceil(pairs.div_ceil(ROUND))
     }
 }
 
-/// One group's values `xg` as limbs in the B tiles from `b` (the group's first row, at the
-/// input's first column): per tile of T values in A's column order, per 16 of them, the
-/// three limbs of each (see [`limbs16`]).
+/// One group's values `xg` as limbs in the A rows from `a` (limb 1's row at the group's first
+/// column; limb `l`'s row `l · stride` bytes on): per tile of T values in the weights' column
+/// order, per 16 of them, the three limbs of each (see [`limbs16`]).
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-unsafe fn group_limbs(xg: &[f32], bits: usize, (s, inv): ([f32; 3], [f32; 3]), b: *mut i8) {
+unsafe fn group_limbs(
+    xg: &[f32],
+    bits: usize,
+    (s, inv): ([f32; 3], [f32; 3]),
+    (a, stride): (*mut i8, usize),
+) {
     let t = tile_cols(xg.len());
     let s = s.map(|v| _mm512_set1_ps(v));
     let inv = inv.map(|v| _mm512_set1_ps(v));
@@ -337,13 +248,13 @@ unsafe fn group_limbs(xg: &[f32], bits: usize, (s, inv): ([f32; 3], [f32; 3]), b
     let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
     let x = xg.as_ptr();
     for c0 in (0..xg.len()).step_by(t) {
-        let tile = b.add(c0 / 4 * ROW_BYTES);
+        let tile = a.add(c0);
         for h in (0..t).step_by(32) {
             let (lo, hi) = (
                 _mm512_loadu_ps(x.add(c0 + h)),
                 _mm512_loadu_ps(x.add(c0 + h + 16)),
             );
-            // Positions p..p + 16 of the tile (16 values: 4 B rows).
+            // Positions p..p + 16 of the tile.
             let (first, second, p1, p2) = if bits == 4 {
                 let e = _mm512_permutex2var_ps(lo, even, hi);
                 let o = _mm512_permutex2var_ps(lo, odd, hi);
@@ -351,19 +262,23 @@ unsafe fn group_limbs(xg: &[f32], bits: usize, (s, inv): ([f32; 3], [f32; 3]), b
             } else {
                 (lo, hi, h, h + 16)
             };
-            limbs16(first, (s, inv), tile.add(p1 / 4 * ROW_BYTES));
-            limbs16(second, (s, inv), tile.add(p2 / 4 * ROW_BYTES));
+            limbs16(first, (s, inv), (tile.add(p1), stride));
+            limbs16(second, (s, inv), (tile.add(p2), stride));
         }
     }
 }
 
 /// The three limbs of 16 values (`v ≈ Σ a_l · S_l`: each the remainder of the ones
 /// before — a fused multiply-add, so rounded once — times `1/S_l`, rounded to nearest,
-/// clamped to ±127, which only a rounded scale reaches) written as 4 B rows from `dst`,
-/// limb `l` in the row's column `l` (4 bytes: 4 positions).
+/// clamped to ±127, which only a rounded scale reaches): limb `l`'s 16 bytes at
+/// `dst + l · stride`.
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
 #[inline]
-unsafe fn limbs16(v: __m512, (s, inv): ([__m512; 3], [__m512; 3]), dst: *mut i8) {
+unsafe fn limbs16(
+    v: __m512,
+    (s, inv): ([__m512; 3], [__m512; 3]),
+    (dst, stride): (*mut i8, usize),
+) {
     let (top, bottom) = (_mm512_set1_ps(127.0), _mm512_set1_ps(-127.0));
     let mut rest = v;
     for l in 0..3 {
@@ -373,13 +288,7 @@ unsafe fn limbs16(v: __m512, (s, inv): ([__m512; 3], [__m512; 3]), dst: *mut i8)
         let a = _mm512_max_ps(_mm512_min_ps(a, top), bottom);
         rest = _mm512_fnmadd_ps(a, s[l], rest);
         let bytes = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(a));
-        let mut quads = [0u32; 4];
-        _mm_storeu_si128(quads.as_mut_ptr().cast(), bytes);
-        for (r, q) in quads.into_iter().enumerate() {
-            dst.add(r * ROW_BYTES + 4 * l)
-                .cast::<u32>()
-                .write_unaligned(q);
-        }
+        _mm_storeu_si128(dst.add(l * stride).cast(), bytes);
     }
 }
 
@@ -395,39 +304,37 @@ pub(super) unsafe fn rows(
     at: (usize, usize, usize, usize),
     out: &mut [f32],
 ) {
-    let _tiles = Tiles::configure(if x.paired { 64 } else { tile_cols(m.group) });
+    let _tiles = Tiles::configure(tile_cols(m.group), 3 * x.count);
     let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-    let need = 2 * ROWS * (ROUND * m.group).max(SPAN) / 64;
+    // Two spans of B rows: 16 bytes per column.
+    let need = 2 * COLS * (ROUND * m.group).max(SPAN) / 4;
     if scratch.len() < need {
         scratch = lines(need);
     }
     // SAFETY: lines are plain bytes.
     let bytes = std::slice::from_raw_parts_mut(scratch.as_mut_ptr().cast::<u8>(), need * 64);
-    match (m.bits, x.paired) {
-        (8, false) => run::<8, false>(m, x, at, out, bytes),
-        (8, true) => run::<8, true>(m, x, at, out, bytes),
-        (_, false) => run::<4, false>(m, x, at, out, bytes),
-        (_, true) => run::<4, true>(m, x, at, out, bytes),
+    if m.bits == 8 {
+        run::<8>(m, x, at, out, bytes);
+    } else {
+        run::<4>(m, x, at, out, bytes);
     }
     SCRATCH.with(|s| *s.borrow_mut() = scratch);
 }
 
 thread_local! {
-    /// The unpacked A tiles of [`rows`], two spans' worth (4 bits) or two rounds' (8 bits),
-    /// kept by each thread across calls (every byte a tile reads is written first in the
-    /// same call, but for the 32 columns past a trailing unpaired group of [`paired`] tiles:
-    /// in the buffer, left from an earlier call, and met by zero limbs).
+    /// The B tiles of [`rows`], two spans' worth, kept by each thread across calls (every
+    /// byte a tile reads is written first in the same call).
     static SCRATCH: std::cell::RefCell<Vec<Line>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// [`rows`] for `BITS`-bit weights: blocks of 16 rows, each in rounds of up to [`ROUND`]
 /// groups, pipelined over the whole task: while the tile unit multiplies round `k`, the
 /// vector units fold round `k - 1`'s products (stored to the other half of `c`) and prepare
-/// round `k + 1` in the other half of `scratch` (4 bits: the last round of a span unpacks
-/// the next span of the block, or the next block's first, see [`round_source`]), and the next
-/// block's bytes are asked of the cache, a share per round.
+/// round `k + 1`'s B tiles in the other half of `scratch` (the last round of a span
+/// transposes the next span of the block, or the next block's first, see [`span_source`]),
+/// and the next block's bytes are asked of the cache, a share per round.
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-unsafe fn run<const BITS: usize, const PAIRED: bool>(
+unsafe fn run<const BITS: usize>(
     m: &QuantMatrix<'_>,
     x: &Inputs,
     (first, rows, start, n): (usize, usize, usize, usize),
@@ -435,17 +342,13 @@ unsafe fn run<const BITS: usize, const PAIRED: bool>(
     scratch: &mut [u8],
 ) {
     let groups = m.cols / m.group;
-    let per_round = x.round_groups(groups);
+    let per_round = groups.div_ceil(groups.div_ceil(ROUND));
     let rounds = groups.div_ceil(per_round);
-    // 4 bits: rounds unpacked together, row after row (a span of at most `SPAN` columns).
+    // Rounds transposed together, row after row (a span of at most `SPAN` columns).
     let span_rounds = (SPAN / (per_round * m.group)).clamp(1, rounds);
     let spans = rounds.div_ceil(span_rounds);
-    let span_groups = if BITS == 4 {
-        span_rounds * per_round
-    } else {
-        per_round
-    };
-    let half = ROWS * span_groups.max(ROUND) * m.group;
+    let span_groups = span_rounds * per_round;
+    let half = COLS * span_groups * m.group;
     let place = |k: usize| {
         let b = k / rounds * ROWS;
         let g0 = k % rounds * per_round;
@@ -456,46 +359,33 @@ unsafe fn run<const BITS: usize, const PAIRED: bool>(
         }
     };
     let total = rows.div_ceil(ROWS) * rounds;
-    let mut acc = [_mm512_setzero_ps(); ROWS];
+    let mut acc = [_mm512_setzero_ps(); BLOCK];
     let mut c = [Products([[[0i32; COLS]; ROWS]; ROUND]); 2];
-    let mut src = round_source::<BITS>(m, place(0).rows, (0, span_groups), scratch.as_mut_ptr());
-    let mut finish = |k: usize, c: &Products, acc: &mut [__m512; ROWS]| {
+    let mut src = span_source::<BITS>(m, place(0).rows, (0, span_groups), scratch.as_mut_ptr());
+    let mut finish = |k: usize, c: &Products, acc: &mut [__m512; BLOCK]| {
         let round = place(k);
-        let tiles = &c.0[..x.c_tiles(round.count)];
-        if PAIRED {
-            fold_paired(m, x, &round, tiles, acc);
-        } else {
-            fold(m, x, &round, tiles, acc);
-        }
+        fold(m, x, &round, &c.0[..round.count], acc);
         if round.g0 + round.count == groups {
             let (row0, live) = round.rows;
             let at = (row0 - first) * n;
             write_block(acc, live, x.count, &mut out[at..], n, start);
-            *acc = [_mm512_setzero_ps(); ROWS];
+            *acc = [_mm512_setzero_ps(); BLOCK];
         }
     };
     for k in 0..total {
         let round = place(k);
-        if PAIRED {
-            products_paired(&src, x, round.g0, round.count);
-        } else {
-            products(&src, m.group, x, round.g0, round.count);
-        }
+        products(&src, m.group, x, round.g0, round.count);
         if k > 0 {
             finish(k - 1, &c[(k - 1) % 2], &mut acc);
         }
         if k + 1 < total {
             let next = place(k + 1);
-            let parity = if BITS == 4 {
-                (k + 1) / rounds * spans + (k + 1) % rounds / span_rounds
-            } else {
-                k + 1
-            };
+            let parity = (k + 1) / rounds * spans + (k + 1) % rounds / span_rounds;
             let to = scratch.as_mut_ptr().add(parity % 2 * half);
-            src = round_source::<BITS>(m, next.rows, (next.g0, span_groups), to);
+            src = span_source::<BITS>(m, next.rows, (next.g0, span_groups), to);
         }
         prefetch_share::<BITS>(m, round.rows.0 + ROWS, (k % rounds, rounds));
-        store_products(x.c_tiles(round.count), &mut c[k % 2]);
+        store_products(round.count, &mut c[k % 2]);
     }
     finish(total - 1, &c[(total - 1) % 2], &mut acc);
 }
@@ -507,7 +397,10 @@ struct Round {
     count: usize,
 }
 
-/// A round's groups folded into `acc`: `acc[r] += s[r, g] · (S_g ⊙ C_g[r]) + b[r, g] · Σx_g`.
+/// A round's groups folded into `acc` (one 16-lane accumulator per input, a lane per weight
+/// row): per group `g` and input `i`, `t = C[3i+2]·S₃ + C[3i+1]·S₂ + C[3i]·S₁` (smallest
+/// first), then `acc[i] += s[·, g] · t + b[·, g] · Σx`, with the 16 rows' scales and biases
+/// gathered once per group (a partial block repeats its last row).
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
 #[inline]
 unsafe fn fold(
@@ -515,62 +408,32 @@ unsafe fn fold(
     x: &Inputs,
     round: &Round,
     c: &[[[i32; COLS]; ROWS]],
-    acc: &mut [__m512; ROWS],
+    acc: &mut [__m512; BLOCK],
 ) {
     let groups = m.cols / m.group;
     let (row0, live) = round.rows;
-    let at: [usize; ROWS] = std::array::from_fn(|r| (row0 + r.min(live - 1)) * groups);
+    let offsets: [i32; ROWS] = std::array::from_fn(|r| (r.min(live - 1) * groups) as i32);
+    let offsets = _mm512_loadu_si512(offsets.as_ptr().cast());
     let mut a = *acc;
     for (j, cj) in c.iter().enumerate() {
         let g = round.g0 + j;
-        let limb_scales = _mm512_loadu_ps(x.scales.get_unchecked(g).as_ptr());
-        let sums = _mm512_loadu_ps(x.sums.get_unchecked(g).as_ptr());
-        for r in 0..ROWS {
-            let s = _mm512_set1_ps(*m.scales.get_unchecked(at[r] + g));
-            let b = _mm512_set1_ps(*m.biases.get_unchecked(at[r] + g));
-            let sum = _mm512_cvtepi32_ps(_mm512_loadu_si512(cj[r].as_ptr().cast()));
-            a[r] = _mm512_fmadd_ps(_mm512_mul_ps(sum, limb_scales), s, a[r]);
-            a[r] = _mm512_fmadd_ps(sums, b, a[r]);
+        let at = row0 * groups + g;
+        let s = _mm512_i32gather_ps::<4>(offsets, m.scales.as_ptr().add(at).cast());
+        let b = _mm512_i32gather_ps::<4>(offsets, m.biases.as_ptr().add(at).cast());
+        let scales = x.scales.get_unchecked(g);
+        let sums = x.sums.get_unchecked(g);
+        for (i, a) in a.iter_mut().enumerate().take(x.count) {
+            let limb =
+                |l: usize| _mm512_cvtepi32_ps(_mm512_loadu_si512(cj[3 * i + l].as_ptr().cast()));
+            let [s1, s2, s3] = scales[i].map(|v| _mm512_set1_ps(v));
+            let t = _mm512_mul_ps(limb(2), s3);
+            let t = _mm512_fmadd_ps(limb(1), s2, t);
+            let t = _mm512_fmadd_ps(limb(0), s1, t);
+            *a = _mm512_fmadd_ps(t, s, *a);
+            *a = _mm512_fmadd_ps(b, _mm512_set1_ps(sums[i]), *a);
         }
     }
     *acc = a;
-}
-
-/// [`fold`] for [`paired`] tiles: C tile `j` holds pair `j`'s sums, group `2j` in lanes
-/// 0–7 and `2j + 1` in lanes 8–15; the upper half is moved down (exact) to meet the odd
-/// group's scales, so every lane takes [`fold`]'s operations, group after group.
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-#[inline]
-unsafe fn fold_paired(
-    m: &QuantMatrix<'_>,
-    x: &Inputs,
-    round: &Round,
-    c: &[[[i32; COLS]; ROWS]],
-    acc: &mut [__m512; ROWS],
-) {
-    let groups = m.cols / m.group;
-    let (row0, live) = round.rows;
-    for (r, acc) in acc.iter_mut().enumerate() {
-        let at = (row0 + r.min(live - 1)) * groups + round.g0;
-        let mut a = *acc;
-        let term = |a: __m512, sum: __m512, j: usize| {
-            let g = round.g0 + j;
-            let limb_scales = _mm512_loadu_ps(x.scales.get_unchecked(g).as_ptr());
-            let sums = _mm512_loadu_ps(x.sums.get_unchecked(g).as_ptr());
-            let s = _mm512_set1_ps(*m.scales.get_unchecked(at + j));
-            let b = _mm512_set1_ps(*m.biases.get_unchecked(at + j));
-            let a = _mm512_fmadd_ps(_mm512_mul_ps(sum, limb_scales), s, a);
-            _mm512_fmadd_ps(sums, b, a)
-        };
-        for (p, cp) in c.iter().enumerate() {
-            let sum = _mm512_cvtepi32_ps(_mm512_loadu_si512(cp[r].as_ptr().cast()));
-            a = term(a, sum, 2 * p);
-            if 2 * p + 1 < round.count {
-                a = term(a, _mm512_shuffle_f32x4::<0xee>(sum, sum), 2 * p + 1);
-            }
-        }
-        *acc = a;
-    }
 }
 
 /// Share `j` of `shares` of the block of 16 rows from `row0` — its packed bytes, and with
@@ -605,151 +468,161 @@ unsafe fn prefetch_share<const BITS: usize>(
     }
 }
 
-/// A finished block's outputs: row `r`'s input `i` is `hi + (mid + lo)` of its three lanes,
-/// written to `out[r · n + start + i]`.
+/// A finished block's outputs: input `i`'s lane `r` written to `out[r · n + start + i]`, for
+/// the `live` real rows.
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
 #[inline]
 unsafe fn write_block(
-    acc: &[__m512; ROWS],
+    acc: &[__m512; BLOCK],
     live: usize,
     count: usize,
     out: &mut [f32],
     n: usize,
     start: usize,
 ) {
-    for (r, v) in acc.iter().take(live).enumerate() {
-        let mut lanes = [0f32; COLS];
+    for (i, v) in acc.iter().take(count).enumerate() {
+        let mut lanes = [0f32; ROWS];
         _mm512_storeu_ps(lanes.as_mut_ptr(), *v);
-        for i in 0..count {
-            out[r * n + start + i] = lanes[3 * i] + (lanes[3 * i + 1] + lanes[3 * i + 2]);
+        for (r, lane) in lanes.iter().take(live).enumerate() {
+            out[r * n + start + i] = *lane;
         }
     }
 }
 
-/// Where a round's A tiles are read: the packed rows themselves (8 bits, 16 real rows) or
-/// the scratch half they were unpacked to; and the distance between their rows.
+/// Where a round's B tiles are read: its first group's first B row in the scratch half its
+/// span was transposed to (B rows of 64 bytes, 4 columns each, contiguous across the span).
 struct Source {
     base: *const u8,
-    stride: usize,
 }
 
-/// The A tiles of groups `g0..` (up to [`ROUND`]) of the 16 rows from `first` (`live`
-/// real): 8-bit rows of a whole block in place where their lines are aligned, else copied
-/// to `dst`, rows `max(per_round, ROUND) · group` bytes apart; 4-bit rows read from `dst`, where the first
-/// round of a span (`per_round` is then the span's groups, [`SPAN`] columns at most) unpacks
-/// the span's columns of all 16 rows, row after row (a span's width apart).
+/// The B tiles of groups `g0..` of the 16 rows from `first` (`live` real; a partial block
+/// repeats its last row) in `dst`: the first round of a span (`span_groups` groups, [`SPAN`]
+/// columns at most) transposes the span's columns of all 16 rows ([`transpose_span`]).
 /// Why whole blocks: read a round's columns at a time, 16 rows apart, the weights escape the
 /// hardware prefetchers, and streamed from memory (a decode step's 84 MB) the pass was 20–30%
 /// slower than the AVX-512 kernels' row-ordered reads; in address order it is not
 /// (BENCHMARKS.md, round 12, `amx12b`).
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
 #[inline]
-unsafe fn round_source<const BITS: usize>(
+unsafe fn span_source<const BITS: usize>(
     m: &QuantMatrix<'_>,
-    (first, live): (usize, usize),
-    (g0, per_round): (usize, usize),
+    rows: (usize, usize),
+    (g0, span_groups): (usize, usize),
     dst: *mut u8,
 ) -> Source {
-    let row_bytes = m.cols * BITS / 8;
-    let groups = m.cols / m.group;
-    let cols = per_round.min(groups - g0) * m.group;
-    let from = g0 * m.group * BITS / 8;
-    let packed = m.packed.as_ptr();
-    // In place only where every tile row stays inside a cache line (see [`Line`]).
-    let aligned = (packed as usize).is_multiple_of(64) && row_bytes.is_multiple_of(64);
-    if BITS == 8 && live == ROWS && aligned {
-        return Source {
-            base: packed.add(first * row_bytes + from),
-            stride: row_bytes,
-        };
-    }
-    if BITS == 4 {
-        // `per_round` is the span's groups here.
-        let t = tile_cols(m.group);
-        let s0 = g0 / per_round * per_round;
-        let span = per_round * m.group;
-        if g0 == s0 {
-            let cols = span.min(m.cols - s0 * m.group);
-            for r in 0..ROWS {
-                let src = packed.add((first + r.min(live - 1)) * row_bytes + s0 * m.group / 2);
-                let out = dst.add(r * span);
-                if t == 64 {
-                    unpack64(src, out, cols);
-                } else {
-                    unpack32(src, out, cols);
-                }
-            }
-        }
-        return Source {
-            base: dst.add((g0 - s0) * m.group),
-            stride: span,
-        };
-    }
-    // 8 bits, copied: a partial block, or rows not line-aligned (rows `per_round` groups
-    // apart at least: a round of pairs may take more than `ROUND` groups).
-    let span = per_round.max(ROUND) * m.group;
-    for r in 0..ROWS {
-        let row = first + r.min(live - 1);
-        copy8(packed.add(row * row_bytes + from), dst.add(r * span), cols);
+    let s0 = g0 / span_groups * span_groups;
+    if g0 == s0 {
+        let c0 = s0 * m.group;
+        let cols = (span_groups * m.group).min(m.cols - c0);
+        transpose_span::<BITS>(m, rows, (c0, cols), dst);
     }
     Source {
-        base: dst,
-        stride: span,
+        base: dst.add((g0 - s0) * m.group * COLS),
     }
 }
 
-/// `cols` 4-bit weights from `src` as bytes at `dst`, per 64 columns (32 packed bytes) the
-/// 32 low nibbles then the 32 high nibbles: the bytes in both 256-bit halves, the upper half
-/// shifted right by 4, masked to nibbles.
+/// Columns `c0..c0 + cols` of the 16 rows from `first` as B rows at `dst`: per 64 columns,
+/// each row unpacked to 64 bytes ([`chunk`]), the 16 × 16 32-bit elements transposed, B row
+/// `k` = every row's bytes `4k..4k + 4` (16 B rows; 8 for a trailing 32 columns).
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
 #[inline]
-unsafe fn unpack64(src: *const u8, dst: *mut u8, cols: usize) {
-    let shifts = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
+unsafe fn transpose_span<const BITS: usize>(
+    m: &QuantMatrix<'_>,
+    (first, live): (usize, usize),
+    (c0, cols): (usize, usize),
+    dst: *mut u8,
+) {
+    let row_bytes = m.cols * BITS / 8;
+    let t = tile_cols(m.group);
+    let packed = m.packed.as_ptr();
+    let src: [*const u8; ROWS] =
+        std::array::from_fn(|r| packed.add((first + r.min(live - 1)) * row_bytes + c0 * BITS / 8));
+    for c in (0..cols).step_by(64) {
+        let width = (cols - c).min(64);
+        let v = std::array::from_fn(|r| chunk::<BITS>(src[r].add(c * BITS / 8), t, width));
+        let b = transpose16(v);
+        for (k, row) in b.iter().take(width / 4).enumerate() {
+            _mm512_store_si512(dst.add((c / 4 + k) * ROW_BYTES).cast(), *row);
+        }
+    }
+}
+
+/// `width` (64, or 32 at the end of a row) weights from `src` as bytes, zeros past `width`:
+/// 8 bits as they are; 4 bits per tile of `t` columns the low nibbles then the high nibbles
+/// (the tile's packed bytes shifted right by 0 or 4, masked to nibbles).
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+#[inline]
+unsafe fn chunk<const BITS: usize>(src: *const u8, t: usize, width: usize) -> __m512i {
+    if BITS == 8 {
+        return if width == 64 {
+            _mm512_loadu_si512(src.cast())
+        } else {
+            _mm512_zextsi256_si512(_mm256_loadu_si256(src.cast()))
+        };
+    }
     let nibbles = _mm512_set1_epi8(0x0f);
-    for k in (0..cols).step_by(64) {
-        let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(src.add(k / 2).cast()));
-        let q = _mm512_and_si512(_mm512_srlv_epi64(v, shifts), nibbles);
-        _mm512_storeu_si512(dst.add(k).cast(), q);
+    if t == 64 {
+        let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(src.cast()));
+        let shifts = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
+        return _mm512_and_si512(_mm512_srlv_epi64(v, shifts), nibbles);
     }
+    // Tiles of 32: each 16 packed bytes in two 128-bit lanes, the second shifted by 4.
+    let v = if width == 64 {
+        _mm512_castsi256_si512(_mm256_loadu_si256(src.cast()))
+    } else {
+        _mm512_zextsi128_si512(_mm_loadu_si128(src.cast()))
+    };
+    let v = _mm512_shuffle_i64x2::<0b01_01_00_00>(v, v);
+    let shifts = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);
+    _mm512_and_si512(_mm512_srlv_epi64(v, shifts), nibbles)
 }
 
-/// `cols` 8-bit weights (a multiple of 32) copied from `src` to `dst` in vector registers: a
-/// few lines per row and round, inline, where a `memcpy` call each took 1–4% of a lone step's
-/// samples on the 8-bit LM head (its rows are not line-aligned, so not tile rows in place).
+/// The 16 × 16 32-bit elements of `r` transposed: element `k` of row `n` becomes element `n`
+/// of row `k` (32-bit, then 64-bit interleaves within 128-bit lanes, then two 128-bit lane
+/// shuffles).
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
 #[inline]
-unsafe fn copy8(src: *const u8, dst: *mut u8, cols: usize) {
-    let mut k = 0;
-    while k + 64 <= cols {
-        _mm512_storeu_si512(dst.add(k).cast(), _mm512_loadu_si512(src.add(k).cast()));
-        k += 64;
+unsafe fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
+    let t: [__m512i; 16] = std::array::from_fn(|k| {
+        let (a, b) = (r[k & !1], r[k | 1]);
+        if k % 2 == 0 {
+            _mm512_unpacklo_epi32(a, b)
+        } else {
+            _mm512_unpackhi_epi32(a, b)
+        }
+    });
+    // u[4j + c], lane L: rows 4j..4j + 4 of column 4L + c.
+    let u: [__m512i; 16] = std::array::from_fn(|k| {
+        let (j, c) = (k / 4, k % 4);
+        let (a, b) = (t[4 * j + c / 2], t[4 * j + 2 + c / 2]);
+        if c % 2 == 0 {
+            _mm512_unpacklo_epi64(a, b)
+        } else {
+            _mm512_unpackhi_epi64(a, b)
+        }
+    });
+    let mut out = [_mm512_setzero_si512(); 16];
+    for c in 0..4 {
+        let v0 = _mm512_shuffle_i32x4::<0x88>(u[c], u[4 + c]);
+        let v1 = _mm512_shuffle_i32x4::<0xdd>(u[c], u[4 + c]);
+        let w0 = _mm512_shuffle_i32x4::<0x88>(u[8 + c], u[12 + c]);
+        let w1 = _mm512_shuffle_i32x4::<0xdd>(u[8 + c], u[12 + c]);
+        out[c] = _mm512_shuffle_i32x4::<0x88>(v0, w0);
+        out[4 + c] = _mm512_shuffle_i32x4::<0x88>(v1, w1);
+        out[8 + c] = _mm512_shuffle_i32x4::<0xdd>(v0, w0);
+        out[12 + c] = _mm512_shuffle_i32x4::<0xdd>(v1, w1);
     }
-    if k < cols {
-        _mm256_storeu_si256(dst.add(k).cast(), _mm256_loadu_si256(src.add(k).cast()));
-    }
+    out
 }
 
-/// [`unpack64`] per 32 columns (16 packed bytes): 16 low nibbles then 16 high nibbles.
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-#[inline]
-unsafe fn unpack32(src: *const u8, dst: *mut u8, cols: usize) {
-    let shifts = _mm256_set_epi64x(4, 4, 0, 0);
-    let nibbles = _mm256_set1_epi8(0x0f);
-    for k in (0..cols).step_by(32) {
-        let v = _mm256_broadcastsi128_si256(_mm_loadu_si128(src.add(k / 2).cast()));
-        let q = _mm256_and_si256(_mm256_srlv_epi64(v, shifts), nibbles);
-        _mm256_storeu_si256(dst.add(k).cast(), q);
-    }
-}
-
-/// One tile product: A (16 rows at `$a`, `$sa` bytes apart) into tile `$ta`, B (at `$b`)
-/// into tile `$tb`, their product added to C tile `$tc`.
+/// One tile product: A (the limbs at `$a`, rows `$sa` bytes apart) into tile `$ta`, B (at
+/// `$b`, 64-byte rows) into tile `$tb`, their signed × unsigned product added to C tile `$tc`.
 macro_rules! step {
     ($ta:literal, $tb:literal, $tc:literal, $a:expr, $sa:expr, $b:expr) => {
         asm!(
             concat!("tileloadd tmm", $ta, ", [{a} + {sa}*1]"),
             concat!("tileloadd tmm", $tb, ", [{b} + {sb}*1]"),
-            concat!("tdpbusd tmm", $tc, ", tmm", $ta, ", tmm", $tb),
+            concat!("tdpbsud tmm", $tc, ", tmm", $ta, ", tmm", $tb),
             a = in(reg) $a,
             sa = in(reg) $sa,
             b = in(reg) $b,
@@ -759,7 +632,7 @@ macro_rules! step {
     };
 }
 
-/// C tile `$tc` stored to `$c` (16 rows of 64 bytes).
+/// C tile `$tc` stored to `$c` (rows of 64 bytes).
 macro_rules! store {
     ($tc:literal, $c:expr) => {
         asm!(
@@ -778,7 +651,6 @@ macro_rules! store {
 unsafe fn products(src: &Source, group: usize, x: &Inputs, g0: usize, count: usize) {
     let t = tile_cols(group);
     let tiles = group / t;
-    let b_tile = t / 4 * ROW_BYTES;
     asm!(
         "tilezero tmm4",
         "tilezero tmm5",
@@ -786,15 +658,12 @@ unsafe fn products(src: &Source, group: usize, x: &Inputs, g0: usize, count: usi
         "tilezero tmm7",
         options(nostack, nomem)
     );
+    let limbs = x.limbs.as_ptr().cast::<u8>();
+    let sa = x.stride;
     for u in 0..tiles {
         for j in 0..count {
-            let a = src.base.add(j * group + t * u);
-            let b = x
-                .limbs
-                .as_ptr()
-                .cast::<u8>()
-                .add((g0 + j) * group / 4 * ROW_BYTES + u * b_tile);
-            let sa = src.stride;
+            let a = limbs.add((g0 + j) * group + t * u);
+            let b = src.base.add((j * group + t * u) * COLS);
             match (j, u % 2) {
                 (0, 0) => step!(0, 2, 4, a, sa, b),
                 (1, 0) => step!(1, 3, 5, a, sa, b),
@@ -805,34 +674,6 @@ unsafe fn products(src: &Source, group: usize, x: &Inputs, g0: usize, count: usi
                 (2, _) => step!(1, 3, 6, a, sa, b),
                 _ => step!(0, 2, 7, a, sa, b),
             }
-        }
-    }
-}
-
-/// [`products`] for [`paired`] tiles: pairs `g0 / 2..` of a round of `count` groups, one
-/// 64-column A tile and one B tile each, pair `j` into C tile `4 + j`.
-#[inline(always)]
-unsafe fn products_paired(src: &Source, x: &Inputs, g0: usize, count: usize) {
-    asm!(
-        "tilezero tmm4",
-        "tilezero tmm5",
-        "tilezero tmm6",
-        "tilezero tmm7",
-        options(nostack, nomem)
-    );
-    let sa = src.stride;
-    for j in 0..count.div_ceil(2) {
-        let a = src.base.add(j * 64);
-        let b = x
-            .limbs
-            .as_ptr()
-            .cast::<u8>()
-            .add((g0 / 2 + j) * ROWS * ROW_BYTES);
-        match j {
-            0 => step!(0, 2, 4, a, sa, b),
-            1 => step!(1, 3, 5, a, sa, b),
-            2 => step!(0, 2, 6, a, sa, b),
-            _ => step!(1, 3, 7, a, sa, b),
         }
     }
 }
