@@ -1861,8 +1861,8 @@ mod tests {
     /// The AMX products against an f64 reference within [`reference_and_bound`] and against
     /// the AVX-512 (else AVX2) float kernels within twice that: 4- and 8-bit, groups of 32,
     /// 64, 96 (tiles of 32) and 128, one to eight inputs (blocks of five and the rest), row
-    /// counts that end in a partial block of 16, 8-bit rows read in place (line-aligned) and
-    /// copied (not); and each input's result the same bits as the same input alone.
+    /// counts that end in a partial block of 16, packed rows at a cache-line boundary and off
+    /// one; and each input's result the same bits as the same input alone.
     #[test]
     fn amx_products_match_the_reference_and_do_not_depend_on_the_batch() {
         if !amx_here("amx_products_match_the_reference") {
@@ -1888,8 +1888,8 @@ mod tests {
             (8, 64, 48, 576),
             (8, 128, 21, 384),
         ] {
-            // The packed rows at a cache-line boundary (8 bits: tiles loaded in place) and 16
-            // bytes past one (copied first).
+            // The packed rows at a cache-line boundary and 16 bytes past one (every block is
+            // transposed into the B tiles, so both must give the same products).
             let len = rows * cols * bits / 8;
             let bytes = random_bytes(len + 128, bits as u32 + group as u32);
             let aligned = bytes.as_ptr().align_offset(64);
