@@ -50,21 +50,13 @@ impl Decoder {
     /// The forward pass of one sequence's chunk `x` (`[1, L, hidden]`) on the host (see the
     /// module docs); returns the hidden states `[1, L, hidden]` (float32).
     pub(super) fn hidden_host_prefill(&self, x: Array, cache: &mut Cache) -> Result<Array> {
-        let shape = x.shape().to_vec();
-        let x = x.as_dtype(Dtype::Float32)?;
-        let mut h = crate::mlx::host::host_slice::<f32>(&x, "embedding")?.to_vec();
-        let rows = shape[1] as usize;
-        let width = h.len() / rows.max(1);
-        let tables = self.position_tables(cache.offset, rows)?;
-        let project = |layers: &[&Linear], x: &[f32]| Linear::host_prefill_many(layers, x, rows);
-        let mut scratch = Scratch::default();
-        let attend = |i: usize, block: &Block, qkv: Vec<Vec<f32>>| {
-            let tables = block.rope.map(|r| tables[r].as_slice());
-            causal_attention(&block.attn, (qkv, rows), cache.kv(i)?, tables, &mut scratch)
-        };
-        self.host_blocks(&mut h, width, &project, attend)?;
-        cache.offset += rows;
-        Ok(Array::from_slice(&h, &shape))
+        let mut out = self.hidden_host_prefill_together(std::slice::from_ref(&x), &mut [cache])?;
+        out.pop().ok_or_else(|| {
+            Diagnostic::error(
+                code::Engine::HostKernel,
+                "host prefill returned no hidden states (internal error)",
+            )
+        })
     }
 
     /// Whether chunks of `rows` positions of several sequences (one each) may prefill in one
@@ -105,14 +97,14 @@ impl Decoder {
             .collect::<Result<Vec<_>>>()?;
         let project = |layers: &[&Linear], x: &[f32]| Linear::host_prefill_many(layers, x, total);
         let mut scratch = Scratch::default();
-        let attend = |i: usize, block: &Block, qkv: Vec<Vec<f32>>| {
+        let attend = |i: usize, block: &Block, mut qkv: Vec<Vec<f32>>| {
             let mut out = Vec::with_capacity(qkv.first().map_or(0, Vec::len));
-            for (s, part) in split_rows(&qkv, &rows).into_iter().enumerate() {
+            for (s, part) in sequence_rows(&mut qkv, &rows)?.into_iter().enumerate() {
                 let tables = block.rope.map(|r| tables[s][r].as_slice());
                 let kv = caches[s].kv(i)?;
                 out.extend(causal_attention(
                     &block.attn,
-                    (part, rows[s]),
+                    part,
                     kv,
                     tables,
                     &mut scratch,
@@ -143,43 +135,43 @@ impl Decoder {
     }
 }
 
-/// Each sequence's rows of the projections `mats` (`[Σ rows, width]` each): per sequence,
-/// its `rows[s]` rows of every matrix.
-fn split_rows(mats: &[Vec<f32>], rows: &[usize]) -> Vec<Vec<Vec<f32>>> {
-    let total: usize = rows.iter().sum::<usize>().max(1);
-    let mut start = 0;
-    rows.iter()
-        .map(|&r| {
-            let part = mats
-                .iter()
-                .map(|m| {
-                    let width = m.len() / total;
-                    m[start * width..(start + r) * width].to_vec()
-                })
-                .collect();
-            start += r;
-            part
-        })
-        .collect()
-}
+/// A sequence's rows of the projections: `(q, k, v, rows)`.
+type Rows<'a> = (&'a mut [f32], &'a mut [f32], &'a [f32], usize);
 
-/// Causal attention of a chunk's `rows` projected rows (`[q, k, v]`, each `[L, heads · head_dim]`)
-/// over `layer`: position by position, its key/value appended and its query attending over
-/// every position held. `tables[p]` rotates position `p` (`None`: a NoPE layer). Returns the
-/// `[L, heads · head_dim]` input of `o_proj`.
-fn causal_attention(
-    a: &Attention,
-    (qkv, rows): (Vec<Vec<f32>>, usize),
-    layer: &mut KvLayer,
-    tables: Option<&[RopeTable]>,
-    scratch: &mut Scratch,
-) -> Result<Vec<f32>> {
-    let Ok([mut q, mut k, v]) = <[Vec<f32>; 3]>::try_from(qkv) else {
+/// Each sequence's rows of the projections `qkv` (`[q, k, v]`, each `[Σ rows, width]`), in
+/// place: per sequence, its `rows[s]` rows of each.
+fn sequence_rows<'a>(qkv: &'a mut [Vec<f32>], rows: &[usize]) -> Result<Vec<Rows<'a>>> {
+    let [q, k, v] = qkv else {
         return Err(Diagnostic::error(
             code::Engine::HostKernel,
             "host prefill attention without q, k and v (internal error)",
         ));
     };
+    let total = rows.iter().sum::<usize>().max(1);
+    let (qw, kw) = (q.len() / total, k.len() / total);
+    let (mut q, mut k, mut v) = (q.as_mut_slice(), k.as_mut_slice(), v.as_slice());
+    let mut parts = Vec::with_capacity(rows.len());
+    for &r in rows {
+        let (qs, q_rest) = std::mem::take(&mut q).split_at_mut(r * qw);
+        let (ks, k_rest) = std::mem::take(&mut k).split_at_mut(r * kw);
+        let (vs, v_rest) = v.split_at(r * kw);
+        parts.push((qs, ks, vs, r));
+        (q, k, v) = (q_rest, k_rest, v_rest);
+    }
+    Ok(parts)
+}
+
+/// Causal attention of a chunk's `rows` projected rows (`q`, `k`, `v`, each `[L, heads ·
+/// head_dim]`) over `layer`: position by position, its key/value appended and its query
+/// attending over every position held. `tables[p]` rotates position `p` (`None`: a NoPE
+/// layer). Returns the `[L, heads · head_dim]` input of `o_proj`.
+fn causal_attention(
+    a: &Attention,
+    (q, k, v, rows): Rows<'_>,
+    layer: &mut KvLayer,
+    tables: Option<&[RopeTable]>,
+    scratch: &mut Scratch,
+) -> Result<Vec<f32>> {
     let rows = rows.max(1);
     let (qw, kw) = (q.len() / rows, k.len() / rows);
     let mut out = vec![0f32; q.len()];
