@@ -89,8 +89,13 @@ impl Net {
             crate::mlx::graph::dump_once(1, &[&logits]);
             return Ok(logits);
         }
-        // Only the last position's logits are needed.
-        let last = x.take_axis(Array::from_int(len - 1), 1)?;
+        self.last_logits(&x)
+    }
+
+    /// The logits of the last position of `x` (`[1, L, hidden]`) as float32 `[vocab]`: only
+    /// that position goes through the LM head.
+    fn last_logits(&self, x: &Array) -> Result<Array> {
+        let last = x.take_axis(Array::from_int(x.shape()[1] - 1), 1)?;
         Ok(self.inner.logits(&last)?.reshape(&[-1])?)
     }
 
@@ -106,14 +111,9 @@ impl Net {
         let Some(hidden) = self.inner.hidden_together(ids, caches)? else {
             return Ok(None);
         };
-        let last = |x: &Array| -> Result<Array> {
-            let len = x.shape()[1];
-            let last = x.take_axis(Array::from_int(len - 1), 1)?;
-            Ok(self.inner.logits(&last)?.reshape(&[-1])?)
-        };
         hidden
             .iter()
-            .map(last)
+            .map(|x| self.last_logits(x))
             .collect::<Result<Vec<_>>>()
             .map(Some)
     }
