@@ -5,6 +5,9 @@
 //! position — each position's keys/values written to the host-held cache, then its query
 //! attending over every position before it ([`Attention::host_decode`], so q/k norms, RoPE
 //! and sliding windows are the decode step's own). No MLX graph runs between the blocks.
+//! One pass serves one sequence's chunk or several sequences' chunks at once
+//! (`hidden_host_prefill_together`: the projections over all their rows, each sequence's
+//! attention over its own cache); a lone chunk is the pass over one sequence.
 //!
 //! Why: the MLX path evaluates a graph per layer around the host GEMM and host attention;
 //! for the probe's 37-token seed those round trips and MLX's single-threaded element-wise
