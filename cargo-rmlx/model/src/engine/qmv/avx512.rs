@@ -66,19 +66,15 @@ pub unsafe fn dot_q4<const N: usize>(group: usize, row: Row<'_>, xs: [&Prepared;
 #[target_feature(enable = "avx512f,avx512vbmi,avx2,fma")]
 pub unsafe fn dot_q4_table<const N: usize>(
     group: usize,
-    (packed, scales, biases): Row<'_>,
+    row: Row<'_>,
     xs: [&Prepared; N],
 ) -> [f32; N] {
-    debug_assert!(super::float_layout_ok(
-        group,
-        4,
-        (packed, scales, biases),
-        &xs
-    ));
-    debug_assert!(xs.iter().all(|x| x.nibbles == Nibbles::Shifted));
-    let xp = xs.map(|x| x.x.as_ptr());
-    let acc = table_chains::<N>(group, packed, scales, xp);
-    finish(acc, biases, xs)
+    debug_assert!(
+        xs.iter().all(|x| x.nibbles == Nibbles::Shifted)
+            && super::float_layout_ok(group, 4, row, &xs)
+    );
+    let acc = table_chains::<N>(group, row.0, row.1, xs.map(|x| x.x.as_ptr()));
+    finish(acc, row.2, xs)
 }
 
 /// [`chains`] for [`dot_q4_table`]: the same blocks in the same chains, each block's weights
