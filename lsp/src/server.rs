@@ -581,22 +581,15 @@ async fn probe_events(shared: Arc<Shared>, mut rx: UnboundedReceiver<ProbeEvent>
                 {
                     continue;
                 }
-                shared
-                    .client
-                    .log_message(
-                        MessageType::INFO,
-                        format!("rmlx probe of {model} ({}): {summary}", uri.as_str()),
-                    )
-                    .await;
                 let d = match &outcome {
                     Outcome::Report(r) => Some(editor::probe_diagnostic(r, &model)),
                     Outcome::Failed(d) => Some(editor::probe_failure(d, &model)),
                     _ => None,
                 };
-                {
+                let open = 'store: {
                     let mut st = lock(&shared.state);
                     let Some(doc) = st.docs.get_mut(&uri) else {
-                        continue;
+                        break 'store false;
                     };
                     let index = LineIndex::new(&doc.text);
                     let text = doc.text.clone();
@@ -614,8 +607,20 @@ async fn probe_events(shared: Arc<Shared>, mut rx: UnboundedReceiver<ProbeEvent>
                         editor::to_lsp(&d, &view, Vec::new())
                     });
                     doc.probe_summary = Some(format!("{model}: {summary}"));
+                    true
+                };
+                // Logged once the document holds the result, so a client acting on the log
+                // (asking for the code lenses, say) sees it.
+                shared
+                    .client
+                    .log_message(
+                        MessageType::INFO,
+                        format!("rmlx probe of {model} ({}): {summary}", uri.as_str()),
+                    )
+                    .await;
+                if open {
+                    tokio::spawn(shared.clone().republish(uri));
                 }
-                tokio::spawn(shared.clone().republish(uri));
             }
         }
     }
