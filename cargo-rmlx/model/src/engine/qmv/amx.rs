@@ -293,18 +293,25 @@ unsafe fn limbs16(
 }
 
 /// Weight rows `first..first + rows` of `m` against `x`: `out` is the task's `[rows, n]`
-/// block, input `k` of `x` written to column `start + k`.
+/// block, input `k` of `x` written to column `start + k`. With `laid` (`m`'s [`Layout`])
+/// the tiles read the weights there in place; without, each call transposes them.
 ///
 /// # Safety
-/// [`available`] must have returned `Ok`; `x` prepared for `m`; `first + rows ≤ m.rows`;
-/// `out` holds `rows · n` values and `start + x.count ≤ n`.
+/// [`available`] must have returned `Ok`; `x` prepared for `m`; `laid` made from `m`;
+/// `first` a multiple of [`ROWS`] and `first + rows ≤ m.rows`; `out` holds `rows · n` values
+/// and `start + x.count ≤ n`.
 pub(super) unsafe fn rows(
     m: &QuantMatrix<'_>,
     x: &Inputs,
+    laid: Option<&Layout>,
     at: (usize, usize, usize, usize),
     out: &mut [f32],
 ) {
     let _tiles = Tiles::configure(tile_cols(m.group), 3 * x.count);
+    if let Some(laid) = laid {
+        debug_assert!(laid.fits(m) && at.0.is_multiple_of(ROWS));
+        return run::<0>(m, x, at, out, Weights::Laid(laid));
+    }
     let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
     // Two spans of B rows: 16 bytes per column.
     let need = 2 * COLS * (ROUND * m.group).max(SPAN) / 4;
@@ -314,9 +321,9 @@ pub(super) unsafe fn rows(
     // SAFETY: lines are plain bytes.
     let bytes = std::slice::from_raw_parts_mut(scratch.as_mut_ptr().cast::<u8>(), need * 64);
     if m.bits == 8 {
-        run::<8>(m, x, at, out, bytes);
+        run::<8>(m, x, at, out, Weights::Scratch(bytes));
     } else {
-        run::<4>(m, x, at, out, bytes);
+        run::<4>(m, x, at, out, Weights::Scratch(bytes));
     }
     SCRATCH.with(|s| *s.borrow_mut() = scratch);
 }
@@ -327,19 +334,28 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<Line>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// [`rows`] for `BITS`-bit weights: blocks of 16 rows, each in rounds of up to [`ROUND`]
-/// groups, pipelined over the whole task: while the tile unit multiplies round `k`, the
-/// vector units fold round `k - 1`'s products (stored to the other half of `c`) and prepare
-/// round `k + 1`'s B tiles in the other half of `scratch` (the last round of a span
-/// transposes the next span of the block, or the next block's first, see [`span_source`]),
-/// and the next block's bytes are asked of the cache, a share per round.
+/// Where [`run`] finds its B tiles.
+enum Weights<'s> {
+    /// Already laid out: read in place.
+    Laid(&'s Layout),
+    /// Transposed from the packed weights into two halves of this buffer, span by span.
+    Scratch(&'s mut [u8]),
+}
+
+/// [`rows`] for `BITS`-bit weights (`BITS` only matters to a transpose): blocks of 16 rows,
+/// each in rounds of up to [`ROUND`] groups, pipelined over the whole task: while the tile
+/// unit multiplies round `k`, the vector units fold round `k - 1`'s products (stored to the
+/// other half of `c`) and, without a layout, prepare round `k + 1`'s B tiles in the other
+/// half of the scratch (the last round of a span transposes the next span of the block, or
+/// the next block's first, see [`span_source`]); and the next block's bytes (packed, or laid
+/// out) are asked of the cache, a share per round.
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
 unsafe fn run<const BITS: usize>(
     m: &QuantMatrix<'_>,
     x: &Inputs,
     (first, rows, start, n): (usize, usize, usize, usize),
     out: &mut [f32],
-    scratch: &mut [u8],
+    weights: Weights<'_>,
 ) {
     let groups = m.cols / m.group;
     let per_round = groups.div_ceil(groups.div_ceil(ROUND));
@@ -361,7 +377,22 @@ unsafe fn run<const BITS: usize>(
     let total = rows.div_ceil(ROWS) * rounds;
     let mut acc = [_mm512_setzero_ps(); BLOCK];
     let mut c = [Products([[[0i32; COLS]; ROWS]; ROUND]); 2];
-    let mut src = span_source::<BITS>(m, place(0).rows, (0, span_groups), scratch.as_mut_ptr());
+    let (laid, scratch) = match weights {
+        Weights::Laid(laid) => (Some(laid), std::ptr::null_mut()),
+        Weights::Scratch(s) => (None, s.as_mut_ptr()),
+    };
+    let source = |k: usize| {
+        let round = place(k);
+        match laid {
+            Some(laid) => laid.source(m, round.rows.0, round.g0),
+            None => {
+                let parity = k / rounds * spans + k % rounds / span_rounds;
+                let to = scratch.add(parity % 2 * half);
+                span_source::<BITS>(m, round.rows, (round.g0, span_groups), to)
+            }
+        }
+    };
+    let mut src = source(0);
     let mut finish = |k: usize, c: &Products, acc: &mut [__m512; BLOCK]| {
         let round = place(k);
         fold(m, x, &round, &c.0[..round.count], acc);
@@ -379,12 +410,13 @@ unsafe fn run<const BITS: usize>(
             finish(k - 1, &c[(k - 1) % 2], &mut acc);
         }
         if k + 1 < total {
-            let next = place(k + 1);
-            let parity = (k + 1) / rounds * spans + (k + 1) % rounds / span_rounds;
-            let to = scratch.as_mut_ptr().add(parity % 2 * half);
-            src = span_source::<BITS>(m, next.rows, (next.g0, span_groups), to);
+            src = source(k + 1);
         }
-        prefetch_share::<BITS>(m, round.rows.0 + ROWS, (k % rounds, rounds));
+        let share = (k % rounds, rounds);
+        match laid {
+            Some(laid) => laid.prefetch_share(m, round.rows.0 + ROWS, share),
+            None => prefetch_share(m, round.rows.0 + ROWS, share),
+        }
         store_products(round.count, &mut c[k % 2]);
     }
     finish(total - 1, &c[(total - 1) % 2], &mut acc);
@@ -441,22 +473,34 @@ unsafe fn fold(
 /// a block are contiguous: one stream, which the tiles' 16-row reads would not make).
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
 #[inline]
-unsafe fn prefetch_share<const BITS: usize>(
-    m: &QuantMatrix<'_>,
-    row0: usize,
-    (j, shares): (usize, usize),
-) {
+unsafe fn prefetch_share(m: &QuantMatrix<'_>, row0: usize, share: (usize, usize)) {
     if row0 >= m.rows {
         return;
     }
     let end = (row0 + ROWS).min(m.rows);
-    let row_bytes = m.cols * BITS / 8;
-    let (from, to) = (row0 * row_bytes, end * row_bytes);
-    let lines = (to - from).div_ceil(64);
+    let row_bytes = m.cols * m.bits / 8;
+    let from = m.packed.as_ptr().add(row0 * row_bytes);
+    prefetch_bytes(from, (end - row0) * row_bytes, share);
+    prefetch_terms(m, row0, share);
+}
+
+/// Share `j` of `shares` of the `len` bytes from `from` asked of the cache, in address order.
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+#[inline]
+unsafe fn prefetch_bytes(from: *const u8, len: usize, (j, shares): (usize, usize)) {
+    let lines = len.div_ceil(64);
     let (a, b) = (lines * j / shares, lines * (j + 1) / shares);
     for line in a..b {
-        _mm_prefetch::<_MM_HINT_T0>(m.packed.as_ptr().add(from + 64 * line).cast());
+        _mm_prefetch::<_MM_HINT_T0>(from.add(64 * line).cast());
     }
+}
+
+/// With the first share (`j == 0`), the scales and biases of the block of 16 rows from
+/// `row0` (< `m.rows`) asked of the cache.
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+#[inline]
+unsafe fn prefetch_terms(m: &QuantMatrix<'_>, row0: usize, (j, _): (usize, usize)) {
+    let end = (row0 + ROWS).min(m.rows);
     if j == 0 {
         let groups = m.cols / m.group;
         for p in [m.scales.as_ptr(), m.biases.as_ptr()] {
@@ -490,9 +534,80 @@ unsafe fn write_block(
 }
 
 /// Where a round's B tiles are read: its first group's first B row in the scratch half its
-/// span was transposed to (B rows of 64 bytes, 4 columns each, contiguous across the span).
+/// span was transposed to, or in the matrix's [`Layout`] (B rows of 64 bytes, 4 columns
+/// each, contiguous across the span or the whole row).
 struct Source {
     base: *const u8,
+}
+
+/// A matrix's weights kept in the B tiles' layout, so that [`rows`] reads its tiles in place
+/// instead of transposing the packed weights on every call: per block of 16 weight rows (a
+/// partial last block repeats its last row), the `cols / 4` B rows of 64 bytes that
+/// [`transpose_span`] makes of all its columns at once, block after block in row order —
+/// the order the kernel streams them. One byte per weight: as large as 8-bit packed weights
+/// and twice 4-bit ones (`TDPBSUD` reads whole bytes). Built once per matrix by the caller
+/// (`qmv::laid_out`).
+pub(super) struct Layout {
+    /// The blocks, line-aligned.
+    tiles: Vec<Line>,
+    /// The matrix it was made from: rows, cols, bits, group.
+    shape: (usize, usize, usize, usize),
+}
+
+impl Layout {
+    /// `m`'s weights laid out for the tiles.
+    ///
+    /// # Safety
+    /// [`available`] must have returned `Ok` (AVX-512F/BW).
+    pub(super) unsafe fn new(m: &QuantMatrix<'_>) -> Layout {
+        let block = ROWS * m.cols;
+        let blocks = m.rows.div_ceil(ROWS);
+        let mut tiles = lines(blocks * block / 64);
+        let base = tiles.as_mut_ptr().cast::<u8>();
+        for b in 0..blocks {
+            let rows = (b * ROWS, ROWS.min(m.rows - b * ROWS));
+            let dst = base.add(b * block);
+            match m.bits {
+                8 => transpose_span::<8>(m, rows, (0, m.cols), dst),
+                _ => transpose_span::<4>(m, rows, (0, m.cols), dst),
+            }
+        }
+        Layout {
+            tiles,
+            shape: (m.rows, m.cols, m.bits, m.group),
+        }
+    }
+
+    /// Whether this layout was made from a matrix of `m`'s shape and format.
+    pub(super) fn fits(&self, m: &QuantMatrix<'_>) -> bool {
+        self.shape == (m.rows, m.cols, m.bits, m.group)
+    }
+
+    /// Bytes held.
+    pub(super) fn bytes(&self) -> usize {
+        self.tiles.len() * 64
+    }
+
+    /// The B rows of group `g0` of the block of 16 rows from `row0` (a multiple of 16).
+    unsafe fn source(&self, m: &QuantMatrix<'_>, row0: usize, g0: usize) -> Source {
+        let base = self.tiles.as_ptr().cast::<u8>();
+        Source {
+            base: base.add(row0 * m.cols + g0 * m.group * COLS),
+        }
+    }
+
+    /// Share `j` of `shares` of the block of 16 rows from `row0` (a multiple of 16) — its
+    /// laid-out bytes, and with the first share its scales and biases — asked of the cache.
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    #[inline]
+    unsafe fn prefetch_share(&self, m: &QuantMatrix<'_>, row0: usize, share: (usize, usize)) {
+        if row0 >= m.rows {
+            return;
+        }
+        let from = self.tiles.as_ptr().cast::<u8>().add(row0 * m.cols);
+        prefetch_bytes(from, ROWS * m.cols, share);
+        prefetch_terms(m, row0, share);
+    }
 }
 
 /// The B tiles of groups `g0..` of the 16 rows from `first` (`live` real; a partial block
