@@ -2031,9 +2031,9 @@ mod tests {
         }
     }
 
-    /// The AMX products with the weights read from their tile layout ([`amx::Layout`]) are
-    /// the same bits as with the weights transposed per call, for every input of a batch of
-    /// one to eight: 4- and 8-bit, groups of 32 and 64 (and 96: tiles of 32), partial last
+    /// The AMX products with the weights read from their tile layout ([`amx::Layout`]: 4-bit
+    /// weights as nibbles, and as bytes) are the same bits as with the weights transposed per
+    /// call, for every input of a batch of one to eight: 4- and 8-bit, groups of 32 and 64 (and 96: tiles of 32), partial last
     /// blocks of 16 rows, rows wider than one transposed span, several matrices in one call.
     #[test]
     fn amx_layout_gives_the_transposing_path_bits() {
@@ -2067,22 +2067,35 @@ mod tests {
                 .map(|(p, s, b)| QuantMatrix::new(p, s, b, rows, cols, bits, group).unwrap())
                 .collect();
             // SAFETY: AMX (so AVX-512F/BW) is available.
-            let laid: Vec<Laid> = mats
-                .iter()
-                .map(|m| std::sync::Arc::new(unsafe { amx::Layout::new(m) }))
-                .collect();
+            let layouts: [(&str, Vec<Laid>); 2] = unsafe {
+                [
+                    (
+                        "default",
+                        mats.iter().map(|m| amx::Layout::new(m).into()).collect(),
+                    ),
+                    (
+                        "bytes",
+                        mats.iter()
+                            .map(|m| amx::Layout::unpacked(m).into())
+                            .collect(),
+                    ),
+                ]
+            };
             let xs = pseudo_random(8 * cols, 31);
             for n in 1..=8 {
                 let x = &xs[..n * cols];
                 let transposed = QuantMatrix::amx_products(&mats, x, None);
-                let read = QuantMatrix::amx_products(&mats, x, Some(&laid));
-                for (i, (t, r)) in transposed.iter().zip(&read).enumerate() {
-                    for (j, (a, b)) in t.iter().zip(r).enumerate() {
-                        assert_eq!(
-                            a.to_bits(),
-                            b.to_bits(),
-                            "{what} matrix {i}, {n} inputs, value {j}: transposed {a}, laid out {b}"
-                        );
+                for (kind, laid) in &layouts {
+                    let read = QuantMatrix::amx_products(&mats, x, Some(laid));
+                    for (i, (t, r)) in transposed.iter().zip(&read).enumerate() {
+                        for (j, (a, b)) in t.iter().zip(r).enumerate() {
+                            assert_eq!(
+                                a.to_bits(),
+                                b.to_bits(),
+                                "{what} matrix {i}, {n} inputs, value {j}: transposed {a}, \
+                                 {kind} layout {b}"
+                            );
+                        }
                     }
                 }
             }
@@ -2212,17 +2225,17 @@ mod tests {
                 // SAFETY: AMX available; the inputs hold `cols` values.
                 let tiles_in = unsafe { amx::Inputs::new(&inputs, &mats[0]) };
                 // SAFETY: AMX available.
-                let laid: Vec<_> = mats
+                let (laid, bytes): (Vec<_>, Vec<_>) = mats
                     .iter()
-                    .map(|m| unsafe { amx::Layout::new(m) })
-                    .collect();
+                    .map(|m| unsafe { (amx::Layout::new(m), amx::Layout::unpacked(m)) })
+                    .unzip();
                 let mut out = vec![0f32; task * n];
                 let reps = 10;
                 type Task<'t> = dyn FnMut(&QuantMatrix<'_>, &amx::Layout, usize, &mut [f32]) + 't;
-                let mut time = |f: &mut Task<'_>| {
+                let mut time = |layouts: &[amx::Layout], f: &mut Task<'_>| {
                     let start = std::time::Instant::now();
                     for _ in 0..reps {
-                        for (m, l) in mats.iter().zip(&laid) {
+                        for (m, l) in mats.iter().zip(layouts) {
                             for first in (0..rows).step_by(task) {
                                 f(m, l, first, &mut out);
                             }
@@ -2234,20 +2247,23 @@ mod tests {
                     "{copies} copies of {rows}x{cols}, g{group}, {n} inputs, us per matrix:"
                 );
                 for _ in 0..3 {
-                    let avx_us = time(&mut |m, _, first, out| match n {
+                    let avx_us = time(&laid, &mut |m, _, first, out| match n {
                         4 => m.pass::<Prepared, 4>(&prepared, (first, 0, n), out),
                         _ => m.pass::<Prepared, 1>(&prepared, (first, 0, n), out),
                     });
                     // SAFETY: AMX available; inputs prepared for this layout; rows in range.
-                    let amx_us = time(&mut |m, _, first, out| unsafe {
+                    let amx_us = time(&laid, &mut |m, _, first, out| unsafe {
                         amx::rows(m, &tiles_in, None, (first, task, 0, n), out)
                     });
                     // SAFETY: as above; `l` made from `m`; `first` a multiple of 16.
-                    let laid_us = time(&mut |m, l, first, out| unsafe {
+                    let mut read = |m: &QuantMatrix<'_>, l: &amx::Layout, first, out: &mut _| unsafe {
                         amx::rows(m, &tiles_in, Some(l), (first, task, 0, n), out)
-                    });
-                    line +=
-                        &format!(" AMX {amx_us:.1} / laid out {laid_us:.1} / AVX-512 {avx_us:.1};");
+                    };
+                    let laid_us = time(&laid, &mut read);
+                    let bytes_us = time(&bytes, &mut read);
+                    line += &format!(
+                        " AMX {amx_us:.1} / nibbles {laid_us:.1} / bytes {bytes_us:.1} / AVX-512 {avx_us:.1};"
+                    );
                 }
                 eprintln!("{line}");
             }
@@ -2278,7 +2294,7 @@ mod tests {
             let xs = pseudo_random(5 * cols, 9);
             let prepared: Vec<Prepared> = xs.chunks(cols).map(|x| m.prepare(x)).collect();
             // SAFETY: AMX available.
-            let layout = unsafe { amx::Layout::new(&m) };
+            let (layout, bytes) = unsafe { (amx::Layout::new(&m), amx::Layout::unpacked(&m)) };
             for n in [1usize, 2, 4, 5] {
                 let reps = 200;
                 let inputs: Vec<&[f32]> = xs.chunks(cols).take(n).collect();
@@ -2299,6 +2315,7 @@ mod tests {
                 };
                 let amx_us = amx(None);
                 let laid_us = amx(Some(&layout));
+                let bytes_us = amx(Some(&bytes));
                 let start = std::time::Instant::now();
                 for _ in 0..reps {
                     for block in prepared[..n].chunks(4) {
@@ -2306,7 +2323,7 @@ mod tests {
                     }
                 }
                 let avx_us = start.elapsed().as_secs_f64() * 1e6 / reps as f64;
-                eprintln!("{rows}x{cols} {bits}-bit g{group}, {n} inputs: AMX {amx_us:.1} us, laid out {laid_us:.1} us, AVX-512 {avx_us:.1} us");
+                eprintln!("{rows}x{cols} {bits}-bit g{group}, {n} inputs: AMX {amx_us:.1} us, laid out {laid_us:.1} us (bytes {bytes_us:.1}), AVX-512 {avx_us:.1} us");
             }
         }
     }

@@ -294,7 +294,8 @@ unsafe fn limbs16(
 
 /// Weight rows `first..first + rows` of `m` against `x`: `out` is the task's `[rows, n]`
 /// block, input `k` of `x` written to column `start + k`. With `laid` (`m`'s [`Layout`])
-/// the tiles read the weights there in place; without, each call transposes them.
+/// the tiles read the weights from there (in place, or unpacked per round from nibbles);
+/// without, each call transposes them.
 ///
 /// # Safety
 /// [`available`] must have returned `Ok`; `x` prepared for `m`; `laid` made from `m`;
@@ -308,10 +309,7 @@ pub(super) unsafe fn rows(
     out: &mut [f32],
 ) {
     let _tiles = Tiles::configure(tile_cols(m.group), 3 * x.count);
-    if let Some(laid) = laid {
-        debug_assert!(laid.fits(m) && at.0.is_multiple_of(ROWS));
-        return run::<0>(m, x, at, out, Weights::Laid(laid));
-    }
+    debug_assert!(laid.is_none_or(|l| l.fits(m) && at.0.is_multiple_of(ROWS)));
     let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
     // Two spans of B rows: 16 bytes per column.
     let need = 2 * COLS * (ROUND * m.group).max(SPAN) / 4;
@@ -321,9 +319,9 @@ pub(super) unsafe fn rows(
     // SAFETY: lines are plain bytes.
     let bytes = std::slice::from_raw_parts_mut(scratch.as_mut_ptr().cast::<u8>(), need * 64);
     if m.bits == 8 {
-        run::<8>(m, x, at, out, Weights::Scratch(bytes));
+        run::<8>(m, x, at, out, (laid, bytes));
     } else {
-        run::<4>(m, x, at, out, Weights::Scratch(bytes));
+        run::<4>(m, x, at, out, (laid, bytes));
     }
     SCRATCH.with(|s| *s.borrow_mut() = scratch);
 }
@@ -334,28 +332,21 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<Line>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Where [`run`] finds its B tiles.
-enum Weights<'s> {
-    /// Already laid out: read in place.
-    Laid(&'s Layout),
-    /// Transposed from the packed weights into two halves of this buffer, span by span.
-    Scratch(&'s mut [u8]),
-}
-
 /// [`rows`] for `BITS`-bit weights (`BITS` only matters to a transpose): blocks of 16 rows,
 /// each in rounds of up to [`ROUND`] groups, pipelined over the whole task: while the tile
 /// unit multiplies round `k`, the vector units fold round `k - 1`'s products (stored to the
-/// other half of `c`) and, without a layout, prepare round `k + 1`'s B tiles in the other
-/// half of the scratch (the last round of a span transposes the next span of the block, or
-/// the next block's first, see [`span_source`]); and the next block's bytes (packed, or laid
-/// out) are asked of the cache, a share per round.
+/// other half of `c`) and prepare round `k + 1`'s B tiles: in place in a byte layout, or in
+/// the other half of the scratch — unpacked from a nibble layout ([`Layout::source`]), or
+/// without a layout transposed (the last round of a span transposes the next span of the
+/// block, or the next block's first, see [`span_source`]); and the next block's bytes
+/// (packed, or laid out) are asked of the cache, a share per round.
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
 unsafe fn run<const BITS: usize>(
     m: &QuantMatrix<'_>,
     x: &Inputs,
     (first, rows, start, n): (usize, usize, usize, usize),
     out: &mut [f32],
-    weights: Weights<'_>,
+    (laid, scratch): (Option<&Layout>, &mut [u8]),
 ) {
     let groups = m.cols / m.group;
     let per_round = groups.div_ceil(groups.div_ceil(ROUND));
@@ -377,14 +368,14 @@ unsafe fn run<const BITS: usize>(
     let total = rows.div_ceil(ROWS) * rounds;
     let mut acc = [_mm512_setzero_ps(); BLOCK];
     let mut c = [Products([[[0i32; COLS]; ROWS]; ROUND]); 2];
-    let (laid, scratch) = match weights {
-        Weights::Laid(laid) => (Some(laid), std::ptr::null_mut()),
-        Weights::Scratch(s) => (None, s.as_mut_ptr()),
-    };
+    let scratch = scratch.as_mut_ptr();
     let source = |k: usize| {
         let round = place(k);
         match laid {
-            Some(laid) => laid.source(m, round.rows.0, round.g0),
+            Some(laid) => {
+                let to = scratch.add(k % 2 * ROUND * m.group * COLS);
+                laid.source(m, (round.rows.0, round.g0, round.count), to)
+            }
             None => {
                 let parity = k / rounds * spans + k % rounds / span_rounds;
                 let to = scratch.add(parity % 2 * half);
@@ -540,41 +531,74 @@ struct Source {
     base: *const u8,
 }
 
-/// A matrix's weights kept in the B tiles' layout, so that [`rows`] reads its tiles in place
-/// instead of transposing the packed weights on every call: per block of 16 weight rows (a
-/// partial last block repeats its last row), the `cols / 4` B rows of 64 bytes that
-/// [`transpose_span`] makes of all its columns at once, block after block in row order —
-/// the order the kernel streams them. One byte per weight: as large as 8-bit packed weights
-/// and twice 4-bit ones (`TDPBSUD` reads whole bytes). Built once per matrix by the caller
-/// (`qmv::laid_out`).
+/// A matrix's weights kept in the B tiles' layout, so that [`rows`] does not transpose the
+/// packed weights on every call: per block of 16 weight rows (a partial last block repeats
+/// its last row), the `cols / 4` B rows of 64 bytes that [`transpose_span`] makes of all its
+/// columns at once, block after block in row order — the order the kernel streams them.
+/// 8-bit weights are kept as those bytes (as large as the packed weights) and read in place.
+/// 4-bit ones are kept as nibbles by default (as large as the packed weights: `TDPBSUD`
+/// reads whole bytes, so each round's B rows are unpacked into the scratch, two vector
+/// operations per 64 bytes, where the transpose took about ten); [`Layout::unpacked`] keeps
+/// them as bytes, twice the packed size, read in place (measured slower: BENCHMARKS.md,
+/// round 14). In a nibble layout each tile's `T / 8` rows of 64 bytes hold B row `p` in
+/// the low nibbles and B row `p + T / 8` in the high ones. Built once per matrix by the
+/// caller (`qmv::laid_out`).
 pub(super) struct Layout {
     /// The blocks, line-aligned.
     tiles: Vec<Line>,
     /// The matrix it was made from: rows, cols, bits, group.
     shape: (usize, usize, usize, usize),
+    /// Whether 4-bit weights are kept as nibbles (two B rows per 64 bytes).
+    nibbles: bool,
 }
 
 impl Layout {
-    /// `m`'s weights laid out for the tiles.
+    /// `m`'s weights laid out for the tiles: 4-bit weights as nibbles.
     ///
     /// # Safety
     /// [`available`] must have returned `Ok` (AVX-512F/BW).
     pub(super) unsafe fn new(m: &QuantMatrix<'_>) -> Layout {
+        Self::make(m, m.bits == 4)
+    }
+
+    /// `m`'s weights laid out for the tiles, one byte each (a measurement of the byte
+    /// layout against the nibbles of [`Layout::new`]).
+    ///
+    /// # Safety
+    /// As [`Layout::new`].
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(super) unsafe fn unpacked(m: &QuantMatrix<'_>) -> Layout {
+        Self::make(m, false)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    unsafe fn make(m: &QuantMatrix<'_>, nibbles: bool) -> Layout {
         let block = ROWS * m.cols;
         let blocks = m.rows.div_ceil(ROWS);
-        let mut tiles = lines(blocks * block / 64);
+        let kept = if nibbles { block / 2 } else { block };
+        let mut tiles = lines(blocks * kept / 64);
+        let mut bytes = lines(block / 64);
         let base = tiles.as_mut_ptr().cast::<u8>();
         for b in 0..blocks {
             let rows = (b * ROWS, ROWS.min(m.rows - b * ROWS));
-            let dst = base.add(b * block);
+            let dst = base.add(b * kept);
+            let to = if nibbles {
+                bytes.as_mut_ptr().cast()
+            } else {
+                dst
+            };
             match m.bits {
-                8 => transpose_span::<8>(m, rows, (0, m.cols), dst),
-                _ => transpose_span::<4>(m, rows, (0, m.cols), dst),
+                8 => transpose_span::<8>(m, rows, (0, m.cols), to),
+                _ => transpose_span::<4>(m, rows, (0, m.cols), to),
+            }
+            if nibbles {
+                pack_nibbles(&bytes, tile_cols(m.group), dst);
             }
         }
         Layout {
             tiles,
             shape: (m.rows, m.cols, m.bits, m.group),
+            nibbles,
         }
     }
 
@@ -588,12 +612,34 @@ impl Layout {
         self.tiles.len() * 64
     }
 
-    /// The B rows of group `g0` of the block of 16 rows from `row0` (a multiple of 16).
-    unsafe fn source(&self, m: &QuantMatrix<'_>, row0: usize, g0: usize) -> Source {
-        let base = self.tiles.as_ptr().cast::<u8>();
-        Source {
-            base: base.add(row0 * m.cols + g0 * m.group * COLS),
+    /// Bytes per column of a block of 16 rows: 16, or 8 as nibbles.
+    fn column_bytes(&self) -> usize {
+        if self.nibbles {
+            COLS / 2
+        } else {
+            COLS
         }
+    }
+
+    /// The B rows of groups `g0..g0 + count` of the block of 16 rows from `row0` (a multiple
+    /// of 16): in place, or unpacked from nibbles to `scratch` (a line-aligned round's
+    /// worth: 16 bytes per column).
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    #[inline]
+    unsafe fn source(
+        &self,
+        m: &QuantMatrix<'_>,
+        (row0, g0, count): (usize, usize, usize),
+        scratch: *mut u8,
+    ) -> Source {
+        let per = self.column_bytes();
+        let from = self.tiles.as_ptr().cast::<u8>();
+        let from = from.add(row0 * m.cols * per / COLS + g0 * m.group * per);
+        if !self.nibbles {
+            return Source { base: from };
+        }
+        unpack_nibbles(from, (count * m.group / 8, tile_cols(m.group)), scratch);
+        Source { base: scratch }
     }
 
     /// Share `j` of `shares` of the block of 16 rows from `row0` (a multiple of 16) — its
@@ -604,9 +650,48 @@ impl Layout {
         if row0 >= m.rows {
             return;
         }
-        let from = self.tiles.as_ptr().cast::<u8>().add(row0 * m.cols);
-        prefetch_bytes(from, ROWS * m.cols, share);
+        let per = self.column_bytes();
+        let from = self
+            .tiles
+            .as_ptr()
+            .cast::<u8>()
+            .add(row0 * m.cols * per / COLS);
+        prefetch_bytes(from, m.cols * per, share);
         prefetch_terms(m, row0, share);
+    }
+}
+
+/// A block's B rows (`bytes`, tiles of `t / 4` rows of 64 bytes) as nibbles at `dst`: per
+/// tile, row `p < t / 8` of 64 bytes = B row `p` | B row `p + t / 8` << 4.
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+unsafe fn pack_nibbles(bytes: &[Line], t: usize, dst: *mut u8) {
+    let half = t / 8;
+    for (k, tile) in bytes.chunks_exact(2 * half).enumerate() {
+        for p in 0..half {
+            let lo = _mm512_load_si512(tile[p].0.as_ptr().cast());
+            let hi = _mm512_load_si512(tile[p + half].0.as_ptr().cast());
+            let v = _mm512_or_si512(lo, _mm512_slli_epi16::<4>(hi));
+            _mm512_store_si512(dst.add((k * half + p) * ROW_BYTES).cast(), v);
+        }
+    }
+}
+
+/// `rows` nibble rows of 64 bytes from `src` (tiles of `t / 8`, see [`pack_nibbles`])
+/// unpacked to B rows at `dst`: per tile, row `p`'s low nibbles to B row `p`, its high
+/// nibbles to B row `p + t / 8`.
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+#[inline]
+unsafe fn unpack_nibbles(src: *const u8, (rows, t): (usize, usize), dst: *mut u8) {
+    let half = t / 8;
+    let nibbles = _mm512_set1_epi8(0x0f);
+    for r in 0..rows {
+        let (tile, p) = (r / half, r % half);
+        let v = _mm512_load_si512(src.add(r * ROW_BYTES).cast());
+        let lo = _mm512_and_si512(v, nibbles);
+        let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nibbles);
+        let at = dst.add((2 * tile * half + p) * ROW_BYTES);
+        _mm512_store_si512(at.cast(), lo);
+        _mm512_store_si512(at.add(half * ROW_BYTES).cast(), hi);
     }
 }
 
