@@ -2034,7 +2034,9 @@ mod tests {
     /// The AMX products with the weights read from their tile layout ([`amx::Layout`]: 4-bit
     /// weights as nibbles, and as bytes) are the same bits as with the weights transposed per
     /// call, for every input of a batch of one to eight: 4- and 8-bit, groups of 32 and 64 (and 96: tiles of 32), partial last
-    /// blocks of 16 rows, rows wider than one transposed span, several matrices in one call.
+    /// blocks of 16 rows, rows wider than one transposed span, several matrices in one call —
+    /// the first with float32 scales and biases that float16 cannot hold (kept as float32),
+    /// the second with ones it can (kept as float16).
     #[test]
     fn amx_layout_gives_the_transposing_path_bits() {
         if !amx_here("amx_layout_gives_the_transposing_path_bits") {
@@ -2055,11 +2057,18 @@ mod tests {
                 .map(|c| {
                     let groups = rows * cols / group;
                     let packed = random_bytes(rows * cols * bits / 8, 7 + c + bits as u32);
-                    (
-                        packed,
-                        pseudo_random(groups, 1 + c),
-                        pseudo_random(groups, 3 + c),
-                    )
+                    // Multiples of 2⁻¹⁰ below 2 in magnitude: exact in float16.
+                    let half = |v: f32| {
+                        if c == 1 {
+                            (v * 1024.0).round() / 1024.0
+                        } else {
+                            v
+                        }
+                    };
+                    let terms = |seed| -> Vec<f32> {
+                        pseudo_random(groups, seed).into_iter().map(half).collect()
+                    };
+                    (packed, terms(1 + c), terms(3 + c))
                 })
                 .collect();
             let mats: Vec<_> = data
@@ -2081,6 +2090,10 @@ mod tests {
                     ),
                 ]
             };
+            for (_, laid) in &layouts {
+                let halves: Vec<bool> = laid.iter().map(|l| l.half_terms()).collect();
+                assert_eq!(halves, [false, true], "{what}: float16 scales and biases");
+            }
             let xs = pseudo_random(8 * cols, 31);
             for n in 1..=8 {
                 let x = &xs[..n * cols];

@@ -386,7 +386,7 @@ unsafe fn run<const BITS: usize>(
     let mut src = source(0);
     let mut finish = |k: usize, c: &Products, acc: &mut [__m512; BLOCK]| {
         let round = place(k);
-        fold(m, x, &round, &c.0[..round.count], acc);
+        fold(m, x, (laid, &round), &c.0[..round.count], acc);
         if round.g0 + round.count == groups {
             let (row0, live) = round.rows;
             let at = (row0 - first) * n;
@@ -423,13 +423,14 @@ struct Round {
 /// A round's groups folded into `acc` (one 16-lane accumulator per input, a lane per weight
 /// row): per group `g` and input `i`, `t = C[3i+2]·S₃ + C[3i+1]·S₂ + C[3i]·S₁` (smallest
 /// first), then `acc[i] += s[·, g] · t + b[·, g] · Σx`, with the 16 rows' scales and biases
-/// gathered once per group (a partial block repeats its last row).
+/// read once per group — from the layout's line, or gathered from the matrix (a partial
+/// block repeats its last row; the same values either way).
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
 #[inline]
 unsafe fn fold(
     m: &QuantMatrix<'_>,
     x: &Inputs,
-    round: &Round,
+    (laid, round): (Option<&Layout>, &Round),
     c: &[[[i32; COLS]; ROWS]],
     acc: &mut [__m512; BLOCK],
 ) {
@@ -441,8 +442,13 @@ unsafe fn fold(
     for (j, cj) in c.iter().enumerate() {
         let g = round.g0 + j;
         let at = row0 * groups + g;
-        let s = _mm512_i32gather_ps::<4>(offsets, m.scales.as_ptr().add(at).cast());
-        let b = _mm512_i32gather_ps::<4>(offsets, m.biases.as_ptr().add(at).cast());
+        let (s, b) = match laid {
+            Some(laid) => laid.terms_at(m, row0, g),
+            None => (
+                _mm512_i32gather_ps::<4>(offsets, m.scales.as_ptr().add(at).cast()),
+                _mm512_i32gather_ps::<4>(offsets, m.biases.as_ptr().add(at).cast()),
+            ),
+        };
         let scales = x.scales.get_unchecked(g);
         let sums = x.sums.get_unchecked(g);
         for (i, a) in a.iter_mut().enumerate().take(x.count) {
@@ -541,11 +547,19 @@ struct Source {
 /// operations per 64 bytes, where the transpose took about ten); [`Layout::unpacked`] keeps
 /// them as bytes, twice the packed size, read in place (measured slower: BENCHMARKS.md,
 /// round 14). In a nibble layout each tile's `T / 8` rows of 64 bytes hold B row `p` in
-/// the low nibbles and B row `p + T / 8` in the high ones. Built once per matrix by the
-/// caller (`qmv::laid_out`).
+/// the low nibbles and B row `p + T / 8` in the high ones. The scales and biases are kept
+/// too, per (block, group) the 16 rows' values in one line as float16 where every value of
+/// the matrix is one exactly (MLX's checkpoints store them so; the host path widens them to
+/// float32 at load), else in two lines as float32: read with one load instead of two
+/// gathers, and a third of the streamed bytes at groups of 32 becomes a fifth. Built once
+/// per matrix by the caller (`qmv::laid_out`).
 pub(super) struct Layout {
     /// The blocks, line-aligned.
     tiles: Vec<Line>,
+    /// Per block, per group: the 16 rows' scales and biases ([`terms`]).
+    terms: Vec<Line>,
+    /// Lines per (block, group) in `terms`: 1 (float16) or 2 (float32).
+    term_lines: usize,
     /// The matrix it was made from: rows, cols, bits, group.
     shape: (usize, usize, usize, usize),
     /// Whether 4-bit weights are kept as nibbles (two B rows per 64 bytes).
@@ -595,11 +609,34 @@ impl Layout {
                 pack_nibbles(&bytes, tile_cols(m.group), dst);
             }
         }
+        let (terms, term_lines) = match terms::<true>(m) {
+            Some(half) => (half, 1),
+            None => (terms::<false>(m).unwrap_or_default(), 2),
+        };
         Layout {
             tiles,
+            terms,
+            term_lines,
             shape: (m.rows, m.cols, m.bits, m.group),
             nibbles,
         }
+    }
+
+    /// The scales and biases of the 16 rows from `row0` (a multiple of 16) in group `g`.
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    #[inline]
+    unsafe fn terms_at(&self, m: &QuantMatrix<'_>, row0: usize, g: usize) -> (__m512, __m512) {
+        let groups = m.cols / m.group;
+        let at = (row0 / ROWS * groups + g) * self.term_lines;
+        let line = self.terms.as_ptr().add(at).cast::<u8>();
+        if self.term_lines == 1 {
+            let v = _mm512_load_si512(line.cast());
+            let s = _mm512_cvtph_ps(_mm512_castsi512_si256(v));
+            let b = _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(v));
+            return (s, b);
+        }
+        let s = _mm512_load_ps(line.cast());
+        (s, _mm512_load_ps(line.add(64).cast()))
     }
 
     /// Whether this layout was made from a matrix of `m`'s shape and format.
@@ -607,9 +644,15 @@ impl Layout {
         self.shape == (m.rows, m.cols, m.bits, m.group)
     }
 
+    /// Whether the scales and biases are kept as float16.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(super) fn half_terms(&self) -> bool {
+        self.term_lines == 1
+    }
+
     /// Bytes held.
     pub(super) fn bytes(&self) -> usize {
-        self.tiles.len() * 64
+        (self.tiles.len() + self.terms.len()) * 64
     }
 
     /// Bytes per column of a block of 16 rows: 16, or 8 as nibbles.
@@ -651,14 +694,51 @@ impl Layout {
             return;
         }
         let per = self.column_bytes();
-        let from = self
-            .tiles
-            .as_ptr()
-            .cast::<u8>()
-            .add(row0 * m.cols * per / COLS);
+        let from = self.tiles.as_ptr().cast::<u8>();
+        let from = from.add(row0 * m.cols * per / COLS);
         prefetch_bytes(from, m.cols * per, share);
-        prefetch_terms(m, row0, share);
+        let lines = m.cols / m.group * self.term_lines;
+        let terms = self.terms.as_ptr().add(row0 / ROWS * lines).cast::<u8>();
+        prefetch_bytes(terms, lines * 64, share);
     }
+}
+
+/// [`Layout`]'s scales and biases of `m`: per block of 16 rows (a partial one repeating its
+/// last row), per group, the 16 scales then the 16 biases — as float16 in one line
+/// (`HALF`; `None` unless every value converts to float16 and back to the same bits), or as
+/// float32 in two.
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+unsafe fn terms<const HALF: bool>(m: &QuantMatrix<'_>) -> Option<Vec<Line>> {
+    const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    let groups = m.cols / m.group;
+    let per = if HALF { 1 } else { 2 };
+    let mut out = lines(m.rows.div_ceil(ROWS) * groups * per);
+    let same = |h: __m256i, v: __m512| {
+        let back = _mm512_castps_si512(_mm512_cvtph_ps(h));
+        _mm512_cmpeq_epi32_mask(back, _mm512_castps_si512(v)) == 0xffff
+    };
+    for (k, line) in out.chunks_exact_mut(per).enumerate() {
+        let (b, g) = (k / groups, k % groups);
+        let row = |r: usize| (b * ROWS + r).min(m.rows - 1) * groups + g;
+        let s: [f32; ROWS] = std::array::from_fn(|r| m.scales[row(r)]);
+        let bias: [f32; ROWS] = std::array::from_fn(|r| m.biases[row(r)]);
+        let (s, bias) = (_mm512_loadu_ps(s.as_ptr()), _mm512_loadu_ps(bias.as_ptr()));
+        if !HALF {
+            _mm512_store_ps(line[0].0.as_mut_ptr().cast(), s);
+            _mm512_store_ps(line[1].0.as_mut_ptr().cast(), bias);
+            continue;
+        }
+        let (hs, hb) = (
+            _mm512_cvtps_ph::<NEAREST>(s),
+            _mm512_cvtps_ph::<NEAREST>(bias),
+        );
+        if !(same(hs, s) && same(hb, bias)) {
+            return None;
+        }
+        let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(hs), hb);
+        _mm512_store_si512(line[0].0.as_mut_ptr().cast(), v);
+    }
+    Some(out)
 }
 
 /// A block's B rows (`bytes`, tiles of `t / 4` rows of 64 bytes) as nibbles at `dst`: per
