@@ -1,7 +1,8 @@
 //! The CPU quantized kernels: affine-quantized matrix × vector (and × a few vectors) on the
 //! host, over the very buffers MLX holds (no copy of the weights), with AVX2/FMA — or, for
 //! float inputs on processors with AVX-512F, the 16-lane kernels of [`avx512`], or on request
-//! (`RMLX_HOST_KERNELS=amx`) the AMX tile kernels of [`amx`] — and both cores.
+//! (`RMLX_HOST_KERNELS=amx`) the AMX tile kernels of [`amx`], which read a copy of each
+//! matrix laid out for the tiles, made at its first AMX call ([`laid_out`]) — and both cores.
 //!
 //! Why it exists: with one input row (every decode step) MLX 0.32's CPU backend runs
 //! `quantized_matmul` as a scalar single-threaded loop (`_qmm_dispatch_typed<float>`), which
@@ -275,11 +276,8 @@ pub fn matmul_many(x: &Array, mats: &[Operands<'_>]) -> Result<Vec<Array>> {
 
 /// [`matmul_many`] with the given activation mode.
 fn matmul_many_as(x: &Array, mats: &[Operands<'_>], mode: Activations) -> Result<Vec<Array>> {
-    let laid = laid_for(
-        mats,
-        x.size() / mats.first().map_or(1, |m| cols_of(m)).max(1),
-        mode,
-    )?;
+    let n = mats.first().map_or(0, |m| x.size() / cols_of(m).max(1));
+    let laid = laid_for(mats, n, mode)?;
     on_host(x, mats, |views, xs| {
         QuantMatrix::matmul_many_laid(views, xs, mode, laid.as_deref())
     })
@@ -658,6 +656,8 @@ impl QuantMatrix<'_> {
         mode: Activations,
         laid: Option<&[Laid]>,
     ) -> Vec<Vec<f32>> {
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = laid;
         match mode {
             #[cfg(target_arch = "x86_64")]
             Activations::F32 if amx_for(x.len() / mats[0].cols) => {

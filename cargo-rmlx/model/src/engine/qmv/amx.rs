@@ -17,8 +17,10 @@
 //! weights' column order (4-bit rows unpacked per T columns to [low nibbles, high nibbles],
 //! the inputs' values reordered alike), prepared once per call; B = 16 weight rows in
 //! `TDPBSUD`'s layout (T/4 rows of 16 weight rows × 4 consecutive bytes: a 16 × 16 transpose
-//! of 32-bit elements per 64 columns, made in registers while a block's span of up to
-//! [`SPAN`] columns is unpacked, row after row); C = 3 × inputs rows of 16 int32 lanes, one
+//! of 32-bit elements per 64 columns), read from the matrix's [`Layout`] — made once, kept
+//! by the caller: 8-bit bytes in place, 4-bit nibbles unpacked per round — or, without one,
+//! transposed in registers while a block's span of up to [`SPAN`] columns is unpacked, row
+//! after row (the same bytes either way); C = 3 × inputs rows of 16 int32 lanes, one
 //! lane per weight row, one C tile per group of a round of four groups (tiles 4–7). The fold
 //! costs a few vector operations per (group, input) — the weight rows' scales and biases
 //! gathered once per group — and one 16-lane accumulator per input holds the block's results.
