@@ -97,6 +97,19 @@ fn avx512_available() -> bool {
     }
 }
 
+/// Whether this processor has AVX-512 VBMI (`vpmultishiftqb`), which the 4-bit AVX-512 kernel
+/// uses to pick each nibble as a table index ([`avx512::dot_q4_table`]).
+fn vbmi_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx512_available() && std::arch::is_x86_feature_detected!("avx512vbmi")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether this process runs the AMX kernels ([`amx`]), or why not.
 fn amx_available() -> std::result::Result<(), String> {
     #[cfg(target_arch = "x86_64")]
@@ -450,11 +463,39 @@ thread_local! {
 /// One input row prepared for the float32 kernels.
 struct Prepared {
     /// `x` in the kernel's layout: for 4-bit weights per 16 columns the 8 even ones, then the
-    /// 8 odd ones divided by 16 (exact: a power of two), to meet the low nibbles of 8 packed
-    /// bytes and their high nibbles kept in place (16 × their value); as is for 8-bit.
+    /// 8 odd ones — divided by 16 (exact: a power of two) where the kernel keeps the high
+    /// nibbles of the 8 packed bytes in place ([`Nibbles::InPlace`]: 16 × their value), as
+    /// they are where it shifts them down ([`Nibbles::Shifted`]); as is for 8-bit.
     x: Vec<f32>,
     /// Σx per group, for the bias term.
     group_sums: Vec<f32>,
+    /// How the kernel meets the high nibbles of 4-bit weights (the layout of `x`).
+    nibbles: Nibbles,
+}
+
+/// How a float kernel reads the high nibble of a packed 4-bit byte, and so how the odd
+/// columns of a prepared input are laid out ([`Prepared::x`]). Either way the products are
+/// the same numbers: `(16q · s) · (x / 16)` and `(q · s) · x` are equal bit for bit, 16 being
+/// a power of two (inputs below 2⁻¹²² aside, where `x / 16` is subnormal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Nibbles {
+    /// Masked in place (`byte & 0xf0`, 16 × the value): one AND per 16 columns for both
+    /// halves (AVX2, the portable reference, AVX-512 without VBMI).
+    InPlace,
+    /// Shifted down to their value: the AVX-512 VBMI kernels, which look each nibble up in a
+    /// 16-entry table of `q · scale` ([`avx512`]).
+    Shifted,
+}
+
+impl Nibbles {
+    /// The layout `family`'s 4-bit kernel reads on this processor.
+    fn of(family: Family) -> Self {
+        if family == Family::Avx512 && vbmi_available() {
+            Nibbles::Shifted
+        } else {
+            Nibbles::InPlace
+        }
+    }
 }
 
 impl<'a> QuantMatrix<'a> {
@@ -589,21 +630,35 @@ impl QuantMatrix<'_> {
     /// iterator chain here was 8% of a four-row decode step, all of it on the caller's
     /// thread before the pool starts).
     fn prepare(&self, x: &[f32]) -> Prepared {
+        self.prepare_for(x, Nibbles::of(family()))
+    }
+
+    /// [`Self::prepare`] for the kernels that read `nibbles`.
+    fn prepare_for(&self, x: &[f32], nibbles: Nibbles) -> Prepared {
         let group_sums = x.chunks_exact(self.group).map(lane_sum).collect();
         if self.bits != 4 {
             return Prepared {
                 x: x.to_vec(),
                 group_sums,
+                nibbles,
             };
         }
+        let odd = match nibbles {
+            Nibbles::InPlace => 1.0 / 16.0,
+            Nibbles::Shifted => 1.0,
+        };
         let mut out = vec![0f32; x.len()];
         for (c, o) in x.chunks_exact(16).zip(out.chunks_exact_mut(16)) {
             for i in 0..8 {
                 o[i] = c[2 * i];
-                o[8 + i] = c[2 * i + 1] / 16.0;
+                o[8 + i] = c[2 * i + 1] * odd;
             }
         }
-        Prepared { x: out, group_sums }
+        Prepared {
+            x: out,
+            group_sums,
+            nibbles,
+        }
     }
 
     /// `y[m, r] = Σ_c dequant(W[r, c]) · x[m, c]` for the rows `m` of `x` (`[M, cols]`),
@@ -915,6 +970,7 @@ fn f32_kernel<const N: usize>(family: Family, bits: usize) -> Kernel<Prepared, N
         if family == Family::Avx512 && avx512_available() {
             return match bits {
                 8 => avx512::dot_q8::<N>,
+                _ if Nibbles::of(family) == Nibbles::Shifted => avx512::dot_q4_table::<N>,
                 _ => avx512::dot_q4::<N>,
             };
         }
@@ -1064,7 +1120,7 @@ unsafe fn f32_scalar<const BITS: usize, const N: usize>(
         let mut total = 0f32;
         for (g, (&s, &b)) in scales.iter().zip(biases).enumerate() {
             for c in g * group..(g + 1) * group {
-                total += quantized::<BITS>(packed, c) * s * x.x[c];
+                total += quantized::<BITS>(packed, c, x.nibbles) * s * x.x[c];
             }
             total += b * x.group_sums[g];
         }
@@ -1074,13 +1130,17 @@ unsafe fn f32_scalar<const BITS: usize, const N: usize>(
 
 /// The weight of column `c` of the prepared layout ([`Prepared::x`]) as the float kernels
 /// see it: the byte for 8 bits; for 4 bits, per 16 columns, the low nibbles of 8 bytes and
-/// then their high nibbles kept in place (16 × their value).
-fn quantized<const BITS: usize>(packed: &[u8], c: usize) -> f32 {
+/// then their high nibbles, kept in place (16 × their value) or shifted down (`nibbles`).
+fn quantized<const BITS: usize>(packed: &[u8], c: usize, nibbles: Nibbles) -> f32 {
     if BITS == 8 {
         return f32::from(packed[c]);
     }
     let byte = packed[c / 16 * 8 + c % 8];
-    f32::from(if c % 16 < 8 { byte & 0x0f } else { byte & 0xf0 })
+    f32::from(match (c % 16 < 8, nibbles) {
+        (true, _) => byte & 0x0f,
+        (false, Nibbles::InPlace) => byte & 0xf0,
+        (false, Nibbles::Shifted) => byte >> 4,
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1780,6 +1840,71 @@ mod tests {
             .collect()
     }
 
+    /// The 4-bit AVX-512 kernel that looks the weights up ([`avx512::dot_q4_table`], inputs
+    /// with [`Nibbles::Shifted`]) gives the bits of the one that converts them
+    /// ([`avx512::dot_q4`], [`Nibbles::InPlace`]) for one to four inputs: groups of 32, 64
+    /// and 128, rows of 128 and 576 columns, every byte value, inputs spanning six decades.
+    #[test]
+    fn avx512_table_lookup_gives_the_bits_of_the_conversion() {
+        if !vbmi_available() {
+            eprintln!("no AVX-512 VBMI on this processor: the table lookup is not tested");
+            return;
+        }
+        for (group, cols) in [(32, 128), (64, 128), (128, 128), (32, 576), (64, 576)] {
+            let rows = 6;
+            let packed: Vec<u8> = (0..rows * cols / 2).map(|i| (i * 37 % 256) as u8).collect();
+            let groups = rows * cols / group;
+            let (scales, biases) = (pseudo_random(groups, 3), pseudo_random(groups, 4));
+            let m = QuantMatrix::new(&packed, &scales, &biases, rows, cols, 4, group).unwrap();
+            let x: Vec<Vec<f32>> = (0..4u32)
+                .map(|i| {
+                    let scale = 10f32.powi(i as i32 * 2 - 3);
+                    pseudo_random(cols, 40 + i)
+                        .iter()
+                        .map(|v| v * scale)
+                        .collect()
+                })
+                .collect();
+            let shifted: Vec<Prepared> = x
+                .iter()
+                .map(|x| m.prepare_for(x, Nibbles::Shifted))
+                .collect();
+            let in_place: Vec<Prepared> = x
+                .iter()
+                .map(|x| m.prepare_for(x, Nibbles::InPlace))
+                .collect();
+            for r in 0..rows {
+                let want = table_and_conversion::<4>(&m, r, &shifted, &in_place);
+                assert_eq!(
+                    want.0, want.1,
+                    "g{group} {cols} columns row {r}, four inputs"
+                );
+                let one = table_and_conversion::<1>(&m, r, &shifted[2..], &in_place[2..]);
+                assert_eq!(one.0, one.1, "g{group} {cols} columns row {r}, one input");
+            }
+        }
+    }
+
+    /// Row `r` of `m` against the first `N` inputs through [`avx512::dot_q4_table`] and
+    /// [`avx512::dot_q4`], as bits.
+    fn table_and_conversion<const N: usize>(
+        m: &QuantMatrix<'_>,
+        r: usize,
+        shifted: &[Prepared],
+        in_place: &[Prepared],
+    ) -> (Vec<u32>, Vec<u32>) {
+        let a: [&Prepared; N] = std::array::from_fn(|i| &shifted[i]);
+        let b: [&Prepared; N] = std::array::from_fn(|i| &in_place[i]);
+        // SAFETY: AVX-512 VBMI checked by the caller; layouts checked by `QuantMatrix::new`.
+        let (t, c) = unsafe {
+            (
+                avx512::dot_q4_table::<N>(m.group, m.row(r), a),
+                avx512::dot_q4::<N>(m.group, m.row(r), b),
+            )
+        };
+        (t.map(f32::to_bits).to_vec(), c.map(f32::to_bits).to_vec())
+    }
+
     /// How far two float32 sums of the same terms, in any order, may differ: each lies within
     /// `γ_k · Σ|terms|` of the exact sum (`γ_k ≈ k · 2⁻²⁴`, `k` the additions and roundings
     /// on a term's way: the columns, the product's two roundings, the bias term), so twice
@@ -1791,17 +1916,13 @@ mod tests {
             let mut abs_x = 0f64;
             for c in g * m.group..(g + 1) * m.group {
                 let q = if m.bits == 8 {
-                    super::quantized::<8>(packed, c)
+                    super::quantized::<8>(packed, c, x.nibbles)
                 } else {
-                    super::quantized::<4>(packed, c)
+                    super::quantized::<4>(packed, c, x.nibbles)
                 };
                 magnitude += f64::from(q * s * x.x[c]).abs();
-                abs_x += f64::from(x.x[c]).abs()
-                    * if m.bits == 4 && c % 16 >= 8 {
-                        16.0
-                    } else {
-                        1.0
-                    };
+                let in_place = m.bits == 4 && c % 16 >= 8 && x.nibbles == Nibbles::InPlace;
+                abs_x += f64::from(x.x[c]).abs() * if in_place { 16.0 } else { 1.0 };
             }
             magnitude += f64::from(b).abs() * abs_x;
         }
@@ -1834,7 +1955,7 @@ mod tests {
                 let m =
                     QuantMatrix::new(&packed, &scales, &biases, rows, cols, bits, group).unwrap();
                 let xs: Vec<Prepared> = (0..4)
-                    .map(|i| m.prepare(&pseudo_random(cols, 10 + i)))
+                    .map(|i| m.prepare_for(&pseudo_random(cols, 10 + i), Nibbles::of(family)))
                     .collect();
                 let what = format!("{family:?} {bits}-bit g{group} {cols} columns");
                 for r in 0..rows {
@@ -2006,7 +2127,7 @@ mod tests {
                 let got = QuantMatrix::amx_products(&[m], x, None).remove(0);
                 for (k, xk) in x.chunks(cols).enumerate() {
                     let alone = QuantMatrix::amx_products(&[m], xk, None).remove(0);
-                    let prepared = m.prepare(xk);
+                    let prepared = m.prepare_for(xk, Nibbles::of(float));
                     for r in 0..rows {
                         let v = got[k * rows + r];
                         assert_eq!(
@@ -2234,7 +2355,10 @@ mod tests {
             let xs = pseudo_random(4 * cols, 9);
             for n in [1usize, 4] {
                 let inputs: Vec<&[f32]> = xs.chunks(cols).take(n).collect();
-                let prepared: Vec<Prepared> = inputs.iter().map(|x| mats[0].prepare(x)).collect();
+                let prepared: Vec<Prepared> = inputs
+                    .iter()
+                    .map(|x| mats[0].prepare_for(x, Nibbles::of(Family::Avx512)))
+                    .collect();
                 // SAFETY: AMX available; the inputs hold `cols` values.
                 let tiles_in = unsafe { amx::Inputs::new(&inputs, &mats[0]) };
                 // SAFETY: AMX available.
@@ -2305,7 +2429,10 @@ mod tests {
             let (scales, biases) = (pseudo_random(groups, 1), pseudo_random(groups, 2));
             let m = QuantMatrix::new(&packed, &scales, &biases, rows, cols, bits, group).unwrap();
             let xs = pseudo_random(5 * cols, 9);
-            let prepared: Vec<Prepared> = xs.chunks(cols).map(|x| m.prepare(x)).collect();
+            let prepared: Vec<Prepared> = xs
+                .chunks(cols)
+                .map(|x| m.prepare_for(x, Nibbles::of(Family::Avx512)))
+                .collect();
             // SAFETY: AMX available.
             let (layout, bytes) = unsafe { (amx::Layout::new(&m), amx::Layout::unpacked(&m)) };
             for n in [1usize, 2, 4, 5] {

@@ -22,10 +22,19 @@
 //! both halves of a 128-bit register, zero-extended to 16 lanes and masked with `0x0f` in
 //! lanes 0–7 (low nibbles) and `0xf0` in lanes 8–15 (high nibbles in place, 16 × their
 //! value), so one vector meets the input's 16 columns as laid out.
+//!
+//! With VBMI ([`dot_q4_table`], chosen by `super::f32_kernel`) the 4-bit weights are looked
+//! up instead: per 32 columns a table of the 16 values `q · scale`, and per 16 columns one
+//! `vpmultishiftqb` that brings each lane's nibble of the 8 packed bytes into the lane's low
+//! four bits (high nibbles shifted down, the input's odd columns as they are:
+//! `super::Nibbles::Shifted`) and one `vpermps` that reads the table with them — two
+//! operations where the conversion takes four (zero-extend, mask, convert, scale). The
+//! table holds exactly the products the conversion makes, and the chains and sums are the
+//! same, so both give the same bits.
 
 use std::arch::x86_64::*;
 
-use super::{Prepared, Row};
+use super::{Nibbles, Prepared, Row};
 
 /// Four chains of 16 lanes per input.
 type Chains<const N: usize> = [[__m512; 4]; N];
@@ -47,6 +56,93 @@ pub unsafe fn dot_q8<const N: usize>(group: usize, row: Row<'_>, xs: [&Prepared;
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub unsafe fn dot_q4<const N: usize>(group: usize, row: Row<'_>, xs: [&Prepared; N]) -> [f32; N] {
     dot::<4, N>(group, row, xs)
+}
+
+/// Float32 inputs against 4-bit weights, each nibble looked up in a table of `q · scale`
+/// (see the module documentation); the inputs prepared with [`Nibbles::Shifted`].
+///
+/// # Safety
+/// As [`dot_q8`], and AVX-512 VBMI must be present.
+#[target_feature(enable = "avx512f,avx512vbmi,avx2,fma")]
+pub unsafe fn dot_q4_table<const N: usize>(
+    group: usize,
+    row: Row<'_>,
+    xs: [&Prepared; N],
+) -> [f32; N] {
+    debug_assert!(
+        xs.iter().all(|x| x.nibbles == Nibbles::Shifted)
+            && super::float_layout_ok(group, 4, row, &xs)
+    );
+    let acc = table_chains::<N>(group, row.0, row.1, xs.map(|x| x.x.as_ptr()));
+    finish(acc, row.2, xs)
+}
+
+/// [`chains`] for [`dot_q4_table`]: the same blocks in the same chains, each block's weights
+/// looked up in its group's table.
+#[target_feature(enable = "avx512f,avx512vbmi,avx2,fma")]
+#[inline]
+unsafe fn table_chains<const N: usize>(
+    group: usize,
+    packed: &[u8],
+    scales: &[f32],
+    xp: [*const f32; N],
+) -> Chains<N> {
+    let mut acc = [[_mm512_setzero_ps(); 4]; N];
+    let blocks = Blocks::new(group, scales);
+    let values = _mm512_setr_ps(
+        0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0,
+    );
+    let shifts = _mm512_loadu_si512(NIBBLE_SHIFTS.as_ptr().cast());
+    let p = packed.as_ptr();
+    for b in (0..blocks.count).step_by(2) {
+        let table = _mm512_mul_ps(values, blocks.scale(b));
+        table_step::<N>(p, 32 * b, 0, (table, shifts), xp, &mut acc);
+        table_step::<N>(p, 32 * b + 16, 1, (table, shifts), xp, &mut acc);
+        if b + 1 < blocks.count {
+            let table = _mm512_mul_ps(values, blocks.scale(b + 1));
+            table_step::<N>(p, 32 * (b + 1), 2, (table, shifts), xp, &mut acc);
+            table_step::<N>(p, 32 * (b + 1) + 16, 3, (table, shifts), xp, &mut acc);
+        }
+    }
+    acc
+}
+
+/// `vpmultishiftqb`'s bit offsets: dword lane `i` takes the 8 bits from bit `8i` (lanes 0–7:
+/// byte `i`, its low nibble in the lane's low four bits) or `8(i − 8) + 4` (lanes 8–15: byte
+/// `i − 8`'s high nibble) of the 8 packed bytes, in its lowest byte; `vpermps` reads only
+/// those four bits. Two lanes per 64-bit word (the other bytes' offsets are unused).
+static NIBBLE_SHIFTS: [u64; 8] = {
+    let mut words = [0u64; 8];
+    let mut w = 0;
+    while w < 8 {
+        words[w] = nibble_shift(2 * w) | nibble_shift(2 * w + 1) << 32;
+        w += 1;
+    }
+    words
+};
+
+/// The bit offset of dword lane `i`'s nibble in 8 packed bytes ([`NIBBLE_SHIFTS`]).
+const fn nibble_shift(i: usize) -> u64 {
+    (if i < 8 { 8 * i } else { 8 * (i - 8) + 4 }) as u64
+}
+
+/// Chain `k` at columns `at..at + 16` for every input, the weights looked up in `table`.
+#[target_feature(enable = "avx512f,avx512vbmi,avx2,fma")]
+#[inline]
+#[allow(clippy::needless_range_loop)]
+unsafe fn table_step<const N: usize>(
+    p: *const u8,
+    at: usize,
+    k: usize,
+    (table, shifts): (__m512, __m512i),
+    xp: [*const f32; N],
+    acc: &mut Chains<N>,
+) {
+    let bytes = _mm512_set1_epi64((p.add(at / 2) as *const i64).read_unaligned());
+    let w = _mm512_permutexvar_ps(_mm512_multishift_epi64_epi8(shifts, bytes), table);
+    for i in 0..N {
+        acc[i][k] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xp[i].add(at)), acc[i][k]);
+    }
 }
 
 /// [`dot_q8`] or [`dot_q4`] (`BITS`).
