@@ -1,7 +1,8 @@
 //! The CPU quantized kernels: affine-quantized matrix × vector (and × a few vectors) on the
 //! host, over the very buffers MLX holds (no copy of the weights), with AVX2/FMA — or, for
 //! float inputs on processors with AVX-512F, the 16-lane kernels of [`avx512`], or on request
-//! (`RMLX_HOST_KERNELS=amx`) the AMX tile kernels of [`amx`] — and both cores.
+//! (`RMLX_HOST_KERNELS=amx`) the AMX tile kernels of [`amx`], which read a copy of each
+//! matrix laid out for the tiles, made at its first AMX call ([`laid_out`]) — and both cores.
 //!
 //! Why it exists: with one input row (every decode step) MLX 0.32's CPU backend runs
 //! `quantized_matmul` as a scalar single-threaded loop (`_qmm_dispatch_typed<float>`), which
@@ -288,8 +289,10 @@ pub fn matmul_many(x: &Array, mats: &[Operands<'_>]) -> Result<Vec<Array>> {
 
 /// [`matmul_many`] with the given activation mode.
 fn matmul_many_as(x: &Array, mats: &[Operands<'_>], mode: Activations) -> Result<Vec<Array>> {
+    let n = mats.first().map_or(0, |m| x.size() / cols_of(m).max(1));
+    let laid = laid_for(mats, n, mode)?;
     on_host(x, mats, |views, xs| {
-        QuantMatrix::matmul_many_as(views, xs, mode)
+        QuantMatrix::matmul_many_laid(views, xs, mode, laid.as_deref())
     })
 }
 
@@ -346,7 +349,70 @@ fn outputs(x: &Array, views: &[QuantMatrix<'_>], outs: Vec<Vec<f32>>) -> Result<
 /// returning host vectors (`[M, rows]` each).
 pub fn matvec_many_host(x: &[f32], mats: &[Operands<'_>]) -> Result<Vec<Vec<f32>>> {
     let views = views(mats)?;
-    QuantMatrix::matmul_many(&views, x)
+    let mode = activations();
+    let n = views.first().map_or(1, |m| x.len() / m.cols);
+    let laid = laid_for(mats, n, mode)?;
+    QuantMatrix::matmul_many_laid(&views, x, mode, laid.as_deref())
+}
+
+/// A matrix's columns from its operands (the packed weight's last dimension × 32 / bits).
+fn cols_of(m: &Operands<'_>) -> usize {
+    let packed = m.0.shape().last().map_or(0, |&d| d as usize);
+    packed * 32 / (m.3.max(1) as usize)
+}
+
+/// The AMX layouts of `mats` ([`laid_out`]) when a call of `n` inputs runs on the AMX tiles
+/// ([`amx_for`]); `None` otherwise.
+#[cfg(target_arch = "x86_64")]
+fn laid_for(mats: &[Operands<'_>], n: usize, mode: Activations) -> Result<Option<Vec<Laid>>> {
+    match mode == Activations::F32 && n > 0 && amx_for(n) {
+        true => laid_out(mats).map(Some),
+        false => Ok(None),
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn laid_for(_: &[Operands<'_>], _: usize, _: Activations) -> Result<Option<Vec<Laid>>> {
+    Ok(None)
+}
+
+/// A matrix's weights laid out for the AMX tiles, shared by the calls that use it.
+#[cfg(target_arch = "x86_64")]
+type Laid = std::sync::Arc<amx::Layout>;
+
+#[cfg(not(target_arch = "x86_64"))]
+type Laid = ();
+
+/// Each weight's [`amx::Layout`], made at its first AMX call and kept for the life of the
+/// process together with a reference to the weight array (so its buffer, the key, cannot be
+/// freed and its address reused while the entry stands): twice the memory of the 4-bit
+/// weights the AMX path reads (one byte per weight), once more for 8-bit ones.
+#[cfg(target_arch = "x86_64")]
+fn laid_out(mats: &[Operands<'_>]) -> Result<Vec<Laid>> {
+    type Cache = std::sync::Mutex<std::collections::HashMap<usize, (Array, Laid)>>;
+    static LAID: OnceLock<Cache> = OnceLock::new();
+    let views = views(mats)?;
+    let mut cache = LAID
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut found = Vec::with_capacity(mats.len());
+    for (op, m) in mats.iter().zip(&views) {
+        let key = m.packed.as_ptr() as usize;
+        let laid = match cache.get(&key) {
+            Some((_, l)) if l.fits(m) => l.clone(),
+            _ => {
+                // SAFETY: `laid_for` called this after `amx_for` chose AMX (available).
+                let l = std::sync::Arc::new(unsafe { amx::Layout::new(m) });
+                let (rows, cols, bytes) = (m.rows, m.cols, l.bytes());
+                tracing::debug!("AMX layout of a {rows}x{cols} matrix: {bytes} bytes");
+                cache.insert(key, (op.0.clone(), l.clone()));
+                l
+            }
+        };
+        found.push(laid);
+    }
+    Ok(found)
 }
 
 /// Host views of each layer's operands.
@@ -611,6 +677,17 @@ impl QuantMatrix<'_> {
 
     /// [`Self::matmul_many`] with the given activation mode.
     fn matmul_many_as(mats: &[Self], x: &[f32], mode: Activations) -> Result<Vec<Vec<f32>>> {
+        Self::matmul_many_laid(mats, x, mode, None)
+    }
+
+    /// [`Self::matmul_many_as`], the AMX kernels reading each matrix's weights from its
+    /// layout in `laid` where given (one per matrix), else transposing them per call.
+    fn matmul_many_laid(
+        mats: &[Self],
+        x: &[f32],
+        mode: Activations,
+        laid: Option<&[Laid]>,
+    ) -> Result<Vec<Vec<f32>>> {
         if let Some(m) = mats
             .iter()
             .find(|m| x.is_empty() || !x.len().is_multiple_of(m.cols))
@@ -624,14 +701,23 @@ impl QuantMatrix<'_> {
                 ),
             ));
         }
-        Ok(Self::matmul_checked(mats, x, mode))
+        Ok(Self::matmul_checked(mats, x, mode, laid))
     }
 
-    /// [`Self::matmul_many`] once `x` is known to be whole rows of every matrix.
-    fn matmul_checked(mats: &[Self], x: &[f32], mode: Activations) -> Vec<Vec<f32>> {
+    /// [`Self::matmul_many_laid`] once `x` is known to be whole rows of every matrix.
+    fn matmul_checked(
+        mats: &[Self],
+        x: &[f32],
+        mode: Activations,
+        laid: Option<&[Laid]>,
+    ) -> Vec<Vec<f32>> {
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = laid;
         match mode {
             #[cfg(target_arch = "x86_64")]
-            Activations::F32 if amx_for(x.len() / mats[0].cols) => Self::amx_products(mats, x),
+            Activations::F32 if amx_for(x.len() / mats[0].cols) => {
+                Self::amx_products(mats, x, laid)
+            }
             Activations::F32 => Self::products::<Prepared>(mats, x),
             Activations::Int8 => Self::products::<Quantized>(mats, x),
         }
@@ -764,9 +850,10 @@ impl QuantMatrix<'_> {
 
     /// The products `[rows, n]` per matrix on the AMX tiles ([`amx`]): the inputs prepared
     /// once per layout in blocks of [`amx::BLOCK`], each task running every block over its
-    /// weight rows. Only where [`amx_for`] chose AMX (available).
+    /// weight rows, read from the matrix's tile layout in `laid` where given. Only where
+    /// [`amx_for`] chose AMX (available).
     #[cfg(target_arch = "x86_64")]
-    fn amx_products(mats: &[Self], x: &[f32]) -> Vec<Vec<f32>> {
+    fn amx_products(mats: &[Self], x: &[f32], laid: Option<&[Laid]>) -> Vec<Vec<f32>> {
         let n = x.len() / mats[0].cols;
         let (prepared, of) = Self::prepare_layouts(mats, |m| {
             let rows: Vec<&[f32]> = x.chunks_exact(m.cols).collect();
@@ -783,7 +870,8 @@ impl QuantMatrix<'_> {
                 // SAFETY: AMX is available (above); `inputs` was prepared for this layout;
                 // `for_row_blocks` hands out rows `first..first + rows` of matrix `i` and their
                 // `[rows, n]` block; block `k` holds inputs `k · BLOCK..` of `n`.
-                unsafe { amx::rows(&mats[i], inputs, at, out) };
+                let layout = laid.map(|l| &*l[i]);
+                unsafe { amx::rows(&mats[i], inputs, layout, at, out) };
             }
         })
     }
@@ -2036,9 +2124,9 @@ mod tests {
             let what = format!("{bits}-bit g{group} {rows}x{cols}");
             for n in 1..=8 {
                 let x = &xs[..n * cols];
-                let got = QuantMatrix::amx_products(&[m], x).remove(0);
+                let got = QuantMatrix::amx_products(&[m], x, None).remove(0);
                 for (k, xk) in x.chunks(cols).enumerate() {
-                    let alone = QuantMatrix::amx_products(&[m], xk).remove(0);
+                    let alone = QuantMatrix::amx_products(&[m], xk, None).remove(0);
                     let prepared = m.prepare_for(xk, Nibbles::of(float));
                     for r in 0..rows {
                         let v = got[k * rows + r];
@@ -2058,6 +2146,90 @@ mod tests {
                             (f64::from(v) - f64::from(f)).abs() <= 2.0 * bound,
                             "{what} input {k} row {r}: amx {v}, float {f}"
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The AMX products with the weights read from their tile layout ([`amx::Layout`]: 4-bit
+    /// weights as nibbles, and as bytes) are the same bits as with the weights transposed per
+    /// call, for every input of a batch of one to eight: 4- and 8-bit, groups of 32 and 64 (and 96: tiles of 32), partial last
+    /// blocks of 16 rows, rows wider than one transposed span, several matrices in one call —
+    /// the first with float32 scales and biases that float16 cannot hold (kept as float32),
+    /// the second with ones it can (kept as float16).
+    #[test]
+    fn amx_layout_gives_the_transposing_path_bits() {
+        if !amx_here("amx_layout_gives_the_transposing_path_bits") {
+            return;
+        }
+        for (bits, group, rows, cols) in [
+            (4, 32, 35, 192),
+            (4, 64, 50, 576),
+            (4, 96, 17, 384),
+            (4, 64, 20, 1536),
+            (4, 32, 70, 1664),
+            (8, 32, 19, 96),
+            (8, 32, 48, 160),
+            (8, 64, 66, 576),
+        ] {
+            let what = format!("{bits}-bit g{group} {rows}x{cols}");
+            let data: Vec<_> = (0..2u32)
+                .map(|c| {
+                    let groups = rows * cols / group;
+                    let packed = random_bytes(rows * cols * bits / 8, 7 + c + bits as u32);
+                    // Multiples of 2⁻¹⁰ below 2 in magnitude: exact in float16.
+                    let half = |v: f32| {
+                        if c == 1 {
+                            (v * 1024.0).round() / 1024.0
+                        } else {
+                            v
+                        }
+                    };
+                    let terms = |seed| -> Vec<f32> {
+                        pseudo_random(groups, seed).into_iter().map(half).collect()
+                    };
+                    (packed, terms(1 + c), terms(3 + c))
+                })
+                .collect();
+            let mats: Vec<_> = data
+                .iter()
+                .map(|(p, s, b)| QuantMatrix::new(p, s, b, rows, cols, bits, group).unwrap())
+                .collect();
+            // SAFETY: AMX (so AVX-512F/BW) is available.
+            let layouts: [(&str, Vec<Laid>); 2] = unsafe {
+                [
+                    (
+                        "default",
+                        mats.iter().map(|m| amx::Layout::new(m).into()).collect(),
+                    ),
+                    (
+                        "bytes",
+                        mats.iter()
+                            .map(|m| amx::Layout::unpacked(m).into())
+                            .collect(),
+                    ),
+                ]
+            };
+            for (_, laid) in &layouts {
+                let halves: Vec<bool> = laid.iter().map(|l| l.half_terms()).collect();
+                assert_eq!(halves, [false, true], "{what}: float16 scales and biases");
+            }
+            let xs = pseudo_random(8 * cols, 31);
+            for n in 1..=8 {
+                let x = &xs[..n * cols];
+                let transposed = QuantMatrix::amx_products(&mats, x, None);
+                for (kind, laid) in &layouts {
+                    let read = QuantMatrix::amx_products(&mats, x, Some(laid));
+                    for (i, (t, r)) in transposed.iter().zip(&read).enumerate() {
+                        for (j, (a, b)) in t.iter().zip(r).enumerate() {
+                            assert_eq!(
+                                a.to_bits(),
+                                b.to_bits(),
+                                "{what} matrix {i}, {n} inputs, value {j}: transposed {a}, \
+                                 {kind} layout {b}"
+                            );
+                        }
                     }
                 }
             }
@@ -2086,8 +2258,8 @@ mod tests {
         for bad in [f32::NAN, f32::INFINITY] {
             let mut x = pseudo_random(3 * cols, 4);
             x[cols + 7] = bad;
-            let y = QuantMatrix::amx_products(&[m], &x).remove(0);
-            let clean = QuantMatrix::amx_products(&[m], &x[..cols]).remove(0);
+            let y = QuantMatrix::amx_products(&[m], &x, None).remove(0);
+            let clean = QuantMatrix::amx_products(&[m], &x[..cols], None).remove(0);
             for r in 0..rows {
                 assert!(
                     !y[rows + r].is_finite(),
@@ -2189,14 +2361,20 @@ mod tests {
                     .collect();
                 // SAFETY: AMX available; the inputs hold `cols` values.
                 let tiles_in = unsafe { amx::Inputs::new(&inputs, &mats[0]) };
+                // SAFETY: AMX available.
+                let (laid, bytes): (Vec<_>, Vec<_>) = mats
+                    .iter()
+                    .map(|m| unsafe { (amx::Layout::new(m), amx::Layout::unpacked(m)) })
+                    .unzip();
                 let mut out = vec![0f32; task * n];
                 let reps = 10;
-                let mut time = |f: &mut dyn FnMut(&QuantMatrix<'_>, usize, &mut [f32])| {
+                type Task<'t> = dyn FnMut(&QuantMatrix<'_>, &amx::Layout, usize, &mut [f32]) + 't;
+                let mut time = |layouts: &[amx::Layout], f: &mut Task<'_>| {
                     let start = std::time::Instant::now();
                     for _ in 0..reps {
-                        for m in &mats {
+                        for (m, l) in mats.iter().zip(layouts) {
                             for first in (0..rows).step_by(task) {
-                                f(m, first, &mut out);
+                                f(m, l, first, &mut out);
                             }
                         }
                     }
@@ -2206,15 +2384,23 @@ mod tests {
                     "{copies} copies of {rows}x{cols}, g{group}, {n} inputs, us per matrix:"
                 );
                 for _ in 0..3 {
-                    let avx_us = time(&mut |m, first, out| match n {
+                    let avx_us = time(&laid, &mut |m, _, first, out| match n {
                         4 => m.pass::<Prepared, 4>(&prepared, (first, 0, n), out),
                         _ => m.pass::<Prepared, 1>(&prepared, (first, 0, n), out),
                     });
                     // SAFETY: AMX available; inputs prepared for this layout; rows in range.
-                    let amx_us = time(&mut |m, first, out| unsafe {
-                        amx::rows(m, &tiles_in, (first, task, 0, n), out)
+                    let amx_us = time(&laid, &mut |m, _, first, out| unsafe {
+                        amx::rows(m, &tiles_in, None, (first, task, 0, n), out)
                     });
-                    line += &format!(" AMX {amx_us:.1} / AVX-512 {avx_us:.1};");
+                    // SAFETY: as above; `l` made from `m`; `first` a multiple of 16.
+                    let mut read = |m: &QuantMatrix<'_>, l: &amx::Layout, first, out: &mut _| unsafe {
+                        amx::rows(m, &tiles_in, Some(l), (first, task, 0, n), out)
+                    };
+                    let laid_us = time(&laid, &mut read);
+                    let bytes_us = time(&bytes, &mut read);
+                    line += &format!(
+                        " AMX {amx_us:.1} / nibbles {laid_us:.1} / bytes {bytes_us:.1} / AVX-512 {avx_us:.1};"
+                    );
                 }
                 eprintln!("{line}");
             }
@@ -2247,21 +2433,29 @@ mod tests {
                 .chunks(cols)
                 .map(|x| m.prepare_for(x, Nibbles::of(Family::Avx512)))
                 .collect();
+            // SAFETY: AMX available.
+            let (layout, bytes) = unsafe { (amx::Layout::new(&m), amx::Layout::unpacked(&m)) };
             for n in [1usize, 2, 4, 5] {
                 let reps = 200;
                 let inputs: Vec<&[f32]> = xs.chunks(cols).take(n).collect();
                 let mut out = vec![0f32; rows * n];
                 let block = amx::BLOCK;
-                let start = std::time::Instant::now();
-                for _ in 0..reps {
-                    for (k, inputs) in inputs.chunks(block).enumerate() {
-                        // SAFETY: AMX available; the inputs hold `cols` values; all rows,
-                        // `[rows, n]`, this block's inputs from `k · block`.
-                        let x = unsafe { amx::Inputs::new(inputs, &m) };
-                        unsafe { amx::rows(&m, &x, (0, rows, k * block, n), &mut out) };
+                let mut amx = |laid: Option<&amx::Layout>| {
+                    let start = std::time::Instant::now();
+                    for _ in 0..reps {
+                        for (k, inputs) in inputs.chunks(block).enumerate() {
+                            // SAFETY: AMX available; the inputs hold `cols` values; all rows,
+                            // `[rows, n]`, this block's inputs from `k · block`.
+                            let x = unsafe { amx::Inputs::new(inputs, &m) };
+                            let at = (0, rows, k * block, n);
+                            unsafe { amx::rows(&m, &x, laid, at, &mut out) };
+                        }
                     }
-                }
-                let amx_us = start.elapsed().as_secs_f64() * 1e6 / reps as f64;
+                    start.elapsed().as_secs_f64() * 1e6 / reps as f64
+                };
+                let amx_us = amx(None);
+                let laid_us = amx(Some(&layout));
+                let bytes_us = amx(Some(&bytes));
                 let start = std::time::Instant::now();
                 for _ in 0..reps {
                     for block in prepared[..n].chunks(4) {
@@ -2269,7 +2463,7 @@ mod tests {
                     }
                 }
                 let avx_us = start.elapsed().as_secs_f64() * 1e6 / reps as f64;
-                eprintln!("{rows}x{cols} {bits}-bit g{group}, {n} inputs: AMX {amx_us:.1} us, AVX-512 {avx_us:.1} us");
+                eprintln!("{rows}x{cols} {bits}-bit g{group}, {n} inputs: AMX {amx_us:.1} us, laid out {laid_us:.1} us (bytes {bytes_us:.1}), AVX-512 {avx_us:.1} us");
             }
         }
     }

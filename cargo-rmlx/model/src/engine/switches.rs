@@ -37,7 +37,9 @@ pub enum HostKernels {
     /// `avx2`: on, the AVX2 float kernels even where AVX-512 is present.
     Avx2,
     /// `amx`: on, the AMX kernels where the processor and the kernel allow them (opt-in:
-    /// a B = 1 decode step is slower with them, BENCHMARKS.md round 12).
+    /// a B = 1 decode step was slower with them, BENCHMARKS.md round 12; with the weights
+    /// laid out for the tiles it is about even, round 14, not yet measured on a quiet machine;
+    /// the layouts take a second copy of the weights).
     Amx,
     /// `amx-batch`: on, the widest float kernels for one input and the AMX kernels for two
     /// or more, where the processor and the kernel allow them (opt-in: an input's result

@@ -17,8 +17,10 @@
 //! weights' column order (4-bit rows unpacked per T columns to [low nibbles, high nibbles],
 //! the inputs' values reordered alike), prepared once per call; B = 16 weight rows in
 //! `TDPBSUD`'s layout (T/4 rows of 16 weight rows × 4 consecutive bytes: a 16 × 16 transpose
-//! of 32-bit elements per 64 columns, made in registers while a block's span of up to
-//! [`SPAN`] columns is unpacked, row after row); C = 3 × inputs rows of 16 int32 lanes, one
+//! of 32-bit elements per 64 columns), read from the matrix's [`Layout`] — made once, kept
+//! by the caller: 8-bit bytes in place, 4-bit nibbles unpacked per round — or, without one,
+//! transposed in registers while a block's span of up to [`SPAN`] columns is unpacked, row
+//! after row (the same bytes either way); C = 3 × inputs rows of 16 int32 lanes, one
 //! lane per weight row, one C tile per group of a round of four groups (tiles 4–7). The fold
 //! costs a few vector operations per (group, input) — the weight rows' scales and biases
 //! gathered once per group — and one 16-lane accumulator per input holds the block's results.
@@ -293,18 +295,23 @@ unsafe fn limbs16(
 }
 
 /// Weight rows `first..first + rows` of `m` against `x`: `out` is the task's `[rows, n]`
-/// block, input `k` of `x` written to column `start + k`.
+/// block, input `k` of `x` written to column `start + k`. With `laid` (`m`'s [`Layout`])
+/// the tiles read the weights from there (in place, or unpacked per round from nibbles);
+/// without, each call transposes them.
 ///
 /// # Safety
-/// [`available`] must have returned `Ok`; `x` prepared for `m`; `first + rows ≤ m.rows`;
-/// `out` holds `rows · n` values and `start + x.count ≤ n`.
+/// [`available`] must have returned `Ok`; `x` prepared for `m`; `laid` made from `m`;
+/// `first` a multiple of [`ROWS`] and `first + rows ≤ m.rows`; `out` holds `rows · n` values
+/// and `start + x.count ≤ n`.
 pub(super) unsafe fn rows(
     m: &QuantMatrix<'_>,
     x: &Inputs,
+    laid: Option<&Layout>,
     at: (usize, usize, usize, usize),
     out: &mut [f32],
 ) {
     let _tiles = Tiles::configure(tile_cols(m.group), 3 * x.count);
+    debug_assert!(laid.is_none_or(|l| l.fits(m) && at.0.is_multiple_of(ROWS)));
     let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
     // Two spans of B rows: 16 bytes per column.
     let need = 2 * COLS * (ROUND * m.group).max(SPAN) / 4;
@@ -314,9 +321,9 @@ pub(super) unsafe fn rows(
     // SAFETY: lines are plain bytes.
     let bytes = std::slice::from_raw_parts_mut(scratch.as_mut_ptr().cast::<u8>(), need * 64);
     if m.bits == 8 {
-        run::<8>(m, x, at, out, bytes);
+        run::<8>(m, x, at, out, (laid, bytes));
     } else {
-        run::<4>(m, x, at, out, bytes);
+        run::<4>(m, x, at, out, (laid, bytes));
     }
     SCRATCH.with(|s| *s.borrow_mut() = scratch);
 }
@@ -327,19 +334,21 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<Line>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// [`rows`] for `BITS`-bit weights: blocks of 16 rows, each in rounds of up to [`ROUND`]
-/// groups, pipelined over the whole task: while the tile unit multiplies round `k`, the
-/// vector units fold round `k - 1`'s products (stored to the other half of `c`) and prepare
-/// round `k + 1`'s B tiles in the other half of `scratch` (the last round of a span
-/// transposes the next span of the block, or the next block's first, see [`span_source`]),
-/// and the next block's bytes are asked of the cache, a share per round.
+/// [`rows`] for `BITS`-bit weights (`BITS` only matters to a transpose): blocks of 16 rows,
+/// each in rounds of up to [`ROUND`] groups, pipelined over the whole task: while the tile
+/// unit multiplies round `k`, the vector units fold round `k - 1`'s products (stored to the
+/// other half of `c`) and prepare round `k + 1`'s B tiles: in place in a byte layout, or in
+/// the other half of the scratch — unpacked from a nibble layout ([`Layout::source`]), or
+/// without a layout transposed (the last round of a span transposes the next span of the
+/// block, or the next block's first, see [`span_source`]); and the next block's bytes
+/// (packed, or laid out) are asked of the cache, a share per round.
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
 unsafe fn run<const BITS: usize>(
     m: &QuantMatrix<'_>,
     x: &Inputs,
     (first, rows, start, n): (usize, usize, usize, usize),
     out: &mut [f32],
-    scratch: &mut [u8],
+    (laid, scratch): (Option<&Layout>, &mut [u8]),
 ) {
     let groups = m.cols / m.group;
     let per_round = groups.div_ceil(groups.div_ceil(ROUND));
@@ -361,10 +370,25 @@ unsafe fn run<const BITS: usize>(
     let total = rows.div_ceil(ROWS) * rounds;
     let mut acc = [_mm512_setzero_ps(); BLOCK];
     let mut c = [Products([[[0i32; COLS]; ROWS]; ROUND]); 2];
-    let mut src = span_source::<BITS>(m, place(0).rows, (0, span_groups), scratch.as_mut_ptr());
+    let scratch = scratch.as_mut_ptr();
+    let source = |k: usize| {
+        let round = place(k);
+        match laid {
+            Some(laid) => {
+                let to = scratch.add(k % 2 * ROUND * m.group * COLS);
+                laid.source(m, (round.rows.0, round.g0, round.count), to)
+            }
+            None => {
+                let parity = k / rounds * spans + k % rounds / span_rounds;
+                let to = scratch.add(parity % 2 * half);
+                span_source::<BITS>(m, round.rows, (round.g0, span_groups), to)
+            }
+        }
+    };
+    let mut src = source(0);
     let mut finish = |k: usize, c: &Products, acc: &mut [__m512; BLOCK]| {
         let round = place(k);
-        fold(m, x, &round, &c.0[..round.count], acc);
+        fold(m, x, (laid, &round), &c.0[..round.count], acc);
         if round.g0 + round.count == groups {
             let (row0, live) = round.rows;
             let at = (row0 - first) * n;
@@ -379,12 +403,13 @@ unsafe fn run<const BITS: usize>(
             finish(k - 1, &c[(k - 1) % 2], &mut acc);
         }
         if k + 1 < total {
-            let next = place(k + 1);
-            let parity = (k + 1) / rounds * spans + (k + 1) % rounds / span_rounds;
-            let to = scratch.as_mut_ptr().add(parity % 2 * half);
-            src = span_source::<BITS>(m, next.rows, (next.g0, span_groups), to);
+            src = source(k + 1);
         }
-        prefetch_share::<BITS>(m, round.rows.0 + ROWS, (k % rounds, rounds));
+        let share = (k % rounds, rounds);
+        match laid {
+            Some(laid) => laid.prefetch_share(m, round.rows.0 + ROWS, share),
+            None => prefetch_share(m, round.rows.0 + ROWS, share),
+        }
         store_products(round.count, &mut c[k % 2]);
     }
     finish(total - 1, &c[(total - 1) % 2], &mut acc);
@@ -400,13 +425,14 @@ struct Round {
 /// A round's groups folded into `acc` (one 16-lane accumulator per input, a lane per weight
 /// row): per group `g` and input `i`, `t = C[3i+2]·S₃ + C[3i+1]·S₂ + C[3i]·S₁` (smallest
 /// first), then `acc[i] += s[·, g] · t + b[·, g] · Σx`, with the 16 rows' scales and biases
-/// gathered once per group (a partial block repeats its last row).
+/// read once per group — from the layout's line, or gathered from the matrix (a partial
+/// block repeats its last row; the same values either way).
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
 #[inline]
 unsafe fn fold(
     m: &QuantMatrix<'_>,
     x: &Inputs,
-    round: &Round,
+    (laid, round): (Option<&Layout>, &Round),
     c: &[[[i32; COLS]; ROWS]],
     acc: &mut [__m512; BLOCK],
 ) {
@@ -418,8 +444,13 @@ unsafe fn fold(
     for (j, cj) in c.iter().enumerate() {
         let g = round.g0 + j;
         let at = row0 * groups + g;
-        let s = _mm512_i32gather_ps::<4>(offsets, m.scales.as_ptr().add(at).cast());
-        let b = _mm512_i32gather_ps::<4>(offsets, m.biases.as_ptr().add(at).cast());
+        let (s, b) = match laid {
+            Some(laid) => laid.terms_at(m, row0, g),
+            None => (
+                _mm512_i32gather_ps::<4>(offsets, m.scales.as_ptr().add(at).cast()),
+                _mm512_i32gather_ps::<4>(offsets, m.biases.as_ptr().add(at).cast()),
+            ),
+        };
         let scales = x.scales.get_unchecked(g);
         let sums = x.sums.get_unchecked(g);
         for (i, a) in a.iter_mut().enumerate().take(x.count) {
@@ -441,22 +472,34 @@ unsafe fn fold(
 /// a block are contiguous: one stream, which the tiles' 16-row reads would not make).
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
 #[inline]
-unsafe fn prefetch_share<const BITS: usize>(
-    m: &QuantMatrix<'_>,
-    row0: usize,
-    (j, shares): (usize, usize),
-) {
+unsafe fn prefetch_share(m: &QuantMatrix<'_>, row0: usize, share: (usize, usize)) {
     if row0 >= m.rows {
         return;
     }
     let end = (row0 + ROWS).min(m.rows);
-    let row_bytes = m.cols * BITS / 8;
-    let (from, to) = (row0 * row_bytes, end * row_bytes);
-    let lines = (to - from).div_ceil(64);
+    let row_bytes = m.cols * m.bits / 8;
+    let from = m.packed.as_ptr().add(row0 * row_bytes);
+    prefetch_bytes(from, (end - row0) * row_bytes, share);
+    prefetch_terms(m, row0, share);
+}
+
+/// Share `j` of `shares` of the `len` bytes from `from` asked of the cache, in address order.
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+#[inline]
+unsafe fn prefetch_bytes(from: *const u8, len: usize, (j, shares): (usize, usize)) {
+    let lines = len.div_ceil(64);
     let (a, b) = (lines * j / shares, lines * (j + 1) / shares);
     for line in a..b {
-        _mm_prefetch::<_MM_HINT_T0>(m.packed.as_ptr().add(from + 64 * line).cast());
+        _mm_prefetch::<_MM_HINT_T0>(from.add(64 * line).cast());
     }
+}
+
+/// With the first share (`j == 0`), the scales and biases of the block of 16 rows from
+/// `row0` (< `m.rows`) asked of the cache.
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+#[inline]
+unsafe fn prefetch_terms(m: &QuantMatrix<'_>, row0: usize, (j, _): (usize, usize)) {
+    let end = (row0 + ROWS).min(m.rows);
     if j == 0 {
         let groups = m.cols / m.group;
         for p in [m.scales.as_ptr(), m.biases.as_ptr()] {
@@ -490,9 +533,248 @@ unsafe fn write_block(
 }
 
 /// Where a round's B tiles are read: its first group's first B row in the scratch half its
-/// span was transposed to (B rows of 64 bytes, 4 columns each, contiguous across the span).
+/// span was transposed to, or in the matrix's [`Layout`] (B rows of 64 bytes, 4 columns
+/// each, contiguous across the span or the whole row).
 struct Source {
     base: *const u8,
+}
+
+/// A matrix's weights kept in the B tiles' layout, so that [`rows`] does not transpose the
+/// packed weights on every call: per block of 16 weight rows (a partial last block repeats
+/// its last row), the `cols / 4` B rows of 64 bytes that [`transpose_span`] makes of all its
+/// columns at once, block after block in row order — the order the kernel streams them.
+/// 8-bit weights are kept as those bytes (as large as the packed weights) and read in place.
+/// 4-bit ones are kept as nibbles by default (as large as the packed weights: `TDPBSUD`
+/// reads whole bytes, so each round's B rows are unpacked into the scratch, two vector
+/// operations per 64 bytes, where the transpose took about ten); [`Layout::unpacked`] keeps
+/// them as bytes, twice the packed size, read in place (measured slower: BENCHMARKS.md,
+/// round 14). In a nibble layout each tile's `T / 8` rows of 64 bytes hold B row `p` in
+/// the low nibbles and B row `p + T / 8` in the high ones. The scales and biases are kept
+/// too, per (block, group) the 16 rows' values in one line as float16 where every value of
+/// the matrix is one exactly (MLX's checkpoints store them so; the host path widens them to
+/// float32 at load), else in two lines as float32: read with one load instead of two
+/// gathers, and a third of the streamed bytes at groups of 32 becomes a fifth. Built once
+/// per matrix by the caller (`qmv::laid_out`).
+pub(super) struct Layout {
+    /// The blocks, line-aligned.
+    tiles: Vec<Line>,
+    /// Per block, per group: the 16 rows' scales and biases ([`terms`]).
+    terms: Vec<Line>,
+    /// Lines per (block, group) in `terms`: 1 (float16) or 2 (float32).
+    term_lines: usize,
+    /// The matrix it was made from: rows, cols, bits, group.
+    shape: (usize, usize, usize, usize),
+    /// Whether 4-bit weights are kept as nibbles (two B rows per 64 bytes).
+    nibbles: bool,
+}
+
+impl Layout {
+    /// `m`'s weights laid out for the tiles: 4-bit weights as nibbles.
+    ///
+    /// # Safety
+    /// [`available`] must have returned `Ok` (AVX-512F/BW).
+    pub(super) unsafe fn new(m: &QuantMatrix<'_>) -> Layout {
+        Self::make(m, m.bits == 4)
+    }
+
+    /// `m`'s weights laid out for the tiles, one byte each (a measurement of the byte
+    /// layout against the nibbles of [`Layout::new`]).
+    ///
+    /// # Safety
+    /// As [`Layout::new`].
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(super) unsafe fn unpacked(m: &QuantMatrix<'_>) -> Layout {
+        Self::make(m, false)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    unsafe fn make(m: &QuantMatrix<'_>, nibbles: bool) -> Layout {
+        let block = ROWS * m.cols;
+        let blocks = m.rows.div_ceil(ROWS);
+        let kept = if nibbles { block / 2 } else { block };
+        let mut tiles = lines(blocks * kept / 64);
+        let mut bytes = lines(block / 64);
+        let base = tiles.as_mut_ptr().cast::<u8>();
+        for b in 0..blocks {
+            let rows = (b * ROWS, ROWS.min(m.rows - b * ROWS));
+            let dst = base.add(b * kept);
+            let to = if nibbles {
+                bytes.as_mut_ptr().cast()
+            } else {
+                dst
+            };
+            match m.bits {
+                8 => transpose_span::<8>(m, rows, (0, m.cols), to),
+                _ => transpose_span::<4>(m, rows, (0, m.cols), to),
+            }
+            if nibbles {
+                pack_nibbles(&bytes, tile_cols(m.group), dst);
+            }
+        }
+        let (terms, term_lines) = match terms::<true>(m) {
+            Some(half) => (half, 1),
+            None => (terms::<false>(m).unwrap_or_default(), 2),
+        };
+        Layout {
+            tiles,
+            terms,
+            term_lines,
+            shape: (m.rows, m.cols, m.bits, m.group),
+            nibbles,
+        }
+    }
+
+    /// The scales and biases of the 16 rows from `row0` (a multiple of 16) in group `g`.
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    #[inline]
+    unsafe fn terms_at(&self, m: &QuantMatrix<'_>, row0: usize, g: usize) -> (__m512, __m512) {
+        let groups = m.cols / m.group;
+        let at = (row0 / ROWS * groups + g) * self.term_lines;
+        let line = self.terms.as_ptr().add(at).cast::<u8>();
+        if self.term_lines == 1 {
+            let v = _mm512_load_si512(line.cast());
+            let s = _mm512_cvtph_ps(_mm512_castsi512_si256(v));
+            let b = _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(v));
+            return (s, b);
+        }
+        let s = _mm512_load_ps(line.cast());
+        (s, _mm512_load_ps(line.add(64).cast()))
+    }
+
+    /// Whether this layout was made from a matrix of `m`'s shape and format.
+    pub(super) fn fits(&self, m: &QuantMatrix<'_>) -> bool {
+        self.shape == (m.rows, m.cols, m.bits, m.group)
+    }
+
+    /// Whether the scales and biases are kept as float16.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(super) fn half_terms(&self) -> bool {
+        self.term_lines == 1
+    }
+
+    /// Bytes held.
+    pub(super) fn bytes(&self) -> usize {
+        (self.tiles.len() + self.terms.len()) * 64
+    }
+
+    /// Bytes per column of a block of 16 rows: 16, or 8 as nibbles.
+    fn column_bytes(&self) -> usize {
+        if self.nibbles {
+            COLS / 2
+        } else {
+            COLS
+        }
+    }
+
+    /// The B rows of groups `g0..g0 + count` of the block of 16 rows from `row0` (a multiple
+    /// of 16): in place, or unpacked from nibbles to `scratch` (a line-aligned round's
+    /// worth: 16 bytes per column).
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    #[inline]
+    unsafe fn source(
+        &self,
+        m: &QuantMatrix<'_>,
+        (row0, g0, count): (usize, usize, usize),
+        scratch: *mut u8,
+    ) -> Source {
+        let per = self.column_bytes();
+        let from = self.tiles.as_ptr().cast::<u8>();
+        let from = from.add(row0 * m.cols * per / COLS + g0 * m.group * per);
+        if !self.nibbles {
+            return Source { base: from };
+        }
+        unpack_nibbles(from, (count * m.group / 8, tile_cols(m.group)), scratch);
+        Source { base: scratch }
+    }
+
+    /// Share `j` of `shares` of the block of 16 rows from `row0` (a multiple of 16) — its
+    /// laid-out bytes, and with the first share its scales and biases — asked of the cache.
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    #[inline]
+    unsafe fn prefetch_share(&self, m: &QuantMatrix<'_>, row0: usize, share: (usize, usize)) {
+        if row0 >= m.rows {
+            return;
+        }
+        let per = self.column_bytes();
+        let from = self.tiles.as_ptr().cast::<u8>();
+        let from = from.add(row0 * m.cols * per / COLS);
+        prefetch_bytes(from, m.cols * per, share);
+        let lines = m.cols / m.group * self.term_lines;
+        let terms = self.terms.as_ptr().add(row0 / ROWS * lines).cast::<u8>();
+        prefetch_bytes(terms, lines * 64, share);
+    }
+}
+
+/// [`Layout`]'s scales and biases of `m`: per block of 16 rows (a partial one repeating its
+/// last row), per group, the 16 scales then the 16 biases — as float16 in one line
+/// (`HALF`; `None` unless every value converts to float16 and back to the same bits), or as
+/// float32 in two.
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+unsafe fn terms<const HALF: bool>(m: &QuantMatrix<'_>) -> Option<Vec<Line>> {
+    const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    let groups = m.cols / m.group;
+    let per = if HALF { 1 } else { 2 };
+    let mut out = lines(m.rows.div_ceil(ROWS) * groups * per);
+    let same = |h: __m256i, v: __m512| {
+        let back = _mm512_castps_si512(_mm512_cvtph_ps(h));
+        _mm512_cmpeq_epi32_mask(back, _mm512_castps_si512(v)) == 0xffff
+    };
+    for (k, line) in out.chunks_exact_mut(per).enumerate() {
+        let (b, g) = (k / groups, k % groups);
+        let row = |r: usize| (b * ROWS + r).min(m.rows - 1) * groups + g;
+        let s: [f32; ROWS] = std::array::from_fn(|r| m.scales[row(r)]);
+        let bias: [f32; ROWS] = std::array::from_fn(|r| m.biases[row(r)]);
+        let (s, bias) = (_mm512_loadu_ps(s.as_ptr()), _mm512_loadu_ps(bias.as_ptr()));
+        if !HALF {
+            _mm512_store_ps(line[0].0.as_mut_ptr().cast(), s);
+            _mm512_store_ps(line[1].0.as_mut_ptr().cast(), bias);
+            continue;
+        }
+        let (hs, hb) = (
+            _mm512_cvtps_ph::<NEAREST>(s),
+            _mm512_cvtps_ph::<NEAREST>(bias),
+        );
+        if !(same(hs, s) && same(hb, bias)) {
+            return None;
+        }
+        let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(hs), hb);
+        _mm512_store_si512(line[0].0.as_mut_ptr().cast(), v);
+    }
+    Some(out)
+}
+
+/// A block's B rows (`bytes`, tiles of `t / 4` rows of 64 bytes) as nibbles at `dst`: per
+/// tile, row `p < t / 8` of 64 bytes = B row `p` | B row `p + t / 8` << 4.
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+unsafe fn pack_nibbles(bytes: &[Line], t: usize, dst: *mut u8) {
+    let half = t / 8;
+    for (k, tile) in bytes.chunks_exact(2 * half).enumerate() {
+        for p in 0..half {
+            let lo = _mm512_load_si512(tile[p].0.as_ptr().cast());
+            let hi = _mm512_load_si512(tile[p + half].0.as_ptr().cast());
+            let v = _mm512_or_si512(lo, _mm512_slli_epi16::<4>(hi));
+            _mm512_store_si512(dst.add((k * half + p) * ROW_BYTES).cast(), v);
+        }
+    }
+}
+
+/// `rows` nibble rows of 64 bytes from `src` (tiles of `t / 8`, see [`pack_nibbles`])
+/// unpacked to B rows at `dst`: per tile, row `p`'s low nibbles to B row `p`, its high
+/// nibbles to B row `p + t / 8`.
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+#[inline]
+unsafe fn unpack_nibbles(src: *const u8, (rows, t): (usize, usize), dst: *mut u8) {
+    let half = t / 8;
+    let nibbles = _mm512_set1_epi8(0x0f);
+    for r in 0..rows {
+        let (tile, p) = (r / half, r % half);
+        let v = _mm512_load_si512(src.add(r * ROW_BYTES).cast());
+        let lo = _mm512_and_si512(v, nibbles);
+        let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nibbles);
+        let at = dst.add((2 * tile * half + p) * ROW_BYTES);
+        _mm512_store_si512(at.cast(), lo);
+        _mm512_store_si512(at.add(half * ROW_BYTES).cast(), hi);
+    }
 }
 
 /// The B tiles of groups `g0..` of the 16 rows from `first` (`live` real; a partial block
