@@ -97,6 +97,13 @@ pub struct Model {
     pub eos_ids: Vec<u32>,
 }
 
+impl Drop for Model {
+    /// The AMX layouts made for this model's weights go with it (`qmv::forget_layouts`).
+    fn drop(&mut self) {
+        qmv::forget_layouts();
+    }
+}
+
 impl Model {
     /// Builds the network for an opened snapshot.
     pub fn load(snapshot: &Snapshot, policy: DtypePolicy) -> Result<Self> {

@@ -383,21 +383,56 @@ type Laid = std::sync::Arc<amx::Layout>;
 #[cfg(not(target_arch = "x86_64"))]
 type Laid = ();
 
-/// Each weight's [`amx::Layout`], made at its first AMX call and kept for the life of the
-/// process together with a reference to the weight array (so its buffer, the key, cannot be
-/// freed and its address reused while the entry stands): twice the memory of the 4-bit
-/// weights the AMX path reads (one byte per weight), once more for 8-bit ones.
+/// The AMX layouts made so far, keyed by the packed weight buffer's address, each with a
+/// reference to the weight array (so its buffer, the key, cannot be freed and its address
+/// reused while the entry stands).
+#[cfg(target_arch = "x86_64")]
+type LayoutCache = std::sync::Mutex<std::collections::HashMap<usize, (Array, Laid)>>;
+
+/// [`LayoutCache`] of this process.
+#[cfg(target_arch = "x86_64")]
+fn layouts() -> std::sync::MutexGuard<'static, std::collections::HashMap<usize, (Array, Laid)>> {
+    static LAID: OnceLock<LayoutCache> = OnceLock::new();
+    LAID.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Drops every AMX layout and the weight references kept with them. Called when a model is
+/// dropped ([`super::Model`]), so a process that replaces its models — a server's hot reload,
+/// the editor's probes — does not keep every earlier model's weights and layouts alive; a
+/// model still loaded makes its layouts again at its next AMX call.
+pub fn forget_layouts() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut cache = layouts();
+        if !cache.is_empty() {
+            let bytes: usize = cache.values().map(|(_, l)| l.bytes()).sum();
+            let n = cache.len();
+            tracing::debug!("a model was dropped: {n} AMX layouts ({bytes} bytes) dropped");
+            cache.clear();
+        }
+    }
+}
+
+/// Each weight's [`amx::Layout`], made at its first AMX call and kept in [`LayoutCache`]
+/// until a model is dropped ([`forget_layouts`]): twice the memory of the 4-bit weights the
+/// AMX path reads (one byte per weight), once more for 8-bit ones.
 #[cfg(target_arch = "x86_64")]
 fn laid_out(mats: &[Operands<'_>]) -> Result<Vec<Laid>> {
-    type Cache = std::sync::Mutex<std::collections::HashMap<usize, (Array, Laid)>>;
-    static LAID: OnceLock<Cache> = OnceLock::new();
     let views = views(mats)?;
-    let mut cache = LAID
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Ok(lay_out_in(&mut layouts(), mats, &views))
+}
+
+/// [`laid_out`] over the locked cache, the views of `mats` made.
+#[cfg(target_arch = "x86_64")]
+fn lay_out_in(
+    cache: &mut std::collections::HashMap<usize, (Array, Laid)>,
+    mats: &[Operands<'_>],
+    views: &[QuantMatrix<'_>],
+) -> Vec<Laid> {
     let mut found = Vec::with_capacity(mats.len());
-    for (op, m) in mats.iter().zip(&views) {
+    for (op, m) in mats.iter().zip(views) {
         let key = m.packed.as_ptr() as usize;
         let laid = match cache.get(&key) {
             Some((_, l)) if l.fits(m) => l.clone(),
@@ -412,7 +447,7 @@ fn laid_out(mats: &[Operands<'_>]) -> Result<Vec<Laid>> {
         };
         found.push(laid);
     }
-    Ok(found)
+    found
 }
 
 /// Host views of each layer's operands.
@@ -1838,6 +1873,30 @@ mod tests {
             .iter()
             .map(|f| f(family, m, r, xs))
             .collect()
+    }
+
+    /// A matrix's AMX layout is kept once made and dropped by [`forget_layouts`] (what a
+    /// dropped model calls), with the reference that kept its weights alive.
+    #[test]
+    fn amx_layouts_are_dropped_with_the_models() {
+        if !amx_here("amx_layouts_are_dropped_with_the_models") {
+            return;
+        }
+        let w = Array::from_slice(&pseudo_random(64 * 128, 5), &[64, 128]);
+        let (wq, scales, biases) = quantize(&w, 32, 4).unwrap();
+        let ops = [(&wq, &scales, &biases, 4, 32)];
+        let views = views(&ops).unwrap();
+        let key = views[0].packed.as_ptr() as usize;
+        {
+            // Made and held under one lock: a model dropped by another test cannot clear it
+            // in between.
+            let mut cache = layouts();
+            let laid = lay_out_in(&mut cache, &ops, &views);
+            assert!(laid[0].fits(&views[0]));
+            assert!(cache.contains_key(&key), "a layout made is kept");
+        }
+        forget_layouts();
+        assert!(!layouts().contains_key(&key), "forget_layouts drops it");
     }
 
     /// The 4-bit AVX-512 kernel that looks the weights up ([`avx512::dot_q4_table`], inputs

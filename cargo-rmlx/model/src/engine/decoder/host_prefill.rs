@@ -194,7 +194,6 @@ fn causal_attention(
 mod tests {
     use mlx_rs::Array;
 
-    use crate::engine::network::Net;
     use crate::engine::{gemm, qmv, DtypePolicy, Model};
     use crate::gguf::{import_to, Existing, ImportOptions};
     use crate::snapshot::Snapshot;
@@ -203,7 +202,7 @@ mod tests {
     /// --keep-quantized` converts it, here in the test process and cached under its own name,
     /// so the library's tests need no other test to have run first), loaded as every caller
     /// loads it.
-    fn smollm2_q4() -> Net {
+    fn smollm2_q4() -> Model {
         let this = std::env::current_exe().expect("the test executable's path");
         let dir = rmlx_test_support::converted_with(
             "smollm2-q4-lib",
@@ -217,9 +216,7 @@ mod tests {
             },
         );
         let snapshot = Snapshot::open(&dir).expect("open the converted SmolLM2 4-bit");
-        Model::load(&snapshot, DtypePolicy::Auto)
-            .expect("load SmolLM2 4-bit")
-            .net
+        Model::load(&snapshot, DtypePolicy::Auto).expect("load SmolLM2 4-bit")
     }
 
     /// Largest |a - b| of two float32 arrays of the same size.
@@ -243,7 +240,7 @@ mod tests {
             qmv::enabled() && gemm::available(),
             "host kernels or host GEMM unavailable (needs AVX2/FMA and cblas_sgemm)"
         );
-        let net = &smollm2_q4();
+        let net = &smollm2_q4().net;
         let ids: Vec<i32> = (0..20).map(|i| 200 + 997 * i % 40000).collect();
         let (head, chunk) = ids.split_at(2);
         let mut prefilled = net.new_cache();
@@ -286,7 +283,7 @@ mod tests {
     /// bit for bit, and leave caches from which the next step's logits are bit-identical too.
     #[test]
     fn prefill_together_matches_alone_bit_for_bit() {
-        let net = &smollm2_q4();
+        let net = &smollm2_q4().net;
         let shapes = [(2usize, 16usize), (27, 20), (5, 31)];
         let mut alone = Vec::new();
         let mut together = Vec::new();
@@ -335,7 +332,7 @@ mod tests {
     /// not prefill together: nothing runs and the caller goes one at a time.
     #[test]
     fn short_chunks_do_not_prefill_together() {
-        let net = &smollm2_q4();
+        let net = &smollm2_q4().net;
         let chunks = [
             Array::from_slice(&prompt(1, 8), &[1, 8]),
             Array::from_slice(&prompt(2, 20), &[1, 20]),
