@@ -2,7 +2,7 @@
 //! host, over the very buffers MLX holds (no copy of the weights), with AVX2/FMA — or, for
 //! float inputs on processors with AVX-512F, the 16-lane kernels of [`avx512`], or on request
 //! (`RMLX_HOST_KERNELS=amx`) the AMX tile kernels of [`amx`], which read a copy of each
-//! matrix laid out for the tiles, made at its first AMX call ([`laid_out`]) — and both cores.
+//! matrix laid out for the tiles, made at its first AMX call ([`lay_out_in`]) — and both cores.
 //!
 //! Why it exists: with one input row (every decode step) MLX 0.32's CPU backend runs
 //! `quantized_matmul` as a scalar single-threaded loop (`_qmm_dispatch_typed<float>`), which
@@ -289,9 +289,8 @@ pub fn matmul_many(x: &Array, mats: &[Operands<'_>]) -> Result<Vec<Array>> {
 
 /// [`matmul_many`] with the given activation mode.
 fn matmul_many_as(x: &Array, mats: &[Operands<'_>], mode: Activations) -> Result<Vec<Array>> {
-    let n = mats.first().map_or(0, |m| x.size() / cols_of(m).max(1));
-    let laid = laid_for(mats, n, mode)?;
     on_host(x, mats, |views, xs| {
+        let laid = laid_for(mats, views, xs, mode);
         QuantMatrix::matmul_many_laid(views, xs, mode, laid.as_deref())
     })
 }
@@ -350,30 +349,32 @@ fn outputs(x: &Array, views: &[QuantMatrix<'_>], outs: Vec<Vec<f32>>) -> Result<
 pub fn matvec_many_host(x: &[f32], mats: &[Operands<'_>]) -> Result<Vec<Vec<f32>>> {
     let views = views(mats)?;
     let mode = activations();
-    let n = views.first().map_or(1, |m| x.len() / m.cols);
-    let laid = laid_for(mats, n, mode)?;
+    let laid = laid_for(mats, &views, x, mode);
     QuantMatrix::matmul_many_laid(&views, x, mode, laid.as_deref())
 }
 
-/// A matrix's columns from its operands (the packed weight's last dimension × 32 / bits).
-fn cols_of(m: &Operands<'_>) -> usize {
-    let packed = m.0.shape().last().map_or(0, |&d| d as usize);
-    packed * 32 / (m.3.max(1) as usize)
-}
-
-/// The AMX layouts of `mats` ([`laid_out`]) when a call of `n` inputs runs on the AMX tiles
-/// ([`amx_for`]); `None` otherwise.
+/// The AMX layouts of `mats` (their `views`) when the call of input `x` runs on the AMX tiles
+/// ([`amx_for`], by its number of rows); `None` otherwise.
 #[cfg(target_arch = "x86_64")]
-fn laid_for(mats: &[Operands<'_>], n: usize, mode: Activations) -> Result<Option<Vec<Laid>>> {
-    match mode == Activations::F32 && n > 0 && amx_for(n) {
-        true => laid_out(mats).map(Some),
-        false => Ok(None),
-    }
+fn laid_for(
+    mats: &[Operands<'_>],
+    views: &[QuantMatrix<'_>],
+    x: &[f32],
+    mode: Activations,
+) -> Option<Vec<Laid>> {
+    let n = views.first().map_or(0, |m| x.len() / m.cols);
+    (mode == Activations::F32 && n > 0 && amx_for(n))
+        .then(|| lay_out_in(&mut layouts(), mats, views))
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn laid_for(_: &[Operands<'_>], _: usize, _: Activations) -> Result<Option<Vec<Laid>>> {
-    Ok(None)
+fn laid_for(
+    _: &[Operands<'_>],
+    _: &[QuantMatrix<'_>],
+    _: &[f32],
+    _: Activations,
+) -> Option<Vec<Laid>> {
+    None
 }
 
 /// A matrix's weights laid out for the AMX tiles, shared by the calls that use it.
@@ -387,12 +388,12 @@ type Laid = ();
 /// reference to the weight array (so its buffer, the key, cannot be freed and its address
 /// reused while the entry stands).
 #[cfg(target_arch = "x86_64")]
-type LayoutCache = std::sync::Mutex<std::collections::HashMap<usize, (Array, Laid)>>;
+type Layouts = std::collections::HashMap<usize, (Array, Laid)>;
 
-/// [`LayoutCache`] of this process.
+/// This process's [`Layouts`], locked.
 #[cfg(target_arch = "x86_64")]
-fn layouts() -> std::sync::MutexGuard<'static, std::collections::HashMap<usize, (Array, Laid)>> {
-    static LAID: OnceLock<LayoutCache> = OnceLock::new();
+fn layouts() -> std::sync::MutexGuard<'static, Layouts> {
+    static LAID: OnceLock<std::sync::Mutex<Layouts>> = OnceLock::new();
     LAID.get_or_init(Default::default)
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -415,22 +416,11 @@ pub fn forget_layouts() {
     }
 }
 
-/// Each weight's [`amx::Layout`], made at its first AMX call and kept in [`LayoutCache`]
-/// until a model is dropped ([`forget_layouts`]): twice the memory of the 4-bit weights the
-/// AMX path reads (one byte per weight), once more for 8-bit ones.
+/// Each weight's [`amx::Layout`] (`views` the views of `mats`), made at its first AMX call
+/// and kept in `cache` ([`layouts`]) until a model is dropped ([`forget_layouts`]): twice the
+/// memory of the 4-bit weights the AMX path reads, once more for 8-bit ones.
 #[cfg(target_arch = "x86_64")]
-fn laid_out(mats: &[Operands<'_>]) -> Result<Vec<Laid>> {
-    let views = views(mats)?;
-    Ok(lay_out_in(&mut layouts(), mats, &views))
-}
-
-/// [`laid_out`] over the locked cache, the views of `mats` made.
-#[cfg(target_arch = "x86_64")]
-fn lay_out_in(
-    cache: &mut std::collections::HashMap<usize, (Array, Laid)>,
-    mats: &[Operands<'_>],
-    views: &[QuantMatrix<'_>],
-) -> Vec<Laid> {
+fn lay_out_in(cache: &mut Layouts, mats: &[Operands<'_>], views: &[QuantMatrix<'_>]) -> Vec<Laid> {
     let mut found = Vec::with_capacity(mats.len());
     for (op, m) in mats.iter().zip(views) {
         let key = m.packed.as_ptr() as usize;

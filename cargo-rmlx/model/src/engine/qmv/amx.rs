@@ -554,7 +554,7 @@ struct Source {
 /// the matrix is one exactly (MLX's checkpoints store them so; the host path widens them to
 /// float32 at load), else in two lines as float32: read with one load instead of two
 /// gathers, and a third of the streamed bytes at groups of 32 becomes a fifth. Built once
-/// per matrix by the caller (`qmv::laid_out`).
+/// per matrix by the caller (`qmv::lay_out_in`).
 pub(super) struct Layout {
     /// The blocks, line-aligned.
     tiles: Vec<Line>,
