@@ -613,7 +613,10 @@ impl Layout {
         }
         let (terms, term_lines) = match terms::<true>(m) {
             Some(half) => (half, 1),
-            None => (terms::<false>(m).unwrap_or_default(), 2),
+            None => (
+                terms::<false>(m).expect("float32 lines hold every scale and bias"),
+                2,
+            ),
         };
         Layout {
             tiles,
