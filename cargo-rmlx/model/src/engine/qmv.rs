@@ -18,6 +18,7 @@
 //! processor with AVX-512, `RMLX_HOST_KERNELS=amx` asks for the AMX ones ([`family`]),
 //! `RMLX_HOST_KERNELS=amx-batch` for them on calls of two or more inputs only ([`amx_for`]).
 
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use mlx_rs::{Array, Dtype};
@@ -469,13 +470,53 @@ fn lane_sum(g: &[f32]) -> f32 {
 
 /// A block's `[rows, n]` products (`out`) copied to the `n` inputs' parts (`parts[k]`: input
 /// `k`'s values of those rows); nothing when `parts` is empty.
-fn scatter(out: &[f32], parts: &mut [&mut [f32]]) {
+fn scatter(out: &[f32], parts: &mut [&mut [MaybeUninit<f32>]]) {
     let Some(n) = std::num::NonZeroUsize::new(parts.len()) else {
         return;
     };
     for (r, values) in out.chunks_exact(n.get()).enumerate() {
-        parts.iter_mut().zip(values).for_each(|(p, v)| p[r] = *v);
+        parts.iter_mut().zip(values).for_each(|(p, v)| {
+            p[r].write(*v);
+        });
     }
+}
+
+/// `len` values to be written before they are read ([`QuantMatrix::for_row_blocks`]): not
+/// zeroed first (zeroing every product was 2% of a four-sequence step, on the calling thread).
+fn unwritten(len: usize) -> Vec<MaybeUninit<f32>> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: `MaybeUninit` elements need no initialization; the capacity is `len`.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// What a task of [`QuantMatrix::for_row_blocks`] writes to.
+struct TaskOut<'a, 'b> {
+    /// The task's `[rows, n]` block of the products.
+    rows_n: &'a mut [f32],
+    /// With several inputs, each input's values of the task's rows, for a task that writes
+    /// them itself (empty with one input: `rows_n` is then that input's output).
+    parts: &'a mut [&'b mut [MaybeUninit<f32>]],
+}
+
+/// Which of its [`TaskOut`] a task wrote.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Written {
+    /// `rows_n` (with several inputs, scattered to the parts after the task).
+    RowsN,
+    /// Every input's part directly.
+    Parts,
+}
+
+/// `v` once every value of it is written.
+///
+/// # Safety
+/// Every element of `v` must have been written.
+unsafe fn written(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout; the caller promises every element is
+    // initialized; the allocation is handed over whole (pointer, length, capacity).
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
 }
 
 thread_local! {
@@ -755,7 +796,7 @@ impl QuantMatrix<'_> {
     /// separate copy on the calling thread was 2% of a four-sequence step, the helpers idle).
     fn for_row_blocks<F>(mats: &[Self], n: usize, task: F) -> Vec<Vec<f32>>
     where
-        F: Fn(usize, usize, &mut [f32]) + Sync,
+        F: Fn(usize, usize, TaskOut<'_, '_>) -> Written + Sync,
     {
         let threads = super::pool::threads();
         let total_rows: usize = mats.iter().map(|m| m.rows).sum();
@@ -772,19 +813,23 @@ impl QuantMatrix<'_> {
                     tasks.push((i, t * per_task, chunk));
                 }
             }
-            super::pool::for_each_mut(&mut tasks, |(i, first, out)| task(*i, *first, out));
+            super::pool::for_each_mut(&mut tasks, |(i, first, out)| {
+                let parts = &mut [];
+                task(*i, *first, TaskOut { rows_n: out, parts });
+            });
             return outs;
         }
         // The `[rows, n]` products go to a buffer the calling thread keeps across calls:
         // every value of it is written by a task before the task reads it.
         let mut products = PRODUCTS.with(|p| std::mem::take(&mut *p.borrow_mut()));
         products.resize(total_rows * n, 0.0);
-        let mut ys: Vec<Vec<f32>> = mats.iter().map(zeros).collect();
+        let mut ys: Vec<Vec<MaybeUninit<f32>>> =
+            mats.iter().map(|m| unwritten(m.rows * n)).collect();
         // Each task owns a contiguous block of weight rows, and its part of each input's
         // row of `ys`: `parts` holds them task after task, `n` per task (one allocation for
         // the call, not one per task).
         let count: usize = mats.iter().map(|m| m.rows.div_ceil(per_task)).sum();
-        let mut parts: Vec<&mut [f32]> = Vec::with_capacity(count * n);
+        let mut parts: Vec<&mut [MaybeUninit<f32>]> = Vec::with_capacity(count * n);
         for (y, m) in ys.iter_mut().zip(mats) {
             let mut inputs: Vec<_> = y
                 .chunks_mut(m.rows)
@@ -806,13 +851,18 @@ impl QuantMatrix<'_> {
             }
         }
         super::pool::for_each_mut(&mut tasks, |(i, first, out, parts)| {
-            task(*i, *first, out);
-            scatter(out, parts);
+            let rows_n = &mut **out;
+            if task(*i, *first, TaskOut { rows_n, parts }) == Written::RowsN {
+                scatter(out, parts);
+            }
         });
         drop(tasks);
         drop(parts);
         PRODUCTS.with(|p| *p.borrow_mut() = products);
-        ys
+        // SAFETY: the tasks cover every weight row of every matrix (blocks of `per_task`
+        // from 0), and each task's `scatter` wrote its rows of each of the `n` inputs; a task
+        // that panicked made `for_each_mut` panic before this point.
+        ys.into_iter().map(|y| unsafe { written(y) }).collect()
     }
 
     /// Asks the cache for weight row `r` (packed bytes, scales, biases) ahead of its use
@@ -889,15 +939,21 @@ impl QuantMatrix<'_> {
                 .collect::<Vec<_>>()
         });
         Self::for_row_blocks(mats, n, |i, first, out| {
-            let rows = out.len() / n;
+            let rows = out.rows_n.len() / n;
+            let (mut dest, written) = match out.parts.is_empty() {
+                true => (amx::Dest::RowsN(out.rows_n), Written::RowsN),
+                false => (amx::Dest::Inputs(out.parts), Written::Parts),
+            };
             for (k, inputs) in prepared[of[i]].iter().enumerate() {
                 let at = (first, rows, k * amx::BLOCK, n);
                 // SAFETY: AMX is available (above); `inputs` was prepared for this layout;
                 // `for_row_blocks` hands out rows `first..first + rows` of matrix `i` and their
-                // `[rows, n]` block; block `k` holds inputs `k · BLOCK..` of `n`.
+                // `[rows, n]` block (or each input's part of those rows); block `k` holds
+                // inputs `k · BLOCK..` of `n`.
                 let layout = laid.map(|l| &*l[i]);
-                unsafe { amx::rows(&mats[i], inputs, layout, at, out) };
+                unsafe { amx::rows(&mats[i], inputs, layout, at, &mut dest) };
             }
+            written
         })
     }
 
@@ -910,7 +966,7 @@ impl QuantMatrix<'_> {
     fn products<P: Input>(mats: &[Self], x: &[f32]) -> Vec<Vec<f32>> {
         let (prepared, of) = Self::prepare_shared::<P>(mats, x);
         let n = x.len() / mats[0].cols;
-        Self::for_row_blocks(mats, n, |i, first, out| {
+        Self::for_row_blocks(mats, n, |i, first, TaskOut { rows_n: out, .. }| {
             let (m, inputs) = (&mats[i], &prepared[of[i]]);
             for start in (0..n).step_by(P::BLOCK) {
                 let block = &inputs[start..n.min(start + P::BLOCK)];
@@ -922,6 +978,7 @@ impl QuantMatrix<'_> {
                     _ => m.pass::<P, 1>(block, at, out),
                 }
             }
+            Written::RowsN
         })
     }
 
@@ -2439,12 +2496,20 @@ mod tests {
                     });
                     // SAFETY: AMX available; inputs prepared for this layout; rows in range.
                     let amx_us = time(&laid, &mut |m, _, first, out| unsafe {
-                        amx::rows(m, &tiles_in, None, (first, task, 0, n), out)
+                        amx::rows(
+                            m,
+                            &tiles_in,
+                            None,
+                            (first, task, 0, n),
+                            &mut amx::Dest::RowsN(out),
+                        )
                     });
                     // SAFETY: as above; `l` made from `m`; `first` a multiple of 16.
-                    let mut read = |m: &QuantMatrix<'_>, l: &amx::Layout, first, out: &mut _| unsafe {
-                        amx::rows(m, &tiles_in, Some(l), (first, task, 0, n), out)
-                    };
+                    let mut read =
+                        |m: &QuantMatrix<'_>, l: &amx::Layout, first, out: &mut [f32]| unsafe {
+                            let out = &mut amx::Dest::RowsN(out);
+                            amx::rows(m, &tiles_in, Some(l), (first, task, 0, n), out)
+                        };
                     let laid_us = time(&laid, &mut read);
                     let bytes_us = time(&bytes, &mut read);
                     line += &format!(
@@ -2497,7 +2562,7 @@ mod tests {
                             // `[rows, n]`, this block's inputs from `k · block`.
                             let x = unsafe { amx::Inputs::new(inputs, &m) };
                             let at = (0, rows, k * block, n);
-                            unsafe { amx::rows(&m, &x, laid, at, &mut out) };
+                            unsafe { amx::rows(&m, &x, laid, at, &mut amx::Dest::RowsN(&mut out)) };
                         }
                     }
                     start.elapsed().as_secs_f64() * 1e6 / reps as f64

@@ -32,6 +32,7 @@
 
 use std::arch::asm;
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use super::QuantMatrix;
@@ -188,6 +189,7 @@ pub(super) struct Inputs {
 }
 
 /// The limb scales of a group whose largest magnitude is `max`, and their reciprocals.
+#[cfg(test)]
 fn limb_scales(max: f32) -> ([f32; 3], [f32; 3]) {
     let s1 = max / 127.0;
     let s = [s1, s1 / 254.0, s1 / (254.0 * 254.0)];
@@ -199,6 +201,71 @@ fn limb_scales(max: f32) -> ([f32; 3], [f32; 3]) {
         }
     });
     (s, inv)
+}
+
+/// The largest of the 16 lanes of `v` (none NaN). Not `_mm512_reduce_max_ps`: its generic
+/// reduction keeps NaN semantics lane by lane (a scalar chain, most of this preparation's
+/// time in `perf`).
+#[target_feature(enable = "avx512f,avx2")]
+#[inline]
+unsafe fn lane_max(v: __m512) -> f32 {
+    let quarters = [
+        _mm512_extractf32x4_ps::<0>(v),
+        _mm512_extractf32x4_ps::<1>(v),
+        _mm512_extractf32x4_ps::<2>(v),
+        _mm512_extractf32x4_ps::<3>(v),
+    ];
+    let m = _mm_max_ps(
+        _mm_max_ps(quarters[0], quarters[1]),
+        _mm_max_ps(quarters[2], quarters[3]),
+    );
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    _mm_cvtss_f32(_mm_max_ps(m, _mm_shuffle_ps::<0b01>(m, m)))
+}
+
+/// [`limb_scales`] of every group of `x` (a whole number of groups of a multiple of 16
+/// values), sixteen groups per vector operation: the same IEEE divisions, so the same bits
+/// (test `vector_limb_scales_are_the_scalar_ones`). The largest magnitude skips NaNs, as
+/// `f32::max` does (`vmaxps` returns its second operand where the first is NaN).
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+unsafe fn group_limb_scales(x: &[f32], group: usize) -> Vec<([f32; 3], [f32; 3])> {
+    let groups = x.len() / group;
+    let mut maxes = vec![0f32; groups.next_multiple_of(16)];
+    for (m, xg) in maxes.iter_mut().zip(x.chunks_exact(group)) {
+        let mut acc = _mm512_setzero_ps();
+        for c in xg.chunks_exact(16) {
+            acc = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(c.as_ptr())), acc);
+        }
+        *m = lane_max(acc);
+    }
+    let (zero, inf, one) = (
+        _mm512_setzero_ps(),
+        _mm512_set1_ps(f32::INFINITY),
+        _mm512_set1_ps(1.0),
+    );
+    let mut out = Vec::with_capacity(maxes.len());
+    for m in maxes.chunks_exact(16) {
+        let s1 = _mm512_div_ps(_mm512_loadu_ps(m.as_ptr()), _mm512_set1_ps(127.0));
+        let s = [
+            s1,
+            _mm512_div_ps(s1, _mm512_set1_ps(254.0)),
+            _mm512_div_ps(s1, _mm512_set1_ps(254.0 * 254.0)),
+        ];
+        let inv = s.map(|v| {
+            let usable = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, zero)
+                & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, inf);
+            _mm512_maskz_div_ps(usable, one, v)
+        });
+        let [s, inv] = [s, inv].map(|v| std::mem::transmute::<[__m512; 3], [[f32; 16]; 3]>(v));
+        for k in 0..16 {
+            out.push((
+                [s[0][k], s[1][k], s[2][k]],
+                [inv[0][k], inv[1][k], inv[2][k]],
+            ));
+        }
+    }
+    out.truncate(groups);
+    out
 }
 
 impl Inputs {
@@ -219,9 +286,8 @@ impl Inputs {
             count: xs.len(),
         };
         for (i, x) in xs.iter().enumerate() {
-            for (g, xg) in x.chunks_exact(m.group).enumerate() {
-                let max = xg.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let scales = limb_scales(max);
+            let scales = group_limb_scales(x, m.group);
+            for ((g, xg), scales) in x.chunks_exact(m.group).enumerate().zip(scales) {
                 inputs.scales[g][i] = scales.0;
                 inputs.sums[g][i] = super::lane_sum(xg);
                 let row = inputs.limbs.as_mut_ptr().cast::<i8>();
@@ -295,20 +361,20 @@ unsafe fn limbs16(
 }
 
 /// Weight rows `first..first + rows` of `m` against `x`: `out` is the task's `[rows, n]`
-/// block, input `k` of `x` written to column `start + k`. With `laid` (`m`'s [`Layout`])
+/// block, input `k` of `x` written to column `start + k`, or each input's part of the rows. With `laid` (`m`'s [`Layout`])
 /// the tiles read the weights from there (in place, or unpacked per round from nibbles);
 /// without, each call transposes them.
 ///
 /// # Safety
 /// [`available`] must have returned `Ok`; `x` prepared for `m`; `laid` made from `m`;
 /// `first` a multiple of [`ROWS`] and `first + rows ≤ m.rows`; `out` holds `rows · n` values
-/// and `start + x.count ≤ n`.
+/// (or `n` parts of `rows` values) and `start + x.count ≤ n`.
 pub(super) unsafe fn rows(
     m: &QuantMatrix<'_>,
     x: &Inputs,
     laid: Option<&Layout>,
     at: (usize, usize, usize, usize),
-    out: &mut [f32],
+    out: &mut Dest<'_, '_>,
 ) {
     let _tiles = Tiles::configure(tile_cols(m.group), 3 * x.count);
     debug_assert!(laid.is_none_or(|l| l.fits(m) && at.0.is_multiple_of(ROWS)));
@@ -347,7 +413,7 @@ unsafe fn run<const BITS: usize>(
     m: &QuantMatrix<'_>,
     x: &Inputs,
     (first, rows, start, n): (usize, usize, usize, usize),
-    out: &mut [f32],
+    out: &mut Dest<'_, '_>,
     (laid, scratch): (Option<&Layout>, &mut [u8]),
 ) {
     let groups = m.cols / m.group;
@@ -391,8 +457,7 @@ unsafe fn run<const BITS: usize>(
         fold(m, x, (laid, &round), &c.0[..round.count], acc);
         if round.g0 + round.count == groups {
             let (row0, live) = round.rows;
-            let at = (row0 - first) * n;
-            write_block(acc, live, x.count, &mut out[at..], n, start);
+            write_block(acc, (row0 - first, live), x.count, out, (n, start));
             *acc = [_mm512_setzero_ps(); BLOCK];
         }
     };
@@ -511,23 +576,44 @@ unsafe fn prefetch_terms(m: &QuantMatrix<'_>, row0: usize, (j, _): (usize, usize
     }
 }
 
-/// A finished block's outputs: input `i`'s lane `r` written to `out[r · n + start + i]`, for
-/// the `live` real rows.
+/// Where [`rows`] writes its products.
+pub(super) enum Dest<'a, 'b> {
+    /// The task's `[rows, n]` block: input `i`'s row `r` at `r · n + start + i`.
+    RowsN(&'a mut [f32]),
+    /// Input `i`'s rows in `parts[start + i]`, one value per row of the task.
+    Inputs(&'a mut [&'b mut [MaybeUninit<f32>]]),
+}
+
+/// A finished block's outputs: input `i`'s lane `r` — the task's row `row + r` — for the
+/// `live` real rows, to `out` (with parts, sixteen lanes in one store).
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
 #[inline]
 unsafe fn write_block(
     acc: &[__m512; BLOCK],
-    live: usize,
+    (row, live): (usize, usize),
     count: usize,
-    out: &mut [f32],
-    n: usize,
-    start: usize,
+    out: &mut Dest<'_, '_>,
+    (n, start): (usize, usize),
 ) {
     for (i, v) in acc.iter().take(count).enumerate() {
-        let mut lanes = [0f32; ROWS];
-        _mm512_storeu_ps(lanes.as_mut_ptr(), *v);
-        for (r, lane) in lanes.iter().take(live).enumerate() {
-            out[r * n + start + i] = *lane;
+        match out {
+            Dest::RowsN(out) => {
+                let mut lanes = [0f32; ROWS];
+                _mm512_storeu_ps(lanes.as_mut_ptr(), *v);
+                for (r, lane) in lanes.iter().take(live).enumerate() {
+                    out[(row + r) * n + start + i] = *lane;
+                }
+            }
+            Dest::Inputs(parts) => {
+                let to = &mut parts[start + i][row..row + live];
+                let mask: __mmask16 = if live == ROWS {
+                    u16::MAX
+                } else {
+                    (1u16 << live) - 1
+                };
+                // SAFETY: `to` holds `live` ≤ 16 values; the mask stores only those lanes.
+                _mm512_mask_storeu_ps(to.as_mut_ptr().cast::<f32>(), mask, *v);
+            }
         }
     }
 }
@@ -972,6 +1058,44 @@ unsafe fn store_products(count: usize, c: &mut Products) {
             1 => store!(5, cj.as_mut_ptr()),
             2 => store!(6, cj.as_mut_ptr()),
             _ => store!(7, cj.as_mut_ptr()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vectorized limb scales are the scalar ones, bit for bit: ordinary groups, a
+    /// group of zeros, tiny and huge magnitudes, an infinity, NaNs (skipped by the largest
+    /// magnitude), group counts that end in a partial vector of sixteen.
+    #[test]
+    fn vector_limb_scales_are_the_scalar_ones() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("vector_limb_scales_are_the_scalar_ones: no AVX-512F here: NOT tested");
+            return;
+        }
+        for (group, groups) in [(32, 1), (32, 18), (64, 9), (96, 5), (128, 33)] {
+            let mut x: Vec<f32> = (0..group * groups)
+                .map(|i| ((i as f32) * 0.618).sin() * (1.0 + (i % 7) as f32) * 1e-2)
+                .collect();
+            x[..group].iter_mut().for_each(|v| *v = 0.0);
+            if groups > 4 {
+                x[group + 3] = f32::NAN;
+                x[2 * group + 1] = f32::INFINITY;
+                x[3 * group + 5] = -3.0e38;
+                x[4 * group..5 * group].iter_mut().for_each(|v| *v *= 1e-36);
+            }
+            // SAFETY: AVX-512F is present (checked above); `x` holds `groups` whole groups.
+            let vector = unsafe { group_limb_scales(&x, group) };
+            assert_eq!(vector.len(), groups);
+            for (g, (xg, got)) in x.chunks_exact(group).zip(vector).enumerate() {
+                let max = xg.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let want = limb_scales(max);
+                let bits =
+                    |(s, i): ([f32; 3], [f32; 3])| (s.map(f32::to_bits), i.map(f32::to_bits));
+                assert_eq!(bits(got), bits(want), "group {g} of {groups}, g{group}");
+            }
         }
     }
 }
