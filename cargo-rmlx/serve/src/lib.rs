@@ -150,6 +150,9 @@ pub enum Stopped {
 
 /// Runs the server until SIGINT/SIGTERM.
 pub fn serve(opts: ServeOptions, events: EventSink) -> Result<Stopped> {
+    if opts.load.max_batch > 1 {
+        rmlx_model::engine::qmv::serve_batches();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("rmlx-http")

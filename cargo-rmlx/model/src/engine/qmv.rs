@@ -19,6 +19,7 @@
 //! `RMLX_HOST_KERNELS=amx-batch` for them on calls of two or more inputs only ([`amx_for`]).
 
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use mlx_rs::{Array, Dtype};
@@ -138,22 +139,53 @@ enum Family {
     Portable,
 }
 
-/// The float kernels' family in this process: with `RMLX_HOST_KERNELS=amx` the AMX
-/// kernels where the processor and the kernel allow them (else a warning says why not);
-/// otherwise AVX-512 where the processor has it unless `RMLX_HOST_KERNELS=avx2`, else
-/// AVX2/FMA, else the portable reference. Decided once per process and logged.
+/// The float kernels' family in this process: with `RMLX_HOST_KERNELS=amx` — or by default
+/// in a server of batched steps ([`serve_batches`]) — the AMX kernels where the processor and
+/// the kernel allow them (else, where asked for, a warning says why not); otherwise AVX-512
+/// where the processor has it unless `RMLX_HOST_KERNELS=avx2`, else AVX2/FMA, else the
+/// portable reference. Decided once per process and logged.
 fn family() -> Family {
     static FAMILY: OnceLock<Family> = OnceLock::new();
     *FAMILY.get_or_init(|| {
-        let width = super::switches::host_kernel_width();
+        let asked = super::switches::host_kernel_width();
+        let serving = SERVE_BATCHES.load(Ordering::Relaxed);
+        let width = effective_width(asked, serving, amx_available().is_ok());
         let (family, why) = choose_family(width);
         if width == HostKernels::Amx && family != Family::Amx {
             tracing::warn!("RMLX_HOST_KERNELS=amx: {why}; host float kernels: {family:?}");
+        } else if width != asked {
+            tracing::info!(
+                "host kernels: the AMX tiles, a server's default on this processor (batched \
+                 steps read each weight once for all rows; each matrix's tile layout holds its \
+                 weights again); RMLX_HOST_KERNELS=1 keeps the float kernels"
+            );
         } else {
             tracing::debug!("host float kernels: {family:?} ({why})");
         }
         family
     })
+}
+
+/// Set once a server of batched decode steps starts ([`serve_batches`]).
+static SERVE_BATCHES: AtomicBool = AtomicBool::new(false);
+
+/// Marks this process as a server whose decode steps batch several sequences: unless
+/// `RMLX_HOST_KERNELS` says otherwise, its host kernels then run on the AMX tiles where the
+/// processor and the kernel allow them — on this project's development machine four clients
+/// get 2.4–3.2× one stream's decode rate with them, 1.7–2.1× with the float kernels, a lone
+/// stream about as fast either way (BENCHMARKS.md round 15). Call before the first model
+/// loads: the kernels are chosen once per process, at the first host product.
+pub fn serve_batches() {
+    SERVE_BATCHES.store(true, Ordering::Relaxed);
+}
+
+/// The kernels `asked` (`RMLX_HOST_KERNELS`) gives: `auto` in a server of batched steps
+/// (`serving`) with AMX available is `amx`, anything else is what it says.
+fn effective_width(asked: HostKernels, serving: bool, amx: bool) -> HostKernels {
+    match asked {
+        HostKernels::Auto if serving && amx => HostKernels::Amx,
+        other => other,
+    }
 }
 
 /// Whether a call of `n` inputs runs on the AMX tiles: every call with `RMLX_HOST_KERNELS=amx`
@@ -195,7 +227,7 @@ fn choose_family(width: HostKernels) -> (Family, String) {
             Ok(()) => return (Family::Amx, "RMLX_HOST_KERNELS=amx".into()),
             Err(why) => format!("no AMX ({why})"),
         },
-        _ => "AMX only with RMLX_HOST_KERNELS=amx".into(),
+        _ => "AMX only with RMLX_HOST_KERNELS=amx or in a server of batched steps".into(),
     };
     if avx512_available() && width != HostKernels::Avx2 {
         return (Family::Avx512, amx_off);
@@ -2381,13 +2413,44 @@ mod tests {
         }
     }
 
+    /// A server of batched steps runs the AMX kernels by default where they are available;
+    /// `1`, `avx2`, `0`, `amx-batch` and any process that is not such a server keep what they
+    /// ask for.
+    #[test]
+    fn a_server_of_batched_steps_runs_the_amx_tiles_by_default() {
+        assert_eq!(
+            effective_width(HostKernels::Auto, true, true),
+            HostKernels::Amx
+        );
+        assert_eq!(
+            effective_width(HostKernels::Auto, true, false),
+            HostKernels::Auto
+        );
+        assert_eq!(
+            effective_width(HostKernels::Auto, false, true),
+            HostKernels::Auto
+        );
+        for asked in [
+            HostKernels::Float,
+            HostKernels::Avx2,
+            HostKernels::Off,
+            HostKernels::AmxBatch,
+            HostKernels::Amx,
+        ] {
+            for (serving, amx) in [(true, true), (true, false), (false, true)] {
+                assert_eq!(effective_width(asked, serving, amx), asked, "{asked:?}");
+            }
+        }
+    }
+
     /// The family follows `RMLX_HOST_KERNELS`: AMX only with `amx`, and only where
     /// available (otherwise the fallback, and the reason, said on stderr); never AMX by
-    /// default.
+    /// default outside a server ([`effective_width`]).
     #[test]
     fn the_kernel_family_follows_the_switch_and_the_processor() {
         let widths = [
             HostKernels::Auto,
+            HostKernels::Float,
             HostKernels::Avx2,
             HostKernels::Off,
             HostKernels::AmxBatch,

@@ -36,17 +36,20 @@ pub enum HostKernels {
     Off,
     /// `avx2`: on, the AVX2 float kernels even where AVX-512 is present.
     Avx2,
-    /// `amx`: on, the AMX kernels where the processor and the kernel allow them (opt-in:
-    /// a B = 1 decode step was slower with them, BENCHMARKS.md round 12; with the weights
-    /// laid out for the tiles it is about even, round 14, not yet measured on a quiet machine;
-    /// the layouts take a second copy of the weights).
+    /// `amx`: on, the AMX kernels where the processor and the kernel allow them, in every
+    /// process (a lone decode step is about as fast as the float kernels', BENCHMARKS.md
+    /// round 14; the tiles' layouts take a second copy of the weights).
     Amx,
     /// `amx-batch`: on, the widest float kernels for one input and the AMX kernels for two
     /// or more, where the processor and the kernel allow them (opt-in: an input's result
     /// then depends on how many share its call, BENCHMARKS.md round 13).
     AmxBatch,
-    /// `1` (the default) or `auto`: on, the widest float kernels the processor runs.
+    /// `auto` (the default): on, the widest float kernels the processor runs — except in a
+    /// server of batched steps (`engine::qmv::serve_batches`), which runs the AMX kernels
+    /// where the processor and the kernel allow them (BENCHMARKS.md round 15).
     Auto,
+    /// `1`: on, the widest float kernels the processor runs, in a server too.
+    Float,
 }
 
 /// Whether q|k|v and gate|up are fused into one matmul each on MLX's path.
@@ -96,8 +99,10 @@ pub static HOST_KERNELS: Switch<HostKernels> = Switch::new(
     "`0` turns the CPU's host kernels (quantized mat-vec, prefill GEMM, host decode and \
      attention) off: every step on the CPU runs MLX's path, as on a GPU; `avx2` keeps their \
      AVX2 float kernels where AVX-512 ones would run; `amx` runs their quantized products on \
-     the AMX tiles where the processor and the kernel allow it; `amx-batch` only those of two \
-     or more inputs (one input: the float kernels)",
+     the AMX tiles where the processor and the kernel allow it, in every process; `amx-batch` \
+     only those of two or more inputs (one input: the float kernels); `1` keeps the float \
+     kernels in a server too (by default a server of batched steps runs the AMX tiles where \
+     they are available)",
     HostKernels::Auto,
     "0, 1, auto, avx2, amx or amx-batch",
     host_kernel_setting,
@@ -209,7 +214,8 @@ fn zero_or_one(v: &str) -> Option<bool> {
 fn host_kernel_setting(v: &str) -> Option<HostKernels> {
     match v {
         "0" => Some(HostKernels::Off),
-        "1" | "auto" => Some(HostKernels::Auto),
+        "1" => Some(HostKernels::Float),
+        "auto" => Some(HostKernels::Auto),
         "avx2" => Some(HostKernels::Avx2),
         "amx" => Some(HostKernels::Amx),
         "amx-batch" => Some(HostKernels::AmxBatch),
@@ -252,7 +258,8 @@ impl SwitchValue for HostKernels {
             HostKernels::Avx2 => "avx2",
             HostKernels::Amx => "amx",
             HostKernels::AmxBatch => "amx-batch",
-            HostKernels::Auto => "1",
+            HostKernels::Auto => "auto",
+            HostKernels::Float => "1",
         }
         .to_string()
     }
@@ -462,10 +469,11 @@ mod tests {
         let batch = HOST_KERNELS.read(set("amx-batch"));
         assert_eq!(batch.value, HostKernels::AmxBatch);
         assert!(matches!(batch.note, Some(Note::Set(_))));
-        for raw in ["1", "auto"] {
-            let r = HOST_KERNELS.read(set(raw));
-            assert_eq!((r.value, r.note), (HostKernels::Auto, None), "{raw}");
-        }
+        let float = HOST_KERNELS.read(set("1"));
+        assert_eq!(float.value, HostKernels::Float);
+        assert!(matches!(float.note, Some(Note::Set(_))));
+        let auto = HOST_KERNELS.read(set("auto"));
+        assert_eq!((auto.value, auto.note), (HostKernels::Auto, None));
         let unset = HOST_KERNELS.read(Err(VarError::NotPresent));
         assert_eq!((unset.value, unset.note), (HostKernels::Auto, None));
     }
