@@ -822,10 +822,13 @@ impl QuantMatrix<'_> {
     }
 
     /// Runs `task(matrix index, first weight row, out)` over blocks of weight rows of all
-    /// matrices in parallel; `out` is the block's part of that matrix's `[rows, n]` product
-    /// (`n` inputs). Returns each matrix's product as `[n, rows]`, the inputs' layout: with
-    /// several inputs each task copies its block there itself, while it is in cache (a
-    /// separate copy on the calling thread was 2% of a four-sequence step, the helpers idle).
+    /// matrices in parallel; `out` ([`TaskOut`]) holds the block's part of that matrix's
+    /// `[rows, n]` product (`n` inputs) and, with several inputs, each input's part of the
+    /// block's rows. Returns each matrix's product as `[n, rows]`, the inputs' layout: a task
+    /// that wrote the `[rows, n]` block has it copied to the inputs' parts on its own thread,
+    /// while it is in cache (a separate copy on the calling thread was 2% of a four-sequence
+    /// step, the helpers idle); one that wrote the parts itself (`Written::Parts`, the AMX
+    /// kernels) skips the copy.
     fn for_row_blocks<F>(mats: &[Self], n: usize, task: F) -> Vec<Vec<f32>>
     where
         F: Fn(usize, usize, TaskOut<'_, '_>) -> Written + Sync,
@@ -892,8 +895,10 @@ impl QuantMatrix<'_> {
         drop(parts);
         PRODUCTS.with(|p| *p.borrow_mut() = products);
         // SAFETY: the tasks cover every weight row of every matrix (blocks of `per_task`
-        // from 0), and each task's `scatter` wrote its rows of each of the `n` inputs; a task
-        // that panicked made `for_each_mut` panic before this point.
+        // from 0), and each task wrote its rows of each of the `n` inputs — through `scatter`,
+        // or itself where it returned `Written::Parts` (the AMX kernels: every live row of
+        // every input block, `amx::write_block`); a task that panicked made `for_each_mut`
+        // panic before this point.
         ys.into_iter().map(|y| unsafe { written(y) }).collect()
     }
 

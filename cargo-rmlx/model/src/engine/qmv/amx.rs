@@ -229,6 +229,7 @@ unsafe fn lane_max(v: __m512) -> f32 {
 /// `f32::max` does (`vmaxps` returns its second operand where the first is NaN).
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
 unsafe fn group_limb_scales(x: &[f32], group: usize) -> Vec<([f32; 3], [f32; 3])> {
+    debug_assert!(group.is_multiple_of(16) && x.len().is_multiple_of(group));
     let groups = x.len() / group;
     let mut maxes = vec![0f32; groups.next_multiple_of(16)];
     for (m, xg) in maxes.iter_mut().zip(x.chunks_exact(group)) {
@@ -361,9 +362,10 @@ unsafe fn limbs16(
 }
 
 /// Weight rows `first..first + rows` of `m` against `x`: `out` is the task's `[rows, n]`
-/// block, input `k` of `x` written to column `start + k`, or each input's part of the rows. With `laid` (`m`'s [`Layout`])
-/// the tiles read the weights from there (in place, or unpacked per round from nibbles);
-/// without, each call transposes them.
+/// block, input `k` of `x` written to column `start + k` ([`Dest::RowsN`]), or each input's
+/// part of those rows ([`Dest::Inputs`]). With `laid` (`m`'s [`Layout`]) the tiles read the
+/// weights from there (in place, or unpacked per round from nibbles); without, each call
+/// transposes them.
 ///
 /// # Safety
 /// [`available`] must have returned `Ok`; `x` prepared for `m`; `laid` made from `m`;
