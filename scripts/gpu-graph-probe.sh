@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-off device experiment (round 14): does MLX's CUDA backend re-instantiate its graphs every
+# One-off device experiment (round 14; run in round 15, BENCHMARKS "GPU, round 15"): does MLX's CUDA backend re-instantiate its graphs every
 # decode step (below 256 keys: vector attention kernel; from 256 on: cuDNN)? After `setup`.
 set -uo pipefail
 B="bash scripts/cuda-bench.sh"
@@ -8,11 +8,14 @@ PY=$(command -v python3)
 export PYTHONPATH=/root/site
 summ() { # dir: type counts + structural signature per graph file (last 24)
   for f in $(ls "$1"/*.dot 2>/dev/null | sort -t_ -k2 -n | tail -24); do
-    sig=$(grep -oE 'KERNEL|MEMCPY|MEMSET|MEM_ALLOC|MEM_FREE|EVENT_RECORD|WAIT_EVENT|HOST|EMPTY|GRAPH' "$f" | tr '\n' ' ')
-    echo "$(basename $f) $(echo "$sig" | tr ' ' '\n' | grep -v '^$' | sort | uniq -c | tr '\n' ' ' | tr -s ' ') sig=$(echo "$sig" | md5sum | cut -c1-8)"
+    # MLX labels each node with its kernel's mangled name: the sequence of names is the graph.
+    sig=$(grep -oE '_Z[A-Za-z0-9_]+' "$f" | tr '\n' ' ')
+    echo "$(basename $f) $(echo "$sig" | wc -w) kernels sig=$(echo "$sig" | md5sum | cut -c1-8)"
   done
 }
-run() { env "$@" RUST_LOG=rmlx_model::engine::sequence=debug $B bench-rmlx $M --decode-tokens 256 --repeat 1 --no-probe-timing 2>&1 | grep -E 'DEBUG decode: 2[0-9]{2} steps|^rmlx ' | tr '\n' ' '; echo; }
+run() { # VAR=VALUE then bench args
+  local v=$1; shift
+  env "$v" RUST_LOG=rmlx_model::engine::sequence=debug $B bench-rmlx $M --decode-tokens 256 --repeat 1 --no-probe-timing "$@" 2>&1 | grep -E 'decode: 2[0-9]{2} steps|^rmlx |error' | tr '\n' ' '; echo; }
 for p in 16 512; do for v in X=1 MLX_CUDA_GRAPH_CACHE_SIZE=0 MLX_CUDA_USE_CUDNN_SDPA=0 X=1; do echo "-- p$p $v"; run $v --prompt-tokens $p; done; done
 for p in 16 300; do
   mkdir -p /root/g/r$p; echo "== rmlx dumps p$p"
