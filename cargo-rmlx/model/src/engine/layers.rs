@@ -557,7 +557,7 @@ impl RmsNorm {
     /// [`Self::forward`] of one host row, in float32 like MLX's kernel.
     pub fn host_forward(&self, x: &[f32]) -> Result<Vec<f32>> {
         let w = crate::mlx::host::host_slice::<f32>(&self.weight, "norm weight")?;
-        let mean_sq = sum_of_squares(x) / x.len() as f32;
+        let mean_sq = super::qmv::lane_sum_of(x, |v| v * v) / x.len() as f32;
         let inv = 1.0 / (mean_sq + self.eps).sqrt();
         Ok(x.iter().zip(w).map(|(v, w)| v * inv * w).collect())
     }
@@ -768,21 +768,4 @@ impl Rope {
 pub fn softcap(x: &Array, cap: f32) -> Result<Array> {
     let c = Array::from_f32(cap).as_dtype(x.dtype())?;
     Ok(mlx_rs::ops::tanh(&x.divide(&c)?)?.multiply(&c)?)
-}
-
-/// Σ v² of `x`: eight lane sums in column order, then `((l0 + l1) + (l2 + l3)) + ((l4 + l5) +
-/// (l6 + l7))`, then the values past the last whole lane — one fixed order the compiler
-/// vectorizes (a running sum is one serial chain: 1 µs per 576-value row, a norm per row
-/// twice per block on the decode step's critical path).
-fn sum_of_squares(x: &[f32]) -> f32 {
-    let mut l = [0f32; 8];
-    let lanes = x.chunks_exact(8);
-    let tail = lanes.remainder();
-    for chunk in lanes {
-        for (l, v) in l.iter_mut().zip(chunk) {
-            *l += v * v;
-        }
-    }
-    let whole = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
-    tail.iter().fold(whole, |s, v| s + v * v)
 }

@@ -487,17 +487,27 @@ fn fail(what: &str, e: String) -> Diagnostic {
     )
 }
 
-/// Σ of `g` (a whole number of 8-value lanes): eight lane sums in column order, then
-/// `((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))` — one fixed order the compiler can
-/// vectorize, where a plain running sum is one serial chain of `g.len()` additions.
+/// Σ of `g` (a whole number of 8-value lanes) in [`lane_sum_of`]'s order.
 fn lane_sum(g: &[f32]) -> f32 {
+    lane_sum_of(g, |v| v)
+}
+
+/// Σ f(v) over `x`: eight lane sums in column order, then `((l0 + l1) + (l2 + l3)) + ((l4 +
+/// l5) + (l6 + l7))`, then the values past the last whole lane one by one — one fixed order
+/// the compiler can vectorize, where a plain running sum is one serial chain of `x.len()`
+/// additions (the host kernels' group sums; `RmsNorm::host_forward`'s sum of squares).
+#[inline]
+pub(crate) fn lane_sum_of(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut l = [0f32; 8];
-    for chunk in g.chunks_exact(8) {
-        for (l, v) in l.iter_mut().zip(chunk) {
-            *l += v;
+    let lanes = x.chunks_exact(8);
+    let tail = lanes.remainder();
+    for chunk in lanes {
+        for (l, &v) in l.iter_mut().zip(chunk) {
+            *l += f(v);
         }
     }
-    ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))
+    let whole = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+    tail.iter().fold(whole, |s, &v| s + f(v))
 }
 
 /// A block's `[rows, n]` products (`out`) copied to the `n` inputs' parts (`parts[k]`: input
