@@ -149,7 +149,7 @@ fn family() -> Family {
     *FAMILY.get_or_init(|| {
         let asked = super::switches::host_kernel_width();
         let serving = SERVE_BATCHES.load(Ordering::Relaxed);
-        let width = effective_width(asked, serving, amx_available().is_ok());
+        let width = effective_width(asked, serving, || amx_available().is_ok());
         let (family, why) = choose_family(width);
         if width == HostKernels::Amx && family != Family::Amx {
             tracing::warn!("RMLX_HOST_KERNELS=amx: {why}; host float kernels: {family:?}");
@@ -180,10 +180,11 @@ pub fn serve_batches() {
 }
 
 /// The kernels `asked` (`RMLX_HOST_KERNELS`) gives: `auto` in a server of batched steps
-/// (`serving`) with AMX available is `amx`, anything else is what it says.
-fn effective_width(asked: HostKernels, serving: bool, amx: bool) -> HostKernels {
+/// (`serving`) with AMX available (`amx`, asked only then: it requests the tile data from the
+/// kernel) is `amx`, anything else is what it says.
+fn effective_width(asked: HostKernels, serving: bool, amx: impl FnOnce() -> bool) -> HostKernels {
     match asked {
-        HostKernels::Auto if serving && amx => HostKernels::Amx,
+        HostKernels::Auto if serving && amx() => HostKernels::Amx,
         other => other,
     }
 }
